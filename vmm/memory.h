@@ -1,0 +1,72 @@
+/*
+ * Guest RAM: one memfd, mapped MAP_SHARED once into the VMM, exposed to KVM
+ * as one or two memslots (RAM above 3 GiB continues at 4 GiB so the 32-bit
+ * MMIO hole, the doorbell and the LAPIC page stay free).
+ *
+ * "RAM offset" = byte offset into the memfd. Page index = RAM offset / 4096.
+ * The dirty set and the migration stream speak RAM offsets; only KVM and the
+ * guest speak guest-physical addresses.
+ *
+ * Ownership: created and destroyed by the thread that owns the struct vm;
+ * the layout is immutable after creation. The memslot flags (dirty logging)
+ * are changed only through guest_memory_set_dirty_logging, which callers
+ * serialize (dirtyring does, under its control lock).
+ */
+#ifndef RINGVM_VMM_MEMORY_H
+#define RINGVM_VMM_MEMORY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define GUEST_MEMORY_MAX_SLOTS 2
+
+struct guest_memory_slot {
+    uint32_t slot;          /* KVM memslot id */
+    uint64_t gpa;           /* guest-physical start */
+    uint64_t size;          /* bytes */
+    uint64_t ram_offset;    /* offset into the memfd / host mapping */
+};
+
+struct guest_memory {
+    int memfd;
+    uint8_t *host;          /* MAP_SHARED mapping of the whole memfd */
+    uint64_t size;          /* bytes of RAM */
+    bool hugepages;
+    int numa_node;          /* -1 = not bound */
+    unsigned slot_count;
+    struct guest_memory_slot slots[GUEST_MEMORY_MAX_SLOTS];
+};
+
+struct guest_memory_options {
+    bool hugepages;         /* back with 2 MiB huge pages (MFD_HUGETLB) */
+    int numa_node;          /* bind with libnuma; -1 = no binding */
+};
+
+/* Creates the memfd and the mapping. Returns 0 or -errno, with a message
+ * naming what failed printed to stderr. */
+int guest_memory_create(struct guest_memory *memory, uint64_t size,
+                        const struct guest_memory_options *options);
+void guest_memory_destroy(struct guest_memory *memory);
+
+/* KVM_SET_USER_MEMORY_REGION for every slot, with or without
+ * KVM_MEM_LOG_DIRTY_PAGES. */
+int guest_memory_register(const struct guest_memory *memory, int vm_fd, bool log_dirty);
+int guest_memory_set_dirty_logging(const struct guest_memory *memory, int vm_fd, bool log_dirty);
+
+/* Host pointer for [gpa, gpa+len) if the range lies inside one slot, else NULL. */
+void *guest_memory_gpa_to_host(const struct guest_memory *memory, uint64_t gpa, uint64_t len);
+/* RAM offset of gpa, or UINT64_MAX if gpa is not RAM. */
+uint64_t guest_memory_gpa_to_offset(const struct guest_memory *memory, uint64_t gpa);
+/* Guest-physical address of a RAM offset (offset < size). */
+uint64_t guest_memory_offset_to_gpa(const struct guest_memory *memory, uint64_t ram_offset);
+/* Slot lookup by KVM slot id (dirty ring entries carry (slot, offset)). */
+const struct guest_memory_slot *guest_memory_slot_by_id(const struct guest_memory *memory,
+                                                        uint32_t slot);
+
+static inline uint64_t guest_memory_pages(const struct guest_memory *memory)
+{
+    return memory->size / 4096;
+}
+
+#endif

@@ -1,0 +1,137 @@
+/*
+ * The virtual machine: KVM fds, guest RAM, vCPUs, console, lifecycle.
+ *
+ * Threads:
+ *   - the owner (main thread of ringvm, or a test) creates, starts, waits
+ *     for and destroys the VM;
+ *   - one thread per vCPU ("vcpu<N>");
+ *   - controllers (API worker, migration thread, signal thread) call
+ *     vm_pause / vm_resume / vm_request_shutdown concurrently: those
+ *     serialize on control_lock.
+ *
+ * Ownership:
+ *   - kvm_fd, vm_fd, memory, vcpus[], config: set by vm_create, immutable
+ *     until vm_destroy.
+ *   - state: atomic; changed only under control_lock (or by a vCPU thread
+ *     on a fatal guest event through vm_request_shutdown).
+ *   - listeners: registered before vm_start, immutable afterwards.
+ */
+#ifndef RINGVM_VMM_VM_H
+#define RINGVM_VMM_VM_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "guest/abi.h"
+#include "vmm/memory.h"
+#include "vmm/serial.h"
+#include "vmm/vcpu.h"
+#include "vmm/workload.h"
+#include "dirtyring/dirty_log.h"
+
+enum vm_state {
+    VM_STATE_CREATED = 0,
+    VM_STATE_RUNNING,
+    VM_STATE_PAUSED,
+    VM_STATE_MIGRATED,      /* source after a completed migration (keep-alive) */
+    VM_STATE_SHUTDOWN,
+};
+
+struct vm_config {
+    uint64_t memory_bytes;
+    unsigned vcpu_count;
+    struct workload_spec workload;
+    struct guest_memory_options memory_options;
+    struct serial_config serial;
+    struct dirty_log_config dirty_log;
+    bool create_irqchip;            /* in-kernel LAPIC/IOAPIC (default true) */
+    bool incoming;                  /* destination of a migration: no boot,
+                                       vCPU state comes from the stream */
+    /* Guest ELF; NULL = the built-in guest linked into ringvm. */
+    const void *kernel_image;
+    size_t kernel_size;
+};
+
+typedef void (*vm_state_listener)(struct vm *vm, enum vm_state old_state,
+                                  enum vm_state new_state, void *opaque);
+
+#define VM_MAX_LISTENERS 8
+
+struct vm {
+    int kvm_fd;
+    int vm_fd;
+    struct vm_config config;
+    struct guest_memory memory;
+    struct vcpu *vcpus;             /* config.vcpu_count entries */
+    struct serial serial;
+    struct dirty_log *dirty_log;    /* NULL with --dirty-log off */
+
+    uint32_t msr_indices[256];      /* saved by vcpu_state_save */
+    uint32_t msr_count;
+
+    struct ringvm_bootinfo *bootinfo;   /* host pointer into guest RAM */
+    uint64_t started_ns;                /* CLOCK_MONOTONIC at vm_start */
+
+    pthread_mutex_t control_lock;
+    pthread_cond_t state_changed;       /* with control_lock */
+    _Atomic int state;                  /* enum vm_state */
+    _Atomic int exit_status;            /* process exit code when shut down */
+    _Atomic bool shutdown_requested;
+
+    /* Pause latency: kick of the first vCPU to the ack of the last, for
+     * every vm_pause (benchmarks read these). */
+    _Atomic uint64_t pause_count;
+    _Atomic uint64_t pause_latency_last_ns;
+    _Atomic uint64_t pause_latency_max_ns;
+    _Atomic uint64_t pause_latency_total_ns;
+
+    unsigned listener_count;
+    struct { vm_state_listener fn; void *opaque; } listeners[VM_MAX_LISTENERS];
+};
+
+/* Creates the VM (KVM fds, memory, vCPUs, loads the guest, writes the boot
+ * info). Returns 0 or -errno; the cause is printed with the "ringvm: "
+ * prefix. On failure *out is NULL and nothing is left behind. */
+int vm_create(struct vm **out, const struct vm_config *config);
+
+int vm_add_state_listener(struct vm *vm, vm_state_listener fn, void *opaque);
+
+/* Starts the vCPU threads (state RUNNING; PAUSED when config.incoming). */
+int vm_start(struct vm *vm);
+
+/* Kicks every vCPU out of KVM_RUN and waits for all to park. Re-kicks every
+ * 10 ms with a warning; gives up after 1 s with -ETIMEDOUT (the vCPUs that
+ * did park stay parked; call vm_resume). -EINVAL if not RUNNING. */
+int vm_pause(struct vm *vm);
+int vm_resume(struct vm *vm);
+
+/* The same without the RUNNING/PAUSED state change, for a controller that
+ * needs the vCPUs out of KVM_RUN briefly (final sync, state capture). */
+int vm_pause_vcpus(struct vm *vm);
+void vm_resume_vcpus(struct vm *vm);
+
+/* Asynchronous; any thread, including vCPU threads and signal handlers'
+ * helper threads. The first exit code wins. */
+void vm_request_shutdown(struct vm *vm, int exit_code);
+
+/* Blocks until shutdown is requested, then stops and joins all vCPU
+ * threads. Returns the exit code. */
+int vm_wait(struct vm *vm);
+void vm_destroy(struct vm *vm);
+
+enum vm_state vm_get_state(struct vm *vm);
+const char *vm_state_name(enum vm_state state);
+/* Sets state and notifies listeners; for migration (MIGRATED). */
+void vm_set_state(struct vm *vm, enum vm_state state);
+
+/* Guest counters of one vCPU, read from the stats page. */
+void vm_read_guest_stats(struct vm *vm, unsigned vcpu, struct ringvm_vcpu_stats *out);
+
+uint64_t vm_uptime_ms(struct vm *vm);
+
+/* CLOCK_MONOTONIC in ns. */
+uint64_t vm_now_ns(void);
+
+#endif
