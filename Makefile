@@ -42,7 +42,8 @@ GUEST_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -I. \
 	-fno-asynchronous-unwind-tables -fcf-protection=none -fno-builtin
 
 .PHONY: all test demo asan fuzz clean deps bench
-all: $(BUILD)/ringvm $(BUILD)/ringctl $(BENCHES)
+PROGRAMS := $(BUILD)/ringvm $(if $(wildcard api/ringctl.c),$(BUILD)/ringctl)
+all: $(PROGRAMS) $(BENCHES)
 
 deps:
 	@scripts/install-deps.sh

@@ -4,17 +4,44 @@
  *
  * Call order from the VMM core (vmm/vm.c):
  *   dirty_log_create()          right after KVM_CREATE_VM, before any vCPU
- *                               (ring mode enables KVM_CAP_DIRTY_LOG_RING[_ACQ_REL])
- *   dirty_log_attach_vcpu()     after each KVM_CREATE_VCPU (ring mode mmaps
- *                               the ring and stores it in vcpu->dirty_ring)
- *   dirty_log_handle_ring_full()  on the vCPU thread for KVM_EXIT_DIRTY_RING_FULL
+ *                               (ring mode enables KVM_CAP_DIRTY_LOG_RING[_ACQ_REL],
+ *                               bitmap mode KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2).
+ *                               Mode off: returns 0 with *out = NULL; every
+ *                               function below accepts a NULL log as a no-op.
+ *                               The memslots must be registered WITHOUT
+ *                               KVM_MEM_LOG_DIRTY_PAGES: dirty_log_start sets it.
+ *                               guest_memory must be created (slots known)
+ *                               before this call, registered or not.
+ *   dirty_log_attach_vcpu()     after each KVM_CREATE_VCPU, vcpu->index and
+ *                               vcpu->numa_node set (ring mode mmaps the ring
+ *                               and sets vcpu->dirty_ring/dirty_ring_entries)
+ *   dirty_log_handle_ring_full()  on the vCPU thread for KVM_EXIT_DIRTY_RING_FULL,
+ *                               then KVM_RUN again (it drains this vCPU's ring
+ *                               and resets; it never waits for another vCPU)
  *   dirty_log_destroy()         at VM teardown, after vCPU threads are joined
  *
- * Migration:
- *   dirty_log_start() / dirty_log_stop()   tracking on/off at run time
- *   dirty_log_take()            one iteration's dirty pages (generation swap)
- *   dirty_log_final_sync()      vCPUs paused: drain every ring/bitmap
- *   dirty_log_mark_range()      pages the VMM itself wrote
+ * Migration (any one controller thread at a time; they serialize on the
+ * facade's control lock):
+ *   dirty_log_start()           tracking on: clears the dirty set, slots get
+ *                               KVM_MEM_LOG_DIRTY_PAGES, harvesters start.
+ *                               Every page written after it returns is in a
+ *                               later take. Send all RAM once after this.
+ *   dirty_log_take()            one iteration's dirty pages (generation swap);
+ *                               every page it returns is write-protected
+ *                               again before it returns, so a guest write
+ *                               after the caller reads the page shows up in
+ *                               a later take.
+ *   dirty_log_final_sync()      vCPUs paused (out of KVM_RUN) by the caller:
+ *                               drains every ring to empty / one last bitmap
+ *                               sync; the following dirty_log_take returns
+ *                               every page written before the pause.
+ *   dirty_log_stop()            tracking off (slots lose the flag, rings
+ *                               drained to empty, harvesters joined).
+ *   dirty_log_mark_range()      pages the VMM itself wrote into guest RAM
+ *                               (while tracking; a no-op otherwise).
+ *
+ * Statistics: dirty_log_get_stats (any thread) + dirty_log_format_stats for
+ * the --stats per-second line.
  */
 #ifndef RINGVM_DIRTYRING_DIRTY_LOG_H
 #define RINGVM_DIRTYRING_DIRTY_LOG_H
@@ -22,6 +49,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "dirtyring/dirty_set.h"    /* struct dirty_pages */
 
 struct guest_memory;
 struct vcpu;
@@ -32,14 +61,26 @@ enum dirty_log_mode {
     DIRTY_LOG_OFF,
 };
 
-#define DIRTY_LOG_DEFAULT_RING_ENTRIES 4096   /* revisited by bench/harvest */
+/* Chosen with bench/harvest, see docs/benchmarks-harvest.md. */
+#define DIRTY_LOG_DEFAULT_RING_ENTRIES 65536
+#define DIRTY_LOG_MIN_RING_ENTRIES 64
+#define DIRTY_LOG_MAX_RING_ENTRIES 65536
 #define DIRTY_LOG_DEFAULT_BITMAP_SYNC_MS 100
+#define DIRTY_LOG_DEFAULT_RESET_THRESHOLD_PCT 50
+#define DIRTY_LOG_DEFAULT_RESET_MAX_DELAY_MS 0
 
 struct dirty_log_config {
     enum dirty_log_mode mode;
-    uint32_t ring_entries;      /* power of two, 64..65536 */
+    uint32_t ring_entries;      /* power of two, 64..65536 (the kernel needs >= 256: one page) */
     unsigned harvesters;        /* 0 = one per NUMA node running vCPUs */
     unsigned bitmap_sync_ms;
+    /* Ring reset policy (benchmarks vary these; defaults from
+     * dirty_log_config_defaults): */
+    uint32_t reset_threshold_pct;   /* reset when a ring is this % full of harvested
+                                       entries; 0 = reset after every non-empty poll */
+    uint32_t reset_max_delay_ms;    /* also reset entries older than this; 0 = off */
+    bool no_harvester;              /* no harvester threads: harvest only on
+                                       ring-full exits and takes (baseline) */
 };
 
 struct dirty_log;
@@ -48,11 +89,89 @@ void dirty_log_config_defaults(struct dirty_log_config *config);
 const char *dirty_log_mode_name(enum dirty_log_mode mode);
 /* "ring", "bitmap", "off". Returns 0 or -1 with a message in error. */
 int dirty_log_mode_parse(const char *text, enum dirty_log_mode *mode, char *error, size_t error_size);
+/* Checks ring_entries/bitmap_sync_ms/...; 0 or -1 with a one-line message
+ * (no "ringvm: " prefix), e.g. "--ring-entries 100: not a power of two (64..65536)". */
+int dirty_log_config_validate(const struct dirty_log_config *config, char *error, size_t error_size);
 
 int dirty_log_create(struct dirty_log **out, const struct dirty_log_config *config,
                      int kvm_fd, int vm_fd, struct guest_memory *memory, unsigned vcpu_count);
 int dirty_log_attach_vcpu(struct dirty_log *log, struct vcpu *vcpu);
 void dirty_log_handle_ring_full(struct dirty_log *log, struct vcpu *vcpu);
 void dirty_log_destroy(struct dirty_log *log);
+
+enum dirty_log_mode dirty_log_mode(const struct dirty_log *log);    /* OFF for NULL */
+bool dirty_log_tracking(const struct dirty_log *log);
+
+/* All return 0 or -errno with the cause printed ("ringvm: ..."). */
+int dirty_log_start(struct dirty_log *log);
+int dirty_log_stop(struct dirty_log *log);
+/* Appends the iteration's RAM page indices (page = RAM offset / 4096),
+ * sorted, to out (dirty_pages_init / dirty_pages_free in dirty_set.h).
+ * Returns the number of pages or -errno. */
+int64_t dirty_log_take(struct dirty_log *log, struct dirty_pages *out);
+/* The same ORed into a caller bitmap of ceil(ram_pages / 64) words. */
+int64_t dirty_log_take_bitmap(struct dirty_log *log, uint64_t *bitmap);
+int dirty_log_final_sync(struct dirty_log *log);
+/* RAM byte range [ram_offset, ram_offset + len) written by the VMM. */
+void dirty_log_mark_range(struct dirty_log *log, uint64_t ram_offset, uint64_t len);
+
+#define DIRTY_LOG_STATS_MAX_VCPUS 64
+
+struct dirty_log_vcpu_stats {
+    uint64_t pages;                 /* ring entries harvested (first writes after a reset) */
+    double pages_per_s_100ms;
+    double pages_per_s_1s;
+    uint32_t ring_fill;             /* harvested, not yet recycled (now) */
+    uint32_t ring_fill_high_water;
+    uint64_t ring_full_exits;
+    uint64_t ring_full_empty;       /* ring-full exits with nothing to harvest: overflow */
+    uint64_t batches;
+};
+
+/* A plain snapshot: counters are totals since dirty_log_create. */
+struct dirty_log_stats {
+    enum dirty_log_mode mode;
+    bool tracking;
+    uint32_t ring_entries;
+    unsigned harvesters;            /* running now */
+    unsigned vcpu_count;
+    uint64_t now_ns;                /* CLOCK_MONOTONIC of the snapshot */
+
+    uint64_t pages;                 /* ring: entries harvested; bitmap: bits collected */
+    double pages_per_s_100ms;       /* whole VM */
+    double pages_per_s_1s;
+    uint64_t harvest_batches;
+    uint64_t harvest_polls;
+    uint64_t resets;                /* KVM_RESET_DIRTY_RINGS calls */
+    uint64_t reset_entries;         /* entries the kernel reported recycled */
+    uint64_t reset_ns_total;
+    uint64_t reset_ns_max;
+    uint64_t ring_full_exits;
+    uint64_t ring_overflows;        /* ring-full exits with nothing to harvest */
+    uint64_t ring_fill_high_water;  /* max over vCPUs */
+    uint64_t bad_entries;
+    uint64_t harvester_cpu_ns;      /* harvesters (ring) or the sync thread (bitmap) */
+    uint64_t bitmap_syncs;
+    uint64_t bitmap_sync_ns_total;
+    uint64_t bitmap_sync_ns_last;
+    uint64_t takes;
+    uint64_t take_ns_last;
+    uint64_t take_pages_last;
+    uint64_t vmm_marked_pages;
+
+    unsigned vcpu_stats_count;      /* min(vcpu_count, DIRTY_LOG_STATS_MAX_VCPUS); per-vCPU
+                                       figures are ring mode only (zero for bitmap) */
+    struct dirty_log_vcpu_stats vcpu[DIRTY_LOG_STATS_MAX_VCPUS];
+};
+
+/* Any thread. Zeroes *out for a NULL log (mode OFF). */
+void dirty_log_get_stats(struct dirty_log *log, struct dirty_log_stats *out);
+
+/* One fragment of the --stats line, e.g.
+ *   "dirty=ring on 312.4k/s fill-hw=52% full=0 ovf=0 resets=3/s(1.20ms) hcpu=0.8%"
+ * prev: the previous snapshot (for per-second figures) or NULL. Returns
+ * the length as snprintf does. */
+int dirty_log_format_stats(const struct dirty_log_stats *now, const struct dirty_log_stats *prev,
+                           char *buf, size_t size);
 
 #endif

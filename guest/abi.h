@@ -29,7 +29,7 @@
 
 #include <stdint.h>
 
-#define RINGVM_ABI_VERSION          1
+#define RINGVM_ABI_VERSION          2
 #define RINGVM_BOOTINFO_MAGIC       0x4f464e49474e4952ULL /* "RINGINFO" */
 
 #define RINGVM_PAGE_SIZE            4096ULL
@@ -105,7 +105,7 @@ struct ringvm_vcpu_bootinfo {
     uint64_t region_pages;      /* pages in it (may be 0) */
     uint64_t table_gpa;         /* ledger: uint32_t generation per page */
     uint64_t seed;              /* per-vCPU PRNG seed */
-    uint64_t reserved[4];
+    uint64_t reserved[2];       /* (v2: was 4, the page overflowed into stats) */
 };
 
 struct ringvm_bootinfo {
@@ -130,6 +130,9 @@ struct ringvm_bootinfo {
     struct ringvm_vcpu_bootinfo vcpu[RINGVM_MAX_VCPUS];
 };
 
+_Static_assert(sizeof(struct ringvm_bootinfo) <= RINGVM_PAGE_SIZE,
+               "the boot info must fit its page (the stats pages follow)");
+
 /*
  * Per-vCPU counters, one 256-byte slot per vCPU at stats_gpa + 256 * id.
  * Written only by that vCPU's guest code with plain aligned 64-bit stores
@@ -148,6 +151,8 @@ struct ringvm_vcpu_stats {
 };
 
 #define RINGVM_STATS_SLOT_SIZE 256
+_Static_assert(sizeof(struct ringvm_vcpu_stats) == RINGVM_STATS_SLOT_SIZE, "stats slot size");
+_Static_assert(RINGVM_STATS_SLOT_SIZE * RINGVM_MAX_VCPUS <= RINGVM_STATS_SIZE, "stats pages");
 
 /* Filled by a ring-0 exception handler, reported with RINGVM_CMD_EXCEPTION. */
 struct ringvm_exception_report {
@@ -177,6 +182,17 @@ static inline uint64_t ringvm_ledger_checksum(uint64_t seed, uint64_t page_index
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return z ^ (z >> 31);
+}
+
+/* Per-vCPU PRNG seed derived from the workload seed (vmm/bootinfo.c; the
+ * guest's PVH path uses the same so both boots agree). Never 0. */
+static inline uint64_t ringvm_vcpu_seed(uint64_t workload_seed, uint64_t vcpu_index)
+{
+    uint64_t z = workload_seed + (vcpu_index + 1) * 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return z ? z : 0x9e3779b97f4a7c15ULL;
 }
 
 #endif

@@ -55,6 +55,9 @@ struct vcpu {
     _Atomic int throttle_percent;           /* 0..99 */
     _Atomic uint64_t kick_sent_ns;          /* CLOCK_MONOTONIC of the last kick */
 
+    /* Last RINGVM_CMD_PHASE from the guest; written by the vCPU thread. */
+    _Atomic int guest_phase_published;
+
     /* vCPU thread only. */
     bool stopped;                           /* reported exception / fatal: no more KVM_RUN */
     int guest_phase;                        /* enum ringvm_vcpu_phase */

@@ -66,6 +66,7 @@ struct vm {
     struct guest_memory memory;
     struct vcpu *vcpus;             /* config.vcpu_count entries */
     struct serial serial;
+    bool serial_ready;
     struct dirty_log *dirty_log;    /* NULL with --dirty-log off */
 
     uint32_t msr_indices[256];      /* saved by vcpu_state_save */
@@ -74,11 +75,27 @@ struct vm {
     struct ringvm_bootinfo *bootinfo;   /* host pointer into guest RAM */
     uint64_t started_ns;                /* CLOCK_MONOTONIC at vm_start */
 
+    /* Serializes controllers (pause/resume/state changes). Never taken by
+     * vCPU threads, so a controller may hold it while waiting for acks. */
     pthread_mutex_t control_lock;
-    pthread_cond_t state_changed;       /* with control_lock */
     _Atomic int state;                  /* enum vm_state */
+
+    /* The vCPU park protocol: vCPU threads wait on park_cond, controllers
+     * wait on ack_cond for vcpu->paused, vm_wait on shutdown_cond. */
+    pthread_mutex_t park_lock;
+    pthread_cond_t park_cond;
+    pthread_cond_t ack_cond;
+    pthread_cond_t shutdown_cond;
     _Atomic int exit_status;            /* process exit code when shut down */
     _Atomic bool shutdown_requested;
+
+    /* Guest-reported events (any vCPU thread writes, anyone reads). */
+    _Atomic int last_exception_vector;  /* -1 = none */
+    _Atomic uint64_t ledger_mismatches;
+
+    pthread_mutex_t log_once_lock;
+    unsigned log_once_count;
+    uint64_t log_once_keys[64];
 
     /* Pause latency: kick of the first vCPU to the ack of the last, for
      * every vm_pause (benchmarks read these). */
@@ -102,8 +119,8 @@ int vm_add_state_listener(struct vm *vm, vm_state_listener fn, void *opaque);
 int vm_start(struct vm *vm);
 
 /* Kicks every vCPU out of KVM_RUN and waits for all to park. Re-kicks every
- * 10 ms with a warning; gives up after 1 s with -ETIMEDOUT (the vCPUs that
- * did park stay parked; call vm_resume). -EINVAL if not RUNNING. */
+ * 10 ms with a warning; gives up after 1 s with -ETIMEDOUT and lets the
+ * vCPUs that did park run again. -EINVAL if not RUNNING. */
 int vm_pause(struct vm *vm);
 int vm_resume(struct vm *vm);
 
@@ -119,6 +136,8 @@ void vm_request_shutdown(struct vm *vm, int exit_code);
 /* Blocks until shutdown is requested, then stops and joins all vCPU
  * threads. Returns the exit code. */
 int vm_wait(struct vm *vm);
+/* Waits up to timeout_ns for a shutdown request; true if one was made. */
+bool vm_wait_for_shutdown_request(struct vm *vm, uint64_t timeout_ns);
 void vm_destroy(struct vm *vm);
 
 enum vm_state vm_get_state(struct vm *vm);

@@ -1,0 +1,697 @@
+/*
+ * The dirty logging facade (see dirty_log.h for the call order).
+ *
+ * struct dirty_log ownership / threads:
+ *   - config, kvm_fd, vm_fd, memory, vcpu_count, mode, ring_bytes,
+ *     page_size: immutable after dirty_log_create.
+ *   - slots, set, bitmap buffers: created once by the first caller of
+ *     ensure_memory (attach_vcpu or start, under control_lock), immutable
+ *     afterwards until dirty_log_destroy.
+ *   - rings[i]: written by dirty_log_attach_vcpu (owner thread, before the
+ *     vCPU runs), then read by everyone (harvesters, vCPU threads, takes).
+ *   - resetter: shared by all resetters, internally locked (reset.h).
+ *   - control_lock serializes controllers: start/stop/take/final_sync/
+ *     get_stats' reads of the harvester group. tracking is an atomic so
+ *     mark_range and the vCPU threads can read it without the lock.
+ *   - counters: atomics.
+ */
+#include "dirtyring/dirty_log.h"
+
+#include <errno.h>
+#include <numa.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <linux/kvm.h>
+
+#include "dirtyring/bitmap.h"
+#include "dirtyring/dirty_set.h"
+#include "dirtyring/harvester.h"
+#include "dirtyring/rate.h"
+#include "dirtyring/reset.h"
+#include "dirtyring/vcpu_ring.h"
+#include "vmm/memory.h"
+#include "vmm/vcpu.h"
+
+struct dirty_log {
+    struct dirty_log_config config;
+    int kvm_fd;
+    int vm_fd;
+    struct guest_memory *memory;
+    unsigned vcpu_count;
+    long page_size;
+    uint32_t ring_bytes;
+    const char *ring_cap_name;
+
+    pthread_mutex_t control_lock;
+    _Atomic bool tracking;
+    bool memory_ready;                  /* under control_lock */
+    struct dirty_slot_map slots;
+    struct dirty_set *set;
+
+    struct vcpu_ring **rings;           /* vcpu_count entries */
+    struct ring_resetter resetter;
+    bool resetter_ready;
+    struct harvester_group harvesters;  /* under control_lock */
+
+    struct bitmap_sync bitmap;
+    bool bitmap_ready;
+
+    struct rate_history vm_rate;        /* VM total, sampled by get_stats / bitmap takes */
+
+    _Atomic uint64_t takes;
+    _Atomic uint64_t take_ns_last;
+    _Atomic uint64_t take_pages_last;
+    _Atomic uint64_t vmm_marked;
+    _Atomic bool overflow_warned;
+};
+
+void dirty_log_config_defaults(struct dirty_log_config *config)
+{
+    memset(config, 0, sizeof(*config));
+    config->mode = DIRTY_LOG_RING;
+    config->ring_entries = DIRTY_LOG_DEFAULT_RING_ENTRIES;
+    config->harvesters = 0;
+    config->bitmap_sync_ms = DIRTY_LOG_DEFAULT_BITMAP_SYNC_MS;
+    config->reset_threshold_pct = DIRTY_LOG_DEFAULT_RESET_THRESHOLD_PCT;
+    config->reset_max_delay_ms = DIRTY_LOG_DEFAULT_RESET_MAX_DELAY_MS;
+    config->no_harvester = false;
+}
+
+const char *dirty_log_mode_name(enum dirty_log_mode mode)
+{
+    switch (mode) {
+    case DIRTY_LOG_RING: return "ring";
+    case DIRTY_LOG_BITMAP: return "bitmap";
+    case DIRTY_LOG_OFF: return "off";
+    }
+    return "?";
+}
+
+int dirty_log_mode_parse(const char *text, enum dirty_log_mode *mode, char *error, size_t error_size)
+{
+    if (text && !strcasecmp(text, "ring"))
+        *mode = DIRTY_LOG_RING;
+    else if (text && !strcasecmp(text, "bitmap"))
+        *mode = DIRTY_LOG_BITMAP;
+    else if (text && !strcasecmp(text, "off"))
+        *mode = DIRTY_LOG_OFF;
+    else {
+        snprintf(error, error_size, "--dirty-log: unknown mode '%s' (expected ring, bitmap or off)",
+                 text ? text : "");
+        return -1;
+    }
+    return 0;
+}
+
+int dirty_log_config_validate(const struct dirty_log_config *c, char *error, size_t error_size)
+{
+    uint32_t n = c->ring_entries;
+    if (n < DIRTY_LOG_MIN_RING_ENTRIES || n > DIRTY_LOG_MAX_RING_ENTRIES || (n & (n - 1))) {
+        snprintf(error, error_size, "--ring-entries %u: must be a power of two from %d to %d",
+                 n, DIRTY_LOG_MIN_RING_ENTRIES, DIRTY_LOG_MAX_RING_ENTRIES);
+        return -1;
+    }
+    if (c->bitmap_sync_ms == 0 || c->bitmap_sync_ms > 60000) {
+        snprintf(error, error_size, "--bitmap-sync-ms %u: must be 1..60000", c->bitmap_sync_ms);
+        return -1;
+    }
+    if (c->harvesters > 64) {
+        snprintf(error, error_size, "--harvesters %u: at most 64", c->harvesters);
+        return -1;
+    }
+    if (c->reset_threshold_pct > 100) {
+        snprintf(error, error_size, "reset threshold %u%%: must be 0..100", c->reset_threshold_pct);
+        return -1;
+    }
+    return 0;
+}
+
+enum dirty_log_mode dirty_log_mode(const struct dirty_log *log)
+{
+    return log ? log->config.mode : DIRTY_LOG_OFF;
+}
+
+bool dirty_log_tracking(const struct dirty_log *log)
+{
+    return log && atomic_load_explicit(&log->tracking, memory_order_acquire);
+}
+
+static int enable_ring(struct dirty_log *log)
+{
+    int cap = KVM_CAP_DIRTY_LOG_RING_ACQ_REL;
+    const char *name = "DIRTY_LOG_RING_ACQ_REL";
+    int max = ioctl(log->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING_ACQ_REL);
+    if (max <= 0) {
+        cap = KVM_CAP_DIRTY_LOG_RING;
+        name = "DIRTY_LOG_RING";
+        max = ioctl(log->vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING);
+    }
+    if (max <= 0) {
+        fprintf(stderr, "ringvm: dirty ring unsupported by this kernel; use --dirty-log bitmap\n");
+        return -ENOTSUP;
+    }
+    uint64_t bytes = (uint64_t)log->config.ring_entries * sizeof(struct kvm_dirty_gfn);
+    if (bytes > (uint64_t)max) {
+        fprintf(stderr, "ringvm: --ring-entries %u: this kernel allows at most %llu entries "
+                "per vCPU\n", log->config.ring_entries,
+                (unsigned long long)((uint64_t)max / sizeof(struct kvm_dirty_gfn)));
+        return -EINVAL;
+    }
+    struct kvm_enable_cap enable = { .cap = (uint32_t)cap, .args = { bytes } };
+    if (ioctl(log->vm_fd, KVM_ENABLE_CAP, &enable) < 0) {
+        int err = errno;
+        fprintf(stderr, "ringvm: KVM_ENABLE_CAP(%s, %u entries): %s%s\n", name,
+                log->config.ring_entries, strerror(err),
+                err == EINVAL && bytes < (uint64_t)log->page_size
+                    ? " (the ring must be at least one page: 256 entries)" : "");
+        return -err;
+    }
+    log->ring_bytes = (uint32_t)bytes;
+    log->ring_cap_name = name;
+    return 0;
+}
+
+int dirty_log_create(struct dirty_log **out, const struct dirty_log_config *config,
+                     int kvm_fd, int vm_fd, struct guest_memory *memory, unsigned vcpu_count)
+{
+    *out = NULL;
+    if (config->mode == DIRTY_LOG_OFF)
+        return 0;
+    char error[160];
+    if (dirty_log_config_validate(config, error, sizeof(error)) < 0) {
+        fprintf(stderr, "ringvm: %s\n", error);
+        return -EINVAL;
+    }
+    struct dirty_log *log = calloc(1, sizeof(*log));
+    if (!log) {
+        fprintf(stderr, "ringvm: dirty log: %s\n", strerror(ENOMEM));
+        return -ENOMEM;
+    }
+    log->config = *config;
+    log->kvm_fd = kvm_fd;
+    log->vm_fd = vm_fd;
+    log->memory = memory;
+    log->vcpu_count = vcpu_count;
+    log->page_size = sysconf(_SC_PAGESIZE);
+    pthread_mutex_init(&log->control_lock, NULL);
+    atomic_init(&log->tracking, false);
+    rate_history_init(&log->vm_rate);
+    log->rings = calloc(vcpu_count ? vcpu_count : 1, sizeof(*log->rings));
+    if (!log->rings) {
+        fprintf(stderr, "ringvm: dirty log: %s\n", strerror(ENOMEM));
+        dirty_log_destroy(log);
+        return -ENOMEM;
+    }
+    int rc;
+    if (config->mode == DIRTY_LOG_RING) {
+        rc = enable_ring(log);
+        if (rc == 0) {
+            rc = ring_resetter_init(&log->resetter, vm_fd, vcpu_count);
+            log->resetter_ready = rc == 0;
+        }
+    } else {
+        rc = bitmap_enable_manual_protect(vm_fd);
+    }
+    if (rc < 0) {
+        dirty_log_destroy(log);
+        return rc;
+    }
+    *out = log;
+    return 0;
+}
+
+/* The dirty set and slot map need the guest memory layout, which the core
+ * may create after dirty_log_create. Called under control_lock. */
+static int ensure_memory(struct dirty_log *log)
+{
+    if (log->memory_ready)
+        return 0;
+    if (!log->memory || log->memory->size == 0 || log->memory->slot_count == 0) {
+        fprintf(stderr, "ringvm: dirty log: guest memory must exist before the first vCPU "
+                "is attached\n");
+        return -EINVAL;
+    }
+    dirty_slot_map_init(&log->slots, log->memory);
+
+    /* One shard per NUMA node when there are several (writers mark in
+     * their node's shard; take merges). */
+    int nodes[DIRTY_SET_MAX_SHARDS];
+    unsigned shards = 1;
+    nodes[0] = -1;
+    if (numa_available() >= 0 && numa_num_configured_nodes() > 1) {
+        shards = 0;
+        int max_node = numa_max_node();
+        for (int n = 0; n <= max_node && shards < DIRTY_SET_MAX_SHARDS; n++)
+            if (numa_bitmask_isbitset(numa_all_nodes_ptr, (unsigned)n))
+                nodes[shards++] = n;
+        if (shards == 0) {
+            shards = 1;
+            nodes[0] = -1;
+        }
+    }
+    int rc = dirty_set_create(&log->set, guest_memory_pages(log->memory), shards, nodes);
+    if (rc < 0)
+        return rc;
+    if (log->config.mode == DIRTY_LOG_BITMAP) {
+        rc = bitmap_sync_init(&log->bitmap, log->vm_fd, log->memory, log->set,
+                              log->config.bitmap_sync_ms);
+        if (rc < 0)
+            return rc;
+        log->bitmap_ready = true;
+    }
+    log->memory_ready = true;
+    return 0;
+}
+
+int dirty_log_attach_vcpu(struct dirty_log *log, struct vcpu *vcpu)
+{
+    if (!log)
+        return 0;
+    pthread_mutex_lock(&log->control_lock);
+    int rc = ensure_memory(log);
+    if (rc < 0 || log->config.mode != DIRTY_LOG_RING) {
+        pthread_mutex_unlock(&log->control_lock);
+        return rc;
+    }
+    if (vcpu->index >= log->vcpu_count || log->rings[vcpu->index]) {
+        fprintf(stderr, "ringvm: dirty log: vCPU %u attached twice or beyond %u vCPUs\n",
+                vcpu->index, log->vcpu_count);
+        pthread_mutex_unlock(&log->control_lock);
+        return -EINVAL;
+    }
+    off_t offset = (off_t)KVM_DIRTY_LOG_PAGE_OFFSET * log->page_size;
+    void *map = mmap(NULL, log->ring_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu->fd, offset);
+    if (map == MAP_FAILED) {
+        int err = errno;
+        fprintf(stderr, "ringvm: mmap of vCPU %u dirty ring (%u bytes at offset %lld): %s\n",
+                vcpu->index, log->ring_bytes, (long long)offset, strerror(err));
+        pthread_mutex_unlock(&log->control_lock);
+        return -err;
+    }
+    int node = vcpu->numa_node;
+    struct vcpu_ring *vr;
+    if (node >= 0 && numa_available() >= 0)
+        vr = numa_alloc_onnode(sizeof(*vr), node);
+    else
+        vr = aligned_alloc(64, (sizeof(*vr) + 63) & ~(size_t)63);
+    if (!vr) {
+        munmap(map, log->ring_bytes);
+        fprintf(stderr, "ringvm: dirty log: vCPU %u ring state: %s\n", vcpu->index, strerror(ENOMEM));
+        pthread_mutex_unlock(&log->control_lock);
+        return -ENOMEM;
+    }
+    memset(vr, 0, sizeof(*vr));
+    uint32_t entries = log->ring_bytes / sizeof(struct kvm_dirty_gfn);
+    vcpu_ring_init(vr, vcpu->index, node, map, entries, log->set,
+                   dirty_set_shard_for_node(log->set, node), &log->slots);
+    vr->mapping = map;
+    vr->mapping_size = log->ring_bytes;
+    log->rings[vcpu->index] = vr;
+    ring_resetter_set_ring(&log->resetter, vcpu->index, vr);
+    vcpu->dirty_ring = map;
+    vcpu->dirty_ring_entries = entries;
+    pthread_mutex_unlock(&log->control_lock);
+    return 0;
+}
+
+static void free_ring(struct vcpu_ring *vr)
+{
+    if (!vr)
+        return;
+    if (vr->mapping)
+        munmap(vr->mapping, vr->mapping_size);
+    int node = vr->numa_node;
+    vcpu_ring_fini(vr);
+    if (node >= 0 && numa_available() >= 0)
+        numa_free(vr, sizeof(*vr));
+    else
+        free(vr);
+}
+
+/* Ring mode: every ring to empty (vCPUs paused or slots unflagged), then one
+ * reset. Returns entries harvested or -errno. */
+static int64_t drain_all_rings(struct dirty_log *log, bool to_empty)
+{
+    int64_t total = 0;
+    for (unsigned i = 0; i < log->vcpu_count; i++)
+        if (log->rings[i])
+            total += vcpu_ring_harvest(log->rings[i], false, to_empty);
+    return total;
+}
+
+void dirty_log_handle_ring_full(struct dirty_log *log, struct vcpu *vcpu)
+{
+    if (!log || log->config.mode != DIRTY_LOG_RING || vcpu->index >= log->vcpu_count)
+        return;
+    struct vcpu_ring *vr = log->rings[vcpu->index];
+    if (!vr)
+        return;
+    atomic_fetch_add_explicit(&vr->full_exits, 1, memory_order_relaxed);
+    /* Our own ring: blocking lock (its harvester holds it for one batch at
+     * most and never waits for us), drain to empty, recycle. Then KVM_RUN
+     * continues with a ring that has room again. */
+    uint32_t n = vcpu_ring_harvest(vr, false, true);
+    int64_t reset = ring_resetter_reset(&log->resetter, true);
+    if (n == 0 && reset <= 0) {
+        /* Full with nothing to harvest: the ring overflowed (emulated
+         * writes ignore the soft limit on some hosts). Nothing we can
+         * recover; count it and say so once. */
+        atomic_fetch_add_explicit(&vr->full_exits_empty, 1, memory_order_relaxed);
+        if (!atomic_exchange_explicit(&log->overflow_warned, true, memory_order_relaxed))
+            fprintf(stderr, "ringvm: vCPU %u: dirty ring full with nothing to harvest "
+                    "(overflowed?); dirty tracking of this vCPU is unreliable\n", vcpu->index);
+    }
+}
+
+void dirty_log_destroy(struct dirty_log *log)
+{
+    if (!log)
+        return;
+    pthread_mutex_lock(&log->control_lock);
+    if (log->harvesters.count)
+        harvester_group_stop(&log->harvesters);
+    if (log->bitmap_ready)
+        bitmap_sync_stop(&log->bitmap);
+    pthread_mutex_unlock(&log->control_lock);
+    if (log->rings)
+        for (unsigned i = 0; i < log->vcpu_count; i++)
+            free_ring(log->rings[i]);
+    free(log->rings);
+    if (log->resetter_ready)
+        ring_resetter_fini(&log->resetter);
+    if (log->bitmap_ready)
+        bitmap_sync_fini(&log->bitmap);
+    dirty_set_destroy(log->set);
+    rate_history_fini(&log->vm_rate);
+    pthread_mutex_destroy(&log->control_lock);
+    free(log);
+}
+
+static struct harvest_policy policy_of(const struct dirty_log *log, uint32_t ring_entries)
+{
+    struct harvest_policy p = {
+        .reset_threshold = (uint32_t)((uint64_t)ring_entries * log->config.reset_threshold_pct / 100),
+        .reset_max_delay_ns = (uint64_t)log->config.reset_max_delay_ms * 1000000ULL,
+        .poll_min_ns = 50000,           /* 50 us */
+        .poll_max_ns = 5000000,         /* 5 ms: ~200 wake-ups/s idle */
+    };
+    if (log->config.reset_threshold_pct && p.reset_threshold == 0)
+        p.reset_threshold = 1;
+    /* Leave the kernel's reserve (64) + one poll's worth of headroom. */
+    uint32_t ceiling = ring_entries > 64 + ring_entries / 8 ? ring_entries - 64 - ring_entries / 8 : 1;
+    if (p.reset_threshold > ceiling)
+        p.reset_threshold = ceiling;
+    return p;
+}
+
+int dirty_log_start(struct dirty_log *log)
+{
+    if (!log)
+        return 0;
+    pthread_mutex_lock(&log->control_lock);
+    int rc = 0;
+    if (atomic_load_explicit(&log->tracking, memory_order_relaxed))
+        goto out;
+    rc = ensure_memory(log);
+    if (rc < 0)
+        goto out;
+    /* Pages of an earlier tracking session are stale: the caller sends all
+     * RAM after start. Discard both generations. */
+    dirty_set_clear(log->set);
+    atomic_store_explicit(&log->tracking, true, memory_order_release);
+    if (log->config.mode == DIRTY_LOG_RING && !log->config.no_harvester) {
+        struct harvest_policy policy = policy_of(log, log->ring_bytes / sizeof(struct kvm_dirty_gfn));
+        rc = harvester_group_start(&log->harvesters, log->rings, log->vcpu_count,
+                                   log->config.harvesters, &policy, &log->resetter);
+        if (rc < 0)
+            goto fail;
+    } else if (log->config.mode == DIRTY_LOG_BITMAP) {
+        rc = bitmap_sync_start(&log->bitmap);
+        if (rc < 0)
+            goto fail;
+    }
+    rc = guest_memory_set_dirty_logging(log->memory, log->vm_fd, true);
+    if (rc < 0) {
+        fprintf(stderr, "ringvm: dirty log: enabling KVM_MEM_LOG_DIRTY_PAGES failed\n");
+        goto fail;
+    }
+    goto out;
+fail:
+    if (log->harvesters.count)
+        harvester_group_stop(&log->harvesters);
+    if (log->bitmap_ready)
+        bitmap_sync_stop(&log->bitmap);
+    atomic_store_explicit(&log->tracking, false, memory_order_release);
+out:
+    pthread_mutex_unlock(&log->control_lock);
+    return rc;
+}
+
+int dirty_log_stop(struct dirty_log *log)
+{
+    if (!log)
+        return 0;
+    pthread_mutex_lock(&log->control_lock);
+    int rc = 0;
+    if (!atomic_load_explicit(&log->tracking, memory_order_relaxed))
+        goto out;
+    /* Unflag first: once KVM_SET_USER_MEMORY_REGION returns, no vCPU pushes
+     * new entries (KVM waits for in-flight faults on the old memslots). */
+    rc = guest_memory_set_dirty_logging(log->memory, log->vm_fd, false);
+    if (rc < 0)
+        fprintf(stderr, "ringvm: dirty log: clearing KVM_MEM_LOG_DIRTY_PAGES failed\n");
+    if (log->harvesters.count)
+        harvester_group_stop(&log->harvesters);
+    if (log->config.mode == DIRTY_LOG_RING) {
+        drain_all_rings(log, true);
+        int64_t r = ring_resetter_reset(&log->resetter, false);
+        if (r < 0 && rc == 0)
+            rc = (int)r;
+    } else if (log->bitmap_ready) {
+        bitmap_sync_stop(&log->bitmap);
+    }
+    atomic_store_explicit(&log->tracking, false, memory_order_release);
+out:
+    pthread_mutex_unlock(&log->control_lock);
+    return rc;
+}
+
+/* Collect what KVM has now into the current generation. */
+static int64_t sync_now(struct dirty_log *log, bool to_empty)
+{
+    if (log->config.mode == DIRTY_LOG_RING)
+        return drain_all_rings(log, to_empty);
+    return bitmap_sync_once(&log->bitmap);
+}
+
+static int64_t take_common(struct dirty_log *log, struct dirty_pages *out, uint64_t *bitmap)
+{
+    if (!log)
+        return 0;
+    pthread_mutex_lock(&log->control_lock);
+    if (!atomic_load_explicit(&log->tracking, memory_order_relaxed)) {
+        pthread_mutex_unlock(&log->control_lock);
+        fprintf(stderr, "ringvm: dirty log: take without tracking (call dirty_log_start)\n");
+        return -EINVAL;
+    }
+    uint64_t t0 = dirtyring_now_ns();
+    int64_t rc = sync_now(log, false);
+    int64_t n = 0;
+    if (rc >= 0) {
+        n = out ? dirty_set_take(log->set, out) : dirty_set_take_bitmap(log->set, bitmap);
+        if (n < 0) {
+            fprintf(stderr, "ringvm: dirty log: take: %s\n", strerror(ENOMEM));
+            rc = -ENOMEM;
+        }
+    }
+    if (rc >= 0 && log->config.mode == DIRTY_LOG_RING) {
+        /* Every entry whose page is in the generation just taken was
+         * flagged RESET inside a write section the take waited for; this
+         * reset write-protects all of them before we hand them over. */
+        int64_t r = ring_resetter_reset(&log->resetter, false);
+        if (r < 0)
+            rc = r;
+    }
+    uint64_t t1 = dirtyring_now_ns();
+    if (rc >= 0) {
+        atomic_fetch_add_explicit(&log->takes, 1, memory_order_relaxed);
+        atomic_store_explicit(&log->take_ns_last, t1 - t0, memory_order_relaxed);
+        atomic_store_explicit(&log->take_pages_last, (uint64_t)n, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&log->control_lock);
+    return rc < 0 ? rc : n;
+}
+
+int64_t dirty_log_take(struct dirty_log *log, struct dirty_pages *out)
+{
+    return take_common(log, out, NULL);
+}
+
+int64_t dirty_log_take_bitmap(struct dirty_log *log, uint64_t *bitmap)
+{
+    return take_common(log, NULL, bitmap);
+}
+
+int dirty_log_final_sync(struct dirty_log *log)
+{
+    if (!log)
+        return 0;
+    pthread_mutex_lock(&log->control_lock);
+    int rc = 0;
+    if (!atomic_load_explicit(&log->tracking, memory_order_relaxed))
+        goto out;
+    int64_t n = sync_now(log, true);
+    if (n < 0) {
+        rc = (int)n;
+        goto out;
+    }
+    if (log->config.mode == DIRTY_LOG_RING) {
+        int64_t r = ring_resetter_reset(&log->resetter, false);
+        if (r < 0) {
+            rc = (int)r;
+            goto out;
+        }
+        for (unsigned i = 0; i < log->vcpu_count; i++) {
+            struct vcpu_ring *vr = log->rings[i];
+            if (!vr)
+                continue;
+            pthread_mutex_lock(&vr->lock);
+            bool dirty = dirty_ring_has_dirty(&vr->ring);
+            pthread_mutex_unlock(&vr->lock);
+            if (dirty) {
+                fprintf(stderr, "ringvm: dirty log: final sync: vCPU %u still pushes dirty "
+                        "entries (not paused?)\n", i);
+                rc = -EBUSY;
+            }
+        }
+    }
+out:
+    pthread_mutex_unlock(&log->control_lock);
+    return rc;
+}
+
+void dirty_log_mark_range(struct dirty_log *log, uint64_t ram_offset, uint64_t len)
+{
+    if (!log || !len || !atomic_load_explicit(&log->tracking, memory_order_acquire) || !log->set)
+        return;
+    uint64_t first = ram_offset / 4096, last = (ram_offset + len - 1) / 4096;
+    dirty_set_mark_range(log->set, 0, first, last - first + 1);
+    atomic_fetch_add_explicit(&log->vmm_marked, last - first + 1, memory_order_relaxed);
+}
+
+void dirty_log_get_stats(struct dirty_log *log, struct dirty_log_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->mode = DIRTY_LOG_OFF;
+    out->now_ns = dirtyring_now_ns();
+    if (!log)
+        return;
+    out->mode = log->config.mode;
+    out->tracking = atomic_load_explicit(&log->tracking, memory_order_relaxed);
+    out->ring_entries = log->ring_bytes / sizeof(struct kvm_dirty_gfn);
+    out->vcpu_count = log->vcpu_count;
+    out->vcpu_stats_count = log->vcpu_count < DIRTY_LOG_STATS_MAX_VCPUS
+        ? log->vcpu_count : DIRTY_LOG_STATS_MAX_VCPUS;
+
+    pthread_mutex_lock(&log->control_lock);
+    out->harvesters = log->harvesters.count;
+    if (log->config.mode == DIRTY_LOG_RING) {
+        out->harvester_cpu_ns = harvester_group_cpu_ns(&log->harvesters);
+        out->harvest_polls = harvester_group_polls(&log->harvesters);
+    } else if (log->bitmap_ready) {
+        out->harvester_cpu_ns = bitmap_sync_cpu_ns(&log->bitmap);
+    }
+    pthread_mutex_unlock(&log->control_lock);
+
+    if (log->config.mode == DIRTY_LOG_RING) {
+        for (unsigned i = 0; i < log->vcpu_count; i++) {
+            struct vcpu_ring *vr = log->rings[i];
+            if (!vr)
+                continue;
+            struct dirty_log_vcpu_stats v = {
+                .pages = atomic_load_explicit(&vr->harvested, memory_order_relaxed),
+                .ring_fill = atomic_load_explicit(&vr->unreset, memory_order_relaxed),
+                .ring_fill_high_water = atomic_load_explicit(&vr->fill_high_water, memory_order_relaxed),
+                .ring_full_exits = atomic_load_explicit(&vr->full_exits, memory_order_relaxed),
+                .ring_full_empty = atomic_load_explicit(&vr->full_exits_empty, memory_order_relaxed),
+                .batches = atomic_load_explicit(&vr->batches, memory_order_relaxed),
+            };
+            rate_history_rates(&vr->rate, &v.pages_per_s_100ms, &v.pages_per_s_1s);
+            if (i < DIRTY_LOG_STATS_MAX_VCPUS)
+                out->vcpu[i] = v;
+            out->pages += v.pages;
+            out->pages_per_s_100ms += v.pages_per_s_100ms;
+            out->pages_per_s_1s += v.pages_per_s_1s;
+            out->harvest_batches += v.batches;
+            out->ring_full_exits += v.ring_full_exits;
+            out->ring_overflows += v.ring_full_empty;
+            if (v.ring_fill_high_water > out->ring_fill_high_water)
+                out->ring_fill_high_water = v.ring_fill_high_water;
+            out->bad_entries += atomic_load_explicit(&vr->bad_entries, memory_order_relaxed);
+        }
+        out->resets = atomic_load_explicit(&log->resetter.resets, memory_order_relaxed);
+        out->reset_entries = atomic_load_explicit(&log->resetter.reset_entries, memory_order_relaxed);
+        out->reset_ns_total = atomic_load_explicit(&log->resetter.reset_ns_total, memory_order_relaxed);
+        out->reset_ns_max = atomic_load_explicit(&log->resetter.reset_ns_max, memory_order_relaxed);
+    } else if (log->bitmap_ready) {
+        out->pages = atomic_load_explicit(&log->bitmap.pages, memory_order_relaxed);
+        out->bitmap_syncs = atomic_load_explicit(&log->bitmap.syncs, memory_order_relaxed);
+        out->bitmap_sync_ns_total = atomic_load_explicit(&log->bitmap.sync_ns_total, memory_order_relaxed);
+        out->bitmap_sync_ns_last = atomic_load_explicit(&log->bitmap.sync_ns_last, memory_order_relaxed);
+        /* No per-vCPU attribution with a bitmap: VM rate from our own
+         * samples (one per get_stats call at most every 100 ms). */
+        rate_history_sample(&log->vm_rate, out->now_ns, out->pages);
+        rate_history_rates(&log->vm_rate, &out->pages_per_s_100ms, &out->pages_per_s_1s);
+    }
+    out->takes = atomic_load_explicit(&log->takes, memory_order_relaxed);
+    out->take_ns_last = atomic_load_explicit(&log->take_ns_last, memory_order_relaxed);
+    out->take_pages_last = atomic_load_explicit(&log->take_pages_last, memory_order_relaxed);
+    out->vmm_marked_pages = atomic_load_explicit(&log->vmm_marked, memory_order_relaxed);
+}
+
+static void human(double v, char *buf, size_t size)
+{
+    if (v >= 1e6)
+        snprintf(buf, size, "%.2fM", v / 1e6);
+    else if (v >= 1e3)
+        snprintf(buf, size, "%.1fk", v / 1e3);
+    else
+        snprintf(buf, size, "%.0f", v);
+}
+
+int dirty_log_format_stats(const struct dirty_log_stats *s, const struct dirty_log_stats *prev,
+                           char *buf, size_t size)
+{
+    if (s->mode == DIRTY_LOG_OFF)
+        return snprintf(buf, size, "dirty=off");
+    double dt = prev && s->now_ns > prev->now_ns ? (double)(s->now_ns - prev->now_ns) / 1e9 : 0;
+    char rate[32];
+    double pages_per_s = s->pages_per_s_1s;
+    if (dt > 0)
+        pages_per_s = (double)(s->pages - prev->pages) / dt;
+    human(pages_per_s, rate, sizeof(rate));
+    double cpu_pct = dt > 0 ? (double)(s->harvester_cpu_ns - prev->harvester_cpu_ns) / (dt * 1e7) : 0;
+    if (s->mode == DIRTY_LOG_BITMAP) {
+        uint64_t syncs = s->bitmap_syncs - (prev ? prev->bitmap_syncs : 0);
+        return snprintf(buf, size, "dirty=bitmap %s %s/s syncs=%llu(%.2fms) scpu=%.1f%%",
+                        s->tracking ? "on" : "off", rate, (unsigned long long)syncs,
+                        (double)s->bitmap_sync_ns_last / 1e6, cpu_pct);
+    }
+    uint64_t resets = s->resets - (prev ? prev->resets : 0);
+    uint64_t reset_ns = s->reset_ns_total - (prev ? prev->reset_ns_total : 0);
+    unsigned fill_pct = s->ring_entries
+        ? (unsigned)(s->ring_fill_high_water * 100 / s->ring_entries) : 0;
+    return snprintf(buf, size,
+                    "dirty=ring %s %s/s fill-hw=%u%% full=%llu ovf=%llu resets=%llu(%.2fms) hcpu=%.1f%%",
+                    s->tracking ? "on" : "off", rate, fill_pct,
+                    (unsigned long long)s->ring_full_exits, (unsigned long long)s->ring_overflows,
+                    (unsigned long long)resets, resets ? (double)reset_ns / (double)resets / 1e6 : 0.0,
+                    cpu_pct);
+}

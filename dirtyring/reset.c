@@ -1,0 +1,103 @@
+#include "dirtyring/reset.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <linux/kvm.h>
+
+#include "dirtyring/vcpu_ring.h"
+
+int ring_resetter_init(struct ring_resetter *r, int vm_fd, unsigned ring_count)
+{
+    memset(r, 0, sizeof(*r));
+    r->vm_fd = vm_fd;
+    r->ring_count = ring_count;
+    r->rings = calloc(ring_count ? ring_count : 1, sizeof(*r->rings));
+    r->snapshot = calloc(ring_count ? ring_count : 1, sizeof(*r->snapshot));
+    if (!r->rings || !r->snapshot) {
+        free((void *)r->rings);
+        free(r->snapshot);
+        fprintf(stderr, "ringvm: dirty ring resetter: %s\n", strerror(ENOMEM));
+        return -ENOMEM;
+    }
+    for (unsigned i = 0; i < ring_count; i++)
+        atomic_init(&r->rings[i], NULL);
+    pthread_mutex_init(&r->lock, NULL);
+    return 0;
+}
+
+void ring_resetter_fini(struct ring_resetter *r)
+{
+    if (!r->rings)
+        return;
+    pthread_mutex_destroy(&r->lock);
+    free((void *)r->rings);
+    free(r->snapshot);
+    r->rings = NULL;
+    r->snapshot = NULL;
+}
+
+void ring_resetter_set_ring(struct ring_resetter *r, unsigned index, struct vcpu_ring *ring)
+{
+    if (index < r->ring_count)
+        atomic_store_explicit(&r->rings[index], ring, memory_order_release);
+}
+
+uint64_t ring_resetter_pending(struct ring_resetter *r)
+{
+    uint64_t total = 0;
+    for (unsigned i = 0; i < r->ring_count; i++) {
+        struct vcpu_ring *ring = atomic_load_explicit(&r->rings[i], memory_order_acquire);
+        if (ring)
+            total += atomic_load_explicit(&ring->unreset, memory_order_relaxed);
+    }
+    return total;
+}
+
+static uint64_t now_ns(void)
+{
+    return dirtyring_now_ns();
+}
+
+int64_t ring_resetter_reset(struct ring_resetter *r, bool force)
+{
+    pthread_mutex_lock(&r->lock);
+    uint64_t requested = 0;
+    for (unsigned i = 0; i < r->ring_count; i++) {
+        struct vcpu_ring *ring = atomic_load_explicit(&r->rings[i], memory_order_acquire);
+        /* Acquire pairs with the consumer's release add in
+         * vcpu_ring_harvest: the RESET flags counted here are visible to
+         * this thread, hence to the kernel when we call it below. */
+        r->snapshot[i] = ring ? atomic_load_explicit(&ring->unreset, memory_order_acquire) : 0;
+        requested += r->snapshot[i];
+    }
+    if (!requested && !force) {
+        pthread_mutex_unlock(&r->lock);
+        return 0;
+    }
+    uint64_t t0 = now_ns();
+    int ret = ioctl(r->vm_fd, KVM_RESET_DIRTY_RINGS, 0);
+    uint64_t dt = now_ns() - t0;
+    if (ret < 0) {
+        int err = errno;
+        atomic_fetch_add_explicit(&r->failures, 1, memory_order_relaxed);
+        pthread_mutex_unlock(&r->lock);
+        fprintf(stderr, "ringvm: KVM_RESET_DIRTY_RINGS: %s\n", strerror(err));
+        return -err;
+    }
+    for (unsigned i = 0; i < r->ring_count; i++) {
+        struct vcpu_ring *ring = atomic_load_explicit(&r->rings[i], memory_order_relaxed);
+        if (ring && r->snapshot[i])
+            atomic_fetch_sub_explicit(&ring->unreset, r->snapshot[i], memory_order_relaxed);
+    }
+    atomic_fetch_add_explicit(&r->resets, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&r->reset_entries, (uint64_t)ret, memory_order_relaxed);
+    atomic_fetch_add_explicit(&r->reset_requested, requested, memory_order_relaxed);
+    atomic_fetch_add_explicit(&r->reset_ns_total, dt, memory_order_relaxed);
+    if (dt > atomic_load_explicit(&r->reset_ns_max, memory_order_relaxed))
+        atomic_store_explicit(&r->reset_ns_max, dt, memory_order_relaxed);
+    pthread_mutex_unlock(&r->lock);
+    return ret;
+}

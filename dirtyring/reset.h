@@ -1,0 +1,54 @@
+/*
+ * KVM_RESET_DIRTY_RINGS with bookkeeping. The ioctl is VM-wide: it recycles
+ * every RESET-flagged entry of every vCPU ring (re-write-protecting those
+ * pages), so all resetters (harvesters, vCPU threads on ring-full, take,
+ * final sync) share one struct ring_resetter.
+ *
+ * Ownership / threads:
+ *   - vm_fd, rings[] (slots filled by dirty_log_attach_vcpu before the vCPUs
+ *     run; atomic pointers), ring_count: fixed after creation.
+ *   - lock serializes resetters so the "unreset" accounting of each ring
+ *     stays exact: snapshot every ring's unreset (acquire), ioctl, subtract
+ *     the snapshots. Entries flagged after the snapshot may have been
+ *     recycled too; they stay counted until the next reset (an overestimate
+ *     of ring fill, never an underestimate).
+ *   - statistics: atomics, written under lock, read by anyone.
+ */
+#ifndef RINGVM_DIRTYRING_RESET_H
+#define RINGVM_DIRTYRING_RESET_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct vcpu_ring;
+
+struct ring_resetter {
+    int vm_fd;
+    unsigned ring_count;
+    struct vcpu_ring *_Atomic *rings;
+    uint32_t *snapshot;             /* under lock */
+    pthread_mutex_t lock;
+
+    _Atomic uint64_t resets;        /* ioctls issued */
+    _Atomic uint64_t reset_entries; /* sum of the ioctl's return values */
+    _Atomic uint64_t reset_requested; /* sum of the snapshots (what we flagged) */
+    _Atomic uint64_t reset_ns_total;
+    _Atomic uint64_t reset_ns_max;
+    _Atomic uint64_t failures;
+};
+
+int ring_resetter_init(struct ring_resetter *r, int vm_fd, unsigned ring_count);
+void ring_resetter_fini(struct ring_resetter *r);
+void ring_resetter_set_ring(struct ring_resetter *r, unsigned index, struct vcpu_ring *ring);
+
+/* Issues KVM_RESET_DIRTY_RINGS if any ring has unreset entries (or always
+ * with force). Returns the entries the kernel reported reset (>= 0), or
+ * -errno with a message on stderr. */
+int64_t ring_resetter_reset(struct ring_resetter *r, bool force);
+
+/* Total unreset entries over all rings (relaxed snapshot). */
+uint64_t ring_resetter_pending(struct ring_resetter *r);
+
+#endif

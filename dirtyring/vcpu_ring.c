@@ -1,0 +1,111 @@
+#include "dirtyring/vcpu_ring.h"
+
+#include <time.h>
+
+uint64_t dirtyring_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+void dirty_slot_map_init(struct dirty_slot_map *map, const struct guest_memory *memory)
+{
+    map->count = 0;
+    for (unsigned i = 0; i < memory->slot_count && i < GUEST_MEMORY_MAX_SLOTS; i++) {
+        map->e[i].slot = memory->slots[i].slot;
+        map->e[i].first_page = memory->slots[i].ram_offset / 4096;
+        map->e[i].pages = memory->slots[i].size / 4096;
+        map->count++;
+    }
+}
+
+void vcpu_ring_init(struct vcpu_ring *vr, unsigned vcpu_index, int numa_node,
+                    struct kvm_dirty_gfn *gfns, uint32_t size, struct dirty_set *set,
+                    unsigned shard, const struct dirty_slot_map *slots)
+{
+    vr->vcpu_index = vcpu_index;
+    vr->numa_node = numa_node;
+    vr->shard = shard;
+    vr->mapping = NULL;
+    vr->mapping_size = 0;
+    vr->set = set;
+    vr->slots = slots;
+    pthread_mutex_init(&vr->lock, NULL);
+    dirty_ring_init(&vr->ring, gfns, size);
+    atomic_init(&vr->harvested, 0);
+    atomic_init(&vr->batches, 0);
+    atomic_init(&vr->bad_entries, 0);
+    atomic_init(&vr->unreset, 0);
+    atomic_init(&vr->fill_high_water, 0);
+    atomic_init(&vr->full_exits, 0);
+    atomic_init(&vr->full_exits_empty, 0);
+    rate_history_init(&vr->rate);
+}
+
+void vcpu_ring_fini(struct vcpu_ring *vr)
+{
+    pthread_mutex_destroy(&vr->lock);
+    rate_history_fini(&vr->rate);
+}
+
+struct visit_ctx {
+    struct dirty_set_writer writer;
+    const struct dirty_slot_map *slots;
+    uint64_t bad;
+};
+
+static void visit_entry(void *opaque, uint32_t slot, uint64_t offset)
+{
+    struct visit_ctx *ctx = opaque;
+    uint64_t page = dirty_slot_map_page(ctx->slots, slot, offset);
+    if (page == UINT64_MAX) {
+        ctx->bad++;         /* still flagged RESET, or the ring would stall */
+        return;
+    }
+    dirty_set_mark(&ctx->writer, page);
+}
+
+uint32_t vcpu_ring_harvest(struct vcpu_ring *vr, bool try_lock, bool to_empty)
+{
+    if (try_lock) {
+        if (pthread_mutex_trylock(&vr->lock) != 0)
+            return 0;
+    } else {
+        pthread_mutex_lock(&vr->lock);
+    }
+    uint32_t total = 0;
+    if (dirty_ring_has_dirty(&vr->ring)) {
+        struct visit_ctx ctx = { .slots = vr->slots, .bad = 0 };
+        /* One write section covers both the marks and the RESET flags, so
+         * a take that waited for this section also sees the flags (its
+         * KVM_RESET_DIRTY_RINGS then re-protects every page it hands over). */
+        dirty_set_write_begin(vr->set, vr->shard, &ctx.writer);
+        for (;;) {
+            uint32_t n = dirty_ring_collect(&vr->ring, vr->ring.size, visit_entry, &ctx);
+            total += n;
+            if (!to_empty || n == 0)
+                break;
+        }
+        dirty_set_write_end(&ctx.writer);
+        if (ctx.bad)
+            atomic_fetch_add_explicit(&vr->bad_entries, ctx.bad, memory_order_relaxed);
+    }
+    if (total) {
+        /* Release: the RESET flags stored above are visible to whoever
+         * reads unreset with acquire before issuing the reset ioctl. */
+        uint32_t fill = atomic_fetch_add_explicit(&vr->unreset, total, memory_order_release) + total;
+        uint32_t hw = atomic_load_explicit(&vr->fill_high_water, memory_order_relaxed);
+        if (fill > hw)
+            atomic_store_explicit(&vr->fill_high_water, fill, memory_order_relaxed);
+        atomic_fetch_add_explicit(&vr->harvested, total, memory_order_relaxed);
+        atomic_fetch_add_explicit(&vr->batches, 1, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&vr->lock);
+    return total;
+}
+
+void vcpu_ring_sample(struct vcpu_ring *vr, uint64_t now_ns)
+{
+    rate_history_sample(&vr->rate, now_ns, atomic_load_explicit(&vr->harvested, memory_order_relaxed));
+}

@@ -1,0 +1,214 @@
+/* Shared test helpers; see harness.h. */
+#include "tests/harness.h"
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "vmm/size.h"
+
+void harness_require_kvm(void)
+{
+    int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        int saved = errno;
+        fprintf(stderr, "SKIP: /dev/kvm unavailable (%s)\n", strerror(saved));
+        cr_skip_test("/dev/kvm unavailable: %s", strerror(saved));
+    }
+    close(fd);
+}
+
+static void console_on_line(const char *line, size_t length, void *opaque)
+{
+    struct console_capture *console = opaque;
+    pthread_mutex_lock(&console->lock);
+    if (console->length + length + 2 > console->capacity) {
+        size_t capacity = (console->capacity + length + 2) * 2;
+        char *grown = realloc(console->text, capacity);
+        if (grown == NULL) {
+            pthread_mutex_unlock(&console->lock);
+            return;
+        }
+        console->text = grown;
+        console->capacity = capacity;
+    }
+    memcpy(console->text + console->length, line, length);
+    console->length += length;
+    console->text[console->length++] = '\n';
+    console->text[console->length] = '\0';
+    pthread_cond_broadcast(&console->grew);
+    pthread_mutex_unlock(&console->lock);
+}
+
+static unsigned count_locked(struct console_capture *console, const char *needle)
+{
+    unsigned count = 0;
+    if (console->text == NULL)
+        return 0;
+    for (const char *at = strstr(console->text, needle); at != NULL; at = strstr(at + 1, needle))
+        count++;
+    return count;
+}
+
+unsigned console_count(struct console_capture *console, const char *needle)
+{
+    pthread_mutex_lock(&console->lock);
+    unsigned count = count_locked(console, needle);
+    pthread_mutex_unlock(&console->lock);
+    return count;
+}
+
+char *console_snapshot(struct console_capture *console)
+{
+    pthread_mutex_lock(&console->lock);
+    char *copy = strdup(console->text ? console->text : "");
+    pthread_mutex_unlock(&console->lock);
+    return copy;
+}
+
+bool console_wait_for(struct console_capture *console, const char *needle, unsigned count, unsigned timeout_ms)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&console->lock);
+    bool found;
+    while (!(found = count_locked(console, needle) >= count)) {
+        if (pthread_cond_timedwait(&console->grew, &console->lock, &deadline) == ETIMEDOUT) {
+            found = count_locked(console, needle) >= count;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&console->lock);
+    return found;
+}
+
+void harness_vm_create(struct harness_vm *harness, const char *memory, unsigned vcpus, const char *workload,
+                       const char *dirty_mode)
+{
+    memset(harness, 0, sizeof(*harness));
+    pthread_mutex_init(&harness->console.lock, NULL);
+    pthread_condattr_t attributes;
+    pthread_condattr_init(&attributes);
+    pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC);
+    pthread_cond_init(&harness->console.grew, &attributes);
+    pthread_condattr_destroy(&attributes);
+
+    struct vm_config config;
+    memset(&config, 0, sizeof(config));
+    char error[256];
+    cr_assert_eq(size_parse(memory, &config.memory_bytes, error, sizeof(error)), 0, "%s", error);
+    config.vcpu_count = vcpus;
+    config.create_irqchip = true;
+    config.memory_options.numa_node = -1;
+    config.serial.mode = SERIAL_NONE;
+    cr_assert_eq(workload_spec_parse(workload, &config.workload, error, sizeof(error)), 0, "%s", error);
+    dirty_log_config_defaults(&config.dirty_log);
+    cr_assert_eq(dirty_log_mode_parse(dirty_mode, &config.dirty_log.mode, error, sizeof(error)), 0, "%s", error);
+    cr_assert_eq(vm_create(&harness->vm, &config), 0, "vm_create failed (see stderr)");
+    harness->vm->serial.on_line = console_on_line;
+    harness->vm->serial.on_line_opaque = &harness->console;
+}
+
+void harness_vm_start(struct harness_vm *harness, const char *memory, unsigned vcpus, const char *workload,
+                      const char *dirty_mode)
+{
+    harness_vm_create(harness, memory, vcpus, workload, dirty_mode);
+    cr_assert_eq(vm_start(harness->vm), 0, "vm_start failed");
+}
+
+void harness_vm_stop(struct harness_vm *harness)
+{
+    if (harness->vm != NULL) {
+        vm_request_shutdown(harness->vm, 0);
+        vm_wait(harness->vm);
+        vm_destroy(harness->vm);
+        harness->vm = NULL;
+    }
+    free(harness->console.text);
+    harness->console.text = NULL;
+}
+
+bool harness_wait_until(bool (*predicate)(void *argument), void *argument, unsigned timeout_ms)
+{
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        if (predicate(argument))
+            return true;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long elapsed_ms = (now.tv_sec - start.tv_sec) * 1000L + (now.tv_nsec - start.tv_nsec) / 1000000L;
+        if (elapsed_ms >= (long)timeout_ms)
+            return predicate(argument);
+        struct timespec pause = { .tv_sec = 0, .tv_nsec = 1000000L };
+        nanosleep(&pause, NULL);
+    }
+}
+
+uint64_t harness_pages_written(struct vm *vm, unsigned vcpu)
+{
+    struct ringvm_vcpu_stats stats;
+    vm_read_guest_stats(vm, vcpu, &stats);
+    return stats.pages_written;
+}
+
+struct advance_wait {
+    struct vm *vm;
+    uint64_t start[RINGVM_MAX_VCPUS];
+    uint64_t delta;
+};
+
+static bool all_advanced(void *argument)
+{
+    struct advance_wait *wait = argument;
+    for (unsigned i = 0; i < wait->vm->config.vcpu_count; i++)
+        if (harness_pages_written(wait->vm, i) < wait->start[i] + wait->delta)
+            return false;
+    return true;
+}
+
+bool harness_wait_all_vcpus_advance(struct vm *vm, uint64_t delta, unsigned timeout_ms)
+{
+    struct advance_wait wait = { .vm = vm, .delta = delta };
+    for (unsigned i = 0; i < vm->config.vcpu_count; i++)
+        wait.start[i] = harness_pages_written(vm, i);
+    return harness_wait_until(all_advanced, &wait, timeout_ms);
+}
+
+struct phase_wait {
+    struct vm *vm;
+    unsigned vcpu;
+    uint64_t phase;
+};
+
+static bool phase_reached(void *argument)
+{
+    struct phase_wait *wait = argument;
+    struct ringvm_vcpu_stats stats;
+    vm_read_guest_stats(wait->vm, wait->vcpu, &stats);
+    return stats.phase == wait->phase;
+}
+
+bool harness_wait_phase(struct vm *vm, unsigned vcpu, uint64_t phase, unsigned timeout_ms)
+{
+    struct phase_wait wait = { .vm = vm, .vcpu = vcpu, .phase = phase };
+    return harness_wait_until(phase_reached, &wait, timeout_ms);
+}
+
+const char *harness_program(const char *name)
+{
+    static __thread char path[4096];
+    const char *directory = getenv("RINGVM_BUILD_DIR");
+    snprintf(path, sizeof(path), "%s/%s", directory != NULL ? directory : "build", name);
+    return path;
+}

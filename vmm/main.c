@@ -1,0 +1,99 @@
+/*
+ * ringvm: parse the command line, build the VM, serve the API, run until
+ * the guest powers off or SIGINT/SIGTERM arrives, then shut down cleanly.
+ *
+ * Threads: main (this file: start-up, --stats line, teardown), a signal
+ * thread (sigwait for SIGINT/SIGTERM), the vCPU threads, and whatever the
+ * subsystems start (harvesters, API, migration).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vmm/options.h"
+#include "vmm/stats.h"
+#include "vmm/vm.h"
+
+struct signal_thread {
+    pthread_t thread;
+    sigset_t signals;
+    struct vm *vm;
+};
+
+static void *signal_thread_main(void *argument)
+{
+    struct signal_thread *context = argument;
+    pthread_setname_np(pthread_self(), "signals");
+    for (;;) {
+        int signo = 0;
+        if (sigwait(&context->signals, &signo) != 0)
+            continue;
+        if (signo == SIGINT || signo == SIGTERM) {
+            fprintf(stderr, "ringvm: %s received, shutting down\n", signo == SIGINT ? "SIGINT" : "SIGTERM");
+            vm_request_shutdown(context->vm, 0);
+            return NULL;
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    struct ringvm_options options;
+    char error[512];
+    switch (options_parse(argc, argv, &options, error, sizeof(error))) {
+    case OPTIONS_OK:
+        break;
+    case OPTIONS_EXIT:
+        return 0;
+    case OPTIONS_ERROR:
+        fprintf(stderr, "ringvm: %s\n", error);
+        return 2;
+    }
+    setvbuf(stdout, NULL, _IOLBF, 0);
+
+    /* Every thread created from here on inherits SIGINT/SIGTERM blocked;
+     * only the signal thread takes them. */
+    struct signal_thread signals = { 0 };
+    sigemptyset(&signals.signals);
+    sigaddset(&signals.signals, SIGINT);
+    sigaddset(&signals.signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &signals.signals, NULL);
+
+    struct vm *vm = NULL;
+    if (vm_create(&vm, &options.vm) != 0)
+        return 1;
+    signals.vm = vm;
+    int result = pthread_create(&signals.thread, NULL, signal_thread_main, &signals);
+    if (result != 0) {
+        fprintf(stderr, "ringvm: pthread_create(signal thread): %s\n", strerror(result));
+        vm_destroy(vm);
+        return 1;
+    }
+    pthread_detach(signals.thread);
+
+    if (vm_start(vm) != 0) {
+        vm_destroy(vm);
+        return 1;
+    }
+
+    struct stats_sampler sampler;
+    stats_sampler_init(&sampler, vm);
+    uint64_t started = vm_now_ns();
+    for (;;) {
+        if (vm_wait_for_shutdown_request(vm, 1000000000ULL))
+            break;
+        if (options.stats)
+            stats_print_line(&sampler, stdout);
+        if (options.demo_seconds != 0 && vm_now_ns() - started >= options.demo_seconds * 1000000000ULL) {
+            vm_request_shutdown(vm, 0);
+            break;
+        }
+    }
+    int exit_code = vm_wait(vm);
+    vm_destroy(vm);
+    return exit_code;
+}

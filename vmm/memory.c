@@ -1,0 +1,195 @@
+/*
+ * Guest RAM: a memfd mapped MAP_SHARED (so a local migration can hand the fd
+ * over later), exposed to KVM as one memslot, or two when RAM exceeds 3 GiB:
+ * the 3-4 GiB hole keeps the doorbell and, on VMX hosts, the APIC access
+ * page free of RAM.
+ */
+#include "vmm/memory.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <numa.h>
+#include <numaif.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <linux/kvm.h>
+
+#include "guest/abi.h"
+
+#ifndef MFD_HUGETLB
+#define MFD_HUGETLB 0x0004U
+#endif
+#ifndef MFD_HUGE_2MB
+#define MFD_HUGE_2MB (21U << 26)
+#endif
+
+static void layout_slots(struct guest_memory *memory)
+{
+    uint64_t low = memory->size < RINGVM_LOW_RAM_END ? memory->size : RINGVM_LOW_RAM_END;
+    memory->slots[0] = (struct guest_memory_slot){ .slot = 0, .gpa = 0, .size = low, .ram_offset = 0 };
+    memory->slot_count = 1;
+    if (memory->size > low) {
+        memory->slots[1] = (struct guest_memory_slot){
+            .slot = 1, .gpa = RINGVM_HIGH_RAM_BASE, .size = memory->size - low, .ram_offset = low,
+        };
+        memory->slot_count = 2;
+    }
+}
+
+static int bind_to_node(struct guest_memory *memory, int node)
+{
+    if (numa_available() < 0) {
+        fprintf(stderr, "ringvm: --numa-node %d: NUMA is not available on this host\n", node);
+        return -EINVAL;
+    }
+    if (node > numa_max_node()) {
+        fprintf(stderr, "ringvm: --numa-node %d: this host has nodes 0..%d\n", node, numa_max_node());
+        return -EINVAL;
+    }
+    struct bitmask *nodes = numa_allocate_nodemask();
+    if (nodes == NULL) {
+        fprintf(stderr, "ringvm: --numa-node %d: out of memory\n", node);
+        return -ENOMEM;
+    }
+    numa_bitmask_setbit(nodes, (unsigned)node);
+    long result = mbind(memory->host, memory->size, MPOL_BIND, nodes->maskp, nodes->size + 1, 0);
+    int saved = errno;
+    numa_free_nodemask(nodes);
+    if (result != 0) {
+        fprintf(stderr, "ringvm: mbind(guest RAM, node %d): %s\n", node, strerror(saved));
+        return -saved;
+    }
+    return 0;
+}
+
+int guest_memory_create(struct guest_memory *memory, uint64_t size,
+                        const struct guest_memory_options *options)
+{
+    memset(memory, 0, sizeof(*memory));
+    memory->memfd = -1;
+    memory->numa_node = -1;
+
+    uint64_t granule = options->hugepages ? (2ULL << 20) : RINGVM_PAGE_SIZE;
+    if (size < RINGVM_WORKLOAD_BASE || size % granule != 0) {
+        fprintf(stderr, "ringvm: --memory %" PRIu64 ": must be at least 16M and a multiple of %s\n", size,
+                options->hugepages ? "2M with --hugepages" : "4K");
+        return -EINVAL;
+    }
+    unsigned flags = MFD_CLOEXEC | (options->hugepages ? MFD_HUGETLB | MFD_HUGE_2MB : 0);
+    memory->memfd = memfd_create("ringvm-guest-ram", flags);
+    if (memory->memfd < 0) {
+        int saved = errno;
+        fprintf(stderr, "ringvm: memfd_create(guest RAM%s): %s\n",
+                options->hugepages ? ", 2M huge pages" : "", strerror(saved));
+        return -saved;
+    }
+    if (ftruncate(memory->memfd, (off_t)size) != 0) {
+        int saved = errno;
+        fprintf(stderr, "ringvm: ftruncate(guest RAM, %" PRIu64 " bytes): %s%s\n", size, strerror(saved),
+                options->hugepages ? " (are enough huge pages reserved in /proc/sys/vm/nr_hugepages?)" : "");
+        close(memory->memfd);
+        memory->memfd = -1;
+        return -saved;
+    }
+    void *host = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, memory->memfd, 0);
+    if (host == MAP_FAILED) {
+        int saved = errno;
+        fprintf(stderr, "ringvm: mmap(guest RAM, %" PRIu64 " bytes): %s\n", size, strerror(saved));
+        close(memory->memfd);
+        memory->memfd = -1;
+        return -saved;
+    }
+    memory->host = host;
+    memory->size = size;
+    memory->hugepages = options->hugepages;
+    /* Guest RAM is large and sparse: keep it out of core dumps. */
+    (void)madvise(host, size, MADV_DONTDUMP);
+    if (options->numa_node >= 0) {
+        int result = bind_to_node(memory, options->numa_node);
+        if (result != 0) {
+            guest_memory_destroy(memory);
+            return result;
+        }
+        memory->numa_node = options->numa_node;
+    }
+    layout_slots(memory);
+    return 0;
+}
+
+void guest_memory_destroy(struct guest_memory *memory)
+{
+    if (memory->host != NULL)
+        munmap(memory->host, memory->size);
+    if (memory->memfd >= 0)
+        close(memory->memfd);
+    memory->host = NULL;
+    memory->memfd = -1;
+}
+
+int guest_memory_set_dirty_logging(const struct guest_memory *memory, int vm_fd, bool log_dirty)
+{
+    for (unsigned i = 0; i < memory->slot_count; i++) {
+        const struct guest_memory_slot *slot = &memory->slots[i];
+        struct kvm_userspace_memory_region region = {
+            .slot = slot->slot,
+            .flags = log_dirty ? KVM_MEM_LOG_DIRTY_PAGES : 0,
+            .guest_phys_addr = slot->gpa,
+            .memory_size = slot->size,
+            .userspace_addr = (uint64_t)(uintptr_t)(memory->host + slot->ram_offset),
+        };
+        if (ioctl(vm_fd, KVM_SET_USER_MEMORY_REGION, &region) != 0) {
+            int saved = errno;
+            fprintf(stderr, "ringvm: KVM_SET_USER_MEMORY_REGION(slot %u, gpa 0x%" PRIx64 ", %" PRIu64
+                    " bytes%s): %s\n", slot->slot, slot->gpa, slot->size,
+                    log_dirty ? ", log dirty pages" : "", strerror(saved));
+            return -saved;
+        }
+    }
+    return 0;
+}
+
+int guest_memory_register(const struct guest_memory *memory, int vm_fd, bool log_dirty)
+{
+    return guest_memory_set_dirty_logging(memory, vm_fd, log_dirty);
+}
+
+void *guest_memory_gpa_to_host(const struct guest_memory *memory, uint64_t gpa, uint64_t len)
+{
+    for (unsigned i = 0; i < memory->slot_count; i++) {
+        const struct guest_memory_slot *slot = &memory->slots[i];
+        if (gpa >= slot->gpa && gpa - slot->gpa <= slot->size && len <= slot->size - (gpa - slot->gpa))
+            return memory->host + slot->ram_offset + (gpa - slot->gpa);
+    }
+    return NULL;
+}
+
+uint64_t guest_memory_gpa_to_offset(const struct guest_memory *memory, uint64_t gpa)
+{
+    for (unsigned i = 0; i < memory->slot_count; i++) {
+        const struct guest_memory_slot *slot = &memory->slots[i];
+        if (gpa >= slot->gpa && gpa - slot->gpa < slot->size)
+            return slot->ram_offset + (gpa - slot->gpa);
+    }
+    return UINT64_MAX;
+}
+
+uint64_t guest_memory_offset_to_gpa(const struct guest_memory *memory, uint64_t ram_offset)
+{
+    for (unsigned i = 0; i < memory->slot_count; i++) {
+        const struct guest_memory_slot *slot = &memory->slots[i];
+        if (ram_offset >= slot->ram_offset && ram_offset - slot->ram_offset < slot->size)
+            return slot->gpa + (ram_offset - slot->ram_offset);
+    }
+    return UINT64_MAX;
+}
+
+const struct guest_memory_slot *guest_memory_slot_by_id(const struct guest_memory *memory, uint32_t slot)
+{
+    for (unsigned i = 0; i < memory->slot_count; i++)
+        if (memory->slots[i].slot == slot)
+            return &memory->slots[i];
+    return NULL;
+}

@@ -1,0 +1,211 @@
+/* ringvm command-line parsing. */
+#include "vmm/options.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vmm/size.h"
+
+#define RINGVM_VERSION "0.1.0"
+
+void options_print_usage(FILE *out)
+{
+    fprintf(out,
+"usage: ringvm [OPTIONS]\n"
+"\n"
+"A KVM virtual machine monitor built for live-migrating guests that dirty\n"
+"memory fast. Runs the built-in guest (a ring-3 memory workload).\n"
+"\n"
+"Guest:\n"
+"  --memory SIZE            guest RAM, e.g. 512M, 1G, 16G (default 256M; K/M/G/T suffixes)\n"
+"  --vcpus N                vCPUs, 1..%d (default 1)\n"
+"  --workload SPEC          NAME[,key=value...] (default dirtier):\n"
+"                             idle\n"
+"                             dirtier,wss=SIZE,pattern=seq|random|hot,rate=PAGES_PER_S,\n"
+"                                     write=8|4096,count=N,seed=N\n"
+"                             ledger,wss=SIZE,verify=SECONDS,pattern=...,rate=...,write=...\n"
+"                             fault,kind=ud|pf|de|bp,ring=0|3\n"
+"                           wss is split across vCPUs (default 64M); rate is per vCPU,\n"
+"                           0 = as fast as possible; count = page writes per vCPU, then\n"
+"                           the vCPU idles (0 = forever); ledger verifies every\n"
+"                           verify seconds (default 5) and prints LEDGER OK|MISMATCH\n"
+"  --serial MODE            console: stdout (default), none, file:PATH\n"
+"  --numa-node N            bind guest RAM and vCPU threads to NUMA node N\n"
+"  --hugepages              back guest RAM with 2M huge pages\n"
+"  --stats                  print guest pages/s per vCPU (and dirty tracking) every second\n"
+"  --run-seconds N          shut down cleanly after N seconds (default: run until SIGINT/SIGTERM)\n"
+"\n"
+"Dirty tracking:\n"
+"  --dirty-log MODE         ring (default), bitmap or off\n"
+"  --ring-entries N         dirty ring entries per vCPU, power of two 64..65536 (default %u)\n"
+"  --harvesters N           harvester threads (default: one per NUMA node running vCPUs)\n"
+"  --bitmap-sync-ms N       bitmap mode: sync period in ms (default %u)\n"
+"\n"
+"Control:\n"
+"  --api-socket PATH        serve the JSON control API on this Unix socket (mode 0600)\n"
+"  -h, --help               this text\n"
+"  --version                print the version\n"
+"\n"
+"Exit status: 0 clean shutdown, 1 guest or VMM failure, 2 bad command line.\n",
+            RINGVM_MAX_VCPUS, DIRTY_LOG_DEFAULT_RING_ENTRIES, DIRTY_LOG_DEFAULT_BITMAP_SYNC_MS);
+}
+
+enum {
+    OPT_MEMORY = 256, OPT_VCPUS, OPT_WORKLOAD, OPT_SERIAL, OPT_STATS, OPT_NUMA_NODE, OPT_HUGEPAGES,
+    OPT_DIRTY_LOG, OPT_RING_ENTRIES, OPT_HARVESTERS, OPT_BITMAP_SYNC_MS, OPT_API_SOCKET, OPT_VERSION,
+    OPT_RUN_SECONDS,
+};
+
+static const struct option long_options[] = {
+    { "memory", required_argument, NULL, OPT_MEMORY },
+    { "vcpus", required_argument, NULL, OPT_VCPUS },
+    { "workload", required_argument, NULL, OPT_WORKLOAD },
+    { "serial", required_argument, NULL, OPT_SERIAL },
+    { "stats", no_argument, NULL, OPT_STATS },
+    { "numa-node", required_argument, NULL, OPT_NUMA_NODE },
+    { "hugepages", no_argument, NULL, OPT_HUGEPAGES },
+    { "dirty-log", required_argument, NULL, OPT_DIRTY_LOG },
+    { "ring-entries", required_argument, NULL, OPT_RING_ENTRIES },
+    { "harvesters", required_argument, NULL, OPT_HARVESTERS },
+    { "bitmap-sync-ms", required_argument, NULL, OPT_BITMAP_SYNC_MS },
+    { "api-socket", required_argument, NULL, OPT_API_SOCKET },
+    { "run-seconds", required_argument, NULL, OPT_RUN_SECONDS },
+    { "help", no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, OPT_VERSION },
+    { NULL, 0, NULL, 0 },
+};
+
+static int parse_count(const char *option, const char *text, uint64_t min, uint64_t max, uint64_t *out,
+                       char *error, size_t error_size)
+{
+    char *end = NULL;
+    errno = 0;
+    unsigned long long value = strtoull(text, &end, 10);
+    if (*text == '\0' || *text == '-' || *end != '\0' || errno != 0 || value < min || value > max) {
+        snprintf(error, error_size, "%s '%s': expected an integer from %" PRIu64 " to %" PRIu64, option, text,
+                 min, max);
+        return -1;
+    }
+    *out = value;
+    return 0;
+}
+
+enum options_result options_parse(int argc, char **argv, struct ringvm_options *options, char *error,
+                                  size_t error_size)
+{
+    memset(options, 0, sizeof(*options));
+    struct vm_config *config = &options->vm;
+    config->memory_bytes = 256ULL << 20;
+    config->vcpu_count = 1;
+    config->create_irqchip = true;
+    config->memory_options.numa_node = -1;
+    workload_spec_defaults(&config->workload);
+    dirty_log_config_defaults(&config->dirty_log);
+
+    char detail[200];
+    uint64_t value = 0;
+    optind = 0;
+    opterr = 0;
+    for (;;) {
+        int option_index = 0;
+        int option = getopt_long(argc, argv, ":h", long_options, &option_index);
+        if (option == -1)
+            break;
+        switch (option) {
+        case OPT_MEMORY:
+            if (size_parse(optarg, &config->memory_bytes, detail, sizeof(detail)) != 0) {
+                snprintf(error, error_size, "--memory %s", detail);
+                return OPTIONS_ERROR;
+            }
+            if (config->memory_bytes < (16ULL << 20) || config->memory_bytes % 4096 != 0 ||
+                config->memory_bytes > (1ULL << 40)) {
+                snprintf(error, error_size, "--memory %s: must be a multiple of 4K from 16M to 1T", optarg);
+                return OPTIONS_ERROR;
+            }
+            break;
+        case OPT_VCPUS:
+            if (parse_count("--vcpus", optarg, 1, RINGVM_MAX_VCPUS, &value, error, error_size))
+                return OPTIONS_ERROR;
+            config->vcpu_count = (unsigned)value;
+            break;
+        case OPT_WORKLOAD:
+            if (workload_spec_parse(optarg, &config->workload, error, error_size) != 0)
+                return OPTIONS_ERROR;
+            break;
+        case OPT_SERIAL:
+            if (serial_config_parse(optarg, &config->serial, error, error_size) != 0)
+                return OPTIONS_ERROR;
+            break;
+        case OPT_STATS:
+            options->stats = true;
+            break;
+        case OPT_NUMA_NODE:
+            if (parse_count("--numa-node", optarg, 0, 1023, &value, error, error_size))
+                return OPTIONS_ERROR;
+            config->memory_options.numa_node = (int)value;
+            break;
+        case OPT_HUGEPAGES:
+            config->memory_options.hugepages = true;
+            break;
+        case OPT_DIRTY_LOG:
+            if (dirty_log_mode_parse(optarg, &config->dirty_log.mode, error, error_size) != 0)
+                return OPTIONS_ERROR;
+            break;
+        case OPT_RING_ENTRIES:
+            if (parse_count("--ring-entries", optarg, 64, 65536, &value, error, error_size))
+                return OPTIONS_ERROR;
+            if ((value & (value - 1)) != 0) {
+                snprintf(error, error_size, "--ring-entries %s: must be a power of two from 64 to 65536", optarg);
+                return OPTIONS_ERROR;
+            }
+            config->dirty_log.ring_entries = (uint32_t)value;
+            break;
+        case OPT_HARVESTERS:
+            if (parse_count("--harvesters", optarg, 1, RINGVM_MAX_VCPUS, &value, error, error_size))
+                return OPTIONS_ERROR;
+            config->dirty_log.harvesters = (unsigned)value;
+            break;
+        case OPT_BITMAP_SYNC_MS:
+            if (parse_count("--bitmap-sync-ms", optarg, 1, 60000, &value, error, error_size))
+                return OPTIONS_ERROR;
+            config->dirty_log.bitmap_sync_ms = (unsigned)value;
+            break;
+        case OPT_API_SOCKET:
+            if (*optarg == '\0' || strlen(optarg) >= 108) {
+                snprintf(error, error_size, "--api-socket '%s': expected a path of 1 to 107 bytes", optarg);
+                return OPTIONS_ERROR;
+            }
+            options->api_socket = optarg;
+            break;
+        case OPT_RUN_SECONDS:
+            if (parse_count("--run-seconds", optarg, 1, 86400 * 365, &value, error, error_size))
+                return OPTIONS_ERROR;
+            options->demo_seconds = (unsigned)value;
+            break;
+        case 'h':
+            options_print_usage(stdout);
+            return OPTIONS_EXIT;
+        case OPT_VERSION:
+            printf("ringvm %s\n", RINGVM_VERSION);
+            return OPTIONS_EXIT;
+        case ':':
+            snprintf(error, error_size, "%s: missing argument", argv[optind - 1]);
+            return OPTIONS_ERROR;
+        default:
+            snprintf(error, error_size, "unknown option '%s' (see --help)", argv[optind - 1]);
+            return OPTIONS_ERROR;
+        }
+    }
+    if (optind < argc) {
+        snprintf(error, error_size, "unexpected argument '%s' (see --help)", argv[optind]);
+        return OPTIONS_ERROR;
+    }
+    if (config->memory_options.hugepages && config->memory_bytes % (2ULL << 20) != 0) {
+        snprintf(error, error_size, "--memory must be a multiple of 2M with --hugepages");
+        return OPTIONS_ERROR;
+    }
+    return OPTIONS_OK;
+}

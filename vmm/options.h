@@ -1,0 +1,33 @@
+/*
+ * ringvm's command line. Parsing is separate from main() so it is unit
+ * tested: every bad value gets a message and exit code 2.
+ */
+#ifndef RINGVM_VMM_OPTIONS_H
+#define RINGVM_VMM_OPTIONS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "vmm/vm.h"
+
+struct ringvm_options {
+    struct vm_config vm;
+    bool stats;                     /* --stats: one line a second */
+    const char *api_socket;         /* --api-socket PATH, NULL = none */
+    const char *incoming;           /* --incoming unix:PATH|tcp:HOST:PORT */
+    bool bpf;                       /* --bpf */
+    unsigned demo_seconds;          /* --run-seconds N: shut down after N s (0 = run until signalled) */
+};
+
+enum options_result {
+    OPTIONS_OK = 0,
+    OPTIONS_EXIT = 1,               /* --help / --version printed: exit 0 */
+    OPTIONS_ERROR = 2,              /* message in error: exit 2 */
+};
+
+enum options_result options_parse(int argc, char **argv, struct ringvm_options *options,
+                                  char *error, size_t error_size);
+void options_print_usage(FILE *out);
+
+#endif
