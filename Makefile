@@ -92,7 +92,8 @@ $(BUILD)/tests/ringvm-tests: $(TEST_OBJS) $(BUILD)/libringvm.a
 TEST_JOBS ?= 2
 test: deps
 	@$(MAKE) --no-print-directory all $(BUILD)/tests/ringvm-tests
-	RINGVM_BUILD_DIR=$(abspath $(BUILD)) $(BUILD)/tests/ringvm-tests --jobs $(TEST_JOBS) $(TEST_ARGS)
+	RINGVM_BUILD_DIR=$(abspath $(BUILD)) LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp) \
+		$(BUILD)/tests/ringvm-tests --jobs $(TEST_JOBS) $(TEST_ARGS)
 
 asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan SANITIZE=1 test
@@ -100,6 +101,20 @@ asan: deps
 demo: deps
 	@$(MAKE) --no-print-directory all
 	scripts/demo.sh $(BUILD)
+
+# ---- make fuzz (api/ subsystem) ---------------------------------------------
+# libFuzzer target over the API request handler: only the pure protocol and
+# dispatch code plus the VM-less api.* commands, so it builds on its own.
+# tests/test_api_fuzz.c runs it for 30 s from tests/fuzz/api-corpus/.
+FUZZ_CC        ?= clang
+FUZZ_API_SRCS  := tests/fuzz/api_request_fuzz.c api/protocol.c api/dispatch.c api/commands_api.c
+$(BUILD)/fuzz/api_request_fuzz: $(FUZZ_API_SRCS) $(wildcard api/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=gnu11 -O1 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. \
+		-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+		$(FUZZ_API_SRCS) -ljansson -o $@
+fuzz: $(BUILD)/fuzz/api_request_fuzz
+# ---- end of make fuzz ---------------------------------------------------------
 
 clean:
 	rm -rf build build-asan

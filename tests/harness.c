@@ -212,3 +212,134 @@ const char *harness_program(const char *name)
     snprintf(path, sizeof(path), "%s/%s", directory != NULL ? directory : "build", name);
     return path;
 }
+
+/* ---- child processes ------------------------------------------------ */
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+void harness_spawn(struct harness_process *process, char *const argv[])
+{
+    memset(process, 0, sizeof(*process));
+    int out[2], err[2];
+    cr_assert_eq(pipe2(out, O_CLOEXEC), 0, "pipe: %s", strerror(errno));
+    cr_assert_eq(pipe2(err, O_CLOEXEC), 0, "pipe: %s", strerror(errno));
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        dup2(out[1], STDOUT_FILENO);
+        dup2(err[1], STDERR_FILENO);
+        execv(argv[0], argv);
+        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(out[1]);
+    close(err[1]);
+    process->pid = pid;
+    process->stdout_fd = out[0];
+    process->stderr_fd = err[0];
+    process->out = calloc(1, 1);
+    process->err = calloc(1, 1);
+}
+
+static void append_from(int *fd, char **text, size_t *length)
+{
+    char buffer[4096];
+    ssize_t got = read(*fd, buffer, sizeof(buffer));
+    if (got <= 0) {
+        if (got == 0 || (errno != EINTR && errno != EAGAIN)) {
+            close(*fd);
+            *fd = -1;
+        }
+        return;
+    }
+    char *grown = realloc(*text, *length + (size_t)got + 1);
+    if (grown == NULL)
+        return;
+    memcpy(grown + *length, buffer, (size_t)got);
+    *length += (size_t)got;
+    grown[*length] = '\0';
+    *text = grown;
+}
+
+/* Reads whatever is available within timeout_ms; false when both pipes closed. */
+static bool pump(struct harness_process *process, int timeout_ms)
+{
+    struct pollfd fds[2] = { { .fd = process->stdout_fd, .events = POLLIN },
+                             { .fd = process->stderr_fd, .events = POLLIN } };
+    if (process->stdout_fd < 0 && process->stderr_fd < 0)
+        return false;
+    if (poll(fds, 2, timeout_ms) > 0) {
+        if (fds[0].revents)
+            append_from(&process->stdout_fd, &process->out, &process->out_length);
+        if (fds[1].revents)
+            append_from(&process->stderr_fd, &process->err, &process->err_length);
+    }
+    return true;
+}
+
+static long elapsed_since(const struct timespec *start)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (now.tv_sec - start->tv_sec) * 1000L + (now.tv_nsec - start->tv_nsec) / 1000000L;
+}
+
+bool harness_process_wait_output(struct harness_process *process, const char *needle, unsigned count,
+                                 unsigned timeout_ms)
+{
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        unsigned found = 0;
+        for (const char *at = strstr(process->out, needle); at != NULL; at = strstr(at + 1, needle))
+            found++;
+        if (found >= count)
+            return true;
+        long left = (long)timeout_ms - elapsed_since(&start);
+        if (left <= 0 || !pump(process, (int)(left < 100 ? left : 100)))
+            return false;
+    }
+}
+
+int harness_process_wait_exit(struct harness_process *process, unsigned timeout_ms)
+{
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        int status = 0;
+        pid_t done = waitpid(process->pid, &status, WNOHANG);
+        if (done == process->pid) {
+            while (pump(process, 0) && (process->stdout_fd >= 0 || process->stderr_fd >= 0))
+                ;
+            process->pid = 0;
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        }
+        if (elapsed_since(&start) >= (long)timeout_ms) {
+            kill(process->pid, SIGKILL);
+            waitpid(process->pid, &status, 0);
+            process->pid = 0;
+            return -1;
+        }
+        if (!pump(process, 20)) {
+            struct timespec pause = { .tv_sec = 0, .tv_nsec = 5000000L };
+            nanosleep(&pause, NULL);
+        }
+    }
+}
+
+void harness_process_free(struct harness_process *process)
+{
+    if (process->pid > 0) {
+        kill(process->pid, SIGKILL);
+        waitpid(process->pid, NULL, 0);
+    }
+    if (process->stdout_fd >= 0)
+        close(process->stdout_fd);
+    if (process->stderr_fd >= 0)
+        close(process->stderr_fd);
+    free(process->out);
+    free(process->err);
+    memset(process, 0, sizeof(*process));
+}

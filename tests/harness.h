@@ -6,6 +6,7 @@
 #define RINGVM_TESTS_HARNESS_H
 
 #include <pthread.h>
+#include <sys/types.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -61,3 +62,25 @@ bool harness_wait_phase(struct vm *vm, unsigned vcpu, uint64_t phase, unsigned t
 const char *harness_program(const char *name);
 
 #endif
+
+/* A child process with its stdout and stderr captured through pipes. */
+struct harness_process {
+    pid_t pid;
+    int stdout_fd;
+    int stderr_fd;
+    char *out;          /* everything read so far, NUL-terminated */
+    size_t out_length;
+    char *err;
+    size_t err_length;
+};
+
+/* Starts argv[0] with argv (NULL-terminated). Fails the test on error. */
+void harness_spawn(struct harness_process *process, char *const argv[]);
+/* Reads the child's output until stdout holds `needle` `count` times or
+ * the timeout passes. */
+bool harness_process_wait_output(struct harness_process *process, const char *needle, unsigned count,
+                                 unsigned timeout_ms);
+/* Waits for exit (reading remaining output); returns the exit status, or
+ * 128 + signal, or -1 on timeout (the child is then killed). */
+int harness_process_wait_exit(struct harness_process *process, unsigned timeout_ms);
+void harness_process_free(struct harness_process *process);
