@@ -73,6 +73,12 @@ enum ringvm_command {
     RINGVM_CMD_COUNT
 };
 
+/* Every vCPU sends PHASE(RING3) once through the doorbell when its
+ * workload starts (idle too: it then halts); dirtier/ledger send PHASE(DONE)
+ * after `count` writes. A DONE vCPU halts in ring 0 (IF=0, blocks in
+ * KVM_RUN) without writing memory, except a ledger with verify > 0, which
+ * keeps running read-only verify passes (console + stats only). The fault
+ * workload faults on every vCPU and sends no phase. */
 enum ringvm_vcpu_phase {
     RINGVM_PHASE_BOOTING = 0,
     RINGVM_PHASE_RING3 = 1,     /* entered ring 3, workload starting */

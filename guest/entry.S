@@ -55,7 +55,26 @@ guest_exception_stubs:
  * (the ring-0 stack is below 4 GiB, as the 32-bit control port requires).
  */
 guest_exception_common:
-    mov %cr2, %rax
+    /* On PVM hosts `int n` from ring 3 arrives as #UD (like int 0x80, see
+     * HOST-KVM.md) instead of through the DPL-3 gate. Recognise our two
+     * gate instructions at the faulting RIP and do what the gate would:
+     * these are not exceptions to report. */
+    cmpq $6, (%rsp)
+    jne 9f
+    testb $3, 24(%rsp)
+    jz 9f
+    push %rax                       /* frame offsets +8 from here */
+    mov 24(%rsp), %rax
+    cmpw $((GUEST_VECTOR_HALT << 8) | 0xcd), (%rax)     /* int $GUEST_VECTOR_HALT */
+    je guest_halt_forever
+    cmpw $((GUEST_VECTOR_CONSOLE << 8) | 0xcd), (%rax)  /* int $GUEST_VECTOR_CONSOLE */
+    jne 8f
+    addq $2, 24(%rsp)               /* resume after the int */
+    pop %rax
+    add $16, %rsp                   /* drop vector and error code: a gate frame */
+    jmp guest_console_gate
+8:  pop %rax
+9:  mov %cr2, %rax
     mov %rax, 48(%rsp)
     mov %rsp, %rax
     mov $GUEST_PORT_EXCEPTION, %dx

@@ -19,6 +19,9 @@ void fault_raise(uint32_t kind)
     case RINGVM_FAULT_PF:
         /* The null page is the one page the VMM maps not-present. */
         __asm__ volatile("movq (%0), %%rax" : : "r"((uint64_t)0) : "rax", "memory");
+        /* Still here: PVH boot maps the null page (its 2 MiB first page).
+         * 508 GiB is outside both identity maps. */
+        __asm__ volatile("movq (%0), %%rax" : : "r"(0x7f00000000ULL) : "rax", "memory");
         break;
     case RINGVM_FAULT_DE:
         __asm__ volatile("xor %%edx, %%edx\n\t"

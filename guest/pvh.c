@@ -9,6 +9,7 @@
  *     workload=dirtier|ledger|idle|fault wss=SIZE pattern=seq|random|hot
  *     rate=PAGES_PER_S write=8|4096 verify=SECONDS count=N
  *     fault=ud|pf|de|bp fault_ring=0|3 seed=N
+ *   (kind= and ring= are accepted too, as in ringvm's --workload fault,...)
  *   Unknown words (console=..., etc.) are ignored. SIZE takes K/M/G.
  * - The working set is placed at RINGVM_WORKLOAD_BASE and shrunk to the RAM
  *   the memory map reports there (below 3 GiB).
@@ -147,7 +148,7 @@ static void apply_parameter(struct ringvm_bootinfo *info, uint64_t *wss, uint64_
         if (VALUE("seq")) info->pattern = RINGVM_PATTERN_SEQ;
         else if (VALUE("random")) info->pattern = RINGVM_PATTERN_RANDOM;
         else if (VALUE("hot")) info->pattern = RINGVM_PATTERN_HOT;
-    } else if (KEY("fault")) {
+    } else if (KEY("fault") || KEY("kind")) {
         if (VALUE("ud")) info->fault_kind = RINGVM_FAULT_UD;
         else if (VALUE("pf")) info->fault_kind = RINGVM_FAULT_PF;
         else if (VALUE("de")) info->fault_kind = RINGVM_FAULT_DE;
@@ -162,7 +163,7 @@ static void apply_parameter(struct ringvm_bootinfo *info, uint64_t *wss, uint64_
         info->verify_seconds = (uint32_t)number;
     } else if (KEY("count")) {
         info->count = number;
-    } else if (KEY("fault_ring")) {
+    } else if (KEY("fault_ring") || KEY("ring")) {
         info->fault_ring = number == 0 ? 0 : 3;
     } else if (KEY("seed")) {
         *seed = number;

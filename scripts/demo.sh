@@ -12,5 +12,5 @@ if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
 fi
 
 echo "demo: 2 vCPUs, 1 GiB guest, dirtier over 256 MiB at full speed, 10 s"
-"$ringvm" --memory 1G --vcpus 2 --workload dirtier,wss=256M,pattern=seq --stats --run-seconds 10
+"$ringvm" --memory 1G --prealloc --vcpus 2 --workload dirtier,wss=256M,pattern=seq --stats --run-seconds 10
 echo "demo: clean shutdown"

@@ -36,7 +36,7 @@ Test(cli, help_lists_every_flag)
     char *help[] = { (char *)harness_program("ringvm"), "--help", NULL };
     cr_assert_eq(run_ringvm(&process, help, 10000), 0);
     static const char *const flags[] = { "--memory", "--vcpus", "--workload", "--serial", "--numa-node",
-                                         "--hugepages", "--stats", "--run-seconds", "--dirty-log",
+                                         "--hugepages", "--prealloc", "--stats", "--run-seconds", "--dirty-log",
                                          "--ring-entries", "--harvesters", "--bitmap-sync-ms", "--api-socket" };
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
         cr_assert(strstr(process.out, flags[i]) != NULL, "--help does not mention %s", flags[i]);

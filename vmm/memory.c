@@ -115,7 +115,38 @@ int guest_memory_create(struct guest_memory *memory, uint64_t size,
         }
         memory->numa_node = options->numa_node;
     }
+    if (options->prealloc) {
+        int result = guest_memory_populate(memory, 0, size);
+        if (result != 0) {
+            guest_memory_destroy(memory);
+            return result;
+        }
+    }
     layout_slots(memory);
+    return 0;
+}
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+int guest_memory_populate(struct guest_memory *memory, uint64_t ram_offset, uint64_t length)
+{
+    if (ram_offset > memory->size || length > memory->size - ram_offset)
+        return -EINVAL;
+    if (madvise(memory->host + ram_offset, length, MADV_POPULATE_WRITE) == 0)
+        return 0;
+    int saved = errno;
+    if (saved != EINVAL) {
+        fprintf(stderr, "ringvm: madvise(guest RAM +0x%" PRIx64 ", %" PRIu64 " bytes, POPULATE_WRITE): %s\n",
+                ram_offset, length, strerror(saved));
+        return -saved;
+    }
+    /* Kernels before 5.14: touch one byte per page (RAM is still zero, so
+     * an atomic add of 0 populates it without changing anything the
+     * guest may already have written). */
+    for (uint64_t offset = 0; offset < length; offset += RINGVM_PAGE_SIZE)
+        __atomic_fetch_add(memory->host + ram_offset + offset, 0, __ATOMIC_RELAXED);
     return 0;
 }
 

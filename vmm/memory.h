@@ -41,6 +41,7 @@ struct guest_memory {
 struct guest_memory_options {
     bool hugepages;         /* back with 2 MiB huge pages (MFD_HUGETLB) */
     int numa_node;          /* bind with libnuma; -1 = no binding */
+    bool prealloc;          /* populate every page at creation (no first-touch faults later) */
 };
 
 /* Creates the memfd and the mapping. Returns 0 or -errno, with a message
@@ -48,6 +49,9 @@ struct guest_memory_options {
 int guest_memory_create(struct guest_memory *memory, uint64_t size,
                         const struct guest_memory_options *options);
 void guest_memory_destroy(struct guest_memory *memory);
+/* Faults in [ram_offset, ram_offset + length) writable now (MADV_POPULATE_WRITE),
+ * so neither the guest nor an incoming migration pays first-touch faults. */
+int guest_memory_populate(struct guest_memory *memory, uint64_t ram_offset, uint64_t length);
 
 /* KVM_SET_USER_MEMORY_REGION for every slot, with or without
  * KVM_MEM_LOG_DIRTY_PAGES. */

@@ -35,6 +35,7 @@ void options_print_usage(FILE *out)
 "  --serial MODE            console: stdout (default), none, file:PATH\n"
 "  --numa-node N            bind guest RAM and vCPU threads to NUMA node N\n"
 "  --hugepages              back guest RAM with 2M huge pages\n"
+"  --prealloc               fault in all guest RAM at start (no first-touch faults later)\n"
 "  --stats                  print guest pages/s per vCPU (and dirty tracking) every second\n"
 "  --run-seconds N          shut down cleanly after N seconds (default: run until SIGINT/SIGTERM)\n"
 "\n"
@@ -56,7 +57,7 @@ void options_print_usage(FILE *out)
 enum {
     OPT_MEMORY = 256, OPT_VCPUS, OPT_WORKLOAD, OPT_SERIAL, OPT_STATS, OPT_NUMA_NODE, OPT_HUGEPAGES,
     OPT_DIRTY_LOG, OPT_RING_ENTRIES, OPT_HARVESTERS, OPT_BITMAP_SYNC_MS, OPT_API_SOCKET, OPT_VERSION,
-    OPT_RUN_SECONDS,
+    OPT_RUN_SECONDS, OPT_PREALLOC,
 };
 
 static const struct option long_options[] = {
@@ -67,6 +68,7 @@ static const struct option long_options[] = {
     { "stats", no_argument, NULL, OPT_STATS },
     { "numa-node", required_argument, NULL, OPT_NUMA_NODE },
     { "hugepages", no_argument, NULL, OPT_HUGEPAGES },
+    { "prealloc", no_argument, NULL, OPT_PREALLOC },
     { "dirty-log", required_argument, NULL, OPT_DIRTY_LOG },
     { "ring-entries", required_argument, NULL, OPT_RING_ENTRIES },
     { "harvesters", required_argument, NULL, OPT_HARVESTERS },
@@ -149,6 +151,9 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
             break;
         case OPT_HUGEPAGES:
             config->memory_options.hugepages = true;
+            break;
+        case OPT_PREALLOC:
+            config->memory_options.prealloc = true;
             break;
         case OPT_DIRTY_LOG:
             if (dirty_log_mode_parse(optarg, &config->dirty_log.mode, error, error_size) != 0)

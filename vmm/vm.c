@@ -159,15 +159,6 @@ static int create_vcpu(struct vm *vm, unsigned index, const struct kvm_cpuid2 *c
             fprintf(stderr, "ringvm: %s\n", error);
             return result;
         }
-        /* With the in-kernel irqchip, application processors start in
-         * UNINITIALIZED (waiting for INIT/SIPI); every vCPU of ours starts
-         * directly in 64-bit mode instead. */
-        struct kvm_mp_state runnable = { .mp_state = KVM_MP_STATE_RUNNABLE };
-        if (ioctl(vcpu->fd, KVM_SET_MP_STATE, &runnable) != 0) {
-            int saved = errno;
-            fprintf(stderr, "ringvm: KVM_SET_MP_STATE(vcpu %u, runnable): %s\n", index, strerror(saved));
-            return -saved;
-        }
     }
     return 0;
 }
