@@ -79,8 +79,10 @@ void bitmap_sync_fini(struct bitmap_sync *b)
     }
 }
 
-static int64_t sync_slot(struct bitmap_sync *b, unsigned i, struct dirty_set_writer *w)
+static int64_t sync_slot(struct bitmap_sync *b, unsigned i, struct dirty_set_writer *w,
+                         uint64_t *get_ns, uint64_t *clear_ns)
 {
+    uint64_t t0 = dirtyring_now_ns();
     const struct guest_memory_slot *slot = &b->memory->slots[i];
     uint64_t *bits = b->slot_bitmap[i];
     uint64_t words = b->slot_words[i];
@@ -100,6 +102,8 @@ static int64_t sync_slot(struct bitmap_sync *b, unsigned i, struct dirty_set_wri
             last = k;
         }
     }
+    uint64_t t1 = dirtyring_now_ns();
+    *get_ns += t1 - t0;
     if (first == UINT64_MAX)
         return 0;
     /* One CLEAR from the first to the last non-zero word: first_page is a
@@ -120,6 +124,7 @@ static int64_t sync_slot(struct bitmap_sync *b, unsigned i, struct dirty_set_wri
                 slot->slot, (unsigned long long)first_page, clear.num_pages, strerror(err));
         return -err;
     }
+    *clear_ns += dirtyring_now_ns() - t1;
     /* Now re-protected: safe to hand to the migration (see bitmap.h). */
     dirty_set_mark_words(w, slot->ram_offset / 4096 + first_page, &bits[first], last - first + 1);
     int64_t n = 0;
@@ -133,10 +138,11 @@ int64_t bitmap_sync_once(struct bitmap_sync *b)
     pthread_mutex_lock(&b->sync_lock);
     uint64_t t0 = dirtyring_now_ns();
     int64_t total = 0;
+    uint64_t get_ns = 0, clear_ns = 0;
     struct dirty_set_writer w;
     dirty_set_write_begin(b->set, 0, &w);
     for (unsigned i = 0; i < b->memory->slot_count; i++) {
-        int64_t n = sync_slot(b, i, &w);
+        int64_t n = sync_slot(b, i, &w, &get_ns, &clear_ns);
         if (n < 0) {
             total = n;
             break;
@@ -149,6 +155,8 @@ int64_t bitmap_sync_once(struct bitmap_sync *b)
     atomic_fetch_add_explicit(&b->sync_ns_total, t1 - t0, memory_order_relaxed);
     atomic_store_explicit(&b->sync_ns_last, t1 - t0, memory_order_relaxed);
     atomic_store_explicit(&b->last_sync_ns, t1, memory_order_relaxed);
+    atomic_store_explicit(&b->get_ns_last, get_ns, memory_order_relaxed);
+    atomic_store_explicit(&b->clear_ns_last, clear_ns, memory_order_relaxed);
     if (total > 0)
         atomic_fetch_add_explicit(&b->pages, (uint64_t)total, memory_order_relaxed);
     pthread_mutex_unlock(&b->sync_lock);

@@ -55,6 +55,8 @@ struct bitmap_sync {
     _Atomic uint64_t sync_ns_last;
     _Atomic uint64_t pages;         /* dirty bits collected */
     _Atomic uint64_t last_sync_ns;  /* CLOCK_MONOTONIC of the last sync */
+    _Atomic uint64_t get_ns_last;   /* KVM_GET_DIRTY_LOG + scan, last sync */
+    _Atomic uint64_t clear_ns_last; /* KVM_CLEAR_DIRTY_LOG (re-protection), last sync */
 };
 
 /* KVM_CHECK_EXTENSION + KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2, ENABLE).

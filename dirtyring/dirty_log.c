@@ -68,6 +68,8 @@ struct dirty_log {
     _Atomic uint64_t takes;
     _Atomic uint64_t take_ns_last;
     _Atomic uint64_t take_pages_last;
+    _Atomic uint64_t take_collect_ns_last;
+    _Atomic uint64_t take_reset_ns_last;
     _Atomic uint64_t vmm_marked;
     _Atomic bool overflow_warned;
 };
@@ -503,6 +505,7 @@ static int64_t take_common(struct dirty_log *log, struct dirty_pages *out, uint6
     }
     uint64_t t0 = dirtyring_now_ns();
     int64_t rc = sync_now(log, false);
+    uint64_t t_collect = dirtyring_now_ns() - t0, t_reset = 0;
     int64_t n = 0;
     if (rc >= 0) {
         n = out ? dirty_set_take(log->set, out) : dirty_set_take_bitmap(log->set, bitmap);
@@ -515,7 +518,9 @@ static int64_t take_common(struct dirty_log *log, struct dirty_pages *out, uint6
         /* Every entry whose page is in the generation just taken was
          * flagged RESET inside a write section the take waited for; this
          * reset write-protects all of them before we hand them over. */
+        uint64_t tr = dirtyring_now_ns();
         int64_t r = ring_resetter_reset(&log->resetter, false);
+        t_reset = dirtyring_now_ns() - tr;
         if (r < 0)
             rc = r;
     }
@@ -524,6 +529,8 @@ static int64_t take_common(struct dirty_log *log, struct dirty_pages *out, uint6
         atomic_fetch_add_explicit(&log->takes, 1, memory_order_relaxed);
         atomic_store_explicit(&log->take_ns_last, t1 - t0, memory_order_relaxed);
         atomic_store_explicit(&log->take_pages_last, (uint64_t)n, memory_order_relaxed);
+        atomic_store_explicit(&log->take_collect_ns_last, t_collect, memory_order_relaxed);
+        atomic_store_explicit(&log->take_reset_ns_last, t_reset, memory_order_relaxed);
     }
     pthread_mutex_unlock(&log->control_lock);
     return rc < 0 ? rc : n;
@@ -645,6 +652,8 @@ void dirty_log_get_stats(struct dirty_log *log, struct dirty_log_stats *out)
         out->bitmap_syncs = atomic_load_explicit(&log->bitmap.syncs, memory_order_relaxed);
         out->bitmap_sync_ns_total = atomic_load_explicit(&log->bitmap.sync_ns_total, memory_order_relaxed);
         out->bitmap_sync_ns_last = atomic_load_explicit(&log->bitmap.sync_ns_last, memory_order_relaxed);
+        out->bitmap_get_ns_last = atomic_load_explicit(&log->bitmap.get_ns_last, memory_order_relaxed);
+        out->bitmap_clear_ns_last = atomic_load_explicit(&log->bitmap.clear_ns_last, memory_order_relaxed);
         /* No per-vCPU attribution with a bitmap: VM rate from our own
          * samples (one per get_stats call at most every 100 ms). */
         rate_history_sample(&log->vm_rate, out->now_ns, out->pages);
@@ -653,6 +662,8 @@ void dirty_log_get_stats(struct dirty_log *log, struct dirty_log_stats *out)
     out->takes = atomic_load_explicit(&log->takes, memory_order_relaxed);
     out->take_ns_last = atomic_load_explicit(&log->take_ns_last, memory_order_relaxed);
     out->take_pages_last = atomic_load_explicit(&log->take_pages_last, memory_order_relaxed);
+    out->take_collect_ns_last = atomic_load_explicit(&log->take_collect_ns_last, memory_order_relaxed);
+    out->take_reset_ns_last = atomic_load_explicit(&log->take_reset_ns_last, memory_order_relaxed);
     out->vmm_marked_pages = atomic_load_explicit(&log->vmm_marked, memory_order_relaxed);
 }
 

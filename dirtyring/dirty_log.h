@@ -66,7 +66,7 @@ enum dirty_log_mode {
 #define DIRTY_LOG_MIN_RING_ENTRIES 64
 #define DIRTY_LOG_MAX_RING_ENTRIES 65536
 #define DIRTY_LOG_DEFAULT_BITMAP_SYNC_MS 100
-#define DIRTY_LOG_DEFAULT_RESET_THRESHOLD_PCT 50
+#define DIRTY_LOG_DEFAULT_RESET_THRESHOLD_PCT 75
 #define DIRTY_LOG_DEFAULT_RESET_MAX_DELAY_MS 0
 
 struct dirty_log_config {
@@ -154,9 +154,13 @@ struct dirty_log_stats {
     uint64_t bitmap_syncs;
     uint64_t bitmap_sync_ns_total;
     uint64_t bitmap_sync_ns_last;
+    uint64_t bitmap_get_ns_last;    /* of the last sync: GET_DIRTY_LOG + scan */
+    uint64_t bitmap_clear_ns_last;  /* of the last sync: CLEAR_DIRTY_LOG */
     uint64_t takes;
     uint64_t take_ns_last;
     uint64_t take_pages_last;
+    uint64_t take_collect_ns_last;  /* of take_ns_last: draining rings / GET+CLEAR */
+    uint64_t take_reset_ns_last;    /* of take_ns_last: KVM_RESET_DIRTY_RINGS (ring) */
     uint64_t vmm_marked_pages;
 
     unsigned vcpu_stats_count;      /* min(vcpu_count, DIRTY_LOG_STATS_MAX_VCPUS); per-vCPU

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api/server.h"
 #include "vmm/options.h"
 #include "vmm/stats.h"
 #include "vmm/vm.h"
@@ -75,7 +76,14 @@ int main(int argc, char **argv)
     }
     pthread_detach(signals.thread);
 
+    /* The API registers its VM state listener, so it comes before vm_start. */
+    struct api_server *api = NULL;
+    if (options.api_socket != NULL && api_server_create(&api, vm, options.api_socket) != 0) {
+        vm_destroy(vm);
+        return 1;
+    }
     if (vm_start(vm) != 0) {
+        api_server_destroy(api);
         vm_destroy(vm);
         return 1;
     }
@@ -94,6 +102,8 @@ int main(int argc, char **argv)
         }
     }
     int exit_code = vm_wait(vm);
+    if (api != NULL)
+        api_server_destroy(api);
     vm_destroy(vm);
     return exit_code;
 }

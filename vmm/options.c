@@ -47,6 +47,9 @@ void options_print_usage(FILE *out)
 "\n"
 "Control:\n"
 "  --api-socket PATH        serve the JSON control API on this Unix socket (mode 0600)\n"
+"  --incoming ADDRESS       wait for a live migration on unix:PATH or tcp:HOST:PORT, then run\n"
+"                           the received guest (--memory and --vcpus must match the source)\n"
+"  --bpf                    load the eBPF probes at start (see ringctl trace)\n"
 "  -h, --help               this text\n"
 "  --version                print the version\n"
 "\n"
@@ -57,7 +60,7 @@ void options_print_usage(FILE *out)
 enum {
     OPT_MEMORY = 256, OPT_VCPUS, OPT_WORKLOAD, OPT_SERIAL, OPT_STATS, OPT_NUMA_NODE, OPT_HUGEPAGES,
     OPT_DIRTY_LOG, OPT_RING_ENTRIES, OPT_HARVESTERS, OPT_BITMAP_SYNC_MS, OPT_API_SOCKET, OPT_VERSION,
-    OPT_RUN_SECONDS, OPT_PREALLOC,
+    OPT_RUN_SECONDS, OPT_PREALLOC, OPT_INCOMING, OPT_BPF,
 };
 
 static const struct option long_options[] = {
@@ -75,6 +78,8 @@ static const struct option long_options[] = {
     { "bitmap-sync-ms", required_argument, NULL, OPT_BITMAP_SYNC_MS },
     { "api-socket", required_argument, NULL, OPT_API_SOCKET },
     { "run-seconds", required_argument, NULL, OPT_RUN_SECONDS },
+    { "incoming", required_argument, NULL, OPT_INCOMING },
+    { "bpf", no_argument, NULL, OPT_BPF },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, OPT_VERSION },
     { NULL, 0, NULL, 0 },
@@ -189,6 +194,17 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
             if (parse_count("--run-seconds", optarg, 1, 86400 * 365, &value, error, error_size))
                 return OPTIONS_ERROR;
             options->demo_seconds = (unsigned)value;
+            break;
+        case OPT_INCOMING:
+            if (strncmp(optarg, "unix:", 5) != 0 && strncmp(optarg, "tcp:", 4) != 0) {
+                snprintf(error, error_size, "--incoming '%s': expected unix:PATH or tcp:HOST:PORT", optarg);
+                return OPTIONS_ERROR;
+            }
+            options->incoming = optarg;
+            config->incoming = true;
+            break;
+        case OPT_BPF:
+            options->bpf = true;
             break;
         case 'h':
             options_print_usage(stdout);

@@ -14,6 +14,7 @@ void stats_sampler_init(struct stats_sampler *sampler, struct vm *vm)
         vm_read_guest_stats(vm, i, &stats);
         sampler->last_pages[i] = stats.pages_written;
     }
+    dirty_log_get_stats(vm->dirty_log, &sampler->last_dirty);
 }
 
 uint64_t stats_sample_rates(struct stats_sampler *sampler, uint64_t *rates)
@@ -43,7 +44,14 @@ void stats_print_line(struct stats_sampler *sampler, FILE *out)
     for (unsigned i = 0; i < sampler->vm->config.vcpu_count && used < sizeof(line); i++)
         used += (size_t)snprintf(line + used, sizeof(line) - used, " vcpu%u=%" PRIu64, i, rates[i]);
     if (used < sizeof(line))
-        snprintf(line + used, sizeof(line) - used, " total=%" PRIu64, total);
+        used += (size_t)snprintf(line + used, sizeof(line) - used, " total=%" PRIu64, total);
+    if (sampler->vm->dirty_log != NULL && used + 2 < sizeof(line)) {
+        struct dirty_log_stats dirty;
+        dirty_log_get_stats(sampler->vm->dirty_log, &dirty);
+        line[used++] = ' ';
+        dirty_log_format_stats(&dirty, &sampler->last_dirty, line + used, sizeof(line) - used);
+        sampler->last_dirty = dirty;
+    }
     fprintf(out, "%s\n", line);
     fflush(out);
 }

@@ -15,6 +15,7 @@ struct stats_sampler {
     uint64_t last_ns;
     uint64_t started_ns;
     uint64_t last_pages[RINGVM_MAX_VCPUS];
+    struct dirty_log_stats last_dirty;
 };
 
 void stats_sampler_init(struct stats_sampler *sampler, struct vm *vm);

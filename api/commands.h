@@ -1,0 +1,18 @@
+/*
+ * The command groups of the ringvm API. Each api/commands_*.c file defines
+ * one group (a {NULL}-terminated table); api/commands.c lists them.
+ */
+#ifndef RINGVM_API_COMMANDS_H
+#define RINGVM_API_COMMANDS_H
+
+#include "api/dispatch.h"
+
+extern const struct api_command_group api_commands_api;         /* api.*, events.* */
+extern const struct api_command_group api_commands_vm;          /* vm.* */
+extern const struct api_command_group api_commands_digest;      /* vm.memory-digest */
+extern const struct api_command_group api_commands_dirty_stats; /* vm.dirty-stats */
+
+/* Event names published by the API itself. */
+#define API_EVENT_VM_STATE "vm.state"
+
+#endif

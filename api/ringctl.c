@@ -1,0 +1,708 @@
+/*
+ * ringctl: command-line client of the ringvm JSON API.
+ *
+ *   ringctl [-s PATH] [--json] [--timeout MS] COMMAND [OPTIONS]
+ *
+ * Exit status: 0 ok, 1 the VMM answered an error (code and message on
+ * stderr), 2 usage, 3 cannot connect / connection lost.
+ *
+ * Adding a command: one entry in `commands` below (name, usage, help, run).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api/client.h"
+
+#define EXIT_VMM_ERROR 1
+#define EXIT_USAGE 2
+#define EXIT_CONNECT 3
+
+struct ringctl {
+    const char *socket;
+    bool json;
+    int timeout_ms;
+    struct api_client *client;
+};
+
+struct ringctl_command {
+    const char *name;
+    const char *usage;      /* after "ringctl [-s PATH] " */
+    const char *help;
+    int (*run)(struct ringctl *ctl, int argc, char **argv);
+};
+
+static const struct ringctl_command commands[];
+
+static const char global_help[] =
+    "Global options (before the command):\n"
+    "  -s, --socket PATH   API socket of the ringvm to control (default: $RINGVM_SOCKET)\n"
+    "      --json          print the raw JSON result instead of text\n"
+    "      --timeout MS    give up waiting for a reply after MS ms (default 60000)\n"
+    "  -h, --help          this help; `ringctl COMMAND --help` for one command\n"
+    "Exit status: 0 ok, 1 the VMM answered an error (code and message on stderr),\n"
+    "2 usage error, 3 cannot connect or connection lost.\n";
+
+static void usage_all(FILE *out)
+{
+    fprintf(out, "usage: ringctl [-s PATH] [--json] [--timeout MS] COMMAND [OPTIONS]\n\nCommands:\n");
+    for (const struct ringctl_command *c = commands; c->name; c++)    /* first line of help */
+        fprintf(out, "  %-12s %.*s\n", c->name, (int)strcspn(c->help, "\n"), c->help);
+    fprintf(out, "\n%s", global_help);
+}
+
+static void usage_command(FILE *out, const struct ringctl_command *command)
+{
+    fprintf(out, "usage: ringctl [-s PATH] [--json] %s\n\n%s\n", command->usage, command->help);
+}
+
+/* ---- connection and calls ------------------------------------------------------- */
+
+static int ensure_connected(struct ringctl *ctl)
+{
+    if (ctl->client)
+        return 0;
+    char error[512];
+    if (!ctl->socket || !*ctl->socket) {
+        fprintf(stderr, "ringctl: no socket given: use -s PATH or set RINGVM_SOCKET\n");
+        return EXIT_USAGE;
+    }
+    if (api_client_connect(&ctl->client, ctl->socket, error, sizeof(error)) < 0) {
+        fprintf(stderr, "ringctl: %s\n", error);
+        return EXIT_CONNECT;
+    }
+    return 0;
+}
+
+/* 0 with *result, or an exit status (message printed). */
+static int call(struct ringctl *ctl, const char *cmd, json_t *args, json_t **result)
+{
+    *result = NULL;
+    int status = ensure_connected(ctl);
+    if (status) {
+        json_decref(args);
+        return status;
+    }
+    struct api_error error;
+    int r = api_client_call(ctl->client, cmd, args, result, &error, ctl->timeout_ms);
+    if (r == 0)
+        return 0;
+    if (r == 1) {
+        fprintf(stderr, "ringctl: %s: %s: %s\n", cmd, api_error_code_name(error.code), error.message);
+        return EXIT_VMM_ERROR;
+    }
+    fprintf(stderr, "ringctl: %s (socket %s)\n", error.message, ctl->socket);
+    return EXIT_CONNECT;
+}
+
+static void print_json(json_t *value)
+{
+    char *text = json_dumps(value, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (text) {
+        printf("%s\n", text);
+        free(text);
+    }
+    fflush(stdout);
+}
+
+/* ---- generic text output ----------------------------------------------------------- */
+
+static void format_scalar(json_t *value, char *out, size_t size)
+{
+    if (json_is_string(value))
+        snprintf(out, size, "%s", json_string_value(value));
+    else if (json_is_integer(value))
+        snprintf(out, size, "%" JSON_INTEGER_FORMAT, json_integer_value(value));
+    else if (json_is_real(value))
+        snprintf(out, size, "%.3f", json_real_value(value));
+    else if (json_is_true(value))
+        snprintf(out, size, "yes");
+    else if (json_is_false(value))
+        snprintf(out, size, "no");
+    else if (json_is_null(value))
+        snprintf(out, size, "-");
+    else {
+        char *text = json_dumps(value, JSON_COMPACT);
+        snprintf(out, size, "%s", text ? text : "?");
+        free(text);
+    }
+}
+
+/* An array of objects as a table, columns from the first element. */
+static void print_table(json_t *rows, const char *indent)
+{
+    json_t *first = json_array_get(rows, 0);
+    if (!json_is_object(first))
+        return;
+    const char *key;
+    json_t *value;
+    size_t columns = json_object_size(first), c = 0;
+    int *widths = calloc(columns, sizeof(int));
+    const char **keys = calloc(columns, sizeof(char *));
+    if (!widths || !keys) {
+        free(widths);
+        free(keys);
+        return;
+    }
+    json_object_foreach(first, key, value) {
+        keys[c] = key;
+        widths[c] = (int)strlen(key);
+        c++;
+    }
+    size_t i;
+    json_t *row;
+    char cell[128];
+    json_array_foreach(rows, i, row) {
+        for (c = 0; c < columns; c++) {
+            format_scalar(json_object_get(row, keys[c]), cell, sizeof(cell));
+            if ((int)strlen(cell) > widths[c])
+                widths[c] = (int)strlen(cell);
+        }
+    }
+    printf("%s", indent);
+    for (c = 0; c < columns; c++)
+        printf("%*s%s", widths[c], keys[c], c + 1 < columns ? "  " : "\n");
+    json_array_foreach(rows, i, row) {
+        printf("%s", indent);
+        for (c = 0; c < columns; c++) {
+            format_scalar(json_object_get(row, keys[c]), cell, sizeof(cell));
+            printf("%*s%s", widths[c], cell, c + 1 < columns ? "  " : "\n");
+        }
+    }
+    free(widths);
+    free(keys);
+}
+
+/* Scalars as "key: value", nested objects indented, arrays of objects as
+ * tables. */
+static void print_object(json_t *object, const char *indent)
+{
+    const char *key;
+    json_t *value;
+    char text[256], deeper[32];
+    snprintf(deeper, sizeof(deeper), "%s  ", indent);
+    json_object_foreach(object, key, value) {
+        if (json_is_object(value)) {
+            printf("%s%s:\n", indent, key);
+            print_object(value, deeper);
+        } else if (json_is_array(value) && json_is_object(json_array_get(value, 0))) {
+            printf("%s%s:\n", indent, key);
+            print_table(value, deeper);
+        } else {
+            format_scalar(value, text, sizeof(text));
+            printf("%s%-20s %s\n", indent, key, text);
+        }
+    }
+}
+
+static int output(struct ringctl *ctl, json_t *result)
+{
+    if (ctl->json)
+        print_json(result);
+    else
+        print_object(result, "");
+    json_decref(result);
+    fflush(stdout);
+    return 0;
+}
+
+/* ---- per-command option parsing ------------------------------------------------------ */
+
+/* Parses options common to every command (--help, --json) plus the
+ * command's own. Returns the getopt result the command must handle, -1 at
+ * the end; exits for --help and usage errors. */
+static int next_option(struct ringctl *ctl, const struct ringctl_command *command, int argc,
+                       char **argv, const struct option *extra, const char *short_extra)
+{
+    static struct option merged[16];
+    size_t n = 0;
+    merged[n++] = (struct option){"help", no_argument, NULL, 'h'};
+    merged[n++] = (struct option){"json", no_argument, NULL, 'J'};
+    for (size_t i = 0; extra && extra[i].name && n < 15; i++)
+        merged[n++] = extra[i];
+    merged[n] = (struct option){0};
+    char shorts[32];
+    snprintf(shorts, sizeof(shorts), "+h%s", short_extra ? short_extra : "");
+    for (;;) {
+        int opt = getopt_long(argc, argv, shorts, merged, NULL);
+        if (opt == 'h') {
+            usage_command(stdout, command);
+            exit(0);
+        }
+        if (opt == 'J') {
+            ctl->json = true;
+            continue;
+        }
+        if (opt == '?') {
+            usage_command(stderr, command);
+            exit(EXIT_USAGE);
+        }
+        return opt;
+    }
+}
+
+static void no_operands(const struct ringctl_command *command, int argc, char **argv)
+{
+    if (optind < argc) {
+        fprintf(stderr, "ringctl %s: unexpected argument '%s'\n", command->name, argv[optind]);
+        usage_command(stderr, command);
+        exit(EXIT_USAGE);
+    }
+}
+
+static long parse_number(const struct ringctl_command *command, const char *option,
+                         const char *text, long min, long max)
+{
+    char *end;
+    errno = 0;
+    long value = strtol(text, &end, 10);
+    if (errno || *end || end == text || value < min || value > max) {
+        fprintf(stderr, "ringctl %s: %s '%s': expected an integer %ld..%ld\n", command->name,
+                option, text, min, max);
+        exit(EXIT_USAGE);
+    }
+    return value;
+}
+
+/* ---- commands ------------------------------------------------------------------------------- */
+
+static const struct ringctl_command *find_command(const char *name)
+{
+    for (const struct ringctl_command *c = commands; c->name; c++)
+        if (strcmp(c->name, name) == 0)
+            return c;
+    return NULL;
+}
+
+static int simple_command(struct ringctl *ctl, int argc, char **argv, const char *name,
+                          const char *cmd, json_t *(*make_args)(void))
+{
+    const struct ringctl_command *command = find_command(name);
+    while (next_option(ctl, command, argc, argv, NULL, NULL) != -1) {
+    }
+    no_operands(command, argc, argv);
+    json_t *result;
+    int status = call(ctl, cmd, make_args ? make_args() : NULL, &result);
+    return status ? status : output(ctl, result);
+}
+
+static void print_duration(uint64_t ms)
+{
+    uint64_t s = ms / 1000;
+    if (s >= 3600)
+        printf("%" PRIu64 "h%02" PRIu64 "m%02" PRIu64 "s", s / 3600, s / 60 % 60, s % 60);
+    else if (s >= 60)
+        printf("%" PRIu64 "m%02" PRIu64 "s", s / 60, s % 60);
+    else
+        printf("%.3f s", (double)ms / 1000.0);
+}
+
+static int run_info(struct ringctl *ctl, int argc, char **argv)
+{
+    const struct ringctl_command *command = find_command("info");
+    while (next_option(ctl, command, argc, argv, NULL, NULL) != -1) {
+    }
+    no_operands(command, argc, argv);
+    json_t *r;
+    int status = call(ctl, "vm.info", NULL, &r);
+    if (status)
+        return status;
+    if (ctl->json)
+        return output(ctl, r);
+    uint64_t memory = (uint64_t)json_integer_value(json_object_get(r, "memory_bytes"));
+    printf("state:      %s\n", json_string_value(json_object_get(r, "state")));
+    printf("vcpus:      %" JSON_INTEGER_FORMAT "\n", json_integer_value(json_object_get(r, "vcpus")));
+    printf("memory:     %" PRIu64 " MiB (%" PRIu64 " bytes)\n", memory >> 20, memory);
+    printf("workload:   %s\n", json_string_value(json_object_get(r, "workload")));
+    printf("dirty log:  %s\n", json_string_value(json_object_get(r, "dirty_log")));
+    printf("uptime:     ");
+    print_duration((uint64_t)json_integer_value(json_object_get(r, "uptime_ms")));
+    printf("\npid:        %" JSON_INTEGER_FORMAT "\n", json_integer_value(json_object_get(r, "pid")));
+    json_decref(r);
+    return 0;
+}
+
+static int run_pause(struct ringctl *ctl, int argc, char **argv)
+{
+    const struct ringctl_command *command = find_command("pause");
+    while (next_option(ctl, command, argc, argv, NULL, NULL) != -1) {
+    }
+    no_operands(command, argc, argv);
+    json_t *r;
+    int status = call(ctl, "vm.pause", NULL, &r);
+    if (status)
+        return status;
+    if (ctl->json)
+        return output(ctl, r);
+    printf("paused (vCPUs stopped in %.3f ms)\n",
+           json_number_value(json_object_get(r, "pause_latency_ms")));
+    json_decref(r);
+    return 0;
+}
+
+static int run_resume(struct ringctl *ctl, int argc, char **argv)
+{
+    const struct ringctl_command *command = find_command("resume");
+    while (next_option(ctl, command, argc, argv, NULL, NULL) != -1) {
+    }
+    no_operands(command, argc, argv);
+    json_t *r;
+    int status = call(ctl, "vm.resume", NULL, &r);
+    if (status)
+        return status;
+    if (ctl->json)
+        return output(ctl, r);
+    printf("running\n");
+    json_decref(r);
+    return 0;
+}
+
+static int run_shutdown(struct ringctl *ctl, int argc, char **argv)
+{
+    const struct ringctl_command *command = find_command("shutdown");
+    static const struct option options[] = {{"exit-code", required_argument, NULL, 'e'}, {0}};
+    long exit_code = -1;
+    int opt;
+    while ((opt = next_option(ctl, command, argc, argv, options, NULL)) != -1)
+        if (opt == 'e')
+            exit_code = parse_number(command, "--exit-code", optarg, 0, 255);
+    no_operands(command, argc, argv);
+    json_t *args = exit_code >= 0 ? json_pack("{s:i}", "exit_code", (int)exit_code) : NULL;
+    json_t *r;
+    int status = call(ctl, "vm.shutdown", args, &r);
+    if (status)
+        return status;
+    if (ctl->json)
+        return output(ctl, r);
+    printf(json_is_true(json_object_get(r, "already")) ? "shutdown already in progress\n"
+                                                        : "shutdown requested\n");
+    json_decref(r);
+    return 0;
+}
+
+static int run_dirty_stats(struct ringctl *ctl, int argc, char **argv)
+{
+    const struct ringctl_command *command = find_command("dirty-stats");
+    static const struct option options[] = {{"watch", no_argument, NULL, 'w'},
+                                            {"interval", required_argument, NULL, 'i'},
+                                            {0}};
+    bool watch = false;
+    long interval = 1000;
+    int opt;
+    while ((opt = next_option(ctl, command, argc, argv, options, "w")) != -1) {
+        if (opt == 'w')
+            watch = true;
+        else if (opt == 'i')
+            interval = parse_number(command, "--interval", optarg, 10, 3600000);
+    }
+    no_operands(command, argc, argv);
+    bool tty = isatty(STDOUT_FILENO);
+    for (;;) {
+        json_t *r;
+        int status = call(ctl, "vm.dirty-stats", NULL, &r);
+        if (status)
+            return status;
+        if (watch && tty && !ctl->json)
+            printf("\033[H\033[2J");
+        output(ctl, r);
+        if (!watch)
+            return 0;
+        if (!ctl->json)
+            printf("\n");
+        fflush(stdout);
+        struct timespec ts = {.tv_sec = interval / 1000, .tv_nsec = (interval % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+        }
+    }
+}
+
+static int run_digest(struct ringctl *ctl, int argc, char **argv)
+{
+    const struct ringctl_command *command = find_command("digest");
+    static const struct option options[] = {{"chunks", no_argument, NULL, 'c'}, {0}};
+    bool chunks = false;
+    int opt;
+    while ((opt = next_option(ctl, command, argc, argv, options, NULL)) != -1)
+        if (opt == 'c')
+            chunks = true;
+    no_operands(command, argc, argv);
+    json_t *r;
+    int status = call(ctl, "vm.memory-digest", NULL, &r);
+    if (status)
+        return status;
+    if (ctl->json)
+        return output(ctl, r);
+    json_t *list = json_object_get(r, "chunks");
+    printf("%s  xxh3-128 of %" JSON_INTEGER_FORMAT " MiB (%zu chunks of 64 MiB, %.1f ms)\n",
+           json_string_value(json_object_get(r, "digest")),
+           json_integer_value(json_object_get(r, "memory_bytes")) >> 20, json_array_size(list),
+           json_number_value(json_object_get(r, "duration_ms")));
+    if (chunks) {
+        size_t i;
+        json_t *chunk;
+        json_array_foreach(list, i, chunk) {
+            printf("%s  offset %" JSON_INTEGER_FORMAT " MiB, %" JSON_INTEGER_FORMAT " MiB\n",
+                   json_string_value(json_object_get(chunk, "digest")),
+                   json_integer_value(json_object_get(chunk, "offset")) >> 20,
+                   json_integer_value(json_object_get(chunk, "bytes")) >> 20);
+        }
+    }
+    json_decref(r);
+    return 0;
+}
+
+static int run_guest_stats(struct ringctl *ctl, int argc, char **argv)
+{
+    return simple_command(ctl, argc, argv, "guest-stats", "vm.guest-stats", NULL);
+}
+
+static int run_version(struct ringctl *ctl, int argc, char **argv)
+{
+    return simple_command(ctl, argc, argv, "version", "api.version", NULL);
+}
+
+static int run_commands(struct ringctl *ctl, int argc, char **argv)
+{
+    const struct ringctl_command *command = find_command("commands");
+    while (next_option(ctl, command, argc, argv, NULL, NULL) != -1) {
+    }
+    no_operands(command, argc, argv);
+    json_t *r;
+    int status = call(ctl, "api.commands", NULL, &r);
+    if (status)
+        return status;
+    if (ctl->json)
+        return output(ctl, r);
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(r, "commands"), i, c) {
+        printf("%-22s %s\n", json_string_value(json_object_get(c, "name")),
+               json_string_value(json_object_get(c, "summary")));
+        size_t j;
+        json_t *a;
+        json_array_foreach(json_object_get(c, "args"), j, a) {
+            printf("    %s (%s%s)  %s\n", json_string_value(json_object_get(a, "name")),
+                   json_string_value(json_object_get(a, "type")),
+                   json_is_true(json_object_get(a, "required")) ? ", required" : "",
+                   json_string_value(json_object_get(a, "help")) ? json_string_value(json_object_get(a, "help")) : "");
+        }
+    }
+    json_decref(r);
+    return 0;
+}
+
+static void print_event(json_t *event)
+{
+    uint64_t ts = (uint64_t)json_integer_value(json_object_get(event, "ts_ms"));
+    time_t seconds = (time_t)(ts / 1000);
+    struct tm tm;
+    char when[32] = "?";
+    if (localtime_r(&seconds, &tm))
+        strftime(when, sizeof(when), "%H:%M:%S", &tm);
+    printf("%s.%03u %s", when, (unsigned)(ts % 1000), json_string_value(json_object_get(event, "event")));
+    const char *key;
+    json_t *value;
+    char text[256];
+    json_object_foreach(json_object_get(event, "data"), key, value) {
+        format_scalar(value, text, sizeof(text));
+        printf(" %s=%s", key, text);
+    }
+    printf("\n");
+    fflush(stdout);
+}
+
+static int run_events(struct ringctl *ctl, int argc, char **argv)
+{
+    const struct ringctl_command *command = find_command("events");
+    static const struct option options[] = {{"count", required_argument, NULL, 'n'},
+                                            {"filter", required_argument, NULL, 'f'},
+                                            {0}};
+    long count = 0;
+    json_t *filter = json_array();
+    int opt;
+    while ((opt = next_option(ctl, command, argc, argv, options, "n:")) != -1) {
+        if (opt == 'n')
+            count = parse_number(command, "--count", optarg, 1, 1000000000);
+        else if (opt == 'f')
+            json_array_append_new(filter, json_string(optarg));
+    }
+    no_operands(command, argc, argv);
+    json_t *args = json_array_size(filter) ? json_pack("{s:O}", "events", filter) : NULL;
+    json_decref(filter);
+    json_t *r;
+    int status = call(ctl, "events.subscribe", args, &r);
+    if (status)
+        return status;
+    json_decref(r);
+    bool saw_shutdown = false;
+    for (long seen = 0; count == 0 || seen < count; seen++) {
+        json_t *event;
+        int result = api_client_next_event(ctl->client, &event, -1);
+        if (result == -EPIPE) {
+            if (saw_shutdown)
+                return 0;
+            fprintf(stderr, "ringctl: the connection to %s was closed\n", ctl->socket);
+            return EXIT_CONNECT;
+        }
+        if (result < 0) {
+            fprintf(stderr, "ringctl: reading events from %s: %s\n", ctl->socket, strerror(-result));
+            return EXIT_CONNECT;
+        }
+        const char *state = json_string_value(json_object_get(json_object_get(event, "data"), "state"));
+        if (state && strcmp(state, "shutdown") == 0)
+            saw_shutdown = true;
+        if (ctl->json)
+            print_json(event);
+        else
+            print_event(event);
+        json_decref(event);
+    }
+    return 0;
+}
+
+static int run_raw(struct ringctl *ctl, int argc, char **argv)
+{
+    const struct ringctl_command *command = find_command("raw");
+    while (next_option(ctl, command, argc, argv, NULL, NULL) != -1) {
+    }
+    if (optind + 1 != argc) {
+        fprintf(stderr, "ringctl raw: expected exactly one JSON request\n");
+        usage_command(stderr, command);
+        return EXIT_USAGE;
+    }
+    const char *text = argv[optind];
+    if (strchr(text, '\n')) {
+        fprintf(stderr, "ringctl raw: the request must be on one line\n");
+        return EXIT_USAGE;
+    }
+    int status = ensure_connected(ctl);
+    if (status)
+        return status;
+    json_t *reply;
+    int r = api_client_call_raw(ctl->client, text, &reply, ctl->timeout_ms);
+    if (r < 0) {
+        fprintf(stderr, "ringctl: raw request to %s: %s\n", ctl->socket,
+                r == -EPIPE ? "the connection was closed before the reply" : strerror(-r));
+        return EXIT_CONNECT;
+    }
+    print_json(reply);
+    bool ok = json_is_true(json_object_get(reply, "ok"));
+    if (!ok) {
+        json_t *error = json_object_get(reply, "error");
+        fprintf(stderr, "ringctl: %s: %s\n", json_string_value(json_object_get(error, "code")),
+                json_string_value(json_object_get(error, "message")));
+    }
+    json_decref(reply);
+    return ok ? 0 : EXIT_VMM_ERROR;
+}
+
+static const struct ringctl_command commands[] = {
+    {"info", "info",
+     "Show the VM: state (running|paused|shutdown), vCPUs, memory, workload, dirty-log\n"
+     "mode, uptime, ringvm's pid (vm.info).",
+     run_info},
+    {"pause", "pause",
+     "Stop every vCPU; returns once all are parked (vm.pause). Error vm-paused if\n"
+     "already paused.",
+     run_pause},
+    {"resume", "resume", "Let the vCPUs run again (vm.resume). Error vm-running if not paused.",
+     run_resume},
+    {"shutdown", "shutdown [--exit-code N]",
+     "Stop the VM; ringvm then exits with status N (default 0) (vm.shutdown).", run_shutdown},
+    {"dirty-stats", "dirty-stats [--watch] [--interval MS]",
+     "Per-vCPU dirty pages/s (over 100 ms and 1 s), ring fill high-water, ring-full\n"
+     "exits and harvester totals (vm.dirty-stats). --watch repeats every --interval\n"
+     "ms (default 1000) until interrupted.",
+     run_dirty_stats},
+    {"digest", "digest [--chunks]",
+     "XXH3-128 of all guest RAM (vm.memory-digest); --chunks also lists every 64 MiB\n"
+     "chunk. The VM must be paused (ringctl pause).",
+     run_digest},
+    {"guest-stats", "guest-stats", "The guest workload's counters per vCPU (vm.guest-stats).",
+     run_guest_stats},
+    {"events", "events [--count N] [--filter PREFIX]...",
+     "Subscribe to events and print one line per event until the VM shuts down, the\n"
+     "connection closes or N events were printed. --filter keeps events whose name\n"
+     "starts with PREFIX (repeatable).",
+     run_events},
+    {"raw", "raw JSON",
+     "Send one request as JSON text, e.g. '{\"cmd\":\"vm.info\"}' (an id is added if\n"
+     "missing) and print the whole reply line. Exit 1 if the reply is an error.",
+     run_raw},
+    {"commands", "commands", "List the commands the VMM accepts, with their arguments (api.commands).",
+     run_commands},
+    {"version", "version", "Protocol version and server identity (api.version).", run_version},
+    {NULL, NULL, NULL, NULL},
+};
+
+int main(int argc, char **argv)
+{
+    struct ringctl ctl = {.socket = getenv("RINGVM_SOCKET"), .timeout_ms = 60000};
+    static const struct option options[] = {
+        {"socket", required_argument, NULL, 's'},
+        {"json", no_argument, NULL, 'J'},
+        {"timeout", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
+    };
+    int opt;
+    while ((opt = getopt_long(argc, argv, "+s:h", options, NULL)) != -1) {
+        switch (opt) {
+        case 's':
+            ctl.socket = optarg;
+            break;
+        case 'J':
+            ctl.json = true;
+            break;
+        case 't': {
+            char *end;
+            errno = 0;
+            long value = strtol(optarg, &end, 10);
+            if (errno || *end || value < 1 || value > 86400000) {
+                fprintf(stderr, "ringctl: --timeout '%s': expected milliseconds 1..86400000\n", optarg);
+                return EXIT_USAGE;
+            }
+            ctl.timeout_ms = (int)value;
+            break;
+        }
+        case 'h':
+            usage_all(stdout);
+            return 0;
+        default:
+            usage_all(stderr);
+            return EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        usage_all(stderr);
+        return EXIT_USAGE;
+    }
+    const char *name = argv[optind];
+    if (strcmp(name, "help") == 0) {
+        const struct ringctl_command *command = optind + 1 < argc ? find_command(argv[optind + 1]) : NULL;
+        if (command)
+            usage_command(stdout, command);
+        else
+            usage_all(stdout);
+        return 0;
+    }
+    const struct ringctl_command *command = find_command(name);
+    if (!command) {
+        fprintf(stderr, "ringctl: unknown command '%s'\n", name);
+        usage_all(stderr);
+        return EXIT_USAGE;
+    }
+    /* The command's argv starts at its name, for getopt. */
+    int sub_argc = argc - optind;
+    char **sub_argv = argv + optind;
+    optind = 0;     /* glibc: full re-initialization */
+    int status = command->run(&ctl, sub_argc, sub_argv);
+    api_client_close(ctl.client);
+    return status;
+}

@@ -1,0 +1,519 @@
+/*
+ * The API server over its real socket: concurrency, framing, limits, and
+ * VM control against a running guest. Every wait is on a condition with a
+ * timeout.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api/client.h"
+#include "api/server.h"
+#include "tests/harness.h"
+
+#define TIMEOUT_MS 10000
+
+static void socket_path(char *out, size_t size, const char *tag)
+{
+    snprintf(out, size, "/tmp/ringvm-api-test-%d-%s.sock", (int)getpid(), tag);
+    unlink(out);
+}
+
+static struct api_client *connect_or_fail(const char *path)
+{
+    struct api_client *client;
+    char error[256];
+    cr_assert_eq(api_client_connect(&client, path, error, sizeof(error)), 0, "%s", error);
+    return client;
+}
+
+static json_t *call_ok(struct api_client *client, const char *cmd, json_t *args)
+{
+    json_t *result;
+    struct api_error error;
+    int r = api_client_call(client, cmd, args, &result, &error, TIMEOUT_MS);
+    cr_assert_eq(r, 0, "%s failed: %s: %s", cmd, api_error_code_name(error.code), error.message);
+    return result;
+}
+
+static struct api_error call_error(struct api_client *client, const char *cmd, json_t *args)
+{
+    json_t *result = NULL;
+    struct api_error error = {0};
+    int r = api_client_call(client, cmd, args, &result, &error, TIMEOUT_MS);
+    cr_assert_eq(r, 1, "%s: expected an error reply (r=%d)", cmd, r);
+    return error;
+}
+
+/* Reads one raw message, failing the test on timeout. */
+static json_t *read_message(struct api_client *client)
+{
+    json_t *message;
+    int r = api_client_read(client, &message, TIMEOUT_MS);
+    cr_assert_eq(r, 0, "no message: %s", strerror(-r));
+    return message;
+}
+
+static void send_text(struct api_client *client, const char *text)
+{
+    cr_assert_eq(api_client_send_raw(client, text, strlen(text)), 0);
+}
+
+static const char *error_code_of(json_t *reply)
+{
+    return json_string_value(json_object_get(json_object_get(reply, "error"), "code"));
+}
+
+/* ---- without a VM -------------------------------------------------------------------- */
+
+Test(api_server, socket_is_mode_0600_and_removed_on_destroy)
+{
+    char path[128];
+    socket_path(path, sizeof(path), "mode");
+    mode_t old = umask(0);      /* the server must not depend on the umask */
+    struct api_server *server;
+    cr_assert_eq(api_server_create(&server, NULL, path), 0);
+    umask(old);
+    struct stat st;
+    cr_assert_eq(lstat(path, &st), 0);
+    cr_assert(S_ISSOCK(st.st_mode));
+    cr_assert_eq(st.st_mode & 0777, 0600, "mode is %o", st.st_mode & 0777);
+    api_server_destroy(server);
+    cr_assert_eq(lstat(path, &st), -1, "socket file left behind");
+}
+
+Test(api_server, second_server_on_the_same_path_refuses)
+{
+    char path[128];
+    socket_path(path, sizeof(path), "second");
+    struct api_server *first, *second = NULL;
+    cr_assert_eq(api_server_create(&first, NULL, path), 0);
+    cr_assert_eq(api_server_create(&second, NULL, path), -EADDRINUSE);
+    cr_assert_null(second);
+    /* The first one still works and still owns the path. */
+    struct api_client *client = connect_or_fail(path);
+    json_decref(call_ok(client, "api.version", NULL));
+    api_client_close(client);
+    api_server_destroy(first);
+}
+
+Test(api_server, stale_socket_is_replaced_but_other_files_are_not)
+{
+    char path[128];
+    socket_path(path, sizeof(path), "stale");
+    /* A socket file nobody listens on, as a crashed ringvm leaves it. */
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un address = {.sun_family = AF_UNIX};
+    strcpy(address.sun_path, path);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&address, sizeof(address)), 0);
+    close(fd);
+    struct api_server *server;
+    cr_assert_eq(api_server_create(&server, NULL, path), 0, "a stale socket must be replaced");
+    api_server_destroy(server);
+
+    int file = open(path, O_CREAT | O_WRONLY, 0644);
+    cr_assert_geq(file, 0);
+    close(file);
+    cr_assert_eq(api_server_create(&server, NULL, path), -EEXIST);
+    struct stat st;
+    cr_assert_eq(lstat(path, &st), 0);
+    cr_assert(S_ISREG(st.st_mode), "a regular file must never be replaced");
+    unlink(path);
+}
+
+Test(api_server, second_ringvm_process_refuses_to_start)
+{
+    harness_require_kvm();
+    const char *ringvm = harness_program("ringvm");
+    if (access(ringvm, X_OK) != 0)
+        cr_skip_test("%s not built", ringvm);
+    char path[128];
+    socket_path(path, sizeof(path), "proc");
+    struct api_server *server;
+    cr_assert_eq(api_server_create(&server, NULL, path), 0);
+    char command[1024];
+    snprintf(command, sizeof(command),
+             "%s --memory 64M --vcpus 1 --api-socket %s --workload idle 2>&1 </dev/null", ringvm, path);
+    FILE *pipe = popen(command, "r");
+    cr_assert_not_null(pipe);
+    char output[4096] = "";
+    size_t n = fread(output, 1, sizeof(output) - 1, pipe);
+    output[n] = '\0';
+    int status = pclose(pipe);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) != 0, "the second ringvm must fail; output:\n%s",
+              output);
+    char expected[256];
+    snprintf(expected, sizeof(expected), "ringvm: --api-socket %s: another ringvm is listening there", path);
+    cr_assert(strstr(output, expected), "expected '%s' in:\n%s", expected, output);
+    api_server_destroy(server);
+}
+
+Test(api_server, two_clients_and_a_half_line)
+{
+    char path[128];
+    socket_path(path, sizeof(path), "two");
+    struct api_server *server;
+    cr_assert_eq(api_server_create(&server, NULL, path), 0);
+    struct api_client *a = connect_or_fail(path);
+    struct api_client *b = connect_or_fail(path);
+    /* a sends half a request and stalls */
+    send_text(a, "{\"id\":1,\"cmd\":\"api.ver");
+    /* b is answered at once, several times */
+    for (int i = 0; i < 20; i++)
+        json_decref(call_ok(b, "api.version", NULL));
+    /* a's line completes later and is answered normally */
+    send_text(a, "sion\"}\n");
+    json_t *reply = read_message(a);
+    cr_assert(json_is_true(json_object_get(reply, "ok")));
+    cr_assert_eq(json_integer_value(json_object_get(reply, "id")), 1);
+    json_decref(reply);
+    api_client_close(a);
+    api_client_close(b);
+    api_server_destroy(server);
+}
+
+Test(api_server, errors_keep_the_connection_and_pipelined_replies_stay_in_order)
+{
+    char path[128];
+    socket_path(path, sizeof(path), "pipe");
+    struct api_server *server;
+    cr_assert_eq(api_server_create(&server, NULL, path), 0);
+    struct api_client *c = connect_or_fail(path);
+    send_text(c, "garbage\n{\"id\":2,\"cmd\":\"nope\"}\n\n{\"id\":3,\"cmd\":\"api.version\"}\r\n"
+                 "{\"id\":4,\"cmd\":\"vm.pause\"}\n{\"id\":5,\"cmd\":\"api.version\"}\n");
+    static const struct {
+        const char *id;
+        const char *code;
+    } expected[] = {{"null", "parse-error"}, {"2", "unknown-command"}, {"3", NULL},
+                    {"4", "unavailable"}, {"5", NULL}};
+    for (size_t i = 0; i < 5; i++) {
+        json_t *reply = read_message(c);
+        json_t *want = json_loads(expected[i].id, JSON_DECODE_ANY, NULL);
+        cr_assert(json_equal(json_object_get(reply, "id"), want), "reply %zu out of order", i);
+        json_decref(want);
+        if (expected[i].code)
+            cr_assert_str_eq(error_code_of(reply), expected[i].code);
+        else
+            cr_assert(json_is_true(json_object_get(reply, "ok")));
+        json_decref(reply);
+    }
+    api_client_close(c);
+    api_server_destroy(server);
+}
+
+Test(api_server, client_disconnects_mid_request)
+{
+    char path[128];
+    socket_path(path, sizeof(path), "disc");
+    struct api_server *server;
+    cr_assert_eq(api_server_create(&server, NULL, path), 0);
+    for (int i = 0; i < 10; i++) {
+        struct api_client *a = connect_or_fail(path);
+        send_text(a, "{\"id\":1,\"cmd\":\"api.commands\"");
+        api_client_close(a);
+        a = connect_or_fail(path);
+        send_text(a, "{\"id\":1,\"cmd\":\"api.commands\"}\n");   /* gone before its reply */
+        api_client_close(a);
+    }
+    struct api_client *b = connect_or_fail(path);
+    json_decref(call_ok(b, "api.version", NULL));
+    api_client_close(b);
+    /* every dead connection was reaped: at most b's slot still counted */
+    api_server_destroy(server);
+}
+
+Test(api_server, line_over_1mib_is_answered_and_closed)
+{
+    char path[128];
+    socket_path(path, sizeof(path), "big");
+    struct api_server *server;
+    cr_assert_eq(api_server_create(&server, NULL, path), 0);
+    struct api_client *c = connect_or_fail(path);
+    size_t size = (2u << 20);
+    char *text = malloc(size);
+    int n = snprintf(text, size, "{\"id\":42,\"cmd\":\"api.version\",\"args\":{\"x\":\"");
+    memset(text + n, 'a', size - (size_t)n);
+    /* the server may close while we are still writing: ignore EPIPE */
+    api_client_send_raw(c, text, size);
+    free(text);
+    json_t *reply = read_message(c);
+    cr_assert_str_eq(error_code_of(reply), "invalid-request");
+    cr_assert_eq(json_integer_value(json_object_get(reply, "id")), 42);
+    json_decref(reply);
+    json_t *more;
+    cr_assert_eq(api_client_read(c, &more, TIMEOUT_MS), -EPIPE, "connection must be closed");
+    api_client_close(c);
+    api_server_destroy(server);
+}
+
+Test(api_server, at_most_32_clients)
+{
+    char path[128];
+    socket_path(path, sizeof(path), "max");
+    struct api_server *server;
+    cr_assert_eq(api_server_create(&server, NULL, path), 0);
+    struct api_client *clients[API_MAX_CLIENTS];
+    for (int i = 0; i < API_MAX_CLIENTS; i++) {
+        clients[i] = connect_or_fail(path);
+        json_decref(call_ok(clients[i], "api.version", NULL));   /* accepted for sure */
+    }
+    struct api_client *extra = connect_or_fail(path);
+    json_t *reply = read_message(extra);
+    cr_assert_str_eq(error_code_of(reply), "unavailable");
+    json_decref(reply);
+    json_t *more;
+    cr_assert_eq(api_client_read(extra, &more, TIMEOUT_MS), -EPIPE);
+    api_client_close(extra);
+    api_client_close(clients[0]);
+    /* a slot frees up once the server noticed the close */
+    bool ok = false;
+    for (int attempt = 0; attempt < 1000 && !ok; attempt++) {
+        struct api_client *again = connect_or_fail(path);
+        json_t *result;
+        struct api_error error;
+        ok = api_client_call(again, "api.version", NULL, &result, &error, TIMEOUT_MS) == 0;
+        json_decref(result);
+        api_client_close(again);
+    }
+    cr_assert(ok, "the freed slot was never reused");
+    for (int i = 1; i < API_MAX_CLIENTS; i++)
+        api_client_close(clients[i]);
+    api_server_destroy(server);
+}
+
+Test(api_server, other_uid_is_refused_with_an_error_line)
+{
+    if (geteuid() != 0)
+        cr_skip_test("needs root to connect as another uid");
+    char path[128];
+    socket_path(path, sizeof(path), "cred");
+    struct api_server *server;
+    cr_assert_eq(api_server_create(&server, NULL, path), 0);
+    cr_assert_eq(chmod(path, 0666), 0);   /* so that the file mode lets uid 65534 in */
+    int pipefd[2];
+    cr_assert_eq(pipe(pipefd), 0);
+    pid_t child = fork();
+    cr_assert_geq(child, 0);
+    if (child == 0) {
+        close(pipefd[0]);
+        if (setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0)
+            _exit(10);
+        struct api_client *client;
+        char error[256];
+        if (api_client_connect(&client, path, error, sizeof(error)) != 0)
+            _exit(11);
+        json_t *message;
+        if (api_client_read(client, &message, TIMEOUT_MS) != 0)
+            _exit(12);
+        const char *code = error_code_of(message);
+        if (!code || strcmp(code, "unavailable") != 0)
+            _exit(13);
+        const char *text = json_string_value(json_object_get(json_object_get(message, "error"), "message"));
+        if (write(pipefd[1], text, strlen(text)) < 0)
+            _exit(14);
+        json_t *more;
+        _exit(api_client_read(client, &more, TIMEOUT_MS) == -EPIPE ? 0 : 15);
+    }
+    close(pipefd[1]);
+    char message[256] = "";
+    ssize_t n = read(pipefd[0], message, sizeof(message) - 1);
+    message[n > 0 ? n : 0] = '\0';
+    close(pipefd[0]);
+    int status;
+    cr_assert_eq(waitpid(child, &status, 0), child);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", WEXITSTATUS(status));
+    cr_assert(strstr(message, "permission denied"), "%s", message);
+    api_server_destroy(server);
+}
+
+/* ---- with a running guest --------------------------------------------------------------- */
+
+struct api_vm {
+    struct harness_vm harness;
+    struct api_server *server;
+    char path[128];
+};
+
+static void api_vm_start(struct api_vm *t, const char *workload, const char *dirty)
+{
+    harness_require_kvm();
+    socket_path(t->path, sizeof(t->path), "vm");
+    harness_vm_create(&t->harness, "256M", 2, workload, dirty);
+    /* before vm_start, so the state listener is registered */
+    cr_assert_eq(api_server_create(&t->server, t->harness.vm, t->path), 0);
+    cr_assert_eq(vm_start(t->harness.vm), 0);
+}
+
+static void api_vm_stop(struct api_vm *t)
+{
+    vm_request_shutdown(t->harness.vm, 0);
+    vm_wait(t->harness.vm);
+    api_server_destroy(t->server);
+    vm_destroy(t->harness.vm);
+    t->harness.vm = NULL;
+    harness_vm_stop(&t->harness);
+}
+
+static uint64_t pages_written_via_api(struct api_client *client, unsigned vcpu)
+{
+    json_t *stats = call_ok(client, "vm.guest-stats", NULL);
+    json_t *entry = json_array_get(json_object_get(stats, "vcpus"), vcpu);
+    cr_assert_not_null(entry);
+    uint64_t pages = (uint64_t)json_integer_value(json_object_get(entry, "pages_written"));
+    json_decref(stats);
+    return pages;
+}
+
+static bool wait_pages_advance(struct api_client *client, unsigned vcpu, uint64_t from, uint64_t delta)
+{
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        if (pages_written_via_api(client, vcpu) >= from + delta)
+            return true;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 > 20000)
+            return false;
+        struct timespec tick = {.tv_nsec = 2000000};
+        nanosleep(&tick, NULL);
+    }
+}
+
+Test(api_server_vm, info_pause_stops_counters_resume_advances, .timeout = 90)
+{
+    struct api_vm t;
+    api_vm_start(&t, "dirtier,wss=32M", "off");
+    struct api_client *c = connect_or_fail(t.path);
+    json_t *info = call_ok(c, "vm.info", NULL);
+    cr_assert_str_eq(json_string_value(json_object_get(info, "state")), "running");
+    cr_assert_eq(json_integer_value(json_object_get(info, "vcpus")), 2);
+    cr_assert_eq(json_integer_value(json_object_get(info, "memory_bytes")), 256 << 20);
+    cr_assert_str_eq(json_string_value(json_object_get(info, "dirty_log")), "off");
+    cr_assert(strstr(json_string_value(json_object_get(info, "workload")), "dirtier"));
+    json_decref(info);
+
+    for (unsigned v = 0; v < 2; v++)
+        cr_assert(wait_pages_advance(c, v, 0, 10000), "vcpu %u never dirtied", v);
+
+    struct api_error error = call_error(c, "vm.resume", NULL);
+    cr_assert_eq(error.code, API_ERR_VM_RUNNING);
+    error = call_error(c, "vm.memory-digest", NULL);
+    cr_assert_eq(error.code, API_ERR_VM_RUNNING);
+    cr_assert(strstr(error.message, "vm.pause"), "%s", error.message);
+
+    json_decref(call_ok(c, "vm.pause", NULL));
+    info = call_ok(c, "vm.info", NULL);
+    cr_assert_str_eq(json_string_value(json_object_get(info, "state")), "paused");
+    json_decref(info);
+    uint64_t before[2] = {pages_written_via_api(c, 0), pages_written_via_api(c, 1)};
+    struct timespec observe = {.tv_nsec = 200000000};   /* an interval to observe, not a sync */
+    nanosleep(&observe, NULL);
+    cr_assert_eq(pages_written_via_api(c, 0), before[0], "vcpu 0 wrote while paused");
+    cr_assert_eq(pages_written_via_api(c, 1), before[1], "vcpu 1 wrote while paused");
+    error = call_error(c, "vm.pause", NULL);
+    cr_assert_eq(error.code, API_ERR_VM_PAUSED);
+
+    json_t *d1 = call_ok(c, "vm.memory-digest", NULL);
+    json_t *d2 = call_ok(c, "vm.memory-digest", NULL);
+    cr_assert_eq(strlen(json_string_value(json_object_get(d1, "digest"))), 32);
+    cr_assert_str_eq(json_string_value(json_object_get(d1, "digest")),
+                     json_string_value(json_object_get(d2, "digest")), "digest of a paused VM must be stable");
+    cr_assert_eq(json_array_size(json_object_get(d1, "chunks")), 4);
+    json_decref(d1);
+    json_decref(d2);
+
+    json_decref(call_ok(c, "vm.resume", NULL));
+    for (unsigned v = 0; v < 2; v++)
+        cr_assert(wait_pages_advance(c, v, before[v], 1000), "vcpu %u did not advance after resume", v);
+    api_client_close(c);
+    api_vm_stop(&t);
+}
+
+Test(api_server_vm, events_subscribe_gets_pause_and_resume, .timeout = 90)
+{
+    struct api_vm t;
+    api_vm_start(&t, "dirtier,wss=16M", "off");
+    struct api_client *watcher = connect_or_fail(t.path);
+    struct api_client *control = connect_or_fail(t.path);
+    json_t *r = call_ok(watcher, "events.subscribe", NULL);
+    cr_assert(json_is_true(json_object_get(r, "subscribed")));
+    json_decref(r);
+    json_decref(call_ok(control, "vm.pause", NULL));
+    json_decref(call_ok(control, "vm.resume", NULL));
+    static const char *const states[] = {"paused", "running"};
+    static const char *const previous[] = {"running", "paused"};
+    for (int i = 0; i < 2; i++) {
+        json_t *event;
+        cr_assert_eq(api_client_next_event(watcher, &event, TIMEOUT_MS), 0, "event %d missing", i);
+        cr_assert_str_eq(json_string_value(json_object_get(event, "event")), "vm.state");
+        cr_assert(json_integer_value(json_object_get(event, "ts_ms")) > 1600000000000LL);
+        json_t *data = json_object_get(event, "data");
+        cr_assert_str_eq(json_string_value(json_object_get(data, "state")), states[i]);
+        cr_assert_str_eq(json_string_value(json_object_get(data, "previous")), previous[i]);
+        json_decref(event);
+    }
+    /* the controlling connection did not subscribe: it got no events */
+    json_t *message;
+    cr_assert_eq(api_client_read(control, &message, 100), -ETIMEDOUT);
+
+    /* vm.shutdown: reply, then the shutdown event before the server goes */
+    json_decref(call_ok(control, "vm.shutdown", NULL));
+    vm_wait(t.harness.vm);
+    api_server_destroy(t.server);
+    json_t *event;
+    cr_assert_eq(api_client_next_event(watcher, &event, TIMEOUT_MS), 0, "no shutdown event");
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(event, "data"), "state")), "shutdown");
+    json_decref(event);
+    cr_assert_eq(api_client_next_event(watcher, &event, TIMEOUT_MS), -EPIPE);
+    api_client_close(watcher);
+    api_client_close(control);
+    vm_destroy(t.harness.vm);
+    t.harness.vm = NULL;
+    harness_vm_stop(&t.harness);
+}
+
+Test(api_server_vm, pause_in_flight_does_not_block_other_clients, .timeout = 90)
+{
+    struct api_vm t;
+    api_vm_start(&t, "dirtier,wss=32M", "off");
+    struct api_client *a = connect_or_fail(t.path);
+    struct api_client *b = connect_or_fail(t.path);
+    for (int round = 0; round < 20; round++) {
+        int64_t id;
+        cr_assert_eq(api_client_send(a, round % 2 ? "vm.resume" : "vm.pause", NULL, &id), 0);
+        json_decref(call_ok(b, "vm.info", NULL));     /* answered while a's command runs */
+        json_t *reply = read_message(a);
+        cr_assert(json_is_true(json_object_get(reply, "ok")), "round %d", round);
+        json_decref(reply);
+    }
+    /* a vm.pause whose client vanished still happens; nothing crashes */
+    struct api_client *gone = connect_or_fail(t.path);
+    send_text(gone, "{\"id\":1,\"cmd\":\"vm.pause\"}\n");
+    api_client_close(gone);
+    bool paused = false;
+    for (int i = 0; i < 5000 && !paused; i++) {
+        json_t *info = call_ok(b, "vm.info", NULL);
+        paused = strcmp(json_string_value(json_object_get(info, "state")), "paused") == 0;
+        json_decref(info);
+        if (!paused) {
+            struct timespec tick = {.tv_nsec = 1000000};
+            nanosleep(&tick, NULL);
+        }
+    }
+    cr_assert(paused);
+    json_decref(call_ok(b, "vm.resume", NULL));
+    api_client_close(a);
+    api_client_close(b);
+    api_vm_stop(&t);
+}
