@@ -4,11 +4,13 @@
  */
 #include "api/commands.h"
 
+extern const struct api_command_group api_commands_bpf;       /* api/commands_bpf.c */
 
 const struct api_command_group *const api_command_groups[] = {
     &api_commands_api,
     &api_commands_vm,
     &api_commands_digest,
     &api_commands_dirty_stats,
+    &api_commands_bpf,
     NULL,
 };

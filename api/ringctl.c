@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "api/client.h"
+#include "bpf/probes.h"
 
 #define EXIT_VMM_ERROR 1
 #define EXIT_USAGE 2
@@ -602,6 +603,67 @@ static int run_raw(struct ringctl *ctl, int argc, char **argv)
     return ok ? 0 : EXIT_VMM_ERROR;
 }
 
+static int run_trace(struct ringctl *ctl, int argc, char **argv)
+{
+    const struct ringctl_command *command = find_command("trace");
+    static const struct option options[] = {{"watch", no_argument, NULL, 'w'},
+                                            {"start", no_argument, NULL, 'S'},
+                                            {"stop", no_argument, NULL, 'X'},
+                                            {"interval", required_argument, NULL, 'i'},
+                                            {"width", required_argument, NULL, 'W'},
+                                            {0}};
+    bool watch = false, start = false, stop = false;
+    long interval = 1000, width = 50;
+    int opt;
+    while ((opt = next_option(ctl, command, argc, argv, options, "w")) != -1) {
+        if (opt == 'w')
+            watch = true;
+        else if (opt == 'S')
+            start = true;
+        else if (opt == 'X')
+            stop = true;
+        else if (opt == 'i')
+            interval = parse_number(command, "--interval", optarg, 10, 3600000);
+        else if (opt == 'W')
+            width = parse_number(command, "--width", optarg, 10, 400);
+    }
+    no_operands(command, argc, argv);
+    json_t *r;
+    int status;
+    if (start) {
+        if ((status = call(ctl, "bpf.start", NULL, &r)) != 0)
+            return status;
+        json_decref(r);
+    }
+    bool tty = isatty(STDOUT_FILENO);
+    for (;;) {
+        if ((status = call(ctl, "bpf.stats", NULL, &r)) != 0)
+            return status;
+        if (watch && tty && !ctl->json)
+            printf("\033[H\033[2J");
+        if (ctl->json) {
+            output(ctl, r);
+        } else {
+            char *text = bpf_probes_format_text(r, (unsigned)width);
+            fputs(text ? text : "ringctl: cannot format the statistics\n", stdout);
+            free(text);
+            json_decref(r);
+        }
+        if (!watch)
+            break;
+        fflush(stdout);
+        struct timespec ts = {.tv_sec = interval / 1000, .tv_nsec = (interval % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+        }
+    }
+    if (stop) {
+        if ((status = call(ctl, "bpf.stop", NULL, &r)) != 0)
+            return status;
+        json_decref(r);
+    }
+    return 0;
+}
+
 static const struct ringctl_command commands[] = {
     {"info", "info",
      "Show the VM: state (running|paused|shutdown), vCPUs, memory, workload, dirty-log\n"
@@ -635,6 +697,13 @@ static const struct ringctl_command commands[] = {
      "Send one request as JSON text, e.g. '{\"cmd\":\"vm.info\"}' (an id is added if\n"
      "missing) and print the whole reply line. Exit 1 if the reply is an error.",
      run_raw},
+    {"trace", "trace [--start] [--stop] [--watch] [--interval MS] [--width N]",
+     "eBPF measurements as text histograms (bpf.stats): KVM_RUN time in guest and in\n"
+     "userspace per exit reason, kick and throttle latency (with the VMM's own\n"
+     "measurement beside it), off-CPU time, dirty ring pushes and resets. --start\n"
+     "attaches the probes first (bpf.start), --stop detaches them after. Error\n"
+     "unavailable (exit 1) when BPF cannot load on this host.",
+     run_trace},
     {"commands", "commands", "List the commands the VMM accepts, with their arguments (api.commands).",
      run_commands},
     {"version", "version", "Protocol version and server identity (api.version).", run_version},

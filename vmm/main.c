@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "api/server.h"
+#include "bpf/probes.h"
 #include "vmm/options.h"
 #include "vmm/stats.h"
 #include "vmm/vm.h"
@@ -75,6 +76,21 @@ int main(int argc, char **argv)
         return 1;
     }
     pthread_detach(signals.thread);
+
+    /* Probes attach before vm_start so they see the first KVM_RUN. Without
+     * BPF the VM runs on: warn once, say why. */
+    if (options.bpf) {
+        struct bpf_probes *probes = NULL;
+        char reason[512];
+        if (bpf_probes_create(&probes, vm, reason, sizeof(reason)) != 0 ||
+            bpf_probes_start(probes, reason, sizeof(reason)) != 0) {
+            fprintf(stderr, "ringvm: --bpf: BPF probes unavailable, running without them: %s\n", reason);
+            bpf_probes_destroy(probes);
+        } else {
+            bpf_probes_print_metrics(probes, stderr);
+            atomic_store_explicit(&vm->bpf_probes, probes, memory_order_release);
+        }
+    }
 
     /* The API registers its VM state listener, so it comes before vm_start. */
     struct api_server *api = NULL;

@@ -29,22 +29,48 @@
 
 #define THROTTLE_TIMESLICE_NS 10000000ULL   /* 10 ms, as QEMU's cpu-throttle */
 
-/* The kvm_run of the vCPU running on this thread, for the signal handler. */
-static __thread struct kvm_run *thread_run;
+/* The vCPU running on this thread, for the signal handler. */
+static __thread struct vcpu *thread_vcpu;
 
-static void kick_signal_handler(int signo)
+static void kick_signal_handler(int signo, siginfo_t *info, void *context)
 {
     (void)signo;
-    struct kvm_run *run = thread_run;
-    if (run != NULL)
-        __atomic_store_n(&run->immediate_exit, 1, __ATOMIC_RELAXED);
+    (void)context;
+    struct vcpu *vcpu = thread_vcpu;
+    if (vcpu == NULL)
+        return;
+    __atomic_store_n(&vcpu->run->immediate_exit, 1, __ATOMIC_RELAXED);
+    if (info != NULL && info->si_code == SI_TIMER)
+        atomic_fetch_add_explicit(&vcpu->counters.throttle_timer_expiries, 1, memory_order_relaxed);
+}
+
+static unsigned latency_bucket(uint64_t nanoseconds)
+{
+    unsigned bucket = nanoseconds <= 1 ? 0 : 63 - (unsigned)__builtin_clzll(nanoseconds);
+    return bucket < VCPU_KICK_LATENCY_BUCKETS ? bucket : VCPU_KICK_LATENCY_BUCKETS - 1;
+}
+
+/* KVM_RUN returned EINTR: if a kick was sent while it ran, record how long
+ * the vCPU took to leave. kick_before is kick_sent_ns read before KVM_RUN. */
+static void record_kick_latency(struct vcpu *vcpu, uint64_t kick_before)
+{
+    uint64_t sent = atomic_load_explicit(&vcpu->kick_sent_ns, memory_order_relaxed);
+    if (sent == kick_before || sent == 0)
+        return;
+    uint64_t now = vm_now_ns();
+    uint64_t latency = now > sent ? now - sent : 0;
+    atomic_fetch_add_explicit(&vcpu->counters.kick_latency_count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&vcpu->counters.kick_latency_sum_ns, latency, memory_order_relaxed);
+    atomic_fetch_add_explicit(&vcpu->counters.kick_latency_buckets[latency_bucket(latency)], 1,
+                              memory_order_relaxed);
 }
 
 int vcpu_install_kick_handler(void)
 {
     struct sigaction action;
     memset(&action, 0, sizeof(action));
-    action.sa_handler = kick_signal_handler;
+    action.sa_sigaction = kick_signal_handler;
+    action.sa_flags = SA_SIGINFO;
     sigemptyset(&action.sa_mask);
     /* No SA_RESTART: we want KVM_RUN and sleeps to return EINTR. */
     if (sigaction(VCPU_KICK_SIGNAL, &action, NULL) != 0) {
@@ -314,7 +340,8 @@ void *vcpu_thread_main(void *argument)
 {
     struct vcpu *vcpu = argument;
     struct vm *vm = vcpu->vm;
-    thread_run = vcpu->run;
+    thread_vcpu = vcpu;
+    atomic_store_explicit(&vcpu->tid, (int)gettid(), memory_order_release);
 
     sigset_t unblock;
     sigemptyset(&unblock);
@@ -365,10 +392,12 @@ void *vcpu_thread_main(void *argument)
                 throttle_timer_arm(vcpu, 0);
         }
 
+        uint64_t kick_before = atomic_load_explicit(&vcpu->kick_sent_ns, memory_order_relaxed);
         int result = ioctl(vcpu->fd, KVM_RUN, 0);
         if (result < 0) {
             if (errno == EINTR || errno == EAGAIN) {
                 atomic_fetch_add_explicit(&vcpu->counters.exits_intr, 1, memory_order_relaxed);
+                record_kick_latency(vcpu, kick_before);
                 continue;
             }
             int saved = errno;
@@ -383,6 +412,6 @@ void *vcpu_thread_main(void *argument)
 
     if (have_timer)
         timer_delete(vcpu->throttle_timer);
-    thread_run = NULL;
+    thread_vcpu = NULL;
     return NULL;
 }

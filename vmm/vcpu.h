@@ -22,6 +22,8 @@
 
 struct vm;
 
+#define VCPU_KICK_LATENCY_BUCKETS 48
+
 struct vcpu_counters {
     _Atomic uint64_t exits_total;
     _Atomic uint64_t exits_io;
@@ -32,6 +34,13 @@ struct vcpu_counters {
     _Atomic uint64_t kicks_sent;            /* signals sent to this vCPU */
     _Atomic uint64_t throttle_sleeps;
     _Atomic uint64_t throttle_sleep_ns;
+    _Atomic uint64_t throttle_timer_expiries;   /* SI_TIMER deliveries of the kick signal */
+    /* The VMM's own kick latency: vcpu_kick() to KVM_RUN returning EINTR,
+     * log2 buckets in ns (bucket b holds [2^b, 2^(b+1)), bucket 0 also 0..1),
+     * the same bounds as the BPF histograms so the two can be compared. */
+    _Atomic uint64_t kick_latency_count;
+    _Atomic uint64_t kick_latency_sum_ns;
+    _Atomic uint64_t kick_latency_buckets[VCPU_KICK_LATENCY_BUCKETS];
 };
 
 struct vcpu {
@@ -42,6 +51,7 @@ struct vcpu {
     size_t run_size;
     pthread_t thread;
     bool thread_started;
+    _Atomic int tid;                        /* kernel thread id, set by the thread at start */
     int numa_node;                          /* node the thread runs on, -1 any */
 
     /* Dirty ring of this vCPU (NULL unless --dirty-log ring); mapped by

@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "bpf/probes.h"
 #include "vmm/boot.h"
 #include "vmm/bootinfo.h"
 #include "vmm/vcpu_internal.h"
@@ -556,6 +557,7 @@ void vm_destroy(struct vm *vm)
                 break;
             }
     }
+    bpf_probes_destroy(atomic_exchange_explicit(&vm->bpf_probes, NULL, memory_order_acq_rel));
     if (vm->dirty_log != NULL)
         dirty_log_destroy(vm->dirty_log);
     for (unsigned i = 0; vm->vcpus != NULL && i < vm->config.vcpu_count; i++) {

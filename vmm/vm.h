@@ -39,6 +39,8 @@ enum vm_state {
     VM_STATE_SHUTDOWN,
 };
 
+struct bpf_probes;
+
 struct vm_config {
     uint64_t memory_bytes;
     unsigned vcpu_count;
@@ -103,6 +105,11 @@ struct vm {
     _Atomic uint64_t pause_latency_last_ns;
     _Atomic uint64_t pause_latency_max_ns;
     _Atomic uint64_t pause_latency_total_ns;
+
+    /* eBPF probes (bpf/probes.h), NULL when not loaded. Created by main
+     * (--bpf) or the API worker (bpf.start); read by the API and migration
+     * threads with acquire loads; destroyed by vm_destroy. */
+    _Atomic(struct bpf_probes *) bpf_probes;
 
     unsigned listener_count;
     struct { vm_state_listener fn; void *opaque; } listeners[VM_MAX_LISTENERS];
