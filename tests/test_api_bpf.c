@@ -1,0 +1,89 @@
+/* bpf.start / bpf.stop / bpf.stats through the API request handler. */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "api/commands.h"
+#include "api/dispatch.h"
+#include "bpf/probes.h"
+#include "tests/harness.h"
+
+static json_t *request(struct vm *vm, const char *line)
+{
+    struct api_session session;
+    memset(&session, 0, sizeof(session));
+    size_t length = 0;
+    char *reply = api_handle_line(api_command_groups, vm, &session, line, strlen(line), &length);
+    cr_assert_not_null(reply);
+    json_error_t error;
+    json_t *parsed = json_loadb(reply, length, 0, &error);
+    cr_assert_not_null(parsed, "reply is not JSON: %s", reply);
+    free(reply);
+    api_session_reset(&session);
+    return parsed;
+}
+
+static const char *error_code(json_t *reply)
+{
+    return json_string_value(json_object_get(json_object_get(reply, "error"), "code"));
+}
+
+Test(api_bpf, unavailable_with_the_reason_and_the_vm_runs_on, .timeout = 60)
+{
+    harness_require_kvm();
+    struct harness_vm harness;
+    harness_vm_start(&harness, "128M", 1, "dirtier,wss=16M", "ring");
+    setenv("RINGVM_BPF_DISABLE", "1", 1);
+    json_t *reply = request(harness.vm, "{\"id\":1,\"cmd\":\"bpf.start\"}");
+    cr_assert_str_eq(error_code(reply), "unavailable");
+    const char *message = json_string_value(json_object_get(json_object_get(reply, "error"), "message"));
+    cr_assert(strstr(message, "RINGVM_BPF_DISABLE") != NULL, "message: %s", message);
+    json_decref(reply);
+    reply = request(harness.vm, "{\"id\":2,\"cmd\":\"bpf.stats\"}");
+    cr_assert_str_eq(error_code(reply), "unavailable");
+    json_decref(reply);
+    unsetenv("RINGVM_BPF_DISABLE");
+    cr_assert(harness_wait_all_vcpus_advance(harness.vm, 10000, 20000), "the VM stopped running");
+    harness_vm_stop(&harness);
+}
+
+Test(api_bpf, start_stats_stop_with_vmm_kick_latency_beside_the_kernels, .timeout = 60)
+{
+    harness_require_kvm();
+    const char *reason = NULL;
+    if (!bpf_probes_built(&reason))
+        cr_skip_test("built without BPF: %s", reason);
+    if (geteuid() != 0)
+        cr_skip_test("BPF needs root here (uid %u)", (unsigned)geteuid());
+    struct harness_vm harness;
+    harness_vm_start(&harness, "128M", 2, "dirtier,wss=16M", "ring");
+    cr_assert(harness_wait_all_vcpus_advance(harness.vm, 10000, 20000));
+    json_t *reply = request(harness.vm, "{\"id\":1,\"cmd\":\"bpf.start\"}");
+    cr_assert(json_is_true(json_object_get(reply, "ok")), "%s", json_dumps(reply, 0));
+    json_decref(reply);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(vm_pause(harness.vm), 0);
+        cr_assert_eq(vm_resume(harness.vm), 0);
+    }
+    reply = request(harness.vm, "{\"id\":2,\"cmd\":\"bpf.stats\"}");
+    cr_assert(json_is_true(json_object_get(reply, "ok")), "%s", json_dumps(reply, 0));
+    json_t *vcpus = json_object_get(json_object_get(reply, "result"), "vcpus");
+    cr_assert_eq(json_array_size(vcpus), 2);
+    for (size_t i = 0; i < 2; i++) {
+        json_t *vcpu = json_array_get(vcpus, i);
+        json_t *vmm = json_object_get(vcpu, "vmm_kick_latency_ns");
+        cr_assert_not_null(vmm, "vcpu %zu has no vmm_kick_latency_ns", i);
+        /* Every pause kicked each vCPU at least once; the VMM saw each
+         * kick end KVM_RUN (or found the vCPU already outside it). */
+        json_int_t kicks_sent = json_integer_value(json_object_get(json_object_get(vcpu, "vmm"), "kicks_sent"));
+        cr_assert_geq(kicks_sent, 3);
+        cr_assert_leq(json_integer_value(json_object_get(vmm, "count")), kicks_sent);
+    }
+    json_decref(reply);
+    reply = request(harness.vm, "{\"id\":3,\"cmd\":\"bpf.stop\"}");
+    cr_assert(json_is_true(json_object_get(reply, "ok")));
+    json_decref(reply);
+    harness_vm_stop(&harness);
+}
