@@ -72,6 +72,11 @@ struct dirty_log {
     _Atomic uint64_t take_reset_ns_last;
     _Atomic uint64_t vmm_marked;
     _Atomic bool overflow_warned;
+    /* Last values read under control_lock, for get_stats when a controller
+     * holds it (get_stats never blocks). */
+    _Atomic uint64_t cached_cpu_ns;
+    _Atomic uint64_t cached_polls;
+    _Atomic unsigned cached_harvesters;
 };
 
 void dirty_log_config_defaults(struct dirty_log_config *config)
@@ -160,6 +165,15 @@ static int enable_ring(struct dirty_log *log)
         return -ENOTSUP;
     }
     uint64_t bytes = (uint64_t)log->config.ring_entries * sizeof(struct kvm_dirty_gfn);
+    if (bytes > (uint64_t)max && log->config.ring_entries == DIRTY_LOG_DEFAULT_RING_ENTRIES) {
+        /* The default is the largest ring we want; a kernel allowing less
+         * gets its maximum (max is a power of two per api.rst). */
+        uint32_t entries = (uint32_t)((uint64_t)max / sizeof(struct kvm_dirty_gfn));
+        fprintf(stderr, "ringvm: dirty ring: this kernel allows %u entries per vCPU; using %u\n",
+                entries, entries);
+        log->config.ring_entries = entries;
+        bytes = (uint64_t)entries * sizeof(struct kvm_dirty_gfn);
+    }
     if (bytes > (uint64_t)max) {
         fprintf(stderr, "ringvm: --ring-entries %u: this kernel allows at most %llu entries "
                 "per vCPU\n", log->config.ring_entries,
@@ -464,8 +478,13 @@ int dirty_log_stop(struct dirty_log *log)
     int rc = 0;
     if (!atomic_load_explicit(&log->tracking, memory_order_relaxed))
         goto out;
-    /* Unflag first: once KVM_SET_USER_MEMORY_REGION returns, no vCPU pushes
-     * new entries (KVM waits for in-flight faults on the old memslots). */
+    /* Bitmap: the sync thread must not GET a slot without a dirty bitmap
+     * (ENOENT), so it stops before the flag goes. */
+    if (log->config.mode == DIRTY_LOG_BITMAP && log->bitmap_ready)
+        bitmap_sync_stop(&log->bitmap);
+    /* Ring: unflag first; once KVM_SET_USER_MEMORY_REGION returns no vCPU
+     * pushes new entries (KVM waits for in-flight faults on the old
+     * memslots), then drain what is left. */
     rc = guest_memory_set_dirty_logging(log->memory, log->vm_fd, false);
     if (rc < 0)
         fprintf(stderr, "ringvm: dirty log: clearing KVM_MEM_LOG_DIRTY_PAGES failed\n");
@@ -476,8 +495,6 @@ int dirty_log_stop(struct dirty_log *log)
         int64_t r = ring_resetter_reset(&log->resetter, false);
         if (r < 0 && rc == 0)
             rc = (int)r;
-    } else if (log->bitmap_ready) {
-        bitmap_sync_stop(&log->bitmap);
     }
     atomic_store_explicit(&log->tracking, false, memory_order_release);
 out:
@@ -607,15 +624,25 @@ void dirty_log_get_stats(struct dirty_log *log, struct dirty_log_stats *out)
     out->vcpu_stats_count = log->vcpu_count < DIRTY_LOG_STATS_MAX_VCPUS
         ? log->vcpu_count : DIRTY_LOG_STATS_MAX_VCPUS;
 
-    pthread_mutex_lock(&log->control_lock);
-    out->harvesters = log->harvesters.count;
-    if (log->config.mode == DIRTY_LOG_RING) {
-        out->harvester_cpu_ns = harvester_group_cpu_ns(&log->harvesters);
-        out->harvest_polls = harvester_group_polls(&log->harvesters);
-    } else if (log->bitmap_ready) {
-        out->harvester_cpu_ns = bitmap_sync_cpu_ns(&log->bitmap);
+    /* The harvester group is replaced by start/stop under control_lock; a
+     * controller may hold it for milliseconds (memslot updates, joins), so
+     * fall back to the last values instead of waiting. */
+    if (pthread_mutex_trylock(&log->control_lock) == 0) {
+        uint64_t cpu = 0, polls = 0;
+        if (log->config.mode == DIRTY_LOG_RING) {
+            cpu = harvester_group_cpu_ns(&log->harvesters);
+            polls = harvester_group_polls(&log->harvesters);
+        } else if (log->bitmap_ready) {
+            cpu = bitmap_sync_cpu_ns(&log->bitmap);
+        }
+        atomic_store_explicit(&log->cached_cpu_ns, cpu, memory_order_relaxed);
+        atomic_store_explicit(&log->cached_polls, polls, memory_order_relaxed);
+        atomic_store_explicit(&log->cached_harvesters, log->harvesters.count, memory_order_relaxed);
+        pthread_mutex_unlock(&log->control_lock);
     }
-    pthread_mutex_unlock(&log->control_lock);
+    out->harvester_cpu_ns = atomic_load_explicit(&log->cached_cpu_ns, memory_order_relaxed);
+    out->harvest_polls = atomic_load_explicit(&log->cached_polls, memory_order_relaxed);
+    out->harvesters = atomic_load_explicit(&log->cached_harvesters, memory_order_relaxed);
 
     if (log->config.mode == DIRTY_LOG_RING) {
         for (unsigned i = 0; i < log->vcpu_count; i++) {

@@ -168,7 +168,9 @@ struct dirty_log_stats {
     struct dirty_log_vcpu_stats vcpu[DIRTY_LOG_STATS_MAX_VCPUS];
 };
 
-/* Any thread. Zeroes *out for a NULL log (mode OFF). */
+/* Any thread, never blocks (while a controller is inside start/stop/take
+ * the harvester CPU/poll/count figures are those of the previous call).
+ * Zeroes *out for a NULL log (mode OFF). */
 void dirty_log_get_stats(struct dirty_log *log, struct dirty_log_stats *out);
 
 /* One fragment of the --stats line, e.g.
