@@ -11,6 +11,8 @@ extern const struct api_command_group api_commands_api;         /* api.*, events
 extern const struct api_command_group api_commands_vm;          /* vm.* */
 extern const struct api_command_group api_commands_digest;      /* vm.memory-digest */
 extern const struct api_command_group api_commands_dirty_stats; /* vm.dirty-stats */
+extern const struct api_command_group api_commands_migration;   /* migration.* */
+extern const struct api_command_group api_commands_bpf;         /* bpf.* */
 
 /* Event names published by the API itself. */
 #define API_EVENT_VM_STATE "vm.state"

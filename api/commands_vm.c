@@ -101,6 +101,9 @@ static enum api_status cmd_vm_resume(struct api_call *call)
             return api_call_fail(call, API_ERR_VM_RUNNING, "the VM is already running");
         return state_error(call, state, "resume");
     }
+    if (result == -EBUSY)
+        return api_call_fail(call, API_ERR_MIGRATION_ACTIVE,
+                             "cannot resume: this VM is waiting for an incoming migration (no guest state yet)");
     if (result < 0)
         return api_call_fail(call, API_ERR_INTERNAL, "vm_resume: %s", strerror(-result));
     return api_call_ok(call, json_pack("{s:s}", "state", "running"));

@@ -19,6 +19,8 @@
 #include <unistd.h>
 
 #include "api/client.h"
+#include "api/report.h"
+#include "api/ringctl_migration.h"
 #include "bpf/probes.h"
 
 #define EXIT_VMM_ERROR 1
@@ -603,6 +605,18 @@ static int run_raw(struct ringctl *ctl, int argc, char **argv)
     return ok ? 0 : EXIT_VMM_ERROR;
 }
 
+/* migrate, progress and cancel live in api/ringctl_migration.c; report in
+ * api/ringctl_report.c. They open their own connection. */
+static int run_migration(struct ringctl *ctl, int argc, char **argv)
+{
+    return ringctl_migration_main(argc, argv, ctl->socket, ctl->json);
+}
+
+static int run_report(struct ringctl *ctl, int argc, char **argv)
+{
+    return ringctl_report_main(argc, argv, ctl->socket);
+}
+
 static int run_trace(struct ringctl *ctl, int argc, char **argv)
 {
     const struct ringctl_command *command = find_command("trace");
@@ -697,6 +711,26 @@ static const struct ringctl_command commands[] = {
      "Send one request as JSON text, e.g. '{\"cmd\":\"vm.info\"}' (an id is added if\n"
      "missing) and print the whole reply line. Exit 1 if the reply is an error.",
      run_raw},
+    {"migrate", "migrate DEST [--dispatch] [--downtime-ms N] [--converge auto|dirty-limit|none]\n"
+                "        [--max-bandwidth MIBS] [--keep-alive] [--timeout S] [--timeout-strategy cancel|force]\n"
+                "        [--throttle-initial N] [--throttle-increment N] [--throttle-max N] [--stall-timeout S]",
+     "Live-migrate the VM to DEST (unix:PATH or tcp:HOST:PORT, a ringvm started with\n"
+     "--incoming) (migration.start). Blocks showing progress: on a terminal one line\n"
+     "with percent, iteration, dirty rate, bandwidth, throttle and expected downtime;\n"
+     "otherwise a line per iteration. Exit 0 completed, 1 failed or cancelled.\n"
+     "--dispatch returns as soon as the migration has started.",
+     run_migration},
+    {"progress", "progress [--watch] [--json]",
+     "The progress snapshot of the current or last migration (migration.progress);\n"
+     "--watch repeats until it ends.",
+     run_migration},
+    {"cancel", "cancel", "Cancel the running migration; the source keeps running the guest (migration.cancel).",
+     run_migration},
+    {"report", "report [--out FILE] [--from FILE]",
+     "Write a self-contained HTML report (plots by gnuplot) of the last migration, from\n"
+     "the VMM (migration.progress, and bpf.stats when probes run) or from a saved\n"
+     "`ringctl progress --json` file.",
+     run_report},
     {"trace", "trace [--start] [--stop] [--watch] [--interval MS] [--width N]",
      "eBPF measurements as text histograms (bpf.stats): KVM_RUN time in guest and in\n"
      "userspace per exit reason, kick and throttle latency (with the VMM's own\n"

@@ -16,6 +16,7 @@
 
 #include "api/server.h"
 #include "bpf/probes.h"
+#include "migration/migration.h"
 #include "vmm/options.h"
 #include "vmm/stats.h"
 #include "vmm/vm.h"
@@ -104,6 +105,11 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    /* Destination: receive, restore and resume the guest, then run it like
+     * any other. A failed or refused migration leaves nothing running. */
+    if (options.incoming != NULL && migration_incoming_run(vm, options.incoming, api) != 0)
+        vm_request_shutdown(vm, 1);
+
     struct stats_sampler sampler;
     stats_sampler_init(&sampler, vm);
     uint64_t started = vm_now_ns();
@@ -118,6 +124,7 @@ int main(int argc, char **argv)
         }
     }
     int exit_code = vm_wait(vm);
+    migration_release(vm);
     if (api != NULL)
         api_server_destroy(api);
     vm_destroy(vm);

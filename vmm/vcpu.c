@@ -98,7 +98,11 @@ void vcpu_set_throttle(struct vcpu *vcpu, int percent)
         percent = 0;
     if (percent > 99)
         percent = 99;
-    atomic_store_explicit(&vcpu->throttle_percent, percent, memory_order_relaxed);
+    int previous = atomic_exchange_explicit(&vcpu->throttle_percent, percent, memory_order_relaxed);
+    /* A ring-3 guest may never exit on its own: kick it so the thread
+     * reaches the top of its loop and arms the timeslice timer. */
+    if (previous == 0 && percent > 0)
+        vcpu_kick(vcpu);
 }
 
 int vcpu_get_throttle(const struct vcpu *vcpu)

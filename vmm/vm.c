@@ -276,6 +276,7 @@ int vm_create(struct vm **out, const struct vm_config *config)
     vm->vm_fd = -1;
     vm->memory.memfd = -1;
     atomic_init(&vm->last_exception_vector, -1);
+    atomic_init(&vm->awaiting_migration, config->incoming);
     pthread_mutex_init(&vm->control_lock, NULL);
     pthread_mutex_init(&vm->park_lock, NULL);
     pthread_mutex_init(&vm->log_once_lock, NULL);
@@ -487,7 +488,9 @@ int vm_resume(struct vm *vm)
 {
     pthread_mutex_lock(&vm->control_lock);
     int result = -EINVAL;
-    if (vm_get_state(vm) == VM_STATE_PAUSED) {
+    if (atomic_load_explicit(&vm->awaiting_migration, memory_order_acquire)) {
+        result = -EBUSY;
+    } else if (vm_get_state(vm) == VM_STATE_PAUSED) {
         vm_resume_vcpus(vm);
         vm_set_state(vm, VM_STATE_RUNNING);
         result = 0;

@@ -89,6 +89,10 @@ struct vm {
     pthread_cond_t ack_cond;
     pthread_cond_t shutdown_cond;
     _Atomic int exit_status;            /* process exit code when shut down */
+    /* Destination of a migration whose guest state has not arrived yet:
+     * vm_resume refuses (the vCPUs have no state to run). Set by vm_create,
+     * cleared by the migration receiver right before it resumes the vCPUs. */
+    _Atomic bool awaiting_migration;
     _Atomic bool shutdown_requested;
 
     /* Guest-reported events (any vCPU thread writes, anyone reads). */
@@ -129,6 +133,8 @@ int vm_start(struct vm *vm);
  * 10 ms with a warning; gives up after 1 s with -ETIMEDOUT and lets the
  * vCPUs that did park run again. -EINVAL if not RUNNING. */
 int vm_pause(struct vm *vm);
+/* -EINVAL if not PAUSED, -EBUSY while an incoming migration has not
+ * restored the guest yet. */
 int vm_resume(struct vm *vm);
 
 /* The same without the RUNNING/PAUSED state change, for a controller that

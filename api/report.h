@@ -1,0 +1,54 @@
+/*
+ * The migration report: one self-contained HTML page (inline SVG plots made
+ * by gnuplot, no scripts, no external files) from a migration progress
+ * snapshot and, when the probes ran, the BPF stats.
+ *
+ * Input is read leniently: a missing or mistyped field shows as "n/a" or
+ * leaves its plot out, never fails the report. `progress` is either
+ *   - one snapshot (the object `migration.progress` / `ringctl progress
+ *     --json` returns: iterations[], throttle_per_vcpu, memory{}, ...), or
+ *   - an array of snapshots taken over time (e.g. JSON lines of `ringctl
+ *     progress --watch --json`): the last one is the summary, the others
+ *     give the "over time" plots real samples instead of per-iteration
+ *     points.
+ * `bpf_stats_or_null` is the object of the BPF stats (vcpus[].kick_latency_ns
+ * {p50_ns, p99_ns}, optional iterations[] {kick_p50_ns, kick_p99_ns}), or NULL.
+ *
+ * Plots (each an <svg id="plot-..."> inside <figure id="fig-...">):
+ *   plot-dirty-rate, plot-bandwidth, plot-remaining, plot-expected-downtime
+ *   (per iteration), plot-throttle (per iteration, per vCPU when the data has
+ *   it, else the max over vCPUs), plot-throttle-vcpu (final, per vCPU),
+ *   plot-time-rates, plot-time-remaining (over time), plot-kick-latency
+ *   (only with kick latency data).
+ * Summary box (<section id="summary">): state, total, downtime vs limit,
+ * setup, iterations, bytes sent, converge mode, ...
+ *
+ * gnuplot (Debian package gnuplot-nox) runs as a subprocess on files in a
+ * private temporary directory; $RINGVM_GNUPLOT overrides the program.
+ */
+#ifndef RINGVM_API_REPORT_H
+#define RINGVM_API_REPORT_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+/* Plot ids, in page order (tests check each appears). */
+extern const char *const report_plot_ids[];
+extern const size_t report_plot_count;
+
+/* Writes the page to out_html. 0, or -1 with a sentence in error (e.g.
+ * "gnuplot not found: install the Debian package gnuplot-nox ..."). */
+int report_render(const json_t *progress, const json_t *bpf_stats_or_null, FILE *out_html, char *error,
+                  size_t error_size);
+
+/* `ringctl report` (api/ringctl_report.c), called by ringctl's dispatch
+ * with argv[0] = "report" and the socket from -s / $RINGVM_SOCKET (may be
+ * NULL with --from). Returns ringctl's exit status. */
+int ringctl_report_main(int argc, char **argv, const char *socket_path);
+
+/* True when the gnuplot program can be found (PATH or $RINGVM_GNUPLOT). */
+int report_gnuplot_available(void);
+
+#endif

@@ -1,0 +1,447 @@
+/*
+ * ringctl's migration commands:
+ *
+ *   ringctl migrate DEST [--dispatch] [--downtime-ms N] [--converge MODE]
+ *                   [--max-bandwidth MIBS] [--keep-alive] [--timeout S]
+ *                   [--timeout-strategy cancel|force] [--throttle-initial N]
+ *                   [--throttle-increment N] [--throttle-max N]
+ *                   [--stall-timeout S] [--no-verify]
+ *   ringctl progress [--watch] [--json]
+ *   ringctl cancel
+ *
+ * `migrate` blocks until the migration ends, showing live progress: on a
+ * TTY one line redrawn in place (bar, percent, iteration, dirty rate,
+ * bandwidth, throttle, expected downtime), otherwise one line per
+ * iteration. Exit 0 completed, 1 failed or cancelled (or any VMM error),
+ * 2 usage, 3 connection.
+ *
+ * Entry point for ringctl.c: ringctl_migration_main(argc, argv, socket, json)
+ * with argv[0] = "migrate" | "progress" | "cancel".
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api/client.h"
+#include "api/ringctl_migration.h"
+
+#define EXIT_FAILED 1
+#define EXIT_USAGE 2
+#define EXIT_CONNECT 3
+
+static int connect_to(const char *socket_path, struct api_client **client)
+{
+    char error[512];
+    if (socket_path == NULL || *socket_path == '\0') {
+        fprintf(stderr, "ringctl: no socket given: use -s PATH or set RINGVM_SOCKET\n");
+        return EXIT_USAGE;
+    }
+    if (api_client_connect(client, socket_path, error, sizeof(error)) < 0) {
+        fprintf(stderr, "ringctl: %s\n", error);
+        return EXIT_CONNECT;
+    }
+    return 0;
+}
+
+/* 0 ok (*result), or an exit code after printing the error (transport
+ * errors are not printed when quiet). */
+static int call_quiet(struct api_client *client, const char *cmd, json_t *args, json_t **result, bool quiet)
+{
+    struct api_error error;
+    int r = api_client_call(client, cmd, args, result, &error, 30000);
+    if (r == 0)
+        return 0;
+    if (r < 0 && quiet)
+        return EXIT_CONNECT;
+    if (r == 1) {
+        fprintf(stderr, "ringctl: %s: %s: %s\n", cmd, api_error_code_name(error.code), error.message);
+        return EXIT_FAILED;
+    }
+    fprintf(stderr, "ringctl: %s: %s\n", cmd, error.message[0] ? error.message : strerror(-r));
+    return EXIT_CONNECT;
+}
+
+static int call(struct api_client *client, const char *cmd, json_t *args, json_t **result)
+{
+    return call_quiet(client, cmd, args, result, false);
+}
+
+static int64_t get_int(json_t *object, const char *key)
+{
+    json_t *v = json_object_get(object, key);
+    return json_is_integer(v) ? (int64_t)json_integer_value(v) : 0;
+}
+
+static double get_real(json_t *object, const char *key)
+{
+    json_t *v = json_object_get(object, key);
+    return json_is_number(v) ? json_number_value(v) : 0.0;
+}
+
+static const char *get_string(json_t *object, const char *key)
+{
+    json_t *v = json_object_get(object, key);
+    return json_is_string(v) ? json_string_value(v) : "";
+}
+
+static bool finished(const char *state)
+{
+    return strcmp(state, "completed") == 0 || strcmp(state, "failed") == 0 || strcmp(state, "cancelled") == 0;
+}
+
+static void print_bar(json_t *p)
+{
+    int percent = (int)get_int(p, "percent");
+    char bar[21];
+    int filled = percent / 5;
+    for (int i = 0; i < 20; i++)
+        bar[i] = i < filled ? '#' : '.';
+    bar[20] = '\0';
+    int64_t expected = get_int(p, "expected_downtime_ms");
+    char downtime[32];
+    if (expected >= INT64_MAX / 2)
+        snprintf(downtime, sizeof(downtime), "inf");
+    else
+        snprintf(downtime, sizeof(downtime), "%" PRId64 "ms", expected);
+    fprintf(stdout, "\r[%s] %3d%% %-13s iter %" PRId64 "  dirty %" PRId64 " pps  bw %.1f MiB/s  throttle %" PRId64
+            "%%  downtime(exp) %s   ", bar, percent, get_string(p, "phase"), get_int(p, "iteration"),
+            get_int(p, "dirty_rate_pps"), get_real(p, "bandwidth_mibs"), get_int(p, "throttle_percent"), downtime);
+    fflush(stdout);
+}
+
+static void print_summary(json_t *p, FILE *out)
+{
+    const char *state = get_string(p, "state");
+    json_t *memory = json_object_get(p, "memory");
+    fprintf(out, "migration %" PRId64 " %s: total %" PRId64 " ms, downtime %" PRId64 " ms, setup %" PRId64
+            " ms, %" PRId64 " iterations, %.1f MiB transferred (%" PRId64 " normal + %" PRId64 " zero pages)\n",
+            get_int(p, "id"), state, get_int(p, "total_ms"), get_int(p, "downtime_ms"), get_int(p, "setup_ms"),
+            get_int(p, "iteration_count"), (double)get_int(memory, "transferred") / (1024.0 * 1024.0),
+            get_int(memory, "normal_pages"), get_int(memory, "zero_pages"));
+    const char *source = get_string(p, "memory_digest_source");
+    const char *destination = get_string(p, "memory_digest_destination");
+    if (*source || *destination)
+        fprintf(out, "memory digest: source %s, destination %s\n", *source ? source : "-",
+                *destination ? destination : "-");
+    json_t *error = json_object_get(p, "error");
+    if (json_is_object(error))
+        fprintf(out, "error: %s: %s\n", get_string(error, "code"), get_string(error, "message"));
+}
+
+/* Prints iteration lines not printed yet (non-TTY mode). */
+static void print_new_iterations(json_t *p, int64_t *printed)
+{
+    json_t *iterations = json_object_get(p, "iterations");
+    size_t index;
+    json_t *it;
+    json_array_foreach(iterations, index, it) {
+        int64_t number = get_int(it, "iter");
+        if (number >= *printed) {
+            fprintf(stdout, "%s\n", get_string(it, "line"));
+            *printed = number + 1;
+        }
+    }
+    fflush(stdout);
+}
+
+/* The final migration.state event of migration id, if this is one. */
+static bool final_event(json_t *event, int64_t id)
+{
+    if (strcmp(get_string(event, "event"), "migration.state") != 0)
+        return false;
+    json_t *data = json_object_get(event, "data");
+    return get_int(data, "id") == id && strcmp(get_string(data, "role"), "outgoing") == 0 &&
+           finished(get_string(data, "state"));
+}
+
+static int watch_until_done(struct api_client *client, bool json, int64_t id, bool tty)
+{
+    int64_t printed = 0;
+    bool switched = false;
+    json_t *last = NULL;    /* the final state event, in case the source exits before we ask */
+    for (;;) {
+        json_t *event = NULL;
+        int r = api_client_next_event(client, &event, 200);
+        if (event) {
+            if (final_event(event, id)) {
+                json_decref(last);
+                last = event;
+            } else {
+                json_decref(event);     /* events only wake us up; progress is the truth */
+            }
+        }
+        json_t *progress = NULL;
+        int status = (r < 0 && r != -ETIMEDOUT) ? EXIT_CONNECT
+                                                : call_quiet(client, "migration.progress", NULL, &progress, true);
+        if (status != 0) {
+            if (tty && !json)
+                fputc('\n', stdout);
+            if (last != NULL) {
+                /* A source without keep_alive exits right after completing. */
+                json_t *data = json_object_get(last, "data");
+                const char *state = get_string(data, "state");
+                if (json) {
+                    char *text = json_dumps(data, JSON_COMPACT);
+                    if (text)
+                        fprintf(stdout, "%s\n", text);
+                    free(text);
+                } else {
+                    json_t *error = json_object_get(data, "error");
+                    fprintf(strcmp(state, "completed") == 0 ? stdout : stderr,
+                            "migration %" PRId64 " %s: total %" PRId64 " ms, downtime %" PRId64 " ms%s%s\n", id, state,
+                            get_int(data, "total_ms"), get_int(data, "downtime_ms"), json_is_object(error) ? ": " : "",
+                            json_is_object(error) ? get_string(error, "message") : "");
+                }
+                int code = strcmp(state, "completed") == 0 ? 0 : EXIT_FAILED;
+                json_decref(last);
+                return code;
+            }
+            fprintf(stderr, "ringctl: connection to the VMM lost before the migration ended\n");
+            return EXIT_CONNECT;
+        }
+        if (get_int(progress, "id") != id) {
+            json_decref(progress);
+            continue;
+        }
+        const char *state = get_string(progress, "state");
+        const char *phase = get_string(progress, "phase");
+        if (tty && !json) {
+            print_bar(progress);
+        } else if (!json) {
+            print_new_iterations(progress, &printed);
+            if (!switched && (strcmp(phase, "stop-and-copy") == 0 || strcmp(phase, "waiting-ack") == 0)) {
+                fprintf(stdout, "memory delta transmission stopping - cutoff condition reached\n");
+                switched = true;
+            }
+        }
+        if (finished(state)) {
+            if (tty && !json)
+                fputc('\n', stdout);
+            if (json) {
+                char *text = json_dumps(progress, JSON_COMPACT);
+                if (text)
+                    fprintf(stdout, "%s\n", text);
+                free(text);
+            } else {
+                if (!tty)
+                    print_new_iterations(progress, &printed);
+                print_summary(progress, strcmp(state, "completed") == 0 ? stdout : stderr);
+            }
+            int code = strcmp(state, "completed") == 0 ? 0 : EXIT_FAILED;
+            json_decref(progress);
+            json_decref(last);
+            return code;
+        }
+        json_decref(progress);
+    }
+}
+
+static int run_migrate(struct api_client *client, int argc, char **argv, bool json)
+{
+    static const struct option options[] = {
+        {"dispatch", no_argument, NULL, 'd'},
+        {"downtime-ms", required_argument, NULL, 'D'},
+        {"converge", required_argument, NULL, 'c'},
+        {"max-bandwidth", required_argument, NULL, 'b'},
+        {"keep-alive", no_argument, NULL, 'k'},
+        {"timeout", required_argument, NULL, 't'},
+        {"timeout-strategy", required_argument, NULL, 'S'},
+        {"throttle-initial", required_argument, NULL, 'i'},
+        {"throttle-increment", required_argument, NULL, 'n'},
+        {"throttle-max", required_argument, NULL, 'm'},
+        {"stall-timeout", required_argument, NULL, 's'},
+        {"no-verify", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
+    };
+    json_t *args = json_object();
+    bool dispatch = false;
+    optind = 0;     /* GNU: full re-initialisation (ringctl may parse several times) */
+    int option;
+    while ((option = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        const char *key = NULL;
+        switch (option) {
+        case 'd': dispatch = true; continue;
+        case 'k': json_object_set_new(args, "keep_alive", json_true()); continue;
+        case 'V': json_object_set_new(args, "verify_digest", json_false()); continue;
+        case 'c': json_object_set_new(args, "converge", json_string(optarg)); continue;
+        case 'S': json_object_set_new(args, "timeout_strategy", json_string(optarg)); continue;
+        case 'D': key = "downtime_ms"; break;
+        case 'b': key = "max_bandwidth_mibs"; break;
+        case 't': key = "timeout_s"; break;
+        case 'i': key = "throttle_initial"; break;
+        case 'n': key = "throttle_increment"; break;
+        case 'm': key = "throttle_max"; break;
+        case 's': key = "stall_timeout_s"; break;
+        case 'h':
+            fprintf(stdout, "usage: ringctl migrate DEST [--dispatch] [--downtime-ms N] [--converge auto|dirty-limit|none]\n"
+                            "         [--max-bandwidth MIBS] [--keep-alive] [--timeout S] [--timeout-strategy cancel|force]\n"
+                            "         [--throttle-initial N] [--throttle-increment N] [--throttle-max N]\n"
+                            "         [--stall-timeout S] [--no-verify]\n"
+                            "DEST: unix:PATH or tcp:HOST:PORT of a ringvm started with --incoming.\n");
+            json_decref(args);
+            return 0;
+        default:
+            json_decref(args);
+            return EXIT_USAGE;
+        }
+        char *end = NULL;
+        errno = 0;
+        long long value = strtoll(optarg, &end, 10);
+        if (errno != 0 || *optarg == '\0' || *end != '\0' || value < 0) {
+            fprintf(stderr, "ringctl: migrate: --%s %s: expected a non-negative integer\n", options[0].name == NULL ? "" :
+                    (option == 'D' ? "downtime-ms" : option == 'b' ? "max-bandwidth" : option == 't' ? "timeout"
+                     : option == 'i' ? "throttle-initial" : option == 'n' ? "throttle-increment"
+                     : option == 'm' ? "throttle-max" : "stall-timeout"), optarg);
+            json_decref(args);
+            return EXIT_USAGE;
+        }
+        json_object_set_new(args, key, json_integer(value));
+    }
+    if (optind != argc - 1) {
+        fprintf(stderr, "ringctl: migrate: expected exactly one DEST (unix:PATH or tcp:HOST:PORT)\n");
+        json_decref(args);
+        return EXIT_USAGE;
+    }
+    json_object_set_new(args, "dest", json_string(argv[optind]));
+
+    if (!dispatch) {
+        /* Subscribe first so no state change is missed. */
+        json_t *ignored = NULL;
+        int status = call(client, "events.subscribe", json_pack("{s:[s]}", "events", "migration."), &ignored);
+        json_decref(ignored);
+        if (status != 0) {
+            json_decref(args);
+            return status;
+        }
+    }
+    json_t *result = NULL;
+    int status = call(client, "migration.start", args, &result);
+    if (status != 0)
+        return status;
+    int64_t id = get_int(result, "id");
+    if (dispatch) {
+        if (json) {
+            char *text = json_dumps(result, JSON_COMPACT);
+            if (text)
+                fprintf(stdout, "%s\n", text);
+            free(text);
+        } else {
+            fprintf(stdout, "migration %" PRId64 " started to %s\n", id, get_string(result, "dest"));
+        }
+        json_decref(result);
+        return 0;
+    }
+    json_decref(result);
+    return watch_until_done(client, json, id, isatty(STDOUT_FILENO) && !json);
+}
+
+static int run_progress(struct api_client *client, int argc, char **argv, bool json)
+{
+    static const struct option options[] = {
+        {"watch", no_argument, NULL, 'w'}, {"json", no_argument, NULL, 'J'}, {"help", no_argument, NULL, 'h'}, {0}};
+    bool watch = false;
+    optind = 0;     /* GNU: full re-initialisation (ringctl may parse several times) */
+    int option;
+    while ((option = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        if (option == 'w')
+            watch = true;
+        else if (option == 'J')
+            json = true;
+        else if (option == 'h') {
+            fprintf(stdout, "usage: ringctl progress [--watch] [--json]\n");
+            return 0;
+        } else
+            return EXIT_USAGE;
+    }
+    if (optind != argc) {
+        fprintf(stderr, "ringctl: progress: unexpected argument '%s'\n", argv[optind]);
+        return EXIT_USAGE;
+    }
+    json_t *progress = NULL;
+    int status = call(client, "migration.progress", NULL, &progress);
+    if (status != 0)
+        return status;
+    if (watch && !finished(get_string(progress, "state"))) {
+        int64_t id = get_int(progress, "id");
+        json_decref(progress);
+        json_t *ignored = NULL;
+        status = call(client, "events.subscribe", json_pack("{s:[s]}", "events", "migration."), &ignored);
+        json_decref(ignored);
+        if (status != 0)
+            return status;
+        return watch_until_done(client, json, id, isatty(STDOUT_FILENO) && !json);
+    }
+    if (json) {
+        char *text = json_dumps(progress, JSON_INDENT(2));
+        if (text)
+            fprintf(stdout, "%s\n", text);
+        free(text);
+    } else {
+        json_t *memory = json_object_get(progress, "memory");
+        fprintf(stdout, "migration %" PRId64 " (%s, %s): %s, phase %s, %" PRId64 "%%, iteration %" PRId64
+                ", elapsed %" PRId64 " ms\n", get_int(progress, "id"), get_string(progress, "role"),
+                get_string(progress, "address"), get_string(progress, "state"), get_string(progress, "phase"),
+                get_int(progress, "percent"), get_int(progress, "iteration"), get_int(progress, "elapsed_ms"));
+        fprintf(stdout, "  dirty rate %" PRId64 " pps, bandwidth %.2f MiB/s, throttle %" PRId64
+                "%%, expected downtime %" PRId64 " ms, remaining %.1f MiB\n", get_int(progress, "dirty_rate_pps"),
+                get_real(progress, "bandwidth_mibs"), get_int(progress, "throttle_percent"),
+                get_int(progress, "expected_downtime_ms"), (double)get_int(memory, "remaining") / (1024.0 * 1024.0));
+        json_t *iterations = json_object_get(progress, "iterations");
+        size_t index;
+        json_t *it;
+        json_array_foreach(iterations, index, it)
+            fprintf(stdout, "  %s\n", get_string(it, "line"));
+        if (finished(get_string(progress, "state")))
+            print_summary(progress, stdout);
+    }
+    json_decref(progress);
+    return 0;
+}
+
+static int run_cancel(struct api_client *client, int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--help") == 0) {
+        fprintf(stdout, "usage: ringctl cancel\n");
+        return 0;
+    }
+    if (argc != 1) {
+        fprintf(stderr, "ringctl: cancel: takes no arguments\n");
+        return EXIT_USAGE;
+    }
+    json_t *result = NULL;
+    int status = call(client, "migration.cancel", NULL, &result);
+    json_decref(result);
+    if (status == 0)
+        fprintf(stdout, "cancelling; the guest continues on this side\n");
+    return status;
+}
+
+int ringctl_migration_main(int argc, char **argv, const char *socket_path, bool json)
+{
+    if (argc < 1)
+        return EXIT_USAGE;
+    const char *name = argv[0];
+    if (strcmp(name, "migrate") != 0 && strcmp(name, "progress") != 0 && strcmp(name, "cancel") != 0) {
+        fprintf(stderr, "ringctl: unknown migration command '%s'\n", name);
+        return EXIT_USAGE;
+    }
+    struct api_client *client = NULL;
+    int status = connect_to(socket_path, &client);
+    if (status != 0)
+        return status;
+    if (strcmp(name, "migrate") == 0)
+        status = run_migrate(client, argc, argv, json);
+    else if (strcmp(name, "progress") == 0)
+        status = run_progress(client, argc, argv, json);
+    else
+        status = run_cancel(client, argc, argv);
+    api_client_close(client);
+    return status;
+}

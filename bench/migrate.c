@@ -1,0 +1,400 @@
+/*
+ * bench/migrate: live migration matrix on this machine, two VMs in one
+ * process (source and destination each with their own KVM VM and RAM),
+ * over a unix socket, plus the raw socket throughput of a plain sender and
+ * receiver moving the same number of bytes.
+ *
+ *   build/bench/migrate [--quick] [--json] [--memory SIZE] [--timeout S]
+ *                       [--downtime-ms N] [--transport unix|tcp]
+ *
+ * Matrix (issue 5): working set 256 MiB / 1 GiB of a 1.5 GiB guest at full
+ * rate, bandwidth cap none / 1024 / 125 MiB/s, converge none / auto /
+ * dirty-limit, dirty log ring / bitmap (dirty-limit needs per-vCPU rates:
+ * ring only, shown as n/a for bitmap). --quick: 256 MiB, caps none / 125.
+ * Reported per run: converged, total ms, downtime ms, iterations, final
+ * throttle, bytes sent.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "migration/migration.h"
+#include "migration/transport.h"
+#include "vmm/size.h"
+#include "vmm/vm.h"
+
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+struct options {
+    bool quick, json;
+    uint64_t memory;
+    unsigned timeout_s;
+    unsigned downtime_ms;
+    bool tcp;
+    const char *filter;     /* "WSS/CAP/CONVERGE/LOG" prefix, e.g. "256M/none/auto" */
+};
+
+static int make_vm(struct vm **out, uint64_t memory, const char *workload, enum dirty_log_mode mode, bool incoming)
+{
+    struct vm_config config;
+    memset(&config, 0, sizeof(config));
+    char error[256];
+    config.memory_bytes = memory;
+    config.vcpu_count = 1;
+    config.create_irqchip = true;
+    config.memory_options.numa_node = -1;
+    config.serial.mode = SERIAL_NONE;
+    config.incoming = incoming;
+    if (workload_spec_parse(workload, &config.workload, error, sizeof(error)) != 0) {
+        fprintf(stderr, "bench/migrate: %s\n", error);
+        return -1;
+    }
+    dirty_log_config_defaults(&config.dirty_log);
+    config.dirty_log.mode = mode;
+    if (vm_create(out, &config) != 0)
+        return -1;
+    if (vm_start(*out) != 0) {
+        vm_destroy(*out);
+        return -1;
+    }
+    return 0;
+}
+
+struct incoming {
+    struct vm *vm;
+    int fd;
+    char address[128];
+    int result;
+};
+
+static void *incoming_main(void *argument)
+{
+    struct incoming *in = argument;
+    in->result = migration_incoming_run_fd(in->vm, in->fd, in->address, NULL);
+    return NULL;
+}
+
+struct result {
+    char wss[16];
+    char cap[24];
+    const char *converge;
+    const char *mode;
+    bool skipped;
+    bool converged;
+    uint64_t total_ms, downtime_ms, iterations, bytes;
+    int final_throttle;
+    double throughput_mibs;     /* iteration 0 bandwidth */
+    char error[1024];
+};
+
+static int listen_on(bool tcp, char *address, size_t size)
+{
+    static unsigned counter;
+    struct mig_address parsed;
+    char error[256];
+    if (tcp) {
+        memset(&parsed, 0, sizeof(parsed));
+        parsed.kind = MIG_ADDRESS_TCP;
+        snprintf(parsed.host, sizeof(parsed.host), "127.0.0.1");
+        snprintf(parsed.port, sizeof(parsed.port), "0");
+    } else {
+        snprintf(address, size, "unix:/tmp/ringvm-bench-migrate-%d-%u.sock", getpid(), counter++);
+        mig_address_parse(address, &parsed, error, sizeof(error));
+    }
+    int fd = mig_listen(&parsed, error, sizeof(error));
+    if (fd < 0) {
+        fprintf(stderr, "bench/migrate: %s\n", error);
+        return -1;
+    }
+    if (tcp) {
+        struct sockaddr_storage bound;
+        socklen_t length = sizeof(bound);
+        getsockname(fd, (struct sockaddr *)&bound, &length);
+        unsigned port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+        snprintf(address, size, "tcp:127.0.0.1:%u", port);
+    }
+    return fd;
+}
+
+static void run_one(const struct options *o, uint64_t wss, uint64_t cap_mibs, enum mig_converge converge,
+                    enum dirty_log_mode mode, struct result *r)
+{
+    memset(r, 0, sizeof(*r));
+    snprintf(r->wss, sizeof(r->wss), "%" PRIu64 "M", wss >> 20);
+    if (cap_mibs)
+        snprintf(r->cap, sizeof(r->cap), "%" PRIu64, cap_mibs);
+    else
+        snprintf(r->cap, sizeof(r->cap), "none");
+    r->converge = mig_converge_name(converge);
+    r->mode = dirty_log_mode_name(mode);
+    if (converge == MIG_CONVERGE_DIRTY_LIMIT && mode != DIRTY_LOG_RING) {
+        r->skipped = true;
+        snprintf(r->error, sizeof(r->error), "n/a: a bitmap has no per-vCPU dirty rates");
+        return;
+    }
+    char workload[64];
+    snprintf(workload, sizeof(workload), "dirtier,wss=%" PRIu64 "M", wss >> 20);
+    struct vm *source = NULL, *dest = NULL;
+    if (make_vm(&source, o->memory, workload, mode, false) != 0 ||
+        make_vm(&dest, o->memory, workload, mode, true) != 0) {
+        snprintf(r->error, sizeof(r->error), "could not create the VMs");
+        if (source)
+            vm_destroy(source);
+        return;
+    }
+    /* Steady state: the dirtier has covered its whole working set once
+     * (first touches allocate guest RAM and are much slower than rewrites). */
+    uint64_t warm_deadline = now_ns() + 60000000000ull;
+    for (;;) {
+        struct ringvm_vcpu_stats stats;
+        vm_read_guest_stats(source, 0, &stats);
+        if (stats.passes >= 1 || now_ns() >= warm_deadline)
+            break;
+        struct timespec poll = { .tv_sec = 0, .tv_nsec = 10000000 };
+        nanosleep(&poll, NULL);
+    }
+
+    struct incoming in = { .vm = dest };
+    in.fd = listen_on(o->tcp, in.address, sizeof(in.address));
+    pthread_t thread;
+    pthread_create(&thread, NULL, incoming_main, &in);
+    struct mig_params params;
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "%s", in.address);
+    params.converge = converge;
+    params.max_bandwidth_mibs = cap_mibs;
+    params.downtime_ms = o->downtime_ms;
+    params.timeout_s = o->timeout_s;
+    params.keep_alive = true;
+    uint64_t id;
+    const char *code;
+    char message[256];
+    if (migration_start(source, NULL, &params, &id, &code, message, sizeof(message)) != 0) {
+        snprintf(r->error, sizeof(r->error), "%s: %s", code, message);
+    } else {
+        migration_wait_idle(source, (uint64_t)o->timeout_s * 1000 + 60000);
+        struct mig_progress *p = malloc(sizeof(*p));
+        migration_progress(source, p);
+        r->converged = p->state == MIG_STATE_COMPLETED;
+        r->total_ms = p->total_ms;
+        r->downtime_ms = p->downtime_ms;
+        r->iterations = p->iteration_count;
+        r->bytes = p->memory.transferred;
+        if (p->iteration_count > 0) {
+            const struct mig_iteration_record *last =
+                &p->iterations[(p->iteration_count - 1) % MIG_PROGRESS_MAX_ITERATIONS];
+            r->final_throttle = last->throttle;
+            r->throughput_mibs = p->iterations[0].bandwidth_mibs;
+        }
+        if (!r->converged)
+            snprintf(r->error, sizeof(r->error), "%s: %s", p->error_code, p->error_message);
+        free(p);
+    }
+    pthread_join(thread, NULL);
+    if (strncmp(in.address, "unix:", 5) == 0)
+        unlink(in.address + 5);
+    migration_release(source);
+    migration_release(dest);
+    vm_request_shutdown(source, 0);
+    vm_wait(source);
+    vm_destroy(source);
+    vm_request_shutdown(dest, 0);
+    vm_wait(dest);
+    vm_destroy(dest);
+}
+
+/* ---- raw socket throughput ------------------------------------------------------ */
+
+struct raw_receiver {
+    int fd;
+    uint64_t bytes;
+};
+
+static void *raw_receive(void *argument)
+{
+    struct raw_receiver *r = argument;
+    char error[256];
+    int fd = mig_accept(r->fd, NULL, error, sizeof(error));
+    if (fd < 0)
+        return NULL;
+    uint8_t *buffer = malloc(4u << 20);
+    struct mig_io io = { .fd = fd, .stall_ms = 10000, .peer = "sender" };
+    for (;;) {
+        ssize_t got = recv(fd, buffer, 4u << 20, 0);
+        if (got > 0) {
+            r->bytes += (uint64_t)got;
+            continue;
+        }
+        if (got < 0 && (errno == EAGAIN || errno == EINTR)) {
+            mig_io_poll_readable(fd, 100);
+            continue;
+        }
+        break;
+    }
+    (void)io;
+    free(buffer);
+    close(fd);
+    return NULL;
+}
+
+/* Moves `bytes` through a socket with 4 MiB sendmsg batches (what the
+ * migration sender does, minus copying and checksums): MiB/s. */
+static double raw_throughput(bool tcp, uint64_t bytes)
+{
+    char address[128], error[256];
+    struct raw_receiver receiver = { 0 };
+    receiver.fd = listen_on(tcp, address, sizeof(address));
+    if (receiver.fd < 0)
+        return 0;
+    pthread_t thread;
+    pthread_create(&thread, NULL, raw_receive, &receiver);
+    struct mig_address parsed;
+    mig_address_parse(address, &parsed, error, sizeof(error));
+    int fd = mig_connect(&parsed, 5000, NULL, error, sizeof(error));
+    double mibs = 0;
+    if (fd >= 0) {
+        uint8_t *buffer = malloc(4u << 20);
+        memset(buffer, 0x5a, 4u << 20);
+        struct mig_io io = { .fd = fd, .stall_ms = 10000, .peer = "receiver" };
+        uint64_t started = now_ns();
+        for (uint64_t sent = 0; sent < bytes; sent += 4u << 20)
+            if (mig_io_write(&io, buffer, 4u << 20, error, sizeof(error)) != 0)
+                break;
+        close(fd);
+        pthread_join(thread, NULL);
+        uint64_t elapsed = now_ns() - started;
+        mibs = (double)receiver.bytes / (1024.0 * 1024.0) / ((double)elapsed / 1e9);
+        free(buffer);
+    } else {
+        pthread_cancel(thread);
+        pthread_join(thread, NULL);
+    }
+    close(receiver.fd);
+    if (!tcp)
+        unlink(address + 5);
+    return mibs;
+}
+
+int main(int argc, char **argv)
+{
+    struct options o = { .memory = 1536ull << 20, .timeout_s = 30, .downtime_ms = 300 };
+    static const struct option long_options[] = {
+        {"quick", no_argument, NULL, 'q'},      {"json", no_argument, NULL, 'j'},
+        {"memory", required_argument, NULL, 'm'}, {"timeout", required_argument, NULL, 't'},
+        {"downtime-ms", required_argument, NULL, 'd'}, {"transport", required_argument, NULL, 'T'},
+        {"filter", required_argument, NULL, 'f'}, {"help", no_argument, NULL, 'h'}, {0},
+    };
+    int c;
+    char error[256];
+    while ((c = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
+        switch (c) {
+        case 'q': o.quick = true; break;
+        case 'j': o.json = true; break;
+        case 'm':
+            if (size_parse(optarg, &o.memory, error, sizeof(error)) != 0) {
+                fprintf(stderr, "bench/migrate: --memory: %s\n", error);
+                return 2;
+            }
+            break;
+        case 't': o.timeout_s = (unsigned)atoi(optarg); break;
+        case 'd': o.downtime_ms = (unsigned)atoi(optarg); break;
+        case 'T': o.tcp = strcmp(optarg, "tcp") == 0; break;
+        case 'f': o.filter = optarg; break;
+        default:
+            fprintf(stderr, "usage: migrate [--quick] [--json] [--memory SIZE] [--timeout S] [--downtime-ms N] "
+                            "[--transport unix|tcp]\n");
+            return c == 'h' ? 0 : 2;
+        }
+    }
+    if (access("/dev/kvm", R_OK | W_OK) != 0) {
+        fprintf(stderr, "bench/migrate: SKIP: /dev/kvm unavailable\n");
+        return 0;
+    }
+    const uint64_t wss_full[] = { 256ull << 20, 1024ull << 20 };
+    const uint64_t caps_full[] = { 0, 1024, 125 };
+    const uint64_t caps_quick[] = { 0, 125 };
+    const enum mig_converge converges[] = { MIG_CONVERGE_NONE, MIG_CONVERGE_AUTO, MIG_CONVERGE_DIRTY_LIMIT };
+    const enum dirty_log_mode modes[] = { DIRTY_LOG_RING, DIRTY_LOG_BITMAP };
+    unsigned wss_count = o.quick ? 1 : 2, cap_count = o.quick ? 2 : 3;
+    const uint64_t *caps = o.quick ? caps_quick : caps_full;
+
+    double raw = o.filter ? 0 : raw_throughput(o.tcp, 1024ull << 20);
+    if (!o.json)
+        fprintf(stdout, "raw %s socket throughput (4 MiB sendmsg, 1 GiB): %.0f MiB/s\n\n", o.tcp ? "tcp" : "unix",
+                raw);
+    if (!o.json)
+        fprintf(stdout, "%-5s %-5s %-11s %-6s | %-9s %8s %9s %5s %8s %9s %9s\n", "wss", "cap", "converge", "log",
+                "converged", "total_ms", "downtime", "iters", "throttle", "sent_MiB", "iter0_MiBs");
+    json_t *runs = json_array();
+    unsigned converged = 0, within = 0;
+    for (unsigned w = 0; w < wss_count; w++)
+        for (unsigned b = 0; b < cap_count; b++)
+            for (unsigned v = 0; v < 3; v++)
+                for (unsigned m = 0; m < 2; m++) {
+                    struct result r;
+                    if (o.filter != NULL) {
+                        char name[96];
+                        snprintf(name, sizeof(name), "%" PRIu64 "M/%s/%s/%s", wss_full[w] >> 20,
+                                 caps[b] ? "" : "none", mig_converge_name(converges[v]), dirty_log_mode_name(modes[m]));
+                        if (caps[b]) {
+                            snprintf(name, sizeof(name), "%" PRIu64 "M/%" PRIu64 "/%s/%s", wss_full[w] >> 20, caps[b],
+                                     mig_converge_name(converges[v]), dirty_log_mode_name(modes[m]));
+                        }
+                        if (strncmp(name, o.filter, strlen(o.filter)) != 0)
+                            continue;
+                    }
+                    run_one(&o, wss_full[w], caps[b], converges[v], modes[m], &r);
+                    if (r.converged) {
+                        converged++;
+                        within += r.downtime_ms <= o.downtime_ms;
+                    }
+                    if (!o.json) {
+                        if (r.skipped)
+                            fprintf(stdout, "%-5s %-5s %-11s %-6s | %s\n", r.wss, r.cap, r.converge, r.mode, r.error);
+                        else
+                            fprintf(stdout, "%-5s %-5s %-11s %-6s | %-9s %8" PRIu64 " %9" PRIu64 " %5" PRIu64
+                                    " %7d%% %9.0f %9.1f %s\n", r.wss, r.cap, r.converge, r.mode,
+                                    r.converged ? "yes" : "no", r.total_ms, r.downtime_ms, r.iterations,
+                                    r.final_throttle, (double)r.bytes / 1048576.0, r.throughput_mibs,
+                                    r.converged ? "" : r.error);
+                        fflush(stdout);
+                    }
+                    json_array_append_new(
+                        runs, json_pack("{s:s, s:s, s:s, s:s, s:b, s:b, s:I, s:I, s:I, s:i, s:I, s:f, s:s}",
+                                        "wss", r.wss, "cap_mibs", r.cap, "converge", r.converge, "dirty_log", r.mode,
+                                        "skipped", r.skipped, "converged", r.converged, "total_ms",
+                                        (json_int_t)r.total_ms, "downtime_ms", (json_int_t)r.downtime_ms,
+                                        "iterations", (json_int_t)r.iterations, "final_throttle", r.final_throttle,
+                                        "bytes_sent", (json_int_t)r.bytes, "iteration0_mibs", r.throughput_mibs,
+                                        "error", r.error));
+                }
+    if (o.json) {
+        json_t *root = json_pack("{s:s, s:I, s:I, s:f, s:o, s:I, s:I}", "transport", o.tcp ? "tcp" : "unix",
+                                 "memory_bytes", (json_int_t)o.memory, "downtime_limit_ms",
+                                 (json_int_t)o.downtime_ms, "raw_socket_mibs", raw, "runs", runs,
+                                 "converged", (json_int_t)converged, "within_downtime_limit", (json_int_t)within);
+        char *text = json_dumps(root, JSON_INDENT(2));
+        fprintf(stdout, "%s\n", text);
+        free(text);
+        json_decref(root);
+    } else {
+        fprintf(stdout, "\nconverged runs within the %u ms downtime limit: %u of %u\n", o.downtime_ms, within,
+                converged);
+        json_decref(runs);
+    }
+    return 0;
+}

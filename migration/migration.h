@@ -1,0 +1,96 @@
+/*
+ * Pre-copy live migration: the source state machine (one "migration"
+ * thread per migration) and the destination entry point.
+ *
+ * Per VM there is one struct migration (created on first use, found by VM
+ * pointer; freed by migration_release before vm_destroy). It holds the
+ * progress board (survives until the next migration starts) and, while a
+ * migration runs, its thread.
+ *
+ * Source lifecycle (migration thread):
+ *   setup     connect, hello / hello-ack (config checked on both sides),
+ *             sender thread, dirty tracking on
+ *   active    iteration 0 = all RAM (memfd holes as zero runs), then
+ *             iterations of the dirty set; per iteration bandwidth, expected
+ *             downtime, the log line, an event, the convergence step
+ *   completing  vCPUs paused (vm_pause_vcpus under vm->control_lock),
+ *             final sync, the rest of the pages, vCPU + device state,
+ *             END (with the source digest), wait for the ACK
+ *   completed keep_alive ? VM state MIGRATED : vm_request_shutdown(vm, 0)
+ *   failed / cancelled: vCPUs resumed if we paused them, throttles removed,
+ *             tracking stopped, the guest continues; a new migration may
+ *             start.
+ *
+ * Threads: migration_start / cancel / progress / release are called by
+ * any controller thread (API worker or epoll thread, tests); they never
+ * wait for the migration thread except release (joins it).
+ */
+#ifndef RINGVM_MIGRATION_MIGRATION_H
+#define RINGVM_MIGRATION_MIGRATION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "migration/convergence.h"
+#include "migration/progress.h"
+
+struct vm;
+struct api_server;
+
+/* Event names. */
+#define MIG_EVENT_STATE     "migration.state"
+#define MIG_EVENT_ITERATION "migration.iteration"
+
+struct mig_params {
+    char dest[256];                 /* unix:PATH | tcp:HOST:PORT */
+    uint64_t downtime_ms;           /* 300 */
+    enum mig_converge converge;     /* auto */
+    uint64_t max_bandwidth_mibs;    /* 0 = unlimited */
+    uint64_t timeout_s;             /* 3600 */
+    bool timeout_force;             /* timeout_strategy: false = cancel, true = force */
+    bool keep_alive;                /* false */
+    struct mig_throttle_params throttle;    /* 20 / 10 / 99 */
+    unsigned stall_timeout_ms;      /* 5000: no byte moved this long = failed */
+    bool verify_digest;             /* false. true: END carries the source digest and the
+                                       destination verifies its own before resuming (both
+                                       digests then cost downtime: ~0.5 ms per MiB here).
+                                       false: the source digest is computed after the ack. */
+    unsigned dirty_limit_margin;    /* 50 (% of bandwidth the dirty rate may use) */
+};
+
+void mig_params_defaults(struct mig_params *params);
+
+/* Starts a migration. Returns 0 (*id set) or -1 with code/message:
+ *   "vm-not-running"   the VM is not running
+ *   "migration-active" one is running
+ *   "invalid-argument" bad destination / parameters / dirty logging off
+ * server may be NULL (no events). */
+int migration_start(struct vm *vm, struct api_server *server, const struct mig_params *params, uint64_t *id,
+                    const char **code, char *message, size_t message_size);
+/* -1 with "no-migration" if none is running. */
+int migration_cancel(struct vm *vm, const char **code, char *message, size_t message_size);
+bool migration_active(struct vm *vm);
+/* Copies the latest snapshot; false when this VM never migrated. */
+bool migration_progress(struct vm *vm, struct mig_progress *out);
+/* Waits until no migration runs (tests): true, or false on timeout. */
+bool migration_wait_idle(struct vm *vm, uint64_t timeout_ms);
+/* Cancels, joins and frees the VM's migration state. Call before
+ * vm_destroy (main, tests). */
+void migration_release(struct vm *vm);
+
+/*
+ * Destination: listens on address, receives a migration into vm (created
+ * with config.incoming, started: vCPUs parked), restores it and resumes it.
+ * Blocking; returns 0 once the guest runs here (then the VM is RUNNING),
+ * or -1 after printing "ringvm: migration: <cause>" (the source is told
+ * why, the VM never ran). Stops early if a shutdown is requested.
+ * Pre-populates guest RAM in a helper thread ahead of the stream.
+ */
+int migration_incoming_run(struct vm *vm, const char *address, struct api_server *server);
+
+/* Same with a listening socket made by the caller (tests use it to know
+ * the port before the source connects): takes ownership of listen_fd. */
+int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address, struct api_server *server);
+
+#endif

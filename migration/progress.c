@@ -1,0 +1,158 @@
+/*
+ * Progress snapshot publication and formatting (see progress.h).
+ */
+#include "migration/progress.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+const char *mig_state_name(enum mig_state state)
+{
+    switch (state) {
+    case MIG_STATE_NONE: return "none";
+    case MIG_STATE_SETUP: return "setup";
+    case MIG_STATE_ACTIVE: return "active";
+    case MIG_STATE_COMPLETING: return "completing";
+    case MIG_STATE_COMPLETED: return "completed";
+    case MIG_STATE_FAILED: return "failed";
+    case MIG_STATE_CANCELLED: return "cancelled";
+    }
+    return "unknown";
+}
+
+void mig_progress_board_init(struct mig_progress_board *board)
+{
+    memset(board, 0, sizeof(*board));
+    pthread_mutex_init(&board->lock, NULL);
+}
+
+void mig_progress_board_destroy(struct mig_progress_board *board)
+{
+    pthread_mutex_destroy(&board->lock);
+}
+
+void mig_progress_publish(struct mig_progress_board *board, const struct mig_progress *progress)
+{
+    pthread_mutex_lock(&board->lock);
+    memcpy(&board->snapshot, progress, sizeof(*progress));
+    board->valid = true;
+    pthread_mutex_unlock(&board->lock);
+}
+
+bool mig_progress_read(struct mig_progress_board *board, struct mig_progress *out)
+{
+    pthread_mutex_lock(&board->lock);
+    bool valid = board->valid;
+    if (valid)
+        memcpy(out, &board->snapshot, sizeof(*out));
+    pthread_mutex_unlock(&board->lock);
+    if (!valid)
+        memset(out, 0, sizeof(*out));
+    return valid;
+}
+
+void mig_progress_add_iteration(struct mig_progress *progress, const struct mig_iteration_record *record)
+{
+    progress->iterations[progress->iteration_count % MIG_PROGRESS_MAX_ITERATIONS] = *record;
+    progress->iteration_count++;
+}
+
+int mig_iteration_format(const struct mig_iteration_record *r, char *out, size_t size)
+{
+    char downtime[32];
+    if (r->expected_downtime_ms == UINT64_MAX)
+        snprintf(downtime, sizeof(downtime), "inf");
+    else
+        snprintf(downtime, sizeof(downtime), "%" PRIu64, r->expected_downtime_ms);
+    return snprintf(out, size,
+                    "iter=%" PRIu64 ",dur=%" PRIu64 "ms,overhead=%" PRIu64 "ms,throttle=%d%%,size=%" PRIu64
+                    "MiB,dirtyrate=%" PRIu64 "pps,bandwidth=%.2fMiBs,downtime(expected)=%sms",
+                    r->iteration, r->dur_ms, r->overhead_ms, r->throttle, r->size_bytes >> 20, r->dirty_rate_pps,
+                    r->bandwidth_mibs, downtime);
+}
+
+static json_int_t clamp_int(uint64_t value)
+{
+    return value > (uint64_t)INT64_MAX ? (json_int_t)INT64_MAX : (json_int_t)value;
+}
+
+json_t *mig_iteration_to_json(const struct mig_iteration_record *r)
+{
+    char line[256];
+    mig_iteration_format(r, line, sizeof(line));
+    return json_pack("{s:I, s:I, s:I, s:i, s:I, s:I, s:I, s:f, s:I, s:I, s:I, s:s}",
+                     "iter", clamp_int(r->iteration),
+                     "dur_ms", clamp_int(r->dur_ms),
+                     "overhead_ms", clamp_int(r->overhead_ms),
+                     "throttle", r->throttle,
+                     "size_mib", clamp_int(r->size_bytes >> 20),
+                     "size_bytes", clamp_int(r->size_bytes),
+                     "dirtyrate_pps", clamp_int(r->dirty_rate_pps),
+                     "bandwidth_mibs", r->bandwidth_mibs,
+                     "downtime_expected_ms", clamp_int(r->expected_downtime_ms),
+                     "pages_sent", clamp_int(r->pages_sent),
+                     "bytes_sent", clamp_int(r->bytes_sent),
+                     "line", line);
+}
+
+json_t *mig_progress_to_json(const struct mig_progress *p)
+{
+    json_t *per_vcpu = json_array();
+    for (unsigned i = 0; per_vcpu && i < p->vcpu_count && i < MIG_MAX_VCPUS; i++)
+        json_array_append_new(per_vcpu, json_integer(p->vcpu_throttle[i]));
+    json_t *iterations = json_array();
+    uint64_t count = p->iteration_count;
+    uint64_t first = count > MIG_PROGRESS_MAX_ITERATIONS ? count - MIG_PROGRESS_MAX_ITERATIONS : 0;
+    for (uint64_t i = first; iterations && i < count; i++)
+        json_array_append_new(iterations, mig_iteration_to_json(&p->iterations[i % MIG_PROGRESS_MAX_ITERATIONS]));
+    json_t *memory = json_pack("{s:I, s:I, s:I, s:I, s:I}",
+                               "total", clamp_int(p->memory.total),
+                               "transferred", clamp_int(p->memory.transferred),
+                               "remaining", clamp_int(p->memory.remaining),
+                               "zero_pages", clamp_int(p->memory.zero_pages),
+                               "normal_pages", clamp_int(p->memory.normal_pages));
+    json_t *error = p->error_code[0] != '\0'
+                        ? json_pack("{s:s, s:s}", "code", p->error_code, "message", p->error_message)
+                        : json_null();
+    uint64_t percent = 0;
+    if (p->state == MIG_STATE_COMPLETED)
+        percent = 100;
+    else if (p->memory.total > 0) {
+        /* Pre-copy progress: share of RAM not dirty any more. */
+        uint64_t remaining = p->memory.remaining > p->memory.total ? p->memory.total : p->memory.remaining;
+        percent = (p->memory.total - remaining) * 100 / p->memory.total;
+        if (percent > 99)
+            percent = 99;
+    }
+    json_t *root = json_pack(
+        "{s:I, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:o, s:I, s:f, s:o, s:I, s:I, s:I, "
+        "s:I, s:o, s:o, s:s?, s:s?, s:I}",
+        "id", clamp_int(p->id),
+        "role", p->incoming ? "incoming" : "outgoing",
+        "state", mig_state_name(p->state),
+        "phase", p->phase,
+        "address", p->address,
+        "converge", p->converge,
+        "downtime_limit_ms", clamp_int(p->downtime_limit_ms),
+        "started_at", clamp_int(p->started_at_ms),
+        "ended_at", clamp_int(p->ended_at_ms),
+        "elapsed_ms", clamp_int(p->elapsed_ms),
+        "iteration", clamp_int(p->iteration),
+        "percent", clamp_int(percent),
+        "throttle_percent", p->throttle_percent,
+        "throttle_per_vcpu", per_vcpu ? per_vcpu : json_array(),
+        "dirty_rate_pps", clamp_int(p->dirty_rate_pps),
+        "bandwidth_mibs", p->bandwidth_mibs,
+        "memory", memory ? memory : json_object(),
+        "expected_downtime_ms", clamp_int(p->expected_downtime_ms),
+        "downtime_ms", clamp_int(p->downtime_ms),
+        "setup_ms", clamp_int(p->setup_ms),
+        "total_ms", clamp_int(p->total_ms),
+        "error", error ? error : json_null(),
+        "iterations", iterations ? iterations : json_array(),
+        "memory_digest_source", p->digest_source[0] ? p->digest_source : NULL,
+        "memory_digest_destination", p->digest_destination[0] ? p->digest_destination : NULL,
+        "iteration_count", clamp_int(p->iteration_count));
+    return root;
+}

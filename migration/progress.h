@@ -1,0 +1,118 @@
+/*
+ * The migration progress snapshot and the board it is published on.
+ *
+ * The migration thread (or the incoming thread on the destination) owns a
+ * private struct mig_progress, updates it, and publishes a copy at least
+ * every 100 ms and at each phase change. Readers (API epoll thread, tests)
+ * copy the published snapshot out. The board's mutex is held only for the
+ * memcpy on either side, so a reader never blocks the migration for longer
+ * than one copy of this struct (~20 KiB).
+ *
+ * The snapshot survives completion, failure and cancellation until the next
+ * migration publishes its first snapshot.
+ */
+#ifndef RINGVM_MIGRATION_PROGRESS_H
+#define RINGVM_MIGRATION_PROGRESS_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "migration/protocol.h"
+
+enum mig_state {
+    MIG_STATE_NONE = 0,         /* no migration yet */
+    MIG_STATE_SETUP,
+    MIG_STATE_ACTIVE,
+    MIG_STATE_COMPLETING,
+    MIG_STATE_COMPLETED,
+    MIG_STATE_FAILED,
+    MIG_STATE_CANCELLED,
+};
+
+const char *mig_state_name(enum mig_state state);
+static inline bool mig_state_finished(enum mig_state state)
+{
+    return state == MIG_STATE_COMPLETED || state == MIG_STATE_FAILED || state == MIG_STATE_CANCELLED;
+}
+
+/* One iteration, the fields of its log line (plus what was sent). */
+struct mig_iteration_record {
+    uint64_t iteration;
+    uint64_t dur_ms;
+    uint64_t overhead_ms;       /* producing the dirty set */
+    int throttle;               /* percent (max over vCPUs) */
+    uint64_t size_bytes;        /* dirty after the iteration, still to send */
+    uint64_t dirty_rate_pps;
+    double bandwidth_mibs;
+    uint64_t expected_downtime_ms;
+    uint64_t pages_sent;
+    uint64_t bytes_sent;
+};
+
+#define MIG_PROGRESS_MAX_ITERATIONS 128
+#define MIG_PROGRESS_TEXT 256
+
+struct mig_progress {
+    uint64_t id;                /* 1, 2, ... per process */
+    bool incoming;              /* destination side */
+    enum mig_state state;
+    char phase[32];             /* connecting, handshake, bulk, iterating, stop-and-copy,
+                                   waiting-ack, done, receiving, restoring */
+    char address[MIG_PROGRESS_TEXT];
+    char converge[16];
+    uint64_t downtime_limit_ms;
+    uint64_t started_at_ms;     /* CLOCK_REALTIME */
+    uint64_t ended_at_ms;       /* 0 while running */
+    uint64_t elapsed_ms;
+    uint64_t iteration;
+    int throttle_percent;       /* max over vCPUs */
+    unsigned vcpu_count;
+    int vcpu_throttle[MIG_MAX_VCPUS];
+    uint64_t dirty_rate_pps;
+    double bandwidth_mibs;
+    struct {
+        uint64_t total;         /* bytes of guest RAM */
+        uint64_t transferred;   /* bytes on the wire */
+        uint64_t remaining;     /* dirty bytes still to send (last measurement) */
+        uint64_t zero_pages;
+        uint64_t normal_pages;
+    } memory;
+    uint64_t expected_downtime_ms;
+    uint64_t downtime_ms;       /* source pause -> destination resume */
+    uint64_t setup_ms;
+    uint64_t total_ms;
+    char error_code[32];        /* "" when no error */
+    char error_message[640];
+    uint64_t iteration_count;   /* records ever added */
+    struct mig_iteration_record iterations[MIG_PROGRESS_MAX_ITERATIONS];    /* ring: last 128 */
+    char digest_source[MIG_DIGEST_HEX + 1];
+    char digest_destination[MIG_DIGEST_HEX + 1];
+};
+
+struct mig_progress_board {
+    pthread_mutex_t lock;
+    bool valid;                 /* something was published */
+    struct mig_progress snapshot;
+};
+
+void mig_progress_board_init(struct mig_progress_board *board);
+void mig_progress_board_destroy(struct mig_progress_board *board);
+void mig_progress_publish(struct mig_progress_board *board, const struct mig_progress *progress);
+/* false when nothing was ever published. */
+bool mig_progress_read(struct mig_progress_board *board, struct mig_progress *out);
+
+void mig_progress_add_iteration(struct mig_progress *progress, const struct mig_iteration_record *record);
+
+/* The log line, exactly:
+ * iter=3,dur=23319ms,overhead=0ms,throttle=10%,size=9245MiB,dirtyrate=2281225pps,bandwidth=396.42MiBs,downtime(expected)=32010ms */
+int mig_iteration_format(const struct mig_iteration_record *record, char *out, size_t size);
+
+json_t *mig_iteration_to_json(const struct mig_iteration_record *record);
+/* The whole snapshot as the API returns it. */
+json_t *mig_progress_to_json(const struct mig_progress *progress);
+
+#endif

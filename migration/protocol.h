@@ -1,0 +1,215 @@
+/*
+ * The migration wire format (documented byte by byte in
+ * docs/migration-protocol.md).
+ *
+ * A stream is a sequence of frames in each direction. Every frame is a
+ * 32-byte header followed by `length` payload bytes:
+ *
+ *   off size field
+ *    0   4   type       enum mig_frame_type
+ *    4   4   flags      0 (reserved; a non-zero value is rejected)
+ *    8   8   seq        0, 1, 2, ... per direction (detects lost frames)
+ *   16   8   length     payload bytes, bounded per type (mig_frame_max_length)
+ *   24   8   checksum   XXH3-64 (seed 0) of header bytes [0, 24) then the payload
+ *
+ * All integers are little-endian. Everything here is a pure function of
+ * its arguments (no I/O, no globals), so the unit tests and the fuzzer call
+ * it directly.
+ */
+#ifndef RINGVM_MIGRATION_PROTOCOL_H
+#define RINGVM_MIGRATION_PROTOCOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define MIG_PROTOCOL_VERSION    1
+#define MIG_MAGIC               "RINGVMIG"      /* 8 bytes, no NUL on the wire */
+#define MIG_PAGE_SIZE           4096u
+#define MIG_HEADER_SIZE         32u
+#define MIG_MAX_SLOTS           2u
+#define MIG_MAX_VCPUS           64u
+
+enum mig_frame_type {
+    MIG_FRAME_HELLO = 1,        /* source -> destination: configuration */
+    MIG_FRAME_HELLO_ACK = 2,    /* destination -> source: its configuration, accepted */
+    MIG_FRAME_MEMORY = 3,       /* source -> destination: runs of pages */
+    MIG_FRAME_ITERATION = 4,    /* source -> destination: iteration marker */
+    MIG_FRAME_VCPU_STATE = 5,   /* source -> destination: one struct vcpu_state */
+    MIG_FRAME_DEVICE_STATE = 6, /* source -> destination: serial, guest phases, ... */
+    MIG_FRAME_END = 7,          /* source -> destination: nothing follows */
+    MIG_FRAME_ACK = 8,          /* destination -> source: resumed */
+    MIG_FRAME_ERROR = 9,        /* either direction: refusal / failure, then close */
+    MIG_FRAME_TYPE_MAX = 9,
+};
+
+const char *mig_frame_type_name(uint32_t type);
+
+/* Features (hello.features). */
+#define MIG_FEATURE_ZERO_PAGES  0x1ull   /* memory runs may carry MIG_RUN_ZERO */
+#define MIG_FEATURE_DIGEST      0x2ull   /* END carries the source digest; the
+                                            destination verifies before resuming */
+#define MIG_FEATURES_KNOWN      (MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST)
+
+/* Payload sizes and bounds. */
+#define MIG_HELLO_SIZE          104u
+#define MIG_ITERATION_SIZE      24u
+#define MIG_VCPU_STATE_HEADER   8u
+#define MIG_DEVICE_STATE_SIZE   (24u + 4u * MIG_MAX_VCPUS)
+#define MIG_END_SIZE            56u
+#define MIG_ACK_SIZE            56u
+#define MIG_ERROR_MAX_MESSAGE   1024u
+#define MIG_RUN_HEADER_SIZE     16u
+/* A memory frame's payload never exceeds this (the sender uses less). */
+#define MIG_MEMORY_MAX_PAYLOAD  (64u << 20)
+/* Pages in one run (a run never crosses this; keeps page_count * 4096 in 32 bits). */
+#define MIG_RUN_MAX_PAGES       (MIG_MEMORY_MAX_PAYLOAD / MIG_PAGE_SIZE)
+
+#define MIG_RUN_ZERO            0x1u     /* all pages of the run are zero: no data */
+
+#define MIG_DIGEST_HEX          32u      /* XXH3-128, canonical, lowercase hex */
+
+struct mig_slot {
+    uint64_t gpa;
+    uint64_t size;
+    uint64_t ram_offset;
+};
+
+struct mig_hello {
+    uint32_t version;
+    uint32_t page_size;
+    uint64_t memory_bytes;
+    uint32_t vcpu_count;
+    uint32_t slot_count;
+    struct mig_slot slots[MIG_MAX_SLOTS];
+    uint32_t vcpu_state_size;
+    uint32_t vcpu_state_version;
+    uint64_t features;
+    uint32_t abi_version;
+};
+
+struct mig_frame_header {
+    uint32_t type;
+    uint32_t flags;
+    uint64_t seq;
+    uint64_t length;
+    uint64_t checksum;
+};
+
+struct mig_run {
+    uint64_t ram_offset;
+    uint32_t pages;
+    uint32_t flags;             /* MIG_RUN_ZERO */
+};
+
+struct mig_iteration {
+    uint64_t iteration;
+    uint64_t pages;             /* pages the source sends in this iteration */
+    uint64_t transferred;       /* bytes sent so far (informational) */
+};
+
+struct mig_device_state {
+    uint32_t version;           /* 1 */
+    uint32_t vcpu_count;
+    uint32_t serial_lcr;
+    int32_t last_exception_vector;
+    uint64_t ledger_mismatches;
+    uint32_t guest_phase[MIG_MAX_VCPUS];
+};
+
+/* END (source) and ACK (destination) share one layout. */
+#define MIG_END_HAS_DIGEST 0x1ull
+struct mig_end {
+    uint64_t flags;             /* MIG_END_HAS_DIGEST */
+    char digest[MIG_DIGEST_HEX + 1];    /* NUL-terminated in memory, 32 bytes on the wire */
+    uint64_t timestamp_ns;      /* END: CLOCK_REALTIME at pause; ACK: at resume */
+    uint64_t pages;             /* END: pages sent in all; ACK: pages received */
+};
+
+enum mig_error_code {
+    MIG_ERR_CONFIG = 1,         /* configuration mismatch */
+    MIG_ERR_STREAM = 2,         /* malformed stream */
+    MIG_ERR_CANCELLED = 3,      /* the peer gave up (cancel, timeout) */
+    MIG_ERR_INTERNAL = 4,       /* the peer failed locally (restore, memory) */
+    MIG_ERR_DIGEST = 5,         /* memory digests differ */
+};
+
+/* ---- encoding ---------------------------------------------------------- */
+
+static inline void mig_put_u32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline void mig_put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline uint32_t mig_get_u32(const uint8_t *p)
+{
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+static inline uint64_t mig_get_u64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* Header without its checksum field filled in (bytes [24, 32) zero). */
+void mig_header_encode(uint8_t out[MIG_HEADER_SIZE], uint32_t type, uint64_t seq, uint64_t length);
+/* Checksum over header[0,24) and the payload pieces; stores it in header[24,32). */
+uint64_t mig_frame_checksum(const uint8_t header[MIG_HEADER_SIZE], const void *payload, size_t length);
+void mig_header_seal(uint8_t header[MIG_HEADER_SIZE], const void *payload, size_t length);
+
+void mig_hello_encode(const struct mig_hello *hello, uint8_t out[MIG_HELLO_SIZE]);
+void mig_iteration_encode(const struct mig_iteration *it, uint8_t out[MIG_ITERATION_SIZE]);
+void mig_run_encode(const struct mig_run *run, uint8_t out[MIG_RUN_HEADER_SIZE]);
+void mig_device_state_encode(const struct mig_device_state *d, uint8_t out[MIG_DEVICE_STATE_SIZE]);
+void mig_end_encode(const struct mig_end *end, uint8_t out[MIG_END_SIZE]);
+/* Returns the payload length (4 + message bytes, message cut at MIG_ERROR_MAX_MESSAGE). */
+size_t mig_error_encode(uint32_t code, const char *message, uint8_t out[4 + MIG_ERROR_MAX_MESSAGE]);
+
+/* Encodes a whole frame (header + payload) into out (MIG_HEADER_SIZE +
+ * length bytes); for small frames and tests. */
+size_t mig_frame_encode(uint8_t *out, uint32_t type, uint64_t seq, const void *payload, size_t length);
+
+/* ---- decoding and validation -------------------------------------------- */
+
+/* Decodes a header and validates what can be checked without the payload:
+ * known type, flags == 0, the expected seq, length within the type's
+ * bounds. Returns 0, or -1 with a message in error ("frame 12: ..."). */
+int mig_header_decode(const uint8_t in[MIG_HEADER_SIZE], uint64_t expected_seq,
+                      struct mig_frame_header *out, char *error, size_t error_size);
+/* Bounds of a type's payload length: [min, max]. Unknown type: false. */
+bool mig_frame_length_bounds(uint32_t type, uint64_t *min, uint64_t *max);
+
+int mig_hello_decode(const uint8_t *in, size_t length, struct mig_hello *out, char *error,
+                     size_t error_size);
+void mig_iteration_decode(const uint8_t in[MIG_ITERATION_SIZE], struct mig_iteration *out);
+void mig_run_decode(const uint8_t in[MIG_RUN_HEADER_SIZE], struct mig_run *out);
+int mig_device_state_decode(const uint8_t in[MIG_DEVICE_STATE_SIZE], struct mig_device_state *out,
+                            char *error, size_t error_size);
+int mig_end_decode(const uint8_t in[MIG_END_SIZE], struct mig_end *out, char *error, size_t error_size);
+/* message gets the text (NUL-terminated, non-printable bytes replaced by '?'). */
+void mig_error_decode(const uint8_t *in, size_t length, uint32_t *code, char *message,
+                      size_t message_size);
+
+/* Validates a run against guest RAM of ram_bytes and against the payload
+ * bytes left after its header. Returns 0 or -1 with e.g.
+ * "memory run at offset 0x10000000 + 8192 exceeds guest RAM (268435456 bytes)". */
+int mig_run_validate(const struct mig_run *run, uint64_t ram_bytes, uint64_t payload_left,
+                     char *error, size_t error_size);
+
+/* Compares the local configuration with the peer's hello; a mismatch gives
+ * a message naming both values, e.g. "memory size differs: source 256 MiB,
+ * destination 512 MiB". local_is_source names the sides. */
+int mig_hello_compare(const struct mig_hello *local, const struct mig_hello *peer,
+                      bool local_is_source, char *error, size_t error_size);
+
+#endif

@@ -1,0 +1,439 @@
+/*
+ * Sender thread and memory frame builder (see sender.h).
+ */
+#include "migration/sender.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <time.h>
+
+#include "migration/receiver.h"
+#include "migration/transport.h"
+
+#define PACE_SLICE (256u << 10)
+
+static uint64_t mono_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+static struct timespec deadline_in_ms(unsigned ms)
+{
+    uint64_t when = mono_ns() + (uint64_t)ms * 1000000ull;
+    return (struct timespec){ .tv_sec = (time_t)(when / 1000000000ull), .tv_nsec = (long)(when % 1000000000ull) };
+}
+
+static void sender_fail(struct mig_sender *s, const char *message)
+{
+    pthread_mutex_lock(&s->lock);
+    if (!atomic_load_explicit(&s->failed, memory_order_relaxed)) {
+        snprintf(s->error, sizeof(s->error), "%s", message);
+        atomic_store_explicit(&s->failed, true, memory_order_release);
+    }
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static bool is_cancelled(struct mig_sender *s)
+{
+    return atomic_load_explicit(&s->abort, memory_order_acquire);
+}
+
+static bool is_finishing(struct mig_sender *s)
+{
+    pthread_mutex_lock(&s->lock);
+    bool finishing = s->finish;
+    pthread_mutex_unlock(&s->lock);
+    return finishing;
+}
+
+/* Sleeps until bytes fit the cap; false if cancelled/stopped meanwhile. */
+static bool pace(struct mig_sender *s, uint64_t bytes_total)
+{
+    for (;;) {
+        uint64_t cap = __atomic_load_n(&s->max_bandwidth, __ATOMIC_RELAXED);
+        if (cap == 0 || is_finishing(s))
+            return true;
+        uint64_t due_ns = s->pace_start_ns +
+                          (uint64_t)((unsigned __int128)(bytes_total - s->pace_start_bytes) * 1000000000u / cap);
+        uint64_t now = mono_ns();
+        if (now >= due_ns)
+            return true;
+        if (is_cancelled(s))
+            return false;
+        uint64_t wait = due_ns - now;
+        if (wait > 100000000ull)
+            wait = 100000000ull;
+        struct timespec t = { .tv_sec = 0, .tv_nsec = (long)wait };
+        nanosleep(&t, NULL);    /* rate pacing, not synchronization */
+    }
+}
+
+static void *sender_main(void *argument)
+{
+    struct mig_sender *s = argument;
+    pthread_setname_np(pthread_self(), "mig-send");
+    /* Only mig_sender_stop interrupts a write: a cancelled migration ends
+     * the stream at a frame boundary (mig_sender_finish). */
+    struct mig_io io = { .fd = s->fd, .stall_ms = s->stall_ms, .cancel = &s->abort, .peer = "destination" };
+    s->pace_start_ns = mono_ns();
+    s->pace_start_bytes = 0;
+    for (;;) {
+        struct mig_buffer *batch[MIG_SEND_BATCH_IOV];
+        unsigned count = 0;
+        pthread_mutex_lock(&s->lock);
+        while (s->queue_head == NULL && !s->stop && !s->finish)
+            pthread_cond_wait(&s->cond, &s->lock);
+        if (s->stop || (s->finish && s->queue_head == NULL)) {
+            pthread_mutex_unlock(&s->lock);
+            break;
+        }
+        while (s->queue_head != NULL && count < MIG_SEND_BATCH_IOV) {
+            batch[count++] = s->queue_head;
+            s->queue_head = s->queue_head->next;
+        }
+        if (s->queue_head == NULL)
+            s->queue_tail = NULL;
+        pthread_mutex_unlock(&s->lock);
+
+        char error[512];
+        int result = 0;
+        uint64_t started = mono_ns();
+        uint64_t cap = __atomic_load_n(&s->max_bandwidth, __ATOMIC_RELAXED);
+        if (cap == 0) {
+            struct iovec iov[MIG_SEND_BATCH_IOV];
+            size_t total = 0;
+            for (unsigned i = 0; i < count; i++) {
+                iov[i].iov_base = batch[i]->data;
+                iov[i].iov_len = batch[i]->length;
+                total += batch[i]->length;
+            }
+            result = mig_io_writev(&io, iov, (int)count, error, sizeof(error));
+            if (result == 0)
+                atomic_fetch_add_explicit(&s->bytes_sent, total, memory_order_relaxed);
+        } else {
+            for (unsigned i = 0; result == 0 && i < count; i++) {
+                for (size_t done = 0; result == 0 && done < batch[i]->length;) {
+                    size_t slice = batch[i]->length - done > PACE_SLICE ? PACE_SLICE : batch[i]->length - done;
+                    if (!pace(s, atomic_load_explicit(&s->bytes_sent, memory_order_relaxed))) {
+                        snprintf(error, sizeof(error), "cancelled");
+                        result = -1;
+                        break;
+                    }
+                    result = mig_io_write(&io, batch[i]->data + done, slice, error, sizeof(error));
+                    if (result == 0) {
+                        atomic_fetch_add_explicit(&s->bytes_sent, slice, memory_order_relaxed);
+                        done += slice;
+                    }
+                }
+            }
+        }
+        atomic_fetch_add_explicit(&s->send_ns, mono_ns() - started, memory_order_relaxed);
+
+        if (result == 0)
+            atomic_store_explicit(&s->seq_written, batch[count - 1]->seq_end, memory_order_release);
+        pthread_mutex_lock(&s->lock);
+        for (unsigned i = 0; i < count; i++) {
+            batch[i]->length = 0;
+            batch[i]->next = s->free_list;
+            s->free_list = batch[i];
+            s->in_flight--;
+        }
+        pthread_cond_broadcast(&s->cond);
+        pthread_mutex_unlock(&s->lock);
+        if (result != 0) {
+            sender_fail(s, error);
+            /* Drop whatever is still queued: the stream is dead. */
+            pthread_mutex_lock(&s->lock);
+            while (s->queue_head != NULL) {
+                struct mig_buffer *b = s->queue_head;
+                s->queue_head = b->next;
+                b->length = 0;
+                b->next = s->free_list;
+                s->free_list = b;
+                s->in_flight--;
+            }
+            s->queue_tail = NULL;
+            pthread_cond_broadcast(&s->cond);
+            pthread_mutex_unlock(&s->lock);
+            break;
+        }
+    }
+    return NULL;
+}
+
+int mig_sender_start(struct mig_sender *s, int fd, uint64_t max_bandwidth_bytes, unsigned stall_ms,
+                     const _Atomic bool *cancel, char *error, size_t error_size)
+{
+    memset(s, 0, sizeof(*s));
+    atomic_init(&s->seq_written, 1);    /* the hello (0) is written before the sender starts */
+    s->fd = fd;
+    s->stall_ms = stall_ms;
+    s->max_bandwidth = max_bandwidth_bytes;
+    s->cancel = cancel;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_condattr_t attributes;
+    pthread_condattr_init(&attributes);
+    pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cond, &attributes);
+    pthread_condattr_destroy(&attributes);
+    for (unsigned i = 0; i < MIG_SEND_BUFFERS; i++) {
+        s->storage[i].data = malloc(MIG_SEND_BUFFER_BYTES);
+        if (s->storage[i].data == NULL) {
+            snprintf(error, error_size, "out of memory for send buffers (%u x %u bytes)", MIG_SEND_BUFFERS,
+                     MIG_SEND_BUFFER_BYTES);
+            mig_sender_stop(s);
+            return -1;
+        }
+        s->storage[i].capacity = MIG_SEND_BUFFER_BYTES;
+        s->storage[i].next = s->free_list;
+        s->free_list = &s->storage[i];
+    }
+    int result = pthread_create(&s->thread, NULL, sender_main, s);
+    if (result != 0) {
+        snprintf(error, error_size, "pthread_create(sender): %s", strerror(result));
+        mig_sender_stop(s);
+        return -1;
+    }
+    s->started = true;
+    return 0;
+}
+
+void mig_sender_set_bandwidth(struct mig_sender *s, uint64_t max_bandwidth_bytes)
+{
+    __atomic_store_n(&s->max_bandwidth, max_bandwidth_bytes, __ATOMIC_RELAXED);
+}
+
+struct mig_buffer *mig_sender_get(struct mig_sender *s, unsigned timeout_ms)
+{
+    struct timespec deadline = deadline_in_ms(timeout_ms);
+    pthread_mutex_lock(&s->lock);
+    while (s->free_list == NULL && !atomic_load_explicit(&s->failed, memory_order_relaxed)) {
+        if (pthread_cond_timedwait(&s->cond, &s->lock, &deadline) == ETIMEDOUT)
+            break;
+    }
+    struct mig_buffer *b = NULL;
+    if (!atomic_load_explicit(&s->failed, memory_order_relaxed) && s->free_list != NULL) {
+        b = s->free_list;
+        s->free_list = b->next;
+        b->next = NULL;
+        b->length = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return b;
+}
+
+void mig_sender_submit(struct mig_sender *s, struct mig_buffer *b, uint64_t seq_end)
+{
+    pthread_mutex_lock(&s->lock);
+    b->seq_end = seq_end;
+    b->next = NULL;
+    if (s->queue_tail)
+        s->queue_tail->next = b;
+    else
+        s->queue_head = b;
+    s->queue_tail = b;
+    s->in_flight++;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void mig_sender_put_back(struct mig_sender *s, struct mig_buffer *b)
+{
+    pthread_mutex_lock(&s->lock);
+    b->length = 0;
+    b->next = s->free_list;
+    s->free_list = b;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
+int mig_sender_flush(struct mig_sender *s, unsigned timeout_ms)
+{
+    struct timespec deadline = deadline_in_ms(timeout_ms);
+    pthread_mutex_lock(&s->lock);
+    while (s->in_flight > 0 && !atomic_load_explicit(&s->failed, memory_order_relaxed)) {
+        if (pthread_cond_timedwait(&s->cond, &s->lock, &deadline) == ETIMEDOUT)
+            break;
+    }
+    int result = atomic_load_explicit(&s->failed, memory_order_relaxed) ? -1 : s->in_flight > 0 ? 1 : 0;
+    pthread_mutex_unlock(&s->lock);
+    return result;
+}
+
+bool mig_sender_failed(struct mig_sender *s, char *error, size_t error_size)
+{
+    if (!atomic_load_explicit(&s->failed, memory_order_acquire))
+        return false;
+    if (error != NULL) {
+        pthread_mutex_lock(&s->lock);
+        snprintf(error, error_size, "%s", s->error);
+        pthread_mutex_unlock(&s->lock);
+    }
+    return true;
+}
+
+uint64_t mig_sender_seq_written(struct mig_sender *s)
+{
+    return atomic_load_explicit(&s->seq_written, memory_order_acquire);
+}
+
+uint64_t mig_sender_bytes(struct mig_sender *s)
+{
+    return atomic_load_explicit(&s->bytes_sent, memory_order_relaxed);
+}
+
+static void drop_queue_locked(struct mig_sender *s)
+{
+    while (s->queue_head != NULL) {
+        struct mig_buffer *b = s->queue_head;
+        s->queue_head = b->next;
+        b->length = 0;
+        b->next = s->free_list;
+        s->free_list = b;
+        s->in_flight--;
+    }
+    s->queue_tail = NULL;
+}
+
+void mig_sender_finish(struct mig_sender *s)
+{
+    if (!s->started)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->finish = true;
+    drop_queue_locked(s);
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    pthread_join(s->thread, NULL);
+    s->started = false;
+}
+
+void mig_sender_stop(struct mig_sender *s)
+{
+    if (s->started) {
+        atomic_store_explicit(&s->abort, true, memory_order_release);
+        pthread_mutex_lock(&s->lock);
+        s->stop = true;
+        pthread_cond_broadcast(&s->cond);
+        pthread_mutex_unlock(&s->lock);
+        pthread_join(s->thread, NULL);
+        s->started = false;
+    }
+    for (unsigned i = 0; i < MIG_SEND_BUFFERS; i++) {
+        free(s->storage[i].data);
+        s->storage[i].data = NULL;
+    }
+    pthread_cond_destroy(&s->cond);
+    pthread_mutex_destroy(&s->lock);
+}
+
+/* ---- frame builder --------------------------------------------------- */
+
+static void builder_close_run(struct mig_frame_builder *b)
+{
+    if (b->run_header == SIZE_MAX)
+        return;
+    mig_run_encode(&b->run, b->buffer->data + b->run_header);
+    b->run_header = SIZE_MAX;
+}
+
+void mig_builder_begin(struct mig_frame_builder *b, struct mig_buffer *buffer)
+{
+    memset(b, 0, sizeof(*b));
+    b->buffer = buffer;
+    b->frame_start = buffer->length;
+    b->run_header = SIZE_MAX;
+    buffer->length += MIG_HEADER_SIZE;
+}
+
+bool mig_builder_has_room(const struct mig_frame_builder *b)
+{
+    size_t payload = b->buffer->length - b->frame_start - MIG_HEADER_SIZE;
+    return b->buffer->length + MIG_RUN_HEADER_SIZE + MIG_PAGE_SIZE <= b->buffer->capacity &&
+           payload + MIG_RUN_HEADER_SIZE + MIG_PAGE_SIZE <= MIG_MEMORY_MAX_PAYLOAD;
+}
+
+bool mig_builder_empty(const struct mig_frame_builder *b)
+{
+    return b->pages == 0;
+}
+
+static void builder_extend(struct mig_frame_builder *b, uint64_t ram_offset, uint64_t pages, bool zero)
+{
+    uint32_t flags = zero ? MIG_RUN_ZERO : 0;
+    if (b->run_header != SIZE_MAX && b->run.flags == flags &&
+        b->run.ram_offset + (uint64_t)b->run.pages * MIG_PAGE_SIZE == ram_offset &&
+        b->run.pages + pages <= MIG_RUN_MAX_PAGES) {
+        b->run.pages += (uint32_t)pages;
+        return;
+    }
+    builder_close_run(b);
+    b->run_header = b->buffer->length;
+    b->buffer->length += MIG_RUN_HEADER_SIZE;
+    b->run.ram_offset = ram_offset;
+    b->run.pages = (uint32_t)pages;
+    b->run.flags = flags;
+}
+
+void mig_builder_add_page(struct mig_frame_builder *b, uint64_t ram_offset, const uint8_t *host)
+{
+    /* Copy first, test the (cache-hot) copy: one read of guest RAM, and
+     * the bytes sent are exactly the bytes tested. */
+    size_t at = b->buffer->length;
+    bool open_data_run = b->run_header != SIZE_MAX && b->run.flags == 0 &&
+                         b->run.ram_offset + (uint64_t)b->run.pages * MIG_PAGE_SIZE == ram_offset &&
+                         b->run.pages < MIG_RUN_MAX_PAGES;
+    if (!open_data_run)
+        at += MIG_RUN_HEADER_SIZE;     /* where the data lands if a new run opens */
+    memcpy(b->buffer->data + at, host, MIG_PAGE_SIZE);
+    bool zero = mig_page_is_zero(b->buffer->data + at);
+    b->pages++;
+    if (zero) {
+        b->zero_pages++;
+        builder_extend(b, ram_offset, 1, true);
+        return;
+    }
+    b->normal_pages++;
+    builder_extend(b, ram_offset, 1, false);
+    /* builder_extend placed the header (if any) at the old length, so the
+     * data is exactly where it was copied. */
+    b->buffer->length += MIG_PAGE_SIZE;
+}
+
+void mig_builder_add_zero(struct mig_frame_builder *b, uint64_t ram_offset, uint64_t count)
+{
+    while (count > 0) {
+        uint64_t take = count > MIG_RUN_MAX_PAGES ? MIG_RUN_MAX_PAGES : count;
+        builder_extend(b, ram_offset, take, true);
+        if (b->run.pages > MIG_RUN_MAX_PAGES)
+            b->run.pages = MIG_RUN_MAX_PAGES;   /* unreachable: extend checks */
+        b->pages += take;
+        b->zero_pages += take;
+        ram_offset += take * MIG_PAGE_SIZE;
+        count -= take;
+    }
+}
+
+void mig_builder_finish(struct mig_frame_builder *b, uint64_t seq)
+{
+    builder_close_run(b);
+    uint8_t *header = b->buffer->data + b->frame_start;
+    size_t length = b->buffer->length - b->frame_start - MIG_HEADER_SIZE;
+    mig_header_encode(header, MIG_FRAME_MEMORY, seq, length);
+    mig_header_seal(header, header + MIG_HEADER_SIZE, length);
+}
+
+bool mig_buffer_append_frame(struct mig_buffer *buffer, uint32_t type, uint64_t seq, const void *payload,
+                             size_t length)
+{
+    if (buffer->length + MIG_HEADER_SIZE + length > buffer->capacity)
+        return false;
+    buffer->length += mig_frame_encode(buffer->data + buffer->length, type, seq, payload, length);
+    return true;
+}

@@ -1,0 +1,124 @@
+/*
+ * The sender thread ("mig-send") and the frame builder that feeds it.
+ *
+ * The migration thread fills buffers (whole frames: header + payload,
+ * copied from guest RAM, so a page the guest rewrites while it is on its
+ * way cannot break the frame checksum) and submits them in order; the
+ * sender thread writes each buffer with sendmsg in large batches (up to
+ * MIG_SEND_BATCH_IOV buffers per call), counts bytes, optionally paces to
+ * max_bandwidth, and returns the buffer to the free list. Copying and
+ * zero-page detection thus overlap with the socket writes.
+ *
+ * Ownership:
+ *   - buffers: a buffer belongs to the migration thread between
+ *     mig_sender_get and mig_sender_submit, to the sender thread until it
+ *     is written, then to the free list (all under lock).
+ *   - bytes_sent, failed, error: written by the sender thread; bytes_sent
+ *     atomic; error readable once failed (release/acquire) is set.
+ */
+#ifndef RINGVM_MIGRATION_SENDER_H
+#define RINGVM_MIGRATION_SENDER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "migration/protocol.h"
+
+#define MIG_SEND_BUFFERS        6
+#define MIG_SEND_BUFFER_BYTES   (4u << 20)  /* one memory frame per buffer */
+#define MIG_SEND_BATCH_IOV      4
+
+struct mig_buffer {
+    uint8_t *data;
+    size_t capacity;
+    size_t length;
+    uint64_t seq_end;           /* frame number after this buffer's last frame */
+    struct mig_buffer *next;
+};
+
+struct mig_sender {
+    int fd;
+    unsigned stall_ms;
+    uint64_t max_bandwidth;             /* bytes/s, 0 = unlimited */
+    const _Atomic bool *cancel;
+
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;                /* queue non-empty / buffer freed / drained */
+    struct mig_buffer *free_list;
+    struct mig_buffer *queue_head, *queue_tail;
+    unsigned in_flight;                 /* submitted, not yet written */
+    bool stop;                          /* exit now (after abort) */
+    bool finish;                        /* complete the batch being written, drop the rest, exit */
+    _Atomic bool abort;                 /* interrupts a write in progress (mig_sender_stop) */
+    struct mig_buffer storage[MIG_SEND_BUFFERS];
+
+    _Atomic uint64_t bytes_sent;
+    _Atomic uint64_t seq_written;       /* frames completely written: next seq after them */
+    _Atomic uint64_t send_ns;           /* time spent inside sendmsg/poll */
+    _Atomic bool failed;
+    char error[512];
+    uint64_t pace_start_ns;             /* sender thread only */
+    uint64_t pace_start_bytes;
+};
+
+int mig_sender_start(struct mig_sender *sender, int fd, uint64_t max_bandwidth_bytes, unsigned stall_ms,
+                     const _Atomic bool *cancel, char *error, size_t error_size);
+/* Changes the bandwidth cap (bytes/s, 0 = none); any thread. */
+void mig_sender_set_bandwidth(struct mig_sender *sender, uint64_t max_bandwidth_bytes);
+/* A free buffer, waiting up to timeout_ms; NULL on timeout or when the
+ * sender failed (check mig_sender_failed). */
+struct mig_buffer *mig_sender_get(struct mig_sender *sender, unsigned timeout_ms);
+/* seq_end: the frame number after the buffer's last frame. */
+void mig_sender_submit(struct mig_sender *sender, struct mig_buffer *buffer, uint64_t seq_end);
+/* Gives an unused buffer back. */
+void mig_sender_put_back(struct mig_sender *sender, struct mig_buffer *buffer);
+/* Waits up to timeout_ms until everything submitted is written: 0 drained,
+ * 1 not yet, -1 the sender failed. */
+int mig_sender_flush(struct mig_sender *sender, unsigned timeout_ms);
+bool mig_sender_failed(struct mig_sender *sender, char *error, size_t error_size);
+uint64_t mig_sender_bytes(struct mig_sender *sender);
+/* The sequence number following the last frame completely written (the
+ * seq a frame written next on the socket must carry). */
+uint64_t mig_sender_seq_written(struct mig_sender *sender);
+/* Ends the stream at a frame boundary: the batch being written is
+ * completed (ignoring the bandwidth cap; bounded by the stall timeout),
+ * queued buffers are dropped, the thread exits and is joined. Afterwards
+ * the caller may write one last frame (an ERROR) on the socket itself. */
+void mig_sender_finish(struct mig_sender *sender);
+/* Aborts any write in progress, joins the thread, frees buffers. */
+void mig_sender_stop(struct mig_sender *sender);
+
+/*
+ * Builds one memory frame in a buffer: begin, add pages (zero pages become
+ * MIG_RUN_ZERO runs, consecutive pages share a run), finish (seals the
+ * checksum). The builder reports when the buffer cannot take another page.
+ */
+struct mig_frame_builder {
+    struct mig_buffer *buffer;
+    size_t frame_start;
+    size_t run_header;          /* offset of the open run's header, or SIZE_MAX */
+    struct mig_run run;
+    uint64_t pages, zero_pages, normal_pages;
+};
+
+void mig_builder_begin(struct mig_frame_builder *b, struct mig_buffer *buffer);
+/* Room for one more data page (run header + page)? */
+bool mig_builder_has_room(const struct mig_frame_builder *b);
+/* Adds the page at ram_offset whose bytes are at host (copied; checked for zero). */
+void mig_builder_add_page(struct mig_frame_builder *b, uint64_t ram_offset, const uint8_t *host);
+/* Adds count pages known to be zero (memfd holes) without reading them. */
+void mig_builder_add_zero(struct mig_frame_builder *b, uint64_t ram_offset, uint64_t count);
+bool mig_builder_empty(const struct mig_frame_builder *b);
+/* Seals the frame with sequence number seq. */
+void mig_builder_finish(struct mig_frame_builder *b, uint64_t seq);
+
+/* Appends a small frame (header + payload) to a buffer; false if no room. */
+bool mig_buffer_append_frame(struct mig_buffer *buffer, uint32_t type, uint64_t seq, const void *payload,
+                             size_t length);
+
+#endif

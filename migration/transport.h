@@ -1,0 +1,64 @@
+/*
+ * Migration transport: "unix:PATH" and "tcp:HOST:PORT" addresses, listen /
+ * accept / connect, and blocking-with-deadline I/O on non-blocking sockets.
+ *
+ * Every wait polls in slices of at most 100 ms so a cancel flag is seen
+ * promptly, and fails when no byte moved for stall_ms (a stalled link fails
+ * instead of hanging). Errors are written to the caller's buffer naming
+ * what failed and why.
+ *
+ * Threads: a struct mig_conn is used by one thread at a time for sending
+ * and one for receiving (the fd is shared; send and recv are independent).
+ */
+#ifndef RINGVM_MIGRATION_TRANSPORT_H
+#define RINGVM_MIGRATION_TRANSPORT_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#define MIG_ADDRESS_MAX 256
+
+enum mig_address_kind { MIG_ADDRESS_UNIX = 0, MIG_ADDRESS_TCP };
+
+struct mig_address {
+    enum mig_address_kind kind;
+    char path[108];             /* unix */
+    char host[MIG_ADDRESS_MAX]; /* tcp */
+    char port[16];
+};
+
+/* Parses "unix:PATH" or "tcp:HOST:PORT" ("tcp:[::1]:4444" for IPv6).
+ * Returns 0 or -1 with a message. */
+int mig_address_parse(const char *text, struct mig_address *out, char *error, size_t error_size);
+
+/* A listening socket (unix: replaces a stale socket file). Returns fd or -1. */
+int mig_listen(const struct mig_address *address, char *error, size_t error_size);
+/* Waits for one connection; polls *cancel (may be NULL) every 100 ms.
+ * Returns the connected (non-blocking) fd or -1 (error says why, "cancelled"
+ * when *cancel became true). */
+int mig_accept(int listen_fd, const _Atomic bool *cancel, char *error, size_t error_size);
+/* Connects within timeout_ms. Returns the connected (non-blocking) fd or -1. */
+int mig_connect(const struct mig_address *address, unsigned timeout_ms, const _Atomic bool *cancel,
+                char *error, size_t error_size);
+
+struct mig_io {
+    int fd;
+    unsigned stall_ms;              /* fail when nothing moved this long */
+    const _Atomic bool *cancel;     /* may be NULL */
+    const char *peer;               /* for messages: "destination" / "source" */
+};
+
+/* Sends all iov bytes (iov is modified). 0, or -1 with a message. */
+int mig_io_writev(struct mig_io *io, struct iovec *iov, int iovcnt, char *error, size_t error_size);
+int mig_io_write(struct mig_io *io, const void *data, size_t length, char *error, size_t error_size);
+/* Reads exactly length bytes. 0; 1 on a clean EOF before the first byte
+ * (when eof_ok); -1 with a message otherwise (EOF mid-way = truncated). */
+int mig_io_read(struct mig_io *io, void *data, size_t length, bool eof_ok, char *error, size_t error_size);
+/* Waits up to timeout_ms for the fd to become readable: 1 readable, 0 not,
+ * -1 error. */
+int mig_io_poll_readable(int fd, unsigned timeout_ms);
+
+#endif

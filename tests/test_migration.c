@@ -1,0 +1,817 @@
+/*
+ * Live migration between two real VMs in this process (source and
+ * destination each have their own KVM VM, RAM and vCPU threads) over unix
+ * and tcp sockets on localhost, plus failure paths with a fake destination.
+ *
+ * Small guests (256 MiB, 16-64 MiB working sets), bandwidth caps where a
+ * test needs iterations, short timeouts: the whole file runs in well under
+ * three minutes on the 2-core CI machine.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "migration/migration.h"
+#include "migration/protocol.h"
+#include "migration/receiver.h"
+#include "migration/transport.h"
+#include "tests/harness.h"
+#include "vmm/size.h"
+#include "vmm/vcpu_state.h"
+
+static uint64_t now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000u + (uint64_t)t.tv_nsec / 1000000u;
+}
+
+/* ---- destination VM in this process ------------------------------------------------ */
+
+static void dest_console_line(const char *line, size_t length, void *opaque)
+{
+    struct console_capture *console = opaque;
+    pthread_mutex_lock(&console->lock);
+    if (console->length + length + 2 > console->capacity) {
+        size_t capacity = (console->capacity + length + 2) * 2;
+        char *grown = realloc(console->text, capacity);
+        if (grown == NULL) {
+            pthread_mutex_unlock(&console->lock);
+            return;
+        }
+        console->text = grown;
+        console->capacity = capacity;
+    }
+    memcpy(console->text + console->length, line, length);
+    console->length += length;
+    console->text[console->length++] = '\n';
+    console->text[console->length] = '\0';
+    pthread_cond_broadcast(&console->grew);
+    pthread_mutex_unlock(&console->lock);
+}
+
+struct destination {
+    struct harness_vm harness;
+    pthread_t thread;
+    int listen_fd;
+    char address[160];
+    int result;
+    bool running;
+};
+
+static void *destination_main(void *argument)
+{
+    struct destination *d = argument;
+    d->result = migration_incoming_run_fd(d->harness.vm, d->listen_fd, d->address, NULL);
+    return NULL;
+}
+
+static unsigned next_port_offset;
+
+/* Creates an incoming VM, listens on unix or tcp (port picked by the
+ * kernel), and runs migration_incoming_run_fd in a thread. */
+static void destination_start(struct destination *d, const char *memory, unsigned vcpus, const char *workload,
+                              bool tcp)
+{
+    memset(d, 0, sizeof(*d));
+    struct harness_vm *h = &d->harness;
+    pthread_mutex_init(&h->console.lock, NULL);
+    pthread_condattr_t attributes;     /* console_wait_for uses CLOCK_MONOTONIC deadlines */
+    pthread_condattr_init(&attributes);
+    pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->console.grew, &attributes);
+    pthread_condattr_destroy(&attributes);
+    struct vm_config config;
+    memset(&config, 0, sizeof(config));
+    char error[256];
+    cr_assert_eq(size_parse(memory, &config.memory_bytes, error, sizeof(error)), 0, "%s", error);
+    config.vcpu_count = vcpus;
+    config.create_irqchip = true;
+    config.memory_options.numa_node = -1;
+    config.serial.mode = SERIAL_NONE;
+    config.incoming = true;
+    cr_assert_eq(workload_spec_parse(workload, &config.workload, error, sizeof(error)), 0, "%s", error);
+    dirty_log_config_defaults(&config.dirty_log);
+    config.dirty_log.mode = DIRTY_LOG_RING;
+    cr_assert_eq(vm_create(&h->vm, &config), 0, "destination vm_create failed");
+    h->vm->serial.on_line = dest_console_line;
+    h->vm->serial.on_line_opaque = &h->console;
+    cr_assert_eq(vm_start(h->vm), 0);
+    cr_assert_eq(vm_get_state(h->vm), VM_STATE_PAUSED);
+
+    struct mig_address address;
+    if (tcp) {
+        memset(&address, 0, sizeof(address));
+        address.kind = MIG_ADDRESS_TCP;
+        snprintf(address.host, sizeof(address.host), "127.0.0.1");
+        snprintf(address.port, sizeof(address.port), "0");
+        d->listen_fd = mig_listen(&address, error, sizeof(error));
+        cr_assert_geq(d->listen_fd, 0, "%s", error);
+        struct sockaddr_in bound;
+        socklen_t length = sizeof(bound);
+        cr_assert_eq(getsockname(d->listen_fd, (struct sockaddr *)&bound, &length), 0);
+        snprintf(d->address, sizeof(d->address), "tcp:127.0.0.1:%u", ntohs(bound.sin_port));
+    } else {
+        snprintf(d->address, sizeof(d->address), "unix:/tmp/ringvm-mig-test-%d-%u.sock", getpid(),
+                 __atomic_fetch_add(&next_port_offset, 1, __ATOMIC_RELAXED));
+        cr_assert_eq(mig_address_parse(d->address, &address, error, sizeof(error)), 0, "%s", error);
+        d->listen_fd = mig_listen(&address, error, sizeof(error));
+        cr_assert_geq(d->listen_fd, 0, "%s", error);
+    }
+    cr_assert_eq(pthread_create(&d->thread, NULL, destination_main, d), 0);
+    d->running = true;
+}
+
+static int destination_join(struct destination *d)
+{
+    if (d->running) {
+        pthread_join(d->thread, NULL);
+        d->running = false;
+    }
+    if (strncmp(d->address, "unix:", 5) == 0)
+        unlink(d->address + 5);
+    return d->result;
+}
+
+static void destination_stop(struct destination *d)
+{
+    if (d->harness.vm != NULL && d->running)
+        vm_request_shutdown(d->harness.vm, 0);   /* stops a destination still waiting */
+    destination_join(d);
+    if (d->harness.vm != NULL) {
+        migration_release(d->harness.vm);
+        vm_request_shutdown(d->harness.vm, 0);
+        vm_wait(d->harness.vm);
+        vm_destroy(d->harness.vm);
+        d->harness.vm = NULL;
+    }
+    free(d->harness.console.text);
+    d->harness.console.text = NULL;
+}
+
+static void source_stop(struct harness_vm *h)
+{
+    if (h->vm != NULL)
+        migration_release(h->vm);
+    harness_vm_stop(h);
+}
+
+static uint64_t start_migration(struct vm *vm, const struct mig_params *params)
+{
+    uint64_t id = 0;
+    const char *code = NULL;
+    char message[512];
+    int r = migration_start(vm, NULL, params, &id, &code, message, sizeof(message));
+    cr_assert_eq(r, 0, "migration_start: %s: %s", code, message);
+    return id;
+}
+
+static void finished_progress(struct vm *vm, struct mig_progress *p, unsigned timeout_ms)
+{
+    cr_assert(migration_wait_idle(vm, timeout_ms), "the migration did not end within %u ms", timeout_ms);
+    cr_assert(migration_progress(vm, p));
+}
+
+struct advance {
+    struct vm *vm;
+    uint64_t start[RINGVM_MAX_VCPUS];
+    unsigned vcpu;
+    uint64_t delta;
+};
+
+static bool vcpu_advanced(void *argument)
+{
+    struct advance *a = argument;
+    return harness_pages_written(a->vm, a->vcpu) >= a->start[a->vcpu] + a->delta;
+}
+
+/* ---- completed migrations ----------------------------------------------------------- */
+
+static void migrate_and_verify(const char *workload, unsigned vcpus, bool tcp, bool ledger, bool keep_alive)
+{
+    harness_require_kvm();
+    struct harness_vm source;
+    harness_vm_start(&source, "256M", vcpus, workload, "ring");
+    for (unsigned i = 0; i < vcpus; i++)
+        cr_assert(harness_wait_phase(source.vm, i, RINGVM_PHASE_RING3, 20000), "vcpu %u never reached ring 3", i);
+    if (ledger)
+        cr_assert(console_wait_for(&source.console, "LEDGER OK", 1, 20000), "no LEDGER OK on the source:\n%s",
+                  console_snapshot(&source.console));
+    cr_assert(harness_wait_all_vcpus_advance(source.vm, 5000, 20000));
+
+    struct destination dest;
+    destination_start(&dest, "256M", vcpus, workload, tcp);
+    struct mig_params params;
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
+    params.keep_alive = keep_alive;
+    params.verify_digest = true;
+    params.timeout_s = 60;
+    uint64_t id = start_migration(source.vm, &params);
+
+    struct mig_progress *p = malloc(sizeof(*p));
+    finished_progress(source.vm, p, 60000);
+    cr_assert_eq(destination_join(&dest), 0, "the destination failed (see stderr)");
+    cr_assert_eq(p->id, id);
+    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "state %s: %s: %s", mig_state_name(p->state), p->error_code,
+                 p->error_message);
+    cr_assert_eq(strlen(p->digest_source), 32, "no source digest");
+    cr_assert_str_eq(p->digest_source, p->digest_destination, "digests differ");
+    cr_assert_geq(p->iteration_count, 1);
+    cr_assert_eq(p->memory.total, 256ull << 20);
+    cr_assert_gt(p->memory.transferred, 0);
+    cr_assert_gt(p->memory.zero_pages, 0, "memfd holes are sent as zero pages");
+    cr_assert_str_eq(p->phase, "done");
+
+    struct mig_progress *q = malloc(sizeof(*q));
+    cr_assert(migration_progress(dest.harness.vm, q));
+    cr_assert_eq(q->state, MIG_STATE_COMPLETED);
+    cr_assert(q->incoming);
+    cr_assert_str_eq(q->digest_destination, p->digest_source);
+    free(q);
+
+    if (keep_alive) {
+        cr_assert_eq(vm_get_state(source.vm), VM_STATE_MIGRATED);
+        cr_assert(!atomic_load(&source.vm->shutdown_requested));
+    } else {
+        cr_assert(vm_wait_for_shutdown_request(source.vm, 5000000000ull), "the source did not shut down");
+        cr_assert_eq(vm_wait(source.vm), 0);
+    }
+
+    /* The guest runs on the destination. */
+    struct vm *dvm = dest.harness.vm;
+    cr_assert_eq(vm_get_state(dvm), VM_STATE_RUNNING);
+    cr_assert_not_null(dvm->bootinfo);
+    for (unsigned i = 0; i < vcpus; i++) {
+        struct advance a = { .vm = dvm, .vcpu = i, .delta = 2000 };
+        a.start[i] = harness_pages_written(dvm, i);
+        cr_assert(harness_wait_until(vcpu_advanced, &a, 20000), "vcpu %u does not run on the destination", i);
+    }
+    if (ledger) {
+        cr_assert(console_wait_for(&dest.harness.console, "LEDGER OK", 2, 20000),
+                  "the ledger does not verify on the destination:\n%s", console_snapshot(&dest.harness.console));
+        cr_assert_eq(console_count(&dest.harness.console, "MISMATCH"), 0, "%s",
+                     console_snapshot(&dest.harness.console));
+        cr_assert_eq(atomic_load(&dvm->ledger_mismatches), 0);
+        for (unsigned i = 0; i < vcpus; i++) {
+            struct ringvm_vcpu_stats stats;
+            vm_read_guest_stats(dvm, i, &stats);
+            cr_assert_eq(stats.ledger_mismatches, 0);
+        }
+    }
+    free(p);
+    destination_stop(&dest);
+    source_stop(&source);
+}
+
+Test(migration, ledger_one_vcpu_unix, .timeout = 90)
+{
+    migrate_and_verify("ledger,wss=32M,verify=1", 1, false, true, true);
+}
+
+Test(migration, ledger_two_vcpus_tcp, .timeout = 90)
+{
+    migrate_and_verify("ledger,wss=32M,verify=1", 2, true, true, false);
+}
+
+Test(migration, full_rate_dirtier_one_vcpu_tcp, .timeout = 90)
+{
+    migrate_and_verify("dirtier,wss=64M", 1, true, false, false);
+}
+
+Test(migration, full_rate_dirtier_two_vcpus_unix, .timeout = 90)
+{
+    migrate_and_verify("dirtier,wss=64M", 2, false, false, true);
+}
+
+/* ---- convergence ---------------------------------------------------------------------- */
+
+Test(migration, converge_none_unconvergeable_hits_timeout_and_cancels, .timeout = 60)
+{
+    harness_require_kvm();
+    struct harness_vm source;
+    harness_vm_start(&source, "256M", 1, "dirtier,wss=32M", "ring");
+    cr_assert(harness_wait_all_vcpus_advance(source.vm, 5000, 20000));
+    struct destination dest;
+    destination_start(&dest, "256M", 1, "dirtier,wss=32M", false);
+    struct mig_params params;
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
+    params.converge = MIG_CONVERGE_NONE;
+    params.max_bandwidth_mibs = 16;     /* 32 MiB rewritten continuously: never fits 10 ms */
+    params.downtime_ms = 10;
+    params.timeout_s = 2;
+    uint64_t started = now_ms();
+    start_migration(source.vm, &params);
+    struct mig_progress *p = malloc(sizeof(*p));
+    finished_progress(source.vm, p, 20000);
+    uint64_t took = now_ms() - started;
+    cr_assert_eq(p->state, MIG_STATE_CANCELLED, "state %s (%s)", mig_state_name(p->state), p->error_message);
+    cr_assert_str_eq(p->error_code, "timeout");
+    cr_assert_str_eq(p->error_message, "not converged within timeout_s=2 s (timeout_strategy=cancel)");
+    cr_assert_geq(took, 2000);
+    cr_assert_lt(took, 4000, "the timeout took %" PRIu64 " ms", took);
+    cr_assert_eq(p->throttle_percent, 0, "converge=none never throttles");
+    /* The guest continues here, tracking stopped, throttles removed. */
+    cr_assert_eq(vm_get_state(source.vm), VM_STATE_RUNNING);
+    cr_assert(!dirty_log_tracking(source.vm->dirty_log));
+    cr_assert_eq(vcpu_get_throttle(&source.vm->vcpus[0]), 0);
+    cr_assert(harness_wait_all_vcpus_advance(source.vm, 5000, 10000));
+    cr_assert_eq(destination_join(&dest), -1, "the destination must fail");
+    struct mig_progress *q = malloc(sizeof(*q));
+    cr_assert(migration_progress(dest.harness.vm, q));
+    cr_assert_eq(q->state, MIG_STATE_FAILED);
+    cr_assert_str_eq(q->error_message,
+                     "the source aborted the migration: not converged within timeout_s=2 s (timeout_strategy=cancel)");
+    cr_assert_neq(vm_get_state(dest.harness.vm), VM_STATE_RUNNING, "the destination must not run");
+    free(q);
+    free(p);
+    destination_stop(&dest);
+    source_stop(&source);
+}
+
+Test(migration, auto_converge_throttles_and_completes, .timeout = 90)
+{
+    harness_require_kvm();
+    struct harness_vm source;
+    harness_vm_start(&source, "256M", 1, "dirtier,wss=64M", "ring");
+    cr_assert(harness_wait_all_vcpus_advance(source.vm, 5000, 20000));
+    struct destination dest;
+    destination_start(&dest, "256M", 1, "dirtier,wss=64M", true);
+    struct mig_params params;
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
+    params.converge = MIG_CONVERGE_AUTO;
+    params.max_bandwidth_mibs = 64;
+    params.downtime_ms = 300;
+    params.throttle.initial = 80;
+    params.throttle.increment = 19;
+    params.verify_digest = true;
+    params.timeout_s = 60;
+    start_migration(source.vm, &params);
+    struct mig_progress *p = malloc(sizeof(*p));
+    finished_progress(source.vm, p, 60000);
+    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
+    cr_assert_str_eq(p->digest_source, p->digest_destination);
+    /* The throttle followed the rule: 0, 0, 80, 99, ... */
+    int highest = 0;
+    for (uint64_t i = 0; i < p->iteration_count && i < MIG_PROGRESS_MAX_ITERATIONS; i++) {
+        int t = p->iterations[i].throttle;
+        cr_assert(t == 0 || t == 80 || t == 99, "iteration %" PRIu64 " throttle %d", i, t);
+        cr_assert_geq(t, highest, "the auto throttle never goes down");
+        highest = t;
+    }
+    cr_assert_gt(highest, 0, "a 64 MiB/s link cannot keep up with a full-rate dirtier without throttling");
+    cr_assert_eq(destination_join(&dest), 0);
+    cr_assert_eq(vcpu_get_throttle(&source.vm->vcpus[0]), 0, "throttles removed after the migration");
+    free(p);
+    destination_stop(&dest);
+    source_stop(&source);
+}
+
+struct watch {
+    struct vm *vm;
+    int max_throttle[2];
+};
+
+static bool watch_throttles(void *argument)
+{
+    struct watch *w = argument;
+    for (unsigned i = 0; i < 2; i++) {
+        int t = vcpu_get_throttle(&w->vm->vcpus[i]);
+        if (t > w->max_throttle[i])
+            w->max_throttle[i] = t;
+    }
+    return !migration_active(w->vm);
+}
+
+Test(migration, dirty_limit_converges_and_leaves_the_idle_vcpu_alone, .timeout = 90)
+{
+    harness_require_kvm();
+    struct harness_vm source;
+    harness_vm_create(&source, "256M", 2, "dirtier,wss=64M", "ring");
+    /* vCPU 0 dirties the whole 64 MiB, vCPU 1 has nothing to do. */
+    struct ringvm_bootinfo *info = source.vm->bootinfo;
+    info->vcpu[0].region_pages += info->vcpu[1].region_pages;
+    info->vcpu[1].region_pages = 0;
+    cr_assert_eq(vm_start(source.vm), 0);
+    struct advance a = { .vm = source.vm, .vcpu = 0, .delta = 20000 };
+    cr_assert(harness_wait_until(vcpu_advanced, &a, 20000));
+    struct destination dest;
+    destination_start(&dest, "256M", 2, "dirtier,wss=64M", false);
+    struct mig_params params;
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
+    params.converge = MIG_CONVERGE_DIRTY_LIMIT;
+    params.max_bandwidth_mibs = 64;
+    params.downtime_ms = 300;
+    params.timeout_s = 60;
+    start_migration(source.vm, &params);
+    struct watch w = { .vm = source.vm };
+    cr_assert(harness_wait_until(watch_throttles, &w, 60000), "did not finish");
+    struct mig_progress *p = malloc(sizeof(*p));
+    finished_progress(source.vm, p, 1000);
+    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
+    cr_assert_gt(w.max_throttle[0], 0, "the dirtying vCPU must be limited on a 64 MiB/s link");
+    cr_assert_eq(w.max_throttle[1], 0, "the idle vCPU was throttled to %d%%", w.max_throttle[1]);
+    cr_assert_eq(destination_join(&dest), 0);
+    free(p);
+    destination_stop(&dest);
+    source_stop(&source);
+}
+
+/* ---- cancel, failures ------------------------------------------------------------------- */
+
+struct progress_wait {
+    struct vm *vm;
+    uint64_t min_transferred;
+};
+
+static bool transferred_at_least(void *argument)
+{
+    struct progress_wait *w = argument;
+    struct mig_progress *p = malloc(sizeof(*p));
+    bool ok = migration_progress(w->vm, p) && p->state == MIG_STATE_ACTIVE &&
+              p->memory.transferred >= w->min_transferred;
+    free(p);
+    return ok;
+}
+
+Test(migration, cancel_mid_iteration_then_the_guest_continues, .timeout = 60)
+{
+    harness_require_kvm();
+    struct harness_vm source;
+    harness_vm_start(&source, "256M", 1, "ledger,wss=32M,verify=1", "ring");
+    cr_assert(console_wait_for(&source.console, "LEDGER OK", 1, 20000));
+    struct destination dest;
+    destination_start(&dest, "256M", 1, "ledger,wss=32M,verify=1", false);
+    struct mig_params params;
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
+    params.max_bandwidth_mibs = 8;
+    start_migration(source.vm, &params);
+    struct progress_wait w = { .vm = source.vm, .min_transferred = 4u << 20 };
+    cr_assert(harness_wait_until(transferred_at_least, &w, 20000), "the migration did not get going");
+    const char *code = NULL;
+    char message[256];
+    cr_assert_eq(migration_cancel(source.vm, &code, message, sizeof(message)), 0);
+    struct mig_progress *p = malloc(sizeof(*p));
+    finished_progress(source.vm, p, 5000);
+    cr_assert_eq(p->state, MIG_STATE_CANCELLED);
+    cr_assert_str_eq(p->error_code, "cancelled");
+    cr_assert_str_eq(p->error_message, "cancelled by migration.cancel");
+    cr_assert_eq(migration_cancel(source.vm, &code, message, sizeof(message)), -1);
+    cr_assert_str_eq(code, "no-migration");
+    cr_assert_eq(vm_get_state(source.vm), VM_STATE_RUNNING);
+    cr_assert(!dirty_log_tracking(source.vm->dirty_log));
+    unsigned ok_before = console_count(&source.console, "LEDGER OK");
+    cr_assert(console_wait_for(&source.console, "LEDGER OK", ok_before + 1, 20000), "the ledger stopped");
+    cr_assert_eq(console_count(&source.console, "MISMATCH"), 0);
+    cr_assert_eq(destination_join(&dest), -1);
+    free(p);
+    destination_stop(&dest);
+    source_stop(&source);
+}
+
+/* A destination that dies: accepts, answers the hello, reads until it has
+ * seen `die_after` bytes or the END frame (stop-and-copy), then closes the
+ * socket as a killed process would. */
+struct fake_destination {
+    int listen_fd;
+    char address[160];
+    uint64_t die_after;
+    bool wait_for_end;
+    uint64_t died_ms;
+    pthread_t thread;
+};
+
+static void *fake_destination_main(void *argument)
+{
+    struct fake_destination *f = argument;
+    char error[256];
+    int fd = mig_accept(f->listen_fd, NULL, error, sizeof(error));
+    if (fd < 0)
+        return NULL;
+    struct mig_io io = { .fd = fd, .stall_ms = 10000, .peer = "source" };
+    uint8_t header[MIG_HEADER_SIZE], hello[MIG_HELLO_SIZE];
+    if (mig_io_read(&io, header, sizeof(header), false, error, sizeof(error)) != 0 ||
+        mig_io_read(&io, hello, sizeof(hello), false, error, sizeof(error)) != 0) {
+        close(fd);
+        return NULL;
+    }
+    uint8_t frame[MIG_HEADER_SIZE + MIG_HELLO_SIZE];
+    size_t length = mig_frame_encode(frame, MIG_FRAME_HELLO_ACK, 0, hello, sizeof(hello));
+    (void)mig_io_write(&io, frame, length, error, sizeof(error));
+    uint64_t seen = 0;
+    static uint8_t buffer[1 << 20];
+    uint8_t window[MIG_HEADER_SIZE] = { 0 };
+    for (;;) {
+        if (!f->wait_for_end && seen >= f->die_after)
+            break;
+        if (mig_io_poll_readable(fd, 100) != 1)
+            continue;
+        ssize_t got = recv(fd, buffer, sizeof(buffer), MSG_DONTWAIT);
+        if (got <= 0) {
+            if (got < 0 && errno == EAGAIN)
+                continue;
+            break;
+        }
+        seen += (uint64_t)got;
+        if (f->wait_for_end) {
+            /* The END frame is the last thing sent: its 56-byte payload
+             * follows a header whose type is 7. Look at the stream tail. */
+            if ((size_t)got >= MIG_HEADER_SIZE + MIG_END_SIZE) {
+                memcpy(window, buffer + got - MIG_HEADER_SIZE - MIG_END_SIZE, MIG_HEADER_SIZE);
+                if (mig_get_u32(window) == MIG_FRAME_END && mig_get_u64(window + 16) == MIG_END_SIZE)
+                    break;
+            }
+        }
+    }
+    f->died_ms = now_ms();
+    close(fd);
+    return NULL;
+}
+
+static void fake_destination_start(struct fake_destination *f, uint64_t die_after, bool wait_for_end)
+{
+    memset(f, 0, sizeof(*f));
+    f->die_after = die_after;
+    f->wait_for_end = wait_for_end;
+    char error[256];
+    struct mig_address address;
+    snprintf(f->address, sizeof(f->address), "unix:/tmp/ringvm-mig-fake-%d-%u.sock", getpid(),
+             __atomic_fetch_add(&next_port_offset, 1, __ATOMIC_RELAXED));
+    cr_assert_eq(mig_address_parse(f->address, &address, error, sizeof(error)), 0);
+    f->listen_fd = mig_listen(&address, error, sizeof(error));
+    cr_assert_geq(f->listen_fd, 0, "%s", error);
+    cr_assert_eq(pthread_create(&f->thread, NULL, fake_destination_main, f), 0);
+}
+
+static void fake_destination_join(struct fake_destination *f)
+{
+    pthread_join(f->thread, NULL);
+    close(f->listen_fd);
+    unlink(f->address + 5);
+}
+
+static void destination_dies(bool during_stop_and_copy)
+{
+    harness_require_kvm();
+    struct harness_vm source;
+    harness_vm_start(&source, "256M", 1, "ledger,wss=32M,verify=1", "ring");
+    cr_assert(console_wait_for(&source.console, "LEDGER OK", 1, 20000));
+    struct fake_destination fake;
+    fake_destination_start(&fake, 8u << 20, during_stop_and_copy);
+    struct mig_params params;
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "%s", fake.address);
+    params.verify_digest = false;
+    if (!during_stop_and_copy)
+        params.max_bandwidth_mibs = 16;
+    start_migration(source.vm, &params);
+    fake_destination_join(&fake);
+    /* The source notices and the guest runs again within 1 s. */
+    struct mig_progress *p = malloc(sizeof(*p));
+    finished_progress(source.vm, p, 6000);
+    struct advance a = { .vm = source.vm, .vcpu = 0, .delta = 100 };
+    a.start[0] = harness_pages_written(source.vm, 0);
+    cr_assert(harness_wait_until(vcpu_advanced, &a, 2000), "the guest does not run after the failure");
+    uint64_t resumed = now_ms();
+    cr_assert_leq(resumed - fake.died_ms, 1000, "the guest ran again %" PRIu64 " ms after the destination died",
+                  resumed - fake.died_ms);
+    cr_assert_eq(p->state, MIG_STATE_FAILED, "state %s", mig_state_name(p->state));
+    cr_assert(strcmp(p->error_code, "transport") == 0, "error code %s: %s", p->error_code, p->error_message);
+    if (during_stop_and_copy)
+        cr_assert_str_eq(p->error_message,
+                         "waiting for the destination's ack: destination closed the connection (truncated stream: 0 "
+                         "of 32 bytes)");
+    else
+        /* The destination's close reaches the source as EOF, as EPIPE on
+         * its next send, or as ECONNRESET on its next receive. */
+        cr_assert(strstr(p->error_message, "destination closed the connection") != NULL ||
+                      strstr(p->error_message, "sending to destination: ") != NULL ||
+                      strcmp(p->error_message, "receiving from destination: Connection reset by peer") == 0,
+                  "cause: %s", p->error_message);
+    cr_assert_eq(vm_get_state(source.vm), VM_STATE_RUNNING);
+    cr_assert(!dirty_log_tracking(source.vm->dirty_log));
+    unsigned ok_before = console_count(&source.console, "LEDGER OK");
+    cr_assert(console_wait_for(&source.console, "LEDGER OK", ok_before + 1, 20000), "the ledger stopped");
+    cr_assert_eq(console_count(&source.console, "MISMATCH"), 0);
+
+    /* A second migration, to a real destination, succeeds. */
+    struct destination dest;
+    destination_start(&dest, "256M", 1, "ledger,wss=32M,verify=1", false);
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
+    params.keep_alive = true;
+    params.verify_digest = true;
+    uint64_t id = start_migration(source.vm, &params);
+    finished_progress(source.vm, p, 60000);
+    cr_assert_eq(p->id, id);
+    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
+    cr_assert_str_eq(p->digest_source, p->digest_destination);
+    cr_assert_eq(destination_join(&dest), 0);
+    cr_assert(console_wait_for(&dest.harness.console, "LEDGER OK", 1, 20000));
+    cr_assert_eq(console_count(&dest.harness.console, "MISMATCH"), 0);
+    free(p);
+    destination_stop(&dest);
+    source_stop(&source);
+}
+
+Test(migration, destination_killed_mid_iteration, .timeout = 90)
+{
+    destination_dies(false);
+}
+
+Test(migration, destination_killed_during_stop_and_copy, .timeout = 90)
+{
+    destination_dies(true);
+}
+
+Test(migration, paused_vm_is_refused_with_vm_not_running, .timeout = 30)
+{
+    harness_require_kvm();
+    struct harness_vm source;
+    harness_vm_start(&source, "64M", 1, "dirtier,wss=8M", "ring");
+    cr_assert(harness_wait_all_vcpus_advance(source.vm, 1000, 20000));
+    cr_assert_eq(vm_pause(source.vm), 0);
+    struct mig_params params;
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "unix:/tmp/nowhere.sock");
+    uint64_t id = 0;
+    const char *code = NULL;
+    char message[256];
+    cr_assert_eq(migration_start(source.vm, NULL, &params, &id, &code, message, sizeof(message)), -1);
+    cr_assert_str_eq(code, "vm-not-running");
+    cr_assert_str_eq(message, "cannot migrate: the VM is paused");
+    struct mig_progress *none = malloc(sizeof(*none));
+    cr_assert(!migration_progress(source.vm, none), "a refused start leaves no progress");
+    free(none);
+    cr_assert_eq(vm_resume(source.vm), 0);
+    snprintf(params.dest, sizeof(params.dest), "udp:1.2.3.4:5");
+    cr_assert_eq(migration_start(source.vm, NULL, &params, &id, &code, message, sizeof(message)), -1);
+    cr_assert_str_eq(code, "invalid-argument");
+    cr_assert_str_eq(message, "dest: 'udp:1.2.3.4:5': unknown transport (expected unix:PATH or tcp:HOST:PORT)");
+    source_stop(&source);
+}
+
+Test(migration, dirty_log_off_is_refused, .timeout = 30)
+{
+    harness_require_kvm();
+    struct harness_vm source;
+    harness_vm_start(&source, "64M", 1, "dirtier,wss=8M", "off");
+    struct mig_params params;
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "unix:/tmp/nowhere.sock");
+    uint64_t id = 0;
+    const char *code = NULL;
+    char message[256];
+    cr_assert_eq(migration_start(source.vm, NULL, &params, &id, &code, message, sizeof(message)), -1);
+    cr_assert_str_eq(code, "invalid-argument");
+    cr_assert_str_eq(message, "cannot migrate with --dirty-log off: start ringvm with --dirty-log ring (or bitmap)");
+    source_stop(&source);
+}
+
+Test(migration, config_mismatch_is_refused_on_both_sides, .timeout = 60)
+{
+    harness_require_kvm();
+    struct harness_vm source;
+    harness_vm_start(&source, "256M", 1, "dirtier,wss=8M", "ring");
+    struct destination dest;
+    destination_start(&dest, "128M", 1, "dirtier,wss=8M", false);
+    struct mig_params params;
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
+    start_migration(source.vm, &params);
+    struct mig_progress *p = malloc(sizeof(*p));
+    finished_progress(source.vm, p, 10000);
+    cr_assert_eq(p->state, MIG_STATE_FAILED);
+    cr_assert_str_eq(p->error_code, "config-mismatch");
+    cr_assert_str_eq(p->error_message,
+                     "destination refused: configuration mismatch: memory size differs: source 256 MiB, destination "
+                     "128 MiB");
+    cr_assert_eq(destination_join(&dest), -1);
+    cr_assert(migration_progress(dest.harness.vm, p));
+    cr_assert_eq(p->state, MIG_STATE_FAILED);
+    cr_assert_str_eq(p->error_code, "config-mismatch");
+    cr_assert_str_eq(p->error_message,
+                     "configuration mismatch: memory size differs: source 256 MiB, destination 128 MiB");
+    cr_assert_eq(vm_get_state(source.vm), VM_STATE_RUNNING);
+    free(p);
+    destination_stop(&dest);
+    source_stop(&source);
+}
+
+/* ---- the API command group ------------------------------------------------------------ */
+
+#include "api/dispatch.h"
+
+static char *api(struct vm *vm, const char *line)
+{
+    struct api_session session;
+    memset(&session, 0, sizeof(session));
+    size_t length = 0;
+    char *reply = api_handle_line(api_command_groups, vm, &session, line, strlen(line), &length);
+    cr_assert_not_null(reply);
+    return reply;
+}
+
+static void expect_reply(struct vm *vm, const char *line, const char *needle)
+{
+    char *reply = api(vm, line);
+    cr_assert(strstr(reply, needle) != NULL, "%s\n-> %s\nexpected to contain: %s", line, reply, needle);
+    free(reply);
+}
+
+Test(migration, api_commands_check_arguments_and_state, .timeout = 30)
+{
+    harness_require_kvm();
+    struct harness_vm source;
+    harness_vm_start(&source, "64M", 1, "dirtier,wss=8M", "ring");
+    struct vm *vm = source.vm;
+    expect_reply(vm, "{\"id\":1,\"cmd\":\"migration.progress\"}",
+                 "\"code\":\"no-migration\",\"message\":\"this VM has not migrated (migration.start)\"");
+    expect_reply(vm, "{\"id\":2,\"cmd\":\"migration.cancel\"}", "\"code\":\"no-migration\"");
+    expect_reply(vm, "{\"id\":3,\"cmd\":\"migration.start\",\"args\":{}}", "\"code\":\"invalid-argument\"");
+    expect_reply(vm, "{\"id\":4,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:/x\",\"downtime_ms\":\"fast\"}}",
+                 "\"code\":\"invalid-argument\"");
+    expect_reply(vm, "{\"id\":5,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:/x\",\"converge\":\"magic\"}}",
+                 "\"code\":\"invalid-argument\"");
+    expect_reply(vm, "{\"id\":6,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:/x\",\"throttle_initial\":50,"
+                     "\"throttle_max\":40}}",
+                 "args.throttle_initial: 50 is above throttle_max (40)");
+    cr_assert_eq(vm_pause(vm), 0);
+    expect_reply(vm, "{\"id\":7,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:/x\"}}",
+                 "\"code\":\"vm-not-running\",\"message\":\"cannot migrate: the VM is paused\"");
+    cr_assert_eq(vm_resume(vm), 0);
+
+    /* Started (the destination does not exist: connect fails), then the
+     * snapshot says why; a second start while one runs is refused. */
+    struct fake_destination fake;
+    fake_destination_start(&fake, 1u << 20, false);
+    char line[512];
+    snprintf(line, sizeof(line),
+             "{\"id\":8,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"%s\",\"max_bandwidth_mibs\":1}}", fake.address);
+    expect_reply(vm, line, "\"ok\":true");
+    snprintf(line, sizeof(line), "{\"id\":9,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"%s\"}}", fake.address);
+    char *reply = api(vm, line);
+    bool refused = strstr(reply, "\"code\":\"migration-active\"") != NULL;
+    free(reply);
+    fake_destination_join(&fake);
+    cr_assert(migration_wait_idle(vm, 10000));
+    cr_assert(refused, "a second migration.start while one runs must be migration-active");
+    reply = api(vm, "{\"id\":10,\"cmd\":\"migration.progress\"}");
+    cr_assert(strstr(reply, "\"state\":\"failed\"") != NULL, "%s", reply);
+    cr_assert(strstr(reply, "\"role\":\"outgoing\"") != NULL, "%s", reply);
+    cr_assert(strstr(reply, "\"error\":{\"code\":\"transport\"") != NULL, "%s", reply);
+    free(reply);
+    source_stop(&source);
+}
+
+/* ringctl migrate, end to end: API server on the source, events, progress. */
+#include "api/server.h"
+
+#include "api/ringctl_migration.h"
+
+Test(migration, ringctl_migrate_blocks_until_completed_then_progress_and_cancel, .timeout = 90)
+{
+    harness_require_kvm();
+    struct harness_vm source;
+    harness_vm_create(&source, "256M", 1, "ledger,wss=16M,verify=1", "ring");
+    char socket_path[128];
+    snprintf(socket_path, sizeof(socket_path), "/tmp/ringvm-mig-api-%d.sock", getpid());
+    struct api_server *server = NULL;
+    cr_assert_eq(api_server_create(&server, source.vm, socket_path), 0);
+    cr_assert_eq(vm_start(source.vm), 0);
+    cr_assert(harness_wait_all_vcpus_advance(source.vm, 1000, 20000));
+    struct destination dest;
+    destination_start(&dest, "256M", 1, "ledger,wss=16M,verify=1", true);
+
+    char *cancel_argv[] = { "cancel", NULL };
+    cr_assert_eq(ringctl_migration_main(1, cancel_argv, socket_path, false), 1, "cancel without a migration");
+    char *migrate_argv[] = { "migrate", dest.address, "--keep-alive", "--downtime-ms", "300", NULL };
+    cr_assert_eq(ringctl_migration_main(5, migrate_argv, socket_path, false), 0, "ringctl migrate did not succeed");
+    cr_assert_eq(destination_join(&dest), 0);
+    cr_assert_eq(vm_get_state(source.vm), VM_STATE_MIGRATED);
+    char *progress_argv[] = { "progress", NULL };
+    cr_assert_eq(ringctl_migration_main(1, progress_argv, socket_path, false), 0);
+    char *json_argv[] = { "progress", "--json", NULL };
+    cr_assert_eq(ringctl_migration_main(2, json_argv, socket_path, false), 0);
+    char *bad_argv[] = { "migrate", NULL };
+    cr_assert_eq(ringctl_migration_main(1, bad_argv, socket_path, false), 2, "usage error");
+    cr_assert(console_wait_for(&dest.harness.console, "LEDGER OK", 1, 20000));
+    migration_release(source.vm);
+    api_server_destroy(server);
+    destination_stop(&dest);
+    source_stop(&source);
+}

@@ -1,0 +1,514 @@
+/*
+ * The migration wire format without sockets or VMs: encode a stream into a
+ * buffer, parse it with the receiver into a RAM buffer, and check every
+ * validation error message exactly.
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "migration/progress.h"
+#include "migration/protocol.h"
+#include "migration/receiver.h"
+#include "migration/sender.h"
+#include "migration/transport.h"
+
+#define RAM_BYTES (1u << 20)        /* 256 pages */
+#define STATE_SIZE 64u              /* a small "vcpu_state" for these tests */
+
+static struct mig_hello test_hello(void)
+{
+    struct mig_hello h;
+    memset(&h, 0, sizeof(h));
+    h.version = MIG_PROTOCOL_VERSION;
+    h.page_size = MIG_PAGE_SIZE;
+    h.memory_bytes = RAM_BYTES;
+    h.vcpu_count = 2;
+    h.slot_count = 1;
+    h.slots[0].gpa = 0;
+    h.slots[0].size = RAM_BYTES;
+    h.vcpu_state_size = STATE_SIZE;
+    h.vcpu_state_version = 1;
+    h.features = MIG_FEATURE_ZERO_PAGES;
+    h.abi_version = 2;
+    return h;
+}
+
+/* A growing stream buffer. */
+struct stream {
+    uint8_t *data;
+    size_t length, capacity;
+    uint64_t seq;
+};
+
+static void put(struct stream *s, const void *bytes, size_t length)
+{
+    if (s->length + length > s->capacity) {
+        s->capacity = (s->length + length) * 2;
+        s->data = realloc(s->data, s->capacity);
+        cr_assert_not_null(s->data);
+    }
+    memcpy(s->data + s->length, bytes, length);
+    s->length += length;
+}
+
+static void put_frame(struct stream *s, uint32_t type, const void *payload, size_t length)
+{
+    uint8_t *frame = malloc(MIG_HEADER_SIZE + length);
+    size_t total = mig_frame_encode(frame, type, s->seq++, payload, length);
+    put(s, frame, total);
+    free(frame);
+}
+
+static void put_hello(struct stream *s, const struct mig_hello *h)
+{
+    uint8_t payload[MIG_HELLO_SIZE];
+    mig_hello_encode(h, payload);
+    put_frame(s, MIG_FRAME_HELLO, payload, sizeof(payload));
+}
+
+/* Memory frame built by the real sender-side builder from src pages. */
+static void put_pages(struct stream *s, const uint8_t *ram, const uint64_t *pages, size_t count)
+{
+    struct mig_buffer buffer = { .data = malloc(MIG_SEND_BUFFER_BYTES), .capacity = MIG_SEND_BUFFER_BYTES };
+    struct mig_frame_builder b;
+    mig_builder_begin(&b, &buffer);
+    for (size_t i = 0; i < count; i++) {
+        cr_assert(mig_builder_has_room(&b));
+        mig_builder_add_page(&b, pages[i] * MIG_PAGE_SIZE, ram + pages[i] * MIG_PAGE_SIZE);
+    }
+    mig_builder_finish(&b, s->seq++);
+    put(s, buffer.data, buffer.length);
+    free(buffer.data);
+}
+
+static void put_tail(struct stream *s)
+{
+    uint8_t state[MIG_VCPU_STATE_HEADER + STATE_SIZE];
+    for (uint32_t i = 0; i < 2; i++) {
+        mig_put_u32(state, i);
+        mig_put_u32(state + 4, STATE_SIZE);
+        memset(state + 8, 0xa0 + (int)i, STATE_SIZE);
+        put_frame(s, MIG_FRAME_VCPU_STATE, state, sizeof(state));
+    }
+    struct mig_device_state d;
+    memset(&d, 0, sizeof(d));
+    d.version = 1;
+    d.vcpu_count = 2;
+    d.serial_lcr = 3;
+    d.last_exception_vector = -1;
+    d.guest_phase[0] = 1;
+    d.guest_phase[1] = 2;
+    uint8_t device[MIG_DEVICE_STATE_SIZE];
+    mig_device_state_encode(&d, device);
+    put_frame(s, MIG_FRAME_DEVICE_STATE, device, sizeof(device));
+    struct mig_end end = { .timestamp_ns = 123, .pages = 3 };
+    uint8_t end_bytes[MIG_END_SIZE];
+    mig_end_encode(&end, end_bytes);
+    put_frame(s, MIG_FRAME_END, end_bytes, sizeof(end_bytes));
+}
+
+static uint8_t *source_ram(void)
+{
+    uint8_t *ram = calloc(1, RAM_BYTES);
+    for (unsigned p = 10; p < 20; p++)
+        memset(ram + p * MIG_PAGE_SIZE, (int)p, MIG_PAGE_SIZE);
+    ram[100 * MIG_PAGE_SIZE + 17] = 0x5a;
+    return ram;
+}
+
+static void build_valid_stream(struct stream *s, const uint8_t *ram)
+{
+    memset(s, 0, sizeof(*s));
+    struct mig_hello h = test_hello();
+    put_hello(s, &h);
+    struct mig_iteration it = { .iteration = 0, .pages = 12 };
+    uint8_t it_bytes[MIG_ITERATION_SIZE];
+    mig_iteration_encode(&it, it_bytes);
+    put_frame(s, MIG_FRAME_ITERATION, it_bytes, sizeof(it_bytes));
+    /* 10..19 data, 20..21 zero, 100 data (a page with one byte set). */
+    uint64_t pages[] = { 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 100 };
+    put_pages(s, ram, pages, sizeof(pages) / sizeof(pages[0]));
+    put_tail(s);
+}
+
+static int run(struct mig_receiver *r, uint8_t *target, const struct stream *s, size_t length)
+{
+    struct mig_hello h = test_hello();
+    cr_assert_eq(mig_receiver_init(r, target, RAM_BYTES, &h), 0);
+    return mig_receiver_run_buffer(r, s->data, length);
+}
+
+Test(migration_protocol, a_valid_stream_reproduces_the_pages_and_states)
+{
+    uint8_t *ram = source_ram();
+    struct stream s;
+    build_valid_stream(&s, ram);
+    uint8_t *target = calloc(1, RAM_BYTES);
+    struct mig_receiver r;
+    cr_assert_eq(run(&r, target, &s, s.length), 0, "%s", r.error);
+    cr_assert_eq(memcmp(ram, target, RAM_BYTES), 0, "RAM differs after the stream");
+    cr_assert_eq(atomic_load(&r.normal_pages), 11);
+    cr_assert_eq(atomic_load(&r.zero_pages), 2);
+    cr_assert_eq(atomic_load(&r.bytes_received), s.length);
+    cr_assert(r.got_end);
+    cr_assert_eq(r.device.serial_lcr, 3);
+    cr_assert_eq(r.device.last_exception_vector, -1);
+    cr_assert_eq(r.device.guest_phase[1], 2);
+    const uint8_t *state = mig_receiver_vcpu_state(&r, 1);
+    cr_assert_not_null(state);
+    cr_assert_eq(state[0], 0xa1);
+    cr_assert_eq(r.end.timestamp_ns, 123);
+    mig_receiver_destroy(&r);
+    free(target);
+    free(ram);
+    free(s.data);
+}
+
+Test(migration_protocol, a_zero_run_clears_a_page_written_earlier)
+{
+    uint8_t *ram = source_ram();
+    struct stream s = { 0 };
+    struct mig_hello h = test_hello();
+    put_hello(&s, &h);
+    uint64_t page = 12;
+    put_pages(&s, ram, &page, 1);             /* iteration 0: data */
+    memset(ram + 12 * MIG_PAGE_SIZE, 0, MIG_PAGE_SIZE);
+    put_pages(&s, ram, &page, 1);             /* later: the page became zero */
+    put_tail(&s);
+    uint8_t *target = calloc(1, RAM_BYTES);
+    struct mig_receiver r;
+    cr_assert_eq(run(&r, target, &s, s.length), 0, "%s", r.error);
+    cr_assert(mig_page_is_zero(target + 12 * MIG_PAGE_SIZE), "the zero run did not clear the page");
+    cr_assert_eq(atomic_load(&r.normal_pages), 1);
+    cr_assert_eq(atomic_load(&r.zero_pages), 1);
+    mig_receiver_destroy(&r);
+    free(target);
+    free(ram);
+    free(s.data);
+}
+
+Test(migration_protocol, builder_merges_runs_and_flags_zero_pages)
+{
+    uint8_t *ram = source_ram();
+    struct mig_buffer buffer = { .data = malloc(MIG_SEND_BUFFER_BYTES), .capacity = MIG_SEND_BUFFER_BYTES };
+    struct mig_frame_builder b;
+    mig_builder_begin(&b, &buffer);
+    uint64_t pages[] = { 10, 11, 12, 20, 21, 30 };
+    for (size_t i = 0; i < 6; i++)
+        mig_builder_add_page(&b, pages[i] * MIG_PAGE_SIZE, ram + pages[i] * MIG_PAGE_SIZE);
+    mig_builder_add_zero(&b, 40 * MIG_PAGE_SIZE, 5);
+    mig_builder_finish(&b, 7);
+    /* Runs: data 10..12, zero 20..21, zero 30, zero 40..44 = 4 run headers,
+     * 3 data pages. */
+    cr_assert_eq(buffer.length, MIG_HEADER_SIZE + 4 * MIG_RUN_HEADER_SIZE + 3 * MIG_PAGE_SIZE);
+    cr_assert_eq(b.pages, 11);
+    cr_assert_eq(b.zero_pages, 8);
+    cr_assert_eq(b.normal_pages, 3);
+    struct mig_frame_header h;
+    char error[256];
+    cr_assert_eq(mig_header_decode(buffer.data, 7, &h, error, sizeof(error)), 0, "%s", error);
+    cr_assert_eq(h.type, MIG_FRAME_MEMORY);
+    cr_assert_eq(h.length, 4 * MIG_RUN_HEADER_SIZE + 3 * MIG_PAGE_SIZE);
+    cr_assert_eq(h.checksum, mig_frame_checksum(buffer.data, buffer.data + MIG_HEADER_SIZE, h.length));
+    struct mig_run run;
+    mig_run_decode(buffer.data + MIG_HEADER_SIZE, &run);
+    cr_assert_eq(run.ram_offset, 10 * MIG_PAGE_SIZE);
+    cr_assert_eq(run.pages, 3);
+    cr_assert_eq(run.flags, 0);
+    mig_run_decode(buffer.data + MIG_HEADER_SIZE + MIG_RUN_HEADER_SIZE + 3 * MIG_PAGE_SIZE, &run);
+    cr_assert_eq(run.ram_offset, 20 * MIG_PAGE_SIZE);
+    cr_assert_eq(run.pages, 2);
+    cr_assert_eq(run.flags, MIG_RUN_ZERO);
+    free(buffer.data);
+    free(ram);
+}
+
+/* Every truncation point of a valid stream is rejected; none crashes. */
+Test(migration_protocol, every_truncation_is_rejected)
+{
+    uint8_t *ram = source_ram();
+    struct stream s;
+    build_valid_stream(&s, ram);
+    uint8_t *target = calloc(1, RAM_BYTES);
+    for (size_t cut = 0; cut < s.length; cut += (cut < 256 ? 1 : 509)) {
+        struct mig_receiver r;
+        cr_assert_eq(run(&r, target, &s, cut), -1, "a stream cut at %zu bytes was accepted", cut);
+        cr_assert(strstr(r.error, "truncated") != NULL, "cut %zu: %s", cut, r.error);
+        mig_receiver_destroy(&r);
+    }
+    struct mig_receiver r;
+    cr_assert_eq(run(&r, target, &s, 0), -1);
+    cr_assert_str_eq(r.error, "frame 0: stream ended before the end frame (truncated)");
+    mig_receiver_destroy(&r);
+    cr_assert_eq(run(&r, target, &s, 40), -1);
+    cr_assert_str_eq(r.error, "frame 0: stream truncated: needed 104 more bytes, 8 left");
+    mig_receiver_destroy(&r);
+    free(target);
+    free(ram);
+    free(s.data);
+}
+
+/* A flipped byte anywhere in a frame fails its checksum (or a stricter
+ * check before it); never a crash, never a write outside RAM. */
+Test(migration_protocol, corrupted_bytes_are_rejected)
+{
+    uint8_t *ram = source_ram();
+    struct stream s;
+    build_valid_stream(&s, ram);
+    /* Guard pages around the target: a write outside RAM would show. */
+    uint8_t *block = calloc(1, RAM_BYTES + 2 * MIG_PAGE_SIZE);
+    uint8_t *target = block + MIG_PAGE_SIZE;
+    for (size_t at = 0; at < s.length; at += 97) {
+        s.data[at] ^= 0x40;
+        struct mig_receiver r;
+        cr_assert_eq(run(&r, target, &s, s.length), -1, "corruption at byte %zu accepted", at);
+        cr_assert_neq(r.error[0], '\0');
+        mig_receiver_destroy(&r);
+        s.data[at] ^= 0x40;
+    }
+    for (size_t i = 0; i < MIG_PAGE_SIZE; i++) {
+        cr_assert_eq(block[i], 0, "write before RAM");
+        cr_assert_eq(block[MIG_PAGE_SIZE + RAM_BYTES + i], 0, "write after RAM");
+    }
+    /* The exact message for a data byte. */
+    size_t data_byte = MIG_HEADER_SIZE + MIG_HELLO_SIZE + MIG_HEADER_SIZE + MIG_ITERATION_SIZE + MIG_HEADER_SIZE +
+                       MIG_RUN_HEADER_SIZE + 5;
+    s.data[data_byte] ^= 1;
+    struct mig_receiver r;
+    cr_assert_eq(run(&r, target, &s, s.length), -1);
+    cr_assert(strncmp(r.error, "frame 2: memory frame checksum mismatch (got 0x", 47) == 0, "%s", r.error);
+    mig_receiver_destroy(&r);
+    free(block);
+    free(ram);
+    free(s.data);
+}
+
+static void expect_error(const struct stream *s, const char *expected)
+{
+    uint8_t *target = calloc(1, RAM_BYTES);
+    struct mig_receiver r;
+    cr_assert_eq(run(&r, target, s, s->length), -1, "accepted; expected: %s", expected);
+    cr_assert_str_eq(r.error, expected);
+    mig_receiver_destroy(&r);
+    free(target);
+}
+
+Test(migration_protocol, memory_run_outside_guest_ram)
+{
+    struct stream s = { 0 };
+    struct mig_hello h = test_hello();
+    put_hello(&s, &h);
+    uint8_t payload[MIG_RUN_HEADER_SIZE + 2 * MIG_PAGE_SIZE] = { 0 };
+    struct mig_run run = { .ram_offset = RAM_BYTES - MIG_PAGE_SIZE, .pages = 2 };
+    mig_run_encode(&run, payload);
+    put_frame(&s, MIG_FRAME_MEMORY, payload, sizeof(payload));
+    expect_error(&s, "frame 1: memory run at offset 0xff000 + 8192 exceeds guest RAM (1048576 bytes)");
+    free(s.data);
+}
+
+Test(migration_protocol, huge_offset_does_not_wrap)
+{
+    struct stream s = { 0 };
+    struct mig_hello h = test_hello();
+    put_hello(&s, &h);
+    uint8_t payload[MIG_RUN_HEADER_SIZE];
+    struct mig_run run = { .ram_offset = UINT64_MAX - MIG_PAGE_SIZE + 1, .pages = 1, .flags = MIG_RUN_ZERO };
+    mig_run_encode(&run, payload);
+    put_frame(&s, MIG_FRAME_MEMORY, payload, sizeof(payload));
+    expect_error(&s, "frame 1: memory run at offset 0xfffffffffffff000 + 4096 exceeds guest RAM (1048576 bytes)");
+    free(s.data);
+}
+
+Test(migration_protocol, frame_length_2_pow_63_rejected_before_allocation)
+{
+    struct stream s = { 0 };
+    struct mig_hello h = test_hello();
+    put_hello(&s, &h);
+    uint8_t header[MIG_HEADER_SIZE];
+    mig_header_encode(header, MIG_FRAME_MEMORY, 1, 1ull << 63);
+    mig_header_seal(header, NULL, 0);
+    put(&s, header, sizeof(header));
+    expect_error(&s, "frame 1: memory frame length 9223372036854775808 out of bounds [16, 67108864]");
+    free(s.data);
+}
+
+Test(migration_protocol, unknown_type_flags_and_sequence)
+{
+    struct stream s = { 0 };
+    struct mig_hello h = test_hello();
+    put_hello(&s, &h);
+    put_frame(&s, 77, NULL, 0);
+    expect_error(&s, "frame 1: unknown frame type 77");
+    free(s.data);
+
+    memset(&s, 0, sizeof(s));
+    put_hello(&s, &h);
+    s.seq = 5;
+    uint8_t it[MIG_ITERATION_SIZE] = { 0 };
+    put_frame(&s, MIG_FRAME_ITERATION, it, sizeof(it));
+    expect_error(&s, "frame 1: sequence number 5 (frames lost or reordered)");
+    free(s.data);
+
+    memset(&s, 0, sizeof(s));
+    put_hello(&s, &h);
+    uint8_t header[MIG_HEADER_SIZE + MIG_ITERATION_SIZE] = { 0 };
+    mig_header_encode(header, MIG_FRAME_ITERATION, 1, MIG_ITERATION_SIZE);
+    mig_put_u32(header + 4, 2);
+    mig_header_seal(header, header + MIG_HEADER_SIZE, MIG_ITERATION_SIZE);
+    put(&s, header, sizeof(header));
+    expect_error(&s, "frame 1: iteration frame has unknown flags 0x2");
+    free(s.data);
+}
+
+Test(migration_protocol, frames_in_the_wrong_place)
+{
+    struct stream s = { 0 };
+    uint8_t it[MIG_ITERATION_SIZE] = { 0 };
+    put_frame(&s, MIG_FRAME_ITERATION, it, sizeof(it));
+    expect_error(&s, "frame 0: iteration frame before the hello");
+    free(s.data);
+
+    memset(&s, 0, sizeof(s));
+    struct mig_hello h = test_hello();
+    put_hello(&s, &h);
+    uint8_t ack[MIG_ACK_SIZE] = { 0 };
+    put_frame(&s, MIG_FRAME_ACK, ack, sizeof(ack));
+    expect_error(&s, "frame 1: unexpected ack frame from the source");
+    free(s.data);
+
+    memset(&s, 0, sizeof(s));
+    put_hello(&s, &h);
+    struct mig_end end = { 0 };
+    uint8_t end_bytes[MIG_END_SIZE];
+    mig_end_encode(&end, end_bytes);
+    put_frame(&s, MIG_FRAME_END, end_bytes, sizeof(end_bytes));
+    expect_error(&s, "frame 1: end frame but no state for vCPU 0");
+    free(s.data);
+
+    /* vCPU state of the wrong vCPU / size */
+    memset(&s, 0, sizeof(s));
+    put_hello(&s, &h);
+    uint8_t state[MIG_VCPU_STATE_HEADER + STATE_SIZE] = { 0 };
+    mig_put_u32(state, 9);
+    mig_put_u32(state + 4, STATE_SIZE);
+    put_frame(&s, MIG_FRAME_VCPU_STATE, state, sizeof(state));
+    expect_error(&s, "frame 1: vcpu-state for vCPU 9 (this VM has 2)");
+    free(s.data);
+
+    memset(&s, 0, sizeof(s));
+    put_hello(&s, &h);
+    put_frame(&s, MIG_FRAME_VCPU_STATE, state, sizeof(state) - 8);
+    expect_error(&s, "frame 1: vcpu-state frame length 64 (must be 72)");
+    free(s.data);
+}
+
+Test(migration_protocol, config_mismatch_messages)
+{
+    struct mig_hello local = test_hello(), peer = test_hello();
+    char error[256];
+    peer.memory_bytes = 2 * RAM_BYTES;
+    cr_assert_eq(mig_hello_compare(&local, &peer, false, error, sizeof(error)), -1);
+    cr_assert_str_eq(error, "memory size differs: source 2 MiB, destination 1 MiB");
+    cr_assert_eq(mig_hello_compare(&local, &peer, true, error, sizeof(error)), -1);
+    cr_assert_str_eq(error, "memory size differs: source 1 MiB, destination 2 MiB");
+    peer = test_hello();
+    peer.vcpu_count = 4;
+    cr_assert_eq(mig_hello_compare(&local, &peer, false, error, sizeof(error)), -1);
+    cr_assert_str_eq(error, "vCPU count differs: source 4, destination 2");
+    peer = test_hello();
+    peer.version = 2;
+    cr_assert_eq(mig_hello_compare(&local, &peer, false, error, sizeof(error)), -1);
+    cr_assert_str_eq(error, "protocol version differs: source 2, destination 1");
+    peer = test_hello();
+    peer.page_size = 65536;
+    cr_assert_eq(mig_hello_compare(&local, &peer, false, error, sizeof(error)), -1);
+    cr_assert_str_eq(error, "page size differs: source 65536, destination 4096");
+    peer = test_hello();
+    peer.vcpu_state_size = 99;
+    cr_assert_eq(mig_hello_compare(&local, &peer, false, error, sizeof(error)), -1);
+    cr_assert_str_eq(error, "vCPU state format differs: source version 1 (99 bytes), destination version 1 (64 bytes)");
+    peer = test_hello();
+    peer.features |= 0x100;
+    cr_assert_eq(mig_hello_compare(&local, &peer, false, error, sizeof(error)), -1);
+    cr_assert_str_eq(error, "source asks for unknown features 0x100");
+    peer = test_hello();
+    cr_assert_eq(mig_hello_compare(&local, &peer, false, error, sizeof(error)), 0);
+
+    /* Through the parser: the hello is refused with the same text. */
+    struct stream s = { 0 };
+    peer.memory_bytes = 2 * RAM_BYTES;
+    put_hello(&s, &peer);
+    uint8_t *target = calloc(1, RAM_BYTES);
+    struct mig_receiver r;
+    cr_assert_eq(run(&r, target, &s, s.length), -1);
+    cr_assert_eq(r.error_code, MIG_ERR_CONFIG);
+    cr_assert_str_eq(r.error, "configuration mismatch: memory size differs: source 2 MiB, destination 1 MiB");
+    mig_receiver_destroy(&r);
+    free(target);
+    free(s.data);
+
+    memset(&s, 0, sizeof(s));
+    uint8_t bad[MIG_HELLO_SIZE];
+    peer = test_hello();
+    mig_hello_encode(&peer, bad);
+    bad[0] = 'X';
+    put_frame(&s, MIG_FRAME_HELLO, bad, sizeof(bad));
+    expect_error(&s, "frame 0: not a ringvm migration stream (bad magic)");
+    free(s.data);
+}
+
+Test(migration_protocol, error_frame_from_the_source)
+{
+    struct stream s = { 0 };
+    struct mig_hello h = test_hello();
+    put_hello(&s, &h);
+    uint8_t payload[4 + MIG_ERROR_MAX_MESSAGE];
+    size_t length = mig_error_encode(MIG_ERR_CANCELLED, "cancelled by migration.cancel\x01", payload);
+    put_frame(&s, MIG_FRAME_ERROR, payload, length);
+    uint8_t *target = calloc(1, RAM_BYTES);
+    struct mig_receiver r;
+    cr_assert_eq(run(&r, target, &s, s.length), -1);
+    cr_assert(r.peer_error);
+    cr_assert_eq(r.error_code, MIG_ERR_CANCELLED);
+    cr_assert_str_eq(r.error, "the source aborted the migration: cancelled by migration.cancel?");
+    mig_receiver_destroy(&r);
+    free(target);
+    free(s.data);
+}
+
+Test(migration_protocol, addresses)
+{
+    struct mig_address a;
+    char error[256];
+    cr_assert_eq(mig_address_parse("unix:/tmp/x.sock", &a, error, sizeof(error)), 0);
+    cr_assert_eq(a.kind, MIG_ADDRESS_UNIX);
+    cr_assert_str_eq(a.path, "/tmp/x.sock");
+    cr_assert_eq(mig_address_parse("tcp:localhost:4444", &a, error, sizeof(error)), 0);
+    cr_assert_eq(a.kind, MIG_ADDRESS_TCP);
+    cr_assert_str_eq(a.host, "localhost");
+    cr_assert_str_eq(a.port, "4444");
+    cr_assert_eq(mig_address_parse("tcp:[::1]:5", &a, error, sizeof(error)), 0);
+    cr_assert_str_eq(a.host, "::1");
+    cr_assert_eq(mig_address_parse("tcp:host:0", &a, error, sizeof(error)), -1);
+    cr_assert_str_eq(error, "'tcp:host:0': port must be 1..65535");
+    cr_assert_eq(mig_address_parse("tcp:host", &a, error, sizeof(error)), -1);
+    cr_assert_str_eq(error, "'tcp:host': expected tcp:HOST:PORT");
+    cr_assert_eq(mig_address_parse("unix:", &a, error, sizeof(error)), -1);
+    cr_assert_str_eq(error, "'unix:': empty socket path");
+    cr_assert_eq(mig_address_parse("file:/x", &a, error, sizeof(error)), -1);
+    cr_assert_str_eq(error, "'file:/x': unknown transport (expected unix:PATH or tcp:HOST:PORT)");
+}
+
+Test(migration_protocol, iteration_log_line_format)
+{
+    struct mig_iteration_record r = {
+        .iteration = 3, .dur_ms = 23319, .overhead_ms = 0, .throttle = 10, .size_bytes = 9245ull << 20,
+        .dirty_rate_pps = 2281225, .bandwidth_mibs = 396.42, .expected_downtime_ms = 32010,
+    };
+    char line[256];
+    mig_iteration_format(&r, line, sizeof(line));
+    cr_assert_str_eq(line, "iter=3,dur=23319ms,overhead=0ms,throttle=10%,size=9245MiB,dirtyrate=2281225pps,"
+                           "bandwidth=396.42MiBs,downtime(expected)=32010ms");
+}
