@@ -32,7 +32,11 @@ static enum api_status cmd_vm_info(struct api_call *call)
     REQUIRE_VM(call);
     struct vm *vm = call->vm;
     char workload[256];
-    workload_spec_format(&vm->config.workload, workload, sizeof(workload));
+    /* An incoming VM learns its workload from the migration stream. */
+    if (atomic_load_explicit(&vm->awaiting_migration, memory_order_acquire))
+        snprintf(workload, sizeof(workload), "(incoming migration)");
+    else
+        workload_spec_format(&vm->config.workload, workload, sizeof(workload));
     json_t *result = json_pack(
         "{s:s, s:i, s:I, s:s, s:s, s:I, s:I, s:b, s:i}",
         "state", vm_state_name(api_vm_state(vm)),

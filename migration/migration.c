@@ -753,8 +753,9 @@ static int source_complete(struct source *s)
 
     struct mig_device_state device;
     memset(&device, 0, sizeof(device));
-    device.version = 1;
+    device.version = 2;
     device.vcpu_count = vm->config.vcpu_count;
+    workload_spec_format(&vm->config.workload, device.workload, sizeof(device.workload));
     pthread_mutex_lock(&vm->serial.lock);
     device.serial_lcr = vm->serial.line_control;
     pthread_mutex_unlock(&vm->serial.lock);
@@ -1471,6 +1472,13 @@ static int incoming_restore(struct incoming *in, char *error, size_t error_size,
         }
     }
     free(state);
+    /* The guest's workload comes with it (vm.info reports it). Written
+     * before awaiting_migration is cleared with release; readers acquire. */
+    char workload_error[256];
+    if (workload_spec_parse(r->device.workload, &vm->config.workload, workload_error, sizeof(workload_error)) != 0) {
+        snprintf(error, error_size, "device state: workload '%s': %s", r->device.workload, workload_error);
+        return -1;
+    }
     pthread_mutex_lock(&vm->serial.lock);
     vm->serial.line_control = (uint8_t)r->device.serial_lcr;
     pthread_mutex_unlock(&vm->serial.lock);

@@ -317,6 +317,9 @@ void mig_device_state_encode(const struct mig_device_state *d, uint8_t out[MIG_D
     mig_put_u64(out + 16, d->ledger_mismatches);
     for (unsigned i = 0; i < MIG_MAX_VCPUS; i++)
         mig_put_u32(out + 24 + 4 * i, d->guest_phase[i]);
+    uint8_t *workload = out + 24 + 4 * MIG_MAX_VCPUS;
+    memset(workload, 0, MIG_WORKLOAD_TEXT_SIZE);
+    memcpy(workload, d->workload, strnlen(d->workload, MIG_WORKLOAD_TEXT_SIZE - 1));
 }
 
 int mig_device_state_decode(const uint8_t in[MIG_DEVICE_STATE_SIZE], struct mig_device_state *d, char *error,
@@ -329,8 +332,13 @@ int mig_device_state_decode(const uint8_t in[MIG_DEVICE_STATE_SIZE], struct mig_
     d->ledger_mismatches = mig_get_u64(in + 16);
     for (unsigned i = 0; i < MIG_MAX_VCPUS; i++)
         d->guest_phase[i] = mig_get_u32(in + 24 + 4 * i);
-    if (d->version != 1) {
-        snprintf(error, error_size, "device state version %" PRIu32 " (expected 1)", d->version);
+    memcpy(d->workload, in + 24 + 4 * MIG_MAX_VCPUS, MIG_WORKLOAD_TEXT_SIZE);
+    if (d->version != 2) {
+        snprintf(error, error_size, "device state version %" PRIu32 " (expected 2)", d->version);
+        return -1;
+    }
+    if (memchr(d->workload, '\0', MIG_WORKLOAD_TEXT_SIZE) == NULL) {
+        snprintf(error, error_size, "device state: workload text is not NUL-terminated");
         return -1;
     }
     if (d->vcpu_count > MIG_MAX_VCPUS) {

@@ -55,7 +55,8 @@ const char *mig_frame_type_name(uint32_t type);
 #define MIG_HELLO_SIZE          104u
 #define MIG_ITERATION_SIZE      24u
 #define MIG_VCPU_STATE_HEADER   8u
-#define MIG_DEVICE_STATE_SIZE   (24u + 4u * MIG_MAX_VCPUS)
+#define MIG_WORKLOAD_TEXT_SIZE  128u
+#define MIG_DEVICE_STATE_SIZE   (24u + 4u * MIG_MAX_VCPUS + MIG_WORKLOAD_TEXT_SIZE)
 #define MIG_END_SIZE            56u
 #define MIG_ACK_SIZE            56u
 #define MIG_ERROR_MAX_MESSAGE   1024u
@@ -109,12 +110,13 @@ struct mig_iteration {
 };
 
 struct mig_device_state {
-    uint32_t version;           /* 1 */
+    uint32_t version;           /* 2 */
     uint32_t vcpu_count;
     uint32_t serial_lcr;
     int32_t last_exception_vector;
     uint64_t ledger_mismatches;
     uint32_t guest_phase[MIG_MAX_VCPUS];
+    char workload[MIG_WORKLOAD_TEXT_SIZE];  /* canonical --workload text, NUL-terminated */
 };
 
 /* END (source) and ACK (destination) share one layout. */

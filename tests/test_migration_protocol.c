@@ -94,9 +94,10 @@ static void put_tail(struct stream *s)
     }
     struct mig_device_state d;
     memset(&d, 0, sizeof(d));
-    d.version = 1;
+    d.version = 2;
     d.vcpu_count = 2;
     d.serial_lcr = 3;
+    snprintf(d.workload, sizeof(d.workload), "ledger,wss=1M,pattern=seq,rate=0,write=8,verify=1");
     d.last_exception_vector = -1;
     d.guest_phase[0] = 1;
     d.guest_phase[1] = 2;
@@ -511,4 +512,25 @@ Test(migration_protocol, iteration_log_line_format)
     mig_iteration_format(&r, line, sizeof(line));
     cr_assert_str_eq(line, "iter=3,dur=23319ms,overhead=0ms,throttle=10%,size=9245MiB,dirtyrate=2281225pps,"
                            "bandwidth=396.42MiBs,downtime(expected)=32010ms");
+}
+
+Test(migration_protocol, device_state_carries_the_workload_and_rejects_unterminated_text)
+{
+    struct mig_device_state d, back;
+    memset(&d, 0, sizeof(d));
+    d.version = 2;
+    d.vcpu_count = 1;
+    d.last_exception_vector = -1;
+    snprintf(d.workload, sizeof(d.workload), "dirtier,wss=64M,pattern=hot,rate=0,write=8");
+    uint8_t bytes[MIG_DEVICE_STATE_SIZE];
+    mig_device_state_encode(&d, bytes);
+    char error[200] = "";
+    cr_assert_eq(mig_device_state_decode(bytes, &back, error, sizeof(error)), 0, "%s", error);
+    cr_assert_str_eq(back.workload, "dirtier,wss=64M,pattern=hot,rate=0,write=8");
+    memset(bytes + MIG_DEVICE_STATE_SIZE - MIG_WORKLOAD_TEXT_SIZE, 'x', MIG_WORKLOAD_TEXT_SIZE);
+    cr_assert_eq(mig_device_state_decode(bytes, &back, error, sizeof(error)), -1);
+    cr_assert_str_eq(error, "device state: workload text is not NUL-terminated");
+    mig_put_u32(bytes, 1);
+    cr_assert_eq(mig_device_state_decode(bytes, &back, error, sizeof(error)), -1);
+    cr_assert_str_eq(error, "device state version 1 (expected 2)");
 }
