@@ -21,6 +21,7 @@
 
 #include "api/digest.h"
 #include "api/server.h"
+#include "bpf/probes.h"
 #include "dirtyring/dirty_log.h"
 #include "migration/protocol.h"
 #include "migration/receiver.h"
@@ -161,6 +162,8 @@ struct source {
     uint64_t peer_seq;              /* next frame from the destination */
 
     struct mig_progress progress;   /* private; published copies on the board */
+    struct bpf_probes_mark bpf_mark;    /* probes' counters at this iteration's start */
+    bool bpf_marked;
     uint64_t started_mono;
     uint64_t last_publish;
     uint64_t deadline_mono;         /* overall timeout */
@@ -638,8 +641,33 @@ static int source_handshake(struct source *s)
     return 0;
 }
 
-static void source_log_iteration(struct source *s, const struct mig_iteration_record *r)
+/* Remembers the probes' counters at the start of an iteration (when
+ * eBPF probes run: ringvm --bpf or bpf.start). */
+static void source_bpf_mark(struct source *s)
 {
+    struct bpf_probes *probes = atomic_load_explicit(&s->vm->bpf_probes, memory_order_acquire);
+    s->bpf_marked = probes != NULL && bpf_probes_running(probes) && bpf_probes_mark(probes, &s->bpf_mark) == 0;
+}
+
+/* Adds the iteration's kick latency and ring-full exits, then marks the
+ * start of the next iteration. */
+static void source_bpf_iteration(struct source *s, struct mig_iteration_record *r)
+{
+    struct bpf_probes *probes = atomic_load_explicit(&s->vm->bpf_probes, memory_order_acquire);
+    struct bpf_probes_iteration iteration;
+    if (s->bpf_marked && probes != NULL && bpf_probes_since_mark(probes, &s->bpf_mark, &iteration) == 0) {
+        r->has_bpf = true;
+        r->kicks = iteration.kicks;
+        r->kick_p50_ns = iteration.kick_p50_ns;
+        r->kick_p99_ns = iteration.kick_p99_ns;
+        r->ring_full_exits = iteration.ring_full_exits;
+    }
+    source_bpf_mark(s);
+}
+
+static void source_log_iteration(struct source *s, struct mig_iteration_record *r)
+{
+    source_bpf_iteration(s, r);
     char line[256];
     mig_iteration_format(r, line, sizeof(line));
     fprintf(stderr, "ringvm: migration: %s\n", line);
@@ -894,6 +922,7 @@ static int source_run(struct source *s)
         source_vcpu_throttles(s);
         throttle_during = s->progress.throttle_percent;
         if (iteration == 0) {
+            source_bpf_mark(s);
             if (source_iteration_marker(s, 0, guest_memory_pages(&vm->memory)) != 0 || source_send_all(s) != 0)
                 return -1;
             sent_pages = guest_memory_pages(&vm->memory);

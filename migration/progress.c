@@ -81,7 +81,7 @@ json_t *mig_iteration_to_json(const struct mig_iteration_record *r)
 {
     char line[256];
     mig_iteration_format(r, line, sizeof(line));
-    return json_pack("{s:I, s:I, s:I, s:i, s:I, s:I, s:I, s:f, s:I, s:I, s:I, s:s}",
+    json_t *object = json_pack("{s:I, s:I, s:I, s:i, s:I, s:I, s:I, s:f, s:I, s:I, s:I, s:s}",
                      "iter", clamp_int(r->iteration),
                      "dur_ms", clamp_int(r->dur_ms),
                      "overhead_ms", clamp_int(r->overhead_ms),
@@ -94,6 +94,12 @@ json_t *mig_iteration_to_json(const struct mig_iteration_record *r)
                      "pages_sent", clamp_int(r->pages_sent),
                      "bytes_sent", clamp_int(r->bytes_sent),
                      "line", line);
+    if (object != NULL && r->has_bpf)
+        json_object_set_new(object, "bpf",
+                            json_pack("{s:I, s:I, s:I, s:I}", "kicks", clamp_int(r->kicks), "kick_p50_ns",
+                                      clamp_int(r->kick_p50_ns), "kick_p99_ns", clamp_int(r->kick_p99_ns),
+                                      "ring_full_exits", clamp_int(r->ring_full_exits)));
+    return object;
 }
 
 json_t *mig_progress_to_json(const struct mig_progress *p)

@@ -51,6 +51,14 @@ struct mig_iteration_record {
     uint64_t expected_downtime_ms;
     uint64_t pages_sent;
     uint64_t bytes_sent;
+    /* From the eBPF probes, when they run (has_bpf): kicks that found a
+     * vCPU in KVM_RUN during the iteration, their latency p50/p99, and
+     * ring-full exits. */
+    bool has_bpf;
+    uint64_t kicks;
+    uint64_t kick_p50_ns;
+    uint64_t kick_p99_ns;
+    uint64_t ring_full_exits;
 };
 
 #define MIG_PROGRESS_MAX_ITERATIONS 128

@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bpf/probes.h"
 #include "migration/migration.h"
 #include "migration/protocol.h"
 #include "migration/receiver.h"
@@ -364,6 +365,20 @@ Test(migration, auto_converge_throttles_and_completes, .timeout = 90)
     params.throttle.increment = 19;
     params.verify_digest = true;
     params.timeout_s = 60;
+    /* With eBPF probes running (root here), every iteration also carries
+     * its kick latency and ring-full exits. */
+    const char *no_bpf = NULL;
+    bool with_bpf = bpf_probes_built(&no_bpf) && geteuid() == 0 && getenv("RINGVM_BPF_DISABLE") == NULL;
+    if (with_bpf) {
+        struct bpf_probes *probes = NULL;
+        char error[512];
+        cr_assert_eq(bpf_probes_create(&probes, source.vm, error, sizeof(error)), 0, "%s", error);
+        cr_assert_eq(bpf_probes_set_vcpu_tid(probes, 0, atomic_load(&source.vm->vcpus[0].tid)), 0);
+        cr_assert_eq(bpf_probes_start(probes, error, sizeof(error)), 0, "%s", error);
+        atomic_store(&source.vm->bpf_probes, probes);
+    } else {
+        fprintf(stderr, "auto_converge: eBPF probes not used (%s)\n", no_bpf ? no_bpf : "not root");
+    }
     start_migration(source.vm, &params);
     struct mig_progress *p = malloc(sizeof(*p));
     finished_progress(source.vm, p, 60000);
@@ -371,13 +386,22 @@ Test(migration, auto_converge_throttles_and_completes, .timeout = 90)
     cr_assert_str_eq(p->digest_source, p->digest_destination);
     /* The throttle followed the rule: 0, 0, 80, 99, ... */
     int highest = 0;
+    uint64_t throttled_kicks = 0;
     for (uint64_t i = 0; i < p->iteration_count && i < MIG_PROGRESS_MAX_ITERATIONS; i++) {
         int t = p->iterations[i].throttle;
         cr_assert(t == 0 || t == 80 || t == 99, "iteration %" PRIu64 " throttle %d", i, t);
         cr_assert_geq(t, highest, "the auto throttle never goes down");
         highest = t;
+        cr_assert_eq(p->iterations[i].has_bpf, with_bpf, "iteration %" PRIu64, i);
+        if (with_bpf) {
+            cr_assert_geq(p->iterations[i].kick_p99_ns, p->iterations[i].kick_p50_ns);
+            if (t > 0)
+                throttled_kicks += p->iterations[i].kicks;
+        }
     }
     cr_assert_gt(highest, 0, "a 64 MiB/s link cannot keep up with a full-rate dirtier without throttling");
+    if (with_bpf)
+        cr_assert_gt(throttled_kicks, 0, "throttled iterations kick the vCPU every timeslice");
     cr_assert_eq(destination_join(&dest), 0);
     cr_assert_eq(vcpu_get_throttle(&source.vm->vcpus[0]), 0, "throttles removed after the migration");
     free(p);
