@@ -23,7 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MIG_PROTOCOL_VERSION    1
+#define MIG_PROTOCOL_VERSION    2   /* 2: DEVICE_STATE carries the workload */
 #define MIG_MAGIC               "RINGVMIG"      /* 8 bytes, no NUL on the wire */
 #define MIG_PAGE_SIZE           4096u
 #define MIG_HEADER_SIZE         32u

@@ -419,9 +419,9 @@ Test(migration_protocol, config_mismatch_messages)
     cr_assert_eq(mig_hello_compare(&local, &peer, false, error, sizeof(error)), -1);
     cr_assert_str_eq(error, "vCPU count differs: source 4, destination 2");
     peer = test_hello();
-    peer.version = 2;
+    peer.version = MIG_PROTOCOL_VERSION + 1;
     cr_assert_eq(mig_hello_compare(&local, &peer, false, error, sizeof(error)), -1);
-    cr_assert_str_eq(error, "protocol version differs: source 2, destination 1");
+    cr_assert_str_eq(error, "protocol version differs: source 3, destination 2");
     peer = test_hello();
     peer.page_size = 65536;
     cr_assert_eq(mig_hello_compare(&local, &peer, false, error, sizeof(error)), -1);
