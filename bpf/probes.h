@@ -185,7 +185,7 @@ void bpf_probes_print_metrics(struct bpf_probes *probes, FILE *out);
 
 int bpf_probes_stats_get(struct bpf_probes *probes, struct bpf_probes_stats *out);
 void bpf_probes_stats_free(struct bpf_probes_stats *stats);
-/* The bpf.stats result (layout in docs/benchmarks-bpf.md). probes NULL or
+/* The bpf.stats result (layout in docs/api.md, bpf.stats). probes NULL or
  * not loadable: NULL with the reason in error (the API answers error
  * "unavailable" with it). */
 json_t *bpf_probes_stats_json(struct bpf_probes *probes, char *error, size_t error_size);

@@ -61,7 +61,7 @@ enum dirty_log_mode {
     DIRTY_LOG_OFF,
 };
 
-/* Chosen with bench/harvest, see docs/benchmarks-harvest.md. */
+/* Chosen with bench/harvest, see docs/benchmarks.md ("Dirty tracking"). */
 #define DIRTY_LOG_DEFAULT_RING_ENTRIES 65536
 #define DIRTY_LOG_MIN_RING_ENTRIES 64
 #define DIRTY_LOG_MAX_RING_ENTRIES 65536

@@ -17,7 +17,7 @@
  * has ended, then collects and clears the old generation. Hence a page marked
  * during the hand-over is in the old or in the new generation, never in
  * neither; the argument is written at dirty_set_take in dirty_set.c and in
- * docs/dirtyring.md. Sections must be short (one harvest batch): take waits
+ * docs/architecture.md ("The dirty set and the hand-over"). Sections must be short (one harvest batch): take waits
  * for them.
  *
  * Each generation keeps a summary level (one bit per 64-page word of the

@@ -3,7 +3,7 @@
  * polls them adaptively, moves dirty entries into the dirty set, and
  * decides when to call KVM_RESET_DIRTY_RINGS (the reset policy).
  *
- * Reset policy (the performance lever, see docs/benchmarks-harvest.md):
+ * Reset policy (the performance lever, see docs/benchmarks.md ("Dirty tracking")):
  * every reset write-protects again every page it recycles, so the guest's
  * next write to each of them faults. We reset only when a ring needs the
  * space back: when one owned ring holds reset_threshold harvested but
