@@ -37,7 +37,8 @@ Test(cli, help_lists_every_flag)
     cr_assert_eq(run_ringvm(&process, help, 10000), 0);
     static const char *const flags[] = { "--memory", "--vcpus", "--workload", "--serial", "--numa-node",
                                          "--hugepages", "--prealloc", "--stats", "--run-seconds", "--dirty-log",
-                                         "--ring-entries", "--harvesters", "--bitmap-sync-ms", "--api-socket" };
+                                         "--ring-entries", "--harvesters", "--bitmap-sync-ms", "--api-socket",
+                                         "--incoming", "--bpf" };
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
         cr_assert(strstr(process.out, flags[i]) != NULL, "--help does not mention %s", flags[i]);
     harness_process_free(&process);
