@@ -113,7 +113,16 @@ $(BUILD)/fuzz/api_request_fuzz: $(FUZZ_API_SRCS) $(wildcard api/*.h)
 	$(FUZZ_CC) -std=gnu11 -O1 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. \
 		-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 		$(FUZZ_API_SRCS) -ljansson -o $@
-fuzz: $(BUILD)/fuzz/api_request_fuzz
+# Migration stream receiver (issue 7): HELLO + frames through the
+# destination's parser; tests/test_migration_fuzz.c runs it for 60 s from
+# tests/fuzz/migration-corpus/ (real captured streams).
+FUZZ_MIG_SRCS  := tests/fuzz/migration_stream_fuzz.c migration/receiver.c migration/protocol.c
+$(BUILD)/fuzz/migration_stream_fuzz: $(FUZZ_MIG_SRCS) $(wildcard migration/*.h) vmm/vcpu_state.h guest/abi.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=gnu11 -O1 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. \
+		-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+		$(FUZZ_MIG_SRCS) -lxxhash -o $@
+fuzz: $(BUILD)/fuzz/api_request_fuzz $(BUILD)/fuzz/migration_stream_fuzz
 # ---- end of make fuzz ---------------------------------------------------------
 
 clean:
@@ -121,3 +130,5 @@ clean:
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 -include bpf/bpf.mk
+-include tests/soak/soak.mk
+-include bench/vs-qemu/vs-qemu.mk

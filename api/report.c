@@ -760,8 +760,14 @@ static void write_summary(FILE *out, const struct report_data *d)
     summary_row(out, "summary-pages", "Pages", value);
     const char *converge = str(p, "converge");
     summary_row(out, "summary-converge", "Converge mode", converge ? converge : "n/a");
-    fmt_number(value, sizeof(value), num(p, "throttle_percent"), " %");
-    summary_row(out, "summary-throttle", "Final throttle (max)", value);
+    /* The throttle is lifted at switch-over, so a finished migration's
+     * snapshot says 0: the last iteration's throttle is the one that counted. */
+    double throttle = num(p, "throttle_percent");
+    if (d->iteration_count > 0 && !isnan(d->iterations[d->iteration_count - 1].throttle) &&
+        (isnan(throttle) || d->iterations[d->iteration_count - 1].throttle > throttle))
+        throttle = d->iterations[d->iteration_count - 1].throttle;
+    fmt_number(value, sizeof(value), throttle, " %");
+    summary_row(out, "summary-throttle", "Throttle at the last iteration (max over vCPUs)", value);
     const char *address = str(p, "address");
     summary_row(out, "summary-address", "Destination", address ? address : "n/a");
     const char *source = str(p, "memory_digest_source"), *destination = str(p, "memory_digest_destination");
@@ -811,7 +817,7 @@ static const char *plot_caption(const char *id)
         {"plot-remaining", "Dirty memory still to send when each iteration ended."},
         {"plot-expected-downtime", "Remaining / bandwidth: stop-and-copy starts once it is under the limit."},
         {"plot-throttle", "How much of each vCPU's time the throttle takes."},
-        {"plot-throttle-vcpu", "Throttle per vCPU at the end of the migration."},
+        {"plot-throttle-vcpu", "Throttle per vCPU in the last snapshot (a completed migration has lifted it: 0)."},
         {"plot-time-rates", "Dirty rate (as MiB/s of pages to resend) against bandwidth: pre-copy converges when red stays under blue."},
         {"plot-time-remaining", "Remaining memory and the expected downtime it implies."},
         {"plot-kick-latency", "Time from the VMM's kick to the vCPU leaving KVM_RUN (eBPF probes)."},

@@ -607,13 +607,29 @@ static int run_raw(struct ringctl *ctl, int argc, char **argv)
 
 /* migrate, progress and cancel live in api/ringctl_migration.c; report in
  * api/ringctl_report.c. They open their own connection. */
+static bool wants_help(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return true;
+    return false;
+}
+
 static int run_migration(struct ringctl *ctl, int argc, char **argv)
 {
+    if (wants_help(argc, argv)) {
+        usage_command(stdout, find_command(argv[0]));
+        return 0;
+    }
     return ringctl_migration_main(argc, argv, ctl->socket, ctl->json);
 }
 
 static int run_report(struct ringctl *ctl, int argc, char **argv)
 {
+    if (wants_help(argc, argv)) {
+        usage_command(stdout, find_command(argv[0]));
+        return 0;
+    }
     return ringctl_report_main(argc, argv, ctl->socket);
 }
 
@@ -726,10 +742,11 @@ static const struct ringctl_command commands[] = {
      run_migration},
     {"cancel", "cancel", "Cancel the running migration; the source keeps running the guest (migration.cancel).",
      run_migration},
-    {"report", "report [--out FILE] [--from FILE]",
-     "Write a self-contained HTML report (plots by gnuplot) of the last migration, from\n"
-     "the VMM (migration.progress, and bpf.stats when probes run) or from a saved\n"
-     "`ringctl progress --json` file.",
+    {"report", "report [--out FILE] [--from FILE] [--bpf FILE]",
+     "Write a self-contained HTML report (plots by gnuplot, package gnuplot-nox) of the\n"
+     "last migration, from the VMM (migration.progress, and bpf.stats when probes run)\n"
+     "or from a saved `ringctl progress --json` file (--from; --bpf adds a saved\n"
+     "`ringctl trace --json`). --out defaults to migration-report.html.",
      run_report},
     {"trace", "trace [--start] [--stop] [--watch] [--interval MS] [--width N]",
      "eBPF measurements as text histograms (bpf.stats): KVM_RUN time in guest and in\n"

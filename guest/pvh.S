@@ -6,8 +6,15 @@
  * physical address of struct hvm_start_info. We build an identity map of the
  * first 4 GiB with 2 MiB pages (U bit set: ring 3 runs the workloads),
  * enable long mode, and join the 64-bit path as vCPU 0 with the boot info
- * pvh_prepare() derives from start_info. Secondary vCPUs are not started
- * (that would take INIT/SIPI): under PVH the guest runs on vCPU 0 only.
+ * pvh_prepare() derives from start_info.
+ *
+ * Secondary vCPUs (`vcpus=N` on the command line, QEMU -smp N): vCPU 0
+ * copies pvh_ap_trampoline below 1 MiB (PVH_AP_TRAMPOLINE_GPA) and sends
+ * INIT + SIPI through its local APIC (pvh.c). Each AP starts there in real
+ * mode and goes straight to long mode (PAE, CR3 = the identity map built
+ * here, EFER.LME, then CR0.PE|PG at once and a far jump to the 64-bit code
+ * segment): about 15 instructions, all emulated on PVM hosts. It then takes
+ * the next vCPU index and joins guest_entry64 like a ringvm-started vCPU.
  */
 #include "guest/guest.h"
 
@@ -83,10 +90,54 @@ guest_pvh_entry32:
 pvh_entry64:
     lea (guest_ring0_stacks + GUEST_RING0_STACK_SIZE), %rsp
     mov %esi, %edi
-    call pvh_prepare                /* returns the boot info to use */
+    call pvh_prepare                /* returns the boot info to use; starts the APs */
     mov %rax, %rsi
     xor %edi, %edi                  /* vCPU 0 */
     jmp guest_entry64
+
+/*
+ * AP start-up code, copied to PVH_AP_TRAMPOLINE_GPA (the SIPI vector
+ * page) by pvh_start_secondary_vcpus(). Runs at CS:IP = vector<<8:0, so
+ * data is addressed relative to the copy with DS = CS. Absolute 32-bit
+ * immediates (CR3, the 64-bit entry) are fine: the image is not moved.
+ */
+    .code16
+    .globl pvh_ap_trampoline
+    .globl pvh_ap_trampoline_end
+    .globl pvh_ap_gdt_pointer
+pvh_ap_trampoline:
+    cli
+    mov %cs, %ax
+    mov %ax, %ds
+    lgdtl (pvh_ap_gdt_pointer - pvh_ap_trampoline)
+    mov $0x20, %eax                 /* PAE */
+    mov %eax, %cr4
+    mov $pvh_pml4, %eax
+    mov %eax, %cr3
+    mov $0xc0000080, %ecx           /* EFER.LME */
+    rdmsr
+    or $0x100, %eax
+    wrmsr
+    mov $0x80010033, %eax           /* PG | WP | NE | ET | MP | PE */
+    mov %eax, %cr0
+    ljmpl $GUEST_SELECTOR_KERNEL_CODE, $pvh_ap_entry64
+    .balign 8
+pvh_ap_gdt_pointer:                 /* filled by vCPU 0: guest_gdt_pointer */
+    .word 0
+    .long 0
+pvh_ap_trampoline_end:
+
+    .code64
+pvh_ap_entry64:
+    mov $GUEST_SELECTOR_KERNEL_DATA, %eax
+    mov %eax, %ds
+    mov %eax, %es
+    mov %eax, %ss
+    mov $1, %eax
+    lock xadd %eax, pvh_ap_next_index(%rip)
+    mov %eax, %edi                  /* this AP's vCPU index: 1, 2, ... */
+    mov pvh_ap_bootinfo(%rip), %rsi
+    jmp guest_entry64               /* halts if the index is out of range */
 
     .section .bss
     .balign 4096

@@ -1,6 +1,6 @@
 /*
- * PVH boot (ring 0, vCPU 0 only): turn the PVH start_info into a ringvm
- * boot info so the rest of the guest runs unchanged.
+ * PVH boot (ring 0, vCPU 0): turn the PVH start_info into a ringvm boot info
+ * so the rest of the guest runs unchanged, then start the other vCPUs.
  *
  * - If a ringvm boot info is present at RINGVM_BOOTINFO_GPA (magic), it is
  *   used as is.
@@ -9,14 +9,23 @@
  *     workload=dirtier|ledger|idle|fault wss=SIZE pattern=seq|random|hot
  *     rate=PAGES_PER_S write=8|4096 verify=SECONDS count=N
  *     fault=ud|pf|de|bp fault_ring=0|3 seed=N
+ *     vcpus=N          vCPUs to run (QEMU -smp N; default 1)
+ *     wss.I=SIZE       vCPU I's own working set (0 = an idle vCPU)
  *   (kind= and ring= are accepted too, as in ringvm's --workload fault,...)
+ *   wss= is split evenly over the vCPUs exactly as vmm/bootinfo.c does:
+ *   contiguous regions from RINGVM_WORKLOAD_BASE, then the ledger tables.
  *   Unknown words (console=..., etc.) are ignored. SIZE takes K/M/G.
  * - The working set is placed at RINGVM_WORKLOAD_BASE and shrunk to the RAM
  *   the memory map reports there (below 3 GiB).
  * - There is no doorbell: console text goes to the 8250 through the ring-0
  *   console gate (slow: each byte is an exit), phase and mismatch commands
  *   are dropped, and the stats page lives in the image (its address is in
- *   the banner). The TSC frequency comes from kvmclock or CPUID.
+ *   the banner; one 256-byte slot per vCPU, as at RINGVM_STATS_GPA). The
+ *   TSC frequency comes from kvmclock or CPUID.
+ * - vCPUs 1..N-1 are started with INIT + SIPI from vCPU 0's local APIC
+ *   (xAPIC MMIO, broadcast to all but self), through the real-mode
+ *   trampoline in pvh.S copied to PVH_AP_TRAMPOLINE_GPA. Extra vCPUs (QEMU
+ *   -smp larger than vcpus=) halt in setup_main.
  */
 #include "guest/guest.h"
 
@@ -24,6 +33,25 @@
 #define E820_RAM 1
 #define PVH_DEFAULT_WSS (64ULL << 20)
 #define PVH_FALLBACK_TSC_KHZ 2000000ULL
+
+/* SIPI vector page for the APs: below 1 MiB, 4 KiB aligned, not used by
+ * QEMU's PVH loader once the command line has been parsed. */
+#define PVH_AP_TRAMPOLINE_GPA 0x8000ULL
+#define LAPIC_BASE 0xfee00000ULL
+#define LAPIC_SVR 0xf0
+#define LAPIC_ICR_LOW 0x300
+#define LAPIC_ICR_HIGH 0x310
+#define LAPIC_ICR_BUSY (1u << 12)
+#define LAPIC_ALL_BUT_SELF (3u << 18)
+#define LAPIC_INIT_ASSERT (0x500u | (1u << 14) | (1u << 15))   /* INIT, assert, level */
+#define LAPIC_STARTUP 0x600u
+
+/* pvh.S */
+extern char pvh_ap_trampoline[], pvh_ap_trampoline_end[], pvh_ap_gdt_pointer[];
+extern char guest_gdt_pointer[];
+/* Read by pvh_ap_entry64 (pvh.S). */
+volatile uint32_t pvh_ap_next_index = 1;
+const struct ringvm_bootinfo *pvh_ap_bootinfo;
 
 struct hvm_start_info {
     uint32_t magic;
@@ -57,7 +85,7 @@ struct pvclock_vcpu_time_info {
 };
 
 static struct ringvm_bootinfo pvh_bootinfo __attribute__((aligned(4096)));
-static uint8_t pvh_stats[RINGVM_PAGE_SIZE] __attribute__((aligned(4096)));
+static uint8_t pvh_stats[RINGVM_STATS_SIZE] __attribute__((aligned(4096)));
 static struct pvclock_vcpu_time_info pvh_clock __attribute__((aligned(64)));
 
 static void cpuid(uint32_t leaf, uint32_t *a, uint32_t *b, uint32_t *c, uint32_t *d)
@@ -132,14 +160,32 @@ static uint64_t parse_number(const char *text, unsigned length)
     return value;
 }
 
-static void apply_parameter(struct ringvm_bootinfo *info, uint64_t *wss, uint64_t *seed,
+/* Parsed command line beyond what the boot info holds. */
+struct pvh_parameters {
+    uint64_t wss;
+    uint64_t seed;
+    uint64_t vcpu_wss[RINGVM_MAX_VCPUS];
+    uint64_t vcpu_wss_given;    /* bit i: wss.i= was given (i < 64) */
+};
+
+static void apply_parameter(struct ringvm_bootinfo *info, struct pvh_parameters *parameters,
                             const char *key, unsigned key_length,
                             const char *value, unsigned value_length)
 {
 #define KEY(literal) word_equals(key, key_length, literal)
 #define VALUE(literal) word_equals(value, value_length, literal)
     uint64_t number = parse_number(value, value_length);
-    if (KEY("workload")) {
+    uint64_t *wss = &parameters->wss, *seed = &parameters->seed;
+    if (key_length > 4 && key[0] == 'w' && key[1] == 's' && key[2] == 's' && key[3] == '.') {
+        uint64_t index = parse_number(key + 4, key_length - 4);
+        if (index < RINGVM_MAX_VCPUS) {
+            parameters->vcpu_wss[index] = number;
+            parameters->vcpu_wss_given |= 1ULL << index;
+        }
+    } else if (KEY("vcpus")) {
+        info->vcpu_count = number < 1 ? 1 : number > RINGVM_MAX_VCPUS ? RINGVM_MAX_VCPUS
+                                                                       : (uint32_t)number;
+    } else if (KEY("workload")) {
         if (VALUE("dirtier")) info->workload = RINGVM_WORKLOAD_DIRTIER;
         else if (VALUE("ledger")) info->workload = RINGVM_WORKLOAD_LEDGER;
         else if (VALUE("idle")) info->workload = RINGVM_WORKLOAD_IDLE;
@@ -172,7 +218,7 @@ static void apply_parameter(struct ringvm_bootinfo *info, uint64_t *wss, uint64_
 #undef VALUE
 }
 
-static void parse_command_line(struct ringvm_bootinfo *info, uint64_t *wss, uint64_t *seed,
+static void parse_command_line(struct ringvm_bootinfo *info, struct pvh_parameters *parameters,
                                const char *line)
 {
     while (*line) {
@@ -187,7 +233,7 @@ static void parse_command_line(struct ringvm_bootinfo *info, uint64_t *wss, uint
             equals++;
         if (equals == 0 || equals >= length)
             continue;
-        apply_parameter(info, wss, seed, word, equals, word + equals + 1, length - equals - 1);
+        apply_parameter(info, parameters, word, equals, word + equals + 1, length - equals - 1);
     }
 }
 
@@ -211,6 +257,39 @@ static uint64_t usable_ram_end(const struct hvm_start_info *start, uint64_t *tot
     return end > RINGVM_LOW_RAM_END ? RINGVM_LOW_RAM_END : end;
 }
 
+static void lapic_write(uint32_t reg, uint32_t value)
+{
+    *(volatile uint32_t *)(uintptr_t)(LAPIC_BASE + reg) = value;
+}
+
+static void lapic_send_ipi(uint32_t low)
+{
+    lapic_write(LAPIC_ICR_HIGH, 0);
+    lapic_write(LAPIC_ICR_LOW, low);
+    /* Delivery is synchronous in KVM's in-kernel APIC; bounded wait anyway. */
+    for (unsigned i = 0; i < 1000; i++)
+        if (!(*(volatile uint32_t *)(uintptr_t)(LAPIC_BASE + LAPIC_ICR_LOW) & LAPIC_ICR_BUSY))
+            break;
+}
+
+/* INIT, then SIPI twice, to every other vCPU (few instructions: all of ring
+ * 0 is emulated on PVM hosts). No delays beyond the ICR reads: KVM latches
+ * INIT and SIPI and applies them in order. */
+static void pvh_start_secondary_vcpus(const struct ringvm_bootinfo *info)
+{
+    if (info->vcpu_count <= 1)
+        return;
+    pvh_ap_bootinfo = info;
+    uint8_t *trampoline = (uint8_t *)(uintptr_t)PVH_AP_TRAMPOLINE_GPA;
+    memcpy(trampoline, pvh_ap_trampoline, (size_t)(pvh_ap_trampoline_end - pvh_ap_trampoline));
+    memcpy(trampoline + (pvh_ap_gdt_pointer - pvh_ap_trampoline), guest_gdt_pointer, 6);
+    lapic_write(LAPIC_SVR, 0x1ff);     /* software-enable, spurious vector 0xff */
+    lapic_send_ipi(LAPIC_ALL_BUT_SELF | LAPIC_INIT_ASSERT);
+    uint32_t startup = LAPIC_ALL_BUT_SELF | LAPIC_STARTUP | (uint32_t)(PVH_AP_TRAMPOLINE_GPA >> 12);
+    lapic_send_ipi(startup);
+    lapic_send_ipi(startup);
+}
+
 const struct ringvm_bootinfo *pvh_prepare(uint32_t start_info_paddr)
 {
     const struct ringvm_bootinfo *given = (const struct ringvm_bootinfo *)RINGVM_BOOTINFO_GPA;
@@ -229,33 +308,54 @@ const struct ringvm_bootinfo *pvh_prepare(uint32_t start_info_paddr)
     info->write_bytes = 8;
     info->verify_seconds = 5;
     info->fault_ring = 3;
-    uint64_t wss = PVH_DEFAULT_WSS, seed = 1;
+    static struct pvh_parameters parameters;
+    memset(&parameters, 0, sizeof(parameters));
+    parameters.wss = PVH_DEFAULT_WSS;
+    parameters.seed = 1;
 
     const struct hvm_start_info *start = (const struct hvm_start_info *)(uintptr_t)start_info_paddr;
     uint64_t ram_end = 0, ram_total = 0;
     if (start != 0 && start->magic == HVM_START_MAGIC) {
         if (start->cmdline_paddr != 0 && start->cmdline_paddr < (4ULL << 30))
-            parse_command_line(info, &wss, &seed, (const char *)(uintptr_t)start->cmdline_paddr);
+            parse_command_line(info, &parameters, (const char *)(uintptr_t)start->cmdline_paddr);
         ram_end = usable_ram_end(start, &ram_total);
     }
     info->memory_bytes = ram_total;
     info->tsc_khz = tsc_khz_from_hypervisor();
 
-    uint64_t pages = wss / RINGVM_PAGE_SIZE;
-    int ledger = info->workload == RINGVM_WORKLOAD_LEDGER;
-    if (ram_end > RINGVM_WORKLOAD_BASE) {
-        /* Shrink to fit: a page plus (ledger) 4 table bytes per page. */
-        uint64_t room = ram_end - RINGVM_WORKLOAD_BASE - (ledger ? RINGVM_PAGE_SIZE : 0);
-        uint64_t fit = room / (RINGVM_PAGE_SIZE + (ledger ? 4 : 0));
-        if (pages > fit)
-            pages = fit;
+    /* Pages per vCPU: wss split as vmm/bootinfo.c does, or wss.I=. */
+    unsigned count = info->vcpu_count;
+    uint64_t total_pages = (parameters.wss + RINGVM_PAGE_SIZE - 1) / RINGVM_PAGE_SIZE, sum = 0;
+    for (unsigned i = 0; i < count; i++) {
+        uint64_t pages = total_pages / count + (i < total_pages % count ? 1 : 0);
+        if (parameters.vcpu_wss_given & (1ULL << i))
+            pages = (parameters.vcpu_wss[i] + RINGVM_PAGE_SIZE - 1) / RINGVM_PAGE_SIZE;
+        info->vcpu[i].region_pages = pages;
+        sum += pages;
     }
-    struct ringvm_vcpu_bootinfo *vcpu = &info->vcpu[0];
-    vcpu->region_gpa = RINGVM_WORKLOAD_BASE;
-    vcpu->region_pages = pages;
-    if (ledger)
-        vcpu->table_gpa = RINGVM_WORKLOAD_BASE + pages * RINGVM_PAGE_SIZE;
-    /* Same derivation as vmm/bootinfo.c for vCPU 0. */
-    vcpu->seed = ringvm_vcpu_seed(seed, 0);
+    int ledger = info->workload == RINGVM_WORKLOAD_LEDGER;
+    if (ram_end > RINGVM_WORKLOAD_BASE && sum > 0) {
+        /* Shrink to fit: pages plus (ledger) a table page per vCPU and 4
+         * table bytes per page; scale every vCPU alike. */
+        uint64_t room = ram_end - RINGVM_WORKLOAD_BASE - (ledger ? count * RINGVM_PAGE_SIZE : 0);
+        uint64_t fit = room / (RINGVM_PAGE_SIZE + (ledger ? 4 : 0));
+        if (sum > fit) {
+            for (unsigned i = 0; i < count; i++)
+                info->vcpu[i].region_pages = info->vcpu[i].region_pages * fit / sum;
+        }
+    }
+    uint64_t next = RINGVM_WORKLOAD_BASE;
+    for (unsigned i = 0; i < count; i++) {
+        info->vcpu[i].region_gpa = next;
+        next += info->vcpu[i].region_pages * RINGVM_PAGE_SIZE;
+        /* Same derivation as vmm/bootinfo.c. */
+        info->vcpu[i].seed = ringvm_vcpu_seed(parameters.seed, i);
+    }
+    for (unsigned i = 0; ledger && i < count; i++) {
+        uint64_t table_bytes = info->vcpu[i].region_pages * sizeof(uint32_t);
+        info->vcpu[i].table_gpa = next;
+        next += (table_bytes + RINGVM_PAGE_SIZE - 1) / RINGVM_PAGE_SIZE * RINGVM_PAGE_SIZE;
+    }
+    pvh_start_secondary_vcpus(info);
     return info;
 }

@@ -15,9 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/sockios.h>
 
 #include "api/digest.h"
 #include "api/server.h"
@@ -80,6 +82,11 @@ struct migration {
     bool thread_joinable;
     _Atomic bool active;
     _Atomic bool cancel;
+    /* Set (under lock) once END is about to be queued: from then on the
+     * destination may resume the guest, so migration.cancel is refused
+     * instead of being honoured half-way. cancel and past_end are decided
+     * under lock, so exactly one of them wins. */
+    bool past_end;
     uint64_t next_id;
     struct mig_params params;       /* of the running migration; set before the thread starts */
     uint64_t id;
@@ -158,6 +165,7 @@ struct source {
     bool locked;                    /* holds vm->control_lock */
     bool paused;                    /* we paused the vCPUs */
     bool user_paused;               /* the VM was PAUSED by the user at stop-and-copy */
+    bool keep_paused;               /* failed with an unknown outcome: never resume (see source_complete) */
     uint64_t seq;                   /* next frame to the destination */
     uint64_t peer_seq;              /* next frame from the destination */
 
@@ -811,6 +819,14 @@ static int source_complete(struct source *s)
     }
     uint8_t end_bytes[MIG_END_SIZE];
     mig_end_encode(&end, end_bytes);
+    pthread_mutex_lock(&s->m->lock);
+    bool cancelled = atomic_load_explicit(&s->m->cancel, memory_order_acquire);
+    s->m->past_end = !cancelled;
+    pthread_mutex_unlock(&s->m->lock);
+    if (cancelled) {
+        s->cancelled = true;
+        return source_fail(s, "cancelled", "cancelled by migration.cancel");
+    }
     s->end_sent = true;
     if (source_small_frame(s, MIG_FRAME_END, end_bytes, sizeof(end_bytes)) != 0)
         return -1;
@@ -836,9 +852,29 @@ static int source_complete(struct source *s)
         if (ready != 0)
             break;
         source_publish(s);
-        if (mono_ns() >= ack_deadline)
+        if (mono_ns() >= ack_deadline) {
+            /* Fix (issue 7, link cut after the last byte): the destination
+             * resumes the guest before it sends the ACK, so a missing ACK
+             * (no reply, connection not closed) does not mean the guest is
+             * not running there: resuming here could run it on both sides.
+             * Only when part of the stream never left this host (TCP bytes
+             * not sent even once: SIOCOUTQNSD > 0) can the destination not
+             * have END; then resuming is safe. Otherwise stay paused (VM
+             * state paused) and say so; the operator resumes only after
+             * checking the destination. (A TCP-level "unacked" count cannot
+             * decide it: the destination may have read END and its ACK
+             * segment may be what the cut link dropped.) */
+            int not_sent = 0;
+            if (!(ioctl(s->fd, SIOCOUTQNSD, &not_sent) == 0 && not_sent > 0)) {
+                s->keep_paused = true;
+                return source_fail(s, "outcome-unknown",
+                                   "no ack from the destination for %u ms after the whole stream was sent: it may "
+                                   "be running the guest; the source stays paused (vm.resume here only if the "
+                                   "destination does not run it)", ack_io.stall_ms);
+            }
             return source_fail(s, "transport", "waiting for the destination's ack: nothing for %u ms",
                                ack_io.stall_ms);
+        }
     }
     if (mig_read_small_frame(&ack_input, s->peer_seq, &header, reply, sizeof(reply), text, sizeof(text)) != 0)
         return source_fail(s, "transport", "waiting for the destination's ack: %s", text);
@@ -1022,8 +1058,10 @@ static void *migration_main(void *argument)
     uint64_t ended = mono_ns();
     if (result != 0) {
         /* Failure or cancel at any point: give the guest back first. */
-        if (s->paused && !s->user_paused)
+        if (s->paused && !s->user_paused && !s->keep_paused)
             vm_resume_vcpus(vm);
+        else if (s->paused && s->keep_paused)
+            vm_set_state(vm, VM_STATE_PAUSED);    /* control_lock held: vm.resume can resume it */
         s->paused = false;
         if (s->locked)
             pthread_mutex_unlock(&vm->control_lock);
@@ -1199,6 +1237,7 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     s->progress.memory.remaining = vm->memory.size;
     source_vcpu_throttles(s);
     mig_progress_publish(&m->board, &s->progress);   /* the old snapshot ends here */
+    m->past_end = false;        /* under m->lock, held since the checks above */
     atomic_store_explicit(&m->cancel, false, memory_order_release);
     atomic_store_explicit(&m->active, true, memory_order_release);
     int result = pthread_create(&m->thread, NULL, migration_main, s);
@@ -1224,7 +1263,18 @@ int migration_cancel(struct vm *vm, const char **code, char *message, size_t mes
         snprintf(message, message_size, "no migration is running");
         return -1;
     }
-    atomic_store_explicit(&m->cancel, true, memory_order_release);
+    pthread_mutex_lock(&m->lock);
+    bool too_late = m->past_end;
+    if (!too_late)
+        atomic_store_explicit(&m->cancel, true, memory_order_release);
+    pthread_mutex_unlock(&m->lock);
+    if (too_late) {
+        *code = "migration-active";
+        snprintf(message, message_size,
+                 "too late to cancel: the whole stream was sent and the destination may already run the guest; "
+                 "the migration ends with the destination's ack (or fails after the ack timeout)");
+        return -1;
+    }
     return 0;
 }
 
@@ -1392,6 +1442,36 @@ static void incoming_phase(struct incoming *in, enum mig_state state, const char
         publish_event(in->server, MIG_EVENT_STATE,
                       json_pack("{s:I, s:s, s:s, s:s}", "id", (json_int_t)in->progress.id, "role", "incoming",
                                 "state", mig_state_name(state), "phase", phase));
+}
+
+/*
+ * Test-only fault injection (tests/test_faults.c, docs/reliability.md); inert
+ * unless RINGVM_FAULT_INJECT is set. RINGVM_FAULT_INJECT=POINT stops the
+ * destination once, when it reaches POINT:
+ *   setup          connection accepted, HELLO not read yet
+ *   iteration0     the marker of iteration 0 received
+ *   iteration1     a marker of an iteration >= 1 received (pre-copy, or the
+ *                  final one when the source converged after iteration 0)
+ *   stop-and-copy  the first vCPU state received (the source has paused)
+ *   end            END received (the last byte), before restore and ACK
+ * It prints "ringvm: fault-inject: stopped at POINT" on stderr, then reads
+ * nothing until the file named by RINGVM_FAULT_RELEASE exists (without it:
+ * until killed or shut down), so a test can kill it or cut its link there.
+ */
+static void fault_point(struct vm *vm, const char *point)
+{
+    static bool fired;
+    const char *wanted = getenv("RINGVM_FAULT_INJECT");
+    if (wanted == NULL || fired || strcmp(wanted, point) != 0)
+        return;
+    fired = true;
+    fprintf(stderr, "ringvm: fault-inject: stopped at %s\n", point);
+    fflush(stderr);
+    const char *release = getenv("RINGVM_FAULT_RELEASE");
+    while (!atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire) &&
+           (release == NULL || access(release, F_OK) != 0))
+        poll(NULL, 0, 10);
+    fprintf(stderr, "ringvm: fault-inject: released at %s\n", point);
 }
 
 /* Socket input of the destination: publishes progress while waiting. */
@@ -1604,6 +1684,7 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
     if (in->fd < 0)
         goto out;
     incoming_phase(in, MIG_STATE_SETUP, "handshake");
+    fault_point(vm, "setup");
     tell_source = true;
     struct mig_input input = { .read = incoming_read, .ctx = in };
     for (;;) {
@@ -1626,10 +1707,16 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
             in->progress.setup_ms = (mono_ns() - in->started_mono) / 1000000u;
             incoming_phase(in, MIG_STATE_ACTIVE, "receiving");
         } else if (type == MIG_FRAME_END) {
+            fault_point(vm, "end");
             break;
-        } else if (mono_ns() - in->last_publish >= PUBLISH_INTERVAL_NS) {
-            incoming_publish(in);
+        } else if (type == MIG_FRAME_ITERATION) {
+            fault_point(vm, atomic_load_explicit(&in->receiver.iteration, memory_order_relaxed) == 0 ? "iteration0"
+                                                                                                   : "iteration1");
+        } else if (type == MIG_FRAME_VCPU_STATE) {
+            fault_point(vm, "stop-and-copy");
         }
+        if (type != MIG_FRAME_HELLO && mono_ns() - in->last_publish >= PUBLISH_INTERVAL_NS)
+            incoming_publish(in);
     }
     incoming_phase(in, MIG_STATE_COMPLETING, "restoring");
     trace("dst end received");

@@ -9,7 +9,7 @@ set -eu
 
 packages="gcc make clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
 libnuma-dev libcriterion-dev libjansson-dev libxxhash-dev linux-libc-dev
-pkg-config iproute2 nftables libclang-rt-14-dev"
+pkg-config iproute2 nftables libclang-rt-14-dev gnuplot-nox"
 
 if [ "${1:-}" = "--bench" ]; then
     packages="$packages qemu-system-x86 gnuplot-nox python3"

@@ -103,6 +103,13 @@ void vcpu_set_throttle(struct vcpu *vcpu, int percent)
      * reaches the top of its loop and arms the timeslice timer. */
     if (previous == 0 && percent > 0)
         vcpu_kick(vcpu);
+    /* A vCPU sleeping off a higher throttle must not keep sleeping (up to
+     * 990 ms at 99 %) after the throttle was lowered or removed. */
+    if (percent < previous) {
+        pthread_mutex_lock(&vcpu->vm->park_lock);
+        pthread_cond_broadcast(&vcpu->vm->park_cond);
+        pthread_mutex_unlock(&vcpu->vm->park_lock);
+    }
 }
 
 int vcpu_get_throttle(const struct vcpu *vcpu)

@@ -630,8 +630,12 @@ void vm_vcpu_throttle_sleep(struct vcpu *vcpu, uint64_t nanoseconds)
 {
     struct vm *vm = vcpu->vm;
     struct timespec deadline = deadline_after_ns(nanoseconds);
+    int percent = atomic_load_explicit(&vcpu->throttle_percent, memory_order_relaxed);
     pthread_mutex_lock(&vm->park_lock);
-    while (!atomic_load_explicit(&vcpu->pause_requested, memory_order_acquire) && !vm_stop_waiting(vcpu)) {
+    /* A lowered (or removed) throttle ends the sleep at once: vcpu_set_throttle
+     * broadcasts park_cond when it lowers the value. */
+    while (!atomic_load_explicit(&vcpu->pause_requested, memory_order_acquire) && !vm_stop_waiting(vcpu) &&
+           atomic_load_explicit(&vcpu->throttle_percent, memory_order_relaxed) >= percent) {
         if (pthread_cond_timedwait(&vm->park_cond, &vm->park_lock, &deadline) == ETIMEDOUT)
             break;
     }

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Ping-pong soak: live-migrates two guests back and forth between two emulated
+# hosts (network namespaces joined by a veth pair, tests/netns/hosts.sh) for a
+# given duration and checks every hop.
+#
+#   tests/soak/soak.sh [--duration SECONDS] [--build DIR] [--rate RATE] [--summary FILE]
+#
+# Guests: the ledger (writes, then verifies every second: prints LEDGER OK or
+# MISMATCH) and the full-rate dirtier. Hops alternate between the two guests;
+# each guest changes host at every one of its hops (src->dst, dst->src, ...);
+# convergence alternates between auto-converge and dirty-limit.
+# After every hop: the source's migration.progress says completed, the digests
+# of guest RAM match (memory_digest_source == memory_digest_destination,
+# verify_digest on), the source exits 0, the destination runs the guest (for
+# the ledger: a new LEDGER OK, no MISMATCH ever).
+# Prints one line per hop and a summary: hops, failures, max and p99 downtime.
+# Exit 0 when no hop failed. Needs root (namespaces).
+set -uo pipefail
+
+duration=600
+build=build
+rate=""
+summary=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --duration) duration="$2"; shift 2 ;;
+        --build) build="$2"; shift 2 ;;
+        --rate) rate="$2"; shift 2 ;;
+        --summary) summary="$2"; shift 2 ;;
+        *) echo "soak.sh: unknown option '$1'" >&2; exit 2 ;;
+    esac
+done
+here="$(cd "$(dirname "$0")" && pwd)"
+hosts="$here/../netns/hosts.sh"
+ringvm="$build/ringvm"
+ringctl="$build/ringctl"
+[ "$(id -u)" = 0 ] || { echo "soak.sh: needs root (network namespaces)" >&2; exit 2; }
+[ -x "$ringvm" ] && [ -x "$ringctl" ] || { echo "soak.sh: $ringvm / $ringctl not built (make BUILD=$build)" >&2; exit 2; }
+
+name="soak$$"
+name="${name:0:8}"
+work="$(mktemp -d /tmp/ringvm-soak-XXXXXX)"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null; done
+    wait 2>/dev/null
+    "$hosts" down "$name"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [ -n "$rate" ]; then "$hosts" up "$name" --rate "$rate"; else "$hosts" up "$name"; fi
+addr_src="$("$hosts" addr "$name" src)"
+addr_dst="$("$hosts" addr "$name" dst)"
+
+declare -A side sock log pid workload
+workload[ledger]="ledger,wss=16M,verify=1"
+workload[dirtier]="dirtier,wss=32M"
+memory=128M
+
+# Waits (polling, bounded) until a condition command succeeds.
+wait_for() {   # TIMEOUT_S CMD...
+    local deadline=$(( $(date +%s%N) + $1 * 1000000000 )); shift
+    until "$@" 2>/dev/null; do
+        [ "$(date +%s%N)" -lt "$deadline" ] || return 1
+        sleep 0.02
+    done
+}
+alive() { kill -0 "$1" 2>/dev/null; }
+ended() { "$ringctl" -s "$1" --json progress | jq -e '.state | test("completed|failed|cancelled")' > /dev/null; }
+
+# start VM_NAME SIDE [--incoming ADDRESS]
+generation=0
+start_vm() {
+    local vm="$1" where="$2"; shift 2
+    generation=$((generation + 1))
+    sock[$vm]="$work/$vm-$generation.sock"
+    log[$vm]="$work/$vm-$generation.log"
+    side[$vm]="$where"
+    "$hosts" exec "$name" "$where" "$ringvm" --memory "$memory" --vcpus 1 --workload "${workload[$vm]}" \
+        --api-socket "${sock[$vm]}" "$@" > "${log[$vm]}" 2> "${log[$vm]}.err" &
+    pid[$vm]=$!
+    pids+=("${pid[$vm]}")
+    wait_for 20 test -S "${sock[$vm]}" || { echo "soak.sh: $vm did not open its API socket" >&2; return 1; }
+}
+
+start_vm ledger src || exit 1
+start_vm dirtier src || exit 1
+wait_for 30 grep -q "LEDGER OK" "${log[ledger]}" || { echo "soak.sh: the ledger never verified" >&2; exit 1; }
+
+hops=0 failures=0 port=7100
+downtimes="$work/downtimes"
+: > "$downtimes"
+started=$(date +%s)
+echo "soak: ${duration}s, ${memory} guests, ledger (${workload[ledger]}) and dirtier (${workload[dirtier]}), $name"
+while [ $(( $(date +%s) - started )) -lt "$duration" ]; do
+    for vm in ledger dirtier; do
+        hops=$((hops + 1))
+        mode=$([ $(( (hops - 1) / 2 % 2 )) = 0 ] && echo auto || echo dirty-limit)
+        from="${side[$vm]}"
+        to=$([ "$from" = src ] && echo dst || echo src)
+        to_addr=$([ "$to" = src ] && echo "$addr_src" || echo "$addr_dst")
+        port=$(( port >= 7999 ? 7100 : port + 1 ))
+        old_sock="${sock[$vm]}" old_pid="${pid[$vm]}" old_log="${log[$vm]}"
+        ok_before=0
+        [ "$vm" = ledger ] && ok_before=$(grep -c "LEDGER OK" "$old_log")
+        cause=""
+        if ! start_vm "$vm" "$to" --incoming "tcp:$to_addr:$port"; then
+            cause="destination did not start"
+        elif ! "$ringctl" -s "$old_sock" raw "{\"cmd\":\"migration.start\",\"args\":{\"dest\":\"tcp:$to_addr:$port\",\"keep_alive\":true,\"converge\":\"$mode\",\"verify_digest\":true,\"timeout_s\":120}}" \
+                > "$work/migrate.out" 2>&1 || ! grep -q '"ok": *true' "$work/migrate.out"; then
+            cause="migration.start failed: $(tail -1 "$work/migrate.out")"
+        elif ! wait_for 150 ended "$old_sock"; then
+            cause="the migration did not end within 150 s"
+        fi
+        progress="$("$ringctl" -s "$old_sock" --json progress 2>/dev/null)"
+        state="$(jq -r .state <<<"$progress" 2>/dev/null)"
+        ds="$(jq -r .memory_digest_source <<<"$progress" 2>/dev/null)"
+        dd="$(jq -r .memory_digest_destination <<<"$progress" 2>/dev/null)"
+        downtime="$(jq -r .downtime_ms <<<"$progress" 2>/dev/null)"
+        iterations="$(jq -r .iteration_count <<<"$progress" 2>/dev/null)"
+        if [ -z "$cause" ] && [ "$state" != completed ]; then cause="state $state: $(jq -c .error <<<"$progress")"; fi
+        if [ -z "$cause" ] && { [ "$ds" = null ] || [ "$ds" != "$dd" ]; }; then cause="digests differ: $ds $dd"; fi
+        if [ "$state" != completed ]; then
+            # The guest still runs on the source: drop the destination, keep the source.
+            echo "hop $hops $vm $from->$to $mode: FAILED: $cause"
+            failures=$((failures + 1))
+            cp "$old_log.err" "$work/failed-$hops-source.err" 2>/dev/null
+            cp "${log[$vm]}.err" "$work/failed-$hops-destination.err" 2>/dev/null
+            kill -9 "${pid[$vm]}" 2>/dev/null; wait "${pid[$vm]}" 2>/dev/null
+            sock[$vm]="$old_sock" pid[$vm]="$old_pid" log[$vm]="$old_log" side[$vm]="$from"
+            continue
+        fi
+        "$ringctl" -s "$old_sock" shutdown > /dev/null 2>&1
+        if ! wait_for 20 bash -c "! kill -0 $old_pid"; then kill -9 "$old_pid" 2>/dev/null; fi
+        wait "$old_pid"; rc=$?
+        if [ -z "$cause" ] && [ "$rc" != 0 ]; then cause="source exited $rc"; fi
+        if [ -z "$cause" ] && ! alive "${pid[$vm]}"; then cause="destination not running"; fi
+        if [ -z "$cause" ] && [ "$vm" = ledger ]; then
+            wait_for 20 bash -c "[ \$(grep -c 'LEDGER OK' '${log[$vm]}') -ge 1 ]" || cause="no LEDGER OK on the destination"
+        fi
+        if [ -z "$cause" ] && grep -q MISMATCH "${log[$vm]}" "$old_log"; then cause="ledger MISMATCH"; fi
+        if [ -n "$cause" ]; then
+            failures=$((failures + 1))
+            echo "hop $hops $vm $from->$to $mode: FAILED: $cause"
+            cp "$old_log.err" "$work/failed-$hops-source.err" 2>/dev/null
+            cp "${log[$vm]}.err" "$work/failed-$hops-destination.err" 2>/dev/null
+            # Recover: if the destination does not run the guest, restart it.
+            if ! alive "${pid[$vm]}"; then start_vm "$vm" src || exit 1; fi
+        else
+            echo "$downtime" >> "$downtimes"
+            echo "hop $hops $vm $from->$to $mode: ok, $iterations iterations, downtime ${downtime} ms, digest $ds"
+        fi
+        rm -f "$old_log" "$old_log.err"
+    done
+done
+elapsed=$(( $(date +%s) - started ))
+n=$(wc -l < "$downtimes")
+max=$(sort -n "$downtimes" | tail -1)
+p99=$( [ "$n" -gt 0 ] && sort -n "$downtimes" | sed -n "$(( (n * 99 + 99) / 100 ))p" )
+p50=$( [ "$n" -gt 0 ] && sort -n "$downtimes" | sed -n "$(( (n + 1) / 2 ))p" )
+line="soak: ${elapsed}s, hops $hops, failures $failures, downtime max ${max:-n/a} ms, p99 ${p99:-n/a} ms, p50 ${p50:-n/a} ms"
+echo "$line"
+[ -z "$summary" ] || echo "$line" > "$summary"
+[ "$failures" = 0 ]
