@@ -93,8 +93,8 @@ bool console_wait_for(struct console_capture *console, const char *needle, unsig
     return found;
 }
 
-void harness_vm_create(struct harness_vm *harness, const char *memory, unsigned vcpus, const char *workload,
-                       const char *dirty_mode)
+static void vm_create_for_test(struct harness_vm *harness, const char *memory, unsigned vcpus,
+                               const char *workload, const char *dirty_mode, bool incoming)
 {
     memset(harness, 0, sizeof(*harness));
     pthread_mutex_init(&harness->console.lock, NULL);
@@ -115,9 +115,22 @@ void harness_vm_create(struct harness_vm *harness, const char *memory, unsigned 
     cr_assert_eq(workload_spec_parse(workload, &config.workload, error, sizeof(error)), 0, "%s", error);
     dirty_log_config_defaults(&config.dirty_log);
     cr_assert_eq(dirty_log_mode_parse(dirty_mode, &config.dirty_log.mode, error, sizeof(error)), 0, "%s", error);
+    config.incoming = incoming;
     cr_assert_eq(vm_create(&harness->vm, &config), 0, "vm_create failed (see stderr)");
     harness->vm->serial.on_line = console_on_line;
     harness->vm->serial.on_line_opaque = &harness->console;
+}
+
+void harness_vm_create(struct harness_vm *harness, const char *memory, unsigned vcpus, const char *workload,
+                       const char *dirty_mode)
+{
+    vm_create_for_test(harness, memory, vcpus, workload, dirty_mode, false);
+}
+
+void harness_vm_create_incoming(struct harness_vm *harness, const char *memory, unsigned vcpus,
+                                const char *workload, const char *dirty_mode)
+{
+    vm_create_for_test(harness, memory, vcpus, workload, dirty_mode, true);
 }
 
 void harness_vm_start(struct harness_vm *harness, const char *memory, unsigned vcpus, const char *workload,

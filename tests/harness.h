@@ -39,6 +39,10 @@ void harness_vm_start(struct harness_vm *harness, const char *memory, unsigned v
 /* As above without starting; for tests that change the config. */
 void harness_vm_create(struct harness_vm *harness, const char *memory, unsigned vcpus, const char *workload,
                        const char *dirty_mode);
+/* The same for the destination of a migration (config.incoming): no guest
+ * is loaded; vm_start parks the vCPUs until the state arrives. */
+void harness_vm_create_incoming(struct harness_vm *harness, const char *memory, unsigned vcpus,
+                                const char *workload, const char *dirty_mode);
 void harness_vm_stop(struct harness_vm *harness);
 
 /* Waits until the console holds `needle` at least `count` times. */

@@ -39,28 +39,6 @@ static uint64_t now_ms(void)
 
 /* ---- destination VM in this process ------------------------------------------------ */
 
-static void dest_console_line(const char *line, size_t length, void *opaque)
-{
-    struct console_capture *console = opaque;
-    pthread_mutex_lock(&console->lock);
-    if (console->length + length + 2 > console->capacity) {
-        size_t capacity = (console->capacity + length + 2) * 2;
-        char *grown = realloc(console->text, capacity);
-        if (grown == NULL) {
-            pthread_mutex_unlock(&console->lock);
-            return;
-        }
-        console->text = grown;
-        console->capacity = capacity;
-    }
-    memcpy(console->text + console->length, line, length);
-    console->length += length;
-    console->text[console->length++] = '\n';
-    console->text[console->length] = '\0';
-    pthread_cond_broadcast(&console->grew);
-    pthread_mutex_unlock(&console->lock);
-}
-
 struct destination {
     struct harness_vm harness;
     pthread_t thread;
@@ -86,27 +64,8 @@ static void destination_start(struct destination *d, const char *memory, unsigne
 {
     memset(d, 0, sizeof(*d));
     struct harness_vm *h = &d->harness;
-    pthread_mutex_init(&h->console.lock, NULL);
-    pthread_condattr_t attributes;     /* console_wait_for uses CLOCK_MONOTONIC deadlines */
-    pthread_condattr_init(&attributes);
-    pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC);
-    pthread_cond_init(&h->console.grew, &attributes);
-    pthread_condattr_destroy(&attributes);
-    struct vm_config config;
-    memset(&config, 0, sizeof(config));
+    harness_vm_create_incoming(h, memory, vcpus, workload, "ring");
     char error[256];
-    cr_assert_eq(size_parse(memory, &config.memory_bytes, error, sizeof(error)), 0, "%s", error);
-    config.vcpu_count = vcpus;
-    config.create_irqchip = true;
-    config.memory_options.numa_node = -1;
-    config.serial.mode = SERIAL_NONE;
-    config.incoming = true;
-    cr_assert_eq(workload_spec_parse(workload, &config.workload, error, sizeof(error)), 0, "%s", error);
-    dirty_log_config_defaults(&config.dirty_log);
-    config.dirty_log.mode = DIRTY_LOG_RING;
-    cr_assert_eq(vm_create(&h->vm, &config), 0, "destination vm_create failed");
-    h->vm->serial.on_line = dest_console_line;
-    h->vm->serial.on_line_opaque = &h->console;
     cr_assert_eq(vm_start(h->vm), 0);
     cr_assert_eq(vm_get_state(h->vm), VM_STATE_PAUSED);
 
