@@ -626,11 +626,7 @@ static int run_migration(struct ringctl *ctl, int argc, char **argv)
 
 static int run_report(struct ringctl *ctl, int argc, char **argv)
 {
-    if (wants_help(argc, argv)) {
-        usage_command(stdout, find_command(argv[0]));
-        return 0;
-    }
-    return ringctl_report_main(argc, argv, ctl->socket);
+    return ringctl_report_main(argc, argv, ctl->socket);   /* answers --help itself */
 }
 
 static int run_trace(struct ringctl *ctl, int argc, char **argv)
