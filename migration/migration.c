@@ -230,6 +230,15 @@ static void source_vcpu_throttles(struct source *s)
     s->progress.throttle_percent = max;
 }
 
+/* The migration.state event of either side. */
+static void publish_state_event(struct api_server *server, uint64_t id, const char *role, enum mig_state state,
+                                const char *phase)
+{
+    publish_event(server, MIG_EVENT_STATE,
+                  json_pack("{s:I, s:s, s:s, s:s}", "id", (json_int_t)id, "role", role, "state",
+                            mig_state_name(state), "phase", phase));
+}
+
 static void source_publish(struct source *s)
 {
     uint64_t now = mono_ns();
@@ -248,9 +257,7 @@ static void source_phase(struct source *s, enum mig_state state, const char *pha
     snprintf(s->progress.phase, sizeof(s->progress.phase), "%s", phase);
     source_publish(s);
     if (old != state)
-        publish_event(s->server, MIG_EVENT_STATE,
-                      json_pack("{s:I, s:s, s:s, s:s}", "id", (json_int_t)s->progress.id, "role", "outgoing",
-                                "state", mig_state_name(state), "phase", phase));
+        publish_state_event(s->server, s->progress.id, "outgoing", state, phase);
 }
 
 
@@ -1439,9 +1446,7 @@ static void incoming_phase(struct incoming *in, enum mig_state state, const char
     snprintf(in->progress.phase, sizeof(in->progress.phase), "%s", phase);
     incoming_publish(in);
     if (old != state)
-        publish_event(in->server, MIG_EVENT_STATE,
-                      json_pack("{s:I, s:s, s:s, s:s}", "id", (json_int_t)in->progress.id, "role", "incoming",
-                                "state", mig_state_name(state), "phase", phase));
+        publish_state_event(in->server, in->progress.id, "incoming", state, phase);
 }
 
 /*
@@ -1802,9 +1807,7 @@ out:
     in->progress.ended_at_ms = real_ns() / 1000000u;
     snprintf(in->progress.phase, sizeof(in->progress.phase), "done");
     incoming_publish(in);
-    publish_event(server, MIG_EVENT_STATE,
-                  json_pack("{s:I, s:s, s:s, s:s}", "id", (json_int_t)in->progress.id, "role", "incoming", "state",
-                            mig_state_name(in->progress.state), "phase", "done"));
+    publish_state_event(server, in->progress.id, "incoming", in->progress.state, "done");
     mig_receiver_destroy(&in->receiver);
     free(in);
     pthread_mutex_lock(&m->lock);

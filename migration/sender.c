@@ -74,6 +74,19 @@ static bool pace(struct mig_sender *s, uint64_t bytes_total)
     }
 }
 
+static void drop_queue_locked(struct mig_sender *s)
+{
+    while (s->queue_head != NULL) {
+        struct mig_buffer *b = s->queue_head;
+        s->queue_head = b->next;
+        b->length = 0;
+        b->next = s->free_list;
+        s->free_list = b;
+        s->in_flight--;
+    }
+    s->queue_tail = NULL;
+}
+
 static void *sender_main(void *argument)
 {
     struct mig_sender *s = argument;
@@ -150,15 +163,7 @@ static void *sender_main(void *argument)
             sender_fail(s, error);
             /* Drop whatever is still queued: the stream is dead. */
             pthread_mutex_lock(&s->lock);
-            while (s->queue_head != NULL) {
-                struct mig_buffer *b = s->queue_head;
-                s->queue_head = b->next;
-                b->length = 0;
-                b->next = s->free_list;
-                s->free_list = b;
-                s->in_flight--;
-            }
-            s->queue_tail = NULL;
+            drop_queue_locked(s);
             pthread_cond_broadcast(&s->cond);
             pthread_mutex_unlock(&s->lock);
             break;
@@ -286,19 +291,6 @@ uint64_t mig_sender_seq_written(struct mig_sender *s)
 uint64_t mig_sender_bytes(struct mig_sender *s)
 {
     return atomic_load_explicit(&s->bytes_sent, memory_order_relaxed);
-}
-
-static void drop_queue_locked(struct mig_sender *s)
-{
-    while (s->queue_head != NULL) {
-        struct mig_buffer *b = s->queue_head;
-        s->queue_head = b->next;
-        b->length = 0;
-        b->next = s->free_list;
-        s->free_list = b;
-        s->in_flight--;
-    }
-    s->queue_tail = NULL;
 }
 
 void mig_sender_finish(struct mig_sender *s)
