@@ -15,6 +15,26 @@ static int run_shell(const char *command)
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
 }
 
+/* "; reproduce: echo BASE64 | base64 -d > NAME && build/fuzz/TARGET NAME"
+ * for artifacts up to 4 KiB (larger ones: only the name). */
+static void describe_artifact(const char *target, const char *work, const char *name, char *out, size_t size)
+{
+    char command[1024];
+    snprintf(command, sizeof(command), "test $(stat -c %%s '%s/%s') -le 4096 && base64 -w0 '%s/%s'", work, name,
+             work, name);
+    char encoded[5600] = "";
+    FILE *p = popen(command, "r");
+    if (p) {
+        size_t got = fread(encoded, 1, sizeof(encoded) - 1, p);
+        encoded[got] = '\0';
+        pclose(p);
+    }
+    if (encoded[0] != '\0')
+        snprintf(out, size, "; reproduce: echo %s | base64 -d > %s && build/fuzz/%s %s", encoded, name, target, name);
+    else
+        snprintf(out, size, "; first artifact %s/%s (over 4 KiB)", work, name);
+}
+
 void fuzz_runner_run(const struct fuzz_run *run)
 {
     if (access(run->corpus, R_OK) != 0)
@@ -50,6 +70,7 @@ void fuzz_runner_run(const struct fuzz_run *run)
     int status = run_shell(command);
 
     unsigned artifacts = 0;
+    char first[300] = "";
     DIR *dir = opendir(work);
     cr_assert_not_null(dir);
     struct dirent *entry;
@@ -58,16 +79,22 @@ void fuzz_runner_run(const struct fuzz_run *run)
             strncmp(entry->d_name, "timeout-", 8) == 0 || strncmp(entry->d_name, "oom-", 4) == 0 ||
             strncmp(entry->d_name, "slow-unit-", 10) == 0) {
             fprintf(stderr, "%s: artifact %s/%s\n", run->target, work, entry->d_name);
-            if (strncmp(entry->d_name, "slow-unit-", 10) != 0)
-                artifacts++;
+            if (strncmp(entry->d_name, "slow-unit-", 10) != 0 && artifacts++ == 0)
+                snprintf(first, sizeof(first), "%s", entry->d_name);
         }
     closedir(dir);
     if (status != 0 || artifacts != 0) {
         snprintf(command, sizeof(command), "tail -40 %s/log >&2", work);
         run_shell(command);
     }
-    cr_assert_eq(status, 0, "%s failed (exit %d); log and artifacts in %s", run->target, status, work);
-    cr_assert_eq(artifacts, 0, "%u crash/leak/timeout/oom artifacts in %s", artifacts, work);
+    /* The failing input goes into the assertion message (which
+     * tests/failure_summary.c repeats last), so a CI log that keeps only its
+     * tail still carries what is needed to reproduce it. */
+    char reproduce[6000] = "";
+    if (first[0] != '\0')
+        describe_artifact(run->target, work, first, reproduce, sizeof(reproduce));
+    cr_assert_eq(status, 0, "%s failed (exit %d); log and artifacts in %s%s", run->target, status, work, reproduce);
+    cr_assert_eq(artifacts, 0, "%u crash/leak/timeout/oom artifacts in %s%s", artifacts, work, reproduce);
     snprintf(command, sizeof(command), "grep -h 'stat::number_of_executed_units' %s/log >&2; rm -rf %s", work,
              work);
     run_shell(command);
