@@ -21,24 +21,19 @@
 #include "api/client.h"
 #include "api/report.h"
 #include "api/ringctl_migration.h"
+#include "api/ringctl_session.h"
 #include "bpf/probes.h"
 
-#define EXIT_VMM_ERROR 1
-#define EXIT_USAGE 2
-#define EXIT_CONNECT 3
+#define EXIT_VMM_ERROR RINGCTL_EXIT_VMM_ERROR
+#define EXIT_USAGE RINGCTL_EXIT_USAGE
+#define EXIT_CONNECT RINGCTL_EXIT_CONNECT
 
-struct ringctl {
-    const char *socket;
-    bool json;
-    int timeout_ms;
-    struct api_client *client;
-};
 
 struct ringctl_command {
     const char *name;
     const char *usage;      /* after "ringctl [-s PATH] " */
     const char *help;
-    int (*run)(struct ringctl *ctl, int argc, char **argv);
+    int (*run)(struct ringctl_session *ctl, int argc, char **argv);
 };
 
 static const struct ringctl_command commands[];
@@ -67,41 +62,10 @@ static void usage_command(FILE *out, const struct ringctl_command *command)
 
 /* ---- connection and calls ------------------------------------------------------- */
 
-static int ensure_connected(struct ringctl *ctl)
-{
-    if (ctl->client)
-        return 0;
-    char error[512];
-    if (!ctl->socket || !*ctl->socket) {
-        fprintf(stderr, "ringctl: no socket given: use -s PATH or set RINGVM_SOCKET\n");
-        return EXIT_USAGE;
-    }
-    if (api_client_connect(&ctl->client, ctl->socket, error, sizeof(error)) < 0) {
-        fprintf(stderr, "ringctl: %s\n", error);
-        return EXIT_CONNECT;
-    }
-    return 0;
-}
-
 /* 0 with *result, or an exit status (message printed). */
-static int call(struct ringctl *ctl, const char *cmd, json_t *args, json_t **result)
+static int call(struct ringctl_session *ctl, const char *cmd, json_t *args, json_t **result)
 {
-    *result = NULL;
-    int status = ensure_connected(ctl);
-    if (status) {
-        json_decref(args);
-        return status;
-    }
-    struct api_error error;
-    int r = api_client_call(ctl->client, cmd, args, result, &error, ctl->timeout_ms);
-    if (r == 0)
-        return 0;
-    if (r == 1) {
-        fprintf(stderr, "ringctl: %s: %s: %s\n", cmd, api_error_code_name(error.code), error.message);
-        return EXIT_VMM_ERROR;
-    }
-    fprintf(stderr, "ringctl: %s (socket %s)\n", error.message, ctl->socket);
-    return EXIT_CONNECT;
+    return ringctl_session_call(ctl, cmd, args, result, false);
 }
 
 static void print_json(json_t *value)
@@ -204,7 +168,7 @@ static void print_object(json_t *object, const char *indent)
     }
 }
 
-static int output(struct ringctl *ctl, json_t *result)
+static int output(struct ringctl_session *ctl, json_t *result)
 {
     if (ctl->json)
         print_json(result);
@@ -220,7 +184,7 @@ static int output(struct ringctl *ctl, json_t *result)
 /* Parses options common to every command (--help, --json) plus the
  * command's own. Returns the getopt result the command must handle, -1 at
  * the end; exits for --help and usage errors. */
-static int next_option(struct ringctl *ctl, const struct ringctl_command *command, int argc,
+static int next_option(struct ringctl_session *ctl, const struct ringctl_command *command, int argc,
                        char **argv, const struct option *extra, const char *short_extra)
 {
     static struct option merged[16];
@@ -283,7 +247,7 @@ static const struct ringctl_command *find_command(const char *name)
     return NULL;
 }
 
-static int simple_command(struct ringctl *ctl, int argc, char **argv, const char *name,
+static int simple_command(struct ringctl_session *ctl, int argc, char **argv, const char *name,
                           const char *cmd, json_t *(*make_args)(void))
 {
     const struct ringctl_command *command = find_command(name);
@@ -306,7 +270,7 @@ static void print_duration(uint64_t ms)
         printf("%.3f s", (double)ms / 1000.0);
 }
 
-static int run_info(struct ringctl *ctl, int argc, char **argv)
+static int run_info(struct ringctl_session *ctl, int argc, char **argv)
 {
     const struct ringctl_command *command = find_command("info");
     while (next_option(ctl, command, argc, argv, NULL, NULL) != -1) {
@@ -331,7 +295,7 @@ static int run_info(struct ringctl *ctl, int argc, char **argv)
     return 0;
 }
 
-static int run_pause(struct ringctl *ctl, int argc, char **argv)
+static int run_pause(struct ringctl_session *ctl, int argc, char **argv)
 {
     const struct ringctl_command *command = find_command("pause");
     while (next_option(ctl, command, argc, argv, NULL, NULL) != -1) {
@@ -349,7 +313,7 @@ static int run_pause(struct ringctl *ctl, int argc, char **argv)
     return 0;
 }
 
-static int run_resume(struct ringctl *ctl, int argc, char **argv)
+static int run_resume(struct ringctl_session *ctl, int argc, char **argv)
 {
     const struct ringctl_command *command = find_command("resume");
     while (next_option(ctl, command, argc, argv, NULL, NULL) != -1) {
@@ -366,7 +330,7 @@ static int run_resume(struct ringctl *ctl, int argc, char **argv)
     return 0;
 }
 
-static int run_shutdown(struct ringctl *ctl, int argc, char **argv)
+static int run_shutdown(struct ringctl_session *ctl, int argc, char **argv)
 {
     const struct ringctl_command *command = find_command("shutdown");
     static const struct option options[] = {{"exit-code", required_argument, NULL, 'e'}, {0}};
@@ -389,7 +353,7 @@ static int run_shutdown(struct ringctl *ctl, int argc, char **argv)
     return 0;
 }
 
-static int run_dirty_stats(struct ringctl *ctl, int argc, char **argv)
+static int run_dirty_stats(struct ringctl_session *ctl, int argc, char **argv)
 {
     const struct ringctl_command *command = find_command("dirty-stats");
     static const struct option options[] = {{"watch", no_argument, NULL, 'w'},
@@ -425,7 +389,7 @@ static int run_dirty_stats(struct ringctl *ctl, int argc, char **argv)
     }
 }
 
-static int run_digest(struct ringctl *ctl, int argc, char **argv)
+static int run_digest(struct ringctl_session *ctl, int argc, char **argv)
 {
     const struct ringctl_command *command = find_command("digest");
     static const struct option options[] = {{"chunks", no_argument, NULL, 'c'}, {0}};
@@ -460,17 +424,17 @@ static int run_digest(struct ringctl *ctl, int argc, char **argv)
     return 0;
 }
 
-static int run_guest_stats(struct ringctl *ctl, int argc, char **argv)
+static int run_guest_stats(struct ringctl_session *ctl, int argc, char **argv)
 {
     return simple_command(ctl, argc, argv, "guest-stats", "vm.guest-stats", NULL);
 }
 
-static int run_version(struct ringctl *ctl, int argc, char **argv)
+static int run_version(struct ringctl_session *ctl, int argc, char **argv)
 {
     return simple_command(ctl, argc, argv, "version", "api.version", NULL);
 }
 
-static int run_commands(struct ringctl *ctl, int argc, char **argv)
+static int run_commands(struct ringctl_session *ctl, int argc, char **argv)
 {
     const struct ringctl_command *command = find_command("commands");
     while (next_option(ctl, command, argc, argv, NULL, NULL) != -1) {
@@ -520,7 +484,7 @@ static void print_event(json_t *event)
     fflush(stdout);
 }
 
-static int run_events(struct ringctl *ctl, int argc, char **argv)
+static int run_events(struct ringctl_session *ctl, int argc, char **argv)
 {
     const struct ringctl_command *command = find_command("events");
     static const struct option options[] = {{"count", required_argument, NULL, 'n'},
@@ -569,7 +533,7 @@ static int run_events(struct ringctl *ctl, int argc, char **argv)
     return 0;
 }
 
-static int run_raw(struct ringctl *ctl, int argc, char **argv)
+static int run_raw(struct ringctl_session *ctl, int argc, char **argv)
 {
     const struct ringctl_command *command = find_command("raw");
     while (next_option(ctl, command, argc, argv, NULL, NULL) != -1) {
@@ -584,7 +548,7 @@ static int run_raw(struct ringctl *ctl, int argc, char **argv)
         fprintf(stderr, "ringctl raw: the request must be on one line\n");
         return EXIT_USAGE;
     }
-    int status = ensure_connected(ctl);
+    int status = ringctl_session_connect(ctl);
     if (status)
         return status;
     json_t *reply;
@@ -605,8 +569,8 @@ static int run_raw(struct ringctl *ctl, int argc, char **argv)
     return ok ? 0 : EXIT_VMM_ERROR;
 }
 
-/* migrate, progress and cancel live in api/ringctl_migration.c; report in
- * api/ringctl_report.c. They open their own connection. */
+/* migrate, progress and cancel live in api/ringctl_migration.c (on this
+ * session); report in api/ringctl_report.c (it may work from a file alone). */
 static bool wants_help(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++)
@@ -615,21 +579,21 @@ static bool wants_help(int argc, char **argv)
     return false;
 }
 
-static int run_migration(struct ringctl *ctl, int argc, char **argv)
+static int run_migration(struct ringctl_session *ctl, int argc, char **argv)
 {
     if (wants_help(argc, argv)) {
         usage_command(stdout, find_command(argv[0]));
         return 0;
     }
-    return ringctl_migration_main(argc, argv, ctl->socket, ctl->json);
+    return ringctl_migration_main(argc, argv, ctl);
 }
 
-static int run_report(struct ringctl *ctl, int argc, char **argv)
+static int run_report(struct ringctl_session *ctl, int argc, char **argv)
 {
     return ringctl_report_main(argc, argv, ctl->socket);   /* answers --help itself */
 }
 
-static int run_trace(struct ringctl *ctl, int argc, char **argv)
+static int run_trace(struct ringctl_session *ctl, int argc, char **argv)
 {
     const struct ringctl_command *command = find_command("trace");
     static const struct option options[] = {{"watch", no_argument, NULL, 'w'},
@@ -759,7 +723,7 @@ static const struct ringctl_command commands[] = {
 
 int main(int argc, char **argv)
 {
-    struct ringctl ctl = {.socket = getenv("RINGVM_SOCKET"), .timeout_ms = 60000};
+    struct ringctl_session ctl = {.socket = getenv("RINGVM_SOCKET"), .timeout_ms = 60000};
     static const struct option options[] = {
         {"socket", required_argument, NULL, 's'},
         {"json", no_argument, NULL, 'J'},
@@ -819,6 +783,6 @@ int main(int argc, char **argv)
     char **sub_argv = argv + optind;
     optind = 0;     /* glibc: full re-initialization */
     int status = command->run(&ctl, sub_argc, sub_argv);
-    api_client_close(ctl.client);
+    ringctl_session_close(&ctl);
     return status;
 }

@@ -30,46 +30,20 @@
 
 #include "api/client.h"
 #include "api/ringctl_migration.h"
+#include "api/ringctl_session.h"
 
-#define EXIT_FAILED 1
-#define EXIT_USAGE 2
-#define EXIT_CONNECT 3
+#define EXIT_FAILED RINGCTL_EXIT_VMM_ERROR
+#define EXIT_USAGE RINGCTL_EXIT_USAGE
+#define EXIT_CONNECT RINGCTL_EXIT_CONNECT
 
-static int connect_to(const char *socket_path, struct api_client **client)
+static int call_quiet(struct ringctl_session *session, const char *cmd, json_t *args, json_t **result, bool quiet)
 {
-    char error[512];
-    if (socket_path == NULL || *socket_path == '\0') {
-        fprintf(stderr, "ringctl: no socket given: use -s PATH or set RINGVM_SOCKET\n");
-        return EXIT_USAGE;
-    }
-    if (api_client_connect(client, socket_path, error, sizeof(error)) < 0) {
-        fprintf(stderr, "ringctl: %s\n", error);
-        return EXIT_CONNECT;
-    }
-    return 0;
+    return ringctl_session_call(session, cmd, args, result, quiet);
 }
 
-/* 0 ok (*result), or an exit code after printing the error (transport
- * errors are not printed when quiet). */
-static int call_quiet(struct api_client *client, const char *cmd, json_t *args, json_t **result, bool quiet)
+static int call(struct ringctl_session *session, const char *cmd, json_t *args, json_t **result)
 {
-    struct api_error error;
-    int r = api_client_call(client, cmd, args, result, &error, 30000);
-    if (r == 0)
-        return 0;
-    if (r < 0 && quiet)
-        return EXIT_CONNECT;
-    if (r == 1) {
-        fprintf(stderr, "ringctl: %s: %s: %s\n", cmd, api_error_code_name(error.code), error.message);
-        return EXIT_FAILED;
-    }
-    fprintf(stderr, "ringctl: %s: %s\n", cmd, error.message[0] ? error.message : strerror(-r));
-    return EXIT_CONNECT;
-}
-
-static int call(struct api_client *client, const char *cmd, json_t *args, json_t **result)
-{
-    return call_quiet(client, cmd, args, result, false);
+    return ringctl_session_call(session, cmd, args, result, false);
 }
 
 static int64_t get_int(json_t *object, const char *key)
@@ -160,14 +134,14 @@ static bool final_event(json_t *event, int64_t id)
            finished(get_string(data, "state"));
 }
 
-static int watch_until_done(struct api_client *client, bool json, int64_t id, bool tty)
+static int watch_until_done(struct ringctl_session *session, bool json, int64_t id, bool tty)
 {
     int64_t printed = 0;
     bool switched = false;
     json_t *last = NULL;    /* the final state event, in case the source exits before we ask */
     for (;;) {
         json_t *event = NULL;
-        int r = api_client_next_event(client, &event, 200);
+        int r = api_client_next_event(session->client, &event, 200);
         if (event) {
             if (final_event(event, id)) {
                 json_decref(last);
@@ -178,7 +152,7 @@ static int watch_until_done(struct api_client *client, bool json, int64_t id, bo
         }
         json_t *progress = NULL;
         int status = (r < 0 && r != -ETIMEDOUT) ? EXIT_CONNECT
-                                                : call_quiet(client, "migration.progress", NULL, &progress, true);
+                                                : call_quiet(session, "migration.progress", NULL, &progress, true);
         if (status != 0) {
             if (tty && !json)
                 fputc('\n', stdout);
@@ -242,7 +216,7 @@ static int watch_until_done(struct api_client *client, bool json, int64_t id, bo
     }
 }
 
-static int run_migrate(struct api_client *client, int argc, char **argv, bool json)
+static int run_migrate(struct ringctl_session *session, int argc, char **argv, bool json)
 {
     static const struct option options[] = {
         {"dispatch", no_argument, NULL, 'd'},
@@ -314,7 +288,7 @@ static int run_migrate(struct api_client *client, int argc, char **argv, bool js
     if (!dispatch) {
         /* Subscribe first so no state change is missed. */
         json_t *ignored = NULL;
-        int status = call(client, "events.subscribe", json_pack("{s:[s]}", "events", "migration."), &ignored);
+        int status = call(session, "events.subscribe", json_pack("{s:[s]}", "events", "migration."), &ignored);
         json_decref(ignored);
         if (status != 0) {
             json_decref(args);
@@ -322,7 +296,7 @@ static int run_migrate(struct api_client *client, int argc, char **argv, bool js
         }
     }
     json_t *result = NULL;
-    int status = call(client, "migration.start", args, &result);
+    int status = call(session, "migration.start", args, &result);
     if (status != 0)
         return status;
     int64_t id = get_int(result, "id");
@@ -339,10 +313,10 @@ static int run_migrate(struct api_client *client, int argc, char **argv, bool js
         return 0;
     }
     json_decref(result);
-    return watch_until_done(client, json, id, isatty(STDOUT_FILENO) && !json);
+    return watch_until_done(session, json, id, isatty(STDOUT_FILENO) && !json);
 }
 
-static int run_progress(struct api_client *client, int argc, char **argv, bool json)
+static int run_progress(struct ringctl_session *session, int argc, char **argv, bool json)
 {
     static const struct option options[] = {
         {"watch", no_argument, NULL, 'w'}, {"json", no_argument, NULL, 'J'}, {"help", no_argument, NULL, 'h'}, {0}};
@@ -365,18 +339,18 @@ static int run_progress(struct api_client *client, int argc, char **argv, bool j
         return EXIT_USAGE;
     }
     json_t *progress = NULL;
-    int status = call(client, "migration.progress", NULL, &progress);
+    int status = call(session, "migration.progress", NULL, &progress);
     if (status != 0)
         return status;
     if (watch && !finished(get_string(progress, "state"))) {
         int64_t id = get_int(progress, "id");
         json_decref(progress);
         json_t *ignored = NULL;
-        status = call(client, "events.subscribe", json_pack("{s:[s]}", "events", "migration."), &ignored);
+        status = call(session, "events.subscribe", json_pack("{s:[s]}", "events", "migration."), &ignored);
         json_decref(ignored);
         if (status != 0)
             return status;
-        return watch_until_done(client, json, id, isatty(STDOUT_FILENO) && !json);
+        return watch_until_done(session, json, id, isatty(STDOUT_FILENO) && !json);
     }
     if (json) {
         char *text = json_dumps(progress, JSON_INDENT(2));
@@ -405,7 +379,7 @@ static int run_progress(struct api_client *client, int argc, char **argv, bool j
     return 0;
 }
 
-static int run_cancel(struct api_client *client, int argc, char **argv)
+static int run_cancel(struct ringctl_session *session, int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--help") == 0) {
         fprintf(stdout, "usage: ringctl cancel\n");
@@ -416,14 +390,14 @@ static int run_cancel(struct api_client *client, int argc, char **argv)
         return EXIT_USAGE;
     }
     json_t *result = NULL;
-    int status = call(client, "migration.cancel", NULL, &result);
+    int status = call(session, "migration.cancel", NULL, &result);
     json_decref(result);
     if (status == 0)
         fprintf(stdout, "cancelling; the guest continues on this side\n");
     return status;
 }
 
-int ringctl_migration_main(int argc, char **argv, const char *socket_path, bool json)
+int ringctl_migration_main(int argc, char **argv, struct ringctl_session *session)
 {
     if (argc < 1)
         return EXIT_USAGE;
@@ -432,16 +406,13 @@ int ringctl_migration_main(int argc, char **argv, const char *socket_path, bool 
         fprintf(stderr, "ringctl: unknown migration command '%s'\n", name);
         return EXIT_USAGE;
     }
-    struct api_client *client = NULL;
-    int status = connect_to(socket_path, &client);
+    /* Connect up front: the watchers read events from session->client. */
+    int status = ringctl_session_connect(session);
     if (status != 0)
         return status;
     if (strcmp(name, "migrate") == 0)
-        status = run_migrate(client, argc, argv, json);
-    else if (strcmp(name, "progress") == 0)
-        status = run_progress(client, argc, argv, json);
-    else
-        status = run_cancel(client, argc, argv);
-    api_client_close(client);
-    return status;
+        return run_migrate(session, argc, argv, session->json);
+    if (strcmp(name, "progress") == 0)
+        return run_progress(session, argc, argv, session->json);
+    return run_cancel(session, argc, argv);
 }

@@ -2,9 +2,10 @@
 #ifndef RINGVM_API_RINGCTL_MIGRATION_H
 #define RINGVM_API_RINGCTL_MIGRATION_H
 
-#include <stdbool.h>
+struct ringctl_session;
 
-/* argv[0] is "migrate", "progress" or "cancel". Returns ringctl's exit status. */
-int ringctl_migration_main(int argc, char **argv, const char *socket_path, bool json);
+/* argv[0] is "migrate", "progress" or "cancel"; runs on ringctl's session
+ * (its socket, --json and --timeout). Returns ringctl's exit status. */
+int ringctl_migration_main(int argc, char **argv, struct ringctl_session *session);
 
 #endif

@@ -21,6 +21,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "api/dispatch.h"
+#include "api/ringctl_migration.h"
+#include "api/ringctl_session.h"
+#include "api/server.h"
 #include "bpf/probes.h"
 #include "migration/migration.h"
 #include "migration/protocol.h"
@@ -706,7 +710,6 @@ Test(migration, config_mismatch_is_refused_on_both_sides, .timeout = 60)
 
 /* ---- the API command group ------------------------------------------------------------ */
 
-#include "api/dispatch.h"
 
 static char *api(struct vm *vm, const char *line)
 {
@@ -774,9 +777,15 @@ Test(migration, api_commands_check_arguments_and_state, .timeout = 30)
 }
 
 /* ringctl migrate, end to end: API server on the source, events, progress. */
-#include "api/server.h"
 
-#include "api/ringctl_migration.h"
+/* One `ringctl -s PATH ARGV...` invocation: its own session (connection). */
+static int ringctl_once(int argc, char **argv, const char *socket_path)
+{
+    struct ringctl_session session = { .socket = socket_path, .timeout_ms = 60000 };
+    int status = ringctl_migration_main(argc, argv, &session);
+    ringctl_session_close(&session);
+    return status;
+}
 
 Test(migration, ringctl_migrate_blocks_until_completed_then_progress_and_cancel, .timeout = 90)
 {
@@ -793,17 +802,17 @@ Test(migration, ringctl_migrate_blocks_until_completed_then_progress_and_cancel,
     destination_start(&dest, "256M", 1, "ledger,wss=16M,verify=1", true);
 
     char *cancel_argv[] = { "cancel", NULL };
-    cr_assert_eq(ringctl_migration_main(1, cancel_argv, socket_path, false), 1, "cancel without a migration");
+    cr_assert_eq(ringctl_once(1, cancel_argv, socket_path), 1, "cancel without a migration");
     char *migrate_argv[] = { "migrate", dest.address, "--keep-alive", "--downtime-ms", "300", NULL };
-    cr_assert_eq(ringctl_migration_main(5, migrate_argv, socket_path, false), 0, "ringctl migrate did not succeed");
+    cr_assert_eq(ringctl_once(5, migrate_argv, socket_path), 0, "ringctl migrate did not succeed");
     cr_assert_eq(destination_join(&dest), 0);
     cr_assert_eq(vm_get_state(source.vm), VM_STATE_MIGRATED);
     char *progress_argv[] = { "progress", NULL };
-    cr_assert_eq(ringctl_migration_main(1, progress_argv, socket_path, false), 0);
+    cr_assert_eq(ringctl_once(1, progress_argv, socket_path), 0);
     char *json_argv[] = { "progress", "--json", NULL };
-    cr_assert_eq(ringctl_migration_main(2, json_argv, socket_path, false), 0);
+    cr_assert_eq(ringctl_once(2, json_argv, socket_path), 0);
     char *bad_argv[] = { "migrate", NULL };
-    cr_assert_eq(ringctl_migration_main(1, bad_argv, socket_path, false), 2, "usage error");
+    cr_assert_eq(ringctl_once(1, bad_argv, socket_path), 2, "usage error");
     cr_assert(console_wait_for(&dest.harness.console, "LEDGER OK", 1, 20000));
     migration_release(source.vm);
     api_server_destroy(server);
