@@ -9,6 +9,10 @@
 
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
+/* Runtime-dispatched XXH3 (SSE2/AVX2/AVX-512, libxxhash's x86 dispatcher):
+ * the header redirects XXH3_* to the *_dispatch entry points, ~2x the
+ * throughput of the baseline SSE2 build on AVX2 hosts. */
+#include <xxh_x86dispatch.h>
 
 const char *mig_frame_type_name(uint32_t type)
 {

@@ -11,6 +11,10 @@
 
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
+/* Runtime-dispatched XXH3 (SSE2/AVX2/AVX-512, libxxhash's x86 dispatcher):
+ * the header redirects XXH3_* to the *_dispatch entry points, ~2x the
+ * throughput of the baseline SSE2 build on AVX2 hosts. */
+#include <xxh_x86dispatch.h>
 
 #define DATA_CHUNK (1u << 20)   /* read + hash granularity for memory runs */
 

@@ -27,9 +27,16 @@
 
 #include "migration/protocol.h"
 
+/* Overridable with -D for bench A/B builds (docs/benchmarks.md). */
+#ifndef MIG_SEND_BUFFERS
 #define MIG_SEND_BUFFERS        6
+#endif
+#ifndef MIG_SEND_BUFFER_BYTES
 #define MIG_SEND_BUFFER_BYTES   (4u << 20)  /* one memory frame per buffer */
+#endif
+#ifndef MIG_SEND_BATCH_IOV
 #define MIG_SEND_BATCH_IOV      4
+#endif
 
 struct mig_buffer {
     uint8_t *data;
