@@ -36,17 +36,6 @@ static int compare_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static uint64_t guest_pages(struct vm *vm)
-{
-    uint64_t total = 0;
-    for (unsigned i = 0; vm && i < vm->config.vcpu_count; i++) {
-        struct ringvm_vcpu_stats s;
-        vm_read_guest_stats(vm, i, &s);
-        total += s.pages_written;
-    }
-    return total;
-}
-
 static void usage(FILE *out)
 {
     fprintf(out, "usage: api-latency [--requests N] [--vcpus N] [--memory SIZE] [--wss SIZE]\n"
@@ -128,7 +117,7 @@ int main(int argc, char **argv)
         socket = path;
         /* let the guest reach its full rate before measuring */
         uint64_t start = now_ns();
-        while (guest_pages(vm) < 100000 && now_ns() - start < 10000000000ull) {
+        while (vm_guest_pages_written(vm) < 100000 && now_ns() - start < 10000000000ull) {
             struct timespec tick = {.tv_nsec = 10000000};
             nanosleep(&tick, NULL);
         }
@@ -144,7 +133,7 @@ int main(int argc, char **argv)
     uint64_t *samples = calloc((size_t)requests, sizeof(uint64_t));
     if (!samples)
         return 1;
-    uint64_t pages_before = guest_pages(vm), started = now_ns();
+    uint64_t pages_before = vm ? vm_guest_pages_written(vm) : 0, started = now_ns();   /* vm: NULL for --socket */
     long failures = 0;
     for (long i = 0; i < requests; i++) {
         json_t *result;
@@ -163,7 +152,7 @@ int main(int argc, char **argv)
         json_decref(result);
     }
     uint64_t elapsed = now_ns() - started;
-    uint64_t pages = guest_pages(vm) - pages_before;
+    uint64_t pages = vm ? vm_guest_pages_written(vm) - pages_before : 0;
     api_client_close(client);
 
     qsort(samples, (size_t)requests, sizeof(uint64_t), compare_u64);

@@ -51,17 +51,6 @@ static void probe_cost(struct bpf_probes *probes, uint64_t *ns, uint64_t *runs)
     }
 }
 
-static uint64_t total_pages(struct vm *vm)
-{
-    uint64_t sum = 0;
-    for (unsigned i = 0; i < vm->config.vcpu_count; i++) {
-        struct ringvm_vcpu_stats stats;
-        vm_read_guest_stats(vm, i, &stats);
-        sum += stats.pages_written;
-    }
-    return sum;
-}
-
 /* CPU time of the vCPU threads: the probes' cost lands there, while other
  * load on the host changes wall-clock rates, not pages per CPU second. */
 static uint64_t vcpu_cpu_ns(struct vm *vm)
@@ -264,12 +253,12 @@ int main(int argc, char **argv)
         }
         uint64_t cost_before = 0, runs_before = 0;
         probe_cost(probes, &cost_before, &runs_before);
-        uint64_t pages = total_pages(vm);
+        uint64_t pages = vm_guest_pages_written(vm);
         uint64_t cpu = vcpu_cpu_ns(vm);
         uint64_t started = vm_now_ns();
         vm_wait_for_shutdown_request(vm, (uint64_t)seconds * 1000000000ULL);
         uint64_t elapsed = vm_now_ns() - started;
-        uint64_t written = total_pages(vm) - pages;
+        uint64_t written = vm_guest_pages_written(vm) - pages;
         uint64_t cpu_used = vcpu_cpu_ns(vm) - cpu;
         phase->pages_per_second = (double)written / ((double)elapsed / 1e9);
         phase->pages_per_cpu_second = cpu_used ? (double)written / ((double)cpu_used / 1e9) : 0;

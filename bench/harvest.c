@@ -91,23 +91,12 @@ static void end_vm(struct vm *vm)
     vm_destroy(vm);
 }
 
-static uint64_t pages_written(struct vm *vm)
-{
-    uint64_t total = 0;
-    for (unsigned i = 0; i < vm->config.vcpu_count; i++) {
-        struct ringvm_vcpu_stats s;
-        vm_read_guest_stats(vm, i, &s);
-        total += s.pages_written;
-    }
-    return total;
-}
-
 /* Waits (polling the guest's counters, 1 ms steps) until the guest wrote
  * `delta` more pages, or timeout. */
 static bool wait_pages(struct vm *vm, uint64_t delta, double timeout_s)
 {
-    uint64_t start = pages_written(vm), t0 = vm_now_ns();
-    while (pages_written(vm) < start + delta) {
+    uint64_t start = vm_guest_pages_written(vm), t0 = vm_now_ns();
+    while (vm_guest_pages_written(vm) < start + delta) {
         if ((double)(vm_now_ns() - t0) / 1e9 > timeout_s)
             return false;
         struct timespec ts = { 0, 1000000 };
@@ -147,9 +136,9 @@ static struct throughput measure_throughput(unsigned vcpus, enum variant v)
     wait_pages(vm, wss / 4096, 30);
     struct dirty_log_stats s0, s1;
     dirty_log_get_stats(log, &s0);
-    uint64_t p0 = pages_written(vm), t0 = vm_now_ns();
+    uint64_t p0 = vm_guest_pages_written(vm), t0 = vm_now_ns();
     sleep_s(seconds_per_run);
-    uint64_t p1 = pages_written(vm), t1 = vm_now_ns();
+    uint64_t p1 = vm_guest_pages_written(vm), t1 = vm_now_ns();
     dirty_log_get_stats(log, &s1);
     struct throughput r = { 0 };
     r.pages_per_s = (double)(p1 - p0) * 1e9 / (double)(t1 - t0);

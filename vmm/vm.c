@@ -113,6 +113,17 @@ void vm_read_guest_stats(struct vm *vm, unsigned vcpu, struct ringvm_vcpu_stats 
         target[i] = __atomic_load_n(&source[i], __ATOMIC_RELAXED);
 }
 
+uint64_t vm_guest_pages_written(struct vm *vm)
+{
+    uint64_t total = 0;
+    for (unsigned i = 0; i < vm->config.vcpu_count; i++) {
+        struct ringvm_vcpu_stats stats;
+        vm_read_guest_stats(vm, i, &stats);
+        total += stats.pages_written;
+    }
+    return total;
+}
+
 /* ---- creation ------------------------------------------------------- */
 
 static int kvm_check(int fd, long extension)

@@ -161,6 +161,9 @@ void vm_set_state(struct vm *vm, enum vm_state state);
 /* Guest counters of one vCPU, read from the stats page. */
 void vm_read_guest_stats(struct vm *vm, unsigned vcpu, struct ringvm_vcpu_stats *out);
 
+/* Sum of pages_written over every vCPU (the guest's own write counter). */
+uint64_t vm_guest_pages_written(struct vm *vm);
+
 uint64_t vm_uptime_ms(struct vm *vm);
 
 /* CLOCK_MONOTONIC in ns. */
