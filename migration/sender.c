@@ -52,21 +52,19 @@ static bool is_finishing(struct mig_sender *s)
     return finishing;
 }
 
-/* Sleeps until bytes fit the cap; false if cancelled/stopped meanwhile. */
+/* Sleeps until bytes fit the cap (migration/pacing.h); false if cancelled
+ * meanwhile. */
 static bool pace(struct mig_sender *s, uint64_t bytes_total)
 {
     for (;;) {
         uint64_t cap = __atomic_load_n(&s->max_bandwidth, __ATOMIC_RELAXED);
-        if (cap == 0 || is_finishing(s))
+        if (is_finishing(s))
             return true;
-        uint64_t due_ns = s->pace_start_ns +
-                          (uint64_t)((unsigned __int128)(bytes_total - s->pace_start_bytes) * 1000000000u / cap);
-        uint64_t now = mono_ns();
-        if (now >= due_ns)
+        uint64_t wait = mig_pacer_wait_ns(&s->pacer, mono_ns(), bytes_total, cap);
+        if (wait == 0)
             return true;
         if (is_cancelled(s))
             return false;
-        uint64_t wait = due_ns - now;
         if (wait > 100000000ull)
             wait = 100000000ull;
         struct timespec t = { .tv_sec = 0, .tv_nsec = (long)wait };
@@ -94,8 +92,7 @@ static void *sender_main(void *argument)
     /* Only mig_sender_stop interrupts a write: a cancelled migration ends
      * the stream at a frame boundary (mig_sender_finish). */
     struct mig_io io = { .fd = s->fd, .stall_ms = s->stall_ms, .cancel = &s->abort, .peer = "destination" };
-    s->pace_start_ns = mono_ns();
-    s->pace_start_bytes = 0;
+    mig_pacer_init(&s->pacer, mono_ns(), 0);
     for (;;) {
         struct mig_buffer *batch[MIG_SEND_BATCH_IOV];
         unsigned count = 0;

@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "migration/pacing.h"
 #include "migration/protocol.h"
 
 /* Overridable with -D for bench A/B builds (docs/benchmarks.md). */
@@ -69,8 +70,7 @@ struct mig_sender {
     _Atomic uint64_t send_ns;           /* time spent inside sendmsg/poll */
     _Atomic bool failed;
     char error[512];
-    uint64_t pace_start_ns;             /* sender thread only */
-    uint64_t pace_start_bytes;
+    struct mig_pacer pacer;             /* sender thread only */
 };
 
 int mig_sender_start(struct mig_sender *sender, int fd, uint64_t max_bandwidth_bytes, unsigned stall_ms,
