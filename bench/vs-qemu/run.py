@@ -29,6 +29,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -434,7 +435,8 @@ def run_ringvm(args, case, scratch):
                    os.path.join(scratch, "rdst.log"))
         procs.append(dst)
         src = Proc([args.ringvm, "--workload", workload, "--dirty-log", case.tracking,
-                    "--api-socket", src_sock] + common, os.path.join(scratch, "rsrc.log"))
+                    "--api-socket", src_sock] + common + shlex.split(args.ringvm_source_args),
+                   os.path.join(scratch, "rsrc.log"))
         procs.append(src)
         wait_for(lambda: os.path.exists(src_sock) or not src.alive(), 20, "the ringvm API socket")
         if not src.alive():
@@ -599,6 +601,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=os.path.join(ROOT, "build"), help="ringvm build dir (default build/)")
     ap.add_argument("--qemu", default="qemu-system-x86_64")
+    ap.add_argument("--ringvm-source-args", default="",
+                    help="extra options for the ringvm source, e.g. '--bitmap-sync-ms 60000'")
     ap.add_argument("--quick", action="store_true", help="small matrix: 512M guest, wss 256M, ring+bitmap, auto")
     ap.add_argument("--memory", type=parse_size, default=parse_size("1536M"))
     ap.add_argument("--wss", default="256M,1G")
@@ -681,7 +685,8 @@ def main():
                         fmt(r["downtime_ms"]), fmt(r["iterations"]), fmt(r["guest_pps"]), r["note"][:200]))
                     if args.json:
                         with open(args.json, "w") as f:
-                            json.dump({"cases": [vars(c) for c in cases], "results": results}, f, indent=1)
+                            json.dump({"cases": [vars(c) for c in cases], "results": results,
+                                       "ringvm_source_args": args.ringvm_source_args}, f, indent=1)
     print(summarize(cases, results, args.markdown))
 
 
