@@ -154,6 +154,7 @@ Test(api_flood, ten_thousand_malformed_lines_on_8_connections_while_migrating, .
                                            "verify_digest", 1, "keep_alive", 1, "timeout_s", 60),
                                  &result, &e, 5000), 0, "%s", e.message);
     json_decref(result);
+    result = NULL;      /* the progress loop below decrefs it again first */
 
     struct flooder flooders[CONNECTIONS];
     pthread_t threads[CONNECTIONS];
