@@ -13,34 +13,17 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "guest/abi.h"
 #include "migration/protocol.h"
 #include "migration/receiver.h"
+#include "tests/fuzz/migration_local_config.h"
 #include "tests/fuzz_runner.h"
-#include "vmm/vcpu_state.h"
 
 #define CORPUS "tests/fuzz/migration-corpus"
-#define RAM_BYTES (64ull << 20)
 
 Test(migration_fuzz, stream_receiver_60s_no_crash, .timeout = 300)
 {
     fuzz_runner_run(&(struct fuzz_run){ .target = "migration_stream_fuzz", .corpus = CORPUS, .seconds = 60,
                                         .extra_options = "-malloc_limit_mb=256" });
-}
-
-static void local_hello(struct mig_hello *hello)
-{
-    memset(hello, 0, sizeof(*hello));
-    hello->version = MIG_PROTOCOL_VERSION;
-    hello->page_size = MIG_PAGE_SIZE;
-    hello->memory_bytes = RAM_BYTES;
-    hello->vcpu_count = 1;
-    hello->slot_count = 1;
-    hello->slots[0].size = RAM_BYTES;
-    hello->vcpu_state_size = sizeof(struct vcpu_state);
-    hello->vcpu_state_version = VCPU_STATE_VERSION;
-    hello->features = MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST;
-    hello->abi_version = RINGVM_ABI_VERSION;
 }
 
 static uint8_t *read_file(const char *path, size_t *length)
@@ -59,16 +42,16 @@ static uint8_t *read_file(const char *path, size_t *length)
 
 static int parse(const uint8_t *data, size_t length, char *error, size_t error_size)
 {
-    uint8_t *ram = mmap(NULL, RAM_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    uint8_t *ram = mmap(NULL, FUZZ_MIGRATION_RAM_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     cr_assert_neq(ram, MAP_FAILED);
     struct mig_hello hello;
-    local_hello(&hello);
+    fuzz_migration_local_hello(&hello);
     struct mig_receiver r;
-    cr_assert_eq(mig_receiver_init(&r, ram, RAM_BYTES, &hello), 0);
+    cr_assert_eq(mig_receiver_init(&r, ram, FUZZ_MIGRATION_RAM_BYTES, &hello), 0);
     int result = mig_receiver_run_buffer(&r, data, length);
     snprintf(error, error_size, "%s", r.error);
     mig_receiver_destroy(&r);
-    munmap(ram, RAM_BYTES);
+    munmap(ram, FUZZ_MIGRATION_RAM_BYTES);
     return result;
 }
 

@@ -23,40 +23,20 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "guest/abi.h"
 #include "migration/protocol.h"
 #include "migration/receiver.h"
-#include "vmm/vcpu_state.h"
-
-#define RAM_BYTES (64ull << 20)
+#include "tests/fuzz/migration_local_config.h"
 
 static uint8_t *ram;
 static uint8_t *copy;
 static size_t copy_size;
 
-static void local_hello(struct mig_hello *hello)
-{
-    memset(hello, 0, sizeof(*hello));
-    hello->version = MIG_PROTOCOL_VERSION;
-    hello->page_size = MIG_PAGE_SIZE;
-    hello->memory_bytes = RAM_BYTES;
-    hello->vcpu_count = 1;
-    hello->slot_count = 1;
-    hello->slots[0].gpa = 0;
-    hello->slots[0].size = RAM_BYTES;
-    hello->slots[0].ram_offset = 0;
-    hello->vcpu_state_size = sizeof(struct vcpu_state);
-    hello->vcpu_state_version = VCPU_STATE_VERSION;
-    hello->features = MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST;
-    hello->abi_version = RINGVM_ABI_VERSION;
-}
-
 static void run(const uint8_t *data, size_t size)
 {
     struct mig_hello hello;
-    local_hello(&hello);
+    fuzz_migration_local_hello(&hello);
     struct mig_receiver receiver;
-    if (mig_receiver_init(&receiver, ram, RAM_BYTES, &hello) != 0)
+    if (mig_receiver_init(&receiver, ram, FUZZ_MIGRATION_RAM_BYTES, &hello) != 0)
         abort();
     if (mig_receiver_run_buffer(&receiver, data, size) != 0 && receiver.error[0] == '\0')
         abort();    /* every failure must say why */
@@ -67,9 +47,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (ram == NULL) {
         size_t guard = 1u << 20;
-        uint8_t *map = mmap(NULL, RAM_BYTES + 2 * guard, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+        uint8_t *map = mmap(NULL, FUZZ_MIGRATION_RAM_BYTES + 2 * guard, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                             -1, 0);
-        if (map == MAP_FAILED || mprotect(map + guard, RAM_BYTES, PROT_READ | PROT_WRITE) != 0)
+        if (map == MAP_FAILED || mprotect(map + guard, FUZZ_MIGRATION_RAM_BYTES, PROT_READ | PROT_WRITE) != 0)
             abort();
         ram = map + guard;
     }

@@ -1,0 +1,36 @@
+/*
+ * The destination the migration stream fuzzer plays: a 64 MiB, 1-vCPU
+ * ringvm, as captured into tests/fuzz/migration-corpus/ by
+ * tests/fuzz/capture-corpus.sh. Shared by the libFuzzer target and by
+ * tests/test_migration_fuzz.c, which checks that the corpus streams are
+ * complete and valid against exactly this configuration.
+ */
+#ifndef RINGVM_TESTS_FUZZ_MIGRATION_LOCAL_CONFIG_H
+#define RINGVM_TESTS_FUZZ_MIGRATION_LOCAL_CONFIG_H
+
+#include <string.h>
+
+#include "guest/abi.h"
+#include "migration/protocol.h"
+#include "vmm/vcpu_state.h"
+
+#define FUZZ_MIGRATION_RAM_BYTES (64ull << 20)
+
+static inline void fuzz_migration_local_hello(struct mig_hello *hello)
+{
+    memset(hello, 0, sizeof(*hello));
+    hello->version = MIG_PROTOCOL_VERSION;
+    hello->page_size = MIG_PAGE_SIZE;
+    hello->memory_bytes = FUZZ_MIGRATION_RAM_BYTES;
+    hello->vcpu_count = 1;
+    hello->slot_count = 1;
+    hello->slots[0].gpa = 0;
+    hello->slots[0].size = FUZZ_MIGRATION_RAM_BYTES;
+    hello->slots[0].ram_offset = 0;
+    hello->vcpu_state_size = sizeof(struct vcpu_state);
+    hello->vcpu_state_version = VCPU_STATE_VERSION;
+    hello->features = MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST;
+    hello->abi_version = RINGVM_ABI_VERSION;
+}
+
+#endif
