@@ -7,8 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/uio.h>
 #include <time.h>
+
+#define XXH_STATIC_LINKING_ONLY
+#include <xxhash.h>
+#include <xxh_x86dispatch.h>    /* XXH3 for this CPU (see migration/receiver.c) */
 
 #include "migration/receiver.h"
 #include "migration/transport.h"
@@ -116,18 +119,17 @@ static void *sender_main(void *argument)
         uint64_t started = mono_ns();
         uint64_t cap = __atomic_load_n(&s->max_bandwidth, __ATOMIC_RELAXED);
         if (cap == 0) {
-            struct iovec iov[MIG_SEND_BATCH_IOV];
-            size_t total = 0;
-            for (unsigned i = 0; i < count; i++) {
-                iov[i].iov_base = batch[i]->data;
-                iov[i].iov_len = batch[i]->length;
-                total += batch[i]->length;
+            /* Fill and write one buffer at a time: the kernel then copies a
+             * frame that is still in this core's cache. */
+            for (unsigned i = 0; result == 0 && i < count; i++) {
+                mig_buffer_fill(batch[i]);
+                result = mig_io_write(&io, batch[i]->data, batch[i]->length, error, sizeof(error));
+                if (result == 0)
+                    atomic_fetch_add_explicit(&s->bytes_sent, batch[i]->length, memory_order_relaxed);
             }
-            result = mig_io_writev(&io, iov, (int)count, error, sizeof(error));
-            if (result == 0)
-                atomic_fetch_add_explicit(&s->bytes_sent, total, memory_order_relaxed);
         } else {
             for (unsigned i = 0; result == 0 && i < count; i++) {
+                mig_buffer_fill(batch[i]);
                 for (size_t done = 0; result == 0 && done < batch[i]->length;) {
                     size_t slice = batch[i]->length - done > PACE_SLICE ? PACE_SLICE : batch[i]->length - done;
                     if (!pace(s, atomic_load_explicit(&s->bytes_sent, memory_order_relaxed))) {
@@ -225,6 +227,7 @@ struct mig_buffer *mig_sender_get(struct mig_sender *s, unsigned timeout_ms)
         s->free_list = b->next;
         b->next = NULL;
         b->length = 0;
+        b->unfilled = false;
     }
     pthread_mutex_unlock(&s->lock);
     return b;
@@ -334,18 +337,22 @@ static void builder_close_run(struct mig_frame_builder *b)
 
 void mig_builder_begin(struct mig_frame_builder *b, struct mig_buffer *buffer)
 {
-    memset(b, 0, sizeof(*b));
+    b->pages = b->zero_pages = b->normal_pages = 0;
+    b->run = (struct mig_run){ 0 };
     b->buffer = buffer;
-    b->frame_start = buffer->length;
     b->run_header = SIZE_MAX;
+    buffer->frame_start = buffer->length;
+    buffer->copy_count = 0;
+    buffer->unfilled = false;
     buffer->length += MIG_HEADER_SIZE;
 }
 
 bool mig_builder_has_room(const struct mig_frame_builder *b)
 {
-    size_t payload = b->buffer->length - b->frame_start - MIG_HEADER_SIZE;
+    size_t payload = b->buffer->length - b->buffer->frame_start - MIG_HEADER_SIZE;
     return b->buffer->length + MIG_RUN_HEADER_SIZE + MIG_PAGE_SIZE <= b->buffer->capacity &&
-           payload + MIG_RUN_HEADER_SIZE + MIG_PAGE_SIZE <= MIG_MEMORY_MAX_PAYLOAD;
+           payload + MIG_RUN_HEADER_SIZE + MIG_PAGE_SIZE <= MIG_MEMORY_MAX_PAYLOAD &&
+           b->buffer->copy_count < MIG_BUILDER_MAX_COPIES;
 }
 
 bool mig_builder_empty(const struct mig_frame_builder *b)
@@ -353,14 +360,16 @@ bool mig_builder_empty(const struct mig_frame_builder *b)
     return b->pages == 0;
 }
 
-static void builder_extend(struct mig_frame_builder *b, uint64_t ram_offset, uint64_t pages, bool zero)
+/* Extends the open run or opens a new one (its header at the buffer's
+ * current end); true if a new run was opened. */
+static bool builder_extend(struct mig_frame_builder *b, uint64_t ram_offset, uint64_t pages, bool zero)
 {
     uint32_t flags = zero ? MIG_RUN_ZERO : 0;
     if (b->run_header != SIZE_MAX && b->run.flags == flags &&
         b->run.ram_offset + (uint64_t)b->run.pages * MIG_PAGE_SIZE == ram_offset &&
         b->run.pages + pages <= MIG_RUN_MAX_PAGES) {
         b->run.pages += (uint32_t)pages;
-        return;
+        return false;
     }
     builder_close_run(b);
     b->run_header = b->buffer->length;
@@ -368,31 +377,26 @@ static void builder_extend(struct mig_frame_builder *b, uint64_t ram_offset, uin
     b->run.ram_offset = ram_offset;
     b->run.pages = (uint32_t)pages;
     b->run.flags = flags;
+    return true;
 }
 
 void mig_builder_add_page(struct mig_frame_builder *b, uint64_t ram_offset, const uint8_t *host)
 {
-    /* Copy first, test the (cache-hot) copy: one read of guest RAM, and
-     * the bytes sent are exactly the bytes tested. */
-    size_t at = b->buffer->length;
-    bool open_data_run = b->run_header != SIZE_MAX && b->run.flags == 0 &&
-                         b->run.ram_offset + (uint64_t)b->run.pages * MIG_PAGE_SIZE == ram_offset &&
-                         b->run.pages < MIG_RUN_MAX_PAGES;
-    if (!open_data_run)
-        at += MIG_RUN_HEADER_SIZE;     /* where the data lands if a new run opens */
-    memcpy(b->buffer->data + at, host, MIG_PAGE_SIZE);
-    bool zero = mig_page_is_zero(b->buffer->data + at);
     b->pages++;
-    if (zero) {
+    if (mig_page_is_zero(host)) {
         b->zero_pages++;
         builder_extend(b, ram_offset, 1, true);
         return;
     }
     b->normal_pages++;
-    builder_extend(b, ram_offset, 1, false);
-    /* builder_extend placed the header (if any) at the old length, so the
-     * data is exactly where it was copied. */
-    b->buffer->length += MIG_PAGE_SIZE;
+    /* A data run's pages are consecutive in RAM, so one copy entry per run. */
+    struct mig_buffer *buffer = b->buffer;
+    if (builder_extend(b, ram_offset, 1, false) || buffer->copy_count == 0)
+        buffer->copies[buffer->copy_count++] =
+            (struct mig_builder_copy){ .host = host, .at = buffer->length, .pages = 1 };
+    else
+        buffer->copies[buffer->copy_count - 1].pages++;
+    buffer->length += MIG_PAGE_SIZE;
 }
 
 void mig_builder_add_zero(struct mig_frame_builder *b, uint64_t ram_offset, uint64_t count)
@@ -409,13 +413,48 @@ void mig_builder_add_zero(struct mig_frame_builder *b, uint64_t ram_offset, uint
     }
 }
 
-void mig_builder_finish(struct mig_frame_builder *b, uint64_t seq)
+void mig_builder_close(struct mig_frame_builder *b, uint64_t seq)
 {
     builder_close_run(b);
-    uint8_t *header = b->buffer->data + b->frame_start;
-    size_t length = b->buffer->length - b->frame_start - MIG_HEADER_SIZE;
-    mig_header_encode(header, MIG_FRAME_MEMORY, seq, length);
-    mig_header_seal(header, header + MIG_HEADER_SIZE, length);
+    struct mig_buffer *buffer = b->buffer;
+    size_t length = buffer->length - buffer->frame_start - MIG_HEADER_SIZE;
+    mig_header_encode(buffer->data + buffer->frame_start, MIG_FRAME_MEMORY, seq, length);
+    buffer->unfilled = true;
+}
+
+void mig_buffer_fill(struct mig_buffer *buffer)
+{
+    if (!buffer->unfilled)
+        return;
+    uint8_t *data = buffer->data;
+    uint8_t *header = data + buffer->frame_start;
+    /* The checksum is mig_frame_checksum's: header[0,24) then the payload
+     * in order; run headers are hashed where they sit, each data page right
+     * after it is copied. */
+    XXH3_state_t state;
+    XXH3_64bits_reset(&state);
+    XXH3_64bits_update(&state, header, 24);
+    size_t hashed = buffer->frame_start + MIG_HEADER_SIZE;
+    for (unsigned i = 0; i < buffer->copy_count; i++) {
+        const struct mig_builder_copy *c = &buffer->copies[i];
+        XXH3_64bits_update(&state, data + hashed, c->at - hashed);
+        for (uint32_t page = 0; page < c->pages; page++) {
+            uint8_t *to = data + c->at + (size_t)page * MIG_PAGE_SIZE;
+            memcpy(to, c->host + (size_t)page * MIG_PAGE_SIZE, MIG_PAGE_SIZE);
+            XXH3_64bits_update(&state, to, MIG_PAGE_SIZE);
+        }
+        hashed = c->at + (size_t)c->pages * MIG_PAGE_SIZE;
+    }
+    XXH3_64bits_update(&state, data + hashed, buffer->length - hashed);
+    mig_put_u64(header + 24, XXH3_64bits_digest(&state));
+    buffer->copy_count = 0;
+    buffer->unfilled = false;
+}
+
+void mig_builder_finish(struct mig_frame_builder *b, uint64_t seq)
+{
+    mig_builder_close(b, seq);
+    mig_buffer_fill(b->buffer);
 }
 
 bool mig_buffer_append_frame(struct mig_buffer *buffer, uint32_t type, uint64_t seq, const void *payload,

@@ -1,18 +1,24 @@
 /*
  * The sender thread ("mig-send") and the frame builder that feeds it.
  *
- * The migration thread fills buffers (whole frames: header + payload,
- * copied from guest RAM, so a page the guest rewrites while it is on its
- * way cannot break the frame checksum) and submits them in order; the
- * sender thread writes each buffer with sendmsg in large batches (up to
- * MIG_SEND_BATCH_IOV buffers per call), counts bytes, optionally paces to
- * max_bandwidth, and returns the buffer to the free list. Copying and
- * zero-page detection thus overlap with the socket writes.
+ * The migration thread plans frames in buffers (run headers, zero pages,
+ * where each data page goes) and submits them in order; the sender thread
+ * copies each buffer's data pages from guest RAM and seals its checksum
+ * (mig_buffer_fill), writes it with sendmsg right away while it is still in
+ * this core's cache, counts bytes, optionally paces to max_bandwidth, and
+ * returns the buffer to the free list. The copy (not guest RAM itself) is
+ * what is hashed and sent, so a page the guest rewrites meanwhile cannot
+ * break the frame checksum. Copying in the thread that sends means the
+ * kernel copies a frame still in this core's L2 instead of one another
+ * core wrote (docs/benchmarks.md, bench/migrate).
  *
  * Ownership:
  *   - buffers: a buffer belongs to the migration thread between
  *     mig_sender_get and mig_sender_submit, to the sender thread until it
- *     is written, then to the free list (all under lock).
+ *     is written, then to the free list (all under lock). A submitted
+ *     memory frame still points into guest RAM (copies[]): the sender
+ *     thread reads those pages; RAM stays mapped for the VM's lifetime,
+ *     which outlasts every migration thread and sender.
  *   - bytes_sent, failed, error: written by the sender thread; bytes_sent
  *     atomic; error readable once failed (release/acquire) is set.
  */
@@ -30,14 +36,23 @@
 
 /* Overridable with -D for bench A/B builds (docs/benchmarks.md). */
 #ifndef MIG_SEND_BUFFERS
-#define MIG_SEND_BUFFERS        6
+#define MIG_SEND_BUFFERS        16
 #endif
 #ifndef MIG_SEND_BUFFER_BYTES
-#define MIG_SEND_BUFFER_BYTES   (4u << 20)  /* one memory frame per buffer */
+#define MIG_SEND_BUFFER_BYTES   (1u << 20)  /* one memory frame per buffer; fits L2 */
 #endif
 #ifndef MIG_SEND_BATCH_IOV
-#define MIG_SEND_BATCH_IOV      4
+#define MIG_SEND_BATCH_IOV      4           /* buffers taken off the queue per wake-up */
 #endif
+
+/* Data runs in one frame: at most one per data page that fits a buffer. */
+#define MIG_BUILDER_MAX_COPIES (MIG_SEND_BUFFER_BYTES / (MIG_RUN_HEADER_SIZE + MIG_PAGE_SIZE) + 1)
+
+struct mig_builder_copy {
+    const uint8_t *host;        /* first page of a data run in guest RAM */
+    size_t at;                  /* where its data goes in the buffer */
+    uint32_t pages;
+};
 
 struct mig_buffer {
     uint8_t *data;
@@ -45,6 +60,12 @@ struct mig_buffer {
     size_t length;
     uint64_t seq_end;           /* frame number after this buffer's last frame */
     struct mig_buffer *next;
+    /* A memory frame closed but not filled yet (mig_builder_close): its
+     * data pages still to copy, and its checksum to seal. */
+    bool unfilled;
+    size_t frame_start;
+    unsigned copy_count;
+    struct mig_builder_copy copies[MIG_BUILDER_MAX_COPIES];
 };
 
 struct mig_sender {
@@ -102,12 +123,18 @@ void mig_sender_stop(struct mig_sender *sender);
 
 /*
  * Builds one memory frame in a buffer: begin, add pages (zero pages become
- * MIG_RUN_ZERO runs, consecutive pages share a run), finish (seals the
- * checksum). The builder reports when the buffer cannot take another page.
+ * MIG_RUN_ZERO runs, consecutive pages share a run), close, fill. The
+ * builder reports when the buffer cannot take another page.
+ *
+ * Adding a page only plans it: the zero test reads guest RAM (a non-zero
+ * page usually fails it in its first cache line) and reserves the page's
+ * place. Filling copies each data page and feeds the copy to the frame
+ * checksum while it is still in L1. A page the guest rewrites after the
+ * plan is dirty again and re-sent later (so is a page found zero and
+ * written after the test).
  */
 struct mig_frame_builder {
     struct mig_buffer *buffer;
-    size_t frame_start;
     size_t run_header;          /* offset of the open run's header, or SIZE_MAX */
     struct mig_run run;
     uint64_t pages, zero_pages, normal_pages;
@@ -116,12 +143,19 @@ struct mig_frame_builder {
 void mig_builder_begin(struct mig_frame_builder *b, struct mig_buffer *buffer);
 /* Room for one more data page (run header + page)? */
 bool mig_builder_has_room(const struct mig_frame_builder *b);
-/* Adds the page at ram_offset whose bytes are at host (copied; checked for zero). */
+/* Adds the page at ram_offset whose bytes are at host (tested for zero now,
+ * copied by mig_buffer_fill: host must stay mapped until then). */
 void mig_builder_add_page(struct mig_frame_builder *b, uint64_t ram_offset, const uint8_t *host);
 /* Adds count pages known to be zero (memfd holes) without reading them. */
 void mig_builder_add_zero(struct mig_frame_builder *b, uint64_t ram_offset, uint64_t count);
 bool mig_builder_empty(const struct mig_frame_builder *b);
-/* Seals the frame with sequence number seq. */
+/* Ends the frame as sequence number seq: its header and run headers are
+ * written; its data pages are copied by mig_buffer_fill. */
+void mig_builder_close(struct mig_frame_builder *b, uint64_t seq);
+/* Copies a closed frame's data pages from guest RAM (which must still be
+ * mapped) and seals its checksum; nothing to do for other buffers. */
+void mig_buffer_fill(struct mig_buffer *buffer);
+/* Close and fill in one go (tests, tools). */
 void mig_builder_finish(struct mig_frame_builder *b, uint64_t seq);
 
 /* Appends a small frame (header + payload) to a buffer; false if no room. */
