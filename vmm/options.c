@@ -36,7 +36,7 @@ void options_print_usage(FILE *out)
 "  --numa-node N            bind guest RAM and vCPU threads to NUMA node N\n"
 "  --hugepages              back guest RAM with 2M huge pages\n"
 "  --prealloc               fault in all guest RAM at start (no first-touch faults later;\n"
-"                           with --incoming the copy runs 1.3-1.8x faster, but RAM the\n"
+"                           with --incoming the copy runs 1.2-1.5x faster, but RAM the\n"
 "                           source never wrote is committed too)\n"
 "  --stats                  print guest pages/s per vCPU (and dirty tracking) every second\n"
 "  --run-seconds N          shut down cleanly after N seconds (default: run until SIGINT/SIGTERM)\n"
