@@ -180,40 +180,49 @@ static int listen_on(bool tcp, char *address, size_t size)
     return fd;
 }
 
-/* ---- the same bytes, moved plainly -------------------------------------------------- */
+/* ---- plain transfers: the baselines' sender and receiver ------------------------------ */
 
-/* The data extents of the memfd: what iteration 0 sends as data pages (the
- * holes go as zero runs without being read). */
-#define PLAIN_MAX_EXTENTS 64
-struct plain_transfer {
+/* One stretch of a plain transfer: `bytes` sent from `from`, received into
+ * `to`, in calls of at most TRANSFER_CHUNK (the migration sender's batch
+ * size, minus copying and checksums). */
+#define TRANSFER_CHUNK (4u << 20)
+struct transfer_segment {
+    const uint8_t *from;
+    uint8_t *to;
+    uint64_t bytes;
+};
+
+struct transfer_receiver {
     int listen_fd;
-    uint8_t *target;
-    unsigned extent_count;
-    uint64_t extent_offset[PLAIN_MAX_EXTENTS], extent_bytes[PLAIN_MAX_EXTENTS];
+    const struct transfer_segment *segments;
+    unsigned count;
     uint64_t received;
 };
 
-static void *plain_receive(void *argument)
+static uint64_t chunk_at(uint64_t bytes, uint64_t done)
 {
-    struct plain_transfer *t = argument;
+    return bytes - done > TRANSFER_CHUNK ? TRANSFER_CHUNK : bytes - done;
+}
+
+static void *transfer_receive(void *argument)
+{
+    struct transfer_receiver *r = argument;
     char error[256];
-    int fd = mig_accept(t->listen_fd, NULL, error, sizeof(error));
+    int fd = mig_accept(r->listen_fd, NULL, error, sizeof(error));
     if (fd < 0)
         return NULL;
-    for (unsigned i = 0; i < t->extent_count; i++) {
-        for (uint64_t done = 0; done < t->extent_bytes[i];) {
-            uint64_t want = t->extent_bytes[i] - done > (4u << 20) ? (4u << 20) : t->extent_bytes[i] - done;
-            ssize_t got = recv(fd, t->target + t->extent_offset[i] + done, (size_t)want, 0);
-            if (got < 0 && errno == EINTR)
-                continue;
-            if (got < 0 && errno == EAGAIN) {
+    for (unsigned i = 0; i < r->count; i++) {
+        const struct transfer_segment *segment = &r->segments[i];
+        for (uint64_t done = 0; done < segment->bytes;) {
+            ssize_t got = recv(fd, segment->to + done, (size_t)chunk_at(segment->bytes, done), 0);
+            if (got < 0 && (errno == EAGAIN || errno == EINTR)) {
                 mig_io_poll_readable(fd, 100);
                 continue;
             }
             if (got <= 0)
                 goto out;
             done += (uint64_t)got;
-            t->received += (uint64_t)got;
+            r->received += (uint64_t)got;
         }
     }
 out:
@@ -221,33 +230,83 @@ out:
     return NULL;
 }
 
+/* Sends the segments through a fresh socket of the run's transport to a
+ * receiver thread; MiB/s from the first send to the last byte received, 0
+ * when the transfer did not complete. */
+static double transfer_throughput(bool tcp, const struct transfer_segment *segments, unsigned count)
+{
+    char address[128], error[256];
+    struct transfer_receiver receiver = { .segments = segments, .count = count };
+    uint64_t total = 0;
+    for (unsigned i = 0; i < count; i++)
+        total += segments[i].bytes;
+    receiver.listen_fd = listen_on(tcp, address, sizeof(address));
+    if (receiver.listen_fd < 0)
+        return 0;
+    pthread_t thread;
+    pthread_create(&thread, NULL, transfer_receive, &receiver);
+    struct mig_address parsed;
+    mig_address_parse(address, &parsed, error, sizeof(error));
+    int fd = mig_connect(&parsed, 5000, NULL, error, sizeof(error));
+    double mibs = 0;
+    if (fd >= 0) {
+        struct mig_io io = { .fd = fd, .stall_ms = 10000, .peer = "receiver" };
+        uint64_t started = now_ns();
+        bool failed = false;
+        for (unsigned i = 0; i < count && !failed; i++)
+            for (uint64_t done = 0; done < segments[i].bytes && !failed;) {
+                uint64_t chunk = chunk_at(segments[i].bytes, done);
+                failed = mig_io_write(&io, segments[i].from + done, (size_t)chunk, error, sizeof(error)) != 0;
+                done += chunk;
+            }
+        if (failed)
+            fprintf(stderr, "bench/migrate: plain sender: %s\n", error);
+        close(fd);
+        pthread_join(thread, NULL);
+        uint64_t elapsed = now_ns() - started;
+        if (receiver.received == total)
+            mibs = (double)total / (1024.0 * 1024.0) / ((double)elapsed / 1e9);
+    } else {
+        fprintf(stderr, "bench/migrate: plain sender: %s\n", error);
+        pthread_cancel(thread);
+        pthread_join(thread, NULL);
+    }
+    close(receiver.listen_fd);
+    if (!tcp)
+        unlink(address + 5);
+    return mibs;
+}
+
+static int compare_doubles(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Sorts the three samples; their median. */
+static double median_of_three(double samples[3])
+{
+    qsort(samples, 3, sizeof(samples[0]), compare_doubles);
+    return samples[1];
+}
+
+/* ---- the same bytes, moved plainly -------------------------------------------------- */
+
 /*
  * The baseline the pipeline is judged against (docs/benchmarks.md): the
- * bytes iteration 0 sends as data, taken straight from the source guest's
- * RAM (4 MiB sends from the mapping) into a fresh memfd mapping of the same
- * size, as the destination's RAM would be: no frames, checksums, zero test,
- * staging copy or dirty tracking; prealloc faults the receiving RAM in
- * first (untimed), like ringvm --incoming --prealloc. Moving data from RAM
- * to RAM costs DRAM bandwidth and first-touch faults that the cache-hot
- * raw socket above never pays. Median of three. MiB/s.
+ * bytes iteration 0 sends as data (the memfd's data extents; holes go as
+ * zero runs without being read), taken straight from the source guest's
+ * RAM into a fresh memfd mapping of the same size, as the destination's
+ * RAM would be: no frames, checksums, zero test, staging copy or dirty
+ * tracking; prealloc faults the receiving RAM in first (untimed), like
+ * ringvm --incoming --prealloc. Moving data from RAM to RAM costs DRAM
+ * bandwidth and first-touch faults that the cache-hot raw socket below
+ * never pays. MiB/s.
  */
+#define PLAIN_MAX_EXTENTS 64
 static double plain_throughput_once(const struct options *o, struct vm *source, bool prealloc)
 {
-    struct plain_transfer t = { 0 };
     struct guest_memory *memory = &source->memory;
-    uint64_t data_bytes = 0;
-    for (off_t at = 0; at < (off_t)memory->size && t.extent_count < PLAIN_MAX_EXTENTS;) {
-        off_t data = lseek(memory->memfd, at, SEEK_DATA);
-        if (data < 0)
-            break;
-        off_t hole = lseek(memory->memfd, data, SEEK_HOLE);
-        if (hole < 0 || hole > (off_t)memory->size)
-            hole = (off_t)memory->size;
-        t.extent_offset[t.extent_count] = (uint64_t)data;
-        t.extent_bytes[t.extent_count++] = (uint64_t)(hole - data);
-        data_bytes += (uint64_t)(hole - data);
-        at = hole;
-    }
     int memfd = memfd_create("bench-plain-destination", MFD_CLOEXEC);
     if (memfd < 0 || ftruncate(memfd, (off_t)memory->size) != 0) {
         fprintf(stderr, "bench/migrate: memfd for the plain receiver: %s\n", strerror(errno));
@@ -255,60 +314,38 @@ static double plain_throughput_once(const struct options *o, struct vm *source, 
             close(memfd);
         return 0;
     }
-    t.target = mmap(NULL, memory->size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    uint8_t *target = mmap(NULL, memory->size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
     close(memfd);
-    if (t.target == MAP_FAILED) {
+    if (target == MAP_FAILED) {
         fprintf(stderr, "bench/migrate: mmap for the plain receiver: %s\n", strerror(errno));
         return 0;
     }
-    if (prealloc && madvise(t.target, memory->size, MADV_POPULATE_WRITE) != 0)
+    if (prealloc && madvise(target, memory->size, MADV_POPULATE_WRITE) != 0)
         fprintf(stderr, "bench/migrate: MADV_POPULATE_WRITE: %s (measuring without)\n", strerror(errno));
-    char address[128], error[256];
-    double mibs = 0;
-    t.listen_fd = listen_on(o->tcp, address, sizeof(address));
-    if (t.listen_fd >= 0) {
-        pthread_t thread;
-        pthread_create(&thread, NULL, plain_receive, &t);
-        struct mig_address parsed;
-        mig_address_parse(address, &parsed, error, sizeof(error));
-        int fd = mig_connect(&parsed, 5000, NULL, error, sizeof(error));
-        if (fd >= 0) {
-            struct mig_io io = { .fd = fd, .stall_ms = 10000, .peer = "receiver" };
-            uint64_t started = now_ns();
-            for (unsigned i = 0; i < t.extent_count; i++)
-                for (uint64_t done = 0; done < t.extent_bytes[i]; done += 4u << 20) {
-                    uint64_t chunk = t.extent_bytes[i] - done > (4u << 20) ? (4u << 20) : t.extent_bytes[i] - done;
-                    if (mig_io_write(&io, memory->host + t.extent_offset[i] + done, (size_t)chunk, error,
-                                     sizeof(error)) != 0)
-                        break;
-                }
-            pthread_join(thread, NULL);
-            uint64_t elapsed = now_ns() - started;
-            close(fd);
-            if (t.received == data_bytes)
-                mibs = (double)data_bytes / (1024.0 * 1024.0) / ((double)elapsed / 1e9);
-        } else {
-            fprintf(stderr, "bench/migrate: plain sender: %s\n", error);
-            pthread_cancel(thread);
-            pthread_join(thread, NULL);
-        }
-        close(t.listen_fd);
-        if (!o->tcp)
-            unlink(address + 5);
+    struct transfer_segment extents[PLAIN_MAX_EXTENTS];
+    unsigned count = 0;
+    for (off_t at = 0; at < (off_t)memory->size && count < PLAIN_MAX_EXTENTS;) {
+        off_t data = lseek(memory->memfd, at, SEEK_DATA);
+        if (data < 0)
+            break;
+        off_t hole = lseek(memory->memfd, data, SEEK_HOLE);
+        if (hole < 0 || hole > (off_t)memory->size)
+            hole = (off_t)memory->size;
+        extents[count++] = (struct transfer_segment){ .from = memory->host + data, .to = target + data,
+                                                      .bytes = (uint64_t)(hole - data) };
+        at = hole;
     }
-    munmap(t.target, memory->size);
+    double mibs = transfer_throughput(o->tcp, extents, count);
+    munmap(target, memory->size);
     return mibs;
 }
-
-static int compare_doubles(const void *a, const void *b);
 
 static double plain_throughput(const struct options *o, struct vm *source, bool prealloc)
 {
     double samples[3];
     for (unsigned i = 0; i < 3; i++)
         samples[i] = plain_throughput_once(o, source, prealloc);
-    qsort(samples, 3, sizeof(samples[0]), compare_doubles);
-    return samples[1];
+    return median_of_three(samples);
 }
 
 /* One migration between two fresh VMs running `workload_extra` after
@@ -395,80 +432,24 @@ static void run_one(const struct options *o, uint64_t wss, const char *workload_
 
 /* ---- raw socket throughput ------------------------------------------------------ */
 
-struct raw_receiver {
-    int fd;
-    uint64_t bytes;
-};
-
-static void *raw_receive(void *argument)
-{
-    struct raw_receiver *r = argument;
-    char error[256];
-    int fd = mig_accept(r->fd, NULL, error, sizeof(error));
-    if (fd < 0)
-        return NULL;
-    uint8_t *buffer = malloc(4u << 20);
-    struct mig_io io = { .fd = fd, .stall_ms = 10000, .peer = "sender" };
-    for (;;) {
-        ssize_t got = recv(fd, buffer, 4u << 20, 0);
-        if (got > 0) {
-            r->bytes += (uint64_t)got;
-            continue;
-        }
-        if (got < 0 && (errno == EAGAIN || errno == EINTR)) {
-            mig_io_poll_readable(fd, 100);
-            continue;
-        }
-        break;
-    }
-    (void)io;
-    free(buffer);
-    close(fd);
-    return NULL;
-}
-
-/* Moves `bytes` through a socket with 4 MiB sendmsg batches (what the
- * migration sender does, minus copying and checksums): MiB/s. */
+/* `bytes` from one cache-resident 4 MiB buffer into another: the socket's
+ * ceiling (no DRAM, no destination RAM). MiB/s. */
 static double raw_throughput(bool tcp, uint64_t bytes)
 {
-    char address[128], error[256];
-    struct raw_receiver receiver = { 0 };
-    receiver.fd = listen_on(tcp, address, sizeof(address));
-    if (receiver.fd < 0)
-        return 0;
-    pthread_t thread;
-    pthread_create(&thread, NULL, raw_receive, &receiver);
-    struct mig_address parsed;
-    mig_address_parse(address, &parsed, error, sizeof(error));
-    int fd = mig_connect(&parsed, 5000, NULL, error, sizeof(error));
+    unsigned count = (unsigned)(bytes / TRANSFER_CHUNK);
+    struct transfer_segment *segments = calloc(count, sizeof(*segments));
+    uint8_t *from = malloc(TRANSFER_CHUNK), *to = malloc(TRANSFER_CHUNK);
     double mibs = 0;
-    if (fd >= 0) {
-        uint8_t *buffer = malloc(4u << 20);
-        memset(buffer, 0x5a, 4u << 20);
-        struct mig_io io = { .fd = fd, .stall_ms = 10000, .peer = "receiver" };
-        uint64_t started = now_ns();
-        for (uint64_t sent = 0; sent < bytes; sent += 4u << 20)
-            if (mig_io_write(&io, buffer, 4u << 20, error, sizeof(error)) != 0)
-                break;
-        close(fd);
-        pthread_join(thread, NULL);
-        uint64_t elapsed = now_ns() - started;
-        mibs = (double)receiver.bytes / (1024.0 * 1024.0) / ((double)elapsed / 1e9);
-        free(buffer);
-    } else {
-        pthread_cancel(thread);
-        pthread_join(thread, NULL);
+    if (segments != NULL && from != NULL && to != NULL) {
+        memset(from, 0x5a, TRANSFER_CHUNK);
+        for (unsigned i = 0; i < count; i++)
+            segments[i] = (struct transfer_segment){ .from = from, .to = to, .bytes = TRANSFER_CHUNK };
+        mibs = transfer_throughput(tcp, segments, count);
     }
-    close(receiver.fd);
-    if (!tcp)
-        unlink(address + 5);
+    free(segments);
+    free(from);
+    free(to);
     return mibs;
-}
-
-static int compare_doubles(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 /* Median of three 2 GiB transfers: one alone lasts well under a second
@@ -478,8 +459,7 @@ static double raw_throughput_median(bool tcp)
     double samples[3];
     for (unsigned i = 0; i < 3; i++)
         samples[i] = raw_throughput(tcp, 2048ull << 20);
-    qsort(samples, 3, sizeof(samples[0]), compare_doubles);
-    return samples[1];
+    return median_of_three(samples);
 }
 
 /* The same raw transfer while the matrix's source guest (1 vCPU, full-rate
@@ -514,11 +494,9 @@ static void run_idle(const struct options *o, bool dest_prealloc, struct result 
         migration[i] = r.throughput_mibs;
         plain[i] = r.plain_mibs;
     }
-    qsort(migration, 3, sizeof(migration[0]), compare_doubles);
-    qsort(plain, 3, sizeof(plain[0]), compare_doubles);
     out->converged = converged;
-    out->throughput_mibs = migration[1];
-    out->plain_mibs = plain[1];
+    out->throughput_mibs = median_of_three(migration);
+    out->plain_mibs = median_of_three(plain);
 }
 
 int main(int argc, char **argv)
