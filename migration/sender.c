@@ -118,30 +118,23 @@ static void *sender_main(void *argument)
         int result = 0;
         uint64_t started = mono_ns();
         uint64_t cap = __atomic_load_n(&s->max_bandwidth, __ATOMIC_RELAXED);
-        if (cap == 0) {
-            /* Fill and write one buffer at a time: the kernel then copies a
-             * frame that is still in this core's cache. */
-            for (unsigned i = 0; result == 0 && i < count; i++) {
-                mig_buffer_fill(batch[i]);
-                result = mig_io_write(&io, batch[i]->data, batch[i]->length, error, sizeof(error));
-                if (result == 0)
-                    atomic_fetch_add_explicit(&s->bytes_sent, batch[i]->length, memory_order_relaxed);
-            }
-        } else {
-            for (unsigned i = 0; result == 0 && i < count; i++) {
-                mig_buffer_fill(batch[i]);
-                for (size_t done = 0; result == 0 && done < batch[i]->length;) {
-                    size_t slice = batch[i]->length - done > PACE_SLICE ? PACE_SLICE : batch[i]->length - done;
-                    if (!pace(s, atomic_load_explicit(&s->bytes_sent, memory_order_relaxed))) {
-                        snprintf(error, sizeof(error), "cancelled");
-                        result = -1;
-                        break;
-                    }
-                    result = mig_io_write(&io, batch[i]->data + done, slice, error, sizeof(error));
-                    if (result == 0) {
-                        atomic_fetch_add_explicit(&s->bytes_sent, slice, memory_order_relaxed);
-                        done += slice;
-                    }
+        /* Fill each buffer right before writing it: the kernel then copies
+         * a frame that is still in this core's cache. Under a cap, write in
+         * PACE_SLICE pieces, each when the pacer allows it. */
+        for (unsigned i = 0; result == 0 && i < count; i++) {
+            mig_buffer_fill(batch[i]);
+            for (size_t done = 0; result == 0 && done < batch[i]->length;) {
+                size_t left = batch[i]->length - done;
+                size_t slice = cap != 0 && left > PACE_SLICE ? PACE_SLICE : left;
+                if (cap != 0 && !pace(s, atomic_load_explicit(&s->bytes_sent, memory_order_relaxed))) {
+                    snprintf(error, sizeof(error), "cancelled");
+                    result = -1;
+                    break;
+                }
+                result = mig_io_write(&io, batch[i]->data + done, slice, error, sizeof(error));
+                if (result == 0) {
+                    atomic_fetch_add_explicit(&s->bytes_sent, slice, memory_order_relaxed);
+                    done += slice;
                 }
             }
         }
