@@ -25,6 +25,7 @@ harness error (a VMM that did not start) is reported and left out of the
 medians. Only localhost is used.
 """
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -293,6 +294,23 @@ def wait_warm(read_passes, args):
     time.sleep(args.warmup)
 
 
+@contextlib.contextmanager
+def recorded_run(r, procs, conns):
+    """One VMM's run of a case: a failure is recorded in r (status "error",
+    the exception and the tail of each process's log) and the benchmark goes
+    on; the connections and processes opened meanwhile end either way."""
+    try:
+        yield
+    except Exception as e:
+        r["status"] = "error"
+        r["note"] = "%s; %s" % (e, " | ".join(p.tail(300).strip() for p in procs))
+    finally:
+        for c in conns:
+            c.close()
+        for p in procs:
+            p.stop()
+
+
 def run_qemu(args, case, scratch):
     r = empty_result("qemu", case)
     if case.converge == "dirty-limit" and case.tracking != "ring":
@@ -308,7 +326,7 @@ def run_qemu(args, case, scratch):
         uri = "tcp:127.0.0.1:%d" % free_port()
     procs, conns = [], []
     remove_stale(src_qmp, dst_qmp, src_log, dst_log, uri[5:] if uri.startswith("unix:") else None)
-    try:
+    with recorded_run(r, procs, conns):
         dst = Proc(qemu_argv(args, case, elf, dst_qmp, dst_log, incoming=uri), os.path.join(scratch, "qdst.log"))
         procs.append(dst)
         src = Proc(qemu_argv(args, case, elf, src_qmp, src_log), os.path.join(scratch, "qsrc.log"))
@@ -389,14 +407,6 @@ def run_qemu(args, case, scratch):
                 qs.cmd("cancel-vcpu-dirty-limit")
             except QmpError:
                 pass
-    except Exception as e:  # recorded, the benchmark goes on
-        r["status"] = "error"
-        r["note"] = "%s; %s" % (e, " | ".join(p.tail(300).strip() for p in procs))
-    finally:
-        for c in conns:
-            c.close()
-        for p in procs:
-            p.stop()
     return r
 
 
@@ -430,7 +440,7 @@ def run_ringvm(args, case, scratch):
     workload = "dirtier,wss=%s,rate=%d,pattern=seq,write=8" % (size_arg(case.wss), case.rate)
     procs, conns = [], []
     remove_stale(src_sock, dst_sock, dest[5:] if dest.startswith("unix:") else None)
-    try:
+    with recorded_run(r, procs, conns):
         dst = Proc([args.ringvm, "--incoming", dest, "--api-socket", dst_sock] + common,
                    os.path.join(scratch, "rdst.log"))
         procs.append(dst)
@@ -521,14 +531,6 @@ def run_ringvm(args, case, scratch):
         elif r["status"] != "timeout":
             r["status"] = last.get("state", "?")
             r["note"] = json.dumps(last.get("error"))
-    except Exception as e:
-        r["status"] = "error"
-        r["note"] = "%s; %s" % (e, " | ".join(p.tail(300).strip() for p in procs))
-    finally:
-        for c in conns:
-            c.close()
-        for p in procs:
-            p.stop()
     return r
 
 
