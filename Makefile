@@ -41,6 +41,17 @@ GUEST_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -I. \
 	-mgeneral-regs-only -mcmodel=small -fno-stack-protector \
 	-fno-asynchronous-unwind-tables -fcf-protection=none -fno-builtin
 
+# A plain `make` on a machine without the libraries would fail deep inside a
+# compile with "jansson.h: No such file"; say what is missing and how to get
+# it instead. make test/demo/asan install the packages first, so they skip it.
+BUILD_HEADERS := jansson.h numa.h xxhash.h
+MISSING_HEADERS := $(strip $(foreach h,$(BUILD_HEADERS),$(if $(wildcard /usr/include/$(h) /usr/include/*/$(h) /usr/local/include/$(h)),,$(h))))
+ifneq ($(MISSING_HEADERS),)
+ifeq ($(filter test demo asan deps clean,$(MAKECMDGOALS)),)
+$(error ringvm: cannot build: missing headers $(MISSING_HEADERS); run scripts/install-deps.sh (or make deps) first - make test and make demo do it themselves)
+endif
+endif
+
 .PHONY: all test demo asan fuzz clean deps bench
 PROGRAMS := $(BUILD)/ringvm $(if $(wildcard api/ringctl.c),$(BUILD)/ringctl)
 all: $(PROGRAMS) $(BENCHES)

@@ -5,7 +5,10 @@
  * tens of ms). The probes object is created here on the first bpf.start
  * when ringvm was not started with --bpf, and published in vm->bpf_probes
  * with a release store; main destroys it after the VM has stopped.
+ * vm->bpf_unavailable_reason: why they could not load (set by main for
+ * --bpf, then only here on the worker).
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "api/commands.h"
@@ -28,6 +31,12 @@ static void register_vcpu_threads(struct bpf_probes *probes, struct vm *vm)
     }
 }
 
+/* Keeps why BPF could not load or start, for bpf.stats (see vm.h). */
+static void remember_reason(struct vm *vm, const char *reason)
+{
+    snprintf(vm->bpf_unavailable_reason, sizeof(vm->bpf_unavailable_reason), "%.480s", reason);
+}
+
 static enum api_status cmd_bpf_start(struct api_call *call)
 {
     struct vm *vm = call->vm;
@@ -37,67 +46,60 @@ static enum api_status cmd_bpf_start(struct api_call *call)
     struct bpf_probes *probes = current_probes(vm);
     bool created = false;
     if (probes == NULL) {
-        if (bpf_probes_create(&probes, vm, error, sizeof(error)) != 0)
+        if (bpf_probes_create(&probes, vm, error, sizeof(error)) != 0) {
+            remember_reason(vm, error);
             return api_call_fail(call, API_ERR_UNAVAILABLE, "BPF unavailable: %s", error);
+        }
         created = true;
     }
     register_vcpu_threads(probes, vm);
     bool was_running = bpf_probes_running(probes);
     if (!was_running && bpf_probes_start(probes, error, sizeof(error)) != 0) {
-        if (created)
+        if (created) {
             bpf_probes_destroy(probes);
+            char reason[sizeof(vm->bpf_unavailable_reason)];
+            snprintf(reason, sizeof(reason), "probes did not start: %.480s", error);
+            remember_reason(vm, reason);
+        }
         return api_call_fail(call, API_ERR_UNAVAILABLE, "BPF probes did not start: %s", error);
     }
+    vm->bpf_unavailable_reason[0] = '\0';
     if (created)
         atomic_store_explicit(&vm->bpf_probes, probes, memory_order_release);
     return api_call_ok(call, json_pack("{s:b, s:b}", "running", true, "already", was_running));
+}
+
+/* The answer without probes: the reason they could not load when BPF was
+ * asked for (ringvm --bpf or an earlier bpf.start), else how to ask. */
+static enum api_status fail_not_loaded(struct api_call *call)
+{
+    const char *reason = NULL;
+    if (!bpf_probes_built(&reason))
+        return api_call_fail(call, API_ERR_UNAVAILABLE, "BPF unavailable: %s", reason);
+    if (call->vm != NULL && call->vm->bpf_unavailable_reason[0] != '\0')
+        return api_call_fail(call, API_ERR_UNAVAILABLE, "BPF unavailable: %s", call->vm->bpf_unavailable_reason);
+    return api_call_fail(call, API_ERR_UNAVAILABLE, "BPF probes are not loaded (bpf.start or ringvm --bpf)");
 }
 
 static enum api_status cmd_bpf_stop(struct api_call *call)
 {
     struct bpf_probes *probes = call->vm ? current_probes(call->vm) : NULL;
     if (probes == NULL)
-        return api_call_fail(call, API_ERR_UNAVAILABLE, "BPF probes are not loaded (bpf.start or ringvm --bpf)");
+        return fail_not_loaded(call);
     bool was_running = bpf_probes_running(probes);
     bpf_probes_stop(probes);
     return api_call_ok(call, json_pack("{s:b, s:b}", "running", false, "already", !was_running));
 }
 
-/* The VMM's own user-space measurement of the kick interval (vcpu_kick to
- * KVM_RUN returning EINTR), beside the kernel's, per vCPU. */
-static void add_vmm_kick_latency(struct vm *vm, json_t *stats)
-{
-    size_t index;
-    json_t *vcpu;
-    json_array_foreach(json_object_get(stats, "vcpus"), index, vcpu) {
-        json_int_t which = json_integer_value(json_object_get(vcpu, "index"));
-        if (which < 0 || (unsigned)which >= vm->config.vcpu_count)
-            continue;
-        const struct vcpu_counters *counters = &vm->vcpus[which].counters;
-        struct bpf_probes_hist hist;
-        memset(&hist, 0, sizeof(hist));
-        hist.count = atomic_load_explicit(&counters->kick_latency_count, memory_order_relaxed);
-        hist.sum_ns = atomic_load_explicit(&counters->kick_latency_sum_ns, memory_order_relaxed);
-        for (unsigned b = 0; b < VCPU_KICK_LATENCY_BUCKETS && b < BPF_PROBES_HIST_BUCKETS; b++)
-            hist.buckets[b] = atomic_load_explicit(&counters->kick_latency_buckets[b], memory_order_relaxed);
-        json_object_set_new(vcpu, "vmm_kick_latency_ns", bpf_probes_hist_json(&hist));
-    }
-}
-
 static enum api_status cmd_bpf_stats(struct api_call *call)
 {
     struct bpf_probes *probes = call->vm ? current_probes(call->vm) : NULL;
-    if (probes == NULL) {
-        const char *reason = NULL;
-        if (!bpf_probes_built(&reason))
-            return api_call_fail(call, API_ERR_UNAVAILABLE, "BPF unavailable: %s", reason);
-        return api_call_fail(call, API_ERR_UNAVAILABLE, "BPF probes are not loaded (bpf.start or ringvm --bpf)");
-    }
+    if (probes == NULL)
+        return fail_not_loaded(call);
     char error[512];
     json_t *stats = bpf_probes_stats_json(probes, error, sizeof(error));
     if (stats == NULL)
         return api_call_fail(call, API_ERR_UNAVAILABLE, "BPF statistics unavailable: %s", error);
-    add_vmm_kick_latency(call->vm, stats);
     return api_call_ok(call, stats);
 }
 

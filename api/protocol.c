@@ -385,7 +385,14 @@ static int check_type(const json_t *value, const struct api_arg_spec *spec, stru
     bool ok = false;
     switch (spec->type) {
     case API_ARG_INT: ok = json_is_integer(value); break;
-    case API_ARG_UINT: ok = json_is_integer(value) && json_integer_value(value) >= 0; break;
+    case API_ARG_UINT:
+        /* A wrong JSON type reads "expected integer" like API_ARG_INT; only a
+         * real integer below zero gets the sign message. */
+        if (json_is_integer(value) && json_integer_value(value) < 0)
+            return api_error_set(error, API_ERR_INVALID_ARGUMENT, "args.%s: must be >= 0 (got %lld)",
+                                 spec->name, (long long)json_integer_value(value));
+        ok = json_is_integer(value);
+        break;
     case API_ARG_NUMBER: ok = json_is_number(value); break;
     case API_ARG_STRING: ok = json_is_string(value); break;
     case API_ARG_BOOL: ok = json_is_boolean(value); break;
@@ -406,7 +413,7 @@ static int check_type(const json_t *value, const struct api_arg_spec *spec, stru
     if (ok)
         return 0;
     return api_error_set(error, API_ERR_INVALID_ARGUMENT, "args.%s: expected %s", spec->name,
-                         api_arg_type_name(spec->type));
+                         spec->type == API_ARG_UINT ? "integer" : api_arg_type_name(spec->type));
 }
 
 int api_args_validate(const json_t *args, const struct api_arg_spec *specs, const char *command,

@@ -6,12 +6,14 @@
  * Exit status: 0 ok, 1 the VMM answered an error (code and message on
  * stderr), 2 usage, 3 cannot connect / connection lost.
  *
- * Adding a command: one entry in `commands` below (name, usage, help, run).
+ * Adding a command: one entry in `commands` below (name, usage, help, run,
+ * summary).
  */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,8 +34,9 @@
 struct ringctl_command {
     const char *name;
     const char *usage;      /* after "ringctl [-s PATH] " */
-    const char *help;
+    const char *help;       /* full text, for `ringctl COMMAND --help` */
     int (*run)(struct ringctl_session *ctl, int argc, char **argv);
+    const char *summary;    /* one complete line (<= 62 columns), for `ringctl --help` */
 };
 
 static const struct ringctl_command commands[];
@@ -50,8 +53,14 @@ static const char global_help[] =
 static void usage_all(FILE *out)
 {
     fprintf(out, "usage: ringctl [-s PATH] [--json] [--timeout MS] COMMAND [OPTIONS]\n\nCommands:\n");
-    for (const struct ringctl_command *c = commands; c->name; c++)    /* first line of help */
-        fprintf(out, "  %-12s %.*s\n", c->name, (int)strcspn(c->help, "\n"), c->help);
+    /* The one-line summary; the help text's first line is only a fallback for
+     * an entry without one (it may stop mid-sentence). */
+    for (const struct ringctl_command *c = commands; c->name; c++) {
+        if (c->summary)
+            fprintf(out, "  %-15s %s\n", c->name, c->summary);
+        else
+            fprintf(out, "  %-15s %.*s\n", c->name, (int)strcspn(c->help, "\n"), c->help);
+    }
     fprintf(out, "\n%s", global_help);
 }
 
@@ -353,6 +362,38 @@ static int run_shutdown(struct ringctl_session *ctl, int argc, char **argv)
     return 0;
 }
 
+static int run_dirty_tracking(struct ringctl_session *ctl, int argc, char **argv)
+{
+    const struct ringctl_command *command = find_command("dirty-tracking");
+    while (next_option(ctl, command, argc, argv, NULL, NULL) != -1) {
+    }
+    if (optind + 1 != argc || (strcmp(argv[optind], "on") != 0 && strcmp(argv[optind], "off") != 0)) {
+        fprintf(stderr, "ringctl dirty-tracking: expected 'on' or 'off'\n");
+        usage_command(stderr, command);
+        return EXIT_USAGE;
+    }
+    bool enable = strcmp(argv[optind], "on") == 0;
+    json_t *r;
+    int status = call(ctl, "vm.dirty-tracking", json_pack("{s:b}", "enable", enable), &r);
+    if (status)
+        return status;
+    if (ctl->json)
+        return output(ctl, r);
+    bool tracking = json_is_true(json_object_get(r, "tracking"));
+    char holders[128] = "";
+    size_t i;
+    json_t *name;
+    json_array_foreach(json_object_get(r, "tracking_holders"), i, name)
+        snprintf(holders + strlen(holders), sizeof(holders) - strlen(holders), "%s%s", i ? ", " : "",
+                 json_string_value(name));
+    if (tracking)
+        printf("dirty tracking: on (held by %s)\n", holders);
+    else
+        printf("dirty tracking: off\n");
+    json_decref(r);
+    return 0;
+}
+
 static int run_dirty_stats(struct ringctl_session *ctl, int argc, char **argv)
 {
     const struct ringctl_command *command = find_command("dirty-stats");
@@ -370,6 +411,7 @@ static int run_dirty_stats(struct ringctl_session *ctl, int argc, char **argv)
     }
     no_operands(command, argc, argv);
     bool tty = isatty(STDOUT_FILENO);
+    bool hinted = false;
     for (;;) {
         json_t *r;
         int status = call(ctl, "vm.dirty-stats", NULL, &r);
@@ -377,7 +419,17 @@ static int run_dirty_stats(struct ringctl_session *ctl, int argc, char **argv)
             return status;
         if (watch && tty && !ctl->json)
             printf("\033[H\033[2J");
+        /* Rates read 0 while nobody tracks: say why, once per stretch
+         * without tracking (on every screen when the screen is redrawn). */
+        bool tracking = json_is_true(json_object_get(r, "tracking"));
+        bool hint = !tracking && !ctl->json && (!hinted || (watch && tty));
+        hinted = !tracking;
         output(ctl, r);
+        if (hint) {
+            fflush(stdout);
+            fprintf(stderr, "ringctl: dirty tracking is off, so the rates read 0 "
+                            "(`ringctl dirty-tracking on` turns it on outside a migration)\n");
+        }
         if (!watch)
             return 0;
         if (!ctl->json)
@@ -626,6 +678,17 @@ static int run_trace(struct ringctl_session *ctl, int argc, char **argv)
         json_decref(r);
     }
     bool tty = isatty(STDOUT_FILENO);
+    /* --watch runs until SIGINT/SIGTERM: with --stop those must end the loop
+     * and still send bpf.stop, so they are blocked and taken synchronously
+     * while waiting for the next interval (sigtimedwait). */
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    if (watch && stop && sigprocmask(SIG_BLOCK, &stop_signals, NULL) != 0) {
+        fprintf(stderr, "ringctl: sigprocmask(SIGINT, SIGTERM): %s\n", strerror(errno));
+        return 1;
+    }
     for (;;) {
         if ((status = call(ctl, "bpf.stats", NULL, &r)) != 0)
             return status;
@@ -643,7 +706,20 @@ static int run_trace(struct ringctl_session *ctl, int argc, char **argv)
             break;
         fflush(stdout);
         struct timespec ts = {.tv_sec = interval / 1000, .tv_nsec = (interval % 1000) * 1000000L};
-        while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+        if (stop) {
+            /* Approximate interval: an unrelated signal restarts it. */
+            int got;
+            while ((got = sigtimedwait(&stop_signals, NULL, &ts)) < 0 && errno == EINTR) {
+            }
+            if (got > 0)
+                break;      /* SIGINT/SIGTERM: detach the probes below */
+            if (errno != EAGAIN) {
+                fprintf(stderr, "ringctl: sigtimedwait: %s\n", strerror(errno));
+                break;
+            }
+        } else {
+            while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+            }
         }
     }
     if (stop) {
@@ -658,67 +734,106 @@ static const struct ringctl_command commands[] = {
     {"info", "info",
      "Show the VM: state (running|paused|shutdown), vCPUs, memory, workload, dirty-log\n"
      "mode, uptime, ringvm's pid (vm.info).",
-     run_info},
+     run_info,
+     "Show state, vCPUs, memory, workload, uptime (vm.info)."},
     {"pause", "pause",
      "Stop every vCPU; returns once all are parked (vm.pause). Error vm-paused if\n"
      "already paused.",
-     run_pause},
+     run_pause,
+     "Stop every vCPU (vm.pause)."},
     {"resume", "resume", "Let the vCPUs run again (vm.resume). Error vm-running if not paused.",
-     run_resume},
+     run_resume,
+     "Let the vCPUs run again (vm.resume)."},
     {"shutdown", "shutdown [--exit-code N]",
-     "Stop the VM; ringvm then exits with status N (default 0) (vm.shutdown).", run_shutdown},
+     "Stop the VM; ringvm then exits with status N (default 0) (vm.shutdown).", run_shutdown,
+     "Stop the VM; ringvm exits (vm.shutdown)."},
     {"dirty-stats", "dirty-stats [--watch] [--interval MS]",
      "Per-vCPU dirty pages/s (over 100 ms and 1 s), ring fill high-water, ring-full\n"
      "exits and harvester totals (vm.dirty-stats). --watch repeats every --interval\n"
-     "ms (default 1000) until interrupted.",
-     run_dirty_stats},
+     "ms (default 1000) until interrupted. The rates are 0 unless dirty tracking is\n"
+     "on: during a migration, or after `ringctl dirty-tracking on`.",
+     run_dirty_stats,
+     "Dirty pages/s per vCPU and ring health (vm.dirty-stats)."},
+    {"dirty-tracking", "dirty-tracking on|off",
+     "Turn dirty tracking on or off outside a migration (vm.dirty-tracking), so that\n"
+     "dirty-stats shows the guest's dirty rates, e.g. to size a migration. Tracking\n"
+     "costs the guest a write fault on its first write to each page after each ring\n"
+     "reset (bitmap mode: sync). A migration tracks on its own and restarts tracking\n"
+     "when it starts; it never turns off tracking turned on here. 'off' drops only\n"
+     "this hold. Error unavailable with --dirty-log off.",
+     run_dirty_tracking,
+     "Dirty tracking on/off outside a migration (vm.dirty-tracking)."},
     {"digest", "digest [--chunks]",
      "XXH3-128 of all guest RAM (vm.memory-digest); --chunks also lists every 64 MiB\n"
      "chunk. The VM must be paused (ringctl pause).",
-     run_digest},
+     run_digest,
+     "XXH3-128 of guest RAM, VM paused (vm.memory-digest)."},
     {"guest-stats", "guest-stats", "The guest workload's counters per vCPU (vm.guest-stats).",
-     run_guest_stats},
+     run_guest_stats,
+     "The guest workload's counters (vm.guest-stats)."},
     {"events", "events [--count N] [--filter PREFIX]...",
      "Subscribe to events and print one line per event until the VM shuts down, the\n"
      "connection closes or N events were printed. --filter keeps events whose name\n"
      "starts with PREFIX (repeatable).",
-     run_events},
+     run_events,
+     "Print VM and migration events as they happen."},
     {"raw", "raw JSON",
      "Send one request as JSON text, e.g. '{\"cmd\":\"vm.info\"}' (an id is added if\n"
      "missing) and print the whole reply line. Exit 1 if the reply is an error.",
-     run_raw},
-    {"migrate", "migrate DEST [--dispatch] [--downtime-ms N] [--converge auto|dirty-limit|none]\n"
-                "        [--max-bandwidth MIBS] [--keep-alive] [--timeout S] [--timeout-strategy cancel|force]\n"
-                "        [--throttle-initial N] [--throttle-increment N] [--throttle-max N] [--stall-timeout S]",
-     "Live-migrate the VM to DEST (unix:PATH or tcp:HOST:PORT, a ringvm started with\n"
-     "--incoming) (migration.start). Blocks showing progress: on a terminal one line\n"
-     "with percent, iteration, dirty rate, bandwidth, throttle and expected downtime;\n"
-     "otherwise a line per iteration. Exit 0 completed, 1 failed or cancelled.\n"
-     "--dispatch returns as soon as the migration has started.",
-     run_migration},
+     run_raw,
+     "Send one JSON request, print the whole reply."},
+    {"migrate", "migrate DEST [OPTIONS]",
+     "Live-migrate the VM to DEST (unix:PATH or tcp:HOST:PORT of a ringvm started\n"
+     "with --incoming) (migration.start). Blocks showing progress: on a terminal one\n"
+     "line with percent, iteration, dirty rate, bandwidth, throttle and expected\n"
+     "downtime; otherwise a line per iteration. Exit 0 completed, 1 failed or\n"
+     "cancelled (cause on stderr). Options are migration.start's arguments\n"
+     "(docs/api.md); unset ones take the defaults in brackets.\n"
+     "  --dispatch              start it and return at once (then ringctl progress)\n"
+     "  --downtime-ms N         switch over once the expected downtime <= N ms [300]\n"
+     "  --converge MODE         auto (throttle all vCPUs), dirty-limit (per-vCPU\n"
+     "                          quotas) or none [auto]\n"
+     "  --max-bandwidth MIBS    cap the link at MIBS MiB/s, 0 = uncapped [0]\n"
+     "  --keep-alive            after success keep the source VMM up (state\n"
+     "                          migrated) instead of exiting 0\n"
+     "  --timeout S             not converged within S s: apply the strategy [3600]\n"
+     "  --timeout-strategy X    cancel (the guest stays here) or force [cancel]\n"
+     "  --throttle-initial N    auto-converge's first throttle, percent [20]\n"
+     "  --throttle-increment N  auto-converge's step, percent [10]\n"
+     "  --throttle-max N        highest throttle, percent [99]\n"
+     "  --stall-timeout S       fail when the link moves nothing for S s [5]\n"
+     "  --verify-digest         compare XXH3-128 digests of RAM before the\n"
+     "                          destination resumes (about 0.5 ms of downtime per\n"
+     "                          MiB of RAM)\n"
+     "  --no-verify             do not compare digests [the default]",
+     run_migration, "Live-migrate the VM to DEST, showing progress."},
     {"progress", "progress [--watch] [--json]",
      "The progress snapshot of the current or last migration (migration.progress);\n"
      "--watch repeats until it ends.",
-     run_migration},
+     run_migration, "Progress of the current or last migration."},
     {"cancel", "cancel", "Cancel the running migration; the source keeps running the guest (migration.cancel).",
-     run_migration},
+     run_migration, "Cancel the running migration (migration.cancel)."},
     {"report", "report [--out FILE] [--from FILE] [--bpf FILE]",
      "Write a self-contained HTML report (plots by gnuplot, package gnuplot-nox) of the\n"
      "last migration, from the VMM (migration.progress, and bpf.stats when probes run)\n"
      "or from a saved `ringctl progress --json` file (--from; --bpf adds a saved\n"
      "`ringctl trace --json`). --out defaults to migration-report.html.",
-     run_report},
+     run_report,
+     "Write an HTML report of the last migration."},
     {"trace", "trace [--start] [--stop] [--watch] [--interval MS] [--width N]",
      "eBPF measurements as text histograms (bpf.stats): KVM_RUN time in guest and in\n"
      "userspace per exit reason, kick and throttle latency (with the VMM's own\n"
      "measurement beside it), off-CPU time, dirty ring pushes and resets. --start\n"
-     "attaches the probes first (bpf.start), --stop detaches them after. Error\n"
-     "unavailable (exit 1) when BPF cannot load on this host.",
-     run_trace},
+     "attaches the probes first (bpf.start), --stop detaches them after (with --watch:\n"
+     "on SIGINT/SIGTERM). Error unavailable (exit 1) when BPF cannot load on this host.",
+     run_trace,
+     "eBPF histograms: KVM_RUN, kicks, dirty ring (bpf.stats)."},
     {"commands", "commands", "List the commands the VMM accepts, with their arguments (api.commands).",
-     run_commands},
-    {"version", "version", "Protocol version and server identity (api.version).", run_version},
-    {NULL, NULL, NULL, NULL},
+     run_commands,
+     "List the commands the VMM accepts (api.commands)."},
+    {"version", "version", "Protocol version and server identity (api.version).", run_version,
+     "Protocol version and server identity (api.version)."},
+    {NULL, NULL, NULL, NULL, NULL},
 };
 
 int main(int argc, char **argv)

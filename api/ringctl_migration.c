@@ -5,7 +5,7 @@
  *                   [--max-bandwidth MIBS] [--keep-alive] [--timeout S]
  *                   [--timeout-strategy cancel|force] [--throttle-initial N]
  *                   [--throttle-increment N] [--throttle-max N]
- *                   [--stall-timeout S] [--no-verify]
+ *                   [--stall-timeout S] [--verify-digest|--no-verify]
  *   ringctl progress [--watch] [--json]
  *   ringctl cancel
  *
@@ -100,9 +100,15 @@ static void print_summary(json_t *p, FILE *out)
             get_int(memory, "normal_pages"), get_int(memory, "zero_pages"));
     const char *source = get_string(p, "memory_digest_source");
     const char *destination = get_string(p, "memory_digest_destination");
-    if (*source || *destination)
-        fprintf(out, "memory digest: source %s, destination %s\n", *source ? source : "-",
-                *destination ? destination : "-");
+    /* Without verify_digest only the source hashes its RAM (after the ack),
+     * so a bare "destination -" would read like a failed check. */
+    if (*source && *destination)
+        fprintf(out, "memory digest: source %s, destination %s (%s)\n", source, destination,
+                strcmp(source, destination) == 0 ? "equal" : "DIFFERENT");
+    else if (*source)
+        fprintf(out, "memory digest: source %s (destination not hashed: verify_digest off)\n", source);
+    else if (*destination)
+        fprintf(out, "memory digest: destination %s\n", destination);
     json_t *error = json_object_get(p, "error");
     if (json_is_object(error))
         fprintf(out, "error: %s: %s\n", get_string(error, "code"), get_string(error, "message"));
@@ -216,6 +222,7 @@ static int watch_until_done(struct ringctl_session *session, bool json, int64_t 
     }
 }
 
+/* --help never gets here: ringctl.c answers it from its command table. */
 static int run_migrate(struct ringctl_session *session, int argc, char **argv, bool json)
 {
     static const struct option options[] = {
@@ -230,19 +237,21 @@ static int run_migrate(struct ringctl_session *session, int argc, char **argv, b
         {"throttle-increment", required_argument, NULL, 'n'},
         {"throttle-max", required_argument, NULL, 'm'},
         {"stall-timeout", required_argument, NULL, 's'},
+        {"verify-digest", no_argument, NULL, 'v'},
         {"no-verify", no_argument, NULL, 'V'},
-        {"help", no_argument, NULL, 'h'},
         {0},
     };
     json_t *args = json_object();
     bool dispatch = false;
     optind = 0;     /* GNU: full re-initialisation (ringctl may parse several times) */
     int option;
-    while ((option = getopt_long(argc, argv, "", options, NULL)) != -1) {
+    int option_index = 0;
+    while ((option = getopt_long(argc, argv, "", options, &option_index)) != -1) {
         const char *key = NULL;
         switch (option) {
         case 'd': dispatch = true; continue;
         case 'k': json_object_set_new(args, "keep_alive", json_true()); continue;
+        case 'v': json_object_set_new(args, "verify_digest", json_true()); continue;
         case 'V': json_object_set_new(args, "verify_digest", json_false()); continue;
         case 'c': json_object_set_new(args, "converge", json_string(optarg)); continue;
         case 'S': json_object_set_new(args, "timeout_strategy", json_string(optarg)); continue;
@@ -253,14 +262,6 @@ static int run_migrate(struct ringctl_session *session, int argc, char **argv, b
         case 'n': key = "throttle_increment"; break;
         case 'm': key = "throttle_max"; break;
         case 's': key = "stall_timeout_s"; break;
-        case 'h':
-            fprintf(stdout, "usage: ringctl migrate DEST [--dispatch] [--downtime-ms N] [--converge auto|dirty-limit|none]\n"
-                            "         [--max-bandwidth MIBS] [--keep-alive] [--timeout S] [--timeout-strategy cancel|force]\n"
-                            "         [--throttle-initial N] [--throttle-increment N] [--throttle-max N]\n"
-                            "         [--stall-timeout S] [--no-verify]\n"
-                            "DEST: unix:PATH or tcp:HOST:PORT of a ringvm started with --incoming.\n");
-            json_decref(args);
-            return 0;
         default:
             json_decref(args);
             return EXIT_USAGE;
@@ -269,10 +270,8 @@ static int run_migrate(struct ringctl_session *session, int argc, char **argv, b
         errno = 0;
         long long value = strtoll(optarg, &end, 10);
         if (errno != 0 || *optarg == '\0' || *end != '\0' || value < 0) {
-            fprintf(stderr, "ringctl: migrate: --%s %s: expected a non-negative integer\n", options[0].name == NULL ? "" :
-                    (option == 'D' ? "downtime-ms" : option == 'b' ? "max-bandwidth" : option == 't' ? "timeout"
-                     : option == 'i' ? "throttle-initial" : option == 'n' ? "throttle-increment"
-                     : option == 'm' ? "throttle-max" : "stall-timeout"), optarg);
+            fprintf(stderr, "ringctl: migrate: --%s %s: expected a non-negative integer\n",
+                    options[option_index].name, optarg);
             json_decref(args);
             return EXIT_USAGE;
         }
@@ -323,7 +322,8 @@ static int run_progress(struct ringctl_session *session, int argc, char **argv, 
     bool watch = false;
     optind = 0;     /* GNU: full re-initialisation (ringctl may parse several times) */
     int option;
-    while ((option = getopt_long(argc, argv, "", options, NULL)) != -1) {
+    int option_index = 0;
+    while ((option = getopt_long(argc, argv, "", options, &option_index)) != -1) {
         if (option == 'w')
             watch = true;
         else if (option == 'J')
@@ -406,10 +406,8 @@ int ringctl_migration_main(int argc, char **argv, struct ringctl_session *sessio
         fprintf(stderr, "ringctl: unknown migration command '%s'\n", name);
         return EXIT_USAGE;
     }
-    /* Connect up front: the watchers read events from session->client. */
-    int status = ringctl_session_connect(session);
-    if (status != 0)
-        return status;
+    /* Each command connects on its first call, after its options parsed, so
+     * a usage error is reported as one (exit 2) even with no VMM to reach. */
     if (strcmp(name, "migrate") == 0)
         return run_migrate(session, argc, argv, session->json);
     if (strcmp(name, "progress") == 0)

@@ -16,10 +16,13 @@
  *                    only: never fires under PVM).
  *   kick_latency     tgkill(SIGUSR1) from the VMM (sys_enter) or the
  *                    throttle timer's signal (signal:signal_generate,
- *                    SI_TIMER) -> the vCPU leaving KVM_RUN. Kicks that find
- *                    the vCPU already outside KVM_RUN are counted apart
- *                    (latency 0). Beside it: the same interval from the
- *                    VMM's own kick stamp (vcpu->kick_sent_ns).
+ *                    SI_TIMER) -> the vCPU's first exit to user space
+ *                    after it (any exit reason: the moment it left the
+ *                    guest). Kicks that find the vCPU already outside
+ *                    KVM_RUN count as latency 0 (bucket 0). Beside it, for
+ *                    tgkill kicks: the same interval from the VMM's own kick
+ *                    stamp (vcpu->kick_sent_ns), and the VMM's user-space
+ *                    measurement (vcpu_kick -> KVM_RUN EINTR).
  *   throttle_sleep   exit caused by the throttle timer -> next KVM_RUN.
  *   offcpu           sched:sched_switch out -> in of vCPU threads, split by
  *                    whether the thread was inside KVM_RUN.
@@ -112,16 +115,24 @@ struct bpf_probes_vcpu_stats {
     uint64_t exits[BPF_PROBES_EXIT_SLOTS];
     struct bpf_probes_hist guest_ns[BPF_PROBES_EXIT_SLOTS];
     struct bpf_probes_hist userspace_ns[BPF_PROBES_EXIT_SLOTS];
+    /* Kick latency: the kick to the vCPU's first exit to user space after
+     * it (kvm_userspace_exit with any reason, not only -EINTR: that is when
+     * it left the guest). A kick that found the vCPU outside KVM_RUN
+     * counts as latency 0 (bucket 0), so count == kicks sent. */
     struct bpf_probes_hist kick_ns;             /* tgkill + timer */
     struct bpf_probes_hist kick_tgkill_ns;
     struct bpf_probes_hist kick_timer_ns;
+    struct bpf_probes_hist kick_tgkill_in_run_ns;   /* tgkill kicks that found it in KVM_RUN */
     struct bpf_probes_hist kick_vmm_stamp_ns;   /* VMM's kick_sent_ns -> exit */
+    /* The VMM's own user-space measurement of tgkill kicks (vcpu_kick ->
+     * KVM_RUN returning EINTR), since the probes were first started. */
+    struct bpf_probes_hist vmm_kick_latency_ns;
     struct bpf_probes_hist throttle_sleep_ns;
     struct bpf_probes_hist offcpu_in_run_ns;
     struct bpf_probes_hist offcpu_userspace_ns;
     uint64_t kicks_tgkill;                      /* seen at the sender */
     uint64_t kicks_timer;
-    uint64_t kicks_outside_run;                 /* found the vCPU out of KVM_RUN */
+    uint64_t kicks_outside_run;                 /* found the vCPU out of KVM_RUN (latency 0) */
     uint64_t kicks_pending;                     /* in KVM_RUN, not yet out */
     uint64_t kicks_lost;                        /* more kicks than queue slots in one run:
                                                    in the histogram, latency a lower bound */
@@ -178,8 +189,13 @@ int bpf_probes_start(struct bpf_probes *probes, char *error, size_t error_size);
 int bpf_probes_stop(struct bpf_probes *probes);
 bool bpf_probes_running(struct bpf_probes *probes);
 
-/* One line per metric: "bpf: kick_latency live (...)" / "unavailable: ...". */
+/* The attach report (main, right after bpf_probes_start, before the vCPUs
+ * run): one line per metric, "attached (source)" or "off (why)". */
 void bpf_probes_print_metrics(struct bpf_probes *probes, FILE *out);
+/* The start summary, once the vCPUs have run a while: which metrics are
+ * live, which are attached but saw no events (and why, from what the VM
+ * did meanwhile), which are unavailable (why). A few lines. */
+void bpf_probes_print_summary(struct bpf_probes *probes, FILE *out);
 
 /* ---- reading ------------------------------------------------------------ */
 
@@ -200,7 +216,8 @@ struct bpf_probes_mark {
     uint64_t reset_ioctls;
 };
 struct bpf_probes_iteration {
-    uint64_t kicks;                             /* kicks that found the vCPU in KVM_RUN */
+    uint64_t kicks;                             /* kicks (those that found the vCPU
+                                                   outside KVM_RUN as latency 0) */
     uint64_t kick_p50_ns;
     uint64_t kick_p99_ns;
     uint64_t ring_full_exits;
@@ -223,6 +240,11 @@ struct bpf_probes_prog_stat {
     char name[32];
     uint64_t run_count;
     uint64_t run_time_ns;
+    /* Runs the kernel skipped because the same program was already running
+     * on that CPU (always counted, also without run stats): e.g. the
+     * throttle timer's signal_generate in hard IRQ context interrupting
+     * rv_signal_generate for another signal. Those events are not seen. */
+    uint64_t recursion_misses;
 };
 /* Fills up to max entries; returns how many, or -errno. */
 int bpf_probes_prog_stats(struct bpf_probes *probes, struct bpf_probes_prog_stat *out, unsigned max);

@@ -70,6 +70,12 @@ void bpf_probes_print_metrics(struct bpf_probes *probes, FILE *out)
     fprintf(out, "ringvm: bpf: unavailable: %s\n", RINGVM_BPF_STUB_REASON);
 }
 
+void bpf_probes_print_summary(struct bpf_probes *probes, FILE *out)
+{
+    (void)probes;
+    fprintf(out, "ringvm: bpf: unavailable: %s\n", RINGVM_BPF_STUB_REASON);
+}
+
 int bpf_probes_stats_get(struct bpf_probes *probes, struct bpf_probes_stats *out)
 {
     (void)probes;

@@ -37,6 +37,7 @@
 _Static_assert(RV_HIST_SLOTS == BPF_PROBES_HIST_BUCKETS, "histogram layouts differ");
 _Static_assert(RV_EXIT_SLOTS == BPF_PROBES_EXIT_SLOTS, "exit slot layouts differ");
 _Static_assert(RV_HW_REASON_SLOTS == BPF_PROBES_HW_REASONS, "hardware reason layouts differ");
+_Static_assert(VCPU_KICK_LATENCY_BUCKETS == BPF_PROBES_HIST_BUCKETS, "the VMM's kick latency buckets differ");
 
 /* ---- the program table ---------------------------------------------------- */
 
@@ -112,6 +113,7 @@ struct bpf_probes {
     struct vmm_base {                       /* the VMM's counters at the first start */
         uint64_t exits_io, exits_mmio, exits_intr, exits_dirty_ring_full;
         uint64_t kicks_sent, throttle_sleeps, throttle_sleep_ns;
+        struct bpf_probes_hist kick_latency;    /* the VMM's own kick latency */
     } *vmm_base;                            /* vcpu_count */
     bool running;
     uint64_t started_ns;
@@ -524,6 +526,14 @@ static void read_vmm_counters(struct bpf_probes *probes, unsigned index, struct 
     out->kicks_sent = atomic_load_explicit(&c->kicks_sent, memory_order_relaxed);
     out->throttle_sleeps = atomic_load_explicit(&c->throttle_sleeps, memory_order_relaxed);
     out->throttle_sleep_ns = atomic_load_explicit(&c->throttle_sleep_ns, memory_order_relaxed);
+    /* Each field on its own: count, sum and buckets may disagree by the
+     * one kick being recorded meanwhile; count is the sum of the buckets. */
+    out->kick_latency.count = 0;
+    out->kick_latency.sum_ns = atomic_load_explicit(&c->kick_latency_sum_ns, memory_order_relaxed);
+    for (unsigned b = 0; b < VCPU_KICK_LATENCY_BUCKETS; b++) {
+        out->kick_latency.buckets[b] = atomic_load_explicit(&c->kick_latency_buckets[b], memory_order_relaxed);
+        out->kick_latency.count += out->kick_latency.buckets[b];
+    }
 }
 
 /* Per-vCPU entries: zeroed the first time; afterwards only the state
@@ -698,6 +708,21 @@ static void hist_from(struct bpf_probes_hist *out, const struct rv_hist *in)
     }
 }
 
+/* The kick histograms of one vCPU entry: the kicks that found the vCPU
+ * outside KVM_RUN (counted apart by the programs) go into bucket 0 with
+ * latency 0, so each histogram's count is every kick of its source. */
+static void kick_hists_from(const struct rv_vcpu *value, struct bpf_probes_hist *tgkill,
+                            struct bpf_probes_hist *timer, struct bpf_probes_hist *tgkill_in_run)
+{
+    hist_from(tgkill_in_run, &value->kick_tgkill);
+    *tgkill = *tgkill_in_run;
+    tgkill->buckets[0] += value->kicks_outside_tgkill;
+    tgkill->count += value->kicks_outside_tgkill;
+    hist_from(timer, &value->kick_timer);
+    timer->buckets[0] += value->kicks_outside_timer;
+    timer->count += value->kicks_outside_timer;
+}
+
 static int read_vcpu(struct bpf_probes *probes, __u32 index, struct rv_vcpu *value)
 {
     if (bpf_map__lookup_elem(probes->skel->maps.vcpus, &index, sizeof(index), value, sizeof(*value), 0) != 0)
@@ -776,6 +801,28 @@ static void describe_metrics(struct bpf_probes *probes, struct bpf_probes_stats 
         kvm_exits += v->kvm_exits;
     }
 
+    /* Why an attached metric saw no events, from what the VM did meanwhile
+     * (the start summary prints these once the vCPUs have run). */
+    char kvm_exit_why[160], throttle_why[96], ring_why[96], kick_why[96];
+    bool pvm = access("/sys/module/kvm_pvm", F_OK) == 0;
+    snprintf(kvm_exit_why, sizeof(kvm_exit_why), "no in-kernel exit in %" PRIu64 " KVM_RUN round trips: %s", entries,
+             pvm ? "kvm:kvm_exit does not fire under PVM (kvm_pvm is loaded)"
+                 : "kvm:kvm_exit did not fire on this host");
+    bool throttled = false;
+    for (unsigned i = 0; i < probes->vcpu_count; i++)
+        throttled |= vcpu_get_throttle(&probes->vm->vcpus[i]) > 0;
+    snprintf(throttle_why, sizeof(throttle_why), "%s",
+             throttled ? "no throttle timer kick yet" : "no throttle timer kick: throttling is off (0 %)");
+    enum dirty_log_mode mode = dirty_log_mode(probes->vm->dirty_log);
+    if (mode != DIRTY_LOG_RING)
+        snprintf(ring_why, sizeof(ring_why), "dirty logging is %s, not ring", dirty_log_mode_name(mode));
+    else if (!dirty_log_tracking(probes->vm->dirty_log))
+        snprintf(ring_why, sizeof(ring_why), "dirty ring tracking is off (a migration or vm.dirty-tracking turns it on)");
+    else
+        ring_why[0] = '\0';
+    snprintf(kick_why, sizeof(kick_why), "%s",
+             throttled ? "no kicks yet" : "no kicks yet (no pause, throttle or migration)");
+
     struct bpf_probes_metric_state *m;
 #define METRIC(id, is_attached, events, src, why_not, no_events)                                            \
     do {                                                                                                   \
@@ -787,18 +834,24 @@ static void describe_metrics(struct bpf_probes *probes, struct bpf_probes_stats 
                  !m->attached ? (why_not) : m->live ? "" : (no_events));                                   \
     } while (0)
 
+    /* Sources follow what was loaded, not what is attached now: after
+     * bpf.stop nothing is attached, yet the counters came from these. */
+    const bool *loaded = probes->loaded;
     bool entry_attached = p[PROG_SYS_ENTER].attached || p[PROG_KVM_FPU].attached;
     METRIC(BPF_METRIC_KVM_RUN, p[PROG_USERSPACE_EXIT].attached && entry_attached, exits + entries,
-           p[PROG_SYS_ENTER].attached ? "kvm:kvm_userspace_exit + raw_syscalls:sys_enter(KVM_RUN)"
-                                      : "kvm:kvm_userspace_exit + kvm:kvm_fpu(load)",
-           !p[PROG_USERSPACE_EXIT].attached ? p[PROG_USERSPACE_EXIT].reason : p[PROG_SYS_ENTER].reason,
-           "no KVM_RUN seen yet");
-    if (p[PROG_KVM_EXIT_REASON].attached || p[PROG_KVM_EXIT_BTF].attached) {
+           loaded[PROG_SYS_ENTER] ? "kvm:kvm_userspace_exit + raw_syscalls:sys_enter(KVM_RUN)"
+                                  : "kvm:kvm_userspace_exit + kvm:kvm_fpu(load)",
+           !p[PROG_USERSPACE_EXIT].attached ? p[PROG_USERSPACE_EXIT].reason
+           : loaded[PROG_SYS_ENTER]         ? p[PROG_SYS_ENTER].reason
+                                            : p[PROG_KVM_FPU].reason,
+           "no KVM_RUN seen yet (vCPUs not running?)");
+    if (loaded[PROG_KVM_EXIT_REASON] || loaded[PROG_KVM_EXIT_BTF]) {
         uint64_t events = stats->hw_exits + kvm_exits;
-        METRIC(BPF_METRIC_KVM_EXIT, true, events,
-               p[PROG_KVM_EXIT_REASON].attached ? "kvm:kvm_exit (classic, exit_reason)" : "kvm:kvm_exit (tp_btf, counts only)",
-               "", "attached, no events: kvm_exit does not fire on this host (PVM?)");
-        if (!p[PROG_KVM_EXIT_REASON].attached && m->live)
+        METRIC(BPF_METRIC_KVM_EXIT, p[PROG_KVM_EXIT_REASON].attached || p[PROG_KVM_EXIT_BTF].attached, events,
+               loaded[PROG_KVM_EXIT_REASON] ? "kvm:kvm_exit (classic, exit_reason)" : "kvm:kvm_exit (tp_btf, counts only)",
+               loaded[PROG_KVM_EXIT_REASON] ? p[PROG_KVM_EXIT_REASON].reason : p[PROG_KVM_EXIT_BTF].reason,
+               kvm_exit_why);
+        if (!loaded[PROG_KVM_EXIT_REASON] && m->live)
             snprintf(m->reason, sizeof(m->reason), "per-reason counts off: %.150s", p[PROG_KVM_EXIT_REASON].reason);
     } else {
         METRIC(BPF_METRIC_KVM_EXIT, false, 0, "kvm:kvm_exit", p[PROG_KVM_EXIT_REASON].reason, "");
@@ -806,27 +859,28 @@ static void describe_metrics(struct bpf_probes *probes, struct bpf_probes_stats 
     METRIC(BPF_METRIC_KICK_LATENCY,
            p[PROG_USERSPACE_EXIT].attached && (p[PROG_SYS_ENTER].attached || p[PROG_SIGNAL_GENERATE].attached),
            kicks,
-           p[PROG_SIGNAL_GENERATE].attached ? "raw_syscalls:sys_enter(tgkill) + signal:signal_generate(SI_TIMER)"
-                                           : "raw_syscalls:sys_enter(tgkill)",
-           p[PROG_SYS_ENTER].reason, "no kicks yet");
-    if (m->live && !p[PROG_SIGNAL_GENERATE].attached)
+           loaded[PROG_SIGNAL_GENERATE] ? "raw_syscalls:sys_enter(tgkill) + signal:signal_generate(SI_TIMER)"
+                                        : "raw_syscalls:sys_enter(tgkill)",
+           !p[PROG_USERSPACE_EXIT].attached ? p[PROG_USERSPACE_EXIT].reason : p[PROG_SYS_ENTER].reason, kick_why);
+    if (m->live && !loaded[PROG_SIGNAL_GENERATE])
         snprintf(m->reason, sizeof(m->reason), "throttle timer kicks not seen: %.150s", p[PROG_SIGNAL_GENERATE].reason);
     METRIC(BPF_METRIC_THROTTLE_SLEEP, p[PROG_SIGNAL_GENERATE].attached && entry_attached, sleeps,
-           "signal:signal_generate(SI_TIMER) -> next KVM_RUN", p[PROG_SIGNAL_GENERATE].reason,
-           "no throttle timer kick yet (throttle off?)");
+           "signal:signal_generate(SI_TIMER) -> next KVM_RUN",
+           !p[PROG_SIGNAL_GENERATE].attached ? p[PROG_SIGNAL_GENERATE].reason : p[PROG_SYS_ENTER].reason,
+           throttle_why);
     (void)timer_kicks;
     METRIC(BPF_METRIC_OFFCPU, p[PROG_SCHED_SWITCH].attached, offcpu, "sched:sched_switch",
            p[PROG_SCHED_SWITCH].reason, "no vCPU context switch yet");
     METRIC(BPF_METRIC_DIRTY_RING_PUSH, p[PROG_RING_PUSH].attached, pushes, "kvm:kvm_dirty_ring_push",
-           p[PROG_RING_PUSH].reason, "no pushes yet (dirty ring tracking off?)");
+           p[PROG_RING_PUSH].reason, ring_why[0] ? ring_why : "no pushes yet");
     METRIC(BPF_METRIC_DIRTY_RING_FULL, p[PROG_RING_EXIT].attached, full, "kvm:kvm_dirty_ring_exit",
-           p[PROG_RING_EXIT].reason, "no ring-full exit yet");
+           p[PROG_RING_EXIT].reason, ring_why[0] ? ring_why : "no ring-full exit yet (no ring filled up)");
     METRIC(BPF_METRIC_DIRTY_RING_RESET, p[PROG_SYS_ENTER].attached && p[PROG_SYS_EXIT].attached,
            stats->reset_ioctls + stats->ring_resets,
-           p[PROG_RING_RESET].attached ? "raw_syscalls:sys_enter/sys_exit(KVM_RESET_DIRTY_RINGS) + kvm:kvm_dirty_ring_reset"
-                                       : "raw_syscalls:sys_enter/sys_exit(KVM_RESET_DIRTY_RINGS)",
+           loaded[PROG_RING_RESET] ? "raw_syscalls:sys_enter/sys_exit(KVM_RESET_DIRTY_RINGS) + kvm:kvm_dirty_ring_reset"
+                                   : "raw_syscalls:sys_enter/sys_exit(KVM_RESET_DIRTY_RINGS)",
            p[PROG_SYS_ENTER].attached ? p[PROG_SYS_EXIT].reason : p[PROG_SYS_ENTER].reason,
-           "no KVM_RESET_DIRTY_RINGS yet");
+           ring_why[0] ? ring_why : "no KVM_RESET_DIRTY_RINGS yet");
 #undef METRIC
 }
 
@@ -871,8 +925,7 @@ static int stats_get_locked(struct bpf_probes *probes, struct bpf_probes_stats *
             hist_from(&v->guest_ns[s], &value->guest[s]);
             hist_from(&v->userspace_ns[s], &value->user[s]);
         }
-        hist_from(&v->kick_tgkill_ns, &value->kick_tgkill);
-        hist_from(&v->kick_timer_ns, &value->kick_timer);
+        kick_hists_from(value, &v->kick_tgkill_ns, &v->kick_timer_ns, &v->kick_tgkill_in_run_ns);
         v->kick_ns = v->kick_tgkill_ns;
         bpf_probes_hist_merge(&v->kick_ns, &v->kick_timer_ns);
         hist_from(&v->kick_vmm_stamp_ns, &value->kick_vmm_stamp);
@@ -881,7 +934,7 @@ static int stats_get_locked(struct bpf_probes *probes, struct bpf_probes_stats *
         hist_from(&v->offcpu_userspace_ns, &value->offcpu_user);
         v->kicks_tgkill = value->kicks_tgkill;
         v->kicks_timer = value->kicks_timer;
-        v->kicks_outside_run = value->kicks_outside_run;
+        v->kicks_outside_run = value->kicks_outside_tgkill + value->kicks_outside_timer;
         v->kicks_pending = value->kicks_queued - value->kicks_consumed;
         v->kicks_lost = value->kicks_lost;
         v->dirty_pushes = value->dirty_pushes;
@@ -901,6 +954,12 @@ static int stats_get_locked(struct bpf_probes *probes, struct bpf_probes_stats *
             v->vmm_kicks_sent = now.kicks_sent - base->kicks_sent;
             v->vmm_throttle_sleeps = now.throttle_sleeps - base->throttle_sleeps;
             v->vmm_throttle_sleep_ns = now.throttle_sleep_ns - base->throttle_sleep_ns;
+            v->vmm_kick_latency_ns.count = 0;
+            v->vmm_kick_latency_ns.sum_ns = now.kick_latency.sum_ns - base->kick_latency.sum_ns;
+            for (unsigned b = 0; b < BPF_PROBES_HIST_BUCKETS; b++) {
+                v->vmm_kick_latency_ns.buckets[b] = now.kick_latency.buckets[b] - base->kick_latency.buckets[b];
+                v->vmm_kick_latency_ns.count += v->vmm_kick_latency_ns.buckets[b];
+            }
         }
     }
 
@@ -980,13 +1039,45 @@ void bpf_probes_print_metrics(struct bpf_probes *probes, FILE *out)
         free(stats);
         return;
     }
+    /* Before the vCPUs run nothing has fired yet: say what is attached,
+     * not "no events"; bpf_probes_print_summary says what is live. */
     for (unsigned i = 0; i < BPF_METRIC_COUNT; i++) {
         const struct bpf_probes_metric_state *m = &stats->metrics[i];
         if (m->attached)
-            fprintf(out, "ringvm: bpf: %-16s on   (%s)%s%s\n", bpf_probes_metric_name(i), m->source,
-                    m->live || !m->reason[0] ? "" : " - ", m->live ? "" : m->reason);
+            fprintf(out, "ringvm: bpf: %-16s attached (%s)\n", bpf_probes_metric_name(i), m->source);
         else
-            fprintf(out, "ringvm: bpf: %-16s off  (%s)\n", bpf_probes_metric_name(i), m->reason);
+            fprintf(out, "ringvm: bpf: %-16s off      (%s)\n", bpf_probes_metric_name(i), m->reason);
+    }
+    bpf_probes_stats_free(stats);
+    free(stats);
+}
+
+void bpf_probes_print_summary(struct bpf_probes *probes, FILE *out)
+{
+    struct bpf_probes_stats *stats = malloc(sizeof(*stats));
+    if (stats == NULL || bpf_probes_stats_get(probes, stats) != 0) {
+        fprintf(out, "ringvm: bpf: cannot read the probes' state\n");
+        free(stats);
+        return;
+    }
+    /* One line for the live ones, one per other metric: short enough for a
+     * start-up log, complete enough to know what bpf.stats will hold. */
+    char live[256] = "";
+    size_t length = 0;
+    for (unsigned i = 0; i < BPF_METRIC_COUNT; i++) {
+        if (!stats->metrics[i].live)
+            continue;
+        int n = snprintf(live + length, sizeof(live) - length, "%s%s", length ? ", " : "", bpf_probes_metric_name(i));
+        if (n > 0)
+            length += (size_t)n < sizeof(live) - length ? (size_t)n : sizeof(live) - length - 1;
+    }
+    fprintf(out, "ringvm: bpf: after %.1f s: live: %s\n", (double)stats->attached_ns / 1e9, length ? live : "none");
+    for (unsigned i = 0; i < BPF_METRIC_COUNT; i++) {
+        const struct bpf_probes_metric_state *m = &stats->metrics[i];
+        if (m->live)
+            continue;
+        fprintf(out, "ringvm: bpf:   %-16s %s: %s\n", bpf_probes_metric_name(i),
+                m->attached ? "attached, no events" : "unavailable", m->reason);
     }
     bpf_probes_stats_free(stats);
     free(stats);
@@ -1007,11 +1098,10 @@ static int mark_locked(struct bpf_probes *probes, struct bpf_probes_mark *mark)
         rc = read_vcpu(probes, i, value);
         if (rc != 0)
             break;
-        struct bpf_probes_hist h;
-        hist_from(&h, &value->kick_tgkill);
-        bpf_probes_hist_merge(&mark->kick, &h);
-        hist_from(&h, &value->kick_timer);
-        bpf_probes_hist_merge(&mark->kick, &h);
+        struct bpf_probes_hist tgkill, timer, tgkill_in_run;
+        kick_hists_from(value, &tgkill, &timer, &tgkill_in_run);
+        bpf_probes_hist_merge(&mark->kick, &tgkill);
+        bpf_probes_hist_merge(&mark->kick, &timer);
         mark->ring_full_exits += value->ring_full_exits;
         mark->dirty_pushes += value->dirty_pushes;
     }
@@ -1096,6 +1186,7 @@ int bpf_probes_prog_stats(struct bpf_probes *probes, struct bpf_probes_prog_stat
         snprintf(out[n].name, sizeof(out[n].name), "%s", bpf_program__name(prog));
         out[n].run_count = info.run_cnt;
         out[n].run_time_ns = info.run_time_ns;
+        out[n].recursion_misses = info.recursion_misses;
         n++;
     }
     pthread_mutex_unlock(&probes->lock);

@@ -10,9 +10,17 @@
  *   - rings[i]: written by dirty_log_attach_vcpu (owner thread, before the
  *     vCPU runs), then read by everyone (harvesters, vCPU threads, takes).
  *   - resetter: shared by all resetters, internally locked (reset.h).
- *   - control_lock serializes controllers: start/stop/take/final_sync/
- *     get_stats' reads of the harvester group. tracking is an atomic so
- *     mark_range and the vCPU threads can read it without the lock.
+ *   - control_lock serializes controllers: hold/release (start/stop)/take/
+ *     final_sync/get_stats' reads of the harvester group. tracking is an
+ *     atomic so mark_range and the vCPU threads can read it without the lock.
+ *   - holders: the DIRTY_LOG_HOLDER_* bits of whoever wants tracking on
+ *     (a migration, the API's vm.dirty-tracking). Written only under
+ *     control_lock by dirty_log_hold/release, read by anyone (atomic).
+ *     Invariant under control_lock: tracking == (holders != 0), except
+ *     inside hold(MIGRATION) while it restarts tracking (both briefly
+ *     off) and after a failed start (holders unchanged, tracking off).
+ *     The KVM state (slot flags, harvesters) belongs to the facade, not
+ *     to a holder: tracking goes off only when the last holder releases.
  *   - counters: atomics.
  */
 #include "dirtyring/dirty_log.h"
@@ -51,6 +59,7 @@ struct dirty_log {
 
     pthread_mutex_t control_lock;
     _Atomic bool tracking;
+    _Atomic unsigned holders;           /* DIRTY_LOG_HOLDER_* bits, see above */
     bool memory_ready;                  /* under control_lock */
     struct dirty_slot_map slots;
     struct dirty_set *set;
@@ -147,7 +156,14 @@ enum dirty_log_mode dirty_log_mode(const struct dirty_log *log)
 
 bool dirty_log_tracking(const struct dirty_log *log)
 {
-    return log && atomic_load_explicit(&log->tracking, memory_order_acquire);
+    /* The holders, not the KVM state: a migration restarting tracking under
+     * the API's hold does not show as a gap. */
+    return log && atomic_load_explicit(&log->holders, memory_order_acquire) != 0;
+}
+
+unsigned dirty_log_holders(const struct dirty_log *log)
+{
+    return log ? atomic_load_explicit(&log->holders, memory_order_acquire) : 0;
 }
 
 static int enable_ring(struct dirty_log *log)
@@ -218,6 +234,7 @@ int dirty_log_create(struct dirty_log **out, const struct dirty_log_config *conf
     log->page_size = sysconf(_SC_PAGESIZE);
     pthread_mutex_init(&log->control_lock, NULL);
     atomic_init(&log->tracking, false);
+    atomic_init(&log->holders, 0u);
     rate_history_init(&log->vm_rate);
     log->rings = calloc(vcpu_count ? vcpu_count : 1, sizeof(*log->rings));
     if (!log->rings) {
@@ -427,17 +444,16 @@ static struct harvest_policy policy_of(const struct dirty_log *log, uint32_t rin
     return p;
 }
 
-int dirty_log_start(struct dirty_log *log)
+/* Tracking on from off, with an empty dirty set: every page written after
+ * it returns is in a later take. Under control_lock. */
+static int start_locked(struct dirty_log *log)
 {
-    if (!log)
-        return 0;
-    pthread_mutex_lock(&log->control_lock);
     int rc = 0;
     if (atomic_load_explicit(&log->tracking, memory_order_relaxed))
-        goto out;
+        return 0;
     rc = ensure_memory(log);
     if (rc < 0)
-        goto out;
+        return rc;
     /* Pages of an earlier tracking session are stale: the caller sends all
      * RAM after start. Discard both generations. */
     dirty_set_clear(log->set);
@@ -458,26 +474,23 @@ int dirty_log_start(struct dirty_log *log)
         fprintf(stderr, "ringvm: dirty log: enabling KVM_MEM_LOG_DIRTY_PAGES failed\n");
         goto fail;
     }
-    goto out;
+    return 0;
 fail:
     if (log->harvesters.count)
         harvester_group_stop(&log->harvesters);
     if (log->bitmap_ready)
         bitmap_sync_stop(&log->bitmap);
     atomic_store_explicit(&log->tracking, false, memory_order_release);
-out:
-    pthread_mutex_unlock(&log->control_lock);
     return rc;
 }
 
-int dirty_log_stop(struct dirty_log *log)
+/* Tracking off (slots unflagged, rings drained, harvesters joined). Under
+ * control_lock. */
+static int stop_locked(struct dirty_log *log)
 {
-    if (!log)
-        return 0;
-    pthread_mutex_lock(&log->control_lock);
     int rc = 0;
     if (!atomic_load_explicit(&log->tracking, memory_order_relaxed))
-        goto out;
+        return 0;
     /* Bitmap: the sync thread must not GET a slot without a dirty bitmap
      * (ENOENT), so it stops before the flag goes. */
     if (log->config.mode == DIRTY_LOG_BITMAP && log->bitmap_ready)
@@ -497,9 +510,65 @@ int dirty_log_stop(struct dirty_log *log)
             rc = (int)r;
     }
     atomic_store_explicit(&log->tracking, false, memory_order_release);
-out:
+    return rc;
+}
+
+int dirty_log_hold(struct dirty_log *log, unsigned holder)
+{
+    if (!log)
+        return 0;
+    pthread_mutex_lock(&log->control_lock);
+    unsigned holders = atomic_load_explicit(&log->holders, memory_order_relaxed);
+    int rc = 0;
+    if (holders & holder) {
+        /* Already held by this holder: nothing changes (idempotent). */
+    } else if (holder == DIRTY_LOG_HOLDER_MIGRATION && holders != 0) {
+        /* A migration joining tracking someone else keeps on: it needs what
+         * a fresh start gives (an empty dirty set and every page
+         * write-protected again once this returns). Clearing the set alone
+         * would lose writes: a page harvested before the clear whose ring
+         * entry is not reset yet is still writable without a new entry. So
+         * restart tracking the way a migration on its own would. */
+        rc = stop_locked(log);
+        if (rc == 0)
+            rc = start_locked(log);
+    } else {
+        rc = start_locked(log);
+    }
+    if (rc == 0)
+        atomic_store_explicit(&log->holders, holders | holder, memory_order_release);
+    else if (holders != 0 && !atomic_load_explicit(&log->tracking, memory_order_relaxed))
+        /* The restart failed half-way: the other holders lost tracking. */
+        atomic_store_explicit(&log->holders, 0u, memory_order_release);
     pthread_mutex_unlock(&log->control_lock);
     return rc;
+}
+
+int dirty_log_release(struct dirty_log *log, unsigned holder)
+{
+    if (!log)
+        return 0;
+    pthread_mutex_lock(&log->control_lock);
+    unsigned holders = atomic_load_explicit(&log->holders, memory_order_relaxed);
+    int rc = 0;
+    if (holders & holder) {
+        holders &= ~holder;
+        atomic_store_explicit(&log->holders, holders, memory_order_release);
+        if (holders == 0)
+            rc = stop_locked(log);
+    }
+    pthread_mutex_unlock(&log->control_lock);
+    return rc;
+}
+
+int dirty_log_start(struct dirty_log *log)
+{
+    return dirty_log_hold(log, DIRTY_LOG_HOLDER_MIGRATION);
+}
+
+int dirty_log_stop(struct dirty_log *log)
+{
+    return dirty_log_release(log, DIRTY_LOG_HOLDER_MIGRATION);
 }
 
 /* Collect what KVM has now into the current generation. */
@@ -618,7 +687,8 @@ void dirty_log_get_stats(struct dirty_log *log, struct dirty_log_stats *out)
     if (!log)
         return;
     out->mode = log->config.mode;
-    out->tracking = atomic_load_explicit(&log->tracking, memory_order_relaxed);
+    out->holders = atomic_load_explicit(&log->holders, memory_order_acquire);
+    out->tracking = out->holders != 0;
     out->ring_entries = log->ring_bytes / sizeof(struct kvm_dirty_gfn);
     out->vcpu_count = log->vcpu_count;
     out->vcpu_stats_count = log->vcpu_count < DIRTY_LOG_STATS_MAX_VCPUS

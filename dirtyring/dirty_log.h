@@ -20,9 +20,24 @@
  *                               and resets; it never waits for another vCPU)
  *   dirty_log_destroy()         at VM teardown, after vCPU threads are joined
  *
+ * Who keeps tracking on: holders. Tracking (slot flags, harvesters) is on
+ * while at least one holder holds it; each holder holds and releases only
+ * its own bit, so a migration ending never turns off tracking the API asked
+ * for, and the reverse:
+ *   DIRTY_LOG_HOLDER_MIGRATION  the migration source (migration.c), and any
+ *                               single controller using dirty_log_start/stop
+ *                               (tests, benches): they are hold/release of
+ *                               this holder.
+ *   DIRTY_LOG_HOLDER_API        vm.dirty-tracking (api/commands_dirty_stats.c),
+ *                               to watch dirty rates outside a migration.
+ * dirty_log_hold(MIGRATION) always leaves a fresh session (empty dirty set,
+ * every page write-protected again), restarting tracking if the API held
+ * it; holding a bit already held is a no-op; release of a bit not held too.
+ *
  * Migration (any one controller thread at a time; they serialize on the
  * facade's control lock):
- *   dirty_log_start()           tracking on: clears the dirty set, slots get
+ *   dirty_log_start()           = dirty_log_hold(MIGRATION): tracking on
+ *                               with an empty dirty set, slots get
  *                               KVM_MEM_LOG_DIRTY_PAGES, harvesters start.
  *                               Every page written after it returns is in a
  *                               later take. Send all RAM once after this.
@@ -35,8 +50,10 @@
  *                               drains every ring to empty / one last bitmap
  *                               sync; the following dirty_log_take returns
  *                               every page written before the pause.
- *   dirty_log_stop()            tracking off (slots lose the flag, rings
- *                               drained to empty, harvesters joined).
+ *   dirty_log_stop()            = dirty_log_release(MIGRATION): tracking off
+ *                               (slots lose the flag, rings drained to
+ *                               empty, harvesters joined) unless another
+ *                               holder still holds it.
  *   dirty_log_mark_range()      pages the VMM itself wrote into guest RAM
  *                               (while tracking; a no-op otherwise).
  *
@@ -100,9 +117,23 @@ void dirty_log_handle_ring_full(struct dirty_log *log, struct vcpu *vcpu);
 void dirty_log_destroy(struct dirty_log *log);
 
 enum dirty_log_mode dirty_log_mode(const struct dirty_log *log);    /* OFF for NULL */
+/* Some holder holds tracking (any thread). */
 bool dirty_log_tracking(const struct dirty_log *log);
 
-/* All return 0 or -errno with the cause printed ("ringvm: ..."). */
+enum dirty_log_holder {
+    DIRTY_LOG_HOLDER_MIGRATION = 1u << 0,
+    DIRTY_LOG_HOLDER_API = 1u << 1,
+};
+/* The DIRTY_LOG_HOLDER_* bits held now (any thread; 0 for NULL). */
+unsigned dirty_log_holders(const struct dirty_log *log);
+
+/* All return 0 or -errno with the cause printed ("ringvm: "...). hold:
+ * tracking on for this holder (see the holders above); release: this
+ * holder's hold gone, tracking off if it was the last. If hold(MIGRATION)
+ * fails while restarting another holder's tracking, tracking is off and
+ * no holder holds it. */
+int dirty_log_hold(struct dirty_log *log, unsigned holder);
+int dirty_log_release(struct dirty_log *log, unsigned holder);
 int dirty_log_start(struct dirty_log *log);
 int dirty_log_stop(struct dirty_log *log);
 /* Appends the iteration's RAM page indices (page = RAM offset / 4096),
@@ -131,7 +162,8 @@ struct dirty_log_vcpu_stats {
 /* A plain snapshot: counters are totals since dirty_log_create. */
 struct dirty_log_stats {
     enum dirty_log_mode mode;
-    bool tracking;
+    bool tracking;                  /* holders != 0 */
+    unsigned holders;               /* DIRTY_LOG_HOLDER_* bits */
     uint32_t ring_entries;
     unsigned harvesters;            /* running now */
     unsigned vcpu_count;

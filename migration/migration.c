@@ -88,6 +88,11 @@ struct migration {
      * under lock, so exactly one of them wins. */
     bool past_end;
     uint64_t next_id;
+    /* Destination's transfer timeout in ms (ringvm --incoming-stall-timeout),
+     * 0 = INCOMING_STALL_DEFAULT_MS. Written under lock by
+     * migration_set_incoming_stall_timeout, read under lock when an
+     * incoming migration starts. */
+    unsigned incoming_stall_ms;
     struct mig_params params;       /* of the running migration; set before the thread starts */
     uint64_t id;
     struct api_server *server;
@@ -944,7 +949,10 @@ static int source_run(struct source *s)
                          sizeof(text)) != 0)
         return source_fail(s, "internal", "%s", text);
     s->sender_started = true;
-    int r = dirty_log_start(vm->dirty_log);
+    /* The migration's own hold: a fresh session (empty dirty set, all RAM
+     * write-protected) even when vm.dirty-tracking already keeps tracking
+     * on; iteration 0 below sends every page anyway. */
+    int r = dirty_log_hold(vm->dirty_log, DIRTY_LOG_HOLDER_MIGRATION);
     if (r != 0)
         return source_fail(s, "internal", "starting dirty tracking: %s", strerror(-r));
     s->tracking = true;
@@ -1081,7 +1089,7 @@ static void *migration_main(void *argument)
         }
         source_send_error(s);
         if (s->tracking) {
-            int r = dirty_log_stop(vm->dirty_log);
+            int r = dirty_log_release(vm->dirty_log, DIRTY_LOG_HOLDER_MIGRATION);   /* not the API's hold */
             if (r != 0)
                 fprintf(stderr, "ringvm: migration: stopping dirty tracking: %s\n", strerror(-r));
             s->tracking = false;
@@ -1094,7 +1102,7 @@ static void *migration_main(void *argument)
     } else {
         set_all_throttles(s, 0);
         if (s->tracking) {
-            int r = dirty_log_stop(vm->dirty_log);
+            int r = dirty_log_release(vm->dirty_log, DIRTY_LOG_HOLDER_MIGRATION);   /* not the API's hold */
             if (r != 0)
                 fprintf(stderr, "ringvm: migration: stopping dirty tracking: %s\n", strerror(-r));
             s->tracking = false;
@@ -1623,6 +1631,28 @@ static int incoming_restore(struct incoming *in, char *error, size_t error_size,
     return 0;
 }
 
+/* How long the destination waits for the next byte from the source before
+ * it gives up ("nothing received from the source for N ms (link stalled)")
+ * when --incoming-stall-timeout is not given. */
+#define INCOMING_STALL_DEFAULT_MS 5000u
+
+int migration_set_incoming_stall_timeout(struct vm *vm, unsigned stall_ms)
+{
+    if (stall_ms == 0) {
+        fprintf(stderr, "ringvm: migration: the incoming stall timeout must be at least 1 ms\n");
+        return -1;
+    }
+    struct migration *m = manager_find(vm, true);
+    if (m == NULL) {
+        fprintf(stderr, "ringvm: migration: out of memory\n");
+        return -1;
+    }
+    pthread_mutex_lock(&m->lock);
+    m->incoming_stall_ms = stall_ms;
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
 int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address, struct api_server *server)
 {
     struct migration *m = manager_find(vm, true);
@@ -1648,13 +1678,14 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
     atomic_store_explicit(&m->active, true, memory_order_release);
     atomic_store_explicit(&m->cancel, false, memory_order_release);
     m->id = ++m->next_id;
+    unsigned stall_ms = m->incoming_stall_ms != 0 ? m->incoming_stall_ms : INCOMING_STALL_DEFAULT_MS;
     pthread_mutex_unlock(&m->lock);
 
     in->m = m;
     in->vm = vm;
     in->server = server;
     in->fd = -1;
-    in->stall_ms = 5000;
+    in->stall_ms = stall_ms;
     in->started_mono = mono_ns();
     in->progress.id = m->id;
     in->progress.incoming = true;

@@ -89,6 +89,11 @@ void migration_release(struct vm *vm);
  */
 int migration_incoming_run(struct vm *vm, const char *address, struct api_server *server);
 
+/* The destination's transfer timeout for the next incoming migration of
+ * vm: it gives up after stall_ms without a byte from the source (ringvm
+ * --incoming-stall-timeout; default 5000). 0 or -1 (message printed). */
+int migration_set_incoming_stall_timeout(struct vm *vm, unsigned stall_ms);
+
 /* Same with a listening socket made by the caller (tests use it to know
  * the port before the source connects): takes ownership of listen_fd. */
 int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address, struct api_server *server);

@@ -230,19 +230,48 @@ const char *harness_program(const char *name)
 
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 
 void harness_spawn(struct harness_process *process, char *const argv[])
+{
+    harness_spawn_prepared(process, argv, NULL);
+}
+
+void harness_spawn_prepared(struct harness_process *process, char *const argv[], int (*prepare)(void))
 {
     memset(process, 0, sizeof(*process));
     int out[2], err[2];
     cr_assert_eq(pipe2(out, O_CLOEXEC), 0, "pipe: %s", strerror(errno));
     cr_assert_eq(pipe2(err, O_CLOEXEC), 0, "pipe: %s", strerror(errno));
+    pid_t parent = getpid();
     pid_t pid = fork();
     cr_assert_neq(pid, -1, "fork: %s", strerror(errno));
     if (pid == 0) {
+        /* A test killed by its Criterion .timeout (SIGKILL) or a crash
+         * skips its fini: the child (a ringvm running a guest) must not
+         * outlive it. PDEATHSIG fires when the forking THREAD exits, so
+         * harness_spawn is called from the test's own thread (Criterion
+         * runs every test in its own worker process, on its main thread),
+         * never from a helper thread that ends first. It survives the
+         * exec chain sh -> hosts.sh -> ip netns exec -> env -> ringvm
+         * (none of them set-user-ID, none forks). If the parent died
+         * before the prctl, nobody would deliver the signal: exit now. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) {
+            fprintf(stderr, "prctl(PR_SET_PDEATHSIG): %s\n", strerror(errno));
+            _exit(127);
+        }
+        if (getppid() != parent)
+            _exit(127);
         dup2(out[1], STDOUT_FILENO);
         dup2(err[1], STDERR_FILENO);
+        if (prepare != NULL) {
+            int failed = prepare();
+            if (failed != 0) {
+                fprintf(stderr, "harness: preparing the child for %s failed: %s\n", argv[0], strerror(failed));
+                _exit(126);
+            }
+        }
         execv(argv[0], argv);
         fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
         _exit(127);

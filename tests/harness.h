@@ -65,8 +65,6 @@ bool harness_wait_phase(struct vm *vm, unsigned vcpu, uint64_t phase, unsigned t
 /* Path of a built program ($RINGVM_BUILD_DIR/NAME, default build/NAME). */
 const char *harness_program(const char *name);
 
-#endif
-
 /* A child process with its stdout and stderr captured through pipes. */
 struct harness_process {
     pid_t pid;
@@ -78,8 +76,15 @@ struct harness_process {
     size_t err_length;
 };
 
-/* Starts argv[0] with argv (NULL-terminated). Fails the test on error. */
+/* Starts argv[0] with argv (NULL-terminated). Fails the test on error.
+ * The child gets PR_SET_PDEATHSIG SIGKILL: it dies with the calling
+ * thread (a test killed by its timeout leaves no process behind), so call
+ * this from the test's thread, not from a helper thread that exits first. */
 void harness_spawn(struct harness_process *process, char *const argv[]);
+/* The same, running prepare() in the child just before exec (e.g. to drop
+ * capabilities); a non-zero errno from it makes the child print why and
+ * exit 126. */
+void harness_spawn_prepared(struct harness_process *process, char *const argv[], int (*prepare)(void));
 /* Reads the child's output until stdout holds `needle` `count` times or
  * the timeout passes. */
 bool harness_process_wait_output(struct harness_process *process, const char *needle, unsigned count,
@@ -88,3 +93,5 @@ bool harness_process_wait_output(struct harness_process *process, const char *ne
  * 128 + signal, or -1 on timeout (the child is then killed). */
 int harness_process_wait_exit(struct harness_process *process, unsigned timeout_ms);
 void harness_process_free(struct harness_process *process);
+
+#endif

@@ -4,6 +4,18 @@
  * process whose guest is being live-migrated to another ringvm process. Every
  * line gets its one error reply, the connections stay usable, and the
  * migration completes with equal digests.
+ *
+ * The flood provably overlaps the migration: it starts once the source is
+ * sending (active, bulk), and the destination holds the stream at the
+ * start of iteration 0 (test hook RINGVM_FAULT_INJECT=iteration0, see
+ * migration/migration.c) until the flood is over. The 16 MiB the guest
+ * wrote are twice what the socket buffers can hold (8 MiB at most; ~4 MiB
+ * measured), so the source cannot get past its bulk copy while held, and
+ * the progress sample taken after the last line was answered must still
+ * say active. The data does flow meanwhile: at the 8 MiB/s cap the source
+ * needs ~0.5 s to fill the buffers, longer than the flood takes here
+ * (~0.3 s; the test prints both). Then the destination is released and
+ * the migration completes.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -122,7 +134,13 @@ Test(api_flood, ten_thousand_malformed_lines_on_8_connections_while_migrating, .
     struct harness_process src, dst;
     char *src_argv[] = { (char *)harness_program("ringvm"), "--memory", "128M", "--workload", "ledger,wss=16M,verify=1",
                          "--api-socket", src_socket, NULL };
-    char *dst_argv[] = { (char *)harness_program("ringvm"), "--memory", "128M", "--workload", "ledger,wss=16M,verify=1",
+    char release[160], release_env[200];
+    snprintf(release, sizeof(release), "%s/release", dir);
+    snprintf(release_env, sizeof(release_env), "RINGVM_FAULT_RELEASE=%s", release);
+    /* stderr (where the hook reports) merged into stdout */
+    char *dst_argv[] = { "/bin/sh", "-c", "exec \"$@\" 2>&1", "sh", "/usr/bin/env", "RINGVM_FAULT_INJECT=iteration0",
+                         release_env,
+                         (char *)harness_program("ringvm"), "--memory", "128M", "--workload", "ledger,wss=16M,verify=1",
                          "--api-socket", dst_socket, "--incoming", incoming, NULL };
     harness_spawn(&src, src_argv);
     harness_spawn(&dst, dst_argv);
@@ -150,12 +168,31 @@ Test(api_flood, ten_thousand_malformed_lines_on_8_connections_while_migrating, .
     json_t *result = NULL;
     struct api_error e;
     cr_assert_eq(api_client_call(control, "migration.start",
-                                 json_pack("{s:s, s:i, s:b, s:b, s:i}", "dest", incoming, "max_bandwidth_mibs", 32,
-                                           "verify_digest", 1, "keep_alive", 1, "timeout_s", 60),
+                                 json_pack("{s:s, s:i, s:b, s:b, s:i, s:i}", "dest", incoming, "max_bandwidth_mibs",
+                                           8, "verify_digest", 1, "keep_alive", 1, "timeout_s", 120,
+                                           /* the hold must not look like a stalled link */
+                                           "stall_timeout_s", 100),
                                  &result, &e, 5000), 0, "%s", e.message);
     json_decref(result);
-    result = NULL;      /* the progress loop below decrefs it again first */
+    result = NULL;
+    /* The flood starts while the migration moves data. */
+    for (unsigned i = 0;; i++) {
+        cr_assert_eq(api_client_call(control, "migration.progress", NULL, &result, &e, 5000), 0);
+        const char *state = json_string_value(json_object_get(result, "state"));
+        const char *phase = json_string_value(json_object_get(result, "phase"));
+        bool moving = strcmp(state, "active") == 0 && strcmp(phase, "bulk") == 0;
+        cr_assert(strcmp(state, "setup") == 0 || strcmp(state, "active") == 0, "%s",
+                  json_dumps(result, JSON_COMPACT));
+        json_decref(result);
+        result = NULL;
+        if (moving)
+            break;
+        cr_assert_lt(i, 5000, "the migration never started sending");
+        poll(NULL, 0, 1);
+    }
 
+    struct timespec flood_start, flood_end;
+    clock_gettime(CLOCK_MONOTONIC, &flood_start);
     struct flooder flooders[CONNECTIONS];
     pthread_t threads[CONNECTIONS];
     for (unsigned i = 0; i < CONNECTIONS; i++) {
@@ -172,6 +209,24 @@ Test(api_flood, ten_thousand_malformed_lines_on_8_connections_while_migrating, .
     }
     cr_assert_eq(replies, CONNECTIONS * LINES_PER_CONNECTION, "one reply per line");
     cr_assert_eq(errors, CONNECTIONS * LINES_PER_CONNECTION, "every line is refused with an error");
+    clock_gettime(CLOCK_MONOTONIC, &flood_end);
+    /* Every line was sent (and answered) before this sample: the migration
+     * was active all along. */
+    cr_assert_eq(api_client_call(control, "migration.progress", NULL, &result, &e, 5000), 0);
+    cr_assert_str_eq(json_string_value(json_object_get(result, "state")), "active", "after the flood: %s",
+                     json_dumps(result, JSON_COMPACT));
+    cr_assert_str_eq(json_string_value(json_object_get(result, "phase")), "bulk", "after the flood: %s",
+                     json_dumps(result, JSON_COMPACT));
+    fprintf(stderr, "api_flood: the flood took %ld ms; %lld bytes sent when it was over\n",
+            (long)((flood_end.tv_sec - flood_start.tv_sec) * 1000 + (flood_end.tv_nsec - flood_start.tv_nsec) / 1000000),
+            (long long)json_integer_value(json_object_get(json_object_get(result, "memory"), "transferred")));
+    json_decref(result);
+    result = NULL;
+    /* The hold held: the destination stopped at iteration 0. */
+    cr_assert(harness_process_wait_output(&dst, "fault-inject: stopped at iteration0", 1, 30000), "%s", dst.out);
+    FILE *go = fopen(release, "w");
+    cr_assert_not_null(go, "fopen(%s): %s", release, strerror(errno));
+    fclose(go);
 
     /* The migration completes. */
     const char *state = "";

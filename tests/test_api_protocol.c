@@ -115,8 +115,24 @@ Test(api_protocol, wrong_argument_type_names_the_field)
 {
     cr_assert_str_eq(expect_error_str("{\"id\":8,\"cmd\":\"vm.shutdown\",\"args\":{\"exit_code\":\"x\"}}",
                                       "invalid-argument", "8"),
-                     "args.exit_code: expected non-negative integer");
-    expect_error_str("{\"id\":8,\"cmd\":\"vm.shutdown\",\"args\":{\"exit_code\":-1}}", "invalid-argument", "8");
+                     "args.exit_code: expected integer");
+    cr_assert_str_eq(expect_error_str("{\"id\":8,\"cmd\":\"vm.shutdown\",\"args\":{\"exit_code\":-1}}",
+                                      "invalid-argument", "8"),
+                     "args.exit_code: must be >= 0 (got -1)");
+    /* migration.start's real downtime_ms (an unsigned argument): a string is
+     * the wrong type, a negative integer the wrong sign. */
+    cr_assert_str_eq(expect_error_str("{\"id\":10,\"cmd\":\"migration.start\",\"args\":"
+                                      "{\"dest\":\"unix:/x\",\"downtime_ms\":\"300\"}}",
+                                      "invalid-argument", "10"),
+                     "args.downtime_ms: expected integer");
+    cr_assert_str_eq(expect_error_str("{\"id\":10,\"cmd\":\"migration.start\",\"args\":"
+                                      "{\"dest\":\"unix:/x\",\"downtime_ms\":-1}}",
+                                      "invalid-argument", "10"),
+                     "args.downtime_ms: must be >= 0 (got -1)");
+    cr_assert_str_eq(expect_error_str("{\"id\":10,\"cmd\":\"migration.start\",\"args\":"
+                                      "{\"dest\":\"unix:/x\",\"downtime_ms\":1.5}}",
+                                      "invalid-argument", "10"),
+                     "args.downtime_ms: expected integer");
     cr_assert_str_eq(expect_error_str("{\"id\":9,\"cmd\":\"vm.info\",\"args\":{\"verbose\":true}}",
                                       "invalid-argument", "9"),
                      "args.verbose: unknown argument (vm.info takes no arguments)");

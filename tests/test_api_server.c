@@ -77,22 +77,6 @@ static const char *error_code_of(json_t *reply)
 
 /* ---- without a VM -------------------------------------------------------------------- */
 
-Test(api_server, socket_is_mode_0600_and_removed_on_destroy)
-{
-    char path[128];
-    socket_path(path, sizeof(path), "mode");
-    mode_t old = umask(0);      /* the server must not depend on the umask */
-    struct api_server *server;
-    cr_assert_eq(api_server_create(&server, NULL, path), 0);
-    umask(old);
-    struct stat st;
-    cr_assert_eq(lstat(path, &st), 0);
-    cr_assert(S_ISSOCK(st.st_mode));
-    cr_assert_eq(st.st_mode & 0777, 0600, "mode is %o", st.st_mode & 0777);
-    api_server_destroy(server);
-    cr_assert_eq(lstat(path, &st), -1, "socket file left behind");
-}
-
 Test(api_server, second_server_on_the_same_path_refuses)
 {
     char path[128];
@@ -132,57 +116,6 @@ Test(api_server, stale_socket_is_replaced_but_other_files_are_not)
     unlink(path);
 }
 
-Test(api_server, second_ringvm_process_refuses_to_start)
-{
-    harness_require_kvm();
-    const char *ringvm = harness_program("ringvm");
-    if (access(ringvm, X_OK) != 0)
-        cr_skip_test("%s not built", ringvm);
-    char path[128];
-    socket_path(path, sizeof(path), "proc");
-    struct api_server *server;
-    cr_assert_eq(api_server_create(&server, NULL, path), 0);
-    char command[1024];
-    snprintf(command, sizeof(command),
-             "%s --memory 64M --vcpus 1 --api-socket %s --workload idle 2>&1 </dev/null", ringvm, path);
-    FILE *pipe = popen(command, "r");
-    cr_assert_not_null(pipe);
-    char output[4096] = "";
-    size_t n = fread(output, 1, sizeof(output) - 1, pipe);
-    output[n] = '\0';
-    int status = pclose(pipe);
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) != 0, "the second ringvm must fail; output:\n%s",
-              output);
-    char expected[256];
-    snprintf(expected, sizeof(expected), "ringvm: --api-socket %s: another ringvm is listening there", path);
-    cr_assert(strstr(output, expected), "expected '%s' in:\n%s", expected, output);
-    api_server_destroy(server);
-}
-
-Test(api_server, two_clients_and_a_half_line)
-{
-    char path[128];
-    socket_path(path, sizeof(path), "two");
-    struct api_server *server;
-    cr_assert_eq(api_server_create(&server, NULL, path), 0);
-    struct api_client *a = connect_or_fail(path);
-    struct api_client *b = connect_or_fail(path);
-    /* a sends half a request and stalls */
-    send_text(a, "{\"id\":1,\"cmd\":\"api.ver");
-    /* b is answered at once, several times */
-    for (int i = 0; i < 20; i++)
-        json_decref(call_ok(b, "api.version", NULL));
-    /* a's line completes later and is answered normally */
-    send_text(a, "sion\"}\n");
-    json_t *reply = read_message(a);
-    cr_assert(json_is_true(json_object_get(reply, "ok")));
-    cr_assert_eq(json_integer_value(json_object_get(reply, "id")), 1);
-    json_decref(reply);
-    api_client_close(a);
-    api_client_close(b);
-    api_server_destroy(server);
-}
-
 Test(api_server, errors_keep_the_connection_and_pipelined_replies_stay_in_order)
 {
     char path[128];
@@ -209,27 +142,6 @@ Test(api_server, errors_keep_the_connection_and_pipelined_replies_stay_in_order)
         json_decref(reply);
     }
     api_client_close(c);
-    api_server_destroy(server);
-}
-
-Test(api_server, client_disconnects_mid_request)
-{
-    char path[128];
-    socket_path(path, sizeof(path), "disc");
-    struct api_server *server;
-    cr_assert_eq(api_server_create(&server, NULL, path), 0);
-    for (int i = 0; i < 10; i++) {
-        struct api_client *a = connect_or_fail(path);
-        send_text(a, "{\"id\":1,\"cmd\":\"api.commands\"");
-        api_client_close(a);
-        a = connect_or_fail(path);
-        send_text(a, "{\"id\":1,\"cmd\":\"api.commands\"}\n");   /* gone before its reply */
-        api_client_close(a);
-    }
-    struct api_client *b = connect_or_fail(path);
-    json_decref(call_ok(b, "api.version", NULL));
-    api_client_close(b);
-    /* every dead connection was reaped: at most b's slot still counted */
     api_server_destroy(server);
 }
 
@@ -515,5 +427,162 @@ Test(api_server_vm, pause_in_flight_does_not_block_other_clients, .timeout = 90)
     json_decref(call_ok(b, "vm.resume", NULL));
     api_client_close(a);
     api_client_close(b);
+    api_vm_stop(&t);
+}
+
+/* The integration tests of the issue, each with a running dirtier guest:
+ * the VM-less versions could not show that a guest keeps running. */
+
+static const char *state_via_api(struct api_client *client, char *out, size_t size)
+{
+    json_t *info = call_ok(client, "vm.info", NULL);
+    snprintf(out, size, "%s", json_string_value(json_object_get(info, "state")));
+    json_decref(info);
+    return out;
+}
+
+Test(api_server_vm, half_line_from_one_client_does_not_delay_another, .timeout = 90)
+{
+    struct api_vm t;
+    api_vm_start(&t, "dirtier,wss=32M", "off");
+    struct api_client *a = connect_or_fail(t.path);
+    struct api_client *b = connect_or_fail(t.path);
+    for (unsigned v = 0; v < 2; v++)
+        cr_assert(wait_pages_advance(b, v, 0, 1000), "vcpu %u never dirtied", v);
+
+    /* a sends half a request and stalls */
+    send_text(a, "{\"id\":1,\"cmd\":\"vm.gu");
+    /* b is answered while a's line is pending: epoll-thread commands and
+     * worker commands (pause/resume) alike */
+    char state[32];
+    for (int i = 0; i < 10; i++) {
+        cr_assert_str_eq(state_via_api(b, state, sizeof(state)), "running");
+        json_decref(call_ok(b, "vm.guest-stats", NULL));
+    }
+    json_t *r = call_ok(b, "vm.pause", NULL);
+    cr_assert_str_eq(json_string_value(json_object_get(r, "state")), "paused");
+    json_decref(r);
+    r = call_ok(b, "vm.resume", NULL);
+    cr_assert_str_eq(json_string_value(json_object_get(r, "state")), "running");
+    json_decref(r);
+    /* ... and a's half line really was still pending all that time */
+    json_t *early;
+    cr_assert_eq(api_client_read(a, &early, 100), -ETIMEDOUT, "a was answered before its line ended");
+
+    uint64_t before = pages_written_via_api(b, 0);
+    send_text(a, "est-stats\"}\n");
+    json_t *reply = read_message(a);
+    cr_assert(json_is_true(json_object_get(reply, "ok")), "a's completed line failed");
+    cr_assert_eq(json_integer_value(json_object_get(reply, "id")), 1);
+    json_t *vcpu0 = json_array_get(json_object_get(json_object_get(reply, "result"), "vcpus"), 0);
+    cr_assert_geq((uint64_t)json_integer_value(json_object_get(vcpu0, "pages_written")), before);
+    json_decref(reply);
+    api_client_close(a);
+    api_client_close(b);
+    api_vm_stop(&t);
+}
+
+struct client_count_wait {
+    struct api_server *server;
+    unsigned expected;
+};
+
+static bool client_count_is(void *argument)
+{
+    struct client_count_wait *w = argument;
+    return api_server_client_count(w->server) == w->expected;
+}
+
+Test(api_server_vm, client_disconnecting_mid_request_leaves_the_vm_running, .timeout = 90)
+{
+    struct api_vm t;
+    api_vm_start(&t, "dirtier,wss=32M", "off");
+    struct api_client *b = connect_or_fail(t.path);
+    for (int i = 0; i < 10; i++) {
+        /* half a vm.pause, then gone: the request never existed */
+        struct api_client *a = connect_or_fail(t.path);
+        send_text(a, "{\"id\":1,\"cmd\":\"vm.pause\"");
+        api_client_close(a);
+        /* whole requests whose client is gone before the reply: one on the
+         * epoll thread, one on the worker (fails vm-running) */
+        a = connect_or_fail(t.path);
+        send_text(a, "{\"id\":2,\"cmd\":\"vm.guest-stats\"}\n");
+        api_client_close(a);
+        a = connect_or_fail(t.path);
+        send_text(a, "{\"id\":3,\"cmd\":\"vm.memory-digest\"}\n");
+        api_client_close(a);
+    }
+    /* every dead connection is reaped: only b is left */
+    struct client_count_wait wait = {t.server, 1};
+    cr_assert(harness_wait_until(client_count_is, &wait, TIMEOUT_MS), "%u clients left, expected 1",
+              api_server_client_count(t.server));
+    char state[32];
+    cr_assert_str_eq(state_via_api(b, state, sizeof(state)), "running", "a half vm.pause was executed");
+    for (unsigned v = 0; v < 2; v++)
+        cr_assert(wait_pages_advance(b, v, pages_written_via_api(b, v), 1000), "vcpu %u stopped", v);
+    /* and the server still serves every kind of command */
+    json_decref(call_ok(b, "vm.pause", NULL));
+    cr_assert_str_eq(state_via_api(b, state, sizeof(state)), "paused");
+    json_decref(call_ok(b, "vm.resume", NULL));
+    struct api_client *c = connect_or_fail(t.path);
+    cr_assert_str_eq(state_via_api(c, state, sizeof(state)), "running");
+    api_client_close(c);
+    api_client_close(b);
+    api_vm_stop(&t);
+}
+
+Test(api_server_vm, socket_is_mode_0600_and_removed_on_destroy, .timeout = 90)
+{
+    struct api_vm t;
+    mode_t old = umask(0);      /* the server must not depend on the umask */
+    api_vm_start(&t, "dirtier,wss=16M", "off");
+    umask(old);
+    struct stat st;
+    cr_assert_eq(lstat(t.path, &st), 0);
+    cr_assert(S_ISSOCK(st.st_mode));
+    cr_assert_eq(st.st_mode & 0777, 0600, "mode is %o", st.st_mode & 0777);
+    struct api_client *c = connect_or_fail(t.path);
+    cr_assert(wait_pages_advance(c, 0, 0, 1000), "the guest is not running");
+    api_client_close(c);
+    api_vm_stop(&t);
+    cr_assert_eq(lstat(t.path, &st), -1, "socket file left behind");
+    cr_assert_eq(errno, ENOENT);
+}
+
+Test(api_server_vm, second_ringvm_process_refuses_to_start, .timeout = 90)
+{
+    harness_require_kvm();
+    const char *ringvm = harness_program("ringvm");
+    if (access(ringvm, X_OK) != 0)
+        cr_skip_test("%s not built (make all)", ringvm);
+    struct api_vm t;
+    api_vm_start(&t, "dirtier,wss=32M", "off");
+    struct api_client *c = connect_or_fail(t.path);
+    for (unsigned v = 0; v < 2; v++)
+        cr_assert(wait_pages_advance(c, v, 0, 1000), "vcpu %u never dirtied", v);
+
+    struct harness_process process;
+    char *argv[] = {(char *)ringvm, "--memory", "64M", "--vcpus", "1", "--workload", "idle",
+                    "--api-socket", t.path, NULL};
+    harness_spawn(&process, argv);
+    int status = harness_process_wait_exit(&process, 20000);
+    cr_assert_eq(status, 1, "the second ringvm must exit 1 (status %d); stderr:\n%s", status, process.err);
+    char expected[256];
+    snprintf(expected, sizeof(expected), "ringvm: --api-socket %s: another ringvm is listening there\n",
+             t.path);
+    cr_assert(strstr(process.err, expected), "expected '%s' in stderr:\n%s", expected, process.err);
+    harness_process_free(&process);
+
+    /* The first one still owns the path, serves, and its guest runs. */
+    struct stat st;
+    cr_assert_eq(lstat(t.path, &st), 0);
+    cr_assert(S_ISSOCK(st.st_mode));
+    struct api_client *d = connect_or_fail(t.path);
+    char state[32];
+    cr_assert_str_eq(state_via_api(d, state, sizeof(state)), "running");
+    for (unsigned v = 0; v < 2; v++)
+        cr_assert(wait_pages_advance(d, v, pages_written_via_api(d, v), 1000), "vcpu %u stopped", v);
+    api_client_close(d);
+    api_client_close(c);
     api_vm_stop(&t);
 }

@@ -89,7 +89,9 @@ Test(bpf, histogram_quantiles_and_text_bars)
     json_t *received = json_loads(wire, 0, NULL);
     char *text = bpf_probes_format_text(received, 20);
     cr_assert_not_null(text);
-    cr_assert(strstr(text, "kick -> out of KVM_RUN: 100 samples") != NULL, "text:\n%s", text);
+    cr_assert(strstr(text, "kick -> out of KVM_RUN, all kicks (tgkill + throttle timer; outside KVM_RUN = 0 ns): "
+                           "100 samples") != NULL, "text:\n%s", text);
+    cr_assert(strstr(text, "[VMM]    vcpu_kick -> KVM_RUN returns EINTR: no samples") != NULL, "text:\n%s", text);
     cr_assert(strstr(text, "|********************|") != NULL, "no full bar:\n%s", text);
     cr_assert(strstr(text, "EINTR exits (100)") != NULL, "text:\n%s", text);
     free(text);
@@ -178,6 +180,19 @@ struct vmm_baseline {
     uint64_t exits_io, kicks_sent, throttle_sleeps, timer_expiries;
 };
 
+/* Runs of rv_signal_generate the kernel skipped (recursion on one CPU). */
+static uint64_t signal_generate_misses(struct bpf_probes *probes)
+{
+    struct bpf_probes_prog_stat stats[16];
+    int n = bpf_probes_prog_stats(probes, stats, 16);
+    cr_assert_geq(n, 0, "bpf_probes_prog_stats: %s", strerror(-n));
+    for (int i = 0; i < n; i++)
+        if (strcmp(stats[i].name, "rv_signal_generate") == 0)
+            return stats[i].recursion_misses;
+    cr_assert_fail("rv_signal_generate is not loaded");
+    return 0;
+}
+
 static void read_baseline(struct vm *vm, unsigned vcpu, struct vmm_baseline *out)
 {
     struct vcpu_counters *c = &vm->vcpus[vcpu].counters;
@@ -207,6 +222,7 @@ Test(bpf, counts_match_the_vmm_under_throttle, .timeout = 120)
         cr_skip_test("BPF probes cannot attach here: %s", error);
     }
     struct vmm_baseline base[VCPUS];
+    uint64_t misses_before = signal_generate_misses(probes);
     for (unsigned i = 0; i < VCPUS; i++) {
         read_baseline(vm, i, &base[i]);
         vcpu_set_throttle(&vm->vcpus[i], 50);
@@ -228,7 +244,9 @@ Test(bpf, counts_match_the_vmm_under_throttle, .timeout = 120)
 
     struct bpf_probes_stats stats;
     cr_assert_eq(bpf_probes_stats_get(probes, &stats), 0);
-    bpf_probes_print_metrics(probes, stderr);
+    uint64_t misses = signal_generate_misses(probes) - misses_before;
+    bpf_probes_print_summary(probes, stderr);
+    fprintf(stderr, "test_bpf: rv_signal_generate skipped %" PRIu64 " runs (recursion)\n", misses);
 
     uint64_t pushes = 0;
     for (unsigned i = 0; i < VCPUS; i++) {
@@ -239,11 +257,12 @@ Test(bpf, counts_match_the_vmm_under_throttle, .timeout = 120)
         uint64_t sleeps = now.throttle_sleeps - base[i].throttle_sleeps;
         fprintf(stderr,
                 "test_bpf: vcpu %u: io exits bpf %" PRIu64 " vmm %" PRIu64 "; kicks tgkill %" PRIu64
-                " vmm sent %" PRIu64 "; timer kicks %" PRIu64 " vmm throttle sleeps %" PRIu64
+                " vmm sent %" PRIu64 "; timer kicks %" PRIu64 " vmm throttle sleeps %" PRIu64 " expiries %" PRIu64
                 "; kick hist %" PRIu64 " outside %" PRIu64 " pending %" PRIu64 " lost %" PRIu64
                 "; kick p50 %" PRIu64 " ns p99 %" PRIu64 " ns; throttle sleep hist %" PRIu64
                 " mean %" PRIu64 " ns; pushes %" PRIu64 "\n",
                 i, v->exits[2], now.exits_io - base[i].exits_io, v->kicks_tgkill, kicks_sent, v->kicks_timer, sleeps,
+                now.timer_expiries - base[i].timer_expiries,
                 v->kick_ns.count, v->kicks_outside_run, v->kicks_pending, v->kicks_lost,
                 bpf_probes_hist_quantile(&v->kick_ns, 0.5), bpf_probes_hist_quantile(&v->kick_ns, 0.99),
                 v->throttle_sleep_ns.count,
@@ -256,22 +275,44 @@ Test(bpf, counts_match_the_vmm_under_throttle, .timeout = 120)
         /* Every kick the VMM sent was seen at the sender... */
         cr_expect_eq(v->kicks_tgkill, kicks_sent, "vcpu %u: tgkill kicks bpf %" PRIu64 " vmm %" PRIu64, i,
                      v->kicks_tgkill, kicks_sent);
-        /* ...and every kick, VMM or throttle timer, was resolved: it
-         * either found the vCPU outside KVM_RUN or is in the latency
-         * histogram (the vCPUs are parked: nothing can be pending). */
-        cr_expect_eq(v->kick_ns.count + v->kicks_outside_run, v->kicks_tgkill + v->kicks_timer,
-                     "vcpu %u: kick histogram %" PRIu64 " + outside %" PRIu64 " != kicks %" PRIu64, i,
-                     v->kick_ns.count, v->kicks_outside_run, v->kicks_tgkill + v->kicks_timer);
-        cr_expect_eq(v->kicks_pending, 0);
-        /* Throttle timer kicks: the kernel's count of SI_TIMER signals
-         * generated for the vCPU thread equals the VMM's count of them
-         * delivered (its handler checks si_code). One signal may be in
-         * flight at each of the two snapshots. */
+        /* Throttle timer kicks: the kernel's count (signal_generate of an
+         * SI_TIMER kick signal, result "delivered") against the VMM's (its
+         * handler, si_code SI_TIMER). At both snapshots the vCPUs are
+         * parked and their timers disarmed (the pause path disarms the
+         * timer before parking; throttle was 0 at the first), and a
+         * signal queued before the disarming timer_settime is handled when
+         * that syscall returns, before the thread acks the pause: nothing
+         * is in flight. Yet exact equality does not hold on this host
+         * (Linux 6.18): under load the VMM handled 1-2 SI_TIMER signals
+         * more than the probes saw in ~1 run of 10, with no recursion miss
+         * of rv_signal_generate (below) and no signal_generate event with
+         * another result (checked with a debug counter). The cause is not
+         * identified (see the report); the kernel side can also lose one
+         * the other way (since 6.13 a timer_settime racing the expiry
+         * drops the queued signal as stale). Hence the +-2 window, widened
+         * by the program's skipped runs, which are kicks the kernel did
+         * not show to the probes. */
         uint64_t expiries = now.timer_expiries - base[i].timer_expiries;
         cr_expect(sleeps > 0 && v->kicks_timer > 0, "vcpu %u: no throttling seen (%" PRIu64 " sleeps)", i, sleeps);
-        cr_expect(v->kicks_timer + 2 >= expiries && expiries + 2 >= v->kicks_timer,
-                  "vcpu %u: kernel timer kicks %" PRIu64 " vs VMM timer expiries %" PRIu64, i, v->kicks_timer,
-                  expiries);
+        cr_expect(v->kicks_timer + 2 + misses >= expiries && expiries + 2 >= v->kicks_timer,
+                  "vcpu %u: kernel timer kicks %" PRIu64 " vs VMM timer expiries %" PRIu64 " (skipped runs %" PRIu64 ")",
+                  i, v->kicks_timer, expiries, misses);
+        /* The throttle-latency histogram holds every kick sent, exactly
+         * once: the VMM's tgkill kicks (exactly those it sent, checked
+         * above) and its throttle timer's as the kernel generated them;
+         * those that found the vCPU outside KVM_RUN as latency 0 (bucket
+         * 0). Exact: both snapshots are taken with the vCPUs parked (every
+         * kick taken out of the queue by the exit that parked them) and no
+         * kicker running (vm_pause's kicks returned before it did). */
+        cr_expect_eq(v->kicks_pending, 0);
+        cr_expect_eq(v->kick_ns.count, kicks_sent + v->kicks_timer,
+                     "vcpu %u: kick histogram %" PRIu64 " != VMM tgkill kicks %" PRIu64 " + timer kicks %" PRIu64,
+                     i, v->kick_ns.count, kicks_sent, v->kicks_timer);
+        cr_expect_eq(v->kick_tgkill_ns.count, kicks_sent);
+        cr_expect_eq(v->kick_timer_ns.count, v->kicks_timer);
+        /* Bucket 0 ([0, 2) ns) holds the kicks that found the vCPU outside
+         * KVM_RUN (and, in theory, an exit within 2 ns of its kick). */
+        cr_expect_geq(v->kick_ns.buckets[0], v->kicks_outside_run);
         pushes += v->dirty_pushes;
     }
     /* Dirty ring: every push harvested (after the final sync). */
@@ -379,6 +420,8 @@ Test(bpf, iteration_helpers_and_restart, .timeout = 60)
     }
     struct bpf_probes_mark mark;
     cr_assert_eq(bpf_probes_mark(probes, &mark), 0);
+    /* Nobody else kicks this vCPU (throttle off, no migration). */
+    uint64_t kicks_before = atomic_load(&vm->vcpus[0].counters.kicks_sent);
     for (int i = 0; i < 20; i++) {
         /* Back in the guest before the next kick, or it finds it outside. */
         cr_assert(harness_wait_all_vcpus_advance(vm, 1000, 10000));
@@ -389,7 +432,12 @@ Test(bpf, iteration_helpers_and_restart, .timeout = 60)
     cr_assert_eq(bpf_probes_since_mark(probes, &mark, &iteration), 0);
     fprintf(stderr, "test_bpf: 20 pauses: %" PRIu64 " kicks in KVM_RUN, p50 %" PRIu64 " ns, p99 %" PRIu64 " ns\n",
             iteration.kicks, iteration.kick_p50_ns, iteration.kick_p99_ns);
-    cr_expect(iteration.kicks >= 10 && iteration.kicks <= 20, "kicks %" PRIu64, iteration.kicks);
+    /* Every kick of the 20 pauses (and of any 10 ms re-kick) is in the
+     * iteration's histogram, those that found the vCPU outside KVM_RUN
+     * as latency 0: the vCPU parked after each, taking its kicks. */
+    uint64_t kicks_sent = atomic_load(&vm->vcpus[0].counters.kicks_sent) - kicks_before;
+    cr_expect_geq(kicks_sent, 20);
+    cr_expect_eq(iteration.kicks, kicks_sent, "kicks %" PRIu64 " VMM sent %" PRIu64, iteration.kicks, kicks_sent);
     cr_expect(iteration.kick_p50_ns > 0 && iteration.kick_p50_ns <= iteration.kick_p99_ns);
     json_t *json = bpf_probes_iteration_json(&iteration);
     cr_assert_not_null(json);
@@ -406,6 +454,9 @@ Test(bpf, iteration_helpers_and_restart, .timeout = 60)
     cr_assert_eq(bpf_probes_start(probes, error, sizeof(error)), 0, "%s", error);
     cr_assert_eq(vm_pause(vm), 0);
     cr_assert_eq(vm_resume(vm), 0);
+    /* The resumed vCPU enters KVM_RUN again some time after vm_resume
+     * returns; guest pages advancing prove it has. */
+    cr_assert(harness_wait_all_vcpus_advance(vm, 1000, 10000));
     cr_assert_eq(bpf_probes_stats_get(probes, &stats), 0);
     cr_expect_gt(stats.vcpus[0].entries, entries);
     bpf_probes_stats_free(&stats);

@@ -18,17 +18,22 @@
  * state and the cause, and a later migration from where the guest runs
  * succeeds (digests equal, LEDGER OK on the new destination).
  *
- * Also: migration.cancel at 50 seeded random moments (in-process VM, fake
- * draining destination), then a real migration; the API socket file deleted
- * while the VM runs, and API clients killed mid-command.
+ * Also: the destination's own transfer timeout (ringvm
+ * --incoming-stall-timeout); migration.cancel at 50 seeded random moments,
+ * each to a fresh ringvm --incoming over TCP, then a real migration; a
+ * cancel after END refused; migrations over a 10 Gbit/s link and over a
+ * link losing 1 %; the API socket file deleted while the VM runs, and API
+ * clients killed mid-command, each followed by a migration. Every link is
+ * shaped with tbf (1 Gbit/s unless the test is about bandwidth).
  *
  * Tests that need root and namespaces skip with the reason. Every test has
- * its own namespace pair, removed in the fini even when the test fails.
+ * its own namespace pair, removed in the fini even when the test fails; a
+ * test killed before its fini (timeout, crash) leaves nothing running
+ * (harness_spawn's PDEATHSIG) and its namespaces are swept by the next
+ * hosts.sh up (--owner).
  */
 #include <criterion/criterion.h>
 #include <errno.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <poll.h>
@@ -44,16 +49,12 @@
 #include <unistd.h>
 
 #include "api/client.h"
-#include "api/server.h"
-#include "migration/migration.h"
-#include "migration/protocol.h"
-#include "migration/transport.h"
-#include "dirtyring/dirty_log.h"
+#include "api/protocol.h"
 #include "tests/harness.h"
-#include "vmm/vcpu.h"
+#include "vmm/options.h"
 
 #define HOSTS "tests/netns/hosts.sh"
-#define MAX_PROCS 6
+#define MAX_PROCS 64     /* the cancel test spawns one destination per run */
 
 static uint64_t now_ms(void)
 {
@@ -104,8 +105,9 @@ static void fx_dir(void)
     cr_assert_not_null(mkdtemp(fx.dir));
 }
 
-/* Skips without root, iproute2 or the script; brings the hosts up. */
-static void net_up(const char *tag)
+/* Skips without root, iproute2 or the script; brings the hosts up, the
+ * link shaped by `shaping` (hosts.sh options, e.g. "--rate 1gbit"). */
+static void net_up(const char *tag, const char *shaping)
 {
     harness_require_kvm();
     if (geteuid() != 0)
@@ -118,7 +120,10 @@ static void net_up(const char *tag)
     snprintf(fx.name, sizeof(fx.name), "f%s%u", tag, (unsigned)getpid() % 1000u);
     fx.name[8] = '\0';
     fx.net_up = true;
-    cr_assert_eq(sh(HOSTS " up %s >&2", fx.name), 0, "hosts.sh up %s failed", fx.name);
+    /* --owner: hosts.sh sweeps the hosts of a test that was killed
+     * before its fini (timeout, crash), never those of a live one. */
+    cr_assert_eq(sh(HOSTS " up %s --owner %d %s >&2", fx.name, (int)getpid(), shaping), 0, "hosts.sh up %s %s failed",
+                 fx.name, shaping);
 }
 
 static void host_addr(const char *side, char *out, size_t size)
@@ -140,8 +145,8 @@ struct vmproc {
 
 /* ringvm in a namespace (side "src"/"dst", or NULL for this namespace),
  * stdout and stderr merged into proc->out. */
-static void vm_spawn(struct vmproc *v, const char *side, const char *memory, const char *workload,
-                     const char *incoming, const char *fault)
+static void vm_spawn_with(struct vmproc *v, const char *side, const char *memory, const char *workload,
+                          const char *incoming, const char *fault, const char *const *extra)
 {
     cr_assert_lt(fx.nprocs, MAX_PROCS);
     static unsigned counter;
@@ -178,9 +183,17 @@ static void vm_spawn(struct vmproc *v, const char *side, const char *memory, con
         argv[n++] = "--incoming";
         argv[n++] = (char *)incoming;
     }
+    for (; extra != NULL && *extra != NULL && n < 31; extra++)
+        argv[n++] = (char *)*extra;
     argv[n] = NULL;
     v->proc = &fx.procs[fx.nprocs++];
     harness_spawn(v->proc, argv);
+}
+
+static void vm_spawn(struct vmproc *v, const char *side, const char *memory, const char *workload,
+                     const char *incoming, const char *fault)
+{
+    vm_spawn_with(v, side, memory, workload, incoming, fault, NULL);
 }
 
 static bool output_has(struct vmproc *v, const char *needle, unsigned count, unsigned timeout_ms)
@@ -300,24 +313,37 @@ static void ledger_continues(struct vmproc *v, const char *where)
 
 /* A migration from `from` (which runs the guest) to a new ringvm on the
  * other host: completes with equal digests and the ledger verifies there.
- * With keep_alive the source says migrated, then
- * shuts down and exits 0. */
-static void later_migration_succeeds(struct vmproc *from, const char *memory, const char *workload, unsigned port)
+ * With keep_alive the source says migrated, then shuts down and exits 0;
+ * the new ringvm is shut down too (exit 0). fc: a client connected to
+ * `from` (closed here), or NULL to connect one. final_progress (if not
+ * NULL): the source's last migration.progress (caller decrefs). */
+static void later_migration_over(struct vmproc *from, struct api_client *fc, const char *memory,
+                                 const char *workload, unsigned port, json_t **final_progress)
 {
-    const char *other = strcmp(from->side, "src") == 0 ? "dst" : "src";
+    /* From a namespace to the other one over TCP; from this namespace
+     * (side "") to a ringvm here over a Unix socket. */
+    const char *other = from->side[0] == '\0' ? NULL : strcmp(from->side, "src") == 0 ? "dst" : "src";
     char ip[64], incoming[128];
-    host_addr(other, ip, sizeof(ip));
-    snprintf(incoming, sizeof(incoming), "tcp:%s:%u", ip, port);
+    if (other != NULL) {
+        host_addr(other, ip, sizeof(ip));
+        snprintf(incoming, sizeof(incoming), "tcp:%s:%u", ip, port);
+    } else {
+        snprintf(incoming, sizeof(incoming), "unix:%s/later-%u.sock", fx.dir, port);
+    }
     struct vmproc to;
     vm_spawn(&to, other, memory, workload, incoming, NULL);
     struct api_client *tc = wait_listening(&to);
-    struct api_client *fc = api_connect(from->socket, 5000);
+    if (fc == NULL)
+        fc = api_connect(from->socket, 5000);
     json_decref(call(fc, "migration.start", json_pack("{s:s, s:b, s:b, s:i}", "dest", incoming, "verify_digest", 1,
                                                      "keep_alive", 1, "timeout_s", 60)));
     json_t *p = wait_ended(fc, 70000);
     cr_assert_str_eq(jstr(p, "state"), "completed", "later migration: %s", json_dumps(p, JSON_COMPACT));
     cr_assert_str_eq(jstr(p, "memory_digest_source"), jstr(p, "memory_digest_destination"));
-    json_decref(p);
+    if (final_progress != NULL)
+        *final_progress = p;
+    else
+        json_decref(p);
     cr_assert_str_eq(vm_state(fc), "migrated");
     json_decref(call(fc, "vm.shutdown", NULL));
     api_client_close(fc);
@@ -325,7 +351,14 @@ static void later_migration_succeeds(struct vmproc *from, const char *memory, co
                  from->proc->out);
     cr_assert_str_eq(vm_state(tc), "running");
     ledger_continues(&to, "after the later migration");
+    json_decref(call(tc, "vm.shutdown", NULL));
     api_client_close(tc);
+    cr_assert_eq(harness_process_wait_exit(to.proc, 10000), 0, "%s", to.proc->out);
+}
+
+static void later_migration_succeeds(struct vmproc *from, const char *memory, const char *workload, unsigned port)
+{
+    later_migration_over(from, NULL, memory, workload, port, NULL);
 }
 
 /* ---- the matrix ------------------------------------------------------------------------- */
@@ -361,10 +394,83 @@ static void release_destination(void)
     fclose(f);
 }
 
+/* Bytes the destination has received on the migration connection but not
+ * read (Recv-Q of the established socket on `port` in the dst namespace,
+ * from ss); 0 when there is no such connection. */
+static unsigned long destination_unread_bytes(unsigned port)
+{
+    char command[256];
+    snprintf(command, sizeof(command), HOSTS " exec %s dst ss -Htn state established '( sport = :%u )'", fx.name,
+             port);
+    FILE *p = popen(command, "r");
+    cr_assert_not_null(p, "popen(%s): %s", command, strerror(errno));
+    unsigned long unread = 0, total = 0;
+    char line[512];
+    while (fgets(line, sizeof(line), p) != NULL)
+        if (sscanf(line, "%lu", &unread) == 1)
+            total += unread;
+    pclose(p);
+    return total;
+}
+
+/* What the source reports when the destination is SIGKILLed at a point.
+ * Before the ack the destination is stopped with unread stream bytes in its
+ * socket (the test waits for them), so its kernel answers the kill with a
+ * RST; at "end" it has read everything (END is the last frame), so a FIN.
+ *   - setup: only the source's migration thread uses the socket, waiting
+ *     for the HELLO_ACK: exactly "handshake: receiving from destination:
+ *     Connection reset by peer".
+ *   - end: the source waits for the ack: exactly "waiting for the
+ *     destination's ack: destination closed the connection (truncated
+ *     stream: 0 of 32 bytes)".
+ *   - iteration 0, a later iteration, stop-and-copy: two source threads use
+ *     the socket, the sender thread (sendmsg) and the migration thread
+ *     (polls it for a destination ERROR frame). The RST's error is handed
+ *     to whichever syscall comes first and cleared (sock_error), so,
+ *     depending on timing: the migration thread reads it ("receiving from
+ *     destination: Connection reset by peer"), or the sender took it and
+ *     the migration thread then reads end-of-stream ("destination closed
+ *     the connection (truncated stream: 0 of 32 bytes)"), or the sender's
+ *     failure is seen before the socket polls readable ("sending to
+ *     destination: Connection reset by peer" / "... Broken pipe"). All four
+ *     name the same cause; only these are accepted, only at these points. */
+static void assert_destination_killed_message(const struct point *pt, const char *message)
+{
+    if (strcmp(pt->hook, "setup") == 0) {
+        cr_assert_str_eq(message, "handshake: receiving from destination: Connection reset by peer");
+    } else if (strcmp(pt->hook, "end") == 0) {
+        cr_assert_str_eq(message, "waiting for the destination's ack: destination closed the connection "
+                                  "(truncated stream: 0 of 32 bytes)");
+    } else {
+        static const char *const mid_stream[] = {
+            "receiving from destination: Connection reset by peer",
+            "destination closed the connection (truncated stream: 0 of 32 bytes)",
+            "sending to destination: Connection reset by peer",
+            "sending to destination: Broken pipe",
+        };
+        bool known = false;
+        for (size_t i = 0; i < sizeof(mid_stream) / sizeof(mid_stream[0]); i++)
+            known = known || strcmp(message, mid_stream[i]) == 0;
+        cr_assert(known, "%s: unexpected cause \"%s\"", pt->hook, message);
+    }
+}
+
+/* What the source reports when the link is cut (or stalls) at a point:
+ * exactly one cause each. setup: the source waits for the HELLO_ACK that
+ * never comes. Every other point before END: the stream still to send
+ * (8-48 MiB) exceeds the socket buffers (tcp_wmem max 4 MiB), so the
+ * sender thread stalls first; the source never reaches END (which would
+ * make it wait for the ack instead). */
+static const char *link_cut_message(const struct point *pt)
+{
+    return strcmp(pt->hook, "setup") == 0 ? "handshake: receiving from destination: no progress for 2000 ms (link stalled)"
+                                          : "sending to destination: no progress for 2000 ms (link stalled)";
+}
+
 static void run_fault(enum fault fault, unsigned point_index, const char *tag)
 {
     const struct point *pt = &points[point_index];
-    net_up(tag);
+    net_up(tag, "--rate 1gbit");
     char ip[64], incoming[128];
     host_addr("dst", ip, sizeof(ip));
     snprintf(incoming, sizeof(incoming), "tcp:%s:7000", ip);
@@ -404,6 +510,15 @@ static void run_fault(enum fault fault, unsigned point_index, const char *tag)
             poll(NULL, 0, 5);
         }
     }
+    if (fault == KILL_DST && strcmp(pt->hook, "end") != 0) {
+        /* Unread stream bytes on the destination make its kill a RST (see
+         * assert_destination_killed_message): wait for them. */
+        uint64_t deadline = now_ms() + 5000;
+        while (destination_unread_bytes(7000) == 0) {
+            cr_assert_lt(now_ms(), deadline, "no unread stream bytes on the destination at %s", pt->hook);
+            poll(NULL, 0, 5);
+        }
+    }
     uint64_t fault_at = now_ms();
     switch (fault) {
     case KILL_DST:
@@ -437,6 +552,8 @@ static void run_fault(enum fault fault, unsigned point_index, const char *tag)
     json_t *p = wait_ended(sc, 30000);
     uint64_t detected = now_ms() - fault_at;
     char *text = json_dumps(p, JSON_COMPACT);
+    fprintf(stderr, "faults %s: %s: %s\n", tag, jstr(json_object_get(p, "error"), "code"),
+            jstr(json_object_get(p, "error"), "message"));
     json_t *error = json_object_get(p, "error");
     cr_assert_str_eq(jstr(p, "state"), "failed", "%s", text);
     cr_assert_str_eq(jstr(p, "phase"), "done");
@@ -461,10 +578,10 @@ static void run_fault(enum fault fault, unsigned point_index, const char *tag)
         return;
     }
     cr_assert_str_eq(jstr(error, "code"), "transport", "%s", text);
-    if (fault == STALL_LINK || (fault == CUT_LINK && strcmp(pt->phase, "waiting-ack") != 0))
-        cr_assert(strstr(jstr(error, "message"), "(link stalled)") != NULL ||
-                      strstr(jstr(error, "message"), "nothing for") != NULL,
-                  "%s", text);
+    if (fault == KILL_DST)
+        assert_destination_killed_message(pt, jstr(error, "message"));
+    else
+        cr_assert_str_eq(jstr(error, "message"), link_cut_message(pt), "%s", text);
     if (fault == STALL_LINK)
         cr_assert_leq(detected, pt->stall_s * 1000u + 1500u, "the stall was detected after %" PRIu64 " ms", detected);
     /* The guest runs on the source only. */
@@ -505,157 +622,344 @@ Test(faults, link_cut_after_last_byte_before_ack, .timeout = 90) { run_fault(CUT
 Test(faults, stalled_link_is_detected_by_the_stall_timeout, .timeout = 90) { run_fault(STALL_LINK, 2, "st"); }
 Test(faults, source_killed_during_stop_and_copy, .timeout = 90) { run_fault(KILL_SRC, 3, "sk"); }
 
-/* ---- migration.cancel at 50 random moments ---------------------------------------------- */
+/* ---- bandwidth and loss ------------------------------------------------------------------ */
 
-/* Accepts connections one after the other, answers the hello and drains
- * each until the source closes it. */
-struct drain_destination {
-    int listen_fd;
-    char address[160];
-    _Atomic bool stop;
-    unsigned connections;
-    pthread_t thread;
-};
-
-static void *drain_main(void *argument)
+/* A migration over a 10 Gbit/s tbf link: the link lets more than 1 Gbit/s
+ * through (so the tbf burst is big enough for that rate and the matrix's
+ * 1 Gbit/s is a real limit, not the machine's). 192 MiB of written guest
+ * RAM, far more than the socket buffers (16 MiB at most) hold, so the bulk
+ * copy's bytes/time (iteration 0 of progress: bytes_sent / dur_ms) is the
+ * link's and the peers' rate. Not the whole migration's: its total_ms also
+ * holds the setup and two XXH3 digests of 256 MiB (verify_digest). */
+Test(faults, migration_over_10_gbit_link_exceeds_1_gbit, .timeout = 90)
 {
-    struct drain_destination *d = argument;
-    static uint8_t buffer[1 << 20];
-    while (!atomic_load(&d->stop)) {
-        char error[256];
-        int fd = mig_accept(d->listen_fd, &d->stop, error, sizeof(error));
-        if (fd < 0)
-            continue;
-        d->connections++;
-        struct mig_io io = { .fd = fd, .stall_ms = 5000, .peer = "source" };
-        uint8_t header[MIG_HEADER_SIZE], hello[MIG_HELLO_SIZE];
-        if (mig_io_read(&io, header, sizeof(header), false, error, sizeof(error)) == 0 &&
-            mig_io_read(&io, hello, sizeof(hello), false, error, sizeof(error)) == 0) {
-            uint8_t frame[MIG_HEADER_SIZE + MIG_HELLO_SIZE];
-            size_t length = mig_frame_encode(frame, MIG_FRAME_HELLO_ACK, 0, hello, sizeof(hello));
-            (void)mig_io_write(&io, frame, length, error, sizeof(error));
-            for (;;) {
-                int ready = mig_io_poll_readable(fd, 100);
-                if (ready < 0)
-                    break;
-                if (ready == 0)
-                    continue;
-                ssize_t got = recv(fd, buffer, sizeof(buffer), MSG_DONTWAIT);
-                if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR))
-                    break;
-            }
-        }
-        close(fd);
-    }
-    return NULL;
+    net_up("tg", "--rate 10gbit");
+    const char *memory = "256M", *workload = "ledger,wss=192M,verify=1";
+    struct vmproc src;
+    vm_spawn(&src, "src", memory, workload, NULL, NULL);
+    cr_assert(output_has(&src, "LEDGER OK", 1, 60000), "no LEDGER OK on the source:\n%s", src.proc->out);
+    diagnose = src.proc;
+    json_t *p = NULL;
+    later_migration_over(&src, NULL, memory, workload, 7000, &p);
+    json_t *bulk = json_array_get(json_object_get(p, "iterations"), 0);
+    cr_assert_not_null(bulk, "no iteration in the progress");
+    uint64_t bytes = (uint64_t)json_integer_value(json_object_get(bulk, "bytes_sent"));
+    uint64_t ms = (uint64_t)json_integer_value(json_object_get(bulk, "dur_ms"));
+    uint64_t total_bytes = (uint64_t)json_integer_value(json_object_get(json_object_get(p, "memory"), "transferred"));
+    uint64_t total_ms = (uint64_t)json_integer_value(json_object_get(p, "total_ms"));
+    json_decref(p);
+    cr_assert_geq(bytes, 192ull << 20, "the bulk copy moved only %" PRIu64 " bytes", bytes);
+    cr_assert_gt(ms, 0);
+    uint64_t bits_per_s = bytes * 8u * 1000u / ms;
+    fprintf(stderr, "10 Gbit/s link: bulk copy %" PRIu64 " bytes in %" PRIu64 " ms = %.2f Gbit/s; whole migration %"
+            PRIu64 " bytes in %" PRIu64 " ms\n", bytes, ms, (double)bits_per_s / 1e9, total_bytes, total_ms);
+    cr_assert_gt(bits_per_s, 1000000000ull, "%" PRIu64 " bytes in %" PRIu64 " ms: not more than 1 Gbit/s", bytes, ms);
 }
 
-Test(faults, cancel_at_50_seeded_random_moments_then_migrate, .timeout = 150, .fini = fx_fini)
+/* 1 % of the packets leaving each host dropped (nftables numgen, both
+ * directions): TCP retransmits, the migration completes with equal digests
+ * and the ledger verifies on the destination. */
+Test(faults, migration_over_1_percent_loss_link_completes, .timeout = 90)
 {
-    harness_require_kvm();
-    fx_dir();
-    struct harness_vm source;
-    harness_vm_start(&source, "64M", 1, "ledger,wss=8M,verify=1", "ring");
-    cr_assert(console_wait_for(&source.console, "LEDGER OK", 1, 20000));
+    net_up("lo", "--rate 1gbit --loss 1");
+    const char *memory = "64M", *workload = "ledger,wss=8M,verify=1";
+    struct vmproc src;
+    vm_spawn(&src, "src", memory, workload, NULL, NULL);
+    cr_assert(output_has(&src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src.proc->out);
+    diagnose = src.proc;
+    later_migration_succeeds(&src, memory, workload, 7000);
+    cr_assert_eq(output_count(&src, "MISMATCH"), 0, "%s", src.proc->out);
+}
 
-    struct drain_destination *d = calloc(1, sizeof(*d));
-    snprintf(d->address, sizeof(d->address), "unix:%s/drain.sock", fx.dir);
-    struct mig_address address;
-    char error[256];
-    cr_assert_eq(mig_address_parse(d->address, &address, error, sizeof(error)), 0);
-    d->listen_fd = mig_listen(&address, error, sizeof(error));
-    cr_assert_geq(d->listen_fd, 0, "%s", error);
-    cr_assert_eq(pthread_create(&d->thread, NULL, drain_main, d), 0);
+/* ---- the destination's own transfer timeout (ringvm --incoming-stall-timeout) -------------- */
+
+Test(faults, incoming_stall_timeout_option_is_validated)
+{
+    static const struct {
+        const char *args[6];
+        const char *error;
+    } cases[] = {
+        { { "ringvm", "--incoming", "tcp:127.0.0.1:7000", "--incoming-stall-timeout", "0", NULL },
+          "--incoming-stall-timeout '0': expected an integer from 1 to 3600" },
+        { { "ringvm", "--incoming", "tcp:127.0.0.1:7000", "--incoming-stall-timeout", "3601", NULL },
+          "--incoming-stall-timeout '3601': expected an integer from 1 to 3600" },
+        { { "ringvm", "--incoming", "tcp:127.0.0.1:7000", "--incoming-stall-timeout", "2s", NULL },
+          "--incoming-stall-timeout '2s': expected an integer from 1 to 3600" },
+        { { "ringvm", "--incoming-stall-timeout", "2", NULL },
+          "--incoming-stall-timeout applies to a destination: it needs --incoming" },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *argv[6];
+        int argc = 0;
+        for (; cases[i].args[argc] != NULL; argc++)
+            argv[argc] = (char *)cases[i].args[argc];
+        argv[argc] = NULL;
+        struct ringvm_options options;
+        char error[256] = "";
+        cr_assert_eq(options_parse(argc, argv, &options, error, sizeof(error)), OPTIONS_ERROR, "case %zu", i);
+        cr_assert_str_eq(error, cases[i].error);
+    }
+    char *defaults[] = { "ringvm", "--incoming", "tcp:127.0.0.1:7000", NULL };
+    struct ringvm_options options;
+    char error[256] = "";
+    cr_assert_eq(options_parse(3, defaults, &options, error, sizeof(error)), OPTIONS_OK, "%s", error);
+    cr_assert_eq(options.incoming_stall_timeout_s, 5);
+    char *given[] = { "ringvm", "--incoming", "tcp:127.0.0.1:7000", "--incoming-stall-timeout", "1", NULL };
+    cr_assert_eq(options_parse(5, given, &options, error, sizeof(error)), OPTIONS_OK, "%s", error);
+    cr_assert_eq(options.incoming_stall_timeout_s, 1);
+
+    /* The real program: exit 2 and the message on stderr. */
+    struct harness_process process;
+    char *argv[] = { (char *)harness_program("ringvm"), "--incoming", "tcp:127.0.0.1:7000",
+                     "--incoming-stall-timeout", "0", NULL };
+    harness_spawn(&process, argv);
+    cr_assert_eq(harness_process_wait_exit(&process, 10000), 2);
+    cr_assert(strstr(process.err, "--incoming-stall-timeout '0': expected an integer from 1 to 3600") != NULL, "%s",
+              process.err);
+    harness_process_free(&process);
+}
+
+/* A destination started with --incoming-stall-timeout 1 whose source stops
+ * sending mid-stream (the link stalls: 100 % loss, nothing closes): it gives
+ * up after 1 s, not the default 5 s (the message names the time), exits 1
+ * and never resumes the guest; the source (stall_timeout_s=4, so it is not
+ * the one that gives up first) keeps the guest and fails on its own stall
+ * timeout while the link is still stalled (so nothing the destination
+ * sent on its way out can reach it: one cause only). */
+Test(faults, destination_gives_up_after_its_incoming_stall_timeout, .timeout = 90)
+{
+    net_up("is", "--rate 1gbit");
+    char ip[64], incoming[128];
+    host_addr("dst", ip, sizeof(ip));
+    snprintf(incoming, sizeof(incoming), "tcp:%s:7000", ip);
+    struct vmproc src, dst;
+    vm_spawn(&src, "src", "64M", "ledger,wss=8M,verify=1", NULL, NULL);
+    cr_assert(output_has(&src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src.proc->out);
+    static const char *const stall_one_second[] = { "--incoming-stall-timeout", "1", NULL };
+    vm_spawn_with(&dst, "dst", "64M", "ledger,wss=8M,verify=1", incoming, "iteration1", stall_one_second);
+    api_client_close(wait_listening(&dst));
+    struct api_client *sc = api_connect(src.socket, 5000);
+    diagnose = src.proc;
+    /* downtime 1 ms: never converges, the stream goes on until it stalls */
+    json_decref(call(sc, "migration.start",
+                     json_pack("{s:s, s:i, s:i, s:i, s:s, s:i}", "dest", incoming, "downtime_ms", 1,
+                               "max_bandwidth_mibs", 32, "stall_timeout_s", 4, "converge", "none", "timeout_s", 120)));
+    cr_assert(output_has(&dst, "fault-inject: stopped at iteration1", 1, 30000), "%s", dst.proc->out);
+    cr_assert_eq(sh(HOSTS " stall %s", fx.name), 0);
+    release_destination();
+    cr_assert_eq(harness_process_wait_exit(dst.proc, 20000), 1, "the destination must give up:\n%s",
+                 dst.proc->out);
+    cr_assert(strstr(dst.proc->out, ": nothing received from the source for 1000 ms (link stalled)\n") != NULL, "%s",
+              dst.proc->out);
+    cr_assert_null(strstr(dst.proc->out, "received and resumed"), "%s", dst.proc->out);
+    cr_assert_null(strstr(dst.proc->out, "LEDGER"), "the guest ran on the destination:\n%s", dst.proc->out);
+    /* The source still has the guest and gives up on its own timeout. */
+    json_t *p = wait_ended(sc, 20000);
+    char *text = json_dumps(p, JSON_COMPACT);
+    cr_assert_str_eq(jstr(p, "state"), "failed", "%s", text);
+    cr_assert_str_eq(jstr(json_object_get(p, "error"), "code"), "transport", "%s", text);
+    cr_assert_str_eq(jstr(json_object_get(p, "error"), "message"),
+                     "sending to destination: no progress for 4000 ms (link stalled)", "%s", text);
+    free(text);
+    json_decref(p);
+    cr_assert_eq(sh(HOSTS " shape %s --loss 0", fx.name), 0);
+    cr_assert_str_eq(vm_state(sc), "running");
+    ledger_continues(&src, "source after the destination gave up");
+    api_client_close(sc);
+    later_migration_succeeds(&src, "64M", "ledger,wss=8M,verify=1", 7001);
+}
+
+/* ---- migration.cancel at 50 random moments, real destinations ----------------------------- */
+
+static bool dirty_tracking_on(struct api_client *c)
+{
+    json_t *stats = call(c, "vm.dirty-stats", NULL);
+    json_t *tracking = json_object_get(stats, "tracking");
+    cr_assert(json_is_boolean(tracking), "vm.dirty-stats has no tracking flag");
+    bool on = json_is_true(tracking);
+    json_decref(stats);
+    return on;
+}
+
+/* 50 migrations from a ringvm in one namespace to a fresh `ringvm
+ * --incoming` in the other (TCP over the 1 Gbit/s link), each cancelled at
+ * a seeded random moment 0-400 ms after the connection is up (seed
+ * 20240607: the same moments every run; which phase they land in depends
+ * on the machine's speed). The moments are measured from the end of
+ * "connecting": a cancel while connecting leaves a destination that never
+ * saw a connection listening, which says nothing about the cancel. After
+ * each run: the source says cancelled (code, message), runs the guest again
+ * within 1 s (issue 5's promise), tracking off, no throttle; the
+ * destination exits 1 with the source's reason and never ran the guest;
+ * no MISMATCH on the source. LEDGER OK is awaited every 10 runs (each wait
+ * costs up to the ledger's 1 s period). Then a real migration completes. */
+Test(faults, cancel_at_50_seeded_random_moments_then_migrate, .timeout = 240)
+{
+    net_up("cx", "--rate 1gbit");
+    char ip[64];
+    host_addr("dst", ip, sizeof(ip));
+    const char *memory = "64M", *workload = "ledger,wss=8M,verify=1";
+    struct vmproc src;
+    vm_spawn(&src, "src", memory, workload, NULL, NULL);
+    cr_assert(output_has(&src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src.proc->out);
+    struct api_client *sc = api_connect(src.socket, 5000);
+    diagnose = src.proc;
 
     const long seed = 20240607;
     srand48(seed);
-    struct mig_progress *p = malloc(sizeof(*p));
-    unsigned phases_seen[4] = { 0 };    /* setup, bulk, iterating, other */
-    uint64_t worst_cancel_ms = 0;
+    unsigned phases_seen[5] = { 0 };    /* handshake, bulk, iterating, stop-and-copy/waiting-ack, done */
+    static const char *const phase_names[5] = { "handshake", "bulk", "iterating", "stop-and-copy", "done" };
+    uint64_t worst_cancel_ms = 0, started = now_ms();
     for (unsigned run = 0; run < 50; run++) {
-        struct mig_params params;
-        mig_params_defaults(&params);
-        snprintf(params.dest, sizeof(params.dest), "%s", d->address);
-        params.downtime_ms = 1;                 /* never converges: only the cancel ends it */
-        params.converge = run % 2 ? MIG_CONVERGE_AUTO : MIG_CONVERGE_DIRTY_LIMIT;
-        params.max_bandwidth_mibs = 64;
-        uint64_t id = 0;
-        const char *code = NULL;
-        char message[512];
-        cr_assert_eq(migration_start(source.vm, NULL, &params, &id, &code, message, sizeof(message)), 0,
-                     "run %u: %s: %s", run, code, message);
+        char incoming[128];
+        snprintf(incoming, sizeof(incoming), "tcp:%s:%u", ip, 7100 + run);
+        struct vmproc dst;
+        vm_spawn(&dst, "dst", memory, workload, incoming, NULL);
+        api_client_close(wait_listening(&dst));
         unsigned delay = (unsigned)(lrand48() % 400);
-        poll(NULL, 0, (int)delay);              /* the random moment (seed 20240607), not a synchronization */
-        if (migration_progress(source.vm, p)) {
-            const char *ph = p->phase;
-            phases_seen[strcmp(ph, "connecting") == 0 || strcmp(ph, "handshake") == 0 ? 0
-                        : strcmp(ph, "bulk") == 0 ? 1 : strcmp(ph, "iterating") == 0 ? 2 : 3]++;
+        json_decref(call(sc, "migration.start",
+                         json_pack("{s:s, s:i, s:s, s:i, s:i}", "dest", incoming,
+                                   "downtime_ms", 1,    /* never converges: only the cancel ends it */
+                                   "converge", run % 2 ? "auto" : "dirty-limit", "max_bandwidth_mibs", 64,
+                                   "timeout_s", 120)));
+        uint64_t deadline = now_ms() + 5000;
+        for (;;) {
+            json_t *p = progress(sc);
+            bool connecting = strcmp(jstr(p, "phase"), "connecting") == 0;
+            json_decref(p);
+            if (!connecting)
+                break;
+            cr_assert_lt(now_ms(), deadline, "run %u: the source does not connect", run);
+            poll(NULL, 0, 1);
         }
-        cr_assert_eq(migration_cancel(source.vm, &code, message, sizeof(message)), 0, "run %u (delay %u ms): %s",
-                     run, delay, message);
+        poll(NULL, 0, (int)delay);              /* the random moment (seeded), not a synchronization */
+        json_t *before = progress(sc);
+        const char *ph = jstr(before, "phase");
+        unsigned phase = strcmp(ph, "handshake") == 0 ? 0 : strcmp(ph, "bulk") == 0 ? 1
+                       : strcmp(ph, "iterating") == 0 ? 2 : strcmp(ph, "done") == 0 ? 4 : 3;
+        phases_seen[phase]++;
+        cr_assert_neq(phase, 4, "run %u: the migration ended by itself: %s", run, json_dumps(before, JSON_COMPACT));
+        json_decref(before);
+        json_decref(call(sc, "migration.cancel", NULL));
         uint64_t cancelled_at = now_ms();
-        /* Issue 5's promise: the guest runs again within 1 s of a cancel. */
-        cr_assert(migration_wait_idle(source.vm, 1000), "run %u: the cancel took more than 1 s", run);
+        json_t *p = wait_ended(sc, 1000);       /* issue 5: the guest runs again within 1 s */
         uint64_t took = now_ms() - cancelled_at;
         if (took > worst_cancel_ms)
             worst_cancel_ms = took;
-        cr_assert(migration_progress(source.vm, p));
-        cr_assert_eq(p->id, id);
-        cr_assert_eq(p->state, MIG_STATE_CANCELLED, "run %u (delay %u ms): %s %s: %s", run, delay,
-                     mig_state_name(p->state), p->error_code, p->error_message);
-        cr_assert_str_eq(p->error_code, "cancelled");
-        cr_assert_str_eq(p->error_message, "cancelled by migration.cancel");
-        cr_assert_str_eq(p->phase, "done");
-        cr_assert_eq(vm_get_state(source.vm), VM_STATE_RUNNING, "run %u", run);
-        cr_assert(!dirty_log_tracking(source.vm->dirty_log), "run %u: tracking still on", run);
-        cr_assert_eq(vcpu_get_throttle(&source.vm->vcpus[0]), 0, "run %u: throttle left on", run);
+        char *text = json_dumps(p, JSON_COMPACT);
+        json_t *error = json_object_get(p, "error");
+        cr_assert_str_eq(jstr(p, "state"), "cancelled", "run %u (%u ms, %s): %s", run, delay, phase_names[phase],
+                         text);
+        cr_assert_str_eq(jstr(p, "phase"), "done", "%s", text);
+        cr_assert_str_eq(jstr(error, "code"), "cancelled", "%s", text);
+        cr_assert_str_eq(jstr(error, "message"), "cancelled by migration.cancel", "%s", text);
+        cr_assert_eq(json_integer_value(json_object_get(p, "throttle_percent")), 0, "run %u: throttle left on: %s",
+                     run, text);
+        free(text);
+        json_decref(p);
+        cr_assert_str_eq(vm_state(sc), "running", "run %u", run);
+        cr_assert(!dirty_tracking_on(sc), "run %u: dirty tracking still on", run);
+        /* The destination: told why, exits 1, never ran the guest. */
+        cr_assert_eq(harness_process_wait_exit(dst.proc, 10000), 1, "run %u: the destination must exit 1:\n%s", run,
+                     dst.proc->out);
+        cr_assert(strstr(dst.proc->out, ": the source aborted the migration: cancelled by migration.cancel\n") != NULL,
+                  "run %u (%u ms, %s): %s", run, delay, phase_names[phase], dst.proc->out);
+        cr_assert_null(strstr(dst.proc->out, "received and resumed"), "run %u: %s", run, dst.proc->out);
+        cr_assert_null(strstr(dst.proc->out, "LEDGER"), "run %u: the guest ran on the destination:\n%s", run,
+                       dst.proc->out);
+        harness_process_free(dst.proc);
+        fx.nprocs--;                            /* dst was the last slot taken: reuse it */
+        cr_assert_eq(output_count(&src, "MISMATCH"), 0, "run %u: ledger MISMATCH:\n%s", run, src.proc->out);
+        if (run % 10 == 9)
+            ledger_continues(&src, "source after a batch of 10 cancels");
     }
-    fprintf(stderr, "cancel x50 (seed %ld): at setup %u, bulk %u, iterating %u, other %u; slowest cancel %" PRIu64
-            " ms\n", seed, phases_seen[0], phases_seen[1], phases_seen[2], phases_seen[3], worst_cancel_ms);
-    unsigned ok = console_count(&source.console, "LEDGER OK");
-    cr_assert(console_wait_for(&source.console, "LEDGER OK", ok + 1, 20000), "the ledger stopped");
-    cr_assert_eq(console_count(&source.console, "MISMATCH"), 0);
-    atomic_store(&d->stop, true);
-    pthread_join(d->thread, NULL);
-    close(d->listen_fd);
+    uint64_t elapsed = now_ms() - started;
+    fprintf(stderr, "cancel x50 (seed %ld): handshake %u, bulk %u, iterating %u, later %u; slowest cancel %" PRIu64
+            " ms; %" PRIu64 " ms in all, %" PRIu64 " ms per run\n", seed, phases_seen[0], phases_seen[1],
+            phases_seen[2], phases_seen[3], worst_cancel_ms, elapsed, elapsed / 50);
+    unsigned distinct = 0;
+    for (unsigned i = 0; i < 4; i++)
+        distinct += phases_seen[i] != 0;
+    cr_assert_geq(distinct, 2, "the 50 moments all fell in one phase: handshake %u, bulk %u, iterating %u, later %u",
+                  phases_seen[0], phases_seen[1], phases_seen[2], phases_seen[3]);
+    api_client_close(sc);
+    later_migration_succeeds(&src, memory, workload, 7001);
+}
 
-    /* Then a real migration to a ringvm process completes. */
-    struct vmproc dest;
-    char incoming[128];
-    snprintf(incoming, sizeof(incoming), "unix:%s/in.sock", fx.dir);
-    vm_spawn(&dest, NULL, "64M", "ledger,wss=8M,verify=1", incoming, NULL);
-    struct api_client *dc = wait_listening(&dest);
-    struct mig_params params;
-    mig_params_defaults(&params);
-    snprintf(params.dest, sizeof(params.dest), "%s", incoming);
-    params.verify_digest = true;
-    params.keep_alive = true;
-    uint64_t id = 0;
-    const char *code = NULL;
-    char message[512];
-    cr_assert_eq(migration_start(source.vm, NULL, &params, &id, &code, message, sizeof(message)), 0, "%s", message);
-    cr_assert(migration_wait_idle(source.vm, 60000));
-    cr_assert(migration_progress(source.vm, p));
-    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
-    cr_assert_str_eq(p->digest_source, p->digest_destination);
-    ledger_continues(&dest, "destination after 50 cancels");
-    api_client_close(dc);
-    free(p);
-    free(d);
-    migration_release(source.vm);
-    harness_vm_stop(&source);
+/* migration.cancel once END is queued: the destination may already run the
+ * guest, so the cancel is refused (decided under the migration lock: before
+ * END a cancel always wins, from END on it is refused) and the migration
+ * ends with the destination's ack. The destination is held right after it
+ * read END (RINGVM_FAULT_INJECT=end), so the source is provably past END. */
+Test(faults, cancel_after_end_is_refused, .timeout = 90)
+{
+    net_up("ca", "--rate 1gbit");
+    char ip[64], incoming[128];
+    host_addr("dst", ip, sizeof(ip));
+    snprintf(incoming, sizeof(incoming), "tcp:%s:7000", ip);
+    struct vmproc src, dst;
+    vm_spawn(&src, "src", "64M", "ledger,wss=8M,verify=1", NULL, NULL);
+    cr_assert(output_has(&src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src.proc->out);
+    vm_spawn(&dst, "dst", "64M", "ledger,wss=8M,verify=1", incoming, "end");
+    api_client_close(wait_listening(&dst));
+    struct api_client *sc = api_connect(src.socket, 5000);
+    diagnose = src.proc;
+    json_decref(call(sc, "migration.start", json_pack("{s:s, s:b, s:b, s:i}", "dest", incoming, "verify_digest", 1,
+                                                      "keep_alive", 1, "timeout_s", 60)));
+    cr_assert(output_has(&dst, "fault-inject: stopped at end", 1, 30000), "%s", dst.proc->out);
+    uint64_t deadline = now_ms() + 5000;
+    for (;;) {
+        json_t *p = progress(sc);
+        bool waiting = strcmp(jstr(p, "phase"), "waiting-ack") == 0;
+        json_decref(p);
+        if (waiting)
+            break;
+        cr_assert_lt(now_ms(), deadline, "the source is not waiting for the ack");
+        poll(NULL, 0, 5);
+    }
+    json_t *result = NULL;
+    struct api_error error;
+    int r = api_client_call(sc, "migration.cancel", NULL, &result, &error, 10000);
+    cr_assert_eq(r, 1, "migration.cancel after END must be refused (got %d)", r);
+    cr_assert_eq(error.code, API_ERR_MIGRATION_ACTIVE, "%s", api_error_code_name(error.code));
+    cr_assert_str_eq(error.message, "too late to cancel: the whole stream was sent and the destination may already "
+                                    "run the guest; the migration ends with the destination's ack (or fails after "
+                                    "the ack timeout)");
+    release_destination();
+    json_t *p = wait_ended(sc, 30000);
+    char *text = json_dumps(p, JSON_COMPACT);
+    cr_assert_str_eq(jstr(p, "state"), "completed", "%s", text);
+    cr_assert_str_eq(jstr(p, "memory_digest_source"), jstr(p, "memory_digest_destination"), "%s", text);
+    free(text);
+    json_decref(p);
+    cr_assert_str_eq(vm_state(sc), "migrated");
+    unsigned src_ok = output_count(&src, "LEDGER OK");
+    ledger_continues(&dst, "destination after the refused cancel");
+    cr_assert_eq(output_count(&src, "LEDGER OK"), src_ok, "the guest ran on both sides");
+    json_decref(call(sc, "vm.shutdown", NULL));
+    api_client_close(sc);
+    cr_assert_eq(harness_process_wait_exit(src.proc, 10000), 0, "%s", src.proc->out);
+    later_migration_succeeds(&dst, "64M", "ledger,wss=8M,verify=1", 7001);
 }
 
 /* ---- API robustness ------------------------------------------------------------------------ */
 
-Test(faults, api_clients_killed_mid_command_and_socket_deleted, .timeout = 90, .fini = fx_fini)
+/* The VM (ringvm in this namespace) runs the ledger; the API client `a`
+ * stays connected through the fault. */
+static struct api_client *api_fault_vm(struct vmproc *vm)
 {
     harness_require_kvm();
     fx_dir();
+    vm_spawn(vm, NULL, "64M", "ledger,wss=8M,verify=1", NULL, NULL);
+    cr_assert(output_has(vm, "LEDGER OK", 1, 30000), "%s", vm->proc->out);
+    diagnose = vm->proc;
+    return api_connect(vm->socket, 20000);
+}
+
+Test(faults, api_clients_killed_mid_command_then_migrate, .timeout = 90)
+{
     struct vmproc vm;
-    vm_spawn(&vm, NULL, "64M", "ledger,wss=8M,verify=1", NULL, NULL);
-    cr_assert(output_has(&vm, "LEDGER OK", 1, 30000), "%s", vm.proc->out);
-    struct api_client *a = api_connect(vm.socket, 20000);
+    struct api_client *a = api_fault_vm(&vm);
 
     /* 40 clients (more than the 32 the server holds at once), each killed
      * with a request in flight or half a line sent. */
@@ -691,7 +995,15 @@ Test(faults, api_clients_killed_mid_command_and_socket_deleted, .timeout = 90, .
     json_decref(call(b, "vm.guest-stats", NULL));
     api_client_close(b);
     ledger_continues(&vm, "after 40 killed clients");
+    /* A later migration (started by a new client) completes. */
+    api_client_close(a);
+    later_migration_over(&vm, NULL, "64M", "ledger,wss=8M,verify=1", 1, NULL);
+}
 
+Test(faults, api_socket_deleted_then_migrate, .timeout = 90)
+{
+    struct vmproc vm;
+    struct api_client *a = api_fault_vm(&vm);
     /* The socket file deleted: connected clients keep being served, the VM
      * runs on; new clients cannot connect (there is no file to connect to). */
     cr_assert_eq(unlink(vm.socket), 0);
@@ -700,7 +1012,7 @@ Test(faults, api_clients_killed_mid_command_and_socket_deleted, .timeout = 90, .
     char error[512];
     cr_assert_lt(api_client_connect(&none, vm.socket, error, sizeof(error)), 0);
     ledger_continues(&vm, "after the socket file was deleted");
-    json_decref(call(a, "vm.shutdown", NULL));
-    api_client_close(a);
-    cr_assert_eq(harness_process_wait_exit(vm.proc, 10000), 0, "%s", vm.proc->out);
+    /* A later migration, started by the client that is still connected,
+     * completes. */
+    later_migration_over(&vm, a, "64M", "ledger,wss=8M,verify=1", 2, NULL);
 }

@@ -31,6 +31,7 @@
 #include "migration/receiver.h"
 #include "migration/transport.h"
 #include "tests/harness.h"
+#include "tests/migration_destination.h"
 #include "vmm/size.h"
 #include "vmm/vcpu_state.h"
 
@@ -39,88 +40,6 @@ static uint64_t now_ms(void)
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (uint64_t)t.tv_sec * 1000u + (uint64_t)t.tv_nsec / 1000000u;
-}
-
-/* ---- destination VM in this process ------------------------------------------------ */
-
-struct destination {
-    struct harness_vm harness;
-    pthread_t thread;
-    int listen_fd;
-    char address[160];
-    int result;
-    bool running;
-};
-
-static void *destination_main(void *argument)
-{
-    struct destination *d = argument;
-    d->result = migration_incoming_run_fd(d->harness.vm, d->listen_fd, d->address, NULL);
-    return NULL;
-}
-
-static unsigned next_port_offset;
-
-/* Creates an incoming VM, listens on unix or tcp (port picked by the
- * kernel), and runs migration_incoming_run_fd in a thread. */
-static void destination_start(struct destination *d, const char *memory, unsigned vcpus, const char *workload,
-                              bool tcp)
-{
-    memset(d, 0, sizeof(*d));
-    struct harness_vm *h = &d->harness;
-    harness_vm_create_incoming(h, memory, vcpus, workload, "ring");
-    char error[256];
-    cr_assert_eq(vm_start(h->vm), 0);
-    cr_assert_eq(vm_get_state(h->vm), VM_STATE_PAUSED);
-
-    struct mig_address address;
-    if (tcp) {
-        memset(&address, 0, sizeof(address));
-        address.kind = MIG_ADDRESS_TCP;
-        snprintf(address.host, sizeof(address.host), "127.0.0.1");
-        snprintf(address.port, sizeof(address.port), "0");
-        d->listen_fd = mig_listen(&address, error, sizeof(error));
-        cr_assert_geq(d->listen_fd, 0, "%s", error);
-        struct sockaddr_in bound;
-        socklen_t length = sizeof(bound);
-        cr_assert_eq(getsockname(d->listen_fd, (struct sockaddr *)&bound, &length), 0);
-        snprintf(d->address, sizeof(d->address), "tcp:127.0.0.1:%u", ntohs(bound.sin_port));
-    } else {
-        snprintf(d->address, sizeof(d->address), "unix:/tmp/ringvm-mig-test-%d-%u.sock", getpid(),
-                 __atomic_fetch_add(&next_port_offset, 1, __ATOMIC_RELAXED));
-        cr_assert_eq(mig_address_parse(d->address, &address, error, sizeof(error)), 0, "%s", error);
-        d->listen_fd = mig_listen(&address, error, sizeof(error));
-        cr_assert_geq(d->listen_fd, 0, "%s", error);
-    }
-    cr_assert_eq(pthread_create(&d->thread, NULL, destination_main, d), 0);
-    d->running = true;
-}
-
-static int destination_join(struct destination *d)
-{
-    if (d->running) {
-        pthread_join(d->thread, NULL);
-        d->running = false;
-    }
-    if (strncmp(d->address, "unix:", 5) == 0)
-        unlink(d->address + 5);
-    return d->result;
-}
-
-static void destination_stop(struct destination *d)
-{
-    if (d->harness.vm != NULL && d->running)
-        vm_request_shutdown(d->harness.vm, 0);   /* stops a destination still waiting */
-    destination_join(d);
-    if (d->harness.vm != NULL) {
-        migration_release(d->harness.vm);
-        vm_request_shutdown(d->harness.vm, 0);
-        vm_wait(d->harness.vm);
-        vm_destroy(d->harness.vm);
-        d->harness.vm = NULL;
-    }
-    free(d->harness.console.text);
-    d->harness.console.text = NULL;
 }
 
 static void source_stop(struct harness_vm *h)
@@ -173,10 +92,10 @@ static void migrate_and_verify(const char *workload, unsigned vcpus, bool tcp, b
                   console_snapshot(&source.console));
     cr_assert(harness_wait_all_vcpus_advance(source.vm, 5000, 20000));
 
-    struct destination dest;
+    struct test_destination dest;
     /* The destination is started with another workload: the guest's own
      * must arrive with it (device state). */
-    destination_start(&dest, "256M", vcpus, "idle", tcp);
+    test_destination_start(&dest, "256M", vcpus, "idle", tcp);
     struct mig_params params;
     mig_params_defaults(&params);
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
@@ -187,7 +106,7 @@ static void migrate_and_verify(const char *workload, unsigned vcpus, bool tcp, b
 
     struct mig_progress *p = malloc(sizeof(*p));
     finished_progress(source.vm, p, 60000);
-    cr_assert_eq(destination_join(&dest), 0, "the destination failed (see stderr)");
+    cr_assert_eq(test_destination_join(&dest), 0, "the destination failed (see stderr)");
     cr_assert_eq(p->id, id);
     cr_assert_eq(p->state, MIG_STATE_COMPLETED, "state %s: %s: %s", mig_state_name(p->state), p->error_code,
                  p->error_message);
@@ -240,7 +159,7 @@ static void migrate_and_verify(const char *workload, unsigned vcpus, bool tcp, b
         }
     }
     free(p);
-    destination_stop(&dest);
+    test_destination_stop(&dest);
     source_stop(&source);
 }
 
@@ -272,8 +191,8 @@ Test(migration, converge_none_unconvergeable_hits_timeout_and_cancels, .timeout 
     struct harness_vm source;
     harness_vm_start(&source, "256M", 1, "dirtier,wss=32M", "ring");
     cr_assert(harness_wait_all_vcpus_advance(source.vm, 5000, 20000));
-    struct destination dest;
-    destination_start(&dest, "256M", 1, "dirtier,wss=32M", false);
+    struct test_destination dest;
+    test_destination_start(&dest, "256M", 1, "dirtier,wss=32M", false);
     struct mig_params params;
     mig_params_defaults(&params);
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
@@ -297,7 +216,7 @@ Test(migration, converge_none_unconvergeable_hits_timeout_and_cancels, .timeout 
     cr_assert(!dirty_log_tracking(source.vm->dirty_log));
     cr_assert_eq(vcpu_get_throttle(&source.vm->vcpus[0]), 0);
     cr_assert(harness_wait_all_vcpus_advance(source.vm, 5000, 10000));
-    cr_assert_eq(destination_join(&dest), -1, "the destination must fail");
+    cr_assert_eq(test_destination_join(&dest), -1, "the destination must fail");
     struct mig_progress *q = malloc(sizeof(*q));
     cr_assert(migration_progress(dest.harness.vm, q));
     cr_assert_eq(q->state, MIG_STATE_FAILED);
@@ -306,7 +225,7 @@ Test(migration, converge_none_unconvergeable_hits_timeout_and_cancels, .timeout 
     cr_assert_neq(vm_get_state(dest.harness.vm), VM_STATE_RUNNING, "the destination must not run");
     free(q);
     free(p);
-    destination_stop(&dest);
+    test_destination_stop(&dest);
     source_stop(&source);
 }
 
@@ -316,8 +235,8 @@ Test(migration, auto_converge_throttles_and_completes, .timeout = 90)
     struct harness_vm source;
     harness_vm_start(&source, "256M", 1, "dirtier,wss=64M", "ring");
     cr_assert(harness_wait_all_vcpus_advance(source.vm, 5000, 20000));
-    struct destination dest;
-    destination_start(&dest, "256M", 1, "dirtier,wss=64M", true);
+    struct test_destination dest;
+    test_destination_start(&dest, "256M", 1, "dirtier,wss=64M", true);
     struct mig_params params;
     mig_params_defaults(&params);
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
@@ -365,10 +284,10 @@ Test(migration, auto_converge_throttles_and_completes, .timeout = 90)
     cr_assert_gt(highest, 0, "a 64 MiB/s link cannot keep up with a full-rate dirtier without throttling");
     if (with_bpf)
         cr_assert_gt(throttled_kicks, 0, "throttled iterations kick the vCPU every timeslice");
-    cr_assert_eq(destination_join(&dest), 0);
+    cr_assert_eq(test_destination_join(&dest), 0);
     cr_assert_eq(vcpu_get_throttle(&source.vm->vcpus[0]), 0, "throttles removed after the migration");
     free(p);
-    destination_stop(&dest);
+    test_destination_stop(&dest);
     source_stop(&source);
 }
 
@@ -403,8 +322,8 @@ Test(migration, dirty_limit_converges_and_leaves_the_idle_vcpu_alone, .timeout =
     cr_assert_eq(vm_start(source.vm), 0);
     struct advance a = { .vm = source.vm, .vcpu = 0, .delta = 8192 };
     cr_assert(harness_wait_until(vcpu_advanced, &a, 20000));
-    struct destination dest;
-    destination_start(&dest, "256M", 2, "dirtier,wss=16M", false);
+    struct test_destination dest;
+    test_destination_start(&dest, "256M", 2, "dirtier,wss=16M", false);
     struct mig_params params;
     mig_params_defaults(&params);
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
@@ -420,9 +339,9 @@ Test(migration, dirty_limit_converges_and_leaves_the_idle_vcpu_alone, .timeout =
     cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
     cr_assert_gt(w.max_throttle[0], 0, "the dirtying vCPU must be limited on an 8 MiB/s link");
     cr_assert_eq(w.max_throttle[1], 0, "the idle vCPU was throttled to %d%%", w.max_throttle[1]);
-    cr_assert_eq(destination_join(&dest), 0);
+    cr_assert_eq(test_destination_join(&dest), 0);
     free(p);
-    destination_stop(&dest);
+    test_destination_stop(&dest);
     source_stop(&source);
 }
 
@@ -449,8 +368,8 @@ Test(migration, cancel_mid_iteration_then_the_guest_continues, .timeout = 60)
     struct harness_vm source;
     harness_vm_start(&source, "256M", 1, "ledger,wss=32M,verify=1", "ring");
     cr_assert(console_wait_for(&source.console, "LEDGER OK", 1, 20000));
-    struct destination dest;
-    destination_start(&dest, "256M", 1, "ledger,wss=32M,verify=1", false);
+    struct test_destination dest;
+    test_destination_start(&dest, "256M", 1, "ledger,wss=32M,verify=1", false);
     struct mig_params params;
     mig_params_defaults(&params);
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
@@ -473,9 +392,9 @@ Test(migration, cancel_mid_iteration_then_the_guest_continues, .timeout = 60)
     unsigned ok_before = console_count(&source.console, "LEDGER OK");
     cr_assert(console_wait_for(&source.console, "LEDGER OK", ok_before + 1, 20000), "the ledger stopped");
     cr_assert_eq(console_count(&source.console, "MISMATCH"), 0);
-    cr_assert_eq(destination_join(&dest), -1);
+    cr_assert_eq(test_destination_join(&dest), -1);
     free(p);
-    destination_stop(&dest);
+    test_destination_stop(&dest);
     source_stop(&source);
 }
 
@@ -538,6 +457,8 @@ static void *fake_destination_main(void *argument)
     return NULL;
 }
 
+static unsigned next_fake_index;
+
 static void fake_destination_start(struct fake_destination *f, uint64_t die_after, bool wait_for_end)
 {
     memset(f, 0, sizeof(*f));
@@ -546,7 +467,7 @@ static void fake_destination_start(struct fake_destination *f, uint64_t die_afte
     char error[256];
     struct mig_address address;
     snprintf(f->address, sizeof(f->address), "unix:/tmp/ringvm-mig-fake-%d-%u.sock", getpid(),
-             __atomic_fetch_add(&next_port_offset, 1, __ATOMIC_RELAXED));
+             __atomic_fetch_add(&next_fake_index, 1, __ATOMIC_RELAXED));
     cr_assert_eq(mig_address_parse(f->address, &address, error, sizeof(error)), 0);
     f->listen_fd = mig_listen(&address, error, sizeof(error));
     cr_assert_geq(f->listen_fd, 0, "%s", error);
@@ -605,8 +526,8 @@ static void destination_dies(bool during_stop_and_copy)
     cr_assert_eq(console_count(&source.console, "MISMATCH"), 0);
 
     /* A second migration, to a real destination, succeeds. */
-    struct destination dest;
-    destination_start(&dest, "256M", 1, "ledger,wss=32M,verify=1", false);
+    struct test_destination dest;
+    test_destination_start(&dest, "256M", 1, "ledger,wss=32M,verify=1", false);
     mig_params_defaults(&params);
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
     params.keep_alive = true;
@@ -616,11 +537,11 @@ static void destination_dies(bool during_stop_and_copy)
     cr_assert_eq(p->id, id);
     cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
     cr_assert_str_eq(p->digest_source, p->digest_destination);
-    cr_assert_eq(destination_join(&dest), 0);
+    cr_assert_eq(test_destination_join(&dest), 0);
     cr_assert(console_wait_for(&dest.harness.console, "LEDGER OK", 1, 20000));
     cr_assert_eq(console_count(&dest.harness.console, "MISMATCH"), 0);
     free(p);
-    destination_stop(&dest);
+    test_destination_stop(&dest);
     source_stop(&source);
 }
 
@@ -683,8 +604,8 @@ Test(migration, config_mismatch_is_refused_on_both_sides, .timeout = 60)
     harness_require_kvm();
     struct harness_vm source;
     harness_vm_start(&source, "256M", 1, "dirtier,wss=8M", "ring");
-    struct destination dest;
-    destination_start(&dest, "128M", 1, "dirtier,wss=8M", false);
+    struct test_destination dest;
+    test_destination_start(&dest, "128M", 1, "dirtier,wss=8M", false);
     struct mig_params params;
     mig_params_defaults(&params);
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
@@ -696,7 +617,7 @@ Test(migration, config_mismatch_is_refused_on_both_sides, .timeout = 60)
     cr_assert_str_eq(p->error_message,
                      "destination refused: configuration mismatch: memory size differs: source 256 MiB, destination "
                      "128 MiB");
-    cr_assert_eq(destination_join(&dest), -1);
+    cr_assert_eq(test_destination_join(&dest), -1);
     cr_assert(migration_progress(dest.harness.vm, p));
     cr_assert_eq(p->state, MIG_STATE_FAILED);
     cr_assert_str_eq(p->error_code, "config-mismatch");
@@ -704,7 +625,7 @@ Test(migration, config_mismatch_is_refused_on_both_sides, .timeout = 60)
                      "configuration mismatch: memory size differs: source 256 MiB, destination 128 MiB");
     cr_assert_eq(vm_get_state(source.vm), VM_STATE_RUNNING);
     free(p);
-    destination_stop(&dest);
+    test_destination_stop(&dest);
     source_stop(&source);
 }
 
@@ -798,14 +719,14 @@ Test(migration, ringctl_migrate_blocks_until_completed_then_progress_and_cancel,
     cr_assert_eq(api_server_create(&server, source.vm, socket_path), 0);
     cr_assert_eq(vm_start(source.vm), 0);
     cr_assert(harness_wait_all_vcpus_advance(source.vm, 1000, 20000));
-    struct destination dest;
-    destination_start(&dest, "256M", 1, "ledger,wss=16M,verify=1", true);
+    struct test_destination dest;
+    test_destination_start(&dest, "256M", 1, "ledger,wss=16M,verify=1", true);
 
     char *cancel_argv[] = { "cancel", NULL };
     cr_assert_eq(ringctl_once(1, cancel_argv, socket_path), 1, "cancel without a migration");
     char *migrate_argv[] = { "migrate", dest.address, "--keep-alive", "--downtime-ms", "300", NULL };
     cr_assert_eq(ringctl_once(5, migrate_argv, socket_path), 0, "ringctl migrate did not succeed");
-    cr_assert_eq(destination_join(&dest), 0);
+    cr_assert_eq(test_destination_join(&dest), 0);
     cr_assert_eq(vm_get_state(source.vm), VM_STATE_MIGRATED);
     char *progress_argv[] = { "progress", NULL };
     cr_assert_eq(ringctl_once(1, progress_argv, socket_path), 0);
@@ -816,6 +737,6 @@ Test(migration, ringctl_migrate_blocks_until_completed_then_progress_and_cancel,
     cr_assert(console_wait_for(&dest.harness.console, "LEDGER OK", 1, 20000));
     migration_release(source.vm);
     api_server_destroy(server);
-    destination_stop(&dest);
+    test_destination_stop(&dest);
     source_stop(&source);
 }

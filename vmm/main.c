@@ -10,6 +10,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,17 +80,24 @@ int main(int argc, char **argv)
     pthread_detach(signals.thread);
 
     /* Probes attach before vm_start so they see the first KVM_RUN. Without
-     * BPF the VM runs on: warn once, say why. */
+     * BPF the VM runs on: warn once, say why, and keep the reason for
+     * bpf.stats (vm->bpf_unavailable_reason; the API does not exist yet). */
+    bool bpf_summary_due = false;
     if (options.bpf) {
         struct bpf_probes *probes = NULL;
         char reason[512];
-        if (bpf_probes_create(&probes, vm, reason, sizeof(reason)) != 0 ||
-            bpf_probes_start(probes, reason, sizeof(reason)) != 0) {
+        if (bpf_probes_create(&probes, vm, reason, sizeof(reason)) != 0) {
             fprintf(stderr, "ringvm: --bpf: BPF probes unavailable, running without them: %s\n", reason);
+            snprintf(vm->bpf_unavailable_reason, sizeof(vm->bpf_unavailable_reason), "%.480s", reason);
+        } else if (bpf_probes_start(probes, reason, sizeof(reason)) != 0) {
+            fprintf(stderr, "ringvm: --bpf: BPF probes did not start, running without them: %s\n", reason);
+            snprintf(vm->bpf_unavailable_reason, sizeof(vm->bpf_unavailable_reason), "probes did not start: %.480s",
+                     reason);
             bpf_probes_destroy(probes);
         } else {
             bpf_probes_print_metrics(probes, stderr);
             atomic_store_explicit(&vm->bpf_probes, probes, memory_order_release);
+            bpf_summary_due = true;
         }
     }
 
@@ -107,7 +115,9 @@ int main(int argc, char **argv)
 
     /* Destination: receive, restore and resume the guest, then run it like
      * any other. A failed or refused migration leaves nothing running. */
-    if (options.incoming != NULL && migration_incoming_run(vm, options.incoming, api) != 0)
+    if (options.incoming != NULL &&
+        (migration_set_incoming_stall_timeout(vm, options.incoming_stall_timeout_s * 1000u) != 0 ||
+         migration_incoming_run(vm, options.incoming, api) != 0))
         vm_request_shutdown(vm, 1);
 
     struct stats_sampler sampler;
@@ -118,6 +128,16 @@ int main(int argc, char **argv)
             break;
         if (options.stats)
             stats_print_line(&sampler, stdout);
+        /* Which probes are live is only known once the vCPUs have run:
+         * say it once, after the first second (the attach report above
+         * could only say what is attached). A bpf.stop meanwhile shows as
+         * unavailable ("probes stopped"). */
+        if (bpf_summary_due) {
+            struct bpf_probes *probes = atomic_load_explicit(&vm->bpf_probes, memory_order_acquire);
+            if (probes != NULL)
+                bpf_probes_print_summary(probes, stderr);
+            bpf_summary_due = false;
+        }
         if (options.demo_seconds != 0 && vm_now_ns() - started >= options.demo_seconds * 1000000000ULL) {
             vm_request_shutdown(vm, 0);
             break;

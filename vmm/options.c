@@ -10,6 +10,9 @@
 #include "vmm/size.h"
 
 #define RINGVM_VERSION "0.1.0"
+/* The destination's transfer timeout when --incoming-stall-timeout is not
+ * given: the same default as the source's stall_timeout_s. */
+#define OPTIONS_DEFAULT_INCOMING_STALL_TIMEOUT_S 5u
 
 void options_print_usage(FILE *out)
 {
@@ -51,18 +54,22 @@ void options_print_usage(FILE *out)
 "  --api-socket PATH        serve the JSON control API on this Unix socket (mode 0600)\n"
 "  --incoming ADDRESS       wait for a live migration on unix:PATH or tcp:HOST:PORT, then run\n"
 "                           the received guest (--memory and --vcpus must match the source)\n"
+"  --incoming-stall-timeout SECONDS\n"
+"                           with --incoming: give up (exit 1, the guest never runs here) when\n"
+"                           the source sends nothing for SECONDS, 1..3600 (default %u)\n"
 "  --bpf                    load the eBPF probes at start (see ringctl trace)\n"
 "  -h, --help               this text\n"
 "  --version                print the version\n"
 "\n"
 "Exit status: 0 clean shutdown, 1 guest or VMM failure, 2 bad command line.\n",
-            RINGVM_MAX_VCPUS, DIRTY_LOG_DEFAULT_RING_ENTRIES, DIRTY_LOG_DEFAULT_BITMAP_SYNC_MS);
+            RINGVM_MAX_VCPUS, DIRTY_LOG_DEFAULT_RING_ENTRIES, DIRTY_LOG_DEFAULT_BITMAP_SYNC_MS,
+            OPTIONS_DEFAULT_INCOMING_STALL_TIMEOUT_S);
 }
 
 enum {
     OPT_MEMORY = 256, OPT_VCPUS, OPT_WORKLOAD, OPT_SERIAL, OPT_STATS, OPT_NUMA_NODE, OPT_HUGEPAGES,
     OPT_DIRTY_LOG, OPT_RING_ENTRIES, OPT_HARVESTERS, OPT_BITMAP_SYNC_MS, OPT_API_SOCKET, OPT_VERSION,
-    OPT_RUN_SECONDS, OPT_PREALLOC, OPT_INCOMING, OPT_BPF,
+    OPT_RUN_SECONDS, OPT_PREALLOC, OPT_INCOMING, OPT_BPF, OPT_INCOMING_STALL_TIMEOUT,
 };
 
 static const struct option long_options[] = {
@@ -81,6 +88,7 @@ static const struct option long_options[] = {
     { "api-socket", required_argument, NULL, OPT_API_SOCKET },
     { "run-seconds", required_argument, NULL, OPT_RUN_SECONDS },
     { "incoming", required_argument, NULL, OPT_INCOMING },
+    { "incoming-stall-timeout", required_argument, NULL, OPT_INCOMING_STALL_TIMEOUT },
     { "bpf", no_argument, NULL, OPT_BPF },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, OPT_VERSION },
@@ -113,6 +121,8 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
     config->memory_options.numa_node = -1;
     workload_spec_defaults(&config->workload);
     dirty_log_config_defaults(&config->dirty_log);
+    options->incoming_stall_timeout_s = OPTIONS_DEFAULT_INCOMING_STALL_TIMEOUT_S;
+    bool incoming_stall_timeout_given = false;
 
     char detail[200];
     uint64_t value = 0;
@@ -205,6 +215,12 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
             options->incoming = optarg;
             config->incoming = true;
             break;
+        case OPT_INCOMING_STALL_TIMEOUT:
+            if (parse_count("--incoming-stall-timeout", optarg, 1, 3600, &value, error, error_size))
+                return OPTIONS_ERROR;
+            options->incoming_stall_timeout_s = (unsigned)value;
+            incoming_stall_timeout_given = true;
+            break;
         case OPT_BPF:
             options->bpf = true;
             break;
@@ -224,6 +240,10 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
     }
     if (optind < argc) {
         snprintf(error, error_size, "unexpected argument '%s' (see --help)", argv[optind]);
+        return OPTIONS_ERROR;
+    }
+    if (incoming_stall_timeout_given && options->incoming == NULL) {
+        snprintf(error, error_size, "--incoming-stall-timeout applies to a destination: it needs --incoming");
         return OPTIONS_ERROR;
     }
     if (config->memory_options.hugepages && config->memory_bytes % (2ULL << 20) != 0) {

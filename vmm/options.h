@@ -16,6 +16,8 @@ struct ringvm_options {
     bool stats;                     /* --stats: one line a second */
     const char *api_socket;         /* --api-socket PATH, NULL = none */
     const char *incoming;           /* --incoming unix:PATH|tcp:HOST:PORT */
+    unsigned incoming_stall_timeout_s;  /* --incoming-stall-timeout S: the destination gives up after
+                                           S seconds without a byte from the source (default 5) */
     bool bpf;                       /* --bpf */
     unsigned demo_seconds;          /* --run-seconds N: shut down after N s (0 = run until signalled) */
 };

@@ -114,6 +114,11 @@ struct vm {
      * (--bpf) or the API worker (bpf.start); read by the API and migration
      * threads with acquire loads; destroyed by vm_destroy. */
     _Atomic(struct bpf_probes *) bpf_probes;
+    /* Why the probes could not load or start ("" = never tried, or they
+     * run): bpf.stats answers `unavailable` with it. Written by main
+     * (--bpf) before the API server exists, afterwards only by the API
+     * worker (bpf.start), which is also its only reader. */
+    char bpf_unavailable_reason[512];
 
     unsigned listener_count;
     struct { vm_state_listener fn; void *opaque; } listeners[VM_MAX_LISTENERS];

@@ -2,8 +2,9 @@
 # Emulated test hosts for migration tests: two network namespaces joined by
 # a veth pair, with tc shaping. Traffic never leaves the namespaces.
 #
-#   hosts.sh up NAME [--rate RATE] [--delay DELAY] [--loss PCT]
-#                         creates NAME-src (10.213.N.1) and NAME-dst (10.213.N.2)
+#   hosts.sh up NAME [--owner PID] [--rate RATE] [--delay DELAY] [--loss PCT]
+#                         creates NAME-src (10.213.N.1) and NAME-dst (10.213.N.2);
+#                         first sweeps stale hosts (see below)
 #   hosts.sh shape NAME [--rate RATE] [--delay DELAY] [--loss PCT]
 #                         changes the shaping on both ends (netem + tbf)
 #   hosts.sh link NAME up|down    cuts or restores the link (veth down/up)
@@ -15,6 +16,14 @@
 #
 # Needs root and iproute2 (scripts/install-deps.sh installs it). Callers
 # register `hosts.sh down NAME` in a trap so a failing test still cleans up.
+# A caller that is killed outright (SIGKILL, a Criterion .timeout) runs no
+# trap, so every `up` records its owner (--owner PID, default the caller's
+# parent process; "PID STARTTIME" in $owners/NAME) and first sweeps stale
+# hosts: every ringvm-NAME-src|dst namespace (this script's prefix) whose
+# owner is gone (or that has no owner record: made by an older hosts.sh or
+# left half-removed) loses its processes (`ip netns pids`, SIGKILL: the
+# ringvm guests of the dead test) and is deleted. Hosts of a live owner,
+# e.g. another test run in parallel, are left alone.
 set -euo pipefail
 
 die() { echo "hosts.sh: $*" >&2; exit 1; }
@@ -32,16 +41,70 @@ dst_ns="ringvm-$name-dst"
 src_addr="10.213.$subnet.1"
 dst_addr="10.213.$subnet.2"
 
+owners=/run/ringvm-hosts
+
+# "PID STARTTIME" of a live process (STARTTIME tells a reused PID apart).
+process_identity() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat="${stat##*) }"     # fields after "(comm) ", which may hold spaces
+    set -- $stat
+    echo "${20}"            # field 22 of stat: start time
+}
+
+owner_alive() {
+    local record pid start
+    record=$(cat "$owners/$1" 2>/dev/null) || return 1
+    read -r pid start <<<"$record"
+    [ -n "$pid" ] && [ "$(process_identity "$pid" || true)" = "$start" ]
+}
+
+# Removes the hosts of every owner that is gone (see the header).
+sweep_stale() {
+    local ns stale pid
+    for ns in $(ip netns list 2>/dev/null | awk '{ print $1 }'); do
+        [[ "$ns" =~ ^ringvm-([a-z0-9]{1,8})-(src|dst)$ ]] || continue
+        stale="${BASH_REMATCH[1]}"
+        owner_alive "$stale" && continue
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+        ip netns del "$ns" 2>/dev/null || true
+        echo "hosts.sh: removed stale namespace $ns (owner gone) and its processes" >&2
+        [ -n "$(ip netns list 2>/dev/null | awk -v n="ringvm-$stale-" 'index($1, n) == 1')" ] ||
+            rm -f "$owners/$stale"
+    done
+}
+
 shape_args() {
-    rate=""; delay=""; loss="0"
+    rate=""; delay=""; loss="0"; owner="$PPID"
     while [ $# -gt 0 ]; do
         case "$1" in
-            --rate) rate="$2"; shift 2 ;;
+            --owner) owner="$2"; shift 2 ;;
+            --rate) rate="$2"; shift 2
+                    [[ "$rate" =~ ^[0-9]+[kmgt]?bit$ ]] || die "--rate '$rate': expected N[k|m|g|t]bit, e.g. 1gbit" ;;
             --delay) delay="$2"; shift 2 ;;
             --loss) loss="$2"; shift 2 ;;
             *) die "unknown option '$1'" ;;
         esac
     done
+}
+
+# tbf burst for a rate: 2 ms worth of bytes, at least 256 KiB. A fixed
+# 256 KiB (0.2 ms at 10 Gbit/s) let a 10 Gbit/s link carry only ~7.4 Gbit/s
+# here (an unshaped veth pair carries ~12); 2 ms lets it reach its rate.
+tbf_burst() {
+    local rate="$1" number unit bits
+    [[ "$rate" =~ ^([0-9]+)([kmgt]?)bit$ ]] || die "--rate '$rate': expected N[k|m|g|t]bit, e.g. 1gbit"
+    number="${BASH_REMATCH[1]}"; unit="${BASH_REMATCH[2]}"
+    case "$unit" in
+        k) bits=$(( number * 1000 )) ;;
+        m) bits=$(( number * 1000000 )) ;;
+        g) bits=$(( number * 1000000000 )) ;;
+        t) bits=$(( number * 1000000000000 )) ;;
+        *) bits="$number" ;;
+    esac
+    local burst=$(( bits / 8 / 500 ))
+    [ "$burst" -ge 262144 ] || burst=262144
+    echo "$burst"
 }
 
 # Bandwidth: tbf. Delay: netem when the kernel has it (this project's CI
@@ -56,9 +119,9 @@ apply_shape() {
             tc -n "$ns" qdisc add dev "$dev" root handle 1: netem delay "$delay" 2>/dev/null ||
                 die "--delay $delay: this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM)"
             [ -z "$rate" ] || tc -n "$ns" qdisc add dev "$dev" parent 1: handle 2: \
-                tbf rate "$rate" burst 256kb latency 50ms
+                tbf rate "$rate" burst "$(tbf_burst "$rate")" latency 50ms
         elif [ -n "$rate" ]; then
-            tc -n "$ns" qdisc add dev "$dev" root handle 1: tbf rate "$rate" burst 256kb latency 50ms
+            tc -n "$ns" qdisc add dev "$dev" root handle 1: tbf rate "$rate" burst "$(tbf_burst "$rate")" latency 50ms
         fi
         set_loss "$ns" "${loss:-0}"
     done
@@ -83,7 +146,14 @@ NFT
 case "$command" in
     up)
         shape_args "$@"
+        [[ "$owner" =~ ^[0-9]+$ ]] && owner_start=$(process_identity "$owner") ||
+            die "--owner '$owner': not a running process"
         "$0" down "$name"
+        # The record comes first: a parallel sweep never sees our hosts
+        # without an owner.
+        mkdir -p "$owners"
+        echo "$owner $owner_start" > "$owners/$name"
+        sweep_stale
         ip netns add "$src_ns"
         ip netns add "$dst_ns"
         ip link add veth-src netns "$src_ns" type veth peer name veth-dst netns "$dst_ns"
@@ -118,6 +188,7 @@ case "$command" in
     down)
         ip netns del "$src_ns" 2>/dev/null || true
         ip netns del "$dst_ns" 2>/dev/null || true
+        rm -f "$owners/$name"
         ;;
     *)
         die "unknown command '$command'"

@@ -1,0 +1,87 @@
+/* See migration_destination.h. */
+#include "tests/migration_destination.h"
+
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "migration/migration.h"
+#include "migration/transport.h"
+#include "vmm/vm.h"
+
+static void *destination_main(void *argument)
+{
+    struct test_destination *d = argument;
+    d->result = migration_incoming_run_fd(d->harness.vm, d->listen_fd, d->address, NULL);
+    return NULL;
+}
+
+/* Unix socket paths unique within the process (Criterion may run several
+ * tests of one binary in parallel processes: the pid keeps them apart). */
+static unsigned next_socket_index;
+
+void test_destination_start(struct test_destination *d, const char *memory, unsigned vcpus, const char *workload,
+                            bool tcp)
+{
+    memset(d, 0, sizeof(*d));
+    struct harness_vm *h = &d->harness;
+    harness_vm_create_incoming(h, memory, vcpus, workload, "ring");
+    char error[256];
+    cr_assert_eq(vm_start(h->vm), 0);
+    cr_assert_eq(vm_get_state(h->vm), VM_STATE_PAUSED);
+
+    struct mig_address address;
+    if (tcp) {
+        memset(&address, 0, sizeof(address));
+        address.kind = MIG_ADDRESS_TCP;
+        snprintf(address.host, sizeof(address.host), "127.0.0.1");
+        snprintf(address.port, sizeof(address.port), "0");
+        d->listen_fd = mig_listen(&address, error, sizeof(error));
+        cr_assert_geq(d->listen_fd, 0, "%s", error);
+        struct sockaddr_in bound;
+        socklen_t length = sizeof(bound);
+        cr_assert_eq(getsockname(d->listen_fd, (struct sockaddr *)&bound, &length), 0);
+        snprintf(d->address, sizeof(d->address), "tcp:127.0.0.1:%u", ntohs(bound.sin_port));
+    } else {
+        snprintf(d->address, sizeof(d->address), "unix:/tmp/ringvm-mig-test-%d-%u.sock", getpid(),
+                 __atomic_fetch_add(&next_socket_index, 1, __ATOMIC_RELAXED));
+        unlink(d->address + 5);
+        cr_assert_eq(mig_address_parse(d->address, &address, error, sizeof(error)), 0, "%s", error);
+        d->listen_fd = mig_listen(&address, error, sizeof(error));
+        cr_assert_geq(d->listen_fd, 0, "%s", error);
+    }
+    cr_assert_eq(pthread_create(&d->thread, NULL, destination_main, d), 0);
+    d->running = true;
+}
+
+int test_destination_join(struct test_destination *d)
+{
+    if (d->running) {
+        pthread_join(d->thread, NULL);
+        d->running = false;
+    }
+    if (strncmp(d->address, "unix:", 5) == 0)
+        unlink(d->address + 5);
+    return d->result;
+}
+
+void test_destination_stop(struct test_destination *d)
+{
+    if (d->harness.vm != NULL && d->running)
+        vm_request_shutdown(d->harness.vm, 0);   /* stops a destination still waiting */
+    test_destination_join(d);
+    if (d->harness.vm != NULL) {
+        migration_release(d->harness.vm);
+        vm_request_shutdown(d->harness.vm, 0);
+        vm_wait(d->harness.vm);
+        vm_destroy(d->harness.vm);
+        d->harness.vm = NULL;
+    }
+    free(d->harness.console.text);
+    d->harness.console.text = NULL;
+}
