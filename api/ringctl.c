@@ -803,8 +803,8 @@ static const struct ringctl_command commands[] = {
      "  --throttle-max N        highest throttle, percent [99]\n"
      "  --stall-timeout S       fail when the link moves nothing for S s [5]\n"
      "  --verify-digest         compare XXH3-128 digests of RAM before the\n"
-     "                          destination resumes (about 0.5 ms of downtime per\n"
-     "                          MiB of RAM)\n"
+     "                          destination resumes (two hash passes over RAM in\n"
+     "                          the downtime, budgeted in the expected downtime)\n"
      "  --no-verify             do not compare digests [the default]",
      run_migration, "Live-migrate the VM to DEST, showing progress."},
     {"progress", "progress [--watch] [--json]",

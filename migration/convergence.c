@@ -28,6 +28,14 @@ int mig_converge_parse(const char *text, enum mig_converge *mode)
     return 0;
 }
 
+uint64_t mig_expected_downtime_with_digest_ms(uint64_t transfer_ms, uint64_t digest_ms)
+{
+    if (digest_ms == 0)
+        return transfer_ms;
+    uint64_t overlapped = transfer_ms > digest_ms ? transfer_ms : digest_ms;
+    return overlapped > UINT64_MAX - digest_ms ? UINT64_MAX : overlapped + digest_ms;
+}
+
 uint64_t mig_expected_downtime_ms(uint64_t dirty_bytes, uint64_t bandwidth_bytes_per_s)
 {
     if (dirty_bytes == 0)

@@ -2,8 +2,9 @@
  * Convergence decisions: pure functions of their inputs (no clock, no VM),
  * unit-tested with exact numbers in tests/test_convergence.c.
  *
- *  - Switch-over: expected downtime = bytes still dirty / bandwidth; switch
- *    to stop-and-copy when it is <= the downtime limit.
+ *  - Switch-over: expected downtime = bytes still dirty / bandwidth (plus
+ *    the digest passes with verify_digest); switch to stop-and-copy when it
+ *    is <= the downtime limit.
  *  - auto (QEMU auto-converge): an iteration is "high" when the bytes
  *    dirtied during it exceed 50 % of the bytes sent in it. After two
  *    consecutive high iterations all vCPUs are throttled at
@@ -41,6 +42,13 @@ int mig_converge_parse(const char *text, enum mig_converge *mode);
 /* ceil(dirty_bytes * 1000 / bandwidth) in ms; UINT64_MAX when bandwidth is
  * 0 and there is something to send; 0 when dirty_bytes is 0. */
 uint64_t mig_expected_downtime_ms(uint64_t dirty_bytes, uint64_t bandwidth_bytes_per_s);
+/* Expected downtime with digest verification (verify_digest): the source
+ * hashes its RAM while the last pages drain, so that overlaps the
+ * transfer; the destination hashes its RAM after END, before it resumes:
+ *     max(transfer_ms, digest_ms) + digest_ms
+ * digest_ms is one pass over all guest RAM; 0 = no verification (the
+ * result is transfer_ms). Saturates at UINT64_MAX. */
+uint64_t mig_expected_downtime_with_digest_ms(uint64_t transfer_ms, uint64_t digest_ms);
 static inline bool mig_should_switch(uint64_t expected_downtime_ms, uint64_t downtime_limit_ms)
 {
     return expected_downtime_ms <= downtime_limit_ms;

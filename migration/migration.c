@@ -185,6 +185,7 @@ struct source {
     uint64_t buffer_wait_ns;        /* time waiting for send buffers (trace) */
 
     uint64_t bandwidth;             /* bytes/s estimate (last iteration) */
+    uint64_t digest_ms;             /* verify_digest: one XXH3 pass over RAM, estimated at start (0 = off) */
     uint64_t iteration_start_ns;    /* for a live estimate within the first iteration */
     uint64_t iteration_start_bytes;
     uint64_t pages_sent_total;
@@ -1006,7 +1007,8 @@ static int source_run(struct source *s)
             .size_bytes = s->pending.count * MIG_PAGE_SIZE,
             .dirty_rate_pps = dur_ns > 0 ? (uint64_t)((unsigned __int128)s->pending.count * 1000000000u / dur_ns) : 0,
             .bandwidth_mibs = (double)s->bandwidth / (1024.0 * 1024.0),
-            .expected_downtime_ms = mig_expected_downtime_ms(s->pending.count * MIG_PAGE_SIZE, s->bandwidth),
+            .expected_downtime_ms = mig_expected_downtime_with_digest_ms(
+                mig_expected_downtime_ms(s->pending.count * MIG_PAGE_SIZE, s->bandwidth), s->digest_ms),
             .pages_sent = sent_pages,
             .bytes_sent = bytes,
         };
@@ -1157,6 +1159,44 @@ static void *migration_main(void *argument)
     return NULL;
 }
 
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+/* One memory_digest pass over ram_bytes of guest RAM, in ms: the same
+ * XXH3-128 code timed over a buffer larger than this machine's caches
+ * (best of two passes, faults excluded). Timed in this thread's CPU time:
+ * the guest runs now and competes for the cores, but at stop-and-copy its
+ * vCPUs are parked and the digests have the machine. Guest RAM with
+ * never-written pages hashes faster (holes come from a cached zero piece),
+ * so this errs on the long side, the safe one for a downtime limit. 0 when
+ * the buffer cannot be had (then the downtime is not budgeted). */
+#define DIGEST_CALIBRATION_BYTES (32ull << 20)
+static uint64_t digest_estimate_ms(uint64_t ram_bytes)
+{
+    uint8_t *buffer = malloc(DIGEST_CALIBRATION_BYTES);
+    if (buffer == NULL)
+        return 0;
+    for (uint64_t i = 0; i < DIGEST_CALIBRATION_BYTES; i += 8)
+        memcpy(buffer + i, &i, sizeof(i));
+    uint64_t best_ns = UINT64_MAX;
+    for (int pass = 0; pass < 2; pass++) {
+        char hex[MEMORY_DIGEST_HEX_SIZE];
+        uint64_t started = thread_cpu_ns();
+        memory_digest_buffer(buffer, DIGEST_CALIBRATION_BYTES, hex, NULL, NULL);
+        uint64_t took = thread_cpu_ns() - started;
+        if (took < best_ns)
+            best_ns = took;
+    }
+    free(buffer);
+    unsigned __int128 ns = (unsigned __int128)ram_bytes * best_ns / DIGEST_CALIBRATION_BYTES;
+    uint64_t ms = (uint64_t)((ns + 999999u) / 1000000u);
+    return ms == 0 ? 1 : ms;
+}
+
 int migration_start(struct vm *vm, struct api_server *server, const struct mig_params *params, uint64_t *id,
                     const char **code, char *message, size_t message_size)
 {
@@ -1185,6 +1225,19 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     if (params->downtime_ms == 0 || params->timeout_s == 0 || params->stall_timeout_ms == 0) {
         *code = "invalid-argument";
         snprintf(message, message_size, "downtime_ms, timeout_s and the stall timeout must be > 0");
+        return -1;
+    }
+    /* With verify_digest both sides hash all RAM inside the downtime. When
+     * that alone exceeds the limit no iteration could ever switch over:
+     * say so now instead of throttling the guest until timeout_s. */
+    uint64_t digest_ms = params->verify_digest ? digest_estimate_ms(vm->memory.size) : 0;
+    uint64_t digest_floor_ms = mig_expected_downtime_with_digest_ms(0, digest_ms);
+    if (params->verify_digest && digest_floor_ms > params->downtime_ms) {
+        *code = "invalid-argument";
+        snprintf(message, message_size,
+                 "verify_digest: hashing %" PRIu64 " MiB of RAM on both sides takes about %" PRIu64
+                 " ms of downtime here, more than downtime_ms=%" PRIu64 ": raise downtime_ms or turn verify_digest off",
+                 vm->memory.size >> 20, digest_floor_ms, params->downtime_ms);
         return -1;
     }
 
@@ -1234,6 +1287,7 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     s->vm = vm;
     s->params = *params;
     s->server = server;
+    s->digest_ms = digest_ms;
     s->fd = -1;
     s->started_mono = mono_ns();
     if (params->timeout_s < UINT64_MAX / 1000000000ull)
@@ -1247,6 +1301,7 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     snprintf(s->progress.address, sizeof(s->progress.address), "%s", params->dest);
     snprintf(s->progress.converge, sizeof(s->progress.converge), "%s", mig_converge_name(params->converge));
     s->progress.downtime_limit_ms = params->downtime_ms;
+    s->progress.digest_pass_ms = digest_ms;
     s->progress.started_at_ms = real_ns() / 1000000u;
     s->progress.memory.total = vm->memory.size;
     s->progress.memory.remaining = vm->memory.size;

@@ -54,7 +54,8 @@ struct mig_params {
     unsigned stall_timeout_ms;      /* 5000: no byte moved this long = failed */
     bool verify_digest;             /* false. true: END carries the source digest and the
                                        destination verifies its own before resuming (both
-                                       digests then cost downtime: ~0.5 ms per MiB here).
+                                       digests then cost downtime, which the expected
+                                       downtime includes: see convergence.h).
                                        false: the source digest is computed after the ack. */
     unsigned dirty_limit_margin;    /* 50 (% of bandwidth the dirty rate may use) */
 };

@@ -133,7 +133,7 @@ json_t *mig_progress_to_json(const struct mig_progress *p)
     }
     json_t *root = json_pack(
         "{s:I, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:i, s:o, s:I, s:f, s:o, s:I, s:I, s:I, "
-        "s:I, s:o, s:o, s:s?, s:s?, s:I}",
+        "s:I, s:o, s:o, s:s?, s:s?, s:I, s:I}",
         "id", clamp_int(p->id),
         "role", p->incoming ? "incoming" : "outgoing",
         "state", mig_state_name(p->state),
@@ -159,6 +159,7 @@ json_t *mig_progress_to_json(const struct mig_progress *p)
         "iterations", iterations ? iterations : json_array(),
         "memory_digest_source", p->digest_source[0] ? p->digest_source : NULL,
         "memory_digest_destination", p->digest_destination[0] ? p->digest_destination : NULL,
-        "iteration_count", clamp_int(p->iteration_count));
+        "iteration_count", clamp_int(p->iteration_count),
+        "digest_pass_ms", clamp_int(p->digest_pass_ms));
     return root;
 }

@@ -90,6 +90,8 @@ struct mig_progress {
         uint64_t normal_pages;
     } memory;
     uint64_t expected_downtime_ms;
+    uint64_t digest_pass_ms;    /* verify_digest: one XXH3 pass over all RAM, estimated at start
+                                   (part of expected_downtime_ms); 0 without verification */
     uint64_t downtime_ms;       /* source pause -> destination resume */
     uint64_t setup_ms;
     uint64_t total_ms;

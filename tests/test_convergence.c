@@ -17,6 +17,23 @@ Test(convergence, expected_downtime_and_switch)
     cr_assert(!mig_should_switch(301, 300));
 }
 
+Test(convergence, expected_downtime_with_digest_overlaps_the_source_pass)
+{
+    /* No verification: the transfer alone. */
+    cr_assert_eq(mig_expected_downtime_with_digest_ms(250, 0), 250);
+    /* The source's pass hides under a longer transfer; the destination's
+     * comes after it. */
+    cr_assert_eq(mig_expected_downtime_with_digest_ms(250, 40), 290);
+    /* A transfer shorter than a pass waits for the source's digest. */
+    cr_assert_eq(mig_expected_downtime_with_digest_ms(10, 40), 80);
+    cr_assert_eq(mig_expected_downtime_with_digest_ms(0, 40), 80);
+    /* Saturation: an unknown (infinite) transfer stays infinite. */
+    cr_assert_eq(mig_expected_downtime_with_digest_ms(UINT64_MAX, 40), UINT64_MAX);
+    cr_assert_eq(mig_expected_downtime_with_digest_ms(UINT64_MAX - 10, 40), UINT64_MAX);
+    cr_assert(mig_should_switch(mig_expected_downtime_with_digest_ms(200, 50), 300));
+    cr_assert(!mig_should_switch(mig_expected_downtime_with_digest_ms(260, 50), 300));
+}
+
 Test(convergence, converge_names)
 {
     enum mig_converge mode;

@@ -483,7 +483,11 @@ static void run_fault(enum fault fault, unsigned point_index, const char *tag)
 
     struct api_client *sc = api_connect(src.socket, 5000);
     diagnose = src.proc;
-    json_t *args = json_pack("{s:s, s:b, s:i, s:i, s:i, s:s, s:i}", "dest", incoming, "verify_digest", 1,
+    /* verify_digest everywhere but at the never-converging point: with a
+     * 1 ms limit its two hash passes alone exceed the downtime, which
+     * migration.start refuses (and that migration never reaches END). */
+    bool verify = pt->downtime_ms > 1;
+    json_t *args = json_pack("{s:s, s:b, s:i, s:i, s:i, s:s, s:i}", "dest", incoming, "verify_digest", verify,
                              "downtime_ms", (int)pt->downtime_ms, "max_bandwidth_mibs", (int)pt->max_bandwidth,
                              "stall_timeout_s", fault == KILL_SRC ? 30 : (int)pt->stall_s, "converge", pt->converge,
                              "timeout_s", 120);

@@ -599,6 +599,55 @@ Test(migration, dirty_log_off_is_refused, .timeout = 30)
     source_stop(&source);
 }
 
+/* verify_digest puts two hash passes over all RAM into the downtime: a
+ * limit below them can never be met, so the start is refused naming the
+ * estimate; above it the estimate is in every iteration's expected
+ * downtime (digest_pass_ms > 0, expected >= 2 passes). */
+Test(migration, verify_digest_beyond_the_downtime_limit_is_refused, .timeout = 60)
+{
+    harness_require_kvm();
+    struct harness_vm source;
+    harness_vm_start(&source, "256M", 1, "dirtier,wss=8M", "ring");
+    struct mig_params params;
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "unix:/tmp/nowhere.sock");
+    params.verify_digest = true;
+    params.downtime_ms = 1;
+    uint64_t id = 0;
+    const char *code = NULL;
+    char message[256];
+    cr_assert_eq(migration_start(source.vm, NULL, &params, &id, &code, message, sizeof(message)), -1);
+    cr_assert_str_eq(code, "invalid-argument");
+    const char *prefix = "verify_digest: hashing 256 MiB of RAM on both sides takes about ";
+    cr_assert(strncmp(message, prefix, strlen(prefix)) == 0, "%s", message);
+    cr_assert(strstr(message, " ms of downtime here, more than downtime_ms=1: raise downtime_ms or turn "
+                              "verify_digest off") != NULL, "%s", message);
+    struct mig_progress *p = malloc(sizeof(*p));
+    cr_assert_not_null(p);
+    cr_assert(!migration_progress(source.vm, p), "a refused start left a migration behind");
+    source_stop(&source);
+
+    struct test_destination dest;
+    harness_vm_start(&source, "256M", 1, "dirtier,wss=8M", "ring");
+    test_destination_start(&dest, "256M", 1, "idle", false);
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
+    params.verify_digest = true;
+    params.keep_alive = true;
+    start_migration(source.vm, &params);
+    finished_progress(source.vm, p, 60000);
+    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
+    cr_assert_gt(p->digest_pass_ms, 0);
+    cr_assert_geq(p->iteration_count, 1);
+    for (uint64_t i = 0; i < p->iteration_count && i < MIG_PROGRESS_MAX_ITERATIONS; i++)
+        cr_assert_geq(p->iterations[i].expected_downtime_ms, 2 * p->digest_pass_ms, "iteration %" PRIu64, i);
+    cr_assert_str_eq(p->digest_source, p->digest_destination);
+    cr_assert_eq(test_destination_join(&dest), 0);
+    free(p);
+    test_destination_stop(&dest);
+    source_stop(&source);
+}
+
 Test(migration, config_mismatch_is_refused_on_both_sides, .timeout = 60)
 {
     harness_require_kvm();
