@@ -47,6 +47,21 @@ static uint64_t mono_ns(void)
     return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
 }
 
+/* Bytes written to the migration socket that have not reached the peer
+ * yet (TCP: not yet acknowledged; unix: not yet read). The sender counts
+ * bytes handed to the kernel, so without this a bandwidth sample counts
+ * the socket buffers' fill as if it had crossed the link: on a 1 Gbit/s
+ * link iteration 0 of a 128 MiB guest read 141 MiB/s where ~115 MiB/s
+ * went through, and the switch-over then overran the downtime limit.
+ * 0 when the socket cannot say. */
+static uint64_t socket_queued_bytes(int fd)
+{
+    int queued = 0;
+    if (fd < 0 || ioctl(fd, SIOCOUTQ, &queued) != 0 || queued < 0)
+        return 0;
+    return (uint64_t)queued;
+}
+
 /* RINGVM_MIG_TRACE=1: phase timestamps on stderr (diagnostics). */
 static void trace(const char *what)
 {
@@ -966,6 +981,7 @@ static int source_run(struct source *s)
     for (;;) {
         uint64_t iteration_start = mono_ns();
         uint64_t bytes_start = mig_sender_bytes(&s->sender);
+        uint64_t queued_start = socket_queued_bytes(s->fd);
         s->iteration_start_ns = iteration_start;
         s->iteration_start_bytes = bytes_start;
         uint64_t sent_pages;
@@ -988,8 +1004,12 @@ static int source_run(struct source *s)
         uint64_t sent_done = mono_ns();
         uint64_t bytes = mig_sender_bytes(&s->sender) - bytes_start;
         uint64_t send_ns = sent_done - iteration_start;
-        if (bytes >= MIN_BANDWIDTH_SAMPLE || s->bandwidth == 0) {
-            s->bandwidth = send_ns > 0 ? (uint64_t)((unsigned __int128)bytes * 1000000000u / send_ns) : 0;
+        /* What crossed the link in this iteration: written, plus what sat
+         * in the socket at the start, minus what still sits there now. */
+        uint64_t queued_end = socket_queued_bytes(s->fd);
+        uint64_t delivered = bytes + queued_start > queued_end ? bytes + queued_start - queued_end : 0;
+        if (delivered >= MIN_BANDWIDTH_SAMPLE || s->bandwidth == 0) {
+            s->bandwidth = send_ns > 0 ? (uint64_t)((unsigned __int128)delivered * 1000000000u / send_ns) : 0;
         }
         /* The dirty set of this iteration. */
         uint64_t take_start = mono_ns();
