@@ -177,7 +177,7 @@ Test(bpf, without_privilege_gives_reason)
 /* ---- against the VMM's counters --------------------------------------------------- */
 
 struct vmm_baseline {
-    uint64_t exits_io, kicks_sent, throttle_sleeps, timer_expiries;
+    uint64_t exits_io, kicks_sent, throttle_sleeps, timer_expiries, timer_fired;
 };
 
 /* Runs of rv_signal_generate the kernel skipped (recursion on one CPU). */
@@ -200,6 +200,7 @@ static void read_baseline(struct vm *vm, unsigned vcpu, struct vmm_baseline *out
     out->kicks_sent = atomic_load(&c->kicks_sent);
     out->throttle_sleeps = atomic_load(&c->throttle_sleeps);
     out->timer_expiries = atomic_load(&c->throttle_timer_expiries);
+    out->timer_fired = atomic_load(&c->throttle_timer_fired);
 }
 
 Test(bpf, counts_match_the_vmm_under_throttle, .timeout = 120)
@@ -275,28 +276,33 @@ Test(bpf, counts_match_the_vmm_under_throttle, .timeout = 120)
         /* Every kick the VMM sent was seen at the sender... */
         cr_expect_eq(v->kicks_tgkill, kicks_sent, "vcpu %u: tgkill kicks bpf %" PRIu64 " vmm %" PRIu64, i,
                      v->kicks_tgkill, kicks_sent);
-        /* Throttle timer kicks: the kernel's count (signal_generate of an
-         * SI_TIMER kick signal, result "delivered") against the VMM's (its
-         * handler, si_code SI_TIMER). At both snapshots the vCPUs are
-         * parked and their timers disarmed (the pause path disarms the
-         * timer before parking; throttle was 0 at the first), and a
-         * signal queued before the disarming timer_settime is handled when
-         * that syscall returns, before the thread acks the pause: nothing
-         * is in flight. Yet exact equality does not hold on this host
-         * (Linux 6.18): under load the VMM handled 1-2 SI_TIMER signals
-         * more than the probes saw in ~1 run of 10, with no recursion miss
-         * of rv_signal_generate (below) and no signal_generate event with
-         * another result (checked with a debug counter). The cause is not
-         * identified (see the report); the kernel side can also lose one
-         * the other way (since 6.13 a timer_settime racing the expiry
-         * drops the queued signal as stale). Hence the +-2 window, widened
-         * by the program's skipped runs, which are kicks the kernel did
-         * not show to the probes. */
+        /* Throttle timer kicks. The VMM's side is exact: every arming that
+         * ran out (timer_settime's old value, seen when the vCPU re-arms
+         * or disarms: counters.throttle_timer_fired) is one kick sent, and
+         * its handler saw exactly those (si_code SI_TIMER). At both
+         * snapshots the vCPUs are parked and their timers disarmed (the
+         * pause path disarms before parking; throttle was 0 at the first),
+         * and a signal queued before the disarming timer_settime is
+         * handled when that syscall returns, before the thread acks the
+         * pause: nothing is in flight.
+         * The kernel's count (signal_generate of an SI_TIMER kick signal,
+         * result "delivered") is not exact on this host (Linux 6.18, PVM):
+         * under load the probes see 1 (rarely 2) fewer in ~1 run of 10,
+         * while the VMM's fired and handled counts agree with each other
+         * (measured: 71 vs 72/72, 69 vs 70/70, 79 vs 80/80 in 12 loaded
+         * runs, equal in the others). No recursion miss of
+         * rv_signal_generate (below) and no signal_generate event with
+         * another result explain it (checked with a debug counter): the
+         * tracepoint did not show the probes that expiry. Hence the +-2
+         * window there, widened by the program's skipped runs. */
         uint64_t expiries = now.timer_expiries - base[i].timer_expiries;
+        uint64_t fired = now.timer_fired - base[i].timer_fired;
         cr_expect(sleeps > 0 && v->kicks_timer > 0, "vcpu %u: no throttling seen (%" PRIu64 " sleeps)", i, sleeps);
-        cr_expect(v->kicks_timer + 2 + misses >= expiries && expiries + 2 >= v->kicks_timer,
-                  "vcpu %u: kernel timer kicks %" PRIu64 " vs VMM timer expiries %" PRIu64 " (skipped runs %" PRIu64 ")",
-                  i, v->kicks_timer, expiries, misses);
+        cr_expect_eq(fired, expiries, "vcpu %u: timer kicks sent %" PRIu64 " but handled %" PRIu64, i, fired,
+                     expiries);
+        cr_expect(v->kicks_timer + 2 + misses >= fired && fired + 2 >= v->kicks_timer,
+                  "vcpu %u: kernel timer kicks %" PRIu64 " vs VMM timer kicks sent %" PRIu64 " (skipped runs %" PRIu64
+                  ")", i, v->kicks_timer, fired, misses);
         /* The throttle-latency histogram holds every kick sent, exactly
          * once: the VMM's tgkill kicks (exactly those it sent, checked
          * above) and its throttle timer's as the kernel generated them;

@@ -340,8 +340,13 @@ static void throttle_timer_arm(struct vcpu *vcpu, uint64_t nanoseconds)
         .it_value = { .tv_sec = (time_t)(nanoseconds / 1000000000ULL),
                       .tv_nsec = (long)(nanoseconds % 1000000000ULL) },
     };
-    if (timer_settime(vcpu->throttle_timer, 0, &spec, NULL) != 0)
+    struct itimerspec old;
+    if (timer_settime(vcpu->throttle_timer, 0, &spec, &old) != 0) {
         fprintf(stderr, "ringvm: vcpu %u: timer_settime(throttle): %s\n", vcpu->index, strerror(errno));
+    } else if (vcpu->throttle_timer_armed && old.it_value.tv_sec == 0 && old.it_value.tv_nsec == 0) {
+        /* The previous one-shot arming ran out: the kernel sent its kick. */
+        atomic_fetch_add_explicit(&vcpu->counters.throttle_timer_fired, 1, memory_order_relaxed);
+    }
     vcpu->throttle_timer_armed = nanoseconds != 0;
 }
 

@@ -35,6 +35,9 @@ struct vcpu_counters {
     _Atomic uint64_t throttle_sleeps;
     _Atomic uint64_t throttle_sleep_ns;
     _Atomic uint64_t throttle_timer_expiries;   /* SI_TIMER deliveries of the kick signal */
+    _Atomic uint64_t throttle_timer_fired;      /* armings that expired (seen when the vCPU
+                                                   re-arms or disarms the timer): the timer
+                                                   kicks sent, whether or not delivered yet */
     /* The VMM's own kick latency: vcpu_kick() to KVM_RUN returning EINTR,
      * log2 buckets in ns (bucket b holds [2^b, 2^(b+1)), bucket 0 also 0..1),
      * the same bounds as the BPF histograms so the two can be compared. */
