@@ -101,8 +101,13 @@ $(BUILD)/tests/ringvm-tests: $(TEST_OBJS) $(BUILD)/libringvm.a
 # Criterion prints its "Synthesis:" summary line last. Tests find the
 # programs under test through RINGVM_BUILD_DIR.
 TEST_JOBS ?= 2
+# tests/netns/delayline: the delayed link of hosts.sh (no netem on CI).
+$(BUILD)/tests/delayline: tests/netns/delayline.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< -o $@
+
 test: deps
-	@$(MAKE) --no-print-directory all $(BUILD)/tests/ringvm-tests
+	@$(MAKE) --no-print-directory all $(BUILD)/tests/ringvm-tests $(BUILD)/tests/delayline
 	RINGVM_BUILD_DIR=$(abspath $(BUILD)) LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp) \
 		$(BUILD)/tests/ringvm-tests --jobs $(TEST_JOBS) $(TEST_ARGS)
 

@@ -11,7 +11,11 @@
 #   hosts.sh stall NAME           100 % loss both ways: a link that hangs without closing
 #   hosts.sh shape NAME --loss 0  ends a stall
 #   hosts.sh exec NAME src|dst CMD...   runs CMD inside one host
-#   hosts.sh addr NAME src|dst    prints the host's address
+#   hosts.sh delay NAME --ms MS [--bin PATH]
+#                         adds a second link with MS ms of one-way delay
+#                         (TUN devices + tests/netns/delayline: no netem here)
+#   hosts.sh addr NAME src|dst [--delayed]
+#                         prints the host's address (on the delayed link)
 #   hosts.sh down NAME            removes both namespaces (idempotent)
 #
 # Needs root and iproute2 (scripts/install-deps.sh installs it). Callers
@@ -40,6 +44,8 @@ src_ns="ringvm-$name-src"
 dst_ns="ringvm-$name-dst"
 src_addr="10.213.$subnet.1"
 dst_addr="10.213.$subnet.2"
+src_delayed="10.214.$subnet.1"     # the delayed link (hosts.sh delay)
+dst_delayed="10.214.$subnet.2"
 
 owners=/run/ringvm-hosts
 
@@ -117,7 +123,7 @@ apply_shape() {
         tc -n "$ns" qdisc del dev "$dev" root 2>/dev/null || true
         if [ -n "$delay" ]; then
             tc -n "$ns" qdisc add dev "$dev" root handle 1: netem delay "$delay" 2>/dev/null ||
-                die "--delay $delay: this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM)"
+                die "--delay $delay: this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM); use: hosts.sh delay $name --ms MS (a delayed TUN link)"
             [ -z "$rate" ] || tc -n "$ns" qdisc add dev "$dev" parent 1: handle 2: \
                 tbf rate "$rate" burst "$(tbf_burst "$rate")" latency 50ms
         elif [ -n "$rate" ]; then
@@ -182,10 +188,51 @@ case "$command" in
         case "$side" in src) ns="$src_ns" ;; dst) ns="$dst_ns" ;; *) die "exec NAME src|dst CMD" ;; esac
         exec ip netns exec "$ns" "$@"
         ;;
+    delay)
+        # A second link between the hosts with a fixed one-way delay: TUN
+        # devices dl-src/dl-dst joined by tests/netns/delayline (the kernel
+        # has no netem: see the header of delayline.c). Its addresses:
+        # `addr NAME src|dst --delayed`.
+        ms=""; bin="${RINGVM_BUILD_DIR:-build}/tests/delayline"
+        while [ $# -gt 0 ]; do
+            case "$1" in
+                --ms) ms="$2"; shift 2 ;;
+                --bin) bin="$2"; shift 2 ;;
+                *) die "unknown option '$1'" ;;
+            esac
+        done
+        [[ "$ms" =~ ^[0-9]+$ ]] || die "delay NAME --ms MS: expected whole milliseconds"
+        [ -x "$bin" ] || die "delay: $bin is not built (make $bin)"
+        [ -d "$owners" ] || die "delay: no hosts $name (hosts.sh up first)"
+        if [ -f "$owners/$name.delayline.pid" ]; then
+            kill -KILL "$(cat "$owners/$name.delayline.pid")" 2>/dev/null || true
+        fi
+        "$bin" --delay-ms "$ms" "$src_ns" dl-src "$dst_ns" dl-dst > "$owners/$name.delayline.log" 2>&1 &
+        echo $! > "$owners/$name.delayline.pid"
+        for _ in $(seq 1 50); do
+            grep -q '^ready$' "$owners/$name.delayline.log" 2>/dev/null && break
+            kill -0 "$(cat "$owners/$name.delayline.pid")" 2>/dev/null ||
+                die "delay: delayline failed: $(cat "$owners/$name.delayline.log")"
+            sleep 0.1
+        done
+        grep -q '^ready$' "$owners/$name.delayline.log" || die "delay: delayline did not start within 5 s"
+        ip -n "$src_ns" addr add "$src_delayed/32" peer "$dst_delayed/32" dev dl-src
+        ip -n "$dst_ns" addr add "$dst_delayed/32" peer "$src_delayed/32" dev dl-dst
+        ip -n "$src_ns" link set dl-src mtu 1500 up
+        ip -n "$dst_ns" link set dl-dst mtu 1500 up
+        ;;
     addr)
-        case "${1:-}" in src) echo "$src_addr" ;; dst) echo "$dst_addr" ;; *) die "addr NAME src|dst" ;; esac
+        if [ "${2:-}" = --delayed ]; then
+            case "${1:-}" in src) echo "$src_delayed" ;; dst) echo "$dst_delayed" ;; *) die "addr NAME src|dst [--delayed]" ;; esac
+        else
+            case "${1:-}" in src) echo "$src_addr" ;; dst) echo "$dst_addr" ;; *) die "addr NAME src|dst [--delayed]" ;; esac
+        fi
         ;;
     down)
+        if [ -f "$owners/$name.delayline.pid" ]; then
+            kill -KILL "$(cat "$owners/$name.delayline.pid")" 2>/dev/null || true
+            rm -f "$owners/$name.delayline.pid" "$owners/$name.delayline.log"
+        fi
         ip netns del "$src_ns" 2>/dev/null || true
         ip netns del "$dst_ns" 2>/dev/null || true
         rm -f "$owners/$name"
