@@ -318,6 +318,21 @@ static void ledger_continues(struct vmproc *v, const char *where)
  * the new ringvm is shut down too (exit 0). fc: a client connected to
  * `from` (closed here), or NULL to connect one. final_progress (if not
  * NULL): the source's last migration.progress (caller decrefs). */
+/* A ledger source on the src host, verified once before anything else. */
+static void ledger_source_start(struct vmproc *src, const char *memory, const char *workload)
+{
+    vm_spawn(src, "src", memory, workload, NULL, NULL);
+    cr_assert(output_has(src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src->proc->out);
+}
+
+/* The destination's incoming address on the dst host, port 7000. */
+static void destination_incoming(char *incoming, size_t size)
+{
+    char ip[64];
+    host_addr("dst", ip, sizeof(ip));
+    snprintf(incoming, size, "tcp:%s:7000", ip);
+}
+
 static void later_migration_over(struct vmproc *from, struct api_client *fc, const char *memory,
                                  const char *workload, unsigned port, json_t **final_progress)
 {
@@ -472,13 +487,11 @@ static void run_fault(enum fault fault, unsigned point_index, const char *tag)
 {
     const struct point *pt = &points[point_index];
     net_up(tag, "--rate 1gbit");
-    char ip[64], incoming[128];
-    host_addr("dst", ip, sizeof(ip));
-    snprintf(incoming, sizeof(incoming), "tcp:%s:7000", ip);
+    char incoming[128];
+    destination_incoming(incoming, sizeof(incoming));
 
     struct vmproc src, dst;
-    vm_spawn(&src, "src", pt->memory, pt->workload, NULL, NULL);
-    cr_assert(output_has(&src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src.proc->out);
+    ledger_source_start(&src, pt->memory, pt->workload);
     vm_spawn(&dst, "dst", pt->memory, pt->workload, incoming, pt->hook);
     api_client_close(wait_listening(&dst));
 
@@ -669,8 +682,7 @@ Test(faults, migration_over_1_percent_loss_link_completes, .timeout = 90)
     net_up("lo", "--rate 1gbit --loss 1");
     const char *memory = "64M", *workload = "ledger,wss=8M,verify=1";
     struct vmproc src;
-    vm_spawn(&src, "src", memory, workload, NULL, NULL);
-    cr_assert(output_has(&src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src.proc->out);
+    ledger_source_start(&src, memory, workload);
     diagnose = src.proc;
     later_migration_succeeds(&src, memory, workload, 7000);
     cr_assert_eq(output_count(&src, "MISMATCH"), 0, "%s", src.proc->out);
@@ -692,8 +704,7 @@ Test(faults, migration_over_20_ms_rtt_link_completes, .timeout = 90)
     fx.delayed = true;
     const char *memory = "64M", *workload = "ledger,wss=8M,verify=1";
     struct vmproc src;
-    vm_spawn(&src, "src", memory, workload, NULL, NULL);
-    cr_assert(output_has(&src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src.proc->out);
+    ledger_source_start(&src, memory, workload);
     diagnose = src.proc;
     json_t *p = NULL;
     later_migration_over(&src, NULL, memory, workload, 7000, &p);
@@ -763,12 +774,10 @@ Test(faults, incoming_stall_timeout_option_is_validated)
 Test(faults, destination_gives_up_after_its_incoming_stall_timeout, .timeout = 90)
 {
     net_up("is", "--rate 1gbit");
-    char ip[64], incoming[128];
-    host_addr("dst", ip, sizeof(ip));
-    snprintf(incoming, sizeof(incoming), "tcp:%s:7000", ip);
+    char incoming[128];
+    destination_incoming(incoming, sizeof(incoming));
     struct vmproc src, dst;
-    vm_spawn(&src, "src", "64M", "ledger,wss=8M,verify=1", NULL, NULL);
-    cr_assert(output_has(&src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src.proc->out);
+    ledger_source_start(&src, "64M", "ledger,wss=8M,verify=1");
     static const char *const stall_one_second[] = { "--incoming-stall-timeout", "1", NULL };
     vm_spawn_with(&dst, "dst", "64M", "ledger,wss=8M,verify=1", incoming, "iteration1", stall_one_second);
     api_client_close(wait_listening(&dst));
@@ -834,8 +843,7 @@ Test(faults, cancel_at_50_seeded_random_moments_then_migrate, .timeout = 240)
     host_addr("dst", ip, sizeof(ip));
     const char *memory = "64M", *workload = "ledger,wss=8M,verify=1";
     struct vmproc src;
-    vm_spawn(&src, "src", memory, workload, NULL, NULL);
-    cr_assert(output_has(&src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src.proc->out);
+    ledger_source_start(&src, memory, workload);
     struct api_client *sc = api_connect(src.socket, 5000);
     diagnose = src.proc;
 
@@ -928,12 +936,10 @@ Test(faults, cancel_at_50_seeded_random_moments_then_migrate, .timeout = 240)
 Test(faults, cancel_after_end_is_refused, .timeout = 90)
 {
     net_up("ca", "--rate 1gbit");
-    char ip[64], incoming[128];
-    host_addr("dst", ip, sizeof(ip));
-    snprintf(incoming, sizeof(incoming), "tcp:%s:7000", ip);
+    char incoming[128];
+    destination_incoming(incoming, sizeof(incoming));
     struct vmproc src, dst;
-    vm_spawn(&src, "src", "64M", "ledger,wss=8M,verify=1", NULL, NULL);
-    cr_assert(output_has(&src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src.proc->out);
+    ledger_source_start(&src, "64M", "ledger,wss=8M,verify=1");
     vm_spawn(&dst, "dst", "64M", "ledger,wss=8M,verify=1", incoming, "end");
     api_client_close(wait_listening(&dst));
     struct api_client *sc = api_connect(src.socket, 5000);
