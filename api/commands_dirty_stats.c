@@ -118,11 +118,10 @@ static enum api_status cmd_vm_dirty_tracking(struct api_call *call)
             return api_call_fail(call, API_ERR_MIGRATION_ACTIVE,
                                  "cannot track dirty pages: this VM is waiting for an incoming migration");
         enum vm_state state = vm_get_state(vm);
-        if (atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire) ||
-            (state != VM_STATE_RUNNING && state != VM_STATE_PAUSED))
+        bool stopping = atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire);
+        if (stopping || (state != VM_STATE_RUNNING && state != VM_STATE_PAUSED))
             return api_call_fail(call, API_ERR_VM_NOT_RUNNING, "cannot track dirty pages: the VM is %s",
-                                 atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire)
-                                     ? "shutting down" : vm_state_name(state));
+                                 stopping ? "shutting down" : vm_state_name(state));
     }
     bool held = (dirty_log_holders(vm->dirty_log) & DIRTY_LOG_HOLDER_API) != 0;
     int rc = enable ? dirty_log_hold(vm->dirty_log, DIRTY_LOG_HOLDER_API)

@@ -30,13 +30,13 @@
 #define EXIT_USAGE RINGCTL_EXIT_USAGE
 #define EXIT_CONNECT RINGCTL_EXIT_CONNECT
 
-
 struct ringctl_command {
     const char *name;
     const char *usage;      /* after "ringctl [-s PATH] " */
     const char *help;       /* full text, for `ringctl COMMAND --help` */
     int (*run)(struct ringctl_session *ctl, int argc, char **argv);
-    const char *summary;    /* one complete line (<= 62 columns), for `ringctl --help` */
+    const char *summary;    /* one complete line (<= 62 columns), for `ringctl --help`;
+                               every entry has one (tests/test_ringctl_help.c) */
 };
 
 static const struct ringctl_command commands[];
@@ -53,14 +53,8 @@ static const char global_help[] =
 static void usage_all(FILE *out)
 {
     fprintf(out, "usage: ringctl [-s PATH] [--json] [--timeout MS] COMMAND [OPTIONS]\n\nCommands:\n");
-    /* The one-line summary; the help text's first line is only a fallback for
-     * an entry without one (it may stop mid-sentence). */
-    for (const struct ringctl_command *c = commands; c->name; c++) {
-        if (c->summary)
-            fprintf(out, "  %-15s %s\n", c->name, c->summary);
-        else
-            fprintf(out, "  %-15s %.*s\n", c->name, (int)strcspn(c->help, "\n"), c->help);
-    }
+    for (const struct ringctl_command *c = commands; c->name; c++)
+        fprintf(out, "  %-15s %s\n", c->name, c->summary);
     fprintf(out, "\n%s", global_help);
 }
 

@@ -785,7 +785,7 @@ static void describe_metrics(struct bpf_probes *probes, struct bpf_probes_stats 
         p[i].reason = probes->prog_reason[i][0] ? probes->prog_reason[i]
                       : probes->running ? "" : "probes stopped";
     }
-    uint64_t exits = 0, entries = 0, kicks = 0, timer_kicks = 0, sleeps = 0, offcpu = 0, pushes = 0, full = 0,
+    uint64_t exits = 0, entries = 0, kicks = 0, sleeps = 0, offcpu = 0, pushes = 0, full = 0,
              kvm_exits = 0;
     for (unsigned i = 0; i < stats->vcpu_count; i++) {
         const struct bpf_probes_vcpu_stats *v = &stats->vcpus[i];
@@ -793,7 +793,6 @@ static void describe_metrics(struct bpf_probes *probes, struct bpf_probes_stats 
             exits += v->exits[s];
         entries += v->entries;
         kicks += v->kicks_tgkill + v->kicks_timer;
-        timer_kicks += v->kicks_timer;
         sleeps += v->throttle_sleep_ns.count;
         offcpu += v->offcpu_in_run_ns.count + v->offcpu_userspace_ns.count;
         pushes += v->dirty_pushes;
@@ -868,7 +867,6 @@ static void describe_metrics(struct bpf_probes *probes, struct bpf_probes_stats 
            "signal:signal_generate(SI_TIMER) -> next KVM_RUN",
            !p[PROG_SIGNAL_GENERATE].attached ? p[PROG_SIGNAL_GENERATE].reason : p[PROG_SYS_ENTER].reason,
            throttle_why);
-    (void)timer_kicks;
     METRIC(BPF_METRIC_OFFCPU, p[PROG_SCHED_SWITCH].attached, offcpu, "sched:sched_switch",
            p[PROG_SCHED_SWITCH].reason, "no vCPU context switch yet");
     METRIC(BPF_METRIC_DIRTY_RING_PUSH, p[PROG_RING_PUSH].attached, pushes, "kvm:kvm_dirty_ring_push",

@@ -1083,6 +1083,18 @@ static void source_send_error(struct source *s)
     (void)mig_io_write(&io, frame, total, ignored, sizeof(ignored));
 }
 
+/* Drops the migration's hold on dirty tracking (never the API's: with
+ * vm.dirty-tracking on, tracking stays on). */
+static void source_release_tracking(struct source *s)
+{
+    if (!s->tracking)
+        return;
+    int r = dirty_log_release(s->vm->dirty_log, DIRTY_LOG_HOLDER_MIGRATION);
+    if (r != 0)
+        fprintf(stderr, "ringvm: migration: stopping dirty tracking: %s\n", strerror(-r));
+    s->tracking = false;
+}
+
 static void *migration_main(void *argument)
 {
     struct source *s = argument;
@@ -1110,12 +1122,7 @@ static void *migration_main(void *argument)
             mig_sender_finish(&s->sender);
         }
         source_send_error(s);
-        if (s->tracking) {
-            int r = dirty_log_release(vm->dirty_log, DIRTY_LOG_HOLDER_MIGRATION);   /* not the API's hold */
-            if (r != 0)
-                fprintf(stderr, "ringvm: migration: stopping dirty tracking: %s\n", strerror(-r));
-            s->tracking = false;
-        }
+        source_release_tracking(s);
         s->progress.state = s->cancelled ? MIG_STATE_CANCELLED : MIG_STATE_FAILED;
         snprintf(s->progress.error_code, sizeof(s->progress.error_code), "%s", s->error_code ? s->error_code : "internal");
         snprintf(s->progress.error_message, sizeof(s->progress.error_message), "%s", s->error);
@@ -1123,12 +1130,7 @@ static void *migration_main(void *argument)
                 s->cancelled ? "cancelled" : "failed", s->error);
     } else {
         set_all_throttles(s, 0);
-        if (s->tracking) {
-            int r = dirty_log_release(vm->dirty_log, DIRTY_LOG_HOLDER_MIGRATION);   /* not the API's hold */
-            if (r != 0)
-                fprintf(stderr, "ringvm: migration: stopping dirty tracking: %s\n", strerror(-r));
-            s->tracking = false;
-        }
+        source_release_tracking(s);
         s->progress.state = MIG_STATE_COMPLETED;
         s->progress.memory.remaining = 0;
         /* Before "completed" is visible, so observers see both together. */

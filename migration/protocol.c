@@ -36,14 +36,14 @@ void mig_header_encode(uint8_t out[MIG_HEADER_SIZE], uint32_t type, uint64_t seq
     mig_put_u32(out + 4, 0);
     mig_put_u64(out + 8, seq);
     mig_put_u64(out + 16, length);
-    mig_put_u64(out + 24, 0);
+    mig_put_u64(out + MIG_HEADER_CHECKSUM_OFFSET, 0);
 }
 
 uint64_t mig_frame_checksum(const uint8_t header[MIG_HEADER_SIZE], const void *payload, size_t length)
 {
     XXH3_state_t state;
     XXH3_64bits_reset(&state);
-    XXH3_64bits_update(&state, header, 24);
+    XXH3_64bits_update(&state, header, MIG_HEADER_CHECKSUM_OFFSET);
     if (length > 0)
         XXH3_64bits_update(&state, payload, length);
     return XXH3_64bits_digest(&state);
@@ -51,7 +51,7 @@ uint64_t mig_frame_checksum(const uint8_t header[MIG_HEADER_SIZE], const void *p
 
 void mig_header_seal(uint8_t header[MIG_HEADER_SIZE], const void *payload, size_t length)
 {
-    mig_put_u64(header + 24, mig_frame_checksum(header, payload, length));
+    mig_put_u64(header + MIG_HEADER_CHECKSUM_OFFSET, mig_frame_checksum(header, payload, length));
 }
 
 size_t mig_frame_encode(uint8_t *out, uint32_t type, uint64_t seq, const void *payload, size_t length)
@@ -106,7 +106,7 @@ int mig_header_decode(const uint8_t in[MIG_HEADER_SIZE], uint64_t expected_seq,
     out->flags = mig_get_u32(in + 4);
     out->seq = mig_get_u64(in + 8);
     out->length = mig_get_u64(in + 16);
-    out->checksum = mig_get_u64(in + 24);
+    out->checksum = mig_get_u64(in + MIG_HEADER_CHECKSUM_OFFSET);
     uint64_t min, max;
     if (!mig_frame_length_bounds(out->type, &min, &max)) {
         snprintf(error, error_size, "frame %" PRIu64 ": unknown frame type %" PRIu32, expected_seq, out->type);

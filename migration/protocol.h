@@ -27,6 +27,7 @@
 #define MIG_MAGIC               "RINGVMIG"      /* 8 bytes, no NUL on the wire */
 #define MIG_PAGE_SIZE           4096u
 #define MIG_HEADER_SIZE         32u
+#define MIG_HEADER_CHECKSUM_OFFSET 24u  /* the checksum covers header[0, 24), then the payload */
 #define MIG_MAX_SLOTS           2u
 #define MIG_MAX_VCPUS           64u
 

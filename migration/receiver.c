@@ -160,7 +160,7 @@ static int receive_memory(struct mig_receiver *r, const struct mig_input *input,
 {
     XXH3_state_t state;
     XXH3_64bits_reset(&state);
-    XXH3_64bits_update(&state, raw_header, 24);
+    XXH3_64bits_update(&state, raw_header, MIG_HEADER_CHECKSUM_OFFSET);
     uint64_t left = header->length;
     uint64_t zero = 0, normal = 0;
     char text[MIG_RECEIVER_ERROR_MAX - 32];
@@ -261,7 +261,7 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
             return -1;
         XXH3_state_t state;
         XXH3_64bits_reset(&state);
-        XXH3_64bits_update(&state, raw, 24);
+        XXH3_64bits_update(&state, raw, MIG_HEADER_CHECKSUM_OFFSET);
         XXH3_64bits_update(&state, head, sizeof(head));
         XXH3_64bits_update(&state, target, size);
         if (XXH3_64bits_digest(&state) != header.checksum) {

@@ -421,12 +421,12 @@ void mig_buffer_fill(struct mig_buffer *buffer)
         return;
     uint8_t *data = buffer->data;
     uint8_t *header = data + buffer->frame_start;
-    /* The checksum is mig_frame_checksum's: header[0,24) then the payload
+    /* The checksum is mig_frame_checksum's: header[0, MIG_HEADER_CHECKSUM_OFFSET) then the payload
      * in order; run headers are hashed where they sit, each data page right
      * after it is copied. */
     XXH3_state_t state;
     XXH3_64bits_reset(&state);
-    XXH3_64bits_update(&state, header, 24);
+    XXH3_64bits_update(&state, header, MIG_HEADER_CHECKSUM_OFFSET);
     size_t hashed = buffer->frame_start + MIG_HEADER_SIZE;
     for (unsigned i = 0; i < buffer->copy_count; i++) {
         const struct mig_builder_copy *c = &buffer->copies[i];
@@ -439,7 +439,7 @@ void mig_buffer_fill(struct mig_buffer *buffer)
         hashed = c->at + (size_t)c->pages * MIG_PAGE_SIZE;
     }
     XXH3_64bits_update(&state, data + hashed, buffer->length - hashed);
-    mig_put_u64(header + 24, XXH3_64bits_digest(&state));
+    mig_put_u64(header + MIG_HEADER_CHECKSUM_OFFSET, XXH3_64bits_digest(&state));
     buffer->copy_count = 0;
     buffer->unfilled = false;
 }

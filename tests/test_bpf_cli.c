@@ -5,8 +5,8 @@
  * vm.shutdown still ends it with status 0. Two causes: RINGVM_BPF_DISABLE=1
  * and a process without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN.
  *
- * Threads: the test's only; the child between fork and exec only makes
- * async-signal-safe calls (prctl, capset, dup2, execve).
+ * Threads: the test's only; the child between fork and exec
+ * (harness_spawn_prepared) drops the capabilities with prctl and capset.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -26,7 +26,6 @@
 #include "tests/harness.h"
 
 #define CALL_TIMEOUT_MS 10000
-
 
 /* Privileges the BPF loader needs; ringvm needs none of them for /dev/kvm
  * (root owns it: a plain DAC check) or anything else it does. */
