@@ -18,6 +18,8 @@
 
 #define DATA_CHUNK (1u << 20)   /* read + hash granularity for memory runs */
 
+_Atomic(mig_receiver_data_hook_fn) mig_receiver_data_hook;
+
 bool mig_page_is_zero(const void *page)
 {
     const uint64_t *words = page;
@@ -192,6 +194,9 @@ static int receive_memory(struct mig_receiver *r, const struct mig_input *input,
             XXH3_64bits_update(&state, target + done, chunk);
             done += chunk;
         }
+        mig_receiver_data_hook_fn hook = atomic_load_explicit(&mig_receiver_data_hook, memory_order_acquire);
+        if (hook != NULL)
+            hook(r->ram, run.ram_offset, run.pages);
         left -= bytes;
         normal += run.pages;
     }

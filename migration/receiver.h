@@ -112,6 +112,16 @@ const void *mig_receiver_vcpu_state(const struct mig_receiver *r, unsigned index
 int mig_read_small_frame(const struct mig_input *input, uint64_t seq, struct mig_frame_header *header,
                          uint8_t *buffer, size_t capacity, char *error, size_t error_size);
 
+/* Test hook (tests/test_migration_digest.c): when set, called by the
+ * receiving thread after each data run of a MEMORY frame has been written
+ * into guest RAM and hashed for the frame checksum, with the RAM mapping,
+ * the run's RAM offset and its page count; it may change those pages (a
+ * destination that received one page wrong). NULL in production. The test
+ * sets it before the migration starts (release) and clears it after; the
+ * receiver loads it with acquire. */
+typedef void (*mig_receiver_data_hook_fn)(uint8_t *ram, uint64_t ram_offset, uint32_t pages);
+extern _Atomic(mig_receiver_data_hook_fn) mig_receiver_data_hook;
+
 /* True if the 4096 bytes at page are all zero. */
 bool mig_page_is_zero(const void *page);
 

@@ -1,6 +1,7 @@
 /*
- * Repeats every failed or crashed test, with its failed assertions, just
- * before Criterion's "Synthesis:" line.
+ * Repeats every failed or crashed test, with its failed assertions, and then
+ * the count of skipped tests with their reasons grouped (tests/skip_summary.h),
+ * just before Criterion's "Synthesis:" line.
  *
  * Why: the suite runs real VMs that log a lot, and CI keeps only the tail of
  * the output. Without this, a failure deep in the log shows up in CI as
@@ -11,7 +12,9 @@
 #include <criterion/hooks.h>
 #include <stdio.h>
 
-ReportHook(POST_ALL)(struct criterion_global_stats *stats)
+#include "tests/skip_summary.h"
+
+static void print_failures(struct criterion_global_stats *stats)
 {
     if (stats->tests_failed == 0 && stats->tests_crashed == 0)
         return;
@@ -34,4 +37,13 @@ ReportHook(POST_ALL)(struct criterion_global_stats *stats)
             }
         }
     }
+}
+
+/* Failures first, then the skip block, so the skip count sits right above
+ * the synthesis line on every run (a run that skipped must not read as a
+ * full one), and a failure is still within a short CI log tail. */
+ReportHook(POST_ALL)(struct criterion_global_stats *stats)
+{
+    print_failures(stats);
+    skip_summary_print(stderr, stats);
 }

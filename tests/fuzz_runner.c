@@ -3,16 +3,40 @@
 
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "tests/harness.h"
 
 static int run_shell(const char *command)
 {
     int status = system(command);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+/* "stat::number_of_executed_units: N" of libFuzzer's final stats in
+ * work/log (-print_final_stats=1); 0 when the line is missing (the fuzzer
+ * did not get to its end). */
+static unsigned long long executed_units(const char *work)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/log", work);
+    FILE *log = fopen(path, "r");
+    if (log == NULL)
+        return 0;
+    unsigned long long executed = 0;
+    char line[512];
+    while (fgets(line, sizeof(line), log) != NULL)
+        if (sscanf(line, "stat::number_of_executed_units: %llu", &executed) == 1)
+            break;
+    fclose(log);
+    return executed;
 }
 
 /* "; reproduce: echo BASE64 | base64 -d > NAME && build/fuzz/TARGET NAME"
@@ -38,9 +62,9 @@ static void describe_artifact(const char *target, const char *work, const char *
 void fuzz_runner_run(const struct fuzz_run *run)
 {
     if (access(run->corpus, R_OK) != 0)
-        cr_skip_test("run from the repository root (%s not found)", run->corpus);
+        harness_skip("run from the repository root (%s not found)", run->corpus);
     if (run_shell("command -v clang >/dev/null 2>&1") != 0)
-        cr_skip_test("clang is not installed: the libFuzzer target cannot be built");
+        harness_skip("clang is not installed: the libFuzzer target cannot be built");
     FILE *p = popen("clang -print-file-name=libclang_rt.fuzzer-x86_64.a 2>/dev/null", "r");
     char runtime[1024] = "";
     if (p) {
@@ -50,7 +74,7 @@ void fuzz_runner_run(const struct fuzz_run *run)
     }
     runtime[strcspn(runtime, "\n")] = '\0';
     if (runtime[0] != '/' || access(runtime, R_OK) != 0)
-        cr_skip_test("clang's libFuzzer runtime (libclang_rt.fuzzer) is missing: install libclang-rt-dev");
+        harness_skip("clang's libFuzzer runtime (libclang_rt.fuzzer) is missing: install libclang-rt-dev");
 
     const char *build = getenv("RINGVM_BUILD_DIR");
     if (build == NULL)
@@ -60,14 +84,46 @@ void fuzz_runner_run(const struct fuzz_run *run)
              run->target);
     cr_assert_eq(run_shell(command), 0, "make fuzz (%s) failed", run->target);
 
+    /* The seed: given (replay) or fresh, never 0 (libFuzzer's "pick one"). */
+    unsigned seed = 0, runs = 0;
+    const char *given_seed = getenv("RINGVM_FUZZ_SEED");
+    const char *given_runs = getenv("RINGVM_FUZZ_RUNS");
+    if (given_seed != NULL) {
+        char *end = NULL;
+        unsigned long value = strtoul(given_seed, &end, 10);
+        cr_assert(end != given_seed && *end == '\0' && value > 0 && value <= UINT_MAX,
+                  "RINGVM_FUZZ_SEED='%s': expected 1..%u", given_seed, UINT_MAX);
+        seed = (unsigned)value;
+    } else {
+        while (seed == 0)
+            cr_assert_eq(getrandom(&seed, sizeof(seed), 0), (ssize_t)sizeof(seed), "getrandom: %s", strerror(errno));
+    }
+    if (given_runs != NULL) {
+        char *end = NULL;
+        unsigned long value = strtoul(given_runs, &end, 10);
+        cr_assert(end != given_runs && *end == '\0' && value > 0 && value <= UINT_MAX,
+                  "RINGVM_FUZZ_RUNS='%s': expected 1..%u", given_runs, UINT_MAX);
+        runs = (unsigned)value;
+    }
+    fprintf(stderr, "fuzz: %s: seed %u%s (replay: RINGVM_FUZZ_SEED=%u)\n", run->target, seed,
+            given_seed != NULL ? " (from RINGVM_FUZZ_SEED)" : "", seed);
+    char runs_option[32] = "";
+    if (runs > 0)
+        snprintf(runs_option, sizeof(runs_option), "-runs=%u", runs);
+
     char work[] = "/tmp/ringvm-fuzz-XXXXXX";
     cr_assert_not_null(mkdtemp(work));
     snprintf(command, sizeof(command),
-             "mkdir %s/corpus && %s/fuzz/%s -max_total_time=%u -timeout=10 -rss_limit_mb=2048 %s "
+             "mkdir %s/corpus && %s/fuzz/%s -seed=%u %s -max_total_time=%u -timeout=10 -rss_limit_mb=2048 %s "
              "-print_final_stats=1 -artifact_prefix=%s/ %s/corpus %s > %s/log 2>&1",
-             work, build, run->target, run->seconds, run->extra_options ? run->extra_options : "", work, work,
-             run->corpus, work);
+             work, build, run->target, seed, runs_option, run->seconds, run->extra_options ? run->extra_options : "",
+             work, work, run->corpus, work);
     int status = run_shell(command);
+    unsigned long long executed = executed_units(work);
+    char replay[160];
+    snprintf(replay, sizeof(replay), "seed %u, %llu inputs (replay: RINGVM_FUZZ_SEED=%u RINGVM_FUZZ_RUNS=%llu)",
+             seed, executed, seed, executed);
+    fprintf(stderr, "fuzz: %s: %s\n", run->target, replay);
 
     unsigned artifacts = 0;
     char first[300] = "";
@@ -93,9 +149,18 @@ void fuzz_runner_run(const struct fuzz_run *run)
     char reproduce[6000] = "";
     if (first[0] != '\0')
         describe_artifact(run->target, work, first, reproduce, sizeof(reproduce));
-    cr_assert_eq(status, 0, "%s failed (exit %d); log and artifacts in %s%s", run->target, status, work, reproduce);
-    cr_assert_eq(artifacts, 0, "%u crash/leak/timeout/oom artifacts in %s%s", artifacts, work, reproduce);
-    snprintf(command, sizeof(command), "grep -h 'stat::number_of_executed_units' %s/log >&2; rm -rf %s", work,
-             work);
+    cr_assert_eq(status, 0, "%s failed (exit %d, %s); log and artifacts in %s%s", run->target, status, replay, work,
+                 reproduce);
+    cr_assert_eq(artifacts, 0, "%u crash/leak/timeout/oom artifacts in %s (%s)%s", artifacts, work, replay,
+                 reproduce);
+    /* A replay with RINGVM_FUZZ_RUNS below the floor runs what it is told. */
+    unsigned long long floor = runs > 0 && runs < run->min_executions ? runs : run->min_executions;
+    if (executed < floor) {
+        snprintf(command, sizeof(command), "tail -20 %s/log >&2", work);
+        run_shell(command);
+    }
+    cr_assert_geq(executed, floor, "%s ran only %llu inputs in %u s (at least %llu expected; %s); log in %s",
+                  run->target, executed, run->seconds, floor, replay, work);
+    snprintf(command, sizeof(command), "rm -rf %s", work);
     run_shell(command);
 }

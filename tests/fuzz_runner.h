@@ -3,7 +3,15 @@
  * with a printed reason when clang or its libFuzzer runtime is missing,
  * builds the target, runs it for a set time from a seed corpus in a scratch
  * directory, and fails the test on a non-zero exit or on any crash, leak,
- * timeout or OOM artifact (the log tail is printed then).
+ * timeout or OOM artifact (the log tail is printed then), and when fewer
+ * than min_executions inputs ran (a fuzzer that ran nothing must not pass).
+ *
+ * Seeds and replay (docs/testing.md): every run prints
+ *   fuzz: TARGET: seed S, N inputs in T s (replay: RINGVM_FUZZ_SEED=S RINGVM_FUZZ_RUNS=N)
+ * and a failure message carries the same line. RINGVM_FUZZ_SEED=S runs
+ * with libFuzzer's -seed=S instead of a fresh random seed; adding
+ * RINGVM_FUZZ_RUNS=N stops after N inputs (-runs=N), which replays the
+ * same inputs from the same corpus.
  */
 #ifndef RINGVM_TESTS_FUZZ_RUNNER_H
 #define RINGVM_TESTS_FUZZ_RUNNER_H
@@ -13,6 +21,7 @@ struct fuzz_run {
     const char *corpus;         /* seed corpus directory, relative to the repository root */
     unsigned seconds;           /* -max_total_time */
     const char *extra_options;  /* more libFuzzer flags, or NULL */
+    unsigned min_executions;    /* stat::number_of_executed_units must reach this */
 };
 
 void fuzz_runner_run(const struct fuzz_run *run);

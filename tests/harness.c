@@ -4,23 +4,86 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/bpf.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include "bpf/probes.h"
 #include "vmm/size.h"
+
+void harness_skip(const char *format, ...)
+{
+    char reason[512];
+    va_list arguments;
+    va_start(arguments, format);
+    vsnprintf(reason, sizeof(reason), format, arguments);
+    va_end(arguments);
+    const char *suite = criterion_current_test != NULL ? criterion_current_test->category : "?";
+    const char *test = criterion_current_test != NULL ? criterion_current_test->name : "?";
+    /* One line per skip, printed by the test's own process at once:
+     * Criterion shows its [SKIP] line only with --verbose. */
+    fprintf(stderr, "[SKIP] %s::%s: %s\n", suite, test, reason);
+    fflush(stderr);
+    /* The reason travels to the runner in the test's stats (message),
+     * where tests/failure_summary.c groups it. */
+    cr_skip_test("%s", reason);
+    abort();    /* not reached: cr_skip_test does not return */
+}
 
 void harness_require_kvm(void)
 {
     int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        harness_skip("/dev/kvm unavailable: %s", strerror(errno));
+    close(fd);
+}
+
+bool harness_bpf_capability(char *why, size_t why_size)
+{
+    const char *built_reason = NULL;
+    if (!bpf_probes_built(&built_reason)) {
+        snprintf(why, why_size, "BPF probes not built: %s", built_reason != NULL ? built_reason : "?");
+        return false;
+    }
+    if (access("/sys/kernel/btf/vmlinux", R_OK) != 0) {
+        snprintf(why, why_size, "kernel has no BTF (/sys/kernel/btf/vmlinux: %s)", strerror(errno));
+        return false;
+    }
+    /* The smallest thing the bpf() syscall does: a one-entry array map.
+     * It fails only when the syscall is missing or not permitted to this
+     * process, which is what "BPF is absent here" means. */
+    union bpf_attr attributes;
+    memset(&attributes, 0, sizeof(attributes));
+    attributes.map_type = BPF_MAP_TYPE_ARRAY;
+    attributes.key_size = 4;
+    attributes.value_size = 4;
+    attributes.max_entries = 1;
+    long fd = syscall(SYS_bpf, BPF_MAP_CREATE, &attributes, sizeof(attributes));
     if (fd < 0) {
         int saved = errno;
-        fprintf(stderr, "SKIP: /dev/kvm unavailable (%s)\n", strerror(saved));
-        cr_skip_test("/dev/kvm unavailable: %s", strerror(saved));
+        if (saved == ENOSYS)
+            snprintf(why, why_size, "the kernel has no bpf() syscall (CONFIG_BPF_SYSCALL off)");
+        else if (saved == EPERM || saved == EACCES)
+            snprintf(why, why_size, "bpf() not permitted to this process (euid %u; needs root or CAP_BPF): %s",
+                     (unsigned)geteuid(), strerror(saved));
+        else
+            snprintf(why, why_size, "bpf(BPF_MAP_CREATE) of a one-entry array fails here: %s", strerror(saved));
+        return false;
     }
-    close(fd);
+    close((int)fd);
+    return true;
+}
+
+void harness_require_bpf(void)
+{
+    char why[256];
+    if (!harness_bpf_capability(why, sizeof(why)))
+        harness_skip("%s", why);
 }
 
 static void console_on_line(const char *line, size_t length, void *opaque)

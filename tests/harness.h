@@ -13,9 +13,28 @@
 
 #include "vmm/vm.h"
 
+/* The one way a test skips (issue 18): prints "[SKIP] suite::test: reason"
+ * on stderr at once (visible without --verbose) and hands the reason to
+ * Criterion, which carries it to the runner process; the POST_ALL report
+ * hook (tests/failure_summary.c, tests/skip_summary.h) counts every skip
+ * and groups the reasons just above the "Synthesis" line. A bare
+ * cr_skip_test anywhere else in tests/ fails test_harness.c. */
+void harness_skip(const char *format, ...) __attribute__((format(printf, 1, 2), noreturn));
+
 /* Skips the calling Criterion test with a printed reason when /dev/kvm
  * cannot be opened read-write. */
 void harness_require_kvm(void);
+
+/* Skips only when BPF is absent here as a capability: this build has no
+ * BPF loader, the kernel has no BTF (/sys/kernel/btf/vmlinux), the kernel
+ * has no bpf() syscall, or this process may not use it (not root, no
+ * CAP_BPF; probed with a one-entry array map). Where it returns, BPF
+ * works: a load or attach failure of the probes is then a test failure
+ * (with the verifier's last line), never a skip. */
+void harness_require_bpf(void);
+/* The same check without skipping: true when BPF is usable; otherwise
+ * false with the reason in why. */
+bool harness_bpf_capability(char *why, size_t why_size);
 
 /* Console lines of one VM, appended by the vCPU threads. */
 struct console_capture {

@@ -325,17 +325,24 @@ Test(api_protocol, events_subscribe_sets_the_session)
     char *reply = api_handle_line(api_command_groups, NULL, &session,
                                   "{\"id\":1,\"cmd\":\"events.subscribe\",\"args\":{\"events\":[\"vm.\"]}}", strlen("{\"id\":1,\"cmd\":\"events.subscribe\",\"args\":{\"events\":[\"vm.\"]}}"),
                                   &length);
-    cr_assert(strstr(reply, "\"ok\":true"), "%s", reply);
+    cr_assert_str_eq(reply, "{\"id\":1,\"ok\":true,\"result\":{\"subscribed\":true,\"events\":[\"vm.\"]}}\n");
+    cr_assert_eq(length, strlen(reply));
     free(reply);
     cr_assert(session.subscribed);
     cr_assert(api_session_wants(&session, "vm.state"));
     cr_assert_not(api_session_wants(&session, "migration.iteration"));
     reply = api_handle_line(api_command_groups, NULL, &session,
                             "{\"id\":2,\"cmd\":\"events.subscribe\",\"args\":{\"events\":[1]}}", strlen("{\"id\":2,\"cmd\":\"events.subscribe\",\"args\":{\"events\":[1]}}"), &length);
-    cr_assert(strstr(reply, "args.events[0]: expected string"), "%s", reply);
+    cr_assert_str_eq(reply, "{\"id\":2,\"ok\":false,\"error\":{\"code\":\"invalid-argument\",\"message\":"
+                            "\"args.events[0]: expected string\"}}\n");
     free(reply);
+    /* A refused subscribe leaves the session's filter as it was. */
+    cr_assert(session.subscribed);
+    cr_assert_not(api_session_wants(&session, "migration.iteration"));
+    /* No filter: every event. */
     reply = api_handle_line(api_command_groups, NULL, &session, "{\"id\":3,\"cmd\":\"events.subscribe\"}", strlen("{\"id\":3,\"cmd\":\"events.subscribe\"}"),
                             &length);
+    cr_assert_str_eq(reply, "{\"id\":3,\"ok\":true,\"result\":{\"subscribed\":true,\"events\":null}}\n");
     free(reply);
     cr_assert(api_session_wants(&session, "migration.iteration"));
     api_session_reset(&session);

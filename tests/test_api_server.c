@@ -207,7 +207,7 @@ Test(api_server, at_most_32_clients)
 Test(api_server, other_uid_is_refused_with_an_error_line)
 {
     if (geteuid() != 0)
-        cr_skip_test("needs root to connect as another uid");
+        harness_skip("needs root to connect as another uid");
     char path[128];
     socket_path(path, sizeof(path), "cred");
     struct api_server *server;
@@ -554,7 +554,7 @@ Test(api_server_vm, second_ringvm_process_refuses_to_start, .timeout = 90)
     harness_require_kvm();
     const char *ringvm = harness_program("ringvm");
     if (access(ringvm, X_OK) != 0)
-        cr_skip_test("%s not built (make all)", ringvm);
+        harness_skip("%s not built (make all)", ringvm);
     struct api_vm t;
     api_vm_start(&t, "dirtier,wss=32M", "off");
     struct api_client *c = connect_or_fail(t.path);

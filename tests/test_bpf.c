@@ -2,6 +2,10 @@
  * The eBPF probes (bpf/probes.h) against a real VM: the kernel's view must
  * agree with the VMM's own counters. Needs /dev/kvm, root and a kernel with
  * BTF; otherwise the tests skip with the reason (never pass silently).
+ * Where BPF is present as a capability (harness_require_bpf), a load or
+ * attach failure of the probes is a FAILURE with the loader's reason (the
+ * last line of the verifier log): a change the verifier rejects must not
+ * turn these tests into skips.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -24,26 +28,36 @@ static void sleep_ms(unsigned milliseconds)
     nanosleep(&pause, NULL);
 }
 
-/* Loads the probes for vm or skips the test with the reason. */
+/* Loads the probes for vm: skips when BPF is absent here as a capability,
+ * fails when it is present and the probes still do not load. */
 static struct bpf_probes *require_probes(struct harness_vm *harness)
 {
-    const char *why = NULL;
-    if (!bpf_probes_built(&why)) {
+    char why[256];
+    if (!harness_bpf_capability(why, sizeof(why))) {
         harness_vm_stop(harness);
-        cr_skip_test("BPF probes not built: %s", why);
-    }
-    if (geteuid() != 0) {
-        harness_vm_stop(harness);
-        cr_skip_test("BPF probes need root (euid %u)", (unsigned)geteuid());
+        harness_skip("%s", why);
     }
     char error[256] = "";
     struct bpf_probes *probes = NULL;
     int rc = bpf_probes_create(&probes, harness->vm, error, sizeof(error));
     if (rc != 0) {
         harness_vm_stop(harness);
-        cr_skip_test("BPF probes cannot load here: %s", error);
+        cr_assert_fail("BPF works here but the probes do not load: %s", error);
     }
     return probes;
+}
+
+/* Attaches the probes; BPF is present (require_probes), so a failure is
+ * the probes' fault: fail with the loader's reason. */
+static void start_probes(struct harness_vm *harness, struct bpf_probes *probes)
+{
+    char error[256] = "";
+    int rc = bpf_probes_start(probes, error, sizeof(error));
+    if (rc != 0) {
+        bpf_probes_destroy(probes);
+        harness_vm_stop(harness);
+        cr_assert_fail("BPF works here but the probes do not attach: %s", error);
+    }
 }
 
 /* ---- no KVM needed ----------------------------------------------------------- */
@@ -137,9 +151,9 @@ Test(bpf, without_privilege_gives_reason)
 {
     const char *why = NULL;
     if (!bpf_probes_built(&why))
-        cr_skip_test("BPF probes not built: %s", why);
+        harness_skip("BPF probes not built: %s", why);
     if (geteuid() != 0)
-        cr_skip_test("needs root to drop to an unprivileged user");
+        harness_skip("needs root to drop to an unprivileged user");
     int fds[2];
     cr_assert_eq(pipe(fds), 0);
     pid_t child = fork();
@@ -169,7 +183,7 @@ Test(bpf, without_privilege_gives_reason)
     cr_assert(n > 0, "no answer from the child");
     reason[n] = '\0';
     if (strcmp(reason, "SETUID-FAILED") == 0)
-        cr_skip_test("cannot drop privileges here");
+        harness_skip("cannot drop privileges here");
     cr_assert_str_neq(reason, "LOADED", "an unprivileged process loaded the probes");
     cr_assert(strstr(reason, "not permitted") != NULL || strstr(reason, "denied") != NULL, "reason: %s", reason);
 }
@@ -215,13 +229,7 @@ Test(bpf, counts_match_the_vmm_under_throttle, .timeout = 120)
     /* Baselines at a quiescent point: every exit counted on both sides. */
     cr_assert_eq(vm_pause(vm), 0);
     struct bpf_probes *probes = require_probes(&harness);
-    char error[256] = "";
-    int rc = bpf_probes_start(probes, error, sizeof(error));
-    if (rc != 0) {
-        bpf_probes_destroy(probes);
-        harness_vm_stop(&harness);
-        cr_skip_test("BPF probes cannot attach here: %s", error);
-    }
+    start_probes(&harness, probes);
     struct vmm_baseline base[VCPUS];
     uint64_t misses_before = signal_generate_misses(probes);
     for (unsigned i = 0; i < VCPUS; i++) {
@@ -369,12 +377,7 @@ Test(bpf, io_and_mmio_exits_match_the_vmm_exactly_from_boot, .timeout = 60)
     /* Attached before vm_start: the vCPU threads register as they name
      * themselves, so nothing from the first instruction on is missed. */
     struct bpf_probes *probes = require_probes(&harness);
-    char error[256] = "";
-    if (bpf_probes_start(probes, error, sizeof(error)) != 0) {
-        bpf_probes_destroy(probes);
-        harness_vm_stop(&harness);
-        cr_skip_test("BPF probes cannot attach here: %s", error);
-    }
+    start_probes(&harness, probes);
     uint64_t io_before[2], mmio_before[2];
     for (unsigned i = 0; i < 2; i++) {
         io_before[i] = atomic_load(&vm->vcpus[i].counters.exits_io);
@@ -418,12 +421,7 @@ Test(bpf, iteration_helpers_and_restart, .timeout = 60)
     struct vm *vm = harness.vm;
     cr_assert(harness_wait_all_vcpus_advance(vm, 10000, 30000));
     struct bpf_probes *probes = require_probes(&harness);
-    char error[256] = "";
-    if (bpf_probes_start(probes, error, sizeof(error)) != 0) {
-        bpf_probes_destroy(probes);
-        harness_vm_stop(&harness);
-        cr_skip_test("BPF probes cannot attach here: %s", error);
-    }
+    start_probes(&harness, probes);
     struct bpf_probes_mark mark;
     cr_assert_eq(bpf_probes_mark(probes, &mark), 0);
     /* Nobody else kicks this vCPU (throttle off, no migration). */
@@ -457,6 +455,7 @@ Test(bpf, iteration_helpers_and_restart, .timeout = 60)
     uint64_t entries = stats.vcpus[0].entries;
     cr_expect_gt(entries, 0);
     bpf_probes_stats_free(&stats);
+    char error[256] = "";
     cr_assert_eq(bpf_probes_start(probes, error, sizeof(error)), 0, "%s", error);
     cr_assert_eq(vm_pause(vm), 0);
     cr_assert_eq(vm_resume(vm), 0);

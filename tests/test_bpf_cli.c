@@ -220,10 +220,10 @@ Test(bpf_cli, without_privilege_warns_once_and_runs_on, .timeout = 90)
     harness_require_kvm();
     const char *why = NULL;
     if (!bpf_probes_built(&why))
-        cr_skip_test("built without BPF (%s): the environment test covers this build", why);
+        harness_skip("built without BPF (%s): the environment test covers this build", why);
     char drop_error[256];
     if (!can_drop_capabilities(drop_error, sizeof(drop_error)))
-        cr_skip_test("cannot run ringvm without the BPF privileges here: %s", drop_error);
+        harness_skip("cannot run ringvm without the BPF privileges here: %s", drop_error);
     unsetenv("RINGVM_BPF_DISABLE");
     /* EPERM from the kernel, named by the loader. */
     run_unavailable(true, "Operation not permitted");

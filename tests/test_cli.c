@@ -1,6 +1,7 @@
 /* The ringvm program as a user runs it: exit codes, messages, signals. */
 #include <criterion/criterion.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "tests/harness.h"
@@ -30,6 +31,20 @@ Test(cli, bad_values_exit_2_with_a_message)
     harness_process_free(&process);
 }
 
+/* The flag as a word of the help text: "--incoming" must not be found
+ * inside "--incoming-stall-timeout". */
+static bool help_mentions(const char *help, const char *flag)
+{
+    size_t length = strlen(flag);
+    for (const char *at = strstr(help, flag); at != NULL; at = strstr(at + 1, flag)) {
+        bool starts = at == help || at[-1] == ' ' || at[-1] == ',' || at[-1] == '\n';
+        char after = at[length];
+        if (starts && (after == ' ' || after == ',' || after == '\n' || after == '\0'))
+            return true;
+    }
+    return false;
+}
+
 Test(cli, help_lists_every_flag)
 {
     struct harness_process process;
@@ -38,9 +53,22 @@ Test(cli, help_lists_every_flag)
     static const char *const flags[] = { "--memory", "--vcpus", "--workload", "--serial", "--numa-node",
                                          "--hugepages", "--prealloc", "--stats", "--run-seconds", "--dirty-log",
                                          "--ring-entries", "--harvesters", "--bitmap-sync-ms", "--api-socket",
-                                         "--incoming", "--bpf" };
+                                         "--incoming", "--incoming-stall-timeout", "--bpf", "--help", "--version" };
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
-        cr_assert(strstr(process.out, flags[i]) != NULL, "--help does not mention %s", flags[i]);
+        cr_assert(help_mentions(process.out, flags[i]), "--help does not list %s as a flag:\n%s", flags[i],
+                  process.out);
+    harness_process_free(&process);
+}
+
+Test(cli, version_prints_the_version_and_exits_0)
+{
+    struct harness_process process;
+    char *version[] = { (char *)harness_program("ringvm"), "--version", NULL };
+    cr_assert_eq(run_ringvm(&process, version, 10000), 0);
+    cr_assert(strncmp(process.out, "ringvm ", 7) == 0 && strchr(process.out, '\n') == process.out + process.out_length - 1,
+              "--version printed '%s'", process.out);
+    cr_assert(process.out[7] >= '0' && process.out[7] <= '9', "--version printed '%s'", process.out);
+    cr_assert_str_eq(process.err, "");
     harness_process_free(&process);
 }
 

@@ -112,11 +112,11 @@ static void net_up(const char *tag, const char *shaping)
 {
     harness_require_kvm();
     if (geteuid() != 0)
-        cr_skip_test("needs root: network namespaces (tests/netns/hosts.sh)");
+        harness_skip("needs root: network namespaces (tests/netns/hosts.sh)");
     if (access(HOSTS, X_OK) != 0)
-        cr_skip_test("run from the repository root (" HOSTS " not found)");
+        harness_skip("run from the repository root (" HOSTS " not found)");
     if (sh("command -v ip >/dev/null 2>&1 && command -v nft >/dev/null 2>&1") != 0)
-        cr_skip_test("iproute2 (ip) and nftables (nft) are needed for the emulated hosts");
+        harness_skip("iproute2 (ip) and nftables (nft) are needed for the emulated hosts");
     fx_dir();
     snprintf(fx.name, sizeof(fx.name), "f%s%u", tag, (unsigned)getpid() % 1000u);
     fx.name[8] = '\0';
@@ -699,7 +699,7 @@ Test(faults, migration_over_20_ms_rtt_link_completes, .timeout = 90)
     net_up("dl", "--rate 1gbit");
     const char *delayline = harness_program("tests/delayline");
     if (access(delayline, X_OK) != 0)
-        cr_skip_test("%s is not built (make test builds it)", delayline);
+        harness_skip("%s is not built (make test builds it)", delayline);
     cr_assert_eq(sh(HOSTS " delay %s --ms 10 --bin %s", fx.name, delayline), 0, "hosts.sh delay failed");
     fx.delayed = true;
     const char *memory = "64M", *workload = "ledger,wss=8M,verify=1";

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -757,6 +758,29 @@ static int ringctl_once(int argc, char **argv, const char *socket_path)
     return status;
 }
 
+/* The same with what it printed on stdout captured (caller frees *out):
+ * stdout is pointed at a memfd for the call. */
+static int ringctl_captured(int argc, char **argv, const char *socket_path, char **out)
+{
+    fflush(stdout);
+    int saved = dup(STDOUT_FILENO);
+    cr_assert_geq(saved, 0, "dup(stdout): %s", strerror(errno));
+    int capture = memfd_create("ringctl-stdout", MFD_CLOEXEC);
+    cr_assert_geq(capture, 0, "memfd_create: %s", strerror(errno));
+    cr_assert_eq(dup2(capture, STDOUT_FILENO), STDOUT_FILENO, "dup2: %s", strerror(errno));
+    int status = ringctl_once(argc, argv, socket_path);
+    fflush(stdout);
+    cr_assert_eq(dup2(saved, STDOUT_FILENO), STDOUT_FILENO, "dup2: %s", strerror(errno));
+    close(saved);
+    off_t size = lseek(capture, 0, SEEK_END);
+    cr_assert_geq(size, 0, "lseek: %s", strerror(errno));
+    *out = calloc(1, (size_t)size + 1);
+    cr_assert_not_null(*out);
+    cr_assert_eq(pread(capture, *out, (size_t)size, 0), size, "pread: %s", strerror(errno));
+    close(capture);
+    return status;
+}
+
 Test(migration, ringctl_migrate_blocks_until_completed_then_progress_and_cancel, .timeout = 90)
 {
     harness_require_kvm();
@@ -777,10 +801,41 @@ Test(migration, ringctl_migrate_blocks_until_completed_then_progress_and_cancel,
     cr_assert_eq(ringctl_once(5, migrate_argv, socket_path), 0, "ringctl migrate did not succeed");
     cr_assert_eq(test_destination_join(&dest), 0);
     cr_assert_eq(vm_get_state(source.vm), VM_STATE_MIGRATED);
+    /* What progress prints, not only its exit status: the finished
+     * migration as the source's own record has it. */
+    struct mig_progress *record = malloc(sizeof(*record));
+    cr_assert_not_null(record);
+    cr_assert(migration_progress(source.vm, record));
+    cr_assert_eq(record->state, MIG_STATE_COMPLETED);
     char *progress_argv[] = { "progress", NULL };
-    cr_assert_eq(ringctl_once(1, progress_argv, socket_path), 0);
+    char *text = NULL;
+    cr_assert_eq(ringctl_captured(1, progress_argv, socket_path, &text), 0);
+    char expected[512];
+    snprintf(expected, sizeof(expected), "migration %" PRIu64 " (outgoing, %s): completed, phase ", record->id,
+             dest.address);
+    cr_assert(strncmp(text, expected, strlen(expected)) == 0, "progress printed:\n%s", text);
+    snprintf(expected, sizeof(expected), "\n  iter=0,");
+    cr_assert(strstr(text, expected) != NULL, "no iteration 0 line:\n%s", text);
+    snprintf(expected, sizeof(expected), "\nmigration %" PRIu64 " completed: total ", record->id);
+    cr_assert(strstr(text, expected) != NULL, "no summary line:\n%s", text);
+    free(text);
     char *json_argv[] = { "progress", "--json", NULL };
-    cr_assert_eq(ringctl_once(2, json_argv, socket_path), 0);
+    cr_assert_eq(ringctl_captured(2, json_argv, socket_path, &text), 0);
+    json_error_t error;
+    json_t *printed = json_loads(text, 0, &error);
+    cr_assert_not_null(printed, "progress --json printed no JSON (%s):\n%s", error.text, text);
+    cr_assert_eq(json_integer_value(json_object_get(printed, "id")), (json_int_t)record->id);
+    cr_assert_str_eq(json_string_value(json_object_get(printed, "role")), "outgoing");
+    cr_assert_str_eq(json_string_value(json_object_get(printed, "state")), "completed");
+    cr_assert_str_eq(json_string_value(json_object_get(printed, "address")), dest.address);
+    cr_assert_eq(json_integer_value(json_object_get(printed, "iteration_count")),
+                 (json_int_t)record->iteration_count);
+    uint64_t kept = record->iteration_count < MIG_PROGRESS_MAX_ITERATIONS ? record->iteration_count
+                                                                          : MIG_PROGRESS_MAX_ITERATIONS;
+    cr_assert_eq(json_array_size(json_object_get(printed, "iterations")), kept, "one record per iteration kept");
+    json_decref(printed);
+    free(text);
+    free(record);
     char *bad_argv[] = { "migrate", NULL };
     cr_assert_eq(ringctl_once(1, bad_argv, socket_path), 2, "usage error");
     cr_assert(console_wait_for(&dest.harness.console, "LEDGER OK", 1, 20000));

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "api/report.h"
+#include "tests/harness.h"
 
 #define DATA_DIR "tests/data/"
 
@@ -29,7 +30,7 @@ static json_t *load(const char *name)
 static void skip_without_gnuplot(void)
 {
     if (!report_gnuplot_available())
-        cr_skip_test("gnuplot not installed (Debian package gnuplot-nox, scripts/install-deps.sh --bench): "
+        harness_skip("gnuplot not installed (Debian package gnuplot-nox, scripts/install-deps.sh --bench): "
                      "report rendering not tested");
 }
 

@@ -12,7 +12,7 @@ static const char *ringctl_or_skip(void)
 {
     const char *ringctl = harness_program("ringctl");
     if (access(ringctl, X_OK) != 0)
-        cr_skip_test("%s not built (make all)", ringctl);
+        harness_skip("%s not built (make all)", ringctl);
     return ringctl;
 }
 
