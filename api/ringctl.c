@@ -22,6 +22,7 @@
 
 #include "api/client.h"
 #include "api/report.h"
+#include "api/ringctl_console.h"
 #include "api/ringctl_migration.h"
 #include "api/ringctl_session.h"
 #include "bpf/probes.h"
@@ -634,6 +635,30 @@ static int run_migration(struct ringctl_session *ctl, int argc, char **argv)
     return ringctl_migration_main(argc, argv, ctl);
 }
 
+static int run_console(struct ringctl_session *ctl, int argc, char **argv)
+{
+    const struct ringctl_command *command = find_command("console");
+    static const struct option options[] = {{"socket", required_argument, NULL, 'S'},
+                                            {"timeout", required_argument, NULL, 'T'},
+                                            {0}};
+    const char *socket_path = getenv("RINGVM_CONSOLE");
+    int timeout_ms = 0;
+    int opt;
+    while ((opt = next_option(ctl, command, argc, argv, options, NULL)) != -1) {
+        if (opt == 'S')
+            socket_path = optarg;
+        else if (opt == 'T')
+            timeout_ms = (int)parse_number(command, "--timeout", optarg, 1, 86400000);
+    }
+    no_operands(command, argc, argv);
+    if (socket_path == NULL || *socket_path == '\0') {
+        fprintf(stderr, "ringctl console: no console socket: use --socket PATH (ringvm's --console "
+                        "unix:PATH) or set RINGVM_CONSOLE\n");
+        return EXIT_USAGE;
+    }
+    return ringctl_console_run(socket_path, timeout_ms);
+}
+
 static int run_report(struct ringctl_session *ctl, int argc, char **argv)
 {
     return ringctl_report_main(argc, argv, ctl->socket);   /* answers --help itself */
@@ -822,6 +847,20 @@ static const struct ringctl_command commands[] = {
      "on SIGINT/SIGTERM). Error unavailable (exit 1) when BPF cannot load on this host.",
      run_trace,
      "eBPF histograms: KVM_RUN, kicks, dirty ring (bpf.stats)."},
+    {"console", "console [--socket PATH] [--timeout MS]",
+     "Attach to the guest's serial console: the socket of ringvm --console unix:PATH\n"
+     "(--socket, default $RINGVM_CONSOLE; -s, the API socket, is not used). The\n"
+     "guest's output from now on is printed; what you type goes to its UART. Several\n"
+     "clients may watch; the first that types is the writer until it disconnects,\n"
+     "the others' input is refused. On a terminal every key goes to the guest raw\n"
+     "(Ctrl-C included) and the terminal mode is restored on exit. Ctrl-] (byte 0x1d,\n"
+     "also in piped input) detaches: exit 0.\n"
+     "When stdin is not a terminal and ends, the output keeps printing until ringvm\n"
+     "closes the console, or at most --timeout MS after the end of input (default:\n"
+     "no limit). Exit 0 detached, closed or timed out; 2 usage; 3 cannot connect or\n"
+     "connection lost.",
+     run_console,
+     "Attach to the guest's serial console (Ctrl-] detaches)."},
     {"commands", "commands", "List the commands the VMM accepts, with their arguments (api.commands).",
      run_commands,
      "List the commands the VMM accepts (api.commands)."},

@@ -2,7 +2,7 @@
  * API server: socket setup, the epoll thread, the worker thread, events.
  *
  * Threads and ownership:
- *   - epoll thread ("api"): owns listen_fd, epoll_fd, clients[] and every
+ *   - epoll thread ("api"): owns listener.fd, epoll_fd, clients[] and every
  *     struct api_client (buffers, sessions). Nothing else touches them.
  *   - worker thread ("api-worker"): runs API_CMD_WORKER handlers, one at a
  *     time, from work_head; hands finished calls to done_head.
@@ -17,7 +17,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -28,14 +27,11 @@
 #include <sys/syscall.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <xxhash.h>
-
 #include "api/commands.h"
+#include "vmm/unix_listener.h"
 #include "vmm/vm.h"
 
 #define OUT_HIGH_BYTES (1u << 20)       /* stop reading requests above this */
@@ -81,11 +77,7 @@ struct api_server {
     /* Immutable after create. */
     struct vm *vm;
     const struct api_command_group *const *groups;
-    char *path;
-    dev_t socket_dev;
-    ino_t socket_ino;
-    int listen_fd;
-    int lock_fd;                        /* abstract socket: one server per path */
+    struct unix_listener listener;      /* the socket, its path lock (vmm/unix_listener.h) */
     int wake_fd;                        /* eventfd */
     int epoll_fd;
     pthread_t epoll_thread;
@@ -615,7 +607,7 @@ static void refuse(int fd, enum api_error_code code, const char *message)
 static void accept_clients(struct api_server *server)
 {
     for (;;) {
-        int fd = accept4(server->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(server->listener.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED)
                 continue;
@@ -623,24 +615,20 @@ static void accept_clients(struct api_server *server)
                 return;
             fprintf(stderr, "ringvm: api: accept: %s; pausing new connections for 100 ms\n",
                     strerror(errno));
-            if (epoll_ctl(server->epoll_fd, EPOLL_CTL_DEL, server->listen_fd, NULL) < 0)
+            if (epoll_ctl(server->epoll_fd, EPOLL_CTL_DEL, server->listener.fd, NULL) < 0)
                 fprintf(stderr, "ringvm: api: epoll_ctl(DEL listen): %s\n", strerror(errno));
             server->accept_paused_until_ns = now_ns() + 100000000ull;
             return;
         }
         struct ucred cred;
-        socklen_t cred_length = sizeof(cred);
-        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cred_length) < 0) {
-            fprintf(stderr, "ringvm: api: SO_PEERCRED: %s\n", strerror(errno));
+        char message[160];
+        int allowed = unix_listener_check_peer(fd, &cred, message, sizeof(message));
+        if (allowed < 0) {
+            fprintf(stderr, "ringvm: api: SO_PEERCRED: %s\n", strerror(-allowed));
             refuse(fd, API_ERR_INTERNAL, "cannot identify the peer (SO_PEERCRED failed)");
             continue;
         }
-        uid_t me = geteuid();
-        if (cred.uid != me && cred.uid != 0) {
-            char message[160];
-            snprintf(message, sizeof(message),
-                     "permission denied: uid %u is neither ringvm's uid %u nor root",
-                     (unsigned)cred.uid, (unsigned)me);
+        if (allowed == 0) {
             fprintf(stderr, "ringvm: api: refused a connection from pid %d: %s\n", (int)cred.pid,
                     message);
             refuse(fd, API_ERR_UNAVAILABLE, message);
@@ -739,7 +727,7 @@ static void drain_queues(struct api_server *server)
 static void flush_and_close_all(struct api_server *server)
 {
     drain_queues(server);
-    if (epoll_ctl(server->epoll_fd, EPOLL_CTL_DEL, server->listen_fd, NULL) < 0 && errno != ENOENT)
+    if (epoll_ctl(server->epoll_fd, EPOLL_CTL_DEL, server->listener.fd, NULL) < 0 && errno != ENOENT)
         fprintf(stderr, "ringvm: api: epoll_ctl(DEL listen): %s\n", strerror(errno));
     uint64_t deadline = now_ns() + FLUSH_ON_STOP_MS * 1000000ull;
     for (;;) {
@@ -811,7 +799,7 @@ static void *epoll_main(void *argument)
             uint64_t now = now_ns();
             if (now >= server->accept_paused_until_ns) {
                 struct epoll_event event = {.events = EPOLLIN, .data.u64 = TOKEN_LISTEN};
-                if (epoll_ctl(server->epoll_fd, EPOLL_CTL_ADD, server->listen_fd, &event) < 0)
+                if (epoll_ctl(server->epoll_fd, EPOLL_CTL_ADD, server->listener.fd, &event) < 0)
                     fprintf(stderr, "ringvm: api: epoll_ctl(ADD listen): %s\n", strerror(errno));
                 server->accept_paused_until_ns = 0;
             } else {
@@ -842,157 +830,7 @@ static void *epoll_main(void *argument)
     return NULL;
 }
 
-/* ---- socket setup ------------------------------------------------------------------ */
-
-/* One server per socket path at a time, whatever the race: an abstract
- * socket named after the canonical path, released by the kernel when the
- * process dies (no lock file left behind). */
-static int take_path_lock(struct api_server *server, const char *path)
-{
-    char directory[PATH_MAX], canonical[PATH_MAX * 2];
-    const char *slash = strrchr(path, '/');
-    const char *base = slash ? slash + 1 : path;
-    if (!slash) {
-        if (!getcwd(directory, sizeof(directory)))
-            return -errno;
-    } else {
-        char parent[PATH_MAX];
-        size_t n = (size_t)(slash - path);
-        if (n >= sizeof(parent))
-            return -ENAMETOOLONG;
-        memcpy(parent, path, n);
-        parent[n] = '\0';
-        if (!realpath(n ? parent : "/", directory))
-            return -errno;
-    }
-    snprintf(canonical, sizeof(canonical), "%s/%s", directory, base);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    struct sockaddr_un address = {.sun_family = AF_UNIX};
-    int name_length = snprintf(address.sun_path + 1, sizeof(address.sun_path) - 1,
-                               "ringvm-api:%016llx",
-                               (unsigned long long)XXH3_64bits(canonical, strlen(canonical)));
-    socklen_t length = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)name_length);
-    if (bind(fd, (struct sockaddr *)&address, length) < 0) {
-        int error = errno;
-        close(fd);
-        return -error;
-    }
-    server->lock_fd = fd;
-    return 0;
-}
-
-/* 1: something accepts connections on path; 0: nothing does; -errno. */
-static int probe_live(const char *path)
-{
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
-        return -errno;
-    struct sockaddr_un address = {.sun_family = AF_UNIX};
-    memcpy(address.sun_path, path, strlen(path) + 1);
-    int result;
-    if (connect(fd, (struct sockaddr *)&address, sizeof(address)) == 0)
-        result = 1;
-    else if (errno == EAGAIN || errno == EINPROGRESS)
-        result = 1;         /* listening, backlog full: alive */
-    else if (errno == ECONNREFUSED || errno == ENOENT)
-        result = 0;
-    else
-        result = -errno;
-    close(fd);
-    return result;
-}
-
-static int open_socket(struct api_server *server, const char *path)
-{
-    size_t path_length = strlen(path);
-    if (path_length == 0 || path_length >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
-        fprintf(stderr, "ringvm: --api-socket %s: expected a path of 1 to 107 bytes\n", path);
-        return -ENAMETOOLONG;
-    }
-    int result = take_path_lock(server, path);
-    if (result == -EADDRINUSE) {
-        fprintf(stderr, "ringvm: --api-socket %s: another ringvm is listening there\n", path);
-        return -EADDRINUSE;
-    }
-    if (result < 0) {
-        fprintf(stderr, "ringvm: --api-socket %s: %s\n", path, strerror(-result));
-        return result;
-    }
-    struct stat st;
-    if (lstat(path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode)) {
-            fprintf(stderr, "ringvm: --api-socket %s: exists and is not a socket; not replacing it\n",
-                    path);
-            return -EEXIST;
-        }
-        int live = probe_live(path);
-        if (live == 1) {
-            fprintf(stderr, "ringvm: --api-socket %s: another ringvm is listening there\n", path);
-            return -EADDRINUSE;
-        }
-        if (live < 0) {
-            fprintf(stderr, "ringvm: --api-socket %s: cannot check the existing socket: %s\n", path,
-                    strerror(-live));
-            return live;
-        }
-        if (unlink(path) < 0 && errno != ENOENT) {
-            int error = errno;
-            fprintf(stderr, "ringvm: --api-socket %s: cannot remove the stale socket: %s\n", path,
-                    strerror(error));
-            return -error;
-        }
-    } else if (errno != ENOENT) {
-        int error = errno;
-        fprintf(stderr, "ringvm: --api-socket %s: %s\n", path, strerror(error));
-        return -error;
-    }
-
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        int error = errno;
-        fprintf(stderr, "ringvm: --api-socket %s: socket: %s\n", path, strerror(error));
-        return -error;
-    }
-    struct sockaddr_un address = {.sun_family = AF_UNIX};
-    memcpy(address.sun_path, path, path_length + 1);
-    if (bind(fd, (struct sockaddr *)&address, sizeof(address)) < 0) {
-        int error = errno;
-        fprintf(stderr, "ringvm: --api-socket %s: bind: %s\n", path, strerror(error));
-        close(fd);
-        return -error;
-    }
-    /* Nobody can connect before listen(), so tightening the mode here
-     * leaves no window. */
-    if (chmod(path, 0600) < 0 || lstat(path, &st) < 0) {
-        int error = errno;
-        fprintf(stderr, "ringvm: --api-socket %s: chmod 0600: %s\n", path, strerror(error));
-        unlink(path);
-        close(fd);
-        return -error;
-    }
-    server->socket_dev = st.st_dev;
-    server->socket_ino = st.st_ino;
-    if (listen(fd, 64) < 0) {
-        int error = errno;
-        fprintf(stderr, "ringvm: --api-socket %s: listen: %s\n", path, strerror(error));
-        unlink(path);
-        close(fd);
-        return -error;
-    }
-    server->listen_fd = fd;
-    return 0;
-}
-
-static void remove_socket_file(struct api_server *server)
-{
-    struct stat st;
-    /* Only our own socket: never someone else's file that replaced it. */
-    if (lstat(server->path, &st) == 0 && st.st_dev == server->socket_dev &&
-        st.st_ino == server->socket_ino && unlink(server->path) < 0)
-        fprintf(stderr, "ringvm: api: unlink %s: %s\n", server->path, strerror(errno));
-}
+/* ---- threads --------------------------------------------------------------------------- */
 
 static int start_thread(pthread_t *thread, void *(*fn)(void *), void *argument, const char *what)
 {
@@ -1012,12 +850,7 @@ static int start_thread(pthread_t *thread, void *(*fn)(void *), void *argument, 
 
 static void server_free(struct api_server *server)
 {
-    if (server->listen_fd >= 0) {
-        remove_socket_file(server);
-        close(server->listen_fd);
-    }
-    if (server->lock_fd >= 0)
-        close(server->lock_fd);
+    unix_listener_close(&server->listener);
     if (server->wake_fd >= 0)
         close(server->wake_fd);
     if (server->epoll_fd >= 0)
@@ -1036,7 +869,6 @@ static void server_free(struct api_server *server)
     pthread_mutex_destroy(&server->lock);
     pthread_cond_destroy(&server->worker_cond);
     pthread_cond_destroy(&server->outstanding_cond);
-    free(server->path);
     free(server);
 }
 
@@ -1051,7 +883,7 @@ int api_server_create_with(struct api_server **out, struct vm *vm, const char *s
     }
     server->vm = vm;
     server->groups = groups;
-    server->listen_fd = server->lock_fd = server->wake_fd = server->epoll_fd = -1;
+    server->listener.fd = server->listener.lock_fd = server->wake_fd = server->epoll_fd = -1;
     pthread_mutex_init(&server->lock, NULL);
     pthread_cond_init(&server->worker_cond, NULL);
     pthread_condattr_t attr;
@@ -1059,12 +891,7 @@ int api_server_create_with(struct api_server **out, struct vm *vm, const char *s
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
     pthread_cond_init(&server->outstanding_cond, &attr);
     pthread_condattr_destroy(&attr);
-    server->path = strdup(socket_path);
-    if (!server->path) {
-        server_free(server);
-        return -ENOMEM;
-    }
-    int result = open_socket(server, socket_path);
+    int result = unix_listener_open(&server->listener, socket_path, "--api-socket", "api");
     if (result < 0) {
         server_free(server);
         return result;
@@ -1080,7 +907,7 @@ int api_server_create_with(struct api_server **out, struct vm *vm, const char *s
     }
     struct epoll_event listen_event = {.events = EPOLLIN, .data.u64 = TOKEN_LISTEN};
     struct epoll_event wake_event = {.events = EPOLLIN, .data.u64 = TOKEN_WAKE};
-    if (epoll_ctl(server->epoll_fd, EPOLL_CTL_ADD, server->listen_fd, &listen_event) < 0 ||
+    if (epoll_ctl(server->epoll_fd, EPOLL_CTL_ADD, server->listener.fd, &listen_event) < 0 ||
         epoll_ctl(server->epoll_fd, EPOLL_CTL_ADD, server->wake_fd, &wake_event) < 0) {
         result = -errno;
         fprintf(stderr, "ringvm: api: epoll_ctl: %s\n", strerror(errno));
@@ -1159,7 +986,7 @@ void api_server_destroy(struct api_server *server)
         /* Freeing would let a late api_call_complete write freed memory. */
         fprintf(stderr, "ringvm: api: %d command(s) still in progress at shutdown; "
                         "keeping the server's memory\n", outstanding);
-        remove_socket_file(server);
+        unix_listener_remove_file(&server->listener);
         return;
     }
     server_free(server);

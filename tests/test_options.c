@@ -173,7 +173,7 @@ Test(options, rejects_bad_values_with_exact_messages)
         { "--vcpus", "0", "--vcpus '0': expected an integer from 1 to 64" },
         { "--vcpus", "65", "--vcpus '65': expected an integer from 1 to 64" },
         { "--vcpus", "two", "--vcpus 'two': expected an integer from 1 to 64" },
-        { "--serial", "tty", "--serial: 'tty': expected stdout, none or file:PATH" },
+        { "--serial", "tty", "--serial: 'tty': expected stdout, stdio, none or file:PATH" },
         { "--ring-entries", "1000", "--ring-entries 1000: must be a power of two from 64 to 65536" },
         { "--ring-entries", "32", "--ring-entries '32': expected an integer from 64 to 65536" },
         { "--dirty-log", "pml", NULL },

@@ -1,7 +1,9 @@
 /*
- * Minimal 8250: the guest only transmits. THR writes are collected into
- * lines per source vCPU; LSR always reports an empty transmitter so the
- * guest never waits. Doorbell console text joins the same line buffers.
+ * Console output (serial.h). The built-in guest's minimal 8250: the guest
+ * only transmits; THR writes are collected into lines per source vCPU; LSR
+ * always reports an empty transmitter so the guest never waits. Doorbell
+ * console text joins the same line buffers. A Linux guest's UART bytes come
+ * through serial_write_bytes instead.
  */
 #include "vmm/serial.h"
 
@@ -35,6 +37,8 @@ int serial_config_parse(const char *text, struct serial_config *config, char *er
         config->mode = SERIAL_STDOUT;
     } else if (strcmp(text, "none") == 0) {
         config->mode = SERIAL_NONE;
+    } else if (strcmp(text, "stdio") == 0) {
+        config->mode = SERIAL_STDIO;
     } else if (strncmp(text, "file:", 5) == 0 && text[5] != '\0') {
         if (strlen(text + 5) >= sizeof(config->path)) {
             snprintf(error, error_size, "--serial: path too long");
@@ -43,7 +47,7 @@ int serial_config_parse(const char *text, struct serial_config *config, char *er
         config->mode = SERIAL_FILE;
         strcpy(config->path, text + 5);
     } else {
-        snprintf(error, error_size, "--serial: '%s': expected stdout, none or file:PATH", text);
+        snprintf(error, error_size, "--serial: '%s': expected stdout, stdio, none or file:PATH", text);
         return -1;
     }
     return 0;
@@ -56,6 +60,7 @@ int serial_init(struct serial *serial, const struct serial_config *config)
     serial->fd = -1;
     switch (config->mode) {
     case SERIAL_STDOUT:
+    case SERIAL_STDIO:
         serial->fd = STDOUT_FILENO;
         break;
     case SERIAL_NONE:
@@ -74,16 +79,13 @@ int serial_init(struct serial *serial, const struct serial_config *config)
     return 0;
 }
 
-/* Emits a completed line; caller holds the lock. */
-static void emit_line(struct serial *serial, unsigned source)
+/* To the sink and the output listener; caller holds the lock. */
+static void output(struct serial *serial, const char *bytes, size_t length)
 {
-    char *line = serial->partial[source];
-    size_t length = serial->partial_length[source];
     if (serial->fd >= 0) {
-        line[length] = '\n';
         size_t written = 0;
-        while (written < length + 1) {
-            ssize_t result = write(serial->fd, line + written, length + 1 - written);
+        while (written < length) {
+            ssize_t result = write(serial->fd, bytes + written, length - written);
             if (result < 0 && errno == EINTR)
                 continue;
             if (result <= 0)
@@ -91,16 +93,30 @@ static void emit_line(struct serial *serial, unsigned source)
             written += (size_t)result;
         }
     }
+    if (serial->on_output != NULL)
+        serial->on_output((const uint8_t *)bytes, length, serial->on_output_opaque);
+}
+
+/* Emits a completed line; caller holds the lock. The UART stream's bytes
+ * went out raw already: only on_line sees its lines. */
+static void emit_line(struct serial *serial, unsigned source)
+{
+    char *line = serial->partial[source];
+    size_t length = serial->partial_length[source];
+    if (source != SERIAL_UART_STREAM) {
+        line[length] = '\n';
+        output(serial, line, length + 1);
+    }
     line[length] = '\0';
     if (serial->on_line != NULL)
         serial->on_line(line, length, serial->on_line_opaque);
     serial->partial_length[source] = 0;
 }
 
+/* source: a vCPU index below SERIAL_MAX_VCPUS (the callers clamp it) or
+ * SERIAL_UART_STREAM. */
 static void put_char(struct serial *serial, unsigned source, char c)
 {
-    if (source >= SERIAL_MAX_VCPUS)
-        source = SERIAL_MAX_VCPUS - 1;
     if (c == '\r')
         return;
     if (c == '\n') {
@@ -114,9 +130,28 @@ static void put_char(struct serial *serial, unsigned source, char c)
 
 void serial_write_text(struct serial *serial, unsigned source, const char *text, size_t length)
 {
+    if (source >= SERIAL_MAX_VCPUS)
+        source = SERIAL_MAX_VCPUS - 1;
     pthread_mutex_lock(&serial->lock);
     for (size_t i = 0; i < length; i++)
         put_char(serial, source, text[i]);
+    pthread_mutex_unlock(&serial->lock);
+}
+
+void serial_write_bytes(struct serial *serial, const uint8_t *bytes, size_t length)
+{
+    pthread_mutex_lock(&serial->lock);
+    output(serial, (const char *)bytes, length);
+    for (size_t i = 0; i < length; i++)
+        put_char(serial, SERIAL_UART_STREAM, (char)bytes[i]);
+    pthread_mutex_unlock(&serial->lock);
+}
+
+void serial_set_output_listener(struct serial *serial, serial_output_callback on_output, void *opaque)
+{
+    pthread_mutex_lock(&serial->lock);
+    serial->on_output = on_output;
+    serial->on_output_opaque = opaque;
     pthread_mutex_unlock(&serial->lock);
 }
 
@@ -126,6 +161,8 @@ bool serial_port_io(struct serial *serial, unsigned source, uint16_t port, bool 
     if (port < RINGVM_SERIAL_PORT || port > RINGVM_SERIAL_PORT + 7)
         return false;
     unsigned reg = port - RINGVM_SERIAL_PORT;
+    if (source >= SERIAL_MAX_VCPUS)
+        source = SERIAL_MAX_VCPUS - 1;
     pthread_mutex_lock(&serial->lock);
     if (is_write) {
         if (reg == UART_LCR)
@@ -151,7 +188,7 @@ bool serial_port_io(struct serial *serial, unsigned source, uint16_t port, bool 
 void serial_destroy(struct serial *serial)
 {
     pthread_mutex_lock(&serial->lock);
-    for (unsigned i = 0; i < SERIAL_MAX_VCPUS; i++)
+    for (unsigned i = 0; i <= SERIAL_UART_STREAM; i++)
         if (serial->partial_length[i] > 0)
             emit_line(serial, i);
     pthread_mutex_unlock(&serial->lock);

@@ -1,0 +1,322 @@
+/*
+ * `ringctl console`: the client side of ringvm's console socket. One
+ * thread, one poll loop: stdin -> socket (a 4 KiB buffer; stdin is not read
+ * while it is non-empty, so a guest that reads slowly slows the sender and
+ * nothing is dropped), socket -> stdout. The socket is non-blocking so
+ * output keeps flowing while input waits.
+ */
+#include "api/ringctl_console.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api/ringctl_session.h"
+
+#define DETACH_FLUSH_MS 1000        /* input typed before Ctrl-] still goes out */
+
+/* The terminal's mode before raw mode (stdin is process-wide state). */
+static struct termios saved_terminal;
+static volatile sig_atomic_t terminal_is_raw;
+static volatile sig_atomic_t stop_signal;
+
+static void restore_terminal(void)
+{
+    if (terminal_is_raw) {
+        if (tcsetattr(STDIN_FILENO, TCSANOW, &saved_terminal) != 0)
+            fprintf(stderr, "ringctl console: restoring the terminal: %s\n", strerror(errno));
+        terminal_is_raw = 0;
+    }
+}
+
+static void on_stop_signal(int signal_number)
+{
+    stop_signal = signal_number;
+}
+
+/* Raw mode: every key to the guest as typed (Ctrl-C included), no echo;
+ * output post-processing stays on. 0, or -1 with a message. */
+static int make_terminal_raw(void)
+{
+    if (tcgetattr(STDIN_FILENO, &saved_terminal) != 0) {
+        fprintf(stderr, "ringctl console: tcgetattr(stdin): %s\n", strerror(errno));
+        return -1;
+    }
+    struct termios raw = saved_terminal;
+    raw.c_iflag &= ~(tcflag_t)(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IXON);
+    raw.c_lflag &= ~(tcflag_t)(ECHO | ECHONL | ICANON | ISIG | IEXTEN);
+    raw.c_cflag &= ~(tcflag_t)(CSIZE | PARENB);
+    raw.c_cflag |= CS8;
+    raw.c_cc[VMIN] = 1;
+    raw.c_cc[VTIME] = 0;
+    if (atexit(restore_terminal) != 0) {
+        fprintf(stderr, "ringctl console: atexit failed: not changing the terminal mode\n");
+        return -1;
+    }
+    if (tcsetattr(STDIN_FILENO, TCSANOW, &raw) != 0) {
+        fprintf(stderr, "ringctl console: tcsetattr(stdin, raw): %s\n", strerror(errno));
+        return -1;
+    }
+    terminal_is_raw = 1;
+    return 0;
+}
+
+static int install_signal_handlers(void)
+{
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = on_stop_signal;     /* no SA_RESTART: poll returns EINTR */
+    sigemptyset(&action.sa_mask);
+    static const int stops[] = {SIGINT, SIGTERM, SIGHUP};
+    sigset_t unblock;
+    sigemptyset(&unblock);
+    for (size_t i = 0; i < sizeof(stops) / sizeof(stops[0]); i++) {
+        if (sigaction(stops[i], &action, NULL) != 0) {
+            fprintf(stderr, "ringctl console: sigaction: %s\n", strerror(errno));
+            return -1;
+        }
+        sigaddset(&unblock, stops[i]);
+    }
+    /* A mask inherited from the parent must not make them unstoppable. */
+    if (sigprocmask(SIG_UNBLOCK, &unblock, NULL) != 0) {
+        fprintf(stderr, "ringctl console: sigprocmask: %s\n", strerror(errno));
+        return -1;
+    }
+    /* A closed stdout or socket is an error return, not a signal. */
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
+
+static int connect_console(const char *path)
+{
+    struct sockaddr_un address = {.sun_family = AF_UNIX};
+    size_t length = strlen(path);
+    if (length == 0 || length >= sizeof(address.sun_path)) {
+        fprintf(stderr, "ringctl console: --socket %s: expected a path of 1 to %zu bytes\n", path,
+                sizeof(address.sun_path) - 1);
+        return -RINGCTL_EXIT_USAGE;
+    }
+    memcpy(address.sun_path, path, length + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        fprintf(stderr, "ringctl console: socket: %s\n", strerror(errno));
+        return -RINGCTL_EXIT_CONNECT;
+    }
+    if (connect(fd, (struct sockaddr *)&address, sizeof(address)) != 0) {
+        int error = errno;
+        const char *hint = "";
+        if (error == ENOENT || error == ECONNREFUSED)
+            hint = " (is ringvm running with --console unix:PATH on this path?)";
+        else if (error == EACCES)
+            hint = " (the socket is mode 0600: connect as ringvm's user or root)";
+        fprintf(stderr, "ringctl console: cannot connect to %s: %s%s\n", path, strerror(error), hint);
+        close(fd);
+        return -RINGCTL_EXIT_CONNECT;
+    }
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+        fprintf(stderr, "ringctl console: fcntl(O_NONBLOCK): %s\n", strerror(errno));
+        close(fd);
+        return -RINGCTL_EXIT_CONNECT;
+    }
+    return fd;
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Writes everything to stdout; false when stdout is gone. */
+static bool write_stdout(const uint8_t *bytes, size_t length)
+{
+    size_t written = 0;
+    while (written < length) {
+        ssize_t n = write(STDOUT_FILENO, bytes + written, length - written);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return false;
+        written += (size_t)n;
+    }
+    return true;
+}
+
+/* The copy loop's state (main thread only). */
+struct console_session {
+    int fd;
+    bool stdin_open;
+    uint8_t pending[4096];          /* stdin bytes not yet sent */
+    size_t pending_start, pending_length;
+};
+
+/* Sends what it can of pending; false when the connection is broken. */
+static bool send_pending(struct console_session *session)
+{
+    while (session->pending_length > 0) {
+        ssize_t n = send(session->fd, session->pending + session->pending_start, session->pending_length,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            session->pending_start += (size_t)n;
+            session->pending_length -= (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return true;
+        return false;
+    }
+    session->pending_start = 0;
+    return true;
+}
+
+/* Before detaching: what was typed before Ctrl-] goes out (bounded). */
+static void flush_before_detach(struct console_session *session)
+{
+    uint64_t deadline = now_ms() + DETACH_FLUSH_MS;
+    while (session->pending_length > 0 && send_pending(session)) {
+        uint64_t now = now_ms();
+        if (now >= deadline || session->pending_length == 0)
+            break;
+        struct pollfd entry = {.fd = session->fd, .events = POLLOUT};
+        if (poll(&entry, 1, (int)(deadline - now)) < 0 && errno != EINTR)
+            break;
+    }
+}
+
+enum copy_result { COPY_CONTINUE, COPY_DETACHED, COPY_CLOSED, COPY_LOST, COPY_STDOUT_GONE };
+
+static enum copy_result read_input(struct console_session *session)
+{
+    ssize_t n = read(STDIN_FILENO, session->pending, sizeof(session->pending));
+    if (n < 0 && (errno == EINTR || errno == EAGAIN))
+        return COPY_CONTINUE;
+    if (n <= 0) {
+        if (n < 0)
+            fprintf(stderr, "ringctl console: reading stdin: %s; no more input\n", strerror(errno));
+        session->stdin_open = false;
+        /* Tells ringvm this client will type no more (it stops being the
+         * writer); the output keeps coming. */
+        if (shutdown(session->fd, SHUT_WR) != 0 && errno != ENOTCONN)
+            fprintf(stderr, "ringctl console: shutdown(SHUT_WR): %s\n", strerror(errno));
+        return COPY_CONTINUE;
+    }
+    size_t length = (size_t)n;
+    const uint8_t *escape = memchr(session->pending, RINGCTL_CONSOLE_ESCAPE_BYTE, length);
+    session->pending_start = 0;
+    session->pending_length = escape ? (size_t)(escape - session->pending) : length;
+    if (escape) {
+        flush_before_detach(session);
+        return COPY_DETACHED;
+    }
+    return send_pending(session) ? COPY_CONTINUE : COPY_LOST;
+}
+
+static enum copy_result read_output(struct console_session *session)
+{
+    uint8_t buffer[16384];
+    for (;;) {
+        ssize_t n = recv(session->fd, buffer, sizeof(buffer), MSG_DONTWAIT);
+        if (n > 0) {
+            if (!write_stdout(buffer, (size_t)n))
+                return COPY_STDOUT_GONE;
+            continue;
+        }
+        if (n == 0)
+            return COPY_CLOSED;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return COPY_CONTINUE;
+        fprintf(stderr, "ringctl console: connection lost: %s\n", strerror(errno));
+        return COPY_LOST;
+    }
+}
+
+int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms)
+{
+    int fd = connect_console(socket_path);
+    if (fd < 0)
+        return -fd;
+    if (install_signal_handlers() != 0) {
+        close(fd);
+        return RINGCTL_EXIT_CONNECT;
+    }
+    bool terminal = isatty(STDIN_FILENO);
+    if (terminal) {
+        fprintf(stderr, "ringctl console: attached to %s; Ctrl-] detaches\n", socket_path);
+        if (make_terminal_raw() != 0) {
+            close(fd);
+            return RINGCTL_EXIT_CONNECT;
+        }
+    }
+    struct console_session session = {.fd = fd, .stdin_open = true};
+    uint64_t eof_deadline = 0;
+    enum copy_result result = COPY_CONTINUE;
+    while (result == COPY_CONTINUE && !stop_signal) {
+        if (!session.stdin_open && after_eof_timeout_ms > 0 && eof_deadline == 0)
+            eof_deadline = now_ms() + (uint64_t)after_eof_timeout_ms;
+        int timeout = -1;
+        if (eof_deadline != 0) {
+            uint64_t now = now_ms();
+            if (now >= eof_deadline)
+                break;      /* --timeout after the end of input: done */
+            timeout = (int)(eof_deadline - now);
+        }
+        struct pollfd fds[2] = {
+            {.fd = session.stdin_open && session.pending_length == 0 ? STDIN_FILENO : -1, .events = POLLIN},
+            {.fd = fd, .events = (short)(POLLIN | (session.pending_length > 0 ? POLLOUT : 0))},
+        };
+        if (poll(fds, 2, timeout) < 0) {
+            if (errno == EINTR)
+                continue;
+            fprintf(stderr, "ringctl console: poll: %s\n", strerror(errno));
+            result = COPY_LOST;
+            break;
+        }
+        if (fds[1].revents & (POLLIN | POLLHUP | POLLERR))
+            result = read_output(&session);
+        if (result == COPY_CONTINUE && (fds[1].revents & POLLOUT) && !send_pending(&session)) {
+            /* ringvm closed its end: the read side reports it next. */
+            session.pending_length = 0;
+            session.stdin_open = false;
+        }
+        if (result == COPY_CONTINUE && (fds[0].revents & (POLLIN | POLLHUP | POLLERR)))
+            result = read_input(&session);
+    }
+    close(fd);
+    restore_terminal();
+    if (stop_signal) {
+        signal(stop_signal, SIG_DFL);
+        raise(stop_signal);
+        return 1;           /* the default action ended ringctl already */
+    }
+    switch (result) {
+    case COPY_DETACHED:
+        fprintf(stderr, "ringctl console: detached\n");
+        return 0;
+    case COPY_CLOSED:
+        fprintf(stderr, "ringctl console: ringvm closed the console\n");
+        return 0;
+    case COPY_LOST:
+        return RINGCTL_EXIT_CONNECT;
+    case COPY_STDOUT_GONE:
+    case COPY_CONTINUE:
+    default:
+        return 0;
+    }
+}

@@ -1,0 +1,85 @@
+/*
+ * The interactive console: one thread ("console") that feeds the guest's
+ * UART from stdin (--serial stdio) and serves the console socket
+ * (--console unix:PATH) that `ringctl console` attaches to.
+ *
+ * Output: the console registers itself as serial's output listener, so
+ * every byte the guest prints (and every built-in guest line) is copied to
+ * each socket client's own 64 KiB buffer, from the moment it attached.
+ * Stdout is serial's sink, not the console's business.
+ *
+ * Slow readers: the copy never blocks the vCPU thread that printed, nor
+ * other clients. When a client's buffer is full its bytes are dropped and
+ * counted; once it has room again it first receives
+ *   "\r\n[ringvm console: N bytes of output dropped: this client reads too slowly]\r\n".
+ *
+ * Input: several clients may read; one writes. The first client that sends
+ * a byte becomes the writer until it disconnects or shuts down its sending
+ * side; another client's input is discarded and it is told once per writer
+ * "\r\n[ringvm console: input refused: another client (pid P) is typing]\r\n".
+ * Stdin (--serial stdio) is the operator's and always writes. Input is
+ * queued (4 KiB) and handed to uart_receive; what the FIFO does not take is
+ * retried when the guest drains it (the UART's rx_space callback), and no
+ * more input is read meanwhile, so a fast sender is slowed, never dropped.
+ *
+ * Stdin: read in raw mode when it is a terminal (no echo, no line editing,
+ * no signals: Ctrl-C goes to the guest; output post-processing stays on).
+ * The terminal's mode is restored by console_destroy and by an atexit
+ * handler (fatal signals cannot restore it). Ctrl-] (0x1d) typed on that
+ * terminal stops ringvm (SIGTERM to itself), the way out of a guest that
+ * owns Ctrl-C. A terminal where ringvm is not in the foreground process
+ * group is not read. Non-terminal stdin is read as it is, with no escape;
+ * at EOF ringvm simply stops reading it.
+ *
+ * Ownership: struct console is private to console.c; the creating thread
+ * calls console_create/console_destroy, the console thread owns the
+ * socket connections, and the output listener (any vCPU thread) shares the
+ * client output buffers with it under the console's lock. Lock order: uart
+ * lock -> serial lock -> console lock; the console thread never calls into
+ * the uart or serial while holding its lock.
+ */
+#ifndef RINGVM_VMM_CONSOLE_H
+#define RINGVM_VMM_CONSOLE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define CONSOLE_MAX_CLIENTS 16
+#define CONSOLE_CLIENT_BUFFER_BYTES (64u * 1024)
+
+struct serial;
+struct uart;
+struct console;
+
+struct console_config {
+    bool stdio;                 /* read stdin (--serial stdio) */
+    const char *socket_path;    /* --console unix:PATH; NULL = no socket */
+};
+
+/*
+ * Starts the console thread. uart may be NULL (the built-in guest has no
+ * UART input): socket clients then only read, and their input is refused.
+ * Call after serial_init and after the UART exists, before vm_start (so
+ * readers and stdin are ready when the guest prints). The socket follows
+ * the API socket's rules (mode 0600, a live path refused, a stale one
+ * replaced, peers of another uid but root refused; vmm/unix_listener.h);
+ * errors name "--console PATH". Returns 0 or -errno (message on stderr).
+ */
+int console_create(struct console **out, struct serial *serial, struct uart *uart,
+                   const struct console_config *config);
+
+/* Detaches from serial and the uart, sends each client what is already
+ * buffered (without waiting), closes the connections and the socket
+ * (unlinked), joins the thread, restores the terminal. NULL is a no-op.
+ * Call before uart_destroy and serial_destroy. */
+void console_destroy(struct console *console);
+
+struct console_stats {
+    unsigned clients;           /* connected now */
+    bool has_writer;            /* a socket client holds the writer role */
+    uint64_t dropped_bytes;     /* output bytes dropped for slow clients, all time */
+    uint64_t input_bytes;       /* bytes handed to the UART, all time */
+};
+void console_get_stats(struct console *console, struct console_stats *stats);
+
+#endif
