@@ -354,7 +354,7 @@ int mig_receiver_run_buffer(struct mig_receiver *r, const void *data, size_t len
             return -1;
         if (type == MIG_FRAME_END) {
             if (buffer.position != buffer.length) {
-                r->seq++;
+                /* seq already names the frame after END. */
                 fail(r, MIG_ERR_STREAM, "%zu bytes after the end frame", buffer.length - buffer.position);
                 return -1;
             }

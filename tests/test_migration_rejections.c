@@ -566,11 +566,9 @@ static const struct rejection order_rules[] = {
     { "second HELLO after other frames", second_hello_later, MIG_ERR_STREAM, "frame 2: second hello" },
     { "iteration going backwards", iteration_backwards, MIG_ERR_STREAM, "frame 2: iteration 1 after iteration 2" },
     { "iteration going back to 0", iteration_backwards_to_0, MIG_ERR_STREAM, "frame 3: iteration 0 after iteration 7" },
-    /* The frame after END (frame 5) is named frame 6 here: see the lead's
-     * note in the issue 18 report (mig_receiver_run_buffer counts the
-     * trailing bytes one frame too far). */
-    { "data after END (1 byte)", data_after_end, MIG_ERR_STREAM, "frame 6: 1 bytes after the end frame" },
-    { "data after END (a frame)", frame_after_end, MIG_ERR_STREAM, "frame 6: 56 bytes after the end frame" },
+    /* END is frame 4, so what follows it is frame 5. */
+    { "data after END (1 byte)", data_after_end, MIG_ERR_STREAM, "frame 5: 1 bytes after the end frame" },
+    { "data after END (a frame)", frame_after_end, MIG_ERR_STREAM, "frame 5: 56 bytes after the end frame" },
     { "END without vCPU states", end_without_vcpu_states, MIG_ERR_STREAM, "frame 2: end frame but no state for vCPU 0" },
     { "END without the second vCPU's state", end_without_second_vcpu_state, MIG_ERR_STREAM,
       "frame 4: end frame but no state for vCPU 1" },
