@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "api/commands.h"
+#include "vmm/linux_guest.h"
 #include "vmm/vm.h"
 
 /* The state as the API names it; "shutdown" as soon as a shutdown has been
@@ -27,6 +28,29 @@ static enum vm_state api_vm_state(struct vm *vm)
             return api_call_fail((call), API_ERR_UNAVAILABLE, "no VM in this process"); \
     } while (0)
 
+/* A path need not be UTF-8; JSON strings must be. */
+static json_t *path_string(const char *path)
+{
+    if (path == NULL)
+        return json_null();
+    json_t *string = json_string(path);
+    return string != NULL ? string : json_string("(not valid UTF-8)");
+}
+
+/* guest: "builtin" or "linux"; a Linux guest adds its kernel, initrd,
+ * command line and boot protocol. */
+static int add_guest_fields(json_t *result, struct vm *vm)
+{
+    const struct linux_guest *guest = vm->config.linux_guest.loaded;
+    if (vm->config.guest_kind != VM_GUEST_LINUX || guest == NULL)
+        return json_object_set_new(result, "guest", json_string("builtin"));
+    return json_object_set_new(result, "guest", json_string("linux")) |
+           json_object_set_new(result, "kernel", path_string(linux_guest_kernel_path(guest))) |
+           json_object_set_new(result, "initrd", path_string(linux_guest_initrd_path(guest))) |
+           json_object_set_new(result, "cmdline", json_string(linux_guest_cmdline(guest))) |
+           json_object_set_new(result, "boot_protocol", json_string(linux_guest_boot_protocol(guest)));
+}
+
 static enum api_status cmd_vm_info(struct api_call *call)
 {
     REQUIRE_VM(call);
@@ -35,6 +59,10 @@ static enum api_status cmd_vm_info(struct api_call *call)
     /* An incoming VM learns its workload from the migration stream. */
     if (atomic_load_explicit(&vm->awaiting_migration, memory_order_acquire))
         snprintf(workload, sizeof(workload), "(incoming migration)");
+    else if (vm->config.guest_kind == VM_GUEST_LINUX && vm->config.linux_guest.loaded != NULL)
+        snprintf(workload, sizeof(workload), "%s",
+                 linux_guest_workload(vm->config.linux_guest.loaded) != NULL
+                     ? linux_guest_workload(vm->config.linux_guest.loaded) : "(none: no ringvm.workload=)");
     else
         workload_spec_format(&vm->config.workload, workload, sizeof(workload));
     json_t *result = json_pack(
@@ -50,6 +78,10 @@ static enum api_status cmd_vm_info(struct api_call *call)
         "numa_node", vm->memory.numa_node);
     if (!result)
         return api_call_fail(call, API_ERR_INTERNAL, "out of memory");
+    if (add_guest_fields(result, vm) != 0) {
+        json_decref(result);
+        return api_call_fail(call, API_ERR_INTERNAL, "out of memory");
+    }
     return api_call_ok(call, result);
 }
 

@@ -18,6 +18,8 @@
 #include "api/server.h"
 #include "bpf/probes.h"
 #include "migration/migration.h"
+#include "vmm/console.h"
+#include "vmm/linux_guest.h"
 #include "vmm/options.h"
 #include "vmm/stats.h"
 #include "vmm/vm.h"
@@ -59,6 +61,19 @@ int main(int argc, char **argv)
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
 
+    /* A Linux guest's files are read and checked before anything else, so
+     * a bad kernel, initrd or command line is a usage error (exit 2) with
+     * the file named, on any machine. */
+    struct linux_guest *linux_guest = NULL;
+    if (options.vm.guest_kind == VM_GUEST_LINUX) {
+        if (linux_guest_open(&linux_guest, &options.vm.linux_guest, options.vm.memory_bytes, error,
+                             sizeof(error)) != 0) {
+            fprintf(stderr, "ringvm: %s\n", error);
+            return 2;
+        }
+        options.vm.linux_guest.loaded = linux_guest;
+    }
+
     /* Every thread created from here on inherits SIGINT/SIGTERM blocked;
      * only the signal thread takes them. */
     struct signal_thread signals = { 0 };
@@ -68,13 +83,16 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &signals.signals, NULL);
 
     struct vm *vm = NULL;
-    if (vm_create(&vm, &options.vm) != 0)
+    if (vm_create(&vm, &options.vm) != 0) {
+        linux_guest_close(linux_guest);
         return 1;
+    }
     signals.vm = vm;
     int result = pthread_create(&signals.thread, NULL, signal_thread_main, &signals);
     if (result != 0) {
         fprintf(stderr, "ringvm: pthread_create(signal thread): %s\n", strerror(result));
         vm_destroy(vm);
+        linux_guest_close(linux_guest);
         return 1;
     }
     pthread_detach(signals.thread);
@@ -101,15 +119,34 @@ int main(int argc, char **argv)
         }
     }
 
+    /* The console (--serial stdio, --console unix:PATH) is ready before
+     * the guest prints its first byte. */
+    struct console *console = NULL;
+    if (options.vm.serial.mode == SERIAL_STDIO || options.console_socket != NULL) {
+        struct console_config console_config = {
+            .stdio = options.vm.serial.mode == SERIAL_STDIO,
+            .socket_path = options.console_socket,
+        };
+        if (console_create(&console, &vm->serial, vm->uart, &console_config) != 0) {
+            vm_destroy(vm);
+            linux_guest_close(linux_guest);
+            return 1;
+        }
+    }
+
     /* The API registers its VM state listener, so it comes before vm_start. */
     struct api_server *api = NULL;
     if (options.api_socket != NULL && api_server_create(&api, vm, options.api_socket) != 0) {
+        console_destroy(console);
         vm_destroy(vm);
+        linux_guest_close(linux_guest);
         return 1;
     }
     if (vm_start(vm) != 0) {
         api_server_destroy(api);
+        console_destroy(console);
         vm_destroy(vm);
+        linux_guest_close(linux_guest);
         return 1;
     }
 
@@ -147,6 +184,8 @@ int main(int argc, char **argv)
     migration_release(vm);
     if (api != NULL)
         api_server_destroy(api);
+    console_destroy(console);
     vm_destroy(vm);
+    linux_guest_close(linux_guest);
     return exit_code;
 }

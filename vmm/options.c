@@ -7,9 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vmm/linux_boot.h"
 #include "vmm/size.h"
 
 #define RINGVM_VERSION "0.1.0"
+#define LINUX_DEFAULT_CMDLINE_TEXT LINUX_BOOT_DEFAULT_CMDLINE
 /* The destination's transfer timeout when --incoming-stall-timeout is not
  * given: the same default as the source's stall_timeout_s. */
 #define OPTIONS_DEFAULT_INCOMING_STALL_TIMEOUT_S 5u
@@ -20,7 +22,8 @@ void options_print_usage(FILE *out)
 "usage: ringvm [OPTIONS]\n"
 "\n"
 "A KVM virtual machine monitor built for live-migrating guests that dirty\n"
-"memory fast. Runs the built-in guest (a ring-3 memory workload).\n"
+"memory fast. Runs the built-in guest (a ring-3 memory workload) or a Linux\n"
+"kernel (--kernel).\n"
 "\n"
 "Guest:\n"
 "  --memory SIZE            guest RAM, e.g. 512M, 1G, 16G (default 256M; K/M/G/T suffixes)\n"
@@ -35,7 +38,18 @@ void options_print_usage(FILE *out)
 "                           0 = as fast as possible; count = page writes per vCPU, then\n"
 "                           the vCPU idles (0 = forever); ledger verifies every\n"
 "                           verify seconds (default 5) and prints LEDGER OK|MISMATCH\n"
-"  --serial MODE            console: stdout (default), none, file:PATH\n"
+"  --kernel PATH            boot this Linux kernel instead of the built-in guest: a bzImage\n"
+"                           (64-bit boot protocol 2.12+) or a vmlinux ELF (PVH entry when it\n"
+"                           has the Xen PVH note, else its 64-bit entry); not with --workload\n"
+"  --initrd PATH            with --kernel: the initramfs, loaded at the top of low RAM\n"
+"  --cmdline STRING         with --kernel: appended to the default kernel command line\n"
+"                           \"" LINUX_DEFAULT_CMDLINE_TEXT "\"\n"
+"                           (a workload in the guest image: ringvm.workload=SPEC)\n"
+"  --serial MODE            console: stdout (default), none, file:PATH, stdio (interactive:\n"
+"                           output to stdout, stdin to the guest's UART; on a terminal raw\n"
+"                           mode, so Ctrl-C goes to the guest and Ctrl-] stops ringvm)\n"
+"  --console unix:PATH      also serve the console on a Unix socket (mode 0600, same user or\n"
+"                           root) for `ringctl console`: several readers, one writer at a time\n"
 "  --numa-node N            bind guest RAM and vCPU threads to NUMA node N\n"
 "  --hugepages              back guest RAM with 2M huge pages\n"
 "  --prealloc               fault in all guest RAM at start (no first-touch faults later;\n"
@@ -70,6 +84,7 @@ enum {
     OPT_MEMORY = 256, OPT_VCPUS, OPT_WORKLOAD, OPT_SERIAL, OPT_STATS, OPT_NUMA_NODE, OPT_HUGEPAGES,
     OPT_DIRTY_LOG, OPT_RING_ENTRIES, OPT_HARVESTERS, OPT_BITMAP_SYNC_MS, OPT_API_SOCKET, OPT_VERSION,
     OPT_RUN_SECONDS, OPT_PREALLOC, OPT_INCOMING, OPT_BPF, OPT_INCOMING_STALL_TIMEOUT,
+    OPT_KERNEL, OPT_INITRD, OPT_CMDLINE, OPT_CONSOLE,
 };
 
 static const struct option long_options[] = {
@@ -90,6 +105,10 @@ static const struct option long_options[] = {
     { "incoming", required_argument, NULL, OPT_INCOMING },
     { "incoming-stall-timeout", required_argument, NULL, OPT_INCOMING_STALL_TIMEOUT },
     { "bpf", no_argument, NULL, OPT_BPF },
+    { "kernel", required_argument, NULL, OPT_KERNEL },
+    { "initrd", required_argument, NULL, OPT_INITRD },
+    { "cmdline", required_argument, NULL, OPT_CMDLINE },
+    { "console", required_argument, NULL, OPT_CONSOLE },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, OPT_VERSION },
     { NULL, 0, NULL, 0 },
@@ -123,6 +142,7 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
     dirty_log_config_defaults(&config->dirty_log);
     options->incoming_stall_timeout_s = OPTIONS_DEFAULT_INCOMING_STALL_TIMEOUT_S;
     bool incoming_stall_timeout_given = false;
+    bool workload_given = false;
 
     char detail[200];
     uint64_t value = 0;
@@ -153,6 +173,7 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
         case OPT_WORKLOAD:
             if (workload_spec_parse(optarg, &config->workload, error, error_size) != 0)
                 return OPTIONS_ERROR;
+            workload_given = true;
             break;
         case OPT_SERIAL:
             if (serial_config_parse(optarg, &config->serial, error, error_size) != 0)
@@ -224,6 +245,27 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
         case OPT_BPF:
             options->bpf = true;
             break;
+        case OPT_KERNEL:
+        case OPT_INITRD:
+            if (*optarg == '\0') {
+                snprintf(error, error_size, "%s: expected a file path", option == OPT_KERNEL ? "--kernel" : "--initrd");
+                return OPTIONS_ERROR;
+            }
+            if (option == OPT_KERNEL)
+                config->linux_guest.kernel_path = optarg;
+            else
+                config->linux_guest.initrd_path = optarg;
+            break;
+        case OPT_CMDLINE:
+            config->linux_guest.user_cmdline = optarg;
+            break;
+        case OPT_CONSOLE:
+            if (strncmp(optarg, "unix:", 5) != 0 || optarg[5] == '\0' || strlen(optarg + 5) >= 108) {
+                snprintf(error, error_size, "--console '%s': expected unix:PATH (a path of 1 to 107 bytes)", optarg);
+                return OPTIONS_ERROR;
+            }
+            options->console_socket = optarg + 5;
+            break;
         case 'h':
             options_print_usage(stdout);
             return OPTIONS_EXIT;
@@ -245,6 +287,29 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
     if (incoming_stall_timeout_given && options->incoming == NULL) {
         snprintf(error, error_size, "--incoming-stall-timeout applies to a destination: it needs --incoming");
         return OPTIONS_ERROR;
+    }
+    const struct vm_linux_guest_config *linux_guest = &config->linux_guest;
+    if (linux_guest->kernel_path == NULL && (linux_guest->initrd_path != NULL || linux_guest->user_cmdline != NULL)) {
+        snprintf(error, error_size, "%s needs --kernel (the built-in guest takes --workload)",
+                 linux_guest->initrd_path != NULL ? "--initrd" : "--cmdline");
+        return OPTIONS_ERROR;
+    }
+    if (linux_guest->kernel_path != NULL && workload_given) {
+        snprintf(error, error_size, "--workload runs the built-in guest and cannot be combined with --kernel; "
+                 "a Linux guest image takes its workload on the kernel command line "
+                 "(--cmdline ringvm.workload=SPEC)");
+        return OPTIONS_ERROR;
+    }
+    if (linux_guest->kernel_path != NULL && options->incoming != NULL) {
+        snprintf(error, error_size, "--kernel and --incoming: a destination receives its guest (kernel "
+                 "included) from the source; give it --memory and --vcpus only");
+        return OPTIONS_ERROR;
+    }
+    if (linux_guest->kernel_path != NULL) {
+        config->guest_kind = VM_GUEST_LINUX;
+        /* The Linux guest runs its own workload; the VMM places none. */
+        workload_spec_defaults(&config->workload);
+        config->workload.kind = RINGVM_WORKLOAD_IDLE;
     }
     if (config->memory_options.hugepages && config->memory_bytes % (2ULL << 20) != 0) {
         snprintf(error, error_size, "--memory must be a multiple of 2M with --hugepages");

@@ -19,6 +19,7 @@ struct ringvm_options {
     unsigned incoming_stall_timeout_s;  /* --incoming-stall-timeout S: the destination gives up after
                                            S seconds without a byte from the source (default 5) */
     bool bpf;                       /* --bpf */
+    const char *console_socket;     /* --console unix:PATH (the PATH), NULL = none */
     unsigned demo_seconds;          /* --run-seconds N: shut down after N s (0 = run until signalled) */
 };
 

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "guest/abi.h"
+#include "vmm/cmos_rtc.h"
 #include "vmm/vm.h"
 #include "vmm/vcpu_internal.h"
 
@@ -200,6 +201,9 @@ static void handle_command(struct vcpu *vcpu, unsigned command, uint64_t argumen
         atomic_store_explicit(&vcpu->guest_phase_published, (int)argument, memory_order_release);
         return;
     case RINGVM_CMD_POWEROFF:
+        if (vm->config.guest_kind == VM_GUEST_LINUX)
+            fprintf(stderr, "ringvm: vcpu %u: guest powered off (exit code %" PRIu64 ")\n", vcpu->index,
+                    argument & 0xff);
         vm_request_shutdown(vm, (int)(argument & 0xff));
         vcpu->stopped = true;
         return;
@@ -213,6 +217,52 @@ static void handle_command(struct vcpu *vcpu, unsigned command, uint64_t argumen
     }
 }
 
+/* The ports a Linux guest touches besides the in-kernel PIC, PIT and
+ * speaker port (docs/architecture.md lists them all, with why). */
+enum {
+    I8042_DATA_PORT = 0x60,
+    I8042_COMMAND_PORT = 0x64,
+    I8042_COMMAND_PULSE_RESET = 0xfe,
+    POST_CODE_PORT = 0x80,          /* io_delay: writes are the delay itself */
+    ALTERNATE_DELAY_PORT = 0xed,    /* io_delay=0xed */
+};
+
+static bool linux_port_io(struct vcpu *vcpu, uint16_t port, bool is_write, uint8_t *data, uint32_t size)
+{
+    struct vm *vm = vcpu->vm;
+    if (port >= RINGVM_SERIAL_PORT && port < RINGVM_SERIAL_PORT + 8) {
+        vm_uart_port_io(vm, (unsigned)(port - RINGVM_SERIAL_PORT), is_write, data, size);
+        return true;
+    }
+    if (cmos_rtc_port_io(&vm->rtc, port, is_write, data, size))
+        return true;
+    switch (port) {
+    case POST_CODE_PORT:
+    case ALTERNATE_DELAY_PORT:
+        if (!is_write)
+            memset(data, 0xff, size);
+        return true;
+    case I8042_COMMAND_PORT:
+        /* Only the reset line of the keyboard controller (reboot=k): no
+         * keyboard, status 0 = "input buffer empty", so the kernel's
+         * kb_wait() before the 0xfe pulse never spins. */
+        if (!is_write) {
+            memset(data, 0, size);
+        } else if (data[0] == I8042_COMMAND_PULSE_RESET) {
+            fprintf(stderr, "ringvm: guest reset through the keyboard controller (reboot=k): exiting\n");
+            vm_request_shutdown(vm, 0);
+            vcpu->stopped = true;
+        }
+        return true;
+    case I8042_DATA_PORT:
+        if (!is_write)
+            memset(data, 0, size);
+        return true;
+    default:
+        return false;
+    }
+}
+
 static void handle_io(struct vcpu *vcpu)
 {
     struct kvm_run *run = vcpu->run;
@@ -221,8 +271,12 @@ static void handle_io(struct vcpu *vcpu)
     uint16_t port = run->io.port;
 
     for (uint32_t i = 0; i < run->io.count; i++, data += run->io.size) {
-        if (serial_port_io(&vcpu->vm->serial, vcpu->index, port, is_write, data, run->io.size))
+        if (vcpu->vm->config.guest_kind == VM_GUEST_LINUX) {
+            if (linux_port_io(vcpu, port, is_write, data, run->io.size))
+                continue;
+        } else if (serial_port_io(&vcpu->vm->serial, vcpu->index, port, is_write, data, run->io.size)) {
             continue;
+        }
         if (port >= RINGVM_CONTROL_PORT && port < RINGVM_CONTROL_PORT + 4 * RINGVM_CONTROL_PORT_COUNT &&
             is_write && (port - RINGVM_CONTROL_PORT) % 4 == 0) {
             uint64_t value = 0;
@@ -284,6 +338,15 @@ static bool handle_exit(struct vcpu *vcpu)
             dirty_log_handle_ring_full(vcpu->vm->dirty_log, vcpu);
         return true;
     case KVM_EXIT_SHUTDOWN:
+        if (vcpu->vm->config.guest_kind == VM_GUEST_LINUX) {
+            /* Linux's reboot=k falls back to a triple fault when the
+             * keyboard controller reset did not take: a reboot, not a crash. */
+            fprintf(stderr, "ringvm: vcpu %u: guest reset by triple fault (KVM_EXIT_SHUTDOWN): exiting\n",
+                    vcpu->index);
+            vm_request_shutdown(vcpu->vm, 0);
+            vcpu->stopped = true;
+            return false;
+        }
         fprintf(stderr, "ringvm: vcpu %u: guest triple fault (KVM_EXIT_SHUTDOWN)\n", vcpu->index);
         vcpu_dump_registers(vcpu, stderr);
         vcpu_fail(vcpu, 1);

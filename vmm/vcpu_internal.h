@@ -3,6 +3,7 @@
 #define RINGVM_VMM_VCPU_INTERNAL_H
 
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -20,6 +21,10 @@ void vm_vcpu_park(struct vcpu *vcpu);                       /* ack pause, wait f
 void vm_vcpu_wait_halted(struct vcpu *vcpu);                /* HLT without irqchip */
 void vm_vcpu_wait_stopped(struct vcpu *vcpu);               /* stopped for good: wait for shutdown */
 void vm_vcpu_throttle_sleep(struct vcpu *vcpu, uint64_t nanoseconds);
+
+/* Port I/O on the Linux guest's UART (offset 0..7 from 0x3f8); vm.c owns
+ * the device and its interrupt line. */
+void vm_uart_port_io(struct vm *vm, unsigned offset, bool is_write, uint8_t *data, uint32_t size);
 
 /* Prints the message once per key for the VM's lifetime (unknown ports,
  * addresses); later occurrences are counted silently. */

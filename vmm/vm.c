@@ -19,6 +19,9 @@
 #include "bpf/probes.h"
 #include "vmm/boot.h"
 #include "vmm/bootinfo.h"
+#include "vmm/cpuid.h"
+#include "vmm/linux_guest.h"
+#include "vmm/uart.h"
 #include "vmm/vcpu_internal.h"
 #include "vmm/vcpu_state.h"
 
@@ -153,7 +156,9 @@ static int create_vcpu(struct vm *vm, unsigned index, const struct kvm_cpuid2 *c
         return -saved;
     }
     vcpu->run_size = run_size;
-    if (ioctl(vcpu->fd, KVM_SET_CPUID2, cpuid) != 0) {
+    /* A Linux guest gets CPUID normalised per vCPU (APIC ids, topology) in
+     * linux_guest_setup_vcpu; the built-in guest reads none of that. */
+    if (vm->config.guest_kind != VM_GUEST_LINUX && ioctl(vcpu->fd, KVM_SET_CPUID2, cpuid) != 0) {
         int saved = errno;
         fprintf(stderr, "ringvm: KVM_SET_CPUID2(vcpu %u, %u entries): %s\n", index, cpuid->nent,
                 strerror(saved));
@@ -164,7 +169,15 @@ static int create_vcpu(struct vm *vm, unsigned index, const struct kvm_cpuid2 *c
         if (result != 0)
             return result;
     }
-    if (!vm->config.incoming) {
+    if (!vm->config.incoming && vm->config.guest_kind == VM_GUEST_LINUX) {
+        char error[512];
+        int result = linux_guest_setup_vcpu(vm->config.linux_guest.loaded, cpuid, vcpu->fd, index,
+                                            vm->config.vcpu_count, error, sizeof(error));
+        if (result != 0) {
+            fprintf(stderr, "ringvm: %s\n", error);
+            return result;
+        }
+    } else if (!vm->config.incoming) {
         char error[256];
         int result = boot_setup_vcpu(vcpu->fd, index, entry, error, sizeof(error));
         if (result != 0) {
@@ -173,26 +186,6 @@ static int create_vcpu(struct vm *vm, unsigned index, const struct kvm_cpuid2 *c
         }
     }
     return 0;
-}
-
-static struct kvm_cpuid2 *supported_cpuid(int kvm_fd)
-{
-    for (unsigned entries = 128; entries <= 4096; entries *= 2) {
-        struct kvm_cpuid2 *cpuid = calloc(1, sizeof(*cpuid) + entries * sizeof(struct kvm_cpuid_entry2));
-        if (cpuid == NULL)
-            break;
-        cpuid->nent = entries;
-        if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, cpuid) == 0)
-            return cpuid;
-        int saved = errno;
-        free(cpuid);
-        if (saved != E2BIG) {
-            fprintf(stderr, "ringvm: KVM_GET_SUPPORTED_CPUID: %s\n", strerror(saved));
-            return NULL;
-        }
-    }
-    fprintf(stderr, "ringvm: KVM_GET_SUPPORTED_CPUID: too many entries\n");
-    return NULL;
 }
 
 static int vm_create_kvm(struct vm *vm)
@@ -233,11 +226,68 @@ static int vm_create_kvm(struct vm *vm)
         fprintf(stderr, "ringvm: KVM_CREATE_IRQCHIP: %s\n", strerror(saved));
         return -saved;
     }
+    /* Linux calibrates against and, until the LAPIC timer takes over,
+     * ticks on the PIT (IRQ 0). The dummy speaker answers port 0x61, which
+     * the calibration polls. The built-in guest never programs a PIT. */
+    if (vm->config.guest_kind == VM_GUEST_LINUX) {
+        struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
+        if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) != 0) {
+            int saved = errno;
+            fprintf(stderr, "ringvm: KVM_CREATE_PIT2(speaker dummy): %s\n", strerror(saved));
+            return -saved;
+        }
+    }
     return 0;
+}
+
+/* ---- the Linux guest's UART ------------------------------------------ */
+
+/* The UART's interrupt line, level-driven into the in-kernel PIC and
+ * IOAPIC (ISA IRQ 4: edge-triggered there, so each rising level is one
+ * interrupt). Called with the uart's lock held, from a vCPU or the console
+ * thread; KVM_IRQ_LINE on the VM fd is safe from any thread. */
+static void vm_uart_set_irq(void *opaque, bool level)
+{
+    struct vm *vm = opaque;
+    struct kvm_irq_level line = { .irq = UART_COM1_IRQ, .level = level ? 1 : 0 };
+    if (ioctl(vm->vm_fd, KVM_IRQ_LINE, &line) != 0)
+        vm_log_once(vm, 0x80000000000ULL | UART_COM1_IRQ, "ringvm: KVM_IRQ_LINE(irq %d, level %d): %s\n",
+                    UART_COM1_IRQ, level ? 1 : 0, strerror(errno));
+}
+
+static void vm_uart_transmit(void *opaque, const uint8_t *bytes, size_t length)
+{
+    struct vm *vm = opaque;
+    serial_write_bytes(&vm->serial, bytes, length);
+}
+
+void vm_uart_port_io(struct vm *vm, unsigned offset, bool is_write, uint8_t *data, uint32_t size)
+{
+    uart_port_io(vm->uart, offset, is_write, data, size);
+}
+
+static int vm_create_uart(struct vm *vm)
+{
+    struct uart_callbacks callbacks = {
+        .set_irq = vm_uart_set_irq,
+        .transmit = vm_uart_transmit,
+        .opaque = vm,
+    };
+    return uart_create(&vm->uart, &callbacks);
 }
 
 static int vm_load_guest(struct vm *vm, uint64_t *entry)
 {
+    if (vm->config.guest_kind == VM_GUEST_LINUX) {
+        char error[512];
+        if (linux_guest_load(vm->config.linux_guest.loaded, &vm->memory, vm->config.vcpu_count, error,
+                             sizeof(error)) != 0) {
+            fprintf(stderr, "ringvm: %s\n", error);
+            return -EINVAL;
+        }
+        *entry = 0;     /* linux_guest_setup_vcpu knows the entry */
+        return 0;
+    }
     const void *image = vm->config.kernel_image;
     size_t size = vm->config.kernel_size;
     if (image == NULL)
@@ -277,12 +327,18 @@ int vm_create(struct vm **out, const struct vm_config *config)
         fprintf(stderr, "ringvm: --vcpus %u: must be 1..%d\n", config->vcpu_count, RINGVM_MAX_VCPUS);
         return -EINVAL;
     }
+    if (config->guest_kind == VM_GUEST_LINUX && (config->linux_guest.loaded == NULL || !config->create_irqchip)) {
+        fprintf(stderr, "ringvm: a Linux guest needs its kernel opened (linux_guest_open) and the in-kernel "
+                "irqchip\n");
+        return -EINVAL;
+    }
     struct vm *vm = calloc(1, sizeof(*vm));
     if (vm == NULL) {
         fprintf(stderr, "ringvm: out of memory\n");
         return -ENOMEM;
     }
     vm->config = *config;
+    cmos_rtc_init(&vm->rtc);
     vm->kvm_fd = -1;
     vm->vm_fd = -1;
     vm->memory.memfd = -1;
@@ -316,12 +372,15 @@ int vm_create(struct vm **out, const struct vm_config *config)
         result = vm_create_kvm(vm);
     if (result == 0)
         result = guest_memory_register(&vm->memory, vm->vm_fd, false);
+    if (result == 0 && config->guest_kind == VM_GUEST_LINUX)
+        result = vm_create_uart(vm);
     if (result == 0 && !config->incoming)
         result = vm_load_guest(vm, &entry);
     if (result == 0) {
-        cpuid = supported_cpuid(vm->kvm_fd);
-        if (cpuid == NULL)
-            result = -EIO;
+        char error[256];
+        result = cpuid_get_supported(vm->kvm_fd, &cpuid, error, sizeof(error));
+        if (result != 0)
+            fprintf(stderr, "ringvm: %s\n", error);
     }
     int run_size = result == 0 ? ioctl(vm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0) : 0;
     if (result == 0 && run_size <= 0) {
@@ -589,6 +648,8 @@ void vm_destroy(struct vm *vm)
     guest_memory_destroy(&vm->memory);
     if (vm->serial_ready)
         serial_destroy(&vm->serial);
+    uart_destroy(vm->uart);
+    cmos_rtc_destroy(&vm->rtc);
     pthread_cond_destroy(&vm->park_cond);
     pthread_cond_destroy(&vm->ack_cond);
     pthread_cond_destroy(&vm->shutdown_cond);

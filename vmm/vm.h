@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include "guest/abi.h"
+#include "vmm/cmos_rtc.h"
 #include "vmm/memory.h"
 #include "vmm/serial.h"
 #include "vmm/vcpu.h"
@@ -40,6 +41,22 @@ enum vm_state {
 };
 
 struct bpf_probes;
+struct linux_guest;
+
+enum vm_guest_kind {
+    VM_GUEST_BUILTIN = 0,           /* guest/: the ring-3 workload guest linked into ringvm */
+    VM_GUEST_LINUX,                 /* --kernel: a Linux kernel on the 64-bit or PVH boot protocol */
+};
+
+/* What the command line says about a Linux guest (--kernel and friends).
+ * The files are read and checked by linux_guest_open (vmm/linux_guest.h)
+ * before /dev/kvm is opened, so a bad kernel is a usage error (exit 2). */
+struct vm_linux_guest_config {
+    const char *kernel_path;        /* NULL = the built-in guest */
+    const char *initrd_path;        /* NULL = none */
+    const char *user_cmdline;       /* --cmdline, appended to the defaults; NULL = none */
+    struct linux_guest *loaded;     /* set by the owner before vm_create; owned by it */
+};
 
 struct vm_config {
     uint64_t memory_bytes;
@@ -51,6 +68,8 @@ struct vm_config {
     bool create_irqchip;            /* in-kernel LAPIC/IOAPIC (default true) */
     bool incoming;                  /* destination of a migration: no boot,
                                        vCPU state comes from the stream */
+    enum vm_guest_kind guest_kind;
+    struct vm_linux_guest_config linux_guest;   /* VM_GUEST_LINUX */
     /* Guest ELF; NULL = the built-in guest linked into ringvm. */
     const void *kernel_image;
     size_t kernel_size;
@@ -69,6 +88,10 @@ struct vm {
     struct vcpu *vcpus;             /* config.vcpu_count entries */
     struct serial serial;
     bool serial_ready;
+    /* Linux guests' devices (VM_GUEST_LINUX): the CMOS clock, and the
+     * 16550A UART whose interrupt line is IRQ 4 of the in-kernel irqchip. */
+    struct cmos_rtc rtc;
+    struct uart *uart;              /* NULL for the built-in guest */
     struct dirty_log *dirty_log;    /* NULL with --dirty-log off */
 
     uint32_t msr_indices[256];      /* saved by vcpu_state_save */
