@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "api/ringctl_session.h"
+#include "vmm/terminal.h"
 
 #define DETACH_FLUSH_MS 1000        /* input typed before Ctrl-] still goes out */
 
@@ -45,8 +46,7 @@ static void on_stop_signal(int signal_number)
     stop_signal = signal_number;
 }
 
-/* Raw mode: every key to the guest as typed (Ctrl-C included), no echo;
- * output post-processing stays on. 0, or -1 with a message. */
+/* Raw mode (vmm/terminal.h). 0, or -1 with a message. */
 static int make_terminal_raw(void)
 {
     if (tcgetattr(STDIN_FILENO, &saved_terminal) != 0) {
@@ -54,12 +54,7 @@ static int make_terminal_raw(void)
         return -1;
     }
     struct termios raw = saved_terminal;
-    raw.c_iflag &= ~(tcflag_t)(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IXON);
-    raw.c_lflag &= ~(tcflag_t)(ECHO | ECHONL | ICANON | ISIG | IEXTEN);
-    raw.c_cflag &= ~(tcflag_t)(CSIZE | PARENB);
-    raw.c_cflag |= CS8;
-    raw.c_cc[VMIN] = 1;
-    raw.c_cc[VTIME] = 0;
+    terminal_make_settings_raw(&raw);
     if (atexit(restore_terminal) != 0) {
         fprintf(stderr, "ringctl console: atexit failed: not changing the terminal mode\n");
         return -1;

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "vmm/serial.h"
+#include "vmm/terminal.h"
 #include "vmm/uart.h"
 #include "vmm/unix_listener.h"
 
@@ -143,15 +144,7 @@ static int terminal_make_raw(void)
         return -1;
     }
     raw = terminal_saved;
-    /* Every key to the guest, as typed: no line editing, echo or signal
-     * keys (the guest echoes and handles Ctrl-C). Output processing stays
-     * on, so the VMM's own "\n"-terminated lines still start at column 0. */
-    raw.c_iflag &= ~(tcflag_t)(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IXON);
-    raw.c_lflag &= ~(tcflag_t)(ECHO | ECHONL | ICANON | ISIG | IEXTEN);
-    raw.c_cflag &= ~(tcflag_t)(CSIZE | PARENB);
-    raw.c_cflag |= CS8;
-    raw.c_cc[VMIN] = 1;
-    raw.c_cc[VTIME] = 0;
+    terminal_make_settings_raw(&raw);   /* the guest echoes and handles Ctrl-C */
     if (tcsetattr(STDIN_FILENO, TCSANOW, &raw) != 0) {
         int error = errno;
         pthread_mutex_unlock(&terminal_lock);
