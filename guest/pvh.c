@@ -28,8 +28,8 @@
  *   -smp larger than vcpus=) halt in setup_main.
  */
 #include "guest/guest.h"
+#include "guest/pvh_start_info.h"
 
-#define HVM_START_MAGIC 0x336ec578
 #define E820_RAM 1
 #define PVH_DEFAULT_WSS (64ULL << 20)
 #define PVH_FALLBACK_TSC_KHZ 2000000ULL
@@ -52,26 +52,6 @@ extern char guest_gdt_pointer[];
 /* Read by pvh_ap_entry64 (pvh.S). */
 volatile uint32_t pvh_ap_next_index = 1;
 const struct ringvm_bootinfo *pvh_ap_bootinfo;
-
-struct hvm_start_info {
-    uint32_t magic;
-    uint32_t version;
-    uint32_t flags;
-    uint32_t nr_modules;
-    uint64_t modlist_paddr;
-    uint64_t cmdline_paddr;
-    uint64_t rsdp_paddr;
-    uint64_t memmap_paddr;          /* version >= 1 */
-    uint32_t memmap_entries;
-    uint32_t reserved;
-};
-
-struct hvm_memmap_table_entry {
-    uint64_t addr;
-    uint64_t size;
-    uint32_t type;
-    uint32_t reserved;
-};
 
 struct pvclock_vcpu_time_info {
     uint32_t version;
@@ -315,7 +295,7 @@ const struct ringvm_bootinfo *pvh_prepare(uint32_t start_info_paddr)
 
     const struct hvm_start_info *start = (const struct hvm_start_info *)(uintptr_t)start_info_paddr;
     uint64_t ram_end = 0, ram_total = 0;
-    if (start != 0 && start->magic == HVM_START_MAGIC) {
+    if (start != 0 && start->magic == HVM_START_MAGIC_VALUE) {
         if (start->cmdline_paddr != 0 && start->cmdline_paddr < (4ULL << 30))
             parse_command_line(info, &parameters, (const char *)(uintptr_t)start->cmdline_paddr);
         ram_end = usable_ram_end(start, &ram_total);

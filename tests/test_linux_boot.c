@@ -1211,7 +1211,8 @@ Test(linux_boot, real_distribution_vmlinuz)
     if (override != NULL && override[0] != '\0')
         snprintf(path, sizeof(path), "%s", override);
     else if (!real_kernel_path("/boot/vmlinuz-*", path, sizeof(path)))
-        harness_skip("no /boot/vmlinuz-* (no distribution kernel installed; RINGVM_TEST_VMLINUZ=PATH names one)");
+        harness_skip("no Debian vmlinuz: scripts/debian-vmlinuz.sh could not fetch one and /boot has none "
+                     "(RINGVM_TEST_VMLINUZ=PATH names one)");
     struct stat status;
     if (stat(path, &status) != 0 || access(path, R_OK) != 0)
         harness_skip("%s is not readable by this user", path);

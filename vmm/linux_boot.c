@@ -17,6 +17,7 @@
 #include <asm/e820.h>
 
 #include "guest/abi.h"
+#include "guest/pvh_start_info.h"
 #include "vmm/mptable.h"
 
 #define KIB ((uint64_t)1 << 10)
@@ -46,44 +47,13 @@
 #define BZIMAGE_HEADER_MINIMUM      (BZIMAGE_SETUP_HEADER_OFFSET + offsetof(struct setup_header, init_size) + 4)
 
 #define XEN_ELFNOTE_PHYS32_ENTRY    18
-#define XEN_HVM_START_MAGIC_VALUE   0x336ec578U
 
-/* PVH start of day structures, from Xen's public header
- * include/xen/interface/hvm/start_info.h (version 1, as in Linux 6.1):
- * the kernel has no uapi copy. */
-struct linux_boot_hvm_start_info {
-    uint32_t magic;
-    uint32_t version;
-    uint32_t flags;
-    uint32_t nr_modules;
-    uint64_t modlist_paddr;
-    uint64_t cmdline_paddr;
-    uint64_t rsdp_paddr;
-    uint64_t memmap_paddr;
-    uint32_t memmap_entries;
-    uint32_t reserved;
-};
-struct linux_boot_hvm_modlist_entry {
-    uint64_t paddr;
-    uint64_t size;
-    uint64_t cmdline_paddr;
-    uint64_t reserved;
-};
-struct linux_boot_hvm_memmap_entry {
-    uint64_t addr;
-    uint64_t size;
-    uint32_t type;
-    uint32_t reserved;
-};
-_Static_assert(sizeof(struct linux_boot_hvm_start_info) == 56, "hvm_start_info is 56 bytes");
-_Static_assert(sizeof(struct linux_boot_hvm_modlist_entry) == 32, "hvm_modlist_entry is 32 bytes");
-_Static_assert(sizeof(struct linux_boot_hvm_memmap_entry) == 24, "hvm_memmap_table_entry is 24 bytes");
 _Static_assert(sizeof(struct boot_params) == 4096, "the zero page is one page");
-_Static_assert(LINUX_BOOT_START_INFO_GPA + sizeof(struct linux_boot_hvm_start_info) <= LINUX_BOOT_MODLIST_GPA,
+_Static_assert(LINUX_BOOT_START_INFO_GPA + sizeof(struct hvm_start_info) <= LINUX_BOOT_MODLIST_GPA,
                "start_info overlaps the module list");
-_Static_assert(LINUX_BOOT_MODLIST_GPA + sizeof(struct linux_boot_hvm_modlist_entry) <= LINUX_BOOT_MEMMAP_GPA,
+_Static_assert(LINUX_BOOT_MODLIST_GPA + sizeof(struct hvm_modlist_entry) <= LINUX_BOOT_MEMMAP_GPA,
                "the module list overlaps the memory map");
-_Static_assert(LINUX_BOOT_MEMMAP_GPA + E820_MAX_ENTRIES_ZEROPAGE * sizeof(struct linux_boot_hvm_memmap_entry) <=
+_Static_assert(LINUX_BOOT_MEMMAP_GPA + E820_MAX_ENTRIES_ZEROPAGE * sizeof(struct hvm_memmap_table_entry) <=
                LINUX_BOOT_ZERO_PAGE_GPA, "the PVH memory map overlaps the zero page");
 _Static_assert(LINUX_BOOT_GDT_GPA >= RINGVM_STATS_GPA + RINGVM_STATS_SIZE, "boot data inside the stats pages");
 _Static_assert(LINUX_BOOT_PAGE_TABLES_GPA + LINUX_BOOT_PAGE_TABLES_SIZE <= LINUX_BOOT_STACK_GPA,
@@ -759,8 +729,8 @@ int linux_boot_load(struct guest_memory *memory, const struct linux_kernel *kern
         if (page == NULL)
             return -ENOSPC;
         memset(page, 0, RINGVM_PAGE_SIZE);
-        struct linux_boot_hvm_start_info start_info = {
-            .magic = XEN_HVM_START_MAGIC_VALUE,
+        struct hvm_start_info start_info = {
+            .magic = HVM_START_MAGIC_VALUE,
             .version = 1,
             .cmdline_paddr = LINUX_BOOT_CMDLINE_GPA,
             .memmap_paddr = LINUX_BOOT_MEMMAP_GPA,
@@ -768,13 +738,13 @@ int linux_boot_load(struct guest_memory *memory, const struct linux_kernel *kern
         };
         if (initrd_size > 0) {
             /* Linux takes the first module as the initrd. */
-            struct linux_boot_hvm_modlist_entry module = { .paddr = layout.initrd_gpa, .size = initrd_size };
+            struct hvm_modlist_entry module = { .paddr = layout.initrd_gpa, .size = initrd_size };
             memcpy(page + (LINUX_BOOT_MODLIST_GPA - LINUX_BOOT_START_INFO_GPA), &module, sizeof(module));
             start_info.nr_modules = 1;
             start_info.modlist_paddr = LINUX_BOOT_MODLIST_GPA;
         }
         for (int i = 0; i < e820_count; i++) {
-            struct linux_boot_hvm_memmap_entry map = { .addr = e820[i].addr, .size = e820[i].size,
+            struct hvm_memmap_table_entry map = { .addr = e820[i].addr, .size = e820[i].size,
                                                        .type = e820[i].type };
             memcpy(page + (LINUX_BOOT_MEMMAP_GPA - LINUX_BOOT_START_INFO_GPA) + (size_t)i * sizeof(map), &map,
                    sizeof(map));
