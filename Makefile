@@ -3,6 +3,7 @@
 #   make            build/ringvm, build/ringctl, the guest image, benchmarks
 #   make test       every Criterion test (installs missing packages first)
 #   make demo       the README demo on this machine
+#   make demo-linux boot the Linux guest image (make linux-guest) with the ledger
 #   make asan       the tests under AddressSanitizer + UBSan (build-asan/)
 #   make fuzz       libFuzzer targets (clang)
 #   make clean
@@ -47,12 +48,12 @@ GUEST_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -I. \
 BUILD_HEADERS := jansson.h numa.h xxhash.h
 MISSING_HEADERS := $(strip $(foreach h,$(BUILD_HEADERS),$(if $(wildcard /usr/include/$(h) /usr/include/*/$(h) /usr/local/include/$(h)),,$(h))))
 ifneq ($(MISSING_HEADERS),)
-ifeq ($(filter test demo asan deps clean,$(MAKECMDGOALS)),)
+ifeq ($(filter test demo demo-linux asan deps clean,$(MAKECMDGOALS)),)
 $(error ringvm: cannot build: missing headers $(MISSING_HEADERS); run scripts/install-deps.sh (or make deps) first - make test and make demo do it themselves)
 endif
 endif
 
-.PHONY: all test demo asan fuzz clean deps bench
+.PHONY: all test demo demo-linux asan fuzz clean deps bench
 PROGRAMS := $(BUILD)/ringvm $(if $(wildcard api/ringctl.c),$(BUILD)/ringctl)
 all: $(PROGRAMS) $(BENCHES)
 
@@ -106,9 +107,14 @@ $(BUILD)/tests/delayline: tests/netns/delayline.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< -o $@
 
+# linux-guest: the Linux guest image tests/test_linux_*.c boot (the kernel
+# comes from a cache outside the clone after the first build).
+# RINGVM_TEST_VMLINUZ: Debian's own bzImage, unpacked once into the same cache
+# (scripts/debian-vmlinuz.sh), for the boot-protocol tests.
 test: deps
-	@$(MAKE) --no-print-directory all $(BUILD)/tests/ringvm-tests $(BUILD)/tests/delayline
+	@$(MAKE) --no-print-directory all linux-guest $(BUILD)/tests/ringvm-tests $(BUILD)/tests/delayline
 	RINGVM_BUILD_DIR=$(abspath $(BUILD)) LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp) \
+		RINGVM_TEST_VMLINUZ=$${RINGVM_TEST_VMLINUZ:-$$(scripts/debian-vmlinuz.sh)} \
 		$(BUILD)/tests/ringvm-tests --jobs $(TEST_JOBS) $(TEST_ARGS)
 
 asan: deps
@@ -117,6 +123,11 @@ asan: deps
 demo: deps
 	@$(MAKE) --no-print-directory all
 	scripts/demo.sh $(BUILD)
+
+# The Linux guest image booted by ringvm, the ledger in user space on 2 vCPUs.
+demo-linux: deps
+	@$(MAKE) --no-print-directory all linux-guest
+	scripts/demo-linux.sh $(BUILD)
 
 # ---- make fuzz (api/ subsystem) ---------------------------------------------
 # libFuzzer target over the API request handler with every command group of
@@ -161,3 +172,4 @@ clean:
 -include bpf/bpf.mk
 -include tests/soak/soak.mk
 -include bench/vs-qemu/vs-qemu.mk
+-include guest/linux/linux.mk

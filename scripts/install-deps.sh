@@ -10,6 +10,12 @@ set -eu
 packages="gcc make clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
 libnuma-dev libcriterion-dev libjansson-dev libxxhash-dev linux-libc-dev
 pkg-config iproute2 nftables libclang-rt-14-dev gnuplot-nox"
+# The Linux guest image (make linux-guest, guest/linux/): Debian's kernel
+# source and what building it needs, busybox-static for the initramfs (it
+# replaces the dynamically linked 'busybox' package if that is installed),
+# and QEMU, which boots the image in tests/test_linux_image.c.
+packages="$packages linux-source-6.1 busybox-static bc bison flex cpio xz-utils patch
+qemu-system-x86"
 
 if [ "${1:-}" = "--bench" ]; then
     packages="$packages qemu-system-x86 gnuplot-nox python3"

@@ -1,0 +1,35 @@
+# ringvm's Linux guest image (included from the top Makefile): see
+# guest/linux/README.md.
+#
+#   make linux-guest   $(BUILD)/linux/bzImage, vmlinux, initramfs.cpio.gz
+#                      (+ ringvm-workload, the static workload program)
+#
+# The kernel comes from guest/linux/build-kernel.sh, which keeps built
+# kernels in ${RINGVM_CACHE:-~/.cache/ringvm}/linux-<hash> and only copies
+# (hard-links) them here when the cache has one: it runs on every
+# `make linux-guest` and says whether the cache was hit.
+
+LINUX_GUEST_DIR := $(BUILD)/linux
+LINUX_WORKLOAD := $(LINUX_GUEST_DIR)/ringvm-workload
+LINUX_WORKLOAD_SRCS := $(wildcard guest/linux/workload/*.c) vmm/workload.c vmm/size.c
+LINUX_WORKLOAD_HEADERS := $(wildcard guest/linux/workload/*.h) vmm/workload.h vmm/size.h \
+	guest/abi.h guest/guest.h guest/page_walk.h guest/pacing.h
+# Static: it runs in the initramfs next to busybox-static, without libraries.
+LINUX_WORKLOAD_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. -static -pthread
+
+.PHONY: linux-guest linux-kernel
+linux-guest: linux-kernel $(LINUX_GUEST_DIR)/initramfs.cpio.gz
+
+linux-kernel:
+	@guest/linux/build-kernel.sh $(LINUX_GUEST_DIR)
+
+$(LINUX_WORKLOAD): $(LINUX_WORKLOAD_SRCS) $(LINUX_WORKLOAD_HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LINUX_WORKLOAD_CFLAGS) $(LINUX_WORKLOAD_SRCS) -o $@
+
+# gen_init_cpio comes with the kernel (order-only: the kernel step runs
+# every time but re-links the same cached file, so this is rebuilt only
+# when the workload program, /init or the script change).
+$(LINUX_GUEST_DIR)/initramfs.cpio.gz: $(LINUX_WORKLOAD) guest/linux/init guest/linux/build-initramfs.sh \
+		| linux-kernel
+	@guest/linux/build-initramfs.sh $(LINUX_GUEST_DIR)/gen_init_cpio $(LINUX_WORKLOAD) $@
