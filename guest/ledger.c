@@ -14,6 +14,7 @@
  * plus RINGVM_CMD_LEDGER_MISMATCH per bad page and the ledger_* counters.
  */
 #include "guest/guest.h"
+#include "guest/ledger_page.h"
 #include "guest/pacing.h"
 #include "guest/page_walk.h"
 
@@ -38,19 +39,7 @@ struct ledger {
 
 static inline void ledger_write(struct ledger *ledger, uint64_t page)
 {
-    uint32_t generation = ledger->table[page] + 1;
-    if (generation == 0)
-        generation = 1;     /* 2^32 writes to one page: 0 stays "never written" */
-    uint64_t checksum = ringvm_ledger_checksum(ledger->seed, page, generation);
-    volatile uint64_t *words = (volatile uint64_t *)(ledger->region + page * RINGVM_PAGE_SIZE);
-    words[0] = page;
-    words[1] = generation;
-    words[2] = checksum;
-    if (ledger->write_bytes >= RINGVM_PAGE_SIZE) {
-        for (unsigned i = 3; i < RINGVM_PAGE_SIZE / 8; i++)
-            words[i] = checksum + i;
-    }
-    ledger->table[page] = generation;
+    uint32_t generation = ledger_page_write(ledger->region, ledger->table, ledger->seed, ledger->write_bytes, page);
     if (generation > ledger->highest_generation)
         ledger->highest_generation = generation;
 }
@@ -78,17 +67,8 @@ static void ledger_verify(struct ledger *ledger)
 {
     uint64_t mismatches = 0;
     for (uint64_t page = 0; page < ledger->pages; page++) {
-        const volatile uint64_t *words =
-            (const volatile uint64_t *)(ledger->region + page * RINGVM_PAGE_SIZE);
-        uint64_t want = ledger->table[page];
-        uint64_t index = words[0], generation = words[1], checksum = words[2];
-        int good;
-        if (want == 0)
-            good = index == 0 && generation == 0 && checksum == 0;
-        else
-            good = index == page && generation == want &&
-                   checksum == ringvm_ledger_checksum(ledger->seed, page, want);
-        if (good)
+        uint64_t want = ledger->table[page], generation;
+        if (ledger_page_good(ledger->region, ledger->seed, page, want, &generation))
             continue;
         mismatches++;
         ledger->stats->ledger_mismatches = ledger->stats->ledger_mismatches + 1;

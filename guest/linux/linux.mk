@@ -12,7 +12,7 @@
 LINUX_GUEST_DIR := $(BUILD)/linux
 LINUX_WORKLOAD := $(LINUX_GUEST_DIR)/ringvm-workload
 LINUX_WORKLOAD_SRCS := $(wildcard guest/linux/workload/*.c) vmm/workload.c vmm/size.c
-LINUX_WORKLOAD_HEADERS := $(wildcard guest/linux/workload/*.h) vmm/workload.h vmm/size.h \
+LINUX_WORKLOAD_HEADERS := $(wildcard guest/linux/workload/*.h) vmm/workload.h vmm/size.h guest/ledger_page.h \
 	guest/abi.h guest/guest.h guest/page_walk.h guest/pacing.h
 # Static: it runs in the initramfs next to busybox-static, without libraries.
 LINUX_WORKLOAD_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. -static -pthread
