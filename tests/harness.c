@@ -448,3 +448,34 @@ void harness_process_free(struct harness_process *process)
     free(process->err);
     memset(process, 0, sizeof(*process));
 }
+
+#define HARNESS_SETUID_FAILED "SETUID-FAILED"
+
+void harness_ask_as_nobody(void (*ask)(char *answer, size_t size), char *answer, size_t size)
+{
+    if (geteuid() != 0)
+        harness_skip("needs root to drop to an unprivileged user");
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    pid_t child = fork();
+    cr_assert_neq(child, -1);
+    if (child == 0) {
+        close(fds[0]);
+        char reply[512] = HARNESS_SETUID_FAILED;
+        if (setgid(65534) == 0 && setuid(65534) == 0) {
+            reply[0] = '\0';
+            ask(reply, sizeof(reply));
+        }
+        ssize_t written = write(fds[1], reply, strlen(reply));
+        _exit(written < 0);
+    }
+    close(fds[1]);
+    ssize_t got = read(fds[0], answer, size - 1);
+    close(fds[0]);
+    int status = 0;
+    cr_assert_eq(waitpid(child, &status, 0), child);
+    cr_assert_gt(got, 0, "no answer from the child");
+    answer[got] = '\0';
+    if (strcmp(answer, HARNESS_SETUID_FAILED) == 0)
+        harness_skip("cannot drop privileges here");
+}

@@ -81,6 +81,11 @@ uint64_t harness_pages_written(struct vm *vm, unsigned vcpu);
 bool harness_wait_all_vcpus_advance(struct vm *vm, uint64_t delta, unsigned timeout_ms);
 bool harness_wait_phase(struct vm *vm, unsigned vcpu, uint64_t phase, unsigned timeout_ms);
 
+/* Runs ask() in a child process that dropped to uid and gid 65534 (nobody)
+ * and copies what it wrote into answer (NUL-terminated). Skips the test
+ * with the reason when this process is not root or cannot drop. */
+void harness_ask_as_nobody(void (*ask)(char *answer, size_t size), char *answer, size_t size);
+
 /* Path of a built program ($RINGVM_BUILD_DIR/NAME, default build/NAME). */
 const char *harness_program(const char *name);
 

@@ -230,6 +230,12 @@ Test(harness, every_skip_goes_through_harness_skip)
 
 /* ---- the BPF capability probe ------------------------------------------- */
 
+static void ask_bpf_capability(char *answer, size_t size)
+{
+    if (harness_bpf_capability(answer, size))
+        snprintf(answer, size, "USABLE");
+}
+
 Test(harness, bpf_capability_is_absent_for_an_unprivileged_process)
 {
     char why[256] = "";
@@ -240,32 +246,8 @@ Test(harness, bpf_capability_is_absent_for_an_unprivileged_process)
     const char *built_reason = NULL;
     if (!bpf_probes_built(&built_reason))
         harness_skip("BPF probes not built (%s): the unprivileged case is the same answer", built_reason);
-    if (geteuid() != 0)
-        harness_skip("needs root to drop to an unprivileged user");
-    int fds[2];
-    cr_assert_eq(pipe(fds), 0);
-    pid_t child = fork();
-    cr_assert_neq(child, -1);
-    if (child == 0) {
-        close(fds[0]);
-        char answer[256] = "SETUID-FAILED";
-        if (setgid(65534) == 0 && setuid(65534) == 0) {
-            if (harness_bpf_capability(answer, sizeof(answer)))
-                snprintf(answer, sizeof(answer), "USABLE");
-        }
-        ssize_t written = write(fds[1], answer, strlen(answer));
-        _exit(written < 0);
-    }
-    close(fds[1]);
     char answer[256] = "";
-    ssize_t got = read(fds[0], answer, sizeof(answer) - 1);
-    close(fds[0]);
-    int status = 0;
-    cr_assert_eq(waitpid(child, &status, 0), child);
-    cr_assert_gt(got, 0, "no answer from the child");
-    answer[got] = '\0';
-    if (strcmp(answer, "SETUID-FAILED") == 0)
-        harness_skip("cannot drop privileges here");
+    harness_ask_as_nobody(ask_bpf_capability, answer, sizeof(answer));
     /* unprivileged_bpf_disabled = 0 would let uid 65534 create the map. */
     FILE *sysctl = fopen("/proc/sys/kernel/unprivileged_bpf_disabled", "r");
     int disabled = -1;
