@@ -156,8 +156,9 @@ $(BUILD)/fuzz/api_request_fuzz: tests/fuzz/api_request_fuzz.c $(BUILD)/fuzz/libr
 # Migration stream receiver (issue 7): HELLO + frames through the
 # destination's parser; tests/test_migration_fuzz.c runs it for 60 s from
 # tests/fuzz/migration-corpus/ (real captured streams).
-FUZZ_MIG_SRCS  := tests/fuzz/migration_stream_fuzz.c migration/receiver.c migration/protocol.c
-$(BUILD)/fuzz/migration_stream_fuzz: $(FUZZ_MIG_SRCS) $(wildcard migration/*.h) vmm/vcpu_state.h guest/abi.h tests/fuzz/migration_local_config.h
+FUZZ_MIG_SRCS  := tests/fuzz/migration_stream_fuzz.c migration/receiver.c migration/protocol.c vmm/workload.c vmm/size.c
+$(BUILD)/fuzz/migration_stream_fuzz: $(FUZZ_MIG_SRCS) $(wildcard migration/*.h) vmm/vcpu_state.h vmm/workload.h vmm/size.h \
+		guest/abi.h tests/fuzz/migration_local_config.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) -std=gnu11 -O1 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. \
 		-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \

@@ -1564,26 +1564,20 @@ static void fault_point(struct vm *vm, const char *point)
     fprintf(stderr, "ringvm: fault-inject: released at %s\n", point);
 }
 
-/* Socket input of the destination: publishes progress while waiting. */
-static int incoming_read(void *ctx, void *data, size_t length, bool eof_ok, char *error, size_t error_size)
+/* The receiver's input (struct mig_input read_some): what the socket has,
+ * at least one byte, at most capacity; 0 when the source closed the
+ * connection. Waits in 50 ms polls (publishing progress meanwhile), giving
+ * up on shutdown or when nothing arrived for the stall timeout. */
+static ssize_t incoming_read_some(void *ctx, void *data, size_t capacity, char *error, size_t error_size)
 {
     struct incoming *in = ctx;
-    size_t done = 0;
-    uint64_t last = mono_ns();
-    while (done < length) {
-        ssize_t got = recv(in->fd, (uint8_t *)data + done, length - done, MSG_DONTWAIT);
-        if (got > 0) {
-            done += (size_t)got;
-            last = mono_ns();
-            if (last - in->last_publish >= PUBLISH_INTERVAL_NS)
+    uint64_t started = mono_ns();
+    for (;;) {
+        ssize_t got = recv(in->fd, data, capacity, MSG_DONTWAIT);
+        if (got >= 0) {
+            if (got > 0 && mono_ns() - in->last_publish >= PUBLISH_INTERVAL_NS)
                 incoming_publish(in);
-            continue;
-        }
-        if (got == 0) {
-            if (done == 0 && eof_ok)
-                return 1;
-            snprintf(error, error_size, "the source closed the connection (truncated stream)");
-            return -1;
+            return got;
         }
         if (errno == EINTR)
             continue;
@@ -1596,7 +1590,7 @@ static int incoming_read(void *ctx, void *data, size_t length, bool eof_ok, char
             return -1;
         }
         uint64_t now = mono_ns();
-        if (now - last >= (uint64_t)in->stall_ms * 1000000u) {
+        if (now - started >= (uint64_t)in->stall_ms * 1000000u) {
             snprintf(error, error_size, "nothing received from the source for %u ms (link stalled)", in->stall_ms);
             return -1;
         }
@@ -1608,7 +1602,6 @@ static int incoming_read(void *ctx, void *data, size_t length, bool eof_ok, char
             return -1;
         }
     }
-    return 0;
 }
 
 static int incoming_send(struct incoming *in, uint32_t type, const void *payload, size_t length)
@@ -1801,7 +1794,7 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
     incoming_phase(in, MIG_STATE_SETUP, "handshake");
     fault_point(vm, "setup");
     tell_source = true;
-    struct mig_input input = { .read = incoming_read, .ctx = in };
+    struct mig_input input = { .read_some = incoming_read_some, .ctx = in };
     for (;;) {
         int type = mig_receiver_next(&in->receiver, &input);
         if (type < 0) {
@@ -1935,13 +1928,22 @@ int migration_incoming_run(struct vm *vm, const char *address, struct api_server
         fprintf(stderr, "ringvm: --incoming: %s\n", error);
         return -1;
     }
-    int fd = mig_listen(&parsed, error, sizeof(error));
+    struct mig_listener listener;
+    if (mig_listener_open(&listener, &parsed, error, sizeof(error)) != 0) {
+        if (parsed.kind != MIG_ADDRESS_UNIX)    /* the unix listener printed its cause */
+            fprintf(stderr, "ringvm: --incoming: %s\n", error);
+        return -1;
+    }
+    /* migration_incoming_run_fd closes the fd it gets: it gets a dup, so
+     * the listener keeps its own until mig_listener_close removes our
+     * socket file (only ours) and releases the path lock. */
+    int fd = fcntl(listener.fd, F_DUPFD_CLOEXEC, 0);
     if (fd < 0) {
-        fprintf(stderr, "ringvm: --incoming: %s\n", error);
+        fprintf(stderr, "ringvm: --incoming: dup of the listening socket: %s\n", strerror(errno));
+        mig_listener_close(&listener);
         return -1;
     }
     int result = migration_incoming_run_fd(vm, fd, address, server);
-    if (parsed.kind == MIG_ADDRESS_UNIX)
-        unlink(parsed.path);
+    mig_listener_close(&listener);
     return result;
 }

@@ -183,6 +183,13 @@ int mig_hello_decode(const uint8_t *in, size_t length, struct mig_hello *h, char
     h->vcpu_state_version = mig_get_u32(in + 84);
     h->features = mig_get_u64(in + 88);
     h->abi_version = mig_get_u32(in + 96);
+    uint32_t reserved = mig_get_u32(in + 100);
+    if (reserved != 0) {
+        /* Reserved means "must be 0": a peer that sets it speaks a format
+         * this side does not know. */
+        snprintf(error, error_size, "hello reserved field is 0x%" PRIx32 " (must be 0)", reserved);
+        return -1;
+    }
     return 0;
 }
 
@@ -341,9 +348,28 @@ int mig_device_state_decode(const uint8_t in[MIG_DEVICE_STATE_SIZE], struct mig_
         snprintf(error, error_size, "device state version %" PRIu32 " (expected 2)", d->version);
         return -1;
     }
-    if (memchr(d->workload, '\0', MIG_WORKLOAD_TEXT_SIZE) == NULL) {
+    const char *end = memchr(d->workload, '\0', MIG_WORKLOAD_TEXT_SIZE);
+    if (end == NULL) {
         snprintf(error, error_size, "device state: workload text is not NUL-terminated");
         return -1;
+    }
+    /* The text reaches logs, stderr and JSON (vm.info, migration.progress):
+     * printable ASCII only, so no terminal escape and no invalid UTF-8 ever
+     * leaves this function. The offending byte is named, never echoed. */
+    size_t length = (size_t)(end - d->workload);
+    for (size_t i = 0; i < length; i++) {
+        unsigned char c = (unsigned char)d->workload[i];
+        if (c < 0x20 || c > 0x7e) {
+            snprintf(error, error_size,
+                     "device state: workload text has byte 0x%02x at offset %zu (printable ASCII only)", c, i);
+            return -1;
+        }
+    }
+    for (size_t i = length + 1; i < MIG_WORKLOAD_TEXT_SIZE; i++) {
+        if (d->workload[i] != '\0') {
+            snprintf(error, error_size, "device state: workload text has non-zero padding at offset %zu", i);
+            return -1;
+        }
     }
     if (d->vcpu_count > MIG_MAX_VCPUS) {
         snprintf(error, error_size, "device state for %" PRIu32 " vCPUs (at most %u)", d->vcpu_count,
@@ -388,6 +414,18 @@ int mig_end_decode(const uint8_t in[MIG_END_SIZE], struct mig_end *end, char *er
     if (!(end->flags & MIG_END_HAS_DIGEST))
         end->digest[0] = '\0';
     return 0;
+}
+
+const char *mig_error_code_name(uint32_t code)
+{
+    switch (code) {
+    case MIG_ERR_CONFIG: return "config mismatch";
+    case MIG_ERR_STREAM: return "malformed stream";
+    case MIG_ERR_CANCELLED: return "cancelled";
+    case MIG_ERR_INTERNAL: return "internal failure";
+    case MIG_ERR_DIGEST: return "digest mismatch";
+    }
+    return "unknown code";
 }
 
 size_t mig_error_encode(uint32_t code, const char *message, uint8_t out[4 + MIG_ERROR_MAX_MESSAGE])

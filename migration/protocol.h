@@ -137,6 +137,9 @@ enum mig_error_code {
     MIG_ERR_DIGEST = 5,         /* memory digests differ */
 };
 
+/* "config mismatch", "malformed stream", ... ; "unknown code" otherwise. */
+const char *mig_error_code_name(uint32_t code);
+
 /* ---- encoding ---------------------------------------------------------- */
 
 static inline void mig_put_u32(uint8_t *p, uint32_t v)
@@ -192,10 +195,16 @@ int mig_header_decode(const uint8_t in[MIG_HEADER_SIZE], uint64_t expected_seq,
 /* Bounds of a type's payload length: [min, max]. Unknown type: false. */
 bool mig_frame_length_bounds(uint32_t type, uint64_t *min, uint64_t *max);
 
+/* Checks the magic and that the reserved field is 0; the values are
+ * compared by mig_hello_compare. */
 int mig_hello_decode(const uint8_t *in, size_t length, struct mig_hello *out, char *error,
                      size_t error_size);
 void mig_iteration_decode(const uint8_t in[MIG_ITERATION_SIZE], struct mig_iteration *out);
 void mig_run_decode(const uint8_t in[MIG_RUN_HEADER_SIZE], struct mig_run *out);
+/* Checks version 2, vcpu_count <= 64, serial LCR <= 255, and the workload
+ * text: NUL-terminated, printable ASCII (0x20..0x7e) before the NUL, zero
+ * after it. Whether the text is a valid --workload spec is the receiver's
+ * check (it needs vmm/workload.c). */
 int mig_device_state_decode(const uint8_t in[MIG_DEVICE_STATE_SIZE], struct mig_device_state *out,
                             char *error, size_t error_size);
 int mig_end_decode(const uint8_t in[MIG_END_SIZE], struct mig_end *out, char *error, size_t error_size);

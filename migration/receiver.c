@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vmm/workload.h"
+
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
 /* Runtime-dispatched XXH3 (SSE2/AVX2/AVX-512, libxxhash's x86 dispatcher):
@@ -47,6 +49,18 @@ static int buffer_read(void *ctx, void *data, size_t length, bool eof_ok, char *
     return 0;
 }
 
+static ssize_t buffer_read_some(void *ctx, void *data, size_t capacity, char *error, size_t error_size)
+{
+    (void)error;
+    (void)error_size;
+    struct mig_buffer_input *b = ctx;
+    size_t left = b->length - b->position;
+    size_t take = capacity < left ? capacity : left;
+    memcpy(data, b->data + b->position, take);
+    b->position += take;
+    return (ssize_t)take;
+}
+
 void mig_buffer_input_init(struct mig_buffer_input *buffer, struct mig_input *input, const void *data,
                            size_t length)
 {
@@ -54,6 +68,7 @@ void mig_buffer_input_init(struct mig_buffer_input *buffer, struct mig_input *in
     buffer->length = length;
     buffer->position = 0;
     input->read = buffer_read;
+    input->read_some = buffer_read_some;
     input->ctx = buffer;
 }
 
@@ -79,11 +94,9 @@ int mig_receiver_init(struct mig_receiver *r, uint8_t *ram, uint64_t ram_bytes, 
     }
     r->scratch_size = 4 + MIG_ERROR_MAX_MESSAGE + MIG_HELLO_SIZE + MIG_DEVICE_STATE_SIZE + MIG_END_SIZE;
     r->scratch = malloc(r->scratch_size);
-    if (r->scratch == NULL) {
-        free(r->vcpu_states);
-        free(r->written);
-        r->vcpu_states = NULL;
-        r->written = NULL;
+    r->staging = malloc(MIG_RECEIVER_STAGING_BYTES);
+    if (r->scratch == NULL || r->staging == NULL) {
+        mig_receiver_destroy(r);
         return -1;
     }
     return 0;
@@ -93,37 +106,51 @@ void mig_receiver_destroy(struct mig_receiver *r)
 {
     free(r->vcpu_states);
     free(r->scratch);
+    free(r->staging);
     free(r->written);
     r->vcpu_states = NULL;
     r->scratch = NULL;
+    r->staging = NULL;
     r->written = NULL;
 }
 
-/* ZERO run: only pages a data run wrote can be non-zero. */
+/* Bits [from, to) of a 64-bit word, 0 <= from < to <= 64. */
+static uint64_t bit_range(uint64_t from, uint64_t to)
+{
+    uint64_t below_to = to == 64 ? ~0ull : (1ull << to) - 1;
+    return below_to & ~((1ull << from) - 1);
+}
+
+/* ZERO run: only pages a data run wrote can be non-zero, so the run costs
+ * one bitmap word per 64 pages plus one page check per page written
+ * since (each written bit is cleared here, so a page is checked once per
+ * data write). */
 static void apply_zero_run(struct mig_receiver *r, uint64_t first, uint64_t count)
 {
-    uint64_t page = first, end = first + count;
-    while (page < end) {
-        uint64_t word = r->written[page / 64];
-        if (word == 0 && page % 64 == 0 && end - page >= 64) {
-            page += 64;
-            continue;
-        }
-        uint64_t bit = 1ull << (page % 64);
-        if (word & bit) {
-            uint8_t *host = r->ram + page * MIG_PAGE_SIZE;
+    uint64_t end = first + count;
+    for (uint64_t word = first / 64; word * 64 < end; word++) {
+        uint64_t base = word * 64;
+        uint64_t mask = bit_range(first > base ? first - base : 0, end - base < 64 ? end - base : 64);
+        uint64_t hits = r->written[word] & mask;
+        r->work.zero_words++;
+        while (hits != 0) {
+            uint8_t *host = r->ram + (base + (uint64_t)__builtin_ctzll(hits)) * MIG_PAGE_SIZE;
             if (!mig_page_is_zero(host))
                 memset(host, 0, MIG_PAGE_SIZE);
-            r->written[page / 64] &= ~bit;
+            r->work.pages_touched++;
+            hits &= hits - 1;
         }
-        page++;
+        r->written[word] &= ~mask;
     }
 }
 
 static void mark_written(struct mig_receiver *r, uint64_t first, uint64_t count)
 {
-    for (uint64_t page = first; page < first + count; page++)
-        r->written[page / 64] |= 1ull << (page % 64);
+    uint64_t end = first + count;
+    for (uint64_t word = first / 64; word * 64 < end; word++) {
+        uint64_t base = word * 64;
+        r->written[word] |= bit_range(first > base ? first - base : 0, end - base < 64 ? end - base : 64);
+    }
 }
 
 const void *mig_receiver_vcpu_state(const struct mig_receiver *r, unsigned index)
@@ -146,17 +173,67 @@ static int fail(struct mig_receiver *r, uint32_t code, const char *fmt, ...)
     return -1;
 }
 
-static int read_input(struct mig_receiver *r, const struct mig_input *input, void *data, size_t length)
+/*
+ * Reads exactly length bytes into data: first what is staged, then through
+ * input->read_some, straight into data for a long read, into the staging
+ * buffer (and on) for a short one. Returns 0; 1 on a clean end of stream
+ * before the first byte when eof_ok (a frame boundary); -1 with r->error.
+ */
+static int receive_bytes(struct mig_receiver *r, const struct mig_input *input, void *data, size_t length,
+                         bool eof_ok)
 {
-    char text[MIG_RECEIVER_ERROR_MAX - 32];
-    int result = input->read(input->ctx, data, length, false, text, sizeof(text));
-    if (result != 0)
-        return fail(r, MIG_ERR_STREAM, "%s", result > 0 ? "stream truncated" : text);
+    uint8_t *out = data;
+    size_t staged = r->staged_end - r->staged_start;
+    size_t done = staged < length ? staged : length;
+    memcpy(out, r->staging + r->staged_start, done);
+    r->staged_start += done;
+    while (done < length) {
+        size_t want = length - done;
+        char text[MIG_RECEIVER_ERROR_MAX - 32];
+        ssize_t got;
+        r->work.input_calls++;
+        if (want >= MIG_RECEIVER_DIRECT_BYTES) {
+            got = input->read_some(input->ctx, out + done, want, text, sizeof(text));
+            if (got > 0)
+                done += (size_t)got;
+        } else {
+            /* The staging buffer is empty here (drained above). */
+            got = input->read_some(input->ctx, r->staging, MIG_RECEIVER_STAGING_BYTES, text, sizeof(text));
+            if (got > 0) {
+                size_t take = (size_t)got < want ? (size_t)got : want;
+                memcpy(out + done, r->staging, take);
+                done += take;
+                r->staged_start = take;
+                r->staged_end = (size_t)got;
+            }
+        }
+        if (got < 0)
+            return fail(r, MIG_ERR_STREAM, "%s", text);
+        if (got == 0) {
+            if (done == 0 && eof_ok)
+                return 1;
+            return fail(r, MIG_ERR_STREAM,
+                        "the source closed the connection (truncated stream): needed %zu more bytes, got %zu",
+                        length, done);
+        }
+    }
     atomic_fetch_add_explicit(&r->bytes_received, length, memory_order_relaxed);
     return 0;
 }
 
-/* Memory frame: runs applied to RAM as they arrive, checksum at the end. */
+static int read_input(struct mig_receiver *r, const struct mig_input *input, void *data, size_t length)
+{
+    return receive_bytes(r, input, data, length, false);
+}
+
+/*
+ * Memory frame: runs applied to RAM as they arrive, checksum at the end.
+ * The work a frame can cause is bounded (docs/migration-protocol.md, "Work
+ * per frame and per byte"): its runs go up in RAM without overlapping, so
+ * a page is covered at most once per frame, and a ZERO run never continues
+ * a ZERO run it could have been merged into (one ZERO run per contiguous
+ * zero range, as the sender builds them).
+ */
 static int receive_memory(struct mig_receiver *r, const struct mig_input *input, const uint8_t *raw_header,
                           const struct mig_frame_header *header)
 {
@@ -165,7 +242,10 @@ static int receive_memory(struct mig_receiver *r, const struct mig_input *input,
     XXH3_64bits_update(&state, raw_header, MIG_HEADER_CHECKSUM_OFFSET);
     uint64_t left = header->length;
     uint64_t zero = 0, normal = 0;
+    uint64_t previous_end = 0;          /* RAM offset after the previous run of this frame */
+    struct mig_run previous = { 0 };    /* pages == 0: no run yet */
     char text[MIG_RECEIVER_ERROR_MAX - 32];
+    r->work.memory_frames++;
     while (left > 0) {
         if (left < MIG_RUN_HEADER_SIZE)
             return fail(r, MIG_ERR_STREAM, "memory frame ends inside a run header (%" PRIu64 " bytes left)", left);
@@ -176,11 +256,28 @@ static int receive_memory(struct mig_receiver *r, const struct mig_input *input,
         left -= MIG_RUN_HEADER_SIZE;
         struct mig_run run;
         mig_run_decode(run_bytes, &run);
+        r->work.runs++;
         if (mig_run_validate(&run, r->ram_bytes, left, text, sizeof(text)) != 0)
             return fail(r, MIG_ERR_STREAM, "%s", text);
+        bool is_zero = (run.flags & MIG_RUN_ZERO) != 0;
+        if (is_zero && !(r->peer.features & MIG_FEATURE_ZERO_PAGES))
+            return fail(r, MIG_ERR_STREAM,
+                        "memory run at offset 0x%" PRIx64
+                        " is a zero run but the hello did not announce zero-page runs", run.ram_offset);
+        if (previous.pages != 0 && run.ram_offset < previous_end)
+            return fail(r, MIG_ERR_STREAM,
+                        "memory run at offset 0x%" PRIx64 " overlaps or precedes the run before it (which ends at 0x%"
+                        PRIx64 ")", run.ram_offset, previous_end);
+        if (is_zero && (previous.flags & MIG_RUN_ZERO) && run.ram_offset == previous_end &&
+            (uint64_t)previous.pages + run.pages <= MIG_RUN_MAX_PAGES)
+            return fail(r, MIG_ERR_STREAM,
+                        "memory run at offset 0x%" PRIx64 " continues the zero run before it (%" PRIu32 " + %" PRIu32
+                        " pages belong in one run)", run.ram_offset, previous.pages, run.pages);
         uint64_t bytes = (uint64_t)run.pages * MIG_PAGE_SIZE;
+        previous = run;
+        previous_end = run.ram_offset + bytes;
         uint8_t *target = r->ram + run.ram_offset;
-        if (run.flags & MIG_RUN_ZERO) {
+        if (is_zero) {
             apply_zero_run(r, run.ram_offset / MIG_PAGE_SIZE, run.pages);
             zero += run.pages;
             continue;
@@ -192,6 +289,7 @@ static int receive_memory(struct mig_receiver *r, const struct mig_input *input,
             if (read_input(r, input, target + done, chunk) != 0)
                 return -1;
             XXH3_64bits_update(&state, target + done, chunk);
+            r->work.pages_touched += chunk / MIG_PAGE_SIZE;
             done += chunk;
         }
         mig_receiver_data_hook_fn hook = atomic_load_explicit(&mig_receiver_data_hook, memory_order_acquire);
@@ -213,18 +311,18 @@ static int receive_memory(struct mig_receiver *r, const struct mig_input *input,
 int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
 {
     r->peer_error = false;
+    r->peer_error_code = 0;
     r->error_code = 0;
     r->error[0] = '\0';
     if (r->got_end)
         return fail(r, MIG_ERR_STREAM, "data after the end frame");
     uint8_t raw[MIG_HEADER_SIZE];
     char text[MIG_RECEIVER_ERROR_MAX - 32];
-    int result = input->read(input->ctx, raw, sizeof(raw), true, text, sizeof(text));
+    int result = receive_bytes(r, input, raw, sizeof(raw), true);
     if (result > 0)
         return fail(r, MIG_ERR_STREAM, "stream ended before the end frame (truncated)");
     if (result < 0)
-        return fail(r, MIG_ERR_STREAM, "%s", text);
-    atomic_fetch_add_explicit(&r->bytes_received, sizeof(raw), memory_order_relaxed);
+        return -1;
     struct mig_frame_header header;
     /* mig_header_decode prefixes "frame N: " itself. */
     if (mig_header_decode(raw, r->seq, &header, r->error, sizeof(r->error)) != 0) {
@@ -312,6 +410,16 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
         if (r->device.vcpu_count != r->local.vcpu_count)
             return fail(r, MIG_ERR_STREAM, "device state for %" PRIu32 " vCPUs (this VM has %" PRIu32 ")",
                         r->device.vcpu_count, r->local.vcpu_count);
+        /* Printable ASCII (checked by the decode) of the --workload
+         * grammar: parsed as the command line would be, so the destination
+         * never stores a spec it could not have been started with. */
+        {
+            struct workload_spec spec;
+            char workload_error[256];
+            if (workload_spec_parse(r->device.workload, &spec, workload_error, sizeof(workload_error)) != 0)
+                return fail(r, MIG_ERR_STREAM, "device state: workload '%s': %s", r->device.workload,
+                            workload_error);
+        }
         r->have_device = true;
         break;
     case MIG_FRAME_END: {
@@ -324,6 +432,10 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
             return fail(r, MIG_ERR_STREAM, "end frame but no device state");
         if ((r->end.flags & MIG_END_HAS_DIGEST) && !(r->peer.features & MIG_FEATURE_DIGEST))
             return fail(r, MIG_ERR_STREAM, "end frame carries a digest the hello did not announce");
+        /* Announced means promised: without it the destination would
+         * silently skip the verification the source asked for. */
+        if (!(r->end.flags & MIG_END_HAS_DIGEST) && (r->peer.features & MIG_FEATURE_DIGEST))
+            return fail(r, MIG_ERR_STREAM, "end frame carries no digest although the hello announced one");
         r->got_end = true;
         break;
     }
@@ -332,8 +444,12 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
         char message[MIG_RECEIVER_ERROR_MAX - 64];
         mig_error_decode(payload, (size_t)header.length, &code, message, sizeof(message));
         snprintf(r->error, sizeof(r->error), "the source aborted the migration: %s", message);
-        r->error_code = code;
+        /* This side's own code says what happened here: the peer gave up.
+         * The source's code is its own view, kept apart (an unknown code
+         * from a newer source is no reason to misreport). */
+        r->error_code = MIG_ERR_CANCELLED;
         r->peer_error = true;
+        r->peer_error_code = code;
         return -1;
     }
     default:
@@ -353,14 +469,45 @@ int mig_receiver_run_buffer(struct mig_receiver *r, const void *data, size_t len
         if (type < 0)
             return -1;
         if (type == MIG_FRAME_END) {
-            if (buffer.position != buffer.length) {
+            /* Bytes after END: those not read yet and those read ahead. */
+            size_t after = buffer.length - buffer.position + (r->staged_end - r->staged_start);
+            if (after != 0) {
                 /* seq already names the frame after END. */
-                fail(r, MIG_ERR_STREAM, "%zu bytes after the end frame", buffer.length - buffer.position);
+                fail(r, MIG_ERR_STREAM, "%zu bytes after the end frame", after);
                 return -1;
             }
             return 0;
         }
     }
+}
+
+int mig_receiver_check_work(const struct mig_receiver *r, uint64_t input_bytes, char *error, size_t error_size)
+{
+    const struct mig_receiver_work *w = &r->work;
+    uint64_t ram_words = (r->ram_bytes / MIG_PAGE_SIZE + 63) / 64;
+    if (w->runs > input_bytes / MIG_RUN_HEADER_SIZE) {
+        snprintf(error, error_size, "%" PRIu64 " runs parsed from %" PRIu64 " bytes (at most one per %u bytes)",
+                 w->runs, input_bytes, MIG_RUN_HEADER_SIZE);
+        return -1;
+    }
+    if (w->pages_touched > 2 * (input_bytes / MIG_PAGE_SIZE)) {
+        snprintf(error, error_size, "%" PRIu64 " pages touched for %" PRIu64 " bytes (at most 2 per %u bytes)",
+                 w->pages_touched, input_bytes, MIG_PAGE_SIZE);
+        return -1;
+    }
+    if (w->zero_words > w->memory_frames * ram_words + 2 * w->runs) {
+        snprintf(error, error_size,
+                 "%" PRIu64 " bitmap words examined by zero runs in %" PRIu64 " memory frames of %" PRIu64
+                 " runs (at most %" PRIu64 " per frame + 2 per run)", w->zero_words, w->memory_frames, w->runs,
+                 ram_words);
+        return -1;
+    }
+    if (w->input_calls > 8 + input_bytes / 1024) {
+        snprintf(error, error_size, "%" PRIu64 " input calls for %" PRIu64 " bytes (at most 8 + 1 per 1024 bytes)",
+                 w->input_calls, input_bytes);
+        return -1;
+    }
+    return 0;
 }
 
 int mig_read_small_frame(const struct mig_input *input, uint64_t seq, struct mig_frame_header *header,

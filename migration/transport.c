@@ -14,10 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "migration/protocol.h"
 
 #define SLICE_MS 100
 
@@ -108,31 +109,8 @@ static void tune_socket(int fd, bool tcp)
     }
 }
 
-int mig_listen(const struct mig_address *address, char *error, size_t error_size)
+static int tcp_listen(const struct mig_address *address, char *error, size_t error_size)
 {
-    if (address->kind == MIG_ADDRESS_UNIX) {
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            snprintf(error, error_size, "socket(AF_UNIX): %s", strerror(errno));
-            return -1;
-        }
-        struct sockaddr_un sun = { .sun_family = AF_UNIX };
-        strcpy(sun.sun_path, address->path);
-        struct stat st;
-        if (lstat(address->path, &st) == 0 && S_ISSOCK(st.st_mode))
-            unlink(address->path);
-        if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
-            snprintf(error, error_size, "bind(unix:%s): %s", address->path, strerror(errno));
-            close(fd);
-            return -1;
-        }
-        if (listen(fd, 4) != 0) {
-            snprintf(error, error_size, "listen(unix:%s): %s", address->path, strerror(errno));
-            close(fd);
-            return -1;
-        }
-        return fd;
-    }
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE };
     struct addrinfo *list = NULL;
     int gai = getaddrinfo(address->host, address->port, &hints, &list);
@@ -162,6 +140,70 @@ int mig_listen(const struct mig_address *address, char *error, size_t error_size
     return fd;
 }
 
+int mig_listener_open(struct mig_listener *listener, const struct mig_address *address, char *error,
+                      size_t error_size)
+{
+    memset(listener, 0, sizeof(*listener));
+    listener->kind = address->kind;
+    listener->fd = -1;
+    listener->unix_socket.fd = -1;
+    listener->unix_socket.lock_fd = -1;
+    if (address->kind == MIG_ADDRESS_TCP) {
+        listener->fd = tcp_listen(address, error, error_size);
+        return listener->fd >= 0 ? 0 : -1;
+    }
+    /* unix_listener prints the cause naming the option; error gets the
+     * same cause for the caller's own message. */
+    int result = unix_listener_open(&listener->unix_socket, address->path, "--incoming", "incoming");
+    if (result < 0) {
+        const char *why = result == -EADDRINUSE ? "another ringvm is listening there"
+                          : result == -EEXIST   ? "exists and is not a socket; not replacing it"
+                                                : strerror(-result);
+        snprintf(error, error_size, "unix:%s: %s", address->path, why);
+        return -1;
+    }
+    listener->fd = listener->unix_socket.fd;
+    return 0;
+}
+
+void mig_listener_close(struct mig_listener *listener)
+{
+    if (listener->kind == MIG_ADDRESS_UNIX) {
+        unix_listener_close(&listener->unix_socket);   /* closes fd too; idempotent */
+    } else if (listener->fd >= 0 && close(listener->fd) != 0) {
+        fprintf(stderr, "ringvm: migration: close(listening socket): %s\n", strerror(errno));
+    }
+    listener->fd = -1;
+}
+
+int mig_listen(const struct mig_address *address, char *error, size_t error_size)
+{
+    struct mig_listener listener;
+    if (mig_listener_open(&listener, address, error, error_size) != 0)
+        return -1;
+    if (listener.kind == MIG_ADDRESS_TCP)
+        return listener.fd;
+    /* Hand the socket to the caller: with its fd taken out, closing the
+     * unix listener releases the lock and the path but leaves the file. */
+    int fd = listener.unix_socket.fd;
+    listener.unix_socket.fd = -1;
+    unix_listener_close(&listener.unix_socket);
+    return fd;
+}
+
+/* Tells a refused peer why before closing: an ERROR frame numbered as the
+ * destination's first (seq 0, where the source expects HELLO_ACK | ERROR).
+ * Best effort, never blocking: ~100 bytes fit any socket buffer, and a peer
+ * that is gone loses nothing it could use. */
+static void tell_refused_peer(int fd, const char *message)
+{
+    uint8_t payload[4 + MIG_ERROR_MAX_MESSAGE];
+    size_t length = mig_error_encode(MIG_ERR_CONFIG, message, payload);
+    uint8_t frame[MIG_HEADER_SIZE + sizeof(payload)];
+    size_t total = mig_frame_encode(frame, MIG_FRAME_ERROR, 0, payload, length);
+    (void)send(fd, frame, total, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
 int mig_accept(int listen_fd, const _Atomic bool *cancel, char *error, size_t error_size)
 {
     for (;;) {
@@ -187,6 +229,25 @@ int mig_accept(int listen_fd, const _Atomic bool *cancel, char *error, size_t er
                 continue;
             snprintf(error, error_size, "accept: %s", strerror(errno));
             return -1;
+        }
+        if (peer.ss_family == AF_UNIX) {
+            /* The same rule as the API and console sockets: the file mode
+             * is the first gate, the peer's credentials the second. */
+            struct ucred credentials;
+            char message[160];
+            int allowed = unix_listener_check_peer(fd, &credentials, message, sizeof(message));
+            if (allowed < 0) {
+                snprintf(error, error_size, "SO_PEERCRED of the connecting source: %s", strerror(-allowed));
+                close(fd);
+                return -1;
+            }
+            if (allowed == 0) {
+                fprintf(stderr, "ringvm: migration: refused a connection from pid %d: %s\n", (int)credentials.pid,
+                        message);
+                tell_refused_peer(fd, message);
+                close(fd);
+                continue;
+            }
         }
         tune_socket(fd, peer.ss_family != AF_UNIX);
         return fd;

@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "vmm/unix_listener.h"
+
 #define MIG_ADDRESS_MAX 256
 
 enum mig_address_kind { MIG_ADDRESS_UNIX = 0, MIG_ADDRESS_TCP };
@@ -34,11 +36,46 @@ struct mig_address {
  * Returns 0 or -1 with a message. */
 int mig_address_parse(const char *text, struct mig_address *out, char *error, size_t error_size);
 
-/* A listening socket (unix: replaces a stale socket file). Returns fd or -1. */
+/*
+ * The destination's listening socket. unix:PATH follows the rules of every
+ * ringvm socket (vmm/unix_listener.h): created mode 0600 whatever the
+ * umask; a path a live ringvm listens on is refused (the path lock is held
+ * until mig_listener_close) and never unlinked; a stale socket file is
+ * replaced; any other file is refused; on close only our own socket file
+ * is removed. tcp:HOST:PORT listens with SO_REUSEADDR. Peers are checked by
+ * mig_accept.
+ *
+ * Ownership: the thread that opened it; fd may be handed to another
+ * thread to accept on (migration_incoming_run_fd takes a dup of it).
+ */
+struct mig_listener {
+    enum mig_address_kind kind;
+    int fd;                             /* listening, SOCK_CLOEXEC; -1 = closed */
+    struct unix_listener unix_socket;   /* kind UNIX: the lock, path and file identity */
+};
+
+/* Returns 0, or -1 with the cause in error (for unix:PATH the cause is
+ * also printed to stderr, naming "--incoming"); nothing is left open. */
+int mig_listener_open(struct mig_listener *listener, const struct mig_address *address, char *error,
+                      size_t error_size);
+/* Closes the socket, removes our socket file, releases the path lock.
+ * Safe after a failed open and twice. */
+void mig_listener_close(struct mig_listener *listener);
+
+/* A listening socket whose caller owns the path (tests and benchmarks
+ * pick unique paths and unlink them): mig_listener_open's rules at the
+ * time of the call, but the path lock is released on return and the file
+ * is left for the caller. Returns the fd or -1. ringvm --incoming uses
+ * mig_listener_open. */
 int mig_listen(const struct mig_address *address, char *error, size_t error_size);
+
 /* Waits for one connection; polls *cancel (may be NULL) every 100 ms.
- * Returns the connected (non-blocking) fd or -1 (error says why, "cancelled"
- * when *cancel became true). */
+ * A Unix peer must have this process's effective uid or be root
+ * (SO_PEERCRED): another is told why in an ERROR frame (seq 0, code 1,
+ * "permission denied: uid U is neither ringvm's uid V nor root"), closed,
+ * logged to stderr, and the wait goes on. Returns the connected
+ * (non-blocking) fd or -1 (error says why, "cancelled ..." when *cancel
+ * became true). */
 int mig_accept(int listen_fd, const _Atomic bool *cancel, char *error, size_t error_size);
 /* Connects within timeout_ms. Returns the connected (non-blocking) fd or -1. */
 int mig_connect(const struct mig_address *address, unsigned timeout_ms, const _Atomic bool *cancel,

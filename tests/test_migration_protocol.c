@@ -246,7 +246,8 @@ Test(migration_protocol, every_truncation_is_rejected)
         cuts++;
         /* Inside the 32-byte header. */
         for (size_t inside = 1; inside < MIG_HEADER_SIZE; inside++) {
-            snprintf(expected, sizeof(expected), "frame %zu: stream truncated: needed %u more bytes, %zu left", k,
+            snprintf(expected, sizeof(expected),
+                     "frame %zu: the source closed the connection (truncated stream): needed %u more bytes, got %zu", k,
                      MIG_HEADER_SIZE, inside);
             expect_cut(&s, target, start + inside, expected);
             cuts++;
@@ -259,8 +260,8 @@ Test(migration_protocol, every_truncation_is_rejected)
             while (at < end) {
                 for (size_t inside = 0; inside < MIG_RUN_HEADER_SIZE; inside++) {
                     snprintf(expected, sizeof(expected),
-                             "frame %zu: stream truncated: needed %u more bytes, %zu left", k, MIG_RUN_HEADER_SIZE,
-                             inside);
+                             "frame %zu: the source closed the connection (truncated stream): needed %u more bytes, "
+                             "got %zu", k, MIG_RUN_HEADER_SIZE, inside);
                     expect_cut(&s, target, at + inside, expected);
                     cuts++;
                 }
@@ -269,7 +270,8 @@ Test(migration_protocol, every_truncation_is_rejected)
                 size_t data = run_header.flags & MIG_RUN_ZERO ? 0 : (size_t)run_header.pages * MIG_PAGE_SIZE;
                 for (size_t inside = 0; inside < data; inside += 61) {
                     snprintf(expected, sizeof(expected),
-                             "frame %zu: stream truncated: needed %zu more bytes, %zu left", k, data, inside);
+                             "frame %zu: the source closed the connection (truncated stream): needed %zu more bytes, "
+                             "got %zu", k, data, inside);
                     expect_cut(&s, target, at + MIG_RUN_HEADER_SIZE + inside, expected);
                     cuts++;
                 }
@@ -280,7 +282,8 @@ Test(migration_protocol, every_truncation_is_rejected)
             for (size_t at = start + MIG_HEADER_SIZE; at < end; at++) {
                 struct mig_receiver r;
                 cr_assert_eq(run(&r, target, &s, at), -1, "a stream cut at %zu bytes was accepted", at);
-                snprintf(expected, sizeof(expected), "frame %zu: stream truncated: needed ", k);
+                snprintf(expected, sizeof(expected),
+                         "frame %zu: the source closed the connection (truncated stream): needed ", k);
                 cr_assert(strncmp(r.error, expected, strlen(expected)) == 0, "cut at %zu: %s", at, r.error);
                 mig_receiver_destroy(&r);
                 cuts++;
@@ -294,7 +297,8 @@ Test(migration_protocol, every_truncation_is_rejected)
     mig_receiver_destroy(&r);
     /* Two exact messages at known places. */
     expect_cut(&s, target, 0, "frame 0: stream ended before the end frame (truncated)");
-    expect_cut(&s, target, 40, "frame 0: stream truncated: needed 104 more bytes, 8 left");
+    expect_cut(&s, target, 40,
+               "frame 0: the source closed the connection (truncated stream): needed 104 more bytes, got 8");
     cr_assert_eq(frame_of(&s, s.length - 1), 6);
     migration_stream_guarded_ram_free(target, RAM_BYTES);
     free(ram);

@@ -12,6 +12,11 @@
  * checksum recomputed, so mutations get past the XXH3 check and reach the
  * deeper frame validation.
  *
+ * Work per byte (issue 16, item 3): after every parse the receiver's work
+ * counts must stay within mig_receiver_check_work's bounds for the input's
+ * size (runs, pages touched, bitmap words of ZERO runs, input calls); an
+ * input that makes the parser work more per byte aborts, like a crash.
+ *
  * Built by `make fuzz` (clang -fsanitize=fuzzer,address,undefined); run for
  * 60 s by tests/test_migration_fuzz.c. Allocation bound: libFuzzer's
  * -malloc_limit_mb (the runner sets 256) turns any large allocation into a
@@ -19,6 +24,7 @@
  * header alone.
  */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -40,6 +46,11 @@ static void run(const uint8_t *data, size_t size)
         abort();
     if (mig_receiver_run_buffer(&receiver, data, size) != 0 && receiver.error[0] == '\0')
         abort();    /* every failure must say why */
+    char why[256];
+    if (mig_receiver_check_work(&receiver, size, why, sizeof(why)) != 0) {
+        fprintf(stderr, "migration_stream_fuzz: too much work for %zu input bytes: %s\n", size, why);
+        abort();
+    }
     mig_receiver_destroy(&receiver);
 }
 
