@@ -7,6 +7,7 @@
 #include "vmm/memory.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <numa.h>
 #include <numaif.h>
@@ -78,7 +79,10 @@ int guest_memory_create(struct guest_memory *memory, uint64_t size,
                 options->hugepages ? "2M with --hugepages" : "4K");
         return -EINVAL;
     }
-    unsigned flags = MFD_CLOEXEC | (options->hugepages ? MFD_HUGETLB | MFD_HUGE_2MB : 0);
+    /* Sealable: a local hand-over (migration/memfd_transfer.h) passes this
+     * fd to another process, which must be sure the RAM can never shrink
+     * under its mapping (a SIGBUS on a guest access) or grow. */
+    unsigned flags = MFD_CLOEXEC | MFD_ALLOW_SEALING | (options->hugepages ? MFD_HUGETLB | MFD_HUGE_2MB : 0);
     memory->memfd = memfd_create("ringvm-guest-ram", flags);
     if (memory->memfd < 0) {
         int saved = errno;
@@ -90,6 +94,13 @@ int guest_memory_create(struct guest_memory *memory, uint64_t size,
         int saved = errno;
         fprintf(stderr, "ringvm: ftruncate(guest RAM, %" PRIu64 " bytes): %s%s\n", size, strerror(saved),
                 options->hugepages ? " (are enough huge pages reserved in /proc/sys/vm/nr_hugepages?)" : "");
+        close(memory->memfd);
+        memory->memfd = -1;
+        return -saved;
+    }
+    if (fcntl(memory->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+        int saved = errno;
+        fprintf(stderr, "ringvm: fcntl(guest RAM, F_ADD_SEALS shrink|grow|seal): %s\n", strerror(saved));
         close(memory->memfd);
         memory->memfd = -1;
         return -saved;

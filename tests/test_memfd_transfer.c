@@ -1,0 +1,150 @@
+/* Guest RAM's memfd handed over a local socket (migration/memfd_transfer.c,
+ * issue 19): what the destination accepts and refuses. No KVM needed: the
+ * memfd comes from vmm/memory.c exactly as a VM's guest RAM does. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "migration/memfd_transfer.h"
+#include "vmm/memory.h"
+
+#define RAM_SIZE (16ULL << 20)
+
+static char error[512];
+
+static void socket_pair(int fds[2])
+{
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+}
+
+static int open_fd_count(void)
+{
+    int count = 0;
+    for (int fd = 0; fd < 1024; fd++)
+        if (fcntl(fd, F_GETFD) >= 0)
+            count++;
+    return count;
+}
+
+Test(memfd_transfer, guest_ram_crosses_with_its_contents)
+{
+    struct guest_memory memory;
+    struct guest_memory_options options = { .numa_node = -1 };
+    cr_assert_eq(guest_memory_create(&memory, RAM_SIZE, &options), 0);
+    memcpy(memory.host + 12345, "ringvm", 6);
+    int fds[2];
+    socket_pair(fds);
+    cr_assert_eq(memfd_transfer_send(fds[0], memory.memfd, RAM_SIZE, error, sizeof(error)), 0, "%s", error);
+    int received = -1;
+    cr_assert_eq(memfd_transfer_receive(fds[1], RAM_SIZE, &received, error, sizeof(error)), 0, "%s", error);
+    cr_assert_geq(received, 0);
+    cr_assert_neq(received, memory.memfd);
+    uint8_t *mapping = mmap(NULL, RAM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, received, 0);
+    cr_assert_neq(mapping, MAP_FAILED);
+    cr_assert_eq(memcmp(mapping + 12345, "ringvm", 6), 0, "the same RAM, not a copy");
+    mapping[777] = 0x5a;
+    cr_assert_eq(memory.host[777], 0x5a, "writes are shared both ways");
+    /* The seals hold: nobody can shrink it under a mapping. */
+    cr_assert_neq(ftruncate(received, RAM_SIZE / 2), 0);
+    cr_assert_eq(errno, EPERM);
+    munmap(mapping, RAM_SIZE);
+    close(received);
+    close(fds[0]);
+    close(fds[1]);
+    guest_memory_destroy(&memory);
+}
+
+/* Sends fd announcing `announced` bytes and expects the receiver (which
+ * wants `expected`) to refuse with exactly `message`, leaking no fd. */
+static void expect_refused(int fd, uint64_t announced, uint64_t expected, int code, const char *message)
+{
+    int fds[2];
+    socket_pair(fds);
+    int before = open_fd_count();
+    cr_assert_eq(memfd_transfer_send(fds[0], fd, announced, error, sizeof(error)), 0, "%s", error);
+    int received = 12345;
+    cr_assert_eq(memfd_transfer_receive(fds[1], expected, &received, error, sizeof(error)), code, "%s", error);
+    cr_assert_str_eq(error, message);
+    cr_assert_eq(received, -1);
+    cr_assert_eq(open_fd_count(), before, "the refused fd was closed");
+    close(fds[0]);
+    close(fds[1]);
+}
+
+static int memfd_of(uint64_t size, unsigned flags, int seals)
+{
+    int fd = memfd_create("test-ram", MFD_CLOEXEC | flags);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(ftruncate(fd, (off_t)size), 0);
+    if (seals != 0)
+        cr_assert_eq(fcntl(fd, F_ADD_SEALS, seals), 0);
+    return fd;
+}
+
+Test(memfd_transfer, refuses_what_could_change_under_the_mapping)
+{
+    int unsealable = memfd_of(RAM_SIZE, 0, 0);
+    expect_refused(unsealable, RAM_SIZE, RAM_SIZE, -EBADF,
+                   "the memfd received is not sealed against shrinking (seals 0x1): its size could change under "
+                   "the mapping");
+    close(unsealable);
+    int grows = memfd_of(RAM_SIZE, MFD_ALLOW_SEALING, F_SEAL_SHRINK);
+    expect_refused(grows, RAM_SIZE, RAM_SIZE, -EBADF,
+                   "the memfd received is not sealed against growing (seals 0x2): its size could change under "
+                   "the mapping");
+    close(grows);
+}
+
+Test(memfd_transfer, refuses_a_size_mismatch_and_a_lie)
+{
+    int sealed = memfd_of(RAM_SIZE, MFD_ALLOW_SEALING, F_SEAL_SHRINK | F_SEAL_GROW);
+    expect_refused(sealed, RAM_SIZE, 2 * RAM_SIZE, -EPROTO,
+                   "the source announces 16777216 bytes of guest RAM, this ringvm's --memory is 33554432");
+    /* Announced right, but the file itself is smaller. */
+    expect_refused(sealed, 2 * RAM_SIZE, 2 * RAM_SIZE, -EBADF,
+                   "the memfd received holds 16777216 bytes, this ringvm's --memory is 33554432");
+    close(sealed);
+}
+
+Test(memfd_transfer, refuses_what_is_not_a_memfd)
+{
+    int pipe_fds[2];
+    cr_assert_eq(pipe(pipe_fds), 0);
+    int fds[2];
+    socket_pair(fds);
+    cr_assert_eq(memfd_transfer_send(fds[0], pipe_fds[0], RAM_SIZE, error, sizeof(error)), 0);
+    int received = 0;
+    cr_assert_eq(memfd_transfer_receive(fds[1], RAM_SIZE, &received, error, sizeof(error)), -EBADF);
+    cr_assert_eq(strncmp(error, "the fd received is not a memfd (pipe:[", 38), 0, "%s", error);
+    cr_assert_eq(received, -1);
+    close(fds[0]);
+    close(fds[1]);
+    close(pipe_fds[0]);
+    close(pipe_fds[1]);
+}
+
+Test(memfd_transfer, refuses_a_message_without_exactly_one_fd)
+{
+    int fds[2];
+    socket_pair(fds);
+    uint8_t message[MEMFD_TRANSFER_MESSAGE_SIZE] = "RVMEMFD1";
+    message[8 + 3] = 1;     /* 16 MiB, little-endian */
+    cr_assert_eq(write(fds[0], message, sizeof(message)), (ssize_t)sizeof(message));
+    int received = 0;
+    cr_assert_eq(memfd_transfer_receive(fds[1], RAM_SIZE, &received, error, sizeof(error)), -EPROTO);
+    cr_assert_str_eq(error, "the memfd message carried 0 fds, expected exactly 1");
+
+    cr_assert_eq(write(fds[0], "HELLO...garbage!", 16), 16);
+    cr_assert_eq(memfd_transfer_receive(fds[1], RAM_SIZE, &received, error, sizeof(error)), -EPROTO);
+    cr_assert_str_eq(error, "not a memfd hand-over message (16 bytes, bad magic)");
+
+    cr_assert_eq(write(fds[0], "RVMEM", 5), 5);
+    close(fds[0]);
+    cr_assert_eq(memfd_transfer_receive(fds[1], RAM_SIZE, &received, error, sizeof(error)), -EPROTO);
+    cr_assert_str_eq(error, "not a memfd hand-over message (5 bytes)");
+    close(fds[1]);
+}
