@@ -75,7 +75,8 @@ void options_print_usage(FILE *out)
 "  -h, --help               this text\n"
 "  --version                print the version\n"
 "\n"
-"Exit status: 0 clean shutdown, 1 guest or VMM failure, 2 bad command line.\n",
+"Exit status: 0 clean shutdown (SIGINT/SIGTERM, or a Linux guest that powers off or\n"
+"reboots), 1 guest or VMM failure, 2 bad command line.\n",
             RINGVM_MAX_VCPUS, DIRTY_LOG_DEFAULT_RING_ENTRIES, DIRTY_LOG_DEFAULT_BITMAP_SYNC_MS,
             OPTIONS_DEFAULT_INCOMING_STALL_TIMEOUT_S);
 }
