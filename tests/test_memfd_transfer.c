@@ -148,3 +148,46 @@ Test(memfd_transfer, refuses_a_message_without_exactly_one_fd)
     cr_assert_str_eq(error, "not a memfd hand-over message (5 bytes)");
     close(fds[1]);
 }
+
+/* The destination's side: the received memfd becomes its guest RAM with the
+ * same memslot layout (RAM above 3 GiB continues at 4 GiB). A 5 GiB memfd
+ * costs nothing until touched. */
+Test(memfd_transfer, adopted_ram_has_the_same_layout_and_bytes)
+{
+    struct guest_memory source, destination;
+    struct guest_memory_options options = { .numa_node = -1 };
+    uint64_t size = 5ULL << 30;
+    cr_assert_eq(guest_memory_create(&source, size, &options), 0);
+    source.host[size - 1] = 0x42;
+    int fds[2];
+    socket_pair(fds);
+    cr_assert_eq(memfd_transfer_send(fds[0], source.memfd, size, error, sizeof(error)), 0, "%s", error);
+    int received = -1;
+    cr_assert_eq(memfd_transfer_receive(fds[1], size, &received, error, sizeof(error)), 0, "%s", error);
+    cr_assert_eq(guest_memory_adopt(&destination, received, size, &options), 0);
+    cr_assert_eq(destination.size, size);
+    cr_assert_eq(destination.slot_count, 2);
+    for (unsigned i = 0; i < 2; i++) {
+        cr_assert_eq(destination.slots[i].gpa, source.slots[i].gpa);
+        cr_assert_eq(destination.slots[i].size, source.slots[i].size);
+        cr_assert_eq(destination.slots[i].ram_offset, source.slots[i].ram_offset);
+    }
+    cr_assert_eq(destination.host[size - 1], 0x42);
+    uint8_t *last = guest_memory_gpa_to_host(&destination, (4ULL << 30) + (2ULL << 30) - 1, 1);
+    cr_assert_not_null(last);
+    cr_assert_eq(*last, 0x42, "the last byte of RAM sits at 6 GiB - 1 behind the hole");
+    guest_memory_destroy(&destination);
+    guest_memory_destroy(&source);
+    close(fds[0]);
+    close(fds[1]);
+}
+
+Test(memfd_transfer, adopt_refuses_a_memfd_of_another_size)
+{
+    struct guest_memory memory;
+    struct guest_memory_options options = { .numa_node = -1 };
+    int fd = memfd_of(RAM_SIZE, MFD_ALLOW_SEALING, F_SEAL_SHRINK | F_SEAL_GROW);
+    cr_assert_eq(guest_memory_adopt(&memory, fd, 2 * RAM_SIZE, &options), -EINVAL);
+    cr_assert_eq(memory.memfd, -1);
+    cr_assert_eq(fcntl(fd, F_GETFD), -1, "adopt owns the fd and closed it");
+}

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <linux/kvm.h>
 
@@ -66,6 +67,61 @@ static int bind_to_node(struct guest_memory *memory, int node)
     return 0;
 }
 
+/* Maps memory->memfd (size bytes, already sized and sealed) and finishes
+ * the set-up both creation and adoption share: NUMA binding, prealloc, the
+ * memslot layout. On failure the memfd is closed. */
+static int map_guest_ram(struct guest_memory *memory, uint64_t size, const struct guest_memory_options *options)
+{
+    void *host = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, memory->memfd, 0);
+    if (host == MAP_FAILED) {
+        int saved = errno;
+        fprintf(stderr, "ringvm: mmap(guest RAM, %" PRIu64 " bytes): %s\n", size, strerror(saved));
+        close(memory->memfd);
+        memory->memfd = -1;
+        return -saved;
+    }
+    memory->host = host;
+    memory->size = size;
+    memory->hugepages = options->hugepages;
+    /* Guest RAM is large and sparse: keep it out of core dumps. */
+    (void)madvise(host, size, MADV_DONTDUMP);
+    if (options->numa_node >= 0) {
+        int result = bind_to_node(memory, options->numa_node);
+        if (result != 0) {
+            guest_memory_destroy(memory);
+            return result;
+        }
+        memory->numa_node = options->numa_node;
+    }
+    if (options->prealloc) {
+        int result = guest_memory_populate(memory, 0, size);
+        if (result != 0) {
+            guest_memory_destroy(memory);
+            return result;
+        }
+    }
+    layout_slots(memory);
+    return 0;
+}
+
+int guest_memory_adopt(struct guest_memory *memory, int memfd, uint64_t size,
+                       const struct guest_memory_options *options)
+{
+    memset(memory, 0, sizeof(*memory));
+    memory->memfd = memfd;
+    memory->numa_node = -1;
+    struct stat status;
+    long long held = fstat(memfd, &status) == 0 ? (long long)status.st_size : -1;
+    if (held < 0 || (uint64_t)held != size) {
+        fprintf(stderr, "ringvm: adopting guest RAM: the memfd holds %lld bytes, expected %" PRIu64 "\n", held,
+                size);
+        close(memfd);
+        memory->memfd = -1;
+        return -EINVAL;
+    }
+    return map_guest_ram(memory, size, options);
+}
+
 int guest_memory_create(struct guest_memory *memory, uint64_t size,
                         const struct guest_memory_options *options)
 {
@@ -105,36 +161,7 @@ int guest_memory_create(struct guest_memory *memory, uint64_t size,
         memory->memfd = -1;
         return -saved;
     }
-    void *host = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, memory->memfd, 0);
-    if (host == MAP_FAILED) {
-        int saved = errno;
-        fprintf(stderr, "ringvm: mmap(guest RAM, %" PRIu64 " bytes): %s\n", size, strerror(saved));
-        close(memory->memfd);
-        memory->memfd = -1;
-        return -saved;
-    }
-    memory->host = host;
-    memory->size = size;
-    memory->hugepages = options->hugepages;
-    /* Guest RAM is large and sparse: keep it out of core dumps. */
-    (void)madvise(host, size, MADV_DONTDUMP);
-    if (options->numa_node >= 0) {
-        int result = bind_to_node(memory, options->numa_node);
-        if (result != 0) {
-            guest_memory_destroy(memory);
-            return result;
-        }
-        memory->numa_node = options->numa_node;
-    }
-    if (options->prealloc) {
-        int result = guest_memory_populate(memory, 0, size);
-        if (result != 0) {
-            guest_memory_destroy(memory);
-            return result;
-        }
-    }
-    layout_slots(memory);
-    return 0;
+    return map_guest_ram(memory, size, options);
 }
 
 #ifndef MADV_POPULATE_WRITE

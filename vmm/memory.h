@@ -48,6 +48,12 @@ struct guest_memory_options {
  * naming what failed printed to stderr. */
 int guest_memory_create(struct guest_memory *memory, uint64_t size,
                         const struct guest_memory_options *options);
+/* Takes over guest RAM another ringvm created (its memfd, received in a
+ * local hand-over and checked with memfd_transfer_check): maps it and lays
+ * out the same memslots. Owns memfd from the call on (closed on failure).
+ * 0 or -errno, message on stderr. */
+int guest_memory_adopt(struct guest_memory *memory, int memfd, uint64_t size,
+                       const struct guest_memory_options *options);
 void guest_memory_destroy(struct guest_memory *memory);
 /* Faults in [ram_offset, ram_offset + length) writable now (MADV_POPULATE_WRITE),
  * so neither the guest nor an incoming migration pays first-touch faults. */
