@@ -714,6 +714,43 @@ static void source_log_iteration(struct source *s, struct mig_iteration_record *
     publish_event(s->server, MIG_EVENT_ITERATION, data);
 }
 
+/* The source's wait for the ACK (struct mig_input read_some for
+ * mig_read_reply): what the socket has, waiting in 50 ms polls while the
+ * snapshot stays fresh, and giving up at deadline_ns (CLOCK_MONOTONIC, the
+ * clock mig_read_reply uses by default), so the wait never outlasts it.
+ * Owned by the migration thread for the duration of the wait. */
+struct ack_wait {
+    struct source *s;
+    uint64_t deadline_ns;
+};
+
+static ssize_t ack_read_some(void *ctx, void *data, size_t capacity, char *error, size_t error_size)
+{
+    struct ack_wait *wait = ctx;
+    for (;;) {
+        ssize_t got = recv(wait->s->fd, data, capacity, MSG_DONTWAIT);
+        if (got >= 0)
+            return got;
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN) {
+            snprintf(error, error_size, "receiving from destination: %s", strerror(errno));
+            return -1;
+        }
+        uint64_t now = mono_ns();
+        if (now >= wait->deadline_ns) {
+            snprintf(error, error_size, "receiving from destination: deadline passed");
+            return -1;
+        }
+        source_publish(wait->s);
+        uint64_t left_ms = (wait->deadline_ns - now + 999999u) / 1000000u;
+        if (mig_io_poll_readable(wait->s->fd, left_ms < 50 ? (unsigned)left_ms : 50u) < 0) {
+            snprintf(error, error_size, "poll(destination): %s", strerror(errno));
+            return -1;
+        }
+    }
+}
+
 /* Stop-and-copy and the ACK. */
 static int source_complete(struct source *s)
 {
@@ -865,46 +902,54 @@ static int source_complete(struct source *s)
     source_phase(s, MIG_STATE_COMPLETING, "waiting-ack");
     trace("src flushed");
 
-    /* The ACK: the destination restores, verifies and resumes first. */
+    /* The ACK: the destination restores, verifies and resumes first. The
+     * whole reply must be in by a hard deadline (issue 16, item 1): we hold
+     * control_lock with the vCPUs paused, and a destination trickling
+     * bytes must not keep every API command queued behind us. */
     uint8_t reply[4 + MIG_ERROR_MAX_MESSAGE];
     struct mig_frame_header header;
     char text[600];
-    struct mig_io ack_io = s->io;
-    ack_io.stall_ms = s->params.stall_timeout_ms * 2 > 10000 ? s->params.stall_timeout_ms * 2 : 10000;
-    ack_io.cancel = NULL;   /* past END the destination may already run: no cancel, only the timeout */
-    struct mig_input ack_input = { .read = socket_read, .ctx = &ack_io };
-    /* Keep the snapshot fresh while the destination restores. */
-    uint64_t ack_deadline = mono_ns() + (uint64_t)ack_io.stall_ms * 1000000u;
-    for (;;) {
-        int ready = mig_io_poll_readable(s->fd, 50);
-        if (ready != 0)
-            break;
-        source_publish(s);
-        if (mono_ns() >= ack_deadline) {
-            /* Fix (issue 7, link cut after the last byte): the destination
-             * resumes the guest before it sends the ACK, so a missing ACK
-             * (no reply, connection not closed) does not mean the guest is
-             * not running there: resuming here could run it on both sides.
-             * Only when part of the stream never left this host (TCP bytes
-             * not sent even once: SIOCOUTQNSD > 0) can the destination not
-             * have END; then resuming is safe. Otherwise stay paused (VM
-             * state paused) and say so; the operator resumes only after
-             * checking the destination. (A TCP-level "unacked" count cannot
-             * decide it: the destination may have read END and its ACK
-             * segment may be what the cut link dropped.) */
-            int not_sent = 0;
-            if (!(ioctl(s->fd, SIOCOUTQNSD, &not_sent) == 0 && not_sent > 0)) {
-                s->keep_paused = true;
-                return source_fail(s, "outcome-unknown",
-                                   "no ack from the destination for %u ms after the whole stream was sent: it may "
-                                   "be running the guest; the source stays paused (vm.resume here only if the "
-                                   "destination does not run it)", ack_io.stall_ms);
-            }
-            return source_fail(s, "transport", "waiting for the destination's ack: nothing for %u ms",
-                               ack_io.stall_ms);
-        }
+    unsigned ack_ms = s->params.stall_timeout_ms * 2 > 10000 ? s->params.stall_timeout_ms * 2 : 10000;
+    uint64_t ack_started = mono_ns();
+    struct ack_wait wait = { .s = s, .deadline_ns = ack_started + (uint64_t)ack_ms * 1000000u };
+    /* No stop flag: past END the destination may already run the guest,
+     * so neither cancel nor shutdown may cut the wait short. */
+    struct mig_input ack_input = { .read_some = ack_read_some, .ctx = &wait };
+    size_t received = 0;
+    int got = mig_read_reply(&ack_input, s->peer_seq, ack_started, wait.deadline_ns, "destination", &header, reply,
+                             sizeof(reply), &received, text, sizeof(text));
+    if (got == MIG_REPLY_LATE && received > 0) {
+        /* Part of a reply: the destination is alive and answering END,
+         * and it answers ACK only after resuming the guest. Resuming here
+         * could run it twice. */
+        s->keep_paused = true;
+        return source_fail(s, "outcome-unknown",
+                           "waiting-ack: %s: it may be running the guest; the source stays paused (vm.resume here "
+                           "only if the destination does not run it)", text);
     }
-    if (mig_read_small_frame(&ack_input, s->peer_seq, &header, reply, sizeof(reply), text, sizeof(text)) != 0)
+    if (got == MIG_REPLY_LATE) {
+        /* Fix (issue 7, link cut after the last byte): the destination
+         * resumes the guest before it sends the ACK, so a missing ACK
+         * (no reply, connection not closed) does not mean the guest is
+         * not running there: resuming here could run it on both sides.
+         * Only when part of the stream never left this host (TCP bytes
+         * not sent even once: SIOCOUTQNSD > 0) can the destination not
+         * have END; then resuming is safe. Otherwise stay paused (VM
+         * state paused) and say so; the operator resumes only after
+         * checking the destination. (A TCP-level "unacked" count cannot
+         * decide it: the destination may have read END and its ACK
+         * segment may be what the cut link dropped.) */
+        int not_sent = 0;
+        if (!(ioctl(s->fd, SIOCOUTQNSD, &not_sent) == 0 && not_sent > 0)) {
+            s->keep_paused = true;
+            return source_fail(s, "outcome-unknown",
+                               "no ack from the destination for %u ms after the whole stream was sent: it may "
+                               "be running the guest; the source stays paused (vm.resume here only if the "
+                               "destination does not run it)", ack_ms);
+        }
+        return source_fail(s, "transport", "waiting for the destination's ack: nothing for %u ms", ack_ms);
+    }
+    if (got != 0)
         return source_fail(s, "transport", "waiting for the destination's ack: %s", text);
     s->peer_seq++;
     if (header.type == MIG_FRAME_ERROR) {
@@ -1567,7 +1612,9 @@ static void fault_point(struct vm *vm, const char *point)
 /* The receiver's input (struct mig_input read_some): what the socket has,
  * at least one byte, at most capacity; 0 when the source closed the
  * connection. Waits in 50 ms polls (publishing progress meanwhile), giving
- * up on shutdown or when nothing arrived for the stall timeout. */
+ * up on shutdown or when nothing arrived for the stall timeout. When data
+ * keeps arriving it never waits: the receiver itself checks the shutdown
+ * flag before every read and the frame deadline after every read. */
 static ssize_t incoming_read_some(void *ctx, void *data, size_t capacity, char *error, size_t error_size)
 {
     struct incoming *in = ctx;
@@ -1794,7 +1841,11 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
     incoming_phase(in, MIG_STATE_SETUP, "handshake");
     fault_point(vm, "setup");
     tell_source = true;
-    struct mig_input input = { .read_some = incoming_read_some, .ctx = in };
+    /* The receiver checks the shutdown flag before every read (a full
+     * socket never makes incoming_read_some wait) and holds each frame to
+     * its deadline (docs/migration-protocol.md, "Deadlines"). */
+    mig_receiver_set_deadline(&in->receiver, in->stall_ms, MIG_RATE_FLOOR_BYTES_PER_S);
+    struct mig_input input = { .read_some = incoming_read_some, .ctx = in, .stop = &vm->shutdown_requested };
     for (;;) {
         int type = mig_receiver_next(&in->receiver, &input);
         if (type < 0) {

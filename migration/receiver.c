@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "vmm/workload.h"
 
@@ -70,6 +71,35 @@ void mig_buffer_input_init(struct mig_buffer_input *buffer, struct mig_input *in
     input->read = buffer_read;
     input->read_some = buffer_read_some;
     input->ctx = buffer;
+    input->clock = NULL;
+    input->clock_ctx = NULL;
+    input->stop = NULL;
+}
+
+void mig_receiver_set_deadline(struct mig_receiver *r, unsigned stall_ms, uint64_t floor_bytes_per_s)
+{
+    r->stall_ms = stall_ms;
+    r->floor_bytes_per_s = floor_bytes_per_s != 0 ? floor_bytes_per_s : MIG_RATE_FLOOR_BYTES_PER_S;
+}
+
+static uint64_t input_now_ns(const struct mig_input *input)
+{
+    if (input->clock != NULL)
+        return input->clock(input->clock_ctx);
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);     /* cannot fail for CLOCK_MONOTONIC */
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+static bool input_stopped(const struct mig_input *input)
+{
+    return input->stop != NULL && atomic_load_explicit(input->stop, memory_order_acquire);
+}
+
+/* bytes per second over elapsed_ns, 0 for no time. */
+static uint64_t rate_per_second(uint64_t bytes, uint64_t elapsed_ns)
+{
+    return elapsed_ns == 0 ? 0 : (uint64_t)((unsigned __int128)bytes * 1000000000u / elapsed_ns);
 }
 
 int mig_receiver_init(struct mig_receiver *r, uint8_t *ram, uint64_t ram_bytes, const struct mig_hello *local)
@@ -173,6 +203,73 @@ static int fail(struct mig_receiver *r, uint32_t code, const char *fmt, ...)
     return -1;
 }
 
+/* The phase a frame belongs to, for messages: the handshake until the
+ * hello is in, stop-and-copy from the first vCPU or device state on (the
+ * source has paused), pre-copy in between. */
+static void receiver_phase(const struct mig_receiver *r, char *out, size_t size)
+{
+    bool stopped = r->have_device;
+    for (unsigned i = 0; i < r->local.vcpu_count && !stopped; i++)
+        stopped = r->vcpu_state_present[i];
+    if (!r->got_hello)
+        snprintf(out, size, "handshake");
+    else if (stopped)
+        snprintf(out, size, "stop-and-copy");
+    else
+        snprintf(out, size, "pre-copy (iteration %" PRIu64 ")",
+                 atomic_load_explicit(&r->iteration, memory_order_relaxed));
+}
+
+/* Starts the current frame's clock (its first byte is here). */
+static void start_frame_clock(struct mig_receiver *r, uint64_t now)
+{
+    r->frame_clock_running = true;
+    r->frame_start_ns = now;
+    r->frame_deadline_ns = now + (uint64_t)r->stall_ms * 1000000u;
+}
+
+/* The frame's length is known (header decoded): its deadline becomes
+ * start + max(stall, length / floor). */
+static uint64_t frame_window_ns(const struct mig_receiver *r)
+{
+    uint64_t stall = (uint64_t)r->stall_ms * 1000000u;
+    if (r->frame_length == 0)
+        return stall;
+    uint64_t at_floor = (uint64_t)(((unsigned __int128)r->frame_length * 1000000000u + r->floor_bytes_per_s - 1) /
+                                   r->floor_bytes_per_s);
+    return at_floor > stall ? at_floor : stall;
+}
+
+/*
+ * After read_some brought bytes: arrived bytes of the current frame are
+ * in (parsed, read into place, or staged). Starts the frame's clock at its
+ * first byte; fails when the frame is still incomplete at or past its
+ * deadline. 0 or -1 (r->error).
+ */
+static int check_frame_deadline(struct mig_receiver *r, const struct mig_input *input, uint64_t arrived)
+{
+    uint64_t now = input_now_ns(input);
+    if (!r->frame_clock_running)
+        start_frame_clock(r, now);
+    uint64_t total = r->frame_length != 0 ? r->frame_length : MIG_HEADER_SIZE;
+    if (arrived >= total || now < r->frame_deadline_ns)
+        return 0;
+    char what[64], phase[64];
+    if (r->frame_length == 0)
+        snprintf(what, sizeof(what), "frame header");
+    else
+        snprintf(what, sizeof(what), "%s frame of %" PRIu64 " bytes", mig_frame_type_name(r->frame_type),
+                 r->frame_length);
+    receiver_phase(r, phase, sizeof(phase));
+    uint64_t elapsed = now - r->frame_start_ns;
+    return fail(r, MIG_ERR_STREAM,
+                "%s too slow in %s: %" PRIu64 " of %" PRIu64 " bytes in %" PRIu64 " ms (%" PRIu64
+                " B/s); it had to arrive within %" PRIu64 " ms (the longer of the %u ms stall timeout and its "
+                "length at %" PRIu64 " B/s)", what, phase, arrived, total, elapsed / 1000000u,
+                rate_per_second(arrived, elapsed), frame_window_ns(r) / 1000000u, r->stall_ms,
+                r->floor_bytes_per_s);
+}
+
 /*
  * Reads exactly length bytes into data: first what is staged, then through
  * input->read_some, straight into data for a long read, into the staging
@@ -182,12 +279,19 @@ static int fail(struct mig_receiver *r, uint32_t code, const char *fmt, ...)
 static int receive_bytes(struct mig_receiver *r, const struct mig_input *input, void *data, size_t length,
                          bool eof_ok)
 {
+    /* Every read, staged or not, looks at the stop flag first: with the
+     * peer keeping the socket full, read_some never waits, so this is
+     * where a shutdown is seen (issue 16, item 2). */
+    if (input_stopped(input))
+        return fail(r, MIG_ERR_CANCELLED, "the destination VM is shutting down");
     uint8_t *out = data;
     size_t staged = r->staged_end - r->staged_start;
     size_t done = staged < length ? staged : length;
     memcpy(out, r->staging + r->staged_start, done);
     r->staged_start += done;
     while (done < length) {
+        if (input_stopped(input))
+            return fail(r, MIG_ERR_CANCELLED, "the destination VM is shutting down");
         size_t want = length - done;
         char text[MIG_RECEIVER_ERROR_MAX - 32];
         ssize_t got;
@@ -207,8 +311,11 @@ static int receive_bytes(struct mig_receiver *r, const struct mig_input *input, 
                 r->staged_end = (size_t)got;
             }
         }
-        if (got < 0)
+        if (got < 0) {
+            if (input_stopped(input))
+                return fail(r, MIG_ERR_CANCELLED, "the destination VM is shutting down");
             return fail(r, MIG_ERR_STREAM, "%s", text);
+        }
         if (got == 0) {
             if (done == 0 && eof_ok)
                 return 1;
@@ -216,7 +323,11 @@ static int receive_bytes(struct mig_receiver *r, const struct mig_input *input, 
                         "the source closed the connection (truncated stream): needed %zu more bytes, got %zu",
                         length, done);
         }
+        if (r->stall_ms != 0 &&
+            check_frame_deadline(r, input, r->frame_consumed + done + (r->staged_end - r->staged_start)) != 0)
+            return -1;
     }
+    r->frame_consumed += length;
     atomic_fetch_add_explicit(&r->bytes_received, length, memory_order_relaxed);
     return 0;
 }
@@ -316,6 +427,14 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
     r->error[0] = '\0';
     if (r->got_end)
         return fail(r, MIG_ERR_STREAM, "data after the end frame");
+    /* A new frame: its clock starts with its first byte, which is here
+     * already when it was read ahead. */
+    r->frame_consumed = 0;
+    r->frame_length = 0;
+    r->frame_type = 0;
+    r->frame_clock_running = false;
+    if (r->stall_ms != 0 && r->staged_end > r->staged_start)
+        start_frame_clock(r, input_now_ns(input));
     uint8_t raw[MIG_HEADER_SIZE];
     char text[MIG_RECEIVER_ERROR_MAX - 32];
     int result = receive_bytes(r, input, raw, sizeof(raw), true);
@@ -328,6 +447,13 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
     if (mig_header_decode(raw, r->seq, &header, r->error, sizeof(r->error)) != 0) {
         r->error_code = MIG_ERR_STREAM;
         return -1;
+    }
+    if (r->stall_ms != 0) {
+        /* Bounded by mig_header_decode (at most MIG_MEMORY_MAX_PAYLOAD). */
+        r->frame_type = header.type;
+        r->frame_length = MIG_HEADER_SIZE + header.length;
+        if (r->frame_clock_running)
+            r->frame_deadline_ns = r->frame_start_ns + frame_window_ns(r);
     }
     if (header.type == MIG_FRAME_HELLO_ACK || header.type == MIG_FRAME_ACK)
         return fail(r, MIG_ERR_STREAM, "unexpected %s frame from the source", mig_frame_type_name(header.type));
@@ -526,6 +652,61 @@ int mig_read_small_frame(const struct mig_input *input, uint64_t seq, struct mig
     }
     if (input->read(input->ctx, buffer, (size_t)header->length, false, error, error_size) != 0)
         return -1;
+    if (mig_frame_checksum(raw, buffer, (size_t)header->length) != header->checksum) {
+        snprintf(error, error_size, "frame %" PRIu64 ": %s frame checksum mismatch", seq,
+                 mig_frame_type_name(header->type));
+        return -1;
+    }
+    return 0;
+}
+
+int mig_read_reply(const struct mig_input *input, uint64_t seq, uint64_t started_ns, uint64_t deadline_ns,
+                   const char *peer, struct mig_frame_header *header, uint8_t *buffer, size_t capacity,
+                   size_t *received, char *error, size_t error_size)
+{
+    uint8_t raw[MIG_HEADER_SIZE];
+    uint8_t *out = raw;
+    size_t need = sizeof(raw);         /* of the current part: the header, then the payload */
+    uint64_t total = sizeof(raw);      /* of the whole reply, once the header says */
+    *received = 0;
+    for (int part = 0; part < 2; part++) {
+        size_t done = 0;
+        while (done < need) {
+            /* Never more than the frame: what follows is not ours. */
+            ssize_t got = input->read_some(input->ctx, out + done, need - done, error, error_size);
+            uint64_t now = input_now_ns(input);
+            if (got > 0) {
+                done += (size_t)got;
+                *received += (size_t)got;
+            } else if (got == 0) {
+                snprintf(error, error_size, "%s closed the connection (truncated stream: %zu of %zu bytes)", peer,
+                         done, need);
+                return -1;
+            }
+            if (*received < total && now >= deadline_ns) {
+                uint64_t elapsed = now - started_ns;
+                snprintf(error, error_size,
+                         "no complete reply from the %s within %" PRIu64 " ms: %zu of %" PRIu64 " bytes in %" PRIu64
+                         " ms (%" PRIu64 " B/s)", peer, (deadline_ns - started_ns) / 1000000u, *received, total,
+                         elapsed / 1000000u, rate_per_second(*received, elapsed));
+                return MIG_REPLY_LATE;
+            }
+            if (got < 0)
+                return -1;      /* read_some's message, before the deadline */
+        }
+        if (part == 0) {
+            if (mig_header_decode(raw, seq, header, error, error_size) != 0)
+                return -1;
+            if (header->length > capacity) {
+                snprintf(error, error_size, "frame %" PRIu64 ": unexpected %s frame of %" PRIu64 " bytes", seq,
+                         mig_frame_type_name(header->type), header->length);
+                return -1;
+            }
+            need = (size_t)header->length;
+            total = sizeof(raw) + header->length;
+            out = buffer;
+        }
+    }
     if (mig_frame_checksum(raw, buffer, (size_t)header->length) != header->checksum) {
         snprintf(error, error_size, "frame %" PRIu64 ": %s frame checksum mismatch", seq,
                  mig_frame_type_name(header->type));

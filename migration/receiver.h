@@ -7,7 +7,9 @@
  * ram_bytes), never allocates more than the configured vCPU state buffers
  * (sized from the LOCAL configuration at init, before any input is read),
  * never crashes, and never works more per input byte than the bounds of
- * mig_receiver_check_work. A frame's payload bytes may land in guest RAM
+ * mig_receiver_check_work. With mig_receiver_set_deadline it refuses a
+ * frame that arrives slower than the progress floor, and it gives up at
+ * the first read after input->stop becomes true. A frame's payload bytes may land in guest RAM
  * before its checksum is verified; a bad checksum fails the migration and
  * the destination never runs that RAM.
  *
@@ -35,11 +37,28 @@ typedef int (*mig_read_fn)(void *ctx, void *data, size_t length, bool eof_ok, ch
  * capacity), 0 at end of stream, -1 = error with a message (a stall, a
  * shutdown, a socket error). The receiver reads through this only. */
 typedef ssize_t (*mig_read_some_fn)(void *ctx, void *data, size_t capacity, char *error, size_t error_size);
+/* A monotonic clock in nanoseconds. Production leaves it NULL
+ * (CLOCK_MONOTONIC); the liveness tests pass a fake one they advance from
+ * their read_some, so deadlines are tested without sleeping. */
+typedef uint64_t (*mig_clock_fn)(void *ctx);
 
+/*
+ * Where the parser's bytes come from. Ownership: the caller's, used by the
+ * one thread that reads through it; *stop is written by any thread (the
+ * signal thread: vm->shutdown_requested) and read here with acquire.
+ * Fields left zero (NULL) are off, so `{ .read_some = f, .ctx = c }` works.
+ */
 struct mig_input {
     mig_read_fn read;
     mig_read_some_fn read_some;
     void *ctx;
+    mig_clock_fn clock;             /* NULL: CLOCK_MONOTONIC */
+    void *clock_ctx;
+    /* When it becomes true the receiver gives up at its next read (before
+     * every read_some call and every read served from the staged bytes):
+     * error "the destination VM is shutting down", code MIG_ERR_CANCELLED.
+     * May be NULL. */
+    const _Atomic bool *stop;
 };
 
 /* A byte buffer as input (tests, fuzzer): both functions. */
@@ -50,6 +69,17 @@ struct mig_buffer_input {
 };
 void mig_buffer_input_init(struct mig_buffer_input *buffer, struct mig_input *input, const void *data,
                            size_t length);
+
+/*
+ * The progress floor (docs/migration-protocol.md, "Deadlines"): once a
+ * frame's first byte has arrived, all of it must arrive within
+ *     max(stall timeout, frame bytes / MIG_RATE_FLOOR_BYTES_PER_S)
+ * in every phase (handshake, pre-copy, stop-and-copy). 256 KiB/s is a
+ * quarter of the lowest bandwidth cap a source can be given (1 MiB/s), so
+ * no paced source comes near it; a 1 MiB frame may take 4 s, the largest
+ * (64 MiB) 256 s, a small frame the stall timeout.
+ */
+#define MIG_RATE_FLOOR_BYTES_PER_S (256u << 10)
 
 #define MIG_RECEIVER_ERROR_MAX 640
 
@@ -96,6 +126,16 @@ struct mig_receiver {
     size_t staged_start, staged_end;    /* unparsed bytes: staging[start, end) */
     struct mig_receiver_work work;
 
+    /* Frame deadline (owner thread only; see mig_receiver_set_deadline). */
+    unsigned stall_ms;                  /* 0: no frame deadline */
+    uint64_t floor_bytes_per_s;
+    bool frame_clock_running;           /* the current frame's first byte has arrived */
+    uint64_t frame_start_ns;            /* on the input's clock */
+    uint64_t frame_deadline_ns;         /* start + stall until the header is decoded */
+    uint64_t frame_length;              /* header + payload; 0 until the header is decoded */
+    uint32_t frame_type;                /* for messages, once the header is decoded */
+    uint64_t frame_consumed;            /* bytes of the current frame parsed so far */
+
     /* Why the last call failed. error_code: this side's enum
      * mig_error_code (what it sends back and reports); peer_error: the
      * failure is an ERROR frame from the source, then error_code is
@@ -124,6 +164,29 @@ struct mig_receiver {
  * is faulted in to be checked). Returns 0 or -1 (out of memory). */
 int mig_receiver_init(struct mig_receiver *r, uint8_t *ram, uint64_t ram_bytes, const struct mig_hello *local);
 void mig_receiver_destroy(struct mig_receiver *r);
+
+/*
+ * Turns on the frame deadline: from the arrival of a frame's first byte
+ * (or the call of mig_receiver_next, when it was read ahead), all of the
+ * frame must have arrived within max(stall_ms, frame bytes /
+ * floor_bytes_per_s) on input->clock. It is checked whenever a read_some
+ * call returns bytes, so a peer that dribbles is refused at its first byte
+ * past the deadline (at most one stall timeout late: a peer that sends
+ * nothing at all meets read_some's own stall timeout instead). The error
+ * names the frame, the phase and the rate seen (bytes arrived / time since
+ * the frame's first byte), code MIG_ERR_STREAM:
+ *   frame 1: iteration frame of 56 bytes too slow in pre-copy (iteration
+ *   0): 35 of 56 bytes in 1020 ms (34 B/s); it had to arrive within
+ *   1000 ms (the longer of the 1000 ms stall timeout and its length at
+ *   262144 B/s)
+ * ("frame header too slow in handshake: 3 of 32 bytes ..." before the
+ * header is in; the phase is handshake, pre-copy (iteration N) or
+ * stop-and-copy).
+ * stall_ms 0 (the default after init: the buffer parser and the fuzzer
+ * have no clock) turns it off; floor_bytes_per_s 0 means
+ * MIG_RATE_FLOOR_BYTES_PER_S.
+ */
+void mig_receiver_set_deadline(struct mig_receiver *r, unsigned stall_ms, uint64_t floor_bytes_per_s);
 
 /* Reads and applies one frame. Returns the frame type (> 0), or -1 with
  * r->error ("frame 12: memory run at offset 0x... exceeds guest RAM ...").
@@ -164,6 +227,29 @@ const void *mig_receiver_vcpu_state(const struct mig_receiver *r, unsigned index
  * Returns 0 with *header filled, or -1 with a message. */
 int mig_read_small_frame(const struct mig_input *input, uint64_t seq, struct mig_frame_header *header,
                          uint8_t *buffer, size_t capacity, char *error, size_t error_size);
+
+/*
+ * The source's wait for a reply with a hard deadline (the ACK after END):
+ * reads one small frame like mig_read_small_frame, but through
+ * input->read_some, never past the frame, and all of it by deadline_ns on
+ * input->clock (started_ns: when the wait began, for the rate). Returns 0
+ * with *header filled and the payload in buffer; -1 with a message (the
+ * peer closed: "destination closed the connection (truncated stream: 0 of
+ * 32 bytes)", a read error, a bad header or checksum); MIG_REPLY_LATE when
+ * the deadline passed first: the message says how much of the reply
+ * arrived in how long ("no complete reply from the destination within
+ * 10000 ms: 5 of 32 bytes in 10000 ms (0 B/s)"). Either way *received
+ * holds the bytes of the reply that arrived (a caller past END must not
+ * assume the peer is silent when some did). read_some must itself return
+ * -1 once deadline_ns has passed on the same clock, so the wait cannot
+ * outlast it. input->stop is not consulted: past END nothing but the
+ * deadline may end the wait. peer names the other side in messages
+ * ("destination").
+ */
+#define MIG_REPLY_LATE (-2)
+int mig_read_reply(const struct mig_input *input, uint64_t seq, uint64_t started_ns, uint64_t deadline_ns,
+                   const char *peer, struct mig_frame_header *header, uint8_t *buffer, size_t capacity,
+                   size_t *received, char *error, size_t error_size);
 
 /* Test hook (tests/test_migration_digest.c): when set, called by the
  * receiving thread after each data run of a MEMORY frame has been written
