@@ -484,8 +484,7 @@ void uart_state_save(struct uart *uart, struct uart_state *state)
     pthread_mutex_unlock(&uart->lock);
 }
 
-/* 0, or -EINVAL with the first problem found written to error. */
-static int state_check(const struct uart_state *state, char *error, size_t error_size)
+int uart_state_check(const struct uart_state *state, char *error, size_t error_size)
 {
 #define REFUSE(...) do { snprintf(error, error_size, "uart state: " __VA_ARGS__); return -EINVAL; } while (0)
     if (state->ier & ~IER_MASK)
@@ -524,7 +523,7 @@ static int state_check(const struct uart_state *state, char *error, size_t error
 
 int uart_state_restore(struct uart *uart, const struct uart_state *state, char *error, size_t error_size)
 {
-    int result = state_check(state, error, error_size);
+    int result = uart_state_check(state, error, error_size);
     if (result != 0)
         return result;
     pthread_mutex_lock(&uart->lock);

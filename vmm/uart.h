@@ -95,6 +95,11 @@ void uart_set_rx_space_callback(struct uart *uart, void (*rx_space)(void *opaque
 
 /* Copies the device state (vCPUs parked, or any time for diagnosis). */
 void uart_state_save(struct uart *uart, struct uart_state *state);
+/* The checks uart_state_restore makes, without a device (a migration
+ * stream's decoder refuses a bad state before anything is restored):
+ * 0, or -EINVAL with the first problem found in error. */
+int uart_state_check(const struct uart_state *state, char *error, size_t error_size);
+
 /*
  * Replaces the device state. Refuses (-EINVAL, reason in error) a state the
  * device could never be in: reserved register bits set, FIFO count above
