@@ -1,0 +1,531 @@
+/*
+ * The destination of a migration (migration_incoming_run): listen, receive
+ * the stream through the receiver (migration/receiver.h), populate RAM ahead
+ * of it, restore the guest and answer END with the ACK.
+ */
+#include "migration/migration_internal.h"
+
+/* ---- the destination --------------------------------------------------------- */
+
+/*
+ * The populating thread: MADV_POPULATE_WRITE in 2 MiB chunks, running up to
+ * POPULATE_AHEAD bytes ahead of the receiver's frontier (the start of the
+ * data run it is writing). Iteration 0 arrives in RAM-offset order, so the
+ * receiver mostly finds its pages already faulted in; RAM the source sends
+ * as zero runs (memfd holes) is skipped with the frontier and never
+ * allocated. Ownership: struct populate belongs to the incoming thread;
+ * stop/done are atomics shared with the populater.
+ */
+#define POPULATE_CHUNK (2ull << 20)
+#define POPULATE_AHEAD (64ull << 20)
+
+struct populate {
+    uint8_t *host;
+    uint64_t size;
+    const _Atomic uint64_t *frontier;
+    _Atomic bool stop;
+    _Atomic uint64_t done;          /* bytes populated */
+    pthread_t thread;
+    bool started;
+};
+
+static void *populate_main(void *argument)
+{
+    struct populate *p = argument;
+    pthread_setname_np(pthread_self(), "mig-populate");
+    bool madvise_ok = true;
+    uint64_t next = 0;              /* first byte not populated yet (ahead of the frontier) */
+    uint64_t total = 0;
+    while (!atomic_load_explicit(&p->stop, memory_order_acquire)) {
+        uint64_t frontier = atomic_load_explicit(p->frontier, memory_order_relaxed) & ~(POPULATE_CHUNK - 1);
+        if (next < frontier)
+            next = frontier;        /* the receiver passed us: populating behind it is useless */
+        uint64_t limit = frontier + POPULATE_AHEAD < p->size ? frontier + POPULATE_AHEAD : p->size;
+        if (next >= limit) {
+            if (next >= p->size)
+                break;
+            /* A helper polling for work, not synchronization: 1 ms. */
+            struct timespec pause = { .tv_sec = 0, .tv_nsec = 1000000 };
+            nanosleep(&pause, NULL);
+            continue;
+        }
+        uint64_t length = limit - next < POPULATE_CHUNK ? limit - next : POPULATE_CHUNK;
+        if (madvise_ok && madvise(p->host + next, length, MADV_POPULATE_WRITE) != 0) {
+            if (errno == EINVAL || errno == ENOSYS) {
+                madvise_ok = false;     /* old kernel: touch instead */
+            } else {
+                fprintf(stderr, "ringvm: migration: pre-populating RAM at 0x%" PRIx64 ": %s (continuing without)\n",
+                        next, strerror(errno));
+                break;
+            }
+        }
+        if (!madvise_ok) {
+            /* An atomic OR of 0 faults the page in writable without ever
+             * changing a byte the receiver may be writing concurrently. */
+            for (uint64_t at = 0; at < length; at += MIG_PAGE_SIZE)
+                __atomic_fetch_or((uint64_t *)(p->host + next + at), 0, __ATOMIC_RELAXED);
+        }
+        next += length;
+        total += length;
+        atomic_store_explicit(&p->done, total, memory_order_relaxed);
+    }
+    return NULL;
+}
+
+struct incoming {
+    struct migration *m;
+    struct vm *vm;
+    struct api_server *server;
+    int fd;
+    unsigned stall_ms;
+    struct mig_receiver receiver;
+    struct mig_progress progress;
+    uint64_t started_mono;
+    uint64_t last_publish;
+    uint64_t seq;                   /* next frame to the source */
+};
+
+static void incoming_publish(struct incoming *in)
+{
+    uint64_t now = mig_mono_ns();
+    in->progress.elapsed_ms = (now - in->started_mono) / 1000000u;
+    in->progress.iteration = atomic_load_explicit(&in->receiver.iteration, memory_order_relaxed);
+    in->progress.memory.transferred = atomic_load_explicit(&in->receiver.bytes_received, memory_order_relaxed);
+    in->progress.memory.zero_pages = atomic_load_explicit(&in->receiver.zero_pages, memory_order_relaxed);
+    in->progress.memory.normal_pages = atomic_load_explicit(&in->receiver.normal_pages, memory_order_relaxed);
+    if (in->progress.elapsed_ms > 0)
+        in->progress.bandwidth_mibs = (double)in->progress.memory.transferred / (1024.0 * 1024.0) /
+                                      ((double)in->progress.elapsed_ms / 1000.0);
+    mig_progress_publish(&in->m->board, &in->progress);
+    in->last_publish = now;
+}
+
+static void incoming_phase(struct incoming *in, enum mig_state state, const char *phase)
+{
+    enum mig_state old = in->progress.state;
+    in->progress.state = state;
+    snprintf(in->progress.phase, sizeof(in->progress.phase), "%s", phase);
+    incoming_publish(in);
+    if (old != state)
+        mig_publish_state_event(in->server, in->progress.id, "incoming", state, phase);
+}
+
+/*
+ * Test-only fault injection (tests/test_faults.c, docs/reliability.md); inert
+ * unless RINGVM_FAULT_INJECT is set. RINGVM_FAULT_INJECT=POINT stops the
+ * destination once, when it reaches POINT:
+ *   setup          connection accepted, HELLO not read yet
+ *   iteration0     the marker of iteration 0 received
+ *   iteration1     a marker of an iteration >= 1 received (pre-copy, or the
+ *                  final one when the source converged after iteration 0)
+ *   stop-and-copy  the first vCPU state received (the source has paused)
+ *   end            END received (the last byte), before restore and ACK
+ * It prints "ringvm: fault-inject: stopped at POINT" on stderr, then reads
+ * nothing until the file named by RINGVM_FAULT_RELEASE exists (without it:
+ * until killed or shut down), so a test can kill it or cut its link there.
+ */
+static void fault_point(struct vm *vm, const char *point)
+{
+    static bool fired;
+    const char *wanted = getenv("RINGVM_FAULT_INJECT");
+    if (wanted == NULL || fired || strcmp(wanted, point) != 0)
+        return;
+    fired = true;
+    fprintf(stderr, "ringvm: fault-inject: stopped at %s\n", point);
+    fflush(stderr);
+    const char *release = getenv("RINGVM_FAULT_RELEASE");
+    while (!atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire) &&
+           (release == NULL || access(release, F_OK) != 0))
+        poll(NULL, 0, 10);
+    fprintf(stderr, "ringvm: fault-inject: released at %s\n", point);
+}
+
+/* The receiver's input (struct mig_input read_some): what the socket has,
+ * at least one byte, at most capacity; 0 when the source closed the
+ * connection. Waits in 50 ms polls (publishing progress meanwhile), giving
+ * up on shutdown or when nothing arrived for the stall timeout. When data
+ * keeps arriving it never waits: the receiver itself checks the shutdown
+ * flag before every read and the frame deadline after every read. */
+static ssize_t incoming_read_some(void *ctx, void *data, size_t capacity, char *error, size_t error_size)
+{
+    struct incoming *in = ctx;
+    uint64_t started = mig_mono_ns();
+    for (;;) {
+        ssize_t got = recv(in->fd, data, capacity, MSG_DONTWAIT);
+        if (got >= 0) {
+            if (got > 0 && mig_mono_ns() - in->last_publish >= PUBLISH_INTERVAL_NS)
+                incoming_publish(in);
+            return got;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN) {
+            snprintf(error, error_size, "receiving from the source: %s", strerror(errno));
+            return -1;
+        }
+        if (atomic_load_explicit(&in->vm->shutdown_requested, memory_order_acquire)) {
+            snprintf(error, error_size, "the destination VM is shutting down");
+            return -1;
+        }
+        uint64_t now = mig_mono_ns();
+        if (now - started >= (uint64_t)in->stall_ms * 1000000u) {
+            snprintf(error, error_size, "nothing received from the source for %u ms (link stalled)", in->stall_ms);
+            return -1;
+        }
+        if (now - in->last_publish >= PUBLISH_INTERVAL_NS)
+            incoming_publish(in);
+        struct pollfd p = { .fd = in->fd, .events = POLLIN };
+        if (poll(&p, 1, 50) < 0 && errno != EINTR) {
+            snprintf(error, error_size, "poll(source): %s", strerror(errno));
+            return -1;
+        }
+    }
+}
+
+static int incoming_send(struct incoming *in, uint32_t type, const void *payload, size_t length)
+{
+    uint8_t frame[MIG_HEADER_SIZE + 4 + MIG_ERROR_MAX_MESSAGE + MIG_HELLO_SIZE];
+    size_t total = mig_frame_encode(frame, type, in->seq++, payload, length);
+    struct mig_io io = { .fd = in->fd, .stall_ms = 2000, .cancel = NULL, .peer = "source" };
+    char error[256];
+    if (mig_io_write(&io, frame, total, error, sizeof(error)) != 0) {
+        fprintf(stderr, "ringvm: migration: %s\n", error);
+        return -1;
+    }
+    return 0;
+}
+
+static void local_hello(struct vm *vm, struct mig_hello *hello)
+{
+    memset(hello, 0, sizeof(*hello));
+    hello->version = MIG_PROTOCOL_VERSION;
+    hello->page_size = MIG_PAGE_SIZE;
+    hello->memory_bytes = vm->memory.size;
+    hello->vcpu_count = vm->config.vcpu_count;
+    hello->slot_count = vm->memory.slot_count;
+    for (unsigned i = 0; i < vm->memory.slot_count && i < MIG_MAX_SLOTS; i++) {
+        hello->slots[i].gpa = vm->memory.slots[i].gpa;
+        hello->slots[i].size = vm->memory.slots[i].size;
+        hello->slots[i].ram_offset = vm->memory.slots[i].ram_offset;
+    }
+    hello->vcpu_state_size = sizeof(struct vcpu_state);
+    hello->vcpu_state_version = VCPU_STATE_VERSION;
+    hello->features = MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST;
+    hello->abi_version = RINGVM_ABI_VERSION;
+}
+
+/* Restores what the stream carried and lets the vCPUs run. */
+static int incoming_restore(struct incoming *in, char *error, size_t error_size, uint32_t *code)
+{
+    struct vm *vm = in->vm;
+    struct mig_receiver *r = &in->receiver;
+    *code = MIG_ERR_INTERNAL;
+    struct vcpu_state *state = malloc(sizeof(*state));
+    if (state == NULL) {
+        snprintf(error, error_size, "out of memory for vCPU state");
+        return -1;
+    }
+    for (unsigned i = 0; i < vm->config.vcpu_count; i++) {
+        memcpy(state, mig_receiver_vcpu_state(r, i), sizeof(*state));
+        if (state->version != VCPU_STATE_VERSION || state->msr_count > VCPU_STATE_MAX_MSRS) {
+            *code = MIG_ERR_STREAM;
+            snprintf(error, error_size, "vCPU %u state: version %" PRIu32 ", %" PRIu32 " MSRs: invalid", i,
+                     state->version, state->msr_count);
+            free(state);
+            return -1;
+        }
+        int result = vcpu_state_restore(vm->vcpus[i].fd, state);
+        if (result != 0) {
+            free(state);
+            snprintf(error, error_size, "restoring vCPU %u: %s", i, strerror(-result));
+            return -1;
+        }
+    }
+    free(state);
+    /* The guest's workload comes with it (vm.info reports it). Written
+     * before awaiting_migration is cleared with release; readers acquire. */
+    char workload_error[256];
+    if (workload_spec_parse(r->device.workload, &vm->config.workload, workload_error, sizeof(workload_error)) != 0) {
+        snprintf(error, error_size, "device state: workload '%s': %s", r->device.workload, workload_error);
+        return -1;
+    }
+    pthread_mutex_lock(&vm->serial.lock);
+    vm->serial.line_control = (uint8_t)r->device.serial_lcr;
+    pthread_mutex_unlock(&vm->serial.lock);
+    atomic_store_explicit(&vm->last_exception_vector, r->device.last_exception_vector, memory_order_relaxed);
+    atomic_store_explicit(&vm->ledger_mismatches, r->device.ledger_mismatches, memory_order_relaxed);
+    for (unsigned i = 0; i < vm->config.vcpu_count && i < MIG_MAX_VCPUS; i++) {
+        /* The vCPU threads are parked: the park lock hand-off orders these. */
+        vm->vcpus[i].guest_phase = (int)r->device.guest_phase[i];
+        atomic_store_explicit(&vm->vcpus[i].guest_phase_published, (int)r->device.guest_phase[i],
+                              memory_order_release);
+    }
+    vm->bootinfo = guest_memory_gpa_to_host(&vm->memory, RINGVM_BOOTINFO_GPA, sizeof(*vm->bootinfo));
+    if (r->end.flags & MIG_END_HAS_DIGEST) {
+        char hex[MEMORY_DIGEST_HEX_SIZE];
+        int result = memory_digest(&vm->memory, hex, NULL, NULL);
+        if (result != 0) {
+            snprintf(error, error_size, "memory digest: %s", strerror(-result));
+            return -1;
+        }
+        snprintf(in->progress.digest_destination, sizeof(in->progress.digest_destination), "%s", hex);
+        snprintf(in->progress.digest_source, sizeof(in->progress.digest_source), "%s", r->end.digest);
+        if (strcmp(hex, r->end.digest) != 0) {
+            *code = MIG_ERR_DIGEST;
+            snprintf(error, error_size, "memory digest mismatch: source %s, destination %s", r->end.digest, hex);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* How long the destination waits for the next byte from the source before
+ * it gives up ("nothing received from the source for N ms (link stalled)")
+ * when --incoming-stall-timeout is not given. */
+#define INCOMING_STALL_DEFAULT_MS 5000u
+
+int migration_set_incoming_stall_timeout(struct vm *vm, unsigned stall_ms)
+{
+    if (stall_ms == 0) {
+        fprintf(stderr, "ringvm: migration: the incoming stall timeout must be at least 1 ms\n");
+        return -1;
+    }
+    struct migration *m = migration_manager_find(vm, true);
+    if (m == NULL) {
+        fprintf(stderr, "ringvm: migration: out of memory\n");
+        return -1;
+    }
+    pthread_mutex_lock(&m->lock);
+    m->incoming_stall_ms = stall_ms;
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
+int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address, struct api_server *server)
+{
+    struct migration *m = migration_manager_find(vm, true);
+    if (m == NULL) {
+        fprintf(stderr, "ringvm: migration: out of memory\n");
+        close(listen_fd);
+        return -1;
+    }
+    struct incoming *in = calloc(1, sizeof(*in));
+    if (in == NULL) {
+        fprintf(stderr, "ringvm: migration: out of memory\n");
+        close(listen_fd);
+        return -1;
+    }
+    pthread_mutex_lock(&m->lock);
+    if (atomic_load_explicit(&m->active, memory_order_acquire)) {
+        pthread_mutex_unlock(&m->lock);
+        fprintf(stderr, "ringvm: migration: a migration is already running on this VM\n");
+        close(listen_fd);
+        free(in);
+        return -1;
+    }
+    atomic_store_explicit(&m->active, true, memory_order_release);
+    atomic_store_explicit(&m->cancel, false, memory_order_release);
+    m->id = ++m->next_id;
+    unsigned stall_ms = m->incoming_stall_ms != 0 ? m->incoming_stall_ms : INCOMING_STALL_DEFAULT_MS;
+    pthread_mutex_unlock(&m->lock);
+
+    in->m = m;
+    in->vm = vm;
+    in->server = server;
+    in->fd = -1;
+    in->stall_ms = stall_ms;
+    in->started_mono = mig_mono_ns();
+    in->progress.id = m->id;
+    in->progress.incoming = true;
+    in->progress.state = MIG_STATE_SETUP;
+    in->progress.started_at_ms = mig_real_ns() / 1000000u;
+    in->progress.memory.total = vm->memory.size;
+    in->progress.vcpu_count = vm->config.vcpu_count > MIG_MAX_VCPUS ? MIG_MAX_VCPUS : vm->config.vcpu_count;
+    snprintf(in->progress.address, sizeof(in->progress.address), "%s", address ? address : "");
+    struct mig_hello hello;
+    local_hello(vm, &hello);
+    char error[MIG_RECEIVER_ERROR_MAX];
+    uint32_t error_code = MIG_ERR_INTERNAL;
+    bool tell_source = false;
+    int result = -1;
+    struct populate populate = { .host = vm->memory.host, .size = vm->memory.size,
+                                 .frontier = &in->receiver.frontier };
+
+    if (mig_receiver_init(&in->receiver, vm->memory.host, vm->memory.size, &hello) != 0) {
+        snprintf(error, sizeof(error), "out of memory for the receiver");
+        mig_receiver_destroy(&in->receiver);
+        goto out;
+    }
+    incoming_phase(in, MIG_STATE_SETUP, "listening");
+    if (getenv("RINGVM_MIG_NO_POPULATE") != NULL)
+        fprintf(stderr, "ringvm: migration: RINGVM_MIG_NO_POPULATE set: not pre-populating RAM\n");
+    else if (vm->config.memory_options.prealloc)
+        ;   /* --prealloc faulted everything in already: walking it again costs ~7 % of the CPU */
+    else if (pthread_create(&populate.thread, NULL, populate_main, &populate) == 0)
+        populate.started = true;
+    else
+        fprintf(stderr, "ringvm: migration: cannot start the pre-populating thread (continuing without)\n");
+
+    in->fd = mig_accept(listen_fd, (const _Atomic bool *)&vm->shutdown_requested, error, sizeof(error));
+    if (in->fd < 0)
+        goto out;
+    incoming_phase(in, MIG_STATE_SETUP, "handshake");
+    fault_point(vm, "setup");
+    tell_source = true;
+    /* The receiver checks the shutdown flag before every read (a full
+     * socket never makes incoming_read_some wait) and holds each frame to
+     * its deadline (docs/migration-protocol.md, "Deadlines"). */
+    mig_receiver_set_deadline(&in->receiver, in->stall_ms, MIG_RATE_FLOOR_BYTES_PER_S);
+    struct mig_input input = { .read_some = incoming_read_some, .ctx = in, .stop = &vm->shutdown_requested };
+    for (;;) {
+        int type = mig_receiver_next(&in->receiver, &input);
+        if (type < 0) {
+            snprintf(error, sizeof(error), "%s", in->receiver.error);
+            error_code = in->receiver.error_code ? in->receiver.error_code : MIG_ERR_STREAM;
+            if (in->receiver.peer_error)
+                tell_source = false;
+            goto out;
+        }
+        if (type == MIG_FRAME_HELLO) {
+            uint8_t payload[MIG_HELLO_SIZE];
+            mig_hello_encode(&hello, payload);
+            if (incoming_send(in, MIG_FRAME_HELLO_ACK, payload, sizeof(payload)) != 0) {
+                snprintf(error, sizeof(error), "could not answer the hello");
+                tell_source = false;
+                goto out;
+            }
+            in->progress.setup_ms = (mig_mono_ns() - in->started_mono) / 1000000u;
+            incoming_phase(in, MIG_STATE_ACTIVE, "receiving");
+        } else if (type == MIG_FRAME_END) {
+            fault_point(vm, "end");
+            break;
+        } else if (type == MIG_FRAME_ITERATION) {
+            fault_point(vm, atomic_load_explicit(&in->receiver.iteration, memory_order_relaxed) == 0 ? "iteration0"
+                                                                                                   : "iteration1");
+        } else if (type == MIG_FRAME_VCPU_STATE) {
+            fault_point(vm, "stop-and-copy");
+        }
+        if (type != MIG_FRAME_HELLO && mig_mono_ns() - in->last_publish >= PUBLISH_INTERVAL_NS)
+            incoming_publish(in);
+    }
+    incoming_phase(in, MIG_STATE_COMPLETING, "restoring");
+    mig_trace("dst end received");
+    atomic_store_explicit(&populate.stop, true, memory_order_release);
+    if (populate.started) {
+        pthread_join(populate.thread, NULL);
+        populate.started = false;
+    }
+    mig_trace("dst populate joined");
+    if (getenv("RINGVM_MIG_TRACE"))
+        fprintf(stderr, "ringvm: migration trace populated %" PRIu64 " MiB of %" PRIu64 "\n",
+                atomic_load_explicit(&populate.done, memory_order_relaxed) >> 20, populate.size >> 20);
+    if (incoming_restore(in, error, sizeof(error), &error_code) != 0)
+        goto out;
+    mig_trace("dst restored+digest");
+    pthread_mutex_lock(&vm->control_lock);
+    if (atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire)) {
+        pthread_mutex_unlock(&vm->control_lock);
+        snprintf(error, sizeof(error), "the destination VM is shutting down");
+        error_code = MIG_ERR_CANCELLED;
+        goto out;
+    }
+    atomic_store_explicit(&vm->awaiting_migration, false, memory_order_release);
+    vm_resume_vcpus(vm);
+    uint64_t resumed = mig_real_ns();
+    vm_set_state(vm, VM_STATE_RUNNING);
+    mig_trace("dst resumed");
+    pthread_mutex_unlock(&vm->control_lock);
+    tell_source = false;
+    struct mig_end ack = { .timestamp_ns = resumed,
+                           .pages = atomic_load_explicit(&in->receiver.pages_received, memory_order_relaxed) };
+    if (in->progress.digest_destination[0] != '\0') {
+        ack.flags = MIG_END_HAS_DIGEST;
+        snprintf(ack.digest, sizeof(ack.digest), "%s", in->progress.digest_destination);
+    }
+    uint8_t ack_bytes[MIG_ACK_SIZE];
+    mig_end_encode(&ack, ack_bytes);
+    /* The guest runs here now whatever happens to the ack. */
+    (void)incoming_send(in, MIG_FRAME_ACK, ack_bytes, sizeof(ack_bytes));
+    if (in->receiver.end.timestamp_ns != 0 && resumed >= in->receiver.end.timestamp_ns)
+        in->progress.downtime_ms = (resumed - in->receiver.end.timestamp_ns + 999999u) / 1000000u;
+    result = 0;
+
+out:
+    atomic_store_explicit(&populate.stop, true, memory_order_release);
+    if (populate.started)
+        pthread_join(populate.thread, NULL);
+    if (result != 0) {
+        fprintf(stderr, "ringvm: migration: %s\n", error);
+        if (tell_source && in->fd >= 0) {
+            uint8_t payload[4 + MIG_ERROR_MAX_MESSAGE];
+            size_t length = mig_error_encode(error_code, error, payload);
+            if (incoming_send(in, MIG_FRAME_ERROR, payload, length) == 0) {
+                /* Let the source read it before our close can reset the
+                 * connection: stop writing, drain its bytes for up to 1 s. */
+                shutdown(in->fd, SHUT_WR);
+                uint64_t until = mig_mono_ns() + 1000000000ull;
+                static uint8_t sink[65536];
+                while (mig_mono_ns() < until) {
+                    if (mig_io_poll_readable(in->fd, 50) != 1)
+                        continue;
+                    ssize_t got = recv(in->fd, sink, sizeof(sink), MSG_DONTWAIT);
+                    if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR))
+                        break;
+                }
+            }
+        }
+        in->progress.state = MIG_STATE_FAILED;
+        snprintf(in->progress.error_code, sizeof(in->progress.error_code), "%s",
+                 error_code == MIG_ERR_CONFIG ? "config-mismatch" : error_code == MIG_ERR_DIGEST ? "digest-mismatch"
+                 : error_code == MIG_ERR_CANCELLED ? "cancelled" : error_code == MIG_ERR_STREAM ? "stream" : "internal");
+        snprintf(in->progress.error_message, sizeof(in->progress.error_message), "%s", error);
+    } else {
+        in->progress.state = MIG_STATE_COMPLETED;
+        fprintf(stderr, "ringvm: migration: received and resumed: %" PRIu64 " MiB in %" PRIu64 " ms, downtime %"
+                PRIu64 " ms\n", atomic_load_explicit(&in->receiver.bytes_received, memory_order_relaxed) >> 20,
+                (mig_mono_ns() - in->started_mono) / 1000000u, in->progress.downtime_ms);
+    }
+    if (in->fd >= 0)
+        close(in->fd);
+    close(listen_fd);
+    in->progress.total_ms = (mig_mono_ns() - in->started_mono) / 1000000u;
+    in->progress.ended_at_ms = mig_real_ns() / 1000000u;
+    snprintf(in->progress.phase, sizeof(in->progress.phase), "done");
+    incoming_publish(in);
+    mig_publish_state_event(server, in->progress.id, "incoming", in->progress.state, "done");
+    mig_receiver_destroy(&in->receiver);
+    free(in);
+    pthread_mutex_lock(&m->lock);
+    atomic_store_explicit(&m->active, false, memory_order_release);
+    pthread_cond_broadcast(&m->idle);
+    pthread_mutex_unlock(&m->lock);
+    return result;
+}
+
+int migration_incoming_run(struct vm *vm, const char *address, struct api_server *server)
+{
+    struct mig_address parsed;
+    char error[400];
+    if (mig_address_parse(address, &parsed, error, sizeof(error)) != 0) {
+        fprintf(stderr, "ringvm: --incoming: %s\n", error);
+        return -1;
+    }
+    struct mig_listener listener;
+    if (mig_listener_open(&listener, &parsed, error, sizeof(error)) != 0) {
+        if (parsed.kind != MIG_ADDRESS_UNIX)    /* the unix listener printed its cause */
+            fprintf(stderr, "ringvm: --incoming: %s\n", error);
+        return -1;
+    }
+    /* migration_incoming_run_fd closes the fd it gets: it gets a dup, so
+     * the listener keeps its own until mig_listener_close removes our
+     * socket file (only ours) and releases the path lock. */
+    int fd = fcntl(listener.fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+        fprintf(stderr, "ringvm: --incoming: dup of the listening socket: %s\n", strerror(errno));
+        mig_listener_close(&listener);
+        return -1;
+    }
+    int result = migration_incoming_run_fd(vm, fd, address, server);
+    mig_listener_close(&listener);
+    return result;
+}

@@ -1,0 +1,157 @@
+/*
+ * Between the migration subsystem's three parts only: the per-VM manager and
+ * public API (migration/migration.c), the source state machine
+ * (migration/source.c, thread "migration") and the destination
+ * (migration/destination.c). Not for other subsystems: they use
+ * migration/migration.h.
+ */
+#ifndef RINGVM_MIGRATION_MIGRATION_INTERNAL_H
+#define RINGVM_MIGRATION_MIGRATION_INTERNAL_H
+
+#include "migration/migration.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/sockios.h>
+
+#include "api/digest.h"
+#include "api/server.h"
+#include "bpf/probes.h"
+#include "dirtyring/dirty_log.h"
+#include "migration/protocol.h"
+#include "migration/receiver.h"
+#include "migration/sender.h"
+#include "migration/transport.h"
+#include "vmm/vcpu_state.h"
+#include "vmm/vm.h"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+#define PUBLISH_INTERVAL_NS   50000000ull   /* publish at least every 50 ms (issue: 100) */
+#define CONNECT_TIMEOUT_MS    5000u
+#define MIN_BANDWIDTH_SAMPLE  (256u << 10)  /* bytes; smaller iterations keep the old estimate */
+
+/* ---- the per-VM manager ----------------------------------------------------
+ *
+ * Ownership: registry under registry_lock. In struct migration: thread,
+ * thread_joinable, params, server under lock; active / cancel atomics
+ * (written under lock by controllers, read by the migration thread);
+ * board: its own lock (see progress.h).
+ */
+struct migration {
+    struct vm *vm;
+    pthread_mutex_t lock;
+    pthread_cond_t idle;            /* broadcast when active becomes false */
+    pthread_t thread;
+    bool thread_joinable;
+    _Atomic bool active;
+    _Atomic bool cancel;
+    /* Set (under lock) once END is about to be queued: from then on the
+     * destination may resume the guest, so migration.cancel is refused
+     * instead of being honoured half-way. cancel and past_end are decided
+     * under lock, so exactly one of them wins. */
+    bool past_end;
+    uint64_t next_id;
+    /* Destination's transfer timeout in ms (ringvm --incoming-stall-timeout),
+     * 0 = INCOMING_STALL_DEFAULT_MS. Written under lock by
+     * migration_set_incoming_stall_timeout, read under lock when an
+     * incoming migration starts. */
+    unsigned incoming_stall_ms;
+    struct mig_params params;       /* of the running migration; set before the thread starts */
+    uint64_t id;
+    struct api_server *server;
+    struct mig_progress_board board;
+};
+
+/* ---- the source (migration/source.c) ------------------------------------- */
+
+/* One outgoing migration. migration_start allocates and fills it, then hands
+ * it to thread "migration" (migration_source_main), which alone touches it
+ * from then on and frees it at the end; others see only the copies of
+ * `progress` published on the manager's board. */
+struct source {
+    struct migration *m;
+    struct vm *vm;
+    struct mig_params params;
+    struct api_server *server;
+
+    int fd;
+    struct mig_io io;
+    struct mig_input input;
+    struct mig_sender sender;
+    bool sender_started;
+    bool tracking;
+    bool locked;                    /* holds vm->control_lock */
+    bool paused;                    /* we paused the vCPUs */
+    bool user_paused;               /* the VM was PAUSED by the user at stop-and-copy */
+    bool keep_paused;               /* failed with an unknown outcome: never resume (see source_complete) */
+    uint64_t seq;                   /* next frame to the destination */
+    uint64_t peer_seq;              /* next frame from the destination */
+
+    struct mig_progress progress;   /* private; published copies on the board */
+    struct bpf_probes_mark bpf_mark;    /* probes' counters at this iteration's start */
+    bool bpf_marked;
+    uint64_t started_mono;
+    uint64_t last_publish;
+    uint64_t deadline_mono;         /* overall timeout */
+    bool force_switch;
+    bool end_sent;                  /* the ACK is read by source_complete, not by ticks */
+    uint64_t buffer_wait_ns;        /* time waiting for send buffers (trace) */
+
+    uint64_t bandwidth;             /* bytes/s estimate (last iteration) */
+    uint64_t digest_ms;             /* verify_digest: one XXH3 pass over RAM, estimated at start (0 = off) */
+    uint64_t iteration_start_ns;    /* for a live estimate within the first iteration */
+    uint64_t iteration_start_bytes;
+    uint64_t pages_sent_total;
+    struct mig_auto_converge auto_state;
+    uint64_t dl_last_ns;            /* dirty-limit: last sample */
+    uint64_t dl_last_pages[MIG_MAX_VCPUS];
+    uint64_t dl_last_rate[MIG_MAX_VCPUS];
+    int dl_last_throttle[MIG_MAX_VCPUS];
+
+    struct dirty_pages pending;
+    uint64_t pending_sent;          /* pages of `pending` sent so far in this iteration */
+
+    /* Outcome. */
+    const char *error_code;         /* NULL = none */
+    char error[640];
+    bool cancelled;
+};
+
+/* ---- shared helpers (migration/migration.c) ------------------------------- */
+
+uint64_t mig_mono_ns(void);
+uint64_t mig_real_ns(void);
+/* RINGVM_MIG_TRACE=1: phase timestamps on stderr (diagnostics). */
+void mig_trace(const char *what);
+/* Publishes on the API server, or drops the event when there is none. */
+void mig_publish_event(struct api_server *server, const char *name, json_t *data);
+/* The migration.state event of either side. */
+void mig_publish_state_event(struct api_server *server, uint64_t id, const char *role, enum mig_state state,
+                             const char *phase);
+/* The manager of vm's migrations; created on first use when `create`.
+ * NULL when out of memory or too many VMs in this process. */
+struct migration *migration_manager_find(struct vm *vm, bool create);
+
+/* ---- the source's entry points (migration/source.c) ---------------------- */
+
+/* Thread "migration": runs the source state machine of s, publishes the
+ * outcome, frees s and marks the manager idle. */
+void *migration_source_main(void *argument);
+/* s->progress's per-vCPU and maximum throttle, read from the vCPUs. */
+void migration_source_vcpu_throttles(struct source *s);
+
+#endif

@@ -1,0 +1,1022 @@
+/*
+ * The source of a pre-copy migration: the state machine run by thread
+ * "migration" (migration_source_main), from the handshake through the
+ * iterations, the switch-over and the ACK. struct source and who owns what
+ * in it: migration/migration_internal.h.
+ */
+#include "migration/migration_internal.h"
+
+/* Bytes written to the migration socket that have not reached the peer
+ * yet (TCP: not yet acknowledged; unix: not yet read). The sender counts
+ * bytes handed to the kernel, so without this a bandwidth sample counts
+ * the socket buffers' fill as if it had crossed the link: on a 1 Gbit/s
+ * link iteration 0 of a 128 MiB guest read 141 MiB/s where ~115 MiB/s
+ * went through, and the switch-over then overran the downtime limit.
+ * 0 when the socket cannot say. */
+static uint64_t socket_queued_bytes(int fd)
+{
+    int queued = 0;
+    if (fd < 0 || ioctl(fd, SIOCOUTQ, &queued) != 0 || queued < 0)
+        return 0;
+    return (uint64_t)queued;
+}
+
+/* ---- the source ------------------------------------------------------------ */
+
+__attribute__((format(printf, 3, 4)))
+static int source_fail(struct source *s, const char *code, const char *fmt, ...)
+{
+    if (s->error_code != NULL)
+        return -1;      /* keep the first cause */
+    s->error_code = code;
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(s->error, sizeof(s->error), fmt, args);
+    va_end(args);
+    return -1;
+}
+
+static int socket_read(void *ctx, void *data, size_t length, bool eof_ok, char *error, size_t error_size)
+{
+    return mig_io_read(ctx, data, length, eof_ok, error, error_size);
+}
+
+void migration_source_vcpu_throttles(struct source *s)
+{
+    int max = 0;
+    unsigned count = s->vm->config.vcpu_count;
+    s->progress.vcpu_count = count > MIG_MAX_VCPUS ? MIG_MAX_VCPUS : count;
+    for (unsigned i = 0; i < s->progress.vcpu_count; i++) {
+        int t = vcpu_get_throttle(&s->vm->vcpus[i]);
+        s->progress.vcpu_throttle[i] = t;
+        if (t > max)
+            max = t;
+    }
+    s->progress.throttle_percent = max;
+}
+
+static void source_publish(struct source *s)
+{
+    uint64_t now = mig_mono_ns();
+    s->progress.elapsed_ms = (now - s->started_mono) / 1000000u;
+    if (s->sender_started)
+        s->progress.memory.transferred = mig_sender_bytes(&s->sender);
+    migration_source_vcpu_throttles(s);
+    mig_progress_publish(&s->m->board, &s->progress);
+    s->last_publish = now;
+}
+
+static void source_phase(struct source *s, enum mig_state state, const char *phase)
+{
+    enum mig_state old = s->progress.state;
+    s->progress.state = state;
+    snprintf(s->progress.phase, sizeof(s->progress.phase), "%s", phase);
+    source_publish(s);
+    if (old != state)
+        mig_publish_state_event(s->server, s->progress.id, "outgoing", state, phase);
+}
+
+
+/* Periodic work while sending: publish, dirty-limit, aborts. 0 or -1. */
+static int source_tick(struct source *s)
+{
+    uint64_t now = mig_mono_ns();
+    if (now - s->last_publish >= PUBLISH_INTERVAL_NS) {
+        if (s->pending.count > 0 || s->progress.iteration > 0) {
+            uint64_t left = s->pending.count > s->pending_sent ? s->pending.count - s->pending_sent : 0;
+            s->progress.memory.remaining = left * MIG_PAGE_SIZE;
+        }
+        source_publish(s);
+    }
+    if (atomic_load_explicit(&s->m->cancel, memory_order_acquire)) {
+        s->cancelled = true;
+        return source_fail(s, "cancelled", "cancelled by migration.cancel");
+    }
+    if (atomic_load_explicit(&s->vm->shutdown_requested, memory_order_acquire)) {
+        s->cancelled = true;
+        return source_fail(s, "shutdown", "the VM is shutting down");
+    }
+    if (s->deadline_mono != 0 && now >= s->deadline_mono && !s->paused) {
+        if (!s->params.timeout_force) {
+            s->cancelled = true;
+            return source_fail(s, "timeout", "not converged within timeout_s=%" PRIu64 " s (timeout_strategy=cancel)",
+                               s->params.timeout_s);
+        }
+        s->force_switch = true;
+    }
+    /* The destination only talks mid-stream to say why it gives up. */
+    if (s->fd >= 0 && !s->end_sent && mig_io_poll_readable(s->fd, 0) == 1) {
+        uint8_t payload[4 + MIG_ERROR_MAX_MESSAGE];
+        struct mig_frame_header header;
+        char text[600];
+        struct mig_io quick = s->io;
+        quick.stall_ms = 1000;
+        struct mig_input quick_input = { .read = socket_read, .ctx = &quick };
+        if (mig_read_small_frame(&quick_input, s->peer_seq, &header, payload, sizeof(payload), text,
+                                 sizeof(text)) != 0)
+            return source_fail(s, "transport", "%s", text);
+        if (header.type == MIG_FRAME_ERROR) {
+            uint32_t code;
+            char message[MIG_ERROR_MAX_MESSAGE + 1];
+            mig_error_decode(payload, (size_t)header.length, &code, message, sizeof(message));
+            return source_fail(s, code == MIG_ERR_CONFIG ? "config-mismatch" : "destination-error",
+                               "destination refused: %s", message);
+        }
+        return source_fail(s, "stream", "destination sent an unexpected %s frame",
+                           mig_frame_type_name(header.type));
+    }
+    if (s->sender_started) {
+        char text[512];
+        if (mig_sender_failed(&s->sender, text, sizeof(text))) {
+            if (s->cancelled)
+                return -1;
+            /* A destination that refused says why before closing. */
+            if (!s->end_sent && mig_io_poll_readable(s->fd, 200) == 1) {
+                uint8_t payload[4 + MIG_ERROR_MAX_MESSAGE];
+                struct mig_frame_header header;
+                char ignored[256];
+                if (mig_read_small_frame(&s->input, s->peer_seq, &header, payload, sizeof(payload), ignored,
+                                         sizeof(ignored)) == 0 && header.type == MIG_FRAME_ERROR) {
+                    uint32_t code;
+                    char message[MIG_ERROR_MAX_MESSAGE + 1];
+                    mig_error_decode(payload, (size_t)header.length, &code, message, sizeof(message));
+                    return source_fail(s, "destination-error", "destination refused: %s", message);
+                }
+            }
+            return source_fail(s, "transport", "%s", text);
+        }
+    }
+    return 0;
+}
+
+static struct mig_buffer *source_buffer(struct source *s)
+{
+    uint64_t started = mig_mono_ns();
+    for (;;) {
+        if (source_tick(s) != 0)
+            return NULL;
+        struct mig_buffer *b = mig_sender_get(&s->sender, 50);
+        if (b != NULL) {
+            s->buffer_wait_ns += mig_mono_ns() - started;
+            return b;
+        }
+    }
+}
+
+static int source_flush(struct source *s)
+{
+    for (;;) {
+        int r = mig_sender_flush(&s->sender, 50);
+        if (r == 0)
+            return source_tick(s);
+        if (source_tick(s) != 0)
+            return -1;
+        if (r < 0)
+            return source_fail(s, "transport", "sender failed");
+    }
+}
+
+static int source_small_frame(struct source *s, uint32_t type, const void *payload, size_t length)
+{
+    struct mig_buffer *b = source_buffer(s);
+    if (b == NULL)
+        return -1;
+    if (!mig_buffer_append_frame(b, type, s->seq, payload, length)) {
+        mig_sender_put_back(&s->sender, b);
+        return source_fail(s, "internal", "%s frame of %zu bytes does not fit a send buffer",
+                           mig_frame_type_name(type), length);
+    }
+    s->seq++;
+    mig_sender_submit(&s->sender, b, s->seq);
+    return 0;
+}
+
+/* Builder over buffers: pages go into the current frame; full frames are
+ * submitted. */
+struct stream {
+    struct source *s;
+    struct mig_buffer *buffer;
+    struct mig_frame_builder builder;
+    unsigned since_tick;
+};
+
+static int stream_submit(struct stream *st)
+{
+    if (st->buffer == NULL)
+        return 0;
+    struct source *s = st->s;
+    if (mig_builder_empty(&st->builder)) {
+        mig_sender_put_back(&s->sender, st->buffer);
+    } else {
+        mig_builder_close(&st->builder, s->seq++);     /* the sender thread fills it */
+        s->progress.memory.zero_pages += st->builder.zero_pages;
+        s->progress.memory.normal_pages += st->builder.normal_pages;
+        s->pages_sent_total += st->builder.pages;
+        mig_sender_submit(&s->sender, st->buffer, s->seq);
+    }
+    st->buffer = NULL;
+    return 0;
+}
+
+static int stream_room(struct stream *st)
+{
+    if (st->buffer != NULL && mig_builder_has_room(&st->builder)) {
+        if (++st->since_tick >= 512) {
+            st->since_tick = 0;
+            if (source_tick(st->s) != 0)
+                return -1;
+        }
+        return 0;
+    }
+    stream_submit(st);
+    st->buffer = source_buffer(st->s);
+    if (st->buffer == NULL)
+        return -1;
+    mig_builder_begin(&st->builder, st->buffer);
+    return 0;
+}
+
+static int stream_page(struct stream *st, uint64_t page)
+{
+    if (stream_room(st) != 0)
+        return -1;
+    uint64_t offset = page * MIG_PAGE_SIZE;
+    mig_builder_add_page(&st->builder, offset, st->s->vm->memory.host + offset);
+    return 0;
+}
+
+static int stream_zero(struct stream *st, uint64_t first_page, uint64_t count)
+{
+    while (count > 0) {
+        if (stream_room(st) != 0)
+            return -1;
+        uint64_t take = count > MIG_RUN_MAX_PAGES ? MIG_RUN_MAX_PAGES : count;
+        mig_builder_add_zero(&st->builder, first_page * MIG_PAGE_SIZE, take);
+        first_page += take;
+        count -= take;
+    }
+    return 0;
+}
+
+static int source_iteration_marker(struct source *s, uint64_t iteration, uint64_t pages)
+{
+    uint8_t payload[MIG_ITERATION_SIZE];
+    struct mig_iteration it = { .iteration = iteration, .pages = pages,
+                                .transferred = s->sender_started ? mig_sender_bytes(&s->sender) : 0 };
+    mig_iteration_encode(&it, payload);
+    return source_small_frame(s, MIG_FRAME_ITERATION, payload, sizeof(payload));
+}
+
+/* Iteration 0: all RAM; memfd holes are zero runs without reading them. */
+static int source_send_all(struct source *s)
+{
+    struct guest_memory *memory = &s->vm->memory;
+    uint64_t pages = guest_memory_pages(memory);
+    struct stream st = { .s = s };
+    uint64_t page = 0;
+    bool extents = true;
+    s->progress.memory.remaining = memory->size;
+    while (page < pages) {
+        uint64_t data_start = page, data_end = pages;
+        if (extents) {
+            off_t data = lseek(memory->memfd, (off_t)(page * MIG_PAGE_SIZE), SEEK_DATA);
+            if (data < 0 && errno == ENXIO) {
+                data_start = data_end = pages;
+            } else if (data < 0) {
+                extents = false;
+            } else {
+                off_t hole = lseek(memory->memfd, data, SEEK_HOLE);
+                if (hole < 0) {
+                    extents = false;
+                } else {
+                    data_start = (uint64_t)data / MIG_PAGE_SIZE;
+                    data_end = ((uint64_t)hole + MIG_PAGE_SIZE - 1) / MIG_PAGE_SIZE;
+                    if (data_end > pages)
+                        data_end = pages;
+                }
+            }
+        }
+        if (!extents) {
+            data_start = page;
+            data_end = pages;
+        }
+        if (data_start > page && stream_zero(&st, page, data_start - page) != 0)
+            return -1;
+        for (uint64_t p = data_start; p < data_end; p++) {
+            if (stream_page(&st, p) != 0)
+                return -1;
+            s->progress.memory.remaining = (pages - p) * MIG_PAGE_SIZE;
+        }
+        page = data_end;
+    }
+    stream_submit(&st);
+    return 0;
+}
+
+static int source_send_pending(struct source *s)
+{
+    struct stream st = { .s = s };
+    s->pending_sent = 0;
+    for (uint64_t i = 0; i < s->pending.count; i++) {
+        if (stream_page(&st, s->pending.pages[i]) != 0)
+            return -1;
+        s->pending_sent = i + 1;
+    }
+    stream_submit(&st);
+    return 0;
+}
+
+/* vcpu_set_throttle takes effect at the vCPU's next exit; a ring-3 guest
+ * that never exits would never see it, so a throttle switched on from 0
+ * also kicks the vCPU (the loop then arms its timeslice timer). */
+static void throttle_vcpu(struct vcpu *vcpu, int percent)
+{
+    int old = vcpu_get_throttle(vcpu);
+    vcpu_set_throttle(vcpu, percent);
+    if (old == 0 && percent > 0)
+        vcpu_kick(vcpu);
+}
+
+static void set_all_throttles(struct source *s, int percent)
+{
+    for (unsigned i = 0; i < s->vm->config.vcpu_count; i++)
+        throttle_vcpu(&s->vm->vcpus[i], percent);
+}
+
+/*
+ * dirty-limit, once per iteration. Per-vCPU dirty rates come from the
+ * rings (entries harvested per vCPU since the last call); the iteration's
+ * unique dirty pages/s (the take) are split in those proportions, so
+ * d_i = D * h_i / H is vCPU i's share of what must be re-sent. The pure
+ * rule (convergence.c) then gives each vCPU the throttle that brings d_i
+ * to its quota assuming d scales with run time. When it does not (the
+ * vCPU still covers its whole working set while throttled: d did not drop
+ * by a fifth although the throttle rose), the excess ratio is applied
+ * twice so the loop closes in a few iterations instead of halving slowly.
+ */
+static void dirty_limit_apply(struct source *s, uint64_t dirty_pages, uint64_t dur_ns)
+{
+    struct dirty_log_stats *stats = malloc(sizeof(*stats));
+    if (stats == NULL)
+        return;
+    dirty_log_get_stats(s->vm->dirty_log, stats);
+    unsigned count = s->vm->config.vcpu_count;
+    if (count > MIG_MAX_VCPUS)
+        count = MIG_MAX_VCPUS;
+    if (count > stats->vcpu_stats_count)
+        count = stats->vcpu_stats_count;
+    uint64_t harvested[MIG_MAX_VCPUS], total = 0;
+    for (unsigned i = 0; i < count; i++) {
+        harvested[i] = stats->vcpu[i].pages - s->dl_last_pages[i];
+        s->dl_last_pages[i] = stats->vcpu[i].pages;
+        total += harvested[i];
+    }
+    free(stats);
+    bool first = s->dl_last_ns == 0;
+    s->dl_last_ns = mig_mono_ns();
+    if (first || dur_ns == 0)
+        return;     /* baseline only */
+    uint64_t unique_pps = (uint64_t)((unsigned __int128)dirty_pages * 1000000000u / dur_ns);
+    uint64_t rates[MIG_MAX_VCPUS];
+    int current[MIG_MAX_VCPUS], out[MIG_MAX_VCPUS];
+    uint64_t quota[MIG_MAX_VCPUS];
+    for (unsigned i = 0; i < count; i++) {
+        rates[i] = total > 0 ? (uint64_t)((unsigned __int128)unique_pps * harvested[i] / total) : 0;
+        current[i] = vcpu_get_throttle(&s->vm->vcpus[i]);
+    }
+    uint64_t bandwidth = s->bandwidth;
+    if (s->params.max_bandwidth_mibs != 0 && (bandwidth == 0 || bandwidth > s->params.max_bandwidth_mibs << 20))
+        bandwidth = s->params.max_bandwidth_mibs << 20;
+    if (bandwidth == 0)
+        return;
+    struct mig_dirty_limit_params params = {
+        .bandwidth_pps = bandwidth / MIG_PAGE_SIZE,
+        .margin_percent = s->params.dirty_limit_margin,
+        .idle_pps = bandwidth / MIG_PAGE_SIZE / 50 > 256 ? bandwidth / MIG_PAGE_SIZE / 50 : 256,
+        .throttle_max = s->params.throttle.max,
+    };
+    mig_dirty_limit_compute(count, rates, current, &params, out, quota);
+    bool again = false;
+    uint64_t fed[MIG_MAX_VCPUS];
+    for (unsigned i = 0; i < count; i++) {
+        fed[i] = rates[i];
+        bool saturated = current[i] > s->dl_last_throttle[i] && rates[i] * 5 > s->dl_last_rate[i] * 4;
+        if (saturated && quota[i] != UINT64_MAX && quota[i] > 0 && quota[i] < rates[i]) {
+            fed[i] = (uint64_t)((unsigned __int128)rates[i] * rates[i] / quota[i]);
+            again = true;
+        }
+    }
+    if (again)
+        mig_dirty_limit_compute(count, fed, current, &params, out, quota);
+    for (unsigned i = 0; i < count; i++) {
+        s->dl_last_rate[i] = rates[i];
+        s->dl_last_throttle[i] = current[i];
+        throttle_vcpu(&s->vm->vcpus[i], out[i]);
+    }
+    if (getenv("RINGVM_MIG_TRACE"))
+        fprintf(stderr, "ringvm: migration trace dirty-limit: bw %" PRIu64 " pps, unique %" PRIu64 " pps, rates %"
+                PRIu64 "/%" PRIu64 " -> throttle %d/%d%s\n", params.bandwidth_pps, unique_pps, rates[0],
+                count > 1 ? rates[1] : 0, out[0], count > 1 ? out[1] : 0, again ? " (saturated)" : "");
+}
+
+static int source_handshake(struct source *s)
+{
+    struct vm *vm = s->vm;
+    struct mig_hello hello;
+    memset(&hello, 0, sizeof(hello));
+    hello.version = MIG_PROTOCOL_VERSION;
+    hello.page_size = MIG_PAGE_SIZE;
+    hello.memory_bytes = vm->memory.size;
+    hello.vcpu_count = vm->config.vcpu_count;
+    hello.slot_count = vm->memory.slot_count;
+    for (unsigned i = 0; i < vm->memory.slot_count && i < MIG_MAX_SLOTS; i++) {
+        hello.slots[i].gpa = vm->memory.slots[i].gpa;
+        hello.slots[i].size = vm->memory.slots[i].size;
+        hello.slots[i].ram_offset = vm->memory.slots[i].ram_offset;
+    }
+    hello.vcpu_state_size = sizeof(struct vcpu_state);
+    hello.vcpu_state_version = VCPU_STATE_VERSION;
+    hello.features = MIG_FEATURE_ZERO_PAGES | (s->params.verify_digest ? MIG_FEATURE_DIGEST : 0);
+    hello.abi_version = RINGVM_ABI_VERSION;
+
+    uint8_t frame[MIG_HEADER_SIZE + MIG_HELLO_SIZE], payload[MIG_HELLO_SIZE];
+    mig_hello_encode(&hello, payload);
+    size_t length = mig_frame_encode(frame, MIG_FRAME_HELLO, s->seq++, payload, sizeof(payload));
+    char text[600];
+    if (mig_io_write(&s->io, frame, length, text, sizeof(text)) != 0)
+        return source_fail(s, s->cancelled ? "cancelled" : "transport", "%s", text);
+    uint8_t reply[4 + MIG_ERROR_MAX_MESSAGE];
+    struct mig_frame_header header;
+    if (mig_read_small_frame(&s->input, s->peer_seq++, &header, reply, sizeof(reply), text, sizeof(text)) != 0) {
+        if (atomic_load_explicit(&s->m->cancel, memory_order_acquire)) {
+            s->cancelled = true;
+            return source_fail(s, "cancelled", "cancelled by migration.cancel");
+        }
+        return source_fail(s, "transport", "handshake: %s", text);
+    }
+    if (header.type == MIG_FRAME_ERROR) {
+        uint32_t code;
+        char message[MIG_ERROR_MAX_MESSAGE + 1];
+        mig_error_decode(reply, (size_t)header.length, &code, message, sizeof(message));
+        return source_fail(s, code == MIG_ERR_CONFIG ? "config-mismatch" : "destination-error",
+                           "destination refused: %s", message);
+    }
+    if (header.type != MIG_FRAME_HELLO_ACK)
+        return source_fail(s, "stream", "destination answered the hello with a %s frame",
+                           mig_frame_type_name(header.type));
+    struct mig_hello peer;
+    if (mig_hello_decode(reply, (size_t)header.length, &peer, text, sizeof(text)) != 0)
+        return source_fail(s, "stream", "destination hello: %s", text);
+    if (mig_hello_compare(&hello, &peer, true, text, sizeof(text)) != 0)
+        return source_fail(s, "config-mismatch", "configuration mismatch: %s", text);
+    return 0;
+}
+
+/* Remembers the probes' counters at the start of an iteration (when
+ * eBPF probes run: ringvm --bpf or bpf.start). */
+static void source_bpf_mark(struct source *s)
+{
+    struct bpf_probes *probes = atomic_load_explicit(&s->vm->bpf_probes, memory_order_acquire);
+    s->bpf_marked = probes != NULL && bpf_probes_running(probes) && bpf_probes_mark(probes, &s->bpf_mark) == 0;
+}
+
+/* Adds the iteration's kick latency and ring-full exits, then marks the
+ * start of the next iteration. */
+static void source_bpf_iteration(struct source *s, struct mig_iteration_record *r)
+{
+    struct bpf_probes *probes = atomic_load_explicit(&s->vm->bpf_probes, memory_order_acquire);
+    struct bpf_probes_iteration iteration;
+    if (s->bpf_marked && probes != NULL && bpf_probes_since_mark(probes, &s->bpf_mark, &iteration) == 0) {
+        r->has_bpf = true;
+        r->kicks = iteration.kicks;
+        r->kick_p50_ns = iteration.kick_p50_ns;
+        r->kick_p99_ns = iteration.kick_p99_ns;
+        r->ring_full_exits = iteration.ring_full_exits;
+    }
+    source_bpf_mark(s);
+}
+
+static void source_log_iteration(struct source *s, struct mig_iteration_record *r)
+{
+    source_bpf_iteration(s, r);
+    char line[256];
+    mig_iteration_format(r, line, sizeof(line));
+    fprintf(stderr, "ringvm: migration: %s\n", line);
+    mig_progress_add_iteration(&s->progress, r);
+    json_t *data = mig_iteration_to_json(r);
+    if (data != NULL)
+        json_object_set_new(data, "id", json_integer((json_int_t)s->progress.id));
+    mig_publish_event(s->server, MIG_EVENT_ITERATION, data);
+}
+
+/* The source's wait for the ACK (struct mig_input read_some for
+ * mig_read_reply): what the socket has, waiting in 50 ms polls while the
+ * snapshot stays fresh, and giving up at deadline_ns (CLOCK_MONOTONIC, the
+ * clock mig_read_reply uses by default), so the wait never outlasts it.
+ * Owned by the migration thread for the duration of the wait. */
+struct ack_wait {
+    struct source *s;
+    uint64_t deadline_ns;
+};
+
+static ssize_t ack_read_some(void *ctx, void *data, size_t capacity, char *error, size_t error_size)
+{
+    struct ack_wait *wait = ctx;
+    for (;;) {
+        ssize_t got = recv(wait->s->fd, data, capacity, MSG_DONTWAIT);
+        if (got >= 0)
+            return got;
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN) {
+            snprintf(error, error_size, "receiving from destination: %s", strerror(errno));
+            return -1;
+        }
+        uint64_t now = mig_mono_ns();
+        if (now >= wait->deadline_ns) {
+            snprintf(error, error_size, "receiving from destination: deadline passed");
+            return -1;
+        }
+        source_publish(wait->s);
+        uint64_t left_ms = (wait->deadline_ns - now + 999999u) / 1000000u;
+        if (mig_io_poll_readable(wait->s->fd, left_ms < 50 ? (unsigned)left_ms : 50u) < 0) {
+            snprintf(error, error_size, "poll(destination): %s", strerror(errno));
+            return -1;
+        }
+    }
+}
+
+/* Stop-and-copy and the ACK. */
+static int source_complete(struct source *s)
+{
+    struct vm *vm = s->vm;
+    fprintf(stderr, "ringvm: migration: memory delta transmission stopping - cutoff condition reached\n");
+    source_phase(s, MIG_STATE_COMPLETING, "stop-and-copy");
+    pthread_mutex_lock(&vm->control_lock);
+    s->locked = true;
+    s->user_paused = vm_get_state(vm) == VM_STATE_PAUSED;
+    int r = vm_pause_vcpus(vm);
+    if (r != 0) {
+        if (r == -ECANCELED) {
+            s->cancelled = true;
+            return source_fail(s, "shutdown", "the VM is shutting down");
+        }
+        return source_fail(s, "internal", "could not pause the vCPUs: %s", strerror(-r));
+    }
+    s->paused = true;
+    uint64_t pause_mono = mig_mono_ns(), pause_real = mig_real_ns();
+    mig_trace("src paused");
+    if ((r = dirty_log_final_sync(vm->dirty_log)) != 0)
+        return source_fail(s, "internal", "final dirty sync: %s", strerror(-r));
+    mig_trace("src final sync done");
+    struct dirty_pages extra;
+    dirty_pages_init(&extra);
+    int64_t taken = dirty_log_take(vm->dirty_log, &extra);
+    if (taken < 0) {
+        dirty_pages_free(&extra);
+        return source_fail(s, "internal", "final dirty set: %s", strerror((int)-taken));
+    }
+    /* Merge the pending set (not sent yet) with the final one. */
+    struct dirty_pages merged;
+    dirty_pages_init(&merged);
+    uint64_t total = s->pending.count + extra.count;
+    merged.pages = malloc((total ? total : 1) * sizeof(uint64_t));
+    if (merged.pages == NULL) {
+        dirty_pages_free(&extra);
+        return source_fail(s, "internal", "out of memory merging dirty sets");
+    }
+    merged.capacity = total ? total : 1;
+    uint64_t a = 0, b = 0;
+    while (a < s->pending.count || b < extra.count) {
+        uint64_t next;
+        if (b >= extra.count || (a < s->pending.count && s->pending.pages[a] < extra.pages[b]))
+            next = s->pending.pages[a++];
+        else if (a >= s->pending.count || extra.pages[b] < s->pending.pages[a])
+            next = extra.pages[b++];
+        else {
+            next = s->pending.pages[a++];
+            b++;
+        }
+        merged.pages[merged.count++] = next;
+    }
+    uint64_t extra_count = extra.count;
+    dirty_pages_free(&extra);
+    dirty_pages_free(&s->pending);
+    s->pending = merged;
+    if (getenv("RINGVM_MIG_TRACE"))
+        fprintf(stderr, "ringvm: migration trace final set: %" PRIu64 " pending + %" PRIu64 " final = %" PRIu64
+                " pages\n", total - extra_count, extra_count, merged.count);
+    s->progress.iteration++;
+    s->progress.memory.remaining = s->pending.count * MIG_PAGE_SIZE;
+    if (source_iteration_marker(s, s->progress.iteration, s->pending.count) != 0)
+        return -1;
+    s->buffer_wait_ns = 0;
+    if (source_send_pending(s) != 0)
+        return -1;
+    if (getenv("RINGVM_MIG_TRACE"))
+        fprintf(stderr, "ringvm: migration trace final pages: waited %" PRIu64 " ms for buffers, sender busy %"
+                PRIu64 " ms total\n", s->buffer_wait_ns / 1000000u,
+                atomic_load_explicit(&s->sender.send_ns, memory_order_relaxed) / 1000000u);
+
+    mig_trace("src pages queued");
+    /* vCPU states. */
+    struct vcpu_state *state = malloc(sizeof(*state));
+    uint8_t *frame = malloc(MIG_VCPU_STATE_HEADER + sizeof(*state));
+    if (state == NULL || frame == NULL) {
+        free(state);
+        free(frame);
+        return source_fail(s, "internal", "out of memory for vCPU state");
+    }
+    for (unsigned i = 0; i < vm->config.vcpu_count; i++) {
+        memset(state, 0, sizeof(*state));
+        r = vcpu_state_save(vm->vcpus[i].fd, vm->msr_indices, vm->msr_count, vm->config.create_irqchip, state);
+        if (r != 0) {
+            free(state);
+            free(frame);
+            return source_fail(s, "internal", "saving vCPU %u state: %s", i, strerror(-r));
+        }
+        mig_put_u32(frame, i);
+        mig_put_u32(frame + 4, (uint32_t)sizeof(*state));
+        memcpy(frame + MIG_VCPU_STATE_HEADER, state, sizeof(*state));
+        if (source_small_frame(s, MIG_FRAME_VCPU_STATE, frame, MIG_VCPU_STATE_HEADER + sizeof(*state)) != 0) {
+            free(state);
+            free(frame);
+            return -1;
+        }
+    }
+    free(state);
+    free(frame);
+
+    struct mig_device_state device;
+    memset(&device, 0, sizeof(device));
+    device.version = 2;
+    device.vcpu_count = vm->config.vcpu_count;
+    workload_spec_format(&vm->config.workload, device.workload, sizeof(device.workload));
+    pthread_mutex_lock(&vm->serial.lock);
+    device.serial_lcr = vm->serial.line_control;
+    pthread_mutex_unlock(&vm->serial.lock);
+    device.last_exception_vector = atomic_load_explicit(&vm->last_exception_vector, memory_order_relaxed);
+    device.ledger_mismatches = atomic_load_explicit(&vm->ledger_mismatches, memory_order_relaxed);
+    for (unsigned i = 0; i < vm->config.vcpu_count && i < MIG_MAX_VCPUS; i++)
+        device.guest_phase[i] = (uint32_t)atomic_load_explicit(&vm->vcpus[i].guest_phase_published,
+                                                               memory_order_acquire);
+    uint8_t device_bytes[MIG_DEVICE_STATE_SIZE];
+    mig_device_state_encode(&device, device_bytes);
+    if (source_small_frame(s, MIG_FRAME_DEVICE_STATE, device_bytes, sizeof(device_bytes)) != 0)
+        return -1;
+    mig_trace("src states queued");
+
+    /* The digest is computed while the sender drains (RAM is frozen). */
+    struct mig_end end = { .timestamp_ns = pause_real, .pages = s->pages_sent_total };
+    if (s->params.verify_digest) {
+        char hex[MEMORY_DIGEST_HEX_SIZE];
+        r = memory_digest(&vm->memory, hex, NULL, NULL);
+        if (r != 0)
+            return source_fail(s, "internal", "memory digest: %s", strerror(-r));
+        snprintf(s->progress.digest_source, sizeof(s->progress.digest_source), "%s", hex);
+        snprintf(end.digest, sizeof(end.digest), "%s", hex);
+        end.flags = MIG_END_HAS_DIGEST;
+    }
+    uint8_t end_bytes[MIG_END_SIZE];
+    mig_end_encode(&end, end_bytes);
+    pthread_mutex_lock(&s->m->lock);
+    bool cancelled = atomic_load_explicit(&s->m->cancel, memory_order_acquire);
+    s->m->past_end = !cancelled;
+    pthread_mutex_unlock(&s->m->lock);
+    if (cancelled) {
+        s->cancelled = true;
+        return source_fail(s, "cancelled", "cancelled by migration.cancel");
+    }
+    s->end_sent = true;
+    if (source_small_frame(s, MIG_FRAME_END, end_bytes, sizeof(end_bytes)) != 0)
+        return -1;
+    mig_trace("src digest done, end queued");
+    if (source_flush(s) != 0)
+        return -1;
+    s->progress.memory.remaining = 0;
+    source_phase(s, MIG_STATE_COMPLETING, "waiting-ack");
+    mig_trace("src flushed");
+
+    /* The ACK: the destination restores, verifies and resumes first. The
+     * whole reply must be in by a hard deadline (issue 16, item 1): we hold
+     * control_lock with the vCPUs paused, and a destination trickling
+     * bytes must not keep every API command queued behind us. */
+    uint8_t reply[4 + MIG_ERROR_MAX_MESSAGE];
+    struct mig_frame_header header;
+    char text[600];
+    unsigned ack_ms = s->params.stall_timeout_ms * 2 > 10000 ? s->params.stall_timeout_ms * 2 : 10000;
+    uint64_t ack_started = mig_mono_ns();
+    struct ack_wait wait = { .s = s, .deadline_ns = ack_started + (uint64_t)ack_ms * 1000000u };
+    /* No stop flag: past END the destination may already run the guest,
+     * so neither cancel nor shutdown may cut the wait short. */
+    struct mig_input ack_input = { .read_some = ack_read_some, .ctx = &wait };
+    size_t received = 0;
+    int got = mig_read_reply(&ack_input, s->peer_seq, ack_started, wait.deadline_ns, "destination", &header, reply,
+                             sizeof(reply), &received, text, sizeof(text));
+    if (got == MIG_REPLY_LATE && received > 0) {
+        /* Part of a reply: the destination is alive and answering END,
+         * and it answers ACK only after resuming the guest. Resuming here
+         * could run it twice. */
+        s->keep_paused = true;
+        return source_fail(s, "outcome-unknown",
+                           "waiting-ack: %s: it may be running the guest; the source stays paused (vm.resume here "
+                           "only if the destination does not run it)", text);
+    }
+    if (got == MIG_REPLY_LATE) {
+        /* Fix (issue 7, link cut after the last byte): the destination
+         * resumes the guest before it sends the ACK, so a missing ACK
+         * (no reply, connection not closed) does not mean the guest is
+         * not running there: resuming here could run it on both sides.
+         * Only when part of the stream never left this host (TCP bytes
+         * not sent even once: SIOCOUTQNSD > 0) can the destination not
+         * have END; then resuming is safe. Otherwise stay paused (VM
+         * state paused) and say so; the operator resumes only after
+         * checking the destination. (A TCP-level "unacked" count cannot
+         * decide it: the destination may have read END and its ACK
+         * segment may be what the cut link dropped.) */
+        int not_sent = 0;
+        if (!(ioctl(s->fd, SIOCOUTQNSD, &not_sent) == 0 && not_sent > 0)) {
+            s->keep_paused = true;
+            return source_fail(s, "outcome-unknown",
+                               "no ack from the destination for %u ms after the whole stream was sent: it may "
+                               "be running the guest; the source stays paused (vm.resume here only if the "
+                               "destination does not run it)", ack_ms);
+        }
+        return source_fail(s, "transport", "waiting for the destination's ack: nothing for %u ms", ack_ms);
+    }
+    if (got != 0)
+        return source_fail(s, "transport", "waiting for the destination's ack: %s", text);
+    s->peer_seq++;
+    if (header.type == MIG_FRAME_ERROR) {
+        uint32_t code;
+        char message[MIG_ERROR_MAX_MESSAGE + 1];
+        mig_error_decode(reply, (size_t)header.length, &code, message, sizeof(message));
+        return source_fail(s, code == MIG_ERR_DIGEST ? "digest-mismatch" : "destination-error",
+                           "destination refused: %s", message);
+    }
+    if (header.type != MIG_FRAME_ACK)
+        return source_fail(s, "stream", "destination answered the end with a %s frame",
+                           mig_frame_type_name(header.type));
+    struct mig_end ack;
+    if (mig_end_decode(reply, &ack, text, sizeof(text)) != 0)
+        return source_fail(s, "stream", "destination ack: %s", text);
+    uint64_t now_mono = mig_mono_ns();
+    if (ack.timestamp_ns >= pause_real && ack.timestamp_ns - pause_real <= now_mono - pause_mono + 1000000u)
+        s->progress.downtime_ms = (ack.timestamp_ns - pause_real + 999999u) / 1000000u;
+    else
+        s->progress.downtime_ms = (now_mono - pause_mono) / 1000000u;   /* clocks disagree: upper bound */
+    snprintf(s->progress.digest_destination, sizeof(s->progress.digest_destination), "%s", ack.digest);
+    if (!s->params.verify_digest) {
+        /* Off the critical path: the vCPUs stay paused here for good. */
+        char hex[MEMORY_DIGEST_HEX_SIZE];
+        if (memory_digest(&vm->memory, hex, NULL, NULL) == 0)
+            snprintf(s->progress.digest_source, sizeof(s->progress.digest_source), "%s", hex);
+    }
+    if (s->params.verify_digest && strcmp(ack.digest, s->progress.digest_source) != 0)
+        return source_fail(s, "digest-mismatch", "memory digests differ: source %s, destination %s",
+                           s->progress.digest_source, ack.digest);
+    return 0;
+}
+
+static int source_run(struct source *s)
+{
+    struct vm *vm = s->vm;
+    char text[600];
+    struct mig_address address;
+    if (mig_address_parse(s->params.dest, &address, text, sizeof(text)) != 0)
+        return source_fail(s, "invalid-argument", "%s", text);
+    source_phase(s, MIG_STATE_SETUP, "connecting");
+    s->fd = mig_connect(&address, CONNECT_TIMEOUT_MS, &s->m->cancel, text, sizeof(text));
+    if (s->fd < 0) {
+        if (atomic_load_explicit(&s->m->cancel, memory_order_acquire)) {
+            s->cancelled = true;
+            return source_fail(s, "cancelled", "cancelled by migration.cancel");
+        }
+        return source_fail(s, "connect-failed", "%s", text);
+    }
+    s->io = (struct mig_io){ .fd = s->fd, .stall_ms = s->params.stall_timeout_ms, .cancel = &s->m->cancel,
+                             .peer = "destination" };
+    s->input = (struct mig_input){ .read = socket_read, .ctx = &s->io };
+    source_phase(s, MIG_STATE_SETUP, "handshake");
+    if (source_handshake(s) != 0)
+        return -1;
+    uint64_t cap = s->params.max_bandwidth_mibs << 20;
+    if (mig_sender_start(&s->sender, s->fd, cap, s->params.stall_timeout_ms, &s->m->cancel, text,
+                         sizeof(text)) != 0)
+        return source_fail(s, "internal", "%s", text);
+    s->sender_started = true;
+    /* The migration's own hold: a fresh session (empty dirty set, all RAM
+     * write-protected) even when vm.dirty-tracking already keeps tracking
+     * on; iteration 0 below sends every page anyway. */
+    int r = dirty_log_hold(vm->dirty_log, DIRTY_LOG_HOLDER_MIGRATION);
+    if (r != 0)
+        return source_fail(s, "internal", "starting dirty tracking: %s", strerror(-r));
+    s->tracking = true;
+    s->progress.setup_ms = (mig_mono_ns() - s->started_mono) / 1000000u;
+    source_phase(s, MIG_STATE_ACTIVE, "bulk");
+    if (s->params.converge == MIG_CONVERGE_DIRTY_LIMIT)
+        dirty_limit_apply(s, 0, 0);     /* baseline of the per-vCPU counters */
+
+    uint64_t iteration = 0;
+    for (;;) {
+        uint64_t iteration_start = mig_mono_ns();
+        uint64_t bytes_start = mig_sender_bytes(&s->sender);
+        uint64_t queued_start = socket_queued_bytes(s->fd);
+        s->iteration_start_ns = iteration_start;
+        s->iteration_start_bytes = bytes_start;
+        uint64_t sent_pages;
+        s->progress.iteration = iteration;
+        int throttle_during = s->progress.throttle_percent;
+        migration_source_vcpu_throttles(s);
+        throttle_during = s->progress.throttle_percent;
+        if (iteration == 0) {
+            source_bpf_mark(s);
+            if (source_iteration_marker(s, 0, guest_memory_pages(&vm->memory)) != 0 || source_send_all(s) != 0)
+                return -1;
+            sent_pages = guest_memory_pages(&vm->memory);
+        } else {
+            if (source_iteration_marker(s, iteration, s->pending.count) != 0 || source_send_pending(s) != 0)
+                return -1;
+            sent_pages = s->pending.count;
+        }
+        if (source_flush(s) != 0)
+            return -1;
+        uint64_t sent_done = mig_mono_ns();
+        uint64_t bytes = mig_sender_bytes(&s->sender) - bytes_start;
+        uint64_t send_ns = sent_done - iteration_start;
+        /* What crossed the link in this iteration: written, plus what sat
+         * in the socket at the start, minus what still sits there now. */
+        uint64_t queued_end = socket_queued_bytes(s->fd);
+        uint64_t delivered = bytes + queued_start > queued_end ? bytes + queued_start - queued_end : 0;
+        if (delivered >= MIN_BANDWIDTH_SAMPLE || s->bandwidth == 0) {
+            s->bandwidth = send_ns > 0 ? (uint64_t)((unsigned __int128)delivered * 1000000000u / send_ns) : 0;
+        }
+        /* The dirty set of this iteration. */
+        uint64_t take_start = mig_mono_ns();
+        s->pending.count = 0;
+        int64_t dirty = dirty_log_take(vm->dirty_log, &s->pending);
+        uint64_t take_end = mig_mono_ns();
+        if (dirty < 0)
+            return source_fail(s, "internal", "taking the dirty set: %s", strerror((int)-dirty));
+        uint64_t dur_ns = take_end - iteration_start;
+        struct mig_iteration_record record = {
+            .iteration = iteration,
+            .dur_ms = dur_ns / 1000000u,
+            .overhead_ms = (take_end - take_start) / 1000000u,
+            .throttle = throttle_during,
+            .size_bytes = s->pending.count * MIG_PAGE_SIZE,
+            .dirty_rate_pps = dur_ns > 0 ? (uint64_t)((unsigned __int128)s->pending.count * 1000000000u / dur_ns) : 0,
+            .bandwidth_mibs = (double)s->bandwidth / (1024.0 * 1024.0),
+            .expected_downtime_ms = mig_expected_downtime_with_digest_ms(
+                mig_expected_downtime_ms(s->pending.count * MIG_PAGE_SIZE, s->bandwidth), s->digest_ms),
+            .pages_sent = sent_pages,
+            .bytes_sent = bytes,
+        };
+        s->progress.dirty_rate_pps = record.dirty_rate_pps;
+        s->progress.bandwidth_mibs = record.bandwidth_mibs;
+        s->progress.expected_downtime_ms = record.expected_downtime_ms;
+        s->progress.memory.remaining = record.size_bytes;
+        s->pending_sent = 0;
+        source_log_iteration(s, &record);
+        source_publish(s);
+        if (source_tick(s) != 0)
+            return -1;
+
+        if (mig_should_switch(record.expected_downtime_ms, s->params.downtime_ms) || s->force_switch)
+            break;
+        switch (s->params.converge) {
+        case MIG_CONVERGE_NONE:
+            break;
+        case MIG_CONVERGE_AUTO: {
+            int t = mig_auto_converge_step(&s->auto_state, &s->params.throttle, record.size_bytes, bytes);
+            set_all_throttles(s, t);
+            break;
+        }
+        case MIG_CONVERGE_DIRTY_LIMIT:
+            dirty_limit_apply(s, s->pending.count, dur_ns);
+            break;
+        }
+        iteration++;
+        source_phase(s, MIG_STATE_ACTIVE, "iterating");
+    }
+    if (source_complete(s) != 0)
+        return -1;
+    return 0;
+}
+
+/* Best effort: tell the destination why we stop (it then discards the VM). */
+static void source_send_error(struct source *s)
+{
+    if (s->fd < 0 || s->error_code == NULL)
+        return;
+    if (strcmp(s->error_code, "transport") == 0 || strcmp(s->error_code, "destination-error") == 0 ||
+        strcmp(s->error_code, "config-mismatch") == 0 || strcmp(s->error_code, "digest-mismatch") == 0)
+        return;
+    uint8_t payload[4 + MIG_ERROR_MAX_MESSAGE], frame[MIG_HEADER_SIZE + 4 + MIG_ERROR_MAX_MESSAGE];
+    size_t length = mig_error_encode(s->cancelled ? MIG_ERR_CANCELLED : MIG_ERR_INTERNAL, s->error, payload);
+    /* Queued frames that were dropped never reached the wire: number the
+     * ERROR after the last frame written. */
+    uint64_t seq = s->sender_started ? mig_sender_seq_written(&s->sender) : s->seq;
+    size_t total = mig_frame_encode(frame, MIG_FRAME_ERROR, seq, payload, length);
+    struct mig_io io = { .fd = s->fd, .stall_ms = 500, .cancel = NULL, .peer = "destination" };
+    char ignored[256];
+    (void)mig_io_write(&io, frame, total, ignored, sizeof(ignored));
+}
+
+/* Drops the migration's hold on dirty tracking (never the API's: with
+ * vm.dirty-tracking on, tracking stays on). */
+static void source_release_tracking(struct source *s)
+{
+    if (!s->tracking)
+        return;
+    int r = dirty_log_release(s->vm->dirty_log, DIRTY_LOG_HOLDER_MIGRATION);
+    if (r != 0)
+        fprintf(stderr, "ringvm: migration: stopping dirty tracking: %s\n", strerror(-r));
+    s->tracking = false;
+}
+
+void *migration_source_main(void *argument)
+{
+    struct source *s = argument;
+    struct migration *m = s->m;
+    struct vm *vm = s->vm;
+    pthread_setname_np(pthread_self(), "migration");
+    dirty_pages_init(&s->pending);
+    int result = source_run(s);
+
+    uint64_t ended = mig_mono_ns();
+    if (result != 0) {
+        /* Failure or cancel at any point: give the guest back first. */
+        if (s->paused && !s->user_paused && !s->keep_paused)
+            vm_resume_vcpus(vm);
+        else if (s->paused && s->keep_paused)
+            vm_set_state(vm, VM_STATE_PAUSED);    /* control_lock held: vm.resume can resume it */
+        s->paused = false;
+        if (s->locked)
+            pthread_mutex_unlock(&vm->control_lock);
+        s->locked = false;
+        set_all_throttles(s, 0);
+        if (s->sender_started) {
+            /* End the stream at a frame boundary so the ERROR frame that
+             * follows is readable by the destination. */
+            mig_sender_finish(&s->sender);
+        }
+        source_send_error(s);
+        source_release_tracking(s);
+        s->progress.state = s->cancelled ? MIG_STATE_CANCELLED : MIG_STATE_FAILED;
+        snprintf(s->progress.error_code, sizeof(s->progress.error_code), "%s", s->error_code ? s->error_code : "internal");
+        snprintf(s->progress.error_message, sizeof(s->progress.error_message), "%s", s->error);
+        fprintf(stderr, "ringvm: migration %" PRIu64 " %s: %s\n", s->progress.id,
+                s->cancelled ? "cancelled" : "failed", s->error);
+    } else {
+        set_all_throttles(s, 0);
+        source_release_tracking(s);
+        s->progress.state = MIG_STATE_COMPLETED;
+        s->progress.memory.remaining = 0;
+        /* Before "completed" is visible, so observers see both together. */
+        if (s->params.keep_alive)
+            vm_set_state(vm, VM_STATE_MIGRATED);
+    }
+    if (s->sender_started) {
+        s->progress.memory.transferred = mig_sender_bytes(&s->sender);
+        mig_sender_stop(&s->sender);
+        s->sender_started = false;
+    }
+    if (s->fd >= 0) {
+        close(s->fd);
+        s->fd = -1;
+    }
+    s->progress.total_ms = (ended - s->started_mono) / 1000000u;
+    s->progress.ended_at_ms = mig_real_ns() / 1000000u;
+    snprintf(s->progress.phase, sizeof(s->progress.phase), "done");
+    source_publish(s);
+    s->progress.elapsed_ms = s->progress.total_ms;
+    mig_progress_publish(&m->board, &s->progress);
+    json_t *event = json_pack("{s:I, s:s, s:s, s:s, s:I, s:I}", "id", (json_int_t)s->progress.id, "role",
+                              "outgoing", "state", mig_state_name(s->progress.state), "phase", "done",
+                              "total_ms", (json_int_t)s->progress.total_ms, "downtime_ms",
+                              (json_int_t)s->progress.downtime_ms);
+    if (event != NULL && s->progress.error_code[0] != '\0')
+        json_object_set_new(event, "error", json_pack("{s:s, s:s}", "code", s->progress.error_code, "message",
+                                                      s->progress.error_message));
+    mig_publish_event(s->server, MIG_EVENT_STATE, event);
+
+    if (result == 0) {
+        fprintf(stderr, "ringvm: migration %" PRIu64 " completed: %" PRIu64 " ms total, downtime %" PRIu64
+                " ms, %" PRIu64 " iterations, %" PRIu64 " MiB sent\n", s->progress.id, s->progress.total_ms,
+                s->progress.downtime_ms, s->progress.iteration_count, s->progress.memory.transferred >> 20);
+        if (s->locked)
+            pthread_mutex_unlock(&vm->control_lock);
+        s->locked = false;
+        if (!s->params.keep_alive)
+            vm_request_shutdown(vm, 0);
+    }
+    dirty_pages_free(&s->pending);
+    free(s);
+
+    pthread_mutex_lock(&m->lock);
+    atomic_store_explicit(&m->active, false, memory_order_release);
+    pthread_cond_broadcast(&m->idle);
+    pthread_mutex_unlock(&m->lock);
+    return NULL;
+}
