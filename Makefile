@@ -164,6 +164,16 @@ $(BUILD)/fuzz/migration_stream_fuzz: $(FUZZ_MIG_SRCS) $(wildcard migration/*.h) 
 		-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 		$(FUZZ_MIG_SRCS) -lxxhash -o $@
 fuzz: $(BUILD)/fuzz/api_request_fuzz $(BUILD)/fuzz/migration_stream_fuzz
+# Post-copy return path (issue 17): the source's parser of the destination's
+# PAGE_REQUEST / RECEIVED_BITMAP frames; tests/test_postcopy_return.c runs it
+# for 20 s from tests/fuzz/postcopy-return-corpus/.
+FUZZ_POSTCOPY_RETURN_SRCS := tests/fuzz/postcopy_return_fuzz.c migration/postcopy_return.c migration/protocol.c
+$(BUILD)/fuzz/postcopy_return_fuzz: $(FUZZ_POSTCOPY_RETURN_SRCS) migration/postcopy_return.h migration/protocol.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=gnu11 -O1 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. \
+		-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+		$(FUZZ_POSTCOPY_RETURN_SRCS) -lxxhash -o $@
+fuzz: $(BUILD)/fuzz/postcopy_return_fuzz
 # ---- end of make fuzz ---------------------------------------------------------
 
 clean:

@@ -1,0 +1,579 @@
+/*
+ * Post-copy destination: userfaultfd registration, the fault thread,
+ * placing and discarding pages. See postcopy_destination.h.
+ */
+#include "migration/postcopy_destination.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define POSTCOPY_FAULT_BATCH 64u
+
+/* A thread blocked on a page, from its fault message until the page is
+ * placed. A thread blocks on one page at a time, so there are at most as
+ * many waiters as threads: the table has POSTCOPY_MAX_THREADS slots. */
+struct postcopy_waiter {
+    bool used;
+    pid_t thread_id;
+    uint64_t page;
+    uint64_t since_ns;          /* when the fault thread read its (first) fault */
+};
+
+/*
+ * Ownership and locking:
+ * - options, uffd, stop_event, pages, words: set by create, immutable until
+ *   destroy.
+ * - received: one bit per page. Written only under lock (after the page is
+ *   in place, so a set bit always means "present"); read without the lock
+ *   by postcopy_destination_received (acquire; the release store pairs).
+ * - requested, waiters, threads, latency, latency_max_ns and every counter:
+ *   under lock. lock is held across UFFDIO_COPY/ZEROPAGE and the hole punch
+ *   so that "place, mark received, wake waiters" is one step for the fault
+ *   thread (a fault read before it registers a waiter the place resolves;
+ *   after it, it sees the received bit). It is never held while calling
+ *   request_page or waiting for anything.
+ * - fault thread: running only between create and stop; stopped (atomic,
+ *   acquire/release) tells stop it already ran.
+ */
+struct postcopy_destination {
+    struct postcopy_destination_options options;
+    int uffd;
+    int stop_event;             /* eventfd: written by stop, polled by the fault thread */
+    uint64_t pages;
+    uint64_t words;
+    _Atomic uint64_t *received;
+    uint64_t *requested;
+    pthread_mutex_t lock;
+    struct postcopy_waiter waiters[POSTCOPY_MAX_THREADS];
+    struct postcopy_thread_blocktime threads[POSTCOPY_MAX_THREADS];
+    unsigned thread_count;
+    struct postcopy_latency_histogram latency;
+    uint64_t latency_max_ns;
+    struct postcopy_destination_stats counters;   /* the plain counters only */
+    pthread_t fault_thread;
+    bool fault_thread_started;
+    atomic_bool stopped;
+};
+
+static uint64_t postcopy_now_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
+}
+
+static bool postcopy_bit_test(const uint64_t *bits, uint64_t page)
+{
+    return (bits[page / 64] >> (page % 64)) & 1;
+}
+
+static bool postcopy_received_test(const struct postcopy_destination *d, uint64_t page)
+{
+    return (atomic_load_explicit(&d->received[page / 64], memory_order_acquire) >> (page % 64)) & 1;
+}
+
+/* Under lock. */
+static void postcopy_received_set(struct postcopy_destination *d, uint64_t page)
+{
+    atomic_fetch_or_explicit(&d->received[page / 64], 1ull << (page % 64), memory_order_release);
+}
+
+static unsigned postcopy_log2_bucket(uint64_t ns)
+{
+    unsigned bucket = ns < 2 ? 0 : 63u - (unsigned)__builtin_clzll(ns);
+    return bucket < POSTCOPY_LATENCY_BUCKETS ? bucket : POSTCOPY_LATENCY_BUCKETS - 1;
+}
+
+uint64_t postcopy_latency_quantile(const struct postcopy_latency_histogram *histogram, double q)
+{
+    uint64_t total = 0;
+    for (unsigned i = 0; i < POSTCOPY_LATENCY_BUCKETS; i++)
+        total += histogram->buckets[i];
+    if (total == 0)
+        return 0;
+    q = q < 0 ? 0 : q > 1 ? 1 : q;
+    double rank = q * (double)total;    /* of the quantile's sample, 1-based */
+    if (rank < 1)
+        rank = 1;
+    uint64_t seen = 0;
+    for (unsigned i = 0; i < POSTCOPY_LATENCY_BUCKETS; i++) {
+        uint64_t n = histogram->buckets[i];
+        if (n == 0)
+            continue;
+        if ((double)(seen + n) >= rank) {
+            double low = i == 0 ? 0 : (double)(1ull << i);
+            double high = (double)(1ull << (i + 1));
+            return (uint64_t)(low + (high - low) * (rank - (double)seen) / (double)n);
+        }
+        seen += n;
+    }
+    return 1ull << POSTCOPY_LATENCY_BUCKETS;
+}
+
+/* Under lock: the blocktime slot of thread_id, or NULL when the table is full. */
+static struct postcopy_thread_blocktime *postcopy_thread_slot(struct postcopy_destination *d, pid_t thread_id)
+{
+    for (unsigned i = 0; i < d->thread_count; i++)
+        if (d->threads[i].thread_id == thread_id)
+            return &d->threads[i];
+    if (d->thread_count == POSTCOPY_MAX_THREADS)
+        return NULL;
+    struct postcopy_thread_blocktime *slot = &d->threads[d->thread_count++];
+    *slot = (struct postcopy_thread_blocktime){ .thread_id = thread_id };
+    return slot;
+}
+
+/* Under lock: every waiter on page is woken now; account its blocktime. */
+static void postcopy_resolve_waiters(struct postcopy_destination *d, uint64_t page, uint64_t now)
+{
+    for (unsigned i = 0; i < POSTCOPY_MAX_THREADS; i++) {
+        struct postcopy_waiter *w = &d->waiters[i];
+        if (!w->used || w->page != page)
+            continue;
+        uint64_t waited = now > w->since_ns ? now - w->since_ns : 1;
+        struct postcopy_thread_blocktime *slot = postcopy_thread_slot(d, w->thread_id);
+        if (slot != NULL)
+            slot->blocktime_ns += waited;
+        d->counters.blocktime_total_ns += waited;
+        d->latency.count++;
+        d->latency.sum_ns += waited;
+        d->latency.buckets[postcopy_log2_bucket(waited)]++;
+        if (waited > d->latency_max_ns)
+            d->latency_max_ns = waited;
+        w->used = false;
+    }
+}
+
+/* Under lock: records a blocked thread (a retry after a signal keeps its
+ * first fault's time). */
+static void postcopy_add_waiter(struct postcopy_destination *d, pid_t thread_id, uint64_t page, uint64_t now)
+{
+    struct postcopy_waiter *free_slot = NULL;
+    for (unsigned i = 0; i < POSTCOPY_MAX_THREADS; i++) {
+        struct postcopy_waiter *w = &d->waiters[i];
+        if (w->used && w->thread_id == thread_id) {
+            if (w->page != page) {     /* it moved on without our seeing the wake: restart */
+                w->page = page;
+                w->since_ns = now;
+            }
+            return;
+        }
+        if (!w->used && free_slot == NULL)
+            free_slot = w;
+    }
+    if (free_slot != NULL)
+        *free_slot = (struct postcopy_waiter){ .used = true, .thread_id = thread_id, .page = page, .since_ns = now };
+}
+
+static void postcopy_handle_fault(struct postcopy_destination *d, const struct uffd_msg *msg, uint64_t now)
+{
+    uint64_t address = msg->arg.pagefault.address;
+    uint64_t base = (uint64_t)(uintptr_t)d->options.host;
+    if (address < base || address - base >= d->options.size) {
+        /* Only guest RAM is registered; the kernel cannot report anything
+         * else. Say so rather than request a page that does not exist. */
+        fprintf(stderr, "ringvm: postcopy: fault at 0x%" PRIx64 " outside guest RAM (0x%" PRIx64 " + %" PRIu64
+                        " bytes) ignored\n", address, base, d->options.size);
+        return;
+    }
+    uint64_t page = (address - base) / POSTCOPY_PAGE_SIZE;
+    pid_t thread_id = (pid_t)msg->arg.pagefault.feat.ptid;
+
+    bool request = false;
+    pthread_mutex_lock(&d->lock);
+    d->counters.faults++;
+    struct postcopy_thread_blocktime *slot = postcopy_thread_slot(d, thread_id);
+    if (slot != NULL)
+        slot->faults++;
+    else
+        d->counters.faults_untracked++;
+    if (postcopy_received_test(d, page)) {
+        d->counters.already_received++;
+    } else {
+        postcopy_add_waiter(d, thread_id, page, now);
+        if (postcopy_bit_test(d->requested, page)) {
+            d->counters.duplicates++;
+        } else {
+            d->requested[page / 64] |= 1ull << (page % 64);
+            request = true;
+        }
+    }
+    pthread_mutex_unlock(&d->lock);
+    if (!request)
+        return;
+
+    int failed = d->options.request_page(page, d->options.opaque);
+    pthread_mutex_lock(&d->lock);
+    if (failed != 0) {
+        d->counters.request_failures++;
+        d->requested[page / 64] &= ~(1ull << (page % 64));
+    } else {
+        d->counters.requested++;
+    }
+    pthread_mutex_unlock(&d->lock);
+}
+
+static void *postcopy_fault_thread(void *argument)
+{
+    struct postcopy_destination *d = argument;
+    struct uffd_msg messages[POSTCOPY_FAULT_BATCH];
+    for (;;) {
+        struct pollfd fds[2] = { { .fd = d->uffd, .events = POLLIN }, { .fd = d->stop_event, .events = POLLIN } };
+        if (poll(fds, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            fprintf(stderr, "ringvm: postcopy: poll(userfaultfd): %s; the fault thread stops\n", strerror(errno));
+            return NULL;
+        }
+        if (fds[1].revents != 0)
+            return NULL;
+        if (fds[0].revents & (POLLERR | POLLHUP | POLLNVAL)) {
+            fprintf(stderr, "ringvm: postcopy: userfaultfd reports an error (revents 0x%x); the fault thread stops\n",
+                    (unsigned)fds[0].revents);
+            return NULL;
+        }
+        ssize_t got = read(d->uffd, messages, sizeof(messages));
+        if (got < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                continue;
+            fprintf(stderr, "ringvm: postcopy: read(userfaultfd): %s; the fault thread stops\n", strerror(errno));
+            return NULL;
+        }
+        uint64_t now = postcopy_now_ns();
+        size_t count = (size_t)got / sizeof(messages[0]);
+        for (size_t i = 0; i < count; i++)
+            if (messages[i].event == UFFD_EVENT_PAGEFAULT)
+                postcopy_handle_fault(d, &messages[i], now);
+    }
+}
+
+/* /dev/userfaultfd first (file permissions decide, and it catches KVM's
+ * kernel-mode accesses), then the syscall. Without UFFD_USER_MODE_ONLY:
+ * a user-mode-only fd would make KVM_RUN fail with EFAULT on a missing
+ * page instead of blocking. */
+static int postcopy_open_userfaultfd(char *error, size_t error_size)
+{
+    int device_errno = 0;
+    int device = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+    if (device >= 0) {
+        int fd = ioctl(device, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+        device_errno = fd < 0 ? errno : 0;
+        close(device);
+        if (fd >= 0)
+            return fd;
+    } else {
+        device_errno = errno;
+    }
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd >= 0)
+        return fd;
+    int syscall_errno = errno;
+    snprintf(error, error_size,
+             "userfaultfd is not available: /dev/userfaultfd: %s; userfaultfd(2): %s (needs CAP_SYS_PTRACE or "
+             "vm.unprivileged_userfaultfd=1); post-copy cannot run on this destination",
+             strerror(device_errno), strerror(syscall_errno));
+    return -(syscall_errno != 0 ? syscall_errno : EPERM);
+}
+
+/* Pages with data in the memfd now (pre-copy's) count as received. */
+static int postcopy_mark_present(struct postcopy_destination *d, char *error, size_t error_size)
+{
+    off_t size = (off_t)d->options.size;
+    off_t position = 0;
+    while (position < size) {
+        off_t data = lseek(d->options.memfd, position, SEEK_DATA);
+        if (data < 0) {
+            if (errno == ENXIO)
+                break;      /* no data after position */
+            snprintf(error, error_size, "lseek(guest RAM memfd, SEEK_DATA): %s", strerror(errno));
+            return -errno;
+        }
+        off_t hole = lseek(d->options.memfd, data, SEEK_HOLE);
+        if (hole < 0) {
+            snprintf(error, error_size, "lseek(guest RAM memfd, SEEK_HOLE): %s", strerror(errno));
+            return -errno;
+        }
+        if (hole > size)
+            hole = size;
+        for (uint64_t page = (uint64_t)data / POSTCOPY_PAGE_SIZE;
+             page < ((uint64_t)hole + POSTCOPY_PAGE_SIZE - 1) / POSTCOPY_PAGE_SIZE; page++) {
+            postcopy_received_set(d, page);
+            d->counters.initially_present++;
+        }
+        position = hole;
+    }
+    return 0;
+}
+
+int postcopy_destination_create(struct postcopy_destination **out, const struct postcopy_destination_options *options,
+                                char *error, size_t error_size)
+{
+    *out = NULL;
+    if (options->host == NULL || options->size == 0 || options->size % POSTCOPY_PAGE_SIZE != 0 ||
+        (uintptr_t)options->host % POSTCOPY_PAGE_SIZE != 0 || options->request_page == NULL) {
+        snprintf(error, error_size, "postcopy: guest RAM must be a page-aligned mapping of whole pages and "
+                                    "request_page must be set (host %p, %" PRIu64 " bytes)",
+                 (void *)options->host, options->size);
+        return -EINVAL;
+    }
+    struct postcopy_destination *d = calloc(1, sizeof(*d));
+    if (d == NULL) {
+        snprintf(error, error_size, "postcopy: out of memory");
+        return -ENOMEM;
+    }
+    d->options = *options;
+    d->uffd = -1;
+    d->stop_event = -1;
+    d->pages = options->size / POSTCOPY_PAGE_SIZE;
+    d->words = (d->pages + 63) / 64;
+    pthread_mutex_init(&d->lock, NULL);
+    atomic_init(&d->stopped, false);
+    int result;
+    d->received = calloc(d->words, sizeof(d->received[0]));
+    d->requested = calloc(d->words, sizeof(d->requested[0]));
+    if (d->received == NULL || d->requested == NULL) {
+        snprintf(error, error_size, "postcopy: out of memory for the page bitmaps (%" PRIu64 " pages)", d->pages);
+        result = -ENOMEM;
+        goto fail;
+    }
+    d->uffd = postcopy_open_userfaultfd(error, error_size);
+    if (d->uffd < 0) {
+        result = d->uffd;
+        d->uffd = -1;
+        goto fail;
+    }
+    struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_THREAD_ID };
+    if (ioctl(d->uffd, UFFDIO_API, &api) != 0) {
+        result = -errno;
+        snprintf(error, error_size, "userfaultfd: UFFDIO_API with MISSING_SHMEM | THREAD_ID: %s (the kernel "
+                                    "cannot catch faults on shared memory; post-copy cannot run here)",
+                 strerror(errno));
+        goto fail;
+    }
+    struct uffdio_register registration = {
+        .range = { .start = (uint64_t)(uintptr_t)options->host, .len = options->size },
+        .mode = UFFDIO_REGISTER_MODE_MISSING,
+    };
+    if (ioctl(d->uffd, UFFDIO_REGISTER, &registration) != 0) {
+        result = -errno;
+        snprintf(error, error_size, "userfaultfd: UFFDIO_REGISTER(guest RAM, %" PRIu64 " bytes, MISSING): %s",
+                 options->size, strerror(errno));
+        goto fail;
+    }
+    uint64_t needed = (1ull << _UFFDIO_COPY) | (1ull << _UFFDIO_ZEROPAGE) | (1ull << _UFFDIO_WAKE);
+    if ((registration.ioctls & needed) != needed) {
+        result = -EOPNOTSUPP;
+        snprintf(error, error_size, "userfaultfd: guest RAM registered without COPY, ZEROPAGE and WAKE (ioctls "
+                                    "0x%" PRIx64 ")", (uint64_t)registration.ioctls);
+        goto fail;
+    }
+    result = postcopy_mark_present(d, error, error_size);
+    if (result != 0)
+        goto fail;
+    d->stop_event = eventfd(0, EFD_CLOEXEC);
+    if (d->stop_event < 0) {
+        result = -errno;
+        snprintf(error, error_size, "postcopy: eventfd: %s", strerror(errno));
+        goto fail;
+    }
+    int thread_error = pthread_create(&d->fault_thread, NULL, postcopy_fault_thread, d);
+    if (thread_error != 0) {
+        result = -thread_error;
+        snprintf(error, error_size, "postcopy: pthread_create(fault thread): %s", strerror(thread_error));
+        goto fail;
+    }
+    pthread_setname_np(d->fault_thread, "pc-fault");
+    d->fault_thread_started = true;
+    *out = d;
+    return 0;
+
+fail:
+    /* Closing the userfaultfd also unregisters the range. */
+    if (d->stop_event >= 0)
+        close(d->stop_event);
+    if (d->uffd >= 0)
+        close(d->uffd);
+    free(d->received);
+    free(d->requested);
+    pthread_mutex_destroy(&d->lock);
+    free(d);
+    return result;
+}
+
+static int postcopy_check_page(const struct postcopy_destination *d, uint64_t page, const char *what)
+{
+    if (page < d->pages)
+        return 0;
+    fprintf(stderr, "ringvm: postcopy: %s of page %" PRIu64 " outside guest RAM (%" PRIu64 " pages)\n", what, page,
+            d->pages);
+    return -ERANGE;
+}
+
+/* Under lock, after the ioctl: the page is there; wake and account. */
+static int postcopy_placed(struct postcopy_destination *d, uint64_t page, int ioctl_result, int ioctl_errno,
+                           bool zero)
+{
+    uint64_t start = (uint64_t)(uintptr_t)d->options.host + page * POSTCOPY_PAGE_SIZE;
+    if (ioctl_result != 0 && ioctl_errno != EEXIST) {
+        fprintf(stderr, "ringvm: postcopy: %s(page %" PRIu64 "): %s\n", zero ? "UFFDIO_ZEROPAGE" : "UFFDIO_COPY",
+                page, strerror(ioctl_errno));
+        return -ioctl_errno;
+    }
+    if (ioctl_result != 0) {
+        /* EEXIST: the page is already present and the failing ioctl woke
+         * nobody; a thread may have faulted on it between the other place
+         * and now, so wake the page explicitly. */
+        struct uffdio_range range = { .start = start, .len = POSTCOPY_PAGE_SIZE };
+        if (ioctl(d->uffd, UFFDIO_WAKE, &range) != 0) {
+            fprintf(stderr, "ringvm: postcopy: UFFDIO_WAKE(page %" PRIu64 "): %s\n", page, strerror(errno));
+            return -errno;
+        }
+        d->counters.already_present++;
+    } else if (zero) {
+        d->counters.zero++;
+    } else {
+        d->counters.placed++;
+    }
+    postcopy_received_set(d, page);
+    d->requested[page / 64] &= ~(1ull << (page % 64));
+    postcopy_resolve_waiters(d, page, postcopy_now_ns());
+    return 0;
+}
+
+int postcopy_destination_place(struct postcopy_destination *d, uint64_t page, const void *data)
+{
+    int result = postcopy_check_page(d, page, "place");
+    if (result != 0)
+        return result;
+    struct uffdio_copy copy = {
+        .dst = (uint64_t)(uintptr_t)d->options.host + page * POSTCOPY_PAGE_SIZE,
+        .src = (uint64_t)(uintptr_t)data,
+        .len = POSTCOPY_PAGE_SIZE,
+        .mode = 0,
+    };
+    pthread_mutex_lock(&d->lock);
+    int ioctl_result = ioctl(d->uffd, UFFDIO_COPY, &copy);
+    int ioctl_errno = ioctl_result != 0 ? errno : 0;
+    result = postcopy_placed(d, page, ioctl_result, ioctl_errno, false);
+    pthread_mutex_unlock(&d->lock);
+    return result;
+}
+
+int postcopy_destination_place_zero(struct postcopy_destination *d, uint64_t page)
+{
+    int result = postcopy_check_page(d, page, "place_zero");
+    if (result != 0)
+        return result;
+    struct uffdio_zeropage zeropage = {
+        .range = { .start = (uint64_t)(uintptr_t)d->options.host + page * POSTCOPY_PAGE_SIZE,
+                   .len = POSTCOPY_PAGE_SIZE },
+        .mode = 0,
+    };
+    pthread_mutex_lock(&d->lock);
+    int ioctl_result = ioctl(d->uffd, UFFDIO_ZEROPAGE, &zeropage);
+    int ioctl_errno = ioctl_result != 0 ? errno : 0;
+    result = postcopy_placed(d, page, ioctl_result, ioctl_errno, true);
+    pthread_mutex_unlock(&d->lock);
+    return result;
+}
+
+int postcopy_destination_discard(struct postcopy_destination *d, uint64_t page, uint64_t count)
+{
+    if (count == 0) {
+        fprintf(stderr, "ringvm: postcopy: discard of 0 pages at page %" PRIu64 " refused\n", page);
+        return -ERANGE;
+    }
+    if (page >= d->pages || count > d->pages - page) {
+        fprintf(stderr, "ringvm: postcopy: discard of pages %" PRIu64 " + %" PRIu64 " outside guest RAM (%" PRIu64
+                        " pages)\n", page, count, d->pages);
+        return -ERANGE;
+    }
+    pthread_mutex_lock(&d->lock);
+    if (fallocate(d->options.memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(page * POSTCOPY_PAGE_SIZE),
+                  (off_t)(count * POSTCOPY_PAGE_SIZE)) != 0) {
+        int saved = errno;
+        pthread_mutex_unlock(&d->lock);
+        fprintf(stderr, "ringvm: postcopy: fallocate(guest RAM memfd, PUNCH_HOLE, page %" PRIu64 " + %" PRIu64
+                        "): %s\n", page, count, strerror(saved));
+        return -saved;
+    }
+    for (uint64_t p = page; p < page + count; p++) {
+        atomic_fetch_and_explicit(&d->received[p / 64], ~(1ull << (p % 64)), memory_order_release);
+        d->requested[p / 64] &= ~(1ull << (p % 64));
+    }
+    d->counters.discarded += count;
+    pthread_mutex_unlock(&d->lock);
+    return 0;
+}
+
+bool postcopy_destination_received(const struct postcopy_destination *d, uint64_t page)
+{
+    return page < d->pages && postcopy_received_test(d, page);
+}
+
+void postcopy_destination_copy_received(const struct postcopy_destination *d, uint64_t first_word, uint64_t words,
+                                        uint64_t *out)
+{
+    for (uint64_t i = 0; i < words; i++)
+        out[i] = first_word + i < d->words
+                     ? atomic_load_explicit(&d->received[first_word + i], memory_order_acquire)
+                     : 0;
+}
+
+void postcopy_destination_get_stats(struct postcopy_destination *d, struct postcopy_destination_stats *stats)
+{
+    pthread_mutex_lock(&d->lock);
+    *stats = d->counters;
+    stats->latency = d->latency;
+    stats->latency_max_ns = d->latency_max_ns;
+    stats->thread_count = d->thread_count;
+    memcpy(stats->threads, d->threads, sizeof(stats->threads[0]) * d->thread_count);
+    uint64_t received = 0;
+    for (uint64_t w = 0; w < d->words; w++)
+        received += (uint64_t)__builtin_popcountll(atomic_load_explicit(&d->received[w], memory_order_relaxed));
+    pthread_mutex_unlock(&d->lock);
+    stats->received_pages = received;
+    stats->latency_p50_ns = postcopy_latency_quantile(&stats->latency, 0.50);
+    stats->latency_p99_ns = postcopy_latency_quantile(&stats->latency, 0.99);
+}
+
+void postcopy_destination_stop(struct postcopy_destination *d)
+{
+    if (!d->fault_thread_started || atomic_exchange_explicit(&d->stopped, true, memory_order_acq_rel))
+        return;
+    uint64_t one = 1;
+    if (write(d->stop_event, &one, sizeof(one)) != (ssize_t)sizeof(one))
+        fprintf(stderr, "ringvm: postcopy: write(stop eventfd): %s\n", strerror(errno));
+    int join_error = pthread_join(d->fault_thread, NULL);
+    if (join_error != 0)
+        fprintf(stderr, "ringvm: postcopy: pthread_join(fault thread): %s\n", strerror(join_error));
+}
+
+void postcopy_destination_destroy(struct postcopy_destination *d)
+{
+    if (d == NULL)
+        return;
+    postcopy_destination_stop(d);
+    struct uffdio_range range = { .start = (uint64_t)(uintptr_t)d->options.host, .len = d->options.size };
+    if (ioctl(d->uffd, UFFDIO_UNREGISTER, &range) != 0)
+        fprintf(stderr, "ringvm: postcopy: UFFDIO_UNREGISTER(guest RAM): %s\n", strerror(errno));
+    close(d->uffd);
+    close(d->stop_event);
+    free(d->received);
+    free(d->requested);
+    pthread_mutex_destroy(&d->lock);
+    free(d);
+}

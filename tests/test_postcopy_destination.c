@@ -1,0 +1,578 @@
+/*
+ * The post-copy destination's fault service (migration/postcopy_destination.h,
+ * issue 17 groundwork) on real guest RAM (vmm/memory.h, a 64 MiB sealed
+ * memfd mapped MAP_SHARED): threads touching missing pages block until the
+ * page is placed and then read exactly the placed bytes; requests are
+ * de-duplicated; pages placed before their fault, zero pages, discards,
+ * pages present before registration; counters and per-thread blocktime
+ * (exact counts, blocktime only > 0); a blocked thread stays signalable and
+ * stop wakes nobody; a failed request is asked again on the next fault. No KVM: the touching threads are ordinary threads, as
+ * the VMM's own are. Skips with the reason where userfaultfd is not
+ * permitted.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "migration/postcopy_destination.h"
+#include "tests/harness.h"
+#include "vmm/memory.h"
+
+#define RAM_SIZE (64ull << 20)
+#define PAGE 4096u
+#define WAIT_MS 10000u
+#define MAX_REQUESTS 64u
+
+/* Owned by one test; the request log is written by the fault thread
+ * (through record_request) and read by the test thread, under lock. */
+struct fixture {
+    struct guest_memory memory;
+    struct postcopy_destination *destination;
+    pthread_mutex_t lock;
+    uint64_t requests[MAX_REQUESTS];
+    unsigned request_count;
+    unsigned failures_left;     /* record_request fails this many calls first (each is logged) */
+};
+
+static int record_request(uint64_t page, void *opaque)
+{
+    struct fixture *f = opaque;
+    pthread_mutex_lock(&f->lock);
+    if (f->request_count < MAX_REQUESTS)
+        f->requests[f->request_count] = page;
+    f->request_count++;
+    bool fail = f->failures_left > 0;
+    if (fail)
+        f->failures_left--;
+    pthread_mutex_unlock(&f->lock);
+    return fail ? -1 : 0;
+}
+
+static unsigned request_count(struct fixture *f)
+{
+    pthread_mutex_lock(&f->lock);
+    unsigned count = f->request_count;
+    pthread_mutex_unlock(&f->lock);
+    return count;
+}
+
+static void fixture_setup(struct fixture *f)
+{
+    memset(f, 0, sizeof(*f));
+    pthread_mutex_init(&f->lock, NULL);
+    struct guest_memory_options options = { .numa_node = -1 };
+    cr_assert_eq(guest_memory_create(&f->memory, RAM_SIZE, &options), 0);
+}
+
+static void fixture_register(struct fixture *f)
+{
+    char error[512] = "";
+    struct postcopy_destination_options options = {
+        .host = f->memory.host, .memfd = f->memory.memfd, .size = f->memory.size,
+        .request_page = record_request, .opaque = f,
+    };
+    int result = postcopy_destination_create(&f->destination, &options, error, sizeof(error));
+    if (result != 0 && strncmp(error, "userfaultfd is not available", 29) == 0) {
+        guest_memory_destroy(&f->memory);
+        harness_skip("%s", error);
+    }
+    cr_assert_eq(result, 0, "postcopy_destination_create: %s", error);
+}
+
+static void fixture_start(struct fixture *f)
+{
+    fixture_setup(f);
+    fixture_register(f);
+}
+
+static void fixture_end(struct fixture *f)
+{
+    postcopy_destination_destroy(f->destination);
+    guest_memory_destroy(&f->memory);
+    pthread_mutex_destroy(&f->lock);
+}
+
+/* A thread that reads one whole page of guest RAM. The test thread owns
+ * it; the toucher writes thread_id, data and then done (release), and the
+ * test reads data only after it saw done (acquire) or joined. */
+struct toucher {
+    struct fixture *fixture;
+    uint64_t page;
+    pthread_t thread;
+    atomic_int thread_id;
+    atomic_bool done;
+    uint8_t data[PAGE];
+};
+
+static void *toucher_run(void *argument)
+{
+    struct toucher *t = argument;
+    atomic_store_explicit(&t->thread_id, (int)gettid(), memory_order_release);
+    memcpy(t->data, t->fixture->memory.host + t->page * PAGE, PAGE);
+    atomic_store_explicit(&t->done, true, memory_order_release);
+    return NULL;
+}
+
+static void toucher_start(struct toucher *t, struct fixture *f, uint64_t page)
+{
+    t->fixture = f;
+    t->page = page;
+    atomic_init(&t->thread_id, 0);
+    atomic_init(&t->done, false);
+    memset(t->data, 0xee, PAGE);
+    cr_assert_eq(pthread_create(&t->thread, NULL, toucher_run, t), 0);
+}
+
+static bool toucher_done(void *argument)
+{
+    return atomic_load_explicit(&((struct toucher *)argument)->done, memory_order_acquire);
+}
+
+static void toucher_join(struct toucher *t)
+{
+    cr_assert(harness_wait_until(toucher_done, t, WAIT_MS), "the thread touching page %lu never finished",
+              (unsigned long)t->page);
+    cr_assert_eq(pthread_join(t->thread, NULL), 0);
+}
+
+struct count_wait {
+    struct fixture *fixture;
+    unsigned requests;          /* wait for at least this many requests */
+    uint64_t faults;            /* and this many faults */
+};
+
+static bool counts_reached(void *argument)
+{
+    struct count_wait *w = argument;
+    struct postcopy_destination_stats stats;
+    postcopy_destination_get_stats(w->fixture->destination, &stats);
+    return request_count(w->fixture) >= w->requests && stats.faults >= w->faults;
+}
+
+static void wait_counts(struct fixture *f, unsigned requests, uint64_t faults)
+{
+    struct count_wait w = { .fixture = f, .requests = requests, .faults = faults };
+    cr_assert(harness_wait_until(counts_reached, &w, WAIT_MS), "waited %u ms for %u requests and %lu faults", WAIT_MS,
+              requests, (unsigned long)faults);
+}
+
+/* Page data that names its page and version, read from between two
+ * PROT_NONE guards: the place must read exactly 4096 bytes. */
+static uint8_t *guarded_page(uint64_t page, uint8_t version)
+{
+    uint8_t *map = mmap(NULL, 3 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(map, MAP_FAILED);
+    cr_assert_eq(mprotect(map, PAGE, PROT_NONE), 0);
+    cr_assert_eq(mprotect(map + 2 * PAGE, PAGE, PROT_NONE), 0);
+    uint8_t *data = map + PAGE;
+    for (unsigned i = 0; i < PAGE; i++)
+        data[i] = (uint8_t)(page * 31 + i * 7 + version);
+    return data;
+}
+
+static void guarded_page_free(uint8_t *data)
+{
+    munmap(data - PAGE, 3 * PAGE);
+}
+
+static struct postcopy_destination_stats stats_of(struct fixture *f)
+{
+    struct postcopy_destination_stats stats;
+    postcopy_destination_get_stats(f->destination, &stats);
+    return stats;
+}
+
+static const struct postcopy_thread_blocktime *thread_entry(const struct postcopy_destination_stats *stats,
+                                                            int thread_id)
+{
+    for (unsigned i = 0; i < stats->thread_count; i++)
+        if (stats->threads[i].thread_id == thread_id)
+            return &stats->threads[i];
+    cr_assert_fail("thread %d has no blocktime entry", thread_id);
+    return NULL;
+}
+
+Test(postcopy_destination, touching_threads_block_until_placed_and_read_exactly_the_placed_bytes, .timeout = 60)
+{
+    struct fixture f;
+    fixture_start(&f);
+    struct toucher first, second;
+    toucher_start(&first, &f, 10);
+    toucher_start(&second, &f, 20);
+    wait_counts(&f, 2, 2);
+    cr_assert(!toucher_done(&first) && !toucher_done(&second), "nothing placed: both threads are blocked");
+    pthread_mutex_lock(&f.lock);
+    bool both = (f.requests[0] == 10 && f.requests[1] == 20) || (f.requests[0] == 20 && f.requests[1] == 10);
+    pthread_mutex_unlock(&f.lock);
+    cr_assert(both, "requests for pages 10 and 20");
+
+    uint8_t *data10 = guarded_page(10, 1);
+    cr_assert_eq(postcopy_destination_place(f.destination, 10, data10), 0);
+    toucher_join(&first);
+    cr_assert_eq(memcmp(first.data, data10, PAGE), 0, "the thread read exactly the placed bytes");
+    cr_assert(!toucher_done(&second), "page 20 is still missing");
+    cr_assert(postcopy_destination_received(f.destination, 10));
+    cr_assert(!postcopy_destination_received(f.destination, 20));
+
+    uint8_t *data20 = guarded_page(20, 2);
+    cr_assert_eq(postcopy_destination_place(f.destination, 20, data20), 0);
+    toucher_join(&second);
+    cr_assert_eq(memcmp(second.data, data20, PAGE), 0);
+
+    struct postcopy_destination_stats s = stats_of(&f);
+    cr_assert_eq(s.faults, 2);
+    cr_assert_eq(s.requested, 2);
+    cr_assert_eq(s.duplicates, 0);
+    cr_assert_eq(s.already_received, 0);
+    cr_assert_eq(s.placed, 2);
+    cr_assert_eq(s.zero, 0);
+    cr_assert_eq(s.already_present, 0);
+    cr_assert_eq(s.initially_present, 0);
+    cr_assert_eq(s.received_pages, 2);
+    cr_assert_eq(s.thread_count, 2);
+    const struct postcopy_thread_blocktime *one = thread_entry(&s, atomic_load(&first.thread_id));
+    const struct postcopy_thread_blocktime *two = thread_entry(&s, atomic_load(&second.thread_id));
+    cr_assert_eq(one->faults, 1);
+    cr_assert_eq(two->faults, 1);
+    cr_assert_gt(one->blocktime_ns, 0);
+    cr_assert_gt(two->blocktime_ns, 0);
+    cr_assert_eq(s.blocktime_total_ns, one->blocktime_ns + two->blocktime_ns);
+    cr_assert_eq(s.latency.count, 2, "one latency sample per woken thread");
+    cr_assert_gt(s.latency_max_ns, 0);
+    cr_assert_gt(s.latency_p50_ns, 0);
+    cr_assert_geq(s.latency_p99_ns, s.latency_p50_ns);
+    guarded_page_free(data10);
+    guarded_page_free(data20);
+    fixture_end(&f);
+}
+
+Test(postcopy_destination, two_threads_faulting_on_one_page_cause_exactly_one_request, .timeout = 60)
+{
+    struct fixture f;
+    fixture_start(&f);
+    struct toucher a, b;
+    toucher_start(&a, &f, 5);
+    toucher_start(&b, &f, 5);
+    wait_counts(&f, 1, 2);
+    cr_assert_eq(request_count(&f), 1);
+    cr_assert_eq(f.requests[0], 5);
+    uint8_t *data = guarded_page(5, 9);
+    cr_assert_eq(postcopy_destination_place(f.destination, 5, data), 0);
+    toucher_join(&a);
+    toucher_join(&b);
+    cr_assert_eq(memcmp(a.data, data, PAGE), 0);
+    cr_assert_eq(memcmp(b.data, data, PAGE), 0);
+    struct postcopy_destination_stats s = stats_of(&f);
+    cr_assert_eq(s.faults, 2);
+    cr_assert_eq(s.requested, 1);
+    cr_assert_eq(s.duplicates, 1);
+    cr_assert_eq(s.placed, 1);
+    cr_assert_eq(s.thread_count, 2);
+    cr_assert_gt(thread_entry(&s, atomic_load(&a.thread_id))->blocktime_ns, 0);
+    cr_assert_gt(thread_entry(&s, atomic_load(&b.thread_id))->blocktime_ns, 0);
+    cr_assert_eq(s.latency.count, 2, "both threads were woken by the one place");
+    guarded_page_free(data);
+    fixture_end(&f);
+}
+
+Test(postcopy_destination, a_page_placed_by_the_stream_before_its_fault_causes_no_request, .timeout = 60)
+{
+    struct fixture f;
+    fixture_start(&f);
+    uint8_t *data = guarded_page(7, 3);
+    cr_assert_eq(postcopy_destination_place(f.destination, 7, data), 0);
+    struct toucher t;
+    toucher_start(&t, &f, 7);
+    toucher_join(&t);
+    cr_assert_eq(memcmp(t.data, data, PAGE), 0);
+    struct postcopy_destination_stats s = stats_of(&f);
+    cr_assert_eq(request_count(&f), 0);
+    cr_assert_eq(s.faults, 0);
+    cr_assert_eq(s.requested, 0);
+    cr_assert_eq(s.placed, 1);
+    cr_assert_eq(s.thread_count, 0);
+    cr_assert_eq(s.latency.count, 0);
+    guarded_page_free(data);
+    fixture_end(&f);
+}
+
+Test(postcopy_destination, zero_pages_read_as_zero, .timeout = 60)
+{
+    struct fixture f;
+    fixture_start(&f);
+    struct toucher t;
+    toucher_start(&t, &f, 9);
+    wait_counts(&f, 1, 1);
+    cr_assert_eq(postcopy_destination_place_zero(f.destination, 9), 0);
+    toucher_join(&t);
+    static const uint8_t zero[PAGE];
+    cr_assert_eq(memcmp(t.data, zero, PAGE), 0, "the toucher's buffer was 0xee before");
+    /* And one placed as zero before anyone touched it. */
+    cr_assert_eq(postcopy_destination_place_zero(f.destination, 100), 0);
+    cr_assert_eq(memcmp(f.memory.host + 100 * PAGE, zero, PAGE), 0);
+    struct postcopy_destination_stats s = stats_of(&f);
+    cr_assert_eq(s.faults, 1);
+    cr_assert_eq(s.requested, 1);
+    cr_assert_eq(s.zero, 2);
+    cr_assert_eq(s.placed, 0);
+    cr_assert_eq(s.received_pages, 2);
+    fixture_end(&f);
+}
+
+Test(postcopy_destination, discard_makes_the_next_touch_fault_and_request_again, .timeout = 60)
+{
+    struct fixture f;
+    fixture_start(&f);
+    struct toucher t;
+    toucher_start(&t, &f, 3);
+    wait_counts(&f, 1, 1);
+    uint8_t *old = guarded_page(3, 1);
+    cr_assert_eq(postcopy_destination_place(f.destination, 3, old), 0);
+    toucher_join(&t);
+    cr_assert_eq(memcmp(t.data, old, PAGE), 0);
+
+    cr_assert_eq(postcopy_destination_discard(f.destination, 3, 1), 0);
+    cr_assert(!postcopy_destination_received(f.destination, 3));
+    cr_assert_eq(lseek(f.memory.memfd, 3 * PAGE, SEEK_HOLE), 3 * PAGE, "the page is a hole in the memfd again");
+
+    struct toucher again;
+    toucher_start(&again, &f, 3);
+    wait_counts(&f, 2, 2);
+    cr_assert(!toucher_done(&again), "the discarded page is missing: the toucher blocks");
+    cr_assert_eq(f.requests[1], 3);
+    uint8_t *fresh = guarded_page(3, 2);
+    cr_assert_eq(postcopy_destination_place(f.destination, 3, fresh), 0);
+    toucher_join(&again);
+    cr_assert_eq(memcmp(again.data, fresh, PAGE), 0, "the new bytes, never the discarded ones");
+
+    struct postcopy_destination_stats s = stats_of(&f);
+    cr_assert_eq(s.faults, 2);
+    cr_assert_eq(s.requested, 2);
+    cr_assert_eq(s.duplicates, 0);
+    cr_assert_eq(s.placed, 2);
+    cr_assert_eq(s.discarded, 1);
+    cr_assert_eq(s.received_pages, 1);
+    guarded_page_free(old);
+    guarded_page_free(fresh);
+    fixture_end(&f);
+}
+
+Test(postcopy_destination, placing_a_page_twice_keeps_the_first_and_counts_already_present, .timeout = 60)
+{
+    struct fixture f;
+    fixture_start(&f);
+    uint8_t *first = guarded_page(4, 1);
+    uint8_t *second = guarded_page(4, 2);
+    cr_assert_eq(postcopy_destination_place(f.destination, 4, first), 0);
+    cr_assert_eq(postcopy_destination_place(f.destination, 4, second), 0, "EEXIST is not an error");
+    cr_assert_eq(postcopy_destination_place_zero(f.destination, 4), 0);
+    cr_assert_eq(memcmp(f.memory.host + 4 * PAGE, first, PAGE), 0);
+    struct postcopy_destination_stats s = stats_of(&f);
+    cr_assert_eq(s.placed, 1);
+    cr_assert_eq(s.zero, 0);
+    cr_assert_eq(s.already_present, 2);
+    cr_assert_eq(s.received_pages, 1);
+    guarded_page_free(first);
+    guarded_page_free(second);
+    fixture_end(&f);
+}
+
+Test(postcopy_destination, pages_in_the_memfd_before_registration_count_as_received, .timeout = 60)
+{
+    struct fixture f;
+    fixture_setup(&f);
+    /* What pre-copy left: two pages written, the rest holes. */
+    memset(f.memory.host + 11 * PAGE, 0x11, PAGE);
+    memset(f.memory.host + 12 * PAGE + 100, 0x12, 8);
+    fixture_register(&f);
+    struct postcopy_destination_stats s = stats_of(&f);
+    cr_assert_eq(s.initially_present, 2);
+    cr_assert_eq(s.received_pages, 2);
+    cr_assert(postcopy_destination_received(f.destination, 11));
+    cr_assert(postcopy_destination_received(f.destination, 12));
+    cr_assert(!postcopy_destination_received(f.destination, 13));
+    struct toucher t;
+    toucher_start(&t, &f, 11);
+    toucher_join(&t);
+    cr_assert_eq(t.data[0], 0x11);
+    cr_assert_eq(t.data[PAGE - 1], 0x11);
+    cr_assert_eq(stats_of(&f).faults, 0);
+    uint64_t words[2] = { 1, 1 };
+    postcopy_destination_copy_received(f.destination, 0, 2, words);
+    cr_assert_eq(words[0], (1ull << 11) | (1ull << 12));
+    cr_assert_eq(words[1], 0);
+    fixture_end(&f);
+}
+
+Test(postcopy_destination, out_of_range_pages_are_refused, .timeout = 60)
+{
+    struct fixture f;
+    fixture_start(&f);
+    uint64_t pages = RAM_SIZE / PAGE;
+    uint8_t *data = guarded_page(0, 0);
+    cr_assert_eq(postcopy_destination_place(f.destination, pages, data), -ERANGE);
+    cr_assert_eq(postcopy_destination_place_zero(f.destination, UINT64_MAX), -ERANGE);
+    cr_assert_eq(postcopy_destination_discard(f.destination, 0, 0), -ERANGE);
+    cr_assert_eq(postcopy_destination_discard(f.destination, pages - 1, 2), -ERANGE);
+    cr_assert_eq(postcopy_destination_discard(f.destination, 1, UINT64_MAX), -ERANGE);
+    cr_assert(!postcopy_destination_received(f.destination, pages));
+    struct postcopy_destination_stats s = stats_of(&f);
+    cr_assert_eq(s.placed + s.zero + s.discarded, 0);
+    guarded_page_free(data);
+    fixture_end(&f);
+}
+
+static atomic_int signals_handled;
+
+static void count_signal(int signal)
+{
+    (void)signal;
+    atomic_fetch_add_explicit(&signals_handled, 1, memory_order_relaxed);
+}
+
+static bool signals_reached(void *argument)
+{
+    return atomic_load_explicit(&signals_handled, memory_order_relaxed) >= *(int *)argument;
+}
+
+/* What a waiter sees when post-copy pauses or shuts down: its signals are
+ * delivered while it is blocked (the access is retried afterwards, a new
+ * fault the fault thread de-duplicates), stop wakes nobody, and a place
+ * after stop still delivers the page. */
+Test(postcopy_destination, a_blocked_thread_stays_signalable_and_stop_wakes_nobody, .timeout = 60)
+{
+    struct sigaction action = { .sa_handler = count_signal };
+    sigemptyset(&action.sa_mask);
+    cr_assert_eq(sigaction(SIGUSR2, &action, NULL), 0);
+    atomic_store(&signals_handled, 0);
+    struct fixture f;
+    fixture_start(&f);
+    struct toucher t;
+    toucher_start(&t, &f, 30);
+    wait_counts(&f, 1, 1);
+
+    cr_assert_eq(pthread_kill(t.thread, SIGUSR2), 0);
+    int want = 1;
+    cr_assert(harness_wait_until(signals_reached, &want, WAIT_MS), "the blocked thread's signal handler never ran");
+    wait_counts(&f, 1, 2);      /* the retried access faulted again */
+    cr_assert(!toucher_done(&t), "after its handler the thread blocks again");
+
+    postcopy_destination_stop(f.destination);
+    postcopy_destination_stop(f.destination);   /* idempotent */
+    cr_assert_eq(pthread_kill(t.thread, SIGUSR2), 0);
+    want = 2;
+    cr_assert(harness_wait_until(signals_reached, &want, WAIT_MS), "signals reach it after stop too");
+    cr_assert(!toucher_done(&t), "stop woke nobody: no zero page, no stale data");
+
+    uint8_t *data = guarded_page(30, 5);
+    cr_assert_eq(postcopy_destination_place(f.destination, 30, data), 0);
+    toucher_join(&t);
+    cr_assert_eq(memcmp(t.data, data, PAGE), 0);
+    struct postcopy_destination_stats s = stats_of(&f);
+    cr_assert_eq(s.faults, 2, "the fault after the second signal was never read (the fault thread had stopped)");
+    cr_assert_eq(s.requested, 1);
+    cr_assert_eq(s.duplicates, 1);
+    cr_assert_eq(s.thread_count, 1);
+    cr_assert_eq(s.threads[0].faults, 2);
+    cr_assert_gt(s.threads[0].blocktime_ns, 0);
+    cr_assert_eq(s.latency.count, 1, "one blocked thread, one wake");
+    guarded_page_free(data);
+    fixture_end(&f);
+}
+
+/* A request that could not be queued leaves the page unrequested: the
+ * thread's next fault on it (here the retry after a signal) asks again. */
+Test(postcopy_destination, a_failed_request_is_asked_again_on_the_next_fault, .timeout = 60)
+{
+    struct sigaction action = { .sa_handler = count_signal };
+    sigemptyset(&action.sa_mask);
+    cr_assert_eq(sigaction(SIGUSR2, &action, NULL), 0);
+    atomic_store(&signals_handled, 0);
+    struct fixture f;
+    fixture_start(&f);
+    pthread_mutex_lock(&f.lock);
+    f.failures_left = 1;
+    pthread_mutex_unlock(&f.lock);
+    struct toucher t;
+    toucher_start(&t, &f, 40);
+    wait_counts(&f, 1, 1);
+    struct postcopy_destination_stats s = stats_of(&f);
+    cr_assert_eq(s.request_failures, 1);
+    cr_assert_eq(s.requested, 0);
+    cr_assert_eq(pthread_kill(t.thread, SIGUSR2), 0);
+    wait_counts(&f, 2, 2);
+    uint8_t *data = guarded_page(40, 6);
+    cr_assert_eq(postcopy_destination_place(f.destination, 40, data), 0);
+    toucher_join(&t);
+    cr_assert_eq(memcmp(t.data, data, PAGE), 0);
+    s = stats_of(&f);
+    cr_assert_eq(s.faults, 2);
+    cr_assert_eq(s.request_failures, 1);
+    cr_assert_eq(s.requested, 1);
+    cr_assert_eq(s.duplicates, 0, "the failed request did not count as requested");
+    cr_assert_eq(f.requests[0], 40, "the failed call");
+    cr_assert_eq(f.requests[1], 40, "the call that queued it");
+    guarded_page_free(data);
+    fixture_end(&f);
+}
+
+/* 16 threads on 4 pages, 4 on each: 16 faults, 4 requests, 12 duplicates,
+ * 16 wakes, and each thread reads its own page's bytes. */
+Test(postcopy_destination, sixteen_threads_on_four_pages_cause_four_requests, .timeout = 60)
+{
+    enum { THREADS = 16, PAGES = 4 };
+    struct fixture f;
+    fixture_start(&f);
+    static struct toucher touchers[THREADS];
+    for (unsigned i = 0; i < THREADS; i++)
+        toucher_start(&touchers[i], &f, 200 + i % PAGES);
+    wait_counts(&f, PAGES, THREADS);
+    uint8_t *data[PAGES];
+    for (unsigned p = 0; p < PAGES; p++) {
+        data[p] = guarded_page(200 + p, 7);
+        cr_assert_eq(postcopy_destination_place(f.destination, 200 + p, data[p]), 0);
+    }
+    for (unsigned i = 0; i < THREADS; i++) {
+        toucher_join(&touchers[i]);
+        cr_assert_eq(memcmp(touchers[i].data, data[i % PAGES], PAGE), 0, "thread %u", i);
+    }
+    struct postcopy_destination_stats s = stats_of(&f);
+    cr_assert_eq(request_count(&f), PAGES);
+    cr_assert_eq(s.faults, THREADS);
+    cr_assert_eq(s.requested, PAGES);
+    cr_assert_eq(s.duplicates, THREADS - PAGES);
+    cr_assert_eq(s.placed, PAGES);
+    cr_assert_eq(s.thread_count, THREADS);
+    cr_assert_eq(s.latency.count, THREADS);
+    uint64_t sum = 0;
+    for (unsigned i = 0; i < THREADS; i++) {
+        const struct postcopy_thread_blocktime *entry = thread_entry(&s, atomic_load(&touchers[i].thread_id));
+        cr_assert_eq(entry->faults, 1);
+        cr_assert_gt(entry->blocktime_ns, 0);
+        sum += entry->blocktime_ns;
+    }
+    cr_assert_eq(s.blocktime_total_ns, sum);
+    for (unsigned p = 0; p < PAGES; p++)
+        guarded_page_free(data[p]);
+    fixture_end(&f);
+}
+
+/* The latency percentiles (pure arithmetic, runs everywhere). */
+Test(postcopy_destination, latency_quantiles_interpolate_inside_log2_buckets)
+{
+    struct postcopy_latency_histogram h = { 0 };
+    cr_assert_eq(postcopy_latency_quantile(&h, 0.5), 0);
+    h.buckets[10] = 2;      /* [1024, 2048) ns */
+    h.buckets[20] = 2;      /* [1048576, 2097152) ns */
+    cr_assert_eq(postcopy_latency_quantile(&h, 0.0), 1536);
+    cr_assert_eq(postcopy_latency_quantile(&h, 0.5), 2048);
+    cr_assert_eq(postcopy_latency_quantile(&h, 0.99), 2076180);
+    cr_assert_eq(postcopy_latency_quantile(&h, 1.0), 2097152);
+    struct postcopy_latency_histogram low = { .buckets = { [0] = 1 } };
+    cr_assert_eq(postcopy_latency_quantile(&low, 0.5), 2);
+}
