@@ -222,3 +222,21 @@ Test(linux_vm, dirty_tracking_never_overflows_a_ring, .timeout = 240)
     cr_assert_null(strstr(vm.process.out, "MISMATCH"));
     linux_vm_stop(&vm);
 }
+
+/* Until a Linux guest's device and timer state travels (issue 14), a
+ * migration of it is refused up front instead of hanging it on arrival. */
+Test(linux_vm, migrating_a_linux_guest_is_refused_for_now, .timeout = 240)
+{
+    struct linux_vm vm = { 0 };
+    linux_vm_start(&vm, "1", "quiet");
+    json_t *result = NULL;
+    struct api_error error;
+    int status = api_client_call(vm.client, "migration.start", json_pack("{s:s}", "dest", "unix:/tmp/nowhere.sock"),
+                                 &result, &error, CALL_TIMEOUT_MS);
+    cr_assert_neq(status, 0, "migration.start of a Linux guest was accepted");
+    cr_assert_eq(error.code, API_ERR_UNAVAILABLE);
+    cr_assert_str_eq(error.message, "cannot migrate a Linux guest yet: its interrupt-controller, timer, clock and "
+                                    "UART state do not travel in the migration stream (only the built-in guest "
+                                    "migrates)");
+    linux_vm_stop(&vm);
+}
