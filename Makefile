@@ -23,7 +23,7 @@ CFLAGS_COMMON += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanit
 LDFLAGS_SAN   := -fsanitize=address,undefined
 endif
 CFLAGS  += $(CFLAGS_COMMON)
-LDLIBS  := -lnuma -ljansson -lxxhash -lpthread -lm
+LDLIBS  := -lnuma -ljansson -lxxhash -lgnutls -lpthread -lm
 
 PROGRAM_MAINS := vmm/main.c api/ringctl.c
 LIB_SRCS  := $(filter-out $(PROGRAM_MAINS),$(wildcard vmm/*.c dirtyring/*.c api/*.c migration/*.c))
@@ -45,7 +45,7 @@ GUEST_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -I. \
 # A plain `make` on a machine without the libraries would fail deep inside a
 # compile with "jansson.h: No such file"; say what is missing and how to get
 # it instead. make test/demo/asan install the packages first, so they skip it.
-BUILD_HEADERS := jansson.h numa.h xxhash.h
+BUILD_HEADERS := jansson.h numa.h xxhash.h gnutls/gnutls.h
 MISSING_HEADERS := $(strip $(foreach h,$(BUILD_HEADERS),$(if $(wildcard /usr/include/$(h) /usr/include/*/$(h) /usr/local/include/$(h)),,$(h))))
 ifneq ($(MISSING_HEADERS),)
 ifeq ($(filter test demo demo-linux asan deps clean,$(MAKECMDGOALS)),)

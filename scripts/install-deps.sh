@@ -8,7 +8,7 @@
 set -eu
 
 packages="gcc make clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
-libnuma-dev libcriterion-dev libjansson-dev libxxhash-dev linux-libc-dev
+libnuma-dev libcriterion-dev libjansson-dev libxxhash-dev libgnutls28-dev linux-libc-dev
 pkg-config iproute2 nftables libclang-rt-14-dev gnuplot-nox"
 # The Linux guest image (make linux-guest, guest/linux/): Debian's kernel
 # source and what building it needs, busybox-static for the initramfs (it

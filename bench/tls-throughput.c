@@ -1,0 +1,443 @@
+/*
+ * bench/tls-throughput: what the TLS channel (migration/tls.c) costs against
+ * the plaintext stream, same run, same machine (issue 16: TLS >= 0.75x of
+ * plaintext throughput).
+ *
+ * For each transport (a Unix socketpair, TCP over loopback) and each mode
+ * (plaintext through mig_io_writev/mig_io_read; TLS 1.3 with a PSK, which
+ * negotiates TLS_AES_128_GCM_SHA256; TLS 1.3 with x509 certificates made
+ * here, TLS_AES_256_GCM_SHA384) a sender thread writes --bytes in 1 MiB
+ * frames (a 32-byte header and the payload as two iovecs, as mig-send does)
+ * and a receiver thread reads them back as header + payload. Printed:
+ * bytes/s, CPU-seconds per GiB of each side, and the ratio to plaintext on
+ * the same transport. Every figure is the median of --reps runs, the modes
+ * interleaved so background load hits them alike.
+ *
+ * It also measures XXH3-64 (what every frame's checksum costs each side)
+ * over the same 1 MiB frames, in GiB/s and CPU-seconds per GiB, to answer
+ * whether the checksum still matters once the AEAD authenticates each byte.
+ *
+ * Usage: tls-throughput [--bytes SIZE] [--reps N] [--json]
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
+#include <jansson.h>
+#define XXH_STATIC_LINKING_ONLY
+#include <xxhash.h>
+#include <xxh_x86dispatch.h>
+
+#include "migration/tls.h"
+#include "migration/transport.h"
+#include "vmm/size.h"
+
+#define FRAME_PAYLOAD (1u << 20)
+#define FRAME_HEADER 32u
+
+enum transport { TRANSPORT_UNIX, TRANSPORT_TCP, TRANSPORT_COUNT };
+enum mode { MODE_PLAIN, MODE_PSK, MODE_X509, MODE_COUNT };
+static const char *transport_name[TRANSPORT_COUNT] = { "unix-socketpair", "tcp-loopback" };
+static const char *mode_name[MODE_COUNT] = { "plaintext", "tls-psk", "tls-x509" };
+
+static void die(const char *what)
+{
+    fprintf(stderr, "tls-throughput: %s\n", what);
+    exit(1);
+}
+
+static double now_seconds(clockid_t clock)
+{
+    struct timespec t;
+    clock_gettime(clock, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* ---- credentials for the run (a throwaway directory) --------------------------- */
+
+static void write_file(const char *directory, const char *name, const void *data, size_t length)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", directory, name);
+    FILE *f = fopen(path, "w");
+    if (f == NULL || fwrite(data, 1, length, f) != length || fchmod(fileno(f), 0600) != 0 || fclose(f) != 0)
+        die("writing the credentials");
+}
+
+static void make_identity(gnutls_x509_crt_t *certificate, gnutls_x509_privkey_t *key, bool ca, const char *name,
+                          gnutls_x509_crt_t issuer, gnutls_x509_privkey_t issuer_key, unsigned char serial)
+{
+    time_t now = time(NULL);
+    char dn[128];
+    snprintf(dn, sizeof(dn), "CN=%s", name);
+    unsigned char serial_bytes[2] = { 1, serial };
+    if (gnutls_x509_privkey_init(key) != 0 ||
+        gnutls_x509_privkey_generate(*key, GNUTLS_PK_ECDSA, GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1), 0) != 0 ||
+        gnutls_x509_crt_init(certificate) != 0 || gnutls_x509_crt_set_version(*certificate, 3) != 0 ||
+        gnutls_x509_crt_set_serial(*certificate, serial_bytes, 2) != 0 ||
+        gnutls_x509_crt_set_activation_time(*certificate, now - 3600) != 0 ||
+        gnutls_x509_crt_set_expiration_time(*certificate, now + 86400) != 0 ||
+        gnutls_x509_crt_set_dn(*certificate, dn, NULL) != 0 || gnutls_x509_crt_set_key(*certificate, *key) != 0 ||
+        gnutls_x509_crt_set_basic_constraints(*certificate, ca ? 1 : 0, -1) != 0)
+        die("making a certificate");
+    if (!ca && gnutls_x509_crt_set_subject_alt_name(*certificate, GNUTLS_SAN_DNSNAME, "localhost", 9,
+                                                    GNUTLS_FSAN_SET) != 0)
+        die("making a certificate");
+    if (gnutls_x509_crt_sign2(*certificate, issuer != NULL ? issuer : *certificate,
+                              issuer_key != NULL ? issuer_key : *key, GNUTLS_DIG_SHA256, 0) != 0)
+        die("signing a certificate");
+}
+
+static void export_identity(const char *directory, const char *prefix, gnutls_x509_crt_t certificate,
+                            gnutls_x509_privkey_t key)
+{
+    gnutls_datum_t pem;
+    char name[64];
+    if (gnutls_x509_crt_export2(certificate, GNUTLS_X509_FMT_PEM, &pem) != 0)
+        die("exporting a certificate");
+    snprintf(name, sizeof(name), "%s-cert.pem", prefix);
+    write_file(directory, name, pem.data, pem.size);
+    gnutls_free(pem.data);
+    if (key == NULL)
+        return;
+    if (gnutls_x509_privkey_export2(key, GNUTLS_X509_FMT_PEM, &pem) != 0)
+        die("exporting a key");
+    snprintf(name, sizeof(name), "%s-key.pem", prefix);
+    write_file(directory, name, pem.data, pem.size);
+    gnutls_free(pem.data);
+}
+
+static void make_credentials(const char *directory)
+{
+    const char *psk = "bench:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n";
+    write_file(directory, "keys.psk", psk, strlen(psk));
+    gnutls_x509_crt_t ca, server, client;
+    gnutls_x509_privkey_t ca_key, server_key, client_key;
+    make_identity(&ca, &ca_key, true, "bench CA", NULL, NULL, 1);
+    make_identity(&server, &server_key, false, "localhost", ca, ca_key, 2);
+    make_identity(&client, &client_key, false, "source", ca, ca_key, 3);
+    export_identity(directory, "ca", ca, NULL);
+    export_identity(directory, "server", server, server_key);
+    export_identity(directory, "client", client, client_key);
+    gnutls_x509_crt_deinit(ca);
+    gnutls_x509_crt_deinit(server);
+    gnutls_x509_crt_deinit(client);
+    gnutls_x509_privkey_deinit(ca_key);
+    gnutls_x509_privkey_deinit(server_key);
+    gnutls_x509_privkey_deinit(client_key);
+}
+
+/* ---- connections ------------------------------------------------------------ */
+
+static void tune(int fd, bool tcp)
+{
+    int size = 4 << 20, one = 1;
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
+    if (tcp)
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+/* A connected pair: [0] the source's end, [1] the destination's. */
+static void connect_pair(enum transport transport, int fds[2])
+{
+    if (transport == TRANSPORT_UNIX) {
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0)
+            die("socketpair");
+        tune(fds[0], false);
+        tune(fds[1], false);
+        return;
+    }
+    int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in address = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t length = sizeof(address);
+    if (listener < 0 || bind(listener, (struct sockaddr *)&address, sizeof(address)) != 0 || listen(listener, 1) != 0 ||
+        getsockname(listener, (struct sockaddr *)&address, &length) != 0)
+        die("listening on 127.0.0.1");
+    fds[0] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fds[0] < 0)
+        die("socket");
+    tune(fds[0], true);
+    if (connect(fds[0], (struct sockaddr *)&address, sizeof(address)) != 0)
+        die("connect to 127.0.0.1");
+    fds[1] = accept4(listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fds[1] < 0)
+        die("accept");
+    tune(fds[1], true);
+    if (fcntl(fds[0], F_SETFL, O_NONBLOCK) != 0)
+        die("O_NONBLOCK");
+    close(listener);
+}
+
+/* ---- one run -------------------------------------------------------------------- */
+
+struct side {
+    int fd;
+    bool sender;
+    enum mode mode;
+    const struct mig_tls_credentials *credentials;
+    uint64_t bytes;
+    double cpu_seconds;
+    double wall_seconds;
+    char cipher[64];
+    char error[1024];
+    int result;
+};
+
+static void *side_main(void *argument)
+{
+    struct side *s = argument;
+    const char *peer = s->sender ? "destination" : "source";
+    struct mig_io io = { .fd = s->fd, .stall_ms = 10000, .peer = peer };
+    struct mig_tls_session *session = NULL;
+    if (s->mode != MODE_PLAIN) {
+        struct mig_tls_options options = { .credentials = s->credentials, .server_name = "localhost" };
+        if (mig_tls_handshake(&session, &io, &options, s->error, sizeof(s->error)) != 0) {
+            s->result = -1;
+            return NULL;
+        }
+        snprintf(s->cipher, sizeof(s->cipher), "%s", mig_tls_cipher_suite(session));
+    }
+    uint8_t *frame = malloc(FRAME_HEADER + FRAME_PAYLOAD);
+    if (frame == NULL)
+        die("out of memory");
+    for (size_t i = 0; i < FRAME_HEADER + FRAME_PAYLOAD; i++)
+        frame[i] = (uint8_t)(i * 2654435761u >> 13);
+    double cpu_start = now_seconds(CLOCK_THREAD_CPUTIME_ID), wall_start = now_seconds(CLOCK_MONOTONIC);
+    int result = 0;
+    for (uint64_t done = 0; result == 0 && done < s->bytes; done += FRAME_PAYLOAD) {
+        if (s->sender) {
+            struct iovec iov[2] = { { frame, FRAME_HEADER }, { frame + FRAME_HEADER, FRAME_PAYLOAD } };
+            result = session != NULL ? mig_tls_writev(session, &io, iov, 2, s->error, sizeof(s->error))
+                                     : mig_io_writev(&io, iov, 2, s->error, sizeof(s->error));
+        } else {
+            result = session != NULL
+                         ? mig_tls_read(session, &io, frame, FRAME_HEADER, false, s->error, sizeof(s->error))
+                         : mig_io_read(&io, frame, FRAME_HEADER, false, s->error, sizeof(s->error));
+            if (result == 0)
+                result = session != NULL ? mig_tls_read(session, &io, frame + FRAME_HEADER, FRAME_PAYLOAD, false,
+                                                        s->error, sizeof(s->error))
+                                         : mig_io_read(&io, frame + FRAME_HEADER, FRAME_PAYLOAD, false, s->error,
+                                                       sizeof(s->error));
+        }
+    }
+    s->cpu_seconds = now_seconds(CLOCK_THREAD_CPUTIME_ID) - cpu_start;
+    s->wall_seconds = now_seconds(CLOCK_MONOTONIC) - wall_start;
+    s->result = result;
+    free(frame);
+    mig_tls_session_free(session);
+    return NULL;
+}
+
+struct measurement {
+    double bytes_per_second;
+    double sender_cpu_per_gib;
+    double receiver_cpu_per_gib;
+    char cipher[64];
+};
+
+static struct measurement run_once(enum transport transport, enum mode mode, uint64_t bytes,
+                                   struct mig_tls_credentials *const client[MODE_COUNT],
+                                   struct mig_tls_credentials *const server[MODE_COUNT])
+{
+    int fds[2];
+    connect_pair(transport, fds);
+    struct side sender = { .fd = fds[0], .sender = true, .mode = mode, .credentials = client[mode], .bytes = bytes };
+    struct side receiver = { .fd = fds[1], .sender = false, .mode = mode, .credentials = server[mode],
+                             .bytes = bytes };
+    pthread_t threads[2];
+    if (pthread_create(&threads[0], NULL, side_main, &sender) != 0 ||
+        pthread_create(&threads[1], NULL, side_main, &receiver) != 0)
+        die("pthread_create");
+    pthread_join(threads[0], NULL);
+    pthread_join(threads[1], NULL);
+    close(fds[0]);
+    close(fds[1]);
+    if (sender.result != 0 || receiver.result != 0) {
+        fprintf(stderr, "tls-throughput: %s %s: %s%s\n", transport_name[transport], mode_name[mode], sender.error,
+                receiver.error);
+        exit(1);
+    }
+    double gib = (double)bytes / (double)(1ull << 30);
+    double wall = receiver.wall_seconds > sender.wall_seconds ? receiver.wall_seconds : sender.wall_seconds;
+    struct measurement m = { .bytes_per_second = (double)bytes / wall,
+                             .sender_cpu_per_gib = sender.cpu_seconds / gib,
+                             .receiver_cpu_per_gib = receiver.cpu_seconds / gib };
+    snprintf(m.cipher, sizeof(m.cipher), "%s", mode == MODE_PLAIN ? "none" : sender.cipher);
+    return m;
+}
+
+static int compare_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *values, int count)
+{
+    qsort(values, (size_t)count, sizeof(double), compare_double);
+    return count % 2 ? values[count / 2] : (values[count / 2 - 1] + values[count / 2]) / 2;
+}
+
+/* XXH3-64 over 1 MiB frames, as the checksum of every frame costs each side
+ * (the sender once, the receiver once). */
+static double xxh3_cpu_per_gib(uint64_t bytes)
+{
+    uint8_t *frame = malloc(FRAME_PAYLOAD);
+    if (frame == NULL)
+        die("out of memory");
+    for (size_t i = 0; i < FRAME_PAYLOAD; i++)
+        frame[i] = (uint8_t)(i * 2654435761u >> 13);
+    volatile uint64_t sink = 0;
+    double start = now_seconds(CLOCK_THREAD_CPUTIME_ID);
+    for (uint64_t done = 0; done < bytes; done += FRAME_PAYLOAD)
+        sink ^= XXH3_64bits(frame, FRAME_PAYLOAD);
+    double seconds = now_seconds(CLOCK_THREAD_CPUTIME_ID) - start;
+    (void)sink;
+    free(frame);
+    return seconds / ((double)bytes / (double)(1ull << 30));
+}
+
+int main(int argc, char **argv)
+{
+    uint64_t bytes = 1ull << 30;
+    int reps = 3;
+    bool json = false;
+    static const struct option options[] = {
+        { "bytes", required_argument, NULL, 'b' }, { "reps", required_argument, NULL, 'r' },
+        { "json", no_argument, NULL, 'j' },        { "help", no_argument, NULL, 'h' },
+        { 0 },
+    };
+    int opt;
+    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+        char error[256];
+        switch (opt) {
+        case 'b':
+            if (size_parse(optarg, &bytes, error, sizeof(error)) != 0 || bytes < FRAME_PAYLOAD) {
+                fprintf(stderr, "tls-throughput: --bytes: %s\n", bytes < FRAME_PAYLOAD ? "at least 1M" : error);
+                return 2;
+            }
+            break;
+        case 'r':
+            reps = atoi(optarg);
+            if (reps < 1 || reps > 101) {
+                fprintf(stderr, "tls-throughput: --reps must be 1..101\n");
+                return 2;
+            }
+            break;
+        case 'j':
+            json = true;
+            break;
+        case 'h':
+            printf("usage: tls-throughput [--bytes SIZE] [--reps N] [--json]\n");
+            return 0;
+        default:
+            fprintf(stderr, "usage: tls-throughput [--bytes SIZE] [--reps N] [--json]\n");
+            return 2;
+        }
+    }
+
+    char directory[] = "/tmp/ringvm-tls-bench-XXXXXX";
+    if (mkdtemp(directory) == NULL)
+        die("mkdtemp");
+    make_credentials(directory);
+    char psk_path[128], error[1024];
+    snprintf(psk_path, sizeof(psk_path), "%s/keys.psk", directory);
+    struct mig_tls_credentials *client[MODE_COUNT] = { 0 }, *server[MODE_COUNT] = { 0 };
+    if (mig_tls_credentials_load_psk(&client[MODE_PSK], MIG_TLS_CLIENT, psk_path, error, sizeof(error)) != 0 ||
+        mig_tls_credentials_load_psk(&server[MODE_PSK], MIG_TLS_SERVER, psk_path, error, sizeof(error)) != 0 ||
+        mig_tls_credentials_load_x509(&client[MODE_X509], MIG_TLS_CLIENT, directory, error, sizeof(error)) != 0 ||
+        mig_tls_credentials_load_x509(&server[MODE_X509], MIG_TLS_SERVER, directory, error, sizeof(error)) != 0)
+        die(error);
+
+    struct measurement results[TRANSPORT_COUNT][MODE_COUNT];
+    double *rate = calloc((size_t)reps, sizeof(double)), *send_cpu = calloc((size_t)reps, sizeof(double)),
+           *receive_cpu = calloc((size_t)reps, sizeof(double));
+    struct measurement all[TRANSPORT_COUNT][MODE_COUNT][101];
+    for (int rep = 0; rep < reps; rep++)
+        for (int t = 0; t < TRANSPORT_COUNT; t++)
+            for (int m = 0; m < MODE_COUNT; m++)
+                all[t][m][rep] = run_once((enum transport)t, (enum mode)m, bytes, client, server);
+    for (int t = 0; t < TRANSPORT_COUNT; t++) {
+        for (int m = 0; m < MODE_COUNT; m++) {
+            for (int rep = 0; rep < reps; rep++) {
+                rate[rep] = all[t][m][rep].bytes_per_second;
+                send_cpu[rep] = all[t][m][rep].sender_cpu_per_gib;
+                receive_cpu[rep] = all[t][m][rep].receiver_cpu_per_gib;
+            }
+            results[t][m] = all[t][m][0];
+            results[t][m].bytes_per_second = median(rate, reps);
+            results[t][m].sender_cpu_per_gib = median(send_cpu, reps);
+            results[t][m].receiver_cpu_per_gib = median(receive_cpu, reps);
+        }
+    }
+    for (int rep = 0; rep < reps; rep++)
+        send_cpu[rep] = xxh3_cpu_per_gib(bytes);
+    double xxh3 = median(send_cpu, reps);
+
+    if (json) {
+        json_t *root = json_object(), *runs = json_array();
+        json_object_set_new(root, "bytes_per_run", json_integer((json_int_t)bytes));
+        json_object_set_new(root, "reps", json_integer(reps));
+        json_object_set_new(root, "frame_payload_bytes", json_integer(FRAME_PAYLOAD));
+        for (int t = 0; t < TRANSPORT_COUNT; t++) {
+            for (int m = 0; m < MODE_COUNT; m++) {
+                struct measurement *r = &results[t][m];
+                json_array_append_new(
+                    runs, json_pack("{s:s, s:s, s:s, s:f, s:f, s:f, s:f}", "transport", transport_name[t], "mode",
+                                    mode_name[m], "cipher", r->cipher, "bytes_per_second", r->bytes_per_second,
+                                    "sender_cpu_s_per_gib", r->sender_cpu_per_gib, "receiver_cpu_s_per_gib",
+                                    r->receiver_cpu_per_gib, "ratio_to_plaintext",
+                                    r->bytes_per_second / results[t][MODE_PLAIN].bytes_per_second));
+            }
+        }
+        json_object_set_new(root, "runs", runs);
+        json_object_set_new(root, "xxh3_cpu_s_per_gib", json_real(xxh3));
+        char *text = json_dumps(root, JSON_INDENT(2));
+        printf("%s\n", text);
+        free(text);
+        json_decref(root);
+    } else {
+        printf("TLS channel throughput: %llu MiB per run in 1 MiB frames, median of %d runs\n\n",
+               (unsigned long long)(bytes >> 20), reps);
+        printf("%-16s %-10s %-24s %10s %8s %14s %14s\n", "transport", "mode", "cipher", "MiB/s", "ratio",
+               "send CPU-s/GiB", "recv CPU-s/GiB");
+        for (int t = 0; t < TRANSPORT_COUNT; t++) {
+            for (int m = 0; m < MODE_COUNT; m++) {
+                struct measurement *r = &results[t][m];
+                printf("%-16s %-10s %-24s %10.0f %7.2fx %14.3f %14.3f\n", transport_name[t], mode_name[m], r->cipher,
+                       r->bytes_per_second / (1 << 20), r->bytes_per_second / results[t][MODE_PLAIN].bytes_per_second,
+                       r->sender_cpu_per_gib, r->receiver_cpu_per_gib);
+            }
+        }
+        printf("\nXXH3-64 over 1 MiB frames: %.3f CPU-s/GiB (%.1f GiB/s) on each side\n", xxh3, 1.0 / xxh3);
+    }
+    for (int m = 0; m < MODE_COUNT; m++) {
+        mig_tls_credentials_free(client[m]);
+        mig_tls_credentials_free(server[m]);
+    }
+    static const char *files[] = { "keys.psk", "ca-cert.pem", "server-cert.pem", "server-key.pem",
+                                   "client-cert.pem", "client-key.pem" };
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        char path[256];
+        snprintf(path, sizeof(path), "%s/%s", directory, files[i]);
+        unlink(path);
+    }
+    rmdir(directory);
+    free(rate);
+    free(send_cpu);
+    free(receive_cpu);
+    return 0;
+}
