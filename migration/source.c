@@ -744,6 +744,16 @@ static int source_complete(struct source *s)
         }
         return source_fail(s, "transport", "waiting for the destination's ack: nothing for %u ms", ack_ms);
     }
+    if (got != 0 && received > 0) {
+        /* Bytes of a reply that then failed its checksum, sequence or
+         * length check (or broke off): ACK-shaped, and the destination
+         * sends ACK only after resuming the guest (issue 16, item 4). */
+        s->keep_paused = true;
+        return source_fail(s, "outcome-unknown",
+                           "waiting-ack: the destination's reply is unreadable (%s): it may be running the "
+                           "guest; the source stays paused (vm.resume here only if the destination does not run "
+                           "it)", text);
+    }
     if (got != 0)
         return source_fail(s, "transport", "waiting for the destination's ack: %s", text);
     s->peer_seq++;
@@ -754,12 +764,21 @@ static int source_complete(struct source *s)
         return source_fail(s, code == MIG_ERR_DIGEST ? "digest-mismatch" : "destination-error",
                            "destination refused: %s", message);
     }
-    if (header.type != MIG_FRAME_ACK)
-        return source_fail(s, "stream", "destination answered the end with a %s frame",
-                           mig_frame_type_name(header.type));
+    /* From here on the destination answered END with something other
+     * than a refusal: it may run the guest, so the source never resumes on
+     * its own (the operator decides, docs/reliability.md). */
+    if (header.type != MIG_FRAME_ACK) {
+        s->keep_paused = true;
+        return source_fail(s, "outcome-unknown", "destination answered the end with a %s frame: it may be running "
+                           "the guest; the source stays paused (vm.resume here only if the destination does not "
+                           "run it)", mig_frame_type_name(header.type));
+    }
     struct mig_end ack;
-    if (mig_end_decode(reply, &ack, text, sizeof(text)) != 0)
-        return source_fail(s, "stream", "destination ack: %s", text);
+    if (mig_end_decode(reply, &ack, text, sizeof(text)) != 0) {
+        s->keep_paused = true;
+        return source_fail(s, "outcome-unknown", "destination ack: %s: it may be running the guest; the source "
+                           "stays paused (vm.resume here only if the destination does not run it)", text);
+    }
     uint64_t now_mono = mig_mono_ns();
     if (ack.timestamp_ns >= pause_real && ack.timestamp_ns - pause_real <= now_mono - pause_mono + 1000000u)
         s->progress.downtime_ms = (ack.timestamp_ns - pause_real + 999999u) / 1000000u;
@@ -772,9 +791,13 @@ static int source_complete(struct source *s)
         if (memory_digest(&vm->memory, hex, NULL, NULL) == 0)
             snprintf(s->progress.digest_source, sizeof(s->progress.digest_source), "%s", hex);
     }
-    if (s->params.verify_digest && strcmp(ack.digest, s->progress.digest_source) != 0)
-        return source_fail(s, "digest-mismatch", "memory digests differ: source %s, destination %s",
-                           s->progress.digest_source, ack.digest);
+    if (s->params.verify_digest && strcmp(ack.digest, s->progress.digest_source) != 0) {
+        /* The destination acked: it runs its (different) copy already. */
+        s->keep_paused = true;
+        return source_fail(s, "digest-mismatch", "memory digests differ: source %s, destination %s; the "
+                           "destination runs the guest, the source stays paused", s->progress.digest_source,
+                           ack.digest);
+    }
     return 0;
 }
 
