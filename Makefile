@@ -158,7 +158,7 @@ $(BUILD)/fuzz/api_request_fuzz: tests/fuzz/api_request_fuzz.c $(BUILD)/fuzz/libr
 # tests/fuzz/migration-corpus/ (real captured streams).
 FUZZ_MIG_SRCS  := tests/fuzz/migration_stream_fuzz.c migration/receiver.c migration/protocol.c vmm/workload.c vmm/size.c
 $(BUILD)/fuzz/migration_stream_fuzz: $(FUZZ_MIG_SRCS) $(wildcard migration/*.h) vmm/vcpu_state.h vmm/workload.h vmm/size.h \
-		guest/abi.h tests/fuzz/migration_local_config.h
+		guest/abi.h tests/fuzz/migration_local_config.h tests/fuzz/sealed_copy.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) -std=gnu11 -O1 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. \
 		-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
@@ -168,7 +168,8 @@ fuzz: $(BUILD)/fuzz/api_request_fuzz $(BUILD)/fuzz/migration_stream_fuzz
 # PAGE_REQUEST / RECEIVED_BITMAP frames; tests/test_postcopy_return.c runs it
 # for 20 s from tests/fuzz/postcopy-return-corpus/.
 FUZZ_POSTCOPY_RETURN_SRCS := tests/fuzz/postcopy_return_fuzz.c migration/postcopy_return.c migration/protocol.c
-$(BUILD)/fuzz/postcopy_return_fuzz: $(FUZZ_POSTCOPY_RETURN_SRCS) migration/postcopy_return.h migration/protocol.h
+$(BUILD)/fuzz/postcopy_return_fuzz: $(FUZZ_POSTCOPY_RETURN_SRCS) migration/postcopy_return.h migration/protocol.h \
+		tests/fuzz/sealed_copy.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) -std=gnu11 -O1 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. \
 		-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \

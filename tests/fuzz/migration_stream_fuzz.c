@@ -32,10 +32,9 @@
 #include "migration/protocol.h"
 #include "migration/receiver.h"
 #include "tests/fuzz/migration_local_config.h"
+#include "tests/fuzz/sealed_copy.h"
 
 static uint8_t *ram;
-static uint8_t *copy;
-static size_t copy_size;
 
 static void run(const uint8_t *data, size_t size)
 {
@@ -69,22 +68,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
 
     /* The same bytes with every frame's checksum made valid. */
-    if (size > copy_size) {
-        free(copy);
-        copy = malloc(size);
-        if (copy == NULL)
-            abort();
-        copy_size = size;
-    }
-    memcpy(copy, data, size);
-    size_t offset = 0;
-    while (size - offset >= MIG_HEADER_SIZE) {
-        uint64_t length = mig_get_u64(copy + offset + 16);
-        if (length > size - offset - MIG_HEADER_SIZE)
-            break;
-        mig_header_seal(copy + offset, copy + offset + MIG_HEADER_SIZE, (size_t)length);
-        offset += MIG_HEADER_SIZE + (size_t)length;
-    }
+    const uint8_t *copy = fuzz_sealed_copy(data, size);
     run(copy, size);
     return 0;
 }

@@ -24,11 +24,10 @@
 #include <string.h>
 
 #include "migration/postcopy_return.h"
+#include "tests/fuzz/sealed_copy.h"
 
 #define FUZZ_RAM_BYTES (64ull << 20)
 
-static uint8_t *copy;
-static size_t copy_size;
 
 struct outcome {
     int result;
@@ -95,22 +94,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     run(data, size, 0);
     if (size == 0)
         return 0;
-    if (size > copy_size) {
-        free(copy);
-        copy = malloc(size);
-        if (copy == NULL)
-            abort();
-        copy_size = size;
-    }
-    memcpy(copy, data, size);
-    size_t offset = 0;
-    while (size - offset >= MIG_HEADER_SIZE) {
-        uint64_t length = mig_get_u64(copy + offset + 16);
-        if (length > size - offset - MIG_HEADER_SIZE)
-            break;
-        mig_header_seal(copy + offset, copy + offset + MIG_HEADER_SIZE, (size_t)length);
-        offset += MIG_HEADER_SIZE + (size_t)length;
-    }
+    const uint8_t *copy = fuzz_sealed_copy(data, size);
     struct outcome whole = run(copy, size, 0);
     struct outcome pieces = run(copy, size, (size_t)data[0] + 1);
     /* The rate can only refuse (never fail) a frame, so chunking and the
