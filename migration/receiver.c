@@ -636,13 +636,11 @@ int mig_receiver_check_work(const struct mig_receiver *r, uint64_t input_bytes, 
     return 0;
 }
 
-int mig_read_small_frame(const struct mig_input *input, uint64_t seq, struct mig_frame_header *header,
-                         uint8_t *buffer, size_t capacity, char *error, size_t error_size)
+/* The header of a small reply frame (ACK, ERROR, HELLO_ACK): valid for
+ * frame `seq`, with a payload that fits `capacity`. */
+static int decode_reply_header(const uint8_t *raw, uint64_t seq, struct mig_frame_header *header, size_t capacity,
+                               char *error, size_t error_size)
 {
-    uint8_t raw[MIG_HEADER_SIZE];
-    int result = input->read(input->ctx, raw, sizeof(raw), false, error, error_size);
-    if (result != 0)
-        return -1;
     if (mig_header_decode(raw, seq, header, error, error_size) != 0)
         return -1;
     if (header->length > capacity) {
@@ -650,6 +648,18 @@ int mig_read_small_frame(const struct mig_input *input, uint64_t seq, struct mig
                  mig_frame_type_name(header->type), header->length);
         return -1;
     }
+    return 0;
+}
+
+int mig_read_small_frame(const struct mig_input *input, uint64_t seq, struct mig_frame_header *header,
+                         uint8_t *buffer, size_t capacity, char *error, size_t error_size)
+{
+    uint8_t raw[MIG_HEADER_SIZE];
+    int result = input->read(input->ctx, raw, sizeof(raw), false, error, error_size);
+    if (result != 0)
+        return -1;
+    if (decode_reply_header(raw, seq, header, capacity, error, error_size) != 0)
+        return -1;
     if (input->read(input->ctx, buffer, (size_t)header->length, false, error, error_size) != 0)
         return -1;
     if (mig_frame_checksum(raw, buffer, (size_t)header->length) != header->checksum) {
@@ -695,13 +705,8 @@ int mig_read_reply(const struct mig_input *input, uint64_t seq, uint64_t started
                 return -1;      /* read_some's message, before the deadline */
         }
         if (part == 0) {
-            if (mig_header_decode(raw, seq, header, error, error_size) != 0)
+            if (decode_reply_header(raw, seq, header, capacity, error, error_size) != 0)
                 return -1;
-            if (header->length > capacity) {
-                snprintf(error, error_size, "frame %" PRIu64 ": unexpected %s frame of %" PRIu64 " bytes", seq,
-                         mig_frame_type_name(header->type), header->length);
-                return -1;
-            }
             need = (size_t)header->length;
             total = sizeof(raw) + header->length;
             out = buffer;
