@@ -7,6 +7,7 @@
  * Stateless: every function is safe from any thread.
  */
 #include "bpf/probes.h"
+#include "vmm/log2_histogram.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -20,45 +21,17 @@
 
 uint64_t bpf_probes_bucket_low_ns(unsigned bucket)
 {
-    return bucket == 0 ? 0 : 1ULL << bucket;
+    return log2_histogram_bucket_low_ns(bucket);
 }
 
 uint64_t bpf_probes_bucket_high_ns(unsigned bucket)
 {
-    if (bucket >= 63)
-        return UINT64_MAX;
-    return 1ULL << (bucket + 1);
+    return log2_histogram_bucket_high_ns(bucket);
 }
 
 uint64_t bpf_probes_hist_quantile(const struct bpf_probes_hist *hist, double q)
 {
-    uint64_t total = 0;
-    for (unsigned i = 0; i < BPF_PROBES_HIST_BUCKETS; i++)
-        total += hist->buckets[i];
-    if (total == 0)
-        return 0;
-    if (q < 0)
-        q = 0;
-    if (q > 1)
-        q = 1;
-    /* The rank of the q-quantile sample, 1-based. */
-    double rank = q * (double)total;
-    if (rank < 1)
-        rank = 1;
-    uint64_t seen = 0;
-    for (unsigned i = 0; i < BPF_PROBES_HIST_BUCKETS; i++) {
-        uint64_t n = hist->buckets[i];
-        if (n == 0)
-            continue;
-        if ((double)(seen + n) >= rank) {
-            double low = (double)bpf_probes_bucket_low_ns(i);
-            double high = (double)bpf_probes_bucket_high_ns(i);
-            double fraction = (rank - (double)seen) / (double)n;
-            return (uint64_t)(low + (high - low) * fraction);
-        }
-        seen += n;
-    }
-    return bpf_probes_bucket_high_ns(BPF_PROBES_HIST_BUCKETS - 1);
+    return log2_histogram_quantile(hist->buckets, BPF_PROBES_HIST_BUCKETS, q);
 }
 
 void bpf_probes_hist_merge(struct bpf_probes_hist *into, const struct bpf_probes_hist *from)

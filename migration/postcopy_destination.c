@@ -4,6 +4,8 @@
  */
 #include "migration/postcopy_destination.h"
 
+#include "vmm/log2_histogram.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -99,28 +101,7 @@ static unsigned postcopy_log2_bucket(uint64_t ns)
 
 uint64_t postcopy_latency_quantile(const struct postcopy_latency_histogram *histogram, double q)
 {
-    uint64_t total = 0;
-    for (unsigned i = 0; i < POSTCOPY_LATENCY_BUCKETS; i++)
-        total += histogram->buckets[i];
-    if (total == 0)
-        return 0;
-    q = q < 0 ? 0 : q > 1 ? 1 : q;
-    double rank = q * (double)total;    /* of the quantile's sample, 1-based */
-    if (rank < 1)
-        rank = 1;
-    uint64_t seen = 0;
-    for (unsigned i = 0; i < POSTCOPY_LATENCY_BUCKETS; i++) {
-        uint64_t n = histogram->buckets[i];
-        if (n == 0)
-            continue;
-        if ((double)(seen + n) >= rank) {
-            double low = i == 0 ? 0 : (double)(1ull << i);
-            double high = (double)(1ull << (i + 1));
-            return (uint64_t)(low + (high - low) * (rank - (double)seen) / (double)n);
-        }
-        seen += n;
-    }
-    return 1ull << POSTCOPY_LATENCY_BUCKETS;
+    return log2_histogram_quantile(histogram->buckets, POSTCOPY_LATENCY_BUCKETS, q);
 }
 
 /* Under lock: the blocktime slot of thread_id, or NULL when the table is full. */
