@@ -5,6 +5,8 @@
 #   make demo       the README demo on this machine
 #   make demo-linux boot the Linux guest image (make linux-guest) with the ledger
 #   make asan       the tests under AddressSanitizer + UBSan (build-asan/)
+#   make test-nested the tests inside a QEMU TCG machine with emulated SVM, so
+#                   the KVM tests run on hosts without /dev/kvm (slow: ~12 min)
 #   make fuzz       libFuzzer targets (clang)
 #   make clean
 #
@@ -53,7 +55,7 @@ $(error ringvm: cannot build: missing headers $(MISSING_HEADERS); run scripts/in
 endif
 endif
 
-.PHONY: all test demo demo-linux asan fuzz clean deps bench
+.PHONY: all test test-nested demo demo-linux asan fuzz clean deps bench
 PROGRAMS := $(BUILD)/ringvm $(if $(wildcard api/ringctl.c),$(BUILD)/ringctl)
 all: $(PROGRAMS) $(BENCHES)
 
@@ -119,6 +121,16 @@ test: deps
 
 asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan SANITIZE=1 test
+
+# The same tests where /dev/kvm is missing: scripts/nested-kvm.sh boots
+# Debian's kernel under QEMU's TCG with an emulated AMD SVM CPU, loads
+# kvm_amd, and runs the binaries built here against that KVM. Correctness
+# only: every timing inside is TCG's (docs/testing.md).
+test-nested: deps
+	@$(MAKE) --no-print-directory all linux-guest $(BUILD)/tests/ringvm-tests $(BUILD)/tests/delayline
+	RINGVM_BUILD_DIR=$(abspath $(BUILD)) LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp) \
+		RINGVM_TEST_VMLINUZ=$${RINGVM_TEST_VMLINUZ:-$$(scripts/debian-vmlinuz.sh)} \
+		scripts/nested-kvm.sh -- $(abspath $(BUILD))/tests/ringvm-tests --jobs 2 $(TEST_ARGS)
 
 demo: deps
 	@$(MAKE) --no-print-directory all

@@ -107,20 +107,33 @@ static __always_inline __u32 log2_u64(__u64 v)
     return hi ? log2_u32(hi) + 32 : log2_u32((__u32)v);
 }
 
+/* An array index every kernel's verifier can bound. Clang drops a clamp it
+ * can prove redundant and keeps 32-bit compares whose bound Linux 6.1's
+ * verifier does not carry into the 64-bit address arithmetic ("math between
+ * map_value pointer and register with unbounded min value", "R2 unbounded
+ * memory access" on Debian 12's kernel). The empty asm makes the value opaque
+ * to clang, so the clamp stays as written, on a 64-bit register. */
+static __always_inline __u64 bounded_index(__u64 index, __u64 slots, __u64 fallback)
+{
+    asm volatile("" : "+r"(index));
+    return index < slots ? index : fallback;
+}
+
+static __always_inline __u64 hist_slot(__u64 ns)
+{
+    return bounded_index(log2_u64(ns), RV_HIST_SLOTS, RV_HIST_SLOTS - 1);
+}
+
 static __always_inline void hist_add(struct rv_hist *h, __u64 ns)
 {
-    __u32 slot = log2_u64(ns);
-    if (slot >= RV_HIST_SLOTS)
-        slot = RV_HIST_SLOTS - 1;
+    __u64 slot = hist_slot(ns);
     h->slots[slot]++;
     h->sum += ns;
 }
 
 static __always_inline void hist_add_n(struct rv_hist *h, __u64 ns, __u64 n)
 {
-    __u32 slot = log2_u64(ns);
-    if (slot >= RV_HIST_SLOTS)
-        slot = RV_HIST_SLOTS - 1;
+    __u64 slot = hist_slot(ns);
     h->slots[slot] += n;
     h->sum += ns * n;
 }
@@ -510,9 +523,7 @@ int rv_kvm_exit_reason(struct trace_event_raw_kvm_exit___rv *ctx)
         slot = RV_HW_SLOT_SVM_NPF_BASE + (reason - 0x400);
     else
         slot = RV_HW_SLOT_OTHER;
-    if (slot >= RV_HW_REASON_SLOTS)
-        slot = RV_HW_SLOT_OTHER;
-    g->hw_reasons[slot]++;
+    g->hw_reasons[bounded_index(slot, RV_HW_REASON_SLOTS, RV_HW_SLOT_OTHER)]++;
     g->hw_exits++;
     g->hw_isa = isa;
     return 0;

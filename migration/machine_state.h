@@ -12,8 +12,8 @@
  *     present (pure, tested), and the MSR split that writes TSC_DEADLINE
  *     last (pure, tested);
  *   - capture and restore: the KVM ioctls following that plan (written
- *     after Firecracker's vcpu.rs / vm.rs; NOT RUN YET: the machine that
- *     wrote them had no /dev/kvm).
+ *     after Firecracker's vcpu.rs / vm.rs; run on SVM KVM only, by
+ *     tests/test_machine_state_kvm.c under make test-nested).
  *
  * Ownership: a struct machine_state is owned by one thread (the migration
  * thread on the source, the receiver on the destination); its arrays are
@@ -256,7 +256,7 @@ bool machine_state_tsc_scaling_needed(uint32_t source_khz, uint32_t local_khz);
 void machine_state_msr_split(const struct kvm_msr_entry *msrs, uint32_t count, struct kvm_msr_entry *first,
                              uint32_t *first_count, struct kvm_msr_entry *deferred, uint32_t *deferred_count);
 
-/* ---- KVM (not run yet: written without /dev/kvm) -------------------------- */
+/* ---- KVM (run on SVM KVM by tests/test_machine_state_kvm.c; not on PVM) -- */
 
 struct machine_state_capture_config {
     const uint32_t *msr_indices;            /* vcpu_state_probe_msrs (vmm/vcpu_state.h) */

@@ -135,6 +135,11 @@ static uint64_t digest_estimate_ms(uint64_t ram_bytes)
     return ms == 0 ? 1 : ms;
 }
 
+uint64_t migration_digest_downtime_floor_ms(uint64_t ram_bytes)
+{
+    return mig_expected_downtime_with_digest_ms(0, digest_estimate_ms(ram_bytes));
+}
+
 int migration_start(struct vm *vm, struct api_server *server, const struct mig_params *params, uint64_t *id,
                     const char **code, char *message, size_t message_size)
 {

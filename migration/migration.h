@@ -62,6 +62,11 @@ struct mig_params {
 
 void mig_params_defaults(struct mig_params *params);
 
+/* The downtime that verify_digest alone costs a VM with ram_bytes of RAM on
+ * this machine (both sides hash all RAM inside it), measured now: a
+ * migration.start whose downtime_ms is below it is refused. */
+uint64_t migration_digest_downtime_floor_ms(uint64_t ram_bytes);
+
 /* Starts a migration. Returns 0 (*id set) or -1 with code/message:
  *   "vm-not-running"   the VM is not running
  *   "migration-active" one is running

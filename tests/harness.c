@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include "bpf/probes.h"
+#include "migration/migration.h"
+#include "vmm/linux_guest.h"
 #include "vmm/size.h"
 
 void harness_skip(const char *format, ...)
@@ -156,8 +158,14 @@ bool console_wait_for(struct console_capture *console, const char *needle, unsig
     return found;
 }
 
-static void vm_create_for_test(struct harness_vm *harness, const char *memory, unsigned vcpus,
-                               const char *workload, const char *dirty_mode, bool incoming)
+/* linux: NULL for the built-in guest; else the kernel, initrd and cmdline
+ * (paths and text used only when not incoming). */
+struct harness_linux {
+    const char *kernel, *initrd, *cmdline;
+};
+
+static void vm_create_with(struct harness_vm *harness, const char *memory, unsigned vcpus, const char *workload,
+                           const char *dirty_mode, bool incoming, const struct harness_linux *linux_spec)
 {
     memset(harness, 0, sizeof(*harness));
     pthread_mutex_init(&harness->console.lock, NULL);
@@ -179,15 +187,40 @@ static void vm_create_for_test(struct harness_vm *harness, const char *memory, u
     dirty_log_config_defaults(&config.dirty_log);
     cr_assert_eq(dirty_log_mode_parse(dirty_mode, &config.dirty_log.mode, error, sizeof(error)), 0, "%s", error);
     config.incoming = incoming;
+    if (linux_spec != NULL) {
+        config.guest_kind = VM_GUEST_LINUX;
+        if (!incoming) {
+            config.linux_guest.kernel_path = linux_spec->kernel;
+            config.linux_guest.initrd_path = linux_spec->initrd;
+            config.linux_guest.user_cmdline = linux_spec->cmdline;
+            cr_assert_eq(linux_guest_open(&harness->linux_guest, &config.linux_guest, config.memory_bytes, error,
+                                          sizeof(error)), 0, "%s", error);
+            config.linux_guest.loaded = harness->linux_guest;
+        }
+    }
     cr_assert_eq(vm_create(&harness->vm, &config), 0, "vm_create failed (see stderr)");
     harness->vm->serial.on_line = console_on_line;
     harness->vm->serial.on_line_opaque = &harness->console;
+}
+
+static void vm_create_for_test(struct harness_vm *harness, const char *memory, unsigned vcpus,
+                               const char *workload, const char *dirty_mode, bool incoming)
+{
+    vm_create_with(harness, memory, vcpus, workload, dirty_mode, incoming, NULL);
 }
 
 void harness_vm_create(struct harness_vm *harness, const char *memory, unsigned vcpus, const char *workload,
                        const char *dirty_mode)
 {
     vm_create_for_test(harness, memory, vcpus, workload, dirty_mode, false);
+}
+
+void harness_linux_vm_create(struct harness_vm *harness, const char *memory, unsigned vcpus, const char *kernel,
+                             const char *initrd, const char *cmdline, bool incoming)
+{
+    harness_require_kvm();
+    struct harness_linux linux_spec = { .kernel = kernel, .initrd = initrd, .cmdline = cmdline };
+    vm_create_with(harness, memory, vcpus, "idle", "ring", incoming, &linux_spec);
 }
 
 void harness_vm_create_incoming(struct harness_vm *harness, const char *memory, unsigned vcpus,
@@ -211,6 +244,8 @@ void harness_vm_stop(struct harness_vm *harness)
         vm_destroy(harness->vm);
         harness->vm = NULL;
     }
+    linux_guest_close(harness->linux_guest);
+    harness->linux_guest = NULL;
     free(harness->console.text);
     harness->console.text = NULL;
 }
@@ -478,4 +513,10 @@ void harness_ask_as_nobody(void (*ask)(char *answer, size_t size), char *answer,
     answer[got] = '\0';
     if (strcmp(answer, HARNESS_SETUID_FAILED) == 0)
         harness_skip("cannot drop privileges here");
+}
+
+uint64_t harness_digest_downtime_ms(uint64_t ram_bytes)
+{
+    uint64_t floor_ms = migration_digest_downtime_floor_ms(ram_bytes);
+    return 2 * floor_ms > 300 ? 2 * floor_ms : 300;
 }

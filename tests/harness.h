@@ -45,9 +45,11 @@ struct console_capture {
     size_t capacity;
 };
 
+struct linux_guest;
 struct harness_vm {
     struct vm *vm;
     struct console_capture console;
+    struct linux_guest *linux_guest;    /* harness_linux_vm_create's, closed by harness_vm_stop */
 };
 
 /* Parses the workload spec, creates the VM (serial discarded, lines
@@ -64,6 +66,14 @@ void harness_vm_create_incoming(struct harness_vm *harness, const char *memory, 
                                 const char *workload, const char *dirty_mode);
 void harness_vm_stop(struct harness_vm *harness);
 
+/* A Linux guest in this process, as `ringvm --kernel --initrd --cmdline`
+ * makes it (the console's lines captured as above, '\r' dropped), not
+ * started. incoming: the destination of a migration of such a guest: the
+ * same devices (irqchip, PIT, UART, CMOS), no kernel loaded (kernel,
+ * initrd and cmdline are then ignored). Skips when /dev/kvm is missing. */
+void harness_linux_vm_create(struct harness_vm *harness, const char *memory, unsigned vcpus, const char *kernel,
+                             const char *initrd, const char *cmdline, bool incoming);
+
 /* Waits until the console holds `needle` at least `count` times. */
 bool console_wait_for(struct console_capture *console, const char *needle, unsigned count,
                       unsigned timeout_ms);
@@ -73,6 +83,12 @@ char *console_snapshot(struct console_capture *console);
 
 /* Polls predicate(argument) every millisecond until true or timeout. */
 bool harness_wait_until(bool (*predicate)(void *argument), void *argument, unsigned timeout_ms);
+
+/* A downtime limit that a migration with verify_digest can meet here: the
+ * default 300 ms, or twice the floor migration.start measures where hashing
+ * ram_bytes alone takes longer (a slow or emulated host, scripts/nested-kvm.sh).
+ * Tests that verify digests prove correctness, not this machine's speed. */
+uint64_t harness_digest_downtime_ms(uint64_t ram_bytes);
 
 /* Guest counters helpers. */
 uint64_t harness_pages_written(struct vm *vm, unsigned vcpu);

@@ -215,6 +215,7 @@ Test(api_dirty_tracking, api_hold_survives_a_migration_that_loses_no_page, .time
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
     params.keep_alive = true;       /* the source stays to be asked */
     params.verify_digest = true;    /* source and destination RAM compared at the switch-over */
+    params.downtime_ms = harness_digest_downtime_ms(256ull << 20);
     params.timeout_s = 60;
     uint64_t id = 0;
     const char *code = NULL;

@@ -168,8 +168,10 @@ Test(api_flood, ten_thousand_malformed_lines_on_8_connections_while_migrating, .
     json_t *result = NULL;
     struct api_error e;
     cr_assert_eq(api_client_call(control, "migration.start",
-                                 json_pack("{s:s, s:i, s:b, s:b, s:i, s:i}", "dest", incoming, "max_bandwidth_mibs",
-                                           8, "verify_digest", 1, "keep_alive", 1, "timeout_s", 120,
+                                 json_pack("{s:s, s:i, s:b, s:I, s:b, s:i, s:i}", "dest", incoming, "max_bandwidth_mibs",
+                                           8, "verify_digest", 1, "downtime_ms",
+                                           (json_int_t)harness_digest_downtime_ms(128ull << 20), "keep_alive", 1,
+                                           "timeout_s", 120,
                                            /* the hold must not look like a stalled link */
                                            "stall_timeout_s", 100),
                                  &result, &e, 5000), 0, "%s", e.message);

@@ -52,6 +52,7 @@
 #include "api/protocol.h"
 #include "tests/harness.h"
 #include "vmm/options.h"
+#include "vmm/size.h"
 
 #define HOSTS "tests/netns/hosts.sh"
 #define MAX_PROCS 64     /* the cancel test spawns one destination per run */
@@ -325,6 +326,15 @@ static void ledger_source_start(struct vmproc *src, const char *memory, const ch
     cr_assert(output_has(src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src->proc->out);
 }
 
+/* harness_digest_downtime_ms for a VM of `memory` ("64M"). */
+static json_int_t digest_downtime_ms(const char *memory)
+{
+    uint64_t bytes = 0;
+    char error[128];
+    cr_assert_eq(size_parse(memory, &bytes, error, sizeof(error)), 0, "%s", error);
+    return (json_int_t)harness_digest_downtime_ms(bytes);
+}
+
 /* The destination's incoming address on the dst host, port 7000. */
 static void destination_incoming(char *incoming, size_t size)
 {
@@ -351,8 +361,9 @@ static void later_migration_over(struct vmproc *from, struct api_client *fc, con
     struct api_client *tc = wait_listening(&to);
     if (fc == NULL)
         fc = api_connect(from->socket, 5000);
-    json_decref(call(fc, "migration.start", json_pack("{s:s, s:b, s:b, s:i}", "dest", incoming, "verify_digest", 1,
-                                                     "keep_alive", 1, "timeout_s", 60)));
+    json_decref(call(fc, "migration.start", json_pack("{s:s, s:b, s:I, s:b, s:i}", "dest", incoming, "verify_digest", 1,
+                                                     "downtime_ms", digest_downtime_ms(memory), "keep_alive", 1,
+                                                     "timeout_s", 60)));
     json_t *p = wait_ended(fc, 70000);
     cr_assert_str_eq(jstr(p, "state"), "completed", "later migration: %s", json_dumps(p, JSON_COMPACT));
     cr_assert_str_eq(jstr(p, "memory_digest_source"), jstr(p, "memory_digest_destination"));
@@ -501,8 +512,11 @@ static void run_fault(enum fault fault, unsigned point_index, const char *tag)
      * 1 ms limit its two hash passes alone exceed the downtime, which
      * migration.start refuses (and that migration never reaches END). */
     bool verify = pt->downtime_ms > 1;
-    json_t *args = json_pack("{s:s, s:b, s:i, s:i, s:i, s:s, s:i}", "dest", incoming, "verify_digest", verify,
-                             "downtime_ms", (int)pt->downtime_ms, "max_bandwidth_mibs", (int)pt->max_bandwidth,
+    json_int_t downtime_ms = pt->downtime_ms;
+    if (verify && digest_downtime_ms(pt->memory) > downtime_ms)
+        downtime_ms = digest_downtime_ms(pt->memory);
+    json_t *args = json_pack("{s:s, s:b, s:I, s:i, s:i, s:s, s:i}", "dest", incoming, "verify_digest", verify,
+                             "downtime_ms", downtime_ms, "max_bandwidth_mibs", (int)pt->max_bandwidth,
                              "stall_timeout_s", fault == KILL_SRC ? 30 : (int)pt->stall_s, "converge", pt->converge,
                              "timeout_s", 120);
     json_decref(call(sc, "migration.start", args));
@@ -944,8 +958,9 @@ Test(faults, cancel_after_end_is_refused, .timeout = 90)
     api_client_close(wait_listening(&dst));
     struct api_client *sc = api_connect(src.socket, 5000);
     diagnose = src.proc;
-    json_decref(call(sc, "migration.start", json_pack("{s:s, s:b, s:b, s:i}", "dest", incoming, "verify_digest", 1,
-                                                      "keep_alive", 1, "timeout_s", 60)));
+    json_decref(call(sc, "migration.start", json_pack("{s:s, s:b, s:I, s:b, s:i}", "dest", incoming, "verify_digest", 1,
+                                                      "downtime_ms", digest_downtime_ms("64M"), "keep_alive", 1,
+                                                      "timeout_s", 60)));
     cr_assert(output_has(&dst, "fault-inject: stopped at end", 1, 30000), "%s", dst.proc->out);
     uint64_t deadline = now_ms() + 5000;
     for (;;) {

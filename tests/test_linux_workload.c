@@ -286,7 +286,9 @@ Test(linux_workload, channel_updates_stats_and_rings_the_doorbell, .timeout = 60
     make_memory_file(memory, sizeof(memory), true, 2);
     cr_assert_eq(setenv("RINGVM_WORKLOAD_TEST_CORRUPT", "1:7", 1), 0);
     struct harness_process process;
-    const char *arguments[] = { "--spec", "ledger,wss=8M,verify=1,count=1024", "--cpus", "2", "--seconds", "2",
+    /* 4 s: the verify pass after the corruption needs the first pass done
+     * and one verify period (1 s) more, also on an emulated CPU. */
+    const char *arguments[] = { "--spec", "ledger,wss=8M,verify=1,count=1024", "--cpus", "2", "--seconds", "4",
                                 "--memory-file", memory, NULL };
     int status = run_workload(&process, arguments);
     cr_assert_eq(status, 1, "stdout:\n%s\nstderr:\n%s", process.out, process.err);

@@ -102,6 +102,7 @@ static void migrate_and_verify(const char *workload, unsigned vcpus, bool tcp, b
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
     params.keep_alive = keep_alive;
     params.verify_digest = true;
+    params.downtime_ms = harness_digest_downtime_ms(256ull << 20);
     params.timeout_s = 60;
     uint64_t id = start_migration(source.vm, &params);
 
@@ -243,7 +244,7 @@ Test(migration, auto_converge_throttles_and_completes, .timeout = 90)
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
     params.converge = MIG_CONVERGE_AUTO;
     params.max_bandwidth_mibs = 64;
-    params.downtime_ms = 300;
+    params.downtime_ms = harness_digest_downtime_ms(256ull << 20);
     params.throttle.initial = 80;
     params.throttle.increment = 19;
     params.verify_digest = true;
@@ -533,6 +534,7 @@ static void destination_dies(bool during_stop_and_copy)
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
     params.keep_alive = true;
     params.verify_digest = true;
+    params.downtime_ms = harness_digest_downtime_ms(256ull << 20);
     uint64_t id = start_migration(source.vm, &params);
     finished_progress(source.vm, p, 60000);
     cr_assert_eq(p->id, id);
@@ -634,6 +636,7 @@ Test(migration, verify_digest_beyond_the_downtime_limit_is_refused, .timeout = 6
     mig_params_defaults(&params);
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
     params.verify_digest = true;
+    params.downtime_ms = harness_digest_downtime_ms(256ull << 20);
     params.keep_alive = true;
     start_migration(source.vm, &params);
     finished_progress(source.vm, p, 60000);

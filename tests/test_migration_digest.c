@@ -48,7 +48,7 @@ Test(migration_digest, one_page_wrong_on_the_destination_is_a_digest_mismatch_on
     mig_params_defaults(&params);
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
     params.verify_digest = true;
-    params.downtime_ms = 300;
+    params.downtime_ms = harness_digest_downtime_ms(256ull << 20);
     uint64_t id = 0;
     const char *code = NULL;
     char message[512];

@@ -54,9 +54,14 @@ int vcpu_state_probe_msrs(int kvm_fd, int vcpu_fd, uint32_t *indices, uint32_t m
         return -saved;
     }
     /* KVM_GET_MSRS returns how many entries it read: keep the MSRs that
-     * this host really lets us read for this vCPU. */
+     * this host really lets us read for this vCPU. Hyper-V's synthetic MSRs
+     * (0x40000000-0x400000ff) are left out: ringvm exposes no Hyper-V CPUID,
+     * so the guest cannot use them, and one of them (HV_X64_MSR_TIME_REF_COUNT,
+     * 0x40000020) is a clock that reads differently on every get. */
     uint32_t count = 0;
     for (uint32_t i = 0; i < list->nmsrs && count < max; i++) {
+        if ((list->indices[i] & 0xffffff00u) == 0x40000000u)
+            continue;
         one->nmsrs = 1;
         one->entries[0] = (struct kvm_msr_entry){ .index = list->indices[i] };
         if (ioctl(vcpu_fd, KVM_GET_MSRS, one) == 1)

@@ -327,9 +327,12 @@ int vm_create(struct vm **out, const struct vm_config *config)
         fprintf(stderr, "ringvm: --vcpus %u: must be 1..%d\n", config->vcpu_count, RINGVM_MAX_VCPUS);
         return -EINVAL;
     }
-    if (config->guest_kind == VM_GUEST_LINUX && (config->linux_guest.loaded == NULL || !config->create_irqchip)) {
-        fprintf(stderr, "ringvm: a Linux guest needs its kernel opened (linux_guest_open) and the in-kernel "
-                "irqchip\n");
+    /* The destination of a Linux guest's migration has the same devices but
+     * no kernel: the kernel is in the guest RAM that arrives. */
+    if (config->guest_kind == VM_GUEST_LINUX &&
+        ((config->linux_guest.loaded == NULL && !config->incoming) || !config->create_irqchip)) {
+        fprintf(stderr, "ringvm: a Linux guest needs its kernel opened (linux_guest_open), unless it is the "
+                "destination of a migration, and the in-kernel irqchip\n");
         return -EINVAL;
     }
     struct vm *vm = calloc(1, sizeof(*vm));
