@@ -41,8 +41,17 @@ static json_t *path_string(const char *path)
  * command line and boot protocol. */
 static int add_guest_fields(json_t *result, struct vm *vm)
 {
+    /* guest_kind itself is not read here: an incoming VM's changes on the
+     * migration thread. The kernel files are fixed at creation, and a guest
+     * that arrived by migration is published with awaiting_migration. */
     const struct linux_guest *guest = vm->config.linux_guest.loaded;
-    if (vm->config.guest_kind != VM_GUEST_LINUX || guest == NULL)
+    if (guest == NULL && vm_linux_cmdline(vm) != NULL)
+        return json_object_set_new(result, "guest", json_string("linux")) |
+               json_object_set_new(result, "kernel", json_null()) |
+               json_object_set_new(result, "initrd", json_null()) |
+               json_object_set_new(result, "cmdline", json_string(vm_linux_cmdline(vm))) |
+               json_object_set_new(result, "boot_protocol", json_string(vm_linux_boot_protocol(vm)));
+    if (guest == NULL)
         return json_object_set_new(result, "guest", json_string("builtin"));
     return json_object_set_new(result, "guest", json_string("linux")) |
            json_object_set_new(result, "kernel", path_string(linux_guest_kernel_path(guest))) |
@@ -59,7 +68,7 @@ static enum api_status cmd_vm_info(struct api_call *call)
     /* An incoming VM learns its workload from the migration stream. */
     if (atomic_load_explicit(&vm->awaiting_migration, memory_order_acquire))
         snprintf(workload, sizeof(workload), "(incoming migration)");
-    else if (vm->config.guest_kind == VM_GUEST_LINUX && vm->config.linux_guest.loaded != NULL)
+    else if (vm->config.linux_guest.loaded != NULL)
         snprintf(workload, sizeof(workload), "%s",
                  linux_guest_workload(vm->config.linux_guest.loaded) != NULL
                      ? linux_guest_workload(vm->config.linux_guest.loaded) : "(none: no ringvm.workload=)");

@@ -4,6 +4,7 @@
  * of it, restore the guest and answer END with the ACK.
  */
 #include "migration/migration_internal.h"
+#include "migration/machine_state_vm.h"
 
 /* ---- the destination --------------------------------------------------------- */
 
@@ -220,12 +221,50 @@ static int incoming_restore(struct incoming *in, char *error, size_t error_size,
     struct vm *vm = in->vm;
     struct mig_receiver *r = &in->receiver;
     *code = MIG_ERR_INTERNAL;
+    /* The RAM that came over the wire is verified before any state is
+     * restored: restoring writes guest RAM on KVM's side (KVM_SET_MSRS of
+     * MSR_KVM_WALL_CLOCK_NEW makes KVM write the wall clock it computes now
+     * into the guest's pvclock_wall_clock), which the source's digest of its
+     * frozen RAM cannot know about. */
+    if (r->end.flags & MIG_END_HAS_DIGEST) {
+        char hex[MEMORY_DIGEST_HEX_SIZE];
+        int result = memory_digest(&vm->memory, hex, NULL, NULL);
+        if (result != 0) {
+            snprintf(error, error_size, "memory digest: %s", strerror(-result));
+            return -1;
+        }
+        snprintf(in->progress.digest_destination, sizeof(in->progress.digest_destination), "%s", hex);
+        snprintf(in->progress.digest_source, sizeof(in->progress.digest_source), "%s", r->end.digest);
+        if (strcmp(hex, r->end.digest) != 0) {
+            *code = MIG_ERR_DIGEST;
+            snprintf(error, error_size, "memory digest mismatch: source %s, destination %s", r->end.digest, hex);
+            return -1;
+        }
+    }
+    /* A Linux guest: its whole machine state in one frame. */
+    size_t machine_length = 0;
+    const uint8_t *machine_bytes = mig_receiver_machine_state(r, &machine_length);
+    if (machine_bytes != NULL) {
+        struct machine_state machine;
+        char text[512];
+        if (machine_state_decode(machine_bytes, machine_length, &machine, text, sizeof(text)) != 0) {
+            *code = MIG_ERR_STREAM;
+            snprintf(error, error_size, "machine state: %s", text);
+            return -1;
+        }
+        int result = machine_state_vm_restore(vm, &machine, text, sizeof(text));
+        machine_state_free(&machine);
+        if (result != 0) {
+            snprintf(error, error_size, "restoring the machine state: %s", text);
+            return -1;
+        }
+    }
     struct vcpu_state *state = malloc(sizeof(*state));
     if (state == NULL) {
         snprintf(error, error_size, "out of memory for vCPU state");
         return -1;
     }
-    for (unsigned i = 0; i < vm->config.vcpu_count; i++) {
+    for (unsigned i = 0; machine_bytes == NULL && i < vm->config.vcpu_count; i++) {
         memcpy(state, mig_receiver_vcpu_state(r, i), sizeof(*state));
         if (state->version != VCPU_STATE_VERSION || state->msr_count > VCPU_STATE_MAX_MSRS) {
             *code = MIG_ERR_STREAM;
@@ -261,21 +300,6 @@ static int incoming_restore(struct incoming *in, char *error, size_t error_size,
                               memory_order_release);
     }
     vm->bootinfo = guest_memory_gpa_to_host(&vm->memory, RINGVM_BOOTINFO_GPA, sizeof(*vm->bootinfo));
-    if (r->end.flags & MIG_END_HAS_DIGEST) {
-        char hex[MEMORY_DIGEST_HEX_SIZE];
-        int result = memory_digest(&vm->memory, hex, NULL, NULL);
-        if (result != 0) {
-            snprintf(error, error_size, "memory digest: %s", strerror(-result));
-            return -1;
-        }
-        snprintf(in->progress.digest_destination, sizeof(in->progress.digest_destination), "%s", hex);
-        snprintf(in->progress.digest_source, sizeof(in->progress.digest_source), "%s", r->end.digest);
-        if (strcmp(hex, r->end.digest) != 0) {
-            *code = MIG_ERR_DIGEST;
-            snprintf(error, error_size, "memory digest mismatch: source %s, destination %s", r->end.digest, hex);
-            return -1;
-        }
-    }
     return 0;
 }
 
@@ -402,7 +426,7 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
         } else if (type == MIG_FRAME_ITERATION) {
             fault_point(vm, atomic_load_explicit(&in->receiver.iteration, memory_order_relaxed) == 0 ? "iteration0"
                                                                                                    : "iteration1");
-        } else if (type == MIG_FRAME_VCPU_STATE) {
+        } else if (type == MIG_FRAME_VCPU_STATE || type == MIG_FRAME_MACHINE_STATE) {
             fault_point(vm, "stop-and-copy");
         }
         if (type != MIG_FRAME_HELLO && mig_mono_ns() - in->last_publish >= PUBLISH_INTERVAL_NS)

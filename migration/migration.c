@@ -205,18 +205,6 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
                                                                                       : vm_state_name(state));
         return -1;
     }
-    /* The stream carries the built-in guest's state only: a Linux guest's
-     * LAPIC timers, irqchips, PIT, clock and UART would be lost on the way
-     * and it would hang on the destination. Refuse until they travel
-     * (migration/machine_state.h is the format they will travel in). */
-    if (vm->config.guest_kind == VM_GUEST_LINUX) {
-        pthread_mutex_unlock(&m->lock);
-        *code = "unavailable";
-        snprintf(message, message_size, "cannot migrate a Linux guest yet: its interrupt-controller, timer, clock "
-                                        "and UART state do not travel in the migration stream (only the built-in "
-                                        "guest migrates)");
-        return -1;
-    }
     if (vm->dirty_log == NULL || dirty_log_mode(vm->dirty_log) == DIRTY_LOG_OFF) {
         pthread_mutex_unlock(&m->lock);
         *code = "invalid-argument";

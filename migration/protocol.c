@@ -3,6 +3,8 @@
  */
 #include "migration/protocol.h"
 
+#include "migration/machine_state.h"
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -26,6 +28,7 @@ const char *mig_frame_type_name(uint32_t type)
     case MIG_FRAME_END: return "end";
     case MIG_FRAME_ACK: return "ack";
     case MIG_FRAME_ERROR: return "error";
+    case MIG_FRAME_MACHINE_STATE: return "machine-state";
     }
     return "unknown";
 }
@@ -94,6 +97,11 @@ bool mig_frame_length_bounds(uint32_t type, uint64_t *min, uint64_t *max)
     case MIG_FRAME_ERROR:
         *min = 4;
         *max = 4 + MIG_ERROR_MAX_MESSAGE;
+        return true;
+    case MIG_FRAME_MACHINE_STATE:
+        /* Its own decoder checks every section's length. */
+        *min = MACHINE_STATE_HEADER_SIZE;
+        *max = MIG_MACHINE_STATE_MAX;
         return true;
     }
     return false;

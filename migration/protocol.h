@@ -41,7 +41,11 @@ enum mig_frame_type {
     MIG_FRAME_END = 7,          /* source -> destination: nothing follows */
     MIG_FRAME_ACK = 8,          /* destination -> source: resumed */
     MIG_FRAME_ERROR = 9,        /* either direction: refusal / failure, then close */
-    MIG_FRAME_TYPE_MAX = 9,
+    /* 10 and 11 are the post-copy return path's (migration/postcopy_return.h). */
+    MIG_FRAME_MACHINE_STATE = 12, /* source -> destination: a Linux guest's machine
+                                     state v2 (migration/machine_state.h), instead of
+                                     vcpu-state frames */
+    MIG_FRAME_TYPE_MAX = 12,
 };
 
 const char *mig_frame_type_name(uint32_t type);
@@ -61,6 +65,9 @@ const char *mig_frame_type_name(uint32_t type);
 #define MIG_END_SIZE            56u
 #define MIG_ACK_SIZE            56u
 #define MIG_ERROR_MAX_MESSAGE   1024u
+/* A machine-state frame's payload (64 vCPUs with AMX-sized XSAVE areas and
+ * 1024 MSRs each stay well below it). */
+#define MIG_MACHINE_STATE_MAX   (8u << 20)
 #define MIG_RUN_HEADER_SIZE     16u
 /* A memory frame's payload never exceeds this (the sender uses less). */
 #define MIG_MEMORY_MAX_PAYLOAD  (64u << 20)

@@ -134,6 +134,9 @@ int mig_receiver_init(struct mig_receiver *r, uint8_t *ram, uint64_t ram_bytes, 
 
 void mig_receiver_destroy(struct mig_receiver *r)
 {
+    free(r->machine_state);
+    r->machine_state = NULL;
+    r->machine_state_length = 0;
     free(r->vcpu_states);
     free(r->scratch);
     free(r->staging);
@@ -190,6 +193,12 @@ const void *mig_receiver_vcpu_state(const struct mig_receiver *r, unsigned index
     return r->vcpu_states + (size_t)index * r->local.vcpu_state_size;
 }
 
+const uint8_t *mig_receiver_machine_state(const struct mig_receiver *r, size_t *length)
+{
+    *length = r->machine_state_length;
+    return r->machine_state;
+}
+
 __attribute__((format(printf, 3, 4)))
 static int fail(struct mig_receiver *r, uint32_t code, const char *fmt, ...)
 {
@@ -208,7 +217,7 @@ static int fail(struct mig_receiver *r, uint32_t code, const char *fmt, ...)
  * source has paused), pre-copy in between. */
 static void receiver_phase(const struct mig_receiver *r, char *out, size_t size)
 {
-    bool stopped = r->have_device;
+    bool stopped = r->have_device || r->machine_state != NULL;
     for (unsigned i = 0; i < r->local.vcpu_count && !stopped; i++)
         stopped = r->vcpu_state_present[i];
     if (!r->got_hello)
@@ -472,6 +481,8 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
     /* Small frames: payload into scratch (bounded), then checksum. */
     uint8_t *payload = r->scratch;
     if (header.type == MIG_FRAME_VCPU_STATE) {
+        if (r->machine_state != NULL)
+            return fail(r, MIG_ERR_STREAM, "vcpu-state frame after the machine-state frame");
         if (header.length != MIG_VCPU_STATE_HEADER + (uint64_t)r->local.vcpu_state_size)
             return fail(r, MIG_ERR_STREAM, "vcpu-state frame length %" PRIu64 " (must be %" PRIu64 ")",
                         header.length, MIG_VCPU_STATE_HEADER + (uint64_t)r->local.vcpu_state_size);
@@ -500,6 +511,31 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
         r->vcpu_state_present[index] = true;
         r->seq++;
         return MIG_FRAME_VCPU_STATE;
+    }
+    if (header.type == MIG_FRAME_MACHINE_STATE) {
+        /* Once, and never beside vcpu-state frames: one source sends one
+         * kind of state. Its length is bounded by mig_header_decode. */
+        if (r->machine_state != NULL)
+            return fail(r, MIG_ERR_STREAM, "second machine-state frame");
+        for (unsigned i = 0; i < r->local.vcpu_count; i++)
+            if (r->vcpu_state_present[i])
+                return fail(r, MIG_ERR_STREAM, "machine-state frame after vcpu-state frames");
+        uint8_t *bytes = malloc((size_t)header.length);
+        if (bytes == NULL)
+            return fail(r, MIG_ERR_INTERNAL, "out of memory for a %" PRIu64 "-byte machine-state frame",
+                        header.length);
+        if (read_input(r, input, bytes, (size_t)header.length) != 0) {
+            free(bytes);
+            return -1;
+        }
+        if (mig_frame_checksum(raw, bytes, (size_t)header.length) != header.checksum) {
+            free(bytes);
+            return fail(r, MIG_ERR_STREAM, "machine-state frame checksum mismatch");
+        }
+        r->machine_state = bytes;
+        r->machine_state_length = (size_t)header.length;
+        r->seq++;
+        return MIG_FRAME_MACHINE_STATE;
     }
     if (header.length > r->scratch_size)
         return fail(r, MIG_ERR_STREAM, "frame too long");   /* unreachable: bounds checked */
@@ -551,7 +587,7 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
     case MIG_FRAME_END: {
         if (mig_end_decode(payload, &r->end, text, sizeof(text)) != 0)
             return fail(r, MIG_ERR_STREAM, "%s", text);
-        for (unsigned i = 0; i < r->local.vcpu_count; i++)
+        for (unsigned i = 0; i < r->local.vcpu_count && r->machine_state == NULL; i++)
             if (!r->vcpu_state_present[i])
                 return fail(r, MIG_ERR_STREAM, "end frame but no state for vCPU %u", i);
         if (!r->have_device)

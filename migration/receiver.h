@@ -117,6 +117,11 @@ struct mig_receiver {
     struct mig_hello peer;
     uint8_t *vcpu_states;               /* local.vcpu_count * local.vcpu_state_size */
     bool vcpu_state_present[MIG_MAX_VCPUS];
+    /* A Linux guest's machine state (one machine-state frame instead of
+     * the vcpu-state frames): its bytes as received, checksum verified,
+     * decoded by the destination at END. Heap, owned. */
+    uint8_t *machine_state;
+    size_t machine_state_length;
     struct mig_device_state device;
     bool have_device;
     struct mig_end end;
@@ -221,6 +226,9 @@ int mig_receiver_check_work(const struct mig_receiver *r, uint64_t input_bytes, 
 /* Pointer to vCPU i's received state bytes (local.vcpu_state_size), NULL
  * if not received. */
 const void *mig_receiver_vcpu_state(const struct mig_receiver *r, unsigned index);
+/* The machine-state frame's payload (machine_state_decode reads it), or
+ * NULL when the source sent vcpu-state frames. */
+const uint8_t *mig_receiver_machine_state(const struct mig_receiver *r, size_t *length);
 
 /* Reads one small frame (header + payload into buffer, at most capacity
  * bytes) and verifies it: for the source reading the destination's replies.

@@ -5,6 +5,7 @@
  * in it: migration/migration_internal.h.
  */
 #include "migration/migration_internal.h"
+#include "migration/machine_state_vm.h"
 
 /* Bytes written to the migration socket that have not reached the peer
  * yet (TCP: not yet acknowledged; unix: not yet read). The sender counts
@@ -546,6 +547,71 @@ static ssize_t ack_read_some(void *ctx, void *data, size_t capacity, char *error
     }
 }
 
+/* The built-in guest's state: one vcpu-state frame per vCPU (struct
+ * vcpu_state, VCPU_STATE_VERSION). */
+static int source_send_vcpu_states(struct source *s)
+{
+    struct vm *vm = s->vm;
+    struct vcpu_state *state = malloc(sizeof(*state));
+    uint8_t *frame = malloc(MIG_VCPU_STATE_HEADER + sizeof(*state));
+    if (state == NULL || frame == NULL) {
+        free(state);
+        free(frame);
+        return source_fail(s, "internal", "out of memory for vCPU state");
+    }
+    for (unsigned i = 0; i < vm->config.vcpu_count; i++) {
+        memset(state, 0, sizeof(*state));
+        int r = vcpu_state_save(vm->vcpus[i].fd, vm->msr_indices, vm->msr_count, vm->config.create_irqchip, state);
+        if (r != 0) {
+            free(state);
+            free(frame);
+            return source_fail(s, "internal", "saving vCPU %u state: %s", i, strerror(-r));
+        }
+        mig_put_u32(frame, i);
+        mig_put_u32(frame + 4, (uint32_t)sizeof(*state));
+        memcpy(frame + MIG_VCPU_STATE_HEADER, state, sizeof(*state));
+        if (source_small_frame(s, MIG_FRAME_VCPU_STATE, frame, MIG_VCPU_STATE_HEADER + sizeof(*state)) != 0) {
+            free(state);
+            free(frame);
+            return -1;
+        }
+    }
+    free(state);
+    free(frame);
+    return 0;
+}
+
+/* A Linux guest's state, encoded for one machine-state frame
+ * (migration/machine_state.h): its vCPUs, irqchips, PIT, clock, UART and
+ * CMOS. Captured right after the pause and BEFORE the final dirty sync:
+ * KVM writes guest RAM on behalf of vCPU ioctls (steal time's preempted
+ * flag when the calling thread is scheduled out inside one, kvmclock), and
+ * such a write must land in the final dirty set, not after it (QEMU, too,
+ * synchronises the CPU state at vm_stop, before its last RAM pass). Seen as
+ * a digest mismatch when the capture came after the sync. */
+static int source_capture_machine_state(struct source *s, uint8_t **bytes_out, size_t *size_out)
+{
+    struct machine_state state;
+    char error[512];
+    if (machine_state_vm_capture(s->vm, &state, error, sizeof(error)) != 0)
+        return source_fail(s, "internal", "capturing the machine state: %s", error);
+    size_t size = machine_state_encoded_size(&state);
+    uint8_t *bytes = malloc(size);
+    if (bytes == NULL) {
+        machine_state_free(&state);
+        return source_fail(s, "internal", "out of memory for %zu bytes of machine state", size);
+    }
+    size_t written = machine_state_encode(&state, bytes, size, error, sizeof(error));
+    machine_state_free(&state);
+    if (written != size) {
+        free(bytes);
+        return source_fail(s, "internal", "encoding the machine state: %s", error);
+    }
+    *bytes_out = bytes;
+    *size_out = size;
+    return 0;
+}
+
 /* Stop-and-copy and the ACK. */
 static int source_complete(struct source *s)
 {
@@ -566,14 +632,21 @@ static int source_complete(struct source *s)
     s->paused = true;
     uint64_t pause_mono = mig_mono_ns(), pause_real = mig_real_ns();
     mig_trace("src paused");
-    if ((r = dirty_log_final_sync(vm->dirty_log)) != 0)
+    uint8_t *machine_state = NULL;
+    size_t machine_state_size = 0;
+    if (vm_is_linux_guest(vm) && source_capture_machine_state(s, &machine_state, &machine_state_size) != 0)
+        return -1;
+    if ((r = dirty_log_final_sync(vm->dirty_log)) != 0) {
+        free(machine_state);
         return source_fail(s, "internal", "final dirty sync: %s", strerror(-r));
+    }
     mig_trace("src final sync done");
     struct dirty_pages extra;
     dirty_pages_init(&extra);
     int64_t taken = dirty_log_take(vm->dirty_log, &extra);
     if (taken < 0) {
         dirty_pages_free(&extra);
+        free(machine_state);
         return source_fail(s, "internal", "final dirty set: %s", strerror((int)-taken));
     }
     /* Merge the pending set (not sent yet) with the final one. */
@@ -583,6 +656,7 @@ static int source_complete(struct source *s)
     merged.pages = malloc((total ? total : 1) * sizeof(uint64_t));
     if (merged.pages == NULL) {
         dirty_pages_free(&extra);
+        free(machine_state);
         return source_fail(s, "internal", "out of memory merging dirty sets");
     }
     merged.capacity = total ? total : 1;
@@ -608,45 +682,28 @@ static int source_complete(struct source *s)
                 " pages\n", total - extra_count, extra_count, merged.count);
     s->progress.iteration++;
     s->progress.memory.remaining = s->pending.count * MIG_PAGE_SIZE;
-    if (source_iteration_marker(s, s->progress.iteration, s->pending.count) != 0)
-        return -1;
     s->buffer_wait_ns = 0;
-    if (source_send_pending(s) != 0)
+    r = source_iteration_marker(s, s->progress.iteration, s->pending.count);
+    if (r == 0)
+        r = source_send_pending(s);
+    if (r != 0) {
+        free(machine_state);
         return -1;
+    }
     if (getenv("RINGVM_MIG_TRACE"))
         fprintf(stderr, "ringvm: migration trace final pages: waited %" PRIu64 " ms for buffers, sender busy %"
                 PRIu64 " ms total\n", s->buffer_wait_ns / 1000000u,
                 atomic_load_explicit(&s->sender.send_ns, memory_order_relaxed) / 1000000u);
 
     mig_trace("src pages queued");
-    /* vCPU states. */
-    struct vcpu_state *state = malloc(sizeof(*state));
-    uint8_t *frame = malloc(MIG_VCPU_STATE_HEADER + sizeof(*state));
-    if (state == NULL || frame == NULL) {
-        free(state);
-        free(frame);
-        return source_fail(s, "internal", "out of memory for vCPU state");
-    }
-    for (unsigned i = 0; i < vm->config.vcpu_count; i++) {
-        memset(state, 0, sizeof(*state));
-        r = vcpu_state_save(vm->vcpus[i].fd, vm->msr_indices, vm->msr_count, vm->config.create_irqchip, state);
-        if (r != 0) {
-            free(state);
-            free(frame);
-            return source_fail(s, "internal", "saving vCPU %u state: %s", i, strerror(-r));
-        }
-        mig_put_u32(frame, i);
-        mig_put_u32(frame + 4, (uint32_t)sizeof(*state));
-        memcpy(frame + MIG_VCPU_STATE_HEADER, state, sizeof(*state));
-        if (source_small_frame(s, MIG_FRAME_VCPU_STATE, frame, MIG_VCPU_STATE_HEADER + sizeof(*state)) != 0) {
-            free(state);
-            free(frame);
+    if (machine_state != NULL) {
+        r = source_small_frame(s, MIG_FRAME_MACHINE_STATE, machine_state, machine_state_size);
+        free(machine_state);
+        if (r != 0)
             return -1;
-        }
+    } else if (source_send_vcpu_states(s) != 0) {
+        return -1;
     }
-    free(state);
-    free(frame);
-
     struct mig_device_state device;
     memset(&device, 0, sizeof(device));
     device.version = 2;

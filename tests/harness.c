@@ -520,3 +520,15 @@ uint64_t harness_digest_downtime_ms(uint64_t ram_bytes)
     uint64_t floor_ms = migration_digest_downtime_floor_ms(ram_bytes);
     return 2 * floor_ms > 300 ? 2 * floor_ms : 300;
 }
+
+const char *harness_linux_image_file(const char *name)
+{
+    static char path[2][512];
+    static int which;
+    which ^= 1;
+    const char *build = getenv("RINGVM_BUILD_DIR") != NULL ? getenv("RINGVM_BUILD_DIR") : "build";
+    snprintf(path[which], sizeof(path[which]), "%s/linux/%s", build, name);
+    if (access(path[which], R_OK) != 0)
+        harness_skip("%s not built (make linux-guest)", path[which]);
+    return path[which];
+}

@@ -90,7 +90,8 @@ Test(cli, ledger_prints_ok_twice_and_sigterm_exits_0, .timeout = 60)
     char *argv[] = { (char *)harness_program("ringvm"), "--memory", "1G", "--vcpus", "2", "--workload",
                      "ledger,wss=256M,verify=2", NULL };
     harness_spawn(&process, argv);
-    cr_assert(harness_process_wait_output(&process, "LEDGER OK", 2, 10000), "stdout:\n%s\nstderr:\n%s",
+    /* 45 s: two 256 MiB passes take seconds under an emulated CPU (make test-nested). */
+    cr_assert(harness_process_wait_output(&process, "LEDGER OK", 2, 45000), "stdout:\n%s\nstderr:\n%s",
               process.out, process.err);
     cr_assert_eq(kill(process.pid, SIGTERM), 0);
     cr_assert_eq(harness_process_wait_exit(&process, 10000), 0, "stderr:\n%s", process.err);

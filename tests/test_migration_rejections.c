@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "guest/abi.h"
+#include "migration/machine_state.h"
 #include "migration/protocol.h"
 #include "migration/receiver.h"
 #include "tests/harness.h"
@@ -58,6 +59,24 @@ static int parse(const struct migration_stream *s, char *error, size_t error_siz
     mig_receiver_destroy(&r);
     migration_stream_guarded_ram_free(ram, MIGRATION_STREAM_RAM_BYTES);
     return result;
+}
+
+/*
+ * Runs the parser over s on the 1 MiB test RAM, returns its result and
+ * leaves the receiver (and RAM) for the caller to inspect and free.
+ */
+static int parse_keep(const struct migration_stream *s, struct mig_receiver *r, uint8_t **ram)
+{
+    *ram = migration_stream_guarded_ram(MIGRATION_STREAM_RAM_BYTES);
+    struct mig_hello local = migration_stream_hello();
+    cr_assert_eq(mig_receiver_init(r, *ram, MIGRATION_STREAM_RAM_BYTES, &local), 0);
+    return mig_receiver_run_buffer(r, s->data, s->length);
+}
+
+static void parse_free(struct mig_receiver *r, uint8_t *ram)
+{
+    mig_receiver_destroy(r);
+    migration_stream_guarded_ram_free(ram, MIGRATION_STREAM_RAM_BYTES);
 }
 
 static void check_table(const struct rejection *table, size_t count)
@@ -774,6 +793,93 @@ Test(migration_rejections, vcpu_state)
     check_table(vcpu_state_rules, TABLE_SIZE(vcpu_state_rules));
 }
 
+/* A Linux guest's one machine-state frame: its payload is machine state v2
+ * (checked section by section by machine_state_decode at END, rows in
+ * tests/test_machine_state.c); the receiver bounds its length, checks its
+ * checksum and its place among the state frames. */
+static const uint8_t machine_state_bytes[MACHINE_STATE_HEADER_SIZE] = "RINGVMST";
+static void machine_state_frame(struct migration_stream *s)
+{
+    migration_stream_put_frame(s, MIG_FRAME_MACHINE_STATE, machine_state_bytes, sizeof(machine_state_bytes));
+}
+static void machine_state_15(struct migration_stream *s)
+{
+    hello(s);
+    header_only(s, MIG_FRAME_MACHINE_STATE, 0, MACHINE_STATE_HEADER_SIZE - 1);
+}
+static void machine_state_8m_plus_1(struct migration_stream *s)
+{
+    hello(s);
+    header_only(s, MIG_FRAME_MACHINE_STATE, 0, MIG_MACHINE_STATE_MAX + 1ull);
+}
+static void machine_state_twice(struct migration_stream *s)
+{
+    hello(s);
+    machine_state_frame(s);
+    machine_state_frame(s);
+}
+static void machine_state_after_vcpu_state(struct migration_stream *s)
+{
+    hello(s);
+    migration_stream_put_vcpu_state(s, 0, MIGRATION_STREAM_STATE_SIZE, 0);
+    machine_state_frame(s);
+}
+static void vcpu_state_after_machine_state(struct migration_stream *s)
+{
+    hello(s);
+    machine_state_frame(s);
+    migration_stream_put_vcpu_state(s, 0, MIGRATION_STREAM_STATE_SIZE, 0);
+}
+static void machine_state_bad_checksum(struct migration_stream *s)
+{
+    hello(s);
+    machine_state_frame(s);
+    corrupt_last_checksum(s);
+}
+
+static const struct rejection machine_state_rules[] = {
+    { "MACHINE_STATE is at least 16", machine_state_15, MIG_ERR_STREAM,
+      "frame 1: machine-state frame length 15 out of bounds [16, 8388608]" },
+    { "MACHINE_STATE is at most 8 MiB", machine_state_8m_plus_1, MIG_ERR_STREAM,
+      "frame 1: machine-state frame length 8388609 out of bounds [16, 8388608]" },
+    { "one MACHINE_STATE frame", machine_state_twice, MIG_ERR_STREAM, "frame 2: second machine-state frame" },
+    { "MACHINE_STATE never beside VCPU_STATE (after)", machine_state_after_vcpu_state, MIG_ERR_STREAM,
+      "frame 2: machine-state frame after vcpu-state frames" },
+    { "MACHINE_STATE never beside VCPU_STATE (before)", vcpu_state_after_machine_state, MIG_ERR_STREAM,
+      "frame 2: vcpu-state frame after the machine-state frame" },
+    { "MACHINE_STATE checksum", machine_state_bad_checksum, MIG_ERR_STREAM,
+      "frame 1: machine-state frame checksum mismatch" },
+};
+
+Test(migration_rejections, machine_state)
+{
+    check_table(machine_state_rules, TABLE_SIZE(machine_state_rules));
+}
+
+/* With the machine-state frame, END needs no vcpu-state frames, and the
+ * receiver hands its payload over byte for byte. */
+Test(migration_rejections, a_machine_state_frame_replaces_the_vcpu_state_frames)
+{
+    struct migration_stream s = { 0 };
+    hello(&s);
+    machine_state_frame(&s);
+    struct mig_device_state device = migration_stream_device_state();
+    migration_stream_put_device_state(&s, &device);
+    struct mig_end end = { .timestamp_ns = 1 };
+    migration_stream_put_end(&s, &end);
+    struct mig_receiver r;
+    uint8_t *ram = NULL;
+    cr_assert_eq(parse_keep(&s, &r, &ram), 0, "%s", r.error);
+    size_t length = 0;
+    const uint8_t *bytes = mig_receiver_machine_state(&r, &length);
+    cr_assert_not_null(bytes);
+    cr_assert_eq(length, sizeof(machine_state_bytes));
+    cr_assert_eq(memcmp(bytes, machine_state_bytes, length), 0);
+    cr_assert_null(mig_receiver_vcpu_state(&r, 0));
+    parse_free(&r, ram);
+    migration_stream_free(&s);
+}
+
 /* ---- DEVICE_STATE --------------------------------------------------------------------- */
 
 static void set_version_1(struct mig_device_state *d) { d->version = 1; }
@@ -1369,24 +1475,6 @@ Test(migration_rejections_vm, workload_text_with_escapes_is_refused_by_the_desti
 }
 
 /* ---- work per frame and per byte (issue 16, item 3) ------------------------------------- */
-
-/*
- * Runs the parser over s on the 1 MiB test RAM, returns its result and
- * leaves the receiver (and RAM) for the caller to inspect and free.
- */
-static int parse_keep(const struct migration_stream *s, struct mig_receiver *r, uint8_t **ram)
-{
-    *ram = migration_stream_guarded_ram(MIGRATION_STREAM_RAM_BYTES);
-    struct mig_hello local = migration_stream_hello();
-    cr_assert_eq(mig_receiver_init(r, *ram, MIGRATION_STREAM_RAM_BYTES, &local), 0);
-    return mig_receiver_run_buffer(r, s->data, s->length);
-}
-
-static void parse_free(struct mig_receiver *r, uint8_t *ram)
-{
-    mig_receiver_destroy(r);
-    migration_stream_guarded_ram_free(ram, MIGRATION_STREAM_RAM_BYTES);
-}
 
 /* The shape that cost 2.1 s per 64 MiB frame: ZERO runs over all of RAM
  * again and again (here 4096 of them, 64 KiB of run headers). Refused at

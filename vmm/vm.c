@@ -188,6 +188,20 @@ static int create_vcpu(struct vm *vm, unsigned index, const struct kvm_cpuid2 *c
     return 0;
 }
 
+/* Linux calibrates against and, until the LAPIC timer takes over, ticks
+ * on the PIT (IRQ 0). The dummy speaker answers port 0x61, which the
+ * calibration polls. The built-in guest never programs a PIT. */
+static int vm_create_pit(struct vm *vm)
+{
+    struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
+    if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) != 0) {
+        int saved = errno;
+        fprintf(stderr, "ringvm: KVM_CREATE_PIT2(speaker dummy): %s\n", strerror(saved));
+        return -saved;
+    }
+    return 0;
+}
+
 static int vm_create_kvm(struct vm *vm)
 {
     vm->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
@@ -226,21 +240,71 @@ static int vm_create_kvm(struct vm *vm)
         fprintf(stderr, "ringvm: KVM_CREATE_IRQCHIP: %s\n", strerror(saved));
         return -saved;
     }
-    /* Linux calibrates against and, until the LAPIC timer takes over,
-     * ticks on the PIT (IRQ 0). The dummy speaker answers port 0x61, which
-     * the calibration polls. The built-in guest never programs a PIT. */
-    if (vm->config.guest_kind == VM_GUEST_LINUX) {
-        struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
-        if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) != 0) {
-            int saved = errno;
-            fprintf(stderr, "ringvm: KVM_CREATE_PIT2(speaker dummy): %s\n", strerror(saved));
-            return -saved;
-        }
-    }
+    if (vm->config.guest_kind == VM_GUEST_LINUX)
+        return vm_create_pit(vm);
     return 0;
 }
 
 /* ---- the Linux guest's UART ------------------------------------------ */
+
+bool vm_is_linux_guest(struct vm *vm)
+{
+    if (vm->config.linux_guest.loaded != NULL)
+        return true;
+    /* Acquire: guest_kind was set before awaiting_migration was cleared. */
+    return !atomic_load_explicit(&vm->awaiting_migration, memory_order_acquire) &&
+           vm->config.guest_kind == VM_GUEST_LINUX;
+}
+
+const char *vm_linux_cmdline(struct vm *vm)
+{
+    if (vm->config.linux_guest.loaded != NULL)
+        return linux_guest_cmdline(vm->config.linux_guest.loaded);
+    if (atomic_load_explicit(&vm->awaiting_migration, memory_order_acquire) || vm->migrated_cmdline[0] == '\0')
+        return NULL;
+    return vm->migrated_cmdline;
+}
+
+const char *vm_linux_boot_protocol(struct vm *vm)
+{
+    if (vm->config.linux_guest.loaded != NULL)
+        return linux_guest_boot_protocol(vm->config.linux_guest.loaded);
+    if (atomic_load_explicit(&vm->awaiting_migration, memory_order_acquire) ||
+        vm->migrated_boot_protocol[0] == '\0')
+        return NULL;
+    return vm->migrated_boot_protocol;
+}
+
+void vm_set_migrated_linux_boot_info(struct vm *vm, const char *cmdline, const char *boot_protocol)
+{
+    snprintf(vm->migrated_cmdline, sizeof(vm->migrated_cmdline), "%s", cmdline);
+    snprintf(vm->migrated_boot_protocol, sizeof(vm->migrated_boot_protocol), "%s", boot_protocol);
+}
+
+static int vm_create_uart(struct vm *vm);
+
+/* An incoming VM learns from the migration stream that its guest is Linux:
+ * it gets the devices `ringvm --kernel` would have made (the PIT and the
+ * UART; the irqchip and the CMOS clock every VM has). Runs on the migration
+ * thread while the vCPU threads are parked and have never run: the park
+ * lock they take before their first KVM_RUN orders guest_kind for them. */
+int vm_become_linux_destination(struct vm *vm)
+{
+    if (vm->config.guest_kind == VM_GUEST_LINUX)
+        return 0;
+    if (!vm->config.incoming || !atomic_load_explicit(&vm->awaiting_migration, memory_order_acquire) ||
+        !vm->config.create_irqchip) {
+        fprintf(stderr, "ringvm: only an incoming VM with the in-kernel irqchip still waiting for its state "
+                "can become a Linux guest's destination\n");
+        return -EINVAL;
+    }
+    int result = vm_create_pit(vm);
+    if (result == 0)
+        result = vm_create_uart(vm);
+    if (result == 0)
+        vm->config.guest_kind = VM_GUEST_LINUX;
+    return result;
+}
 
 /* The UART's interrupt line, level-driven into the in-kernel PIC and
  * IOAPIC (ISA IRQ 4: edge-triggered there, so each rising level is one

@@ -98,6 +98,12 @@ struct vm {
     uint32_t msr_count;
 
     struct ringvm_bootinfo *bootinfo;   /* host pointer into guest RAM */
+    /* A Linux guest that arrived by migration has no kernel file here: its
+     * command line and boot protocol came with its state. Written by the
+     * migration thread before it clears awaiting_migration (release); read
+     * through vm_linux_cmdline after seeing it clear (acquire). */
+    char migrated_cmdline[2048];
+    char migrated_boot_protocol[64];
     uint64_t started_ns;                /* CLOCK_MONOTONIC at vm_start */
 
     /* Serializes controllers (pause/resume/state changes). Never taken by
@@ -156,6 +162,20 @@ int vm_add_state_listener(struct vm *vm, vm_state_listener fn, void *opaque);
 
 /* Starts the vCPU threads (state RUNNING; PAUSED when config.incoming). */
 int vm_start(struct vm *vm);
+/* An incoming VM (still awaiting its state, vCPUs parked) whose arriving
+ * guest is Linux: creates the PIT and UART a Linux guest has and marks the
+ * VM as one. 0 (also when it already is one) or -errno, message on stderr. */
+int vm_become_linux_destination(struct vm *vm);
+/* A Linux guest's full command line and boot protocol ("bzImage 64-bit"):
+ * from its kernel files, or from the migration that brought it; NULL for
+ * the built-in guest and for an incoming VM still awaiting its state. */
+const char *vm_linux_cmdline(struct vm *vm);
+/* True for a Linux guest, booted here or arrived by migration (false for an
+ * incoming VM still awaiting its state). */
+bool vm_is_linux_guest(struct vm *vm);
+const char *vm_linux_boot_protocol(struct vm *vm);
+/* The migration thread, before it clears awaiting_migration. */
+void vm_set_migrated_linux_boot_info(struct vm *vm, const char *cmdline, const char *boot_protocol);
 
 /* Kicks every vCPU out of KVM_RUN and waits for all to park. Re-kicks every
  * 10 ms with a warning; gives up after 1 s with -ETIMEDOUT and lets the
