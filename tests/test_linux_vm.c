@@ -30,16 +30,6 @@ struct linux_vm {
     struct api_client *client;
 };
 
-static bool try_connect_path(void *argument)
-{
-    struct api_client *client = NULL;
-    char error[256];
-    if (api_client_connect(&client, argument, error, sizeof(error)) != 0)
-        return false;
-    api_client_close(client);
-    return true;
-}
-
 static bool try_connect(void *argument)
 {
     struct linux_vm *vm = argument;
@@ -109,6 +99,22 @@ static unsigned count_lines(const char *text, const char *prefix, unsigned vcpu)
     return count;
 }
 
+/* Waits until each of `vcpus` vCPUs printed `count` whole LEDGER OK lines
+ * (one vCPU's thread may run far ahead of the other's), then checks that
+ * no line says MISMATCH. */
+static void wait_ledger_per_vcpu(struct harness_process *process, unsigned vcpus, unsigned count)
+{
+    for (unsigned vcpu = 0; vcpu < vcpus; vcpu++) {
+        char needle[32];
+        snprintf(needle, sizeof(needle), " vcpu=%u\r\n", vcpu);   /* the whole line, and never vcpu=10 */
+        cr_assert(harness_process_wait_output(process, needle, count, 60000),
+                  "vcpu %u printed fewer than %u lines; stdout: %s\nstderr: %s", vcpu, count, process->out,
+                  process->err);
+        cr_assert_geq(count_lines(process->out, "LEDGER OK ", vcpu), count, "vcpu %u: %s", vcpu, process->out);
+    }
+    cr_assert_null(strstr(process->out, "MISMATCH"), "stdout: %s", process->out);
+}
+
 static void boots_and_runs_the_ledger(unsigned vcpus)
 {
     struct linux_vm vm = { 0 };
@@ -122,15 +128,7 @@ static void boots_and_runs_the_ledger(unsigned vcpus)
               "/init did not run; stdout: %s", vm.process.out);
     cr_assert(harness_process_wait_output(&vm.process, "LEDGER OK", 2 * vcpus, 60000),
               "fewer than 2 LEDGER OK per vCPU; stdout: %s", vm.process.out);
-    /* Each vCPU's thread on its own: one may run ahead of the other. */
-    for (unsigned vcpu = 0; vcpu < vcpus; vcpu++) {
-        char needle[32];
-        snprintf(needle, sizeof(needle), " vcpu=%u\r", vcpu);
-        cr_assert(harness_process_wait_output(&vm.process, needle, 1, 60000), "vcpu %u printed nothing; stdout: %s",
-                  vcpu, vm.process.out);
-        cr_assert_geq(count_lines(vm.process.out, "LEDGER OK ", vcpu), 1, "vcpu %u printed no LEDGER OK", vcpu);
-    }
-    cr_assert_null(strstr(vm.process.out, "MISMATCH"), "stdout: %s", vm.process.out);
+    wait_ledger_per_vcpu(&vm.process, vcpus, 1);
 
     json_t *info = call_ok(&vm, "vm.info", NULL);
     cr_assert_str_eq(json_string_value(json_object_get(info, "guest")), "linux");
@@ -258,11 +256,7 @@ Test(linux_vm, boots_debians_own_kernel_to_the_ledger, .timeout = 300)
               "no kernel banner; stdout: %s\nstderr: %s", vm.process.out, vm.process.err);
     cr_assert(harness_process_wait_output(&vm.process, "ringvm-init: /init started", 1, BOOT_TIMEOUT_MS),
               "/init did not run; stdout: %s\nstderr: %s", vm.process.out, vm.process.err);
-    cr_assert(harness_process_wait_output(&vm.process, "LEDGER OK", 4, 60000),
-              "fewer than 2 LEDGER OK per vCPU; stdout: %s", vm.process.out);
-    for (unsigned vcpu = 0; vcpu < 2; vcpu++)
-        cr_assert_geq(count_lines(vm.process.out, "LEDGER OK ", vcpu), 1, "vcpu %u printed no LEDGER OK", vcpu);
-    cr_assert_null(strstr(vm.process.out, "MISMATCH"), "stdout: %s", vm.process.out);
+    wait_ledger_per_vcpu(&vm.process, 2, 1);
     json_t *info = call_ok(&vm, "vm.info", NULL);
     cr_assert_str_eq(json_string_value(json_object_get(info, "kernel")), vmlinuz);
     cr_assert_str_eq(json_string_value(json_object_get(info, "boot_protocol")), "bzImage 64-bit");
@@ -270,13 +264,13 @@ Test(linux_vm, boots_debians_own_kernel_to_the_ledger, .timeout = 300)
     linux_vm_stop(&vm);
 }
 
-/* A destination's migration.progress phase, "" when it does not answer. */
+/* True once a destination's migration.progress says it listens. */
 static bool destination_listening(void *argument)
 {
-    struct api_client **client = argument;
+    struct linux_vm *vm = argument;
     json_t *progress = NULL;
     struct api_error error;
-    if (api_client_call(*client, "migration.progress", NULL, &progress, &error, CALL_TIMEOUT_MS) != 0)
+    if (api_client_call(vm->client, "migration.progress", NULL, &progress, &error, CALL_TIMEOUT_MS) != 0)
         return false;
     bool listening = strcmp(json_string_value(json_object_get(progress, "phase")), "listening") == 0;
     json_decref(progress);
@@ -293,65 +287,79 @@ static bool migration_ended(void *argument)
     return ended;
 }
 
-/* A Linux guest on 2 vCPUs migrates to a destination started with only
- * --memory and --vcpus (no kernel: it arrives in guest RAM), and carries on
- * there: two more verify passes per vCPU (the LAPIC timers, the clock and
- * both vCPUs came along) printed through the destination's UART (its
- * interrupt line through the restored IOAPIC), never a MISMATCH, RAM equal
- * on both sides, vm.info there naming the guest's command line. */
-Test(linux_vm, a_linux_guest_migrates_and_carries_on, .timeout = 300)
+/* `ringvm --incoming unix:DIRECTORY/incoming-HOP.sock --memory 512M --vcpus 2`:
+ * no kernel, no workload; listening when this returns. */
+static void linux_destination_start(struct linux_vm *destination, const char *directory, unsigned hop,
+                                    char *incoming, size_t incoming_size)
 {
-    struct linux_vm vm = { 0 };
-    linux_vm_start(&vm, "2", "ringvm.workload=ledger,wss=64M,verify=1");
-    cr_assert(harness_process_wait_output(&vm.process, "LEDGER OK", 4, BOOT_TIMEOUT_MS), "stdout: %s",
-              vm.process.out);
-
-    char destination_api[160], incoming[160];
-    snprintf(destination_api, sizeof(destination_api), "%s/destination.sock", vm.directory);
-    snprintf(incoming, sizeof(incoming), "unix:%s/incoming.sock", vm.directory);
+    memset(destination, 0, sizeof(*destination));
+    snprintf(destination->directory, sizeof(destination->directory), "%s", directory);
+    snprintf(destination->api_path, sizeof(destination->api_path), "%s/destination-%u.sock", directory, hop);
+    snprintf(incoming, incoming_size, "unix:%s/incoming-%u.sock", directory, hop);
     char *argv[] = { (char *)harness_program("ringvm"), "--incoming", incoming, "--memory", "512M", "--vcpus", "2",
-                     "--api-socket", destination_api, NULL };
-    struct harness_process destination;
-    harness_spawn(&destination, argv);
-    struct api_client *destination_client = NULL;
-    char error[256];
-    cr_assert(harness_wait_until(try_connect_path, destination_api, 20000), "no destination API; stderr: %s",
-              destination.err);
-    cr_assert_eq(api_client_connect(&destination_client, destination_api, error, sizeof(error)), 0, "%s", error);
-    cr_assert(harness_wait_until(destination_listening, &destination_client, 20000), "the destination never listened");
+                     "--api-socket", destination->api_path, NULL };
+    harness_spawn(&destination->process, argv);
+    cr_assert(harness_wait_until(try_connect, destination, 20000), "no destination API; stderr: %s",
+              destination->process.err);
+    cr_assert(harness_wait_until(destination_listening, destination, 20000), "the destination never listened");
+}
 
-    json_decref(call_ok(&vm, "migration.start",
+/* Migrates `from` to `incoming` with verify_digest: completed, digests equal. */
+static void linux_migrate(struct linux_vm *from, const char *incoming)
+{
+    json_decref(call_ok(from, "migration.start",
                         json_pack("{s:s, s:b, s:I, s:b, s:i}", "dest", incoming, "verify_digest", 1, "downtime_ms",
                                   (json_int_t)harness_digest_downtime_ms(512ull << 20), "keep_alive", 1,
                                   "timeout_s", 120)));
-    cr_assert(harness_wait_until(migration_ended, &vm, 150000), "the migration did not end");
-    json_t *progress = call_ok(&vm, "migration.progress", NULL);
+    cr_assert(harness_wait_until(migration_ended, from, 150000), "the migration did not end");
+    json_t *progress = call_ok(from, "migration.progress", NULL);
     cr_assert_str_eq(json_string_value(json_object_get(progress, "state")), "completed", "%s",
                      json_dumps(progress, JSON_COMPACT));
     cr_assert_str_eq(json_string_value(json_object_get(progress, "memory_digest_source")),
                      json_string_value(json_object_get(progress, "memory_digest_destination")));
     json_decref(progress);
+}
 
-    cr_assert(harness_process_wait_output(&destination, "LEDGER OK", 4, 60000),
-              "the guest did not carry on at the destination; its stdout: %s\nstderr: %s", destination.out,
-              destination.err);
-    for (unsigned vcpu = 0; vcpu < 2; vcpu++)
-        cr_assert_geq(count_lines(destination.out, "LEDGER OK ", vcpu), 1, "vcpu %u: %s", vcpu, destination.out);
-    cr_assert_null(strstr(destination.out, "MISMATCH"), "%s", destination.out);
-
-    json_t *info = NULL;
-    struct api_error api_error;
-    cr_assert_eq(api_client_call(destination_client, "vm.info", NULL, &info, &api_error, CALL_TIMEOUT_MS), 0, "%s",
-                 api_error.message);
+/* The guest runs at `to`: two verify passes per vCPU printed there (the
+ * LAPIC timers, the clock and both vCPUs came along; its UART's interrupt
+ * through the restored IOAPIC), never a MISMATCH, and vm.info there. */
+static void linux_guest_carries_on_at(struct linux_vm *to)
+{
+    wait_ledger_per_vcpu(&to->process, 2, 2);
+    json_t *info = call_ok(to, "vm.info", NULL);
     cr_assert_str_eq(json_string_value(json_object_get(info, "guest")), "linux");
     cr_assert_str_eq(json_string_value(json_object_get(info, "state")), "running");
     cr_assert_str_eq(json_string_value(json_object_get(info, "cmdline")),
                      "console=ttyS0 reboot=k panic=1 pci=off ringvm.workload=ledger,wss=64M,verify=1");
     cr_assert(json_is_null(json_object_get(info, "kernel")));
     json_decref(info);
-    api_client_close(destination_client);
-    kill(destination.pid, SIGTERM);
-    cr_assert_eq(harness_process_wait_exit(&destination, 20000), 0, "destination stderr: %s", destination.err);
-    harness_process_free(&destination);
+}
+
+/* A Linux guest on 2 vCPUs migrates to a destination started with only
+ * --memory and --vcpus (no kernel: it arrives in guest RAM) and carries on
+ * there; then on from that destination to a third ringvm (a guest that
+ * arrived by migration leaves the same way). */
+Test(linux_vm, a_linux_guest_migrates_twice_and_carries_on, .timeout = 400)
+{
+    struct linux_vm vm = { 0 };
+    linux_vm_start(&vm, "2", "ringvm.workload=ledger,wss=64M,verify=1");
+    cr_assert(harness_process_wait_output(&vm.process, "LEDGER OK", 4, BOOT_TIMEOUT_MS), "stdout: %s",
+              vm.process.out);
+    struct linux_vm hops[2];
+    struct linux_vm *from = &vm;
+    for (unsigned hop = 0; hop < 2; hop++) {
+        char incoming[160];
+        linux_destination_start(&hops[hop], vm.directory, hop, incoming, sizeof(incoming));
+        linux_migrate(from, incoming);
+        linux_guest_carries_on_at(&hops[hop]);
+        from = &hops[hop];
+    }
+    for (unsigned hop = 0; hop < 2; hop++) {
+        api_client_close(hops[hop].client);
+        kill(hops[hop].process.pid, SIGTERM);
+        cr_assert_eq(harness_process_wait_exit(&hops[hop].process, 20000), 0, "hop %u stderr: %s", hop,
+                     hops[hop].process.err);
+        harness_process_free(&hops[hop].process);
+    }
     linux_vm_stop(&vm);
 }
