@@ -245,7 +245,7 @@ static int vm_create_kvm(struct vm *vm)
     return 0;
 }
 
-/* ---- the Linux guest's UART ------------------------------------------ */
+/* ---- which guest: booted here or arrived by migration ------------------ */
 
 bool vm_is_linux_guest(struct vm *vm)
 {
@@ -281,6 +281,8 @@ void vm_set_migrated_linux_boot_info(struct vm *vm, const char *cmdline, const c
     snprintf(vm->migrated_boot_protocol, sizeof(vm->migrated_boot_protocol), "%s", boot_protocol);
 }
 
+/* ---- the Linux guest's devices on a migration's destination ----------- */
+
 static int vm_create_uart(struct vm *vm);
 
 /* An incoming VM learns from the migration stream that its guest is Linux:
@@ -305,6 +307,8 @@ int vm_become_linux_destination(struct vm *vm)
         vm->config.guest_kind = VM_GUEST_LINUX;
     return result;
 }
+
+/* ---- the Linux guest's UART ------------------------------------------ */
 
 /* The UART's interrupt line, level-driven into the in-kernel PIC and
  * IOAPIC (ISA IRQ 4: edge-triggered there, so each rising level is one
