@@ -523,12 +523,13 @@ uint64_t harness_digest_downtime_ms(uint64_t ram_bytes)
 
 const char *harness_linux_image_file(const char *name)
 {
-    static char path[2][512];
-    static int which;
+    static __thread char path[2][4096];
+    static __thread int which;
     which ^= 1;
-    const char *build = getenv("RINGVM_BUILD_DIR") != NULL ? getenv("RINGVM_BUILD_DIR") : "build";
-    snprintf(path[which], sizeof(path[which]), "%s/linux/%s", build, name);
+    char relative[256];
+    snprintf(relative, sizeof(relative), "linux/%s", name);
+    snprintf(path[which], sizeof(path[which]), "%s", harness_program(relative));
     if (access(path[which], R_OK) != 0)
-        harness_skip("%s not built (make linux-guest)", path[which]);
+        harness_skip("%s is missing (make linux-guest builds it): %s", path[which], strerror(errno));
     return path[which];
 }

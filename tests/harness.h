@@ -71,9 +71,9 @@ void harness_vm_stop(struct harness_vm *harness);
  * started. incoming: the destination of a migration of such a guest: the
  * same devices (irqchip, PIT, UART, CMOS), no kernel loaded (kernel,
  * initrd and cmdline are then ignored). Skips when /dev/kvm is missing. */
-/* build/linux/NAME (under RINGVM_BUILD_DIR): the Linux guest image of make
- * linux-guest; skips the test when it is not built. Two calls' results may
- * be held at once. */
+/* build/linux/NAME (harness_program("linux/NAME")): the Linux guest image
+ * of make linux-guest; skips the test, naming the file, when it cannot be
+ * read. Two calls' results may be held at once (per thread). */
 const char *harness_linux_image_file(const char *name);
 
 void harness_linux_vm_create(struct harness_vm *harness, const char *memory, unsigned vcpus, const char *kernel,

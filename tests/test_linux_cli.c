@@ -125,20 +125,10 @@ Test(linux_cli, bad_files_exit_2_naming_the_file)
     rmdir(directory);
 }
 
-/* The project's guest image (make linux-guest; make test builds it). */
-static const char *guest_kernel(void)
-{
-    static char path[512];
-    snprintf(path, sizeof(path), "%s/linux/bzImage", getenv("RINGVM_BUILD_DIR") != NULL
-                                                        ? getenv("RINGVM_BUILD_DIR") : "build");
-    if (access(path, R_OK) != 0)
-        harness_skip("%s not built (make linux-guest)", path);
-    return path;
-}
 
 Test(linux_cli, real_kernel_with_bad_initrd_cmdline_or_truncation)
 {
-    const char *kernel = guest_kernel();
+    const char *kernel = harness_linux_image_file("bzImage");
     char directory[] = "/tmp/ringvm-linux-cli-XXXXXX";
     cr_assert_not_null(mkdtemp(directory));
     char missing[160], large[160], truncated[160], message[1024];
