@@ -5,6 +5,7 @@
  * atomic loads; vm.pause / vm.resume / vm.shutdown run on the worker
  * (vm_pause can take up to 1 s).
  */
+#include <inttypes.h>
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
@@ -119,8 +120,8 @@ static enum api_status cmd_vm_pause(struct api_call *call)
     if (result == -EINVAL)
         return state_error(call, api_vm_state(vm), "pause");
     if (result == -ETIMEDOUT)
-        return api_call_fail(call, API_ERR_INTERNAL,
-                             "the vCPUs did not stop within 1 s; the VM keeps running");
+        return api_call_fail(call, API_ERR_INTERNAL, "the vCPUs did not stop within %" PRIu64
+                             " ms; the VM keeps running", vm->pause_give_up_ns / 1000000u);
     if (result < 0)
         return api_call_fail(call, API_ERR_INTERNAL, "vm_pause: %s", strerror(-result));
     uint64_t latency = atomic_load_explicit(&vm->pause_latency_last_ns, memory_order_relaxed);

@@ -13,6 +13,7 @@
  *   build/bench/migrate [--quick] [--json] [--memory SIZE] [--timeout S]
  *                       [--downtime-ms N] [--transport unix|tcp] [--filter CELL]
  *                       [--caps none,1024,125] [--baselines] [--dest-prealloc]
+ *   build/bench/migrate --reaction N [--json] [--transport unix|tcp]
  *
  * Matrix (issue 5): working set 256 MiB / 1 GiB of a 1.5 GiB guest at full
  * rate, bandwidth cap none / 1024 / 125 MiB/s, converge none / auto /
@@ -21,6 +22,14 @@
  * Reported per run: converged, total ms, downtime ms, iterations, final
  * throttle, bytes sent, iteration 0 MiB/s and (uncapped) its share of the
  * plain move.
+ *
+ * --reaction N (the speed claims that left make test, issue 18): how soon
+ * the source gives its guest back, N times each, beside a plain vm_pause +
+ * vm_resume of the same guest in the same run: after migration.cancel in
+ * the iterations (cancel -> migration ended, cancel -> the guest writes
+ * again) and after the destination's socket closes mid-stream (close ->
+ * ended, close -> the guest writes again). Medians and maxima, and each
+ * median as a ratio of the plain resume's.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -30,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -37,6 +47,8 @@
 #include <unistd.h>
 
 #include "migration/migration.h"
+#include "migration/progress.h"
+#include "migration/protocol.h"
 #include "migration/transport.h"
 #include "vmm/size.h"
 #include "vmm/vm.h"
@@ -59,6 +71,7 @@ struct options {
     bool dest_prealloc;     /* --dest-prealloc: matrix destinations fault their RAM in at start */
     uint64_t caps[8];       /* --caps: MiB/s, 0 = none */
     unsigned cap_count;     /* 0 = the matrix's (or --quick's) caps */
+    unsigned reaction_runs; /* --reaction N: the reaction measurements instead of the matrix */
 };
 
 /* "none,1024,125" -> caps. 0 or -1 with a message. */
@@ -499,6 +512,217 @@ static void run_idle(const struct options *o, bool dest_prealloc, struct result 
     out->plain_mibs = median_of_three(plain);
 }
 
+/* ---- reaction: how soon the source gives the guest back ---------------------------------- */
+
+/* A destination that answers the hello as a real one does, swallows the
+ * stream, and closes its socket when told: a process killed mid-stream. */
+struct vanishing_destination {
+    int listen_fd;
+    _Atomic bool close_now;
+    _Atomic uint64_t closed_ns;
+    _Atomic bool streaming;
+};
+
+static void *vanishing_destination_main(void *argument)
+{
+    struct vanishing_destination *d = argument;
+    char error[256];
+    int fd = mig_accept(d->listen_fd, NULL, error, sizeof(error));
+    if (fd < 0) {
+        fprintf(stderr, "bench/migrate: %s\n", error);
+        return NULL;
+    }
+    struct mig_io io = { .fd = fd, .stall_ms = 10000, .peer = "source" };
+    uint8_t header[MIG_HEADER_SIZE], hello[MIG_HELLO_SIZE];
+    if (mig_io_read(&io, header, sizeof(header), false, error, sizeof(error)) == 0 &&
+        mig_io_read(&io, hello, sizeof(hello), false, error, sizeof(error)) == 0) {
+        uint8_t frame[MIG_HEADER_SIZE + MIG_HELLO_SIZE];
+        size_t length = mig_frame_encode(frame, MIG_FRAME_HELLO_ACK, 0, hello, sizeof(hello));
+        if (mig_io_write(&io, frame, length, error, sizeof(error)) == 0) {
+            static uint8_t sink[1 << 20];
+            while (!atomic_load_explicit(&d->close_now, memory_order_acquire)) {
+                if (mig_io_poll_readable(fd, 1) != 1)
+                    continue;
+                ssize_t got = recv(fd, sink, sizeof(sink), MSG_DONTWAIT);
+                if (got == 0)
+                    break;
+                if (got > 0)
+                    atomic_store_explicit(&d->streaming, true, memory_order_release);
+            }
+        }
+    }
+    atomic_store_explicit(&d->closed_ns, now_ns(), memory_order_release);
+    close(fd);
+    return NULL;
+}
+
+static uint64_t pages_written(struct vm *vm)
+{
+    struct ringvm_vcpu_stats stats;
+    vm_read_guest_stats(vm, 0, &stats);
+    return stats.pages_written;
+}
+
+/* Nanoseconds from `since` until the guest's write counter moves. */
+static uint64_t until_guest_writes(struct vm *vm, uint64_t since)
+{
+    uint64_t before = pages_written(vm);
+    while (pages_written(vm) == before && now_ns() - since < 10000000000ull)
+        ;
+    return now_ns() - since;
+}
+
+static bool migration_in_phase(struct vm *vm, const char *phase)
+{
+    struct mig_progress *p = malloc(sizeof(*p));
+    bool there = p != NULL && migration_progress(vm, p) && p->state == MIG_STATE_ACTIVE && strcmp(p->phase, phase) == 0;
+    free(p);
+    return there;
+}
+
+static int start_endless_migration(struct vm *source, const char *address)
+{
+    struct mig_params params;
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "%s", address);
+    params.converge = MIG_CONVERGE_NONE;
+    params.downtime_ms = 1;         /* never converges: only the event under test ends it */
+    params.max_bandwidth_mibs = 64;
+    params.verify_digest = false;
+    params.timeout_s = 600;
+    uint64_t id;
+    const char *code;
+    char message[256];
+    if (migration_start(source, NULL, &params, &id, &code, message, sizeof(message)) != 0) {
+        fprintf(stderr, "bench/migrate: migration.start: %s: %s\n", code, message);
+        return -1;
+    }
+    return 0;
+}
+
+static int compare_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+struct reaction {
+    const char *name;
+    uint64_t *ns;
+    unsigned count;
+    uint64_t median, max;
+};
+
+static void reaction_summarise(struct reaction *r)
+{
+    qsort(r->ns, r->count, sizeof(*r->ns), compare_u64);
+    r->median = r->count ? r->ns[r->count / 2] : 0;
+    r->max = r->count ? r->ns[r->count - 1] : 0;
+}
+
+static int run_reaction(const struct options *o)
+{
+    unsigned runs = o->reaction_runs;
+    struct vm *source = NULL;
+    if (make_vm(&source, 256ull << 20, "dirtier,wss=16M", DIRTY_LOG_RING, false, false) != 0)
+        return 1;
+    wait_for_first_pass(source);
+    struct reaction r[5] = {
+        { .name = "plain_resume_to_guest_writes" }, { .name = "cancel_to_ended" },
+        { .name = "cancel_to_guest_writes" },       { .name = "destination_close_to_ended" },
+        { .name = "destination_close_to_guest_writes" },
+    };
+    for (unsigned i = 0; i < 5; i++)
+        r[i].ns = calloc(runs, sizeof(uint64_t));
+    for (unsigned run = 0; run < runs; run++) {
+        /* The baseline: the same guest paused and resumed without a migration. */
+        if (vm_pause(source) == 0) {
+            uint64_t t0 = now_ns();
+            vm_resume(source);
+            r[0].ns[r[0].count++] = until_guest_writes(source, t0);
+        }
+
+        /* migration.cancel in the iterations, a real destination. */
+        struct vm *dest = NULL;
+        if (make_vm(&dest, 256ull << 20, "dirtier,wss=16M", DIRTY_LOG_RING, true, false) != 0)
+            break;
+        struct incoming in = { .vm = dest };
+        in.fd = listen_on(o->tcp, in.address, sizeof(in.address));
+        pthread_t thread;
+        pthread_create(&thread, NULL, incoming_main, &in);
+        if (start_endless_migration(source, in.address) == 0) {
+            while (!migration_in_phase(source, "iterating"))
+                poll(NULL, 0, 1);
+            const char *code;
+            char message[256];
+            uint64_t t0 = now_ns();
+            migration_cancel(source, &code, message, sizeof(message));
+            migration_wait_idle(source, 60000);
+            r[1].ns[r[1].count++] = now_ns() - t0;
+            r[2].ns[r[2].count++] = until_guest_writes(source, t0);
+            migration_release(source);
+        }
+        pthread_join(thread, NULL);
+        if (strncmp(in.address, "unix:", 5) == 0)
+            unlink(in.address + 5);
+        migration_release(dest);
+        vm_request_shutdown(dest, 0);
+        vm_wait(dest);
+        vm_destroy(dest);
+
+        /* The destination's socket closes mid-stream. */
+        struct vanishing_destination gone = { 0 };
+        char address[128];
+        gone.listen_fd = listen_on(o->tcp, address, sizeof(address));
+        pthread_create(&thread, NULL, vanishing_destination_main, &gone);
+        if (start_endless_migration(source, address) == 0) {
+            while (!atomic_load_explicit(&gone.streaming, memory_order_acquire) ||
+                   (!migration_in_phase(source, "bulk") && !migration_in_phase(source, "iterating")))
+                poll(NULL, 0, 1);
+            atomic_store_explicit(&gone.close_now, true, memory_order_release);
+            pthread_join(thread, NULL);
+            uint64_t t0 = atomic_load_explicit(&gone.closed_ns, memory_order_acquire);
+            migration_wait_idle(source, 60000);
+            r[3].ns[r[3].count++] = now_ns() - t0;
+            r[4].ns[r[4].count++] = until_guest_writes(source, t0);
+            migration_release(source);
+        } else {
+            atomic_store_explicit(&gone.close_now, true, memory_order_release);
+            pthread_join(thread, NULL);
+        }
+        close(gone.listen_fd);
+        if (strncmp(address, "unix:", 5) == 0)
+            unlink(address + 5);
+    }
+    for (unsigned i = 0; i < 5; i++)
+        reaction_summarise(&r[i]);
+    double base = r[0].median > 0 ? (double)r[0].median : 1.0;
+    if (o->json) {
+        json_t *root = json_pack("{s:s, s:I}", "transport", o->tcp ? "tcp" : "unix", "runs", (json_int_t)runs);
+        for (unsigned i = 0; i < 5; i++)
+            json_object_set_new(root, r[i].name,
+                                json_pack("{s:I, s:f, s:f, s:f}", "count", (json_int_t)r[i].count, "median_ms",
+                                          (double)r[i].median / 1e6, "max_ms", (double)r[i].max / 1e6,
+                                          "median_of_plain_resume", (double)r[i].median / base));
+        char *text = json_dumps(root, JSON_INDENT(2));
+        fprintf(stdout, "%s\n", text);
+        free(text);
+        json_decref(root);
+    } else {
+        fprintf(stdout, "reaction over %s, %u runs (medians and maxima; ratio = median / plain resume's median)\n",
+                o->tcp ? "tcp" : "unix", runs);
+        for (unsigned i = 0; i < 5; i++)
+            fprintf(stdout, "  %-36s %3u runs  median %9.3f ms  max %9.3f ms  ratio %7.1f\n", r[i].name, r[i].count,
+                    (double)r[i].median / 1e6, (double)r[i].max / 1e6, (double)r[i].median / base);
+    }
+    for (unsigned i = 0; i < 5; i++)
+        free(r[i].ns);
+    vm_request_shutdown(source, 0);
+    vm_wait(source);
+    vm_destroy(source);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     struct options o = { .memory = 1536ull << 20, .timeout_s = 30, .downtime_ms = 300 };
@@ -508,7 +732,7 @@ int main(int argc, char **argv)
         {"downtime-ms", required_argument, NULL, 'd'}, {"transport", required_argument, NULL, 'T'},
         {"filter", required_argument, NULL, 'f'}, {"caps", required_argument, NULL, 'c'},
         {"baselines", no_argument, NULL, 'b'}, {"dest-prealloc", no_argument, NULL, 'p'},
-        {"help", no_argument, NULL, 'h'}, {0},
+        {"reaction", required_argument, NULL, 'r'}, {"help", no_argument, NULL, 'h'}, {0},
     };
     int c;
     char error[256];
@@ -528,6 +752,16 @@ int main(int argc, char **argv)
         case 'f': o.filter = optarg; break;
         case 'b': o.baselines_only = true; break;
         case 'p': o.dest_prealloc = true; break;
+        case 'r': {
+            char *end = NULL;
+            unsigned long runs = strtoul(optarg, &end, 10);
+            if (end == optarg || *end != '\0' || runs == 0 || runs > 1000) {
+                fprintf(stderr, "bench/migrate: --reaction takes a number of runs (1-1000), got '%s'\n", optarg);
+                return 2;
+            }
+            o.reaction_runs = (unsigned)runs;
+            break;
+        }
         case 'c':
             if (parse_caps(optarg, &o) != 0)
                 return 2;
@@ -537,6 +771,7 @@ int main(int argc, char **argv)
                     "usage: migrate [--quick] [--json] [--memory SIZE] [--timeout S] [--downtime-ms N]\n"
                     "               [--transport unix|tcp] [--filter WSS/CAP/CONVERGE/LOG] [--caps LIST]\n"
                     "               [--baselines] [--dest-prealloc]\n"
+                    "       migrate --reaction N [--json] [--transport unix|tcp]\n"
                     "  --quick      256 MiB working set, caps none and 125 MiB/s only\n"
                     "  --caps       bandwidth caps to run, e.g. none,1024 (default none,1024,125)\n"
                     "  --baselines  only the throughput baselines (raw socket idle and beside the guest,\n"
@@ -547,7 +782,10 @@ int main(int argc, char **argv)
                     "  --filter     run only the cells whose name starts with this (e.g. 256M/none/auto);\n"
                     "               skips the throughput baselines (uncapped cells keep their plain move)\n"
                     "Uncapped cells first move their guest's RAM plainly (median of 3) and report\n"
-                    "iteration 0 as a share of it (of_plain; the issue's target is >= 80 %%).\n");
+                    "iteration 0 as a share of it (of_plain; the issue's target is >= 80 %%).\n"
+                    "  --reaction N  instead of the matrix: N times each, how soon the guest writes again\n"
+                    "               after migration.cancel and after the destination's socket closes,\n"
+                    "               beside a plain vm_pause + vm_resume of the same guest\n");
             return c == 'h' ? 0 : 2;
         }
     }
@@ -555,6 +793,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench/migrate: SKIP: /dev/kvm unavailable\n");
         return 0;
     }
+    if (o.reaction_runs > 0)
+        return run_reaction(&o);
     const uint64_t wss_full[] = { 256ull << 20, 1024ull << 20 };
     const uint64_t caps_full[] = { 0, 1024, 125 };
     const uint64_t caps_quick[] = { 0, 125 };

@@ -612,6 +612,23 @@ static int source_capture_machine_state(struct source *s, uint8_t **bytes_out, s
     return 0;
 }
 
+/*
+ * Test-only (tests/test_faults.c, docs/reliability.md); inert unless
+ * RINGVM_FAULT_INJECT=no-switch-over: the source then never switches over
+ * on its own (a forced switch at timeout_s still happens) until the file
+ * named by RINGVM_FAULT_RELEASE exists, so a test can cancel "in the
+ * iterations" whatever the guest's dirty rate: a guest that went quiet for
+ * one short iteration would otherwise converge even at downtime_ms 1.
+ */
+static bool source_switch_over_held(void)
+{
+    const char *wanted = getenv("RINGVM_FAULT_INJECT");
+    if (wanted == NULL || strcmp(wanted, "no-switch-over") != 0)
+        return false;
+    const char *release = getenv("RINGVM_FAULT_RELEASE");
+    return release == NULL || access(release, F_OK) != 0;
+}
+
 /* Stop-and-copy and the ACK. */
 static int source_complete(struct source *s)
 {
@@ -962,7 +979,8 @@ static int source_run(struct source *s)
         if (source_tick(s) != 0)
             return -1;
 
-        if (mig_should_switch(record.expected_downtime_ms, s->params.downtime_ms) || s->force_switch)
+        if (s->force_switch ||
+            (mig_should_switch(record.expected_downtime_ms, s->params.downtime_ms) && !source_switch_over_held()))
             break;
         switch (s->params.converge) {
         case MIG_CONVERGE_NONE:

@@ -518,7 +518,7 @@ void harness_ask_as_nobody(void (*ask)(char *answer, size_t size), char *answer,
 uint64_t harness_digest_downtime_ms(uint64_t ram_bytes)
 {
     uint64_t floor_ms = migration_digest_downtime_floor_ms(ram_bytes);
-    return 2 * floor_ms > 300 ? 2 * floor_ms : 300;
+    return 4 * floor_ms > 300 ? 4 * floor_ms : 300;
 }
 
 const char *harness_linux_image_file(const char *name)
@@ -532,4 +532,63 @@ const char *harness_linux_image_file(const char *name)
     if (access(path[which], R_OK) != 0)
         harness_skip("%s is missing (make linux-guest builds it): %s", path[which], strerror(errno));
     return path[which];
+}
+
+/* ---- holding pauses in flight ------------------------------------------------------------- */
+
+static pthread_mutex_t pause_hold_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pause_hold_cond = PTHREAD_COND_INITIALIZER;
+static bool pause_hold_released;
+static _Atomic unsigned pause_hold_waiting;
+
+/* On a vCPU thread, before it parks. Wakes every 10 ms to notice its VM's
+ * shutdown, so a failed test that never releases still lets vm_wait join. */
+static void pause_hold_park_hook(struct vcpu *vcpu)
+{
+    atomic_fetch_add_explicit(&pause_hold_waiting, 1, memory_order_acq_rel);
+    pthread_mutex_lock(&pause_hold_lock);
+    while (!pause_hold_released && !atomic_load_explicit(&vcpu->vm->shutdown_requested, memory_order_acquire)) {
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_nsec += 10000000;
+        if (deadline.tv_nsec >= 1000000000) {
+            deadline.tv_sec++;
+            deadline.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&pause_hold_cond, &pause_hold_lock, &deadline);
+    }
+    pthread_mutex_unlock(&pause_hold_lock);
+    atomic_fetch_sub_explicit(&pause_hold_waiting, 1, memory_order_acq_rel);
+}
+
+void harness_hold_pauses(void)
+{
+    pthread_mutex_lock(&pause_hold_lock);
+    pause_hold_released = false;
+    pthread_mutex_unlock(&pause_hold_lock);
+    atomic_store_explicit(&vm_vcpu_park_hook, pause_hold_park_hook, memory_order_release);
+}
+
+unsigned harness_pauses_held(void)
+{
+    return atomic_load_explicit(&pause_hold_waiting, memory_order_acquire);
+}
+
+static bool pauses_held_at_least(void *argument)
+{
+    return harness_pauses_held() >= *(const unsigned *)argument;
+}
+
+bool harness_wait_pauses_held(unsigned count, unsigned timeout_ms)
+{
+    return harness_wait_until(pauses_held_at_least, &count, timeout_ms);
+}
+
+void harness_release_pauses(void)
+{
+    atomic_store_explicit(&vm_vcpu_park_hook, NULL, memory_order_release);
+    pthread_mutex_lock(&pause_hold_lock);
+    pause_hold_released = true;
+    pthread_cond_broadcast(&pause_hold_cond);
+    pthread_mutex_unlock(&pause_hold_lock);
 }

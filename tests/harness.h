@@ -89,10 +89,22 @@ char *console_snapshot(struct console_capture *console);
 /* Polls predicate(argument) every millisecond until true or timeout. */
 bool harness_wait_until(bool (*predicate)(void *argument), void *argument, unsigned timeout_ms);
 
+/* Holding pauses in flight (vm_vcpu_park_hook): after harness_hold_pauses,
+ * every vCPU thread that sees a pause request waits before it parks (so the
+ * pause cannot complete) until harness_release_pauses or its VM's shutdown.
+ * harness_pauses_held counts the vCPU threads waiting now. One hold per
+ * test process (Criterion runs each test in its own). */
+void harness_hold_pauses(void);
+unsigned harness_pauses_held(void);
+bool harness_wait_pauses_held(unsigned count, unsigned timeout_ms);
+void harness_release_pauses(void);
+
 /* A downtime limit that a migration with verify_digest can meet here: the
- * default 300 ms, or twice the floor migration.start measures where hashing
- * ram_bytes alone takes longer (a slow or emulated host, scripts/nested-kvm.sh).
- * Tests that verify digests prove correctness, not this machine's speed. */
+ * default 300 ms, or four times the floor migration.start measures where
+ * hashing ram_bytes alone takes longer (a slow or emulated host,
+ * scripts/nested-kvm.sh; a ringvm process measured 1.9x this process's
+ * estimate there, on a shared machine). Tests that verify digests prove
+ * correctness, not this machine's speed. */
 uint64_t harness_digest_downtime_ms(uint64_t ram_bytes);
 
 /* Guest counters helpers. */

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "migration/migration.h"
+#include "migration/progress.h"
 #include "migration/transport.h"
 #include "vmm/vm.h"
 
@@ -84,4 +85,41 @@ void test_destination_stop(struct test_destination *d)
     }
     free(d->harness.console.text);
     d->harness.console.text = NULL;
+}
+
+uint64_t test_migration_start(struct vm *vm, const struct mig_params *params)
+{
+    uint64_t id = 0;
+    const char *code = NULL;
+    char message[512];
+    int r = migration_start(vm, NULL, params, &id, &code, message, sizeof(message));
+    cr_assert_eq(r, 0, "migration_start: %s: %s", code, message);
+    return id;
+}
+
+void test_migration_finished(struct vm *vm, struct mig_progress *p, unsigned timeout_ms)
+{
+    cr_assert(migration_wait_idle(vm, timeout_ms), "the migration did not end within %u ms", timeout_ms);
+    cr_assert(migration_progress(vm, p));
+}
+
+struct transferred_wait {
+    struct vm *vm;
+    uint64_t min_bytes;
+};
+
+static bool transferred_at_least(void *argument)
+{
+    const struct transferred_wait *w = argument;
+    struct mig_progress *p = malloc(sizeof(*p));
+    bool ok = p != NULL && migration_progress(w->vm, p) && p->state == MIG_STATE_ACTIVE &&
+              p->memory.transferred >= w->min_bytes;
+    free(p);
+    return ok;
+}
+
+bool test_migration_wait_transferred(struct vm *vm, uint64_t min_bytes, unsigned timeout_ms)
+{
+    struct transferred_wait w = { .vm = vm, .min_bytes = min_bytes };
+    return harness_wait_until(transferred_at_least, &w, timeout_ms);
 }

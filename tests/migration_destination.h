@@ -33,4 +33,14 @@ int test_destination_join(struct test_destination *d);
 /* Stops a destination still waiting, joins, and destroys its VM. */
 void test_destination_stop(struct test_destination *d);
 
+/* The source side, shared by the migration tests. */
+struct mig_params;
+struct mig_progress;
+/* migration_start on vm, asserting it was accepted; the migration's id. */
+uint64_t test_migration_start(struct vm *vm, const struct mig_params *params);
+/* Waits for vm's migration to end and copies its final progress into *p. */
+void test_migration_finished(struct vm *vm, struct mig_progress *p, unsigned timeout_ms);
+/* Waits until vm's migration is active and has sent at least min_bytes. */
+bool test_migration_wait_transferred(struct vm *vm, uint64_t min_bytes, unsigned timeout_ms);
+
 #endif

@@ -26,7 +26,8 @@
 #include "vmm/vcpu_state.h"
 
 #define KICK_RETRY_NS   10000000ULL     /* re-kick a silent vCPU every 10 ms */
-#define KICK_GIVE_UP_NS 1000000000ULL   /* and fail the pause after 1 s */
+
+_Atomic(vm_vcpu_park_hook_fn) vm_vcpu_park_hook;
 
 uint64_t vm_now_ns(void)
 {
@@ -416,6 +417,7 @@ int vm_create(struct vm **out, const struct vm_config *config)
     atomic_init(&vm->last_exception_vector, -1);
     atomic_init(&vm->awaiting_migration, config->incoming);
     pthread_mutex_init(&vm->control_lock, NULL);
+    vm->pause_give_up_ns = VM_PAUSE_GIVE_UP_NS;
     pthread_mutex_init(&vm->park_lock, NULL);
     pthread_mutex_init(&vm->log_once_lock, NULL);
     pthread_condattr_t attributes;
@@ -579,10 +581,11 @@ int vm_pause_vcpus(struct vm *vm)
             break;
         }
         uint64_t now = vm_now_ns();
-        if (now - started >= KICK_GIVE_UP_NS) {
+        if (now - started >= vm->pause_give_up_ns) {
             for (unsigned i = 0; i < count; i++)
                 if (!vcpu_is_parked(&vm->vcpus[i]))
-                    fprintf(stderr, "ringvm: vcpu %u did not respond to kicks for 1 s - pause failed\n", i);
+                    fprintf(stderr, "ringvm: vcpu %u did not respond to kicks for %" PRIu64 " ms - pause failed\n",
+                            i, vm->pause_give_up_ns / 1000000u);
             result = -ETIMEDOUT;
             break;
         }
@@ -595,7 +598,9 @@ int vm_pause_vcpus(struct vm *vm)
             }
             next_retry = now + KICK_RETRY_NS;
         }
-        uint64_t wait = next_retry > now ? next_retry - now : 0;
+        uint64_t give_up = started + vm->pause_give_up_ns;
+        uint64_t wake = next_retry < give_up ? next_retry : give_up;
+        uint64_t wait = wake > now ? wake - now : 0;
         struct timespec deadline = deadline_after_ns(wait);
         pthread_cond_timedwait(&vm->ack_cond, &vm->park_lock, &deadline);
     }
@@ -740,6 +745,9 @@ static bool vm_stop_waiting(struct vcpu *vcpu)
 void vm_vcpu_park(struct vcpu *vcpu)
 {
     struct vm *vm = vcpu->vm;
+    vm_vcpu_park_hook_fn hook = atomic_load_explicit(&vm_vcpu_park_hook, memory_order_acquire);
+    if (hook != NULL)
+        hook(vcpu);
     pthread_mutex_lock(&vm->park_lock);
     atomic_store_explicit(&vcpu->paused, true, memory_order_release);
     pthread_cond_broadcast(&vm->ack_cond);

@@ -132,6 +132,11 @@ struct vm {
     unsigned log_once_count;
     uint64_t log_once_keys[64];
 
+    /* How long a pause waits for every vCPU to park before it gives up
+     * (-ETIMEDOUT; the vCPUs that parked run again). VM_PAUSE_GIVE_UP_NS
+     * unless a test set it before vm_start (read by controllers only). */
+    uint64_t pause_give_up_ns;
+
     /* Pause latency: kick of the first vCPU to the ack of the last, for
      * every vm_pause (benchmarks read these). */
     _Atomic uint64_t pause_count;
@@ -177,9 +182,20 @@ const char *vm_linux_boot_protocol(struct vm *vm);
 /* The migration thread, before it clears awaiting_migration. */
 void vm_set_migrated_linux_boot_info(struct vm *vm, const char *cmdline, const char *boot_protocol);
 
+#define VM_PAUSE_GIVE_UP_NS 1000000000ULL
+
+/* Test hook (tests/test_api_server.c, tests/test_api_error_codes.c): when
+ * set, a vCPU thread that saw a pause request calls it before it parks, so
+ * a test can hold a pause in flight (and release it) or make one time out.
+ * NULL in production: nothing sets it outside tests/. */
+struct vcpu;
+typedef void (*vm_vcpu_park_hook_fn)(struct vcpu *vcpu);
+extern _Atomic(vm_vcpu_park_hook_fn) vm_vcpu_park_hook;
+
 /* Kicks every vCPU out of KVM_RUN and waits for all to park. Re-kicks every
- * 10 ms with a warning; gives up after 1 s with -ETIMEDOUT and lets the
- * vCPUs that did park run again. -EINVAL if not RUNNING. */
+ * 10 ms with a warning; gives up after vm->pause_give_up_ns (1 s) with
+ * -ETIMEDOUT and lets the vCPUs that did park run again. -EINVAL if not
+ * RUNNING. */
 int vm_pause(struct vm *vm);
 /* -EINVAL if not PAUSED, -EBUSY while an incoming migration has not
  * restored the guest yet. */
