@@ -22,7 +22,7 @@ static const char *const converge_choices[] = { "auto", "dirty-limit", "none", N
 static const char *const strategy_choices[] = { "cancel", "force", NULL };
 
 static const struct api_arg_spec start_args[] = {
-    {"dest", API_ARG_STRING, true, NULL, "destination: unix:PATH or tcp:HOST:PORT"},
+    {"dest", API_ARG_STRING, true, NULL, "destination: unix:PATH, tcp:HOST:PORT or local:PATH"},
     {"downtime_ms", API_ARG_UINT, false, NULL, "downtime limit in ms (default 300)"},
     {"converge", API_ARG_ENUM, false, converge_choices, "auto (default), dirty-limit or none"},
     {"max_bandwidth_mibs", API_ARG_UINT, false, NULL, "bandwidth cap in MiB/s (default 0 = unlimited)"},
@@ -48,7 +48,7 @@ static enum api_status cmd_migration_start(struct api_call *call)
     struct api_error error;
     const char *dest = api_arg_string(call->args, "dest", NULL);
     if (dest == NULL || *dest == '\0')
-        return api_call_fail(call, API_ERR_INVALID_ARGUMENT, "args.dest: expected unix:PATH or tcp:HOST:PORT");
+        return api_call_fail(call, API_ERR_INVALID_ARGUMENT, "args.dest: expected unix:PATH, tcp:HOST:PORT or local:PATH");
     if (strlen(dest) >= sizeof(params.dest))
         return api_call_fail(call, API_ERR_INVALID_ARGUMENT, "args.dest: longer than %zu bytes",
                              sizeof(params.dest) - 1);

@@ -803,7 +803,9 @@ static const struct ringctl_command commands[] = {
      "Send one JSON request, print the whole reply."},
     {"migrate", "migrate DEST [OPTIONS]",
      "Live-migrate the VM to DEST (unix:PATH or tcp:HOST:PORT of a ringvm started\n"
-     "with --incoming) (migration.start). Blocks showing progress: on a terminal one\n"
+     "with --incoming) (migration.start). DEST local:PATH hands the guest over to a\n"
+     "ringvm on this host started with --incoming local:PATH: its RAM is passed as\n"
+     "a memfd, not copied (mode local). Blocks showing progress: on a terminal one\n"
      "line with percent, iteration, dirty rate, bandwidth, throttle and expected\n"
      "downtime; otherwise a line per iteration. Exit 0 completed, 1 failed or\n"
      "cancelled (cause on stderr). Options are migration.start's arguments\n"

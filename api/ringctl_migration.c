@@ -278,7 +278,7 @@ static int run_migrate(struct ringctl_session *session, int argc, char **argv, b
         json_object_set_new(args, key, json_integer(value));
     }
     if (optind != argc - 1) {
-        fprintf(stderr, "ringctl: migrate: expected exactly one DEST (unix:PATH or tcp:HOST:PORT)\n");
+        fprintf(stderr, "ringctl: migrate: expected exactly one DEST (unix:PATH, tcp:HOST:PORT or local:PATH)\n");
         json_decref(args);
         return EXIT_USAGE;
     }

@@ -361,6 +361,9 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
     in->started_mono = mig_mono_ns();
     in->progress.id = m->id;
     in->progress.incoming = true;
+    /* local:PATH: the source hands its RAM over as an fd (local_handover.h). */
+    bool local = address != NULL && strncmp(address, LOCAL_HANDOVER_PREFIX, strlen(LOCAL_HANDOVER_PREFIX)) == 0;
+    in->progress.local = local;
     in->progress.state = MIG_STATE_SETUP;
     in->progress.started_at_ms = mig_real_ns() / 1000000u;
     in->progress.memory.total = vm->memory.size;
@@ -375,7 +378,10 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
     struct populate populate = { .host = vm->memory.host, .size = vm->memory.size,
                                  .frontier = &in->receiver.frontier };
 
-    if (mig_receiver_init(&in->receiver, vm->memory.host, vm->memory.size, &hello) != 0) {
+    /* A local hand-over's receiver gets no RAM: a MEMORY frame then fails
+     * the bounds check of its first run instead of writing the RAM the
+     * source still runs on. */
+    if (mig_receiver_init(&in->receiver, local ? NULL : vm->memory.host, local ? 0 : vm->memory.size, &hello) != 0) {
         snprintf(error, sizeof(error), "out of memory for the receiver");
         mig_receiver_destroy(&in->receiver);
         goto out;
@@ -383,7 +389,7 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
     incoming_phase(in, MIG_STATE_SETUP, "listening");
     if (getenv("RINGVM_MIG_NO_POPULATE") != NULL)
         fprintf(stderr, "ringvm: migration: RINGVM_MIG_NO_POPULATE set: not pre-populating RAM\n");
-    else if (vm->config.memory_options.prealloc)
+    else if (vm->config.memory_options.prealloc || local)
         ;   /* --prealloc faulted everything in already: walking it again costs ~7 % of the CPU */
     else if (pthread_create(&populate.thread, NULL, populate_main, &populate) == 0)
         populate.started = true;
@@ -396,6 +402,19 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
     incoming_phase(in, MIG_STATE_SETUP, "handshake");
     fault_point(vm, "setup");
     tell_source = true;
+    if (local) {
+        /* Before HELLO_ACK, so before the source pauses: the RAM the
+         * guest will run on is mapped and faulted in here. */
+        struct local_handover_adoption adoption;
+        if (local_handover_adopt_ram(vm, in->fd, in->stall_ms, (const _Atomic bool *)&vm->shutdown_requested,
+                                     &adoption, error, sizeof(error)) != 0) {
+            error_code = MIG_ERR_STREAM;
+            goto out;
+        }
+        fprintf(stderr, "ringvm: migration: local hand-over: adopted the source's %" PRIu64 " MiB of guest RAM in %"
+                PRIu64 " ms, %" PRIu64 " MiB of it mapped ahead in %" PRIu64 " ms\n", vm->memory.size >> 20,
+                adoption.adopt_ns / 1000000u, adoption.populated_bytes >> 20, adoption.populate_ns / 1000000u);
+    }
     /* The receiver checks the shutdown flag before every read (a full
      * socket never makes incoming_read_some wait) and holds each frame to
      * its deadline (docs/migration-protocol.md, "Deadlines"). */
@@ -470,8 +489,10 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
     mig_end_encode(&ack, ack_bytes);
     /* The guest runs here now whatever happens to the ack. */
     (void)incoming_send(in, MIG_FRAME_ACK, ack_bytes, sizeof(ack_bytes));
-    if (in->receiver.end.timestamp_ns != 0 && resumed >= in->receiver.end.timestamp_ns)
+    if (in->receiver.end.timestamp_ns != 0 && resumed >= in->receiver.end.timestamp_ns) {
         in->progress.downtime_ms = (resumed - in->receiver.end.timestamp_ns + 999999u) / 1000000u;
+        in->progress.downtime_us = (resumed - in->receiver.end.timestamp_ns + 999u) / 1000u;
+    }
     result = 0;
 
 out:
@@ -505,7 +526,11 @@ out:
         snprintf(in->progress.error_message, sizeof(in->progress.error_message), "%s", error);
     } else {
         in->progress.state = MIG_STATE_COMPLETED;
-        fprintf(stderr, "ringvm: migration: received and resumed: %" PRIu64 " MiB in %" PRIu64 " ms, downtime %"
+        if (local)
+            fprintf(stderr, "ringvm: migration: local hand-over received and resumed in %" PRIu64 " ms, downtime %"
+                    PRIu64 " ms\n", (mig_mono_ns() - in->started_mono) / 1000000u, in->progress.downtime_ms);
+        else
+            fprintf(stderr, "ringvm: migration: received and resumed: %" PRIu64 " MiB in %" PRIu64 " ms, downtime %"
                 PRIu64 " ms\n", atomic_load_explicit(&in->receiver.bytes_received, memory_order_relaxed) >> 20,
                 (mig_mono_ns() - in->started_mono) / 1000000u, in->progress.downtime_ms);
     }
@@ -530,7 +555,8 @@ int migration_incoming_run(struct vm *vm, const char *address, struct api_server
 {
     struct mig_address parsed;
     char error[400];
-    if (mig_address_parse(address, &parsed, error, sizeof(error)) != 0) {
+    int local = local_handover_parse_address(address, &parsed, error, sizeof(error));
+    if (local < 0 || (local == 0 && mig_address_parse(address, &parsed, error, sizeof(error)) != 0)) {
         fprintf(stderr, "ringvm: --incoming: %s\n", error);
         return -1;
     }

@@ -72,7 +72,8 @@ int memfd_transfer_check(int fd, uint64_t expected_size, char *error, size_t err
     char link[64], target[256];
     snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
     ssize_t length = readlink(link, target, sizeof(target) - 1);
-    if (seals < 0 || length < 0 || (target[length] = '\0', strncmp(target, "/memfd:", 7) != 0)) {
+    target[length >= 0 ? length : 0] = '\0';     /* readlink does not terminate */
+    if (seals < 0 || length < 0 || strncmp(target, "/memfd:", 7) != 0) {
         snprintf(error, error_size, "the fd received is not a memfd (%s)",
                  length >= 0 ? target : "unnamed");
         return -EBADF;

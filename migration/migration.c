@@ -151,7 +151,8 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     }
     char text[400];
     struct mig_address address;
-    if (mig_address_parse(params->dest, &address, text, sizeof(text)) != 0) {
+    int local = local_handover_parse_address(params->dest, &address, text, sizeof(text));
+    if (local < 0 || (local == 0 && mig_address_parse(params->dest, &address, text, sizeof(text)) != 0)) {
         *code = "invalid-argument";
         snprintf(message, message_size, "dest: %s", text);
         return -1;
@@ -205,14 +206,15 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
                                                                                       : vm_state_name(state));
         return -1;
     }
-    if (vm->dirty_log == NULL || dirty_log_mode(vm->dirty_log) == DIRTY_LOG_OFF) {
+    /* A local hand-over copies no RAM, so it tracks no dirty pages. */
+    if (!local && (vm->dirty_log == NULL || dirty_log_mode(vm->dirty_log) == DIRTY_LOG_OFF)) {
         pthread_mutex_unlock(&m->lock);
         *code = "invalid-argument";
         snprintf(message, message_size, "cannot migrate with --dirty-log off: start ringvm with --dirty-log ring "
                                         "(or bitmap)");
         return -1;
     }
-    if (params->converge == MIG_CONVERGE_DIRTY_LIMIT && dirty_log_mode(vm->dirty_log) != DIRTY_LOG_RING) {
+    if (!local && params->converge == MIG_CONVERGE_DIRTY_LIMIT && dirty_log_mode(vm->dirty_log) != DIRTY_LOG_RING) {
         pthread_mutex_unlock(&m->lock);
         *code = "invalid-argument";
         snprintf(message, message_size, "converge=dirty-limit needs per-vCPU dirty rates, which only --dirty-log "
@@ -232,6 +234,8 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     s->server = server;
     s->digest_ms = digest_ms;
     s->fd = -1;
+    s->local = local == 1;
+    s->progress.local = s->local;
     s->started_mono = mig_mono_ns();
     if (params->timeout_s < UINT64_MAX / 1000000000ull)
         s->deadline_mono = s->started_mono + params->timeout_s * 1000000000ull;
@@ -247,7 +251,7 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     s->progress.digest_pass_ms = digest_ms;
     s->progress.started_at_ms = mig_real_ns() / 1000000u;
     s->progress.memory.total = vm->memory.size;
-    s->progress.memory.remaining = vm->memory.size;
+    s->progress.memory.remaining = s->local ? 0 : vm->memory.size;
     migration_source_vcpu_throttles(s);
     mig_progress_publish(&m->board, &s->progress);   /* the old snapshot ends here */
     m->past_end = false;        /* under m->lock, held since the checks above */

@@ -29,6 +29,7 @@
 #include "api/server.h"
 #include "bpf/probes.h"
 #include "dirtyring/dirty_log.h"
+#include "migration/local_handover.h"
 #include "migration/protocol.h"
 #include "migration/receiver.h"
 #include "migration/sender.h"
@@ -109,6 +110,8 @@ struct source {
     uint64_t deadline_mono;         /* overall timeout */
     bool force_switch;
     bool end_sent;                  /* the ACK is read by source_complete, not by ticks */
+    bool local;                     /* dest is local:PATH: the memfd is handed over, no RAM is sent
+                                       (migration/local_handover.h) */
     uint64_t buffer_wait_ns;        /* time waiting for send buffers (trace) */
 
     uint64_t bandwidth;             /* bytes/s estimate (last iteration) */

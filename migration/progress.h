@@ -67,6 +67,7 @@ struct mig_iteration_record {
 struct mig_progress {
     uint64_t id;                /* 1, 2, ... per process */
     bool incoming;              /* destination side */
+    bool local;                 /* a local hand-over (mode "local"), else "precopy" */
     enum mig_state state;
     char phase[32];             /* connecting, handshake, bulk, iterating, stop-and-copy,
                                    waiting-ack, done, receiving, restoring */
@@ -93,6 +94,7 @@ struct mig_progress {
     uint64_t digest_pass_ms;    /* verify_digest: one XXH3 pass over all RAM, estimated at start
                                    (part of expected_downtime_ms); 0 without verification */
     uint64_t downtime_ms;       /* source pause -> destination resume */
+    uint64_t downtime_us;       /* the same in microseconds (a local hand-over's is a few ms) */
     uint64_t setup_ms;
     uint64_t total_ms;
     char error_code[32];        /* "" when no error */

@@ -629,41 +629,20 @@ static bool source_switch_over_held(void)
     return release == NULL || access(release, F_OK) != 0;
 }
 
-/* Stop-and-copy and the ACK. */
-static int source_complete(struct source *s)
+/* Stop-and-copy's pages: the final dirty sync, merged with what the last
+ * iteration left pending, sent after one more iteration marker. */
+static int source_final_pages(struct source *s)
 {
     struct vm *vm = s->vm;
-    fprintf(stderr, "ringvm: migration: memory delta transmission stopping - cutoff condition reached\n");
-    source_phase(s, MIG_STATE_COMPLETING, "stop-and-copy");
-    pthread_mutex_lock(&vm->control_lock);
-    s->locked = true;
-    s->user_paused = vm_get_state(vm) == VM_STATE_PAUSED;
-    int r = vm_pause_vcpus(vm);
-    if (r != 0) {
-        if (r == -ECANCELED) {
-            s->cancelled = true;
-            return source_fail(s, "shutdown", "the VM is shutting down");
-        }
-        return source_fail(s, "internal", "could not pause the vCPUs: %s", strerror(-r));
-    }
-    s->paused = true;
-    uint64_t pause_mono = mig_mono_ns(), pause_real = mig_real_ns();
-    mig_trace("src paused");
-    uint8_t *machine_state = NULL;
-    size_t machine_state_size = 0;
-    if (vm_is_linux_guest(vm) && source_capture_machine_state(s, &machine_state, &machine_state_size) != 0)
-        return -1;
-    if ((r = dirty_log_final_sync(vm->dirty_log)) != 0) {
-        free(machine_state);
+    int r = dirty_log_final_sync(vm->dirty_log);
+    if (r != 0)
         return source_fail(s, "internal", "final dirty sync: %s", strerror(-r));
-    }
     mig_trace("src final sync done");
     struct dirty_pages extra;
     dirty_pages_init(&extra);
     int64_t taken = dirty_log_take(vm->dirty_log, &extra);
     if (taken < 0) {
         dirty_pages_free(&extra);
-        free(machine_state);
         return source_fail(s, "internal", "final dirty set: %s", strerror((int)-taken));
     }
     /* Merge the pending set (not sent yet) with the final one. */
@@ -673,7 +652,6 @@ static int source_complete(struct source *s)
     merged.pages = malloc((total ? total : 1) * sizeof(uint64_t));
     if (merged.pages == NULL) {
         dirty_pages_free(&extra);
-        free(machine_state);
         return source_fail(s, "internal", "out of memory merging dirty sets");
     }
     merged.capacity = total ? total : 1;
@@ -703,15 +681,44 @@ static int source_complete(struct source *s)
     r = source_iteration_marker(s, s->progress.iteration, s->pending.count);
     if (r == 0)
         r = source_send_pending(s);
-    if (r != 0) {
-        free(machine_state);
+    if (r != 0)
         return -1;
-    }
     if (getenv("RINGVM_MIG_TRACE"))
         fprintf(stderr, "ringvm: migration trace final pages: waited %" PRIu64 " ms for buffers, sender busy %"
                 PRIu64 " ms total\n", s->buffer_wait_ns / 1000000u,
                 atomic_load_explicit(&s->sender.send_ns, memory_order_relaxed) / 1000000u);
+    return 0;
+}
 
+/* Stop-and-copy and the ACK. */
+static int source_complete(struct source *s)
+{
+    struct vm *vm = s->vm;
+    if (!s->local)
+        fprintf(stderr, "ringvm: migration: memory delta transmission stopping - cutoff condition reached\n");
+    source_phase(s, MIG_STATE_COMPLETING, "stop-and-copy");
+    pthread_mutex_lock(&vm->control_lock);
+    s->locked = true;
+    s->user_paused = vm_get_state(vm) == VM_STATE_PAUSED;
+    int r = vm_pause_vcpus(vm);
+    if (r != 0) {
+        if (r == -ECANCELED) {
+            s->cancelled = true;
+            return source_fail(s, "shutdown", "the VM is shutting down");
+        }
+        return source_fail(s, "internal", "could not pause the vCPUs: %s", strerror(-r));
+    }
+    s->paused = true;
+    uint64_t pause_mono = mig_mono_ns(), pause_real = mig_real_ns();
+    mig_trace("src paused");
+    uint8_t *machine_state = NULL;
+    size_t machine_state_size = 0;
+    if (vm_is_linux_guest(vm) && source_capture_machine_state(s, &machine_state, &machine_state_size) != 0)
+        return -1;
+    if (!s->local && source_final_pages(s) != 0) {
+        free(machine_state);
+        return -1;
+    }
     mig_trace("src pages queued");
     if (machine_state != NULL) {
         r = source_small_frame(s, MIG_FRAME_MACHINE_STATE, machine_state, machine_state_size);
@@ -828,6 +835,18 @@ static int source_complete(struct source *s)
                            "guest; the source stays paused (vm.resume here only if the destination does not run "
                            "it)", text);
     }
+    if (got != 0 && s->local) {
+        /* Over a network the destination's RAM is its own copy, so a
+         * destination gone without an ack leaves the source's RAM as it
+         * was. In a local hand-over the RAM is shared: a destination that
+         * resumed the guest and died before its ack has changed it, and
+         * resuming here would run the old vCPU state on newer RAM. */
+        s->keep_paused = true;
+        return source_fail(s, "outcome-unknown",
+                           "waiting for the destination's ack: %s: in a local hand-over it may have run the guest "
+                           "on the shared RAM; the source stays paused (vm.resume here only if the destination "
+                           "never resumed it)", text);
+    }
     if (got != 0)
         return source_fail(s, "transport", "waiting for the destination's ack: %s", text);
     s->peer_seq++;
@@ -854,13 +873,18 @@ static int source_complete(struct source *s)
                            "stays paused (vm.resume here only if the destination does not run it)", text);
     }
     uint64_t now_mono = mig_mono_ns();
-    if (ack.timestamp_ns >= pause_real && ack.timestamp_ns - pause_real <= now_mono - pause_mono + 1000000u)
+    if (ack.timestamp_ns >= pause_real && ack.timestamp_ns - pause_real <= now_mono - pause_mono + 1000000u) {
         s->progress.downtime_ms = (ack.timestamp_ns - pause_real + 999999u) / 1000000u;
-    else
+        s->progress.downtime_us = (ack.timestamp_ns - pause_real + 999u) / 1000u;
+    } else {
         s->progress.downtime_ms = (now_mono - pause_mono) / 1000000u;   /* clocks disagree: upper bound */
+        s->progress.downtime_us = (now_mono - pause_mono) / 1000u;
+    }
     snprintf(s->progress.digest_destination, sizeof(s->progress.digest_destination), "%s", ack.digest);
-    if (!s->params.verify_digest) {
-        /* Off the critical path: the vCPUs stay paused here for good. */
+    if (!s->params.verify_digest && !s->local) {
+        /* Off the critical path: the vCPUs stay paused here for good.
+         * (Not after a local hand-over: the RAM is the destination's now,
+         * and changing under the hash.) */
         char hex[MEMORY_DIGEST_HEX_SIZE];
         if (memory_digest(&vm->memory, hex, NULL, NULL) == 0)
             snprintf(s->progress.digest_source, sizeof(s->progress.digest_source), "%s", hex);
@@ -880,7 +904,8 @@ static int source_run(struct source *s)
     struct vm *vm = s->vm;
     char text[600];
     struct mig_address address;
-    if (mig_address_parse(s->params.dest, &address, text, sizeof(text)) != 0)
+    if (s->local ? local_handover_parse_address(s->params.dest, &address, text, sizeof(text)) != 1
+                 : mig_address_parse(s->params.dest, &address, text, sizeof(text)) != 0)
         return source_fail(s, "invalid-argument", "%s", text);
     source_phase(s, MIG_STATE_SETUP, "connecting");
     s->fd = mig_connect(&address, CONNECT_TIMEOUT_MS, &s->m->cancel, text, sizeof(text));
@@ -895,6 +920,10 @@ static int source_run(struct source *s)
                              .peer = "destination" };
     s->input = (struct mig_input){ .read = socket_read, .ctx = &s->io };
     source_phase(s, MIG_STATE_SETUP, "handshake");
+    /* Local hand-over: the RAM itself goes first, as an fd; the handshake
+     * returns once the destination has mapped it (local_handover.h). */
+    if (s->local && local_handover_send_ram(s->fd, vm, text, sizeof(text)) != 0)
+        return source_fail(s, "transport", "%s", text);
     if (source_handshake(s) != 0)
         return -1;
     uint64_t cap = s->params.max_bandwidth_mibs << 20;
@@ -902,6 +931,11 @@ static int source_run(struct source *s)
                          sizeof(text)) != 0)
         return source_fail(s, "internal", "%s", text);
     s->sender_started = true;
+    if (s->local) {
+        /* No RAM to copy: straight to the pause. */
+        s->progress.setup_ms = (mig_mono_ns() - s->started_mono) / 1000000u;
+        return source_complete(s);
+    }
     /* The migration's own hold: a fresh session (empty dirty set, all RAM
      * write-protected) even when vm.dirty-tracking already keeps tracking
      * on; iteration 0 below sends every page anyway. */

@@ -26,9 +26,12 @@ static void *destination_main(void *argument)
  * tests of one binary in parallel processes: the pid keeps them apart). */
 static unsigned next_socket_index;
 
-void test_destination_start(struct test_destination *d, const char *memory, unsigned vcpus, const char *workload,
-                            bool tcp)
+/* The prefix of d->address: "unix:" or "local:" (a Unix socket either
+ * way), or "tcp:". */
+static void start_destination(struct test_destination *d, const char *memory, unsigned vcpus, const char *workload,
+                              const char *prefix)
 {
+    bool tcp = strcmp(prefix, "tcp:") == 0;
     memset(d, 0, sizeof(*d));
     struct harness_vm *h = &d->harness;
     harness_vm_create_incoming(h, memory, vcpus, workload, "ring");
@@ -49,15 +52,31 @@ void test_destination_start(struct test_destination *d, const char *memory, unsi
         cr_assert_eq(getsockname(d->listen_fd, (struct sockaddr *)&bound, &length), 0);
         snprintf(d->address, sizeof(d->address), "tcp:127.0.0.1:%u", ntohs(bound.sin_port));
     } else {
-        snprintf(d->address, sizeof(d->address), "unix:/tmp/ringvm-mig-test-%d-%u.sock", getpid(),
+        char path[128];
+        snprintf(path, sizeof(path), "/tmp/ringvm-mig-test-%d-%u.sock", getpid(),
                  __atomic_fetch_add(&next_socket_index, 1, __ATOMIC_RELAXED));
-        unlink(d->address + 5);
-        cr_assert_eq(mig_address_parse(d->address, &address, error, sizeof(error)), 0, "%s", error);
+        unlink(path);
+        snprintf(d->address, sizeof(d->address), "%s%s", prefix, path);
+        memset(&address, 0, sizeof(address));
+        address.kind = MIG_ADDRESS_UNIX;
+        memcpy(address.path, path, strlen(path) + 1);     /* < 108: /tmp/ringvm-mig-test-PID-N.sock */
         d->listen_fd = mig_listen(&address, error, sizeof(error));
         cr_assert_geq(d->listen_fd, 0, "%s", error);
     }
     cr_assert_eq(pthread_create(&d->thread, NULL, destination_main, d), 0);
     d->running = true;
+}
+
+void test_destination_start(struct test_destination *d, const char *memory, unsigned vcpus, const char *workload,
+                            bool tcp)
+{
+    start_destination(d, memory, vcpus, workload, tcp ? "tcp:" : "unix:");
+}
+
+void test_destination_start_local(struct test_destination *d, const char *memory, unsigned vcpus,
+                                  const char *workload)
+{
+    start_destination(d, memory, vcpus, workload, "local:");
 }
 
 int test_destination_join(struct test_destination *d)
@@ -66,8 +85,9 @@ int test_destination_join(struct test_destination *d)
         pthread_join(d->thread, NULL);
         d->running = false;
     }
-    if (strncmp(d->address, "unix:", 5) == 0)
-        unlink(d->address + 5);
+    const char *colon = strchr(d->address, ':');
+    if (strncmp(d->address, "tcp:", 4) != 0 && colon != NULL)
+        unlink(colon + 1);
     return d->result;
 }
 

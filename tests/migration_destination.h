@@ -20,7 +20,7 @@ struct test_destination {
     struct harness_vm harness;
     pthread_t thread;
     int listen_fd;
-    char address[160];      /* unix:PATH or tcp:127.0.0.1:PORT, for mig_params.dest */
+    char address[160];      /* unix:PATH, tcp:127.0.0.1:PORT or local:PATH, for mig_params.dest */
     int result;             /* migration_incoming_run_fd's return value */
     bool running;
 };
@@ -28,6 +28,11 @@ struct test_destination {
 /* Asserts on any failure. The VM starts paused, awaiting the migration. */
 void test_destination_start(struct test_destination *d, const char *memory, unsigned vcpus, const char *workload,
                             bool tcp);
+/* The same as the destination of a local hand-over: listens on
+ * local:PATH (address holds "local:PATH"); the source's RAM replaces the
+ * VM's own when it arrives (migration/local_handover.h). */
+void test_destination_start_local(struct test_destination *d, const char *memory, unsigned vcpus,
+                                  const char *workload);
 /* Waits for the incoming migration to end; returns its result. */
 int test_destination_join(struct test_destination *d);
 /* Stops a destination still waiting, joins, and destroys its VM. */

@@ -16,8 +16,10 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 #include <linux/kvm.h>
+#include <linux/magic.h>
 
 #include "guest/abi.h"
 
@@ -185,6 +187,56 @@ int guest_memory_populate(struct guest_memory *memory, uint64_t ram_offset, uint
      * guest may already have written). */
     for (uint64_t offset = 0; offset < length; offset += RINGVM_PAGE_SIZE)
         __atomic_fetch_add(memory->host + ram_offset + offset, 0, __ATOMIC_RELAXED);
+    return 0;
+}
+
+int guest_memory_replace_backing(struct guest_memory *memory, int memfd, char *error, size_t error_size)
+{
+    struct stat status;
+    struct statfs filesystem;
+    if (fstat(memfd, &status) != 0 || fstatfs(memfd, &filesystem) != 0) {
+        int saved = errno;
+        snprintf(error, error_size, "fstat(received guest RAM): %s", strerror(saved));
+        close(memfd);
+        return -saved;
+    }
+    if ((uint64_t)status.st_size != memory->size) {
+        snprintf(error, error_size, "the received guest RAM holds %lld bytes, this VM has %" PRIu64,
+                 (long long)status.st_size, memory->size);
+        close(memfd);
+        return -EINVAL;
+    }
+    bool huge = (unsigned long)filesystem.f_type == (unsigned long)HUGETLBFS_MAGIC;
+    if (huge != memory->hugepages) {
+        snprintf(error, error_size, "the source's guest RAM is %s huge pages, this ringvm's is %s: start it %s "
+                 "--hugepages", huge ? "on 2 MiB" : "not on", memory->hugepages ? "on them" : "not",
+                 huge ? "with" : "without");
+        close(memfd);
+        return -EINVAL;
+    }
+    /* The new file over the old one at the same address: no window in
+     * which the range is unmapped, and KVM's memslots (which name this
+     * address range, not the file) see the new pages on their next fault
+     * (the MMU notifier drops whatever they had mapped; the vCPUs never
+     * ran, so that is nothing). */
+    void *host = mmap(memory->host, memory->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, memfd, 0);
+    if (host == MAP_FAILED) {
+        int saved = errno;
+        snprintf(error, error_size, "mmap(received guest RAM, %" PRIu64 " bytes, MAP_FIXED over the old): %s",
+                 memory->size, strerror(saved));
+        close(memfd);
+        return -EFAULT;
+    }
+    (void)madvise(host, memory->size, MADV_DONTDUMP);
+    /* The old memfd's number now names the new file; the old file (and
+     * its pages) goes with its last reference. */
+    if (dup3(memfd, memory->memfd, O_CLOEXEC) < 0) {
+        int saved = errno;
+        snprintf(error, error_size, "dup3(received guest RAM over fd %d): %s", memory->memfd, strerror(saved));
+        close(memfd);
+        return -EFAULT;
+    }
+    close(memfd);
     return 0;
 }
 

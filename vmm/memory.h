@@ -54,6 +54,19 @@ int guest_memory_create(struct guest_memory *memory, uint64_t size,
  * 0 or -errno, message on stderr. */
 int guest_memory_adopt(struct guest_memory *memory, int memfd, uint64_t size,
                        const struct guest_memory_options *options);
+/* Makes memfd (checked with memfd_transfer_check, exactly memory->size
+ * bytes) the backing of RAM that already exists and whose memslots are
+ * registered: the new file is mapped over the old mapping at the same
+ * address (MAP_FIXED) and takes over the old fd's number (dup3), so
+ * memory->host, memory->memfd, the memslots (KVM follows the mapping
+ * through its MMU notifier) and every pointer into RAM stay valid; the
+ * old RAM is freed. Only for a VM whose vCPUs never ran (a local
+ * hand-over's destination, migration/local_handover.h). Owns memfd from
+ * the call on (closed in every case). A hugetlbfs memfd needs RAM created
+ * with hugepages and the reverse. 0 or -errno with the reason in error;
+ * on failure the old RAM is left as it was, except after a failed
+ * MAP_FIXED (then -EFAULT: the VM must not run). */
+int guest_memory_replace_backing(struct guest_memory *memory, int memfd, char *error, size_t error_size);
 void guest_memory_destroy(struct guest_memory *memory);
 /* Faults in [ram_offset, ram_offset + length) writable now (MADV_POPULATE_WRITE),
  * so neither the guest nor an incoming migration pays first-touch faults. */

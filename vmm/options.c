@@ -67,7 +67,10 @@ void options_print_usage(FILE *out)
 "Control:\n"
 "  --api-socket PATH        serve the JSON control API on this Unix socket (mode 0600)\n"
 "  --incoming ADDRESS       wait for a live migration on unix:PATH or tcp:HOST:PORT, then run\n"
-"                           the received guest (--memory and --vcpus must match the source)\n"
+"                           the received guest (--memory and --vcpus must match the source);\n"
+"                           local:PATH: a local hand-over from a ringvm on this host, which\n"
+"                           passes its guest RAM (a memfd) instead of copying it\n"
+"                           (Unix socket, mode 0600, same user or root; not with --prealloc)\n"
 "  --incoming-stall-timeout SECONDS\n"
 "                           with --incoming: give up (exit 1, the guest never runs here) when\n"
 "                           the source sends nothing for SECONDS, 1..3600 (default %u); also\n"
@@ -232,8 +235,10 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
             options->demo_seconds = (unsigned)value;
             break;
         case OPT_INCOMING:
-            if (strncmp(optarg, "unix:", 5) != 0 && strncmp(optarg, "tcp:", 4) != 0) {
-                snprintf(error, error_size, "--incoming '%s': expected unix:PATH or tcp:HOST:PORT", optarg);
+            if (strncmp(optarg, "unix:", 5) != 0 && strncmp(optarg, "tcp:", 4) != 0 &&
+                strncmp(optarg, "local:", 6) != 0) {
+                snprintf(error, error_size, "--incoming '%s': expected unix:PATH, tcp:HOST:PORT or local:PATH",
+                         optarg);
                 return OPTIONS_ERROR;
             }
             options->incoming = optarg;
@@ -285,6 +290,11 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
     }
     if (optind < argc) {
         snprintf(error, error_size, "unexpected argument '%s' (see --help)", argv[optind]);
+        return OPTIONS_ERROR;
+    }
+    if (config->memory_options.prealloc && options->incoming != NULL && strncmp(options->incoming, "local:", 6) == 0) {
+        snprintf(error, error_size, "--prealloc and --incoming local:: a local hand-over adopts the source's guest "
+                 "RAM, whose pages exist already; this ringvm's own would be faulted in and thrown away");
         return OPTIONS_ERROR;
     }
     if (incoming_stall_timeout_given && options->incoming == NULL) {
