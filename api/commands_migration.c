@@ -5,6 +5,7 @@
  * migration thread); progress (a memcpy under the board's lock) and cancel
  * (an atomic store) run on the epoll thread. None waits for the migration.
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -35,6 +36,12 @@ static const struct api_arg_spec start_args[] = {
     {"stall_timeout_s", API_ARG_UINT, false, NULL, "fail when no byte moved for this long (default 5)"},
     {"verify_digest", API_ARG_BOOL, false, NULL,
      "compare XXH3-128 digests of RAM before the destination resumes (default false: costs downtime)"},
+    {"tls_psk_file", API_ARG_STRING, false, NULL,
+     "tcp: only: TLS 1.3 with the pre-shared key in this keys.psk file (read by ringvm; mode 0600)"},
+    {"tls_creds_dir", API_ARG_STRING, false, NULL,
+     "tcp: only: TLS 1.3 with x509: ca-cert.pem, client-cert.pem, client-key.pem in this directory"},
+    {"tls_server_name", API_ARG_STRING, false, NULL,
+     "with tls_creds_dir: the name the destination's certificate must carry (default: HOST of dest)"},
     {NULL, 0, false, NULL, NULL},
 };
 
@@ -86,13 +93,29 @@ static enum api_status cmd_migration_start(struct api_call *call)
     params.stall_timeout_ms = (unsigned)value * 1000u;
     if (api_arg_bool(call->args, "verify_digest", false, &params.verify_digest, &error) < 0)
         return api_call_fail(call, error.code, "%s", error.message);
+    static const struct {
+        const char *name;
+        size_t offset, size;
+    } tls_args[] = {
+        {"tls_psk_file", offsetof(struct mig_params, tls_psk_file), sizeof(params.tls_psk_file)},
+        {"tls_creds_dir", offsetof(struct mig_params, tls_creds_dir), sizeof(params.tls_creds_dir)},
+        {"tls_server_name", offsetof(struct mig_params, tls_server_name), sizeof(params.tls_server_name)},
+    };
+    for (size_t i = 0; i < sizeof(tls_args) / sizeof(tls_args[0]); i++) {
+        const char *text = api_arg_string(call->args, tls_args[i].name, "");
+        if (strlen(text) >= tls_args[i].size)
+            return api_call_fail(call, API_ERR_INVALID_ARGUMENT, "args.%s: longer than %zu bytes", tls_args[i].name,
+                                 tls_args[i].size - 1);
+        snprintf((char *)&params + tls_args[i].offset, tls_args[i].size, "%s", text);
+    }
 
     uint64_t id = 0;
     const char *code = NULL;
-    char message[512];
+    char message[1400];
     if (migration_start(vm, call->server, &params, &id, &code, message, sizeof(message)) != 0)
         return api_call_fail(call, code_from_name(code), "%s", message);
-    return api_call_ok(call, json_pack("{s:I, s:s, s:s, s:s, s:I, s:I, s:I, s:b}",
+    const char *tls = params.tls_psk_file[0] != '\0' ? "psk" : params.tls_creds_dir[0] != '\0' ? "x509" : NULL;
+    return api_call_ok(call, json_pack("{s:I, s:s, s:s, s:s, s:I, s:I, s:I, s:b, s:s?}",
                                        "id", (json_int_t)id,
                                        "state", "setup",
                                        "dest", params.dest,
@@ -100,7 +123,8 @@ static enum api_status cmd_migration_start(struct api_call *call)
                                        "downtime_ms", (json_int_t)params.downtime_ms,
                                        "max_bandwidth_mibs", (json_int_t)params.max_bandwidth_mibs,
                                        "timeout_s", (json_int_t)params.timeout_s,
-                                       "keep_alive", params.keep_alive));
+                                       "keep_alive", params.keep_alive,
+                                       "tls", tls));
 }
 
 static enum api_status cmd_migration_progress(struct api_call *call)

@@ -826,7 +826,15 @@ static const struct ringctl_command commands[] = {
      "  --verify-digest         compare XXH3-128 digests of RAM before the\n"
      "                          destination resumes (two hash passes over RAM in\n"
      "                          the downtime, budgeted in the expected downtime)\n"
-     "  --no-verify             do not compare digests [the default]",
+     "  --no-verify             do not compare digests [the default]\n"
+     "  --tls-psk FILE          tcp: only: TLS 1.3 with the pre-shared key in FILE\n"
+     "                          (QEMU keys.psk, IDENTITY:HEXKEY; the destination's\n"
+     "                          --tls-psk file; mode 0600; ringvm reads it)\n"
+     "  --tls-creds DIR         tcp: only: TLS 1.3 with x509: ca-cert.pem,\n"
+     "                          client-cert.pem, client-key.pem in DIR\n"
+     "  --tls-server-name NAME  with --tls-creds: the name the destination's\n"
+     "                          certificate must carry [HOST of DEST]\n"
+     "                          Without TLS a tcp: DEST gets a warning on stderr.",
      run_migration, "Live-migrate the VM to DEST, showing progress."},
     {"progress", "progress [--watch] [--json]",
      "The progress snapshot of the current or last migration (migration.progress);\n"

@@ -6,6 +6,7 @@
  *                   [--timeout-strategy cancel|force] [--throttle-initial N]
  *                   [--throttle-increment N] [--throttle-max N]
  *                   [--stall-timeout S] [--verify-digest|--no-verify]
+ *                   [--tls-psk FILE | --tls-creds DIR [--tls-server-name NAME]]
  *   ringctl progress [--watch] [--json]
  *   ringctl cancel
  *
@@ -222,6 +223,17 @@ static int watch_until_done(struct ringctl_session *session, bool json, int64_t 
     }
 }
 
+/* path made absolute against ringctl's working directory. 0 or -1. */
+static int absolute_path(const char *path, char *out, size_t size)
+{
+    if (path[0] == '/')
+        return (size_t)snprintf(out, size, "%s", path) < size ? 0 : -1;
+    char cwd[4096];
+    if (getcwd(cwd, sizeof(cwd)) == NULL)
+        return -1;
+    return (size_t)snprintf(out, size, "%s/%s", cwd, path) < size ? 0 : -1;
+}
+
 /* --help never gets here: ringctl.c answers it from its command table. */
 static int run_migrate(struct ringctl_session *session, int argc, char **argv, bool json)
 {
@@ -239,6 +251,9 @@ static int run_migrate(struct ringctl_session *session, int argc, char **argv, b
         {"stall-timeout", required_argument, NULL, 's'},
         {"verify-digest", no_argument, NULL, 'v'},
         {"no-verify", no_argument, NULL, 'V'},
+        {"tls-psk", required_argument, NULL, 'P'},
+        {"tls-creds", required_argument, NULL, 'C'},
+        {"tls-server-name", required_argument, NULL, 'N'},
         {0},
     };
     json_t *args = json_object();
@@ -255,6 +270,20 @@ static int run_migrate(struct ringctl_session *session, int argc, char **argv, b
         case 'V': json_object_set_new(args, "verify_digest", json_false()); continue;
         case 'c': json_object_set_new(args, "converge", json_string(optarg)); continue;
         case 'S': json_object_set_new(args, "timeout_strategy", json_string(optarg)); continue;
+        case 'N': json_object_set_new(args, "tls_server_name", json_string(optarg)); continue;
+        case 'P':
+        case 'C': {
+            /* ringvm reads the file, from its own working directory. */
+            char path[4096];
+            if (absolute_path(optarg, path, sizeof(path)) != 0) {
+                fprintf(stderr, "ringctl: migrate: --%s %s: path too long or no working directory\n",
+                        options[option_index].name, optarg);
+                json_decref(args);
+                return EXIT_USAGE;
+            }
+            json_object_set_new(args, option == 'P' ? "tls_psk_file" : "tls_creds_dir", json_string(path));
+            continue;
+        }
         case 'D': key = "downtime_ms"; break;
         case 'b': key = "max_bandwidth_mibs"; break;
         case 't': key = "timeout_s"; break;
@@ -283,6 +312,10 @@ static int run_migrate(struct ringctl_session *session, int argc, char **argv, b
         return EXIT_USAGE;
     }
     json_object_set_new(args, "dest", json_string(argv[optind]));
+    if (strncmp(argv[optind], "tcp:", 4) == 0 && json_object_get(args, "tls_psk_file") == NULL &&
+        json_object_get(args, "tls_creds_dir") == NULL)
+        fprintf(stderr, "ringctl: warning: migrating over plaintext TCP: guest memory crosses the network "
+                        "unencrypted and unauthenticated (use --tls-psk FILE or --tls-creds DIR)\n");
 
     if (!dispatch) {
         /* Subscribe first so no state change is missed. */

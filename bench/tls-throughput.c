@@ -3,19 +3,22 @@
  * the plaintext stream, same run, same machine (issue 16: TLS >= 0.75x of
  * plaintext throughput).
  *
- * For each transport (a Unix socketpair, TCP over loopback) and each mode
- * (plaintext through mig_io_writev/mig_io_read; TLS 1.3 with a PSK, which
- * negotiates TLS_AES_128_GCM_SHA256; TLS 1.3 with x509 certificates made
- * here, TLS_AES_256_GCM_SHA384) a sender thread writes --bytes in 1 MiB
- * frames (a 32-byte header and the payload as two iovecs, as mig-send does)
- * and a receiver thread reads them back as header + payload. Printed:
- * bytes/s, CPU-seconds per GiB of each side, and the ratio to plaintext on
- * the same transport. Every figure is the median of --reps runs, the modes
+ * For each transport (a Unix socketpair, TCP over loopback) and each mode a
+ * sender thread writes --bytes in 1 MiB frames (a 32-byte header and the
+ * payload as two iovecs, as mig-send does) through struct mig_io (io.tls
+ * set for the TLS modes, as the stream does) and a receiver thread reads
+ * them back as header + payload. Modes: plaintext; tls-psk (negotiates
+ * TLS_AES_128_GCM_SHA256); tls-x509 (certificates made here,
+ * TLS_AES_256_GCM_SHA384); tls-x509-aes128 (the same with AES-128-GCM
+ * preferred, to price the cipher choice); plaintext+xxh3 and tls-psk+xxh3
+ * (both sides also hash every payload with XXH3-64, as the per-frame
+ * checksum does: throughput with / without it, in the same run, answers
+ * whether the checksum is still worth its cost under TLS). Printed: bytes/s,
+ * CPU-seconds per GiB of each side, and the ratio to plaintext on the same
+ * transport. Every figure is the median of --reps runs, the modes
  * interleaved so background load hits them alike.
  *
- * It also measures XXH3-64 (what every frame's checksum costs each side)
- * over the same 1 MiB frames, in GiB/s and CPU-seconds per GiB, to answer
- * whether the checksum still matters once the AEAD authenticates each byte.
+ * It also times XXH3-64 alone over the same 1 MiB frames (CPU-s/GiB).
  *
  * Usage: tls-throughput [--bytes SIZE] [--reps N] [--json]
  */
@@ -48,9 +51,19 @@
 #define FRAME_HEADER 32u
 
 enum transport { TRANSPORT_UNIX, TRANSPORT_TCP, TRANSPORT_COUNT };
-enum mode { MODE_PLAIN, MODE_PSK, MODE_X509, MODE_COUNT };
+enum mode { MODE_PLAIN, MODE_PSK, MODE_X509, MODE_X509_AES128, MODE_PLAIN_XXH3, MODE_PSK_XXH3, MODE_COUNT };
 static const char *transport_name[TRANSPORT_COUNT] = { "unix-socketpair", "tcp-loopback" };
-static const char *mode_name[MODE_COUNT] = { "plaintext", "tls-psk", "tls-x509" };
+static const char *mode_name[MODE_COUNT] = { "plaintext", "tls-psk", "tls-x509", "tls-x509-aes128",
+                                             "plaintext+xxh3", "tls-psk+xxh3" };
+/* x509 with AES-128-GCM preferred (the default prefers AES-256-GCM). */
+#define PRIORITY_X509_AES128 "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM:-MAC-ALL:+AEAD"
+/* Modes that hash every payload with XXH3-64 on both sides, as the
+ * stream's per-frame checksum does (the sender while filling, the
+ * receiver after reading). */
+static bool mode_hashes(enum mode mode)
+{
+    return mode == MODE_PLAIN_XXH3 || mode == MODE_PSK_XXH3;
+}
 
 static void die(const char *what)
 {
@@ -202,8 +215,9 @@ static void *side_main(void *argument)
     const char *peer = s->sender ? "destination" : "source";
     struct mig_io io = { .fd = s->fd, .stall_ms = 10000, .peer = peer };
     struct mig_tls_session *session = NULL;
-    if (s->mode != MODE_PLAIN) {
-        struct mig_tls_options options = { .credentials = s->credentials, .server_name = "localhost" };
+    if (s->credentials != NULL) {
+        struct mig_tls_options options = { .credentials = s->credentials, .server_name = "localhost",
+                                           .priority = s->mode == MODE_X509_AES128 ? PRIORITY_X509_AES128 : NULL };
         if (mig_tls_handshake(&session, &io, &options, s->error, sizeof(s->error)) != 0) {
             s->result = -1;
             return NULL;
@@ -216,23 +230,25 @@ static void *side_main(void *argument)
     for (size_t i = 0; i < FRAME_HEADER + FRAME_PAYLOAD; i++)
         frame[i] = (uint8_t)(i * 2654435761u >> 13);
     double cpu_start = now_seconds(CLOCK_THREAD_CPUTIME_ID), wall_start = now_seconds(CLOCK_MONOTONIC);
+    /* Through struct mig_io, as the stream does: io.tls routes to TLS. */
+    io.tls = session;
+    volatile uint64_t digest = 0;
     int result = 0;
     for (uint64_t done = 0; result == 0 && done < s->bytes; done += FRAME_PAYLOAD) {
         if (s->sender) {
+            if (mode_hashes(s->mode))
+                digest ^= XXH3_64bits(frame + FRAME_HEADER, FRAME_PAYLOAD);
             struct iovec iov[2] = { { frame, FRAME_HEADER }, { frame + FRAME_HEADER, FRAME_PAYLOAD } };
-            result = session != NULL ? mig_tls_writev(session, &io, iov, 2, s->error, sizeof(s->error))
-                                     : mig_io_writev(&io, iov, 2, s->error, sizeof(s->error));
+            result = mig_io_writev(&io, iov, 2, s->error, sizeof(s->error));
         } else {
-            result = session != NULL
-                         ? mig_tls_read(session, &io, frame, FRAME_HEADER, false, s->error, sizeof(s->error))
-                         : mig_io_read(&io, frame, FRAME_HEADER, false, s->error, sizeof(s->error));
+            result = mig_io_read(&io, frame, FRAME_HEADER, false, s->error, sizeof(s->error));
             if (result == 0)
-                result = session != NULL ? mig_tls_read(session, &io, frame + FRAME_HEADER, FRAME_PAYLOAD, false,
-                                                        s->error, sizeof(s->error))
-                                         : mig_io_read(&io, frame + FRAME_HEADER, FRAME_PAYLOAD, false, s->error,
-                                                       sizeof(s->error));
+                result = mig_io_read(&io, frame + FRAME_HEADER, FRAME_PAYLOAD, false, s->error, sizeof(s->error));
+            if (result == 0 && mode_hashes(s->mode))
+                digest ^= XXH3_64bits(frame + FRAME_HEADER, FRAME_PAYLOAD);
         }
     }
+    (void)digest;
     s->cpu_seconds = now_seconds(CLOCK_THREAD_CPUTIME_ID) - cpu_start;
     s->wall_seconds = now_seconds(CLOCK_MONOTONIC) - wall_start;
     s->result = result;
@@ -275,7 +291,7 @@ static struct measurement run_once(enum transport transport, enum mode mode, uin
     struct measurement m = { .bytes_per_second = (double)bytes / wall,
                              .sender_cpu_per_gib = sender.cpu_seconds / gib,
                              .receiver_cpu_per_gib = receiver.cpu_seconds / gib };
-    snprintf(m.cipher, sizeof(m.cipher), "%s", mode == MODE_PLAIN ? "none" : sender.cipher);
+    snprintf(m.cipher, sizeof(m.cipher), "%s", sender.cipher[0] != '\0' ? sender.cipher : "none");
     return m;
 }
 
@@ -362,6 +378,11 @@ int main(int argc, char **argv)
         mig_tls_credentials_load_x509(&server[MODE_X509], MIG_TLS_SERVER, directory, error, sizeof(error)) != 0)
         die(error);
 
+    /* The variants share the credentials of their kind (freed once). */
+    client[MODE_X509_AES128] = client[MODE_X509];
+    server[MODE_X509_AES128] = server[MODE_X509];
+    client[MODE_PSK_XXH3] = client[MODE_PSK];
+    server[MODE_PSK_XXH3] = server[MODE_PSK];
     struct measurement results[TRANSPORT_COUNT][MODE_COUNT];
     double *rate = calloc((size_t)reps, sizeof(double)), *send_cpu = calloc((size_t)reps, sizeof(double)),
            *receive_cpu = calloc((size_t)reps, sizeof(double));
@@ -405,6 +426,17 @@ int main(int argc, char **argv)
         }
         json_object_set_new(root, "runs", runs);
         json_object_set_new(root, "xxh3_cpu_s_per_gib", json_real(xxh3));
+        json_t *with_xxh3 = json_object();
+        for (int t = 0; t < TRANSPORT_COUNT; t++)
+            json_object_set_new(with_xxh3, transport_name[t],
+                                json_pack("{s:f, s:f}", "plaintext",
+                                          results[t][MODE_PLAIN_XXH3].bytes_per_second /
+                                              results[t][MODE_PLAIN].bytes_per_second,
+                                          "tls-psk",
+                                          results[t][MODE_PSK_XXH3].bytes_per_second /
+                                              results[t][MODE_PSK].bytes_per_second));
+        /* Throughput with the per-frame XXH3 on both sides / without. */
+        json_object_set_new(root, "xxh3_throughput_ratio", with_xxh3);
         char *text = json_dumps(root, JSON_INDENT(2));
         printf("%s\n", text);
         free(text);
@@ -412,19 +444,23 @@ int main(int argc, char **argv)
     } else {
         printf("TLS channel throughput: %llu MiB per run in 1 MiB frames, median of %d runs\n\n",
                (unsigned long long)(bytes >> 20), reps);
-        printf("%-16s %-10s %-24s %10s %8s %14s %14s\n", "transport", "mode", "cipher", "MiB/s", "ratio",
+        printf("%-16s %-16s %-24s %10s %8s %14s %14s\n", "transport", "mode", "cipher", "MiB/s", "ratio",
                "send CPU-s/GiB", "recv CPU-s/GiB");
         for (int t = 0; t < TRANSPORT_COUNT; t++) {
             for (int m = 0; m < MODE_COUNT; m++) {
                 struct measurement *r = &results[t][m];
-                printf("%-16s %-10s %-24s %10.0f %7.2fx %14.3f %14.3f\n", transport_name[t], mode_name[m], r->cipher,
+                printf("%-16s %-16s %-24s %10.0f %7.2fx %14.3f %14.3f\n", transport_name[t], mode_name[m], r->cipher,
                        r->bytes_per_second / (1 << 20), r->bytes_per_second / results[t][MODE_PLAIN].bytes_per_second,
                        r->sender_cpu_per_gib, r->receiver_cpu_per_gib);
             }
         }
         printf("\nXXH3-64 over 1 MiB frames: %.3f CPU-s/GiB (%.1f GiB/s) on each side\n", xxh3, 1.0 / xxh3);
+        for (int t = 0; t < TRANSPORT_COUNT; t++)
+            printf("%s: throughput with the per-frame XXH3 on both sides / without: plaintext %.2f, tls-psk %.2f\n",
+                   transport_name[t], results[t][MODE_PLAIN_XXH3].bytes_per_second / results[t][MODE_PLAIN].bytes_per_second,
+                   results[t][MODE_PSK_XXH3].bytes_per_second / results[t][MODE_PSK].bytes_per_second);
     }
-    for (int m = 0; m < MODE_COUNT; m++) {
+    for (int m = MODE_PSK; m <= MODE_X509; m++) {
         mig_tls_credentials_free(client[m]);
         mig_tls_credentials_free(server[m]);
     }

@@ -78,6 +78,10 @@ struct incoming {
     struct vm *vm;
     struct api_server *server;
     int fd;
+    struct mig_io io;               /* the stream: fd, and the TLS session when there is one */
+    struct mig_tls_session *tls;    /* owned; NULL = plaintext */
+    bool source_speaks_tls;         /* a plaintext destination got a TLS ClientHello */
+    uint64_t bytes_read;            /* by incoming_read_some (plaintext after TLS) */
     unsigned stall_ms;
     struct mig_receiver receiver;
     struct mig_progress progress;
@@ -152,17 +156,21 @@ static ssize_t incoming_read_some(void *ctx, void *data, size_t capacity, char *
     struct incoming *in = ctx;
     uint64_t started = mig_mono_ns();
     for (;;) {
-        ssize_t got = recv(in->fd, data, capacity, MSG_DONTWAIT);
-        if (got >= 0) {
+        ssize_t got = mig_io_recv_some(&in->io, data, capacity, error, error_size);
+        bool first = in->bytes_read == 0;
+        if (got > 0)
+            in->bytes_read += (uint64_t)got;
+        if (got > 0 && first && in->tls == NULL && mig_tls_is_client_hello(data, (size_t)got)) {
+            in->source_speaks_tls = true;
+            snprintf(error, error_size,
+                     "the source speaks TLS (a TLS ClientHello arrived instead of the ringvm hello): start this "
+                     "destination with --tls-psk FILE or --tls-creds DIR, or migrate without TLS");
+            return -1;
+        }
+        if (got != MIG_IO_AGAIN) {
             if (got > 0 && mig_mono_ns() - in->last_publish >= PUBLISH_INTERVAL_NS)
                 incoming_publish(in);
             return got;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN) {
-            snprintf(error, error_size, "receiving from the source: %s", strerror(errno));
-            return -1;
         }
         if (atomic_load_explicit(&in->vm->shutdown_requested, memory_order_acquire)) {
             snprintf(error, error_size, "the destination VM is shutting down");
@@ -175,8 +183,7 @@ static ssize_t incoming_read_some(void *ctx, void *data, size_t capacity, char *
         }
         if (now - in->last_publish >= PUBLISH_INTERVAL_NS)
             incoming_publish(in);
-        struct pollfd p = { .fd = in->fd, .events = POLLIN };
-        if (poll(&p, 1, 50) < 0 && errno != EINTR) {
+        if (mig_io_readable(&in->io, 50) < 0) {
             snprintf(error, error_size, "poll(source): %s", strerror(errno));
             return -1;
         }
@@ -187,7 +194,9 @@ static int incoming_send(struct incoming *in, uint32_t type, const void *payload
 {
     uint8_t frame[MIG_HEADER_SIZE + 4 + MIG_ERROR_MAX_MESSAGE + MIG_HELLO_SIZE];
     size_t total = mig_frame_encode(frame, type, in->seq++, payload, length);
-    struct mig_io io = { .fd = in->fd, .stall_ms = 2000, .cancel = NULL, .peer = "source" };
+    struct mig_io io = in->io;
+    io.stall_ms = 2000;
+    io.cancel = NULL;
     char error[256];
     if (mig_io_write(&io, frame, total, error, sizeof(error)) != 0) {
         fprintf(stderr, "ringvm: migration: %s\n", error);
@@ -325,6 +334,81 @@ int migration_set_incoming_stall_timeout(struct vm *vm, unsigned stall_ms)
     return 0;
 }
 
+/*
+ * Waits for the source: accepts a connection and, with TLS credentials,
+ * runs the TLS handshake (the destination is the TLS server). A peer that
+ * fails the handshake (wrong key, a certificate the CA did not sign or that
+ * expired, plaintext, a port scan) was told why by the handshake itself (an
+ * alert, or a plaintext ERROR frame): it is logged, shown in the progress
+ * snapshot (state still setup, error code "peer-refused") and closed, and
+ * the wait goes on, so an unauthenticated peer can neither take the
+ * incoming slot nor end the destination (the rule of the unix: peer check).
+ * 0 with in->fd and in->io set, or -1 with error and *code (the wait was
+ * cancelled: shutdown).
+ */
+static int incoming_accept_source(struct incoming *in, int listen_fd, const struct mig_tls_credentials *credentials,
+                                  char *error, size_t error_size, uint32_t *code)
+{
+    struct vm *vm = in->vm;
+    const _Atomic bool *stop = (const _Atomic bool *)&vm->shutdown_requested;
+    for (;;) {
+        in->fd = mig_accept(listen_fd, stop, error, error_size);
+        if (in->fd < 0)
+            return -1;
+        in->io = (struct mig_io){ .fd = in->fd, .stall_ms = in->stall_ms, .cancel = stop, .peer = "source" };
+        incoming_phase(in, MIG_STATE_SETUP, "handshake");
+        fault_point(vm, "setup");
+        if (credentials == NULL)
+            return 0;
+        struct mig_tls_options options = { .credentials = credentials };
+        if (mig_tls_handshake(&in->tls, &in->io, &options, error, error_size) == 0) {
+            in->io.tls = in->tls;
+            in->progress.error_code[0] = '\0';
+            in->progress.error_message[0] = '\0';
+            mig_tls_session_info(in->tls, &in->progress.tls);
+            fprintf(stderr, "ringvm: migration: %s %s with the source (%s, authenticated by %s)\n",
+                    in->progress.tls.version, in->progress.tls.cipher, in->progress.tls.suite,
+                    strcmp(in->progress.tls.auth, "psk") == 0 ? "pre-shared key" : "x509 certificates");
+            incoming_publish(in);
+            return 0;
+        }
+        if (close(in->fd) != 0)
+            fprintf(stderr, "ringvm: migration: close(refused connection): %s\n", strerror(errno));
+        in->fd = -1;
+        in->io.fd = -1;
+        if (atomic_load_explicit(stop, memory_order_acquire)) {
+            *code = MIG_ERR_CANCELLED;
+            return -1;
+        }
+        fprintf(stderr, "ringvm: migration: refused a connection: %s; still waiting for the source\n", error);
+        snprintf(in->progress.error_code, sizeof(in->progress.error_code), "peer-refused");
+        snprintf(in->progress.error_message, sizeof(in->progress.error_message), "%s", error);
+        incoming_phase(in, MIG_STATE_SETUP, "listening");
+    }
+}
+
+int migration_set_incoming_tls(struct vm *vm, struct mig_tls_credentials *credentials)
+{
+    struct migration *m = migration_manager_find(vm, true);
+    if (m == NULL) {
+        mig_tls_credentials_free(credentials);
+        fprintf(stderr, "ringvm: migration: out of memory\n");
+        return -1;
+    }
+    pthread_mutex_lock(&m->lock);
+    if (atomic_load_explicit(&m->active, memory_order_acquire)) {
+        pthread_mutex_unlock(&m->lock);
+        mig_tls_credentials_free(credentials);
+        fprintf(stderr, "ringvm: migration: TLS credentials cannot change while a migration runs\n");
+        return -1;
+    }
+    struct mig_tls_credentials *old = m->incoming_tls;
+    m->incoming_tls = credentials;
+    pthread_mutex_unlock(&m->lock);
+    mig_tls_credentials_free(old);
+    return 0;
+}
+
 int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address, struct api_server *server)
 {
     struct migration *m = migration_manager_find(vm, true);
@@ -351,6 +435,8 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
     atomic_store_explicit(&m->cancel, false, memory_order_release);
     m->id = ++m->next_id;
     unsigned stall_ms = m->incoming_stall_ms != 0 ? m->incoming_stall_ms : INCOMING_STALL_DEFAULT_MS;
+    /* Read-only from here on, freed only by migration_release (after us). */
+    const struct mig_tls_credentials *tls_credentials = m->incoming_tls;
     pthread_mutex_unlock(&m->lock);
 
     in->m = m;
@@ -396,11 +482,8 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
     else
         fprintf(stderr, "ringvm: migration: cannot start the pre-populating thread (continuing without)\n");
 
-    in->fd = mig_accept(listen_fd, (const _Atomic bool *)&vm->shutdown_requested, error, sizeof(error));
-    if (in->fd < 0)
+    if (incoming_accept_source(in, listen_fd, tls_credentials, error, sizeof(error), &error_code) != 0)
         goto out;
-    incoming_phase(in, MIG_STATE_SETUP, "handshake");
-    fault_point(vm, "setup");
     tell_source = true;
     if (local) {
         /* Before HELLO_ACK, so before the source pauses: the RAM the
@@ -425,6 +508,8 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
         if (type < 0) {
             snprintf(error, sizeof(error), "%s", in->receiver.error);
             error_code = in->receiver.error_code ? in->receiver.error_code : MIG_ERR_STREAM;
+            if (in->source_speaks_tls)
+                error_code = MIG_ERR_CONFIG;
             if (in->receiver.peer_error)
                 tell_source = false;
             goto out;
@@ -507,7 +592,10 @@ out:
             if (incoming_send(in, MIG_FRAME_ERROR, payload, length) == 0) {
                 /* Let the source read it before our close can reset the
                  * connection: stop writing, drain its bytes for up to 1 s. */
-                shutdown(in->fd, SHUT_WR);
+                struct mig_io io = in->io;
+                io.stall_ms = 500;
+                io.cancel = NULL;
+                mig_io_close_write(&io);
                 uint64_t until = mig_mono_ns() + 1000000000ull;
                 static uint8_t sink[65536];
                 while (mig_mono_ns() < until) {
@@ -534,6 +622,9 @@ out:
                 PRIu64 " ms\n", atomic_load_explicit(&in->receiver.bytes_received, memory_order_relaxed) >> 20,
                 (mig_mono_ns() - in->started_mono) / 1000000u, in->progress.downtime_ms);
     }
+    mig_tls_session_free(in->tls);
+    in->tls = NULL;
+    in->io.tls = NULL;
     if (in->fd >= 0)
         close(in->fd);
     close(listen_fd);

@@ -149,7 +149,7 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
         snprintf(message, message_size, "out of memory (or too many VMs in this process)");
         return -1;
     }
-    char text[400];
+    char text[1200];
     struct mig_address address;
     int local = local_handover_parse_address(params->dest, &address, text, sizeof(text));
     if (local < 0 || (local == 0 && mig_address_parse(params->dest, &address, text, sizeof(text)) != 0)) {
@@ -184,10 +184,21 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
                  vm->memory.size >> 20, digest_floor_ms, params->downtime_ms);
         return -1;
     }
+    /* The key files are read here, so a bad one is this call's error
+     * (nothing of them is in params but their paths). Owned by the source
+     * once it exists; freed on every refusal below. */
+    struct mig_tls_credentials *tls = NULL;
+    if (mig_tls_credentials_load_for(&tls, MIG_TLS_CLIENT, params->tls_psk_file, params->tls_creds_dir, &address,
+                                     text, sizeof(text)) != 0) {
+        *code = "invalid-argument";
+        snprintf(message, message_size, "TLS: %s", text);
+        return -1;
+    }
 
     pthread_mutex_lock(&m->lock);
     if (atomic_load_explicit(&m->active, memory_order_acquire)) {
         pthread_mutex_unlock(&m->lock);
+        mig_tls_credentials_free(tls);
         *code = "migration-active";
         snprintf(message, message_size, "migration %" PRIu64 " is still running (migration.cancel stops it)",
                  m->id);
@@ -200,6 +211,7 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     enum vm_state state = vm_get_state(vm);
     if (state != VM_STATE_RUNNING || atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire)) {
         pthread_mutex_unlock(&m->lock);
+        mig_tls_credentials_free(tls);
         *code = "vm-not-running";
         snprintf(message, message_size, "cannot migrate: the VM is %s",
                  atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire) ? "shutting down"
@@ -209,6 +221,7 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     /* A local hand-over copies no RAM, so it tracks no dirty pages. */
     if (!local && (vm->dirty_log == NULL || dirty_log_mode(vm->dirty_log) == DIRTY_LOG_OFF)) {
         pthread_mutex_unlock(&m->lock);
+        mig_tls_credentials_free(tls);
         *code = "invalid-argument";
         snprintf(message, message_size, "cannot migrate with --dirty-log off: start ringvm with --dirty-log ring "
                                         "(or bitmap)");
@@ -216,6 +229,7 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     }
     if (!local && params->converge == MIG_CONVERGE_DIRTY_LIMIT && dirty_log_mode(vm->dirty_log) != DIRTY_LOG_RING) {
         pthread_mutex_unlock(&m->lock);
+        mig_tls_credentials_free(tls);
         *code = "invalid-argument";
         snprintf(message, message_size, "converge=dirty-limit needs per-vCPU dirty rates, which only --dirty-log "
                                         "ring gives (this VM uses %s)", dirty_log_mode_name(dirty_log_mode(vm->dirty_log)));
@@ -224,10 +238,12 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     struct source *s = calloc(1, sizeof(*s));
     if (s == NULL) {
         pthread_mutex_unlock(&m->lock);
+        mig_tls_credentials_free(tls);
         *code = "internal";
         snprintf(message, message_size, "out of memory");
         return -1;
     }
+    s->tls_credentials = tls;
     s->m = m;
     s->vm = vm;
     s->params = *params;
@@ -261,6 +277,7 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     if (result != 0) {
         atomic_store_explicit(&m->active, false, memory_order_release);
         pthread_mutex_unlock(&m->lock);
+        mig_tls_credentials_free(s->tls_credentials);
         free(s);
         *code = "internal";
         snprintf(message, message_size, "pthread_create(migration): %s", strerror(result));
@@ -348,6 +365,7 @@ void migration_release(struct vm *vm)
         if (registry[i] == m)
             registry[i] = NULL;
     pthread_mutex_unlock(&registry_lock);
+    mig_tls_credentials_free(m->incoming_tls);
     mig_progress_board_destroy(&m->board);
     pthread_cond_destroy(&m->idle);
     pthread_mutex_destroy(&m->lock);

@@ -42,6 +42,8 @@ struct api_server;
 #define MIG_EVENT_STATE     "migration.state"
 #define MIG_EVENT_ITERATION "migration.iteration"
 
+#define MIG_TLS_PATH_MAX 512
+
 struct mig_params {
     char dest[256];                 /* unix:PATH | tcp:HOST:PORT */
     uint64_t downtime_ms;           /* 300 */
@@ -58,6 +60,12 @@ struct mig_params {
                                        downtime includes: see convergence.h).
                                        false: the source digest is computed after the ack. */
     unsigned dirty_limit_margin;    /* 50 (% of bandwidth the dirty rate may use) */
+    /* TLS (tcp: only; at most one of the two; "" = plaintext). ringvm reads
+     * the files itself: no key crosses the API. */
+    char tls_psk_file[MIG_TLS_PATH_MAX];    /* keys.psk (QEMU format) */
+    char tls_creds_dir[MIG_TLS_PATH_MAX];   /* x509: ca-cert.pem, client-cert.pem, client-key.pem */
+    char tls_server_name[256];              /* x509: the name the destination's certificate must carry
+                                               ("" = the HOST of dest) */
 };
 
 void mig_params_defaults(struct mig_params *params);
@@ -70,7 +78,10 @@ uint64_t migration_digest_downtime_floor_ms(uint64_t ram_bytes);
 /* Starts a migration. Returns 0 (*id set) or -1 with code/message:
  *   "vm-not-running"   the VM is not running
  *   "migration-active" one is running
- *   "invalid-argument" bad destination / parameters / dirty logging off
+ *   "invalid-argument" bad destination / parameters / dirty logging off;
+ *                      TLS credentials that cannot be used (both kinds,
+ *                      a unix: destination, a missing, unreadable,
+ *                      malformed or group/other-accessible file)
  * server may be NULL (no events). */
 int migration_start(struct vm *vm, struct api_server *server, const struct mig_params *params, uint64_t *id,
                     const char **code, char *message, size_t message_size);
@@ -99,6 +110,14 @@ int migration_incoming_run(struct vm *vm, const char *address, struct api_server
  * vm: it gives up after stall_ms without a byte from the source (ringvm
  * --incoming-stall-timeout; default 5000). 0 or -1 (message printed). */
 int migration_set_incoming_stall_timeout(struct vm *vm, unsigned stall_ms);
+
+/* The destination's TLS credentials for incoming migrations of vm (loaded
+ * by the caller with mig_tls_credentials_load_for(MIG_TLS_SERVER) from
+ * ringvm --tls-psk FILE | --tls-creds DIR): owned from here on, freed by
+ * migration_release (or replaced by the next call). NULL: plaintext.
+ * 0, or -1 (message printed; credentials freed) when a migration runs. */
+struct mig_tls_credentials;
+int migration_set_incoming_tls(struct vm *vm, struct mig_tls_credentials *credentials);
 
 /* Same with a listening socket made by the caller (tests use it to know
  * the port before the source connects): takes ownership of listen_fd. */

@@ -33,6 +33,7 @@
 #include "migration/protocol.h"
 #include "migration/receiver.h"
 #include "migration/sender.h"
+#include "migration/tls.h"
 #include "migration/transport.h"
 #include "vmm/vcpu_state.h"
 #include "vmm/vm.h"
@@ -71,6 +72,11 @@ struct migration {
      * migration_set_incoming_stall_timeout, read under lock when an
      * incoming migration starts. */
     unsigned incoming_stall_ms;
+    /* Destination's TLS credentials (ringvm --tls-psk / --tls-creds), NULL =
+     * plaintext. Set under lock by migration_set_incoming_tls, read under
+     * lock when an incoming migration starts (read-only afterwards, shared
+     * with its session); freed by migration_release. */
+    struct mig_tls_credentials *incoming_tls;
     struct mig_params params;       /* of the running migration; set before the thread starts */
     uint64_t id;
     struct api_server *server;
@@ -90,7 +96,9 @@ struct source {
     struct api_server *server;
 
     int fd;
-    struct mig_io io;
+    struct mig_io io;               /* io.tls: the TLS session when tls_credentials is set */
+    struct mig_tls_credentials *tls_credentials;    /* owned; loaded by migration_start; NULL = plaintext */
+    struct mig_tls_session *tls;    /* owned; after the TLS handshake */
     struct mig_input input;
     struct mig_sender sender;
     bool sender_started;

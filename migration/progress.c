@@ -161,9 +161,14 @@ json_t *mig_progress_to_json(const struct mig_progress *p)
         "memory_digest_destination", p->digest_destination[0] ? p->digest_destination : NULL,
         "iteration_count", clamp_int(p->iteration_count),
         "digest_pass_ms", clamp_int(p->digest_pass_ms));
-    if (root != NULL)
+    if (root != NULL) {
         json_object_set_new(root, "mode", json_string(p->local ? "local" : "precopy"));
-    if (root != NULL)
         json_object_set_new(root, "downtime_us", json_integer(clamp_int(p->downtime_us)));
+        json_object_set_new(root, "tls",
+                            p->tls.version[0] == '\0'
+                                ? json_null()
+                                : json_pack("{s:s, s:s, s:s, s:s}", "version", p->tls.version, "cipher",
+                                            p->tls.cipher, "auth", p->tls.auth, "suite", p->tls.suite));
+    }
     return root;
 }

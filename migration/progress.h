@@ -22,6 +22,7 @@
 #include <jansson.h>
 
 #include "migration/protocol.h"
+#include "migration/tls.h"
 
 enum mig_state {
     MIG_STATE_NONE = 0,         /* no migration yet */
@@ -103,6 +104,7 @@ struct mig_progress {
     struct mig_iteration_record iterations[MIG_PROGRESS_MAX_ITERATIONS];    /* ring: last 128 */
     char digest_source[MIG_DIGEST_HEX + 1];
     char digest_destination[MIG_DIGEST_HEX + 1];
+    struct mig_tls_info tls;    /* the stream's TLS session; version "" = plaintext (or not connected yet) */
 };
 
 struct mig_progress_board {

@@ -94,7 +94,8 @@ static void *sender_main(void *argument)
     pthread_setname_np(pthread_self(), "mig-send");
     /* Only mig_sender_stop interrupts a write: a cancelled migration ends
      * the stream at a frame boundary (mig_sender_finish). */
-    struct mig_io io = { .fd = s->fd, .stall_ms = s->stall_ms, .cancel = &s->abort, .peer = "destination" };
+    struct mig_io io = { .fd = s->fd, .stall_ms = s->stall_ms, .cancel = &s->abort, .peer = "destination",
+                         .tls = s->tls };
     mig_pacer_init(&s->pacer, mono_ns(), 0);
     for (;;) {
         struct mig_buffer *batch[MIG_SEND_BATCH_IOV];
@@ -164,12 +165,13 @@ static void *sender_main(void *argument)
     return NULL;
 }
 
-int mig_sender_start(struct mig_sender *s, int fd, uint64_t max_bandwidth_bytes, unsigned stall_ms,
-                     const _Atomic bool *cancel, char *error, size_t error_size)
+int mig_sender_start(struct mig_sender *s, int fd, struct mig_tls_session *tls, uint64_t max_bandwidth_bytes,
+                     unsigned stall_ms, const _Atomic bool *cancel, char *error, size_t error_size)
 {
     memset(s, 0, sizeof(*s));
     atomic_init(&s->seq_written, 1);    /* the hello (0) is written before the sender starts */
     s->fd = fd;
+    s->tls = tls;
     s->stall_ms = stall_ms;
     s->max_bandwidth = max_bandwidth_bytes;
     s->cancel = cancel;

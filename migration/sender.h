@@ -34,6 +34,8 @@
 #include "migration/pacing.h"
 #include "migration/protocol.h"
 
+struct mig_tls_session;
+
 /* Overridable with -D for bench A/B builds (docs/benchmarks.md). */
 #ifndef MIG_SEND_BUFFERS
 #define MIG_SEND_BUFFERS        16
@@ -70,6 +72,7 @@ struct mig_buffer {
 
 struct mig_sender {
     int fd;
+    struct mig_tls_session *tls;        /* NULL: plaintext (see struct mig_io) */
     unsigned stall_ms;
     uint64_t max_bandwidth;             /* bytes/s, 0 = unlimited */
     const _Atomic bool *cancel;
@@ -94,8 +97,10 @@ struct mig_sender {
     struct mig_pacer pacer;             /* sender thread only */
 };
 
-int mig_sender_start(struct mig_sender *sender, int fd, uint64_t max_bandwidth_bytes, unsigned stall_ms,
-                     const _Atomic bool *cancel, char *error, size_t error_size);
+/* tls: the stream's TLS session (the sender thread writes through it),
+ * NULL for plaintext. */
+int mig_sender_start(struct mig_sender *sender, int fd, struct mig_tls_session *tls, uint64_t max_bandwidth_bytes,
+                     unsigned stall_ms, const _Atomic bool *cancel, char *error, size_t error_size);
 /* Changes the bandwidth cap (bytes/s, 0 = none); any thread. */
 void mig_sender_set_bandwidth(struct mig_sender *sender, uint64_t max_bandwidth_bytes);
 /* A free buffer, waiting up to timeout_ms; NULL on timeout or when the

@@ -106,7 +106,7 @@ static int source_tick(struct source *s)
         s->force_switch = true;
     }
     /* The destination only talks mid-stream to say why it gives up. */
-    if (s->fd >= 0 && !s->end_sent && mig_io_poll_readable(s->fd, 0) == 1) {
+    if (s->fd >= 0 && !s->end_sent && mig_io_readable(&s->io, 0) == 1) {
         uint8_t payload[4 + MIG_ERROR_MAX_MESSAGE];
         struct mig_frame_header header;
         char text[600];
@@ -132,7 +132,7 @@ static int source_tick(struct source *s)
             if (s->cancelled)
                 return -1;
             /* A destination that refused says why before closing. */
-            if (!s->end_sent && mig_io_poll_readable(s->fd, 200) == 1) {
+            if (!s->end_sent && mig_io_readable(&s->io, 200) == 1) {
                 uint8_t payload[4 + MIG_ERROR_MAX_MESSAGE];
                 struct mig_frame_header header;
                 char ignored[256];
@@ -524,15 +524,16 @@ static ssize_t ack_read_some(void *ctx, void *data, size_t capacity, char *error
 {
     struct ack_wait *wait = ctx;
     for (;;) {
-        ssize_t got = recv(wait->s->fd, data, capacity, MSG_DONTWAIT);
-        if (got >= 0)
+        /* Under TLS a record that has begun is waited for inside the read,
+         * at most its stall timeout: never past the deadline. */
+        struct mig_io io = wait->s->io;
+        uint64_t before = mig_mono_ns();
+        uint64_t until_ms = before < wait->deadline_ns ? (wait->deadline_ns - before + 999999u) / 1000000u : 1;
+        if (io.stall_ms == 0 || until_ms < io.stall_ms)
+            io.stall_ms = (unsigned)until_ms;
+        ssize_t got = mig_io_recv_some(&io, data, capacity, error, error_size);
+        if (got != MIG_IO_AGAIN)
             return got;
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN) {
-            snprintf(error, error_size, "receiving from destination: %s", strerror(errno));
-            return -1;
-        }
         uint64_t now = mig_mono_ns();
         if (now >= wait->deadline_ns) {
             snprintf(error, error_size, "receiving from destination: deadline passed");
@@ -540,7 +541,7 @@ static ssize_t ack_read_some(void *ctx, void *data, size_t capacity, char *error
         }
         source_publish(wait->s);
         uint64_t left_ms = (wait->deadline_ns - now + 999999u) / 1000000u;
-        if (mig_io_poll_readable(wait->s->fd, left_ms < 50 ? (unsigned)left_ms : 50u) < 0) {
+        if (mig_io_readable(&wait->s->io, left_ms < 50 ? (unsigned)left_ms : 50u) < 0) {
             snprintf(error, error_size, "poll(destination): %s", strerror(errno));
             return -1;
         }
@@ -899,6 +900,29 @@ static int source_complete(struct source *s)
     return 0;
 }
 
+/* TLS 1.3 over the connected socket before anything else (the source is
+ * the TLS client): from here on s->io carries the session, so every read
+ * and write of the stream, the sender thread's included, is encrypted. */
+static int source_tls_handshake(struct source *s, const struct mig_address *address)
+{
+    const char *server_name = s->params.tls_server_name[0] != '\0' ? s->params.tls_server_name : address->host;
+    struct mig_tls_options options = { .credentials = s->tls_credentials, .server_name = server_name };
+    char text[8192];
+    if (mig_tls_handshake(&s->tls, &s->io, &options, text, sizeof(text)) != 0) {
+        if (atomic_load_explicit(&s->m->cancel, memory_order_acquire)) {
+            s->cancelled = true;
+            return source_fail(s, "cancelled", "cancelled by migration.cancel");
+        }
+        return source_fail(s, "tls", "%s", text);
+    }
+    s->io.tls = s->tls;
+    mig_tls_session_info(s->tls, &s->progress.tls);
+    fprintf(stderr, "ringvm: migration %" PRIu64 ": %s %s with the destination (%s, authenticated by %s)\n",
+            s->progress.id, s->progress.tls.version, s->progress.tls.cipher, s->progress.tls.suite,
+            strcmp(s->progress.tls.auth, "psk") == 0 ? "pre-shared key" : "x509 certificates");
+    return 0;
+}
+
 static int source_run(struct source *s)
 {
     struct vm *vm = s->vm;
@@ -924,10 +948,12 @@ static int source_run(struct source *s)
      * returns once the destination has mapped it (local_handover.h). */
     if (s->local && local_handover_send_ram(s->fd, vm, text, sizeof(text)) != 0)
         return source_fail(s, "transport", "%s", text);
+    if (s->tls_credentials != NULL && source_tls_handshake(s, &address) != 0)
+        return -1;
     if (source_handshake(s) != 0)
         return -1;
     uint64_t cap = s->params.max_bandwidth_mibs << 20;
-    if (mig_sender_start(&s->sender, s->fd, cap, s->params.stall_timeout_ms, &s->m->cancel, text,
+    if (mig_sender_start(&s->sender, s->fd, s->tls, cap, s->params.stall_timeout_ms, &s->m->cancel, text,
                          sizeof(text)) != 0)
         return source_fail(s, "internal", "%s", text);
     s->sender_started = true;
@@ -1041,7 +1067,10 @@ static void source_send_error(struct source *s)
 {
     if (s->fd < 0 || s->error_code == NULL)
         return;
+    /* "tls": the handshake failed and told the destination itself (an
+     * alert); a plaintext frame now would only be noise to it. */
     if (strcmp(s->error_code, "transport") == 0 || strcmp(s->error_code, "destination-error") == 0 ||
+        strcmp(s->error_code, "tls") == 0 ||
         strcmp(s->error_code, "config-mismatch") == 0 || strcmp(s->error_code, "digest-mismatch") == 0)
         return;
     uint8_t payload[4 + MIG_ERROR_MAX_MESSAGE], frame[MIG_HEADER_SIZE + 4 + MIG_ERROR_MAX_MESSAGE];
@@ -1050,7 +1079,9 @@ static void source_send_error(struct source *s)
      * ERROR after the last frame written. */
     uint64_t seq = s->sender_started ? mig_sender_seq_written(&s->sender) : s->seq;
     size_t total = mig_frame_encode(frame, MIG_FRAME_ERROR, seq, payload, length);
-    struct mig_io io = { .fd = s->fd, .stall_ms = 500, .cancel = NULL, .peer = "destination" };
+    struct mig_io io = s->io;
+    io.stall_ms = 500;
+    io.cancel = NULL;
     char ignored[256];
     (void)mig_io_write(&io, frame, total, ignored, sizeof(ignored));
 }
@@ -1114,6 +1145,11 @@ void *migration_source_main(void *argument)
         mig_sender_stop(&s->sender);
         s->sender_started = false;
     }
+    mig_tls_session_free(s->tls);
+    s->tls = NULL;
+    s->io.tls = NULL;
+    mig_tls_credentials_free(s->tls_credentials);
+    s->tls_credentials = NULL;
     if (s->fd >= 0) {
         close(s->fd);
         s->fd = -1;

@@ -33,7 +33,11 @@
 #include "migration/protocol.h"
 
 #define TLS_SLICE_MS 100
+/* Write-combining and read-ahead buffer per session; overridable with -D
+ * for A/B builds of bench/tls-throughput (docs/benchmarks.md). */
+#ifndef TLS_BUFFER_BYTES
 #define TLS_BUFFER_BYTES (256u << 10)
+#endif
 #define TLS_DEFAULT_HANDSHAKE_MS 10000u
 #define TLS_FILE_MAX (1u << 20)
 /* Enough of a plaintext peer's first bytes to decode its ERROR frame. */
@@ -76,6 +80,7 @@ struct mig_tls_session {
     char send_error[256];
 
     const struct mig_io *receive_io;
+    uint64_t receive_deadline_ms;       /* mig_tls_read_some: the record must be in by then (0: none) */
     uint8_t *in;                        /* bytes read ahead, [in_start, in_end) unread */
     size_t in_start, in_end;
     char receive_error[256];
@@ -371,6 +376,28 @@ out:
     return 0;
 }
 
+int mig_tls_credentials_load_for(struct mig_tls_credentials **out, enum mig_tls_role role, const char *psk_file,
+                                 const char *creds_dir, const struct mig_address *address, char *error,
+                                 size_t error_size)
+{
+    *out = NULL;
+    bool psk = psk_file != NULL && psk_file[0] != '\0', x509 = creds_dir != NULL && creds_dir[0] != '\0';
+    if (!psk && !x509)
+        return 0;
+    if (psk && x509) {
+        snprintf(error, error_size, "a pre-shared key (%s) and x509 credentials (%s) were both given: choose one",
+                 psk_file, creds_dir);
+        return -1;
+    }
+    if (address->kind != MIG_ADDRESS_TCP) {
+        snprintf(error, error_size,
+                 "TLS is for tcp:HOST:PORT; a unix: socket is local, protected by its file mode and peer check");
+        return -1;
+    }
+    return psk ? mig_tls_credentials_load_psk(out, role, psk_file, error, error_size)
+               : mig_tls_credentials_load_x509(out, role, creds_dir, error, error_size);
+}
+
 void mig_tls_credentials_free(struct mig_tls_credentials *c)
 {
     if (c == NULL)
@@ -400,7 +427,7 @@ enum mig_tls_role mig_tls_credentials_role(const struct mig_tls_credentials *c)
 /* Waits for events on the fd. During the handshake the deadline counts,
  * afterwards the caller's stall timeout from last_progress_ms. */
 static int wait_fd(struct mig_tls_session *s, const struct mig_io *io, short events, uint64_t last_progress_ms,
-                   const char *what, char *error, size_t error_size)
+                   uint64_t deadline_ms, const char *what, char *error, size_t error_size)
 {
     for (;;) {
         if (cancelled(io)) {
@@ -408,6 +435,11 @@ static int wait_fd(struct mig_tls_session *s, const struct mig_io *io, short eve
             return -1;
         }
         uint64_t now = now_ms();
+        if (deadline_ms != 0 && now >= deadline_ms) {
+            snprintf(error, error_size, "%s %s: a TLS record did not arrive whole within %u ms (link stalled or "
+                     "too slow)", what, s->peer, io != NULL ? io->stall_ms : 0u);
+            return -1;
+        }
         if (s->handshaking) {
             if (now >= s->handshake_deadline_ms) {
                 snprintf(error, error_size, "%s %s: no answer before the TLS handshake's deadline", what, s->peer);
@@ -442,7 +474,8 @@ static int flush_out(struct mig_tls_session *s)
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN) {
-                if (wait_fd(s, s->send_io, POLLOUT, last, "sending to", s->send_error, sizeof(s->send_error)) != 0)
+                if (wait_fd(s, s->send_io, POLLOUT, last, 0, "sending to", s->send_error, sizeof(s->send_error)) !=
+                    0)
                     return -1;
                 continue;
             }
@@ -506,8 +539,8 @@ static ssize_t pull(gnutls_transport_ptr_t pointer, void *data, size_t length)
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN) {
-                if (wait_fd(s, s->receive_io, POLLIN, last, "receiving from", s->receive_error,
-                            sizeof(s->receive_error)) != 0) {
+                if (wait_fd(s, s->receive_io, POLLIN, last, s->receive_deadline_ms, "receiving from",
+                            s->receive_error, sizeof(s->receive_error)) != 0) {
                     gnutls_transport_set_errno(s->tls, EIO);
                     return -1;
                 }
@@ -932,6 +965,32 @@ int mig_tls_write(struct mig_tls_session *s, const struct mig_io *io, const void
     return mig_tls_writev(s, io, &iov, 1, error, error_size);
 }
 
+/* The message for a failed gnutls_record_recv (done of length bytes in). */
+static void explain_receive_error(struct mig_tls_session *s, int got, size_t done, size_t length, char *error,
+                                  size_t error_size)
+{
+    if (got == GNUTLS_E_PULL_ERROR && s->receive_error[0] != '\0')
+        snprintf(error, error_size, "%s", s->receive_error);
+    else if (got == GNUTLS_E_DECRYPTION_FAILED)
+        snprintf(error, error_size,
+                 "receiving from %s: a TLS record failed authentication (bytes changed on the way: a faulty "
+                 "link or an attacker); nothing of it was used (GnuTLS: %s)",
+                 s->peer, gnutls_strerror((int)got));
+    else if (got == GNUTLS_E_FATAL_ALERT_RECEIVED) {
+        const char *alert = gnutls_alert_get_name(gnutls_alert_get(s->tls));
+        snprintf(error, error_size,
+                 "receiving from %s: it ended the TLS session with the alert \"%s\" (GnuTLS: %s)", s->peer,
+                 alert != NULL ? alert : "?", gnutls_strerror((int)got));
+    }
+    else if (got == GNUTLS_E_PREMATURE_TERMINATION)
+        snprintf(error, error_size,
+                 "%s closed the connection without TLS close_notify (truncated stream: %zu of %zu bytes)",
+                 s->peer, done, length);
+    else
+        snprintf(error, error_size, "receiving from %s: TLS record error (GnuTLS: %s)", s->peer,
+                 gnutls_strerror((int)got));
+}
+
 int mig_tls_read(struct mig_tls_session *s, const struct mig_io *io, void *data, size_t length, bool eof_ok,
                  char *error, size_t error_size)
 {
@@ -957,31 +1016,44 @@ int mig_tls_read(struct mig_tls_session *s, const struct mig_io *io, void *data,
         }
         if (got == GNUTLS_E_AGAIN || got == GNUTLS_E_INTERRUPTED || gnutls_error_is_fatal((int)got) == 0)
             continue;
-        if (got == GNUTLS_E_PULL_ERROR && s->receive_error[0] != '\0')
-            snprintf(error, error_size, "%s", s->receive_error);
-        else if (got == GNUTLS_E_DECRYPTION_FAILED)
-            snprintf(error, error_size,
-                     "receiving from %s: a TLS record failed authentication (bytes changed on the way: a faulty "
-                     "link or an attacker); nothing of it was used (GnuTLS: %s)",
-                     s->peer, gnutls_strerror((int)got));
-        else if (got == GNUTLS_E_FATAL_ALERT_RECEIVED) {
-            const char *alert = gnutls_alert_get_name(gnutls_alert_get(s->tls));
-            snprintf(error, error_size,
-                     "receiving from %s: it ended the TLS session with the alert \"%s\" (GnuTLS: %s)", s->peer,
-                     alert != NULL ? alert : "?", gnutls_strerror((int)got));
-        }
-        else if (got == GNUTLS_E_PREMATURE_TERMINATION)
-            snprintf(error, error_size,
-                     "%s closed the connection without TLS close_notify (truncated stream: %zu of %zu bytes)",
-                     s->peer, done, length);
-        else
-            snprintf(error, error_size, "receiving from %s: TLS record error (GnuTLS: %s)", s->peer,
-                     gnutls_strerror((int)got));
+        explain_receive_error(s, (int)got, done, length, error, error_size);
         result = -1;
         break;
     }
     s->receive_io = NULL;
     return result;
+}
+
+
+ssize_t mig_tls_read_some(struct mig_tls_session *s, const struct mig_io *io, void *data, size_t capacity,
+                          char *error, size_t error_size)
+{
+    if (gnutls_record_check_pending(s->tls) == 0 && s->in_start == s->in_end) {
+        int ready = mig_io_poll_readable(s->fd, 0);
+        if (ready < 0) {
+            snprintf(error, error_size, "poll(%s): %s", s->peer, strerror(errno));
+            return -1;
+        }
+        if (ready == 0)
+            return MIG_IO_AGAIN;
+    }
+    s->receive_io = io;
+    s->receive_error[0] = '\0';
+    /* A record has begun: all of it within the stall timeout, however it
+     * dribbles (a 16 KiB record in io->stall_ms is far below the frame
+     * deadline's floor rate, so no honest peer meets this). */
+    s->receive_deadline_ms = io->stall_ms != 0 ? now_ms() + io->stall_ms : 0;
+    ssize_t got;
+    do {
+        got = gnutls_record_recv(s->tls, data, capacity);
+    } while (got < 0 && (got == GNUTLS_E_AGAIN || got == GNUTLS_E_INTERRUPTED || gnutls_error_is_fatal((int)got) == 0));
+    if (got < 0) {
+        explain_receive_error(s, (int)got, 0, capacity, error, error_size);
+        got = -1;
+    }
+    s->receive_deadline_ms = 0;
+    s->receive_io = NULL;
+    return got;
 }
 
 int mig_tls_poll_readable(struct mig_tls_session *s, unsigned timeout_ms)
@@ -1033,4 +1105,14 @@ const char *mig_tls_cipher_suite(const struct mig_tls_session *s)
 size_t mig_tls_record_size(const struct mig_tls_session *s)
 {
     return s->record_size;
+}
+
+void mig_tls_session_info(const struct mig_tls_session *s, struct mig_tls_info *info)
+{
+    const char *version = gnutls_protocol_get_name(gnutls_protocol_get_version(s->tls));
+    const char *cipher = gnutls_cipher_get_name(gnutls_cipher_get(s->tls));
+    snprintf(info->version, sizeof(info->version), "%s", version != NULL ? version : "unknown");
+    snprintf(info->cipher, sizeof(info->cipher), "%s", cipher != NULL ? cipher : "unknown");
+    snprintf(info->auth, sizeof(info->auth), "%s", s->credentials->kind == MIG_TLS_PSK ? "psk" : "x509");
+    snprintf(info->suite, sizeof(info->suite), "%s", mig_tls_cipher_suite(s));
 }

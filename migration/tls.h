@@ -1,8 +1,8 @@
 /*
  * TLS 1.3 channel for the migration stream (issue 16, "Peers that are
- * allowed in / TCP"), GnuTLS from Debian. Not used on the wire yet: the
- * stream's reads and writes are to be routed through mig_tls_read /
- * mig_tls_writev when a session exists (docs/migration-protocol.md, "TLS").
+ * allowed in / TCP"), GnuTLS from Debian. The stream reaches it through
+ * migration/transport.h only: a struct mig_io with its tls set routes
+ * every read and write here (docs/migration-protocol.md, "TLS").
  *
  * Roles: the migration source is the TLS client (it connects), the
  * destination the TLS server. Both sides authenticate each other, with
@@ -37,6 +37,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include "migration/transport.h"
@@ -83,6 +84,14 @@ int mig_tls_credentials_load_psk(struct mig_tls_credentials **out, enum mig_tls_
  * for the server server-cert.pem + server-key.pem from directory. */
 int mig_tls_credentials_load_x509(struct mig_tls_credentials **out, enum mig_tls_role role,
                                   const char *directory, char *error, size_t error_size);
+/* The credentials an operator names (the --tls-psk / --tls-creds pair, or
+ * migration.start's tls_psk_file / tls_creds_dir; NULL or "" = not given)
+ * for a stream to address: *out NULL when neither is given (plaintext);
+ * -1 when both are, when address is not tcp:HOST:PORT, or when the files
+ * cannot be loaded (the message names the file and what is wrong). */
+int mig_tls_credentials_load_for(struct mig_tls_credentials **out, enum mig_tls_role role, const char *psk_file,
+                                 const char *creds_dir, const struct mig_address *address, char *error,
+                                 size_t error_size);
 void mig_tls_credentials_free(struct mig_tls_credentials *credentials);
 enum mig_tls_kind mig_tls_credentials_kind(const struct mig_tls_credentials *credentials);
 enum mig_tls_role mig_tls_credentials_role(const struct mig_tls_credentials *credentials);
@@ -138,6 +147,13 @@ int mig_tls_write(struct mig_tls_session *session, const struct mig_io *io, cons
  * and none of its bytes reach data. */
 int mig_tls_read(struct mig_tls_session *session, const struct mig_io *io, void *data, size_t length,
                  bool eof_ok, char *error, size_t error_size);
+/* mig_io_recv_some under TLS (see transport.h): MIG_IO_AGAIN when no
+ * decrypted, buffered or raw byte is there; else at most one record's
+ * plaintext (1 .. capacity), 0 at the peer's close_notify, -1 with a
+ * message. A record that has begun must arrive whole within io->stall_ms
+ * (a peer dribbling bytes cannot hold the reader inside one record). */
+ssize_t mig_tls_read_some(struct mig_tls_session *session, const struct mig_io *io, void *data, size_t capacity,
+                          char *error, size_t error_size);
 /* For receivers that poll before reading: 1 when a read would find bytes
  * without waiting (decrypted or raw bytes already buffered here, or the fd
  * is readable), 0 when not within timeout_ms, -1 on error. */
@@ -148,6 +164,16 @@ int mig_tls_poll_readable(struct mig_tls_session *session, unsigned timeout_ms);
 int mig_tls_close(struct mig_tls_session *session, const struct mig_io *io, char *error, size_t error_size);
 /* Frees the session; does not close the fd. NULL is fine. */
 void mig_tls_session_free(struct mig_tls_session *session);
+
+/* What a session negotiated, for migration.progress and the log. All
+ * empty strings = no TLS (plaintext stream). */
+struct mig_tls_info {
+    char version[16];       /* "TLS1.3" */
+    char cipher[32];        /* "AES-256-GCM" / "AES-128-GCM" */
+    char auth[8];           /* "psk" / "x509" */
+    char suite[48];         /* "TLS_AES_256_GCM_SHA384" */
+};
+void mig_tls_session_info(const struct mig_tls_session *session, struct mig_tls_info *info);
 
 /* The negotiated suite, e.g. "TLS_AES_256_GCM_SHA384" (static storage). */
 const char *mig_tls_cipher_suite(const struct mig_tls_session *session);

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "migration/protocol.h"
+#include "migration/tls.h"
 
 #define SLICE_MS 100
 
@@ -377,6 +378,8 @@ static int io_wait(struct mig_io *io, short events, uint64_t last_progress_ms, c
 
 int mig_io_writev(struct mig_io *io, struct iovec *iov, int iovcnt, char *error, size_t error_size)
 {
+    if (io->tls != NULL)
+        return mig_tls_writev(io->tls, io, iov, iovcnt, error, error_size);
     uint64_t last = now_ms();
     while (iovcnt > 0) {
         if (iov->iov_len == 0) {
@@ -420,6 +423,8 @@ int mig_io_write(struct mig_io *io, const void *data, size_t length, char *error
 
 int mig_io_read(struct mig_io *io, void *data, size_t length, bool eof_ok, char *error, size_t error_size)
 {
+    if (io->tls != NULL)
+        return mig_tls_read(io->tls, io, data, length, eof_ok, error, error_size);
     size_t done = 0;
     uint64_t last = now_ms();
     while (done < length) {
@@ -446,4 +451,37 @@ int mig_io_read(struct mig_io *io, void *data, size_t length, bool eof_ok, char 
         last = now_ms();
     }
     return 0;
+}
+
+ssize_t mig_io_recv_some(struct mig_io *io, void *data, size_t capacity, char *error, size_t error_size)
+{
+    if (io->tls != NULL)
+        return mig_tls_read_some(io->tls, io, data, capacity, error, error_size);
+    for (;;) {
+        ssize_t got = recv(io->fd, data, capacity, MSG_DONTWAIT);
+        if (got >= 0)
+            return got;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN)
+            return MIG_IO_AGAIN;
+        snprintf(error, error_size, "receiving from %s: %s", io->peer ? io->peer : "peer", strerror(errno));
+        return -1;
+    }
+}
+
+int mig_io_readable(const struct mig_io *io, unsigned timeout_ms)
+{
+    if (io->tls != NULL)
+        return mig_tls_poll_readable(io->tls, timeout_ms);
+    return mig_io_poll_readable(io->fd, timeout_ms);
+}
+
+void mig_io_close_write(struct mig_io *io)
+{
+    if (io->tls != NULL) {
+        char ignored[256];
+        (void)mig_tls_close(io->tls, io, ignored, sizeof(ignored));
+    }
+    (void)shutdown(io->fd, SHUT_WR);    /* best effort: the peer may be gone */
 }

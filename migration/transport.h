@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include "vmm/unix_listener.h"
@@ -81,11 +82,23 @@ int mig_accept(int listen_fd, const _Atomic bool *cancel, char *error, size_t er
 int mig_connect(const struct mig_address *address, unsigned timeout_ms, const _Atomic bool *cancel,
                 char *error, size_t error_size);
 
+struct mig_tls_session;
+
+/*
+ * One side's view of the stream. The one place where plaintext and TLS
+ * part: with tls set, every mig_io_* call below goes through the TLS
+ * session (migration/tls.h) and nothing else may read or write fd; with
+ * tls NULL they use fd directly. Callers never test which.
+ * Ownership: the struct is the caller's (copies are fine); the session is
+ * owned by whoever made it (source / destination) and outlives every io
+ * that points to it.
+ */
 struct mig_io {
     int fd;
     unsigned stall_ms;              /* fail when nothing moved this long */
     const _Atomic bool *cancel;     /* may be NULL */
     const char *peer;               /* for messages: "destination" / "source" */
+    struct mig_tls_session *tls;    /* NULL: plaintext */
 };
 
 /* Sends all iov bytes (iov is modified). 0, or -1 with a message. */
@@ -94,8 +107,20 @@ int mig_io_write(struct mig_io *io, const void *data, size_t length, char *error
 /* Reads exactly length bytes. 0; 1 on a clean EOF before the first byte
  * (when eof_ok); -1 with a message otherwise (EOF mid-way = truncated). */
 int mig_io_read(struct mig_io *io, void *data, size_t length, bool eof_ok, char *error, size_t error_size);
+/* What is there now, without waiting for the first byte: the count (1 ..
+ * capacity), 0 at the end of the stream, MIG_IO_AGAIN when nothing is
+ * there yet, -1 with a message. Under TLS a record that has begun to
+ * arrive is waited for (at most io->stall_ms in all, cancel polled). */
+#define MIG_IO_AGAIN (-2)
+ssize_t mig_io_recv_some(struct mig_io *io, void *data, size_t capacity, char *error, size_t error_size);
+/* Waits up to timeout_ms until a read would find bytes (under TLS: bytes
+ * already decrypted or buffered count too): 1 readable, 0 not, -1 error. */
+int mig_io_readable(const struct mig_io *io, unsigned timeout_ms);
+/* Ends this side's sending: TLS close_notify (best effort, bounded by
+ * io->stall_ms), then shutdown(SHUT_WR). The fd stays open for reading. */
+void mig_io_close_write(struct mig_io *io);
 /* Waits up to timeout_ms for the fd to become readable: 1 readable, 0 not,
- * -1 error. */
+ * -1 error. Plaintext only: a stream's reader uses mig_io_readable. */
 int mig_io_poll_readable(int fd, unsigned timeout_ms);
 
 #endif

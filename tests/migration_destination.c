@@ -12,6 +12,7 @@
 
 #include "migration/migration.h"
 #include "migration/progress.h"
+#include "migration/tls.h"
 #include "migration/transport.h"
 #include "vmm/vm.h"
 
@@ -26,31 +27,36 @@ static void *destination_main(void *argument)
  * tests of one binary in parallel processes: the pid keeps them apart). */
 static unsigned next_socket_index;
 
+int test_listen_localhost_tcp(char *address, size_t size)
+{
+    struct mig_address any = { .kind = MIG_ADDRESS_TCP, .host = "127.0.0.1", .port = "0" };
+    char error[256];
+    int fd = mig_listen(&any, error, sizeof(error));
+    cr_assert_geq(fd, 0, "%s", error);
+    struct sockaddr_in bound;
+    socklen_t length = sizeof(bound);
+    cr_assert_eq(getsockname(fd, (struct sockaddr *)&bound, &length), 0);
+    snprintf(address, size, "tcp:127.0.0.1:%u", ntohs(bound.sin_port));
+    return fd;
+}
+
 /* The prefix of d->address: "unix:" or "local:" (a Unix socket either
- * way), or "tcp:". */
-static void start_destination(struct test_destination *d, const char *memory, unsigned vcpus, const char *workload,
-                              const char *prefix)
+ * way), or "tcp:"; TLS credentials (one of them, tcp: only) or NULL. */
+static void destination_start(struct test_destination *d, const char *memory, unsigned vcpus, const char *workload,
+                              const char *prefix, const char *tls_psk, const char *tls_creds)
 {
     bool tcp = strcmp(prefix, "tcp:") == 0;
     memset(d, 0, sizeof(*d));
     struct harness_vm *h = &d->harness;
     harness_vm_create_incoming(h, memory, vcpus, workload, "ring");
-    char error[256];
+    char error[1024];
     cr_assert_eq(vm_start(h->vm), 0);
     cr_assert_eq(vm_get_state(h->vm), VM_STATE_PAUSED);
 
     struct mig_address address;
     if (tcp) {
-        memset(&address, 0, sizeof(address));
-        address.kind = MIG_ADDRESS_TCP;
-        snprintf(address.host, sizeof(address.host), "127.0.0.1");
-        snprintf(address.port, sizeof(address.port), "0");
-        d->listen_fd = mig_listen(&address, error, sizeof(error));
-        cr_assert_geq(d->listen_fd, 0, "%s", error);
-        struct sockaddr_in bound;
-        socklen_t length = sizeof(bound);
-        cr_assert_eq(getsockname(d->listen_fd, (struct sockaddr *)&bound, &length), 0);
-        snprintf(d->address, sizeof(d->address), "tcp:127.0.0.1:%u", ntohs(bound.sin_port));
+        d->listen_fd = test_listen_localhost_tcp(d->address, sizeof(d->address));
+        cr_assert_eq(mig_address_parse(d->address, &address, error, sizeof(error)), 0, "%s", error);
     } else {
         char path[128];
         snprintf(path, sizeof(path), "/tmp/ringvm-mig-test-%d-%u.sock", getpid(),
@@ -63,6 +69,13 @@ static void start_destination(struct test_destination *d, const char *memory, un
         d->listen_fd = mig_listen(&address, error, sizeof(error));
         cr_assert_geq(d->listen_fd, 0, "%s", error);
     }
+    if (tls_psk != NULL || tls_creds != NULL) {
+        struct mig_tls_credentials *credentials = NULL;
+        cr_assert_eq(mig_tls_credentials_load_for(&credentials, MIG_TLS_SERVER, tls_psk, tls_creds, &address, error,
+                                                  sizeof(error)),
+                     0, "%s", error);
+        cr_assert_eq(migration_set_incoming_tls(h->vm, credentials), 0);
+    }
     cr_assert_eq(pthread_create(&d->thread, NULL, destination_main, d), 0);
     d->running = true;
 }
@@ -70,13 +83,19 @@ static void start_destination(struct test_destination *d, const char *memory, un
 void test_destination_start(struct test_destination *d, const char *memory, unsigned vcpus, const char *workload,
                             bool tcp)
 {
-    start_destination(d, memory, vcpus, workload, tcp ? "tcp:" : "unix:");
+    destination_start(d, memory, vcpus, workload, tcp ? "tcp:" : "unix:", NULL, NULL);
 }
 
 void test_destination_start_local(struct test_destination *d, const char *memory, unsigned vcpus,
                                   const char *workload)
 {
-    start_destination(d, memory, vcpus, workload, "local:");
+    destination_start(d, memory, vcpus, workload, "local:", NULL, NULL);
+}
+
+void test_destination_start_tls(struct test_destination *d, const char *memory, unsigned vcpus, const char *workload,
+                                const char *tls_psk, const char *tls_creds)
+{
+    destination_start(d, memory, vcpus, workload, "tcp:", tls_psk, tls_creds);
 }
 
 int test_destination_join(struct test_destination *d)

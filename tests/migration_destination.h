@@ -33,6 +33,13 @@ void test_destination_start(struct test_destination *d, const char *memory, unsi
  * VM's own when it arrives (migration/local_handover.h). */
 void test_destination_start_local(struct test_destination *d, const char *memory, unsigned vcpus,
                                   const char *workload);
+/* A TCP destination with TLS (migration_set_incoming_tls): tls_psk a
+ * keys.psk path or tls_creds an x509 directory (one of them). */
+void test_destination_start_tls(struct test_destination *d, const char *memory, unsigned vcpus, const char *workload,
+                                const char *tls_psk, const char *tls_creds);
+/* A listening socket on a kernel-picked 127.0.0.1 port: returns its fd and
+ * writes "tcp:127.0.0.1:PORT" to address. Asserts on failure. */
+int test_listen_localhost_tcp(char *address, size_t size);
 /* Waits for the incoming migration to end; returns its result. */
 int test_destination_join(struct test_destination *d);
 /* Stops a destination still waiting, joins, and destroys its VM. */

@@ -53,7 +53,8 @@ Test(cli, help_lists_every_flag)
     static const char *const flags[] = { "--memory", "--vcpus", "--workload", "--serial", "--numa-node",
                                          "--hugepages", "--prealloc", "--stats", "--run-seconds", "--dirty-log",
                                          "--ring-entries", "--harvesters", "--bitmap-sync-ms", "--api-socket",
-                                         "--incoming", "--incoming-stall-timeout", "--bpf", "--help", "--version" };
+                                         "--incoming", "--incoming-stall-timeout", "--tls-psk", "--tls-creds", "--bpf",
+                                         "--help", "--version" };
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
         cr_assert(help_mentions(process.out, flags[i]), "--help does not list %s as a flag:\n%s", flags[i],
                   process.out);

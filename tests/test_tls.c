@@ -23,158 +23,10 @@
 #include "migration/tls.h"
 #include "migration/transport.h"
 #include "tests/harness.h"
+#include "tests/tls_fixtures.h"
 
 #define HANDSHAKE_MS 5000u
 #define STALL_MS 5000u
-
-/* ---- files ------------------------------------------------------------------- */
-
-static void make_temp_dir(char *path, size_t size)
-{
-    snprintf(path, size, "/tmp/ringvm-tls-XXXXXX");
-    cr_assert_not_null(mkdtemp(path), "mkdtemp: %s", strerror(errno));
-}
-
-static void write_file(const char *directory, const char *name, const void *data, size_t length, mode_t mode)
-{
-    char path[512];
-    snprintf(path, sizeof(path), "%s/%s", directory, name);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    cr_assert_geq(fd, 0, "open %s: %s", path, strerror(errno));
-    cr_assert_eq(write(fd, data, length), (ssize_t)length);
-    cr_assert_eq(fchmod(fd, mode), 0);     /* exactly mode, whatever the umask */
-    close(fd);
-}
-
-static void remove_dir(const char *directory)
-{
-    DIR *d = opendir(directory);
-    if (d == NULL)
-        return;
-    struct dirent *entry;
-    while ((entry = readdir(d)) != NULL) {
-        if (entry->d_name[0] == '.')
-            continue;
-        char path[512];
-        snprintf(path, sizeof(path), "%s/%s", directory, entry->d_name);
-        unlink(path);
-    }
-    closedir(d);
-    rmdir(directory);
-}
-
-#define PSK_IDENTITY "ringvm-test"
-#define PSK_KEY_HEX "00112233445566778899aabbccddeeff0123456789abcdef0123456789abcdef"
-#define PSK_OTHER_HEX "ff112233445566778899aabbccddeeff0123456789abcdef0123456789abcdef"
-
-static void write_psk(const char *directory, const char *name, const char *identity, const char *hex,
-                      mode_t mode)
-{
-    char text[512];
-    int length = snprintf(text, sizeof(text), "# made by test_tls.c\n\n%s:%s\nsecond:%s\n", identity, hex, hex);
-    write_file(directory, name, text, (size_t)length, mode);
-}
-
-/* ---- certificates -------------------------------------------------------------- */
-
-struct test_identity {
-    gnutls_x509_crt_t certificate;
-    gnutls_x509_privkey_t key;
-};
-
-enum certificate_kind { CERT_CA, CERT_SERVER, CERT_CLIENT };
-
-static void make_identity(struct test_identity *out, enum certificate_kind kind, const char *common_name,
-                          const struct test_identity *issuer, time_t not_before, time_t not_after, unsigned serial)
-{
-    cr_assert_eq(gnutls_x509_privkey_init(&out->key), 0);
-    cr_assert_eq(gnutls_x509_privkey_generate(out->key, GNUTLS_PK_ECDSA,
-                                              GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1), 0),
-                 0);
-    cr_assert_eq(gnutls_x509_crt_init(&out->certificate), 0);
-    gnutls_x509_crt_t c = out->certificate;
-    cr_assert_eq(gnutls_x509_crt_set_version(c, 3), 0);
-    unsigned char serial_bytes[4] = { 0x01, (unsigned char)(serial >> 16), (unsigned char)(serial >> 8),
-                                      (unsigned char)serial };
-    cr_assert_eq(gnutls_x509_crt_set_serial(c, serial_bytes, sizeof(serial_bytes)), 0);
-    cr_assert_eq(gnutls_x509_crt_set_activation_time(c, not_before), 0);
-    cr_assert_eq(gnutls_x509_crt_set_expiration_time(c, not_after), 0);
-    char dn[128];
-    snprintf(dn, sizeof(dn), "CN=%s,O=ringvm tests", common_name);
-    const char *error_position = NULL;
-    cr_assert_eq(gnutls_x509_crt_set_dn(c, dn, &error_position), 0);
-    cr_assert_eq(gnutls_x509_crt_set_key(c, out->key), 0);
-    if (kind == CERT_CA) {
-        cr_assert_eq(gnutls_x509_crt_set_basic_constraints(c, 1, -1), 0);
-        cr_assert_eq(gnutls_x509_crt_set_key_usage(c, GNUTLS_KEY_KEY_CERT_SIGN | GNUTLS_KEY_CRL_SIGN), 0);
-    } else {
-        cr_assert_eq(gnutls_x509_crt_set_basic_constraints(c, 0, -1), 0);
-        cr_assert_eq(gnutls_x509_crt_set_key_usage(c, GNUTLS_KEY_DIGITAL_SIGNATURE), 0);
-        cr_assert_eq(gnutls_x509_crt_set_key_purpose_oid(
-                         c, kind == CERT_SERVER ? GNUTLS_KP_TLS_WWW_SERVER : GNUTLS_KP_TLS_WWW_CLIENT, 0),
-                     0);
-        if (kind == CERT_SERVER)
-            cr_assert_eq(gnutls_x509_crt_set_subject_alt_name(c, GNUTLS_SAN_DNSNAME, "localhost", 9,
-                                                              GNUTLS_FSAN_SET),
-                         0);
-    }
-    gnutls_x509_crt_t signer = issuer != NULL ? issuer->certificate : c;
-    gnutls_x509_privkey_t signer_key = issuer != NULL ? issuer->key : out->key;
-    cr_assert_eq(gnutls_x509_crt_sign2(c, signer, signer_key, GNUTLS_DIG_SHA256, 0), 0);
-}
-
-static void free_identity(struct test_identity *identity)
-{
-    gnutls_x509_crt_deinit(identity->certificate);
-    gnutls_x509_privkey_deinit(identity->key);
-}
-
-static void write_identity(const char *directory, const char *prefix, const struct test_identity *identity,
-                           bool with_key, mode_t key_mode)
-{
-    gnutls_datum_t pem = { NULL, 0 };
-    char name[64];
-    cr_assert_eq(gnutls_x509_crt_export2(identity->certificate, GNUTLS_X509_FMT_PEM, &pem), 0);
-    snprintf(name, sizeof(name), "%s-cert.pem", prefix);
-    write_file(directory, name, pem.data, pem.size, 0644);
-    gnutls_free(pem.data);
-    if (with_key) {
-        cr_assert_eq(gnutls_x509_privkey_export2(identity->key, GNUTLS_X509_FMT_PEM, &pem), 0);
-        snprintf(name, sizeof(name), "%s-key.pem", prefix);
-        write_file(directory, name, pem.data, pem.size, key_mode);
-        gnutls_free(pem.data);
-    }
-}
-
-struct x509_setup {
-    bool server_expired;            /* the destination's certificate ran out yesterday */
-    bool client_from_other_ca;      /* the source's certificate is signed by a CA the destination does not trust */
-    mode_t server_key_mode;         /* 0: 0600 */
-};
-
-/* ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem,
- * client-key.pem in directory (QEMU's layout; both sides read the same
- * directory here). */
-static void make_x509_dir(const char *directory, const struct x509_setup *setup)
-{
-    time_t now = time(NULL);
-    struct test_identity ca, other_ca, server, client;
-    make_identity(&ca, CERT_CA, "ringvm test CA", NULL, now - 3600, now + 86400, 1);
-    make_identity(&other_ca, CERT_CA, "another CA", NULL, now - 3600, now + 86400, 2);
-    if (setup->server_expired)
-        make_identity(&server, CERT_SERVER, "localhost", &ca, now - 3 * 86400, now - 86400, 3);
-    else
-        make_identity(&server, CERT_SERVER, "localhost", &ca, now - 3600, now + 86400, 3);
-    make_identity(&client, CERT_CLIENT, "source", setup->client_from_other_ca ? &other_ca : &ca, now - 3600,
-                  now + 86400, 4);
-    write_identity(directory, "ca", &ca, false, 0);
-    write_identity(directory, "server", &server, true, setup->server_key_mode != 0 ? setup->server_key_mode : 0600);
-    write_identity(directory, "client", &client, true, 0600);
-    free_identity(&ca);
-    free_identity(&other_ca);
-    free_identity(&server);
-    free_identity(&client);
-}
 
 /* ---- the two ends ------------------------------------------------------------- */
 
@@ -305,8 +157,8 @@ static void run_handshake_pair(struct pair_result *r, const struct mig_tls_crede
 Test(tls, psk_handshake_and_round_trips_of_exact_bytes, .timeout = 120)
 {
     char dir[64];
-    make_temp_dir(dir, sizeof(dir));
-    write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0600);
+    tls_fixture_temp_dir(dir, sizeof(dir));
+    tls_fixture_write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0600);
     struct mig_tls_credentials *client = load_psk(MIG_TLS_CLIENT, dir, "keys.psk");
     struct mig_tls_credentials *server = load_psk(MIG_TLS_SERVER, dir, "keys.psk");
     cr_assert_eq(mig_tls_credentials_kind(client), MIG_TLS_PSK);
@@ -363,7 +215,7 @@ Test(tls, psk_handshake_and_round_trips_of_exact_bytes, .timeout = 120)
     }
     mig_tls_credentials_free(client);
     mig_tls_credentials_free(server);
-    remove_dir(dir);
+    tls_fixture_remove_dir(dir);
 }
 
 /* The client closes with close_notify; the server thread reads. */
@@ -394,8 +246,8 @@ static void *closing_reader_main(void *argument)
 Test(tls, end_of_stream_with_and_without_eof_ok, .timeout = 30)
 {
     char dir[64];
-    make_temp_dir(dir, sizeof(dir));
-    write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0600);
+    tls_fixture_temp_dir(dir, sizeof(dir));
+    tls_fixture_write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0600);
     struct mig_tls_credentials *client = load_psk(MIG_TLS_CLIENT, dir, "keys.psk");
     struct mig_tls_credentials *server = load_psk(MIG_TLS_SERVER, dir, "keys.psk");
     for (int eof_ok = 1; eof_ok >= 0; eof_ok--) {
@@ -423,15 +275,15 @@ Test(tls, end_of_stream_with_and_without_eof_ok, .timeout = 30)
     }
     mig_tls_credentials_free(client);
     mig_tls_credentials_free(server);
-    remove_dir(dir);
+    tls_fixture_remove_dir(dir);
 }
 
 Test(tls, wrong_psk_is_refused_on_both_sides, .timeout = 30)
 {
     char dir[64];
-    make_temp_dir(dir, sizeof(dir));
-    write_psk(dir, "source.psk", PSK_IDENTITY, PSK_OTHER_HEX, 0600);
-    write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0600);
+    tls_fixture_temp_dir(dir, sizeof(dir));
+    tls_fixture_write_psk(dir, "source.psk", PSK_IDENTITY, PSK_OTHER_HEX, 0600);
+    tls_fixture_write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0600);
     struct mig_tls_credentials *client = load_psk(MIG_TLS_CLIENT, dir, "source.psk");
     struct mig_tls_credentials *server = load_psk(MIG_TLS_SERVER, dir, "keys.psk");
     struct pair_result r;
@@ -453,7 +305,7 @@ Test(tls, wrong_psk_is_refused_on_both_sides, .timeout = 30)
 
     /* Another identity: named on the destination. */
     mig_tls_credentials_free(client);
-    write_psk(dir, "identity.psk", "someone-else", PSK_KEY_HEX, 0600);
+    tls_fixture_write_psk(dir, "identity.psk", "someone-else", PSK_KEY_HEX, 0600);
     client = load_psk(MIG_TLS_CLIENT, dir, "identity.psk");
     run_handshake_pair(&r, client, server, NULL);
     cr_assert_eq(r.client_result, -1);
@@ -468,13 +320,13 @@ Test(tls, wrong_psk_is_refused_on_both_sides, .timeout = 30)
               "client: %s", r.client_error);
     mig_tls_credentials_free(client);
     mig_tls_credentials_free(server);
-    remove_dir(dir);
+    tls_fixture_remove_dir(dir);
 }
 
 Test(tls, psk_file_format_errors_name_the_file_and_line)
 {
     char dir[64], path[128], error[1024];
-    make_temp_dir(dir, sizeof(dir));
+    tls_fixture_temp_dir(dir, sizeof(dir));
     struct mig_tls_credentials *c = NULL;
     static const struct {
         const char *text;
@@ -490,7 +342,7 @@ Test(tls, psk_file_format_errors_name_the_file_and_line)
         { "# only a comment\n", "no IDENTITY:HEXKEY line" },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        write_file(dir, "keys.psk", cases[i].text, strlen(cases[i].text), 0600);
+        tls_fixture_write_file(dir, "keys.psk", cases[i].text, strlen(cases[i].text), 0600);
         snprintf(path, sizeof(path), "%s/keys.psk", dir);
         cr_assert_eq(mig_tls_credentials_load_psk(&c, MIG_TLS_SERVER, path, error, sizeof(error)), -1);
         cr_assert_null(c);
@@ -501,31 +353,31 @@ Test(tls, psk_file_format_errors_name_the_file_and_line)
     }
     /* CRLF line ends are fine. */
     const char *crlf = "id:" PSK_KEY_HEX "\r\n";
-    write_file(dir, "keys.psk", crlf, strlen(crlf), 0600);
+    tls_fixture_write_file(dir, "keys.psk", crlf, strlen(crlf), 0600);
     cr_assert_eq(mig_tls_credentials_load_psk(&c, MIG_TLS_CLIENT, path, error, sizeof(error)), 0, "%s", error);
     mig_tls_credentials_free(c);
-    remove_dir(dir);
+    tls_fixture_remove_dir(dir);
 }
 
 Test(tls, key_files_readable_by_group_or_others_are_refused)
 {
     char dir[64], path[128], error[1024], expected[512];
-    make_temp_dir(dir, sizeof(dir));
+    tls_fixture_temp_dir(dir, sizeof(dir));
     struct mig_tls_credentials *c = NULL;
-    write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0640);
+    tls_fixture_write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0640);
     snprintf(path, sizeof(path), "%s/keys.psk", dir);
     cr_assert_eq(mig_tls_credentials_load_psk(&c, MIG_TLS_CLIENT, path, error, sizeof(error)), -1);
     snprintf(expected, sizeof(expected),
              "%s: key file is accessible by group or others (mode 0640); refusing it: chmod 600 %s", path, path);
     cr_assert_str_eq(error, expected);
-    write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0604);
+    tls_fixture_write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0604);
     cr_assert_eq(mig_tls_credentials_load_psk(&c, MIG_TLS_SERVER, path, error, sizeof(error)), -1);
     snprintf(expected, sizeof(expected),
              "%s: key file is accessible by group or others (mode 0604); refusing it: chmod 600 %s", path, path);
     cr_assert_str_eq(error, expected);
 
     /* x509: the server's key; the certificates themselves may be 0644. */
-    make_x509_dir(dir, &(struct x509_setup){ .server_key_mode = 0640 });
+    tls_fixture_x509_dir(dir, &(struct x509_setup){ .server_key_mode = 0640 });
     cr_assert_eq(mig_tls_credentials_load_x509(&c, MIG_TLS_SERVER, dir, error, sizeof(error)), -1);
     snprintf(expected, sizeof(expected),
              "%s/server-key.pem: key file is accessible by group or others (mode 0640); refusing it: chmod 600 "
@@ -539,7 +391,7 @@ Test(tls, key_files_readable_by_group_or_others_are_refused)
     cr_assert_eq(mig_tls_credentials_load_psk(&c, MIG_TLS_SERVER, path, error, sizeof(error)), -1);
     snprintf(expected, sizeof(expected), "%s: cannot open: No such file or directory", path);
     cr_assert_str_eq(error, expected);
-    remove_dir(dir);
+    tls_fixture_remove_dir(dir);
 }
 
 /* ---- x509 ---------------------------------------------------------------------- */
@@ -547,8 +399,8 @@ Test(tls, key_files_readable_by_group_or_others_are_refused)
 Test(tls, x509_handshake_both_sides_verified, .timeout = 60)
 {
     char dir[64];
-    make_temp_dir(dir, sizeof(dir));
-    make_x509_dir(dir, &(struct x509_setup){ 0 });
+    tls_fixture_temp_dir(dir, sizeof(dir));
+    tls_fixture_x509_dir(dir, &(struct x509_setup){ 0 });
     struct mig_tls_credentials *client = load_x509(MIG_TLS_CLIENT, dir);
     struct mig_tls_credentials *server = load_x509(MIG_TLS_SERVER, dir);
     cr_assert_eq(mig_tls_credentials_kind(client), MIG_TLS_X509);
@@ -578,14 +430,14 @@ Test(tls, x509_handshake_both_sides_verified, .timeout = 60)
     cr_assert_eq(r.server.result, -1);
     mig_tls_credentials_free(client);
     mig_tls_credentials_free(server);
-    remove_dir(dir);
+    tls_fixture_remove_dir(dir);
 }
 
 Test(tls, x509_expired_server_certificate_is_refused, .timeout = 60)
 {
     char dir[64];
-    make_temp_dir(dir, sizeof(dir));
-    make_x509_dir(dir, &(struct x509_setup){ .server_expired = true });
+    tls_fixture_temp_dir(dir, sizeof(dir));
+    tls_fixture_x509_dir(dir, &(struct x509_setup){ .server_expired = true });
     struct mig_tls_credentials *client = load_x509(MIG_TLS_CLIENT, dir);
     struct mig_tls_credentials *server = load_x509(MIG_TLS_SERVER, dir);
     struct pair_result r;
@@ -607,14 +459,14 @@ Test(tls, x509_expired_server_certificate_is_refused, .timeout = 60)
     cr_assert_str_eq(r.server.error, expected);
     mig_tls_credentials_free(client);
     mig_tls_credentials_free(server);
-    remove_dir(dir);
+    tls_fixture_remove_dir(dir);
 }
 
 Test(tls, x509_client_certificate_from_another_ca_is_refused, .timeout = 60)
 {
     char dir[64];
-    make_temp_dir(dir, sizeof(dir));
-    make_x509_dir(dir, &(struct x509_setup){ .client_from_other_ca = true });
+    tls_fixture_temp_dir(dir, sizeof(dir));
+    tls_fixture_x509_dir(dir, &(struct x509_setup){ .client_from_other_ca = true });
     struct mig_tls_credentials *client = load_x509(MIG_TLS_CLIENT, dir);
     struct mig_tls_credentials *server = load_x509(MIG_TLS_SERVER, dir);
     struct pair_result r;
@@ -636,7 +488,7 @@ Test(tls, x509_client_certificate_from_another_ca_is_refused, .timeout = 60)
     cr_assert_str_eq(r.client_error, expected);
     mig_tls_credentials_free(client);
     mig_tls_credentials_free(server);
-    remove_dir(dir);
+    tls_fixture_remove_dir(dir);
 }
 
 /* ---- plaintext against TLS ------------------------------------------------------ */
@@ -645,8 +497,8 @@ Test(tls, x509_client_certificate_from_another_ca_is_refused, .timeout = 60)
 Test(tls, plaintext_source_against_tls_destination, .timeout = 30)
 {
     char dir[64];
-    make_temp_dir(dir, sizeof(dir));
-    write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0600);
+    tls_fixture_temp_dir(dir, sizeof(dir));
+    tls_fixture_write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0600);
     struct mig_tls_credentials *server = load_psk(MIG_TLS_SERVER, dir, "keys.psk");
     int fds[2];
     socket_pair(fds);
@@ -683,7 +535,7 @@ Test(tls, plaintext_source_against_tls_destination, .timeout = 30)
     close(fds[0]);
     close(fds[1]);
     mig_tls_credentials_free(server);
-    remove_dir(dir);
+    tls_fixture_remove_dir(dir);
 }
 
 /* A plaintext ringvm destination: reads a frame header, sees TLS, says so. */
@@ -716,8 +568,8 @@ static void *plaintext_destination_main(void *argument)
 Test(tls, tls_source_against_plaintext_destination, .timeout = 30)
 {
     char dir[64];
-    make_temp_dir(dir, sizeof(dir));
-    write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0600);
+    tls_fixture_temp_dir(dir, sizeof(dir));
+    tls_fixture_write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0600);
     struct mig_tls_credentials *client = load_psk(MIG_TLS_CLIENT, dir, "keys.psk");
     int fds[2];
     socket_pair(fds);
@@ -740,7 +592,7 @@ Test(tls, tls_source_against_plaintext_destination, .timeout = 30)
     close(fds[0]);
     close(fds[1]);
     mig_tls_credentials_free(client);
-    remove_dir(dir);
+    tls_fixture_remove_dir(dir);
 }
 
 Test(tls, client_hello_recognition)
@@ -760,8 +612,8 @@ Test(tls, client_hello_recognition)
 Test(tls, silent_peer_meets_the_handshake_deadline_and_cancel_is_seen, .timeout = 30)
 {
     char dir[64];
-    make_temp_dir(dir, sizeof(dir));
-    write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0600);
+    tls_fixture_temp_dir(dir, sizeof(dir));
+    tls_fixture_write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0600);
     struct mig_tls_credentials *client = load_psk(MIG_TLS_CLIENT, dir, "keys.psk");
     int fds[2];
     socket_pair(fds);
@@ -780,86 +632,10 @@ Test(tls, silent_peer_meets_the_handshake_deadline_and_cancel_is_seen, .timeout 
     close(fds[0]);
     close(fds[1]);
     mig_tls_credentials_free(client);
-    remove_dir(dir);
+    tls_fixture_remove_dir(dir);
 }
 
 /* ---- a man in the middle ------------------------------------------------------ */
-
-/* Relays bytes between client_fd and server_fd; once armed, flips one byte
- * in the body of the first TLS record the client sends after that (its
- * first application data record). Stops when both sides closed or stop. */
-struct relay {
-    int client_fd, server_fd;
-    _Atomic bool armed;
-    _Atomic bool stop;
-    bool flipped;
-    /* client -> server record parser */
-    uint8_t header[5];
-    size_t header_have;
-    size_t body_left;
-    size_t body_offset;
-    bool flip_this_record;
-};
-
-static void relay_parse_and_flip(struct relay *r, uint8_t *data, size_t length)
-{
-    for (size_t i = 0; i < length; i++) {
-        if (r->body_left == 0) {
-            r->header[r->header_have++] = data[i];
-            if (r->header_have == 5) {
-                r->body_left = (size_t)r->header[3] << 8 | r->header[4];
-                r->body_offset = 0;
-                r->header_have = 0;
-                r->flip_this_record = !r->flipped && r->header[0] == 23 && atomic_load(&r->armed);
-            }
-            continue;
-        }
-        if (r->flip_this_record && r->body_offset == 100) {
-            data[i] ^= 0x01;
-            r->flipped = true;
-            r->flip_this_record = false;
-        }
-        r->body_offset++;
-        r->body_left--;
-    }
-}
-
-static void *relay_main(void *argument)
-{
-    struct relay *r = argument;
-    uint8_t buffer[65536];
-    bool client_open = true, server_open = true;
-    while ((client_open || server_open) && !atomic_load(&r->stop)) {
-        struct pollfd p[2] = { { .fd = client_open ? r->client_fd : -1, .events = POLLIN },
-                               { .fd = server_open ? r->server_fd : -1, .events = POLLIN } };
-        if (poll(p, 2, 100) <= 0)
-            continue;
-        for (int side = 0; side < 2; side++) {
-            if (p[side].revents == 0)
-                continue;
-            int from = side == 0 ? r->client_fd : r->server_fd;
-            int to = side == 0 ? r->server_fd : r->client_fd;
-            ssize_t got = recv(from, buffer, sizeof(buffer), MSG_DONTWAIT);
-            if (got < 0 && errno == EAGAIN)
-                continue;
-            if (got <= 0) {
-                shutdown(to, SHUT_WR);
-                if (side == 0)
-                    client_open = false;
-                else
-                    server_open = false;
-                continue;
-            }
-            if (side == 0)
-                relay_parse_and_flip(r, buffer, (size_t)got);
-            struct mig_io io = { .fd = to, .stall_ms = STALL_MS, .peer = "relay" };
-            char error[256];
-            if (mig_io_write(&io, buffer, (size_t)got, error, sizeof(error)) != 0)
-                return NULL;
-        }
-    }
-    return NULL;
-}
 
 static bool end_handshake_done(void *argument)
 {
@@ -869,16 +645,16 @@ static bool end_handshake_done(void *argument)
 Test(tls, man_in_the_middle_flipping_one_byte_is_caught_by_the_record_layer, .timeout = 30)
 {
     char dir[64];
-    make_temp_dir(dir, sizeof(dir));
-    write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0600);
+    tls_fixture_temp_dir(dir, sizeof(dir));
+    tls_fixture_write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0600);
     struct mig_tls_credentials *client = load_psk(MIG_TLS_CLIENT, dir, "keys.psk");
     struct mig_tls_credentials *server = load_psk(MIG_TLS_SERVER, dir, "keys.psk");
     int client_side[2], server_side[2];
     socket_pair(client_side);
     socket_pair(server_side);
-    struct relay relay = { .client_fd = client_side[1], .server_fd = server_side[0] };
+    struct tls_fixture_relay relay = { .client_fd = client_side[1], .server_fd = server_side[0] };
     pthread_t relay_thread, server_thread;
-    cr_assert_eq(pthread_create(&relay_thread, NULL, relay_main, &relay), 0);
+    cr_assert_eq(pthread_create(&relay_thread, NULL, tls_fixture_relay_main, &relay), 0);
 
     size_t length = 3 * 16384;
     uint8_t *received = malloc(length), *sent = malloc(length);
@@ -920,7 +696,7 @@ Test(tls, man_in_the_middle_flipping_one_byte_is_caught_by_the_record_layer, .ti
     free(sent);
     mig_tls_credentials_free(client);
     mig_tls_credentials_free(server);
-    remove_dir(dir);
+    tls_fixture_remove_dir(dir);
 }
 
 /* Many small iovecs (frame headers, run headers) and a large one among
@@ -928,8 +704,8 @@ Test(tls, man_in_the_middle_flipping_one_byte_is_caught_by_the_record_layer, .ti
 Test(tls, many_small_iovecs_arrive_in_order, .timeout = 30)
 {
     char dir[64];
-    make_temp_dir(dir, sizeof(dir));
-    write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0600);
+    tls_fixture_temp_dir(dir, sizeof(dir));
+    tls_fixture_write_psk(dir, "keys.psk", PSK_IDENTITY, PSK_KEY_HEX, 0600);
     struct mig_tls_credentials *client = load_psk(MIG_TLS_CLIENT, dir, "keys.psk");
     struct mig_tls_credentials *server = load_psk(MIG_TLS_SERVER, dir, "keys.psk");
     enum { PIECES = 3001 };
@@ -971,5 +747,5 @@ Test(tls, many_small_iovecs_arrive_in_order, .timeout = 30)
     free(echoed);
     mig_tls_credentials_free(client);
     mig_tls_credentials_free(server);
-    remove_dir(dir);
+    tls_fixture_remove_dir(dir);
 }

@@ -18,6 +18,8 @@
 #include "api/server.h"
 #include "bpf/probes.h"
 #include "migration/migration.h"
+#include "migration/tls.h"
+#include "migration/transport.h"
 #include "vmm/console.h"
 #include "vmm/linux_guest.h"
 #include "vmm/options.h"
@@ -98,6 +100,22 @@ int main(int argc, char **argv)
         options.vm.linux_guest.loaded = linux_guest;
     }
 
+    /* The TLS key files likewise (--tls-psk / --tls-creds): a missing,
+     * malformed or group/other-accessible one is a usage error (exit 2)
+     * before anything starts or listens. */
+    struct mig_tls_credentials *incoming_tls = NULL;
+    if (options.tls_psk != NULL || options.tls_creds != NULL) {
+        struct mig_address address;
+        char tls_error[1200];
+        if (mig_address_parse(options.incoming, &address, tls_error, sizeof(tls_error)) != 0 ||
+            mig_tls_credentials_load_for(&incoming_tls, MIG_TLS_SERVER, options.tls_psk, options.tls_creds,
+                                         &address, tls_error, sizeof(tls_error)) != 0) {
+            fprintf(stderr, "ringvm: %s: %s\n", options.tls_psk != NULL ? "--tls-psk" : "--tls-creds", tls_error);
+            linux_guest_close(linux_guest);
+            return 2;
+        }
+    }
+
     /* Every thread created from here on inherits SIGINT/SIGTERM blocked;
      * only the signal thread takes them. */
     struct signal_thread signals = { 0 };
@@ -108,6 +126,7 @@ int main(int argc, char **argv)
 
     struct vm *vm = NULL;
     if (vm_create(&vm, &options.vm) != 0) {
+        mig_tls_credentials_free(incoming_tls);
         linux_guest_close(linux_guest);
         return 1;
     }
@@ -116,6 +135,7 @@ int main(int argc, char **argv)
     if (result != 0) {
         fprintf(stderr, "ringvm: pthread_create(signal thread): %s\n", strerror(result));
         vm_destroy(vm);
+        mig_tls_credentials_free(incoming_tls);
         linux_guest_close(linux_guest);
         return 1;
     }
@@ -153,6 +173,7 @@ int main(int argc, char **argv)
         };
         if (console_create(&console, &vm->serial, vm->uart, &console_config) != 0) {
             vm_destroy(vm);
+            mig_tls_credentials_free(incoming_tls);
             linux_guest_close(linux_guest);
             return 1;
         }
@@ -163,6 +184,7 @@ int main(int argc, char **argv)
     if (options.api_socket != NULL && api_server_create(&api, vm, options.api_socket) != 0) {
         console_destroy(console);
         vm_destroy(vm);
+        mig_tls_credentials_free(incoming_tls);
         linux_guest_close(linux_guest);
         return 1;
     }
@@ -170,14 +192,18 @@ int main(int argc, char **argv)
         api_server_destroy(api);
         console_destroy(console);
         vm_destroy(vm);
+        mig_tls_credentials_free(incoming_tls);
         linux_guest_close(linux_guest);
         return 1;
     }
 
     /* Destination: receive, restore and resume the guest, then run it like
      * any other. A failed or refused migration leaves nothing running. */
+    struct mig_tls_credentials *tls_handed = incoming_tls;
+    incoming_tls = NULL;    /* migration_set_incoming_tls owns it, even when it fails */
     if (options.incoming != NULL &&
-        (migration_set_incoming_stall_timeout(vm, options.incoming_stall_timeout_s * 1000u) != 0 ||
+        (migration_set_incoming_tls(vm, tls_handed) != 0 ||
+         migration_set_incoming_stall_timeout(vm, options.incoming_stall_timeout_s * 1000u) != 0 ||
          migration_incoming_run(vm, options.incoming, api) != 0))
         vm_request_shutdown(vm, 1);
 

@@ -76,6 +76,13 @@ void options_print_usage(FILE *out)
 "                           the source sends nothing for SECONDS, 1..3600 (default %u); also\n"
 "                           the least time any frame gets to arrive once it has started\n"
 "                           (longer frames: their length at 256 KiB/s)\n"
+"  --tls-psk FILE           with --incoming tcp:...: TLS 1.3 with the pre-shared key in FILE\n"
+"                           (QEMU's keys.psk format, lines IDENTITY:HEXKEY, the first used;\n"
+"                           the same file as the source's ringctl migrate --tls-psk; mode 0600)\n"
+"  --tls-creds DIR          with --incoming tcp:...: TLS 1.3 with x509 certificates in DIR\n"
+"                           (ca-cert.pem, server-cert.pem, server-key.pem; the source needs a\n"
+"                           client-cert.pem from the same CA). Without either, tcp: is plaintext:\n"
+"                           any peer that connects first is the source\n"
 "  --bpf                    load the eBPF probes at start (see ringctl trace)\n"
 "  -h, --help               this text\n"
 "  --version                print the version\n"
@@ -90,7 +97,7 @@ enum {
     OPT_MEMORY = 256, OPT_VCPUS, OPT_WORKLOAD, OPT_SERIAL, OPT_STATS, OPT_NUMA_NODE, OPT_HUGEPAGES,
     OPT_DIRTY_LOG, OPT_RING_ENTRIES, OPT_HARVESTERS, OPT_BITMAP_SYNC_MS, OPT_API_SOCKET, OPT_VERSION,
     OPT_RUN_SECONDS, OPT_PREALLOC, OPT_INCOMING, OPT_BPF, OPT_INCOMING_STALL_TIMEOUT,
-    OPT_KERNEL, OPT_INITRD, OPT_CMDLINE, OPT_CONSOLE,
+    OPT_KERNEL, OPT_INITRD, OPT_CMDLINE, OPT_CONSOLE, OPT_TLS_PSK, OPT_TLS_CREDS,
 };
 
 static const struct option long_options[] = {
@@ -115,6 +122,8 @@ static const struct option long_options[] = {
     { "initrd", required_argument, NULL, OPT_INITRD },
     { "cmdline", required_argument, NULL, OPT_CMDLINE },
     { "console", required_argument, NULL, OPT_CONSOLE },
+    { "tls-psk", required_argument, NULL, OPT_TLS_PSK },
+    { "tls-creds", required_argument, NULL, OPT_TLS_CREDS },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, OPT_VERSION },
     { NULL, 0, NULL, 0 },
@@ -274,6 +283,18 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
             }
             options->console_socket = optarg + 5;
             break;
+        case OPT_TLS_PSK:
+        case OPT_TLS_CREDS:
+            if (*optarg == '\0') {
+                snprintf(error, error_size, "%s: expected a %s", option == OPT_TLS_PSK ? "--tls-psk" : "--tls-creds",
+                         option == OPT_TLS_PSK ? "file path" : "directory path");
+                return OPTIONS_ERROR;
+            }
+            if (option == OPT_TLS_PSK)
+                options->tls_psk = optarg;
+            else
+                options->tls_creds = optarg;
+            break;
         case 'h':
             options_print_usage(stdout);
             return OPTIONS_EXIT;
@@ -300,6 +321,23 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
     if (incoming_stall_timeout_given && options->incoming == NULL) {
         snprintf(error, error_size, "--incoming-stall-timeout applies to a destination: it needs --incoming");
         return OPTIONS_ERROR;
+    }
+    if (options->tls_psk != NULL || options->tls_creds != NULL) {
+        const char *flag = options->tls_psk != NULL ? "--tls-psk" : "--tls-creds";
+        if (options->tls_psk != NULL && options->tls_creds != NULL) {
+            snprintf(error, error_size, "--tls-psk and --tls-creds: choose one (a pre-shared key or x509)");
+            return OPTIONS_ERROR;
+        }
+        if (options->incoming == NULL) {
+            snprintf(error, error_size, "%s applies to a destination: it needs --incoming tcp:HOST:PORT (a source "
+                     "takes it on ringctl migrate)", flag);
+            return OPTIONS_ERROR;
+        }
+        if (strncmp(options->incoming, "tcp:", 4) != 0) {
+            snprintf(error, error_size, "%s needs --incoming tcp:HOST:PORT; a unix: socket is local, protected by "
+                     "its file mode and peer check", flag);
+            return OPTIONS_ERROR;
+        }
     }
     const struct vm_linux_guest_config *linux_guest = &config->linux_guest;
     if (linux_guest->kernel_path == NULL && (linux_guest->initrd_path != NULL || linux_guest->user_cmdline != NULL)) {

@@ -18,6 +18,8 @@ struct ringvm_options {
     const char *incoming;           /* --incoming unix:PATH|tcp:HOST:PORT */
     unsigned incoming_stall_timeout_s;  /* --incoming-stall-timeout S: the destination gives up after
                                            S seconds without a byte from the source (default 5) */
+    const char *tls_psk;            /* --tls-psk FILE (keys.psk), NULL = none */
+    const char *tls_creds;          /* --tls-creds DIR (x509), NULL = none */
     bool bpf;                       /* --bpf */
     const char *console_socket;     /* --console unix:PATH (the PATH), NULL = none */
     unsigned demo_seconds;          /* --run-seconds N: shut down after N s (0 = run until signalled) */
