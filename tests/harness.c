@@ -518,7 +518,7 @@ void harness_ask_as_nobody(void (*ask)(char *answer, size_t size), char *answer,
 uint64_t harness_digest_downtime_ms(uint64_t ram_bytes)
 {
     uint64_t floor_ms = migration_digest_downtime_floor_ms(ram_bytes);
-    return 4 * floor_ms > 300 ? 4 * floor_ms : 300;
+    return 4 * floor_ms > 300 ? 10 * floor_ms : 300;
 }
 
 const char *harness_linux_image_file(const char *name)

@@ -100,11 +100,11 @@ bool harness_wait_pauses_held(unsigned count, unsigned timeout_ms);
 void harness_release_pauses(void);
 
 /* A downtime limit that a migration with verify_digest can meet here: the
- * default 300 ms, or four times the floor migration.start measures where
- * hashing ram_bytes alone takes longer (a slow or emulated host,
- * scripts/nested-kvm.sh; a ringvm process measured 1.9x this process's
- * estimate there, on a shared machine). Tests that verify digests prove
- * correctness, not this machine's speed. */
+ * default 300 ms where the floor migration.start measures for hashing
+ * ram_bytes is at most a quarter of it, else ten times the floor (a slow,
+ * emulated or shared host, scripts/nested-kvm.sh: the estimate made at
+ * migration.start swung up to 4.6x this process's there). Tests that verify
+ * digests prove correctness, not this machine's speed. */
 uint64_t harness_digest_downtime_ms(uint64_t ram_bytes);
 
 /* Guest counters helpers. */

@@ -162,3 +162,10 @@ bool test_migration_wait_transferred(struct vm *vm, uint64_t min_bytes, unsigned
     struct transferred_wait w = { .vm = vm, .min_bytes = min_bytes };
     return harness_wait_until(transferred_at_least, &w, timeout_ms);
 }
+
+void test_migration_source_stop(struct harness_vm *source)
+{
+    if (source->vm != NULL)
+        migration_release(source->vm);
+    harness_vm_stop(source);
+}

@@ -52,6 +52,8 @@ struct mig_progress;
 uint64_t test_migration_start(struct vm *vm, const struct mig_params *params);
 /* Waits for vm's migration to end and copies its final progress into *p. */
 void test_migration_finished(struct vm *vm, struct mig_progress *p, unsigned timeout_ms);
+/* Releases the source's migration and stops its VM. */
+void test_migration_source_stop(struct harness_vm *source);
 /* Waits until vm's migration is active and has sent at least min_bytes. */
 bool test_migration_wait_transferred(struct vm *vm, uint64_t min_bytes, unsigned timeout_ms);
 

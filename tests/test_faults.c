@@ -584,8 +584,8 @@ static void run_fault(enum fault fault, unsigned point_index, const char *tag)
     json_t *p = wait_ended(sc, 30000);
     uint64_t detected = now_ms() - fault_at;
     char *text = json_dumps(p, JSON_COMPACT);
-    fprintf(stderr, "faults %s: %s: %s\n", tag, jstr(json_object_get(p, "error"), "code"),
-            jstr(json_object_get(p, "error"), "message"));
+    fprintf(stderr, "faults %s: %s: %s (ended %" PRIu64 " ms after the fault)\n", tag,
+            jstr(json_object_get(p, "error"), "code"), jstr(json_object_get(p, "error"), "message"), detected);
     json_t *error = json_object_get(p, "error");
     cr_assert_str_eq(jstr(p, "state"), "failed", "%s", text);
     cr_assert_str_eq(jstr(p, "phase"), "done");

@@ -420,13 +420,6 @@ static void source_start(struct harness_vm *source, unsigned vcpus)
               console_snapshot(&source->console));
 }
 
-static void source_stop(struct harness_vm *h)
-{
-    if (h->vm != NULL)
-        migration_release(h->vm);
-    harness_vm_stop(h);
-}
-
 static uint64_t hand_over_to(struct vm *vm, const char *dest, bool verify_digest)
 {
     struct mig_params params;
@@ -519,7 +512,7 @@ Test(local_handover, ledger_two_vcpus_at_full_rate_handed_over, .timeout = 240)
     struct test_destination dest;
     hand_over_checked(&source, &dest, 2, true);
     test_destination_stop(&dest);
-    source_stop(&source);
+    test_migration_source_stop(&source);
 }
 
 /* Each link hands the guest to a new VM; the chain's length: 10 (the
@@ -537,7 +530,7 @@ Test(local_handover, a_chain_of_hand_overs, .timeout = 1200)
     for (unsigned i = 0; i < links; i++) {
         hand_over_checked(from, &chain[i], 2, false);
         if (i == 0)
-            source_stop(&first);
+            test_migration_source_stop(&first);
         else
             test_destination_stop(&chain[i - 1]);
         from = &chain[i].harness;
@@ -718,7 +711,7 @@ Test(local_handover, a_destination_gone_before_end_leaves_the_guest_on_the_sourc
     /* The guest never stopped and its RAM is whole: the ledger verifies. */
     expect_ledger_runs(&source);
     free(p);
-    source_stop(&source);
+    test_migration_source_stop(&source);
 }
 
 Test(local_handover, a_destination_gone_after_end_leaves_the_source_paused, .timeout = 120)
@@ -737,7 +730,7 @@ Test(local_handover, a_destination_gone_after_end_leaves_the_source_paused, .tim
     cr_assert_eq(vm_resume(source.vm), 0);
     expect_ledger_runs(&source);
     free(p);
-    source_stop(&source);
+    test_migration_source_stop(&source);
 }
 
 Test(local_handover, a_cancel_before_the_pause_leaves_the_guest_running, .timeout = 120)
@@ -754,7 +747,7 @@ Test(local_handover, a_cancel_before_the_pause_leaves_the_guest_running, .timeou
     cr_assert_eq(vm_get_state(source.vm), VM_STATE_RUNNING);
     expect_ledger_runs(&source);
     free(p);
-    source_stop(&source);
+    test_migration_source_stop(&source);
 }
 
 /* ---- with KVM: two ringvm processes --------------------------------------------------------- */

@@ -43,13 +43,6 @@ static uint64_t now_ms(void)
     return (uint64_t)t.tv_sec * 1000u + (uint64_t)t.tv_nsec / 1000000u;
 }
 
-static void source_stop(struct harness_vm *h)
-{
-    if (h->vm != NULL)
-        migration_release(h->vm);
-    harness_vm_stop(h);
-}
-
 struct advance {
     struct vm *vm;
     uint64_t start[RINGVM_MAX_VCPUS];
@@ -146,7 +139,7 @@ static void migrate_and_verify(const char *workload, unsigned vcpus, bool tcp, b
     }
     free(p);
     test_destination_stop(&dest);
-    source_stop(&source);
+    test_migration_source_stop(&source);
 }
 
 Test(migration, ledger_one_vcpu_unix, .timeout = 90)
@@ -214,7 +207,7 @@ Test(migration, converge_none_unconvergeable_hits_timeout_and_cancels, .timeout 
     free(q);
     free(p);
     test_destination_stop(&dest);
-    source_stop(&source);
+    test_migration_source_stop(&source);
 }
 
 Test(migration, auto_converge_throttles_and_completes, .timeout = 90)
@@ -294,7 +287,7 @@ Test(migration, auto_converge_throttles_and_completes, .timeout = 90)
     cr_assert_eq(vcpu_get_throttle(&source.vm->vcpus[0]), 0, "throttles removed after the migration");
     free(p);
     test_destination_stop(&dest);
-    source_stop(&source);
+    test_migration_source_stop(&source);
 }
 
 struct watch {
@@ -348,7 +341,7 @@ Test(migration, dirty_limit_converges_and_leaves_the_idle_vcpu_alone, .timeout =
     cr_assert_eq(test_destination_join(&dest), 0);
     free(p);
     test_destination_stop(&dest);
-    source_stop(&source);
+    test_migration_source_stop(&source);
 }
 
 /* ---- cancel, failures ------------------------------------------------------------------- */
@@ -385,7 +378,7 @@ Test(migration, cancel_mid_iteration_then_the_guest_continues, .timeout = 60)
     cr_assert_eq(test_destination_join(&dest), -1);
     free(p);
     test_destination_stop(&dest);
-    source_stop(&source);
+    test_migration_source_stop(&source);
 }
 
 /* A destination that dies: accepts, answers the hello, reads until it has
@@ -572,7 +565,7 @@ static void destination_dies(bool during_stop_and_copy)
     cr_assert_eq(console_count(&dest.harness.console, "MISMATCH"), 0);
     free(p);
     test_destination_stop(&dest);
-    source_stop(&source);
+    test_migration_source_stop(&source);
 }
 
 Test(migration, destination_killed_mid_iteration, .timeout = 90)
@@ -609,7 +602,7 @@ Test(migration, paused_vm_is_refused_with_vm_not_running, .timeout = 30)
     cr_assert_eq(migration_start(source.vm, NULL, &params, &id, &code, message, sizeof(message)), -1);
     cr_assert_str_eq(code, "invalid-argument");
     cr_assert_str_eq(message, "dest: 'udp:1.2.3.4:5': unknown transport (expected unix:PATH or tcp:HOST:PORT)");
-    source_stop(&source);
+    test_migration_source_stop(&source);
 }
 
 Test(migration, dirty_log_off_is_refused, .timeout = 30)
@@ -626,7 +619,7 @@ Test(migration, dirty_log_off_is_refused, .timeout = 30)
     cr_assert_eq(migration_start(source.vm, NULL, &params, &id, &code, message, sizeof(message)), -1);
     cr_assert_str_eq(code, "invalid-argument");
     cr_assert_str_eq(message, "cannot migrate with --dirty-log off: start ringvm with --dirty-log ring (or bitmap)");
-    source_stop(&source);
+    test_migration_source_stop(&source);
 }
 
 /* verify_digest puts two hash passes over all RAM into the downtime: a
@@ -655,7 +648,7 @@ Test(migration, verify_digest_beyond_the_downtime_limit_is_refused, .timeout = 6
     struct mig_progress *p = malloc(sizeof(*p));
     cr_assert_not_null(p);
     cr_assert(!migration_progress(source.vm, p), "a refused start left a migration behind");
-    source_stop(&source);
+    test_migration_source_stop(&source);
 
     struct test_destination dest;
     harness_vm_start(&source, "256M", 1, "dirtier,wss=8M", "ring");
@@ -676,7 +669,7 @@ Test(migration, verify_digest_beyond_the_downtime_limit_is_refused, .timeout = 6
     cr_assert_eq(test_destination_join(&dest), 0);
     free(p);
     test_destination_stop(&dest);
-    source_stop(&source);
+    test_migration_source_stop(&source);
 }
 
 Test(migration, config_mismatch_is_refused_on_both_sides, .timeout = 60)
@@ -706,7 +699,7 @@ Test(migration, config_mismatch_is_refused_on_both_sides, .timeout = 60)
     cr_assert_eq(vm_get_state(source.vm), VM_STATE_RUNNING);
     free(p);
     test_destination_stop(&dest);
-    source_stop(&source);
+    test_migration_source_stop(&source);
 }
 
 /* ---- the API command group ------------------------------------------------------------ */
@@ -774,7 +767,7 @@ Test(migration, api_commands_check_arguments_and_state, .timeout = 30)
     cr_assert(strstr(reply, "\"role\":\"outgoing\"") != NULL, "%s", reply);
     cr_assert(strstr(reply, "\"error\":{\"code\":\"transport\"") != NULL, "%s", reply);
     free(reply);
-    source_stop(&source);
+    test_migration_source_stop(&source);
 }
 
 /* ringctl migrate, end to end: API server on the source, events, progress. */
@@ -872,7 +865,7 @@ Test(migration, ringctl_migrate_blocks_until_completed_then_progress_and_cancel,
     migration_release(source.vm);
     api_server_destroy(server);
     test_destination_stop(&dest);
-    source_stop(&source);
+    test_migration_source_stop(&source);
 }
 
 /* ---- what a destination answers to the hello -------------------------------------------------- */
@@ -903,7 +896,7 @@ static void hello_answered_with(enum fake_reply reply, const char *code, const c
     cr_assert(!dirty_log_tracking(source.vm->dirty_log));
     cr_assert(harness_wait_all_vcpus_advance(source.vm, 100, 20000), "the guest stopped");
     free(p);
-    source_stop(&source);
+    test_migration_source_stop(&source);
 }
 
 Test(migration, a_destination_refusing_the_hello_is_destination_error, .timeout = 60)

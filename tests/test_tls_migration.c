@@ -545,13 +545,6 @@ Test(tls_migration, ringctl_warns_once_about_plaintext_tcp, .timeout = 30)
 
 /* ---- whole migrations (KVM) ----------------------------------------------------- */
 
-static void source_stop(struct harness_vm *h)
-{
-    if (h->vm != NULL)
-        migration_release(h->vm);
-    harness_vm_stop(h);
-}
-
 struct advance {
     struct vm *vm;
     unsigned vcpus;
@@ -655,7 +648,7 @@ static void ledger_over_tls(enum credentials_kind kind, const char *cipher, cons
     free(p);
     free(q);
     test_destination_stop(&dest);
-    source_stop(&source);
+    test_migration_source_stop(&source);
     tls_fixture_remove_dir(dir);
 }
 
@@ -853,5 +846,5 @@ Test(tls_migration, every_refusal_is_clear_the_source_runs_on_and_the_destinatio
         test_destination_stop(&dest);
         tls_fixture_remove_dir(dir);
     }
-    source_stop(&source);
+    test_migration_source_stop(&source);
 }
