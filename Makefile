@@ -13,7 +13,7 @@
 # Sources are picked up by directory: every .c in vmm/ dirtyring/ api/
 # migration/ bpf/ goes into the VMM library except the programs' main files
 # listed in PROGRAM_MAINS; every tests/*.c is one Criterion binary; every
-# bench/*.c is its own program.
+# bench/*.c is its own program; bench/lib/*.c is linked into each of them.
 
 CC        ?= gcc
 BUILD     ?= build
@@ -34,6 +34,8 @@ TEST_SRCS := $(wildcard tests/*.c)
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o)
 BENCH_SRCS := $(wildcard bench/*.c)
 BENCHES   := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
+# bench/lib/: helpers linked into every benchmark (not programs themselves).
+BENCH_LIB_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard bench/lib/*.c))
 
 # ---- the built-in guest: freestanding x86-64, ring-0 setup + ring-3 workloads
 GUEST_SRCS := $(wildcard guest/*.c guest/*.S)
@@ -93,7 +95,7 @@ $(BUILD)/ringvm: $(BUILD)/obj/vmm/main.o $(BUILD)/libringvm.a
 $(BUILD)/ringctl: $(BUILD)/obj/api/ringctl.o $(BUILD)/libringvm.a
 	$(CC) $(LDFLAGS_SAN) -pthread $^ $(LDLIBS) -o $@
 
-$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(BUILD)/libringvm.a
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(BENCH_LIB_OBJS) $(BUILD)/libringvm.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) -pthread $^ $(LDLIBS) -o $@
 

@@ -33,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/lib/bench_vm.h"
 #include "migration/local_handover.h"
 #include "migration/migration.h"
 #include "migration/transport.h"
@@ -95,27 +96,9 @@ static uint64_t mem_available(void)
 
 static int make_vm(struct vm **out, uint64_t memory, unsigned vcpus, const char *workload, bool incoming)
 {
-    struct vm_config config;
-    memset(&config, 0, sizeof(config));
-    char error[256];
-    config.memory_bytes = memory;
-    config.vcpu_count = vcpus;
-    config.create_irqchip = true;
-    config.memory_options.numa_node = -1;
-    config.serial.mode = SERIAL_NONE;
-    config.incoming = incoming;
-    if (workload_spec_parse(workload, &config.workload, error, sizeof(error)) != 0) {
-        fprintf(stderr, "bench/handover: %s\n", error);
-        return -1;
-    }
-    dirty_log_config_defaults(&config.dirty_log);
-    if (vm_create(out, &config) != 0)
-        return -1;
-    if (vm_start(*out) != 0) {
-        vm_destroy(*out);
-        return -1;
-    }
-    return 0;
+    struct bench_vm_options options = { .memory = memory, .vcpus = vcpus, .workload = workload,
+                                        .dirty_log = DIRTY_LOG_RING, .incoming = incoming };
+    return bench_vm_start(out, &options, "bench/handover");
 }
 
 static void stop_vm(struct vm *vm)

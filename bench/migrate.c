@@ -46,6 +46,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/lib/bench_vm.h"
 #include "migration/migration.h"
 #include "migration/progress.h"
 #include "migration/protocol.h"
@@ -96,29 +97,9 @@ static int parse_caps(const char *text, struct options *o)
 static int make_vm(struct vm **out, uint64_t memory, const char *workload, enum dirty_log_mode mode, bool incoming,
                    bool prealloc)
 {
-    struct vm_config config;
-    memset(&config, 0, sizeof(config));
-    char error[256];
-    config.memory_bytes = memory;
-    config.vcpu_count = 1;
-    config.create_irqchip = true;
-    config.memory_options.numa_node = -1;
-    config.memory_options.prealloc = prealloc;
-    config.serial.mode = SERIAL_NONE;
-    config.incoming = incoming;
-    if (workload_spec_parse(workload, &config.workload, error, sizeof(error)) != 0) {
-        fprintf(stderr, "bench/migrate: %s\n", error);
-        return -1;
-    }
-    dirty_log_config_defaults(&config.dirty_log);
-    config.dirty_log.mode = mode;
-    if (vm_create(out, &config) != 0)
-        return -1;
-    if (vm_start(*out) != 0) {
-        vm_destroy(*out);
-        return -1;
-    }
-    return 0;
+    struct bench_vm_options options = { .memory = memory, .vcpus = 1, .workload = workload, .dirty_log = mode,
+                                        .incoming = incoming, .prealloc = prealloc };
+    return bench_vm_start(out, &options, "bench/migrate");
 }
 
 /* Steady state: the dirtier has covered its whole working set once (first

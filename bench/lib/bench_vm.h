@@ -1,0 +1,32 @@
+/*
+ * The VM every migration benchmark starts: serial output off, the in-kernel
+ * irqchip, RAM on any NUMA node, the default dirty-log configuration with
+ * the mode asked for. Shared by bench/migrate.c and bench/handover.c (bench/
+ * programs are one file each; bench/lib/ is linked into all of them).
+ *
+ * Ownership: plain functions; the caller owns the VM it gets.
+ */
+#ifndef RINGVM_BENCH_LIB_BENCH_VM_H
+#define RINGVM_BENCH_LIB_BENCH_VM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "dirtyring/dirty_log.h"
+
+struct vm;
+
+struct bench_vm_options {
+    uint64_t memory;
+    unsigned vcpus;
+    const char *workload;           /* --workload text */
+    enum dirty_log_mode dirty_log;
+    bool incoming;                  /* a migration destination: its vCPUs wait for the state */
+    bool prealloc;                  /* guest RAM faulted in at creation */
+};
+
+/* Creates and starts the VM. 0, or -1 with the reason on stderr, prefixed
+ * with `program` ("bench/migrate"). */
+int bench_vm_start(struct vm **out, const struct bench_vm_options *options, const char *program);
+
+#endif
