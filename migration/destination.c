@@ -558,10 +558,14 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
         goto out;
     }
     atomic_store_explicit(&vm->awaiting_migration, false, memory_order_release);
-    vm_resume_vcpus(vm);
+    /* A guest the operator had paused on the source stays paused here
+     * (its vCPUs parked since vm_start, state paused) until vm.resume. */
+    bool stay_paused = (in->receiver.end.flags & MIG_END_GUEST_PAUSED) != 0;
+    if (!stay_paused)
+        vm_resume_vcpus(vm);
     uint64_t resumed = mig_real_ns();
-    vm_set_state(vm, VM_STATE_RUNNING);
-    mig_trace("dst resumed");
+    vm_set_state(vm, stay_paused ? VM_STATE_PAUSED : VM_STATE_RUNNING);
+    mig_trace(stay_paused ? "dst restored, left paused" : "dst resumed");
     pthread_mutex_unlock(&vm->control_lock);
     tell_source = false;
     struct mig_end ack = { .timestamp_ns = resumed,
@@ -614,12 +618,15 @@ out:
         snprintf(in->progress.error_message, sizeof(in->progress.error_message), "%s", error);
     } else {
         in->progress.state = MIG_STATE_COMPLETED;
+        const char *outcome = (in->receiver.end.flags & MIG_END_GUEST_PAUSED)
+                              ? "left paused as on the source (vm.resume runs it)" : "resumed";
         if (local)
-            fprintf(stderr, "ringvm: migration: local hand-over received and resumed in %" PRIu64 " ms, downtime %"
-                    PRIu64 " ms\n", (mig_mono_ns() - in->started_mono) / 1000000u, in->progress.downtime_ms);
+            fprintf(stderr, "ringvm: migration: local hand-over received and %s in %" PRIu64 " ms, downtime %"
+                    PRIu64 " ms\n", outcome, (mig_mono_ns() - in->started_mono) / 1000000u,
+                    in->progress.downtime_ms);
         else
-            fprintf(stderr, "ringvm: migration: received and resumed: %" PRIu64 " MiB in %" PRIu64 " ms, downtime %"
-                PRIu64 " ms\n", atomic_load_explicit(&in->receiver.bytes_received, memory_order_relaxed) >> 20,
+            fprintf(stderr, "ringvm: migration: received and %s: %" PRIu64 " MiB in %" PRIu64 " ms, downtime %"
+                PRIu64 " ms\n", outcome, atomic_load_explicit(&in->receiver.bytes_received, memory_order_relaxed) >> 20,
                 (mig_mono_ns() - in->started_mono) / 1000000u, in->progress.downtime_ms);
     }
     mig_tls_session_free(in->tls);

@@ -209,7 +209,10 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
         m->thread_joinable = false;
     }
     enum vm_state state = vm_get_state(vm);
-    if (state != VM_STATE_RUNNING || atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire)) {
+    /* A paused guest migrates and stays paused on the destination
+     * (MIG_END_GUEST_PAUSED; source_complete reads the state again). */
+    if ((state != VM_STATE_RUNNING && state != VM_STATE_PAUSED) ||
+        atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire)) {
         pthread_mutex_unlock(&m->lock);
         mig_tls_credentials_free(tls);
         *code = "vm-not-running";

@@ -76,7 +76,8 @@ void mig_params_defaults(struct mig_params *params);
 uint64_t migration_digest_downtime_floor_ms(uint64_t ram_bytes);
 
 /* Starts a migration. Returns 0 (*id set) or -1 with code/message:
- *   "vm-not-running"   the VM is not running
+ *   "vm-not-running"   the VM is neither running nor paused (a paused
+ *                      VM migrates and stays paused on the destination)
  *   "migration-active" one is running
  *   "invalid-argument" bad destination / parameters / dirty logging off;
  *                      TLS credentials that cannot be used (both kinds,

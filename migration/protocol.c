@@ -408,7 +408,7 @@ int mig_end_decode(const uint8_t in[MIG_END_SIZE], struct mig_end *end, char *er
     end->digest[MIG_DIGEST_HEX] = '\0';
     end->timestamp_ns = mig_get_u64(in + 40);
     end->pages = mig_get_u64(in + 48);
-    if (end->flags & ~MIG_END_HAS_DIGEST) {
+    if (end->flags & ~MIG_END_FLAGS_KNOWN) {
         snprintf(error, error_size, "end/ack flags 0x%" PRIx64 " unknown", end->flags);
         return -1;
     }

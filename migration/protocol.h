@@ -129,8 +129,12 @@ struct mig_device_state {
 
 /* END (source) and ACK (destination) share one layout. */
 #define MIG_END_HAS_DIGEST 0x1ull
+/* END only: the operator had paused the guest (vm.pause) when the source
+ * stopped it; the destination restores it and leaves it paused. */
+#define MIG_END_GUEST_PAUSED 0x2ull
+#define MIG_END_FLAGS_KNOWN (MIG_END_HAS_DIGEST | MIG_END_GUEST_PAUSED)
 struct mig_end {
-    uint64_t flags;             /* MIG_END_HAS_DIGEST */
+    uint64_t flags;             /* MIG_END_HAS_DIGEST, MIG_END_GUEST_PAUSED */
     char digest[MIG_DIGEST_HEX + 1];    /* NUL-terminated in memory, 32 bytes on the wire */
     uint64_t timestamp_ns;      /* END: CLOCK_REALTIME at pause; ACK: at resume */
     uint64_t pages;             /* END: pages sent in all; ACK: pages received */

@@ -749,7 +749,8 @@ static int source_complete(struct source *s)
     mig_trace("src states queued");
 
     /* The digest is computed while the sender drains (RAM is frozen). */
-    struct mig_end end = { .timestamp_ns = pause_real, .pages = s->pages_sent_total };
+    struct mig_end end = { .timestamp_ns = pause_real, .pages = s->pages_sent_total,
+                           .flags = s->user_paused ? MIG_END_GUEST_PAUSED : 0 };
     if (s->params.verify_digest) {
         char hex[MEMORY_DIGEST_HEX_SIZE];
         r = memory_digest(&vm->memory, hex, NULL, NULL);
@@ -757,7 +758,7 @@ static int source_complete(struct source *s)
             return source_fail(s, "internal", "memory digest: %s", strerror(-r));
         snprintf(s->progress.digest_source, sizeof(s->progress.digest_source), "%s", hex);
         snprintf(end.digest, sizeof(end.digest), "%s", hex);
-        end.flags = MIG_END_HAS_DIGEST;
+        end.flags |= MIG_END_HAS_DIGEST;
     }
     uint8_t end_bytes[MIG_END_SIZE];
     mig_end_encode(&end, end_bytes);

@@ -793,3 +793,29 @@ Test(console, ringctl_console_usage_and_connect_errors)
               process.out);
     harness_process_free(&process);
 }
+
+/* A migration's destination learns that its guest has a UART only when the
+ * state arrives: a console created without one refuses input, then types
+ * into the one console_attach_uart gives it. */
+Test(console, a_uart_attached_later_gets_the_input, .timeout = 30)
+{
+    struct fixture f;
+    fixture_start(&f, false);
+    struct console_config config = {.socket_path = f.path};
+    cr_assert_eq(console_create(&f.console, &f.serial, NULL, &config), 0);
+    struct peer a;
+    peer_connect(&a, f.path);
+    wait_stats(&f, 1, 0);
+    peer_send(&a, "lost\r");
+    const char *notice = "\r\n[ringvm console: this guest has no UART: input ignored]\r\n";
+    cr_assert(peer_wait_text(&a, notice, WAIT_MS), "a got: '%s'", a.data ? a.data : "");
+
+    console_attach_uart(f.console, f.uart);
+    peer_send(&a, "ls\r");
+    guest_wait_input(&f, "ls\r");
+    wait_stats(&f, 1, 1);
+    guest_print(&f, "$ ");
+    cr_assert(peer_wait_text(&a, "$ ", WAIT_MS));
+    peer_close(&a);
+    fixture_stop(&f);
+}

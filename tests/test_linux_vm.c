@@ -9,6 +9,7 @@
  * docs/architecture.md ("Linux guests") for what has and has not run.
  */
 #include <criterion/criterion.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
@@ -62,14 +63,22 @@ static void linux_vm_start(struct linux_vm *vm, const char *vcpus, const char *c
     linux_vm_start_kernel(vm, harness_linux_image_file("bzImage"), vcpus, cmdline);
 }
 
-static void linux_vm_stop(struct linux_vm *vm)
+/* SIGTERM: ringvm exits 0. The directory stays (a destination shares its
+ * source's). */
+static void linux_vm_end_process(struct linux_vm *vm)
 {
     if (vm->client != NULL)
         api_client_close(vm->client);
+    vm->client = NULL;
     kill(vm->process.pid, SIGTERM);
     int status = harness_process_wait_exit(&vm->process, 20000);
     cr_assert_eq(status, 0, "ringvm exit %d on SIGTERM; stderr: %s", status, vm->process.err);
     harness_process_free(&vm->process);
+}
+
+static void linux_vm_stop(struct linux_vm *vm)
+{
+    linux_vm_end_process(vm);
     rmdir(vm->directory);
 }
 
@@ -162,33 +171,43 @@ Test(linux_vm, boots_two_vcpus_to_the_ledger, .timeout = 240)
     boots_and_runs_the_ledger(2);
 }
 
-/* Types into busybox through `ringctl console` and reads the answer: the
- * shell computes 40+2, so "marker-42" can only come from the guest (the
- * echoed input says "$((40+2))"). */
-Test(linux_vm, console_input_reaches_the_guest, .timeout = 240)
+/* Types `echo PREFIX$((A*B))` into busybox through `ringctl console` on
+ * vm's console socket and asserts the answer PREFIX<expected> comes back
+ * there: the shell computes the product, so the answer can only come from
+ * the guest (the echoed input says "$((A*B))"). */
+static void console_answers(struct linux_vm *vm, const char *command, const char *expected)
 {
-    struct linux_vm vm = { 0 };
-    linux_vm_start(&vm, "1", "quiet");
-    cr_assert(harness_process_wait_output(&vm.process, "ringvm-init: no ringvm.workload=", 1, BOOT_TIMEOUT_MS),
-              "/init did not run; stdout: %s", vm.process.out);
     char script[512];
-    snprintf(script, sizeof(script), "printf 'echo marker-$((40+2))\\n' | %s console --socket %s --timeout 5000",
-             harness_program("ringctl"), vm.console_path + 5);
+    snprintf(script, sizeof(script), "printf '%s\\n' | %s console --socket %s --timeout 5000", command,
+             harness_program("ringctl"), vm->console_path + 5);
     char *argv[] = { "/bin/sh", "-c", script, NULL };
     struct harness_process console;
     harness_spawn(&console, argv);
     cr_assert_eq(harness_process_wait_exit(&console, 30000), 0, "ringctl console: %s", console.err);
-    cr_assert_not_null(strstr(console.out, "marker-42"), "console output: %s", console.out);
+    cr_assert_not_null(strstr(console.out, expected), "no %s in the console output: %s", expected, console.out);
     harness_process_free(&console);
+}
+
+/* A Linux guest without a workload, booted to its console shell. */
+static void linux_shell_vm_start(struct linux_vm *vm, const char *vcpus)
+{
+    linux_vm_start(vm, vcpus, "quiet");
+    cr_assert(harness_process_wait_output(&vm->process, "ringvm-init: no ringvm.workload=", 1, BOOT_TIMEOUT_MS),
+              "/init did not run; stdout: %s", vm->process.out);
+}
+
+Test(linux_vm, console_input_reaches_the_guest, .timeout = 240)
+{
+    struct linux_vm vm = { 0 };
+    linux_shell_vm_start(&vm, "1");
+    console_answers(&vm, "echo marker-$((40+2))", "marker-42");
     linux_vm_stop(&vm);
 }
 
 static void power_command_ends_ringvm(const char *command, const char *reason)
 {
     struct linux_vm vm = { 0 };
-    linux_vm_start(&vm, "2", "quiet");
-    cr_assert(harness_process_wait_output(&vm.process, "ringvm-init: no ringvm.workload=", 1, BOOT_TIMEOUT_MS),
-              "/init did not run; stdout: %s", vm.process.out);
+    linux_shell_vm_start(&vm, "2");
     char script[512];
     snprintf(script, sizeof(script), "printf '%s\\n' | %s console --socket %s --timeout 60000", command,
              harness_program("ringctl"), vm.console_path + 5);
@@ -287,17 +306,20 @@ static bool migration_ended(void *argument)
     return ended;
 }
 
-/* `ringvm --incoming SCHEME:DIRECTORY/incoming-HOP.sock --memory 512M --vcpus 2`
- * (scheme unix or local): no kernel, no workload; listening when this returns. */
+/* `ringvm --incoming SCHEME:DIRECTORY/incoming-HOP.sock --memory 512M --vcpus 2
+ * --console unix:DIRECTORY/console-HOP.sock` (scheme unix or local): no
+ * kernel, no workload; listening when this returns. */
 static void linux_destination_start(struct linux_vm *destination, const char *directory, unsigned hop,
                                     const char *scheme, char *incoming, size_t incoming_size)
 {
     memset(destination, 0, sizeof(*destination));
     snprintf(destination->directory, sizeof(destination->directory), "%s", directory);
     snprintf(destination->api_path, sizeof(destination->api_path), "%s/destination-%u.sock", directory, hop);
+    snprintf(destination->console_path, sizeof(destination->console_path), "unix:%s/console-%u.sock", directory,
+             hop);
     snprintf(incoming, incoming_size, "%s:%s/incoming-%u.sock", scheme, directory, hop);
     char *argv[] = { (char *)harness_program("ringvm"), "--incoming", incoming, "--memory", "512M", "--vcpus", "2",
-                     "--api-socket", destination->api_path, NULL };
+                     "--api-socket", destination->api_path, "--console", destination->console_path, NULL };
     harness_spawn(&destination->process, argv);
     cr_assert(harness_wait_until(try_connect, destination, 20000), "no destination API; stderr: %s",
               destination->process.err);
@@ -358,13 +380,8 @@ static void linux_guest_moves_twice(const char *scheme)
         linux_guest_carries_on_at(&hops[hop]);
         from = &hops[hop];
     }
-    for (unsigned hop = 0; hop < 2; hop++) {
-        api_client_close(hops[hop].client);
-        kill(hops[hop].process.pid, SIGTERM);
-        cr_assert_eq(harness_process_wait_exit(&hops[hop].process, 20000), 0, "hop %u stderr: %s", hop,
-                     hops[hop].process.err);
-        harness_process_free(&hops[hop].process);
-    }
+    for (unsigned hop = 0; hop < 2; hop++)
+        linux_vm_end_process(&hops[hop]);
     linux_vm_stop(&vm);
 }
 
@@ -378,4 +395,154 @@ Test(linux_vm, a_linux_guest_migrates_twice_and_carries_on, .timeout = 400)
 Test(linux_vm, a_linux_guest_is_handed_over_locally_twice_and_carries_on, .timeout = 400)
 {
     linux_guest_moves_twice("local");
+}
+
+/* pages_written of each of vm's 2 vCPUs, from vm.guest-stats. */
+static void guest_pages_written(struct linux_vm *vm, int64_t written[2])
+{
+    json_t *stats = call_ok(vm, "vm.guest-stats", NULL);
+    json_t *vcpus = json_object_get(stats, "vcpus");
+    cr_assert_eq(json_array_size(vcpus), 2, "%s", json_dumps(stats, JSON_COMPACT));
+    for (unsigned i = 0; i < 2; i++)
+        written[i] = json_integer_value(json_object_get(json_array_get(vcpus, i), "pages_written"));
+    json_decref(stats);
+}
+
+static void assert_state(struct linux_vm *vm, const char *state)
+{
+    json_t *info = call_ok(vm, "vm.info", NULL);
+    cr_assert_str_eq(json_string_value(json_object_get(info, "state")), state);
+    json_decref(info);
+}
+
+/* A Linux guest paused by the operator (vm.pause) migrates and stays
+ * paused on the destination (END's guest-paused flag): state paused, the
+ * ledger's counters exactly the source's at the pause, and still those
+ * after a whole-RAM digest there; vm.resume on the destination runs it:
+ * LEDGER OK goes on, never MISMATCH. */
+Test(linux_vm, a_paused_linux_guest_migrates_and_stays_paused, .timeout = 400)
+{
+    struct linux_vm vm = { 0 };
+    linux_vm_start(&vm, "2", "ringvm.workload=ledger,wss=64M,verify=1");
+    wait_ledger_per_vcpu(&vm.process, 2, 1);
+    json_decref(call_ok(&vm, "vm.pause", NULL));
+    int64_t at_pause[2];
+    guest_pages_written(&vm, at_pause);
+    cr_assert(at_pause[0] > 0 && at_pause[1] > 0, "the ledger wrote nothing: %" PRId64 ", %" PRId64, at_pause[0],
+              at_pause[1]);
+
+    struct linux_vm destination;
+    char incoming[160];
+    linux_destination_start(&destination, vm.directory, 0, "unix", incoming, sizeof(incoming));
+    linux_migrate(&vm, incoming);
+    assert_state(&vm, "migrated");
+    assert_state(&destination, "paused");
+    int64_t arrived[2], later[2];
+    guest_pages_written(&destination, arrived);
+    cr_assert(arrived[0] == at_pause[0] && arrived[1] == at_pause[1],
+              "the guest ran on the way: %" PRId64 ", %" PRId64 " written, %" PRId64 ", %" PRId64 " at the pause",
+              arrived[0], arrived[1], at_pause[0], at_pause[1]);
+    /* Hashing all 512 MiB takes a while: the vCPUs stay parked meanwhile. */
+    json_decref(call_ok(&destination, "vm.memory-digest", NULL));
+    guest_pages_written(&destination, later);
+    cr_assert(later[0] == at_pause[0] && later[1] == at_pause[1], "the paused guest ran: %" PRId64 ", %" PRId64,
+              later[0], later[1]);
+
+    json_t *resumed = call_ok(&destination, "vm.resume", NULL);
+    cr_assert_str_eq(json_string_value(json_object_get(resumed, "state")), "running");
+    json_decref(resumed);
+    linux_guest_carries_on_at(&destination);
+    guest_pages_written(&destination, later);
+    cr_assert(later[0] > at_pause[0] && later[1] > at_pause[1], "a vCPU did not run after vm.resume");
+    linux_vm_end_process(&destination);
+    linux_vm_stop(&vm);
+}
+
+/* After a migration, bytes typed through `ringctl console` on the
+ * destination's console socket reach busybox there (the UART's registers
+ * and its interrupt through the restored IOAPIC came along) and its
+ * output comes back through the same socket. */
+Test(linux_vm, console_input_reaches_the_guest_after_a_migration, .timeout = 400)
+{
+    struct linux_vm vm = { 0 };
+    linux_shell_vm_start(&vm, "2");
+    console_answers(&vm, "echo before-$((40+2))", "before-42");
+    struct linux_vm destination;
+    char incoming[160];
+    linux_destination_start(&destination, vm.directory, 0, "unix", incoming, sizeof(incoming));
+    linux_migrate(&vm, incoming);
+    assert_state(&destination, "running");
+    console_answers(&destination, "echo ringvm-$((6*7))", "ringvm-42");
+    /* The guest's output also reaches the destination's --serial (stdout). */
+    cr_assert(harness_process_wait_output(&destination.process, "ringvm-42", 1, 30000), "stdout: %s",
+              destination.process.out);
+    linux_vm_end_process(&destination);
+    linux_vm_stop(&vm);
+}
+
+struct guest_progress {
+    struct linux_vm *vm;
+    int64_t from[2];
+};
+
+/* True once both vCPUs' pages_written passed `from`. */
+static bool guest_wrote_more(void *argument)
+{
+    struct guest_progress *progress = argument;
+    int64_t now[2];
+    guest_pages_written(progress->vm, now);
+    return now[0] > progress->from[0] && now[1] > progress->from[1];
+}
+
+/* RINGVM_PINGPONG_HOPS (default 10, 1..1000). */
+static unsigned pingpong_hops(void)
+{
+    const char *text = getenv("RINGVM_PINGPONG_HOPS");
+    if (text == NULL || text[0] == '\0')
+        return 10;
+    char *end;
+    unsigned long hops = strtoul(text, &end, 10);
+    cr_assert(*end == '\0' && hops >= 1 && hops <= 1000, "RINGVM_PINGPONG_HOPS='%s': expected 1..1000", text);
+    return (unsigned)hops;
+}
+
+/* Ping-pong: the Linux ledger guest (2 vCPUs) migrated over unix between
+ * two destination slots in turn, RINGVM_PINGPONG_HOPS hops (default 10).
+ * A ringvm receives once, so each hop starts a new ringvm in the slot the
+ * guest left the hop before and ends that slot's old one: at most two
+ * ringvm processes hold the guest's two places. Each hop: completed,
+ * digests equal, two LEDGER OK per vCPU on the destination, no MISMATCH. */
+Test(linux_vm, a_linux_guest_ping_pongs_between_two_destinations, .timeout = 3000)
+{
+    unsigned hops = pingpong_hops();
+    fprintf(stderr, "linux_vm::a_linux_guest_ping_pongs_between_two_destinations: %u hops\n", hops);
+    struct linux_vm vm = { 0 };
+    linux_vm_start(&vm, "2", "ringvm.workload=ledger,wss=64M,verify=1");
+    wait_ledger_per_vcpu(&vm.process, 2, 2);
+    struct linux_vm slots[2];
+    bool slot_used[2] = { false, false };
+    struct linux_vm *from = &vm;
+    for (unsigned hop = 0; hop < hops; hop++) {
+        struct linux_vm *to = &slots[hop % 2];
+        if (slot_used[hop % 2])
+            linux_vm_end_process(to);   /* it sent the guest on the hop before */
+        char incoming[160];
+        linux_destination_start(to, vm.directory, hop, "unix", incoming, sizeof(incoming));
+        slot_used[hop % 2] = true;
+        linux_migrate(from, incoming);
+        fprintf(stderr, "ping-pong: hop %u of %u completed (to %s)\n", hop + 1, hops, incoming);
+        /* Tells a guest that stopped from one whose console went silent. */
+        struct guest_progress progress = { .vm = to };
+        guest_pages_written(to, progress.from);
+        cr_assert(harness_wait_until(guest_wrote_more, &progress, 60000),
+                  "hop %u: the guest's vCPUs do not run on the destination; stdout: %s\nstderr: %s", hop,
+                  to->process.out, to->process.err);
+        linux_guest_carries_on_at(to);
+        cr_assert_null(strstr(from->process.out, "MISMATCH"), "hop %u source stdout: %s", hop, from->process.out);
+        from = to;
+    }
+    for (unsigned slot = 0; slot < 2; slot++)
+        if (slot_used[slot])
+            linux_vm_end_process(&slots[slot]);
+    linux_vm_stop(&vm);
 }

@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "api/digest.h"
 #include "api/dispatch.h"
 #include "api/ringctl_migration.h"
 #include "api/ringctl_session.h"
@@ -578,30 +579,81 @@ Test(migration, destination_killed_during_stop_and_copy, .timeout = 90)
     destination_dies(true);
 }
 
-Test(migration, paused_vm_is_refused_with_vm_not_running, .timeout = 30)
+/* migration_start on vm with params is refused with code and message. */
+static void assert_start_refused(struct vm *vm, const struct mig_params *params, const char *code,
+                                 const char *message)
+{
+    uint64_t id = 0;
+    const char *refusal = NULL;
+    char text[256];
+    cr_assert_eq(migration_start(vm, NULL, params, &id, &refusal, text, sizeof(text)), -1, "%s: started", params->dest);
+    cr_assert_str_eq(refusal, code);
+    cr_assert_str_eq(text, message);
+}
+
+/* A guest the operator paused migrates paused (END's guest-paused flag):
+ * the destination restores it and keeps its vCPUs parked, state paused,
+ * RAM unchanged (the ledger's counters frozen at the source's values);
+ * vm.resume there runs it and the ledger verifies on. */
+Test(migration, a_paused_guest_migrates_and_stays_paused, .timeout = 90)
 {
     harness_require_kvm();
+    enum { VCPUS = 2 };
     struct harness_vm source;
-    harness_vm_start(&source, "64M", 1, "dirtier,wss=8M", "ring");
-    cr_assert(harness_wait_all_vcpus_advance(source.vm, 1000, 20000));
+    harness_vm_start(&source, "128M", VCPUS, "ledger,wss=8M,verify=1", "ring");
+    cr_assert(console_wait_for(&source.console, "LEDGER OK", 1, 20000), "no LEDGER OK on the source:\n%s",
+              console_snapshot(&source.console));
     cr_assert_eq(vm_pause(source.vm), 0);
+    uint64_t written[VCPUS];
+    for (unsigned i = 0; i < VCPUS; i++)
+        written[i] = harness_pages_written(source.vm, i);
+
+    struct test_destination dest;
+    test_destination_start(&dest, "128M", VCPUS, "idle", false);
     struct mig_params params;
     mig_params_defaults(&params);
-    snprintf(params.dest, sizeof(params.dest), "unix:/tmp/nowhere.sock");
-    uint64_t id = 0;
-    const char *code = NULL;
-    char message[256];
-    cr_assert_eq(migration_start(source.vm, NULL, &params, &id, &code, message, sizeof(message)), -1);
-    cr_assert_str_eq(code, "vm-not-running");
-    cr_assert_str_eq(message, "cannot migrate: the VM is paused");
-    struct mig_progress *none = malloc(sizeof(*none));
-    cr_assert(!migration_progress(source.vm, none), "a refused start leaves no progress");
-    free(none);
-    cr_assert_eq(vm_resume(source.vm), 0);
-    snprintf(params.dest, sizeof(params.dest), "udp:1.2.3.4:5");
-    cr_assert_eq(migration_start(source.vm, NULL, &params, &id, &code, message, sizeof(message)), -1);
-    cr_assert_str_eq(code, "invalid-argument");
-    cr_assert_str_eq(message, "dest: 'udp:1.2.3.4:5': unknown transport (expected unix:PATH or tcp:HOST:PORT)");
+    snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
+    params.keep_alive = true;
+    params.verify_digest = true;
+    params.downtime_ms = harness_digest_downtime_ms(128ull << 20);
+    params.timeout_s = 60;
+    test_migration_start(source.vm, &params);
+    struct mig_progress *p = malloc(sizeof(*p));
+    test_migration_finished(source.vm, p, 60000);
+    cr_assert_eq(test_destination_join(&dest), 0, "the destination failed (see stderr)");
+    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "state %s: %s: %s", mig_state_name(p->state), p->error_code,
+                 p->error_message);
+    cr_assert_str_eq(p->digest_source, p->digest_destination, "digests differ");
+    cr_assert_eq(vm_get_state(source.vm), VM_STATE_MIGRATED);
+
+    /* Paused there: every vCPU parked, nothing written since the source
+     * paused (the counters live in guest RAM), RAM as the digest saw it. */
+    struct vm *dvm = dest.harness.vm;
+    cr_assert_eq(vm_get_state(dvm), VM_STATE_PAUSED);
+    for (unsigned i = 0; i < VCPUS; i++) {
+        cr_assert(atomic_load(&dvm->vcpus[i].paused), "vcpu %u is not parked", i);
+        cr_assert_eq(harness_pages_written(dvm, i), written[i], "vcpu %u ran", i);
+    }
+    char digest[MEMORY_DIGEST_HEX_SIZE];
+    cr_assert_eq(memory_digest(&dvm->memory, digest, NULL, NULL), 0);
+    cr_assert_str_eq(digest, p->digest_source, "the paused destination's RAM changed");
+    unsigned ok_before = console_count(&dest.harness.console, "LEDGER OK");
+
+    assert_start_refused(source.vm, &params, "vm-not-running", "cannot migrate: the VM is migrated");
+
+    cr_assert_eq(vm_resume(dvm), 0);
+    cr_assert_eq(vm_get_state(dvm), VM_STATE_RUNNING);
+    for (unsigned i = 0; i < VCPUS; i++) {
+        struct advance a = { .vm = dvm, .vcpu = i, .delta = 1000 };
+        a.start[i] = written[i];
+        cr_assert(harness_wait_until(vcpu_advanced, &a, 20000), "vcpu %u does not run after vm.resume", i);
+    }
+    cr_assert(console_wait_for(&dest.harness.console, "LEDGER OK", ok_before + 2, 20000),
+              "the ledger does not verify after vm.resume:\n%s", console_snapshot(&dest.harness.console));
+    cr_assert_eq(console_count(&dest.harness.console, "MISMATCH"), 0, "%s", console_snapshot(&dest.harness.console));
+    cr_assert_eq(atomic_load(&dvm->ledger_mismatches), 0);
+    free(p);
+    test_destination_stop(&dest);
     test_migration_source_stop(&source);
 }
 
@@ -613,12 +665,15 @@ Test(migration, dirty_log_off_is_refused, .timeout = 30)
     struct mig_params params;
     mig_params_defaults(&params);
     snprintf(params.dest, sizeof(params.dest), "unix:/tmp/nowhere.sock");
-    uint64_t id = 0;
-    const char *code = NULL;
-    char message[256];
-    cr_assert_eq(migration_start(source.vm, NULL, &params, &id, &code, message, sizeof(message)), -1);
-    cr_assert_str_eq(code, "invalid-argument");
-    cr_assert_str_eq(message, "cannot migrate with --dirty-log off: start ringvm with --dirty-log ring (or bitmap)");
+    assert_start_refused(source.vm, &params, "invalid-argument",
+                         "cannot migrate with --dirty-log off: start ringvm with --dirty-log ring (or bitmap)");
+    /* The destination is checked first. */
+    snprintf(params.dest, sizeof(params.dest), "udp:1.2.3.4:5");
+    assert_start_refused(source.vm, &params, "invalid-argument",
+                         "dest: 'udp:1.2.3.4:5': unknown transport (expected unix:PATH or tcp:HOST:PORT)");
+    struct mig_progress *none = malloc(sizeof(*none));
+    cr_assert(!migration_progress(source.vm, none), "a refused start leaves no progress");
+    free(none);
     test_migration_source_stop(&source);
 }
 
@@ -739,10 +794,6 @@ Test(migration, api_commands_check_arguments_and_state, .timeout = 30)
     expect_reply(vm, "{\"id\":6,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:/x\",\"throttle_initial\":50,"
                      "\"throttle_max\":40}}",
                  "args.throttle_initial: 50 is above throttle_max (40)");
-    cr_assert_eq(vm_pause(vm), 0);
-    expect_reply(vm, "{\"id\":7,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:/x\"}}",
-                 "\"code\":\"vm-not-running\",\"message\":\"cannot migrate: the VM is paused\"");
-    cr_assert_eq(vm_resume(vm), 0);
 
     /* Started (the destination does not exist: connect fails), then the
      * snapshot says why; a second start while one runs is refused. */

@@ -1037,11 +1037,11 @@ static void end_unannounced_digest(struct migration_stream *s)
     end_payload(end, MIG_END_HAS_DIGEST, DIGEST_OK);
     tail_with_end_payload(s, end);
 }
-static void end_flags_2(struct migration_stream *s)
+static void end_flags_4(struct migration_stream *s)
 {
     hello(s);
     uint8_t end[MIG_END_SIZE];
-    end_payload(end, 0x2, "00000000000000000000000000000000");
+    end_payload(end, 0x4, "00000000000000000000000000000000");
     tail_with_end_payload(s, end);
 }
 static void end_flags_high(struct migration_stream *s)
@@ -1101,7 +1101,7 @@ static const struct rejection end_rules[] = {
       "frame 4: end frame carries no digest although the hello announced one" },
     { "END with a digest the hello did not announce", end_unannounced_digest, MIG_ERR_STREAM,
       "frame 4: end frame carries a digest the hello did not announce" },
-    { "bad END flags (0x2)", end_flags_2, MIG_ERR_STREAM, "frame 4: end/ack flags 0x2 unknown" },
+    { "bad END flags (0x4)", end_flags_4, MIG_ERR_STREAM, "frame 4: end/ack flags 0x4 unknown" },
     { "bad END flags (bit 63)", end_flags_high, MIG_ERR_STREAM, "frame 4: end/ack flags 0x8000000000000001 unknown" },
     { "non-hex digest (uppercase)", end_digest_uppercase, MIG_ERR_STREAM,
       "frame 4: end/ack digest is not 32 lowercase hex digits" },

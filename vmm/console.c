@@ -44,9 +44,11 @@ struct console_client {
 };
 
 struct console {
-    /* Immutable after console_create. */
+    /* Immutable after console_create, but for uart: NULL (no input
+     * path) until console_attach_uart publishes it once (release; the
+     * console thread reads it with acquire, through console_uart). */
     struct serial *serial;
-    struct uart *uart;              /* NULL: no input path */
+    _Atomic(struct uart *) uart;
     bool has_socket;
     struct unix_listener listener;
     int wake_fd;                    /* eventfd: output queued, UART has room, stop */
@@ -223,6 +225,11 @@ static void console_on_output(const uint8_t *bytes, size_t length, void *opaque)
         console_wake(console);
 }
 
+static struct uart *console_uart(const struct console *console)
+{
+    return atomic_load_explicit(&console->uart, memory_order_acquire);
+}
+
 /* The UART's rx_space callback: a vCPU thread, the uart lock held. */
 static void console_on_rx_space(void *opaque)
 {
@@ -279,7 +286,7 @@ static bool flush_client(struct console *console, struct console_client *client)
 static bool may_write(const struct console *console, unsigned slot)
 {
     int writer = atomic_load_explicit(&console->writer, memory_order_relaxed);
-    return console->uart != NULL && (writer < 0 || writer == (int)slot);
+    return console_uart(console) != NULL && (writer < 0 || writer == (int)slot);
 }
 
 static void release_writer(struct console *console, unsigned slot)
@@ -318,7 +325,7 @@ static bool read_client(struct console *console, unsigned slot)
         console->input_length = (size_t)n;
         return true;
     }
-    if (console->uart == NULL) {
+    if (console_uart(console) == NULL) {
         if (!client->told_no_uart)
             queue_notice(console, client, "\r\n[ringvm console: this guest has no UART: input ignored]\r\n");
         client->told_no_uart = true;
@@ -405,11 +412,12 @@ static void feed_uart(struct console *console)
 {
     if (console->input_length == 0)
         return;
-    if (console->uart == NULL) {
+    struct uart *uart = console_uart(console);
+    if (uart == NULL) {
         console->input_length = 0;      /* nowhere to go */
         return;
     }
-    size_t accepted = uart_receive(console->uart, console->input + console->input_start, console->input_length);
+    size_t accepted = uart_receive(uart, console->input + console->input_start, console->input_length);
     console->input_start += accepted;
     console->input_length -= accepted;
     if (console->input_length == 0)
@@ -562,7 +570,7 @@ int console_create(struct console **out, struct serial *serial, struct uart *uar
         return -ENOMEM;
     }
     console->serial = serial;
-    console->uart = uart;
+    atomic_init(&console->uart, uart);
     console->wake_fd = -1;
     atomic_init(&console->writer, -1);
     pthread_mutex_init(&console->lock, NULL);
@@ -613,14 +621,24 @@ int console_create(struct console **out, struct serial *serial, struct uart *uar
     return 0;
 }
 
+void console_attach_uart(struct console *console, struct uart *uart)
+{
+    if (console == NULL || console_uart(console) != NULL)
+        return;
+    uart_set_rx_space_callback(uart, console_on_rx_space, console);
+    atomic_store_explicit(&console->uart, uart, memory_order_release);
+    console_wake(console);
+}
+
 void console_destroy(struct console *console)
 {
     if (console == NULL)
         return;
     /* After these return, no vCPU thread is inside our callbacks. */
     serial_set_output_listener(console->serial, NULL, NULL);
-    if (console->uart != NULL)
-        uart_set_rx_space_callback(console->uart, NULL, NULL);
+    struct uart *uart = console_uart(console);
+    if (uart != NULL)
+        uart_set_rx_space_callback(uart, NULL, NULL);
     atomic_store_explicit(&console->stop, true, memory_order_release);
     console_wake(console);
     if (console->thread_started)

@@ -68,6 +68,13 @@ struct console_config {
 int console_create(struct console **out, struct serial *serial, struct uart *uart,
                    const struct console_config *config);
 
+/* Gives a console created without a UART the guest's (a migration's
+ * destination learns that its guest is Linux, with a UART, only from the
+ * stream: vm->uart_created). From then on socket clients and stdin type
+ * into it. Once; a console that has a UART keeps it. Any thread; NULL
+ * console: no-op. */
+void console_attach_uart(struct console *console, struct uart *uart);
+
 /* Detaches from serial and the uart, sends each client what is already
  * buffered (without waiting), closes the connections and the socket
  * (unlinked), joins the thread, restores the terminal. NULL is a no-op.

@@ -72,6 +72,12 @@ static void *signal_thread_main(void *argument)
     }
 }
 
+/* vm->uart_created: the console types into the UART that arrived. */
+static void main_console_attach_uart(struct uart *uart, void *opaque)
+{
+    console_attach_uart(opaque, uart);
+}
+
 int main(int argc, char **argv)
 {
     struct ringvm_options options;
@@ -177,6 +183,9 @@ int main(int argc, char **argv)
             linux_guest_close(linux_guest);
             return 1;
         }
+        /* A destination's Linux guest brings its UART with its state. */
+        vm->uart_created = main_console_attach_uart;
+        vm->uart_created_opaque = console;
     }
 
     /* The API registers its VM state listener, so it comes before vm_start. */

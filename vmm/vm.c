@@ -304,8 +304,11 @@ int vm_become_linux_destination(struct vm *vm)
     int result = vm_create_pit(vm);
     if (result == 0)
         result = vm_create_uart(vm);
-    if (result == 0)
+    if (result == 0) {
         vm->config.guest_kind = VM_GUEST_LINUX;
+        if (vm->uart_created != NULL)
+            vm->uart_created(vm->uart, vm->uart_created_opaque);
+    }
     return result;
 }
 

@@ -92,6 +92,11 @@ struct vm {
      * 16550A UART whose interrupt line is IRQ 4 of the in-kernel irqchip. */
     struct cmos_rtc rtc;
     struct uart *uart;              /* NULL for the built-in guest */
+    /* Set before vm_start (main.c: console_attach_uart). Called once, on the
+     * migration thread with the vCPUs parked, when an incoming VM creates
+     * the UART of the Linux guest that is arriving (vm_become_linux_destination). */
+    void (*uart_created)(struct uart *uart, void *opaque);
+    void *uart_created_opaque;
     struct dirty_log *dirty_log;    /* NULL with --dirty-log off */
 
     uint32_t msr_indices[256];      /* saved by vcpu_state_save */
