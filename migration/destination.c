@@ -653,8 +653,7 @@ int migration_incoming_run(struct vm *vm, const char *address, struct api_server
 {
     struct mig_address parsed;
     char error[400];
-    int local = local_handover_parse_address(address, &parsed, error, sizeof(error));
-    if (local < 0 || (local == 0 && mig_address_parse(address, &parsed, error, sizeof(error)) != 0)) {
+    if (local_handover_parse_any_address(address, &parsed, error, sizeof(error)) < 0) {
         fprintf(stderr, "ringvm: --incoming: %s\n", error);
         return -1;
     }

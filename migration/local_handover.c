@@ -5,18 +5,10 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "migration/memfd_transfer.h"
 #include "vmm/vm.h"
-
-static uint64_t monotonic_ns(void)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
-}
 
 int local_handover_parse_address(const char *text, struct mig_address *out, char *error, size_t error_size)
 {
@@ -40,6 +32,14 @@ int local_handover_parse_address(const char *text, struct mig_address *out, char
     return 1;
 }
 
+int local_handover_parse_any_address(const char *text, struct mig_address *out, char *error, size_t error_size)
+{
+    int local = local_handover_parse_address(text, out, error, error_size);
+    if (local != 0)
+        return local;
+    return mig_address_parse(text, out, error, error_size) == 0 ? 0 : -1;
+}
+
 int local_handover_send_ram(int socket_fd, const struct vm *vm, char *error, size_t error_size)
 {
     return memfd_transfer_send(socket_fd, vm->memory.memfd, vm->memory.size, error, error_size) == 0 ? 0 : -1;
@@ -60,7 +60,7 @@ static uint64_t populate_data_extents(struct guest_memory *memory, uint64_t dead
     if (memory->hugepages)
         return 0;
     uint64_t populated = 0, offset = 0;
-    while (offset < memory->size && monotonic_ns() < deadline_ns) {
+    while (offset < memory->size && vm_now_ns() < deadline_ns) {
         off_t data = lseek(memory->memfd, (off_t)offset, SEEK_DATA);
         if (data < 0)
             break;      /* ENXIO: no data past offset; anything else: give up quietly */
@@ -83,7 +83,7 @@ int local_handover_adopt_ram(struct vm *vm, int socket_fd, unsigned stall_ms, co
                              struct local_handover_adoption *adoption, char *error, size_t error_size)
 {
     memset(adoption, 0, sizeof(*adoption));
-    uint64_t started = monotonic_ns();
+    uint64_t started = vm_now_ns();
     for (;;) {
         int readable = mig_io_poll_readable(socket_fd, 50);
         if (readable < 0) {
@@ -96,7 +96,7 @@ int local_handover_adopt_ram(struct vm *vm, int socket_fd, unsigned stall_ms, co
             snprintf(error, error_size, "the destination VM is shutting down");
             return -1;
         }
-        if (monotonic_ns() - started >= (uint64_t)stall_ms * 1000000u) {
+        if (vm_now_ns() - started >= (uint64_t)stall_ms * 1000000u) {
             snprintf(error, error_size, "no guest-RAM memfd from the source within %u ms", stall_ms);
             return -1;
         }
@@ -106,11 +106,11 @@ int local_handover_adopt_ram(struct vm *vm, int socket_fd, unsigned stall_ms, co
         return -1;
     if (guest_memory_replace_backing(&vm->memory, memfd, error, error_size) != 0)
         return -1;
-    uint64_t adopted = monotonic_ns();
+    uint64_t adopted = vm_now_ns();
     adoption->adopt_ns = adopted - started;
     /* Half the stall timeout, so HELLO_ACK reaches a source waiting for it
      * with that same timeout in time. */
     adoption->populated_bytes = populate_data_extents(&vm->memory, adopted + (uint64_t)stall_ms * 500000u);
-    adoption->populate_ns = monotonic_ns() - adopted;
+    adoption->populate_ns = vm_now_ns() - adopted;
     return 0;
 }

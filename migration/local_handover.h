@@ -40,6 +40,10 @@ struct vm;
  * 0 when text is some other address (out untouched), -1 when it is
  * local: with a bad path (the reason in error). */
 int local_handover_parse_address(const char *text, struct mig_address *out, char *error, size_t error_size);
+/* Any migration address: 1 for local:PATH, 0 for unix:PATH or
+ * tcp:HOST:PORT (mig_address_parse), out set either way; -1 with the
+ * reason in error. */
+int local_handover_parse_any_address(const char *text, struct mig_address *out, char *error, size_t error_size);
 
 /* Source, right after connecting and before HELLO: sends vm's guest-RAM
  * memfd. 0 or -1 with the reason in error. */

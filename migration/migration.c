@@ -151,8 +151,8 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     }
     char text[1200];
     struct mig_address address;
-    int local = local_handover_parse_address(params->dest, &address, text, sizeof(text));
-    if (local < 0 || (local == 0 && mig_address_parse(params->dest, &address, text, sizeof(text)) != 0)) {
+    int local = local_handover_parse_any_address(params->dest, &address, text, sizeof(text));
+    if (local < 0) {
         *code = "invalid-argument";
         snprintf(message, message_size, "dest: %s", text);
         return -1;

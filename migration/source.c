@@ -929,8 +929,7 @@ static int source_run(struct source *s)
     struct vm *vm = s->vm;
     char text[600];
     struct mig_address address;
-    if (s->local ? local_handover_parse_address(s->params.dest, &address, text, sizeof(text)) != 1
-                 : mig_address_parse(s->params.dest, &address, text, sizeof(text)) != 0)
+    if (local_handover_parse_any_address(s->params.dest, &address, text, sizeof(text)) < 0)
         return source_fail(s, "invalid-argument", "%s", text);
     source_phase(s, MIG_STATE_SETUP, "connecting");
     s->fd = mig_connect(&address, CONNECT_TIMEOUT_MS, &s->m->cancel, text, sizeof(text));
