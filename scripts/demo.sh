@@ -38,11 +38,28 @@ echo "demo: destination: waiting on unix:$work/migrate.sock"
     > "$work/destination.log" 2>&1 &
 destination_pid=$!
 
+# Wait for both API sockets (pre-allocating 1 GiB takes seconds on a busy
+# machine), failing at once if either process died.
+wait_for_api() {
+    local name=$1 pid=$2 socket=$3 tries=0
+    until "$ringctl" -s "$socket" info >/dev/null 2>&1; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "demo: the $name ringvm exited before its API socket came up; its log:" >&2
+            cat "$work/$name.log" >&2
+            exit 1
+        fi
+        tries=$((tries + 1))
+        if [ "$tries" -ge 600 ]; then
+            echo "demo: the $name ringvm's API socket $socket did not come up within 60 s" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+}
+wait_for_api source "$source_pid" "$work/source.sock"
+wait_for_api destination "$destination_pid" "$work/destination.sock"
 # Let the guest reach full speed first (and show it).
-for _ in 1 2 3; do
-    sleep 1
-    "$ringctl" -s "$work/source.sock" info >/dev/null 2>&1 && break
-done
+sleep 1
 "$ringctl" -s "$work/source.sock" dirty-stats | head -4 || true
 
 echo "demo: migrating (auto-converge, downtime limit 300 ms)"
