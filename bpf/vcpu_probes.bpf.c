@@ -383,7 +383,12 @@ int BPF_PROG(rv_signal_generate, int sig, struct kernel_siginfo *info, struct ta
         return 0;
     if ((unsigned long)info < 4096)
         return 0;                   /* SEND_SIG_NOINFO / SEND_SIG_PRIV */
-    if ((__u32)task->tgid != target_tgid || info->si_code != RV_SI_TIMER)
+    if ((__u32)task->tgid != target_tgid)
+        return 0;
+    /* Read, not dereferenced: since info may be SEND_SIG_PRIV (1), newer
+     * verifiers (6.18 here) type it as a scalar ("may encode error") and
+     * refuse a direct access with EACCES. */
+    if (BPF_CORE_READ(info, si_code) != RV_SI_TIMER)
         return 0;
     struct rv_vcpu *v = vcpu_of_tid((__u32)task->pid);
     if (!v)

@@ -27,7 +27,9 @@
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
+#include <linux/capability.h>
 #include <linux/types.h>
+#include <sys/syscall.h>
 
 #include "bpf/vcpu_probes.h"
 #include "vcpu_probes.skel.h"
@@ -201,6 +203,21 @@ bool bpf_probes_built(const char **reason)
     return true;
 }
 
+/* CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN (kernels before 5.8), in the
+ * effective set. */
+static bool bpf_capabilities_present(void)
+{
+    struct __user_cap_header_struct header = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof(data));
+    if (syscall(SYS_capget, &header, data) != 0)
+        return false;
+    uint64_t effective = (uint64_t)data[1].effective << 32 | data[0].effective;
+    bool sys_admin = effective & (1ULL << CAP_SYS_ADMIN);
+    bool bpf_and_perfmon = (effective & (1ULL << CAP_BPF)) && (effective & (1ULL << CAP_PERFMON));
+    return sys_admin || bpf_and_perfmon;
+}
+
 /* ---- availability of attach points ------------------------------------------ */
 
 static bool btf_has_tracepoint(const struct btf *vmlinux, const struct btf *kvm, const char *name)
@@ -352,7 +369,10 @@ int bpf_probes_create(struct bpf_probes **out, struct vm *vm, char *error, size_
     }
 
     rc = load_programs(probes, wanted, &probes->skel);
-    if (rc == -EPERM || rc == -EACCES) {
+    /* EPERM/EACCES mean "not allowed" only without the capabilities; with
+     * them it is the verifier refusing a program (EACCES), which the
+     * per-program pass below names with its log line. */
+    if ((rc == -EPERM || rc == -EACCES) && !bpf_capabilities_present()) {
         set_error(error, error_size, "loading BPF programs: %s (needs root, or CAP_BPF + CAP_PERFMON)",
                   strerror(-rc));
         bpf_probes_destroy(probes);
