@@ -9,7 +9,7 @@ set -euo pipefail
 build=${1:-build}
 ringvm="$build/ringvm"
 kernel="$build/linux/bzImage"
-initrd="$build/linux/initramfs.cpio.gz"
+initrd="$build/linux/initramfs.cpio"
 seconds=${DEMO_SECONDS:-40}
 
 if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then

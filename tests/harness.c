@@ -15,6 +15,8 @@
 
 #include "bpf/probes.h"
 #include "migration/migration.h"
+#include "vmm/host.h"
+#include "vmm/linux_boot.h"
 #include "vmm/linux_guest.h"
 #include "vmm/size.h"
 
@@ -532,6 +534,26 @@ const char *harness_linux_image_file(const char *name)
     if (access(path[which], R_OK) != 0)
         harness_skip("%s is missing (make linux-guest builds it): %s", path[which], strerror(errno));
     return path[which];
+}
+
+const char *harness_linux_kernel(void)
+{
+    return harness_linux_image_file(host_kvm_is_pvm() ? "vmlinux" : "bzImage");
+}
+
+const char *harness_linux_boot_protocol(void)
+{
+    return host_kvm_is_pvm() ? "vmlinux PVH" : "bzImage 64-bit";
+}
+
+const char *harness_linux_cmdline(const char *user)
+{
+    static __thread char text[4096];
+    char *cmdline = linux_boot_cmdline(user, host_kvm_is_pvm());
+    cr_assert_not_null(cmdline);
+    snprintf(text, sizeof(text), "%s", cmdline);
+    free(cmdline);
+    return text;
 }
 
 /* ---- holding pauses in flight ------------------------------------------------------------- */

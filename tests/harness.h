@@ -76,6 +76,21 @@ void harness_vm_stop(struct harness_vm *harness);
  * read. Two calls' results may be held at once (per thread). */
 const char *harness_linux_image_file(const char *name);
 
+/* The kernel of the image the Linux tests boot on this host: the bzImage
+ * on VMX/SVM hosts; on PVM hosts (vmm/host.h) the PVH vmlinux, because
+ * there the bzImage's XZ decompressor runs in KVM's instruction emulator
+ * and printed no banner within minutes (guest/linux/README.md, "On PVM
+ * hosts"). Skips like harness_linux_image_file. */
+const char *harness_linux_kernel(void);
+
+/* What vm.info's boot_protocol says for harness_linux_kernel(). */
+const char *harness_linux_boot_protocol(void);
+
+/* ringvm's kernel command line for `user` on this host (the defaults, the
+ * PVM-host options where this host is one, then user): what vm.info's
+ * cmdline says. Per-thread buffer, valid until the next call. */
+const char *harness_linux_cmdline(const char *user);
+
 void harness_linux_vm_create(struct harness_vm *harness, const char *memory, unsigned vcpus, const char *kernel,
                              const char *initrd, const char *cmdline, bool incoming);
 

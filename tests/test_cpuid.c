@@ -207,3 +207,22 @@ Test(cpuid, errors)
     cr_assert_str_eq(error, "CPUID: leaf 1 is missing from KVM_GET_SUPPORTED_CPUID (1 entries)");
     free(supported);
 }
+
+/* PVM hosts never complete a VMCALL: the three hypercall-based KVM
+ * features go, every other bit of the leaf (kvmclock, async PF, PV EOI,
+ * PV TLB flush...) stays. The value is what KVM on a PVM host returned. */
+Test(cpuid, hide_pv_hypercalls_clears_exactly_unhalt_send_ipi_and_sched_yield)
+{
+    struct kvm_cpuid2 *cpuid = cpuid_allocate(2);
+    cr_assert_not_null(cpuid);
+    cpuid->entries[0] = (struct kvm_cpuid_entry2){ .function = 0x40000000, .eax = 0x40000001 };
+    cpuid->entries[1] = (struct kvm_cpuid_entry2){ .function = 0x40000001, .eax = 0x1007efb, .edx = 0x5 };
+    cr_assert_eq(cpuid_hide_pv_hypercalls(cpuid), 3);
+    cr_assert_eq(cpuid->entries[1].eax, 0x100567b, "eax %#x", cpuid->entries[1].eax);
+    cr_assert_eq(cpuid->entries[1].edx, 0x5);
+    cr_assert_eq(cpuid->entries[0].eax, 0x40000001);
+    cr_assert_eq(cpuid_hide_pv_hypercalls(cpuid), 0, "a second call finds nothing to clear");
+    cpuid->nent = 1;
+    cr_assert_eq(cpuid_hide_pv_hypercalls(cpuid), 0, "no KVM features leaf: nothing to clear");
+    free(cpuid);
+}

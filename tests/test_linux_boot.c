@@ -353,14 +353,26 @@ Test(linux_boot, check_limits_the_cmdline_to_the_buffer)
 
 Test(linux_boot, cmdline_defaults_then_user)
 {
-    char *cmdline = linux_boot_cmdline(NULL);
+    char *cmdline = linux_boot_cmdline(NULL, false);
     cr_assert_str_eq(cmdline, "console=ttyS0 reboot=k panic=1 pci=off");
     free(cmdline);
-    cmdline = linux_boot_cmdline("");
+    cmdline = linux_boot_cmdline("", false);
     cr_assert_str_eq(cmdline, "console=ttyS0 reboot=k panic=1 pci=off");
     free(cmdline);
-    cmdline = linux_boot_cmdline("ringvm.workload=ledger,wss=256M,verify=2 quiet");
+    cmdline = linux_boot_cmdline("ringvm.workload=ledger,wss=256M,verify=2 quiet", false);
     cr_assert_str_eq(cmdline, "console=ttyS0 reboot=k panic=1 pci=off ringvm.workload=ledger,wss=256M,verify=2 quiet");
+    free(cmdline);
+}
+
+/* On PVM hosts the options that keep the kernel off instructions the
+ * emulator cannot run come between the defaults and the user's. */
+Test(linux_boot, cmdline_on_pvm_hosts_keeps_the_kernel_off_unemulatable_instructions)
+{
+    char *cmdline = linux_boot_cmdline(NULL, true);
+    cr_assert_str_eq(cmdline, "console=ttyS0 reboot=k panic=1 pci=off noxsave clearcpuid=popcnt,cx16,smap");
+    free(cmdline);
+    cmdline = linux_boot_cmdline("quiet", true);
+    cr_assert_str_eq(cmdline, "console=ttyS0 reboot=k panic=1 pci=off noxsave clearcpuid=popcnt,cx16,smap quiet");
     free(cmdline);
 }
 
@@ -1151,7 +1163,7 @@ static void boot_real_kernel(const char *path, enum linux_kernel_format format)
     struct guest_memory memory;
     create_memory(&memory, 256 * MIB);
     struct linux_boot_entry entry;
-    char *cmdline = linux_boot_cmdline("quiet");
+    char *cmdline = linux_boot_cmdline("quiet", false);
     cr_assert_eq(linux_boot_load(&memory, &kernel, NULL, 0, NULL, cmdline, 2, &entry, error, sizeof(error)), 0, "%s",
                  error);
     if (format == LINUX_KERNEL_BZIMAGE) {

@@ -1,6 +1,6 @@
 /*
  * The Linux guest image (make linux-guest: build/linux/bzImage, vmlinux,
- * initramfs.cpio.gz) booted under QEMU's software emulator (TCG, so no
+ * initramfs.cpio) booted under QEMU's software emulator (TCG, so no
  * /dev/kvm is needed): the kernel banner, /init, two LEDGER OK lines per
  * vCPU from the workload program, and `poweroff` typed on the console
  * ending QEMU. Both entry paths on -M pc: the bzImage (64-bit boot
@@ -104,7 +104,7 @@ static void image_boot_and_power_off(const struct image_boot *boot)
         harness_skip("inside scripts/nested-kvm.sh: the image's QEMU boot runs on the host (make test), "
                      "not under emulation twice");
     char *kernel = image_file(boot->kernel);
-    char *initrd = image_file("initramfs.cpio.gz");
+    char *initrd = image_file("initramfs.cpio");
 
     int input[2];
     cr_assert_eq(pipe2(input, O_CLOEXEC), 0, "pipe2: %s", strerror(errno));

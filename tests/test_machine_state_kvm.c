@@ -29,8 +29,8 @@
 Test(machine_state_kvm, linux_guest_carries_on_in_a_second_vm, .timeout = 300)
 {
     harness_require_kvm();
-    const char *kernel = harness_linux_image_file("bzImage");
-    const char *initrd = harness_linux_image_file("initramfs.cpio.gz");
+    const char *kernel = harness_linux_kernel();
+    const char *initrd = harness_linux_image_file("initramfs.cpio");
     struct harness_vm source, destination;
     harness_linux_vm_create(&source, "256M", 2, kernel, initrd, "ringvm.workload=ledger,wss=32M,verify=1", false);
     cr_assert_eq(vm_start(source.vm), 0);
@@ -78,9 +78,8 @@ Test(machine_state_kvm, linux_guest_carries_on_in_a_second_vm, .timeout = 300)
     vm_resume_vcpus(to);
     vm_set_state(to, VM_STATE_RUNNING);
     /* vm.info's view of it: the guest's command line came along. */
-    cr_assert_str_eq(vm_linux_cmdline(to), "console=ttyS0 reboot=k panic=1 pci=off "
-                                           "ringvm.workload=ledger,wss=32M,verify=1");
-    cr_assert_str_eq(vm_linux_boot_protocol(to), "bzImage 64-bit");
+    cr_assert_str_eq(vm_linux_cmdline(to), harness_linux_cmdline("ringvm.workload=ledger,wss=32M,verify=1"));
+    cr_assert_str_eq(vm_linux_boot_protocol(to), harness_linux_boot_protocol());
     /* Two verify passes per vCPU there, each after a 1 s sleep. */
     bool carried_on = console_wait_for(&destination.console, "LEDGER OK", 4, 60000);
     char *text = console_snapshot(&destination.console);

@@ -20,6 +20,12 @@
 #define CPUID_LEAF_AMD_CACHE        0x8000001D
 #define CPUID_LEAF_AMD_TOPOLOGY     0x8000001E
 
+#define CPUID_LEAF_KVM_FEATURES     0x40000001
+/* linux/kvm_para.h (KVM_FEATURE_*), bit numbers. */
+#define CPUID_KVM_FEATURE_PV_UNHALT      7
+#define CPUID_KVM_FEATURE_PV_SEND_IPI    11
+#define CPUID_KVM_FEATURE_PV_SCHED_YIELD 13
+
 #define CPUID_1_ECX_PDCM            (1U << 15)
 #define CPUID_1_ECX_TSC_DEADLINE    (1U << 24)
 #define CPUID_1_ECX_HYPERVISOR      (1U << 31)
@@ -233,6 +239,25 @@ struct kvm_cpuid2 *cpuid_normalize(const struct kvm_cpuid2 *supported, unsigned 
     if (vendor_is_amd(cpuid))
         normalize_amd(cpuid, vcpu_index, vcpu_count);
     return cpuid;
+}
+
+unsigned cpuid_hide_pv_hypercalls(struct kvm_cpuid2 *cpuid)
+{
+    struct kvm_cpuid_entry2 *features = cpuid_find(cpuid, CPUID_LEAF_KVM_FEATURES, 0);
+    if (features == NULL)
+        return 0;
+    static const unsigned hypercall_features[] = {
+        CPUID_KVM_FEATURE_PV_UNHALT, CPUID_KVM_FEATURE_PV_SEND_IPI, CPUID_KVM_FEATURE_PV_SCHED_YIELD,
+    };
+    unsigned cleared = 0;
+    for (unsigned i = 0; i < sizeof(hypercall_features) / sizeof(hypercall_features[0]); i++) {
+        uint32_t bit = 1U << hypercall_features[i];
+        if (features->eax & bit) {
+            features->eax &= ~bit;
+            cleared++;
+        }
+    }
+    return cleared;
 }
 
 int cpuid_get_supported(int kvm_fd, struct kvm_cpuid2 **supported, char *error, size_t error_size)

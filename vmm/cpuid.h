@@ -60,6 +60,14 @@ struct kvm_cpuid_entry2 *cpuid_find(struct kvm_cpuid2 *cpuid, uint32_t function,
  * entry count on E2BIG. *supported is malloc'd. */
 int cpuid_get_supported(int kvm_fd, struct kvm_cpuid2 **supported, char *error, size_t error_size);
 
+/* Clears the KVM paravirt features that work through VMCALL hypercalls
+ * (leaf 0x40000001 EAX: PV_UNHALT, PV_SEND_IPI, PV_SCHED_YIELD), for hosts
+ * that never complete a guest's VMCALL (PVM, vmm/host.h): a Linux guest
+ * with PV IPIs hangs in its first IPI to bring up the second vCPU. The
+ * guest falls back to the LAPIC (IPIs) and native spinning. Returns how
+ * many features were cleared (0 when the leaf is absent). */
+unsigned cpuid_hide_pv_hypercalls(struct kvm_cpuid2 *cpuid);
+
 /* cpuid_normalize, then KVM_SET_CPUID2 on the vCPU fd. */
 int cpuid_setup_vcpu(int vcpu_fd, const struct kvm_cpuid2 *supported, unsigned vcpu_index,
                      unsigned vcpu_count, char *error, size_t error_size);

@@ -496,17 +496,16 @@ int linux_boot_check(const struct linux_kernel *kernel, uint64_t memory_size, co
     return 0;
 }
 
-char *linux_boot_cmdline(const char *user_cmdline)
+char *linux_boot_cmdline(const char *user_cmdline, bool pvm_host)
 {
     const char *user = user_cmdline != NULL ? user_cmdline : "";
-    size_t length = strlen(LINUX_BOOT_DEFAULT_CMDLINE) + 1 + strlen(user) + 1;
+    const char *host = pvm_host ? LINUX_BOOT_PVM_CMDLINE : "";
+    size_t length = strlen(LINUX_BOOT_DEFAULT_CMDLINE) + 1 + strlen(host) + 1 + strlen(user) + 1;
     char *cmdline = malloc(length);
     if (cmdline == NULL)
         return NULL;
-    if (user[0] != '\0')
-        snprintf(cmdline, length, "%s %s", LINUX_BOOT_DEFAULT_CMDLINE, user);
-    else
-        snprintf(cmdline, length, "%s", LINUX_BOOT_DEFAULT_CMDLINE);
+    snprintf(cmdline, length, "%s%s%s%s%s", LINUX_BOOT_DEFAULT_CMDLINE, host[0] ? " " : "", host,
+             user[0] ? " " : "", user);
     return cmdline;
 }
 

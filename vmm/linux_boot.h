@@ -91,6 +91,12 @@
 
 /* The kernel command line ringvm always passes; --cmdline is appended. */
 #define LINUX_BOOT_DEFAULT_CMDLINE      "console=ttyS0 reboot=k panic=1 pci=off"
+/* Added after it on PVM hosts (vmm/host.h), which emulate guest ring 0 and
+ * cannot emulate these instructions of a stock kernel's boot and context
+ * switches: xrstor (noxsave: the FPU falls back to fxsave/fxrstor), popcnt
+ * (hweight falls back to C), and the ones clearcpuid= names (each found by
+ * booting without it: guest/linux/README.md, "On PVM hosts"). */
+#define LINUX_BOOT_PVM_CMDLINE          "noxsave clearcpuid=popcnt,cx16,smap"
 /* x86 COMMAND_LINE_SIZE (2048) minus the NUL: what a vmlinux (no setup
  * header) accepts, and what copy_bootdata copies in any case. */
 #define LINUX_BOOT_ELF_CMDLINE_MAX      2047U
@@ -211,9 +217,10 @@ int linux_boot_check(const struct linux_kernel *kernel, uint64_t memory_size, co
                      uint64_t initrd_size, size_t cmdline_length, struct linux_boot_layout *layout,
                      char *error, size_t error_size);
 
-/* LINUX_BOOT_DEFAULT_CMDLINE, then " " and user_cmdline when that is
- * neither NULL nor empty. malloc'd; NULL when out of memory. */
-char *linux_boot_cmdline(const char *user_cmdline);
+/* LINUX_BOOT_DEFAULT_CMDLINE, then " " LINUX_BOOT_PVM_CMDLINE when
+ * pvm_host, then " " and user_cmdline when that is neither NULL nor empty.
+ * malloc'd; NULL when out of memory. */
+char *linux_boot_cmdline(const char *user_cmdline, bool pvm_host);
 
 /* The e820 map of a guest with this memory layout (vmm/memory.h slots):
  * RAM [0, 4K), RESERVED [4K, 40K) (ringvm's boot info and stats pages),

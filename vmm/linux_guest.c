@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "vmm/cpuid.h"
+#include "vmm/host.h"
 #include "vmm/linux_boot.h"
 #include "vmm/workload.h"
 
@@ -88,7 +89,7 @@ int linux_guest_open(struct linux_guest **out, const struct vm_linux_guest_confi
     int result = 0;
     guest->kernel_path = strdup(config->kernel_path);
     guest->initrd_path = config->initrd_path != NULL ? strdup(config->initrd_path) : NULL;
-    guest->cmdline = linux_boot_cmdline(config->user_cmdline);
+    guest->cmdline = linux_boot_cmdline(config->user_cmdline, host_kvm_is_pvm());
     if (guest->kernel_path == NULL || guest->cmdline == NULL ||
         (config->initrd_path != NULL && guest->initrd_path == NULL)) {
         snprintf(error, error_size, "out of memory");

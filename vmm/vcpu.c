@@ -26,6 +26,7 @@
 #include "guest/abi.h"
 #include "vmm/cmos_rtc.h"
 #include "vmm/vm.h"
+#include "vmm/host.h"
 #include "vmm/vcpu_internal.h"
 
 #define THROTTLE_TIMESLICE_NS 10000000ULL   /* 10 ms, as QEMU's cpu-throttle */
@@ -352,11 +353,26 @@ static bool handle_exit(struct vcpu *vcpu)
         vcpu_fail(vcpu, 1);
         return false;
     case KVM_EXIT_INTERNAL_ERROR:
-        fprintf(stderr, "ringvm: vcpu %u: KVM internal error, suberror %u", vcpu->index,
-                run->internal.suberror);
-        for (uint32_t i = 0; i < run->internal.ndata && i < 16; i++)
-            fprintf(stderr, "%s0x%llx", i == 0 ? ", data " : " ", (unsigned long long)run->internal.data[i]);
-        fprintf(stderr, "\n");
+        if (run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION && run->emulation_failure.ndata >= 3 &&
+            (run->emulation_failure.flags & KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)) {
+            /* The instruction KVM could not emulate, as bytes: on PVM hosts
+             * guest ring 0 is emulated and a few instructions cannot be
+             * (guest/linux/README.md, "On PVM hosts" names them and how ringvm avoids them). */
+            unsigned size = run->emulation_failure.insn_size;
+            if (size > sizeof(run->emulation_failure.insn_bytes))
+                size = sizeof(run->emulation_failure.insn_bytes);
+            fprintf(stderr, "ringvm: vcpu %u: KVM could not emulate the guest instruction at rip (below):",
+                    vcpu->index);
+            for (unsigned i = 0; i < size; i++)
+                fprintf(stderr, " %02x", run->emulation_failure.insn_bytes[i]);
+            fprintf(stderr, " (the first bytes are the instruction; %s host KVM)\n", host_kvm_kind());
+        } else {
+            fprintf(stderr, "ringvm: vcpu %u: KVM internal error, suberror %u", vcpu->index,
+                    run->internal.suberror);
+            for (uint32_t i = 0; i < run->internal.ndata && i < 16; i++)
+                fprintf(stderr, "%s0x%llx", i == 0 ? ", data " : " ", (unsigned long long)run->internal.data[i]);
+            fprintf(stderr, "\n");
+        }
         vcpu_dump_registers(vcpu, stderr);
         vcpu_fail(vcpu, 1);
         return false;

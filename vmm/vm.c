@@ -20,6 +20,7 @@
 #include "vmm/boot.h"
 #include "vmm/bootinfo.h"
 #include "vmm/cpuid.h"
+#include "vmm/host.h"
 #include "vmm/linux_guest.h"
 #include "vmm/uart.h"
 #include "vmm/vcpu_internal.h"
@@ -457,6 +458,8 @@ int vm_create(struct vm **out, const struct vm_config *config)
         result = cpuid_get_supported(vm->kvm_fd, &cpuid, error, sizeof(error));
         if (result != 0)
             fprintf(stderr, "ringvm: %s\n", error);
+        else if (host_kvm_is_pvm())
+            cpuid_hide_pv_hypercalls(cpuid);
     }
     int run_size = result == 0 ? ioctl(vm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0) : 0;
     if (result == 0 && run_size <= 0) {

@@ -1,7 +1,7 @@
 # ringvm's Linux guest image (included from the top Makefile): see
 # guest/linux/README.md.
 #
-#   make linux-guest   $(BUILD)/linux/bzImage, vmlinux, initramfs.cpio.gz
+#   make linux-guest   $(BUILD)/linux/bzImage, vmlinux, initramfs.cpio
 #                      (+ ringvm-workload, the static workload program)
 #
 # The kernel comes from guest/linux/build-kernel.sh, which keeps built
@@ -18,7 +18,7 @@ LINUX_WORKLOAD_HEADERS := $(wildcard guest/linux/workload/*.h) vmm/workload.h vm
 LINUX_WORKLOAD_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. -static -pthread
 
 .PHONY: linux-guest linux-kernel
-linux-guest: linux-kernel $(LINUX_GUEST_DIR)/initramfs.cpio.gz
+linux-guest: linux-kernel $(LINUX_GUEST_DIR)/initramfs.cpio
 
 linux-kernel:
 	@guest/linux/build-kernel.sh $(LINUX_GUEST_DIR)
@@ -30,6 +30,6 @@ $(LINUX_WORKLOAD): $(LINUX_WORKLOAD_SRCS) $(LINUX_WORKLOAD_HEADERS)
 # gen_init_cpio comes with the kernel (order-only: the kernel step runs
 # every time but re-links the same cached file, so this is rebuilt only
 # when the workload program, /init or the script change).
-$(LINUX_GUEST_DIR)/initramfs.cpio.gz: $(LINUX_WORKLOAD) guest/linux/init guest/linux/build-initramfs.sh \
+$(LINUX_GUEST_DIR)/initramfs.cpio: $(LINUX_WORKLOAD) guest/linux/init guest/linux/build-initramfs.sh \
 		| linux-kernel
 	@guest/linux/build-initramfs.sh $(LINUX_GUEST_DIR)/gen_init_cpio $(LINUX_WORKLOAD) $@
