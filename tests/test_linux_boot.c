@@ -351,29 +351,27 @@ Test(linux_boot, check_limits_the_cmdline_to_the_buffer)
 
 /* ---- command line, files ---------------------------------------------- */
 
-Test(linux_boot, cmdline_defaults_then_user)
+/* The defaults, then (on PVM hosts only) the options that keep the kernel
+ * off instructions the emulator cannot run, then the user's. */
+Test(linux_boot, cmdline_defaults_then_host_options_then_user)
 {
-    char *cmdline = linux_boot_cmdline(NULL, false);
-    cr_assert_str_eq(cmdline, "console=ttyS0 reboot=k panic=1 pci=off");
-    free(cmdline);
-    cmdline = linux_boot_cmdline("", false);
-    cr_assert_str_eq(cmdline, "console=ttyS0 reboot=k panic=1 pci=off");
-    free(cmdline);
-    cmdline = linux_boot_cmdline("ringvm.workload=ledger,wss=256M,verify=2 quiet", false);
-    cr_assert_str_eq(cmdline, "console=ttyS0 reboot=k panic=1 pci=off ringvm.workload=ledger,wss=256M,verify=2 quiet");
-    free(cmdline);
-}
-
-/* On PVM hosts the options that keep the kernel off instructions the
- * emulator cannot run come between the defaults and the user's. */
-Test(linux_boot, cmdline_on_pvm_hosts_keeps_the_kernel_off_unemulatable_instructions)
-{
-    char *cmdline = linux_boot_cmdline(NULL, true);
-    cr_assert_str_eq(cmdline, "console=ttyS0 reboot=k panic=1 pci=off noxsave clearcpuid=popcnt,cx16,smap");
-    free(cmdline);
-    cmdline = linux_boot_cmdline("quiet", true);
-    cr_assert_str_eq(cmdline, "console=ttyS0 reboot=k panic=1 pci=off noxsave clearcpuid=popcnt,cx16,smap quiet");
-    free(cmdline);
+    static const struct {
+        const char *user;
+        bool pvm_host;
+        const char *expected;
+    } cases[] = {
+        { NULL, false, "console=ttyS0 reboot=k panic=1 pci=off" },
+        { "", false, "console=ttyS0 reboot=k panic=1 pci=off" },
+        { "ringvm.workload=ledger,wss=256M,verify=2 quiet", false,
+          "console=ttyS0 reboot=k panic=1 pci=off ringvm.workload=ledger,wss=256M,verify=2 quiet" },
+        { NULL, true, "console=ttyS0 reboot=k panic=1 pci=off noxsave clearcpuid=popcnt,cx16,smap" },
+        { "quiet", true, "console=ttyS0 reboot=k panic=1 pci=off noxsave clearcpuid=popcnt,cx16,smap quiet" },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *cmdline = linux_boot_cmdline(cases[i].user, cases[i].pvm_host);
+        cr_assert_str_eq(cmdline, cases[i].expected, "case %zu", i);
+        free(cmdline);
+    }
 }
 
 Test(linux_boot, read_file_contents_and_errors)
