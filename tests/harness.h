@@ -161,6 +161,14 @@ void harness_spawn_prepared(struct harness_process *process, char *const argv[],
  * the timeout passes. */
 bool harness_process_wait_output(struct harness_process *process, const char *needle, unsigned count,
                                  unsigned timeout_ms);
+/* Reads everything the child has written so far, without waiting. The
+ * child's stdout and stderr are pipes that only these calls empty: a child
+ * that writes more than a pipe holds (64 KiB) while the test does not read
+ * blocks in write(2), whichever of its threads writes (a ringvm's vCPU
+ * printing LEDGER OK, its migration thread logging an iteration). A test
+ * that waits on anything else while such a child runs calls this in its
+ * wait loop. */
+void harness_process_read_available(struct harness_process *process);
 /* Waits for exit (reading remaining output); returns the exit status, or
  * 128 + signal, or -1 on timeout (the child is then killed). */
 int harness_process_wait_exit(struct harness_process *process, unsigned timeout_ms);

@@ -203,9 +203,34 @@ static bool output_has(struct vmproc *v, const char *needle, unsigned count, uns
     return harness_process_wait_output(v->proc, needle, count, timeout_ms);
 }
 
+/* Reads what v has written so far. Every loop that waits while a ringvm
+ * runs calls it (directly or through output_count / output_for): ringvm's
+ * stdout and stderr are a pipe to this process, and once that pipe is full
+ * every ringvm thread that writes blocks in write(2), the migration thread
+ * logging an iteration included, so a migration.cancel would never end the
+ * migration. */
+static void output_drain(struct vmproc *v)
+{
+    harness_process_read_available(v->proc);
+}
+
+/* Spends ms reading v's output as it comes (a wait that keeps v's pipe
+ * empty). */
+static void output_for(struct vmproc *v, unsigned ms)
+{
+    harness_process_wait_output(v->proc, "\x01never\x01", 1, ms);
+}
+
+/* The last `size` bytes of what v wrote (read up to now). */
+static const char *output_tail(struct vmproc *v, size_t size)
+{
+    output_drain(v);
+    return v->proc->out_length > size ? v->proc->out + v->proc->out_length - size : v->proc->out;
+}
+
 static unsigned output_count(struct vmproc *v, const char *needle)
 {
-    harness_process_wait_output(v->proc, "\x01never\x01", 1, 0);   /* reads what is there */
+    output_drain(v);
     unsigned n = 0;
     for (const char *p = v->proc->out; p && (p = strstr(p, needle)) != NULL; p += strlen(needle))
         n++;
@@ -275,13 +300,18 @@ static struct api_client *wait_listening(struct vmproc *v)
                 c = NULL;
             }
         }
-        harness_process_wait_output(v->proc, "\x01never\x01", 1, 0);
+        output_drain(v);
         cr_assert_lt(now_ms(), deadline, "the destination does not listen:\n%s", v->proc->out);
         poll(NULL, 0, 20);
     }
 }
 
-static json_t *wait_ended(struct api_client *c, unsigned timeout_ms)
+/* Waits until the migration of the source `source` (client c) has ended
+ * and returns its last progress (caller decrefs). Reads the source's output
+ * meanwhile (see output_drain). On timeout the failure names `context`
+ * (which run, what was cancelled), the last progress snapshot and the tail
+ * of the source's output. */
+static json_t *wait_ended(struct api_client *c, struct vmproc *source, unsigned timeout_ms, const char *context)
 {
     uint64_t deadline = now_ms() + timeout_ms;
     for (;;) {
@@ -289,9 +319,18 @@ static json_t *wait_ended(struct api_client *c, unsigned timeout_ms)
         const char *s = jstr(p, "state");
         if (strcmp(s, "completed") == 0 || strcmp(s, "failed") == 0 || strcmp(s, "cancelled") == 0)
             return p;
-        cr_assert_lt(now_ms(), deadline, "the migration did not end within %u ms (state %s)", timeout_ms, s);
+        if (now_ms() >= deadline) {
+            /* The snapshot without its per-iteration records (hundreds when
+             * the source is held in the iterations), their count instead. */
+            json_t *records = json_object_get(p, "iterations");
+            json_object_set_new(p, "iterations", json_integer((json_int_t)json_array_size(records)));
+            char *text = json_dumps(p, JSON_COMPACT);
+            cr_assert_fail("%s%sthe migration did not end within %u ms (state %s)\nprogress: %s\nthe source's "
+                           "output (tail):\n%s", context, context[0] != '\0' ? ": " : "", timeout_ms, s,
+                           text ? text : "?", output_tail(source, 4000));
+        }
         json_decref(p);
-        poll(NULL, 0, 20);
+        output_for(source, 20);
     }
 }
 
@@ -364,7 +403,7 @@ static void later_migration_over(struct vmproc *from, struct api_client *fc, con
     json_decref(call(fc, "migration.start", json_pack("{s:s, s:b, s:I, s:b, s:i}", "dest", incoming, "verify_digest", 1,
                                                      "downtime_ms", digest_downtime_ms(memory), "keep_alive", 1,
                                                      "timeout_s", 60)));
-    json_t *p = wait_ended(fc, 70000);
+    json_t *p = wait_ended(fc, from, 70000, "later migration");
     cr_assert_str_eq(jstr(p, "state"), "completed", "later migration: %s", json_dumps(p, JSON_COMPACT));
     cr_assert_str_eq(jstr(p, "memory_digest_source"), jstr(p, "memory_digest_destination"));
     if (final_progress != NULL)
@@ -581,7 +620,7 @@ static void run_fault(enum fault fault, unsigned point_index, const char *tag)
     }
 
     bool ambiguous_end = fault == CUT_LINK && strcmp(pt->hook, "end") == 0;
-    json_t *p = wait_ended(sc, 30000);
+    json_t *p = wait_ended(sc, &src, 30000, tag);
     uint64_t detected = now_ms() - fault_at;
     char *text = json_dumps(p, JSON_COMPACT);
     fprintf(stderr, "faults %s: %s: %s (ended %" PRIu64 " ms after the fault)\n", tag,
@@ -810,7 +849,7 @@ Test(faults, destination_gives_up_after_its_incoming_stall_timeout, .timeout = 9
     cr_assert_null(strstr(dst.proc->out, "received and resumed"), "%s", dst.proc->out);
     cr_assert_null(strstr(dst.proc->out, "LEDGER"), "the guest ran on the destination:\n%s", dst.proc->out);
     /* The source still has the guest and gives up on its own timeout. */
-    json_t *p = wait_ended(sc, 20000);
+    json_t *p = wait_ended(sc, &src, 20000, "after the destination gave up");
     char *text = json_dumps(p, JSON_COMPACT);
     cr_assert_str_eq(jstr(p, "state"), "failed", "%s", text);
     cr_assert_str_eq(jstr(json_object_get(p, "error"), "code"), "transport", "%s", text);
@@ -882,23 +921,30 @@ Test(faults, cancel_at_50_seeded_random_moments_then_migrate, .timeout = 600)
         vm_spawn(&dst, "dst", memory, workload, incoming, NULL);
         api_client_close(wait_listening(&dst));
         unsigned delay = (unsigned)(lrand48() % 400);
+        const char *converge = run % 2 ? "auto" : "dirty-limit";
+        char context[160];
+        snprintf(context, sizeof(context), "run %u (cancel in %s, %u ms after it began; converge %s)", run,
+                 phase_names[target], delay, converge);
         json_decref(call(sc, "migration.start",
                          json_pack("{s:s, s:i, s:s, s:i, s:i}", "dest", incoming,
                                    "downtime_ms", 1,    /* with the hold: only the cancel ends it */
-                                   "converge", run % 2 ? "auto" : "dirty-limit", "max_bandwidth_mibs",
-                                   target == 0 ? 4 : 64, "timeout_s", 120)));
+                                   "converge", converge, "max_bandwidth_mibs", target == 0 ? 4 : 64,
+                                   "timeout_s", 120)));
         uint64_t deadline = now_ms() + 20000;
         for (;;) {
             json_t *p = progress(sc);
             bool there = strcmp(jstr(p, "phase"), phase_names[target]) == 0;
-            cr_assert_str_neq(jstr(p, "phase"), "done", "run %u: the migration ended by itself", run);
+            cr_assert_str_neq(jstr(p, "phase"), "done", "%s: the migration ended by itself", context);
             json_decref(p);
             if (there)
                 break;
-            cr_assert_lt(now_ms(), deadline, "run %u: the source never reached %s", run, phase_names[target]);
-            poll(NULL, 0, 1);
+            cr_assert_lt(now_ms(), deadline, "%s: the source never reached %s:\n%s", context, phase_names[target],
+                         output_tail(&src, 4000));
+            output_for(&src, 1);
         }
-        poll(NULL, 0, (int)delay);              /* the random moment (seeded), not a synchronization */
+        /* The random moment (seeded), not a synchronization; spent reading
+         * the source's output (output_drain says why). */
+        output_for(&src, delay);
         json_t *before = progress(sc);
         cr_assert_str_eq(jstr(before, "phase"), phase_names[target], "run %u (%u ms later): %s", run, delay,
                          json_dumps(before, JSON_COMPACT));
@@ -908,7 +954,7 @@ Test(faults, cancel_at_50_seeded_random_moments_then_migrate, .timeout = 600)
         json_decref(call(sc, "migration.cancel", NULL));
         uint64_t cancelled_at = now_ms();
         /* Ends at all (how fast is bench/migrate's to measure). */
-        json_t *p = wait_ended(sc, 20000);
+        json_t *p = wait_ended(sc, &src, 20000, context);
         uint64_t took = now_ms() - cancelled_at;
         if (took > worst_cancel_ms)
             worst_cancel_ms = took;
@@ -991,7 +1037,7 @@ Test(faults, cancel_after_end_is_refused, .timeout = 90)
                                     "run the guest; the migration ends with the destination's ack (or fails after "
                                     "the ack timeout)");
     release_destination();
-    json_t *p = wait_ended(sc, 30000);
+    json_t *p = wait_ended(sc, &src, 30000, "after the refused cancel");
     char *text = json_dumps(p, JSON_COMPACT);
     cr_assert_str_eq(jstr(p, "state"), "completed", "%s", text);
     cr_assert_str_eq(jstr(p, "memory_digest_source"), jstr(p, "memory_digest_destination"), "%s", text);

@@ -228,6 +228,32 @@ Test(harness, every_skip_goes_through_harness_skip)
                      found);
 }
 
+/* ---- a child's output ---------------------------------------------------- */
+
+/* harness_process_read_available empties a full pipe in one call. Its
+ * callers (tests/test_faults.c) rely on that to keep a ringvm's output pipe
+ * from filling while they wait on its API: a full pipe blocks every ringvm
+ * thread that writes, and a migration thread blocked logging an iteration
+ * never honours migration.cancel. Before it, "reading what is there" was a
+ * harness_process_wait_output with a 0 ms timeout, which read nothing. The
+ * child writes exactly one default pipe's worth (64 KiB) and can only exit
+ * once all of it is in the pipe: after waitpid everything is there. */
+Test(harness, read_available_empties_a_full_pipe_in_one_call, .timeout = 30)
+{
+    char *argv[] = { "/bin/sh", "-c", "head -c 65536 /dev/zero | tr '\\0' x", NULL };
+    struct harness_process process;
+    harness_spawn(&process, argv);
+    int status = 0;
+    cr_assert_eq(waitpid(process.pid, &status, 0), process.pid, "waitpid: %s", strerror(errno));
+    process.pid = 0;    /* reaped here: harness_process_free must not signal the pid again */
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the writer failed: status 0x%x", (unsigned)status);
+    harness_process_read_available(&process);
+    cr_assert_eq(process.out_length, 65536u, "read %zu of the 65536 bytes in the pipe", process.out_length);
+    cr_assert_eq(strspn(process.out, "x"), 65536u);
+    cr_assert_eq(process.err_length, 0u, "stderr: %s", process.err);
+    harness_process_free(&process);
+}
+
 /* ---- the BPF capability probe ------------------------------------------- */
 
 static void ask_bpf_capability(char *answer, size_t size)
