@@ -20,9 +20,9 @@
 #include "api/client.h"
 #include "tests/harness.h"
 
-#define BOOT_TIMEOUT_MS 120000      /* /init at ~23 s on PVM (vmlinux, 256 MiB), ~70 s with 2 boots at once */
+#define BOOT_TIMEOUT_MS 120000      /* /init at ~23 s on PVM (vmlinux, 256 MiB; ~21 s with 128 MiB), ~70 s with 2 boots at once */
 /* Every first touch of a page is a guest page fault, which a PVM host runs
- * in its instruction emulator (~2 ms each): hence 16 MiB working sets here,
+ * in its instruction emulator (~2 ms each): hence 8 MiB working sets here,
  * and time for the first verify passes after that. */
 #define LEDGER_TIMEOUT_MS 120000
 #define CALL_TIMEOUT_MS 10000
@@ -53,7 +53,7 @@ static void linux_vm_start_kernel(struct linux_vm *vm, const char *kernel, const
     snprintf(vm->api_path, sizeof(vm->api_path), "%s/api.sock", vm->directory);
     snprintf(vm->console_path, sizeof(vm->console_path), "unix:%s/console.sock", vm->directory);
     char *argv[] = { (char *)harness_program("ringvm"), "--kernel", (char *)kernel, "--initrd", (char *)initrd,
-                     "--memory", "256M", "--vcpus", (char *)vcpus, "--cmdline", (char *)cmdline,
+                     "--memory", "128M", "--vcpus", (char *)vcpus, "--cmdline", (char *)cmdline,
                      "--api-socket", vm->api_path, "--console", vm->console_path, NULL };
     harness_spawn(&vm->process, argv);
     cr_assert(harness_wait_until(try_connect, vm, 10000), "no API socket at %s; stderr: %s", vm->api_path,
@@ -133,7 +133,7 @@ static void boots_and_runs_the_ledger(unsigned vcpus)
     struct linux_vm vm = { 0 };
     char vcpu_text[8];
     snprintf(vcpu_text, sizeof(vcpu_text), "%u", vcpus);
-    const char *cmdline = "ringvm.workload=ledger,wss=16M,verify=1";
+    const char *cmdline = "ringvm.workload=ledger,wss=8M,verify=1";
     linux_vm_start(&vm, vcpu_text, cmdline);
     cr_assert(harness_process_wait_output(&vm.process, "Linux version 6.1", 1, BOOT_TIMEOUT_MS),
               "no kernel banner; stdout: %s\nstderr: %s", vm.process.out, vm.process.err);
@@ -147,8 +147,8 @@ static void boots_and_runs_the_ledger(unsigned vcpus)
     cr_assert_str_eq(json_string_value(json_object_get(info, "guest")), "linux");
     cr_assert_str_eq(json_string_value(json_object_get(info, "boot_protocol")), harness_linux_boot_protocol());
     cr_assert_str_eq(json_string_value(json_object_get(info, "cmdline")),
-                     harness_linux_cmdline("ringvm.workload=ledger,wss=16M,verify=1"));
-    cr_assert_str_eq(json_string_value(json_object_get(info, "workload")), "ledger,wss=16M,verify=1");
+                     harness_linux_cmdline("ringvm.workload=ledger,wss=8M,verify=1"));
+    cr_assert_str_eq(json_string_value(json_object_get(info, "workload")), "ledger,wss=8M,verify=1");
     json_decref(info);
 
     /* The workload's counters reach the VMM through the stats pages. */
@@ -274,7 +274,7 @@ Test(linux_vm, boots_debians_own_kernel_to_the_ledger, .timeout = 300)
         harness_skip("Debian's vmlinuz is not here (RINGVM_TEST_VMLINUZ unset or unreadable: "
                      "scripts/debian-vmlinuz.sh fetches it)");
     struct linux_vm vm = { 0 };
-    linux_vm_start_kernel(&vm, vmlinuz, "2", "ringvm.workload=ledger,wss=16M,verify=1");
+    linux_vm_start_kernel(&vm, vmlinuz, "2", "ringvm.workload=ledger,wss=8M,verify=1");
     cr_assert(harness_process_wait_output(&vm.process, "Linux version 6.1", 1, BOOT_TIMEOUT_MS),
               "no kernel banner; stdout: %s\nstderr: %s", vm.process.out, vm.process.err);
     cr_assert(harness_process_wait_output(&vm.process, "ringvm-init: /init started", 1, BOOT_TIMEOUT_MS),
@@ -310,7 +310,7 @@ static bool migration_ended(void *argument)
     return ended;
 }
 
-/* `ringvm --incoming SCHEME:DIRECTORY/incoming-HOP.sock --memory 256M --vcpus 2
+/* `ringvm --incoming SCHEME:DIRECTORY/incoming-HOP.sock --memory 128M --vcpus 2
  * --console unix:DIRECTORY/console-HOP.sock` (scheme unix or local): no
  * kernel, no workload; listening when this returns. */
 static void linux_destination_start(struct linux_vm *destination, const char *directory, unsigned hop,
@@ -322,7 +322,7 @@ static void linux_destination_start(struct linux_vm *destination, const char *di
     snprintf(destination->console_path, sizeof(destination->console_path), "unix:%s/console-%u.sock", directory,
              hop);
     snprintf(incoming, incoming_size, "%s:%s/incoming-%u.sock", scheme, directory, hop);
-    char *argv[] = { (char *)harness_program("ringvm"), "--incoming", incoming, "--memory", "256M", "--vcpus", "2",
+    char *argv[] = { (char *)harness_program("ringvm"), "--incoming", incoming, "--memory", "128M", "--vcpus", "2",
                      "--api-socket", destination->api_path, "--console", destination->console_path, NULL };
     harness_spawn(&destination->process, argv);
     cr_assert(harness_wait_until(try_connect, destination, 20000), "no destination API; stderr: %s",
@@ -338,7 +338,7 @@ static void linux_migrate(struct linux_vm *from, const char *incoming)
     bool local = strncmp(incoming, "local:", 6) == 0;
     json_decref(call_ok(from, "migration.start",
                         json_pack("{s:s, s:b, s:I, s:b, s:i}", "dest", incoming, "verify_digest", 1, "downtime_ms",
-                                  local ? (json_int_t)3600000 : (json_int_t)harness_digest_downtime_ms(256ull << 20),
+                                  local ? (json_int_t)3600000 : (json_int_t)harness_digest_downtime_ms(128ull << 20),
                                   "keep_alive", 1, "timeout_s", 120)));
     cr_assert(harness_wait_until(migration_ended, from, 150000), "the migration did not end");
     json_t *progress = call_ok(from, "migration.progress", NULL);
@@ -360,7 +360,7 @@ static void linux_guest_carries_on_at(struct linux_vm *to)
     cr_assert_str_eq(json_string_value(json_object_get(info, "guest")), "linux");
     cr_assert_str_eq(json_string_value(json_object_get(info, "state")), "running");
     cr_assert_str_eq(json_string_value(json_object_get(info, "cmdline")),
-                     harness_linux_cmdline("ringvm.workload=ledger,wss=16M,verify=1"));
+                     harness_linux_cmdline("ringvm.workload=ledger,wss=8M,verify=1"));
     cr_assert(json_is_null(json_object_get(info, "kernel")));
     json_decref(info);
 }
@@ -372,7 +372,7 @@ static void linux_guest_carries_on_at(struct linux_vm *to)
 static void linux_guest_moves_twice(const char *scheme)
 {
     struct linux_vm vm = { 0 };
-    linux_vm_start(&vm, "2", "ringvm.workload=ledger,wss=16M,verify=1");
+    linux_vm_start(&vm, "2", "ringvm.workload=ledger,wss=8M,verify=1");
     cr_assert(harness_process_wait_output(&vm.process, "LEDGER OK", 4, BOOT_TIMEOUT_MS), "stdout: %s",
               vm.process.out);
     struct linux_vm hops[2];
@@ -427,7 +427,7 @@ static void assert_state(struct linux_vm *vm, const char *state)
 Test(linux_vm, a_paused_linux_guest_migrates_and_stays_paused, .timeout = 400)
 {
     struct linux_vm vm = { 0 };
-    linux_vm_start(&vm, "2", "ringvm.workload=ledger,wss=16M,verify=1");
+    linux_vm_start(&vm, "2", "ringvm.workload=ledger,wss=8M,verify=1");
     wait_ledger_per_vcpu(&vm.process, 2, 1);
     json_decref(call_ok(&vm, "vm.pause", NULL));
     int64_t at_pause[2];
@@ -446,7 +446,7 @@ Test(linux_vm, a_paused_linux_guest_migrates_and_stays_paused, .timeout = 400)
     cr_assert(arrived[0] == at_pause[0] && arrived[1] == at_pause[1],
               "the guest ran on the way: %" PRId64 ", %" PRId64 " written, %" PRId64 ", %" PRId64 " at the pause",
               arrived[0], arrived[1], at_pause[0], at_pause[1]);
-    /* Hashing all 256 MiB takes a while: the vCPUs stay parked meanwhile. */
+    /* Hashing all 128 MiB takes a while: the vCPUs stay parked meanwhile. */
     json_decref(call_ok(&destination, "vm.memory-digest", NULL));
     guest_pages_written(&destination, later);
     cr_assert(later[0] == at_pause[0] && later[1] == at_pause[1], "the paused guest ran: %" PRId64 ", %" PRId64,
@@ -521,7 +521,7 @@ Test(linux_vm, a_linux_guest_ping_pongs_between_two_destinations, .timeout = 300
     unsigned hops = pingpong_hops();
     fprintf(stderr, "linux_vm::a_linux_guest_ping_pongs_between_two_destinations: %u hops\n", hops);
     struct linux_vm vm = { 0 };
-    linux_vm_start(&vm, "2", "ringvm.workload=ledger,wss=16M,verify=1");
+    linux_vm_start(&vm, "2", "ringvm.workload=ledger,wss=8M,verify=1");
     wait_ledger_per_vcpu(&vm.process, 2, 2);
     struct linux_vm slots[2];
     bool slot_used[2] = { false, false };

@@ -88,7 +88,7 @@ Test(machine_state_kvm, linux_guest_carries_on_in_a_second_vm, .timeout = 300)
     const char *kernel = harness_linux_kernel();
     const char *initrd = harness_linux_image_file("initramfs.cpio");
     struct harness_vm source, destination;
-    harness_linux_vm_create(&source, "256M", 2, kernel, initrd, "ringvm.workload=ledger,wss=32M,verify=1", false);
+    harness_linux_vm_create(&source, "128M", 2, kernel, initrd, "ringvm.workload=ledger,wss=8M,verify=1", false);
     cr_assert_eq(vm_start(source.vm), 0);
     /* Each vCPU's own line: the two threads do not start together. Each
      * first populates its region (MAP_POPULATE: page clearing in guest ring
@@ -99,7 +99,7 @@ Test(machine_state_kvm, linux_guest_carries_on_in_a_second_vm, .timeout = 300)
     for (unsigned vcpu = 0; vcpu < 2; vcpu++)
         cr_assert(console_wait_for(&source.console, ledger_line_end(vcpu), 1, BOOT_TIMEOUT_MS),
                   "vCPU %u printed no LEDGER OK on the source:\n%s", vcpu, console_snapshot(&source.console));
-    harness_linux_vm_create(&destination, "256M", 2, NULL, NULL, NULL, true);
+    harness_linux_vm_create(&destination, "128M", 2, NULL, NULL, NULL, true);
     cr_assert_eq(vm_start(destination.vm), 0, "the destination's vCPU threads did not start");
 
     cr_assert_eq(vm_pause(source.vm), 0);
@@ -155,7 +155,7 @@ Test(machine_state_kvm, linux_guest_carries_on_in_a_second_vm, .timeout = 300)
     vm_resume_vcpus(to);
     vm_set_state(to, VM_STATE_RUNNING);
     /* vm.info's view of it: the guest's command line came along. */
-    cr_assert_str_eq(vm_linux_cmdline(to), harness_linux_cmdline("ringvm.workload=ledger,wss=32M,verify=1"));
+    cr_assert_str_eq(vm_linux_cmdline(to), harness_linux_cmdline("ringvm.workload=ledger,wss=8M,verify=1"));
     cr_assert_str_eq(vm_linux_boot_protocol(to), harness_linux_boot_protocol());
     /* Two verify passes per vCPU there (one a second of the guest's TSC):
      * each vCPU's own lines, as four lines in all could be one vCPU's. */
