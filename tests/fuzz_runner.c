@@ -109,6 +109,16 @@ void fuzz_runner_run(const struct fuzz_run *run)
                   "RINGVM_FUZZ_RUNS='%s': expected 1..%u", given_runs, UINT_MAX);
         runs = (unsigned)value;
     }
+    /* RINGVM_FUZZ_SECONDS: a longer campaign than make test's budget allows. */
+    unsigned seconds = run->seconds;
+    const char *given_seconds = getenv("RINGVM_FUZZ_SECONDS");
+    if (given_seconds != NULL) {
+        char *end = NULL;
+        unsigned long value = strtoul(given_seconds, &end, 10);
+        cr_assert(end != given_seconds && *end == '\0' && value > 0 && value <= 86400,
+                  "RINGVM_FUZZ_SECONDS='%s': expected 1..86400", given_seconds);
+        seconds = (unsigned)value;
+    }
     fprintf(stderr, "fuzz: %s: seed %u%s (replay: RINGVM_FUZZ_SEED=%u)\n", run->target, seed,
             given_seed != NULL ? " (from RINGVM_FUZZ_SEED)" : "", seed);
     char runs_option[32] = "";
@@ -120,7 +130,7 @@ void fuzz_runner_run(const struct fuzz_run *run)
     snprintf(command, sizeof(command),
              "mkdir %s/corpus && %s/fuzz/%s -seed=%u %s -max_total_time=%u -timeout=10 -rss_limit_mb=2048 %s "
              "-print_final_stats=1 -artifact_prefix=%s/ %s/corpus %s > %s/log 2>&1",
-             work, build, run->target, seed, runs_option, run->seconds, run->extra_options ? run->extra_options : "",
+             work, build, run->target, seed, runs_option, seconds, run->extra_options ? run->extra_options : "",
              work, work, run->corpus, work);
     int status = run_shell(command);
     unsigned long long executed = executed_units(work);

@@ -11,7 +11,8 @@
  * and a failure message carries the same line. RINGVM_FUZZ_SEED=S runs
  * with libFuzzer's -seed=S instead of a fresh random seed; adding
  * RINGVM_FUZZ_RUNS=N stops after N inputs (-runs=N), which replays the
- * same inputs from the same corpus.
+ * same inputs from the same corpus. RINGVM_FUZZ_SECONDS=N runs each target
+ * for N seconds instead of its make-test duration (a longer campaign).
  */
 #ifndef RINGVM_TESTS_FUZZ_RUNNER_H
 #define RINGVM_TESTS_FUZZ_RUNNER_H
