@@ -546,7 +546,12 @@ enum fake_behaviour {
     FAKE_CLOSE_ON_HELLO,        /* close at once: the source waits for HELLO_ACK, not paused */
     FAKE_HOLD_ON_HELLO,         /* answer nothing; read the source's ERROR (a cancel) */
     FAKE_CLOSE_AFTER_END,       /* HELLO_ACK, read every frame through END, close without ACK */
+    FAKE_SILENT_AFTER_END,      /* ... through END, then answer nothing until the source hangs up */
+    FAKE_REFUSE_AFTER_END,      /* ... through END, then ERROR (internal): its restore failed */
 };
+
+/* What FAKE_REFUSE_AFTER_END says, as a destination whose restore failed does. */
+#define FAKE_RESTORE_ERROR "restoring the machine state: KVM_SET_LAPIC(vcpu 1): Invalid argument"
 
 /* Owned by the test; the fake's thread writes result, error, got_hello
  * (release) and peer_message; the test reads them after joining it (and
@@ -559,7 +564,7 @@ struct fake_destination {
     int result;             /* 0 = it got as far as it should */
     char error[256];
     _Atomic bool got_hello;
-    char peer_message[MIG_ERROR_MAX_MESSAGE + 1];   /* FAKE_HOLD_ON_HELLO: the source's ERROR text */
+    char peer_message[MIG_ERROR_MAX_MESSAGE + 1];   /* the source's ERROR text (HOLD_ON_HELLO, SILENT_AFTER_END) */
     pthread_t thread;
 };
 
@@ -630,7 +635,8 @@ static void *fake_destination_main(void *argument)
         close(fd);
         return NULL;
     }
-    for (uint64_t seq = 1;; seq++) {
+    uint64_t seq;
+    for (seq = 1;; seq++) {
         if (!read_frame(fd, seq, &header, payload, sizeof(payload), f->error, sizeof(f->error))) {
             close(fd);
             return NULL;
@@ -642,6 +648,39 @@ static void *fake_destination_main(void *argument)
         }
         if (header.type == MIG_FRAME_END)
             break;
+    }
+    if (f->behaviour == FAKE_SILENT_AFTER_END) {
+        /* The connection stays open and quiet: the source's ack deadline,
+         * not a closed socket, must end its wait. Then the source tells
+         * why (an ERROR frame) or just hangs up. */
+        struct pollfd quiet = { .fd = fd, .events = POLLIN };
+        if (poll(&quiet, 1, 60000) != 1) {
+            snprintf(f->error, sizeof(f->error), "the source neither gave up nor hung up within 60 s of END");
+            close(fd);
+            return NULL;
+        }
+        if (read_frame(fd, seq + 1, &header, payload, sizeof(payload), f->error, sizeof(f->error))) {
+            if (header.type != MIG_FRAME_ERROR) {
+                snprintf(f->error, sizeof(f->error), "after END the source sent a %s frame",
+                         mig_frame_type_name(header.type));
+                close(fd);
+                return NULL;
+            }
+            uint32_t code = 0;
+            mig_error_decode(payload, (size_t)header.length, &code, f->peer_message, sizeof(f->peer_message));
+        } else {
+            f->error[0] = '\0';    /* it hung up without a word: also fine */
+        }
+    } else if (f->behaviour == FAKE_REFUSE_AFTER_END) {
+        uint8_t error_payload[4 + MIG_ERROR_MAX_MESSAGE];
+        size_t error_length = mig_error_encode(MIG_ERR_INTERNAL, FAKE_RESTORE_ERROR, error_payload);
+        static uint8_t frame[MIG_HEADER_SIZE + 4 + MIG_ERROR_MAX_MESSAGE];
+        length = mig_frame_encode(frame, MIG_FRAME_ERROR, 1, error_payload, error_length);
+        if (write(fd, frame, length) != (ssize_t)length) {
+            snprintf(f->error, sizeof(f->error), "writing the error: %s", strerror(errno));
+            close(fd);
+            return NULL;
+        }
     }
     f->result = 0;
     close(fd);
@@ -728,6 +767,47 @@ Test(local_handover, a_destination_gone_after_end_leaves_the_source_paused, .tim
     cr_assert_eq(vm_get_state(source.vm), VM_STATE_PAUSED, "the source resumed on its own");
     /* This destination never ran it: the operator's resume brings it back. */
     cr_assert_eq(vm_resume(source.vm), 0);
+    expect_ledger_runs(&source);
+    free(p);
+    test_migration_source_stop(&source);
+}
+
+/* After END nothing comes back and the connection stays open: the source's
+ * ack deadline (max(2 x stall timeout, 10 s): 20 s by default) ends the
+ * wait, and the destination is told why. In a local
+ * hand-over the destination may have run the guest on the shared RAM, so
+ * the source stays paused and says so. */
+Test(local_handover, no_ack_by_the_deadline_leaves_the_source_paused, .timeout = 120)
+{
+    struct harness_vm source;
+    struct fake_destination fake;
+    struct mig_progress *p = hand_over_to_a_fake(&source, &fake, FAKE_SILENT_AFTER_END);
+    cr_assert_eq(p->state, MIG_STATE_FAILED);
+    cr_assert(p->local);
+    cr_assert_str_eq(p->error_code, "outcome-unknown", "%s: %s", p->error_code, p->error_message);
+    cr_assert_str_eq(p->error_message,
+                     "no ack from the destination for 20000 ms after the whole stream was sent: it may be running "
+                     "the guest; the source stays paused (vm.resume here only if the destination does not run it)");
+    cr_assert_eq(vm_get_state(source.vm), VM_STATE_PAUSED, "the source resumed on its own");
+    cr_assert_str_eq(fake.peer_message, p->error_message, "the destination was told: %s", fake.peer_message);
+    cr_assert_eq(vm_resume(source.vm), 0);
+    expect_ledger_runs(&source);
+    free(p);
+    test_migration_source_stop(&source);
+}
+
+/* After END the destination refuses (its restore failed): it never
+ * resumed the guest, so the source resumes it on its own RAM. */
+Test(local_handover, a_restore_refused_after_end_resumes_the_source, .timeout = 120)
+{
+    struct harness_vm source;
+    struct fake_destination fake;
+    struct mig_progress *p = hand_over_to_a_fake(&source, &fake, FAKE_REFUSE_AFTER_END);
+    cr_assert_eq(p->state, MIG_STATE_FAILED);
+    cr_assert(p->local);
+    cr_assert_str_eq(p->error_code, "destination-error", "%s: %s", p->error_code, p->error_message);
+    cr_assert_str_eq(p->error_message, "destination refused: " FAKE_RESTORE_ERROR);
+    cr_assert_eq(vm_get_state(source.vm), VM_STATE_RUNNING);
     expect_ledger_runs(&source);
     free(p);
     test_migration_source_stop(&source);
