@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "api/client.h"
@@ -46,7 +47,87 @@ static bool try_connect(void *argument)
 
 /* Starts ringvm on `kernel` and the image's initramfs; `cmdline` is
  * appended to the defaults. */
-static void linux_vm_start_kernel(struct linux_vm *vm, const char *kernel, const char *vcpus, const char *cmdline)
+/* ---- emulated hosts: two network namespaces (tests/netns/hosts.sh) ---- */
+
+#define HOSTS "tests/netns/hosts.sh"
+
+/* The hosts of this test process (one test per process): brought up by
+ * hosts_up, removed by hosts_down (the test's .fini, so also when it
+ * fails; hosts.sh sweeps those of a test killed outright). */
+static char hosts_name[16];
+
+static int run_shell(const char *command)
+{
+    int status = system(command);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+static void hosts_down(void)
+{
+    if (hosts_name[0] == '\0')
+        return;
+    char command[128];
+    snprintf(command, sizeof(command), HOSTS " down %s", hosts_name);
+    run_shell(command);
+    hosts_name[0] = '\0';
+}
+
+/* Skips without root, the script, iproute2 or nftables. */
+static void hosts_up(void)
+{
+    harness_require_kvm();
+    if (geteuid() != 0)
+        harness_skip("needs root: network namespaces (" HOSTS ")");
+    if (access(HOSTS, X_OK) != 0)
+        harness_skip("run from the repository root (" HOSTS " not found)");
+    if (run_shell("command -v ip >/dev/null 2>&1 && command -v nft >/dev/null 2>&1") != 0)
+        harness_skip("iproute2 (ip) and nftables (nft) are needed for the emulated hosts");
+    snprintf(hosts_name, sizeof(hosts_name), "lx%u", (unsigned)getpid() % 100000u);
+    char command[128];
+    snprintf(command, sizeof(command), HOSTS " up %s --owner %d >&2", hosts_name, (int)getpid());
+    cr_assert_eq(run_shell(command), 0, "%s failed", command);
+}
+
+/* "tcp:ADDRESS:PORT" of the dst host. */
+static void hosts_dst_tcp(char *out, size_t size, unsigned port)
+{
+    char command[128], address[64] = "";
+    snprintf(command, sizeof(command), HOSTS " addr %s dst", hosts_name);
+    FILE *pipe = popen(command, "r");
+    cr_assert_not_null(pipe);
+    cr_assert_not_null(fgets(address, sizeof(address), pipe), "%s printed nothing", command);
+    pclose(pipe);
+    address[strcspn(address, "\n")] = '\0';
+    snprintf(out, size, "tcp:%s:%u", address, port);
+}
+
+/* Spawns argv, inside host `side` ("src"/"dst") when it is not NULL, with
+ * RINGVM_FAULT_INJECT=fault when that is not NULL (migration/destination.c:
+ * the destination stops there until killed). */
+static void spawn_on(struct harness_process *process, char **argv, const char *side, const char *fault)
+{
+    char *full[48];
+    unsigned n = 0;
+    static char fault_env[64];
+    if (side != NULL) {
+        full[n++] = HOSTS;
+        full[n++] = "exec";
+        full[n++] = hosts_name;
+        full[n++] = (char *)side;
+    }
+    if (fault != NULL) {
+        snprintf(fault_env, sizeof(fault_env), "RINGVM_FAULT_INJECT=%s", fault);
+        full[n++] = "/usr/bin/env";
+        full[n++] = fault_env;
+    }
+    for (unsigned i = 0; argv[i] != NULL && n < 47; i++)
+        full[n++] = argv[i];
+    full[n] = NULL;
+    harness_spawn(process, full);
+}
+
+static void linux_vm_start_on(struct linux_vm *vm, const char *kernel, const char *vcpus, const char *cmdline,
+                              const char *side)
 {
     harness_require_kvm();
     const char *initrd = harness_linux_image_file("initramfs.cpio");
@@ -57,9 +138,14 @@ static void linux_vm_start_kernel(struct linux_vm *vm, const char *kernel, const
     char *argv[] = { (char *)harness_program("ringvm"), "--kernel", (char *)kernel, "--initrd", (char *)initrd,
                      "--memory", "128M", "--vcpus", (char *)vcpus, "--cmdline", (char *)cmdline,
                      "--api-socket", vm->api_path, "--console", vm->console_path, NULL };
-    harness_spawn(&vm->process, argv);
+    spawn_on(&vm->process, argv, side, NULL);
     cr_assert(harness_wait_until(try_connect, vm, 10000), "no API socket at %s; stderr: %s", vm->api_path,
               vm->process.err);
+}
+
+static void linux_vm_start_kernel(struct linux_vm *vm, const char *kernel, const char *vcpus, const char *cmdline)
+{
+    linux_vm_start_on(vm, kernel, vcpus, cmdline, NULL);
 }
 
 /* The same on the project's own kernel (make linux-guest). */
@@ -327,21 +413,30 @@ static bool migration_ended(void *argument)
 /* `ringvm --incoming SCHEME:DIRECTORY/incoming-HOP.sock --memory 128M --vcpus 2
  * --console unix:DIRECTORY/console-HOP.sock` (scheme unix or local): no
  * kernel, no workload; listening when this returns. */
-static void linux_destination_start(struct linux_vm *destination, const char *directory, unsigned hop,
-                                    const char *scheme, char *incoming, size_t incoming_size)
+/* `ringvm --incoming INCOMING ...` in host `side` (NULL: here), stopping
+ * at `fault` (NULL: none); listening when this returns. */
+static void linux_destination_start_at(struct linux_vm *destination, const char *directory, unsigned hop,
+                                       const char *incoming, const char *side, const char *fault)
 {
     memset(destination, 0, sizeof(*destination));
     snprintf(destination->directory, sizeof(destination->directory), "%s", directory);
     snprintf(destination->api_path, sizeof(destination->api_path), "%s/destination-%u.sock", directory, hop);
     snprintf(destination->console_path, sizeof(destination->console_path), "unix:%s/console-%u.sock", directory,
              hop);
-    snprintf(incoming, incoming_size, "%s:%s/incoming-%u.sock", scheme, directory, hop);
-    char *argv[] = { (char *)harness_program("ringvm"), "--incoming", incoming, "--memory", "128M", "--vcpus", "2",
-                     "--api-socket", destination->api_path, "--console", destination->console_path, NULL };
-    harness_spawn(&destination->process, argv);
+    char *argv[] = { (char *)harness_program("ringvm"), "--incoming", (char *)incoming, "--memory", "128M",
+                     "--vcpus", "2", "--api-socket", destination->api_path, "--console", destination->console_path,
+                     NULL };
+    spawn_on(&destination->process, argv, side, fault);
     cr_assert(harness_wait_until(try_connect, destination, 20000), "no destination API; stderr: %s",
               destination->process.err);
     cr_assert(harness_wait_until(destination_listening, destination, 20000), "the destination never listened");
+}
+
+static void linux_destination_start(struct linux_vm *destination, const char *directory, unsigned hop,
+                                    const char *scheme, char *incoming, size_t incoming_size)
+{
+    snprintf(incoming, incoming_size, "%s:%s/incoming-%u.sock", scheme, directory, hop);
+    linux_destination_start_at(destination, directory, hop, incoming, NULL, NULL);
 }
 
 /* Migrates `from` to `incoming` with verify_digest: completed, digests equal. */
@@ -411,6 +506,69 @@ Test(linux_vm, a_linux_guest_is_handed_over_locally_twice_and_carries_on, .timeo
     linux_guest_moves_twice("local");
 }
 
+static void assert_state(struct linux_vm *vm, const char *state)
+{
+    json_t *info = call_ok(vm, "vm.info", NULL);
+    cr_assert_str_eq(json_string_value(json_object_get(info, "state")), state);
+    json_decref(info);
+}
+
+static bool stopped_at_iteration0(void *argument)
+{
+    struct harness_process *process = argument;
+    harness_process_read_available(process);
+    return process->err != NULL && strstr(process->err, "ringvm: fault-inject: stopped at iteration0") != NULL;
+}
+
+/* Issue 14 over TCP between two emulated hosts (network namespaces), with
+ * one case of the fault matrix first (one boot for both: make test's
+ * budget). The Linux ledger guest (2 vCPUs) runs in host src. A
+ * destination in host dst that stops once iteration 0 has begun
+ * (RINGVM_FAULT_INJECT=iteration0) is killed: the migration fails with
+ * `transport`, the guest runs on at the source (two more verify passes per
+ * vCPU, never MISMATCH). Then a new destination in dst gets it: completed,
+ * digests equal, and it carries on there. */
+Test(linux_vm, a_linux_guest_survives_a_killed_destination_then_migrates_over_tcp_between_hosts, .timeout = 400,
+     .fini = hosts_down)
+{
+    hosts_up();
+    struct linux_vm vm = { 0 };
+    linux_vm_start_on(&vm, harness_linux_kernel(), "2", "ringvm.workload=ledger,wss=8M,verify=1", "src");
+    wait_ledger_per_vcpu(&vm.process, 2, 2);
+
+    char incoming[160];
+    unsigned port = 20000u + (unsigned)getpid() % 20000u;
+    hosts_dst_tcp(incoming, sizeof(incoming), port);
+    struct linux_vm doomed;
+    linux_destination_start_at(&doomed, vm.directory, 0, incoming, "dst", "iteration0");
+    json_decref(call_ok(&vm, "migration.start", json_pack("{s:s, s:b}", "dest", incoming, "keep_alive", 1)));
+    cr_assert(harness_wait_until(stopped_at_iteration0, &doomed.process, 60000),
+              "the destination never reached iteration 0; stderr: %s", doomed.process.err);
+    cr_assert_eq(kill(doomed.process.pid, SIGKILL), 0);
+    harness_process_wait_exit(&doomed.process, 20000);
+    api_client_close(doomed.client);
+    harness_process_free(&doomed.process);
+    cr_assert(harness_wait_until(migration_ended, &vm, 60000), "the migration did not end after the kill");
+    json_t *progress = call_ok(&vm, "migration.progress", NULL);
+    cr_assert_str_eq(json_string_value(json_object_get(progress, "state")), "failed", "%s",
+                     json_dumps(progress, JSON_COMPACT));
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(progress, "error"), "code")), "transport",
+                     "%s", json_dumps(progress, JSON_COMPACT));
+    json_decref(progress);
+    assert_state(&vm, "running");
+    unsigned before[2] = { count_lines(vm.process.out, "LEDGER OK ", 0), count_lines(vm.process.out, "LEDGER OK ", 1) };
+    wait_ledger_per_vcpu(&vm.process, 2, (before[0] > before[1] ? before[0] : before[1]) + 2);
+
+    struct linux_vm destination;
+    hosts_dst_tcp(incoming, sizeof(incoming), port + 1);
+    linux_destination_start_at(&destination, vm.directory, 1, incoming, "dst", NULL);
+    linux_migrate(&vm, incoming);
+    assert_state(&vm, "migrated");
+    linux_guest_carries_on_at(&destination);
+    linux_vm_end_process(&destination);
+    linux_vm_stop(&vm);
+}
+
 /* pages_written of each of vm's 2 vCPUs, from vm.guest-stats. */
 static void guest_pages_written(struct linux_vm *vm, int64_t written[2])
 {
@@ -420,13 +578,6 @@ static void guest_pages_written(struct linux_vm *vm, int64_t written[2])
     for (unsigned i = 0; i < 2; i++)
         written[i] = json_integer_value(json_object_get(json_array_get(vcpus, i), "pages_written"));
     json_decref(stats);
-}
-
-static void assert_state(struct linux_vm *vm, const char *state)
-{
-    json_t *info = call_ok(vm, "vm.info", NULL);
-    cr_assert_str_eq(json_string_value(json_object_get(info, "state")), state);
-    json_decref(info);
 }
 
 /* A Linux guest paused by the operator (vm.pause) migrates and stays
