@@ -10,7 +10,10 @@
  * drives the guest's scheduler, and its restored state is checked
  * directly) and both vCPUs (the workload runs a pinned thread on each, and
  * each vCPU's own lines are counted) came along. The stream itself is not
- * involved: this is the state path alone.
+ * involved: this is the state path alone. Before that, the same state
+ * claiming a source TSC 10 % faster is restored into a third VM: its vCPUs
+ * must then tick at the source's frequency (KVM_SET_TSC_KHZ; set on our PVM
+ * hosts), or the restore must fail naming both frequencies.
  *
  * Needs /dev/kvm and the guest image (make linux-guest); skips without.
  */
@@ -19,7 +22,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
+
+#include <linux/kvm.h>
 
 #include "migration/machine_state.h"
 #include "migration/machine_state_vm.h"
@@ -131,6 +137,42 @@ Test(machine_state_kvm, linux_guest_carries_on_in_a_second_vm, .timeout = 300)
     cr_assert(decoded.vm.sections & MACHINE_STATE_HAS_IOAPIC);
     cr_assert(decoded.vm.sections & MACHINE_STATE_HAS_PIT2);
     cr_assert(decoded.vm.sections & MACHINE_STATE_HAS_CLOCK);
+
+    /* A source whose TSC ran 10 % faster than this host's (issue 14: the
+     * destination sets the source's frequency with KVM_SET_TSC_KHZ or
+     * refuses): restored into a third VM that never runs. Either its vCPUs
+     * now tick at the source's rate, or the restore fails naming both
+     * frequencies; which one depends on the host's TSC scaling. */
+    {
+        struct harness_vm other;
+        harness_linux_vm_create(&other, "128M", 2, NULL, NULL, NULL, true);
+        uint32_t local_khz = (uint32_t)ioctl(other.vm->vcpus[0].fd, KVM_GET_TSC_KHZ, 0);
+        uint32_t faster = decoded.vcpus[0].tsc_khz + decoded.vcpus[0].tsc_khz / 10;
+        uint32_t original[2] = { 0, 0 };
+        cr_assert_eq(decoded.vcpu_count, 2);
+        for (uint32_t vcpu = 0; vcpu < decoded.vcpu_count && vcpu < 2; vcpu++) {
+            original[vcpu] = decoded.vcpus[vcpu].tsc_khz;
+            decoded.vcpus[vcpu].tsc_khz = faster;
+        }
+        int result = machine_state_vm_restore(other.vm, &decoded, error, sizeof(error));
+        if (result == 0) {
+            for (uint32_t vcpu = 0; vcpu < decoded.vcpu_count; vcpu++)
+                cr_assert_eq(ioctl(other.vm->vcpus[vcpu].fd, KVM_GET_TSC_KHZ, 0), (int)faster,
+                             "vCPU %" PRIu32 " does not tick at the source's %" PRIu32 " kHz", vcpu, faster);
+            fprintf(stderr, "machine_state_kvm: a source TSC of %" PRIu32 " kHz was set here (local %" PRIu32
+                    " kHz)\n", faster, local_khz);
+        } else {
+            char expected[256];
+            snprintf(expected, sizeof(expected), "TSC frequency differs (source %" PRIu32 " kHz, destination %" PRIu32
+                     " kHz) and KVM_SET_TSC_KHZ failed: ", faster, local_khz);
+            cr_assert_not_null(strstr(error, expected), "restore with a faster source TSC: %s", error);
+            fprintf(stderr, "machine_state_kvm: a source TSC of %" PRIu32 " kHz is refused here: %s\n", faster,
+                    error);
+        }
+        for (uint32_t vcpu = 0; vcpu < decoded.vcpu_count && vcpu < 2; vcpu++)
+            decoded.vcpus[vcpu].tsc_khz = original[vcpu];
+        harness_vm_stop(&other);
+    }
 
     /* RAM: the source is paused, so this is its last word. */
     cr_assert_eq(destination.vm->memory.size, source.vm->memory.size);
