@@ -32,6 +32,7 @@ struct vcpu_counters {
     _Atomic uint64_t exits_intr;            /* KVM_RUN returned EINTR (kicks) */
     _Atomic uint64_t exits_dirty_ring_full;
     _Atomic uint64_t kicks_sent;            /* signals sent to this vCPU */
+    _Atomic uint64_t kvmclock_stop_notices; /* KVM_KVMCLOCK_CTRL accepted on a resume (Linux guests) */
     _Atomic uint64_t throttle_sleeps;
     _Atomic uint64_t throttle_sleep_ns;
     _Atomic uint64_t throttle_timer_expiries;   /* SI_TIMER deliveries of the kick signal */

@@ -618,8 +618,28 @@ int vm_pause_vcpus(struct vm *vm)
     return result;
 }
 
+/* A Linux guest that was paused sees a jump in its clock when it runs
+ * again, and its soft-lockup watchdog would call that a lockup. KVM's
+ * answer is KVM_KVMCLOCK_CTRL: it sets PVCLOCK_GUEST_STOPPED in the vCPU's
+ * kvmclock page at its next entry, and the guest's watchdog, seeing it,
+ * clears it and starts counting afresh (QEMU does the same on resume).
+ * Only with every vCPU parked (out of KVM_RUN): the ioctl takes the vCPU's
+ * mutex. EINVAL: the guest has not enabled kvmclock (yet), nothing to do. */
+static void vm_tell_guest_it_was_stopped(struct vm *vm)
+{
+    if (!vm_is_linux_guest(vm))
+        return;
+    for (unsigned i = 0; i < vm->config.vcpu_count; i++) {
+        if (ioctl(vm->vcpus[i].fd, KVM_KVMCLOCK_CTRL, 0) == 0)
+            atomic_fetch_add_explicit(&vm->vcpus[i].counters.kvmclock_stop_notices, 1, memory_order_relaxed);
+        else if (errno != EINVAL)
+            vm_log_once(vm, 0x50000000000ULL | i, "ringvm: vcpu %u: KVM_KVMCLOCK_CTRL: %s\n", i, strerror(errno));
+    }
+}
+
 void vm_resume_vcpus(struct vm *vm)
 {
+    vm_tell_guest_it_was_stopped(vm);
     vm_release_vcpus(vm);
 }
 

@@ -207,7 +207,10 @@ int vm_pause(struct vm *vm);
 int vm_resume(struct vm *vm);
 
 /* The same without the RUNNING/PAUSED state change, for a controller that
- * needs the vCPUs out of KVM_RUN briefly (final sync, state capture). */
+ * needs the vCPUs out of KVM_RUN briefly (final sync, state capture).
+ * vm_resume_vcpus needs every vCPU parked; for a Linux guest it first
+ * tells each vCPU's kvmclock that the guest was stopped (KVM_KVMCLOCK_CTRL),
+ * so the guest's watchdog does not report the pause as a lockup. */
 int vm_pause_vcpus(struct vm *vm);
 void vm_resume_vcpus(struct vm *vm);
 
