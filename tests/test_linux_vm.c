@@ -599,6 +599,55 @@ static bool stopped_at_iteration0(void *argument)
     return process->err != NULL && strstr(process->err, "ringvm: fault-inject: stopped at iteration0") != NULL;
 }
 
+/* Types `command` on vm's console without waiting for its output. */
+static void console_type(struct linux_vm *vm, const char *command)
+{
+    char script[512];
+    snprintf(script, sizeof(script), "printf '%s\\n' | %s console --socket %s --timeout 100", command,
+             harness_program("ringctl"), vm->console_path + 5);
+    char *argv[] = { "/bin/sh", "-c", script, NULL };
+    struct harness_process console;
+    harness_spawn(&console, argv);
+    cr_assert_eq(harness_process_wait_exit(&console, 30000), 0, "ringctl console: %s", console.err);
+    harness_process_free(&console);
+}
+
+#define SEQ_LINES 3000u
+#define SEQ_LINES_TEXT "3000"
+
+/* The lines of `first` then `second` that are a number alone are exactly
+ * 1..count, in order: no byte of the sequence lost or repeated. */
+static void assert_sequence_complete(const char *first, const char *second, unsigned count)
+{
+    unsigned expected = 1, on_first = 0;
+    const char *parts[2] = { first, second };
+    for (unsigned part = 0; part < 2; part++) {
+        if (part == 1)
+            on_first = expected - 1;
+        const char *line = parts[part];
+        while (line != NULL && *line != '\0') {
+            const char *end = strchr(line, '\n');
+            size_t length = end != NULL ? (size_t)(end - line) : strlen(line);
+            size_t digits = 0;
+            while (digits < length && line[digits] >= '0' && line[digits] <= '9')
+                digits++;
+            bool number_alone = digits > 0 && (digits == length || (digits + 1 == length && line[digits] == '\r'));
+            if (number_alone) {
+                unsigned value = (unsigned)strtoul(line, NULL, 10);
+                cr_assert_eq(value, expected, "%s: after %u came %u (a byte lost or repeated across the "
+                             "migration?)", part == 0 ? "source" : "destination", expected - 1, value);
+                expected++;
+            }
+            line = end != NULL ? end + 1 : NULL;
+        }
+    }
+    cr_assert_eq(expected, count + 1, "the sequence stopped after %u of %u", expected - 1, count);
+    fprintf(stderr, "linux_vm: %u of %u numbered lines came out before the migration, %u after\n", on_first, count,
+            count - on_first);
+    /* Otherwise the migration did not happen mid-transmission. */
+    cr_assert(on_first > 0 && on_first < count, "%u of %u lines before the migration", on_first, count);
+}
+
 /* Issue 14 over TCP between two emulated hosts (network namespaces), with
  * one case of the fault matrix first (one boot for both: make test's
  * budget). The Linux ledger guest (2 vCPUs) runs in host src. A
@@ -606,7 +655,9 @@ static bool stopped_at_iteration0(void *argument)
  * (RINGVM_FAULT_INJECT=iteration0) is killed: the migration fails with
  * `transport`, the guest runs on at the source (two more verify passes per
  * vCPU, never MISMATCH). Then a new destination in dst gets it: completed,
- * digests equal, and it carries on there. */
+ * digests equal, and it carries on there; the guest was printing 3000
+ * numbered lines on its UART throughout, and every one arrives once, in
+ * order, across the two ringvm processes' outputs. */
 Test(linux_vm, a_linux_guest_survives_a_killed_destination_then_migrates_over_tcp_between_hosts, .timeout = 400,
      .fini = hosts_down)
 {
@@ -641,9 +692,19 @@ Test(linux_vm, a_linux_guest_survives_a_killed_destination_then_migrates_over_tc
     struct linux_vm destination;
     hosts_dst_tcp(incoming, sizeof(incoming), port + 1);
     linux_destination_start_at(&destination, vm.directory, 1, incoming, "dst", NULL);
+    /* The UART mid-transmission: the guest prints 1..SEQ_LINES (~14 KB,
+     * seconds of port writes) while it migrates; every number must come out
+     * once, in order, on the source's stdout and then the destination's. */
+    console_type(&vm, "seq 1 " SEQ_LINES_TEXT);
+    cr_assert(harness_process_wait_output(&vm.process, "\r\n100\r\n", 1, 60000), "seq did not start: %s",
+              vm.process.out);
     linux_migrate(&vm, incoming);
     assert_state(&vm, "migrated");
     linux_guest_carries_on_at(&destination);
+    cr_assert(harness_process_wait_output(&destination.process, "\r\n" SEQ_LINES_TEXT "\r\n", 1, 120000),
+              "seq did not finish on the destination: %s", destination.process.out);
+    harness_process_read_available(&vm.process);
+    assert_sequence_complete(vm.process.out, destination.process.out, SEQ_LINES);
     linux_vm_end_process(&destination);
     linux_vm_stop(&vm);
 }
