@@ -97,12 +97,15 @@ static void assert_timer_restored(uint32_t index, const struct machine_state_vcp
 /* Whether vCPU `vcpu` (parked) has its kvmclock page registered. */
 static bool kvmclock_enabled(struct vm *vm, unsigned vcpu)
 {
-    struct {
-        struct kvm_msrs header;
-        struct kvm_msr_entry entry;
-    } msrs = { .header.nmsrs = 1, .entry.index = MSR_KVM_SYSTEM_TIME_NEW };
-    cr_assert_eq(ioctl(vm->vcpus[vcpu].fd, KVM_GET_MSRS, &msrs), 1, "KVM_GET_MSRS(MSR_KVM_SYSTEM_TIME_NEW)");
-    return (msrs.entry.data & 1) != 0;
+    union {
+        struct kvm_msrs msrs;
+        uint8_t bytes[sizeof(struct kvm_msrs) + sizeof(struct kvm_msr_entry)];
+    } buffer;
+    memset(&buffer, 0, sizeof(buffer));
+    buffer.msrs.nmsrs = 1;
+    buffer.msrs.entries[0].index = MSR_KVM_SYSTEM_TIME_NEW;
+    cr_assert_eq(ioctl(vm->vcpus[vcpu].fd, KVM_GET_MSRS, &buffer), 1, "KVM_GET_MSRS(MSR_KVM_SYSTEM_TIME_NEW)");
+    return (buffer.msrs.entries[0].data & 1) != 0;
 }
 
 Test(machine_state_kvm, linux_guest_carries_on_in_a_second_vm, .timeout = 300)
