@@ -304,12 +304,13 @@ Test(linux_vm, boots_two_vcpus_to_the_ledger_and_tracks_without_ring_overflow, .
  * there: the shell computes the product, so the answer can only come from
  * the guest (the echoed input says "$((A*B))"). */
 /* What came back on vm's console socket for `command` typed through
- * `ringctl console` (it waits 5 s after the last output); caller frees. */
-static char *console_exchange(struct linux_vm *vm, const char *command)
+ * `ringctl console`, which waits `quiet_ms` after the last output; caller
+ * frees. */
+static char *console_exchange_for(struct linux_vm *vm, const char *command, unsigned quiet_ms)
 {
     char script[512];
-    snprintf(script, sizeof(script), "printf '%s\\n' | %s console --socket %s --timeout 5000", command,
-             harness_program("ringctl"), vm->console_path + 5);
+    snprintf(script, sizeof(script), "printf '%s\\n' | %s console --socket %s --timeout %u", command,
+             harness_program("ringctl"), vm->console_path + 5, quiet_ms);
     char *argv[] = { "/bin/sh", "-c", script, NULL };
     struct harness_process console;
     harness_spawn(&console, argv);
@@ -318,6 +319,11 @@ static char *console_exchange(struct linux_vm *vm, const char *command)
     cr_assert_not_null(output);
     harness_process_free(&console);
     return output;
+}
+
+static char *console_exchange(struct linux_vm *vm, const char *command)
+{
+    return console_exchange_for(vm, command, 5000);
 }
 
 static void console_answers(struct linux_vm *vm, const char *command, const char *expected)
@@ -602,14 +608,7 @@ static bool stopped_at_iteration0(void *argument)
 /* Types `command` on vm's console without waiting for its output. */
 static void console_type(struct linux_vm *vm, const char *command)
 {
-    char script[512];
-    snprintf(script, sizeof(script), "printf '%s\\n' | %s console --socket %s --timeout 100", command,
-             harness_program("ringctl"), vm->console_path + 5);
-    char *argv[] = { "/bin/sh", "-c", script, NULL };
-    struct harness_process console;
-    harness_spawn(&console, argv);
-    cr_assert_eq(harness_process_wait_exit(&console, 30000), 0, "ringctl console: %s", console.err);
-    harness_process_free(&console);
+    free(console_exchange_for(vm, command, 100));
 }
 
 #define SEQ_LINES 3000u

@@ -737,97 +737,88 @@ static struct mig_progress *hand_over_to_a_fake(struct harness_vm *source, struc
     return p;
 }
 
-Test(local_handover, a_destination_gone_before_end_leaves_the_guest_on_the_source, .timeout = 120)
+/* What the source must report after a hand-over to a fake destination. */
+struct fake_outcome {
+    enum mig_state state;
+    const char *code;
+    const char *message;
+    enum vm_state vm_state;     /* PAUSED: the operator's vm.resume follows */
+    const char *told;           /* the ERROR text the fake must have got, or NULL */
+};
+
+/* Hands a 2-vCPU ledger guest over to a fake behaving as told, checks the
+ * source's outcome and state exactly, resumes it when it stayed paused (as
+ * the operator would once sure the destination never ran it), and checks
+ * that the guest then runs with its RAM whole. */
+static void expect_fake_outcome(enum fake_behaviour behaviour, const struct fake_outcome *expected)
 {
     struct harness_vm source;
     struct fake_destination fake;
-    struct mig_progress *p = hand_over_to_a_fake(&source, &fake, FAKE_CLOSE_ON_HELLO);
-    cr_assert_eq(p->state, MIG_STATE_FAILED);
+    struct mig_progress *p = hand_over_to_a_fake(&source, &fake, behaviour);
+    cr_assert_eq(p->state, expected->state, "state %s: %s: %s", mig_state_name(p->state), p->error_code,
+                 p->error_message);
     cr_assert(p->local);
-    cr_assert_str_eq(p->error_code, "transport", "%s: %s", p->error_code, p->error_message);
-    cr_assert_str_eq(p->error_message, "handshake: destination closed the connection (truncated stream: 0 of 32 bytes)");
-    cr_assert_eq(vm_get_state(source.vm), VM_STATE_RUNNING, "the source is not running");
-    /* The guest never stopped and its RAM is whole: the ledger verifies. */
+    cr_assert_str_eq(p->error_code, expected->code, "%s: %s", p->error_code, p->error_message);
+    cr_assert_str_eq(p->error_message, expected->message);
+    if (expected->told != NULL)
+        cr_assert_str_eq(fake.peer_message, expected->told, "the destination was told: %s", fake.peer_message);
+    cr_assert_eq(vm_get_state(source.vm), expected->vm_state, "the source is %s", vm_state_name(vm_get_state(source.vm)));
+    if (expected->vm_state == VM_STATE_PAUSED)
+        cr_assert_eq(vm_resume(source.vm), 0);
     expect_ledger_runs(&source);
     free(p);
     test_migration_source_stop(&source);
 }
 
+/* The guest never stopped and its RAM is whole: the ledger verifies. */
+Test(local_handover, a_destination_gone_before_end_leaves_the_guest_on_the_source, .timeout = 120)
+{
+    expect_fake_outcome(FAKE_CLOSE_ON_HELLO, &(struct fake_outcome){
+        .state = MIG_STATE_FAILED, .code = "transport",
+        .message = "handshake: destination closed the connection (truncated stream: 0 of 32 bytes)",
+        .vm_state = VM_STATE_RUNNING });
+}
+
+/* This destination never ran it: the operator's resume brings it back. */
 Test(local_handover, a_destination_gone_after_end_leaves_the_source_paused, .timeout = 120)
 {
-    struct harness_vm source;
-    struct fake_destination fake;
-    struct mig_progress *p = hand_over_to_a_fake(&source, &fake, FAKE_CLOSE_AFTER_END);
-    cr_assert_eq(p->state, MIG_STATE_FAILED);
-    cr_assert_str_eq(p->error_code, "outcome-unknown", "%s: %s", p->error_code, p->error_message);
-    cr_assert_str_eq(p->error_message,
-                     "waiting for the destination's ack: destination closed the connection (truncated stream: 0 of "
-                     "32 bytes): in a local hand-over it may have run the guest on the shared RAM; the source "
-                     "stays paused (vm.resume here only if the destination never resumed it)");
-    cr_assert_eq(vm_get_state(source.vm), VM_STATE_PAUSED, "the source resumed on its own");
-    /* This destination never ran it: the operator's resume brings it back. */
-    cr_assert_eq(vm_resume(source.vm), 0);
-    expect_ledger_runs(&source);
-    free(p);
-    test_migration_source_stop(&source);
+    expect_fake_outcome(FAKE_CLOSE_AFTER_END, &(struct fake_outcome){
+        .state = MIG_STATE_FAILED, .code = "outcome-unknown",
+        .message = "waiting for the destination's ack: destination closed the connection (truncated stream: 0 of "
+                   "32 bytes): in a local hand-over it may have run the guest on the shared RAM; the source "
+                   "stays paused (vm.resume here only if the destination never resumed it)",
+        .vm_state = VM_STATE_PAUSED });
 }
 
 /* After END nothing comes back and the connection stays open: the source's
  * ack deadline (max(2 x stall timeout, 10 s): 20 s by default) ends the
- * wait, and the destination is told why. In a local
- * hand-over the destination may have run the guest on the shared RAM, so
- * the source stays paused and says so. */
+ * wait, and the destination is told why. In a local hand-over the
+ * destination may have run the guest on the shared RAM, so the source stays
+ * paused and says so. */
+#define NO_ACK_MESSAGE "no ack from the destination for 20000 ms after the whole stream was sent: it may be " \
+                       "running the guest; the source stays paused (vm.resume here only if the destination does " \
+                       "not run it)"
 Test(local_handover, no_ack_by_the_deadline_leaves_the_source_paused, .timeout = 120)
 {
-    struct harness_vm source;
-    struct fake_destination fake;
-    struct mig_progress *p = hand_over_to_a_fake(&source, &fake, FAKE_SILENT_AFTER_END);
-    cr_assert_eq(p->state, MIG_STATE_FAILED);
-    cr_assert(p->local);
-    cr_assert_str_eq(p->error_code, "outcome-unknown", "%s: %s", p->error_code, p->error_message);
-    cr_assert_str_eq(p->error_message,
-                     "no ack from the destination for 20000 ms after the whole stream was sent: it may be running "
-                     "the guest; the source stays paused (vm.resume here only if the destination does not run it)");
-    cr_assert_eq(vm_get_state(source.vm), VM_STATE_PAUSED, "the source resumed on its own");
-    cr_assert_str_eq(fake.peer_message, p->error_message, "the destination was told: %s", fake.peer_message);
-    cr_assert_eq(vm_resume(source.vm), 0);
-    expect_ledger_runs(&source);
-    free(p);
-    test_migration_source_stop(&source);
+    expect_fake_outcome(FAKE_SILENT_AFTER_END, &(struct fake_outcome){
+        .state = MIG_STATE_FAILED, .code = "outcome-unknown", .message = NO_ACK_MESSAGE,
+        .vm_state = VM_STATE_PAUSED, .told = NO_ACK_MESSAGE });
 }
 
 /* After END the destination refuses (its restore failed): it never
  * resumed the guest, so the source resumes it on its own RAM. */
 Test(local_handover, a_restore_refused_after_end_resumes_the_source, .timeout = 120)
 {
-    struct harness_vm source;
-    struct fake_destination fake;
-    struct mig_progress *p = hand_over_to_a_fake(&source, &fake, FAKE_REFUSE_AFTER_END);
-    cr_assert_eq(p->state, MIG_STATE_FAILED);
-    cr_assert(p->local);
-    cr_assert_str_eq(p->error_code, "destination-error", "%s: %s", p->error_code, p->error_message);
-    cr_assert_str_eq(p->error_message, "destination refused: " FAKE_RESTORE_ERROR);
-    cr_assert_eq(vm_get_state(source.vm), VM_STATE_RUNNING);
-    expect_ledger_runs(&source);
-    free(p);
-    test_migration_source_stop(&source);
+    expect_fake_outcome(FAKE_REFUSE_AFTER_END, &(struct fake_outcome){
+        .state = MIG_STATE_FAILED, .code = "destination-error",
+        .message = "destination refused: " FAKE_RESTORE_ERROR, .vm_state = VM_STATE_RUNNING });
 }
 
 Test(local_handover, a_cancel_before_the_pause_leaves_the_guest_running, .timeout = 120)
 {
-    struct harness_vm source;
-    struct fake_destination fake;
-    struct mig_progress *p = hand_over_to_a_fake(&source, &fake, FAKE_HOLD_ON_HELLO);
-    cr_assert_eq(p->state, MIG_STATE_CANCELLED, "state %s: %s: %s", mig_state_name(p->state), p->error_code,
-                 p->error_message);
-    cr_assert(p->local);
-    cr_assert_str_eq(p->error_code, "cancelled");
-    cr_assert_str_eq(p->error_message, "cancelled by migration.cancel");
-    cr_assert_str_eq(fake.peer_message, "cancelled by migration.cancel", "the destination was not told");
-    cr_assert_eq(vm_get_state(source.vm), VM_STATE_RUNNING);
-    expect_ledger_runs(&source);
-    free(p);
-    test_migration_source_stop(&source);
+    expect_fake_outcome(FAKE_HOLD_ON_HELLO, &(struct fake_outcome){
+        .state = MIG_STATE_CANCELLED, .code = "cancelled", .message = "cancelled by migration.cancel",
+        .vm_state = VM_STATE_RUNNING, .told = "cancelled by migration.cancel" });
 }
 
 /* ---- with KVM: two ringvm processes --------------------------------------------------------- */
