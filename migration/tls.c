@@ -83,6 +83,7 @@ struct mig_tls_session {
     uint64_t receive_deadline_ms;       /* mig_tls_read_some: the record must be in by then (0: none) */
     uint8_t *in;                        /* bytes read ahead, [in_start, in_end) unread */
     size_t in_start, in_end;
+    bool peer_closed;                   /* recv() returned 0: the peer closed its end */
     char receive_error[256];
 
     uint8_t first_bytes[TLS_FIRST_BYTES];   /* what the peer sent first, for plaintext detection */
@@ -551,8 +552,10 @@ static ssize_t pull(gnutls_transport_ptr_t pointer, void *data, size_t length)
             gnutls_transport_set_errno(s->tls, EIO);
             return -1;
         }
-        if (got == 0)
+        if (got == 0) {
+            s->peer_closed = true;
             return 0;
+        }
         s->in_start = 0;
         s->in_end = (size_t)got;
         if (s->handshaking && s->first_length < TLS_FIRST_BYTES) {
@@ -985,6 +988,12 @@ static void explain_receive_error(struct mig_tls_session *s, int got, size_t don
     else if (got == GNUTLS_E_PREMATURE_TERMINATION)
         snprintf(error, error_size,
                  "%s closed the connection without TLS close_notify (truncated stream: %zu of %zu bytes)",
+                 s->peer, done, length);
+    else if (got == GNUTLS_E_UNEXPECTED_PACKET_LENGTH && s->peer_closed)
+        /* GnuTLS's word for an end of stream inside a record ("Error
+         * decoding the received TLS packet") would blame the data. */
+        snprintf(error, error_size,
+                 "%s closed the connection in the middle of a TLS record (truncated stream: %zu of %zu bytes)",
                  s->peer, done, length);
     else
         snprintf(error, error_size, "receiving from %s: TLS record error (GnuTLS: %s)", s->peer,
