@@ -216,12 +216,9 @@ static void wait_ledger_per_vcpu(struct harness_process *process, unsigned vcpus
     cr_assert_null(strstr(process->out, "MISMATCH"), "stdout: %s", process->out);
 }
 
-/* Boots on `vcpus` vCPUs to the ledger and checks what vm.info and
- * vm.guest-stats say; with `track`, then turns dirty tracking on and
- * checks the rings (see tracks_without_overflowing_a_ring). */
-static void tracks_without_overflowing_a_ring(struct linux_vm *vm, unsigned vcpus);
-
-static void boots_and_runs_the_ledger(unsigned vcpus, bool track)
+/* Boots on `vcpus` vCPUs to the ledger, checks what vm.info and
+ * vm.guest-stats say, then hands the running VM to `then`, which ends it. */
+static void boots_and_runs_the_ledger(unsigned vcpus, void (*then)(struct linux_vm *vm, unsigned vcpus))
 {
     struct linux_vm vm = { 0 };
     char vcpu_text[8];
@@ -255,9 +252,7 @@ static void boots_and_runs_the_ledger(unsigned vcpus, bool track)
     }
     cr_assert_eq(json_array_size(json_object_get(stats, "vcpus")), vcpus);
     json_decref(stats);
-    if (track)
-        tracks_without_overflowing_a_ring(&vm, vcpus);
-    linux_vm_stop(&vm);
+    then(&vm, vcpus);
 }
 
 /* The kernel writes from emulated ring 0 on PVM hosts, where a ring's soft-
@@ -285,18 +280,31 @@ static void tracks_without_overflowing_a_ring(struct linux_vm *vm, unsigned vcpu
     cr_assert_gt(json_integer_value(json_object_get(stats, "pages")), 0, "tracking saw no page");
     json_decref(stats);
     cr_assert_null(strstr(vm->process.out, "MISMATCH"));
+    linux_vm_stop(vm);
 }
 
-Test(linux_vm, boots_one_vcpu_to_the_ledger, .timeout = 240)
+static void console_answers(struct linux_vm *vm, const char *command, const char *expected);
+static void power_command_ends(struct linux_vm *vm, const char *command, const char *reason);
+
+/* Console input reaches the guest (busybox answers on the console socket),
+ * then `poweroff` typed there ends ringvm with exit 0. */
+static void console_then_poweroff(struct linux_vm *vm, unsigned vcpus)
 {
-    boots_and_runs_the_ledger(1, false);
+    (void)vcpus;
+    console_answers(vm, "echo marker-$((40+2))", "marker-42");
+    power_command_ends(vm, "poweroff", ": guest powered off (exit code 0)");
 }
 
-/* One boot for two claims (make test's time budget: every boot costs ~25 s
- * of emulated ring 0 on PVM hosts). */
+/* Each test here makes one boot serve several claims (make test's time
+ * budget: every boot costs ~25 s of emulated ring 0 on PVM hosts). */
+Test(linux_vm, boots_one_vcpu_to_the_ledger_takes_console_input_and_powers_off, .timeout = 240)
+{
+    boots_and_runs_the_ledger(1, console_then_poweroff);
+}
+
 Test(linux_vm, boots_two_vcpus_to_the_ledger_and_tracks_without_ring_overflow, .timeout = 300)
 {
-    boots_and_runs_the_ledger(2, true);
+    boots_and_runs_the_ledger(2, tracks_without_overflowing_a_ring);
 }
 
 /* Types `echo PREFIX$((A*B))` into busybox through `ringctl console` on
@@ -341,38 +349,31 @@ static void linux_shell_vm_start(struct linux_vm *vm, const char *vcpus)
               "/init did not run; stdout: %s", vm->process.out);
 }
 
-/* With `console_first`, typed input is answered on the console before the
- * power command is typed (one boot for both claims: make test's budget). */
-static void power_command_ends_ringvm(const char *command, const char *reason, bool console_first)
+/* Types `command` on vm's console: ringvm must exit 0 saying `reason`. */
+static void power_command_ends(struct linux_vm *vm, const char *command, const char *reason)
 {
-    struct linux_vm vm = { 0 };
-    linux_shell_vm_start(&vm, "2");
-    if (console_first)
-        console_answers(&vm, "echo marker-$((40+2))", "marker-42");
     char script[512];
     snprintf(script, sizeof(script), "printf '%s\\n' | %s console --socket %s --timeout 60000", command,
-             harness_program("ringctl"), vm.console_path + 5);
+             harness_program("ringctl"), vm->console_path + 5);
     char *argv[] = { "/bin/sh", "-c", script, NULL };
     struct harness_process console;
     harness_spawn(&console, argv);
-    int status = harness_process_wait_exit(&vm.process, 60000);
-    cr_assert_eq(status, 0, "ringvm exit %d after %s; stderr: %s", status, command, vm.process.err);
-    cr_assert_not_null(strstr(vm.process.err, reason), "stderr: %s", vm.process.err);
+    int status = harness_process_wait_exit(&vm->process, 60000);
+    cr_assert_eq(status, 0, "ringvm exit %d after %s; stderr: %s", status, command, vm->process.err);
+    cr_assert_not_null(strstr(vm->process.err, reason), "stderr: %s", vm->process.err);
     harness_process_wait_exit(&console, 10000);
     harness_process_free(&console);
-    api_client_close(vm.client);
-    harness_process_free(&vm.process);
-    rmdir(vm.directory);
+    api_client_close(vm->client);
+    vm->client = NULL;
+    harness_process_free(&vm->process);
+    rmdir(vm->directory);
 }
 
 Test(linux_vm, reboot_ends_ringvm_with_exit_0, .timeout = 240)
 {
-    power_command_ends_ringvm("reboot", "guest reset through the keyboard controller (reboot=k)", false);
-}
-
-Test(linux_vm, console_input_reaches_the_guest_and_poweroff_ends_ringvm_with_exit_0, .timeout = 240)
-{
-    power_command_ends_ringvm("poweroff", ": guest powered off (exit code 0)", true);
+    struct linux_vm vm = { 0 };
+    linux_shell_vm_start(&vm, "2");
+    power_command_ends(&vm, "reboot", "guest reset through the keyboard controller (reboot=k)");
 }
 
 /* The VMM boots an unpatched distribution kernel on a VMX/SVM host: Debian's
