@@ -783,9 +783,11 @@ Test(linux_vm, a_linux_guest_ping_pongs_between_two_destinations_and_keeps_its_c
      * 1`, a builtin: no process is created, which costs ~1 s of emulated
      * page faults on PVM hosts) wakes on the LAPIC's TSC-deadline timer. By
      * the guest's own clock (/proc/uptime, read by builtins) it takes a
-     * second: a timer that stopped firing leaves no answer, one firing late
-     * shows here. (Against this host's clock nothing can be asserted from
-     * here: ringctl console waits 5 s after the last output.) */
+     * second, under 1.5 s: a timer that stopped firing leaves no answer,
+     * one firing late shows here. The slack is the shell's wake-up beside
+     * two busy ledger threads on a loaded host (1.04 s alone, 1.17 s in a
+     * full make test). (Against this host's clock nothing can be asserted
+     * from here: ringctl console waits 5 s after the last output.) */
     char *timing = console_exchange(from, "read a _ </proc/uptime; read -t 1 x; read b _ </proc/uptime; "
                                           "echo slept $a $b");
     double start_uptime = -1, end_uptime = -1;
@@ -794,7 +796,7 @@ Test(linux_vm, a_linux_guest_ping_pongs_between_two_destinations_and_keeps_its_c
         found = sscanf(at, "slept %lf %lf", &start_uptime, &end_uptime) == 2;
     cr_assert(found, "no answer to the timed read: %s", timing);
     double guest_seconds = end_uptime - start_uptime;
-    cr_assert(guest_seconds >= 1.0 && guest_seconds < 1.2, "read -t 1 took %.2f s by the guest's clock (%s)",
+    cr_assert(guest_seconds >= 1.0 && guest_seconds < 1.5, "read -t 1 took %.2f s by the guest's clock (%s)",
               guest_seconds, timing);
     fprintf(stderr, "ping-pong: read -t 1 after the last hop: %.2f s by the guest's clock\n", guest_seconds);
     free(timing);
