@@ -4,9 +4,13 @@
 # given duration and checks every hop.
 #
 #   tests/soak/soak.sh [--duration SECONDS] [--build DIR] [--rate RATE] [--summary FILE]
+#                      [--linux DIR]
 #
 # Guests: the ledger (writes, then verifies every second: prints LEDGER OK or
-# MISMATCH) and the full-rate dirtier. Hops alternate between the two guests;
+# MISMATCH) and the full-rate dirtier; with --linux DIR (make linux-guest's
+# output: vmlinux, initramfs.cpio) also a Linux guest on 2 vCPUs running the
+# ledger in user space, its destinations started with only --memory and
+# --vcpus (the kernel travels in guest RAM). Hops alternate between the guests;
 # each guest changes host at every one of its hops (src->dst, dst->src, ...);
 # convergence alternates between auto-converge and dirty-limit.
 # After every hop: the source's migration.progress says completed, the digests
@@ -21,12 +25,14 @@ duration=600
 build=build
 rate=""
 summary=""
+linux=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) duration="$2"; shift 2 ;;
         --build) build="$2"; shift 2 ;;
         --rate) rate="$2"; shift 2 ;;
         --summary) summary="$2"; shift 2 ;;
+        --linux) linux="$2"; shift 2 ;;
         *) echo "soak.sh: unknown option '$1'" >&2; exit 2 ;;
     esac
 done
@@ -36,6 +42,10 @@ ringvm="$build/ringvm"
 ringctl="$build/ringctl"
 [ "$(id -u)" = 0 ] || { echo "soak.sh: needs root (network namespaces)" >&2; exit 2; }
 [ -x "$ringvm" ] && [ -x "$ringctl" ] || { echo "soak.sh: $ringvm / $ringctl not built (make BUILD=$build)" >&2; exit 2; }
+if [ -n "$linux" ]; then
+    [ -f "$linux/vmlinux" ] && [ -f "$linux/initramfs.cpio" ] ||
+        { echo "soak.sh: --linux $linux: no vmlinux and initramfs.cpio there (make linux-guest)" >&2; exit 2; }
+fi
 
 name="soak$$"
 name="${name:0:8}"
@@ -56,7 +66,25 @@ addr_dst="$("$hosts" addr "$name" dst)"
 declare -A side sock log pid workload
 workload[ledger]="ledger,wss=16M,verify=1"
 workload[dirtier]="dirtier,wss=32M"
+workload[linux]="ledger,wss=8M,verify=1"
 memory=128M
+vms=(ledger dirtier)
+[ -z "$linux" ] || vms+=(linux)
+
+# The guest's ringvm options: the built-in guests name their workload on
+# every ringvm; the Linux guest boots once, and its destinations get only
+# the shape (the kernel and its command line arrive in guest RAM).
+vm_options() {   # VM FIRST(1|0)
+    case "$1" in
+        linux)
+            if [ "$2" = 1 ]; then
+                echo "--vcpus 2 --kernel $linux/vmlinux --initrd $linux/initramfs.cpio --cmdline ringvm.workload=${workload[linux]}"
+            else
+                echo "--vcpus 2"
+            fi ;;
+        *) echo "--vcpus 1 --workload ${workload[$1]}" ;;
+    esac
+}
 
 # Waits (polling, bounded) until a condition command succeeds.
 wait_for() {   # TIMEOUT_S CMD...
@@ -73,28 +101,34 @@ ended() { "$ringctl" -s "$1" --json progress | jq -e '.state | test("completed|f
 generation=0
 start_vm() {
     local vm="$1" where="$2"; shift 2
+    local first=1
+    [ $# -eq 0 ] || first=0
     generation=$((generation + 1))
     sock[$vm]="$work/$vm-$generation.sock"
     log[$vm]="$work/$vm-$generation.log"
     side[$vm]="$where"
-    "$hosts" exec "$name" "$where" "$ringvm" --memory "$memory" --vcpus 1 --workload "${workload[$vm]}" \
+    # shellcheck disable=SC2046 # vm_options is a list of words without spaces
+    "$hosts" exec "$name" "$where" "$ringvm" --memory "$memory" $(vm_options "$vm" "$first") \
         --api-socket "${sock[$vm]}" "$@" > "${log[$vm]}" 2> "${log[$vm]}.err" &
     pid[$vm]=$!
     pids+=("${pid[$vm]}")
     wait_for 20 test -S "${sock[$vm]}" || { echo "soak.sh: $vm did not open its API socket" >&2; return 1; }
 }
 
-start_vm ledger src || exit 1
-start_vm dirtier src || exit 1
+for vm in "${vms[@]}"; do start_vm "$vm" src || exit 1; done
 wait_for 30 grep -q "LEDGER OK" "${log[ledger]}" || { echo "soak.sh: the ledger never verified" >&2; exit 1; }
+# A Linux boot takes ~25 s of emulated ring 0 on PVM hosts, more beside other guests.
+if [ -n "$linux" ]; then
+    wait_for 240 grep -q "LEDGER OK" "${log[linux]}" || { echo "soak.sh: the Linux guest's ledger never verified" >&2; exit 1; }
+fi
 
 hops=0 failures=0 port=7100
 downtimes="$work/downtimes"
 : > "$downtimes"
 started=$(date +%s)
-echo "soak: ${duration}s, ${memory} guests, ledger (${workload[ledger]}) and dirtier (${workload[dirtier]}), $name"
+echo "soak: ${duration}s, ${memory} guests, ledger (${workload[ledger]}) and dirtier (${workload[dirtier]})${linux:+, Linux (2 vCPUs, ${workload[linux]})}, $name"
 while [ $(( $(date +%s) - started )) -lt "$duration" ]; do
-    for vm in ledger dirtier; do
+    for vm in "${vms[@]}"; do
         hops=$((hops + 1))
         mode=$([ $(( (hops - 1) / 2 % 2 )) = 0 ] && echo auto || echo dirty-limit)
         from="${side[$vm]}"
@@ -103,7 +137,7 @@ while [ $(( $(date +%s) - started )) -lt "$duration" ]; do
         port=$(( port >= 7999 ? 7100 : port + 1 ))
         old_sock="${sock[$vm]}" old_pid="${pid[$vm]}" old_log="${log[$vm]}"
         ok_before=0
-        [ "$vm" = ledger ] && ok_before=$(grep -c "LEDGER OK" "$old_log")
+        [ "$vm" != dirtier ] && ok_before=$(grep -c "LEDGER OK" "$old_log")
         cause=""
         if ! start_vm "$vm" "$to" --incoming "tcp:$to_addr:$port"; then
             cause="destination did not start"
@@ -136,7 +170,7 @@ while [ $(( $(date +%s) - started )) -lt "$duration" ]; do
         wait "$old_pid"; rc=$?
         if [ -z "$cause" ] && [ "$rc" != 0 ]; then cause="source exited $rc"; fi
         if [ -z "$cause" ] && ! alive "${pid[$vm]}"; then cause="destination not running"; fi
-        if [ -z "$cause" ] && [ "$vm" = ledger ]; then
+        if [ -z "$cause" ] && [ "$vm" != dirtier ]; then
             wait_for 20 bash -c "[ \$(grep -c 'LEDGER OK' '${log[$vm]}') -ge 1 ]" || cause="no LEDGER OK on the destination"
         fi
         if [ -z "$cause" ] && grep -q MISMATCH "${log[$vm]}" "$old_log"; then cause="ledger MISMATCH"; fi
@@ -146,7 +180,10 @@ while [ $(( $(date +%s) - started )) -lt "$duration" ]; do
             cp "$old_log.err" "$work/failed-$hops-source.err" 2>/dev/null
             cp "${log[$vm]}.err" "$work/failed-$hops-destination.err" 2>/dev/null
             # Recover: if the destination does not run the guest, restart it.
-            if ! alive "${pid[$vm]}"; then start_vm "$vm" src || exit 1; fi
+            if ! alive "${pid[$vm]}"; then
+                [ "$vm" != linux ] || { echo "soak.sh: the Linux guest is lost (not restarted)" >&2; exit 1; }
+                start_vm "$vm" src || exit 1
+            fi
         else
             echo "$downtime" >> "$downtimes"
             echo "hop $hops $vm $from->$to $mode: ok, $iterations iterations, downtime ${downtime} ms, digest $ds"
