@@ -746,7 +746,7 @@ static unsigned pingpong_hops(void)
  * and its interrupt through the restored IOAPIC came along), and the
  * answer also reaches the last destination's --serial (stdout). Timers and
  * clock: no destination's guest complains (soft lockup, clocksource, RCU
- * stall, oops), and after the last hop a one-second timeout takes a second. */
+ * stall, oops), and after the last hop one-second timeouts take a second. */
 Test(linux_vm, a_linux_guest_ping_pongs_between_two_destinations_and_keeps_its_console, .timeout = 3000)
 {
     unsigned hops = pingpong_hops();
@@ -779,26 +779,35 @@ Test(linux_vm, a_linux_guest_ping_pongs_between_two_destinations_and_keeps_its_c
     }
     console_answers(from, "echo ringvm-$((6*7))", "ringvm-42");
     cr_assert(harness_process_wait_output(&from->process, "ringvm-42", 1, 30000), "stdout: %s", from->process.out);
-    /* Timers after ten moves: a one-second timeout in the shell (`read -t
+    /* Timers after ten moves: one-second timeouts in the shell (`read -t
      * 1`, a builtin: no process is created, which costs ~1 s of emulated
-     * page faults on PVM hosts) wakes on the LAPIC's TSC-deadline timer. By
-     * the guest's own clock (/proc/uptime, read by builtins) it takes a
-     * second, under 1.5 s: a timer that stopped firing leaves no answer,
-     * one firing late shows here. The slack is the shell's wake-up beside
-     * two busy ledger threads on a loaded host (1.04 s alone, 1.17 s in a
-     * full make test). (Against this host's clock nothing can be asserted
-     * from here: ringctl console waits 5 s after the last output.) */
-    char *timing = console_exchange(from, "read a _ </proc/uptime; read -t 1 x; read b _ </proc/uptime; "
-                                          "echo slept $a $b");
-    double start_uptime = -1, end_uptime = -1;
-    bool found = false;
-    for (const char *at = strstr(timing, "slept "); at != NULL && !found; at = strstr(at + 1, "slept "))
-        found = sscanf(at, "slept %lf %lf", &start_uptime, &end_uptime) == 2;
-    cr_assert(found, "no answer to the timed read: %s", timing);
-    double guest_seconds = end_uptime - start_uptime;
-    cr_assert(guest_seconds >= 1.0 && guest_seconds < 1.5, "read -t 1 took %.2f s by the guest's clock (%s)",
-              guest_seconds, timing);
-    fprintf(stderr, "ping-pong: read -t 1 after the last hop: %.2f s by the guest's clock\n", guest_seconds);
+     * page faults on PVM hosts) wake on the LAPIC's TSC-deadline timer.
+     * Measured by the guest's own clock (/proc/uptime, read by builtins),
+     * three times: each must end (a timer that stopped firing leaves no
+     * answer) and take at least a second, and the quickest under 1.2 s (a
+     * timer firing late is late every time; the shell's wake-up beside two
+     * busy ledger threads on a loaded host is not: 1.04-1.40 s seen for one
+     * read in full make test runs). (Against this host's clock nothing can
+     * be asserted from here: ringctl console waits 5 s after the last
+     * output.) */
+    char *timing = console_exchange(from, "for i in 1 2 3; do read a _ </proc/uptime; read -t 1 x; "
+                                          "read b _ </proc/uptime; echo slept $a $b; done");
+    double quickest = 1e9;
+    unsigned answers = 0;
+    for (const char *at = strstr(timing, "slept "); at != NULL; at = strstr(at + 1, "slept ")) {
+        double start_uptime, end_uptime;
+        if (sscanf(at, "slept %lf %lf", &start_uptime, &end_uptime) != 2)
+            continue;   /* the echoed command line ("slept $a $b") */
+        double seconds = end_uptime - start_uptime;
+        cr_assert(seconds >= 1.0 && seconds < 3.0, "read -t 1 took %.2f s by the guest's clock (%s)", seconds,
+                  timing);
+        quickest = seconds < quickest ? seconds : quickest;
+        answers++;
+    }
+    cr_assert_eq(answers, 3, "timed reads answered: %u of 3 (%s)", answers, timing);
+    cr_assert_lt(quickest, 1.2, "the quickest read -t 1 took %.2f s by the guest's clock (%s)", quickest, timing);
+    fprintf(stderr, "ping-pong: read -t 1 after the last hop: quickest of 3 %.2f s by the guest's clock\n",
+            quickest);
     free(timing);
     assert_no_kernel_complaint(&from->process, "after ten migrations");
     for (unsigned slot = 0; slot < 2; slot++)
