@@ -784,10 +784,11 @@ Test(linux_vm, a_linux_guest_ping_pongs_between_two_destinations_and_keeps_its_c
      * page faults on PVM hosts) wake on the LAPIC's TSC-deadline timer.
      * Measured by the guest's own clock (/proc/uptime, read by builtins),
      * three times: each must end (a timer that stopped firing leaves no
-     * answer) and take at least a second, and the quickest under 1.3 s (a
+     * answer) and take at least a second, and the quickest under 2 s (a
      * timer firing late is late every time; the shell's wake-up beside two
-     * busy ledger threads on a loaded host is not: 1.04-1.40 s seen for one
-     * read, 1.13 s for the quickest of three, in full make test runs).
+     * busy ledger threads on a loaded host is not: 1.03-1.05 s for the
+     * quickest of three beside one other test, 1.13-1.29 s in full make
+     * test runs, so the bound says "fires, about on time", no finer).
      * (Against this host's clock nothing can be asserted from here: ringctl
      * console listens a fixed time after the input.) */
     /* ringctl listens 20 s after the input: three reads of a second each,
@@ -802,13 +803,13 @@ Test(linux_vm, a_linux_guest_ping_pongs_between_two_destinations_and_keeps_its_c
         if (sscanf(at, "slept %lf %lf", &start_uptime, &end_uptime) != 2)
             continue;   /* the echoed command line ("slept $a $b") */
         double seconds = end_uptime - start_uptime;
-        cr_assert(seconds >= 1.0 && seconds < 3.0, "read -t 1 took %.2f s by the guest's clock (%s)", seconds,
+        cr_assert(seconds >= 1.0 && seconds < 5.0, "read -t 1 took %.2f s by the guest's clock (%s)", seconds,
                   timing);
         quickest = seconds < quickest ? seconds : quickest;
         answers++;
     }
     cr_assert_eq(answers, 3, "timed reads answered: %u of 3 (%s)", answers, timing);
-    cr_assert_lt(quickest, 1.3, "the quickest read -t 1 took %.2f s by the guest's clock (%s)", quickest, timing);
+    cr_assert_lt(quickest, 2.0, "the quickest read -t 1 took %.2f s by the guest's clock (%s)", quickest, timing);
     fprintf(stderr, "ping-pong: read -t 1 after the last hop: quickest of 3 %.2f s by the guest's clock\n",
             quickest);
     free(timing);
