@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "guest/abi.h"
@@ -353,6 +354,50 @@ Test(linux_workload, dirtier_and_idle_report_phases_and_counts, .timeout = 60)
     cr_assert_eq(read_doorbell(memory, RINGVM_CMD_PHASE), RINGVM_PHASE_RING3);
     harness_process_free(&process);
     unlink(memory);
+}
+
+static uint64_t monotonic_ns(void)
+{
+    struct timespec now;
+    cr_assert_eq(clock_gettime(CLOCK_MONOTONIC, &now), 0, "clock_gettime: %s", strerror(errno));
+    return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+}
+
+/* --clock-lines: only `CLOCK mono_ns=N` lines besides the workload's (idle
+ * prints none), N being CLOCK_MONOTONIC read at each whole second: this
+ * machine's own clock, so every N lies between the test's readings before
+ * the start and after the exit, and consecutive lines are one whole second
+ * apart (the seconds part goes up by exactly one). */
+Test(linux_workload, clock_lines_print_the_monotonic_clock_every_second, .timeout = 60)
+{
+    char memory[64];
+    make_memory_file(memory, sizeof(memory), false, 0);
+    struct harness_process process;
+    const char *arguments[] = { "--spec", "idle", "--cpus", "1", "--seconds", "3", "--clock-lines",
+                                "--memory-file", memory, NULL };
+    uint64_t started = monotonic_ns();
+    int status = run_workload(&process, arguments);
+    uint64_t ended = monotonic_ns();
+    unlink(memory);
+    cr_assert_eq(status, 0, "stdout:\n%s\nstderr:\n%s", process.out, process.err);
+    unsigned lines = 0;
+    uint64_t previous = 0;
+    for (char *line = strtok(process.out, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+        uint64_t value = 0;
+        int consumed = 0;
+        cr_assert_eq(sscanf(line, "CLOCK mono_ns=%" SCNu64 "%n", &value, &consumed), 1, "unexpected line '%s'", line);
+        cr_assert_eq((size_t)consumed, strlen(line), "trailing text in '%s'", line);
+        cr_assert(value >= started && value <= ended, "'%s' is outside this run: %" PRIu64 "..%" PRIu64, line,
+                  started, ended);
+        if (lines > 0)
+            cr_assert_eq(value / 1000000000u, previous / 1000000000u + 1, "'%s' after mono_ns=%" PRIu64, line,
+                         previous);
+        previous = value;
+        lines++;
+    }
+    /* Three seconds hold two or three whole seconds after the thread starts. */
+    cr_assert(lines == 2 || lines == 3, "%u CLOCK lines in 3 s:\n%s", lines, process.out);
+    harness_process_free(&process);
 }
 
 /* poweroff rings the doorbell with its code; off the guest image (no

@@ -11,6 +11,8 @@
 # Contents: /init (guest/linux/init), busybox-static's /bin/busybox with a
 # link per applet (its own --list-full), /bin/ringvm-workload (the static
 # workload program) which is also /sbin/poweroff and /sbin/halt,
+# /bin/clocksource (guest/linux/clocksource: shows or switches the kernel's
+# clocksource),
 # /dev/console, the mount points, and /etc/ringvm-guest (the marker that
 # lets poweroff fall back to reboot(2); see guest/linux/README.md).
 set -eu
@@ -59,6 +61,7 @@ strip -o "$stripped" "$workload" || die "cannot strip $workload into $stripped"
     done
     echo "nod /dev/console 0600 0 0 c 5 1"
     echo "file /init $here/init 0755 0 0"
+    echo "file /bin/clocksource $here/clocksource 0755 0 0"
     echo "file /bin/busybox $busybox 0755 0 0"
     echo "file /bin/ringvm-workload $stripped 0755 0 0"
     echo "file /etc/ringvm-guest $marker 0644 0 0"
@@ -66,7 +69,7 @@ strip -o "$stripped" "$workload" || die "cannot strip $workload into $stripped"
     echo "slink /sbin/halt /bin/ringvm-workload 0777 0 0"
     "$busybox" --list-full | while read -r applet; do
         case $applet in
-        bin/busybox | sbin/poweroff | sbin/halt | linuxrc | "") continue ;;
+        bin/busybox | bin/clocksource | sbin/poweroff | sbin/halt | linuxrc | "") continue ;;
         esac
         echo "slink /$applet /bin/busybox 0777 0 0"
     done

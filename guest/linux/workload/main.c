@@ -4,7 +4,7 @@
  * ringvm.workload=SPEC from the kernel command line), and the image's
  * poweroff/halt.
  *
- *   ringvm-workload --spec SPEC [--cpus N] [--seconds S] [--memory-file PATH]
+ *   ringvm-workload --spec SPEC [--cpus N] [--seconds S] [--memory-file PATH] [--clock-lines]
  *   ringvm-workload poweroff [CODE]      (also as /sbin/poweroff, /sbin/halt)
  *
  * SPEC is ringvm's --workload grammar (vmm/workload.c, compiled in): idle,
@@ -12,7 +12,10 @@
  * online CPUs (one pinned thread each, thread N reporting as vcpu=N);
  * --seconds stops after S seconds (0, the default: run until the workload
  * ends); --memory-file replaces /dev/mem (tests lay out a regular file like
- * guest-physical memory). Exit status: 0; 1 when a ledger found a mismatch
+ * guest-physical memory); --clock-lines adds a line `CLOCK mono_ns=N` (the
+ * guest's CLOCK_MONOTONIC in ns) at every whole second, from an extra
+ * thread (/init passes it: tests compare the guest's clock with the
+ * host's across a migration). Exit status: 0; 1 when a ledger found a mismatch
  * or a thread could not run; 2 for a bad command line or spec.
  *
  * Test hook: RINGVM_WORKLOAD_TEST_CORRUPT=VCPU:PAGE flips one bit in that
@@ -43,11 +46,12 @@
 static void main_usage(FILE *out)
 {
     fprintf(out,
-            "usage: " MAIN_PROGRAM " --spec SPEC [--cpus N] [--seconds S] [--memory-file PATH]\n"
+            "usage: " MAIN_PROGRAM " --spec SPEC [--cpus N] [--seconds S] [--memory-file PATH] [--clock-lines]\n"
             "       " MAIN_PROGRAM " poweroff [CODE]\n"
             "Runs ringvm's built-in guest workloads (idle, dirtier, ledger; SPEC as ringvm's\n"
             "--workload) in Linux user space: one pinned thread per CPU, reporting as vcpu=N.\n"
-            "Under ringvm its counters and phases reach the VMM through /dev/mem.\n");
+            "Under ringvm its counters and phases reach the VMM through /dev/mem.\n"
+            "--clock-lines: also print 'CLOCK mono_ns=N' (CLOCK_MONOTONIC) every whole second.\n");
 }
 
 static int main_parse_unsigned(const char *option, const char *text, unsigned long min, unsigned long max,
@@ -105,6 +109,7 @@ static int main_run(int argc, char **argv)
         { "cpus", required_argument, NULL, 'c' },
         { "seconds", required_argument, NULL, 't' },
         { "memory-file", required_argument, NULL, 'm' },
+        { "clock-lines", no_argument, NULL, 'l' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -130,6 +135,9 @@ static int main_run(int argc, char **argv)
             break;
         case 'm':
             memory_file = optarg;
+            break;
+        case 'l':
+            config.clock_lines = true;
             break;
         case 'h':
             main_usage(stdout);

@@ -133,6 +133,32 @@ static struct timespec runner_deadline_after(unsigned seconds)
     return deadline;
 }
 
+/* The clock thread (config->clock_lines): at every whole second of
+ * CLOCK_MONOTONIC, `CLOCK mono_ns=N` with N read just before the line is
+ * written, until stop. Unpinned, so it runs beside the pinned workload
+ * threads; the clock is read after the wake-up, not predicted, so a late
+ * wake-up only delays the line, never falsifies it. Tests compare N with
+ * the host's clock across a migration (guest/linux/README.md). */
+static void *runner_clock_main(void *argument)
+{
+    struct runner_shared *shared = argument;
+    struct timespec next;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    for (;;) {
+        next.tv_sec += 1;
+        next.tv_nsec = 0;
+        if (runner_wait_stop(shared, &next))
+            return NULL;
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        runner_print("CLOCK mono_ns=%" PRIu64 "\n", (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec);
+        /* After a jump (a guest stopped longer than a second), the next
+         * whole second after now, not a burst of the missed ones. */
+        if (now.tv_sec > next.tv_sec)
+            next.tv_sec = now.tv_sec;
+    }
+}
+
 uint64_t linux_runner_thread_pages(uint64_t wss_bytes, unsigned threads, unsigned thread)
 {
     uint64_t total_pages = (wss_bytes + RINGVM_PAGE_SIZE - 1) / RINGVM_PAGE_SIZE;
@@ -518,6 +544,17 @@ int linux_runner_run(const struct linux_runner_config *config)
         shared.running++;
     }
 
+    pthread_t clock_thread;
+    bool clock_started = false;
+    if (config->clock_lines && status == 0) {
+        int result = pthread_create(&clock_thread, NULL, runner_clock_main, &shared);
+        if (result != 0) {
+            fprintf(stderr, "ringvm-workload: cannot start the clock thread: %s\n", strerror(result));
+            status = 1;
+        }
+        clock_started = result == 0;
+    }
+
     /* Wait for every thread to end, or for the deadline. */
     struct timespec deadline = runner_deadline_after(config->seconds);
     while (shared.running > 0 && status == 0) {
@@ -540,6 +577,13 @@ int linux_runner_run(const struct linux_runner_config *config)
         }
         if (threads[i].failed || threads[i].mismatches > 0)
             status = 1;
+    }
+    if (clock_started) {
+        int result = pthread_join(clock_thread, NULL);
+        if (result != 0) {
+            fprintf(stderr, "ringvm-workload: cannot join the clock thread: %s\n", strerror(result));
+            status = 1;
+        }
     }
     free(threads);
     return status;
