@@ -30,7 +30,9 @@ LDLIBS  := -lnuma -ljansson -lxxhash -lgnutls -lpthread -lm
 PROGRAM_MAINS := vmm/main.c api/ringctl.c
 LIB_SRCS  := $(filter-out $(PROGRAM_MAINS),$(wildcard vmm/*.c dirtyring/*.c api/*.c migration/*.c))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/vmm/guest_image.o
-TEST_SRCS := $(wildcard tests/*.c)
+# tests/netns/hosts.c: the emulated hosts' C side, shared by the tests that
+# use them (tests/netns/delayline.c is a program of its own, not linked in).
+TEST_SRCS := $(wildcard tests/*.c) tests/netns/hosts.c
 TEST_OBJS := $(TEST_SRCS:%.c=$(BUILD)/obj/%.o)
 BENCH_SRCS := $(wildcard bench/*.c)
 BENCHES   := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)

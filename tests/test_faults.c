@@ -38,7 +38,6 @@
 #include <jansson.h>
 #include <poll.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,11 +50,11 @@
 #include "api/client.h"
 #include "api/protocol.h"
 #include "tests/harness.h"
+#include "tests/netns/hosts.h"
 #include "tests/tls_fixtures.h"
 #include "vmm/options.h"
 #include "vmm/size.h"
 
-#define HOSTS "tests/netns/hosts.sh"
 #define MAX_PROCS 64     /* the cancel test spawns one destination per run */
 
 static uint64_t now_ms(void)
@@ -67,9 +66,8 @@ static uint64_t now_ms(void)
 
 /* ---- fixture: namespaces, processes, scratch directory ----------------------------------- */
 
+/* The emulated hosts themselves are tests/netns/hosts.c's (hosts_name()). */
 static struct {
-    char name[16];
-    bool net_up;
     bool delayed;               /* host_addr gives the delayed link's addresses (hosts.sh delay) */
     char dir[64];
     char tls_dir[64];           /* with_tls: the keys.psk's directory; "" = plaintext */
@@ -78,18 +76,6 @@ static struct {
     unsigned nprocs;
 } fx;
 
-__attribute__((format(printf, 1, 2)))
-static int sh(const char *fmt, ...)
-{
-    char command[2048];
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(command, sizeof(command), fmt, args);
-    va_end(args);
-    int status = system(command);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-}
-
 static void fx_fini(void)
 {
     for (unsigned i = 0; i < fx.nprocs; i++)
@@ -97,10 +83,9 @@ static void fx_fini(void)
             kill(fx.procs[i].pid, SIGKILL);
             harness_process_wait_exit(&fx.procs[i], 5000);
         }
-    if (fx.net_up)
-        sh(HOSTS " down %s", fx.name);
+    hosts_down();
     if (fx.dir[0] != '\0')
-        sh("rm -rf %s", fx.dir);
+        hosts_shell("rm -rf %s", fx.dir);
     if (fx.tls_dir[0] != '\0')
         tls_fixture_remove_dir(fx.tls_dir);
     memset(&fx, 0, sizeof(fx));
@@ -116,32 +101,17 @@ static void fx_dir(void)
  * link shaped by `shaping` (hosts.sh options, e.g. "--rate 1gbit"). */
 static void net_up(const char *tag, const char *shaping)
 {
-    harness_require_kvm();
-    if (geteuid() != 0)
-        harness_skip("needs root: network namespaces (tests/netns/hosts.sh)");
-    if (access(HOSTS, X_OK) != 0)
-        harness_skip("run from the repository root (" HOSTS " not found)");
-    if (sh("command -v ip >/dev/null 2>&1 && command -v nft >/dev/null 2>&1") != 0)
-        harness_skip("iproute2 (ip) and nftables (nft) are needed for the emulated hosts");
+    hosts_require();
     fx_dir();
-    snprintf(fx.name, sizeof(fx.name), "f%s%u", tag, (unsigned)getpid() % 1000u);
-    fx.name[8] = '\0';
-    fx.net_up = true;
-    /* --owner: hosts.sh sweeps the hosts of a test that was killed
-     * before its fini (timeout, crash), never those of a live one. */
-    cr_assert_eq(sh(HOSTS " up %s --owner %d %s >&2", fx.name, (int)getpid(), shaping), 0, "hosts.sh up %s %s failed",
-                 fx.name, shaping);
+    char name[16];
+    snprintf(name, sizeof(name), "f%s%u", tag, (unsigned)getpid() % 1000u);
+    name[8] = '\0';
+    hosts_up(name, shaping);
 }
 
 static void host_addr(const char *side, char *out, size_t size)
 {
-    char command[256];
-    snprintf(command, sizeof(command), HOSTS " addr %s %s%s", fx.name, side, fx.delayed ? " --delayed" : "");
-    FILE *p = popen(command, "r");
-    cr_assert_not_null(p);
-    cr_assert_not_null(fgets(out, (int)size, p));
-    pclose(p);
-    out[strcspn(out, "\n")] = '\0';
+    hosts_address(side, fx.delayed, out, size);
 }
 
 struct vmproc {
@@ -168,12 +138,7 @@ static void vm_spawn_with(struct vmproc *v, const char *side, const char *memory
     argv[n++] = "-c";
     argv[n++] = "exec \"$@\" 2>&1";
     argv[n++] = "sh";
-    if (side != NULL) {
-        argv[n++] = HOSTS;
-        argv[n++] = "exec";
-        argv[n++] = fx.name;
-        argv[n++] = (char *)side;
-    }
+    n += hosts_exec_prefix(&argv[n], side);
     argv[n++] = "/usr/bin/env";
     if (fault != NULL) {
         argv[n++] = fault_env;
@@ -494,8 +459,8 @@ static void release_destination(void)
 static unsigned long destination_unread_bytes(unsigned port)
 {
     char command[256];
-    snprintf(command, sizeof(command), HOSTS " exec %s dst ss -Htn state established '( sport = :%u )'", fx.name,
-             port);
+    snprintf(command, sizeof(command), HOSTS_SCRIPT " exec %s dst ss -Htn state established '( sport = :%u )'",
+             hosts_name(), port);
     FILE *p = popen(command, "r");
     cr_assert_not_null(p, "popen(%s): %s", command, strerror(errno));
     unsigned long unread = 0, total = 0;
@@ -631,11 +596,11 @@ static void run_fault(enum fault fault, unsigned point_index, const char *tag)
         cr_assert_eq(kill(dst.proc->pid, SIGKILL), 0);
         break;
     case CUT_LINK:
-        cr_assert_eq(sh(HOSTS " link %s down", fx.name), 0);
+        cr_assert_eq(hosts_shell(HOSTS_SCRIPT " link %s down", hosts_name()), 0);
         release_destination();
         break;
     case STALL_LINK:
-        cr_assert_eq(sh(HOSTS " stall %s", fx.name), 0);
+        cr_assert_eq(hosts_shell(HOSTS_SCRIPT " stall %s", hosts_name()), 0);
         release_destination();
         break;
     case KILL_SRC:
@@ -686,7 +651,7 @@ static void run_fault(enum fault fault, unsigned point_index, const char *tag)
         unsigned src_ok = output_count(&src, "LEDGER OK");
         ledger_continues(&dst, "destination after the lost ack");
         cr_assert_eq(output_count(&src, "LEDGER OK"), src_ok, "the guest ran on both sides");
-        cr_assert_eq(sh(HOSTS " link %s up", fx.name), 0);
+        cr_assert_eq(hosts_shell(HOSTS_SCRIPT " link %s up", hosts_name()), 0);
         api_client_close(sc);
         later_migration_succeeds(&dst, pt->memory, pt->workload, 7001);
         free(text);
@@ -722,9 +687,9 @@ static void run_fault(enum fault fault, unsigned point_index, const char *tag)
     free(text);
     json_decref(p);
     if (fault == CUT_LINK)
-        cr_assert_eq(sh(HOSTS " link %s up", fx.name), 0);
+        cr_assert_eq(hosts_shell(HOSTS_SCRIPT " link %s up", hosts_name()), 0);
     if (fault == STALL_LINK)
-        cr_assert_eq(sh(HOSTS " shape %s --loss 0", fx.name), 0);
+        cr_assert_eq(hosts_shell(HOSTS_SCRIPT " shape %s --loss 0", hosts_name()), 0);
     api_client_close(sc);
     later_migration_succeeds(&src, pt->memory, pt->workload, 7001);
 }
@@ -809,7 +774,8 @@ Test(faults, migration_over_20_ms_rtt_link_completes, .timeout = 90)
     const char *delayline = harness_program("tests/delayline");
     if (access(delayline, X_OK) != 0)
         harness_skip("%s is not built (make test builds it)", delayline);
-    cr_assert_eq(sh(HOSTS " delay %s --ms 10 --bin %s", fx.name, delayline), 0, "hosts.sh delay failed");
+    cr_assert_eq(hosts_shell(HOSTS_SCRIPT " delay %s --ms 10 --bin %s", hosts_name(), delayline), 0,
+                 "hosts.sh delay failed");
     fx.delayed = true;
     const char *memory = "64M", *workload = "ledger,wss=8M,verify=1";
     struct vmproc src;
@@ -897,7 +863,7 @@ Test(faults, destination_gives_up_after_its_incoming_stall_timeout, .timeout = 9
                      json_pack("{s:s, s:i, s:i, s:i, s:s, s:i}", "dest", incoming, "downtime_ms", 1,
                                "max_bandwidth_mibs", 32, "stall_timeout_s", 4, "converge", "none", "timeout_s", 120)));
     cr_assert(output_has(&dst, "fault-inject: stopped at iteration1", 1, 30000), "%s", dst.proc->out);
-    cr_assert_eq(sh(HOSTS " stall %s", fx.name), 0);
+    cr_assert_eq(hosts_shell(HOSTS_SCRIPT " stall %s", hosts_name()), 0);
     release_destination();
     cr_assert_eq(harness_process_wait_exit(dst.proc, 20000), 1, "the destination must give up:\n%s",
                  dst.proc->out);
@@ -914,7 +880,7 @@ Test(faults, destination_gives_up_after_its_incoming_stall_timeout, .timeout = 9
                      "sending to destination: no progress for 4000 ms (link stalled)", "%s", text);
     free(text);
     json_decref(p);
-    cr_assert_eq(sh(HOSTS " shape %s --loss 0", fx.name), 0);
+    cr_assert_eq(hosts_shell(HOSTS_SCRIPT " shape %s --loss 0", hosts_name()), 0);
     cr_assert_str_eq(vm_state(sc), "running");
     ledger_continues(&src, "source after the destination gave up");
     api_client_close(sc);

@@ -18,12 +18,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "api/client.h"
 #include "tests/harness.h"
+#include "tests/netns/hosts.h"
 #include "vmm/host.h"
 
 #define BOOT_TIMEOUT_MS 120000      /* /init at ~23 s on PVM (vmlinux, 256 MiB; ~21 s with 128 MiB), ~70 s with 2 boots at once */
@@ -50,57 +50,25 @@ static bool try_connect(void *argument)
 
 /* Starts ringvm on `kernel` and the image's initramfs; `cmdline` is
  * appended to the defaults. */
-/* ---- emulated hosts: two network namespaces (tests/netns/hosts.sh) ---- */
+/* ---- emulated hosts: two network namespaces (tests/netns/hosts.h) ---- */
 
-#define HOSTS "tests/netns/hosts.sh"
-
-/* The hosts of this test process (one test per process): brought up by
- * hosts_up, removed by hosts_down (the test's .fini, so also when it
- * fails; hosts.sh sweeps those of a test killed outright). */
-static char hosts_name[16];
-
-static int run_shell(const char *command)
+/* Brings up this test process's hosts (one test per process), which
+ * hosts_down removes (the test's .fini, so also when it fails; hosts.sh
+ * sweeps those of a test killed outright). Skips without root, the script,
+ * iproute2 or nftables. */
+static void linux_hosts_up(void)
 {
-    int status = system(command);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-}
-
-static void hosts_down(void)
-{
-    if (hosts_name[0] == '\0')
-        return;
-    char command[128];
-    snprintf(command, sizeof(command), HOSTS " down %s", hosts_name);
-    run_shell(command);
-    hosts_name[0] = '\0';
-}
-
-/* Skips without root, the script, iproute2 or nftables. */
-static void hosts_up(void)
-{
-    harness_require_kvm();
-    if (geteuid() != 0)
-        harness_skip("needs root: network namespaces (" HOSTS ")");
-    if (access(HOSTS, X_OK) != 0)
-        harness_skip("run from the repository root (" HOSTS " not found)");
-    if (run_shell("command -v ip >/dev/null 2>&1 && command -v nft >/dev/null 2>&1") != 0)
-        harness_skip("iproute2 (ip) and nftables (nft) are needed for the emulated hosts");
-    snprintf(hosts_name, sizeof(hosts_name), "lx%u", (unsigned)getpid() % 100000u);
-    char command[128];
-    snprintf(command, sizeof(command), HOSTS " up %s --owner %d >&2", hosts_name, (int)getpid());
-    cr_assert_eq(run_shell(command), 0, "%s failed", command);
+    hosts_require();
+    char name[16];
+    snprintf(name, sizeof(name), "lx%u", (unsigned)getpid() % 100000u);
+    hosts_up(name, "");
 }
 
 /* "tcp:ADDRESS:PORT" of the dst host. */
 static void hosts_dst_tcp(char *out, size_t size, unsigned port)
 {
-    char command[128], address[64] = "";
-    snprintf(command, sizeof(command), HOSTS " addr %s dst", hosts_name);
-    FILE *pipe = popen(command, "r");
-    cr_assert_not_null(pipe);
-    cr_assert_not_null(fgets(address, sizeof(address), pipe), "%s printed nothing", command);
-    pclose(pipe);
-    address[strcspn(address, "\n")] = '\0';
+    char address[64];
+    hosts_address("dst", false, address, sizeof(address));
     snprintf(out, size, "tcp:%s:%u", address, port);
 }
 
@@ -114,12 +82,7 @@ static void spawn_on(struct harness_process *process, char **argv, const char *s
     char *full[48];
     unsigned n = 0;
     static char fault_env[64], release_env[160];
-    if (side != NULL) {
-        full[n++] = HOSTS;
-        full[n++] = "exec";
-        full[n++] = hosts_name;
-        full[n++] = (char *)side;
-    }
+    n += hosts_exec_prefix(&full[n], side);
     if (fault != NULL) {
         snprintf(fault_env, sizeof(fault_env), "RINGVM_FAULT_INJECT=%s", fault);
         full[n++] = "/usr/bin/env";
@@ -693,7 +656,7 @@ static void assert_sequence_complete(const char *first, const char *second, unsi
 Test(linux_vm, a_linux_guest_survives_a_killed_destination_then_migrates_over_tcp_between_hosts, .timeout = 400,
      .fini = hosts_down)
 {
-    hosts_up();
+    linux_hosts_up();
     struct linux_vm vm = { 0 };
     linux_vm_start_on(&vm, harness_linux_kernel(), "2", "ringvm.workload=ledger,wss=8M,verify=1", "src");
     wait_ledger_per_vcpu(&vm.process, 2, 2);

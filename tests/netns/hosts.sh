@@ -18,6 +18,9 @@
 #                         prints the host's address (on the delayed link)
 #   hosts.sh down NAME            removes both namespaces (idempotent)
 #
+# C tests drive it through tests/netns/hosts.h (hosts_up, hosts_down,
+# hosts_address, hosts_exec_prefix), compiled into the test binary.
+#
 # Needs root and iproute2 (scripts/install-deps.sh installs it). Callers
 # register `hosts.sh down NAME` in a trap so a failing test still cleans up.
 # A caller that is killed outright (SIGKILL, a Criterion .timeout) runs no
