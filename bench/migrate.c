@@ -75,6 +75,7 @@ struct options {
     unsigned cap_count;     /* 0 = the matrix's (or --quick's) caps */
     unsigned reaction_runs; /* --reaction N: the reaction measurements instead of the matrix */
     unsigned vcpus;         /* --vcpus: the matrix's source and destination vCPUs (default 1) */
+    uint64_t bitmap_clear_chunk;    /* --bitmap-clear-chunk: bytes, 0 = ringvm's default */
 };
 
 /* "none,1024,125" -> caps. 0 or -1 with a message. */
@@ -96,11 +97,14 @@ static int parse_caps(const char *text, struct options *o)
     return o->cap_count > 0 ? 0 : -1;
 }
 
+static uint64_t bitmap_clear_chunk;     /* --bitmap-clear-chunk, for every VM made */
+
 static int make_vm_vcpus(struct vm **out, uint64_t memory, unsigned vcpus, const char *workload,
                          enum dirty_log_mode mode, bool incoming, bool prealloc)
 {
     struct bench_vm_options options = { .memory = memory, .vcpus = vcpus, .workload = workload, .dirty_log = mode,
-                                        .incoming = incoming, .prealloc = prealloc };
+                                        .incoming = incoming, .prealloc = prealloc,
+                                        .bitmap_clear_chunk = bitmap_clear_chunk };
     return bench_vm_start(out, &options, "bench/migrate");
 }
 
@@ -165,6 +169,9 @@ struct result {
     double plain_mibs;          /* uncapped cells: the same bytes moved plainly, just before */
     double guest_pps_before;    /* guest pages/s over 0.5 s just before the migration (untracked) */
     double guest_pps_during;    /* guest pages/s from migration start to the end (total_ms) */
+    uint64_t bitmap_clears;     /* bitmap mode, the source: KVM_CLEAR_DIRTY_LOG calls */
+    uint64_t bitmap_cleared_pages;
+    double bitmap_clear_ms;     /* time in them */
     char error[1024];
 };
 
@@ -432,6 +439,14 @@ static void run_one(const struct options *o, uint64_t wss, const char *workload_
         r->bytes = p->memory.transferred;
         /* The source's vCPUs stay paused after the switch-over (keep_alive):
          * the counters stopped there. */
+        struct dirty_log_stats *stats = calloc(1, sizeof(*stats));
+        if (stats != NULL) {
+            dirty_log_get_stats(source->dirty_log, stats);
+            r->bitmap_clears = stats->bitmap_clears;
+            r->bitmap_cleared_pages = stats->bitmap_cleared_pages;
+            r->bitmap_clear_ms = (double)stats->bitmap_clear_ns_total / 1e6;
+            free(stats);
+        }
         if (p->total_ms > 0)
             r->guest_pps_during = (double)(guest_pages_written(source, vcpus) - start_pages) * 1000.0 /
                                   (double)p->total_ms;
@@ -748,6 +763,7 @@ int main(int argc, char **argv)
         {"filter", required_argument, NULL, 'f'}, {"caps", required_argument, NULL, 'c'},
         {"baselines", no_argument, NULL, 'b'}, {"dest-prealloc", no_argument, NULL, 'p'},
         {"reaction", required_argument, NULL, 'r'}, {"vcpus", required_argument, NULL, 'v'},
+        {"bitmap-clear-chunk", required_argument, NULL, 'C'},
         {"help", no_argument, NULL, 'h'}, {0},
     };
     int c;
@@ -788,6 +804,13 @@ int main(int argc, char **argv)
             o.vcpus = (unsigned)vcpus;
             break;
         }
+        case 'C':
+            if (size_parse(optarg, &o.bitmap_clear_chunk, error, sizeof(error)) != 0) {
+                fprintf(stderr, "bench/migrate: --bitmap-clear-chunk: %s\n", error);
+                return 2;
+            }
+            bitmap_clear_chunk = o.bitmap_clear_chunk;
+            break;
         case 'c':
             if (parse_caps(optarg, &o) != 0)
                 return 2;
@@ -797,6 +820,7 @@ int main(int argc, char **argv)
                     "usage: migrate [--quick] [--json] [--memory SIZE] [--timeout S] [--downtime-ms N]\n"
                     "               [--transport unix|tcp] [--filter WSS/CAP/CONVERGE/LOG] [--caps LIST]\n"
                     "               [--baselines] [--dest-prealloc] [--vcpus N]\n"
+                    "               [--bitmap-clear-chunk SIZE]\n"
                     "       migrate --reaction N [--json] [--transport unix|tcp]\n"
                     "  --quick      256 MiB working set, caps none and 125 MiB/s only\n"
                     "  --caps       bandwidth caps to run, e.g. none,1024 (default none,1024,125)\n"
@@ -807,6 +831,7 @@ int main(int argc, char **argv)
                     "               the baselines measure both)\n"
                     "  --vcpus N    the matrix's guests get N vCPUs (default 1); the dirtier's working set\n"
                     "               is shared by them\n"
+                    "  --bitmap-clear-chunk SIZE  the VMs' --bitmap-clear-chunk (bitmap mode)\n"
                     "  --filter     run only the cells whose name starts with this (e.g. 256M/none/auto);\n"
                     "               skips the throughput baselines (uncapped cells keep their plain move)\n"
                     "Uncapped cells first move their guest's RAM plainly (median of 3) and report\n"
@@ -922,11 +947,15 @@ int main(int argc, char **argv)
                                     r.converged ? "yes" : "no", r.total_ms, r.downtime_ms, r.iterations,
                                     r.final_throttle, (double)r.bytes / 1048576.0, r.throughput_mibs, of_plain,
                                     r.guest_pps_during, r.guest_pps_before, r.converged ? "" : r.error);
+                            if (modes[m] == DIRTY_LOG_BITMAP)
+                                fprintf(stdout, "      bitmap: %" PRIu64 " KVM_CLEAR_DIRTY_LOG calls, %" PRIu64
+                                        " pages cleared, %.1f ms in them\n", r.bitmap_clears,
+                                        r.bitmap_cleared_pages, r.bitmap_clear_ms);
                         }
                         fflush(stdout);
                     }
                     json_array_append_new(
-                        runs, json_pack("{s:s, s:s, s:s, s:s, s:b, s:b, s:I, s:I, s:I, s:i, s:I, s:f, s:f, s:f, s:f, s:s}",
+                        runs, json_pack("{s:s, s:s, s:s, s:s, s:b, s:b, s:I, s:I, s:I, s:i, s:I, s:f, s:f, s:f, s:f, s:I, s:I, s:f, s:s}",
                                         "wss", r.wss, "cap_mibs", r.cap, "converge", r.converge, "dirty_log", r.mode,
                                         "skipped", r.skipped, "converged", r.converged, "total_ms",
                                         (json_int_t)r.total_ms, "downtime_ms", (json_int_t)r.downtime_ms,
@@ -934,6 +963,8 @@ int main(int argc, char **argv)
                                         "bytes_sent", (json_int_t)r.bytes, "iteration0_mibs", r.throughput_mibs,
                                         "plain_same_bytes_mibs", r.plain_mibs, "guest_pages_per_s_during",
                                         r.guest_pps_during, "guest_pages_per_s_before", r.guest_pps_before,
+                                        "bitmap_clears", (json_int_t)r.bitmap_clears, "bitmap_cleared_pages",
+                                        (json_int_t)r.bitmap_cleared_pages, "bitmap_clear_ms", r.bitmap_clear_ms,
                                         "error", r.error));
                 }
     if (o.json) {
