@@ -81,8 +81,17 @@ static enum api_status cmd_vm_dirty_stats(struct api_call *call)
         "cpu_ms", (double)s->harvester_cpu_ns / 1e6,
         "bad_entries", (json_int_t)s->bad_entries,
         "bitmap_syncs", (json_int_t)s->bitmap_syncs);
+    json_t *bitmap = json_pack(
+        "{s:I, s:I, s:I, s:I, s:I, s:f, s:I}",
+        "gets", (json_int_t)s->bitmap_gets,
+        "clears", (json_int_t)s->bitmap_clears,
+        "cleared_pages", (json_int_t)s->bitmap_cleared_pages,
+        "uncleared_pages", (json_int_t)s->bitmap_uncleared_pages,
+        "clear_chunk_pages", (json_int_t)s->bitmap_clear_chunk_pages,
+        "clear_ms_total", (double)s->bitmap_clear_ns_total / 1e6,
+        "syncs", (json_int_t)s->bitmap_syncs);
     json_t *result = json_pack(
-        "{s:s, s:b, s:o, s:i, s:i, s:I, s:f, s:f, s:I, s:I, s:I, s:I, s:o, s:o}",
+        "{s:s, s:b, s:o, s:i, s:i, s:I, s:f, s:f, s:I, s:I, s:I, s:I, s:o, s:o, s:o}",
         "mode", dirty_log_mode_name(s->mode),
         "tracking", s->tracking,
         "tracking_holders", holder_names(s->holders),
@@ -96,6 +105,7 @@ static enum api_status cmd_vm_dirty_stats(struct api_call *call)
         "ring_fill_high_water", (json_int_t)s->ring_fill_high_water,
         "vmm_marked_pages", (json_int_t)s->vmm_marked_pages,
         "harvester", harvester ? harvester : json_null(),
+        "bitmap", bitmap ? bitmap : json_null(),
         "vcpus", vcpus ? vcpus : json_null());
     free(s);
     if (!result)

@@ -12,7 +12,7 @@
  *
  *   build/bench/migrate [--quick] [--json] [--memory SIZE] [--timeout S]
  *                       [--downtime-ms N] [--transport unix|tcp] [--filter CELL]
- *                       [--caps none,1024,125] [--baselines] [--dest-prealloc]
+ *                       [--caps none,1024,125] [--baselines] [--dest-prealloc] [--vcpus N]
  *   build/bench/migrate --reaction N [--json] [--transport unix|tcp]
  *
  * Matrix (issue 5): working set 256 MiB / 1 GiB of a 1.5 GiB guest at full
@@ -21,7 +21,8 @@
  * ring only, shown as n/a for bitmap). --quick: 256 MiB, caps none / 125.
  * Reported per run: converged, total ms, downtime ms, iterations, final
  * throttle, bytes sent, iteration 0 MiB/s and (uncapped) its share of the
- * plain move.
+ * plain move; and the guest's own pages/s just before and during the
+ * migration (what tracking costs it).
  *
  * --reaction N (the speed claims that left make test, issue 18): how soon
  * the source gives its guest back, N times each, beside a plain vm_pause +
@@ -73,6 +74,8 @@ struct options {
     uint64_t caps[8];       /* --caps: MiB/s, 0 = none */
     unsigned cap_count;     /* 0 = the matrix's (or --quick's) caps */
     unsigned reaction_runs; /* --reaction N: the reaction measurements instead of the matrix */
+    unsigned vcpus;         /* --vcpus: the matrix's source and destination vCPUs (default 1) */
+    uint64_t bitmap_clear_chunk;    /* --bitmap-clear-chunk: bytes, 0 = ringvm's default */
 };
 
 /* "none,1024,125" -> caps. 0 or -1 with a message. */
@@ -94,12 +97,34 @@ static int parse_caps(const char *text, struct options *o)
     return o->cap_count > 0 ? 0 : -1;
 }
 
+static uint64_t bitmap_clear_chunk;     /* --bitmap-clear-chunk, for every VM made */
+
+static int make_vm_vcpus(struct vm **out, uint64_t memory, unsigned vcpus, const char *workload,
+                         enum dirty_log_mode mode, bool incoming, bool prealloc)
+{
+    struct bench_vm_options options = { .memory = memory, .vcpus = vcpus, .workload = workload, .dirty_log = mode,
+                                        .incoming = incoming, .prealloc = prealloc,
+                                        .bitmap_clear_chunk = bitmap_clear_chunk };
+    return bench_vm_start(out, &options, "bench/migrate");
+}
+
 static int make_vm(struct vm **out, uint64_t memory, const char *workload, enum dirty_log_mode mode, bool incoming,
                    bool prealloc)
 {
-    struct bench_vm_options options = { .memory = memory, .vcpus = 1, .workload = workload, .dirty_log = mode,
-                                        .incoming = incoming, .prealloc = prealloc };
-    return bench_vm_start(out, &options, "bench/migrate");
+    return make_vm_vcpus(out, memory, 1, workload, mode, incoming, prealloc);
+}
+
+/* Pages the guest has written so far, all vCPUs (the dirtier's own
+ * counters in guest RAM). */
+static uint64_t guest_pages_written(struct vm *vm, unsigned vcpus)
+{
+    uint64_t total = 0;
+    for (unsigned i = 0; i < vcpus; i++) {
+        struct ringvm_vcpu_stats stats;
+        vm_read_guest_stats(vm, i, &stats);
+        total += stats.pages_written;
+    }
+    return total;
 }
 
 /* Steady state: the dirtier has covered its whole working set once (first
@@ -142,6 +167,11 @@ struct result {
     int final_throttle;
     double throughput_mibs;     /* iteration 0 bandwidth */
     double plain_mibs;          /* uncapped cells: the same bytes moved plainly, just before */
+    double guest_pps_before;    /* guest pages/s over 0.5 s just before the migration (untracked) */
+    double guest_pps_during;    /* guest pages/s from migration start to the end (total_ms) */
+    uint64_t bitmap_clears;     /* bitmap mode, the source: KVM_CLEAR_DIRTY_LOG calls */
+    uint64_t bitmap_cleared_pages;
+    double bitmap_clear_ms;     /* time in them */
     char error[1024];
 };
 
@@ -364,8 +394,9 @@ static void run_one(const struct options *o, uint64_t wss, const char *workload_
     char workload[96];
     snprintf(workload, sizeof(workload), "dirtier,wss=%" PRIu64 "M%s", wss >> 20, workload_extra);
     struct vm *source = NULL, *dest = NULL;
-    if (make_vm(&source, o->memory, workload, mode, false, false) != 0 ||
-        make_vm(&dest, o->memory, workload, mode, true, dest_prealloc) != 0) {
+    unsigned vcpus = o->vcpus ? o->vcpus : 1;
+    if (make_vm_vcpus(&source, o->memory, vcpus, workload, mode, false, false) != 0 ||
+        make_vm_vcpus(&dest, o->memory, vcpus, workload, mode, true, dest_prealloc) != 0) {
         snprintf(r->error, sizeof(r->error), "could not create the VMs");
         if (source)
             vm_destroy(source);
@@ -390,6 +421,11 @@ static void run_one(const struct options *o, uint64_t wss, const char *workload_
     uint64_t id;
     const char *code;
     char message[256];
+    uint64_t before_pages = guest_pages_written(source, vcpus), before_ns = now_ns();
+    struct timespec half = { .tv_sec = 0, .tv_nsec = 500000000 };
+    nanosleep(&half, NULL);
+    uint64_t start_pages = guest_pages_written(source, vcpus), start_ns = now_ns();
+    r->guest_pps_before = (double)(start_pages - before_pages) * 1e9 / (double)(start_ns - before_ns);
     if (migration_start(source, NULL, &params, &id, &code, message, sizeof(message)) != 0) {
         snprintf(r->error, sizeof(r->error), "%s: %s", code, message);
     } else {
@@ -401,6 +437,19 @@ static void run_one(const struct options *o, uint64_t wss, const char *workload_
         r->downtime_ms = p->downtime_ms;
         r->iterations = p->iteration_count;
         r->bytes = p->memory.transferred;
+        /* The source's vCPUs stay paused after the switch-over (keep_alive):
+         * the counters stopped there. */
+        struct dirty_log_stats *stats = calloc(1, sizeof(*stats));
+        if (stats != NULL) {
+            dirty_log_get_stats(source->dirty_log, stats);
+            r->bitmap_clears = stats->bitmap_clears;
+            r->bitmap_cleared_pages = stats->bitmap_cleared_pages;
+            r->bitmap_clear_ms = (double)stats->bitmap_clear_ns_total / 1e6;
+            free(stats);
+        }
+        if (p->total_ms > 0)
+            r->guest_pps_during = (double)(guest_pages_written(source, vcpus) - start_pages) * 1000.0 /
+                                  (double)p->total_ms;
         if (p->iteration_count > 0) {
             const struct mig_iteration_record *last =
                 &p->iterations[(p->iteration_count - 1) % MIG_PROGRESS_MAX_ITERATIONS];
@@ -713,7 +762,9 @@ int main(int argc, char **argv)
         {"downtime-ms", required_argument, NULL, 'd'}, {"transport", required_argument, NULL, 'T'},
         {"filter", required_argument, NULL, 'f'}, {"caps", required_argument, NULL, 'c'},
         {"baselines", no_argument, NULL, 'b'}, {"dest-prealloc", no_argument, NULL, 'p'},
-        {"reaction", required_argument, NULL, 'r'}, {"help", no_argument, NULL, 'h'}, {0},
+        {"reaction", required_argument, NULL, 'r'}, {"vcpus", required_argument, NULL, 'v'},
+        {"bitmap-clear-chunk", required_argument, NULL, 'C'},
+        {"help", no_argument, NULL, 'h'}, {0},
     };
     int c;
     char error[256];
@@ -743,6 +794,23 @@ int main(int argc, char **argv)
             o.reaction_runs = (unsigned)runs;
             break;
         }
+        case 'v': {
+            char *end = NULL;
+            unsigned long vcpus = strtoul(optarg, &end, 10);
+            if (end == optarg || *end != '\0' || vcpus == 0 || vcpus > 8) {
+                fprintf(stderr, "bench/migrate: --vcpus takes 1-8, got '%s'\n", optarg);
+                return 2;
+            }
+            o.vcpus = (unsigned)vcpus;
+            break;
+        }
+        case 'C':
+            if (size_parse(optarg, &o.bitmap_clear_chunk, error, sizeof(error)) != 0) {
+                fprintf(stderr, "bench/migrate: --bitmap-clear-chunk: %s\n", error);
+                return 2;
+            }
+            bitmap_clear_chunk = o.bitmap_clear_chunk;
+            break;
         case 'c':
             if (parse_caps(optarg, &o) != 0)
                 return 2;
@@ -751,7 +819,8 @@ int main(int argc, char **argv)
             fprintf(c == 'h' ? stdout : stderr,
                     "usage: migrate [--quick] [--json] [--memory SIZE] [--timeout S] [--downtime-ms N]\n"
                     "               [--transport unix|tcp] [--filter WSS/CAP/CONVERGE/LOG] [--caps LIST]\n"
-                    "               [--baselines] [--dest-prealloc]\n"
+                    "               [--baselines] [--dest-prealloc] [--vcpus N]\n"
+                    "               [--bitmap-clear-chunk SIZE]\n"
                     "       migrate --reaction N [--json] [--transport unix|tcp]\n"
                     "  --quick      256 MiB working set, caps none and 125 MiB/s only\n"
                     "  --caps       bandwidth caps to run, e.g. none,1024 (default none,1024,125)\n"
@@ -760,6 +829,9 @@ int main(int argc, char **argv)
                     "  --dest-prealloc  matrix destinations run with --prealloc (RAM faulted in before\n"
                     "               the migration; the plain moves then go into preallocated RAM too;\n"
                     "               the baselines measure both)\n"
+                    "  --vcpus N    the matrix's guests get N vCPUs (default 1); the dirtier's working set\n"
+                    "               is shared by them\n"
+                    "  --bitmap-clear-chunk SIZE  the VMs' --bitmap-clear-chunk (bitmap mode)\n"
                     "  --filter     run only the cells whose name starts with this (e.g. 256M/none/auto);\n"
                     "               skips the throughput baselines (uncapped cells keep their plain move)\n"
                     "Uncapped cells first move their guest's RAM plainly (median of 3) and report\n"
@@ -823,8 +895,9 @@ int main(int argc, char **argv)
                 idle_prealloc.plain_mibs > 0 ? 100.0 * idle_prealloc.throughput_mibs / idle_prealloc.plain_mibs : 0.0);
     }
     if (!o.json && !o.baselines_only)
-        fprintf(stdout, "%-5s %-5s %-11s %-6s | %-9s %8s %9s %5s %8s %9s %9s %9s\n", "wss", "cap", "converge", "log",
-                "converged", "total_ms", "downtime", "iters", "throttle", "sent_MiB", "iter0_MiBs", "of_plain");
+        fprintf(stdout, "%-5s %-5s %-11s %-6s | %-9s %8s %9s %5s %8s %9s %9s %9s %11s %11s\n", "wss", "cap",
+                "converge", "log", "converged", "total_ms", "downtime", "iters", "throttle", "sent_MiB",
+                "iter0_MiBs", "of_plain", "guest_pps", "pps_before");
     json_t *runs = json_array();
     unsigned converged = 0, within = 0;
     double uncapped_min = 0, uncapped_max = 0;     /* iteration 0 MiB/s of the uncapped cells */
@@ -870,21 +943,29 @@ int main(int argc, char **argv)
                             if (r.plain_mibs > 0)
                                 snprintf(of_plain, sizeof(of_plain), "%.0f%%", 100.0 * r.throughput_mibs / r.plain_mibs);
                             fprintf(stdout, "%-5s %-5s %-11s %-6s | %-9s %8" PRIu64 " %9" PRIu64 " %5" PRIu64
-                                    " %7d%% %9.0f %9.1f %9s %s\n", r.wss, r.cap, r.converge, r.mode,
+                                    " %7d%% %9.0f %9.1f %9s %11.0f %11.0f %s\n", r.wss, r.cap, r.converge, r.mode,
                                     r.converged ? "yes" : "no", r.total_ms, r.downtime_ms, r.iterations,
                                     r.final_throttle, (double)r.bytes / 1048576.0, r.throughput_mibs, of_plain,
-                                    r.converged ? "" : r.error);
+                                    r.guest_pps_during, r.guest_pps_before, r.converged ? "" : r.error);
+                            if (modes[m] == DIRTY_LOG_BITMAP)
+                                fprintf(stdout, "      bitmap: %" PRIu64 " KVM_CLEAR_DIRTY_LOG calls, %" PRIu64
+                                        " pages cleared, %.1f ms in them\n", r.bitmap_clears,
+                                        r.bitmap_cleared_pages, r.bitmap_clear_ms);
                         }
                         fflush(stdout);
                     }
                     json_array_append_new(
-                        runs, json_pack("{s:s, s:s, s:s, s:s, s:b, s:b, s:I, s:I, s:I, s:i, s:I, s:f, s:f, s:s}",
+                        runs, json_pack("{s:s, s:s, s:s, s:s, s:b, s:b, s:I, s:I, s:I, s:i, s:I, s:f, s:f, s:f, s:f, s:I, s:I, s:f, s:s}",
                                         "wss", r.wss, "cap_mibs", r.cap, "converge", r.converge, "dirty_log", r.mode,
                                         "skipped", r.skipped, "converged", r.converged, "total_ms",
                                         (json_int_t)r.total_ms, "downtime_ms", (json_int_t)r.downtime_ms,
                                         "iterations", (json_int_t)r.iterations, "final_throttle", r.final_throttle,
                                         "bytes_sent", (json_int_t)r.bytes, "iteration0_mibs", r.throughput_mibs,
-                                        "plain_same_bytes_mibs", r.plain_mibs, "error", r.error));
+                                        "plain_same_bytes_mibs", r.plain_mibs, "guest_pages_per_s_during",
+                                        r.guest_pps_during, "guest_pages_per_s_before", r.guest_pps_before,
+                                        "bitmap_clears", (json_int_t)r.bitmap_clears, "bitmap_cleared_pages",
+                                        (json_int_t)r.bitmap_cleared_pages, "bitmap_clear_ms", r.bitmap_clear_ms,
+                                        "error", r.error));
                 }
     if (o.json) {
         json_t *root = json_pack("{s:s, s:I, s:I, s:b, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:o, s:I, s:I}",

@@ -69,8 +69,13 @@ struct dirty_log {
     bool resetter_ready;
     struct harvester_group harvesters;  /* under control_lock */
 
-    struct bitmap_sync bitmap;
+    struct bitmap_log bitmap;
     bool bitmap_ready;
+    /* Bitmap mode: dirty_log_final_sync ran for this migration hold (the
+     * vCPUs are paused for good): no more CLEARs, the take GETs nothing
+     * new. Written under control_lock, read by the migration thread in
+     * dirty_log_protect_before_send (atomic). */
+    _Atomic bool final_synced;
 
     struct rate_history vm_rate;        /* VM total, sampled by get_stats / bitmap takes */
 
@@ -95,6 +100,7 @@ void dirty_log_config_defaults(struct dirty_log_config *config)
     config->ring_entries = DIRTY_LOG_DEFAULT_RING_ENTRIES;
     config->harvesters = 0;
     config->bitmap_sync_ms = DIRTY_LOG_DEFAULT_BITMAP_SYNC_MS;
+    config->bitmap_clear_chunk_bytes = DIRTY_LOG_DEFAULT_BITMAP_CLEAR_CHUNK;
     config->reset_threshold_pct = DIRTY_LOG_DEFAULT_RESET_THRESHOLD_PCT;
     config->reset_max_delay_ms = DIRTY_LOG_DEFAULT_RESET_MAX_DELAY_MS;
     config->no_harvester = false;
@@ -136,6 +142,13 @@ int dirty_log_config_validate(const struct dirty_log_config *c, char *error, siz
     }
     if (c->bitmap_sync_ms == 0 || c->bitmap_sync_ms > 60000) {
         snprintf(error, error_size, "--bitmap-sync-ms %u: must be 1..60000", c->bitmap_sync_ms);
+        return -1;
+    }
+    uint64_t chunk = c->bitmap_clear_chunk_bytes;
+    if (chunk < DIRTY_LOG_MIN_BITMAP_CLEAR_CHUNK || chunk > DIRTY_LOG_MAX_BITMAP_CLEAR_CHUNK ||
+        chunk % DIRTY_LOG_MIN_BITMAP_CLEAR_CHUNK) {
+        snprintf(error, error_size, "--bitmap-clear-chunk %llu: must be a multiple of 256K "
+                 "(64 pages) from 256K to 1G", (unsigned long long)chunk);
         return -1;
     }
     if (c->harvesters > 64) {
@@ -293,8 +306,8 @@ static int ensure_memory(struct dirty_log *log)
     if (rc < 0)
         return rc;
     if (log->config.mode == DIRTY_LOG_BITMAP) {
-        rc = bitmap_sync_init(&log->bitmap, log->vm_fd, log->memory, log->set,
-                              log->config.bitmap_sync_ms);
+        rc = bitmap_log_init(&log->bitmap, log->vm_fd, log->memory, log->set,
+                             log->config.bitmap_sync_ms, log->config.bitmap_clear_chunk_bytes);
         if (rc < 0)
             return rc;
         log->bitmap_ready = true;
@@ -411,7 +424,7 @@ void dirty_log_destroy(struct dirty_log *log)
     if (log->harvesters.count)
         harvester_group_stop(&log->harvesters);
     if (log->bitmap_ready)
-        bitmap_sync_stop(&log->bitmap);
+        bitmap_log_sync_stop(&log->bitmap);
     pthread_mutex_unlock(&log->control_lock);
     if (log->rings)
         for (unsigned i = 0; i < log->vcpu_count; i++)
@@ -420,7 +433,7 @@ void dirty_log_destroy(struct dirty_log *log)
     if (log->resetter_ready)
         ring_resetter_fini(&log->resetter);
     if (log->bitmap_ready)
-        bitmap_sync_fini(&log->bitmap);
+        bitmap_log_fini(&log->bitmap);
     dirty_set_destroy(log->set);
     rate_history_fini(&log->vm_rate);
     pthread_mutex_destroy(&log->control_lock);
@@ -465,9 +478,12 @@ static int start_locked(struct dirty_log *log)
         if (rc < 0)
             goto fail;
     } else if (log->config.mode == DIRTY_LOG_BITMAP) {
-        rc = bitmap_sync_start(&log->bitmap);
-        if (rc < 0)
-            goto fail;
+        /* INITIALLY_SET: the flag below sets every bit and protects no
+         * page; each page is write-protected when its bit is CLEARed
+         * (bitmap.h). The sync thread is the holders' business
+         * (bitmap_sync_thread_locked). */
+        bitmap_log_all_uncleared(&log->bitmap);
+        atomic_store_explicit(&log->final_synced, false, memory_order_relaxed);
     }
     rc = guest_memory_set_dirty_logging(log->memory, log->vm_fd, true);
     if (rc < 0) {
@@ -479,7 +495,7 @@ fail:
     if (log->harvesters.count)
         harvester_group_stop(&log->harvesters);
     if (log->bitmap_ready)
-        bitmap_sync_stop(&log->bitmap);
+        bitmap_log_sync_stop(&log->bitmap);
     atomic_store_explicit(&log->tracking, false, memory_order_release);
     return rc;
 }
@@ -494,7 +510,7 @@ static int stop_locked(struct dirty_log *log)
     /* Bitmap: the sync thread must not GET a slot without a dirty bitmap
      * (ENOENT), so it stops before the flag goes. */
     if (log->config.mode == DIRTY_LOG_BITMAP && log->bitmap_ready)
-        bitmap_sync_stop(&log->bitmap);
+        bitmap_log_sync_stop(&log->bitmap);
     /* Ring: unflag first; once KVM_SET_USER_MEMORY_REGION returns no vCPU
      * pushes new entries (KVM waits for in-flight faults on the old
      * memslots), then drain what is left. */
@@ -513,6 +529,23 @@ static int stop_locked(struct dirty_log *log)
     return rc;
 }
 
+/* Bitmap mode: the statistics' sync thread (periodic GET + CLEAR of
+ * everything) runs exactly while tracking is on for the API alone. During
+ * a migration it must not run: its CLEARs would re-protect pages long
+ * before the sender reads them and, worse, clear bits of pages a take has
+ * handed over but the migration has not read yet. Under control_lock.
+ * 0 or -errno. */
+static int bitmap_sync_thread_locked(struct dirty_log *log)
+{
+    if (log->config.mode != DIRTY_LOG_BITMAP || !log->bitmap_ready)
+        return 0;
+    unsigned holders = atomic_load_explicit(&log->holders, memory_order_relaxed);
+    if (atomic_load_explicit(&log->tracking, memory_order_relaxed) && holders == DIRTY_LOG_HOLDER_API)
+        return bitmap_log_sync_start(&log->bitmap);
+    bitmap_log_sync_stop(&log->bitmap);
+    return 0;
+}
+
 int dirty_log_hold(struct dirty_log *log, unsigned holder)
 {
     if (!log)
@@ -522,6 +555,19 @@ int dirty_log_hold(struct dirty_log *log, unsigned holder)
     int rc = 0;
     if (holders & holder) {
         /* Already held by this holder: nothing changes (idempotent). */
+    } else if (holder == DIRTY_LOG_HOLDER_MIGRATION && holders != 0 &&
+               log->config.mode == DIRTY_LOG_BITMAP) {
+        /* Bitmap: no restart needed. The statistics' sync thread stops
+         * (from here on only takes GET and only the migration CLEARs), the
+         * dirty set starts empty, and every bit counts as uncleared, so
+         * pass 0 CLEARs each chunk before reading it: a page the sync left
+         * writable (bit set) is protected then, one already protected
+         * stays so (CLEAR protects only pages whose bit was set), and any
+         * write after the read sets its bit for a later GET. */
+        bitmap_log_sync_stop(&log->bitmap);
+        dirty_set_clear(log->set);
+        bitmap_log_all_uncleared(&log->bitmap);
+        atomic_store_explicit(&log->final_synced, false, memory_order_relaxed);
     } else if (holder == DIRTY_LOG_HOLDER_MIGRATION && holders != 0) {
         /* A migration joining tracking someone else keeps on: it needs what
          * a fresh start gives (an empty dirty set and every page
@@ -535,11 +581,13 @@ int dirty_log_hold(struct dirty_log *log, unsigned holder)
     } else {
         rc = start_locked(log);
     }
-    if (rc == 0)
+    if (rc == 0) {
         atomic_store_explicit(&log->holders, holders | holder, memory_order_release);
-    else if (holders != 0 && !atomic_load_explicit(&log->tracking, memory_order_relaxed))
+        rc = bitmap_sync_thread_locked(log);
+    } else if (holders != 0 && !atomic_load_explicit(&log->tracking, memory_order_relaxed)) {
         /* The restart failed half-way: the other holders lost tracking. */
         atomic_store_explicit(&log->holders, 0u, memory_order_release);
+    }
     pthread_mutex_unlock(&log->control_lock);
     return rc;
 }
@@ -554,8 +602,12 @@ int dirty_log_release(struct dirty_log *log, unsigned holder)
     if (holders & holder) {
         holders &= ~holder;
         atomic_store_explicit(&log->holders, holders, memory_order_release);
+        if (holder == DIRTY_LOG_HOLDER_MIGRATION)
+            atomic_store_explicit(&log->final_synced, false, memory_order_relaxed);
         if (holders == 0)
             rc = stop_locked(log);
+        else
+            rc = bitmap_sync_thread_locked(log);
     }
     pthread_mutex_unlock(&log->control_lock);
     return rc;
@@ -571,12 +623,17 @@ int dirty_log_stop(struct dirty_log *log)
     return dirty_log_release(log, DIRTY_LOG_HOLDER_MIGRATION);
 }
 
-/* Collect what KVM has now into the current generation. */
+/* Collect what KVM has now into the current generation. Bitmap: GET
+ * only (the pages are CLEARed chunk by chunk by
+ * dirty_log_protect_before_send just before they are read), and nothing
+ * after the final sync (the vCPUs are paused for good; it got everything). */
 static int64_t sync_now(struct dirty_log *log, bool to_empty)
 {
     if (log->config.mode == DIRTY_LOG_RING)
         return drain_all_rings(log, to_empty);
-    return bitmap_sync_once(&log->bitmap);
+    if (atomic_load_explicit(&log->final_synced, memory_order_relaxed))
+        return 0;
+    return bitmap_log_get(&log->bitmap, true);
 }
 
 static int64_t take_common(struct dirty_log *log, struct dirty_pages *out, uint64_t *bitmap)
@@ -645,6 +702,8 @@ int dirty_log_final_sync(struct dirty_log *log)
         rc = (int)n;
         goto out;
     }
+    if (log->config.mode == DIRTY_LOG_BITMAP)
+        atomic_store_explicit(&log->final_synced, true, memory_order_release);
     if (log->config.mode == DIRTY_LOG_RING) {
         int64_t r = ring_resetter_reset(&log->resetter, false);
         if (r < 0) {
@@ -668,6 +727,26 @@ int dirty_log_final_sync(struct dirty_log *log)
 out:
     pthread_mutex_unlock(&log->control_lock);
     return rc;
+}
+
+int dirty_log_protect_before_send(struct dirty_log *log, uint64_t first_page, uint64_t count)
+{
+    if (!log || log->config.mode != DIRTY_LOG_BITMAP || !log->bitmap_ready || count == 0)
+        return 0;
+    /* Only a migration's hold CLEARs late; after the final sync nothing is
+     * CLEARed (the source never runs the guest again unless the migration
+     * fails, and then the migration's tracking is released). */
+    if (!(atomic_load_explicit(&log->holders, memory_order_acquire) & DIRTY_LOG_HOLDER_MIGRATION) ||
+        atomic_load_explicit(&log->final_synced, memory_order_acquire))
+        return 0;
+    return bitmap_log_protect(&log->bitmap, first_page, count);
+}
+
+uint64_t dirty_log_protect_unit_pages(const struct dirty_log *log)
+{
+    if (!log || log->config.mode != DIRTY_LOG_BITMAP)
+        return 0;
+    return log->config.bitmap_clear_chunk_bytes / 4096;
 }
 
 void dirty_log_mark_range(struct dirty_log *log, uint64_t ram_offset, uint64_t len)
@@ -703,7 +782,7 @@ void dirty_log_get_stats(struct dirty_log *log, struct dirty_log_stats *out)
             cpu = harvester_group_cpu_ns(&log->harvesters);
             polls = harvester_group_polls(&log->harvesters);
         } else if (log->bitmap_ready) {
-            cpu = bitmap_sync_cpu_ns(&log->bitmap);
+            cpu = bitmap_log_sync_cpu_ns(&log->bitmap);
         }
         atomic_store_explicit(&log->cached_cpu_ns, cpu, memory_order_relaxed);
         atomic_store_explicit(&log->cached_polls, polls, memory_order_relaxed);
@@ -751,6 +830,12 @@ void dirty_log_get_stats(struct dirty_log *log, struct dirty_log_stats *out)
         out->bitmap_sync_ns_last = atomic_load_explicit(&log->bitmap.sync_ns_last, memory_order_relaxed);
         out->bitmap_get_ns_last = atomic_load_explicit(&log->bitmap.get_ns_last, memory_order_relaxed);
         out->bitmap_clear_ns_last = atomic_load_explicit(&log->bitmap.clear_ns_last, memory_order_relaxed);
+        out->bitmap_clear_ns_total = atomic_load_explicit(&log->bitmap.clear_ns_total, memory_order_relaxed);
+        out->bitmap_gets = atomic_load_explicit(&log->bitmap.gets, memory_order_relaxed);
+        out->bitmap_clears = atomic_load_explicit(&log->bitmap.clears, memory_order_relaxed);
+        out->bitmap_cleared_pages = atomic_load_explicit(&log->bitmap.cleared_pages, memory_order_relaxed);
+        out->bitmap_uncleared_pages = atomic_load_explicit(&log->bitmap.uncleared_pages, memory_order_relaxed);
+        out->bitmap_clear_chunk_pages = log->bitmap.chunk_pages;
         /* No per-vCPU attribution with a bitmap: VM rate from our own
          * samples (one per get_stats call at most every 100 ms). */
         rate_history_sample(&log->vm_rate, out->now_ns, out->pages);
@@ -788,9 +873,12 @@ int dirty_log_format_stats(const struct dirty_log_stats *s, const struct dirty_l
     double cpu_pct = dt > 0 ? (double)(s->harvester_cpu_ns - prev->harvester_cpu_ns) / (dt * 1e7) : 0;
     if (s->mode == DIRTY_LOG_BITMAP) {
         uint64_t syncs = s->bitmap_syncs - (prev ? prev->bitmap_syncs : 0);
-        return snprintf(buf, size, "dirty=bitmap %s %s/s syncs=%llu(%.2fms) scpu=%.1f%%",
+        uint64_t clears = s->bitmap_clears - (prev ? prev->bitmap_clears : 0);
+        uint64_t cleared = s->bitmap_cleared_pages - (prev ? prev->bitmap_cleared_pages : 0);
+        return snprintf(buf, size, "dirty=bitmap %s %s/s syncs=%llu(%.2fms) clears=%llu(%llu pages) scpu=%.1f%%",
                         s->tracking ? "on" : "off", rate, (unsigned long long)syncs,
-                        (double)s->bitmap_sync_ns_last / 1e6, cpu_pct);
+                        (double)s->bitmap_sync_ns_last / 1e6, (unsigned long long)clears,
+                        (unsigned long long)cleared, cpu_pct);
     }
     uint64_t resets = s->resets - (prev ? prev->resets : 0);
     uint64_t reset_ns = s->reset_ns_total - (prev ? prev->reset_ns_total : 0);

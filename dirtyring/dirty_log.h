@@ -5,7 +5,8 @@
  * Call order from the VMM core (vmm/vm.c):
  *   dirty_log_create()          right after KVM_CREATE_VM, before any vCPU
  *                               (ring mode enables KVM_CAP_DIRTY_LOG_RING[_ACQ_REL],
- *                               bitmap mode KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2).
+ *                               bitmap mode KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with
+ *                               KVM_DIRTY_LOG_INITIALLY_SET, see bitmap.h).
  *                               Mode off: returns 0 with *out = NULL; every
  *                               function below accepts a NULL log as a no-op.
  *                               The memslots must be registered WITHOUT
@@ -30,9 +31,12 @@
  *                               this holder.
  *   DIRTY_LOG_HOLDER_API        vm.dirty-tracking (api/commands_dirty_stats.c),
  *                               to watch dirty rates outside a migration.
- * dirty_log_hold(MIGRATION) always leaves a fresh session (empty dirty set,
- * every page write-protected again), restarting tracking if the API held
- * it; holding a bit already held is a no-op; release of a bit not held too.
+ * dirty_log_hold(MIGRATION) always leaves a fresh session (empty dirty set;
+ * ring: every page write-protected again, restarting tracking if the API
+ * held it; bitmap: every page counts as not yet CLEARed, so each is
+ * write-protected by dirty_log_protect_before_send before it is read, and
+ * the API's statistics sync thread pauses until the migration releases);
+ * holding a bit already held is a no-op; release of a bit not held too.
  *
  * Migration (any one controller thread at a time; they serialize on the
  * facade's control lock):
@@ -41,15 +45,29 @@
  *                               KVM_MEM_LOG_DIRTY_PAGES, harvesters start.
  *                               Every page written after it returns is in a
  *                               later take. Send all RAM once after this.
- *   dirty_log_take()            one iteration's dirty pages (generation swap);
- *                               every page it returns is write-protected
- *                               again before it returns, so a guest write
- *                               after the caller reads the page shows up in
- *                               a later take.
+ *   dirty_log_take()            one iteration's dirty pages (generation swap).
+ *                               Ring: every page it returns is
+ *                               write-protected again before it returns.
+ *                               Bitmap: GET only; a page it returns is
+ *                               write-protected by
+ *                               dirty_log_protect_before_send. Either way a
+ *                               guest write after the caller reads the page
+ *                               (the caller calling protect_before_send
+ *                               before the read) shows up in a later take.
+ *   dirty_log_protect_before_send()  the migration thread, for every page it
+ *                               plans to send (pass 0's too, holes
+ *                               included), BEFORE anything reads it
+ *                               (zero test, sender copy). Bitmap: CLEARs the
+ *                               page's whole chunk (--bitmap-clear-chunk) if
+ *                               it has bits not cleared yet; a no-op
+ *                               otherwise, for ring mode, outside a
+ *                               migration's hold and after the final sync.
  *   dirty_log_final_sync()      vCPUs paused (out of KVM_RUN) by the caller:
  *                               drains every ring to empty / one last bitmap
- *                               sync; the following dirty_log_take returns
- *                               every page written before the pause.
+ *                               GET (no CLEAR, and none after it until the
+ *                               migration releases); the following
+ *                               dirty_log_take returns every page written
+ *                               before the pause.
  *   dirty_log_stop()            = dirty_log_release(MIGRATION): tracking off
  *                               (slots lose the flag, rings drained to
  *                               empty, harvesters joined) unless another
@@ -83,6 +101,12 @@ enum dirty_log_mode {
 #define DIRTY_LOG_MIN_RING_ENTRIES 64
 #define DIRTY_LOG_MAX_RING_ENTRIES 65536
 #define DIRTY_LOG_DEFAULT_BITMAP_SYNC_MS 100
+/* Bitmap mode's CLEAR chunk: 256 KiB, QEMU's default (clear-bitmap-shift
+ * 18); see docs/benchmarks.md for the sizes measured. A multiple of 64
+ * pages (KVM_CLEAR_DIRTY_LOG's granularity). */
+#define DIRTY_LOG_DEFAULT_BITMAP_CLEAR_CHUNK (256ull << 10)
+#define DIRTY_LOG_MIN_BITMAP_CLEAR_CHUNK (256ull << 10)
+#define DIRTY_LOG_MAX_BITMAP_CLEAR_CHUNK (1ull << 30)
 #define DIRTY_LOG_DEFAULT_RESET_THRESHOLD_PCT 75
 #define DIRTY_LOG_DEFAULT_RESET_MAX_DELAY_MS 0
 
@@ -90,7 +114,8 @@ struct dirty_log_config {
     enum dirty_log_mode mode;
     uint32_t ring_entries;      /* power of two, 64..65536 (the kernel needs >= 256: one page) */
     unsigned harvesters;        /* 0 = one per NUMA node running vCPUs */
-    unsigned bitmap_sync_ms;
+    unsigned bitmap_sync_ms;        /* statistics sync period outside a migration */
+    uint64_t bitmap_clear_chunk_bytes;  /* multiple of 256 KiB, up to 1 GiB */
     /* Ring reset policy (benchmarks vary these; defaults from
      * dirty_log_config_defaults): */
     uint32_t reset_threshold_pct;   /* reset when a ring is this % full of harvested
@@ -143,6 +168,17 @@ int64_t dirty_log_take(struct dirty_log *log, struct dirty_pages *out);
 /* The same ORed into a caller bitmap of ceil(ram_pages / 64) words. */
 int64_t dirty_log_take_bitmap(struct dirty_log *log, uint64_t *bitmap);
 int dirty_log_final_sync(struct dirty_log *log);
+/* Before the migration reads RAM pages [first_page, first_page + count)
+ * (page = RAM offset / 4096) for sending: write-protects what must be
+ * (bitmap mode: KVM_CLEAR_DIRTY_LOG of each touched chunk's bits not yet
+ * cleared), so a later guest write is in a later take. Cheap when there
+ * is nothing to do (one atomic load per chunk). The migration thread;
+ * 0 or -errno with the cause printed. */
+int dirty_log_protect_before_send(struct dirty_log *log, uint64_t first_page, uint64_t count);
+/* Pages per protection unit (bitmap: the clear chunk); 0 when
+ * dirty_log_protect_before_send never does anything (ring, off, NULL).
+ * Lets pass 0 protect a chunk before it looks for holes in it. */
+uint64_t dirty_log_protect_unit_pages(const struct dirty_log *log);
 /* RAM byte range [ram_offset, ram_offset + len) written by the VMM. */
 void dirty_log_mark_range(struct dirty_log *log, uint64_t ram_offset, uint64_t len);
 
@@ -169,7 +205,8 @@ struct dirty_log_stats {
     unsigned vcpu_count;
     uint64_t now_ns;                /* CLOCK_MONOTONIC of the snapshot */
 
-    uint64_t pages;                 /* ring: entries harvested; bitmap: bits collected */
+    uint64_t pages;                 /* ring: entries harvested; bitmap: bits found newly
+                                       set (first writes after a CLEAR) */
     double pages_per_s_100ms;       /* whole VM */
     double pages_per_s_1s;
     uint64_t harvest_batches;
@@ -183,11 +220,18 @@ struct dirty_log_stats {
     uint64_t ring_fill_high_water;  /* max over vCPUs */
     uint64_t bad_entries;
     uint64_t harvester_cpu_ns;      /* harvesters (ring) or the sync thread (bitmap) */
-    uint64_t bitmap_syncs;
+    uint64_t bitmap_syncs;          /* GET passes over all slots (takes, final sync,
+                                       statistics syncs) */
     uint64_t bitmap_sync_ns_total;
     uint64_t bitmap_sync_ns_last;
-    uint64_t bitmap_get_ns_last;    /* of the last sync: GET_DIRTY_LOG + scan */
-    uint64_t bitmap_clear_ns_last;  /* of the last sync: CLEAR_DIRTY_LOG */
+    uint64_t bitmap_get_ns_last;    /* of the last GET pass: GET_DIRTY_LOG + scan */
+    uint64_t bitmap_clear_ns_last;  /* of the last CLEAR_DIRTY_LOG call */
+    uint64_t bitmap_clear_ns_total;
+    uint64_t bitmap_gets;           /* KVM_GET_DIRTY_LOG calls (one per slot per pass) */
+    uint64_t bitmap_clears;         /* KVM_CLEAR_DIRTY_LOG calls */
+    uint64_t bitmap_cleared_pages;  /* bits handed to CLEAR: pages write-protected again */
+    uint64_t bitmap_uncleared_pages;    /* now: bits set that no CLEAR has cleared yet */
+    uint64_t bitmap_clear_chunk_pages;
     uint64_t takes;
     uint64_t take_ns_last;
     uint64_t take_pages_last;

@@ -241,6 +241,14 @@ static int stream_page(struct stream *st, uint64_t page)
 {
     if (stream_room(st) != 0)
         return -1;
+    /* Write-protect the page (bitmap mode: CLEAR its chunk) before its
+     * first read: the zero test just below, the sender's copy later. A
+     * guest write after this is in a later take; one before it is what
+     * those reads see. A no-op when the chunk is already cleared. */
+    int r = dirty_log_protect_before_send(st->s->vm->dirty_log, page, 1);
+    if (r != 0)
+        return source_fail(st->s, "internal", "write-protecting page %" PRIu64 " before sending it: %s", page,
+                           strerror(-r));
     uint64_t offset = page * MIG_PAGE_SIZE;
     mig_builder_add_page(&st->builder, offset, st->s->vm->memory.host + offset);
     return 0;
@@ -268,38 +276,70 @@ static int source_iteration_marker(struct source *s, uint64_t iteration, uint64_
     return source_small_frame(s, MIG_FRAME_ITERATION, payload, sizeof(payload));
 }
 
-/* Iteration 0: all RAM; memfd holes are zero runs without reading them. */
+/* Where the next data extent of the memfd starts and ends, from page on:
+ * *data_start == *data_end == pages when only holes follow. false when
+ * the file cannot say (then treat everything as data). */
+static bool source_next_extent(const struct guest_memory *memory, uint64_t page, uint64_t pages,
+                               uint64_t *data_start, uint64_t *data_end)
+{
+    off_t data = lseek(memory->memfd, (off_t)(page * MIG_PAGE_SIZE), SEEK_DATA);
+    if (data < 0 && errno == ENXIO) {
+        *data_start = *data_end = pages;
+        return true;
+    }
+    if (data < 0)
+        return false;
+    off_t hole = lseek(memory->memfd, data, SEEK_HOLE);
+    if (hole < 0)
+        return false;
+    *data_start = (uint64_t)data / MIG_PAGE_SIZE;
+    *data_end = ((uint64_t)hole + MIG_PAGE_SIZE - 1) / MIG_PAGE_SIZE;
+    if (*data_start > pages)
+        *data_start = pages;
+    if (*data_end > pages)
+        *data_end = pages;
+    return true;
+}
+
+/* Iteration 0: all RAM; memfd holes are zero runs without reading them.
+ * Telling a hole from data is a read too: when tracking write-protects
+ * late (bitmap mode), a hole found by lseek is protected and then looked
+ * at again, and only what is still a hole after its protection goes as
+ * zeros (a guest write before the protection made it data, one after it
+ * is in a later take). Data pages are protected one by one as they are
+ * planned (stream_page). */
 static int source_send_all(struct source *s)
 {
     struct guest_memory *memory = &s->vm->memory;
     uint64_t pages = guest_memory_pages(memory);
+    bool protect_late = dirty_log_protect_unit_pages(s->vm->dirty_log) != 0;
     struct stream st = { .s = s };
     uint64_t page = 0;
     bool extents = true;
     s->progress.memory.remaining = memory->size;
     while (page < pages) {
         uint64_t data_start = page, data_end = pages;
-        if (extents) {
-            off_t data = lseek(memory->memfd, (off_t)(page * MIG_PAGE_SIZE), SEEK_DATA);
-            if (data < 0 && errno == ENXIO) {
-                data_start = data_end = pages;
-            } else if (data < 0) {
-                extents = false;
-            } else {
-                off_t hole = lseek(memory->memfd, data, SEEK_HOLE);
-                if (hole < 0) {
-                    extents = false;
-                } else {
-                    data_start = (uint64_t)data / MIG_PAGE_SIZE;
-                    data_end = ((uint64_t)hole + MIG_PAGE_SIZE - 1) / MIG_PAGE_SIZE;
-                    if (data_end > pages)
-                        data_end = pages;
-                }
-            }
-        }
+        if (extents && !source_next_extent(memory, page, pages, &data_start, &data_end))
+            extents = false;
         if (!extents) {
             data_start = page;
             data_end = pages;
+        }
+        if (data_start > page && protect_late) {
+            int r = dirty_log_protect_before_send(s->vm->dirty_log, page, data_start - page);
+            if (r != 0)
+                return source_fail(s, "internal", "write-protecting pages %" PRIu64 "..%" PRIu64
+                                   " before sending them: %s", page, data_start - 1, strerror(-r));
+            uint64_t again_start, again_end;
+            if (!source_next_extent(memory, page, pages, &again_start, &again_end)) {
+                extents = false;
+                data_start = page;      /* read it all: it is protected now */
+                data_end = pages;
+            } else if (again_start < data_start) {
+                /* Written meanwhile: [page, again_start) is still a hole;
+                 * the rest is looked at again from there. */
+                data_start = data_end = again_start;
+            }
         }
         if (data_start > page && stream_zero(&st, page, data_start - page) != 0)
             return -1;

@@ -529,8 +529,15 @@ Test(dirty_log_config, defaults_parse_validate)
     cr_assert_eq(c.ring_entries, DIRTY_LOG_DEFAULT_RING_ENTRIES);
     cr_assert_eq(c.harvesters, 0);
     cr_assert_eq(c.bitmap_sync_ms, 100);
+    cr_assert_eq(c.bitmap_clear_chunk_bytes, 256u << 10);
     char err[128];
     cr_assert_eq(dirty_log_config_validate(&c, err, sizeof(err)), 0);
+    c.bitmap_clear_chunk_bytes = 128u << 10;
+    cr_assert_eq(dirty_log_config_validate(&c, err, sizeof(err)), -1);
+    cr_assert_str_eq(err, "--bitmap-clear-chunk 131072: must be a multiple of 256K (64 pages) from 256K to 1G");
+    c.bitmap_clear_chunk_bytes = 768u << 10;
+    cr_assert_eq(dirty_log_config_validate(&c, err, sizeof(err)), 0);
+    c.bitmap_clear_chunk_bytes = 256u << 10;
 
     enum dirty_log_mode m;
     cr_assert_eq(dirty_log_mode_parse("bitmap", &m, err, sizeof(err)), 0);

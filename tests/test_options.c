@@ -144,8 +144,10 @@ Test(options, defaults_and_full_command_line)
 
     char *full[] = { "ringvm", "--memory", "1G", "--vcpus", "2", "--workload", "ledger,wss=256M,verify=2",
                      "--serial", "none", "--stats", "--dirty-log", "bitmap", "--bitmap-sync-ms", "50",
-                     "--ring-entries", "1024", "--api-socket", "/tmp/x.sock", "--run-seconds", "3", NULL };
-    cr_assert_eq(parse(&options, error, sizeof(error), 20, full), OPTIONS_OK, "%s", error);
+                     "--ring-entries", "1024", "--api-socket", "/tmp/x.sock", "--run-seconds", "3",
+                     "--bitmap-clear-chunk", "1M", NULL };
+    cr_assert_eq(parse(&options, error, sizeof(error), 22, full), OPTIONS_OK, "%s", error);
+    cr_assert_eq(options.vm.dirty_log.bitmap_clear_chunk_bytes, 1ULL << 20);
     cr_assert_eq(options.vm.memory_bytes, 1ULL << 30);
     cr_assert_eq(options.vm.vcpu_count, 2);
     cr_assert_eq(options.vm.workload.kind, RINGVM_WORKLOAD_LEDGER);
@@ -171,6 +173,10 @@ Test(options, rejects_bad_values_with_exact_messages)
         { "--memory", "1M", "--memory 1M: must be a multiple of 4K from 16M to 1T" },
         { "--memory", "lots", "--memory 'lots': not a size (expected a number with optional K, M, G or T)" },
         { "--vcpus", "0", "--vcpus '0': expected an integer from 1 to 64" },
+        { "--bitmap-clear-chunk", "100K",
+          "--bitmap-clear-chunk 100K: must be a multiple of 256K (64 pages, KVM_CLEAR_DIRTY_LOG's unit) from 256K to 1G" },
+        { "--bitmap-clear-chunk", "2G",
+          "--bitmap-clear-chunk 2G: must be a multiple of 256K (64 pages, KVM_CLEAR_DIRTY_LOG's unit) from 256K to 1G" },
         { "--vcpus", "65", "--vcpus '65': expected an integer from 1 to 64" },
         { "--vcpus", "two", "--vcpus 'two': expected an integer from 1 to 64" },
         { "--serial", "tty", "--serial: 'tty': expected stdout, stdio, none or file:PATH" },

@@ -63,7 +63,10 @@ void options_print_usage(FILE *out)
 "  --dirty-log MODE         ring (default), bitmap or off\n"
 "  --ring-entries N         dirty ring entries per vCPU, power of two 64..65536 (default %u)\n"
 "  --harvesters N           harvester threads (default: one per NUMA node running vCPUs)\n"
-"  --bitmap-sync-ms N       bitmap mode: sync period in ms (default %u)\n"
+"  --bitmap-sync-ms N       bitmap mode: statistics sync period in ms outside a migration\n"
+"                           (vm.dirty-tracking; default %u)\n"
+"  --bitmap-clear-chunk SIZE  bitmap mode: a migration write-protects RAM in chunks of SIZE\n"
+"                           just before sending them; multiple of 256K up to 1G (default 256K)\n"
 "\n"
 "Control:\n"
 "  --api-socket PATH        serve the JSON control API on this Unix socket (mode 0600)\n"
@@ -96,7 +99,7 @@ void options_print_usage(FILE *out)
 
 enum {
     OPT_MEMORY = 256, OPT_VCPUS, OPT_WORKLOAD, OPT_SERIAL, OPT_STATS, OPT_NUMA_NODE, OPT_HUGEPAGES,
-    OPT_DIRTY_LOG, OPT_RING_ENTRIES, OPT_HARVESTERS, OPT_BITMAP_SYNC_MS, OPT_API_SOCKET, OPT_VERSION,
+    OPT_DIRTY_LOG, OPT_RING_ENTRIES, OPT_HARVESTERS, OPT_BITMAP_SYNC_MS, OPT_BITMAP_CLEAR_CHUNK, OPT_API_SOCKET, OPT_VERSION,
     OPT_RUN_SECONDS, OPT_PREALLOC, OPT_INCOMING, OPT_BPF, OPT_INCOMING_STALL_TIMEOUT,
     OPT_KERNEL, OPT_INITRD, OPT_CMDLINE, OPT_CONSOLE, OPT_TLS_PSK, OPT_TLS_CREDS,
 };
@@ -114,6 +117,7 @@ static const struct option long_options[] = {
     { "ring-entries", required_argument, NULL, OPT_RING_ENTRIES },
     { "harvesters", required_argument, NULL, OPT_HARVESTERS },
     { "bitmap-sync-ms", required_argument, NULL, OPT_BITMAP_SYNC_MS },
+    { "bitmap-clear-chunk", required_argument, NULL, OPT_BITMAP_CLEAR_CHUNK },
     { "api-socket", required_argument, NULL, OPT_API_SOCKET },
     { "run-seconds", required_argument, NULL, OPT_RUN_SECONDS },
     { "incoming", required_argument, NULL, OPT_INCOMING },
@@ -232,6 +236,21 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
                 return OPTIONS_ERROR;
             config->dirty_log.bitmap_sync_ms = (unsigned)value;
             break;
+        case OPT_BITMAP_CLEAR_CHUNK: {
+            uint64_t chunk = 0;
+            if (size_parse(optarg, &chunk, detail, sizeof(detail)) != 0) {
+                snprintf(error, error_size, "--bitmap-clear-chunk %s", detail);
+                return OPTIONS_ERROR;
+            }
+            if (chunk < DIRTY_LOG_MIN_BITMAP_CLEAR_CHUNK || chunk > DIRTY_LOG_MAX_BITMAP_CLEAR_CHUNK ||
+                chunk % DIRTY_LOG_MIN_BITMAP_CLEAR_CHUNK != 0) {
+                snprintf(error, error_size, "--bitmap-clear-chunk %s: must be a multiple of 256K "
+                         "(64 pages, KVM_CLEAR_DIRTY_LOG's unit) from 256K to 1G", optarg);
+                return OPTIONS_ERROR;
+            }
+            config->dirty_log.bitmap_clear_chunk_bytes = chunk;
+            break;
+        }
         case OPT_API_SOCKET:
             if (*optarg == '\0' || strlen(optarg) >= 108) {
                 snprintf(error, error_size, "--api-socket '%s': expected a path of 1 to 107 bytes", optarg);

@@ -24,6 +24,8 @@ int bench_vm_start(struct vm **out, const struct bench_vm_options *options, cons
     }
     dirty_log_config_defaults(&config.dirty_log);
     config.dirty_log.mode = options->dirty_log;
+    if (options->bitmap_clear_chunk != 0)
+        config.dirty_log.bitmap_clear_chunk_bytes = options->bitmap_clear_chunk;
     if (vm_create(out, &config) != 0)
         return -1;
     if (vm_start(*out) != 0) {

@@ -23,6 +23,7 @@ struct bench_vm_options {
     enum dirty_log_mode dirty_log;
     bool incoming;                  /* a migration destination: its vCPUs wait for the state */
     bool prealloc;                  /* guest RAM faulted in at creation */
+    uint64_t bitmap_clear_chunk;    /* bytes; 0 = the default */
 };
 
 /* Creates and starts the VM. 0, or -1 with the reason on stderr, prefixed
