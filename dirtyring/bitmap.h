@@ -55,10 +55,9 @@
 
 struct dirty_set;
 
-/* 256 KiB: QEMU's default clear chunk (clear-bitmap-shift 18). */
-#define BITMAP_DEFAULT_CLEAR_CHUNK_BYTES (256u << 10)
+/* KVM_CLEAR_DIRTY_LOG's unit: 64 pages. The default and the range users
+ * may choose are DIRTY_LOG_*_BITMAP_CLEAR_CHUNK in dirty_log.h. */
 #define BITMAP_MIN_CLEAR_CHUNK_BYTES (64u * 4096u)
-#define BITMAP_MAX_CLEAR_CHUNK_BYTES (1u << 30)
 
 struct bitmap_slot {
     uint32_t slot;                  /* KVM memslot id */
