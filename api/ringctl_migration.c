@@ -99,6 +99,22 @@ static void print_summary(json_t *p, FILE *out)
             get_int(p, "id"), state, get_int(p, "total_ms"), get_int(p, "downtime_ms"), get_int(p, "setup_ms"),
             get_int(p, "iteration_count"), (double)get_int(memory, "transferred") / (1024.0 * 1024.0),
             get_int(memory, "normal_pages"), get_int(memory, "zero_pages"));
+    /* What the switch-over was expected to cost, and what it did
+     * (docs/api.md, expected_downtime_parts and switch_over). */
+    json_t *parts = json_object_get(p, "expected_downtime_parts");
+    json_t *switch_over = json_object_get(p, "switch_over");
+    if (json_is_object(parts) && json_is_object(switch_over) && get_int(p, "iteration_count") > 0) {
+        json_t *measured = json_object_get(switch_over, "measured_us");
+        char measured_text[48] = "not measured";
+        if (json_is_integer(measured))
+            snprintf(measured_text, sizeof(measured_text), "measured %" PRId64 " us",
+                     (int64_t)json_integer_value(measured));
+        fprintf(out, "downtime: expected %" PRId64 " ms = transfer %" PRId64 " + digest %" PRId64
+                " + switch-over %" PRId64 " ms (dry run %" PRId64 " us, learned %" PRId64 " us from %" PRId64
+                "); switch-over %s\n", get_int(p, "expected_downtime_ms"), get_int(parts, "transfer_ms"),
+                get_int(parts, "digest_ms"), get_int(parts, "switch_over_ms"), get_int(switch_over, "dry_run_us"),
+                get_int(switch_over, "learned_us"), get_int(switch_over, "learned_count"), measured_text);
+    }
     const char *source = get_string(p, "memory_digest_source");
     const char *destination = get_string(p, "memory_digest_destination");
     /* Without verify_digest only the source hashes its RAM (after the ack),

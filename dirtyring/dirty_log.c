@@ -71,15 +71,17 @@ struct dirty_log {
 
     struct bitmap_log bitmap;
     bool bitmap_ready;
-    /* Bitmap mode: dirty_log_final_sync ran for this migration hold (the
-     * vCPUs are paused for good): no more CLEARs, the take GETs nothing
-     * new. Written under control_lock, read by the migration thread in
-     * dirty_log_protect_before_send (atomic). */
+    /* dirty_log_final_sync ran for this migration hold (the vCPUs are
+     * paused for good): bitmap mode: no more CLEARs, the take GETs nothing
+     * new; ring mode: no more resets (the resetter is suspended) until the
+     * migration releases. Written under control_lock, read by the
+     * migration thread in dirty_log_protect_before_send (atomic). */
     _Atomic bool final_synced;
 
     struct rate_history vm_rate;        /* VM total, sampled by get_stats / bitmap takes */
 
     _Atomic uint64_t takes;
+    _Atomic uint64_t tracking_starts;   /* start_locked that turned tracking on */
     _Atomic uint64_t take_ns_last;
     _Atomic uint64_t take_pages_last;
     _Atomic uint64_t take_collect_ns_last;
@@ -483,13 +485,16 @@ static int start_locked(struct dirty_log *log)
          * (bitmap.h). The sync thread is the holders' business
          * (bitmap_sync_thread_locked). */
         bitmap_log_all_uncleared(&log->bitmap);
-        atomic_store_explicit(&log->final_synced, false, memory_order_relaxed);
     }
+    atomic_store_explicit(&log->final_synced, false, memory_order_relaxed);
+    if (log->resetter_ready)
+        ring_resetter_suspend(&log->resetter, false);
     rc = guest_memory_set_dirty_logging(log->memory, log->vm_fd, true);
     if (rc < 0) {
         fprintf(stderr, "ringvm: dirty log: enabling KVM_MEM_LOG_DIRTY_PAGES failed\n");
         goto fail;
     }
+    atomic_fetch_add_explicit(&log->tracking_starts, 1, memory_order_relaxed);
     return 0;
 fail:
     if (log->harvesters.count)
@@ -602,12 +607,26 @@ int dirty_log_release(struct dirty_log *log, unsigned holder)
     if (holders & holder) {
         holders &= ~holder;
         atomic_store_explicit(&log->holders, holders, memory_order_release);
-        if (holder == DIRTY_LOG_HOLDER_MIGRATION)
+        bool was_final = holder == DIRTY_LOG_HOLDER_MIGRATION &&
+                         atomic_load_explicit(&log->final_synced, memory_order_relaxed);
+        if (holder == DIRTY_LOG_HOLDER_MIGRATION) {
             atomic_store_explicit(&log->final_synced, false, memory_order_relaxed);
-        if (holders == 0)
+            if (log->resetter_ready)
+                ring_resetter_suspend(&log->resetter, false);
+        }
+        if (holders == 0) {
             rc = stop_locked(log);
-        else
+        } else {
             rc = bitmap_sync_thread_locked(log);
+            /* Tracking goes on for the API: the entries the final sync
+             * left unrecycled are re-protected now, so later writes to
+             * their pages are logged again. */
+            if (rc == 0 && was_final && log->config.mode == DIRTY_LOG_RING) {
+                int64_t r = ring_resetter_reset(&log->resetter, false);
+                if (r < 0)
+                    rc = (int)r;
+            }
+        }
     }
     pthread_mutex_unlock(&log->control_lock);
     return rc;
@@ -657,10 +676,12 @@ static int64_t take_common(struct dirty_log *log, struct dirty_pages *out, uint6
             rc = -ENOMEM;
         }
     }
-    if (rc >= 0 && log->config.mode == DIRTY_LOG_RING) {
+    if (rc >= 0 && log->config.mode == DIRTY_LOG_RING &&
+        !atomic_load_explicit(&log->final_synced, memory_order_relaxed)) {
         /* Every entry whose page is in the generation just taken was
          * flagged RESET inside a write section the take waited for; this
-         * reset write-protects all of them before we hand them over. */
+         * reset write-protects all of them before we hand them over. (Not
+         * after the final sync: the guest stays paused for good.) */
         uint64_t tr = dirtyring_now_ns();
         int64_t r = ring_resetter_reset(&log->resetter, false);
         t_reset = dirtyring_now_ns() - tr;
@@ -702,14 +723,12 @@ int dirty_log_final_sync(struct dirty_log *log)
         rc = (int)n;
         goto out;
     }
-    if (log->config.mode == DIRTY_LOG_BITMAP)
-        atomic_store_explicit(&log->final_synced, true, memory_order_release);
+    atomic_store_explicit(&log->final_synced, true, memory_order_release);
     if (log->config.mode == DIRTY_LOG_RING) {
-        int64_t r = ring_resetter_reset(&log->resetter, false);
-        if (r < 0) {
-            rc = (int)r;
-            goto out;
-        }
+        /* Every entry is harvested; recycling them would only re-protect
+         * pages the paused guest never writes here again (issue 15, item
+         * 1: no reset on the downtime path). */
+        ring_resetter_suspend(&log->resetter, true);
         for (unsigned i = 0; i < log->vcpu_count; i++) {
             struct vcpu_ring *vr = log->rings[i];
             if (!vr)
@@ -842,6 +861,7 @@ void dirty_log_get_stats(struct dirty_log *log, struct dirty_log_stats *out)
         rate_history_rates(&log->vm_rate, &out->pages_per_s_100ms, &out->pages_per_s_1s);
     }
     out->takes = atomic_load_explicit(&log->takes, memory_order_relaxed);
+    out->tracking_starts = atomic_load_explicit(&log->tracking_starts, memory_order_relaxed);
     out->take_ns_last = atomic_load_explicit(&log->take_ns_last, memory_order_relaxed);
     out->take_pages_last = atomic_load_explicit(&log->take_pages_last, memory_order_relaxed);
     out->take_collect_ns_last = atomic_load_explicit(&log->take_collect_ns_last, memory_order_relaxed);

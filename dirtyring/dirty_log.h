@@ -64,10 +64,14 @@
  *                               migration's hold and after the final sync.
  *   dirty_log_final_sync()      vCPUs paused (out of KVM_RUN) by the caller:
  *                               drains every ring to empty / one last bitmap
- *                               GET (no CLEAR, and none after it until the
- *                               migration releases); the following
+ *                               GET. Nothing is write-protected from here
+ *                               until the migration releases (no CLEAR, no
+ *                               KVM_RESET_DIRTY_RINGS: the guest never runs
+ *                               here again unless the migration fails, and
+ *                               then it releases; a release that leaves the
+ *                               API tracking resets then). The following
  *                               dirty_log_take returns every page written
- *                               before the pause.
+ *                               before the pause, protecting none.
  *   dirty_log_stop()            = dirty_log_release(MIGRATION): tracking off
  *                               (slots lose the flag, rings drained to
  *                               empty, harvesters joined) unless another
@@ -233,6 +237,7 @@ struct dirty_log_stats {
     uint64_t bitmap_uncleared_pages;    /* now: bits set that no CLEAR has cleared yet */
     uint64_t bitmap_clear_chunk_pages;
     uint64_t takes;
+    uint64_t tracking_starts;       /* times tracking was turned on (slots flagged) */
     uint64_t take_ns_last;
     uint64_t take_pages_last;
     uint64_t take_collect_ns_last;  /* of take_ns_last: draining rings / GET+CLEAR */

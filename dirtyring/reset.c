@@ -61,8 +61,15 @@ static uint64_t now_ns(void)
     return dirtyring_now_ns();
 }
 
+void ring_resetter_suspend(struct ring_resetter *r, bool suspended)
+{
+    atomic_store_explicit(&r->suspended, suspended, memory_order_release);
+}
+
 int64_t ring_resetter_reset(struct ring_resetter *r, bool force)
 {
+    if (!force && atomic_load_explicit(&r->suspended, memory_order_acquire))
+        return 0;
     pthread_mutex_lock(&r->lock);
     uint64_t requested = 0;
     for (unsigned i = 0; i < r->ring_count; i++) {

@@ -37,6 +37,14 @@ struct ring_resetter {
     _Atomic uint64_t reset_ns_total;
     _Atomic uint64_t reset_ns_max;
     _Atomic uint64_t failures;
+    /* The source paused the guest for its switch-over (dirty_log_final_sync):
+     * re-protecting pages now is work on the downtime path for nothing,
+     * since the guest never runs here again unless the migration fails (and
+     * then the migration's tracking is released, which resumes resets).
+     * While set, only forced resets (a running vCPU's ring-full exit) issue
+     * the ioctl. Written under the dirty log's control_lock, read by any
+     * resetter. */
+    _Atomic bool suspended;
 };
 
 int ring_resetter_init(struct ring_resetter *r, int vm_fd, unsigned ring_count);
@@ -44,9 +52,12 @@ void ring_resetter_fini(struct ring_resetter *r);
 void ring_resetter_set_ring(struct ring_resetter *r, unsigned index, struct vcpu_ring *ring);
 
 /* Issues KVM_RESET_DIRTY_RINGS if any ring has unreset entries (or always
- * with force). Returns the entries the kernel reported reset (>= 0), or
+ * with force; without force nothing while suspended). Returns the entries the kernel reported reset (>= 0), or
  * -errno with a message on stderr. */
 int64_t ring_resetter_reset(struct ring_resetter *r, bool force);
+
+/* See `suspended`; any thread (the dirty log's controller). */
+void ring_resetter_suspend(struct ring_resetter *r, bool suspended);
 
 /* Total unreset entries over all rings (relaxed snapshot). */
 uint64_t ring_resetter_pending(struct ring_resetter *r);

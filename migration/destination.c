@@ -88,6 +88,7 @@ struct incoming {
     uint64_t started_mono;
     uint64_t last_publish;
     uint64_t seq;                   /* next frame to the source */
+    bool fault_held;                /* a test's fault point held the switch-over (not learned) */
 };
 
 static void incoming_publish(struct incoming *in)
@@ -129,12 +130,12 @@ static void incoming_phase(struct incoming *in, enum mig_state state, const char
  * nothing until the file named by RINGVM_FAULT_RELEASE exists (without it:
  * until killed or shut down), so a test can kill it or cut its link there.
  */
-static void fault_point(struct vm *vm, const char *point)
+static bool fault_point(struct vm *vm, const char *point)
 {
     static bool fired;
     const char *wanted = getenv("RINGVM_FAULT_INJECT");
     if (wanted == NULL || fired || strcmp(wanted, point) != 0)
-        return;
+        return false;
     fired = true;
     fprintf(stderr, "ringvm: fault-inject: stopped at %s\n", point);
     fflush(stderr);
@@ -143,6 +144,7 @@ static void fault_point(struct vm *vm, const char *point)
            (release == NULL || access(release, F_OK) != 0))
         poll(NULL, 0, 10);
     fprintf(stderr, "ringvm: fault-inject: released at %s\n", point);
+    return true;
 }
 
 /* The receiver's input (struct mig_input read_some): what the socket has,
@@ -220,8 +222,62 @@ static void local_hello(struct vm *vm, struct mig_hello *hello)
     }
     hello->vcpu_state_size = sizeof(struct vcpu_state);
     hello->vcpu_state_version = VCPU_STATE_VERSION;
-    hello->features = MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST;
+    hello->features = MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST | MIG_FEATURE_SWITCH_PROBE;
     hello->abi_version = RINGVM_ABI_VERSION;
+}
+
+/* The switch-over's dry run (migration/switch_over.h): decode the probe's
+ * state as END's restore would, then answer. An undecodable probe is
+ * reported, not refused: the real state frame is checked on its own. */
+static int incoming_answer_probe(struct incoming *in)
+{
+    struct mig_receiver *r = &in->receiver;
+    struct mig_probe_ack ack = { .status = MIG_PROBE_DECODED };
+    if (r->probe_header.kind == MIG_PROBE_MACHINE_STATE) {
+        struct machine_state state;
+        char error[512];
+        if (machine_state_decode(r->probe, r->probe_length, &state, error, sizeof(error)) != 0) {
+            ack.status = MIG_PROBE_UNDECODABLE;
+            fprintf(stderr, "ringvm: migration: the source's switch-over probe does not decode: %s\n", error);
+        }
+        machine_state_free(&state);
+    }
+    mig_receiver_drop_probe(r);
+    uint64_t now = mig_mono_ns();
+    ack.destination_ns = now > r->probe_started_ns ? now - r->probe_started_ns : 0;
+    uint8_t payload[MIG_PROBE_ACK_SIZE];
+    mig_probe_ack_encode(&ack, payload);
+    return incoming_send(in, MIG_FRAME_PROBE_ACK, payload, sizeof(payload));
+}
+
+/* After a resume: what this switch-over cost beyond its bytes, learned by
+ * this process for its own next migration, on top of what the source had
+ * learned (migration/switch_over.h). Needs the source's SWITCH_OVER frame
+ * and a downtime (clocks that agree). */
+static void incoming_learn_switch_over(struct incoming *in)
+{
+    const struct mig_receiver *r = &in->receiver;
+    if (!r->have_switch_over || in->progress.downtime_us == 0)
+        return;
+    if (in->fault_held) {
+        /* A test held this switch-over on purpose (RINGVM_FAULT_INJECT):
+         * its downtime says nothing about the next one. */
+        fprintf(stderr, "ringvm: migration: switch-over held by fault injection: its cost is not learned\n");
+        return;
+    }
+    uint64_t measured = mig_switch_over_measured_us(in->progress.downtime_us, r->switch_over.transfer_us,
+                                                    r->switch_over.digest_pass_us);
+    pthread_mutex_lock(&in->m->lock);
+    if (r->switch_over.learned_count > in->m->switch_over.learned_count) {
+        in->m->switch_over.learned_us = r->switch_over.learned_us;
+        in->m->switch_over.learned_count = r->switch_over.learned_count;
+    }
+    mig_switch_over_learn(&in->m->switch_over, measured);
+    in->progress.switch_over.learned_us = in->m->switch_over.learned_us;
+    in->progress.switch_over.learned_count = in->m->switch_over.learned_count;
+    pthread_mutex_unlock(&in->m->lock);
+    in->progress.switch_over.measured_us = measured;
+    in->progress.switch_over.measured = true;
 }
 
 /* Restores what the stream carried and lets the vCPUs run. */
@@ -524,14 +580,20 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
             }
             in->progress.setup_ms = (mig_mono_ns() - in->started_mono) / 1000000u;
             incoming_phase(in, MIG_STATE_ACTIVE, "receiving");
+        } else if (type == MIG_FRAME_PROBE) {
+            if (incoming_answer_probe(in) != 0) {
+                snprintf(error, sizeof(error), "could not answer the switch-over probe");
+                tell_source = false;
+                goto out;
+            }
         } else if (type == MIG_FRAME_END) {
-            fault_point(vm, "end");
+            in->fault_held = fault_point(vm, "end");
             break;
         } else if (type == MIG_FRAME_ITERATION) {
             fault_point(vm, atomic_load_explicit(&in->receiver.iteration, memory_order_relaxed) == 0 ? "iteration0"
                                                                                                    : "iteration1");
         } else if (type == MIG_FRAME_VCPU_STATE || type == MIG_FRAME_MACHINE_STATE) {
-            fault_point(vm, "stop-and-copy");
+            in->fault_held |= fault_point(vm, "stop-and-copy");
         }
         if (type != MIG_FRAME_HELLO && mig_mono_ns() - in->last_publish >= PUBLISH_INTERVAL_NS)
             incoming_publish(in);
@@ -582,6 +644,7 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
         in->progress.downtime_ms = (resumed - in->receiver.end.timestamp_ns + 999999u) / 1000000u;
         in->progress.downtime_us = (resumed - in->receiver.end.timestamp_ns + 999u) / 1000u;
     }
+    incoming_learn_switch_over(in);
     result = 0;
 
 out:

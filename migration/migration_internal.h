@@ -33,6 +33,7 @@
 #include "migration/protocol.h"
 #include "migration/receiver.h"
 #include "migration/sender.h"
+#include "migration/switch_over.h"
 #include "migration/tls.h"
 #include "migration/transport.h"
 #include "vmm/vcpu_state.h"
@@ -77,6 +78,11 @@ struct migration {
      * lock when an incoming migration starts (read-only afterwards, shared
      * with its session); freed by migration_release. */
     struct mig_tls_credentials *incoming_tls;
+    /* What completed switch-overs taught this process (learned_us,
+     * learned_count; dry_run_us unused): learned by a source after its
+     * ACK, or by a destination from the source's SWITCH_OVER frame and the
+     * downtime it saw (migration/switch_over.h). Under lock. */
+    struct mig_switch_over_model switch_over;
     struct mig_params params;       /* of the running migration; set before the thread starts */
     uint64_t id;
     struct api_server *server;
@@ -122,6 +128,12 @@ struct source {
                                        (migration/local_handover.h) */
     uint64_t buffer_wait_ns;        /* time waiting for send buffers (trace) */
 
+    /* The switch-over's cost: learned part copied from the manager at
+     * the start, dry_run_us from the probe (migration/switch_over.h). */
+    struct mig_switch_over_model switch_over;
+    bool peer_probes;               /* the destination announced MIG_FEATURE_SWITCH_PROBE */
+    bool learned_ignored_said;      /* the "learned cost left out" line was printed */
+    uint64_t state_bytes;           /* the state frames' size, from the probe's capture */
     uint64_t bandwidth;             /* bytes/s estimate (last iteration) */
     uint64_t digest_ms;             /* verify_digest: one XXH3 pass over RAM, estimated at start (0 = off) */
     uint64_t iteration_start_ns;    /* for a live estimate within the first iteration */

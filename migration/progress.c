@@ -164,6 +164,25 @@ json_t *mig_progress_to_json(const struct mig_progress *p)
     if (root != NULL) {
         json_object_set_new(root, "mode", json_string(p->local ? "local" : "precopy"));
         json_object_set_new(root, "downtime_us", json_integer(clamp_int(p->downtime_us)));
+        json_object_set_new(root, "expected_downtime_parts",
+                            json_pack("{s:I, s:I, s:I, s:I, s:I}", "transfer_ms",
+                                      (json_int_t)clamp_int(p->expected_parts.transfer_ms), "digest_ms",
+                                      (json_int_t)clamp_int(p->expected_parts.digest_ms), "switch_over_ms",
+                                      (json_int_t)clamp_int(p->expected_parts.switch_over_ms), "backlog_bytes",
+                                      (json_int_t)clamp_int(p->backlog_bytes), "state_bytes",
+                                      (json_int_t)clamp_int(p->state_bytes)));
+        json_object_set_new(root, "switch_over",
+                            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:o}", "dry_run_us",
+                                      (json_int_t)clamp_int(p->switch_over.dry_run_us), "probe_destination_us",
+                                      (json_int_t)clamp_int(p->switch_over.probe_destination_us), "probe_pause_us",
+                                      (json_int_t)clamp_int(p->switch_over.probe_pause_us), "learned_us",
+                                      (json_int_t)clamp_int(p->switch_over.learned_us), "learned_count",
+                                      (json_int_t)p->switch_over.learned_count, "used_us",
+                                      (json_int_t)clamp_int(p->switch_over.used_us), "learned_ignored",
+                                      p->switch_over.learned_ignored, "measured_us",
+                                      p->switch_over.measured
+                                          ? json_integer(clamp_int(p->switch_over.measured_us))
+                                          : json_null()));
         json_object_set_new(root, "tls",
                             p->tls.version[0] == '\0'
                                 ? json_null()

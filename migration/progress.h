@@ -94,6 +94,26 @@ struct mig_progress {
     uint64_t expected_downtime_ms;
     uint64_t digest_pass_ms;    /* verify_digest: one XXH3 pass over all RAM, estimated at start
                                    (part of expected_downtime_ms); 0 without verification */
+    /* The expected downtime's parts (migration/switch_over.h), as of the
+     * last iteration; expected_downtime_ms is their sum. */
+    struct {
+        uint64_t transfer_ms;   /* pages left + socket backlog + state, at the bandwidth */
+        uint64_t digest_ms;     /* what verify_digest adds */
+        uint64_t switch_over_ms;
+    } expected_parts;
+    uint64_t backlog_bytes;     /* written, not yet delivered at the last decision (in transfer_ms) */
+    uint64_t state_bytes;       /* the vCPU/device state the switch-over sends (in transfer_ms) */
+    struct {
+        uint64_t dry_run_us;    /* this migration's probe round (0 = the peer has no probe) */
+        uint64_t probe_destination_us;  /* of it: the destination reading and decoding the state */
+        uint64_t probe_pause_us;        /* of it: the guest paused for the capture */
+        uint64_t learned_us;    /* what completed switch-overs taught this process, before this one */
+        uint32_t learned_count;
+        uint64_t used_us;       /* max(dry run, learned): what the expected downtime includes */
+        bool learned_ignored;   /* learned >= the downtime limit: left out (switch_over.h) */
+        uint64_t measured_us;   /* after completion: downtime - transfer (and digest) of this one */
+        bool measured;
+    } switch_over;
     uint64_t downtime_ms;       /* source pause -> destination resume */
     uint64_t downtime_us;       /* the same in microseconds (a local hand-over's is a few ms) */
     uint64_t setup_ms;

@@ -29,6 +29,9 @@ const char *mig_frame_type_name(uint32_t type)
     case MIG_FRAME_ACK: return "ack";
     case MIG_FRAME_ERROR: return "error";
     case MIG_FRAME_MACHINE_STATE: return "machine-state";
+    case MIG_FRAME_PROBE: return "probe";
+    case MIG_FRAME_PROBE_ACK: return "probe-ack";
+    case MIG_FRAME_SWITCH_OVER: return "switch-over";
     }
     return "unknown";
 }
@@ -102,6 +105,16 @@ bool mig_frame_length_bounds(uint32_t type, uint64_t *min, uint64_t *max)
         /* Its own decoder checks every section's length. */
         *min = MACHINE_STATE_HEADER_SIZE;
         *max = MIG_MACHINE_STATE_MAX;
+        return true;
+    case MIG_FRAME_PROBE:
+        *min = MIG_PROBE_HEADER_SIZE;
+        *max = MIG_PROBE_MAX;
+        return true;
+    case MIG_FRAME_PROBE_ACK:
+        *min = *max = MIG_PROBE_ACK_SIZE;
+        return true;
+    case MIG_FRAME_SWITCH_OVER:
+        *min = *max = MIG_SWITCH_OVER_SIZE;
         return true;
     }
     return false;
@@ -421,6 +434,73 @@ int mig_end_decode(const uint8_t in[MIG_END_SIZE], struct mig_end *end, char *er
     }
     if (!(end->flags & MIG_END_HAS_DIGEST))
         end->digest[0] = '\0';
+    return 0;
+}
+
+void mig_probe_header_encode(const struct mig_probe_header *probe, uint8_t out[MIG_PROBE_HEADER_SIZE])
+{
+    mig_put_u32(out, probe->kind);
+    mig_put_u32(out + 4, probe->count);
+}
+
+int mig_probe_header_decode(const uint8_t in[MIG_PROBE_HEADER_SIZE], struct mig_probe_header *out, char *error,
+                            size_t error_size)
+{
+    out->kind = mig_get_u32(in);
+    out->count = mig_get_u32(in + 4);
+    if (out->kind == MIG_PROBE_MACHINE_STATE && out->count == 0)
+        return 0;
+    if (out->kind == MIG_PROBE_VCPU_STATES && out->count >= 1 && out->count <= MIG_MAX_VCPUS)
+        return 0;
+    snprintf(error, error_size, "probe of kind %" PRIu32 " with count %" PRIu32 " (kinds: 1 machine state with "
+             "count 0, 2 vCPU states with count 1..%u)", out->kind, out->count, MIG_MAX_VCPUS);
+    return -1;
+}
+
+void mig_probe_ack_encode(const struct mig_probe_ack *ack, uint8_t out[MIG_PROBE_ACK_SIZE])
+{
+    mig_put_u64(out, ack->destination_ns);
+    mig_put_u32(out + 8, ack->status);
+    mig_put_u32(out + 12, 0);
+}
+
+int mig_probe_ack_decode(const uint8_t in[MIG_PROBE_ACK_SIZE], struct mig_probe_ack *out, char *error,
+                         size_t error_size)
+{
+    out->destination_ns = mig_get_u64(in);
+    out->status = mig_get_u32(in + 8);
+    uint32_t reserved = mig_get_u32(in + 12);
+    if ((out->status != MIG_PROBE_DECODED && out->status != MIG_PROBE_UNDECODABLE) || reserved != 0) {
+        snprintf(error, error_size, "probe-ack with status %" PRIu32 " and reserved %" PRIu32 " (status 0 or 1, "
+                 "reserved 0)", out->status, reserved);
+        return -1;
+    }
+    return 0;
+}
+
+void mig_switch_over_encode(const struct mig_switch_over *switch_over, uint8_t out[MIG_SWITCH_OVER_SIZE])
+{
+    mig_put_u64(out, switch_over->transfer_us);
+    mig_put_u64(out + 8, switch_over->digest_pass_us);
+    mig_put_u64(out + 16, switch_over->learned_us);
+    mig_put_u32(out + 24, switch_over->learned_count);
+    mig_put_u32(out + 28, 0);
+}
+
+int mig_switch_over_decode(const uint8_t in[MIG_SWITCH_OVER_SIZE], struct mig_switch_over *out, char *error,
+                           size_t error_size)
+{
+    out->transfer_us = mig_get_u64(in);
+    out->digest_pass_us = mig_get_u64(in + 8);
+    out->learned_us = mig_get_u64(in + 16);
+    out->learned_count = mig_get_u32(in + 24);
+    uint32_t reserved = mig_get_u32(in + 28);
+    if (reserved != 0 || (out->learned_count == 0 && out->learned_us != 0)) {
+        snprintf(error, error_size, "switch-over frame with reserved %" PRIu32 ", learned %" PRIu64 " us from %"
+                 PRIu32 " migrations (reserved 0; nothing learned from none)", reserved, out->learned_us,
+                 out->learned_count);
+        return -1;
+    }
     return 0;
 }
 

@@ -45,7 +45,14 @@ enum mig_frame_type {
     MIG_FRAME_MACHINE_STATE = 12, /* source -> destination: a Linux guest's machine
                                      state v2 (migration/machine_state.h), instead of
                                      vcpu-state frames */
-    MIG_FRAME_TYPE_MAX = 12,
+    MIG_FRAME_PROBE = 13,       /* source -> destination, right after the hello (only when both
+                                   announce MIG_FEATURE_SWITCH_PROBE): a dry run of the state
+                                   path, the state as the switch-over would send it */
+    MIG_FRAME_PROBE_ACK = 14,   /* destination -> source: the probe was read and decoded */
+    MIG_FRAME_SWITCH_OVER = 15, /* source -> destination, after the state, before END (with
+                                   MIG_FEATURE_SWITCH_PROBE): what the switch-over cost model
+                                   knows, so the destination learns it (switch_over.h) */
+    MIG_FRAME_TYPE_MAX = 15,
 };
 
 const char *mig_frame_type_name(uint32_t type);
@@ -54,7 +61,9 @@ const char *mig_frame_type_name(uint32_t type);
 #define MIG_FEATURE_ZERO_PAGES  0x1ull   /* memory runs may carry MIG_RUN_ZERO */
 #define MIG_FEATURE_DIGEST      0x2ull   /* END carries the source digest; the
                                             destination verifies before resuming */
-#define MIG_FEATURES_KNOWN      (MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST)
+#define MIG_FEATURE_SWITCH_PROBE 0x4ull  /* PROBE/PROBE_ACK after the hello, SWITCH_OVER
+                                            before END (migration/switch_over.h) */
+#define MIG_FEATURES_KNOWN      (MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST | MIG_FEATURE_SWITCH_PROBE)
 
 /* Payload sizes and bounds. */
 #define MIG_HELLO_SIZE          104u
@@ -69,6 +78,11 @@ const char *mig_frame_type_name(uint32_t type);
  * 1024 MSRs each stay well below it). */
 #define MIG_MACHINE_STATE_MAX   (8u << 20)
 #define MIG_RUN_HEADER_SIZE     16u
+/* PROBE: kind, count, then the state as the switch-over would send it. */
+#define MIG_PROBE_HEADER_SIZE   8u
+#define MIG_PROBE_MAX           (MIG_PROBE_HEADER_SIZE + MIG_MACHINE_STATE_MAX)
+#define MIG_PROBE_ACK_SIZE      16u
+#define MIG_SWITCH_OVER_SIZE    32u
 /* A memory frame's payload never exceeds this (the sender uses less). */
 #define MIG_MEMORY_MAX_PAYLOAD  (64u << 20)
 /* Pages in one run (a run never crosses this; keeps page_count * 4096 in 32 bits). */
@@ -125,6 +139,33 @@ struct mig_device_state {
     uint64_t ledger_mismatches;
     uint32_t guest_phase[MIG_MAX_VCPUS];
     char workload[MIG_WORKLOAD_TEXT_SIZE];  /* canonical --workload text, NUL-terminated */
+};
+
+/* PROBE's kinds: what its body holds. */
+#define MIG_PROBE_MACHINE_STATE 1u      /* one machine-state encoding (a Linux guest) */
+#define MIG_PROBE_VCPU_STATES   2u      /* count vcpu-state payloads (the built-in guest) */
+
+struct mig_probe_header {
+    uint32_t kind;
+    uint32_t count;             /* vCPUs for MIG_PROBE_VCPU_STATES, else 0 */
+};
+
+/* PROBE_ACK's status. */
+#define MIG_PROBE_DECODED       0u      /* the body decoded as the real state would */
+#define MIG_PROBE_UNDECODABLE   1u      /* it did not: the switch-over would fail the same way */
+
+struct mig_probe_ack {
+    uint64_t destination_ns;    /* from the probe's header to the answer (read, check, decode) */
+    uint32_t status;            /* MIG_PROBE_DECODED or MIG_PROBE_UNDECODABLE */
+};
+
+/* SWITCH_OVER: what the destination needs to learn this switch-over's cost
+ * (migration/switch_over.h), sent after the state, before END. */
+struct mig_switch_over {
+    uint64_t transfer_us;       /* the bytes sent after the pause, at the source's bandwidth */
+    uint64_t digest_pass_us;    /* verify_digest: one hash pass (0 = none) */
+    uint64_t learned_us;        /* the source's learned cost before this migration */
+    uint32_t learned_count;     /* 0 = nothing learned */
 };
 
 /* END (source) and ACK (destination) share one layout. */
@@ -189,6 +230,9 @@ void mig_iteration_encode(const struct mig_iteration *it, uint8_t out[MIG_ITERAT
 void mig_run_encode(const struct mig_run *run, uint8_t out[MIG_RUN_HEADER_SIZE]);
 void mig_device_state_encode(const struct mig_device_state *d, uint8_t out[MIG_DEVICE_STATE_SIZE]);
 void mig_end_encode(const struct mig_end *end, uint8_t out[MIG_END_SIZE]);
+void mig_probe_header_encode(const struct mig_probe_header *probe, uint8_t out[MIG_PROBE_HEADER_SIZE]);
+void mig_probe_ack_encode(const struct mig_probe_ack *ack, uint8_t out[MIG_PROBE_ACK_SIZE]);
+void mig_switch_over_encode(const struct mig_switch_over *switch_over, uint8_t out[MIG_SWITCH_OVER_SIZE]);
 /* Returns the payload length (4 + message bytes, message cut at MIG_ERROR_MAX_MESSAGE). */
 size_t mig_error_encode(uint32_t code, const char *message, uint8_t out[4 + MIG_ERROR_MAX_MESSAGE]);
 
@@ -219,6 +263,16 @@ void mig_run_decode(const uint8_t in[MIG_RUN_HEADER_SIZE], struct mig_run *out);
 int mig_device_state_decode(const uint8_t in[MIG_DEVICE_STATE_SIZE], struct mig_device_state *out,
                             char *error, size_t error_size);
 int mig_end_decode(const uint8_t in[MIG_END_SIZE], struct mig_end *out, char *error, size_t error_size);
+/* Known kind, count 0 for a machine state and 1..MIG_MAX_VCPUS for vCPU
+ * states. 0 or -1 with a message. */
+int mig_probe_header_decode(const uint8_t in[MIG_PROBE_HEADER_SIZE], struct mig_probe_header *out, char *error,
+                            size_t error_size);
+/* Known status, reserved 0. */
+int mig_probe_ack_decode(const uint8_t in[MIG_PROBE_ACK_SIZE], struct mig_probe_ack *out, char *error,
+                         size_t error_size);
+/* Reserved 0, learned_us 0 when learned_count is. */
+int mig_switch_over_decode(const uint8_t in[MIG_SWITCH_OVER_SIZE], struct mig_switch_over *out, char *error,
+                           size_t error_size);
 /* message gets the text (NUL-terminated, non-printable bytes replaced by '?'). */
 void mig_error_decode(const uint8_t *in, size_t length, uint32_t *code, char *message,
                       size_t message_size);

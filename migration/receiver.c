@@ -122,7 +122,8 @@ int mig_receiver_init(struct mig_receiver *r, uint8_t *ram, uint64_t ram_bytes, 
         r->vcpu_states = NULL;
         return -1;
     }
-    r->scratch_size = 4 + MIG_ERROR_MAX_MESSAGE + MIG_HELLO_SIZE + MIG_DEVICE_STATE_SIZE + MIG_END_SIZE;
+    r->scratch_size = 4 + MIG_ERROR_MAX_MESSAGE + MIG_HELLO_SIZE + MIG_DEVICE_STATE_SIZE + MIG_END_SIZE +
+                      MIG_SWITCH_OVER_SIZE;
     r->scratch = malloc(r->scratch_size);
     r->staging = malloc(MIG_RECEIVER_STAGING_BYTES);
     if (r->scratch == NULL || r->staging == NULL) {
@@ -132,8 +133,16 @@ int mig_receiver_init(struct mig_receiver *r, uint8_t *ram, uint64_t ram_bytes, 
     return 0;
 }
 
+void mig_receiver_drop_probe(struct mig_receiver *r)
+{
+    free(r->probe);
+    r->probe = NULL;
+    r->probe_length = 0;
+}
+
 void mig_receiver_destroy(struct mig_receiver *r)
 {
+    mig_receiver_drop_probe(r);
     free(r->machine_state);
     r->machine_state = NULL;
     r->machine_state_length = 0;
@@ -464,7 +473,7 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
         if (r->frame_clock_running)
             r->frame_deadline_ns = r->frame_start_ns + frame_window_ns(r);
     }
-    if (header.type == MIG_FRAME_HELLO_ACK || header.type == MIG_FRAME_ACK)
+    if (header.type == MIG_FRAME_HELLO_ACK || header.type == MIG_FRAME_ACK || header.type == MIG_FRAME_PROBE_ACK)
         return fail(r, MIG_ERR_STREAM, "unexpected %s frame from the source", mig_frame_type_name(header.type));
     if (!r->got_hello && header.type != MIG_FRAME_HELLO && header.type != MIG_FRAME_ERROR)
         return fail(r, MIG_ERR_STREAM, "%s frame before the hello", mig_frame_type_name(header.type));
@@ -474,8 +483,56 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
     if (header.type == MIG_FRAME_MEMORY) {
         if (receive_memory(r, input, raw, &header) != 0)
             return -1;
+        r->stream_started = true;
         r->seq++;
         return MIG_FRAME_MEMORY;
+    }
+    if (header.type == MIG_FRAME_PROBE || header.type == MIG_FRAME_SWITCH_OVER) {
+        if (!(r->local.features & MIG_FEATURE_SWITCH_PROBE))
+            return fail(r, MIG_ERR_STREAM, "%s frame, but this destination did not announce the switch-over "
+                        "probe", mig_frame_type_name(header.type));
+    }
+    if (header.type == MIG_FRAME_PROBE) {
+        /* Once, before the stream: a dry run of the state path. Its length
+         * is bounded by mig_header_decode (MIG_PROBE_MAX). */
+        if (r->got_probe)
+            return fail(r, MIG_ERR_STREAM, "second probe frame");
+        if (r->stream_started)
+            return fail(r, MIG_ERR_STREAM, "probe frame after the stream began");
+        uint64_t started = input_now_ns(input);
+        uint8_t *bytes = malloc((size_t)header.length);
+        if (bytes == NULL)
+            return fail(r, MIG_ERR_INTERNAL, "out of memory for a %" PRIu64 "-byte probe frame", header.length);
+        if (read_input(r, input, bytes, (size_t)header.length) != 0) {
+            free(bytes);
+            return -1;
+        }
+        if (mig_frame_checksum(raw, bytes, (size_t)header.length) != header.checksum) {
+            free(bytes);
+            return fail(r, MIG_ERR_STREAM, "probe frame checksum mismatch");
+        }
+        struct mig_probe_header probe;
+        if (mig_probe_header_decode(bytes, &probe, text, sizeof(text)) != 0) {
+            free(bytes);
+            return fail(r, MIG_ERR_STREAM, "%s", text);
+        }
+        uint64_t body = header.length - MIG_PROBE_HEADER_SIZE;
+        uint64_t per_vcpu = MIG_VCPU_STATE_HEADER + (uint64_t)r->local.vcpu_state_size;
+        if (probe.kind == MIG_PROBE_VCPU_STATES &&
+            (probe.count != r->local.vcpu_count || body != probe.count * per_vcpu)) {
+            free(bytes);
+            return fail(r, MIG_ERR_STREAM, "probe of %" PRIu32 " vCPU states in %" PRIu64 " bytes (this VM has %"
+                        PRIu32 " vCPUs of %" PRIu64 " bytes each)", probe.count, body, r->local.vcpu_count,
+                        per_vcpu);
+        }
+        memmove(bytes, bytes + MIG_PROBE_HEADER_SIZE, (size_t)body);
+        r->probe = bytes;
+        r->probe_length = (size_t)body;
+        r->probe_header = probe;
+        r->probe_started_ns = started;
+        r->got_probe = true;
+        r->seq++;
+        return MIG_FRAME_PROBE;
     }
 
     /* Small frames: payload into scratch (bounded), then checksum. */
@@ -564,8 +621,16 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
             return fail(r, MIG_ERR_STREAM, "iteration %" PRIu64 " after iteration %" PRIu64, it.iteration,
                         previous);
         atomic_store_explicit(&r->iteration, it.iteration, memory_order_relaxed);
+        r->stream_started = true;
         break;
     }
+    case MIG_FRAME_SWITCH_OVER:
+        if (r->have_switch_over)
+            return fail(r, MIG_ERR_STREAM, "second switch-over frame");
+        if (mig_switch_over_decode(payload, &r->switch_over, text, sizeof(text)) != 0)
+            return fail(r, MIG_ERR_STREAM, "%s", text);
+        r->have_switch_over = true;
+        break;
     case MIG_FRAME_DEVICE_STATE:
         if (mig_device_state_decode(payload, &r->device, text, sizeof(text)) != 0)
             return fail(r, MIG_ERR_STREAM, "%s", text);

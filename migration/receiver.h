@@ -122,6 +122,21 @@ struct mig_receiver {
      * decoded by the destination at END. Heap, owned. */
     uint8_t *machine_state;
     size_t machine_state_length;
+    /* The switch-over's dry run (MIG_FRAME_PROBE, only when local
+     * announces MIG_FEATURE_SWITCH_PROBE; at most one, before the first
+     * iteration marker or memory frame): its body as received, checksum
+     * verified, header checked. The destination decodes it, answers
+     * PROBE_ACK and frees it (mig_receiver_drop_probe). Heap, owned.
+     * probe_started_ns: the input clock when its header arrived. */
+    uint8_t *probe;
+    size_t probe_length;                /* body bytes after the probe header */
+    struct mig_probe_header probe_header;
+    uint64_t probe_started_ns;
+    bool got_probe;
+    bool stream_started;                /* an iteration marker or memory frame came */
+    /* MIG_FRAME_SWITCH_OVER (same feature; at most one, before END). */
+    struct mig_switch_over switch_over;
+    bool have_switch_over;
     struct mig_device_state device;
     bool have_device;
     struct mig_end end;
@@ -169,6 +184,8 @@ struct mig_receiver {
  * is faulted in to be checked). Returns 0 or -1 (out of memory). */
 int mig_receiver_init(struct mig_receiver *r, uint8_t *ram, uint64_t ram_bytes, const struct mig_hello *local);
 void mig_receiver_destroy(struct mig_receiver *r);
+/* Frees the probe's body (after the destination answered it). */
+void mig_receiver_drop_probe(struct mig_receiver *r);
 
 /*
  * Turns on the frame deadline: from the arrival of a frame's first byte

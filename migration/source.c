@@ -510,6 +510,7 @@ static int source_handshake(struct source *s)
         return source_fail(s, "stream", "destination hello: %s", text);
     if (mig_hello_compare(&hello, &peer, true, text, sizeof(text)) != 0)
         return source_fail(s, "config-mismatch", "configuration mismatch: %s", text);
+    s->peer_probes = (peer.features & MIG_FEATURE_SWITCH_PROBE) != 0;
     return 0;
 }
 
@@ -588,68 +589,197 @@ static ssize_t ack_read_some(void *ctx, void *data, size_t capacity, char *error
     }
 }
 
-/* The built-in guest's state: one vcpu-state frame per vCPU (struct
- * vcpu_state, VCPU_STATE_VERSION). */
-static int source_send_vcpu_states(struct source *s)
+/* The vCPU and machine state as the switch-over sends it, captured with
+ * the vCPUs paused (out of KVM_RUN) by the caller: a Linux guest's one
+ * machine-state encoding, or the built-in guest's vcpu-state payloads
+ * back to back ([u32 index][u32 size][struct vcpu_state] each). */
+struct captured_state {
+    uint8_t *bytes;
+    size_t size;
+    uint32_t kind;          /* MIG_PROBE_MACHINE_STATE or MIG_PROBE_VCPU_STATES */
+    uint32_t vcpu_count;    /* vcpu-state payloads in bytes (kind VCPU_STATES) */
+};
+
+static size_t vcpu_state_payload_size(void)
+{
+    return MIG_VCPU_STATE_HEADER + sizeof(struct vcpu_state);
+}
+
+static int source_capture_state(struct source *s, struct captured_state *out)
 {
     struct vm *vm = s->vm;
-    struct vcpu_state *state = malloc(sizeof(*state));
-    uint8_t *frame = malloc(MIG_VCPU_STATE_HEADER + sizeof(*state));
-    if (state == NULL || frame == NULL) {
-        free(state);
-        free(frame);
-        return source_fail(s, "internal", "out of memory for vCPU state");
+    char error[512];
+    memset(out, 0, sizeof(*out));
+    if (vm_is_linux_guest(vm)) {
+        struct machine_state state;
+        if (machine_state_vm_capture(vm, &state, error, sizeof(error)) != 0)
+            return source_fail(s, "internal", "capturing the machine state: %s", error);
+        size_t size = machine_state_encoded_size(&state);
+        uint8_t *bytes = malloc(size);
+        if (bytes == NULL) {
+            machine_state_free(&state);
+            return source_fail(s, "internal", "out of memory for %zu bytes of machine state", size);
+        }
+        size_t written = machine_state_encode(&state, bytes, size, error, sizeof(error));
+        machine_state_free(&state);
+        if (written != size) {
+            free(bytes);
+            return source_fail(s, "internal", "encoding the machine state: %s", error);
+        }
+        *out = (struct captured_state){ .bytes = bytes, .size = size, .kind = MIG_PROBE_MACHINE_STATE };
+        return 0;
     }
-    for (unsigned i = 0; i < vm->config.vcpu_count; i++) {
-        memset(state, 0, sizeof(*state));
-        int r = vcpu_state_save(vm->vcpus[i].fd, vm->msr_indices, vm->msr_count, vm->config.create_irqchip, state);
+    unsigned count = vm->config.vcpu_count;
+    size_t each = vcpu_state_payload_size();
+    uint8_t *bytes = calloc(count, each);
+    if (bytes == NULL)
+        return source_fail(s, "internal", "out of memory for vCPU state");
+    for (unsigned i = 0; i < count; i++) {
+        uint8_t *payload = bytes + (size_t)i * each;
+        struct vcpu_state state;
+        memset(&state, 0, sizeof(state));
+        int r = vcpu_state_save(vm->vcpus[i].fd, vm->msr_indices, vm->msr_count, vm->config.create_irqchip, &state);
         if (r != 0) {
-            free(state);
-            free(frame);
+            free(bytes);
             return source_fail(s, "internal", "saving vCPU %u state: %s", i, strerror(-r));
         }
-        mig_put_u32(frame, i);
-        mig_put_u32(frame + 4, (uint32_t)sizeof(*state));
-        memcpy(frame + MIG_VCPU_STATE_HEADER, state, sizeof(*state));
-        if (source_small_frame(s, MIG_FRAME_VCPU_STATE, frame, MIG_VCPU_STATE_HEADER + sizeof(*state)) != 0) {
-            free(state);
-            free(frame);
-            return -1;
-        }
+        mig_put_u32(payload, i);
+        mig_put_u32(payload + 4, (uint32_t)sizeof(state));
+        memcpy(payload + MIG_VCPU_STATE_HEADER, &state, sizeof(state));
     }
-    free(state);
-    free(frame);
+    *out = (struct captured_state){ .bytes = bytes, .size = count * each, .kind = MIG_PROBE_VCPU_STATES,
+                                    .vcpu_count = count };
     return 0;
 }
 
-/* A Linux guest's state, encoded for one machine-state frame
- * (migration/machine_state.h): its vCPUs, irqchips, PIT, clock, UART and
- * CMOS. Captured right after the pause and BEFORE the final dirty sync:
- * KVM writes guest RAM on behalf of vCPU ioctls (steal time's preempted
- * flag when the calling thread is scheduled out inside one, kvmclock), and
- * such a write must land in the final dirty set, not after it (QEMU, too,
- * synchronises the CPU state at vm_stop, before its last RAM pass). Seen as
- * a digest mismatch when the capture came after the sync. */
-static int source_capture_machine_state(struct source *s, uint8_t **bytes_out, size_t *size_out)
+/* Queues the captured state: one machine-state frame, or a vcpu-state
+ * frame per vCPU. */
+static int source_send_state(struct source *s, const struct captured_state *state)
 {
-    struct machine_state state;
-    char error[512];
-    if (machine_state_vm_capture(s->vm, &state, error, sizeof(error)) != 0)
-        return source_fail(s, "internal", "capturing the machine state: %s", error);
-    size_t size = machine_state_encoded_size(&state);
-    uint8_t *bytes = malloc(size);
-    if (bytes == NULL) {
-        machine_state_free(&state);
-        return source_fail(s, "internal", "out of memory for %zu bytes of machine state", size);
+    if (state->kind == MIG_PROBE_MACHINE_STATE)
+        return source_small_frame(s, MIG_FRAME_MACHINE_STATE, state->bytes, state->size);
+    size_t each = vcpu_state_payload_size();
+    for (uint32_t i = 0; i < state->vcpu_count; i++)
+        if (source_small_frame(s, MIG_FRAME_VCPU_STATE, state->bytes + (size_t)i * each, each) != 0)
+            return -1;
+    return 0;
+}
+
+/* Bytes on the wire of everything the switch-over sends besides pages:
+ * the state frames, DEVICE_STATE, SWITCH_OVER and END. */
+static uint64_t switch_over_frame_bytes(const struct captured_state *state, bool peer_probes)
+{
+    uint64_t bytes = state->kind == MIG_PROBE_MACHINE_STATE
+                         ? MIG_HEADER_SIZE + state->size
+                         : (uint64_t)state->vcpu_count * (MIG_HEADER_SIZE + vcpu_state_payload_size());
+    bytes += MIG_HEADER_SIZE + MIG_DEVICE_STATE_SIZE + MIG_HEADER_SIZE + MIG_END_SIZE;
+    if (peer_probes)
+        bytes += MIG_HEADER_SIZE + MIG_SWITCH_OVER_SIZE;
+    return bytes;
+}
+
+/* The switch-over part of the expected downtime (switch_over.h), saying
+ * once why a learned cost is left out. */
+static uint64_t source_switch_over_budget_us(struct source *s)
+{
+    bool ignored = false;
+    uint64_t budget = mig_switch_over_budget_us(&s->switch_over, s->params.downtime_ms, &ignored);
+    s->progress.switch_over.learned_ignored = ignored;
+    if (ignored && !s->learned_ignored_said) {
+        s->learned_ignored_said = true;
+        fprintf(stderr, "ringvm: migration %" PRIu64 ": the learned switch-over cost (%" PRIu64 " us from %" PRIu32
+                " switch-overs) is at or above downtime_ms=%" PRIu64 ": left out, the dry run (%" PRIu64
+                " us) stands in for it\n", s->progress.id, s->switch_over.learned_us, s->switch_over.learned_count,
+                s->params.downtime_ms, s->switch_over.dry_run_us);
     }
-    size_t written = machine_state_encode(&state, bytes, size, error, sizeof(error));
-    machine_state_free(&state);
-    if (written != size) {
-        free(bytes);
-        return source_fail(s, "internal", "encoding the machine state: %s", error);
+    return budget;
+}
+
+/*
+ * The switch-over's dry run (migration/switch_over.h), right after the
+ * handshake, before the sender thread starts (the stream is ours): pause
+ * the vCPUs as the switch-over does, capture and encode their state,
+ * resume, send the state in a PROBE frame, and wait for the destination's
+ * PROBE_ACK (it decodes the state as END's restore would). The whole round
+ * is the dry run's cost. The guest pauses once, for as long as the real
+ * switch-over's pause and capture take (probe_pause_us). A guest the
+ * operator paused stays paused.
+ */
+static int source_probe_switch_over(struct source *s)
+{
+    struct vm *vm = s->vm;
+    uint64_t started = mig_mono_ns();
+    pthread_mutex_lock(&vm->control_lock);
+    bool user_paused = vm_get_state(vm) == VM_STATE_PAUSED;
+    int r = vm_pause_vcpus(vm);
+    struct captured_state state = { 0 };
+    int captured = r == 0 ? source_capture_state(s, &state) : -1;
+    if (r == 0 && !user_paused)
+        vm_resume_vcpus(vm);     /* a failed pause released the vCPUs itself */
+    pthread_mutex_unlock(&vm->control_lock);
+    uint64_t resumed = mig_mono_ns();
+    if (r != 0) {
+        if (r == -ECANCELED) {
+            s->cancelled = true;
+            return source_fail(s, "shutdown", "the VM is shutting down");
+        }
+        return source_fail(s, "internal", "switch-over probe: could not pause the vCPUs: %s", strerror(-r));
     }
-    *bytes_out = bytes;
-    *size_out = size;
+    if (captured != 0)
+        return -1;
+    s->state_bytes = switch_over_frame_bytes(&state, true);
+
+    size_t length = MIG_PROBE_HEADER_SIZE + state.size;
+    uint8_t *frame = malloc(MIG_HEADER_SIZE + length);
+    if (frame == NULL) {
+        free(state.bytes);
+        return source_fail(s, "internal", "out of memory for a %zu-byte probe", length);
+    }
+    struct mig_probe_header header = { .kind = state.kind, .count = state.vcpu_count };
+    mig_probe_header_encode(&header, frame + MIG_HEADER_SIZE);
+    memcpy(frame + MIG_HEADER_SIZE + MIG_PROBE_HEADER_SIZE, state.bytes, state.size);
+    free(state.bytes);
+    mig_header_encode(frame, MIG_FRAME_PROBE, s->seq++, length);
+    mig_header_seal(frame, frame + MIG_HEADER_SIZE, length);
+    char text[600];
+    r = mig_io_write(&s->io, frame, MIG_HEADER_SIZE + length, text, sizeof(text));
+    free(frame);
+    if (r != 0)
+        return source_fail(s, s->cancelled ? "cancelled" : "transport", "switch-over probe: %s", text);
+
+    uint8_t reply[4 + MIG_ERROR_MAX_MESSAGE];
+    struct mig_frame_header reply_header;
+    if (mig_read_small_frame(&s->input, s->peer_seq++, &reply_header, reply, sizeof(reply), text, sizeof(text)) !=
+        0) {
+        if (atomic_load_explicit(&s->m->cancel, memory_order_acquire)) {
+            s->cancelled = true;
+            return source_fail(s, "cancelled", "cancelled by migration.cancel");
+        }
+        return source_fail(s, "transport", "switch-over probe: %s", text);
+    }
+    if (reply_header.type == MIG_FRAME_ERROR) {
+        uint32_t code;
+        char message[MIG_ERROR_MAX_MESSAGE + 1];
+        mig_error_decode(reply, (size_t)reply_header.length, &code, message, sizeof(message));
+        return source_fail(s, "destination-error", "destination refused: %s", message);
+    }
+    if (reply_header.type != MIG_FRAME_PROBE_ACK)
+        return source_fail(s, "stream", "destination answered the switch-over probe with a %s frame",
+                           mig_frame_type_name(reply_header.type));
+    struct mig_probe_ack ack;
+    if (mig_probe_ack_decode(reply, &ack, text, sizeof(text)) != 0)
+        return source_fail(s, "stream", "destination probe-ack: %s", text);
+    if (ack.status != MIG_PROBE_DECODED)
+        fprintf(stderr, "ringvm: migration %" PRIu64 ": the destination could not decode the switch-over probe's "
+                "state (its stderr says why); continuing, the real state is checked at the switch-over\n",
+                s->progress.id);
+    uint64_t ended = mig_mono_ns();
+    s->switch_over.dry_run_us = (ended - started + 999u) / 1000u;
+    s->progress.switch_over.dry_run_us = s->switch_over.dry_run_us;
+    s->progress.switch_over.probe_pause_us = (resumed - started + 999u) / 1000u;
+    s->progress.switch_over.probe_destination_us = (ack.destination_ns + 999u) / 1000u;
+    s->progress.switch_over.used_us = source_switch_over_budget_us(s);
+    s->progress.state_bytes = s->state_bytes;
     return 0;
 }
 
@@ -751,24 +881,23 @@ static int source_complete(struct source *s)
     }
     s->paused = true;
     uint64_t pause_mono = mig_mono_ns(), pause_real = mig_real_ns();
+    /* What crosses the link from here on: what was written and not yet
+     * delivered (the backlog), then everything written after now. */
+    uint64_t backlog_at_pause = s->local ? 0 : socket_queued_bytes(s->fd);
+    uint64_t written_at_pause = mig_sender_bytes(&s->sender);
     mig_trace("src paused");
-    uint8_t *machine_state = NULL;
-    size_t machine_state_size = 0;
-    if (vm_is_linux_guest(vm) && source_capture_machine_state(s, &machine_state, &machine_state_size) != 0)
+    struct captured_state state;
+    if (source_capture_state(s, &state) != 0)
         return -1;
     if (!s->local && source_final_pages(s) != 0) {
-        free(machine_state);
+        free(state.bytes);
         return -1;
     }
     mig_trace("src pages queued");
-    if (machine_state != NULL) {
-        r = source_small_frame(s, MIG_FRAME_MACHINE_STATE, machine_state, machine_state_size);
-        free(machine_state);
-        if (r != 0)
-            return -1;
-    } else if (source_send_vcpu_states(s) != 0) {
+    r = source_send_state(s, &state);
+    free(state.bytes);
+    if (r != 0)
         return -1;
-    }
     struct mig_device_state device;
     memset(&device, 0, sizeof(device));
     device.version = 2;
@@ -799,6 +928,30 @@ static int source_complete(struct source *s)
         snprintf(s->progress.digest_source, sizeof(s->progress.digest_source), "%s", hex);
         snprintf(end.digest, sizeof(end.digest), "%s", hex);
         end.flags |= MIG_END_HAS_DIGEST;
+    }
+    /* The switch-over frame carries this switch-over's transfer part, so
+     * the destination can learn its cost (switch_over.h). Its bytes are
+     * known exactly once everything before it is written. */
+    uint64_t transfer_after_pause_us = 0;
+    if (!s->local) {
+        if (source_flush(s) != 0)
+            return -1;
+        uint64_t after_pause = mig_sender_bytes(&s->sender) - written_at_pause + backlog_at_pause +
+                               (s->peer_probes ? MIG_HEADER_SIZE + MIG_SWITCH_OVER_SIZE : 0) + MIG_HEADER_SIZE +
+                               MIG_END_SIZE;
+        transfer_after_pause_us = mig_transfer_us(after_pause, s->bandwidth);
+    }
+    if (s->peer_probes && !s->local) {
+        struct mig_switch_over report = {
+            .transfer_us = transfer_after_pause_us,
+            .digest_pass_us = s->digest_ms * 1000u,
+            .learned_us = s->switch_over.learned_count > 0 ? s->switch_over.learned_us : 0,
+            .learned_count = s->switch_over.learned_count,
+        };
+        uint8_t report_bytes[MIG_SWITCH_OVER_SIZE];
+        mig_switch_over_encode(&report, report_bytes);
+        if (source_small_frame(s, MIG_FRAME_SWITCH_OVER, report_bytes, sizeof(report_bytes)) != 0)
+            return -1;
     }
     uint8_t end_bytes[MIG_END_SIZE];
     mig_end_encode(&end, end_bytes);
@@ -922,6 +1075,17 @@ static int source_complete(struct source *s)
         s->progress.downtime_ms = (now_mono - pause_mono) / 1000000u;   /* clocks disagree: upper bound */
         s->progress.downtime_us = (now_mono - pause_mono) / 1000u;
     }
+    if (!s->local) {
+        /* What this switch-over cost beyond its bytes, for this process's
+         * next migration (switch_over.h). */
+        uint64_t measured = mig_switch_over_measured_us(s->progress.downtime_us, transfer_after_pause_us,
+                                                        s->digest_ms * 1000u);
+        s->progress.switch_over.measured_us = measured;
+        s->progress.switch_over.measured = true;
+        pthread_mutex_lock(&s->m->lock);
+        mig_switch_over_learn(&s->m->switch_over, measured);
+        pthread_mutex_unlock(&s->m->lock);
+    }
     snprintf(s->progress.digest_destination, sizeof(s->progress.digest_destination), "%s", ack.digest);
     if (!s->params.verify_digest && !s->local) {
         /* Off the critical path: the vCPUs stay paused here for good.
@@ -992,6 +1156,15 @@ static int source_run(struct source *s)
         return -1;
     if (source_handshake(s) != 0)
         return -1;
+    pthread_mutex_lock(&s->m->lock);
+    s->switch_over.learned_us = s->m->switch_over.learned_us;
+    s->switch_over.learned_count = s->m->switch_over.learned_count;
+    pthread_mutex_unlock(&s->m->lock);
+    s->progress.switch_over.learned_us = s->switch_over.learned_us;
+    s->progress.switch_over.learned_count = s->switch_over.learned_count;
+    s->progress.switch_over.used_us = source_switch_over_budget_us(s);
+    if (!s->local && s->peer_probes && source_probe_switch_over(s) != 0)
+        return -1;
     uint64_t cap = s->params.max_bandwidth_mibs << 20;
     if (mig_sender_start(&s->sender, s->fd, s->tls, cap, s->params.stall_timeout_ms, &s->m->cancel, text,
                          sizeof(text)) != 0)
@@ -1056,6 +1229,16 @@ static int source_run(struct source *s)
         if (dirty < 0)
             return source_fail(s, "internal", "taking the dirty set: %s", strerror((int)-dirty));
         uint64_t dur_ns = take_end - iteration_start;
+        /* Expected downtime: the pages left, the backlog still in the
+         * socket and the state frames at the bandwidth, the digest, and
+         * the switch-over's measured cost (switch_over.h). */
+        struct mig_downtime_estimate estimate;
+        mig_downtime_estimate(s->pending.count * MIG_PAGE_SIZE + queued_end + s->state_bytes, s->bandwidth,
+                              s->digest_ms, source_switch_over_budget_us(s), &estimate);
+        s->progress.expected_parts.transfer_ms = estimate.transfer_ms;
+        s->progress.expected_parts.digest_ms = estimate.digest_ms;
+        s->progress.expected_parts.switch_over_ms = estimate.switch_over_ms;
+        s->progress.backlog_bytes = queued_end;
         struct mig_iteration_record record = {
             .iteration = iteration,
             .dur_ms = dur_ns / 1000000u,
@@ -1064,8 +1247,7 @@ static int source_run(struct source *s)
             .size_bytes = s->pending.count * MIG_PAGE_SIZE,
             .dirty_rate_pps = dur_ns > 0 ? (uint64_t)((unsigned __int128)s->pending.count * 1000000000u / dur_ns) : 0,
             .bandwidth_mibs = (double)s->bandwidth / (1024.0 * 1024.0),
-            .expected_downtime_ms = mig_expected_downtime_with_digest_ms(
-                mig_expected_downtime_ms(s->pending.count * MIG_PAGE_SIZE, s->bandwidth), s->digest_ms),
+            .expected_downtime_ms = estimate.total_ms,
             .pages_sent = sent_pages,
             .bytes_sent = bytes,
         };

@@ -200,9 +200,29 @@ Test(api_error_codes, a_migration_whose_pause_fails_is_internal, .timeout = 120)
     struct migration_pair m;
     migration_pair_start(&m, "dirtier,wss=4M", 50000000ull);
     m.params.downtime_ms = 60000;       /* switch over after the first pass */
+    m.params.max_bandwidth_mibs = 16;   /* that pass takes ~4 s: time to hold the pauses */
+    test_migration_start(m.source.vm, &m.params);
+    /* Past the switch-over probe's pause (it comes before any page). */
+    cr_assert(test_migration_wait_transferred(m.source.vm, 1, 20000), "the migration did not get going");
+    harness_hold_pauses();
+    migration_pair_expect_aborted(&m, MIG_STATE_FAILED, "internal", "could not pause the vCPUs: Connection timed out");
+    harness_release_pauses();
+    cr_assert_eq(vm_get_state(m.source.vm), VM_STATE_RUNNING);
+    cr_assert(harness_wait_all_vcpus_advance(m.source.vm, 100, 20000), "the guest stopped after the failed migration");
+    migration_pair_stop(&m);
+}
+
+/* The switch-over probe's pause (right after the handshake) fails the
+ * same way, says so, and the guest runs on. */
+Test(api_error_codes, a_migration_whose_probe_pause_fails_is_internal, .timeout = 120)
+{
+    struct migration_pair m;
+    migration_pair_start(&m, "dirtier,wss=4M", 50000000ull);
     harness_hold_pauses();
     test_migration_start(m.source.vm, &m.params);
-    migration_pair_expect_aborted(&m, MIG_STATE_FAILED, "internal", "could not pause the vCPUs: Connection timed out");
+    migration_pair_expect_aborted(&m, MIG_STATE_FAILED, "internal",
+                                  "switch-over probe: could not pause the vCPUs: Connection timed out");
+    cr_assert_eq(m.progress->memory.transferred, 0, "no page leaves before the probe");
     harness_release_pauses();
     cr_assert_eq(vm_get_state(m.source.vm), VM_STATE_RUNNING);
     cr_assert(harness_wait_all_vcpus_advance(m.source.vm, 100, 20000), "the guest stopped after the failed migration");

@@ -16,6 +16,7 @@
 #include <criterion/criterion.h>
 
 #include <elf.h>
+#include <inttypes.h>
 #include <numa.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -299,6 +300,67 @@ Test(dirty_tracking, full_rate_run_never_overflows_or_stalls, .timeout = 240)
     cr_assert_eq(st.bad_entries, 0);
     cr_assert_lt(st.ring_fill_high_water, st.ring_entries - 64, "a ring reached the soft limit");
     cr_assert_eq(st.reset_entries, st.pages, "recycled == harvested");
+    dirty_pages_free(&pages);
+    harness_vm_stop(&h);
+}
+
+/*
+ * No reset on the switch-over's path (issue 15, item 1): once the source
+ * paused the guest for good, the final sync and the final take recycle no
+ * ring entry (KVM_RESET_DIRTY_RINGS would only re-protect pages the guest
+ * never writes here again), yet the take has every page written before the
+ * pause. When the migration then lets go while the API keeps tracking,
+ * that release re-protects what the final sync left: exactly one reset.
+ */
+Test(dirty_tracking, final_sync_and_take_reset_nothing_release_resets_once, .timeout = 120)
+{
+    harness_require_kvm();
+    struct harness_vm h;
+    harness_vm_start(&h, "128M", VCPUS, "dirtier,wss=8M,pattern=seq", "ring");
+    struct vm *vm = h.vm;
+    struct dirty_log *log = vm->dirty_log;
+    cr_assert_eq(dirty_log_hold(log, DIRTY_LOG_HOLDER_API), 0);
+    cr_assert_eq(dirty_log_hold(log, DIRTY_LOG_HOLDER_MIGRATION), 0);
+    cr_assert(harness_wait_all_vcpus_advance(vm, 2500, 30000));
+    struct dirty_pages pages;
+    dirty_pages_init(&pages);
+    cr_assert_geq(dirty_log_take(log, &pages), 0);
+    /* More than a pass over each 1024-page region after that take. */
+    cr_assert(harness_wait_all_vcpus_advance(vm, 2500, 30000));
+    cr_assert_eq(vm_pause_vcpus(vm), 0);
+    struct dirty_log_stats before, after;
+    dirty_log_get_stats(log, &before);
+    cr_assert_eq(dirty_log_final_sync(log), 0);
+    pages.count = 0;
+    int64_t taken = dirty_log_take(log, &pages);
+    dirty_log_get_stats(log, &after);
+    uint64_t workload = 0, index;
+    for (uint64_t i = 0; i < pages.count; i++)
+        if (workload_owner(vm, pages.pages[i], &index) >= 0)
+            workload++;
+    cr_assert_eq(workload, 2 * 1024, "every region page written since the last take is in the final take");
+    cr_assert_eq((uint64_t)taken, pages.count);
+    cr_assert_eq(after.resets, before.resets, "%" PRIu64 " KVM_RESET_DIRTY_RINGS on the downtime path",
+                 after.resets - before.resets);
+    cr_assert_eq(after.reset_entries, before.reset_entries);
+    /* What the guest wrote after the last take was harvested (by the
+     * harvesters or the final sync) and left unrecycled: pages writable. */
+    cr_assert_geq(after.pages - after.reset_entries, 2 * 1024, "%" PRIu64 " entries harvested, not recycled",
+                  after.pages - after.reset_entries);
+
+    /* The migration fails: the guest runs again, the API still tracks. */
+    vm_resume_vcpus(vm);
+    cr_assert_eq(dirty_log_release(log, DIRTY_LOG_HOLDER_MIGRATION), 0);
+    struct dirty_log_stats released;
+    dirty_log_get_stats(log, &released);
+    cr_assert_eq(released.resets, after.resets + 1, "the release re-protects what the final sync left");
+    cr_assert_geq(released.reset_entries, after.pages, "every entry harvested by the final sync is recycled by it");
+    cr_assert(dirty_log_tracking(log));
+    cr_assert(harness_wait_all_vcpus_advance(vm, 2500, 30000), "the guest runs on under the API's tracking");
+    struct dirty_log_stats later;
+    dirty_log_get_stats(log, &later);
+    cr_assert_gt(later.pages, released.pages, "writes after the release are logged again");
+    cr_assert_eq(dirty_log_release(log, DIRTY_LOG_HOLDER_API), 0);
     dirty_pages_free(&pages);
     harness_vm_stop(&h);
 }

@@ -112,11 +112,37 @@ static void migrate_and_verify_mode(const char *workload, unsigned vcpus, bool t
         free(stats);
     }
 
+    /* The switch-over budget (issue 15, item 1; migration/switch_over.h):
+     * the expected downtime is exactly its parts; the parts include the
+     * state frames' bytes (the built-in guest's vcpu-state frames, device
+     * state, switch-over report, END) and the dry run, which this fresh
+     * process had nothing learned to add to. */
+    cr_assert_eq(p->expected_downtime_ms,
+                 p->expected_parts.transfer_ms + p->expected_parts.digest_ms + p->expected_parts.switch_over_ms,
+                 "expected %" PRIu64 " != transfer %" PRIu64 " + digest %" PRIu64 " + switch-over %" PRIu64,
+                 p->expected_downtime_ms, p->expected_parts.transfer_ms, p->expected_parts.digest_ms,
+                 p->expected_parts.switch_over_ms);
+    cr_assert_eq(p->state_bytes,
+                 vcpus * (MIG_HEADER_SIZE + MIG_VCPU_STATE_HEADER + sizeof(struct vcpu_state)) + MIG_HEADER_SIZE +
+                     MIG_DEVICE_STATE_SIZE + MIG_HEADER_SIZE + MIG_SWITCH_OVER_SIZE + MIG_HEADER_SIZE + MIG_END_SIZE);
+    cr_assert_gt(p->switch_over.dry_run_us, 0, "no dry run of the state path");
+    cr_assert_leq(p->switch_over.probe_pause_us, p->switch_over.dry_run_us);
+    cr_assert_leq(p->switch_over.probe_destination_us, p->switch_over.dry_run_us);
+    cr_assert_eq(p->switch_over.learned_count, 0);
+    cr_assert_eq(p->switch_over.used_us, p->switch_over.dry_run_us);
+    cr_assert_eq(p->expected_parts.switch_over_ms, (p->switch_over.used_us + 999) / 1000);
+    cr_assert(p->switch_over.measured, "the source did not measure its switch-over");
+
     struct mig_progress *q = malloc(sizeof(*q));
     cr_assert(migration_progress(dest.harness.vm, q));
     cr_assert_eq(q->state, MIG_STATE_COMPLETED);
     cr_assert(q->incoming);
     cr_assert_str_eq(q->digest_destination, p->digest_source);
+    /* The destination learned what this switch-over cost (both sides on
+     * one host: their clocks agree, so it knows the downtime). */
+    cr_assert(q->switch_over.measured, "the destination did not learn the switch-over's cost");
+    cr_assert_eq(q->switch_over.learned_count, 1);
+    cr_assert_eq(q->switch_over.learned_us, q->switch_over.measured_us);
     free(q);
 
     if (keep_alive) {

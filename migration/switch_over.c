@@ -1,0 +1,68 @@
+/*
+ * The switch-over's cost in the expected downtime (see switch_over.h).
+ */
+#include "migration/switch_over.h"
+
+#include "migration/convergence.h"
+
+static uint64_t saturating_add(uint64_t a, uint64_t b)
+{
+    return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+uint64_t mig_switch_over_cost_us(const struct mig_switch_over_model *model)
+{
+    uint64_t learned = model->learned_count > 0 ? model->learned_us : 0;
+    return model->dry_run_us > learned ? model->dry_run_us : learned;
+}
+
+uint64_t mig_switch_over_budget_us(const struct mig_switch_over_model *model, uint64_t downtime_limit_ms,
+                                   bool *learned_ignored)
+{
+    bool ignore = model->learned_count > 0 && downtime_limit_ms <= UINT64_MAX / 1000u &&
+                  model->learned_us >= downtime_limit_ms * 1000u;
+    if (learned_ignored != NULL)
+        *learned_ignored = ignore;
+    return ignore ? model->dry_run_us : mig_switch_over_cost_us(model);
+}
+
+uint64_t mig_transfer_us(uint64_t bytes, uint64_t bandwidth_bytes_per_s)
+{
+    if (bytes == 0)
+        return 0;
+    if (bandwidth_bytes_per_s == 0)
+        return UINT64_MAX;
+    unsigned __int128 numerator = (unsigned __int128)bytes * 1000000u + bandwidth_bytes_per_s - 1;
+    unsigned __int128 result = numerator / bandwidth_bytes_per_s;
+    return result > UINT64_MAX ? UINT64_MAX : (uint64_t)result;
+}
+
+void mig_downtime_estimate(uint64_t bytes, uint64_t bandwidth_bytes_per_s, uint64_t digest_pass_ms,
+                           uint64_t switch_over_us, struct mig_downtime_estimate *out)
+{
+    out->transfer_ms = mig_expected_downtime_ms(bytes, bandwidth_bytes_per_s);
+    uint64_t with_digest = mig_expected_downtime_with_digest_ms(out->transfer_ms, digest_pass_ms);
+    out->digest_ms = out->transfer_ms == UINT64_MAX ? 0 : with_digest - out->transfer_ms;
+    out->switch_over_ms = switch_over_us / 1000u + (switch_over_us % 1000u != 0);
+    out->total_ms = saturating_add(with_digest, out->switch_over_ms);
+}
+
+uint64_t mig_switch_over_measured_us(uint64_t downtime_us, uint64_t transfer_us, uint64_t digest_pass_us)
+{
+    uint64_t explained = transfer_us;
+    if (digest_pass_us != 0)
+        explained = saturating_add(transfer_us > digest_pass_us ? transfer_us : digest_pass_us, digest_pass_us);
+    return downtime_us > explained ? downtime_us - explained : 0;
+}
+
+void mig_switch_over_learn(struct mig_switch_over_model *model, uint64_t measured_us)
+{
+    if (model->learned_count == 0) {
+        model->learned_us = measured_us;
+    } else {
+        uint64_t sum = saturating_add(model->learned_us, measured_us);
+        model->learned_us = sum / 2u + (sum % 2u);
+    }
+    if (model->learned_count < UINT32_MAX)
+        model->learned_count++;
+}
