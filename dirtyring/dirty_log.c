@@ -551,6 +551,8 @@ static int bitmap_sync_thread_locked(struct dirty_log *log)
     return 0;
 }
 
+static int64_t sync_now(struct dirty_log *log, bool to_empty);
+
 int dirty_log_hold(struct dirty_log *log, unsigned holder)
 {
     if (!log)
@@ -574,15 +576,34 @@ int dirty_log_hold(struct dirty_log *log, unsigned holder)
         bitmap_log_all_uncleared(&log->bitmap);
         atomic_store_explicit(&log->final_synced, false, memory_order_relaxed);
     } else if (holder == DIRTY_LOG_HOLDER_MIGRATION && holders != 0) {
-        /* A migration joining tracking someone else keeps on: it needs what
-         * a fresh start gives (an empty dirty set and every page
-         * write-protected again once this returns). Clearing the set alone
-         * would lose writes: a page harvested before the clear whose ring
-         * entry is not reset yet is still writable without a new entry. So
-         * restart tracking the way a migration on its own would. */
-        rc = stop_locked(log);
-        if (rc == 0)
-            rc = start_locked(log);
+        /* A migration joining tracking the API keeps on needs a session in
+         * which every write after this returns reaches a later take; its
+         * pass 0 sends all RAM anyway. Restarting tracking would give that
+         * by re-protecting ALL of RAM (slot flag off and on) and making the
+         * guest fault on every page again (issue 15, item 2: never restart
+         * tracking the API holds). A take that is discarded gives it for
+         * the pages that need it: it harvests every published entry and
+         * resets them, so each page written so far is write-protected again
+         * (its next write pushes a new entry) or has an entry not yet
+         * harvested (it lands in the next generation, a page sent once
+         * more); a page never written since tracking began is still
+         * protected. Clearing the set alone would not do: a page harvested
+         * earlier whose entry is not reset is writable without a new
+         * entry. */
+        int64_t taken = sync_now(log, false);
+        if (taken >= 0) {
+            struct dirty_pages discarded;
+            dirty_pages_init(&discarded);
+            taken = dirty_set_take(log->set, &discarded);
+            dirty_pages_free(&discarded);
+            if (taken < 0)
+                taken = -ENOMEM;
+        }
+        if (taken >= 0)
+            taken = ring_resetter_reset(&log->resetter, false);
+        atomic_store_explicit(&log->final_synced, false, memory_order_relaxed);
+        ring_resetter_suspend(&log->resetter, false);
+        rc = taken < 0 ? (int)taken : 0;
     } else {
         rc = start_locked(log);
     }

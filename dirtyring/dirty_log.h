@@ -31,9 +31,12 @@
  *                               this holder.
  *   DIRTY_LOG_HOLDER_API        vm.dirty-tracking (api/commands_dirty_stats.c),
  *                               to watch dirty rates outside a migration.
- * dirty_log_hold(MIGRATION) always leaves a fresh session (empty dirty set;
- * ring: every page write-protected again, restarting tracking if the API
- * held it; bitmap: every page counts as not yet CLEARed, so each is
+ * dirty_log_hold(MIGRATION) always leaves a fresh session (ring: every
+ * page written since tracking began write-protected again, or its entry
+ * still to be harvested into the next take; joining the API's tracking it
+ * takes and discards a generation instead of restarting, so pages never
+ * written stay protected and nothing faults for it; bitmap: every page
+ * counts as not yet CLEARed, so each is
  * write-protected by dirty_log_protect_before_send before it is read, and
  * the API's statistics sync thread pauses until the migration releases);
  * holding a bit already held is a no-op; release of a bit not held too.

@@ -5,6 +5,7 @@
  * to a destination VM in this process, as in tests/test_migration.c.
  */
 #include <criterion/criterion.h>
+#include <inttypes.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -18,6 +19,7 @@
 #include "migration/transport.h"
 #include "tests/harness.h"
 #include "tests/migration_destination.h"
+#include "dirtyring/dirty_log.h"
 
 #define TIMEOUT_MS 10000
 
@@ -196,9 +198,10 @@ Test(api_dirty_tracking, off_with_dirty_log_off_is_unavailable, .timeout = 60)
 
 /* ---- with a migration (destination in this process, as tests/test_migration.c) ---- */
 
-/* The API holds tracking; a migration starts (restarting tracking for a
- * fresh session), completes with equal digests (every page sent, no dirty
- * page lost), and ends without turning off the API's tracking. */
+/* The API holds tracking; a migration joins it without restarting it
+ * (a take it discards, issue 15 item 2: tracking is turned on exactly once),
+ * completes with equal digests (every page sent, no dirty page lost), and
+ * ends without turning off the API's tracking. */
 Test(api_dirty_tracking, api_hold_survives_a_migration_that_loses_no_page, .timeout = 120)
 {
     struct tracked_vm t;
@@ -207,6 +210,11 @@ Test(api_dirty_tracking, api_hold_survives_a_migration_that_loses_no_page, .time
     json_decref(set_tracking(t.client, true));
     struct rates_wait wait = {t.client, 2};
     cr_assert(harness_wait_until(every_vcpu_has_a_rate, &wait, 20000), "no dirty rates before the migration");
+
+    struct dirty_log_stats *before = malloc(sizeof(*before));
+    cr_assert_not_null(before);
+    dirty_log_get_stats(t.harness.vm->dirty_log, before);
+    cr_assert_eq(before->tracking_starts, 1);
 
     struct test_destination dest;
     test_destination_start(&dest, "256M", 2, "idle", false);
@@ -236,7 +244,14 @@ Test(api_dirty_tracking, api_hold_survives_a_migration_that_loses_no_page, .time
     cr_assert_eq(p->iterations[0].pages_sent, (256u << 20) / 4096, "iteration 0 must send every page");
     free(p);
 
-    /* The migration released its hold only. */
+    /* The migration released its hold only, and never restarted tracking. */
+    struct dirty_log_stats *after = malloc(sizeof(*after));
+    cr_assert_not_null(after);
+    dirty_log_get_stats(t.harness.vm->dirty_log, after);
+    cr_assert_eq(after->tracking_starts, 1, "tracking was turned on %" PRIu64 " times", after->tracking_starts);
+    cr_assert_gt(after->takes, before->takes);
+    free(before);
+    free(after);
     cr_assert_eq(dirty_log_holders(t.harness.vm->dirty_log), DIRTY_LOG_HOLDER_API);
     cr_assert(dirty_log_tracking(t.harness.vm->dirty_log));
     char holders[64];
