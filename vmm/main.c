@@ -21,6 +21,7 @@
 #include "migration/tls.h"
 #include "migration/transport.h"
 #include "vmm/console.h"
+#include "vmm/crash_report.h"
 #include "vmm/linux_guest.h"
 #include "vmm/options.h"
 #include "vmm/stats.h"
@@ -80,6 +81,7 @@ static void main_console_attach_uart(struct uart *uart, void *opaque)
 
 int main(int argc, char **argv)
 {
+    crash_report_install();
     struct ringvm_options options;
     char error[512];
     switch (options_parse(argc, argv, &options, error, sizeof(error))) {
