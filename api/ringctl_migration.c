@@ -166,6 +166,13 @@ static int watch_until_done(struct ringctl_session *session, bool json, int64_t 
         json_t *event = NULL;
         int r = api_client_next_event(session->client, &event, 200);
         if (event) {
+            if (!json && strcmp(get_string(event, "event"), "migration.warning") == 0 &&
+                get_int(json_object_get(event, "data"), "id") == id) {
+                /* On its own line, also on a terminal (the bar resumes). */
+                fprintf(stderr, "%sringctl: warning: %s: %s\n", tty ? "\n" : "",
+                        get_string(json_object_get(event, "data"), "code"),
+                        get_string(json_object_get(event, "data"), "message"));
+            }
             if (final_event(event, id)) {
                 json_decref(last);
                 last = event;

@@ -76,7 +76,28 @@ struct options {
     unsigned reaction_runs; /* --reaction N: the reaction measurements instead of the matrix */
     unsigned vcpus;         /* --vcpus: the matrix's source and destination vCPUs (default 1) */
     uint64_t bitmap_clear_chunk;    /* --bitmap-clear-chunk: bytes, 0 = ringvm's default */
+    uint64_t wss[8];        /* --wss: the matrix's working sets, bytes (default 256M,1G) */
+    unsigned wss_count;     /* 0 = the default */
 };
+
+/* "16M,64M,256M" -> o->wss. 0 or -1 with a message. */
+static int parse_wss(const char *text, struct options *o)
+{
+    char copy[128];
+    snprintf(copy, sizeof(copy), "%s", text);
+    o->wss_count = 0;
+    for (char *save = NULL, *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        char error[128];
+        uint64_t bytes;
+        if (o->wss_count == 8 || size_parse(item, &bytes, error, sizeof(error)) != 0 || bytes < (1u << 20)) {
+            fprintf(stderr, "bench/migrate: --wss %s: expected up to 8 sizes of at least 1M, comma-separated\n",
+                    text);
+            return -1;
+        }
+        o->wss[o->wss_count++] = bytes;
+    }
+    return o->wss_count > 0 ? 0 : -1;
+}
 
 /* "none,1024,125" -> caps. 0 or -1 with a message. */
 static int parse_caps(const char *text, struct options *o)
@@ -172,6 +193,8 @@ struct result {
     uint64_t bitmap_clears;     /* bitmap mode, the source: KVM_CLEAR_DIRTY_LOG calls */
     uint64_t bitmap_cleared_pages;
     double bitmap_clear_ms;     /* time in them */
+    uint64_t recycling_iterations;  /* ring mode: iterations in which the rings recycled */
+    uint64_t recycling_resets;      /* harvester resets + ring-full exits during the migration */
     char error[1024];
 };
 
@@ -437,6 +460,8 @@ static void run_one(const struct options *o, uint64_t wss, const char *workload_
         r->downtime_ms = p->downtime_ms;
         r->iterations = p->iteration_count;
         r->bytes = p->memory.transferred;
+        r->recycling_iterations = p->recycling.iterations;
+        r->recycling_resets = p->recycling.harvester_resets + p->recycling.ring_full_exits;
         /* The source's vCPUs stay paused after the switch-over (keep_alive):
          * the counters stopped there. */
         struct dirty_log_stats *stats = calloc(1, sizeof(*stats));
@@ -763,7 +788,7 @@ int main(int argc, char **argv)
         {"filter", required_argument, NULL, 'f'}, {"caps", required_argument, NULL, 'c'},
         {"baselines", no_argument, NULL, 'b'}, {"dest-prealloc", no_argument, NULL, 'p'},
         {"reaction", required_argument, NULL, 'r'}, {"vcpus", required_argument, NULL, 'v'},
-        {"bitmap-clear-chunk", required_argument, NULL, 'C'},
+        {"bitmap-clear-chunk", required_argument, NULL, 'C'}, {"wss", required_argument, NULL, 'w'},
         {"help", no_argument, NULL, 'h'}, {0},
     };
     int c;
@@ -815,12 +840,16 @@ int main(int argc, char **argv)
             if (parse_caps(optarg, &o) != 0)
                 return 2;
             break;
+        case 'w':
+            if (parse_wss(optarg, &o) != 0)
+                return 2;
+            break;
         default:
             fprintf(c == 'h' ? stdout : stderr,
                     "usage: migrate [--quick] [--json] [--memory SIZE] [--timeout S] [--downtime-ms N]\n"
                     "               [--transport unix|tcp] [--filter WSS/CAP/CONVERGE/LOG] [--caps LIST]\n"
                     "               [--baselines] [--dest-prealloc] [--vcpus N]\n"
-                    "               [--bitmap-clear-chunk SIZE]\n"
+                    "               [--bitmap-clear-chunk SIZE] [--wss LIST]\n"
                     "       migrate --reaction N [--json] [--transport unix|tcp]\n"
                     "  --quick      256 MiB working set, caps none and 125 MiB/s only\n"
                     "  --caps       bandwidth caps to run, e.g. none,1024 (default none,1024,125)\n"
@@ -832,6 +861,9 @@ int main(int argc, char **argv)
                     "  --vcpus N    the matrix's guests get N vCPUs (default 1); the dirtier's working set\n"
                     "               is shared by them\n"
                     "  --bitmap-clear-chunk SIZE  the VMs' --bitmap-clear-chunk (bitmap mode)\n"
+                    "  --wss LIST   the matrix's working sets, e.g. 16M,64M,256M,1G (default 256M,1G);\n"
+                    "               column recycle: iterations in which the dirty rings recycled / harvester\n"
+                    "               resets + ring-full exits (issue 15, item 4)\n"
                     "  --filter     run only the cells whose name starts with this (e.g. 256M/none/auto);\n"
                     "               skips the throughput baselines (uncapped cells keep their plain move)\n"
                     "Uncapped cells first move their guest's RAM plainly (median of 3) and report\n"
@@ -848,12 +880,14 @@ int main(int argc, char **argv)
     }
     if (o.reaction_runs > 0)
         return run_reaction(&o);
-    const uint64_t wss_full[] = { 256ull << 20, 1024ull << 20 };
+    const uint64_t wss_default[] = { 256ull << 20, 1024ull << 20 };
+    const uint64_t *wss_full = o.wss_count > 0 ? o.wss : wss_default;
     const uint64_t caps_full[] = { 0, 1024, 125 };
     const uint64_t caps_quick[] = { 0, 125 };
     const enum mig_converge converges[] = { MIG_CONVERGE_NONE, MIG_CONVERGE_AUTO, MIG_CONVERGE_DIRTY_LIMIT };
     const enum dirty_log_mode modes[] = { DIRTY_LOG_RING, DIRTY_LOG_BITMAP };
-    unsigned wss_count = o.baselines_only ? 0 : o.quick ? 1 : 2, cap_count = o.quick ? 2 : 3;
+    unsigned wss_count = o.baselines_only ? 0 : o.wss_count > 0 ? o.wss_count : o.quick ? 1 : 2;
+    unsigned cap_count = o.quick ? 2 : 3;
     const uint64_t *caps = o.quick ? caps_quick : caps_full;
     if (o.cap_count > 0) {
         caps = o.caps;
@@ -895,9 +929,9 @@ int main(int argc, char **argv)
                 idle_prealloc.plain_mibs > 0 ? 100.0 * idle_prealloc.throughput_mibs / idle_prealloc.plain_mibs : 0.0);
     }
     if (!o.json && !o.baselines_only)
-        fprintf(stdout, "%-5s %-5s %-11s %-6s | %-9s %8s %9s %5s %8s %9s %9s %9s %11s %11s\n", "wss", "cap",
+        fprintf(stdout, "%-5s %-5s %-11s %-6s | %-9s %8s %9s %5s %8s %9s %9s %9s %11s %11s %9s\n", "wss", "cap",
                 "converge", "log", "converged", "total_ms", "downtime", "iters", "throttle", "sent_MiB",
-                "iter0_MiBs", "of_plain", "guest_pps", "pps_before");
+                "iter0_MiBs", "of_plain", "guest_pps", "pps_before", "recycle");
     json_t *runs = json_array();
     unsigned converged = 0, within = 0;
     double uncapped_min = 0, uncapped_max = 0;     /* iteration 0 MiB/s of the uncapped cells */
@@ -942,11 +976,14 @@ int main(int argc, char **argv)
                             char of_plain[16] = "-";
                             if (r.plain_mibs > 0)
                                 snprintf(of_plain, sizeof(of_plain), "%.0f%%", 100.0 * r.throughput_mibs / r.plain_mibs);
+                            char recycle[32];
+                            snprintf(recycle, sizeof(recycle), "%" PRIu64 "/%" PRIu64, r.recycling_iterations,
+                                     r.recycling_resets);
                             fprintf(stdout, "%-5s %-5s %-11s %-6s | %-9s %8" PRIu64 " %9" PRIu64 " %5" PRIu64
-                                    " %7d%% %9.0f %9.1f %9s %11.0f %11.0f %s\n", r.wss, r.cap, r.converge, r.mode,
+                                    " %7d%% %9.0f %9.1f %9s %11.0f %11.0f %9s %s\n", r.wss, r.cap, r.converge, r.mode,
                                     r.converged ? "yes" : "no", r.total_ms, r.downtime_ms, r.iterations,
                                     r.final_throttle, (double)r.bytes / 1048576.0, r.throughput_mibs, of_plain,
-                                    r.guest_pps_during, r.guest_pps_before, r.converged ? "" : r.error);
+                                    r.guest_pps_during, r.guest_pps_before, recycle, r.converged ? "" : r.error);
                             if (modes[m] == DIRTY_LOG_BITMAP)
                                 fprintf(stdout, "      bitmap: %" PRIu64 " KVM_CLEAR_DIRTY_LOG calls, %" PRIu64
                                         " pages cleared, %.1f ms in them\n", r.bitmap_clears,
@@ -966,6 +1003,12 @@ int main(int argc, char **argv)
                                         "bitmap_clears", (json_int_t)r.bitmap_clears, "bitmap_cleared_pages",
                                         (json_int_t)r.bitmap_cleared_pages, "bitmap_clear_ms", r.bitmap_clear_ms,
                                         "error", r.error));
+                    json_t *last = json_array_get(runs, json_array_size(runs) - 1);
+                    if (last != NULL) {
+                        json_object_set_new(last, "recycling_iterations",
+                                            json_integer((json_int_t)r.recycling_iterations));
+                        json_object_set_new(last, "recycling_resets", json_integer((json_int_t)r.recycling_resets));
+                    }
                 }
     if (o.json) {
         json_t *root = json_pack("{s:s, s:I, s:I, s:b, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:o, s:I, s:I}",

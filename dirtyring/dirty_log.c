@@ -860,6 +860,7 @@ void dirty_log_get_stats(struct dirty_log *log, struct dirty_log_stats *out)
             out->bad_entries += atomic_load_explicit(&vr->bad_entries, memory_order_relaxed);
         }
         out->resets = atomic_load_explicit(&log->resetter.resets, memory_order_relaxed);
+        out->harvester_resets = atomic_load_explicit(&log->resetter.harvester_resets, memory_order_relaxed);
         out->reset_entries = atomic_load_explicit(&log->resetter.reset_entries, memory_order_relaxed);
         out->reset_ns_total = atomic_load_explicit(&log->resetter.reset_ns_total, memory_order_relaxed);
         out->reset_ns_max = atomic_load_explicit(&log->resetter.reset_ns_max, memory_order_relaxed);

@@ -219,6 +219,8 @@ struct dirty_log_stats {
     uint64_t harvest_batches;
     uint64_t harvest_polls;
     uint64_t resets;                /* KVM_RESET_DIRTY_RINGS calls */
+    uint64_t harvester_resets;      /* of them: by a harvester's policy (a ring filled
+                                       past its threshold between takes: recycling) */
     uint64_t reset_entries;         /* entries the kernel reported recycled */
     uint64_t reset_ns_total;
     uint64_t reset_ns_max;

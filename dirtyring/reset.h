@@ -45,6 +45,11 @@ struct ring_resetter {
      * the ioctl. Written under the dirty log's control_lock, read by any
      * resetter. */
     _Atomic bool suspended;
+    /* Resets a harvester's policy issued (a ring past its threshold or
+     * delay), as opposed to a take's or a release's: while a migration
+     * runs, each means the rings recycled entries before the migration took
+     * them (issue 15, item 4). Incremented by the harvesters, read by any. */
+    _Atomic uint64_t harvester_resets;
 };
 
 int ring_resetter_init(struct ring_resetter *r, int vm_fd, unsigned ring_count);

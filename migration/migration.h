@@ -41,6 +41,7 @@ struct api_server;
 /* Event names. */
 #define MIG_EVENT_STATE     "migration.state"
 #define MIG_EVENT_ITERATION "migration.iteration"
+#define MIG_EVENT_WARNING   "migration.warning"
 
 #define MIG_TLS_PATH_MAX 512
 

@@ -133,6 +133,10 @@ struct source {
     struct mig_switch_over_model switch_over;
     bool peer_probes;               /* the destination announced MIG_FEATURE_SWITCH_PROBE */
     bool learned_ignored_said;      /* the "learned cost left out" line was printed */
+    /* Ring recycling during this migration (issue 15, item 4): the dirty
+     * log's harvester resets and ring-full exits at the last look. */
+    uint64_t recycling_seen_resets;
+    uint64_t recycling_seen_full_exits;
     uint64_t state_bytes;           /* the state frames' size, from the probe's capture */
     uint64_t bandwidth;             /* bytes/s estimate (last iteration) */
     uint64_t digest_ms;             /* verify_digest: one XXH3 pass over RAM, estimated at start (0 = off) */

@@ -114,6 +114,16 @@ struct mig_progress {
         uint64_t measured_us;   /* after completion: downtime - transfer (and digest) of this one */
         bool measured;
     } switch_over;
+    /* Ring mode: the rings recycled entries between the migration's
+     * takes (a harvester's threshold reset or a ring-full exit): those
+     * pages were write-protected again long before the sender reached
+     * them, so the guest faulted on its next write to each (issue 15, item
+     * 4). Counts since the migration took hold of tracking. */
+    struct {
+        uint64_t iterations;        /* iterations during which it happened */
+        uint64_t harvester_resets;
+        uint64_t ring_full_exits;
+    } recycling;
     uint64_t downtime_ms;       /* source pause -> destination resume */
     uint64_t downtime_us;       /* the same in microseconds (a local hand-over's is a few ms) */
     uint64_t setup_ms;

@@ -551,6 +551,48 @@ static void source_log_iteration(struct source *s, struct mig_iteration_record *
     mig_publish_event(s->server, MIG_EVENT_ITERATION, data);
 }
 
+/* Ring mode, after each iteration's take: did the rings recycle entries
+ * since the last look (a harvester's threshold reset, a ring-full exit)?
+ * Then pages were write-protected again before the sender reached them and
+ * the guest faults on every write it makes to them: tracking costs it more
+ * than it must. Not refused, not hidden: counted in progress, and said once
+ * per migration (stderr and a migration.warning event), with what serves
+ * such a guest better (issue 15, item 4; docs/benchmarks.md). */
+static void source_check_recycling(struct source *s, bool baseline)
+{
+    if (dirty_log_mode(s->vm->dirty_log) != DIRTY_LOG_RING)
+        return;
+    struct dirty_log_stats *stats = malloc(sizeof(*stats));
+    if (stats == NULL)
+        return;
+    dirty_log_get_stats(s->vm->dirty_log, stats);
+    uint64_t resets = stats->harvester_resets - s->recycling_seen_resets;
+    uint64_t full_exits = stats->ring_full_exits - s->recycling_seen_full_exits;
+    s->recycling_seen_resets = stats->harvester_resets;
+    s->recycling_seen_full_exits = stats->ring_full_exits;
+    uint32_t entries = stats->ring_entries;
+    free(stats);
+    if (baseline || (resets == 0 && full_exits == 0))
+        return;
+    bool first = s->progress.recycling.iterations == 0;
+    s->progress.recycling.iterations++;
+    s->progress.recycling.harvester_resets += resets;
+    s->progress.recycling.ring_full_exits += full_exits;
+    if (!first)
+        return;
+    char message[512];
+    snprintf(message, sizeof(message),
+             "the dirty rings are recycling (%" PRIu64 " harvester resets, %" PRIu64 " ring-full exits in iteration %"
+             PRIu64 "): a vCPU writes more distinct pages per pass than its %" PRIu32 "-entry ring holds, so pages "
+             "are write-protected again before they are sent and the guest faults on every write; bitmap tracking "
+             "(--dirty-log bitmap) or post-copy may serve this guest better", resets, full_exits,
+             s->progress.iteration, entries);
+    fprintf(stderr, "ringvm: migration %" PRIu64 ": %s\n", s->progress.id, message);
+    mig_publish_event(s->server, MIG_EVENT_WARNING,
+                      json_pack("{s:I, s:s, s:s}", "id", (json_int_t)s->progress.id, "code", "dirty-rings-recycling",
+                                "message", message));
+}
+
 /* The source's wait for the ACK (struct mig_input read_some for
  * mig_read_reply): what the socket has, waiting in 50 ms polls while the
  * snapshot stays fresh, and giving up at deadline_ns (CLOCK_MONOTONIC, the
@@ -1182,6 +1224,7 @@ static int source_run(struct source *s)
     if (r != 0)
         return source_fail(s, "internal", "starting dirty tracking: %s", strerror(-r));
     s->tracking = true;
+    source_check_recycling(s, true);
     s->progress.setup_ms = (mig_mono_ns() - s->started_mono) / 1000000u;
     source_phase(s, MIG_STATE_ACTIVE, "bulk");
     if (s->params.converge == MIG_CONVERGE_DIRTY_LIMIT)
@@ -1257,6 +1300,7 @@ static int source_run(struct source *s)
         s->progress.memory.remaining = record.size_bytes;
         s->pending_sent = 0;
         source_log_iteration(s, &record);
+        source_check_recycling(s, false);
         source_publish(s);
         if (source_tick(s) != 0)
             return -1;

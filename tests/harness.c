@@ -187,7 +187,15 @@ static void vm_create_with(struct harness_vm *harness, const char *memory, unsig
     config.serial.mode = SERIAL_NONE;
     cr_assert_eq(workload_spec_parse(workload, &config.workload, error, sizeof(error)), 0, "%s", error);
     dirty_log_config_defaults(&config.dirty_log);
-    cr_assert_eq(dirty_log_mode_parse(dirty_mode, &config.dirty_log.mode, error, sizeof(error)), 0, "%s", error);
+    /* "ring:ENTRIES": ring mode with rings of that many entries. */
+    char mode[32];
+    snprintf(mode, sizeof(mode), "%s", dirty_mode);
+    char *entries = strchr(mode, ':');
+    if (entries != NULL) {
+        *entries++ = '\0';
+        config.dirty_log.ring_entries = (uint32_t)strtoul(entries, NULL, 10);
+    }
+    cr_assert_eq(dirty_log_mode_parse(mode, &config.dirty_log.mode, error, sizeof(error)), 0, "%s", error);
     config.incoming = incoming;
     if (linux_spec != NULL) {
         config.guest_kind = VM_GUEST_LINUX;

@@ -54,7 +54,7 @@ struct harness_vm {
 
 /* Parses the workload spec, creates the VM (serial discarded, lines
  * captured) and starts it. Fails the test on error. dirty_mode "off",
- * "ring" or "bitmap". */
+ * "ring" (or "ring:ENTRIES", rings of that many entries) or "bitmap". */
 void harness_vm_start(struct harness_vm *harness, const char *memory, unsigned vcpus, const char *workload,
                       const char *dirty_mode);
 /* As above without starting; for tests that change the config. */
