@@ -270,10 +270,12 @@ static void incoming_learn_switch_over(struct incoming *in)
     pthread_mutex_lock(&in->m->lock);
     if (r->switch_over.learned_count > in->m->switch_over.learned_count) {
         in->m->switch_over.learned_us = r->switch_over.learned_us;
+        in->m->switch_over.deviation_us = r->switch_over.deviation_us;
         in->m->switch_over.learned_count = r->switch_over.learned_count;
     }
     mig_switch_over_learn(&in->m->switch_over, measured);
     in->progress.switch_over.learned_us = in->m->switch_over.learned_us;
+    in->progress.switch_over.deviation_us = in->m->switch_over.deviation_us;
     in->progress.switch_over.learned_count = in->m->switch_over.learned_count;
     pthread_mutex_unlock(&in->m->lock);
     in->progress.switch_over.measured_us = measured;

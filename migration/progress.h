@@ -108,6 +108,7 @@ struct mig_progress {
         uint64_t probe_destination_us;  /* of it: the destination reading and decoding the state */
         uint64_t probe_pause_us;        /* of it: the guest paused for the capture */
         uint64_t learned_us;    /* what completed switch-overs taught this process, before this one */
+        uint64_t deviation_us;  /* and its mean deviation */
         uint32_t learned_count;
         uint64_t used_us;       /* max(dry run, learned): what the expected downtime includes */
         bool learned_ignored;   /* learned >= the downtime limit: left out (switch_over.h) */

@@ -483,8 +483,9 @@ void mig_switch_over_encode(const struct mig_switch_over *switch_over, uint8_t o
     mig_put_u64(out, switch_over->transfer_us);
     mig_put_u64(out + 8, switch_over->digest_pass_us);
     mig_put_u64(out + 16, switch_over->learned_us);
-    mig_put_u32(out + 24, switch_over->learned_count);
-    mig_put_u32(out + 28, 0);
+    mig_put_u64(out + 24, switch_over->deviation_us);
+    mig_put_u32(out + 32, switch_over->learned_count);
+    mig_put_u32(out + 36, 0);
 }
 
 int mig_switch_over_decode(const uint8_t in[MIG_SWITCH_OVER_SIZE], struct mig_switch_over *out, char *error,
@@ -493,9 +494,10 @@ int mig_switch_over_decode(const uint8_t in[MIG_SWITCH_OVER_SIZE], struct mig_sw
     out->transfer_us = mig_get_u64(in);
     out->digest_pass_us = mig_get_u64(in + 8);
     out->learned_us = mig_get_u64(in + 16);
-    out->learned_count = mig_get_u32(in + 24);
-    uint32_t reserved = mig_get_u32(in + 28);
-    if (reserved != 0 || (out->learned_count == 0 && out->learned_us != 0)) {
+    out->deviation_us = mig_get_u64(in + 24);
+    out->learned_count = mig_get_u32(in + 32);
+    uint32_t reserved = mig_get_u32(in + 36);
+    if (reserved != 0 || (out->learned_count == 0 && (out->learned_us != 0 || out->deviation_us != 0))) {
         snprintf(error, error_size, "switch-over frame with reserved %" PRIu32 ", learned %" PRIu64 " us from %"
                  PRIu32 " migrations (reserved 0; nothing learned from none)", reserved, out->learned_us,
                  out->learned_count);

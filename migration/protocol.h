@@ -82,7 +82,7 @@ const char *mig_frame_type_name(uint32_t type);
 #define MIG_PROBE_HEADER_SIZE   8u
 #define MIG_PROBE_MAX           (MIG_PROBE_HEADER_SIZE + MIG_MACHINE_STATE_MAX)
 #define MIG_PROBE_ACK_SIZE      16u
-#define MIG_SWITCH_OVER_SIZE    32u
+#define MIG_SWITCH_OVER_SIZE    40u
 /* A memory frame's payload never exceeds this (the sender uses less). */
 #define MIG_MEMORY_MAX_PAYLOAD  (64u << 20)
 /* Pages in one run (a run never crosses this; keeps page_count * 4096 in 32 bits). */
@@ -165,6 +165,7 @@ struct mig_switch_over {
     uint64_t transfer_us;       /* the bytes sent after the pause, at the source's bandwidth */
     uint64_t digest_pass_us;    /* verify_digest: one hash pass (0 = none) */
     uint64_t learned_us;        /* the source's learned cost before this migration */
+    uint64_t deviation_us;      /* and its mean deviation */
     uint32_t learned_count;     /* 0 = nothing learned */
 };
 
@@ -270,7 +271,7 @@ int mig_probe_header_decode(const uint8_t in[MIG_PROBE_HEADER_SIZE], struct mig_
 /* Known status, reserved 0. */
 int mig_probe_ack_decode(const uint8_t in[MIG_PROBE_ACK_SIZE], struct mig_probe_ack *out, char *error,
                          size_t error_size);
-/* Reserved 0, learned_us 0 when learned_count is. */
+/* Reserved 0; learned_us and deviation_us 0 when learned_count is. */
 int mig_switch_over_decode(const uint8_t in[MIG_SWITCH_OVER_SIZE], struct mig_switch_over *out, char *error,
                            size_t error_size);
 /* message gets the text (NUL-terminated, non-printable bytes replaced by '?'). */

@@ -988,6 +988,7 @@ static int source_complete(struct source *s)
             .transfer_us = transfer_after_pause_us,
             .digest_pass_us = s->digest_ms * 1000u,
             .learned_us = s->switch_over.learned_count > 0 ? s->switch_over.learned_us : 0,
+            .deviation_us = s->switch_over.learned_count > 0 ? s->switch_over.deviation_us : 0,
             .learned_count = s->switch_over.learned_count,
         };
         uint8_t report_bytes[MIG_SWITCH_OVER_SIZE];
@@ -1200,9 +1201,11 @@ static int source_run(struct source *s)
         return -1;
     pthread_mutex_lock(&s->m->lock);
     s->switch_over.learned_us = s->m->switch_over.learned_us;
+    s->switch_over.deviation_us = s->m->switch_over.deviation_us;
     s->switch_over.learned_count = s->m->switch_over.learned_count;
     pthread_mutex_unlock(&s->m->lock);
     s->progress.switch_over.learned_us = s->switch_over.learned_us;
+    s->progress.switch_over.deviation_us = s->switch_over.deviation_us;
     s->progress.switch_over.learned_count = s->switch_over.learned_count;
     s->progress.switch_over.used_us = source_switch_over_budget_us(s);
     if (!s->local && s->peer_probes && source_probe_switch_over(s) != 0)

@@ -10,20 +10,30 @@ static uint64_t saturating_add(uint64_t a, uint64_t b)
     return a > UINT64_MAX - b ? UINT64_MAX : a + b;
 }
 
+static uint64_t learned_with_margin_us(const struct mig_switch_over_model *model)
+{
+    return saturating_add(model->learned_us, model->deviation_us);
+}
+
 uint64_t mig_switch_over_cost_us(const struct mig_switch_over_model *model)
 {
-    uint64_t learned = model->learned_count > 0 ? model->learned_us : 0;
+    uint64_t learned = model->learned_count > 0 ? learned_with_margin_us(model) : 0;
     return model->dry_run_us > learned ? model->dry_run_us : learned;
 }
 
 uint64_t mig_switch_over_budget_us(const struct mig_switch_over_model *model, uint64_t downtime_limit_ms,
                                    bool *learned_ignored)
 {
-    bool ignore = model->learned_count > 0 && downtime_limit_ms <= UINT64_MAX / 1000u &&
-                  model->learned_us >= downtime_limit_ms * 1000u;
+    uint64_t limit_us = downtime_limit_ms > UINT64_MAX / 1000u ? UINT64_MAX : downtime_limit_ms * 1000u;
+    bool ignore = model->learned_count > 0 && model->learned_us >= limit_us;
     if (learned_ignored != NULL)
         *learned_ignored = ignore;
-    return ignore ? model->dry_run_us : mig_switch_over_cost_us(model);
+    if (model->learned_count == 0 || ignore)
+        return model->dry_run_us;
+    uint64_t learned = learned_with_margin_us(model);
+    if (learned >= limit_us / 2u)
+        learned = model->learned_us;
+    return model->dry_run_us > learned ? model->dry_run_us : learned;
 }
 
 uint64_t mig_transfer_us(uint64_t bytes, uint64_t bandwidth_bytes_per_s)
@@ -59,9 +69,14 @@ void mig_switch_over_learn(struct mig_switch_over_model *model, uint64_t measure
 {
     if (model->learned_count == 0) {
         model->learned_us = measured_us;
+        model->deviation_us = measured_us / 2u + (measured_us % 2u);
     } else {
-        uint64_t sum = saturating_add(model->learned_us, measured_us);
-        model->learned_us = sum / 2u + (sum % 2u);
+        uint64_t error = measured_us > model->learned_us ? measured_us - model->learned_us
+                                                         : model->learned_us - measured_us;
+        unsigned __int128 deviation = (unsigned __int128)model->deviation_us * 3u + error + 3u;
+        model->deviation_us = (uint64_t)(deviation / 4u);
+        unsigned __int128 learned = (unsigned __int128)model->learned_us * 3u + measured_us + 3u;
+        model->learned_us = (uint64_t)(learned / 4u);
     }
     if (model->learned_count < UINT32_MAX)
         model->learned_count++;

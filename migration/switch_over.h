@@ -21,15 +21,21 @@
  *   - after a completed migration, from what really happened: the downtime
  *     minus the transfer (and digest) part of the bytes that went after the
  *     pause (mig_switch_over_measured_us). The learned value is a running
- *     mean (halving the weight of the past), kept by the process and passed
+ *     mean with its mean deviation, as TCP estimates a round-trip time
+ *     (RFC 6298: weights 1/4 here), kept by the process and passed
  *     along with the guest: the source sends its learned value and this
  *     migration's transfer part in the SWITCH_OVER frame, so the destination
  *     learns the measured cost of the switch-over it received and uses it for
  *     its own next migration (docs/migration-protocol.md).
- * The cost used is the larger of the two: the dry run is a floor measured on
- * this link now; the learned value sees what a dry run cannot (the real
- * restore, scheduling on a busy host). A learned cost at or above the
- * downtime limit is left out (mig_switch_over_budget_us).
+ * The cost used is the larger of the dry run and learned + deviation: the
+ * dry run is a floor measured on this link now; the learned value sees what
+ * a dry run cannot (the real restore, scheduling on a busy host), and its
+ * deviation how much one switch-over may exceed it. The deviation is dropped
+ * when the budget with it would take half the downtime limit (a margin that
+ * large leaves too little for the pages, and the migration would throttle
+ * the guest or never converge: seen at a 150 ms limit with 2 x deviation),
+ * and a learned mean at or above the limit is left out
+ * (mig_switch_over_budget_us).
  */
 #ifndef RINGVM_MIGRATION_SWITCH_OVER_H
 #define RINGVM_MIGRATION_SWITCH_OVER_H
@@ -42,6 +48,7 @@
 struct mig_switch_over_model {
     uint64_t dry_run_us;        /* this migration's dry run; 0 = none (peer without PROBE) */
     uint64_t learned_us;        /* running mean of measured switch-overs */
+    uint64_t deviation_us;      /* running mean of |measured - learned| */
     uint32_t learned_count;     /* completed switch-overs behind learned_us (0 = none) */
 };
 
@@ -53,15 +60,16 @@ struct mig_downtime_estimate {
     uint64_t total_ms;          /* their sum (saturating): what decides the switch-over */
 };
 
-/* The cost the expected downtime includes: max(dry run, learned), except
- * that a learned cost at or above the downtime limit is left out (then the
- * dry run alone): no iteration could ever switch over against it, and one
- * slow switch-over (a stalled destination host) must not stop every later
+/* The cost the expected downtime includes: max(dry run, learned +
+ * deviation); with learned + deviation at or above half the downtime limit,
+ * max(dry run, learned); with learned itself at or above the limit, the dry
+ * run alone: no iteration could ever switch over against it, and one slow
+ * switch-over (a stalled destination host) must not stop every later
  * migration of the guest from converging. *learned_ignored (may be NULL)
- * says whether that happened. */
+ * says whether the learned mean was left out. */
 uint64_t mig_switch_over_budget_us(const struct mig_switch_over_model *model, uint64_t downtime_limit_ms,
                                    bool *learned_ignored);
-/* max(dry run, learned) with no limit. */
+/* max(dry run, learned + deviation) with no limit. */
 uint64_t mig_switch_over_cost_us(const struct mig_switch_over_model *model);
 
 /* bytes: pages left + backlog + state; digest_pass_ms: one hash pass over
@@ -80,8 +88,10 @@ uint64_t mig_transfer_us(uint64_t bytes, uint64_t bandwidth_bytes_per_s);
  * bytes explain the whole downtime. */
 uint64_t mig_switch_over_measured_us(uint64_t downtime_us, uint64_t transfer_us, uint64_t digest_pass_us);
 
-/* Adds one measured switch-over: the first sets learned_us, each later one
- * moves it halfway (learned = (learned + measured) / 2, rounded up). */
+/* Adds one measured switch-over. The first sets learned = measured and
+ * deviation = measured / 2; each later one (RFC 6298's update, weights 1/4,
+ * rounded up): deviation = (3 deviation + |measured - learned|) / 4, then
+ * learned = (3 learned + measured) / 4. */
 void mig_switch_over_learn(struct mig_switch_over_model *model, uint64_t measured_us);
 
 #endif

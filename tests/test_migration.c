@@ -148,6 +148,7 @@ static void migrate_and_verify_mode(const char *workload, unsigned vcpus, bool t
     cr_assert(q->switch_over.measured, "the destination did not learn the switch-over's cost");
     cr_assert_eq(q->switch_over.learned_count, 1);
     cr_assert_eq(q->switch_over.learned_us, q->switch_over.measured_us);
+    cr_assert_eq(q->switch_over.deviation_us, (q->switch_over.measured_us + 1) / 2);
     free(q);
 
     if (keep_alive) {

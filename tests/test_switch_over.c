@@ -19,15 +19,16 @@
 
 /* ---- the model ------------------------------------------------------------ */
 
-Test(switch_over, cost_is_the_larger_of_dry_run_and_learned)
+Test(switch_over, cost_is_the_larger_of_dry_run_and_learned_plus_the_deviation)
 {
     struct mig_switch_over_model model = { .dry_run_us = 500 };
     cr_assert_eq(mig_switch_over_cost_us(&model), 500);
     /* learned_us without a completed migration behind it does not count */
     model.learned_us = 9000;
+    model.deviation_us = 1000;
     cr_assert_eq(mig_switch_over_cost_us(&model), 500);
     model.learned_count = 1;
-    cr_assert_eq(mig_switch_over_cost_us(&model), 9000);
+    cr_assert_eq(mig_switch_over_cost_us(&model), 10000);
     model.dry_run_us = 12000;
     cr_assert_eq(mig_switch_over_cost_us(&model), 12000);
     struct mig_switch_over_model none = { 0 };
@@ -40,6 +41,16 @@ Test(switch_over, a_learned_cost_at_or_above_the_limit_is_left_out)
     bool ignored = true;
     cr_assert_eq(mig_switch_over_budget_us(&model, 300, &ignored), 40000);
     cr_assert_not(ignored);
+    /* the deviation's margin counts while the budget stays under half the limit */
+    model.learned_us = 100000;
+    model.deviation_us = 49999;
+    cr_assert_eq(mig_switch_over_budget_us(&model, 300, &ignored), 149999);
+    cr_assert_not(ignored);
+    /* ... and is dropped where the budget would take half of it */
+    model.deviation_us = 50000;
+    cr_assert_eq(mig_switch_over_budget_us(&model, 300, &ignored), 100000);
+    cr_assert_not(ignored);
+    model.deviation_us = 0;
     /* one switch-over held for a second: it would block every later one */
     model.learned_us = 1050000;
     cr_assert_eq(mig_switch_over_budget_us(&model, 300, &ignored), 800);
@@ -111,20 +122,25 @@ Test(switch_over, measured_cost_is_the_downtime_the_bytes_do_not_explain)
     cr_assert_eq(mig_switch_over_measured_us(5, UINT64_MAX, 7), 0);
 }
 
-Test(switch_over, learning_starts_at_the_first_measurement_then_moves_halfway)
+Test(switch_over, learning_follows_rfc_6298_with_quarter_weights)
 {
     struct mig_switch_over_model model = { .dry_run_us = 400 };
-    mig_switch_over_learn(&model, 12000);
-    cr_assert_eq(model.learned_us, 12000);
+    mig_switch_over_learn(&model, 12001);
+    cr_assert_eq(model.learned_us, 12001);
+    cr_assert_eq(model.deviation_us, 6001);     /* half the first sample, rounded up */
     cr_assert_eq(model.learned_count, 1);
     mig_switch_over_learn(&model, 3001);
-    cr_assert_eq(model.learned_us, 7501);      /* (12000 + 3001) / 2, rounded up */
+    /* deviation = ceil((3 * 6001 + |3001 - 12001|) / 4) = ceil(27003 / 4) */
+    cr_assert_eq(model.deviation_us, 6751);
+    /* learned = ceil((3 * 12001 + 3001) / 4) = ceil(39004 / 4) */
+    cr_assert_eq(model.learned_us, 9751);
     cr_assert_eq(model.learned_count, 2);
-    mig_switch_over_learn(&model, 7501);
-    cr_assert_eq(model.learned_us, 7501);
+    mig_switch_over_learn(&model, 9751);
+    cr_assert_eq(model.learned_us, 9751);
+    cr_assert_eq(model.deviation_us, 5064);     /* ceil(3 * 6751 / 4) */
     cr_assert_eq(model.learned_count, 3);
     cr_assert_eq(model.dry_run_us, 400, "learning leaves the dry run alone");
-    cr_assert_eq(mig_switch_over_cost_us(&model), 7501);
+    cr_assert_eq(mig_switch_over_cost_us(&model), 9751 + 5064);
 }
 
 /* ---- the frames ------------------------------------------------------------ */
@@ -176,14 +192,16 @@ Test(switch_over, probe_ack_and_switch_over_round_trip_and_rules)
 
     uint8_t report_bytes[MIG_SWITCH_OVER_SIZE];
     struct mig_switch_over report = { .transfer_us = 268892, .digest_pass_us = 7000, .learned_us = 11535,
-                                      .learned_count = 3 }, report_out;
+                                      .deviation_us = 4321, .learned_count = 3 }, report_out;
     mig_switch_over_encode(&report, report_bytes);
     cr_assert_eq(mig_switch_over_decode(report_bytes, &report_out, error, sizeof(error)), 0, "%s", error);
     cr_assert_eq(report_out.transfer_us, 268892);
     cr_assert_eq(report_out.digest_pass_us, 7000);
     cr_assert_eq(report_out.learned_us, 11535);
+    cr_assert_eq(report_out.deviation_us, 4321);
     cr_assert_eq(report_out.learned_count, 3);
     report.learned_count = 0;
+    report.deviation_us = 0;
     mig_switch_over_encode(&report, report_bytes);
     cr_assert_eq(mig_switch_over_decode(report_bytes, &report_out, error, sizeof(error)), -1);
     cr_assert_str_eq(error, "switch-over frame with reserved 0, learned 11535 us from 0 migrations (reserved 0; "
@@ -213,7 +231,8 @@ static void put_vcpu_probe(struct migration_stream *s, uint32_t count)
 static void put_switch_over(struct migration_stream *s)
 {
     uint8_t payload[MIG_SWITCH_OVER_SIZE];
-    struct mig_switch_over report = { .transfer_us = 1000, .learned_us = 2000, .learned_count = 1 };
+    struct mig_switch_over report = { .transfer_us = 1000, .learned_us = 2000, .deviation_us = 500,
+                                      .learned_count = 1 };
     mig_switch_over_encode(&report, payload);
     migration_stream_put_frame(s, MIG_FRAME_SWITCH_OVER, payload, sizeof(payload));
 }
@@ -260,6 +279,7 @@ Test(switch_over, the_receiver_keeps_the_probe_and_the_switch_over_report)
     cr_assert(r.have_switch_over);
     cr_assert_eq(r.switch_over.transfer_us, 1000);
     cr_assert_eq(r.switch_over.learned_us, 2000);
+    cr_assert_eq(r.switch_over.deviation_us, 500);
     cr_assert_eq(r.switch_over.learned_count, 1);
     mig_receiver_drop_probe(&r);
     cr_assert_null(r.probe);

@@ -4,7 +4,7 @@
 # given duration and checks every hop.
 #
 #   tests/soak/soak.sh [--duration SECONDS] [--build DIR] [--rate RATE] [--summary FILE]
-#                      [--linux DIR]
+#                      [--linux DIR] [--downtime-ms N]
 #
 # Guests: the ledger (writes, then verifies every second: prints LEDGER OK or
 # MISMATCH) and the full-rate dirtier; with --linux DIR (make linux-guest's
@@ -17,7 +17,10 @@
 # of guest RAM match (memory_digest_source == memory_digest_destination,
 # verify_digest on), the source exits 0, the destination runs the guest (for
 # the ledger: a new LEDGER OK, no MISMATCH ever).
-# Prints one line per hop and a summary: hops, failures, max and p99 downtime.
+# --downtime-ms: every migration's downtime_ms (default 300, migration.start's).
+# Prints one line per hop (with the expected downtime's parts) and a summary:
+# hops, failures, max, p99 and p50 downtime, and how many hops (and of them
+# the dirtier's) stayed within the limit.
 # Exit 0 when no hop failed. Needs root (namespaces).
 set -uo pipefail
 
@@ -26,6 +29,7 @@ build=build
 rate=""
 summary=""
 linux=""
+downtime_ms=300
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) duration="$2"; shift 2 ;;
@@ -33,6 +37,7 @@ while [ $# -gt 0 ]; do
         --rate) rate="$2"; shift 2 ;;
         --summary) summary="$2"; shift 2 ;;
         --linux) linux="$2"; shift 2 ;;
+        --downtime-ms) downtime_ms="$2"; shift 2 ;;
         *) echo "soak.sh: unknown option '$1'" >&2; exit 2 ;;
     esac
 done
@@ -125,6 +130,7 @@ fi
 hops=0 failures=0 port=7100
 downtimes="$work/downtimes"
 : > "$downtimes"
+: > "$downtimes.by-guest"
 started=$(date +%s)
 echo "soak: ${duration}s, ${memory} guests, ledger (${workload[ledger]}) and dirtier (${workload[dirtier]})${linux:+, Linux (2 vCPUs, ${workload[linux]})}, $name"
 while [ $(( $(date +%s) - started )) -lt "$duration" ]; do
@@ -141,7 +147,7 @@ while [ $(( $(date +%s) - started )) -lt "$duration" ]; do
         cause=""
         if ! start_vm "$vm" "$to" --incoming "tcp:$to_addr:$port"; then
             cause="destination did not start"
-        elif ! "$ringctl" -s "$old_sock" raw "{\"cmd\":\"migration.start\",\"args\":{\"dest\":\"tcp:$to_addr:$port\",\"keep_alive\":true,\"converge\":\"$mode\",\"verify_digest\":true,\"timeout_s\":120}}" \
+        elif ! "$ringctl" -s "$old_sock" raw "{\"cmd\":\"migration.start\",\"args\":{\"dest\":\"tcp:$to_addr:$port\",\"keep_alive\":true,\"converge\":\"$mode\",\"verify_digest\":true,\"timeout_s\":120,\"downtime_ms\":$downtime_ms}}" \
                 > "$work/migrate.out" 2>&1 || ! grep -q '"ok": *true' "$work/migrate.out"; then
             cause="migration.start failed: $(tail -1 "$work/migrate.out")"
         elif ! wait_for 150 ended "$old_sock"; then
@@ -186,7 +192,10 @@ while [ $(( $(date +%s) - started )) -lt "$duration" ]; do
             fi
         else
             echo "$downtime" >> "$downtimes"
-            echo "hop $hops $vm $from->$to $mode: ok, $iterations iterations, downtime ${downtime} ms, digest $ds"
+            echo "$vm $downtime" >> "$downtimes.by-guest"
+            # The expected downtime's parts (issue 15, item 1): what decided the switch-over.
+            parts="$(jq -r '"expected \(.expected_downtime_ms) ms = transfer \(.expected_downtime_parts.transfer_ms) + digest \(.expected_downtime_parts.digest_ms) + switch-over \(.expected_downtime_parts.switch_over_ms) (dry run \(.switch_over.dry_run_us) us, learned \(.switch_over.learned_us) us, measured \(.switch_over.measured_us) us)"' <<<"$progress" 2>/dev/null)"
+            echo "hop $hops $vm $from->$to $mode: ok, $iterations iterations, downtime ${downtime} ms, $parts, digest $ds"
         fi
         rm -f "$old_log" "$old_log.err"
     done
@@ -196,7 +205,12 @@ n=$(wc -l < "$downtimes")
 max=$(sort -n "$downtimes" | tail -1)
 p99=$( [ "$n" -gt 0 ] && sort -n "$downtimes" | sed -n "$(( (n * 99 + 99) / 100 ))p" )
 p50=$( [ "$n" -gt 0 ] && sort -n "$downtimes" | sed -n "$(( (n + 1) / 2 ))p" )
-line="soak: ${elapsed}s, hops $hops, failures $failures, downtime max ${max:-n/a} ms, p99 ${p99:-n/a} ms, p50 ${p50:-n/a} ms"
+# Within the limit: all hops and the dirtier's alone.
+within=$(awk -v limit="$downtime_ms" '$2 <= limit { n++ } END { print n + 0 }' "$downtimes.by-guest" 2>/dev/null)
+dirtier_hops=$(awk '$1 == "dirtier" { n++ } END { print n + 0 }' "$downtimes.by-guest" 2>/dev/null)
+dirtier_within=$(awk -v limit="$downtime_ms" '$1 == "dirtier" && $2 <= limit { n++ } END { print n + 0 }' \
+                 "$downtimes.by-guest" 2>/dev/null)
+line="soak: ${elapsed}s, hops $hops, failures $failures, downtime max ${max:-n/a} ms, p99 ${p99:-n/a} ms, p50 ${p50:-n/a} ms, within ${downtime_ms} ms ${within:-0}/$n (dirtier ${dirtier_within:-0}/${dirtier_hops:-0})"
 echo "$line"
 [ -z "$summary" ] || echo "$line" > "$summary"
 [ "$failures" = 0 ]
