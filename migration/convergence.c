@@ -36,15 +36,20 @@ uint64_t mig_expected_downtime_with_digest_ms(uint64_t transfer_ms, uint64_t dig
     return overlapped > UINT64_MAX - digest_ms ? UINT64_MAX : overlapped + digest_ms;
 }
 
-uint64_t mig_expected_downtime_ms(uint64_t dirty_bytes, uint64_t bandwidth_bytes_per_s)
+uint64_t mig_transfer_time(uint64_t bytes, uint64_t bandwidth_bytes_per_s, uint64_t units_per_second)
 {
-    if (dirty_bytes == 0)
+    if (bytes == 0)
         return 0;
     if (bandwidth_bytes_per_s == 0)
         return UINT64_MAX;
-    unsigned __int128 numerator = (unsigned __int128)dirty_bytes * 1000u + bandwidth_bytes_per_s - 1;
+    unsigned __int128 numerator = (unsigned __int128)bytes * units_per_second + bandwidth_bytes_per_s - 1;
     unsigned __int128 result = numerator / bandwidth_bytes_per_s;
     return result > UINT64_MAX ? UINT64_MAX : (uint64_t)result;
+}
+
+uint64_t mig_expected_downtime_ms(uint64_t dirty_bytes, uint64_t bandwidth_bytes_per_s)
+{
+    return mig_transfer_time(dirty_bytes, bandwidth_bytes_per_s, 1000u);
 }
 
 static int clamp_throttle(int value, int max)

@@ -39,8 +39,11 @@ const char *mig_converge_name(enum mig_converge mode);
 /* "none", "auto", "dirty-limit"; 0 or -1. */
 int mig_converge_parse(const char *text, enum mig_converge *mode);
 
-/* ceil(dirty_bytes * 1000 / bandwidth) in ms; UINT64_MAX when bandwidth is
- * 0 and there is something to send; 0 when dirty_bytes is 0. */
+/* ceil(bytes * units_per_second / bandwidth): the time to move bytes in
+ * 1/units_per_second units (1000: ms, 1000000: us); UINT64_MAX when
+ * bandwidth is 0 and there is something to send; 0 for no bytes. */
+uint64_t mig_transfer_time(uint64_t bytes, uint64_t bandwidth_bytes_per_s, uint64_t units_per_second);
+/* mig_transfer_time in ms. */
 uint64_t mig_expected_downtime_ms(uint64_t dirty_bytes, uint64_t bandwidth_bytes_per_s);
 /* Expected downtime with digest verification (verify_digest): the source
  * hashes its RAM while the last pages drain, so that overlaps the

@@ -77,6 +77,31 @@ static bool pace(struct mig_sender *s, uint64_t bytes_total)
 
 static void drop_queue_locked(struct mig_sender *s)
 {
+    /* Finishing inside a frame that spans buffers: its remaining parts
+     * stay queued and are written, so the stream still ends at a frame
+     * boundary. */
+    struct mig_buffer *keep_tail = NULL;
+    if (s->finish && s->taken_continues && !atomic_load_explicit(&s->failed, memory_order_relaxed)) {
+        for (struct mig_buffer *b = s->queue_head; b != NULL; b = b->next) {
+            keep_tail = b;
+            if (!b->continues)
+                break;
+        }
+    }
+    if (keep_tail != NULL) {
+        struct mig_buffer *rest = keep_tail->next;
+        keep_tail->next = NULL;
+        s->queue_tail = keep_tail;
+        while (rest != NULL) {
+            struct mig_buffer *b = rest;
+            rest = b->next;
+            b->length = 0;
+            b->next = s->free_list;
+            s->free_list = b;
+            s->in_flight--;
+        }
+        return;
+    }
     while (s->queue_head != NULL) {
         struct mig_buffer *b = s->queue_head;
         s->queue_head = b->next;
@@ -111,6 +136,7 @@ static void *sender_main(void *argument)
             batch[count++] = s->queue_head;
             s->queue_head = s->queue_head->next;
         }
+        s->taken_continues = batch[count - 1]->continues;
         if (s->queue_head == NULL)
             s->queue_tail = NULL;
         pthread_mutex_unlock(&s->lock);
@@ -223,9 +249,59 @@ struct mig_buffer *mig_sender_get(struct mig_sender *s, unsigned timeout_ms)
         b->next = NULL;
         b->length = 0;
         b->unfilled = false;
+        b->continues = false;
     }
     pthread_mutex_unlock(&s->lock);
     return b;
+}
+
+int mig_sender_queue_large_frame(struct mig_sender *s, uint32_t type, uint64_t seq, const void *payload,
+                                 size_t length, unsigned timeout_ms, char *error, size_t error_size)
+{
+    size_t total = MIG_HEADER_SIZE + length;
+    uint8_t *frame = malloc(total);
+    if (frame == NULL) {
+        snprintf(error, error_size, "out of memory for a %zu-byte %s frame", total, mig_frame_type_name(type));
+        return -1;
+    }
+    mig_frame_encode(frame, type, seq, payload, length);
+    /* Every buffer first, so a frame is queued whole or not at all. */
+    unsigned parts = (unsigned)((total + MIG_SEND_BUFFER_BYTES - 1) / MIG_SEND_BUFFER_BYTES);
+    struct mig_buffer *buffers[MIG_SEND_BUFFERS];
+    if (parts > MIG_SEND_BUFFERS) {
+        free(frame);
+        snprintf(error, error_size, "%s frame of %zu bytes exceeds the %u send buffers", mig_frame_type_name(type),
+                 total, MIG_SEND_BUFFERS);
+        return -1;
+    }
+    uint64_t deadline = mono_ns() + (uint64_t)timeout_ms * 1000000u;
+    unsigned got = 0;
+    while (got < parts) {
+        struct mig_buffer *b = mig_sender_get(s, 50);
+        if (b != NULL) {
+            buffers[got++] = b;
+            continue;
+        }
+        if (atomic_load_explicit(&s->failed, memory_order_relaxed) || mono_ns() >= deadline) {
+            for (unsigned i = 0; i < got; i++)
+                mig_sender_put_back(s, buffers[i]);
+            free(frame);
+            if (!mig_sender_failed(s, error, error_size))
+                snprintf(error, error_size, "no send buffer for a %zu-byte %s frame in %u ms", total,
+                         mig_frame_type_name(type), timeout_ms);
+            return -1;
+        }
+    }
+    for (unsigned i = 0; i < parts; i++) {
+        size_t offset = (size_t)i * MIG_SEND_BUFFER_BYTES;
+        size_t chunk = total - offset < MIG_SEND_BUFFER_BYTES ? total - offset : MIG_SEND_BUFFER_BYTES;
+        memcpy(buffers[i]->data, frame + offset, chunk);
+        buffers[i]->length = chunk;
+        buffers[i]->continues = i + 1 < parts;
+        mig_sender_submit(s, buffers[i], i + 1 < parts ? seq : seq + 1);
+    }
+    free(frame);
+    return 0;
 }
 
 void mig_sender_submit(struct mig_sender *s, struct mig_buffer *b, uint64_t seq_end)

@@ -60,8 +60,11 @@ struct mig_buffer {
     uint8_t *data;
     size_t capacity;
     size_t length;
-    uint64_t seq_end;           /* frame number after this buffer's last frame */
+    uint64_t seq_end;           /* frame number after this buffer's last complete frame */
     struct mig_buffer *next;
+    /* Its last frame goes on in the next buffer queued (a frame larger than
+     * one buffer, mig_sender_queue_large_frame). */
+    bool continues;
     /* A memory frame closed but not filled yet (mig_builder_close): its
      * data pages still to copy, and its checksum to seal. */
     bool unfilled;
@@ -85,7 +88,9 @@ struct mig_sender {
     struct mig_buffer *queue_head, *queue_tail;
     unsigned in_flight;                 /* submitted, not yet written */
     bool stop;                          /* exit now (after abort) */
-    bool finish;                        /* complete the batch being written, drop the rest, exit */
+    bool finish;                        /* complete the batch being written (and the frame it
+                                           ends in), drop the rest, exit */
+    bool taken_continues;               /* the last buffer taken for writing ends mid-frame */
     _Atomic bool abort;                 /* interrupts a write in progress (mig_sender_stop) */
     struct mig_buffer storage[MIG_SEND_BUFFERS];
 
@@ -108,6 +113,16 @@ void mig_sender_set_bandwidth(struct mig_sender *sender, uint64_t max_bandwidth_
 struct mig_buffer *mig_sender_get(struct mig_sender *sender, unsigned timeout_ms);
 /* seq_end: the frame number after the buffer's last frame. */
 void mig_sender_submit(struct mig_sender *sender, struct mig_buffer *buffer, uint64_t seq_end);
+/* A frame larger than one buffer (a machine state of many vCPUs: up to
+ * MIG_MACHINE_STATE_MAX): encoded whole, then queued over as many buffers as
+ * it takes, each but the last marked `continues`, so mig_sender_finish
+ * never ends the stream inside it. Waits for free buffers (not for the
+ * writes) up to timeout_ms in all; 0, or -1 with a message (the sender
+ * failed, out of memory, or no buffer came in time; then nothing of the
+ * frame was queued, or the parts queued end the stream when the sender
+ * fails). */
+int mig_sender_queue_large_frame(struct mig_sender *sender, uint32_t type, uint64_t seq, const void *payload,
+                                 size_t length, unsigned timeout_ms, char *error, size_t error_size);
 /* Gives an unused buffer back. */
 void mig_sender_put_back(struct mig_sender *sender, struct mig_buffer *buffer);
 /* Waits up to timeout_ms until everything submitted is written: 0 drained,

@@ -179,6 +179,16 @@ static int source_flush(struct source *s)
 
 static int source_small_frame(struct source *s, uint32_t type, const void *payload, size_t length)
 {
+    if (MIG_HEADER_SIZE + length > MIG_SEND_BUFFER_BYTES) {
+        /* A machine state of many vCPUs: over several buffers, whole. */
+        char text[600];
+        if (mig_sender_queue_large_frame(&s->sender, type, s->seq, payload, length,
+                                         s->params.stall_timeout_ms * 2u, text, sizeof(text)) != 0)
+            return source_fail(s, "transport", "queueing the %zu-byte %s frame: %s", length,
+                               mig_frame_type_name(type), text);
+        s->seq++;
+        return 0;
+    }
     struct mig_buffer *b = source_buffer(s);
     if (b == NULL)
         return -1;
@@ -460,6 +470,32 @@ static void dirty_limit_apply(struct source *s, uint64_t dirty_pages, uint64_t d
                 count > 1 ? rates[1] : 0, out[0], count > 1 ? out[1] : 0, again ? " (saturated)" : "");
 }
 
+/* Reads the destination's answer to a request of the setup (`phase`:
+ * "handshake", "switch-over probe"): 0 with the frame in header/reply, or
+ * -1 having failed the migration: cancelled, the link (transport), or the
+ * destination's ERROR (config-mismatch or destination-error). The caller
+ * checks the frame's type. */
+static int source_read_answer(struct source *s, const char *phase, struct mig_frame_header *header,
+                              uint8_t *reply, size_t reply_size)
+{
+    char text[600];
+    if (mig_read_small_frame(&s->input, s->peer_seq++, header, reply, reply_size, text, sizeof(text)) != 0) {
+        if (atomic_load_explicit(&s->m->cancel, memory_order_acquire)) {
+            s->cancelled = true;
+            return source_fail(s, "cancelled", "cancelled by migration.cancel");
+        }
+        return source_fail(s, "transport", "%s: %s", phase, text);
+    }
+    if (header->type == MIG_FRAME_ERROR) {
+        uint32_t code;
+        char message[MIG_ERROR_MAX_MESSAGE + 1];
+        mig_error_decode(reply, (size_t)header->length, &code, message, sizeof(message));
+        return source_fail(s, code == MIG_ERR_CONFIG ? "config-mismatch" : "destination-error",
+                           "destination refused: %s", message);
+    }
+    return 0;
+}
+
 static int source_handshake(struct source *s)
 {
     struct vm *vm = s->vm;
@@ -488,20 +524,8 @@ static int source_handshake(struct source *s)
         return source_fail(s, s->cancelled ? "cancelled" : "transport", "%s", text);
     uint8_t reply[4 + MIG_ERROR_MAX_MESSAGE];
     struct mig_frame_header header;
-    if (mig_read_small_frame(&s->input, s->peer_seq++, &header, reply, sizeof(reply), text, sizeof(text)) != 0) {
-        if (atomic_load_explicit(&s->m->cancel, memory_order_acquire)) {
-            s->cancelled = true;
-            return source_fail(s, "cancelled", "cancelled by migration.cancel");
-        }
-        return source_fail(s, "transport", "handshake: %s", text);
-    }
-    if (header.type == MIG_FRAME_ERROR) {
-        uint32_t code;
-        char message[MIG_ERROR_MAX_MESSAGE + 1];
-        mig_error_decode(reply, (size_t)header.length, &code, message, sizeof(message));
-        return source_fail(s, code == MIG_ERR_CONFIG ? "config-mismatch" : "destination-error",
-                           "destination refused: %s", message);
-    }
+    if (source_read_answer(s, "handshake", &header, reply, sizeof(reply)) != 0)
+        return -1;
     if (header.type != MIG_FRAME_HELLO_ACK)
         return source_fail(s, "stream", "destination answered the hello with a %s frame",
                            mig_frame_type_name(header.type));
@@ -791,20 +815,8 @@ static int source_probe_switch_over(struct source *s)
 
     uint8_t reply[4 + MIG_ERROR_MAX_MESSAGE];
     struct mig_frame_header reply_header;
-    if (mig_read_small_frame(&s->input, s->peer_seq++, &reply_header, reply, sizeof(reply), text, sizeof(text)) !=
-        0) {
-        if (atomic_load_explicit(&s->m->cancel, memory_order_acquire)) {
-            s->cancelled = true;
-            return source_fail(s, "cancelled", "cancelled by migration.cancel");
-        }
-        return source_fail(s, "transport", "switch-over probe: %s", text);
-    }
-    if (reply_header.type == MIG_FRAME_ERROR) {
-        uint32_t code;
-        char message[MIG_ERROR_MAX_MESSAGE + 1];
-        mig_error_decode(reply, (size_t)reply_header.length, &code, message, sizeof(message));
-        return source_fail(s, "destination-error", "destination refused: %s", message);
-    }
+    if (source_read_answer(s, "switch-over probe", &reply_header, reply, sizeof(reply)) != 0)
+        return -1;
     if (reply_header.type != MIG_FRAME_PROBE_ACK)
         return source_fail(s, "stream", "destination answered the switch-over probe with a %s frame",
                            mig_frame_type_name(reply_header.type));

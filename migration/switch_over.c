@@ -38,13 +38,7 @@ uint64_t mig_switch_over_budget_us(const struct mig_switch_over_model *model, ui
 
 uint64_t mig_transfer_us(uint64_t bytes, uint64_t bandwidth_bytes_per_s)
 {
-    if (bytes == 0)
-        return 0;
-    if (bandwidth_bytes_per_s == 0)
-        return UINT64_MAX;
-    unsigned __int128 numerator = (unsigned __int128)bytes * 1000000u + bandwidth_bytes_per_s - 1;
-    unsigned __int128 result = numerator / bandwidth_bytes_per_s;
-    return result > UINT64_MAX ? UINT64_MAX : (uint64_t)result;
+    return mig_transfer_time(bytes, bandwidth_bytes_per_s, 1000000u);
 }
 
 void mig_downtime_estimate(uint64_t bytes, uint64_t bandwidth_bytes_per_s, uint64_t digest_pass_ms,

@@ -126,14 +126,19 @@ void test_destination_stop(struct test_destination *d)
     d->harness.console.text = NULL;
 }
 
-uint64_t test_migration_start(struct vm *vm, const struct mig_params *params)
+uint64_t test_migration_start_on(struct vm *vm, struct api_server *server, const struct mig_params *params)
 {
     uint64_t id = 0;
     const char *code = NULL;
     char message[512];
-    int r = migration_start(vm, NULL, params, &id, &code, message, sizeof(message));
+    int r = migration_start(vm, server, params, &id, &code, message, sizeof(message));
     cr_assert_eq(r, 0, "migration_start: %s: %s", code, message);
     return id;
+}
+
+uint64_t test_migration_start(struct vm *vm, const struct mig_params *params)
+{
+    return test_migration_start_on(vm, NULL, params);
 }
 
 void test_migration_finished(struct vm *vm, struct mig_progress *p, unsigned timeout_ms)

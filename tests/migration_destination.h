@@ -46,10 +46,13 @@ int test_destination_join(struct test_destination *d);
 void test_destination_stop(struct test_destination *d);
 
 /* The source side, shared by the migration tests. */
+struct api_server;
 struct mig_params;
 struct mig_progress;
 /* migration_start on vm, asserting it was accepted; the migration's id. */
 uint64_t test_migration_start(struct vm *vm, const struct mig_params *params);
+/* The same with the VM's API server, which publishes the migration's events. */
+uint64_t test_migration_start_on(struct vm *vm, struct api_server *server, const struct mig_params *params);
 /* Waits for vm's migration to end and copies its final progress into *p. */
 void test_migration_finished(struct vm *vm, struct mig_progress *p, unsigned timeout_ms);
 /* Releases the source's migration and stops its VM. */

@@ -230,11 +230,7 @@ Test(api_dirty_tracking, api_hold_survives_a_migration_that_loses_no_page, .time
     params.verify_digest = true;    /* source and destination RAM compared at the switch-over */
     params.downtime_ms = harness_digest_downtime_ms(256ull << 20);
     params.timeout_s = 60;
-    uint64_t id = 0;
-    const char *code = NULL;
-    char message[512];
-    cr_assert_eq(migration_start(t.harness.vm, t.server, &params, &id, &code, message, sizeof(message)), 0,
-                 "migration_start: %s: %s", code, message);
+    uint64_t id = test_migration_start_on(t.harness.vm, t.server, &params);
     cr_assert(migration_wait_idle(t.harness.vm, 60000), "the migration did not end");
     struct mig_progress *p = malloc(sizeof(*p));
     cr_assert(migration_progress(t.harness.vm, p));
@@ -300,11 +296,7 @@ Test(api_dirty_tracking, recycling_rings_during_a_migration_warn_once_and_are_co
     params.keep_alive = true;
     params.max_bandwidth_mibs = 64;     /* pass 0 takes ~4 s: the guest rewrites its pages meanwhile */
     params.timeout_s = 60;
-    uint64_t id = 0;
-    const char *code = NULL;
-    char message[512];
-    cr_assert_eq(migration_start(t.harness.vm, t.server, &params, &id, &code, message, sizeof(message)), 0,
-                 "migration_start: %s: %s", code, message);
+    uint64_t id = test_migration_start_on(t.harness.vm, t.server, &params);
     unsigned warnings = 0;
     bool completed = false;
     while (!completed) {

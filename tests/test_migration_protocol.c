@@ -6,15 +6,20 @@
  * documented rejection rule is tests/test_migration_rejections.c.
  */
 #include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "migration/progress.h"
 #include "migration/protocol.h"
 #include "migration/receiver.h"
 #include "migration/sender.h"
 #include "migration/transport.h"
+#include "tests/harness.h"
 #include "tests/migration_stream.h"
 
 #define RAM_BYTES MIGRATION_STREAM_RAM_BYTES     /* 256 pages */
@@ -589,4 +594,124 @@ Test(migration_protocol, device_state_carries_the_workload_and_rejects_untermina
     mig_put_u32(bytes, 1);
     cr_assert_eq(mig_device_state_decode(bytes, &back, error, sizeof(error)), -1);
     cr_assert_str_eq(error, "device state version 1 (expected 2)");
+}
+
+/* ---- frames larger than one send buffer (a machine state of many vCPUs) ---- */
+
+struct socket_reader {
+    int fd;
+    pthread_t thread;
+    uint8_t *bytes;
+    size_t length, capacity;
+};
+
+/* Reads fd to EOF into bytes (the test's other end of the socketpair). */
+static void *socket_reader_main(void *argument)
+{
+    struct socket_reader *r = argument;
+    for (;;) {
+        if (r->capacity - r->length < 65536) {
+            r->capacity = r->capacity * 2 + 65536;
+            r->bytes = realloc(r->bytes, r->capacity);
+            if (r->bytes == NULL)
+                return NULL;
+        }
+        ssize_t got = read(r->fd, r->bytes + r->length, r->capacity - r->length);
+        if (got <= 0)
+            return NULL;
+        r->length += (size_t)got;
+    }
+}
+
+struct large_frame_run {
+    int fds[2];
+    struct mig_sender sender;
+    struct socket_reader reader;
+    _Atomic bool cancel;
+    uint8_t *payload;
+    size_t payload_length;
+    uint8_t *expected;          /* the frame as mig_frame_encode makes it */
+};
+
+static void large_frame_start(struct large_frame_run *run, uint64_t max_bandwidth)
+{
+    memset(run, 0, sizeof(*run));
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, run->fds), 0);
+    run->reader.fd = run->fds[1];
+    cr_assert_eq(pthread_create(&run->reader.thread, NULL, socket_reader_main, &run->reader), 0);
+    char error[256];
+    cr_assert_eq(mig_sender_start(&run->sender, run->fds[0], NULL, max_bandwidth, 5000, &run->cancel, error,
+                                  sizeof(error)), 0, "%s", error);
+    /* 3.5 send buffers of payload: four parts. */
+    run->payload_length = 3 * MIG_SEND_BUFFER_BYTES + MIG_SEND_BUFFER_BYTES / 2;
+    run->payload = malloc(run->payload_length);
+    run->expected = malloc(MIG_HEADER_SIZE + run->payload_length);
+    cr_assert(run->payload != NULL && run->expected != NULL);
+    for (size_t i = 0; i < run->payload_length; i++)
+        run->payload[i] = (uint8_t)(i * 131u + (i >> 12));
+    mig_frame_encode(run->expected, MIG_FRAME_MACHINE_STATE, 1, run->payload, run->payload_length);
+}
+
+/* Stops the sender, closes its end and returns once the reader has it all. */
+static void large_frame_end(struct large_frame_run *run)
+{
+    mig_sender_stop(&run->sender);
+    close(run->fds[0]);
+    pthread_join(run->reader.thread, NULL);
+    close(run->fds[1]);
+}
+
+static void large_frame_free(struct large_frame_run *run)
+{
+    free(run->payload);
+    free(run->expected);
+    free(run->reader.bytes);
+}
+
+Test(migration_protocol, a_frame_larger_than_a_send_buffer_goes_out_whole_over_several)
+{
+    struct large_frame_run run;
+    large_frame_start(&run, 0);
+    char error[256];
+    cr_assert_eq(mig_sender_queue_large_frame(&run.sender, MIG_FRAME_MACHINE_STATE, 1, run.payload,
+                                              run.payload_length, 5000, error, sizeof(error)), 0, "%s", error);
+    cr_assert_eq(mig_sender_flush(&run.sender, 10000), 0);
+    cr_assert_eq(mig_sender_seq_written(&run.sender), 2, "the frame counts as written once, when whole");
+    large_frame_end(&run);
+    cr_assert_eq(run.reader.length, MIG_HEADER_SIZE + run.payload_length);
+    cr_assert_eq(memcmp(run.reader.bytes, run.expected, run.reader.length), 0);
+    large_frame_free(&run);
+}
+
+static bool sender_has_written(void *argument)
+{
+    return mig_sender_bytes(argument) > 0;
+}
+
+/* A cancel while such a frame is being written: mig_sender_finish ends the
+ * stream after the whole frame (never inside it, so the ERROR frame the
+ * source writes next is readable) and drops the frame queued after it. */
+Test(migration_protocol, finishing_inside_a_large_frame_completes_it_and_drops_what_follows)
+{
+    struct large_frame_run run;
+    large_frame_start(&run, 1u << 20);     /* 1 MiB/s: the frame takes ~3.5 s unless finished */
+    char error[256];
+    cr_assert_eq(mig_sender_queue_large_frame(&run.sender, MIG_FRAME_MACHINE_STATE, 1, run.payload,
+                                              run.payload_length, 5000, error, sizeof(error)), 0, "%s", error);
+    struct mig_buffer *after = mig_sender_get(&run.sender, 5000);
+    cr_assert_not_null(after);
+    uint8_t iteration[MIG_ITERATION_SIZE] = { 0 };
+    cr_assert(mig_buffer_append_frame(after, MIG_FRAME_ITERATION, 2, iteration, sizeof(iteration)));
+    mig_sender_submit(&run.sender, after, 3);
+    /* Inside the frame: some of it written, not all. */
+    cr_assert(harness_wait_until(sender_has_written, &run.sender, 5000), "the sender never started");
+    cr_assert_lt(mig_sender_bytes(&run.sender), MIG_HEADER_SIZE + run.payload_length);
+    mig_sender_finish(&run.sender);
+    cr_assert_eq(mig_sender_seq_written(&run.sender), 2);
+    large_frame_end(&run);
+    cr_assert_eq(run.reader.length, MIG_HEADER_SIZE + run.payload_length, "%zu bytes: the frame %s",
+                 run.reader.length, run.reader.length < MIG_HEADER_SIZE + run.payload_length ? "was cut" :
+                 "was followed by the dropped one");
+    cr_assert_eq(memcmp(run.reader.bytes, run.expected, run.reader.length), 0);
+    large_frame_free(&run);
 }
