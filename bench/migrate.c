@@ -195,6 +195,8 @@ struct result {
     double bitmap_clear_ms;     /* time in them */
     uint64_t recycling_iterations;  /* ring mode: iterations in which the rings recycled */
     uint64_t recycling_resets;      /* harvester resets + ring-full exits during the migration */
+    double entries_per_page;        /* ring entries harvested / pages taken: write-protect
+                                       faults per page per pass (<= ~1 while the rings hold a pass) */
     char error[1024];
 };
 
@@ -462,6 +464,9 @@ static void run_one(const struct options *o, uint64_t wss, const char *workload_
         r->bytes = p->memory.transferred;
         r->recycling_iterations = p->recycling.iterations;
         r->recycling_resets = p->recycling.harvester_resets + p->recycling.ring_full_exits;
+        r->entries_per_page = p->recycling.pages_taken > 0
+                                  ? (double)p->recycling.entries_harvested / (double)p->recycling.pages_taken
+                                  : 0.0;
         /* The source's vCPUs stay paused after the switch-over (keep_alive):
          * the counters stopped there. */
         struct dirty_log_stats *stats = calloc(1, sizeof(*stats));
@@ -863,7 +868,8 @@ int main(int argc, char **argv)
                     "  --bitmap-clear-chunk SIZE  the VMs' --bitmap-clear-chunk (bitmap mode)\n"
                     "  --wss LIST   the matrix's working sets, e.g. 16M,64M,256M,1G (default 256M,1G);\n"
                     "               column recycle: iterations in which the dirty rings recycled / harvester\n"
-                    "               resets + ring-full exits (issue 15, item 4)\n"
+                    "               resets + ring-full exits (issue 15, item 4); ent/page: ring entries\n"
+                    "               harvested per page taken (write-protect faults per page per pass)\n"
                     "  --filter     run only the cells whose name starts with this (e.g. 256M/none/auto);\n"
                     "               skips the throughput baselines (uncapped cells keep their plain move)\n"
                     "Uncapped cells first move their guest's RAM plainly (median of 3) and report\n"
@@ -929,9 +935,9 @@ int main(int argc, char **argv)
                 idle_prealloc.plain_mibs > 0 ? 100.0 * idle_prealloc.throughput_mibs / idle_prealloc.plain_mibs : 0.0);
     }
     if (!o.json && !o.baselines_only)
-        fprintf(stdout, "%-5s %-5s %-11s %-6s | %-9s %8s %9s %5s %8s %9s %9s %9s %11s %11s %9s\n", "wss", "cap",
+        fprintf(stdout, "%-5s %-5s %-11s %-6s | %-9s %8s %9s %5s %8s %9s %9s %9s %11s %11s %9s %8s\n", "wss", "cap",
                 "converge", "log", "converged", "total_ms", "downtime", "iters", "throttle", "sent_MiB",
-                "iter0_MiBs", "of_plain", "guest_pps", "pps_before", "recycle");
+                "iter0_MiBs", "of_plain", "guest_pps", "pps_before", "recycle", "ent/page");
     json_t *runs = json_array();
     unsigned converged = 0, within = 0;
     double uncapped_min = 0, uncapped_max = 0;     /* iteration 0 MiB/s of the uncapped cells */
@@ -980,10 +986,11 @@ int main(int argc, char **argv)
                             snprintf(recycle, sizeof(recycle), "%" PRIu64 "/%" PRIu64, r.recycling_iterations,
                                      r.recycling_resets);
                             fprintf(stdout, "%-5s %-5s %-11s %-6s | %-9s %8" PRIu64 " %9" PRIu64 " %5" PRIu64
-                                    " %7d%% %9.0f %9.1f %9s %11.0f %11.0f %9s %s\n", r.wss, r.cap, r.converge, r.mode,
-                                    r.converged ? "yes" : "no", r.total_ms, r.downtime_ms, r.iterations,
+                                    " %7d%% %9.0f %9.1f %9s %11.0f %11.0f %9s %8.2f %s\n", r.wss, r.cap, r.converge,
+                                    r.mode, r.converged ? "yes" : "no", r.total_ms, r.downtime_ms, r.iterations,
                                     r.final_throttle, (double)r.bytes / 1048576.0, r.throughput_mibs, of_plain,
-                                    r.guest_pps_during, r.guest_pps_before, recycle, r.converged ? "" : r.error);
+                                    r.guest_pps_during, r.guest_pps_before, recycle, r.entries_per_page,
+                                    r.converged ? "" : r.error);
                             if (modes[m] == DIRTY_LOG_BITMAP)
                                 fprintf(stdout, "      bitmap: %" PRIu64 " KVM_CLEAR_DIRTY_LOG calls, %" PRIu64
                                         " pages cleared, %.1f ms in them\n", r.bitmap_clears,
@@ -1008,6 +1015,7 @@ int main(int argc, char **argv)
                         json_object_set_new(last, "recycling_iterations",
                                             json_integer((json_int_t)r.recycling_iterations));
                         json_object_set_new(last, "recycling_resets", json_integer((json_int_t)r.recycling_resets));
+                        json_object_set_new(last, "ring_entries_per_page_taken", json_real(r.entries_per_page));
                     }
                 }
     if (o.json) {

@@ -137,6 +137,8 @@ struct source {
      * log's harvester resets and ring-full exits at the last look. */
     uint64_t recycling_seen_resets;
     uint64_t recycling_seen_full_exits;
+    uint64_t entries_at_hold;       /* ring entries harvested before the migration's hold */
+    uint64_t pages_taken;           /* pages of every take, the final one included */
     uint64_t state_bytes;           /* the state frames' size, from the probe's capture */
     uint64_t bandwidth;             /* bytes/s estimate (last iteration) */
     uint64_t digest_ms;             /* verify_digest: one XXH3 pass over RAM, estimated at start (0 = off) */

@@ -172,10 +172,12 @@ json_t *mig_progress_to_json(const struct mig_progress *p)
                                       (json_int_t)clamp_int(p->backlog_bytes), "state_bytes",
                                       (json_int_t)clamp_int(p->state_bytes)));
         json_object_set_new(root, "dirty_rings_recycling",
-                            json_pack("{s:b, s:I, s:I, s:I}", "recycling", p->recycling.iterations > 0,
+                            json_pack("{s:b, s:I, s:I, s:I, s:I, s:I}", "recycling", p->recycling.iterations > 0,
                                       "iterations", (json_int_t)clamp_int(p->recycling.iterations),
                                       "harvester_resets", (json_int_t)clamp_int(p->recycling.harvester_resets),
-                                      "ring_full_exits", (json_int_t)clamp_int(p->recycling.ring_full_exits)));
+                                      "ring_full_exits", (json_int_t)clamp_int(p->recycling.ring_full_exits),
+                                      "entries_harvested", (json_int_t)clamp_int(p->recycling.entries_harvested),
+                                      "pages_taken", (json_int_t)clamp_int(p->recycling.pages_taken)));
         json_object_set_new(root, "switch_over",
                             json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:o}", "dry_run_us",
                                       (json_int_t)clamp_int(p->switch_over.dry_run_us), "probe_destination_us",

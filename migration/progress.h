@@ -124,6 +124,12 @@ struct mig_progress {
         uint64_t iterations;        /* iterations during which it happened */
         uint64_t harvester_resets;
         uint64_t ring_full_exits;
+        /* At most one write-protect fault per page per pass means at most
+         * one ring entry per page per take: entries_harvested (since the
+         * hold) <= pages_taken (the sum of every take's pages) while the
+         * working set fits the rings (issue 15's fault target). */
+        uint64_t entries_harvested;
+        uint64_t pages_taken;
     } recycling;
     uint64_t downtime_ms;       /* source pause -> destination resume */
     uint64_t downtime_us;       /* the same in microseconds (a local hand-over's is a few ms) */

@@ -590,6 +590,10 @@ static void source_check_recycling(struct source *s, bool baseline)
     if (stats == NULL)
         return;
     dirty_log_get_stats(s->vm->dirty_log, stats);
+    if (baseline)
+        s->entries_at_hold = stats->pages;
+    s->progress.recycling.entries_harvested = stats->pages - s->entries_at_hold;
+    s->progress.recycling.pages_taken = s->pages_taken;
     uint64_t resets = stats->harvester_resets - s->recycling_seen_resets;
     uint64_t full_exits = stats->ring_full_exits - s->recycling_seen_full_exits;
     s->recycling_seen_resets = stats->harvester_resets;
@@ -894,6 +898,8 @@ static int source_final_pages(struct source *s)
         merged.pages[merged.count++] = next;
     }
     uint64_t extra_count = extra.count;
+    s->pages_taken += extra_count;
+    source_check_recycling(s, false);
     dirty_pages_free(&extra);
     dirty_pages_free(&s->pending);
     s->pending = merged;
@@ -1286,6 +1292,7 @@ static int source_run(struct source *s)
         uint64_t take_end = mig_mono_ns();
         if (dirty < 0)
             return source_fail(s, "internal", "taking the dirty set: %s", strerror((int)-dirty));
+        s->pages_taken += (uint64_t)dirty;
         uint64_t dur_ns = take_end - iteration_start;
         /* Expected downtime: the pages left, the backlog still in the
          * socket and the state frames at the bandwidth, the digest, and
