@@ -31,6 +31,7 @@
 #include "migration/migration.h"
 #include "migration/protocol.h"
 #include "migration/receiver.h"
+#include "migration/switch_over.h"
 #include "migration/transport.h"
 #include "tests/harness.h"
 #include "tests/migration_destination.h"
@@ -238,6 +239,66 @@ Test(migration, full_rate_dirtier_two_vcpus_bitmap_unix, .timeout = 90)
 }
 
 /* ---- convergence ---------------------------------------------------------------------- */
+
+/*
+ * The switch-over's learned cost travels with the guest (issue 15, item 1;
+ * migration/switch_over.h): hop 1 (A -> B) ends with B knowing what that
+ * switch-over cost beyond its bytes; hop 2 (B -> C) starts from exactly
+ * that (learned, deviation, one switch-over behind it) and budgets it; C
+ * then knows two switch-overs. Nothing here depends on timing but the
+ * values themselves, which each side reports and the other must repeat.
+ */
+Test(migration, the_learned_switch_over_cost_travels_with_the_guest, .timeout = 120)
+{
+    harness_require_kvm();
+    struct harness_vm a;
+    harness_vm_start(&a, "128M", 1, "dirtier,wss=8M", "ring");
+    cr_assert(harness_wait_all_vcpus_advance(a.vm, 5000, 20000));
+    struct test_destination b, c;
+    test_destination_start(&b, "128M", 1, "idle", false);
+    struct mig_params params;
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "%s", b.address);
+    params.keep_alive = true;
+    params.timeout_s = 60;
+    test_migration_start(a.vm, &params);
+    struct mig_progress *p = malloc(sizeof(*p));
+    cr_assert_not_null(p);
+    test_migration_finished(a.vm, p, 60000);
+    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
+    cr_assert_eq(test_destination_join(&b), 0);
+    cr_assert(migration_progress(b.harness.vm, p));
+    cr_assert(p->switch_over.measured, "B did not learn hop 1's switch-over");
+    cr_assert_eq(p->switch_over.learned_count, 1);
+    uint64_t learned = p->switch_over.learned_us, deviation = p->switch_over.deviation_us;
+    cr_assert_eq(learned, p->switch_over.measured_us);
+    cr_assert_eq(deviation, (learned + 1) / 2);
+
+    /* Hop 2, from B (running the guest now) to C. */
+    test_destination_start(&c, "128M", 1, "idle", false);
+    snprintf(params.dest, sizeof(params.dest), "%s", c.address);
+    test_migration_start(b.harness.vm, &params);
+    test_migration_finished(b.harness.vm, p, 60000);
+    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
+    cr_assert_eq(p->switch_over.learned_count, 1, "hop 2 did not start from what B learned");
+    cr_assert_eq(p->switch_over.learned_us, learned);
+    cr_assert_eq(p->switch_over.deviation_us, deviation);
+    struct mig_switch_over_model model = { .dry_run_us = p->switch_over.dry_run_us, .learned_us = learned,
+                                           .deviation_us = deviation, .learned_count = 1 };
+    cr_assert_eq(p->switch_over.used_us, mig_switch_over_budget_us(&model, params.downtime_ms, NULL),
+                 "hop 2 budgeted %" PRIu64 " us (dry run %" PRIu64 ", learned %" PRIu64 " +- %" PRIu64 ")",
+                 p->switch_over.used_us, p->switch_over.dry_run_us, learned, deviation);
+    cr_assert_eq(test_destination_join(&c), 0);
+    cr_assert(migration_progress(c.harness.vm, p));
+    cr_assert_eq(p->switch_over.learned_count, 2, "C learned from B's value and its own switch-over");
+    mig_switch_over_learn(&model, p->switch_over.measured_us);
+    cr_assert_eq(p->switch_over.learned_us, model.learned_us);
+    cr_assert_eq(p->switch_over.deviation_us, model.deviation_us);
+    free(p);
+    test_destination_stop(&c);
+    test_destination_stop(&b);
+    test_migration_source_stop(&a);
+}
 
 Test(migration, converge_none_unconvergeable_hits_timeout_and_cancels, .timeout = 60)
 {
