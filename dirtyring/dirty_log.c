@@ -459,6 +459,15 @@ static struct harvest_policy policy_of(const struct dirty_log *log, uint32_t rin
     return p;
 }
 
+/* A migration's hold starts (or ends): whatever its final sync stopped
+ * (CLEARs, ring resets) is allowed again. Under control_lock. */
+static void final_sync_undone_locked(struct dirty_log *log)
+{
+    atomic_store_explicit(&log->final_synced, false, memory_order_relaxed);
+    if (log->resetter_ready)
+        ring_resetter_suspend(&log->resetter, false);
+}
+
 /* Tracking on from off, with an empty dirty set: every page written after
  * it returns is in a later take. Under control_lock. */
 static int start_locked(struct dirty_log *log)
@@ -486,9 +495,7 @@ static int start_locked(struct dirty_log *log)
          * (bitmap_sync_thread_locked). */
         bitmap_log_all_uncleared(&log->bitmap);
     }
-    atomic_store_explicit(&log->final_synced, false, memory_order_relaxed);
-    if (log->resetter_ready)
-        ring_resetter_suspend(&log->resetter, false);
+    final_sync_undone_locked(log);
     rc = guest_memory_set_dirty_logging(log->memory, log->vm_fd, true);
     if (rc < 0) {
         fprintf(stderr, "ringvm: dirty log: enabling KVM_MEM_LOG_DIRTY_PAGES failed\n");
@@ -551,7 +558,49 @@ static int bitmap_sync_thread_locked(struct dirty_log *log)
     return 0;
 }
 
-static int64_t sync_now(struct dirty_log *log, bool to_empty);
+/* Collect what KVM has now into the current generation. Bitmap: GET
+ * only (the pages are CLEARed chunk by chunk by
+ * dirty_log_protect_before_send just before they are read), and nothing
+ * after the final sync (the vCPUs are paused for good; it got everything). */
+static int64_t sync_now(struct dirty_log *log, bool to_empty)
+{
+    if (log->config.mode == DIRTY_LOG_RING)
+        return drain_all_rings(log, to_empty);
+    if (atomic_load_explicit(&log->final_synced, memory_order_relaxed))
+        return 0;
+    return bitmap_log_get(&log->bitmap, true);
+}
+
+/* One generation out (into out, or ORed into bitmap), under control_lock:
+ * collect, swap, and in ring mode reset. Every entry whose page is in the
+ * generation just taken was flagged RESET inside a write section the swap
+ * waited for; the reset write-protects all of them before they are handed
+ * over (not after the final sync: the guest stays paused for good). The
+ * pages, or -errno. collect_ns/reset_ns: time in each part. */
+static int64_t take_locked(struct dirty_log *log, struct dirty_pages *out, uint64_t *bitmap, uint64_t *collect_ns,
+                           uint64_t *reset_ns)
+{
+    uint64_t t0 = dirtyring_now_ns();
+    int64_t rc = sync_now(log, false);
+    *collect_ns = dirtyring_now_ns() - t0;
+    int64_t n = 0;
+    if (rc >= 0) {
+        n = out ? dirty_set_take(log->set, out) : dirty_set_take_bitmap(log->set, bitmap);
+        if (n < 0) {
+            fprintf(stderr, "ringvm: dirty log: take: %s\n", strerror(ENOMEM));
+            rc = -ENOMEM;
+        }
+    }
+    if (rc >= 0 && log->config.mode == DIRTY_LOG_RING &&
+        !atomic_load_explicit(&log->final_synced, memory_order_relaxed)) {
+        uint64_t tr = dirtyring_now_ns();
+        int64_t r = ring_resetter_reset(&log->resetter, false);
+        *reset_ns = dirtyring_now_ns() - tr;
+        if (r < 0)
+            rc = r;
+    }
+    return rc < 0 ? rc : n;
+}
 
 int dirty_log_hold(struct dirty_log *log, unsigned holder)
 {
@@ -574,7 +623,7 @@ int dirty_log_hold(struct dirty_log *log, unsigned holder)
         bitmap_log_sync_stop(&log->bitmap);
         dirty_set_clear(log->set);
         bitmap_log_all_uncleared(&log->bitmap);
-        atomic_store_explicit(&log->final_synced, false, memory_order_relaxed);
+        final_sync_undone_locked(log);
     } else if (holder == DIRTY_LOG_HOLDER_MIGRATION && holders != 0) {
         /* A migration joining tracking the API keeps on needs a session in
          * which every write after this returns reaches a later take; its
@@ -590,19 +639,12 @@ int dirty_log_hold(struct dirty_log *log, unsigned holder)
          * protected. Clearing the set alone would not do: a page harvested
          * earlier whose entry is not reset is writable without a new
          * entry. */
-        int64_t taken = sync_now(log, false);
-        if (taken >= 0) {
-            struct dirty_pages discarded;
-            dirty_pages_init(&discarded);
-            taken = dirty_set_take(log->set, &discarded);
-            dirty_pages_free(&discarded);
-            if (taken < 0)
-                taken = -ENOMEM;
-        }
-        if (taken >= 0)
-            taken = ring_resetter_reset(&log->resetter, false);
-        atomic_store_explicit(&log->final_synced, false, memory_order_relaxed);
-        ring_resetter_suspend(&log->resetter, false);
+        final_sync_undone_locked(log);
+        struct dirty_pages discarded;
+        dirty_pages_init(&discarded);
+        uint64_t collect_ns, reset_ns;
+        int64_t taken = take_locked(log, &discarded, NULL, &collect_ns, &reset_ns);
+        dirty_pages_free(&discarded);
         rc = taken < 0 ? (int)taken : 0;
     } else {
         rc = start_locked(log);
@@ -630,11 +672,8 @@ int dirty_log_release(struct dirty_log *log, unsigned holder)
         atomic_store_explicit(&log->holders, holders, memory_order_release);
         bool was_final = holder == DIRTY_LOG_HOLDER_MIGRATION &&
                          atomic_load_explicit(&log->final_synced, memory_order_relaxed);
-        if (holder == DIRTY_LOG_HOLDER_MIGRATION) {
-            atomic_store_explicit(&log->final_synced, false, memory_order_relaxed);
-            if (log->resetter_ready)
-                ring_resetter_suspend(&log->resetter, false);
-        }
+        if (holder == DIRTY_LOG_HOLDER_MIGRATION)
+            final_sync_undone_locked(log);
         if (holders == 0) {
             rc = stop_locked(log);
         } else {
@@ -663,19 +702,6 @@ int dirty_log_stop(struct dirty_log *log)
     return dirty_log_release(log, DIRTY_LOG_HOLDER_MIGRATION);
 }
 
-/* Collect what KVM has now into the current generation. Bitmap: GET
- * only (the pages are CLEARed chunk by chunk by
- * dirty_log_protect_before_send just before they are read), and nothing
- * after the final sync (the vCPUs are paused for good; it got everything). */
-static int64_t sync_now(struct dirty_log *log, bool to_empty)
-{
-    if (log->config.mode == DIRTY_LOG_RING)
-        return drain_all_rings(log, to_empty);
-    if (atomic_load_explicit(&log->final_synced, memory_order_relaxed))
-        return 0;
-    return bitmap_log_get(&log->bitmap, true);
-}
-
 static int64_t take_common(struct dirty_log *log, struct dirty_pages *out, uint64_t *bitmap)
 {
     if (!log)
@@ -687,30 +713,10 @@ static int64_t take_common(struct dirty_log *log, struct dirty_pages *out, uint6
         return -EINVAL;
     }
     uint64_t t0 = dirtyring_now_ns();
-    int64_t rc = sync_now(log, false);
-    uint64_t t_collect = dirtyring_now_ns() - t0, t_reset = 0;
-    int64_t n = 0;
-    if (rc >= 0) {
-        n = out ? dirty_set_take(log->set, out) : dirty_set_take_bitmap(log->set, bitmap);
-        if (n < 0) {
-            fprintf(stderr, "ringvm: dirty log: take: %s\n", strerror(ENOMEM));
-            rc = -ENOMEM;
-        }
-    }
-    if (rc >= 0 && log->config.mode == DIRTY_LOG_RING &&
-        !atomic_load_explicit(&log->final_synced, memory_order_relaxed)) {
-        /* Every entry whose page is in the generation just taken was
-         * flagged RESET inside a write section the take waited for; this
-         * reset write-protects all of them before we hand them over. (Not
-         * after the final sync: the guest stays paused for good.) */
-        uint64_t tr = dirtyring_now_ns();
-        int64_t r = ring_resetter_reset(&log->resetter, false);
-        t_reset = dirtyring_now_ns() - tr;
-        if (r < 0)
-            rc = r;
-    }
+    uint64_t t_collect = 0, t_reset = 0;
+    int64_t n = take_locked(log, out, bitmap, &t_collect, &t_reset);
     uint64_t t1 = dirtyring_now_ns();
-    if (rc >= 0) {
+    if (n >= 0) {
         atomic_fetch_add_explicit(&log->takes, 1, memory_order_relaxed);
         atomic_store_explicit(&log->take_ns_last, t1 - t0, memory_order_relaxed);
         atomic_store_explicit(&log->take_pages_last, (uint64_t)n, memory_order_relaxed);
@@ -718,7 +724,7 @@ static int64_t take_common(struct dirty_log *log, struct dirty_pages *out, uint6
         atomic_store_explicit(&log->take_reset_ns_last, t_reset, memory_order_relaxed);
     }
     pthread_mutex_unlock(&log->control_lock);
-    return rc < 0 ? rc : n;
+    return n;
 }
 
 int64_t dirty_log_take(struct dirty_log *log, struct dirty_pages *out)

@@ -98,10 +98,10 @@ static void *harvester_main(void *arg)
                 now - h->pending_since_ns >= h->policy.reset_max_delay_ns)
                 reset = true;
             if (reset) {
-                if (ring_resetter_reset(h->resetter, false) > 0) {
-                    atomic_fetch_add_explicit(&h->resets, 1, memory_order_relaxed);
+                /* Counted where every reader finds it (the resetter), not per
+                 * harvester: harvesters come and go with tracking. */
+                if (ring_resetter_reset(h->resetter, false) > 0)
                     atomic_fetch_add_explicit(&h->resetter->harvester_resets, 1, memory_order_relaxed);
-                }
                 h->pending_since_ns = 0;
             }
         }

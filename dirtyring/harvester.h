@@ -66,7 +66,6 @@ struct harvester {
 
     _Atomic uint64_t polls;
     _Atomic uint64_t busy_polls;    /* polls that harvested >= 1 entry */
-    _Atomic uint64_t resets;        /* resets this harvester triggered */
     _Atomic uint64_t cpu_ns_at_exit;
 
     size_t alloc_size;

@@ -437,6 +437,31 @@ static int receive_memory(struct mig_receiver *r, const struct mig_input *input,
     return 0;
 }
 
+/* A frame whose payload the destination keeps whole (MACHINE_STATE,
+ * PROBE): read into the heap (its length is bounded by mig_header_decode)
+ * and checksum-verified. The bytes (the caller owns them), or NULL having
+ * failed. */
+static uint8_t *receive_whole_payload(struct mig_receiver *r, const struct mig_input *input,
+                                      const uint8_t raw[MIG_HEADER_SIZE], const struct mig_frame_header *header)
+{
+    const char *name = mig_frame_type_name(header->type);
+    uint8_t *bytes = malloc((size_t)header->length);
+    if (bytes == NULL) {
+        fail(r, MIG_ERR_INTERNAL, "out of memory for a %" PRIu64 "-byte %s frame", header->length, name);
+        return NULL;
+    }
+    if (read_input(r, input, bytes, (size_t)header->length) != 0) {
+        free(bytes);
+        return NULL;
+    }
+    if (mig_frame_checksum(raw, bytes, (size_t)header->length) != header->checksum) {
+        free(bytes);
+        fail(r, MIG_ERR_STREAM, "%s frame checksum mismatch", name);
+        return NULL;
+    }
+    return bytes;
+}
+
 int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
 {
     r->peer_error = false;
@@ -500,17 +525,9 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
         if (r->stream_started)
             return fail(r, MIG_ERR_STREAM, "probe frame after the stream began");
         uint64_t started = input_now_ns(input);
-        uint8_t *bytes = malloc((size_t)header.length);
+        uint8_t *bytes = receive_whole_payload(r, input, raw, &header);
         if (bytes == NULL)
-            return fail(r, MIG_ERR_INTERNAL, "out of memory for a %" PRIu64 "-byte probe frame", header.length);
-        if (read_input(r, input, bytes, (size_t)header.length) != 0) {
-            free(bytes);
             return -1;
-        }
-        if (mig_frame_checksum(raw, bytes, (size_t)header.length) != header.checksum) {
-            free(bytes);
-            return fail(r, MIG_ERR_STREAM, "probe frame checksum mismatch");
-        }
         struct mig_probe_header probe;
         if (mig_probe_header_decode(bytes, &probe, text, sizeof(text)) != 0) {
             free(bytes);
@@ -577,18 +594,9 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
         for (unsigned i = 0; i < r->local.vcpu_count; i++)
             if (r->vcpu_state_present[i])
                 return fail(r, MIG_ERR_STREAM, "machine-state frame after vcpu-state frames");
-        uint8_t *bytes = malloc((size_t)header.length);
+        uint8_t *bytes = receive_whole_payload(r, input, raw, &header);
         if (bytes == NULL)
-            return fail(r, MIG_ERR_INTERNAL, "out of memory for a %" PRIu64 "-byte machine-state frame",
-                        header.length);
-        if (read_input(r, input, bytes, (size_t)header.length) != 0) {
-            free(bytes);
             return -1;
-        }
-        if (mig_frame_checksum(raw, bytes, (size_t)header.length) != header.checksum) {
-            free(bytes);
-            return fail(r, MIG_ERR_STREAM, "machine-state frame checksum mismatch");
-        }
         r->machine_state = bytes;
         r->machine_state_length = (size_t)header.length;
         r->seq++;

@@ -88,29 +88,20 @@ static void drop_queue_locked(struct mig_sender *s)
                 break;
         }
     }
-    if (keep_tail != NULL) {
-        struct mig_buffer *rest = keep_tail->next;
+    struct mig_buffer *drop = keep_tail != NULL ? keep_tail->next : s->queue_head;
+    if (keep_tail != NULL)
         keep_tail->next = NULL;
-        s->queue_tail = keep_tail;
-        while (rest != NULL) {
-            struct mig_buffer *b = rest;
-            rest = b->next;
-            b->length = 0;
-            b->next = s->free_list;
-            s->free_list = b;
-            s->in_flight--;
-        }
-        return;
-    }
-    while (s->queue_head != NULL) {
-        struct mig_buffer *b = s->queue_head;
-        s->queue_head = b->next;
+    else
+        s->queue_head = NULL;
+    s->queue_tail = keep_tail;
+    while (drop != NULL) {
+        struct mig_buffer *b = drop;
+        drop = b->next;
         b->length = 0;
         b->next = s->free_list;
         s->free_list = b;
         s->in_flight--;
     }
-    s->queue_tail = NULL;
 }
 
 static void *sender_main(void *argument)
@@ -259,21 +250,14 @@ int mig_sender_queue_large_frame(struct mig_sender *s, uint32_t type, uint64_t s
                                  size_t length, unsigned timeout_ms, char *error, size_t error_size)
 {
     size_t total = MIG_HEADER_SIZE + length;
-    uint8_t *frame = malloc(total);
-    if (frame == NULL) {
-        snprintf(error, error_size, "out of memory for a %zu-byte %s frame", total, mig_frame_type_name(type));
-        return -1;
-    }
-    mig_frame_encode(frame, type, seq, payload, length);
-    /* Every buffer first, so a frame is queued whole or not at all. */
     unsigned parts = (unsigned)((total + MIG_SEND_BUFFER_BYTES - 1) / MIG_SEND_BUFFER_BYTES);
     struct mig_buffer *buffers[MIG_SEND_BUFFERS];
     if (parts > MIG_SEND_BUFFERS) {
-        free(frame);
         snprintf(error, error_size, "%s frame of %zu bytes exceeds the %u send buffers", mig_frame_type_name(type),
                  total, MIG_SEND_BUFFERS);
         return -1;
     }
+    /* Every buffer first, so a frame is queued whole or not at all. */
     uint64_t deadline = mono_ns() + (uint64_t)timeout_ms * 1000000u;
     unsigned got = 0;
     while (got < parts) {
@@ -285,22 +269,32 @@ int mig_sender_queue_large_frame(struct mig_sender *s, uint32_t type, uint64_t s
         if (atomic_load_explicit(&s->failed, memory_order_relaxed) || mono_ns() >= deadline) {
             for (unsigned i = 0; i < got; i++)
                 mig_sender_put_back(s, buffers[i]);
-            free(frame);
             if (!mig_sender_failed(s, error, error_size))
                 snprintf(error, error_size, "no send buffer for a %zu-byte %s frame in %u ms", total,
                          mig_frame_type_name(type), timeout_ms);
             return -1;
         }
     }
+    /* The header (sealed over the whole payload), then the payload, cut at
+     * buffer boundaries: the bytes mig_frame_encode would make, in parts. */
+    uint8_t header[MIG_HEADER_SIZE];
+    mig_header_encode(header, type, seq, length);
+    mig_header_seal(header, payload, length);
+    size_t offset = 0;
     for (unsigned i = 0; i < parts; i++) {
-        size_t offset = (size_t)i * MIG_SEND_BUFFER_BYTES;
         size_t chunk = total - offset < MIG_SEND_BUFFER_BYTES ? total - offset : MIG_SEND_BUFFER_BYTES;
-        memcpy(buffers[i]->data, frame + offset, chunk);
+        size_t from_header = offset < MIG_HEADER_SIZE ? MIG_HEADER_SIZE - offset : 0;
+        if (from_header > chunk)
+            from_header = chunk;
+        if (from_header > 0)
+            memcpy(buffers[i]->data, header + offset, from_header);
+        memcpy(buffers[i]->data + from_header, (const uint8_t *)payload + (offset + from_header - MIG_HEADER_SIZE),
+               chunk - from_header);
         buffers[i]->length = chunk;
         buffers[i]->continues = i + 1 < parts;
         mig_sender_submit(s, buffers[i], i + 1 < parts ? seq : seq + 1);
+        offset += chunk;
     }
-    free(frame);
     return 0;
 }
 

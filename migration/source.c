@@ -661,13 +661,22 @@ static ssize_t ack_read_some(void *ctx, void *data, size_t capacity, char *error
 
 /* The vCPU and machine state as the switch-over sends it, captured with
  * the vCPUs paused (out of KVM_RUN) by the caller: a Linux guest's one
- * machine-state encoding, or the built-in guest's vcpu-state payloads
- * back to back ([u32 index][u32 size][struct vcpu_state] each). */
+ * machine-state encoding (its vCPUs, irqchips, PIT, clock, UART and CMOS,
+ * migration/machine_state.h), or the built-in guest's vcpu-state payloads
+ * back to back ([u32 index][u32 size][struct vcpu_state] each).
+ *
+ * At the switch-over it is captured right after the pause and BEFORE the
+ * final dirty sync: KVM writes guest RAM on behalf of vCPU ioctls (steal
+ * time's preempted flag when the calling thread is scheduled out inside
+ * one, kvmclock), and such a write must land in the final dirty set, not
+ * after it (QEMU, too, synchronises the CPU state at vm_stop, before its
+ * last RAM pass). Seen as a digest mismatch when the capture came after
+ * the sync. */
 struct captured_state {
     uint8_t *bytes;
     size_t size;
     uint32_t kind;          /* MIG_PROBE_MACHINE_STATE or MIG_PROBE_VCPU_STATES */
-    uint32_t vcpu_count;    /* vcpu-state payloads in bytes (kind VCPU_STATES) */
+    uint32_t vcpu_count;    /* kind VCPU_STATES: how many payloads `bytes` holds */
 };
 
 static size_t vcpu_state_payload_size(void)
@@ -735,17 +744,21 @@ static int source_send_state(struct source *s, const struct captured_state *stat
     return 0;
 }
 
+/* Bytes on the wire of the switch-over's last frames: SWITCH_OVER (to a
+ * destination that takes it) and END. */
+static uint64_t switch_over_tail_bytes(bool peer_probes)
+{
+    return (peer_probes ? MIG_HEADER_SIZE + MIG_SWITCH_OVER_SIZE : 0) + MIG_HEADER_SIZE + MIG_END_SIZE;
+}
+
 /* Bytes on the wire of everything the switch-over sends besides pages:
- * the state frames, DEVICE_STATE, SWITCH_OVER and END. */
-static uint64_t switch_over_frame_bytes(const struct captured_state *state, bool peer_probes)
+ * the state frames, DEVICE_STATE and the tail (a probing destination's). */
+static uint64_t switch_over_frame_bytes(const struct captured_state *state)
 {
     uint64_t bytes = state->kind == MIG_PROBE_MACHINE_STATE
                          ? MIG_HEADER_SIZE + state->size
                          : (uint64_t)state->vcpu_count * (MIG_HEADER_SIZE + vcpu_state_payload_size());
-    bytes += MIG_HEADER_SIZE + MIG_DEVICE_STATE_SIZE + MIG_HEADER_SIZE + MIG_END_SIZE;
-    if (peer_probes)
-        bytes += MIG_HEADER_SIZE + MIG_SWITCH_OVER_SIZE;
-    return bytes;
+    return bytes + MIG_HEADER_SIZE + MIG_DEVICE_STATE_SIZE + switch_over_tail_bytes(true);
 }
 
 /* The switch-over part of the expected downtime (switch_over.h), saying
@@ -797,7 +810,7 @@ static int source_probe_switch_over(struct source *s)
     }
     if (captured != 0)
         return -1;
-    s->state_bytes = switch_over_frame_bytes(&state, true);
+    s->state_bytes = switch_over_frame_bytes(&state);
 
     size_t length = MIG_PROBE_HEADER_SIZE + state.size;
     uint8_t *frame = malloc(MIG_HEADER_SIZE + length);
@@ -997,8 +1010,7 @@ static int source_complete(struct source *s)
         if (source_flush(s) != 0)
             return -1;
         uint64_t after_pause = mig_sender_bytes(&s->sender) - written_at_pause + backlog_at_pause +
-                               (s->peer_probes ? MIG_HEADER_SIZE + MIG_SWITCH_OVER_SIZE : 0) + MIG_HEADER_SIZE +
-                               MIG_END_SIZE;
+                               switch_over_tail_bytes(s->peer_probes);
         transfer_after_pause_us = mig_transfer_us(after_pause, s->bandwidth);
     }
     if (s->peer_probes && !s->local) {
@@ -1218,9 +1230,7 @@ static int source_run(struct source *s)
     if (source_handshake(s) != 0)
         return -1;
     pthread_mutex_lock(&s->m->lock);
-    s->switch_over.learned_us = s->m->switch_over.learned_us;
-    s->switch_over.deviation_us = s->m->switch_over.deviation_us;
-    s->switch_over.learned_count = s->m->switch_over.learned_count;
+    s->switch_over = s->m->switch_over;     /* its dry_run_us is unused (0); ours comes from the probe */
     pthread_mutex_unlock(&s->m->lock);
     s->progress.switch_over.learned_us = s->switch_over.learned_us;
     s->progress.switch_over.deviation_us = s->switch_over.deviation_us;
