@@ -63,6 +63,27 @@ struct migration *migration_manager_find(struct vm *vm, bool create)
     return found;
 }
 
+const char *mig_mode_name(enum mig_mode mode)
+{
+    switch (mode) {
+    case MIG_MODE_PRECOPY: return "precopy";
+    case MIG_MODE_POSTCOPY: return "postcopy";
+    case MIG_MODE_HYBRID: return "hybrid";
+    }
+    return "?";
+}
+
+int mig_mode_parse(const char *text, enum mig_mode *out)
+{
+    static const enum mig_mode modes[] = { MIG_MODE_PRECOPY, MIG_MODE_POSTCOPY, MIG_MODE_HYBRID };
+    for (size_t i = 0; text != NULL && i < sizeof(modes) / sizeof(modes[0]); i++)
+        if (strcmp(text, mig_mode_name(modes[i])) == 0) {
+            *out = modes[i];
+            return 0;
+        }
+    return -1;
+}
+
 void mig_params_defaults(struct mig_params *p)
 {
     memset(p, 0, sizeof(*p));
@@ -78,6 +99,8 @@ void mig_params_defaults(struct mig_params *p)
     p->stall_timeout_ms = 5000;
     p->verify_digest = false;
     p->dirty_limit_margin = 50;
+    p->mode = MIG_MODE_PRECOPY;
+    p->postcopy_after_auto = true;      /* hybrid's default; ignored by the other modes */
 }
 
 void mig_publish_event(struct api_server *server, const char *name, json_t *data)
@@ -157,6 +180,18 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
         snprintf(message, message_size, "dest: %s", text);
         return -1;
     }
+    if (params->mode != MIG_MODE_PRECOPY && local == 1) {
+        *code = "invalid-argument";
+        snprintf(message, message_size, "mode %s: a local hand-over moves no RAM (its guest switches over at once); "
+                 "use mode precopy with local:PATH", mig_mode_name(params->mode));
+        return -1;
+    }
+    if (params->mode == MIG_MODE_HYBRID &&
+        (params->postcopy_after_passes != 0) + (params->postcopy_after_ms != 0) + params->postcopy_after_auto != 1) {
+        *code = "invalid-argument";
+        snprintf(message, message_size, "mode hybrid: postcopy_after must be one of N passes, N seconds or auto");
+        return -1;
+    }
     const struct mig_throttle_params *t = &params->throttle;
     if (t->initial < 1 || t->initial > 99 || t->increment < 0 || t->increment > 99 || t->max < 1 || t->max > 99 ||
         t->initial > t->max) {
@@ -174,7 +209,9 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     /* With verify_digest both sides hash all RAM inside the downtime. When
      * that alone exceeds the limit no iteration could ever switch over:
      * say so now instead of throttling the guest until timeout_s. */
-    uint64_t digest_ms = params->verify_digest ? digest_estimate_ms(vm->memory.size) : 0;
+    /* (Post-copy compares its page digests at its end, outside the downtime.) */
+    uint64_t digest_ms = params->verify_digest && params->mode != MIG_MODE_POSTCOPY
+                         ? digest_estimate_ms(vm->memory.size) : 0;
     uint64_t digest_floor_ms = mig_expected_downtime_with_digest_ms(0, digest_ms);
     if (params->verify_digest && digest_floor_ms > params->downtime_ms) {
         *code = "invalid-argument";
@@ -266,6 +303,7 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     snprintf(s->progress.phase, sizeof(s->progress.phase), "starting");
     snprintf(s->progress.address, sizeof(s->progress.address), "%s", params->dest);
     snprintf(s->progress.converge, sizeof(s->progress.converge), "%s", mig_converge_name(params->converge));
+    s->progress.mode = (int)params->mode;
     s->progress.downtime_limit_ms = params->downtime_ms;
     s->progress.digest_pass_ms = digest_ms;
     s->progress.started_at_ms = mig_real_ns() / 1000000u;
@@ -274,6 +312,7 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     migration_source_vcpu_throttles(s);
     mig_progress_publish(&m->board, &s->progress);   /* the old snapshot ends here */
     m->past_end = false;        /* under m->lock, held since the checks above */
+    atomic_store_explicit(&m->postcopy_requested, false, memory_order_release);
     atomic_store_explicit(&m->cancel, false, memory_order_release);
     atomic_store_explicit(&m->active, true, memory_order_release);
     int result = pthread_create(&m->thread, NULL, migration_source_main, s);
@@ -289,6 +328,35 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     m->thread_joinable = true;
     *id = m->id;
     pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
+int migration_postcopy_now(struct vm *vm, const char **code, char *message, size_t message_size)
+{
+    struct migration *m = migration_manager_find(vm, false);
+    if (m == NULL || !atomic_load_explicit(&m->active, memory_order_acquire)) {
+        *code = "no-migration";
+        snprintf(message, message_size, "no migration is running");
+        return -1;
+    }
+    pthread_mutex_lock(&m->lock);
+    enum mig_mode mode = m->params.mode;
+    bool too_late = m->past_end;
+    if (mode == MIG_MODE_HYBRID && !too_late)
+        atomic_store_explicit(&m->postcopy_requested, true, memory_order_release);
+    pthread_mutex_unlock(&m->lock);
+    if (mode == MIG_MODE_PRECOPY) {
+        *code = "invalid-state";
+        snprintf(message, message_size, "migration %" PRIu64 " was started as precopy: post-copy was not agreed to "
+                 "(start it with mode hybrid to allow the switch)", m->id);
+        return -1;
+    }
+    if (mode == MIG_MODE_POSTCOPY || too_late) {
+        *code = "invalid-state";
+        snprintf(message, message_size, "migration %" PRIu64 " is already %s", m->id,
+                 mode == MIG_MODE_POSTCOPY ? "a post-copy migration" : "past its switch-over");
+        return -1;
+    }
     return 0;
 }
 

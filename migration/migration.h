@@ -45,6 +45,18 @@ struct api_server;
 
 #define MIG_TLS_PATH_MAX 512
 
+/* How the guest's RAM moves (migration.start "mode"). */
+enum mig_mode {
+    MIG_MODE_PRECOPY = 0,       /* iterate until the expected downtime fits, then stop-and-copy */
+    MIG_MODE_POSTCOPY,          /* switch over right after the handshake; RAM follows, pulled on
+                                   first touch and pushed in the background */
+    MIG_MODE_HYBRID,            /* pre-copy, then post-copy once postcopy_after is reached (or
+                                   migration.postcopy) */
+};
+const char *mig_mode_name(enum mig_mode mode);
+/* "precopy" | "postcopy" | "hybrid": 0, else -1. */
+int mig_mode_parse(const char *text, enum mig_mode *out);
+
 struct mig_params {
     char dest[256];                 /* unix:PATH | tcp:HOST:PORT */
     uint64_t downtime_ms;           /* 300 */
@@ -67,6 +79,16 @@ struct mig_params {
     char tls_creds_dir[MIG_TLS_PATH_MAX];   /* x509: ca-cert.pem, client-cert.pem, client-key.pem */
     char tls_server_name[256];              /* x509: the name the destination's certificate must carry
                                                ("" = the HOST of dest) */
+    enum mig_mode mode;             /* precopy */
+    /* Hybrid only: switch to post-copy after this many pre-copy passes
+     * (iteration 0 included; 0 = not by passes), or this many ms after the
+     * start (0 = not by time), or, with postcopy_after_auto, at the first
+     * pass whose measured dirty rate shows pre-copy cannot meet downtime_ms
+     * without throttling. Exactly one of the three is set for hybrid
+     * (migration.start's postcopy_after: N, "Ns" or "auto"; default auto). */
+    uint64_t postcopy_after_passes;
+    uint64_t postcopy_after_ms;
+    bool postcopy_after_auto;
 };
 
 void mig_params_defaults(struct mig_params *params);
@@ -87,6 +109,14 @@ uint64_t migration_digest_downtime_floor_ms(uint64_t ram_bytes);
  * server may be NULL (no events). */
 int migration_start(struct vm *vm, struct api_server *server, const struct mig_params *params, uint64_t *id,
                     const char **code, char *message, size_t message_size);
+/* Switches the running hybrid migration to post-copy at its next decision
+ * (QEMU's migrate-start-postcopy). -1 with code/message:
+ *   "no-migration"   none is running
+ *   "invalid-state"  it was started as precopy (post-copy was not agreed
+ *                    to: start it with mode hybrid), or it is already in
+ *                    post-copy or past its switch-over
+ * A postcopy-mode migration switches by itself: "invalid-state" too. */
+int migration_postcopy_now(struct vm *vm, const char **code, char *message, size_t message_size);
 /* -1 with "no-migration" if none is running. */
 int migration_cancel(struct vm *vm, const char **code, char *message, size_t message_size);
 bool migration_active(struct vm *vm);

@@ -67,6 +67,10 @@ struct migration {
      * instead of being honoured half-way. cancel and past_end are decided
      * under lock, so exactly one of them wins. */
     bool past_end;
+    /* migration.postcopy asked the running hybrid migration to switch to
+     * post-copy (migration_postcopy_now); the migration thread reads it at
+     * each decision. */
+    _Atomic bool postcopy_requested;
     uint64_t next_id;
     /* Destination's transfer timeout in ms (ringvm --incoming-stall-timeout),
      * 0 = INCOMING_STALL_DEFAULT_MS. Written under lock by

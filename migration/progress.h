@@ -68,7 +68,8 @@ struct mig_iteration_record {
 struct mig_progress {
     uint64_t id;                /* 1, 2, ... per process */
     bool incoming;              /* destination side */
-    bool local;                 /* a local hand-over (mode "local"), else "precopy" */
+    bool local;                 /* a local hand-over (mode "local"), else `mode` */
+    int mode;                   /* enum mig_mode (migration.h): precopy, postcopy, hybrid */
     enum mig_state state;
     char phase[32];             /* connecting, handshake, bulk, iterating, stop-and-copy,
                                    waiting-ack, done, receiving, restoring */
@@ -131,6 +132,31 @@ struct mig_progress {
         uint64_t entries_harvested;
         uint64_t pages_taken;
     } recycling;
+    /* Post-copy (issue 17): from the switch-over on (phase "postcopy").
+     * Source: pages pushed by the background stream and pages served on
+     * request. Destination: faults, requests, pages placed, per-vCPU
+     * faults and blocktime (time a vCPU spent blocked on a missing page),
+     * and the fault service latency (fault read -> page placed). */
+    struct {
+        bool active;                /* switched over to post-copy */
+        uint64_t switched_at_ms;    /* elapsed_ms at the switch-over */
+        uint64_t pages_total;       /* pages the destination lacked at the switch-over */
+        uint64_t pages_pushed;      /* source: sent by the background stream */
+        uint64_t pages_requested;   /* source: served on the urgent channel; destination: asked for */
+        uint64_t requests;          /* source: page requests read */
+        uint64_t requests_refused;  /* source: refused (queue full, rate) */
+        uint64_t pages_received;    /* destination: placed (data or zero) */
+        uint64_t pages_zero;        /* destination: of them, zero pages */
+        uint64_t faults;            /* destination: fault messages read */
+        uint64_t duplicate_faults;  /* destination: faults on a page already requested */
+        uint64_t blocktime_total_ns;
+        uint64_t vcpu_faults[MIG_MAX_VCPUS];
+        uint64_t vcpu_blocktime_ns[MIG_MAX_VCPUS];
+        uint64_t latency_count;
+        uint64_t latency_p50_ns;
+        uint64_t latency_p99_ns;
+        uint64_t latency_max_ns;
+    } postcopy;
     uint64_t downtime_ms;       /* source pause -> destination resume */
     uint64_t downtime_us;       /* the same in microseconds (a local hand-over's is a few ms) */
     uint64_t setup_ms;
