@@ -5,6 +5,8 @@
  */
 #include "migration/migration_internal.h"
 #include "migration/machine_state_vm.h"
+#include "migration/postcopy_destination.h"
+#include "migration/postcopy_incoming.h"
 
 /* ---- the destination --------------------------------------------------------- */
 
@@ -89,6 +91,12 @@ struct incoming {
     uint64_t last_publish;
     uint64_t seq;                   /* next frame to the source */
     bool fault_held;                /* a test's fault point held the switch-over (not learned) */
+    /* Post-copy (issue 17): the urgent channel between POSTCOPY_OPEN and
+     * the switch (then the session owns it), and the session itself. */
+    bool postcopy_offered;          /* MIG_FEATURE_POSTCOPY in our hello */
+    struct mig_io urgent;           /* fd -1 = none */
+    uint64_t *discarded;            /* one bit per page in a DISCARD run (heap, from POSTCOPY_OPEN) */
+    struct postcopy_incoming *postcopy;
 };
 
 static void incoming_publish(struct incoming *in)
@@ -102,6 +110,13 @@ static void incoming_publish(struct incoming *in)
     if (in->progress.elapsed_ms > 0)
         in->progress.bandwidth_mibs = (double)in->progress.memory.transferred / (1024.0 * 1024.0) /
                                       ((double)in->progress.elapsed_ms / 1000.0);
+    if (in->postcopy != NULL) {
+        pid_t tids[MIG_MAX_VCPUS];
+        unsigned count = in->vm->config.vcpu_count < MIG_MAX_VCPUS ? in->vm->config.vcpu_count : MIG_MAX_VCPUS;
+        for (unsigned i = 0; i < count; i++)
+            tids[i] = atomic_load_explicit(&in->vm->vcpus[i].tid, memory_order_relaxed);
+        postcopy_incoming_fill_progress(in->postcopy, &in->progress, tids, count);
+    }
     mig_progress_publish(&in->m->board, &in->progress);
     in->last_publish = now;
 }
@@ -207,7 +222,7 @@ static int incoming_send(struct incoming *in, uint32_t type, const void *payload
     return 0;
 }
 
-static void local_hello(struct vm *vm, struct mig_hello *hello)
+static void local_hello(struct vm *vm, bool postcopy, struct mig_hello *hello)
 {
     memset(hello, 0, sizeof(*hello));
     hello->version = MIG_PROTOCOL_VERSION;
@@ -222,7 +237,8 @@ static void local_hello(struct vm *vm, struct mig_hello *hello)
     }
     hello->vcpu_state_size = sizeof(struct vcpu_state);
     hello->vcpu_state_version = VCPU_STATE_VERSION;
-    hello->features = MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST | MIG_FEATURE_SWITCH_PROBE;
+    hello->features = MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST | MIG_FEATURE_SWITCH_PROBE |
+                      (postcopy ? MIG_FEATURE_POSTCOPY : 0);
     hello->abi_version = RINGVM_ABI_VERSION;
 }
 
@@ -370,6 +386,176 @@ static int incoming_restore(struct incoming *in, char *error, size_t error_size,
     return 0;
 }
 
+/* ---- post-copy (issue 17) --------------------------------------------------- */
+
+/* POSTCOPY_OPEN: accept the source's second connection (the urgent
+ * channel) on the same listener, with the same peer check and TLS, within
+ * the stall timeout; then POSTCOPY_OPEN_ACK on the main connection. */
+static int incoming_postcopy_open(struct incoming *in, int listen_fd, const struct mig_tls_credentials *credentials,
+                                  char *error, size_t error_size)
+{
+    const _Atomic bool *stop = (const _Atomic bool *)&in->vm->shutdown_requested;
+    int ready = mig_io_poll_readable(listen_fd, in->stall_ms);
+    if (ready != 1) {
+        snprintf(error, error_size, "postcopy-open: the source's urgent channel did not connect within %u ms",
+                 in->stall_ms);
+        return -1;
+    }
+    in->discarded = calloc((in->vm->memory.size / MIG_PAGE_SIZE + 63) / 64 + 1, sizeof(uint64_t));
+    if (in->discarded == NULL) {
+        snprintf(error, error_size, "out of memory for the discard bitmap");
+        return -1;
+    }
+    int fd = mig_accept(listen_fd, stop, error, error_size);
+    if (fd < 0)
+        return -1;
+    in->urgent = (struct mig_io){ .fd = fd, .stall_ms = in->stall_ms, .cancel = stop,
+                                  .peer = "source (urgent channel)" };
+    if (credentials != NULL) {
+        struct mig_tls_options options = { .credentials = credentials };
+        char text[512];
+        if (mig_tls_handshake(&in->urgent.tls, &in->urgent, &options, text, sizeof(text)) != 0) {
+            snprintf(error, error_size, "the urgent channel: %s", text);
+            return -1;
+        }
+    }
+    uint8_t payload[MIG_POSTCOPY_OPEN_SIZE] = { 0 };
+    if (incoming_send(in, MIG_FRAME_POSTCOPY_OPEN_ACK, payload, sizeof(payload)) != 0) {
+        snprintf(error, error_size, "could not answer postcopy-open");
+        return -1;
+    }
+    return 0;
+}
+
+/* POSTCOPY_DISCARD: the runs' pages leave the memfd, so their next touch
+ * (after registration) faults. */
+static int incoming_postcopy_discard(struct incoming *in, char *error, size_t error_size)
+{
+    const struct mig_receiver *r = &in->receiver;
+    for (unsigned i = 0; i < r->discard_count; i++) {
+        const struct mig_discard_run *run = &r->discard_runs[i];
+        if (fallocate(in->vm->memory.memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)run->ram_offset,
+                      (off_t)(run->pages * MIG_PAGE_SIZE)) != 0) {
+            snprintf(error, error_size, "postcopy-discard: fallocate(PUNCH_HOLE, 0x%" PRIx64 ", %" PRIu64
+                     " pages): %s", run->ram_offset, run->pages, strerror(errno));
+            return -1;
+        }
+        for (uint64_t page = run->ram_offset / MIG_PAGE_SIZE; page < run->ram_offset / MIG_PAGE_SIZE + run->pages;
+             page++)
+            in->discarded[page / 64] |= 1ull << (page % 64);
+    }
+    return 0;
+}
+
+static int incoming_place(void *opaque, uint64_t ram_offset, uint32_t pages, const uint8_t *data)
+{
+    return postcopy_incoming_place(opaque, ram_offset, pages, data);
+}
+
+/* POSTCOPY_SWITCH: RAM under userfaultfd, the state restored, the guest
+ * resumed (or left paused as on the source), RESUMED sent on the urgent
+ * channel. From here on the guest runs here. */
+static int incoming_postcopy_switch(struct incoming *in, char *error, size_t error_size, uint32_t *code)
+{
+    struct vm *vm = in->vm;
+    const struct mig_postcopy_switch *sw = &in->receiver.postcopy_switch;
+    struct postcopy_incoming_options options = {
+        .host = vm->memory.host, .memfd = vm->memory.memfd, .size = vm->memory.size, .urgent = in->urgent,
+        .digest = (in->receiver.peer.features & MIG_FEATURE_DIGEST) != 0,
+    };
+    in->urgent.fd = -1;     /* the session's now, closed by it even when it fails */
+    in->urgent.tls = NULL;
+    if (postcopy_incoming_start(&in->postcopy, &options, error, error_size) != 0)
+        return -1;
+    /* Missing here: the discarded pages, plus pages pre-copy sent as zero
+     * runs (memfd holes, filled below once the guest runs). */
+    uint64_t known_zero = postcopy_incoming_known_zero(in->postcopy, in->discarded);
+    uint64_t missing = postcopy_incoming_missing(in->postcopy) - known_zero;
+    if (missing != sw->missing_pages) {
+        *code = MIG_ERR_STREAM;
+        snprintf(error, error_size, "postcopy-switch: the source says %" PRIu64 " pages are missing here, %" PRIu64
+                 " are", sw->missing_pages, missing);
+        return -1;
+    }
+    if (mig_receiver_set_placer(&in->receiver, incoming_place, in->postcopy) != 0) {
+        snprintf(error, error_size, "out of memory for post-copy frames");
+        return -1;
+    }
+    if (incoming_restore(in, error, error_size, code) != 0)
+        return -1;
+    pthread_mutex_lock(&vm->control_lock);
+    if (atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire)) {
+        pthread_mutex_unlock(&vm->control_lock);
+        *code = MIG_ERR_CANCELLED;
+        snprintf(error, error_size, "the destination VM is shutting down");
+        return -1;
+    }
+    atomic_store_explicit(&vm->awaiting_migration, false, memory_order_release);
+    bool stay_paused = (sw->flags & MIG_END_GUEST_PAUSED) != 0;
+    if (!stay_paused)
+        vm_resume_vcpus(vm);
+    uint64_t resumed = mig_real_ns();
+    vm_set_state(vm, stay_paused ? VM_STATE_PAUSED : VM_STATE_RUNNING);
+    pthread_mutex_unlock(&vm->control_lock);
+    postcopy_incoming_resumed(in->postcopy, resumed);
+    if (resumed >= sw->pause_timestamp_ns) {
+        in->progress.downtime_ms = (resumed - sw->pause_timestamp_ns + 999999u) / 1000000u;
+        in->progress.downtime_us = (resumed - sw->pause_timestamp_ns + 999u) / 1000u;
+    }
+    in->progress.postcopy.active = true;
+    in->progress.postcopy.switched_at_ms = (mig_mono_ns() - in->started_mono) / 1000000u;
+    in->progress.postcopy.pages_total = missing;
+    fprintf(stderr, "ringvm: migration: post-copy: the guest %s here, %" PRIu64 " of %" PRIu64 " pages to come\n",
+            stay_paused ? "is restored (paused as on the source)" : "runs", missing, vm->memory.size / MIG_PAGE_SIZE);
+    incoming_phase(in, MIG_STATE_ACTIVE, "postcopy");
+    if (known_zero > 0 && postcopy_incoming_fill_known_zero(in->postcopy, in->discarded) != 0) {
+        snprintf(error, error_size, "post-copy: placing the %" PRIu64 " pages pre-copy sent as zero failed",
+                 known_zero);
+        return -1;
+    }
+    return 0;
+}
+
+/* END in post-copy: the main stream is over; requested pages may still be
+ * on the urgent channel. Every page present within the stall timeout, the
+ * page digest compared, RAM released from userfaultfd. */
+static int incoming_postcopy_end(struct incoming *in, char *error, size_t error_size, uint32_t *code)
+{
+    uint64_t deadline = mig_mono_ns() + (uint64_t)in->stall_ms * 1000000u;
+    uint64_t missing;
+    while ((missing = postcopy_incoming_missing(in->postcopy)) != 0) {
+        char text[512];
+        if (postcopy_incoming_failed(in->postcopy, text, sizeof(text))) {
+            snprintf(error, error_size, "post-copy: %s (%" PRIu64 " pages missing)", text, missing);
+            return -1;
+        }
+        if (mig_mono_ns() >= deadline) {
+            *code = MIG_ERR_STREAM;
+            snprintf(error, error_size, "post-copy: the stream ended with %" PRIu64 " pages still missing after %u ms",
+                     missing, in->stall_ms);
+            return -1;
+        }
+        /* Waiting for pc-urgent to place the last requested pages. */
+        struct timespec pause = { .tv_sec = 0, .tv_nsec = 1000000 };
+        nanosleep(&pause, NULL);
+    }
+    incoming_publish(in);
+    if (in->receiver.end.flags & MIG_END_HAS_DIGEST) {
+        char hex[PAGE_DIGEST_HEX_SIZE];
+        postcopy_incoming_digest(in->postcopy, hex);
+        snprintf(in->progress.digest_destination, sizeof(in->progress.digest_destination), "%s", hex);
+        snprintf(in->progress.digest_source, sizeof(in->progress.digest_source), "%s", in->receiver.end.digest);
+        if (strcmp(hex, in->receiver.end.digest) != 0) {
+            *code = MIG_ERR_DIGEST;
+            snprintf(error, error_size, "page digest mismatch after post-copy: source %s, destination %s (the guest "
+                     "runs here already)", in->receiver.end.digest, hex);
+            return -1;
+        }
+    }
+    postcopy_incoming_finish(in->postcopy);
+    return 0;
+}
+
 /* How long the destination waits for the next byte from the source before
  * it gives up ("nothing received from the source for N ms (link stalled)")
  * when --incoming-stall-timeout is not given. */
@@ -513,8 +699,16 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
     in->progress.memory.total = vm->memory.size;
     in->progress.vcpu_count = vm->config.vcpu_count > MIG_MAX_VCPUS ? MIG_MAX_VCPUS : vm->config.vcpu_count;
     snprintf(in->progress.address, sizeof(in->progress.address), "%s", address ? address : "");
+    in->urgent.fd = -1;
+    char postcopy_reason[400] = "";
+    in->postcopy_offered = !local && !vm->memory.hugepages &&
+                           postcopy_destination_available(postcopy_reason, sizeof(postcopy_reason));
+    if (!local && vm->memory.hugepages)
+        snprintf(postcopy_reason, sizeof(postcopy_reason), "guest RAM is on huge pages");
+    if (!local && !in->postcopy_offered)
+        fprintf(stderr, "ringvm: migration: post-copy is not offered to the source: %s\n", postcopy_reason);
     struct mig_hello hello;
-    local_hello(vm, &hello);
+    local_hello(vm, in->postcopy_offered, &hello);
     char error[MIG_RECEIVER_ERROR_MAX];
     uint32_t error_code = MIG_ERR_INTERNAL;
     bool tell_source = false;
@@ -588,6 +782,20 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
                 tell_source = false;
                 goto out;
             }
+        } else if (type == MIG_FRAME_POSTCOPY_OPEN) {
+            atomic_store_explicit(&populate.stop, true, memory_order_release);
+            if (populate.started) {
+                pthread_join(populate.thread, NULL);    /* before any discard: it must not fill holes again */
+                populate.started = false;
+            }
+            if (incoming_postcopy_open(in, listen_fd, tls_credentials, error, sizeof(error)) != 0)
+                goto out;
+        } else if (type == MIG_FRAME_POSTCOPY_DISCARD) {
+            if (incoming_postcopy_discard(in, error, sizeof(error)) != 0)
+                goto out;
+        } else if (type == MIG_FRAME_POSTCOPY_SWITCH) {
+            if (incoming_postcopy_switch(in, error, sizeof(error), &error_code) != 0)
+                goto out;
         } else if (type == MIG_FRAME_END) {
             in->fault_held = fault_point(vm, "end");
             break;
@@ -599,6 +807,23 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
         }
         if (type != MIG_FRAME_HELLO && mig_mono_ns() - in->last_publish >= PUBLISH_INTERVAL_NS)
             incoming_publish(in);
+    }
+    if (in->postcopy != NULL) {
+        incoming_phase(in, MIG_STATE_COMPLETING, "postcopy-end");
+        if (incoming_postcopy_end(in, error, sizeof(error), &error_code) != 0)
+            goto out;
+        tell_source = false;
+        struct mig_end ack = { .timestamp_ns = mig_real_ns(),
+                               .pages = atomic_load_explicit(&in->receiver.pages_received, memory_order_relaxed) };
+        if (in->progress.digest_destination[0] != '\0') {
+            ack.flags = MIG_END_HAS_DIGEST;
+            snprintf(ack.digest, sizeof(ack.digest), "%s", in->progress.digest_destination);
+        }
+        uint8_t ack_bytes[MIG_ACK_SIZE];
+        mig_end_encode(&ack, ack_bytes);
+        (void)incoming_send(in, MIG_FRAME_ACK, ack_bytes, sizeof(ack_bytes));
+        result = 0;
+        goto out;
     }
     incoming_phase(in, MIG_STATE_COMPLETING, "restoring");
     mig_trace("dst end received");
@@ -653,6 +878,19 @@ out:
     atomic_store_explicit(&populate.stop, true, memory_order_release);
     if (populate.started)
         pthread_join(populate.thread, NULL);
+    if (in->postcopy != NULL) {
+        incoming_publish(in);
+        if (result != 0)
+            fprintf(stderr, "ringvm: migration: post-copy failed after the switch-over: the guest's RAM is split "
+                    "between the two hosts and it cannot continue (%" PRIu64 " pages missing)\n",
+                    postcopy_incoming_missing(in->postcopy));
+        postcopy_incoming_destroy(in->postcopy);
+        in->postcopy = NULL;
+    }
+    mig_tls_session_free(in->urgent.tls);
+    if (in->urgent.fd >= 0)
+        close(in->urgent.fd);
+    free(in->discarded);
     if (result != 0) {
         fprintf(stderr, "ringvm: migration: %s\n", error);
         if (tell_source && in->fd >= 0) {

@@ -213,7 +213,9 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     uint64_t digest_ms = params->verify_digest && params->mode != MIG_MODE_POSTCOPY
                          ? digest_estimate_ms(vm->memory.size) : 0;
     uint64_t digest_floor_ms = mig_expected_downtime_with_digest_ms(0, digest_ms);
-    if (params->verify_digest && digest_floor_ms > params->downtime_ms) {
+    /* (A hybrid migration that cannot meet it switches to post-copy, whose
+     * digests cost no downtime.) */
+    if (params->verify_digest && params->mode == MIG_MODE_PRECOPY && digest_floor_ms > params->downtime_ms) {
         *code = "invalid-argument";
         snprintf(message, message_size,
                  "verify_digest: hashing %" PRIu64 " MiB of RAM on both sides takes about %" PRIu64
@@ -290,6 +292,7 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     s->server = server;
     s->digest_ms = digest_ms;
     s->fd = -1;
+    s->urgent_fd = -1;
     s->local = local == 1;
     s->progress.local = s->local;
     s->started_mono = mig_mono_ns();

@@ -30,6 +30,8 @@
 #include "bpf/probes.h"
 #include "dirtyring/dirty_log.h"
 #include "migration/local_handover.h"
+#include "migration/page_digest.h"
+#include "migration/postcopy_source.h"
 #include "migration/protocol.h"
 #include "migration/receiver.h"
 #include "migration/sender.h"
@@ -157,6 +159,15 @@ struct source {
 
     struct dirty_pages pending;
     uint64_t pending_sent;          /* pages of `pending` sent so far in this iteration */
+
+    /* Post-copy (mode postcopy / hybrid, issue 17): the urgent channel
+     * (connected after POSTCOPY_OPEN; its io is pc-serve's from the switch
+     * on, closed here at the end) and the post-copy state. */
+    bool peer_postcopy;             /* the destination announced MIG_FEATURE_POSTCOPY */
+    int urgent_fd;                  /* -1 = none */
+    struct mig_io urgent_io;
+    struct mig_tls_session *urgent_tls;
+    struct postcopy_source *postcopy;   /* created at the switch-over */
 
     /* Outcome. */
     const char *error_code;         /* NULL = none */

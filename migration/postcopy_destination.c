@@ -65,6 +65,7 @@ struct postcopy_destination {
     struct postcopy_latency_histogram latency;
     uint64_t latency_max_ns;
     struct postcopy_destination_stats counters;   /* the plain counters only */
+    struct page_digest digest;  /* options.digest: pages present at registration + pages placed (under lock) */
     pthread_t fault_thread;
     bool fault_thread_started;
     atomic_bool stopped;
@@ -269,6 +270,15 @@ static int postcopy_open_userfaultfd(char *error, size_t error_size)
     return -(syscall_errno != 0 ? syscall_errno : EPERM);
 }
 
+bool postcopy_destination_available(char *error, size_t error_size)
+{
+    int fd = postcopy_open_userfaultfd(error, error_size);
+    if (fd < 0)
+        return false;
+    close(fd);
+    return true;
+}
+
 /* Pages with data in the memfd now (pre-copy's) count as received. */
 static int postcopy_mark_present(struct postcopy_destination *d, char *error, size_t error_size)
 {
@@ -293,6 +303,8 @@ static int postcopy_mark_present(struct postcopy_destination *d, char *error, si
              page < ((uint64_t)hole + POSTCOPY_PAGE_SIZE - 1) / POSTCOPY_PAGE_SIZE; page++) {
             postcopy_received_set(d, page);
             d->counters.initially_present++;
+            if (d->options.digest)
+                page_digest_add(&d->digest, page, d->options.host + page * POSTCOPY_PAGE_SIZE);
         }
         position = hole;
     }
@@ -405,8 +417,9 @@ static int postcopy_check_page(const struct postcopy_destination *d, uint64_t pa
 
 /* Under lock, after the ioctl: the page is there; wake and account. */
 static int postcopy_placed(struct postcopy_destination *d, uint64_t page, int ioctl_result, int ioctl_errno,
-                           bool zero)
+                           const void *data)
 {
+    bool zero = data == NULL;
     uint64_t start = (uint64_t)(uintptr_t)d->options.host + page * POSTCOPY_PAGE_SIZE;
     if (ioctl_result != 0 && ioctl_errno != EEXIST) {
         fprintf(stderr, "ringvm: postcopy: %s(page %" PRIu64 "): %s\n", zero ? "UFFDIO_ZEROPAGE" : "UFFDIO_COPY",
@@ -425,8 +438,12 @@ static int postcopy_placed(struct postcopy_destination *d, uint64_t page, int io
         d->counters.already_present++;
     } else if (zero) {
         d->counters.zero++;
+        if (d->options.digest)
+            page_digest_add_zero(&d->digest, page);
     } else {
         d->counters.placed++;
+        if (d->options.digest)
+            page_digest_add(&d->digest, page, data);
     }
     postcopy_received_set(d, page);
     d->requested[page / 64] &= ~(1ull << (page % 64));
@@ -448,7 +465,7 @@ int postcopy_destination_place(struct postcopy_destination *d, uint64_t page, co
     pthread_mutex_lock(&d->lock);
     int ioctl_result = ioctl(d->uffd, UFFDIO_COPY, &copy);
     int ioctl_errno = ioctl_result != 0 ? errno : 0;
-    result = postcopy_placed(d, page, ioctl_result, ioctl_errno, false);
+    result = postcopy_placed(d, page, ioctl_result, ioctl_errno, data);
     pthread_mutex_unlock(&d->lock);
     return result;
 }
@@ -466,9 +483,52 @@ int postcopy_destination_place_zero(struct postcopy_destination *d, uint64_t pag
     pthread_mutex_lock(&d->lock);
     int ioctl_result = ioctl(d->uffd, UFFDIO_ZEROPAGE, &zeropage);
     int ioctl_errno = ioctl_result != 0 ? errno : 0;
-    result = postcopy_placed(d, page, ioctl_result, ioctl_errno, true);
+    result = postcopy_placed(d, page, ioctl_result, ioctl_errno, NULL);
     pthread_mutex_unlock(&d->lock);
     return result;
+}
+
+int postcopy_destination_place_zero_range(struct postcopy_destination *d, uint64_t page, uint64_t count)
+{
+    if (count == 0)
+        return 0;
+    if (page >= d->pages || count > d->pages - page)
+        return postcopy_check_page(d, page + count - 1 >= d->pages ? d->pages : page, "place_zero_range");
+    uint64_t done = 0;
+    pthread_mutex_lock(&d->lock);
+    while (done < count) {
+        struct uffdio_zeropage zeropage = {
+            .range = { .start = (uint64_t)(uintptr_t)d->options.host + (page + done) * POSTCOPY_PAGE_SIZE,
+                       .len = (count - done) * POSTCOPY_PAGE_SIZE },
+            .mode = 0,
+        };
+        int result = ioctl(d->uffd, UFFDIO_ZEROPAGE, &zeropage);
+        int error = result != 0 ? errno : 0;
+        /* A partial success reports the bytes zeroed; the page after them
+         * is the one that failed (EEXIST: placed meanwhile). */
+        uint64_t zeroed = zeropage.zeropage > 0 ? (uint64_t)zeropage.zeropage / POSTCOPY_PAGE_SIZE : 0;
+        for (uint64_t i = 0; i < zeroed; i++) {
+            int r = postcopy_placed(d, page + done + i, 0, 0, NULL);
+            if (r != 0) {
+                pthread_mutex_unlock(&d->lock);
+                return r;
+            }
+        }
+        done += zeroed;
+        if (result == 0)
+            continue;
+        if (error == EAGAIN)
+            continue;       /* the mapping changed under us: retry the rest */
+        /* This page: EEXIST wakes and counts it, anything else fails. */
+        int r = postcopy_placed(d, page + done, result, error, NULL);
+        if (r != 0) {
+            pthread_mutex_unlock(&d->lock);
+            return r;
+        }
+        done++;
+    }
+    pthread_mutex_unlock(&d->lock);
+    return 0;
 }
 
 int postcopy_destination_discard(struct postcopy_destination *d, uint64_t page, uint64_t count)
@@ -529,6 +589,13 @@ void postcopy_destination_get_stats(struct postcopy_destination *d, struct postc
     stats->received_pages = received;
     stats->latency_p50_ns = postcopy_latency_quantile(&stats->latency, 0.50);
     stats->latency_p99_ns = postcopy_latency_quantile(&stats->latency, 0.99);
+}
+
+void postcopy_destination_digest(struct postcopy_destination *d, struct page_digest *out)
+{
+    pthread_mutex_lock(&d->lock);
+    *out = d->digest;
+    pthread_mutex_unlock(&d->lock);
 }
 
 void postcopy_destination_stop(struct postcopy_destination *d)

@@ -38,6 +38,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "migration/page_digest.h"
+
 #define POSTCOPY_PAGE_SIZE 4096u
 /* Threads whose blocktime is kept apart (vCPUs are at most 64; the rest
  * are VMM threads reading guest RAM). Faults of further threads are still
@@ -56,6 +58,10 @@ struct postcopy_destination_options {
     uint64_t size;              /* bytes, a multiple of 4096 */
     postcopy_request_page_fn request_page;
     void *opaque;
+    /* Keep the page digest (migration/page_digest.h) of what RAM holds
+     * from the source: every page present at registration (read then,
+     * before anything runs on it) and every page placed. */
+    bool digest;
 };
 
 /* Fault service latency in log2 buckets: bucket 0 = [0, 2) ns, bucket i =
@@ -112,12 +118,20 @@ struct postcopy_destination;
 int postcopy_destination_create(struct postcopy_destination **out, const struct postcopy_destination_options *options,
                                 char *error, size_t error_size);
 
+/* Whether this process can open a userfaultfd that catches KVM's accesses
+ * too (what create needs); false with the reason (create's text). */
+bool postcopy_destination_available(char *error, size_t error_size);
+
 /* Places 4096 bytes at page (UFFDIO_COPY) and wakes its waiters. A page
  * already there (EEXIST: placed by the other stream) is woken and counted
  * as already_present; its contents stay. 0 or -errno (message on stderr). */
 int postcopy_destination_place(struct postcopy_destination *destination, uint64_t page, const void *data);
 /* The same with a zero page (UFFDIO_ZEROPAGE). */
 int postcopy_destination_place_zero(struct postcopy_destination *destination, uint64_t page);
+/* Zero pages [page, page + count) with as few UFFDIO_ZEROPAGE calls as
+ * the pages already present allow (pages known to be zero: sent as zero
+ * runs in pre-copy, which left holes in the memfd). 0 or -errno. */
+int postcopy_destination_place_zero_range(struct postcopy_destination *destination, uint64_t page, uint64_t count);
 /* Punches [page, page + count) out of the memfd (fallocate PUNCH_HOLE |
  * KEEP_SIZE) and clears their received and requested bits, so the next
  * touch faults and requests again. 0 or -errno (message on stderr). */
@@ -130,6 +144,10 @@ void postcopy_destination_copy_received(const struct postcopy_destination *desti
                                         uint64_t words, uint64_t *out);
 void postcopy_destination_get_stats(struct postcopy_destination *destination,
                                     struct postcopy_destination_stats *stats);
+
+/* The page digest so far (options.digest); complete once every page is
+ * received. */
+void postcopy_destination_digest(struct postcopy_destination *destination, struct page_digest *out);
 
 /* Ends the fault thread (idempotent); see the top of this file for what
  * blocked threads see. */

@@ -99,7 +99,8 @@ static int postcopy_return_check_header(struct postcopy_return_parser *p)
         max = POSTCOPY_BITMAP_MAX_LENGTH;
         break;
     case MIG_FRAME_ERROR:
-        mig_frame_length_bounds(MIG_FRAME_ERROR, &min, &max);
+    case MIG_FRAME_POSTCOPY_RESUMED:
+        mig_frame_length_bounds(h->type, &min, &max);
         break;
     default:
         if (h->type >= 1 && h->type <= MIG_FRAME_TYPE_MAX)
@@ -237,6 +238,12 @@ static int postcopy_return_frame(struct postcopy_return_parser *p, uint64_t now_
         return postcopy_return_page_request(p, now_ns);
     case POSTCOPY_FRAME_RECEIVED_BITMAP:
         return postcopy_return_bitmap(p);
+    case MIG_FRAME_POSTCOPY_RESUMED:
+        if (p->got_resumed)
+            return postcopy_return_fail(p, "second postcopy-resumed frame");
+        p->resumed_ns = mig_get_u64(p->payload);
+        p->got_resumed = true;
+        return 0;
     default: {    /* MIG_FRAME_ERROR: the header check let nothing else through */
         char message[MIG_ERROR_MAX_MESSAGE + 1];
         uint32_t code;

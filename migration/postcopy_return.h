@@ -18,6 +18,8 @@
  *                                   bits past count are zero. Chunks go up
  *                                   in RAM without gaps; offset 0 starts a
  *                                   new bitmap (a recovery).
+ *   POSTCOPY_RESUMED (20), 8 bytes: CLOCK_REALTIME ns when the guest
+ *                                   resumed on the destination (once).
  *   ERROR (9): as in the stream; ends the return path.
  *
  * The source's parser takes bytes in any chunking. Malformed input is fatal
@@ -91,6 +93,10 @@ struct postcopy_return_parser {
     uint64_t requests_refused_rate;
     uint64_t bitmap_chunks;
     uint32_t peer_error_code;       /* of an ERROR frame, 0 if none */
+    /* POSTCOPY_RESUMED (at most one): the destination runs the guest since
+     * resumed_ns (its CLOCK_REALTIME). */
+    bool got_resumed;
+    uint64_t resumed_ns;
     bool failed;
     char error[POSTCOPY_RETURN_ERROR_MAX];
     char last_refusal[POSTCOPY_RETURN_ERROR_MAX];

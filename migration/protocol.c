@@ -32,6 +32,11 @@ const char *mig_frame_type_name(uint32_t type)
     case MIG_FRAME_PROBE: return "probe";
     case MIG_FRAME_PROBE_ACK: return "probe-ack";
     case MIG_FRAME_SWITCH_OVER: return "switch-over";
+    case MIG_FRAME_POSTCOPY_OPEN: return "postcopy-open";
+    case MIG_FRAME_POSTCOPY_OPEN_ACK: return "postcopy-open-ack";
+    case MIG_FRAME_POSTCOPY_DISCARD: return "postcopy-discard";
+    case MIG_FRAME_POSTCOPY_SWITCH: return "postcopy-switch";
+    case MIG_FRAME_POSTCOPY_RESUMED: return "postcopy-resumed";
     }
     return "unknown";
 }
@@ -112,6 +117,20 @@ bool mig_frame_length_bounds(uint32_t type, uint64_t *min, uint64_t *max)
         return true;
     case MIG_FRAME_PROBE_ACK:
         *min = *max = MIG_PROBE_ACK_SIZE;
+        return true;
+    case MIG_FRAME_POSTCOPY_OPEN:
+    case MIG_FRAME_POSTCOPY_OPEN_ACK:
+        *min = *max = MIG_POSTCOPY_OPEN_SIZE;
+        return true;
+    case MIG_FRAME_POSTCOPY_DISCARD:
+        *min = MIG_POSTCOPY_DISCARD_RUN;
+        *max = MIG_POSTCOPY_DISCARD_RUN * MIG_POSTCOPY_DISCARD_MAX_RUNS;
+        return true;
+    case MIG_FRAME_POSTCOPY_SWITCH:
+        *min = *max = MIG_POSTCOPY_SWITCH_SIZE;
+        return true;
+    case MIG_FRAME_POSTCOPY_RESUMED:
+        *min = *max = MIG_POSTCOPY_RESUMED_SIZE;
         return true;
     case MIG_FRAME_SWITCH_OVER:
         *min = *max = MIG_SWITCH_OVER_SIZE;
@@ -501,6 +520,67 @@ int mig_switch_over_decode(const uint8_t in[MIG_SWITCH_OVER_SIZE], struct mig_sw
         snprintf(error, error_size, "switch-over frame with reserved %" PRIu32 ", learned %" PRIu64 " us from %"
                  PRIu32 " migrations (reserved 0; nothing learned from none)", reserved, out->learned_us,
                  out->learned_count);
+        return -1;
+    }
+    return 0;
+}
+
+void mig_discard_run_encode(const struct mig_discard_run *run, uint8_t out[MIG_POSTCOPY_DISCARD_RUN])
+{
+    mig_put_u64(out, run->ram_offset);
+    mig_put_u64(out + 8, run->pages);
+}
+
+int mig_discard_decode(const uint8_t *in, size_t length, uint64_t ram_bytes, uint64_t after,
+                       struct mig_discard_run *out, char *error, size_t error_size)
+{
+    if (length == 0 || length % MIG_POSTCOPY_DISCARD_RUN != 0 ||
+        length / MIG_POSTCOPY_DISCARD_RUN > MIG_POSTCOPY_DISCARD_MAX_RUNS) {
+        snprintf(error, error_size, "postcopy-discard frame of %zu bytes (1 to %u runs of %u bytes)", length,
+                 MIG_POSTCOPY_DISCARD_MAX_RUNS, MIG_POSTCOPY_DISCARD_RUN);
+        return -1;
+    }
+    size_t count = length / MIG_POSTCOPY_DISCARD_RUN;
+    uint64_t ram_pages = ram_bytes / MIG_PAGE_SIZE;
+    for (size_t i = 0; i < count; i++) {
+        struct mig_discard_run run = { mig_get_u64(in + i * MIG_POSTCOPY_DISCARD_RUN),
+                                       mig_get_u64(in + i * MIG_POSTCOPY_DISCARD_RUN + 8) };
+        if (run.ram_offset % MIG_PAGE_SIZE != 0 || run.pages == 0 || run.ram_offset / MIG_PAGE_SIZE >= ram_pages ||
+            run.pages > ram_pages - run.ram_offset / MIG_PAGE_SIZE) {
+            snprintf(error, error_size, "postcopy-discard run %zu: offset 0x%" PRIx64 ", %" PRIu64 " pages: not "
+                     "page aligned, empty or outside guest RAM (%" PRIu64 " pages)", i, run.ram_offset, run.pages,
+                     ram_pages);
+            return -1;
+        }
+        if (run.ram_offset < after) {
+            snprintf(error, error_size, "postcopy-discard run %zu at 0x%" PRIx64 " overlaps or precedes the run "
+                     "before it (which ends at 0x%" PRIx64 ")", i, run.ram_offset, after);
+            return -1;
+        }
+        after = run.ram_offset + run.pages * MIG_PAGE_SIZE;
+        out[i] = run;
+    }
+    return (int)count;
+}
+
+void mig_postcopy_switch_encode(const struct mig_postcopy_switch *sw, uint8_t out[MIG_POSTCOPY_SWITCH_SIZE])
+{
+    mig_put_u64(out, sw->pause_timestamp_ns);
+    mig_put_u32(out + 8, sw->flags);
+    mig_put_u32(out + 12, 0);
+    mig_put_u64(out + 16, sw->missing_pages);
+}
+
+int mig_postcopy_switch_decode(const uint8_t in[MIG_POSTCOPY_SWITCH_SIZE], struct mig_postcopy_switch *out,
+                               char *error, size_t error_size)
+{
+    out->pause_timestamp_ns = mig_get_u64(in);
+    out->flags = mig_get_u32(in + 8);
+    uint32_t reserved = mig_get_u32(in + 12);
+    out->missing_pages = mig_get_u64(in + 16);
+    if (reserved != 0 || (out->flags & ~(uint32_t)MIG_END_GUEST_PAUSED) != 0) {
+        snprintf(error, error_size, "postcopy-switch frame with flags 0x%" PRIx32 ", reserved %" PRIu32
+                 " (known flags 0x%x; reserved 0)", out->flags, reserved, (unsigned)MIG_END_GUEST_PAUSED);
         return -1;
     }
     return 0;

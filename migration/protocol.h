@@ -52,7 +52,15 @@ enum mig_frame_type {
     MIG_FRAME_SWITCH_OVER = 15, /* source -> destination, after the state, before END (with
                                    MIG_FEATURE_SWITCH_PROBE): what the switch-over cost model
                                    knows, so the destination learns it (switch_over.h) */
-    MIG_FRAME_TYPE_MAX = 15,
+    /* Post-copy (only when the destination announces MIG_FEATURE_POSTCOPY;
+       docs/migration-protocol.md, "Post-copy"): */
+    MIG_FRAME_POSTCOPY_OPEN = 16,     /* source -> destination: accept my urgent channel now */
+    MIG_FRAME_POSTCOPY_OPEN_ACK = 17, /* destination -> source: the urgent channel is accepted */
+    MIG_FRAME_POSTCOPY_DISCARD = 18,  /* source -> destination, after the state: page ranges the
+                                         destination must drop (stale or never sent) */
+    MIG_FRAME_POSTCOPY_SWITCH = 19,   /* source -> destination: run the guest now; RAM follows */
+    MIG_FRAME_POSTCOPY_RESUMED = 20,  /* destination -> source, urgent channel: the guest runs here */
+    MIG_FRAME_TYPE_MAX = 20,
 };
 
 const char *mig_frame_type_name(uint32_t type);
@@ -63,7 +71,10 @@ const char *mig_frame_type_name(uint32_t type);
                                             destination verifies before resuming */
 #define MIG_FEATURE_SWITCH_PROBE 0x4ull  /* PROBE/PROBE_ACK after the hello, SWITCH_OVER
                                             before END (migration/switch_over.h) */
-#define MIG_FEATURES_KNOWN      (MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST | MIG_FEATURE_SWITCH_PROBE)
+#define MIG_FEATURE_POSTCOPY    0x8ull   /* the destination can take post-copy (userfaultfd works
+                                            there): frames 16-20 and the urgent channel */
+#define MIG_FEATURES_KNOWN      (MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST | MIG_FEATURE_SWITCH_PROBE | \
+                                 MIG_FEATURE_POSTCOPY)
 
 /* Payload sizes and bounds. */
 #define MIG_HELLO_SIZE          104u
@@ -83,6 +94,11 @@ const char *mig_frame_type_name(uint32_t type);
 #define MIG_PROBE_MAX           (MIG_PROBE_HEADER_SIZE + MIG_MACHINE_STATE_MAX)
 #define MIG_PROBE_ACK_SIZE      16u
 #define MIG_SWITCH_OVER_SIZE    40u
+#define MIG_POSTCOPY_OPEN_SIZE      8u
+#define MIG_POSTCOPY_DISCARD_RUN    16u
+#define MIG_POSTCOPY_DISCARD_MAX_RUNS 4096u
+#define MIG_POSTCOPY_SWITCH_SIZE    24u
+#define MIG_POSTCOPY_RESUMED_SIZE   8u
 /* A memory frame's payload never exceeds this (the sender uses less). */
 #define MIG_MEMORY_MAX_PAYLOAD  (64u << 20)
 /* Pages in one run (a run never crosses this; keeps page_count * 4096 in 32 bits). */
@@ -169,6 +185,19 @@ struct mig_switch_over {
     uint32_t learned_count;     /* 0 = nothing learned */
 };
 
+/* POSTCOPY_DISCARD: runs of pages, ascending, not overlapping, inside RAM. */
+struct mig_discard_run {
+    uint64_t ram_offset;        /* page aligned */
+    uint64_t pages;             /* >= 1 */
+};
+
+/* POSTCOPY_SWITCH. */
+struct mig_postcopy_switch {
+    uint64_t pause_timestamp_ns;    /* CLOCK_REALTIME when the source paused (downtime's start) */
+    uint32_t flags;                 /* MIG_END_GUEST_PAUSED: restore it paused */
+    uint64_t missing_pages;         /* pages the destination lacks from now on: it checks its own count */
+};
+
 /* END (source) and ACK (destination) share one layout. */
 #define MIG_END_HAS_DIGEST 0x1ull
 /* END only: the operator had paused the guest (vm.pause) when the source
@@ -234,6 +263,8 @@ void mig_end_encode(const struct mig_end *end, uint8_t out[MIG_END_SIZE]);
 void mig_probe_header_encode(const struct mig_probe_header *probe, uint8_t out[MIG_PROBE_HEADER_SIZE]);
 void mig_probe_ack_encode(const struct mig_probe_ack *ack, uint8_t out[MIG_PROBE_ACK_SIZE]);
 void mig_switch_over_encode(const struct mig_switch_over *switch_over, uint8_t out[MIG_SWITCH_OVER_SIZE]);
+void mig_discard_run_encode(const struct mig_discard_run *run, uint8_t out[MIG_POSTCOPY_DISCARD_RUN]);
+void mig_postcopy_switch_encode(const struct mig_postcopy_switch *sw, uint8_t out[MIG_POSTCOPY_SWITCH_SIZE]);
 /* Returns the payload length (4 + message bytes, message cut at MIG_ERROR_MAX_MESSAGE). */
 size_t mig_error_encode(uint32_t code, const char *message, uint8_t out[4 + MIG_ERROR_MAX_MESSAGE]);
 
@@ -272,6 +303,14 @@ int mig_probe_header_decode(const uint8_t in[MIG_PROBE_HEADER_SIZE], struct mig_
 int mig_probe_ack_decode(const uint8_t in[MIG_PROBE_ACK_SIZE], struct mig_probe_ack *out, char *error,
                          size_t error_size);
 /* Reserved 0; learned_us and deviation_us 0 when learned_count is. */
+/* A DISCARD payload of length bytes: runs into out (room for
+ * MIG_POSTCOPY_DISCARD_MAX_RUNS), each checked against ram_bytes and
+ * against the one before it (after = end of the previous frame's last run,
+ * 0 for the first frame). The count, or -1 with the reason. */
+int mig_discard_decode(const uint8_t *in, size_t length, uint64_t ram_bytes, uint64_t after,
+                       struct mig_discard_run *out, char *error, size_t error_size);
+int mig_postcopy_switch_decode(const uint8_t in[MIG_POSTCOPY_SWITCH_SIZE], struct mig_postcopy_switch *out,
+                               char *error, size_t error_size);
 int mig_switch_over_decode(const uint8_t in[MIG_SWITCH_OVER_SIZE], struct mig_switch_over *out, char *error,
                            size_t error_size);
 /* message gets the text (NUL-terminated, non-printable bytes replaced by '?'). */

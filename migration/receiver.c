@@ -133,6 +133,20 @@ int mig_receiver_init(struct mig_receiver *r, uint8_t *ram, uint64_t ram_bytes, 
     return 0;
 }
 
+int mig_receiver_set_placer(struct mig_receiver *r,
+                            int (*place)(void *opaque, uint64_t ram_offset, uint32_t pages, const uint8_t *data),
+                            void *opaque)
+{
+    if (r->place_buffer == NULL) {
+        r->place_buffer = malloc(MIG_POSTCOPY_FRAME_MAX);
+        if (r->place_buffer == NULL)
+            return -1;
+    }
+    r->place = place;
+    r->place_opaque = opaque;
+    return 0;
+}
+
 void mig_receiver_drop_probe(struct mig_receiver *r)
 {
     free(r->probe);
@@ -150,6 +164,10 @@ void mig_receiver_destroy(struct mig_receiver *r)
     free(r->scratch);
     free(r->staging);
     free(r->written);
+    free(r->discard_runs);
+    free(r->place_buffer);
+    r->discard_runs = NULL;
+    r->place_buffer = NULL;
     r->vcpu_states = NULL;
     r->scratch = NULL;
     r->staging = NULL;
@@ -363,9 +381,68 @@ static int read_input(struct mig_receiver *r, const struct mig_input *input, voi
  * a ZERO run it could have been merged into (one ZERO run per contiguous
  * zero range, as the sender builds them).
  */
+/* Post-copy's memory frame: whole, verified, then placed (see
+ * mig_receiver_set_placer). The run rules are the pre-copy ones. */
+static int receive_memory_placed(struct mig_receiver *r, const struct mig_input *input, const uint8_t *raw_header,
+                                 const struct mig_frame_header *header)
+{
+    if (header->length > MIG_POSTCOPY_FRAME_MAX)
+        return fail(r, MIG_ERR_STREAM, "memory frame of %" PRIu64 " bytes in post-copy (at most %u)",
+                    header->length, MIG_POSTCOPY_FRAME_MAX);
+    uint8_t *payload = r->place_buffer;
+    if (read_input(r, input, payload, (size_t)header->length) != 0)
+        return -1;
+    if (mig_frame_checksum(raw_header, payload, (size_t)header->length) != header->checksum)
+        return fail(r, MIG_ERR_STREAM, "memory frame checksum mismatch");
+    r->work.memory_frames++;
+    char text[MIG_RECEIVER_ERROR_MAX - 32];
+    uint64_t at = 0, previous_end = 0, zero = 0, normal = 0;
+    bool first = true;
+    while (at < header->length) {
+        if (header->length - at < MIG_RUN_HEADER_SIZE)
+            return fail(r, MIG_ERR_STREAM, "memory frame ends inside a run header (%" PRIu64 " bytes left)",
+                        header->length - at);
+        struct mig_run run;
+        mig_run_decode(payload + at, &run);
+        at += MIG_RUN_HEADER_SIZE;
+        r->work.runs++;
+        if (mig_run_validate(&run, r->ram_bytes, header->length - at, text, sizeof(text)) != 0)
+            return fail(r, MIG_ERR_STREAM, "%s", text);
+        bool is_zero = (run.flags & MIG_RUN_ZERO) != 0;
+        if (is_zero && !(r->peer.features & MIG_FEATURE_ZERO_PAGES))
+            return fail(r, MIG_ERR_STREAM, "memory run at offset 0x%" PRIx64 " is a zero run but the hello did not "
+                        "announce zero-page runs", run.ram_offset);
+        if (!first && run.ram_offset < previous_end)
+            return fail(r, MIG_ERR_STREAM, "memory run at offset 0x%" PRIx64 " overlaps or precedes the run before "
+                        "it (which ends at 0x%" PRIx64 ")", run.ram_offset, previous_end);
+        first = false;
+        uint64_t bytes = (uint64_t)run.pages * MIG_PAGE_SIZE;
+        previous_end = run.ram_offset + bytes;
+        if (r->place(r->place_opaque, run.ram_offset, run.pages, is_zero ? NULL : payload + at) != 0)
+            return fail(r, MIG_ERR_INTERNAL, "placing %" PRIu32 " pages at 0x%" PRIx64 " failed", run.pages,
+                        run.ram_offset);
+        r->work.pages_touched += run.pages;
+        if (is_zero) {
+            zero += run.pages;
+        } else {
+            at += bytes;
+            normal += run.pages;
+        }
+    }
+    atomic_fetch_add_explicit(&r->zero_pages, zero, memory_order_relaxed);
+    atomic_fetch_add_explicit(&r->normal_pages, normal, memory_order_relaxed);
+    atomic_fetch_add_explicit(&r->pages_received, zero + normal, memory_order_relaxed);
+    return 0;
+}
+
 static int receive_memory(struct mig_receiver *r, const struct mig_input *input, const uint8_t *raw_header,
                           const struct mig_frame_header *header)
 {
+    if (r->got_postcopy_switch) {
+        if (r->place == NULL)
+            return fail(r, MIG_ERR_INTERNAL, "memory frame after postcopy-switch but no placer is set");
+        return receive_memory_placed(r, input, raw_header, header);
+    }
     XXH3_state_t state;
     XXH3_64bits_reset(&state);
     XXH3_64bits_update(&state, raw_header, MIG_HEADER_CHECKSUM_OFFSET);
@@ -498,7 +575,9 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
         if (r->frame_clock_running)
             r->frame_deadline_ns = r->frame_start_ns + frame_window_ns(r);
     }
-    if (header.type == MIG_FRAME_HELLO_ACK || header.type == MIG_FRAME_ACK || header.type == MIG_FRAME_PROBE_ACK)
+    if (header.type == MIG_FRAME_HELLO_ACK || header.type == MIG_FRAME_ACK || header.type == MIG_FRAME_PROBE_ACK ||
+        header.type == MIG_FRAME_POSTCOPY_OPEN_ACK || header.type == MIG_FRAME_POSTCOPY_RESUMED ||
+        header.type == 10u || header.type == 11u)
         return fail(r, MIG_ERR_STREAM, "unexpected %s frame from the source", mig_frame_type_name(header.type));
     if (!r->got_hello && header.type != MIG_FRAME_HELLO && header.type != MIG_FRAME_ERROR)
         return fail(r, MIG_ERR_STREAM, "%s frame before the hello", mig_frame_type_name(header.type));
@@ -550,6 +629,35 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
         r->got_probe = true;
         r->seq++;
         return MIG_FRAME_PROBE;
+    }
+
+    if (header.type >= MIG_FRAME_POSTCOPY_OPEN && header.type <= MIG_FRAME_POSTCOPY_SWITCH &&
+        !(r->local.features & MIG_FEATURE_POSTCOPY))
+        return fail(r, MIG_ERR_STREAM, "%s frame, but this destination did not announce post-copy",
+                    mig_frame_type_name(header.type));
+    if (header.type == MIG_FRAME_POSTCOPY_DISCARD) {
+        if (!r->got_postcopy_open || r->got_postcopy_switch)
+            return fail(r, MIG_ERR_STREAM, "postcopy-discard frame %s", r->got_postcopy_switch
+                        ? "after postcopy-switch" : "before postcopy-open");
+        if (r->discard_runs == NULL) {
+            r->discard_runs = malloc(MIG_POSTCOPY_DISCARD_MAX_RUNS * sizeof(*r->discard_runs));
+            if (r->discard_runs == NULL)
+                return fail(r, MIG_ERR_INTERNAL, "out of memory for discard runs");
+        }
+        /* Bounded by mig_header_decode (MIG_POSTCOPY_DISCARD_MAX_RUNS runs). */
+        uint8_t *bytes = receive_whole_payload(r, input, raw, &header);
+        if (bytes == NULL)
+            return -1;
+        int count = mig_discard_decode(bytes, (size_t)header.length, r->ram_bytes, r->discard_after,
+                                       r->discard_runs, text, sizeof(text));
+        free(bytes);
+        if (count < 0)
+            return fail(r, MIG_ERR_STREAM, "%s", text);
+        r->discard_count = (unsigned)count;
+        const struct mig_discard_run *last = &r->discard_runs[count - 1];
+        r->discard_after = last->ram_offset + last->pages * MIG_PAGE_SIZE;
+        r->seq++;
+        return MIG_FRAME_POSTCOPY_DISCARD;
     }
 
     /* Small frames: payload into scratch (bounded), then checksum. */
@@ -632,6 +740,32 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
         r->stream_started = true;
         break;
     }
+    case MIG_FRAME_POSTCOPY_OPEN:
+        if (r->got_postcopy_open)
+            return fail(r, MIG_ERR_STREAM, "second postcopy-open frame");
+        if (r->stream_started)
+            return fail(r, MIG_ERR_STREAM, "postcopy-open frame after the stream began");
+        if (mig_get_u64(payload) != 0)
+            return fail(r, MIG_ERR_STREAM, "postcopy-open frame with reserved 0x%" PRIx64 " (must be 0)",
+                        mig_get_u64(payload));
+        r->got_postcopy_open = true;
+        break;
+    case MIG_FRAME_POSTCOPY_SWITCH:
+        if (!r->got_postcopy_open || r->got_postcopy_switch)
+            return fail(r, MIG_ERR_STREAM, "postcopy-switch frame %s", r->got_postcopy_switch
+                        ? "twice" : "before postcopy-open");
+        if (mig_postcopy_switch_decode(payload, &r->postcopy_switch, text, sizeof(text)) != 0)
+            return fail(r, MIG_ERR_STREAM, "%s", text);
+        for (unsigned i = 0; i < r->local.vcpu_count && r->machine_state == NULL; i++)
+            if (!r->vcpu_state_present[i])
+                return fail(r, MIG_ERR_STREAM, "postcopy-switch frame but no state for vCPU %u", i);
+        if (!r->have_device)
+            return fail(r, MIG_ERR_STREAM, "postcopy-switch frame but no device state");
+        if (r->postcopy_switch.missing_pages > r->ram_bytes / MIG_PAGE_SIZE)
+            return fail(r, MIG_ERR_STREAM, "postcopy-switch frame: %" PRIu64 " pages missing of %" PRIu64,
+                        r->postcopy_switch.missing_pages, r->ram_bytes / MIG_PAGE_SIZE);
+        r->got_postcopy_switch = true;
+        break;
     case MIG_FRAME_SWITCH_OVER:
         if (r->have_switch_over)
             return fail(r, MIG_ERR_STREAM, "second switch-over frame");

@@ -139,6 +139,20 @@ struct mig_receiver {
     bool have_switch_over;
     struct mig_device_state device;
     bool have_device;
+    /* Post-copy (only when local announces MIG_FEATURE_POSTCOPY): OPEN at
+     * most once before the stream; DISCARD frames after it; SWITCH once,
+     * after the state. discard_runs: the last DISCARD frame's runs (valid
+     * until the next call), discard_after: where the previous run ended.
+     * After SWITCH memory goes through `place` (mig_receiver_set_placer). */
+    bool got_postcopy_open;
+    bool got_postcopy_switch;
+    struct mig_postcopy_switch postcopy_switch;
+    struct mig_discard_run *discard_runs;   /* heap, MIG_POSTCOPY_DISCARD_MAX_RUNS */
+    unsigned discard_count;
+    uint64_t discard_after;
+    int (*place)(void *opaque, uint64_t ram_offset, uint32_t pages, const uint8_t *data);
+    void *place_opaque;
+    uint8_t *place_buffer;              /* a whole memory frame's payload (heap, MIG_POSTCOPY_FRAME_MAX) */
     struct mig_end end;
     uint8_t *scratch;                   /* small-frame payloads */
     size_t scratch_size;
@@ -209,6 +223,19 @@ void mig_receiver_drop_probe(struct mig_receiver *r);
  * MIG_RATE_FLOOR_BYTES_PER_S.
  */
 void mig_receiver_set_deadline(struct mig_receiver *r, unsigned stall_ms, uint64_t floor_bytes_per_s);
+
+/*
+ * Post-copy: from now on a MEMORY frame is read whole (at most
+ * MIG_POSTCOPY_FRAME_MAX payload bytes, else refused), its checksum
+ * verified, and only then handed over run by run: place(opaque, offset,
+ * pages, data) with data = NULL for a zero run. The guest runs on this RAM,
+ * so no byte of an unverified frame may reach it. place returns 0, or
+ * non-zero to fail the stream (MIG_ERR_INTERNAL). 0, or -1 (no memory).
+ */
+#define MIG_POSTCOPY_FRAME_MAX (4u << 20)
+int mig_receiver_set_placer(struct mig_receiver *r,
+                            int (*place)(void *opaque, uint64_t ram_offset, uint32_t pages, const uint8_t *data),
+                            void *opaque);
 
 /* Reads and applies one frame. Returns the frame type (> 0), or -1 with
  * r->error ("frame 12: memory run at offset 0x... exceeds guest RAM ...").

@@ -56,8 +56,12 @@ void migration_source_vcpu_throttles(struct source *s)
     s->progress.throttle_percent = max;
 }
 
+static void source_postcopy_progress(struct source *s);
+static void source_release_tracking(struct source *s);
+
 static void source_publish(struct source *s)
 {
+    source_postcopy_progress(s);
     uint64_t now = mig_mono_ns();
     s->progress.elapsed_ms = (now - s->started_mono) / 1000000u;
     if (s->sender_started)
@@ -535,6 +539,7 @@ static int source_handshake(struct source *s)
     if (mig_hello_compare(&hello, &peer, true, text, sizeof(text)) != 0)
         return source_fail(s, "config-mismatch", "configuration mismatch: %s", text);
     s->peer_probes = (peer.features & MIG_FEATURE_SWITCH_PROBE) != 0;
+    s->peer_postcopy = (peer.features & MIG_FEATURE_POSTCOPY) != 0;
     return 0;
 }
 
@@ -744,6 +749,28 @@ static int source_send_state(struct source *s, const struct captured_state *stat
     return 0;
 }
 
+/* Queues DEVICE_STATE (the vCPUs are paused). */
+static int source_send_device_state(struct source *s)
+{
+    struct vm *vm = s->vm;
+    struct mig_device_state device;
+    memset(&device, 0, sizeof(device));
+    device.version = 2;
+    device.vcpu_count = vm->config.vcpu_count;
+    workload_spec_format(&vm->config.workload, device.workload, sizeof(device.workload));
+    pthread_mutex_lock(&vm->serial.lock);
+    device.serial_lcr = vm->serial.line_control;
+    pthread_mutex_unlock(&vm->serial.lock);
+    device.last_exception_vector = atomic_load_explicit(&vm->last_exception_vector, memory_order_relaxed);
+    device.ledger_mismatches = atomic_load_explicit(&vm->ledger_mismatches, memory_order_relaxed);
+    for (unsigned i = 0; i < vm->config.vcpu_count && i < MIG_MAX_VCPUS; i++)
+        device.guest_phase[i] = (uint32_t)atomic_load_explicit(&vm->vcpus[i].guest_phase_published,
+                                                               memory_order_acquire);
+    uint8_t device_bytes[MIG_DEVICE_STATE_SIZE];
+    mig_device_state_encode(&device, device_bytes);
+    return source_small_frame(s, MIG_FRAME_DEVICE_STATE, device_bytes, sizeof(device_bytes));
+}
+
 /* Bytes on the wire of the switch-over's last frames: SWITCH_OVER (to a
  * destination that takes it) and END. */
 static uint64_t switch_over_tail_bytes(bool peer_probes)
@@ -934,118 +961,11 @@ static int source_final_pages(struct source *s)
     return 0;
 }
 
-/* Stop-and-copy and the ACK. */
-static int source_complete(struct source *s)
+/* The ACK: the destination restores, verifies and resumes first (in
+ * post-copy: it holds every page). 0 with *ack, or -1 (failed; from END on
+ * every reply-shaped failure keeps the source paused). */
+static int source_read_ack(struct source *s, struct mig_end *ack)
 {
-    struct vm *vm = s->vm;
-    if (!s->local)
-        fprintf(stderr, "ringvm: migration: memory delta transmission stopping - cutoff condition reached\n");
-    source_phase(s, MIG_STATE_COMPLETING, "stop-and-copy");
-    pthread_mutex_lock(&vm->control_lock);
-    s->locked = true;
-    s->user_paused = vm_get_state(vm) == VM_STATE_PAUSED;
-    int r = vm_pause_vcpus(vm);
-    if (r != 0) {
-        if (r == -ECANCELED) {
-            s->cancelled = true;
-            return source_fail(s, "shutdown", "the VM is shutting down");
-        }
-        return source_fail(s, "internal", "could not pause the vCPUs: %s", strerror(-r));
-    }
-    s->paused = true;
-    uint64_t pause_mono = mig_mono_ns(), pause_real = mig_real_ns();
-    /* What crosses the link from here on: what was written and not yet
-     * delivered (the backlog), then everything written after now. */
-    uint64_t backlog_at_pause = s->local ? 0 : socket_queued_bytes(s->fd);
-    uint64_t written_at_pause = mig_sender_bytes(&s->sender);
-    mig_trace("src paused");
-    struct captured_state state;
-    if (source_capture_state(s, &state) != 0)
-        return -1;
-    if (!s->local && source_final_pages(s) != 0) {
-        free(state.bytes);
-        return -1;
-    }
-    mig_trace("src pages queued");
-    r = source_send_state(s, &state);
-    free(state.bytes);
-    if (r != 0)
-        return -1;
-    struct mig_device_state device;
-    memset(&device, 0, sizeof(device));
-    device.version = 2;
-    device.vcpu_count = vm->config.vcpu_count;
-    workload_spec_format(&vm->config.workload, device.workload, sizeof(device.workload));
-    pthread_mutex_lock(&vm->serial.lock);
-    device.serial_lcr = vm->serial.line_control;
-    pthread_mutex_unlock(&vm->serial.lock);
-    device.last_exception_vector = atomic_load_explicit(&vm->last_exception_vector, memory_order_relaxed);
-    device.ledger_mismatches = atomic_load_explicit(&vm->ledger_mismatches, memory_order_relaxed);
-    for (unsigned i = 0; i < vm->config.vcpu_count && i < MIG_MAX_VCPUS; i++)
-        device.guest_phase[i] = (uint32_t)atomic_load_explicit(&vm->vcpus[i].guest_phase_published,
-                                                               memory_order_acquire);
-    uint8_t device_bytes[MIG_DEVICE_STATE_SIZE];
-    mig_device_state_encode(&device, device_bytes);
-    if (source_small_frame(s, MIG_FRAME_DEVICE_STATE, device_bytes, sizeof(device_bytes)) != 0)
-        return -1;
-    mig_trace("src states queued");
-
-    /* The digest is computed while the sender drains (RAM is frozen). */
-    struct mig_end end = { .timestamp_ns = pause_real, .pages = s->pages_sent_total,
-                           .flags = s->user_paused ? MIG_END_GUEST_PAUSED : 0 };
-    if (s->params.verify_digest) {
-        char hex[MEMORY_DIGEST_HEX_SIZE];
-        r = memory_digest(&vm->memory, hex, NULL, NULL);
-        if (r != 0)
-            return source_fail(s, "internal", "memory digest: %s", strerror(-r));
-        snprintf(s->progress.digest_source, sizeof(s->progress.digest_source), "%s", hex);
-        snprintf(end.digest, sizeof(end.digest), "%s", hex);
-        end.flags |= MIG_END_HAS_DIGEST;
-    }
-    /* The switch-over frame carries this switch-over's transfer part, so
-     * the destination can learn its cost (switch_over.h). Its bytes are
-     * known exactly once everything before it is written. */
-    uint64_t transfer_after_pause_us = 0;
-    if (!s->local) {
-        if (source_flush(s) != 0)
-            return -1;
-        uint64_t after_pause = mig_sender_bytes(&s->sender) - written_at_pause + backlog_at_pause +
-                               switch_over_tail_bytes(s->peer_probes);
-        transfer_after_pause_us = mig_transfer_us(after_pause, s->bandwidth);
-    }
-    if (s->peer_probes && !s->local) {
-        struct mig_switch_over report = {
-            .transfer_us = transfer_after_pause_us,
-            .digest_pass_us = s->digest_ms * 1000u,
-            .learned_us = s->switch_over.learned_count > 0 ? s->switch_over.learned_us : 0,
-            .deviation_us = s->switch_over.learned_count > 0 ? s->switch_over.deviation_us : 0,
-            .learned_count = s->switch_over.learned_count,
-        };
-        uint8_t report_bytes[MIG_SWITCH_OVER_SIZE];
-        mig_switch_over_encode(&report, report_bytes);
-        if (source_small_frame(s, MIG_FRAME_SWITCH_OVER, report_bytes, sizeof(report_bytes)) != 0)
-            return -1;
-    }
-    uint8_t end_bytes[MIG_END_SIZE];
-    mig_end_encode(&end, end_bytes);
-    pthread_mutex_lock(&s->m->lock);
-    bool cancelled = atomic_load_explicit(&s->m->cancel, memory_order_acquire);
-    s->m->past_end = !cancelled;
-    pthread_mutex_unlock(&s->m->lock);
-    if (cancelled) {
-        s->cancelled = true;
-        return source_fail(s, "cancelled", "cancelled by migration.cancel");
-    }
-    s->end_sent = true;
-    if (source_small_frame(s, MIG_FRAME_END, end_bytes, sizeof(end_bytes)) != 0)
-        return -1;
-    mig_trace("src digest done, end queued");
-    if (source_flush(s) != 0)
-        return -1;
-    s->progress.memory.remaining = 0;
-    source_phase(s, MIG_STATE_COMPLETING, "waiting-ack");
-    mig_trace("src flushed");
-
     /* The ACK: the destination restores, verifies and resumes first. The
      * whole reply must be in by a hard deadline (issue 16, item 1): we hold
      * control_lock with the vCPUs paused, and a destination trickling
@@ -1134,12 +1054,114 @@ static int source_complete(struct source *s)
                            "the guest; the source stays paused (vm.resume here only if the destination does not "
                            "run it)", mig_frame_type_name(header.type));
     }
-    struct mig_end ack;
-    if (mig_end_decode(reply, &ack, text, sizeof(text)) != 0) {
+    if (mig_end_decode(reply, ack, text, sizeof(text)) != 0) {
         s->keep_paused = true;
         return source_fail(s, "outcome-unknown", "destination ack: %s: it may be running the guest; the source "
                            "stays paused (vm.resume here only if the destination does not run it)", text);
     }
+    return 0;
+}
+
+/* Stop-and-copy and the ACK. */
+static int source_complete(struct source *s)
+{
+    struct vm *vm = s->vm;
+    if (!s->local)
+        fprintf(stderr, "ringvm: migration: memory delta transmission stopping - cutoff condition reached\n");
+    source_phase(s, MIG_STATE_COMPLETING, "stop-and-copy");
+    pthread_mutex_lock(&vm->control_lock);
+    s->locked = true;
+    s->user_paused = vm_get_state(vm) == VM_STATE_PAUSED;
+    int r = vm_pause_vcpus(vm);
+    if (r != 0) {
+        if (r == -ECANCELED) {
+            s->cancelled = true;
+            return source_fail(s, "shutdown", "the VM is shutting down");
+        }
+        return source_fail(s, "internal", "could not pause the vCPUs: %s", strerror(-r));
+    }
+    s->paused = true;
+    uint64_t pause_mono = mig_mono_ns(), pause_real = mig_real_ns();
+    /* What crosses the link from here on: what was written and not yet
+     * delivered (the backlog), then everything written after now. */
+    uint64_t backlog_at_pause = s->local ? 0 : socket_queued_bytes(s->fd);
+    uint64_t written_at_pause = mig_sender_bytes(&s->sender);
+    mig_trace("src paused");
+    struct captured_state state;
+    if (source_capture_state(s, &state) != 0)
+        return -1;
+    if (!s->local && source_final_pages(s) != 0) {
+        free(state.bytes);
+        return -1;
+    }
+    mig_trace("src pages queued");
+    r = source_send_state(s, &state);
+    free(state.bytes);
+    if (r != 0)
+        return -1;
+    if (source_send_device_state(s) != 0)
+        return -1;
+    mig_trace("src states queued");
+
+    /* The digest is computed while the sender drains (RAM is frozen). */
+    struct mig_end end = { .timestamp_ns = pause_real, .pages = s->pages_sent_total,
+                           .flags = s->user_paused ? MIG_END_GUEST_PAUSED : 0 };
+    if (s->params.verify_digest) {
+        char hex[MEMORY_DIGEST_HEX_SIZE];
+        r = memory_digest(&vm->memory, hex, NULL, NULL);
+        if (r != 0)
+            return source_fail(s, "internal", "memory digest: %s", strerror(-r));
+        snprintf(s->progress.digest_source, sizeof(s->progress.digest_source), "%s", hex);
+        snprintf(end.digest, sizeof(end.digest), "%s", hex);
+        end.flags |= MIG_END_HAS_DIGEST;
+    }
+    /* The switch-over frame carries this switch-over's transfer part, so
+     * the destination can learn its cost (switch_over.h). Its bytes are
+     * known exactly once everything before it is written. */
+    uint64_t transfer_after_pause_us = 0;
+    if (!s->local) {
+        if (source_flush(s) != 0)
+            return -1;
+        uint64_t after_pause = mig_sender_bytes(&s->sender) - written_at_pause + backlog_at_pause +
+                               switch_over_tail_bytes(s->peer_probes);
+        transfer_after_pause_us = mig_transfer_us(after_pause, s->bandwidth);
+    }
+    if (s->peer_probes && !s->local) {
+        struct mig_switch_over report = {
+            .transfer_us = transfer_after_pause_us,
+            .digest_pass_us = s->digest_ms * 1000u,
+            .learned_us = s->switch_over.learned_count > 0 ? s->switch_over.learned_us : 0,
+            .deviation_us = s->switch_over.learned_count > 0 ? s->switch_over.deviation_us : 0,
+            .learned_count = s->switch_over.learned_count,
+        };
+        uint8_t report_bytes[MIG_SWITCH_OVER_SIZE];
+        mig_switch_over_encode(&report, report_bytes);
+        if (source_small_frame(s, MIG_FRAME_SWITCH_OVER, report_bytes, sizeof(report_bytes)) != 0)
+            return -1;
+    }
+    uint8_t end_bytes[MIG_END_SIZE];
+    mig_end_encode(&end, end_bytes);
+    pthread_mutex_lock(&s->m->lock);
+    bool cancelled = atomic_load_explicit(&s->m->cancel, memory_order_acquire);
+    s->m->past_end = !cancelled;
+    pthread_mutex_unlock(&s->m->lock);
+    if (cancelled) {
+        s->cancelled = true;
+        return source_fail(s, "cancelled", "cancelled by migration.cancel");
+    }
+    s->end_sent = true;
+    if (source_small_frame(s, MIG_FRAME_END, end_bytes, sizeof(end_bytes)) != 0)
+        return -1;
+    mig_trace("src digest done, end queued");
+    if (source_flush(s) != 0)
+        return -1;
+    s->progress.memory.remaining = 0;
+    source_phase(s, MIG_STATE_COMPLETING, "waiting-ack");
+    mig_trace("src flushed");
+
+    struct mig_end ack;
+    if (source_read_ack(s, &ack) != 0)
+        return -1;
     uint64_t now_mono = mig_mono_ns();
     if (ack.timestamp_ns >= pause_real && ack.timestamp_ns - pause_real <= now_mono - pause_mono + 1000000u) {
         s->progress.downtime_ms = (ack.timestamp_ns - pause_real + 999999u) / 1000000u;
@@ -1175,6 +1197,284 @@ static int source_complete(struct source *s)
                            "destination runs the guest, the source stays paused", s->progress.digest_source,
                            ack.digest);
     }
+    return 0;
+}
+
+/* ---- post-copy (issue 17; docs/migration-protocol.md, "Post-copy") ------- */
+
+/* Right after the handshake (nothing paused yet): POSTCOPY_OPEN, then the
+ * second connection, the urgent channel (TLS like the first), then
+ * POSTCOPY_OPEN_ACK once the destination has accepted it. */
+static int source_postcopy_open(struct source *s, const struct mig_address *address)
+{
+    if (!s->peer_postcopy)
+        return source_fail(s, "postcopy-unavailable", "mode %s: the destination did not announce post-copy (no "
+                           "usable userfaultfd there, RAM on huge pages, or an older ringvm); nothing was paused",
+                           mig_mode_name(s->params.mode));
+    uint8_t payload[MIG_POSTCOPY_OPEN_SIZE] = { 0 };
+    uint8_t frame[MIG_HEADER_SIZE + MIG_POSTCOPY_OPEN_SIZE];
+    size_t length = mig_frame_encode(frame, MIG_FRAME_POSTCOPY_OPEN, s->seq++, payload, sizeof(payload));
+    char text[8192];
+    if (mig_io_write(&s->io, frame, length, text, sizeof(text)) != 0)
+        return source_fail(s, "transport", "postcopy-open: %s", text);
+    s->urgent_fd = mig_connect(address, CONNECT_TIMEOUT_MS, &s->m->cancel, text, sizeof(text));
+    if (s->urgent_fd < 0)
+        return source_fail(s, "connect-failed", "the urgent channel: %s", text);
+    s->urgent_io = (struct mig_io){ .fd = s->urgent_fd, .stall_ms = s->params.stall_timeout_ms,
+                                    .cancel = &s->m->cancel, .peer = "destination (urgent channel)" };
+    if (s->tls_credentials != NULL) {
+        const char *server_name = s->params.tls_server_name[0] != '\0' ? s->params.tls_server_name : address->host;
+        struct mig_tls_options options = { .credentials = s->tls_credentials, .server_name = server_name };
+        if (mig_tls_handshake(&s->urgent_tls, &s->urgent_io, &options, text, sizeof(text)) != 0)
+            return source_fail(s, "tls", "the urgent channel: %s", text);
+        s->urgent_io.tls = s->urgent_tls;
+    }
+    uint8_t reply[4 + MIG_ERROR_MAX_MESSAGE];
+    struct mig_frame_header header;
+    if (source_read_answer(s, "postcopy-open", &header, reply, sizeof(reply)) != 0)
+        return -1;
+    if (header.type != MIG_FRAME_POSTCOPY_OPEN_ACK)
+        return source_fail(s, "stream", "destination answered postcopy-open with a %s frame",
+                           mig_frame_type_name(header.type));
+    return 0;
+}
+
+/* Hybrid: should pre-copy hand over to post-copy after this pass? */
+static bool source_hybrid_due(struct source *s, uint64_t iteration, const struct mig_iteration_record *record)
+{
+    if (s->params.mode != MIG_MODE_HYBRID)
+        return false;
+    if (atomic_load_explicit(&s->m->postcopy_requested, memory_order_acquire))
+        return true;
+    if (s->params.postcopy_after_passes != 0)
+        return iteration + 1 >= s->params.postcopy_after_passes;
+    if (s->params.postcopy_after_ms != 0)
+        return mig_mono_ns() - s->started_mono >= s->params.postcopy_after_ms * 1000000u;
+    /* auto: after the bulk pass, as soon as the guest dirties memory at
+     * least as fast as the link moves it: pre-copy could then converge
+     * only by throttling it. */
+    uint64_t dirty_bytes_per_s = record->dirty_rate_pps * MIG_PAGE_SIZE;
+    return iteration >= 1 && s->bandwidth > 0 && dirty_bytes_per_s >= s->bandwidth;
+}
+
+/* The pages the destination lacks, as DISCARD runs (at most
+ * MIG_POSTCOPY_DISCARD_MAX_RUNS per frame). */
+static int source_send_discards(struct source *s)
+{
+    uint64_t pages = guest_memory_pages(&s->vm->memory);
+    uint8_t *payload = malloc(MIG_POSTCOPY_DISCARD_MAX_RUNS * MIG_POSTCOPY_DISCARD_RUN);
+    if (payload == NULL)
+        return source_fail(s, "internal", "out of memory for the discard list");
+    unsigned runs = 0;
+    uint64_t page = 0, found;
+    int result = 0;
+    while (result == 0 && page < pages && postcopy_source_next_unsent(s->postcopy, page, &found) && found >= page) {
+        uint64_t end = found + 1;
+        while (end < pages) {
+            uint64_t next;
+            if (!postcopy_source_next_unsent(s->postcopy, end, &next) || next != end)
+                break;
+            end++;
+        }
+        struct mig_discard_run run = { .ram_offset = found * MIG_PAGE_SIZE, .pages = end - found };
+        mig_discard_run_encode(&run, payload + runs * MIG_POSTCOPY_DISCARD_RUN);
+        if (++runs == MIG_POSTCOPY_DISCARD_MAX_RUNS) {
+            result = source_small_frame(s, MIG_FRAME_POSTCOPY_DISCARD, payload, runs * MIG_POSTCOPY_DISCARD_RUN);
+            runs = 0;
+        }
+        page = end;
+    }
+    if (result == 0 && runs > 0)
+        result = source_small_frame(s, MIG_FRAME_POSTCOPY_DISCARD, payload, runs * MIG_POSTCOPY_DISCARD_RUN);
+    free(payload);
+    return result;
+}
+
+/* The background stream: every page the destination lacks, in address
+ * order from wherever the last request left off, each once. */
+static int source_postcopy_push(struct source *s)
+{
+    struct guest_memory *memory = &s->vm->memory;
+    uint64_t pages = guest_memory_pages(memory);
+    struct stream st = { .s = s };
+    uint64_t page = 0;
+    char text[600];
+    for (;;) {
+        if (postcopy_source_failed(s->postcopy, text, sizeof(text))) {
+            stream_submit(&st);
+            return source_fail(s, "postcopy-failed", "%s", text);
+        }
+        uint64_t restart;
+        if (postcopy_source_take_restart(s->postcopy, &restart)) {
+            if (restart < page)
+                stream_submit(&st);
+            page = restart;
+        }
+        uint64_t frame_end = page;      /* runs of one frame go up: a jump back starts a new frame */
+        if (!postcopy_source_next_unsent(s->postcopy, page, &page))
+            break;
+        if (page < frame_end)
+            stream_submit(&st);
+        uint64_t data_start = page, data_end = pages;
+        if (!source_next_extent(memory, page, pages, &data_start, &data_end)) {
+            data_start = page;
+            data_end = pages;
+        }
+        /* At most 256 pages (1 MiB) per step, so a request redirects the
+         * stream soon. */
+        if (data_start > page) {
+            uint64_t stop = data_start - page > 256 ? page + 256 : data_start;
+            for (; page < stop; page++)
+                if (postcopy_source_claim(s->postcopy, page) && stream_zero(&st, page, 1) != 0)
+                    return -1;
+        } else {
+            uint64_t stop = data_end - page > 256 ? page + 256 : data_end;
+            for (; page < stop; page++)
+                if (postcopy_source_claim(s->postcopy, page) && stream_page(&st, page) != 0)
+                    return -1;
+        }
+    }
+    stream_submit(&st);
+    return 0;
+}
+
+static void source_postcopy_progress(struct source *s)
+{
+    if (s->postcopy == NULL)
+        return;
+    struct postcopy_source_stats stats;
+    postcopy_source_get_stats(s->postcopy, &stats);
+    s->progress.postcopy.pages_pushed = stats.pages_pushed;
+    s->progress.postcopy.pages_requested = stats.pages_requested;
+    s->progress.postcopy.requests = stats.requests;
+    s->progress.postcopy.requests_refused = stats.requests_refused;
+}
+
+/*
+ * The post-copy switch-over: pause, capture the state, tell the destination
+ * which pages it must drop (pure post-copy: all of them; hybrid: those
+ * dirtied since they were sent), send the state and POSTCOPY_SWITCH, then
+ * push every missing page while pc-serve answers requests, then END (with
+ * the page digest) and the ACK once the destination holds every page.
+ * From POSTCOPY_SWITCH on the source never resumes: the guest runs on the
+ * destination, or is lost with it (docs/reliability.md).
+ */
+static int source_postcopy(struct source *s)
+{
+    struct vm *vm = s->vm;
+    uint64_t pages = guest_memory_pages(&vm->memory);
+    fprintf(stderr, "ringvm: migration %" PRIu64 ": switching over to post-copy after %" PRIu64 " pre-copy passes\n",
+            s->progress.id, s->tracking ? s->progress.iteration + 1 : 0);
+    source_phase(s, MIG_STATE_COMPLETING, "postcopy-switch");
+    pthread_mutex_lock(&vm->control_lock);
+    s->locked = true;
+    s->user_paused = vm_get_state(vm) == VM_STATE_PAUSED;
+    int r = vm_pause_vcpus(vm);
+    if (r != 0) {
+        if (r == -ECANCELED) {
+            s->cancelled = true;
+            return source_fail(s, "shutdown", "the VM is shutting down");
+        }
+        return source_fail(s, "internal", "could not pause the vCPUs: %s", strerror(-r));
+    }
+    s->paused = true;
+    uint64_t pause_real = mig_real_ns();
+    struct captured_state state;
+    if (source_capture_state(s, &state) != 0)
+        return -1;
+    if (postcopy_source_create(&s->postcopy, &vm->memory, s->urgent_io) != 0) {
+        free(state.bytes);
+        return source_fail(s, "internal", "out of memory for the post-copy state");
+    }
+    if (s->tracking) {
+        /* Hybrid: iteration 0 sent every page; stale now are the pending
+         * set and what the final sync finds (after the state capture, as
+         * in pre-copy: KVM's writes for vCPU ioctls land in it). */
+        r = dirty_log_final_sync(vm->dirty_log);
+        struct dirty_pages extra;
+        dirty_pages_init(&extra);
+        int64_t taken = r == 0 ? dirty_log_take(vm->dirty_log, &extra) : r;
+        if (taken < 0) {
+            dirty_pages_free(&extra);
+            free(state.bytes);
+            return source_fail(s, "internal", "final dirty set: %s", strerror((int)-taken));
+        }
+        postcopy_source_mark_sent(s->postcopy, 0, pages);
+        for (uint64_t i = 0; i < s->pending.count; i++)
+            postcopy_source_mark_unsent(s->postcopy, s->pending.pages[i]);
+        for (uint64_t i = 0; i < extra.count; i++)
+            postcopy_source_mark_unsent(s->postcopy, extra.pages[i]);
+        s->pages_taken += extra.count;
+        dirty_pages_free(&extra);
+    }
+    uint64_t missing = postcopy_source_unsent(s->postcopy);
+    r = source_send_discards(s);
+    if (r == 0)
+        r = source_send_state(s, &state);
+    free(state.bytes);
+    if (r != 0 || source_send_device_state(s) != 0)
+        return -1;
+    struct mig_postcopy_switch sw = { .pause_timestamp_ns = pause_real, .missing_pages = missing,
+                                      .flags = s->user_paused ? (uint32_t)MIG_END_GUEST_PAUSED : 0 };
+    uint8_t sw_bytes[MIG_POSTCOPY_SWITCH_SIZE];
+    mig_postcopy_switch_encode(&sw, sw_bytes);
+    pthread_mutex_lock(&s->m->lock);
+    bool cancelled = atomic_load_explicit(&s->m->cancel, memory_order_acquire);
+    s->m->past_end = !cancelled;
+    pthread_mutex_unlock(&s->m->lock);
+    if (cancelled) {
+        s->cancelled = true;
+        return source_fail(s, "cancelled", "cancelled by migration.cancel");
+    }
+    /* The point of no return: the destination may run the guest from the
+     * moment it reads this frame. */
+    s->keep_paused = true;
+    if (source_small_frame(s, MIG_FRAME_POSTCOPY_SWITCH, sw_bytes, sizeof(sw_bytes)) != 0 || source_flush(s) != 0)
+        return -1;
+    source_release_tracking(s);     /* the source never runs the guest again */
+    r = postcopy_source_start(s->postcopy);
+    if (r != 0)
+        return source_fail(s, "postcopy-failed", "starting pc-serve: %s", strerror(-r));
+    s->progress.postcopy.active = true;
+    s->progress.postcopy.switched_at_ms = (mig_mono_ns() - s->started_mono) / 1000000u;
+    s->progress.postcopy.pages_total = missing;
+    s->progress.memory.remaining = missing * MIG_PAGE_SIZE;
+    source_phase(s, MIG_STATE_ACTIVE, "postcopy");
+    if (source_postcopy_push(s) != 0)
+        return -1;
+    source_postcopy_progress(s);
+    struct mig_end end = { .timestamp_ns = pause_real, .pages = s->pages_sent_total,
+                           .flags = s->user_paused ? MIG_END_GUEST_PAUSED : 0 };
+    if (s->params.verify_digest) {
+        char hex[PAGE_DIGEST_HEX_SIZE];
+        r = page_digest_memory(&vm->memory, hex);
+        if (r != 0)
+            return source_fail(s, "internal", "page digest: %s", strerror(-r));
+        snprintf(s->progress.digest_source, sizeof(s->progress.digest_source), "%s", hex);
+        snprintf(end.digest, sizeof(end.digest), "%s", hex);
+        end.flags |= MIG_END_HAS_DIGEST;
+    }
+    uint8_t end_bytes[MIG_END_SIZE];
+    mig_end_encode(&end, end_bytes);
+    s->end_sent = true;
+    if (source_small_frame(s, MIG_FRAME_END, end_bytes, sizeof(end_bytes)) != 0 || source_flush(s) != 0)
+        return -1;
+    s->progress.memory.remaining = 0;
+    source_phase(s, MIG_STATE_COMPLETING, "waiting-ack");
+    struct mig_end ack;
+    if (source_read_ack(s, &ack) != 0)
+        return -1;
+    postcopy_source_stop(s->postcopy);
+    source_postcopy_progress(s);
+    uint64_t resumed = postcopy_source_resumed_ns(s->postcopy);
+    if (resumed >= pause_real) {
+        s->progress.downtime_ms = (resumed - pause_real + 999999u) / 1000000u;
+        s->progress.downtime_us = (resumed - pause_real + 999u) / 1000u;
+    }
+    snprintf(s->progress.digest_destination, sizeof(s->progress.digest_destination), "%s", ack.digest);
+    if (s->params.verify_digest && strcmp(ack.digest, s->progress.digest_source) != 0)
+        return source_fail(s, "digest-mismatch", "page digests differ: source %s, destination %s; the destination "
+                           "runs the guest, the source stays paused", s->progress.digest_source, ack.digest);
     return 0;
 }
 
@@ -1238,6 +1538,8 @@ static int source_run(struct source *s)
     s->progress.switch_over.used_us = source_switch_over_budget_us(s);
     if (!s->local && s->peer_probes && source_probe_switch_over(s) != 0)
         return -1;
+    if (s->params.mode != MIG_MODE_PRECOPY && source_postcopy_open(s, &address) != 0)
+        return -1;
     uint64_t cap = s->params.max_bandwidth_mibs << 20;
     if (mig_sender_start(&s->sender, s->fd, s->tls, cap, s->params.stall_timeout_ms, &s->m->cancel, text,
                          sizeof(text)) != 0)
@@ -1247,6 +1549,11 @@ static int source_run(struct source *s)
         /* No RAM to copy: straight to the pause. */
         s->progress.setup_ms = (mig_mono_ns() - s->started_mono) / 1000000u;
         return source_complete(s);
+    }
+    if (s->params.mode == MIG_MODE_POSTCOPY) {
+        /* No pre-copy pass and no tracking: every page is missing there. */
+        s->progress.setup_ms = (mig_mono_ns() - s->started_mono) / 1000000u;
+        return source_postcopy(s);
     }
     /* The migration's own hold: a fresh session (empty dirty set, all RAM
      * write-protected) even when vm.dirty-tracking already keeps tracking
@@ -1340,6 +1647,8 @@ static int source_run(struct source *s)
         if (s->force_switch ||
             (mig_should_switch(record.expected_downtime_ms, s->params.downtime_ms) && !source_switch_over_held()))
             break;
+        if (source_hybrid_due(s, iteration, &record))
+            return source_postcopy(s);
         switch (s->params.converge) {
         case MIG_CONVERGE_NONE:
             break;
@@ -1443,6 +1752,13 @@ void *migration_source_main(void *argument)
         mig_sender_stop(&s->sender);
         s->sender_started = false;
     }
+    postcopy_source_destroy(s->postcopy);      /* joins pc-serve before its channel closes */
+    s->postcopy = NULL;
+    mig_tls_session_free(s->urgent_tls);
+    s->urgent_tls = NULL;
+    if (s->urgent_fd >= 0)
+        close(s->urgent_fd);
+    s->urgent_fd = -1;
     mig_tls_session_free(s->tls);
     s->tls = NULL;
     s->io.tls = NULL;

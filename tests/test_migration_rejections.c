@@ -1182,7 +1182,7 @@ static void h_slot_offset(struct mig_hello *h) { h->slots[0].ram_offset = 4096; 
 static void h_state_size(struct mig_hello *h) { h->vcpu_state_size = 65; }
 static void h_state_version(struct mig_hello *h) { h->vcpu_state_version = 2; }
 static void h_abi(struct mig_hello *h) { h->abi_version = 3; }
-static void h_features_8(struct mig_hello *h) { h->features |= 0x8; }
+static void h_features_16(struct mig_hello *h) { h->features |= 0x10; }
 static void h_features_63(struct mig_hello *h) { h->features |= 1ull << 63; }
 static void hello_version_3(struct migration_stream *s) { hello_changed(s, h_version_3); }
 static void hello_version_1(struct migration_stream *s) { hello_changed(s, h_version_1); }
@@ -1197,7 +1197,7 @@ static void hello_slot_offset(struct migration_stream *s) { hello_changed(s, h_s
 static void hello_state_size(struct migration_stream *s) { hello_changed(s, h_state_size); }
 static void hello_state_version(struct migration_stream *s) { hello_changed(s, h_state_version); }
 static void hello_abi(struct migration_stream *s) { hello_changed(s, h_abi); }
-static void hello_features_8(struct migration_stream *s) { hello_changed(s, h_features_8); }
+static void hello_features_16(struct migration_stream *s) { hello_changed(s, h_features_16); }
 static void hello_features_63(struct migration_stream *s) { hello_changed(s, h_features_63); }
 
 static const struct rejection hello_rules[] = {
@@ -1232,8 +1232,8 @@ static const struct rejection hello_rules[] = {
       "bytes)" },
     { "guest ABI version", hello_abi, MIG_ERR_CONFIG,
       "configuration mismatch: guest ABI version differs: source 3, destination 2" },
-    { "unknown feature bits (bit 3)", hello_features_8, MIG_ERR_CONFIG,
-      "configuration mismatch: source asks for unknown features 0x8" },
+    { "unknown feature bits (bit 4)", hello_features_16, MIG_ERR_CONFIG,
+      "configuration mismatch: source asks for unknown features 0x10" },
     { "unknown feature bits (bit 63)", hello_features_63, MIG_ERR_CONFIG,
       "configuration mismatch: source asks for unknown features 0x8000000000000000" },
 };

@@ -1,0 +1,467 @@
+/* The destination's post-copy session (migration/postcopy_incoming.h). */
+#include "migration/postcopy_incoming.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "migration/postcopy_destination.h"
+#include "migration/postcopy_return.h"
+#include "migration/progress.h"
+#include "migration/protocol.h"
+#include "migration/tls.h"
+
+/* Pages waiting to be requested. Every faulting thread blocks on one page,
+ * so at most POSTCOPY_MAX_THREADS are outstanding: the queue never fills
+ * in practice; if it did, request_page says so and the fault is asked
+ * again on the thread's next fault. */
+#define INCOMING_QUEUE 1024u
+/* An urgent MEMORY frame answers one request: at most one run of
+ * POSTCOPY_REQUEST_MAX_PAGES pages. */
+#define INCOMING_URGENT_FRAME_MAX (MIG_RUN_HEADER_SIZE + POSTCOPY_REQUEST_MAX_PAGES * MIG_PAGE_SIZE)
+
+/*
+ * Ownership: destination, wake_event, pages: set by start, immutable.
+ * io, seq_out, seq_in, frame: "pc-urgent" only (the incoming thread
+ * touches io again after joining it). queue*, resumed_*: under lock.
+ * stop, failed: atomics (failed is set with release after error is
+ * written; readers acquire).
+ */
+struct postcopy_incoming {
+    struct postcopy_destination *destination;
+    struct mig_io io;
+    int wake_event;
+    uint64_t pages;
+    pthread_mutex_t lock;
+    uint64_t queue[INCOMING_QUEUE];
+    unsigned queue_head, queue_count;
+    bool resumed_pending;
+    uint64_t resumed_ns;
+    _Atomic bool stop;
+    _Atomic bool failed;
+    char error[512];
+    pthread_t thread;
+    bool thread_started;
+    bool finished;
+    uint64_t seq_out, seq_in;
+    uint8_t *frame;
+    /* After finish (destination destroyed): its last counters and digest,
+     * for the final progress snapshot. */
+    struct postcopy_destination_stats *final_stats;
+    struct page_digest final_digest;
+    uint64_t known_zero_filled;     /* incoming thread: pages fill_known_zero placed here, not received */
+};
+
+static void incoming_get_stats(struct postcopy_incoming *pi, struct postcopy_destination_stats *stats)
+{
+    if (pi->destination != NULL)
+        postcopy_destination_get_stats(pi->destination, stats);
+    else if (pi->final_stats != NULL)
+        *stats = *pi->final_stats;
+    else
+        memset(stats, 0, sizeof(*stats));
+}
+
+static void incoming_wake(struct postcopy_incoming *pi)
+{
+    uint64_t one = 1;
+    if (write(pi->wake_event, &one, sizeof(one)) != (ssize_t)sizeof(one) && errno != EAGAIN)
+        fprintf(stderr, "ringvm: postcopy: waking pc-urgent: %s\n", strerror(errno));
+}
+
+/* From "pc-fault": queue and return at once (never blocks on the network). */
+static int incoming_request_page(uint64_t page, void *opaque)
+{
+    struct postcopy_incoming *pi = opaque;
+    pthread_mutex_lock(&pi->lock);
+    bool queued = pi->queue_count < INCOMING_QUEUE;
+    if (queued)
+        pi->queue[(pi->queue_head + pi->queue_count++) % INCOMING_QUEUE] = page;
+    pthread_mutex_unlock(&pi->lock);
+    if (queued)
+        incoming_wake(pi);
+    return queued ? 0 : -1;
+}
+
+static void incoming_fail(struct postcopy_incoming *pi, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void incoming_fail(struct postcopy_incoming *pi, const char *fmt, ...)
+{
+    if (atomic_load_explicit(&pi->failed, memory_order_acquire))
+        return;
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(pi->error, sizeof(pi->error), fmt, args);
+    va_end(args);
+    atomic_store_explicit(&pi->failed, true, memory_order_release);
+}
+
+int postcopy_incoming_place(struct postcopy_incoming *pi, uint64_t ram_offset, uint32_t pages, const uint8_t *data)
+{
+    uint64_t first = ram_offset / MIG_PAGE_SIZE;
+    for (uint32_t i = 0; i < pages; i++) {
+        /* A page the other channel placed already is skipped without a
+         * syscall; one placed meanwhile gives EEXIST, which place absorbs. */
+        if (postcopy_destination_received(pi->destination, first + i))
+            continue;
+        int r = data != NULL ? postcopy_destination_place(pi->destination, first + i, data + (size_t)i * MIG_PAGE_SIZE)
+                             : postcopy_destination_place_zero(pi->destination, first + i);
+        if (r != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static bool incoming_known_zero(struct postcopy_incoming *pi, const uint64_t *discarded, uint64_t page)
+{
+    return !(discarded[page / 64] & (1ull << (page % 64))) && !postcopy_destination_received(pi->destination, page);
+}
+
+uint64_t postcopy_incoming_known_zero(struct postcopy_incoming *pi, const uint64_t *discarded)
+{
+    uint64_t count = 0;
+    for (uint64_t page = 0; page < pi->pages; page++)
+        count += incoming_known_zero(pi, discarded, page);
+    return count;
+}
+
+int postcopy_incoming_fill_known_zero(struct postcopy_incoming *pi, const uint64_t *discarded)
+{
+    uint64_t page = 0;
+    while (page < pi->pages) {
+        if (!incoming_known_zero(pi, discarded, page)) {
+            page++;
+            continue;
+        }
+        uint64_t end = page + 1;
+        while (end < pi->pages && incoming_known_zero(pi, discarded, end))
+            end++;
+        struct postcopy_destination_stats *before = malloc(sizeof(*before));
+        if (before == NULL)
+            return -1;
+        postcopy_destination_get_stats(pi->destination, before);
+        int r = postcopy_destination_place_zero_range(pi->destination, page, end - page);
+        struct postcopy_destination_stats *after = malloc(sizeof(*after));
+        if (after != NULL) {
+            postcopy_destination_get_stats(pi->destination, after);
+            pi->known_zero_filled += after->zero - before->zero;
+        }
+        free(before);
+        free(after);
+        if (r != 0)
+            return -1;
+        page = end;
+    }
+    return 0;
+}
+
+/* Sends RESUMED (when due) and the queued requests, in one write. */
+static int incoming_send_pending(struct postcopy_incoming *pi)
+{
+    uint64_t pages[INCOMING_QUEUE];
+    unsigned count = 0;
+    bool resumed = false;
+    uint64_t resumed_ns = 0;
+    pthread_mutex_lock(&pi->lock);
+    resumed = pi->resumed_pending;
+    resumed_ns = pi->resumed_ns;
+    pi->resumed_pending = false;
+    while (pi->queue_count > 0) {
+        pages[count++] = pi->queue[pi->queue_head];
+        pi->queue_head = (pi->queue_head + 1) % INCOMING_QUEUE;
+        pi->queue_count--;
+    }
+    pthread_mutex_unlock(&pi->lock);
+    if (!resumed && count == 0)
+        return 0;
+    static const size_t request_frame = MIG_HEADER_SIZE + POSTCOPY_PAGE_REQUEST_SIZE;
+    uint8_t buffer[MIG_HEADER_SIZE + MIG_POSTCOPY_RESUMED_SIZE + 64 * (MIG_HEADER_SIZE + POSTCOPY_PAGE_REQUEST_SIZE)];
+    size_t used = 0;
+    char text[400];
+    if (resumed) {
+        uint8_t payload[MIG_POSTCOPY_RESUMED_SIZE];
+        mig_put_u64(payload, resumed_ns);
+        used += mig_frame_encode(buffer, MIG_FRAME_POSTCOPY_RESUMED, pi->seq_out++, payload, sizeof(payload));
+    }
+    for (unsigned i = 0; i < count; i++) {
+        used += postcopy_return_encode_page_request(buffer + used, pi->seq_out++, pages[i] * MIG_PAGE_SIZE, 1);
+        if (used + request_frame > sizeof(buffer) || i + 1 == count) {
+            if (mig_io_write(&pi->io, buffer, used, text, sizeof(text)) != 0) {
+                incoming_fail(pi, "urgent channel: sending page requests: %s", text);
+                return -1;
+            }
+            used = 0;
+        }
+    }
+    if (used > 0 && mig_io_write(&pi->io, buffer, used, text, sizeof(text)) != 0) {
+        incoming_fail(pi, "urgent channel: sending postcopy-resumed: %s", text);
+        return -1;
+    }
+    return 0;
+}
+
+/* One frame from the source: 0, 1 at the end of the channel, -1 failed. */
+static int incoming_read_frame(struct postcopy_incoming *pi)
+{
+    uint8_t raw[MIG_HEADER_SIZE];
+    char text[400];
+    int r = mig_io_read(&pi->io, raw, sizeof(raw), true, text, sizeof(text));
+    if (r == 1)
+        return 1;
+    if (r != 0) {
+        incoming_fail(pi, "urgent channel: %s", text);
+        return -1;
+    }
+    struct mig_frame_header header;
+    if (mig_header_decode(raw, pi->seq_in, &header, text, sizeof(text)) != 0) {
+        incoming_fail(pi, "urgent channel: %s", text);
+        return -1;
+    }
+    if ((header.type != MIG_FRAME_MEMORY && header.type != MIG_FRAME_ERROR) ||
+        header.length > INCOMING_URGENT_FRAME_MAX) {
+        incoming_fail(pi, "urgent channel: %s frame of %" PRIu64 " bytes (only memory frames of at most %u bytes "
+                      "and error)", mig_frame_type_name(header.type), header.length, INCOMING_URGENT_FRAME_MAX);
+        return -1;
+    }
+    if (mig_io_read(&pi->io, pi->frame, (size_t)header.length, false, text, sizeof(text)) != 0) {
+        incoming_fail(pi, "urgent channel: %s", text);
+        return -1;
+    }
+    if (mig_frame_checksum(raw, pi->frame, (size_t)header.length) != header.checksum) {
+        incoming_fail(pi, "urgent channel: %s frame checksum mismatch", mig_frame_type_name(header.type));
+        return -1;
+    }
+    pi->seq_in++;
+    if (header.type == MIG_FRAME_ERROR) {
+        uint32_t code;
+        char message[MIG_ERROR_MAX_MESSAGE + 1];
+        mig_error_decode(pi->frame, (size_t)header.length, &code, message, sizeof(message));
+        incoming_fail(pi, "the source aborted the post-copy: %s", message);
+        return -1;
+    }
+    uint64_t at = 0, previous_end = 0;
+    while (at < header.length) {
+        if (header.length - at < MIG_RUN_HEADER_SIZE) {
+            incoming_fail(pi, "urgent channel: memory frame ends inside a run header");
+            return -1;
+        }
+        struct mig_run run;
+        mig_run_decode(pi->frame + at, &run);
+        at += MIG_RUN_HEADER_SIZE;
+        if (mig_run_validate(&run, pi->pages * MIG_PAGE_SIZE, header.length - at, text, sizeof(text)) != 0 ||
+            (at > MIG_RUN_HEADER_SIZE && run.ram_offset < previous_end)) {
+            incoming_fail(pi, "urgent channel: %s", at > MIG_RUN_HEADER_SIZE && run.ram_offset < previous_end
+                          ? "memory runs overlap or go down" : text);
+            return -1;
+        }
+        bool zero = (run.flags & MIG_RUN_ZERO) != 0;
+        previous_end = run.ram_offset + (uint64_t)run.pages * MIG_PAGE_SIZE;
+        if (postcopy_incoming_place(pi, run.ram_offset, run.pages, zero ? NULL : pi->frame + at) != 0) {
+            incoming_fail(pi, "urgent channel: placing %" PRIu32 " pages at 0x%" PRIx64 " failed", run.pages,
+                          run.ram_offset);
+            return -1;
+        }
+        if (!zero)
+            at += (uint64_t)run.pages * MIG_PAGE_SIZE;
+    }
+    return 0;
+}
+
+static void *incoming_urgent_main(void *argument)
+{
+    struct postcopy_incoming *pi = argument;
+    pthread_setname_np(pthread_self(), "pc-urgent");
+    while (!atomic_load_explicit(&pi->stop, memory_order_acquire)) {
+        if (incoming_send_pending(pi) != 0)
+            break;
+        /* TLS may hold decrypted bytes the fd's poll cannot see. */
+        int readable = mig_io_readable(&pi->io, 0);
+        if (readable < 0) {
+            incoming_fail(pi, "urgent channel: poll failed");
+            break;
+        }
+        if (readable == 0) {
+            struct pollfd fds[2] = { { .fd = pi->io.fd, .events = POLLIN }, { .fd = pi->wake_event, .events = POLLIN } };
+            int r = poll(fds, 2, 100);
+            if (r < 0 && errno != EINTR) {
+                incoming_fail(pi, "urgent channel: poll: %s", strerror(errno));
+                break;
+            }
+            if (r > 0 && (fds[1].revents & POLLIN)) {
+                uint64_t value;
+                if (read(pi->wake_event, &value, sizeof(value)) < 0 && errno != EAGAIN)
+                    fprintf(stderr, "ringvm: postcopy: reading the wake event: %s\n", strerror(errno));
+            }
+            if (r <= 0 || !(fds[0].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+        }
+        int r = incoming_read_frame(pi);
+        if (r != 0)
+            break;      /* 1: the source closed the channel (it has sent every page); -1: failed */
+    }
+    return NULL;
+}
+
+int postcopy_incoming_start(struct postcopy_incoming **out, const struct postcopy_incoming_options *options,
+                            char *error, size_t error_size)
+{
+    *out = NULL;
+    struct postcopy_incoming *pi = calloc(1, sizeof(*pi));
+    if (pi != NULL)
+        pi->frame = malloc(INCOMING_URGENT_FRAME_MAX);
+    if (pi == NULL || pi->frame == NULL) {
+        snprintf(error, error_size, "out of memory for the post-copy session");
+        if (pi != NULL)
+            free(pi->frame);
+        free(pi);
+        return -1;
+    }
+    pi->io = options->urgent;
+    pi->pages = options->size / MIG_PAGE_SIZE;
+    pi->wake_event = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    pthread_mutex_init(&pi->lock, NULL);
+    if (pi->wake_event < 0) {
+        snprintf(error, error_size, "eventfd: %s", strerror(errno));
+        goto fail;
+    }
+    struct postcopy_destination_options destination = {
+        .host = options->host, .memfd = options->memfd, .size = options->size,
+        .request_page = incoming_request_page, .opaque = pi, .digest = options->digest,
+    };
+    if (postcopy_destination_create(&pi->destination, &destination, error, error_size) != 0)
+        goto fail;
+    int r = pthread_create(&pi->thread, NULL, incoming_urgent_main, pi);
+    if (r != 0) {
+        snprintf(error, error_size, "pthread_create(pc-urgent): %s", strerror(r));
+        goto fail;
+    }
+    pi->thread_started = true;
+    *out = pi;
+    return 0;
+fail:
+    if (pi->destination != NULL)
+        postcopy_destination_destroy(pi->destination);     /* nothing runs on RAM yet */
+    pi->destination = NULL;
+    pi->finished = true;
+    postcopy_incoming_destroy(pi);
+    return -1;
+}
+
+void postcopy_incoming_resumed(struct postcopy_incoming *pi, uint64_t timestamp_ns)
+{
+    pthread_mutex_lock(&pi->lock);
+    pi->resumed_pending = true;
+    pi->resumed_ns = timestamp_ns;
+    pthread_mutex_unlock(&pi->lock);
+    incoming_wake(pi);
+}
+
+uint64_t postcopy_incoming_missing(struct postcopy_incoming *pi)
+{
+    if (pi->finished)
+        return 0;
+    struct postcopy_destination_stats *stats = malloc(sizeof(*stats));
+    if (stats == NULL)
+        return pi->pages;
+    postcopy_destination_get_stats(pi->destination, stats);
+    uint64_t missing = pi->pages - stats->received_pages;
+    free(stats);
+    return missing;
+}
+
+bool postcopy_incoming_failed(struct postcopy_incoming *pi, char *error, size_t error_size)
+{
+    if (!atomic_load_explicit(&pi->failed, memory_order_acquire))
+        return false;
+    snprintf(error, error_size, "%s", pi->error);
+    return true;
+}
+
+void postcopy_incoming_digest(struct postcopy_incoming *pi, char hex[PAGE_DIGEST_HEX_SIZE])
+{
+    struct page_digest digest = pi->final_digest;
+    if (pi->destination != NULL)
+        postcopy_destination_digest(pi->destination, &digest);
+    page_digest_hex(&digest, hex);
+}
+
+void postcopy_incoming_fill_progress(struct postcopy_incoming *pi, struct mig_progress *progress,
+                                     const pid_t *vcpu_tids, unsigned vcpu_count)
+{
+    struct postcopy_destination_stats *stats = malloc(sizeof(*stats));
+    if (stats == NULL)
+        return;
+    incoming_get_stats(pi, stats);
+    /* From the source: what fill_known_zero placed here is not counted. */
+    uint64_t local_zero = pi->known_zero_filled < stats->zero ? pi->known_zero_filled : stats->zero;
+    progress->postcopy.pages_received = stats->placed + stats->zero - local_zero;
+    progress->postcopy.pages_zero = stats->zero - local_zero;
+    progress->postcopy.pages_requested = stats->requested;
+    progress->postcopy.faults = stats->faults;
+    progress->postcopy.duplicate_faults = stats->duplicates;
+    progress->postcopy.blocktime_total_ns = stats->blocktime_total_ns;
+    progress->postcopy.latency_count = stats->latency.count;
+    progress->postcopy.latency_p50_ns = stats->latency_p50_ns;
+    progress->postcopy.latency_p99_ns = stats->latency_p99_ns;
+    progress->postcopy.latency_max_ns = stats->latency_max_ns;
+    for (unsigned v = 0; v < vcpu_count && v < MIG_MAX_VCPUS; v++) {
+        progress->postcopy.vcpu_faults[v] = 0;
+        progress->postcopy.vcpu_blocktime_ns[v] = 0;
+        for (unsigned t = 0; t < stats->thread_count; t++)
+            if (stats->threads[t].thread_id == vcpu_tids[v]) {
+                progress->postcopy.vcpu_faults[v] = stats->threads[t].faults;
+                progress->postcopy.vcpu_blocktime_ns[v] = stats->threads[t].blocktime_ns;
+            }
+    }
+    free(stats);
+}
+
+static void incoming_join(struct postcopy_incoming *pi)
+{
+    atomic_store_explicit(&pi->stop, true, memory_order_release);
+    if (pi->thread_started) {
+        incoming_wake(pi);
+        pthread_join(pi->thread, NULL);
+        pi->thread_started = false;
+    }
+}
+
+void postcopy_incoming_finish(struct postcopy_incoming *pi)
+{
+    incoming_join(pi);
+    pi->final_stats = malloc(sizeof(*pi->final_stats));
+    if (pi->final_stats != NULL)
+        postcopy_destination_get_stats(pi->destination, pi->final_stats);
+    postcopy_destination_digest(pi->destination, &pi->final_digest);
+    postcopy_destination_destroy(pi->destination);
+    pi->destination = NULL;
+    pi->finished = true;
+}
+
+void postcopy_incoming_destroy(struct postcopy_incoming *pi)
+{
+    if (pi == NULL)
+        return;
+    incoming_join(pi);
+    if (!pi->finished && pi->destination != NULL) {
+        /* Pages are missing and the guest may touch them: stop serving,
+         * keep RAM registered (a toucher waits rather than reading a zero
+         * page that is not the guest's). Reclaimed when the process exits. */
+        postcopy_destination_stop(pi->destination);
+    }
+    mig_tls_session_free(pi->io.tls);
+    if (pi->io.fd >= 0)
+        close(pi->io.fd);
+    if (pi->wake_event >= 0)
+        close(pi->wake_event);
+    pthread_mutex_destroy(&pi->lock);
+    free(pi->frame);
+    free(pi->final_stats);
+    free(pi);
+}

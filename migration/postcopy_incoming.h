@@ -1,0 +1,80 @@
+/*
+ * The destination's side of a post-copy migration once it has switched
+ * over (issue 17): guest RAM under userfaultfd (migration/
+ * postcopy_destination.h), the urgent channel, and the thread "pc-urgent"
+ * that owns that channel.
+ *
+ * The urgent channel is the migration's second connection (accepted after
+ * POSTCOPY_OPEN, peer-checked and TLS-wrapped like the first). On it the
+ * destination sends PAGE_REQUEST for each page a thread faulted on and
+ * POSTCOPY_RESUMED once; the source answers each request with a MEMORY
+ * frame of the requested pages, which never waits behind the background
+ * stream on the main connection. Both channels place pages through
+ * postcopy_incoming_place: the first copy of a page wins (UFFDIO_COPY),
+ * a second one finds it present and is dropped.
+ *
+ * Threads and ownership: the incoming thread creates, calls place (main
+ * stream), resumed, fill_progress, failed, missing, finish and destroy.
+ * "pc-fault" (inside postcopy_destination) queues requests under lock.
+ * "pc-urgent" owns the urgent channel's io (and its TLS session: one
+ * thread per session, both directions) from start until finish/destroy
+ * join it. Everything it shares with the others is under lock or atomic.
+ */
+#ifndef RINGVM_MIGRATION_POSTCOPY_INCOMING_H
+#define RINGVM_MIGRATION_POSTCOPY_INCOMING_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "migration/page_digest.h"
+#include "migration/transport.h"
+
+struct mig_progress;
+struct postcopy_incoming;
+
+struct postcopy_incoming_options {
+    uint8_t *host;              /* guest RAM's MAP_SHARED mapping */
+    int memfd;
+    uint64_t size;
+    struct mig_io urgent;       /* the accepted urgent channel; its fd and TLS session become the session's */
+    bool digest;                /* keep the page digest (verify_digest) */
+};
+
+/* Registers guest RAM with userfaultfd (the pages present now count as
+ * received: discard the stale ones first) and starts "pc-urgent". 0, or
+ * -1 with the reason in error (the urgent channel is closed then too). */
+int postcopy_incoming_start(struct postcopy_incoming **out, const struct postcopy_incoming_options *options,
+                            char *error, size_t error_size);
+/* Places pages [ram_offset, + pages * 4096) from data (NULL: zero pages);
+ * pages already present are left as they are. 0, or -1 (message printed). */
+int postcopy_incoming_place(struct postcopy_incoming *incoming, uint64_t ram_offset, uint32_t pages,
+                            const uint8_t *data);
+/* Hybrid: pages missing now but known to be zero (not in discarded, one
+ * bit per page: pre-copy sent them as zero runs, which leave memfd holes):
+ * counted, then placed as zero pages (after the guest resumed: a touch
+ * before that asks the source, which answers zero as well). */
+uint64_t postcopy_incoming_known_zero(struct postcopy_incoming *incoming, const uint64_t *discarded);
+int postcopy_incoming_fill_known_zero(struct postcopy_incoming *incoming, const uint64_t *discarded);
+/* Has "pc-urgent" send POSTCOPY_RESUMED(timestamp_ns) to the source. */
+void postcopy_incoming_resumed(struct postcopy_incoming *incoming, uint64_t timestamp_ns);
+/* Pages not received yet. */
+uint64_t postcopy_incoming_missing(struct postcopy_incoming *incoming);
+/* The urgent channel failed: true and its reason. */
+bool postcopy_incoming_failed(struct postcopy_incoming *incoming, char *error, size_t error_size);
+void postcopy_incoming_digest(struct postcopy_incoming *incoming, char hex[PAGE_DIGEST_HEX_SIZE]);
+/* Copies the counters into progress->postcopy (vcpu_tids[i] = vCPU i's
+ * kernel thread id, to tell their faults and blocktime apart). */
+void postcopy_incoming_fill_progress(struct postcopy_incoming *incoming, struct mig_progress *progress,
+                                     const pid_t *vcpu_tids, unsigned vcpu_count);
+/* Every page is here: ends "pc-urgent" and the fault thread, unregisters
+ * RAM from userfaultfd (from now on it is plain memory) and closes the
+ * urgent channel. Only with missing() == 0. */
+void postcopy_incoming_finish(struct postcopy_incoming *incoming);
+/* Frees. After finish, or on a failure: then RAM stays registered (a
+ * thread touching a missing page keeps waiting instead of reading a zero
+ * page that is not the guest's) until the process exits. */
+void postcopy_incoming_destroy(struct postcopy_incoming *incoming);
+
+#endif

@@ -1,0 +1,281 @@
+/* The source's post-copy state and its page server (migration/postcopy_source.h). */
+#include "migration/postcopy_source.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY
+#include <xxhash.h>
+#include <xxh_x86dispatch.h>
+
+#include "migration/postcopy_return.h"
+#include "migration/protocol.h"
+#include "vmm/memory.h"
+
+#define NO_RESTART UINT64_MAX
+
+/*
+ * Ownership: memory, pages, words: immutable. sent: atomic bits (claimed
+ * with fetch_or by either thread). io, parser, seq: pc-serve only between
+ * start and stop. restart, resumed_ns, counters: atomics. failed: set with
+ * release after error is written.
+ */
+struct postcopy_source {
+    const struct guest_memory *memory;
+    uint64_t pages;
+    uint64_t words;
+    _Atomic uint64_t *sent;
+    struct mig_io io;
+    struct postcopy_return_parser parser;
+    uint64_t seq;
+    _Atomic uint64_t restart;
+    _Atomic uint64_t resumed_ns;
+    _Atomic uint64_t requests;
+    _Atomic uint64_t pages_requested;
+    _Atomic uint64_t pages_pushed;
+    _Atomic uint64_t requests_refused;  /* the parser's, copied by pc-serve after each feed */
+    _Atomic bool stop;
+    _Atomic bool failed;
+    char error[600];
+    pthread_t thread;
+    bool thread_started;
+};
+
+static uint64_t source_now_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
+}
+
+static void serve_fail(struct postcopy_source *ps, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void serve_fail(struct postcopy_source *ps, const char *fmt, ...)
+{
+    if (atomic_load_explicit(&ps->failed, memory_order_acquire))
+        return;
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(ps->error, sizeof(ps->error), fmt, args);
+    va_end(args);
+    atomic_store_explicit(&ps->failed, true, memory_order_release);
+}
+
+int postcopy_source_create(struct postcopy_source **out, const struct guest_memory *memory, struct mig_io urgent)
+{
+    struct postcopy_source *ps = calloc(1, sizeof(*ps));
+    if (ps == NULL)
+        return -1;
+    ps->memory = memory;
+    ps->pages = memory->size / MIG_PAGE_SIZE;
+    ps->words = (ps->pages + 63) / 64;
+    ps->sent = calloc(ps->words ? ps->words : 1, sizeof(ps->sent[0]));
+    struct postcopy_return_options options = { .ram_bytes = memory->size };
+    if (ps->sent == NULL || postcopy_return_init(&ps->parser, &options) != 0) {
+        free(ps->sent);
+        free(ps);
+        return -1;
+    }
+    ps->io = urgent;
+    atomic_store_explicit(&ps->restart, NO_RESTART, memory_order_relaxed);
+    *out = ps;
+    return 0;
+}
+
+void postcopy_source_mark_sent(struct postcopy_source *ps, uint64_t page, uint64_t count)
+{
+    for (uint64_t p = page; p < page + count && p < ps->pages; p++)
+        atomic_fetch_or_explicit(&ps->sent[p / 64], 1ull << (p % 64), memory_order_relaxed);
+}
+
+void postcopy_source_mark_unsent(struct postcopy_source *ps, uint64_t page)
+{
+    if (page < ps->pages)
+        atomic_fetch_and_explicit(&ps->sent[page / 64], ~(1ull << (page % 64)), memory_order_relaxed);
+}
+
+bool postcopy_source_next_unsent(struct postcopy_source *ps, uint64_t from, uint64_t *page)
+{
+    if (from >= ps->pages)
+        from = 0;
+    for (uint64_t scanned = 0; scanned <= ps->words; scanned++) {
+        uint64_t word = (from / 64 + scanned) % ps->words;
+        uint64_t unsent = ~atomic_load_explicit(&ps->sent[word], memory_order_relaxed);
+        if (scanned == 0)
+            unsent &= ~0ull << (from % 64);     /* from on, in the first word */
+        if (word == ps->words - 1 && ps->pages % 64 != 0)
+            unsent &= (1ull << (ps->pages % 64)) - 1;
+        if (unsent != 0) {
+            *page = word * 64 + (uint64_t)__builtin_ctzll(unsent);
+            return true;
+        }
+    }
+    return false;
+}
+
+uint64_t postcopy_source_unsent(struct postcopy_source *ps)
+{
+    uint64_t sent = 0;
+    for (uint64_t w = 0; w < ps->words; w++)
+        sent += (uint64_t)__builtin_popcountll(atomic_load_explicit(&ps->sent[w], memory_order_relaxed));
+    return ps->pages - sent;
+}
+
+bool postcopy_source_claim(struct postcopy_source *ps, uint64_t page)
+{
+    uint64_t bit = 1ull << (page % 64);
+    bool first = !(atomic_fetch_or_explicit(&ps->sent[page / 64], bit, memory_order_relaxed) & bit);
+    if (first)
+        atomic_fetch_add_explicit(&ps->pages_pushed, 1, memory_order_relaxed);
+    return first;
+}
+
+bool postcopy_source_take_restart(struct postcopy_source *ps, uint64_t *page)
+{
+    uint64_t value = atomic_exchange_explicit(&ps->restart, NO_RESTART, memory_order_relaxed);
+    if (value == NO_RESTART)
+        return false;
+    *page = value;
+    return true;
+}
+
+uint64_t postcopy_source_resumed_ns(struct postcopy_source *ps)
+{
+    return atomic_load_explicit(&ps->resumed_ns, memory_order_acquire);
+}
+
+bool postcopy_source_failed(struct postcopy_source *ps, char *error, size_t error_size)
+{
+    if (!atomic_load_explicit(&ps->failed, memory_order_acquire))
+        return false;
+    snprintf(error, error_size, "%s", ps->error);
+    return true;
+}
+
+void postcopy_source_get_stats(struct postcopy_source *ps, struct postcopy_source_stats *stats)
+{
+    stats->requests = atomic_load_explicit(&ps->requests, memory_order_relaxed);
+    stats->pages_requested = atomic_load_explicit(&ps->pages_requested, memory_order_relaxed);
+    stats->pages_pushed = atomic_load_explicit(&ps->pages_pushed, memory_order_relaxed);
+    stats->requests_refused = atomic_load_explicit(&ps->requests_refused, memory_order_relaxed);
+}
+
+/* One request: a MEMORY frame with one run (zero when the pages are a
+ * hole of the memfd, the same test the background stream makes). */
+static int serve_request(struct postcopy_source *ps, const struct postcopy_page_request *request)
+{
+    uint64_t first = request->ram_offset / MIG_PAGE_SIZE;
+    for (uint64_t p = first; p < first + request->pages; p++)
+        atomic_fetch_or_explicit(&ps->sent[p / 64], 1ull << (p % 64), memory_order_relaxed);
+    uint64_t bytes = (uint64_t)request->pages * MIG_PAGE_SIZE;
+    off_t data = lseek(ps->memory->memfd, (off_t)request->ram_offset, SEEK_DATA);
+    bool zero = (data < 0 && errno == ENXIO) || (data >= 0 && (uint64_t)data >= request->ram_offset + bytes);
+    struct mig_run run = { .ram_offset = request->ram_offset, .pages = request->pages,
+                           .flags = zero ? MIG_RUN_ZERO : 0 };
+    uint8_t run_bytes[MIG_RUN_HEADER_SIZE];
+    mig_run_encode(&run, run_bytes);
+    uint64_t length = MIG_RUN_HEADER_SIZE + (zero ? 0 : bytes);
+    uint8_t header[MIG_HEADER_SIZE];
+    mig_header_encode(header, MIG_FRAME_MEMORY, ps->seq, length);
+    const uint8_t *data_bytes = ps->memory->host + request->ram_offset;
+    XXH3_state_t state;
+    XXH3_64bits_reset(&state);
+    XXH3_64bits_update(&state, header, MIG_HEADER_CHECKSUM_OFFSET);
+    XXH3_64bits_update(&state, run_bytes, sizeof(run_bytes));
+    if (!zero)
+        XXH3_64bits_update(&state, data_bytes, bytes);
+    mig_put_u64(header + MIG_HEADER_CHECKSUM_OFFSET, XXH3_64bits_digest(&state));
+    struct iovec iov[3] = { { header, sizeof(header) }, { run_bytes, sizeof(run_bytes) },
+                            { (void *)data_bytes, zero ? 0 : bytes } };
+    char text[400];
+    if (mig_io_writev(&ps->io, iov, zero ? 2 : 3, text, sizeof(text)) != 0) {
+        serve_fail(ps, "urgent channel: sending %" PRIu32 " requested pages at 0x%" PRIx64 ": %s", request->pages,
+                   request->ram_offset, text);
+        return -1;
+    }
+    ps->seq++;
+    atomic_fetch_add_explicit(&ps->pages_requested, request->pages, memory_order_relaxed);
+    atomic_store_explicit(&ps->restart, first + request->pages, memory_order_relaxed);
+    return 0;
+}
+
+static void *serve_main(void *argument)
+{
+    struct postcopy_source *ps = argument;
+    pthread_setname_np(pthread_self(), "pc-serve");
+    uint8_t buffer[16384];
+    char text[400];
+    while (!atomic_load_explicit(&ps->stop, memory_order_acquire)) {
+        int readable = mig_io_readable(&ps->io, 50);
+        if (readable < 0) {
+            serve_fail(ps, "urgent channel: poll failed");
+            break;
+        }
+        if (readable == 0)
+            continue;
+        ssize_t got = mig_io_recv_some(&ps->io, buffer, sizeof(buffer), text, sizeof(text));
+        if (got == MIG_IO_AGAIN)
+            continue;
+        if (got == 0) {
+            serve_fail(ps, "urgent channel: the destination closed it");
+            break;
+        }
+        if (got < 0) {
+            serve_fail(ps, "urgent channel: %s", text);
+            break;
+        }
+        if (postcopy_return_feed(&ps->parser, buffer, (size_t)got, source_now_ns()) != 0) {
+            serve_fail(ps, "urgent channel: %s", ps->parser.error);
+            break;
+        }
+        atomic_store_explicit(&ps->requests_refused,
+                              ps->parser.requests_refused_queue + ps->parser.requests_refused_rate,
+                              memory_order_relaxed);
+        if (ps->parser.got_resumed && atomic_load_explicit(&ps->resumed_ns, memory_order_relaxed) == 0)
+            atomic_store_explicit(&ps->resumed_ns, ps->parser.resumed_ns ? ps->parser.resumed_ns : 1,
+                                  memory_order_release);
+        struct postcopy_page_request request;
+        while (postcopy_return_pop(&ps->parser, &request)) {
+            atomic_fetch_add_explicit(&ps->requests, 1, memory_order_relaxed);
+            if (serve_request(ps, &request) != 0)
+                goto out;
+        }
+    }
+out:
+    return NULL;
+}
+
+int postcopy_source_start(struct postcopy_source *ps)
+{
+    int r = pthread_create(&ps->thread, NULL, serve_main, ps);
+    if (r != 0)
+        return -r;
+    ps->thread_started = true;
+    return 0;
+}
+
+void postcopy_source_stop(struct postcopy_source *ps)
+{
+    atomic_store_explicit(&ps->stop, true, memory_order_release);
+    if (ps->thread_started) {
+        pthread_join(ps->thread, NULL);
+        ps->thread_started = false;
+    }
+}
+
+void postcopy_source_destroy(struct postcopy_source *ps)
+{
+    if (ps == NULL)
+        return;
+    postcopy_source_stop(ps);
+    postcopy_return_destroy(&ps->parser);
+    free(ps->sent);
+    free(ps);
+}

@@ -1,0 +1,67 @@
+/*
+ * The source's side of a post-copy migration (issue 17): which pages the
+ * destination still lacks, and the thread "pc-serve" that owns the urgent
+ * channel and answers the destination's page requests on it.
+ *
+ * A page is "sent" once either the background stream (the migration
+ * thread, on the main connection) or pc-serve has taken it; the bit is
+ * claimed atomically, so the background stream sends each page once. A
+ * requested page is always answered on the urgent channel, even when the
+ * background stream took it a moment ago: that copy may still sit in a
+ * send buffer, and the faulting vCPU must not wait for it (the second
+ * copy finds the page present and is dropped). After a request the
+ * background stream continues just past it (pre-paging by locality).
+ *
+ * Guest RAM is frozen from the switch-over on (the source's vCPUs never
+ * run again), so both threads read it without locks.
+ *
+ * Ownership: the migration thread creates, marks, starts, claims, reads
+ * the counters and stops/destroys; pc-serve owns the urgent io (fd and TLS
+ * session stay the caller's) and the return-path parser between start
+ * and stop. Shared state: atomics.
+ */
+#ifndef RINGVM_MIGRATION_POSTCOPY_SOURCE_H
+#define RINGVM_MIGRATION_POSTCOPY_SOURCE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "migration/transport.h"
+
+struct guest_memory;
+struct postcopy_source;
+
+struct postcopy_source_stats {
+    uint64_t requests;          /* page requests read */
+    uint64_t pages_requested;   /* pages sent on the urgent channel */
+    uint64_t requests_refused;  /* refused by the parser's queue or rate bounds */
+    uint64_t pages_pushed;      /* pages the background stream claimed */
+};
+
+/* All pages unsent. 0, or -1 (out of memory). */
+int postcopy_source_create(struct postcopy_source **out, const struct guest_memory *memory, struct mig_io urgent);
+/* Hybrid: pages the destination already holds (sent in pre-copy, clean since). Before start. */
+void postcopy_source_mark_sent(struct postcopy_source *source, uint64_t page, uint64_t count);
+void postcopy_source_mark_unsent(struct postcopy_source *source, uint64_t page);
+uint64_t postcopy_source_unsent(struct postcopy_source *source);
+/* The first unsent page at or after from, wrapping around once: true and
+ * *page, or false when every page is sent. */
+bool postcopy_source_next_unsent(struct postcopy_source *source, uint64_t from, uint64_t *page);
+/* Starts pc-serve. 0, or -errno. */
+int postcopy_source_start(struct postcopy_source *source);
+/* The background stream takes page: true when it is the first to. */
+bool postcopy_source_claim(struct postcopy_source *source, uint64_t page);
+/* Where the background stream should continue after a request: true and
+ * *page once per request served since the last call. */
+bool postcopy_source_take_restart(struct postcopy_source *source, uint64_t *page);
+/* The destination's POSTCOPY_RESUMED timestamp (CLOCK_REALTIME ns), 0 before. */
+uint64_t postcopy_source_resumed_ns(struct postcopy_source *source);
+/* The urgent channel failed (or the destination sent ERROR on it). */
+bool postcopy_source_failed(struct postcopy_source *source, char *error, size_t error_size);
+void postcopy_source_get_stats(struct postcopy_source *source, struct postcopy_source_stats *stats);
+/* Joins pc-serve (idempotent). */
+void postcopy_source_stop(struct postcopy_source *source);
+void postcopy_source_destroy(struct postcopy_source *source);
+
+#endif
