@@ -14,6 +14,15 @@ extern const struct api_command_group api_commands_dirty_stats; /* vm.dirty-stat
 extern const struct api_command_group api_commands_migration;   /* migration.* */
 extern const struct api_command_group api_commands_bpf;         /* bpf.* */
 
+/* migration.start's arguments (already checked against its argument
+ * table) as the parameters of migration_start, defaults filled in: every
+ * value and combination that can be judged without a VM (mode and
+ * postcopy_after included). 0, or -1 with error set (invalid-argument, the
+ * message naming the field). The handler's first step; the tests call it
+ * too. */
+struct mig_params;
+int api_migration_start_params(const json_t *args, struct mig_params *params, struct api_error *error);
+
 /* Event names published by the API itself. */
 #define API_EVENT_VM_STATE "vm.state"
 

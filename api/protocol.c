@@ -21,6 +21,7 @@ static const char *const error_code_names[API_ERR_COUNT] = {
     [API_ERR_VM_PAUSED] = "vm-paused",
     [API_ERR_MIGRATION_ACTIVE] = "migration-active",
     [API_ERR_NO_MIGRATION] = "no-migration",
+    [API_ERR_INVALID_STATE] = "invalid-state",
     [API_ERR_UNAVAILABLE] = "unavailable",
     [API_ERR_INTERNAL] = "internal",
 };
@@ -364,6 +365,7 @@ const char *api_arg_type_name(enum api_arg_type type)
     case API_ARG_OBJECT: return "object";
     case API_ARG_ARRAY: return "array";
     case API_ARG_ENUM: return "string";
+    case API_ARG_INT_OR_STRING: return "integer or string";
     }
     return "?";
 }
@@ -398,6 +400,7 @@ static int check_type(const json_t *value, const struct api_arg_spec *spec, stru
     case API_ARG_BOOL: ok = json_is_boolean(value); break;
     case API_ARG_OBJECT: ok = json_is_object(value); break;
     case API_ARG_ARRAY: ok = json_is_array(value); break;
+    case API_ARG_INT_OR_STRING: ok = json_is_integer(value) || json_is_string(value); break;
     case API_ARG_ENUM:
         if (json_is_string(value)) {
             for (size_t i = 0; spec->choices && spec->choices[i]; i++)

@@ -41,6 +41,7 @@ enum api_error_code {
     API_ERR_VM_PAUSED,          /* "vm-paused" */
     API_ERR_MIGRATION_ACTIVE,   /* "migration-active" */
     API_ERR_NO_MIGRATION,       /* "no-migration" */
+    API_ERR_INVALID_STATE,      /* "invalid-state" */
     API_ERR_UNAVAILABLE,        /* "unavailable" */
     API_ERR_INTERNAL,           /* "internal" */
     API_ERR_COUNT
@@ -105,6 +106,8 @@ enum api_arg_type {
     API_ARG_OBJECT,
     API_ARG_ARRAY,
     API_ARG_ENUM,       /* string, one of choices */
+    API_ARG_INT_OR_STRING,  /* JSON integer or string; the handler reads which (e.g.
+                               migration.start's postcopy_after: 3, "5s" or "auto") */
 };
 
 struct api_arg_spec {

@@ -834,7 +834,22 @@ static const struct ringctl_command commands[] = {
      "                          client-cert.pem, client-key.pem in DIR\n"
      "  --tls-server-name NAME  with --tls-creds: the name the destination's\n"
      "                          certificate must carry [HOST of DEST]\n"
-     "                          Without TLS a tcp: DEST gets a warning on stderr.",
+     "                          Without TLS a tcp: DEST gets a warning on stderr.\n"
+     "  --mode MODE             precopy (iterate, then stop and copy), postcopy\n"
+     "                          (switch over at once; RAM follows, fetched on\n"
+     "                          first touch and pushed in the background) or\n"
+     "                          hybrid (pre-copy, then post-copy) [precopy]\n"
+     "  --postcopy-after WHEN   with --mode hybrid: switch after N pre-copy passes,\n"
+     "                          after Ns seconds, or auto: once the dirty rate shows\n"
+     "                          pre-copy cannot meet the downtime without\n"
+     "                          throttling [auto]; `ringctl postcopy` switches now\n"
+     "  --yes                   start post-copy or hybrid without asking. Otherwise\n"
+     "                          ringctl asks on the terminal first, because once\n"
+     "                          the guest switches over its RAM is split between\n"
+     "                          the hosts and it is lost if either process dies\n"
+     "                          before the copy ends: anything but y or yes exits 1\n"
+     "                          with no migration started; without a terminal on\n"
+     "                          stdin ringctl exits 2 asking for --yes.",
      run_migration, "Live-migrate the VM to DEST, showing progress."},
     {"progress", "progress [--watch] [--json]",
      "The progress snapshot of the current or last migration (migration.progress);\n"
@@ -842,6 +857,13 @@ static const struct ringctl_command commands[] = {
      run_migration, "Progress of the current or last migration."},
     {"cancel", "cancel", "Cancel the running migration; the source keeps running the guest (migration.cancel).",
      run_migration, "Cancel the running migration (migration.cancel)."},
+    {"postcopy", "postcopy",
+     "Switch the running hybrid migration (migrate --mode hybrid) to post-copy at\n"
+     "its next decision, without waiting for --postcopy-after (migration.postcopy).\n"
+     "Error invalid-state (exit 1) for a migration started as precopy (post-copy was\n"
+     "not agreed to), one started as postcopy, or one already past its switch-over;\n"
+     "no-migration when none runs.",
+     run_migration, "Switch a hybrid migration to post-copy now."},
     {"report", "report [--out FILE] [--from FILE] [--bpf FILE]",
      "Write a self-contained HTML report (plots by gnuplot, package gnuplot-nox) of the\n"
      "last migration, from the VMM (migration.progress, and bpf.stats when probes run)\n"

@@ -7,18 +7,22 @@
  *                   [--throttle-increment N] [--throttle-max N]
  *                   [--stall-timeout S] [--verify-digest|--no-verify]
  *                   [--tls-psk FILE | --tls-creds DIR [--tls-server-name NAME]]
+ *                   [--mode precopy|postcopy|hybrid [--postcopy-after N|Ns|auto]] [--yes]
  *   ringctl progress [--watch] [--json]
  *   ringctl cancel
+ *   ringctl postcopy
  *
  * `migrate` blocks until the migration ends, showing live progress: on a
  * TTY one line redrawn in place (bar, percent, iteration, dirty rate,
- * bandwidth, throttle, expected downtime), otherwise one line per
- * iteration. Exit 0 completed, 1 failed or cancelled (or any VMM error),
- * 2 usage, 3 connection.
+ * bandwidth, throttle, expected downtime; post-copy's pages once it runs),
+ * otherwise one line per iteration. Exit 0 completed, 1 failed or cancelled
+ * (or any VMM error, or a post-copy start the user did not confirm), 2
+ * usage, 3 connection.
  *
- * Entry point for ringctl.c: ringctl_migration_main(argc, argv, socket, json)
- * with argv[0] = "migrate" | "progress" | "cancel".
+ * Entry point for ringctl.c: ringctl_migration_main(argc, argv, session)
+ * with argv[0] = "migrate" | "progress" | "cancel" | "postcopy".
  */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -26,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -78,6 +83,20 @@ static void print_bar(json_t *p)
     for (int i = 0; i < 20; i++)
         bar[i] = i < filled ? '#' : '.';
     bar[20] = '\0';
+    json_t *postcopy = json_object_get(p, "postcopy");
+    if (json_is_true(json_object_get(postcopy, "active"))) {
+        /* After the switch-over no pass, dirty rate or throttle means
+         * anything: the pages still to move do. */
+        bool incoming = strcmp(get_string(p, "role"), "incoming") == 0;
+        int64_t moved = incoming ? get_int(postcopy, "pages_received")
+                                 : get_int(postcopy, "pages_pushed") + get_int(postcopy, "pages_requested");
+        fprintf(stdout, "\r[%s] %3d%% %-13s pages %" PRId64 "/%" PRId64 "  bw %.1f MiB/s  %s %" PRId64 "   ", bar,
+                percent, get_string(p, "phase"), moved, get_int(postcopy, "pages_total"),
+                get_real(p, "bandwidth_mibs"), incoming ? "faults" : "requests",
+                get_int(postcopy, incoming ? "faults" : "requests"));
+        fflush(stdout);
+        return;
+    }
     int64_t expected = get_int(p, "expected_downtime_ms");
     char downtime[32];
     if (expected >= INT64_MAX / 2)
@@ -88,6 +107,37 @@ static void print_bar(json_t *p)
             "%%  downtime(exp) %s   ", bar, percent, get_string(p, "phase"), get_int(p, "iteration"),
             get_int(p, "dirty_rate_pps"), get_real(p, "bandwidth_mibs"), get_int(p, "throttle_percent"), downtime);
     fflush(stdout);
+}
+
+/* The post-copy line, when the snapshot has a "postcopy" object (mode
+ * postcopy or hybrid): the source's pages pushed and served on request,
+ * the destination's faults, blocktime and fault service latency. */
+void ringctl_print_postcopy(json_t *p, FILE *out)
+{
+    json_t *postcopy = json_object_get(p, "postcopy");
+    if (!json_is_object(postcopy))
+        return;
+    if (!json_is_true(json_object_get(postcopy, "active"))) {
+        fprintf(out, "post-copy: %s\n", finished(get_string(p, "state")) ? "never switched over"
+                                                                         : "not switched over yet");
+        return;
+    }
+    if (strcmp(get_string(p, "role"), "incoming") == 0) {
+        json_t *latency = json_object_get(postcopy, "latency_us");
+        fprintf(out, "post-copy: switched over at %" PRId64 " ms; %" PRId64 " faults (%" PRId64 " duplicate), %"
+                PRId64 " of %" PRId64 " pages received (%" PRId64 " zero), blocktime %.3f ms; fault service p50 %.1f"
+                " us, p99 %.1f us, max %.1f us (%" PRId64 " served)\n", get_int(postcopy, "switched_at_ms"),
+                get_int(postcopy, "faults"), get_int(postcopy, "duplicate_faults"), get_int(postcopy, "pages_received"),
+                get_int(postcopy, "pages_total"), get_int(postcopy, "pages_zero"),
+                get_real(postcopy, "blocktime_total_ms"), get_real(latency, "p50"), get_real(latency, "p99"),
+                get_real(latency, "max"), get_int(latency, "count"));
+    } else {
+        fprintf(out, "post-copy: switched over at %" PRId64 " ms; of %" PRId64 " pages %" PRId64 " pushed, %" PRId64
+                " requested (%" PRId64 " requests, %" PRId64 " refused)\n", get_int(postcopy, "switched_at_ms"),
+                get_int(postcopy, "pages_total"), get_int(postcopy, "pages_pushed"),
+                get_int(postcopy, "pages_requested"), get_int(postcopy, "requests"),
+                get_int(postcopy, "requests_refused"));
+    }
 }
 
 static void print_summary(json_t *p, FILE *out)
@@ -115,6 +165,7 @@ static void print_summary(json_t *p, FILE *out)
                 get_int(parts, "digest_ms"), get_int(parts, "switch_over_ms"), get_int(switch_over, "dry_run_us"),
                 get_int(switch_over, "learned_us"), get_int(switch_over, "learned_count"), measured_text);
     }
+    ringctl_print_postcopy(p, out);
     const char *source = get_string(p, "memory_digest_source");
     const char *destination = get_string(p, "memory_digest_destination");
     /* Without verify_digest only the source hashes its RAM (after the ack),
@@ -161,6 +212,7 @@ static int watch_until_done(struct ringctl_session *session, bool json, int64_t 
 {
     int64_t printed = 0;
     bool switched = false;
+    bool postcopy_announced = false;
     json_t *last = NULL;    /* the final state event, in case the source exits before we ask */
     for (;;) {
         json_t *event = NULL;
@@ -223,6 +275,13 @@ static int watch_until_done(struct ringctl_session *session, bool json, int64_t 
                 fprintf(stdout, "memory delta transmission stopping - cutoff condition reached\n");
                 switched = true;
             }
+            json_t *postcopy = json_object_get(progress, "postcopy");
+            if (!postcopy_announced && json_is_true(json_object_get(postcopy, "active"))) {
+                fprintf(stdout, "switched over to post-copy at %" PRId64 " ms: %" PRId64
+                        " pages follow the guest\n", get_int(postcopy, "switched_at_ms"),
+                        get_int(postcopy, "pages_total"));
+                postcopy_announced = true;
+            }
         }
         if (finished(state)) {
             if (tty && !json)
@@ -257,6 +316,61 @@ static int absolute_path(const char *path, char *out, size_t size)
     return (size_t)snprintf(out, size, "%s/%s", cwd, path) < size ? 0 : -1;
 }
 
+/* --postcopy-after's value as migration.start's postcopy_after: N
+ * (decimal, >= 1) as an integer (passes), "Ns" and "auto" as strings (the
+ * VMM checks the seconds' range against timeout_s). NULL when it is none
+ * of these. */
+static json_t *postcopy_after_value(const char *text)
+{
+    if (strcmp(text, "auto") == 0)
+        return json_string(text);
+    size_t digits = strspn(text, "0123456789");
+    if (digits == 0 || digits > 18)
+        return NULL;
+    if (text[digits] == 's' && text[digits + 1] == '\0')
+        return json_string(text);
+    if (text[digits] != '\0')
+        return NULL;
+    long long passes = strtoll(text, NULL, 10);
+    return passes >= 1 ? json_integer(passes) : NULL;
+}
+
+/* A post-copy (or hybrid) start needs the user's yes: after the switch-over
+ * neither process alone holds the guest. 0 to go on, else the exit status
+ * (message printed). Without a terminal to ask on, a script must say
+ * --yes itself. */
+static int confirm_postcopy(const char *mode)
+{
+    if (!isatty(STDIN_FILENO)) {
+        fprintf(stderr, "ringctl: migrate: --mode %s: stdin is not a terminal to confirm that the guest is lost if "
+                "either process dies during post-copy; pass --yes to start it anyway\n", mode);
+        return EXIT_USAGE;
+    }
+    fprintf(stderr, "post-copy: once the guest switches over, its RAM is split between the two hosts; if either "
+            "process dies before the copy ends, the guest is lost. Continue? [y/N] ");
+    fflush(stderr);
+    char *line = NULL;
+    size_t size = 0;
+    ssize_t length = getline(&line, &size, stdin);
+    bool yes = false;
+    if (length > 0) {
+        while (length > 0 && isspace((unsigned char)line[length - 1]))
+            line[--length] = '\0';
+        const char *answer = line;
+        while (isspace((unsigned char)*answer))
+            answer++;
+        yes = strcasecmp(answer, "y") == 0 || strcasecmp(answer, "yes") == 0;
+    } else {
+        fputc('\n', stderr);     /* end of input: finish the prompt's line */
+    }
+    free(line);
+    if (!yes) {
+        fprintf(stderr, "ringctl: migrate: not confirmed; no migration started\n");
+        return EXIT_FAILED;
+    }
+    return 0;
+}
+
 /* --help never gets here: ringctl.c answers it from its command table. */
 static int run_migrate(struct ringctl_session *session, int argc, char **argv, bool json)
 {
@@ -277,10 +391,15 @@ static int run_migrate(struct ringctl_session *session, int argc, char **argv, b
         {"tls-psk", required_argument, NULL, 'P'},
         {"tls-creds", required_argument, NULL, 'C'},
         {"tls-server-name", required_argument, NULL, 'N'},
+        {"mode", required_argument, NULL, 'M'},
+        {"postcopy-after", required_argument, NULL, 'A'},
+        {"yes", no_argument, NULL, 'y'},
         {0},
     };
     json_t *args = json_object();
     bool dispatch = false;
+    bool confirmed = false;
+    const char *mode = "precopy";
     optind = 0;     /* GNU: full re-initialisation (ringctl may parse several times) */
     int option;
     int option_index = 0;
@@ -294,6 +413,27 @@ static int run_migrate(struct ringctl_session *session, int argc, char **argv, b
         case 'c': json_object_set_new(args, "converge", json_string(optarg)); continue;
         case 'S': json_object_set_new(args, "timeout_strategy", json_string(optarg)); continue;
         case 'N': json_object_set_new(args, "tls_server_name", json_string(optarg)); continue;
+        case 'y': confirmed = true; continue;
+        case 'M':
+            if (strcmp(optarg, "precopy") != 0 && strcmp(optarg, "postcopy") != 0 && strcmp(optarg, "hybrid") != 0) {
+                fprintf(stderr, "ringctl: migrate: --mode %s: expected precopy, postcopy or hybrid\n", optarg);
+                json_decref(args);
+                return EXIT_USAGE;
+            }
+            mode = optarg;
+            json_object_set_new(args, "mode", json_string(optarg));
+            continue;
+        case 'A': {
+            json_t *value = postcopy_after_value(optarg);
+            if (value == NULL) {
+                fprintf(stderr, "ringctl: migrate: --postcopy-after %s: expected N (passes, N >= 1), Ns (seconds, "
+                        "N >= 1) or auto\n", optarg);
+                json_decref(args);
+                return EXIT_USAGE;
+            }
+            json_object_set_new(args, "postcopy_after", value);
+            continue;
+        }
         case 'P':
         case 'C': {
             /* ringvm reads the file, from its own working directory. */
@@ -334,11 +474,24 @@ static int run_migrate(struct ringctl_session *session, int argc, char **argv, b
         json_decref(args);
         return EXIT_USAGE;
     }
+    if (json_object_get(args, "postcopy_after") != NULL && strcmp(mode, "hybrid") != 0) {
+        fprintf(stderr, "ringctl: migrate: --postcopy-after needs --mode hybrid (mode %s never switches to "
+                "post-copy on a condition)\n", mode);
+        json_decref(args);
+        return EXIT_USAGE;
+    }
     json_object_set_new(args, "dest", json_string(argv[optind]));
     if (strncmp(argv[optind], "tcp:", 4) == 0 && json_object_get(args, "tls_psk_file") == NULL &&
         json_object_get(args, "tls_creds_dir") == NULL)
         fprintf(stderr, "ringctl: warning: migrating over plaintext TCP: guest memory crosses the network "
                         "unencrypted and unauthenticated (use --tls-psk FILE or --tls-creds DIR)\n");
+    if (strcmp(mode, "precopy") != 0 && !confirmed) {
+        int status = confirm_postcopy(mode);
+        if (status != 0) {
+            json_decref(args);
+            return status;
+        }
+    }
 
     if (!dispatch) {
         /* Subscribe first so no state change is missed. */
@@ -430,6 +583,8 @@ static int run_progress(struct ringctl_session *session, int argc, char **argv, 
             fprintf(stdout, "  %s\n", get_string(it, "line"));
         if (finished(get_string(progress, "state")))
             print_summary(progress, stdout);
+        else
+            ringctl_print_postcopy(progress, stdout);
     }
     json_decref(progress);
     return 0;
@@ -453,12 +608,39 @@ static int run_cancel(struct ringctl_session *session, int argc, char **argv)
     return status;
 }
 
+static int run_postcopy(struct ringctl_session *session, int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--help") == 0) {
+        fprintf(stdout, "usage: ringctl postcopy\n");
+        return 0;
+    }
+    if (argc != 1) {
+        fprintf(stderr, "ringctl: postcopy: takes no arguments\n");
+        return EXIT_USAGE;
+    }
+    json_t *result = NULL;
+    int status = call(session, "migration.postcopy", NULL, &result);
+    if (status != 0)
+        return status;
+    if (session->json) {
+        char *text = json_dumps(result, JSON_COMPACT);
+        if (text)
+            fprintf(stdout, "%s\n", text);
+        free(text);
+    } else {
+        fprintf(stdout, "switching to post-copy at the migration's next decision\n");
+    }
+    json_decref(result);
+    return 0;
+}
+
 int ringctl_migration_main(int argc, char **argv, struct ringctl_session *session)
 {
     if (argc < 1)
         return EXIT_USAGE;
     const char *name = argv[0];
-    if (strcmp(name, "migrate") != 0 && strcmp(name, "progress") != 0 && strcmp(name, "cancel") != 0) {
+    if (strcmp(name, "migrate") != 0 && strcmp(name, "progress") != 0 && strcmp(name, "cancel") != 0 &&
+        strcmp(name, "postcopy") != 0) {
         fprintf(stderr, "ringctl: unknown migration command '%s'\n", name);
         return EXIT_USAGE;
     }
@@ -468,5 +650,7 @@ int ringctl_migration_main(int argc, char **argv, struct ringctl_session *sessio
         return run_migrate(session, argc, argv, session->json);
     if (strcmp(name, "progress") == 0)
         return run_progress(session, argc, argv, session->json);
+    if (strcmp(name, "postcopy") == 0)
+        return run_postcopy(session, argc, argv);
     return run_cancel(session, argc, argv);
 }

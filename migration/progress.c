@@ -7,6 +7,10 @@
 #include <stdio.h>
 #include <string.h>
 
+/* For enum mig_mode and mig_mode_name: progress.h stores the mode as an
+ * int so that it need not include migration.h (which includes it). */
+#include "migration/migration.h"
+
 const char *mig_state_name(enum mig_state state)
 {
     switch (state) {
@@ -102,6 +106,43 @@ json_t *mig_iteration_to_json(const struct mig_iteration_record *r)
     return object;
 }
 
+/* The "postcopy" object of mig_progress_to_json: times in ms and µs as
+ * doubles (the ns counters keep their precision), one entry per vCPU. */
+static json_t *postcopy_to_json(const struct mig_progress *p)
+{
+    json_t *vcpus = json_array();
+    for (unsigned i = 0; vcpus != NULL && i < p->vcpu_count && i < MIG_MAX_VCPUS; i++)
+        json_array_append_new(vcpus, json_pack("{s:I, s:I, s:f}", "index", (json_int_t)i, "faults",
+                                               clamp_int(p->postcopy.vcpu_faults[i]), "blocktime_ms",
+                                               (double)p->postcopy.vcpu_blocktime_ns[i] / 1e6));
+    json_t *latency = json_pack("{s:I, s:f, s:f, s:f}", "count", clamp_int(p->postcopy.latency_count),
+                                "p50", (double)p->postcopy.latency_p50_ns / 1e3,
+                                "p99", (double)p->postcopy.latency_p99_ns / 1e3,
+                                "max", (double)p->postcopy.latency_max_ns / 1e3);
+    json_t *object = json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f}",
+                               "active", p->postcopy.active,
+                               "switched_at_ms", clamp_int(p->postcopy.switched_at_ms),
+                               "pages_total", clamp_int(p->postcopy.pages_total),
+                               "pages_pushed", clamp_int(p->postcopy.pages_pushed),
+                               "pages_requested", clamp_int(p->postcopy.pages_requested),
+                               "requests", clamp_int(p->postcopy.requests),
+                               "requests_refused", clamp_int(p->postcopy.requests_refused),
+                               "pages_received", clamp_int(p->postcopy.pages_received),
+                               "pages_zero", clamp_int(p->postcopy.pages_zero),
+                               "faults", clamp_int(p->postcopy.faults),
+                               "duplicate_faults", clamp_int(p->postcopy.duplicate_faults),
+                               "blocktime_total_ms", (double)p->postcopy.blocktime_total_ns / 1e6);
+    if (object == NULL || vcpus == NULL || latency == NULL) {
+        json_decref(object);
+        json_decref(vcpus);
+        json_decref(latency);
+        return NULL;
+    }
+    json_object_set_new(object, "vcpus", vcpus);
+    json_object_set_new(object, "latency_us", latency);
+    return object;
+}
+
 json_t *mig_progress_to_json(const struct mig_progress *p)
 {
     json_t *per_vcpu = json_array();
@@ -162,7 +203,14 @@ json_t *mig_progress_to_json(const struct mig_progress *p)
         "iteration_count", clamp_int(p->iteration_count),
         "digest_pass_ms", clamp_int(p->digest_pass_ms));
     if (root != NULL) {
-        json_object_set_new(root, "mode", json_string(p->local ? "local" : "precopy"));
+        json_object_set_new(root, "mode",
+                            json_string(p->local ? "local" : mig_mode_name((enum mig_mode)p->mode)));
+        /* Only where post-copy was agreed to (or happened): a pre-copy
+         * snapshot stays as it was. */
+        if (!p->local && (p->mode != MIG_MODE_PRECOPY || p->postcopy.active)) {
+            json_t *postcopy = postcopy_to_json(p);
+            json_object_set_new(root, "postcopy", postcopy != NULL ? postcopy : json_null());
+        }
         json_object_set_new(root, "downtime_us", json_integer(clamp_int(p->downtime_us)));
         json_object_set_new(root, "expected_downtime_parts",
                             json_pack("{s:I, s:I, s:I, s:I, s:I}", "transfer_ms",

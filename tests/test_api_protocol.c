@@ -365,7 +365,8 @@ Test(api_protocol, error_code_names_round_trip)
 {
     static const char *const names[] = {"parse-error", "invalid-request", "unknown-command",
                                         "invalid-argument", "vm-not-running", "vm-running", "vm-paused",
-                                        "migration-active", "no-migration", "unavailable", "internal"};
+                                        "migration-active", "no-migration", "invalid-state", "unavailable",
+                                        "internal"};
     cr_assert_eq(sizeof(names) / sizeof(names[0]), API_ERR_COUNT - 1);
     for (int i = 1; i < API_ERR_COUNT; i++) {
         cr_assert_str_eq(api_error_code_name((enum api_error_code)i), names[i - 1]);
