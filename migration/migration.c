@@ -55,6 +55,7 @@ struct migration *migration_manager_find(struct vm *vm, bool create)
             found->vm = vm;
             pthread_mutex_init(&found->lock, NULL);
             pthread_cond_init(&found->idle, NULL);
+            pthread_cond_init(&found->postcopy_cond, NULL);
             mig_progress_board_init(&found->board);
             registry[free_slot] = found;
         }
@@ -363,6 +364,53 @@ int migration_postcopy_now(struct vm *vm, const char **code, char *message, size
     return 0;
 }
 
+static int migration_request_recovery(struct vm *vm, const char *address, bool incoming, const char **code,
+                                      char *message, size_t message_size)
+{
+    struct migration *m = migration_manager_find(vm, false);
+    if (m == NULL || !atomic_load_explicit(&m->active, memory_order_acquire)) {
+        *code = "no-migration";
+        snprintf(message, message_size, "no migration is running");
+        return -1;
+    }
+    char text[400];
+    struct mig_address parsed;
+    if (address == NULL || strlen(address) >= sizeof(m->recover_address) ||
+        mig_address_parse(address, &parsed, text, sizeof(text)) != 0) {
+        *code = "invalid-argument";
+        snprintf(message, message_size, "%s: %s", incoming ? "address" : "dest",
+                 address == NULL ? "missing" : strlen(address) >= sizeof(m->recover_address) ? "too long" : text);
+        return -1;
+    }
+    pthread_mutex_lock(&m->lock);
+    bool paused = m->postcopy_paused;
+    bool right_side = m->paused_incoming == incoming;
+    if (paused && right_side) {
+        snprintf(m->recover_address, sizeof(m->recover_address), "%s", address);
+        m->recover_requested = true;
+        pthread_cond_broadcast(&m->postcopy_cond);
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (!paused || !right_side) {
+        *code = "invalid-state";
+        snprintf(message, message_size, "%s", !paused ? "the migration is not paused in post-copy"
+                 : incoming ? "this is the migration's source: use migration.start with resume"
+                            : "this is the migration's destination: use migration.recover");
+        return -1;
+    }
+    return 0;
+}
+
+int migration_recover(struct vm *vm, const char *address, const char **code, char *message, size_t message_size)
+{
+    return migration_request_recovery(vm, address, true, code, message, message_size);
+}
+
+int migration_resume(struct vm *vm, const char *dest, const char **code, char *message, size_t message_size)
+{
+    return migration_request_recovery(vm, dest, false, code, message, message_size);
+}
+
 int migration_cancel(struct vm *vm, const char **code, char *message, size_t message_size)
 {
     struct migration *m = migration_manager_find(vm, false);
@@ -372,9 +420,10 @@ int migration_cancel(struct vm *vm, const char **code, char *message, size_t mes
         return -1;
     }
     pthread_mutex_lock(&m->lock);
-    bool too_late = m->past_end;
+    bool too_late = m->past_end && !m->postcopy_paused;
     if (!too_late)
         atomic_store_explicit(&m->cancel, true, memory_order_release);
+    pthread_cond_broadcast(&m->postcopy_cond);
     pthread_mutex_unlock(&m->lock);
     if (too_late) {
         *code = "migration-active";
@@ -442,6 +491,7 @@ void migration_release(struct vm *vm)
     mig_tls_credentials_free(m->incoming_tls);
     mig_progress_board_destroy(&m->board);
     pthread_cond_destroy(&m->idle);
+    pthread_cond_destroy(&m->postcopy_cond);
     pthread_mutex_destroy(&m->lock);
     free(m);
 }

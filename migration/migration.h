@@ -117,7 +117,19 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
  *                    post-copy or past its switch-over
  * A postcopy-mode migration switches by itself: "invalid-state" too. */
 int migration_postcopy_now(struct vm *vm, const char **code, char *message, size_t message_size);
-/* -1 with "no-migration" if none is running. */
+/* Post-copy recovery, after a broken link left both sides in phase
+ * "postcopy-paused" (QEMU's migrate-recover and migrate resume=true):
+ * the destination listens on a new address (migration_recover), then the
+ * source connects to it (migration_resume); the destination reports which
+ * pages it holds and the copy goes on. -1 with code/message:
+ *   "no-migration"     no migration is running (on this side)
+ *   "invalid-state"    it is not paused in post-copy
+ *   "invalid-argument" the address does not parse */
+int migration_recover(struct vm *vm, const char *address, const char **code, char *message, size_t message_size);
+int migration_resume(struct vm *vm, const char *dest, const char **code, char *message, size_t message_size);
+/* -1 with "no-migration" if none is running. In post-copy it is refused
+ * ("migration-active") unless the migration is paused there: then it
+ * gives the guest up (it is lost; the source ends with an error). */
 int migration_cancel(struct vm *vm, const char **code, char *message, size_t message_size);
 bool migration_active(struct vm *vm);
 /* Copies the latest snapshot; false when this VM never migrated. */

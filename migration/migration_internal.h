@@ -73,6 +73,17 @@ struct migration {
      * post-copy (migration_postcopy_now); the migration thread reads it at
      * each decision. */
     _Atomic bool postcopy_requested;
+    /* Post-copy recovery (docs/reliability.md, "Post-copy"). A side whose
+     * channels broke after the switch-over sets postcopy_paused and waits
+     * on postcopy_cond for the operator: migration_resume (source: new
+     * destination address) or migration_recover (destination: new listen
+     * address) fill recover_address and set recover_requested; a cancel
+     * (source) or a shutdown gives the guest up. All under lock. */
+    bool postcopy_paused;
+    bool paused_incoming;           /* the paused side is the destination */
+    bool recover_requested;
+    char recover_address[256];
+    pthread_cond_t postcopy_cond;
     uint64_t next_id;
     /* Destination's transfer timeout in ms (ringvm --incoming-stall-timeout),
      * 0 = INCOMING_STALL_DEFAULT_MS. Written under lock by
