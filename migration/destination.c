@@ -96,6 +96,8 @@ struct incoming {
     bool postcopy_offered;          /* MIG_FEATURE_POSTCOPY in our hello */
     struct mig_io urgent;           /* fd -1 = none */
     uint64_t *discarded;            /* one bit per page in a DISCARD run (heap, from POSTCOPY_OPEN) */
+    struct mig_listener recovery;   /* migration.recover's listener (recovery_open: listening) */
+    bool recovery_open;
     struct postcopy_incoming *postcopy;
 };
 
@@ -401,7 +403,8 @@ static int incoming_postcopy_open(struct incoming *in, int listen_fd, const stru
                  in->stall_ms);
         return -1;
     }
-    in->discarded = calloc((in->vm->memory.size / MIG_PAGE_SIZE + 63) / 64 + 1, sizeof(uint64_t));
+    if (in->discarded == NULL)
+        in->discarded = calloc((in->vm->memory.size / MIG_PAGE_SIZE + 63) / 64 + 1, sizeof(uint64_t));
     if (in->discarded == NULL) {
         snprintf(error, error_size, "out of memory for the discard bitmap");
         return -1;
@@ -514,6 +517,155 @@ static int incoming_postcopy_switch(struct incoming *in, char *error, size_t err
         return -1;
     }
     return 0;
+}
+
+/* POSTCOPY_RESUME on a recovery connection: the received bitmap, so the
+ * source sends only what is still missing here. */
+static int incoming_send_received_bitmap(struct incoming *in, char *error, size_t error_size)
+{
+    uint64_t pages = in->vm->memory.size / MIG_PAGE_SIZE;
+    uint64_t words = (pages + 63) / 64;
+    size_t frame_size = MIG_HEADER_SIZE + postcopy_return_bitmap_length(pages < POSTCOPY_BITMAP_MAX_PAGES
+                                                                            ? pages : POSTCOPY_BITMAP_MAX_PAGES);
+    uint64_t *bits = malloc(words * sizeof(uint64_t));
+    uint8_t *frame = malloc(frame_size);
+    int result = 0;
+    if (bits == NULL || frame == NULL) {
+        snprintf(error, error_size, "out of memory for the received bitmap");
+        result = -1;
+    }
+    if (result == 0)
+        postcopy_incoming_copy_received(in->postcopy, 0, words, bits);
+    for (uint64_t first = 0; result == 0 && first < pages; first += POSTCOPY_BITMAP_MAX_PAGES) {
+        uint64_t count = pages - first < POSTCOPY_BITMAP_MAX_PAGES ? pages - first : POSTCOPY_BITMAP_MAX_PAGES;
+        size_t length = postcopy_return_encode_received_bitmap(frame, in->seq++, first * MIG_PAGE_SIZE, count,
+                                                               bits + first / 64);
+        char text[400];
+        if (mig_io_write(&in->io, frame, length, text, sizeof(text)) != 0) {
+            snprintf(error, error_size, "sending the received bitmap: %s", text);
+            result = -1;
+        }
+    }
+    free(bits);
+    free(frame);
+    return result;
+}
+
+/* The connections broke after the switch-over. A source that closed them
+ * is gone: the pages still missing are lost with it (-1). Otherwise phase
+ * postcopy-paused: vCPUs touching missing pages wait, RAM stays
+ * registered, the old connections stay open (closing them would tell the
+ * source this process is gone) until migration.recover names an address
+ * and a source connects there; 0 with in->fd the new connection and the
+ * receiver restarted, or -1 (shutdown, cancel: the guest is lost). */
+static int incoming_postcopy_recover(struct incoming *in, const struct mig_tls_credentials *credentials,
+                                     const char *cause, char *error, size_t error_size, uint32_t *code)
+{
+    struct vm *vm = in->vm;
+    struct migration *m = in->m;
+    const _Atomic bool *stop = (const _Atomic bool *)&vm->shutdown_requested;
+    postcopy_incoming_pause(in->postcopy);
+    *code = MIG_ERR_CANCELLED;
+    if (atomic_load_explicit(stop, memory_order_acquire)) {
+        snprintf(error, error_size, "post-copy: the destination is shutting down: the guest is lost (%.200s)", cause);
+        return -1;
+    }
+    if (mig_socket_peer_gone(in->fd) || mig_socket_peer_gone(postcopy_incoming_urgent_fd(in->postcopy))) {
+        snprintf(error, error_size, "post-copy: the source closed its connections (its process ended?) with %" PRIu64
+                 " pages still missing here: the guest is lost (%.200s)", postcopy_incoming_missing(in->postcopy),
+                 cause);
+        return -1;
+    }
+    snprintf(in->progress.error_code, sizeof(in->progress.error_code), "postcopy-paused");
+    snprintf(in->progress.error_message, sizeof(in->progress.error_message), "%s", cause);
+    pthread_mutex_lock(&m->lock);
+    m->postcopy_paused = true;
+    m->paused_incoming = true;
+    m->recover_requested = false;
+    pthread_mutex_unlock(&m->lock);
+    incoming_phase(in, MIG_STATE_ACTIVE, "postcopy-paused");
+    fprintf(stderr, "ringvm: migration: post-copy paused: %s; %" PRIu64 " pages missing, vCPUs that touch them wait: "
+            "run migration.recover ADDRESS here, then migration.start with resume on the source\n", cause,
+            postcopy_incoming_missing(in->postcopy));
+    for (;;) {
+        if (atomic_load_explicit(stop, memory_order_acquire) ||
+            atomic_load_explicit(&m->cancel, memory_order_acquire)) {
+            snprintf(error, error_size, "post-copy: given up while paused (%s): the guest is lost",
+                     atomic_load_explicit(stop, memory_order_acquire) ? "shutting down" : "migration.cancel");
+            return -1;
+        }
+        char address[sizeof(m->recover_address)] = "";
+        pthread_mutex_lock(&m->lock);
+        if (m->recover_requested) {
+            snprintf(address, sizeof(address), "%s", m->recover_address);
+            m->recover_requested = false;
+        }
+        pthread_mutex_unlock(&m->lock);
+        if (address[0] != '\0') {
+            char text[400];
+            struct mig_address parsed;
+            if (in->recovery_open) {
+                mig_listener_close(&in->recovery);
+                in->recovery_open = false;
+            }
+            if (mig_address_parse(address, &parsed, text, sizeof(text)) != 0 ||
+                mig_listener_open(&in->recovery, &parsed, text, sizeof(text)) != 0) {
+                fprintf(stderr, "ringvm: migration: migration.recover %s: %s\n", address, text);
+                continue;
+            }
+            in->recovery_open = true;
+            snprintf(in->progress.address, sizeof(in->progress.address), "%s", address);
+            fprintf(stderr, "ringvm: migration: post-copy recovery: listening on %s\n", address);
+        }
+        if (!in->recovery_open || mig_io_poll_readable(in->recovery.fd, 100) != 1) {
+            if (!in->recovery_open) {
+                pthread_mutex_lock(&m->lock);
+                struct timespec until;
+                clock_gettime(CLOCK_REALTIME, &until);
+                until.tv_nsec += 100000000;
+                if (until.tv_nsec >= 1000000000) {
+                    until.tv_sec++;
+                    until.tv_nsec -= 1000000000;
+                }
+                if (!m->recover_requested)
+                    pthread_cond_timedwait(&m->postcopy_cond, &m->lock, &until);
+                pthread_mutex_unlock(&m->lock);
+            }
+            if (mig_mono_ns() - in->last_publish >= PUBLISH_INTERVAL_NS)
+                incoming_publish(in);
+            continue;
+        }
+        char text[512];
+        int fd = mig_accept(in->recovery.fd, stop, text, sizeof(text));
+        if (fd < 0) {
+            fprintf(stderr, "ringvm: migration: post-copy recovery: %s\n", text);
+            continue;
+        }
+        struct mig_io io = { .fd = fd, .stall_ms = in->stall_ms, .cancel = stop, .peer = "source" };
+        if (credentials != NULL) {
+            struct mig_tls_options options = { .credentials = credentials };
+            if (mig_tls_handshake(&io.tls, &io, &options, text, sizeof(text)) != 0) {
+                fprintf(stderr, "ringvm: migration: post-copy recovery: refused a connection: %s\n", text);
+                close(fd);
+                continue;
+            }
+        }
+        mig_tls_session_free(in->tls);
+        if (in->fd >= 0)
+            close(in->fd);
+        in->fd = fd;
+        in->io = io;
+        in->tls = io.tls;
+        in->seq = 0;
+        mig_receiver_restart_stream(&in->receiver);
+        pthread_mutex_lock(&m->lock);
+        m->postcopy_paused = false;
+        pthread_mutex_unlock(&m->lock);
+        in->progress.error_code[0] = '\0';
+        in->progress.error_message[0] = '\0';
+        incoming_phase(in, MIG_STATE_ACTIVE, "postcopy-recovering");
+        return 0;
+    }
 }
 
 /* END in post-copy: the main stream is over; requested pages may still be
@@ -757,6 +909,22 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
     struct mig_input input = { .read_some = incoming_read_some, .ctx = in, .stop = &vm->shutdown_requested };
     for (;;) {
         int type = mig_receiver_next(&in->receiver, &input);
+        char urgent_error[400];
+        if (type < 0 && in->postcopy != NULL && !in->receiver.peer_error) {
+            /* After the switch-over a broken link pauses (recoverable);
+             * what cannot be recovered fails below. */
+            char cause[MIG_RECEIVER_ERROR_MAX];
+            snprintf(cause, sizeof(cause), "%s", in->receiver.error);
+            if (incoming_postcopy_recover(in, tls_credentials, cause, error, sizeof(error), &error_code) != 0)
+                goto out;
+            continue;
+        }
+        if (type > 0 && in->postcopy != NULL &&
+            postcopy_incoming_failed(in->postcopy, urgent_error, sizeof(urgent_error))) {
+            if (incoming_postcopy_recover(in, tls_credentials, urgent_error, error, sizeof(error), &error_code) != 0)
+                goto out;
+            continue;
+        }
         if (type < 0) {
             snprintf(error, sizeof(error), "%s", in->receiver.error);
             error_code = in->receiver.error_code ? in->receiver.error_code : MIG_ERR_STREAM;
@@ -775,7 +943,7 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
                 goto out;
             }
             in->progress.setup_ms = (mig_mono_ns() - in->started_mono) / 1000000u;
-            incoming_phase(in, MIG_STATE_ACTIVE, "receiving");
+            incoming_phase(in, MIG_STATE_ACTIVE, in->postcopy != NULL ? "postcopy-recovering" : "receiving");
         } else if (type == MIG_FRAME_PROBE) {
             if (incoming_answer_probe(in) != 0) {
                 snprintf(error, sizeof(error), "could not answer the switch-over probe");
@@ -788,7 +956,20 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
                 pthread_join(populate.thread, NULL);    /* before any discard: it must not fill holes again */
                 populate.started = false;
             }
-            if (incoming_postcopy_open(in, listen_fd, tls_credentials, error, sizeof(error)) != 0)
+            if (incoming_postcopy_open(in, in->recovery_open ? in->recovery.fd : listen_fd, tls_credentials, error,
+                                       sizeof(error)) != 0)
+                goto out;
+            if (in->postcopy != NULL) {
+                /* A recovery: pc-urgent again, on the new urgent channel. */
+                struct mig_io urgent = in->urgent;
+                in->urgent.fd = -1;
+                in->urgent.tls = NULL;
+                if (postcopy_incoming_restart(in->postcopy, urgent, error, sizeof(error)) != 0)
+                    goto out;
+                incoming_phase(in, MIG_STATE_ACTIVE, "postcopy");
+            }
+        } else if (type == MIG_FRAME_POSTCOPY_RESUME) {
+            if (incoming_send_received_bitmap(in, error, sizeof(error)) != 0)
                 goto out;
         } else if (type == MIG_FRAME_POSTCOPY_DISCARD) {
             if (incoming_postcopy_discard(in, error, sizeof(error)) != 0)
@@ -880,10 +1061,17 @@ out:
         pthread_join(populate.thread, NULL);
     if (in->postcopy != NULL) {
         incoming_publish(in);
-        if (result != 0)
+        if (result != 0) {
             fprintf(stderr, "ringvm: migration: post-copy failed after the switch-over: the guest's RAM is split "
                     "between the two hosts and it cannot continue (%" PRIu64 " pages missing)\n",
                     postcopy_incoming_missing(in->postcopy));
+            /* Out of KVM_RUN before RAM leaves userfaultfd: from then on a
+             * missing page would read as zeros, which is not the guest's. */
+            pthread_mutex_lock(&vm->control_lock);
+            if (vm_pause_vcpus(vm) == 0)
+                vm_set_state(vm, VM_STATE_PAUSED);
+            pthread_mutex_unlock(&vm->control_lock);
+        }
         postcopy_incoming_destroy(in->postcopy);
         in->postcopy = NULL;
     }
@@ -891,6 +1079,8 @@ out:
     if (in->urgent.fd >= 0)
         close(in->urgent.fd);
     free(in->discarded);
+    if (in->recovery_open)
+        mig_listener_close(&in->recovery);
     if (result != 0) {
         fprintf(stderr, "ringvm: migration: %s\n", error);
         if (tell_source && in->fd >= 0) {

@@ -31,6 +31,7 @@
 #include "dirtyring/dirty_log.h"
 #include "migration/local_handover.h"
 #include "migration/page_digest.h"
+#include "migration/postcopy_return.h"
 #include "migration/postcopy_source.h"
 #include "migration/protocol.h"
 #include "migration/receiver.h"

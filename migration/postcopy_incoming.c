@@ -432,6 +432,43 @@ static void incoming_join(struct postcopy_incoming *pi)
     }
 }
 
+void postcopy_incoming_pause(struct postcopy_incoming *pi)
+{
+    incoming_join(pi);
+}
+
+int postcopy_incoming_urgent_fd(const struct postcopy_incoming *pi)
+{
+    return pi->io.fd;
+}
+
+int postcopy_incoming_restart(struct postcopy_incoming *pi, struct mig_io urgent, char *error, size_t error_size)
+{
+    incoming_join(pi);
+    mig_tls_session_free(pi->io.tls);
+    if (pi->io.fd >= 0)
+        close(pi->io.fd);
+    pi->io = urgent;
+    pi->seq_in = pi->seq_out = 0;
+    pi->error[0] = '\0';
+    atomic_store_explicit(&pi->failed, false, memory_order_release);
+    atomic_store_explicit(&pi->stop, false, memory_order_release);
+    int r = pthread_create(&pi->thread, NULL, incoming_urgent_main, pi);
+    if (r != 0) {
+        snprintf(error, error_size, "pthread_create(pc-urgent): %s", strerror(r));
+        return -1;
+    }
+    pi->thread_started = true;
+    incoming_wake(pi);
+    return 0;
+}
+
+void postcopy_incoming_copy_received(struct postcopy_incoming *pi, uint64_t first_word, uint64_t words,
+                                     uint64_t *out)
+{
+    postcopy_destination_copy_received(pi->destination, first_word, words, out);
+}
+
 void postcopy_incoming_finish(struct postcopy_incoming *pi)
 {
     incoming_join(pi);
@@ -449,12 +486,8 @@ void postcopy_incoming_destroy(struct postcopy_incoming *pi)
     if (pi == NULL)
         return;
     incoming_join(pi);
-    if (!pi->finished && pi->destination != NULL) {
-        /* Pages are missing and the guest may touch them: stop serving,
-         * keep RAM registered (a toucher waits rather than reading a zero
-         * page that is not the guest's). Reclaimed when the process exits. */
-        postcopy_destination_stop(pi->destination);
-    }
+    if (!pi->finished && pi->destination != NULL)
+        postcopy_destination_destroy(pi->destination);
     mig_tls_session_free(pi->io.tls);
     if (pi->io.fd >= 0)
         close(pi->io.fd);

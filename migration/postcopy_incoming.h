@@ -68,13 +68,26 @@ void postcopy_incoming_digest(struct postcopy_incoming *incoming, char hex[PAGE_
  * kernel thread id, to tell their faults and blocktime apart). */
 void postcopy_incoming_fill_progress(struct postcopy_incoming *incoming, struct mig_progress *progress,
                                      const pid_t *vcpu_tids, unsigned vcpu_count);
+/* The link broke: ends pc-urgent, keeps its channel open (closing it
+ * would tell the source this process is gone). Faults keep being queued. */
+void postcopy_incoming_pause(struct postcopy_incoming *incoming);
+/* The urgent channel's fd (after pause: to look at the peer). */
+int postcopy_incoming_urgent_fd(const struct postcopy_incoming *incoming);
+/* Recovery: closes the old urgent channel, takes the new one (its fd and
+ * TLS session become the session's) and starts pc-urgent again; the
+ * queued requests go first. 0, or -1 (message in error). */
+int postcopy_incoming_restart(struct postcopy_incoming *incoming, struct mig_io urgent, char *error,
+                              size_t error_size);
+/* The received bitmap's 64-bit words [first, first + count). */
+void postcopy_incoming_copy_received(struct postcopy_incoming *incoming, uint64_t first_word, uint64_t words,
+                                     uint64_t *out);
 /* Every page is here: ends "pc-urgent" and the fault thread, unregisters
  * RAM from userfaultfd (from now on it is plain memory) and closes the
  * urgent channel. Only with missing() == 0. */
 void postcopy_incoming_finish(struct postcopy_incoming *incoming);
-/* Frees. After finish, or on a failure: then RAM stays registered (a
- * thread touching a missing page keeps waiting instead of reading a zero
- * page that is not the guest's) until the process exits. */
+/* Frees. After finish, or on a failure: then RAM leaves userfaultfd with
+ * pages missing, which read as zeros from then on, so the caller stops
+ * the vCPUs first (the guest is lost then). */
 void postcopy_incoming_destroy(struct postcopy_incoming *incoming);
 
 #endif

@@ -261,6 +261,21 @@ int postcopy_source_start(struct postcopy_source *ps)
     return 0;
 }
 
+int postcopy_source_restart(struct postcopy_source *ps, struct mig_io urgent)
+{
+    postcopy_source_stop(ps);
+    postcopy_return_destroy(&ps->parser);
+    struct postcopy_return_options options = { .ram_bytes = ps->memory->size };
+    if (postcopy_return_init(&ps->parser, &options) != 0)
+        return -ENOMEM;
+    ps->io = urgent;
+    ps->seq = 0;
+    ps->error[0] = '\0';
+    atomic_store_explicit(&ps->failed, false, memory_order_release);
+    atomic_store_explicit(&ps->stop, false, memory_order_release);
+    return postcopy_source_start(ps);
+}
+
 void postcopy_source_stop(struct postcopy_source *ps)
 {
     atomic_store_explicit(&ps->stop, true, memory_order_release);

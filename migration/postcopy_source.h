@@ -60,6 +60,9 @@ uint64_t postcopy_source_resumed_ns(struct postcopy_source *source);
 /* The urgent channel failed (or the destination sent ERROR on it). */
 bool postcopy_source_failed(struct postcopy_source *source, char *error, size_t error_size);
 void postcopy_source_get_stats(struct postcopy_source *source, struct postcopy_source_stats *stats);
+/* Recovery: pc-serve again, on a new urgent channel (a fresh parser,
+ * frames numbered from 0). Stops the old one first. 0 or -errno. */
+int postcopy_source_restart(struct postcopy_source *source, struct mig_io urgent);
 /* Joins pc-serve (idempotent). */
 void postcopy_source_stop(struct postcopy_source *source);
 void postcopy_source_destroy(struct postcopy_source *source);

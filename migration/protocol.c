@@ -37,6 +37,7 @@ const char *mig_frame_type_name(uint32_t type)
     case MIG_FRAME_POSTCOPY_DISCARD: return "postcopy-discard";
     case MIG_FRAME_POSTCOPY_SWITCH: return "postcopy-switch";
     case MIG_FRAME_POSTCOPY_RESUMED: return "postcopy-resumed";
+    case MIG_FRAME_POSTCOPY_RESUME: return "postcopy-resume";
     }
     return "unknown";
 }
@@ -120,6 +121,7 @@ bool mig_frame_length_bounds(uint32_t type, uint64_t *min, uint64_t *max)
         return true;
     case MIG_FRAME_POSTCOPY_OPEN:
     case MIG_FRAME_POSTCOPY_OPEN_ACK:
+    case MIG_FRAME_POSTCOPY_RESUME:
         *min = *max = MIG_POSTCOPY_OPEN_SIZE;
         return true;
     case MIG_FRAME_POSTCOPY_DISCARD:

@@ -60,7 +60,10 @@ enum mig_frame_type {
                                          destination must drop (stale or never sent) */
     MIG_FRAME_POSTCOPY_SWITCH = 19,   /* source -> destination: run the guest now; RAM follows */
     MIG_FRAME_POSTCOPY_RESUMED = 20,  /* destination -> source, urgent channel: the guest runs here */
-    MIG_FRAME_TYPE_MAX = 20,
+    MIG_FRAME_POSTCOPY_RESUME = 21,   /* source -> destination, right after the hello of a recovery
+                                         connection: continue the paused post-copy (the destination
+                                         answers with RECEIVED_BITMAP frames) */
+    MIG_FRAME_TYPE_MAX = 21,
 };
 
 const char *mig_frame_type_name(uint32_t type);

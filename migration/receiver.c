@@ -133,6 +133,18 @@ int mig_receiver_init(struct mig_receiver *r, uint8_t *ram, uint64_t ram_bytes, 
     return 0;
 }
 
+void mig_receiver_restart_stream(struct mig_receiver *r)
+{
+    r->seq = 0;
+    r->got_hello = false;
+    r->got_end = false;
+    r->staged_start = r->staged_end = 0;
+    r->frame_clock_running = false;
+    r->got_postcopy_open = false;
+    r->awaiting_resume = true;
+    r->got_resume = false;
+}
+
 int mig_receiver_set_placer(struct mig_receiver *r,
                             int (*place)(void *opaque, uint64_t ram_offset, uint32_t pages, const uint8_t *data),
                             void *opaque)
@@ -583,6 +595,13 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
         return fail(r, MIG_ERR_STREAM, "%s frame before the hello", mig_frame_type_name(header.type));
     if (r->got_hello && header.type == MIG_FRAME_HELLO)
         return fail(r, MIG_ERR_STREAM, "second hello");
+    if (r->got_hello && r->awaiting_resume && !r->got_resume && header.type != MIG_FRAME_POSTCOPY_RESUME &&
+        header.type != MIG_FRAME_ERROR)
+        return fail(r, MIG_ERR_STREAM, "%s frame on a recovery connection before postcopy-resume",
+                    mig_frame_type_name(header.type));
+    if (header.type == MIG_FRAME_POSTCOPY_RESUME && (!r->awaiting_resume || r->got_resume))
+        return fail(r, MIG_ERR_STREAM, "postcopy-resume frame %s", r->got_resume ? "twice"
+                    : "outside a post-copy recovery");
 
     if (header.type == MIG_FRAME_MEMORY) {
         if (receive_memory(r, input, raw, &header) != 0)
@@ -631,7 +650,8 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
         return MIG_FRAME_PROBE;
     }
 
-    if (header.type >= MIG_FRAME_POSTCOPY_OPEN && header.type <= MIG_FRAME_POSTCOPY_SWITCH &&
+    if (((header.type >= MIG_FRAME_POSTCOPY_OPEN && header.type <= MIG_FRAME_POSTCOPY_SWITCH) ||
+         header.type == MIG_FRAME_POSTCOPY_RESUME) &&
         !(r->local.features & MIG_FEATURE_POSTCOPY))
         return fail(r, MIG_ERR_STREAM, "%s frame, but this destination did not announce post-copy",
                     mig_frame_type_name(header.type));
@@ -743,12 +763,18 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
     case MIG_FRAME_POSTCOPY_OPEN:
         if (r->got_postcopy_open)
             return fail(r, MIG_ERR_STREAM, "second postcopy-open frame");
-        if (r->stream_started)
+        if (r->stream_started && !r->got_resume)
             return fail(r, MIG_ERR_STREAM, "postcopy-open frame after the stream began");
         if (mig_get_u64(payload) != 0)
             return fail(r, MIG_ERR_STREAM, "postcopy-open frame with reserved 0x%" PRIx64 " (must be 0)",
                         mig_get_u64(payload));
         r->got_postcopy_open = true;
+        break;
+    case MIG_FRAME_POSTCOPY_RESUME:
+        if (mig_get_u64(payload) != 0)
+            return fail(r, MIG_ERR_STREAM, "postcopy-resume frame with reserved 0x%" PRIx64 " (must be 0)",
+                        mig_get_u64(payload));
+        r->got_resume = true;
         break;
     case MIG_FRAME_POSTCOPY_SWITCH:
         if (!r->got_postcopy_open || r->got_postcopy_switch)

@@ -146,6 +146,10 @@ struct mig_receiver {
      * After SWITCH memory goes through `place` (mig_receiver_set_placer). */
     bool got_postcopy_open;
     bool got_postcopy_switch;
+    /* A recovery connection (mig_receiver_restart_stream): after its hello
+     * the next frame must be POSTCOPY_RESUME, then a new OPEN is allowed. */
+    bool awaiting_resume;
+    bool got_resume;
     struct mig_postcopy_switch postcopy_switch;
     struct mig_discard_run *discard_runs;   /* heap, MIG_POSTCOPY_DISCARD_MAX_RUNS */
     unsigned discard_count;
@@ -236,6 +240,13 @@ void mig_receiver_set_deadline(struct mig_receiver *r, unsigned stall_ms, uint64
 int mig_receiver_set_placer(struct mig_receiver *r,
                             int (*place)(void *opaque, uint64_t ram_offset, uint32_t pages, const uint8_t *data),
                             void *opaque);
+
+/* Post-copy recovery: a new connection carries the rest of the stream.
+ * Frame numbers start again at 0 with a new HELLO, then POSTCOPY_RESUME,
+ * POSTCOPY_OPEN (the new urgent channel), memory, END. What the first
+ * connection delivered (state, switch, placer) stays. Only after
+ * POSTCOPY_SWITCH. */
+void mig_receiver_restart_stream(struct mig_receiver *r);
 
 /* Reads and applies one frame. Returns the frame type (> 0), or -1 with
  * r->error ("frame 12: memory run at offset 0x... exceeds guest RAM ...").

@@ -58,6 +58,7 @@ void migration_source_vcpu_throttles(struct source *s)
 
 static void source_postcopy_progress(struct source *s);
 static void source_release_tracking(struct source *s);
+static int source_tls_handshake(struct source *s, const struct mig_address *address);
 
 static void source_publish(struct source *s)
 {
@@ -1350,6 +1351,235 @@ static void source_postcopy_progress(struct source *s)
     s->progress.postcopy.requests_refused = stats.requests_refused;
 }
 
+/* The guest gave up: it ran on the destination, which lost it (or the
+ * operator gave it up), and the source never runs it again. */
+static int source_guest_lost(struct source *s, const char *why)
+{
+    char cause[256];
+    snprintf(cause, sizeof(cause), "%.255s", s->error);
+    s->error_code = "guest-lost";
+    snprintf(s->error, sizeof(s->error), "post-copy: %s; the guest is lost (it ran on the destination after the "
+             "switch-over, and the source's copy is out of date)%s%s", why, cause[0] ? ": " : "", cause);
+    return -1;
+}
+
+/* Everything after the switch-over on one pair of connections: the
+ * background stream, END with the page digest, the ACK. 0 done; -1 with
+ * s->error (the caller decides between recovery and giving up). */
+static int source_postcopy_transfer(struct source *s, uint64_t pause_real)
+{
+    struct vm *vm = s->vm;
+    if (source_postcopy_push(s) != 0)
+        return -1;
+    source_postcopy_progress(s);
+    struct mig_end end = { .timestamp_ns = pause_real, .pages = s->pages_sent_total,
+                           .flags = s->user_paused ? MIG_END_GUEST_PAUSED : 0 };
+    if (s->params.verify_digest) {
+        if (s->progress.digest_source[0] == '\0') {
+            char hex[PAGE_DIGEST_HEX_SIZE];
+            int r = page_digest_memory(&vm->memory, hex);
+            if (r != 0)
+                return source_fail(s, "internal", "page digest: %s", strerror(-r));
+            snprintf(s->progress.digest_source, sizeof(s->progress.digest_source), "%s", hex);
+        }
+        snprintf(end.digest, sizeof(end.digest), "%s", s->progress.digest_source);
+        end.flags |= MIG_END_HAS_DIGEST;
+    }
+    uint8_t end_bytes[MIG_END_SIZE];
+    mig_end_encode(&end, end_bytes);
+    s->end_sent = true;
+    if (source_small_frame(s, MIG_FRAME_END, end_bytes, sizeof(end_bytes)) != 0 || source_flush(s) != 0)
+        return -1;
+    s->progress.memory.remaining = 0;
+    source_phase(s, MIG_STATE_COMPLETING, "waiting-ack");
+    struct mig_end ack;
+    if (source_read_ack(s, &ack) != 0)
+        return -1;
+    postcopy_source_stop(s->postcopy);
+    source_postcopy_progress(s);
+    uint64_t resumed = postcopy_source_resumed_ns(s->postcopy);
+    if (resumed >= pause_real) {
+        s->progress.downtime_ms = (resumed - pause_real + 999999u) / 1000000u;
+        s->progress.downtime_us = (resumed - pause_real + 999u) / 1000u;
+    }
+    snprintf(s->progress.digest_destination, sizeof(s->progress.digest_destination), "%s", ack.digest);
+    if (s->params.verify_digest && strcmp(ack.digest, s->progress.digest_source) != 0) {
+        s->error_code = "digest-mismatch";      /* final: no recovery fixes a wrong page */
+        snprintf(s->error, sizeof(s->error), "page digests differ: source %s, destination %s; the destination "
+                 "runs the guest, the source stays paused", s->progress.digest_source, ack.digest);
+        return 1;
+    }
+    return 0;
+}
+
+/* A recovery connection to dest: hello, POSTCOPY_RESUME, the destination's
+ * received bitmap (what it holds is not sent again), a new urgent channel,
+ * pc-serve and the sender again. 0, or -1 with s->error. */
+static int source_postcopy_reconnect(struct source *s, const char *dest)
+{
+    char text[8192];
+    struct mig_address address;
+    if (mig_address_parse(dest, &address, text, sizeof(text)) != 0)
+        return source_fail(s, "invalid-argument", "dest: %s", text);
+    mig_tls_session_free(s->tls);
+    s->tls = NULL;
+    s->io.tls = NULL;
+    if (s->fd >= 0)
+        close(s->fd);
+    mig_tls_session_free(s->urgent_tls);
+    s->urgent_tls = NULL;
+    if (s->urgent_fd >= 0)
+        close(s->urgent_fd);
+    s->urgent_fd = -1;
+    s->fd = mig_connect(&address, CONNECT_TIMEOUT_MS, &s->m->cancel, text, sizeof(text));
+    if (s->fd < 0)
+        return source_fail(s, "connect-failed", "%s", text);
+    s->io = (struct mig_io){ .fd = s->fd, .stall_ms = s->params.stall_timeout_ms, .cancel = &s->m->cancel,
+                             .peer = "destination" };
+    s->input = (struct mig_input){ .read = socket_read, .ctx = &s->io };
+    if (s->tls_credentials != NULL && source_tls_handshake(s, &address) != 0)
+        return -1;
+    s->seq = 0;
+    s->peer_seq = 0;
+    if (source_handshake(s) != 0)
+        return -1;
+    uint8_t payload[MIG_POSTCOPY_OPEN_SIZE] = { 0 };
+    uint8_t frame[MIG_HEADER_SIZE + MIG_POSTCOPY_OPEN_SIZE];
+    size_t length = mig_frame_encode(frame, MIG_FRAME_POSTCOPY_RESUME, s->seq++, payload, sizeof(payload));
+    if (mig_io_write(&s->io, frame, length, text, sizeof(text)) != 0)
+        return source_fail(s, "transport", "postcopy-resume: %s", text);
+    /* The received bitmap, whole, within the stall timeout (at least 10 s). */
+    struct postcopy_return_parser parser;
+    struct postcopy_return_options options = { .ram_bytes = s->vm->memory.size };
+    if (postcopy_return_init(&parser, &options) != 0)
+        return source_fail(s, "internal", "out of memory for the received bitmap");
+    parser.seq = s->peer_seq;
+    unsigned wait_ms = s->params.stall_timeout_ms * 2 > 10000 ? s->params.stall_timeout_ms * 2 : 10000;
+    uint64_t deadline = mig_mono_ns() + (uint64_t)wait_ms * 1000000u;
+    uint8_t buffer[65536];
+    int result = 0;
+    while (!parser.bitmap_complete) {
+        if (mig_mono_ns() >= deadline) {
+            result = source_fail(s, "transport", "the destination's received bitmap did not arrive within %u ms",
+                                 wait_ms);
+            break;
+        }
+        if (mig_io_readable(&s->io, 50) != 1)
+            continue;
+        ssize_t got = mig_io_recv_some(&s->io, buffer, sizeof(buffer), text, sizeof(text));
+        if (got == MIG_IO_AGAIN)
+            continue;
+        if (got <= 0 || postcopy_return_feed(&parser, buffer, (size_t)got, mig_mono_ns()) != 0) {
+            result = source_fail(s, "transport", "reading the destination's received bitmap: %s",
+                                 got < 0 ? text : got == 0 ? "the connection ended" : parser.error);
+            break;
+        }
+    }
+    if (result == 0) {
+        uint64_t pages = guest_memory_pages(&s->vm->memory), missing = 0;
+        for (uint64_t page = 0; page < pages; page++) {
+            if (postcopy_return_page_received(&parser, page)) {
+                postcopy_source_mark_sent(s->postcopy, page, 1);
+            } else {
+                postcopy_source_mark_unsent(s->postcopy, page);
+                missing++;
+            }
+        }
+        s->peer_seq = parser.seq;
+        fprintf(stderr, "ringvm: migration %" PRIu64 ": post-copy resumed over %s: %" PRIu64 " pages still missing "
+                "there\n", s->progress.id, dest, missing);
+    }
+    postcopy_return_destroy(&parser);
+    if (result != 0)
+        return -1;
+    if (source_postcopy_open(s, &address) != 0)
+        return -1;
+    int r = postcopy_source_restart(s->postcopy, s->urgent_io);
+    if (r != 0)
+        return source_fail(s, "internal", "restarting pc-serve: %s", strerror(-r));
+    uint64_t cap = s->params.max_bandwidth_mibs << 20;
+    if (mig_sender_start(&s->sender, s->fd, s->tls, cap, s->params.stall_timeout_ms, &s->m->cancel, text,
+                         sizeof(text)) != 0)
+        return source_fail(s, "internal", "%s", text);
+    s->sender_started = true;
+    s->end_sent = false;
+    return 0;
+}
+
+/* The connections broke after the switch-over. A peer that closed them is
+ * gone, and the guest with it. Otherwise the link broke: phase
+ * postcopy-paused until migration_resume names a new address (or a cancel
+ * or shutdown gives the guest up); a failed reconnection pauses again.
+ * 0 = reconnected, -1 = given up (s->error). */
+static int source_postcopy_recover(struct source *s)
+{
+    struct vm *vm = s->vm;
+    struct migration *m = s->m;
+    for (;;) {
+        postcopy_source_stop(s->postcopy);
+        if (s->sender_started) {
+            mig_sender_stop(&s->sender);
+            s->sender_started = false;
+        }
+        if (s->error_code != NULL && strcmp(s->error_code, "digest-mismatch") == 0)
+            return -1;
+        if (atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire))
+            return source_guest_lost(s, "the source is shutting down");
+        if (mig_socket_peer_gone(s->fd) || mig_socket_peer_gone(s->urgent_fd))
+            return source_guest_lost(s, "the destination closed its connections (its process ended?)");
+        char cause[sizeof(s->error)];
+        snprintf(cause, sizeof(cause), "%s", s->error[0] ? s->error : "the connection failed");
+        s->error_code = NULL;
+        s->error[0] = '\0';
+        snprintf(s->progress.error_code, sizeof(s->progress.error_code), "postcopy-paused");
+        snprintf(s->progress.error_message, sizeof(s->progress.error_message), "%s", cause);
+        pthread_mutex_lock(&m->lock);
+        m->postcopy_paused = true;
+        m->paused_incoming = false;
+        m->recover_requested = false;
+        pthread_mutex_unlock(&m->lock);
+        source_phase(s, MIG_STATE_ACTIVE, "postcopy-paused");
+        fprintf(stderr, "ringvm: migration %" PRIu64 ": post-copy paused: %s; the guest waits on the destination "
+                "for its missing pages: run migration.recover there, then migration.start with resume here "
+                "(migration.cancel gives the guest up)\n", s->progress.id, cause);
+        char dest[sizeof(m->recover_address)];
+        bool give_up = false;
+        pthread_mutex_lock(&m->lock);
+        while (!m->recover_requested) {
+            if (atomic_load_explicit(&m->cancel, memory_order_acquire) ||
+                atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire)) {
+                give_up = true;
+                break;
+            }
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += 100000000;
+            if (until.tv_nsec >= 1000000000) {
+                until.tv_sec++;
+                until.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&m->postcopy_cond, &m->lock, &until);
+        }
+        snprintf(dest, sizeof(dest), "%s", m->recover_address);
+        m->recover_requested = false;
+        m->postcopy_paused = false;
+        pthread_mutex_unlock(&m->lock);
+        if (give_up) {
+            s->cancelled = atomic_load_explicit(&m->cancel, memory_order_acquire);
+            return source_guest_lost(s, s->cancelled ? "given up by migration.cancel while paused"
+                                                     : "the source is shutting down");
+        }
+        s->progress.error_code[0] = '\0';
+        s->progress.error_message[0] = '\0';
+        if (source_postcopy_reconnect(s, dest) == 0) {
+            source_phase(s, MIG_STATE_ACTIVE, "postcopy");
+            return 0;
+        }
+        fprintf(stderr, "ringvm: migration %" PRIu64 ": post-copy recovery over %s failed: %s\n", s->progress.id,
+                dest, s->error);
+    }
+}
+
 /*
  * The post-copy switch-over: pause, capture the state, tell the destination
  * which pages it must drop (pure post-copy: all of them; hybrid: those
@@ -1440,41 +1670,10 @@ static int source_postcopy(struct source *s)
     s->progress.postcopy.pages_total = missing;
     s->progress.memory.remaining = missing * MIG_PAGE_SIZE;
     source_phase(s, MIG_STATE_ACTIVE, "postcopy");
-    if (source_postcopy_push(s) != 0)
-        return -1;
-    source_postcopy_progress(s);
-    struct mig_end end = { .timestamp_ns = pause_real, .pages = s->pages_sent_total,
-                           .flags = s->user_paused ? MIG_END_GUEST_PAUSED : 0 };
-    if (s->params.verify_digest) {
-        char hex[PAGE_DIGEST_HEX_SIZE];
-        r = page_digest_memory(&vm->memory, hex);
-        if (r != 0)
-            return source_fail(s, "internal", "page digest: %s", strerror(-r));
-        snprintf(s->progress.digest_source, sizeof(s->progress.digest_source), "%s", hex);
-        snprintf(end.digest, sizeof(end.digest), "%s", hex);
-        end.flags |= MIG_END_HAS_DIGEST;
+    while (source_postcopy_transfer(s, pause_real) != 0) {
+        if (source_postcopy_recover(s) != 0)
+            return -1;
     }
-    uint8_t end_bytes[MIG_END_SIZE];
-    mig_end_encode(&end, end_bytes);
-    s->end_sent = true;
-    if (source_small_frame(s, MIG_FRAME_END, end_bytes, sizeof(end_bytes)) != 0 || source_flush(s) != 0)
-        return -1;
-    s->progress.memory.remaining = 0;
-    source_phase(s, MIG_STATE_COMPLETING, "waiting-ack");
-    struct mig_end ack;
-    if (source_read_ack(s, &ack) != 0)
-        return -1;
-    postcopy_source_stop(s->postcopy);
-    source_postcopy_progress(s);
-    uint64_t resumed = postcopy_source_resumed_ns(s->postcopy);
-    if (resumed >= pause_real) {
-        s->progress.downtime_ms = (resumed - pause_real + 999999u) / 1000000u;
-        s->progress.downtime_us = (resumed - pause_real + 999u) / 1000u;
-    }
-    snprintf(s->progress.digest_destination, sizeof(s->progress.digest_destination), "%s", ack.digest);
-    if (s->params.verify_digest && strcmp(ack.digest, s->progress.digest_source) != 0)
-        return source_fail(s, "digest-mismatch", "page digests differ: source %s, destination %s; the destination "
-                           "runs the guest, the source stays paused", s->progress.digest_source, ack.digest);
     return 0;
 }
 
@@ -1792,6 +1991,9 @@ void *migration_source_main(void *argument)
         s->locked = false;
         if (!s->params.keep_alive)
             vm_request_shutdown(vm, 0);
+    } else if (s->error_code != NULL && strcmp(s->error_code, "guest-lost") == 0 && !s->params.keep_alive) {
+        /* The guest is gone from both hosts: this process ends, non-zero. */
+        vm_request_shutdown(vm, 1);
     }
     dirty_pages_free(&s->pending);
     free(s);

@@ -485,3 +485,21 @@ void mig_io_close_write(struct mig_io *io)
     }
     (void)shutdown(io->fd, SHUT_WR);    /* best effort: the peer may be gone */
 }
+
+bool mig_socket_peer_gone(int fd)
+{
+    if (fd < 0)
+        return true;
+    char sink[16384];
+    for (unsigned i = 0; i < 4096; i++) {
+        ssize_t got = recv(fd, sink, sizeof(sink), MSG_DONTWAIT);
+        if (got == 0)
+            return true;
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno != EAGAIN && errno != EWOULDBLOCK;
+        }
+    }
+    return false;
+}

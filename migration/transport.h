@@ -119,6 +119,12 @@ int mig_io_readable(const struct mig_io *io, unsigned timeout_ms);
 /* Ends this side's sending: TLS close_notify (best effort, bounded by
  * io->stall_ms), then shutdown(SHUT_WR). The fd stays open for reading. */
 void mig_io_close_write(struct mig_io *io);
+/* Whether the peer of a connected stream socket is gone (its process
+ * ended, or it closed the connection): reads and drops what is buffered
+ * (at most 64 MiB, without waiting) and looks for the end of the stream
+ * or a reset. false: it is still there, only silent (a broken or stalled
+ * link looks like this). For post-copy, where the two cases differ. */
+bool mig_socket_peer_gone(int fd);
 /* Waits up to timeout_ms for the fd to become readable: 1 readable, 0 not,
  * -1 error. Plaintext only: a stream's reader uses mig_io_readable. */
 int mig_io_poll_readable(int fd, unsigned timeout_ms);

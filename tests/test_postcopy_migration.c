@@ -11,10 +11,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "migration/migration.h"
 #include "migration/postcopy_destination.h"
 #include "tests/harness.h"
+#include "tests/link_relay.h"
 #include "tests/migration_destination.h"
 #include "vmm/crash_report.h"
 
@@ -150,4 +152,141 @@ Test(postcopy_migration, ledger_two_vcpus_postcopy_tcp_capped, .timeout = 90)
 Test(postcopy_migration, ledger_two_vcpus_hybrid_after_one_pass_unix, .timeout = 90)
 {
     migrate_postcopy(MIG_MODE_HYBRID, false, "ledger,wss=32M,verify=1", 0);
+}
+
+/* ---- failures after the switch-over ---------------------------------------- */
+
+struct phase_wait {
+    struct vm *vm;
+    const char *phase;
+    uint64_t min_pushed;
+};
+
+static bool reached_phase(void *argument)
+{
+    struct phase_wait *w = argument;
+    struct mig_progress *p = malloc(sizeof(*p));
+    bool reached = migration_progress(w->vm, p) && strcmp(p->phase, w->phase) == 0 &&
+                   p->postcopy.pages_pushed + p->postcopy.pages_received >= w->min_pushed;
+    free(p);
+    return reached;
+}
+
+static void start_ledger_source(struct harness_vm *source)
+{
+    harness_vm_start(source, "256M", 2, "ledger,wss=32M,verify=1", "ring");
+    for (unsigned i = 0; i < 2; i++)
+        cr_assert(harness_wait_phase(source->vm, i, RINGVM_PHASE_RING3, 20000), "vcpu %u never reached ring 3", i);
+    cr_assert(console_wait_for(&source->console, "LEDGER OK", 1, 20000), "no LEDGER OK on the source:\n%s",
+              console_snapshot(&source->console));
+}
+
+/* The link goes silent mid post-copy: both sides pause (the guest waits
+ * on the destination), and migration.recover + resume over a new
+ * connection finish the copy with equal digests and the ledger intact. */
+Test(postcopy_migration, a_cut_link_pauses_both_sides_and_recovery_completes, .timeout = 120)
+{
+    harness_require_kvm();
+    require_userfaultfd();
+    struct harness_vm source;
+    start_ledger_source(&source);
+    struct test_destination dest;
+    test_destination_start(&dest, "256M", 2, "idle", false);
+    char relay_address[160];
+    struct link_relay *relay = link_relay_start(dest.address, relay_address, sizeof(relay_address));
+    struct mig_params params;
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "%s", relay_address);
+    params.mode = MIG_MODE_POSTCOPY;
+    params.max_bandwidth_mibs = 4;      /* ~8 s for the guest's data: time to cut */
+    params.stall_timeout_ms = 1000;
+    params.verify_digest = true;
+    params.timeout_s = 60;
+    test_migration_start(source.vm, &params);
+
+    struct phase_wait running = { .vm = dest.harness.vm, .phase = "postcopy", .min_pushed = 256 };
+    cr_assert(harness_wait_until(reached_phase, &running, 20000), "the destination never ran in post-copy");
+    link_relay_cut(relay);
+    struct phase_wait source_paused = { .vm = source.vm, .phase = "postcopy-paused" };
+    struct phase_wait dest_paused = { .vm = dest.harness.vm, .phase = "postcopy-paused" };
+    cr_assert(harness_wait_until(reached_phase, &source_paused, 20000), "the source did not pause");
+    cr_assert(harness_wait_until(reached_phase, &dest_paused, 20000), "the destination did not pause");
+    struct mig_progress *q = malloc(sizeof(*q));
+    cr_assert(migration_progress(dest.harness.vm, q));
+    cr_assert_str_eq(q->error_code, "postcopy-paused");
+    cr_assert_eq(q->state, MIG_STATE_ACTIVE);
+    cr_assert_lt(q->postcopy.pages_received, q->postcopy.pages_total, "nothing was missing at the cut");
+
+    /* Recovery: the destination listens anew, the source connects there. */
+    char recover_address[160];
+    snprintf(recover_address, sizeof(recover_address), "unix:/tmp/ringvm-recover-%d.sock", getpid());
+    const char *code = NULL;
+    char message[400];
+    cr_assert_eq(migration_resume(dest.harness.vm, recover_address, &code, message, sizeof(message)), -1);
+    cr_assert_str_eq(code, "invalid-state");
+    cr_assert_eq(migration_recover(dest.harness.vm, recover_address, &code, message, sizeof(message)), 0,
+                 "%s: %s", code, message);
+    cr_assert_eq(migration_resume(source.vm, recover_address, &code, message, sizeof(message)), 0, "%s: %s", code,
+                 message);
+
+    struct mig_progress *p = malloc(sizeof(*p));
+    test_migration_finished(source.vm, p, 90000);
+    cr_assert_eq(test_destination_join(&dest), 0, "the destination failed (see stderr)");
+    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "state %s: %s: %s", mig_state_name(p->state), p->error_code,
+                 p->error_message);
+    cr_assert_str_eq(p->digest_source, p->digest_destination, "page digests differ after the recovery");
+    cr_assert(migration_progress(dest.harness.vm, q));
+    cr_assert_eq(q->state, MIG_STATE_COMPLETED);
+    cr_assert_eq(q->postcopy.pages_received, q->postcopy.pages_total, "each missing page placed exactly once");
+    cr_assert_eq(link_relay_connections(relay), 2, "the recovery did not go around the cut link");
+    struct vm *dvm = dest.harness.vm;
+    cr_assert(console_wait_for(&dest.harness.console, "LEDGER OK", 2, 20000),
+              "the ledger does not verify on the destination:\n%s", console_snapshot(&dest.harness.console));
+    cr_assert_eq(console_count(&dest.harness.console, "MISMATCH"), 0, "%s", console_snapshot(&dest.harness.console));
+    cr_assert_eq(atomic_load(&dvm->ledger_mismatches), 0);
+    unlink(recover_address + strlen("unix:"));
+    free(p);
+    free(q);
+    link_relay_stop(relay);
+    test_destination_stop(&dest);
+    test_migration_source_stop(&source);
+}
+
+/* The destination goes away mid post-copy (its VM shuts down, its sockets
+ * close, as when its process dies): the source reports the guest lost and
+ * ends with exit status 1; it never resumes its stale copy. */
+Test(postcopy_migration, the_destination_gone_mid_postcopy_loses_the_guest, .timeout = 90)
+{
+    harness_require_kvm();
+    require_userfaultfd();
+    struct harness_vm source;
+    start_ledger_source(&source);
+    struct test_destination dest;
+    test_destination_start(&dest, "256M", 2, "idle", false);
+    struct mig_params params;
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
+    params.mode = MIG_MODE_POSTCOPY;
+    params.max_bandwidth_mibs = 4;
+    params.timeout_s = 60;
+    test_migration_start(source.vm, &params);
+    struct phase_wait running = { .vm = dest.harness.vm, .phase = "postcopy", .min_pushed = 256 };
+    cr_assert(harness_wait_until(reached_phase, &running, 20000), "the destination never ran in post-copy");
+    vm_request_shutdown(dest.harness.vm, 0);
+
+    struct mig_progress *p = malloc(sizeof(*p));
+    test_migration_finished(source.vm, p, 30000);
+    cr_assert_eq(p->state, MIG_STATE_FAILED);
+    cr_assert_str_eq(p->error_code, "guest-lost");
+    cr_assert(strstr(p->error_message, "post-copy: the destination closed its connections (its process ended?); "
+                                       "the guest is lost") == p->error_message, "%s", p->error_message);
+    uint64_t written[2] = { harness_pages_written(source.vm, 0), harness_pages_written(source.vm, 1) };
+    cr_assert_eq(test_destination_join(&dest), -1);
+    cr_assert(vm_wait_for_shutdown_request(source.vm, 5000000000ull), "the source did not end");
+    cr_assert_eq(vm_wait(source.vm), 1, "the source must end with status 1");
+    for (unsigned i = 0; i < 2; i++)
+        cr_assert_eq(harness_pages_written(source.vm, i), written[i], "the source resumed its stale copy");
+    free(p);
+    test_destination_stop(&dest);
+    test_migration_source_stop(&source);
 }
