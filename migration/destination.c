@@ -98,6 +98,7 @@ struct incoming {
     uint64_t *discarded;            /* one bit per page in a DISCARD run (heap, from POSTCOPY_OPEN) */
     struct mig_listener recovery;   /* migration.recover's listener (recovery_open: listening) */
     bool recovery_open;
+    bool recovering;                /* on a recovery connection that has not reopened the urgent channel */
     struct postcopy_incoming *postcopy;
 };
 
@@ -570,7 +571,10 @@ static int incoming_postcopy_recover(struct incoming *in, const struct mig_tls_c
         snprintf(error, error_size, "post-copy: the destination is shutting down: the guest is lost (%.200s)", cause);
         return -1;
     }
-    if (mig_socket_peer_gone(in->fd) || mig_socket_peer_gone(postcopy_incoming_urgent_fd(in->postcopy))) {
+    /* (A recovery connection that breaks says nothing about the source's
+     * life: the old connections are closed by then.) */
+    if (!in->recovering &&
+        (mig_socket_peer_gone(in->fd) || mig_socket_peer_gone(postcopy_incoming_urgent_fd(in->postcopy)))) {
         snprintf(error, error_size, "post-copy: the source closed its connections (its process ended?) with %" PRIu64
                  " pages still missing here: the guest is lost (%.200s)", postcopy_incoming_missing(in->postcopy),
                  cause);
@@ -595,24 +599,23 @@ static int incoming_postcopy_recover(struct incoming *in, const struct mig_tls_c
             return -1;
         }
         char address[sizeof(m->recover_address)] = "";
+        struct mig_listener listener;
+        bool took_listener = false;
         pthread_mutex_lock(&m->lock);
         if (m->recover_requested) {
             snprintf(address, sizeof(address), "%s", m->recover_address);
             m->recover_requested = false;
+            if (m->recover_listener_open) {
+                listener = m->recover_listener;     /* ours from here on */
+                m->recover_listener_open = false;
+                took_listener = true;
+            }
         }
         pthread_mutex_unlock(&m->lock);
-        if (address[0] != '\0') {
-            char text[400];
-            struct mig_address parsed;
-            if (in->recovery_open) {
+        if (took_listener) {
+            if (in->recovery_open)
                 mig_listener_close(&in->recovery);
-                in->recovery_open = false;
-            }
-            if (mig_address_parse(address, &parsed, text, sizeof(text)) != 0 ||
-                mig_listener_open(&in->recovery, &parsed, text, sizeof(text)) != 0) {
-                fprintf(stderr, "ringvm: migration: migration.recover %s: %s\n", address, text);
-                continue;
-            }
+            in->recovery = listener;
             in->recovery_open = true;
             snprintf(in->progress.address, sizeof(in->progress.address), "%s", address);
             fprintf(stderr, "ringvm: migration: post-copy recovery: listening on %s\n", address);
@@ -658,6 +661,7 @@ static int incoming_postcopy_recover(struct incoming *in, const struct mig_tls_c
         in->tls = io.tls;
         in->seq = 0;
         mig_receiver_restart_stream(&in->receiver);
+        in->recovering = true;
         pthread_mutex_lock(&m->lock);
         m->postcopy_paused = false;
         pthread_mutex_unlock(&m->lock);
@@ -966,6 +970,7 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
                 in->urgent.tls = NULL;
                 if (postcopy_incoming_restart(in->postcopy, urgent, error, sizeof(error)) != 0)
                     goto out;
+                in->recovering = false;
                 incoming_phase(in, MIG_STATE_ACTIVE, "postcopy");
             }
         } else if (type == MIG_FRAME_POSTCOPY_RESUME) {

@@ -385,12 +385,27 @@ static int migration_request_recovery(struct vm *vm, const char *address, bool i
     pthread_mutex_lock(&m->lock);
     bool paused = m->postcopy_paused;
     bool right_side = m->paused_incoming == incoming;
-    if (paused && right_side) {
+    int listen_result = 0;
+    if (paused && right_side && incoming) {
+        /* Listening before this returns: the source may connect at once. */
+        if (m->recover_listener_open) {
+            mig_listener_close(&m->recover_listener);
+            m->recover_listener_open = false;
+        }
+        listen_result = mig_listener_open(&m->recover_listener, &parsed, text, sizeof(text));
+        m->recover_listener_open = listen_result == 0;
+    }
+    if (paused && right_side && listen_result == 0) {
         snprintf(m->recover_address, sizeof(m->recover_address), "%s", address);
         m->recover_requested = true;
         pthread_cond_broadcast(&m->postcopy_cond);
     }
     pthread_mutex_unlock(&m->lock);
+    if (listen_result != 0) {
+        *code = "invalid-argument";
+        snprintf(message, message_size, "address: %s", text);
+        return -1;
+    }
     if (!paused || !right_side) {
         *code = "invalid-state";
         snprintf(message, message_size, "%s", !paused ? "the migration is not paused in post-copy"
@@ -489,6 +504,8 @@ void migration_release(struct vm *vm)
             registry[i] = NULL;
     pthread_mutex_unlock(&registry_lock);
     mig_tls_credentials_free(m->incoming_tls);
+    if (m->recover_listener_open)
+        mig_listener_close(&m->recover_listener);
     mig_progress_board_destroy(&m->board);
     pthread_cond_destroy(&m->idle);
     pthread_cond_destroy(&m->postcopy_cond);

@@ -84,6 +84,11 @@ struct migration {
     bool paused_incoming;           /* the paused side is the destination */
     bool recover_requested;
     char recover_address[256];
+    /* Destination: migration_recover opens the new listener itself (so the
+     * address listens when it returns) and hands it over here; the
+     * incoming thread takes it. */
+    struct mig_listener recover_listener;
+    bool recover_listener_open;
     pthread_cond_t postcopy_cond;
     uint64_t next_id;
     /* Destination's transfer timeout in ms (ringvm --incoming-stall-timeout),

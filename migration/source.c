@@ -1515,6 +1515,7 @@ static int source_postcopy_recover(struct source *s)
 {
     struct vm *vm = s->vm;
     struct migration *m = s->m;
+    bool retrying = false;      /* a recovery attempt failed: the old connections are closed already */
     for (;;) {
         postcopy_source_stop(s->postcopy);
         if (s->sender_started) {
@@ -1525,7 +1526,7 @@ static int source_postcopy_recover(struct source *s)
             return -1;
         if (atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire))
             return source_guest_lost(s, "the source is shutting down");
-        if (mig_socket_peer_gone(s->fd) || mig_socket_peer_gone(s->urgent_fd))
+        if (!retrying && (mig_socket_peer_gone(s->fd) || mig_socket_peer_gone(s->urgent_fd)))
             return source_guest_lost(s, "the destination closed its connections (its process ended?)");
         char cause[sizeof(s->error)];
         snprintf(cause, sizeof(cause), "%s", s->error[0] ? s->error : "the connection failed");
@@ -1577,6 +1578,7 @@ static int source_postcopy_recover(struct source *s)
         }
         fprintf(stderr, "ringvm: migration %" PRIu64 ": post-copy recovery over %s failed: %s\n", s->progress.id,
                 dest, s->error);
+        retrying = true;
     }
 }
 
