@@ -1,10 +1,12 @@
 /*
- * migration.start, migration.progress, migration.cancel, migration.postcopy.
+ * migration.start, migration.progress, migration.cancel, migration.postcopy,
+ * migration.recover.
  *
  * Threads: migration.start runs on the worker (it may join a finished
- * migration thread); progress (a memcpy under the board's lock), cancel and
- * postcopy (an atomic store under a short lock) run on the epoll thread.
- * None waits for the migration.
+ * migration thread; with resume it only stores the new address under a
+ * lock); progress (a memcpy under the board's lock), cancel, postcopy (an
+ * atomic store under a short lock) and recover (an address stored under a
+ * short lock) run on the epoll thread. None waits for the migration.
  */
 #include <inttypes.h>
 #include <stdbool.h>
@@ -16,6 +18,7 @@
 
 #include "api/commands.h"
 #include "migration/migration.h"
+#include "migration/transport.h"
 #include "vmm/vm.h"
 
 static enum api_error_code code_from_name(const char *name)
@@ -56,6 +59,9 @@ static const struct api_arg_spec start_args[] = {
     {"postcopy_after", API_ARG_INT_OR_STRING, false, NULL,
      "mode hybrid only: switch to post-copy after N pre-copy passes (integer), \"Ns\" seconds, "
      "or \"auto\" (default: once pre-copy cannot meet downtime_ms without throttling)"},
+    {"resume", API_ARG_BOOL, false, NULL,
+     "resume the post-copy migration paused by a broken link (phase postcopy-paused) by connecting to dest, "
+     "where the destination listens after migration.recover; only dest goes with it (default false)"},
     {NULL, 0, false, NULL, NULL},
 };
 
@@ -203,12 +209,71 @@ static json_t *postcopy_after_json(const struct mig_params *params)
     return json_string("auto");
 }
 
+/* A post-copy recovery address (migration.recover's address,
+ * migration.start's dest with resume): unix:PATH or tcp:HOST:PORT, judged
+ * before any VM is looked at. 0, or -1 with error naming the argument. */
+static int recovery_address_check(const char *name, const char *address, struct api_error *error)
+{
+    if (strlen(address) >= MIG_ADDRESS_MAX)
+        return api_error_set(error, API_ERR_INVALID_ARGUMENT, "args.%s: longer than %d bytes", name,
+                             MIG_ADDRESS_MAX - 1);
+    struct mig_address parsed;
+    char text[MIG_ADDRESS_MAX + 128];
+    if (mig_address_parse(address, &parsed, text, sizeof(text)) != 0)
+        return api_error_set(error, API_ERR_INVALID_ARGUMENT, "args.%s: %s", name, text);
+    return 0;
+}
+
+/* migration.start with resume true: the paused post-copy migration goes on
+ * with the parameters it was started with, so dest is the only argument
+ * that may come with it; any other (not null) is refused by name, the
+ * first in the table's order. Then dest must be a recovery address (a
+ * local: hand-over has no post-copy to resume). */
+static int resume_args_check(const json_t *args, const char **dest, struct api_error *error)
+{
+    for (const struct api_arg_spec *spec = start_args; spec->name != NULL; spec++) {
+        if (strcmp(spec->name, "dest") == 0 || strcmp(spec->name, "resume") == 0)
+            continue;
+        json_t *value = json_object_get(args, spec->name);
+        if (value != NULL && !json_is_null(value))
+            return api_error_set(error, API_ERR_INVALID_ARGUMENT, "args.%s: not valid with resume (a resumed "
+                                 "migration goes on with the parameters it was started with; only dest goes "
+                                 "with resume)", spec->name);
+    }
+    *dest = api_arg_string(args, "dest", "");
+    return recovery_address_check("dest", *dest, error);
+}
+
+/* migration.start {resume: true}: hands the new destination address to
+ * the paused migration's thread (migration_resume stores it under a short
+ * lock) and answers at once; the migration goes on on its own thread. */
+static enum api_status migration_start_resume(struct api_call *call)
+{
+    const char *dest = NULL;
+    struct api_error error;
+    if (resume_args_check(call->args, &dest, &error) < 0)
+        return api_call_fail(call, error.code, "%s", error.message);
+    struct vm *vm = call->vm;
+    if (!vm)
+        return api_call_fail(call, API_ERR_UNAVAILABLE, "no VM in this process");
+    const char *code = NULL;
+    char message[512];
+    if (migration_resume(vm, dest, &code, message, sizeof(message)) != 0)
+        return api_call_fail(call, code_from_name(code), "%s", message);
+    return api_call_ok(call, json_pack("{s:b}", "resumed", 1));
+}
+
 static enum api_status cmd_migration_start(struct api_call *call)
 {
+    bool resume = false;
+    struct api_error error;
+    if (api_arg_bool(call->args, "resume", false, &resume, &error) < 0)
+        return api_call_fail(call, error.code, "%s", error.message);
+    if (resume)
+        return migration_start_resume(call);
     /* The arguments first: a request that could never start is answered
      * as such, also in a process without a VM (and by the fuzzer). */
     struct mig_params params;
-    struct api_error error;
     if (api_migration_start_params(call->args, &params, &error) < 0)
         return api_call_fail(call, error.code, "%s", error.message);
     struct vm *vm = call->vm;
@@ -278,14 +343,42 @@ static enum api_status cmd_migration_postcopy(struct api_call *call)
     return api_call_ok(call, json_pack("{s:b}", "switching", 1));
 }
 
+static const struct api_arg_spec recover_args[] = {
+    {"address", API_ARG_STRING, true, NULL,
+     "where this destination listens for the source's new connection: unix:PATH or tcp:HOST:PORT"},
+    {NULL, 0, false, NULL, NULL},
+};
+
+/* Destination side of post-copy recovery: stores the new listen address
+ * for the paused incoming migration (migration_recover, a short lock);
+ * the incoming thread listens there. */
+static enum api_status cmd_migration_recover(struct api_call *call)
+{
+    const char *address = api_arg_string(call->args, "address", "");
+    struct api_error error;
+    if (recovery_address_check("address", address, &error) < 0)
+        return api_call_fail(call, error.code, "%s", error.message);
+    struct vm *vm = call->vm;
+    if (!vm)
+        return api_call_fail(call, API_ERR_UNAVAILABLE, "no VM in this process");
+    const char *code = NULL;
+    char message[512];
+    if (migration_recover(vm, address, &code, message, sizeof(message)) != 0)
+        return api_call_fail(call, code_from_name(code), "%s", message);
+    return api_call_ok(call, json_pack("{s:b, s:s}", "recovering", 1, "address", address));
+}
+
 static const struct api_command commands[] = {
     {"migration.start", cmd_migration_start, API_CMD_WORKER, start_args,
-     "live-migrate the VM to another ringvm --incoming (returns once dispatched)"},
+     "live-migrate the VM to another ringvm --incoming, or with resume go on with a paused post-copy one "
+     "(returns once dispatched)"},
     {"migration.progress", cmd_migration_progress, 0, NULL,
      "the migration progress snapshot (also on the destination)"},
     {"migration.cancel", cmd_migration_cancel, 0, NULL, "stop the running migration; the guest continues here"},
     {"migration.postcopy", cmd_migration_postcopy, 0, NULL,
      "switch the running hybrid migration to post-copy at its next decision"},
+    {"migration.recover", cmd_migration_recover, 0, recover_args,
+     "destination: listen on a new address for the source of a paused post-copy migration"},
     {NULL, NULL, 0, NULL, NULL},
 };
 

@@ -36,6 +36,13 @@ const char *const report_plot_ids[] = {
 };
 const size_t report_plot_count = sizeof(report_plot_ids) / sizeof(report_plot_ids[0]);
 
+const char *const report_postcopy_plot_ids[] = {
+    "plot-postcopy-pages",
+    "plot-postcopy-faults",
+    "plot-postcopy-latency",
+};
+const size_t report_postcopy_plot_count = sizeof(report_postcopy_plot_ids) / sizeof(report_postcopy_plot_ids[0]);
+
 /* ---- lenient JSON reading --------------------------------------------------------- */
 
 static double num(const json_t *object, const char *key)
@@ -87,6 +94,18 @@ struct sample_row {
     double vcpu_throttle[REPORT_MAX_VCPUS];
 };
 
+/* One snapshot's "postcopy" object (modes postcopy and hybrid). A counter
+ * the snapshot's side does not keep is NAN (docs/api.md: the source keeps
+ * pages pushed and requested, the destination the rest). */
+struct postcopy_row {
+    double t_s, pages_received, pages_requested, pages_pushed, faults, blocktime_ms, latency_p50_us,
+        latency_p99_us, latency_max_us;
+    bool active;
+    char phase[32];
+};
+
+enum report_role { ROLE_UNKNOWN = 0, ROLE_OUTGOING, ROLE_INCOMING };
+
 struct report_data {
     const json_t *last;             /* the summary snapshot */
     struct iteration_row *iterations;
@@ -102,6 +121,14 @@ struct report_data {
     bool kick_per_iteration;
     unsigned kick_vcpu_count;
     double kick_vcpu_p50[REPORT_MAX_VCPUS], kick_vcpu_p99[REPORT_MAX_VCPUS];
+    /* Post-copy: the latest "postcopy" object (NULL: no post-copy section)
+     * and one row per snapshot that has one (every snapshot of an array,
+     * else the one given). */
+    const json_t *postcopy;
+    const json_t *postcopy_snapshot;    /* the snapshot holding it */
+    enum report_role role;
+    struct postcopy_row *postcopy_rows;
+    size_t postcopy_count;
 };
 
 static unsigned read_vcpu_array(const json_t *array, double *out)
@@ -132,6 +159,41 @@ static void read_kick(const json_t *object, double *p50_us, double *p99_us)
     const json_t *from = json_is_object(bpf) ? bpf : object;
     *p50_us = num(from, "kick_p50_ns") / 1000.0;
     *p99_us = num(from, "kick_p99_ns") / 1000.0;
+}
+
+static enum report_role read_role(const json_t *snapshot)
+{
+    const char *role = str(snapshot, "role");
+    if (role != NULL && strcmp(role, "incoming") == 0)
+        return ROLE_INCOMING;
+    if (role != NULL && strcmp(role, "outgoing") == 0)
+        return ROLE_OUTGOING;
+    return ROLE_UNKNOWN;
+}
+
+/* A row from snapshot s, when it has a "postcopy" object and a time. */
+static bool read_postcopy_row(const json_t *s, struct postcopy_row *row)
+{
+    const json_t *pc = json_is_object(s) ? json_object_get(s, "postcopy") : NULL;
+    double elapsed = num(s, "elapsed_ms");
+    if (!json_is_object(pc) || isnan(elapsed))
+        return false;
+    enum report_role role = read_role(s);
+    const json_t *latency = json_object_get(pc, "latency_us");
+    row->t_s = elapsed / 1000.0;
+    row->pages_requested = num(pc, "pages_requested");
+    row->pages_pushed = role == ROLE_INCOMING ? NAN : num(pc, "pages_pushed");
+    bool destination = role != ROLE_OUTGOING;
+    row->pages_received = destination ? num(pc, "pages_received") : NAN;
+    row->faults = destination ? num(pc, "faults") : NAN;
+    row->blocktime_ms = destination ? num(pc, "blocktime_total_ms") : NAN;
+    row->latency_p50_us = destination ? num(latency, "p50") : NAN;
+    row->latency_p99_us = destination ? num(latency, "p99") : NAN;
+    row->latency_max_us = destination ? num(latency, "max") : NAN;
+    row->active = json_is_true(json_object_get(pc, "active"));
+    const char *phase = str(s, "phase");
+    snprintf(row->phase, sizeof(row->phase), "%s", phase ? phase : "");
+    return true;
 }
 
 static int read_data(const json_t *progress, const json_t *bpf, struct report_data *d, char *error,
@@ -249,6 +311,25 @@ static int read_data(const json_t *progress, const json_t *bpf, struct report_da
         }
     }
 
+    /* Post-copy rows: every snapshot of an array, else the one given. */
+    size_t rows = snapshot_count > 1 ? snapshot_count : 1;
+    d->postcopy_rows = calloc(rows, sizeof(*d->postcopy_rows));
+    if (!d->postcopy_rows) {
+        snprintf(error, error_size, "report: out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < rows; i++) {
+        const json_t *s = snapshot_count > 1 ? json_array_get(snapshots, i) : last;
+        const json_t *pc = json_is_object(s) ? json_object_get(s, "postcopy") : NULL;
+        if (!json_is_object(pc))
+            continue;
+        d->postcopy = pc;
+        d->postcopy_snapshot = s;
+        if (read_postcopy_row(s, &d->postcopy_rows[d->postcopy_count]))
+            d->postcopy_count++;
+    }
+    d->role = d->postcopy_snapshot ? read_role(d->postcopy_snapshot) : ROLE_UNKNOWN;
+
     /* BPF per-vCPU kick latency */
     const json_t *vcpus = bpf ? json_object_get(bpf, "vcpus") : NULL;
     for (size_t i = 0; json_is_array(vcpus) && i < json_array_size(vcpus) && i < REPORT_MAX_VCPUS; i++) {
@@ -336,6 +417,24 @@ static int write_data_files(const char *dir, const struct report_data *d, char *
     }
     if (close_file(f, path, error, error_size))
         return -1;
+    /* postcopy.dat: t received requested pushed faults blocktime_ms p50_us p99_us max_us */
+    if (write_file(dir, "postcopy.dat", path, sizeof(path), &f, error, error_size))
+        return -1;
+    for (size_t i = 0; i < d->postcopy_count; i++) {
+        const struct postcopy_row *r = &d->postcopy_rows[i];
+        fprintf(f, "%.3f", r->t_s);
+        put_value(f, r->pages_received);
+        put_value(f, r->pages_requested);
+        put_value(f, r->pages_pushed);
+        put_value(f, r->faults);
+        put_value(f, r->blocktime_ms);
+        put_value(f, r->latency_p50_us);
+        put_value(f, r->latency_p99_us);
+        put_value(f, r->latency_max_us);
+        fputc('\n', f);
+    }
+    if (close_file(f, path, error, error_size))
+        return -1;
     /* vcpus.dat: vcpu final_throttle kick50 kick99 */
     if (write_file(dir, "vcpus.dat", path, sizeof(path), &f, error, error_size))
         return -1;
@@ -396,8 +495,21 @@ static bool array_any(const double *values, unsigned count)
     return false;
 }
 
+/* Some post-copy row has a value (above min) at this double's offset. */
+static bool postcopy_column(const struct report_data *d, size_t offset, double above)
+{
+    for (size_t i = 0; i < d->postcopy_count; i++) {
+        double value = *(const double *)((const char *)&d->postcopy_rows[i] + offset);
+        if (!isnan(value) && value > above)
+            return true;
+    }
+    return false;
+}
+
 #define ICOL(field) iteration_column(d, offsetof(struct iteration_row, field))
 #define SCOL(field) sample_column(d, offsetof(struct sample_row, field))
+#define PCOL(field) postcopy_column(d, offsetof(struct postcopy_row, field), -1.0)
+#define PCOL_POSITIVE(field) postcopy_column(d, offsetof(struct postcopy_row, field), 0.0)
 
 /* Builds one `plot` command from the series that have data; gnuplot fails
  * on a series without a single valid point, so those are left out, and a
@@ -421,8 +533,8 @@ __attribute__((format(printf, 3, 4))) static void series(struct plot_command *p,
 static void plot_end(struct plot_command *p)
 {
     if (p->clauses == 0)
-        fputs("unset logscale\nunset y2tics\nunset y2label\nset xrange [0:1]\nset yrange [0:1]\nunset xtics\n"
-              "unset ytics\nset label 1 'no data' at 0.5,0.5 center\nplot NaN notitle",
+        fputs("unset logscale\nunset y2tics\nunset y2label\nunset arrow\nunset label\nset xrange [0:1]\n"
+              "set yrange [0:1]\nunset xtics\nunset ytics\nset label 1 'no data' at 0.5,0.5 center\nplot NaN notitle",
               p->f);
     fputc('\n', p->f);
     p->clauses = 0;
@@ -441,6 +553,65 @@ static void plot_header(FILE *f, const char *dir, const char *id, const char *ti
     fprintf(f, "set terminal svg size 760,340 dynamic noenhanced font 'sans,11' name '%s'\n", name);
     fprintf(f, "set output '%s/%s.svg'\n", dir, id);
     fprintf(f, "set title '%s'\n", title);
+}
+
+/* The switch-over as a dashed vertical line (elapsed_ms at the switch). */
+static void switch_over_marker(FILE *f, const struct report_data *d)
+{
+    double at_ms = num(d->postcopy, "switched_at_ms");
+    if (!json_is_true(json_object_get(d->postcopy, "active")) || isnan(at_ms))
+        return;
+    fprintf(f, "set arrow 1 from %.10g, graph 0 to %.10g, graph 1 nohead dt 2 lw 1.5 lc rgb '#333333'\n"
+               "set label 2 'switch-over' at %.10g, graph 0.96 left offset 0.5,0 textcolor rgb '#333333'\n",
+            at_ms / 1000.0, at_ms / 1000.0, at_ms / 1000.0);
+}
+
+/* plot-postcopy-*: from postcopy.dat, one point per sample. */
+static void write_postcopy_script(FILE *f, const char *dir, const struct report_data *d)
+{
+    char data[600];
+    snprintf(data, sizeof(data), "%s/postcopy.dat", dir);
+    struct plot_command p = {f, 0};
+    const char *time_label = d->real_samples ? "time since start (s)" : "time since start (s, one sample)";
+
+    plot_header(f, dir, "plot-postcopy-pages", "Post-copy pages over time");
+    fprintf(f, "set xlabel '%s'\nset ylabel 'pages'\nset format y '%%.0s%%c'\nset xrange [0:*]\nset yrange [0:*]\n"
+               "set key below\n", time_label);
+    switch_over_marker(f, d);
+    series(&p, PCOL(pages_received), "'%s' using 1:2 with linespoints lw 2 pt 7 lc rgb '#5cb85c' title 'received'",
+           data);
+    series(&p, PCOL(pages_requested), "'%s' using 1:3 with linespoints lw 2 pt 5 lc rgb '#d9534f' title "
+           "'requested (on fault)'", data);
+    series(&p, PCOL(pages_pushed), "'%s' using 1:4 with linespoints lw 2 pt 9 lc rgb '#337ab7' title "
+           "'pushed (background)'", data);
+    double total = num(d->postcopy, "pages_total");
+    series(&p, p.clauses > 0 && total > 0, "%.10g with lines dt 2 lw 1.5 lc rgb '#999999' title "
+           "'missing at the switch-over'", total);
+    plot_end(&p);
+
+    plot_header(f, dir, "plot-postcopy-faults", "Remote faults and blocktime over time");
+    fprintf(f, "set xlabel '%s'\nset ylabel 'faults'\nset xrange [0:*]\nset yrange [0:*]\nset key below\n",
+            time_label);
+    if (PCOL(blocktime_ms))
+        fprintf(f, "set y2label 'blocktime (ms, all vCPUs)'\nset ytics nomirror\nset y2tics\nset y2range [0:*]\n");
+    switch_over_marker(f, d);
+    series(&p, PCOL(faults), "'%s' using 1:5 with linespoints lw 2 pt 7 lc rgb '#d9534f' title 'faults'", data);
+    series(&p, PCOL(blocktime_ms), "'%s' using 1:6 axes x1y2 with linespoints lw 2 pt 5 lc rgb '#8e44ad' title "
+           "'blocktime'", data);
+    plot_end(&p);
+
+    plot_header(f, dir, "plot-postcopy-latency", "Fault service latency over time: p50, p99, max");
+    fprintf(f, "set xlabel '%s'\nset ylabel 'µs (log)'\nset logscale y\nset xrange [0:*]\nset key below\n",
+            time_label);
+    switch_over_marker(f, d);
+    /* Zero (no fault served yet) has no place on a log scale. */
+    series(&p, PCOL_POSITIVE(latency_p50_us), "'%s' using 1:($7>0?$7:1/0) with linespoints lw 2 pt 7 lc rgb "
+           "'#5bc0de' title 'p50'", data);
+    series(&p, PCOL_POSITIVE(latency_p99_us), "'%s' using 1:($8>0?$8:1/0) with linespoints lw 2 pt 5 lc rgb "
+           "'#d9534f' title 'p99'", data);
+    series(&p, PCOL_POSITIVE(latency_max_us), "'%s' using 1:($9>0?$9:1/0) with linespoints lw 2 pt 9 lc rgb "
+           "'#333333' title 'max'", data);
+    plot_end(&p);
 }
 
 static int write_script(const char *dir, const struct report_data *d, char *error, size_t error_size)
@@ -551,6 +722,8 @@ static int write_script(const char *dir, const struct report_data *d, char *erro
         }
         plot_end(&p);
     }
+    if (d->postcopy != NULL)
+        write_postcopy_script(f, dir, d);
     return close_file(f, path, error, error_size);
 }
 
@@ -821,11 +994,149 @@ static const char *plot_caption(const char *id)
         {"plot-time-rates", "Dirty rate (as MiB/s of pages to resend) against bandwidth: pre-copy converges when red stays under blue."},
         {"plot-time-remaining", "Remaining memory and the expected downtime it implies."},
         {"plot-kick-latency", "Time from the VMM's kick to the vCPU leaving KVM_RUN (eBPF probes)."},
+        {"plot-postcopy-pages", "Pages moved after the switch-over, so far at each sample: received by the "
+                                "destination, requested on a fault (served on the urgent channel), pushed by the "
+                                "source's background stream. The source counts requested and pushed, the "
+                                "destination requested and received."},
+        {"plot-postcopy-faults", "Guest faults on missing pages and the time vCPUs spent blocked on them (summed "
+                                 "over vCPUs), so far at each sample. Measured by the destination."},
+        {"plot-postcopy-latency", "Fault service latency (fault read to page placed) of the faults served so far "
+                                  "at each sample. Measured by the destination."},
     };
     for (size_t i = 0; i < sizeof(captions) / sizeof(captions[0]); i++)
         if (strcmp(captions[i].id, id) == 0)
             return captions[i].caption;
     return "";
+}
+
+static void fmt_fixed(char *out, size_t size, double value, int decimals, const char *unit)
+{
+    if (isnan(value))
+        snprintf(out, size, "-");
+    else
+        snprintf(out, size, "%.*f%s", decimals, value, unit);
+}
+
+static void postcopy_summary(FILE *out, const struct report_data *d)
+{
+    const json_t *pc = d->postcopy;
+    const json_t *s = d->postcopy_snapshot;
+    char value[4096], a[64], b[64], c[64], e[64];
+    const char *mode = str(s, "mode");
+    snprintf(value, sizeof(value), "%s, %s", mode ? mode : "n/a",
+             d->role == ROLE_INCOMING ? "destination (incoming)"
+             : d->role == ROLE_OUTGOING ? "source (outgoing)" : "side unknown");
+    summary_row(out, "postcopy-mode", "Mode, side", value);
+    const char *state = str(s, "state");
+    bool finished = state && (strcmp(state, "completed") == 0 || strcmp(state, "failed") == 0 ||
+                              strcmp(state, "cancelled") == 0);
+    if (json_is_true(json_object_get(pc, "active"))) {
+        fmt_number(a, sizeof(a), num(pc, "switched_at_ms"), " ms");
+        snprintf(value, sizeof(value), "at %s after the start", a);
+    } else {
+        snprintf(value, sizeof(value), "%s", finished ? "never switched over" : "not switched over yet");
+    }
+    summary_row(out, "postcopy-switch", "Switch-over", value);
+    const char *phase = str(s, "phase");
+    summary_row(out, "postcopy-phase", "Phase (last sample)", phase ? phase : "n/a");
+    fmt_number(a, sizeof(a), num(pc, "pages_total"), "");
+    if (d->role == ROLE_OUTGOING) {
+        fmt_number(b, sizeof(b), num(pc, "pages_pushed"), "");
+        fmt_number(c, sizeof(c), num(pc, "pages_requested"), "");
+        fmt_number(e, sizeof(e), num(pc, "requests"), "");
+        char refused[64];
+        fmt_number(refused, sizeof(refused), num(pc, "requests_refused"), "");
+        snprintf(value, sizeof(value), "of %s missing at the switch-over: %s pushed, %s requested (%s requests, %s "
+                 "refused)", a, b, c, e, refused);
+    } else {
+        fmt_number(b, sizeof(b), num(pc, "pages_received"), "");
+        fmt_number(c, sizeof(c), num(pc, "pages_zero"), "");
+        fmt_number(e, sizeof(e), num(pc, "pages_requested"), "");
+        snprintf(value, sizeof(value), "of %s missing at the switch-over: %s received (%s zero), %s requested", a, b,
+                 c, e);
+    }
+    summary_row(out, "postcopy-pages", "Pages", value);
+    if (d->role == ROLE_OUTGOING) {
+        static const char measured_there[] = "measured by the destination: report its progress "
+                                             "(ringctl -s DESTINATION-SOCKET report --watch)";
+        summary_row(out, "postcopy-faults", "Remote faults", measured_there);
+        summary_row(out, "postcopy-blocktime", "Blocktime", measured_there);
+        summary_row(out, "postcopy-latency", "Fault service latency", measured_there);
+        return;
+    }
+    fmt_number(a, sizeof(a), num(pc, "faults"), "");
+    fmt_number(b, sizeof(b), num(pc, "duplicate_faults"), "");
+    snprintf(value, sizeof(value), "%s (%s on a page already requested)", a, b);
+    summary_row(out, "postcopy-faults", "Remote faults", value);
+    fmt_fixed(a, sizeof(a), num(pc, "blocktime_total_ms"), 3, " ms");
+    size_t used = (size_t)snprintf(value, sizeof(value), "%s in all", a);
+    const json_t *vcpus = json_object_get(pc, "vcpus");
+    for (size_t i = 0; json_is_array(vcpus) && i < json_array_size(vcpus) && used < sizeof(value); i++) {
+        const json_t *vcpu = json_array_get(vcpus, i);
+        double index = num(vcpu, "index");
+        fmt_fixed(a, sizeof(a), num(vcpu, "blocktime_ms"), 3, " ms");
+        fmt_number(b, sizeof(b), num(vcpu, "faults"), "");
+        int n = snprintf(value + used, sizeof(value) - used, "%s vCPU %.0f %s (%s faults)", i == 0 ? ";" : ",",
+                         isnan(index) ? (double)i : index, a, b);
+        if (n < 0)
+            break;
+        used += (size_t)n;
+    }
+    summary_row(out, "postcopy-blocktime", "Blocktime", value);
+    const json_t *latency = json_object_get(pc, "latency_us");
+    fmt_fixed(a, sizeof(a), num(latency, "p50"), 1, " µs");
+    fmt_fixed(b, sizeof(b), num(latency, "p99"), 1, " µs");
+    fmt_fixed(c, sizeof(c), num(latency, "max"), 1, " µs");
+    fmt_number(e, sizeof(e), num(latency, "count"), "");
+    snprintf(value, sizeof(value), "p50 %s, p99 %s, max %s (%s faults served)", a, b, c, e);
+    summary_row(out, "postcopy-latency", "Fault service latency", value);
+}
+
+/* The post-copy section: summary of the latest snapshot, the plots over
+ * time, and every sample as a table row. */
+static int write_postcopy_section(FILE *out, const char *dir, const struct report_data *d, char *error,
+                                  size_t error_size)
+{
+    fprintf(out, "<section id=\"postcopy\"><h2>Post-copy</h2>\n<div class=\"box\"><table>\n");
+    postcopy_summary(out, d);
+    fprintf(out, "</table></div>\n");
+    if (!d->real_samples)
+        fprintf(out, "<p>One sample: the snapshot given. <code>ringctl report --watch</code> samples the migration "
+                     "until it ends.</p>\n");
+    fprintf(out, "<div class=\"plots\">\n");
+    for (size_t i = 0; i < report_postcopy_plot_count; i++) {
+        const char *plot = report_postcopy_plot_ids[i];
+        fprintf(out, "<figure id=\"fig-%s\">\n", plot + 5);
+        if (embed_svg(out, dir, plot, error, error_size))
+            return -1;
+        fprintf(out, "<figcaption>%s</figcaption></figure>\n", plot_caption(plot));
+    }
+    fprintf(out, "</div>\n<h3>Samples</h3>\n<table id=\"postcopy-samples\" class=\"samples\">\n"
+                 "<tr><th>t (s)</th><th>phase</th><th>switched</th><th>received</th><th>requested</th>"
+                 "<th>pushed</th><th>faults</th><th>blocktime (ms)</th><th>p50 (µs)</th><th>p99 (µs)</th>"
+                 "<th>max (µs)</th></tr>\n");
+    for (size_t i = 0; i < d->postcopy_count; i++) {
+        const struct postcopy_row *r = &d->postcopy_rows[i];
+        char cells[9][48];
+        fmt_fixed(cells[0], sizeof(cells[0]), r->t_s, 3, "");
+        fmt_fixed(cells[1], sizeof(cells[1]), r->pages_received, 0, "");
+        fmt_fixed(cells[2], sizeof(cells[2]), r->pages_requested, 0, "");
+        fmt_fixed(cells[3], sizeof(cells[3]), r->pages_pushed, 0, "");
+        fmt_fixed(cells[4], sizeof(cells[4]), r->faults, 0, "");
+        fmt_fixed(cells[5], sizeof(cells[5]), r->blocktime_ms, 3, "");
+        fmt_fixed(cells[6], sizeof(cells[6]), r->latency_p50_us, 1, "");
+        fmt_fixed(cells[7], sizeof(cells[7]), r->latency_p99_us, 1, "");
+        fmt_fixed(cells[8], sizeof(cells[8]), r->latency_max_us, 1, "");
+        fprintf(out, "<tr class=\"postcopy-sample\"><td>%s</td><td>", cells[0]);
+        html_escape(out, r->phase[0] ? r->phase : "-");
+        fprintf(out, "</td><td>%s</td>", r->active ? "yes" : "no");
+        for (size_t c = 1; c < 9; c++)
+            fprintf(out, "<td>%s</td>", cells[c]);
+        fprintf(out, "</tr>\n");
+    }
+    fprintf(out, "</table>\n<p>Counters so far at each sample; - where this side does not count it (the source "
+                 "counts pages pushed and requested, the destination the rest).</p>\n</section>\n");
+    return 0;
 }
 
 static int write_html(FILE *out, const char *dir, const struct report_data *d, char *error, size_t error_size)
@@ -845,6 +1156,8 @@ static int write_html(FILE *out, const char *dir, const struct report_data *d, c
                  "figure{margin:0;border:1px solid #ddd;padding:0.5em}\n"
                  "figcaption{font-size:90%%;color:#555;max-width:760px}\n"
                  "pre{background:#f4f4f4;padding:0.5em;overflow-x:auto}\n"
+                 ".samples{border-collapse:collapse;font-size:90%%}\n"
+                 ".samples td,.samples th{border:1px solid #ddd;padding:0.1em 0.6em;text-align:right}\n"
                  "</style></head><body>\n<h1>ringvm migration report");
     if (!isnan(id))
         fprintf(out, " #%.0f", id);
@@ -860,8 +1173,8 @@ static int write_html(FILE *out, const char *dir, const struct report_data *d, c
     write_summary(out, d);
     fprintf(out, "<h2>Per iteration and over time</h2>\n");
     if (!d->real_samples)
-        fprintf(out, "<p>Over-time plots use one point per iteration (its end). Pass an array of snapshots "
-                     "(<code>ringctl progress --watch --json</code>) for finer samples.</p>\n");
+        fprintf(out, "<p>Over-time plots use one point per iteration (its end). <code>ringctl report --watch"
+                     "</code> samples the migration until it ends, for finer samples.</p>\n");
     fprintf(out, "<div class=\"plots\">\n");
     for (size_t i = 0; i < report_plot_count; i++) {
         const char *plot = report_plot_ids[i];
@@ -876,6 +1189,8 @@ static int write_html(FILE *out, const char *dir, const struct report_data *d, c
     if (!have_kick(d))
         fprintf(out, "<p id=\"no-kick-latency\">Kick latency: no BPF stats (start ringvm with --bpf and pass "
                      "them to the report).</p>\n");
+    if (d->postcopy != NULL && write_postcopy_section(out, dir, d, error, error_size) != 0)
+        return -1;
     write_iteration_table(out, d);
     fprintf(out, "<p style=\"color:#888\">Generated by ringctl report; plots by gnuplot.</p>\n</body></html>\n");
     if (ferror(out)) {
@@ -887,7 +1202,8 @@ static int write_html(FILE *out, const char *dir, const struct report_data *d, c
 
 static void remove_dir(const char *dir)
 {
-    static const char *const files[] = {"iterations.dat", "samples.dat", "vcpus.dat", "plots.gp", "gnuplot.log"};
+    static const char *const files[] = {"iterations.dat", "samples.dat", "postcopy.dat", "vcpus.dat", "plots.gp",
+                                        "gnuplot.log"};
     char path[512];
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
@@ -895,6 +1211,10 @@ static void remove_dir(const char *dir)
     }
     for (size_t i = 0; i < report_plot_count; i++) {
         snprintf(path, sizeof(path), "%s/%s.svg", dir, report_plot_ids[i]);
+        unlink(path);
+    }
+    for (size_t i = 0; i < report_postcopy_plot_count; i++) {
+        snprintf(path, sizeof(path), "%s/%s.svg", dir, report_postcopy_plot_ids[i]);
         unlink(path);
     }
     rmdir(dir);
@@ -929,5 +1249,6 @@ int report_render(const json_t *progress, const json_t *bpf_stats_or_null, FILE 
 out:
     free(d.iterations);
     free(d.samples);
+    free(d.postcopy_rows);
     return rc;
 }

@@ -7,10 +7,10 @@
  * leaves its plot out, never fails the report. `progress` is either
  *   - one snapshot (the object `migration.progress` / `ringctl progress
  *     --json` returns: iterations[], throttle_per_vcpu, memory{}, ...), or
- *   - an array of snapshots taken over time (e.g. JSON lines of `ringctl
- *     progress --watch --json`): the last one is the summary, the others
- *     give the "over time" plots real samples instead of per-iteration
- *     points.
+ *   - an array of snapshots taken over time (`ringctl report --watch`
+ *     samples them; `--save FILE` keeps them as JSON lines): the last one is
+ *     the summary, the others give the "over time" plots real samples
+ *     instead of per-iteration points.
  * `bpf_stats_or_null` is the object of the BPF stats (vcpus[].kick_latency_ns
  * {p50_ns, p99_ns}, optional iterations[] {kick_p50_ns, kick_p99_ns}), or NULL.
  *
@@ -22,6 +22,19 @@
  *   (only with kick latency data).
  * Summary box (<section id="summary">): state, total, downtime vs limit,
  * setup, iterations, bytes sent, converge mode, ...
+ *
+ * Post-copy section (<section id="postcopy">), only when a snapshot has a
+ * "postcopy" object (modes postcopy and hybrid): rows postcopy-mode,
+ * postcopy-switch, postcopy-phase, postcopy-pages, postcopy-faults,
+ * postcopy-blocktime (total and per vCPU), postcopy-latency (p50/p99/max)
+ * from the latest such snapshot; the plots report_postcopy_plot_ids (pages
+ * received / requested / pushed, faults and blocktime, latency p50/p99/max,
+ * each over time with the switch-over marked); and <table
+ * id="postcopy-samples">, one <tr class="postcopy-sample"> per snapshot
+ * (every snapshot of an array that has the object, else the one given):
+ * t, phase, switched, received, requested, pushed, faults, blocktime ms,
+ * p50, p99, max µs; "-" for a counter the snapshot's side does not keep
+ * (role outgoing: only requested and pushed; incoming: all but pushed).
  *
  * gnuplot (Debian package gnuplot-nox) runs as a subprocess on files in a
  * private temporary directory; $RINGVM_GNUPLOT overrides the program.
@@ -37,6 +50,9 @@
 /* Plot ids, in page order (tests check each appears). */
 extern const char *const report_plot_ids[];
 extern const size_t report_plot_count;
+/* The post-copy section's plots, in page order (only with post-copy data). */
+extern const char *const report_postcopy_plot_ids[];
+extern const size_t report_postcopy_plot_count;
 
 /* Writes the page to out_html. 0, or -1 with a sentence in error (e.g.
  * "gnuplot not found: install the Debian package gnuplot-nox ..."). */

@@ -616,8 +616,9 @@ static int run_raw(struct ringctl_session *ctl, int argc, char **argv)
     return ok ? 0 : EXIT_VMM_ERROR;
 }
 
-/* migrate, progress and cancel live in api/ringctl_migration.c (on this
- * session); report in api/ringctl_report.c (it may work from a file alone). */
+/* migrate, progress, cancel, postcopy and recover live in
+ * api/ringctl_migration.c (on this session); report in api/ringctl_report.c
+ * (it may work from a file alone). */
 static bool wants_help(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++)
@@ -801,7 +802,7 @@ static const struct ringctl_command commands[] = {
      "missing) and print the whole reply line. Exit 1 if the reply is an error.",
      run_raw,
      "Send one JSON request, print the whole reply."},
-    {"migrate", "migrate DEST [OPTIONS]",
+    {"migrate", "migrate [--resume] DEST [OPTIONS]",
      "Live-migrate the VM to DEST (unix:PATH or tcp:HOST:PORT of a ringvm started\n"
      "with --incoming) (migration.start). DEST local:PATH hands the guest over to a\n"
      "ringvm on this host started with --incoming local:PATH: its RAM is passed as\n"
@@ -849,7 +850,16 @@ static const struct ringctl_command commands[] = {
      "                          the hosts and it is lost if either process dies\n"
      "                          before the copy ends: anything but y or yes exits 1\n"
      "                          with no migration started; without a terminal on\n"
-     "                          stdin ringctl exits 2 asking for --yes.",
+     "                          stdin ringctl exits 2 asking for --yes.\n"
+     "  --resume                go on with the post-copy migration a broken link\n"
+     "                          paused (phase postcopy-paused), over a new\n"
+     "                          connection to DEST, where the destination listens\n"
+     "                          after `ringctl recover DEST` there (migration.start\n"
+     "                          with resume). It keeps the parameters it was\n"
+     "                          started with: any option but --dispatch (and --yes,\n"
+     "                          with nothing to confirm) is a usage error (exit 2).\n"
+     "                          Error no-migration (exit 1) when none runs,\n"
+     "                          invalid-state when it is not paused in post-copy.",
      run_migration, "Live-migrate the VM to DEST, showing progress."},
     {"progress", "progress [--watch] [--json]",
      "The progress snapshot of the current or last migration (migration.progress);\n"
@@ -864,6 +874,14 @@ static const struct ringctl_command commands[] = {
      "not agreed to), one started as postcopy, or one already past its switch-over;\n"
      "no-migration when none runs.",
      run_migration, "Switch a hybrid migration to post-copy now."},
+    {"recover", "recover ADDRESS",
+     "On the destination of a post-copy migration a broken link paused (phase\n"
+     "postcopy-paused): listen on ADDRESS (unix:PATH or tcp:HOST:PORT) for the\n"
+     "source's new connection (migration.recover); then run `ringctl migrate\n"
+     "--resume ADDRESS` on the source. Error no-migration (exit 1) when no migration\n"
+     "runs here, invalid-state when it is not paused in post-copy (or this is its\n"
+     "source), invalid-argument for an ADDRESS that does not parse.",
+     run_migration, "Post-copy recovery: listen for the source again."},
     {"report", "report [--out FILE] [--from FILE] [--bpf FILE]",
      "Write a self-contained HTML report (plots by gnuplot, package gnuplot-nox) of the\n"
      "last migration, from the VMM (migration.progress, and bpf.stats when probes run)\n"

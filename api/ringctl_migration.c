@@ -8,9 +8,11 @@
  *                   [--stall-timeout S] [--verify-digest|--no-verify]
  *                   [--tls-psk FILE | --tls-creds DIR [--tls-server-name NAME]]
  *                   [--mode precopy|postcopy|hybrid [--postcopy-after N|Ns|auto]] [--yes]
+ *   ringctl migrate --resume DEST [--dispatch]
  *   ringctl progress [--watch] [--json]
  *   ringctl cancel
  *   ringctl postcopy
+ *   ringctl recover ADDRESS
  *
  * `migrate` blocks until the migration ends, showing live progress: on a
  * TTY one line redrawn in place (bar, percent, iteration, dirty rate,
@@ -19,8 +21,14 @@
  * (or any VMM error, or a post-copy start the user did not confirm), 2
  * usage, 3 connection.
  *
+ * Post-copy recovery (a link broken after the switch-over left both sides
+ * in phase postcopy-paused): `recover ADDRESS` on the destination
+ * (migration.recover), then `migrate --resume ADDRESS` on the source
+ * (migration.start {dest, resume: true}), which watches the migration to
+ * its end like migrate.
+ *
  * Entry point for ringctl.c: ringctl_migration_main(argc, argv, session)
- * with argv[0] = "migrate" | "progress" | "cancel" | "postcopy".
+ * with argv[0] = "migrate" | "progress" | "cancel" | "postcopy" | "recover".
  */
 #include <ctype.h>
 #include <errno.h>
@@ -371,6 +379,53 @@ static int confirm_postcopy(const char *mode)
     return 0;
 }
 
+/* migrate --resume: args = {dest, resume: true} (owned). The post-copy
+ * migration paused by a broken link goes on over a new connection to dest;
+ * no question is asked (post-copy was agreed to when it started). Then,
+ * unless dispatch, watches it to its end as migrate does. */
+static int run_resume(struct ringctl_session *session, json_t *args, bool dispatch, bool json)
+{
+    char dest[512];
+    snprintf(dest, sizeof(dest), "%s", get_string(args, "dest"));
+    if (!dispatch) {
+        /* Subscribe first so no state change is missed. */
+        json_t *ignored = NULL;
+        int status = call(session, "events.subscribe", json_pack("{s:[s]}", "events", "migration."), &ignored);
+        json_decref(ignored);
+        if (status != 0) {
+            json_decref(args);
+            return status;
+        }
+    }
+    json_t *result = NULL;
+    int status = call(session, "migration.start", args, &result);
+    if (status != 0)
+        return status;
+    if (dispatch) {
+        if (json) {
+            char *text = json_dumps(result, JSON_COMPACT);
+            if (text)
+                fprintf(stdout, "%s\n", text);
+            free(text);
+        } else {
+            fprintf(stdout, "resuming the paused post-copy migration to %s\n", dest);
+        }
+        json_decref(result);
+        return 0;
+    }
+    json_decref(result);
+    /* The result names no migration: the progress does (the one resumed). */
+    json_t *progress = NULL;
+    status = call(session, "migration.progress", NULL, &progress);
+    if (status != 0)
+        return status;
+    int64_t id = get_int(progress, "id");
+    json_decref(progress);
+    if (!json)
+        fprintf(stdout, "migration %" PRId64 " resuming to %s\n", id, dest);
+    return watch_until_done(session, json, id, isatty(STDOUT_FILENO) && !json);
+}
+
 /* --help never gets here: ringctl.c answers it from its command table. */
 static int run_migrate(struct ringctl_session *session, int argc, char **argv, bool json)
 {
@@ -394,19 +449,27 @@ static int run_migrate(struct ringctl_session *session, int argc, char **argv, b
         {"mode", required_argument, NULL, 'M'},
         {"postcopy-after", required_argument, NULL, 'A'},
         {"yes", no_argument, NULL, 'y'},
+        {"resume", no_argument, NULL, 'R'},
         {0},
     };
     json_t *args = json_object();
     bool dispatch = false;
     bool confirmed = false;
+    bool resume = false;
     const char *mode = "precopy";
+    /* The first option that sets a migration.start argument: a resumed
+     * migration keeps the parameters it was started with. */
+    const char *parameter_option = NULL;
     optind = 0;     /* GNU: full re-initialisation (ringctl may parse several times) */
     int option;
     int option_index = 0;
     while ((option = getopt_long(argc, argv, "", options, &option_index)) != -1) {
         const char *key = NULL;
+        if (option != 'd' && option != 'y' && option != 'R' && option != '?' && parameter_option == NULL)
+            parameter_option = options[option_index].name;
         switch (option) {
         case 'd': dispatch = true; continue;
+        case 'R': resume = true; continue;
         case 'k': json_object_set_new(args, "keep_alive", json_true()); continue;
         case 'v': json_object_set_new(args, "verify_digest", json_true()); continue;
         case 'V': json_object_set_new(args, "verify_digest", json_false()); continue;
@@ -469,10 +532,26 @@ static int run_migrate(struct ringctl_session *session, int argc, char **argv, b
         }
         json_object_set_new(args, key, json_integer(value));
     }
-    if (optind != argc - 1) {
-        fprintf(stderr, "ringctl: migrate: expected exactly one DEST (unix:PATH, tcp:HOST:PORT or local:PATH)\n");
+    if (resume && parameter_option != NULL) {
+        fprintf(stderr, "ringctl: migrate: --%s cannot be used with --resume (a resumed migration goes on with the "
+                "parameters it was started with)\n", parameter_option);
         json_decref(args);
         return EXIT_USAGE;
+    }
+    if (optind != argc - 1) {
+        if (resume)
+            fprintf(stderr, "ringctl: migrate: --resume: expected exactly one DEST (unix:PATH or tcp:HOST:PORT "
+                    "where the destination listens after `ringctl recover`)\n");
+        else
+            fprintf(stderr, "ringctl: migrate: expected exactly one DEST (unix:PATH, tcp:HOST:PORT or "
+                    "local:PATH)\n");
+        json_decref(args);
+        return EXIT_USAGE;
+    }
+    if (resume) {
+        json_object_set_new(args, "dest", json_string(argv[optind]));
+        json_object_set_new(args, "resume", json_true());
+        return run_resume(session, args, dispatch, json);
     }
     if (json_object_get(args, "postcopy_after") != NULL && strcmp(mode, "hybrid") != 0) {
         fprintf(stderr, "ringctl: migrate: --postcopy-after needs --mode hybrid (mode %s never switches to "
@@ -634,13 +713,45 @@ static int run_postcopy(struct ringctl_session *session, int argc, char **argv)
     return 0;
 }
 
+static int run_recover(struct ringctl_session *session, int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--help") == 0) {
+        fprintf(stdout, "usage: ringctl recover ADDRESS\n");
+        return 0;
+    }
+    if (argc >= 2 && argv[1][0] == '-') {
+        fprintf(stderr, "ringctl: recover: unknown option '%s'\n", argv[1]);
+        return EXIT_USAGE;
+    }
+    if (argc != 2) {
+        fprintf(stderr, "ringctl: recover: expected exactly one ADDRESS (unix:PATH or tcp:HOST:PORT to listen "
+                "on for the source's `ringctl migrate --resume ADDRESS`)\n");
+        return EXIT_USAGE;
+    }
+    json_t *result = NULL;
+    int status = call(session, "migration.recover", json_pack("{s:s}", "address", argv[1]), &result);
+    if (status != 0)
+        return status;
+    if (session->json) {
+        char *text = json_dumps(result, JSON_COMPACT);
+        if (text)
+            fprintf(stdout, "%s\n", text);
+        free(text);
+    } else {
+        fprintf(stdout, "recovering: listening on %s; now run `ringctl migrate --resume %s` on the source\n",
+                argv[1], argv[1]);
+    }
+    json_decref(result);
+    return 0;
+}
+
 int ringctl_migration_main(int argc, char **argv, struct ringctl_session *session)
 {
     if (argc < 1)
         return EXIT_USAGE;
     const char *name = argv[0];
     if (strcmp(name, "migrate") != 0 && strcmp(name, "progress") != 0 && strcmp(name, "cancel") != 0 &&
-        strcmp(name, "postcopy") != 0) {
+        strcmp(name, "postcopy") != 0 && strcmp(name, "recover") != 0) {
         fprintf(stderr, "ringctl: unknown migration command '%s'\n", name);
         return EXIT_USAGE;
     }
@@ -652,5 +763,7 @@ int ringctl_migration_main(int argc, char **argv, struct ringctl_session *sessio
         return run_progress(session, argc, argv, session->json);
     if (strcmp(name, "postcopy") == 0)
         return run_postcopy(session, argc, argv);
+    if (strcmp(name, "recover") == 0)
+        return run_recover(session, argc, argv);
     return run_cancel(session, argc, argv);
 }

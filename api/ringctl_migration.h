@@ -8,7 +8,7 @@
 
 struct ringctl_session;
 
-/* argv[0] is "migrate", "progress", "cancel" or "postcopy"; runs on
+/* argv[0] is "migrate", "progress", "cancel", "postcopy" or "recover"; runs on
  * ringctl's session (its socket, --json and --timeout). Returns ringctl's
  * exit status. */
 int ringctl_migration_main(int argc, char **argv, struct ringctl_session *session);

@@ -25,7 +25,7 @@ Test(ringctl_help, every_command_has_a_complete_one_line_summary)
     cr_assert_eq(harness_process_wait_exit(&process, 10000), 0, "stderr: %s", process.err);
     static const char *const names[] = {"info", "pause", "resume", "shutdown", "dirty-stats", "dirty-tracking",
                                         "digest", "guest-stats", "events", "raw", "migrate", "progress",
-                                        "cancel", "postcopy", "report", "trace", "commands", "version"};
+                                        "cancel", "postcopy", "recover", "report", "trace", "commands", "version"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         char prefix[64];
         snprintf(prefix, sizeof(prefix), "\n  %-15s ", names[i]);
