@@ -181,6 +181,7 @@ struct source {
      * (connected after POSTCOPY_OPEN; its io is pc-serve's from the switch
      * on, closed here at the end) and the post-copy state. */
     bool peer_postcopy;             /* the destination announced MIG_FEATURE_POSTCOPY */
+    uint64_t hybrid_previous_size;  /* hybrid auto: the dirty set after the pass before (bytes) */
     int urgent_fd;                  /* -1 = none */
     struct mig_io urgent_io;
     struct mig_tls_session *urgent_tls;

@@ -488,6 +488,48 @@ int postcopy_destination_place_zero(struct postcopy_destination *d, uint64_t pag
     return result;
 }
 
+int postcopy_destination_place_range(struct postcopy_destination *d, uint64_t page, uint64_t count,
+                                     const uint8_t *data)
+{
+    if (count == 0)
+        return 0;
+    if (page >= d->pages || count > d->pages - page)
+        return postcopy_check_page(d, page + count - 1 >= d->pages ? d->pages : page, "place_range");
+    uint64_t done = 0;
+    pthread_mutex_lock(&d->lock);
+    while (done < count) {
+        struct uffdio_copy copy = {
+            .dst = (uint64_t)(uintptr_t)d->options.host + (page + done) * POSTCOPY_PAGE_SIZE,
+            .src = (uint64_t)(uintptr_t)(data + done * POSTCOPY_PAGE_SIZE),
+            .len = (count - done) * POSTCOPY_PAGE_SIZE,
+            .mode = 0,
+        };
+        int result = ioctl(d->uffd, UFFDIO_COPY, &copy);
+        int error = result != 0 ? errno : 0;
+        /* A partial copy reports the bytes copied; the page after them is
+         * the one that failed (EEXIST: placed by the other channel). */
+        uint64_t copied = copy.copy > 0 ? (uint64_t)copy.copy / POSTCOPY_PAGE_SIZE : 0;
+        for (uint64_t i = 0; i < copied; i++) {
+            int r = postcopy_placed(d, page + done + i, 0, 0, data + (done + i) * POSTCOPY_PAGE_SIZE);
+            if (r != 0) {
+                pthread_mutex_unlock(&d->lock);
+                return r;
+            }
+        }
+        done += copied;
+        if (result == 0 || error == EAGAIN)
+            continue;
+        int r = postcopy_placed(d, page + done, result, error, data + done * POSTCOPY_PAGE_SIZE);
+        if (r != 0) {
+            pthread_mutex_unlock(&d->lock);
+            return r;
+        }
+        done++;
+    }
+    pthread_mutex_unlock(&d->lock);
+    return 0;
+}
+
 int postcopy_destination_place_zero_range(struct postcopy_destination *d, uint64_t page, uint64_t count)
 {
     if (count == 0)

@@ -128,6 +128,11 @@ bool postcopy_destination_available(char *error, size_t error_size);
 int postcopy_destination_place(struct postcopy_destination *destination, uint64_t page, const void *data);
 /* The same with a zero page (UFFDIO_ZEROPAGE). */
 int postcopy_destination_place_zero(struct postcopy_destination *destination, uint64_t page);
+/* count pages from data at [page, page + count), with as few UFFDIO_COPY
+ * calls as the pages already present allow (those keep their contents and
+ * are woken). 0 or -errno. */
+int postcopy_destination_place_range(struct postcopy_destination *destination, uint64_t page, uint64_t count,
+                                     const uint8_t *data);
 /* Zero pages [page, page + count) with as few UFFDIO_ZEROPAGE calls as
  * the pages already present allow (pages known to be zero: sent as zero
  * runs in pre-copy, which left holes in the memfd). 0 or -errno. */

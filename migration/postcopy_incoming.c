@@ -105,15 +105,24 @@ static void incoming_fail(struct postcopy_incoming *pi, const char *fmt, ...)
 int postcopy_incoming_place(struct postcopy_incoming *pi, uint64_t ram_offset, uint32_t pages, const uint8_t *data)
 {
     uint64_t first = ram_offset / MIG_PAGE_SIZE;
-    for (uint32_t i = 0; i < pages; i++) {
-        /* A page the other channel placed already is skipped without a
-         * syscall; one placed meanwhile gives EEXIST, which place absorbs. */
-        if (postcopy_destination_received(pi->destination, first + i))
+    uint32_t i = 0;
+    while (i < pages) {
+        /* Pages the other channel placed already are skipped without a
+         * syscall; the rest go in runs, one ioctl each (a page placed
+         * meanwhile gives EEXIST, which the range call absorbs). */
+        if (postcopy_destination_received(pi->destination, first + i)) {
+            i++;
             continue;
-        int r = data != NULL ? postcopy_destination_place(pi->destination, first + i, data + (size_t)i * MIG_PAGE_SIZE)
-                             : postcopy_destination_place_zero(pi->destination, first + i);
+        }
+        uint32_t end = i + 1;
+        while (end < pages && !postcopy_destination_received(pi->destination, first + end))
+            end++;
+        int r = data != NULL ? postcopy_destination_place_range(pi->destination, first + i, end - i,
+                                                                data + (size_t)i * MIG_PAGE_SIZE)
+                             : postcopy_destination_place_zero_range(pi->destination, first + i, end - i);
         if (r != 0)
             return -1;
+        i = end;
     }
     return 0;
 }
