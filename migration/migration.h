@@ -86,9 +86,9 @@ struct mig_params {
      * pass whose measured dirty rate shows pre-copy cannot meet downtime_ms
      * without throttling. Exactly one of the three is set for hybrid
      * (migration.start's postcopy_after: N, "Ns" or "auto"; default auto).
-     * auto switches after a pass (not the bulk pass) whose dirty rate is
-     * at least 80 % of the measured bandwidth, or whose dirty set is not a
-     * tenth smaller than the pass before's, while the limit is not met. */
+     * auto switches after a pass (the bulk pass included) whose dirty rate
+     * is at least 80 % of the measured bandwidth, or whose dirty set is not
+     * a tenth smaller than the pass before's, while the limit is not met. */
     uint64_t postcopy_after_passes;
     uint64_t postcopy_after_ms;
     bool postcopy_after_auto;

@@ -1251,8 +1251,9 @@ static bool source_hybrid_due(struct source *s, uint64_t iteration, const struct
         return iteration + 1 >= s->params.postcopy_after_passes;
     if (s->params.postcopy_after_ms != 0)
         return mig_mono_ns() - s->started_mono >= s->params.postcopy_after_ms * 1000000u;
-    /* auto: after the bulk pass, as soon as a pass shows pre-copy cannot
-     * meet the limit without throttling: the guest dirties memory at 80 %
+    /* auto: as soon as a pass (the bulk pass included: the guest's writes
+     * during it are a measured rate) shows pre-copy cannot meet the limit
+     * without throttling: the guest dirties memory at 80 %
      * or more of the link's rate (each pass then shrinks the dirty set by
      * a fifth at best; a guest rewriting its working set every pass
      * measures ~100 %, give or take a percent of noise), or the dirty set
@@ -1260,10 +1261,10 @@ static bool source_hybrid_due(struct source *s, uint64_t iteration, const struct
     uint64_t dirty_bytes_per_s = record->dirty_rate_pps * MIG_PAGE_SIZE;
     uint64_t previous = s->hybrid_previous_size;
     s->hybrid_previous_size = record->size_bytes;
-    if (iteration < 1 || s->bandwidth == 0)
+    if (s->bandwidth == 0)
         return false;
     return (unsigned __int128)dirty_bytes_per_s * 10 >= (unsigned __int128)s->bandwidth * 8 ||
-           (iteration >= 2 && (unsigned __int128)record->size_bytes * 10 >= (unsigned __int128)previous * 9);
+           (iteration >= 1 && (unsigned __int128)record->size_bytes * 10 >= (unsigned __int128)previous * 9);
 }
 
 /* The pages the destination lacks, as DISCARD runs (at most
