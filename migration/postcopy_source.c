@@ -206,6 +206,19 @@ static int serve_request(struct postcopy_source *ps, const struct postcopy_page_
     return 0;
 }
 
+/* Best effort: tell the destination why its request stream was refused
+ * (it then counts the urgent channel as failed). */
+static void serve_send_error(struct postcopy_source *ps, const char *message)
+{
+    uint8_t payload[4 + MIG_ERROR_MAX_MESSAGE], frame[MIG_HEADER_SIZE + 4 + MIG_ERROR_MAX_MESSAGE];
+    size_t length = mig_error_encode(MIG_ERR_STREAM, message, payload);
+    size_t total = mig_frame_encode(frame, MIG_FRAME_ERROR, ps->seq++, payload, length);
+    struct mig_io io = ps->io;
+    io.stall_ms = 500;
+    char ignored[256];
+    (void)mig_io_write(&io, frame, total, ignored, sizeof(ignored));
+}
+
 static void *serve_main(void *argument)
 {
     struct postcopy_source *ps = argument;
@@ -232,7 +245,10 @@ static void *serve_main(void *argument)
             break;
         }
         if (postcopy_return_feed(&ps->parser, buffer, (size_t)got, source_now_ns()) != 0) {
+            /* Malformed or hostile: refused before any byte of RAM is read. */
             serve_fail(ps, "urgent channel: %s", ps->parser.error);
+            if (ps->parser.peer_error_code == 0)
+                serve_send_error(ps, ps->parser.error);
             break;
         }
         atomic_store_explicit(&ps->requests_refused,

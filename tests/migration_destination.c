@@ -43,7 +43,7 @@ int test_listen_localhost_tcp(char *address, size_t size)
 /* The prefix of d->address: "unix:" or "local:" (a Unix socket either
  * way), or "tcp:"; TLS credentials (one of them, tcp: only) or NULL. */
 static void destination_start(struct test_destination *d, const char *memory, unsigned vcpus, const char *workload,
-                              const char *prefix, const char *tls_psk, const char *tls_creds)
+                              const char *prefix, const char *tls_psk, const char *tls_creds, unsigned stall_ms)
 {
     bool tcp = strcmp(prefix, "tcp:") == 0;
     memset(d, 0, sizeof(*d));
@@ -76,6 +76,8 @@ static void destination_start(struct test_destination *d, const char *memory, un
                      0, "%s", error);
         cr_assert_eq(migration_set_incoming_tls(h->vm, credentials), 0);
     }
+    if (stall_ms != 0)
+        cr_assert_eq(migration_set_incoming_stall_timeout(h->vm, stall_ms), 0);
     cr_assert_eq(pthread_create(&d->thread, NULL, destination_main, d), 0);
     d->running = true;
 }
@@ -83,19 +85,25 @@ static void destination_start(struct test_destination *d, const char *memory, un
 void test_destination_start(struct test_destination *d, const char *memory, unsigned vcpus, const char *workload,
                             bool tcp)
 {
-    destination_start(d, memory, vcpus, workload, tcp ? "tcp:" : "unix:", NULL, NULL);
+    destination_start(d, memory, vcpus, workload, tcp ? "tcp:" : "unix:", NULL, NULL, 0);
+}
+
+void test_destination_start_stall(struct test_destination *d, const char *memory, unsigned vcpus,
+                                  const char *workload, bool tcp, unsigned stall_ms)
+{
+    destination_start(d, memory, vcpus, workload, tcp ? "tcp:" : "unix:", NULL, NULL, stall_ms);
 }
 
 void test_destination_start_local(struct test_destination *d, const char *memory, unsigned vcpus,
                                   const char *workload)
 {
-    destination_start(d, memory, vcpus, workload, "local:", NULL, NULL);
+    destination_start(d, memory, vcpus, workload, "local:", NULL, NULL, 0);
 }
 
 void test_destination_start_tls(struct test_destination *d, const char *memory, unsigned vcpus, const char *workload,
                                 const char *tls_psk, const char *tls_creds)
 {
-    destination_start(d, memory, vcpus, workload, "tcp:", tls_psk, tls_creds);
+    destination_start(d, memory, vcpus, workload, "tcp:", tls_psk, tls_creds, 0);
 }
 
 int test_destination_join(struct test_destination *d)

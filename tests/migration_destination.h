@@ -28,6 +28,9 @@ struct test_destination {
 /* Asserts on any failure. The VM starts paused, awaiting the migration. */
 void test_destination_start(struct test_destination *d, const char *memory, unsigned vcpus, const char *workload,
                             bool tcp);
+/* The same with --incoming-stall-timeout stall_ms. */
+void test_destination_start_stall(struct test_destination *d, const char *memory, unsigned vcpus,
+                                  const char *workload, bool tcp, unsigned stall_ms);
 /* The same as the destination of a local hand-over: listens on
  * local:PATH (address holds "local:PATH"); the source's RAM replaces the
  * VM's own when it arrives (migration/local_handover.h). */

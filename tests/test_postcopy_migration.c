@@ -174,7 +174,7 @@ static bool reached_phase(void *argument)
 
 static void start_ledger_source(struct harness_vm *source)
 {
-    harness_vm_start(source, "256M", 2, "ledger,wss=32M,verify=1", "ring");
+    harness_vm_start(source, "256M", 2, "ledger,wss=8M,verify=1", "ring");
     for (unsigned i = 0; i < 2; i++)
         cr_assert(harness_wait_phase(source->vm, i, RINGVM_PHASE_RING3, 20000), "vcpu %u never reached ring 3", i);
     cr_assert(console_wait_for(&source->console, "LEDGER OK", 1, 20000), "no LEDGER OK on the source:\n%s",
@@ -191,14 +191,14 @@ Test(postcopy_migration, a_cut_link_pauses_both_sides_and_recovery_completes, .t
     struct harness_vm source;
     start_ledger_source(&source);
     struct test_destination dest;
-    test_destination_start(&dest, "256M", 2, "idle", false);
+    test_destination_start_stall(&dest, "256M", 2, "idle", false, 1000);
     char relay_address[160];
     struct link_relay *relay = link_relay_start(dest.address, relay_address, sizeof(relay_address));
     struct mig_params params;
     mig_params_defaults(&params);
     snprintf(params.dest, sizeof(params.dest), "%s", relay_address);
     params.mode = MIG_MODE_POSTCOPY;
-    params.max_bandwidth_mibs = 4;      /* ~8 s for the guest's data: time to cut */
+    params.max_bandwidth_mibs = 4;      /* ~2 s for the guest's data: time to cut */
     params.stall_timeout_ms = 1000;
     params.verify_digest = true;
     params.timeout_s = 60;
@@ -216,6 +216,11 @@ Test(postcopy_migration, a_cut_link_pauses_both_sides_and_recovery_completes, .t
     cr_assert_str_eq(q->error_code, "postcopy-paused");
     cr_assert_eq(q->state, MIG_STATE_ACTIVE);
     cr_assert_lt(q->postcopy.pages_received, q->postcopy.pages_total, "nothing was missing at the cut");
+    /* vCPUs blocked on missing pages stay signalable: the operator can
+     * still pause and resume the guest while the link is down. */
+    cr_assert_eq(vm_pause(dest.harness.vm), 0, "pausing a guest whose vCPUs wait for pages");
+    cr_assert_eq(vm_get_state(dest.harness.vm), VM_STATE_PAUSED);
+    cr_assert_eq(vm_resume(dest.harness.vm), 0);
 
     /* Recovery: the destination listens anew, the source connects there. */
     char recover_address[160];

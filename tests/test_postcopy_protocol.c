@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -374,4 +375,79 @@ Test(postcopy_protocol, the_sources_sent_bitmap_hands_each_page_out_once)
     cr_assert_eq(stats.pages_pushed, 2);
     postcopy_source_destroy(source);
     small_memory_free(&memory);
+}
+
+/* pc-serve over a socketpair, RAM between PROT_NONE guard pages: a valid
+ * request gets its page's exact bytes; a request reaching past RAM gets
+ * ERROR with the parser's text, the server stops, and no byte outside RAM
+ * was read (that would be a SIGSEGV on a guard page). */
+Test(postcopy_protocol, the_page_server_answers_requests_and_refuses_hostile_ones)
+{
+    const size_t size = 1u << 20, page = 4096;
+    uint8_t *region = mmap(NULL, size + 2 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(region, MAP_FAILED);
+    struct guest_memory memory;
+    memset(&memory, 0, sizeof(memory));
+    memory.size = size;
+    memory.memfd = memfd_create("pc-serve-test", MFD_CLOEXEC);
+    cr_assert_eq(ftruncate(memory.memfd, (off_t)size), 0);
+    memory.host = mmap(region + page, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, memory.memfd, 0);
+    cr_assert_eq(memory.host, region + page);
+    for (size_t i = 0; i < page; i++)
+        memory.host[3 * page + i] = (uint8_t)(i * 13 + 1);
+    int pair[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair), 0);
+    struct mig_io io = { .fd = pair[0], .stall_ms = 2000, .peer = "destination" };
+    struct postcopy_source *source;
+    cr_assert_eq(postcopy_source_create(&source, &memory, io), 0);
+    cr_assert_eq(postcopy_source_start(source), 0);
+    struct mig_io peer = { .fd = pair[1], .stall_ms = 2000, .peer = "source" };
+    char error[400];
+
+    uint8_t request[MIG_HEADER_SIZE + POSTCOPY_PAGE_REQUEST_SIZE];
+    size_t length = postcopy_return_encode_page_request(request, 0, 3 * page, 1);
+    cr_assert_eq(mig_io_write(&peer, request, length, error, sizeof(error)), 0, "%s", error);
+    uint8_t header_bytes[MIG_HEADER_SIZE];
+    cr_assert_eq(mig_io_read(&peer, header_bytes, sizeof(header_bytes), false, error, sizeof(error)), 0, "%s", error);
+    struct mig_frame_header header;
+    cr_assert_eq(mig_header_decode(header_bytes, 0, &header, error, sizeof(error)), 0, "%s", error);
+    cr_assert_eq(header.type, MIG_FRAME_MEMORY);
+    cr_assert_eq(header.length, MIG_RUN_HEADER_SIZE + page);
+    uint8_t *payload = malloc(header.length);
+    cr_assert_eq(mig_io_read(&peer, payload, header.length, false, error, sizeof(error)), 0, "%s", error);
+    cr_assert_eq(mig_frame_checksum(header_bytes, payload, header.length), header.checksum);
+    struct mig_run run;
+    mig_run_decode(payload, &run);
+    cr_assert_eq(run.ram_offset, 3 * page);
+    cr_assert_eq(run.pages, 1);
+    cr_assert_eq(run.flags, 0);
+    cr_assert_eq(memcmp(payload + MIG_RUN_HEADER_SIZE, memory.host + 3 * page, page), 0);
+    free(payload);
+
+    /* The last page and one past it. */
+    length = postcopy_return_encode_page_request(request, 1, size - page, 2);
+    cr_assert_eq(mig_io_write(&peer, request, length, error, sizeof(error)), 0, "%s", error);
+    cr_assert_eq(mig_io_read(&peer, header_bytes, sizeof(header_bytes), false, error, sizeof(error)), 0, "%s", error);
+    cr_assert_eq(mig_header_decode(header_bytes, 1, &header, error, sizeof(error)), 0, "%s", error);
+    cr_assert_eq(header.type, MIG_FRAME_ERROR);
+    uint8_t message_bytes[4 + MIG_ERROR_MAX_MESSAGE];
+    cr_assert_eq(mig_io_read(&peer, message_bytes, header.length, false, error, sizeof(error)), 0, "%s", error);
+    uint32_t code;
+    char message[MIG_ERROR_MAX_MESSAGE + 1];
+    mig_error_decode(message_bytes, header.length, &code, message, sizeof(message));
+    cr_assert_eq(code, MIG_ERR_STREAM);
+    cr_assert_str_eq(message, "frame 1: page request at offset 0xff000 + 8192 exceeds guest RAM (1048576 bytes)");
+    postcopy_source_stop(source);
+    cr_assert(postcopy_source_failed(source, error, sizeof(error)));
+    cr_assert_str_eq(error, "urgent channel: frame 1: page request at offset 0xff000 + 8192 exceeds guest RAM "
+                            "(1048576 bytes)");
+    struct postcopy_source_stats stats;
+    postcopy_source_get_stats(source, &stats);
+    cr_assert_eq(stats.requests, 1);
+    cr_assert_eq(stats.pages_requested, 1);
+    postcopy_source_destroy(source);
+    close(pair[0]);
+    close(pair[1]);
+    munmap(region, size + 2 * page);
+    close(memory.memfd);
 }
