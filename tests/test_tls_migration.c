@@ -32,6 +32,7 @@
 
 #include "guest/abi.h"
 #include "migration/migration.h"
+#include "migration/postcopy_destination.h"
 #include "migration/progress.h"
 #include "migration/protocol.h"
 #include "migration/receiver.h"
@@ -593,7 +594,7 @@ static void start_destination(struct test_destination *dest, const char *dir, en
 
 /* The ledger migrates over TLS and verifies on the destination; both
  * sides name the session in migration.progress. */
-static void ledger_over_tls(enum credentials_kind kind, const char *cipher, const char *auth)
+static void ledger_over_tls(enum credentials_kind kind, const char *cipher, const char *auth, enum mig_mode mode)
 {
     harness_require_kvm();
     char dir[64];
@@ -620,6 +621,7 @@ static void ledger_over_tls(enum credentials_kind kind, const char *cipher, cons
     params.downtime_ms = 60000;     /* switch over after the first pass */
     params.timeout_s = 240;
     params.keep_alive = true;
+    params.mode = mode;
     uint64_t id = 0;
     const char *code = NULL;
     char message[1400];
@@ -632,6 +634,12 @@ static void ledger_over_tls(enum credentials_kind kind, const char *cipher, cons
     cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
     cr_assert_str_eq(p->digest_source, p->digest_destination);
     cr_assert(migration_progress(dest.harness.vm, q));
+    if (mode == MIG_MODE_POSTCOPY) {
+        /* Both connections under TLS: the urgent channel served pages too. */
+        cr_assert(p->postcopy.active);
+        cr_assert_eq(q->postcopy.pages_received, q->postcopy.pages_total);
+        cr_assert_gt(p->postcopy.requests, 0, "no page went over the urgent channel");
+    }
     for (int side = 0; side < 2; side++) {
         const struct mig_tls_info *info = side == 0 ? &p->tls : &q->tls;
         cr_assert_str_eq(info->version, "TLS1.3", "side %d", side);
@@ -654,12 +662,21 @@ static void ledger_over_tls(enum credentials_kind kind, const char *cipher, cons
 
 Test(tls_migration, ledger_over_tls_with_a_pre_shared_key, .timeout = 300)
 {
-    ledger_over_tls(CREDENTIALS_PSK, "AES-128-GCM", "psk");
+    ledger_over_tls(CREDENTIALS_PSK, "AES-128-GCM", "psk", MIG_MODE_PRECOPY);
+}
+
+/* Post-copy under TLS: the urgent channel is a second TLS session. */
+Test(tls_migration, ledger_postcopy_over_tls_with_a_pre_shared_key, .timeout = 300)
+{
+    char why[400];
+    if (!postcopy_destination_available(why, sizeof(why)))
+        cr_skip_test("%s", why);
+    ledger_over_tls(CREDENTIALS_PSK, "AES-128-GCM", "psk", MIG_MODE_POSTCOPY);
 }
 
 Test(tls_migration, ledger_over_tls_with_x509_certificates, .timeout = 300)
 {
-    ledger_over_tls(CREDENTIALS_X509, "AES-256-GCM", "x509");
+    ledger_over_tls(CREDENTIALS_X509, "AES-256-GCM", "x509", MIG_MODE_PRECOPY);
 }
 
 /* A relay between the source and the destination (a man in the middle).
