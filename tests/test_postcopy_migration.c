@@ -26,10 +26,8 @@
 static void require_userfaultfd(void)
 {
     char why[400];
-    if (!postcopy_destination_available(why, sizeof(why))) {
-        cr_log_warn("SKIP: %s", why);
-        cr_skip_test("%s", why);
-    }
+    if (!postcopy_destination_available(why, sizeof(why)))
+        harness_skip("%s", why);
 }
 
 struct advanced {

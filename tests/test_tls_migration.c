@@ -670,7 +670,7 @@ Test(tls_migration, ledger_postcopy_over_tls_with_a_pre_shared_key, .timeout = 3
 {
     char why[400];
     if (!postcopy_destination_available(why, sizeof(why)))
-        cr_skip_test("%s", why);
+        harness_skip("%s", why);
     ledger_over_tls(CREDENTIALS_PSK, "AES-128-GCM", "psk", MIG_MODE_POSTCOPY);
 }
 
