@@ -389,6 +389,45 @@ static int incoming_restore(struct incoming *in, char *error, size_t error_size,
     return 0;
 }
 
+/* ACK with this side's digest (when it verified one). */
+static void incoming_send_ack(struct incoming *in, uint64_t timestamp_ns)
+{
+    struct mig_end ack = { .timestamp_ns = timestamp_ns,
+                           .pages = atomic_load_explicit(&in->receiver.pages_received, memory_order_relaxed) };
+    if (in->progress.digest_destination[0] != '\0') {
+        ack.flags = MIG_END_HAS_DIGEST;
+        snprintf(ack.digest, sizeof(ack.digest), "%s", in->progress.digest_destination);
+    }
+    uint8_t ack_bytes[MIG_ACK_SIZE];
+    mig_end_encode(&ack, ack_bytes);
+    (void)incoming_send(in, MIG_FRAME_ACK, ack_bytes, sizeof(ack_bytes));
+}
+
+/* The state is restored: run the guest here (or leave it paused as the
+ * operator had it on the source). 0 with *resumed (CLOCK_REALTIME), or -1
+ * when this VM is shutting down. */
+static int incoming_resume_guest(struct incoming *in, bool stay_paused, uint64_t *resumed, char *error,
+                                 size_t error_size, uint32_t *code)
+{
+    struct vm *vm = in->vm;
+    pthread_mutex_lock(&vm->control_lock);
+    if (atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire)) {
+        pthread_mutex_unlock(&vm->control_lock);
+        *code = MIG_ERR_CANCELLED;
+        snprintf(error, error_size, "the destination VM is shutting down");
+        return -1;
+    }
+    atomic_store_explicit(&vm->awaiting_migration, false, memory_order_release);
+    /* A paused guest's vCPUs stay parked (since vm_start) until vm.resume. */
+    if (!stay_paused)
+        vm_resume_vcpus(vm);
+    *resumed = mig_real_ns();
+    vm_set_state(vm, stay_paused ? VM_STATE_PAUSED : VM_STATE_RUNNING);
+    mig_trace(stay_paused ? "dst restored, left paused" : "dst resumed");
+    pthread_mutex_unlock(&vm->control_lock);
+    return 0;
+}
+
 /* ---- post-copy (issue 17) --------------------------------------------------- */
 
 /* POSTCOPY_OPEN: accept the source's second connection (the urgent
@@ -487,20 +526,10 @@ static int incoming_postcopy_switch(struct incoming *in, char *error, size_t err
     }
     if (incoming_restore(in, error, error_size, code) != 0)
         return -1;
-    pthread_mutex_lock(&vm->control_lock);
-    if (atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire)) {
-        pthread_mutex_unlock(&vm->control_lock);
-        *code = MIG_ERR_CANCELLED;
-        snprintf(error, error_size, "the destination VM is shutting down");
-        return -1;
-    }
-    atomic_store_explicit(&vm->awaiting_migration, false, memory_order_release);
     bool stay_paused = (sw->flags & MIG_END_GUEST_PAUSED) != 0;
-    if (!stay_paused)
-        vm_resume_vcpus(vm);
-    uint64_t resumed = mig_real_ns();
-    vm_set_state(vm, stay_paused ? VM_STATE_PAUSED : VM_STATE_RUNNING);
-    pthread_mutex_unlock(&vm->control_lock);
+    uint64_t resumed;
+    if (incoming_resume_guest(in, stay_paused, &resumed, error, error_size, code) != 0)
+        return -1;
     postcopy_incoming_resumed(in->postcopy, resumed);
     if (resumed >= sw->pause_timestamp_ns) {
         in->progress.downtime_ms = (resumed - sw->pause_timestamp_ns + 999999u) / 1000000u;
@@ -623,15 +652,8 @@ static int incoming_postcopy_recover(struct incoming *in, const struct mig_tls_c
         if (!in->recovery_open || mig_io_poll_readable(in->recovery.fd, 100) != 1) {
             if (!in->recovery_open) {
                 pthread_mutex_lock(&m->lock);
-                struct timespec until;
-                clock_gettime(CLOCK_REALTIME, &until);
-                until.tv_nsec += 100000000;
-                if (until.tv_nsec >= 1000000000) {
-                    until.tv_sec++;
-                    until.tv_nsec -= 1000000000;
-                }
                 if (!m->recover_requested)
-                    pthread_cond_timedwait(&m->postcopy_cond, &m->lock, &until);
+                    mig_cond_wait_ms(&m->postcopy_cond, &m->lock, 100);
                 pthread_mutex_unlock(&m->lock);
             }
             if (mig_mono_ns() - in->last_publish >= PUBLISH_INTERVAL_NS)
@@ -999,15 +1021,7 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
         if (incoming_postcopy_end(in, error, sizeof(error), &error_code) != 0)
             goto out;
         tell_source = false;
-        struct mig_end ack = { .timestamp_ns = mig_real_ns(),
-                               .pages = atomic_load_explicit(&in->receiver.pages_received, memory_order_relaxed) };
-        if (in->progress.digest_destination[0] != '\0') {
-            ack.flags = MIG_END_HAS_DIGEST;
-            snprintf(ack.digest, sizeof(ack.digest), "%s", in->progress.digest_destination);
-        }
-        uint8_t ack_bytes[MIG_ACK_SIZE];
-        mig_end_encode(&ack, ack_bytes);
-        (void)incoming_send(in, MIG_FRAME_ACK, ack_bytes, sizeof(ack_bytes));
+        incoming_send_ack(in, mig_real_ns());
         result = 0;
         goto out;
     }
@@ -1025,34 +1039,13 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
     if (incoming_restore(in, error, sizeof(error), &error_code) != 0)
         goto out;
     mig_trace("dst restored+digest");
-    pthread_mutex_lock(&vm->control_lock);
-    if (atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire)) {
-        pthread_mutex_unlock(&vm->control_lock);
-        snprintf(error, sizeof(error), "the destination VM is shutting down");
-        error_code = MIG_ERR_CANCELLED;
+    uint64_t resumed;
+    if (incoming_resume_guest(in, (in->receiver.end.flags & MIG_END_GUEST_PAUSED) != 0, &resumed, error,
+                              sizeof(error), &error_code) != 0)
         goto out;
-    }
-    atomic_store_explicit(&vm->awaiting_migration, false, memory_order_release);
-    /* A guest the operator had paused on the source stays paused here
-     * (its vCPUs parked since vm_start, state paused) until vm.resume. */
-    bool stay_paused = (in->receiver.end.flags & MIG_END_GUEST_PAUSED) != 0;
-    if (!stay_paused)
-        vm_resume_vcpus(vm);
-    uint64_t resumed = mig_real_ns();
-    vm_set_state(vm, stay_paused ? VM_STATE_PAUSED : VM_STATE_RUNNING);
-    mig_trace(stay_paused ? "dst restored, left paused" : "dst resumed");
-    pthread_mutex_unlock(&vm->control_lock);
     tell_source = false;
-    struct mig_end ack = { .timestamp_ns = resumed,
-                           .pages = atomic_load_explicit(&in->receiver.pages_received, memory_order_relaxed) };
-    if (in->progress.digest_destination[0] != '\0') {
-        ack.flags = MIG_END_HAS_DIGEST;
-        snprintf(ack.digest, sizeof(ack.digest), "%s", in->progress.digest_destination);
-    }
-    uint8_t ack_bytes[MIG_ACK_SIZE];
-    mig_end_encode(&ack, ack_bytes);
     /* The guest runs here now whatever happens to the ack. */
-    (void)incoming_send(in, MIG_FRAME_ACK, ack_bytes, sizeof(ack_bytes));
+    incoming_send_ack(in, resumed);
     if (in->receiver.end.timestamp_ns != 0 && resumed >= in->receiver.end.timestamp_ns) {
         in->progress.downtime_ms = (resumed - in->receiver.end.timestamp_ns + 999999u) / 1000000u;
         in->progress.downtime_us = (resumed - in->receiver.end.timestamp_ns + 999u) / 1000u;

@@ -85,6 +85,16 @@ int mig_mode_parse(const char *text, enum mig_mode *out)
     return -1;
 }
 
+void mig_cond_wait_ms(pthread_cond_t *cond, pthread_mutex_t *lock, unsigned ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    uint64_t at = (uint64_t)until.tv_sec * 1000000000ull + (uint64_t)until.tv_nsec + (uint64_t)ms * 1000000ull;
+    until.tv_sec = (time_t)(at / 1000000000ull);
+    until.tv_nsec = (long)(at % 1000000000ull);
+    pthread_cond_timedwait(cond, lock, &until);
+}
+
 void mig_params_defaults(struct mig_params *p)
 {
     memset(p, 0, sizeof(*p));

@@ -197,6 +197,8 @@ struct source {
 
 uint64_t mig_mono_ns(void);
 uint64_t mig_real_ns(void);
+/* pthread_cond_timedwait for at most ms milliseconds (lock held). */
+void mig_cond_wait_ms(pthread_cond_t *cond, pthread_mutex_t *lock, unsigned ms);
 /* RINGVM_MIG_TRACE=1: phase timestamps on stderr (diagnostics). */
 void mig_trace(const char *what);
 /* Publishes on the API server, or drops the event when there is none. */

@@ -451,126 +451,70 @@ static int postcopy_placed(struct postcopy_destination *d, uint64_t page, int io
     return 0;
 }
 
-int postcopy_destination_place(struct postcopy_destination *d, uint64_t page, const void *data)
+/* count pages at page from data (NULL: zero pages) with as few ioctls as
+ * the pages already present allow: a partial UFFDIO_COPY / ZEROPAGE
+ * reports the bytes done, and the page after them is the one that failed
+ * (EEXIST: placed by the other channel, woken and counted as present). */
+static int postcopy_place_run(struct postcopy_destination *d, uint64_t page, uint64_t count, const uint8_t *data)
 {
-    int result = postcopy_check_page(d, page, "place");
-    if (result != 0)
-        return result;
-    struct uffdio_copy copy = {
-        .dst = (uint64_t)(uintptr_t)d->options.host + page * POSTCOPY_PAGE_SIZE,
-        .src = (uint64_t)(uintptr_t)data,
-        .len = POSTCOPY_PAGE_SIZE,
-        .mode = 0,
-    };
+    if (count == 0)
+        return 0;
+    if (page >= d->pages || count > d->pages - page)
+        return postcopy_check_page(d, page >= d->pages ? page : d->pages, "place");
+    uint64_t done = 0;
+    int result = 0;
     pthread_mutex_lock(&d->lock);
-    int ioctl_result = ioctl(d->uffd, UFFDIO_COPY, &copy);
-    int ioctl_errno = ioctl_result != 0 ? errno : 0;
-    result = postcopy_placed(d, page, ioctl_result, ioctl_errno, data);
+    while (result == 0 && done < count) {
+        uint64_t start = (uint64_t)(uintptr_t)d->options.host + (page + done) * POSTCOPY_PAGE_SIZE;
+        uint64_t length = (count - done) * POSTCOPY_PAGE_SIZE;
+        int64_t bytes;
+        int ioctl_result, error;
+        if (data != NULL) {
+            struct uffdio_copy copy = { .dst = start, .len = length, .mode = 0,
+                                        .src = (uint64_t)(uintptr_t)(data + done * POSTCOPY_PAGE_SIZE) };
+            ioctl_result = ioctl(d->uffd, UFFDIO_COPY, &copy);
+            error = ioctl_result != 0 ? errno : 0;
+            bytes = copy.copy;
+        } else {
+            struct uffdio_zeropage zeropage = { .range = { .start = start, .len = length }, .mode = 0 };
+            ioctl_result = ioctl(d->uffd, UFFDIO_ZEROPAGE, &zeropage);
+            error = ioctl_result != 0 ? errno : 0;
+            bytes = zeropage.zeropage;
+        }
+        uint64_t placed = bytes > 0 ? (uint64_t)bytes / POSTCOPY_PAGE_SIZE : 0;
+        for (uint64_t i = 0; result == 0 && i < placed; i++)
+            result = postcopy_placed(d, page + done + i, 0, 0,
+                                     data != NULL ? data + (done + i) * POSTCOPY_PAGE_SIZE : NULL);
+        done += placed;
+        if (result != 0 || ioctl_result == 0 || error == EAGAIN)
+            continue;       /* EAGAIN: the mapping changed under us; retry the rest */
+        result = postcopy_placed(d, page + done, ioctl_result, error,
+                                 data != NULL ? data + done * POSTCOPY_PAGE_SIZE : NULL);
+        done++;
+    }
     pthread_mutex_unlock(&d->lock);
     return result;
 }
 
+int postcopy_destination_place(struct postcopy_destination *d, uint64_t page, const void *data)
+{
+    return postcopy_place_run(d, page, 1, data);
+}
+
 int postcopy_destination_place_zero(struct postcopy_destination *d, uint64_t page)
 {
-    int result = postcopy_check_page(d, page, "place_zero");
-    if (result != 0)
-        return result;
-    struct uffdio_zeropage zeropage = {
-        .range = { .start = (uint64_t)(uintptr_t)d->options.host + page * POSTCOPY_PAGE_SIZE,
-                   .len = POSTCOPY_PAGE_SIZE },
-        .mode = 0,
-    };
-    pthread_mutex_lock(&d->lock);
-    int ioctl_result = ioctl(d->uffd, UFFDIO_ZEROPAGE, &zeropage);
-    int ioctl_errno = ioctl_result != 0 ? errno : 0;
-    result = postcopy_placed(d, page, ioctl_result, ioctl_errno, NULL);
-    pthread_mutex_unlock(&d->lock);
-    return result;
+    return postcopy_place_run(d, page, 1, NULL);
 }
 
 int postcopy_destination_place_range(struct postcopy_destination *d, uint64_t page, uint64_t count,
                                      const uint8_t *data)
 {
-    if (count == 0)
-        return 0;
-    if (page >= d->pages || count > d->pages - page)
-        return postcopy_check_page(d, page + count - 1 >= d->pages ? d->pages : page, "place_range");
-    uint64_t done = 0;
-    pthread_mutex_lock(&d->lock);
-    while (done < count) {
-        struct uffdio_copy copy = {
-            .dst = (uint64_t)(uintptr_t)d->options.host + (page + done) * POSTCOPY_PAGE_SIZE,
-            .src = (uint64_t)(uintptr_t)(data + done * POSTCOPY_PAGE_SIZE),
-            .len = (count - done) * POSTCOPY_PAGE_SIZE,
-            .mode = 0,
-        };
-        int result = ioctl(d->uffd, UFFDIO_COPY, &copy);
-        int error = result != 0 ? errno : 0;
-        /* A partial copy reports the bytes copied; the page after them is
-         * the one that failed (EEXIST: placed by the other channel). */
-        uint64_t copied = copy.copy > 0 ? (uint64_t)copy.copy / POSTCOPY_PAGE_SIZE : 0;
-        for (uint64_t i = 0; i < copied; i++) {
-            int r = postcopy_placed(d, page + done + i, 0, 0, data + (done + i) * POSTCOPY_PAGE_SIZE);
-            if (r != 0) {
-                pthread_mutex_unlock(&d->lock);
-                return r;
-            }
-        }
-        done += copied;
-        if (result == 0 || error == EAGAIN)
-            continue;
-        int r = postcopy_placed(d, page + done, result, error, data + done * POSTCOPY_PAGE_SIZE);
-        if (r != 0) {
-            pthread_mutex_unlock(&d->lock);
-            return r;
-        }
-        done++;
-    }
-    pthread_mutex_unlock(&d->lock);
-    return 0;
+    return postcopy_place_run(d, page, count, data);
 }
 
 int postcopy_destination_place_zero_range(struct postcopy_destination *d, uint64_t page, uint64_t count)
 {
-    if (count == 0)
-        return 0;
-    if (page >= d->pages || count > d->pages - page)
-        return postcopy_check_page(d, page + count - 1 >= d->pages ? d->pages : page, "place_zero_range");
-    uint64_t done = 0;
-    pthread_mutex_lock(&d->lock);
-    while (done < count) {
-        struct uffdio_zeropage zeropage = {
-            .range = { .start = (uint64_t)(uintptr_t)d->options.host + (page + done) * POSTCOPY_PAGE_SIZE,
-                       .len = (count - done) * POSTCOPY_PAGE_SIZE },
-            .mode = 0,
-        };
-        int result = ioctl(d->uffd, UFFDIO_ZEROPAGE, &zeropage);
-        int error = result != 0 ? errno : 0;
-        /* A partial success reports the bytes zeroed; the page after them
-         * is the one that failed (EEXIST: placed meanwhile). */
-        uint64_t zeroed = zeropage.zeropage > 0 ? (uint64_t)zeropage.zeropage / POSTCOPY_PAGE_SIZE : 0;
-        for (uint64_t i = 0; i < zeroed; i++) {
-            int r = postcopy_placed(d, page + done + i, 0, 0, NULL);
-            if (r != 0) {
-                pthread_mutex_unlock(&d->lock);
-                return r;
-            }
-        }
-        done += zeroed;
-        if (result == 0)
-            continue;
-        if (error == EAGAIN)
-            continue;       /* the mapping changed under us: retry the rest */
-        /* This page: EEXIST wakes and counts it, anything else fails. */
-        int r = postcopy_placed(d, page + done, result, error, NULL);
-        if (r != 0) {
-            pthread_mutex_unlock(&d->lock);
-            return r;
-        }
-        done++;
-    }
-    pthread_mutex_unlock(&d->lock);
-    return 0;
+    return postcopy_place_run(d, page, count, NULL);
 }
 
 int postcopy_destination_discard(struct postcopy_destination *d, uint64_t page, uint64_t count)
@@ -629,8 +573,14 @@ void postcopy_destination_get_stats(struct postcopy_destination *d, struct postc
         received += (uint64_t)__builtin_popcountll(atomic_load_explicit(&d->received[w], memory_order_relaxed));
     pthread_mutex_unlock(&d->lock);
     stats->received_pages = received;
+    /* Interpolated inside a log2 bucket, a quantile can land above the
+     * largest sample: the exact maximum bounds it. */
     stats->latency_p50_ns = postcopy_latency_quantile(&stats->latency, 0.50);
     stats->latency_p99_ns = postcopy_latency_quantile(&stats->latency, 0.99);
+    if (stats->latency_p50_ns > stats->latency_max_ns)
+        stats->latency_p50_ns = stats->latency_max_ns;
+    if (stats->latency_p99_ns > stats->latency_max_ns)
+        stats->latency_p99_ns = stats->latency_max_ns;
 }
 
 void postcopy_destination_digest(struct postcopy_destination *d, struct page_digest *out)

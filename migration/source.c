@@ -1063,13 +1063,12 @@ static int source_read_ack(struct source *s, struct mig_end *ack)
     return 0;
 }
 
-/* Stop-and-copy and the ACK. */
-static int source_complete(struct source *s)
+/* The switch-over's pause: control_lock held from here to the end (no API
+ * command may resume the guest meanwhile), the vCPUs out of KVM_RUN, and
+ * whether the operator had paused the guest (it stays paused over there). */
+static int source_pause_guest(struct source *s)
 {
     struct vm *vm = s->vm;
-    if (!s->local)
-        fprintf(stderr, "ringvm: migration: memory delta transmission stopping - cutoff condition reached\n");
-    source_phase(s, MIG_STATE_COMPLETING, "stop-and-copy");
     pthread_mutex_lock(&vm->control_lock);
     s->locked = true;
     s->user_paused = vm_get_state(vm) == VM_STATE_PAUSED;
@@ -1082,6 +1081,19 @@ static int source_complete(struct source *s)
         return source_fail(s, "internal", "could not pause the vCPUs: %s", strerror(-r));
     }
     s->paused = true;
+    return 0;
+}
+
+/* Stop-and-copy and the ACK. */
+static int source_complete(struct source *s)
+{
+    struct vm *vm = s->vm;
+    if (!s->local)
+        fprintf(stderr, "ringvm: migration: memory delta transmission stopping - cutoff condition reached\n");
+    source_phase(s, MIG_STATE_COMPLETING, "stop-and-copy");
+    if (source_pause_guest(s) != 0)
+        return -1;
+    int r;
     uint64_t pause_mono = mig_mono_ns(), pause_real = mig_real_ns();
     /* What crosses the link from here on: what was written and not yet
      * delivered (the backlog), then everything written after now. */
@@ -1561,14 +1573,7 @@ static int source_postcopy_recover(struct source *s)
                 give_up = true;
                 break;
             }
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += 100000000;
-            if (until.tv_nsec >= 1000000000) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000;
-            }
-            pthread_cond_timedwait(&m->postcopy_cond, &m->lock, &until);
+            mig_cond_wait_ms(&m->postcopy_cond, &m->lock, 100);
         }
         snprintf(dest, sizeof(dest), "%s", m->recover_address);
         m->recover_requested = false;
@@ -1607,18 +1612,9 @@ static int source_postcopy(struct source *s)
     fprintf(stderr, "ringvm: migration %" PRIu64 ": switching over to post-copy after %" PRIu64 " pre-copy passes\n",
             s->progress.id, s->tracking ? s->progress.iteration + 1 : 0);
     source_phase(s, MIG_STATE_COMPLETING, "postcopy-switch");
-    pthread_mutex_lock(&vm->control_lock);
-    s->locked = true;
-    s->user_paused = vm_get_state(vm) == VM_STATE_PAUSED;
-    int r = vm_pause_vcpus(vm);
-    if (r != 0) {
-        if (r == -ECANCELED) {
-            s->cancelled = true;
-            return source_fail(s, "shutdown", "the VM is shutting down");
-        }
-        return source_fail(s, "internal", "could not pause the vCPUs: %s", strerror(-r));
-    }
-    s->paused = true;
+    if (source_pause_guest(s) != 0)
+        return -1;
+    int r;
     uint64_t pause_real = mig_real_ns();
     struct captured_state state;
     if (source_capture_state(s, &state) != 0)
