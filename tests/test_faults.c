@@ -49,6 +49,7 @@
 
 #include "api/client.h"
 #include "api/protocol.h"
+#include "migration/postcopy_destination.h"
 #include "tests/harness.h"
 #include "tests/netns/hosts.h"
 #include "tests/tls_fixtures.h"
@@ -374,6 +375,12 @@ static void fault_tls_on(void)
     snprintf(fx.tls_psk, sizeof(fx.tls_psk), "%s/keys.psk", fx.tls_dir);
 }
 
+/* The later migration's mode ("postcopy", "hybrid"; NULL: pre-copy, the
+ * default) and extra ringvm arguments of its destination (NULL: none);
+ * set by a test before it calls later_migration_over. */
+static const char *later_mode;
+static const char *const *later_extra;
+
 static void later_migration_over(struct vmproc *from, struct api_client *fc, const char *memory,
                                  const char *workload, unsigned port, json_t **final_progress)
 {
@@ -388,14 +395,20 @@ static void later_migration_over(struct vmproc *from, struct api_client *fc, con
         snprintf(incoming, sizeof(incoming), "unix:%s/later-%u.sock", fx.dir, port);
     }
     struct vmproc to;
-    vm_spawn(&to, other, memory, workload, incoming, NULL);
+    vm_spawn_with(&to, other, memory, workload, incoming, NULL, later_extra);
     struct api_client *tc = wait_listening(&to);
     if (fc == NULL)
         fc = api_connect(from->socket, 5000);
-    json_decref(call(fc, "migration.start", with_tls(json_pack("{s:s, s:b, s:I, s:b, s:i}", "dest", incoming,
-                                                              "verify_digest", 1, "downtime_ms",
-                                                              digest_downtime_ms(memory), "keep_alive", 1,
-                                                              "timeout_s", 60))));
+    json_t *arguments = json_pack("{s:s, s:b, s:I, s:b, s:i}", "dest", incoming, "verify_digest", 1, "downtime_ms",
+                                  digest_downtime_ms(memory), "keep_alive", 1, "timeout_s", 60);
+    if (later_mode != NULL)
+        json_object_set_new(arguments, "mode", json_string(later_mode));
+    if (later_mode != NULL && strcmp(later_mode, "hybrid") == 0)
+    {
+        json_object_set_new(arguments, "postcopy_after", json_integer(1));   /* one pre-copy pass, then switch */
+        json_object_set_new(arguments, "downtime_ms", json_integer(1));      /* never converging before it */
+    }
+    json_decref(call(fc, "migration.start", with_tls(arguments)));
     json_t *p = wait_ended(fc, from, 70000, "later migration");
     cr_assert_str_eq(jstr(p, "state"), "completed", "later migration: %s", json_dumps(p, JSON_COMPACT));
     cr_assert_str_eq(jstr(p, "memory_digest_source"), jstr(p, "memory_digest_destination"));
@@ -761,6 +774,36 @@ Test(faults, migration_over_1_percent_loss_link_completes, .timeout = 90)
     later_migration_succeeds(&src, memory, workload, 7000);
     cr_assert_eq(output_count(&src, "MISMATCH"), 0, "%s", src.proc->out);
 }
+
+/* Post-copy and hybrid between the two namespaces over a 1 Gbit/s link
+ * (issue 17): a 2-vCPU ledger guest switches over, its pages follow over
+ * TCP (both connections), the page digests agree, the old source exits 0
+ * and the ledger goes on verifying on the destination. */
+static void postcopy_between_the_namespaces(const char *mode)
+{
+    char why[400];
+    if (!postcopy_destination_available(why, sizeof(why)))
+        harness_skip("%s", why);
+    net_up(mode[0] == 'p' ? "pc" : "hy", "--rate 1gbit");
+    static const char *const two_vcpus[] = { "--vcpus", "2", NULL };
+    const char *memory = "128M", *workload = "ledger,wss=16M,verify=1";
+    struct vmproc src;
+    vm_spawn_with(&src, "src", memory, workload, NULL, NULL, two_vcpus);
+    cr_assert(output_has(&src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src.proc->out);
+    diagnose = src.proc;
+    later_mode = mode;
+    later_extra = two_vcpus;
+    json_t *p = NULL;
+    later_migration_over(&src, NULL, memory, workload, 7000, &p);
+    json_t *postcopy = json_object_get(p, "postcopy");
+    cr_assert(json_is_true(json_object_get(postcopy, "active")), "no switch to post-copy: %s",
+              json_dumps(p, JSON_COMPACT));
+    cr_assert_gt(json_integer_value(json_object_get(postcopy, "pages_total")), 0);
+    json_decref(p);
+}
+
+Test(faults, postcopy_between_the_namespaces_over_1_gbit, .timeout = 90) { postcopy_between_the_namespaces("postcopy"); }
+Test(faults, hybrid_between_the_namespaces_over_1_gbit, .timeout = 90) { postcopy_between_the_namespaces("hybrid"); }
 
 /* Latency: 10 ms each way (20 ms RTT) on the delayed link, TUN devices
  * joined by tests/netns/delayline (this kernel has no netem: see
