@@ -803,6 +803,52 @@ static void postcopy_between_the_namespaces(const char *mode)
 }
 
 Test(faults, postcopy_between_the_namespaces_over_1_gbit, .timeout = 90) { postcopy_between_the_namespaces("postcopy"); }
+
+/* The destination process SIGKILLed mid post-copy: its kernel closes its
+ * connections, the guest (running there, half its pages still on the
+ * source) is lost; the source says so and exits 1, its vCPUs never resumed. */
+Test(faults, destination_killed_during_postcopy_loses_the_guest, .timeout = 90)
+{
+    char why[400];
+    if (!postcopy_destination_available(why, sizeof(why)))
+        harness_skip("%s", why);
+    net_up("pk", "--rate 1gbit");
+    static const char *const two_vcpus[] = { "--vcpus", "2", NULL };
+    const char *memory = "128M", *workload = "ledger,wss=16M,verify=1";
+    char incoming[128];
+    destination_incoming(incoming, sizeof(incoming));
+    struct vmproc src, dst;
+    vm_spawn_with(&src, "src", memory, workload, NULL, NULL, two_vcpus);
+    cr_assert(output_has(&src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src.proc->out);
+    vm_spawn_with(&dst, "dst", memory, workload, incoming, NULL, two_vcpus);
+    api_client_close(wait_listening(&dst));
+    struct api_client *sc = api_connect(src.socket, 5000);
+    diagnose = src.proc;
+    /* 2 MiB/s: the 16 MiB working set takes seconds to follow. */
+    json_decref(call(sc, "migration.start", with_tls(json_pack("{s:s, s:s, s:i, s:i}", "dest", incoming, "mode",
+                                                              "postcopy", "max_bandwidth_mibs", 2, "timeout_s",
+                                                              60))));
+    uint64_t deadline = now_ms() + 20000;
+    for (;;) {
+        json_t *p = progress(sc);
+        bool there = strcmp(jstr(p, "phase"), "postcopy") == 0;
+        json_decref(p);
+        if (there)
+            break;
+        cr_assert_lt(now_ms(), deadline, "the source never reached post-copy");
+        poll(NULL, 0, 5);
+    }
+    cr_assert_eq(kill(dst.proc->pid, SIGKILL), 0);
+    /* The source ends by itself (its API socket goes with it). */
+    api_client_close(sc);
+    cr_assert_eq(harness_process_wait_exit(src.proc, 30000), 1, "the source must exit 1:\n%s", src.proc->out);
+    const char *lost = strstr(src.proc->out, "ringvm: migration 1 failed: post-copy: the destination closed its "
+                                             "connections (its process ended?); the guest is lost");
+    cr_assert_not_null(lost, "%s", src.proc->out);
+    /* (That its vCPUs never ran again is checked on the guest's own
+     * counters in tests/test_postcopy_migration.c: console output and
+     * log lines may interleave out of order here.) */
+}
 Test(faults, hybrid_between_the_namespaces_over_1_gbit, .timeout = 90) { postcopy_between_the_namespaces("hybrid"); }
 
 /* Latency: 10 ms each way (20 ms RTT) on the delayed link, TUN devices
