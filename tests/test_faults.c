@@ -849,6 +849,49 @@ Test(faults, destination_killed_during_postcopy_loses_the_guest, .timeout = 90)
      * counters in tests/test_postcopy_migration.c: console output and
      * log lines may interleave out of order here.) */
 }
+
+/* The source process SIGKILLed mid post-copy: the pages it still held
+ * are gone; the destination says so, stops the guest and exits 1. */
+Test(faults, source_killed_during_postcopy_loses_the_guest, .timeout = 90)
+{
+    char why[400];
+    if (!postcopy_destination_available(why, sizeof(why)))
+        harness_skip("%s", why);
+    net_up("sk", "--rate 1gbit");
+    static const char *const two_vcpus[] = { "--vcpus", "2", NULL };
+    const char *memory = "128M", *workload = "ledger,wss=16M,verify=1";
+    char incoming[128];
+    destination_incoming(incoming, sizeof(incoming));
+    struct vmproc src, dst;
+    vm_spawn_with(&src, "src", memory, workload, NULL, NULL, two_vcpus);
+    cr_assert(output_has(&src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src.proc->out);
+    vm_spawn_with(&dst, "dst", memory, workload, incoming, NULL, two_vcpus);
+    struct api_client *dc = wait_listening(&dst);
+    struct api_client *sc = api_connect(src.socket, 5000);
+    diagnose = dst.proc;
+    json_decref(call(sc, "migration.start", with_tls(json_pack("{s:s, s:s, s:i, s:i}", "dest", incoming, "mode",
+                                                              "postcopy", "max_bandwidth_mibs", 2, "timeout_s",
+                                                              60))));
+    uint64_t deadline = now_ms() + 20000;
+    for (;;) {
+        json_t *p = progress(dc);
+        bool there = strcmp(jstr(p, "phase"), "postcopy") == 0;
+        json_decref(p);
+        if (there)
+            break;
+        cr_assert_lt(now_ms(), deadline, "the destination never ran in post-copy");
+        poll(NULL, 0, 5);
+    }
+    cr_assert_eq(kill(src.proc->pid, SIGKILL), 0);
+    cr_assert_eq(harness_process_wait_exit(src.proc, 5000), 128 + SIGKILL);
+    api_client_close(sc);
+    api_client_close(dc);
+    cr_assert_eq(harness_process_wait_exit(dst.proc, 30000), 1, "the destination must exit 1:\n%s",
+                 dst.proc->out);
+    cr_assert_not_null(strstr(dst.proc->out, "post-copy: the source closed its connections (its process ended?) "
+                                             "with "), "%s", dst.proc->out);
+    cr_assert_not_null(strstr(dst.proc->out, "pages still missing here: the guest is lost"), "%s", dst.proc->out);
+}
 Test(faults, hybrid_between_the_namespaces_over_1_gbit, .timeout = 90) { postcopy_between_the_namespaces("hybrid"); }
 
 /* Latency: 10 ms each way (20 ms RTT) on the delayed link, TUN devices
