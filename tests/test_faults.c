@@ -850,6 +850,76 @@ Test(faults, destination_killed_during_postcopy_loses_the_guest, .timeout = 90)
      * log lines may interleave out of order here.) */
 }
 
+/* Waits until the migration seen through c is in phase `phase`. */
+static void wait_phase(struct api_client *c, const char *phase, unsigned timeout_ms, const char *who)
+{
+    uint64_t deadline = now_ms() + timeout_ms;
+    for (;;) {
+        json_t *p = progress(c);
+        bool there = strcmp(jstr(p, "phase"), phase) == 0;
+        char *text = json_dumps(p, JSON_COMPACT);
+        json_decref(p);
+        if (there) {
+            free(text);
+            return;
+        }
+        cr_assert_lt(now_ms(), deadline, "the %s never reached phase %s: %s", who, phase, text);
+        free(text);
+        poll(NULL, 0, 10);
+    }
+}
+
+/* The link goes down mid post-copy: both processes pause (the guest waits
+ * on the destination). The link comes back; migration.recover on the
+ * destination, migration.start {resume} on the source, over the JSON API:
+ * the copy completes on a new connection with equal page digests, both
+ * processes exit 0 at the end and the ledger verifies throughout. */
+Test(faults, postcopy_recovers_over_the_api_after_the_link_went_down, .timeout = 120)
+{
+    char why[400];
+    if (!postcopy_destination_available(why, sizeof(why)))
+        harness_skip("%s", why);
+    net_up("rv", "--rate 1gbit");
+    static const char *const source_arguments[] = { "--vcpus", "2", NULL };
+    static const char *const destination_arguments[] = { "--vcpus", "2", "--incoming-stall-timeout", "1", NULL };
+    const char *memory = "128M", *workload = "ledger,wss=16M,verify=1";
+    char incoming[128], recover[128], ip[64];
+    destination_incoming(incoming, sizeof(incoming));
+    host_addr("dst", ip, sizeof(ip));
+    snprintf(recover, sizeof(recover), "tcp:%s:7001", ip);
+    struct vmproc src, dst;
+    vm_spawn_with(&src, "src", memory, workload, NULL, NULL, source_arguments);
+    cr_assert(output_has(&src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src.proc->out);
+    vm_spawn_with(&dst, "dst", memory, workload, incoming, NULL, destination_arguments);
+    struct api_client *dc = wait_listening(&dst);
+    struct api_client *sc = api_connect(src.socket, 5000);
+    diagnose = src.proc;
+    json_decref(call(sc, "migration.start", json_pack("{s:s, s:s, s:i, s:i, s:b, s:i, s:b}", "dest", incoming,
+                                                      "mode", "postcopy", "max_bandwidth_mibs", 4, "stall_timeout_s",
+                                                      1, "verify_digest", 1, "timeout_s", 60, "keep_alive", 1)));
+    wait_phase(dc, "postcopy", 20000, "destination");
+    cr_assert_eq(hosts_shell(HOSTS_SCRIPT " link %s down", hosts_name()), 0);
+    wait_phase(sc, "postcopy-paused", 20000, "source");
+    wait_phase(dc, "postcopy-paused", 20000, "destination");
+    cr_assert_eq(hosts_shell(HOSTS_SCRIPT " link %s up", hosts_name()), 0);
+    json_decref(call(dc, "migration.recover", json_pack("{s:s}", "address", recover)));
+    json_decref(call(sc, "migration.start", json_pack("{s:s, s:b}", "dest", recover, "resume", 1)));
+    json_t *p = wait_ended(sc, &src, 60000, "post-copy after the recovery");
+    cr_assert_str_eq(jstr(p, "state"), "completed", "%s", json_dumps(p, JSON_COMPACT));
+    cr_assert_str_eq(jstr(p, "memory_digest_source"), jstr(p, "memory_digest_destination"));
+    json_decref(p);
+    cr_assert_str_eq(vm_state(sc), "migrated");
+    json_decref(call(sc, "vm.shutdown", NULL));
+    api_client_close(sc);
+    cr_assert_eq(harness_process_wait_exit(src.proc, 10000), 0, "the old source must exit 0:\n%s", src.proc->out);
+    cr_assert_str_eq(vm_state(dc), "running");
+    ledger_continues(&dst, "after the recovered post-copy");
+    json_decref(call(dc, "vm.shutdown", NULL));
+    api_client_close(dc);
+    cr_assert_eq(harness_process_wait_exit(dst.proc, 10000), 0, "%s", dst.proc->out);
+    cr_assert_eq(output_count(&dst, "MISMATCH"), 0, "%s", dst.proc->out);
+}
+
 /* The source process SIGKILLed mid post-copy: the pages it still held
  * are gone; the destination says so, stops the guest and exits 1. */
 Test(faults, source_killed_during_postcopy_loses_the_guest, .timeout = 90)
