@@ -99,8 +99,35 @@ struct incoming {
     struct mig_listener recovery;   /* migration.recover's listener (recovery_open: listening) */
     bool recovery_open;
     bool recovering;                /* on a recovery connection that has not reopened the urgent channel */
+    uint64_t guest_rate_at_ns;      /* the guest's counters at the last snapshot (incoming_guest_rate) */
+    uint64_t guest_rate_pages;
     struct postcopy_incoming *postcopy;
 };
+
+/* Post-copy, built-in guest: its pages/s from its own counters (the stats
+ * slots in guest RAM), read only when the page holding them is here: a
+ * read of a missing page would block this thread on its own fault. */
+static void incoming_guest_rate(struct incoming *in, uint64_t now)
+{
+    struct vm *vm = in->vm;
+    in->progress.postcopy.guest_pages_per_s = -1;
+    const uint8_t *slots = guest_memory_gpa_to_host(&vm->memory, RINGVM_STATS_GPA,
+                                                    (uint64_t)RINGVM_STATS_SLOT_SIZE * vm->config.vcpu_count);
+    if (vm_is_linux_guest(vm) || slots == NULL)
+        return;
+    uint64_t first = (uint64_t)(slots - vm->memory.host) / MIG_PAGE_SIZE;
+    uint64_t last = ((uint64_t)(slots - vm->memory.host) + (uint64_t)RINGVM_STATS_SLOT_SIZE * vm->config.vcpu_count -
+                     1) / MIG_PAGE_SIZE;
+    for (uint64_t page = first; page <= last; page++)
+        if (!postcopy_incoming_received(in->postcopy, page))
+            return;
+    uint64_t written = vm_guest_pages_written(vm);
+    if (in->guest_rate_at_ns != 0 && now > in->guest_rate_at_ns && written >= in->guest_rate_pages)
+        in->progress.postcopy.guest_pages_per_s =
+            (int64_t)((unsigned __int128)(written - in->guest_rate_pages) * 1000000000u / (now - in->guest_rate_at_ns));
+    in->guest_rate_at_ns = now;
+    in->guest_rate_pages = written;
+}
 
 static void incoming_publish(struct incoming *in)
 {
@@ -119,6 +146,7 @@ static void incoming_publish(struct incoming *in)
         for (unsigned i = 0; i < count; i++)
             tids[i] = atomic_load_explicit(&in->vm->vcpus[i].tid, memory_order_relaxed);
         postcopy_incoming_fill_progress(in->postcopy, &in->progress, tids, count);
+        incoming_guest_rate(in, now);
     }
     mig_progress_publish(&in->m->board, &in->progress);
     in->last_publish = now;
@@ -869,6 +897,7 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
     in->started_mono = mig_mono_ns();
     in->progress.id = m->id;
     in->progress.incoming = true;
+    in->progress.postcopy.guest_pages_per_s = -1;
     /* local:PATH: the source hands its RAM over as an fd (local_handover.h). */
     bool local = address != NULL && strncmp(address, LOCAL_HANDOVER_PREFIX, strlen(LOCAL_HANDOVER_PREFIX)) == 0;
     in->progress.local = local;

@@ -318,6 +318,7 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
     snprintf(s->progress.address, sizeof(s->progress.address), "%s", params->dest);
     snprintf(s->progress.converge, sizeof(s->progress.converge), "%s", mig_converge_name(params->converge));
     s->progress.mode = (int)params->mode;
+    s->progress.postcopy.guest_pages_per_s = -1;    /* the destination's to say */
     s->progress.downtime_limit_ms = params->downtime_ms;
     s->progress.digest_pass_ms = digest_ms;
     s->progress.started_at_ms = mig_real_ns() / 1000000u;

@@ -371,6 +371,11 @@ void postcopy_incoming_resumed(struct postcopy_incoming *pi, uint64_t timestamp_
     incoming_wake(pi);
 }
 
+bool postcopy_incoming_received(struct postcopy_incoming *pi, uint64_t page)
+{
+    return pi->finished || postcopy_destination_received(pi->destination, page);
+}
+
 uint64_t postcopy_incoming_missing(struct postcopy_incoming *pi)
 {
     if (pi->finished)

@@ -59,6 +59,8 @@ uint64_t postcopy_incoming_known_zero(struct postcopy_incoming *incoming, const 
 int postcopy_incoming_fill_known_zero(struct postcopy_incoming *incoming, const uint64_t *discarded);
 /* Has "pc-urgent" send POSTCOPY_RESUMED(timestamp_ns) to the source. */
 void postcopy_incoming_resumed(struct postcopy_incoming *incoming, uint64_t timestamp_ns);
+/* Whether page (RAM offset / 4096) is here. */
+bool postcopy_incoming_received(struct postcopy_incoming *incoming, uint64_t page);
 /* Pages not received yet. */
 uint64_t postcopy_incoming_missing(struct postcopy_incoming *incoming);
 /* The urgent channel failed: true and its reason. */

@@ -156,6 +156,10 @@ struct mig_progress {
         uint64_t latency_p50_ns;
         uint64_t latency_p99_ns;
         uint64_t latency_max_ns;
+        /* Destination, built-in guest: the pages/s its vCPUs wrote since the
+         * last snapshot, from the guest's own counters (read only once the
+         * page holding them is here); -1 = not known. */
+        int64_t guest_pages_per_s;
     } postcopy;
     uint64_t downtime_ms;       /* source pause -> destination resume */
     uint64_t downtime_us;       /* the same in microseconds (a local hand-over's is a few ms) */

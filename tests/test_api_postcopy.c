@@ -307,16 +307,17 @@ Test(api_postcopy, a_hybrid_snapshot_before_the_switch_has_an_inactive_postcopy_
     struct mig_progress *progress = progress_new();
     progress->mode = (int)MIG_MODE_HYBRID;
     progress->vcpu_count = 2;
+    progress->postcopy.guest_pages_per_s = -1;      /* not known: null */
     json_t *object = mig_progress_to_json(progress);
     json_t *expected = json_pack(
         "{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:[{s:I, s:I, s:f}, {s:I, s:I, s:f}],"
-        " s:{s:I, s:f, s:f, s:f}}",
+        " s:{s:I, s:f, s:f, s:f}, s:n}",
         "active", 0, "switched_at_ms", (json_int_t)0, "pages_total", (json_int_t)0, "pages_pushed", (json_int_t)0,
         "pages_requested", (json_int_t)0, "requests", (json_int_t)0, "requests_refused", (json_int_t)0,
         "pages_received", (json_int_t)0, "pages_zero", (json_int_t)0, "faults", (json_int_t)0, "duplicate_faults",
         (json_int_t)0, "blocktime_total_ms", 0.0, "vcpus", "index", (json_int_t)0, "faults", (json_int_t)0,
         "blocktime_ms", 0.0, "index", (json_int_t)1, "faults", (json_int_t)0, "blocktime_ms", 0.0, "latency_us",
-        "count", (json_int_t)0, "p50", 0.0, "p99", 0.0, "max", 0.0);
+        "count", (json_int_t)0, "p50", 0.0, "p99", 0.0, "max", 0.0, "guest_pages_per_s");
     cr_assert_not_null(expected);
     char *got = json_dumps(json_object_get(object, "postcopy"), JSON_COMPACT | JSON_SORT_KEYS);
     char *want = json_dumps(expected, JSON_COMPACT | JSON_SORT_KEYS);
@@ -356,19 +357,20 @@ Test(api_postcopy, a_postcopy_snapshot_reports_every_counter_exactly)
     progress->postcopy.latency_p50_ns = 250000;
     progress->postcopy.latency_p99_ns = 900500;
     progress->postcopy.latency_max_ns = 2000000;
+    progress->postcopy.guest_pages_per_s = 2500000;
     json_t *object = mig_progress_to_json(progress);
     cr_assert_str_eq(json_string_value(json_object_get(object, "mode")), "postcopy");
     cr_assert_str_eq(json_string_value(json_object_get(object, "phase")), "postcopy");
     json_t *expected = json_pack(
         "{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:[{s:I, s:I, s:f}, {s:I, s:I, s:f}],"
-        " s:{s:I, s:f, s:f, s:f}}",
+        " s:{s:I, s:f, s:f, s:f}, s:I}",
         "active", 1, "switched_at_ms", (json_int_t)1234, "pages_total", (json_int_t)262144, "pages_pushed",
         (json_int_t)200000, "pages_requested", (json_int_t)1500, "requests", (json_int_t)1400, "requests_refused",
         (json_int_t)3, "pages_received", (json_int_t)201500, "pages_zero", (json_int_t)7000, "faults",
         (json_int_t)1600, "duplicate_faults", (json_int_t)100, "blocktime_total_ms", 12.345678, "vcpus", "index",
         (json_int_t)0, "faults", (json_int_t)1000, "blocktime_ms", 8.0, "index", (json_int_t)1, "faults",
         (json_int_t)600, "blocktime_ms", 4.345678, "latency_us", "count", (json_int_t)1500, "p50", 250.0, "p99",
-        900.5, "max", 2000.0);
+        900.5, "max", 2000.0, "guest_pages_per_s", (json_int_t)2500000);
     cr_assert_not_null(expected);
     char *got = json_dumps(json_object_get(object, "postcopy"), JSON_COMPACT | JSON_SORT_KEYS);
     char *want = json_dumps(expected, JSON_COMPACT | JSON_SORT_KEYS);
