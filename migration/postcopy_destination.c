@@ -42,11 +42,12 @@ struct postcopy_waiter {
  *   in place, so a set bit always means "present"); read without the lock
  *   by postcopy_destination_received (acquire; the release store pairs).
  * - requested, waiters, threads, latency, latency_max_ns and every counter:
- *   under lock. lock is held across UFFDIO_COPY/ZEROPAGE and the hole punch
- *   so that "place, mark received, wake waiters" is one step for the fault
- *   thread (a fault read before it registers a waiter the place resolves;
- *   after it, it sees the received bit). It is never held while calling
- *   request_page or waiting for anything.
+ *   under lock. A place copies (UFFDIO_COPY/ZEROPAGE) without it, then
+ *   takes it to mark the pages received and resolve their waiters: a
+ *   fault read before the mark registers a waiter the mark resolves (and
+ *   may ask for its page once more, answered as already present); one
+ *   read after it sees the received bit. The hole punch holds it. It is
+ *   never held while calling request_page or waiting for anything.
  * - fault thread: running only between create and stop; stopped (atomic,
  *   acquire/release) tells stop it already ran.
  */
@@ -463,7 +464,11 @@ static int postcopy_place_run(struct postcopy_destination *d, uint64_t page, uin
         return postcopy_check_page(d, page >= d->pages ? page : d->pages, "place");
     uint64_t done = 0;
     int result = 0;
-    pthread_mutex_lock(&d->lock);
+    /* The copy runs without the lock, so a requested page placed by
+     * pc-urgent never waits behind the background stream's 1 MiB copy;
+     * the lock covers marking the pages received and waking their
+     * waiters. A fault read between the copy and the mark asks for its
+     * page once more (the answer finds it present): harmless. */
     while (result == 0 && done < count) {
         uint64_t start = (uint64_t)(uintptr_t)d->options.host + (page + done) * POSTCOPY_PAGE_SIZE;
         uint64_t length = (count - done) * POSTCOPY_PAGE_SIZE;
@@ -482,17 +487,20 @@ static int postcopy_place_run(struct postcopy_destination *d, uint64_t page, uin
             bytes = zeropage.zeropage;
         }
         uint64_t placed = bytes > 0 ? (uint64_t)bytes / POSTCOPY_PAGE_SIZE : 0;
+        pthread_mutex_lock(&d->lock);
         for (uint64_t i = 0; result == 0 && i < placed; i++)
             result = postcopy_placed(d, page + done + i, 0, 0,
                                      data != NULL ? data + (done + i) * POSTCOPY_PAGE_SIZE : NULL);
         done += placed;
-        if (result != 0 || ioctl_result == 0 || error == EAGAIN)
-            continue;       /* EAGAIN: the mapping changed under us; retry the rest */
-        result = postcopy_placed(d, page + done, ioctl_result, error,
-                                 data != NULL ? data + done * POSTCOPY_PAGE_SIZE : NULL);
-        done++;
+        if (result == 0 && ioctl_result != 0 && error != EAGAIN) {
+            /* This page: EEXIST wakes and counts it, anything else fails.
+             * (EAGAIN: the mapping changed under us; retry the rest.) */
+            result = postcopy_placed(d, page + done, ioctl_result, error,
+                                     data != NULL ? data + done * POSTCOPY_PAGE_SIZE : NULL);
+            done++;
+        }
+        pthread_mutex_unlock(&d->lock);
     }
-    pthread_mutex_unlock(&d->lock);
     return result;
 }
 
