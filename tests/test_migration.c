@@ -1058,7 +1058,8 @@ Test(migration, ringctl_migrate_blocks_until_completed_then_progress_and_cancel,
 
 /* The source's hello answered with `reply` by a fake destination: the
  * migration fails with `code` and `message`, and the guest runs on. */
-static void hello_answered_with(enum fake_reply reply, const char *code, const char *message)
+static void hello_answered_with_mode(enum fake_reply reply, enum mig_mode mode, const char *code,
+                                     const char *message)
 {
     harness_require_kvm();
     struct harness_vm source;
@@ -1070,6 +1071,7 @@ static void hello_answered_with(enum fake_reply reply, const char *code, const c
     mig_params_defaults(&params);
     snprintf(params.dest, sizeof(params.dest), "%s", fake.address);
     params.verify_digest = false;
+    params.mode = mode;
     test_migration_start(source.vm, &params);
     struct mig_progress *p = malloc(sizeof(*p));
     test_migration_finished(source.vm, p, 20000);
@@ -1083,6 +1085,21 @@ static void hello_answered_with(enum fake_reply reply, const char *code, const c
     cr_assert(harness_wait_all_vcpus_advance(source.vm, 100, 20000), "the guest stopped");
     free(p);
     test_migration_source_stop(&source);
+}
+
+static void hello_answered_with(enum fake_reply reply, const char *code, const char *message)
+{
+    hello_answered_with_mode(reply, MIG_MODE_PRECOPY, code, message);
+}
+
+/* Post-copy asked of a destination that did not announce it (its hello
+ * lacks feature bit 3: no userfaultfd there, huge pages, an older ringvm):
+ * refused right after the handshake, nothing paused, no RAM sent. */
+Test(migration, postcopy_to_a_destination_without_it_is_refused_before_anything_is_paused, .timeout = 60)
+{
+    hello_answered_with_mode(FAKE_HELLO_ACK, MIG_MODE_POSTCOPY, "postcopy-unavailable",
+                             "mode postcopy: the destination did not announce post-copy (no usable userfaultfd "
+                             "there, RAM on huge pages, or an older ringvm); nothing was paused");
 }
 
 Test(migration, a_destination_refusing_the_hello_is_destination_error, .timeout = 60)
