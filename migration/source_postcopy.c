@@ -1,0 +1,479 @@
+/*
+ * The source's post-copy (issue 17; docs/migration-protocol.md,
+ * "Post-copy"): the urgent channel, hybrid's switch rule, the switch-over
+ * (pause, discard list, state, POSTCOPY_SWITCH), the background stream, END
+ * and the ACK, and what happens when the connections break afterwards
+ * (recovery over a new address, or the guest declared lost). Runs on the
+ * migration thread; pc-serve is migration/postcopy_source.c's.
+ */
+#include "migration/source_internal.h"
+
+/* Right after the handshake (nothing paused yet): POSTCOPY_OPEN, then the
+ * second connection, the urgent channel (TLS like the first), then
+ * POSTCOPY_OPEN_ACK once the destination has accepted it. */
+int source_postcopy_open(struct source *s, const struct mig_address *address)
+{
+    if (!s->peer_postcopy)
+        return source_fail(s, "postcopy-unavailable", "mode %s: the destination did not announce post-copy (no "
+                           "usable userfaultfd there, RAM on huge pages, or an older ringvm); nothing was paused",
+                           mig_mode_name(s->params.mode));
+    uint8_t payload[MIG_POSTCOPY_OPEN_SIZE] = { 0 };
+    uint8_t frame[MIG_HEADER_SIZE + MIG_POSTCOPY_OPEN_SIZE];
+    size_t length = mig_frame_encode(frame, MIG_FRAME_POSTCOPY_OPEN, s->seq++, payload, sizeof(payload));
+    char text[8192];
+    if (mig_io_write(&s->io, frame, length, text, sizeof(text)) != 0)
+        return source_fail(s, "transport", "postcopy-open: %s", text);
+    s->urgent_fd = mig_connect(address, CONNECT_TIMEOUT_MS, &s->m->cancel, text, sizeof(text));
+    if (s->urgent_fd < 0)
+        return source_fail(s, "connect-failed", "the urgent channel: %s", text);
+    s->urgent_io = (struct mig_io){ .fd = s->urgent_fd, .stall_ms = s->params.stall_timeout_ms,
+                                    .cancel = &s->m->cancel, .peer = "destination (urgent channel)" };
+    if (s->tls_credentials != NULL) {
+        const char *server_name = s->params.tls_server_name[0] != '\0' ? s->params.tls_server_name : address->host;
+        struct mig_tls_options options = { .credentials = s->tls_credentials, .server_name = server_name };
+        if (mig_tls_handshake(&s->urgent_tls, &s->urgent_io, &options, text, sizeof(text)) != 0)
+            return source_fail(s, "tls", "the urgent channel: %s", text);
+        s->urgent_io.tls = s->urgent_tls;
+    }
+    uint8_t reply[4 + MIG_ERROR_MAX_MESSAGE];
+    struct mig_frame_header header;
+    if (source_read_answer(s, "postcopy-open", &header, reply, sizeof(reply)) != 0)
+        return -1;
+    if (header.type != MIG_FRAME_POSTCOPY_OPEN_ACK)
+        return source_fail(s, "stream", "destination answered postcopy-open with a %s frame",
+                           mig_frame_type_name(header.type));
+    return 0;
+}
+
+/* Hybrid: should pre-copy hand over to post-copy after this pass? */
+bool source_hybrid_due(struct source *s, uint64_t iteration, const struct mig_iteration_record *record)
+{
+    if (s->params.mode != MIG_MODE_HYBRID)
+        return false;
+    if (atomic_load_explicit(&s->m->postcopy_requested, memory_order_acquire))
+        return true;
+    if (s->params.postcopy_after_passes != 0)
+        return iteration + 1 >= s->params.postcopy_after_passes;
+    if (s->params.postcopy_after_ms != 0)
+        return mig_mono_ns() - s->started_mono >= s->params.postcopy_after_ms * 1000000u;
+    /* auto: as soon as a pass (the bulk pass included: the guest's writes
+     * during it are a measured rate) shows pre-copy cannot meet the limit
+     * without throttling: the guest dirties memory at 80 %
+     * or more of the link's rate (each pass then shrinks the dirty set by
+     * a fifth at best; a guest rewriting its working set every pass
+     * measures ~100 %, give or take a percent of noise), or the dirty set
+     * did not shrink by a tenth since the pass before. */
+    uint64_t dirty_bytes_per_s = record->dirty_rate_pps * MIG_PAGE_SIZE;
+    uint64_t previous = s->hybrid_previous_size;
+    s->hybrid_previous_size = record->size_bytes;
+    if (s->bandwidth == 0)
+        return false;
+    return (unsigned __int128)dirty_bytes_per_s * 10 >= (unsigned __int128)s->bandwidth * 8 ||
+           (iteration >= 1 && (unsigned __int128)record->size_bytes * 10 >= (unsigned __int128)previous * 9);
+}
+
+/* The pages the destination lacks, as DISCARD runs (at most
+ * MIG_POSTCOPY_DISCARD_MAX_RUNS per frame). */
+static int source_send_discards(struct source *s)
+{
+    uint64_t pages = guest_memory_pages(&s->vm->memory);
+    uint8_t *payload = malloc(MIG_POSTCOPY_DISCARD_MAX_RUNS * MIG_POSTCOPY_DISCARD_RUN);
+    if (payload == NULL)
+        return source_fail(s, "internal", "out of memory for the discard list");
+    unsigned runs = 0;
+    uint64_t page = 0, found;
+    int result = 0;
+    while (result == 0 && page < pages && postcopy_source_next_unsent(s->postcopy, page, &found) && found >= page) {
+        uint64_t end = found + 1;
+        while (end < pages) {
+            uint64_t next;
+            if (!postcopy_source_next_unsent(s->postcopy, end, &next) || next != end)
+                break;
+            end++;
+        }
+        struct mig_discard_run run = { .ram_offset = found * MIG_PAGE_SIZE, .pages = end - found };
+        mig_discard_run_encode(&run, payload + runs * MIG_POSTCOPY_DISCARD_RUN);
+        if (++runs == MIG_POSTCOPY_DISCARD_MAX_RUNS) {
+            result = source_small_frame(s, MIG_FRAME_POSTCOPY_DISCARD, payload, runs * MIG_POSTCOPY_DISCARD_RUN);
+            runs = 0;
+        }
+        page = end;
+    }
+    if (result == 0 && runs > 0)
+        result = source_small_frame(s, MIG_FRAME_POSTCOPY_DISCARD, payload, runs * MIG_POSTCOPY_DISCARD_RUN);
+    free(payload);
+    return result;
+}
+
+/* The background stream: every page the destination lacks, in address
+ * order from wherever the last request left off, each once. */
+static int source_postcopy_push(struct source *s)
+{
+    struct guest_memory *memory = &s->vm->memory;
+    uint64_t pages = guest_memory_pages(memory);
+    struct source_stream st = { .s = s };
+    uint64_t page = 0;
+    char text[600];
+    for (;;) {
+        if (postcopy_source_failed(s->postcopy, text, sizeof(text))) {
+            source_stream_submit(&st);
+            return source_fail(s, "postcopy-failed", "%s", text);
+        }
+        uint64_t restart;
+        if (postcopy_source_take_restart(s->postcopy, &restart)) {
+            if (restart < page)
+                source_stream_submit(&st);
+            page = restart;
+        }
+        uint64_t frame_end = page;      /* runs of one frame go up: a jump back starts a new frame */
+        if (!postcopy_source_next_unsent(s->postcopy, page, &page))
+            break;
+        if (page < frame_end)
+            source_stream_submit(&st);
+        uint64_t data_start = page, data_end = pages;
+        if (!source_next_extent(memory, page, pages, &data_start, &data_end)) {
+            data_start = page;
+            data_end = pages;
+        }
+        /* At most 256 pages (1 MiB) per step, so a request redirects the
+         * stream soon. */
+        if (data_start > page) {
+            uint64_t stop = data_start - page > 256 ? page + 256 : data_start;
+            for (; page < stop; page++)
+                if (postcopy_source_claim(s->postcopy, page) && source_stream_zero(&st, page, 1) != 0)
+                    return -1;
+        } else {
+            uint64_t stop = data_end - page > 256 ? page + 256 : data_end;
+            for (; page < stop; page++)
+                if (postcopy_source_claim(s->postcopy, page) && source_stream_page(&st, page) != 0)
+                    return -1;
+        }
+    }
+    source_stream_submit(&st);
+    return 0;
+}
+
+void source_postcopy_progress(struct source *s)
+{
+    if (s->postcopy == NULL)
+        return;
+    struct postcopy_source_stats stats;
+    postcopy_source_get_stats(s->postcopy, &stats);
+    s->progress.postcopy.pages_pushed = stats.pages_pushed;
+    s->progress.postcopy.pages_requested = stats.pages_requested;
+    s->progress.postcopy.requests = stats.requests;
+    s->progress.postcopy.requests_refused = stats.requests_refused;
+}
+
+/* The guest gave up: it ran on the destination, which lost it (or the
+ * operator gave it up), and the source never runs it again. */
+static int source_guest_lost(struct source *s, const char *why)
+{
+    char cause[256];
+    snprintf(cause, sizeof(cause), "%.255s", s->error);
+    s->error_code = "guest-lost";
+    snprintf(s->error, sizeof(s->error), "post-copy: %s; the guest is lost (it ran on the destination after the "
+             "switch-over, and the source's copy is out of date)%s%s", why, cause[0] ? ": " : "", cause);
+    return -1;
+}
+
+/* Everything after the switch-over on one pair of connections: the
+ * background stream, END with the page digest, the ACK. 0 done; -1 with
+ * s->error (the caller decides between recovery and giving up). */
+static int source_postcopy_transfer(struct source *s, uint64_t pause_real)
+{
+    struct vm *vm = s->vm;
+    if (source_postcopy_push(s) != 0)
+        return -1;
+    source_postcopy_progress(s);
+    struct mig_end end = { .timestamp_ns = pause_real, .pages = s->pages_sent_total,
+                           .flags = s->user_paused ? MIG_END_GUEST_PAUSED : 0 };
+    if (s->params.verify_digest) {
+        if (s->progress.digest_source[0] == '\0') {
+            char hex[PAGE_DIGEST_HEX_SIZE];
+            int r = page_digest_memory(&vm->memory, hex);
+            if (r != 0)
+                return source_fail(s, "internal", "page digest: %s", strerror(-r));
+            snprintf(s->progress.digest_source, sizeof(s->progress.digest_source), "%s", hex);
+        }
+        snprintf(end.digest, sizeof(end.digest), "%s", s->progress.digest_source);
+        end.flags |= MIG_END_HAS_DIGEST;
+    }
+    uint8_t end_bytes[MIG_END_SIZE];
+    mig_end_encode(&end, end_bytes);
+    s->end_sent = true;
+    if (source_small_frame(s, MIG_FRAME_END, end_bytes, sizeof(end_bytes)) != 0 || source_flush(s) != 0)
+        return -1;
+    s->progress.memory.remaining = 0;
+    source_phase(s, MIG_STATE_COMPLETING, "waiting-ack");
+    struct mig_end ack;
+    if (source_read_ack(s, &ack) != 0)
+        return -1;
+    postcopy_source_stop(s->postcopy);
+    source_postcopy_progress(s);
+    uint64_t resumed = postcopy_source_resumed_ns(s->postcopy);
+    if (resumed >= pause_real) {
+        s->progress.downtime_ms = (resumed - pause_real + 999999u) / 1000000u;
+        s->progress.downtime_us = (resumed - pause_real + 999u) / 1000u;
+    }
+    snprintf(s->progress.digest_destination, sizeof(s->progress.digest_destination), "%s", ack.digest);
+    if (s->params.verify_digest && strcmp(ack.digest, s->progress.digest_source) != 0) {
+        s->error_code = "digest-mismatch";      /* final: no recovery fixes a wrong page */
+        snprintf(s->error, sizeof(s->error), "page digests differ: source %s, destination %s; the destination "
+                 "runs the guest, the source stays paused", s->progress.digest_source, ack.digest);
+        return 1;
+    }
+    return 0;
+}
+
+/* A recovery connection to dest: hello, POSTCOPY_RESUME, the destination's
+ * received bitmap (what it holds is not sent again), a new urgent channel,
+ * pc-serve and the sender again. 0, or -1 with s->error. */
+static int source_postcopy_reconnect(struct source *s, const char *dest)
+{
+    char text[8192];
+    struct mig_address address;
+    if (mig_address_parse(dest, &address, text, sizeof(text)) != 0)
+        return source_fail(s, "invalid-argument", "dest: %s", text);
+    mig_tls_session_free(s->tls);
+    s->tls = NULL;
+    s->io.tls = NULL;
+    if (s->fd >= 0)
+        close(s->fd);
+    mig_tls_session_free(s->urgent_tls);
+    s->urgent_tls = NULL;
+    if (s->urgent_fd >= 0)
+        close(s->urgent_fd);
+    s->urgent_fd = -1;
+    s->fd = mig_connect(&address, CONNECT_TIMEOUT_MS, &s->m->cancel, text, sizeof(text));
+    if (s->fd < 0)
+        return source_fail(s, "connect-failed", "%s", text);
+    s->io = (struct mig_io){ .fd = s->fd, .stall_ms = s->params.stall_timeout_ms, .cancel = &s->m->cancel,
+                             .peer = "destination" };
+    s->input = (struct mig_input){ .read = source_socket_read, .ctx = &s->io };
+    if (s->tls_credentials != NULL && source_tls_handshake(s, &address) != 0)
+        return -1;
+    s->seq = 0;
+    s->peer_seq = 0;
+    if (source_handshake(s) != 0)
+        return -1;
+    uint8_t payload[MIG_POSTCOPY_OPEN_SIZE] = { 0 };
+    uint8_t frame[MIG_HEADER_SIZE + MIG_POSTCOPY_OPEN_SIZE];
+    size_t length = mig_frame_encode(frame, MIG_FRAME_POSTCOPY_RESUME, s->seq++, payload, sizeof(payload));
+    if (mig_io_write(&s->io, frame, length, text, sizeof(text)) != 0)
+        return source_fail(s, "transport", "postcopy-resume: %s", text);
+    /* The received bitmap, whole, within the stall timeout (at least 10 s). */
+    struct postcopy_return_parser parser;
+    struct postcopy_return_options options = { .ram_bytes = s->vm->memory.size };
+    if (postcopy_return_init(&parser, &options) != 0)
+        return source_fail(s, "internal", "out of memory for the received bitmap");
+    parser.seq = s->peer_seq;
+    unsigned wait_ms = s->params.stall_timeout_ms * 2 > 10000 ? s->params.stall_timeout_ms * 2 : 10000;
+    uint64_t deadline = mig_mono_ns() + (uint64_t)wait_ms * 1000000u;
+    uint8_t buffer[65536];
+    int result = 0;
+    while (!parser.bitmap_complete) {
+        if (mig_mono_ns() >= deadline) {
+            result = source_fail(s, "transport", "the destination's received bitmap did not arrive within %u ms",
+                                 wait_ms);
+            break;
+        }
+        if (mig_io_readable(&s->io, 50) != 1)
+            continue;
+        ssize_t got = mig_io_recv_some(&s->io, buffer, sizeof(buffer), text, sizeof(text));
+        if (got == MIG_IO_AGAIN)
+            continue;
+        if (got <= 0 || postcopy_return_feed(&parser, buffer, (size_t)got, mig_mono_ns()) != 0) {
+            result = source_fail(s, "transport", "reading the destination's received bitmap: %s",
+                                 got < 0 ? text : got == 0 ? "the connection ended" : parser.error);
+            break;
+        }
+    }
+    if (result == 0) {
+        uint64_t pages = guest_memory_pages(&s->vm->memory), missing = 0;
+        for (uint64_t page = 0; page < pages; page++) {
+            if (postcopy_return_page_received(&parser, page)) {
+                postcopy_source_mark_sent(s->postcopy, page, 1);
+            } else {
+                postcopy_source_mark_unsent(s->postcopy, page);
+                missing++;
+            }
+        }
+        s->peer_seq = parser.seq;
+        fprintf(stderr, "ringvm: migration %" PRIu64 ": post-copy resumed over %s: %" PRIu64 " pages still missing "
+                "there\n", s->progress.id, dest, missing);
+    }
+    postcopy_return_destroy(&parser);
+    if (result != 0)
+        return -1;
+    if (source_postcopy_open(s, &address) != 0)
+        return -1;
+    int r = postcopy_source_restart(s->postcopy, s->urgent_io);
+    if (r != 0)
+        return source_fail(s, "internal", "restarting pc-serve: %s", strerror(-r));
+    uint64_t cap = s->params.max_bandwidth_mibs << 20;
+    if (mig_sender_start(&s->sender, s->fd, s->tls, cap, s->params.stall_timeout_ms, &s->m->cancel, text,
+                         sizeof(text)) != 0)
+        return source_fail(s, "internal", "%s", text);
+    s->sender_started = true;
+    s->end_sent = false;
+    return 0;
+}
+
+/* The connections broke after the switch-over. A peer that closed them is
+ * gone, and the guest with it. Otherwise the link broke: phase
+ * postcopy-paused until migration_resume names a new address (or a cancel
+ * or shutdown gives the guest up); a failed reconnection pauses again.
+ * 0 = reconnected, -1 = given up (s->error). */
+static int source_postcopy_recover(struct source *s)
+{
+    struct vm *vm = s->vm;
+    struct migration *m = s->m;
+    bool retrying = false;      /* a recovery attempt failed: the old connections are closed already */
+    for (;;) {
+        postcopy_source_stop(s->postcopy);
+        if (s->sender_started) {
+            mig_sender_stop(&s->sender);
+            s->sender_started = false;
+        }
+        if (s->error_code != NULL && strcmp(s->error_code, "digest-mismatch") == 0)
+            return -1;
+        if (atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire))
+            return source_guest_lost(s, "the source is shutting down");
+        if (!retrying && (mig_socket_peer_gone(s->fd) || mig_socket_peer_gone(s->urgent_fd)))
+            return source_guest_lost(s, "the destination closed its connections (its process ended?)");
+        char cause[sizeof(s->error)];
+        snprintf(cause, sizeof(cause), "%s", s->error[0] ? s->error : "the connection failed");
+        s->error_code = NULL;
+        s->error[0] = '\0';
+        snprintf(s->progress.error_code, sizeof(s->progress.error_code), "postcopy-paused");
+        snprintf(s->progress.error_message, sizeof(s->progress.error_message), "%s", cause);
+        pthread_mutex_lock(&m->lock);
+        m->postcopy_paused = true;
+        m->paused_incoming = false;
+        m->recover_requested = false;
+        pthread_mutex_unlock(&m->lock);
+        source_phase(s, MIG_STATE_ACTIVE, "postcopy-paused");
+        fprintf(stderr, "ringvm: migration %" PRIu64 ": post-copy paused: %s; the guest waits on the destination "
+                "for its missing pages: run migration.recover there, then migration.start with resume here "
+                "(migration.cancel gives the guest up)\n", s->progress.id, cause);
+        char dest[sizeof(m->recover_address)];
+        bool give_up = false;
+        pthread_mutex_lock(&m->lock);
+        while (!m->recover_requested) {
+            if (atomic_load_explicit(&m->cancel, memory_order_acquire) ||
+                atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire)) {
+                give_up = true;
+                break;
+            }
+            mig_cond_wait_ms(&m->postcopy_cond, &m->lock, 100);
+        }
+        snprintf(dest, sizeof(dest), "%s", m->recover_address);
+        m->recover_requested = false;
+        m->postcopy_paused = false;
+        pthread_mutex_unlock(&m->lock);
+        if (give_up) {
+            s->cancelled = atomic_load_explicit(&m->cancel, memory_order_acquire);
+            return source_guest_lost(s, s->cancelled ? "given up by migration.cancel while paused"
+                                                     : "the source is shutting down");
+        }
+        s->progress.error_code[0] = '\0';
+        s->progress.error_message[0] = '\0';
+        if (source_postcopy_reconnect(s, dest) == 0) {
+            source_phase(s, MIG_STATE_ACTIVE, "postcopy");
+            return 0;
+        }
+        fprintf(stderr, "ringvm: migration %" PRIu64 ": post-copy recovery over %s failed: %s\n", s->progress.id,
+                dest, s->error);
+        retrying = true;
+    }
+}
+
+/*
+ * The post-copy switch-over: pause, capture the state, tell the destination
+ * which pages it must drop (pure post-copy: all of them; hybrid: those
+ * dirtied since they were sent), send the state and POSTCOPY_SWITCH, then
+ * push every missing page while pc-serve answers requests, then END (with
+ * the page digest) and the ACK once the destination holds every page.
+ * From POSTCOPY_SWITCH on the source never resumes: the guest runs on the
+ * destination, or is lost with it (docs/reliability.md).
+ */
+int source_postcopy(struct source *s)
+{
+    struct vm *vm = s->vm;
+    uint64_t pages = guest_memory_pages(&vm->memory);
+    fprintf(stderr, "ringvm: migration %" PRIu64 ": switching over to post-copy after %" PRIu64 " pre-copy passes\n",
+            s->progress.id, s->tracking ? s->progress.iteration + 1 : 0);
+    source_phase(s, MIG_STATE_COMPLETING, "postcopy-switch");
+    if (source_pause_guest(s) != 0)
+        return -1;
+    int r;
+    uint64_t pause_real = mig_real_ns();
+    struct captured_state state;
+    if (source_capture_state(s, &state) != 0)
+        return -1;
+    if (postcopy_source_create(&s->postcopy, &vm->memory, s->urgent_io) != 0) {
+        free(state.bytes);
+        return source_fail(s, "internal", "out of memory for the post-copy state");
+    }
+    if (s->tracking) {
+        /* Hybrid: iteration 0 sent every page; stale now are the pending
+         * set and what the final sync finds (after the state capture, as
+         * in pre-copy: KVM's writes for vCPU ioctls land in it). */
+        r = dirty_log_final_sync(vm->dirty_log);
+        struct dirty_pages extra;
+        dirty_pages_init(&extra);
+        int64_t taken = r == 0 ? dirty_log_take(vm->dirty_log, &extra) : r;
+        if (taken < 0) {
+            dirty_pages_free(&extra);
+            free(state.bytes);
+            return source_fail(s, "internal", "final dirty set: %s", strerror((int)-taken));
+        }
+        postcopy_source_mark_sent(s->postcopy, 0, pages);
+        for (uint64_t i = 0; i < s->pending.count; i++)
+            postcopy_source_mark_unsent(s->postcopy, s->pending.pages[i]);
+        for (uint64_t i = 0; i < extra.count; i++)
+            postcopy_source_mark_unsent(s->postcopy, extra.pages[i]);
+        s->pages_taken += extra.count;
+        dirty_pages_free(&extra);
+    }
+    uint64_t missing = postcopy_source_unsent(s->postcopy);
+    r = source_send_discards(s);
+    if (r == 0)
+        r = source_send_state(s, &state);
+    free(state.bytes);
+    if (r != 0 || source_send_device_state(s) != 0)
+        return -1;
+    struct mig_postcopy_switch sw = { .pause_timestamp_ns = pause_real, .missing_pages = missing,
+                                      .flags = s->user_paused ? (uint32_t)MIG_END_GUEST_PAUSED : 0 };
+    uint8_t sw_bytes[MIG_POSTCOPY_SWITCH_SIZE];
+    mig_postcopy_switch_encode(&sw, sw_bytes);
+    pthread_mutex_lock(&s->m->lock);
+    bool cancelled = atomic_load_explicit(&s->m->cancel, memory_order_acquire);
+    s->m->past_end = !cancelled;
+    pthread_mutex_unlock(&s->m->lock);
+    if (cancelled) {
+        s->cancelled = true;
+        return source_fail(s, "cancelled", "cancelled by migration.cancel");
+    }
+    /* The point of no return: the destination may run the guest from the
+     * moment it reads this frame. */
+    s->keep_paused = true;
+    if (source_small_frame(s, MIG_FRAME_POSTCOPY_SWITCH, sw_bytes, sizeof(sw_bytes)) != 0 || source_flush(s) != 0)
+        return -1;
+    source_release_tracking(s);     /* the source never runs the guest again */
+    r = postcopy_source_start(s->postcopy);
+    if (r != 0)
+        return source_fail(s, "postcopy-failed", "starting pc-serve: %s", strerror(-r));
+    s->progress.postcopy.active = true;
+    s->progress.postcopy.switched_at_ms = (mig_mono_ns() - s->started_mono) / 1000000u;
+    s->progress.postcopy.pages_total = missing;
+    s->progress.memory.remaining = missing * MIG_PAGE_SIZE;
+    source_phase(s, MIG_STATE_ACTIVE, "postcopy");
+    while (source_postcopy_transfer(s, pause_real) != 0) {
+        if (source_postcopy_recover(s) != 0)
+            return -1;
+    }
+    return 0;
+}
+
