@@ -3,10 +3,9 @@
  * the stream through the receiver (migration/receiver.h), populate RAM ahead
  * of it, restore the guest and answer END with the ACK.
  */
-#include "migration/migration_internal.h"
+#include "migration/destination_internal.h"
 #include "migration/machine_state_vm.h"
 #include "migration/postcopy_destination.h"
-#include "migration/postcopy_incoming.h"
 
 /* ---- the destination --------------------------------------------------------- */
 
@@ -75,61 +74,7 @@ static void *populate_main(void *argument)
     return NULL;
 }
 
-struct incoming {
-    struct migration *m;
-    struct vm *vm;
-    struct api_server *server;
-    int fd;
-    struct mig_io io;               /* the stream: fd, and the TLS session when there is one */
-    struct mig_tls_session *tls;    /* owned; NULL = plaintext */
-    bool source_speaks_tls;         /* a plaintext destination got a TLS ClientHello */
-    uint64_t bytes_read;            /* by incoming_read_some (plaintext after TLS) */
-    unsigned stall_ms;
-    struct mig_receiver receiver;
-    struct mig_progress progress;
-    uint64_t started_mono;
-    uint64_t last_publish;
-    uint64_t seq;                   /* next frame to the source */
-    bool fault_held;                /* a test's fault point held the switch-over (not learned) */
-    /* Post-copy (issue 17): the urgent channel between POSTCOPY_OPEN and
-     * the switch (then the session owns it), and the session itself. */
-    bool postcopy_offered;          /* MIG_FEATURE_POSTCOPY in our hello */
-    struct mig_io urgent;           /* fd -1 = none */
-    uint64_t *discarded;            /* one bit per page in a DISCARD run (heap, from POSTCOPY_OPEN) */
-    struct mig_listener recovery;   /* migration.recover's listener (recovery_open: listening) */
-    bool recovery_open;
-    bool recovering;                /* on a recovery connection that has not reopened the urgent channel */
-    uint64_t guest_rate_at_ns;      /* the guest's counters at the last snapshot (incoming_guest_rate) */
-    uint64_t guest_rate_pages;
-    struct postcopy_incoming *postcopy;
-};
-
-/* Post-copy, built-in guest: its pages/s from its own counters (the stats
- * slots in guest RAM), read only when the page holding them is here: a
- * read of a missing page would block this thread on its own fault. */
-static void incoming_guest_rate(struct incoming *in, uint64_t now)
-{
-    struct vm *vm = in->vm;
-    in->progress.postcopy.guest_pages_per_s = -1;
-    const uint8_t *slots = guest_memory_gpa_to_host(&vm->memory, RINGVM_STATS_GPA,
-                                                    (uint64_t)RINGVM_STATS_SLOT_SIZE * vm->config.vcpu_count);
-    if (vm_is_linux_guest(vm) || slots == NULL)
-        return;
-    uint64_t first = (uint64_t)(slots - vm->memory.host) / MIG_PAGE_SIZE;
-    uint64_t last = ((uint64_t)(slots - vm->memory.host) + (uint64_t)RINGVM_STATS_SLOT_SIZE * vm->config.vcpu_count -
-                     1) / MIG_PAGE_SIZE;
-    for (uint64_t page = first; page <= last; page++)
-        if (!postcopy_incoming_received(in->postcopy, page))
-            return;
-    uint64_t written = vm_guest_pages_written(vm);
-    if (in->guest_rate_at_ns != 0 && now > in->guest_rate_at_ns && written >= in->guest_rate_pages)
-        in->progress.postcopy.guest_pages_per_s =
-            (int64_t)((unsigned __int128)(written - in->guest_rate_pages) * 1000000000u / (now - in->guest_rate_at_ns));
-    in->guest_rate_at_ns = now;
-    in->guest_rate_pages = written;
-}
-
-static void incoming_publish(struct incoming *in)
+void incoming_publish(struct incoming *in)
 {
     uint64_t now = mig_mono_ns();
     in->progress.elapsed_ms = (now - in->started_mono) / 1000000u;
@@ -152,7 +97,7 @@ static void incoming_publish(struct incoming *in)
     in->last_publish = now;
 }
 
-static void incoming_phase(struct incoming *in, enum mig_state state, const char *phase)
+void incoming_phase(struct incoming *in, enum mig_state state, const char *phase)
 {
     enum mig_state old = in->progress.state;
     in->progress.state = state;
@@ -238,7 +183,7 @@ static ssize_t incoming_read_some(void *ctx, void *data, size_t capacity, char *
     }
 }
 
-static int incoming_send(struct incoming *in, uint32_t type, const void *payload, size_t length)
+int incoming_send(struct incoming *in, uint32_t type, const void *payload, size_t length)
 {
     uint8_t frame[MIG_HEADER_SIZE + 4 + MIG_ERROR_MAX_MESSAGE + MIG_HELLO_SIZE];
     size_t total = mig_frame_encode(frame, type, in->seq++, payload, length);
@@ -330,7 +275,7 @@ static void incoming_learn_switch_over(struct incoming *in)
 }
 
 /* Restores what the stream carried and lets the vCPUs run. */
-static int incoming_restore(struct incoming *in, char *error, size_t error_size, uint32_t *code)
+int incoming_restore(struct incoming *in, char *error, size_t error_size, uint32_t *code)
 {
     struct vm *vm = in->vm;
     struct mig_receiver *r = &in->receiver;
@@ -418,7 +363,7 @@ static int incoming_restore(struct incoming *in, char *error, size_t error_size,
 }
 
 /* ACK with this side's digest (when it verified one). */
-static void incoming_send_ack(struct incoming *in, uint64_t timestamp_ns)
+void incoming_send_ack(struct incoming *in, uint64_t timestamp_ns)
 {
     struct mig_end ack = { .timestamp_ns = timestamp_ns,
                            .pages = atomic_load_explicit(&in->receiver.pages_received, memory_order_relaxed) };
@@ -434,7 +379,7 @@ static void incoming_send_ack(struct incoming *in, uint64_t timestamp_ns)
 /* The state is restored: run the guest here (or leave it paused as the
  * operator had it on the source). 0 with *resumed (CLOCK_REALTIME), or -1
  * when this VM is shutting down. */
-static int incoming_resume_guest(struct incoming *in, bool stay_paused, uint64_t *resumed, char *error,
+int incoming_resume_guest(struct incoming *in, bool stay_paused, uint64_t *resumed, char *error,
                                  size_t error_size, uint32_t *code)
 {
     struct vm *vm = in->vm;
@@ -453,312 +398,6 @@ static int incoming_resume_guest(struct incoming *in, bool stay_paused, uint64_t
     vm_set_state(vm, stay_paused ? VM_STATE_PAUSED : VM_STATE_RUNNING);
     mig_trace(stay_paused ? "dst restored, left paused" : "dst resumed");
     pthread_mutex_unlock(&vm->control_lock);
-    return 0;
-}
-
-/* ---- post-copy (issue 17) --------------------------------------------------- */
-
-/* POSTCOPY_OPEN: accept the source's second connection (the urgent
- * channel) on the same listener, with the same peer check and TLS, within
- * the stall timeout; then POSTCOPY_OPEN_ACK on the main connection. */
-static int incoming_postcopy_open(struct incoming *in, int listen_fd, const struct mig_tls_credentials *credentials,
-                                  char *error, size_t error_size)
-{
-    const _Atomic bool *stop = (const _Atomic bool *)&in->vm->shutdown_requested;
-    int ready = mig_io_poll_readable(listen_fd, in->stall_ms);
-    if (ready != 1) {
-        snprintf(error, error_size, "postcopy-open: the source's urgent channel did not connect within %u ms",
-                 in->stall_ms);
-        return -1;
-    }
-    if (in->discarded == NULL)
-        in->discarded = calloc((in->vm->memory.size / MIG_PAGE_SIZE + 63) / 64 + 1, sizeof(uint64_t));
-    if (in->discarded == NULL) {
-        snprintf(error, error_size, "out of memory for the discard bitmap");
-        return -1;
-    }
-    int fd = mig_accept(listen_fd, stop, error, error_size);
-    if (fd < 0)
-        return -1;
-    in->urgent = (struct mig_io){ .fd = fd, .stall_ms = in->stall_ms, .cancel = stop,
-                                  .peer = "source (urgent channel)" };
-    if (credentials != NULL) {
-        struct mig_tls_options options = { .credentials = credentials };
-        char text[512];
-        if (mig_tls_handshake(&in->urgent.tls, &in->urgent, &options, text, sizeof(text)) != 0) {
-            snprintf(error, error_size, "the urgent channel: %s", text);
-            return -1;
-        }
-    }
-    uint8_t payload[MIG_POSTCOPY_OPEN_SIZE] = { 0 };
-    if (incoming_send(in, MIG_FRAME_POSTCOPY_OPEN_ACK, payload, sizeof(payload)) != 0) {
-        snprintf(error, error_size, "could not answer postcopy-open");
-        return -1;
-    }
-    return 0;
-}
-
-/* POSTCOPY_DISCARD: the runs' pages leave the memfd, so their next touch
- * (after registration) faults. */
-static int incoming_postcopy_discard(struct incoming *in, char *error, size_t error_size)
-{
-    const struct mig_receiver *r = &in->receiver;
-    for (unsigned i = 0; i < r->discard_count; i++) {
-        const struct mig_discard_run *run = &r->discard_runs[i];
-        if (fallocate(in->vm->memory.memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)run->ram_offset,
-                      (off_t)(run->pages * MIG_PAGE_SIZE)) != 0) {
-            snprintf(error, error_size, "postcopy-discard: fallocate(PUNCH_HOLE, 0x%" PRIx64 ", %" PRIu64
-                     " pages): %s", run->ram_offset, run->pages, strerror(errno));
-            return -1;
-        }
-        for (uint64_t page = run->ram_offset / MIG_PAGE_SIZE; page < run->ram_offset / MIG_PAGE_SIZE + run->pages;
-             page++)
-            in->discarded[page / 64] |= 1ull << (page % 64);
-    }
-    return 0;
-}
-
-static int incoming_place(void *opaque, uint64_t ram_offset, uint32_t pages, const uint8_t *data)
-{
-    return postcopy_incoming_place(opaque, ram_offset, pages, data);
-}
-
-/* POSTCOPY_SWITCH: RAM under userfaultfd, the state restored, the guest
- * resumed (or left paused as on the source), RESUMED sent on the urgent
- * channel. From here on the guest runs here. */
-static int incoming_postcopy_switch(struct incoming *in, char *error, size_t error_size, uint32_t *code)
-{
-    struct vm *vm = in->vm;
-    const struct mig_postcopy_switch *sw = &in->receiver.postcopy_switch;
-    struct postcopy_incoming_options options = {
-        .host = vm->memory.host, .memfd = vm->memory.memfd, .size = vm->memory.size, .urgent = in->urgent,
-        .digest = (in->receiver.peer.features & MIG_FEATURE_DIGEST) != 0,
-    };
-    in->urgent.fd = -1;     /* the session's now, closed by it even when it fails */
-    in->urgent.tls = NULL;
-    if (postcopy_incoming_start(&in->postcopy, &options, error, error_size) != 0)
-        return -1;
-    /* Missing here: the discarded pages, plus pages pre-copy sent as zero
-     * runs (memfd holes, filled below once the guest runs). */
-    uint64_t known_zero = postcopy_incoming_known_zero(in->postcopy, in->discarded);
-    uint64_t missing = postcopy_incoming_missing(in->postcopy) - known_zero;
-    if (missing != sw->missing_pages) {
-        *code = MIG_ERR_STREAM;
-        snprintf(error, error_size, "postcopy-switch: the source says %" PRIu64 " pages are missing here, %" PRIu64
-                 " are", sw->missing_pages, missing);
-        return -1;
-    }
-    if (mig_receiver_set_placer(&in->receiver, incoming_place, in->postcopy) != 0) {
-        snprintf(error, error_size, "out of memory for post-copy frames");
-        return -1;
-    }
-    if (incoming_restore(in, error, error_size, code) != 0)
-        return -1;
-    bool stay_paused = (sw->flags & MIG_END_GUEST_PAUSED) != 0;
-    uint64_t resumed;
-    if (incoming_resume_guest(in, stay_paused, &resumed, error, error_size, code) != 0)
-        return -1;
-    postcopy_incoming_resumed(in->postcopy, resumed);
-    if (resumed >= sw->pause_timestamp_ns) {
-        in->progress.downtime_ms = (resumed - sw->pause_timestamp_ns + 999999u) / 1000000u;
-        in->progress.downtime_us = (resumed - sw->pause_timestamp_ns + 999u) / 1000u;
-    }
-    in->progress.postcopy.active = true;
-    in->progress.postcopy.switched_at_ms = (mig_mono_ns() - in->started_mono) / 1000000u;
-    in->progress.postcopy.pages_total = missing;
-    fprintf(stderr, "ringvm: migration: post-copy: the guest %s here, %" PRIu64 " of %" PRIu64 " pages to come\n",
-            stay_paused ? "is restored (paused as on the source)" : "runs", missing, vm->memory.size / MIG_PAGE_SIZE);
-    incoming_phase(in, MIG_STATE_ACTIVE, "postcopy");
-    if (known_zero > 0 && postcopy_incoming_fill_known_zero(in->postcopy, in->discarded) != 0) {
-        snprintf(error, error_size, "post-copy: placing the %" PRIu64 " pages pre-copy sent as zero failed",
-                 known_zero);
-        return -1;
-    }
-    return 0;
-}
-
-/* POSTCOPY_RESUME on a recovery connection: the received bitmap, so the
- * source sends only what is still missing here. */
-static int incoming_send_received_bitmap(struct incoming *in, char *error, size_t error_size)
-{
-    uint64_t pages = in->vm->memory.size / MIG_PAGE_SIZE;
-    uint64_t words = (pages + 63) / 64;
-    size_t frame_size = MIG_HEADER_SIZE + postcopy_return_bitmap_length(pages < POSTCOPY_BITMAP_MAX_PAGES
-                                                                            ? pages : POSTCOPY_BITMAP_MAX_PAGES);
-    uint64_t *bits = malloc(words * sizeof(uint64_t));
-    uint8_t *frame = malloc(frame_size);
-    int result = 0;
-    if (bits == NULL || frame == NULL) {
-        snprintf(error, error_size, "out of memory for the received bitmap");
-        result = -1;
-    }
-    if (result == 0)
-        postcopy_incoming_copy_received(in->postcopy, 0, words, bits);
-    for (uint64_t first = 0; result == 0 && first < pages; first += POSTCOPY_BITMAP_MAX_PAGES) {
-        uint64_t count = pages - first < POSTCOPY_BITMAP_MAX_PAGES ? pages - first : POSTCOPY_BITMAP_MAX_PAGES;
-        size_t length = postcopy_return_encode_received_bitmap(frame, in->seq++, first * MIG_PAGE_SIZE, count,
-                                                               bits + first / 64);
-        char text[400];
-        if (mig_io_write(&in->io, frame, length, text, sizeof(text)) != 0) {
-            snprintf(error, error_size, "sending the received bitmap: %s", text);
-            result = -1;
-        }
-    }
-    free(bits);
-    free(frame);
-    return result;
-}
-
-/* The connections broke after the switch-over. A source that closed them
- * is gone: the pages still missing are lost with it (-1). Otherwise phase
- * postcopy-paused: vCPUs touching missing pages wait, RAM stays
- * registered, the old connections stay open (closing them would tell the
- * source this process is gone) until migration.recover names an address
- * and a source connects there; 0 with in->fd the new connection and the
- * receiver restarted, or -1 (shutdown, cancel: the guest is lost). */
-static int incoming_postcopy_recover(struct incoming *in, const struct mig_tls_credentials *credentials,
-                                     const char *cause, char *error, size_t error_size, uint32_t *code)
-{
-    struct vm *vm = in->vm;
-    struct migration *m = in->m;
-    const _Atomic bool *stop = (const _Atomic bool *)&vm->shutdown_requested;
-    postcopy_incoming_pause(in->postcopy);
-    *code = MIG_ERR_CANCELLED;
-    if (atomic_load_explicit(stop, memory_order_acquire)) {
-        snprintf(error, error_size, "post-copy: the destination is shutting down: the guest is lost (%.200s)", cause);
-        return -1;
-    }
-    /* (A recovery connection that breaks says nothing about the source's
-     * life: the old connections are closed by then.) */
-    if (!in->recovering &&
-        (mig_socket_peer_gone(in->fd) || mig_socket_peer_gone(postcopy_incoming_urgent_fd(in->postcopy)))) {
-        snprintf(error, error_size, "post-copy: the source closed its connections (its process ended?) with %" PRIu64
-                 " pages still missing here: the guest is lost (%.200s)", postcopy_incoming_missing(in->postcopy),
-                 cause);
-        return -1;
-    }
-    snprintf(in->progress.error_code, sizeof(in->progress.error_code), "postcopy-paused");
-    snprintf(in->progress.error_message, sizeof(in->progress.error_message), "%s", cause);
-    pthread_mutex_lock(&m->lock);
-    m->postcopy_paused = true;
-    m->paused_incoming = true;
-    m->recover_requested = false;
-    pthread_mutex_unlock(&m->lock);
-    incoming_phase(in, MIG_STATE_ACTIVE, "postcopy-paused");
-    fprintf(stderr, "ringvm: migration: post-copy paused: %s; %" PRIu64 " pages missing, vCPUs that touch them wait: "
-            "run migration.recover ADDRESS here, then migration.start with resume on the source\n", cause,
-            postcopy_incoming_missing(in->postcopy));
-    for (;;) {
-        if (atomic_load_explicit(stop, memory_order_acquire) ||
-            atomic_load_explicit(&m->cancel, memory_order_acquire)) {
-            snprintf(error, error_size, "post-copy: given up while paused (%s): the guest is lost",
-                     atomic_load_explicit(stop, memory_order_acquire) ? "shutting down" : "migration.cancel");
-            return -1;
-        }
-        char address[sizeof(m->recover_address)] = "";
-        struct mig_listener listener;
-        bool took_listener = false;
-        pthread_mutex_lock(&m->lock);
-        if (m->recover_requested) {
-            snprintf(address, sizeof(address), "%s", m->recover_address);
-            m->recover_requested = false;
-            if (m->recover_listener_open) {
-                listener = m->recover_listener;     /* ours from here on */
-                m->recover_listener_open = false;
-                took_listener = true;
-            }
-        }
-        pthread_mutex_unlock(&m->lock);
-        if (took_listener) {
-            if (in->recovery_open)
-                mig_listener_close(&in->recovery);
-            in->recovery = listener;
-            in->recovery_open = true;
-            snprintf(in->progress.address, sizeof(in->progress.address), "%s", address);
-            fprintf(stderr, "ringvm: migration: post-copy recovery: listening on %s\n", address);
-        }
-        if (!in->recovery_open || mig_io_poll_readable(in->recovery.fd, 100) != 1) {
-            if (!in->recovery_open) {
-                pthread_mutex_lock(&m->lock);
-                if (!m->recover_requested)
-                    mig_cond_wait_ms(&m->postcopy_cond, &m->lock, 100);
-                pthread_mutex_unlock(&m->lock);
-            }
-            if (mig_mono_ns() - in->last_publish >= PUBLISH_INTERVAL_NS)
-                incoming_publish(in);
-            continue;
-        }
-        char text[512];
-        int fd = mig_accept(in->recovery.fd, stop, text, sizeof(text));
-        if (fd < 0) {
-            fprintf(stderr, "ringvm: migration: post-copy recovery: %s\n", text);
-            continue;
-        }
-        struct mig_io io = { .fd = fd, .stall_ms = in->stall_ms, .cancel = stop, .peer = "source" };
-        if (credentials != NULL) {
-            struct mig_tls_options options = { .credentials = credentials };
-            if (mig_tls_handshake(&io.tls, &io, &options, text, sizeof(text)) != 0) {
-                fprintf(stderr, "ringvm: migration: post-copy recovery: refused a connection: %s\n", text);
-                close(fd);
-                continue;
-            }
-        }
-        mig_tls_session_free(in->tls);
-        if (in->fd >= 0)
-            close(in->fd);
-        in->fd = fd;
-        in->io = io;
-        in->tls = io.tls;
-        in->seq = 0;
-        mig_receiver_restart_stream(&in->receiver);
-        in->recovering = true;
-        pthread_mutex_lock(&m->lock);
-        m->postcopy_paused = false;
-        pthread_mutex_unlock(&m->lock);
-        in->progress.error_code[0] = '\0';
-        in->progress.error_message[0] = '\0';
-        incoming_phase(in, MIG_STATE_ACTIVE, "postcopy-recovering");
-        return 0;
-    }
-}
-
-/* END in post-copy: the main stream is over; requested pages may still be
- * on the urgent channel. Every page present within the stall timeout, the
- * page digest compared, RAM released from userfaultfd. */
-static int incoming_postcopy_end(struct incoming *in, char *error, size_t error_size, uint32_t *code)
-{
-    uint64_t deadline = mig_mono_ns() + (uint64_t)in->stall_ms * 1000000u;
-    uint64_t missing;
-    while ((missing = postcopy_incoming_missing(in->postcopy)) != 0) {
-        char text[512];
-        if (postcopy_incoming_failed(in->postcopy, text, sizeof(text))) {
-            snprintf(error, error_size, "post-copy: %s (%" PRIu64 " pages missing)", text, missing);
-            return -1;
-        }
-        if (mig_mono_ns() >= deadline) {
-            *code = MIG_ERR_STREAM;
-            snprintf(error, error_size, "post-copy: the stream ended with %" PRIu64 " pages still missing after %u ms",
-                     missing, in->stall_ms);
-            return -1;
-        }
-        /* Waiting for pc-urgent to place the last requested pages. */
-        struct timespec pause = { .tv_sec = 0, .tv_nsec = 1000000 };
-        nanosleep(&pause, NULL);
-    }
-    incoming_publish(in);
-    if (in->receiver.end.flags & MIG_END_HAS_DIGEST) {
-        char hex[PAGE_DIGEST_HEX_SIZE];
-        postcopy_incoming_digest(in->postcopy, hex);
-        snprintf(in->progress.digest_destination, sizeof(in->progress.digest_destination), "%s", hex);
-        snprintf(in->progress.digest_source, sizeof(in->progress.digest_source), "%s", in->receiver.end.digest);
-        if (strcmp(hex, in->receiver.end.digest) != 0) {
-            *code = MIG_ERR_DIGEST;
-            snprintf(error, error_size, "page digest mismatch after post-copy: source %s, destination %s (the guest "
-                     "runs here already)", in->receiver.end.digest, hex);
-            return -1;
-        }
-    }
-    postcopy_incoming_finish(in->postcopy);
     return 0;
 }
 
