@@ -293,3 +293,63 @@ Test(postcopy_migration, the_destination_gone_mid_postcopy_loses_the_guest, .tim
     test_destination_stop(&dest);
     test_migration_source_stop(&source);
 }
+
+struct iterations_wait {
+    struct vm *vm;
+    uint64_t count;
+};
+
+static bool iterated(void *argument)
+{
+    struct iterations_wait *w = argument;
+    struct mig_progress *p = malloc(sizeof(*p));
+    bool done = migration_progress(w->vm, p) && p->iteration_count >= w->count;
+    free(p);
+    return done;
+}
+
+/* migration.postcopy (migration_postcopy_now) switches a hybrid migration
+ * that would never switch by itself (postcopy_after 1000 passes, a limit
+ * pre-copy cannot meet) at its next decision; it completes in post-copy. */
+Test(postcopy_migration, migration_postcopy_switches_a_hybrid_migration_now, .timeout = 90)
+{
+    harness_require_kvm();
+    require_userfaultfd();
+    struct harness_vm source;
+    start_ledger_source(&source);
+    struct test_destination dest;
+    test_destination_start(&dest, "256M", 2, "idle", false);
+    struct mig_params params;
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
+    params.mode = MIG_MODE_HYBRID;
+    params.postcopy_after_auto = false;
+    params.postcopy_after_passes = 1000;
+    params.converge = MIG_CONVERGE_NONE;
+    params.downtime_ms = 1;
+    params.max_bandwidth_mibs = 64;
+    params.verify_digest = true;
+    params.timeout_s = 60;
+    test_migration_start(source.vm, &params);
+    struct iterations_wait two = { .vm = source.vm, .count = 2 };
+    cr_assert(harness_wait_until(iterated, &two, 30000), "pre-copy never made two passes");
+    const char *code = NULL;
+    char message[400];
+    cr_assert_eq(migration_postcopy_now(source.vm, &code, message, sizeof(message)), 0, "%s: %s", code, message);
+    struct mig_progress *p = malloc(sizeof(*p));
+    test_migration_finished(source.vm, p, 60000);
+    cr_assert_eq(test_destination_join(&dest), 0, "the destination failed (see stderr)");
+    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
+    cr_assert(p->postcopy.active, "migration.postcopy did not switch");
+    cr_assert_lt(p->iteration_count, 1000);
+    cr_assert_geq(p->iteration_count, 2);
+    cr_assert_str_eq(p->digest_source, p->digest_destination);
+    cr_assert(console_wait_for(&dest.harness.console, "LEDGER OK", 2, 20000),
+              "the ledger does not verify on the destination:\n%s", console_snapshot(&dest.harness.console));
+    cr_assert_eq(console_count(&dest.harness.console, "MISMATCH"), 0, "%s", console_snapshot(&dest.harness.console));
+    /* Once switched, there is nothing left to switch. */
+    cr_assert_eq(migration_postcopy_now(source.vm, &code, message, sizeof(message)), -1);
+    free(p);
+    test_destination_stop(&dest);
+    test_migration_source_stop(&source);
+}
