@@ -42,6 +42,7 @@ struct postcopy_source {
     _Atomic uint64_t pages_requested;
     _Atomic uint64_t pages_pushed;
     _Atomic uint64_t requests_refused;  /* the parser's, copied by pc-serve after each feed */
+    _Atomic uint64_t *paced_bytes;  /* NULL, or the sender's shared_bytes (set before start) */
     _Atomic bool stop;
     _Atomic bool failed;
     char error[600];
@@ -201,6 +202,9 @@ static int serve_request(struct postcopy_source *ps, const struct postcopy_page_
         return -1;
     }
     ps->seq++;
+    if (ps->paced_bytes != NULL)
+        atomic_fetch_add_explicit(ps->paced_bytes, sizeof(header) + sizeof(run_bytes) + (zero ? 0 : bytes),
+                                  memory_order_relaxed);
     atomic_fetch_add_explicit(&ps->pages_requested, request->pages, memory_order_relaxed);
     atomic_store_explicit(&ps->restart, first + request->pages, memory_order_relaxed);
     return 0;
@@ -266,6 +270,11 @@ static void *serve_main(void *argument)
     }
 out:
     return NULL;
+}
+
+void postcopy_source_count_bytes_into(struct postcopy_source *ps, _Atomic uint64_t *counter)
+{
+    ps->paced_bytes = counter;
 }
 
 int postcopy_source_start(struct postcopy_source *ps)

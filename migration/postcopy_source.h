@@ -48,6 +48,10 @@ uint64_t postcopy_source_unsent(struct postcopy_source *source);
 /* The first unsent page at or after from, wrapping around once: true and
  * *page, or false when every page is sent. */
 bool postcopy_source_next_unsent(struct postcopy_source *source, uint64_t from, uint64_t *page);
+/* pc-serve adds the bytes it sends to *counter (the main stream's
+ * sender's shared_bytes), so both channels together keep to the cap. Set
+ * before start; counter outlives the source. */
+void postcopy_source_count_bytes_into(struct postcopy_source *source, _Atomic uint64_t *counter);
 /* Starts pc-serve. 0, or -errno. */
 int postcopy_source_start(struct postcopy_source *source);
 /* The background stream takes page: true when it is the first to. */

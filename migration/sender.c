@@ -144,7 +144,8 @@ static void *sender_main(void *argument)
             for (size_t done = 0; result == 0 && done < batch[i]->length;) {
                 size_t left = batch[i]->length - done;
                 size_t slice = cap != 0 && left > PACE_SLICE ? PACE_SLICE : left;
-                if (cap != 0 && !pace(s, atomic_load_explicit(&s->bytes_sent, memory_order_relaxed))) {
+                if (cap != 0 && !pace(s, atomic_load_explicit(&s->bytes_sent, memory_order_relaxed) +
+                                             atomic_load_explicit(&s->shared_bytes, memory_order_relaxed))) {
                     snprintf(error, sizeof(error), "cancelled");
                     result = -1;
                     break;

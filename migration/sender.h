@@ -95,6 +95,10 @@ struct mig_sender {
     struct mig_buffer storage[MIG_SEND_BUFFERS];
 
     _Atomic uint64_t bytes_sent;
+    /* Bytes others sent on the same link (post-copy's urgent channel,
+     * pc-serve): counted against the cap, so the link carries at most the
+     * cap in all. Added by them, read by the sender thread. */
+    _Atomic uint64_t shared_bytes;
     _Atomic uint64_t seq_written;       /* frames completely written: next seq after them */
     _Atomic uint64_t send_ns;           /* time spent inside sendmsg/poll */
     _Atomic bool failed;

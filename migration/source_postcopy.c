@@ -308,14 +308,15 @@ static int source_postcopy_reconnect(struct source *s, const char *dest)
         return -1;
     if (source_postcopy_open(s, &address) != 0)
         return -1;
-    int r = postcopy_source_restart(s->postcopy, s->urgent_io);
-    if (r != 0)
-        return source_fail(s, "internal", "restarting pc-serve: %s", strerror(-r));
+    /* The sender first: starting it clears the counter pc-serve adds to. */
     uint64_t cap = s->params.max_bandwidth_mibs << 20;
     if (mig_sender_start(&s->sender, s->fd, s->tls, cap, s->params.stall_timeout_ms, &s->m->cancel, text,
                          sizeof(text)) != 0)
         return source_fail(s, "internal", "%s", text);
     s->sender_started = true;
+    int r = postcopy_source_restart(s->postcopy, s->urgent_io);
+    if (r != 0)
+        return source_fail(s, "internal", "restarting pc-serve: %s", strerror(-r));
     s->end_sent = false;
     return 0;
 }
@@ -462,6 +463,7 @@ int source_postcopy(struct source *s)
     if (source_small_frame(s, MIG_FRAME_POSTCOPY_SWITCH, sw_bytes, sizeof(sw_bytes)) != 0 || source_flush(s) != 0)
         return -1;
     source_release_tracking(s);     /* the source never runs the guest again */
+    postcopy_source_count_bytes_into(s->postcopy, &s->sender.shared_bytes);
     r = postcopy_source_start(s->postcopy);
     if (r != 0)
         return source_fail(s, "postcopy-failed", "starting pc-serve: %s", strerror(-r));
