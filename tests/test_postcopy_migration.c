@@ -111,7 +111,11 @@ static void migrate_postcopy(enum mig_mode mode, bool tcp, const char *workload,
      * fault was served. */
     cr_assert_gt(q->postcopy.faults, 0, "no vCPU touched a missing page");
     cr_assert_gt(q->postcopy.pages_requested, 0);
-    cr_assert_eq(q->postcopy.pages_requested, p->postcopy.requests, "every request reached the source");
+    /* Every request the source read, the destination made; a few may
+     * have been still queued or in flight when the last page arrived (a
+     * fault read while its page was being copied asks once more). */
+    cr_assert_leq(p->postcopy.requests, q->postcopy.pages_requested);
+    cr_assert_gt(p->postcopy.requests, 0, "no request reached the source");
     uint64_t vcpu_faults = 0;
     for (unsigned i = 0; i < vcpus; i++)
         vcpu_faults += q->postcopy.vcpu_faults[i];
