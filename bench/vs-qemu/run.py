@@ -23,6 +23,19 @@ Measuring starts once every vCPU has finished one pass over its working set
 after --timeout seconds (120) is cancelled and counted as not converged; a
 harness error (a VMM that did not start) is reported and left out of the
 medians. Only localhost is used.
+
+Post-copy (--mode postcopy,hybrid; issue 17): QEMU gets the postcopy-ram
+capability on both sides (postcopy-preempt too when its QMP offers it and
+--qemu-preempt allows; postcopy-blocktime on the destination),
+max-postcopy-bandwidth = the cap, and migrate-start-postcopy right after
+`migrate` (postcopy: QEMU has no pure post-copy) or, for hybrid, once
+dirty-sync-count shows --postcopy-after passes done (or N s passed). ringvm
+gets migration.start mode postcopy / hybrid with postcopy_after. Downtime is
+source pause -> destination resume on both sides (QEMU: the source's STOP and
+the destination's RESUME QMP event timestamps; QEMU's own `downtime` figure
+is kept as downtime_qemu_ms); blocktime / faults / fault latency are the
+destination's (QEMU 7.2: postcopy-blocktime, postcopy-vcpu-blocktime; it
+reports no page-request latency).
 """
 import argparse
 import contextlib
@@ -160,6 +173,7 @@ class JsonLines:
 
 class Qmp(JsonLines):
     def __init__(self, path):
+        self.events = []  # asynchronous events read while waiting for answers
         super().__init__(path)
         self.read()  # greeting
         self.cmd("qmp_capabilities")
@@ -172,6 +186,16 @@ class Qmp(JsonLines):
                 return r["return"]
             if "error" in r:
                 raise QmpError("%s: %s" % (name, r["error"].get("desc", r["error"])))
+            if "event" in r:
+                self.events.append(r)
+
+    def event_time(self, name):
+        """Wall-clock time (s) of the first event NAME read so far, or None."""
+        for e in self.events:
+            if e.get("event") == name:
+                ts = e.get("timestamp", {})
+                return ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6
+        return None
 
 
 class QmpError(RuntimeError):
@@ -218,20 +242,36 @@ def get(d, *path, default=None):
 # One case of the matrix
 
 class Case:
-    FIELDS = ("memory", "wss", "rate", "bandwidth", "vcpus", "converge", "tracking", "transport")
+    FIELDS = ("memory", "wss", "rate", "bandwidth", "vcpus", "converge", "tracking", "transport",
+              "mode", "postcopy_after")
+    DEFAULTS = {"mode": "precopy", "postcopy_after": None}  # files saved before post-copy cells
 
     def __init__(self, **kw):
         for f in self.FIELDS:
-            setattr(self, f, kw[f])
+            setattr(self, f, kw[f] if f in kw else self.DEFAULTS[f])
 
     def key(self):
-        return "wss=%s rate=%s bw=%s vcpus=%d converge=%s %s %s" % (
+        key = "wss=%s rate=%s bw=%s vcpus=%d converge=%s %s %s" % (
             size_arg(self.wss), self.rate or "max", self.bandwidth or "none", self.vcpus,
             self.converge, self.tracking, self.transport)
+        if self.mode == "hybrid":
+            key += " hybrid after=%s" % self.postcopy_after
+        elif self.mode != "precopy":
+            key += " " + self.mode
+        return key
 
     def workload_words(self):
         return ["workload=dirtier", "wss=%s" % size_arg(self.wss), "rate=%d" % self.rate,
                 "pattern=seq", "write=8"]
+
+
+def parse_after(text):
+    """--postcopy-after: N passes (int) or "Ns" seconds (str), as migration.start takes it."""
+    if re.fullmatch(r"[1-9]\d*", text):
+        return int(text)
+    if re.fullmatch(r"[1-9]\d*s", text):
+        return text
+    raise argparse.ArgumentTypeError("--postcopy-after: N (passes) or Ns (seconds), not %r" % text)
 
 
 def dirty_limit_mbs(case):
@@ -245,7 +285,13 @@ def empty_result(vmm, case):
     return {"vmm": vmm, "case": case.key(), "converged": False, "status": "not-run",
             "total_ms": None, "downtime_ms": None, "setup_ms": None, "iterations": None,
             "final_throttle": None, "bytes_sent": None, "guest_pps": None,
-            "guest_pps_before": None, "mbps": None, "dirty_rate_pps": None, "note": ""}
+            "guest_pps_before": None, "mbps": None, "dirty_rate_pps": None, "note": "",
+            # post-copy and hybrid cells
+            "mode": case.mode, "switched": None, "switch_ms": None, "downtime_qemu_ms": None,
+            "pc_requests": None, "pc_faults": None, "blocktime_ms": None, "vcpu_blocktime_ms": None,
+            "latency_p50_us": None, "latency_p99_us": None, "latency_max_us": None,
+            "guest_pps_pre": None, "guest_pps_pc": None, "qemu_caps": None, "postcopy_raw": None,
+            "dst_done_ms": None, "loadavg": None}
 
 
 # ---------------------------------------------------------------------------
@@ -265,8 +311,8 @@ def qemu_argv(args, case, elf, qmp_path, serial_path, incoming=None):
     return argv
 
 
-def qemu_guest_pages(qmp, stats_gpa, vcpus, scratch):
-    path = os.path.join(scratch, "stats.bin")
+def qemu_guest_pages(qmp, stats_gpa, vcpus, scratch, name="stats.bin"):
+    path = os.path.join(scratch, name)
     qmp.cmd("pmemsave", val=stats_gpa, size=256 * vcpus, filename=path)
     with open(path, "rb") as f:
         data = f.read()
@@ -350,11 +396,24 @@ def run_qemu(args, case, scratch):
         r["guest_pps_before"] = (p1 - p0) / (t1 - t0)
 
         caps = [{"capability": "auto-converge", "state": case.converge == "auto"}]
-        qs.cmd("migrate-set-capabilities", capabilities=caps)
         bw = case.bandwidth * MIB if case.bandwidth else 100 * (1 << 30)  # QEMU's default is 128 MiB/s
-        qs.cmd("migrate-set-parameters", **{"downtime-limit": args.downtime_ms, "max-bandwidth": bw,
-                                            "cpu-throttle-initial": 20, "cpu-throttle-increment": 10,
-                                            "max-cpu-throttle": 99})
+        params = {"downtime-limit": args.downtime_ms, "max-bandwidth": bw,
+                  "cpu-throttle-initial": 20, "cpu-throttle-increment": 10, "max-cpu-throttle": 99}
+        if case.mode != "precopy":
+            offered = {c["capability"] for c in qs.cmd("query-migrate-capabilities")}
+            on = ["postcopy-ram"]
+            if args.qemu_preempt == "on" or (args.qemu_preempt == "auto" and "postcopy-preempt" in offered):
+                on.append("postcopy-preempt")
+            caps += [{"capability": c, "state": True} for c in on]
+            dst_on = on + (["postcopy-blocktime"] if "postcopy-blocktime" in offered else [])
+            qd.cmd("migrate-set-capabilities",
+                   capabilities=[{"capability": c, "state": True} for c in dst_on])
+            r["qemu_caps"] = {"source": [c["capability"] for c in caps if c["state"]], "destination": dst_on,
+                              "offered": sorted(offered)}
+            # 7.2 paces post-copy with its own parameter; 0 (its default) = unlimited
+            params["max-postcopy-bandwidth"] = case.bandwidth * MIB if case.bandwidth else 0
+        qs.cmd("migrate-set-capabilities", capabilities=caps)
+        qs.cmd("migrate-set-parameters", **params)
         if case.converge == "dirty-limit":
             try:
                 qs.cmd("set-vcpu-dirty-limit", **{"dirty-rate": dirty_limit_mbs(case)})
@@ -365,6 +424,9 @@ def run_qemu(args, case, scratch):
                 return r
 
         p_start, t_start = qemu_guest_pages(qs, stats_gpa, case.vcpus, scratch), time.monotonic()
+        if case.mode != "precopy":
+            qemu_postcopy(args, case, r, qs, qd, uri, stats_gpa, scratch, p_start, t_start)
+            return r
         qs.cmd("migrate", uri=uri)
         throttle, last = 0, {}
         while True:
@@ -408,6 +470,115 @@ def run_qemu(args, case, scratch):
             except QmpError:
                 pass
     return r
+
+
+def rate_between(samples):
+    """pages/s between the first and last (pages, time) sample, or None under 0.2 s."""
+    if len(samples) < 2 or samples[-1][1] - samples[0][1] < 0.2:
+        return None
+    return (samples[-1][0] - samples[0][0]) / (samples[-1][1] - samples[0][1])
+
+
+def qemu_postcopy(args, case, r, qs, qd, uri, stats_gpa, scratch, p_start, t_start):
+    """QEMU post-copy / hybrid: migrate, migrate-start-postcopy at once
+    (postcopy) or after --postcopy-after (hybrid), then poll both sides to the
+    end. Errors QEMU reports are recorded word for word."""
+    t_wall = time.time()
+    qs.cmd("migrate", uri=uri)
+    requested = False
+    if case.mode == "postcopy":
+        try:
+            qs.cmd("migrate-start-postcopy")
+            requested = True
+        except QmpError as e:
+            r["note"] = "migrate-start-postcopy: %s" % e
+    after = case.postcopy_after
+    dst_samples, last, dinfo, switched = [], {}, {}, False
+    while True:
+        info = qs.cmd("query-migrate")
+        last = info
+        status = info.get("status")
+        elapsed = time.monotonic() - t_start
+        if case.mode == "hybrid" and not requested and status in ("setup", "active"):
+            syncs = get(info, "ram", "dirty-sync-count", default=0) or 0
+            due = (syncs >= after + 1) if isinstance(after, int) else (elapsed >= int(after[:-1]))
+            if due:  # 1 sync at setup, then 1 at the end of every pass
+                try:
+                    qs.cmd("migrate-start-postcopy")
+                    r["note"] = "migrate-start-postcopy at dirty-sync-count %d, %.0f ms" % (syncs, elapsed * 1e3)
+                except QmpError as e:
+                    r["note"] = "migrate-start-postcopy: %s" % e
+                requested = True
+        if status in ("postcopy-active", "postcopy-paused", "postcopy-recover"):
+            switched = True
+        if switched:
+            dinfo = qd.cmd("query-migrate")
+            if dinfo.get("status") == "postcopy-active":
+                try:
+                    dst_samples.append((qemu_guest_pages(qd, stats_gpa, case.vcpus, scratch, "dstats.bin"),
+                                        time.monotonic()))
+                except QmpError:
+                    pass
+        if status in ("completed", "failed", "cancelled", "postcopy-paused"):
+            break
+        if elapsed > args.timeout:
+            if switched:  # the guest runs on the destination: nothing to cancel
+                r["status"] = "timeout"
+                r["note"] = ("still %s after %d s (post-copy cannot be cancelled); %s"
+                             % (status, args.timeout, r["note"]))
+                break
+            qs.cmd("migrate_cancel")
+            wait_for(lambda: qs.cmd("query-migrate").get("status") in ("cancelled", "failed"),
+                     30, "QEMU to cancel")
+            r["status"] = "timeout"
+            r["note"] = "cancelled after %d s before switching; %s" % (args.timeout, r["note"])
+            break
+        time.sleep(0.02 if case.mode == "hybrid" and not requested else POLL_S)
+    ram = last.get("ram", {})
+    # a post-copy phase shorter than one poll is seen only in its bytes
+    switched = switched or (ram.get("postcopy-bytes") or 0) > 0
+    r.update({"iterations": ram.get("dirty-sync-count"), "bytes_sent": ram.get("transferred"),
+              "mbps": ram.get("mbps"), "final_throttle": last.get("cpu-throttle-percentage", 0),
+              "dirty_rate_pps": ram.get("dirty-pages-rate"), "switched": switched,
+              "pc_requests": ram.get("postcopy-requests")})
+    if last.get("status") != "completed":
+        if r["status"] != "timeout":
+            r["status"] = last.get("status", "?")
+            r["note"] = "%s; %s" % (last.get("error-desc", ""), r["note"])
+        try:
+            dinfo = qd.cmd("query-migrate")
+        except (QmpError, OSError, ConnectionError) as e:
+            dinfo = {"error": str(e)}
+        r["postcopy_raw"] = {"source": last, "destination": dinfo}
+        return
+    # The source completes once the destination closed the return path; the
+    # destination's query-migrate carries blocktime only in state completed.
+    dinfo = wait_for(lambda: (lambda d: d if d.get("status") in ("completed", "failed") else None)(
+        qd.cmd("query-migrate")), 30, "the QEMU destination to complete")
+    r["dst_done_ms"] = (time.monotonic() - t_start) * 1e3  # as seen here: +- one poll
+    r["postcopy_raw"] = {"source": last, "destination": dinfo}
+    r.update({"status": "completed", "converged": True, "total_ms": last.get("total-time"),
+              "setup_ms": last.get("setup-time"), "downtime_qemu_ms": last.get("downtime")})
+    stop, resume = qs.event_time("STOP"), qd.event_time("RESUME")
+    if stop and resume:
+        r["downtime_ms"] = (resume - stop) * 1e3
+        r["switch_ms"] = (stop - t_wall) * 1e3
+    else:
+        r["note"] += " no STOP/RESUME events (%s/%s): downtime is QEMU's own" % (stop, resume)
+        r["downtime_ms"] = last.get("downtime")
+    vcpu_bt = dinfo.get("postcopy-vcpu-blocktime")
+    if vcpu_bt is not None:
+        r["vcpu_blocktime_ms"] = vcpu_bt
+        r["blocktime_ms"] = sum(vcpu_bt)  # as ringvm's blocktime_total_ms: summed over vCPUs
+    # The source stopped at the switch-over: its counters are the guest's there.
+    p_src = qemu_guest_pages(qs, stats_gpa, case.vcpus, scratch)
+    if case.mode == "hybrid" and r["switch_ms"]:
+        r["guest_pps_pre"] = (p_src - p_start) / max(1e-3, r["switch_ms"] / 1e3)
+    r["guest_pps_pc"] = rate_between(dst_samples)
+    if not dst_samples:
+        r["note"] += " no destination sample in post-copy (it took < %.0f ms)" % (POLL_S * 1e3)
+    if dinfo.get("status") != "completed":
+        r["note"] += " destination %s" % dinfo.get("status")
 
 
 # ---------------------------------------------------------------------------
@@ -471,6 +642,10 @@ def run_ringvm(args, case, scratch):
                     "--downtime-ms", str(args.downtime_ms), "--converge", case.converge,
                     "--max-bandwidth", str(case.bandwidth), "--keep-alive",
                     "--timeout", str(args.timeout + 30), dest]
+            if case.mode != "precopy":
+                argv[-1:-1] = ["--mode", case.mode, "--yes"]
+                if case.mode == "hybrid":
+                    argv[-1:-1] = ["--postcopy-after", str(case.postcopy_after)]
             out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
             if out.returncode != 0:
                 message = (out.stderr or out.stdout).strip()
@@ -480,12 +655,17 @@ def run_ringvm(args, case, scratch):
                     return r
                 raise RuntimeError("ringctl migrate: " + message)
         else:
-            api.call("migration.start", {"dest": dest, "downtime_ms": args.downtime_ms,
-                                         "converge": case.converge,
-                                         "max_bandwidth_mibs": case.bandwidth,
-                                         "timeout_s": args.timeout + 30, "keep_alive": True})
+            start = {"dest": dest, "downtime_ms": args.downtime_ms, "converge": case.converge,
+                     "max_bandwidth_mibs": case.bandwidth, "timeout_s": args.timeout + 30,
+                     "keep_alive": True}
+            if case.mode != "precopy":
+                start["mode"] = case.mode
+                if case.mode == "hybrid":
+                    start["postcopy_after"] = case.postcopy_after
+            api.call("migration.start", start)
         last = {}
         throttle = 0
+        dapi, dst_samples, switched = None, [], False
         while True:
             try:
                 last = api.call("migration.progress")
@@ -494,9 +674,24 @@ def run_ringvm(args, case, scratch):
                     time.sleep(POLL_S)
                     continue
                 raise
+            if get(last, "postcopy", "active"):
+                switched = True
+                if dapi is None:
+                    dapi = RingvmApi(dst_sock)
+                    conns.append(dapi)
+                try:  # the guest's counters on the destination while its RAM follows
+                    if dapi.call("migration.progress").get("phase") == "postcopy":
+                        dst_samples.append((ringvm_guest_pages(dapi), time.monotonic()))
+                except ApiError:
+                    pass
             if last.get("state") in ("completed", "failed", "cancelled"):
                 break
             throttle = last.get("throttle_percent", throttle)  # while active: the throttle applied
+            if switched and time.monotonic() - t_start > args.timeout:
+                r["status"] = "timeout"  # the guest runs on the destination: nothing to cancel
+                r["note"] = "still %s/%s after %d s (post-copy cannot be cancelled)" % (
+                    last.get("state"), last.get("phase"), args.timeout)
+                break
             if time.monotonic() - t_start > args.timeout:
                 api.call("migration.cancel")
                 wait_for(lambda: api.call("migration.progress").get("state") in ("cancelled", "failed"),
@@ -519,19 +714,56 @@ def run_ringvm(args, case, scratch):
         if args.keep_progress:
             with open(os.path.join(args.keep_progress, "progress-%d.json" % int(time.time() * 1000)), "w") as f:
                 json.dump(last, f, indent=1)
+        if case.mode != "precopy":
+            ringvm_postcopy_result(r, case, last, dst_sock, dapi, conns, dst_samples, switched, t_start)
         if last.get("state") == "completed":
             r.update({"status": "completed", "converged": True, "total_ms": last.get("total_ms"),
                       "downtime_ms": last.get("downtime_ms"), "setup_ms": last.get("setup_ms")})
             try:  # keep_alive: the source answers in state migrated, counters frozen at the pause
                 p_end = ringvm_guest_pages(api)
-                running_s = max(1e-3, (t_end - t_start) - (r["downtime_ms"] or 0) / 1000.0)
-                r["guest_pps"] = (p_end - p_start) / running_s
+                if case.mode == "precopy":
+                    running_s = max(1e-3, (t_end - t_start) - (r["downtime_ms"] or 0) / 1000.0)
+                    r["guest_pps"] = (p_end - p_start) / running_s
+                elif case.mode == "hybrid" and r["switch_ms"]:
+                    r["guest_pps_pre"] = (p_end - p_start) / max(1e-3, r["switch_ms"] / 1e3)
             except (ApiError, OSError, ConnectionError) as e:
                 r["note"] = "guest counters after completion: %s" % e
         elif r["status"] != "timeout":
             r["status"] = last.get("state", "?")
             r["note"] = json.dumps(last.get("error"))
     return r
+
+
+def ringvm_postcopy_result(r, case, last, dst_sock, dapi, conns, dst_samples, switched, t_start):
+    """Post-copy figures: the source's switch-over and pages, the destination's
+    faults, blocktime and fault service latency (migration.progress there)."""
+    src_pc = last.get("postcopy") or {}
+    r["switched"] = bool(src_pc.get("active")) or switched
+    r["switch_ms"] = src_pc.get("switched_at_ms") if r["switched"] else None
+    r["iterations"] = last.get("iteration_count", r["iterations"])
+    dst = {}
+    try:
+        if dapi is None:
+            dapi = RingvmApi(dst_sock)
+            conns.append(dapi)
+        # The source completes on the destination's ACK; give the destination's
+        # snapshot a moment to say so.
+        dst = wait_for(lambda: (lambda d: d if d.get("state") in ("completed", "failed") else None)(
+            dapi.call("migration.progress")), 10, "the ringvm destination to complete")
+        r["dst_done_ms"] = (time.monotonic() - t_start) * 1e3  # as seen here: +- one poll
+    except (ApiError, OSError, ConnectionError, RuntimeError) as e:
+        r["note"] += " destination progress: %s" % e
+    dst_pc = dst.get("postcopy") or {}
+    r["postcopy_raw"] = {"source": src_pc, "destination": dst_pc,
+                         "source_memory": last.get("memory"), "destination_state": dst.get("state")}
+    if r["switched"]:
+        lat = dst_pc.get("latency_us") or {}
+        r.update({"pc_requests": dst_pc.get("pages_requested"), "pc_faults": dst_pc.get("faults"),
+                  "blocktime_ms": dst_pc.get("blocktime_total_ms"),
+                  "vcpu_blocktime_ms": [v.get("blocktime_ms") for v in dst_pc.get("vcpus", [])],
+                  "latency_p50_us": lat.get("p50"), "latency_p99_us": lat.get("p99"),
+                  "latency_max_us": lat.get("max")})
+    r["guest_pps_pc"] = rate_between(dst_samples)
 
 
 # ---------------------------------------------------------------------------
@@ -541,6 +773,16 @@ METRICS = (("converged", "converged"), ("total_ms", "total ms"), ("downtime_ms",
            ("iterations", "iterations"), ("final_throttle", "final throttle %"),
            ("bytes_sent", "MiB sent"), ("guest_pps", "guest pages/s in migration"),
            ("guest_pps_before", "guest pages/s before"))
+# Post-copy and hybrid cells. iterations: ringvm's pre-copy passes before the
+# switch; QEMU's dirty-sync-count (setup + one per pass + one at the switch).
+# page requests: the destination's (ringvm) / the source's postcopy-requests
+# (QEMU). blocktime: summed over vCPUs on both. Fault latency: ringvm only.
+PC_METRICS = (("converged", "completed"), ("total_ms", "total ms"), ("downtime_ms", "downtime ms"),
+              ("switch_ms", "switch at ms"), ("iterations", "iterations"), ("bytes_sent", "MiB sent"),
+              ("pc_requests", "page requests"), ("blocktime_ms", "blocktime ms"),
+              ("latency_p50_us", "fault p50 us"), ("latency_p99_us", "fault p99 us"),
+              ("guest_pps_before", "guest pages/s before"), ("guest_pps_pre", "guest pages/s pre-copy"),
+              ("guest_pps_pc", "guest pages/s post-copy"))
 
 
 def median_of(results, metric):
@@ -568,16 +810,28 @@ def fmt(v):
 
 
 def summarize(cases, results, markdown=False):
+    """One table for the pre-copy cases, one for the post-copy / hybrid ones."""
+    pre = [c for c in cases if c.mode == "precopy"]
+    post = [c for c in cases if c.mode != "precopy"]
+    parts = []
+    if pre:
+        parts.append(summarize_table(pre, results, METRICS, markdown))
+    if post:
+        parts.append(summarize_table(post, results, PC_METRICS, markdown))
+    return "\n\n".join(parts)
+
+
+def summarize_table(cases, results, metrics, markdown):
     lines = []
     if markdown:
-        lines.append("| case | | " + " | ".join(label for _, label in METRICS) + " |")
-        lines.append("| --- | --- |" + " ---: |" * len(METRICS))
+        lines.append("| case | | " + " | ".join(label for _, label in metrics) + " |")
+        lines.append("| --- | --- |" + " ---: |" * len(metrics))
     for case in cases:
         mine = [r for r in results if r["case"] == case.key()]
         rv = [r for r in mine if r["vmm"] == "ringvm"]
         qm = [r for r in mine if r["vmm"] == "qemu"]
         a_row, b_row, ratios = [], [], []
-        for metric, label in METRICS:
+        for metric, label in metrics:
             a, b = median_of(rv, metric), median_of(qm, metric)
             ratio = "n/a"
             if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
@@ -592,7 +846,7 @@ def summarize(cases, results, markdown=False):
             continue
         lines.append("== " + case.key())
         lines.append("  %-28s %14s %14s %12s" % ("metric", "ringvm", "QEMU", "ringvm/QEMU"))
-        for (metric, label), a, b, ratio in zip(METRICS, a_row, b_row, ratios):
+        for (metric, label), a, b, ratio in zip(metrics, a_row, b_row, ratios):
             lines.append("  %-28s %14s %14s %12s" % (label, a, b, ratio or "-"))
         for n in sorted({"%s: %s" % (r["vmm"], r["note"]) for r in mine if r["note"]}):
             lines.append("  note " + n[:300])
@@ -614,6 +868,12 @@ def main():
     ap.add_argument("--converge", default="none,auto,dirty-limit")
     ap.add_argument("--tracking", default="ring,bitmap")
     ap.add_argument("--transport", default="unix", help="unix,tcp")
+    ap.add_argument("--mode", default="precopy",
+                    help="precopy,postcopy,hybrid (comma list; post-copy cells: see the docstring)")
+    ap.add_argument("--postcopy-after", type=parse_after, default=1,
+                    help="hybrid: switch after N pre-copy passes (default 1) or Ns seconds")
+    ap.add_argument("--qemu-preempt", choices=("auto", "on", "off"), default="auto",
+                    help="QEMU capability postcopy-preempt: auto = when query-migrate-capabilities offers it")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--only", choices=("both", "qemu", "ringvm"), default="both")
     ap.add_argument("--timeout", type=int, default=120, help="cancel a migration after this many s")
@@ -661,15 +921,25 @@ def main():
 
     def ints(text):
         return [int(x) for x in text.split(",") if x != ""]
+    modes = args.mode.split(",")
+    for m in modes:
+        if m not in ("precopy", "postcopy", "hybrid"):
+            sys.exit("run.py: --mode %r: precopy, postcopy or hybrid" % m)
     cases = [Case(memory=args.memory, wss=parse_size(w), rate=rate, bandwidth=bw, vcpus=v, converge=c,
-                  tracking=t, transport=tr)
-             for w, rate, bw, v, c, t, tr in itertools.product(
+                  tracking=t, transport=tr, mode=m,
+                  postcopy_after=args.postcopy_after if m == "hybrid" else None)
+             for w, rate, bw, v, c, t, tr, m in itertools.product(
                  args.wss.split(","), ints(args.rate), ints(args.bandwidth), ints(args.vcpus),
-                 args.converge.split(","), args.tracking.split(","), args.transport.split(","))]
+                 args.converge.split(","), args.tracking.split(","), args.transport.split(","), modes)]
     for c in cases:
         if c.wss + (32 << 20) > c.memory:
             sys.exit("run.py: wss %s does not fit in a %s guest" % (size_arg(c.wss), size_arg(c.memory)))
 
+    qemu_version = None
+    if "qemu" in vmms:
+        qemu_version = subprocess.run([args.qemu, "--version"], capture_output=True,
+                                      text=True).stdout.splitlines()[0]
+        log("run.py: " + qemu_version)
     results = []
     runners = {"ringvm": run_ringvm, "qemu": run_qemu}
     total = len(cases) * args.reps * len(vmms)
@@ -681,14 +951,23 @@ def main():
                     n += 1
                     r = runners[vmm](args, case, scratch)
                     r["rep"] = rep
+                    r["loadavg"] = os.getloadavg()[0]  # shared machines: how busy it was
                     results.append(r)
-                    log("[%d/%d] %-6s %s rep %d: %s total=%s ms downtime=%s ms iters=%s pps=%s %s" % (
+                    extra = ""
+                    if case.mode != "precopy":
+                        extra = " switch=%s ms requests=%s blocktime=%s ms p99=%s us pps_pc=%s" % (
+                            fmt(r["switch_ms"]), fmt(r["pc_requests"]), fmt(r["blocktime_ms"]),
+                            fmt(r["latency_p99_us"]), fmt(r["guest_pps_pc"]))
+                    log("[%d/%d] %-6s %s rep %d: %s total=%s ms downtime=%s ms iters=%s pps=%s%s %s" % (
                         n, total, vmm, case.key(), rep, r["status"], fmt(r["total_ms"]),
-                        fmt(r["downtime_ms"]), fmt(r["iterations"]), fmt(r["guest_pps"]), r["note"][:200]))
+                        fmt(r["downtime_ms"]), fmt(r["iterations"]), fmt(r["guest_pps"]), extra,
+                        r["note"][:300]))
                     if args.json:
                         with open(args.json, "w") as f:
                             json.dump({"cases": [vars(c) for c in cases], "results": results,
-                                       "ringvm_source_args": args.ringvm_source_args}, f, indent=1)
+                                       "ringvm_source_args": args.ringvm_source_args,
+                                       "qemu_version": qemu_version,
+                                       "qemu_preempt": args.qemu_preempt}, f, indent=1)
     print(summarize(cases, results, args.markdown))
 
 

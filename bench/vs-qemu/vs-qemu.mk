@@ -6,6 +6,7 @@
 #   make bench-vs-qemu                  the full matrix (long: hours)
 #   make bench-vs-qemu VS_QEMU_ARGS=--quick
 #   make bench-vs-qemu VS_QEMU_ARGS='--wss 256M --bandwidth 0 --reps 5 --json out.json'
+#   make bench-vs-qemu VS_QEMU_ARGS='--wss 256M --bandwidth 125 --converge none --tracking ring --mode postcopy,hybrid --reps 2'
 
 VS_QEMU_ARGS ?=
 
