@@ -144,8 +144,15 @@ static void *sender_main(void *argument)
             for (size_t done = 0; result == 0 && done < batch[i]->length;) {
                 size_t left = batch[i]->length - done;
                 size_t slice = cap != 0 && left > PACE_SLICE ? PACE_SLICE : left;
-                if (cap != 0 && !pace(s, atomic_load_explicit(&s->bytes_sent, memory_order_relaxed) +
-                                             atomic_load_explicit(&s->shared_bytes, memory_order_relaxed))) {
+                /* Others' bytes count against the cap, at most one slice
+                 * of them per slice of ours: this stream keeps at least
+                 * half of the cap at every moment (the peer's stall timer
+                 * runs on it alone), and what others sent beyond that is
+                 * charged to later slices. */
+                uint64_t owed = atomic_load_explicit(&s->shared_bytes, memory_order_relaxed) - s->shared_charged;
+                s->shared_charged += owed < slice ? owed : slice;
+                uint64_t own = atomic_load_explicit(&s->bytes_sent, memory_order_relaxed);
+                if (cap != 0 && !pace(s, own + s->shared_charged)) {
                     snprintf(error, sizeof(error), "cancelled");
                     result = -1;
                     break;

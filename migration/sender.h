@@ -96,9 +96,15 @@ struct mig_sender {
 
     _Atomic uint64_t bytes_sent;
     /* Bytes others sent on the same link (post-copy's urgent channel,
-     * pc-serve): counted against the cap, so the link carries at most the
-     * cap in all. Added by them, read by the sender thread. */
+     * pc-serve): counted against the cap, at most one slice of them per
+     * slice of this stream's, so the link carries about the cap in all
+     * while this stream keeps at least half of it at every moment (the
+     * peer's stall timer runs on this stream alone; starved by a burst of
+     * requests it would read as a dead link). Added by them, read by the
+     * sender thread; shared_charged: what the pacer has counted so far
+     * (sender thread only). */
     _Atomic uint64_t shared_bytes;
+    uint64_t shared_charged;
     _Atomic uint64_t seq_written;       /* frames completely written: next seq after them */
     _Atomic uint64_t send_ns;           /* time spent inside sendmsg/poll */
     _Atomic bool failed;

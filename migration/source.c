@@ -490,6 +490,19 @@ int source_read_answer(struct source *s, const char *phase, struct mig_frame_hea
     return 0;
 }
 
+/* An answer of the expected type (anything else fails the stream, an
+ * ERROR says why the destination refused). */
+int source_read_expected(struct source *s, const char *phase, const char *what, uint32_t expected,
+                         struct mig_frame_header *header, uint8_t *reply, size_t reply_size)
+{
+    if (source_read_answer(s, phase, header, reply, reply_size) != 0)
+        return -1;
+    if (header->type != expected)
+        return source_fail(s, "stream", "destination answered %s with a %s frame", what,
+                           mig_frame_type_name(header->type));
+    return 0;
+}
+
 int source_handshake(struct source *s)
 {
     struct vm *vm = s->vm;
@@ -518,11 +531,8 @@ int source_handshake(struct source *s)
         return source_fail(s, s->cancelled ? "cancelled" : "transport", "%s", text);
     uint8_t reply[4 + MIG_ERROR_MAX_MESSAGE];
     struct mig_frame_header header;
-    if (source_read_answer(s, "handshake", &header, reply, sizeof(reply)) != 0)
+    if (source_read_expected(s, "handshake", "the hello", MIG_FRAME_HELLO_ACK, &header, reply, sizeof(reply)) != 0)
         return -1;
-    if (header.type != MIG_FRAME_HELLO_ACK)
-        return source_fail(s, "stream", "destination answered the hello with a %s frame",
-                           mig_frame_type_name(header.type));
     struct mig_hello peer;
     if (mig_hello_decode(reply, (size_t)header.length, &peer, text, sizeof(text)) != 0)
         return source_fail(s, "stream", "destination hello: %s", text);
@@ -1033,6 +1043,23 @@ int source_read_ack(struct source *s, struct mig_end *ack)
     return 0;
 }
 
+/* Just before the frame after which the destination may run the guest
+ * (END, POSTCOPY_SWITCH): a cancel and this point are decided under the
+ * manager's lock, so exactly one wins; from here on migration.cancel is
+ * refused. 0, or -1 when the cancel came first. */
+int source_pass_point_of_no_return(struct source *s)
+{
+    pthread_mutex_lock(&s->m->lock);
+    bool cancelled = atomic_load_explicit(&s->m->cancel, memory_order_acquire);
+    s->m->past_end = !cancelled;
+    pthread_mutex_unlock(&s->m->lock);
+    if (cancelled) {
+        s->cancelled = true;
+        return source_fail(s, "cancelled", "cancelled by migration.cancel");
+    }
+    return 0;
+}
+
 /* The switch-over's pause: control_lock held from here to the end (no API
  * command may resume the guest meanwhile), the vCPUs out of KVM_RUN, and
  * whether the operator had paused the guest (it stays paused over there). */
@@ -1124,14 +1151,8 @@ static int source_complete(struct source *s)
     }
     uint8_t end_bytes[MIG_END_SIZE];
     mig_end_encode(&end, end_bytes);
-    pthread_mutex_lock(&s->m->lock);
-    bool cancelled = atomic_load_explicit(&s->m->cancel, memory_order_acquire);
-    s->m->past_end = !cancelled;
-    pthread_mutex_unlock(&s->m->lock);
-    if (cancelled) {
-        s->cancelled = true;
-        return source_fail(s, "cancelled", "cancelled by migration.cancel");
-    }
+    if (source_pass_point_of_no_return(s) != 0)
+        return -1;
     s->end_sent = true;
     if (source_small_frame(s, MIG_FRAME_END, end_bytes, sizeof(end_bytes)) != 0)
         return -1;

@@ -38,7 +38,11 @@ bool source_next_extent(const struct guest_memory *memory, uint64_t page, uint64
 
 int source_read_answer(struct source *s, const char *phase, struct mig_frame_header *header, uint8_t *reply,
                        size_t reply_size);
+int source_read_expected(struct source *s, const char *phase, const char *what, uint32_t expected,
+                         struct mig_frame_header *header, uint8_t *reply, size_t reply_size);
 int source_handshake(struct source *s);
+/* Before END / POSTCOPY_SWITCH: a cancel or this point, never both. */
+int source_pass_point_of_no_return(struct source *s);
 int source_tls_handshake(struct source *s, const struct mig_address *address);
 
 /* The vCPU and machine state as the switch-over sends it, captured with

@@ -37,12 +37,8 @@ int source_postcopy_open(struct source *s, const struct mig_address *address)
     }
     uint8_t reply[4 + MIG_ERROR_MAX_MESSAGE];
     struct mig_frame_header header;
-    if (source_read_answer(s, "postcopy-open", &header, reply, sizeof(reply)) != 0)
-        return -1;
-    if (header.type != MIG_FRAME_POSTCOPY_OPEN_ACK)
-        return source_fail(s, "stream", "destination answered postcopy-open with a %s frame",
-                           mig_frame_type_name(header.type));
-    return 0;
+    return source_read_expected(s, "postcopy-open", "postcopy-open", MIG_FRAME_POSTCOPY_OPEN_ACK, &header, reply,
+                                sizeof(reply));
 }
 
 /* Hybrid: should pre-copy hand over to post-copy after this pass? */
@@ -449,14 +445,8 @@ int source_postcopy(struct source *s)
                                       .flags = s->user_paused ? (uint32_t)MIG_END_GUEST_PAUSED : 0 };
     uint8_t sw_bytes[MIG_POSTCOPY_SWITCH_SIZE];
     mig_postcopy_switch_encode(&sw, sw_bytes);
-    pthread_mutex_lock(&s->m->lock);
-    bool cancelled = atomic_load_explicit(&s->m->cancel, memory_order_acquire);
-    s->m->past_end = !cancelled;
-    pthread_mutex_unlock(&s->m->lock);
-    if (cancelled) {
-        s->cancelled = true;
-        return source_fail(s, "cancelled", "cancelled by migration.cancel");
-    }
+    if (source_pass_point_of_no_return(s) != 0)
+        return -1;
     /* The point of no return: the destination may run the guest from the
      * moment it reads this frame. */
     s->keep_paused = true;

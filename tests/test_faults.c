@@ -804,6 +804,25 @@ static void postcopy_between_the_namespaces(const char *mode)
 
 Test(faults, postcopy_between_the_namespaces_over_1_gbit, .timeout = 90) { postcopy_between_the_namespaces("postcopy"); }
 
+/* Waits until the migration seen through c is in phase `phase`. */
+static void wait_phase(struct api_client *c, const char *phase, unsigned timeout_ms, const char *who)
+{
+    uint64_t deadline = now_ms() + timeout_ms;
+    for (;;) {
+        json_t *p = progress(c);
+        bool there = strcmp(jstr(p, "phase"), phase) == 0;
+        char *text = json_dumps(p, JSON_COMPACT);
+        json_decref(p);
+        if (there) {
+            free(text);
+            return;
+        }
+        cr_assert_lt(now_ms(), deadline, "the %s never reached phase %s: %s", who, phase, text);
+        free(text);
+        poll(NULL, 0, 10);
+    }
+}
+
 /* The destination process SIGKILLed mid post-copy: its kernel closes its
  * connections, the guest (running there, half its pages still on the
  * source) is lost; the source says so and exits 1, its vCPUs never resumed. */
@@ -828,16 +847,7 @@ Test(faults, destination_killed_during_postcopy_loses_the_guest, .timeout = 90)
     json_decref(call(sc, "migration.start", with_tls(json_pack("{s:s, s:s, s:i, s:i}", "dest", incoming, "mode",
                                                               "postcopy", "max_bandwidth_mibs", 2, "timeout_s",
                                                               60))));
-    uint64_t deadline = now_ms() + 20000;
-    for (;;) {
-        json_t *p = progress(sc);
-        bool there = strcmp(jstr(p, "phase"), "postcopy") == 0;
-        json_decref(p);
-        if (there)
-            break;
-        cr_assert_lt(now_ms(), deadline, "the source never reached post-copy");
-        poll(NULL, 0, 5);
-    }
+    wait_phase(sc, "postcopy", 20000, "source");
     cr_assert_eq(kill(dst.proc->pid, SIGKILL), 0);
     /* The source ends by itself (its API socket goes with it). */
     api_client_close(sc);
@@ -848,25 +858,6 @@ Test(faults, destination_killed_during_postcopy_loses_the_guest, .timeout = 90)
     /* (That its vCPUs never ran again is checked on the guest's own
      * counters in tests/test_postcopy_migration.c: console output and
      * log lines may interleave out of order here.) */
-}
-
-/* Waits until the migration seen through c is in phase `phase`. */
-static void wait_phase(struct api_client *c, const char *phase, unsigned timeout_ms, const char *who)
-{
-    uint64_t deadline = now_ms() + timeout_ms;
-    for (;;) {
-        json_t *p = progress(c);
-        bool there = strcmp(jstr(p, "phase"), phase) == 0;
-        char *text = json_dumps(p, JSON_COMPACT);
-        json_decref(p);
-        if (there) {
-            free(text);
-            return;
-        }
-        cr_assert_lt(now_ms(), deadline, "the %s never reached phase %s: %s", who, phase, text);
-        free(text);
-        poll(NULL, 0, 10);
-    }
 }
 
 /* The link goes down mid post-copy: both processes pause (the guest waits
@@ -942,16 +933,7 @@ Test(faults, source_killed_during_postcopy_loses_the_guest, .timeout = 90)
     json_decref(call(sc, "migration.start", with_tls(json_pack("{s:s, s:s, s:i, s:i}", "dest", incoming, "mode",
                                                               "postcopy", "max_bandwidth_mibs", 2, "timeout_s",
                                                               60))));
-    uint64_t deadline = now_ms() + 20000;
-    for (;;) {
-        json_t *p = progress(dc);
-        bool there = strcmp(jstr(p, "phase"), "postcopy") == 0;
-        json_decref(p);
-        if (there)
-            break;
-        cr_assert_lt(now_ms(), deadline, "the destination never ran in post-copy");
-        poll(NULL, 0, 5);
-    }
+    wait_phase(dc, "postcopy", 20000, "destination");
     cr_assert_eq(kill(src.proc->pid, SIGKILL), 0);
     cr_assert_eq(harness_process_wait_exit(src.proc, 5000), 128 + SIGKILL);
     api_client_close(sc);
