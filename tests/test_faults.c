@@ -886,7 +886,7 @@ Test(faults, postcopy_recovers_over_the_api_after_the_link_went_down, .timeout =
     struct api_client *sc = api_connect(src.socket, 5000);
     diagnose = src.proc;
     json_decref(call(sc, "migration.start", json_pack("{s:s, s:s, s:i, s:i, s:b, s:i, s:b}", "dest", incoming,
-                                                      "mode", "postcopy", "max_bandwidth_mibs", 4, "stall_timeout_s",
+                                                      "mode", "postcopy", "max_bandwidth_mibs", 8, "stall_timeout_s",
                                                       1, "verify_digest", 1, "timeout_s", 60, "keep_alive", 1)));
     wait_phase(dc, "postcopy", 20000, "destination");
     cr_assert_eq(hosts_shell(HOSTS_SCRIPT " link %s down", hosts_name()), 0);
