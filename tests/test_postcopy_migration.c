@@ -200,7 +200,7 @@ Test(postcopy_migration, a_cut_link_pauses_both_sides_and_recovery_completes, .t
     mig_params_defaults(&params);
     snprintf(params.dest, sizeof(params.dest), "%s", relay_address);
     params.mode = MIG_MODE_POSTCOPY;
-    params.max_bandwidth_mibs = 4;      /* ~2 s for the guest's data: the cut lands mid-stream (a cut
+    params.max_bandwidth_mibs = 2;      /* ~4 s for the guest's data: the cut lands mid-stream (a cut
                                            after END costs the source's 10 s ack wait first) */
     params.stall_timeout_ms = 1000;
     params.verify_digest = true;
