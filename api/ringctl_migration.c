@@ -379,6 +379,15 @@ static int confirm_postcopy(const char *mode)
     return 0;
 }
 
+/* events.subscribe to the migration's events: 0, or the call's status. */
+static int subscribe_migration_events(struct ringctl_session *session)
+{
+    json_t *ignored = NULL;
+    int status = call(session, "events.subscribe", json_pack("{s:[s]}", "events", "migration."), &ignored);
+    json_decref(ignored);
+    return status;
+}
+
 /* migrate --resume: args = {dest, resume: true} (owned). The post-copy
  * migration paused by a broken link goes on over a new connection to dest;
  * no question is asked (post-copy was agreed to when it started). Then,
@@ -389,9 +398,7 @@ static int run_resume(struct ringctl_session *session, json_t *args, bool dispat
     snprintf(dest, sizeof(dest), "%s", get_string(args, "dest"));
     if (!dispatch) {
         /* Subscribe first so no state change is missed. */
-        json_t *ignored = NULL;
-        int status = call(session, "events.subscribe", json_pack("{s:[s]}", "events", "migration."), &ignored);
-        json_decref(ignored);
+        int status = subscribe_migration_events(session);
         if (status != 0) {
             json_decref(args);
             return status;
@@ -574,9 +581,7 @@ static int run_migrate(struct ringctl_session *session, int argc, char **argv, b
 
     if (!dispatch) {
         /* Subscribe first so no state change is missed. */
-        json_t *ignored = NULL;
-        int status = call(session, "events.subscribe", json_pack("{s:[s]}", "events", "migration."), &ignored);
-        json_decref(ignored);
+        int status = subscribe_migration_events(session);
         if (status != 0) {
             json_decref(args);
             return status;
@@ -633,9 +638,7 @@ static int run_progress(struct ringctl_session *session, int argc, char **argv, 
     if (watch && !finished(get_string(progress, "state"))) {
         int64_t id = get_int(progress, "id");
         json_decref(progress);
-        json_t *ignored = NULL;
-        status = call(session, "events.subscribe", json_pack("{s:[s]}", "events", "migration."), &ignored);
-        json_decref(ignored);
+        status = subscribe_migration_events(session);
         if (status != 0)
             return status;
         return watch_until_done(session, json, id, isatty(STDOUT_FILENO) && !json);
