@@ -641,8 +641,10 @@ static int run_console(struct ringctl_session *ctl, int argc, char **argv)
     const struct ringctl_command *command = find_command("console");
     static const struct option options[] = {{"socket", required_argument, NULL, 'S'},
                                             {"timeout", required_argument, NULL, 'T'},
+                                            {"until", required_argument, NULL, 'U'},
                                             {0}};
     const char *socket_path = getenv("RINGVM_CONSOLE");
+    const char *until = NULL;
     int timeout_ms = 0;
     int opt;
     while ((opt = next_option(ctl, command, argc, argv, options, NULL)) != -1) {
@@ -650,6 +652,13 @@ static int run_console(struct ringctl_session *ctl, int argc, char **argv)
             socket_path = optarg;
         else if (opt == 'T')
             timeout_ms = (int)parse_number(command, "--timeout", optarg, 1, 86400000);
+        else if (opt == 'U') {
+            if (optarg[0] == '\0') {
+                fprintf(stderr, "ringctl console: --until: expected a non-empty text\n");
+                return EXIT_USAGE;
+            }
+            until = optarg;
+        }
     }
     no_operands(command, argc, argv);
     if (socket_path == NULL || *socket_path == '\0') {
@@ -657,7 +666,7 @@ static int run_console(struct ringctl_session *ctl, int argc, char **argv)
                         "unix:PATH) or set RINGVM_CONSOLE\n");
         return EXIT_USAGE;
     }
-    return ringctl_console_run(socket_path, timeout_ms);
+    return ringctl_console_run(socket_path, timeout_ms, until);
 }
 
 static int run_report(struct ringctl_session *ctl, int argc, char **argv)
@@ -897,7 +906,7 @@ static const struct ringctl_command commands[] = {
      "on SIGINT/SIGTERM). Error unavailable (exit 1) when BPF cannot load on this host.",
      run_trace,
      "eBPF histograms: KVM_RUN, kicks, dirty ring (bpf.stats)."},
-    {"console", "console [--socket PATH] [--timeout MS]",
+    {"console", "console [--socket PATH] [--timeout MS] [--until TEXT]",
      "Attach to the guest's serial console: the socket of ringvm --console unix:PATH\n"
      "(--socket, default $RINGVM_CONSOLE; -s, the API socket, is not used). The\n"
      "guest's output from now on is printed; what you type goes to its UART. Several\n"
@@ -907,8 +916,11 @@ static const struct ringctl_command commands[] = {
      "also in piped input) detaches: exit 0.\n"
      "When stdin is not a terminal and ends, the output keeps printing until ringvm\n"
      "closes the console, or at most --timeout MS after the end of input (default:\n"
-     "no limit). Exit 0 detached, closed or timed out; 2 usage; 3 cannot connect or\n"
-     "connection lost.",
+     "no limit). --until TEXT ends it as soon as the guest's output since attaching\n"
+     "contains TEXT (for scripts: type a command, wait for its answer); then the\n"
+     "timeout or the console closing first is exit 1.\n"
+     "Exit 0 detached, closed, timed out or TEXT seen; 1 TEXT not seen; 2 usage;\n"
+     "3 cannot connect or connection lost.",
      run_console,
      "Attach to the guest's serial console (Ctrl-] detaches)."},
     {"commands", "commands", "List the commands the VMM accepts, with their arguments (api.commands).",

@@ -156,7 +156,39 @@ struct console_session {
     bool stdin_open;
     uint8_t pending[4096];          /* stdin bytes not yet sent */
     size_t pending_start, pending_length;
+    /* --until: the text to wait for, and the output's last bytes (fewer
+     * than its length) so that a match split across reads is found. */
+    const char *until;
+    size_t until_length;
+    char *until_window;             /* until_length * 2 bytes */
+    size_t window_length;
+    bool until_seen;
 };
+
+/* Looks for session->until in the output's tail plus these new bytes. */
+static void watch_for_until(struct console_session *session, const uint8_t *bytes, size_t length)
+{
+    if (session->until == NULL || session->until_seen)
+        return;
+    size_t length_needed = session->until_length;
+    while (length > 0) {
+        /* Fill the window up to 2 * length_needed - 1 bytes, search, keep
+         * the last length_needed - 1: every match lies in some window. */
+        size_t room = 2 * length_needed - 1 - session->window_length;
+        size_t take = length < room ? length : room;
+        memcpy(session->until_window + session->window_length, bytes, take);
+        session->window_length += take;
+        bytes += take;
+        length -= take;
+        if (memmem(session->until_window, session->window_length, session->until, length_needed) != NULL) {
+            session->until_seen = true;
+            return;
+        }
+        size_t keep = length_needed - 1 < session->window_length ? length_needed - 1 : session->window_length;
+        memmove(session->until_window, session->until_window + session->window_length - keep, keep);
+        session->window_length = keep;
+    }
+}
 
 /* Sends what it can of pending; false when the connection is broken. */
 static bool send_pending(struct console_session *session)
@@ -193,7 +225,7 @@ static void flush_before_detach(struct console_session *session)
     }
 }
 
-enum copy_result { COPY_CONTINUE, COPY_DETACHED, COPY_CLOSED, COPY_LOST, COPY_STDOUT_GONE };
+enum copy_result { COPY_CONTINUE, COPY_DETACHED, COPY_CLOSED, COPY_LOST, COPY_STDOUT_GONE, COPY_UNTIL_SEEN };
 
 static enum copy_result read_input(struct console_session *session)
 {
@@ -229,6 +261,9 @@ static enum copy_result read_output(struct console_session *session)
         if (n > 0) {
             if (!write_stdout(buffer, (size_t)n))
                 return COPY_STDOUT_GONE;
+            watch_for_until(session, buffer, (size_t)n);
+            if (session->until_seen)
+                return COPY_UNTIL_SEEN;
             continue;
         }
         if (n == 0)
@@ -242,13 +277,27 @@ static enum copy_result read_output(struct console_session *session)
     }
 }
 
-int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms)
+int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms, const char *until)
 {
+    struct console_session session = {.stdin_open = true};
+    if (until != NULL && until[0] != '\0') {
+        session.until = until;
+        session.until_length = strlen(until);
+        session.until_window = malloc(2 * session.until_length);
+        if (session.until_window == NULL) {
+            fprintf(stderr, "ringctl console: --until: out of memory\n");
+            return RINGCTL_EXIT_CONNECT;
+        }
+    }
     int fd = connect_console(socket_path);
-    if (fd < 0)
+    if (fd < 0) {
+        free(session.until_window);
         return -fd;
+    }
+    session.fd = fd;
     if (install_signal_handlers() != 0) {
         close(fd);
+        free(session.until_window);
         return RINGCTL_EXIT_CONNECT;
     }
     bool terminal = isatty(STDIN_FILENO);
@@ -256,10 +305,11 @@ int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms)
         fprintf(stderr, "ringctl console: attached to %s; Ctrl-] detaches\n", socket_path);
         if (make_terminal_raw() != 0) {
             close(fd);
+            free(session.until_window);
             return RINGCTL_EXIT_CONNECT;
         }
     }
-    struct console_session session = {.fd = fd, .stdin_open = true};
+    bool timed_out = false;
     uint64_t eof_deadline = 0;
     enum copy_result result = COPY_CONTINUE;
     while (result == COPY_CONTINUE && !stop_signal) {
@@ -268,8 +318,10 @@ int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms)
         int timeout = -1;
         if (eof_deadline != 0) {
             uint64_t now = now_ms();
-            if (now >= eof_deadline)
+            if (now >= eof_deadline) {
+                timed_out = true;
                 break;      /* --timeout after the end of input: done */
+            }
             timeout = (int)(eof_deadline - now);
         }
         struct pollfd fds[2] = {
@@ -294,6 +346,7 @@ int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms)
             result = read_input(&session);
     }
     close(fd);
+    free(session.until_window);
     restore_terminal();
     if (stop_signal) {
         signal(stop_signal, SIG_DFL);
@@ -306,12 +359,23 @@ int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms)
         return 0;
     case COPY_CLOSED:
         fprintf(stderr, "ringctl console: ringvm closed the console\n");
+        if (session.until != NULL) {
+            fprintf(stderr, "ringctl console: --until '%s': not seen before the console closed\n", until);
+            return RINGCTL_EXIT_VMM_ERROR;
+        }
         return 0;
     case COPY_LOST:
         return RINGCTL_EXIT_CONNECT;
+    case COPY_UNTIL_SEEN:
+        return 0;
     case COPY_STDOUT_GONE:
     case COPY_CONTINUE:
     default:
+        if (session.until != NULL && timed_out) {
+            fprintf(stderr, "ringctl console: --until '%s': not seen within --timeout %d ms after the end of input\n",
+                    until, after_eof_timeout_ms);
+            return RINGCTL_EXIT_VMM_ERROR;
+        }
         return 0;
     }
 }

@@ -11,11 +11,14 @@
  * stdout until Ctrl-] (exit 0, "ringctl console: detached" on stderr), the
  * console closes the connection (exit 0), or - after stdin's EOF, with
  * after_eof_timeout_ms > 0 - that many ms pass (exit 0; 0 = no limit).
+ * With `until` (NULL or "" = none) it also ends as soon as the guest's
+ * output since attaching contains that text (exit 0); the timeout or the
+ * console closing before it was seen is then exit 1 with a message.
  * A terminal stdin is put in raw mode and restored on every exit
  * (including SIGINT/SIGTERM/SIGHUP, which then end ringctl as usual).
  * Returns ringctl's exit status: RINGCTL_EXIT_CONNECT when it cannot
  * connect or the connection breaks.
  */
-int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms);
+int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms, const char *until);
 
 #endif

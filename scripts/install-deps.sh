@@ -13,8 +13,10 @@ pkg-config iproute2 nftables libclang-rt-14-dev gnuplot-nox"
 # The Linux guest image (make linux-guest, guest/linux/): Debian's kernel
 # source and what building it needs, busybox-static for the initramfs (it
 # replaces the dynamically linked 'busybox' package if that is installed),
+# musl-tools (the static workload program in the initramfs is linked
+# against musl: a tenth of the size with glibc),
 # and QEMU, which boots the image in tests/test_linux_image.c.
-packages="$packages linux-source-6.1 busybox-static bc bison flex cpio xz-utils patch
+packages="$packages linux-source-6.1 busybox-static musl-tools bc bison flex cpio xz-utils patch
 qemu-system-x86"
 
 if [ "${1:-}" = "--bench" ]; then

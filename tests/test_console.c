@@ -153,8 +153,11 @@ static bool stats_match(void *argument)
 static void wait_stats(struct fixture *fixture, unsigned clients, int has_writer)
 {
     struct expect_stats expect = {.console = fixture->console, .clients = clients, .has_writer = has_writer};
-    cr_assert(harness_wait_until(stats_match, &expect, WAIT_MS), "the console never had %u clients (writer %d)",
-              clients, has_writer);
+    bool matched = harness_wait_until(stats_match, &expect, WAIT_MS);
+    struct console_stats stats;
+    console_get_stats(fixture->console, &stats);
+    cr_assert(matched, "the console never had %u clients (writer %d); it has %u (writer %d)", clients, has_writer,
+              stats.clients, (int)stats.has_writer);
 }
 
 /* ---- clients in this process ------------------------------------------------------------- */
@@ -633,17 +636,31 @@ static int use_child_stdin(void)
     return dup2(child_stdin, STDIN_FILENO) == STDIN_FILENO ? 0 : errno;
 }
 
-static int spawn_ringctl_console(struct harness_process *process, const char *ringctl, const char *path,
-                                 const char *timeout)
+static int spawn_ringctl_console_until(struct harness_process *process, const char *ringctl, const char *path,
+                                       const char *timeout, const char *until)
 {
     int pipe_fds[2];
     cr_assert_eq(pipe2(pipe_fds, O_CLOEXEC), 0);
     child_stdin = pipe_fds[0];
-    char *argv[] = {(char *)ringctl, "console", "--socket", (char *)path, timeout ? "--timeout" : NULL,
-                    (char *)timeout, NULL};
+    char *argv[9] = {(char *)ringctl, "console", "--socket", (char *)path, NULL};   /* 8 + NULL */
+    unsigned n = 4;
+    if (timeout != NULL) {
+        argv[n++] = "--timeout";
+        argv[n++] = (char *)timeout;
+    }
+    if (until != NULL) {
+        argv[n++] = "--until";
+        argv[n++] = (char *)until;
+    }
     harness_spawn_prepared(process, argv, use_child_stdin);
     close(pipe_fds[0]);
     return pipe_fds[1];
+}
+
+static int spawn_ringctl_console(struct harness_process *process, const char *ringctl, const char *path,
+                                 const char *timeout)
+{
+    return spawn_ringctl_console_until(process, ringctl, path, timeout, NULL);
 }
 
 Test(console, ringctl_console_types_prints_and_detaches_on_ctrl_bracket, .timeout = 60)
@@ -687,6 +704,64 @@ Test(console, ringctl_console_after_eof_prints_until_timeout, .timeout = 60)
     cr_assert_eq(status, 0, "ringctl console exited %d; stderr: %s", status, process.err);
     cr_assert_str_eq(process.err, "");
     wait_stats(&f, 0, 0);
+    harness_process_free(&process);
+    fixture_stop(&f);
+}
+
+/* --until ends ringctl as soon as the text went by, also when it came in
+ * two pieces, with stdin still open and an hour of --timeout left. */
+Test(console, ringctl_console_until_ends_at_the_text_even_split_across_reads, .timeout = 60)
+{
+    const char *ringctl = ringctl_or_skip();
+    struct fixture f;
+    fixture_start(&f, true);
+    struct harness_process process;
+    int input = spawn_ringctl_console_until(&process, ringctl, f.path, "3600000", "answer-42");
+    wait_stats(&f, 1, 0);
+    static const char typed[] = "echo answer-$((6*7))\r";
+    cr_assert_eq(write(input, typed, strlen(typed)), (ssize_t)strlen(typed));
+    guest_wait_input(&f, "echo answer-$((6*7))\r");
+    guest_print(&f, "echo answer-$((6*7))\r\nansw");
+    cr_assert(harness_process_wait_output(&process, "\r\nansw", 1, WAIT_MS), "ringctl printed: '%s'", process.out);
+    guest_print(&f, "er-42\r\n~ # ");
+    int status = harness_process_wait_exit(&process, WAIT_MS);
+    cr_assert_eq(status, 0, "ringctl console exited %d; stderr: %s", status, process.err);
+    cr_assert_str_eq(process.err, "");
+    cr_assert(strstr(process.out, "\r\nanswer-42") != NULL, "stdout: %s", process.out);
+    close(input);
+    harness_process_free(&process);
+    fixture_stop(&f);
+}
+
+/* Not seen within --timeout after the end of input, or before the console
+ * closes: exit 1 saying which. */
+Test(console, ringctl_console_until_not_seen_is_exit_1, .timeout = 60)
+{
+    const char *ringctl = ringctl_or_skip();
+    struct fixture f;
+    fixture_start(&f, true);
+    struct harness_process process;
+    int input = spawn_ringctl_console_until(&process, ringctl, f.path, "200", "never-printed");
+    wait_stats(&f, 1, 0);
+    guest_print(&f, "never-print\r\n");
+    cr_assert(harness_process_wait_output(&process, "never-print\r\n", 1, WAIT_MS));
+    close(input);
+    int status = harness_process_wait_exit(&process, WAIT_MS);
+    cr_assert_eq(status, 1, "ringctl console exited %d; stderr: %s", status, process.err);
+    cr_assert_str_eq(process.err, "ringctl console: --until 'never-printed': not seen within --timeout 200 ms "
+                                  "after the end of input\n");
+    harness_process_free(&process);
+    wait_stats(&f, 0, 0);
+
+    input = spawn_ringctl_console_until(&process, ringctl, f.path, NULL, "never-printed");
+    wait_stats(&f, 1, 0);
+    console_destroy(f.console);
+    f.console = NULL;
+    status = harness_process_wait_exit(&process, WAIT_MS);
+    cr_assert_eq(status, 1, "ringctl console exited %d; stderr: %s", status, process.err);
+    cr_assert_str_eq(process.err, "ringctl console: ringvm closed the console\n"
+                                  "ringctl console: --until 'never-printed': not seen before the console closed\n");
+    close(input);
     harness_process_free(&process);
     fixture_stop(&f);
 }
@@ -786,7 +861,8 @@ Test(console, ringctl_console_usage_and_connect_errors)
     char *help[] = {(char *)ringctl, "console", "--help", NULL};
     harness_spawn(&process, help);
     cr_assert_eq(harness_process_wait_exit(&process, WAIT_MS), 0);
-    cr_assert(strstr(process.out, "usage: ringctl [-s PATH] [--json] console [--socket PATH] [--timeout MS]\n") ==
+    cr_assert(strstr(process.out, "usage: ringctl [-s PATH] [--json] console [--socket PATH] [--timeout MS] "
+                                  "[--until TEXT]\n") ==
                   process.out,
               "help: %s", process.out);
     cr_assert(strstr(process.out, "Ctrl-] (byte 0x1d,\nalso in piped input) detaches: exit 0.") != NULL, "help: %s",

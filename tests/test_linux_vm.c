@@ -286,31 +286,32 @@ Test(linux_vm, boots_two_vcpus_to_the_ledger_and_tracks_without_ring_overflow, .
 /* What came back on vm's console socket for `command` typed through
  * `ringctl console`, which listens `listen_ms` after the end of its input
  * (--timeout); caller frees. */
-static char *console_exchange_for(struct linux_vm *vm, const char *command, unsigned listen_ms)
+/* Types `command` through `ringctl console` and returns what came back:
+ * with `until`, everything up to that text (ringctl ends as soon as it went
+ * by; not seen within timeout_ms after the input is a failure), without,
+ * timeout_ms of output after the input. */
+static char *console_exchange_for(struct linux_vm *vm, const char *command, const char *until, unsigned timeout_ms)
 {
-    char script[512];
-    snprintf(script, sizeof(script), "printf '%s\\n' | %s console --socket %s --timeout %u", command,
-             harness_program("ringctl"), vm->console_path + 5, listen_ms);
+    char script[768];
+    snprintf(script, sizeof(script), "printf '%%s\\n' '%s' | %s console --socket %s --timeout %u%s%s%s", command,
+             harness_program("ringctl"), vm->console_path + 5, timeout_ms, until != NULL ? " --until '" : "",
+             until != NULL ? until : "", until != NULL ? "'" : "");
     char *argv[] = { "/bin/sh", "-c", script, NULL };
     struct harness_process console;
     harness_spawn(&console, argv);
-    cr_assert_eq(harness_process_wait_exit(&console, 30000), 0, "ringctl console: %s", console.err);
+    int status = harness_process_wait_exit(&console, timeout_ms + 30000);
+    cr_assert_eq(status, 0, "ringctl console (%s): exit %d: %s; output: %s", command, status, console.err,
+                 console.out);
     char *output = strdup(console.out != NULL ? console.out : "");
     cr_assert_not_null(output);
     harness_process_free(&console);
     return output;
 }
 
-static char *console_exchange(struct linux_vm *vm, const char *command)
-{
-    return console_exchange_for(vm, command, 5000);
-}
-
+/* busybox answers `command` with `expected` on the console socket. */
 static void console_answers(struct linux_vm *vm, const char *command, const char *expected)
 {
-    char *output = console_exchange(vm, command);
-    cr_assert_not_null(strstr(output, expected), "no %s in the console output: %s", expected, output);
-    free(output);
+    free(console_exchange_for(vm, command, expected, 30000));
 }
 
 /* A Linux guest without a workload, booted to its console shell. */
@@ -489,7 +490,9 @@ static void assert_no_kernel_complaint(const struct harness_process *process, co
                        kernel_complaints[i], process->out);
 }
 
-static void linux_guest_carries_on_at(struct linux_vm *to)
+/* The migrated guest (booted with user_cmdline) runs its ledger on the
+ * destination `to`, which knows its kind and command line. */
+static void linux_guest_carries_on_with(struct linux_vm *to, const char *user_cmdline)
 {
     wait_ledger_per_vcpu(&to->process, 2, 2);
     /* Only what the guest printed after it arrived is in to's stdout. */
@@ -497,10 +500,14 @@ static void linux_guest_carries_on_at(struct linux_vm *to)
     json_t *info = call_ok(to, "vm.info", NULL);
     cr_assert_str_eq(json_string_value(json_object_get(info, "guest")), "linux");
     cr_assert_str_eq(json_string_value(json_object_get(info, "state")), "running");
-    cr_assert_str_eq(json_string_value(json_object_get(info, "cmdline")),
-                     harness_linux_cmdline("ringvm.workload=ledger,wss=8M,verify=1"));
+    cr_assert_str_eq(json_string_value(json_object_get(info, "cmdline")), harness_linux_cmdline(user_cmdline));
     cr_assert(json_is_null(json_object_get(info, "kernel")));
     json_decref(info);
+}
+
+static void linux_guest_carries_on_at(struct linux_vm *to)
+{
+    linux_guest_carries_on_with(to, "ringvm.workload=ledger,wss=8M,verify=1");
 }
 
 /* pages_written of each of vm's 2 vCPUs, from vm.guest-stats. */
@@ -604,23 +611,23 @@ static bool stopped_at_iteration0(void *argument)
 /* Types `command` on vm's console without waiting for its output. */
 static void console_type(struct linux_vm *vm, const char *command)
 {
-    free(console_exchange_for(vm, command, 100));
+    free(console_exchange_for(vm, command, NULL, 100));
 }
 
-#define SEQ_LINES 3000u
-#define SEQ_LINES_TEXT "3000"
-
-/* The guest prints SEQ1 .. SEQ<count>, one echo (one write(2)) each, so
- * each token reaches the console whole; other writers (the workload's
- * LEDGER and CLOCK lines, the tty echoing the typed command) write whole
- * lines of their own between them, and the echo of the typed command can
- * split anywhere: a token is "SEQ" followed by digits, wherever it stands.
- * The migration may fall inside a token ("SE" the last bytes on the
- * source, "Q121" the first on the destination: the UART moved
- * mid-transmission), so the two outputs are read as one stream, the
- * source's then the destination's. Its tokens are exactly 1..count, in
- * order: no byte of the sequence lost or repeated. */
-static void assert_sequence_complete(const char *first, const char *second, unsigned count)
+/* The guest prints SEQ1, SEQ2, ... one echo (one write(2)) each, so each
+ * token reaches the console whole, until the test creates /seq-stop; then
+ * SEQ-END. Other writers (the workload's LEDGER and CLOCK lines, the tty
+ * echoing typed commands) write whole lines of their own between them, and
+ * the echo of a typed command can split anywhere: a token is "SEQ"
+ * followed by digits, wherever it stands. The migration may fall inside a
+ * token ("SE" the last bytes on the source, "Q121" the first on the
+ * destination: the UART moved mid-transmission), so the two outputs are
+ * read as one stream, the source's then the destination's. Its tokens are
+ * exactly 1..N, in order (no byte of the sequence lost or repeated), some
+ * of them on each side: the loop runs until the test stops it on the
+ * destination, so the migration always falls inside it. */
+#define SEQ_COMMAND "(i=1;while [ ! -e /seq-stop ];do echo SEQ$i;i=$((i+1));done;echo SEQ-END)&"
+static void assert_sequence_complete(const char *first, const char *second)
 {
     size_t first_length = strlen(first), second_length = strlen(second);
     char *both = malloc(first_length + second_length + 1);
@@ -630,7 +637,7 @@ static void assert_sequence_complete(const char *first, const char *second, unsi
     unsigned expected = 1, on_first = 0;
     for (const char *at = strstr(both, "SEQ"); at != NULL; at = strstr(at + 3, "SEQ")) {
         if (at[3] < '0' || at[3] > '9')
-            continue;   /* the typed command's "SEQ$i" */
+            continue;   /* the typed command's "SEQ$i", and SEQ-END */
         char *end = NULL;
         unsigned value = (unsigned)strtoul(at + 3, &end, 10);
         size_t offset = (size_t)(at - both);
@@ -643,7 +650,7 @@ static void assert_sequence_complete(const char *first, const char *second, unsi
         expected++;
     }
     free(both);
-    cr_assert_eq(expected, count + 1, "the sequence stopped after %u of %u", expected - 1, count);
+    unsigned count = expected - 1;
     fprintf(stderr, "linux_vm: %u of %u numbered lines came out before the migration, %u after\n", on_first, count,
             count - on_first);
     /* Otherwise the migration did not happen mid-transmission. */
@@ -657,9 +664,9 @@ static void assert_sequence_complete(const char *first, const char *second, unsi
  * (RINGVM_FAULT_INJECT=iteration0) is killed: the migration fails with
  * `transport`, the guest runs on at the source (two more verify passes per
  * vCPU, never MISMATCH). Then a new destination in dst gets it: completed,
- * digests equal, and it carries on there; the guest was printing 3000
- * numbered lines on its UART throughout, and every one arrives once, in
- * order, across the two ringvm processes' outputs. */
+ * digests equal, and it carries on there; the guest was printing
+ * numbered lines on its UART throughout (SEQ_COMMAND), and every one
+ * arrives once, in order, across the two ringvm processes' outputs. */
 Test(linux_vm, a_linux_guest_survives_a_killed_destination_then_migrates_over_tcp_between_hosts, .timeout = 400,
      .fini = hosts_down)
 {
@@ -694,19 +701,23 @@ Test(linux_vm, a_linux_guest_survives_a_killed_destination_then_migrates_over_tc
     struct linux_vm destination;
     hosts_dst_tcp(incoming, sizeof(incoming), port + 1);
     linux_destination_start_at(&destination, vm.directory, 1, incoming, "dst", NULL, NULL);
-    /* The UART mid-transmission: the guest prints 1..SEQ_LINES (~14 KB,
-     * seconds of port writes) while it migrates; every number must come out
-     * once, in order, on the source's stdout and then the destination's. */
-    console_type(&vm, "i=1; while [ $i -le " SEQ_LINES_TEXT " ]; do echo SEQ$i; i=$((i+1)); done");
+    /* The UART mid-transmission: the guest prints numbered lines (~120
+     * a second of port writes) while it migrates; every number must come
+     * out once, in order, on the source's stdout and then the
+     * destination's. */
+    console_type(&vm, SEQ_COMMAND);
     cr_assert(harness_process_wait_output(&vm.process, "SEQ100\r\n", 1, 60000), "the sequence did not start: %s",
               vm.process.out);
     linux_migrate(&vm, incoming);
     assert_state(&vm, "migrated");
     linux_guest_carries_on_at(&destination);
-    cr_assert(harness_process_wait_output(&destination.process, "SEQ" SEQ_LINES_TEXT "\r\n", 1, 120000),
-              "seq did not finish on the destination: %s", destination.process.out);
+    cr_assert(harness_process_wait_output(&destination.process, "\r\nSEQ", 50, 60000),
+              "the sequence did not go on on the destination: %s", destination.process.out);
+    console_type(&destination, "touch /seq-stop");
+    cr_assert(harness_process_wait_output(&destination.process, "SEQ-END\r\n", 1, 60000),
+              "the sequence did not end on the destination: %s", destination.process.out);
     harness_process_read_available(&vm.process);
-    assert_sequence_complete(vm.process.out, destination.process.out, SEQ_LINES);
+    assert_sequence_complete(vm.process.out, destination.process.out);
     linux_vm_end_process(&destination);
     linux_vm_stop(&vm);
 }
@@ -728,8 +739,8 @@ static bool guest_wrote_more(void *argument)
 /* ---- the guest's clock across a migration ---- */
 
 /* The guest's CLOCK_MONOTONIC as its workload printed it (`CLOCK
- * mono_ns=N` once a second: ringvm-workload --clock-lines, which /init
- * passes; guest/linux/README.md), and this host's CLOCK_MONOTONIC when the
+ * mono_ns=N` every PINGPONG_CLOCK_CMDLINE period: ringvm-workload
+ * --clock-lines=MS, which /init passes; guest/linux/README.md), and this host's CLOCK_MONOTONIC when the
  * whole line had arrived on ringvm's stdout. */
 struct clock_reading {
     uint64_t guest_ns;
@@ -791,11 +802,14 @@ static bool clock_line_arrived(void *argument)
  * guest. A line's transit (the guest's tty and UART, ringvm, the pipe) is
  * milliseconds, but a line now and then arrives tens of ms late on a
  * loaded host (77 ms seen once among 11 single readings); the quickest of
- * two is late only when both are. Right after a migration skip 1: a line
+ * three is late only when all are. Right after a migration skip 1: a line
  * whose clock was read just before the source paused may still be in the
  * guest's UART and arrive only at the destination; the lines after it were
  * read after the resume. */
-#define CLOCK_SAMPLES 2u
+#define CLOCK_SAMPLES 3u
+/* Four CLOCK lines a second: a hop's readings (skip one, take three) take
+ * one second instead of three. */
+#define PINGPONG_CLOCK_CMDLINE "ringvm.clock_ms=250"
 static struct clock_reading next_clock_reading(struct harness_process *process, unsigned skip)
 {
     harness_process_read_available(process);
@@ -805,7 +819,7 @@ static struct clock_reading next_clock_reading(struct harness_process *process, 
     uint64_t slowest_offset = 0;
     for (unsigned sample = 0; sample < CLOCK_SAMPLES; sample++) {
         wait.count++;
-        /* Lines come every second; 10 s allows for a loaded host. */
+        /* Lines come at least every second; 10 s allows for a loaded host. */
         cr_assert(harness_wait_until(clock_line_arrived, &wait, 10000), "no CLOCK line for 10 s; stdout: %s",
                   process->out);
         struct clock_reading reading = { .guest_ns = wait.guest_ns, .host_ns = host_monotonic_ns() };
@@ -913,7 +927,8 @@ Test(linux_vm, a_linux_guest_ping_pongs_between_two_destinations_and_keeps_its_c
     unsigned hops = pingpong_hops();
     fprintf(stderr, "linux_vm::a_linux_guest_ping_pongs_between_two_destinations: %u hops\n", hops);
     struct linux_vm vm = { 0 };
-    linux_vm_start(&vm, "2", "ringvm.workload=ledger,wss=8M,verify=1");
+    const char *cmdline = "ringvm.workload=ledger,wss=8M,verify=1 " PINGPONG_CLOCK_CMDLINE;
+    linux_vm_start(&vm, "2", cmdline);
     wait_ledger_per_vcpu(&vm.process, 2, 2);
     console_answers(&vm, "echo before-$((40+2))", "before-42");
     struct linux_vm slots[2];
@@ -965,7 +980,7 @@ Test(linux_vm, a_linux_guest_ping_pongs_between_two_destinations_and_keeps_its_c
         cr_assert(harness_wait_until(guest_wrote_more, &progress, 60000),
                   "hop %u: the guest's vCPUs do not run on the destination; stdout: %s\nstderr: %s", hop,
                   to->process.out, to->process.err);
-        linux_guest_carries_on_at(to);
+        linux_guest_carries_on_with(to, cmdline);
         cr_assert_null(strstr(from->process.out, "MISMATCH"), "hop %u source stdout: %s", hop, from->process.out);
         from = to;
     }
@@ -983,11 +998,12 @@ Test(linux_vm, a_linux_guest_ping_pongs_between_two_destinations_and_keeps_its_c
      * test runs, so the bound says "fires, about on time", no finer).
      * (Against this host's clock nothing can be asserted from here: ringctl
      * console listens a fixed time after the input.) */
-    /* ringctl listens 20 s after the input: three reads of a second each,
-     * echoed slowly beside the ledger's output on a loaded host (5 s
-     * caught only the first answer in a full make test). */
+    /* ringctl waits for the line after the three answers (the echoed
+     * command has $((5+5)), not 10): three reads of a second each, echoed
+     * slowly beside the ledger's output on a loaded host. */
     char *timing = console_exchange_for(from, "for i in 1 2 3; do read a _ </proc/uptime; read -t 1 x; "
-                                              "read b _ </proc/uptime; echo slept $a $b; done", 20000);
+                                              "read b _ </proc/uptime; echo slept $a $b; done; echo timed-$((5+5))",
+                                        "timed-10", 30000);
     double quickest = 1e9;
     unsigned answers = 0;
     for (const char *at = strstr(timing, "slept "); at != NULL; at = strstr(at + 1, "slept ")) {

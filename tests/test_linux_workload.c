@@ -236,6 +236,11 @@ Test(linux_workload, bad_specs_exit_2_with_ringvms_messages, .timeout = 60)
     cr_assert_str_eq(process.err, "ringvm-workload: --cpus 65: expected an integer from 1 to 64\n");
     harness_process_free(&process);
 
+    const char *period[] = { "--spec", "idle", "--clock-lines=5", NULL };
+    cr_assert_eq(run_workload(&process, period), 2);
+    cr_assert_str_eq(process.err, "ringvm-workload: --clock-lines 5: expected an integer from 10 to 60000\n");
+    harness_process_free(&process);
+
     const char *nothing[] = { NULL };
     cr_assert_eq(run_workload(&process, nothing), 2);
     const char *required = "ringvm-workload: --spec SPEC is required\nusage: ";
@@ -397,6 +402,40 @@ Test(linux_workload, clock_lines_print_the_monotonic_clock_every_second, .timeou
     }
     /* Three seconds hold two or three whole seconds after the thread starts. */
     cr_assert(lines == 2 || lines == 3, "%u CLOCK lines in 3 s:\n%s", lines, process.out);
+    harness_process_free(&process);
+}
+
+/* --clock-lines=MS: the same at every whole multiple of MS (ringvm.clock_ms
+ * on the guest's command line: the ping-pong test reads the clock four
+ * times a second). */
+Test(linux_workload, clock_lines_every_250_ms, .timeout = 60)
+{
+    char memory[64];
+    make_memory_file(memory, sizeof(memory), false, 0);
+    struct harness_process process;
+    const char *arguments[] = { "--spec", "idle", "--cpus", "1", "--seconds", "1", "--clock-lines=250",
+                                "--memory-file", memory, NULL };
+    uint64_t started = monotonic_ns();
+    int status = run_workload(&process, arguments);
+    uint64_t ended = monotonic_ns();
+    unlink(memory);
+    cr_assert_eq(status, 0, "stdout:\n%s\nstderr:\n%s", process.out, process.err);
+    const uint64_t period_ns = 250000000u;
+    unsigned lines = 0;
+    uint64_t previous = 0;
+    for (char *line = strtok(process.out, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+        uint64_t value = 0;
+        int consumed = 0;
+        cr_assert_eq(sscanf(line, "CLOCK mono_ns=%" SCNu64 "%n", &value, &consumed), 1, "unexpected line '%s'", line);
+        cr_assert_eq((size_t)consumed, strlen(line), "trailing text in '%s'", line);
+        cr_assert(value >= started && value <= ended, "'%s' is outside this run", line);
+        if (lines > 0)
+            cr_assert_eq(value / period_ns, previous / period_ns + 1, "'%s' after mono_ns=%" PRIu64, line, previous);
+        previous = value;
+        lines++;
+    }
+    /* One second holds three or four whole periods after the thread starts. */
+    cr_assert(lines == 3 || lines == 4, "%u CLOCK lines in 1 s:\n%s", lines, process.out);
     harness_process_free(&process);
 }
 

@@ -4,7 +4,7 @@
  * ringvm.workload=SPEC from the kernel command line), and the image's
  * poweroff/halt.
  *
- *   ringvm-workload --spec SPEC [--cpus N] [--seconds S] [--memory-file PATH] [--clock-lines]
+ *   ringvm-workload --spec SPEC [--cpus N] [--seconds S] [--memory-file PATH] [--clock-lines[=MS]]
  *   ringvm-workload poweroff [CODE]      (also as /sbin/poweroff, /sbin/halt)
  *
  * SPEC is ringvm's --workload grammar (vmm/workload.c, compiled in): idle,
@@ -13,9 +13,9 @@
  * --seconds stops after S seconds (0, the default: run until the workload
  * ends); --memory-file replaces /dev/mem (tests lay out a regular file like
  * guest-physical memory); --clock-lines adds a line `CLOCK mono_ns=N` (the
- * guest's CLOCK_MONOTONIC in ns) at every whole second, from an extra
- * thread (/init passes it: tests compare the guest's clock with the
- * host's across a migration). Exit status: 0; 1 when a ledger found a mismatch
+ * guest's CLOCK_MONOTONIC in ns) at every whole second, or every whole
+ * multiple of MS milliseconds, from an extra thread (/init passes it:
+ * tests compare the guest's clock with the host's across a migration). Exit status: 0; 1 when a ledger found a mismatch
  * or a thread could not run; 2 for a bad command line or spec.
  *
  * Test hook: RINGVM_WORKLOAD_TEST_CORRUPT=VCPU:PAGE flips one bit in that
@@ -46,12 +46,13 @@
 static void main_usage(FILE *out)
 {
     fprintf(out,
-            "usage: " MAIN_PROGRAM " --spec SPEC [--cpus N] [--seconds S] [--memory-file PATH] [--clock-lines]\n"
+            "usage: " MAIN_PROGRAM " --spec SPEC [--cpus N] [--seconds S] [--memory-file PATH] [--clock-lines[=MS]]\n"
             "       " MAIN_PROGRAM " poweroff [CODE]\n"
             "Runs ringvm's built-in guest workloads (idle, dirtier, ledger; SPEC as ringvm's\n"
             "--workload) in Linux user space: one pinned thread per CPU, reporting as vcpu=N.\n"
             "Under ringvm its counters and phases reach the VMM through /dev/mem.\n"
-            "--clock-lines: also print 'CLOCK mono_ns=N' (CLOCK_MONOTONIC) every whole second.\n");
+            "--clock-lines: also print 'CLOCK mono_ns=N' (CLOCK_MONOTONIC) every whole second;\n"
+            "--clock-lines=MS at every whole multiple of MS milliseconds (10..60000).\n");
 }
 
 static int main_parse_unsigned(const char *option, const char *text, unsigned long min, unsigned long max,
@@ -109,7 +110,7 @@ static int main_run(int argc, char **argv)
         { "cpus", required_argument, NULL, 'c' },
         { "seconds", required_argument, NULL, 't' },
         { "memory-file", required_argument, NULL, 'm' },
-        { "clock-lines", no_argument, NULL, 'l' },
+        { "clock-lines", optional_argument, NULL, 'l' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -118,6 +119,7 @@ static int main_run(int argc, char **argv)
     unsigned cpus = 0;
     struct linux_runner_config config;
     memset(&config, 0, sizeof(config));
+    config.clock_period_ms = 1000;
 
     int option;
     while ((option = getopt_long(argc, argv, "", options, NULL)) != -1) {
@@ -138,6 +140,9 @@ static int main_run(int argc, char **argv)
             break;
         case 'l':
             config.clock_lines = true;
+            if (optarg != NULL &&
+                main_parse_unsigned("--clock-lines", optarg, 10, 60000, &config.clock_period_ms) != 0)
+                return 2;
             break;
         case 'h':
             main_usage(stdout);

@@ -133,29 +133,30 @@ static struct timespec runner_deadline_after(unsigned seconds)
     return deadline;
 }
 
-/* The clock thread (config->clock_lines): at every whole second of
- * CLOCK_MONOTONIC, `CLOCK mono_ns=N` with N read just before the line is
- * written, until stop. Unpinned, so it runs beside the pinned workload
- * threads; the clock is read after the wake-up, not predicted, so a late
- * wake-up only delays the line, never falsifies it. Tests compare N with
- * the host's clock across a migration (guest/linux/README.md). */
+/* The clock thread (config->clock_lines): at every whole multiple of the
+ * period (config->clock_period_ms) of CLOCK_MONOTONIC, `CLOCK mono_ns=N`
+ * with N read just before the line is written, until stop. Unpinned, so it
+ * runs beside the pinned workload threads; the clock is read after the
+ * wake-up, not predicted, so a late wake-up only delays the line, never
+ * falsifies it. Tests compare N with the host's clock across a migration
+ * (guest/linux/README.md). */
 static void *runner_clock_main(void *argument)
 {
     struct runner_shared *shared = argument;
-    struct timespec next;
-    clock_gettime(CLOCK_MONOTONIC, &next);
+    uint64_t period_ns = (uint64_t)shared->config->clock_period_ms * 1000000u;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    uint64_t now_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
     for (;;) {
-        next.tv_sec += 1;
-        next.tv_nsec = 0;
+        /* The next whole multiple after now: after a jump (a guest stopped
+         * longer than a period) that one, not a burst of the missed ones. */
+        uint64_t next_ns = (now_ns / period_ns + 1) * period_ns;
+        struct timespec next = { .tv_sec = (time_t)(next_ns / 1000000000u), .tv_nsec = (long)(next_ns % 1000000000u) };
         if (runner_wait_stop(shared, &next))
             return NULL;
-        struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
-        runner_print("CLOCK mono_ns=%" PRIu64 "\n", (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec);
-        /* After a jump (a guest stopped longer than a second), the next
-         * whole second after now, not a burst of the missed ones. */
-        if (now.tv_sec > next.tv_sec)
-            next.tv_sec = now.tv_sec;
+        now_ns = (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+        runner_print("CLOCK mono_ns=%" PRIu64 "\n", now_ns);
     }
 }
 

@@ -20,9 +20,11 @@ struct linux_runner_config {
     unsigned seconds;           /* stop after this long; 0 = until the workload ends */
     uint64_t tsc_khz;           /* TSC frequency for pacing and verify periods, > 0 */
     const struct linux_channel *channel;    /* may be absent (not present) */
-    /* A `CLOCK mono_ns=N` line every whole second of CLOCK_MONOTONIC from
-     * an extra, unpinned thread (--clock-lines). */
+    /* A `CLOCK mono_ns=N` line at every whole multiple of clock_period_ms
+     * (1000 by default) of CLOCK_MONOTONIC, from an extra, unpinned thread
+     * (--clock-lines[=MS]). */
     bool clock_lines;
+    unsigned clock_period_ms;   /* 10..60000 */
     /* Test hook (RINGVM_WORKLOAD_TEST_CORRUPT): after thread corrupt_vcpu's
      * first verify pass, flip bit 7 of the low byte of the generation in
      * page corrupt_page's record, as a lost write would leave it. */
