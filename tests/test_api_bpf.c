@@ -9,22 +9,8 @@
 #include "api/commands.h"
 #include "api/dispatch.h"
 #include "bpf/probes.h"
+#include "tests/api_requests.h"
 #include "tests/harness.h"
-
-static json_t *request(struct vm *vm, const char *line)
-{
-    struct api_session session;
-    memset(&session, 0, sizeof(session));
-    size_t length = 0;
-    char *reply = api_handle_line(api_command_groups, vm, &session, line, strlen(line), &length);
-    cr_assert_not_null(reply);
-    json_error_t error;
-    json_t *parsed = json_loadb(reply, length, 0, &error);
-    cr_assert_not_null(parsed, "reply is not JSON: %s", reply);
-    free(reply);
-    api_session_reset(&session);
-    return parsed;
-}
 
 static const char *error_code(json_t *reply)
 {
@@ -42,21 +28,21 @@ Test(api_bpf, unavailable_with_the_reason_and_the_vm_runs_on, .timeout = 60)
     struct harness_vm harness;
     harness_vm_start(&harness, "128M", 1, "dirtier,wss=16M", "ring");
     /* Never asked for: how to ask. */
-    json_t *reply = request(harness.vm, "{\"id\":0,\"cmd\":\"bpf.stats\"}");
+    json_t *reply = api_request(harness.vm, "{\"id\":0,\"cmd\":\"bpf.stats\"}");
     cr_assert_str_eq(error_code(reply), "unavailable");
     const char *why = NULL;
     if (bpf_probes_built(&why))
         cr_assert_str_eq(error_message(reply), "BPF probes are not loaded (bpf.start or ringvm --bpf)");
     json_decref(reply);
     setenv("RINGVM_BPF_DISABLE", "1", 1);
-    reply = request(harness.vm, "{\"id\":1,\"cmd\":\"bpf.start\"}");
+    reply = api_request(harness.vm, "{\"id\":1,\"cmd\":\"bpf.start\"}");
     cr_assert_str_eq(error_code(reply), "unavailable");
     const char *message = json_string_value(json_object_get(json_object_get(reply, "error"), "message"));
     cr_assert(strstr(message, "RINGVM_BPF_DISABLE") != NULL, "message: %s", message);
     json_decref(reply);
     unsetenv("RINGVM_BPF_DISABLE");
     /* bpf.stats keeps the reason of the failed bpf.start. */
-    reply = request(harness.vm, "{\"id\":2,\"cmd\":\"bpf.stats\"}");
+    reply = api_request(harness.vm, "{\"id\":2,\"cmd\":\"bpf.stats\"}");
     cr_assert_str_eq(error_code(reply), "unavailable");
     if (bpf_probes_built(&why))
         cr_assert_str_eq(error_message(reply), "BPF unavailable: disabled by RINGVM_BPF_DISABLE=1");
@@ -92,14 +78,14 @@ Test(api_bpf, start_stats_stop_with_vmm_kick_latency_beside_the_kernels, .timeou
     for (unsigned i = 0; i < 2; i++)
         cr_assert_geq(atomic_load(&harness.vm->vcpus[i].counters.kick_latency_count), 5,
                       "vcpu %u: the VMM measured no kick latency", i);
-    json_t *reply = request(harness.vm, "{\"id\":1,\"cmd\":\"bpf.start\"}");
+    json_t *reply = api_request(harness.vm, "{\"id\":1,\"cmd\":\"bpf.start\"}");
     cr_assert(json_is_true(json_object_get(reply, "ok")), "%s", json_dumps(reply, 0));
     json_decref(reply);
     for (int i = 0; i < 3; i++) {
         cr_assert_eq(vm_pause(harness.vm), 0);
         cr_assert_eq(vm_resume(harness.vm), 0);
     }
-    reply = request(harness.vm, "{\"id\":2,\"cmd\":\"bpf.stats\"}");
+    reply = api_request(harness.vm, "{\"id\":2,\"cmd\":\"bpf.stats\"}");
     cr_assert(json_is_true(json_object_get(reply, "ok")), "%s", json_dumps(reply, 0));
     json_t *vcpus = json_object_get(json_object_get(reply, "result"), "vcpus");
     char running_source[128];
@@ -125,11 +111,11 @@ Test(api_bpf, start_stats_stop_with_vmm_kick_latency_beside_the_kernels, .timeou
         cr_assert_eq(json_integer_value(json_object_get(json_object_get(vcpu, "kick_tgkill_ns"), "count")), tgkill);
     }
     json_decref(reply);
-    reply = request(harness.vm, "{\"id\":3,\"cmd\":\"bpf.stop\"}");
+    reply = api_request(harness.vm, "{\"id\":3,\"cmd\":\"bpf.stop\"}");
     cr_assert(json_is_true(json_object_get(reply, "ok")));
     json_decref(reply);
     /* Stopped: nothing attached, the sources still name what was used. */
-    reply = request(harness.vm, "{\"id\":4,\"cmd\":\"bpf.stats\"}");
+    reply = api_request(harness.vm, "{\"id\":4,\"cmd\":\"bpf.stats\"}");
     cr_assert(json_is_true(json_object_get(reply, "ok")), "%s", json_dumps(reply, 0));
     json_t *kvm_run = json_object_get(json_object_get(json_object_get(reply, "result"), "metrics"), "kvm_run");
     cr_assert(json_is_false(json_object_get(kvm_run, "attached")));

@@ -18,35 +18,9 @@
 #include "api/dispatch.h"
 #include "migration/migration.h"
 #include "migration/progress.h"
+#include "tests/api_requests.h"
 #include "tests/harness.h"
 #include "tests/migration_destination.h"
-
-/* Sends one request line to vm; returns the parsed reply. */
-static json_t *request(struct vm *vm, const char *line)
-{
-    struct api_session session = { 0 };
-    size_t length = 0;
-    char *text = api_handle_line(api_command_groups, vm, &session, line, strlen(line), &length);
-    cr_assert_not_null(text, "no reply to %s", line);
-    json_error_t error;
-    json_t *reply = json_loadb(text, length, 0, &error);
-    cr_assert_not_null(reply, "reply is not JSON (%s): %s", error.text, text);
-    free(text);
-    api_session_reset(&session);
-    return reply;
-}
-
-static void expect_error(struct vm *vm, const char *line, const char *code, const char *message)
-{
-    json_t *reply = request(vm, line);
-    char *text = json_dumps(reply, JSON_COMPACT);
-    cr_assert(json_is_false(json_object_get(reply, "ok")), "%s answered %s", line, text);
-    json_t *error = json_object_get(reply, "error");
-    cr_assert_str_eq(json_string_value(json_object_get(error, "code")), code, "%s answered %s", line, text);
-    cr_assert_str_eq(json_string_value(json_object_get(error, "message")), message, "%s answered %s", line, text);
-    free(text);
-    json_decref(reply);
-}
 
 /* The guard against running a guest that has no state yet. */
 Test(api_error_codes, incoming_vm_without_state_refuses_resume_and_dirty_tracking, .timeout = 60)
@@ -55,9 +29,9 @@ Test(api_error_codes, incoming_vm_without_state_refuses_resume_and_dirty_trackin
     struct harness_vm destination;
     harness_vm_create_incoming(&destination, "64M", 1, "idle", "ring");
     cr_assert_eq(vm_start(destination.vm), 0);
-    expect_error(destination.vm, "{\"id\":1,\"cmd\":\"vm.resume\"}", "migration-active",
+    api_expect_error(destination.vm, "{\"id\":1,\"cmd\":\"vm.resume\"}", "migration-active",
                  "cannot resume: this VM is waiting for an incoming migration (no guest state yet)");
-    expect_error(destination.vm, "{\"id\":2,\"cmd\":\"vm.dirty-tracking\",\"args\":{\"enable\":true}}",
+    api_expect_error(destination.vm, "{\"id\":2,\"cmd\":\"vm.dirty-tracking\",\"args\":{\"enable\":true}}",
                  "migration-active", "cannot track dirty pages: this VM is waiting for an incoming migration");
     cr_assert(atomic_load(&destination.vm->awaiting_migration), "the guest was let run without its state");
     harness_vm_stop(&destination);
@@ -70,8 +44,8 @@ Test(api_error_codes, vm_commands_on_a_shut_down_vm_are_vm_not_running, .timeout
     harness_vm_start(&h, "64M", 1, "dirtier,wss=4M", "ring");
     cr_assert(harness_wait_all_vcpus_advance(h.vm, 100, 20000), "the guest did not run");
     vm_request_shutdown(h.vm, 0);
-    expect_error(h.vm, "{\"id\":1,\"cmd\":\"vm.pause\"}", "vm-not-running", "cannot pause: the VM is shutdown");
-    expect_error(h.vm, "{\"id\":2,\"cmd\":\"vm.dirty-tracking\",\"args\":{\"enable\":true}}", "vm-not-running",
+    api_expect_error(h.vm, "{\"id\":1,\"cmd\":\"vm.pause\"}", "vm-not-running", "cannot pause: the VM is shutdown");
+    api_expect_error(h.vm, "{\"id\":2,\"cmd\":\"vm.dirty-tracking\",\"args\":{\"enable\":true}}", "vm-not-running",
                  "cannot track dirty pages: the VM is shutting down");
     harness_vm_stop(&h);
 }
@@ -86,7 +60,7 @@ Test(api_error_codes, migration_to_nobody_fails_with_connect_failed, .timeout = 
     snprintf(line, sizeof(line),
              "{\"id\":1,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:/tmp/ringvm-nobody-%d.sock\"}}",
              (int)getpid());
-    json_t *reply = request(h.vm, line);
+    json_t *reply = api_request(h.vm, line);
     cr_assert(json_is_true(json_object_get(reply, "ok")), "migration.start refused");
     json_decref(reply);
     cr_assert(migration_wait_idle(h.vm, 30000), "the migration did not end");
@@ -114,7 +88,7 @@ Test(api_error_codes, a_pause_the_vcpus_do_not_answer_is_internal, .timeout = 60
     cr_assert_eq(vm_start(h.vm), 0);
     cr_assert(harness_wait_all_vcpus_advance(h.vm, 100, 20000), "the guest did not run");
     harness_hold_pauses();
-    expect_error(h.vm, "{\"id\":1,\"cmd\":\"vm.pause\"}", "internal",
+    api_expect_error(h.vm, "{\"id\":1,\"cmd\":\"vm.pause\"}", "internal",
                  "the vCPUs did not stop within 50 ms; the VM keeps running");
     cr_assert_eq(vm_get_state(h.vm), VM_STATE_RUNNING);
     harness_release_pauses();
@@ -187,8 +161,8 @@ Test(api_error_codes, vm_commands_on_a_migrated_vm_are_vm_not_running, .timeout 
     cr_assert_eq(m.progress->state, MIG_STATE_COMPLETED, "%s: %s", m.progress->error_code,
                  m.progress->error_message);
     cr_assert_eq(test_destination_join(&m.destination), 0);
-    expect_error(m.source.vm, "{\"id\":1,\"cmd\":\"vm.pause\"}", "vm-not-running", "cannot pause: the VM is migrated");
-    expect_error(m.source.vm, "{\"id\":2,\"cmd\":\"vm.dirty-tracking\",\"args\":{\"enable\":true}}",
+    api_expect_error(m.source.vm, "{\"id\":1,\"cmd\":\"vm.pause\"}", "vm-not-running", "cannot pause: the VM is migrated");
+    api_expect_error(m.source.vm, "{\"id\":2,\"cmd\":\"vm.dirty-tracking\",\"args\":{\"enable\":true}}",
                  "vm-not-running", "cannot track dirty pages: the VM is migrated");
     migration_pair_stop(&m);
 }

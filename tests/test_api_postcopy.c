@@ -23,46 +23,8 @@
 #include "api/dispatch.h"
 #include "migration/migration.h"
 #include "migration/progress.h"
+#include "tests/api_requests.h"
 #include "tests/harness.h"
-
-/* One request line through the real command table; the parsed reply. */
-static json_t *request(struct vm *vm, const char *line)
-{
-    struct api_session session = { 0 };
-    size_t length = 0;
-    char *text = api_handle_line(api_command_groups, vm, &session, line, strlen(line), &length);
-    cr_assert_not_null(text, "no reply to %s", line);
-    json_error_t error;
-    json_t *reply = json_loadb(text, length, 0, &error);
-    cr_assert_not_null(reply, "reply is not JSON (%s): %s", error.text, text);
-    free(text);
-    api_session_reset(&session);
-    return reply;
-}
-
-static void expect_error(struct vm *vm, const char *line, const char *code, const char *message)
-{
-    json_t *reply = request(vm, line);
-    char *text = json_dumps(reply, JSON_COMPACT);
-    cr_assert(json_is_false(json_object_get(reply, "ok")), "%s answered %s", line, text);
-    json_t *error = json_object_get(reply, "error");
-    cr_assert_str_eq(json_string_value(json_object_get(error, "code")), code, "%s answered %s", line, text);
-    cr_assert_str_eq(json_string_value(json_object_get(error, "message")), message, "%s answered %s", line, text);
-    free(text);
-    json_decref(reply);
-}
-
-/* The result of a request that must succeed (new reference). */
-static json_t *expect_ok(struct vm *vm, const char *line)
-{
-    json_t *reply = request(vm, line);
-    char *text = json_dumps(reply, JSON_COMPACT);
-    cr_assert(json_is_true(json_object_get(reply, "ok")), "%s answered %s", line, text);
-    free(text);
-    json_t *result = json_incref(json_object_get(reply, "result"));
-    json_decref(reply);
-    return result;
-}
 
 /* migration.start with these arguments (a JSON object's inside), no VM. */
 static void start_refused(const char *arguments, const char *code, const char *message)
@@ -70,7 +32,7 @@ static void start_refused(const char *arguments, const char *code, const char *m
     char line[512];
     snprintf(line, sizeof(line), "{\"id\":1,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:/x\"%s%s}}",
              arguments[0] != '\0' ? "," : "", arguments);
-    expect_error(NULL, line, code, message);
+    api_expect_error(NULL, line, code, message);
 }
 
 /* ---- migration.start's arguments ------------------------------------------------------------- */
@@ -190,8 +152,8 @@ Test(api_postcopy, valid_mode_arguments_reach_the_vm_check)
 
 Test(api_postcopy, migration_postcopy_takes_no_arguments_and_needs_a_vm)
 {
-    expect_error(NULL, "{\"id\":1,\"cmd\":\"migration.postcopy\"}", "unavailable", "no VM in this process");
-    expect_error(NULL, "{\"id\":2,\"cmd\":\"migration.postcopy\",\"args\":{\"now\":true}}", "invalid-argument",
+    api_expect_error(NULL, "{\"id\":1,\"cmd\":\"migration.postcopy\"}", "unavailable", "no VM in this process");
+    api_expect_error(NULL, "{\"id\":2,\"cmd\":\"migration.postcopy\",\"args\":{\"now\":true}}", "invalid-argument",
                  "args.now: unknown argument (migration.postcopy takes no arguments)");
 }
 
@@ -213,7 +175,7 @@ static json_t *argument_entry(json_t *command, const char *name)
 
 Test(api_postcopy, api_commands_describes_the_new_arguments_and_command)
 {
-    json_t *result = expect_ok(NULL, "{\"id\":1,\"cmd\":\"api.commands\"}");
+    json_t *result = api_expect_ok(NULL, "{\"id\":1,\"cmd\":\"api.commands\"}");
     json_t *commands = json_object_get(result, "commands");
     json_t *postcopy = command_entry(commands, "migration.postcopy");
     cr_assert_not_null(postcopy, "api.commands misses migration.postcopy");
@@ -420,13 +382,13 @@ static json_t *start_held(struct vm *vm, const struct silent_destination *d, con
     snprintf(line, sizeof(line),
              "{\"id\":1,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:%s\",\"stall_timeout_s\":120%s%s}}",
              d->path, arguments[0] != '\0' ? "," : "", arguments);
-    return expect_ok(vm, line);
+    return api_expect_ok(vm, line);
 }
 
 /* Cancels the running migration and waits until it ended cancelled. */
 static void cancel_held(struct vm *vm)
 {
-    json_t *result = expect_ok(vm, "{\"id\":9,\"cmd\":\"migration.cancel\"}");
+    json_t *result = api_expect_ok(vm, "{\"id\":9,\"cmd\":\"migration.cancel\"}");
     json_decref(result);
     cr_assert(migration_wait_idle(vm, 30000), "the cancelled migration did not end");
     struct mig_progress *progress = malloc(sizeof(*progress));
@@ -442,7 +404,7 @@ Test(api_postcopy_vm, migration_postcopy_without_a_migration_is_no_migration, .t
     harness_require_kvm();
     struct harness_vm h;
     harness_vm_start(&h, "64M", 1, "dirtier,wss=4M", "ring");
-    expect_error(h.vm, "{\"id\":1,\"cmd\":\"migration.postcopy\"}", "no-migration", "no migration is running");
+    api_expect_error(h.vm, "{\"id\":1,\"cmd\":\"migration.postcopy\"}", "no-migration", "no migration is running");
     migration_release(h.vm);
     harness_vm_stop(&h);
 }
@@ -465,8 +427,8 @@ Test(api_postcopy_vm, migration_postcopy_switches_only_a_hybrid_migration, .time
     json_decref(result);
     snprintf(message, sizeof(message), "migration %lld was started as precopy: post-copy was not agreed to (start it "
              "with mode hybrid to allow the switch)", (long long)id);
-    expect_error(h.vm, "{\"id\":2,\"cmd\":\"migration.postcopy\"}", "invalid-state", message);
-    json_t *progress = expect_ok(h.vm, "{\"id\":3,\"cmd\":\"migration.progress\"}");
+    api_expect_error(h.vm, "{\"id\":2,\"cmd\":\"migration.postcopy\"}", "invalid-state", message);
+    json_t *progress = api_expect_ok(h.vm, "{\"id\":3,\"cmd\":\"migration.progress\"}");
     cr_assert_str_eq(json_string_value(json_object_get(progress, "mode")), "precopy");
     cr_assert_null(json_object_get(progress, "postcopy"));
     json_decref(progress);
@@ -477,12 +439,12 @@ Test(api_postcopy_vm, migration_postcopy_switches_only_a_hybrid_migration, .time
     cr_assert_str_eq(json_string_value(json_object_get(result, "mode")), "hybrid");
     cr_assert_str_eq(json_string_value(json_object_get(result, "postcopy_after")), "30s");
     json_decref(result);
-    result = expect_ok(h.vm, "{\"id\":4,\"cmd\":\"migration.postcopy\"}");
+    result = api_expect_ok(h.vm, "{\"id\":4,\"cmd\":\"migration.postcopy\"}");
     json_t *switching = json_pack("{s:b}", "switching", 1);
     cr_assert(json_equal(result, switching), "migration.postcopy answered otherwise");
     json_decref(switching);
     json_decref(result);
-    progress = expect_ok(h.vm, "{\"id\":5,\"cmd\":\"migration.progress\"}");
+    progress = api_expect_ok(h.vm, "{\"id\":5,\"cmd\":\"migration.progress\"}");
     cr_assert_str_eq(json_string_value(json_object_get(progress, "mode")), "hybrid");
     json_t *postcopy = json_object_get(progress, "postcopy");
     cr_assert(json_is_object(postcopy), "a hybrid migration's progress has a postcopy object");
@@ -507,11 +469,11 @@ Test(api_postcopy_vm, migration_postcopy_switches_only_a_hybrid_migration, .time
     id = json_integer_value(json_object_get(result, "id"));
     json_decref(result);
     snprintf(message, sizeof(message), "migration %lld is already a post-copy migration", (long long)id);
-    expect_error(h.vm, "{\"id\":6,\"cmd\":\"migration.postcopy\"}", "invalid-state", message);
+    api_expect_error(h.vm, "{\"id\":6,\"cmd\":\"migration.postcopy\"}", "invalid-state", message);
     cancel_held(h.vm);
 
     /* And after the end: nothing runs. */
-    expect_error(h.vm, "{\"id\":7,\"cmd\":\"migration.postcopy\"}", "no-migration", "no migration is running");
+    api_expect_error(h.vm, "{\"id\":7,\"cmd\":\"migration.postcopy\"}", "no-migration", "no migration is running");
     cr_assert(harness_wait_all_vcpus_advance(h.vm, 100, 20000), "the guest stopped");
     silent_destination_close(&d);
     migration_release(h.vm);
@@ -530,7 +492,7 @@ Test(api_postcopy_vm, a_local_hand_over_refuses_postcopy_and_hybrid, .timeout = 
                  "ringvm-postcopy-local-%d.sock\",\"mode\":\"%s\"}}", (int)getpid(), modes[i]);
         snprintf(message, sizeof(message), "mode %s: a local hand-over moves no RAM (its guest switches over at "
                  "once); use mode precopy with local:PATH", modes[i]);
-        expect_error(h.vm, line, "invalid-argument", message);
+        api_expect_error(h.vm, line, "invalid-argument", message);
     }
     cr_assert(!migration_active(h.vm));
     migration_release(h.vm);

@@ -24,6 +24,7 @@
 #include "api/dispatch.h"
 #include "migration/migration.h"
 #include "migration/progress.h"
+#include "tests/api_requests.h"
 #include "tests/harness.h"
 #include "tests/migration_destination.h"
 
@@ -31,51 +32,12 @@
 #define WITH_RESUME "not valid with resume (a resumed migration goes on with the parameters it was started with; " \
                     "only dest goes with resume)"
 
-/* One request line through the real command table; the parsed reply. */
-static json_t *request(struct vm *vm, const char *line)
-{
-    struct api_session session = { 0 };
-    size_t length = 0;
-    char *text = api_handle_line(api_command_groups, vm, &session, line, strlen(line), &length);
-    cr_assert_not_null(text, "no reply to %s", line);
-    json_error_t error;
-    json_t *reply = json_loadb(text, length, 0, &error);
-    cr_assert_not_null(reply, "reply is not JSON (%s): %s", error.text, text);
-    free(text);
-    api_session_reset(&session);
-    return reply;
-}
-
-static void expect_error(struct vm *vm, const char *line, const char *code, const char *message)
-{
-    json_t *reply = request(vm, line);
-    char *text = json_dumps(reply, JSON_COMPACT);
-    cr_assert(json_is_false(json_object_get(reply, "ok")), "%s answered %s", line, text);
-    json_t *error = json_object_get(reply, "error");
-    cr_assert_str_eq(json_string_value(json_object_get(error, "code")), code, "%s answered %s", line, text);
-    cr_assert_str_eq(json_string_value(json_object_get(error, "message")), message, "%s answered %s", line, text);
-    free(text);
-    json_decref(reply);
-}
-
-/* The result of a request that must succeed (new reference). */
-static json_t *expect_ok(struct vm *vm, const char *line)
-{
-    json_t *reply = request(vm, line);
-    char *text = json_dumps(reply, JSON_COMPACT);
-    cr_assert(json_is_true(json_object_get(reply, "ok")), "%s answered %s", line, text);
-    free(text);
-    json_t *result = json_incref(json_object_get(reply, "result"));
-    json_decref(reply);
-    return result;
-}
-
 /* migration.recover with these arguments (a JSON object's inside). */
 static void recover_refused(struct vm *vm, const char *arguments, const char *code, const char *message)
 {
     char line[1024];
     snprintf(line, sizeof(line), "{\"id\":1,\"cmd\":\"migration.recover\",\"args\":{%s}}", arguments);
-    expect_error(vm, line, code, message);
+    api_expect_error(vm, line, code, message);
 }
 
 /* migration.start {resume: true} with these arguments besides. */
@@ -84,7 +46,7 @@ static void resume_refused(struct vm *vm, const char *arguments, const char *cod
     char line[1024];
     snprintf(line, sizeof(line), "{\"id\":1,\"cmd\":\"migration.start\",\"args\":{\"resume\":true%s%s}}",
              arguments[0] != '\0' ? "," : "", arguments);
-    expect_error(vm, line, code, message);
+    api_expect_error(vm, line, code, message);
 }
 
 /* Addresses neither side can listen on or connect to, and what they get
@@ -204,16 +166,16 @@ Test(api_recover, resume_needs_a_dest_that_parses)
 
 Test(api_recover, resume_must_be_a_boolean_and_false_is_a_plain_start)
 {
-    expect_error(NULL, "{\"id\":1,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:/x\",\"resume\":\"yes\"}}",
+    api_expect_error(NULL, "{\"id\":1,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:/x\",\"resume\":\"yes\"}}",
                  "invalid-argument", "args.resume: expected boolean");
-    expect_error(NULL, "{\"id\":1,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:/x\",\"resume\":1}}",
+    api_expect_error(NULL, "{\"id\":1,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:/x\",\"resume\":1}}",
                  "invalid-argument", "args.resume: expected boolean");
     /* false (and null): migration.start's own rules, all arguments allowed. */
-    expect_error(NULL, "{\"id\":1,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"local:/x\",\"resume\":false,"
+    api_expect_error(NULL, "{\"id\":1,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"local:/x\",\"resume\":false,"
                        "\"downtime_ms\":300}}", "unavailable", "no VM in this process");
-    expect_error(NULL, "{\"id\":1,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:/x\",\"resume\":null,"
+    api_expect_error(NULL, "{\"id\":1,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:/x\",\"resume\":null,"
                        "\"mode\":\"hybrid\",\"postcopy_after\":2}}", "unavailable", "no VM in this process");
-    expect_error(NULL, "{\"id\":1,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:/x\",\"resume\":false,"
+    api_expect_error(NULL, "{\"id\":1,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:/x\",\"resume\":false,"
                        "\"postcopy_after\":2}}", "invalid-argument",
                  "args.postcopy_after: only valid with mode hybrid (mode is precopy)");
     /* The parameters' parser knows nothing of resume (it never sees one). */
@@ -227,7 +189,7 @@ Test(api_recover, resume_must_be_a_boolean_and_false_is_a_plain_start)
 
 Test(api_recover, unknown_arguments_list_resume)
 {
-    expect_error(NULL, "{\"id\":1,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:/x\",\"resum\":true}}",
+    api_expect_error(NULL, "{\"id\":1,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:/x\",\"resum\":true}}",
                  "invalid-argument", "args.resum: unknown argument (migration.start takes dest, downtime_ms, "
                  "converge, max_bandwidth_mibs, timeout_s, timeout_strategy, keep_alive, throttle_initial, "
                  "throttle_increment, throttle_max, stall_timeout_s, verify_digest, tls_psk_file, tls_creds_dir, "
@@ -247,7 +209,7 @@ static json_t *entry(json_t *list, const char *name)
 
 Test(api_recover, api_commands_describes_recover_and_resume)
 {
-    json_t *result = expect_ok(NULL, "{\"id\":1,\"cmd\":\"api.commands\"}");
+    json_t *result = api_expect_ok(NULL, "{\"id\":1,\"cmd\":\"api.commands\"}");
     json_t *commands = json_object_get(result, "commands");
     json_t *recover = entry(commands, "migration.recover");
     cr_assert_not_null(recover, "api.commands misses migration.recover");
@@ -324,18 +286,18 @@ Test(api_recover_vm, a_migration_not_paused_in_postcopy_is_invalid_state, .timeo
         char line[512];
         snprintf(line, sizeof(line), "{\"id\":1,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:%s\","
                  "\"stall_timeout_s\":120,\"mode\":\"%s\"}}", path, modes[i]);
-        json_t *result = expect_ok(h.vm, line);
+        json_t *result = api_expect_ok(h.vm, line);
         json_decref(result);
         /* Held in its handshake: running, not paused in post-copy. */
         resume_refused(h.vm, "\"dest\":\"unix:/tmp/ringvm-recover-new.sock\"", "invalid-state", NOT_PAUSED);
         recover_refused(h.vm, "\"address\":\"tcp:127.0.0.1:4444\"", "invalid-state", NOT_PAUSED);
         /* A refused resume is not a second start, and changes nothing. */
         cr_assert(migration_active(h.vm));
-        json_t *progress = expect_ok(h.vm, "{\"id\":2,\"cmd\":\"migration.progress\"}");
+        json_t *progress = api_expect_ok(h.vm, "{\"id\":2,\"cmd\":\"migration.progress\"}");
         cr_assert_str_eq(json_string_value(json_object_get(progress, "mode")), modes[i]);
         cr_assert_str_eq(json_string_value(json_object_get(progress, "role")), "outgoing");
         json_decref(progress);
-        json_decref(expect_ok(h.vm, "{\"id\":3,\"cmd\":\"migration.cancel\"}"));
+        json_decref(api_expect_ok(h.vm, "{\"id\":3,\"cmd\":\"migration.cancel\"}"));
         cr_assert(migration_wait_idle(h.vm, 30000), "the cancelled migration did not end");
         expect_no_migration(h.vm);
     }
