@@ -34,6 +34,7 @@
 #include "migration/switch_over.h"
 #include "migration/transport.h"
 #include "tests/harness.h"
+#include "tests/ringctl_in_process.h"
 #include "tests/migration_destination.h"
 #include "vmm/size.h"
 #include "vmm/vcpu_state.h"
@@ -958,38 +959,6 @@ Test(migration, api_commands_check_arguments_and_state, .timeout = 30)
 
 /* ringctl migrate, end to end: API server on the source, events, progress. */
 
-/* One `ringctl -s PATH ARGV...` invocation: its own session (connection). */
-static int ringctl_once(int argc, char **argv, const char *socket_path)
-{
-    struct ringctl_session session = { .socket = socket_path, .timeout_ms = 60000 };
-    int status = ringctl_migration_main(argc, argv, &session);
-    ringctl_session_close(&session);
-    return status;
-}
-
-/* The same with what it printed on stdout captured (caller frees *out):
- * stdout is pointed at a memfd for the call. */
-static int ringctl_captured(int argc, char **argv, const char *socket_path, char **out)
-{
-    fflush(stdout);
-    int saved = dup(STDOUT_FILENO);
-    cr_assert_geq(saved, 0, "dup(stdout): %s", strerror(errno));
-    int capture = memfd_create("ringctl-stdout", MFD_CLOEXEC);
-    cr_assert_geq(capture, 0, "memfd_create: %s", strerror(errno));
-    cr_assert_eq(dup2(capture, STDOUT_FILENO), STDOUT_FILENO, "dup2: %s", strerror(errno));
-    int status = ringctl_once(argc, argv, socket_path);
-    fflush(stdout);
-    cr_assert_eq(dup2(saved, STDOUT_FILENO), STDOUT_FILENO, "dup2: %s", strerror(errno));
-    close(saved);
-    off_t size = lseek(capture, 0, SEEK_END);
-    cr_assert_geq(size, 0, "lseek: %s", strerror(errno));
-    *out = calloc(1, (size_t)size + 1);
-    cr_assert_not_null(*out);
-    cr_assert_eq(pread(capture, *out, (size_t)size, 0), size, "pread: %s", strerror(errno));
-    close(capture);
-    return status;
-}
-
 Test(migration, ringctl_migrate_blocks_until_completed_then_progress_and_cancel, .timeout = 90)
 {
     harness_require_kvm();
@@ -1005,9 +974,9 @@ Test(migration, ringctl_migrate_blocks_until_completed_then_progress_and_cancel,
     test_destination_start(&dest, "256M", 1, "ledger,wss=16M,verify=1", true);
 
     char *cancel_argv[] = { "cancel", NULL };
-    cr_assert_eq(ringctl_once(1, cancel_argv, socket_path), 1, "cancel without a migration");
+    cr_assert_eq(ringctl_in_process(1, cancel_argv, socket_path, false, NULL), 1, "cancel without a migration");
     char *migrate_argv[] = { "migrate", dest.address, "--keep-alive", "--downtime-ms", "300", NULL };
-    cr_assert_eq(ringctl_once(5, migrate_argv, socket_path), 0, "ringctl migrate did not succeed");
+    cr_assert_eq(ringctl_in_process(5, migrate_argv, socket_path, false, NULL), 0, "ringctl migrate did not succeed");
     cr_assert_eq(test_destination_join(&dest), 0);
     cr_assert_eq(vm_get_state(source.vm), VM_STATE_MIGRATED);
     /* What progress prints, not only its exit status: the finished
@@ -1018,7 +987,7 @@ Test(migration, ringctl_migrate_blocks_until_completed_then_progress_and_cancel,
     cr_assert_eq(record->state, MIG_STATE_COMPLETED);
     char *progress_argv[] = { "progress", NULL };
     char *text = NULL;
-    cr_assert_eq(ringctl_captured(1, progress_argv, socket_path, &text), 0);
+    cr_assert_eq(ringctl_in_process(1, progress_argv, socket_path, false, &text), 0);
     char expected[512];
     snprintf(expected, sizeof(expected), "migration %" PRIu64 " (outgoing, %s): completed, phase ", record->id,
              dest.address);
@@ -1029,7 +998,7 @@ Test(migration, ringctl_migrate_blocks_until_completed_then_progress_and_cancel,
     cr_assert(strstr(text, expected) != NULL, "no summary line:\n%s", text);
     free(text);
     char *json_argv[] = { "progress", "--json", NULL };
-    cr_assert_eq(ringctl_captured(2, json_argv, socket_path, &text), 0);
+    cr_assert_eq(ringctl_in_process(2, json_argv, socket_path, false, &text), 0);
     json_error_t error;
     json_t *printed = json_loads(text, 0, &error);
     cr_assert_not_null(printed, "progress --json printed no JSON (%s):\n%s", error.text, text);
@@ -1046,7 +1015,7 @@ Test(migration, ringctl_migrate_blocks_until_completed_then_progress_and_cancel,
     free(text);
     free(record);
     char *bad_argv[] = { "migrate", NULL };
-    cr_assert_eq(ringctl_once(1, bad_argv, socket_path), 2, "usage error");
+    cr_assert_eq(ringctl_in_process(1, bad_argv, socket_path, false, NULL), 2, "usage error");
     cr_assert(console_wait_for(&dest.harness.console, "LEDGER OK", 1, 20000));
     migration_release(source.vm);
     api_server_destroy(server);

@@ -28,6 +28,7 @@
 #include "migration/migration.h"
 #include "migration/progress.h"
 #include "tests/harness.h"
+#include "tests/ringctl_in_process.h"
 
 #define NOBODY "/nonexistent/ringvm-postcopy.sock"
 #define PROMPT "post-copy: once the guest switches over, its RAM is split between the two hosts; if either " \
@@ -344,31 +345,6 @@ Test(ringctl_postcopy, the_postcopy_line_on_each_side)
 
 /* ---- against a VM's API server (needs /dev/kvm) --------------------------------------------------------- */
 
-/* One ringctl migration command in this process, on its own connection;
- * what it printed on stdout in *out (caller frees). */
-static int ringctl_here(int argc, char **argv, const char *socket_path, bool json, char **out)
-{
-    fflush(stdout);
-    int saved = dup(STDOUT_FILENO);
-    cr_assert_geq(saved, 0, "dup(stdout): %s", strerror(errno));
-    int capture = memfd_create("ringctl-stdout", MFD_CLOEXEC);
-    cr_assert_geq(capture, 0, "memfd_create: %s", strerror(errno));
-    cr_assert_eq(dup2(capture, STDOUT_FILENO), STDOUT_FILENO, "dup2: %s", strerror(errno));
-    struct ringctl_session session = { .socket = socket_path, .timeout_ms = 60000, .json = json };
-    int status = ringctl_migration_main(argc, argv, &session);
-    ringctl_session_close(&session);
-    fflush(stdout);
-    cr_assert_eq(dup2(saved, STDOUT_FILENO), STDOUT_FILENO, "dup2: %s", strerror(errno));
-    close(saved);
-    off_t size = lseek(capture, 0, SEEK_END);
-    cr_assert_geq(size, 0, "lseek: %s", strerror(errno));
-    *out = calloc(1, (size_t)size + 1);
-    cr_assert_not_null(*out);
-    cr_assert_eq(pread(capture, *out, (size_t)size, 0), size, "pread: %s", strerror(errno));
-    close(capture);
-    return status;
-}
-
 /* A unix socket that listens and never accepts: the source's migration
  * waits in its handshake until cancelled. */
 static int silent_listener(char *path, size_t size)
@@ -397,7 +373,7 @@ static json_t *migrate_dispatched(const char *socket_path, const char *dest, con
     }
     argv[argc] = NULL;
     char *text = NULL;
-    int status = ringctl_here(argc, argv, socket_path, true, &text);
+    int status = ringctl_in_process(argc, argv, socket_path, true, &text);
     cr_assert_eq(status, 0, "ringctl migrate --mode %s exited %d, printed: %s", mode, status, text);
     json_error_t error;
     json_t *result = json_loads(text, 0, &error);
@@ -410,7 +386,7 @@ static void cancel_and_wait(struct vm *vm, const char *socket_path)
 {
     char *argv[] = { "cancel", NULL };
     char *text = NULL;
-    cr_assert_eq(ringctl_here(1, argv, socket_path, false, &text), 0, "ringctl cancel printed %s", text);
+    cr_assert_eq(ringctl_in_process(1, argv, socket_path, false, &text), 0, "ringctl cancel printed %s", text);
     free(text);
     cr_assert(migration_wait_idle(vm, 30000), "the cancelled migration did not end");
 }
@@ -434,7 +410,7 @@ Test(ringctl_postcopy_vm, migrate_passes_the_mode_and_postcopy_switches_a_hybrid
     char *text = NULL;
 
     /* Nothing to switch yet. */
-    cr_assert_eq(ringctl_here(1, postcopy_argv, socket_path, false, &text), 1, "postcopy without a migration");
+    cr_assert_eq(ringctl_in_process(1, postcopy_argv, socket_path, false, &text), 1, "postcopy without a migration");
     cr_assert_str_eq(text, "");
     free(text);
 
@@ -444,17 +420,17 @@ Test(ringctl_postcopy_vm, migrate_passes_the_mode_and_postcopy_switches_a_hybrid
     cr_assert_str_eq(json_string_value(json_object_get(result, "postcopy_after")), "5s");
     cr_assert_str_eq(json_string_value(json_object_get(result, "dest")), dest);
     json_decref(result);
-    cr_assert_eq(ringctl_here(1, postcopy_argv, socket_path, false, &text), 0, "printed %s", text);
+    cr_assert_eq(ringctl_in_process(1, postcopy_argv, socket_path, false, &text), 0, "printed %s", text);
     cr_assert_str_eq(text, "switching to post-copy at the migration's next decision\n");
     free(text);
-    cr_assert_eq(ringctl_here(1, postcopy_argv, socket_path, true, &text), 0, "printed %s", text);
+    cr_assert_eq(ringctl_in_process(1, postcopy_argv, socket_path, true, &text), 0, "printed %s", text);
     cr_assert_str_eq(text, "{\"switching\":true}\n");
     free(text);
-    cr_assert_eq(ringctl_here(1, progress_argv, socket_path, false, &text), 0);
+    cr_assert_eq(ringctl_in_process(1, progress_argv, socket_path, false, &text), 0);
     cr_assert_not_null(strstr(text, "\npost-copy: not switched over yet\n"), "progress printed:\n%s", text);
     free(text);
     cancel_and_wait(source.vm, socket_path);
-    cr_assert_eq(ringctl_here(1, progress_argv, socket_path, false, &text), 0);
+    cr_assert_eq(ringctl_in_process(1, progress_argv, socket_path, false, &text), 0);
     cr_assert_not_null(strstr(text, "\npost-copy: never switched over\n"), "progress printed:\n%s", text);
     free(text);
 
@@ -475,7 +451,7 @@ Test(ringctl_postcopy_vm, migrate_passes_the_mode_and_postcopy_switches_a_hybrid
         cr_assert_str_eq(json_string_value(json_object_get(result, "mode")), refusing[i]);
         cr_assert(json_is_null(json_object_get(result, "postcopy_after")));
         json_decref(result);
-        cr_assert_eq(ringctl_here(1, postcopy_argv, socket_path, false, &text), 1, "mode %s: printed %s",
+        cr_assert_eq(ringctl_in_process(1, postcopy_argv, socket_path, false, &text), 1, "mode %s: printed %s",
                      refusing[i], text);
         cr_assert_str_eq(text, "");
         free(text);

@@ -26,6 +26,7 @@
 #include "api/server.h"
 #include "migration/migration.h"
 #include "tests/harness.h"
+#include "tests/ringctl_in_process.h"
 
 #define NOBODY "/nonexistent/ringvm-recover.sock"
 #define CANNOT_CONNECT "ringctl: cannot connect to " NOBODY ": No such file or directory"
@@ -207,31 +208,6 @@ Test(ringctl_recover, migrate_help_describes_resume)
 
 /* ---- against a VM's API server (needs /dev/kvm) --------------------------------------------------------- */
 
-/* One ringctl migration command in this process, on its own connection;
- * what it printed on stdout in *out (caller frees). */
-static int ringctl_here(int argc, char **argv, const char *socket_path, bool json, char **out)
-{
-    fflush(stdout);
-    int saved = dup(STDOUT_FILENO);
-    cr_assert_geq(saved, 0, "dup(stdout): %s", strerror(errno));
-    int capture = memfd_create("ringctl-stdout", MFD_CLOEXEC);
-    cr_assert_geq(capture, 0, "memfd_create: %s", strerror(errno));
-    cr_assert_eq(dup2(capture, STDOUT_FILENO), STDOUT_FILENO, "dup2: %s", strerror(errno));
-    struct ringctl_session session = { .socket = socket_path, .timeout_ms = 60000, .json = json };
-    int status = ringctl_migration_main(argc, argv, &session);
-    ringctl_session_close(&session);
-    fflush(stdout);
-    cr_assert_eq(dup2(saved, STDOUT_FILENO), STDOUT_FILENO, "dup2: %s", strerror(errno));
-    close(saved);
-    off_t size = lseek(capture, 0, SEEK_END);
-    cr_assert_geq(size, 0, "lseek: %s", strerror(errno));
-    *out = calloc(1, (size_t)size + 1);
-    cr_assert_not_null(*out);
-    cr_assert_eq(pread(capture, *out, (size_t)size, 0), size, "pread: %s", strerror(errno));
-    close(capture);
-    return status;
-}
-
 /* Runs argv (NULL-terminated) here; asserts its exit status and that it
  * printed nothing on stdout (a VMM error goes to stderr). */
 static void ringctl_fails(char **argv, const char *socket_path, int expected)
@@ -240,7 +216,7 @@ static void ringctl_fails(char **argv, const char *socket_path, int expected)
     while (argv[argc] != NULL)
         argc++;
     char *text = NULL;
-    int status = ringctl_here(argc, argv, socket_path, false, &text);
+    int status = ringctl_in_process(argc, argv, socket_path, false, &text);
     cr_assert_eq(status, expected, "ringctl %s %s exited %d, printed %s", argv[0], argv[1], status, text);
     cr_assert_str_eq(text, "");
     free(text);
@@ -283,13 +259,13 @@ Test(ringctl_recover_vm, recover_and_resume_without_a_paused_migration_exit_1, .
     snprintf(dest, sizeof(dest), "unix:%s", silent_path);
     char *start[] = { "migrate", dest, "--dispatch", "--yes", "--mode", "postcopy", "--stall-timeout", "120", NULL };
     char *text = NULL;
-    cr_assert_eq(ringctl_here(8, start, socket_path, false, &text), 0, "printed %s", text);
+    cr_assert_eq(ringctl_in_process(8, start, socket_path, false, &text), 0, "printed %s", text);
     free(text);
     ringctl_fails(recover, socket_path, 1);
     ringctl_fails(resume_dispatch, socket_path, 1);
     cr_assert(migration_active(source.vm), "a refused resume must leave the migration running");
     char *cancel[] = { "cancel", NULL };
-    cr_assert_eq(ringctl_here(1, cancel, socket_path, false, &text), 0, "printed %s", text);
+    cr_assert_eq(ringctl_in_process(1, cancel, socket_path, false, &text), 0, "printed %s", text);
     free(text);
     cr_assert(migration_wait_idle(source.vm, 30000), "the cancelled migration did not end");
     close(silent);
