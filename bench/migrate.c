@@ -135,34 +135,6 @@ static int make_vm(struct vm **out, uint64_t memory, const char *workload, enum 
     return make_vm_vcpus(out, memory, 1, workload, mode, incoming, prealloc);
 }
 
-/* Pages the guest has written so far, all vCPUs (the dirtier's own
- * counters in guest RAM). */
-static uint64_t guest_pages_written(struct vm *vm, unsigned vcpus)
-{
-    uint64_t total = 0;
-    for (unsigned i = 0; i < vcpus; i++) {
-        struct ringvm_vcpu_stats stats;
-        vm_read_guest_stats(vm, i, &stats);
-        total += stats.pages_written;
-    }
-    return total;
-}
-
-/* Steady state: the dirtier has covered its whole working set once (first
- * touches allocate guest RAM and are much slower than rewrites). */
-static void wait_for_first_pass(struct vm *vm)
-{
-    uint64_t warm_deadline = now_ns() + 60000000000ull;
-    for (;;) {
-        struct ringvm_vcpu_stats stats;
-        vm_read_guest_stats(vm, 0, &stats);
-        if (stats.passes >= 1 || now_ns() >= warm_deadline)
-            break;
-        struct timespec poll = { .tv_sec = 0, .tv_nsec = 10000000 };
-        nanosleep(&poll, NULL);
-    }
-}
-
 struct incoming {
     struct vm *vm;
     int fd;
@@ -427,7 +399,7 @@ static void run_one(const struct options *o, uint64_t wss, const char *workload_
             vm_destroy(source);
         return;
     }
-    wait_for_first_pass(source);
+    bench_wait_for_first_pass(source, vcpus, 60000);
     if (cap_mibs == 0)
         r->plain_mibs = plain_throughput(o, source, dest_prealloc);
 
@@ -446,10 +418,10 @@ static void run_one(const struct options *o, uint64_t wss, const char *workload_
     uint64_t id;
     const char *code;
     char message[256];
-    uint64_t before_pages = guest_pages_written(source, vcpus), before_ns = now_ns();
+    uint64_t before_pages = bench_guest_pages_written(source, vcpus), before_ns = now_ns();
     struct timespec half = { .tv_sec = 0, .tv_nsec = 500000000 };
     nanosleep(&half, NULL);
-    uint64_t start_pages = guest_pages_written(source, vcpus), start_ns = now_ns();
+    uint64_t start_pages = bench_guest_pages_written(source, vcpus), start_ns = now_ns();
     r->guest_pps_before = (double)(start_pages - before_pages) * 1e9 / (double)(start_ns - before_ns);
     if (migration_start(source, NULL, &params, &id, &code, message, sizeof(message)) != 0) {
         snprintf(r->error, sizeof(r->error), "%s: %s", code, message);
@@ -478,7 +450,7 @@ static void run_one(const struct options *o, uint64_t wss, const char *workload_
             free(stats);
         }
         if (p->total_ms > 0)
-            r->guest_pps_during = (double)(guest_pages_written(source, vcpus) - start_pages) * 1000.0 /
+            r->guest_pps_during = (double)(bench_guest_pages_written(source, vcpus) - start_pages) * 1000.0 /
                                   (double)p->total_ms;
         if (p->iteration_count > 0) {
             const struct mig_iteration_record *last =
@@ -543,7 +515,7 @@ static double raw_throughput_under_load(const struct options *o)
     struct vm *vm = NULL;
     if (make_vm(&vm, o->memory, "dirtier,wss=256M", DIRTY_LOG_RING, false, false) != 0)
         return 0;
-    wait_for_first_pass(vm);
+    bench_wait_for_first_pass(vm, 1, 60000);
     double mibs = raw_throughput_median(o->tcp);
     vm_request_shutdown(vm, 0);
     vm_wait(vm);
@@ -686,7 +658,7 @@ static int run_reaction(const struct options *o)
     struct vm *source = NULL;
     if (make_vm(&source, 256ull << 20, "dirtier,wss=16M", DIRTY_LOG_RING, false, false) != 0)
         return 1;
-    wait_for_first_pass(source);
+    bench_wait_for_first_pass(source, 1, 60000);
     struct reaction r[5] = {
         { .name = "plain_resume_to_guest_writes" }, { .name = "cancel_to_ended" },
         { .name = "cancel_to_guest_writes" },       { .name = "destination_close_to_ended" },

@@ -201,38 +201,6 @@ static int make_vm(struct vm **out, uint64_t memory, const char *workload, bool 
     return bench_vm_start(out, &options, PROGRAM);
 }
 
-static uint64_t guest_pages_written(struct vm *vm)
-{
-    uint64_t total = 0;
-    for (unsigned i = 0; i < VCPUS; i++) {
-        struct ringvm_vcpu_stats stats;
-        vm_read_guest_stats(vm, i, &stats);
-        total += stats.pages_written;
-    }
-    return total;
-}
-
-/* Steady state: every vCPU has covered its part of the working set once
- * (first touches allocate guest RAM and are much slower than rewrites).
- * false after 60 s. */
-static bool wait_for_first_pass(struct vm *vm)
-{
-    uint64_t deadline = now_ns() + 60000000000ull;
-    for (;;) {
-        bool all = true;
-        for (unsigned i = 0; i < VCPUS; i++) {
-            struct ringvm_vcpu_stats stats;
-            vm_read_guest_stats(vm, i, &stats);
-            all = all && stats.passes >= 1;
-        }
-        if (all)
-            return true;
-        if (now_ns() >= deadline)
-            return false;
-        sleep_ns(10000000ull);
-    }
-}
-
 /* Bytes of guest RAM that hold data (the memfd's data extents; holes are
  * pages the guest never wrote, which every mode sends as zero runs). */
 static uint64_t ram_data_bytes(const struct vm *vm)
@@ -369,7 +337,7 @@ static void run_one(const struct options *o, uint64_t memory, uint64_t wss, uint
         destroy_vm(source);
         return;
     }
-    if (!wait_for_first_pass(source)) {
+    if (!bench_wait_for_first_pass(source, VCPUS, 60000)) {
         snprintf(r->error, sizeof(r->error), "the source guest did not complete a pass over its working set in 60 s");
         destroy_vm(source);
         destroy_vm(dest);
@@ -432,9 +400,9 @@ static void run_one(const struct options *o, uint64_t memory, uint64_t wss, uint
     r->data_bytes = ram_data_bytes(source);
     if (cap_mibs > 0)
         r->ideal_ms = (double)r->data_bytes / ((double)cap_mibs * 1048576.0) * 1000.0;
-    uint64_t before_pages = guest_pages_written(source), before_ns = now_ns();
+    uint64_t before_pages = bench_guest_pages_written(source, VCPUS), before_ns = now_ns();
     sleep_ns(SAMPLE_NS);
-    uint64_t start_pages = guest_pages_written(source), start_ns = now_ns();
+    uint64_t start_pages = bench_guest_pages_written(source, VCPUS), start_ns = now_ns();
     r->guest_pps_before = (double)(start_pages - before_pages) * 1e9 / (double)(start_ns - before_ns);
 
     uint64_t id;
@@ -463,7 +431,7 @@ static void run_one(const struct options *o, uint64_t memory, uint64_t wss, uint
         if (now_ns() >= deadline)
             break;
         if (!switch_seen && kind != RUN_PRECOPY && migration_progress(dest, q) && q->incoming && q->postcopy.active) {
-            switch_pages = guest_pages_written(dest);   /* may wait for the stats pages to arrive */
+            switch_pages = bench_guest_pages_written(dest, VCPUS);   /* may wait for the stats pages to arrive */
             switch_ns = now_ns();
             switch_seen = true;
         }
@@ -478,7 +446,7 @@ static void run_one(const struct options *o, uint64_t memory, uint64_t wss, uint
         return;     /* leaves the VMs: their threads may be blocked for good */
     }
     if (switch_seen) {
-        uint64_t end_pages = guest_pages_written(dest);
+        uint64_t end_pages = bench_guest_pages_written(dest, VCPUS);
         r->postcopy_window_ms = (end_ns - switch_ns) / 1000000u;
         if (end_ns > switch_ns)
             r->guest_pps_postcopy = (double)(end_pages - switch_pages) * 1e9 / (double)(end_ns - switch_ns);
@@ -502,7 +470,7 @@ static void run_one(const struct options *o, uint64_t memory, uint64_t wss, uint
      * is what the guest wrote there during the migration. */
     r->precopy_phase_ms = p->postcopy.active ? p->postcopy.switched_at_ms : p->total_ms;
     if (r->precopy_phase_ms > 0)
-        r->guest_pps_precopy = (double)(guest_pages_written(source) - start_pages) * 1000.0 /
+        r->guest_pps_precopy = (double)(bench_guest_pages_written(source, VCPUS) - start_pages) * 1000.0 /
                                (double)r->precopy_phase_ms;
     if (!r->completed)
         snprintf(r->error, sizeof(r->error), "%s: %s", p->error_code, p->error_message);
@@ -547,9 +515,9 @@ static void run_one(const struct options *o, uint64_t memory, uint64_t wss, uint
         snprintf(r->error, sizeof(r->error), "the source completed, migration_incoming_run_fd failed (see stderr)");
     }
     if (r->completed && vm_get_state(dest) == VM_STATE_RUNNING) {
-        uint64_t after_pages = guest_pages_written(dest), after_ns = now_ns();
+        uint64_t after_pages = bench_guest_pages_written(dest, VCPUS), after_ns = now_ns();
         sleep_ns(SAMPLE_NS);
-        r->guest_pps_after = (double)(guest_pages_written(dest) - after_pages) * 1e9 / (double)(now_ns() - after_ns);
+        r->guest_pps_after = (double)(bench_guest_pages_written(dest, VCPUS) - after_pages) * 1e9 / (double)(now_ns() - after_ns);
     }
 out:
     free(p);

@@ -2,6 +2,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "vmm/vm.h"
 #include "vmm/workload.h"
@@ -34,4 +35,42 @@ int bench_vm_start(struct vm **out, const struct bench_vm_options *options, cons
         return -1;
     }
     return 0;
+}
+
+uint64_t bench_guest_pages_written(struct vm *vm, unsigned vcpus)
+{
+    uint64_t total = 0;
+    for (unsigned i = 0; i < vcpus; i++) {
+        struct ringvm_vcpu_stats stats;
+        vm_read_guest_stats(vm, i, &stats);
+        total += stats.pages_written;
+    }
+    return total;
+}
+
+static uint64_t monotonic_ms(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u;
+}
+
+bool bench_wait_for_first_pass(struct vm *vm, unsigned vcpus, unsigned timeout_ms)
+{
+    uint64_t deadline = monotonic_ms() + timeout_ms;
+    for (;;) {
+        bool all = true;
+        for (unsigned i = 0; i < vcpus; i++) {
+            struct ringvm_vcpu_stats stats;
+            vm_read_guest_stats(vm, i, &stats);
+            all = all && stats.passes >= 1;
+        }
+        if (all)
+            return true;
+        if (monotonic_ms() >= deadline)
+            return false;
+        /* Polling the guest's counters: nothing to wait on. */
+        struct timespec poll = { .tv_sec = 0, .tv_nsec = 10000000 };
+        nanosleep(&poll, NULL);
+    }
 }

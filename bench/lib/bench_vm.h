@@ -1,7 +1,7 @@
 /*
  * The VM every migration benchmark starts: serial output off, the in-kernel
  * irqchip, RAM on any NUMA node, the default dirty-log configuration with
- * the mode asked for. Shared by bench/migrate.c and bench/handover.c (bench/
+ * the mode asked for. Shared by bench/migrate.c, bench/postcopy.c and bench/handover.c (bench/
  * programs are one file each; bench/lib/ is linked into all of them).
  *
  * Ownership: plain functions; the caller owns the VM it gets.
@@ -29,5 +29,14 @@ struct bench_vm_options {
 /* Creates and starts the VM. 0, or -1 with the reason on stderr, prefixed
  * with `program` ("bench/migrate"). */
 int bench_vm_start(struct vm **out, const struct bench_vm_options *options, const char *program);
+
+/* Pages the guest has written so far on its first `vcpus` vCPUs (the
+ * workload's own counters in guest RAM). */
+uint64_t bench_guest_pages_written(struct vm *vm, unsigned vcpus);
+
+/* Waits for the steady state: each of the first `vcpus` vCPUs has covered
+ * its part of the working set once (first touches allocate guest RAM and
+ * are much slower than rewrites). false after timeout_ms. */
+bool bench_wait_for_first_pass(struct vm *vm, unsigned vcpus, unsigned timeout_ms);
 
 #endif
