@@ -161,3 +161,18 @@ void mig_dirty_limit_compute(unsigned vcpu_count, const uint64_t *rate_pps, cons
         break;
     }
 }
+
+bool mig_hybrid_window_exceeds(uint64_t window_pages, uint64_t window_ns, uint64_t bandwidth_bytes_per_s,
+                               uint64_t downtime_ms)
+{
+    if (bandwidth_bytes_per_s == 0 || window_ns == 0)
+        return false;
+    unsigned __int128 downtime_ns = (unsigned __int128)downtime_ms * 1000000u;
+    /* pages * 4096 / bandwidth > downtime, with pages scaled by
+     * downtime / window when the window was longer: compared in ns. */
+    unsigned __int128 pages = window_pages;
+    unsigned __int128 send_ns = pages * 4096u * 1000000000u / bandwidth_bytes_per_s;
+    if (window_ns > downtime_ns)
+        send_ns = send_ns * downtime_ns / window_ns;
+    return send_ns > downtime_ns;
+}

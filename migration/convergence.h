@@ -21,6 +21,14 @@
  *        p = ceil(100 * (rate - quota) / rate), capped at throttle_max,
  *    where rate is the unthrottled estimate measured_rate * 100 / (100 - current
  *    throttle). If the whole VM already fits the target, nobody is throttled.
+ *  - hybrid, within the bulk pass: the guest dirtied window_pages distinct
+ *    pages in a window of window_ns. Every later pass lasts longer than
+ *    the downtime limit while its dirty set cannot be sent within it, and
+ *    the distinct pages a guest dirties grow with time but never faster
+ *    than linearly (D(t)/t does not grow), so D(downtime) >= D(window) when
+ *    window <= downtime, and >= D(window) * downtime / window otherwise.
+ *    When that bound alone takes longer than the downtime limit to send,
+ *    no pass can converge without throttling: switch to post-copy now.
  */
 #ifndef RINGVM_MIGRATION_CONVERGENCE_H
 #define RINGVM_MIGRATION_CONVERGENCE_H
@@ -87,5 +95,12 @@ void mig_dirty_limit_compute(unsigned vcpu_count, const uint64_t *rate_pps, cons
 
 /* Unthrottled rate estimate: rate * 100 / (100 - throttle). */
 uint64_t mig_unthrottled_rate(uint64_t rate_pps, int throttle);
+
+/* The hybrid rule within the bulk pass (above): true when the pages the
+ * guest dirtied in the window, scaled down to the downtime limit when the
+ * window was longer, take more than downtime_ms to send at
+ * bandwidth_bytes_per_s. False without a bandwidth or a window. */
+bool mig_hybrid_window_exceeds(uint64_t window_pages, uint64_t window_ns, uint64_t bandwidth_bytes_per_s,
+                               uint64_t downtime_ms);
 
 #endif

@@ -182,6 +182,17 @@ struct source {
      * on, closed here at the end) and the post-copy state. */
     bool peer_postcopy;             /* the destination announced MIG_FEATURE_POSTCOPY */
     uint64_t hybrid_previous_size;  /* hybrid auto: the dirty set after the pass before (bytes) */
+    /* Hybrid within the bulk pass (source_bulk_hybrid_check, ring mode):
+     * two takes a window apart measure the guest's writes; what they took
+     * stays in bulk_carry (a bitmap over RAM pages, ORed by each take)
+     * for the pass's end or the switch-over. bulk_stopped: the pass
+     * handed over to post-copy at bulk_end_page; pages from there on were
+     * never sent. */
+    uint64_t *bulk_carry;           /* NULL = no take during this bulk pass */
+    uint64_t bulk_window_start_ns;  /* 0 = the window has not opened */
+    bool bulk_window_done;
+    bool bulk_stopped;
+    uint64_t bulk_end_page;
     int urgent_fd;                  /* -1 = none */
     struct mig_io urgent_io;
     struct mig_tls_session *urgent_tls;

@@ -312,6 +312,99 @@ bool source_next_extent(const struct guest_memory *memory, uint64_t page, uint64
  * zeros (a guest write before the protection made it data, one after it
  * is in a later take). Data pages are protected one by one as they are
  * planned (source_stream_page). */
+/* Hybrid within the bulk pass (issue 17; migration/convergence.h, "hybrid,
+ * within the bulk pass"). Called every few hundred pages of the bulk
+ * pass with the next page it would send. Returns 1 to stop the pass there
+ * and switch to post-copy, 0 to go on, -1 failed. migration.postcopy
+ * switches at once; `auto` in ring mode, 100 ms into the pass, opens a
+ * window with a take and closes it min(200 ms, downtime limit) later with
+ * another: the second take's pages are what the guest dirtied in the
+ * window. Both takes' pages go into s->bulk_carry: whatever the guest
+ * dirtied after its page was sent must go again (the pass's end merges
+ * them into the next pass's set, or the switch-over counts them stale). */
+#define BULK_SETTLE_NS 100000000ull
+#define BULK_WINDOW_MAX_NS 200000000ull
+static int source_bulk_hybrid_check(struct source *s, uint64_t page)
+{
+    if (s->params.mode != MIG_MODE_HYBRID)
+        return 0;
+    uint64_t pages = guest_memory_pages(&s->vm->memory);
+    if (atomic_load_explicit(&s->m->postcopy_requested, memory_order_acquire)) {
+        fprintf(stderr, "ringvm: migration %" PRIu64 ": post-copy requested: switching within the bulk pass at page "
+                "%" PRIu64 " of %" PRIu64 "\n", s->progress.id, page, pages);
+        return 1;
+    }
+    if (!s->params.postcopy_after_auto || s->bulk_window_done ||
+        dirty_log_mode(s->vm->dirty_log) != DIRTY_LOG_RING)
+        return 0;
+    uint64_t now = mig_mono_ns();
+    if (s->bulk_window_start_ns == 0) {
+        if (now - s->iteration_start_ns < BULK_SETTLE_NS)
+            return 0;
+        s->bulk_carry = calloc((pages + 63) / 64, sizeof(uint64_t));
+        if (s->bulk_carry == NULL)
+            return source_fail(s, "internal", "out of memory for the bulk pass's dirty bitmap");
+        int64_t taken = dirty_log_take_bitmap(s->vm->dirty_log, s->bulk_carry);
+        if (taken < 0)
+            return source_fail(s, "internal", "taking the dirty set within the bulk pass: %s", strerror((int)-taken));
+        s->pages_taken += (uint64_t)taken;
+        s->bulk_window_start_ns = mig_mono_ns();
+        return 0;
+    }
+    uint64_t window_max = (uint64_t)s->params.downtime_ms * 1000000u;
+    if (window_max > BULK_WINDOW_MAX_NS)
+        window_max = BULK_WINDOW_MAX_NS;
+    if (now - s->bulk_window_start_ns < window_max)
+        return 0;
+    int64_t taken = dirty_log_take_bitmap(s->vm->dirty_log, s->bulk_carry);
+    uint64_t window_ns = mig_mono_ns() - s->bulk_window_start_ns;
+    if (taken < 0)
+        return source_fail(s, "internal", "taking the dirty set within the bulk pass: %s", strerror((int)-taken));
+    s->pages_taken += (uint64_t)taken;
+    s->bulk_window_done = true;
+    /* The link's rate so far in this pass: what crossed it, not what
+     * waits in the socket. */
+    uint64_t elapsed = mig_mono_ns() - s->iteration_start_ns;
+    uint64_t written = mig_sender_bytes(&s->sender) - s->iteration_start_bytes;
+    uint64_t queued = socket_queued_bytes(s->fd);
+    uint64_t delivered = written > queued ? written - queued : 0;
+    uint64_t bandwidth = elapsed > 0 ? (uint64_t)((unsigned __int128)delivered * 1000000000u / elapsed) : 0;
+    bool due = mig_hybrid_window_exceeds((uint64_t)taken, window_ns, bandwidth, s->params.downtime_ms);
+    fprintf(stderr, "ringvm: migration %" PRIu64 ": hybrid: the guest dirtied %" PRId64 " pages in %" PRIu64
+            " ms of the bulk pass; the link moves %" PRIu64 " pages in the %" PRIu64 " ms downtime limit (%.1f MiB/s): "
+            "%s\n", s->progress.id, taken, window_ns / 1000000u,
+            (uint64_t)((unsigned __int128)bandwidth * s->params.downtime_ms / 1000u / MIG_PAGE_SIZE),
+            (uint64_t)s->params.downtime_ms, (double)bandwidth / (1024.0 * 1024.0),
+            due ? "no pass can converge without throttling, switching to post-copy now" : "staying in pre-copy");
+    if (due)
+        fprintf(stderr, "ringvm: migration %" PRIu64 ": switching within the bulk pass at page %" PRIu64 " of %" PRIu64
+                "\n", s->progress.id, page, pages);
+    return due ? 1 : 0;
+}
+
+/* The pages of s->bulk_carry, ascending, appended to s->pending; frees
+ * the bitmap. The number of pages, or -ENOMEM. */
+static int64_t source_pending_add_carry(struct source *s)
+{
+    uint64_t pages = guest_memory_pages(&s->vm->memory), words = (pages + 63) / 64;
+    uint64_t count = 0;
+    for (uint64_t w = 0; w < words; w++)
+        count += (uint64_t)__builtin_popcountll(s->bulk_carry[w]);
+    if (s->pending.count + count > s->pending.capacity) {
+        uint64_t *grown = realloc(s->pending.pages, (s->pending.count + count) * sizeof(uint64_t));
+        if (grown == NULL)
+            return -ENOMEM;
+        s->pending.pages = grown;
+        s->pending.capacity = s->pending.count + count;
+    }
+    for (uint64_t w = 0; w < words; w++)
+        for (uint64_t bits = s->bulk_carry[w]; bits != 0; bits &= bits - 1)
+            s->pending.pages[s->pending.count++] = w * 64 + (uint64_t)__builtin_ctzll(bits);
+    free(s->bulk_carry);
+    s->bulk_carry = NULL;
+    return (int64_t)count;
+}
+
 static int source_send_all(struct source *s)
 {
     struct guest_memory *memory = &s->vm->memory;
@@ -348,6 +441,17 @@ static int source_send_all(struct source *s)
         if (data_start > page && source_stream_zero(&st, page, data_start - page) != 0)
             return -1;
         for (uint64_t p = data_start; p < data_end; p++) {
+            if ((p & 255) == 0) {
+                int due = source_bulk_hybrid_check(s, p);
+                if (due != 0) {
+                    source_stream_submit(&st);
+                    if (due < 0)
+                        return -1;
+                    s->bulk_stopped = true;
+                    s->bulk_end_page = p;
+                    return 1;
+                }
+            }
             if (source_stream_page(&st, p) != 0)
                 return -1;
             s->progress.memory.remaining = (pages - p) * MIG_PAGE_SIZE;
@@ -1308,8 +1412,18 @@ static int source_run(struct source *s)
         throttle_during = s->progress.throttle_percent;
         if (iteration == 0) {
             source_bpf_mark(s);
-            if (source_iteration_marker(s, 0, guest_memory_pages(&vm->memory)) != 0 || source_send_all(s) != 0)
+            if (source_iteration_marker(s, 0, guest_memory_pages(&vm->memory)) != 0)
                 return -1;
+            int bulk = source_send_all(s);
+            if (bulk < 0)
+                return -1;
+            if (bulk > 0) {
+                /* Hybrid, within the bulk pass: what went is on its way;
+                 * the rest is missing there (source_postcopy). */
+                if (source_flush(s) != 0)
+                    return -1;
+                return source_postcopy(s);
+            }
             sent_pages = guest_memory_pages(&vm->memory);
         } else {
             if (source_iteration_marker(s, iteration, s->pending.count) != 0 || source_send_pending(s) != 0)
@@ -1331,11 +1445,23 @@ static int source_run(struct source *s)
         /* The dirty set of this iteration. */
         uint64_t take_start = mig_mono_ns();
         s->pending.count = 0;
-        int64_t dirty = dirty_log_take(vm->dirty_log, &s->pending);
+        int64_t dirty;
+        if (s->bulk_carry != NULL) {
+            /* The bulk pass took twice already (the hybrid window): its
+             * pages and this take's, each once, in order. */
+            dirty = dirty_log_take_bitmap(vm->dirty_log, s->bulk_carry);
+            if (dirty >= 0) {
+                s->pages_taken += (uint64_t)dirty;
+                dirty = source_pending_add_carry(s);
+            }
+        } else {
+            dirty = dirty_log_take(vm->dirty_log, &s->pending);
+            if (dirty >= 0)
+                s->pages_taken += (uint64_t)dirty;
+        }
         uint64_t take_end = mig_mono_ns();
         if (dirty < 0)
             return source_fail(s, "internal", "taking the dirty set: %s", strerror((int)-dirty));
-        s->pages_taken += (uint64_t)dirty;
         uint64_t dur_ns = take_end - iteration_start;
         /* Expected downtime: the pages left, the backlog still in the
          * socket and the state frames at the bandwidth, the digest, and
@@ -1523,6 +1649,7 @@ void *migration_source_main(void *argument)
         vm_request_shutdown(vm, 1);
     }
     dirty_pages_free(&s->pending);
+    free(s->bulk_carry);
     free(s);
 
     pthread_mutex_lock(&m->lock);

@@ -400,7 +400,7 @@ int source_postcopy(struct source *s)
     struct vm *vm = s->vm;
     uint64_t pages = guest_memory_pages(&vm->memory);
     fprintf(stderr, "ringvm: migration %" PRIu64 ": switching over to post-copy after %" PRIu64 " pre-copy passes\n",
-            s->progress.id, s->tracking ? s->progress.iteration + 1 : 0);
+            s->progress.id, s->tracking && !s->bulk_stopped ? s->progress.iteration + 1 : 0);
     source_phase(s, MIG_STATE_COMPLETING, "postcopy-switch");
     if (source_pause_guest(s) != 0)
         return -1;
@@ -431,6 +431,15 @@ int source_postcopy(struct source *s)
             postcopy_source_mark_unsent(s->postcopy, s->pending.pages[i]);
         for (uint64_t i = 0; i < extra.count; i++)
             postcopy_source_mark_unsent(s->postcopy, extra.pages[i]);
+        /* Switched within the bulk pass: its window's takes, and every
+         * page it had not reached. */
+        if (s->bulk_carry != NULL)
+            for (uint64_t w = 0; w < (pages + 63) / 64; w++)
+                for (uint64_t bits = s->bulk_carry[w]; bits != 0; bits &= bits - 1)
+                    postcopy_source_mark_unsent(s->postcopy, w * 64 + (uint64_t)__builtin_ctzll(bits));
+        if (s->bulk_stopped)
+            for (uint64_t page = s->bulk_end_page; page < pages; page++)
+                postcopy_source_mark_unsent(s->postcopy, page);
         s->pages_taken += extra.count;
         dirty_pages_free(&extra);
     }

@@ -153,3 +153,22 @@ Test(convergence, dirty_limit_caps_at_throttle_max)
     mig_dirty_limit_compute(1, rates, current, &tight, out, NULL);
     cr_assert_eq(out[0], 90);
 }
+
+/* 125 MiB/s moves 9600 pages in 300 ms: more than that in a window of at
+ * most 300 ms switches, exactly that does not; a longer window counts
+ * pro rata (a 600 ms window needs twice the pages). */
+Test(convergence, hybrid_window_rule)
+{
+    const uint64_t bandwidth = 125ull << 20, ms = 1000000u;
+    cr_assert_not(mig_hybrid_window_exceeds(9600, 200 * ms, bandwidth, 300));
+    cr_assert(mig_hybrid_window_exceeds(9601, 200 * ms, bandwidth, 300));
+    cr_assert(mig_hybrid_window_exceeds(9601, 300 * ms, bandwidth, 300));
+    cr_assert_not(mig_hybrid_window_exceeds(19200, 600 * ms, bandwidth, 300));
+    cr_assert(mig_hybrid_window_exceeds(19202, 600 * ms, bandwidth, 300));
+    /* a full-rate 1 GiB dirtier: 262144 pages in 200 ms */
+    cr_assert(mig_hybrid_window_exceeds(262144, 200 * ms, bandwidth, 300));
+    /* a 16 MiB hot set stays in pre-copy */
+    cr_assert_not(mig_hybrid_window_exceeds(4096, 200 * ms, bandwidth, 300));
+    cr_assert_not(mig_hybrid_window_exceeds(262144, 200 * ms, 0, 300));
+    cr_assert_not(mig_hybrid_window_exceeds(262144, 0, bandwidth, 300));
+}

@@ -42,9 +42,11 @@ static bool vcpu_reached(void *argument)
     return harness_pages_written(a->vm, a->vcpu) >= a->target;
 }
 
-/* Migrates a 2-vCPU ledger guest in mode (postcopy or hybrid after one
- * pass) and checks the accounting both sides publish. */
-static void migrate_postcopy(enum mig_mode mode, bool tcp, const char *workload, unsigned cap_mibs)
+/* Migrates a 2-vCPU ledger guest in mode (postcopy, or hybrid after one
+ * pass or with the auto rule) and checks the accounting both sides
+ * publish. */
+static void migrate_postcopy_with(enum mig_mode mode, bool tcp, const char *workload, unsigned cap_mibs,
+                                  bool hybrid_auto)
 {
     harness_require_kvm();
     require_userfaultfd();
@@ -63,11 +65,17 @@ static void migrate_postcopy(enum mig_mode mode, bool tcp, const char *workload,
     mig_params_defaults(&params);
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
     params.mode = mode;
-    if (mode == MIG_MODE_HYBRID) {
+    if (mode == MIG_MODE_HYBRID && !hybrid_auto) {
         params.postcopy_after_auto = false;
         params.postcopy_after_passes = 1;
         params.converge = MIG_CONVERGE_NONE;
         params.downtime_ms = 1;     /* pre-copy alone would never switch over */
+    } else if (mode == MIG_MODE_HYBRID) {
+        /* The full-rate ledger dirties more pages in the 50 ms window
+         * than the link moves in 50 ms: the auto rule switches within
+         * the bulk pass (migration/convergence.h). */
+        params.converge = MIG_CONVERGE_NONE;
+        params.downtime_ms = 50;
     }
     params.max_bandwidth_mibs = cap_mibs;
     params.verify_digest = true;
@@ -87,10 +95,17 @@ static void migrate_postcopy(enum mig_mode mode, bool tcp, const char *workload,
     if (mode == MIG_MODE_POSTCOPY) {
         cr_assert_eq(p->postcopy.pages_total, RAM_PAGES, "pure post-copy: every page is missing at the switch");
         cr_assert_eq(p->iteration_count, 0, "pure post-copy runs no pre-copy pass");
-    } else {
+    } else if (!hybrid_auto) {
         cr_assert_gt(p->postcopy.pages_total, 0, "the ledger dirtied pages after they were sent");
         cr_assert_lt(p->postcopy.pages_total, RAM_PAGES);
         cr_assert_eq(p->iteration_count, 1, "hybrid after one pass: exactly one pre-copy pass");
+    } else {
+        /* Switched within the bulk pass: no pass completed, part of RAM
+         * went before the switch, the rest (and what the guest dirtied
+         * after it went) is missing. */
+        cr_assert_eq(p->iteration_count, 0, "hybrid auto did not switch within the bulk pass");
+        cr_assert_gt(p->postcopy.pages_total, 0);
+        cr_assert_lt(p->postcopy.pages_total, RAM_PAGES, "the bulk pass sent nothing before the switch");
     }
     /* Every missing page went once in the background or on request: the
      * background stream never sends a page pc-serve took, pc-serve may
@@ -141,6 +156,11 @@ static void migrate_postcopy(enum mig_mode mode, bool tcp, const char *workload,
     test_migration_source_stop(&source);
 }
 
+static void migrate_postcopy(enum mig_mode mode, bool tcp, const char *workload, unsigned cap_mibs)
+{
+    migrate_postcopy_with(mode, tcp, workload, cap_mibs, false);
+}
+
 Test(postcopy_migration, ledger_two_vcpus_postcopy_unix, .timeout = 90)
 {
     migrate_postcopy(MIG_MODE_POSTCOPY, false, "ledger,wss=32M,verify=1", 0);
@@ -154,6 +174,14 @@ Test(postcopy_migration, ledger_two_vcpus_postcopy_tcp_capped, .timeout = 90)
 Test(postcopy_migration, ledger_two_vcpus_hybrid_after_one_pass_unix, .timeout = 90)
 {
     migrate_postcopy(MIG_MODE_HYBRID, false, "ledger,wss=32M,verify=1", 0);
+}
+
+/* Hybrid auto at 64 MiB/s: the window 100 ms into the bulk pass finds the
+ * full-rate ledger dirtying more than the link moves in the downtime
+ * limit, and the pass hands over to post-copy there. */
+Test(postcopy_migration, ledger_two_vcpus_hybrid_auto_switches_within_the_bulk_pass, .timeout = 90)
+{
+    migrate_postcopy_with(MIG_MODE_HYBRID, false, "ledger,wss=32M,verify=1", 64, true);
 }
 
 /* ---- failures after the switch-over ---------------------------------------- */
