@@ -86,9 +86,12 @@ struct mig_params {
      * pass whose measured dirty rate shows pre-copy cannot meet downtime_ms
      * without throttling. Exactly one of the three is set for hybrid
      * (migration.start's postcopy_after: N, "Ns" or "auto"; default auto).
-     * auto switches after a pass (the bulk pass included) whose dirty rate
-     * is at least 80 % of the measured bandwidth, or whose dirty set is not
-     * a tenth smaller than the pass before's, while the limit is not met. */
+     * auto (ring mode) first decides within the bulk pass: a window of the
+     * guest's writes 100 ms into it (migration/convergence.h, "hybrid,
+     * within the bulk pass"); then, or in bitmap mode, it switches after a
+     * pass whose dirty rate is at least 80 % of the measured bandwidth, or
+     * whose dirty set is not a tenth smaller than the pass before's, while
+     * the limit is not met. */
     uint64_t postcopy_after_passes;
     uint64_t postcopy_after_ms;
     bool postcopy_after_auto;
