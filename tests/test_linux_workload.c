@@ -166,6 +166,59 @@ Test(linux_workload, finite_ledger_splits_pages_like_the_boot_info, .timeout = 6
     harness_process_free(&process);
 }
 
+/* --wss-at: the working set is the memory file's bytes from that offset
+ * on (in the guest: RAM the kernel leaves alone, through /dev/mem). After a
+ * finite ledger of 6 writes on each of 2 threads over 5 pages, thread 0's 3
+ * pages hold generation 2 and thread 1's 2 pages, right after them, hold
+ * generation 3, each record naming its page within its thread's region. */
+Test(linux_workload, wss_at_puts_the_working_set_in_guest_physical_memory, .timeout = 60)
+{
+    char memory[64];
+    make_memory_file(memory, sizeof(memory), false, 0);
+    struct harness_process process;
+    const char *arguments[] = { "--spec", "ledger,wss=20K,verify=0,count=6", "--cpus", "2", "--wss-at", "0x100000",
+                                "--memory-file", memory, NULL };
+    cr_assert_eq(run_workload(&process, arguments), 0, "stderr:\n%s", process.err);
+    cr_assert_eq(count_lines(process.out, "LEDGER OK pages=3 gen=2 vcpu=0"), 1, "stdout:\n%s", process.out);
+    cr_assert_eq(count_lines(process.out, "LEDGER OK pages=2 gen=3 vcpu=1"), 1, "stdout:\n%s", process.out);
+    harness_process_free(&process);
+    int fd = open(memory, O_RDONLY | O_CLOEXEC);
+    cr_assert_geq(fd, 0, "open %s: %s", memory, strerror(errno));
+    for (unsigned page = 0; page < 6; page++) {
+        uint64_t words[3];
+        cr_assert_eq(pread(fd, words, sizeof(words), (off_t)(0x100000 + page * RINGVM_PAGE_SIZE)),
+                     (ssize_t)sizeof(words));
+        if (page == 5) {
+            cr_assert(words[0] == 0 && words[1] == 0 && words[2] == 0, "the page after the working set was written");
+            continue;
+        }
+        uint64_t index = page < 3 ? page : page - 3, generation = page < 3 ? 2 : 3;
+        cr_assert_eq(words[0], index, "page %u", page);
+        cr_assert_eq(words[1], generation, "page %u", page);
+        cr_assert_neq(words[2], 0, "page %u has no checksum", page);
+    }
+    /* and nothing below it */
+    uint64_t below[3];
+    cr_assert_eq(pread(fd, below, sizeof(below), 0x100000 - RINGVM_PAGE_SIZE), (ssize_t)sizeof(below));
+    cr_assert(below[0] == 0 && below[1] == 0 && below[2] == 0);
+    close(fd);
+
+    const char *unaligned[] = { "--spec", "ledger,wss=20K", "--wss-at", "0x100001", "--memory-file", memory, NULL };
+    cr_assert_eq(run_workload(&process, unaligned), 2);
+    cr_assert_str_eq(process.err, "ringvm-workload: --wss-at 0x100001: expected a page-aligned guest-physical "
+                                  "address above 0 (e.g. 0x4000000)\n");
+    harness_process_free(&process);
+
+    const char *beyond[] = { "--spec", "ledger,wss=8K,verify=0,count=2", "--cpus", "1", "--wss-at", "0xd0000000",
+                             "--memory-file", memory, NULL };
+    cr_assert_eq(run_workload(&process, beyond), 1, "stderr:\n%s", process.err);
+    char expected[512];
+    snprintf(expected, sizeof(expected), "ringvm-workload: vcpu 0: --wss-at: %s ends before 0xd0002000\n", memory);
+    cr_assert(strstr(process.err, expected) != NULL, "stderr:\n%s", process.err);
+    harness_process_free(&process);
+    unlink(memory);
+}
+
 /* pattern=random follows guest/page_walk.h with the vCPU seed of
  * guest/abi.h: the highest generation after `count` writes is the most
  * writes any page got in that sequence. */

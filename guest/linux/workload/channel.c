@@ -43,6 +43,11 @@ static void *channel_map(const char *memory_path, int flags, int protection, uin
     return mapping;
 }
 
+void *linux_memory_map(const char *memory_path, uint64_t offset, size_t length, char *reason, size_t reason_size)
+{
+    return channel_map(memory_path, O_RDWR, PROT_READ | PROT_WRITE, offset, length, reason, reason_size);
+}
+
 int linux_channel_open(struct linux_channel *channel, const char *memory_path)
 {
     memset(channel, 0, sizeof(*channel));

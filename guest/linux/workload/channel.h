@@ -9,6 +9,7 @@
 #define RINGVM_LINUX_WORKLOAD_CHANNEL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "guest/abi.h"
@@ -46,5 +47,10 @@ volatile struct ringvm_vcpu_stats *linux_channel_stats(const struct linux_channe
                                                        unsigned vcpu);
 
 void linux_channel_close(struct linux_channel *channel);
+
+/* length bytes of guest-physical memory at offset, read-write and shared,
+ * through memory_path (/dev/mem, or a test's regular file laid out like
+ * guest-physical memory). The mapping, or NULL with the reason. */
+void *linux_memory_map(const char *memory_path, uint64_t offset, size_t length, char *reason, size_t reason_size);
 
 #endif

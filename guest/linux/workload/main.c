@@ -5,6 +5,7 @@
  * poweroff/halt.
  *
  *   ringvm-workload --spec SPEC [--cpus N] [--seconds S] [--memory-file PATH] [--clock-lines[=MS]]
+ *                   [--wss-at PHYS]
  *   ringvm-workload poweroff [CODE]      (also as /sbin/poweroff, /sbin/halt)
  *
  * SPEC is ringvm's --workload grammar (vmm/workload.c, compiled in): idle,
@@ -15,7 +16,10 @@
  * guest-physical memory); --clock-lines adds a line `CLOCK mono_ns=N` (the
  * guest's CLOCK_MONOTONIC in ns) at every whole second, or every whole
  * multiple of MS milliseconds, from an extra thread (/init passes it:
- * tests compare the guest's clock with the host's across a migration). Exit status: 0; 1 when a ledger found a mismatch
+ * tests compare the guest's clock with the host's across a migration);
+ * --wss-at PHYS puts the working set in guest-physical memory from PHYS on,
+ * mapped through /dev/mem (or --memory-file) instead of anonymous memory:
+ * the kernel must have been told to leave it alone (memmap=SIZE$PHYS). Exit status: 0; 1 when a ledger found a mismatch
  * or a thread could not run; 2 for a bad command line or spec.
  *
  * Test hook: RINGVM_WORKLOAD_TEST_CORRUPT=VCPU:PAGE flips one bit in that
@@ -47,12 +51,16 @@ static void main_usage(FILE *out)
 {
     fprintf(out,
             "usage: " MAIN_PROGRAM " --spec SPEC [--cpus N] [--seconds S] [--memory-file PATH] [--clock-lines[=MS]]\n"
+            "                       [--wss-at PHYS]\n"
             "       " MAIN_PROGRAM " poweroff [CODE]\n"
             "Runs ringvm's built-in guest workloads (idle, dirtier, ledger; SPEC as ringvm's\n"
             "--workload) in Linux user space: one pinned thread per CPU, reporting as vcpu=N.\n"
             "Under ringvm its counters and phases reach the VMM through /dev/mem.\n"
             "--clock-lines: also print 'CLOCK mono_ns=N' (CLOCK_MONOTONIC) every whole second;\n"
-            "--clock-lines=MS at every whole multiple of MS milliseconds (10..60000).\n");
+            "--clock-lines=MS at every whole multiple of MS milliseconds (10..60000).\n"
+            "--wss-at PHYS: the working set is guest-physical memory from PHYS on (through\n"
+            "/dev/mem or --memory-file), not anonymous memory; boot the kernel with\n"
+            "memmap=SIZE$PHYS so it leaves that RAM alone.\n");
 }
 
 static int main_parse_unsigned(const char *option, const char *text, unsigned long min, unsigned long max,
@@ -111,6 +119,7 @@ static int main_run(int argc, char **argv)
         { "seconds", required_argument, NULL, 't' },
         { "memory-file", required_argument, NULL, 'm' },
         { "clock-lines", optional_argument, NULL, 'l' },
+        { "wss-at", required_argument, NULL, 'a' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -138,6 +147,19 @@ static int main_run(int argc, char **argv)
         case 'm':
             memory_file = optarg;
             break;
+        case 'a': {
+            char *end = NULL;
+            errno = 0;
+            unsigned long long at = strtoull(optarg, &end, 0);
+            if (*optarg == '\0' || *optarg == '-' || *end != '\0' || errno != 0 || at == 0 ||
+                at % RINGVM_PAGE_SIZE != 0) {
+                fprintf(stderr, MAIN_PROGRAM ": --wss-at %s: expected a page-aligned guest-physical address "
+                                "above 0 (e.g. 0x4000000)\n", optarg);
+                return 2;
+            }
+            config.wss_phys = at;
+            break;
+        }
         case 'l':
             config.clock_lines = true;
             if (optarg != NULL &&
@@ -183,6 +205,7 @@ static int main_run(int argc, char **argv)
         cpus = online > RINGVM_MAX_VCPUS ? RINGVM_MAX_VCPUS : (unsigned)online;
     }
     config.threads = cpus;
+    config.memory_path = memory_file;
 
     struct linux_channel channel;
     linux_channel_open(&channel, memory_file);

@@ -1,5 +1,6 @@
 /* Workload threads of the Linux guest's workload program; see runner.h. */
 #include "guest/linux/workload/runner.h"
+#include "guest/linux/workload/channel.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -386,13 +387,26 @@ static int runner_allocate(struct runner_thread *thread)
     /* MAP_POPULATE: every page is a real RAM page before the first write,
      * so the writer loop measures writes, not first-touch faults. */
     size_t region_bytes = (size_t)(thread->pages * RINGVM_PAGE_SIZE);
-    thread->region = mmap(NULL, region_bytes, PROT_READ | PROT_WRITE,
-                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    if (thread->region == MAP_FAILED) {
-        thread->region = NULL;
-        fprintf(stderr, "ringvm-workload: vcpu %u: cannot allocate its %" PRIu64 " pages: %s\n",
-                thread->vcpu, thread->pages, strerror(errno));
-        return -1;
+    if (config->wss_phys != 0) {
+        uint64_t first_page = 0;
+        for (unsigned t = 0; t < thread->vcpu; t++)
+            first_page += linux_runner_thread_pages(config->spec.wss_bytes, config->threads, t);
+        uint64_t offset = config->wss_phys + first_page * RINGVM_PAGE_SIZE;
+        char reason[256];
+        thread->region = linux_memory_map(config->memory_path, offset, region_bytes, reason, sizeof(reason));
+        if (thread->region == NULL) {
+            fprintf(stderr, "ringvm-workload: vcpu %u: --wss-at: %s\n", thread->vcpu, reason);
+            return -1;
+        }
+    } else {
+        thread->region = mmap(NULL, region_bytes, PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        if (thread->region == MAP_FAILED) {
+            thread->region = NULL;
+            fprintf(stderr, "ringvm-workload: vcpu %u: cannot allocate its %" PRIu64 " pages: %s\n",
+                    thread->vcpu, thread->pages, strerror(errno));
+            return -1;
+        }
     }
     if (config->spec.kind == RINGVM_WORKLOAD_LEDGER) {
         size_t table_bytes = (size_t)thread->pages * sizeof(uint32_t);

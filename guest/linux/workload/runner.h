@@ -25,6 +25,13 @@ struct linux_runner_config {
      * (--clock-lines[=MS]). */
     bool clock_lines;
     unsigned clock_period_ms;   /* 10..60000 */
+    /* --wss-at: the working set is guest-physical memory from wss_phys on
+     * (page-aligned; 0 = anonymous memory), mapped through memory_path,
+     * thread N's pages after thread N-1's. The kernel must not use that
+     * RAM (memmap=SIZE$PHYS on its command line): no page faults, no
+     * zeroing, where the guest kernel's own work is expensive (README). */
+    uint64_t wss_phys;
+    const char *memory_path;
     /* Test hook (RINGVM_WORKLOAD_TEST_CORRUPT): after thread corrupt_vcpu's
      * first verify pass, flip bit 7 of the low byte of the generation in
      * page corrupt_page's record, as a lost write would leave it. */
