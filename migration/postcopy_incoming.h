@@ -63,6 +63,12 @@ void postcopy_incoming_resumed(struct postcopy_incoming *incoming, uint64_t time
 bool postcopy_incoming_received(struct postcopy_incoming *incoming, uint64_t page);
 /* Pages not received yet. */
 uint64_t postcopy_incoming_missing(struct postcopy_incoming *incoming);
+/* END: waits until every page is here (0), the urgent channel failed (-1,
+ * its reason in error) or timeout_ms passed (1); *missing = the pages
+ * still missing then. Sleeps on a condition the places and the failure
+ * signal (no polling). Incoming thread. */
+int postcopy_incoming_wait_all(struct postcopy_incoming *incoming, unsigned timeout_ms, uint64_t *missing,
+                               char *error, size_t error_size);
 /* The urgent channel failed: true and its reason. */
 bool postcopy_incoming_failed(struct postcopy_incoming *incoming, char *error, size_t error_size);
 void postcopy_incoming_digest(struct postcopy_incoming *incoming, char hex[PAGE_DIGEST_HEX_SIZE]);

@@ -173,6 +173,46 @@ static int source_guest_lost(struct source *s, const char *why)
     return -1;
 }
 
+/* Post-copy, END flushed into the socket: before the ACK wait, the stream
+ * has to leave this host. The socket holds up to 8 MiB (transport.c's
+ * buffers), often the whole rest of a post-copy stream, so "flushed" says
+ * nothing about the link; a link that broke meanwhile would otherwise be
+ * seen only after the ACK wait (at least 10 s). Here the bytes still in
+ * the socket (SIOCOUTQ: TCP's unacknowledged and unsent, a unix socket's
+ * unread) must go down at least once per stall timeout, as the sender's
+ * own writes must. 0: drained, or the destination answered (ACK or
+ * ERROR: source_read_ack reads it), or the kernel cannot tell; -1 with
+ * s->error: the link stalled (the caller pauses). */
+static int source_postcopy_drain(struct source *s)
+{
+    uint64_t stall_ns = (uint64_t)s->params.stall_timeout_ms * 1000000u;
+    uint64_t since = mig_mono_ns();
+    int last = -1;
+    char text[600];
+    for (;;) {
+        int queued = 0;
+        if (ioctl(s->fd, SIOCOUTQ, &queued) != 0 || queued <= 0)
+            return 0;
+        if (postcopy_source_failed(s->postcopy, text, sizeof(text)))
+            return source_fail(s, "postcopy-failed", "%s", text);
+        uint64_t now = mig_mono_ns();
+        if (queued != last) {
+            last = queued;
+            since = now;
+        } else if (now - since >= stall_ns) {
+            return source_fail(s, "transport", "sending to destination: %d bytes of the stream did not leave this "
+                               "host for %u ms after END (link stalled)", queued, s->params.stall_timeout_ms);
+        }
+        if (now - s->last_publish >= PUBLISH_INTERVAL_NS)
+            source_publish(s);
+        /* Wakes at once for the destination's answer; the outq is
+         * sampled every 20 ms (no event tells it went down). */
+        int readable = mig_io_readable(&s->io, 20);
+        if (readable != 0)
+            return 0;
+    }
+}
+
 /* Everything after the switch-over on one pair of connections: the
  * background stream, END with the page digest, the ACK. 0 done; -1 with
  * s->error (the caller decides between recovery and giving up). */
@@ -202,6 +242,8 @@ static int source_postcopy_transfer(struct source *s, uint64_t pause_real)
         return -1;
     s->progress.memory.remaining = 0;
     source_phase(s, MIG_STATE_COMPLETING, "waiting-ack");
+    if (source_postcopy_drain(s) != 0)
+        return -1;
     struct mig_end ack;
     if (source_read_ack(s, &ack) != 0)
         return -1;
@@ -258,7 +300,11 @@ static int source_postcopy_reconnect(struct source *s, const char *dest)
     size_t length = mig_frame_encode(frame, MIG_FRAME_POSTCOPY_RESUME, s->seq++, payload, sizeof(payload));
     if (mig_io_write(&s->io, frame, length, text, sizeof(text)) != 0)
         return source_fail(s, "transport", "postcopy-resume: %s", text);
-    /* The received bitmap, whole, within the stall timeout (at least 10 s). */
+    /* The received bitmap, whole, within twice the stall timeout (at least
+     * 10 s: a large guest's bitmap is MiBs), and never a stall timeout
+     * without a byte of it: a link that breaks again while the bitmap is
+     * in flight pauses after the stall timeout, as one that breaks
+     * mid-stream does (not after the whole 10 s). */
     struct postcopy_return_parser parser;
     struct postcopy_return_options options = { .ram_bytes = s->vm->memory.size };
     if (postcopy_return_init(&parser, &options) != 0)
@@ -266,12 +312,19 @@ static int source_postcopy_reconnect(struct source *s, const char *dest)
     parser.seq = s->peer_seq;
     unsigned wait_ms = s->params.stall_timeout_ms * 2 > 10000 ? s->params.stall_timeout_ms * 2 : 10000;
     uint64_t deadline = mig_mono_ns() + (uint64_t)wait_ms * 1000000u;
+    uint64_t last_byte = mig_mono_ns();
     uint8_t buffer[65536];
     int result = 0;
     while (!parser.bitmap_complete) {
-        if (mig_mono_ns() >= deadline) {
+        uint64_t now = mig_mono_ns();
+        if (now >= deadline) {
             result = source_fail(s, "transport", "the destination's received bitmap did not arrive within %u ms",
                                  wait_ms);
+            break;
+        }
+        if (now - last_byte >= (uint64_t)s->params.stall_timeout_ms * 1000000u) {
+            result = source_fail(s, "transport", "the destination's received bitmap: nothing received for %u ms "
+                                 "(link stalled)", s->params.stall_timeout_ms);
             break;
         }
         if (mig_io_readable(&s->io, 50) != 1)
@@ -279,6 +332,8 @@ static int source_postcopy_reconnect(struct source *s, const char *dest)
         ssize_t got = mig_io_recv_some(&s->io, buffer, sizeof(buffer), text, sizeof(text));
         if (got == MIG_IO_AGAIN)
             continue;
+        if (got > 0)
+            last_byte = mig_mono_ns();
         if (got <= 0 || postcopy_return_feed(&parser, buffer, (size_t)got, mig_mono_ns()) != 0) {
             result = source_fail(s, "transport", "reading the destination's received bitmap: %s",
                                  got < 0 ? text : got == 0 ? "the connection ended" : parser.error);
