@@ -14,11 +14,15 @@
  * a second one finds it present and is dropped.
  *
  * Threads and ownership: the incoming thread creates, calls place (main
- * stream), resumed, fill_progress, failed, missing, finish and destroy.
- * "pc-fault" (inside postcopy_destination) queues requests under lock.
- * "pc-urgent" owns the urgent channel's io (and its TLS session: one
- * thread per session, both directions) from start until finish/destroy
- * join it. Everything it shares with the others is under lock or atomic.
+ * stream), resumed, fill_progress, failed, missing, wait_all, pause,
+ * restart, finish and destroy. "pc-fault" (inside postcopy_destination)
+ * queues requests under lock. "pc-urgent" owns the urgent channel's io
+ * (and its TLS session: one thread per session, both directions) from
+ * start (or restart) until pause/finish/destroy join it; between a pause
+ * and the next restart no pc-urgent runs and the incoming thread holds the
+ * old channel. Everything it shares with the others is under lock or
+ * atomic; each place and a failure broadcast a condition on that lock,
+ * which wait_all sleeps on.
  */
 #ifndef RINGVM_MIGRATION_POSTCOPY_INCOMING_H
 #define RINGVM_MIGRATION_POSTCOPY_INCOMING_H

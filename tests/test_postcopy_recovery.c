@@ -103,6 +103,19 @@ static unsigned threads_named(const char *name)
     return count;
 }
 
+/* Open file descriptors of this process. */
+static unsigned open_fds(void)
+{
+    DIR *fds = opendir("/proc/self/fd");
+    cr_assert_not_null(fds, "opendir(/proc/self/fd)");
+    unsigned count = 0;
+    struct dirent *entry;
+    while ((entry = readdir(fds)) != NULL)
+        count += entry->d_name[0] != '.';
+    closedir(fds);
+    return count - 1;       /* the directory's own */
+}
+
 /* ---- one post-copy migration through a relay, cut after the switch-over ---------------- */
 
 struct recovery {
@@ -436,6 +449,7 @@ Test(postcopy_recovery, the_link_breaks_again_mid_stream_after_a_recovery, .time
     char first[160], second_address[160], relay_address[160];
     unix_address(first, sizeof(first), "first");
     unix_address(second_address, sizeof(second_address), "second");
+    unsigned fds_at_first_pause = open_fds();
     struct link_relay *second = link_relay_start(first, relay_address, sizeof(relay_address));
     recover(&r, first, relay_address);
     /* Running again: both sides in phase postcopy, pages flowing. */
@@ -449,6 +463,11 @@ Test(postcopy_recovery, the_link_breaks_again_mid_stream_after_a_recovery, .time
     wait_phase(r.dest.harness.vm, "postcopy-paused", NULL, 0, "destination");
     cr_assert_eq(link_relay_connections(second), 2, "the recovery's main stream and urgent channel");
     assert_both_paused(&r);
+    /* Paused again with exactly the fds of the first pause plus the
+     * second relay's (its socket, two pairs): each side swapped its old
+     * connections and urgent channel for the new ones, and the first
+     * recovery's listener was released. */
+    cr_assert_eq(open_fds(), fds_at_first_pause + 5, "file descriptors leaked across a recovery");
     struct mig_progress *q = malloc(sizeof(*q));
     cr_assert(migration_progress(r.dest.harness.vm, q));
     cr_assert_gt(q->postcopy.pages_received, received_at_pause, "the first recovery delivered nothing");
