@@ -264,37 +264,82 @@ static int source_postcopy_transfer(struct source *s, uint64_t pause_real)
     return 0;
 }
 
+/* The connections a recovery replaces: the switch-over's, or those of the
+ * last attempt that got through its handshake. */
+struct source_connections {
+    int fd;
+    struct mig_tls_session *tls;
+    int urgent_fd;
+    struct mig_tls_session *urgent_tls;
+};
+
+static void source_connections_close(struct source_connections *c)
+{
+    mig_tls_session_free(c->tls);
+    if (c->fd >= 0)
+        close(c->fd);
+    mig_tls_session_free(c->urgent_tls);
+    if (c->urgent_fd >= 0)
+        close(c->urgent_fd);
+}
+
+/* A new main connection that failed before its handshake completed goes;
+ * the old ones are the source's again. */
+static void source_connections_restore(struct source *s, const struct source_connections *old)
+{
+    mig_tls_session_free(s->tls);
+    if (s->fd >= 0)
+        close(s->fd);
+    s->fd = old->fd;
+    s->tls = old->tls;
+    s->io = (struct mig_io){ .fd = old->fd, .stall_ms = s->params.stall_timeout_ms, .cancel = &s->m->cancel,
+                             .peer = "destination", .tls = old->tls };
+    s->input = (struct mig_input){ .read = source_socket_read, .ctx = &s->io };
+    s->urgent_fd = old->urgent_fd;
+    s->urgent_tls = old->urgent_tls;
+    s->urgent_io.fd = old->urgent_fd;
+    s->urgent_io.tls = old->urgent_tls;
+}
+
 /* A recovery connection to dest: hello, POSTCOPY_RESUME, the destination's
  * received bitmap (what it holds is not sent again), a new urgent channel,
- * pc-serve and the sender again. 0, or -1 with s->error. */
-static int source_postcopy_reconnect(struct source *s, const char *dest)
+ * pc-serve and the sender again. 0, or -1 with s->error; *replaced tells
+ * whether the old connections were closed (they are once the new one got
+ * through its handshake: only a paused destination answers on a recovery
+ * address, since migration.recover needs the pause, so it no longer
+ * watches them). Until then they stay open: closing them would read as
+ * "the source's process ended" to a destination that has not noticed the
+ * broken link yet (its stall timeout may be longer than ours), and it
+ * would give the guest up. */
+static int source_postcopy_reconnect(struct source *s, const char *dest, bool *replaced)
 {
     char text[8192];
     struct mig_address address;
+    *replaced = false;
     if (mig_address_parse(dest, &address, text, sizeof(text)) != 0)
         return source_fail(s, "invalid-argument", "dest: %s", text);
-    mig_tls_session_free(s->tls);
+    struct source_connections old = { .fd = s->fd, .tls = s->tls, .urgent_fd = s->urgent_fd,
+                                      .urgent_tls = s->urgent_tls };
     s->tls = NULL;
     s->io.tls = NULL;
-    if (s->fd >= 0)
-        close(s->fd);
-    mig_tls_session_free(s->urgent_tls);
     s->urgent_tls = NULL;
-    if (s->urgent_fd >= 0)
-        close(s->urgent_fd);
     s->urgent_fd = -1;
     s->fd = mig_connect(&address, CONNECT_TIMEOUT_MS, &s->m->cancel, text, sizeof(text));
-    if (s->fd < 0)
+    if (s->fd < 0) {
+        source_connections_restore(s, &old);
         return source_fail(s, "connect-failed", "%s", text);
+    }
     s->io = (struct mig_io){ .fd = s->fd, .stall_ms = s->params.stall_timeout_ms, .cancel = &s->m->cancel,
                              .peer = "destination" };
     s->input = (struct mig_input){ .read = source_socket_read, .ctx = &s->io };
-    if (s->tls_credentials != NULL && source_tls_handshake(s, &address) != 0)
-        return -1;
     s->seq = 0;
     s->peer_seq = 0;
-    if (source_handshake(s) != 0)
+    if ((s->tls_credentials != NULL && source_tls_handshake(s, &address) != 0) || source_handshake(s) != 0) {
+        source_connections_restore(s, &old);
         return -1;
+    }
+    source_connections_close(&old);
+    *replaced = true;
     uint8_t payload[MIG_POSTCOPY_OPEN_SIZE] = { 0 };
     uint8_t frame[MIG_HEADER_SIZE + MIG_POSTCOPY_OPEN_SIZE];
     size_t length = mig_frame_encode(frame, MIG_FRAME_POSTCOPY_RESUME, s->seq++, payload, sizeof(payload));
@@ -381,7 +426,7 @@ static int source_postcopy_recover(struct source *s)
 {
     struct vm *vm = s->vm;
     struct migration *m = s->m;
-    bool retrying = false;      /* a recovery attempt failed: the old connections are closed already */
+    bool retrying = false;      /* an attempt replaced the switch-over's connections, then failed */
     for (;;) {
         postcopy_source_stop(s->postcopy);
         if (s->sender_started) {
@@ -431,13 +476,14 @@ static int source_postcopy_recover(struct source *s)
         }
         s->progress.error_code[0] = '\0';
         s->progress.error_message[0] = '\0';
-        if (source_postcopy_reconnect(s, dest) == 0) {
+        bool replaced;
+        if (source_postcopy_reconnect(s, dest, &replaced) == 0) {
             source_phase(s, MIG_STATE_ACTIVE, "postcopy");
             return 0;
         }
         fprintf(stderr, "ringvm: migration %" PRIu64 ": post-copy recovery over %s failed: %s\n", s->progress.id,
                 dest, s->error);
-        retrying = true;
+        retrying = retrying || replaced;
     }
 }
 

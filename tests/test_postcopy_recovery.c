@@ -130,7 +130,8 @@ struct recovery {
 /* Boots the ledger source and the destination (TLS over tcp: when tls),
  * migrates in pure post-copy at cap_mibs through a relay, cuts it once the
  * guest runs on the destination, and waits until both sides paused. */
-static void recovery_start(struct recovery *r, bool tls, unsigned cap_mibs)
+static void recovery_start_stall(struct recovery *r, bool tls, unsigned cap_mibs, unsigned dest_stall_ms,
+                                 bool wait_dest_paused)
 {
     harness_require_kvm();
     require_userfaultfd();
@@ -148,9 +149,9 @@ static void recovery_start(struct recovery *r, bool tls, unsigned cap_mibs)
     cr_assert(console_wait_for(&r->source.console, "LEDGER OK", 1, 20000), "no LEDGER OK on the source:\n%s",
               console_snapshot(&r->source.console));
     if (tls)
-        test_destination_start_tls_stall(&r->dest, "256M", 2, "idle", r->psk, NULL, STALL_MS);
+        test_destination_start_tls_stall(&r->dest, "256M", 2, "idle", r->psk, NULL, dest_stall_ms);
     else
-        test_destination_start_stall(&r->dest, "256M", 2, "idle", false, STALL_MS);
+        test_destination_start_stall(&r->dest, "256M", 2, "idle", false, dest_stall_ms);
     char relay_address[160];
     r->relay = link_relay_start(r->dest.address, relay_address, sizeof(relay_address));
     struct mig_params params;
@@ -168,6 +169,8 @@ static void recovery_start(struct recovery *r, bool tls, unsigned cap_mibs)
     wait_phase(r->dest.harness.vm, "postcopy", NULL, 1, "destination");
     link_relay_cut(r->relay);
     wait_phase(r->source.vm, "postcopy-paused", NULL, 0, "source");
+    if (!wait_dest_paused)
+        return;
     wait_phase(r->dest.harness.vm, "postcopy-paused", NULL, 0, "destination");
     struct mig_progress *q = malloc(sizeof(*q));
     cr_assert(migration_progress(r->dest.harness.vm, q));
@@ -176,6 +179,11 @@ static void recovery_start(struct recovery *r, bool tls, unsigned cap_mibs)
     cr_assert_lt(q->postcopy.pages_received, q->postcopy.pages_total, "nothing was missing at the cut");
     r->missing_at_pause = q->postcopy.pages_total - q->postcopy.pages_received;
     free(q);
+}
+
+static void recovery_start(struct recovery *r, bool tls, unsigned cap_mibs)
+{
+    recovery_start_stall(r, tls, cap_mibs, STALL_MS, true);
 }
 
 /* Both sides paused (phase postcopy-paused, state active, code
@@ -479,5 +487,44 @@ Test(postcopy_recovery, the_link_breaks_again_mid_stream_after_a_recovery, .time
     link_relay_stop(second);
     unlink(first + strlen("unix:"));
     unlink(second_address + strlen("unix:"));
+    recovery_stop(&r);
+}
+
+/* The source pauses first (its stall timeout is 1 s, the destination's
+ * 4 s) and the operator resumes it at once, towards an address where
+ * nothing listens: the attempt fails, the source pauses again with the
+ * connect error and keeps its old connections, the destination pauses by
+ * itself later, and a recovery in the right order completes. (What keeping
+ * the old connections prevents, a close that reaches a destination which
+ * has not paused yet and reads it as the source's death, needs a link that
+ * delivers the close: this relay stays silent once cut, so the test does
+ * not tell keeping from closing; it covers the failed attempt's
+ * restoring of the old connections.) */
+Test(postcopy_recovery, a_resume_before_the_destination_noticed_the_break_keeps_the_guest, .timeout = 60)
+{
+    struct recovery r;
+    recovery_start_stall(&r, false, 4, 4000, false);
+    struct mig_progress *q = malloc(sizeof(*q));
+    cr_assert(migration_progress(r.dest.harness.vm, q));
+    cr_assert_str_eq(q->phase, "postcopy", "the destination paused before the source (%s: %s)", q->error_code,
+                     q->error_message);
+    char nobody[160], address[160];
+    unix_address(nobody, sizeof(nobody), "nobody");
+    unix_address(address, sizeof(address), "early");
+    const char *code = NULL;
+    char message[600];
+    cr_assert_eq(migration_resume(r.source.vm, nobody, &code, message, sizeof(message)), 0, "%s: %s", code, message);
+    wait_phase(r.source.vm, "postcopy-paused", nobody + strlen("unix:"), 0, "source");
+    /* The destination notices the broken link by itself, later, and
+     * pauses: the source's old connections are still open. */
+    wait_phase(r.dest.harness.vm, "postcopy-paused", NULL, 0, "destination");
+    cr_assert(migration_progress(r.dest.harness.vm, q));
+    cr_assert_eq(q->state, MIG_STATE_ACTIVE, "%s: %s", q->error_code, q->error_message);
+    cr_assert_str_eq(q->error_code, "postcopy-paused", "%s", q->error_message);
+    free(q);
+    assert_both_paused(&r);
+    recover(&r, address, address);
+    recovery_finish(&r);
+    unlink(address + strlen("unix:"));
     recovery_stop(&r);
 }
