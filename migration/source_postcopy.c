@@ -101,9 +101,57 @@ static int source_send_discards(struct source *s)
     return result;
 }
 
+/* Is the stream still leaving this host? The main socket holds up to
+ * 8 MiB (transport.c's buffers), often the whole rest of a post-copy
+ * stream, so the sender's writes keep succeeding for seconds after the
+ * link broke, and END is "flushed" long before it arrived. The bytes the
+ * peer took are the bytes written minus those still in the socket
+ * (SIOCOUTQ: TCP's unacknowledged and unsent, a unix socket's unread;
+ * under TLS the written count is plaintext, the queue ciphertext, which
+ * only makes a stalled link look more stalled); while bytes wait, that
+ * count must grow at least once per stall timeout, the destination's own
+ * rule for the stream. Without it a cut link was seen only once the
+ * buffer filled, or after END by the ACK wait (10 s, and then called
+ * outcome-unknown). */
+struct source_delivery {
+    uint64_t delivered;         /* written - queued at the last sample */
+    uint64_t since;             /* when it last grew (or nothing was queued) */
+};
+
+static void source_delivery_init(struct source_delivery *d)
+{
+    d->delivered = 0;
+    d->since = mig_mono_ns();
+}
+
+/* 0, or -1 with s->error when nothing left this host for the stall
+ * timeout; *queued = the bytes still in the socket (0: none, or the
+ * kernel cannot tell). */
+static int source_delivery_check(struct source *s, struct source_delivery *d, int *queued)
+{
+    uint64_t now = mig_mono_ns();
+    *queued = 0;
+    if (ioctl(s->fd, SIOCOUTQ, queued) != 0 || *queued <= 0) {
+        *queued = 0;
+        d->since = now;
+        return 0;
+    }
+    uint64_t written = mig_sender_bytes(&s->sender);
+    uint64_t delivered = written > (uint64_t)*queued ? written - (uint64_t)*queued : 0;
+    if (delivered > d->delivered) {
+        d->delivered = delivered;
+        d->since = now;
+        return 0;
+    }
+    if (now - d->since < (uint64_t)s->params.stall_timeout_ms * 1000000u)
+        return 0;
+    return source_fail(s, "transport", "sending to destination: nothing left this host for %u ms, %d bytes "
+                       "wait in the socket (link stalled)", s->params.stall_timeout_ms, *queued);
+}
+
 /* The background stream: every page the destination lacks, in address
  * order from wherever the last request left off, each once. */
-static int source_postcopy_push(struct source *s)
+static int source_postcopy_push(struct source *s, struct source_delivery *delivery)
 {
     struct guest_memory *memory = &s->vm->memory;
     uint64_t pages = guest_memory_pages(memory);
@@ -114,6 +162,11 @@ static int source_postcopy_push(struct source *s)
         if (postcopy_source_failed(s->postcopy, text, sizeof(text))) {
             source_stream_submit(&st);
             return source_fail(s, "postcopy-failed", "%s", text);
+        }
+        int queued;
+        if (source_delivery_check(s, delivery, &queued) != 0) {
+            source_stream_submit(&st);
+            return -1;
         }
         uint64_t restart;
         if (postcopy_source_take_restart(s->postcopy, &restart)) {
@@ -173,42 +226,26 @@ static int source_guest_lost(struct source *s, const char *why)
     return -1;
 }
 
-/* Post-copy, END flushed into the socket: before the ACK wait, the stream
- * has to leave this host. The socket holds up to 8 MiB (transport.c's
- * buffers), often the whole rest of a post-copy stream, so "flushed" says
- * nothing about the link; a link that broke meanwhile would otherwise be
- * seen only after the ACK wait (at least 10 s). Here the bytes still in
- * the socket (SIOCOUTQ: TCP's unacknowledged and unsent, a unix socket's
- * unread) must go down at least once per stall timeout, as the sender's
- * own writes must. 0: drained, or the destination answered (ACK or
- * ERROR: source_read_ack reads it), or the kernel cannot tell; -1 with
- * s->error: the link stalled (the caller pauses). */
-static int source_postcopy_drain(struct source *s)
+/* END flushed into the socket: before the ACK wait, the stream has to
+ * leave this host (source_delivery_check). 0: drained, or the destination
+ * answered (ACK or ERROR: source_read_ack reads it); -1 with s->error:
+ * the link stalled (the caller pauses). */
+static int source_postcopy_drain(struct source *s, struct source_delivery *delivery)
 {
-    uint64_t stall_ns = (uint64_t)s->params.stall_timeout_ms * 1000000u;
-    uint64_t since = mig_mono_ns();
-    int last = -1;
     char text[600];
     for (;;) {
-        int queued = 0;
-        if (ioctl(s->fd, SIOCOUTQ, &queued) != 0 || queued <= 0)
+        int queued;
+        if (source_delivery_check(s, delivery, &queued) != 0)
+            return -1;
+        if (queued == 0)
             return 0;
         if (postcopy_source_failed(s->postcopy, text, sizeof(text)))
             return source_fail(s, "postcopy-failed", "%s", text);
-        uint64_t now = mig_mono_ns();
-        if (queued != last) {
-            last = queued;
-            since = now;
-        } else if (now - since >= stall_ns) {
-            return source_fail(s, "transport", "sending to destination: %d bytes of the stream did not leave this "
-                               "host for %u ms after END (link stalled)", queued, s->params.stall_timeout_ms);
-        }
-        if (now - s->last_publish >= PUBLISH_INTERVAL_NS)
+        if (mig_mono_ns() - s->last_publish >= PUBLISH_INTERVAL_NS)
             source_publish(s);
-        /* Wakes at once for the destination's answer; the outq is
+        /* Wakes at once for the destination's answer; the queue is
          * sampled every 20 ms (no event tells it went down). */
-        int readable = mig_io_readable(&s->io, 20);
-        if (readable != 0)
+        if (mig_io_readable(&s->io, 20) != 0)
             return 0;
     }
 }
@@ -219,7 +256,9 @@ static int source_postcopy_drain(struct source *s)
 static int source_postcopy_transfer(struct source *s, uint64_t pause_real)
 {
     struct vm *vm = s->vm;
-    if (source_postcopy_push(s) != 0)
+    struct source_delivery delivery;
+    source_delivery_init(&delivery);
+    if (source_postcopy_push(s, &delivery) != 0)
         return -1;
     source_postcopy_progress(s);
     struct mig_end end = { .timestamp_ns = pause_real, .pages = s->pages_sent_total,
@@ -242,7 +281,7 @@ static int source_postcopy_transfer(struct source *s, uint64_t pause_real)
         return -1;
     s->progress.memory.remaining = 0;
     source_phase(s, MIG_STATE_COMPLETING, "waiting-ack");
-    if (source_postcopy_drain(s) != 0)
+    if (source_postcopy_drain(s, &delivery) != 0)
         return -1;
     struct mig_end ack;
     if (source_read_ack(s, &ack) != 0)
