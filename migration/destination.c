@@ -651,8 +651,13 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
                 populate.started = false;
             }
             if (incoming_postcopy_open(in, in->recovery_open ? in->recovery.fd : listen_fd, tls_credentials, error,
-                                       sizeof(error)) != 0)
-                goto out;
+                                       sizeof(error)) != 0) {
+                /* During a recovery the link may break again: pause. */
+                if (in->postcopy == NULL || incoming_postcopy_recover_after(in, tls_credentials, error, sizeof(error),
+                                                                            &error_code) != 0)
+                    goto out;
+                continue;
+            }
             if (in->postcopy != NULL) {
                 /* A recovery: pc-urgent again, on the new urgent channel. */
                 struct mig_io urgent = in->urgent;
@@ -664,7 +669,8 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
                 incoming_phase(in, MIG_STATE_ACTIVE, "postcopy");
             }
         } else if (type == MIG_FRAME_POSTCOPY_RESUME) {
-            if (incoming_send_received_bitmap(in, error, sizeof(error)) != 0)
+            if (incoming_send_received_bitmap(in, error, sizeof(error)) != 0 &&
+                incoming_postcopy_recover_after(in, tls_credentials, error, sizeof(error), &error_code) != 0)
                 goto out;
         } else if (type == MIG_FRAME_POSTCOPY_DISCARD) {
             if (incoming_postcopy_discard(in, error, sizeof(error)) != 0)

@@ -62,6 +62,10 @@ int incoming_postcopy_switch(struct incoming *in, char *error, size_t error_size
 int incoming_send_received_bitmap(struct incoming *in, char *error, size_t error_size);
 int incoming_postcopy_recover(struct incoming *in, const struct mig_tls_credentials *credentials,
                               const char *cause, char *error, size_t error_size, uint32_t *code);
+/* The same, with the cause in error (a step of a recovery that failed:
+ * its link broke again); error is overwritten with the outcome. */
+int incoming_postcopy_recover_after(struct incoming *in, const struct mig_tls_credentials *credentials, char *error,
+                                    size_t error_size, uint32_t *code);
 int incoming_postcopy_end(struct incoming *in, char *error, size_t error_size, uint32_t *code);
 /* Post-copy progress: the guest's own pages/s (built-in guest). */
 void incoming_guest_rate(struct incoming *in, uint64_t now);

@@ -201,6 +201,22 @@ int incoming_postcopy_recover(struct incoming *in, const struct mig_tls_credenti
     struct migration *m = in->m;
     const _Atomic bool *stop = (const _Atomic bool *)&vm->shutdown_requested;
     postcopy_incoming_pause(in->postcopy);
+    /* A recovery that broke between its POSTCOPY_OPEN and the restart of
+     * pc-urgent leaves the new urgent channel here: it is dead with its
+     * connection (the next recovery opens another). */
+    mig_tls_session_free(in->urgent.tls);
+    in->urgent.tls = NULL;
+    if (in->urgent.fd >= 0)
+        close(in->urgent.fd);
+    in->urgent.fd = -1;
+    /* Each pause needs its own migration.recover: the last one's listener
+     * goes (so that migration.recover may name the same address again;
+     * while we held it, that failed with "another ringvm is listening
+     * there" or EADDRINUSE). */
+    if (in->recovery_open) {
+        mig_listener_close(&in->recovery);
+        in->recovery_open = false;
+    }
     *code = MIG_ERR_CANCELLED;
     if (atomic_load_explicit(stop, memory_order_acquire)) {
         snprintf(error, error_size, "post-copy: the destination is shutting down: the guest is lost (%.200s)", cause);
@@ -276,7 +292,14 @@ int incoming_postcopy_recover(struct incoming *in, const struct mig_tls_credenti
         if (credentials != NULL) {
             struct mig_tls_options options = { .credentials = credentials };
             if (mig_tls_handshake(&io.tls, &io, &options, text, sizeof(text)) != 0) {
-                fprintf(stderr, "ringvm: migration: post-copy recovery: refused a connection: %s\n", text);
+                /* Wrong key, plaintext, a port scan: told by the handshake
+                 * (an alert or the plaintext ERROR frame), closed; still
+                 * paused and listening for the real source. */
+                fprintf(stderr, "ringvm: migration: post-copy recovery: refused a connection: %s; still paused, "
+                        "waiting for the source\n", text);
+                snprintf(in->progress.error_message, sizeof(in->progress.error_message), "%.200s; post-copy "
+                         "recovery: refused a connection: %.380s", cause, text);
+                incoming_publish(in);
                 close(fd);
                 continue;
             }
@@ -300,28 +323,34 @@ int incoming_postcopy_recover(struct incoming *in, const struct mig_tls_credenti
     }
 }
 
+int incoming_postcopy_recover_after(struct incoming *in, const struct mig_tls_credentials *credentials, char *error,
+                                    size_t error_size, uint32_t *code)
+{
+    char cause[512];
+    snprintf(cause, sizeof(cause), "%s", error);
+    return incoming_postcopy_recover(in, credentials, cause, error, error_size, code);
+}
+
 /* END in post-copy: the main stream is over; requested pages may still be
  * on the urgent channel. Every page present within the stall timeout, the
  * page digest compared, RAM released from userfaultfd. */
 int incoming_postcopy_end(struct incoming *in, char *error, size_t error_size, uint32_t *code)
 {
-    uint64_t deadline = mig_mono_ns() + (uint64_t)in->stall_ms * 1000000u;
+    /* Asleep until pc-urgent (requested pages) or a failure wakes us; the
+     * main stream's pages are all placed by now (this thread placed
+     * them before it read END). */
     uint64_t missing;
-    while ((missing = postcopy_incoming_missing(in->postcopy)) != 0) {
-        char text[512];
-        if (postcopy_incoming_failed(in->postcopy, text, sizeof(text))) {
-            snprintf(error, error_size, "post-copy: %s (%" PRIu64 " pages missing)", text, missing);
-            return -1;
-        }
-        if (mig_mono_ns() >= deadline) {
-            *code = MIG_ERR_STREAM;
-            snprintf(error, error_size, "post-copy: the stream ended with %" PRIu64 " pages still missing after %u ms",
-                     missing, in->stall_ms);
-            return -1;
-        }
-        /* Waiting for pc-urgent to place the last requested pages. */
-        struct timespec pause = { .tv_sec = 0, .tv_nsec = 1000000 };
-        nanosleep(&pause, NULL);
+    char text[512];
+    int waited = postcopy_incoming_wait_all(in->postcopy, in->stall_ms, &missing, text, sizeof(text));
+    if (waited < 0) {
+        snprintf(error, error_size, "post-copy: %s (%" PRIu64 " pages missing)", text, missing);
+        return -1;
+    }
+    if (waited > 0) {
+        *code = MIG_ERR_STREAM;
+        snprintf(error, error_size, "post-copy: the stream ended with %" PRIu64 " pages still missing after %u ms",
+                 missing, in->stall_ms);
+        return -1;
     }
     incoming_publish(in);
     if (in->receiver.end.flags & MIG_END_HAS_DIGEST) {

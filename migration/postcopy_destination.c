@@ -58,6 +58,11 @@ struct postcopy_destination {
     uint64_t pages;
     uint64_t words;
     _Atomic uint64_t *received;
+    /* Bits set in received: changed only under lock (with the bit), read
+     * without it (relaxed: a count, ordered by nothing else) by
+     * postcopy_destination_received_pages, so the incoming thread's
+     * "pages missing" needs neither the lock nor a popcount of the map. */
+    _Atomic uint64_t received_count;
     uint64_t *requested;
     pthread_mutex_t lock;
     struct postcopy_waiter waiters[POSTCOPY_MAX_THREADS];
@@ -92,7 +97,9 @@ static bool postcopy_received_test(const struct postcopy_destination *d, uint64_
 /* Under lock. */
 static void postcopy_received_set(struct postcopy_destination *d, uint64_t page)
 {
-    atomic_fetch_or_explicit(&d->received[page / 64], 1ull << (page % 64), memory_order_release);
+    uint64_t bit = 1ull << (page % 64);
+    if (!(atomic_fetch_or_explicit(&d->received[page / 64], bit, memory_order_release) & bit))
+        atomic_fetch_add_explicit(&d->received_count, 1, memory_order_relaxed);
 }
 
 static unsigned postcopy_log2_bucket(uint64_t ns)
@@ -546,12 +553,19 @@ int postcopy_destination_discard(struct postcopy_destination *d, uint64_t page, 
         return -saved;
     }
     for (uint64_t p = page; p < page + count; p++) {
-        atomic_fetch_and_explicit(&d->received[p / 64], ~(1ull << (p % 64)), memory_order_release);
+        uint64_t bit = 1ull << (p % 64);
+        if (atomic_fetch_and_explicit(&d->received[p / 64], ~bit, memory_order_release) & bit)
+            atomic_fetch_sub_explicit(&d->received_count, 1, memory_order_relaxed);
         d->requested[p / 64] &= ~(1ull << (p % 64));
     }
     d->counters.discarded += count;
     pthread_mutex_unlock(&d->lock);
     return 0;
+}
+
+uint64_t postcopy_destination_received_pages(const struct postcopy_destination *d)
+{
+    return atomic_load_explicit(&d->received_count, memory_order_relaxed);
 }
 
 bool postcopy_destination_received(const struct postcopy_destination *d, uint64_t page)
@@ -576,9 +590,7 @@ void postcopy_destination_get_stats(struct postcopy_destination *d, struct postc
     stats->latency_max_ns = d->latency_max_ns;
     stats->thread_count = d->thread_count;
     memcpy(stats->threads, d->threads, sizeof(stats->threads[0]) * d->thread_count);
-    uint64_t received = 0;
-    for (uint64_t w = 0; w < d->words; w++)
-        received += (uint64_t)__builtin_popcountll(atomic_load_explicit(&d->received[w], memory_order_relaxed));
+    uint64_t received = atomic_load_explicit(&d->received_count, memory_order_relaxed);
     pthread_mutex_unlock(&d->lock);
     stats->received_pages = received;
     /* Interpolated inside a log2 bucket, a quantile can land above the

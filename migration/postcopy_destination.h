@@ -143,6 +143,9 @@ int postcopy_destination_place_zero_range(struct postcopy_destination *destinati
 int postcopy_destination_discard(struct postcopy_destination *destination, uint64_t page, uint64_t count);
 
 bool postcopy_destination_received(const struct postcopy_destination *destination, uint64_t page);
+/* Pages received now (stats.received_pages without the lock, the copy or
+ * the popcount: a counter kept with the bitmap). */
+uint64_t postcopy_destination_received_pages(const struct postcopy_destination *destination);
 /* Copies the received bitmap's 64-bit words [first_word, first_word + words)
  * (bit b of word w = page 64 w + b) for RECEIVED_BITMAP frames. */
 void postcopy_destination_copy_received(const struct postcopy_destination *destination, uint64_t first_word,

@@ -2,6 +2,7 @@
 #include "migration/postcopy_incoming.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "migration/postcopy_destination.h"
@@ -33,6 +35,16 @@
  * touches io again after joining it). queue*, resumed_*: under lock.
  * stop, failed: atomics (failed is set with release after error is
  * written; readers acquire).
+ * progress: a condition on lock (CLOCK_MONOTONIC), broadcast after
+ * every postcopy_incoming_place (either channel: pc-urgent or the
+ * incoming thread's main stream) and when the urgent channel fails;
+ * postcopy_incoming_wait_all (the incoming thread at END) waits on it.
+ * The place marks its pages received (under the destination's lock)
+ * before taking lock to broadcast, so a waiter that checked "missing"
+ * under lock cannot miss the wake-up.
+ * scratch, known_zero_filled, final_*, finished: the incoming thread's
+ * (fill_progress and fill_known_zero copy the stats into scratch, which
+ * start allocates once: no allocation per call).
  */
 struct postcopy_incoming {
     struct postcopy_destination *destination;
@@ -40,6 +52,7 @@ struct postcopy_incoming {
     int wake_event;
     uint64_t pages;
     pthread_mutex_t lock;
+    pthread_cond_t progress;
     uint64_t queue[INCOMING_QUEUE];
     unsigned queue_head, queue_count;
     bool resumed_pending;
@@ -56,6 +69,7 @@ struct postcopy_incoming {
      * for the final progress snapshot. */
     struct postcopy_destination_stats *final_stats;
     struct page_digest final_digest;
+    struct postcopy_destination_stats *scratch;
     uint64_t known_zero_filled;     /* incoming thread: pages fill_known_zero placed here, not received */
 };
 
@@ -90,6 +104,14 @@ static int incoming_request_page(uint64_t page, void *opaque)
     return queued ? 0 : -1;
 }
 
+/* Wakes postcopy_incoming_wait_all: pages were placed, or the channel failed. */
+static void incoming_signal_progress(struct postcopy_incoming *pi)
+{
+    pthread_mutex_lock(&pi->lock);
+    pthread_cond_broadcast(&pi->progress);
+    pthread_mutex_unlock(&pi->lock);
+}
+
 static void incoming_fail(struct postcopy_incoming *pi, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void incoming_fail(struct postcopy_incoming *pi, const char *fmt, ...)
 {
@@ -100,13 +122,15 @@ static void incoming_fail(struct postcopy_incoming *pi, const char *fmt, ...)
     vsnprintf(pi->error, sizeof(pi->error), fmt, args);
     va_end(args);
     atomic_store_explicit(&pi->failed, true, memory_order_release);
+    incoming_signal_progress(pi);
 }
 
 int postcopy_incoming_place(struct postcopy_incoming *pi, uint64_t ram_offset, uint32_t pages, const uint8_t *data)
 {
     uint64_t first = ram_offset / MIG_PAGE_SIZE;
     uint32_t i = 0;
-    while (i < pages) {
+    int result = 0;
+    while (result == 0 && i < pages) {
         /* Pages the other channel placed already are skipped without a
          * syscall; the rest go in runs, one ioctl each (a page placed
          * meanwhile gives EEXIST, which the range call absorbs). */
@@ -121,10 +145,13 @@ int postcopy_incoming_place(struct postcopy_incoming *pi, uint64_t ram_offset, u
                                                                 data + (size_t)i * MIG_PAGE_SIZE)
                              : postcopy_destination_place_zero_range(pi->destination, first + i, end - i);
         if (r != 0)
-            return -1;
+            result = -1;
         i = end;
     }
-    return 0;
+    /* The pages are marked received now: wake the END wait (also after a
+     * partial failure, for what did land). */
+    incoming_signal_progress(pi);
+    return result;
 }
 
 static bool incoming_known_zero(struct postcopy_incoming *pi, const uint64_t *discarded, uint64_t page)
@@ -151,18 +178,14 @@ int postcopy_incoming_fill_known_zero(struct postcopy_incoming *pi, const uint64
         uint64_t end = page + 1;
         while (end < pi->pages && incoming_known_zero(pi, discarded, end))
             end++;
-        struct postcopy_destination_stats *before = malloc(sizeof(*before));
-        if (before == NULL)
-            return -1;
-        postcopy_destination_get_stats(pi->destination, before);
+        /* Zero pages counted by the destination around this run (scratch
+         * holds one snapshot at a time: the count before is kept). */
+        postcopy_destination_get_stats(pi->destination, pi->scratch);
+        uint64_t zero_before = pi->scratch->zero;
         int r = postcopy_destination_place_zero_range(pi->destination, page, end - page);
-        struct postcopy_destination_stats *after = malloc(sizeof(*after));
-        if (after != NULL) {
-            postcopy_destination_get_stats(pi->destination, after);
-            pi->known_zero_filled += after->zero - before->zero;
-        }
-        free(before);
-        free(after);
+        postcopy_destination_get_stats(pi->destination, pi->scratch);
+        pi->known_zero_filled += pi->scratch->zero - zero_before;
+        incoming_signal_progress(pi);
         if (r != 0)
             return -1;
         page = end;
@@ -324,10 +347,14 @@ int postcopy_incoming_start(struct postcopy_incoming **out, const struct postcop
     struct postcopy_incoming *pi = calloc(1, sizeof(*pi));
     if (pi != NULL)
         pi->frame = malloc(INCOMING_URGENT_FRAME_MAX);
-    if (pi == NULL || pi->frame == NULL) {
+    if (pi != NULL)
+        pi->scratch = malloc(sizeof(*pi->scratch));
+    if (pi == NULL || pi->frame == NULL || pi->scratch == NULL) {
         snprintf(error, error_size, "out of memory for the post-copy session");
-        if (pi != NULL)
+        if (pi != NULL) {
             free(pi->frame);
+            free(pi->scratch);
+        }
         free(pi);
         return -1;
     }
@@ -335,6 +362,11 @@ int postcopy_incoming_start(struct postcopy_incoming **out, const struct postcop
     pi->pages = options->size / MIG_PAGE_SIZE;
     pi->wake_event = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     pthread_mutex_init(&pi->lock, NULL);
+    pthread_condattr_t attributes;
+    pthread_condattr_init(&attributes);
+    pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC);   /* the END wait's deadline ignores clock steps */
+    pthread_cond_init(&pi->progress, &attributes);
+    pthread_condattr_destroy(&attributes);
     if (pi->wake_event < 0) {
         snprintf(error, error_size, "eventfd: %s", strerror(errno));
         goto fail;
@@ -380,13 +412,47 @@ uint64_t postcopy_incoming_missing(struct postcopy_incoming *pi)
 {
     if (pi->finished)
         return 0;
-    struct postcopy_destination_stats *stats = malloc(sizeof(*stats));
-    if (stats == NULL)
-        return pi->pages;
-    postcopy_destination_get_stats(pi->destination, stats);
-    uint64_t missing = pi->pages - stats->received_pages;
-    free(stats);
-    return missing;
+    return pi->pages - postcopy_destination_received_pages(pi->destination);
+}
+
+static uint64_t incoming_mono_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
+}
+
+int postcopy_incoming_wait_all(struct postcopy_incoming *pi, unsigned timeout_ms, uint64_t *missing, char *error,
+                               size_t error_size)
+{
+    uint64_t deadline = incoming_mono_ns() + (uint64_t)timeout_ms * 1000000u;
+    struct timespec until = { .tv_sec = (time_t)(deadline / 1000000000u), .tv_nsec = (long)(deadline % 1000000000u) };
+    int result;
+    pthread_mutex_lock(&pi->lock);
+    for (;;) {
+        *missing = postcopy_incoming_missing(pi);
+        if (*missing == 0) {
+            result = 0;
+            break;
+        }
+        if (atomic_load_explicit(&pi->failed, memory_order_acquire)) {
+            snprintf(error, error_size, "%s", pi->error);
+            result = -1;
+            break;
+        }
+        if (incoming_mono_ns() >= deadline) {
+            result = 1;
+            break;
+        }
+        int r = pthread_cond_timedwait(&pi->progress, &pi->lock, &until);
+        if (r != 0 && r != ETIMEDOUT) {
+            snprintf(error, error_size, "waiting for the last pages: pthread_cond_timedwait: %s", strerror(r));
+            result = -1;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&pi->lock);
+    return result;
 }
 
 bool postcopy_incoming_failed(struct postcopy_incoming *pi, char *error, size_t error_size)
@@ -408,9 +474,7 @@ void postcopy_incoming_digest(struct postcopy_incoming *pi, char hex[PAGE_DIGEST
 void postcopy_incoming_fill_progress(struct postcopy_incoming *pi, struct mig_progress *progress,
                                      const pid_t *vcpu_tids, unsigned vcpu_count)
 {
-    struct postcopy_destination_stats *stats = malloc(sizeof(*stats));
-    if (stats == NULL)
-        return;
+    struct postcopy_destination_stats *stats = pi->scratch;
     incoming_get_stats(pi, stats);
     /* From the source: what fill_known_zero placed here is not counted. */
     uint64_t local_zero = pi->known_zero_filled < stats->zero ? pi->known_zero_filled : stats->zero;
@@ -433,7 +497,6 @@ void postcopy_incoming_fill_progress(struct postcopy_incoming *pi, struct mig_pr
                 progress->postcopy.vcpu_blocktime_ns[v] = stats->threads[t].blocktime_ns;
             }
     }
-    free(stats);
 }
 
 static void incoming_join(struct postcopy_incoming *pi)
@@ -507,8 +570,10 @@ void postcopy_incoming_destroy(struct postcopy_incoming *pi)
         close(pi->io.fd);
     if (pi->wake_event >= 0)
         close(pi->wake_event);
+    pthread_cond_destroy(&pi->progress);
     pthread_mutex_destroy(&pi->lock);
     free(pi->frame);
+    free(pi->scratch);
     free(pi->final_stats);
     free(pi);
 }

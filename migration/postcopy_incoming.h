@@ -14,11 +14,15 @@
  * a second one finds it present and is dropped.
  *
  * Threads and ownership: the incoming thread creates, calls place (main
- * stream), resumed, fill_progress, failed, missing, finish and destroy.
- * "pc-fault" (inside postcopy_destination) queues requests under lock.
- * "pc-urgent" owns the urgent channel's io (and its TLS session: one
- * thread per session, both directions) from start until finish/destroy
- * join it. Everything it shares with the others is under lock or atomic.
+ * stream), resumed, fill_progress, failed, missing, wait_all, pause,
+ * restart, finish and destroy. "pc-fault" (inside postcopy_destination)
+ * queues requests under lock. "pc-urgent" owns the urgent channel's io
+ * (and its TLS session: one thread per session, both directions) from
+ * start (or restart) until pause/finish/destroy join it; between a pause
+ * and the next restart no pc-urgent runs and the incoming thread holds the
+ * old channel. Everything it shares with the others is under lock or
+ * atomic; each place and a failure broadcast a condition on that lock,
+ * which wait_all sleeps on.
  */
 #ifndef RINGVM_MIGRATION_POSTCOPY_INCOMING_H
 #define RINGVM_MIGRATION_POSTCOPY_INCOMING_H
@@ -63,6 +67,12 @@ void postcopy_incoming_resumed(struct postcopy_incoming *incoming, uint64_t time
 bool postcopy_incoming_received(struct postcopy_incoming *incoming, uint64_t page);
 /* Pages not received yet. */
 uint64_t postcopy_incoming_missing(struct postcopy_incoming *incoming);
+/* END: waits until every page is here (0), the urgent channel failed (-1,
+ * its reason in error) or timeout_ms passed (1); *missing = the pages
+ * still missing then. Sleeps on a condition the places and the failure
+ * signal (no polling). Incoming thread. */
+int postcopy_incoming_wait_all(struct postcopy_incoming *incoming, unsigned timeout_ms, uint64_t *missing,
+                               char *error, size_t error_size);
 /* The urgent channel failed: true and its reason. */
 bool postcopy_incoming_failed(struct postcopy_incoming *incoming, char *error, size_t error_size);
 void postcopy_incoming_digest(struct postcopy_incoming *incoming, char hex[PAGE_DIGEST_HEX_SIZE]);

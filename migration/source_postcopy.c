@@ -101,9 +101,57 @@ static int source_send_discards(struct source *s)
     return result;
 }
 
+/* Is the stream still leaving this host? The main socket holds up to
+ * 8 MiB (transport.c's buffers), often the whole rest of a post-copy
+ * stream, so the sender's writes keep succeeding for seconds after the
+ * link broke, and END is "flushed" long before it arrived. The bytes the
+ * peer took are the bytes written minus those still in the socket
+ * (SIOCOUTQ: TCP's unacknowledged and unsent, a unix socket's unread;
+ * under TLS the written count is plaintext, the queue ciphertext, which
+ * only makes a stalled link look more stalled); while bytes wait, that
+ * count must grow at least once per stall timeout, the destination's own
+ * rule for the stream. Without it a cut link was seen only once the
+ * buffer filled, or after END by the ACK wait (10 s, and then called
+ * outcome-unknown). */
+struct source_delivery {
+    uint64_t delivered;         /* written - queued at the last sample */
+    uint64_t since;             /* when it last grew (or nothing was queued) */
+};
+
+static void source_delivery_init(struct source_delivery *d)
+{
+    d->delivered = 0;
+    d->since = mig_mono_ns();
+}
+
+/* 0, or -1 with s->error when nothing left this host for the stall
+ * timeout; *queued = the bytes still in the socket (0: none, or the
+ * kernel cannot tell). */
+static int source_delivery_check(struct source *s, struct source_delivery *d, int *queued)
+{
+    uint64_t now = mig_mono_ns();
+    *queued = 0;
+    if (ioctl(s->fd, SIOCOUTQ, queued) != 0 || *queued <= 0) {
+        *queued = 0;
+        d->since = now;
+        return 0;
+    }
+    uint64_t written = mig_sender_bytes(&s->sender);
+    uint64_t delivered = written > (uint64_t)*queued ? written - (uint64_t)*queued : 0;
+    if (delivered > d->delivered) {
+        d->delivered = delivered;
+        d->since = now;
+        return 0;
+    }
+    if (now - d->since < (uint64_t)s->params.stall_timeout_ms * 1000000u)
+        return 0;
+    return source_fail(s, "transport", "sending to destination: nothing left this host for %u ms, %d bytes "
+                       "wait in the socket (link stalled)", s->params.stall_timeout_ms, *queued);
+}
+
 /* The background stream: every page the destination lacks, in address
  * order from wherever the last request left off, each once. */
-static int source_postcopy_push(struct source *s)
+static int source_postcopy_push(struct source *s, struct source_delivery *delivery)
 {
     struct guest_memory *memory = &s->vm->memory;
     uint64_t pages = guest_memory_pages(memory);
@@ -114,6 +162,11 @@ static int source_postcopy_push(struct source *s)
         if (postcopy_source_failed(s->postcopy, text, sizeof(text))) {
             source_stream_submit(&st);
             return source_fail(s, "postcopy-failed", "%s", text);
+        }
+        int queued;
+        if (source_delivery_check(s, delivery, &queued) != 0) {
+            source_stream_submit(&st);
+            return -1;
         }
         uint64_t restart;
         if (postcopy_source_take_restart(s->postcopy, &restart)) {
@@ -173,13 +226,39 @@ static int source_guest_lost(struct source *s, const char *why)
     return -1;
 }
 
+/* END flushed into the socket: before the ACK wait, the stream has to
+ * leave this host (source_delivery_check). 0: drained, or the destination
+ * answered (ACK or ERROR: source_read_ack reads it); -1 with s->error:
+ * the link stalled (the caller pauses). */
+static int source_postcopy_drain(struct source *s, struct source_delivery *delivery)
+{
+    char text[600];
+    for (;;) {
+        int queued;
+        if (source_delivery_check(s, delivery, &queued) != 0)
+            return -1;
+        if (queued == 0)
+            return 0;
+        if (postcopy_source_failed(s->postcopy, text, sizeof(text)))
+            return source_fail(s, "postcopy-failed", "%s", text);
+        if (mig_mono_ns() - s->last_publish >= PUBLISH_INTERVAL_NS)
+            source_publish(s);
+        /* Wakes at once for the destination's answer; the queue is
+         * sampled every 20 ms (no event tells it went down). */
+        if (mig_io_readable(&s->io, 20) != 0)
+            return 0;
+    }
+}
+
 /* Everything after the switch-over on one pair of connections: the
  * background stream, END with the page digest, the ACK. 0 done; -1 with
  * s->error (the caller decides between recovery and giving up). */
 static int source_postcopy_transfer(struct source *s, uint64_t pause_real)
 {
     struct vm *vm = s->vm;
-    if (source_postcopy_push(s) != 0)
+    struct source_delivery delivery;
+    source_delivery_init(&delivery);
+    if (source_postcopy_push(s, &delivery) != 0)
         return -1;
     source_postcopy_progress(s);
     struct mig_end end = { .timestamp_ns = pause_real, .pages = s->pages_sent_total,
@@ -202,6 +281,8 @@ static int source_postcopy_transfer(struct source *s, uint64_t pause_real)
         return -1;
     s->progress.memory.remaining = 0;
     source_phase(s, MIG_STATE_COMPLETING, "waiting-ack");
+    if (source_postcopy_drain(s, &delivery) != 0)
+        return -1;
     struct mig_end ack;
     if (source_read_ack(s, &ack) != 0)
         return -1;
@@ -222,43 +303,92 @@ static int source_postcopy_transfer(struct source *s, uint64_t pause_real)
     return 0;
 }
 
+/* The connections a recovery replaces: the switch-over's, or those of the
+ * last attempt that got through its handshake. */
+struct source_connections {
+    int fd;
+    struct mig_tls_session *tls;
+    int urgent_fd;
+    struct mig_tls_session *urgent_tls;
+};
+
+static void source_connections_close(struct source_connections *c)
+{
+    mig_tls_session_free(c->tls);
+    if (c->fd >= 0)
+        close(c->fd);
+    mig_tls_session_free(c->urgent_tls);
+    if (c->urgent_fd >= 0)
+        close(c->urgent_fd);
+}
+
+/* A new main connection that failed before its handshake completed goes;
+ * the old ones are the source's again. */
+static void source_connections_restore(struct source *s, const struct source_connections *old)
+{
+    mig_tls_session_free(s->tls);
+    if (s->fd >= 0)
+        close(s->fd);
+    s->fd = old->fd;
+    s->tls = old->tls;
+    s->io = (struct mig_io){ .fd = old->fd, .stall_ms = s->params.stall_timeout_ms, .cancel = &s->m->cancel,
+                             .peer = "destination", .tls = old->tls };
+    s->input = (struct mig_input){ .read = source_socket_read, .ctx = &s->io };
+    s->urgent_fd = old->urgent_fd;
+    s->urgent_tls = old->urgent_tls;
+    s->urgent_io.fd = old->urgent_fd;
+    s->urgent_io.tls = old->urgent_tls;
+}
+
 /* A recovery connection to dest: hello, POSTCOPY_RESUME, the destination's
  * received bitmap (what it holds is not sent again), a new urgent channel,
- * pc-serve and the sender again. 0, or -1 with s->error. */
-static int source_postcopy_reconnect(struct source *s, const char *dest)
+ * pc-serve and the sender again. 0, or -1 with s->error; *replaced tells
+ * whether the old connections were closed (they are once the new one got
+ * through its handshake: only a paused destination answers on a recovery
+ * address, since migration.recover needs the pause, so it no longer
+ * watches them). Until then they stay open: closing them would read as
+ * "the source's process ended" to a destination that has not noticed the
+ * broken link yet (its stall timeout may be longer than ours), and it
+ * would give the guest up. */
+static int source_postcopy_reconnect(struct source *s, const char *dest, bool *replaced)
 {
     char text[8192];
     struct mig_address address;
+    *replaced = false;
     if (mig_address_parse(dest, &address, text, sizeof(text)) != 0)
         return source_fail(s, "invalid-argument", "dest: %s", text);
-    mig_tls_session_free(s->tls);
+    struct source_connections old = { .fd = s->fd, .tls = s->tls, .urgent_fd = s->urgent_fd,
+                                      .urgent_tls = s->urgent_tls };
     s->tls = NULL;
     s->io.tls = NULL;
-    if (s->fd >= 0)
-        close(s->fd);
-    mig_tls_session_free(s->urgent_tls);
     s->urgent_tls = NULL;
-    if (s->urgent_fd >= 0)
-        close(s->urgent_fd);
     s->urgent_fd = -1;
     s->fd = mig_connect(&address, CONNECT_TIMEOUT_MS, &s->m->cancel, text, sizeof(text));
-    if (s->fd < 0)
+    if (s->fd < 0) {
+        source_connections_restore(s, &old);
         return source_fail(s, "connect-failed", "%s", text);
+    }
     s->io = (struct mig_io){ .fd = s->fd, .stall_ms = s->params.stall_timeout_ms, .cancel = &s->m->cancel,
                              .peer = "destination" };
     s->input = (struct mig_input){ .read = source_socket_read, .ctx = &s->io };
-    if (s->tls_credentials != NULL && source_tls_handshake(s, &address) != 0)
-        return -1;
     s->seq = 0;
     s->peer_seq = 0;
-    if (source_handshake(s) != 0)
+    if ((s->tls_credentials != NULL && source_tls_handshake(s, &address) != 0) || source_handshake(s) != 0) {
+        source_connections_restore(s, &old);
         return -1;
+    }
+    source_connections_close(&old);
+    *replaced = true;
     uint8_t payload[MIG_POSTCOPY_OPEN_SIZE] = { 0 };
     uint8_t frame[MIG_HEADER_SIZE + MIG_POSTCOPY_OPEN_SIZE];
     size_t length = mig_frame_encode(frame, MIG_FRAME_POSTCOPY_RESUME, s->seq++, payload, sizeof(payload));
     if (mig_io_write(&s->io, frame, length, text, sizeof(text)) != 0)
         return source_fail(s, "transport", "postcopy-resume: %s", text);
-    /* The received bitmap, whole, within the stall timeout (at least 10 s). */
+    /* The received bitmap, whole, within twice the stall timeout (at least
+     * 10 s: a large guest's bitmap is MiBs), and never a stall timeout
+     * without a byte of it: a link that breaks again while the bitmap is
+     * in flight pauses after the stall timeout, as one that breaks
+     * mid-stream does (not after the whole 10 s). */
     struct postcopy_return_parser parser;
     struct postcopy_return_options options = { .ram_bytes = s->vm->memory.size };
     if (postcopy_return_init(&parser, &options) != 0)
@@ -266,12 +396,19 @@ static int source_postcopy_reconnect(struct source *s, const char *dest)
     parser.seq = s->peer_seq;
     unsigned wait_ms = s->params.stall_timeout_ms * 2 > 10000 ? s->params.stall_timeout_ms * 2 : 10000;
     uint64_t deadline = mig_mono_ns() + (uint64_t)wait_ms * 1000000u;
+    uint64_t last_byte = mig_mono_ns();
     uint8_t buffer[65536];
     int result = 0;
     while (!parser.bitmap_complete) {
-        if (mig_mono_ns() >= deadline) {
+        uint64_t now = mig_mono_ns();
+        if (now >= deadline) {
             result = source_fail(s, "transport", "the destination's received bitmap did not arrive within %u ms",
                                  wait_ms);
+            break;
+        }
+        if (now - last_byte >= (uint64_t)s->params.stall_timeout_ms * 1000000u) {
+            result = source_fail(s, "transport", "the destination's received bitmap: nothing received for %u ms "
+                                 "(link stalled)", s->params.stall_timeout_ms);
             break;
         }
         if (mig_io_readable(&s->io, 50) != 1)
@@ -279,6 +416,8 @@ static int source_postcopy_reconnect(struct source *s, const char *dest)
         ssize_t got = mig_io_recv_some(&s->io, buffer, sizeof(buffer), text, sizeof(text));
         if (got == MIG_IO_AGAIN)
             continue;
+        if (got > 0)
+            last_byte = mig_mono_ns();
         if (got <= 0 || postcopy_return_feed(&parser, buffer, (size_t)got, mig_mono_ns()) != 0) {
             result = source_fail(s, "transport", "reading the destination's received bitmap: %s",
                                  got < 0 ? text : got == 0 ? "the connection ended" : parser.error);
@@ -326,7 +465,7 @@ static int source_postcopy_recover(struct source *s)
 {
     struct vm *vm = s->vm;
     struct migration *m = s->m;
-    bool retrying = false;      /* a recovery attempt failed: the old connections are closed already */
+    bool retrying = false;      /* an attempt replaced the switch-over's connections, then failed */
     for (;;) {
         postcopy_source_stop(s->postcopy);
         if (s->sender_started) {
@@ -376,13 +515,14 @@ static int source_postcopy_recover(struct source *s)
         }
         s->progress.error_code[0] = '\0';
         s->progress.error_message[0] = '\0';
-        if (source_postcopy_reconnect(s, dest) == 0) {
+        bool replaced;
+        if (source_postcopy_reconnect(s, dest, &replaced) == 0) {
             source_phase(s, MIG_STATE_ACTIVE, "postcopy");
             return 0;
         }
         fprintf(stderr, "ringvm: migration %" PRIu64 ": post-copy recovery over %s failed: %s\n", s->progress.id,
                 dest, s->error);
-        retrying = true;
+        retrying = retrying || replaced;
     }
 }
 

@@ -9,28 +9,67 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "tests/migration_destination.h"
+
 #define RELAY_MAX_PAIRS 8
+/* tcp: the relay's sockets receive into small buffers (set before the
+ * connection exists, so the window is small from the start): once cut,
+ * the kernel acknowledges only this much more, as a pulled cable
+ * acknowledges nothing; a sender's unacknowledged bytes then stay put
+ * instead of vanishing into megabytes of autotuned receive buffer. */
+#define RELAY_TCP_RCVBUF (64 << 10)
 
 struct link_relay {
     int listen_fd;
-    char path[108];
-    char target[108];
+    bool tcp;
+    char path[108];                     /* unix: the relay's own socket */
+    char target[160];                   /* unix: PATH; tcp: HOST:PORT */
     int pairs[RELAY_MAX_PAIRS][2];      /* [0] = accepted (source side), [1] = connected (destination side) */
     _Atomic unsigned pair_count;
     _Atomic bool cut;
+    _Atomic int64_t budget;             /* bytes destination -> source still allowed; -1: no limit */
+    _Atomic uint64_t to_source;         /* bytes copied destination -> source */
     _Atomic bool stop;
     pthread_t thread;
 };
+
+static int relay_connect_tcp(const char *target)
+{
+    char host[160];
+    snprintf(host, sizeof(host), "%s", target);
+    char *colon = strrchr(host, ':');
+    if (colon == NULL)
+        return -1;
+    *colon = '\0';
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *found = NULL;
+    if (getaddrinfo(host, colon + 1, &hints, &found) != 0)
+        return -1;
+    int fd = socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int small = RELAY_TCP_RCVBUF;
+    if (fd >= 0 && (setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)) != 0 ||
+                    connect(fd, found->ai_addr, found->ai_addrlen) != 0)) {
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(found);
+    int one = 1;
+    if (fd >= 0)
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return fd;
+}
 
 static int relay_connect(const char *path)
 {
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un address = { .sun_family = AF_UNIX };
-    snprintf(address.sun_path, sizeof(address.sun_path), "%s", path);
+    snprintf(address.sun_path, sizeof(address.sun_path), "%.107s", path);
     if (fd >= 0 && connect(fd, (struct sockaddr *)&address, sizeof(address)) != 0) {
         close(fd);
         return -1;
@@ -39,15 +78,33 @@ static int relay_connect(const char *path)
 }
 
 /* Copies what is there from one side to the other (blocking writes: the
- * test's links are fast). false when a side closed. */
-static bool relay_copy(int from, int to)
+ * test's links are fast); to_source: the destination's side to the
+ * source's, which the budget limits. false when a side closed. */
+static bool relay_copy(struct link_relay *relay, int from, int to, bool to_source)
 {
     char buffer[65536];
-    ssize_t got = recv(from, buffer, sizeof(buffer), MSG_DONTWAIT);
+    size_t want = sizeof(buffer);
+    int64_t budget = atomic_load(&relay->budget);
+    if (to_source && budget >= 0 && (uint64_t)budget < want)
+        want = (size_t)budget;
+    if (want == 0) {
+        atomic_store(&relay->cut, true);
+        return true;
+    }
+    ssize_t got = recv(from, buffer, want, MSG_DONTWAIT);
     if (got == 0)
         return false;
     if (got < 0)
         return errno == EAGAIN || errno == EINTR;
+    if (to_source) {
+        atomic_fetch_add(&relay->to_source, (uint64_t)got);
+        /* Only this thread lowers the budget; the test sets it once. */
+        if (budget >= 0) {
+            atomic_store(&relay->budget, budget - got);
+            if (budget - got == 0)
+                atomic_store(&relay->cut, true);
+        }
+    }
     for (ssize_t done = 0; done < got;) {
         ssize_t wrote = send(to, buffer + done, (size_t)(got - done), MSG_NOSIGNAL);
         if (wrote < 0 && errno == EINTR)
@@ -74,7 +131,9 @@ static void *relay_main(void *argument)
             continue;
         if ((fds[0].revents & POLLIN) && count < RELAY_MAX_PAIRS) {
             int accepted = accept4(relay->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-            int connected = accepted >= 0 ? relay_connect(relay->target) : -1;
+            int connected = accepted < 0  ? -1
+                            : relay->tcp ? relay_connect_tcp(relay->target)
+                                         : relay_connect(relay->target);
             if (accepted >= 0 && connected >= 0) {
                 relay->pairs[count][0] = accepted;
                 relay->pairs[count][1] = connected;
@@ -84,9 +143,9 @@ static void *relay_main(void *argument)
             }
         }
         for (unsigned i = 0; i < count && !cut; i++)
-            for (unsigned side = 0; side < 2; side++)
+            for (unsigned side = 0; side < 2 && !atomic_load(&relay->cut); side++)
                 if (fds[1 + 2 * i + side].revents & (POLLIN | POLLHUP))
-                    (void)relay_copy(relay->pairs[i][side], relay->pairs[i][1 - side]);
+                    (void)relay_copy(relay, relay->pairs[i][side], relay->pairs[i][1 - side], side == 1);
     }
     return NULL;
 }
@@ -95,7 +154,18 @@ struct link_relay *link_relay_start(const char *target, char *address, size_t si
 {
     struct link_relay *relay = calloc(1, sizeof(*relay));
     cr_assert_not_null(relay);
-    cr_assert_eq(strncmp(target, "unix:", 5), 0, "the relay relays unix: addresses only");
+    atomic_store(&relay->budget, -1);
+    if (strncmp(target, "tcp:", 4) == 0) {
+        relay->tcp = true;
+        snprintf(relay->target, sizeof(relay->target), "%s", target + 4);
+        relay->listen_fd = test_listen_localhost_tcp(address, size);
+        int small = RELAY_TCP_RCVBUF;     /* inherited by the accepted sockets */
+        cr_assert_eq(setsockopt(relay->listen_fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0,
+                     "setsockopt(SO_RCVBUF): %s", strerror(errno));
+        cr_assert_eq(pthread_create(&relay->thread, NULL, relay_main, relay), 0);
+        return relay;
+    }
+    cr_assert_eq(strncmp(target, "unix:", 5), 0, "the relay relays unix: and tcp: addresses only");
     snprintf(relay->target, sizeof(relay->target), "%s", target + 5);
     static _Atomic unsigned counter;
     snprintf(relay->path, sizeof(relay->path), "/tmp/ringvm-relay-%d-%u.sock", getpid(), atomic_fetch_add(&counter, 1));
@@ -116,6 +186,21 @@ void link_relay_cut(struct link_relay *relay)
     atomic_store(&relay->cut, true);
 }
 
+void link_relay_cut_after(struct link_relay *relay, uint64_t bytes)
+{
+    atomic_store(&relay->budget, (int64_t)bytes);
+}
+
+bool link_relay_is_cut(struct link_relay *relay)
+{
+    return atomic_load(&relay->cut);
+}
+
+uint64_t link_relay_bytes_to_source(struct link_relay *relay)
+{
+    return atomic_load(&relay->to_source);
+}
+
 unsigned link_relay_connections(struct link_relay *relay)
 {
     return atomic_load(&relay->pair_count);
@@ -131,6 +216,7 @@ void link_relay_stop(struct link_relay *relay)
         close(relay->pairs[i][1]);
     }
     close(relay->listen_fd);
-    unlink(relay->path);
+    if (!relay->tcp)
+        unlink(relay->path);
     free(relay);
 }

@@ -106,6 +106,13 @@ void test_destination_start_tls(struct test_destination *d, const char *memory, 
     destination_start(d, memory, vcpus, workload, "tcp:", tls_psk, tls_creds, 0);
 }
 
+void test_destination_start_tls_stall(struct test_destination *d, const char *memory, unsigned vcpus,
+                                      const char *workload, const char *tls_psk, const char *tls_creds,
+                                      unsigned stall_ms)
+{
+    destination_start(d, memory, vcpus, workload, "tcp:", tls_psk, tls_creds, stall_ms);
+}
+
 int test_destination_join(struct test_destination *d)
 {
     if (d->running) {

@@ -40,6 +40,10 @@ void test_destination_start_local(struct test_destination *d, const char *memory
  * keys.psk path or tls_creds an x509 directory (one of them). */
 void test_destination_start_tls(struct test_destination *d, const char *memory, unsigned vcpus, const char *workload,
                                 const char *tls_psk, const char *tls_creds);
+/* The same with --incoming-stall-timeout stall_ms (post-copy recovery tests). */
+void test_destination_start_tls_stall(struct test_destination *d, const char *memory, unsigned vcpus,
+                                      const char *workload, const char *tls_psk, const char *tls_creds,
+                                      unsigned stall_ms);
 /* A listening socket on a kernel-picked 127.0.0.1 port: returns its fd and
  * writes "tcp:127.0.0.1:PORT" to address. Asserts on failure. */
 int test_listen_localhost_tcp(char *address, size_t size);
