@@ -219,6 +219,164 @@ Test(linux_workload, wss_at_puts_the_working_set_in_guest_physical_memory, .time
     unlink(memory);
 }
 
+static struct ringvm_vcpu_stats read_stats_at(const char *path, uint64_t at, unsigned vcpu)
+{
+    struct ringvm_vcpu_stats stats;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    cr_assert_geq(fd, 0, "open %s: %s", path, strerror(errno));
+    cr_assert_eq(pread(fd, &stats, sizeof(stats), (off_t)(at + RINGVM_STATS_SLOT_SIZE * vcpu)),
+                 (ssize_t)sizeof(stats));
+    close(fd);
+    return stats;
+}
+
+/* Fills `length` bytes at `at` of the memory file with 0xa5, as stale RAM. */
+static void fill_memory(const char *path, uint64_t at, size_t length)
+{
+    static uint8_t junk[8192];
+    cr_assert_leq(length, sizeof(junk));
+    memset(junk, 0xa5, length);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    cr_assert_geq(fd, 0, "open %s: %s", path, strerror(errno));
+    cr_assert_eq(pwrite(fd, junk, length, (off_t)at), (ssize_t)length, "pwrite: %s", strerror(errno));
+    close(fd);
+}
+
+/* --stats-at without the ringvm channel (QEMU): the stats slots of the
+ * channel, same layout, at that guest-physical address, zeroed first
+ * (whatever RAM held before) and then kept as the channel's would be. A
+ * finite ledger of 6 writes per thread over 3 + 2 pages and a finite
+ * dirtier of 5000 writes per thread over 1024 pages leave exact counters;
+ * slot 2 (no thread) and the page after the slots stay as they were. */
+Test(linux_workload, stats_at_writes_the_counters_without_a_channel, .timeout = 60)
+{
+    char memory[64];
+    make_memory_file(memory, sizeof(memory), false, 0);
+    fill_memory(memory, 0x100000, 2 * RINGVM_PAGE_SIZE);
+    struct harness_process process;
+    const char *ledger[] = { "--spec", "ledger,wss=20K,verify=0,count=6", "--cpus", "2", "--stats-at", "0x100000",
+                             "--wss-at", "0x101000", "--memory-file", memory, NULL };
+    cr_assert_eq(run_workload(&process, ledger), 0, "stderr:\n%s", process.err);
+    char expected[512];
+    snprintf(expected, sizeof(expected),
+             "ringvm-workload: running without the ringvm channel: no ringvm boot info at 0x1000 of %s "
+             "(not running under ringvm)\n"
+             "ringvm-workload: stats at 0x100000 (2 slots of 256 bytes)\n", memory);
+    cr_assert_str_eq(process.err, expected);
+    cr_assert_eq(count_lines(process.out, "LEDGER OK pages=3 gen=2 vcpu=0"), 1, "stdout:\n%s", process.out);
+    cr_assert_eq(count_lines(process.out, "LEDGER OK pages=2 gen=3 vcpu=1"), 1, "stdout:\n%s", process.out);
+    harness_process_free(&process);
+
+    const uint64_t want_pages[2] = { 6, 6 }, want_passes[2] = { 2, 3 }, want_generation[2] = { 2, 3 };
+    for (unsigned vcpu = 0; vcpu < 2; vcpu++) {
+        struct ringvm_vcpu_stats stats = read_stats_at(memory, 0x100000, vcpu);
+        cr_assert_eq(stats.pages_written, want_pages[vcpu], "vcpu %u", vcpu);
+        cr_assert_eq(stats.passes, want_passes[vcpu], "vcpu %u", vcpu);
+        cr_assert_eq(stats.phase, RINGVM_PHASE_DONE, "vcpu %u", vcpu);
+        cr_assert_eq(stats.ledger_generation, want_generation[vcpu], "vcpu %u", vcpu);
+        cr_assert_eq(stats.ledger_verify_ok, 1, "vcpu %u", vcpu);
+        cr_assert_eq(stats.ledger_mismatches, 0, "vcpu %u", vcpu);
+        cr_assert_eq(stats.ledger_last_mismatch_page, 0, "vcpu %u", vcpu);
+        cr_assert_neq(stats.tsc_last_update, 0, "vcpu %u", vcpu);
+        for (unsigned i = 0; i < sizeof(stats.reserved) / sizeof(stats.reserved[0]); i++)
+            cr_assert_eq(stats.reserved[i], 0, "vcpu %u reserved[%u]", vcpu, i);
+    }
+    struct ringvm_vcpu_stats unused = read_stats_at(memory, 0x100000, 2);
+    cr_assert_eq(unused.pages_written, 0, "slot 2 was not zeroed with the page");
+    cr_assert_eq(unused.phase, 0);
+    /* The working set starts at the next page: its first record is page 0's. */
+    struct ringvm_vcpu_stats first_wss_page = read_stats_at(memory, 0x101000, 0);
+    cr_assert_eq(first_wss_page.pages_written, 0, "page index of the first record");
+    cr_assert_eq(first_wss_page.passes, 2, "generation of the first record");
+
+    const char *dirtier[] = { "--spec", "dirtier,wss=8M,count=5000", "--cpus", "2", "--stats-at", "0x100000",
+                              "--memory-file", memory, NULL };
+    cr_assert_eq(run_workload(&process, dirtier), 0, "stderr:\n%s", process.err);
+    cr_assert_str_eq(process.out, "");
+    for (unsigned vcpu = 0; vcpu < 2; vcpu++) {
+        struct ringvm_vcpu_stats stats = read_stats_at(memory, 0x100000, vcpu);
+        cr_assert_eq(stats.pages_written, 5000, "vcpu %u", vcpu);
+        cr_assert_eq(stats.passes, 4, "vcpu %u", vcpu);
+        cr_assert_eq(stats.phase, RINGVM_PHASE_DONE, "vcpu %u", vcpu);
+        cr_assert_eq(stats.ledger_generation, 0, "vcpu %u: the ledger's value was not zeroed", vcpu);
+        cr_assert_eq(stats.ledger_verify_ok, 0, "vcpu %u", vcpu);
+    }
+    harness_process_free(&process);
+    unlink(memory);
+}
+
+/* Under ringvm the channel's stats pages win: --stats-at is named as unused
+ * and its memory is left alone. */
+Test(linux_workload, stats_at_is_unused_under_the_channel, .timeout = 60)
+{
+    char memory[64];
+    make_memory_file(memory, sizeof(memory), true, 1);
+    struct harness_process process;
+    const char *dirtier[] = { "--spec", "dirtier,wss=8K,count=3", "--cpus", "1", "--stats-at", "0x100000",
+                              "--memory-file", memory, NULL };
+    cr_assert_eq(run_workload(&process, dirtier), 0, "stderr:\n%s", process.err);
+    cr_assert_str_eq(process.err, "ringvm-workload: ringvm channel: stats at 0x2000, doorbell at 0xd0000000, "
+                                  "1 vCPUs, TSC 0 kHz\n"
+                                  "ringvm-workload: --stats-at 0x100000 unused: the stats go to the ringvm "
+                                  "channel\n");
+    harness_process_free(&process);
+    struct ringvm_vcpu_stats channel = read_stats(memory, 0);
+    cr_assert_eq(channel.pages_written, 3);
+    cr_assert_eq(channel.passes, 1);
+    cr_assert_eq(channel.phase, RINGVM_PHASE_DONE);
+    struct ringvm_vcpu_stats untouched = read_stats_at(memory, 0x100000, 0);
+    cr_assert_eq(untouched.pages_written, 0);
+    cr_assert_eq(untouched.phase, 0);
+    unlink(memory);
+}
+
+Test(linux_workload, stats_at_bad_values_are_refused, .timeout = 60)
+{
+    char memory[64];
+    make_memory_file(memory, sizeof(memory), false, 0);
+    struct harness_process process;
+    static const char *const bad[] = { "0x100001", "0", "-4096", "0x100000x", "" };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *arguments[] = { "--spec", "dirtier,wss=8K,count=3", "--stats-at", bad[i], "--memory-file",
+                                    memory, NULL };
+        cr_assert_eq(run_workload(&process, arguments), 2, "--stats-at '%s'", bad[i]);
+        char expected[256];
+        snprintf(expected, sizeof(expected), "ringvm-workload: --stats-at %s: expected a page-aligned "
+                 "guest-physical address above 0 (e.g. 0x4000000)\n", bad[i]);
+        cr_assert_str_eq(process.err, expected);
+        cr_assert_str_eq(process.out, "");
+        harness_process_free(&process);
+    }
+
+    /* Inside the working set (20K = 5 pages from 0x100000): its last page. */
+    const char *overlap[] = { "--spec", "ledger,wss=20K,verify=0,count=6", "--cpus", "2", "--wss-at", "0x100000",
+                              "--stats-at", "0x104000", "--memory-file", memory, NULL };
+    cr_assert_eq(run_workload(&process, overlap), 2);
+    cr_assert_str_eq(process.err, "ringvm-workload: --stats-at 0x104000: its 4096 bytes overlap the working set at "
+                                  "0x100000-0x105000 (--wss-at)\n");
+    harness_process_free(&process);
+
+    /* Right after it: fine. */
+    const char *after[] = { "--spec", "ledger,wss=20K,verify=0,count=6", "--cpus", "2", "--wss-at", "0x100000",
+                            "--stats-at", "0x105000", "--memory-file", memory, NULL };
+    cr_assert_eq(run_workload(&process, after), 0, "stderr:\n%s", process.err);
+    cr_assert_eq(read_stats_at(memory, 0x105000, 1).pages_written, 6);
+    harness_process_free(&process);
+
+    const char *beyond[] = { "--spec", "dirtier,wss=8K,count=3", "--cpus", "1", "--stats-at", "0xd0001000",
+                             "--memory-file", memory, NULL };
+    cr_assert_eq(run_workload(&process, beyond), 1);
+    char expected[512];
+    snprintf(expected, sizeof(expected),
+             "ringvm-workload: running without the ringvm channel: no ringvm boot info at 0x1000 of %s "
+             "(not running under ringvm)\n"
+             "ringvm-workload: --stats-at: %s ends before 0xd0002000\n", memory, memory);
+    cr_assert_str_eq(process.err, expected);
+    cr_assert_str_eq(process.out, "");
+    harness_process_free(&process);
+    unlink(memory);
+}
+
 /* pattern=random follows guest/page_walk.h with the vCPU seed of
  * guest/abi.h: the highest generation after `count` writes is the most
  * writes any page got in that sequence. */

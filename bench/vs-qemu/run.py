@@ -36,6 +36,17 @@ the destination's RESUME QMP event timestamps; QEMU's own `downtime` figure
 is kept as downtime_qemu_ms); blocktime / faults / fault latency are the
 destination's (QEMU 7.2: postcopy-blocktime, postcopy-vcpu-blocktime; it
 reports no page-request latency).
+
+The Linux guest (--guest linux; issue 14): both VMMs boot build/linux/vmlinux
+(PVH entry) with build/linux/initramfs.cpio and the same kernel command line:
+ringvm's defaults (plus its PVM options on PVM hosts) and
+memmap=SIZE$0x10000000 ringvm.workload=SPEC ringvm.stats_at=0x10000000
+ringvm.wss_at=0x10100000 (guest/linux/README.md): the working set and, for
+QEMU, the per-vCPU stats slots live in RAM the kernel leaves alone. QEMU runs
+`-machine microvm` with the PVM-safe -cpu of docs/benchmarks.md; its
+counters are read with pmemsave at stats_at, ringvm's with vm.guest-stats.
+The warm-up then includes the boot (--warm-timeout 400 s by default).
+--workload dirtier,ledger picks the workload (both guests).
 """
 import argparse
 import contextlib
@@ -243,8 +254,9 @@ def get(d, *path, default=None):
 
 class Case:
     FIELDS = ("memory", "wss", "rate", "bandwidth", "vcpus", "converge", "tracking", "transport",
-              "mode", "postcopy_after")
-    DEFAULTS = {"mode": "precopy", "postcopy_after": None}  # files saved before post-copy cells
+              "mode", "postcopy_after", "workload", "guest")
+    # files saved before post-copy cells, --workload and --guest
+    DEFAULTS = {"mode": "precopy", "postcopy_after": None, "workload": "dirtier", "guest": "builtin"}
 
     def __init__(self, **kw):
         for f in self.FIELDS:
@@ -258,11 +270,82 @@ class Case:
             key += " hybrid after=%s" % self.postcopy_after
         elif self.mode != "precopy":
             key += " " + self.mode
+        if self.workload != "dirtier":
+            key += " " + self.workload
+        if self.guest != "builtin":
+            key += " guest=" + self.guest
         return key
 
+    def workload_spec(self):
+        """ringvm's --workload SPEC (the Linux guest's ringvm.workload= too).
+        The dirtier writes 8 bytes per page; the ledger its records (its
+        default write and verify period)."""
+        spec = "%s,wss=%s,rate=%d,pattern=seq" % (self.workload, size_arg(self.wss), self.rate)
+        return spec + (",write=8" if self.workload == "dirtier" else "")
+
     def workload_words(self):
-        return ["workload=dirtier", "wss=%s" % size_arg(self.wss), "rate=%d" % self.rate,
-                "pattern=seq", "write=8"]
+        """The built-in guest's command line (guest/pvh.c): the same spec as words."""
+        return ["workload=" + self.workload] + self.workload_spec().split(",")[1:]
+
+
+# The Linux guest (--guest linux): build/linux/vmlinux (PVH entry) and
+# build/linux/initramfs.cpio under both VMMs with the same kernel command
+# line. Its working set and stats slots live in RAM the kernel is told to
+# leave alone (memmap=SIZE$PHYS; guest/linux/README.md, --wss-at and
+# --stats-at): the stats in the region's first MiB, the working set after it.
+# The region starts at 256 MiB, above the kernel, and must end below the top
+# of RAM, where both VMMs put the initramfs.
+LINUX_RESERVE_AT = 256 * MIB
+LINUX_STATS_BYTES = MIB
+LINUX_TOP_SPARE = 64 * MIB       # initramfs (2 MB) and the kernel's own RAM above the region
+LINUX_LOW_RAM_MAX = 3 << 30      # ringvm's hole (and microvm's) starts at 3 GiB
+# ringvm's default kernel command line (vmm/linux_boot.h; `ringvm --help`),
+# and what it adds on PVM hosts: QEMU gets both spelled out.
+LINUX_DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=1 pci=off"
+LINUX_PVM_CMDLINE = "noxsave clearcpuid=popcnt,cx16,smap"
+# QEMU on PVM hosts (docs/benchmarks.md, "Linux guest boot time"): no PV IPIs,
+# yield or unhalt (their VMCALLs never complete there).
+LINUX_QEMU_CPU = "qemu64,-cx16,+xsaveerptr,-kvm-pv-ipi,-kvm-pv-sched-yield,-kvm-pv-unhalt"
+
+
+def pvm_host():
+    """As vmm/host.c: RINGVM_HOST_KVM=pvm|hardware, else /sys/module/kvm_pvm."""
+    forced = os.environ.get("RINGVM_HOST_KVM")
+    if forced in ("pvm", "hardware"):
+        return forced == "pvm"
+    return os.path.exists("/sys/module/kvm_pvm")
+
+
+def linux_layout(case):
+    """(stats_at, wss_at, reserved bytes) of the Linux guest's memmap= region."""
+    wss = (case.wss + MIB - 1) // MIB * MIB
+    return LINUX_RESERVE_AT, LINUX_RESERVE_AT + LINUX_STATS_BYTES, LINUX_STATS_BYTES + wss
+
+
+def linux_check_fits(case):
+    """None, or why the case's region does not fit its guest's RAM."""
+    at, _, size = linux_layout(case)
+    need = at + size + LINUX_TOP_SPARE
+    if case.memory > LINUX_LOW_RAM_MAX:
+        return "--memory %s: the Linux guest runs below the 3 GiB hole here (at most 3G)" % size_arg(case.memory)
+    if need > case.memory:
+        return "wss %s needs a Linux guest of at least %s (memmap region 0x%x + %s, %s spare at the top)" % (
+            size_arg(case.wss), size_arg((need + MIB - 1) // MIB * MIB), at, size_arg(size),
+            size_arg(LINUX_TOP_SPARE))
+    return None
+
+
+def linux_user_cmdline(case):
+    """What ringvm gets with --cmdline (appended to its defaults)."""
+    stats_at, wss_at, size = linux_layout(case)
+    return "memmap=%s$0x%x ringvm.workload=%s ringvm.stats_at=0x%x ringvm.wss_at=0x%x" % (
+        size_arg(size), stats_at, case.workload_spec(), stats_at, wss_at)
+
+
+def linux_full_cmdline(case):
+    """What QEMU gets with -append: ringvm's whole command line for the same guest."""
+    words = [LINUX_DEFAULT_CMDLINE] + ([LINUX_PVM_CMDLINE] if pvm_host() else []) + [linux_user_cmdline(case)]
+    return " ".join(words)
 
 
 def parse_after(text):
@@ -291,7 +374,7 @@ def empty_result(vmm, case):
             "pc_requests": None, "pc_faults": None, "blocktime_ms": None, "vcpu_blocktime_ms": None,
             "latency_p50_us": None, "latency_p99_us": None, "latency_max_us": None,
             "guest_pps_pre": None, "guest_pps_pc": None, "qemu_caps": None, "postcopy_raw": None,
-            "dst_done_ms": None, "loadavg": None}
+            "dst_done_ms": None, "loadavg": None, "warm_s": None}
 
 
 # ---------------------------------------------------------------------------
@@ -299,11 +382,17 @@ def empty_result(vmm, case):
 
 def qemu_argv(args, case, elf, qmp_path, serial_path, incoming=None):
     accel = "kvm,dirty-ring-size=4096" if case.tracking == "ring" else "kvm"
-    argv = [args.qemu, "-accel", accel,
-            "-machine", "microvm,pit=off,pic=off",  # see HOST-KVM.md: dirty-limit needs no PIT
-            "-cpu", "qemu64,-cx16,+xsaveerptr",
+    if case.guest == "linux":
+        # microvm with its PIT and PIC: how this kernel was measured booting
+        # under QEMU on PVM hosts (docs/benchmarks.md).
+        boot = ["-machine", "microvm", "-cpu", LINUX_QEMU_CPU, "-kernel", args.linux_kernel,
+                "-initrd", args.linux_initrd, "-append", linux_full_cmdline(case), "-no-reboot"]
+    else:
+        boot = ["-machine", "microvm,pit=off,pic=off",  # see HOST-KVM.md: dirty-limit needs no PIT
+                "-cpu", "qemu64,-cx16,+xsaveerptr",
+                "-kernel", elf, "-append", " ".join(["vcpus=%d" % case.vcpus] + case.workload_words())]
+    argv = [args.qemu, "-accel", accel] + boot + [
             "-m", size_arg(case.memory), "-smp", str(case.vcpus),
-            "-kernel", elf, "-append", " ".join(["vcpus=%d" % case.vcpus] + case.workload_words()),
             "-display", "none", "-monitor", "none", "-serial", "file:" + serial_path,
             "-qmp", "unix:%s,server=on,wait=off" % qmp_path]
     if incoming:
@@ -327,29 +416,49 @@ def qemu_guest_passes(qmp, stats_gpa, vcpus, scratch):
     return [struct.unpack_from("<Q", data, 256 * i + 8)[0] for i in range(vcpus)]
 
 
-def wait_warm(read_passes, args):
+def wait_warm(read_passes, args, case, alive=lambda: True):
     """Until every vCPU has written its whole region once (first-touch
-    faults on the host are over), then --warmup seconds more."""
-    deadline = time.monotonic() + args.warm_timeout
+    faults on the host are over), then --warmup seconds more. The Linux
+    guest boots first: its timeout counts from the VMM's start. Returns the
+    seconds it took (warm_s in the results)."""
+    timeout = args.warm_timeout or (args.linux_warm_timeout if case.guest == "linux" else 120)
+    start = time.monotonic()
+    deadline = start + timeout
     while time.monotonic() < deadline:
-        if min(read_passes()) >= 1:
+        passes = read_passes()
+        if len(passes) >= case.vcpus and min(passes) >= 1:
             break
-        time.sleep(0.2)
+        if not alive():
+            raise RuntimeError("the source VMM exited before the guest finished a first pass")
+        time.sleep(0.2 if case.guest == "builtin" else 1.0)
     else:
-        raise RuntimeError("the guest did not finish a first pass over its working set in %d s" % args.warm_timeout)
+        raise RuntimeError("the guest did not finish a first pass over its working set in %d s%s" % (
+            timeout, " (boot included)" if case.guest == "linux" else ""))
+    warm_s = time.monotonic() - start
     time.sleep(args.warmup)
+    return warm_s
+
+
+def file_tail(path, n=300):
+    try:
+        with open(path, "rb") as f:
+            return f.read()[-n:].decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 @contextlib.contextmanager
-def recorded_run(r, procs, conns):
+def recorded_run(r, procs, conns, consoles=()):
     """One VMM's run of a case: a failure is recorded in r (status "error",
-    the exception and the tail of each process's log) and the benchmark goes
-    on; the connections and processes opened meanwhile end either way."""
+    the exception and the tail of each process's log and of the guest
+    consoles written to files) and the benchmark goes on; the connections and
+    processes opened meanwhile end either way."""
     try:
         yield
     except Exception as e:
         r["status"] = "error"
-        r["note"] = "%s; %s" % (e, " | ".join(p.tail(300).strip() for p in procs))
+        tails = [p.tail(300).strip() for p in procs] + ["console: " + file_tail(c) for c in consoles]
+        r["note"] = "%s; %s" % (e, " | ".join(tails))
     finally:
         for c in conns:
             c.close()
@@ -372,7 +481,7 @@ def run_qemu(args, case, scratch):
         uri = "tcp:127.0.0.1:%d" % free_port()
     procs, conns = [], []
     remove_stale(src_qmp, dst_qmp, src_log, dst_log, uri[5:] if uri.startswith("unix:") else None)
-    with recorded_run(r, procs, conns):
+    with recorded_run(r, procs, conns, [src_log] if case.guest == "linux" else []):
         dst = Proc(qemu_argv(args, case, elf, dst_qmp, dst_log, incoming=uri), os.path.join(scratch, "qdst.log"))
         procs.append(dst)
         src = Proc(qemu_argv(args, case, elf, src_qmp, src_log), os.path.join(scratch, "qsrc.log"))
@@ -388,8 +497,13 @@ def run_qemu(args, case, scratch):
                 return int(m.group(1), 16) if m else None
             except OSError:
                 return None
-        stats_gpa = wait_for(banner, 30, "the guest banner on the QEMU serial")
-        wait_warm(lambda: qemu_guest_passes(qs, stats_gpa, case.vcpus, scratch), args)
+        if case.guest == "linux":
+            # ringvm.stats_at: zero until ringvm-workload starts (RAM starts zeroed)
+            stats_gpa = linux_layout(case)[0]
+        else:
+            stats_gpa = wait_for(banner, 30, "the guest banner on the QEMU serial")
+        r["warm_s"] = wait_warm(lambda: qemu_guest_passes(qs, stats_gpa, case.vcpus, scratch), args, case,
+                                src.alive)
         p0, t0 = qemu_guest_pages(qs, stats_gpa, case.vcpus, scratch), time.monotonic()
         time.sleep(1.0)
         p1, t1 = qemu_guest_pages(qs, stats_gpa, case.vcpus, scratch), time.monotonic()
@@ -607,16 +721,24 @@ def run_ringvm(args, case, scratch):
         dest = "unix:" + os.path.join(scratch, "rmig.sock")
     else:
         dest = "tcp:127.0.0.1:%d" % free_port()
-    common = ["--memory", size_arg(case.memory), "--vcpus", str(case.vcpus), "--serial", "none"]
-    workload = "dirtier,wss=%s,rate=%d,pattern=seq,write=8" % (size_arg(case.wss), case.rate)
+    common = ["--memory", size_arg(case.memory), "--vcpus", str(case.vcpus)]
+    serial = None
+    if case.guest == "linux":
+        # The console to a file: the boot is long, and its log says how far it got.
+        serial = os.path.join(scratch, "rsrc.serial")
+        remove_stale(serial)
+        guest = ["--kernel", args.linux_kernel, "--initrd", args.linux_initrd,
+                 "--cmdline", linux_user_cmdline(case), "--serial", "file:" + serial]
+    else:
+        guest = ["--workload", case.workload_spec(), "--serial", "none"]
     procs, conns = [], []
     remove_stale(src_sock, dst_sock, dest[5:] if dest.startswith("unix:") else None)
-    with recorded_run(r, procs, conns):
-        dst = Proc([args.ringvm, "--incoming", dest, "--api-socket", dst_sock] + common,
+    with recorded_run(r, procs, conns, [serial] if case.guest == "linux" else []):
+        dst = Proc([args.ringvm, "--incoming", dest, "--api-socket", dst_sock, "--serial", "none"] + common,
                    os.path.join(scratch, "rdst.log"))
         procs.append(dst)
-        src = Proc([args.ringvm, "--workload", workload, "--dirty-log", case.tracking,
-                    "--api-socket", src_sock] + common + shlex.split(args.ringvm_source_args),
+        src = Proc([args.ringvm] + guest + ["--dirty-log", case.tracking, "--api-socket", src_sock] + common +
+                   shlex.split(args.ringvm_source_args),
                    os.path.join(scratch, "rsrc.log"))
         procs.append(src)
         wait_for(lambda: os.path.exists(src_sock) or not src.alive(), 20, "the ringvm API socket")
@@ -630,7 +752,9 @@ def run_ringvm(args, case, scratch):
             raise RuntimeError("ringvm destination exited: " + dst.tail())
         api = RingvmApi(src_sock)
         conns.append(api)
-        wait_warm(lambda: [v.get("passes", 0) for v in api.call("vm.guest-stats").get("vcpus", [])] or [0], args)
+        r["warm_s"] = wait_warm(
+            lambda: [v.get("passes", 0) for v in api.call("vm.guest-stats").get("vcpus", [])] or [0], args, case,
+            src.alive)
         p0, t0 = ringvm_guest_pages(api), time.monotonic()
         time.sleep(1.0)
         p1, t1 = ringvm_guest_pages(api), time.monotonic()
@@ -880,8 +1004,12 @@ def main():
     ap.add_argument("--downtime-ms", type=int, default=300)
     ap.add_argument("--warmup", type=float, default=1.0,
                     help="s of workload after every vCPU's first pass over its working set, before measuring")
-    ap.add_argument("--warm-timeout", type=int, default=120,
-                    help="give up when the first pass takes longer than this (s)")
+    ap.add_argument("--warm-timeout", type=int, default=None,
+                    help="give up when the first pass takes longer than this (s; default 120, "
+                         "with --guest linux 400: the boot counts)")
+    ap.add_argument("--guest", choices=("builtin", "linux"), default="builtin",
+                    help="builtin: build/guest/ringvm-guest.elf; linux: build/linux/vmlinux + initramfs.cpio")
+    ap.add_argument("--workload", default="dirtier", help="dirtier,ledger (comma list)")
     ap.add_argument("--json", help="write every run's result to this file")
     ap.add_argument("--markdown", action="store_true", help="print the summary as a Markdown table")
     ap.add_argument("--keep-progress", help="directory to store each ringvm progress snapshot")
@@ -902,14 +1030,21 @@ def main():
         args.wss, args.bandwidth, args.vcpus = "256M", "0", "1"
         args.converge, args.tracking, args.reps = "auto", "ring,bitmap", 2
 
+    guest_kind = args.guest
     args.guest = os.path.join(args.build, "guest", "ringvm-guest.elf")
+    args.linux_kernel = os.path.join(args.build, "linux", "vmlinux")
+    args.linux_initrd = os.path.join(args.build, "linux", "initramfs.cpio")
+    args.linux_warm_timeout = 400
     args.ringvm = os.path.join(args.build, "ringvm")
     args.ringctl = os.path.join(args.build, "ringctl")
     vmms = ["ringvm", "qemu"] if args.only == "both" else [args.only]
     if "qemu" in vmms and not shutil.which(args.qemu):
         sys.exit("run.py: %s not found: run `make bench-deps` (installs qemu-system-x86)" % args.qemu)
-    if not os.path.exists(args.guest):
-        sys.exit("run.py: %s missing: run `make BUILD=%s`" % (args.guest, args.build))
+    needed = [args.guest] if guest_kind == "builtin" else [args.linux_kernel, args.linux_initrd]
+    for path in needed:
+        if not os.path.exists(path):
+            sys.exit("run.py: %s missing: run `make BUILD=%s%s`" % (
+                path, args.build, " linux-guest" if guest_kind == "linux" else ""))
     if "ringvm" in vmms:
         if not os.access(args.ringvm, os.X_OK):
             sys.exit("run.py: %s missing: build ringvm first" % args.ringvm)
@@ -925,15 +1060,22 @@ def main():
     for m in modes:
         if m not in ("precopy", "postcopy", "hybrid"):
             sys.exit("run.py: --mode %r: precopy, postcopy or hybrid" % m)
+    workloads = args.workload.split(",")
+    for w in workloads:
+        if w not in ("dirtier", "ledger"):
+            sys.exit("run.py: --workload %r: dirtier or ledger" % w)
     cases = [Case(memory=args.memory, wss=parse_size(w), rate=rate, bandwidth=bw, vcpus=v, converge=c,
                   tracking=t, transport=tr, mode=m,
-                  postcopy_after=args.postcopy_after if m == "hybrid" else None)
-             for w, rate, bw, v, c, t, tr, m in itertools.product(
-                 args.wss.split(","), ints(args.rate), ints(args.bandwidth), ints(args.vcpus),
+                  postcopy_after=args.postcopy_after if m == "hybrid" else None, workload=wl, guest=guest_kind)
+             for wl, w, rate, bw, v, c, t, tr, m in itertools.product(
+                 workloads, args.wss.split(","), ints(args.rate), ints(args.bandwidth), ints(args.vcpus),
                  args.converge.split(","), args.tracking.split(","), args.transport.split(","), modes)]
     for c in cases:
         if c.wss + (32 << 20) > c.memory:
             sys.exit("run.py: wss %s does not fit in a %s guest" % (size_arg(c.wss), size_arg(c.memory)))
+        why = linux_check_fits(c) if c.guest == "linux" else None
+        if why:
+            sys.exit("run.py: " + why)
 
     qemu_version = None
     if "qemu" in vmms:
@@ -966,7 +1108,9 @@ def main():
                         with open(args.json, "w") as f:
                             json.dump({"cases": [vars(c) for c in cases], "results": results,
                                        "ringvm_source_args": args.ringvm_source_args,
-                                       "qemu_version": qemu_version,
+                                       "qemu_version": qemu_version, "guest": guest_kind,
+                                       "linux_cmdline": {c.key(): linux_full_cmdline(c) for c in cases
+                                                         if c.guest == "linux"},
                                        "qemu_preempt": args.qemu_preempt}, f, indent=1)
     print(summarize(cases, results, args.markdown))
 

@@ -5,7 +5,7 @@
  * poweroff/halt.
  *
  *   ringvm-workload --spec SPEC [--cpus N] [--seconds S] [--memory-file PATH] [--clock-lines[=MS]]
- *                   [--wss-at PHYS]
+ *                   [--wss-at PHYS] [--stats-at PHYS]
  *   ringvm-workload poweroff [CODE]      (also as /sbin/poweroff, /sbin/halt)
  *
  * SPEC is ringvm's --workload grammar (vmm/workload.c, compiled in): idle,
@@ -19,8 +19,14 @@
  * tests compare the guest's clock with the host's across a migration);
  * --wss-at PHYS puts the working set in guest-physical memory from PHYS on,
  * mapped through /dev/mem (or --memory-file) instead of anonymous memory:
- * the kernel must have been told to leave it alone (memmap=SIZE$PHYS). Exit status: 0; 1 when a ledger found a mismatch
- * or a thread could not run; 2 for a bad command line or spec.
+ * the kernel must have been told to leave it alone (memmap=SIZE$PHYS);
+ * --stats-at PHYS writes the per-vCPU stats slots (struct ringvm_vcpu_stats,
+ * RINGVM_STATS_SLOT_SIZE apart, as the channel's stats pages) to
+ * guest-physical memory at PHYS when there is no ringvm channel, so that
+ * another VMM (QEMU: pmemsave) can read the counters; under ringvm the
+ * channel's stats pages are used and PHYS is left alone. Exit status: 0; 1
+ * when a ledger found a mismatch or a thread could not run; 2 for a bad
+ * command line or spec.
  *
  * Test hook: RINGVM_WORKLOAD_TEST_CORRUPT=VCPU:PAGE flips one bit in that
  * page's ledger record after that thread's first verify pass (use it with
@@ -34,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/reboot.h>
 #include <unistd.h>
 
@@ -51,7 +58,7 @@ static void main_usage(FILE *out)
 {
     fprintf(out,
             "usage: " MAIN_PROGRAM " --spec SPEC [--cpus N] [--seconds S] [--memory-file PATH] [--clock-lines[=MS]]\n"
-            "                       [--wss-at PHYS]\n"
+            "                       [--wss-at PHYS] [--stats-at PHYS]\n"
             "       " MAIN_PROGRAM " poweroff [CODE]\n"
             "Runs ringvm's built-in guest workloads (idle, dirtier, ledger; SPEC as ringvm's\n"
             "--workload) in Linux user space: one pinned thread per CPU, reporting as vcpu=N.\n"
@@ -60,7 +67,10 @@ static void main_usage(FILE *out)
             "--clock-lines=MS at every whole multiple of MS milliseconds (10..60000).\n"
             "--wss-at PHYS: the working set is guest-physical memory from PHYS on (through\n"
             "/dev/mem or --memory-file), not anonymous memory; boot the kernel with\n"
-            "memmap=SIZE$PHYS so it leaves that RAM alone.\n");
+            "memmap=SIZE$PHYS so it leaves that RAM alone.\n"
+            "--stats-at PHYS: without the ringvm channel (e.g. under QEMU), write the per-vCPU\n"
+            "stats slots (guest/abi.h struct ringvm_vcpu_stats, 256 bytes each) to\n"
+            "guest-physical memory at PHYS (reserve it with memmap= too).\n");
 }
 
 static int main_parse_unsigned(const char *option, const char *text, unsigned long min, unsigned long max,
@@ -75,6 +85,28 @@ static int main_parse_unsigned(const char *option, const char *text, unsigned lo
     }
     *out = (unsigned)value;
     return 0;
+}
+
+/* --wss-at / --stats-at: a page-aligned guest-physical address above 0. */
+static int main_parse_phys(const char *option, const char *text, uint64_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    unsigned long long at = strtoull(text, &end, 0);
+    if (*text == '\0' || *text == '-' || *end != '\0' || errno != 0 || at == 0 || at % RINGVM_PAGE_SIZE != 0) {
+        fprintf(stderr, MAIN_PROGRAM ": %s %s: expected a page-aligned guest-physical address "
+                        "above 0 (e.g. 0x4000000)\n", option, text);
+        return -1;
+    }
+    *out = at;
+    return 0;
+}
+
+/* The bytes --stats-at maps for `threads` slots: whole pages. */
+static uint64_t main_stats_bytes(unsigned threads)
+{
+    uint64_t bytes = (uint64_t)threads * RINGVM_STATS_SLOT_SIZE;
+    return (bytes + RINGVM_PAGE_SIZE - 1) / RINGVM_PAGE_SIZE * RINGVM_PAGE_SIZE;
 }
 
 /* RINGVM_WORKLOAD_TEST_CORRUPT=VCPU:PAGE */
@@ -120,12 +152,14 @@ static int main_run(int argc, char **argv)
         { "memory-file", required_argument, NULL, 'm' },
         { "clock-lines", optional_argument, NULL, 'l' },
         { "wss-at", required_argument, NULL, 'a' },
+        { "stats-at", required_argument, NULL, 'S' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     const char *spec_text = NULL;
     const char *memory_file = MAIN_DEFAULT_MEMORY_FILE;
     unsigned cpus = 0;
+    uint64_t stats_phys = 0;
     struct linux_runner_config config;
     memset(&config, 0, sizeof(config));
     config.clock_period_ms = 1000;
@@ -147,19 +181,14 @@ static int main_run(int argc, char **argv)
         case 'm':
             memory_file = optarg;
             break;
-        case 'a': {
-            char *end = NULL;
-            errno = 0;
-            unsigned long long at = strtoull(optarg, &end, 0);
-            if (*optarg == '\0' || *optarg == '-' || *end != '\0' || errno != 0 || at == 0 ||
-                at % RINGVM_PAGE_SIZE != 0) {
-                fprintf(stderr, MAIN_PROGRAM ": --wss-at %s: expected a page-aligned guest-physical address "
-                                "above 0 (e.g. 0x4000000)\n", optarg);
+        case 'a':
+            if (main_parse_phys("--wss-at", optarg, &config.wss_phys) != 0)
                 return 2;
-            }
-            config.wss_phys = at;
             break;
-        }
+        case 'S':
+            if (main_parse_phys("--stats-at", optarg, &stats_phys) != 0)
+                return 2;
+            break;
         case 'l':
             config.clock_lines = true;
             if (optarg != NULL &&
@@ -207,13 +236,47 @@ static int main_run(int argc, char **argv)
     config.threads = cpus;
     config.memory_path = memory_file;
 
+    uint64_t stats_bytes = main_stats_bytes(cpus);
+    if (stats_phys != 0 && config.wss_phys != 0) {
+        bool writes = config.spec.kind == RINGVM_WORKLOAD_DIRTIER || config.spec.kind == RINGVM_WORKLOAD_LEDGER;
+        uint64_t wss_bytes = writes ? (config.spec.wss_bytes + RINGVM_PAGE_SIZE - 1) / RINGVM_PAGE_SIZE *
+                                          RINGVM_PAGE_SIZE : 0;
+        if (stats_phys < config.wss_phys + wss_bytes && config.wss_phys < stats_phys + stats_bytes) {
+            fprintf(stderr, MAIN_PROGRAM ": --stats-at 0x%" PRIx64 ": its %" PRIu64 " bytes overlap the working "
+                            "set at 0x%" PRIx64 "-0x%" PRIx64 " (--wss-at)\n",
+                    stats_phys, stats_bytes, config.wss_phys, config.wss_phys + wss_bytes);
+            return 2;
+        }
+    }
+
     struct linux_channel channel;
     linux_channel_open(&channel, memory_file);
     main_report_channel(&channel, cpus);
     config.channel = &channel;
+
+    void *stats_pages = NULL;
+    if (stats_phys != 0 && channel.present) {
+        fprintf(stderr, MAIN_PROGRAM ": --stats-at 0x%" PRIx64 " unused: the stats go to the ringvm channel\n",
+                stats_phys);
+    } else if (stats_phys != 0) {
+        char reason[256];
+        stats_pages = linux_memory_map(memory_file, stats_phys, (size_t)stats_bytes, reason, sizeof(reason));
+        if (stats_pages == NULL) {
+            fprintf(stderr, MAIN_PROGRAM ": --stats-at: %s\n", reason);
+            linux_channel_close(&channel);
+            return 1;
+        }
+        /* Whatever RAM held before (a previous boot) is not this run's. */
+        memset(stats_pages, 0, (size_t)stats_bytes);
+        config.stats_slots = stats_pages;
+        fprintf(stderr, MAIN_PROGRAM ": stats at 0x%" PRIx64 " (%u slots of %d bytes)\n", stats_phys, cpus,
+                RINGVM_STATS_SLOT_SIZE);
+    }
     config.tsc_khz = channel.present && channel.tsc_khz ? channel.tsc_khz : linux_runner_calibrate_tsc_khz();
 
     int status = linux_runner_run(&config);
+    if (stats_pages != NULL)
+        munmap(stats_pages, (size_t)stats_bytes);
     linux_channel_close(&channel);
     return status;
 }

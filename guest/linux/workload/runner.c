@@ -48,8 +48,8 @@ struct runner_thread {
     bool started;
     bool failed;
     uint64_t mismatches;
-    /* The channel's stats slot of this vCPU, or `local` without a channel,
-     * so the code that updates counters is the same either way. */
+    /* The channel's stats slot of this vCPU, else its --stats-at slot, else
+     * `local`, so the code that updates counters is the same either way. */
     volatile struct ringvm_vcpu_stats *stats;
     struct ringvm_vcpu_stats local;
     uint8_t *region;
@@ -547,6 +547,8 @@ int linux_runner_run(const struct linux_runner_config *config)
         thread->vcpu = i;
         thread->pages = writes ? linux_runner_thread_pages(config->spec.wss_bytes, config->threads, i) : 0;
         thread->stats = linux_channel_stats(config->channel, i);
+        if (thread->stats == NULL && config->stats_slots != NULL)
+            thread->stats = config->stats_slots + i;
         if (thread->stats == NULL)
             thread->stats = &thread->local;
         int result = pthread_create(&thread->thread, NULL, runner_thread_main, thread);

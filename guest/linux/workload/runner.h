@@ -32,6 +32,10 @@ struct linux_runner_config {
      * zeroing, where the guest kernel's own work is expensive (README). */
     uint64_t wss_phys;
     const char *memory_path;
+    /* --stats-at without a channel: `threads` stats slots, RINGVM_STATS_SLOT_SIZE
+     * apart, in mapped guest-physical memory (NULL: none). Thread N writes
+     * slot N as it would the channel's; the channel's slots win when present. */
+    volatile struct ringvm_vcpu_stats *stats_slots;
     /* Test hook (RINGVM_WORKLOAD_TEST_CORRUPT): after thread corrupt_vcpu's
      * first verify pass, flip bit 7 of the low byte of the generation in
      * page corrupt_page's record, as a lost write would leave it. */
