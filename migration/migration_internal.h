@@ -167,6 +167,7 @@ struct source {
     uint64_t digest_ms;             /* verify_digest: one XXH3 pass over RAM, estimated at start (0 = off) */
     uint64_t iteration_start_ns;    /* for a live estimate within the first iteration */
     uint64_t iteration_start_bytes;
+    uint64_t iteration_start_queued;    /* in the socket at the start (source_delivered_this_iteration) */
     uint64_t pages_sent_total;
     struct mig_auto_converge auto_state;
     uint64_t dl_last_ns;            /* dirty-limit: last sample */

@@ -24,6 +24,15 @@ static uint64_t socket_queued_bytes(int fd)
 
 /* ---- the source ------------------------------------------------------------ */
 
+/* What crossed the link since this iteration started: written, plus what
+ * sat in the socket at the start, minus what sits there now (`queued`,
+ * socket_queued_bytes). */
+static uint64_t source_delivered_this_iteration(struct source *s, uint64_t queued)
+{
+    uint64_t written = mig_sender_bytes(&s->sender) - s->iteration_start_bytes;
+    return written + s->iteration_start_queued > queued ? written + s->iteration_start_queued - queued : 0;
+}
+
 __attribute__((format(printf, 3, 4)))
 int source_fail(struct source *s, const char *code, const char *fmt, ...)
 {
@@ -164,6 +173,17 @@ static struct mig_buffer *source_buffer(struct source *s)
             return b;
         }
     }
+}
+
+int source_start_sender(struct source *s)
+{
+    char text[256];
+    uint64_t cap = s->params.max_bandwidth_mibs << 20;
+    if (mig_sender_start(&s->sender, s->fd, s->tls, cap, s->params.stall_timeout_ms, &s->m->cancel, text,
+                         sizeof(text)) != 0)
+        return source_fail(s, "internal", "%s", text);
+    s->sender_started = true;
+    return 0;
 }
 
 int source_flush(struct source *s)
@@ -365,9 +385,7 @@ static int source_bulk_hybrid_check(struct source *s, uint64_t page)
     /* The link's rate so far in this pass: what crossed it, not what
      * waits in the socket. */
     uint64_t elapsed = mig_mono_ns() - s->iteration_start_ns;
-    uint64_t written = mig_sender_bytes(&s->sender) - s->iteration_start_bytes;
-    uint64_t queued = socket_queued_bytes(s->fd);
-    uint64_t delivered = written > queued ? written - queued : 0;
+    uint64_t delivered = source_delivered_this_iteration(s, socket_queued_bytes(s->fd));
     uint64_t bandwidth = elapsed > 0 ? (uint64_t)((unsigned __int128)delivered * 1000000000u / elapsed) : 0;
     bool due = mig_hybrid_window_exceeds((uint64_t)taken, window_ns, bandwidth, s->params.downtime_ms);
     fprintf(stderr, "ringvm: migration %" PRIu64 ": hybrid: the guest dirtied %" PRId64 " pages in %" PRIu64
@@ -1370,11 +1388,8 @@ static int source_run(struct source *s)
         return -1;
     if (s->params.mode != MIG_MODE_PRECOPY && source_postcopy_open(s, &address) != 0)
         return -1;
-    uint64_t cap = s->params.max_bandwidth_mibs << 20;
-    if (mig_sender_start(&s->sender, s->fd, s->tls, cap, s->params.stall_timeout_ms, &s->m->cancel, text,
-                         sizeof(text)) != 0)
-        return source_fail(s, "internal", "%s", text);
-    s->sender_started = true;
+    if (source_start_sender(s) != 0)
+        return -1;
     if (s->local) {
         /* No RAM to copy: straight to the pause. */
         s->progress.setup_ms = (mig_mono_ns() - s->started_mono) / 1000000u;
@@ -1402,9 +1417,9 @@ static int source_run(struct source *s)
     for (;;) {
         uint64_t iteration_start = mig_mono_ns();
         uint64_t bytes_start = mig_sender_bytes(&s->sender);
-        uint64_t queued_start = socket_queued_bytes(s->fd);
         s->iteration_start_ns = iteration_start;
         s->iteration_start_bytes = bytes_start;
+        s->iteration_start_queued = socket_queued_bytes(s->fd);
         uint64_t sent_pages;
         s->progress.iteration = iteration;
         int throttle_during = s->progress.throttle_percent;
@@ -1435,10 +1450,8 @@ static int source_run(struct source *s)
         uint64_t sent_done = mig_mono_ns();
         uint64_t bytes = mig_sender_bytes(&s->sender) - bytes_start;
         uint64_t send_ns = sent_done - iteration_start;
-        /* What crossed the link in this iteration: written, plus what sat
-         * in the socket at the start, minus what still sits there now. */
         uint64_t queued_end = socket_queued_bytes(s->fd);
-        uint64_t delivered = bytes + queued_start > queued_end ? bytes + queued_start - queued_end : 0;
+        uint64_t delivered = source_delivered_this_iteration(s, queued_end);
         if (delivered >= MIN_BANDWIDTH_SAMPLE || s->bandwidth == 0) {
             s->bandwidth = send_ns > 0 ? (uint64_t)((unsigned __int128)delivered * 1000000000u / send_ns) : 0;
         }

@@ -20,6 +20,9 @@ void source_phase(struct source *s, enum mig_state state, const char *phase);
 /* Publishing, cancel, shutdown, timeout, the sender's failure: 0 or -1. */
 int source_tick(struct source *s);
 int source_flush(struct source *s);
+/* Starts thread mig-send on the main connection, paced at the migration's
+ * cap (at the start, and again on a post-copy recovery): 0 or -1. */
+int source_start_sender(struct source *s);
 int source_small_frame(struct source *s, uint32_t type, const void *payload, size_t length);
 
 /* Builder over buffers: pages go into the current frame; full frames are

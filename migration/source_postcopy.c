@@ -444,11 +444,8 @@ static int source_postcopy_reconnect(struct source *s, const char *dest, bool *r
     if (source_postcopy_open(s, &address) != 0)
         return -1;
     /* The sender first: starting it clears the counter pc-serve adds to. */
-    uint64_t cap = s->params.max_bandwidth_mibs << 20;
-    if (mig_sender_start(&s->sender, s->fd, s->tls, cap, s->params.stall_timeout_ms, &s->m->cancel, text,
-                         sizeof(text)) != 0)
-        return source_fail(s, "internal", "%s", text);
-    s->sender_started = true;
+    if (source_start_sender(s) != 0)
+        return -1;
     int r = postcopy_source_restart(s->postcopy, s->urgent_io);
     if (r != 0)
         return source_fail(s, "internal", "restarting pc-serve: %s", strerror(-r));
