@@ -90,8 +90,15 @@ static enum api_status cmd_vm_dirty_stats(struct api_call *call)
         "clear_chunk_pages", (json_int_t)s->bitmap_clear_chunk_pages,
         "clear_ms_total", (double)s->bitmap_clear_ns_total / 1e6,
         "syncs", (json_int_t)s->bitmap_syncs);
+    json_t *late_reset = json_pack(
+        "{s:b, s:I, s:I, s:I, s:I}",
+        "active", s->ring_late_reset,
+        "unflagged", (json_int_t)s->ring_unflagged,
+        "protect_calls", (json_int_t)s->late_protect_calls,
+        "flagged", (json_int_t)s->late_flagged,
+        "resets", (json_int_t)s->late_resets);
     json_t *result = json_pack(
-        "{s:s, s:b, s:o, s:i, s:i, s:I, s:f, s:f, s:I, s:I, s:I, s:I, s:o, s:o, s:o}",
+        "{s:s, s:b, s:o, s:i, s:i, s:I, s:f, s:f, s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:o}",
         "mode", dirty_log_mode_name(s->mode),
         "tracking", s->tracking,
         "tracking_holders", holder_names(s->holders),
@@ -106,6 +113,7 @@ static enum api_status cmd_vm_dirty_stats(struct api_call *call)
         "vmm_marked_pages", (json_int_t)s->vmm_marked_pages,
         "harvester", harvester ? harvester : json_null(),
         "bitmap", bitmap ? bitmap : json_null(),
+        "late_reset", late_reset ? late_reset : json_null(),
         "vcpus", vcpus ? vcpus : json_null());
     free(s);
     if (!result)

@@ -70,6 +70,7 @@ struct options {
     bool tcp;
     const char *filter;     /* "WSS/CAP/CONVERGE/LOG" prefix, e.g. "256M/none/auto" */
     bool baselines_only;    /* --baselines: the throughput baselines, no matrix */
+    bool ring_take;         /* --ring-take: also ring rows with --ring-reset take */
     bool dest_prealloc;     /* --dest-prealloc: matrix destinations fault their RAM in at start */
     uint64_t caps[8];       /* --caps: MiB/s, 0 = none */
     unsigned cap_count;     /* 0 = the matrix's (or --quick's) caps */
@@ -119,13 +120,17 @@ static int parse_caps(const char *text, struct options *o)
 }
 
 static uint64_t bitmap_clear_chunk;     /* --bitmap-clear-chunk, for every VM made */
+/* --ring-reset take for the VMs of the cell being run (the "ring-take"
+ * rows: the A/B baseline of late reset). Set by main around run_one. */
+static bool ring_reset_at_take;
 
 static int make_vm_vcpus(struct vm **out, uint64_t memory, unsigned vcpus, const char *workload,
                          enum dirty_log_mode mode, bool incoming, bool prealloc)
 {
     struct bench_vm_options options = { .memory = memory, .vcpus = vcpus, .workload = workload, .dirty_log = mode,
                                         .incoming = incoming, .prealloc = prealloc,
-                                        .bitmap_clear_chunk = bitmap_clear_chunk };
+                                        .bitmap_clear_chunk = bitmap_clear_chunk,
+                                        .ring_reset_at_take = ring_reset_at_take };
     return bench_vm_start(out, &options, "bench/migrate");
 }
 
@@ -382,7 +387,7 @@ static void run_one(const struct options *o, uint64_t wss, const char *workload_
     else
         snprintf(r->cap, sizeof(r->cap), "none");
     r->converge = mig_converge_name(converge);
-    r->mode = dirty_log_mode_name(mode);
+    r->mode = mode == DIRTY_LOG_RING && ring_reset_at_take ? "ring-take" : dirty_log_mode_name(mode);
     if (converge == MIG_CONVERGE_DIRTY_LIMIT && mode != DIRTY_LOG_RING) {
         r->skipped = true;
         snprintf(r->error, sizeof(r->error), "n/a: a bitmap has no per-vCPU dirty rates");
@@ -763,7 +768,7 @@ int main(int argc, char **argv)
         {"memory", required_argument, NULL, 'm'}, {"timeout", required_argument, NULL, 't'},
         {"downtime-ms", required_argument, NULL, 'd'}, {"transport", required_argument, NULL, 'T'},
         {"filter", required_argument, NULL, 'f'}, {"caps", required_argument, NULL, 'c'},
-        {"baselines", no_argument, NULL, 'b'}, {"dest-prealloc", no_argument, NULL, 'p'},
+        {"ring-take", no_argument, NULL, 'K'}, {"baselines", no_argument, NULL, 'b'}, {"dest-prealloc", no_argument, NULL, 'p'},
         {"reaction", required_argument, NULL, 'r'}, {"vcpus", required_argument, NULL, 'v'},
         {"bitmap-clear-chunk", required_argument, NULL, 'C'}, {"wss", required_argument, NULL, 'w'},
         {"help", no_argument, NULL, 'h'}, {0},
@@ -813,6 +818,7 @@ int main(int argc, char **argv)
             }
             bitmap_clear_chunk = o.bitmap_clear_chunk;
             break;
+        case 'K': o.ring_take = true; break;
         case 'c':
             if (parse_caps(optarg, &o) != 0)
                 return 2;
@@ -826,7 +832,7 @@ int main(int argc, char **argv)
                     "usage: migrate [--quick] [--json] [--memory SIZE] [--timeout S] [--downtime-ms N]\n"
                     "               [--transport unix|tcp] [--filter WSS/CAP/CONVERGE/LOG] [--caps LIST]\n"
                     "               [--baselines] [--dest-prealloc] [--vcpus N]\n"
-                    "               [--bitmap-clear-chunk SIZE] [--wss LIST]\n"
+                    "               [--bitmap-clear-chunk SIZE] [--wss LIST] [--ring-take]\n"
                     "       migrate --reaction N [--json] [--transport unix|tcp]\n"
                     "  --quick      256 MiB working set, caps none and 125 MiB/s only\n"
                     "  --caps       bandwidth caps to run, e.g. none,1024 (default none,1024,125)\n"
@@ -838,6 +844,8 @@ int main(int argc, char **argv)
                     "  --vcpus N    the matrix's guests get N vCPUs (default 1); the dirtier's working set\n"
                     "               is shared by them\n"
                     "  --bitmap-clear-chunk SIZE  the VMs' --bitmap-clear-chunk (bitmap mode)\n"
+                    "  --ring-take  also a ring-take row per cell: ring mode with --ring-reset take (every\n"
+                    "               page re-protected at each take), the baseline of late reset\n"
                     "  --wss LIST   the matrix's working sets, e.g. 16M,64M,256M,1G (default 256M,1G);\n"
                     "               column recycle: iterations in which the dirty rings recycled / harvester\n"
                     "               resets + ring-full exits (issue 15, item 4); ent/page: ring entries\n"
@@ -863,7 +871,10 @@ int main(int argc, char **argv)
     const uint64_t caps_full[] = { 0, 1024, 125 };
     const uint64_t caps_quick[] = { 0, 125 };
     const enum mig_converge converges[] = { MIG_CONVERGE_NONE, MIG_CONVERGE_AUTO, MIG_CONVERGE_DIRTY_LIMIT };
-    const enum dirty_log_mode modes[] = { DIRTY_LOG_RING, DIRTY_LOG_BITMAP };
+    /* ring (late reset), ring-take (--ring-reset take), bitmap */
+    const enum dirty_log_mode modes[] = { DIRTY_LOG_RING, DIRTY_LOG_RING, DIRTY_LOG_BITMAP };
+    const bool modes_at_take[] = { false, true, false };
+    const char *const mode_names[] = { "ring", "ring-take", "bitmap" };
     unsigned wss_count = o.baselines_only ? 0 : o.wss_count > 0 ? o.wss_count : o.quick ? 1 : 2;
     unsigned cap_count = o.quick ? 2 : 3;
     const uint64_t *caps = o.quick ? caps_quick : caps_full;
@@ -917,20 +928,24 @@ int main(int argc, char **argv)
     for (unsigned w = 0; w < wss_count; w++)
         for (unsigned b = 0; b < cap_count; b++)
             for (unsigned v = 0; v < 3; v++)
-                for (unsigned m = 0; m < 2; m++) {
+                for (unsigned m = 0; m < 3; m++) {
                     struct result r;
+                    if (modes_at_take[m] && !o.ring_take)
+                        continue;
                     if (o.filter != NULL) {
                         char name[96];
                         snprintf(name, sizeof(name), "%" PRIu64 "M/%s/%s/%s", wss_full[w] >> 20,
-                                 caps[b] ? "" : "none", mig_converge_name(converges[v]), dirty_log_mode_name(modes[m]));
+                                 caps[b] ? "" : "none", mig_converge_name(converges[v]), mode_names[m]);
                         if (caps[b]) {
                             snprintf(name, sizeof(name), "%" PRIu64 "M/%" PRIu64 "/%s/%s", wss_full[w] >> 20, caps[b],
-                                     mig_converge_name(converges[v]), dirty_log_mode_name(modes[m]));
+                                     mig_converge_name(converges[v]), mode_names[m]);
                         }
                         if (strncmp(name, o.filter, strlen(o.filter)) != 0)
                             continue;
                     }
+                    ring_reset_at_take = modes_at_take[m];
                     run_one(&o, wss_full[w], "", o.dest_prealloc, caps[b], converges[v], modes[m], &r);
+                    ring_reset_at_take = false;
                     if (!r.skipped && caps[b] == 0 && r.iterations > 0) {
                         if (uncapped_min == 0 || r.throughput_mibs < uncapped_min)
                             uncapped_min = r.throughput_mibs;

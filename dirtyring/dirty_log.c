@@ -21,11 +21,19 @@
  *     off) and after a failed start (holders unchanged, tracking off).
  *     The KVM state (slot flags, harvesters) belongs to the facade, not
  *     to a holder: tracking goes off only when the last holder releases.
+ *   - page_entries (ring mode unless ring_reset_at_take): one word per RAM
+ *     page, allocated with the dirty set; written by the ring consumers
+ *     (vcpu_ring.h), read by the migration thread in
+ *     dirty_log_protect_pages. late_reset: a migration holds tracking with
+ *     late reset (written under control_lock, read by anyone).
+ *     protect_end/protect_needed: scratch of dirty_log_protect_pages, whose
+ *     only caller is the migration thread.
  *   - counters: atomics.
  */
 #include "dirtyring/dirty_log.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <numa.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -65,6 +73,13 @@ struct dirty_log {
     struct dirty_set *set;
 
     struct vcpu_ring **rings;           /* vcpu_count entries */
+    _Atomic uint64_t *page_entries;     /* see above; NULL without late reset */
+    _Atomic bool late_reset;
+    uint32_t *protect_end;              /* vcpu_count entries, migration thread */
+    bool *protect_needed;
+    _Atomic uint64_t late_protect_calls;
+    _Atomic uint64_t late_flagged;
+    _Atomic uint64_t late_resets;
     struct ring_resetter resetter;
     bool resetter_ready;
     struct harvester_group harvesters;  /* under control_lock */
@@ -307,6 +322,16 @@ static int ensure_memory(struct dirty_log *log)
     int rc = dirty_set_create(&log->set, guest_memory_pages(log->memory), shards, nodes);
     if (rc < 0)
         return rc;
+    if (log->config.mode == DIRTY_LOG_RING && !log->config.ring_reset_at_take) {
+        log->page_entries = calloc(guest_memory_pages(log->memory), sizeof(*log->page_entries));
+        log->protect_end = calloc(log->vcpu_count ? log->vcpu_count : 1, sizeof(*log->protect_end));
+        log->protect_needed = calloc(log->vcpu_count ? log->vcpu_count : 1, sizeof(*log->protect_needed));
+        if (!log->page_entries || !log->protect_end || !log->protect_needed) {
+            fprintf(stderr, "ringvm: dirty log: late reset's page entry records (%" PRIu64 " pages): %s\n",
+                    guest_memory_pages(log->memory), strerror(ENOMEM));
+            return -ENOMEM;
+        }
+    }
     if (log->config.mode == DIRTY_LOG_BITMAP) {
         rc = bitmap_log_init(&log->bitmap, log->vm_fd, log->memory, log->set,
                              log->config.bitmap_sync_ms, log->config.bitmap_clear_chunk_bytes);
@@ -361,6 +386,7 @@ int dirty_log_attach_vcpu(struct dirty_log *log, struct vcpu *vcpu)
                    dirty_set_shard_for_node(log->set, node), &log->slots);
     vr->mapping = map;
     vr->mapping_size = log->ring_bytes;
+    vr->page_entries = log->page_entries;
     log->rings[vcpu->index] = vr;
     ring_resetter_set_ring(&log->resetter, vcpu->index, vr);
     vcpu->dirty_ring = map;
@@ -406,6 +432,9 @@ void dirty_log_handle_ring_full(struct dirty_log *log, struct vcpu *vcpu)
      * most and never waits for us), drain to empty, recycle. Then KVM_RUN
      * continues with a ring that has room again. */
     uint32_t n = vcpu_ring_harvest(vr, false, true);
+    /* Late reset held entries back for the sender; the vCPU needs the
+     * space now (they are re-protected early: safe, one fault more). */
+    vcpu_ring_flag_all(vr);
     int64_t reset = ring_resetter_reset(&log->resetter, true);
     if (n == 0 && reset <= 0) {
         /* Full with nothing to harvest: the ring overflowed (emulated
@@ -432,6 +461,9 @@ void dirty_log_destroy(struct dirty_log *log)
         for (unsigned i = 0; i < log->vcpu_count; i++)
             free_ring(log->rings[i]);
     free(log->rings);
+    free((void *)log->page_entries);
+    free(log->protect_end);
+    free(log->protect_needed);
     if (log->resetter_ready)
         ring_resetter_fini(&log->resetter);
     if (log->bitmap_ready)
@@ -466,6 +498,22 @@ static void final_sync_undone_locked(struct dirty_log *log)
     atomic_store_explicit(&log->final_synced, false, memory_order_relaxed);
     if (log->resetter_ready)
         ring_resetter_suspend(&log->resetter, false);
+}
+
+/* Late reset on for a migration's hold, or off when it releases (every
+ * entry held back is flagged; the caller resets). Ring mode with page
+ * records only. Returns the entries flagged. Under control_lock. */
+static uint64_t late_reset_set_locked(struct dirty_log *log, bool on)
+{
+    if (log->config.mode != DIRTY_LOG_RING || !log->page_entries ||
+        atomic_load_explicit(&log->late_reset, memory_order_relaxed) == on)
+        return 0;
+    uint64_t flagged = 0;
+    for (unsigned i = 0; i < log->vcpu_count; i++)
+        if (log->rings[i])
+            flagged += vcpu_ring_set_defer(log->rings[i], on);
+    atomic_store_explicit(&log->late_reset, on, memory_order_release);
+    return flagged;
 }
 
 /* Tracking on from off, with an empty dirty set: every page written after
@@ -580,6 +628,12 @@ static int64_t sync_now(struct dirty_log *log, bool to_empty)
 static int64_t take_locked(struct dirty_log *log, struct dirty_pages *out, uint64_t *bitmap, uint64_t *collect_ns,
                            uint64_t *reset_ns)
 {
+    /* Late reset: a take into pages leaves its entries unflagged (the
+     * sender flags them as it reaches their pages) and only records where
+     * its generation ends in each ring. A take into a bitmap (the hybrid
+     * window, which measures the writes between two takes) re-protects
+     * everything as before. */
+    bool late = atomic_load_explicit(&log->late_reset, memory_order_relaxed) && out != NULL;
     uint64_t t0 = dirtyring_now_ns();
     int64_t rc = sync_now(log, false);
     *collect_ns = dirtyring_now_ns() - t0;
@@ -591,7 +645,16 @@ static int64_t take_locked(struct dirty_log *log, struct dirty_pages *out, uint6
             rc = -ENOMEM;
         }
     }
-    if (rc >= 0 && log->config.mode == DIRTY_LOG_RING &&
+    if (rc >= 0 && log->config.mode == DIRTY_LOG_RING) {
+        for (unsigned i = 0; i < log->vcpu_count; i++) {
+            if (!log->rings[i])
+                continue;
+            if (!late && atomic_load_explicit(&log->late_reset, memory_order_relaxed))
+                vcpu_ring_flag_all(log->rings[i]);
+            vcpu_ring_mark_boundary(log->rings[i]);
+        }
+    }
+    if (rc >= 0 && log->config.mode == DIRTY_LOG_RING && !late &&
         !atomic_load_explicit(&log->final_synced, memory_order_relaxed)) {
         uint64_t tr = dirtyring_now_ns();
         int64_t r = ring_resetter_reset(&log->resetter, false);
@@ -646,8 +709,12 @@ int dirty_log_hold(struct dirty_log *log, unsigned holder)
         int64_t taken = take_locked(log, &discarded, NULL, &collect_ns, &reset_ns);
         dirty_pages_free(&discarded);
         rc = taken < 0 ? (int)taken : 0;
+        if (rc == 0)
+            late_reset_set_locked(log, true);
     } else {
         rc = start_locked(log);
+        if (rc == 0 && holder == DIRTY_LOG_HOLDER_MIGRATION)
+            late_reset_set_locked(log, true);
     }
     if (rc == 0) {
         atomic_store_explicit(&log->holders, holders | holder, memory_order_release);
@@ -672,8 +739,13 @@ int dirty_log_release(struct dirty_log *log, unsigned holder)
         atomic_store_explicit(&log->holders, holders, memory_order_release);
         bool was_final = holder == DIRTY_LOG_HOLDER_MIGRATION &&
                          atomic_load_explicit(&log->final_synced, memory_order_relaxed);
-        if (holder == DIRTY_LOG_HOLDER_MIGRATION)
+        uint64_t held_back = 0;
+        if (holder == DIRTY_LOG_HOLDER_MIGRATION) {
             final_sync_undone_locked(log);
+            /* What late reset held back is flagged now: tracking ends
+             * (stop recycles it) or goes on for the API (reset below). */
+            held_back = late_reset_set_locked(log, false);
+        }
         if (holders == 0) {
             rc = stop_locked(log);
         } else {
@@ -681,7 +753,7 @@ int dirty_log_release(struct dirty_log *log, unsigned holder)
             /* Tracking goes on for the API: the entries the final sync
              * left unrecycled are re-protected now, so later writes to
              * their pages are logged again. */
-            if (rc == 0 && was_final && log->config.mode == DIRTY_LOG_RING) {
+            if (rc == 0 && (was_final || held_back) && log->config.mode == DIRTY_LOG_RING) {
                 int64_t r = ring_resetter_reset(&log->resetter, false);
                 if (r < 0)
                     rc = (int)r;
@@ -788,6 +860,66 @@ int dirty_log_protect_before_send(struct dirty_log *log, uint64_t first_page, ui
     return bitmap_log_protect(&log->bitmap, first_page, count);
 }
 
+int dirty_log_protect_pages(struct dirty_log *log, const uint64_t *pages, uint64_t count)
+{
+    if (!log || count == 0)
+        return 0;
+    if (log->config.mode == DIRTY_LOG_BITMAP) {
+        for (uint64_t i = 0; i < count; i++) {
+            int r = dirty_log_protect_before_send(log, pages[i], 1);
+            if (r != 0)
+                return r;
+        }
+        return 0;
+    }
+    if (log->config.mode != DIRTY_LOG_RING || !atomic_load_explicit(&log->late_reset, memory_order_acquire) ||
+        atomic_load_explicit(&log->final_synced, memory_order_acquire))
+        return 0;
+    /* Each page's last harvested entry (vcpu_ring.h): one harvested before
+     * the last take and not flagged yet leaves the page writable with
+     * nothing newer to log it, so it is flagged, with every entry before
+     * it in its ring (KVM recycles a flagged prefix only). One entry per
+     * ring, the furthest any page needs, then one reset for all. */
+    uint64_t ram_pages = guest_memory_pages(log->memory);
+    bool any = false;
+    for (uint64_t i = 0; i < count; i++) {
+        if (pages[i] >= ram_pages)
+            continue;
+        uint64_t entry = atomic_load_explicit(&log->page_entries[pages[i]], memory_order_acquire);
+        if (entry == 0)
+            continue;
+        unsigned v = (unsigned)(entry >> 32) - 1;
+        uint32_t position = (uint32_t)entry;
+        if (v >= log->vcpu_count || !log->rings[v] || !vcpu_ring_entry_needs_reset(log->rings[v], position))
+            continue;
+        /* Flagged already by a thread whose reset may not have run yet:
+         * the reset below recycles it either way (forced, after any reset
+         * in progress: the resetter's lock). */
+        any = true;
+        if (!vcpu_ring_entry_needs_flag(log->rings[v], position))
+            continue;
+        if (!log->protect_needed[v] || (int32_t)(position + 1 - log->protect_end[v]) > 0)
+            log->protect_end[v] = position + 1;
+        log->protect_needed[v] = true;
+    }
+    atomic_fetch_add_explicit(&log->late_protect_calls, 1, memory_order_relaxed);
+    if (!any)
+        return 0;
+    uint64_t flagged = 0;
+    for (unsigned v = 0; v < log->vcpu_count; v++) {
+        if (!log->protect_needed[v])
+            continue;
+        log->protect_needed[v] = false;
+        flagged += vcpu_ring_flag_until(log->rings[v], log->protect_end[v]);
+    }
+    atomic_fetch_add_explicit(&log->late_flagged, flagged, memory_order_relaxed);
+    int64_t r = ring_resetter_reset(&log->resetter, true);
+    if (r < 0)
+        return (int)r;
+    atomic_fetch_add_explicit(&log->late_resets, 1, memory_order_relaxed);
+    return 0;
+}
+
 uint64_t dirty_log_protect_unit_pages(const struct dirty_log *log)
 {
     if (!log || log->config.mode != DIRTY_LOG_BITMAP)
@@ -846,7 +978,7 @@ void dirty_log_get_stats(struct dirty_log *log, struct dirty_log_stats *out)
                 continue;
             struct dirty_log_vcpu_stats v = {
                 .pages = atomic_load_explicit(&vr->harvested, memory_order_relaxed),
-                .ring_fill = atomic_load_explicit(&vr->unreset, memory_order_relaxed),
+                .ring_fill = vcpu_ring_fill(vr),
                 .ring_fill_high_water = atomic_load_explicit(&vr->fill_high_water, memory_order_relaxed),
                 .ring_full_exits = atomic_load_explicit(&vr->full_exits, memory_order_relaxed),
                 .ring_full_empty = atomic_load_explicit(&vr->full_exits_empty, memory_order_relaxed),
@@ -864,7 +996,12 @@ void dirty_log_get_stats(struct dirty_log *log, struct dirty_log_stats *out)
             if (v.ring_fill_high_water > out->ring_fill_high_water)
                 out->ring_fill_high_water = v.ring_fill_high_water;
             out->bad_entries += atomic_load_explicit(&vr->bad_entries, memory_order_relaxed);
+            out->ring_unflagged += atomic_load_explicit(&vr->unflagged, memory_order_relaxed);
         }
+        out->ring_late_reset = atomic_load_explicit(&log->late_reset, memory_order_relaxed);
+        out->late_protect_calls = atomic_load_explicit(&log->late_protect_calls, memory_order_relaxed);
+        out->late_flagged = atomic_load_explicit(&log->late_flagged, memory_order_relaxed);
+        out->late_resets = atomic_load_explicit(&log->late_resets, memory_order_relaxed);
         out->resets = atomic_load_explicit(&log->resetter.resets, memory_order_relaxed);
         out->harvester_resets = atomic_load_explicit(&log->resetter.harvester_resets, memory_order_relaxed);
         out->reset_entries = atomic_load_explicit(&log->resetter.reset_entries, memory_order_relaxed);

@@ -49,14 +49,23 @@
  *                               Every page written after it returns is in a
  *                               later take. Send all RAM once after this.
  *   dirty_log_take()            one iteration's dirty pages (generation swap).
- *                               Ring: every page it returns is
- *                               write-protected again before it returns.
+ *                               Ring (late reset, the default): nothing is
+ *                               re-protected; a page it returns is
+ *                               write-protected by dirty_log_protect_pages
+ *                               (the entries of its ring up to its own are
+ *                               flagged and reset). Ring with
+ *                               ring_reset_at_take: every page it returns
+ *                               is write-protected before it returns.
  *                               Bitmap: GET only; a page it returns is
  *                               write-protected by
  *                               dirty_log_protect_before_send. Either way a
  *                               guest write after the caller reads the page
- *                               (the caller calling protect_before_send
- *                               before the read) shows up in a later take.
+ *                               (the caller protecting it before the read)
+ *                               shows up in a later take.
+ *   dirty_log_take_bitmap()     the same into a bitmap; in ring mode it
+ *                               always re-protects what it returns (a
+ *                               window of the guest's writes is measured
+ *                               with two of them).
  *   dirty_log_protect_before_send()  the migration thread, for every page it
  *                               plans to send (pass 0's too, holes
  *                               included), BEFORE anything reads it
@@ -65,6 +74,14 @@
  *                               it has bits not cleared yet; a no-op
  *                               otherwise, for ring mode, outside a
  *                               migration's hold and after the final sync.
+ *   dirty_log_protect_pages()   the migration thread, for the pages of a
+ *                               take (sorted), a window at a time before
+ *                               any of them is read: ring (late reset):
+ *                               flags each page's entry if it was harvested
+ *                               before the last take and is not flagged,
+ *                               with its ring's entries before it, then one
+ *                               KVM_RESET_DIRTY_RINGS; bitmap: as
+ *                               protect_before_send for each page.
  *   dirty_log_final_sync()      vCPUs paused (out of KVM_RUN) by the caller:
  *                               drains every ring to empty / one last bitmap
  *                               GET. Nothing is write-protected from here
@@ -130,6 +147,9 @@ struct dirty_log_config {
     uint32_t reset_max_delay_ms;    /* also reset entries older than this; 0 = off */
     bool no_harvester;              /* no harvester threads: harvest only on
                                        ring-full exits and takes (baseline) */
+    bool ring_reset_at_take;        /* ring: re-protect a whole generation at
+                                       each take (the behaviour before late
+                                       reset; --ring-reset take, for the A/B) */
 };
 
 struct dirty_log;
@@ -182,6 +202,12 @@ int dirty_log_final_sync(struct dirty_log *log);
  * is nothing to do (one atomic load per chunk). The migration thread;
  * 0 or -errno with the cause printed. */
 int dirty_log_protect_before_send(struct dirty_log *log, uint64_t first_page, uint64_t count);
+/* Before the migration reads the pages of a take (pages[0..count), any
+ * order): ring mode with late reset re-protects those that need it with
+ * at most one KVM_RESET_DIRTY_RINGS; bitmap mode protects each as
+ * dirty_log_protect_before_send does. The migration thread; 0 or -errno
+ * with the cause printed. */
+int dirty_log_protect_pages(struct dirty_log *log, const uint64_t *pages, uint64_t count);
 /* Pages per protection unit (bitmap: the clear chunk); 0 when
  * dirty_log_protect_before_send never does anything (ring, off, NULL).
  * Lets pass 0 protect a chunk before it looks for holes in it. */
@@ -224,6 +250,11 @@ struct dirty_log_stats {
     uint64_t reset_entries;         /* entries the kernel reported recycled */
     uint64_t reset_ns_total;
     uint64_t reset_ns_max;
+    bool ring_late_reset;           /* a migration holds tracking with late reset now */
+    uint64_t ring_unflagged;        /* now: entries harvested, held back from reset */
+    uint64_t late_protect_calls;    /* dirty_log_protect_pages calls that had pages */
+    uint64_t late_flagged;          /* entries flagged by them */
+    uint64_t late_resets;           /* KVM_RESET_DIRTY_RINGS they issued */
     uint64_t ring_full_exits;
     uint64_t ring_overflows;        /* ring-full exits with nothing to harvest */
     uint64_t ring_fill_high_water;  /* max over vCPUs */

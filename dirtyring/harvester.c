@@ -71,33 +71,39 @@ static void *harvester_main(void *arg)
     h->last_sample_ns = 0;
 
     while (!should_stop(h)) {
-        uint32_t max_batch = 0, total = 0, max_unreset = 0;
+        uint32_t max_batch = 0, total = 0, max_fill = 0;
         for (unsigned i = 0; i < h->ring_count; i++) {
             uint32_t n = vcpu_ring_harvest(h->rings[i], true, false);
             total += n;
             if (n > max_batch)
                 max_batch = n;
-            uint32_t u = atomic_load_explicit(&h->rings[i]->unreset, memory_order_relaxed);
-            if (u > max_unreset)
-                max_unreset = u;
+            uint32_t u = vcpu_ring_fill(h->rings[i]);
+            if (u > max_fill)
+                max_fill = u;
         }
         atomic_fetch_add_explicit(&h->polls, 1, memory_order_relaxed);
         if (total)
             atomic_fetch_add_explicit(&h->busy_polls, 1, memory_order_relaxed);
 
         uint64_t now = dirtyring_now_ns();
-        if (max_unreset == 0) {
+        if (max_fill == 0) {
             h->pending_since_ns = 0;
         } else {
             if (!h->pending_since_ns)
                 h->pending_since_ns = now;
             bool reset = h->policy.reset_threshold == 0
                 ? total > 0
-                : max_unreset >= h->policy.reset_threshold;
+                : max_fill >= h->policy.reset_threshold;
             if (!reset && h->policy.reset_max_delay_ns &&
                 now - h->pending_since_ns >= h->policy.reset_max_delay_ns)
                 reset = true;
             if (reset) {
+                /* Late reset holds entries back until the sender reaches
+                 * their pages; a ring that needs its space back gives them
+                 * up now (recycling, as without late reset). */
+                for (unsigned i = 0; i < h->ring_count; i++)
+                    if (atomic_load_explicit(&h->rings[i]->unflagged, memory_order_relaxed))
+                        vcpu_ring_flag_all(h->rings[i]);
                 /* Counted where every reader finds it (the resetter), not per
                  * harvester: harvesters come and go with tracking. */
                 if (ring_resetter_reset(h->resetter, false) > 0)

@@ -16,9 +16,11 @@ int ring_resetter_init(struct ring_resetter *r, int vm_fd, unsigned ring_count)
     r->ring_count = ring_count;
     r->rings = calloc(ring_count ? ring_count : 1, sizeof(*r->rings));
     r->snapshot = calloc(ring_count ? ring_count : 1, sizeof(*r->snapshot));
-    if (!r->rings || !r->snapshot) {
+    r->flag_snapshot = calloc(ring_count ? ring_count : 1, sizeof(*r->flag_snapshot));
+    if (!r->rings || !r->snapshot || !r->flag_snapshot) {
         free((void *)r->rings);
         free(r->snapshot);
+        free(r->flag_snapshot);
         fprintf(stderr, "ringvm: dirty ring resetter: %s\n", strerror(ENOMEM));
         return -ENOMEM;
     }
@@ -35,8 +37,10 @@ void ring_resetter_fini(struct ring_resetter *r)
     pthread_mutex_destroy(&r->lock);
     free((void *)r->rings);
     free(r->snapshot);
+    free(r->flag_snapshot);
     r->rings = NULL;
     r->snapshot = NULL;
+    r->flag_snapshot = NULL;
 }
 
 void ring_resetter_set_ring(struct ring_resetter *r, unsigned index, struct vcpu_ring *ring)
@@ -77,6 +81,10 @@ int64_t ring_resetter_reset(struct ring_resetter *r, bool force)
         /* Acquire pairs with the consumer's release add in
          * vcpu_ring_harvest: the RESET flags counted here are visible to
          * this thread, hence to the kernel when we call it below. */
+        /* flag_index first: its release store follows the unreset add,
+         * so every entry before it is counted in the unreset read next
+         * and flagged (contiguously), hence recycled by the ioctl. */
+        r->flag_snapshot[i] = ring ? atomic_load_explicit(&ring->flag_index, memory_order_acquire) : 0;
         r->snapshot[i] = ring ? atomic_load_explicit(&ring->unreset, memory_order_acquire) : 0;
         requested += r->snapshot[i];
     }
@@ -96,8 +104,11 @@ int64_t ring_resetter_reset(struct ring_resetter *r, bool force)
     }
     for (unsigned i = 0; i < r->ring_count; i++) {
         struct vcpu_ring *ring = atomic_load_explicit(&r->rings[i], memory_order_relaxed);
-        if (ring && r->snapshot[i])
+        if (!ring)
+            continue;
+        if (r->snapshot[i])
             atomic_fetch_sub_explicit(&ring->unreset, r->snapshot[i], memory_order_relaxed);
+        atomic_store_explicit(&ring->recycled_index, r->flag_snapshot[i], memory_order_release);
     }
     atomic_fetch_add_explicit(&r->resets, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&r->reset_entries, (uint64_t)ret, memory_order_relaxed);

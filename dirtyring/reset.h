@@ -29,6 +29,7 @@ struct ring_resetter {
     unsigned ring_count;
     struct vcpu_ring *_Atomic *rings;
     uint32_t *snapshot;             /* under lock */
+    uint32_t *flag_snapshot;        /* under lock: each ring's flag_index before the ioctl */
     pthread_mutex_t lock;
 
     _Atomic uint64_t resets;        /* ioctls issued */

@@ -25,6 +25,8 @@ void dirty_ring_init(struct dirty_ring *ring, struct kvm_dirty_gfn *gfns, uint32
     ring->size = size;
     ring->mask = size - 1;
     ring->fetch_index = 0;
+    ring->flag_index = 0;
+    ring->defer = false;
     ring->collected = 0;
     ring->batches = 0;
 }
@@ -41,6 +43,10 @@ uint32_t dirty_ring_collect(struct dirty_ring *ring, uint32_t max,
     uint32_t count = 0;
 
     while (count < max) {
+        /* The slot one lap after flag_index holds a harvested entry we have
+         * not flagged: DIRTY, but not a new one. */
+        if (ring->fetch_index - ring->flag_index >= ring->size)
+            break;
         struct kvm_dirty_gfn *gfn = &ring->gfns[ring->fetch_index & ring->mask];
         /* Acquire pairs with the producer's release of DIRTY: slot and
          * offset written before it are visible after it. Anything else
@@ -50,10 +56,13 @@ uint32_t dirty_ring_collect(struct dirty_ring *ring, uint32_t max,
             break;
         uint32_t slot = gfn->slot;
         uint64_t offset = gfn->offset;
-        visit(opaque, slot, offset);
+        visit(opaque, slot, offset, ring->fetch_index);
         /* Release: our reads of slot/offset (and the recording) are done
          * before the kernel may recycle the entry. */
-        gfn_flags_store_release(gfn, KVM_DIRTY_GFN_F_RESET);
+        if (!ring->defer) {
+            gfn_flags_store_release(gfn, KVM_DIRTY_GFN_F_RESET);
+            ring->flag_index++;
+        }
         ring->fetch_index++;
         count++;
     }
@@ -62,4 +71,18 @@ uint32_t dirty_ring_collect(struct dirty_ring *ring, uint32_t max,
         ring->batches++;
     }
     return count;
+}
+
+uint32_t dirty_ring_flag_until(struct dirty_ring *ring, uint32_t end)
+{
+    uint32_t harvested = ring->fetch_index - ring->flag_index;
+    if ((int32_t)(end - ring->flag_index) <= 0)
+        return 0;               /* already flagged up to end */
+    uint32_t wanted = end - ring->flag_index;
+    if (wanted > harvested)
+        wanted = harvested;     /* never an entry not harvested */
+    for (uint32_t i = 0; i < wanted; i++)
+        gfn_flags_store_release(&ring->gfns[(ring->flag_index + i) & ring->mask], KVM_DIRTY_GFN_F_RESET);
+    ring->flag_index += wanted;
+    return wanted;
 }

@@ -227,12 +227,14 @@ Test(bpf, counts_match_the_vmm_under_throttle, .timeout = 120)
     cr_assert(harness_wait_all_vcpus_advance(vm, 50000, 30000), "no progress under throttle");
     sleep_ms(1500); /* an observation window, not synchronization */
 
-    /* One take while the guest runs: it resets what it hands over (the
-     * final sync below does not: no reset on the switch-over's path), so
-     * the probes see KVM_RESET_DIRTY_RINGS. */
+    /* One take while the guest runs, and what a migration does before it
+     * reads the pages: late reset re-protects them (the final sync below
+     * does not: no reset on the switch-over's path), so the probes see
+     * KVM_RESET_DIRTY_RINGS. */
     struct dirty_pages taken;
     dirty_pages_init(&taken);
     cr_assert_geq(dirty_log_take(vm->dirty_log, &taken), 0);
+    cr_assert_eq(dirty_log_protect_pages(vm->dirty_log, taken.pages, taken.count), 0);
     dirty_pages_free(&taken);
     cr_assert_eq(vm_pause(vm), 0);
     cr_assert_eq(dirty_log_final_sync(vm->dirty_log), 0);

@@ -52,7 +52,7 @@ Test(cli, help_lists_every_flag)
     cr_assert_eq(run_ringvm(&process, help, 10000), 0);
     static const char *const flags[] = { "--memory", "--vcpus", "--workload", "--serial", "--numa-node",
                                          "--hugepages", "--prealloc", "--stats", "--run-seconds", "--dirty-log",
-                                         "--ring-entries", "--harvesters", "--bitmap-sync-ms", "--bitmap-clear-chunk", "--api-socket",
+                                         "--ring-entries", "--harvesters", "--bitmap-sync-ms", "--bitmap-clear-chunk", "--ring-reset", "--api-socket",
                                          "--incoming", "--incoming-stall-timeout", "--tls-psk", "--tls-creds", "--bpf",
                                          "--help", "--version" };
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)

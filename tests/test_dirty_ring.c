@@ -100,8 +100,9 @@ struct record {
     uint32_t count;
 };
 
-static void record_visit(void *opaque, uint32_t slot, uint64_t offset)
+static void record_visit(void *opaque, uint32_t slot, uint64_t offset, uint32_t index)
 {
+    (void)index;
     struct record *r = opaque;
     cr_assert_lt(r->count, 4096);
     r->slot[r->count] = slot;
@@ -280,8 +281,9 @@ struct ooo_consumer {
     int error;
 };
 
-static void ooo_visit(void *opaque, uint32_t slot, uint64_t offset)
+static void ooo_visit(void *opaque, uint32_t slot, uint64_t offset, uint32_t index)
 {
+    (void)index;
     struct ooo_consumer *c = opaque;
     if (slot != 0 || offset != c->next)
         c->error = 1;
@@ -599,4 +601,129 @@ Test(dirty_log_config, stats_line_format)
     char buf[160];
     dirty_log_format_stats(&now, &prev, buf, sizeof(buf));
     cr_assert_str_eq(buf, "dirty=ring on 312.4k/s fill-hw=50% full=0 ovf=0 resets=3(1.20ms) hcpu=0.8%");
+}
+
+/* ---- late reset (issue 15, item 2) --------------------------------------- */
+
+/* Deferred harvesting leaves entries DIRTY (their pages writable) until a
+ * prefix is flagged; the kernel recycles only that prefix. */
+Test(dirty_ring, deferred_entries_stay_unflagged_until_a_prefix_is_flagged)
+{
+    struct fake_kernel k;
+    fk_init(&k, 16);
+    struct dirty_ring ring;
+    dirty_ring_init(&ring, k.gfns, 16);
+    ring.defer = true;
+    for (uint32_t i = 0; i < 6; i++)
+        fk_publish(&k, 0, 100 + i);
+    struct record rec = { .count = 0 };
+    cr_assert_eq(dirty_ring_collect(&ring, UINT32_MAX, record_visit, &rec), 6);
+    for (uint32_t i = 0; i < 6; i++)
+        cr_assert_eq(k.gfns[i].flags, KVM_DIRTY_GFN_F_DIRTY, "entry %u flagged although deferred", i);
+    cr_assert_eq(dirty_ring_unflagged(&ring), 6);
+    cr_assert_eq(fk_reset(&k), 0, "nothing flagged, nothing recycled");
+    cr_assert_eq(dirty_ring_flag_until(&ring, 3), 3);
+    cr_assert_eq(k.gfns[2].flags, KVM_DIRTY_GFN_F_RESET);
+    cr_assert_eq(k.gfns[3].flags, KVM_DIRTY_GFN_F_DIRTY);
+    cr_assert_eq(fk_reset(&k), 3);
+    cr_assert_eq(dirty_ring_flag_until(&ring, 2), 0, "already flagged up to 3");
+    cr_assert_eq(dirty_ring_flag_until(&ring, 3), 0);
+    cr_assert_eq(dirty_ring_flag_until(&ring, 40), 3, "clamped to what was harvested");
+    cr_assert_eq(ring.flag_index, 6);
+    cr_assert_eq(fk_reset(&k), 3);
+    /* Not harvested yet: never flagged. */
+    fk_publish(&k, 0, 200);
+    cr_assert_eq(dirty_ring_flag_until(&ring, 7), 0);
+    cr_assert_eq(k.gfns[6].flags, KVM_DIRTY_GFN_F_DIRTY);
+    fk_fini(&k);
+}
+
+/* A full lap of deferred entries: the slot after the last one holds the
+ * first, harvested but still DIRTY. Collecting stops there instead of
+ * reading it again. */
+Test(dirty_ring, deferred_lap_never_harvests_an_entry_twice)
+{
+    struct fake_kernel k;
+    fk_init(&k, 8);
+    struct dirty_ring ring;
+    dirty_ring_init(&ring, k.gfns, 8);
+    ring.defer = true;
+    for (uint32_t i = 0; i < 8; i++)
+        fk_publish(&k, 0, i);
+    struct record rec = { .count = 0 };
+    cr_assert_eq(dirty_ring_collect(&ring, UINT32_MAX, record_visit, &rec), 8);
+    cr_assert_eq(dirty_ring_collect(&ring, UINT32_MAX, record_visit, &rec), 0,
+                 "a stale DIRTY entry one lap on was harvested again");
+    cr_assert_eq(dirty_ring_flag_until(&ring, 4), 4);
+    cr_assert_eq(fk_reset(&k), 4);
+    for (uint32_t i = 0; i < 4; i++)
+        fk_publish(&k, 1, 8 + i);
+    cr_assert_eq(dirty_ring_collect(&ring, UINT32_MAX, record_visit, &rec), 4);
+    cr_assert_eq(dirty_ring_collect(&ring, UINT32_MAX, record_visit, &rec), 0);
+    cr_assert_eq(rec.count, 12);
+    for (uint32_t i = 0; i < 12; i++)
+        cr_assert_eq(rec.offset[i], i);
+    cr_assert_eq(dirty_ring_unflagged(&ring), 8);
+    fk_fini(&k);
+}
+
+/* vcpu_ring: each harvested page records its entry; an entry needs
+ * flagging only while it is harvested before the last take and unflagged;
+ * turning defer off flags everything held back. */
+Test(dirty_ring, vcpu_ring_records_entries_and_knows_which_need_flagging)
+{
+    struct guest_memory mem;
+    memset(&mem, 0, sizeof(mem));
+    mem.size = 4ULL << 20;
+    mem.slot_count = 1;
+    mem.slots[0] = (struct guest_memory_slot){ .slot = 0, .gpa = 0, .size = 4ULL << 20, .ram_offset = 0 };
+    struct dirty_slot_map map;
+    dirty_slot_map_init(&map, &mem);
+    struct dirty_set *set;
+    cr_assert_eq(dirty_set_create(&set, 1024, 1, NULL), 0);
+    _Atomic uint64_t *entries = calloc(1024, sizeof(*entries));
+    cr_assert_not_null(entries);
+    struct fake_kernel k;
+    fk_init(&k, 64);
+    struct vcpu_ring vr;
+    vcpu_ring_init(&vr, 3, -1, k.gfns, 64, set, 0, &map);
+    vr.page_entries = entries;
+    cr_assert_eq(vcpu_ring_set_defer(&vr, true), 0);
+
+    fk_publish(&k, 0, 10);          /* position 0 */
+    fk_publish(&k, 0, 11);          /* 1 */
+    fk_publish(&k, 0, 12);          /* 2 */
+    cr_assert_eq(vcpu_ring_harvest(&vr, true, false), 3);
+    cr_assert_eq(atomic_load(&entries[11]), vcpu_ring_entry_encode(3, 1));
+    cr_assert_eq(atomic_load(&entries[13]), 0);
+    cr_assert_eq(atomic_load(&vr.unflagged), 3);
+    cr_assert_eq(atomic_load(&vr.unreset), 0);
+    cr_assert_eq(vcpu_ring_fill(&vr), 3);
+    cr_assert_not(vcpu_ring_entry_needs_flag(&vr, 1), "harvested after the last take: sent again anyway");
+
+    vcpu_ring_mark_boundary(&vr);   /* a take */
+    fk_publish(&k, 0, 20);          /* 3: next generation */
+    cr_assert_eq(vcpu_ring_harvest(&vr, true, false), 1);
+    cr_assert(vcpu_ring_entry_needs_flag(&vr, 0));
+    cr_assert(vcpu_ring_entry_needs_flag(&vr, 2));
+    cr_assert_not(vcpu_ring_entry_needs_flag(&vr, 3));
+    cr_assert_eq(vcpu_ring_flag_until(&vr, 2), 2);
+    cr_assert_not(vcpu_ring_entry_needs_flag(&vr, 1), "flagged");
+    cr_assert(vcpu_ring_entry_needs_flag(&vr, 2));
+    cr_assert_eq(atomic_load(&vr.unflagged), 2);
+    cr_assert_eq(atomic_load(&vr.unreset), 2);
+    cr_assert_eq(fk_reset(&k), 2);
+
+    cr_assert_eq(vcpu_ring_set_defer(&vr, false), 2, "turning defer off flags what was held back");
+    cr_assert_eq(atomic_load(&vr.unflagged), 0);
+    cr_assert_eq(fk_reset(&k), 2);
+    fk_publish(&k, 0, 30);
+    cr_assert_eq(vcpu_ring_harvest(&vr, true, false), 1);
+    cr_assert_eq(k.gfns[4].flags, KVM_DIRTY_GFN_F_RESET, "flagged at harvest again");
+    cr_assert_eq(fk_reset(&k), 1);
+
+    vcpu_ring_fini(&vr);
+    free((void *)entries);
+    dirty_set_destroy(set);
+    fk_fini(&k);
 }

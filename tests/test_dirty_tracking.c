@@ -325,6 +325,9 @@ Test(dirty_tracking, final_sync_and_take_reset_nothing_release_resets_once, .tim
     struct dirty_pages pages;
     dirty_pages_init(&pages);
     cr_assert_geq(dirty_log_take(log, &pages), 0);
+    /* As the migration does before it reads the pages (late reset: the
+     * take itself re-protects nothing). */
+    cr_assert_eq(dirty_log_protect_pages(log, pages.pages, pages.count), 0);
     /* More than a pass over each 1024-page region after that take. */
     cr_assert(harness_wait_all_vcpus_advance(vm, 2500, 30000));
     cr_assert_eq(vm_pause_vcpus(vm), 0);
@@ -512,5 +515,121 @@ Test(dirty_tracking, two_harvesters_reset_every_batch, .timeout = 300)
     cr_assert_eq(st.ring_overflows, 0);
     cr_assert_gt(st.resets, 2);
     cr_assert_eq(st.reset_entries, st.pages);
+    destroy_vm(vm);
+}
+
+/* ---- late reset (issue 15, item 2) -------------------------------------- */
+
+/* Workload pages of each vCPU's region in a take. */
+static void take_by_vcpu(struct vm *vm, uint64_t counts[VCPUS])
+{
+    struct dirty_pages pages;
+    dirty_pages_init(&pages);
+    cr_assert_geq(dirty_log_take(vm->dirty_log, &pages), 0);
+    for (unsigned v = 0; v < VCPUS; v++)
+        counts[v] = 0;
+    uint64_t index;
+    for (uint64_t i = 0; i < pages.count; i++) {
+        int v = workload_owner(vm, pages.pages[i], &index);
+        if (v >= 0)
+            counts[v]++;
+    }
+    dirty_pages_free(&pages);
+}
+
+static void protect_region(struct vm *vm, unsigned v)
+{
+    uint64_t first, count;
+    region_of(vm, v, &first, &count);
+    uint64_t *pages = malloc(count * sizeof(*pages));
+    cr_assert_not_null(pages);
+    for (uint64_t i = 0; i < count; i++)
+        pages[i] = first + i;
+    cr_assert_eq(dirty_log_protect_pages(vm->dirty_log, pages, count), 0);
+    free(pages);
+}
+
+/* A dirtier rewriting its 1024-page region per vCPU without pause. With
+ * late reset a take re-protects nothing: pages the guest rewrites before
+ * anything reads them are not logged again, and only the pages the sender
+ * protects (dirty_log_protect_pages, one reset) come back in the next take,
+ * exactly those of the vCPU whose pages were protected. */
+Test(dirty_tracking, late_reset_logs_again_only_the_pages_protected_for_reading, .timeout = 120)
+{
+    harness_require_kvm();
+    struct dirty_log_config dirty;
+    dirty_log_config_defaults(&dirty);
+    struct vm *vm = create_tracked("128M", "dirtier,wss=8M,pattern=seq", &dirty, -1);
+    uint64_t counts[VCPUS];
+    struct dirty_log_stats s0, s1, s2, s3;
+    cr_assert(harness_wait_all_vcpus_advance(vm, 2500, 30000));
+    dirty_log_get_stats(vm->dirty_log, &s0);
+    cr_assert(s0.ring_late_reset, "late reset is the default in ring mode");
+    take_by_vcpu(vm, counts);
+    cr_assert_eq(counts[0], 1024);
+    cr_assert_eq(counts[1], 1024);
+
+    cr_assert(harness_wait_all_vcpus_advance(vm, 2500, 30000));
+    take_by_vcpu(vm, counts);
+    cr_assert_eq(counts[0], 0, "%" PRIu64 " pages rewritten before any read logged again", counts[0]);
+    cr_assert_eq(counts[1], 0, "%" PRIu64 " pages rewritten before any read logged again", counts[1]);
+    dirty_log_get_stats(vm->dirty_log, &s1);
+    cr_assert_eq(s1.resets, s0.resets, "a take reset the rings");
+    cr_assert_geq(s1.ring_unflagged, 2048, "the taken entries are held back");
+
+    protect_region(vm, 0);
+    dirty_log_get_stats(vm->dirty_log, &s2);
+    cr_assert_eq(s2.late_resets, s1.late_resets + 1, "one reset for the whole batch");
+    cr_assert_eq(s2.resets, s1.resets + 1);
+    cr_assert_geq(s2.late_flagged - s1.late_flagged, 1024);
+    protect_region(vm, 0);
+    dirty_log_get_stats(vm->dirty_log, &s3);
+    cr_assert_eq(s3.late_resets, s2.late_resets, "protecting again resets nothing");
+
+    cr_assert(harness_wait_all_vcpus_advance(vm, 2500, 30000));
+    take_by_vcpu(vm, counts);
+    cr_assert_eq(counts[0], 1024, "vCPU 0's protected pages: %" PRIu64 " logged again", counts[0]);
+    cr_assert_eq(counts[1], 0, "vCPU 1's pages were not protected: %" PRIu64 " logged", counts[1]);
+
+    protect_region(vm, 1);
+    cr_assert(harness_wait_all_vcpus_advance(vm, 2500, 30000));
+    take_by_vcpu(vm, counts);
+    cr_assert_eq(counts[0], 0);
+    cr_assert_eq(counts[1], 1024);
+
+    cr_assert_eq(dirty_log_stop(vm->dirty_log), 0);
+    struct dirty_log_stats end;
+    dirty_log_get_stats(vm->dirty_log, &end);
+    cr_assert_not(end.ring_late_reset);
+    cr_assert_eq(end.ring_unflagged, 0);
+    cr_assert_eq(end.reset_entries, end.pages, "every harvested entry recycled when tracking stops");
+    destroy_vm(vm);
+}
+
+/* The A/B baseline (--ring-reset take): every take re-protects its pages,
+ * so the same guest has all its region pages in every take and
+ * dirty_log_protect_pages has nothing to do. */
+Test(dirty_tracking, reset_at_take_logs_every_rewritten_page_again, .timeout = 120)
+{
+    harness_require_kvm();
+    struct dirty_log_config dirty;
+    dirty_log_config_defaults(&dirty);
+    dirty.ring_reset_at_take = true;
+    struct vm *vm = create_tracked("128M", "dirtier,wss=8M,pattern=seq", &dirty, -1);
+    uint64_t counts[VCPUS];
+    cr_assert(harness_wait_all_vcpus_advance(vm, 2500, 30000));
+    take_by_vcpu(vm, counts);
+    struct dirty_log_stats s0, s1;
+    dirty_log_get_stats(vm->dirty_log, &s0);
+    cr_assert_not(s0.ring_late_reset);
+    protect_region(vm, 0);
+    cr_assert(harness_wait_all_vcpus_advance(vm, 2500, 30000));
+    take_by_vcpu(vm, counts);
+    cr_assert_eq(counts[0], 1024);
+    cr_assert_eq(counts[1], 1024);
+    dirty_log_get_stats(vm->dirty_log, &s1);
+    cr_assert_eq(s1.late_resets, 0);
+    cr_assert_eq(s1.ring_unflagged, 0);
+    cr_assert_eq(dirty_log_stop(vm->dirty_log), 0);
     destroy_vm(vm);
 }

@@ -140,13 +140,15 @@ Test(options, defaults_and_full_command_line)
     cr_assert_eq(options.vm.memory_bytes, 256ULL << 20);
     cr_assert_eq(options.vm.vcpu_count, 1);
     cr_assert_eq(options.vm.dirty_log.mode, DIRTY_LOG_RING);
+    cr_assert_not(options.vm.dirty_log.ring_reset_at_take, "late reset by default");
     cr_assert_eq(options.vm.memory_options.numa_node, -1);
 
     char *full[] = { "ringvm", "--memory", "1G", "--vcpus", "2", "--workload", "ledger,wss=256M,verify=2",
                      "--serial", "none", "--stats", "--dirty-log", "bitmap", "--bitmap-sync-ms", "50",
                      "--ring-entries", "1024", "--api-socket", "/tmp/x.sock", "--run-seconds", "3",
-                     "--bitmap-clear-chunk", "1M", NULL };
-    cr_assert_eq(parse(&options, error, sizeof(error), 22, full), OPTIONS_OK, "%s", error);
+                     "--bitmap-clear-chunk", "1M", "--ring-reset", "take", NULL };
+    cr_assert_eq(parse(&options, error, sizeof(error), 24, full), OPTIONS_OK, "%s", error);
+    cr_assert(options.vm.dirty_log.ring_reset_at_take);
     cr_assert_eq(options.vm.dirty_log.bitmap_clear_chunk_bytes, 1ULL << 20);
     cr_assert_eq(options.vm.memory_bytes, 1ULL << 30);
     cr_assert_eq(options.vm.vcpu_count, 2);
@@ -180,6 +182,7 @@ Test(options, rejects_bad_values_with_exact_messages)
         { "--vcpus", "65", "--vcpus '65': expected an integer from 1 to 64" },
         { "--vcpus", "two", "--vcpus 'two': expected an integer from 1 to 64" },
         { "--serial", "tty", "--serial: 'tty': expected stdout, stdio, none or file:PATH" },
+        { "--ring-reset", "never", "--ring-reset 'never': expected late or take" },
         { "--ring-entries", "1000", "--ring-entries 1000: must be a power of two from 64 to 65536" },
         { "--ring-entries", "32", "--ring-entries '32': expected an integer from 64 to 65536" },
         { "--dirty-log", "pml", NULL },

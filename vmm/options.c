@@ -67,6 +67,9 @@ void options_print_usage(FILE *out)
 "                           (vm.dirty-tracking; default %u)\n"
 "  --bitmap-clear-chunk SIZE  bitmap mode: a migration write-protects RAM in chunks of SIZE\n"
 "                           just before sending them; multiple of 256K up to 1G (default 256K)\n"
+"  --ring-reset WHEN        ring mode, during a migration: late (default: a page is\n"
+"                           write-protected again just before the migration reads it) or\n"
+"                           take (every page of a pass at the pass's start; for comparison)\n"
 "\n"
 "Control:\n"
 "  --api-socket PATH        serve the JSON control API on this Unix socket (mode 0600)\n"
@@ -99,7 +102,7 @@ void options_print_usage(FILE *out)
 
 enum {
     OPT_MEMORY = 256, OPT_VCPUS, OPT_WORKLOAD, OPT_SERIAL, OPT_STATS, OPT_NUMA_NODE, OPT_HUGEPAGES,
-    OPT_DIRTY_LOG, OPT_RING_ENTRIES, OPT_HARVESTERS, OPT_BITMAP_SYNC_MS, OPT_BITMAP_CLEAR_CHUNK, OPT_API_SOCKET, OPT_VERSION,
+    OPT_DIRTY_LOG, OPT_RING_ENTRIES, OPT_HARVESTERS, OPT_BITMAP_SYNC_MS, OPT_BITMAP_CLEAR_CHUNK, OPT_RING_RESET, OPT_API_SOCKET, OPT_VERSION,
     OPT_RUN_SECONDS, OPT_PREALLOC, OPT_INCOMING, OPT_BPF, OPT_INCOMING_STALL_TIMEOUT,
     OPT_KERNEL, OPT_INITRD, OPT_CMDLINE, OPT_CONSOLE, OPT_TLS_PSK, OPT_TLS_CREDS,
 };
@@ -118,6 +121,7 @@ static const struct option long_options[] = {
     { "harvesters", required_argument, NULL, OPT_HARVESTERS },
     { "bitmap-sync-ms", required_argument, NULL, OPT_BITMAP_SYNC_MS },
     { "bitmap-clear-chunk", required_argument, NULL, OPT_BITMAP_CLEAR_CHUNK },
+    { "ring-reset", required_argument, NULL, OPT_RING_RESET },
     { "api-socket", required_argument, NULL, OPT_API_SOCKET },
     { "run-seconds", required_argument, NULL, OPT_RUN_SECONDS },
     { "incoming", required_argument, NULL, OPT_INCOMING },
@@ -251,6 +255,16 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
             config->dirty_log.bitmap_clear_chunk_bytes = chunk;
             break;
         }
+        case OPT_RING_RESET:
+            if (strcmp(optarg, "late") == 0) {
+                config->dirty_log.ring_reset_at_take = false;
+            } else if (strcmp(optarg, "take") == 0) {
+                config->dirty_log.ring_reset_at_take = true;
+            } else {
+                snprintf(error, error_size, "--ring-reset '%s': expected late or take", optarg);
+                return OPTIONS_ERROR;
+            }
+            break;
         case OPT_API_SOCKET:
             if (*optarg == '\0' || strlen(optarg) >= 108) {
                 snprintf(error, error_size, "--api-socket '%s': expected a path of 1 to 107 bytes", optarg);

@@ -25,6 +25,7 @@ int bench_vm_start(struct vm **out, const struct bench_vm_options *options, cons
     }
     dirty_log_config_defaults(&config.dirty_log);
     config.dirty_log.mode = options->dirty_log;
+    config.dirty_log.ring_reset_at_take = options->ring_reset_at_take;
     if (options->bitmap_clear_chunk != 0)
         config.dirty_log.bitmap_clear_chunk_bytes = options->bitmap_clear_chunk;
     if (vm_create(out, &config) != 0)
