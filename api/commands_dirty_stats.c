@@ -91,8 +91,11 @@ static enum api_status cmd_vm_dirty_stats(struct api_call *call)
         "clear_ms_total", (double)s->bitmap_clear_ns_total / 1e6,
         "syncs", (json_int_t)s->bitmap_syncs);
     json_t *late_reset = json_pack(
-        "{s:b, s:I, s:I, s:I, s:I}",
+        "{s:b, s:i, s:i, s:I, s:I, s:I, s:I, s:I}",
         "active", s->ring_late_reset,
+        "memslots", (int)s->kvm_slots,
+        "memslots_logging", (int)s->kvm_slots_logging,
+        "memslots_turned_on", (json_int_t)s->kvm_slot_enables,
         "unflagged", (json_int_t)s->ring_unflagged,
         "protect_calls", (json_int_t)s->late_protect_calls,
         "flagged", (json_int_t)s->late_flagged,

@@ -67,12 +67,19 @@ int bitmap_log_init(struct bitmap_log *b, int vm_fd, const struct guest_memory *
     pthread_condattr_destroy(&ca);
     b->locks_ready = true;
     b->chunk_pages = chunk_bytes / 4096;
-    b->slot_count = memory->slot_count;
-    for (unsigned i = 0; i < memory->slot_count; i++) {
+    unsigned kvm_count;
+    const struct guest_memory_slot *kvm_slots = guest_memory_kvm_slots(memory, &kvm_count);
+    if (kvm_count > GUEST_MEMORY_MAX_SLOTS) {
+        fprintf(stderr, "ringvm: bitmap log: %u KVM memslots, at most %u supported\n", kvm_count,
+                GUEST_MEMORY_MAX_SLOTS);
+        return -EINVAL;
+    }
+    b->slot_count = kvm_count;
+    for (unsigned i = 0; i < kvm_count; i++) {
         struct bitmap_slot *s = &b->slots[i];
-        s->slot = memory->slots[i].slot;
-        s->first_page = memory->slots[i].ram_offset / 4096;
-        s->pages = memory->slots[i].size / 4096;
+        s->slot = kvm_slots[i].slot;
+        s->first_page = kvm_slots[i].ram_offset / 4096;
+        s->pages = kvm_slots[i].size / 4096;
         s->words = (s->pages + 63) / 64;
         s->chunks = (s->pages + b->chunk_pages - 1) / b->chunk_pages;
         uint64_t chunk_words = (s->chunks + 63) / 64;

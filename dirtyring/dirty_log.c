@@ -74,6 +74,16 @@ struct dirty_log {
 
     struct vcpu_ring **rings;           /* vcpu_count entries */
     _Atomic uint64_t *page_entries;     /* see above; NULL without late reset */
+    /* Late protection of pass 0: per KVM memslot, KVM_MEM_LOG_DIRTY_PAGES is
+     * on (written under control_lock, read by anyone); lazy_slots: some
+     * memslot waits for the migration's first read in it (a migration's
+     * fresh start in ring mode with late reset and several memslots).
+     * lazy_cache_*: the page range of the memslot last found logging, the
+     * migration thread's alone (dirty_log_protect_before_send). */
+    _Atomic bool *slot_logging;
+    _Atomic bool lazy_slots;
+    uint64_t lazy_cache_first, lazy_cache_end;
+    _Atomic uint64_t slot_enables;
     _Atomic bool late_reset;
     uint32_t *protect_end;              /* vcpu_count entries, migration thread */
     bool *protect_needed;
@@ -326,7 +336,8 @@ static int ensure_memory(struct dirty_log *log)
         log->page_entries = calloc(guest_memory_pages(log->memory), sizeof(*log->page_entries));
         log->protect_end = calloc(log->vcpu_count ? log->vcpu_count : 1, sizeof(*log->protect_end));
         log->protect_needed = calloc(log->vcpu_count ? log->vcpu_count : 1, sizeof(*log->protect_needed));
-        if (!log->page_entries || !log->protect_end || !log->protect_needed) {
+        log->slot_logging = calloc(log->slots.count ? log->slots.count : 1, sizeof(*log->slot_logging));
+        if (!log->page_entries || !log->protect_end || !log->protect_needed || !log->slot_logging) {
             fprintf(stderr, "ringvm: dirty log: late reset's page entry records (%" PRIu64 " pages): %s\n",
                     guest_memory_pages(log->memory), strerror(ENOMEM));
             return -ENOMEM;
@@ -464,6 +475,7 @@ void dirty_log_destroy(struct dirty_log *log)
     free((void *)log->page_entries);
     free(log->protect_end);
     free(log->protect_needed);
+    free((void *)log->slot_logging);
     if (log->resetter_ready)
         ring_resetter_fini(&log->resetter);
     if (log->bitmap_ready)
@@ -516,9 +528,44 @@ static uint64_t late_reset_set_locked(struct dirty_log *log, bool on)
     return flagged;
 }
 
+/* KVM_MEM_LOG_DIRTY_PAGES on for one KVM memslot (index into log->slots),
+ * if not yet. Under control_lock. */
+static int enable_slot_locked(struct dirty_log *log, unsigned index)
+{
+    if (log->slot_logging && atomic_load_explicit(&log->slot_logging[index], memory_order_relaxed))
+        return 0;
+    int rc = guest_memory_set_kvm_slot_dirty_logging(log->memory, log->vm_fd, index, true);
+    if (rc < 0)
+        return rc;
+    if (log->slot_logging) {
+        atomic_store_explicit(&log->slot_logging[index], true, memory_order_release);
+        atomic_fetch_add_explicit(&log->slot_enables, 1, memory_order_relaxed);
+    }
+    return 0;
+}
+
+/* Every memslot logging (a take, the API's tracking, the end of lazy
+ * enabling). Under control_lock. */
+static int enable_all_slots_locked(struct dirty_log *log)
+{
+    int rc = 0;
+    if (!log->slot_logging) {
+        rc = guest_memory_set_dirty_logging(log->memory, log->vm_fd, true);
+    } else {
+        for (unsigned i = 0; i < log->slots.count && rc == 0; i++)
+            rc = enable_slot_locked(log, i);
+    }
+    if (rc == 0)
+        atomic_store_explicit(&log->lazy_slots, false, memory_order_release);
+    return rc;
+}
+
 /* Tracking on from off, with an empty dirty set: every page written after
- * it returns is in a later take. Under control_lock. */
-static int start_locked(struct dirty_log *log)
+ * it returns is in a later take. lazy: leave the memslots without
+ * KVM_MEM_LOG_DIRTY_PAGES; dirty_log_protect_before_send turns each on
+ * before the migration first reads a page of it (pass 0), and a take turns
+ * on whatever is left. Under control_lock. */
+static int start_locked(struct dirty_log *log, bool lazy)
 {
     int rc = 0;
     if (atomic_load_explicit(&log->tracking, memory_order_relaxed))
@@ -544,10 +591,15 @@ static int start_locked(struct dirty_log *log)
         bitmap_log_all_uncleared(&log->bitmap);
     }
     final_sync_undone_locked(log);
-    rc = guest_memory_set_dirty_logging(log->memory, log->vm_fd, true);
-    if (rc < 0) {
-        fprintf(stderr, "ringvm: dirty log: enabling KVM_MEM_LOG_DIRTY_PAGES failed\n");
-        goto fail;
+    log->lazy_cache_first = log->lazy_cache_end = 0;
+    if (lazy && log->slot_logging && log->slots.count > 1) {
+        atomic_store_explicit(&log->lazy_slots, true, memory_order_release);
+    } else {
+        rc = enable_all_slots_locked(log);
+        if (rc < 0) {
+            fprintf(stderr, "ringvm: dirty log: enabling KVM_MEM_LOG_DIRTY_PAGES failed\n");
+            goto fail;
+        }
     }
     atomic_fetch_add_explicit(&log->tracking_starts, 1, memory_order_relaxed);
     return 0;
@@ -577,6 +629,9 @@ static int stop_locked(struct dirty_log *log)
     rc = guest_memory_set_dirty_logging(log->memory, log->vm_fd, false);
     if (rc < 0)
         fprintf(stderr, "ringvm: dirty log: clearing KVM_MEM_LOG_DIRTY_PAGES failed\n");
+    for (unsigned i = 0; log->slot_logging && i < log->slots.count; i++)
+        atomic_store_explicit(&log->slot_logging[i], false, memory_order_relaxed);
+    atomic_store_explicit(&log->lazy_slots, false, memory_order_release);
     if (log->harvesters.count)
         harvester_group_stop(&log->harvesters);
     if (log->config.mode == DIRTY_LOG_RING) {
@@ -634,6 +689,15 @@ static int64_t take_locked(struct dirty_log *log, struct dirty_pages *out, uint6
      * window, which measures the writes between two takes) re-protects
      * everything as before. */
     bool late = atomic_load_explicit(&log->late_reset, memory_order_relaxed) && out != NULL;
+    /* A take stands for all of RAM: memslots pass 0 has not reached yet
+     * start logging now (not after the final sync: the guest is paused
+     * for good, and what pass 0 never read is never sent as read). */
+    if (atomic_load_explicit(&log->lazy_slots, memory_order_relaxed) &&
+        !atomic_load_explicit(&log->final_synced, memory_order_relaxed)) {
+        int rc = enable_all_slots_locked(log);
+        if (rc < 0)
+            return rc;
+    }
     uint64_t t0 = dirtyring_now_ns();
     int64_t rc = sync_now(log, false);
     *collect_ns = dirtyring_now_ns() - t0;
@@ -669,6 +733,8 @@ int dirty_log_hold(struct dirty_log *log, unsigned holder)
 {
     if (!log)
         return 0;
+    bool lazy = (holder & DIRTY_LOG_HOLD_LAZY_MEMSLOTS) != 0 && holder & DIRTY_LOG_HOLDER_MIGRATION;
+    holder &= ~DIRTY_LOG_HOLD_LAZY_MEMSLOTS;
     pthread_mutex_lock(&log->control_lock);
     unsigned holders = atomic_load_explicit(&log->holders, memory_order_relaxed);
     int rc = 0;
@@ -712,9 +778,13 @@ int dirty_log_hold(struct dirty_log *log, unsigned holder)
         if (rc == 0)
             late_reset_set_locked(log, true);
     } else {
-        rc = start_locked(log);
+        rc = start_locked(log, lazy);
         if (rc == 0 && holder == DIRTY_LOG_HOLDER_MIGRATION)
             late_reset_set_locked(log, true);
+        /* The API's rates need every memslot logging, whatever pass 0
+         * has reached. */
+        if (rc == 0 && holder == DIRTY_LOG_HOLDER_API && atomic_load_explicit(&log->lazy_slots, memory_order_relaxed))
+            rc = enable_all_slots_locked(log);
     }
     if (rc == 0) {
         atomic_store_explicit(&log->holders, holders | holder, memory_order_release);
@@ -750,6 +820,8 @@ int dirty_log_release(struct dirty_log *log, unsigned holder)
             rc = stop_locked(log);
         } else {
             rc = bitmap_sync_thread_locked(log);
+            if (rc == 0 && atomic_load_explicit(&log->lazy_slots, memory_order_relaxed))
+                rc = enable_all_slots_locked(log);
             /* Tracking goes on for the API: the entries the final sync
              * left unrecycled are re-protected now, so later writes to
              * their pages are logged again. */
@@ -847,9 +919,50 @@ out:
     return rc;
 }
 
+/* Ring mode, pass 0 with lazy memslots: KVM_MEM_LOG_DIRTY_PAGES on for
+ * every memslot of [first_page, first_page + count) that is not logging
+ * yet, before anything reads its pages. The migration thread. */
+static int enable_slots_for_range(struct dirty_log *log, uint64_t first_page, uint64_t count)
+{
+    uint64_t page = first_page, end = first_page + count;
+    while (page < end) {
+        if (page >= log->lazy_cache_first && page < log->lazy_cache_end) {
+            page = log->lazy_cache_end;
+            continue;
+        }
+        unsigned index = log->slots.count;
+        for (unsigned i = 0; i < log->slots.count; i++)
+            if (page >= log->slots.e[i].first_page && page - log->slots.e[i].first_page < log->slots.e[i].pages) {
+                index = i;
+                break;
+            }
+        if (index == log->slots.count)
+            return 0;               /* not RAM: nothing logs it */
+        if (!atomic_load_explicit(&log->slot_logging[index], memory_order_acquire)) {
+            pthread_mutex_lock(&log->control_lock);
+            int rc = 0;
+            if (atomic_load_explicit(&log->tracking, memory_order_relaxed))
+                rc = enable_slot_locked(log, index);
+            pthread_mutex_unlock(&log->control_lock);
+            if (rc < 0)
+                return rc;
+        }
+        log->lazy_cache_first = log->slots.e[index].first_page;
+        log->lazy_cache_end = log->slots.e[index].first_page + log->slots.e[index].pages;
+        page = log->lazy_cache_end;
+    }
+    return 0;
+}
+
 int dirty_log_protect_before_send(struct dirty_log *log, uint64_t first_page, uint64_t count)
 {
-    if (!log || log->config.mode != DIRTY_LOG_BITMAP || !log->bitmap_ready || count == 0)
+    if (!log || count == 0)
+        return 0;
+    if (log->config.mode == DIRTY_LOG_RING && atomic_load_explicit(&log->lazy_slots, memory_order_acquire) &&
+        (atomic_load_explicit(&log->holders, memory_order_acquire) & DIRTY_LOG_HOLDER_MIGRATION) &&
+        !atomic_load_explicit(&log->final_synced, memory_order_acquire))
+        return enable_slots_for_range(log, first_page, count);
+    if (log->config.mode != DIRTY_LOG_BITMAP || !log->bitmap_ready)
         return 0;
     /* Only a migration's hold CLEARs late; after the final sync nothing is
      * CLEARed (the source never runs the guest again unless the migration
@@ -922,6 +1035,8 @@ int dirty_log_protect_pages(struct dirty_log *log, const uint64_t *pages, uint64
 
 uint64_t dirty_log_protect_unit_pages(const struct dirty_log *log)
 {
+    if (log && log->config.mode == DIRTY_LOG_RING)
+        return log->slot_logging && log->slots.count > 1 ? log->slots.e[0].pages : 0;
     if (!log || log->config.mode != DIRTY_LOG_BITMAP)
         return 0;
     return log->config.bitmap_clear_chunk_bytes / 4096;
@@ -999,6 +1114,11 @@ void dirty_log_get_stats(struct dirty_log *log, struct dirty_log_stats *out)
             out->ring_unflagged += atomic_load_explicit(&vr->unflagged, memory_order_relaxed);
         }
         out->ring_late_reset = atomic_load_explicit(&log->late_reset, memory_order_relaxed);
+        out->kvm_slots = log->slots.count;
+        out->kvm_slots_logging = 0;
+        for (unsigned i = 0; log->slot_logging && i < log->slots.count; i++)
+            out->kvm_slots_logging += atomic_load_explicit(&log->slot_logging[i], memory_order_relaxed);
+        out->kvm_slot_enables = atomic_load_explicit(&log->slot_enables, memory_order_relaxed);
         out->late_protect_calls = atomic_load_explicit(&log->late_protect_calls, memory_order_relaxed);
         out->late_flagged = atomic_load_explicit(&log->late_flagged, memory_order_relaxed);
         out->late_resets = atomic_load_explicit(&log->late_resets, memory_order_relaxed);

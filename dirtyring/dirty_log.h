@@ -176,6 +176,12 @@ enum dirty_log_holder {
     DIRTY_LOG_HOLDER_MIGRATION = 1u << 0,
     DIRTY_LOG_HOLDER_API = 1u << 1,
 };
+/* ORed into dirty_log_hold(MIGRATION) by a holder that reads every page
+ * of RAM (pass 0) and calls dirty_log_protect_before_send before each
+ * first read: in ring mode with late reset tracking then starts with no
+ * memslot logging, and each is turned on just before that first read in
+ * it (or by a take). Without it every memslot logs from the start. */
+#define DIRTY_LOG_HOLD_LAZY_MEMSLOTS (1u << 8)
 /* The DIRTY_LOG_HOLDER_* bits held now (any thread; 0 for NULL). */
 unsigned dirty_log_holders(const struct dirty_log *log);
 
@@ -198,7 +204,9 @@ int dirty_log_final_sync(struct dirty_log *log);
 /* Before the migration reads RAM pages [first_page, first_page + count)
  * (page = RAM offset / 4096) for sending: write-protects what must be
  * (bitmap mode: KVM_CLEAR_DIRTY_LOG of each touched chunk's bits not yet
- * cleared), so a later guest write is in a later take. Cheap when there
+ * cleared; ring mode in pass 0 with late reset: KVM_MEM_LOG_DIRTY_PAGES on
+ * for each touched memslot not logging yet), so a later guest write is in
+ * a later take. Cheap when there
  * is nothing to do (one atomic load per chunk). The migration thread;
  * 0 or -errno with the cause printed. */
 int dirty_log_protect_before_send(struct dirty_log *log, uint64_t first_page, uint64_t count);
@@ -208,8 +216,10 @@ int dirty_log_protect_before_send(struct dirty_log *log, uint64_t first_page, ui
  * dirty_log_protect_before_send does. The migration thread; 0 or -errno
  * with the cause printed. */
 int dirty_log_protect_pages(struct dirty_log *log, const uint64_t *pages, uint64_t count);
-/* Pages per protection unit (bitmap: the clear chunk); 0 when
- * dirty_log_protect_before_send never does anything (ring, off, NULL).
+/* Pages per protection unit (bitmap: the clear chunk; ring with late
+ * reset and several memslots: a memslot); 0 when
+ * dirty_log_protect_before_send never does anything (other ring set-ups,
+ * off, NULL).
  * Lets pass 0 protect a chunk before it looks for holes in it. */
 uint64_t dirty_log_protect_unit_pages(const struct dirty_log *log);
 /* RAM byte range [ram_offset, ram_offset + len) written by the VMM. */
@@ -255,6 +265,10 @@ struct dirty_log_stats {
     uint64_t late_protect_calls;    /* dirty_log_protect_pages calls that had pages */
     uint64_t late_flagged;          /* entries flagged by them */
     uint64_t late_resets;           /* KVM_RESET_DIRTY_RINGS they issued */
+    unsigned kvm_slots;             /* KVM memslots of guest RAM */
+    unsigned kvm_slots_logging;     /* now: of them with KVM_MEM_LOG_DIRTY_PAGES (late reset
+                                       keeps track of these; 0 without it) */
+    uint64_t kvm_slot_enables;      /* memslots turned on one at a time */
     uint64_t ring_full_exits;
     uint64_t ring_overflows;        /* ring-full exits with nothing to harvest */
     uint64_t ring_fill_high_water;  /* max over vCPUs */

@@ -12,10 +12,12 @@ uint64_t dirtyring_now_ns(void)
 void dirty_slot_map_init(struct dirty_slot_map *map, const struct guest_memory *memory)
 {
     map->count = 0;
-    for (unsigned i = 0; i < memory->slot_count && i < GUEST_MEMORY_MAX_SLOTS; i++) {
-        map->e[i].slot = memory->slots[i].slot;
-        map->e[i].first_page = memory->slots[i].ram_offset / 4096;
-        map->e[i].pages = memory->slots[i].size / 4096;
+    unsigned count;
+    const struct guest_memory_slot *slots = guest_memory_kvm_slots(memory, &count);
+    for (unsigned i = 0; i < count && i < GUEST_MEMORY_MAX_KVM_SLOTS; i++) {
+        map->e[i].slot = slots[i].slot;
+        map->e[i].first_page = slots[i].ram_offset / 4096;
+        map->e[i].pages = slots[i].size / 4096;
         map->count++;
     }
 }

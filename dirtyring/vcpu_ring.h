@@ -54,7 +54,7 @@ struct dirty_slot_map {
         uint32_t slot;
         uint64_t first_page;
         uint64_t pages;
-    } e[GUEST_MEMORY_MAX_SLOTS];
+    } e[GUEST_MEMORY_MAX_KVM_SLOTS];
 };
 
 void dirty_slot_map_init(struct dirty_slot_map *map, const struct guest_memory *memory);
@@ -67,6 +67,8 @@ static inline uint64_t dirty_slot_map_page(const struct dirty_slot_map *map, uin
     uint32_t id = slot & 0xffff;
     if (slot >> 16)
         return UINT64_MAX;          /* SMM address space: not guest RAM we track */
+    if (id < map->count && map->e[id].slot == id)   /* ids are indices (guest_memory) */
+        return offset < map->e[id].pages ? map->e[id].first_page + offset : UINT64_MAX;
     for (unsigned i = 0; i < map->count; i++)
         if (map->e[i].slot == id)
             return offset < map->e[i].pages ? map->e[i].first_page + offset : UINT64_MAX;

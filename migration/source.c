@@ -1416,7 +1416,9 @@ static int source_run(struct source *s)
     /* The migration's own hold: a fresh session (empty dirty set, all RAM
      * write-protected) even when vm.dirty-tracking already keeps tracking
      * on; iteration 0 below sends every page anyway. */
-    int r = dirty_log_hold(vm->dirty_log, DIRTY_LOG_HOLDER_MIGRATION);
+    /* Pass 0 protects every page before its first read, so the memslots
+     * may start logging one by one as it reaches them. */
+    int r = dirty_log_hold(vm->dirty_log, DIRTY_LOG_HOLDER_MIGRATION | DIRTY_LOG_HOLD_LAZY_MEMSLOTS);
     if (r != 0)
         return source_fail(s, "internal", "starting dirty tracking: %s", strerror(-r));
     s->tracking = true;

@@ -633,3 +633,83 @@ Test(dirty_tracking, reset_at_take_logs_every_rewritten_page_again, .timeout = 1
     cr_assert_eq(dirty_log_stop(vm->dirty_log), 0);
     destroy_vm(vm);
 }
+
+/* Pass 0 with late reset: a migration's tracking starts with no memslot
+ * logging (RAM is split into memslots of 128 MiB here); the first read in
+ * a memslot (dirty_log_protect_before_send) turns logging on for that one,
+ * a take for all that are left. Until its memslot logs, the guest's writes
+ * cost no fault and no entry. */
+Test(dirty_tracking, late_reset_turns_each_memslot_on_just_before_the_first_read, .timeout = 120)
+{
+    harness_require_kvm();
+    struct dirty_log_config dirty;
+    dirty_log_config_defaults(&dirty);
+    struct vm *vm = create_tracked("1G", "dirtier,wss=8M,pattern=seq", &dirty, -1);
+    struct dirty_log *log = vm->dirty_log;
+    struct dirty_log_stats s0, s1, s2;
+    /* create_tracked's start turned every memslot on (what a plain
+     * dirty_log_start does); a migration's hold is lazy. */
+    dirty_log_get_stats(log, &s0);
+    cr_assert_eq(s0.kvm_slots_logging, 8);
+    cr_assert_eq(dirty_log_stop(log), 0);
+    cr_assert_eq(dirty_log_hold(log, DIRTY_LOG_HOLDER_MIGRATION | DIRTY_LOG_HOLD_LAZY_MEMSLOTS), 0);
+    struct dirty_log_stats start;
+    dirty_log_get_stats(log, &start);
+    cr_assert(harness_wait_all_vcpus_advance(vm, 2500, 30000));
+    dirty_log_get_stats(log, &s0);
+    cr_assert_eq(s0.kvm_slots, 8, "1 GiB in 128 MiB memslots");
+    cr_assert_eq(s0.kvm_slots_logging, 0);
+    cr_assert_eq(s0.pages, start.pages, "%" PRIu64 " entries although no memslot logs", s0.pages - start.pages);
+
+    /* The first read of vCPU 0's region. */
+    const uint64_t slot_pages = (128ull << 20) / 4096;
+    uint64_t first[VCPUS], count[VCPUS];
+    for (unsigned v = 0; v < VCPUS; v++)
+        region_of(vm, v, &first[v], &count[v]);
+    cr_assert_eq(dirty_log_protect_before_send(log, first[0], count[0]), 0);
+    uint64_t lo = first[0] / slot_pages, hi = (first[0] + count[0] - 1) / slot_pages;
+    dirty_log_get_stats(log, &s1);
+    cr_assert_eq(s1.kvm_slots_logging, hi - lo + 1);
+    cr_assert_eq(s1.kvm_slot_enables - s0.kvm_slot_enables, hi - lo + 1);
+    cr_assert_eq(dirty_log_protect_before_send(log, first[0], count[0]), 0);
+    dirty_log_get_stats(log, &s2);
+    cr_assert_eq(s2.kvm_slot_enables, s1.kvm_slot_enables, "a memslot already logging was turned on again");
+
+    cr_assert(harness_wait_all_vcpus_advance(vm, 2500, 30000));
+    uint64_t counts[VCPUS];
+    take_by_vcpu(vm, counts);
+    for (unsigned v = 0; v < VCPUS; v++) {
+        bool inside = first[v] / slot_pages >= lo && (first[v] + count[v] - 1) / slot_pages <= hi;
+        if (inside)
+            cr_assert_eq(counts[v], count[v], "vCPU %u: %" PRIu64 " of %" PRIu64 " pages of a logging memslot",
+                         v, counts[v], count[v]);
+    }
+    dirty_log_get_stats(log, &s2);
+    cr_assert_eq(s2.kvm_slots_logging, 8, "a take turns on every memslot left");
+    cr_assert_eq(dirty_log_stop(log), 0);
+    dirty_log_get_stats(log, &s2);
+    cr_assert_eq(s2.kvm_slots_logging, 0);
+    destroy_vm(vm);
+}
+
+/* The API's rates need every memslot: its hold during a lazy start turns
+ * them all on. */
+Test(dirty_tracking, the_apis_hold_turns_every_memslot_on, .timeout = 120)
+{
+    harness_require_kvm();
+    struct dirty_log_config dirty;
+    dirty_log_config_defaults(&dirty);
+    struct vm *vm = create_tracked("1G", "dirtier,wss=8M,pattern=seq", &dirty, -1);
+    struct dirty_log_stats s;
+    cr_assert_eq(dirty_log_stop(vm->dirty_log), 0);
+    cr_assert_eq(dirty_log_hold(vm->dirty_log, DIRTY_LOG_HOLDER_MIGRATION | DIRTY_LOG_HOLD_LAZY_MEMSLOTS), 0);
+    dirty_log_get_stats(vm->dirty_log, &s);
+    cr_assert_eq(s.kvm_slots_logging, 0);
+    cr_assert_eq(dirty_log_hold(vm->dirty_log, DIRTY_LOG_HOLDER_API), 0);
+    dirty_log_get_stats(vm->dirty_log, &s);
+    cr_assert_eq(s.kvm_slots_logging, 8);
+    cr_assert_eq(dirty_log_release(vm->dirty_log, DIRTY_LOG_HOLDER_MIGRATION), 0);
+    cr_assert(dirty_log_tracking(vm->dirty_log));
+    cr_assert_eq(dirty_log_release(vm->dirty_log, DIRTY_LOG_HOLDER_API), 0);
+    destroy_vm(vm);
+}

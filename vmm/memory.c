@@ -30,7 +30,7 @@
 #define MFD_HUGE_2MB (21U << 26)
 #endif
 
-static void layout_slots(struct guest_memory *memory)
+static void layout_slots(struct guest_memory *memory, bool split)
 {
     uint64_t low = memory->size < RINGVM_LOW_RAM_END ? memory->size : RINGVM_LOW_RAM_END;
     memory->slots[0] = (struct guest_memory_slot){ .slot = 0, .gpa = 0, .size = low, .ram_offset = 0 };
@@ -40,6 +40,24 @@ static void layout_slots(struct guest_memory *memory)
             .slot = 1, .gpa = RINGVM_HIGH_RAM_BASE, .size = memory->size - low, .ram_offset = low,
         };
         memory->slot_count = 2;
+    }
+    /* KVM memslots: max(128 MiB, RAM / 64) rounded up to 2 MiB (huge page
+     * backing keeps every piece aligned); a region's last piece takes the
+     * remainder. */
+    uint64_t piece = (memory->size / 64 + (2ull << 20) - 1) & ~((2ull << 20) - 1);
+    if (piece < GUEST_MEMORY_MIN_KVM_SLOT_BYTES)
+        piece = GUEST_MEMORY_MIN_KVM_SLOT_BYTES;
+    memory->kvm_slot_count = 0;
+    for (unsigned r = 0; r < memory->slot_count; r++) {
+        const struct guest_memory_slot *region = &memory->slots[r];
+        for (uint64_t done = 0; done < region->size;) {
+            uint64_t size = split && region->size - done > piece ? piece : region->size - done;
+            unsigned id = memory->kvm_slot_count++;
+            memory->kvm_slots[id] = (struct guest_memory_slot){
+                .slot = id, .gpa = region->gpa + done, .size = size, .ram_offset = region->ram_offset + done,
+            };
+            done += size;
+        }
     }
 }
 
@@ -102,7 +120,7 @@ static int map_guest_ram(struct guest_memory *memory, uint64_t size, const struc
             return result;
         }
     }
-    layout_slots(memory);
+    layout_slots(memory, options->split_kvm_slots);
     return 0;
 }
 
@@ -250,24 +268,49 @@ void guest_memory_destroy(struct guest_memory *memory)
     memory->memfd = -1;
 }
 
+const struct guest_memory_slot *guest_memory_kvm_slots(const struct guest_memory *memory, unsigned *count)
+{
+    if (memory->kvm_slot_count == 0) {
+        *count = memory->slot_count;
+        return memory->slots;
+    }
+    *count = memory->kvm_slot_count;
+    return memory->kvm_slots;
+}
+
+int guest_memory_set_kvm_slot_dirty_logging(const struct guest_memory *memory, int vm_fd, unsigned index,
+                                            bool log_dirty)
+{
+    unsigned count;
+    const struct guest_memory_slot *slots = guest_memory_kvm_slots(memory, &count);
+    if (index >= count)
+        return -EINVAL;
+    const struct guest_memory_slot *slot = &slots[index];
+    struct kvm_userspace_memory_region region = {
+        .slot = slot->slot,
+        .flags = log_dirty ? KVM_MEM_LOG_DIRTY_PAGES : 0,
+        .guest_phys_addr = slot->gpa,
+        .memory_size = slot->size,
+        .userspace_addr = (uint64_t)(uintptr_t)(memory->host + slot->ram_offset),
+    };
+    if (ioctl(vm_fd, KVM_SET_USER_MEMORY_REGION, &region) != 0) {
+        int saved = errno;
+        fprintf(stderr, "ringvm: KVM_SET_USER_MEMORY_REGION(slot %u, gpa 0x%" PRIx64 ", %" PRIu64
+                " bytes%s): %s\n", slot->slot, slot->gpa, slot->size,
+                log_dirty ? ", log dirty pages" : "", strerror(saved));
+        return -saved;
+    }
+    return 0;
+}
+
 int guest_memory_set_dirty_logging(const struct guest_memory *memory, int vm_fd, bool log_dirty)
 {
-    for (unsigned i = 0; i < memory->slot_count; i++) {
-        const struct guest_memory_slot *slot = &memory->slots[i];
-        struct kvm_userspace_memory_region region = {
-            .slot = slot->slot,
-            .flags = log_dirty ? KVM_MEM_LOG_DIRTY_PAGES : 0,
-            .guest_phys_addr = slot->gpa,
-            .memory_size = slot->size,
-            .userspace_addr = (uint64_t)(uintptr_t)(memory->host + slot->ram_offset),
-        };
-        if (ioctl(vm_fd, KVM_SET_USER_MEMORY_REGION, &region) != 0) {
-            int saved = errno;
-            fprintf(stderr, "ringvm: KVM_SET_USER_MEMORY_REGION(slot %u, gpa 0x%" PRIx64 ", %" PRIu64
-                    " bytes%s): %s\n", slot->slot, slot->gpa, slot->size,
-                    log_dirty ? ", log dirty pages" : "", strerror(saved));
-            return -saved;
-        }
+    unsigned count;
+    guest_memory_kvm_slots(memory, &count);
+    for (unsigned i = 0; i < count; i++) {
+        int rc = guest_memory_set_kvm_slot_dirty_logging(memory, vm_fd, i, log_dirty);
+        if (rc != 0)
+            return rc;
     }
     return 0;
 }
@@ -309,8 +352,10 @@ uint64_t guest_memory_offset_to_gpa(const struct guest_memory *memory, uint64_t 
 
 const struct guest_memory_slot *guest_memory_slot_by_id(const struct guest_memory *memory, uint32_t slot)
 {
-    for (unsigned i = 0; i < memory->slot_count; i++)
-        if (memory->slots[i].slot == slot)
-            return &memory->slots[i];
+    unsigned count;
+    const struct guest_memory_slot *slots = guest_memory_kvm_slots(memory, &count);
+    for (unsigned i = 0; i < count; i++)
+        if (slots[i].slot == slot)
+            return &slots[i];
     return NULL;
 }

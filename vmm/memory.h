@@ -1,7 +1,12 @@
 /*
- * Guest RAM: one memfd, mapped MAP_SHARED once into the VMM, exposed to KVM
- * as one or two memslots (RAM above 3 GiB continues at 4 GiB so the 32-bit
- * MMIO hole, the doorbell and the LAPIC page stay free).
+ * Guest RAM: one memfd, mapped MAP_SHARED once into the VMM, laid out as one
+ * or two regions (`slots`: RAM above 3 GiB continues at 4 GiB so the 32-bit
+ * MMIO hole, the doorbell and the LAPIC page stay free). Each region is one
+ * KVM memslot, or several of kvm_slot_bytes each (`kvm_slots`), so dirty
+ * logging can be turned on piece by piece (dirtyring's late protection: a
+ * migration enables a memslot just before its first pass reaches it). The
+ * regions are what the boot code, the e820 map and the migration HELLO see;
+ * only KVM registration and dirty tracking see the KVM memslots.
  *
  * "RAM offset" = byte offset into the memfd. Page index = RAM offset / 4096.
  * The dirty set and the migration stream speak RAM offsets; only KVM and the
@@ -20,6 +25,9 @@
 #include <stdint.h>
 
 #define GUEST_MEMORY_MAX_SLOTS 2
+/* KVM memslots: at most 64 per region plus one for a remainder each. */
+#define GUEST_MEMORY_MAX_KVM_SLOTS 132
+#define GUEST_MEMORY_MIN_KVM_SLOT_BYTES (128ull << 20)
 
 struct guest_memory_slot {
     uint32_t slot;          /* KVM memslot id */
@@ -36,12 +44,19 @@ struct guest_memory {
     int numa_node;          /* -1 = not bound */
     unsigned slot_count;
     struct guest_memory_slot slots[GUEST_MEMORY_MAX_SLOTS];
+    /* The KVM memslots, ids 0..kvm_slot_count-1 in RAM order; a plain copy
+     * of slots[] unless the options asked for split regions. A struct
+     * built by hand (tests) may leave kvm_slot_count 0: then slots[] are
+     * the KVM memslots (guest_memory_kvm_slots). */
+    unsigned kvm_slot_count;
+    struct guest_memory_slot kvm_slots[GUEST_MEMORY_MAX_KVM_SLOTS];
 };
 
 struct guest_memory_options {
     bool hugepages;         /* back with 2 MiB huge pages (MFD_HUGETLB) */
     int numa_node;          /* bind with libnuma; -1 = no binding */
     bool prealloc;          /* populate every page at creation (no first-touch faults later) */
+    bool split_kvm_slots;   /* regions as KVM memslots of max(128 MiB, RAM / 64) each */
 };
 
 /* Creates the memfd and the mapping. Returns 0 or -errno, with a message
@@ -72,10 +87,15 @@ void guest_memory_destroy(struct guest_memory *memory);
  * so neither the guest nor an incoming migration pays first-touch faults. */
 int guest_memory_populate(struct guest_memory *memory, uint64_t ram_offset, uint64_t length);
 
-/* KVM_SET_USER_MEMORY_REGION for every slot, with or without
+/* KVM_SET_USER_MEMORY_REGION for every KVM memslot, with or without
  * KVM_MEM_LOG_DIRTY_PAGES. */
 int guest_memory_register(const struct guest_memory *memory, int vm_fd, bool log_dirty);
 int guest_memory_set_dirty_logging(const struct guest_memory *memory, int vm_fd, bool log_dirty);
+/* The same for one KVM memslot (index into guest_memory_kvm_slots). */
+int guest_memory_set_kvm_slot_dirty_logging(const struct guest_memory *memory, int vm_fd, unsigned index,
+                                            bool log_dirty);
+/* The KVM memslots and their number (see kvm_slots). */
+const struct guest_memory_slot *guest_memory_kvm_slots(const struct guest_memory *memory, unsigned *count);
 
 /* Host pointer for [gpa, gpa+len) if the range lies inside one slot, else NULL. */
 void *guest_memory_gpa_to_host(const struct guest_memory *memory, uint64_t gpa, uint64_t len);
@@ -83,7 +103,7 @@ void *guest_memory_gpa_to_host(const struct guest_memory *memory, uint64_t gpa, 
 uint64_t guest_memory_gpa_to_offset(const struct guest_memory *memory, uint64_t gpa);
 /* Guest-physical address of a RAM offset (offset < size). */
 uint64_t guest_memory_offset_to_gpa(const struct guest_memory *memory, uint64_t ram_offset);
-/* Slot lookup by KVM slot id (dirty ring entries carry (slot, offset)). */
+/* KVM memslot lookup by id (dirty ring entries carry (slot, offset)). */
 const struct guest_memory_slot *guest_memory_slot_by_id(const struct guest_memory *memory,
                                                         uint32_t slot);
 

@@ -443,8 +443,14 @@ int vm_create(struct vm **out, const struct vm_config *config)
         result = serial_init(&vm->serial, &config->serial);
         vm->serial_ready = result == 0;
     }
-    if (result == 0)
-        result = guest_memory_create(&vm->memory, config->memory_bytes, &config->memory_options);
+    if (result == 0) {
+        /* Ring mode with late protection turns dirty logging on memslot by
+         * memslot as a migration's first pass reaches each (dirtyring/). */
+        struct guest_memory_options memory_options = config->memory_options;
+        memory_options.split_kvm_slots = config->dirty_log.mode == DIRTY_LOG_RING &&
+                                         !config->dirty_log.ring_reset_at_take;
+        result = guest_memory_create(&vm->memory, config->memory_bytes, &memory_options);
+    }
     if (result == 0)
         result = vm_create_kvm(vm);
     if (result == 0)
