@@ -43,6 +43,11 @@ const char *const report_postcopy_plot_ids[] = {
 };
 const size_t report_postcopy_plot_count = sizeof(report_postcopy_plot_ids) / sizeof(report_postcopy_plot_ids[0]);
 
+const char *const report_ring_plot_ids[] = {
+    "plot-ring-entries",
+};
+const size_t report_ring_plot_count = sizeof(report_ring_plot_ids) / sizeof(report_ring_plot_ids[0]);
+
 /* ---- lenient JSON reading --------------------------------------------------------- */
 
 static double num(const json_t *object, const char *key)
@@ -84,6 +89,7 @@ static double finite_or_nan(double value)
 struct iteration_row {
     double iter, dur_ms, end_s, overhead_ms, throttle, remaining_bytes, dirty_rate, bandwidth,
         expected_ms, bytes_sent, kick_p50_us, kick_p99_us;
+    double ring_entries, ring_recycles;     /* ring mode, per iteration (NAN when absent) */
     unsigned vcpu_count;    /* per-vCPU throttle given for this iteration */
     double vcpu_throttle[REPORT_MAX_VCPUS];
 };
@@ -260,6 +266,8 @@ static int read_data(const json_t *progress, const json_t *bpf, struct report_da
             read_kick(bpf_it, &row->kick_p50_us, &row->kick_p99_us);
         if (!isnan(row->kick_p50_us) || !isnan(row->kick_p99_us))
             d->kick_per_iteration = true;
+        row->ring_entries = num(it, "ring_entries");
+        row->ring_recycles = num(it, "ring_recycles");
         row->vcpu_count = read_vcpu_array(vcpu_throttle_array(it), row->vcpu_throttle);
         if (row->vcpu_count > 0)
             d->per_vcpu_history = true;
@@ -417,6 +425,19 @@ static int write_data_files(const char *dir, const struct report_data *d, char *
     }
     if (close_file(f, path, error, error_size))
         return -1;
+    /* ring.dat: iter entries_per_page_taken recycles (ring mode) */
+    if (write_file(dir, "ring.dat", path, sizeof(path), &f, error, error_size))
+        return -1;
+    for (size_t i = 0; i < d->iteration_count; i++) {
+        const struct iteration_row *r = &d->iterations[i];
+        double pages = r->remaining_bytes / 4096.0;
+        fprintf(f, "%.0f", r->iter);
+        put_value(f, !isnan(r->ring_entries) && pages > 0 ? r->ring_entries / pages : NAN);
+        put_value(f, r->ring_recycles);
+        fputc('\n', f);
+    }
+    if (close_file(f, path, error, error_size))
+        return -1;
     /* postcopy.dat: t received requested pushed faults blocktime_ms p50_us p99_us max_us */
     if (write_file(dir, "postcopy.dat", path, sizeof(path), &f, error, error_size))
         return -1;
@@ -452,6 +473,15 @@ static int write_data_files(const char *dir, const struct report_data *d, char *
 static bool have_kick(const struct report_data *d)
 {
     return d->kick_per_iteration || d->kick_vcpu_count > 0;
+}
+
+/* Ring mode's per-iteration entries (progress iterations[].ring_entries). */
+static bool have_ring(const struct report_data *d)
+{
+    for (size_t i = 0; i < d->iteration_count; i++)
+        if (!isnan(d->iterations[i].ring_entries))
+            return true;
+    return false;
 }
 
 /* Does any row have a value at this double's offset? */
@@ -720,6 +750,21 @@ static int write_script(const char *dir, const struct report_data *d, char *erro
             series(&p, array_any(d->kick_vcpu_p99, d->kick_vcpu_count),
                    "'%s' using 1:4 with points pt 5 ps 1.5 lc rgb '#d9534f' title 'p99'", vcpus);
         }
+        plot_end(&p);
+    }
+    if (have_ring(d)) {
+        char ring[600];
+        snprintf(ring, sizeof(ring), "%s/ring.dat", dir);
+        plot_header(f, dir, "plot-ring-entries", "Dirty ring entries per page taken, and recycling, per iteration");
+        fprintf(f, "set xlabel 'iteration'\nset ylabel 'entries per page'\nset xtics 1\nset yrange [0:*]\n"
+                   "set style fill solid 0.6\nset boxwidth 0.6\nset key below\n"
+                   "set y2label 'harvester resets + ring-full exits'\nset ytics nomirror\nset y2tics\n"
+                   "set y2range [0:*]\n");
+        series(&p, ICOL(ring_entries), "'%s' using 1:2 with boxes lc rgb '#337ab7' title 'entries per page taken'",
+               ring);
+        series(&p, ICOL(ring_entries), "1 with lines dt 2 lw 1.5 lc rgb '#333333' title 'one fault per page'");
+        series(&p, ICOL(ring_recycles), "'%s' using 1:3 axes x1y2 with linespoints lw 2 pt 7 lc rgb '#d9534f' "
+               "title 'recycling'", ring);
         plot_end(&p);
     }
     if (d->postcopy != NULL)
@@ -994,6 +1039,10 @@ static const char *plot_caption(const char *id)
         {"plot-time-rates", "Dirty rate (as MiB/s of pages to resend) against bandwidth: pre-copy converges when red stays under blue."},
         {"plot-time-remaining", "Remaining memory and the expected downtime it implies."},
         {"plot-kick-latency", "Time from the VMM's kick to the vCPU leaving KVM_RUN (eBPF probes)."},
+        {"plot-ring-entries", "Ring mode: dirty ring entries harvested in each iteration per page it left to "
+                              "send, i.e. write-protect faults per page (1 = one fault per page per pass), and "
+                              "how often the rings recycled (harvester resets + ring-full exits): recycling "
+                              "means a vCPU writes more distinct pages per pass than its ring holds."},
         {"plot-postcopy-pages", "Pages moved after the switch-over, so far at each sample: received by the "
                                 "destination, requested on a fault (served on the urgent channel), pushed by the "
                                 "source's background stream. The source counts requested and pushed, the "
@@ -1185,6 +1234,15 @@ static int write_html(FILE *out, const char *dir, const struct report_data *d, c
             return -1;
         fprintf(out, "<figcaption>%s</figcaption></figure>\n", plot_caption(plot));
     }
+    if (have_ring(d)) {
+        for (size_t i = 0; i < report_ring_plot_count; i++) {
+            const char *plot = report_ring_plot_ids[i];
+            fprintf(out, "<figure id=\"fig-%s\">\n", plot + 5);
+            if (embed_svg(out, dir, plot, error, error_size))
+                return -1;
+            fprintf(out, "<figcaption>%s</figcaption></figure>\n", plot_caption(plot));
+        }
+    }
     fprintf(out, "</div>\n");
     if (!have_kick(d))
         fprintf(out, "<p id=\"no-kick-latency\">Kick latency: no BPF stats (start ringvm with --bpf and pass "
@@ -1202,8 +1260,8 @@ static int write_html(FILE *out, const char *dir, const struct report_data *d, c
 
 static void remove_dir(const char *dir)
 {
-    static const char *const files[] = {"iterations.dat", "samples.dat", "postcopy.dat", "vcpus.dat", "plots.gp",
-                                        "gnuplot.log"};
+    static const char *const files[] = {"iterations.dat", "samples.dat", "postcopy.dat", "ring.dat", "vcpus.dat",
+                                        "plots.gp", "gnuplot.log"};
     char path[512];
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
@@ -1215,6 +1273,10 @@ static void remove_dir(const char *dir)
     }
     for (size_t i = 0; i < report_postcopy_plot_count; i++) {
         snprintf(path, sizeof(path), "%s/%s.svg", dir, report_postcopy_plot_ids[i]);
+        unlink(path);
+    }
+    for (size_t i = 0; i < report_ring_plot_count; i++) {
+        snprintf(path, sizeof(path), "%s/%s.svg", dir, report_ring_plot_ids[i]);
         unlink(path);
     }
     rmdir(dir);

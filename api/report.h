@@ -53,6 +53,10 @@ extern const size_t report_plot_count;
 /* The post-copy section's plots, in page order (only with post-copy data). */
 extern const char *const report_postcopy_plot_ids[];
 extern const size_t report_postcopy_plot_count;
+/* Ring mode's plots (only when iterations[] carry ring_entries): entries
+ * harvested per page taken and recycling, per iteration. */
+extern const char *const report_ring_plot_ids[];
+extern const size_t report_ring_plot_count;
 
 /* Writes the page to out_html. 0, or -1 with a sentence in error (e.g.
  * "gnuplot not found: install the Debian package gnuplot-nox ..."). */

@@ -161,6 +161,7 @@ struct source {
     uint64_t recycling_seen_resets;
     uint64_t recycling_seen_full_exits;
     uint64_t entries_at_hold;       /* ring entries harvested before the migration's hold */
+    uint64_t entries_at_iteration;  /* ... before the current iteration (per-iteration records) */
     uint64_t pages_taken;           /* pages of every take, the final one included */
     uint64_t state_bytes;           /* the state frames' size, from the probe's capture */
     uint64_t bandwidth;             /* bytes/s estimate (last iteration) */

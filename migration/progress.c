@@ -98,6 +98,10 @@ json_t *mig_iteration_to_json(const struct mig_iteration_record *r)
                      "pages_sent", clamp_int(r->pages_sent),
                      "bytes_sent", clamp_int(r->bytes_sent),
                      "line", line);
+    if (object != NULL && r->has_ring) {
+        json_object_set_new(object, "ring_entries", json_integer(clamp_int(r->ring_entries)));
+        json_object_set_new(object, "ring_recycles", json_integer(clamp_int(r->ring_recycles)));
+    }
     if (object != NULL && r->has_bpf)
         json_object_set_new(object, "bpf",
                             json_pack("{s:I, s:I, s:I, s:I}", "kicks", clamp_int(r->kicks), "kick_p50_ns",

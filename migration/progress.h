@@ -60,6 +60,13 @@ struct mig_iteration_record {
     uint64_t kick_p50_ns;
     uint64_t kick_p99_ns;
     uint64_t ring_full_exits;
+    /* Ring mode (has_ring): dirty ring entries harvested during the
+     * iteration (first writes after a page was write-protected again) and
+     * how often the rings recycled in it (harvester resets + ring-full
+     * exits). Entries per page taken ~ write-protect faults per page. */
+    bool has_ring;
+    uint64_t ring_entries;
+    uint64_t ring_recycles;
 };
 
 #define MIG_PROGRESS_MAX_ITERATIONS 128

@@ -722,7 +722,7 @@ static void source_log_iteration(struct source *s, struct mig_iteration_record *
  * than it must. Not refused, not hidden: counted in progress, and said once
  * per migration (stderr and a migration.warning event), with what serves
  * such a guest better (issue 15, item 4; docs/benchmarks.md). */
-static void source_check_recycling(struct source *s, bool baseline)
+static void source_check_recycling(struct source *s, bool baseline, struct mig_iteration_record *record)
 {
     if (dirty_log_mode(s->vm->dirty_log) != DIRTY_LOG_RING)
         return;
@@ -730,12 +730,20 @@ static void source_check_recycling(struct source *s, bool baseline)
     if (stats == NULL)
         return;
     dirty_log_get_stats(s->vm->dirty_log, stats);
-    if (baseline)
+    if (baseline) {
         s->entries_at_hold = stats->pages;
+        s->entries_at_iteration = stats->pages;
+    }
     s->progress.recycling.entries_harvested = stats->pages - s->entries_at_hold;
     s->progress.recycling.pages_taken = s->pages_taken;
     uint64_t resets = stats->harvester_resets - s->recycling_seen_resets;
     uint64_t full_exits = stats->ring_full_exits - s->recycling_seen_full_exits;
+    if (record != NULL) {
+        record->has_ring = true;
+        record->ring_entries = stats->pages - s->entries_at_iteration;
+        record->ring_recycles = resets + full_exits;
+        s->entries_at_iteration = stats->pages;
+    }
     s->recycling_seen_resets = stats->harvester_resets;
     s->recycling_seen_full_exits = stats->ring_full_exits;
     uint32_t entries = stats->ring_entries;
@@ -1055,7 +1063,7 @@ static int source_final_pages(struct source *s)
     }
     uint64_t extra_count = extra.count;
     s->pages_taken += extra_count;
-    source_check_recycling(s, false);
+    source_check_recycling(s, false, NULL);
     dirty_pages_free(&extra);
     dirty_pages_free(&s->pending);
     s->pending = merged;
@@ -1422,7 +1430,7 @@ static int source_run(struct source *s)
     if (r != 0)
         return source_fail(s, "internal", "starting dirty tracking: %s", strerror(-r));
     s->tracking = true;
-    source_check_recycling(s, true);
+    source_check_recycling(s, true, NULL);
     s->progress.setup_ms = (mig_mono_ns() - s->started_mono) / 1000000u;
     source_phase(s, MIG_STATE_ACTIVE, "bulk");
     if (s->params.converge == MIG_CONVERGE_DIRTY_LIMIT)
@@ -1518,8 +1526,8 @@ static int source_run(struct source *s)
         s->progress.expected_downtime_ms = record.expected_downtime_ms;
         s->progress.memory.remaining = record.size_bytes;
         s->pending_sent = 0;
+        source_check_recycling(s, false, &record);
         source_log_iteration(s, &record);
-        source_check_recycling(s, false);
         source_publish(s);
         if (source_tick(s) != 0)
             return -1;

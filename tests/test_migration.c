@@ -403,13 +403,16 @@ Test(migration, auto_converge_throttles_and_completes, .timeout = 90)
     cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
     /* The throttle followed the rule: 0, 0, 80, 99, ... */
     int highest = 0;
-    uint64_t throttled_kicks = 0;
+    uint64_t throttled_kicks = 0, ring_entries = 0;
     for (uint64_t i = 0; i < p->iteration_count && i < MIG_PROGRESS_MAX_ITERATIONS; i++) {
         int t = p->iterations[i].throttle;
         cr_assert(t == 0 || t == 80 || t == 99, "iteration %" PRIu64 " throttle %d", i, t);
         cr_assert_geq(t, highest, "the auto throttle never goes down");
         highest = t;
         cr_assert_eq(p->iterations[i].has_bpf, with_bpf, "iteration %" PRIu64, i);
+        /* Ring mode: each record has the entries harvested in it. */
+        cr_assert(p->iterations[i].has_ring, "iteration %" PRIu64 " without ring entries", i);
+        ring_entries += p->iterations[i].ring_entries;
         if (with_bpf) {
             cr_assert_geq(p->iterations[i].kick_p99_ns, p->iterations[i].kick_p50_ns);
             if (t > 0)
@@ -418,6 +421,11 @@ Test(migration, auto_converge_throttles_and_completes, .timeout = 90)
     }
     cr_assert_gt(highest, 0, "a %" PRIu64 " MiB/s link cannot keep up with a guest writing pages at %" PRIu64
                  " MiB/s without throttling", link_mibs, guest_mibs);
+    cr_assert_gt(p->iterations[0].ring_entries, 0, "pass 0 harvested no entry under a full-rate dirtier");
+    /* The iterations' entries add up to what the migration harvested
+     * before its final sync (which harvests more). */
+    cr_assert_leq(ring_entries, p->recycling.entries_harvested);
+    cr_assert_gt(ring_entries, 0);
     if (with_bpf)
         cr_assert_gt(throttled_kicks, 0, "throttled iterations kick the vCPU every timeslice");
     cr_assert_eq(test_destination_join(&dest), 0);

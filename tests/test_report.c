@@ -640,3 +640,48 @@ Test(report_vm, watch_samples_until_the_migration_ends, .timeout = 120)
     api_server_destroy(server);
     harness_vm_stop(&h);
 }
+
+/* Ring mode: each iteration record carries the ring entries harvested in
+ * it and the rings' recycling; the progress JSON has them exactly, and the
+ * report adds plot-ring-entries (only then). */
+Test(report, ring_entries_per_iteration_reach_the_json_and_their_plot)
+{
+    struct mig_iteration_record record = { .iteration = 2, .size_bytes = 4096 * 1000, .has_ring = true,
+                                           .ring_entries = 1250, .ring_recycles = 3 };
+    json_t *object = mig_iteration_to_json(&record);
+    cr_assert_not_null(object);
+    cr_assert_eq(json_integer_value(json_object_get(object, "ring_entries")), 1250);
+    cr_assert_eq(json_integer_value(json_object_get(object, "ring_recycles")), 3);
+    json_decref(object);
+    record.has_ring = false;
+    object = mig_iteration_to_json(&record);
+    cr_assert_null(json_object_get(object, "ring_entries"), "bitmap mode has no ring entries");
+    json_decref(object);
+
+    skip_without_gnuplot();
+    json_t *progress = load(DATA_DIR "progress-sample.json");
+    json_t *last = json_is_array(progress) ? json_array_get(progress, json_array_size(progress) - 1) : progress;
+    json_t *iterations = json_object_get(last, "iterations");
+    cr_assert(json_is_array(iterations) && json_array_size(iterations) > 0);
+    for (size_t i = 0; i < json_array_size(iterations); i++) {
+        json_t *it = json_array_get(iterations, i);
+        json_object_set_new(it, "ring_entries", json_integer(1000 + (json_int_t)i));
+        json_object_set_new(it, "ring_recycles", json_integer((json_int_t)i % 2));
+    }
+    char error[1024] = "";
+    char *html = render(progress, NULL, error, sizeof(error));
+    cr_assert_not_null(html, "report_render failed: %s", error);
+    cr_assert_eq(count(html, "<svg id=\"plot-ring-entries\""), 1);
+    cr_assert_not_null(strstr(html, "write-protect faults per page"));
+    /* Every other plot but the kick latency (no BPF stats given), plus this one. */
+    cr_assert_eq(count(html, "<svg"), report_plot_count - 1 + report_ring_plot_count);
+    free(html);
+    json_decref(progress);
+
+    progress = load(DATA_DIR "progress-sample.json");
+    html = render(progress, NULL, error, sizeof(error));
+    cr_assert_not_null(html, "report_render failed: %s", error);
+    cr_assert_null(strstr(html, "plot-ring-entries"), "a ring plot without ring data");
+    free(html);
+    json_decref(progress);
+}
