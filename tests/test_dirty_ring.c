@@ -462,19 +462,27 @@ Test(dirty_ring, out_of_order_window_in_lockstep)
     fk_fini(&k);
 }
 
+/* Guest RAM as the slot map sees it, built by hand: `regions` memslots of
+ * 4 MiB (1024 pages), the second at 4 GiB. */
+static void test_memory(struct guest_memory *mem, unsigned regions, struct dirty_slot_map *map)
+{
+    memset(mem, 0, sizeof(*mem));
+    mem->size = (uint64_t)regions << 22;
+    mem->slot_count = regions;
+    mem->slots[0] = (struct guest_memory_slot){ .slot = 0, .gpa = 0, .size = 4ULL << 20, .ram_offset = 0 };
+    if (regions > 1)
+        mem->slots[1] = (struct guest_memory_slot){ .slot = 1, .gpa = 1ULL << 32, .size = 4ULL << 20,
+                                                    .ram_offset = 4ULL << 20 };
+    dirty_slot_map_init(map, mem);
+}
+
 /* vcpu_ring: (slot, offset) -> RAM page through the slot map, into the dirty
  * set, with the unreset (ring fill) bookkeeping. */
 Test(vcpu_ring, translates_slots_into_dirty_set)
 {
     struct guest_memory mem;
-    memset(&mem, 0, sizeof(mem));
-    mem.size = 8ULL << 20;
-    mem.slot_count = 2;
-    mem.slots[0] = (struct guest_memory_slot){ .slot = 0, .gpa = 0, .size = 4ULL << 20, .ram_offset = 0 };
-    mem.slots[1] = (struct guest_memory_slot){ .slot = 1, .gpa = 1ULL << 32, .size = 4ULL << 20,
-                                               .ram_offset = 4ULL << 20 };
     struct dirty_slot_map map;
-    dirty_slot_map_init(&map, &mem);
+    test_memory(&mem, 2, &map);
     cr_assert_eq(dirty_slot_map_page(&map, 0, 5), 5);
     cr_assert_eq(dirty_slot_map_page(&map, 1, 5), 1024 + 5);
     cr_assert_eq(dirty_slot_map_page(&map, 1, 1024), UINT64_MAX, "offset beyond slot");
@@ -673,12 +681,8 @@ Test(dirty_ring, deferred_lap_never_harvests_an_entry_twice)
 Test(dirty_ring, vcpu_ring_records_entries_and_knows_which_need_flagging)
 {
     struct guest_memory mem;
-    memset(&mem, 0, sizeof(mem));
-    mem.size = 4ULL << 20;
-    mem.slot_count = 1;
-    mem.slots[0] = (struct guest_memory_slot){ .slot = 0, .gpa = 0, .size = 4ULL << 20, .ram_offset = 0 };
     struct dirty_slot_map map;
-    dirty_slot_map_init(&map, &mem);
+    test_memory(&mem, 1, &map);
     struct dirty_set *set;
     cr_assert_eq(dirty_set_create(&set, 1024, 1, NULL), 0);
     _Atomic uint64_t *entries = calloc(1024, sizeof(*entries));

@@ -639,20 +639,29 @@ Test(dirty_tracking, reset_at_take_logs_every_rewritten_page_again, .timeout = 1
  * a memslot (dirty_log_protect_before_send) turns logging on for that one,
  * a take for all that are left. Until its memslot logs, the guest's writes
  * cost no fault and no entry. */
-Test(dirty_tracking, late_reset_turns_each_memslot_on_just_before_the_first_read, .timeout = 120)
+/* A 1 GiB guest (8 memslots of 128 MiB) running the dirtier, tracked the
+ * way a migration holds it: lazily. */
+static struct vm *create_lazily_tracked(void)
 {
-    harness_require_kvm();
     struct dirty_log_config dirty;
     dirty_log_config_defaults(&dirty);
     struct vm *vm = create_tracked("1G", "dirtier,wss=8M,pattern=seq", &dirty, -1);
-    struct dirty_log *log = vm->dirty_log;
-    struct dirty_log_stats s0, s1, s2;
     /* create_tracked's start turned every memslot on (what a plain
      * dirty_log_start does); a migration's hold is lazy. */
-    dirty_log_get_stats(log, &s0);
-    cr_assert_eq(s0.kvm_slots_logging, 8);
-    cr_assert_eq(dirty_log_stop(log), 0);
-    cr_assert_eq(dirty_log_hold(log, DIRTY_LOG_HOLDER_MIGRATION | DIRTY_LOG_HOLD_LAZY_MEMSLOTS), 0);
+    struct dirty_log_stats s;
+    dirty_log_get_stats(vm->dirty_log, &s);
+    cr_assert_eq(s.kvm_slots_logging, 8);
+    cr_assert_eq(dirty_log_stop(vm->dirty_log), 0);
+    cr_assert_eq(dirty_log_hold(vm->dirty_log, DIRTY_LOG_HOLDER_MIGRATION | DIRTY_LOG_HOLD_LAZY_MEMSLOTS), 0);
+    return vm;
+}
+
+Test(dirty_tracking, late_reset_turns_each_memslot_on_just_before_the_first_read, .timeout = 120)
+{
+    harness_require_kvm();
+    struct vm *vm = create_lazily_tracked();
+    struct dirty_log *log = vm->dirty_log;
+    struct dirty_log_stats s0, s1, s2;
     struct dirty_log_stats start;
     dirty_log_get_stats(log, &start);
     cr_assert(harness_wait_all_vcpus_advance(vm, 2500, 30000));
@@ -697,12 +706,8 @@ Test(dirty_tracking, late_reset_turns_each_memslot_on_just_before_the_first_read
 Test(dirty_tracking, the_apis_hold_turns_every_memslot_on, .timeout = 120)
 {
     harness_require_kvm();
-    struct dirty_log_config dirty;
-    dirty_log_config_defaults(&dirty);
-    struct vm *vm = create_tracked("1G", "dirtier,wss=8M,pattern=seq", &dirty, -1);
+    struct vm *vm = create_lazily_tracked();
     struct dirty_log_stats s;
-    cr_assert_eq(dirty_log_stop(vm->dirty_log), 0);
-    cr_assert_eq(dirty_log_hold(vm->dirty_log, DIRTY_LOG_HOLDER_MIGRATION | DIRTY_LOG_HOLD_LAZY_MEMSLOTS), 0);
     dirty_log_get_stats(vm->dirty_log, &s);
     cr_assert_eq(s.kvm_slots_logging, 0);
     cr_assert_eq(dirty_log_hold(vm->dirty_log, DIRTY_LOG_HOLDER_API), 0);
