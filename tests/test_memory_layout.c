@@ -12,8 +12,8 @@
 #include "vmm/bootinfo.h"
 #include "vmm/memory.h"
 
-#define MIB (1ull << 20)
-#define GIB (1ull << 30)
+#define MIB ((uint64_t)1 << 20)
+#define GIB ((uint64_t)1 << 30)
 
 static void check_layout(uint64_t size, bool split, unsigned regions, unsigned expect_slots, uint64_t expect_piece)
 {
