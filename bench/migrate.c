@@ -71,6 +71,7 @@ struct options {
     const char *filter;     /* "WSS/CAP/CONVERGE/LOG" prefix, e.g. "256M/none/auto" */
     bool baselines_only;    /* --baselines: the throughput baselines, no matrix */
     bool ring_take;         /* --ring-take: also ring rows with --ring-reset take */
+    const char *pattern;    /* --pattern: the dirtier's pattern in the matrix (default seq) */
     bool dest_prealloc;     /* --dest-prealloc: matrix destinations fault their RAM in at start */
     uint64_t caps[8];       /* --caps: MiB/s, 0 = none */
     unsigned cap_count;     /* 0 = the matrix's (or --quick's) caps */
@@ -768,7 +769,7 @@ int main(int argc, char **argv)
         {"memory", required_argument, NULL, 'm'}, {"timeout", required_argument, NULL, 't'},
         {"downtime-ms", required_argument, NULL, 'd'}, {"transport", required_argument, NULL, 'T'},
         {"filter", required_argument, NULL, 'f'}, {"caps", required_argument, NULL, 'c'},
-        {"ring-take", no_argument, NULL, 'K'}, {"baselines", no_argument, NULL, 'b'}, {"dest-prealloc", no_argument, NULL, 'p'},
+        {"ring-take", no_argument, NULL, 'K'}, {"pattern", required_argument, NULL, 'P'}, {"baselines", no_argument, NULL, 'b'}, {"dest-prealloc", no_argument, NULL, 'p'},
         {"reaction", required_argument, NULL, 'r'}, {"vcpus", required_argument, NULL, 'v'},
         {"bitmap-clear-chunk", required_argument, NULL, 'C'}, {"wss", required_argument, NULL, 'w'},
         {"help", no_argument, NULL, 'h'}, {0},
@@ -819,6 +820,13 @@ int main(int argc, char **argv)
             bitmap_clear_chunk = o.bitmap_clear_chunk;
             break;
         case 'K': o.ring_take = true; break;
+        case 'P':
+            if (strcmp(optarg, "seq") != 0 && strcmp(optarg, "random") != 0 && strcmp(optarg, "hot") != 0) {
+                fprintf(stderr, "bench/migrate: --pattern '%s': expected seq, random or hot\n", optarg);
+                return 2;
+            }
+            o.pattern = optarg;
+            break;
         case 'c':
             if (parse_caps(optarg, &o) != 0)
                 return 2;
@@ -832,7 +840,7 @@ int main(int argc, char **argv)
                     "usage: migrate [--quick] [--json] [--memory SIZE] [--timeout S] [--downtime-ms N]\n"
                     "               [--transport unix|tcp] [--filter WSS/CAP/CONVERGE/LOG] [--caps LIST]\n"
                     "               [--baselines] [--dest-prealloc] [--vcpus N]\n"
-                    "               [--bitmap-clear-chunk SIZE] [--wss LIST] [--ring-take]\n"
+                    "               [--bitmap-clear-chunk SIZE] [--wss LIST] [--ring-take] [--pattern P]\n"
                     "       migrate --reaction N [--json] [--transport unix|tcp]\n"
                     "  --quick      256 MiB working set, caps none and 125 MiB/s only\n"
                     "  --caps       bandwidth caps to run, e.g. none,1024 (default none,1024,125)\n"
@@ -846,6 +854,7 @@ int main(int argc, char **argv)
                     "  --bitmap-clear-chunk SIZE  the VMs' --bitmap-clear-chunk (bitmap mode)\n"
                     "  --ring-take  also a ring-take row per cell: ring mode with --ring-reset take (every\n"
                     "               page re-protected at each take), the baseline of late reset\n"
+                    "  --pattern P  the matrix dirtier's write pattern: seq (default), random or hot\n"
                     "  --wss LIST   the matrix's working sets, e.g. 16M,64M,256M,1G (default 256M,1G);\n"
                     "               column recycle: iterations in which the dirty rings recycled / harvester\n"
                     "               resets + ring-full exits (issue 15, item 4); ent/page: ring entries\n"
@@ -944,7 +953,10 @@ int main(int argc, char **argv)
                             continue;
                     }
                     ring_reset_at_take = modes_at_take[m];
-                    run_one(&o, wss_full[w], "", o.dest_prealloc, caps[b], converges[v], modes[m], &r);
+                    char extra[48] = "";
+                    if (o.pattern != NULL)
+                        snprintf(extra, sizeof(extra), ",pattern=%s", o.pattern);
+                    run_one(&o, wss_full[w], extra, o.dest_prealloc, caps[b], converges[v], modes[m], &r);
                     ring_reset_at_take = false;
                     if (!r.skipped && caps[b] == 0 && r.iterations > 0) {
                         if (uncapped_min == 0 || r.throughput_mibs < uncapped_min)
