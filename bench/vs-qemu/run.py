@@ -575,6 +575,11 @@ def run_qemu(args, case, scratch):
                                   "the QEMU destination to run")
             if not dst_status:
                 r["note"] += " destination not running"
+        elif r["status"] == "timeout":
+            # Cancelled: the source guest runs on; its rate from the start
+            # to now (throttled passes included) is what it kept meanwhile.
+            p_end = qemu_guest_pages(qs, stats_gpa, case.vcpus, scratch)
+            r["guest_pps"] = (p_end - p_start) / max(1e-3, time.monotonic() - t_start)
         elif r["status"] != "timeout":
             r["status"] = last.get("status", "?")
             r["note"] = last.get("error-desc", "")
@@ -852,6 +857,14 @@ def run_ringvm(args, case, scratch):
                     r["guest_pps_pre"] = (p_end - p_start) / max(1e-3, r["switch_ms"] / 1e3)
             except (ApiError, OSError, ConnectionError) as e:
                 r["note"] = "guest counters after completion: %s" % e
+        elif r["status"] == "timeout" and case.mode == "precopy":
+            # Cancelled: the guest runs on here; its rate from the start to
+            # now is what it kept during the migration.
+            try:
+                p_end = ringvm_guest_pages(api)
+                r["guest_pps"] = (p_end - p_start) / max(1e-3, time.monotonic() - t_start)
+            except (ApiError, OSError, ConnectionError) as e:
+                r["note"] += "; guest counters after the cancel: %s" % e
         elif r["status"] != "timeout":
             r["status"] = last.get("state", "?")
             r["note"] = json.dumps(last.get("error"))
