@@ -606,8 +606,11 @@ static void ledger_over_tls(enum credentials_kind kind, const char *cipher, cons
      * TCG's emulated AES at a few MiB/s, and this test is about the guest
      * arriving intact over TLS, not about convergence. */
     /* (Post-copy moves the guest after the handshake whatever its rate:
-     * the full-speed ledger, whose passes take well under a second.) */
-    harness_vm_start(&source, "256M", 2, mode == MIG_MODE_POSTCOPY ? "ledger,wss=8M,verify=1"
+     * the full-speed ledger over 32 MiB, so that the background stream,
+     * capped below, cannot have delivered every page the guest touches
+     * before it runs on the destination: its faults must go over the
+     * urgent channel. Once, with 8 MiB and no cap, none did.) */
+    harness_vm_start(&source, "256M", 2, mode == MIG_MODE_POSTCOPY ? "ledger,wss=32M,verify=1"
                                                                    : "ledger,wss=8M,verify=1,rate=200", "ring");
     cr_assert(console_wait_for(&source.console, "LEDGER OK", 1, 20000), "no LEDGER OK on the source:\n%s",
               console_snapshot(&source.console));
@@ -625,6 +628,8 @@ static void ledger_over_tls(enum credentials_kind kind, const char *cipher, cons
     params.timeout_s = 240;
     params.keep_alive = true;
     params.mode = mode;
+    if (mode == MIG_MODE_POSTCOPY)
+        params.max_bandwidth_mibs = 128;   /* the 32 MiB working set takes >= 250 ms to stream */
     uint64_t id = 0;
     const char *code = NULL;
     char message[1400];
