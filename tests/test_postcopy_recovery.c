@@ -491,7 +491,8 @@ Test(postcopy_recovery, the_link_breaks_again_mid_stream_after_a_recovery, .time
 }
 
 /* The source pauses first (its stall timeout is 1 s, the destination's
- * 4 s) and the operator resumes it at once, towards an address where
+ * 8 s: with 4 s a loaded CI run once saw the destination pause before the
+ * test looked) and the operator resumes it at once, towards an address where
  * nothing listens: the attempt fails, the source pauses again with the
  * connect error and keeps its old connections, the destination pauses by
  * itself later, and a recovery in the right order completes. (What keeping
@@ -503,7 +504,7 @@ Test(postcopy_recovery, the_link_breaks_again_mid_stream_after_a_recovery, .time
 Test(postcopy_recovery, a_resume_before_the_destination_noticed_the_break_keeps_the_guest, .timeout = 60)
 {
     struct recovery r;
-    recovery_start_stall(&r, false, 4, 4000, false);
+    recovery_start_stall(&r, false, 4, 8000, false);
     struct mig_progress *q = malloc(sizeof(*q));
     cr_assert(migration_progress(r.dest.harness.vm, q));
     cr_assert_str_eq(q->phase, "postcopy", "the destination paused before the source (%s: %s)", q->error_code,
