@@ -709,11 +709,11 @@ static int64_t take_locked(struct dirty_log *log, struct dirty_pages *out, uint6
             rc = -ENOMEM;
         }
     }
-    if (rc >= 0 && log->config.mode == DIRTY_LOG_RING) {
+    if (rc >= 0 && atomic_load_explicit(&log->late_reset, memory_order_relaxed)) {
         for (unsigned i = 0; i < log->vcpu_count; i++) {
             if (!log->rings[i])
                 continue;
-            if (!late && atomic_load_explicit(&log->late_reset, memory_order_relaxed))
+            if (!late)
                 vcpu_ring_flag_all(log->rings[i]);
             vcpu_ring_mark_boundary(log->rings[i]);
         }
@@ -977,14 +977,6 @@ int dirty_log_protect_pages(struct dirty_log *log, const uint64_t *pages, uint64
 {
     if (!log || count == 0)
         return 0;
-    if (log->config.mode == DIRTY_LOG_BITMAP) {
-        for (uint64_t i = 0; i < count; i++) {
-            int r = dirty_log_protect_before_send(log, pages[i], 1);
-            if (r != 0)
-                return r;
-        }
-        return 0;
-    }
     if (log->config.mode != DIRTY_LOG_RING || !atomic_load_explicit(&log->late_reset, memory_order_acquire) ||
         atomic_load_explicit(&log->final_synced, memory_order_acquire))
         return 0;

@@ -80,8 +80,8 @@
  *                               flags each page's entry if it was harvested
  *                               before the last take and is not flagged,
  *                               with its ring's entries before it, then one
- *                               KVM_RESET_DIRTY_RINGS; bitmap: as
- *                               protect_before_send for each page.
+ *                               KVM_RESET_DIRTY_RINGS; nothing in the
+ *                               other modes.
  *   dirty_log_final_sync()      vCPUs paused (out of KVM_RUN) by the caller:
  *                               drains every ring to empty / one last bitmap
  *                               GET. Nothing is write-protected from here
@@ -212,9 +212,9 @@ int dirty_log_final_sync(struct dirty_log *log);
 int dirty_log_protect_before_send(struct dirty_log *log, uint64_t first_page, uint64_t count);
 /* Before the migration reads the pages of a take (pages[0..count), any
  * order): ring mode with late reset re-protects those that need it with
- * at most one KVM_RESET_DIRTY_RINGS; bitmap mode protects each as
- * dirty_log_protect_before_send does. The migration thread; 0 or -errno
- * with the cause printed. */
+ * at most one KVM_RESET_DIRTY_RINGS; a no-op otherwise (bitmap mode
+ * protects in dirty_log_protect_before_send, called for each page anyway).
+ * The migration thread; 0 or -errno with the cause printed. */
 int dirty_log_protect_pages(struct dirty_log *log, const uint64_t *pages, uint64_t count);
 /* Pages per protection unit (bitmap: the clear chunk; ring with late
  * reset and several memslots: a memslot); 0 when

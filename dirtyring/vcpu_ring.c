@@ -101,11 +101,18 @@ uint32_t vcpu_ring_flag_until(struct vcpu_ring *vr, uint32_t end)
     return n;
 }
 
+/* Lock held: every harvested entry flagged. */
+static uint32_t flag_all_locked(struct vcpu_ring *vr)
+{
+    uint32_t n = dirty_ring_flag_until(&vr->ring, vr->ring.fetch_index);
+    account_flagged(vr, n);
+    return n;
+}
+
 uint32_t vcpu_ring_flag_all(struct vcpu_ring *vr)
 {
     pthread_mutex_lock(&vr->lock);
-    uint32_t n = dirty_ring_flag_until(&vr->ring, vr->ring.fetch_index);
-    account_flagged(vr, n);
+    uint32_t n = flag_all_locked(vr);
     pthread_mutex_unlock(&vr->lock);
     return n;
 }
@@ -114,11 +121,7 @@ uint32_t vcpu_ring_set_defer(struct vcpu_ring *vr, bool defer)
 {
     pthread_mutex_lock(&vr->lock);
     vr->ring.defer = defer;
-    uint32_t n = 0;
-    if (!defer) {
-        n = dirty_ring_flag_until(&vr->ring, vr->ring.fetch_index);
-        account_flagged(vr, n);
-    }
+    uint32_t n = defer ? 0 : flag_all_locked(vr);
     /* Entries harvested before now belong to no generation a migration
      * will send with late reset: nothing before here needs flagging. */
     atomic_store_explicit(&vr->generation_boundary, vr->ring.fetch_index, memory_order_release);
