@@ -355,13 +355,14 @@ int incoming_postcopy_end(struct incoming *in, char *error, size_t error_size, u
     incoming_publish(in);
     if (in->receiver.end.flags & MIG_END_HAS_DIGEST) {
         char hex[PAGE_DIGEST_HEX_SIZE];
-        postcopy_incoming_digest(in->postcopy, hex);
+        uint64_t digest_pages = postcopy_incoming_digest(in->postcopy, hex);
         snprintf(in->progress.digest_destination, sizeof(in->progress.digest_destination), "%s", hex);
         snprintf(in->progress.digest_source, sizeof(in->progress.digest_source), "%s", in->receiver.end.digest);
         if (strcmp(hex, in->receiver.end.digest) != 0) {
             *code = MIG_ERR_DIGEST;
-            snprintf(error, error_size, "page digest mismatch after post-copy: source %s, destination %s (the guest "
-                     "runs here already)", in->receiver.end.digest, hex);
+            snprintf(error, error_size, "page digest mismatch after post-copy: source %s, destination %s over %" PRIu64
+                     " of %" PRIu64 " pages (the guest runs here already)", in->receiver.end.digest, hex,
+                     digest_pages, in->vm->memory.size / MIG_PAGE_SIZE);
             return -1;
         }
     }

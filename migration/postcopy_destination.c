@@ -437,13 +437,19 @@ static int postcopy_placed(struct postcopy_destination *d, uint64_t page, int io
     if (ioctl_result != 0) {
         /* EEXIST: the page is already present and the failing ioctl woke
          * nobody; a thread may have faulted on it between the other place
-         * and now, so wake the page explicitly. */
+         * and now, so wake the page explicitly. Nothing else: the place
+         * whose copy succeeded marks the page received and adds it to the
+         * digest, and it may not have taken the lock yet (its copy runs
+         * without it). Marking the page here would let the END wait see
+         * every page received and read the digest before that place adds
+         * the page to it: a digest short of one page with nothing missing. */
         struct uffdio_range range = { .start = start, .len = POSTCOPY_PAGE_SIZE };
         if (ioctl(d->uffd, UFFDIO_WAKE, &range) != 0) {
             fprintf(stderr, "ringvm: postcopy: UFFDIO_WAKE(page %" PRIu64 "): %s\n", page, strerror(errno));
             return -errno;
         }
         d->counters.already_present++;
+        return 0;
     } else if (zero) {
         d->counters.zero++;
         if (d->options.digest)
@@ -463,8 +469,11 @@ static int postcopy_placed(struct postcopy_destination *d, uint64_t page, int io
  * the pages already present allow: a partial UFFDIO_COPY / ZEROPAGE
  * reports the bytes done, and the page after them is the one that failed
  * (EEXIST: placed by the other channel, woken and counted as present). */
-static int postcopy_place_run(struct postcopy_destination *d, uint64_t page, uint64_t count, const uint8_t *data)
+static int postcopy_place_run(struct postcopy_destination *d, uint64_t page, uint64_t count, const uint8_t *data,
+                              uint64_t *placed_here)
 {
+    if (placed_here != NULL)
+        *placed_here = 0;
     if (count == 0)
         return 0;
     if (page >= d->pages || count > d->pages - page)
@@ -475,7 +484,9 @@ static int postcopy_place_run(struct postcopy_destination *d, uint64_t page, uin
      * pc-urgent never waits behind the background stream's 1 MiB copy;
      * the lock covers marking the pages received and waking their
      * waiters. A fault read between the copy and the mark asks for its
-     * page once more (the answer finds it present): harmless. */
+     * page once more (the answer finds it present): harmless. A place of
+     * the same page by the other channel in that window finds it present
+     * (EEXIST) and leaves the marking to this one (postcopy_placed). */
     while (result == 0 && done < count) {
         uint64_t start = (uint64_t)(uintptr_t)d->options.host + (page + done) * POSTCOPY_PAGE_SIZE;
         uint64_t length = (count - done) * POSTCOPY_PAGE_SIZE;
@@ -494,11 +505,15 @@ static int postcopy_place_run(struct postcopy_destination *d, uint64_t page, uin
             bytes = zeropage.zeropage;
         }
         uint64_t placed = bytes > 0 ? (uint64_t)bytes / POSTCOPY_PAGE_SIZE : 0;
+        if (placed > 0 && d->options.after_copy != NULL)
+            d->options.after_copy(page + done, placed, d->options.after_copy_opaque);
         pthread_mutex_lock(&d->lock);
         for (uint64_t i = 0; result == 0 && i < placed; i++)
             result = postcopy_placed(d, page + done + i, 0, 0,
                                      data != NULL ? data + (done + i) * POSTCOPY_PAGE_SIZE : NULL);
         done += placed;
+        if (placed_here != NULL)
+            *placed_here += placed;
         if (result == 0 && ioctl_result != 0 && error != EAGAIN) {
             /* This page: EEXIST wakes and counts it, anything else fails.
              * (EAGAIN: the mapping changed under us; retry the rest.) */
@@ -513,23 +528,24 @@ static int postcopy_place_run(struct postcopy_destination *d, uint64_t page, uin
 
 int postcopy_destination_place(struct postcopy_destination *d, uint64_t page, const void *data)
 {
-    return postcopy_place_run(d, page, 1, data);
+    return postcopy_place_run(d, page, 1, data, NULL);
 }
 
 int postcopy_destination_place_zero(struct postcopy_destination *d, uint64_t page)
 {
-    return postcopy_place_run(d, page, 1, NULL);
+    return postcopy_place_run(d, page, 1, NULL, NULL);
 }
 
 int postcopy_destination_place_range(struct postcopy_destination *d, uint64_t page, uint64_t count,
                                      const uint8_t *data)
 {
-    return postcopy_place_run(d, page, count, data);
+    return postcopy_place_run(d, page, count, data, NULL);
 }
 
-int postcopy_destination_place_zero_range(struct postcopy_destination *d, uint64_t page, uint64_t count)
+int postcopy_destination_place_zero_range(struct postcopy_destination *d, uint64_t page, uint64_t count,
+                                          uint64_t *placed)
 {
-    return postcopy_place_run(d, page, count, NULL);
+    return postcopy_place_run(d, page, count, NULL, placed);
 }
 
 int postcopy_destination_discard(struct postcopy_destination *d, uint64_t page, uint64_t count)

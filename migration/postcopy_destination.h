@@ -62,6 +62,13 @@ struct postcopy_destination_options {
      * from the source: every page present at registration (read then,
      * before anything runs on it) and every page placed. */
     bool digest;
+    /* Tests only, NULL in production: called by a place after its
+     * UFFDIO_COPY / ZEROPAGE put count pages at page in RAM and before it
+     * takes the lock to mark them received, to hold a place in the window
+     * where the other channel's place of the same pages finds them
+     * present. */
+    void (*after_copy)(uint64_t page, uint64_t count, void *opaque);
+    void *after_copy_opaque;
 };
 
 /* Fault service latency in log2 buckets: bucket 0 = [0, 2) ns, bucket i =
@@ -124,7 +131,9 @@ bool postcopy_destination_available(char *error, size_t error_size);
 
 /* Places 4096 bytes at page (UFFDIO_COPY) and wakes its waiters. A page
  * already there (EEXIST: placed by the other stream) is woken and counted
- * as already_present; its contents stay. 0 or -errno (message on stderr). */
+ * as already_present; its contents stay, and the place that put it there
+ * marks it received (a page counts as received only once it is in the
+ * digest). 0 or -errno (message on stderr). */
 int postcopy_destination_place(struct postcopy_destination *destination, uint64_t page, const void *data);
 /* The same with a zero page (UFFDIO_ZEROPAGE). */
 int postcopy_destination_place_zero(struct postcopy_destination *destination, uint64_t page);
@@ -135,8 +144,11 @@ int postcopy_destination_place_range(struct postcopy_destination *destination, u
                                      const uint8_t *data);
 /* Zero pages [page, page + count) with as few UFFDIO_ZEROPAGE calls as
  * the pages already present allow (pages known to be zero: sent as zero
- * runs in pre-copy, which left holes in the memfd). 0 or -errno. */
-int postcopy_destination_place_zero_range(struct postcopy_destination *destination, uint64_t page, uint64_t count);
+ * runs in pre-copy, which left holes in the memfd). *placed (if not NULL)
+ * = the pages this call put in RAM, not those another place put there.
+ * 0 or -errno. */
+int postcopy_destination_place_zero_range(struct postcopy_destination *destination, uint64_t page, uint64_t count,
+                                          uint64_t *placed);
 /* Punches [page, page + count) out of the memfd (fallocate PUNCH_HOLE |
  * KEEP_SIZE) and clears their received and requested bits, so the next
  * touch faults and requests again. 0 or -errno (message on stderr). */

@@ -43,8 +43,8 @@
  * before taking lock to broadcast, so a waiter that checked "missing"
  * under lock cannot miss the wake-up.
  * scratch, known_zero_filled, final_*, finished: the incoming thread's
- * (fill_progress and fill_known_zero copy the stats into scratch, which
- * start allocates once: no allocation per call).
+ * (fill_progress copies the stats into scratch, which start allocates
+ * once: no allocation per call).
  */
 struct postcopy_incoming {
     struct postcopy_destination *destination;
@@ -143,7 +143,7 @@ int postcopy_incoming_place(struct postcopy_incoming *pi, uint64_t ram_offset, u
             end++;
         int r = data != NULL ? postcopy_destination_place_range(pi->destination, first + i, end - i,
                                                                 data + (size_t)i * MIG_PAGE_SIZE)
-                             : postcopy_destination_place_zero_range(pi->destination, first + i, end - i);
+                             : postcopy_destination_place_zero_range(pi->destination, first + i, end - i, NULL);
         if (r != 0)
             result = -1;
         i = end;
@@ -178,13 +178,11 @@ int postcopy_incoming_fill_known_zero(struct postcopy_incoming *pi, const uint64
         uint64_t end = page + 1;
         while (end < pi->pages && incoming_known_zero(pi, discarded, end))
             end++;
-        /* Zero pages counted by the destination around this run (scratch
-         * holds one snapshot at a time: the count before is kept). */
-        postcopy_destination_get_stats(pi->destination, pi->scratch);
-        uint64_t zero_before = pi->scratch->zero;
-        int r = postcopy_destination_place_zero_range(pi->destination, page, end - page);
-        postcopy_destination_get_stats(pi->destination, pi->scratch);
-        pi->known_zero_filled += pi->scratch->zero - zero_before;
+        /* Only what this call placed: a zero page pc-urgent placed
+         * meanwhile (the guest touched it first) came from the source. */
+        uint64_t placed = 0;
+        int r = postcopy_destination_place_zero_range(pi->destination, page, end - page, &placed);
+        pi->known_zero_filled += placed;
         incoming_signal_progress(pi);
         if (r != 0)
             return -1;
@@ -374,6 +372,7 @@ int postcopy_incoming_start(struct postcopy_incoming **out, const struct postcop
     struct postcopy_destination_options destination = {
         .host = options->host, .memfd = options->memfd, .size = options->size,
         .request_page = incoming_request_page, .opaque = pi, .digest = options->digest,
+        .after_copy = options->after_copy, .after_copy_opaque = options->after_copy_opaque,
     };
     if (postcopy_destination_create(&pi->destination, &destination, error, error_size) != 0)
         goto fail;
@@ -463,12 +462,13 @@ bool postcopy_incoming_failed(struct postcopy_incoming *pi, char *error, size_t 
     return true;
 }
 
-void postcopy_incoming_digest(struct postcopy_incoming *pi, char hex[PAGE_DIGEST_HEX_SIZE])
+uint64_t postcopy_incoming_digest(struct postcopy_incoming *pi, char hex[PAGE_DIGEST_HEX_SIZE])
 {
     struct page_digest digest = pi->final_digest;
     if (pi->destination != NULL)
         postcopy_destination_digest(pi->destination, &digest);
     page_digest_hex(&digest, hex);
+    return digest.pages;
 }
 
 void postcopy_incoming_fill_progress(struct postcopy_incoming *pi, struct mig_progress *progress,

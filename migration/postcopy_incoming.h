@@ -44,6 +44,9 @@ struct postcopy_incoming_options {
     uint64_t size;
     struct mig_io urgent;       /* the accepted urgent channel; its fd and TLS session become the session's */
     bool digest;                /* keep the page digest (verify_digest) */
+    /* Tests only, NULL in production: postcopy_destination_options'. */
+    void (*after_copy)(uint64_t page, uint64_t count, void *opaque);
+    void *after_copy_opaque;
 };
 
 /* Registers guest RAM with userfaultfd (the pages present now count as
@@ -75,7 +78,10 @@ int postcopy_incoming_wait_all(struct postcopy_incoming *incoming, unsigned time
                                char *error, size_t error_size);
 /* The urgent channel failed: true and its reason. */
 bool postcopy_incoming_failed(struct postcopy_incoming *incoming, char *error, size_t error_size);
-void postcopy_incoming_digest(struct postcopy_incoming *incoming, char hex[PAGE_DIGEST_HEX_SIZE]);
+/* The digest of every page placed (or present at registration) in hex;
+ * returns how many pages it covers (all of RAM once nothing is missing:
+ * fewer or more names a page lost or counted twice). */
+uint64_t postcopy_incoming_digest(struct postcopy_incoming *incoming, char hex[PAGE_DIGEST_HEX_SIZE]);
 /* Copies the counters into progress->postcopy (vcpu_tids[i] = vCPU i's
  * kernel thread id, to tell their faults and blocktime apart). */
 void postcopy_incoming_fill_progress(struct postcopy_incoming *incoming, struct mig_progress *progress,

@@ -37,6 +37,11 @@ struct fixture {
     uint64_t requests[MAX_REQUESTS];
     unsigned request_count;
     unsigned failures_left;     /* record_request fails this many calls first (each is logged) */
+    /* Set before registration: keep the digest; hold the first place
+     * after its copy (hold_after_copy) until the test lets it go. */
+    bool digest;
+    bool hold_after_copy;
+    atomic_int hold;            /* 0 not reached, 1 the held place waits, 2 let go */
 };
 
 static int record_request(uint64_t page, void *opaque)
@@ -69,12 +74,36 @@ static void fixture_setup(struct fixture *f)
     cr_assert_eq(guest_memory_create(&f->memory, RAM_SIZE, &options), 0);
 }
 
+static bool hold_reached(void *argument)
+{
+    return atomic_load_explicit(&((struct fixture *)argument)->hold, memory_order_acquire) == 1;
+}
+
+static bool hold_released(void *argument)
+{
+    return atomic_load_explicit(&((struct fixture *)argument)->hold, memory_order_acquire) == 2;
+}
+
+/* The first place to copy pages waits here, between its copy and its
+ * marking, until the test sets hold to 2. */
+static void hold_first_copy(uint64_t page, uint64_t count, void *opaque)
+{
+    (void)page;
+    (void)count;
+    struct fixture *f = opaque;
+    int expected = 0;
+    if (!atomic_compare_exchange_strong_explicit(&f->hold, &expected, 1, memory_order_acq_rel, memory_order_acquire))
+        return;
+    cr_assert(harness_wait_until(hold_released, f, WAIT_MS), "the test never let the held place go");
+}
+
 static void fixture_register(struct fixture *f)
 {
     char error[512] = "";
     struct postcopy_destination_options options = {
         .host = f->memory.host, .memfd = f->memory.memfd, .size = f->memory.size,
-        .request_page = record_request, .opaque = f,
+        .request_page = record_request, .opaque = f, .digest = f->digest,
+        .after_copy = f->hold_after_copy ? hold_first_copy : NULL, .after_copy_opaque = f,
     };
     int result = postcopy_destination_create(&f->destination, &options, error, sizeof(error));
     if (result != 0 && strncmp(error, "userfaultfd is not available", 29) == 0) {
@@ -379,6 +408,75 @@ Test(postcopy_destination, placing_a_page_twice_keeps_the_first_and_counts_alrea
     cr_assert_eq(s.received_pages, 1);
     guarded_page_free(first);
     guarded_page_free(second);
+    fixture_end(&f);
+}
+
+struct held_place {
+    struct fixture *fixture;
+    uint64_t page;
+    const uint8_t *data;
+    int result;
+};
+
+static void *held_place_run(void *argument)
+{
+    struct held_place *h = argument;
+    h->result = postcopy_destination_place(h->fixture->destination, h->page, h->data);
+    return NULL;
+}
+
+/* The race behind a post-copy digest one page short with no page missing
+ * (seen once in CI: pure post-copy over TCP at 125 MiB/s). pc-urgent's
+ * copy of a page succeeded, and before it took the lock to mark the page
+ * the main stream's place of the same page found it present. That place
+ * marked it received, the END wait saw nothing missing and read the
+ * digest, and the page was added to it only afterwards. A page found
+ * present must count as received only once the place that copied it has
+ * marked it and added it to the digest. */
+Test(postcopy_destination, a_page_found_present_is_received_only_once_the_copying_place_marked_it, .timeout = 60)
+{
+    struct fixture f;
+    fixture_setup(&f);
+    f.digest = true;
+    f.hold_after_copy = true;
+    fixture_register(&f);
+    uint8_t *urgent = guarded_page(9, 1);
+    uint8_t *stream = guarded_page(9, 1);
+    struct held_place held = { .fixture = &f, .page = 9, .data = urgent, .result = -1 };
+    pthread_t thread;
+    cr_assert_eq(pthread_create(&thread, NULL, held_place_run, &held), 0);
+    cr_assert(harness_wait_until(hold_reached, &f, WAIT_MS), "the first place never copied its page");
+
+    /* The page is in RAM, its place not marked yet: the other channel's
+     * place finds it present and must leave it unreceived. */
+    cr_assert_eq(postcopy_destination_place(f.destination, 9, stream), 0, "EEXIST is not an error");
+    struct postcopy_destination_stats s = stats_of(&f);
+    cr_assert_eq(s.already_present, 1);
+    cr_assert_eq(s.placed, 0);
+    cr_assert(!postcopy_destination_received(f.destination, 9), "received before its place added it to the digest");
+    cr_assert_eq(postcopy_destination_received_pages(f.destination), 0);
+    struct page_digest digest;
+    postcopy_destination_digest(f.destination, &digest);
+    cr_assert_eq(digest.pages, 0);
+
+    atomic_store_explicit(&f.hold, 2, memory_order_release);
+    cr_assert_eq(pthread_join(thread, NULL), 0);
+    cr_assert_eq(held.result, 0);
+    s = stats_of(&f);
+    cr_assert_eq(s.placed, 1);
+    cr_assert_eq(s.already_present, 1);
+    cr_assert_eq(s.received_pages, 1);
+    cr_assert(postcopy_destination_received(f.destination, 9));
+    struct page_digest expected;
+    page_digest_init(&expected);
+    page_digest_add(&expected, 9, urgent);
+    postcopy_destination_digest(f.destination, &digest);
+    cr_assert_eq(digest.pages, 1, "the page is in the digest exactly once");
+    cr_assert_eq(digest.low, expected.low);
+    cr_assert_eq(digest.high, expected.high);
+    cr_assert_eq(memcmp(f.memory.host + 9 * PAGE, urgent, PAGE), 0);
+    guarded_page_free(urgent);
+    guarded_page_free(stream);
     fixture_end(&f);
 }
 
