@@ -26,7 +26,9 @@
  * Per transport, in one run (the machine's noise hits all alike): the
  * round trip (two threads exchanging 16 bytes over a fresh connection,
  * 2000 times), then the fault service without and with the background
- * stream. Reported: the touchers' own latency (clock before the read to
+ * stream (and with its threads at nice N), each twice: requests queued
+ * for pc-urgent to send (the baseline, postcopy_incoming_options.
+ * queue_requests) and sent by pc-fault itself (the default). Reported: the touchers' own latency (clock before the read to
  * clock after it: fault delivery, request, answer, copy, wake) p50/p99/max
  * exactly (sorted samples), the destination's histogram (fault read to
  * page placed, log2 buckets) p50/p99, the background stream's MiB/s, and
@@ -214,6 +216,7 @@ struct service {
     _Atomic bool failed;
     uint64_t background_bytes, background_ns;
     int nice;                   /* the background stream's threads */
+    bool queue_requests;        /* every request through pc-urgent's queue (the baseline) */
 };
 
 struct toucher {
@@ -380,20 +383,24 @@ static void *background_receive_run(void *argument)
 struct outcome {
     bool background;
     int nice;
+    bool queued;
     unsigned faults;
     uint64_t p50_ns, p99_ns, max_ns;            /* the touchers' own */
     uint64_t destination_p50_ns, destination_p99_ns, destination_max_ns;
     double background_mibs;
 };
 
-static int run_service(const struct settings *settings, bool tcp, bool background, int nice, struct outcome *out)
+static int run_service(const struct settings *settings, bool tcp, bool background, int nice, bool queued,
+                       struct outcome *out)
 {
     struct service *s = calloc(1, sizeof(*s));
     if (s == NULL)
         return -1;
     s->settings = settings;
     s->nice = nice;
+    s->queue_requests = queued;
     out->nice = nice;
+    out->queued = queued;
     s->pages = settings->memory / PAGE;
     s->urgent[0] = s->urgent[1] = s->main[0] = s->main[1] = -1;
     struct guest_memory_options options = { .numa_node = -1 };
@@ -416,7 +423,7 @@ static int run_service(const struct settings *settings, bool tcp, bool backgroun
         goto out_memory;
     struct postcopy_incoming_options incoming = {
         .host = s->destination.host, .memfd = s->destination.memfd, .size = s->destination.size,
-        .urgent = destination_urgent,
+        .urgent = destination_urgent, .queue_requests = queued,
     };
     if (postcopy_incoming_start(&s->incoming, &incoming, error, sizeof(error)) != 0) {
         fprintf(stderr, "bench/fault-service: %s\n", error);
@@ -596,7 +603,8 @@ int main(int argc, char **argv)
     }
     json_t *runs = json_array();
     if (!settings.json)
-        printf("%-9s %-10s | %6s %8s %8s %9s | %8s %8s | %8s %8s | %7s | %s\n", "transport", "background",
+        printf("%-9s %-11s %-8s | %6s %8s %8s %9s | %8s %8s | %8s %8s | %7s | %s\n", "transport", "background",
+               "requests",
                "faults", "p50_us", "p99_us", "max_us", "dst_p50", "dst_p99", "rtt_p50", "rtt_p99", "bg_MiBs",
                "p99 <= 1 ms + rtt");
     int status = 0;
@@ -609,12 +617,15 @@ int main(int argc, char **argv)
             status = 1;
             continue;
         }
-        /* off, on, and on with the stream's threads nice'd */
-        for (int variant = 0; variant < (settings.background_nice > 0 ? 3 : 2); variant++) {
-            int background = variant > 0;
-            int nice = variant == 2 ? (int)settings.background_nice : 0;
+        /* Stream off, on, and on with its threads nice'd; each with the
+         * requests through pc-urgent's queue (the baseline), then sent by
+         * pc-fault itself. */
+        for (int variant = 0; variant < (settings.background_nice > 0 ? 6 : 4); variant++) {
+            int background = variant / 2 > 0;
+            int nice = variant / 2 == 2 ? (int)settings.background_nice : 0;
+            bool queued = variant % 2 == 0;
             struct outcome outcome = { 0 };
-            if (run_service(&settings, tcp, background == 1, nice, &outcome) != 0) {
+            if (run_service(&settings, tcp, background == 1, nice, queued, &outcome) != 0) {
                 fprintf(stderr, "bench/fault-service: the %s run with%s the background stream failed\n",
                         tcp ? "tcp" : "unix", background ? "" : "out");
                 status = 1;
@@ -629,8 +640,8 @@ int main(int argc, char **argv)
             else
                 snprintf(stream, sizeof(stream), nice > 0 ? "unc,nice %d" : "uncapped", nice);
             if (!settings.json)
-                printf("%-9s %-10s | %6u %8.1f %8.1f %9.1f | %8.1f %8.1f | %8.1f %8.1f | %7.1f | %s\n",
-                       tcp ? "tcp" : "unix", stream, outcome.faults, outcome.p50_ns / 1e3, outcome.p99_ns / 1e3,
+                printf("%-9s %-11s %-8s | %6u %8.1f %8.1f %9.1f | %8.1f %8.1f | %8.1f %8.1f | %7.1f | %s\n",
+                       tcp ? "tcp" : "unix", stream, queued ? "queued" : "direct", outcome.faults, outcome.p50_ns / 1e3, outcome.p99_ns / 1e3,
                        outcome.max_ns / 1e3, outcome.destination_p50_ns / 1e3, outcome.destination_p99_ns / 1e3,
                        rtt_p50 / 1e3, rtt_p99 / 1e3, outcome.background_mibs, met ? "yes" : "no");
             json_t *run = json_object();
@@ -638,6 +649,7 @@ int main(int argc, char **argv)
             json_object_set_new(run, "background", json_boolean(background));
             json_object_set_new(run, "cap_mibs", json_integer(settings.cap_mibs));
             json_object_set_new(run, "background_nice", json_integer(nice));
+            json_object_set_new(run, "requests", json_string(queued ? "queued" : "direct"));
             json_object_set_new(run, "faults", json_integer(outcome.faults));
             json_object_set_new(run, "p50_us", json_real(outcome.p50_ns / 1e3));
             json_object_set_new(run, "p99_us", json_real(outcome.p99_ns / 1e3));

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,10 +30,22 @@
  * POSTCOPY_REQUEST_MAX_PAGES pages. */
 #define INCOMING_URGENT_FRAME_MAX (MIG_RUN_HEADER_SIZE + POSTCOPY_REQUEST_MAX_PAGES * MIG_PAGE_SIZE)
 
+/* A request frame: header + PAGE_REQUEST. */
+#define INCOMING_REQUEST_FRAME (MIG_HEADER_SIZE + POSTCOPY_PAGE_REQUEST_SIZE)
+
 /*
- * Ownership: destination, wake_event, pages: set by start, immutable.
- * io, seq_out, seq_in, frame: "pc-urgent" only (the incoming thread
- * touches io again after joining it). queue*, resumed_*: under lock.
+ * Ownership: destination, wake_event, pages, direct_requests: set by
+ * start, immutable. seq_in, frame: "pc-urgent" only. io: read by
+ * pc-urgent (and by the incoming thread after joining it); written
+ * (every byte sent on the urgent channel) only under send_lock, which
+ * also guards seq_out, partial* and direct_off. pc-fault sends a request
+ * itself when it gets send_lock at once (trylock: it never waits), the
+ * channel is plaintext, direct sending is on (not paused, not failed) and
+ * no earlier frame is unfinished; one non-blocking send, and whatever it
+ * could not send (a partial frame) is left in partial for pc-urgent to
+ * finish before anything else. Otherwise the request is queued for
+ * pc-urgent as before. queue*, resumed_*: under lock. Lock order:
+ * send_lock -> lock.
  * stop, failed: atomics (failed is set with release after error is
  * written; readers acquire).
  * progress: a condition on lock (CLOCK_MONOTONIC), broadcast after
@@ -65,6 +78,11 @@ struct postcopy_incoming {
     bool finished;
     uint64_t seq_out, seq_in;
     uint8_t *frame;
+    pthread_mutex_t send_lock;
+    bool direct_requests;       /* options: pc-fault may send requests itself (plaintext only) */
+    bool direct_off;            /* under send_lock: paused or failed, queue instead */
+    uint8_t partial[INCOMING_REQUEST_FRAME];
+    size_t partial_length, partial_sent;
     /* After finish (destination destroyed): its last counters and digest,
      * for the final progress snapshot. */
     struct postcopy_destination_stats *final_stats;
@@ -90,10 +108,44 @@ static void incoming_wake(struct postcopy_incoming *pi)
         fprintf(stderr, "ringvm: postcopy: waking pc-urgent: %s\n", strerror(errno));
 }
 
-/* From "pc-fault": queue and return at once (never blocks on the network). */
+/* From "pc-fault", under nothing: the request straight onto the urgent
+ * channel when that costs no wait (see the ownership comment). true if
+ * it went (whole, or the rest left for pc-urgent in partial). */
+static bool incoming_send_request_now(struct postcopy_incoming *pi, uint64_t page)
+{
+    if (!pi->direct_requests || pthread_mutex_trylock(&pi->send_lock) != 0)
+        return false;
+    bool sent = false;
+    if (!pi->direct_off && pi->partial_length == 0 && pi->io.tls == NULL &&
+        !atomic_load_explicit(&pi->failed, memory_order_acquire)) {
+        uint8_t frame[INCOMING_REQUEST_FRAME];
+        size_t length = postcopy_return_encode_page_request(frame, pi->seq_out, page * MIG_PAGE_SIZE, 1);
+        ssize_t done = send(pi->io.fd, frame, length, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (done > 0) {
+            pi->seq_out++;
+            sent = true;
+            if ((size_t)done < length) {
+                memcpy(pi->partial, frame, length);
+                pi->partial_length = length;
+                pi->partial_sent = (size_t)done;
+            }
+        }
+        /* Nothing sent (a full buffer, a broken channel): queued below,
+         * and pc-urgent's own write meets the error if there is one. */
+    }
+    bool wake = sent && pi->partial_length > 0;
+    pthread_mutex_unlock(&pi->send_lock);
+    if (wake)
+        incoming_wake(pi);
+    return sent;
+}
+
+/* From "pc-fault": sent or queued at once (never blocks on the network). */
 static int incoming_request_page(uint64_t page, void *opaque)
 {
     struct postcopy_incoming *pi = opaque;
+    if (incoming_send_request_now(pi, page))
+        return 0;
     pthread_mutex_lock(&pi->lock);
     bool queued = pi->queue_count < INCOMING_QUEUE;
     if (queued)
@@ -123,6 +175,13 @@ static void incoming_fail(struct postcopy_incoming *pi, const char *fmt, ...)
     va_end(args);
     atomic_store_explicit(&pi->failed, true, memory_order_release);
     incoming_signal_progress(pi);
+}
+
+static void incoming_direct_set(struct postcopy_incoming *pi, bool off)
+{
+    pthread_mutex_lock(&pi->send_lock);
+    pi->direct_off = off;
+    pthread_mutex_unlock(&pi->send_lock);
 }
 
 int postcopy_incoming_place(struct postcopy_incoming *pi, uint64_t ram_offset, uint32_t pages, const uint8_t *data)
@@ -191,7 +250,11 @@ int postcopy_incoming_fill_known_zero(struct postcopy_incoming *pi, const uint64
     return 0;
 }
 
-/* Sends RESUMED (when due) and the queued requests, in one write. */
+static int incoming_send_locked(struct postcopy_incoming *pi, bool resumed, uint64_t resumed_ns,
+                                const uint64_t *pages, unsigned count);
+
+/* Sends what pc-fault left unfinished, RESUMED (when due) and the queued
+ * requests. */
 static int incoming_send_pending(struct postcopy_incoming *pi)
 {
     uint64_t pages[INCOMING_QUEUE];
@@ -208,12 +271,31 @@ static int incoming_send_pending(struct postcopy_incoming *pi)
         pi->queue_count--;
     }
     pthread_mutex_unlock(&pi->lock);
+    pthread_mutex_lock(&pi->send_lock);
+    int result = incoming_send_locked(pi, resumed, resumed_ns, pages, count);
+    pthread_mutex_unlock(&pi->send_lock);
+    return result;
+}
+
+/* Under send_lock: the rest of a frame pc-fault started, then RESUMED
+ * (when due) and the queued requests, in as few writes as fit. */
+static int incoming_send_locked(struct postcopy_incoming *pi, bool resumed, uint64_t resumed_ns,
+                                const uint64_t *pages, unsigned count)
+{
+    char text[400];
+    if (pi->partial_length > 0) {
+        if (mig_io_write(&pi->io, pi->partial + pi->partial_sent, pi->partial_length - pi->partial_sent, text,
+                         sizeof(text)) != 0) {
+            incoming_fail(pi, "urgent channel: sending a page request: %s", text);
+            return -1;
+        }
+        pi->partial_length = pi->partial_sent = 0;
+    }
     if (!resumed && count == 0)
         return 0;
-    static const size_t request_frame = MIG_HEADER_SIZE + POSTCOPY_PAGE_REQUEST_SIZE;
-    uint8_t buffer[MIG_HEADER_SIZE + MIG_POSTCOPY_RESUMED_SIZE + 64 * (MIG_HEADER_SIZE + POSTCOPY_PAGE_REQUEST_SIZE)];
+    static const size_t request_frame = INCOMING_REQUEST_FRAME;
+    uint8_t buffer[MIG_HEADER_SIZE + MIG_POSTCOPY_RESUMED_SIZE + 64 * INCOMING_REQUEST_FRAME];
     size_t used = 0;
-    char text[400];
     if (resumed) {
         uint8_t payload[MIG_POSTCOPY_RESUMED_SIZE];
         mig_put_u64(payload, resumed_ns);
@@ -358,6 +440,8 @@ int postcopy_incoming_start(struct postcopy_incoming **out, const struct postcop
     }
     pi->io = options->urgent;
     pi->pages = options->size / MIG_PAGE_SIZE;
+    pi->direct_requests = !options->queue_requests;
+    pthread_mutex_init(&pi->send_lock, NULL);
     pi->wake_event = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     pthread_mutex_init(&pi->lock, NULL);
     pthread_condattr_t attributes;
@@ -511,6 +595,9 @@ static void incoming_join(struct postcopy_incoming *pi)
 
 void postcopy_incoming_pause(struct postcopy_incoming *pi)
 {
+    /* Requests wait in the queue for the next channel (restart), not in
+     * the old one's send buffer. */
+    incoming_direct_set(pi, true);
     incoming_join(pi);
 }
 
@@ -522,11 +609,18 @@ int postcopy_incoming_urgent_fd(const struct postcopy_incoming *pi)
 int postcopy_incoming_restart(struct postcopy_incoming *pi, struct mig_io urgent, char *error, size_t error_size)
 {
     incoming_join(pi);
+    pthread_mutex_lock(&pi->send_lock);
     mig_tls_session_free(pi->io.tls);
     if (pi->io.fd >= 0)
         close(pi->io.fd);
     pi->io = urgent;
     pi->seq_in = pi->seq_out = 0;
+    /* Half a request left for the old channel goes with it, as a request
+     * sent whole just before the break does: the page still comes, in
+     * the stream the recovered source sends. */
+    pi->partial_length = pi->partial_sent = 0;
+    pi->direct_off = false;
+    pthread_mutex_unlock(&pi->send_lock);
     pi->error[0] = '\0';
     atomic_store_explicit(&pi->failed, false, memory_order_release);
     atomic_store_explicit(&pi->stop, false, memory_order_release);
@@ -572,6 +666,7 @@ void postcopy_incoming_destroy(struct postcopy_incoming *pi)
         close(pi->wake_event);
     pthread_cond_destroy(&pi->progress);
     pthread_mutex_destroy(&pi->lock);
+    pthread_mutex_destroy(&pi->send_lock);
     free(pi->frame);
     free(pi->scratch);
     free(pi->final_stats);

@@ -16,13 +16,17 @@
  * Threads and ownership: the incoming thread creates, calls place (main
  * stream), resumed, fill_progress, failed, missing, wait_all, pause,
  * restart, finish and destroy. "pc-fault" (inside postcopy_destination)
- * queues requests under lock. "pc-urgent" owns the urgent channel's io
- * (and its TLS session: one thread per session, both directions) from
- * start (or restart) until pause/finish/destroy join it; between a pause
- * and the next restart no pc-urgent runs and the incoming thread holds the
- * old channel. Everything it shares with the others is under lock or
- * atomic; each place and a failure broadcast a condition on that lock,
- * which wait_all sleeps on.
+ * sends a request itself on a plaintext channel when that needs no wait
+ * (one non-blocking send under the send lock, taken with trylock), and
+ * queues it for pc-urgent otherwise (TLS, a busy or paused channel, a
+ * full socket buffer): a fault then crosses three threads instead of
+ * four (bench/fault-service). "pc-urgent" reads the urgent channel (and
+ * owns its TLS session: one thread per session, both directions) and
+ * sends the queue from start (or restart) until pause/finish/destroy join
+ * it; between a pause and the next restart no pc-urgent runs, pc-fault
+ * only queues, and the incoming thread holds the old channel. Everything
+ * shared is under a lock or atomic; each place and a failure broadcast a
+ * condition on the lock, which wait_all sleeps on.
  */
 #ifndef RINGVM_MIGRATION_POSTCOPY_INCOMING_H
 #define RINGVM_MIGRATION_POSTCOPY_INCOMING_H
@@ -44,6 +48,9 @@ struct postcopy_incoming_options {
     uint64_t size;
     struct mig_io urgent;       /* the accepted urgent channel; its fd and TLS session become the session's */
     bool digest;                /* keep the page digest (verify_digest) */
+    /* Every request through pc-urgent's queue, as before pc-fault could
+     * send one itself (bench/fault-service's baseline). */
+    bool queue_requests;
     /* Tests only, NULL in production: postcopy_destination_options'. */
     void (*after_copy)(uint64_t page, uint64_t count, void *opaque);
     void *after_copy_opaque;
