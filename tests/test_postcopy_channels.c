@@ -13,8 +13,11 @@
  * the source's, and RAM equal to the source's but for the bytes the
  * threads wrote. A place between its copy and its marking yields on every
  * third call (the after_copy hook), so the two channels meet on the same
- * pages in the window where the digest once lost one (201d746). Skips with
- * the reason where userfaultfd is not permitted.
+ * pages in the window where the digest once lost one (201d746). And
+ * recovery's mechanics: a paused session queues requests (pc-fault sends
+ * them itself only on a live channel) and the restarted one sends them on
+ * the new channel. Skips with the reason where userfaultfd is not
+ * permitted.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -26,6 +29,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <fcntl.h>
 
 #include "migration/page_digest.h"
 #include "migration/postcopy_destination.h"
@@ -256,4 +260,90 @@ Test(postcopy_channels, runs_of_64_pages_place_every_page_once_with_the_source_d
 Test(postcopy_channels, runs_of_512_pages_place_every_page_once_with_the_source_digest, .timeout = 120)
 {
     run_channels(512);
+}
+
+/* One read of one page, as a vCPU's first touch. */
+struct single_touch {
+    struct channels *channels;
+    uint64_t page;
+    uint8_t data[PAGE];
+    pthread_t thread;
+    atomic_bool done;
+};
+
+static void *single_touch_run(void *argument)
+{
+    struct single_touch *t = argument;
+    memcpy(t->data, t->channels->destination.host + t->page * PAGE, PAGE);
+    atomic_store_explicit(&t->done, true, memory_order_release);
+    return NULL;
+}
+
+static bool single_touch_done(void *argument)
+{
+    return atomic_load_explicit(&((struct single_touch *)argument)->done, memory_order_acquire);
+}
+
+/* The fault was read and its request made (sent or queued). */
+static bool request_made(void *argument)
+{
+    struct channels *c = argument;
+    struct mig_progress *progress = calloc(1, sizeof(*progress));
+    postcopy_incoming_fill_progress(c->incoming, progress, NULL, 0);
+    bool seen = progress->postcopy.pages_requested > 0;
+    free(progress);
+    return seen;
+}
+
+/* Recovery's mechanics without KVM: a paused session (the link broke)
+ * queues the request of a thread that faults meanwhile (nothing goes into
+ * the old channel, whose bytes would be lost with it), and the session
+ * restarted on a new channel sends it there: the thread gets its page
+ * from the restarted pc-serve, and the run ends like an unbroken one. */
+Test(postcopy_channels, a_paused_session_queues_requests_and_the_restarted_one_sends_them, .timeout = 120)
+{
+    struct channels c;
+    channels_start(&c);
+    postcopy_incoming_pause(c.incoming);
+    postcopy_source_stop(c.serve);
+
+    struct single_touch touch = { .channels = &c, .page = 4242 };
+    atomic_init(&touch.done, false);
+    cr_assert_eq(pthread_create(&touch.thread, NULL, single_touch_run, &touch), 0);
+    cr_assert(harness_wait_until(request_made, &c, WAIT_MS), "the touch never caused a request");
+    uint8_t byte;
+    cr_assert_eq(recv(c.fds[0], &byte, 1, MSG_DONTWAIT), -1, "a request went into the old channel while paused");
+    cr_assert_eq(errno, EAGAIN);
+    cr_assert(!single_touch_done(&touch), "the page came without a channel");
+
+    int fresh[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fresh), 0);
+    close(c.fds[0]);
+    c.fds[0] = fresh[0];
+    struct mig_io source_io = { .fd = fresh[0], .stall_ms = WAIT_MS, .peer = "destination" };
+    struct mig_io destination_io = { .fd = fresh[1], .stall_ms = WAIT_MS, .peer = "source" };
+    cr_assert_eq(postcopy_source_restart(c.serve, source_io), 0);
+    char error[512] = "";
+    cr_assert_eq(postcopy_incoming_restart(c.incoming, destination_io, error, sizeof(error)), 0, "%s", error);
+    cr_assert(harness_wait_until(single_touch_done, &touch, WAIT_MS), "the queued request was never answered");
+    cr_assert_eq(pthread_join(touch.thread, NULL), 0);
+    cr_assert_eq(memcmp(touch.data, c.source.host + touch.page * PAGE, PAGE), 0);
+    struct postcopy_source_stats served;
+    postcopy_source_get_stats(c.serve, &served);
+    cr_assert_eq(served.requests, 1, "exactly the queued request reached the restarted pc-serve");
+
+    push_background(&c, 64);
+    uint64_t missing = ~0ull;
+    cr_assert_eq(postcopy_incoming_wait_all(c.incoming, WAIT_MS, &missing, error, sizeof(error)), 0, "%s", error);
+    char source_hex[PAGE_DIGEST_HEX_SIZE], destination_hex[PAGE_DIGEST_HEX_SIZE];
+    cr_assert_eq(page_digest_memory(&c.source, source_hex), 0);
+    cr_assert_eq(postcopy_incoming_digest(c.incoming, destination_hex), RAM_PAGES);
+    cr_assert_str_eq(destination_hex, source_hex);
+    postcopy_incoming_finish(c.incoming);
+    postcopy_source_stop(c.serve);
+    postcopy_source_destroy(c.serve);
+    postcopy_incoming_destroy(c.incoming);
+    close(c.fds[0]);
+    guest_memory_destroy(&c.source);
+    guest_memory_destroy(&c.destination);
 }
