@@ -4,6 +4,13 @@
  * while it is non-empty, so a guest that reads slowly slows the sender and
  * nothing is dropped), socket -> stdout. The socket is non-blocking so
  * output keeps flowing while input waits.
+ *
+ * The guest migrating: when its ringvm hands this client over
+ * (console_handover_commit, vmm/console.h), a connection to the
+ * destination's console arrives with the notice (SCM_RIGHTS); once the
+ * old console closes, the session carries on over it (input not yet sent
+ * goes there, a finished stdin stays finished, --until keeps matching
+ * across). Several moves in a row work the same way.
  */
 #include "api/ringctl_console.h"
 
@@ -153,6 +160,8 @@ static bool write_stdout(const uint8_t *bytes, size_t length)
 /* The copy loop's state (main thread only). */
 struct console_session {
     int fd;
+    int next_fd;                    /* the destination console's, once handed over; -1 none */
+    unsigned moves;
     bool stdin_open;
     uint8_t pending[4096];          /* stdin bytes not yet sent */
     size_t pending_start, pending_length;
@@ -253,11 +262,39 @@ static enum copy_result read_input(struct console_session *session)
     return send_pending(session) ? COPY_CONTINUE : COPY_LOST;
 }
 
+/* A descriptor passed with the bytes just read: the destination console's
+ * connection (the first one kept; anything else is closed). */
+static void take_passed_fd(struct console_session *session, struct msghdr *message)
+{
+    for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(message); cmsg != NULL; cmsg = CMSG_NXTHDR(message, cmsg)) {
+        if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
+            if (session->next_fd < 0)
+                session->next_fd = fd;
+            else
+                close(fd);
+        }
+    }
+}
+
 static enum copy_result read_output(struct console_session *session)
 {
     uint8_t buffer[16384];
     for (;;) {
-        ssize_t n = recv(session->fd, buffer, sizeof(buffer), MSG_DONTWAIT);
+        struct iovec iov = {buffer, sizeof(buffer)};
+        union {
+            struct cmsghdr header;
+            char bytes[CMSG_SPACE(4 * sizeof(int))];
+        } control;
+        struct msghdr message = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.bytes,
+                                 .msg_controllen = sizeof(control.bytes)};
+        ssize_t n = recvmsg(session->fd, &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n >= 0)
+            take_passed_fd(session, &message);
         if (n > 0) {
             if (!write_stdout(buffer, (size_t)n))
                 return COPY_STDOUT_GONE;
@@ -279,7 +316,7 @@ static enum copy_result read_output(struct console_session *session)
 
 int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms, const char *until)
 {
-    struct console_session session = {.stdin_open = true};
+    struct console_session session = {.stdin_open = true, .next_fd = -1};
     if (until != NULL && until[0] != '\0') {
         session.until = until;
         session.until_length = strlen(until);
@@ -326,7 +363,7 @@ int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms, const
         }
         struct pollfd fds[2] = {
             {.fd = session.stdin_open && session.pending_length == 0 ? STDIN_FILENO : -1, .events = POLLIN},
-            {.fd = fd, .events = (short)(POLLIN | (session.pending_length > 0 ? POLLOUT : 0))},
+            {.fd = session.fd, .events = (short)(POLLIN | (session.pending_length > 0 ? POLLOUT : 0))},
         };
         if (poll(fds, 2, timeout) < 0) {
             if (errno == EINTR)
@@ -337,6 +374,19 @@ int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms, const
         }
         if (fds[1].revents & (POLLIN | POLLHUP | POLLERR))
             result = read_output(&session);
+        if (result == COPY_CLOSED && session.next_fd >= 0) {
+            /* The guest moved and its old console handed us the new one. */
+            close(session.fd);
+            session.fd = session.next_fd;
+            session.next_fd = -1;
+            session.moves++;
+            if (!session.stdin_open && shutdown(session.fd, SHUT_WR) != 0 && errno != ENOTCONN)
+                fprintf(stderr, "ringctl console: shutdown(SHUT_WR): %s\n", strerror(errno));
+            if (terminal)
+                fprintf(stderr, "ringctl console: the guest moved; attached to its new console\r\n");
+            result = COPY_CONTINUE;
+            continue;
+        }
         if (result == COPY_CONTINUE && (fds[1].revents & POLLOUT) && !send_pending(&session)) {
             /* ringvm closed its end: the read side reports it next. */
             session.pending_length = 0;
@@ -345,7 +395,9 @@ int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms, const
         if (result == COPY_CONTINUE && (fds[0].revents & (POLLIN | POLLHUP | POLLERR)))
             result = read_input(&session);
     }
-    close(fd);
+    close(session.fd);
+    if (session.next_fd >= 0)
+        close(session.next_fd);
     free(session.until_window);
     restore_terminal();
     if (stop_signal) {

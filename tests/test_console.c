@@ -895,3 +895,155 @@ Test(console, a_uart_attached_later_gets_the_input, .timeout = 30)
     peer_close(&a);
     fixture_stop(&f);
 }
+
+/* ---- moving the clients with the guest (console_handover_*) ----------------------------------- */
+
+static const char moved_notice[] =
+    "\r\n[ringvm console: the guest moved to unix:/dest (console B); this console continues there]\r\n";
+static const char attach_notice[] =
+    "\r\n[ringvm console: the guest moved to unix:/dest (console B); attach to its console there]\r\n";
+
+/* ringctl console attached to the source's console keeps running on the
+ * destination's: what the source printed, the notice, what the
+ * destination's guest printed between prepare and commit (kept for it),
+ * what it prints later; its typing reaches the destination's UART. */
+Test(console, ringctl_console_follows_the_guest_to_the_destination_console, .timeout = 60)
+{
+    const char *ringctl = ringctl_or_skip();
+    struct fixture source, destination;
+    fixture_start(&source, true);
+    fixture_start(&destination, true);
+    struct harness_process process;
+    int input = spawn_ringctl_console(&process, ringctl, source.path, NULL);
+    wait_stats(&source, 1, 0);
+    guest_print(&source, "on the source\r\n");
+    cr_assert(harness_process_wait_output(&process, "on the source\r\n", 1, WAIT_MS), "ringctl printed '%s'",
+              process.out);
+
+    char error[256] = "";
+    cr_assert_eq(console_handover_prepare(source.console, destination.path, error, sizeof(error)), 1, "%s", error);
+    wait_stats(&destination, 1, 0);
+    guest_print(&destination, "early on the destination\r\n");
+    cr_assert_eq(console_handover_commit(source.console, "unix:/dest (console B)", WAIT_MS), 1);
+    wait_stats(&source, 0, -1);
+    cr_assert(harness_process_wait_output(&process, "early on the destination\r\n", 1, WAIT_MS),
+              "ringctl printed '%s' (stderr '%s')", process.out, process.err);
+    guest_print(&destination, "later\r\n");
+    cr_assert(harness_process_wait_output(&process, "later\r\n", 1, WAIT_MS), "ringctl printed '%s'", process.out);
+
+    cr_assert_eq(write(input, "typed\r", 6), 6);
+    guest_wait_input(&destination, "typed\r");
+    guest_read(&source);
+    cr_assert_eq(source.received_length, 0, "input went to the source's UART");
+    cr_assert_eq(write(input, "\x1d", 1), 1);
+    int status = harness_process_wait_exit(&process, WAIT_MS);
+    cr_assert_eq(status, 0, "ringctl console exited %d; stderr: %s", status, process.err);
+    char expected[512];
+    snprintf(expected, sizeof(expected), "on the source\r\n%searly on the destination\r\nlater\r\n", moved_notice);
+    cr_assert_str_eq(process.out, expected);
+    cr_assert_str_eq(process.err, "ringctl console: detached\n");
+    wait_stats(&destination, 0, 0);
+    close(input);
+    harness_process_free(&process);
+    fixture_stop(&source);
+    fixture_stop(&destination);
+}
+
+static bool peer_wait_closed(struct peer *peer, unsigned timeout_ms)
+{
+    uint64_t deadline = now_ms() + timeout_ms;
+    for (;;) {
+        uint64_t now = now_ms();
+        if (now >= deadline)
+            return false;
+        struct pollfd entry = {.fd = peer->fd, .events = POLLIN};
+        if (poll(&entry, 1, (int)(deadline - now)) <= 0)
+            return false;
+        char buffer[512];
+        ssize_t got = recv(peer->fd, buffer, sizeof(buffer), MSG_DONTWAIT);
+        if (got == 0)
+            return true;
+        if (got < 0 && errno != EAGAIN && errno != EINTR)
+            return true;
+        if (got > 0) {
+            if (peer->capacity - peer->length <= (size_t)got) {
+                peer->capacity = peer->capacity * 2 + (size_t)got + 1;
+                peer->data = realloc(peer->data, peer->capacity);
+            }
+            memcpy(peer->data + peer->length, buffer, (size_t)got);
+            peer->length += (size_t)got;
+            peer->data[peer->length] = '\0';
+        }
+    }
+}
+
+/* A client that is not ringctl reads the notice and the end (the passed
+ * connection is dropped by its recv, so the destination's console loses
+ * it again); a client that attached after prepare, or attaches after
+ * the commit, is told to attach there. */
+Test(console, other_clients_get_the_notice_and_the_end, .timeout = 60)
+{
+    struct fixture source, destination;
+    fixture_start(&source, true);
+    fixture_start(&destination, true);
+    struct peer prepared, late, later;
+    peer_connect(&prepared, source.path);
+    wait_stats(&source, 1, 0);
+    char error[256] = "";
+    cr_assert_eq(console_handover_prepare(source.console, destination.path, error, sizeof(error)), 1, "%s", error);
+    wait_stats(&destination, 1, 0);
+    peer_connect(&late, source.path);
+    wait_stats(&source, 2, 0);
+    guest_print(&source, "last words\r\n");
+    cr_assert_eq(console_handover_commit(source.console, "unix:/dest (console B)", WAIT_MS), 1);
+    cr_assert(peer_wait_closed(&prepared, WAIT_MS), "the prepared client was not closed: '%s'", prepared.data);
+    cr_assert(peer_wait_closed(&late, WAIT_MS), "the late client was not closed: '%s'", late.data);
+    char expected[512];
+    snprintf(expected, sizeof(expected), "last words\r\n%s", moved_notice);
+    cr_assert_str_eq(prepared.data, expected);
+    snprintf(expected, sizeof(expected), "last words\r\n%s", attach_notice);
+    cr_assert_str_eq(late.data, expected);
+    wait_stats(&destination, 0, 0);
+
+    peer_connect(&later, source.path);
+    cr_assert(peer_wait_closed(&later, WAIT_MS), "a client after the move was not closed: '%s'", later.data);
+    cr_assert_str_eq(later.data, attach_notice);
+    wait_stats(&source, 0, 0);
+    peer_close(&prepared);
+    peer_close(&late);
+    peer_close(&later);
+    fixture_stop(&source);
+    fixture_stop(&destination);
+}
+
+/* A migration that fails after prepare: the connections go, the clients
+ * stay and keep getting the (source's) guest output. An unreachable
+ * destination console fails prepare with the reason and changes nothing;
+ * without clients prepare makes no connection. */
+Test(console, cancel_keeps_the_clients_and_prepare_names_what_failed, .timeout = 60)
+{
+    struct fixture source, destination;
+    fixture_start(&source, true);
+    fixture_start(&destination, true);
+    char error[256] = "";
+    cr_assert_eq(console_handover_prepare(source.console, destination.path, error, sizeof(error)), 0, "%s", error);
+    struct peer client;
+    peer_connect(&client, source.path);
+    wait_stats(&source, 1, 0);
+    char missing[160];
+    snprintf(missing, sizeof(missing), "%s/none.sock", destination.directory);
+    cr_assert_eq(console_handover_prepare(source.console, missing, error, sizeof(error)), -ENOENT);
+    char expected[512];
+    snprintf(expected, sizeof(expected), "console hand-over: connect(unix:%s): No such file or directory", missing);
+    cr_assert_str_eq(error, expected);
+    cr_assert_eq(console_handover_prepare(source.console, destination.path, error, sizeof(error)), 1, "%s", error);
+    wait_stats(&destination, 1, 0);
+    console_handover_cancel(source.console);
+    wait_stats(&destination, 0, 0);
+    guest_print(&source, "still here\r\n");
+    cr_assert(peer_wait_text(&client, "still here\r\n", WAIT_MS), "received '%s'", client.data);
+    wait_stats(&source, 1, 0);
+    peer_close(&client);
+    fixture_stop(&source);
+    fixture_stop(&destination);
+}

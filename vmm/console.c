@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -41,6 +42,14 @@ struct console_client {
     bool hung_up;                   /* the peer closed its end */
     uint64_t refused_generation;    /* writer generation it was told about */
     bool told_no_uart;
+    /* The hand-over, under console->lock: a connection to the destination's
+     * console made for this client (-1 none; prepare sets, cancel and
+     * removal close), and whether it is due to be told the guest moved
+     * (commit; the console thread sends the notice after the ring, the
+     * fd riding on its first byte, then removes the client). */
+    int handover_fd;
+    bool handover_due;
+    size_t notice_sent;
 };
 
 struct console {
@@ -74,6 +83,16 @@ struct console {
     struct console_client *clients[CONSOLE_MAX_CLIENTS];
     unsigned client_count;
     uint64_t dropped_bytes;
+    /* The hand-over's notices (set by commit, then immutable): for clients
+     * with a connection to pass, and for those without (attached after
+     * prepare, or its connect failed). moved: commit ran; handed_over
+     * counts notices sent with a connection; handover_done signals
+     * (console->lock) each due client that is finished with. */
+    bool moved;
+    char moved_notice[CONSOLE_HANDOVER_TEXT_MAX + 96];
+    char attach_notice[CONSOLE_HANDOVER_TEXT_MAX + 96];
+    unsigned handed_over;
+    pthread_cond_t handover_done;
 };
 
 static uint64_t now_ns(void)
@@ -244,6 +263,10 @@ static void remove_client(struct console *console, unsigned slot)
     struct console_client *client = console->clients[slot];
     console->clients[slot] = NULL;
     console->client_count--;
+    if (client->handover_fd >= 0)
+        close(client->handover_fd);
+    if (client->handover_due)
+        pthread_cond_broadcast(&console->handover_done);
     pthread_mutex_unlock(&console->lock);
     if (atomic_load_explicit(&console->writer, memory_order_relaxed) == (int)slot)
         atomic_store_explicit(&console->writer, -1, memory_order_relaxed);
@@ -253,8 +276,51 @@ static void remove_client(struct console *console, unsigned slot)
     free(client);
 }
 
-/* Sends what the client's ring holds without blocking; false when the
- * connection failed (the caller removes the client). */
+/* Under console->lock, the ring empty: the rest of the hand-over notice,
+ * its first byte carrying the destination connection (SCM_RIGHTS). true
+ * when it is all out (the caller removes the client), false for later
+ * (the socket is full) or a broken connection (*broken). */
+static bool send_handover_notice(struct console *console, struct console_client *client, bool *broken)
+{
+    const char *notice = client->handover_fd >= 0 ? console->moved_notice : console->attach_notice;
+    size_t length = strlen(notice);
+    while (client->notice_sent < length) {
+        struct iovec iov = {(void *)(notice + client->notice_sent), length - client->notice_sent};
+        union {
+            struct cmsghdr header;
+            char bytes[CMSG_SPACE(sizeof(int))];
+        } control;
+        struct msghdr message = {.msg_iov = &iov, .msg_iovlen = 1};
+        if (client->notice_sent == 0 && client->handover_fd >= 0) {
+            memset(&control, 0, sizeof(control));
+            message.msg_control = control.bytes;
+            message.msg_controllen = sizeof(control.bytes);
+            struct cmsghdr *cmsg = CMSG_FIRSTHDR(&message);
+            cmsg->cmsg_level = SOL_SOCKET;
+            cmsg->cmsg_type = SCM_RIGHTS;
+            cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(cmsg), &client->handover_fd, sizeof(int));
+        }
+        ssize_t n = sendmsg(client->fd, &message, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n > 0) {
+            if (client->notice_sent == 0 && client->handover_fd >= 0)
+                console->handed_over++;
+            client->notice_sent += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return false;
+        *broken = true;
+        return false;
+    }
+    return true;
+}
+
+/* Sends what the client's ring holds without blocking (then, when the
+ * guest moved, the hand-over notice); false when the client must go: its
+ * connection failed, or it was handed over (the caller removes it). */
 static bool flush_client(struct console *console, struct console_client *client)
 {
     bool ok = true;
@@ -278,6 +344,11 @@ static bool flush_client(struct console *console, struct console_client *client)
     }
     if (client->ring_length == 0)
         client->ring_start = 0;
+    if (ok && client->ring_length == 0 && client->handover_due) {
+        bool broken = false;
+        if (send_handover_notice(console, client, &broken) || broken)
+            ok = false;
+    }
     pthread_mutex_unlock(&console->lock);
     return ok;
 }
@@ -399,7 +470,9 @@ static void accept_clients(struct console *console)
         client->fd = fd;
         client->pid = peer.pid;
         client->ring = ring;
+        client->handover_fd = -1;
         pthread_mutex_lock(&console->lock);
+        client->handover_due = console->moved;     /* too late: told where the guest went, then closed */
         console->clients[slot] = client;
         console->client_count++;
         pthread_mutex_unlock(&console->lock);
@@ -495,7 +568,8 @@ static void *console_main(void *argument)
             if (client->hung_up && !readable)
                 continue;       /* POLLHUP would be reported again and again */
             entry->fd = client->fd;
-            entry->events = (short)((readable ? POLLIN : 0) | (client->ring_length > 0 ? POLLOUT : 0));
+            entry->events = (short)((readable ? POLLIN : 0) |
+                                    (client->ring_length > 0 || client->handover_due ? POLLOUT : 0));
         }
         pthread_mutex_unlock(&console->lock);
 
@@ -557,6 +631,7 @@ static void console_free(struct console *console)
     if (console->wake_fd >= 0)
         close(console->wake_fd);
     pthread_mutex_destroy(&console->lock);
+    pthread_cond_destroy(&console->handover_done);
     free(console);
 }
 
@@ -574,6 +649,11 @@ int console_create(struct console **out, struct serial *serial, struct uart *uar
     console->wake_fd = -1;
     atomic_init(&console->writer, -1);
     pthread_mutex_init(&console->lock, NULL);
+    pthread_condattr_t attributes;
+    pthread_condattr_init(&attributes);
+    pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC);
+    pthread_cond_init(&console->handover_done, &attributes);
+    pthread_condattr_destroy(&attributes);
     console->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (console->wake_fd < 0) {
         int error = errno;
@@ -657,4 +737,143 @@ void console_get_stats(struct console *console, struct console_stats *stats)
     pthread_mutex_unlock(&console->lock);
     stats->has_writer = atomic_load_explicit(&console->writer, memory_order_relaxed) >= 0;
     stats->input_bytes = atomic_load_explicit(&console->input_bytes, memory_order_relaxed);
+}
+
+/* ---- moving the clients with the guest (console.h) --------------------------------------------- */
+
+static int handover_connect(const char *path, char *error, size_t error_size)
+{
+    struct sockaddr_un address = {.sun_family = AF_UNIX};
+    size_t length = strlen(path);
+    if (length == 0 || length >= sizeof(address.sun_path)) {
+        snprintf(error, error_size, "console hand-over: the destination's console path must be 1 to %zu bytes",
+                 sizeof(address.sun_path) - 1);
+        return -EINVAL;
+    }
+    memcpy(address.sun_path, path, length + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        int saved = errno;
+        snprintf(error, error_size, "console hand-over: socket: %s", strerror(saved));
+        return -saved;
+    }
+    if (connect(fd, (struct sockaddr *)&address, sizeof(address)) != 0) {
+        int saved = errno;
+        snprintf(error, error_size, "console hand-over: connect(unix:%s): %s", path, strerror(saved));
+        close(fd);
+        return -saved;
+    }
+    /* The receiving ringctl reads it non-blocking as well; the flag
+     * travels with the open file. */
+    return fd;
+}
+
+int console_handover_prepare(struct console *console, const char *destination_path, char *error, size_t error_size)
+{
+    if (console == NULL)
+        return 0;
+    struct console_client *wanted[CONSOLE_MAX_CLIENTS];
+    unsigned count = 0;
+    pthread_mutex_lock(&console->lock);
+    for (unsigned i = 0; i < CONSOLE_MAX_CLIENTS; i++) {
+        struct console_client *client = console->clients[i];
+        wanted[i] = client != NULL && client->handover_fd < 0 && !client->handover_due ? client : NULL;
+        count += wanted[i] != NULL;
+    }
+    pthread_mutex_unlock(&console->lock);
+    /* Connect outside the lock (the output listener takes it); a client
+     * that left meanwhile gets nothing and its connection is closed. */
+    int fds[CONSOLE_MAX_CLIENTS];
+    for (unsigned i = 0; i < CONSOLE_MAX_CLIENTS; i++) {
+        fds[i] = -1;
+        if (wanted[i] == NULL)
+            continue;
+        fds[i] = handover_connect(destination_path, error, error_size);
+        if (fds[i] < 0) {
+            int result = fds[i];
+            for (unsigned j = 0; j < i; j++)
+                if (fds[j] >= 0)
+                    close(fds[j]);
+            return result;
+        }
+    }
+    unsigned prepared = 0;
+    pthread_mutex_lock(&console->lock);
+    for (unsigned i = 0; i < CONSOLE_MAX_CLIENTS; i++) {
+        if (fds[i] < 0)
+            continue;
+        if (console->clients[i] == wanted[i]) {
+            wanted[i]->handover_fd = fds[i];
+            prepared++;
+        } else {
+            close(fds[i]);
+        }
+    }
+    pthread_mutex_unlock(&console->lock);
+    (void)count;
+    return (int)prepared;
+}
+
+void console_handover_cancel(struct console *console)
+{
+    if (console == NULL)
+        return;
+    pthread_mutex_lock(&console->lock);
+    for (unsigned i = 0; i < CONSOLE_MAX_CLIENTS; i++) {
+        struct console_client *client = console->clients[i];
+        if (client != NULL && client->handover_fd >= 0 && !client->handover_due) {
+            close(client->handover_fd);
+            client->handover_fd = -1;
+        }
+    }
+    pthread_mutex_unlock(&console->lock);
+}
+
+static bool handover_pending(const struct console *console)
+{
+    for (unsigned i = 0; i < CONSOLE_MAX_CLIENTS; i++)
+        if (console->clients[i] != NULL && console->clients[i]->handover_due)
+            return true;
+    return false;
+}
+
+int console_handover_commit(struct console *console, const char *where, unsigned timeout_ms)
+{
+    if (console == NULL)
+        return 0;
+    char text[CONSOLE_HANDOVER_TEXT_MAX];
+    snprintf(text, sizeof(text), "%s", where);
+    /* Printable ASCII only: it goes to terminals. */
+    for (char *c = text; *c; c++)
+        if ((unsigned char)*c < 0x20 || (unsigned char)*c > 0x7e)
+            *c = '?';
+    pthread_mutex_lock(&console->lock);
+    if (!console->moved) {
+        snprintf(console->moved_notice, sizeof(console->moved_notice),
+                 "\r\n[ringvm console: the guest moved to %s; this console continues there]\r\n", text);
+        snprintf(console->attach_notice, sizeof(console->attach_notice),
+                 "\r\n[ringvm console: the guest moved to %s; attach to its console there]\r\n", text);
+        console->moved = true;
+    }
+    for (unsigned i = 0; i < CONSOLE_MAX_CLIENTS; i++)
+        if (console->clients[i] != NULL)
+            console->clients[i]->handover_due = true;
+    pthread_mutex_unlock(&console->lock);
+    console_wake(console);
+
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += (time_t)(timeout_ms / 1000u);
+    deadline.tv_nsec += (long)(timeout_ms % 1000u) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&console->lock);
+    while (handover_pending(console) && !atomic_load_explicit(&console->stop, memory_order_acquire))
+        if (pthread_cond_timedwait(&console->handover_done, &console->lock, &deadline) == ETIMEDOUT)
+            break;
+    int moved = (int)console->handed_over;
+    pthread_mutex_unlock(&console->lock);
+    return moved;
 }

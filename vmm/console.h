@@ -42,6 +42,7 @@
 #define RINGVM_VMM_CONSOLE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define CONSOLE_MAX_CLIENTS 16
@@ -80,6 +81,44 @@ void console_attach_uart(struct console *console, struct uart *uart);
  * (unlinked), joins the thread, restores the terminal. NULL is a no-op.
  * Call before uart_destroy and serial_destroy. */
 void console_destroy(struct console *console);
+
+/*
+ * Moving the clients with the guest (issue 14). The source of a migration
+ * whose destination has a console socket (migration.start's `console`)
+ * hands every client of this console over to it, so `ringctl console`
+ * keeps running across the migration:
+ *
+ * console_handover_prepare connects, from this process, one socket to the
+ * destination's console (destination_path) per client attached now. Call
+ * it before the guest can run there (the source calls it when it pauses
+ * the guest for the switch-over), so the destination's console keeps
+ * everything its guest prints from then on for them. Returns the number
+ * of connections made (0 with no client or no console), or -errno with
+ * error saying why ("console hand-over: connect(unix:PATH): No such file
+ * or directory"); then nothing is kept.
+ *
+ * console_handover_commit: the guest runs there now. Every client gets,
+ * after the output it was still owed,
+ *   "\r\n[ringvm console: the guest moved to WHERE; this console continues there]\r\n"
+ * with its prepared connection riding on the first byte (SCM_RIGHTS), and
+ * is then closed here; `ringctl console` carries on over that connection,
+ * any other client sees the line and the end. A client without one
+ * (attached after prepare, or attaching from now on) gets
+ *   "\r\n[ringvm console: the guest moved to WHERE; attach to its console there]\r\n"
+ * and is closed. Waits until every client was served or timeout_ms
+ * passed; returns how many were handed a connection. WHERE is printed as
+ * given (non-printable bytes as '?'), at most CONSOLE_HANDOVER_TEXT_MAX - 1
+ * bytes.
+ *
+ * console_handover_cancel: the migration failed and the guest stays here:
+ * the prepared connections are closed, the clients keep this console.
+ *
+ * Any thread but the console thread; a NULL console is a no-op (0).
+ */
+#define CONSOLE_HANDOVER_TEXT_MAX 400
+int console_handover_prepare(struct console *console, const char *destination_path, char *error, size_t error_size);
+int console_handover_commit(struct console *console, const char *where, unsigned timeout_ms);
+void console_handover_cancel(struct console *console);
 
 struct console_stats {
     unsigned clients;           /* connected now */
