@@ -54,6 +54,9 @@ static const struct api_arg_spec start_args[] = {
      "tcp: only: TLS 1.3 with x509: ca-cert.pem, client-cert.pem, client-key.pem in this directory"},
     {"tls_server_name", API_ARG_STRING, false, NULL,
      "with tls_creds_dir: the name the destination's certificate must carry (default: HOST of dest)"},
+    {"console", API_ARG_STRING, false, NULL,
+     "unix:PATH of the destination's console socket (its --console): this ringvm's console clients move there "
+     "with the guest"},
     {"mode", API_ARG_ENUM, false, mode_choices,
      "precopy (default), postcopy (switch over at once, RAM follows) or hybrid (pre-copy, then post-copy)"},
     {"postcopy_after", API_ARG_INT_OR_STRING, false, NULL,
@@ -183,6 +186,17 @@ int api_migration_start_params(const json_t *args, struct mig_params *params, st
             return api_error_set(error, API_ERR_INVALID_ARGUMENT, "args.%s: longer than %zu bytes", tls_args[i].name,
                                  tls_args[i].size - 1);
         snprintf((char *)params + tls_args[i].offset, tls_args[i].size, "%s", text);
+    }
+    const char *console = api_arg_string(args, "console", "");
+    if (console[0] != '\0') {
+        if (strncmp(console, "unix:", 5) != 0)
+            return api_error_set(error, API_ERR_INVALID_ARGUMENT, "args.console: expected unix:PATH (the "
+                                 "destination's --console socket), got \"%.64s\"", console);
+        size_t length = strlen(console + 5);
+        if (length == 0 || length >= sizeof(params->console))
+            return api_error_set(error, API_ERR_INVALID_ARGUMENT, "args.console: the path must be 1 to %zu bytes",
+                                 sizeof(params->console) - 1);
+        snprintf(params->console, sizeof(params->console), "%s", console + 5);
     }
     if (mig_mode_parse(api_arg_string(args, "mode", "precopy"), &params->mode) != 0)
         return api_error_set(error, API_ERR_INVALID_ARGUMENT, "args.mode: expected precopy, postcopy or hybrid");

@@ -432,7 +432,7 @@ int api_args_validate(const json_t *args, const struct api_arg_spec *specs, cons
             if (strcmp(specs[i].name, key) == 0)
                 spec = &specs[i];
         if (!spec) {
-            char list[256] = "";
+            char list[400] = "";     /* within API_MESSAGE_MAX with the rest of the message */
             size_t used = 0;
             for (size_t i = 0; specs && specs[i].name && used < sizeof(list); i++) {
                 int n = snprintf(list + used, sizeof(list) - used, "%s%s", i ? ", " : "",

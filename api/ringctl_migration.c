@@ -7,6 +7,7 @@
  *                   [--throttle-increment N] [--throttle-max N]
  *                   [--stall-timeout S] [--verify-digest|--no-verify]
  *                   [--tls-psk FILE | --tls-creds DIR [--tls-server-name NAME]]
+ *                   [--console unix:PATH]
  *                   [--mode precopy|postcopy|hybrid [--postcopy-after N|Ns|auto]] [--yes]
  *   ringctl migrate --resume DEST [--dispatch]
  *   ringctl progress [--watch] [--json]
@@ -453,6 +454,7 @@ static int run_migrate(struct ringctl_session *session, int argc, char **argv, b
         {"tls-psk", required_argument, NULL, 'P'},
         {"tls-creds", required_argument, NULL, 'C'},
         {"tls-server-name", required_argument, NULL, 'N'},
+        {"console", required_argument, NULL, 'O'},
         {"mode", required_argument, NULL, 'M'},
         {"postcopy-after", required_argument, NULL, 'A'},
         {"yes", no_argument, NULL, 'y'},
@@ -502,6 +504,25 @@ static int run_migrate(struct ringctl_session *session, int argc, char **argv, b
                 return EXIT_USAGE;
             }
             json_object_set_new(args, "postcopy_after", value);
+            continue;
+        }
+        case 'O': {
+            /* ringvm connects to it, from its own working directory. */
+            char path[4096];
+            if (strncmp(optarg, "unix:", 5) != 0 || optarg[5] == '\0') {
+                fprintf(stderr, "ringctl: migrate: --console %s: expected unix:PATH (the destination's --console "
+                        "socket)\n", optarg);
+                json_decref(args);
+                return EXIT_USAGE;
+            }
+            if (absolute_path(optarg + 5, path, sizeof(path)) != 0) {
+                fprintf(stderr, "ringctl: migrate: --console %s: path too long or no working directory\n", optarg);
+                json_decref(args);
+                return EXIT_USAGE;
+            }
+            char text[4200];
+            snprintf(text, sizeof(text), "unix:%s", path);
+            json_object_set_new(args, "console", json_string(text));
             continue;
         }
         case 'P':

@@ -79,6 +79,9 @@ struct mig_params {
     char tls_creds_dir[MIG_TLS_PATH_MAX];   /* x509: ca-cert.pem, client-cert.pem, client-key.pem */
     char tls_server_name[256];              /* x509: the name the destination's certificate must carry
                                                ("" = the HOST of dest) */
+    char console[108];                      /* the destination's console socket (migration.start
+                                               console "unix:PATH"): this VM's console clients move
+                                               there with the guest (vmm/console.h); "" = stay */
     enum mig_mode mode;             /* precopy */
     /* Hybrid only: switch to post-copy after this many pre-copy passes
      * (iteration 0 included; 0 = not by passes), or this many ms after the

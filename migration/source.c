@@ -6,6 +6,7 @@
  */
 #include "migration/source_internal.h"
 #include "migration/machine_state_vm.h"
+#include "vmm/console.h"
 
 /* Bytes written to the migration socket that have not reached the peer
  * yet (TCP: not yet acknowledged; unix: not yet read). The sender counts
@@ -1221,7 +1222,35 @@ int source_pause_guest(struct source *s)
         return source_fail(s, "internal", "could not pause the vCPUs: %s", strerror(-r));
     }
     s->paused = true;
+    source_console_prepare(s);
     return 0;
+}
+
+/* The guest is paused for the switch-over: connect this VM's console
+ * clients to the destination's console now, so it keeps everything the
+ * guest prints there from its first instruction (vmm/console.h). A
+ * failure costs the hand-over, never the migration. */
+void source_console_prepare(struct source *s)
+{
+    if (s->params.console[0] == '\0' || s->vm->console == NULL)
+        return;
+    char error[256];
+    if (console_handover_prepare(s->vm->console, s->params.console, error, sizeof(error)) < 0)
+        fprintf(stderr, "ringvm: migration %" PRIu64 ": %s; the console clients stay here\n", s->progress.id,
+                error);
+}
+
+/* The guest runs on the destination: the console clients follow it. */
+void source_console_commit(struct source *s)
+{
+    if (s->params.console[0] == '\0' || s->vm->console == NULL || s->console_committed)
+        return;
+    s->console_committed = true;
+    char where[CONSOLE_HANDOVER_TEXT_MAX];
+    snprintf(where, sizeof(where), "%.200s (console unix:%.107s)", s->params.dest, s->params.console);
+    int moved = console_handover_commit(s->vm->console, where, SOURCE_CONSOLE_HANDOVER_MS);
+    fprintf(stderr, "ringvm: migration %" PRIu64 ": %d console client%s moved to unix:%s\n", s->progress.id, moved,
+            moved == 1 ? "" : "s", s->params.console);
 }
 
 /* Stop-and-copy and the ACK. */
@@ -1621,6 +1650,7 @@ void *migration_source_main(void *argument)
         }
         source_send_error(s);
         source_release_tracking(s);
+        console_handover_cancel(vm->console);      /* the clients stay with the guest, here (or lost) */
         s->progress.state = s->cancelled ? MIG_STATE_CANCELLED : MIG_STATE_FAILED;
         snprintf(s->progress.error_code, sizeof(s->progress.error_code), "%s", s->error_code ? s->error_code : "internal");
         snprintf(s->progress.error_message, sizeof(s->progress.error_message), "%s", s->error);
@@ -1675,6 +1705,7 @@ void *migration_source_main(void *argument)
         fprintf(stderr, "ringvm: migration %" PRIu64 " completed: %" PRIu64 " ms total, downtime %" PRIu64
                 " ms, %" PRIu64 " iterations, %" PRIu64 " MiB sent\n", s->progress.id, s->progress.total_ms,
                 s->progress.downtime_ms, s->progress.iteration_count, s->progress.memory.transferred >> 20);
+        source_console_commit(s);   /* post-copy committed at its switch-over already: a no-op then */
         if (s->locked)
             pthread_mutex_unlock(&vm->control_lock);
         s->locked = false;

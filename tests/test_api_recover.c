@@ -193,7 +193,7 @@ Test(api_recover, unknown_arguments_list_resume)
                  "invalid-argument", "args.resum: unknown argument (migration.start takes dest, downtime_ms, "
                  "converge, max_bandwidth_mibs, timeout_s, timeout_strategy, keep_alive, throttle_initial, "
                  "throttle_increment, throttle_max, stall_timeout_s, verify_digest, tls_psk_file, tls_creds_dir, "
-                 "tls_server_name, mode, postcopy_after, resume)");
+                 "tls_server_name, console, mode, postcopy_after, resume)");
 }
 
 /* The entry of name in an api.commands list. */

@@ -23,7 +23,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
+#include "api/commands.h"
 #include "api/ringctl_console.h"
+#include "migration/migration.h"
 #include "tests/harness.h"
 #include "vmm/console.h"
 #include "vmm/serial.h"
@@ -1046,4 +1050,42 @@ Test(console, cancel_keeps_the_clients_and_prepare_names_what_failed, .timeout =
     peer_close(&client);
     fixture_stop(&source);
     fixture_stop(&destination);
+}
+
+/* migration.start's console: unix:PATH of the destination's console,
+ * kept as the path; anything else refused naming the field. */
+Test(console, migration_start_console_is_a_unix_path)
+{
+    static const struct {
+        const char *arguments;
+        int result;
+        const char *text;           /* the path kept, or the error */
+    } cases[] = {
+        {"", 0, ""},
+        {",\"console\":\"unix:/run/ringvm/b.console\"", 0, "/run/ringvm/b.console"},
+        {",\"console\":\"\"", 0, ""},
+        {",\"console\":\"/run/b.console\"", -1,
+         "args.console: expected unix:PATH (the destination's --console socket), got \"/run/b.console\""},
+        {",\"console\":\"tcp:host:1\"", -1,
+         "args.console: expected unix:PATH (the destination's --console socket), got \"tcp:host:1\""},
+        {",\"console\":\"unix:\"", -1, "args.console: the path must be 1 to 107 bytes"},
+        {",\"console\":\"unix:/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"", -1,
+         "args.console: the path must be 1 to 107 bytes"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char text[512];
+        snprintf(text, sizeof(text), "{\"dest\":\"unix:/x\"%s}", cases[i].arguments);
+        json_error_t json_error;
+        json_t *args = json_loads(text, 0, &json_error);
+        cr_assert_not_null(args, "%s: %s", text, json_error.text);
+        struct mig_params params;
+        struct api_error error = {0};
+        int result = api_migration_start_params(args, &params, &error);
+        cr_assert_eq(result, cases[i].result, "%s: %d (%s)", text, result, error.message);
+        if (result == 0)
+            cr_assert_str_eq(params.console, cases[i].text, "%s", text);
+        else
+            cr_assert_str_eq(error.message, cases[i].text, "%s", text);
+        json_decref(args);
+    }
 }

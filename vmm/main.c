@@ -188,6 +188,7 @@ int main(int argc, char **argv)
         /* A destination's Linux guest brings its UART with its state. */
         vm->uart_created = main_console_attach_uart;
         vm->uart_created_opaque = console;
+        vm->console = console;
     }
 
     /* The API registers its VM state listener, so it comes before vm_start. */

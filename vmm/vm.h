@@ -97,6 +97,11 @@ struct vm {
      * the UART of the Linux guest that is arriving (vm_become_linux_destination). */
     void (*uart_created)(struct uart *uart, void *opaque);
     void *uart_created_opaque;
+    /* The console (--serial stdio / --console), NULL without one. Set by
+     * main.c before vm_start and kept until after the migration thread is
+     * joined; a migration's source hands its clients over to the
+     * destination's console with it (console_handover_*). */
+    struct console *console;
     struct dirty_log *dirty_log;    /* NULL with --dirty-log off */
 
     uint32_t msr_indices[256];      /* saved by vcpu_state_save */
