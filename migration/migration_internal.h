@@ -136,7 +136,6 @@ struct source {
     bool paused;                    /* we paused the vCPUs */
     bool user_paused;               /* the VM was PAUSED by the user at stop-and-copy */
     bool keep_paused;               /* failed with an unknown outcome: never resume (see source_complete) */
-    bool console_committed;         /* the console clients were handed over (source_console_commit) */
     uint64_t seq;                   /* next frame to the destination */
     uint64_t peer_seq;              /* next frame from the destination */
 

@@ -1240,17 +1240,20 @@ void source_console_prepare(struct source *s)
                 error);
 }
 
-/* The guest runs on the destination: the console clients follow it. */
-void source_console_commit(struct source *s)
+/* The guest runs on the destination: the console clients follow it.
+ * wait: until they were told (the migration is over and this process
+ * may end next) or not at all (post-copy's switch-over: the migration
+ * thread has pages to push; the final call waits). */
+void source_console_commit(struct source *s, bool wait)
 {
-    if (s->params.console[0] == '\0' || s->vm->console == NULL || s->console_committed)
+    if (s->params.console[0] == '\0' || s->vm->console == NULL)
         return;
-    s->console_committed = true;
     char where[CONSOLE_HANDOVER_TEXT_MAX];
     snprintf(where, sizeof(where), "%.200s (console unix:%.107s)", s->params.dest, s->params.console);
-    int moved = console_handover_commit(s->vm->console, where, SOURCE_CONSOLE_HANDOVER_MS);
-    fprintf(stderr, "ringvm: migration %" PRIu64 ": %d console client%s moved to unix:%s\n", s->progress.id, moved,
-            moved == 1 ? "" : "s", s->params.console);
+    int moved = console_handover_commit(s->vm->console, where, wait ? SOURCE_CONSOLE_HANDOVER_MS : 0);
+    if (wait)
+        fprintf(stderr, "ringvm: migration %" PRIu64 ": %d console client%s moved to unix:%s\n", s->progress.id,
+                moved, moved == 1 ? "" : "s", s->params.console);
 }
 
 /* Stop-and-copy and the ACK. */
@@ -1705,7 +1708,7 @@ void *migration_source_main(void *argument)
         fprintf(stderr, "ringvm: migration %" PRIu64 " completed: %" PRIu64 " ms total, downtime %" PRIu64
                 " ms, %" PRIu64 " iterations, %" PRIu64 " MiB sent\n", s->progress.id, s->progress.total_ms,
                 s->progress.downtime_ms, s->progress.iteration_count, s->progress.memory.transferred >> 20);
-        source_console_commit(s);   /* post-copy committed at its switch-over already: a no-op then */
+        source_console_commit(s, true);     /* after post-copy's early commit: waits for the notices */
         if (s->locked)
             pthread_mutex_unlock(&vm->control_lock);
         s->locked = false;

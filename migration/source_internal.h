@@ -77,7 +77,7 @@ int source_pause_guest(struct source *s);
  * The commit waits at most this long for the clients to be told. */
 #define SOURCE_CONSOLE_HANDOVER_MS 1000u
 void source_console_prepare(struct source *s);
-void source_console_commit(struct source *s);
+void source_console_commit(struct source *s, bool wait);
 int source_read_ack(struct source *s, struct mig_end *ack);
 void source_release_tracking(struct source *s);
 

@@ -599,11 +599,11 @@ int source_postcopy(struct source *s)
     if (source_small_frame(s, MIG_FRAME_POSTCOPY_SWITCH, sw_bytes, sizeof(sw_bytes)) != 0 || source_flush(s) != 0)
         return -1;
     source_release_tracking(s);     /* the source never runs the guest again */
-    source_console_commit(s);       /* the guest runs there from now on */
     postcopy_source_count_bytes_into(s->postcopy, &s->sender.shared_bytes);
     r = postcopy_source_start(s->postcopy);
     if (r != 0)
         return source_fail(s, "postcopy-failed", "starting pc-serve: %s", strerror(-r));
+    source_console_commit(s, false);    /* the guest runs there now; never waits for a slow client */
     s->progress.postcopy.active = true;
     s->progress.postcopy.switched_at_ms = (mig_mono_ns() - s->started_mono) / 1000000u;
     s->progress.postcopy.pages_total = missing;

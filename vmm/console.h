@@ -106,7 +106,8 @@ void console_destroy(struct console *console);
  * (attached after prepare, or attaching from now on) gets
  *   "\r\n[ringvm console: the guest moved to WHERE; attach to its console there]\r\n"
  * and is closed. Waits until every client was served or timeout_ms
- * passed; returns how many were handed a connection. WHERE is printed as
+ * passed (0: returns at once, the notices go out meanwhile; calling it
+ * again waits for them); returns how many were handed a connection so far. WHERE is printed as
  * given (non-printable bytes as '?'), at most CONSOLE_HANDOVER_TEXT_MAX - 1
  * bytes.
  *
