@@ -26,7 +26,8 @@
  * runs, and the access is retried (and blocks again) when it returns; a vCPU
  * blocked inside KVM_RUN returns EINTR on a kick (Linux 6.2+,
  * FOLL_INTERRUPTIBLE) and the VMM's pause and shutdown paths work as
- * without post-copy. postcopy_destination_destroy unregisters the range,
+ * without post-copy. Before 6.2 such a vCPU stays blocked until its page
+ * is placed, and a pause cannot complete meanwhile (it times out). postcopy_destination_destroy unregisters the range,
  * after which a touch of a missing page gets a fresh zero page: call it
  * only when no thread can touch guest RAM any more (vCPUs joined).
  */

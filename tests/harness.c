@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 #include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include "bpf/probes.h"
@@ -37,6 +38,35 @@ void harness_skip(const char *format, ...)
      * where tests/failure_summary.c groups it. */
     cr_skip_test("%s", reason);
     abort();    /* not reached: cr_skip_test does not return */
+}
+
+bool harness_kernel_at_least(unsigned major, unsigned minor, char *release, size_t release_size)
+{
+    struct utsname names;
+    if (uname(&names) != 0)
+        return false;
+    if (release != NULL)
+        snprintf(release, release_size, "%s", names.release);
+    unsigned have_major = 0, have_minor = 0;
+    if (sscanf(names.release, "%u.%u", &have_major, &have_minor) != 2)
+        return false;
+    return have_major > major || (have_major == major && have_minor >= minor);
+}
+
+void harness_pause_and_resume_waiting_guest(struct vm *vm)
+{
+    char release[128] = "";
+    if (!harness_kernel_at_least(6, 2, release, sizeof(release))) {
+        fprintf(stderr, "harness: Linux %s: a vCPU waiting for a post-copy page inside KVM_RUN cannot be kicked "
+                        "before Linux 6.2 (no FOLL_INTERRUPTIBLE): pause and resume while the link is down not "
+                        "checked\n", release);
+        return;
+    }
+    int paused = vm_pause(vm);
+    cr_assert_eq(paused, 0, "pausing a guest whose vCPUs wait for pages: %s (state %s)", strerror(-paused),
+                 vm_state_name(vm_get_state(vm)));
+    cr_assert_eq(vm_get_state(vm), VM_STATE_PAUSED);
+    cr_assert_eq(vm_resume(vm), 0);
 }
 
 void harness_require_kvm(void)

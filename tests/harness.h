@@ -25,6 +25,17 @@ void harness_skip(const char *format, ...) __attribute__((format(printf, 1, 2), 
  * cannot be opened read-write. */
 void harness_require_kvm(void);
 
+/* Whether the running kernel is at least major.minor (uname's release);
+ * release (may be NULL) gets the release text for messages. */
+bool harness_kernel_at_least(unsigned major, unsigned minor, char *release, size_t release_size);
+
+/* Pauses and resumes a destination whose vCPUs wait for missing post-copy
+ * pages (the link is down), asserting both work: on Linux 6.2+ a kick
+ * interrupts a vCPU blocked on a page inside KVM_RUN. Older kernels keep
+ * it blocked until the page arrives, so there the check is left out with
+ * a line on stderr saying so (the rest of the test still runs). */
+void harness_pause_and_resume_waiting_guest(struct vm *vm);
+
 /* Skips only when BPF is absent here as a capability: this build has no
  * BPF loader, the kernel has no BTF (/sys/kernel/btf/vmlinux), the kernel
  * has no bpf() syscall, or this process may not use it (not root, no

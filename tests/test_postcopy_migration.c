@@ -250,9 +250,7 @@ Test(postcopy_migration, a_cut_link_pauses_both_sides_and_recovery_completes, .t
     cr_assert_lt(q->postcopy.pages_received, q->postcopy.pages_total, "nothing was missing at the cut");
     /* vCPUs blocked on missing pages stay signalable: the operator can
      * still pause and resume the guest while the link is down. */
-    cr_assert_eq(vm_pause(dest.harness.vm), 0, "pausing a guest whose vCPUs wait for pages");
-    cr_assert_eq(vm_get_state(dest.harness.vm), VM_STATE_PAUSED);
-    cr_assert_eq(vm_resume(dest.harness.vm), 0);
+    harness_pause_and_resume_waiting_guest(dest.harness.vm);
 
     /* Recovery: the destination listens anew, the source connects there. */
     char recover_address[160];

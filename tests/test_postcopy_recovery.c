@@ -203,9 +203,7 @@ static void assert_both_paused(struct recovery *r)
     }
     cr_assert_eq(threads_named("pc-urgent"), 0, "a paused destination keeps no pc-urgent thread");
     cr_assert_eq(threads_named("pc-serve"), 0, "a paused source keeps no pc-serve thread");
-    cr_assert_eq(vm_pause(r->dest.harness.vm), 0, "pausing a guest whose vCPUs wait for pages");
-    cr_assert_eq(vm_get_state(r->dest.harness.vm), VM_STATE_PAUSED);
-    cr_assert_eq(vm_resume(r->dest.harness.vm), 0);
+    harness_pause_and_resume_waiting_guest(r->dest.harness.vm);
     cr_assert_eq(vm_get_state(r->dest.harness.vm), VM_STATE_RUNNING);
 }
 
