@@ -573,6 +573,12 @@ uint64_t harness_digest_downtime_ms(uint64_t ram_bytes)
     return 4 * floor_ms > 300 ? 10 * floor_ms : 300;
 }
 
+unsigned harness_stall_ms(unsigned ms)
+{
+    uint64_t floor_ms = migration_digest_downtime_floor_ms(256ull << 20);
+    return 4 * floor_ms > 300 ? 5 * ms : ms;
+}
+
 const char *harness_linux_image_file(const char *name)
 {
     static __thread char path[2][4096];

@@ -133,6 +133,14 @@ void harness_release_pauses(void);
  * digests prove correctness, not this machine's speed. */
 uint64_t harness_digest_downtime_ms(uint64_t ram_bytes);
 
+/* A stall timeout for tests that cut links on purpose: ms on a host as
+ * fast as the CI's, five times it where the same measure of this host's
+ * speed says it is slow (emulated: scripts/nested-kvm.sh, where a
+ * recovered post-copy stream sat still for over a second with nothing
+ * wrong and a 1 s stall paused it again, 2026-12-03). Scale every stall
+ * of a test alike: the order in which the sides notice stays. */
+unsigned harness_stall_ms(unsigned ms);
+
 /* Guest counters helpers. */
 uint64_t harness_pages_written(struct vm *vm, unsigned vcpu);
 /* Waits until every vCPU's pages_written exceeds its value at the call

@@ -221,7 +221,7 @@ Test(postcopy_migration, a_cut_link_pauses_both_sides_and_recovery_completes, .t
     struct harness_vm source;
     start_ledger_source(&source);
     struct test_destination dest;
-    test_destination_start_stall(&dest, "256M", 2, "idle", false, 1000);
+    test_destination_start_stall(&dest, "256M", 2, "idle", false, harness_stall_ms(1000));
     char relay_address[160];
     struct link_relay *relay = link_relay_start(dest.address, relay_address, sizeof(relay_address));
     struct mig_params params;
@@ -231,7 +231,7 @@ Test(postcopy_migration, a_cut_link_pauses_both_sides_and_recovery_completes, .t
     params.max_bandwidth_mibs = 4;      /* ~2 s for the guest's data; the cut comes right after the
                                            switch-over, so it lands mid-stream (a cut after END would
                                            cost the source's 10 s ack wait first) */
-    params.stall_timeout_ms = 1000;
+    params.stall_timeout_ms = harness_stall_ms(1000);
     params.verify_digest = true;
     params.timeout_s = 60;
     test_migration_start(source.vm, &params);

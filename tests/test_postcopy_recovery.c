@@ -37,7 +37,7 @@
 #include "tests/migration_destination.h"
 #include "tests/tls_fixtures.h"
 
-#define STALL_MS 1000u
+#define STALL_MS harness_stall_ms(1000)
 
 static void require_userfaultfd(void)
 {
@@ -69,7 +69,8 @@ static bool reached_phase(void *argument)
 static void wait_phase(struct vm *vm, const char *phase, const char *message, uint64_t min_pages, const char *who)
 {
     struct phase_wait w = { .vm = vm, .phase = phase, .message = message, .min_pages = min_pages };
-    if (!harness_wait_until(reached_phase, &w, 20000)) {
+    /* 20 s, beside stalls scaled to this host (harness_stall_ms). */
+    if (!harness_wait_until(reached_phase, &w, 20000 + 8 * STALL_MS)) {
         struct mig_progress *p = malloc(sizeof(*p));
         cr_assert(migration_progress(vm, p));
         cr_assert_fail("the %s never reached phase %s%s%s: it is %s/%s, %s: %s", who, phase,
@@ -278,7 +279,7 @@ static void unix_address(char *address, size_t size, const char *what)
 
 /* ---- under TLS ---------------------------------------------------------------------- */
 
-Test(postcopy_recovery, recovery_over_a_new_tls_link_completes, .timeout = 60)
+Test(postcopy_recovery, recovery_over_a_new_tls_link_completes, .timeout = 180)
 {
     struct recovery r;
     recovery_start(&r, true, 4);
@@ -340,7 +341,7 @@ static int connect_to(const char *address)
 }
 
 Test(postcopy_recovery, resumes_with_the_wrong_key_or_plaintext_are_refused_and_a_right_one_completes,
-     .timeout = 60)
+     .timeout = 180)
 {
     struct recovery r;
     recovery_start(&r, true, 4);
@@ -409,7 +410,7 @@ Test(postcopy_recovery, resumes_with_the_wrong_key_or_plaintext_are_refused_and_
  * connection: HELLO 0, RESUME 1). Then the same address is recovered
  * again (the first attempt's listener was released at the pause) and
  * completes. */
-Test(postcopy_recovery, the_link_breaks_while_the_received_bitmap_is_in_flight, .timeout = 60)
+Test(postcopy_recovery, the_link_breaks_while_the_received_bitmap_is_in_flight, .timeout = 180)
 {
     struct recovery r;
     recovery_start(&r, false, 4);
@@ -424,10 +425,13 @@ Test(postcopy_recovery, the_link_breaks_while_the_received_bitmap_is_in_flight, 
     link_relay_cut_after(second, budget);
     cr_assert_eq(migration_resume(r.source.vm, relay_address, &code, message, sizeof(message)), 0, "%s: %s", code,
                  message);
-    wait_phase(r.source.vm, "postcopy-paused", "the destination's received bitmap: nothing received for 1000 ms "
-               "(link stalled)", 0, "source");
-    wait_phase(r.dest.harness.vm, "postcopy-paused", "frame 2: nothing received from the source for 1000 ms", 0,
-               "destination");
+    char source_stalled[160], destination_stalled[160];
+    snprintf(source_stalled, sizeof(source_stalled), "the destination's received bitmap: nothing received for %u ms "
+             "(link stalled)", STALL_MS);
+    snprintf(destination_stalled, sizeof(destination_stalled), "frame 2: nothing received from the source for %u ms",
+             STALL_MS);
+    wait_phase(r.source.vm, "postcopy-paused", source_stalled, 0, "source");
+    wait_phase(r.dest.harness.vm, "postcopy-paused", destination_stalled, 0, "destination");
     cr_assert(link_relay_is_cut(second));
     cr_assert_eq(link_relay_bytes_to_source(second), budget, "the cut did not land inside the bitmap");
     cr_assert_eq(link_relay_connections(second), 1, "the urgent channel of the recovery was never opened");
@@ -448,7 +452,7 @@ Test(postcopy_recovery, the_link_breaks_while_the_received_bitmap_is_in_flight, 
 /* The recovery succeeds, the background stream flows again, and the new
  * link is cut mid-stream: both sides pause a second time, and a third
  * link finishes the copy. */
-Test(postcopy_recovery, the_link_breaks_again_mid_stream_after_a_recovery, .timeout = 60)
+Test(postcopy_recovery, the_link_breaks_again_mid_stream_after_a_recovery, .timeout = 180)
 {
     struct recovery r;
     recovery_start(&r, false, 4);
@@ -499,10 +503,10 @@ Test(postcopy_recovery, the_link_breaks_again_mid_stream_after_a_recovery, .time
  * delivers the close: this relay stays silent once cut, so the test does
  * not tell keeping from closing; it covers the failed attempt's
  * restoring of the old connections.) */
-Test(postcopy_recovery, a_resume_before_the_destination_noticed_the_break_keeps_the_guest, .timeout = 60)
+Test(postcopy_recovery, a_resume_before_the_destination_noticed_the_break_keeps_the_guest, .timeout = 180)
 {
     struct recovery r;
-    recovery_start_stall(&r, false, 4, 8000, false);
+    recovery_start_stall(&r, false, 4, harness_stall_ms(8000), false);
     struct mig_progress *q = malloc(sizeof(*q));
     cr_assert(migration_progress(r.dest.harness.vm, q));
     cr_assert_str_eq(q->phase, "postcopy", "the destination paused before the source (%s: %s)", q->error_code,
