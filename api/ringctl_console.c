@@ -161,7 +161,6 @@ static bool write_stdout(const uint8_t *bytes, size_t length)
 struct console_session {
     int fd;
     int next_fd;                    /* the destination console's, once handed over; -1 none */
-    unsigned moves;
     bool stdin_open;
     uint8_t pending[4096];          /* stdin bytes not yet sent */
     size_t pending_start, pending_length;
@@ -379,7 +378,6 @@ int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms, const
             close(session.fd);
             session.fd = session.next_fd;
             session.next_fd = -1;
-            session.moves++;
             if (!session.stdin_open && shutdown(session.fd, SHUT_WR) != 0 && errno != ENOTCONN)
                 fprintf(stderr, "ringctl console: shutdown(SHUT_WR): %s\n", strerror(errno));
             if (terminal)

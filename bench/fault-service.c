@@ -28,9 +28,10 @@
  * 2000 times), then the fault service without and with the background
  * stream (and with its threads at nice N), each twice: requests queued
  * for pc-urgent to send (the baseline, postcopy_incoming_options.
- * queue_requests) and sent by pc-fault itself (the default). Reported: the touchers' own latency (clock before the read to
- * clock after it: fault delivery, request, answer, copy, wake) p50/p99/max
- * exactly (sorted samples), the destination's histogram (fault read to
+ * queue_requests) and sent by pc-fault itself (the default). Reported:
+ * the touchers' own latency (clock before the read to clock after it:
+ * fault delivery, request, answer, copy, wake) p50/p99/max exactly
+ * (sorted samples), the destination's histogram (fault read to
  * page placed, log2 buckets) p50/p99, the background stream's MiB/s, and
  * p99 against 1 ms + the round trip's p50.
  *
@@ -212,11 +213,9 @@ struct service {
     struct postcopy_incoming *incoming;
     int urgent[2], main[2];
     uint64_t pages;
-    _Atomic bool background_done;
     _Atomic bool failed;
     uint64_t background_bytes, background_ns;
     int nice;                   /* the background stream's threads */
-    bool queue_requests;        /* every request through pc-urgent's queue (the baseline) */
 };
 
 struct toucher {
@@ -376,14 +375,10 @@ static void *background_receive_run(void *argument)
         }
     }
     free(buffer);
-    atomic_store_explicit(&s->background_done, true, memory_order_release);
     return NULL;
 }
 
 struct outcome {
-    bool background;
-    int nice;
-    bool queued;
     unsigned faults;
     uint64_t p50_ns, p99_ns, max_ns;            /* the touchers' own */
     uint64_t destination_p50_ns, destination_p99_ns, destination_max_ns;
@@ -398,9 +393,6 @@ static int run_service(const struct settings *settings, bool tcp, bool backgroun
         return -1;
     s->settings = settings;
     s->nice = nice;
-    s->queue_requests = queued;
-    out->nice = nice;
-    out->queued = queued;
     s->pages = settings->memory / PAGE;
     s->urgent[0] = s->urgent[1] = s->main[0] = s->main[1] = -1;
     struct guest_memory_options options = { .numa_node = -1 };
@@ -483,7 +475,6 @@ static int run_service(const struct settings *settings, bool tcp, bool backgroun
             at += touchers[i].taken;
         }
         qsort(all, count, sizeof(uint64_t), compare_u64);
-        out->background = background;
         out->faults = (unsigned)count;
         out->p50_ns = quantile(all, count, 0.50);
         out->p99_ns = quantile(all, count, 0.99);

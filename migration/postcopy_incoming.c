@@ -177,13 +177,6 @@ static void incoming_fail(struct postcopy_incoming *pi, const char *fmt, ...)
     incoming_signal_progress(pi);
 }
 
-static void incoming_direct_set(struct postcopy_incoming *pi, bool off)
-{
-    pthread_mutex_lock(&pi->send_lock);
-    pi->direct_off = off;
-    pthread_mutex_unlock(&pi->send_lock);
-}
-
 int postcopy_incoming_place(struct postcopy_incoming *pi, uint64_t ram_offset, uint32_t pages, const uint8_t *data)
 {
     uint64_t first = ram_offset / MIG_PAGE_SIZE;
@@ -250,8 +243,45 @@ int postcopy_incoming_fill_known_zero(struct postcopy_incoming *pi, const uint64
     return 0;
 }
 
+/* Under send_lock: the rest of a frame pc-fault started, then RESUMED
+ * (when due) and the queued requests, in as few writes as fit. */
 static int incoming_send_locked(struct postcopy_incoming *pi, bool resumed, uint64_t resumed_ns,
-                                const uint64_t *pages, unsigned count);
+                                const uint64_t *pages, unsigned count)
+{
+    char text[400];
+    if (pi->partial_length > 0) {
+        if (mig_io_write(&pi->io, pi->partial + pi->partial_sent, pi->partial_length - pi->partial_sent, text,
+                         sizeof(text)) != 0) {
+            incoming_fail(pi, "urgent channel: sending a page request: %s", text);
+            return -1;
+        }
+        pi->partial_length = pi->partial_sent = 0;
+    }
+    if (!resumed && count == 0)
+        return 0;
+    uint8_t buffer[MIG_HEADER_SIZE + MIG_POSTCOPY_RESUMED_SIZE + 64 * INCOMING_REQUEST_FRAME];
+    size_t used = 0;
+    if (resumed) {
+        uint8_t payload[MIG_POSTCOPY_RESUMED_SIZE];
+        mig_put_u64(payload, resumed_ns);
+        used += mig_frame_encode(buffer, MIG_FRAME_POSTCOPY_RESUMED, pi->seq_out++, payload, sizeof(payload));
+    }
+    for (unsigned i = 0; i < count; i++) {
+        used += postcopy_return_encode_page_request(buffer + used, pi->seq_out++, pages[i] * MIG_PAGE_SIZE, 1);
+        if (used + INCOMING_REQUEST_FRAME > sizeof(buffer) || i + 1 == count) {
+            if (mig_io_write(&pi->io, buffer, used, text, sizeof(text)) != 0) {
+                incoming_fail(pi, "urgent channel: sending page requests: %s", text);
+                return -1;
+            }
+            used = 0;
+        }
+    }
+    if (used > 0 && mig_io_write(&pi->io, buffer, used, text, sizeof(text)) != 0) {
+        incoming_fail(pi, "urgent channel: sending postcopy-resumed: %s", text);
+        return -1;
+    }
+    return 0;
+}
 
 /* Sends what pc-fault left unfinished, RESUMED (when due) and the queued
  * requests. */
@@ -275,47 +305,6 @@ static int incoming_send_pending(struct postcopy_incoming *pi)
     int result = incoming_send_locked(pi, resumed, resumed_ns, pages, count);
     pthread_mutex_unlock(&pi->send_lock);
     return result;
-}
-
-/* Under send_lock: the rest of a frame pc-fault started, then RESUMED
- * (when due) and the queued requests, in as few writes as fit. */
-static int incoming_send_locked(struct postcopy_incoming *pi, bool resumed, uint64_t resumed_ns,
-                                const uint64_t *pages, unsigned count)
-{
-    char text[400];
-    if (pi->partial_length > 0) {
-        if (mig_io_write(&pi->io, pi->partial + pi->partial_sent, pi->partial_length - pi->partial_sent, text,
-                         sizeof(text)) != 0) {
-            incoming_fail(pi, "urgent channel: sending a page request: %s", text);
-            return -1;
-        }
-        pi->partial_length = pi->partial_sent = 0;
-    }
-    if (!resumed && count == 0)
-        return 0;
-    static const size_t request_frame = INCOMING_REQUEST_FRAME;
-    uint8_t buffer[MIG_HEADER_SIZE + MIG_POSTCOPY_RESUMED_SIZE + 64 * INCOMING_REQUEST_FRAME];
-    size_t used = 0;
-    if (resumed) {
-        uint8_t payload[MIG_POSTCOPY_RESUMED_SIZE];
-        mig_put_u64(payload, resumed_ns);
-        used += mig_frame_encode(buffer, MIG_FRAME_POSTCOPY_RESUMED, pi->seq_out++, payload, sizeof(payload));
-    }
-    for (unsigned i = 0; i < count; i++) {
-        used += postcopy_return_encode_page_request(buffer + used, pi->seq_out++, pages[i] * MIG_PAGE_SIZE, 1);
-        if (used + request_frame > sizeof(buffer) || i + 1 == count) {
-            if (mig_io_write(&pi->io, buffer, used, text, sizeof(text)) != 0) {
-                incoming_fail(pi, "urgent channel: sending page requests: %s", text);
-                return -1;
-            }
-            used = 0;
-        }
-    }
-    if (used > 0 && mig_io_write(&pi->io, buffer, used, text, sizeof(text)) != 0) {
-        incoming_fail(pi, "urgent channel: sending postcopy-resumed: %s", text);
-        return -1;
-    }
-    return 0;
 }
 
 /* One frame from the source: 0, 1 at the end of the channel, -1 failed. */
@@ -597,7 +586,9 @@ void postcopy_incoming_pause(struct postcopy_incoming *pi)
 {
     /* Requests wait in the queue for the next channel (restart), not in
      * the old one's send buffer. */
-    incoming_direct_set(pi, true);
+    pthread_mutex_lock(&pi->send_lock);
+    pi->direct_off = true;
+    pthread_mutex_unlock(&pi->send_lock);
     incoming_join(pi);
 }
 

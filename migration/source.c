@@ -1207,6 +1207,20 @@ int source_pass_point_of_no_return(struct source *s)
 /* The switch-over's pause: control_lock held from here to the end (no API
  * command may resume the guest meanwhile), the vCPUs out of KVM_RUN, and
  * whether the operator had paused the guest (it stays paused over there). */
+/* The guest is paused for the switch-over: connect this VM's console
+ * clients to the destination's console now, so it keeps everything the
+ * guest prints there from its first instruction (vmm/console.h). A
+ * failure costs the hand-over, never the migration. */
+static void source_console_prepare(struct source *s)
+{
+    if (s->params.console[0] == '\0' || s->vm->console == NULL)
+        return;
+    char error[256];
+    if (console_handover_prepare(s->vm->console, s->params.console, error, sizeof(error)) < 0)
+        fprintf(stderr, "ringvm: migration %" PRIu64 ": %s; the console clients stay here\n", s->progress.id,
+                error);
+}
+
 int source_pause_guest(struct source *s)
 {
     struct vm *vm = s->vm;
@@ -1224,20 +1238,6 @@ int source_pause_guest(struct source *s)
     s->paused = true;
     source_console_prepare(s);
     return 0;
-}
-
-/* The guest is paused for the switch-over: connect this VM's console
- * clients to the destination's console now, so it keeps everything the
- * guest prints there from its first instruction (vmm/console.h). A
- * failure costs the hand-over, never the migration. */
-void source_console_prepare(struct source *s)
-{
-    if (s->params.console[0] == '\0' || s->vm->console == NULL)
-        return;
-    char error[256];
-    if (console_handover_prepare(s->vm->console, s->params.console, error, sizeof(error)) < 0)
-        fprintf(stderr, "ringvm: migration %" PRIu64 ": %s; the console clients stay here\n", s->progress.id,
-                error);
 }
 
 /* The guest runs on the destination: the console clients follow it.

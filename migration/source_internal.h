@@ -71,12 +71,11 @@ int source_capture_state(struct source *s, struct captured_state *out);
 int source_send_state(struct source *s, const struct captured_state *state);
 int source_send_device_state(struct source *s);
 int source_pause_guest(struct source *s);
-/* The console hand-over (migration.start console): prepare at the pause
- * (source_pause_guest calls it), commit once the guest runs on the
- * destination, cancel (console_handover_cancel) when the migration fails.
- * The commit waits at most this long for the clients to be told. */
+/* The console hand-over (migration.start console): prepared when
+ * source_pause_guest pauses the guest, committed once the guest runs on
+ * the destination, cancelled (console_handover_cancel) when the migration
+ * fails. The commit waits at most this long for the clients to be told. */
 #define SOURCE_CONSOLE_HANDOVER_MS 1000u
-void source_console_prepare(struct source *s);
 void source_console_commit(struct source *s, bool wait);
 int source_read_ack(struct source *s, struct mig_end *ack);
 void source_release_tracking(struct source *s);

@@ -29,7 +29,6 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include <fcntl.h>
 
 #include "migration/page_digest.h"
 #include "migration/postcopy_destination.h"

@@ -773,12 +773,10 @@ int console_handover_prepare(struct console *console, const char *destination_pa
     if (console == NULL)
         return 0;
     struct console_client *wanted[CONSOLE_MAX_CLIENTS];
-    unsigned count = 0;
     pthread_mutex_lock(&console->lock);
     for (unsigned i = 0; i < CONSOLE_MAX_CLIENTS; i++) {
         struct console_client *client = console->clients[i];
         wanted[i] = client != NULL && client->handover_fd < 0 && !client->handover_due ? client : NULL;
-        count += wanted[i] != NULL;
     }
     pthread_mutex_unlock(&console->lock);
     /* Connect outside the lock (the output listener takes it); a client
@@ -810,7 +808,6 @@ int console_handover_prepare(struct console *console, const char *destination_pa
         }
     }
     pthread_mutex_unlock(&console->lock);
-    (void)count;
     return (int)prepared;
 }
 
