@@ -172,8 +172,9 @@ $(BUILD)/fuzz/api_request_fuzz: tests/fuzz/api_request_fuzz.c $(BUILD)/fuzz/libr
 # Migration stream receiver (issue 7): HELLO + frames through the
 # destination's parser; tests/test_migration_fuzz.c runs it for 60 s from
 # tests/fuzz/migration-corpus/ (real captured streams).
-FUZZ_MIG_SRCS  := tests/fuzz/migration_stream_fuzz.c migration/receiver.c migration/protocol.c vmm/workload.c vmm/size.c
-$(BUILD)/fuzz/migration_stream_fuzz: $(FUZZ_MIG_SRCS) $(wildcard migration/*.h) vmm/vcpu_state.h vmm/workload.h vmm/size.h \
+FUZZ_MIG_SRCS  := tests/fuzz/migration_stream_fuzz.c migration/receiver.c migration/protocol.c \
+                  migration/machine_state.c vmm/uart.c vmm/workload.c vmm/size.c
+$(BUILD)/fuzz/migration_stream_fuzz: $(FUZZ_MIG_SRCS) $(wildcard migration/*.h) vmm/uart.h vmm/cmos_rtc.h vmm/workload.h vmm/size.h \
 		guest/abi.h tests/fuzz/migration_local_config.h tests/fuzz/sealed_copy.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) -std=gnu11 -O1 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. \

@@ -211,8 +211,7 @@ static void local_hello(struct vm *vm, bool postcopy, struct mig_hello *hello)
         hello->slots[i].size = vm->memory.slots[i].size;
         hello->slots[i].ram_offset = vm->memory.slots[i].ram_offset;
     }
-    hello->vcpu_state_size = sizeof(struct vcpu_state);
-    hello->vcpu_state_version = VCPU_STATE_VERSION;
+    hello->state_format = MIG_STATE_FORMAT;
     hello->features = MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST | MIG_FEATURE_SWITCH_PROBE |
                       (postcopy ? MIG_FEATURE_POSTCOPY : 0);
     hello->abi_version = RINGVM_ABI_VERSION;
@@ -225,15 +224,17 @@ static int incoming_answer_probe(struct incoming *in)
 {
     struct mig_receiver *r = &in->receiver;
     struct mig_probe_ack ack = { .status = MIG_PROBE_DECODED };
-    if (r->probe_header.kind == MIG_PROBE_MACHINE_STATE) {
-        struct machine_state state;
-        char error[512];
-        if (machine_state_decode(r->probe, r->probe_length, &state, error, sizeof(error)) != 0) {
-            ack.status = MIG_PROBE_UNDECODABLE;
-            fprintf(stderr, "ringvm: migration: the source's switch-over probe does not decode: %s\n", error);
-        }
-        machine_state_free(&state);
+    struct machine_state state;
+    char error[512];
+    if (machine_state_decode(r->probe, r->probe_length, &state, error, sizeof(error)) != 0) {
+        ack.status = MIG_PROBE_UNDECODABLE;
+        fprintf(stderr, "ringvm: migration: the source's switch-over probe does not decode: %s\n", error);
+    } else if (state.vcpu_count != r->local.vcpu_count) {
+        ack.status = MIG_PROBE_UNDECODABLE;
+        fprintf(stderr, "ringvm: migration: the source's switch-over probe holds %" PRIu32 " vCPUs (this VM has %"
+                PRIu32 ")\n", state.vcpu_count, r->local.vcpu_count);
     }
+    machine_state_free(&state);
     mig_receiver_drop_probe(r);
     uint64_t now = mig_mono_ns();
     ack.destination_ns = now > r->probe_started_ns ? now - r->probe_started_ns : 0;
@@ -300,46 +301,13 @@ int incoming_restore(struct incoming *in, char *error, size_t error_size, uint32
             return -1;
         }
     }
-    /* A Linux guest: its whole machine state in one frame. */
-    size_t machine_length = 0;
-    const uint8_t *machine_bytes = mig_receiver_machine_state(r, &machine_length);
-    if (machine_bytes != NULL) {
-        struct machine_state machine;
-        char text[512];
-        if (machine_state_decode(machine_bytes, machine_length, &machine, text, sizeof(text)) != 0) {
-            *code = MIG_ERR_STREAM;
-            snprintf(error, error_size, "machine state: %s", text);
-            return -1;
-        }
-        int result = machine_state_vm_restore(vm, &machine, text, sizeof(text));
-        machine_state_free(&machine);
-        if (result != 0) {
-            snprintf(error, error_size, "restoring the machine state: %s", text);
-            return -1;
-        }
-    }
-    struct vcpu_state *state = malloc(sizeof(*state));
-    if (state == NULL) {
-        snprintf(error, error_size, "out of memory for vCPU state");
+    /* The machine state was decoded when its frame arrived (the receiver
+     * refuses END without it). */
+    char text[512];
+    if (machine_state_vm_restore(vm, mig_receiver_machine_state(r), text, sizeof(text)) != 0) {
+        snprintf(error, error_size, "restoring the machine state: %s", text);
         return -1;
     }
-    for (unsigned i = 0; machine_bytes == NULL && i < vm->config.vcpu_count; i++) {
-        memcpy(state, mig_receiver_vcpu_state(r, i), sizeof(*state));
-        if (state->version != VCPU_STATE_VERSION || state->msr_count > VCPU_STATE_MAX_MSRS) {
-            *code = MIG_ERR_STREAM;
-            snprintf(error, error_size, "vCPU %u state: version %" PRIu32 ", %" PRIu32 " MSRs: invalid", i,
-                     state->version, state->msr_count);
-            free(state);
-            return -1;
-        }
-        int result = vcpu_state_restore(vm->vcpus[i].fd, state);
-        if (result != 0) {
-            free(state);
-            snprintf(error, error_size, "restoring vCPU %u: %s", i, strerror(-result));
-            return -1;
-        }
-    }
-    free(state);
     /* The guest's workload comes with it (vm.info reports it). Written
      * before awaiting_migration is cleared with release; readers acquire. */
     char workload_error[256];
@@ -684,7 +652,7 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
         } else if (type == MIG_FRAME_ITERATION) {
             fault_point(vm, atomic_load_explicit(&in->receiver.iteration, memory_order_relaxed) == 0 ? "iteration0"
                                                                                                    : "iteration1");
-        } else if (type == MIG_FRAME_VCPU_STATE || type == MIG_FRAME_MACHINE_STATE) {
+        } else if (type == MIG_FRAME_MACHINE_STATE) {
             in->fault_held |= fault_point(vm, "stop-and-copy");
         }
         if (type != MIG_FRAME_HELLO && mig_mono_ns() - in->last_publish >= PUBLISH_INTERVAL_NS)

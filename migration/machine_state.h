@@ -2,8 +2,8 @@
  * Machine state v2: everything a Linux guest (and the built-in guest, as a
  * subset) lives in outside its RAM, as a versioned, self-describing,
  * little-endian wire format (issue 14; layout in docs/migration-protocol.md,
- * "Machine state v2"). Not yet used on the wire: the stream still sends
- * VCPU_STATE v1 (vmm/vcpu_state.h).
+ * "Machine state v2"). The stream's one state frame (MACHINE_STATE) for
+ * both guest kinds since state format 2.
  *
  * Three layers:
  *   - encode / decode / validate: pure functions of their arguments, unit
@@ -259,7 +259,7 @@ void machine_state_msr_split(const struct kvm_msr_entry *msrs, uint32_t count, s
 /* ---- KVM (run on SVM KVM by tests/test_machine_state_kvm.c; not on PVM) -- */
 
 struct machine_state_capture_config {
-    const uint32_t *msr_indices;            /* vcpu_state_probe_msrs (vmm/vcpu_state.h) */
+    const uint32_t *msr_indices;            /* msr_index_probe (vmm/msr_index.h) */
     uint32_t msr_count;
     uint32_t xsave2_size;                   /* KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) on the VM; 0 = none */
     bool has_irqchip;                       /* KVM_CREATE_IRQCHIP was done */

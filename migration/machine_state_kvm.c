@@ -53,8 +53,8 @@ int machine_state_capture_vcpu(int vcpu_fd, const struct machine_state_capture_c
     vcpu->sections |= MACHINE_STATE_HAS_MP_STATE | MACHINE_STATE_HAS_REGS | MACHINE_STATE_HAS_SREGS;
 
     /* XSAVE2 with the VM's size where KVM_CAP_XSAVE2 exists (AMX makes it
-     * larger than 4096), else XSAVE, else the legacy FPU (vcpu_state.c's
-     * fallback for hosts without XSAVE). */
+     * larger than 4096), else XSAVE, else the legacy FPU (hosts without
+     * XSAVE). */
     uint32_t xsave_size = config->xsave2_size >= MACHINE_STATE_XSAVE_MIN ? config->xsave2_size
                                                                            : MACHINE_STATE_XSAVE_MIN;
     if (xsave_size > MACHINE_STATE_XSAVE_MAX) {

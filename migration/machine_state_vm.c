@@ -20,9 +20,9 @@ static uint32_t machine_state_vm_xsave2_size(const struct vm *vm)
 
 int machine_state_vm_capture(struct vm *vm, struct machine_state *state, char *error, size_t error_size)
 {
-    if (vm->config.guest_kind != VM_GUEST_LINUX || vm->uart == NULL) {
-        snprintf(error, error_size, "machine state: only a Linux guest's is captured (the built-in guest sends "
-                 "vcpu-state frames)");
+    bool linux_guest = vm_is_linux_guest(vm);
+    if (linux_guest && vm->uart == NULL) {
+        snprintf(error, error_size, "machine state: a Linux guest without its UART");
         return -1;
     }
     if (machine_state_init(state, vm->config.vcpu_count) != 0) {
@@ -34,7 +34,7 @@ int machine_state_vm_capture(struct vm *vm, struct machine_state *state, char *e
         .msr_count = vm->msr_count,
         .xsave2_size = machine_state_vm_xsave2_size(vm),
         .has_irqchip = vm->config.create_irqchip,
-        .has_pit = true,
+        .has_pit = linux_guest,         /* the built-in guest has no PIT (vmm/vm.c) */
     };
     for (unsigned i = 0; i < vm->config.vcpu_count; i++) {
         if (machine_state_capture_vcpu(vm->vcpus[i].fd, &config, &state->vcpus[i], error, error_size) != 0) {
@@ -46,16 +46,18 @@ int machine_state_vm_capture(struct vm *vm, struct machine_state *state, char *e
         machine_state_free(state);
         return -1;
     }
-    state->vm.guest_kind = MACHINE_STATE_GUEST_LINUX;
-    const char *cmdline = vm_linux_cmdline(vm);
-    const char *protocol = vm_linux_boot_protocol(vm);
-    if (cmdline != NULL && protocol != NULL) {
-        snprintf(state->vm.cmdline, sizeof(state->vm.cmdline), "%s", cmdline);
-        snprintf(state->vm.boot_protocol, sizeof(state->vm.boot_protocol), "%s", protocol);
-        state->vm.sections |= MACHINE_STATE_HAS_BOOT_INFO;
+    state->vm.guest_kind = linux_guest ? MACHINE_STATE_GUEST_LINUX : MACHINE_STATE_GUEST_BUILTIN;
+    if (linux_guest) {
+        const char *cmdline = vm_linux_cmdline(vm);
+        const char *protocol = vm_linux_boot_protocol(vm);
+        if (cmdline != NULL && protocol != NULL) {
+            snprintf(state->vm.cmdline, sizeof(state->vm.cmdline), "%s", cmdline);
+            snprintf(state->vm.boot_protocol, sizeof(state->vm.boot_protocol), "%s", protocol);
+            state->vm.sections |= MACHINE_STATE_HAS_BOOT_INFO;
+        }
+        uart_state_save(vm->uart, &state->vm.uart);
+        state->vm.sections |= MACHINE_STATE_HAS_UART;
     }
-    uart_state_save(vm->uart, &state->vm.uart);
-    state->vm.sections |= MACHINE_STATE_HAS_UART;
     pthread_mutex_lock(&vm->rtc.lock);
     state->vm.cmos_index = vm->rtc.index;
     memcpy(state->vm.cmos_ram, vm->rtc.ram, sizeof(state->vm.cmos_ram));
@@ -71,11 +73,11 @@ int machine_state_vm_restore(struct vm *vm, const struct machine_state *state, c
                  vm->config.vcpu_count);
         return -1;
     }
-    if (state->vm.guest_kind != MACHINE_STATE_GUEST_LINUX) {
-        snprintf(error, error_size, "machine state of a built-in guest (it travels as vcpu-state frames)");
+    if (state->vm.guest_kind == MACHINE_STATE_GUEST_BUILTIN && vm->config.guest_kind == VM_GUEST_LINUX) {
+        snprintf(error, error_size, "machine state of a built-in guest for a VM that runs a Linux guest");
         return -1;
     }
-    if (vm_become_linux_destination(vm) != 0) {
+    if (state->vm.guest_kind == MACHINE_STATE_GUEST_LINUX && vm_become_linux_destination(vm) != 0) {
         snprintf(error, error_size, "creating the Linux guest's devices (PIT, UART) failed (see stderr)");
         return -1;
     }
@@ -93,7 +95,7 @@ int machine_state_vm_restore(struct vm *vm, const struct machine_state *state, c
         .vcpu_count = vm->config.vcpu_count,
         .local_tsc_khz = local_khz > 0 ? (uint32_t)local_khz : 0,
         .xsave2_size = machine_state_vm_xsave2_size(vm),
-        .uart = vm->uart,
+        .uart = vm->uart,               /* NULL for the built-in guest: its state has no uart */
         .rtc = &vm->rtc,
     };
     int result = machine_state_restore(&target, state, error, error_size);

@@ -39,7 +39,6 @@
 #include "migration/switch_over.h"
 #include "migration/tls.h"
 #include "migration/transport.h"
-#include "vmm/vcpu_state.h"
 #include "vmm/vm.h"
 
 #ifndef MADV_POPULATE_WRITE

@@ -23,7 +23,7 @@ const char *mig_frame_type_name(uint32_t type)
     case MIG_FRAME_HELLO_ACK: return "hello-ack";
     case MIG_FRAME_MEMORY: return "memory";
     case MIG_FRAME_ITERATION: return "iteration";
-    case MIG_FRAME_VCPU_STATE: return "vcpu-state";
+    case MIG_FRAME_RETIRED_VCPU_STATE: return "vcpu-state";
     case MIG_FRAME_DEVICE_STATE: return "device-state";
     case MIG_FRAME_END: return "end";
     case MIG_FRAME_ACK: return "ack";
@@ -89,11 +89,6 @@ bool mig_frame_length_bounds(uint32_t type, uint64_t *min, uint64_t *max)
     case MIG_FRAME_ITERATION:
         *min = *max = MIG_ITERATION_SIZE;
         return true;
-    case MIG_FRAME_VCPU_STATE:
-        /* Exact size checked against the hello's vcpu_state_size. */
-        *min = MIG_VCPU_STATE_HEADER;
-        *max = MIG_VCPU_STATE_HEADER + (1u << 20);
-        return true;
     case MIG_FRAME_DEVICE_STATE:
         *min = *max = MIG_DEVICE_STATE_SIZE;
         return true;
@@ -150,6 +145,11 @@ int mig_header_decode(const uint8_t in[MIG_HEADER_SIZE], uint64_t expected_seq,
     out->length = mig_get_u64(in + 16);
     out->checksum = mig_get_u64(in + MIG_HEADER_CHECKSUM_OFFSET);
     uint64_t min, max;
+    if (out->type == MIG_FRAME_RETIRED_VCPU_STATE) {
+        snprintf(error, error_size, "frame %" PRIu64 ": vcpu-state frame (type 5): retired with state format 1, "
+                 "vCPU state travels in the machine-state frame", expected_seq);
+        return -1;
+    }
     if (!mig_frame_length_bounds(out->type, &min, &max)) {
         snprintf(error, error_size, "frame %" PRIu64 ": unknown frame type %" PRIu32, expected_seq, out->type);
         return -1;
@@ -193,8 +193,8 @@ void mig_hello_encode(const struct mig_hello *h, uint8_t out[MIG_HELLO_SIZE])
         mig_put_u64(out + 40 + 24 * i, h->slots[i].size);
         mig_put_u64(out + 48 + 24 * i, h->slots[i].ram_offset);
     }
-    mig_put_u32(out + 80, h->vcpu_state_size);
-    mig_put_u32(out + 84, h->vcpu_state_version);
+    mig_put_u32(out + 80, h->legacy_state_size);
+    mig_put_u32(out + 84, h->state_format);
     mig_put_u64(out + 88, h->features);
     mig_put_u32(out + 96, h->abi_version);
     mig_put_u32(out + 100, 0);
@@ -221,8 +221,8 @@ int mig_hello_decode(const uint8_t *in, size_t length, struct mig_hello *h, char
         h->slots[i].size = mig_get_u64(in + 40 + 24 * i);
         h->slots[i].ram_offset = mig_get_u64(in + 48 + 24 * i);
     }
-    h->vcpu_state_size = mig_get_u32(in + 80);
-    h->vcpu_state_version = mig_get_u32(in + 84);
+    h->legacy_state_size = mig_get_u32(in + 80);
+    h->state_format = mig_get_u32(in + 84);
     h->features = mig_get_u64(in + 88);
     h->abi_version = mig_get_u32(in + 96);
     uint32_t reserved = mig_get_u32(in + 100);
@@ -277,11 +277,17 @@ int mig_hello_compare(const struct mig_hello *local, const struct mig_hello *pee
                  " slot(s) at different addresses", src->slot_count, dst->slot_count);
         return -1;
     }
-    if (src->vcpu_state_size != dst->vcpu_state_size || src->vcpu_state_version != dst->vcpu_state_version) {
+    if (src->state_format != dst->state_format) {
         snprintf(error, error_size,
-                 "vCPU state format differs: source version %" PRIu32 " (%" PRIu32 " bytes), destination version %"
-                 PRIu32 " (%" PRIu32 " bytes)",
-                 src->vcpu_state_version, src->vcpu_state_size, dst->vcpu_state_version, dst->vcpu_state_size);
+                 "state format differs: source %" PRIu32 ", destination %" PRIu32 " (1: a vcpu-state frame per "
+                 "vCPU, ringvm before 2026-12; 2: one machine-state frame)", src->state_format, dst->state_format);
+        return -1;
+    }
+    if (src->legacy_state_size != 0 || dst->legacy_state_size != 0) {
+        bool from_source = src->legacy_state_size != 0;
+        snprintf(error, error_size, "the %s's hello gives a vCPU state size (%" PRIu32 " bytes) with state format 2 "
+                 "(must be 0)", from_source ? "source" : "destination",
+                 from_source ? src->legacy_state_size : dst->legacy_state_size);
         return -1;
     }
     if (src->abi_version != dst->abi_version) {
@@ -471,10 +477,8 @@ int mig_probe_header_decode(const uint8_t in[MIG_PROBE_HEADER_SIZE], struct mig_
     out->count = mig_get_u32(in + 4);
     if (out->kind == MIG_PROBE_MACHINE_STATE && out->count == 0)
         return 0;
-    if (out->kind == MIG_PROBE_VCPU_STATES && out->count >= 1 && out->count <= MIG_MAX_VCPUS)
-        return 0;
-    snprintf(error, error_size, "probe of kind %" PRIu32 " with count %" PRIu32 " (kinds: 1 machine state with "
-             "count 0, 2 vCPU states with count 1..%u)", out->kind, out->count, MIG_MAX_VCPUS);
+    snprintf(error, error_size, "probe of kind %" PRIu32 " with count %" PRIu32 " (the one kind: 1 machine state "
+             "with count 0)", out->kind, out->count);
     return -1;
 }
 

@@ -24,6 +24,11 @@
 #include <stdint.h>
 
 #define MIG_PROTOCOL_VERSION    2   /* 2: DEVICE_STATE carries the workload */
+/* How vCPU and machine state travel (the hello's state_format): 2 = one
+ * MACHINE_STATE frame (machine state v2) for either guest kind. Format 1
+ * (a VCPU_STATE frame per vCPU holding struct vcpu_state as bytes, readable
+ * only by the same build) is refused at the handshake. */
+#define MIG_STATE_FORMAT        2u
 #define MIG_MAGIC               "RINGVMIG"      /* 8 bytes, no NUL on the wire */
 #define MIG_PAGE_SIZE           4096u
 #define MIG_HEADER_SIZE         32u
@@ -36,15 +41,17 @@ enum mig_frame_type {
     MIG_FRAME_HELLO_ACK = 2,    /* destination -> source: its configuration, accepted */
     MIG_FRAME_MEMORY = 3,       /* source -> destination: runs of pages */
     MIG_FRAME_ITERATION = 4,    /* source -> destination: iteration marker */
-    MIG_FRAME_VCPU_STATE = 5,   /* source -> destination: one struct vcpu_state */
+    /* 5 was VCPU_STATE (state format 1: one struct vcpu_state per vCPU, the
+       built-in guest's until 2026-12); retired: every guest's state travels
+       in one MACHINE_STATE frame. A type-5 frame is refused by name. */
+    MIG_FRAME_RETIRED_VCPU_STATE = 5,
     MIG_FRAME_DEVICE_STATE = 6, /* source -> destination: serial, guest phases, ... */
     MIG_FRAME_END = 7,          /* source -> destination: nothing follows */
     MIG_FRAME_ACK = 8,          /* destination -> source: resumed */
     MIG_FRAME_ERROR = 9,        /* either direction: refusal / failure, then close */
     /* 10 and 11 are the post-copy return path's (migration/postcopy_return.h). */
-    MIG_FRAME_MACHINE_STATE = 12, /* source -> destination: a Linux guest's machine
-                                     state v2 (migration/machine_state.h), instead of
-                                     vcpu-state frames */
+    MIG_FRAME_MACHINE_STATE = 12, /* source -> destination: the guest's machine state
+                                     v2 (migration/machine_state.h), either guest kind */
     MIG_FRAME_PROBE = 13,       /* source -> destination, right after the hello (only when both
                                    announce MIG_FEATURE_SWITCH_PROBE): a dry run of the state
                                    path, the state as the switch-over would send it */
@@ -82,7 +89,6 @@ const char *mig_frame_type_name(uint32_t type);
 /* Payload sizes and bounds. */
 #define MIG_HELLO_SIZE          104u
 #define MIG_ITERATION_SIZE      24u
-#define MIG_VCPU_STATE_HEADER   8u
 #define MIG_WORKLOAD_TEXT_SIZE  128u
 #define MIG_DEVICE_STATE_SIZE   (24u + 4u * MIG_MAX_VCPUS + MIG_WORKLOAD_TEXT_SIZE)
 #define MIG_END_SIZE            56u
@@ -124,8 +130,8 @@ struct mig_hello {
     uint32_t vcpu_count;
     uint32_t slot_count;
     struct mig_slot slots[MIG_MAX_SLOTS];
-    uint32_t vcpu_state_size;
-    uint32_t vcpu_state_version;
+    uint32_t legacy_state_size; /* state format 1's sizeof(struct vcpu_state); 0 in format 2 */
+    uint32_t state_format;      /* MIG_STATE_FORMAT */
     uint64_t features;
     uint32_t abi_version;
 };
@@ -161,12 +167,12 @@ struct mig_device_state {
 };
 
 /* PROBE's kinds: what its body holds. */
-#define MIG_PROBE_MACHINE_STATE 1u      /* one machine-state encoding (a Linux guest) */
-#define MIG_PROBE_VCPU_STATES   2u      /* count vcpu-state payloads (the built-in guest) */
+#define MIG_PROBE_MACHINE_STATE 1u      /* one machine-state encoding */
+/* Kind 2 (count vcpu-state payloads) went with state format 1. */
 
 struct mig_probe_header {
     uint32_t kind;
-    uint32_t count;             /* vCPUs for MIG_PROBE_VCPU_STATES, else 0 */
+    uint32_t count;             /* 0 (kind 2's vCPU count, retired) */
 };
 
 /* PROBE_ACK's status. */

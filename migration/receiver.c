@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "migration/machine_state.h"
 #include "vmm/workload.h"
 
 #define XXH_STATIC_LINKING_ONLY
@@ -110,18 +111,10 @@ int mig_receiver_init(struct mig_receiver *r, uint8_t *ram, uint64_t ram_bytes, 
     r->local = *local;
     unsigned vcpus = local->vcpu_count > MIG_MAX_VCPUS ? MIG_MAX_VCPUS : local->vcpu_count;
     r->local.vcpu_count = vcpus;
-    if (vcpus > 0 && local->vcpu_state_size > 0) {
-        r->vcpu_states = calloc(vcpus, local->vcpu_state_size);
-        if (r->vcpu_states == NULL)
-            return -1;
-    }
     uint64_t words = (ram_bytes / MIG_PAGE_SIZE + 63) / 64;
     r->written = calloc(words ? words : 1, sizeof(uint64_t));
-    if (r->written == NULL) {
-        free(r->vcpu_states);
-        r->vcpu_states = NULL;
+    if (r->written == NULL)
         return -1;
-    }
     r->scratch_size = 4 + MIG_ERROR_MAX_MESSAGE + MIG_HELLO_SIZE + MIG_DEVICE_STATE_SIZE + MIG_END_SIZE +
                       MIG_SWITCH_OVER_SIZE;
     r->scratch = malloc(r->scratch_size);
@@ -169,10 +162,10 @@ void mig_receiver_drop_probe(struct mig_receiver *r)
 void mig_receiver_destroy(struct mig_receiver *r)
 {
     mig_receiver_drop_probe(r);
+    if (r->machine_state != NULL)
+        machine_state_free(r->machine_state);
     free(r->machine_state);
     r->machine_state = NULL;
-    r->machine_state_length = 0;
-    free(r->vcpu_states);
     free(r->scratch);
     free(r->staging);
     free(r->written);
@@ -180,7 +173,6 @@ void mig_receiver_destroy(struct mig_receiver *r)
     free(r->place_buffer);
     r->discard_runs = NULL;
     r->place_buffer = NULL;
-    r->vcpu_states = NULL;
     r->scratch = NULL;
     r->staging = NULL;
     r->written = NULL;
@@ -225,16 +217,8 @@ static void mark_written(struct mig_receiver *r, uint64_t first, uint64_t count)
     }
 }
 
-const void *mig_receiver_vcpu_state(const struct mig_receiver *r, unsigned index)
+const struct machine_state *mig_receiver_machine_state(const struct mig_receiver *r)
 {
-    if (index >= r->local.vcpu_count || !r->vcpu_state_present[index] || r->vcpu_states == NULL)
-        return NULL;
-    return r->vcpu_states + (size_t)index * r->local.vcpu_state_size;
-}
-
-const uint8_t *mig_receiver_machine_state(const struct mig_receiver *r, size_t *length)
-{
-    *length = r->machine_state_length;
     return r->machine_state;
 }
 
@@ -257,8 +241,6 @@ static int fail(struct mig_receiver *r, uint32_t code, const char *fmt, ...)
 static void receiver_phase(const struct mig_receiver *r, char *out, size_t size)
 {
     bool stopped = r->have_device || r->machine_state != NULL;
-    for (unsigned i = 0; i < r->local.vcpu_count && !stopped; i++)
-        stopped = r->vcpu_state_present[i];
     if (!r->got_hello)
         snprintf(out, size, "handshake");
     else if (stopped)
@@ -632,14 +614,6 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
             return fail(r, MIG_ERR_STREAM, "%s", text);
         }
         uint64_t body = header.length - MIG_PROBE_HEADER_SIZE;
-        uint64_t per_vcpu = MIG_VCPU_STATE_HEADER + (uint64_t)r->local.vcpu_state_size;
-        if (probe.kind == MIG_PROBE_VCPU_STATES &&
-            (probe.count != r->local.vcpu_count || body != probe.count * per_vcpu)) {
-            free(bytes);
-            return fail(r, MIG_ERR_STREAM, "probe of %" PRIu32 " vCPU states in %" PRIu64 " bytes (this VM has %"
-                        PRIu32 " vCPUs of %" PRIu64 " bytes each)", probe.count, body, r->local.vcpu_count,
-                        per_vcpu);
-        }
         memmove(bytes, bytes + MIG_PROBE_HEADER_SIZE, (size_t)body);
         r->probe = bytes;
         r->probe_length = (size_t)body;
@@ -682,51 +656,37 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
 
     /* Small frames: payload into scratch (bounded), then checksum. */
     uint8_t *payload = r->scratch;
-    if (header.type == MIG_FRAME_VCPU_STATE) {
-        if (r->machine_state != NULL)
-            return fail(r, MIG_ERR_STREAM, "vcpu-state frame after the machine-state frame");
-        if (header.length != MIG_VCPU_STATE_HEADER + (uint64_t)r->local.vcpu_state_size)
-            return fail(r, MIG_ERR_STREAM, "vcpu-state frame length %" PRIu64 " (must be %" PRIu64 ")",
-                        header.length, MIG_VCPU_STATE_HEADER + (uint64_t)r->local.vcpu_state_size);
-        uint8_t head[MIG_VCPU_STATE_HEADER];
-        if (read_input(r, input, head, sizeof(head)) != 0)
-            return -1;
-        uint32_t index = mig_get_u32(head), size = mig_get_u32(head + 4);
-        if (index >= r->local.vcpu_count || r->vcpu_states == NULL)
-            return fail(r, MIG_ERR_STREAM, "vcpu-state for vCPU %" PRIu32 " (this VM has %" PRIu32 ")", index,
-                        r->local.vcpu_count);
-        if (size != r->local.vcpu_state_size)
-            return fail(r, MIG_ERR_STREAM, "vcpu-state of %" PRIu32 " bytes (must be %" PRIu32 ")", size,
-                        r->local.vcpu_state_size);
-        uint8_t *target = r->vcpu_states + (size_t)index * size;
-        if (read_input(r, input, target, size) != 0)
-            return -1;
-        XXH3_state_t state;
-        XXH3_64bits_reset(&state);
-        XXH3_64bits_update(&state, raw, MIG_HEADER_CHECKSUM_OFFSET);
-        XXH3_64bits_update(&state, head, sizeof(head));
-        XXH3_64bits_update(&state, target, size);
-        if (XXH3_64bits_digest(&state) != header.checksum) {
-            r->vcpu_state_present[index] = false;
-            return fail(r, MIG_ERR_STREAM, "vcpu-state frame checksum mismatch");
-        }
-        r->vcpu_state_present[index] = true;
-        r->seq++;
-        return MIG_FRAME_VCPU_STATE;
-    }
     if (header.type == MIG_FRAME_MACHINE_STATE) {
-        /* Once, and never beside vcpu-state frames: one source sends one
-         * kind of state. Its length is bounded by mig_header_decode. */
+        /* Once. Its length is bounded by mig_header_decode; the decode
+         * checks every section before it allocates. */
         if (r->machine_state != NULL)
             return fail(r, MIG_ERR_STREAM, "second machine-state frame");
-        for (unsigned i = 0; i < r->local.vcpu_count; i++)
-            if (r->vcpu_state_present[i])
-                return fail(r, MIG_ERR_STREAM, "machine-state frame after vcpu-state frames");
         uint8_t *bytes = receive_whole_payload(r, input, raw, &header);
         if (bytes == NULL)
             return -1;
-        r->machine_state = bytes;
-        r->machine_state_length = (size_t)header.length;
+        struct machine_state *state = malloc(sizeof(*state));
+        if (state == NULL) {
+            free(bytes);
+            return fail(r, MIG_ERR_INTERNAL, "out of memory for the machine state");
+        }
+        char reason[MIG_RECEIVER_ERROR_MAX - 64];
+        int decoded = machine_state_decode(bytes, (size_t)header.length, state, reason, sizeof(reason));
+        free(bytes);
+        if (decoded != 0) {
+            free(state);
+            /* The decoder names the section and field; say "machine state"
+             * once whichever layer the reason comes from. */
+            bool named = strncmp(reason, "machine state", 13) == 0;
+            return fail(r, MIG_ERR_STREAM, "%s%s", named ? "" : "machine state: ", reason);
+        }
+        if (state->vcpu_count != r->local.vcpu_count) {
+            uint32_t count = state->vcpu_count;
+            machine_state_free(state);
+            free(state);
+            return fail(r, MIG_ERR_STREAM, "machine state for %" PRIu32 " vCPUs (this VM has %" PRIu32 ")", count,
+                        r->local.vcpu_count);
+        }
+        r->machine_state = state;
         r->seq++;
         return MIG_FRAME_MACHINE_STATE;
     }
@@ -782,9 +742,8 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
                         ? "twice" : "before postcopy-open");
         if (mig_postcopy_switch_decode(payload, &r->postcopy_switch, text, sizeof(text)) != 0)
             return fail(r, MIG_ERR_STREAM, "%s", text);
-        for (unsigned i = 0; i < r->local.vcpu_count && r->machine_state == NULL; i++)
-            if (!r->vcpu_state_present[i])
-                return fail(r, MIG_ERR_STREAM, "postcopy-switch frame but no state for vCPU %u", i);
+        if (r->machine_state == NULL)
+            return fail(r, MIG_ERR_STREAM, "postcopy-switch frame but no machine state");
         if (!r->have_device)
             return fail(r, MIG_ERR_STREAM, "postcopy-switch frame but no device state");
         if (r->postcopy_switch.missing_pages > r->ram_bytes / MIG_PAGE_SIZE)
@@ -820,9 +779,8 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
     case MIG_FRAME_END: {
         if (mig_end_decode(payload, &r->end, text, sizeof(text)) != 0)
             return fail(r, MIG_ERR_STREAM, "%s", text);
-        for (unsigned i = 0; i < r->local.vcpu_count && r->machine_state == NULL; i++)
-            if (!r->vcpu_state_present[i])
-                return fail(r, MIG_ERR_STREAM, "end frame but no state for vCPU %u", i);
+        if (r->machine_state == NULL)
+            return fail(r, MIG_ERR_STREAM, "end frame but no machine state");
         if (!r->have_device)
             return fail(r, MIG_ERR_STREAM, "end frame but no device state");
         if ((r->end.flags & MIG_END_HAS_DIGEST) && !(r->peer.features & MIG_FEATURE_DIGEST))

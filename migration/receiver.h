@@ -28,6 +28,8 @@
 
 #include "migration/protocol.h"
 
+struct machine_state;
+
 /* Reads exactly length bytes: 0; 1 = clean EOF before the first byte
  * (allowed only between frames); -1 = error with a message. Used by
  * mig_read_small_frame (the source reading the destination's replies). */
@@ -115,13 +117,11 @@ struct mig_receiver {
     bool got_hello;
     bool got_end;
     struct mig_hello peer;
-    uint8_t *vcpu_states;               /* local.vcpu_count * local.vcpu_state_size */
-    bool vcpu_state_present[MIG_MAX_VCPUS];
-    /* A Linux guest's machine state (one machine-state frame instead of
-     * the vcpu-state frames): its bytes as received, checksum verified,
-     * decoded by the destination at END. Heap, owned. */
-    uint8_t *machine_state;
-    size_t machine_state_length;
+    /* The guest's machine state (the one machine-state frame), decoded
+     * when it arrives: checksum verified, every section checked by
+     * machine_state_decode, its vCPU count this VM's. A bad state fails
+     * the stream at its frame, not at END. Heap, owned; NULL until then. */
+    struct machine_state *machine_state;
     /* The switch-over's dry run (MIG_FRAME_PROBE, only when local
      * announces MIG_FEATURE_SWITCH_PROBE; at most one, before the first
      * iteration marker or memory frame): its body as received, checksum
@@ -278,12 +278,9 @@ int mig_receiver_run_buffer(struct mig_receiver *r, const void *data, size_t len
  */
 int mig_receiver_check_work(const struct mig_receiver *r, uint64_t input_bytes, char *error, size_t error_size);
 
-/* Pointer to vCPU i's received state bytes (local.vcpu_state_size), NULL
- * if not received. */
-const void *mig_receiver_vcpu_state(const struct mig_receiver *r, unsigned index);
-/* The machine-state frame's payload (machine_state_decode reads it), or
- * NULL when the source sent vcpu-state frames. */
-const uint8_t *mig_receiver_machine_state(const struct mig_receiver *r, size_t *length);
+/* The decoded machine state (the destination restores it at END), NULL
+ * before its frame. */
+const struct machine_state *mig_receiver_machine_state(const struct mig_receiver *r);
 
 /* Reads one small frame (header + payload into buffer, at most capacity
  * bytes) and verifies it: for the source reading the destination's replies.

@@ -654,8 +654,7 @@ int source_handshake(struct source *s)
         hello.slots[i].size = vm->memory.slots[i].size;
         hello.slots[i].ram_offset = vm->memory.slots[i].ram_offset;
     }
-    hello.vcpu_state_size = sizeof(struct vcpu_state);
-    hello.vcpu_state_version = VCPU_STATE_VERSION;
+    hello.state_format = MIG_STATE_FORMAT;
     hello.features = MIG_FEATURE_ZERO_PAGES | (s->params.verify_digest ? MIG_FEATURE_DIGEST : 0);
     hello.abi_version = RINGVM_ABI_VERSION;
 
@@ -809,69 +808,33 @@ static ssize_t ack_read_some(void *ctx, void *data, size_t capacity, char *error
 }
 
 
-static size_t vcpu_state_payload_size(void)
-{
-    return MIG_VCPU_STATE_HEADER + sizeof(struct vcpu_state);
-}
-
 int source_capture_state(struct source *s, struct captured_state *out)
 {
-    struct vm *vm = s->vm;
     char error[512];
     memset(out, 0, sizeof(*out));
-    if (vm_is_linux_guest(vm)) {
-        struct machine_state state;
-        if (machine_state_vm_capture(vm, &state, error, sizeof(error)) != 0)
-            return source_fail(s, "internal", "capturing the machine state: %s", error);
-        size_t size = machine_state_encoded_size(&state);
-        uint8_t *bytes = malloc(size);
-        if (bytes == NULL) {
-            machine_state_free(&state);
-            return source_fail(s, "internal", "out of memory for %zu bytes of machine state", size);
-        }
-        size_t written = machine_state_encode(&state, bytes, size, error, sizeof(error));
+    struct machine_state state;
+    if (machine_state_vm_capture(s->vm, &state, error, sizeof(error)) != 0)
+        return source_fail(s, "internal", "capturing the machine state: %s", error);
+    size_t size = machine_state_encoded_size(&state);
+    uint8_t *bytes = malloc(size);
+    if (bytes == NULL) {
         machine_state_free(&state);
-        if (written != size) {
-            free(bytes);
-            return source_fail(s, "internal", "encoding the machine state: %s", error);
-        }
-        *out = (struct captured_state){ .bytes = bytes, .size = size, .kind = MIG_PROBE_MACHINE_STATE };
-        return 0;
+        return source_fail(s, "internal", "out of memory for %zu bytes of machine state", size);
     }
-    unsigned count = vm->config.vcpu_count;
-    size_t each = vcpu_state_payload_size();
-    uint8_t *bytes = calloc(count, each);
-    if (bytes == NULL)
-        return source_fail(s, "internal", "out of memory for vCPU state");
-    for (unsigned i = 0; i < count; i++) {
-        uint8_t *payload = bytes + (size_t)i * each;
-        struct vcpu_state state;
-        memset(&state, 0, sizeof(state));
-        int r = vcpu_state_save(vm->vcpus[i].fd, vm->msr_indices, vm->msr_count, vm->config.create_irqchip, &state);
-        if (r != 0) {
-            free(bytes);
-            return source_fail(s, "internal", "saving vCPU %u state: %s", i, strerror(-r));
-        }
-        mig_put_u32(payload, i);
-        mig_put_u32(payload + 4, (uint32_t)sizeof(state));
-        memcpy(payload + MIG_VCPU_STATE_HEADER, &state, sizeof(state));
+    size_t written = machine_state_encode(&state, bytes, size, error, sizeof(error));
+    machine_state_free(&state);
+    if (written != size) {
+        free(bytes);
+        return source_fail(s, "internal", "encoding the machine state: %s", error);
     }
-    *out = (struct captured_state){ .bytes = bytes, .size = count * each, .kind = MIG_PROBE_VCPU_STATES,
-                                    .vcpu_count = count };
+    *out = (struct captured_state){ .bytes = bytes, .size = size };
     return 0;
 }
 
-/* Queues the captured state: one machine-state frame, or a vcpu-state
- * frame per vCPU. */
+/* Queues the captured state: one machine-state frame. */
 int source_send_state(struct source *s, const struct captured_state *state)
 {
-    if (state->kind == MIG_PROBE_MACHINE_STATE)
-        return source_small_frame(s, MIG_FRAME_MACHINE_STATE, state->bytes, state->size);
-    size_t each = vcpu_state_payload_size();
-    for (uint32_t i = 0; i < state->vcpu_count; i++)
-        if (source_small_frame(s, MIG_FRAME_VCPU_STATE, state->bytes + (size_t)i * each, each) != 0)
-            return -1;
-    return 0;
+    return source_small_frame(s, MIG_FRAME_MACHINE_STATE, state->bytes, state->size);
 }
 
 /* Queues DEVICE_STATE (the vCPUs are paused). */
@@ -907,10 +870,7 @@ static uint64_t switch_over_tail_bytes(bool peer_probes)
  * the state frames, DEVICE_STATE and the tail (a probing destination's). */
 static uint64_t switch_over_frame_bytes(const struct captured_state *state)
 {
-    uint64_t bytes = state->kind == MIG_PROBE_MACHINE_STATE
-                         ? MIG_HEADER_SIZE + state->size
-                         : (uint64_t)state->vcpu_count * (MIG_HEADER_SIZE + vcpu_state_payload_size());
-    return bytes + MIG_HEADER_SIZE + MIG_DEVICE_STATE_SIZE + switch_over_tail_bytes(true);
+    return MIG_HEADER_SIZE + state->size + MIG_HEADER_SIZE + MIG_DEVICE_STATE_SIZE + switch_over_tail_bytes(true);
 }
 
 /* The switch-over part of the expected downtime (switch_over.h), saying
@@ -970,7 +930,7 @@ static int source_probe_switch_over(struct source *s)
         free(state.bytes);
         return source_fail(s, "internal", "out of memory for a %zu-byte probe", length);
     }
-    struct mig_probe_header header = { .kind = state.kind, .count = state.vcpu_count };
+    struct mig_probe_header header = { .kind = MIG_PROBE_MACHINE_STATE, .count = 0 };
     mig_probe_header_encode(&header, frame + MIG_HEADER_SIZE);
     memcpy(frame + MIG_HEADER_SIZE + MIG_PROBE_HEADER_SIZE, state.bytes, state.size);
     free(state.bytes);

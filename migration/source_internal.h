@@ -49,10 +49,9 @@ int source_pass_point_of_no_return(struct source *s);
 int source_tls_handshake(struct source *s, const struct mig_address *address);
 
 /* The vCPU and machine state as the switch-over sends it, captured with
- * the vCPUs paused (out of KVM_RUN) by the caller: a Linux guest's one
- * machine-state encoding (its vCPUs, irqchips, PIT, clock, UART and CMOS,
- * migration/machine_state.h), or the built-in guest's vcpu-state payloads
- * back to back ([u32 index][u32 size][struct vcpu_state] each).
+ * the vCPUs paused (out of KVM_RUN) by the caller: one machine-state
+ * encoding (migration/machine_state.h) of either guest kind: its vCPUs,
+ * and where the VM has them the irqchips, PIT, clock, UART and CMOS.
  *
  * At the switch-over it is captured right after the pause and BEFORE the
  * final dirty sync: KVM writes guest RAM on behalf of vCPU ioctls (steal
@@ -64,8 +63,6 @@ int source_tls_handshake(struct source *s, const struct mig_address *address);
 struct captured_state {
     uint8_t *bytes;
     size_t size;
-    uint32_t kind;          /* MIG_PROBE_MACHINE_STATE or MIG_PROBE_VCPU_STATES */
-    uint32_t vcpu_count;    /* kind VCPU_STATES: how many payloads `bytes` holds */
 };
 int source_capture_state(struct source *s, struct captured_state *out);
 int source_send_state(struct source *s, const struct captured_state *state);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "migration/machine_state.h"
 #include "migration/sender.h"
 
 struct mig_hello migration_stream_hello(void)
@@ -21,8 +22,7 @@ struct mig_hello migration_stream_hello(void)
     h.slot_count = 1;
     h.slots[0].gpa = 0;
     h.slots[0].size = MIGRATION_STREAM_RAM_BYTES;
-    h.vcpu_state_size = MIGRATION_STREAM_STATE_SIZE;
-    h.vcpu_state_version = 1;
+    h.state_format = MIG_STATE_FORMAT;
     h.features = MIG_FEATURE_ZERO_PAGES;
     h.abi_version = 2;
     return h;
@@ -73,15 +73,41 @@ void migration_stream_put_iteration(struct migration_stream *s, uint64_t iterati
     migration_stream_put_frame(s, MIG_FRAME_ITERATION, payload, sizeof(payload));
 }
 
-void migration_stream_put_vcpu_state(struct migration_stream *s, uint32_t index, uint32_t size, uint8_t fill)
+uint8_t *migration_stream_machine_state(uint32_t vcpus, uint8_t fill, size_t *length)
 {
-    uint8_t *payload = malloc(MIG_VCPU_STATE_HEADER + (size_t)size);
-    cr_assert_not_null(payload);
-    mig_put_u32(payload, index);
-    mig_put_u32(payload + 4, size);
-    memset(payload + MIG_VCPU_STATE_HEADER, fill, size);
-    migration_stream_put_frame(s, MIG_FRAME_VCPU_STATE, payload, MIG_VCPU_STATE_HEADER + (size_t)size);
-    free(payload);
+    struct machine_state state;
+    cr_assert_eq(machine_state_init(&state, vcpus), 0);
+    state.vm.guest_kind = MACHINE_STATE_GUEST_BUILTIN;
+    state.vm.sections = MACHINE_STATE_HAS_CLOCK;
+    state.vm.clock.clock = 0x1000u * fill;
+    for (uint32_t i = 0; i < vcpus; i++) {
+        struct machine_state_vcpu *v = &state.vcpus[i];
+        v->sections = MACHINE_STATE_HAS_MP_STATE | MACHINE_STATE_HAS_REGS | MACHINE_STATE_HAS_SREGS |
+                      MACHINE_STATE_HAS_FPU | MACHINE_STATE_HAS_DEBUGREGS | MACHINE_STATE_HAS_CPUID2 |
+                      MACHINE_STATE_HAS_MSRS | MACHINE_STATE_HAS_VCPU_EVENTS;
+        v->regs.rip = MIGRATION_STREAM_STATE_RIP(fill, i);
+        v->regs.rflags = 0x2;
+        struct kvm_cpuid_entry2 leaf = { .function = 0, .eax = 0xd };
+        cr_assert_eq(machine_state_vcpu_set_cpuid(v, &leaf, 1), 0);
+        struct kvm_msr_entry efer = { .index = 0xc0000080, .data = 0 };
+        cr_assert_eq(machine_state_vcpu_set_msrs(v, &efer, 1), 0);
+    }
+    size_t size = machine_state_encoded_size(&state);
+    uint8_t *bytes = malloc(size);
+    cr_assert_not_null(bytes);
+    char error[256] = "";
+    *length = machine_state_encode(&state, bytes, size, error, sizeof(error));
+    cr_assert_eq(*length, size, "encoding the test machine state: %s", error);
+    machine_state_free(&state);
+    return bytes;
+}
+
+void migration_stream_put_machine_state(struct migration_stream *s, uint32_t vcpus, uint8_t fill)
+{
+    size_t length;
+    uint8_t *bytes = migration_stream_machine_state(vcpus, fill, &length);
+    migration_stream_put_frame(s, MIG_FRAME_MACHINE_STATE, bytes, length);
+    free(bytes);
 }
 
 struct mig_device_state migration_stream_device_state(void)
@@ -114,8 +140,7 @@ void migration_stream_put_end(struct migration_stream *s, const struct mig_end *
 
 void migration_stream_put_tail(struct migration_stream *s)
 {
-    for (uint32_t i = 0; i < MIGRATION_STREAM_VCPUS; i++)
-        migration_stream_put_vcpu_state(s, i, MIGRATION_STREAM_STATE_SIZE, (uint8_t)(0xa0 + i));
+    migration_stream_put_machine_state(s, MIGRATION_STREAM_VCPUS, 0xa0);
     struct mig_device_state device = migration_stream_device_state();
     migration_stream_put_device_state(s, &device);
     struct mig_end end = { .timestamp_ns = 123, .pages = 3 };

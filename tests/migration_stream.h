@@ -17,10 +17,9 @@
 
 #include "migration/protocol.h"
 
-/* The destination these tests play: 1 MiB of RAM (256 pages), 2 vCPUs, a
- * 64-byte "vcpu_state" of version 1, zero-page runs, guest ABI 2. */
+/* The destination these tests play: 1 MiB of RAM (256 pages), 2 vCPUs,
+ * state format 2, zero-page runs, guest ABI 2. */
 #define MIGRATION_STREAM_RAM_BYTES (1u << 20)
-#define MIGRATION_STREAM_STATE_SIZE 64u
 #define MIGRATION_STREAM_VCPUS 2u
 
 struct mig_hello migration_stream_hello(void);
@@ -43,14 +42,20 @@ void migration_stream_mark_frame(struct migration_stream *s);
 void migration_stream_put_frame(struct migration_stream *s, uint32_t type, const void *payload, size_t length);
 void migration_stream_put_hello(struct migration_stream *s, const struct mig_hello *hello);
 void migration_stream_put_iteration(struct migration_stream *s, uint64_t iteration, uint64_t pages);
-/* VCPU_STATE for vcpu index: header (index, size) then size bytes of fill. */
-void migration_stream_put_vcpu_state(struct migration_stream *s, uint32_t index, uint32_t size, uint8_t fill);
+/* A valid machine-state encoding (migration/machine_state.h) of a built-in
+ * guest with `vcpus` vCPUs, the smallest the decoder accepts (FPU, one
+ * CPUID leaf, EFER, the clock); vCPU i's RIP is MIGRATION_STREAM_STATE_RIP
+ * (fill, i), so a test can tell which state arrived. Heap, *length bytes. */
+#define MIGRATION_STREAM_STATE_RIP(fill, index) (0x100000u + 0x1000u * (fill) + (index))
+uint8_t *migration_stream_machine_state(uint32_t vcpus, uint8_t fill, size_t *length);
+/* That encoding in a MACHINE_STATE frame. */
+void migration_stream_put_machine_state(struct migration_stream *s, uint32_t vcpus, uint8_t fill);
 /* The device state every valid test stream ends with (2 vCPUs, LCR 3,
  * phases 1 and 2, no exception, a ledger workload). */
 struct mig_device_state migration_stream_device_state(void);
 void migration_stream_put_device_state(struct migration_stream *s, const struct mig_device_state *device);
 void migration_stream_put_end(struct migration_stream *s, const struct mig_end *end);
-/* Both vCPU states (fill 0xa0 + index), the device state and an END
+/* The machine state (both vCPUs, fill 0xa0), the device state and an END
  * without digest (timestamp 123, 3 pages). */
 void migration_stream_put_tail(struct migration_stream *s);
 /* A MEMORY frame built by the real sender-side builder

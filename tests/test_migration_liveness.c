@@ -254,7 +254,7 @@ Test(migration_liveness, a_large_frame_below_the_floor_rate_is_refused)
 }
 
 /* Every phase has the deadline, and the message says which: the hello
- * itself (handshake) and a frame after the first vCPU state
+ * itself (handshake) and a frame after the machine state
  * (stop-and-copy). */
 Test(migration_liveness, the_handshake_and_stop_and_copy_have_the_deadline_too)
 {
@@ -273,7 +273,7 @@ Test(migration_liveness, the_handshake_and_stop_and_copy_have_the_deadline_too)
 
     struct migration_stream t = { 0 };
     size_t hello_bytes = put_hello(&t);
-    migration_stream_put_vcpu_state(&t, 0, MIGRATION_STREAM_STATE_SIZE, 0xa0);
+    migration_stream_put_machine_state(&t, MIGRATION_STREAM_VCPUS, 0xa0);
     size_t through_vcpu = t.length;
     struct mig_device_state device = migration_stream_device_state();
     migration_stream_put_device_state(&t, &device);
@@ -282,7 +282,7 @@ Test(migration_liveness, the_handshake_and_stop_and_copy_have_the_deadline_too)
     receive_hello(&dst, &d, hello_bytes);
     input = dribble_input(&d);
     d.per_call = through_vcpu - hello_bytes;
-    cr_assert_eq(mig_receiver_next(&dst.r, &input), MIG_FRAME_VCPU_STATE, "%s", dst.r.error);
+    cr_assert_eq(mig_receiver_next(&dst.r, &input), MIG_FRAME_MACHINE_STATE, "%s", dst.r.error);
     d.per_call = 16;
     d.step_ns = 400 * MS;
     cr_assert_eq(mig_receiver_next(&dst.r, &input), -1, "the dribbled device state was accepted");

@@ -17,13 +17,13 @@
 #include "migration/progress.h"
 #include "migration/protocol.h"
 #include "migration/receiver.h"
+#include "migration/machine_state.h"
 #include "migration/sender.h"
 #include "migration/transport.h"
 #include "tests/harness.h"
 #include "tests/migration_stream.h"
 
 #define RAM_BYTES MIGRATION_STREAM_RAM_BYTES     /* 256 pages */
-#define STATE_SIZE MIGRATION_STREAM_STATE_SIZE   /* a small "vcpu_state" for these tests */
 
 static uint8_t *source_ram(void)
 {
@@ -72,9 +72,10 @@ Test(migration_protocol, a_valid_stream_reproduces_the_pages_and_states)
     cr_assert_eq(r.device.serial_lcr, 3);
     cr_assert_eq(r.device.last_exception_vector, -1);
     cr_assert_eq(r.device.guest_phase[1], 2);
-    const uint8_t *state = mig_receiver_vcpu_state(&r, 1);
+    const struct machine_state *state = mig_receiver_machine_state(&r);
     cr_assert_not_null(state);
-    cr_assert_eq(state[0], 0xa1);
+    cr_assert_eq(state->vcpu_count, 2);
+    cr_assert_eq(state->vcpus[1].regs.rip, MIGRATION_STREAM_STATE_RIP(0xa0, 1));
     cr_assert_eq(r.end.timestamp_ns, 123);
     mig_receiver_destroy(&r);
     migration_stream_guarded_ram_free(target, RAM_BYTES);
@@ -237,8 +238,8 @@ Test(migration_protocol, every_truncation_is_rejected)
     uint8_t *ram = source_ram();
     struct migration_stream s;
     build_valid_stream(&s, ram);
-    /* hello, iteration, memory, 2 x vcpu-state, device-state, end */
-    cr_assert_eq(s.frame_count, 7);
+    /* hello, iteration, memory, machine-state, device-state, end */
+    cr_assert_eq(s.frame_count, 6);
     uint8_t *target = migration_stream_guarded_ram(RAM_BYTES);
     char expected[200];
     unsigned cuts = 0;
@@ -295,7 +296,7 @@ Test(migration_protocol, every_truncation_is_rejected)
             }
         }
     }
-    cr_assert_geq(cuts, 7 * 32 + 3 * 16, "only %u cuts", cuts);
+    cr_assert_geq(cuts, 6 * 32 + 3 * 16, "only %u cuts", cuts);
     /* Uncut, the same stream is accepted. */
     struct mig_receiver r;
     cr_assert_eq(run(&r, target, &s, s.length), 0, "%s", r.error);
@@ -304,7 +305,7 @@ Test(migration_protocol, every_truncation_is_rejected)
     expect_cut(&s, target, 0, "frame 0: stream ended before the end frame (truncated)");
     expect_cut(&s, target, 40,
                "frame 0: the source closed the connection (truncated stream): needed 104 more bytes, got 8");
-    cr_assert_eq(frame_of(&s, s.length - 1), 6);
+    cr_assert_eq(frame_of(&s, s.length - 1), 5);
     migration_stream_guarded_ram_free(target, RAM_BYTES);
     free(ram);
     migration_stream_free(&s);
@@ -446,23 +447,22 @@ Test(migration_protocol, frames_in_the_wrong_place)
     uint8_t end_bytes[MIG_END_SIZE];
     mig_end_encode(&end, end_bytes);
     migration_stream_put_frame(&s, MIG_FRAME_END, end_bytes, sizeof(end_bytes));
-    expect_error(&s, "frame 1: end frame but no state for vCPU 0");
+    expect_error(&s, "frame 1: end frame but no machine state");
     migration_stream_free(&s);
 
-    /* vCPU state of the wrong vCPU / size */
+    /* A machine state for another vCPU count; a retired vcpu-state frame */
     memset(&s, 0, sizeof(s));
     migration_stream_put_hello(&s, &h);
-    uint8_t state[MIG_VCPU_STATE_HEADER + STATE_SIZE] = { 0 };
-    mig_put_u32(state, 9);
-    mig_put_u32(state + 4, STATE_SIZE);
-    migration_stream_put_frame(&s, MIG_FRAME_VCPU_STATE, state, sizeof(state));
-    expect_error(&s, "frame 1: vcpu-state for vCPU 9 (this VM has 2)");
+    migration_stream_put_machine_state(&s, 3, 0);
+    expect_error(&s, "frame 1: machine state for 3 vCPUs (this VM has 2)");
     migration_stream_free(&s);
 
     memset(&s, 0, sizeof(s));
     migration_stream_put_hello(&s, &h);
-    migration_stream_put_frame(&s, MIG_FRAME_VCPU_STATE, state, sizeof(state) - 8);
-    expect_error(&s, "frame 1: vcpu-state frame length 64 (must be 72)");
+    uint8_t state[72] = { 0 };
+    migration_stream_put_frame(&s, MIG_FRAME_RETIRED_VCPU_STATE, state, sizeof(state));
+    expect_error(&s, "frame 1: vcpu-state frame (type 5): retired with state format 1, vCPU state travels in the "
+                     "machine-state frame");
     migration_stream_free(&s);
 }
 
@@ -488,9 +488,15 @@ Test(migration_protocol, config_mismatch_messages)
     cr_assert_eq(mig_hello_compare(&local, &peer, false, error, sizeof(error)), -1);
     cr_assert_str_eq(error, "page size differs: source 65536, destination 4096");
     peer = migration_stream_hello();
-    peer.vcpu_state_size = 99;
+    peer.state_format = 1;
+    peer.legacy_state_size = 8952;      /* what a format-1 ringvm sends */
     cr_assert_eq(mig_hello_compare(&local, &peer, false, error, sizeof(error)), -1);
-    cr_assert_str_eq(error, "vCPU state format differs: source version 1 (99 bytes), destination version 1 (64 bytes)");
+    cr_assert_str_eq(error, "state format differs: source 1, destination 2 (1: a vcpu-state frame per vCPU, ringvm "
+                            "before 2026-12; 2: one machine-state frame)");
+    peer = migration_stream_hello();
+    peer.legacy_state_size = 99;
+    cr_assert_eq(mig_hello_compare(&local, &peer, false, error, sizeof(error)), -1);
+    cr_assert_str_eq(error, "the source's hello gives a vCPU state size (99 bytes) with state format 2 (must be 0)");
     peer = migration_stream_hello();
     peer.features |= 0x100;
     cr_assert_eq(mig_hello_compare(&local, &peer, false, error, sizeof(error)), -1);

@@ -48,8 +48,7 @@ static void put_switch(struct migration_stream *s, uint32_t flags, uint64_t miss
 
 static void put_states(struct migration_stream *s)
 {
-    for (uint32_t i = 0; i < MIGRATION_STREAM_VCPUS; i++)
-        migration_stream_put_vcpu_state(s, i, MIGRATION_STREAM_STATE_SIZE, (uint8_t)(0xa0 + i));
+    migration_stream_put_machine_state(s, MIGRATION_STREAM_VCPUS, 0xa0);
     struct mig_device_state device = migration_stream_device_state();
     migration_stream_put_device_state(s, &device);
 }
@@ -147,7 +146,7 @@ Test(postcopy_protocol, frames_out_of_order_are_refused)
     migration_stream_put_hello(&s, &hello);
     put_open(&s);
     put_switch(&s, 0, PAGES);
-    expect_refused(&s, true, MIG_ERR_STREAM, "frame 2: postcopy-switch frame but no state for vCPU 0");
+    expect_refused(&s, true, MIG_ERR_STREAM, "frame 2: postcopy-switch frame but no machine state");
 
     s = (struct migration_stream){ 0 };
     migration_stream_put_hello(&s, &hello);
@@ -155,14 +154,14 @@ Test(postcopy_protocol, frames_out_of_order_are_refused)
     put_states(&s);
     put_switch(&s, 0x4, PAGES);
     expect_refused(&s, true, MIG_ERR_STREAM,
-                   "frame 5: postcopy-switch frame with flags 0x4, reserved 0 (known flags 0x2; reserved 0)");
+                   "frame 4: postcopy-switch frame with flags 0x4, reserved 0 (known flags 0x2; reserved 0)");
 
     s = (struct migration_stream){ 0 };
     migration_stream_put_hello(&s, &hello);
     put_open(&s);
     put_states(&s);
     put_switch(&s, 0, PAGES + 1);
-    expect_refused(&s, true, MIG_ERR_STREAM, "frame 5: postcopy-switch frame: 257 pages missing of 256");
+    expect_refused(&s, true, MIG_ERR_STREAM, "frame 4: postcopy-switch frame: 257 pages missing of 256");
 }
 
 Test(postcopy_protocol, discard_runs_stay_inside_ram_and_go_up)
@@ -243,7 +242,7 @@ Test(postcopy_protocol, memory_after_the_switch_is_placed_only_once_verified)
     ram = migration_stream_guarded_ram(MIGRATION_STREAM_RAM_BYTES);
     placed = (struct placed){ 0 };
     cr_assert_eq(parse(&s, &r, ram, true, &placed), -1);
-    cr_assert_str_eq(r.error, "frame 6: memory frame checksum mismatch");
+    cr_assert_str_eq(r.error, "frame 5: memory frame checksum mismatch");
     cr_assert_eq(placed.calls, 0, "a page of an unverified frame was placed");
     mig_receiver_destroy(&r);
     migration_stream_guarded_ram_free(ram, MIGRATION_STREAM_RAM_BYTES);

@@ -148,30 +148,25 @@ Test(switch_over, learning_follows_rfc_6298_with_quarter_weights)
 Test(switch_over, probe_header_round_trip_and_rules)
 {
     uint8_t bytes[MIG_PROBE_HEADER_SIZE];
-    struct mig_probe_header in = { .kind = MIG_PROBE_VCPU_STATES, .count = 2 }, out;
+    struct mig_probe_header in = { .kind = MIG_PROBE_MACHINE_STATE, .count = 0 }, out;
     char error[256];
     mig_probe_header_encode(&in, bytes);
     cr_assert_eq(mig_probe_header_decode(bytes, &out, error, sizeof(error)), 0, "%s", error);
-    cr_assert_eq(out.kind, MIG_PROBE_VCPU_STATES);
-    cr_assert_eq(out.count, 2);
-    in = (struct mig_probe_header){ .kind = MIG_PROBE_MACHINE_STATE, .count = 0 };
-    mig_probe_header_encode(&in, bytes);
-    cr_assert_eq(mig_probe_header_decode(bytes, &out, error, sizeof(error)), 0, "%s", error);
+    cr_assert_eq(out.kind, MIG_PROBE_MACHINE_STATE);
+    cr_assert_eq(out.count, 0);
 
     const struct mig_probe_header bad[] = {
         { .kind = MIG_PROBE_MACHINE_STATE, .count = 1 },
-        { .kind = MIG_PROBE_VCPU_STATES, .count = 0 },
-        { .kind = MIG_PROBE_VCPU_STATES, .count = MIG_MAX_VCPUS + 1 },
+        { .kind = 2, .count = 2 },      /* state format 1's vCPU states, retired */
         { .kind = 3, .count = 0 },
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         mig_probe_header_encode(&bad[i], bytes);
         cr_assert_eq(mig_probe_header_decode(bytes, &out, error, sizeof(error)), -1, "row %zu accepted", i);
     }
-    mig_probe_header_encode(&bad[3], bytes);
+    mig_probe_header_encode(&bad[1], bytes);
     mig_probe_header_decode(bytes, &out, error, sizeof(error));
-    cr_assert_str_eq(error, "probe of kind 3 with count 0 (kinds: 1 machine state with count 0, 2 vCPU states with "
-                            "count 1..64)");
+    cr_assert_str_eq(error, "probe of kind 2 with count 2 (the one kind: 1 machine state with count 0)");
 }
 
 Test(switch_over, probe_ack_and_switch_over_round_trip_and_rules)
@@ -217,15 +212,20 @@ static struct mig_hello probing_destination(void)
     return hello;
 }
 
-/* A probe of the test VM's two 64-byte vCPU states (fill 0x5a). */
-static void put_vcpu_probe(struct migration_stream *s, uint32_t count)
+/* A probe holding a machine state of `vcpus` vCPUs (fill 0x5a). */
+static size_t put_probe(struct migration_stream *s, uint32_t vcpus)
 {
-    uint8_t payload[MIG_PROBE_HEADER_SIZE + 4 * (MIG_VCPU_STATE_HEADER + MIGRATION_STREAM_STATE_SIZE)];
-    memset(payload, 0x5a, sizeof(payload));
-    struct mig_probe_header header = { .kind = MIG_PROBE_VCPU_STATES, .count = count };
+    size_t length;
+    uint8_t *state = migration_stream_machine_state(vcpus, 0x5a, &length);
+    uint8_t *payload = malloc(MIG_PROBE_HEADER_SIZE + length);
+    cr_assert_not_null(payload);
+    struct mig_probe_header header = { .kind = MIG_PROBE_MACHINE_STATE, .count = 0 };
     mig_probe_header_encode(&header, payload);
-    migration_stream_put_frame(s, MIG_FRAME_PROBE, payload,
-                               MIG_PROBE_HEADER_SIZE + count * (MIG_VCPU_STATE_HEADER + MIGRATION_STREAM_STATE_SIZE));
+    memcpy(payload + MIG_PROBE_HEADER_SIZE, state, length);
+    migration_stream_put_frame(s, MIG_FRAME_PROBE, payload, MIG_PROBE_HEADER_SIZE + length);
+    free(payload);
+    free(state);
+    return length;
 }
 
 static void put_switch_over(struct migration_stream *s)
@@ -258,10 +258,9 @@ Test(switch_over, the_receiver_keeps_the_probe_and_the_switch_over_report)
     struct migration_stream s = { 0 };
     struct mig_hello source = migration_stream_hello();
     migration_stream_put_hello(&s, &source);
-    put_vcpu_probe(&s, 2);
+    size_t probe_length = put_probe(&s, 2);
     migration_stream_put_iteration(&s, 0, 0);
-    migration_stream_put_vcpu_state(&s, 0, MIGRATION_STREAM_STATE_SIZE, 0xa0);
-    migration_stream_put_vcpu_state(&s, 1, MIGRATION_STREAM_STATE_SIZE, 0xa1);
+    migration_stream_put_machine_state(&s, MIGRATION_STREAM_VCPUS, 0xa0);
     struct mig_device_state device = migration_stream_device_state();
     migration_stream_put_device_state(&s, &device);
     put_switch_over(&s);
@@ -271,11 +270,13 @@ Test(switch_over, the_receiver_keeps_the_probe_and_the_switch_over_report)
     uint8_t *ram;
     cr_assert_eq(parse_as(&s, probing_destination(), &r, &ram), 0, "%s", r.error);
     cr_assert(r.got_probe);
-    cr_assert_eq(r.probe_header.kind, MIG_PROBE_VCPU_STATES);
-    cr_assert_eq(r.probe_header.count, 2);
-    cr_assert_eq(r.probe_length, 2 * (MIG_VCPU_STATE_HEADER + MIGRATION_STREAM_STATE_SIZE));
-    cr_assert_eq(r.probe[0], 0x5a);
-    cr_assert_eq(r.probe[r.probe_length - 1], 0x5a);
+    cr_assert_eq(r.probe_header.kind, MIG_PROBE_MACHINE_STATE);
+    cr_assert_eq(r.probe_header.count, 0);
+    cr_assert_eq(r.probe_length, probe_length);
+    size_t expected_length;
+    uint8_t *expected = migration_stream_machine_state(2, 0x5a, &expected_length);
+    cr_assert_eq(memcmp(r.probe, expected, expected_length), 0, "the probe's body is not the state sent");
+    free(expected);
     cr_assert(r.have_switch_over);
     cr_assert_eq(r.switch_over.transfer_us, 1000);
     cr_assert_eq(r.switch_over.learned_us, 2000);
@@ -302,24 +303,19 @@ static void hello_only(struct migration_stream *s)
 static void probe_then_probe(struct migration_stream *s)
 {
     hello_only(s);
-    put_vcpu_probe(s, 2);
-    put_vcpu_probe(s, 2);
+    put_probe(s, 2);
+    put_probe(s, 2);
 }
 static void probe_after_iteration(struct migration_stream *s)
 {
     hello_only(s);
     migration_stream_put_iteration(s, 0, 0);
-    put_vcpu_probe(s, 2);
-}
-static void probe_of_three_vcpus(struct migration_stream *s)
-{
-    hello_only(s);
-    put_vcpu_probe(s, 3);
+    put_probe(s, 2);
 }
 static void probe_unasked(struct migration_stream *s)
 {
     hello_only(s);
-    put_vcpu_probe(s, 2);
+    put_probe(s, 2);
 }
 static void switch_over_unasked(struct migration_stream *s)
 {
@@ -334,7 +330,7 @@ static void switch_over_twice(struct migration_stream *s)
 }
 static void probe_before_hello(struct migration_stream *s)
 {
-    put_vcpu_probe(s, 2);
+    put_probe(s, 2);
 }
 static void probe_ack_from_the_source(struct migration_stream *s)
 {
@@ -356,8 +352,6 @@ static void probe_with_a_bad_kind(struct migration_stream *s)
 static const struct probe_rule probe_rules[] = {
     { "one probe", probe_then_probe, true, "frame 2: second probe frame" },
     { "the probe comes before the stream", probe_after_iteration, true, "frame 2: probe frame after the stream began" },
-    { "a vCPU probe holds this VM's vCPUs", probe_of_three_vcpus, true,
-      "frame 1: probe of 3 vCPU states in 216 bytes (this VM has 2 vCPUs of 72 bytes each)" },
     { "no probe to a destination that did not announce it", probe_unasked, false,
       "frame 1: probe frame, but this destination did not announce the switch-over probe" },
     { "no switch-over report to a destination that did not announce it", switch_over_unasked, false,
@@ -367,7 +361,7 @@ static const struct probe_rule probe_rules[] = {
     { "probe-ack goes to the source only", probe_ack_from_the_source, true,
       "frame 1: unexpected probe-ack frame from the source" },
     { "known probe kinds", probe_with_a_bad_kind, true,
-      "frame 1: probe of kind 9 with count 0 (kinds: 1 machine state with count 0, 2 vCPU states with count 1..64)" },
+      "frame 1: probe of kind 9 with count 0 (the one kind: 1 machine state with count 0)" },
 };
 
 Test(switch_over, the_receiver_refuses_misplaced_or_malformed_probe_frames)

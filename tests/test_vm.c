@@ -6,7 +6,8 @@
 #include <time.h>
 
 #include "tests/harness.h"
-#include "vmm/vcpu_state.h"
+#include "migration/machine_state.h"
+#include "migration/machine_state_vm.h"
 
 static void sleep_ms(unsigned milliseconds)
 {
@@ -119,10 +120,11 @@ Test(vm, ring3_divide_error_is_reported, .timeout = 60)
     expect_exception("fault,kind=de,ring=3", 0);
 }
 
-/* get, set, get: equal. MSR_IA32_TSC (0x10) keeps counting between the
- * two reads, so it is compared for monotonicity instead. */
-static void assert_state_equal(const struct vcpu_state *a, const struct vcpu_state *b)
+/* capture, restore, capture: equal. MSR_IA32_TSC (0x10) keeps counting
+ * between the two captures, so it is compared for monotonicity instead. */
+static void assert_vcpu_state_equal(const struct machine_state_vcpu *a, const struct machine_state_vcpu *b)
 {
+    cr_assert_eq(a->sections, b->sections);
     cr_assert_eq(a->msr_count, b->msr_count);
     cr_assert_gt(a->msr_count, 10, "suspiciously few MSRs: %u", a->msr_count);
     for (uint32_t i = 0; i < a->msr_count; i++) {
@@ -135,15 +137,23 @@ static void assert_state_equal(const struct vcpu_state *a, const struct vcpu_sta
     }
     cr_assert_eq(memcmp(&a->regs, &b->regs, sizeof(a->regs)), 0, "regs differ");
     cr_assert_eq(memcmp(&a->sregs, &b->sregs, sizeof(a->sregs)), 0, "sregs differ");
-    cr_assert_eq(memcmp(a->xsave, b->xsave, sizeof(a->xsave)), 0, "xsave differs");
+    cr_assert_eq(a->xsave_size, b->xsave_size);
+    if (a->xsave_size > 0)
+        cr_assert_eq(memcmp(a->xsave, b->xsave, a->xsave_size), 0, "xsave differs");
     cr_assert_eq(memcmp(&a->xcrs, &b->xcrs, sizeof(a->xcrs)), 0, "xcrs differ");
     cr_assert_eq(memcmp(&a->lapic, &b->lapic, sizeof(a->lapic)), 0, "lapic differs");
     cr_assert_eq(memcmp(&a->events, &b->events, sizeof(a->events)), 0, "events differ");
     cr_assert_eq(memcmp(&a->mp_state, &b->mp_state, sizeof(a->mp_state)), 0, "mp_state differs");
     cr_assert_eq(memcmp(&a->debugregs, &b->debugregs, sizeof(a->debugregs)), 0, "debugregs differ");
+    cr_assert_eq(a->cpuid_count, b->cpuid_count);
+    cr_assert_eq(memcmp(a->cpuid, b->cpuid, a->cpuid_count * sizeof(*a->cpuid)), 0, "cpuid differs");
 }
 
-Test(vcpu_state, save_restore_round_trip_of_a_running_guest, .timeout = 60)
+/* The built-in guest's whole machine state (what a migration carries):
+ * captured from the paused guest, restored into a second VM that never ran
+ * (as a migration's destination; KVM refuses a changed CPUID once a vCPU
+ * has run), captured there again: equal, and the first guest runs on. */
+Test(vm, machine_state_round_trip_of_a_running_builtin_guest, .timeout = 60)
 {
     harness_require_kvm();
     struct harness_vm harness;
@@ -151,13 +161,24 @@ Test(vcpu_state, save_restore_round_trip_of_a_running_guest, .timeout = 60)
     cr_assert(harness_wait_all_vcpus_advance(harness.vm, 10000, 20000));
     cr_assert_eq(vm_pause(harness.vm), 0);
     struct vm *vm = harness.vm;
-    static struct vcpu_state first, second;
-    cr_assert_eq(vcpu_state_save(vm->vcpus[0].fd, vm->msr_indices, vm->msr_count, true, &first), 0);
-    cr_assert_eq(first.regs.rip != 0, 1);
-    cr_assert_eq(first.sregs.cs.dpl, 3, "a running workload is in ring 3");
-    cr_assert_eq(vcpu_state_restore(vm->vcpus[0].fd, &first), 0);
-    cr_assert_eq(vcpu_state_save(vm->vcpus[0].fd, vm->msr_indices, vm->msr_count, true, &second), 0);
-    assert_state_equal(&first, &second);
+    struct machine_state first, second;
+    char error[512];
+    cr_assert_eq(machine_state_vm_capture(vm, &first, error, sizeof(error)), 0, "%s", error);
+    cr_assert_eq(first.vm.guest_kind, MACHINE_STATE_GUEST_BUILTIN);
+    cr_assert_eq(first.vm.sections & (MACHINE_STATE_HAS_UART | MACHINE_STATE_HAS_BOOT_INFO | MACHINE_STATE_HAS_PIT2),
+                 0, "the built-in guest has no UART, boot info or PIT: sections 0x%x", first.vm.sections);
+    cr_assert(first.vm.sections & MACHINE_STATE_HAS_CLOCK);
+    cr_assert_eq(first.vcpus[0].regs.rip != 0, 1);
+    cr_assert_eq(first.vcpus[0].sregs.cs.dpl, 3, "a running workload is in ring 3");
+    struct harness_vm destination;
+    harness_vm_create_incoming(&destination, "128M", 1, "idle", "off");
+    cr_assert_eq(machine_state_vm_restore(destination.vm, &first, error, sizeof(error)), 0, "%s", error);
+    cr_assert_eq(machine_state_vm_capture(destination.vm, &second, error, sizeof(error)), 0, "%s", error);
+    assert_vcpu_state_equal(&first.vcpus[0], &second.vcpus[0]);
+    cr_assert_eq(second.vm.guest_kind, MACHINE_STATE_GUEST_BUILTIN);
+    machine_state_free(&first);
+    machine_state_free(&second);
+    harness_vm_stop(&destination);
     cr_assert_eq(vm_resume(vm), 0);
     cr_assert(harness_wait_all_vcpus_advance(vm, 10000, 20000), "guest stopped after a state restore");
     harness_vm_stop(&harness);

@@ -24,7 +24,7 @@
 #include "vmm/linux_guest.h"
 #include "vmm/uart.h"
 #include "vmm/vcpu_internal.h"
-#include "vmm/vcpu_state.h"
+#include "vmm/msr_index.h"
 
 #define KICK_RETRY_NS   10000000ULL     /* re-kick a silent vCPU every 10 ms */
 
@@ -476,7 +476,7 @@ int vm_create(struct vm **out, const struct vm_config *config)
         result = create_vcpu(vm, i, cpuid, (size_t)run_size, entry);
     free(cpuid);
     if (result == 0) {
-        int count = vcpu_state_probe_msrs(vm->kvm_fd, vm->vcpus[0].fd, vm->msr_indices,
+        int count = msr_index_probe(vm->kvm_fd, vm->vcpus[0].fd, vm->msr_indices,
                                           sizeof(vm->msr_indices) / sizeof(vm->msr_indices[0]));
         if (count < 0)
             result = count;

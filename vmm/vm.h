@@ -104,7 +104,7 @@ struct vm {
     struct console *console;
     struct dirty_log *dirty_log;    /* NULL with --dirty-log off */
 
-    uint32_t msr_indices[256];      /* saved by vcpu_state_save */
+    uint32_t msr_indices[256];      /* msr_index_probe: what machine state carries */
     uint32_t msr_count;
 
     struct ringvm_bootinfo *bootinfo;   /* host pointer into guest RAM */

@@ -12,7 +12,6 @@
 
 #include "guest/abi.h"
 #include "migration/protocol.h"
-#include "vmm/vcpu_state.h"
 
 #define FUZZ_MIGRATION_RAM_BYTES (64ull << 20)
 
@@ -27,9 +26,8 @@ static inline void fuzz_migration_local_hello(struct mig_hello *hello)
     hello->slots[0].gpa = 0;
     hello->slots[0].size = FUZZ_MIGRATION_RAM_BYTES;
     hello->slots[0].ram_offset = 0;
-    hello->vcpu_state_size = sizeof(struct vcpu_state);
-    hello->vcpu_state_version = VCPU_STATE_VERSION;
-    hello->features = MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST;
+    hello->state_format = MIG_STATE_FORMAT;
+    hello->features = MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST | MIG_FEATURE_SWITCH_PROBE;
     hello->abi_version = RINGVM_ABI_VERSION;
 }
 
