@@ -10,9 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "vmm/unix_socket.h"
 
 struct api_client {
     int fd;
@@ -32,33 +33,20 @@ static uint64_t monotonic_ms(void)
 int api_client_connect(struct api_client **out, const char *path, char *error, size_t error_size)
 {
     *out = NULL;
-    struct sockaddr_un address = {.sun_family = AF_UNIX};
     if (!path || !*path) {
         snprintf(error, error_size, "no socket given (use -s PATH or set RINGVM_SOCKET)");
         return -EINVAL;
     }
-    if (strlen(path) >= sizeof(address.sun_path)) {
-        snprintf(error, error_size, "cannot connect to %s: path longer than %zu bytes", path,
-                 sizeof(address.sun_path) - 1);
-        return -ENAMETOOLONG;
-    }
-    memcpy(address.sun_path, path, strlen(path) + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    char reason[512];
+    int fd = unix_socket_connect(path, 0, reason, sizeof(reason));
     if (fd < 0) {
-        int e = errno;
-        snprintf(error, error_size, "socket: %s", strerror(e));
-        return -e;
-    }
-    if (connect(fd, (struct sockaddr *)&address, sizeof(address)) < 0) {
-        int e = errno;
         const char *hint = "";
-        if (e == ENOENT || e == ECONNREFUSED)
+        if (fd == -ENOENT || fd == -ECONNREFUSED)
             hint = " (is ringvm running with --api-socket on this path?)";
-        else if (e == EACCES)
+        else if (fd == -EACCES)
             hint = " (the socket is mode 0600: connect as ringvm's user or root)";
-        snprintf(error, error_size, "cannot connect to %s: %s%s", path, strerror(e), hint);
-        close(fd);
-        return -e;
+        snprintf(error, error_size, "%s%s", reason, hint);
+        return fd;
     }
     struct api_client *client = calloc(1, sizeof(*client));
     json_t *events = json_array();

@@ -17,8 +17,8 @@
 struct api_client;
 
 /* Connects to path. Returns 0 or -errno with a sentence in error, e.g.
- * "cannot connect to /run/x.sock: No such file or directory (is ringvm
- * running with --api-socket /run/x.sock?)". */
+ * "connect(unix:/run/x.sock): No such file or directory (is ringvm running
+ * with --api-socket on this path?)". */
 int api_client_connect(struct api_client **out, const char *path, char *error, size_t error_size);
 void api_client_close(struct api_client *client);
 int api_client_fd(const struct api_client *client);

@@ -24,13 +24,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "api/ringctl_session.h"
 #include "vmm/terminal.h"
+#include "vmm/unix_socket.h"
 
 #define DETACH_FLUSH_MS 1000        /* input typed before Ctrl-] still goes out */
 
@@ -102,28 +102,22 @@ static int install_signal_handlers(void)
 
 static int connect_console(const char *path)
 {
-    struct sockaddr_un address = {.sun_family = AF_UNIX};
-    size_t length = strlen(path);
-    if (length == 0 || length >= sizeof(address.sun_path)) {
-        fprintf(stderr, "ringctl console: --socket %s: expected a path of 1 to %zu bytes\n", path,
-                sizeof(address.sun_path) - 1);
+    /* Blocking connect: a console whose backlog is full is waited for,
+     * not reported as a failure; O_NONBLOCK comes after. */
+    char reason[512];
+    int fd = unix_socket_connect(path, 0, reason, sizeof(reason));
+    if (fd == -ENAMETOOLONG || fd == -EINVAL) {
+        /* Only the path check gives these: --socket is at fault. */
+        fprintf(stderr, "ringctl console: --socket: %s\n", reason);
         return -RINGCTL_EXIT_USAGE;
     }
-    memcpy(address.sun_path, path, length + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        fprintf(stderr, "ringctl console: socket: %s\n", strerror(errno));
-        return -RINGCTL_EXIT_CONNECT;
-    }
-    if (connect(fd, (struct sockaddr *)&address, sizeof(address)) != 0) {
-        int error = errno;
         const char *hint = "";
-        if (error == ENOENT || error == ECONNREFUSED)
+        if (fd == -ENOENT || fd == -ECONNREFUSED)
             hint = " (is ringvm running with --console unix:PATH on this path?)";
-        else if (error == EACCES)
+        else if (fd == -EACCES)
             hint = " (the socket is mode 0600: connect as ringvm's user or root)";
-        fprintf(stderr, "ringctl console: cannot connect to %s: %s%s\n", path, strerror(error), hint);
-        close(fd);
+        fprintf(stderr, "ringctl console: %s%s\n", reason, hint);
         return -RINGCTL_EXIT_CONNECT;
     }
     int flags = fcntl(fd, F_GETFL);

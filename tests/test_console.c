@@ -851,8 +851,21 @@ Test(console, ringctl_console_usage_and_connect_errors)
     char *missing[] = {(char *)ringctl, "console", "--socket", "/nonexistent/ringvm-console.sock", NULL};
     harness_spawn(&process, missing);
     cr_assert_eq(harness_process_wait_exit(&process, WAIT_MS), 3);
-    cr_assert_str_eq(process.err, "ringctl console: cannot connect to /nonexistent/ringvm-console.sock: No such "
+    cr_assert_str_eq(process.err, "ringctl console: connect(unix:/nonexistent/ringvm-console.sock): No such "
                                   "file or directory (is ringvm running with --console unix:PATH on this path?)\n");
+    harness_process_free(&process);
+
+    char long_path[120];
+    memset(long_path, 'x', sizeof(long_path) - 1);
+    long_path[0] = '/';
+    long_path[sizeof(long_path) - 1] = '\0';
+    char *too_long[] = {(char *)ringctl, "console", "--socket", long_path, NULL};
+    harness_spawn(&process, too_long);
+    cr_assert_eq(harness_process_wait_exit(&process, WAIT_MS), 2);
+    char expected[256];
+    snprintf(expected, sizeof(expected),
+             "ringctl console: --socket: unix socket path %s is 119 bytes, the limit is 107\n", long_path);
+    cr_assert_str_eq(process.err, expected);
     harness_process_free(&process);
 
     char *bad_timeout[] = {(char *)ringctl, "console", "--socket", "/x", "--timeout", "soon", NULL};

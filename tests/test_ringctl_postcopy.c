@@ -34,7 +34,8 @@
 #define PROMPT "post-copy: once the guest switches over, its RAM is split between the two hosts; if either " \
                "process dies before the copy ends, the guest is lost. Continue? [y/N] "
 #define NOT_CONFIRMED "ringctl: migrate: not confirmed; no migration started\n"
-#define CANNOT_CONNECT "ringctl: cannot connect to " NOBODY ": No such file or directory"
+#define CANNOT_CONNECT "ringctl: connect(unix:" NOBODY "): No such file or directory (is ringvm running with " \
+                       "--api-socket on this path?)\n"
 
 static const char *ringctl_or_skip(void)
 {

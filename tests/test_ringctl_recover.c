@@ -29,7 +29,8 @@
 #include "tests/ringctl_in_process.h"
 
 #define NOBODY "/nonexistent/ringvm-recover.sock"
-#define CANNOT_CONNECT "ringctl: cannot connect to " NOBODY ": No such file or directory"
+#define CANNOT_CONNECT "ringctl: connect(unix:" NOBODY "): No such file or directory (is ringvm running with " \
+                       "--api-socket on this path?)\n"
 #define KEEPS_PARAMETERS "cannot be used with --resume (a resumed migration goes on with the parameters it was " \
                          "started with)\n"
 #define RESUME_ONE_DEST "ringctl: migrate: --resume: expected exactly one DEST (unix:PATH or tcp:HOST:PORT where " \

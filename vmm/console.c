@@ -15,7 +15,6 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -24,6 +23,7 @@
 #include "vmm/terminal.h"
 #include "vmm/uart.h"
 #include "vmm/unix_listener.h"
+#include "vmm/unix_socket.h"
 
 #define CONSOLE_INPUT_BYTES 4096
 #define CONSOLE_ESCAPE_BYTE 0x1d            /* Ctrl-] */
@@ -743,28 +743,12 @@ void console_get_stats(struct console *console, struct console_stats *stats)
 
 static int handover_connect(const char *path, char *error, size_t error_size)
 {
-    struct sockaddr_un address = {.sun_family = AF_UNIX};
-    size_t length = strlen(path);
-    if (length == 0 || length >= sizeof(address.sun_path)) {
-        snprintf(error, error_size, "console hand-over: the destination's console path must be 1 to %zu bytes",
-                 sizeof(address.sun_path) - 1);
-        return -EINVAL;
-    }
-    memcpy(address.sun_path, path, length + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) {
-        int saved = errno;
-        snprintf(error, error_size, "console hand-over: socket: %s", strerror(saved));
-        return -saved;
-    }
-    if (connect(fd, (struct sockaddr *)&address, sizeof(address)) != 0) {
-        int saved = errno;
-        snprintf(error, error_size, "console hand-over: connect(unix:%s): %s", path, strerror(saved));
-        close(fd);
-        return -saved;
-    }
+    char reason[512];
     /* The receiving ringctl reads it non-blocking as well; the flag
      * travels with the open file. */
+    int fd = unix_socket_connect(path, SOCK_NONBLOCK, reason, sizeof(reason));
+    if (fd < 0)
+        snprintf(error, error_size, "console hand-over: %s", reason);
     return fd;
 }
 

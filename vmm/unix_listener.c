@@ -12,6 +12,8 @@
 
 #include <xxhash.h>
 
+#include "vmm/unix_socket.h"
+
 /* One listener per socket path at a time, whatever the race: an abstract
  * socket named after the canonical path, released by the kernel when the
  * process dies (no lock file left behind). */
@@ -58,22 +60,18 @@ static int take_path_lock(struct unix_listener *listener, const char *path)
 /* 1: something accepts connections on path; 0: nothing does; -errno. */
 static int probe_live(const char *path)
 {
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
-        return -errno;
-    struct sockaddr_un address = {.sun_family = AF_UNIX};
-    memcpy(address.sun_path, path, strlen(path) + 1);
-    int result;
-    if (connect(fd, (struct sockaddr *)&address, sizeof(address)) == 0)
-        result = 1;
-    else if (errno == EAGAIN || errno == EINPROGRESS)
-        result = 1;         /* listening, backlog full: alive */
-    else if (errno == ECONNREFUSED || errno == ENOENT)
-        result = 0;
-    else
-        result = -errno;
-    close(fd);
-    return result;
+    /* Non-blocking: a live listener with a full backlog must not stall
+     * the open; the caller prints its own message, so none is wanted. */
+    int fd = unix_socket_connect(path, SOCK_NONBLOCK, NULL, 0);
+    if (fd >= 0) {
+        close(fd);
+        return 1;
+    }
+    if (fd == -EAGAIN || fd == -EINPROGRESS)
+        return 1;           /* listening, backlog full: alive */
+    if (fd == -ECONNREFUSED || fd == -ENOENT)
+        return 0;
+    return fd;
 }
 
 /* Everything after the path lock; on failure the caller closes. */
