@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "api/commands.h"
+#include "vmm/monotonic.h"
 #include "vmm/unix_listener.h"
 #include "vmm/vm.h"
 
@@ -104,13 +105,6 @@ struct api_server {
     bool worker_stop;
     int outstanding;                    /* calls handed out, not yet completed */
 };
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static void wake(struct api_server *server)
 {
@@ -440,7 +434,7 @@ static void handle_line(struct api_server *server, struct api_client *client, co
     call->server = server;
     call->vm = server->vm;
     call->client_token = client->token;
-    call->started_ns = now_ns();
+    call->started_ns = monotonic_now_ns();
     pthread_mutex_lock(&server->lock);
     server->outstanding++;
     if (call->command->flags & API_CMD_WORKER) {
@@ -617,7 +611,7 @@ static void accept_clients(struct api_server *server)
                     strerror(errno));
             if (epoll_ctl(server->epoll_fd, EPOLL_CTL_DEL, server->listener.fd, NULL) < 0)
                 fprintf(stderr, "ringvm: api: epoll_ctl(DEL listen): %s\n", strerror(errno));
-            server->accept_paused_until_ns = now_ns() + 100000000ull;
+            server->accept_paused_until_ns = monotonic_now_ns() + 100000000ull;
             return;
         }
         struct ucred cred;
@@ -729,7 +723,7 @@ static void flush_and_close_all(struct api_server *server)
     drain_queues(server);
     if (epoll_ctl(server->epoll_fd, EPOLL_CTL_DEL, server->listener.fd, NULL) < 0 && errno != ENOENT)
         fprintf(stderr, "ringvm: api: epoll_ctl(DEL listen): %s\n", strerror(errno));
-    uint64_t deadline = now_ns() + FLUSH_ON_STOP_MS * 1000000ull;
+    uint64_t deadline = monotonic_now_ns() + FLUSH_ON_STOP_MS * 1000000ull;
     for (;;) {
         bool pending = false;
         for (unsigned i = 0; i < API_MAX_CLIENTS; i++) {
@@ -737,7 +731,7 @@ static void flush_and_close_all(struct api_server *server)
             if (client && !client->dead && !client->peer_gone && out_pending(client) > 0)
                 pending = true;
         }
-        uint64_t now = now_ns();
+        uint64_t now = monotonic_now_ns();
         if (!pending || now >= deadline)
             break;
         struct epoll_event events[API_MAX_CLIENTS + 2];
@@ -796,7 +790,7 @@ static void *epoll_main(void *argument)
     while (!atomic_load_explicit(&server->stop, memory_order_acquire)) {
         int timeout = -1;
         if (server->accept_paused_until_ns) {
-            uint64_t now = now_ns();
+            uint64_t now = monotonic_now_ns();
             if (now >= server->accept_paused_until_ns) {
                 struct epoll_event event = {.events = EPOLLIN, .data.u64 = TOKEN_LISTEN};
                 if (epoll_ctl(server->epoll_fd, EPOLL_CTL_ADD, server->listener.fd, &event) < 0)
@@ -965,9 +959,7 @@ void api_server_destroy(struct api_server *server)
 
     /* 3. Calls another subsystem kept (API_PENDING) must come back before
      * the server goes away. */
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += PENDING_WAIT_MS / 1000;
+    struct timespec deadline = monotonic_deadline_after_ns(PENDING_WAIT_MS * 1000000ull);
     pthread_mutex_lock(&server->lock);
     while (server->outstanding > 0) {
         if (pthread_cond_timedwait(&server->outstanding_cond, &server->lock, &deadline) == ETIMEDOUT)

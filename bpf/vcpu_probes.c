@@ -33,6 +33,7 @@
 
 #include "bpf/vcpu_probes.h"
 #include "vcpu_probes.skel.h"
+#include "vmm/monotonic.h"
 #include "vmm/vcpu_internal.h"
 #include "vmm/vm.h"
 
@@ -124,13 +125,6 @@ struct bpf_probes {
     char prog_reason[PROG_COUNT][160];      /* why not loaded / not attached */
     struct bpf_link *links[PROG_COUNT];
 };
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
 
 /* libbpf's messages: kept (last few KiB) for the error reason, printed
  * only with RINGVM_BPF_DEBUG=1. libbpf's print hook is process-wide. */
@@ -521,12 +515,12 @@ static int scan_vcpu_threads(struct bpf_probes *probes, char *error, size_t erro
 static int resolve_vcpu_threads(struct bpf_probes *probes, char *error, size_t error_size)
 {
     /* vCPU threads name themselves as they start: give them a second. */
-    uint64_t deadline = now_ns() + 1000000000ULL;
+    uint64_t deadline = monotonic_now_ns() + 1000000000ULL;
     for (;;) {
         int missing = scan_vcpu_threads(probes, error, error_size);
         if (missing <= 0)
             return missing;
-        if (now_ns() >= deadline) {
+        if (monotonic_now_ns() >= deadline) {
             set_error(error, error_size, "%d of %u vCPU threads not found (no thread named vcpu<N>; "
                       "is the VM started?)", missing, probes->vcpu_count);
             return -ESRCH;
@@ -686,7 +680,7 @@ int bpf_probes_start(struct bpf_probes *probes, char *error, size_t error_size)
         goto out;
     }
     probes->running = true;
-    probes->started_ns = now_ns();
+    probes->started_ns = monotonic_now_ns();
 out:
     pthread_mutex_unlock(&probes->lock);
     return rc;
@@ -699,7 +693,7 @@ int bpf_probes_stop(struct bpf_probes *probes)
     pthread_mutex_lock(&probes->lock);
     if (probes->running) {
         detach_all(probes);
-        probes->attached_ns += now_ns() - probes->started_ns;
+        probes->attached_ns += monotonic_now_ns() - probes->started_ns;
         probes->running = false;
     }
     pthread_mutex_unlock(&probes->lock);
@@ -915,7 +909,7 @@ static int stats_get_locked(struct bpf_probes *probes, struct bpf_probes_stats *
     }
     out->vcpu_count = probes->vcpu_count;
     out->running = probes->running;
-    out->attached_ns = probes->attached_ns + (probes->running ? now_ns() - probes->started_ns : 0);
+    out->attached_ns = probes->attached_ns + (probes->running ? monotonic_now_ns() - probes->started_ns : 0);
 
     /* vCPU threads registered by rv_task_rename are only in the map. */
     if (probes->initialized) {

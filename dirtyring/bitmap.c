@@ -9,6 +9,7 @@
 
 #include "dirtyring/dirty_set.h"
 #include "dirtyring/vcpu_ring.h"
+#include "vmm/monotonic.h"
 
 int bitmap_enable_manual_protect(int vm_fd)
 {
@@ -141,7 +142,7 @@ void bitmap_log_all_uncleared(struct bitmap_log *b)
 /* Under lock. */
 static int64_t get_locked(struct bitmap_log *b, bool mark_set)
 {
-    uint64_t t0 = dirtyring_now_ns();
+    uint64_t t0 = monotonic_now_ns();
     int64_t total = 0;
     uint64_t fresh = 0;
     struct dirty_set_writer w;
@@ -180,7 +181,7 @@ static int64_t get_locked(struct bitmap_log *b, bool mark_set)
     }
     if (mark_set)
         dirty_set_write_end(&w);
-    uint64_t t1 = dirtyring_now_ns();
+    uint64_t t1 = monotonic_now_ns();
     atomic_fetch_add_explicit(&b->syncs, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&b->sync_ns_total, t1 - t0, memory_order_relaxed);
     atomic_store_explicit(&b->sync_ns_last, t1 - t0, memory_order_relaxed);
@@ -219,14 +220,14 @@ static int clear_words_locked(struct bitmap_log *b, struct bitmap_slot *s, uint6
         .first_page = first_page,
         .dirty_bitmap = &s->uncleared[first_word],
     };
-    uint64_t t0 = dirtyring_now_ns();
+    uint64_t t0 = monotonic_now_ns();
     if (ioctl(b->vm_fd, KVM_CLEAR_DIRTY_LOG, &clear) < 0) {
         int err = errno;
         fprintf(stderr, "ringvm: KVM_CLEAR_DIRTY_LOG(slot %u, pages %llu..%llu): %s\n", s->slot,
                 (unsigned long long)first_page, (unsigned long long)end_page - 1, strerror(err));
         return -err;
     }
-    uint64_t ns = dirtyring_now_ns() - t0;
+    uint64_t ns = monotonic_now_ns() - t0;
     uint64_t cleared = 0;
     for (uint64_t k = first_word; k < end_word; k++) {
         cleared += (uint64_t)__builtin_popcountll(s->uncleared[k]);
@@ -317,11 +318,7 @@ static void *bitmap_sync_main(void *arg)
     pthread_setname_np(pthread_self(), "dirtysync");
     pthread_mutex_lock(&b->thread_lock);
     while (!b->stop) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        uint64_t t = (uint64_t)ts.tv_nsec + (uint64_t)b->sync_ms * 1000000ULL;
-        ts.tv_sec += (time_t)(t / 1000000000ULL);
-        ts.tv_nsec = (long)(t % 1000000000ULL);
+        struct timespec ts = monotonic_deadline_after_ns((uint64_t)b->sync_ms * 1000000ULL);
         while (!b->stop && pthread_cond_timedwait(&b->cond, &b->thread_lock, &ts) != ETIMEDOUT)
             ;
         if (b->stop)

@@ -53,6 +53,7 @@
 #include "dirtyring/reset.h"
 #include "dirtyring/vcpu_ring.h"
 #include "vmm/memory.h"
+#include "vmm/monotonic.h"
 #include "vmm/vcpu.h"
 
 struct dirty_log {
@@ -698,9 +699,9 @@ static int64_t take_locked(struct dirty_log *log, struct dirty_pages *out, uint6
         if (rc < 0)
             return rc;
     }
-    uint64_t t0 = dirtyring_now_ns();
+    uint64_t t0 = monotonic_now_ns();
     int64_t rc = sync_now(log, false);
-    *collect_ns = dirtyring_now_ns() - t0;
+    *collect_ns = monotonic_now_ns() - t0;
     int64_t n = 0;
     if (rc >= 0) {
         n = out ? dirty_set_take(log->set, out) : dirty_set_take_bitmap(log->set, bitmap);
@@ -720,9 +721,9 @@ static int64_t take_locked(struct dirty_log *log, struct dirty_pages *out, uint6
     }
     if (rc >= 0 && log->config.mode == DIRTY_LOG_RING && !late &&
         !atomic_load_explicit(&log->final_synced, memory_order_relaxed)) {
-        uint64_t tr = dirtyring_now_ns();
+        uint64_t tr = monotonic_now_ns();
         int64_t r = ring_resetter_reset(&log->resetter, false);
-        *reset_ns = dirtyring_now_ns() - tr;
+        *reset_ns = monotonic_now_ns() - tr;
         if (r < 0)
             rc = r;
     }
@@ -856,10 +857,10 @@ static int64_t take_common(struct dirty_log *log, struct dirty_pages *out, uint6
         fprintf(stderr, "ringvm: dirty log: take without tracking (call dirty_log_start)\n");
         return -EINVAL;
     }
-    uint64_t t0 = dirtyring_now_ns();
+    uint64_t t0 = monotonic_now_ns();
     uint64_t t_collect = 0, t_reset = 0;
     int64_t n = take_locked(log, out, bitmap, &t_collect, &t_reset);
-    uint64_t t1 = dirtyring_now_ns();
+    uint64_t t1 = monotonic_now_ns();
     if (n >= 0) {
         atomic_fetch_add_explicit(&log->takes, 1, memory_order_relaxed);
         atomic_store_explicit(&log->take_ns_last, t1 - t0, memory_order_relaxed);
@@ -1047,7 +1048,7 @@ void dirty_log_get_stats(struct dirty_log *log, struct dirty_log_stats *out)
 {
     memset(out, 0, sizeof(*out));
     out->mode = DIRTY_LOG_OFF;
-    out->now_ns = dirtyring_now_ns();
+    out->now_ns = monotonic_now_ns();
     if (!log)
         return;
     out->mode = log->config.mode;

@@ -8,6 +8,7 @@
 
 #include "dirtyring/reset.h"
 #include "dirtyring/vcpu_ring.h"
+#include "vmm/monotonic.h"
 
 static void *harvester_alloc(size_t size, int node)
 {
@@ -32,11 +33,7 @@ static void harvester_free(struct harvester *h)
 
 static void wait_interval(struct harvester *h, uint64_t ns)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    uint64_t t = (uint64_t)ts.tv_nsec + ns;
-    ts.tv_sec += (time_t)(t / 1000000000ULL);
-    ts.tv_nsec = (long)(t % 1000000000ULL);
+    struct timespec ts = monotonic_deadline_after_ns(ns);
     pthread_mutex_lock(&h->lock);
     while (!h->stop) {
         int rc = pthread_cond_timedwait(&h->cond, &h->lock, &ts);
@@ -85,7 +82,7 @@ static void *harvester_main(void *arg)
         if (total)
             atomic_fetch_add_explicit(&h->busy_polls, 1, memory_order_relaxed);
 
-        uint64_t now = dirtyring_now_ns();
+        uint64_t now = monotonic_now_ns();
         if (max_fill == 0) {
             h->pending_since_ns = 0;
         } else {

@@ -8,6 +8,7 @@
 #include <linux/kvm.h>
 
 #include "dirtyring/vcpu_ring.h"
+#include "vmm/monotonic.h"
 
 int ring_resetter_init(struct ring_resetter *r, int vm_fd, unsigned ring_count)
 {
@@ -60,11 +61,6 @@ uint64_t ring_resetter_pending(struct ring_resetter *r)
     return total;
 }
 
-static uint64_t now_ns(void)
-{
-    return dirtyring_now_ns();
-}
-
 void ring_resetter_suspend(struct ring_resetter *r, bool suspended)
 {
     atomic_store_explicit(&r->suspended, suspended, memory_order_release);
@@ -92,9 +88,9 @@ int64_t ring_resetter_reset(struct ring_resetter *r, bool force)
         pthread_mutex_unlock(&r->lock);
         return 0;
     }
-    uint64_t t0 = now_ns();
+    uint64_t t0 = monotonic_now_ns();
     int ret = ioctl(r->vm_fd, KVM_RESET_DIRTY_RINGS, 0);
-    uint64_t dt = now_ns() - t0;
+    uint64_t dt = monotonic_now_ns() - t0;
     if (ret < 0) {
         int err = errno;
         atomic_fetch_add_explicit(&r->failures, 1, memory_order_relaxed);

@@ -1,14 +1,5 @@
 #include "dirtyring/vcpu_ring.h"
 
-#include <time.h>
-
-uint64_t dirtyring_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
 void dirty_slot_map_init(struct dirty_slot_map *map, const struct guest_memory *memory)
 {
     map->count = 0;

@@ -166,6 +166,4 @@ static inline bool vcpu_ring_entry_needs_flag(struct vcpu_ring *vr, uint32_t pos
 /* Records (now, harvested) into vr->rate (every >= 100 ms). */
 void vcpu_ring_sample(struct vcpu_ring *vr, uint64_t now_ns);
 
-uint64_t dirtyring_now_ns(void);
-
 #endif

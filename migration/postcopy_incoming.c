@@ -20,6 +20,7 @@
 #include "migration/progress.h"
 #include "migration/protocol.h"
 #include "migration/tls.h"
+#include "vmm/monotonic.h"
 
 /* Pages waiting to be requested. Every faulting thread blocks on one page,
  * so at most POSTCOPY_MAX_THREADS are outstanding: the queue never fills
@@ -487,18 +488,11 @@ uint64_t postcopy_incoming_missing(struct postcopy_incoming *pi)
     return pi->pages - postcopy_destination_received_pages(pi->destination);
 }
 
-static uint64_t incoming_mono_ns(void)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
-}
-
 int postcopy_incoming_wait_all(struct postcopy_incoming *pi, unsigned timeout_ms, uint64_t *missing, char *error,
                                size_t error_size)
 {
-    uint64_t deadline = incoming_mono_ns() + (uint64_t)timeout_ms * 1000000u;
-    struct timespec until = { .tv_sec = (time_t)(deadline / 1000000000u), .tv_nsec = (long)(deadline % 1000000000u) };
+    uint64_t deadline = monotonic_now_ns() + (uint64_t)timeout_ms * 1000000u;
+    struct timespec until = monotonic_timespec_at_ns(deadline);
     int result;
     pthread_mutex_lock(&pi->lock);
     for (;;) {
@@ -512,7 +506,7 @@ int postcopy_incoming_wait_all(struct postcopy_incoming *pi, unsigned timeout_ms
             result = -1;
             break;
         }
-        if (incoming_mono_ns() >= deadline) {
+        if (monotonic_now_ns() >= deadline) {
             result = 1;
             break;
         }

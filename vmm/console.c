@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "vmm/monotonic.h"
 #include "vmm/serial.h"
 #include "vmm/terminal.h"
 #include "vmm/uart.h"
@@ -94,13 +95,6 @@ struct console {
     unsigned handed_over;
     pthread_cond_t handover_done;
 };
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static void console_wake(struct console *console)
 {
@@ -435,7 +429,7 @@ static void accept_clients(struct console *console)
                 return;
             fprintf(stderr, "ringvm: console: accept: %s; pausing new connections for %d ms\n", strerror(errno),
                     CONSOLE_ACCEPT_PAUSE_MS);
-            console->accept_paused_until_ns = now_ns() + CONSOLE_ACCEPT_PAUSE_MS * 1000000ull;
+            console->accept_paused_until_ns = monotonic_now_ns() + CONSOLE_ACCEPT_PAUSE_MS * 1000000ull;
             return;
         }
         struct ucred peer;
@@ -549,7 +543,7 @@ static void *console_main(void *argument)
                                           .events = POLLIN};
         fds[POLL_LISTEN] = (struct pollfd){.fd = -1, .events = POLLIN};
         if (console->has_socket) {
-            uint64_t now = now_ns();
+            uint64_t now = monotonic_now_ns();
             if (console->accept_paused_until_ns <= now) {
                 console->accept_paused_until_ns = 0;
                 fds[POLL_LISTEN].fd = console->listener.fd;
@@ -842,14 +836,7 @@ int console_handover_commit(struct console *console, const char *where, unsigned
     pthread_mutex_unlock(&console->lock);
     console_wake(console);
 
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += (time_t)(timeout_ms / 1000u);
-    deadline.tv_nsec += (long)(timeout_ms % 1000u) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    struct timespec deadline = monotonic_deadline_after_ns((uint64_t)timeout_ms * 1000000u);
     pthread_mutex_lock(&console->lock);
     while (handover_pending(console) && !atomic_load_explicit(&console->stop, memory_order_acquire))
         if (pthread_cond_timedwait(&console->handover_done, &console->lock, &deadline) == ETIMEDOUT)

@@ -22,6 +22,7 @@
 #include "vmm/cpuid.h"
 #include "vmm/host.h"
 #include "vmm/linux_guest.h"
+#include "vmm/monotonic.h"
 #include "vmm/uart.h"
 #include "vmm/vcpu_internal.h"
 #include "vmm/msr_index.h"
@@ -32,15 +33,7 @@ _Atomic(vm_vcpu_park_hook_fn) vm_vcpu_park_hook;
 
 uint64_t vm_now_ns(void)
 {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (uint64_t)now.tv_sec * 1000000000ULL + (uint64_t)now.tv_nsec;
-}
-
-static struct timespec deadline_after_ns(uint64_t nanoseconds)
-{
-    uint64_t when = vm_now_ns() + nanoseconds;
-    return (struct timespec){ .tv_sec = (time_t)(when / 1000000000ULL), .tv_nsec = (long)(when % 1000000000ULL) };
+    return monotonic_now_ns();
 }
 
 const char *vm_state_name(enum vm_state state)
@@ -613,7 +606,7 @@ int vm_pause_vcpus(struct vm *vm)
         uint64_t give_up = started + vm->pause_give_up_ns;
         uint64_t wake = next_retry < give_up ? next_retry : give_up;
         uint64_t wait = wake > now ? wake - now : 0;
-        struct timespec deadline = deadline_after_ns(wait);
+        struct timespec deadline = monotonic_deadline_after_ns(wait);
         pthread_cond_timedwait(&vm->ack_cond, &vm->park_lock, &deadline);
     }
     pthread_mutex_unlock(&vm->park_lock);
@@ -715,7 +708,7 @@ int vm_wait(struct vm *vm)
 
 bool vm_wait_for_shutdown_request(struct vm *vm, uint64_t timeout_ns)
 {
-    struct timespec deadline = deadline_after_ns(timeout_ns);
+    struct timespec deadline = monotonic_deadline_after_ns(timeout_ns);
     pthread_mutex_lock(&vm->park_lock);
     while (!atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire)) {
         if (pthread_cond_timedwait(&vm->shutdown_cond, &vm->park_lock, &deadline) == ETIMEDOUT)
@@ -812,7 +805,7 @@ void vm_vcpu_wait_stopped(struct vcpu *vcpu)
 void vm_vcpu_throttle_sleep(struct vcpu *vcpu, uint64_t nanoseconds)
 {
     struct vm *vm = vcpu->vm;
-    struct timespec deadline = deadline_after_ns(nanoseconds);
+    struct timespec deadline = monotonic_deadline_after_ns(nanoseconds);
     int percent = atomic_load_explicit(&vcpu->throttle_percent, memory_order_relaxed);
     pthread_mutex_lock(&vm->park_lock);
     /* A lowered (or removed) throttle ends the sleep at once: vcpu_set_throttle

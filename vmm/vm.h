@@ -243,7 +243,7 @@ uint64_t vm_guest_pages_written(struct vm *vm);
 
 uint64_t vm_uptime_ms(struct vm *vm);
 
-/* CLOCK_MONOTONIC in ns. */
+/* CLOCK_MONOTONIC in ns: monotonic_now_ns (vmm/monotonic.h) under vm.h. */
 uint64_t vm_now_ns(void);
 
 #endif
