@@ -6,12 +6,11 @@
  * the stream.
  */
 #include "migration/migration_internal.h"
+#include "vmm/monotonic.h"
 
 uint64_t mig_mono_ns(void)
 {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+    return monotonic_now_ns();
 }
 
 /* RINGVM_MIG_TRACE=1: phase timestamps on stderr (diagnostics). */

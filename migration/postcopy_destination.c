@@ -5,6 +5,7 @@
 #include "migration/postcopy_destination.h"
 
 #include "vmm/log2_histogram.h"
+#include "vmm/monotonic.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -76,13 +77,6 @@ struct postcopy_destination {
     bool fault_thread_started;
     atomic_bool stopped;
 };
-
-static uint64_t postcopy_now_ns(void)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
-}
 
 static bool postcopy_bit_test(const uint64_t *bits, uint64_t page)
 {
@@ -242,7 +236,7 @@ static void *postcopy_fault_thread(void *argument)
             fprintf(stderr, "ringvm: postcopy: read(userfaultfd): %s; the fault thread stops\n", strerror(errno));
             return NULL;
         }
-        uint64_t now = postcopy_now_ns();
+        uint64_t now = monotonic_now_ns();
         size_t count = (size_t)got / sizeof(messages[0]);
         for (size_t i = 0; i < count; i++)
             if (messages[i].event == UFFD_EVENT_PAGEFAULT)
@@ -461,7 +455,7 @@ static int postcopy_placed(struct postcopy_destination *d, uint64_t page, int io
     }
     postcopy_received_set(d, page);
     d->requested[page / 64] &= ~(1ull << (page % 64));
-    postcopy_resolve_waiters(d, page, postcopy_now_ns());
+    postcopy_resolve_waiters(d, page, monotonic_now_ns());
     return 0;
 }
 

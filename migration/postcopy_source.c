@@ -19,6 +19,7 @@
 #include "migration/postcopy_return.h"
 #include "migration/protocol.h"
 #include "vmm/memory.h"
+#include "vmm/monotonic.h"
 
 #define NO_RESTART UINT64_MAX
 
@@ -49,13 +50,6 @@ struct postcopy_source {
     pthread_t thread;
     bool thread_started;
 };
-
-static uint64_t source_now_ns(void)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
-}
 
 static void serve_fail(struct postcopy_source *ps, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void serve_fail(struct postcopy_source *ps, const char *fmt, ...)
@@ -248,7 +242,7 @@ static void *serve_main(void *argument)
             serve_fail(ps, "urgent channel: %s", text);
             break;
         }
-        if (postcopy_return_feed(&ps->parser, buffer, (size_t)got, source_now_ns()) != 0) {
+        if (postcopy_return_feed(&ps->parser, buffer, (size_t)got, monotonic_now_ns()) != 0) {
             /* Malformed or hostile: refused before any byte of RAM is read. */
             serve_fail(ps, "urgent channel: %s", ps->parser.error);
             if (ps->parser.peer_error_code == 0)

@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "migration/machine_state.h"
+#include "vmm/monotonic.h"
 #include "vmm/workload.h"
 
 #define XXH_STATIC_LINKING_ONLY
@@ -87,9 +88,7 @@ static uint64_t input_now_ns(const struct mig_input *input)
 {
     if (input->clock != NULL)
         return input->clock(input->clock_ctx);
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);     /* cannot fail for CLOCK_MONOTONIC */
-    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+    return monotonic_now_ns();
 }
 
 static bool input_stopped(const struct mig_input *input)

@@ -15,20 +15,13 @@
 
 #include "migration/receiver.h"
 #include "migration/transport.h"
+#include "vmm/monotonic.h"
 
 #define PACE_SLICE (256u << 10)
 
-static uint64_t mono_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
-}
-
 static struct timespec deadline_in_ms(unsigned ms)
 {
-    uint64_t when = mono_ns() + (uint64_t)ms * 1000000ull;
-    return (struct timespec){ .tv_sec = (time_t)(when / 1000000000ull), .tv_nsec = (long)(when % 1000000000ull) };
+    return monotonic_deadline_after_ns((uint64_t)ms * 1000000ull);
 }
 
 static void sender_fail(struct mig_sender *s, const char *message)
@@ -63,7 +56,7 @@ static bool pace(struct mig_sender *s, uint64_t bytes_total)
         uint64_t cap = __atomic_load_n(&s->max_bandwidth, __ATOMIC_RELAXED);
         if (is_finishing(s))
             return true;
-        uint64_t wait = mig_pacer_wait_ns(&s->pacer, mono_ns(), bytes_total, cap);
+        uint64_t wait = mig_pacer_wait_ns(&s->pacer, monotonic_now_ns(), bytes_total, cap);
         if (wait == 0)
             return true;
         if (is_cancelled(s))
@@ -112,7 +105,7 @@ static void *sender_main(void *argument)
      * the stream at a frame boundary (mig_sender_finish). */
     struct mig_io io = { .fd = s->fd, .stall_ms = s->stall_ms, .cancel = &s->abort, .peer = "destination",
                          .tls = s->tls };
-    mig_pacer_init(&s->pacer, mono_ns(), 0);
+    mig_pacer_init(&s->pacer, monotonic_now_ns(), 0);
     for (;;) {
         struct mig_buffer *batch[MIG_SEND_BATCH_IOV];
         unsigned count = 0;
@@ -134,7 +127,7 @@ static void *sender_main(void *argument)
 
         char error[512];
         int result = 0;
-        uint64_t started = mono_ns();
+        uint64_t started = monotonic_now_ns();
         uint64_t cap = __atomic_load_n(&s->max_bandwidth, __ATOMIC_RELAXED);
         /* Fill each buffer right before writing it: the kernel then copies
          * a frame that is still in this core's cache. Under a cap, write in
@@ -164,7 +157,7 @@ static void *sender_main(void *argument)
                 }
             }
         }
-        atomic_fetch_add_explicit(&s->send_ns, mono_ns() - started, memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->send_ns, monotonic_now_ns() - started, memory_order_relaxed);
 
         if (result == 0)
             atomic_store_explicit(&s->seq_written, batch[count - 1]->seq_end, memory_order_release);
@@ -266,7 +259,7 @@ int mig_sender_queue_large_frame(struct mig_sender *s, uint32_t type, uint64_t s
         return -1;
     }
     /* Every buffer first, so a frame is queued whole or not at all. */
-    uint64_t deadline = mono_ns() + (uint64_t)timeout_ms * 1000000u;
+    uint64_t deadline = monotonic_now_ns() + (uint64_t)timeout_ms * 1000000u;
     unsigned got = 0;
     while (got < parts) {
         struct mig_buffer *b = mig_sender_get(s, 50);
@@ -274,7 +267,7 @@ int mig_sender_queue_large_frame(struct mig_sender *s, uint32_t type, uint64_t s
             buffers[got++] = b;
             continue;
         }
-        if (atomic_load_explicit(&s->failed, memory_order_relaxed) || mono_ns() >= deadline) {
+        if (atomic_load_explicit(&s->failed, memory_order_relaxed) || monotonic_now_ns() >= deadline) {
             for (unsigned i = 0; i < got; i++)
                 mig_sender_put_back(s, buffers[i]);
             if (!mig_sender_failed(s, error, error_size))
