@@ -192,6 +192,18 @@ $(BUILD)/fuzz/postcopy_return_fuzz: $(FUZZ_POSTCOPY_RETURN_SRCS) migration/postc
 		-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 		$(FUZZ_POSTCOPY_RETURN_SRCS) -lxxhash -o $@
 fuzz: $(BUILD)/fuzz/postcopy_return_fuzz
+# Machine state v2 decoder (issue 14): a MACHINE_STATE payload from an
+# untrusted source; tests/test_machine_state.c runs it for 10 s from
+# tests/fuzz/machine-state-corpus/.
+FUZZ_MACHINE_STATE_SRCS := tests/fuzz/machine_state_fuzz.c migration/machine_state.c \
+                           migration/machine_state_order.c vmm/uart.c
+$(BUILD)/fuzz/machine_state_fuzz: $(FUZZ_MACHINE_STATE_SRCS) migration/machine_state.h migration/protocol.h \
+		vmm/uart.h vmm/cmos_rtc.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=gnu11 -O1 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. \
+		-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+		$(FUZZ_MACHINE_STATE_SRCS) -lxxhash -o $@
+fuzz: $(BUILD)/fuzz/machine_state_fuzz
 # ---- end of make fuzz ---------------------------------------------------------
 
 clean:

@@ -18,6 +18,7 @@
 
 #include "migration/machine_state.h"
 #include "migration/protocol.h"
+#include "tests/fuzz_runner.h"
 #include "vmm/uart.h"
 
 /* ---- guarded input ---------------------------------------------------------- */
@@ -396,6 +397,16 @@ Test(machine_state, round_trip_every_field)
     uint8_t *again = encode(&decoded, &again_length);
     cr_assert_eq(again_length, length);
     cr_assert_eq(memcmp(again, bytes, length), 0);
+    /* This encoding is the fuzzer's Linux seed
+     * (tests/fuzz/machine-state-corpus/linux-every-section); with
+     * RINGVM_MACHINE_STATE_SEED=PATH the test writes it there. */
+    const char *seed = getenv("RINGVM_MACHINE_STATE_SEED");
+    if (seed != NULL) {
+        FILE *f = fopen(seed, "wb");
+        cr_assert_not_null(f, "%s: %s", seed, strerror(errno));
+        cr_assert_eq(fwrite(bytes, 1, length, f), length);
+        cr_assert_eq(fclose(f), 0);
+    }
     free(again);
     free(bytes);
     machine_state_free(&decoded);
@@ -1283,4 +1294,14 @@ Test(machine_state, corrupted_bytes_never_escape_the_buffer)
     cr_assert_gt(accepted, 0u);
     free(bytes);
     free(original);
+}
+
+/* The decoder under libFuzzer (tests/fuzz/machine_state_fuzz.c): every
+ * accepted state validates, encodes canonically and plans its restore
+ * within bounds. 10 s; a 2-core machine runs a few hundred thousand inputs. */
+Test(machine_state, decoder_10s_under_libfuzzer_no_crash, .timeout = 180)
+{
+    fuzz_runner_run(&(struct fuzz_run){ .target = "machine_state_fuzz", .corpus = "tests/fuzz/machine-state-corpus",
+                                        .seconds = 10, .extra_options = "-malloc_limit_mb=512",
+                                        .min_executions = 20000 });
 }
