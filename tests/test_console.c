@@ -29,6 +29,7 @@
 #include "api/ringctl_console.h"
 #include "migration/migration.h"
 #include "tests/harness.h"
+#include "tests/pseudo_terminal.h"
 #include "vmm/console.h"
 #include "vmm/serial.h"
 #include "vmm/uart.h"
@@ -550,57 +551,14 @@ Test(console, stdio_pipe_feeds_the_uart, .timeout = 30)
 
 /* ---- terminals (a pseudo-terminal stands in for the user's) ------------------------------ */
 
-struct pty {
-    int master, slave;
-    struct termios original;
-};
-
-static void pty_open(struct pty *pty)
-{
-    pty->master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-    if (pty->master < 0)
-        harness_skip("no pseudo-terminal here (posix_openpt: %s)", strerror(errno));
-    cr_assert_eq(grantpt(pty->master), 0);
-    cr_assert_eq(unlockpt(pty->master), 0);
-    const char *name = ptsname(pty->master);
-    cr_assert_not_null(name);
-    pty->slave = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
-    cr_assert_geq(pty->slave, 0, "open %s: %s", name, strerror(errno));
-    cr_assert_eq(tcgetattr(pty->slave, &pty->original), 0);
-    cr_assert(pty->original.c_lflag & ICANON, "a new pty starts in canonical mode");
-    cr_assert(pty->original.c_lflag & ECHO);
-}
-
-static bool pty_is_raw(void *argument)
-{
-    struct pty *pty = argument;
-    struct termios now;
-    return tcgetattr(pty->slave, &now) == 0 && !(now.c_lflag & (ICANON | ECHO | ISIG)) && !(now.c_iflag & ICRNL);
-}
-
-static void pty_assert_restored(struct pty *pty)
-{
-    struct termios now;
-    cr_assert_eq(tcgetattr(pty->slave, &now), 0);
-    cr_assert_eq(now.c_lflag, pty->original.c_lflag, "c_lflag 0x%x, was 0x%x", (unsigned)now.c_lflag,
-                 (unsigned)pty->original.c_lflag);
-    cr_assert_eq(now.c_iflag, pty->original.c_iflag);
-    cr_assert_eq(now.c_oflag, pty->original.c_oflag);
-    cr_assert_eq(now.c_cflag, pty->original.c_cflag);
-}
-
-static void pty_close(struct pty *pty)
-{
-    close(pty->master);
-    close(pty->slave);
-}
-
 /* --serial stdio on a terminal: raw while the console runs, restored by
  * console_destroy; Ctrl-] stops ringvm with SIGTERM to itself. */
 Test(console, stdio_terminal_is_raw_ctrl_bracket_sends_sigterm_and_destroy_restores, .timeout = 30)
 {
-    struct pty pty;
-    pty_open(&pty);
+    struct pseudo_terminal pty;
+    pseudo_terminal_open(&pty);
+    cr_assert(pty.original.c_lflag & ICANON, "a new pty starts in canonical mode");
+    cr_assert(pty.original.c_lflag & ECHO);
     struct fixture f;
     fixture_start(&f, false);
     cr_assert_eq(dup2(pty.slave, STDIN_FILENO), STDIN_FILENO);
@@ -610,16 +568,16 @@ Test(console, stdio_terminal_is_raw_ctrl_bracket_sends_sigterm_and_destroy_resto
     cr_assert_eq(pthread_sigmask(SIG_BLOCK, &term, NULL), 0);     /* ringvm's main blocks it too */
     struct console_config config = {.stdio = true};
     cr_assert_eq(console_create(&f.console, &f.serial, f.uart, &config), 0);
-    cr_assert(pty_is_raw(&pty));
+    cr_assert(pseudo_terminal_is_raw(&pty));
     cr_assert_eq(write(pty.master, "top\r\x03q\x1d", 7), 7);
     guest_wait_input(&f, "top\r\x03q");
     struct timespec wait = {.tv_sec = WAIT_MS / 1000};
     cr_assert_eq(sigtimedwait(&term, NULL, &wait), SIGTERM, "Ctrl-] did not raise SIGTERM");
     console_destroy(f.console);
     f.console = NULL;
-    pty_assert_restored(&pty);
+    pseudo_terminal_assert_restored(&pty);
     close(STDIN_FILENO);
-    pty_close(&pty);
+    pseudo_terminal_close(&pty);
     fixture_stop(&f);
 }
 
@@ -800,8 +758,10 @@ static int use_child_terminal(void)
 Test(console, ringctl_console_on_a_terminal_is_raw_and_restores_it, .timeout = 60)
 {
     const char *ringctl = ringctl_or_skip();
-    struct pty pty;
-    pty_open(&pty);
+    struct pseudo_terminal pty;
+    pseudo_terminal_open(&pty);
+    cr_assert(pty.original.c_lflag & ICANON, "a new pty starts in canonical mode");
+    cr_assert(pty.original.c_lflag & ECHO);
     struct fixture f;
     fixture_start(&f, true);
     child_terminal = pty.slave;
@@ -809,7 +769,8 @@ Test(console, ringctl_console_on_a_terminal_is_raw_and_restores_it, .timeout = 6
     char *argv[] = {(char *)ringctl, "console", "--socket", f.path, NULL};
     harness_spawn_prepared(&process, argv, use_child_terminal);
     wait_stats(&f, 1, 0);
-    cr_assert(harness_wait_until(pty_is_raw, &pty, WAIT_MS), "ringctl never put the terminal in raw mode");
+    cr_assert(harness_wait_until(pseudo_terminal_is_raw, &pty, WAIT_MS),
+              "ringctl never put the terminal in raw mode");
     /* Ctrl-C is a byte for the guest; \r is not turned into \n */
     cr_assert_eq(write(pty.master, "vi\r\x03", 4), 4);
     guest_wait_input(&f, "vi\r\x03");
@@ -820,19 +781,19 @@ Test(console, ringctl_console_on_a_terminal_is_raw_and_restores_it, .timeout = 6
     snprintf(attached, sizeof(attached), "ringctl console: attached to %s; Ctrl-] detaches\n"
              "ringctl console: detached\n", f.path);
     cr_assert_str_eq(process.err, attached);
-    pty_assert_restored(&pty);
+    pseudo_terminal_assert_restored(&pty);
     harness_process_free(&process);
 
     /* killed with SIGTERM: the terminal is restored all the same */
     harness_spawn_prepared(&process, argv, use_child_terminal);
     wait_stats(&f, 1, 0);
-    cr_assert(harness_wait_until(pty_is_raw, &pty, WAIT_MS));
+    cr_assert(harness_wait_until(pseudo_terminal_is_raw, &pty, WAIT_MS));
     cr_assert_eq(kill(process.pid, SIGTERM), 0);
     status = harness_process_wait_exit(&process, WAIT_MS);
     cr_assert_eq(status, 128 + SIGTERM, "status %d; stderr: %s", status, process.err);
-    pty_assert_restored(&pty);
+    pseudo_terminal_assert_restored(&pty);
     harness_process_free(&process);
-    pty_close(&pty);
+    pseudo_terminal_close(&pty);
     fixture_stop(&f);
 }
 

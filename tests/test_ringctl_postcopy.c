@@ -28,6 +28,7 @@
 #include "migration/migration.h"
 #include "migration/progress.h"
 #include "tests/harness.h"
+#include "tests/pseudo_terminal.h"
 #include "tests/ringctl_in_process.h"
 
 #define NOBODY "/nonexistent/ringvm-postcopy.sock"
@@ -76,43 +77,19 @@ static int open_null(void)
     return fd;
 }
 
-/* A pseudo-terminal whose slave is ringctl's stdin; what the user typed
- * is written to the master before ringctl reads it (the terminal's line
- * discipline keeps it). */
-struct pty {
-    int master, slave;
-};
-
-static void pty_open(struct pty *pty)
-{
-    pty->master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
-    if (pty->master < 0)
-        harness_skip("no pseudo-terminal here (posix_openpt: %s)", strerror(errno));
-    cr_assert_eq(grantpt(pty->master), 0);
-    cr_assert_eq(unlockpt(pty->master), 0);
-    const char *name = ptsname(pty->master);
-    cr_assert_not_null(name);
-    pty->slave = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
-    cr_assert_geq(pty->slave, 0, "open %s: %s", name, strerror(errno));
-}
-
-static void pty_close(struct pty *pty)
-{
-    close(pty->slave);
-    close(pty->master);
-}
-
 /* `ringctl migrate` with mode on a terminal answered with typed; returns
- * the exit status, stderr in *process. */
+ * the exit status, stderr in *process. The pseudo-terminal's slave is
+ * ringctl's stdin; what the user typed is written to the master before
+ * ringctl reads it (the terminal's line discipline keeps it). */
 static int migrate_answering(struct harness_process *process, const char *mode, const char *typed)
 {
-    struct pty pty;
-    pty_open(&pty);
+    struct pseudo_terminal pty;
+    pseudo_terminal_open(&pty);
     size_t length = strlen(typed);
     cr_assert_eq(write(pty.master, typed, length), (ssize_t)length, "write to the terminal: %s", strerror(errno));
     char *arguments[] = { "-s", NOBODY, "migrate", "unix:/tmp/nowhere.sock", "--mode", (char *)mode, NULL };
     int status = run_ringctl(process, pty.slave, arguments);
-    pty_close(&pty);
+    pseudo_terminal_close(&pty);
     return status;
 }
 
