@@ -218,21 +218,18 @@ static void local_hello(struct vm *vm, bool postcopy, struct mig_hello *hello)
 }
 
 /* The switch-over's dry run (migration/switch_over.h): decode the probe's
- * state as END's restore would, then answer. An undecodable probe is
- * reported, not refused: the real state frame is checked on its own. */
+ * state as the MACHINE_STATE frame will be, then answer. An undecodable
+ * probe is reported, not refused: the real state frame is checked on its
+ * own. */
 static int incoming_answer_probe(struct incoming *in)
 {
     struct mig_receiver *r = &in->receiver;
     struct mig_probe_ack ack = { .status = MIG_PROBE_DECODED };
     struct machine_state state;
-    char error[512];
-    if (machine_state_decode(r->probe, r->probe_length, &state, error, sizeof(error)) != 0) {
+    char error[MIG_RECEIVER_ERROR_MAX];
+    if (mig_receiver_decode_machine_state(r, r->probe, r->probe_length, &state, error, sizeof(error)) != 0) {
         ack.status = MIG_PROBE_UNDECODABLE;
         fprintf(stderr, "ringvm: migration: the source's switch-over probe does not decode: %s\n", error);
-    } else if (state.vcpu_count != r->local.vcpu_count) {
-        ack.status = MIG_PROBE_UNDECODABLE;
-        fprintf(stderr, "ringvm: migration: the source's switch-over probe holds %" PRIu32 " vCPUs (this VM has %"
-                PRIu32 ")\n", state.vcpu_count, r->local.vcpu_count);
     }
     machine_state_free(&state);
     mig_receiver_drop_probe(r);

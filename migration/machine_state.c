@@ -965,6 +965,23 @@ size_t machine_state_encode(const struct machine_state *state, uint8_t *out, siz
     return w.at;
 }
 
+uint8_t *machine_state_encode_alloc(const struct machine_state *state, size_t *length, char *error,
+                                    size_t error_size)
+{
+    size_t size = machine_state_encoded_size(state);
+    uint8_t *bytes = malloc(size);
+    if (bytes == NULL) {
+        snprintf(error, error_size, "machine state: out of memory for %zu bytes", size);
+        return NULL;
+    }
+    *length = machine_state_encode(state, bytes, size, error, error_size);
+    if (*length != size) {
+        free(bytes);
+        return NULL;
+    }
+    return bytes;
+}
+
 /* ---- decode ---------------------------------------------------------------------- */
 
 static int expect_length(uint32_t type, uint32_t vcpu, uint32_t length, size_t expected, char *error,

@@ -176,6 +176,11 @@ size_t machine_state_encoded_size(const struct machine_state *state);
  * hold them). Returns the length, or 0 with the reason in error. */
 size_t machine_state_encode(const struct machine_state *state, uint8_t *out, size_t out_size, char *error,
                             size_t error_size);
+/* machine_state_encode into a heap buffer of exactly
+ * machine_state_encoded_size bytes (the caller frees it). NULL with the
+ * reason in error (validation, or "out of memory"). */
+uint8_t *machine_state_encode_alloc(const struct machine_state *state, size_t *length, char *error,
+                                    size_t error_size);
 /* Parses and validates; on success *state is owned by the caller
  * (machine_state_free), on failure it is left freed. Never reads outside
  * [in, in + length). 0, or -1 with e.g. "section regs of vCPU 1: length 140

@@ -216,6 +216,26 @@ static void mark_written(struct mig_receiver *r, uint64_t first, uint64_t count)
     }
 }
 
+int mig_receiver_decode_machine_state(const struct mig_receiver *r, const uint8_t *bytes, size_t length,
+                                      struct machine_state *state, char *error, size_t error_size)
+{
+    char reason[MIG_RECEIVER_ERROR_MAX - 64];
+    if (machine_state_decode(bytes, length, state, reason, sizeof(reason)) != 0) {
+        /* The decoder names the section and field; say "machine state"
+         * once whichever layer the reason comes from. */
+        bool named = strncmp(reason, "machine state", 13) == 0;
+        snprintf(error, error_size, "%s%s", named ? "" : "machine state: ", reason);
+        return -1;
+    }
+    if (state->vcpu_count != r->local.vcpu_count) {
+        snprintf(error, error_size, "machine state for %" PRIu32 " vCPUs (this VM has %" PRIu32 ")",
+                 state->vcpu_count, r->local.vcpu_count);
+        machine_state_free(state);
+        return -1;
+    }
+    return 0;
+}
+
 const struct machine_state *mig_receiver_machine_state(const struct mig_receiver *r)
 {
     return r->machine_state;
@@ -669,21 +689,12 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
             return fail(r, MIG_ERR_INTERNAL, "out of memory for the machine state");
         }
         char reason[MIG_RECEIVER_ERROR_MAX - 64];
-        int decoded = machine_state_decode(bytes, (size_t)header.length, state, reason, sizeof(reason));
+        int decoded = mig_receiver_decode_machine_state(r, bytes, (size_t)header.length, state, reason,
+                                                        sizeof(reason));
         free(bytes);
         if (decoded != 0) {
             free(state);
-            /* The decoder names the section and field; say "machine state"
-             * once whichever layer the reason comes from. */
-            bool named = strncmp(reason, "machine state", 13) == 0;
-            return fail(r, MIG_ERR_STREAM, "%s%s", named ? "" : "machine state: ", reason);
-        }
-        if (state->vcpu_count != r->local.vcpu_count) {
-            uint32_t count = state->vcpu_count;
-            machine_state_free(state);
-            free(state);
-            return fail(r, MIG_ERR_STREAM, "machine state for %" PRIu32 " vCPUs (this VM has %" PRIu32 ")", count,
-                        r->local.vcpu_count);
+            return fail(r, MIG_ERR_STREAM, "%s", reason);
         }
         r->machine_state = state;
         r->seq++;

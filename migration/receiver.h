@@ -278,6 +278,14 @@ int mig_receiver_run_buffer(struct mig_receiver *r, const void *data, size_t len
  */
 int mig_receiver_check_work(const struct mig_receiver *r, uint64_t input_bytes, char *error, size_t error_size);
 
+/* Decodes a machine-state encoding as the MACHINE_STATE frame is decoded:
+ * machine_state_decode, then its vCPU count against this VM's. 0 with
+ * *state owned by the caller (machine_state_free), or -1 with the reason
+ * in error ("machine state: section ...", "machine state for 3 vCPUs
+ * (this VM has 2)") and *state left freed. The switch-over probe's answer
+ * uses it too, so the dry run decodes exactly as the real frame will. */
+int mig_receiver_decode_machine_state(const struct mig_receiver *r, const uint8_t *bytes, size_t length,
+                                      struct machine_state *state, char *error, size_t error_size);
 /* The decoded machine state (the destination restores it at END), NULL
  * before its frame. */
 const struct machine_state *mig_receiver_machine_state(const struct mig_receiver *r);

@@ -815,18 +815,11 @@ int source_capture_state(struct source *s, struct captured_state *out)
     struct machine_state state;
     if (machine_state_vm_capture(s->vm, &state, error, sizeof(error)) != 0)
         return source_fail(s, "internal", "capturing the machine state: %s", error);
-    size_t size = machine_state_encoded_size(&state);
-    uint8_t *bytes = malloc(size);
-    if (bytes == NULL) {
-        machine_state_free(&state);
-        return source_fail(s, "internal", "out of memory for %zu bytes of machine state", size);
-    }
-    size_t written = machine_state_encode(&state, bytes, size, error, sizeof(error));
+    size_t size = 0;
+    uint8_t *bytes = machine_state_encode_alloc(&state, &size, error, sizeof(error));
     machine_state_free(&state);
-    if (written != size) {
-        free(bytes);
+    if (bytes == NULL)
         return source_fail(s, "internal", "encoding the machine state: %s", error);
-    }
     *out = (struct captured_state){ .bytes = bytes, .size = size };
     return 0;
 }

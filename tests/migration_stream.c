@@ -92,12 +92,9 @@ uint8_t *migration_stream_machine_state(uint32_t vcpus, uint8_t fill, size_t *le
         struct kvm_msr_entry efer = { .index = 0xc0000080, .data = 0 };
         cr_assert_eq(machine_state_vcpu_set_msrs(v, &efer, 1), 0);
     }
-    size_t size = machine_state_encoded_size(&state);
-    uint8_t *bytes = malloc(size);
-    cr_assert_not_null(bytes);
     char error[256] = "";
-    *length = machine_state_encode(&state, bytes, size, error, sizeof(error));
-    cr_assert_eq(*length, size, "encoding the test machine state: %s", error);
+    uint8_t *bytes = machine_state_encode_alloc(&state, length, error, sizeof(error));
+    cr_assert_not_null(bytes, "encoding the test machine state: %s", error);
     machine_state_free(&state);
     return bytes;
 }

@@ -1414,10 +1414,8 @@ static uint8_t *state_with_unknown_msr(size_t *length)
     free(valid);
     struct kvm_msr_entry msrs[2] = { { .index = 0xc0000080, .data = 0 }, { .index = 0x0badc0de, .data = 1 } };
     cr_assert_eq(machine_state_vcpu_set_msrs(&state.vcpus[0], msrs, 2), 0);
-    *length = machine_state_encoded_size(&state);
-    uint8_t *bytes = malloc(*length);
-    cr_assert_not_null(bytes);
-    cr_assert_eq(machine_state_encode(&state, bytes, *length, error, sizeof(error)), *length, "%s", error);
+    uint8_t *bytes = machine_state_encode_alloc(&state, length, error, sizeof(error));
+    cr_assert_not_null(bytes, "%s", error);
     machine_state_free(&state);
     return bytes;
 }

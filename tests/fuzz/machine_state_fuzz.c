@@ -38,13 +38,11 @@ static void fail(const char *what, const char *detail)
 static uint8_t *encode_or_die(const struct machine_state *state, size_t *length)
 {
     char error[512] = "";
-    size_t size = machine_state_encoded_size(state);
-    uint8_t *bytes = malloc(size);
+    uint8_t *bytes = machine_state_encode_alloc(state, length, error, sizeof(error));
     if (bytes == NULL)
-        abort();
-    *length = machine_state_encode(state, bytes, size, error, sizeof(error));
-    if (*length != size)
         fail("a decoded state does not encode", error);
+    if (*length != machine_state_encoded_size(state))
+        fail("the encoding is not machine_state_encoded_size bytes", "");
     return bytes;
 }
 
