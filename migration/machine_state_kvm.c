@@ -251,6 +251,31 @@ static int set_msr_entries(int vcpu_fd, uint32_t vcpu, const struct kvm_msr_entr
     return 0;
 }
 
+/* Before the first vCPU's TSC is written: a TSC 4 s ahead of it, so that
+ * the real value lands outside the window of KVM's TSC synchronization.
+ * Kernels before 6.6 (bf328e22e472, "Don't sync user-written TSC against
+ * startup values") treat a host-initiated TSC write within one second of
+ * the value they expect since the last write (0 at vCPU creation, plus the
+ * time since) as the same TSC and keep the old offset: the written value is
+ * dropped and the guest's TSC goes back by up to a second when the
+ * source's TSC happens to be near the destination VM's age (seen under
+ * make test-nested's 6.1 kernel). After this write the expected value is
+ * 4 s ahead, so the real write starts a new TSC generation, and the other
+ * vCPUs' writes of the same value then match it (KVM keeps them in
+ * sync). Later kernels simply overwrite it. */
+static int write_tsc_ahead(int vcpu_fd, uint32_t vcpu, const struct kvm_msr_entry *entries, uint32_t count,
+                           uint32_t tsc_khz, char *error, size_t error_size)
+{
+    for (uint32_t m = 0; m < count; m++) {
+        if (entries[m].index != MACHINE_STATE_MSR_IA32_TSC || tsc_khz == 0)
+            continue;
+        struct kvm_msr_entry ahead = { .index = MACHINE_STATE_MSR_IA32_TSC,
+                                       .data = entries[m].data + (uint64_t)tsc_khz * 4000u };
+        return set_msr_entries(vcpu_fd, vcpu, &ahead, 1, error, error_size);
+    }
+    return 0;
+}
+
 static int restore_vcpu_step(const struct machine_state_restore_target *target, const struct machine_state *state,
                              const struct machine_state_step *step, char *error, size_t error_size)
 {
@@ -325,9 +350,12 @@ static int restore_vcpu_step(const struct machine_state_restore_target *target, 
         }
         uint32_t first_count, deferred_count;
         machine_state_msr_split(v->msrs, v->msr_count, first, &first_count, deferred, &deferred_count);
-        if (step->call == MACHINE_STATE_CALL_SET_MSRS)
-            r = set_msr_entries(fd, i, first, first_count, error, error_size);
-        else
+        if (step->call == MACHINE_STATE_CALL_SET_MSRS) {
+            uint32_t tsc_khz = (v->sections & MACHINE_STATE_HAS_TSC_KHZ) ? v->tsc_khz : target->local_tsc_khz;
+            r = i == 0 ? write_tsc_ahead(fd, i, first, first_count, tsc_khz, error, error_size) : 0;
+            if (r == 0)
+                r = set_msr_entries(fd, i, first, first_count, error, error_size);
+        } else
             r = set_msr_entries(fd, i, deferred, deferred_count, error, error_size);
         free(first);
         free(deferred);

@@ -76,7 +76,9 @@ bool machine_state_tsc_scaling_needed(uint32_t source_khz, uint32_t local_khz)
  *     TSC_DEADLINE alone: KVM arms the deadline timer by comparing it with
  *     the guest TSC, so a deadline written before the TSC fires at the wrong
  *     time or never (Firecracker #4099/#4666). A zero deadline is handled
- *     by machine_state_msr_split.
+ *     by machine_state_msr_split. vCPU 0's MSRs are preceded by a TSC 4 s
+ *     ahead, which keeps pre-6.6 kernels from dropping the real one
+ *     (write_tsc_ahead in machine_state_kvm.c).
  *  9. KVM_SET_VCPU_EVENTS last of the vCPU: the earlier SETs can change
  *     pending-event state (SREGS' interrupt bitmap queues an interrupt,
  *     SET_REGS drops exceptions); this writes the exact saved events.
