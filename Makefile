@@ -6,7 +6,7 @@
 #   make demo-linux boot the Linux guest image (make linux-guest) with the ledger
 #   make asan       the tests under AddressSanitizer + UBSan (build-asan/)
 #   make test-nested the tests inside a QEMU TCG machine with emulated SVM, so
-#                   the KVM tests run on hosts without /dev/kvm (slow: ~12 min)
+#                   the KVM tests run on hosts without /dev/kvm (slow: ~26 min)
 #   make fuzz       libFuzzer targets (clang)
 #   make clean
 #
@@ -129,12 +129,14 @@ asan: deps
 # The same tests where /dev/kvm is missing: scripts/nested-kvm.sh boots
 # Debian's kernel under QEMU's TCG with an emulated AMD SVM CPU, loads
 # kvm_amd, and runs the binaries built here against that KVM. Correctness
-# only: every timing inside is TCG's (docs/testing.md).
+# only: every timing inside is TCG's. One emulated CPU (two corrupt guest
+# memory in QEMU 7.2's SVM emulation), so one test at a time
+# (docs/testing.md).
 test-nested: deps
 	@$(MAKE) --no-print-directory all linux-guest $(BUILD)/tests/ringvm-tests $(BUILD)/tests/delayline
 	RINGVM_BUILD_DIR=$(abspath $(BUILD)) LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp) \
 		RINGVM_TEST_VMLINUZ=$${RINGVM_TEST_VMLINUZ:-$$(scripts/debian-vmlinuz.sh)} \
-		scripts/nested-kvm.sh -- $(abspath $(BUILD))/tests/ringvm-tests --jobs 2 $(TEST_ARGS)
+		scripts/nested-kvm.sh -- $(abspath $(BUILD))/tests/ringvm-tests --jobs 1 $(TEST_ARGS)
 
 demo: deps
 	@$(MAKE) --no-print-directory all

@@ -6,8 +6,9 @@
  * to 0 several times: it must keep verifying (LEDGER OK, never MISMATCH,
  * no exception) and run at full speed again once the throttle is gone.
  * (Written to tell apart, under make test-nested, whether the triple
- * faults seen after throttled migrations need a migration at all:
- * docs/testing.md.)
+ * faults seen after throttled migrations need a migration at all; they
+ * were the emulated machine's own, with two emulated CPUs: docs/testing.md,
+ * "The emulator's own failures".)
  */
 #include <criterion/criterion.h>
 #include <time.h>
