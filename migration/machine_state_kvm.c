@@ -266,8 +266,10 @@ static int set_msr_entries(int vcpu_fd, uint32_t vcpu, const struct kvm_msr_entr
 static int write_tsc_ahead(int vcpu_fd, uint32_t vcpu, const struct kvm_msr_entry *entries, uint32_t count,
                            uint32_t tsc_khz, char *error, size_t error_size)
 {
+    if (tsc_khz == 0)
+        return 0;
     for (uint32_t m = 0; m < count; m++) {
-        if (entries[m].index != MACHINE_STATE_MSR_IA32_TSC || tsc_khz == 0)
+        if (entries[m].index != MACHINE_STATE_MSR_IA32_TSC)
             continue;
         struct kvm_msr_entry ahead = { .index = MACHINE_STATE_MSR_IA32_TSC,
                                        .data = entries[m].data + (uint64_t)tsc_khz * 4000u };

@@ -478,16 +478,21 @@ static long elapsed_since(const struct timespec *start)
     return (now.tv_sec - start->tv_sec) * 1000L + (now.tv_nsec - start->tv_nsec) / 1000000L;
 }
 
+unsigned harness_process_output_count(const struct harness_process *process, const char *needle)
+{
+    unsigned found = 0;
+    for (const char *at = strstr(process->out, needle); at != NULL; at = strstr(at + 1, needle))
+        found++;
+    return found;
+}
+
 bool harness_process_wait_output(struct harness_process *process, const char *needle, unsigned count,
                                  unsigned timeout_ms)
 {
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     for (;;) {
-        unsigned found = 0;
-        for (const char *at = strstr(process->out, needle); at != NULL; at = strstr(at + 1, needle))
-            found++;
-        if (found >= count)
+        if (harness_process_output_count(process, needle) >= count)
             return true;
         long left = (long)timeout_ms - elapsed_since(&start);
         if (left <= 0 || !pump(process, (int)(left < 100 ? left : 100)))

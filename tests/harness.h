@@ -176,6 +176,8 @@ void harness_spawn(struct harness_process *process, char *const argv[]);
  * capabilities); a non-zero errno from it makes the child print why and
  * exit 126. */
 void harness_spawn_prepared(struct harness_process *process, char *const argv[], int (*prepare)(void));
+/* How many times stdout holds `needle` so far (nothing is read). */
+unsigned harness_process_output_count(const struct harness_process *process, const char *needle);
 /* Reads the child's output until stdout holds `needle` `count` times or
  * the timeout passes. */
 bool harness_process_wait_output(struct harness_process *process, const char *needle, unsigned count,

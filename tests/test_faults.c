@@ -534,12 +534,6 @@ static void assert_destination_killed_message(const struct point *pt, const char
     }
 }
 
-/* What the source reports when the link is cut (or stalls) at a point:
- * exactly one cause each. setup: the source waits for the HELLO_ACK that
- * never comes. Every other point before END: the stream still to send
- * (8-48 MiB) exceeds the socket buffers (tcp_wmem max 4 MiB), so the
- * sender thread stalls first; the source never reaches END (which would
- * make it wait for the ack instead). */
 /* The source's stall timeout at a point: pt->stall_s here and on the PVM
  * hosts, 5x that where harness_stall_ms finds the host slow. Under make
  * test-nested the destination is killed more than 2 s after the source's
@@ -550,6 +544,12 @@ static unsigned point_stall_s(const struct point *pt)
     return harness_stall_ms(pt->stall_s * 1000u) / 1000u;
 }
 
+/* What the source reports when the link is cut (or stalls) at a point:
+ * exactly one cause each. setup: the source waits for the HELLO_ACK that
+ * never comes. Every other point before END: the stream still to send
+ * (8-48 MiB) exceeds the socket buffers (tcp_wmem max 4 MiB), so the
+ * sender thread stalls first; the source never reaches END (which would
+ * make it wait for the ack instead). */
 static const char *link_cut_message(const struct point *pt)
 {
     static char message[128];

@@ -184,9 +184,7 @@ static bool wait_whole_ledger_lines(struct harness_process *process, unsigned vc
     snprintf(needle, sizeof(needle), " vcpu=%u\r\n", vcpu);   /* a line's end, and never vcpu=10 */
     uint64_t deadline = monotonic_now_ns() + (uint64_t)timeout_ms * 1000000u;
     while (count_lines(process->out, "LEDGER OK ", vcpu) < count) {
-        unsigned ends = 0;
-        for (const char *at = strstr(process->out, needle); at != NULL; at = strstr(at + 1, needle))
-            ends++;
+        unsigned ends = harness_process_output_count(process, needle);
         uint64_t now = monotonic_now_ns();
         if (now >= deadline ||
             !harness_process_wait_output(process, needle, ends + 1, (unsigned)((deadline - now) / 1000000u)))
