@@ -14,6 +14,11 @@
 
 #include "tests/harness.h"
 
+/* Upper bounds on the two children of a fuzz test (timeout(1)): building
+ * the target (the sanitised VMM library from scratch takes ~2 min on a
+ * 2-core machine) and the fuzzer's time beyond its -max_total_time. */
+enum { FUZZ_BUILD_LIMIT_S = 600, FUZZ_OVERRUN_S = 120 };
+
 static int run_shell(const char *command)
 {
     int status = system(command);
@@ -84,9 +89,14 @@ void fuzz_runner_run(const struct fuzz_run *run)
     if (build == NULL)
         build = "build";
     char command[4096];
-    snprintf(command, sizeof(command), "make -s --no-print-directory BUILD=%s %s/fuzz/%s >&2", build, build,
-             run->target);
-    cr_assert_eq(run_shell(command), 0, "make fuzz (%s) failed", run->target);
+    /* The tests carry no Criterion timeout (a fixed one would kill the
+     * longer campaigns RINGVM_FUZZ_SECONDS asks for): each child runs under
+     * timeout(1) instead, the build for at most FUZZ_BUILD_LIMIT_S. */
+    snprintf(command, sizeof(command), "timeout -k 10 %u make -s --no-print-directory BUILD=%s %s/fuzz/%s >&2",
+             FUZZ_BUILD_LIMIT_S, build, build, run->target);
+    int built = run_shell(command);
+    cr_assert_neq(built, 124, "make fuzz (%s) did not finish within %u s", run->target, FUZZ_BUILD_LIMIT_S);
+    cr_assert_eq(built, 0, "make fuzz (%s) failed", run->target);
 
     /* The seed: given (replay) or fresh, never 0 (libFuzzer's "pick one"). */
     unsigned seed = 0, runs = 0;
@@ -125,13 +135,17 @@ void fuzz_runner_run(const struct fuzz_run *run)
     if (runs > 0)
         snprintf(runs_option, sizeof(runs_option), "-runs=%u", runs);
 
+    /* libFuzzer stops itself after -max_total_time; the limit around it
+     * only catches a fuzzer that never gets there (loading the corpus and
+     * the final stats come on top of the fuzzing time). */
+    unsigned limit = seconds + FUZZ_OVERRUN_S + seconds / 4;
     char work[] = "/tmp/ringvm-fuzz-XXXXXX";
     cr_assert_not_null(mkdtemp(work));
     snprintf(command, sizeof(command),
-             "mkdir %s/corpus && %s/fuzz/%s -seed=%u %s -max_total_time=%u -timeout=10 -rss_limit_mb=2048 %s "
-             "-print_final_stats=1 -artifact_prefix=%s/ %s/corpus %s > %s/log 2>&1",
-             work, build, run->target, seed, runs_option, seconds, run->extra_options ? run->extra_options : "",
-             work, work, run->corpus, work);
+             "mkdir %s/corpus && timeout -k 10 %u %s/fuzz/%s -seed=%u %s -max_total_time=%u -timeout=10 "
+             "-rss_limit_mb=2048 %s -print_final_stats=1 -artifact_prefix=%s/ %s/corpus %s > %s/log 2>&1",
+             work, limit, build, run->target, seed, runs_option, seconds,
+             run->extra_options ? run->extra_options : "", work, work, run->corpus, work);
     int status = run_shell(command);
     unsigned long long executed = executed_units(work);
     char replay[160];
@@ -163,6 +177,8 @@ void fuzz_runner_run(const struct fuzz_run *run)
     char reproduce[6000] = "";
     if (first[0] != '\0')
         describe_artifact(run->target, work, first, reproduce, sizeof(reproduce));
+    cr_assert_neq(status, 124, "%s was still running %u s after its -max_total_time=%u (%s); log in %s",
+                  run->target, limit - seconds, seconds, replay, work);
     cr_assert_eq(status, 0, "%s failed (exit %d, %s); log and artifacts in %s%s", run->target, status, replay, work,
                  reproduce);
     cr_assert_eq(artifacts, 0, "%u crash/leak/timeout/oom artifacts in %s (%s)%s", artifacts, work, replay,
@@ -174,7 +190,7 @@ void fuzz_runner_run(const struct fuzz_run *run)
         run_shell(command);
     }
     cr_assert_geq(executed, floor, "%s ran only %llu inputs in %u s (at least %llu expected; %s); log in %s",
-                  run->target, executed, run->seconds, floor, replay, work);
+                  run->target, executed, seconds, floor, replay, work);
     snprintf(command, sizeof(command), "rm -rf %s", work);
     run_shell(command);
 }

@@ -11,7 +11,7 @@
 
 #include "tests/fuzz_runner.h"
 
-Test(api_fuzz, request_handler_10s_no_crash, .timeout = 240)
+Test(api_fuzz, request_handler_10s_no_crash)
 {
     fuzz_runner_run(&(struct fuzz_run){ .target = "api_request_fuzz", .corpus = "tests/fuzz/api-corpus",
                                         .seconds = 10, .min_executions = 3000 });

@@ -1299,7 +1299,7 @@ Test(machine_state, corrupted_bytes_never_escape_the_buffer)
 /* The decoder under libFuzzer (tests/fuzz/machine_state_fuzz.c): every
  * accepted state validates, encodes canonically and plans its restore
  * within bounds. 10 s; a 2-core machine runs a few hundred thousand inputs. */
-Test(machine_state, decoder_10s_under_libfuzzer_no_crash, .timeout = 180)
+Test(machine_state, decoder_10s_under_libfuzzer_no_crash)
 {
     fuzz_runner_run(&(struct fuzz_run){ .target = "machine_state_fuzz", .corpus = "tests/fuzz/machine-state-corpus",
                                         .seconds = 10, .extra_options = "-malloc_limit_mb=512",

@@ -26,7 +26,7 @@
 
 #define CORPUS "tests/fuzz/migration-corpus"
 
-Test(migration_fuzz, stream_receiver_20s_no_crash, .timeout = 300)
+Test(migration_fuzz, stream_receiver_20s_no_crash)
 {
     /* About 50000 inputs run on a 2-core machine in 20 s; 6000 is the floor.
      * Longer campaigns: RINGVM_FUZZ_SECONDS (docs/testing.md). */

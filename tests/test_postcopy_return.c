@@ -416,7 +416,7 @@ Test(postcopy_return, bad_ram_sizes_are_refused_at_init)
     postcopy_return_destroy(&p);
 }
 
-Test(postcopy_return, parser_10s_under_libfuzzer_no_crash, .timeout = 180)
+Test(postcopy_return, parser_10s_under_libfuzzer_no_crash)
 {
     /* Over a hundred thousand inputs run on a 2-core machine in 10 s; 20000 is the floor. */
     fuzz_runner_run(&(struct fuzz_run){ .target = "postcopy_return_fuzz", .corpus = "tests/fuzz/postcopy-return-corpus",
