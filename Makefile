@@ -101,7 +101,9 @@ $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(BENCH_LIB_OBJS) $(BUILD)/libringvm.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) -pthread $^ $(LDLIBS) -o $@
 
-$(BUILD)/tests/ringvm-tests: $(TEST_OBJS) $(BUILD)/libringvm.a
+# bench/lib/bench_options.o: the benchmarks' option parsers, which
+# tests/test_bench_options.c tests directly.
+$(BUILD)/tests/ringvm-tests: $(TEST_OBJS) $(BUILD)/obj/bench/lib/bench_options.o $(BUILD)/libringvm.a
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) -pthread $^ -lcriterion $(LDLIBS) -o $@
 

@@ -8,6 +8,7 @@
  *
  *   build/bench/bpf-overhead [--json] [--seconds N] [--rounds N] [--vcpus N]
  *                            [--wss SIZE] [--dirty-log ring|bitmap|off]
+ *   build/bench/bpf-overhead --help
  *
  * Needs root and BPF; exits 3 with the reason when the probes cannot load.
  */
@@ -22,11 +23,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/lib/bench_options.h"
 #include "bpf/probes.h"
 #include "vmm/size.h"
 #include "vmm/vm.h"
 
+#define PROGRAM "bench/bpf-overhead"
 #define MAX_PHASES 64
+#define MAX_VCPUS 16
 
 struct phase {
     bool probes;
@@ -135,7 +139,16 @@ static void usage(FILE *out)
 {
     fprintf(out, "usage: bpf-overhead [--json] [--seconds N] [--rounds N] [--vcpus N] [--wss SIZE]\n"
                  "                    [--dirty-log ring|bitmap|off]\n"
-                 "Guest pages/s with the eBPF probes detached (A) and attached (B), A B A B...\n");
+                 "Guest pages/s with the eBPF probes detached (A) and attached (B), A B A B...\n"
+                 "Needs root and BPF; exits 3 with the reason when the probes cannot load.\n"
+                 "  --seconds N     length of each phase, 1 to 600 (default 2)\n"
+                 "  --rounds N      A B pairs, 1 to %d (default 4)\n"
+                 "  --vcpus N       the guest's vCPUs, 1 to %d (default 1)\n"
+                 "  --wss SIZE      the dirtier's working set, a multiple of 4K (default 256M)\n"
+                 "  --dirty-log M   ring (default), bitmap or off\n"
+                 "  --json          one JSON object on stdout\n"
+                 "  -h, --help      this text\n",
+            MAX_PHASES / 2, MAX_VCPUS);
 }
 
 int main(int argc, char **argv)
@@ -144,6 +157,7 @@ int main(int argc, char **argv)
     unsigned seconds = 2, rounds = 4, vcpus = 1;
     uint64_t wss = 256ULL << 20;
     const char *dirty_mode = "ring";
+    enum dirty_log_mode mode = DIRTY_LOG_RING;
     static const struct option options[] = {
         { "json", no_argument, NULL, 'j' },
         { "seconds", required_argument, NULL, 's' },
@@ -159,36 +173,37 @@ int main(int argc, char **argv)
         switch (option) {
         case 'j': json = true; break;
         case 's':
-            seconds = (unsigned)strtoul(optarg, NULL, 10);
-            if (seconds == 0 || seconds > 600) {
-                fprintf(stderr, "bpf-overhead: --seconds %s: expected 1..600\n", optarg);
+            if (bench_option_unsigned(PROGRAM, "--seconds", optarg, 1, 600, &seconds) != 0)
                 return 2;
-            }
             break;
         case 'r':
-            rounds = (unsigned)strtoul(optarg, NULL, 10);
-            if (rounds == 0 || rounds > MAX_PHASES / 2) {
-                fprintf(stderr, "bpf-overhead: --rounds %s: expected 1..%d\n", optarg, MAX_PHASES / 2);
+            if (bench_option_unsigned(PROGRAM, "--rounds", optarg, 1, MAX_PHASES / 2, &rounds) != 0)
                 return 2;
-            }
             break;
         case 'v':
-            vcpus = (unsigned)strtoul(optarg, NULL, 10);
-            if (vcpus == 0 || vcpus > 16) {
-                fprintf(stderr, "bpf-overhead: --vcpus %s: expected 1..16\n", optarg);
+            if (bench_option_unsigned(PROGRAM, "--vcpus", optarg, 1, MAX_VCPUS, &vcpus) != 0)
                 return 2;
-            }
             break;
         case 'w':
-            if (size_parse(optarg, &wss, error, sizeof(error)) != 0) {
-                fprintf(stderr, "bpf-overhead: --wss %s\n", error);
+            /* 4K: the dirtier's unit (vmm/workload.c); 1T: ringvm's largest guest. */
+            if (bench_option_size(PROGRAM, "--wss", optarg, 4096, 1ULL << 40, 4096, &wss) != 0)
+                return 2;
+            break;
+        case 'd':
+            if (dirty_log_mode_parse(optarg, &mode, error, sizeof(error)) != 0) {
+                fprintf(stderr, PROGRAM ": %s\n", error);
                 return 2;
             }
+            dirty_mode = optarg;
             break;
-        case 'd': dirty_mode = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
+    }
+    if (optind < argc) {
+        fprintf(stderr, PROGRAM ": unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
     }
 
     struct vm_config config;
@@ -200,10 +215,7 @@ int main(int argc, char **argv)
     config.serial.mode = SERIAL_NONE;
     dirty_log_config_defaults(&config.dirty_log);
     char spec[128], error[256], wss_text[32];
-    if (dirty_log_mode_parse(dirty_mode, &config.dirty_log.mode, error, sizeof(error)) != 0) {
-        fprintf(stderr, "bpf-overhead: %s\n", error);
-        return 2;
-    }
+    config.dirty_log.mode = mode;
     size_format(wss, wss_text, sizeof(wss_text));
     snprintf(spec, sizeof(spec), "dirtier,wss=%s", wss_text);
     if (workload_spec_parse(spec, &config.workload, error, sizeof(error)) != 0) {

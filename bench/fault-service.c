@@ -5,7 +5,9 @@
  * runs).
  *
  *   build/bench/fault-service [--memory SIZE] [--transport unix|tcp|both] [--cap MIBS]
- *                             [--faults N] [--touchers N] [--interval-us N] [--json]
+ *                             [--faults N] [--touchers N] [--interval-us N]
+ *                             [--background-nice N] [--json]
+ *   build/bench/fault-service --help  (every option, with its range and default)
  *
  * bench/postcopy measures the fault service inside a real migration, where
  * two full-rate vCPUs share two cores with the fault thread, pc-urgent,
@@ -56,6 +58,7 @@
 
 #include <jansson.h>
 
+#include "bench/lib/bench_options.h"
 #include "migration/pacing.h"
 #include "migration/postcopy_destination.h"
 #include "migration/postcopy_incoming.h"
@@ -63,8 +66,8 @@
 #include "migration/progress.h"
 #include "migration/transport.h"
 #include "vmm/memory.h"
-#include "vmm/size.h"
 
+#define PROGRAM "bench/fault-service"
 #define PAGE 4096u
 #define RUN_PAGES 256u              /* background runs of 1 MiB */
 #define ROUND_TRIPS 2000u
@@ -515,25 +518,16 @@ static void usage(FILE *to)
             "                     [--touchers N] [--interval-us N] [--background-nice N] [--json]\n"
             "Post-copy's fault service (fault -> request -> pc-serve -> urgent channel -> place -> wake)\n"
             "without KVM, beside the transport's round trip, with and without the background stream.\n"
-            "  --memory SIZE      guest RAM on each side (default 256M)\n"
+            "  --memory SIZE      guest RAM on each side, 16M to 1T, a multiple of 1M (default 256M)\n"
             "  --transport T      unix, tcp (127.0.0.1) or both (default both)\n"
-            "  --cap MIBS         the background stream's cap in MiB/s, 0 = none (default 125)\n"
-            "  --faults N         faults to take per run, over all touchers (default 2000)\n"
-            "  --touchers N       threads standing in for vCPUs (default 2)\n"
-            "  --interval-us N    each toucher's pause between faults (default 500)\n"
+            "  --cap MIBS         the background stream's cap in MiB/s, 0 = none, up to 100000\n"
+            "                     (default 125)\n"
+            "  --faults N         faults to take per run, over all touchers, 1 to 10000000 (default 2000)\n"
+            "  --touchers N       threads standing in for vCPUs, 1 to 64 (default 2)\n"
+            "  --interval-us N    each toucher's pause between faults, 0 to 1000000 (default 500)\n"
             "  --background-nice N also run the background stream's threads at nice N (1-19), same run\n"
-            "  --json             one JSON object on stdout instead of the table\n");
-}
-
-static bool parse_unsigned(const char *text, unsigned low, unsigned high, unsigned *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long value = strtoul(text, &end, 10);
-    if (errno != 0 || end == text || *end != '\0' || text[0] == '-' || value < low || value > high)
-        return false;
-    *out = (unsigned)value;
-    return true;
+            "  --json             one JSON object on stdout instead of the table\n"
+            "  -h, --help         this text\n");
 }
 
 int main(int argc, char **argv)
@@ -548,42 +542,41 @@ int main(int argc, char **argv)
         { NULL, 0, NULL, 0 },
     };
     int option;
-    while ((option = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
-        bool ok = true;
+    while ((option = getopt_long(argc, argv, "h", long_options, NULL)) != -1) {
+        int parsed = 0;
         switch (option) {
-        case 'm': {
-            char error[200];
-            ok = size_parse(optarg, &settings.memory, error, sizeof(error)) == 0 && settings.memory >= (16ull << 20) &&
-                 settings.memory % (RUN_PAGES * PAGE) == 0;
+        case 'm':
+            /* whole background runs of 1 MiB */
+            parsed = bench_option_size(PROGRAM, "--memory", optarg, 16ULL << 20, 1ULL << 40, RUN_PAGES * PAGE,
+                                       &settings.memory);
             break;
-        }
         case 't':
             settings.unix_transport = strcmp(optarg, "unix") == 0 || strcmp(optarg, "both") == 0;
             settings.tcp_transport = strcmp(optarg, "tcp") == 0 || strcmp(optarg, "both") == 0;
-            ok = settings.unix_transport || settings.tcp_transport;
+            if (!settings.unix_transport && !settings.tcp_transport) {
+                fprintf(stderr, PROGRAM ": --transport '%s': expected unix, tcp or both\n", optarg);
+                parsed = -1;
+            }
             break;
-        case 'c': ok = parse_unsigned(optarg, 0, 100000, &settings.cap_mibs); break;
-        case 'f': ok = parse_unsigned(optarg, 1, 10000000, &settings.faults); break;
-        case 'n': ok = parse_unsigned(optarg, 1, 64, &settings.touchers); break;
-        case 'i': ok = parse_unsigned(optarg, 0, 1000000, &settings.interval_us); break;
-        case 'b': ok = parse_unsigned(optarg, 1, 19, &settings.background_nice); break;
+        case 'c': parsed = bench_option_unsigned(PROGRAM, "--cap", optarg, 0, 100000, &settings.cap_mibs); break;
+        case 'f': parsed = bench_option_unsigned(PROGRAM, "--faults", optarg, 1, 10000000, &settings.faults); break;
+        case 'n': parsed = bench_option_unsigned(PROGRAM, "--touchers", optarg, 1, 64, &settings.touchers); break;
+        case 'i':
+            parsed = bench_option_unsigned(PROGRAM, "--interval-us", optarg, 0, 1000000, &settings.interval_us);
+            break;
+        case 'b':
+            /* 1-19: a positive nice, the one an unprivileged process may take */
+            parsed = bench_option_unsigned(PROGRAM, "--background-nice", optarg, 1, 19, &settings.background_nice);
+            break;
         case 'j': settings.json = true; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
-        if (!ok) {
-            const char *expected = option == 'm' ? "memory: a size of at least 16M, a multiple of 1M"
-                                 : option == 't' ? "transport: unix, tcp or both"
-                                 : option == 'c' ? "cap: MiB/s, 0-100000"
-                                 : option == 'f' ? "faults: 1-10000000"
-                                 : option == 'n' ? "touchers: 1-64"
-                                 : option == 'b' ? "background-nice: 1-19" : "interval-us: 0-1000000";
-            fprintf(stderr, "bench/fault-service: bad value '%s' for --%s\n", optarg, expected);
+        if (parsed != 0)
             return 2;
-        }
     }
     if (optind < argc) {
-        fprintf(stderr, "bench/fault-service: unexpected argument '%s'\n", argv[optind]);
+        fprintf(stderr, PROGRAM ": unexpected argument '%s'\n", argv[optind]);
         usage(stderr);
         return 2;
     }

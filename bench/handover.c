@@ -5,6 +5,7 @@
  * share one RAM).
  *
  *   build/bench/handover [--json] [--sizes 256M,1G,4G,16G] [--vcpus 1,2] [--runs N]
+ *   build/bench/handover --help
  *
  * Per cell (guest RAM x vCPUs): a dirtier guest at full rate over half its
  * RAM, warmed up (one pass). Then N hand-overs in a chain (source -> d1 ->
@@ -33,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/lib/bench_options.h"
 #include "bench/lib/bench_vm.h"
 #include "migration/local_handover.h"
 #include "migration/migration.h"
@@ -40,6 +42,7 @@
 #include "vmm/size.h"
 #include "vmm/vm.h"
 
+#define PROGRAM "bench/handover"
 #define MAX_LIST 8
 #define MAX_RUNS 64
 
@@ -342,38 +345,63 @@ static void print_table(const struct cell *cells, unsigned count)
     }
 }
 
+/* Guest RAM as ringvm takes it (16M to 1T) in steps of 2M: the dirtier
+ * covers half of it, named in whole MiB. */
 static int parse_sizes(const char *text, struct options *o)
 {
     char copy[256];
-    snprintf(copy, sizeof(copy), "%s", text);
+    bool ok = strlen(text) < sizeof(copy);
     o->size_count = 0;
-    for (char *save = NULL, *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+    snprintf(copy, sizeof(copy), "%s", text);
+    for (char *save = NULL, *item = strtok_r(copy, ",", &save); ok && item; item = strtok_r(NULL, ",", &save)) {
         char error[128];
-        if (o->size_count == MAX_LIST || size_parse(item, &o->sizes[o->size_count], error, sizeof(error)) != 0) {
-            fprintf(stderr, "bench/handover: --sizes %s: expected up to %d sizes (256M,1G,...)\n", text, MAX_LIST);
-            return -1;
-        }
-        o->size_count++;
+        uint64_t bytes;
+        ok = o->size_count < MAX_LIST && size_parse(item, &bytes, error, sizeof(error)) == 0 &&
+             bytes >= (16ULL << 20) && bytes <= (1ULL << 40) && bytes % (2u << 20) == 0;
+        if (ok)
+            o->sizes[o->size_count++] = bytes;
     }
-    return o->size_count > 0 ? 0 : -1;
+    if (!ok || o->size_count == 0) {
+        fprintf(stderr, PROGRAM ": --sizes '%s': expected up to %d sizes from 16M to 1T in steps of 2M "
+                "(256M,1G,...)\n", text, MAX_LIST);
+        return -1;
+    }
+    return 0;
 }
 
 static int parse_vcpus(const char *text, struct options *o)
 {
     char copy[64];
-    snprintf(copy, sizeof(copy), "%s", text);
+    bool ok = strlen(text) < sizeof(copy);
     o->vcpu_count = 0;
-    for (char *save = NULL, *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
-        char *end;
-        unsigned long value = strtoul(item, &end, 10);
-        if (*end != '\0' || value == 0 || value > RINGVM_MAX_VCPUS || o->vcpu_count == MAX_LIST) {
-            fprintf(stderr, "bench/handover: --vcpus %s: expected up to %d counts 1..%d\n", text, MAX_LIST,
-                    RINGVM_MAX_VCPUS);
-            return -1;
-        }
-        o->vcpus[o->vcpu_count++] = (unsigned)value;
+    snprintf(copy, sizeof(copy), "%s", text);
+    for (char *save = NULL, *item = strtok_r(copy, ",", &save); ok && item; item = strtok_r(NULL, ",", &save)) {
+        unsigned value;
+        ok = o->vcpu_count < MAX_LIST && bench_parse_unsigned(item, 1, RINGVM_MAX_VCPUS, &value) == 0;
+        if (ok)
+            o->vcpus[o->vcpu_count++] = value;
     }
-    return o->vcpu_count > 0 ? 0 : -1;
+    if (!ok || o->vcpu_count == 0) {
+        fprintf(stderr, PROGRAM ": --vcpus '%s': expected up to %d counts from 1 to %d, comma-separated\n", text,
+                MAX_LIST, RINGVM_MAX_VCPUS);
+        return -1;
+    }
+    return 0;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: handover [--json] [--sizes 256M,1G,4G,16G] [--vcpus 1,2] [--runs N (5)]\n"
+                 "The local hand-over's downtime beside an ordinary live migration of the same guest\n"
+                 "over a Unix socket, per guest RAM x vCPUs, VMs in this process.\n"
+                 "  --sizes LIST   guest RAM of the cells, up to %d sizes from 16M to 1T in steps of 2M\n"
+                 "                 (default 256M,1G,4G,16G; a cell that does not fit MemAvailable is skipped)\n"
+                 "  --vcpus LIST   vCPUs of the cells, up to %d counts from 1 to %d (default 1,2)\n"
+                 "  --runs N       hand-overs per cell, in a chain, 1 to %d (default 5)\n"
+                 "  --json         one JSON object on stdout\n"
+                 "  -h, --help     this text\n"
+                 "Without /dev/kvm it prints why and exits 0.\n",
+            MAX_LIST, MAX_LIST, RINGVM_MAX_VCPUS, MAX_RUNS);
 }
 
 int main(int argc, char **argv)
@@ -390,8 +418,7 @@ int main(int argc, char **argv)
         { NULL, 0, NULL, 0 },
     };
     int option;
-    while ((option = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
-        char *end;
+    while ((option = getopt_long(argc, argv, "h", long_options, NULL)) != -1) {
         switch (option) {
         case 'j':
             o.json = true;
@@ -405,18 +432,21 @@ int main(int argc, char **argv)
                 return 2;
             break;
         case 'r':
-            o.runs = (unsigned)strtoul(optarg, &end, 10);
-            if (*end != '\0' || o.runs == 0 || o.runs > MAX_RUNS) {
-                fprintf(stderr, "bench/handover: --runs %s: expected 1..%d\n", optarg, MAX_RUNS);
+            if (bench_option_unsigned(PROGRAM, "--runs", optarg, 1, MAX_RUNS, &o.runs) != 0)
                 return 2;
-            }
             break;
         case 'h':
-            printf("usage: handover [--json] [--sizes 256M,1G,4G,16G] [--vcpus 1,2] [--runs N (5)]\n");
+            usage(stdout);
             return 0;
         default:
+            usage(stderr);
             return 2;
         }
+    }
+    if (optind < argc) {
+        fprintf(stderr, PROGRAM ": unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
     }
     int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (kvm < 0) {

@@ -3,9 +3,10 @@
  * run (issue 3). Prints a table; --json prints one JSON object instead.
  *
  *  1. guest throughput (pages/s written by a full-rate dirtier), 1 and 2
- *     vCPUs: untracked; ring, default policy; ring resetting after every
- *     batch; ring harvested only at ring-full exits (no harvester); bitmap
- *     synced every 100 ms; ratios to untracked and to ring-full-only;
+ *     vCPUs: untracked; ring, default policy; the same with 4096-entry
+ *     rings; ring resetting after every batch; ring harvested only at
+ *     ring-full exits (no harvester); bitmap synced every 100 ms; ratios
+ *     to untracked and to ring-full-only;
  *  2. time to produce one iteration's dirty set (dirty_log_take), guest
  *     memory 1, 4, 16 GiB (memfd, untouched except the working set), fixed
  *     16 MiB working set, ring vs bitmap;
@@ -16,6 +17,7 @@
  * interleaved so that background load hits them alike.
  *
  * Usage: harvest [--json] [--seconds S] [--reps N] [--wss SIZE] [--quick]
+ *        harvest --help
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -23,14 +25,20 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/lib/bench_options.h"
 #include "dirtyring/dirty_log.h"
 #include "vmm/size.h"
 #include "vmm/vm.h"
 #include "vmm/workload.h"
 
+#define PROGRAM "bench/harvest"
+/* measure_throughput's runs of one variant are kept to take their median. */
+#define MAX_REPS 16
+
 static double seconds_per_run = 2.0;
 static int reps = 3;
-static const char *wss_text = "256M";
+static const char *wss_text = "256M";   /* as given: it names the working set in the output */
+static uint64_t wss_bytes = 256ULL << 20;
 
 enum variant { V_UNTRACKED, V_RING_DEFAULT, V_RING_4096, V_RING_EVERY_BATCH, V_RING_FULL_ONLY, V_BITMAP, V_COUNT };
 static const char *variant_name[V_COUNT] = {
@@ -119,12 +127,10 @@ struct throughput {
 
 static struct throughput measure_throughput(unsigned vcpus, enum variant v)
 {
-    uint64_t wss;
-    char error[128];
-    if (size_parse(wss_text, &wss, error, sizeof(error)) != 0)
-        die(error);
-    char workload[128];
-    snprintf(workload, sizeof(workload), "dirtier,wss=%s,pattern=seq", wss_text);
+    uint64_t wss = wss_bytes;
+    char workload[128], wss_spec[32];
+    size_format(wss, wss_spec, sizeof(wss_spec));
+    snprintf(workload, sizeof(workload), "dirtier,wss=%s,pattern=seq", wss_spec);
     struct vm *vm = make_vm(wss + (64ULL << 20), vcpus,
                             workload, v);
     if (!wait_pages(vm, 1000, 30))
@@ -239,6 +245,32 @@ static double measure_idle_cpu_pct(void)
            (double)(s1.now_ns - s0.now_ns);
 }
 
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: harvest [--json] [--seconds S] [--reps N] [--wss SIZE] [--quick]\n"
+            "What dirty tracking costs the guest and the host, all in one run:\n"
+            "  1. guest throughput (pages/s written by a full-rate dirtier), 1 and 2 vCPUs: untracked;\n"
+            "     ring, default policy; the same with 4096-entry rings; ring resetting after every\n"
+            "     batch; ring harvested only at ring-full exits (no harvester); bitmap synced every\n"
+            "     100 ms; ratios to untracked and to ring-full-only\n"
+            "  2. time to produce one iteration's dirty set (dirty_log_take), guest memory 1, 4 and\n"
+            "     16 GiB (memfd, untouched except a fixed 16 MiB working set), ring vs bitmap,\n"
+            "     medians of 9 takes\n"
+            "  3. harvester CPU ns per dirty page (default ring policy) and harvester CPU of an idle\n"
+            "     tracked guest\n"
+            "Each throughput figure is the median of --reps runs, variants interleaved so that\n"
+            "background load hits them alike. Progress on stderr, the table on stdout.\n"
+            "  --json        one JSON object on stdout instead of the table\n"
+            "  --seconds S   length of each throughput run and of the idle measurement, 0.1 to 3600\n"
+            "                (default 2)\n"
+            "  --reps N      throughput runs per figure, 1 to %d (default 3)\n"
+            "  --wss SIZE    the dirtier's working set in part 1, a multiple of 4K (default 256M)\n"
+            "  --quick       part 2 with 1 and 4 GiB only (no 16 GiB guest)\n"
+            "  -h, --help    this text\n",
+            MAX_REPS);
+}
+
 int main(int argc, char **argv)
 {
     bool json = false, quick = false;
@@ -248,26 +280,45 @@ int main(int argc, char **argv)
         { "reps", required_argument, NULL, 'r' },
         { "wss", required_argument, NULL, 'w' },
         { "quick", no_argument, NULL, 'q' },
+        { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     int c;
-    while ((c = getopt_long(argc, argv, "", options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", options, NULL)) != -1) {
         switch (c) {
         case 'j': json = true; break;
-        case 's': seconds_per_run = atof(optarg); break;
-        case 'r': reps = atoi(optarg) > 0 ? atoi(optarg) : 1; break;
-        case 'w': wss_text = optarg; break;
-        case 'q': quick = true; break;
-        default:
-            fprintf(stderr, "usage: harvest [--json] [--seconds S] [--reps N] [--wss SIZE] [--quick]\n");
-            return 2;
+        case 's':
+            if (bench_option_seconds(PROGRAM, "--seconds", optarg, 0.1, 3600, &seconds_per_run) != 0)
+                return 2;
+            break;
+        case 'r': {
+            unsigned value;
+            if (bench_option_unsigned(PROGRAM, "--reps", optarg, 1, MAX_REPS, &value) != 0)
+                return 2;
+            reps = (int)value;
+            break;
         }
+        case 'w':
+            /* 4K: the dirtier's unit (vmm/workload.c); 1T: ringvm's largest guest. */
+            if (bench_option_size(PROGRAM, "--wss", optarg, 4096, 1ULL << 40, 4096, &wss_bytes) != 0)
+                return 2;
+            wss_text = optarg;
+            break;
+        case 'q': quick = true; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, PROGRAM ": unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
     }
 
     struct throughput t[2][V_COUNT];
     for (unsigned vc = 1; vc <= 2; vc++) {
-        struct throughput runs[V_COUNT][16];
-        int nrep = reps > 16 ? 16 : reps;
+        struct throughput runs[V_COUNT][MAX_REPS];
+        int nrep = reps;
         for (int rep = 0; rep < nrep; rep++)
             for (int v = 0; v < V_COUNT; v++) {
                 runs[v][rep] = measure_throughput(vc, (enum variant)v);
@@ -277,7 +328,7 @@ int main(int argc, char **argv)
             }
         for (int v = 0; v < V_COUNT; v++) {
             /* The median run by pages/s, with its own counters. */
-            int order[16];
+            int order[MAX_REPS];
             for (int i = 0; i < nrep; i++)
                 order[i] = i;
             for (int i = 1; i < nrep; i++)

@@ -13,7 +13,9 @@
  *   build/bench/migrate [--quick] [--json] [--memory SIZE] [--timeout S]
  *                       [--downtime-ms N] [--transport unix|tcp] [--filter CELL]
  *                       [--caps none,1024,125] [--baselines] [--dest-prealloc] [--vcpus N]
+ *                       [--bitmap-clear-chunk SIZE] [--wss LIST] [--ring-take] [--pattern P]
  *   build/bench/migrate --reaction N [--json] [--transport unix|tcp]
+ *   build/bench/migrate --help        (every option, with its range and default)
  *
  * Matrix (issue 5): working set 256 MiB / 1 GiB of a 1.5 GiB guest at full
  * rate, bandwidth cap none / 1024 / 125 MiB/s, converge none / auto /
@@ -47,6 +49,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/lib/bench_options.h"
 #include "bench/lib/bench_vm.h"
 #include "migration/migration.h"
 #include "migration/progress.h"
@@ -82,42 +85,53 @@ struct options {
     unsigned wss_count;     /* 0 = the default */
 };
 
-/* "16M,64M,256M" -> o->wss. 0 or -1 with a message. */
+#define PROGRAM "bench/migrate"
+/* migration.start's largest max_bandwidth_mibs (api/commands_migration.c) */
+#define MAX_CAP_MIBS (1u << 30)
+
+/* "16M,64M,256M" -> o->wss. 0 or -1 with a message. Whole MiB: the cells
+ * name their working set, and give it to the dirtier, in MiB. */
 static int parse_wss(const char *text, struct options *o)
 {
     char copy[128];
-    snprintf(copy, sizeof(copy), "%s", text);
+    bool ok = strlen(text) < sizeof(copy);
     o->wss_count = 0;
-    for (char *save = NULL, *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+    snprintf(copy, sizeof(copy), "%s", text);
+    for (char *save = NULL, *item = strtok_r(copy, ",", &save); ok && item; item = strtok_r(NULL, ",", &save)) {
         char error[128];
         uint64_t bytes;
-        if (o->wss_count == 8 || size_parse(item, &bytes, error, sizeof(error)) != 0 || bytes < (1u << 20)) {
-            fprintf(stderr, "bench/migrate: --wss %s: expected up to 8 sizes of at least 1M, comma-separated\n",
-                    text);
-            return -1;
-        }
-        o->wss[o->wss_count++] = bytes;
+        ok = o->wss_count < 8 && size_parse(item, &bytes, error, sizeof(error)) == 0 && bytes >= (1u << 20) &&
+             bytes <= (1ULL << 40) && bytes % (1u << 20) == 0;
+        if (ok)
+            o->wss[o->wss_count++] = bytes;
     }
-    return o->wss_count > 0 ? 0 : -1;
+    if (!ok || o->wss_count == 0) {
+        fprintf(stderr, PROGRAM ": --wss '%s': expected up to 8 sizes from 1M to 1T in whole MiB, comma-separated\n",
+                text);
+        return -1;
+    }
+    return 0;
 }
 
 /* "none,1024,125" -> caps. 0 or -1 with a message. */
 static int parse_caps(const char *text, struct options *o)
 {
     char copy[128];
-    snprintf(copy, sizeof(copy), "%s", text);
+    bool ok = strlen(text) < sizeof(copy);
     o->cap_count = 0;
-    for (char *save = NULL, *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
-        char *end;
-        unsigned long long value = strcmp(item, "none") == 0 ? 0 : strtoull(item, &end, 10);
-        if ((strcmp(item, "none") != 0 && (*end != '\0' || value == 0)) || o->cap_count == 8) {
-            fprintf(stderr, "bench/migrate: --caps %s: expected up to 8 of none or MiB/s > 0, comma-separated\n",
-                    text);
-            return -1;
-        }
-        o->caps[o->cap_count++] = value;
+    snprintf(copy, sizeof(copy), "%s", text);
+    for (char *save = NULL, *item = strtok_r(copy, ",", &save); ok && item; item = strtok_r(NULL, ",", &save)) {
+        unsigned mibs = 0;
+        ok = o->cap_count < 8 && (strcmp(item, "none") == 0 || bench_parse_unsigned(item, 1, MAX_CAP_MIBS, &mibs) == 0);
+        if (ok)
+            o->caps[o->cap_count++] = mibs;
     }
-    return o->cap_count > 0 ? 0 : -1;
+    if (!ok || o->cap_count == 0) {
+        fprintf(stderr, PROGRAM ": --caps '%s': expected up to 8 of none or MiB/s from 1 to %u, comma-separated\n",
+                text, MAX_CAP_MIBS);
+        return -1;
+    }
+    return 0;
 }
 
 static uint64_t bitmap_clear_chunk;     /* --bitmap-clear-chunk, for every VM made */
@@ -761,6 +775,51 @@ static int run_reaction(const struct options *o)
     return 0;
 }
 
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: migrate [--quick] [--json] [--memory SIZE] [--timeout S] [--downtime-ms N]\n"
+            "               [--transport unix|tcp] [--filter WSS/CAP/CONVERGE/LOG] [--caps LIST]\n"
+            "               [--baselines] [--dest-prealloc] [--vcpus N]\n"
+            "               [--bitmap-clear-chunk SIZE] [--wss LIST] [--ring-take] [--pattern P]\n"
+            "       migrate --reaction N [--json] [--transport unix|tcp]\n"
+            "  --quick      256 MiB working set, caps none and 125 MiB/s only\n"
+            "  --json       one JSON object on stdout instead of the tables\n"
+            "  --memory SIZE  guest RAM, 16M to 1T, a multiple of 4K (default 1536M)\n"
+            "  --timeout S  the migrations' timeout_s, 1 to 86400 (default 30)\n"
+            "  --downtime-ms N  the migrations' downtime limit, 1 to 3600000 (default 300)\n"
+            "  --transport  unix (default) or tcp (127.0.0.1)\n"
+            "  --caps       bandwidth caps to run, none or MiB/s from 1 to %u, e.g. none,1024\n"
+            "               (default none,1024,125)\n"
+            "  --baselines  only the throughput baselines (raw socket idle and beside the guest,\n"
+            "               idle-guest migration with its plain move of the same bytes), no matrix\n"
+            "  --dest-prealloc  matrix destinations run with --prealloc (RAM faulted in before\n"
+            "               the migration; the plain moves then go into preallocated RAM too;\n"
+            "               the baselines measure both)\n"
+            "  --vcpus N    the matrix's guests get N vCPUs, 1 to 8 (default 1); the dirtier's\n"
+            "               working set is shared by them\n"
+            "  --bitmap-clear-chunk SIZE  the VMs' --bitmap-clear-chunk (bitmap mode): a multiple of\n"
+            "               256K from 256K to 1G\n"
+            "  --ring-take  also a ring-take row per cell: ring mode with --ring-reset take (every\n"
+            "               page re-protected at each take), the baseline of late reset\n"
+            "  --pattern P  the matrix dirtier's write pattern: seq (default), random or hot\n"
+            "  --wss LIST   the matrix's working sets, whole MiB from 1M to 1T, e.g. 16M,64M,256M,1G\n"
+            "               (default 256M,1G);\n"
+            "               column recycle: iterations in which the dirty rings recycled / harvester\n"
+            "               resets + ring-full exits (issue 15, item 4); ent/page: ring entries\n"
+            "               harvested per page taken (write-protect faults per page per pass)\n"
+            "  --filter     run only the cells whose name starts with this (e.g. 256M/none/auto);\n"
+            "               skips the throughput baselines (uncapped cells keep their plain move)\n"
+            "Uncapped cells first move their guest's RAM plainly (median of 3) and report\n"
+            "iteration 0 as a share of it (of_plain; the issue's target is >= 80 %%).\n"
+            "  --reaction N  instead of the matrix: N times each (1 to 1000), how soon the guest writes\n"
+            "               again after migration.cancel and after the destination's socket closes,\n"
+            "               beside a plain vm_pause + vm_resume of the same guest\n"
+            "  -h, --help   this text\n"
+            "Without /dev/kvm it says so on stderr and exits 0.\n",
+            MAX_CAP_MIBS);
+}
+
 int main(int argc, char **argv)
 {
     struct options o = { .memory = 1536ull << 20, .timeout_s = 30, .downtime_ms = 300 };
@@ -775,54 +834,54 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'}, {0},
     };
     int c;
-    char error[256];
-    while ((c = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", long_options, NULL)) != -1) {
         switch (c) {
         case 'q': o.quick = true; break;
         case 'j': o.json = true; break;
         case 'm':
-            if (size_parse(optarg, &o.memory, error, sizeof(error)) != 0) {
-                fprintf(stderr, "bench/migrate: --memory: %s\n", error);
+            /* ringvm's own --memory range */
+            if (bench_option_size(PROGRAM, "--memory", optarg, 16ULL << 20, 1ULL << 40, 4096, &o.memory) != 0)
+                return 2;
+            break;
+        case 't':
+            if (bench_option_unsigned(PROGRAM, "--timeout", optarg, 1, 86400, &o.timeout_s) != 0)
+                return 2;
+            break;
+        case 'd':
+            /* migration.start's downtime_ms range */
+            if (bench_option_unsigned(PROGRAM, "--downtime-ms", optarg, 1, 3600000, &o.downtime_ms) != 0)
+                return 2;
+            break;
+        case 'T':
+            if (strcmp(optarg, "tcp") != 0 && strcmp(optarg, "unix") != 0) {
+                fprintf(stderr, PROGRAM ": --transport '%s': expected unix or tcp\n", optarg);
                 return 2;
             }
+            o.tcp = strcmp(optarg, "tcp") == 0;
             break;
-        case 't': o.timeout_s = (unsigned)atoi(optarg); break;
-        case 'd': o.downtime_ms = (unsigned)atoi(optarg); break;
-        case 'T': o.tcp = strcmp(optarg, "tcp") == 0; break;
         case 'f': o.filter = optarg; break;
         case 'b': o.baselines_only = true; break;
         case 'p': o.dest_prealloc = true; break;
-        case 'r': {
-            char *end = NULL;
-            unsigned long runs = strtoul(optarg, &end, 10);
-            if (end == optarg || *end != '\0' || runs == 0 || runs > 1000) {
-                fprintf(stderr, "bench/migrate: --reaction takes a number of runs (1-1000), got '%s'\n", optarg);
+        case 'r':
+            if (bench_option_unsigned(PROGRAM, "--reaction", optarg, 1, 1000, &o.reaction_runs) != 0)
                 return 2;
-            }
-            o.reaction_runs = (unsigned)runs;
             break;
-        }
-        case 'v': {
-            char *end = NULL;
-            unsigned long vcpus = strtoul(optarg, &end, 10);
-            if (end == optarg || *end != '\0' || vcpus == 0 || vcpus > 8) {
-                fprintf(stderr, "bench/migrate: --vcpus takes 1-8, got '%s'\n", optarg);
+        case 'v':
+            if (bench_option_unsigned(PROGRAM, "--vcpus", optarg, 1, 8, &o.vcpus) != 0)
                 return 2;
-            }
-            o.vcpus = (unsigned)vcpus;
             break;
-        }
         case 'C':
-            if (size_parse(optarg, &o.bitmap_clear_chunk, error, sizeof(error)) != 0) {
-                fprintf(stderr, "bench/migrate: --bitmap-clear-chunk: %s\n", error);
+            /* ringvm's --bitmap-clear-chunk range: KVM_CLEAR_DIRTY_LOG clears 64 pages at a time */
+            if (bench_option_size(PROGRAM, "--bitmap-clear-chunk", optarg, DIRTY_LOG_MIN_BITMAP_CLEAR_CHUNK,
+                                  DIRTY_LOG_MAX_BITMAP_CLEAR_CHUNK, DIRTY_LOG_MIN_BITMAP_CLEAR_CHUNK,
+                                  &o.bitmap_clear_chunk) != 0)
                 return 2;
-            }
             bitmap_clear_chunk = o.bitmap_clear_chunk;
             break;
         case 'K': o.ring_take = true; break;
         case 'P':
             if (strcmp(optarg, "seq") != 0 && strcmp(optarg, "random") != 0 && strcmp(optarg, "hot") != 0) {
-                fprintf(stderr, "bench/migrate: --pattern '%s': expected seq, random or hot\n", optarg);
+                fprintf(stderr, PROGRAM ": --pattern '%s': expected seq, random or hot\n", optarg);
                 return 2;
             }
             o.pattern = optarg;
@@ -835,39 +894,14 @@ int main(int argc, char **argv)
             if (parse_wss(optarg, &o) != 0)
                 return 2;
             break;
-        default:
-            fprintf(c == 'h' ? stdout : stderr,
-                    "usage: migrate [--quick] [--json] [--memory SIZE] [--timeout S] [--downtime-ms N]\n"
-                    "               [--transport unix|tcp] [--filter WSS/CAP/CONVERGE/LOG] [--caps LIST]\n"
-                    "               [--baselines] [--dest-prealloc] [--vcpus N]\n"
-                    "               [--bitmap-clear-chunk SIZE] [--wss LIST] [--ring-take] [--pattern P]\n"
-                    "       migrate --reaction N [--json] [--transport unix|tcp]\n"
-                    "  --quick      256 MiB working set, caps none and 125 MiB/s only\n"
-                    "  --caps       bandwidth caps to run, e.g. none,1024 (default none,1024,125)\n"
-                    "  --baselines  only the throughput baselines (raw socket idle and beside the guest,\n"
-                    "               idle-guest migration with its plain move of the same bytes), no matrix\n"
-                    "  --dest-prealloc  matrix destinations run with --prealloc (RAM faulted in before\n"
-                    "               the migration; the plain moves then go into preallocated RAM too;\n"
-                    "               the baselines measure both)\n"
-                    "  --vcpus N    the matrix's guests get N vCPUs (default 1); the dirtier's working set\n"
-                    "               is shared by them\n"
-                    "  --bitmap-clear-chunk SIZE  the VMs' --bitmap-clear-chunk (bitmap mode)\n"
-                    "  --ring-take  also a ring-take row per cell: ring mode with --ring-reset take (every\n"
-                    "               page re-protected at each take), the baseline of late reset\n"
-                    "  --pattern P  the matrix dirtier's write pattern: seq (default), random or hot\n"
-                    "  --wss LIST   the matrix's working sets, e.g. 16M,64M,256M,1G (default 256M,1G);\n"
-                    "               column recycle: iterations in which the dirty rings recycled / harvester\n"
-                    "               resets + ring-full exits (issue 15, item 4); ent/page: ring entries\n"
-                    "               harvested per page taken (write-protect faults per page per pass)\n"
-                    "  --filter     run only the cells whose name starts with this (e.g. 256M/none/auto);\n"
-                    "               skips the throughput baselines (uncapped cells keep their plain move)\n"
-                    "Uncapped cells first move their guest's RAM plainly (median of 3) and report\n"
-                    "iteration 0 as a share of it (of_plain; the issue's target is >= 80 %%).\n"
-                    "  --reaction N  instead of the matrix: N times each, how soon the guest writes again\n"
-                    "               after migration.cancel and after the destination's socket closes,\n"
-                    "               beside a plain vm_pause + vm_resume of the same guest\n");
-            return c == 'h' ? 0 : 2;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
         }
+    }
+    if (optind < argc) {
+        fprintf(stderr, PROGRAM ": unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
     }
     if (access("/dev/kvm", R_OK | W_OK) != 0) {
         fprintf(stderr, "bench/migrate: SKIP: /dev/kvm unavailable\n");

@@ -5,6 +5,7 @@
  *
  *   build/bench/postcopy [--quick] [--json] [--memory SIZE] [--wss LIST] [--caps LIST]
  *                        [--transport unix|tcp] [--timeout S] [--downtime-ms N]
+ *   build/bench/postcopy --help       (every option, with its range and default)
  *
  * Cells: working set x bandwidth cap x transport (default: a 1 GiB working
  * set in a 1.5 GiB guest, caps 125 MiB/s and none, unix; --quick: 256 MiB
@@ -63,6 +64,7 @@
 
 #include <jansson.h>
 
+#include "bench/lib/bench_options.h"
 #include "bench/lib/bench_vm.h"
 #include "migration/migration.h"
 #include "migration/postcopy_destination.h"
@@ -76,6 +78,8 @@
 #define POLL_NS 5000000ull              /* progress polled every 5 ms */
 #define SAMPLE_NS 500000000ull          /* the before / after guest-rate windows */
 #define MIN_PHASE_MS 200u               /* a shorter pre-copy phase gives no meaningful rate */
+/* migration.start's largest max_bandwidth_mibs (api/commands_migration.c) */
+#define MAX_CAP_MIBS (1u << 30)
 
 static uint64_t now_ns(void)
 {
@@ -101,40 +105,49 @@ struct options {
     unsigned cap_count;
 };
 
-/* "256M,1G" -> o->wss. 0 or -1 with a message. */
+/* "256M,1G" -> o->wss. 0 or -1 with a message. Whole MiB: the runs name
+ * their working set, and give it to the dirtier, in MiB. */
 static int parse_wss(const char *text, struct options *o)
 {
     char copy[128];
-    snprintf(copy, sizeof(copy), "%s", text);
+    bool ok = strlen(text) < sizeof(copy);
     o->wss_count = 0;
-    for (char *save = NULL, *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+    snprintf(copy, sizeof(copy), "%s", text);
+    for (char *save = NULL, *item = strtok_r(copy, ",", &save); ok && item; item = strtok_r(NULL, ",", &save)) {
         char error[128];
         uint64_t bytes;
-        if (o->wss_count == 8 || size_parse(item, &bytes, error, sizeof(error)) != 0 || bytes < (1u << 20)) {
-            fprintf(stderr, PROGRAM ": --wss %s: expected up to 8 sizes of at least 1M, comma-separated\n", text);
-            return -1;
-        }
-        o->wss[o->wss_count++] = bytes;
+        ok = o->wss_count < 8 && size_parse(item, &bytes, error, sizeof(error)) == 0 && bytes >= (1u << 20) &&
+             bytes <= (1ULL << 40) && bytes % (1u << 20) == 0;
+        if (ok)
+            o->wss[o->wss_count++] = bytes;
     }
-    return o->wss_count > 0 ? 0 : -1;
+    if (!ok || o->wss_count == 0) {
+        fprintf(stderr, PROGRAM ": --wss '%s': expected up to 8 sizes from 1M to 1T in whole MiB, comma-separated\n",
+                text);
+        return -1;
+    }
+    return 0;
 }
 
 /* "125,none" -> o->caps. 0 or -1 with a message. */
 static int parse_caps(const char *text, struct options *o)
 {
     char copy[128];
-    snprintf(copy, sizeof(copy), "%s", text);
+    bool ok = strlen(text) < sizeof(copy);
     o->cap_count = 0;
-    for (char *save = NULL, *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
-        char *end = NULL;
-        unsigned long long value = strcmp(item, "none") == 0 ? 0 : strtoull(item, &end, 10);
-        if ((strcmp(item, "none") != 0 && (*end != '\0' || value == 0)) || o->cap_count == 8) {
-            fprintf(stderr, PROGRAM ": --caps %s: expected up to 8 of none or MiB/s > 0, comma-separated\n", text);
-            return -1;
-        }
-        o->caps[o->cap_count++] = value;
+    snprintf(copy, sizeof(copy), "%s", text);
+    for (char *save = NULL, *item = strtok_r(copy, ",", &save); ok && item; item = strtok_r(NULL, ",", &save)) {
+        unsigned mibs = 0;
+        ok = o->cap_count < 8 && (strcmp(item, "none") == 0 || bench_parse_unsigned(item, 1, MAX_CAP_MIBS, &mibs) == 0);
+        if (ok)
+            o->caps[o->cap_count++] = mibs;
     }
-    return o->cap_count > 0 ? 0 : -1;
+    if (!ok || o->cap_count == 0) {
+        fprintf(stderr, PROGRAM ": --caps '%s': expected up to 8 of none or MiB/s from 1 to %u, comma-separated\n",
+                text, MAX_CAP_MIBS);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- the three ways of migrating ------------------------------------------------------- */
@@ -703,6 +716,35 @@ static void print_cell_summary(const struct result results[RUN_KINDS])
     }
 }
 
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: postcopy [--quick] [--json] [--memory SIZE] [--wss LIST] [--caps LIST]\n"
+            "                [--transport unix|tcp] [--timeout S] [--downtime-ms N]\n"
+            "Migrates a 2-vCPU guest running the full-rate dirtier three ways per cell (working set x\n"
+            "cap), each with fresh VMs in this process: pre-copy with converge dirty-limit (ring),\n"
+            "post-copy, and hybrid (converge none, postcopy_after auto). Reports total time, downtime,\n"
+            "bytes, total / (guest RAM holding data / cap), total / pre-copy's, the guest's pages/s\n"
+            "before, on the source during pre-copy, on the destination during post-copy and after,\n"
+            "and the destination's faults, blocktime and fault service latency p50/p99/max.\n"
+            "  --quick        256 MiB working set in a 512 MiB guest, cap 125 MiB/s\n"
+            "  --wss LIST     working sets in whole MiB from 1M to 1T, split over the 2 vCPUs\n"
+            "                 (default 1G)\n"
+            "  --memory SIZE  guest RAM, 16M to 1T, a multiple of 4K (default 1.5 GiB; --quick 512 MiB)\n"
+            "  --caps LIST    bandwidth caps, none or MiB/s from 1 to %u (default 125,none;\n"
+            "                 --quick 125)\n"
+            "  --transport    unix (default) or tcp (127.0.0.1)\n"
+            "  --timeout S    the migrations' timeout_s, 1 to 86400, which bounds their pre-copy phase\n"
+            "                 (default 120); a run not done within S + 60 s is reported with both\n"
+            "                 sides' progress and ends the benchmark (exit 1)\n"
+            "  --downtime-ms N  the downtime limit pre-copy converges to, 1 to 3600000 (default 300)\n"
+            "  --json         the same as JSON\n"
+            "  -h, --help     this text\n"
+            "Without userfaultfd the post-copy and hybrid runs are skipped (reason printed, exit 0);\n"
+            "without /dev/kvm it says so on stderr and exits 0.\n",
+            MAX_CAP_MIBS);
+}
+
 int main(int argc, char **argv)
 {
     struct options o = { .timeout_s = 120, .downtime_ms = 300 };
@@ -714,35 +756,27 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},           {0},
     };
     int c;
-    char error[256];
-    while ((c = getopt_long(argc, argv, "", long_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", long_options, NULL)) != -1) {
         switch (c) {
         case 'q': o.quick = true; break;
         case 'j': o.json = true; break;
         case 'm':
-            if (size_parse(optarg, &o.memory, error, sizeof(error)) != 0) {
-                fprintf(stderr, PROGRAM ": --memory: %s\n", error);
+            /* ringvm's own --memory range */
+            if (bench_option_size(PROGRAM, "--memory", optarg, 16ULL << 20, 1ULL << 40, 4096, &o.memory) != 0)
                 return 2;
-            }
             break;
         case 't':
-        case 'd': {
-            char *end = NULL;
-            unsigned long value = strtoul(optarg, &end, 10);
-            if (end == optarg || *end != '\0' || value == 0 || value > 86400) {
-                fprintf(stderr, PROGRAM ": --%s takes a number 1-86400, got '%s'\n",
-                        c == 't' ? "timeout" : "downtime-ms", optarg);
+            if (bench_option_unsigned(PROGRAM, "--timeout", optarg, 1, 86400, &o.timeout_s) != 0)
                 return 2;
-            }
-            if (c == 't')
-                o.timeout_s = (unsigned)value;
-            else
-                o.downtime_ms = (unsigned)value;
             break;
-        }
+        case 'd':
+            /* migration.start's downtime_ms range */
+            if (bench_option_unsigned(PROGRAM, "--downtime-ms", optarg, 1, 3600000, &o.downtime_ms) != 0)
+                return 2;
+            break;
         case 'T':
             if (strcmp(optarg, "tcp") != 0 && strcmp(optarg, "unix") != 0) {
-                fprintf(stderr, PROGRAM ": --transport takes unix or tcp, got '%s'\n", optarg);
+                fprintf(stderr, PROGRAM ": --transport '%s': expected unix or tcp\n", optarg);
                 return 2;
             }
             o.tcp = strcmp(optarg, "tcp") == 0;
@@ -755,29 +789,14 @@ int main(int argc, char **argv)
             if (parse_wss(optarg, &o) != 0)
                 return 2;
             break;
-        default:
-            fprintf(c == 'h' ? stdout : stderr,
-                    "usage: postcopy [--quick] [--json] [--memory SIZE] [--wss LIST] [--caps LIST]\n"
-                    "                [--transport unix|tcp] [--timeout S] [--downtime-ms N]\n"
-                    "Migrates a 2-vCPU guest running the full-rate dirtier three ways per cell (working set x\n"
-                    "cap), each with fresh VMs in this process: pre-copy with converge dirty-limit (ring),\n"
-                    "post-copy, and hybrid (converge none, postcopy_after auto). Reports total time, downtime,\n"
-                    "bytes, total / (guest RAM holding data / cap), total / pre-copy's, the guest's pages/s\n"
-                    "before, on the source during pre-copy, on the destination during post-copy and after,\n"
-                    "and the destination's faults, blocktime and fault service latency p50/p99/max.\n"
-                    "  --quick        256 MiB working set in a 512 MiB guest, cap 125 MiB/s\n"
-                    "  --wss LIST     working sets, split over the 2 vCPUs (default 1G)\n"
-                    "  --memory SIZE  guest RAM (default 1.5 GiB; --quick 512 MiB)\n"
-                    "  --caps LIST    bandwidth caps in MiB/s or none (default 125,none; --quick 125)\n"
-                    "  --transport    unix (default) or tcp (127.0.0.1)\n"
-                    "  --timeout S    the migrations' timeout_s, which bounds their pre-copy phase (default\n"
-                    "                 120); a run not done within S + 60 s is reported with both sides'\n"
-                    "                 progress and ends the benchmark (exit 1)\n"
-                    "  --downtime-ms  the downtime limit pre-copy converges to (default 300)\n"
-                    "  --json         the same as JSON\n"
-                    "Without userfaultfd the post-copy and hybrid runs are skipped (reason printed, exit 0).\n");
-            return c == 'h' ? 0 : 2;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
         }
+    }
+    if (optind < argc) {
+        fprintf(stderr, PROGRAM ": unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
     }
     if (access("/dev/kvm", R_OK | W_OK) != 0) {
         fprintf(stderr, PROGRAM ": SKIP: /dev/kvm unavailable\n");

@@ -21,6 +21,7 @@
  * It also times XXH3-64 alone over the same 1 MiB frames (CPU-s/GiB).
  *
  * Usage: tls-throughput [--bytes SIZE] [--reps N] [--json]
+ *        tls-throughput --help
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -43,11 +44,14 @@
 #include <xxhash.h>
 #include <xxh_x86dispatch.h>
 
+#include "bench/lib/bench_options.h"
 #include "migration/tls.h"
 #include "migration/transport.h"
-#include "vmm/size.h"
 
 #define FRAME_PAYLOAD (1u << 20)
+#define PROGRAM "bench/tls-throughput"
+/* every run of every transport and mode is kept for the medians */
+#define MAX_REPS 101
 #define FRAME_HEADER 32u
 
 enum transport { TRANSPORT_UNIX, TRANSPORT_TCP, TRANSPORT_COUNT };
@@ -326,6 +330,20 @@ static double xxh3_cpu_per_gib(uint64_t bytes)
     return seconds / ((double)bytes / (double)(1ull << 30));
 }
 
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: tls-throughput [--bytes SIZE] [--reps N] [--json]\n"
+                 "What the TLS channel costs against the plaintext stream: 1 MiB frames over a Unix\n"
+                 "socketpair and TCP over loopback, plaintext, tls-psk, tls-x509, tls-x509-aes128,\n"
+                 "plaintext+xxh3 and tls-psk+xxh3; bytes/s, CPU-s per GiB of each side and the ratio to\n"
+                 "plaintext, medians of the runs, modes interleaved; and XXH3-64 alone.\n"
+                 "  --bytes SIZE   bytes per run, a multiple of 1M (default 1G)\n"
+                 "  --reps N       runs per figure, 1 to %d (default 3)\n"
+                 "  --json         one JSON object on stdout\n"
+                 "  -h, --help     this text\n",
+            MAX_REPS);
+}
+
 int main(int argc, char **argv)
 {
     uint64_t bytes = 1ull << 30;
@@ -338,31 +356,33 @@ int main(int argc, char **argv)
     };
     int opt;
     while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
-        char error[256];
+        unsigned value;
         switch (opt) {
         case 'b':
-            if (size_parse(optarg, &bytes, error, sizeof(error)) != 0 || bytes < FRAME_PAYLOAD) {
-                fprintf(stderr, "tls-throughput: --bytes: %s\n", bytes < FRAME_PAYLOAD ? "at least 1M" : error);
+            /* Whole frames: the senders round up to one, the rates divide by --bytes. */
+            if (bench_option_size(PROGRAM, "--bytes", optarg, FRAME_PAYLOAD, 1ULL << 40, FRAME_PAYLOAD, &bytes) != 0)
                 return 2;
-            }
             break;
         case 'r':
-            reps = atoi(optarg);
-            if (reps < 1 || reps > 101) {
-                fprintf(stderr, "tls-throughput: --reps must be 1..101\n");
+            if (bench_option_unsigned(PROGRAM, "--reps", optarg, 1, MAX_REPS, &value) != 0)
                 return 2;
-            }
+            reps = (int)value;
             break;
         case 'j':
             json = true;
             break;
         case 'h':
-            printf("usage: tls-throughput [--bytes SIZE] [--reps N] [--json]\n");
+            usage(stdout);
             return 0;
         default:
-            fprintf(stderr, "usage: tls-throughput [--bytes SIZE] [--reps N] [--json]\n");
+            usage(stderr);
             return 2;
         }
+    }
+    if (optind < argc) {
+        fprintf(stderr, PROGRAM ": unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
     }
 
     char directory[] = "/tmp/ringvm-tls-bench-XXXXXX";
@@ -386,7 +406,7 @@ int main(int argc, char **argv)
     struct measurement results[TRANSPORT_COUNT][MODE_COUNT];
     double *rate = calloc((size_t)reps, sizeof(double)), *send_cpu = calloc((size_t)reps, sizeof(double)),
            *receive_cpu = calloc((size_t)reps, sizeof(double));
-    struct measurement all[TRANSPORT_COUNT][MODE_COUNT][101];
+    struct measurement all[TRANSPORT_COUNT][MODE_COUNT][MAX_REPS];
     for (int rep = 0; rep < reps; rep++)
         for (int t = 0; t < TRANSPORT_COUNT; t++)
             for (int m = 0; m < MODE_COUNT; m++)
