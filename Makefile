@@ -59,7 +59,7 @@ $(error ringvm: cannot build: missing headers $(MISSING_HEADERS); run scripts/in
 endif
 endif
 
-.PHONY: all test test-nested demo demo-linux asan fuzz clean deps bench
+.PHONY: all test test-nested demo demo-linux asan fuzz clean deps bench bench-smoke
 PROGRAMS := $(BUILD)/ringvm $(if $(wildcard api/ringctl.c),$(BUILD)/ringctl)
 all: $(PROGRAMS) $(BENCHES)
 
@@ -139,6 +139,13 @@ test-nested: deps
 	RINGVM_BUILD_DIR=$(abspath $(BUILD)) LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp) \
 		RINGVM_TEST_VMLINUZ=$${RINGVM_TEST_VMLINUZ:-$$(scripts/debian-vmlinuz.sh)} \
 		scripts/nested-kvm.sh -- $(abspath $(BUILD))/tests/ringvm-tests --jobs 1 $(TEST_ARGS)
+
+# Every benchmark once in its smallest configuration: exit 0 and valid JSON
+# (scripts/bench-smoke.sh). That they run, not what they measure; needs
+# /dev/kvm, or run the script under scripts/nested-kvm.sh (docs/benchmarks.md).
+bench-smoke: deps
+	@$(MAKE) --no-print-directory all
+	scripts/bench-smoke.sh --build $(BUILD)
 
 demo: deps
 	@$(MAKE) --no-print-directory all
