@@ -114,11 +114,8 @@ int main(int argc, char **argv)
         default: usage(stderr); return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, PROGRAM ": unexpected argument '%s'\n", argv[optind]);
-        usage(stderr);
+    if (bench_options_refuse_operands(PROGRAM, argc, argv, optind, usage) != 0)
         return 2;
-    }
 
     struct vm *vm = NULL;
     struct api_server *server = NULL;

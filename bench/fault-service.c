@@ -575,11 +575,8 @@ int main(int argc, char **argv)
         if (parsed != 0)
             return 2;
     }
-    if (optind < argc) {
-        fprintf(stderr, PROGRAM ": unexpected argument '%s'\n", argv[optind]);
-        usage(stderr);
+    if (bench_options_refuse_operands(PROGRAM, argc, argv, optind, usage) != 0)
         return 2;
-    }
     char why[400];
     if (!postcopy_destination_available(why, sizeof(why))) {
         fprintf(stderr, "bench/fault-service: nothing measured: %s\n", why);

@@ -443,11 +443,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, PROGRAM ": unexpected argument '%s'\n", argv[optind]);
-        usage(stderr);
+    if (bench_options_refuse_operands(PROGRAM, argc, argv, optind, usage) != 0)
         return 2;
-    }
     int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (kvm < 0) {
         const char *why = strerror(errno);

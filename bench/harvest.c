@@ -309,11 +309,8 @@ int main(int argc, char **argv)
         default: usage(stderr); return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, PROGRAM ": unexpected argument '%s'\n", argv[optind]);
-        usage(stderr);
+    if (bench_options_refuse_operands(PROGRAM, argc, argv, optind, usage) != 0)
         return 2;
-    }
 
     struct throughput t[2][V_COUNT];
     for (unsigned vc = 1; vc <= 2; vc++) {

@@ -105,51 +105,6 @@ struct options {
     unsigned cap_count;
 };
 
-/* "256M,1G" -> o->wss. 0 or -1 with a message. Whole MiB: the runs name
- * their working set, and give it to the dirtier, in MiB. */
-static int parse_wss(const char *text, struct options *o)
-{
-    char copy[128];
-    bool ok = strlen(text) < sizeof(copy);
-    o->wss_count = 0;
-    snprintf(copy, sizeof(copy), "%s", text);
-    for (char *save = NULL, *item = strtok_r(copy, ",", &save); ok && item; item = strtok_r(NULL, ",", &save)) {
-        char error[128];
-        uint64_t bytes;
-        ok = o->wss_count < 8 && size_parse(item, &bytes, error, sizeof(error)) == 0 && bytes >= (1u << 20) &&
-             bytes <= (1ULL << 40) && bytes % (1u << 20) == 0;
-        if (ok)
-            o->wss[o->wss_count++] = bytes;
-    }
-    if (!ok || o->wss_count == 0) {
-        fprintf(stderr, PROGRAM ": --wss '%s': expected up to 8 sizes from 1M to 1T in whole MiB, comma-separated\n",
-                text);
-        return -1;
-    }
-    return 0;
-}
-
-/* "125,none" -> o->caps. 0 or -1 with a message. */
-static int parse_caps(const char *text, struct options *o)
-{
-    char copy[128];
-    bool ok = strlen(text) < sizeof(copy);
-    o->cap_count = 0;
-    snprintf(copy, sizeof(copy), "%s", text);
-    for (char *save = NULL, *item = strtok_r(copy, ",", &save); ok && item; item = strtok_r(NULL, ",", &save)) {
-        unsigned mibs = 0;
-        ok = o->cap_count < 8 && (strcmp(item, "none") == 0 || bench_parse_unsigned(item, 1, MAX_CAP_MIBS, &mibs) == 0);
-        if (ok)
-            o->caps[o->cap_count++] = mibs;
-    }
-    if (!ok || o->cap_count == 0) {
-        fprintf(stderr, PROGRAM ": --caps '%s': expected up to 8 of none or MiB/s from 1 to %u, comma-separated\n",
-                text, MAX_CAP_MIBS);
-        return -1;
-    }
-    return 0;
-}
-
 /* ---- the three ways of migrating ------------------------------------------------------- */
 
 enum run_kind { RUN_PRECOPY, RUN_POSTCOPY, RUN_HYBRID, RUN_KINDS };
@@ -782,22 +737,21 @@ int main(int argc, char **argv)
             o.tcp = strcmp(optarg, "tcp") == 0;
             break;
         case 'c':
-            if (parse_caps(optarg, &o) != 0)
+            if (bench_option_caps(PROGRAM, "--caps", optarg, MAX_CAP_MIBS, o.caps,
+                                  (unsigned)(sizeof(o.caps) / sizeof(o.caps[0])), &o.cap_count) != 0)
                 return 2;
             break;
         case 'w':
-            if (parse_wss(optarg, &o) != 0)
+            if (bench_option_working_sets(PROGRAM, "--wss", optarg, o.wss,
+                                          (unsigned)(sizeof(o.wss) / sizeof(o.wss[0])), &o.wss_count) != 0)
                 return 2;
             break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, PROGRAM ": unexpected argument '%s'\n", argv[optind]);
-        usage(stderr);
+    if (bench_options_refuse_operands(PROGRAM, argc, argv, optind, usage) != 0)
         return 2;
-    }
     if (access("/dev/kvm", R_OK | W_OK) != 0) {
         fprintf(stderr, PROGRAM ": SKIP: /dev/kvm unavailable\n");
         return 0;

@@ -379,11 +379,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, PROGRAM ": unexpected argument '%s'\n", argv[optind]);
-        usage(stderr);
+    if (bench_options_refuse_operands(PROGRAM, argc, argv, optind, usage) != 0)
         return 2;
-    }
 
     char directory[] = "/tmp/ringvm-tls-bench-XXXXXX";
     if (mkdtemp(directory) == NULL)

@@ -216,6 +216,65 @@ Test(bench_options, size_refuses_every_kind_of_bad_input)
     cr_assert_eq(result, -1);
 }
 
+/* ---- the lists of bench/migrate and bench/postcopy --------------------------- */
+
+Test(bench_options, working_sets_take_up_to_capacity_whole_mib_sizes)
+{
+    uint64_t sizes[3] = { 0 };
+    unsigned count = 99;
+    cr_assert_eq(bench_option_working_sets("bench/x", "--wss", "16M,1G,1T", sizes, 3, &count), 0);
+    cr_assert_eq(count, 3);
+    cr_assert_eq(sizes[0], 16ULL << 20);
+    cr_assert_eq(sizes[1], 1ULL << 30);
+    cr_assert_eq(sizes[2], 1ULL << 40);
+    static const char *const bad[] = { "", ",", "16M,1536K", "512K", "2T", "16M,abc", "1M,2M,3M,4M" };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char expected[200];
+        snprintf(expected, sizeof(expected),
+                 "bench/x: --wss '%s': expected up to 3 sizes from 1M to 1T in whole MiB, comma-separated\n", bad[i]);
+        capture_stderr();
+        int result = bench_option_working_sets("bench/x", "--wss", bad[i], sizes, 3, &count);
+        cr_assert_str_eq(captured_stderr(), expected);
+        cr_assert_eq(result, -1, "'%s' accepted", bad[i]);
+    }
+}
+
+Test(bench_options, caps_take_none_or_mib_per_second_up_to_capacity)
+{
+    uint64_t caps[3] = { 7, 7, 7 };
+    unsigned count = 99;
+    cr_assert_eq(bench_option_caps("bench/x", "--caps", "none,1024,125", 2048, caps, 3, &count), 0);
+    cr_assert_eq(count, 3);
+    cr_assert_eq(caps[0], 0);
+    cr_assert_eq(caps[1], 1024);
+    cr_assert_eq(caps[2], 125);
+    static const char *const bad[] = { "", ",", "0", "-5", "2049", "none,x", "1,2,3,4" };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char expected[200];
+        snprintf(expected, sizeof(expected),
+                 "bench/x: --caps '%s': expected up to 3 of none or MiB/s from 1 to 2048, comma-separated\n", bad[i]);
+        capture_stderr();
+        int result = bench_option_caps("bench/x", "--caps", bad[i], 2048, caps, 3, &count);
+        cr_assert_str_eq(captured_stderr(), expected);
+        cr_assert_eq(result, -1, "'%s' accepted", bad[i]);
+    }
+}
+
+static void usage_for_test(FILE *to)
+{
+    fprintf(to, "usage: x\n");
+}
+
+Test(bench_options, operands_after_the_options_are_refused_with_the_usage)
+{
+    char *argv[] = { "x", "--json", "stray", NULL };
+    cr_assert_eq(bench_options_refuse_operands("bench/x", 2, argv, 2, usage_for_test), 0);
+    capture_stderr();
+    int result = bench_options_refuse_operands("bench/x", 3, argv, 2, usage_for_test);
+    cr_assert_str_eq(captured_stderr(), "bench/x: unexpected argument 'stray'\nusage: x\n");
+    cr_assert_eq(result, -1);
+}
+
 /* ---- the programs ------------------------------------------------------------ */
 
 /* Every program in bench/, with one bad number each and the exact line it

@@ -4,6 +4,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "vmm/size.h"
 
@@ -101,5 +102,59 @@ int bench_option_size(const char *program, const char *option, const char *text,
         snprintf(unit, sizeof(unit), ", a multiple of %s", step);
     }
     fprintf(stderr, "%s: %s '%s': expected a size from %s to %s%s\n", program, option, text, low, high, unit);
+    return -1;
+}
+
+int bench_option_working_sets(const char *program, const char *option, const char *text, uint64_t *sizes,
+                              unsigned capacity, unsigned *count)
+{
+    char copy[128];
+    bool ok = strlen(text) < sizeof(copy);
+    *count = 0;
+    snprintf(copy, sizeof(copy), "%s", text);
+    for (char *save = NULL, *item = strtok_r(copy, ",", &save); ok && item; item = strtok_r(NULL, ",", &save)) {
+        char error[128];
+        uint64_t bytes;
+        ok = *count < capacity && size_parse(item, &bytes, error, sizeof(error)) == 0 && bytes >= (1u << 20) &&
+             bytes <= (1ULL << 40) && bytes % (1u << 20) == 0;
+        if (ok)
+            sizes[(*count)++] = bytes;
+    }
+    if (!ok || *count == 0) {
+        fprintf(stderr, "%s: %s '%s': expected up to %u sizes from 1M to 1T in whole MiB, comma-separated\n", program,
+                option, text, capacity);
+        return -1;
+    }
+    return 0;
+}
+
+int bench_option_caps(const char *program, const char *option, const char *text, unsigned max_mibs, uint64_t *caps,
+                      unsigned capacity, unsigned *count)
+{
+    char copy[128];
+    bool ok = strlen(text) < sizeof(copy);
+    *count = 0;
+    snprintf(copy, sizeof(copy), "%s", text);
+    for (char *save = NULL, *item = strtok_r(copy, ",", &save); ok && item; item = strtok_r(NULL, ",", &save)) {
+        unsigned mibs = 0;
+        ok = *count < capacity && (strcmp(item, "none") == 0 || bench_parse_unsigned(item, 1, max_mibs, &mibs) == 0);
+        if (ok)
+            caps[(*count)++] = mibs;
+    }
+    if (!ok || *count == 0) {
+        fprintf(stderr, "%s: %s '%s': expected up to %u of none or MiB/s from 1 to %u, comma-separated\n", program,
+                option, text, capacity, max_mibs);
+        return -1;
+    }
+    return 0;
+}
+
+int bench_options_refuse_operands(const char *program, int argc, char **argv, int first_operand,
+                                  void (*usage)(FILE *to))
+{
+    if (first_operand >= argc)
+        return 0;
+    fprintf(stderr, "%s: unexpected argument '%s'\n", program, argv[first_operand]);
+    usage(stderr);
     return -1;
 }

@@ -16,6 +16,7 @@
 #define RINGVM_BENCH_LIB_BENCH_OPTIONS_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 /* A whole number from min to max. 0 with *out set, or -1 with *out
  * untouched and nothing printed: for the items of a list, whose message
@@ -37,5 +38,21 @@ int bench_option_seconds(const char *program, const char *option, const char *te
  * reason when the text is no size, else the range. */
 int bench_option_size(const char *program, const char *option, const char *text, uint64_t min, uint64_t max,
                       uint64_t multiple, uint64_t *out);
+
+/* The benchmarks' --wss: up to `capacity` comma-separated working sets, 1M
+ * to 1T in whole MiB (the cells are named by MiB). Fills sizes[] and
+ * *count; 0, or -1 with one message naming the whole list. */
+int bench_option_working_sets(const char *program, const char *option, const char *text, uint64_t *sizes,
+                              unsigned capacity, unsigned *count);
+
+/* The benchmarks' --caps: up to `capacity` comma-separated bandwidth caps,
+ * "none" (stored as 0) or 1 to max_mibs MiB/s. 0, or -1 with the message. */
+int bench_option_caps(const char *program, const char *option, const char *text, unsigned max_mibs, uint64_t *caps,
+                      unsigned capacity, unsigned *count);
+
+/* After getopt: 0 when argv has nothing from first_operand on; else
+ * "PROGRAM: unexpected argument 'X'" and the usage on stderr, and -1. */
+int bench_options_refuse_operands(const char *program, int argc, char **argv, int first_operand,
+                                  void (*usage)(FILE *to));
 
 #endif
