@@ -15,8 +15,10 @@ pkg-config iproute2 nftables libclang-rt-14-dev gnuplot-nox"
 # replaces the dynamically linked 'busybox' package if that is installed),
 # musl-tools (the static workload program in the initramfs is linked
 # against musl: a tenth of the size with glibc),
-# and QEMU, which boots the image in tests/test_linux_image.c.
-packages="$packages linux-source-6.1 busybox-static musl-tools bc bison flex cpio xz-utils patch
+# lz4 (the bzImage is LZ4-compressed: its decompressor is emulated on PVM
+# hosts, guest/linux/ringvm.config), and QEMU, which boots the image in
+# tests/test_linux_image.c.
+packages="$packages linux-source-6.1 busybox-static musl-tools bc bison flex cpio xz-utils lz4 patch
 qemu-system-x86"
 
 if [ "${1:-}" = "--bench" ]; then

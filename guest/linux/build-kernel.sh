@@ -45,7 +45,7 @@ die() {
     die "$source_tarball is missing: install $source_package (scripts/install-deps.sh)"
 package_version=$(dpkg-query -W -f='${Version}' "$source_package" 2>/dev/null) ||
     die "cannot read the version of $source_package with dpkg-query"
-for tool in make gcc bc bison flex xz flock sha256sum patch; do
+for tool in make gcc bc bison flex xz lz4 flock sha256sum patch; do
     command -v "$tool" >/dev/null 2>&1 ||
         die "'$tool' is missing: run scripts/install-deps.sh"
 done
