@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "api/commands.h"
+#include "migration/postcopy_priority.h"
 #include "vmm/linux_guest.h"
 #include "vmm/vm.h"
 
@@ -76,7 +77,7 @@ static enum api_status cmd_vm_info(struct api_call *call)
     else
         workload_spec_format(&vm->config.workload, workload, sizeof(workload));
     json_t *result = json_pack(
-        "{s:s, s:i, s:I, s:s, s:s, s:I, s:I, s:b, s:i}",
+        "{s:s, s:i, s:I, s:s, s:s, s:I, s:I, s:b, s:i, s:i}",
         "state", vm_state_name(api_vm_state(vm)),
         "vcpus", (int)vm->config.vcpu_count,
         "memory_bytes", (json_int_t)vm->memory.size,
@@ -85,7 +86,8 @@ static enum api_status cmd_vm_info(struct api_call *call)
         "uptime_ms", (json_int_t)vm_uptime_ms(vm),
         "pid", (json_int_t)getpid(),
         "hugepages", vm->memory.hugepages,
-        "numa_node", vm->memory.numa_node);
+        "numa_node", vm->memory.numa_node,
+        "postcopy_fifo_priority", (int)postcopy_priority_get());
     if (!result)
         return api_call_fail(call, API_ERR_INTERNAL, "out of memory");
     if (add_guest_fields(result, vm) != 0) {

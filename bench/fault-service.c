@@ -6,7 +6,7 @@
  *
  *   build/bench/fault-service [--memory SIZE] [--transport unix|tcp|both] [--cap MIBS]
  *                             [--faults N] [--touchers N] [--interval-us N]
- *                             [--background-nice N] [--json]
+ *                             [--background-nice N] [--busy N] [--fifo N] [--json]
  *   build/bench/fault-service --help  (every option, with its range and default)
  *
  * bench/postcopy measures the fault service inside a real migration, where
@@ -28,9 +28,15 @@
  * Per transport, in one run (the machine's noise hits all alike): the
  * round trip (two threads exchanging 16 bytes over a fresh connection,
  * 2000 times), then the fault service without and with the background
- * stream (and with its threads at nice N), each twice: requests queued
- * for pc-urgent to send (the baseline, postcopy_incoming_options.
- * queue_requests) and sent by pc-fault itself (the default). Reported:
+ * stream (and with its threads at nice N), each up to three ways:
+ * "queued", requests queued for pc-urgent to send (the old path,
+ * postcopy_incoming_options.queue_requests); "direct", sent by pc-fault
+ * itself, every thread on the fair class (what ringvm runs by default);
+ * "fifo", direct with the fault-service threads under SCHED_FIFO (ringvm
+ * --postcopy-fifo, migration/postcopy_priority.h; left out, with the
+ * reason, where this process may not use it). --busy N adds N spinning
+ * threads beside every run, standing in for vCPUs at full rate: the
+ * contention bench/postcopy sees, without KVM. Reported:
  * the touchers' own latency (clock before the read to clock after it:
  * fault delivery, request, answer, copy, wake) p50/p99/max exactly
  * (sorted samples), the destination's histogram (fault read to
@@ -62,6 +68,7 @@
 #include "migration/pacing.h"
 #include "migration/postcopy_destination.h"
 #include "migration/postcopy_incoming.h"
+#include "migration/postcopy_priority.h"
 #include "migration/postcopy_source.h"
 #include "migration/progress.h"
 #include "migration/transport.h"
@@ -81,6 +88,8 @@ struct settings {
     unsigned touchers;
     unsigned interval_us;
     unsigned background_nice;   /* 0: no nice'd runs */
+    unsigned busy;              /* spinning threads beside each run (vCPUs at full rate) */
+    unsigned fifo;              /* SCHED_FIFO priority of the "fifo" runs, 0: none */
     bool json;
 };
 
@@ -220,6 +229,23 @@ struct service {
     uint64_t background_bytes, background_ns;
     int nice;                   /* the background stream's threads */
 };
+
+/* A stand-in for a vCPU running at full rate: CPU-bound on the default
+ * slice until the run ends. Writes its own buffer, never guest RAM. */
+struct busy_thread {
+    _Atomic bool *stop;
+    pthread_t thread;
+};
+
+static void *busy_run(void *argument)
+{
+    struct busy_thread *b = argument;
+    static _Thread_local uint64_t words[8192];
+    for (uint64_t round = 0; !atomic_load_explicit(b->stop, memory_order_relaxed); round++)
+        for (unsigned i = 0; i < 8192; i += 8)
+            words[i] += round;
+    return NULL;
+}
 
 struct toucher {
     struct service *service;
@@ -438,6 +464,16 @@ static int run_service(const struct settings *settings, bool tcp, bool backgroun
         }
         streaming = true;
     }
+    _Atomic bool busy_stop = false;
+    struct busy_thread busy[64];
+    unsigned busy_started = 0;
+    for (; busy_started < settings->busy; busy_started++) {
+        busy[busy_started] = (struct busy_thread){ .stop = &busy_stop };
+        if (pthread_create(&busy[busy_started].thread, NULL, busy_run, &busy[busy_started]) != 0) {
+            atomic_store(&s->failed, true);
+            break;
+        }
+    }
     unsigned each = (settings->faults + settings->touchers - 1) / settings->touchers;
     for (; started < settings->touchers; started++) {
         struct toucher *t = &touchers[started];
@@ -451,6 +487,9 @@ static int run_service(const struct settings *settings, bool tcp, bool backgroun
     }
     for (unsigned i = 0; i < started; i++)
         pthread_join(touchers[i].thread, NULL);
+    atomic_store_explicit(&busy_stop, true, memory_order_relaxed);
+    for (unsigned i = 0; i < busy_started; i++)
+        pthread_join(busy[i].thread, NULL);
     /* The destination's histogram covers the touchers' faults only: read
      * it before the stream's end fills what they did not touch. */
     struct mig_progress *progress = calloc(1, sizeof(*progress));
@@ -515,9 +554,14 @@ static void usage(FILE *to)
 {
     fprintf(to,
             "usage: fault-service [--memory SIZE] [--transport unix|tcp|both] [--cap MIBS] [--faults N]\n"
-            "                     [--touchers N] [--interval-us N] [--background-nice N] [--json]\n"
+            "                     [--touchers N] [--interval-us N] [--background-nice N] [--busy N]\n"
+            "                     [--fifo N] [--json]\n"
             "Post-copy's fault service (fault -> request -> pc-serve -> urgent channel -> place -> wake)\n"
             "without KVM, beside the transport's round trip, with and without the background stream.\n"
+            "Each case three ways (column service): queued (requests sent by pc-urgent), direct\n"
+            "(sent by pc-fault: ringvm's default) and fifo (direct, the fault-service threads under\n"
+            "SCHED_FIFO, as ringvm's postcopy-fifo option runs them; left out, with the reason, where\n"
+            "this process may not use SCHED_FIFO).\n"
             "  --memory SIZE      guest RAM on each side, 16M to 1T, a multiple of 1M (default 256M)\n"
             "  --transport T      unix, tcp (127.0.0.1) or both (default both)\n"
             "  --cap MIBS         the background stream's cap in MiB/s, 0 = none, up to 100000\n"
@@ -526,6 +570,10 @@ static void usage(FILE *to)
             "  --touchers N       threads standing in for vCPUs, 1 to 64 (default 2)\n"
             "  --interval-us N    each toucher's pause between faults, 0 to 1000000 (default 500)\n"
             "  --background-nice N also run the background stream's threads at nice N (1-19), same run\n"
+            "  --busy N           N threads spinning beside every run, standing in for vCPUs at full\n"
+            "                     rate, 0 to 64 (default 0)\n"
+            "  --fifo N           SCHED_FIFO priority of the fifo runs, 1 to 99; 0 leaves them out\n"
+            "                     (default 1)\n"
             "  --json             one JSON object on stdout instead of the table\n"
             "  -h, --help         this text\n");
 }
@@ -533,12 +581,15 @@ static void usage(FILE *to)
 int main(int argc, char **argv)
 {
     struct settings settings = { .memory = 256ull << 20, .unix_transport = true, .tcp_transport = true,
-                                 .cap_mibs = 125, .faults = 2000, .touchers = 2, .interval_us = 500 };
+                                 .cap_mibs = 125, .faults = 2000, .touchers = 2, .interval_us = 500,
+                                 .fifo = 1 };
     static const struct option long_options[] = {
         { "memory", required_argument, NULL, 'm' }, { "transport", required_argument, NULL, 't' },
         { "cap", required_argument, NULL, 'c' },    { "faults", required_argument, NULL, 'f' },
         { "touchers", required_argument, NULL, 'n' }, { "interval-us", required_argument, NULL, 'i' },
-        { "background-nice", required_argument, NULL, 'b' }, { "json", no_argument, NULL, 'j' },         { "help", no_argument, NULL, 'h' },
+        { "background-nice", required_argument, NULL, 'b' }, { "busy", required_argument, NULL, 'B' },
+        { "fifo", required_argument, NULL, 'F' },   { "json", no_argument, NULL, 'j' },
+        { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     int option;
@@ -568,6 +619,10 @@ int main(int argc, char **argv)
             /* 1-19: a positive nice, the one an unprivileged process may take */
             parsed = bench_option_unsigned(PROGRAM, "--background-nice", optarg, 1, 19, &settings.background_nice);
             break;
+        case 'B': parsed = bench_option_unsigned(PROGRAM, "--busy", optarg, 0, 64, &settings.busy); break;
+        case 'F':
+            parsed = bench_option_unsigned(PROGRAM, "--fifo", optarg, 0, POSTCOPY_PRIORITY_MAX, &settings.fifo);
+            break;
         case 'j': settings.json = true; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -582,10 +637,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench/fault-service: nothing measured: %s\n", why);
         return 0;
     }
+    if (settings.fifo > 0 && postcopy_priority_check(settings.fifo, why, sizeof(why)) != 0) {
+        fprintf(stderr, PROGRAM ": the fifo runs are left out: %s\n", why);
+        settings.fifo = 0;
+    }
     json_t *runs = json_array();
     if (!settings.json)
-        printf("%-9s %-11s %-8s | %6s %8s %8s %9s | %8s %8s | %8s %8s | %7s | %s\n", "transport", "background",
-               "requests",
+        printf("%-9s %-11s %-9s | %6s %8s %8s %9s | %8s %8s | %8s %8s | %7s | %s\n", "transport", "background",
+               "service",
                "faults", "p50_us", "p99_us", "max_us", "dst_p50", "dst_p99", "rtt_p50", "rtt_p99", "bg_MiBs",
                "p99 <= 1 ms + rtt");
     int status = 0;
@@ -598,15 +657,21 @@ int main(int argc, char **argv)
             status = 1;
             continue;
         }
-        /* Stream off, on, and on with its threads nice'd; each with the
-         * requests through pc-urgent's queue (the baseline), then sent by
-         * pc-fault itself. */
-        for (int variant = 0; variant < (settings.background_nice > 0 ? 6 : 4); variant++) {
-            int background = variant / 2 > 0;
-            int nice = variant / 2 == 2 ? (int)settings.background_nice : 0;
-            bool queued = variant % 2 == 0;
+        /* Stream off, on, and on with its threads nice'd; each queued,
+         * direct, then fifo. */
+        for (int variant = 0; variant < (settings.background_nice > 0 ? 9 : 6); variant++) {
+            int background = variant / 3 > 0;
+            int nice = variant / 3 == 2 ? (int)settings.background_nice : 0;
+            bool queued = variant % 3 == 0;
+            unsigned fifo = variant % 3 == 2 ? settings.fifo : 0;
+            if (variant % 3 == 2 && fifo == 0)
+                continue;
+            const char *service = queued ? "queued" : fifo > 0 ? "fifo" : "direct";
+            postcopy_priority_set(fifo);
             struct outcome outcome = { 0 };
-            if (run_service(&settings, tcp, background == 1, nice, queued, &outcome) != 0) {
+            int failed = run_service(&settings, tcp, background == 1, nice, queued, &outcome);
+            postcopy_priority_set(0);
+            if (failed != 0) {
                 fprintf(stderr, "bench/fault-service: the %s run with%s the background stream failed\n",
                         tcp ? "tcp" : "unix", background ? "" : "out");
                 status = 1;
@@ -621,8 +686,9 @@ int main(int argc, char **argv)
             else
                 snprintf(stream, sizeof(stream), nice > 0 ? "unc,nice %d" : "uncapped", nice);
             if (!settings.json)
-                printf("%-9s %-11s %-8s | %6u %8.1f %8.1f %9.1f | %8.1f %8.1f | %8.1f %8.1f | %7.1f | %s\n",
-                       tcp ? "tcp" : "unix", stream, queued ? "queued" : "direct", outcome.faults, outcome.p50_ns / 1e3, outcome.p99_ns / 1e3,
+                printf("%-9s %-11s %-9s | %6u %8.1f %8.1f %9.1f | %8.1f %8.1f | %8.1f %8.1f | %7.1f | %s\n",
+                       tcp ? "tcp" : "unix", stream, service,
+                       outcome.faults, outcome.p50_ns / 1e3, outcome.p99_ns / 1e3,
                        outcome.max_ns / 1e3, outcome.destination_p50_ns / 1e3, outcome.destination_p99_ns / 1e3,
                        rtt_p50 / 1e3, rtt_p99 / 1e3, outcome.background_mibs, met ? "yes" : "no");
             json_t *run = json_object();
@@ -630,7 +696,9 @@ int main(int argc, char **argv)
             json_object_set_new(run, "background", json_boolean(background));
             json_object_set_new(run, "cap_mibs", json_integer(settings.cap_mibs));
             json_object_set_new(run, "background_nice", json_integer(nice));
+            json_object_set_new(run, "service", json_string(service));
             json_object_set_new(run, "requests", json_string(queued ? "queued" : "direct"));
+            json_object_set_new(run, "fifo_priority", json_integer(fifo));
             json_object_set_new(run, "faults", json_integer(outcome.faults));
             json_object_set_new(run, "p50_us", json_real(outcome.p50_ns / 1e3));
             json_object_set_new(run, "p99_us", json_real(outcome.p99_ns / 1e3));
@@ -651,6 +719,7 @@ int main(int argc, char **argv)
         json_object_set_new(root, "memory", json_integer((json_int_t)settings.memory));
         json_object_set_new(root, "touchers", json_integer(settings.touchers));
         json_object_set_new(root, "interval_us", json_integer(settings.interval_us));
+        json_object_set_new(root, "busy_threads", json_integer(settings.busy));
         json_object_set_new(root, "runs", runs);
         json_dumpf(root, stdout, JSON_INDENT(2));
         printf("\n");

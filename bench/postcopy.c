@@ -19,6 +19,10 @@
  *   hybrid     pre-copy with converge none, switching to post-copy at
  *              postcopy_after=auto (the first pass after the bulk pass whose
  *              dirty rate reaches the link's bandwidth)
+ * and with --fifo N a fourth:
+ *   post-copy fifo  post-copy with the fault-service threads (pc-fault,
+ *              pc-urgent, pc-serve) under SCHED_FIFO N, as ringvm
+ *              --postcopy-fifo N runs them (migration/postcopy_priority.h)
  *
  * Reported per run: completed, total ms (source: start to the destination's
  * ack, i.e. every page on the destination), downtime (source pause ->
@@ -68,6 +72,7 @@
 #include "bench/lib/bench_vm.h"
 #include "migration/migration.h"
 #include "migration/postcopy_destination.h"
+#include "migration/postcopy_priority.h"
 #include "migration/progress.h"
 #include "migration/transport.h"
 #include "vmm/size.h"
@@ -103,11 +108,14 @@ struct options {
     unsigned wss_count;
     uint64_t caps[8];       /* MiB/s, 0 = none */
     unsigned cap_count;
+    unsigned fifo;          /* --fifo N: also post-copy with the fault service under SCHED_FIFO N */
 };
 
 /* ---- the three ways of migrating ------------------------------------------------------- */
 
-enum run_kind { RUN_PRECOPY, RUN_POSTCOPY, RUN_HYBRID, RUN_KINDS };
+/* RUN_POSTCOPY_FIFO: post-copy with the fault-service threads under
+ * SCHED_FIFO (ringvm --postcopy-fifo), only with --fifo N. */
+enum run_kind { RUN_PRECOPY, RUN_POSTCOPY, RUN_HYBRID, RUN_POSTCOPY_FIFO, RUN_KINDS };
 
 static const char *run_kind_name(enum run_kind kind)
 {
@@ -115,6 +123,7 @@ static const char *run_kind_name(enum run_kind kind)
     case RUN_PRECOPY: return "precopy-dirty-limit";
     case RUN_POSTCOPY: return "postcopy";
     case RUN_HYBRID: return "hybrid-auto";
+    case RUN_POSTCOPY_FIFO: return "postcopy-fifo";
     default: return "?";
     }
 }
@@ -125,6 +134,7 @@ static const char *run_kind_short(enum run_kind kind)
     case RUN_PRECOPY: return "pre/dlimit";
     case RUN_POSTCOPY: return "postcopy";
     case RUN_HYBRID: return "hybrid/auto";
+    case RUN_POSTCOPY_FIFO: return "pc/fifo";
     default: return "?";
     }
 }
@@ -136,6 +146,7 @@ struct result {
     const char *transport;
     enum run_kind kind;
     bool skipped;
+    bool not_asked;             /* postcopy-fifo without --fifo: not run, not reported */
     bool completed;
     bool hung;                  /* did not end within timeout + 60 s */
     bool destination_failed;    /* migration_incoming_run_fd returned -1 */
@@ -353,6 +364,7 @@ static void run_one(const struct options *o, uint64_t memory, uint64_t wss, uint
         params.converge = MIG_CONVERGE_DIRTY_LIMIT;
         break;
     case RUN_POSTCOPY:
+    case RUN_POSTCOPY_FIFO:
         params.mode = MIG_MODE_POSTCOPY;
         params.converge = MIG_CONVERGE_NONE;
         break;
@@ -651,7 +663,7 @@ static void print_cell_summary(const struct result results[RUN_KINDS])
     const struct result *pre = &results[RUN_PRECOPY];
     for (enum run_kind k = RUN_POSTCOPY; k < RUN_KINDS; k++) {
         const struct result *r = &results[k];
-        if (r->skipped || !r->completed)
+        if (r->skipped || r->not_asked || !r->completed)
             continue;
         fprintf(stdout, "  %s: total %.2fx pre-copy's", run_kind_name(k),
                 pre->completed ? ratio((double)r->total_ms, (double)pre->total_ms) : 0.0);
@@ -675,7 +687,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: postcopy [--quick] [--json] [--memory SIZE] [--wss LIST] [--caps LIST]\n"
-            "                [--transport unix|tcp] [--timeout S] [--downtime-ms N]\n"
+            "                [--transport unix|tcp] [--timeout S] [--downtime-ms N] [--fifo N]\n"
             "Migrates a 2-vCPU guest running the full-rate dirtier three ways per cell (working set x\n"
             "cap), each with fresh VMs in this process: pre-copy with converge dirty-limit (ring),\n"
             "post-copy, and hybrid (converge none, postcopy_after auto). Reports total time, downtime,\n"
@@ -693,6 +705,9 @@ static void usage(FILE *out)
             "                 (default 120); a run not done within S + 60 s is reported with both\n"
             "                 sides' progress and ends the benchmark (exit 1)\n"
             "  --downtime-ms N  the downtime limit pre-copy converges to, 1 to 3600000 (default 300)\n"
+            "  --fifo N       a fourth run per cell: post-copy with the fault-service threads (pc-fault,\n"
+            "                 pc-urgent, pc-serve) under SCHED_FIFO at priority N, 1 to 99, as ringvm\n"
+            "                 runs them with its postcopy-fifo option (default: not run)\n"
             "  --json         the same as JSON\n"
             "  -h, --help     this text\n"
             "Without userfaultfd the post-copy and hybrid runs are skipped (reason printed, exit 0);\n"
@@ -708,7 +723,8 @@ int main(int argc, char **argv)
         {"memory", required_argument, NULL, 'm'},   {"timeout", required_argument, NULL, 't'},
         {"transport", required_argument, NULL, 'T'}, {"caps", required_argument, NULL, 'c'},
         {"wss", required_argument, NULL, 'w'},      {"downtime-ms", required_argument, NULL, 'd'},
-        {"help", no_argument, NULL, 'h'},           {0},
+        {"fifo", required_argument, NULL, 'F'},     {"help", no_argument, NULL, 'h'},
+        {0},
     };
     int c;
     while ((c = getopt_long(argc, argv, "h", long_options, NULL)) != -1) {
@@ -746,12 +762,24 @@ int main(int argc, char **argv)
                                           (unsigned)(sizeof(o.wss) / sizeof(o.wss[0])), &o.wss_count) != 0)
                 return 2;
             break;
+        case 'F':
+            if (bench_option_unsigned(PROGRAM, "--fifo", optarg, POSTCOPY_PRIORITY_MIN, POSTCOPY_PRIORITY_MAX,
+                                      &o.fifo) != 0)
+                return 2;
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
     if (bench_options_refuse_operands(PROGRAM, argc, argv, optind, usage) != 0)
         return 2;
+    if (o.fifo > 0) {
+        char fifo_error[300];
+        if (postcopy_priority_check(o.fifo, fifo_error, sizeof(fifo_error)) != 0) {
+            fprintf(stderr, PROGRAM ": --fifo %u: %s\n", o.fifo, fifo_error);
+            return 2;
+        }
+    }
     if (access("/dev/kvm", R_OK | W_OK) != 0) {
         fprintf(stderr, PROGRAM ": SKIP: /dev/kvm unavailable\n");
         return 0;
@@ -791,6 +819,12 @@ int main(int argc, char **argv)
             struct result results[RUN_KINDS];
             for (enum run_kind k = RUN_PRECOPY; k < RUN_KINDS && !hung; k++) {
                 struct result *r = &results[k];
+                if (k == RUN_POSTCOPY_FIFO && o.fifo == 0) {
+                    memset(r, 0, sizeof(*r));
+                    r->kind = k;
+                    r->not_asked = true;
+                    continue;
+                }
                 if (k != RUN_PRECOPY && !userfaultfd) {
                     memset(r, 0, sizeof(*r));
                     r->kind = k;
@@ -803,7 +837,9 @@ int main(int argc, char **argv)
                         snprintf(r->cap, sizeof(r->cap), "none");
                     snprintf(r->error, sizeof(r->error), "%s", why);
                 } else {
+                    postcopy_priority_set(k == RUN_POSTCOPY_FIFO ? o.fifo : 0);
                     run_one(&o, o.memory, o.wss[w], o.caps[b], k, r);
+                    postcopy_priority_set(0);
                 }
                 hung = r->hung;
                 if (!o.json)
@@ -818,6 +854,8 @@ int main(int argc, char **argv)
             json_t *cell = json_pack("{s:s, s:s, s:s}", "wss", pre->wss, "cap_mibs", pre->cap, "transport", transport);
             for (enum run_kind k = RUN_POSTCOPY; k < RUN_KINDS; k++) {
                 const struct result *r = &results[k];
+                if (r->not_asked)
+                    continue;
                 bool both = !r->skipped && r->completed && pre->completed;
                 char key[64];
                 snprintf(key, sizeof(key), "%s_total_over_precopy", run_kind_name(k));
@@ -833,9 +871,10 @@ int main(int argc, char **argv)
                 print_cell_summary(results);
         }
     if (o.json) {
-        json_t *root = json_pack("{s:s, s:I, s:i, s:I, s:I, s:b, s:s, s:o, s:o, s:b}", "transport", transport,
+        json_t *root = json_pack("{s:s, s:I, s:i, s:I, s:I, s:i, s:b, s:s, s:o, s:o, s:b}", "transport", transport,
                                  "memory_bytes", (json_int_t)o.memory, "vcpus", (int)VCPUS, "downtime_limit_ms",
                                  (json_int_t)o.downtime_ms, "timeout_s", (json_int_t)o.timeout_s,
+                                 "fifo_priority", (int)o.fifo,
                                  "userfaultfd_available", userfaultfd, "userfaultfd_reason", why, "runs", runs,
                                  "cells", cells, "hung", hung);
         char *text = json_dumps(root, JSON_INDENT(2));

@@ -4,6 +4,7 @@
  */
 #include "migration/postcopy_destination.h"
 
+#include "migration/postcopy_priority.h"
 #include "vmm/log2_histogram.h"
 #include "vmm/monotonic.h"
 
@@ -214,6 +215,9 @@ static void *postcopy_fault_thread(void *argument)
 {
     struct postcopy_destination *d = argument;
     struct uffd_msg messages[POSTCOPY_FAULT_BATCH];
+    /* --postcopy-fifo: a blocked vCPU waits for this thread (and for
+     * pc-urgent and pc-serve) to get a core (postcopy_priority.h). */
+    (void)postcopy_priority_apply("pc-fault");
     for (;;) {
         struct pollfd fds[2] = { { .fd = d->uffd, .events = POLLIN }, { .fd = d->stop_event, .events = POLLIN } };
         if (poll(fds, 2, -1) < 0) {

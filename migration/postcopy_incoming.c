@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "migration/postcopy_destination.h"
+#include "migration/postcopy_priority.h"
 #include "migration/postcopy_return.h"
 #include "migration/progress.h"
 #include "migration/protocol.h"
@@ -379,6 +380,7 @@ static void *incoming_urgent_main(void *argument)
 {
     struct postcopy_incoming *pi = argument;
     pthread_setname_np(pthread_self(), "pc-urgent");
+    (void)postcopy_priority_apply("pc-urgent");
     while (!atomic_load_explicit(&pi->stop, memory_order_acquire)) {
         if (incoming_send_pending(pi) != 0)
             break;

@@ -16,6 +16,7 @@
 #include <xxhash.h>
 #include <xxh_x86dispatch.h>
 
+#include "migration/postcopy_priority.h"
 #include "migration/postcopy_return.h"
 #include "migration/protocol.h"
 #include "vmm/memory.h"
@@ -221,6 +222,7 @@ static void *serve_main(void *argument)
 {
     struct postcopy_source *ps = argument;
     pthread_setname_np(pthread_self(), "pc-serve");
+    (void)postcopy_priority_apply("pc-serve");
     uint8_t buffer[16384];
     char text[400];
     while (!atomic_load_explicit(&ps->stop, memory_order_acquire)) {

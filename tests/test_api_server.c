@@ -315,6 +315,8 @@ Test(api_server_vm, info_pause_stops_counters_resume_advances, .timeout = 90)
     cr_assert_eq(json_integer_value(json_object_get(info, "memory_bytes")), 256 << 20);
     cr_assert_str_eq(json_string_value(json_object_get(info, "dirty_log")), "off");
     cr_assert(strstr(json_string_value(json_object_get(info, "workload")), "dirtier"));
+    cr_assert_eq(json_integer_value(json_object_get(info, "postcopy_fifo_priority")), 0,
+                 "the fault service stays on the fair class without --postcopy-fifo");
     json_decref(info);
 
     for (unsigned v = 0; v < 2; v++)

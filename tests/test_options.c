@@ -142,12 +142,14 @@ Test(options, defaults_and_full_command_line)
     cr_assert_eq(options.vm.dirty_log.mode, DIRTY_LOG_RING);
     cr_assert_not(options.vm.dirty_log.ring_reset_at_take, "late reset by default");
     cr_assert_eq(options.vm.memory_options.numa_node, -1);
+    cr_assert_eq(options.postcopy_fifo_priority, 0, "the fault service stays on the fair class by default");
 
     char *full[] = { "ringvm", "--memory", "1G", "--vcpus", "2", "--workload", "ledger,wss=256M,verify=2",
                      "--serial", "none", "--stats", "--dirty-log", "bitmap", "--bitmap-sync-ms", "50",
                      "--ring-entries", "1024", "--api-socket", "/tmp/x.sock", "--run-seconds", "3",
-                     "--bitmap-clear-chunk", "1M", "--ring-reset", "take", NULL };
-    cr_assert_eq(parse(&options, error, sizeof(error), 24, full), OPTIONS_OK, "%s", error);
+                     "--bitmap-clear-chunk", "1M", "--ring-reset", "take", "--postcopy-fifo", "99", NULL };
+    cr_assert_eq(parse(&options, error, sizeof(error), 26, full), OPTIONS_OK, "%s", error);
+    cr_assert_eq(options.postcopy_fifo_priority, 99);
     cr_assert(options.vm.dirty_log.ring_reset_at_take);
     cr_assert_eq(options.vm.dirty_log.bitmap_clear_chunk_bytes, 1ULL << 20);
     cr_assert_eq(options.vm.memory_bytes, 1ULL << 30);
@@ -186,6 +188,9 @@ Test(options, rejects_bad_values_with_exact_messages)
         { "--ring-entries", "1000", "--ring-entries 1000: must be a power of two from 64 to 65536" },
         { "--ring-entries", "32", "--ring-entries '32': expected an integer from 64 to 65536" },
         { "--dirty-log", "pml", NULL },
+        { "--postcopy-fifo", "0", "--postcopy-fifo '0': expected an integer from 1 to 99" },
+        { "--postcopy-fifo", "100", "--postcopy-fifo '100': expected an integer from 1 to 99" },
+        { "--postcopy-fifo", "high", "--postcopy-fifo 'high': expected an integer from 1 to 99" },
         { "--workload", "spinner", "--workload: unknown workload 'spinner' (expected idle, dirtier, ledger or fault)" },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

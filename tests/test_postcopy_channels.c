@@ -20,10 +20,12 @@
  * permitted.
  */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -33,6 +35,7 @@
 #include "migration/page_digest.h"
 #include "migration/postcopy_destination.h"
 #include "migration/postcopy_incoming.h"
+#include "migration/postcopy_priority.h"
 #include "migration/postcopy_source.h"
 #include "migration/progress.h"
 #include "tests/harness.h"
@@ -345,4 +348,82 @@ Test(postcopy_channels, a_paused_session_queues_requests_and_the_restarted_one_s
     close(c.fds[0]);
     guest_memory_destroy(&c.source);
     guest_memory_destroy(&c.destination);
+}
+
+/* How many of pc-fault, pc-urgent and pc-serve (found by name among this
+ * process's threads) run under policy at priority. */
+struct thread_class {
+    int policy;
+    int priority;
+    unsigned found;
+};
+
+static bool fault_service_threads_in_class(void *argument)
+{
+    struct thread_class *wanted = argument;
+    wanted->found = 0;
+    DIR *tasks = opendir("/proc/self/task");
+    if (tasks == NULL)
+        return false;
+    struct dirent *entry;
+    while ((entry = readdir(tasks)) != NULL) {
+        if (entry->d_name[0] == '.')
+            continue;
+        char path[300], name[32] = "";
+        snprintf(path, sizeof(path), "/proc/self/task/%s/comm", entry->d_name);
+        FILE *comm = fopen(path, "r");
+        if (comm == NULL)
+            continue;
+        if (fgets(name, sizeof(name), comm) == NULL)
+            name[0] = '\0';
+        fclose(comm);
+        name[strcspn(name, "\n")] = '\0';
+        if (strcmp(name, "pc-fault") != 0 && strcmp(name, "pc-urgent") != 0 && strcmp(name, "pc-serve") != 0)
+            continue;
+        pid_t thread_id = (pid_t)atoi(entry->d_name);
+        struct sched_param parameters;
+        if (sched_getscheduler(thread_id) == wanted->policy && sched_getparam(thread_id, &parameters) == 0 &&
+            parameters.sched_priority == wanted->priority)
+            wanted->found++;
+    }
+    closedir(tasks);
+    return wanted->found == 3;
+}
+
+static void finish_channels(struct channels *c)
+{
+    push_background(c, 512);
+    uint64_t missing = ~0ull;
+    char error[512] = "";
+    cr_assert_eq(postcopy_incoming_wait_all(c->incoming, WAIT_MS, &missing, error, sizeof(error)), 0, "%s", error);
+    postcopy_incoming_finish(c->incoming);
+    postcopy_source_stop(c->serve);
+    postcopy_source_destroy(c->serve);
+    postcopy_incoming_destroy(c->incoming);
+    close(c->fds[0]);
+    guest_memory_destroy(&c->source);
+    guest_memory_destroy(&c->destination);
+}
+
+/* ringvm --postcopy-fifo 8: the three fault-service threads run under
+ * SCHED_FIFO 8 from their start; without it, on the fair class. */
+Test(postcopy_channels, the_fault_service_threads_run_in_the_configured_class, .timeout = 120)
+{
+    struct channels c;
+    channels_start(&c);
+    struct thread_class fair = { .policy = SCHED_OTHER, .priority = 0 };
+    cr_assert(harness_wait_until(fault_service_threads_in_class, &fair, WAIT_MS),
+              "%u of pc-fault, pc-urgent and pc-serve are on SCHED_OTHER by default", fair.found);
+    finish_channels(&c);
+
+    char error[300];
+    if (postcopy_priority_check(8, error, sizeof(error)) != 0)
+        harness_skip("SCHED_FIFO is not permitted to this process: %s", error);
+    postcopy_priority_set(8);
+    channels_start(&c);
+    struct thread_class fifo = { .policy = SCHED_FIFO, .priority = 8 };
+    cr_assert(harness_wait_until(fault_service_threads_in_class, &fifo, WAIT_MS),
+              "%u of pc-fault, pc-urgent and pc-serve are on SCHED_FIFO 8", fifo.found);
+    cr_assert_eq(sched_getscheduler(0), SCHED_OTHER, "the thread that started them keeps its class");
+    finish_channels(&c);
 }

@@ -15,6 +15,7 @@
 
 #include "migration/migration.h"
 #include "migration/postcopy_destination.h"
+#include "migration/postcopy_priority.h"
 #include "tests/harness.h"
 #include "tests/link_relay.h"
 #include "tests/migration_destination.h"
@@ -163,6 +164,19 @@ static void migrate_postcopy(enum mig_mode mode, bool tcp, const char *workload,
 
 Test(postcopy_migration, ledger_two_vcpus_postcopy_unix, .timeout = 90)
 {
+    migrate_postcopy(MIG_MODE_POSTCOPY, false, "ledger,wss=32M,verify=1", 0);
+}
+
+/* ringvm --postcopy-fifo 1: pc-fault, pc-urgent and pc-serve under
+ * SCHED_FIFO (tests/test_postcopy_channels.c checks the class) must not
+ * starve what they wait on, the fair threads sending and placing pages,
+ * even with fewer cores than runnable threads. */
+Test(postcopy_migration, ledger_two_vcpus_postcopy_unix_with_the_fault_service_under_fifo, .timeout = 90)
+{
+    char error[300];
+    if (postcopy_priority_check(1, error, sizeof(error)) != 0)
+        harness_skip("SCHED_FIFO is not permitted to this process: %s", error);
+    postcopy_priority_set(1);
     migrate_postcopy(MIG_MODE_POSTCOPY, false, "ledger,wss=32M,verify=1", 0);
 }
 

@@ -18,6 +18,7 @@
 #include "api/server.h"
 #include "bpf/probes.h"
 #include "migration/migration.h"
+#include "migration/postcopy_priority.h"
 #include "migration/tls.h"
 #include "migration/transport.h"
 #include "vmm/console.h"
@@ -122,6 +123,20 @@ int main(int argc, char **argv)
             linux_guest_close(linux_guest);
             return 2;
         }
+    }
+
+    /* --postcopy-fifo: tried now, so an operator who asked for real-time
+     * fault service learns at start, not mid-migration, that this process
+     * may not have it (exit 2). */
+    if (options.postcopy_fifo_priority != 0) {
+        char fifo_error[300];
+        if (postcopy_priority_check(options.postcopy_fifo_priority, fifo_error, sizeof(fifo_error)) != 0) {
+            fprintf(stderr, "ringvm: --postcopy-fifo %u: %s\n", options.postcopy_fifo_priority, fifo_error);
+            mig_tls_credentials_free(incoming_tls);
+            linux_guest_close(linux_guest);
+            return 2;
+        }
+        postcopy_priority_set(options.postcopy_fifo_priority);
     }
 
     /* Every thread created from here on inherits SIGINT/SIGTERM blocked;

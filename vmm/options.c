@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "migration/postcopy_priority.h"
 #include "vmm/linux_boot.h"
 #include "vmm/size.h"
 
@@ -90,6 +91,11 @@ void options_print_usage(FILE *out)
 "                           (ca-cert.pem, server-cert.pem, server-key.pem; the source needs a\n"
 "                           client-cert.pem from the same CA). Without either, tcp: is plaintext:\n"
 "                           any peer that connects first is the source\n"
+"  --postcopy-fifo PRIORITY run post-copy's fault service (pc-fault and pc-urgent on a\n"
+"                           destination, pc-serve on a source) under SCHED_FIFO at PRIORITY\n"
+"                           (1..99), so a vCPU's missing page is served before other threads\n"
+"                           get the core; needs CAP_SYS_NICE or RLIMIT_RTPRIO >= PRIORITY\n"
+"                           (checked at start). Default: the fair class, like every thread\n"
 "  --bpf                    load the eBPF probes at start (see ringctl trace)\n"
 "  -h, --help               this text\n"
 "  --version                print the version\n"
@@ -104,7 +110,7 @@ enum {
     OPT_MEMORY = 256, OPT_VCPUS, OPT_WORKLOAD, OPT_SERIAL, OPT_STATS, OPT_NUMA_NODE, OPT_HUGEPAGES,
     OPT_DIRTY_LOG, OPT_RING_ENTRIES, OPT_HARVESTERS, OPT_BITMAP_SYNC_MS, OPT_BITMAP_CLEAR_CHUNK, OPT_RING_RESET, OPT_API_SOCKET, OPT_VERSION,
     OPT_RUN_SECONDS, OPT_PREALLOC, OPT_INCOMING, OPT_BPF, OPT_INCOMING_STALL_TIMEOUT,
-    OPT_KERNEL, OPT_INITRD, OPT_CMDLINE, OPT_CONSOLE, OPT_TLS_PSK, OPT_TLS_CREDS,
+    OPT_KERNEL, OPT_INITRD, OPT_CMDLINE, OPT_CONSOLE, OPT_TLS_PSK, OPT_TLS_CREDS, OPT_POSTCOPY_FIFO,
 };
 
 static const struct option long_options[] = {
@@ -133,6 +139,7 @@ static const struct option long_options[] = {
     { "console", required_argument, NULL, OPT_CONSOLE },
     { "tls-psk", required_argument, NULL, OPT_TLS_PSK },
     { "tls-creds", required_argument, NULL, OPT_TLS_CREDS },
+    { "postcopy-fifo", required_argument, NULL, OPT_POSTCOPY_FIFO },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, OPT_VERSION },
     { NULL, 0, NULL, 0 },
@@ -328,6 +335,12 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
                 options->tls_psk = optarg;
             else
                 options->tls_creds = optarg;
+            break;
+        case OPT_POSTCOPY_FIFO:
+            if (parse_count("--postcopy-fifo", optarg, POSTCOPY_PRIORITY_MIN, POSTCOPY_PRIORITY_MAX, &value, error,
+                            error_size))
+                return OPTIONS_ERROR;
+            options->postcopy_fifo_priority = (unsigned)value;
             break;
         case 'h':
             options_print_usage(stdout);

@@ -21,6 +21,8 @@ struct ringvm_options {
     const char *tls_psk;            /* --tls-psk FILE (keys.psk), NULL = none */
     const char *tls_creds;          /* --tls-creds DIR (x509), NULL = none */
     bool bpf;                       /* --bpf */
+    unsigned postcopy_fifo_priority;    /* --postcopy-fifo N: SCHED_FIFO priority of the post-copy fault
+                                           service threads, 0 = not given (fair class) */
     const char *console_socket;     /* --console unix:PATH (the PATH), NULL = none */
     unsigned demo_seconds;          /* --run-seconds N: shut down after N s (0 = run until signalled) */
 };
