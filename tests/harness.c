@@ -2,6 +2,7 @@
 #include "tests/harness.h"
 
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/bpf.h>
@@ -288,6 +289,29 @@ void harness_vm_stop(struct harness_vm *harness)
     harness->linux_guest = NULL;
     free(harness->console.text);
     harness->console.text = NULL;
+}
+
+void harness_for_each_thread(void (*visit)(pid_t thread_id, const char *name, void *opaque), void *opaque)
+{
+    DIR *tasks = opendir("/proc/self/task");
+    cr_assert_not_null(tasks, "opendir(/proc/self/task): %s", strerror(errno));
+    struct dirent *entry;
+    while ((entry = readdir(tasks)) != NULL) {
+        if (entry->d_name[0] == '.')
+            continue;
+        char path[300], name[64] = "";
+        snprintf(path, sizeof(path), "/proc/self/task/%s/comm", entry->d_name);
+        FILE *file = fopen(path, "r");
+        if (file == NULL)
+            continue;       /* the thread ended meanwhile */
+        bool named = fgets(name, sizeof(name), file) != NULL;
+        fclose(file);
+        if (!named)
+            continue;
+        name[strcspn(name, "\n")] = '\0';
+        visit((pid_t)atoi(entry->d_name), name, opaque);
+    }
+    closedir(tasks);
 }
 
 bool harness_wait_until(bool (*predicate)(void *argument), void *argument, unsigned timeout_ms)

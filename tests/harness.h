@@ -115,6 +115,10 @@ char *console_snapshot(struct console_capture *console);
 /* Polls predicate(argument) every millisecond until true or timeout. */
 bool harness_wait_until(bool (*predicate)(void *argument), void *argument, unsigned timeout_ms);
 
+/* Calls visit for every thread of this process with its kernel id and name
+ * (/proc/self/task/N/comm); a thread that ends meanwhile is skipped. */
+void harness_for_each_thread(void (*visit)(pid_t thread_id, const char *name, void *opaque), void *opaque);
+
 /* Holding pauses in flight (vm_vcpu_park_hook): after harness_hold_pauses,
  * every vCPU thread that sees a pause request waits before it parks (so the
  * pause cannot complete) until harness_release_pauses or its VM's shutdown.

@@ -20,7 +20,6 @@
  * permitted.
  */
 #include <criterion/criterion.h>
-#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -358,35 +357,22 @@ struct thread_class {
     unsigned found;
 };
 
+static void count_in_class(pid_t thread_id, const char *name, void *opaque)
+{
+    struct thread_class *wanted = opaque;
+    if (strcmp(name, "pc-fault") != 0 && strcmp(name, "pc-urgent") != 0 && strcmp(name, "pc-serve") != 0)
+        return;
+    struct sched_param parameters;
+    if (sched_getscheduler(thread_id) == wanted->policy && sched_getparam(thread_id, &parameters) == 0 &&
+        parameters.sched_priority == wanted->priority)
+        wanted->found++;
+}
+
 static bool fault_service_threads_in_class(void *argument)
 {
     struct thread_class *wanted = argument;
     wanted->found = 0;
-    DIR *tasks = opendir("/proc/self/task");
-    if (tasks == NULL)
-        return false;
-    struct dirent *entry;
-    while ((entry = readdir(tasks)) != NULL) {
-        if (entry->d_name[0] == '.')
-            continue;
-        char path[300], name[32] = "";
-        snprintf(path, sizeof(path), "/proc/self/task/%s/comm", entry->d_name);
-        FILE *comm = fopen(path, "r");
-        if (comm == NULL)
-            continue;
-        if (fgets(name, sizeof(name), comm) == NULL)
-            name[0] = '\0';
-        fclose(comm);
-        name[strcspn(name, "\n")] = '\0';
-        if (strcmp(name, "pc-fault") != 0 && strcmp(name, "pc-urgent") != 0 && strcmp(name, "pc-serve") != 0)
-            continue;
-        pid_t thread_id = (pid_t)atoi(entry->d_name);
-        struct sched_param parameters;
-        if (sched_getscheduler(thread_id) == wanted->policy && sched_getparam(thread_id, &parameters) == 0 &&
-            parameters.sched_priority == wanted->priority)
-            wanted->found++;
-    }
-    closedir(tasks);
+    harness_for_each_thread(count_in_class, wanted);
     return wanted->found == 3;
 }
 

@@ -79,29 +79,24 @@ static void wait_phase(struct vm *vm, const char *phase, const char *message, ui
     }
 }
 
-/* Threads of this process named name (/proc/self/task/N/comm). */
+struct thread_count {
+    const char *name;
+    unsigned count;
+};
+
+static void count_thread(pid_t thread_id, const char *name, void *opaque)
+{
+    (void)thread_id;
+    struct thread_count *wanted = opaque;
+    wanted->count += strcmp(name, wanted->name) == 0;
+}
+
+/* Threads of this process named name. */
 static unsigned threads_named(const char *name)
 {
-    DIR *tasks = opendir("/proc/self/task");
-    cr_assert_not_null(tasks, "opendir(/proc/self/task)");
-    unsigned count = 0;
-    struct dirent *entry;
-    while ((entry = readdir(tasks)) != NULL) {
-        if (entry->d_name[0] == '.')
-            continue;
-        char path[300], comm[64] = "";
-        snprintf(path, sizeof(path), "/proc/self/task/%s/comm", entry->d_name);
-        FILE *file = fopen(path, "r");
-        if (file == NULL)
-            continue;       /* the thread ended meanwhile */
-        if (fgets(comm, sizeof(comm), file) != NULL) {
-            comm[strcspn(comm, "\n")] = '\0';
-            count += strcmp(comm, name) == 0;
-        }
-        fclose(file);
-    }
-    closedir(tasks);
-    return count;
+    struct thread_count wanted = { .name = name, .count = 0 };
+    harness_for_each_thread(count_thread, &wanted);
+    return wanted.count;
 }
 
 /* Open file descriptors of this process. */
