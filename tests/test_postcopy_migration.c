@@ -60,10 +60,15 @@ static void migrate_postcopy_with(enum mig_mode mode, bool tcp, const char *work
     cr_assert(console_wait_for(&source.console, "LEDGER OK", 1, 20000), "no LEDGER OK on the source:\n%s",
               console_snapshot(&source.console));
 
+    /* The stall timeouts scaled to the host (harness_stall_ms): under
+     * scripts/nested-kvm.sh with the host's cores busy, the destination's
+     * one emulated CPU took 10-22 s for this migration and went 5 s
+     * without reading, which the default 5 s stall took for a broken link. */
     struct test_destination dest;
-    test_destination_start(&dest, "256M", vcpus, "idle", tcp);
+    test_destination_start_stall(&dest, "256M", vcpus, "idle", tcp, harness_stall_ms(5000));
     struct mig_params params;
     mig_params_defaults(&params);
+    params.stall_timeout_ms = harness_stall_ms(params.stall_timeout_ms);
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
     params.mode = mode;
     if (mode == MIG_MODE_HYBRID && !hybrid_auto) {
