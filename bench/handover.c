@@ -104,16 +104,6 @@ static int make_vm(struct vm **out, uint64_t memory, unsigned vcpus, const char 
     return bench_vm_start(out, &options, "bench/handover");
 }
 
-static void stop_vm(struct vm *vm)
-{
-    if (vm == NULL)
-        return;
-    migration_release(vm);
-    vm_request_shutdown(vm, 0);
-    vm_wait(vm);
-    vm_destroy(vm);
-}
-
 /* Guest page writes per second over the next second. */
 static double pages_per_second(struct vm *vm)
 {
@@ -171,12 +161,12 @@ static int start_destination(struct incoming *in, const struct cell *c, const ch
     in->fd = mig_listen(&address, error, sizeof(error));
     if (in->fd < 0) {
         fprintf(stderr, "bench/handover: %s\n", error);
-        stop_vm(in->vm);
+        bench_vm_stop(in->vm);
         return -1;
     }
     if (pthread_create(&in->thread, NULL, incoming_main, in) != 0) {
         close(in->fd);
-        stop_vm(in->vm);
+        bench_vm_stop(in->vm);
         return -1;
     }
     return 0;
@@ -236,7 +226,7 @@ static void run_cell(const struct options *o, struct cell *c)
             break;
         }
         if (move_guest(guest, &in, p, c->error, sizeof(c->error)) != 0) {
-            stop_vm(in.vm);
+            bench_vm_stop(in.vm);
             break;
         }
         if (run == 0)
@@ -244,7 +234,7 @@ static void run_cell(const struct options *o, struct cell *c)
         c->downtime_us[c->runs] = p->downtime_us;
         c->total_ms[c->runs] = p->total_ms;
         c->runs++;
-        stop_vm(guest);
+        bench_vm_stop(guest);
         guest = in.vm;
     }
     if (c->error[0] == '\0' && p != NULL) {
@@ -257,18 +247,18 @@ static void run_cell(const struct options *o, struct cell *c)
             if (start_destination(&in, c, "unix:") != 0) {
                 snprintf(c->baseline_skipped, sizeof(c->baseline_skipped), "could not start the destination");
             } else if (move_guest(guest, &in, p, c->baseline_skipped, sizeof(c->baseline_skipped)) != 0) {
-                stop_vm(in.vm);
+                bench_vm_stop(in.vm);
             } else {
                 c->baseline_downtime_us = p->downtime_us;
                 c->baseline_total_ms = p->total_ms;
                 c->baseline_bytes = p->memory.transferred;
-                stop_vm(guest);
+                bench_vm_stop(guest);
                 guest = in.vm;
             }
         }
     }
     free(p);
-    stop_vm(guest);
+    bench_vm_stop(guest);
 }
 
 static int compare_u64(const void *a, const void *b)

@@ -147,35 +147,6 @@ struct result {
     char error[1024];
 };
 
-static int listen_on(bool tcp, char *address, size_t size)
-{
-    static unsigned counter;
-    struct mig_address parsed;
-    char error[256];
-    if (tcp) {
-        memset(&parsed, 0, sizeof(parsed));
-        parsed.kind = MIG_ADDRESS_TCP;
-        snprintf(parsed.host, sizeof(parsed.host), "127.0.0.1");
-        snprintf(parsed.port, sizeof(parsed.port), "0");
-    } else {
-        snprintf(address, size, "unix:/tmp/ringvm-bench-migrate-%d-%u.sock", getpid(), counter++);
-        mig_address_parse(address, &parsed, error, sizeof(error));
-    }
-    int fd = mig_listen(&parsed, error, sizeof(error));
-    if (fd < 0) {
-        fprintf(stderr, "bench/migrate: %s\n", error);
-        return -1;
-    }
-    if (tcp) {
-        struct sockaddr_storage bound;
-        socklen_t length = sizeof(bound);
-        getsockname(fd, (struct sockaddr *)&bound, &length);
-        unsigned port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
-        snprintf(address, size, "tcp:127.0.0.1:%u", port);
-    }
-    return fd;
-}
-
 /* ---- plain transfers: the baselines' sender and receiver ------------------------------ */
 
 /* One stretch of a plain transfer: `bytes` sent from `from`, received into
@@ -236,7 +207,7 @@ static double transfer_throughput(bool tcp, const struct transfer_segment *segme
     uint64_t total = 0;
     for (unsigned i = 0; i < count; i++)
         total += segments[i].bytes;
-    receiver.listen_fd = listen_on(tcp, address, sizeof(address));
+    receiver.listen_fd = bench_vm_listen(tcp, PROGRAM, address, sizeof(address));
     if (receiver.listen_fd < 0)
         return 0;
     pthread_t thread;
@@ -379,7 +350,7 @@ static void run_one(const struct options *o, uint64_t wss, const char *workload_
         r->plain_mibs = plain_throughput(o, source, dest_prealloc);
 
     struct incoming in = { .vm = dest };
-    in.fd = listen_on(o->tcp, in.address, sizeof(in.address));
+    in.fd = bench_vm_listen(o->tcp, PROGRAM, in.address, sizeof(in.address));
     pthread_t thread;
     pthread_create(&thread, NULL, incoming_main, &in);
     struct mig_params params;
@@ -654,7 +625,7 @@ static int run_reaction(const struct options *o)
         if (make_vm(&dest, 256ull << 20, "dirtier,wss=16M", DIRTY_LOG_RING, true, false) != 0)
             break;
         struct incoming in = { .vm = dest };
-        in.fd = listen_on(o->tcp, in.address, sizeof(in.address));
+        in.fd = bench_vm_listen(o->tcp, PROGRAM, in.address, sizeof(in.address));
         pthread_t thread;
         pthread_create(&thread, NULL, incoming_main, &in);
         if (start_endless_migration(source, in.address) == 0) {
@@ -680,7 +651,7 @@ static int run_reaction(const struct options *o)
         /* The destination's socket closes mid-stream. */
         struct vanishing_destination gone = { 0 };
         char address[128];
-        gone.listen_fd = listen_on(o->tcp, address, sizeof(address));
+        gone.listen_fd = bench_vm_listen(o->tcp, PROGRAM, address, sizeof(address));
         pthread_create(&thread, NULL, vanishing_destination_main, &gone);
         if (start_endless_migration(source, address) == 0) {
             while (!atomic_load_explicit(&gone.streaming, memory_order_acquire) ||

@@ -217,40 +217,6 @@ static void *incoming_main(void *argument)
 
 /* A listening socket of the run's transport; its address in `address`.
  * The fd, or -1 with a message. */
-static int listen_on(bool tcp, char *address, size_t size)
-{
-    static unsigned counter;
-    struct mig_address parsed;
-    char error[256];
-    memset(&parsed, 0, sizeof(parsed));
-    if (tcp) {
-        parsed.kind = MIG_ADDRESS_TCP;
-        snprintf(parsed.host, sizeof(parsed.host), "127.0.0.1");
-        snprintf(parsed.port, sizeof(parsed.port), "0");
-    } else {
-        snprintf(address, size, "unix:/tmp/ringvm-bench-postcopy-%d-%u.sock", getpid(), counter++);
-        if (mig_address_parse(address, &parsed, error, sizeof(error)) != 0) {
-            fprintf(stderr, PROGRAM ": %s: %s\n", address, error);
-            return -1;
-        }
-    }
-    int fd = mig_listen(&parsed, error, sizeof(error));
-    if (fd < 0) {
-        fprintf(stderr, PROGRAM ": listening: %s\n", error);
-        return -1;
-    }
-    if (tcp) {
-        struct sockaddr_storage bound;
-        socklen_t length = sizeof(bound);
-        if (getsockname(fd, (struct sockaddr *)&bound, &length) != 0) {
-            fprintf(stderr, PROGRAM ": getsockname: %s\n", strerror(errno));
-            close(fd);
-            return -1;
-        }
-        snprintf(address, size, "tcp:127.0.0.1:%u", ntohs(((struct sockaddr_in *)&bound)->sin_port));
-    }
-    return fd;
-}
 
 /* Both sides' progress, for a run that did not end (stderr and error). */
 static void describe_stuck(struct vm *source, struct vm *dest, struct result *r)
@@ -281,14 +247,6 @@ static void describe_stuck(struct vm *source, struct vm *dest, struct result *r)
     free(q);
 }
 
-static void destroy_vm(struct vm *vm)
-{
-    migration_release(vm);
-    vm_request_shutdown(vm, 0);
-    vm_wait(vm);
-    vm_destroy(vm);
-}
-
 /* One migration of a fresh 2-vCPU full-rate guest. A hung run leaves its
  * VMs and threads as they are (r->hung): nothing here can end them. */
 static void run_one(const struct options *o, uint64_t memory, uint64_t wss, uint64_t cap_mibs, enum run_kind kind,
@@ -313,13 +271,13 @@ static void run_one(const struct options *o, uint64_t memory, uint64_t wss, uint
     }
     if (make_vm(&dest, memory, workload, true) != 0) {
         snprintf(r->error, sizeof(r->error), "could not create the destination VM (see stderr)");
-        destroy_vm(source);
+        bench_vm_stop(source);
         return;
     }
     if (!bench_wait_for_first_pass(source, VCPUS, 60000)) {
         snprintf(r->error, sizeof(r->error), "the source guest did not complete a pass over its working set in 60 s");
-        destroy_vm(source);
-        destroy_vm(dest);
+        bench_vm_stop(source);
+        bench_vm_stop(dest);
         return;
     }
 
@@ -331,12 +289,12 @@ static void run_one(const struct options *o, uint64_t memory, uint64_t wss, uint
         exit(1);
     }
     in->vm = dest;
-    in->fd = listen_on(o->tcp, in->address, sizeof(in->address));
+    in->fd = bench_vm_listen(o->tcp, PROGRAM, in->address, sizeof(in->address));
     if (in->fd < 0) {
         free(in);
         snprintf(r->error, sizeof(r->error), "could not listen (see stderr)");
-        destroy_vm(source);
-        destroy_vm(dest);
+        bench_vm_stop(source);
+        bench_vm_stop(dest);
         return;
     }
     pthread_t thread;
@@ -345,8 +303,8 @@ static void run_one(const struct options *o, uint64_t memory, uint64_t wss, uint
         snprintf(r->error, sizeof(r->error), "pthread_create for the destination: %s", strerror(error));
         close(in->fd);
         free(in);
-        destroy_vm(source);
-        destroy_vm(dest);
+        bench_vm_stop(source);
+        bench_vm_stop(dest);
         return;
     }
 
@@ -505,8 +463,8 @@ out:
     if (strncmp(in->address, "unix:", 5) == 0)
         unlink(in->address + 5);
     free(in);
-    destroy_vm(source);
-    destroy_vm(dest);
+    bench_vm_stop(source);
+    bench_vm_stop(dest);
 }
 
 /* ---- output ----------------------------------------------------------------------------- */

@@ -33,18 +33,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <gnutls/gnutls.h>
-#include <gnutls/x509.h>
 #include <jansson.h>
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
 #include <xxh_x86dispatch.h>
 
 #include "bench/lib/bench_options.h"
+#include "bench/lib/bench_tls.h"
 #include "migration/tls.h"
 #include "migration/transport.h"
 
@@ -80,80 +78,6 @@ static double now_seconds(clockid_t clock)
     struct timespec t;
     clock_gettime(clock, &t);
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
-/* ---- credentials for the run (a throwaway directory) --------------------------- */
-
-static void write_file(const char *directory, const char *name, const void *data, size_t length)
-{
-    char path[512];
-    snprintf(path, sizeof(path), "%s/%s", directory, name);
-    FILE *f = fopen(path, "w");
-    if (f == NULL || fwrite(data, 1, length, f) != length || fchmod(fileno(f), 0600) != 0 || fclose(f) != 0)
-        die("writing the credentials");
-}
-
-static void make_identity(gnutls_x509_crt_t *certificate, gnutls_x509_privkey_t *key, bool ca, const char *name,
-                          gnutls_x509_crt_t issuer, gnutls_x509_privkey_t issuer_key, unsigned char serial)
-{
-    time_t now = time(NULL);
-    char dn[128];
-    snprintf(dn, sizeof(dn), "CN=%s", name);
-    unsigned char serial_bytes[2] = { 1, serial };
-    if (gnutls_x509_privkey_init(key) != 0 ||
-        gnutls_x509_privkey_generate(*key, GNUTLS_PK_ECDSA, GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1), 0) != 0 ||
-        gnutls_x509_crt_init(certificate) != 0 || gnutls_x509_crt_set_version(*certificate, 3) != 0 ||
-        gnutls_x509_crt_set_serial(*certificate, serial_bytes, 2) != 0 ||
-        gnutls_x509_crt_set_activation_time(*certificate, now - 3600) != 0 ||
-        gnutls_x509_crt_set_expiration_time(*certificate, now + 86400) != 0 ||
-        gnutls_x509_crt_set_dn(*certificate, dn, NULL) != 0 || gnutls_x509_crt_set_key(*certificate, *key) != 0 ||
-        gnutls_x509_crt_set_basic_constraints(*certificate, ca ? 1 : 0, -1) != 0)
-        die("making a certificate");
-    if (!ca && gnutls_x509_crt_set_subject_alt_name(*certificate, GNUTLS_SAN_DNSNAME, "localhost", 9,
-                                                    GNUTLS_FSAN_SET) != 0)
-        die("making a certificate");
-    if (gnutls_x509_crt_sign2(*certificate, issuer != NULL ? issuer : *certificate,
-                              issuer_key != NULL ? issuer_key : *key, GNUTLS_DIG_SHA256, 0) != 0)
-        die("signing a certificate");
-}
-
-static void export_identity(const char *directory, const char *prefix, gnutls_x509_crt_t certificate,
-                            gnutls_x509_privkey_t key)
-{
-    gnutls_datum_t pem;
-    char name[64];
-    if (gnutls_x509_crt_export2(certificate, GNUTLS_X509_FMT_PEM, &pem) != 0)
-        die("exporting a certificate");
-    snprintf(name, sizeof(name), "%s-cert.pem", prefix);
-    write_file(directory, name, pem.data, pem.size);
-    gnutls_free(pem.data);
-    if (key == NULL)
-        return;
-    if (gnutls_x509_privkey_export2(key, GNUTLS_X509_FMT_PEM, &pem) != 0)
-        die("exporting a key");
-    snprintf(name, sizeof(name), "%s-key.pem", prefix);
-    write_file(directory, name, pem.data, pem.size);
-    gnutls_free(pem.data);
-}
-
-static void make_credentials(const char *directory)
-{
-    const char *psk = "bench:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n";
-    write_file(directory, "keys.psk", psk, strlen(psk));
-    gnutls_x509_crt_t ca, server, client;
-    gnutls_x509_privkey_t ca_key, server_key, client_key;
-    make_identity(&ca, &ca_key, true, "bench CA", NULL, NULL, 1);
-    make_identity(&server, &server_key, false, "localhost", ca, ca_key, 2);
-    make_identity(&client, &client_key, false, "source", ca, ca_key, 3);
-    export_identity(directory, "ca", ca, NULL);
-    export_identity(directory, "server", server, server_key);
-    export_identity(directory, "client", client, client_key);
-    gnutls_x509_crt_deinit(ca);
-    gnutls_x509_crt_deinit(server);
-    gnutls_x509_crt_deinit(client);
-    gnutls_x509_privkey_deinit(ca_key);
-    gnutls_x509_privkey_deinit(server_key);
-    gnutls_x509_privkey_deinit(client_key);
 }
 
 /* ---- connections ------------------------------------------------------------ */
@@ -382,10 +306,9 @@ int main(int argc, char **argv)
     if (bench_options_refuse_operands(PROGRAM, argc, argv, optind, usage) != 0)
         return 2;
 
-    char directory[] = "/tmp/ringvm-tls-bench-XXXXXX";
-    if (mkdtemp(directory) == NULL)
-        die("mkdtemp");
-    make_credentials(directory);
+    char directory[64];
+    if (bench_tls_make_credentials(directory, sizeof(directory), PROGRAM) != 0)
+        return 1;
     char psk_path[128], error[1024];
     snprintf(psk_path, sizeof(psk_path), "%s/keys.psk", directory);
     struct mig_tls_credentials *client[MODE_COUNT] = { 0 }, *server[MODE_COUNT] = { 0 };
@@ -481,14 +404,7 @@ int main(int argc, char **argv)
         mig_tls_credentials_free(client[m]);
         mig_tls_credentials_free(server[m]);
     }
-    static const char *files[] = { "keys.psk", "ca-cert.pem", "server-cert.pem", "server-key.pem",
-                                   "client-cert.pem", "client-key.pem" };
-    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
-        char path[256];
-        snprintf(path, sizeof(path), "%s/%s", directory, files[i]);
-        unlink(path);
-    }
-    rmdir(directory);
+    bench_tls_remove_credentials(directory);
     free(rate);
     free(send_cpu);
     free(receive_cpu);

@@ -297,6 +297,8 @@ static const struct bench {
     { "handover", "--runs", "4294967297",
       "bench/handover: --runs '4294967297': expected a whole number from 1 to 64\n", { NULL } },
     { "harvest", "--reps", "abc", "bench/harvest: --reps 'abc': expected a whole number from 1 to 16\n", { NULL } },
+    { "migrate-tls", "--reps", "16", "bench/migrate-tls: --reps '16': expected a whole number from 1 to 15\n",
+      { NULL } },
     { "migrate", "--timeout", "abc", "bench/migrate: --timeout 'abc': expected a whole number from 1 to 86400\n",
       { "--prealloc", "--ring-reset", NULL } },
     { "postcopy", "--downtime-ms", "99999999999999999999",

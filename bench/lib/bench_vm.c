@@ -1,9 +1,16 @@
 #include "bench/lib/bench_vm.h"
 
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "migration/migration.h"
+#include "migration/transport.h"
 #include "vmm/vm.h"
 #include "vmm/workload.h"
 
@@ -74,4 +81,51 @@ bool bench_wait_for_first_pass(struct vm *vm, unsigned vcpus, unsigned timeout_m
         struct timespec poll = { .tv_sec = 0, .tv_nsec = 10000000 };
         nanosleep(&poll, NULL);
     }
+}
+
+int bench_vm_listen(bool tcp, const char *program, char *address, size_t size)
+{
+    static unsigned counter;
+    struct mig_address parsed;
+    char error[256];
+    memset(&parsed, 0, sizeof(parsed));
+    if (tcp) {
+        parsed.kind = MIG_ADDRESS_TCP;
+        snprintf(parsed.host, sizeof(parsed.host), "127.0.0.1");
+        snprintf(parsed.port, sizeof(parsed.port), "0");
+    } else {
+        /* "bench/migrate" -> "migrate": the path names the benchmark */
+        const char *name = strrchr(program, '/') != NULL ? strrchr(program, '/') + 1 : program;
+        snprintf(address, size, "unix:/tmp/ringvm-bench-%s-%d-%u.sock", name, (int)getpid(), counter++);
+        if (mig_address_parse(address, &parsed, error, sizeof(error)) != 0) {
+            fprintf(stderr, "%s: %s: %s\n", program, address, error);
+            return -1;
+        }
+    }
+    int fd = mig_listen(&parsed, error, sizeof(error));
+    if (fd < 0) {
+        fprintf(stderr, "%s: listening: %s\n", program, error);
+        return -1;
+    }
+    if (tcp) {
+        struct sockaddr_storage bound;
+        socklen_t length = sizeof(bound);
+        if (getsockname(fd, (struct sockaddr *)&bound, &length) != 0) {
+            fprintf(stderr, "%s: getsockname: %s\n", program, strerror(errno));
+            close(fd);
+            return -1;
+        }
+        snprintf(address, size, "tcp:127.0.0.1:%u", ntohs(((struct sockaddr_in *)&bound)->sin_port));
+    }
+    return fd;
+}
+
+void bench_vm_stop(struct vm *vm)
+{
+    if (vm == NULL)
+        return;
+    migration_release(vm);
+    vm_request_shutdown(vm, 0);
+    vm_wait(vm);
+    vm_destroy(vm);
 }

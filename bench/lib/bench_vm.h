@@ -10,6 +10,7 @@
 #define RINGVM_BENCH_LIB_BENCH_VM_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "dirtyring/dirty_log.h"
@@ -30,6 +31,18 @@ struct bench_vm_options {
 /* Creates and starts the VM. 0, or -1 with the reason on stderr, prefixed
  * with `program` ("bench/migrate"). */
 int bench_vm_start(struct vm **out, const struct bench_vm_options *options, const char *program);
+
+/* Ends a VM: releases its migration, asks it to shut down, waits for its
+ * threads and frees it. NULL is ignored. */
+void bench_vm_stop(struct vm *vm);
+
+/* A migration listener for a destination in this process: a Unix socket
+ * under /tmp (unix:/tmp/ringvm-bench-PROGRAM-PID-N.sock, unique within the
+ * process) or TCP on 127.0.0.1 at a port the kernel picks; the address
+ * ringctl and migration.start take ("unix:PATH", "tcp:127.0.0.1:PORT") in
+ * address. The listening fd, or -1 with the reason on stderr prefixed with
+ * `program`. The caller unlinks a unix: path when done. */
+int bench_vm_listen(bool tcp, const char *program, char *address, size_t size);
 
 /* Pages the guest has written so far on its first `vcpus` vCPUs (the
  * workload's own counters in guest RAM). */
