@@ -44,10 +44,12 @@ runs=(
     "bpf-overhead|$build/bench/bpf-overhead --seconds 1 --rounds 1 --wss 16M --json"
     "migrate|$build/bench/migrate --caps 125 --wss 16M --memory 128M --filter 16M/125/none --json"
     "migrate-reaction|$build/bench/migrate --reaction 1 --json"
+    "migrate-tls|$build/bench/migrate-tls --wss 16M --memory 64M --reps 1 --json"
     "postcopy|$build/bench/postcopy --wss 32M --memory 128M --caps 125 --json"
     "handover|$build/bench/handover --sizes 256M --vcpus 1 --runs 1 --json"
     "fault-service|$build/bench/fault-service --memory 64M --faults 200 --transport unix --json"
     "tls-throughput|$build/bench/tls-throughput --bytes 16M --reps 1 --json"
+    "boot-time|scripts/boot-time.sh --build $build --vcpus 1 --memory 256M --cmdline ringvm.workload=ledger,wss=8M,verify=1"
     "vs-qemu|python3 bench/vs-qemu/run.py --build $build --memory 256M --wss 16M --bandwidth 125 --vcpus 1 --converge none --tracking ring --reps 1 --warmup 0.5 --json JSON_FILE"
 )
 
@@ -58,53 +60,7 @@ else
     work="$(mktemp -d /tmp/ringvm-bench-smoke-XXXXXX)"
 fi
 echo "bench-smoke: outputs in $work"
-failed=0
-passed=0
-cd "$root" || exit 2
-for entry in "${runs[@]}"; do
-    name="${entry%%|*}"
-    command="${entry#*|}"
-    if [ -n "$only" ] && [[ ",$only," != *",$name,"* ]]; then
-        continue
-    fi
-    json_file=""
-    if [[ "$command" == *JSON_FILE* ]]; then
-        json_file="$work/$name.json"
-        command="${command//JSON_FILE/$json_file}"
-    fi
-    start=$(date +%s)
-    # shellcheck disable=SC2086 # the command is a word list on purpose
-    timeout -k 10 "$timeout_s" $command >"$work/$name.out" 2>"$work/$name.err"
-    status=$?
-    seconds=$(( $(date +%s) - start ))
-    verdict=ok
-    if [ "$status" = 124 ]; then
-        verdict="timed out after ${timeout_s} s"
-    elif [ "$status" != 0 ]; then
-        verdict="exit $status"
-    else
-        checked="${json_file:-$work/$name.out}"
-        # The shape: top-level keys, and the length of every list among them.
-        if ! shape=$(python3 -c '
-import json, sys
-value = json.load(open(sys.argv[1]))
-if isinstance(value, dict):
-    print(" ".join(k + ("[%d]" % len(v) if isinstance(v, list) else "") for k, v in value.items()))
-elif isinstance(value, list):
-    print("a list of %d" % len(value))
-else:
-    print(type(value).__name__)' "$checked" 2>&1); then
-            verdict="no valid JSON in $(basename "$checked"): ${shape##*$'\n'}"
-        fi
-    fi
-    if [ "$verdict" = ok ]; then
-        passed=$((passed + 1))
-        printf 'bench-smoke: %-16s ok (%d s): %s\n' "$name" "$seconds" "${shape:0:200}"
-    else
-        failed=$((failed + 1))
-        printf 'bench-smoke: %-16s FAILED: %s (%d s); last lines of stderr:\n' "$name" "$verdict" "$seconds"
-        tail -5 "$work/$name.err" | sed 's/^/    /'
-    fi
-done
-echo "bench-smoke: $passed passed, $failed failed"
-[ "$failed" = 0 ]
+label=bench-smoke
+# shellcheck source=scripts/lib/run-benches.sh
+. "$root/scripts/lib/run-benches.sh"
+run_benches
