@@ -411,14 +411,8 @@ static void run_one(const struct options *o, uint64_t wss, const char *workload_
     pthread_join(thread, NULL);
     if (strncmp(in.address, "unix:", 5) == 0)
         unlink(in.address + 5);
-    migration_release(source);
-    migration_release(dest);
-    vm_request_shutdown(source, 0);
-    vm_wait(source);
-    vm_destroy(source);
-    vm_request_shutdown(dest, 0);
-    vm_wait(dest);
-    vm_destroy(dest);
+    bench_vm_stop(source);
+    bench_vm_stop(dest);
 }
 
 /* ---- raw socket throughput ------------------------------------------------------ */
@@ -643,10 +637,7 @@ static int run_reaction(const struct options *o)
         pthread_join(thread, NULL);
         if (strncmp(in.address, "unix:", 5) == 0)
             unlink(in.address + 5);
-        migration_release(dest);
-        vm_request_shutdown(dest, 0);
-        vm_wait(dest);
-        vm_destroy(dest);
+        bench_vm_stop(dest);
 
         /* The destination's socket closes mid-stream. */
         struct vanishing_destination gone = { 0 };

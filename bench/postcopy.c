@@ -215,9 +215,6 @@ static void *incoming_main(void *argument)
     return NULL;
 }
 
-/* A listening socket of the run's transport; its address in `address`.
- * The fd, or -1 with a message. */
-
 /* Both sides' progress, for a run that did not end (stderr and error). */
 static void describe_stuck(struct vm *source, struct vm *dest, struct result *r)
 {

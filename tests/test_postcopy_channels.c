@@ -125,6 +125,19 @@ static void channels_start(struct channels *c)
     cr_assert_eq(postcopy_source_start(c->serve), 0);
 }
 
+/* Every page is here: the session finished, both threads and channels
+ * ended, RAM freed. */
+static void channels_stop(struct channels *c)
+{
+    postcopy_incoming_finish(c->incoming);
+    postcopy_source_stop(c->serve);
+    postcopy_source_destroy(c->serve);
+    postcopy_incoming_destroy(c->incoming);     /* closes fds[1] */
+    close(c->fds[0]);
+    guest_memory_destroy(&c->source);
+    guest_memory_destroy(&c->destination);
+}
+
 static void *toucher_run(void *argument)
 {
     struct toucher *t = argument;
@@ -238,13 +251,7 @@ static void run_channels(uint64_t run_pages)
     }
 
     free(progress);
-    postcopy_incoming_finish(c.incoming);
-    postcopy_source_stop(c.serve);
-    postcopy_source_destroy(c.serve);
-    postcopy_incoming_destroy(c.incoming);      /* closes fds[1] */
-    close(c.fds[0]);
-    guest_memory_destroy(&c.source);
-    guest_memory_destroy(&c.destination);
+    channels_stop(&c);
 }
 
 Test(postcopy_channels, page_by_page_background_and_requests_place_every_page_once_with_the_source_digest,
@@ -340,13 +347,7 @@ Test(postcopy_channels, a_paused_session_queues_requests_and_the_restarted_one_s
     cr_assert_eq(page_digest_memory(&c.source, source_hex), 0);
     cr_assert_eq(postcopy_incoming_digest(c.incoming, destination_hex), RAM_PAGES);
     cr_assert_str_eq(destination_hex, source_hex);
-    postcopy_incoming_finish(c.incoming);
-    postcopy_source_stop(c.serve);
-    postcopy_source_destroy(c.serve);
-    postcopy_incoming_destroy(c.incoming);
-    close(c.fds[0]);
-    guest_memory_destroy(&c.source);
-    guest_memory_destroy(&c.destination);
+    channels_stop(&c);
 }
 
 /* How many of pc-fault, pc-urgent and pc-serve (found by name among this
@@ -382,13 +383,7 @@ static void finish_channels(struct channels *c)
     uint64_t missing = ~0ull;
     char error[512] = "";
     cr_assert_eq(postcopy_incoming_wait_all(c->incoming, WAIT_MS, &missing, error, sizeof(error)), 0, "%s", error);
-    postcopy_incoming_finish(c->incoming);
-    postcopy_source_stop(c->serve);
-    postcopy_source_destroy(c->serve);
-    postcopy_incoming_destroy(c->incoming);
-    close(c->fds[0]);
-    guest_memory_destroy(&c->source);
-    guest_memory_destroy(&c->destination);
+    channels_stop(c);
 }
 
 /* ringvm --postcopy-fifo 8: the three fault-service threads run under
