@@ -5,74 +5,10 @@
  */
 #include "migration/destination_internal.h"
 #include "migration/machine_state_vm.h"
+#include "migration/populate.h"
 #include "migration/postcopy_destination.h"
 
 /* ---- the destination --------------------------------------------------------- */
-
-/*
- * The populating thread: MADV_POPULATE_WRITE in 2 MiB chunks, running up to
- * POPULATE_AHEAD bytes ahead of the receiver's frontier (the start of the
- * data run it is writing). Iteration 0 arrives in RAM-offset order, so the
- * receiver mostly finds its pages already faulted in; RAM the source sends
- * as zero runs (memfd holes) is skipped with the frontier and never
- * allocated. Ownership: struct populate belongs to the incoming thread;
- * stop/done are atomics shared with the populater.
- */
-#define POPULATE_CHUNK (2ull << 20)
-#define POPULATE_AHEAD (64ull << 20)
-
-struct populate {
-    uint8_t *host;
-    uint64_t size;
-    const _Atomic uint64_t *frontier;
-    _Atomic bool stop;
-    _Atomic uint64_t done;          /* bytes populated */
-    pthread_t thread;
-    bool started;
-};
-
-static void *populate_main(void *argument)
-{
-    struct populate *p = argument;
-    pthread_setname_np(pthread_self(), "mig-populate");
-    bool madvise_ok = true;
-    uint64_t next = 0;              /* first byte not populated yet (ahead of the frontier) */
-    uint64_t total = 0;
-    while (!atomic_load_explicit(&p->stop, memory_order_acquire)) {
-        uint64_t frontier = atomic_load_explicit(p->frontier, memory_order_relaxed) & ~(POPULATE_CHUNK - 1);
-        if (next < frontier)
-            next = frontier;        /* the receiver passed us: populating behind it is useless */
-        uint64_t limit = frontier + POPULATE_AHEAD < p->size ? frontier + POPULATE_AHEAD : p->size;
-        if (next >= limit) {
-            if (next >= p->size)
-                break;
-            /* A helper polling for work, not synchronization: 1 ms. */
-            struct timespec pause = { .tv_sec = 0, .tv_nsec = 1000000 };
-            nanosleep(&pause, NULL);
-            continue;
-        }
-        uint64_t length = limit - next < POPULATE_CHUNK ? limit - next : POPULATE_CHUNK;
-        if (madvise_ok && madvise(p->host + next, length, MADV_POPULATE_WRITE) != 0) {
-            if (errno == EINVAL || errno == ENOSYS) {
-                madvise_ok = false;     /* old kernel: touch instead */
-            } else {
-                fprintf(stderr, "ringvm: migration: pre-populating RAM at 0x%" PRIx64 ": %s (continuing without)\n",
-                        next, strerror(errno));
-                break;
-            }
-        }
-        if (!madvise_ok) {
-            /* An atomic OR of 0 faults the page in writable without ever
-             * changing a byte the receiver may be writing concurrently. */
-            for (uint64_t at = 0; at < length; at += MIG_PAGE_SIZE)
-                __atomic_fetch_or((uint64_t *)(p->host + next + at), 0, __ATOMIC_RELAXED);
-        }
-        next += length;
-        total += length;
-        atomic_store_explicit(&p->done, total, memory_order_relaxed);
-    }
-    return NULL;
-}
 
 void incoming_publish(struct incoming *in)
 {
@@ -524,8 +460,7 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
     uint32_t error_code = MIG_ERR_INTERNAL;
     bool tell_source = false;
     int result = -1;
-    struct populate populate = { .host = vm->memory.host, .size = vm->memory.size,
-                                 .frontier = &in->receiver.frontier };
+    struct mig_populate populate = { .started = false };
 
     /* A local hand-over's receiver gets no RAM: a MEMORY frame then fails
      * the bounds check of its first run instead of writing the RAM the
@@ -540,9 +475,7 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
         fprintf(stderr, "ringvm: migration: RINGVM_MIG_NO_POPULATE set: not pre-populating RAM\n");
     else if (vm->config.memory_options.prealloc || local)
         ;   /* --prealloc faulted everything in already: walking it again costs ~7 % of the CPU */
-    else if (pthread_create(&populate.thread, NULL, populate_main, &populate) == 0)
-        populate.started = true;
-    else
+    else if (mig_populate_start(&populate, vm->memory.host, vm->memory.size, &in->receiver.frontier) != 0)
         fprintf(stderr, "ringvm: migration: cannot start the pre-populating thread (continuing without)\n");
 
     if (incoming_accept_source(in, listen_fd, tls_credentials, error, sizeof(error), &error_code) != 0)
@@ -610,11 +543,7 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
                 goto out;
             }
         } else if (type == MIG_FRAME_POSTCOPY_OPEN) {
-            atomic_store_explicit(&populate.stop, true, memory_order_release);
-            if (populate.started) {
-                pthread_join(populate.thread, NULL);    /* before any discard: it must not fill holes again */
-                populate.started = false;
-            }
+            mig_populate_stop(&populate);   /* before any discard: it must not fill holes again */
             if (incoming_postcopy_open(in, in->recovery_open ? in->recovery.fd : listen_fd, tls_credentials, error,
                                        sizeof(error)) != 0) {
                 /* During a recovery the link may break again: pause. */
@@ -666,15 +595,11 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
     }
     incoming_phase(in, MIG_STATE_COMPLETING, "restoring");
     mig_trace("dst end received");
-    atomic_store_explicit(&populate.stop, true, memory_order_release);
-    if (populate.started) {
-        pthread_join(populate.thread, NULL);
-        populate.started = false;
-    }
+    mig_populate_stop(&populate);
     mig_trace("dst populate joined");
     if (getenv("RINGVM_MIG_TRACE"))
         fprintf(stderr, "ringvm: migration trace populated %" PRIu64 " MiB of %" PRIu64 "\n",
-                atomic_load_explicit(&populate.done, memory_order_relaxed) >> 20, populate.size >> 20);
+                mig_populate_done(&populate) >> 20, vm->memory.size >> 20);
     if (incoming_restore(in, error, sizeof(error), &error_code) != 0)
         goto out;
     mig_trace("dst restored+digest");
@@ -693,9 +618,7 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
     result = 0;
 
 out:
-    atomic_store_explicit(&populate.stop, true, memory_order_release);
-    if (populate.started)
-        pthread_join(populate.thread, NULL);
+    mig_populate_stop(&populate);
     if (in->postcopy != NULL) {
         incoming_publish(in);
         if (result != 0) {
