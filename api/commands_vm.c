@@ -76,8 +76,10 @@ static enum api_status cmd_vm_info(struct api_call *call)
                      ? linux_guest_workload(vm->config.linux_guest.loaded) : "(none: no ringvm.workload=)");
     else
         workload_spec_format(&vm->config.workload, workload, sizeof(workload));
+    char thp_host[32];
+    guest_memory_thp_host(thp_host, sizeof(thp_host));
     json_t *result = json_pack(
-        "{s:s, s:i, s:I, s:s, s:s, s:I, s:I, s:b, s:i, s:i}",
+        "{s:s, s:i, s:I, s:s, s:s, s:I, s:I, s:b, s:b, s:s, s:i, s:i}",
         "state", vm_state_name(api_vm_state(vm)),
         "vcpus", (int)vm->config.vcpu_count,
         "memory_bytes", (json_int_t)vm->memory.size,
@@ -86,6 +88,8 @@ static enum api_status cmd_vm_info(struct api_call *call)
         "uptime_ms", (json_int_t)vm_uptime_ms(vm),
         "pid", (json_int_t)getpid(),
         "hugepages", vm->memory.hugepages,
+        "thp", !vm->memory.hugepages && !vm->config.memory_options.no_thp,
+        "thp_host", thp_host,
         "numa_node", vm->memory.numa_node,
         "postcopy_fifo_priority", (int)postcopy_priority_get());
     if (!result)

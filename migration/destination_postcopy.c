@@ -68,6 +68,9 @@ int incoming_postcopy_open(struct incoming *in, int listen_fd, const struct mig_
             return -1;
         }
     }
+    /* Before any discard (docs/architecture.md, "Page size: transparent huge
+     * pages, huge pages, and why a discard is checked"). */
+    guest_memory_forgo_thp(&in->vm->memory);
     uint8_t payload[MIG_POSTCOPY_OPEN_SIZE] = { 0 };
     if (incoming_send(in, MIG_FRAME_POSTCOPY_OPEN_ACK, payload, sizeof(payload)) != 0) {
         snprintf(error, error_size, "could not answer postcopy-open");
@@ -83,10 +86,10 @@ int incoming_postcopy_discard(struct incoming *in, char *error, size_t error_siz
     const struct mig_receiver *r = &in->receiver;
     for (unsigned i = 0; i < r->discard_count; i++) {
         const struct mig_discard_run *run = &r->discard_runs[i];
-        if (fallocate(in->vm->memory.memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)run->ram_offset,
-                      (off_t)(run->pages * MIG_PAGE_SIZE)) != 0) {
-            snprintf(error, error_size, "postcopy-discard: fallocate(PUNCH_HOLE, 0x%" PRIx64 ", %" PRIu64
-                     " pages): %s", run->ram_offset, run->pages, strerror(errno));
+        char reason[256];
+        if (guest_memory_punch_hole(in->vm->memory.memfd, run->ram_offset, run->pages * MIG_PAGE_SIZE, reason,
+                                    sizeof(reason)) != 0) {
+            snprintf(error, error_size, "postcopy-discard: %s", reason);
             return -1;
         }
         for (uint64_t page = run->ram_offset / MIG_PAGE_SIZE; page < run->ram_offset / MIG_PAGE_SIZE + run->pages;

@@ -6,6 +6,7 @@
 
 #include "migration/postcopy_priority.h"
 #include "vmm/log2_histogram.h"
+#include "vmm/memory.h"
 #include "vmm/monotonic.h"
 
 #include <errno.h>
@@ -558,13 +559,13 @@ int postcopy_destination_discard(struct postcopy_destination *d, uint64_t page, 
         return -ERANGE;
     }
     pthread_mutex_lock(&d->lock);
-    if (fallocate(d->options.memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(page * POSTCOPY_PAGE_SIZE),
-                  (off_t)(count * POSTCOPY_PAGE_SIZE)) != 0) {
-        int saved = errno;
+    char reason[256];
+    int punched = guest_memory_punch_hole(d->options.memfd, page * POSTCOPY_PAGE_SIZE, count * POSTCOPY_PAGE_SIZE,
+                                          reason, sizeof(reason));
+    if (punched != 0) {
         pthread_mutex_unlock(&d->lock);
-        fprintf(stderr, "ringvm: postcopy: fallocate(guest RAM memfd, PUNCH_HOLE, page %" PRIu64 " + %" PRIu64
-                        "): %s\n", page, count, strerror(saved));
-        return -saved;
+        fprintf(stderr, "ringvm: postcopy: discarding pages %" PRIu64 " + %" PRIu64 ": %s\n", page, count, reason);
+        return punched;
     }
     for (uint64_t p = page; p < page + count; p++) {
         uint64_t bit = 1ull << (p % 64);

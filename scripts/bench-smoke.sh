@@ -49,6 +49,7 @@ runs=(
     "handover|$build/bench/handover --sizes 256M --vcpus 1 --runs 1 --json"
     "fault-service|$build/bench/fault-service --memory 64M --faults 200 --transport unix --json"
     "tls-throughput|$build/bench/tls-throughput --bytes 16M --reps 1 --json"
+    "ram-backing|$build/bench/ram-backing --memory 64M --reps 1 --json"
     "boot-time|scripts/boot-time.sh --build $build --vcpus 1 --memory 256M --cmdline ringvm.workload=ledger,wss=8M,verify=1"
     "vs-qemu|python3 bench/vs-qemu/run.py --build $build --memory 256M --wss 16M --bandwidth 125 --vcpus 1 --converge none --tracking ring --reps 1 --warmup 0.5 --json JSON_FILE"
 )

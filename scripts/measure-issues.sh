@@ -43,6 +43,9 @@ plan=(
     "i13-boot-bzimage|13: the done-when command with the LZ4 bzImage: LEDGER OK twice per vCPU, exit 0 on SIGTERM, how long|scripts/boot-time.sh --build $build --kernel bzImage --timeout 1800"
     "i13-boot-vmlinux|13: the same with the PVH vmlinux (0.97x QEMU's boot on 2026-12-02)|scripts/boot-time.sh --build $build --kernel vmlinux --timeout 1800"
     "i14-linux-vs-qemu|14: Linux guest vs QEMU, 256M/1G x uncapped/1024: total <= 0.7x QEMU's (1G was 1.17-1.71x)|python3 bench/vs-qemu/run.py --build $build --guest linux --workload dirtier,ledger --wss 256M,1G --bandwidth 0,1024 --vcpus 2 --converge none --tracking ring --transport unix --reps 3 --json JSON_FILE"
+    "ram-backing|14: what guest RAM's page size costs a bulk pass on this host (first touches; no KVM needed): decides the backing runs of i14|$build/bench/ram-backing --json"
+    "i14-linux-vs-qemu-memfd|14: the i14 matrix with QEMU's RAM on a memfd too: one THP policy for both (QEMU's default anonymous RAM gets transparent huge pages where ringvm's memfd may not)|python3 bench/vs-qemu/run.py --build $build --guest linux --workload dirtier,ledger --wss 256M,1G --bandwidth 0,1024 --vcpus 2 --converge none --tracking ring --transport unix --reps 3 --backing memfd --json JSON_FILE"
+    "i14-linux-vs-qemu-hugepages|14: the 1G cells with both VMMs on 2 MiB huge pages (reserve first, as root: echo 1536 > /proc/sys/vm/nr_hugepages)|python3 bench/vs-qemu/run.py --build $build --guest linux --workload dirtier,ledger --wss 1G --bandwidth 0,1024 --vcpus 2 --converge none --tracking ring --transport unix --reps 3 --backing hugepages --json JSON_FILE"
     "i15-soak|15: >= 95 % of hops within downtime_ms, the worst <= 1.1x, 0 failures|exit-only:make --no-print-directory soak DURATION=600 BUILD=$build"
 )
 for cap in none 1024 125; do

@@ -6,7 +6,8 @@
 # chrooted there, in the caller's working directory, as root: the binaries
 # are the ones built on the host, nothing is rebuilt.
 #
-#   scripts/nested-kvm.sh [--memory MiB] [--cpus N] [--timeout SECONDS] [--] COMMAND [ARG...]
+#   scripts/nested-kvm.sh [--memory MiB] [--cpus N] [--timeout SECONDS] [--shmem-thp MODE]
+#                         [--hugepages N] [--] COMMAND [ARG...]
 #
 # What this is good for: running ringvm against a real KVM (kvm.ko + kvm_amd.ko
 # of Debian's 6.1 kernel: SVM, NPT, the dirty ring, the in-kernel irqchip)
@@ -24,6 +25,13 @@
 # detected inside scheduler". One CPU has not shown any of it
 # (docs/testing.md, "The emulator's own failures").
 #
+# --shmem-thp: the VM's /sys/kernel/mm/transparent_hugepage/shmem_enabled,
+# advise by default, so ringvm's default backing (MADV_HUGEPAGE on guest RAM)
+# really gets transparent huge pages there and KVM, dirty tracking and
+# post-copy's discards run on them; never gives the 4 KiB pages of Debian's
+# default. --hugepages: 2 MiB pages reserved for --hugepages guests (default
+# 512, 1 GiB of the VM's memory).
+#
 # Exit status: the command's, or 125 when the VM could not be started or did
 # not report one (timeout, kernel panic, no /dev/kvm inside).
 set -eu
@@ -31,13 +39,17 @@ set -eu
 memory_mib=8192
 timeout_seconds=3600
 cpus=1
+shmem_thp=advise
+hugepages=512
 while [ $# -gt 0 ]; do
     case "$1" in
         --memory) memory_mib=$2; shift 2 ;;
         --timeout) timeout_seconds=$2; shift 2 ;;
         --cpus) cpus=$2; shift 2 ;;
+        --shmem-thp) shmem_thp=$2; shift 2 ;;
+        --hugepages) hugepages=$2; shift 2 ;;
         --help|-h)
-            sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'
             exit 0 ;;
         --) shift; break ;;
         -*) echo "nested-kvm: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -51,6 +63,8 @@ fi
 case "$memory_mib" in *[!0-9]*|'') echo "nested-kvm: --memory takes MiB, got '$memory_mib'" >&2; exit 2 ;; esac
 case "$cpus" in *[!0-9]*|''|0) echo "nested-kvm: --cpus takes a number of CPUs, got '$cpus'" >&2; exit 2 ;; esac
 case "$timeout_seconds" in *[!0-9]*|'') echo "nested-kvm: --timeout takes seconds, got '$timeout_seconds'" >&2; exit 2 ;; esac
+case "$shmem_thp" in always|within_size|advise|never|deny|force) ;; *) echo "nested-kvm: --shmem-thp takes always, within_size, advise, never, deny or force, got '$shmem_thp'" >&2; exit 2 ;; esac
+case "$hugepages" in *[!0-9]*|'') echo "nested-kvm: --hugepages takes a number of 2 MiB pages, got '$hugepages'" >&2; exit 2 ;; esac
 
 for tool in qemu-system-x86_64 busybox cpio gzip dpkg-deb apt-get; do
     if ! command -v "$tool" >/dev/null 2>&1; then
@@ -168,6 +182,8 @@ trap 'rm -rf "$run_dir"' EXIT
         [ -n "$value" ] && printf "export %s='%s'\n" "$variable" "$value"
     done
     echo "export RINGVM_NESTED_KVM=1 PATH='$PATH'"
+    echo "echo $shmem_thp > /sys/kernel/mm/transparent_hugepage/shmem_enabled || echo 'nested-kvm: cannot set shmem_enabled' >&2"
+    echo "echo $hugepages > /proc/sys/vm/nr_hugepages || echo 'nested-kvm: cannot reserve huge pages' >&2"
     printf 'exec'
     for argument in "$@"; do
         printf " '%s'" "$(printf '%s' "$argument" | sed "s/'/'\\\\''/g")"

@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <linux/bpf.h>
 #include <stdarg.h>
@@ -20,6 +21,7 @@
 #include "vmm/host.h"
 #include "vmm/linux_boot.h"
 #include "vmm/linux_guest.h"
+#include "vmm/memory.h"
 #include "vmm/size.h"
 
 void harness_skip(const char *format, ...)
@@ -39,6 +41,24 @@ void harness_skip(const char *format, ...)
      * where tests/failure_summary.c groups it. */
     cr_skip_test("%s", reason);
     abort();    /* not reached: cr_skip_test does not return */
+}
+
+void harness_require_free_huge_pages(uint64_t pages)
+{
+    uint64_t free_pages = guest_memory_free_huge_pages();
+    if (free_pages < pages)
+        harness_skip("needs %" PRIu64 " free 2 MiB huge pages, %" PRIu64 " free (as root: echo %" PRIu64
+                     " > /proc/sys/vm/nr_hugepages)", pages, free_pages, pages);
+}
+
+void harness_require_thp(void)
+{
+    if (!guest_memory_thp_host_grants()) {
+        char mode[32];
+        guest_memory_thp_host(mode, sizeof(mode));
+        harness_skip("the host gives memfd mappings no transparent huge pages "
+                     "(/sys/kernel/mm/transparent_hugepage/shmem_enabled: %s)", mode);
+    }
 }
 
 bool harness_kernel_at_least(unsigned major, unsigned minor, char *release, size_t release_size)
@@ -211,7 +231,21 @@ static void vm_create_with(struct harness_vm *harness, const char *memory, unsig
     struct vm_config config;
     memset(&config, 0, sizeof(config));
     char error[256];
-    cr_assert_eq(size_parse(memory, &config.memory_bytes, error, sizeof(error)), 0, "%s", error);
+    /* "SIZE[,hugepages][,no-thp]": guest RAM and its backing (--hugepages,
+     * --no-thp). */
+    char size_text[64];
+    snprintf(size_text, sizeof(size_text), "%s", memory);
+    char *saved = NULL;
+    strtok_r(size_text, ",", &saved);
+    for (char *flag = strtok_r(NULL, ",", &saved); flag != NULL; flag = strtok_r(NULL, ",", &saved)) {
+        if (strcmp(flag, "hugepages") == 0)
+            config.memory_options.hugepages = true;
+        else if (strcmp(flag, "no-thp") == 0)
+            config.memory_options.no_thp = true;
+        else
+            cr_assert_fail("harness: unknown memory flag '%s' in '%s'", flag, memory);
+    }
+    cr_assert_eq(size_parse(size_text, &config.memory_bytes, error, sizeof(error)), 0, "%s", error);
     config.vcpu_count = vcpus;
     config.create_irqchip = true;
     config.memory_options.numa_node = -1;

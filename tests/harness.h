@@ -20,6 +20,13 @@
  * and groups the reasons just above the "Synthesis" line. A bare
  * cr_skip_test anywhere else in tests/ fails test_harness.c. */
 void harness_skip(const char *format, ...) __attribute__((format(printf, 1, 2), noreturn));
+/* Skips the test, with the reason, unless `pages` 2 MiB huge pages are
+ * free (HugePages_Free in /proc/meminfo; reserved by root in
+ * /proc/sys/vm/nr_hugepages). */
+void harness_require_free_huge_pages(uint64_t pages);
+/* Skips the test, with the reason, unless the host gives advised memfd
+ * mappings transparent huge pages (vmm/memory.h, guest_memory_thp_host). */
+void harness_require_thp(void);
 
 /* Skips the calling Criterion test with a printed reason when /dev/kvm
  * cannot be opened read-write. */
@@ -64,8 +71,10 @@ struct harness_vm {
 };
 
 /* Parses the workload spec, creates the VM (serial discarded, lines
- * captured) and starts it. Fails the test on error. dirty_mode "off",
- * "ring" (or "ring:ENTRIES", rings of that many entries) or "bitmap". */
+ * captured) and starts it. Fails the test on error. memory "SIZE", or
+ * "SIZE,hugepages" / "SIZE,no-thp" (ringvm --hugepages / --no-thp);
+ * dirty_mode "off", "ring" (or "ring:ENTRIES", rings of that many entries)
+ * or "bitmap". */
 void harness_vm_start(struct harness_vm *harness, const char *memory, unsigned vcpus, const char *workload,
                       const char *dirty_mode);
 /* As above without starting; for tests that change the config. */

@@ -21,6 +21,7 @@
 #include "api/client.h"
 #include "api/server.h"
 #include "tests/harness.h"
+#include "vmm/memory.h"
 
 #define TIMEOUT_MS 10000
 
@@ -317,6 +318,11 @@ Test(api_server_vm, info_pause_stops_counters_resume_advances, .timeout = 90)
     cr_assert(strstr(json_string_value(json_object_get(info, "workload")), "dirtier"));
     cr_assert_eq(json_integer_value(json_object_get(info, "postcopy_fifo_priority")), 0,
                  "the fault service stays on the fair class without --postcopy-fifo");
+    cr_assert(json_is_false(json_object_get(info, "hugepages")));
+    cr_assert(json_is_true(json_object_get(info, "thp")), "guest RAM asks for transparent huge pages by default");
+    char thp_host[32];
+    guest_memory_thp_host(thp_host, sizeof(thp_host));
+    cr_assert_str_eq(json_string_value(json_object_get(info, "thp_host")), thp_host);
     json_decref(info);
 
     for (unsigned v = 0; v < 2; v++)

@@ -304,6 +304,8 @@ static const struct bench {
     { "postcopy", "--downtime-ms", "99999999999999999999",
       "bench/postcopy: --downtime-ms '99999999999999999999': expected a whole number from 1 to 3600000\n",
       { NULL } },
+    { "ram-backing", "--reps", "16", "bench/ram-backing: --reps '16': expected a whole number from 1 to 15\n",
+      { NULL } },
     { "tls-throughput", "--reps", "0", "bench/tls-throughput: --reps '0': expected a whole number from 1 to 101\n",
       { NULL } },
 };

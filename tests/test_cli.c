@@ -51,7 +51,7 @@ Test(cli, help_lists_every_flag)
     char *help[] = { (char *)harness_program("ringvm"), "--help", NULL };
     cr_assert_eq(run_ringvm(&process, help, 10000), 0);
     static const char *const flags[] = { "--memory", "--vcpus", "--workload", "--serial", "--numa-node",
-                                         "--hugepages", "--prealloc", "--stats", "--run-seconds", "--dirty-log",
+                                         "--hugepages", "--no-thp", "--prealloc", "--stats", "--run-seconds", "--dirty-log",
                                          "--ring-entries", "--harvesters", "--bitmap-sync-ms", "--bitmap-clear-chunk", "--ring-reset", "--api-socket",
                                          "--incoming", "--incoming-stall-timeout", "--tls-psk", "--tls-creds", "--bpf",
                                          "--help", "--version" };
@@ -80,6 +80,22 @@ Test(cli, wss_that_does_not_fit_is_refused, .timeout = 30)
     char *argv[] = { (char *)harness_program("ringvm"), "--memory", "64M", "--workload", "dirtier,wss=1G", NULL };
     cr_assert_eq(run_ringvm(&process, argv, 20000), 1);
     cr_assert(strstr(process.err, "does not fit") != NULL, "stderr: %s", process.err);
+    harness_process_free(&process);
+}
+
+/* Guest RAM is created before KVM is opened: no /dev/kvm needed. 1 TiB of
+ * huge pages is more than any of these hosts reserves. */
+Test(cli, hugepages_without_enough_reserved_names_the_shortfall, .timeout = 30)
+{
+    struct harness_process process;
+    char *argv[] = { (char *)harness_program("ringvm"), "--hugepages", "--memory", "1T", "--workload", "idle",
+                     NULL };
+    cr_assert_eq(run_ringvm(&process, argv, 20000), 1);
+    const char *expected = "ringvm: mmap(guest RAM, 1099511627776 bytes, 2M huge pages): Cannot allocate memory "
+                           "(needs 524288 free huge pages, ";
+    cr_assert(strncmp(process.err, expected, strlen(expected)) == 0, "stderr: %s", process.err);
+    cr_assert(strstr(process.err, " free: reserve them in /proc/sys/vm/nr_hugepages)\n") != NULL, "stderr: %s",
+              process.err);
     harness_process_free(&process);
 }
 

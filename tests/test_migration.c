@@ -62,12 +62,13 @@ static bool vcpu_advanced(void *argument)
 
 /* ---- completed migrations ----------------------------------------------------------- */
 
-static void migrate_and_verify_mode(const char *workload, unsigned vcpus, bool tcp, bool ledger, bool keep_alive,
-                                    const char *dirty_mode)
+/* memory: "256M" with the harness's backing flags ("256M,hugepages"). */
+static void migrate_and_verify_memory(const char *memory, const char *workload, unsigned vcpus, bool tcp, bool ledger,
+                                      bool keep_alive, const char *dirty_mode)
 {
     harness_require_kvm();
     struct harness_vm source;
-    harness_vm_start(&source, "256M", vcpus, workload, dirty_mode);
+    harness_vm_start(&source, memory, vcpus, workload, dirty_mode);
     for (unsigned i = 0; i < vcpus; i++)
         cr_assert(harness_wait_phase(source.vm, i, RINGVM_PHASE_RING3, 20000), "vcpu %u never reached ring 3", i);
     if (ledger)
@@ -78,7 +79,7 @@ static void migrate_and_verify_mode(const char *workload, unsigned vcpus, bool t
     struct test_destination dest;
     /* The destination is started with another workload: the guest's own
      * must arrive with it (device state). */
-    test_destination_start(&dest, "256M", vcpus, "idle", tcp);
+    test_destination_start(&dest, memory, vcpus, "idle", tcp);
     struct mig_params params;
     mig_params_defaults(&params);
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
@@ -213,6 +214,12 @@ static void migrate_and_verify_mode(const char *workload, unsigned vcpus, bool t
     test_migration_source_stop(&source);
 }
 
+static void migrate_and_verify_mode(const char *workload, unsigned vcpus, bool tcp, bool ledger, bool keep_alive,
+                                    const char *dirty_mode)
+{
+    migrate_and_verify_memory("256M", workload, vcpus, tcp, ledger, keep_alive, dirty_mode);
+}
+
 static void migrate_and_verify(const char *workload, unsigned vcpus, bool tcp, bool ledger, bool keep_alive)
 {
     migrate_and_verify_mode(workload, vcpus, tcp, ledger, keep_alive, "ring");
@@ -248,6 +255,21 @@ Test(migration, ledger_two_vcpus_bitmap_unix, .timeout = 90)
 Test(migration, full_rate_dirtier_two_vcpus_bitmap_unix, .timeout = 90)
 {
     migrate_and_verify_mode("dirtier,wss=64M", 2, false, false, true, "bitmap");
+}
+
+/* Guest RAM on 2 MiB huge pages on both sides (ringvm --hugepages), and on
+ * 4 KiB pages without the transparent huge page advice (--no-thp): the
+ * same digests and ledger as the default backing. */
+Test(migration, ledger_two_vcpus_on_huge_pages_unix, .timeout = 90)
+{
+    harness_require_kvm();
+    harness_require_free_huge_pages(2 * 128);
+    migrate_and_verify_memory("256M,hugepages", "ledger,wss=32M,verify=1", 2, false, true, false, "ring");
+}
+
+Test(migration, ledger_one_vcpu_without_thp_tcp, .timeout = 90)
+{
+    migrate_and_verify_memory("256M,no-thp", "ledger,wss=32M,verify=1", 1, true, true, false, "ring");
 }
 
 /* ---- convergence ---------------------------------------------------------------------- */

@@ -143,12 +143,14 @@ Test(options, defaults_and_full_command_line)
     cr_assert_not(options.vm.dirty_log.ring_reset_at_take, "late reset by default");
     cr_assert_eq(options.vm.memory_options.numa_node, -1);
     cr_assert_eq(options.postcopy_fifo_priority, 0, "the fault service stays on the fair class by default");
+    cr_assert_not(options.vm.memory_options.no_thp, "guest RAM asks for transparent huge pages by default");
 
     char *full[] = { "ringvm", "--memory", "1G", "--vcpus", "2", "--workload", "ledger,wss=256M,verify=2",
                      "--serial", "none", "--stats", "--dirty-log", "bitmap", "--bitmap-sync-ms", "50",
                      "--ring-entries", "1024", "--api-socket", "/tmp/x.sock", "--run-seconds", "3",
-                     "--bitmap-clear-chunk", "1M", "--ring-reset", "take", "--postcopy-fifo", "99", NULL };
-    cr_assert_eq(parse(&options, error, sizeof(error), 26, full), OPTIONS_OK, "%s", error);
+                     "--bitmap-clear-chunk", "1M", "--ring-reset", "take", "--postcopy-fifo", "99", "--no-thp", NULL };
+    cr_assert_eq(parse(&options, error, sizeof(error), 27, full), OPTIONS_OK, "%s", error);
+    cr_assert(options.vm.memory_options.no_thp);
     cr_assert_eq(options.postcopy_fifo_priority, 99);
     cr_assert(options.vm.dirty_log.ring_reset_at_take);
     cr_assert_eq(options.vm.dirty_log.bitmap_clear_chunk_bytes, 1ULL << 20);

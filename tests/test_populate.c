@@ -38,7 +38,8 @@ Test(populate, runs_ahead_of_the_frontier_by_its_window_then_follows_it, .timeou
 {
     uint64_t size = MIG_POPULATE_AHEAD + 64 * MIB;
     struct guest_memory memory;
-    cr_assert_eq(guest_memory_create(&memory, size, &(struct guest_memory_options){ .numa_node = -1 }), 0);
+    cr_assert_eq(guest_memory_create(&memory, size, &(struct guest_memory_options){ .numa_node = -1,
+                                                                                  .no_thp = true }), 0);
     _Atomic uint64_t frontier = 0;
     struct mig_populate populate = { .started = false };
     cr_assert_eq(mig_populate_start(&populate, memory.host, memory.size, &frontier), 0);

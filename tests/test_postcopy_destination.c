@@ -72,6 +72,9 @@ static void fixture_setup(struct fixture *f)
     pthread_mutex_init(&f->lock, NULL);
     struct guest_memory_options options = { .numa_node = -1 };
     cr_assert_eq(guest_memory_create(&f->memory, RAM_SIZE, &options), 0);
+    /* As a destination past POSTCOPY_OPEN (incoming_postcopy_open): 4 KiB
+     * pages from here on, whatever the host grants. */
+    guest_memory_forgo_thp(&f->memory);
 }
 
 static bool hold_reached(void *argument)
@@ -477,6 +480,41 @@ Test(postcopy_destination, a_page_found_present_is_received_only_once_the_copyin
     cr_assert_eq(memcmp(f.memory.host + 9 * PAGE, urgent, PAGE), 0);
     guarded_page_free(urgent);
     guarded_page_free(stream);
+    fixture_end(&f);
+}
+
+/* Pre-copy into RAM on transparent huge pages (before POSTCOPY_OPEN): one
+ * received page brings 511 zero neighbours into the memfd that the source
+ * never sent. The source's discards (every page it did not send, or sent
+ * and dirtied since) must split the huge page and leave those neighbours
+ * holes, or the guest would read zeros where its data should fault in. */
+Test(postcopy_destination, a_transparent_huge_page_from_pre_copy_keeps_only_the_received_pages, .timeout = 60)
+{
+    harness_require_thp();
+    struct fixture f;
+    memset(&f, 0, sizeof(f));
+    pthread_mutex_init(&f.lock, NULL);
+    cr_assert_eq(guest_memory_create(&f.memory, RAM_SIZE, &(struct guest_memory_options){ .numa_node = -1 }), 0);
+    cr_assert_eq(guest_memory_populate(&f.memory, 0, 2u << 20), 0);
+    off_t hole = lseek(f.memory.memfd, 0, SEEK_HOLE);
+    if (hole < (off_t)(2u << 20))
+        harness_skip("the host granted no huge page to advised RAM (first hole at 0x%llx)", (long long)hole);
+    memset(f.memory.host + 11 * PAGE, 0x11, PAGE);
+    memset(f.memory.host + 12 * PAGE + 100, 0x12, 8);
+    guest_memory_forgo_thp(&f.memory);
+    /* The discard list of a source that sent pages 11 and 12 only. */
+    char error[300];
+    cr_assert_eq(guest_memory_punch_hole(f.memory.memfd, 0, 11 * PAGE, error, sizeof(error)), 0, "%s", error);
+    cr_assert_eq(guest_memory_punch_hole(f.memory.memfd, 13 * PAGE, RAM_SIZE - 13 * PAGE, error, sizeof(error)), 0,
+                 "%s", error);
+    fixture_register(&f);
+    struct postcopy_destination_stats s = stats_of(&f);
+    cr_assert_eq(s.initially_present, 2);
+    cr_assert(postcopy_destination_received(f.destination, 11));
+    cr_assert(postcopy_destination_received(f.destination, 12));
+    cr_assert_not(postcopy_destination_received(f.destination, 13));
+    cr_assert_not(postcopy_destination_received(f.destination, 10));
+    cr_assert_eq(f.memory.host[11 * PAGE + 4095], 0x11);
     fixture_end(&f);
 }
 

@@ -87,6 +87,29 @@ static int bind_to_node(struct guest_memory *memory, int node)
     return 0;
 }
 
+/* What failed when guest RAM could not be sized or mapped; on huge pages
+ * the likely reason, the pool, with the numbers. */
+static void report_sizing_failure(const char *call, uint64_t size, bool hugepages, int error)
+{
+    if (hugepages)
+        fprintf(stderr, "ringvm: %s(guest RAM, %" PRIu64 " bytes, 2M huge pages): %s (needs %" PRIu64 " free huge "
+                "pages, %" PRIu64 " free: reserve them in /proc/sys/vm/nr_hugepages)\n", call, size, strerror(error),
+                size >> 21, guest_memory_free_huge_pages());
+    else
+        fprintf(stderr, "ringvm: %s(guest RAM, %" PRIu64 " bytes): %s\n", call, size, strerror(error));
+}
+
+/* Transparent huge pages on the mapping: where the host grants them
+ * (shmem_enabled advise or always), every first access through the VMM's
+ * mapping costs one fault per 2 MiB instead of 512, and on hosts whose own
+ * page tables are shadowed by a hypervisor (PVM) that fault is the
+ * expensive part of a migration's bulk pass (docs/benchmarks.md,
+ * bench/ram-backing). Best effort: EINVAL means a kernel without THP. */
+static bool advise_huge_pages(void *host, uint64_t size)
+{
+    return madvise(host, size, MADV_HUGEPAGE) == 0;
+}
+
 /* Maps memory->memfd (size bytes, already sized and sealed) and finishes
  * the set-up both creation and adoption share: NUMA binding, prealloc, the
  * memslot layout. On failure the memfd is closed. */
@@ -95,7 +118,7 @@ static int map_guest_ram(struct guest_memory *memory, uint64_t size, const struc
     void *host = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, memory->memfd, 0);
     if (host == MAP_FAILED) {
         int saved = errno;
-        fprintf(stderr, "ringvm: mmap(guest RAM, %" PRIu64 " bytes): %s\n", size, strerror(saved));
+        report_sizing_failure("mmap", size, options->hugepages, saved);
         close(memory->memfd);
         memory->memfd = -1;
         return -saved;
@@ -105,6 +128,8 @@ static int map_guest_ram(struct guest_memory *memory, uint64_t size, const struc
     memory->hugepages = options->hugepages;
     /* Guest RAM is large and sparse: keep it out of core dumps. */
     (void)madvise(host, size, MADV_DONTDUMP);
+    if (!options->no_thp && !options->hugepages)
+        memory->thp_advised = advise_huge_pages(host, size);
     if (options->numa_node >= 0) {
         int result = bind_to_node(memory, options->numa_node);
         if (result != 0) {
@@ -168,8 +193,7 @@ int guest_memory_create(struct guest_memory *memory, uint64_t size,
     }
     if (ftruncate(memory->memfd, (off_t)size) != 0) {
         int saved = errno;
-        fprintf(stderr, "ringvm: ftruncate(guest RAM, %" PRIu64 " bytes): %s%s\n", size, strerror(saved),
-                options->hugepages ? " (are enough huge pages reserved in /proc/sys/vm/nr_hugepages?)" : "");
+        report_sizing_failure("ftruncate", size, options->hugepages, saved);
         close(memory->memfd);
         memory->memfd = -1;
         return -saved;
@@ -205,6 +229,77 @@ int guest_memory_populate(struct guest_memory *memory, uint64_t ram_offset, uint
      * guest may already have written). */
     for (uint64_t offset = 0; offset < length; offset += RINGVM_PAGE_SIZE)
         __atomic_fetch_add(memory->host + ram_offset + offset, 0, __ATOMIC_RELAXED);
+    return 0;
+}
+
+void guest_memory_thp_host(char *out, size_t size)
+{
+    snprintf(out, size, "unavailable");
+    FILE *file = fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "r");
+    if (file == NULL)
+        return;
+    char line[160];
+    if (fgets(line, sizeof(line), file) != NULL) {
+        char *open = strchr(line, '['), *close = open != NULL ? strchr(open, ']') : NULL;
+        if (open != NULL && close != NULL && close > open + 1)
+            snprintf(out, size, "%.*s", (int)(close - open - 1), open + 1);
+    }
+    fclose(file);
+}
+
+bool guest_memory_thp_host_grants(void)
+{
+    char mode[32];
+    guest_memory_thp_host(mode, sizeof(mode));
+    return strcmp(mode, "advise") == 0 || strcmp(mode, "always") == 0 || strcmp(mode, "within_size") == 0 ||
+           strcmp(mode, "force") == 0;
+}
+
+void guest_memory_forgo_thp(struct guest_memory *memory)
+{
+    if (memory->thp_advised && madvise(memory->host, memory->size, MADV_NOHUGEPAGE) == 0)
+        memory->thp_advised = false;
+}
+
+uint64_t guest_memory_free_huge_pages(void)
+{
+    FILE *file = fopen("/proc/meminfo", "r");
+    if (file == NULL)
+        return 0;
+    char line[128];
+    uint64_t pages = 0;
+    while (fgets(line, sizeof(line), file) != NULL)
+        if (sscanf(line, "HugePages_Free: %" SCNu64, &pages) == 1)
+            break;
+    fclose(file);
+    return pages;
+}
+
+#ifndef SEEK_DATA
+#define SEEK_DATA 3
+#endif
+
+int guest_memory_punch_hole(int memfd, uint64_t offset, uint64_t length, char *error, size_t error_size)
+{
+    if (fallocate(memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length) != 0) {
+        int saved = errno;
+        snprintf(error, error_size, "fallocate(guest RAM memfd, PUNCH_HOLE, 0x%" PRIx64 " + %" PRIu64 " bytes): %s",
+                 offset, length, strerror(saved));
+        return -saved;
+    }
+    off_t data = lseek(memfd, (off_t)offset, SEEK_DATA);
+    if (data < 0 && errno != ENXIO) {
+        int saved = errno;
+        snprintf(error, error_size, "lseek(guest RAM memfd, 0x%" PRIx64 ", SEEK_DATA) after PUNCH_HOLE: %s", offset,
+                 strerror(saved));
+        return -saved;
+    }
+    if (data >= 0 && (uint64_t)data < offset + length) {
+        snprintf(error, error_size, "PUNCH_HOLE of 0x%" PRIx64 " + %" PRIu64 " bytes left data at 0x%llx: the range "
+                 "is inside a huge page the kernel could not split (zeroed, still present)", offset, length,
+                 (unsigned long long)data);
+        return -EBUSY;
+    }
     return 0;
 }
 
@@ -246,6 +341,8 @@ int guest_memory_replace_backing(struct guest_memory *memory, int memfd, char *e
         return -EFAULT;
     }
     (void)madvise(host, memory->size, MADV_DONTDUMP);
+    if (memory->thp_advised)
+        (void)advise_huge_pages(host, memory->size);   /* the new mapping lost the old one's advice */
     /* The old memfd's number now names the new file; the old file (and
      * its pages) goes with its last reference. */
     if (dup3(memfd, memory->memfd, O_CLOEXEC) < 0) {

@@ -41,6 +41,8 @@ struct guest_memory {
     uint8_t *host;          /* MAP_SHARED mapping of the whole memfd */
     uint64_t size;          /* bytes of RAM */
     bool hugepages;
+    bool thp_advised;       /* MADV_HUGEPAGE set on the mapping (granted or not by the host);
+                               the VM's owner thread or the incoming thread (post-copy) */
     int numa_node;          /* -1 = not bound */
     unsigned slot_count;
     struct guest_memory_slot slots[GUEST_MEMORY_MAX_SLOTS];
@@ -57,6 +59,11 @@ struct guest_memory_options {
     int numa_node;          /* bind with libnuma; -1 = no binding */
     bool prealloc;          /* populate every page at creation (no first-touch faults later) */
     bool split_kvm_slots;   /* regions as KVM memslots of max(128 MiB, RAM / 64) each */
+    /* --no-thp: no MADV_HUGEPAGE on the mapping. By default guest RAM asks
+     * for transparent huge pages, as QEMU's does; the host grants them on
+     * a memfd only when /sys/kernel/mm/transparent_hugepage/shmem_enabled
+     * is advise, always or within_size (guest_memory_thp_host). */
+    bool no_thp;
 };
 
 /* Creates the memfd and the mapping. Returns 0 or -errno, with a message
@@ -86,6 +93,31 @@ void guest_memory_destroy(struct guest_memory *memory);
 /* Faults in [ram_offset, ram_offset + length) writable now (MADV_POPULATE_WRITE),
  * so neither the guest nor an incoming migration pays first-touch faults. */
 int guest_memory_populate(struct guest_memory *memory, uint64_t ram_offset, uint64_t length);
+
+/* The host's transparent huge page policy for memfd RAM: the selected word
+ * of /sys/kernel/mm/transparent_hugepage/shmem_enabled ("never", "advise",
+ * "always", "within_size", "deny", "force"), or "unavailable" when the
+ * kernel has no THP. Written to out (at least 16 bytes). */
+void guest_memory_thp_host(char *out, size_t size);
+/* Whether the host gives advised memfd mappings transparent huge pages. */
+bool guest_memory_thp_host_grants(void);
+/* Free 2 MiB huge pages (HugePages_Free in /proc/meminfo; root reserves
+ * them in /proc/sys/vm/nr_hugepages), 0 when unknown. */
+uint64_t guest_memory_free_huge_pages(void);
+/* No more transparent huge pages on this mapping (MADV_NOHUGEPAGE): a
+ * post-copy destination, before it discards pages, so that what it places
+ * later stays on 4 KiB pages and khugepaged leaves its RAM alone, as
+ * QEMU's post-copy destination does. Pages already huge stay huge (a
+ * discard inside one splits it; guest_memory_punch_hole checks). */
+void guest_memory_forgo_thp(struct guest_memory *memory);
+
+/* Frees [offset, offset + length) of the memfd (FALLOC_FL_PUNCH_HOLE) and
+ * checks that it is a hole afterwards: a punch inside a huge page the
+ * kernel cannot split only zeroes the range and leaves it present, and a
+ * post-copy destination relies on the next touch of a discarded page
+ * faulting (a present zero page would be read as the guest's data). 0, or
+ * -errno with the reason in error (-EBUSY: data remained). */
+int guest_memory_punch_hole(int memfd, uint64_t offset, uint64_t length, char *error, size_t error_size);
 
 /* KVM_SET_USER_MEMORY_REGION for every KVM memslot, with or without
  * KVM_MEM_LOG_DIRTY_PAGES. */

@@ -54,6 +54,10 @@ void options_print_usage(FILE *out)
 "                           root) for `ringctl console`: several readers, one writer at a time\n"
 "  --numa-node N            bind guest RAM and vCPU threads to NUMA node N\n"
 "  --hugepages              back guest RAM with 2M huge pages\n"
+"  --no-thp                 keep guest RAM on 4K pages: without it ringvm asks for\n"
+"                           transparent huge pages (MADV_HUGEPAGE), which the host grants\n"
+"                           when /sys/kernel/mm/transparent_hugepage/shmem_enabled is\n"
+"                           advise or always (vm.info: thp, thp_host)\n"
 "  --prealloc               fault in all guest RAM at start (no first-touch faults later;\n"
 "                           with --incoming the copy runs 1.2-1.5x faster, but RAM the\n"
 "                           source never wrote is committed too)\n"
@@ -110,7 +114,7 @@ enum {
     OPT_MEMORY = 256, OPT_VCPUS, OPT_WORKLOAD, OPT_SERIAL, OPT_STATS, OPT_NUMA_NODE, OPT_HUGEPAGES,
     OPT_DIRTY_LOG, OPT_RING_ENTRIES, OPT_HARVESTERS, OPT_BITMAP_SYNC_MS, OPT_BITMAP_CLEAR_CHUNK, OPT_RING_RESET, OPT_API_SOCKET, OPT_VERSION,
     OPT_RUN_SECONDS, OPT_PREALLOC, OPT_INCOMING, OPT_BPF, OPT_INCOMING_STALL_TIMEOUT,
-    OPT_KERNEL, OPT_INITRD, OPT_CMDLINE, OPT_CONSOLE, OPT_TLS_PSK, OPT_TLS_CREDS, OPT_POSTCOPY_FIFO,
+    OPT_KERNEL, OPT_INITRD, OPT_CMDLINE, OPT_CONSOLE, OPT_TLS_PSK, OPT_TLS_CREDS, OPT_POSTCOPY_FIFO, OPT_NO_THP,
 };
 
 static const struct option long_options[] = {
@@ -121,6 +125,7 @@ static const struct option long_options[] = {
     { "stats", no_argument, NULL, OPT_STATS },
     { "numa-node", required_argument, NULL, OPT_NUMA_NODE },
     { "hugepages", no_argument, NULL, OPT_HUGEPAGES },
+    { "no-thp", no_argument, NULL, OPT_NO_THP },
     { "prealloc", no_argument, NULL, OPT_PREALLOC },
     { "dirty-log", required_argument, NULL, OPT_DIRTY_LOG },
     { "ring-entries", required_argument, NULL, OPT_RING_ENTRIES },
@@ -220,6 +225,9 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
             break;
         case OPT_HUGEPAGES:
             config->memory_options.hugepages = true;
+            break;
+        case OPT_NO_THP:
+            config->memory_options.no_thp = true;
             break;
         case OPT_PREALLOC:
             config->memory_options.prealloc = true;

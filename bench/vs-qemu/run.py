@@ -380,6 +380,42 @@ def empty_result(vmm, case):
 # ---------------------------------------------------------------------------
 # QEMU
 
+# Guest RAM's backing (--backing). "default": each VMM as it starts without
+# options: QEMU's anonymous RAM, which it advises MADV_HUGEPAGE (transparent
+# huge pages where /sys/kernel/mm/transparent_hugepage/enabled is madvise or
+# always), ringvm's memfd, which it advises the same (granted only where
+# shmem_enabled is advise or always). "memfd": QEMU's RAM on a memfd too
+# (memory-backend-memfd), so both live under the same shmem policy.
+# "hugepages": both on 2 MiB hugetlbfs pages (ringvm --hugepages).
+def qemu_memory_backend(args, case):
+    if args.backing == "default":
+        return []
+    spec = "memory-backend-memfd,id=ram,size=%s" % size_arg(case.memory)
+    if args.backing == "hugepages":
+        spec += ",hugetlb=on,hugetlbsize=2M"
+    return ["-object", spec]
+
+
+def ringvm_memory_args(args):
+    return ["--hugepages"] if args.backing == "hugepages" else []
+
+
+def host_page_settings():
+    """What the host grants, recorded with every run (the backing's effect
+    depends on it)."""
+    def read(path):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            return None
+        m = re.search(r"\[(\w+)\]", text)
+        return m.group(1) if m else text
+    return {"thp_enabled": read("/sys/kernel/mm/transparent_hugepage/enabled"),
+            "thp_shmem_enabled": read("/sys/kernel/mm/transparent_hugepage/shmem_enabled"),
+            "nr_hugepages": read("/proc/sys/vm/nr_hugepages")}
+
+
 def qemu_argv(args, case, elf, qmp_path, serial_path, incoming=None):
     accel = "kvm,dirty-ring-size=4096" if case.tracking == "ring" else "kvm"
     if case.guest == "linux":
@@ -391,7 +427,10 @@ def qemu_argv(args, case, elf, qmp_path, serial_path, incoming=None):
         boot = ["-machine", "microvm,pit=off,pic=off",  # see HOST-KVM.md: dirty-limit needs no PIT
                 "-cpu", "qemu64,-cx16,+xsaveerptr",
                 "-kernel", elf, "-append", " ".join(["vcpus=%d" % case.vcpus] + case.workload_words())]
-    argv = [args.qemu, "-accel", accel] + boot + [
+    backend = qemu_memory_backend(args, case)
+    if backend:
+        boot[1] += ",memory-backend=ram"
+    argv = [args.qemu, "-accel", accel] + boot + backend + [
             "-m", size_arg(case.memory), "-smp", str(case.vcpus),
             "-display", "none", "-monitor", "none", "-serial", "file:" + serial_path,
             "-qmp", "unix:%s,server=on,wait=off" % qmp_path]
@@ -726,7 +765,7 @@ def run_ringvm(args, case, scratch):
         dest = "unix:" + os.path.join(scratch, "rmig.sock")
     else:
         dest = "tcp:127.0.0.1:%d" % free_port()
-    common = ["--memory", size_arg(case.memory), "--vcpus", str(case.vcpus)]
+    common = ["--memory", size_arg(case.memory), "--vcpus", str(case.vcpus)] + ringvm_memory_args(args)
     serial = None
     if case.guest == "linux":
         # The console to a file: the boot is long, and its log says how far it got.
@@ -1023,6 +1062,10 @@ def main():
     ap.add_argument("--guest", choices=("builtin", "linux"), default="builtin",
                     help="builtin: build/guest/ringvm-guest.elf; linux: build/linux/vmlinux + initramfs.cpio")
     ap.add_argument("--workload", default="dirtier", help="dirtier,ledger (comma list)")
+    ap.add_argument("--backing", choices=("default", "memfd", "hugepages"), default="default",
+                    help="guest RAM of both VMMs: default (each its own: QEMU anonymous RAM, ringvm a "
+                         "memfd, both advised MADV_HUGEPAGE), memfd (QEMU on a memfd too: one shmem "
+                         "policy for both), hugepages (both on 2 MiB hugetlbfs pages)")
     ap.add_argument("--json", help="write every run's result to this file")
     ap.add_argument("--markdown", action="store_true", help="print the summary as a Markdown table")
     ap.add_argument("--keep-progress", help="directory to store each ringvm progress snapshot")
@@ -1090,6 +1133,21 @@ def main():
         if why:
             sys.exit("run.py: " + why)
 
+    host_pages = host_page_settings()
+    log("run.py: backing %s; host: THP enabled %s, shmem_enabled %s, %s huge pages reserved" % (
+        args.backing, host_pages["thp_enabled"], host_pages["thp_shmem_enabled"], host_pages["nr_hugepages"]))
+    if args.backing == "hugepages":
+        # Source and destination are alive at once.
+        needed = max(2 * c.memory // (2 << 20) for c in cases)
+        free = 0
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("HugePages_Free:"):
+                    free = int(line.split()[1])
+        if free < needed:
+            sys.exit("run.py: --backing hugepages needs %d free 2 MiB huge pages, %d free "
+                     "(as root: echo %d > /proc/sys/vm/nr_hugepages)" % (needed, free, needed))
+
     qemu_version = None
     if "qemu" in vmms:
         qemu_version = subprocess.run([args.qemu, "--version"], capture_output=True,
@@ -1124,7 +1182,8 @@ def main():
                                        "qemu_version": qemu_version, "guest": guest_kind,
                                        "linux_cmdline": {c.key(): linux_full_cmdline(c) for c in cases
                                                          if c.guest == "linux"},
-                                       "qemu_preempt": args.qemu_preempt}, f, indent=1)
+                                       "qemu_preempt": args.qemu_preempt, "backing": args.backing,
+                                       "host_pages": host_pages}, f, indent=1)
     print(summarize(cases, results, args.markdown))
 
 
