@@ -250,6 +250,8 @@ static int source_postcopy_drain(struct source *s, struct source_delivery *deliv
     }
 }
 
+static int source_postcopy_finish(struct source *s, uint64_t pause_real);
+
 /* Everything after the switch-over on one pair of connections: the
  * background stream, END with the page digest, the ACK. 0 done; -1 with
  * s->error (the caller decides between recovery and giving up). */
@@ -283,6 +285,13 @@ static int source_postcopy_transfer(struct source *s, uint64_t pause_real)
     source_phase(s, MIG_STATE_COMPLETING, "waiting-ack");
     if (source_postcopy_drain(s, &delivery) != 0)
         return -1;
+    return source_postcopy_finish(s, pause_real);
+}
+
+/* The destination's ACK to END: the guest has every page there. 0 done,
+ * 1 digests differ (final), -1 with s->error. */
+static int source_postcopy_finish(struct source *s, uint64_t pause_real)
+{
     struct mig_end ack;
     if (source_read_ack(s, &ack) != 0)
         return -1;
@@ -457,7 +466,9 @@ static int source_postcopy_reconnect(struct source *s, const char *dest, bool *r
  * gone, and the guest with it. Otherwise the link broke: phase
  * postcopy-paused until migration_resume names a new address (or a cancel
  * or shutdown gives the guest up); a failed reconnection pauses again.
- * 0 = reconnected, -1 = given up (s->error). */
+ * 0 = reconnected, 1 = END had gone out and the destination's answer to it
+ * arrived on the paused connection after all (read it: source_postcopy_finish),
+ * -1 = given up (s->error). */
 static int source_postcopy_recover(struct source *s)
 {
     struct vm *vm = s->vm;
@@ -491,12 +502,22 @@ static int source_postcopy_recover(struct source *s)
                 "for its missing pages: run migration.recover there, then migration.start with resume here "
                 "(migration.cancel gives the guest up)\n", s->progress.id, cause);
         char dest[sizeof(m->recover_address)];
-        bool give_up = false;
+        bool give_up = false, answered = false;
+        /* END may have left this host and only been slow to arrive (a
+         * stall while flushing it): a destination that reads it after all
+         * finishes and answers ACK on this same connection. Then nothing
+         * is paused any more: the migration completed (a recovery
+         * attempted now would find a destination that no longer listens). */
+        bool watch_for_ack = s->end_sent && !retrying;
         pthread_mutex_lock(&m->lock);
         while (!m->recover_requested) {
             if (atomic_load_explicit(&m->cancel, memory_order_acquire) ||
                 atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire)) {
                 give_up = true;
+                break;
+            }
+            if (watch_for_ack && mig_io_readable(&s->io, 0) != 0) {
+                answered = true;
                 break;
             }
             mig_cond_wait_ms(&m->postcopy_cond, &m->lock, 100);
@@ -505,6 +526,14 @@ static int source_postcopy_recover(struct source *s)
         m->recover_requested = false;
         m->postcopy_paused = false;
         pthread_mutex_unlock(&m->lock);
+        if (answered) {
+            s->progress.error_code[0] = '\0';
+            s->progress.error_message[0] = '\0';
+            source_phase(s, MIG_STATE_COMPLETING, "waiting-ack");
+            fprintf(stderr, "ringvm: migration %" PRIu64 ": post-copy: the destination answered END on the paused "
+                    "connection\n", s->progress.id);
+            return 1;
+        }
         if (give_up) {
             s->cancelled = atomic_load_explicit(&m->cancel, memory_order_acquire);
             return source_guest_lost(s, s->cancelled ? "given up by migration.cancel while paused"
@@ -609,9 +638,12 @@ int source_postcopy(struct source *s)
     s->progress.postcopy.pages_total = missing;
     s->progress.memory.remaining = missing * MIG_PAGE_SIZE;
     source_phase(s, MIG_STATE_ACTIVE, "postcopy");
-    while (source_postcopy_transfer(s, pause_real) != 0) {
-        if (source_postcopy_recover(s) != 0)
+    int transferred = source_postcopy_transfer(s, pause_real);
+    while (transferred != 0) {
+        int recovered = source_postcopy_recover(s);
+        if (recovered < 0)
             return -1;
+        transferred = recovered == 1 ? source_postcopy_finish(s, pause_real) : source_postcopy_transfer(s, pause_real);
     }
     return 0;
 }

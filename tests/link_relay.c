@@ -16,6 +16,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "migration/protocol.h"
 #include "tests/migration_destination.h"
 
 #define RELAY_MAX_PAIRS 8
@@ -38,6 +39,12 @@ struct link_relay {
     _Atomic uint64_t to_source;         /* bytes copied destination -> source */
     _Atomic bool stop;
     pthread_t thread;
+    /* link_relay_hold_before_frame: the frame type to stop before (0:
+     * none), whether it stopped, and (relay thread only) the bytes left of
+     * the main stream's current frame. */
+    _Atomic uint32_t hold_type;
+    _Atomic bool holding;
+    uint64_t frame_left;
 };
 
 static int relay_connect_tcp(const char *target)
@@ -80,10 +87,32 @@ static int relay_connect(const char *path)
 /* Copies what is there from one side to the other (blocking writes: the
  * test's links are fast); to_source: the destination's side to the
  * source's, which the budget limits. false when a side closed. */
-static bool relay_copy(struct link_relay *relay, int from, int to, bool to_source)
+static bool relay_copy(struct link_relay *relay, int from, int to, bool to_source, bool main_stream)
 {
     char buffer[65536];
     size_t want = sizeof(buffer);
+    bool framed = main_stream && !to_source && atomic_load(&relay->hold_type) != 0;
+    if (framed) {
+        if (relay->frame_left == 0) {
+            uint8_t header[MIG_HEADER_SIZE];
+            ssize_t peeked = recv(from, header, sizeof(header), MSG_PEEK | MSG_DONTWAIT);
+            if (peeked == 0)
+                return false;
+            if (peeked < (ssize_t)sizeof(header))
+                return true;        /* the rest of the header is on its way */
+            uint32_t type;
+            uint64_t length;
+            memcpy(&type, header, sizeof(type));
+            memcpy(&length, header + 16, sizeof(length));
+            if (type == atomic_load(&relay->hold_type)) {
+                atomic_store(&relay->holding, true);
+                return true;
+            }
+            relay->frame_left = MIG_HEADER_SIZE + length;
+        }
+        if (relay->frame_left < want)
+            want = (size_t)relay->frame_left;
+    }
     int64_t budget = atomic_load(&relay->budget);
     if (to_source && budget >= 0 && (uint64_t)budget < want)
         want = (size_t)budget;
@@ -96,6 +125,8 @@ static bool relay_copy(struct link_relay *relay, int from, int to, bool to_sourc
         return false;
     if (got < 0)
         return errno == EAGAIN || errno == EINTR;
+    if (framed)
+        relay->frame_left -= (uint64_t)got;
     if (to_source) {
         atomic_fetch_add(&relay->to_source, (uint64_t)got);
         /* Only this thread lowers the budget; the test sets it once. */
@@ -126,7 +157,9 @@ static void *relay_main(void *argument)
         fds[0] = (struct pollfd){ .fd = relay->listen_fd, .events = POLLIN };
         for (unsigned i = 0; i < count; i++)
             for (unsigned side = 0; side < 2; side++)
-                fds[1 + 2 * i + side] = (struct pollfd){ .fd = cut ? -1 : relay->pairs[i][side], .events = POLLIN };
+                fds[1 + 2 * i + side] = (struct pollfd){
+                    .fd = cut || (i == 0 && side == 0 && atomic_load(&relay->holding)) ? -1 : relay->pairs[i][side],
+                    .events = POLLIN };
         if (poll(fds, 1 + 2 * count, 50) <= 0)
             continue;
         if ((fds[0].revents & POLLIN) && count < RELAY_MAX_PAIRS) {
@@ -145,7 +178,7 @@ static void *relay_main(void *argument)
         for (unsigned i = 0; i < count && !cut; i++)
             for (unsigned side = 0; side < 2 && !atomic_load(&relay->cut); side++)
                 if (fds[1 + 2 * i + side].revents & (POLLIN | POLLHUP))
-                    (void)relay_copy(relay, relay->pairs[i][side], relay->pairs[i][1 - side], side == 1);
+                    (void)relay_copy(relay, relay->pairs[i][side], relay->pairs[i][1 - side], side == 1, i == 0);
     }
     return NULL;
 }
@@ -179,6 +212,23 @@ struct link_relay *link_relay_start(const char *target, char *address, size_t si
     snprintf(address, size, "unix:%s", relay->path);
     cr_assert_eq(pthread_create(&relay->thread, NULL, relay_main, relay), 0);
     return relay;
+}
+
+void link_relay_hold_before_frame(struct link_relay *relay, uint32_t type)
+{
+    cr_assert_eq(atomic_load(&relay->pair_count), 0, "hold before the source connects");
+    atomic_store(&relay->hold_type, type);
+}
+
+bool link_relay_holding(struct link_relay *relay)
+{
+    return atomic_load(&relay->holding);
+}
+
+void link_relay_release(struct link_relay *relay)
+{
+    atomic_store(&relay->hold_type, 0);
+    atomic_store(&relay->holding, false);
 }
 
 void link_relay_cut(struct link_relay *relay)

@@ -38,6 +38,15 @@ bool link_relay_is_cut(struct link_relay *relay);
 uint64_t link_relay_bytes_to_source(struct link_relay *relay);
 /* Connections relayed so far. */
 unsigned link_relay_connections(struct link_relay *relay);
+/* Plaintext streams only, armed before the source connects: the relay
+ * stops reading the first connection's source side (the main stream) just
+ * before the first frame of `type` (a MIG_FRAME_* value), which then stays
+ * unread in the source's socket, as a destination too slow to read it
+ * leaves it; the destination's answers still pass. link_relay_release
+ * lets it through. */
+void link_relay_hold_before_frame(struct link_relay *relay, uint32_t type);
+bool link_relay_holding(struct link_relay *relay);
+void link_relay_release(struct link_relay *relay);
 /* Closes everything and frees. */
 void link_relay_stop(struct link_relay *relay);
 

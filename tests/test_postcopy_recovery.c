@@ -529,3 +529,45 @@ Test(postcopy_recovery, a_resume_before_the_destination_noticed_the_break_keeps_
     unlink(address + strlen("unix:"));
     recovery_stop(&r);
 }
+
+/* END left the source but sat unread in its socket past the source's stall
+ * timeout (the relay holds it back, as a destination too busy to read
+ * would): the source paused (postcopy-paused) though the link was only
+ * slow. When END then arrives, the destination finishes and answers on the
+ * same connection, and the source, still paused, reads that ACK and
+ * completes: no recovery, no operator, nothing left paused. */
+Test(postcopy_recovery, an_end_that_arrives_late_completes_without_a_recovery, .timeout = 180)
+{
+    harness_require_kvm();
+    require_userfaultfd();
+    struct recovery r;
+    memset(&r, 0, sizeof(r));
+    harness_vm_start(&r.source, "256M", 2, "ledger,wss=8M,verify=1", "ring");
+    for (unsigned i = 0; i < 2; i++)
+        cr_assert(harness_wait_phase(r.source.vm, i, RINGVM_PHASE_RING3, 20000), "vcpu %u never reached ring 3", i);
+    cr_assert(console_wait_for(&r.source.console, "LEDGER OK", 1, 20000), "no LEDGER OK on the source:\n%s",
+              console_snapshot(&r.source.console));
+    /* The destination waits far longer than the source for bytes. */
+    test_destination_start_stall(&r.dest, "256M", 2, "idle", false, harness_stall_ms(8000));
+    char relay_address[160];
+    r.relay = link_relay_start(r.dest.address, relay_address, sizeof(relay_address));
+    link_relay_hold_before_frame(r.relay, MIG_FRAME_END);
+    struct mig_params params;
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "%s", relay_address);
+    params.mode = MIG_MODE_POSTCOPY;
+    params.stall_timeout_ms = STALL_MS;
+    params.verify_digest = true;
+    params.timeout_s = 60;
+    test_migration_start(r.source.vm, &params);
+
+    wait_phase(r.source.vm, "postcopy-paused", "nothing left this host", 0, "source");
+    cr_assert(link_relay_holding(r.relay), "the source paused before its END reached the relay");
+    /* Every page went before END: the destination holds them all, still
+     * running the guest and waiting for the stream's end. */
+    wait_phase(r.dest.harness.vm, "postcopy", NULL, 65536, "destination");
+
+    link_relay_release(r.relay);
+    recovery_finish(&r);
+    recovery_stop(&r);
+}
