@@ -125,9 +125,13 @@ struct recovery {
 
 /* Boots the ledger source and the destination (TLS over tcp: when tls),
  * migrates in pure post-copy at cap_mibs through a relay, cuts it once the
- * guest runs on the destination, and waits until both sides paused. */
+ * guest runs on the destination, and waits until both sides paused.
+ * untouched_mib: that much data written into guest RAM the guest never
+ * reads or writes (from 128 MiB on), so only the background stream carries
+ * it: pages stay in flight for untouched_mib / cap_mibs seconds whatever
+ * the guest's own faults fetch meanwhile. */
 static void recovery_start_stall(struct recovery *r, bool tls, unsigned cap_mibs, unsigned dest_stall_ms,
-                                 bool wait_dest_paused)
+                                 bool wait_dest_paused, unsigned untouched_mib)
 {
     harness_require_kvm();
     require_userfaultfd();
@@ -144,6 +148,11 @@ static void recovery_start_stall(struct recovery *r, bool tls, unsigned cap_mibs
         cr_assert(harness_wait_phase(r->source.vm, i, RINGVM_PHASE_RING3, 20000), "vcpu %u never reached ring 3", i);
     cr_assert(console_wait_for(&r->source.console, "LEDGER OK", 1, 20000), "no LEDGER OK on the source:\n%s",
               console_snapshot(&r->source.console));
+    for (uint64_t offset = 0; offset < (uint64_t)untouched_mib << 20; offset += 4096) {
+        uint64_t *page = (uint64_t *)(r->source.vm->memory.host + (128ull << 20) + offset);
+        for (unsigned i = 0; i < 4096 / sizeof(uint64_t); i++)
+            page[i] = 0x9e3779b97f4a7c15ull * (offset + i + 1);
+    }
     if (tls)
         test_destination_start_tls_stall(&r->dest, "256M", 2, "idle", r->psk, NULL, dest_stall_ms);
     else
@@ -179,7 +188,7 @@ static void recovery_start_stall(struct recovery *r, bool tls, unsigned cap_mibs
 
 static void recovery_start(struct recovery *r, bool tls, unsigned cap_mibs)
 {
-    recovery_start_stall(r, tls, cap_mibs, STALL_MS, true);
+    recovery_start_stall(r, tls, cap_mibs, STALL_MS, true, 0);
 }
 
 /* Both sides paused (phase postcopy-paused, state active, code
@@ -450,10 +459,12 @@ Test(postcopy_recovery, the_link_breaks_while_the_received_bitmap_is_in_flight, 
 Test(postcopy_recovery, the_link_breaks_again_mid_stream_after_a_recovery, .timeout = 180)
 {
     struct recovery r;
-    /* 1 MiB/s: the second cut must still find pages in flight after the
-     * recovery's checks, which take seconds under make test-nested (at
-     * 4 MiB/s the stream once finished first there). */
-    recovery_start(&r, false, 1);
+    /* The second cut must still find pages in flight after the recovery's
+     * checks, which take seconds under make test-nested. The guest's own
+     * faults fetch its ~8 MiB soon after the switch (there once all of it
+     * before the first cut, leaving only zero pages to the recovery), so
+     * 16 MiB it never touches ride the background stream alone, at 1 MiB/s. */
+    recovery_start_stall(&r, false, 1, STALL_MS, true, 16);
     char first[160], second_address[160], relay_address[160];
     unix_address(first, sizeof(first), "first");
     unix_address(second_address, sizeof(second_address), "second");
@@ -504,7 +515,7 @@ Test(postcopy_recovery, the_link_breaks_again_mid_stream_after_a_recovery, .time
 Test(postcopy_recovery, a_resume_before_the_destination_noticed_the_break_keeps_the_guest, .timeout = 180)
 {
     struct recovery r;
-    recovery_start_stall(&r, false, 4, harness_stall_ms(8000), false);
+    recovery_start_stall(&r, false, 4, harness_stall_ms(8000), false, 0);
     struct mig_progress *q = malloc(sizeof(*q));
     cr_assert(migration_progress(r.dest.harness.vm, q));
     cr_assert_str_eq(q->phase, "postcopy", "the destination paused before the source (%s: %s)", q->error_code,
