@@ -341,14 +341,15 @@ static int send_pass(struct mig_sender *sender, const struct guest_memory *sourc
 /* One repetition of one backing: fresh RAM on both sides, two passes. */
 static int run_once(const struct options *o, enum backing backing, double *cold_mibs, double *warm_mibs)
 {
-    bool thp = backing == BACKING_THP;
-    struct guest_memory_options memory_options = { .hugepages = backing == BACKING_2M, .numa_node = -1,
-                                                   .prealloc = backing == BACKING_4K_PREALLOC, .no_thp = !thp };
+    /* Both sides on the same page size; only the destination preallocated. */
+    struct guest_memory_options source_options = { .hugepages = backing == BACKING_2M, .numa_node = -1,
+                                                   .no_thp = backing != BACKING_THP };
+    struct guest_memory_options target_options = source_options;
+    target_options.prealloc = backing == BACKING_4K_PREALLOC;
     struct guest_memory source, target;
-    if (guest_memory_create(&source, o->memory, &(struct guest_memory_options){
-                                .hugepages = memory_options.hugepages, .numa_node = -1, .no_thp = !thp }) != 0)
+    if (guest_memory_create(&source, o->memory, &source_options) != 0)
         return -1;
-    if (guest_memory_create(&target, o->memory, &memory_options) != 0) {
+    if (guest_memory_create(&target, o->memory, &target_options) != 0) {
         guest_memory_destroy(&source);
         return -1;
     }

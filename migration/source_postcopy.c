@@ -250,7 +250,29 @@ static int source_postcopy_drain(struct source *s, struct source_delivery *deliv
     }
 }
 
-static int source_postcopy_finish(struct source *s, uint64_t pause_real);
+/* The destination's ACK to END: the guest has every page there. 0 done,
+ * 1 digests differ (final), -1 with s->error. */
+static int source_postcopy_finish(struct source *s, uint64_t pause_real)
+{
+    struct mig_end ack;
+    if (source_read_ack(s, &ack) != 0)
+        return -1;
+    postcopy_source_stop(s->postcopy);
+    source_postcopy_progress(s);
+    uint64_t resumed = postcopy_source_resumed_ns(s->postcopy);
+    if (resumed >= pause_real) {
+        s->progress.downtime_ms = (resumed - pause_real + 999999u) / 1000000u;
+        s->progress.downtime_us = (resumed - pause_real + 999u) / 1000u;
+    }
+    snprintf(s->progress.digest_destination, sizeof(s->progress.digest_destination), "%s", ack.digest);
+    if (s->params.verify_digest && strcmp(ack.digest, s->progress.digest_source) != 0) {
+        s->error_code = "digest-mismatch";      /* final: no recovery fixes a wrong page */
+        snprintf(s->error, sizeof(s->error), "page digests differ: source %s, destination %s; the destination "
+                 "runs the guest, the source stays paused", s->progress.digest_source, ack.digest);
+        return 1;
+    }
+    return 0;
+}
 
 /* Everything after the switch-over on one pair of connections: the
  * background stream, END with the page digest, the ACK. 0 done; -1 with
@@ -286,30 +308,6 @@ static int source_postcopy_transfer(struct source *s, uint64_t pause_real)
     if (source_postcopy_drain(s, &delivery) != 0)
         return -1;
     return source_postcopy_finish(s, pause_real);
-}
-
-/* The destination's ACK to END: the guest has every page there. 0 done,
- * 1 digests differ (final), -1 with s->error. */
-static int source_postcopy_finish(struct source *s, uint64_t pause_real)
-{
-    struct mig_end ack;
-    if (source_read_ack(s, &ack) != 0)
-        return -1;
-    postcopy_source_stop(s->postcopy);
-    source_postcopy_progress(s);
-    uint64_t resumed = postcopy_source_resumed_ns(s->postcopy);
-    if (resumed >= pause_real) {
-        s->progress.downtime_ms = (resumed - pause_real + 999999u) / 1000000u;
-        s->progress.downtime_us = (resumed - pause_real + 999u) / 1000u;
-    }
-    snprintf(s->progress.digest_destination, sizeof(s->progress.digest_destination), "%s", ack.digest);
-    if (s->params.verify_digest && strcmp(ack.digest, s->progress.digest_source) != 0) {
-        s->error_code = "digest-mismatch";      /* final: no recovery fixes a wrong page */
-        snprintf(s->error, sizeof(s->error), "page digests differ: source %s, destination %s; the destination "
-                 "runs the guest, the source stays paused", s->progress.digest_source, ack.digest);
-        return 1;
-    }
-    return 0;
 }
 
 /* The connections a recovery replaces: the switch-over's, or those of the

@@ -100,10 +100,8 @@ static bool relay_copy(struct link_relay *relay, int from, int to, bool to_sourc
                 return false;
             if (peeked < (ssize_t)sizeof(header))
                 return true;        /* the rest of the header is on its way */
-            uint32_t type;
-            uint64_t length;
-            memcpy(&type, header, sizeof(type));
-            memcpy(&length, header + 16, sizeof(length));
+            uint32_t type = mig_get_u32(header);            /* the header's layout: migration/protocol.h */
+            uint64_t length = mig_get_u64(header + 16);
             if (type == atomic_load(&relay->hold_type)) {
                 atomic_store(&relay->holding, true);
                 return true;
