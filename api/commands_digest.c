@@ -16,6 +16,7 @@
 
 #include "api/commands.h"
 #include "api/digest.h"
+#include "vmm/memory_extents.h"
 #include "vmm/vm.h"
 
 #define PIECE_BYTES (1ULL << 20)    /* hashed into both states while in cache */
@@ -34,32 +35,24 @@ static void to_hex(XXH128_hash_t hash, char hex[MEMORY_DIGEST_HEX_SIZE])
     hex[32] = '\0';
 }
 
-/* Data extents of the memfd, for hole skipping. */
+/* Data extents of guest RAM (vmm/memory_extents.h), for skipping pages
+ * without data. */
 struct extents {
-    int fd;
+    struct guest_ram ram;
     uint64_t size;
-    uint64_t data_start, data_end;  /* current extent [start, end); start == size: none left */
+    uint64_t data_start, data_end;  /* current extent [start, end) in bytes; start == size: none left */
     bool usable;
 };
 
 static void extents_seek(struct extents *e, uint64_t from)
 {
-    off_t data = lseek(e->fd, (off_t)from, SEEK_DATA);
-    if (data < 0) {
-        if (errno == ENXIO) {       /* no data after from */
-            e->data_start = e->data_end = e->size;
-            return;
-        }
+    uint64_t data_page, hole_page;
+    if (guest_ram_next_data(&e->ram, from / GUEST_RAM_PAGE, &data_page, &hole_page) != 0) {
         e->usable = false;
         return;
     }
-    off_t hole = lseek(e->fd, data, SEEK_HOLE);
-    if (hole < 0) {
-        e->usable = false;
-        return;
-    }
-    e->data_start = (uint64_t)data;
-    e->data_end = (uint64_t)hole > e->size ? e->size : (uint64_t)hole;
+    e->data_start = data_page * GUEST_RAM_PAGE;
+    e->data_end = hole_page * GUEST_RAM_PAGE > e->size ? e->size : hole_page * GUEST_RAM_PAGE;
 }
 
 /* true if [offset, offset + length) is entirely a hole. */
@@ -123,22 +116,9 @@ void memory_digest_buffer(const void *data, uint64_t size, char total_hex[MEMORY
 int memory_digest(const struct guest_memory *memory, char total_hex[MEMORY_DIGEST_HEX_SIZE],
                   memory_digest_chunk_fn chunk_fn, void *opaque)
 {
-    /* SEEK_DATA moves the file offset: use our own open file description
-     * so nobody else's offset on the memfd changes. */
-    struct extents extents = {.fd = -1, .size = memory->size};
-    if (memory->memfd >= 0) {
-        char path[64];
-        snprintf(path, sizeof(path), "/proc/self/fd/%d", memory->memfd);
-        extents.fd = open(path, O_RDONLY | O_CLOEXEC);
-        extents.usable = extents.fd >= 0;
-    }
-    if (extents.usable)
-        extents_seek(&extents, 0);
-    int result = digest_run(memory->host, memory->size, extents.usable ? &extents : NULL,
-                            total_hex, chunk_fn, opaque);
-    if (extents.fd >= 0)
-        close(extents.fd);
-    return result;
+    struct extents extents = { .ram = guest_memory_ram(memory), .size = memory->size, .usable = true };
+    extents_seek(&extents, 0);
+    return digest_run(memory->host, memory->size, extents.usable ? &extents : NULL, total_hex, chunk_fn, opaque);
 }
 
 /* ---- the command -------------------------------------------------------- */

@@ -16,11 +16,13 @@
  * seals and sends each 1 MiB frame over a Unix socketpair, the
  * destination's receiver (migration/receiver.h) writes it into guest RAM,
  * and `mig-populate` (migration/populate.h) runs ahead of it as in
- * `ringvm --incoming`. Guest RAM is vmm/memory.c's memfd, 4 KiB pages or
- * 2 MiB huge pages (`ringvm --hugepages`). The source's RAM is filled as a
- * running guest leaves it: its mapping populated (KVM's own faults do that)
- * and its bytes written through another mapping, so the source's mapping
- * has never been read from user space.
+ * `ringvm --incoming`. Guest RAM is vmm/memory.c's: a memfd, 4 KiB pages or
+ * 2 MiB huge pages (`ringvm --hugepages`), or anonymous memory (`ringvm
+ * --ram anonymous`). The source's RAM is filled as a running guest leaves
+ * it: its mapping populated (KVM's own faults do that) and its bytes
+ * written through another mapping of the memfd (anonymous RAM: through
+ * its only one), so the source's mapping has never been read from user
+ * space.
  *
  * Backings (each a fresh pair of VMs' RAM per repetition, interleaved):
  *   4k           4 KiB pages; the destination populated ahead of the
@@ -33,13 +35,21 @@
  *                unless --no-thp), populated ahead: transparent huge pages
  *                where the host grants them to memfd mappings
  *   2m           2 MiB huge pages on both sides, populated ahead
+ *   anon         anonymous RAM (`--ram anonymous --no-thp`), 4 KiB pages,
+ *                populated ahead
+ *   anon-thp     anonymous RAM with MADV_HUGEPAGE (`--ram anonymous`),
+ *                populated ahead: transparent huge pages where the host
+ *                grants them to anonymous memory (transparent_hugepage/
+ *                enabled madvise or always: Debian's default, and how
+ *                QEMU's default RAM is backed)
  * Per backing: the first pass (cold mappings, as a migration's bulk pass
  * meets them) and a second pass of the same pages (both mappings warm: the
  * pipeline's own bound), MiB/s each, medians, and the first pass's ratio to
  * `4k` in the same run. `2m` needs 2 x --memory of free huge pages; without
  * them it is left out with the reason (reserve them with
  * `echo N > /proc/sys/vm/nr_hugepages` as root); `thp` is left out where
- * /sys/kernel/mm/transparent_hugepage/shmem_enabled is never or deny.
+ * /sys/kernel/mm/transparent_hugepage/shmem_enabled is never or deny, and
+ * `anon-thp` where transparent_hugepage/enabled is never.
  *
  * Exit status 0, or 1 when something failed (message on stderr).
  */
@@ -70,9 +80,14 @@
 #define MAX_REPS 15u
 #define STALL_MS 30000u
 
-enum backing { BACKING_4K, BACKING_4K_PREALLOC, BACKING_4K_BARE, BACKING_THP, BACKING_2M, BACKING_COUNT };
+enum backing {
+    BACKING_4K, BACKING_4K_PREALLOC, BACKING_4K_BARE, BACKING_THP, BACKING_2M, BACKING_ANON, BACKING_ANON_THP,
+    BACKING_COUNT
+};
 
-static const char *const backing_names[BACKING_COUNT] = { "4k", "4k-prealloc", "4k-bare", "thp", "2m" };
+static const char *const backing_names[BACKING_COUNT] = { "4k", "4k-prealloc", "4k-bare", "thp", "2m", "anon",
+                                                          "anon-thp" };
+#define BACKING_LIST "4k, 4k-prealloc, 4k-bare, thp, 2m, anon, anon-thp"
 
 struct options {
     uint64_t memory;
@@ -101,10 +116,11 @@ static void usage(FILE *to)
             "\n"
             "  --memory SIZE     guest RAM per side, 64M to 16G, a multiple of 2M (default 1G)\n"
             "  --reps N          repetitions per backing, 1 to %u, interleaved (default 3)\n"
-            "  --backings LIST   comma-separated, of 4k, 4k-prealloc, 4k-bare, thp, 2m (default\n"
-            "                    all; thp needs shmem_enabled advise or always in\n"
-            "                    /sys/kernel/mm/transparent_hugepage, 2m needs 2 x SIZE of\n"
-            "                    free 2 MiB huge pages; left out with the reason otherwise)\n"
+            "  --backings LIST   comma-separated, of " BACKING_LIST "\n"
+            "                    (default all; thp needs shmem_enabled advise or always in\n"
+            "                    /sys/kernel/mm/transparent_hugepage, anon-thp needs enabled\n"
+            "                    madvise or always there, 2m needs 2 x SIZE of free 2 MiB\n"
+            "                    huge pages; left out with the reason otherwise)\n"
             "  --json            one JSON object on stdout instead of the table\n"
             "  -h, --help        this text\n",
             MAX_REPS);
@@ -125,7 +141,7 @@ static int parse_backings(const char *text, bool wanted[BACKING_COUNT])
             }
         }
         if (!known) {
-            fprintf(stderr, PROGRAM ": --backings '%s': unknown backing '%.*s' (4k, 4k-prealloc, 4k-bare, thp, 2m)\n",
+            fprintf(stderr, PROGRAM ": --backings '%s': unknown backing '%.*s' (" BACKING_LIST ")\n",
                     text, (int)length, item);
             return -1;
         }
@@ -197,7 +213,8 @@ static int fill_source(struct guest_memory *memory)
 {
     if (guest_memory_populate(memory, 0, memory->size) != 0)
         return -1;
-    uint8_t *other = mmap(NULL, memory->size, PROT_READ | PROT_WRITE, MAP_SHARED, memory->memfd, 0);
+    uint8_t *other = memory->anonymous ? memory->host
+                                       : mmap(NULL, memory->size, PROT_READ | PROT_WRITE, MAP_SHARED, memory->memfd, 0);
     if (other == MAP_FAILED) {
         fprintf(stderr, PROGRAM ": mmap(source RAM, second mapping): %s\n", strerror(errno));
         return -1;
@@ -207,7 +224,8 @@ static int fill_source(struct guest_memory *memory)
         for (unsigned i = 0; i < MIG_PAGE_SIZE / sizeof(uint64_t); i += 8)
             words[i] = offset ^ 0x9e3779b97f4a7c15ull ^ i;
     }
-    munmap(other, memory->size);
+    if (!memory->anonymous)
+        munmap(other, memory->size);
     return 0;
 }
 
@@ -342,8 +360,11 @@ static int send_pass(struct mig_sender *sender, const struct guest_memory *sourc
 static int run_once(const struct options *o, enum backing backing, double *cold_mibs, double *warm_mibs)
 {
     /* Both sides on the same page size; only the destination preallocated. */
-    struct guest_memory_options source_options = { .hugepages = backing == BACKING_2M, .numa_node = -1,
-                                                   .no_thp = backing != BACKING_THP };
+    struct guest_memory_options source_options = {
+        .hugepages = backing == BACKING_2M, .numa_node = -1,
+        .no_thp = backing != BACKING_THP && backing != BACKING_ANON_THP,
+        .anonymous = backing == BACKING_ANON || backing == BACKING_ANON_THP,
+    };
     struct guest_memory_options target_options = source_options;
     target_options.prealloc = backing == BACKING_4K_PREALLOC;
     struct guest_memory source, target;
@@ -495,14 +516,19 @@ int main(int argc, char **argv)
             fprintf(stderr, PROGRAM ": 2m left out: %s\n", results[BACKING_2M].reason);
         }
     }
-    if (o.wanted[BACKING_THP] && !guest_memory_thp_host_grants()) {
+    static const enum backing transparent[] = { BACKING_THP, BACKING_ANON_THP };
+    for (unsigned i = 0; i < sizeof(transparent) / sizeof(transparent[0]); i++) {
+        enum backing b = transparent[i];
+        bool anonymous = b == BACKING_ANON_THP;
+        if (!o.wanted[b] || guest_memory_thp_host_grants(anonymous))
+            continue;
         char mode[32];
-        guest_memory_thp_host(mode, sizeof(mode));
-        results[BACKING_THP].skipped = true;
-        snprintf(results[BACKING_THP].reason, sizeof(results[BACKING_THP].reason),
-                 "the host's /sys/kernel/mm/transparent_hugepage/shmem_enabled is '%s' (as root: echo advise > it)",
-                 mode);
-        fprintf(stderr, PROGRAM ": thp left out: %s\n", results[BACKING_THP].reason);
+        guest_memory_thp_host(anonymous, mode, sizeof(mode));
+        results[b].skipped = true;
+        snprintf(results[b].reason, sizeof(results[b].reason),
+                 "the host's /sys/kernel/mm/transparent_hugepage/%s is '%s' (as root: echo %s > it)",
+                 anonymous ? "enabled" : "shmem_enabled", mode, anonymous ? "madvise" : "advise");
+        fprintf(stderr, PROGRAM ": %s left out: %s\n", backing_names[b], results[b].reason);
     }
     for (unsigned rep = 0; rep < o.reps; rep++) {
         for (unsigned b = 0; b < BACKING_COUNT; b++) {

@@ -10,6 +10,7 @@
 #include "migration/destination_internal.h"
 
 #include "migration/postcopy_destination.h"
+#include "vmm/memory_extents.h"
 
 /* Post-copy, built-in guest: its pages/s from its own counters (the stats
  * slots in guest RAM), read only when the page holding them is here: a
@@ -79,16 +80,16 @@ int incoming_postcopy_open(struct incoming *in, int listen_fd, const struct mig_
     return 0;
 }
 
-/* POSTCOPY_DISCARD: the runs' pages leave the memfd, so their next touch
+/* POSTCOPY_DISCARD: the runs' pages leave guest RAM, so their next touch
  * (after registration) faults. */
 int incoming_postcopy_discard(struct incoming *in, char *error, size_t error_size)
 {
     const struct mig_receiver *r = &in->receiver;
+    struct guest_ram ram = guest_memory_ram(&in->vm->memory);
     for (unsigned i = 0; i < r->discard_count; i++) {
         const struct mig_discard_run *run = &r->discard_runs[i];
         char reason[256];
-        if (guest_memory_punch_hole(in->vm->memory.memfd, run->ram_offset, run->pages * MIG_PAGE_SIZE, reason,
-                                    sizeof(reason)) != 0) {
+        if (guest_ram_discard(&ram, run->ram_offset, run->pages * MIG_PAGE_SIZE, reason, sizeof(reason)) != 0) {
             snprintf(error, error_size, "postcopy-discard: %s", reason);
             return -1;
         }
@@ -120,7 +121,7 @@ int incoming_postcopy_switch(struct incoming *in, char *error, size_t error_size
     if (postcopy_incoming_start(&in->postcopy, &options, error, error_size) != 0)
         return -1;
     /* Missing here: the discarded pages, plus pages pre-copy sent as zero
-     * runs (memfd holes, filled below once the guest runs). */
+     * runs (pages without data, filled below once the guest runs). */
     uint64_t known_zero = postcopy_incoming_known_zero(in->postcopy, in->discarded);
     uint64_t missing = postcopy_incoming_missing(in->postcopy) - known_zero;
     if (missing != sw->missing_pages) {

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "migration/memfd_transfer.h"
+#include "vmm/memory_extents.h"
 #include "vmm/vm.h"
 
 int local_handover_parse_address(const char *text, struct mig_address *out, char *error, size_t error_size)
@@ -42,6 +43,10 @@ int local_handover_parse_any_address(const char *text, struct mig_address *out, 
 
 int local_handover_send_ram(int socket_fd, const struct vm *vm, char *error, size_t error_size)
 {
+    if (vm->memory.memfd < 0) {     /* migration_start refuses it first */
+        snprintf(error, error_size, "guest RAM is anonymous (--ram anonymous): there is no memfd to hand over");
+        return -1;
+    }
     return memfd_transfer_send(socket_fd, vm->memory.memfd, vm->memory.size, error, error_size) == 0 ? 0 : -1;
 }
 
@@ -60,15 +65,13 @@ static uint64_t populate_data_extents(struct guest_memory *memory, uint64_t dead
     if (memory->hugepages)
         return 0;
     uint64_t populated = 0, offset = 0;
+    struct guest_ram ram = guest_memory_ram(memory);
     while (offset < memory->size && vm_now_ns() < deadline_ns) {
-        off_t data = lseek(memory->memfd, (off_t)offset, SEEK_DATA);
-        if (data < 0)
-            break;      /* ENXIO: no data past offset; anything else: give up quietly */
-        off_t hole = lseek(memory->memfd, data, SEEK_HOLE);
-        uint64_t end = hole < 0 || (uint64_t)hole > memory->size ? memory->size : (uint64_t)hole;
-        uint64_t start = (uint64_t)data & ~(uint64_t)(RINGVM_PAGE_SIZE - 1);
-        if (end <= start)
-            break;
+        uint64_t data_page, hole_page;
+        if (guest_ram_next_data(&ram, offset / RINGVM_PAGE_SIZE, &data_page, &hole_page) != 0 ||
+            data_page == hole_page)
+            break;      /* no data past offset, or the host cannot say: give up quietly */
+        uint64_t start = data_page * RINGVM_PAGE_SIZE, end = hole_page * RINGVM_PAGE_SIZE;
         if (end - start > POPULATE_STEP)
             end = start + POPULATE_STEP;
         if (guest_memory_populate(memory, start, end - start) != 0)

@@ -196,6 +196,13 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
                  "use mode precopy with local:PATH", mig_mode_name(params->mode));
         return -1;
     }
+    if (local == 1 && vm->memory.anonymous) {
+        *code = "invalid-argument";
+        snprintf(message, message_size, "dest %s: a local hand-over passes guest RAM as a memfd, and this VM's RAM is "
+                 "anonymous (--ram anonymous): migrate over unix:PATH instead, or start the VM with --ram memfd",
+                 params->dest);
+        return -1;
+    }
     if (params->mode == MIG_MODE_HYBRID &&
         (params->postcopy_after_passes != 0) + (params->postcopy_after_ms != 0) + params->postcopy_after_auto != 1) {
         *code = "invalid-argument";

@@ -8,7 +8,7 @@
 #include <xxhash.h>
 #include <xxh_x86dispatch.h>
 
-#include "vmm/memory.h"
+#include "vmm/memory_extents.h"
 
 #define PAGE_DIGEST_PAGE 4096u
 
@@ -50,23 +50,13 @@ int page_digest_memory(const struct guest_memory *memory, char hex[PAGE_DIGEST_H
     page_digest_init(&digest);
     uint64_t pages = memory->size / PAGE_DIGEST_PAGE;
     uint64_t page = 0;
+    struct guest_ram ram = guest_memory_ram(memory);
     while (page < pages) {
-        /* The next data extent; holes before it are zero pages. */
-        off_t data = lseek(memory->memfd, (off_t)(page * PAGE_DIGEST_PAGE), SEEK_DATA);
-        uint64_t data_start = pages, data_end = pages;
-        if (data >= 0) {
-            off_t hole = lseek(memory->memfd, data, SEEK_HOLE);
-            if (hole < 0)
-                return -errno;
-            data_start = (uint64_t)data / PAGE_DIGEST_PAGE;
-            data_end = ((uint64_t)hole + PAGE_DIGEST_PAGE - 1) / PAGE_DIGEST_PAGE;
-        } else if (errno != ENXIO) {
-            return -errno;
-        }
-        if (data_start > pages)
-            data_start = pages;
-        if (data_end > pages)
-            data_end = pages;
+        /* The next data extent; pages before it are zero pages. */
+        uint64_t data_start, data_end;
+        int result = guest_ram_next_data(&ram, page, &data_start, &data_end);
+        if (result != 0)
+            return result;
         for (; page < data_start; page++)
             page_digest_add_zero(&digest, page);
         for (; page < data_end; page++)

@@ -6,7 +6,7 @@
 
 #include "migration/postcopy_priority.h"
 #include "vmm/log2_histogram.h"
-#include "vmm/memory.h"
+#include "vmm/memory_extents.h"
 #include "vmm/monotonic.h"
 
 #include <errno.h>
@@ -286,28 +286,22 @@ bool postcopy_destination_available(char *error, size_t error_size)
     return true;
 }
 
-/* Pages with data in the memfd now (pre-copy's) count as received. */
+/* Pages holding data now (pre-copy's) count as received. */
 static int postcopy_mark_present(struct postcopy_destination *d, char *error, size_t error_size)
 {
-    off_t size = (off_t)d->options.size;
-    off_t position = 0;
-    while (position < size) {
-        off_t data = lseek(d->options.memfd, position, SEEK_DATA);
-        if (data < 0) {
-            if (errno == ENXIO)
-                break;      /* no data after position */
-            snprintf(error, error_size, "lseek(guest RAM memfd, SEEK_DATA): %s", strerror(errno));
-            return -errno;
+    struct guest_ram ram = { .memfd = d->options.memfd, .host = d->options.host, .size = d->options.size };
+    uint64_t position = 0;
+    for (;;) {
+        uint64_t data, hole;
+        int result = guest_ram_next_data(&ram, position, &data, &hole);
+        if (result != 0) {
+            snprintf(error, error_size, "finding the pages guest RAM holds (%s): %s",
+                     ram.memfd >= 0 ? "SEEK_DATA" : "/proc/self/pagemap", strerror(-result));
+            return result;
         }
-        off_t hole = lseek(d->options.memfd, data, SEEK_HOLE);
-        if (hole < 0) {
-            snprintf(error, error_size, "lseek(guest RAM memfd, SEEK_HOLE): %s", strerror(errno));
-            return -errno;
-        }
-        if (hole > size)
-            hole = size;
-        for (uint64_t page = (uint64_t)data / POSTCOPY_PAGE_SIZE;
-             page < ((uint64_t)hole + POSTCOPY_PAGE_SIZE - 1) / POSTCOPY_PAGE_SIZE; page++) {
+        if (data == hole)
+            break;      /* no data after position */
+        for (uint64_t page = data; page < hole; page++) {
             postcopy_received_set(d, page);
             d->counters.initially_present++;
             if (d->options.digest)
@@ -355,12 +349,16 @@ int postcopy_destination_create(struct postcopy_destination **out, const struct 
         d->uffd = -1;
         goto fail;
     }
-    struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_THREAD_ID };
+    /* Anonymous RAM needs no feature for MISSING faults; memfd RAM is shmem. */
+    bool shared = options->memfd >= 0;
+    struct uffdio_api api = { .api = UFFD_API,
+                              .features = (shared ? UFFD_FEATURE_MISSING_SHMEM : 0) | UFFD_FEATURE_THREAD_ID };
     if (ioctl(d->uffd, UFFDIO_API, &api) != 0) {
         result = -errno;
-        snprintf(error, error_size, "userfaultfd: UFFDIO_API with MISSING_SHMEM | THREAD_ID: %s (the kernel "
-                                    "cannot catch faults on shared memory; post-copy cannot run here)",
-                 strerror(errno));
+        snprintf(error, error_size, "userfaultfd: UFFDIO_API with %sTHREAD_ID: %s (%s)",
+                 shared ? "MISSING_SHMEM | " : "", strerror(errno),
+                 shared ? "the kernel cannot catch faults on shared memory; post-copy cannot run here"
+                        : "post-copy cannot run here");
         goto fail;
     }
     struct uffdio_register registration = {
@@ -560,8 +558,9 @@ int postcopy_destination_discard(struct postcopy_destination *d, uint64_t page, 
     }
     pthread_mutex_lock(&d->lock);
     char reason[256];
-    int punched = guest_memory_punch_hole(d->options.memfd, page * POSTCOPY_PAGE_SIZE, count * POSTCOPY_PAGE_SIZE,
-                                          reason, sizeof(reason));
+    struct guest_ram ram = { .memfd = d->options.memfd, .host = d->options.host, .size = d->options.size };
+    int punched = guest_ram_discard(&ram, page * POSTCOPY_PAGE_SIZE, count * POSTCOPY_PAGE_SIZE, reason,
+                                    sizeof(reason));
     if (punched != 0) {
         pthread_mutex_unlock(&d->lock);
         fprintf(stderr, "ringvm: postcopy: discarding pages %" PRIu64 " + %" PRIu64 ": %s\n", page, count, reason);

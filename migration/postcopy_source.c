@@ -19,7 +19,7 @@
 #include "migration/postcopy_priority.h"
 #include "migration/postcopy_return.h"
 #include "migration/protocol.h"
-#include "vmm/memory.h"
+#include "vmm/memory_extents.h"
 #include "vmm/monotonic.h"
 
 #define NO_RESTART UINT64_MAX
@@ -163,16 +163,16 @@ void postcopy_source_get_stats(struct postcopy_source *ps, struct postcopy_sourc
     stats->requests_refused = atomic_load_explicit(&ps->requests_refused, memory_order_relaxed);
 }
 
-/* One request: a MEMORY frame with one run (zero when the pages are a
- * hole of the memfd, the same test the background stream makes). */
+/* One request: a MEMORY frame with one run (zero when no page of it holds
+ * data, the same test the background stream makes). */
 static int serve_request(struct postcopy_source *ps, const struct postcopy_page_request *request)
 {
     uint64_t first = request->ram_offset / MIG_PAGE_SIZE;
     for (uint64_t p = first; p < first + request->pages; p++)
         atomic_fetch_or_explicit(&ps->sent[p / 64], 1ull << (p % 64), memory_order_relaxed);
     uint64_t bytes = (uint64_t)request->pages * MIG_PAGE_SIZE;
-    off_t data = lseek(ps->memory->memfd, (off_t)request->ram_offset, SEEK_DATA);
-    bool zero = (data < 0 && errno == ENXIO) || (data >= 0 && (uint64_t)data >= request->ram_offset + bytes);
+    struct guest_ram ram = guest_memory_ram(ps->memory);
+    bool zero = guest_ram_holds_data(&ram, first, request->pages) == 0;
     struct mig_run run = { .ram_offset = request->ram_offset, .pages = request->pages,
                            .flags = zero ? MIG_RUN_ZERO : 0 };
     uint8_t run_bytes[MIG_RUN_HEADER_SIZE];

@@ -7,6 +7,7 @@
 #include "migration/source_internal.h"
 #include "migration/machine_state_vm.h"
 #include "vmm/console.h"
+#include "vmm/memory_extents.h"
 
 /* Bytes written to the migration socket that have not reached the peer
  * yet (TCP: not yet acknowledged; unix: not yet read). The sender counts
@@ -301,24 +302,16 @@ static int source_iteration_marker(struct source *s, uint64_t iteration, uint64_
     return source_small_frame(s, MIG_FRAME_ITERATION, payload, sizeof(payload));
 }
 
-/* Where the next data extent of the memfd starts and ends, from page on:
- * *data_start == *data_end == pages when only holes follow. false when
- * the file cannot say (then treat everything as data). */
+/* Where the next data extent of guest RAM starts and ends, from page on
+ * (vmm/memory_extents.h): *data_start == *data_end == pages when only
+ * pages without data follow. false when the host cannot say (then treat
+ * everything as data). */
 bool source_next_extent(const struct guest_memory *memory, uint64_t page, uint64_t pages,
-                               uint64_t *data_start, uint64_t *data_end)
+                        uint64_t *data_start, uint64_t *data_end)
 {
-    off_t data = lseek(memory->memfd, (off_t)(page * MIG_PAGE_SIZE), SEEK_DATA);
-    if (data < 0 && errno == ENXIO) {
-        *data_start = *data_end = pages;
-        return true;
-    }
-    if (data < 0)
+    struct guest_ram ram = guest_memory_ram(memory);
+    if (guest_ram_next_data(&ram, page, data_start, data_end) != 0)
         return false;
-    off_t hole = lseek(memory->memfd, data, SEEK_HOLE);
-    if (hole < 0)
-        return false;
-    *data_start = (uint64_t)data / MIG_PAGE_SIZE;
-    *data_end = ((uint64_t)hole + MIG_PAGE_SIZE - 1) / MIG_PAGE_SIZE;
     if (*data_start > pages)
         *data_start = pages;
     if (*data_end > pages)

@@ -51,14 +51,41 @@ void harness_require_free_huge_pages(uint64_t pages)
                      " > /proc/sys/vm/nr_hugepages)", pages, free_pages, pages);
 }
 
-void harness_require_thp(void)
+void harness_require_thp(bool anonymous)
 {
-    if (!guest_memory_thp_host_grants()) {
+    if (!guest_memory_thp_host_grants(anonymous)) {
         char mode[32];
-        guest_memory_thp_host(mode, sizeof(mode));
-        harness_skip("the host gives memfd mappings no transparent huge pages "
-                     "(/sys/kernel/mm/transparent_hugepage/shmem_enabled: %s)", mode);
+        guest_memory_thp_host(anonymous, mode, sizeof(mode));
+        harness_skip("the host gives %s mappings no transparent huge pages "
+                     "(/sys/kernel/mm/transparent_hugepage/%s: %s)", anonymous ? "anonymous" : "memfd",
+                     anonymous ? "enabled" : "shmem_enabled", mode);
     }
+}
+
+unsigned long harness_mapping_huge_kb(const void *start)
+{
+    FILE *smaps = fopen("/proc/self/smaps", "r");
+    cr_assert_not_null(smaps, "fopen(/proc/self/smaps): %s", strerror(errno));
+    char line[512];
+    bool inside = false, found = false;
+    unsigned long total = 0;
+    while (fgets(line, sizeof(line), smaps) != NULL) {
+        unsigned long low, high, kb;
+        /* A mapping's first line ("7f12...-7f13... rw-s ..."); field lines
+         * ("AnonHugePages: ...") fail the '-' after the first number. */
+        if (sscanf(line, "%lx-%lx ", &low, &high) == 2) {
+            if (inside)
+                break;
+            inside = found = low == (unsigned long)start;
+            continue;
+        }
+        if (inside && (sscanf(line, "AnonHugePages: %lu kB", &kb) == 1 ||
+                       sscanf(line, "ShmemPmdMapped: %lu kB", &kb) == 1))
+            total += kb;
+    }
+    fclose(smaps);
+    cr_assert(found, "no mapping at %p in /proc/self/smaps", start);
+    return total;
 }
 
 bool harness_kernel_at_least(unsigned major, unsigned minor, char *release, size_t release_size)
@@ -231,8 +258,8 @@ static void vm_create_with(struct harness_vm *harness, const char *memory, unsig
     struct vm_config config;
     memset(&config, 0, sizeof(config));
     char error[256];
-    /* "SIZE[,hugepages][,no-thp]": guest RAM and its backing (--hugepages,
-     * --no-thp). */
+    /* "SIZE[,hugepages][,no-thp][,anonymous]": guest RAM and its backing
+     * (--hugepages, --no-thp, --ram anonymous). */
     char size_text[64];
     snprintf(size_text, sizeof(size_text), "%s", memory);
     char *saved = NULL;
@@ -242,6 +269,8 @@ static void vm_create_with(struct harness_vm *harness, const char *memory, unsig
             config.memory_options.hugepages = true;
         else if (strcmp(flag, "no-thp") == 0)
             config.memory_options.no_thp = true;
+        else if (strcmp(flag, "anonymous") == 0)
+            config.memory_options.anonymous = true;
         else
             cr_assert_fail("harness: unknown memory flag '%s' in '%s'", flag, memory);
     }

@@ -25,8 +25,13 @@ void harness_skip(const char *format, ...) __attribute__((format(printf, 1, 2), 
  * /proc/sys/vm/nr_hugepages). */
 void harness_require_free_huge_pages(uint64_t pages);
 /* Skips the test, with the reason, unless the host gives advised memfd
- * mappings transparent huge pages (vmm/memory.h, guest_memory_thp_host). */
-void harness_require_thp(void);
+ * (or anonymous) mappings transparent huge pages (vmm/memory.h,
+ * guest_memory_thp_host). */
+void harness_require_thp(bool anonymous);
+/* kB of the mapping that starts at start mapped by huge pages
+ * (AnonHugePages + ShmemPmdMapped in /proc/self/smaps); fails the test
+ * when there is no such mapping. */
+unsigned long harness_mapping_huge_kb(const void *start);
 
 /* Skips the calling Criterion test with a printed reason when /dev/kvm
  * cannot be opened read-write. */
@@ -72,7 +77,7 @@ struct harness_vm {
 
 /* Parses the workload spec, creates the VM (serial discarded, lines
  * captured) and starts it. Fails the test on error. memory "SIZE", or
- * "SIZE,hugepages" / "SIZE,no-thp" (ringvm --hugepages / --no-thp);
+ * "SIZE,hugepages" / "SIZE,no-thp" / "SIZE,anonymous" (ringvm --hugepages / --no-thp / --ram anonymous);
  * dirty_mode "off", "ring" (or "ring:ENTRIES", rings of that many entries)
  * or "bitmap". */
 void harness_vm_start(struct harness_vm *harness, const char *memory, unsigned vcpus, const char *workload,

@@ -319,9 +319,10 @@ Test(api_server_vm, info_pause_stops_counters_resume_advances, .timeout = 90)
     cr_assert_eq(json_integer_value(json_object_get(info, "postcopy_fifo_priority")), 0,
                  "the fault service stays on the fair class without --postcopy-fifo");
     cr_assert(json_is_false(json_object_get(info, "hugepages")));
+    cr_assert_str_eq(json_string_value(json_object_get(info, "ram")), "memfd", "guest RAM is a memfd by default");
     cr_assert(json_is_true(json_object_get(info, "thp")), "guest RAM asks for transparent huge pages by default");
     char thp_host[32];
-    guest_memory_thp_host(thp_host, sizeof(thp_host));
+    guest_memory_thp_host(false, thp_host, sizeof(thp_host));
     cr_assert_str_eq(json_string_value(json_object_get(info, "thp_host")), thp_host);
     json_decref(info);
 

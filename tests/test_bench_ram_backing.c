@@ -23,7 +23,7 @@ static const char *ram_backing_program(void)
 Test(bench_ram_backing, moves_all_of_guest_ram_twice_per_backing_and_reports_each, .timeout = 120)
 {
     struct harness_process process;
-    char *argv[] = { (char *)ram_backing_program(), "--memory", "64M", "--reps", "2", "--backings", "4k-bare,4k",
+    char *argv[] = { (char *)ram_backing_program(), "--memory", "64M", "--reps", "2", "--backings", "anon,4k-bare,4k",
                      "--json", NULL };
     harness_spawn(&process, argv);
     cr_assert_eq(harness_process_wait_exit(&process, 100000), 0, "stderr: %s", process.err);
@@ -34,9 +34,9 @@ Test(bench_ram_backing, moves_all_of_guest_ram_twice_per_backing_and_reports_eac
     cr_assert_eq(json_integer_value(json_object_get(root, "memory_bytes")), 64ll << 20);
     cr_assert_eq(json_integer_value(json_object_get(root, "reps")), 2);
     json_t *rows = json_object_get(root, "backings");
-    cr_assert_eq(json_array_size(rows), 2, "%s", process.out);
-    static const char *const names[] = { "4k", "4k-bare" };     /* the bench's order, not the option's */
-    for (size_t i = 0; i < 2; i++) {
+    cr_assert_eq(json_array_size(rows), 3, "%s", process.out);
+    static const char *const names[] = { "4k", "4k-bare", "anon" };     /* the bench's order, not the option's */
+    for (size_t i = 0; i < 3; i++) {
         json_t *row = json_array_get(rows, i);
         cr_assert_str_eq(json_string_value(json_object_get(row, "backing")), names[i]);
         cr_assert_eq(json_array_size(json_object_get(row, "first_pass_mibs")), 2);
@@ -77,7 +77,7 @@ Test(bench_ram_backing, an_unknown_backing_exits_2_naming_it)
     harness_spawn(&process, argv);
     cr_assert_eq(harness_process_wait_exit(&process, 10000), 2);
     cr_assert_str_eq(process.err, "bench/ram-backing: --backings '4k,64k': unknown backing '64k' "
-                                  "(4k, 4k-prealloc, 4k-bare, thp, 2m)\n");
+                                  "(4k, 4k-prealloc, 4k-bare, thp, 2m, anon, anon-thp)\n");
     cr_assert_str_eq(process.out, "");
     harness_process_free(&process);
 }

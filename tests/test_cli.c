@@ -51,7 +51,7 @@ Test(cli, help_lists_every_flag)
     char *help[] = { (char *)harness_program("ringvm"), "--help", NULL };
     cr_assert_eq(run_ringvm(&process, help, 10000), 0);
     static const char *const flags[] = { "--memory", "--vcpus", "--workload", "--serial", "--numa-node",
-                                         "--hugepages", "--no-thp", "--prealloc", "--stats", "--run-seconds", "--dirty-log",
+                                         "--hugepages", "--ram", "--no-thp", "--prealloc", "--stats", "--run-seconds", "--dirty-log",
                                          "--ring-entries", "--harvesters", "--bitmap-sync-ms", "--bitmap-clear-chunk", "--ring-reset", "--api-socket",
                                          "--incoming", "--incoming-stall-timeout", "--tls-psk", "--tls-creds", "--bpf",
                                          "--help", "--version" };

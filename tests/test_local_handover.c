@@ -146,6 +146,32 @@ Test(local_handover, migration_start_refuses_a_bad_local_address)
     ram_only_vm_free(vm);
 }
 
+/* Anonymous guest RAM (ringvm --ram anonymous) has no memfd to hand over:
+ * refused before anything starts, with what to do instead. */
+Test(local_handover, migration_start_refuses_a_hand_over_of_anonymous_ram)
+{
+    struct vm *vm = calloc(1, sizeof(*vm));
+    cr_assert_not_null(vm);
+    struct guest_memory_options options = { .numa_node = -1, .anonymous = true };
+    cr_assert_eq(guest_memory_create(&vm->memory, RAM_SIZE, &options), 0);
+    struct mig_params params;
+    mig_params_defaults(&params);
+    snprintf(params.dest, sizeof(params.dest), "local:/tmp/ringvm-handover.sock");
+    uint64_t id = 0;
+    const char *code = NULL;
+    char message[512];
+    cr_assert_eq(migration_start(vm, NULL, &params, &id, &code, message, sizeof(message)), -1);
+    cr_assert_str_eq(code, "invalid-argument");
+    cr_assert_str_eq(message, "dest local:/tmp/ringvm-handover.sock: a local hand-over passes guest RAM as a memfd, "
+                              "and this VM's RAM is anonymous (--ram anonymous): migrate over unix:PATH instead, or "
+                              "start the VM with --ram memfd");
+    char error[300];
+    cr_assert_eq(local_handover_send_ram(-1, vm, error, sizeof(error)), -1);
+    cr_assert_str_eq(error, "guest RAM is anonymous (--ram anonymous): there is no memfd to hand over");
+    migration_release(vm);
+    ram_only_vm_free(vm);
+}
+
 Test(local_handover, the_adopted_ram_replaces_the_old_in_place)
 {
     struct guest_memory source;

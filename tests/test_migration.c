@@ -62,9 +62,10 @@ static bool vcpu_advanced(void *argument)
 
 /* ---- completed migrations ----------------------------------------------------------- */
 
-/* memory: "256M" with the harness's backing flags ("256M,hugepages"). */
-static void migrate_and_verify_memory(const char *memory, const char *workload, unsigned vcpus, bool tcp, bool ledger,
-                                      bool keep_alive, const char *dirty_mode)
+/* memory: "256M" with the harness's backing flags ("256M,hugepages"), the
+ * source's and the destination's. */
+static void migrate_and_verify_backings(const char *memory, const char *destination_memory, const char *workload,
+                                        unsigned vcpus, bool tcp, bool ledger, bool keep_alive, const char *dirty_mode)
 {
     harness_require_kvm();
     struct harness_vm source;
@@ -79,7 +80,7 @@ static void migrate_and_verify_memory(const char *memory, const char *workload, 
     struct test_destination dest;
     /* The destination is started with another workload: the guest's own
      * must arrive with it (device state). */
-    test_destination_start(&dest, memory, vcpus, "idle", tcp);
+    test_destination_start(&dest, destination_memory, vcpus, "idle", tcp);
     struct mig_params params;
     mig_params_defaults(&params);
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
@@ -100,7 +101,8 @@ static void migrate_and_verify_memory(const char *memory, const char *workload, 
     cr_assert_geq(p->iteration_count, 1);
     cr_assert_eq(p->memory.total, 256ull << 20);
     cr_assert_gt(p->memory.transferred, 0);
-    cr_assert_gt(p->memory.zero_pages, 0, "memfd holes are sent as zero pages");
+    cr_assert_gt(p->memory.zero_pages, 0, "pages without data (memfd holes, pages anonymous RAM never had) are "
+                                          "sent as zero pages");
     cr_assert_str_eq(p->phase, "done");
     if (strcmp(dirty_mode, "bitmap") == 0) {
         /* Pass 0 went through dirty_log_protect_before_send: every 256 KiB
@@ -214,6 +216,12 @@ static void migrate_and_verify_memory(const char *memory, const char *workload, 
     test_migration_source_stop(&source);
 }
 
+static void migrate_and_verify_memory(const char *memory, const char *workload, unsigned vcpus, bool tcp, bool ledger,
+                                      bool keep_alive, const char *dirty_mode)
+{
+    migrate_and_verify_backings(memory, memory, workload, vcpus, tcp, ledger, keep_alive, dirty_mode);
+}
+
 static void migrate_and_verify_mode(const char *workload, unsigned vcpus, bool tcp, bool ledger, bool keep_alive,
                                     const char *dirty_mode)
 {
@@ -270,6 +278,20 @@ Test(migration, ledger_two_vcpus_on_huge_pages_unix, .timeout = 90)
 Test(migration, ledger_one_vcpu_without_thp_tcp, .timeout = 90)
 {
     migrate_and_verify_memory("256M,no-thp", "ledger,wss=32M,verify=1", 1, true, true, false, "ring");
+}
+
+/* Anonymous guest RAM (ringvm --ram anonymous) on both sides: the source
+ * finds the pages without data in its page tables (/proc/self/pagemap)
+ * instead of the memfd's holes; and from a memfd source onto an anonymous
+ * destination, the two backings meeting in one migration. */
+Test(migration, ledger_two_vcpus_on_anonymous_ram_unix, .timeout = 90)
+{
+    migrate_and_verify_memory("256M,anonymous", "ledger,wss=32M,verify=1", 2, false, true, false, "ring");
+}
+
+Test(migration, ledger_one_vcpu_from_memfd_onto_anonymous_ram_tcp, .timeout = 90)
+{
+    migrate_and_verify_backings("256M", "256M,anonymous", "ledger,wss=32M,verify=1", 1, true, true, false, "ring");
 }
 
 /* ---- convergence ---------------------------------------------------------------------- */

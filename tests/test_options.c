@@ -144,6 +144,7 @@ Test(options, defaults_and_full_command_line)
     cr_assert_eq(options.vm.memory_options.numa_node, -1);
     cr_assert_eq(options.postcopy_fifo_priority, 0, "the fault service stays on the fair class by default");
     cr_assert_not(options.vm.memory_options.no_thp, "guest RAM asks for transparent huge pages by default");
+    cr_assert_not(options.vm.memory_options.anonymous, "guest RAM is a memfd by default");
 
     char *full[] = { "ringvm", "--memory", "1G", "--vcpus", "2", "--workload", "ledger,wss=256M,verify=2",
                      "--serial", "none", "--stats", "--dirty-log", "bitmap", "--bitmap-sync-ms", "50",
@@ -194,6 +195,8 @@ Test(options, rejects_bad_values_with_exact_messages)
         { "--postcopy-fifo", "100", "--postcopy-fifo '100': expected an integer from 1 to 99" },
         { "--postcopy-fifo", "high", "--postcopy-fifo 'high': expected an integer from 1 to 99" },
         { "--workload", "spinner", "--workload: unknown workload 'spinner' (expected idle, dirtier, ledger or fault)" },
+        { "--ram", "shared", "--ram 'shared': expected memfd or anonymous" },
+        { "--ram", "", "--ram '': expected memfd or anonymous" },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct ringvm_options options;
@@ -218,4 +221,26 @@ Test(options, rejects_bad_values_with_exact_messages)
     char *extra[] = { "ringvm", "stray", NULL };
     cr_assert_eq(parse(&options, error, sizeof(error), 2, extra), OPTIONS_ERROR);
     cr_assert_str_eq(error, "unexpected argument 'stray' (see --help)");
+}
+
+/* --ram: memfd (the default) or anonymous, and what anonymous RAM cannot
+ * be combined with. */
+Test(options, ram_backing_and_its_conflicts)
+{
+    struct ringvm_options options;
+    char error[300] = "";
+    char *anonymous[] = { "ringvm", "--ram", "anonymous", "--incoming", "unix:/tmp/in.sock", NULL };
+    cr_assert_eq(parse(&options, error, sizeof(error), 5, anonymous), OPTIONS_OK, "%s", error);
+    cr_assert(options.vm.memory_options.anonymous);
+    char *memfd[] = { "ringvm", "--ram", "anonymous", "--ram", "memfd", NULL };
+    cr_assert_eq(parse(&options, error, sizeof(error), 5, memfd), OPTIONS_OK, "%s", error);
+    cr_assert_not(options.vm.memory_options.anonymous, "the last --ram counts");
+    char *huge[] = { "ringvm", "--ram", "anonymous", "--hugepages", NULL };
+    cr_assert_eq(parse(&options, error, sizeof(error), 4, huge), OPTIONS_ERROR);
+    cr_assert_str_eq(error, "--ram anonymous and --hugepages: 2M huge pages are a hugetlbfs memfd; anonymous RAM gets "
+                            "transparent huge pages instead (see --no-thp)");
+    char *local[] = { "ringvm", "--ram", "anonymous", "--incoming", "local:/tmp/handover.sock", NULL };
+    cr_assert_eq(parse(&options, error, sizeof(error), 5, local), OPTIONS_ERROR);
+    cr_assert_str_eq(error, "--ram anonymous and --incoming local:: a local hand-over adopts the source's guest RAM, "
+                            "a memfd; this ringvm's anonymous RAM would be thrown away");
 }

@@ -21,7 +21,7 @@
 
 #include "migration/postcopy_destination.h"
 #include "tests/harness.h"
-#include "vmm/memory.h"
+#include "vmm/memory_extents.h"
 
 #define RAM_SIZE (64ull << 20)
 #define PAGE 4096u
@@ -66,15 +66,23 @@ static unsigned request_count(struct fixture *f)
     return count;
 }
 
-static void fixture_setup(struct fixture *f)
+/* Guest RAM as a destination has it: a memfd, or anonymous memory (ringvm
+ * --ram anonymous: MISSING faults without MISSING_SHMEM, discards with
+ * MADV_DONTNEED, present pages from /proc/self/pagemap). */
+static void fixture_setup_on(struct fixture *f, bool anonymous)
 {
     memset(f, 0, sizeof(*f));
     pthread_mutex_init(&f->lock, NULL);
-    struct guest_memory_options options = { .numa_node = -1 };
+    struct guest_memory_options options = { .numa_node = -1, .anonymous = anonymous };
     cr_assert_eq(guest_memory_create(&f->memory, RAM_SIZE, &options), 0);
     /* As a destination past POSTCOPY_OPEN (incoming_postcopy_open): 4 KiB
      * pages from here on, whatever the host grants. */
     guest_memory_forgo_thp(&f->memory);
+}
+
+static void fixture_setup(struct fixture *f)
+{
+    fixture_setup_on(f, false);
 }
 
 static bool hold_reached(void *argument)
@@ -116,10 +124,15 @@ static void fixture_register(struct fixture *f)
     cr_assert_eq(result, 0, "postcopy_destination_create: %s", error);
 }
 
+static void fixture_start_on(struct fixture *f, bool anonymous)
+{
+    fixture_setup_on(f, anonymous);
+    fixture_register(f);
+}
+
 static void fixture_start(struct fixture *f)
 {
-    fixture_setup(f);
-    fixture_register(f);
+    fixture_start_on(f, false);
 }
 
 static void fixture_end(struct fixture *f)
@@ -229,10 +242,10 @@ static const struct postcopy_thread_blocktime *thread_entry(const struct postcop
     return NULL;
 }
 
-Test(postcopy_destination, touching_threads_block_until_placed_and_read_exactly_the_placed_bytes, .timeout = 60)
+static void touching_threads_block_until_placed_and_read_exactly_the_placed_bytes(bool anonymous)
 {
     struct fixture f;
-    fixture_start(&f);
+    fixture_start_on(&f, anonymous);
     struct toucher first, second;
     toucher_start(&first, &f, 10);
     toucher_start(&second, &f, 20);
@@ -281,6 +294,15 @@ Test(postcopy_destination, touching_threads_block_until_placed_and_read_exactly_
     guarded_page_free(data10);
     guarded_page_free(data20);
     fixture_end(&f);
+}
+
+Test(postcopy_destination, touching_threads_block_until_placed_and_read_exactly_the_placed_bytes, .timeout = 60)
+{
+    touching_threads_block_until_placed_and_read_exactly_the_placed_bytes(false);
+}
+Test(postcopy_destination, touching_threads_block_until_placed_and_read_exactly_the_placed_bytes_on_anonymous_ram, .timeout = 60)
+{
+    touching_threads_block_until_placed_and_read_exactly_the_placed_bytes(true);
 }
 
 Test(postcopy_destination, two_threads_faulting_on_one_page_cause_exactly_one_request, .timeout = 60)
@@ -333,10 +355,10 @@ Test(postcopy_destination, a_page_placed_by_the_stream_before_its_fault_causes_n
     fixture_end(&f);
 }
 
-Test(postcopy_destination, zero_pages_read_as_zero, .timeout = 60)
+static void zero_pages_read_as_zero(bool anonymous)
 {
     struct fixture f;
-    fixture_start(&f);
+    fixture_start_on(&f, anonymous);
     struct toucher t;
     toucher_start(&t, &f, 9);
     wait_counts(&f, 1, 1);
@@ -356,10 +378,19 @@ Test(postcopy_destination, zero_pages_read_as_zero, .timeout = 60)
     fixture_end(&f);
 }
 
-Test(postcopy_destination, discard_makes_the_next_touch_fault_and_request_again, .timeout = 60)
+Test(postcopy_destination, zero_pages_read_as_zero, .timeout = 60)
+{
+    zero_pages_read_as_zero(false);
+}
+Test(postcopy_destination, zero_pages_read_as_zero_on_anonymous_ram, .timeout = 60)
+{
+    zero_pages_read_as_zero(true);
+}
+
+static void discard_makes_the_next_touch_fault_and_request_again(bool anonymous)
 {
     struct fixture f;
-    fixture_start(&f);
+    fixture_start_on(&f, anonymous);
     struct toucher t;
     toucher_start(&t, &f, 3);
     wait_counts(&f, 1, 1);
@@ -370,7 +401,10 @@ Test(postcopy_destination, discard_makes_the_next_touch_fault_and_request_again,
 
     cr_assert_eq(postcopy_destination_discard(f.destination, 3, 1), 0);
     cr_assert(!postcopy_destination_received(f.destination, 3));
-    cr_assert_eq(lseek(f.memory.memfd, 3 * PAGE, SEEK_HOLE), 3 * PAGE, "the page is a hole in the memfd again");
+    struct guest_ram ram = guest_memory_ram(&f.memory);
+    uint64_t data_start, data_end;
+    cr_assert_eq(guest_ram_next_data(&ram, 3, &data_start, &data_end), 0);
+    cr_assert_gt(data_start, 3, "page 3 holds no data again (a hole in the memfd, not present in anonymous RAM)");
 
     struct toucher again;
     toucher_start(&again, &f, 3);
@@ -392,6 +426,15 @@ Test(postcopy_destination, discard_makes_the_next_touch_fault_and_request_again,
     guarded_page_free(old);
     guarded_page_free(fresh);
     fixture_end(&f);
+}
+
+Test(postcopy_destination, discard_makes_the_next_touch_fault_and_request_again, .timeout = 60)
+{
+    discard_makes_the_next_touch_fault_and_request_again(false);
+}
+Test(postcopy_destination, discard_makes_the_next_touch_fault_and_request_again_on_anonymous_ram, .timeout = 60)
+{
+    discard_makes_the_next_touch_fault_and_request_again(true);
 }
 
 Test(postcopy_destination, placing_a_page_twice_keeps_the_first_and_counts_already_present, .timeout = 60)
@@ -484,29 +527,33 @@ Test(postcopy_destination, a_page_found_present_is_received_only_once_the_copyin
 }
 
 /* Pre-copy into RAM on transparent huge pages (before POSTCOPY_OPEN): one
- * received page brings 511 zero neighbours into the memfd that the source
- * never sent. The source's discards (every page it did not send, or sent
+ * received page brings 511 zero neighbours into RAM that the source never
+ * sent (memfd: the file holds them; anonymous RAM: they are present in the
+ * page tables). The source's discards (every page it did not send, or sent
  * and dirtied since) must split the huge page and leave those neighbours
- * holes, or the guest would read zeros where its data should fault in. */
-Test(postcopy_destination, a_transparent_huge_page_from_pre_copy_keeps_only_the_received_pages, .timeout = 60)
+ * without data, or the guest would read zeros where its data should fault
+ * in. */
+static void a_huge_page_from_pre_copy_keeps_only_the_received_pages(bool anonymous)
 {
-    harness_require_thp();
+    harness_require_thp(anonymous);
     struct fixture f;
     memset(&f, 0, sizeof(f));
     pthread_mutex_init(&f.lock, NULL);
-    cr_assert_eq(guest_memory_create(&f.memory, RAM_SIZE, &(struct guest_memory_options){ .numa_node = -1 }), 0);
-    cr_assert_eq(guest_memory_populate(&f.memory, 0, 2u << 20), 0);
-    off_t hole = lseek(f.memory.memfd, 0, SEEK_HOLE);
-    if (hole < (off_t)(2u << 20))
-        harness_skip("the host granted no huge page to advised RAM (first hole at 0x%llx)", (long long)hole);
+    cr_assert_eq(guest_memory_create(&f.memory, RAM_SIZE,
+                                     &(struct guest_memory_options){ .numa_node = -1, .anonymous = anonymous }), 0);
     memset(f.memory.host + 11 * PAGE, 0x11, PAGE);
     memset(f.memory.host + 12 * PAGE + 100, 0x12, 8);
+    if (harness_mapping_huge_kb(f.memory.host) == 0)
+        harness_skip("the host granted no huge page to advised RAM (fragmented memory?)");
+    struct guest_ram ram = guest_memory_ram(&f.memory);
+    uint64_t data_start, data_end;
+    cr_assert_eq(guest_ram_next_data(&ram, 0, &data_start, &data_end), 0);
+    cr_assert_eq(data_start, 0, "the huge page's untouched neighbours hold data before the discards");
     guest_memory_forgo_thp(&f.memory);
     /* The discard list of a source that sent pages 11 and 12 only. */
     char error[300];
-    cr_assert_eq(guest_memory_punch_hole(f.memory.memfd, 0, 11 * PAGE, error, sizeof(error)), 0, "%s", error);
-    cr_assert_eq(guest_memory_punch_hole(f.memory.memfd, 13 * PAGE, RAM_SIZE - 13 * PAGE, error, sizeof(error)), 0,
-                 "%s", error);
+    cr_assert_eq(guest_ram_discard(&ram, 0, 11 * PAGE, error, sizeof(error)), 0, "%s", error);
+    cr_assert_eq(guest_ram_discard(&ram, 13 * PAGE, RAM_SIZE - 13 * PAGE, error, sizeof(error)), 0, "%s", error);
     fixture_register(&f);
     struct postcopy_destination_stats s = stats_of(&f);
     cr_assert_eq(s.initially_present, 2);
@@ -518,10 +565,20 @@ Test(postcopy_destination, a_transparent_huge_page_from_pre_copy_keeps_only_the_
     fixture_end(&f);
 }
 
-Test(postcopy_destination, pages_in_the_memfd_before_registration_count_as_received, .timeout = 60)
+Test(postcopy_destination, a_transparent_huge_page_from_pre_copy_keeps_only_the_received_pages, .timeout = 60)
+{
+    a_huge_page_from_pre_copy_keeps_only_the_received_pages(false);
+}
+
+Test(postcopy_destination, an_anonymous_huge_page_from_pre_copy_keeps_only_the_received_pages, .timeout = 60)
+{
+    a_huge_page_from_pre_copy_keeps_only_the_received_pages(true);
+}
+
+static void pages_present_before_registration_count_as_received(bool anonymous)
 {
     struct fixture f;
-    fixture_setup(&f);
+    fixture_setup_on(&f, anonymous);
     /* What pre-copy left: two pages written, the rest holes. */
     memset(f.memory.host + 11 * PAGE, 0x11, PAGE);
     memset(f.memory.host + 12 * PAGE + 100, 0x12, 8);
@@ -543,6 +600,15 @@ Test(postcopy_destination, pages_in_the_memfd_before_registration_count_as_recei
     cr_assert_eq(words[0], (1ull << 11) | (1ull << 12));
     cr_assert_eq(words[1], 0);
     fixture_end(&f);
+}
+
+Test(postcopy_destination, pages_present_before_registration_count_as_received, .timeout = 60)
+{
+    pages_present_before_registration_count_as_received(false);
+}
+Test(postcopy_destination, pages_present_before_registration_count_as_received_on_anonymous_ram, .timeout = 60)
+{
+    pages_present_before_registration_count_as_received(true);
 }
 
 Test(postcopy_destination, out_of_range_pages_are_refused, .timeout = 60)

@@ -46,15 +46,17 @@ static bool vcpu_reached(void *argument)
 /* Migrates a 2-vCPU ledger guest in mode (postcopy, or hybrid after one
  * pass or with the auto rule) and checks the accounting both sides
  * publish. */
-static void migrate_postcopy_with(enum mig_mode mode, bool tcp, const char *workload, unsigned cap_mibs,
-                                  bool hybrid_auto)
+/* memory: the source's and the destination's RAM, "256M" with the
+ * harness's backing flags ("256M,anonymous"). */
+static void migrate_postcopy_on(const char *memory, const char *destination_memory, enum mig_mode mode, bool tcp,
+                                const char *workload, unsigned cap_mibs, bool hybrid_auto)
 {
     harness_require_kvm();
     require_userfaultfd();
     crash_report_install();
     const unsigned vcpus = 2;
     struct harness_vm source;
-    harness_vm_start(&source, "256M", vcpus, workload, "ring");
+    harness_vm_start(&source, memory, vcpus, workload, "ring");
     for (unsigned i = 0; i < vcpus; i++)
         cr_assert(harness_wait_phase(source.vm, i, RINGVM_PHASE_RING3, 20000), "vcpu %u never reached ring 3", i);
     cr_assert(console_wait_for(&source.console, "LEDGER OK", 1, 20000), "no LEDGER OK on the source:\n%s",
@@ -65,7 +67,7 @@ static void migrate_postcopy_with(enum mig_mode mode, bool tcp, const char *work
      * one emulated CPU took 10-22 s for this migration and went 5 s
      * without reading, which the default 5 s stall took for a broken link. */
     struct test_destination dest;
-    test_destination_start_stall(&dest, "256M", vcpus, "idle", tcp, harness_stall_ms(5000));
+    test_destination_start_stall(&dest, destination_memory, vcpus, "idle", tcp, harness_stall_ms(5000));
     struct mig_params params;
     mig_params_defaults(&params);
     params.stall_timeout_ms = harness_stall_ms(params.stall_timeout_ms);
@@ -164,7 +166,7 @@ static void migrate_postcopy_with(enum mig_mode mode, bool tcp, const char *work
 
 static void migrate_postcopy(enum mig_mode mode, bool tcp, const char *workload, unsigned cap_mibs)
 {
-    migrate_postcopy_with(mode, tcp, workload, cap_mibs, false);
+    migrate_postcopy_on("256M", "256M", mode, tcp, workload, cap_mibs, false);
 }
 
 Test(postcopy_migration, ledger_two_vcpus_postcopy_unix, .timeout = 90)
@@ -195,12 +197,28 @@ Test(postcopy_migration, ledger_two_vcpus_hybrid_after_one_pass_unix, .timeout =
     migrate_postcopy(MIG_MODE_HYBRID, false, "ledger,wss=32M,verify=1", 0);
 }
 
+/* Anonymous guest RAM (ringvm --ram anonymous): on both sides through a
+ * hybrid migration (pre-copy finds pages without data in the page tables,
+ * the destination discards with MADV_DONTNEED and takes MISSING faults on
+ * anonymous memory), and a memfd source onto an anonymous destination in
+ * pure post-copy. */
+Test(postcopy_migration, ledger_two_vcpus_hybrid_on_anonymous_ram_unix, .timeout = 90)
+{
+    migrate_postcopy_on("256M,anonymous", "256M,anonymous", MIG_MODE_HYBRID, false, "ledger,wss=32M,verify=1", 0,
+                        false);
+}
+
+Test(postcopy_migration, ledger_two_vcpus_postcopy_from_memfd_onto_anonymous_ram_unix, .timeout = 90)
+{
+    migrate_postcopy_on("256M", "256M,anonymous", MIG_MODE_POSTCOPY, false, "ledger,wss=32M,verify=1", 0, false);
+}
+
 /* Hybrid auto at 64 MiB/s: the window 100 ms into the bulk pass finds the
  * full-rate ledger dirtying more than the link moves in the downtime
  * limit, and the pass hands over to post-copy there. */
 Test(postcopy_migration, ledger_two_vcpus_hybrid_auto_switches_within_the_bulk_pass, .timeout = 90)
 {
-    migrate_postcopy_with(MIG_MODE_HYBRID, false, "ledger,wss=32M,verify=1", 64, true);
+    migrate_postcopy_on("256M", "256M", MIG_MODE_HYBRID, false, "ledger,wss=32M,verify=1", 64, true);
 }
 
 /* ---- failures after the switch-over ---------------------------------------- */

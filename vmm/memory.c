@@ -1,6 +1,6 @@
 /*
  * Guest RAM: a memfd mapped MAP_SHARED (so a local migration can hand the fd
- * over later), exposed to KVM as one memslot, or two when RAM exceeds 3 GiB:
+ * over later), or with --ram anonymous private anonymous memory, exposed to KVM as one memslot, or two when RAM exceeds 3 GiB:
  * the 3-4 GiB hole keeps the doorbell and, on VMX hosts, the APIC access
  * page free of RAM.
  */
@@ -110,22 +110,26 @@ static bool advise_huge_pages(void *host, uint64_t size)
     return madvise(host, size, MADV_HUGEPAGE) == 0;
 }
 
-/* Maps memory->memfd (size bytes, already sized and sealed) and finishes
- * the set-up both creation and adoption share: NUMA binding, prealloc, the
- * memslot layout. On failure the memfd is closed. */
+/* Maps memory->memfd (size bytes, already sized and sealed; -1: anonymous
+ * RAM) and finishes the set-up both creation and adoption share: NUMA
+ * binding, prealloc, the memslot layout. On failure the memfd is closed. */
 static int map_guest_ram(struct guest_memory *memory, uint64_t size, const struct guest_memory_options *options)
 {
-    void *host = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, memory->memfd, 0);
+    void *host = memory->memfd >= 0 ? mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, memory->memfd, 0)
+                                    : mmap(NULL, size, PROT_READ | PROT_WRITE,
+                                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (host == MAP_FAILED) {
         int saved = errno;
         report_sizing_failure("mmap", size, options->hugepages, saved);
-        close(memory->memfd);
+        if (memory->memfd >= 0)
+            close(memory->memfd);
         memory->memfd = -1;
         return -saved;
     }
     memory->host = host;
     memory->size = size;
     memory->hugepages = options->hugepages;
+    memory->anonymous = memory->memfd < 0;
     /* Guest RAM is large and sparse: keep it out of core dumps. */
     (void)madvise(host, size, MADV_DONTDUMP);
     if (!options->no_thp && !options->hugepages)
@@ -180,6 +184,14 @@ int guest_memory_create(struct guest_memory *memory, uint64_t size,
                 options->hugepages ? "2M with --hugepages" : "4K");
         return -EINVAL;
     }
+    if (options->anonymous) {
+        if (options->hugepages) {
+            fprintf(stderr, "ringvm: --ram anonymous and --hugepages: 2M huge pages are a hugetlbfs memfd; "
+                    "anonymous RAM gets transparent huge pages instead\n");
+            return -EINVAL;
+        }
+        return map_guest_ram(memory, size, options);
+    }
     /* Sealable: a local hand-over (migration/memfd_transfer.h) passes this
      * fd to another process, which must be sure the RAM can never shrink
      * under its mapping (a SIGBUS on a guest access) or grow. */
@@ -232,10 +244,11 @@ int guest_memory_populate(struct guest_memory *memory, uint64_t ram_offset, uint
     return 0;
 }
 
-void guest_memory_thp_host(char *out, size_t size)
+void guest_memory_thp_host(bool anonymous, char *out, size_t size)
 {
     snprintf(out, size, "unavailable");
-    FILE *file = fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled", "r");
+    FILE *file = fopen(anonymous ? "/sys/kernel/mm/transparent_hugepage/enabled"
+                                 : "/sys/kernel/mm/transparent_hugepage/shmem_enabled", "r");
     if (file == NULL)
         return;
     char line[160];
@@ -247,11 +260,11 @@ void guest_memory_thp_host(char *out, size_t size)
     fclose(file);
 }
 
-bool guest_memory_thp_host_grants(void)
+bool guest_memory_thp_host_grants(bool anonymous)
 {
     char mode[32];
-    guest_memory_thp_host(mode, sizeof(mode));
-    return strcmp(mode, "advise") == 0 || strcmp(mode, "always") == 0 || strcmp(mode, "within_size") == 0 ||
+    guest_memory_thp_host(anonymous, mode, sizeof(mode));
+    return strcmp(mode, "advise") == 0 || strcmp(mode, "madvise") == 0 || strcmp(mode, "always") == 0 || strcmp(mode, "within_size") == 0 ||
            strcmp(mode, "force") == 0;
 }
 
@@ -273,34 +286,6 @@ uint64_t guest_memory_free_huge_pages(void)
             break;
     fclose(file);
     return pages;
-}
-
-#ifndef SEEK_DATA
-#define SEEK_DATA 3
-#endif
-
-int guest_memory_punch_hole(int memfd, uint64_t offset, uint64_t length, char *error, size_t error_size)
-{
-    if (fallocate(memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length) != 0) {
-        int saved = errno;
-        snprintf(error, error_size, "fallocate(guest RAM memfd, PUNCH_HOLE, 0x%" PRIx64 " + %" PRIu64 " bytes): %s",
-                 offset, length, strerror(saved));
-        return -saved;
-    }
-    off_t data = lseek(memfd, (off_t)offset, SEEK_DATA);
-    if (data < 0 && errno != ENXIO) {
-        int saved = errno;
-        snprintf(error, error_size, "lseek(guest RAM memfd, 0x%" PRIx64 ", SEEK_DATA) after PUNCH_HOLE: %s", offset,
-                 strerror(saved));
-        return -saved;
-    }
-    if (data >= 0 && (uint64_t)data < offset + length) {
-        snprintf(error, error_size, "PUNCH_HOLE of 0x%" PRIx64 " + %" PRIu64 " bytes left data at 0x%llx: the range "
-                 "is inside a huge page the kernel could not split (zeroed, still present)", offset, length,
-                 (unsigned long long)data);
-        return -EBUSY;
-    }
-    return 0;
 }
 
 int guest_memory_replace_backing(struct guest_memory *memory, int memfd, char *error, size_t error_size)
@@ -343,6 +328,12 @@ int guest_memory_replace_backing(struct guest_memory *memory, int memfd, char *e
     (void)madvise(host, memory->size, MADV_DONTDUMP);
     if (memory->thp_advised)
         (void)advise_huge_pages(host, memory->size);   /* the new mapping lost the old one's advice */
+    if (memory->memfd < 0) {
+        /* Anonymous RAM: its pages went with the old mapping. */
+        memory->memfd = memfd;
+        memory->anonymous = false;
+        return 0;
+    }
     /* The old memfd's number now names the new file; the old file (and
      * its pages) goes with its last reference. */
     if (dup3(memfd, memory->memfd, O_CLOEXEC) < 0) {

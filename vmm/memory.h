@@ -1,5 +1,8 @@
 /*
- * Guest RAM: one memfd, mapped MAP_SHARED once into the VMM, laid out as one
+ * Guest RAM: one memfd, mapped MAP_SHARED once into the VMM (or, with
+ * --ram anonymous, one private anonymous mapping: no file, so nothing to
+ * hand to another process, but transparent huge pages wherever the host
+ * gives them to anonymous memory, as QEMU's default RAM gets), laid out as one
  * or two regions (`slots`: RAM above 3 GiB continues at 4 GiB so the 32-bit
  * MMIO hole, the doorbell and the LAPIC page stay free). Each region is one
  * KVM memslot, or several of kvm_slot_bytes each (`kvm_slots`), so dirty
@@ -8,7 +11,7 @@
  * regions are what the boot code, the e820 map and the migration HELLO see;
  * only KVM registration and dirty tracking see the KVM memslots.
  *
- * "RAM offset" = byte offset into the memfd. Page index = RAM offset / 4096.
+ * "RAM offset" = byte offset into the memfd (the mapping). Page index = RAM offset / 4096.
  * The dirty set and the migration stream speak RAM offsets; only KVM and the
  * guest speak guest-physical addresses.
  *
@@ -37,10 +40,11 @@ struct guest_memory_slot {
 };
 
 struct guest_memory {
-    int memfd;
-    uint8_t *host;          /* MAP_SHARED mapping of the whole memfd */
+    int memfd;              /* -1: anonymous RAM */
+    uint8_t *host;          /* MAP_SHARED mapping of the whole memfd, or the anonymous mapping */
     uint64_t size;          /* bytes of RAM */
     bool hugepages;
+    bool anonymous;         /* memfd == -1: private anonymous memory (--ram anonymous) */
     bool thp_advised;       /* MADV_HUGEPAGE set on the mapping (granted or not by the host);
                                the VM's owner thread or the incoming thread (post-copy) */
     int numa_node;          /* -1 = not bound */
@@ -56,6 +60,13 @@ struct guest_memory {
 
 struct guest_memory_options {
     bool hugepages;         /* back with 2 MiB huge pages (MFD_HUGETLB) */
+    /* --ram anonymous: private anonymous memory instead of a memfd. The
+     * host's THP policy for it is transparent_hugepage/enabled (madvise on
+     * Debian), not shmem_enabled (never): so anonymous RAM gets huge pages
+     * where memfd RAM does not, and a bulk pass into cold RAM faults 512
+     * times less (bench/ram-backing). What it cannot do: a local hand-over
+     * (there is no file to pass), --hugepages. */
+    bool anonymous;
     int numa_node;          /* bind with libnuma; -1 = no binding */
     bool prealloc;          /* populate every page at creation (no first-touch faults later) */
     bool split_kvm_slots;   /* regions as KVM memslots of max(128 MiB, RAM / 64) each */
@@ -66,7 +77,7 @@ struct guest_memory_options {
     bool no_thp;
 };
 
-/* Creates the memfd and the mapping. Returns 0 or -errno, with a message
+/* Creates the memfd (or the anonymous mapping) and the mapping. Returns 0 or -errno, with a message
  * naming what failed printed to stderr. */
 int guest_memory_create(struct guest_memory *memory, uint64_t size,
                         const struct guest_memory_options *options);
@@ -85,7 +96,7 @@ int guest_memory_adopt(struct guest_memory *memory, int memfd, uint64_t size,
  * old RAM is freed. Only for a VM whose vCPUs never ran (a local
  * hand-over's destination, migration/local_handover.h). Owns memfd from
  * the call on (closed in every case). A hugetlbfs memfd needs RAM created
- * with hugepages and the reverse. 0 or -errno with the reason in error;
+ * with hugepages and the reverse. Anonymous RAM becomes memfd RAM. 0 or -errno with the reason in error;
  * on failure the old RAM is left as it was, except after a failed
  * MAP_FIXED (then -EFAULT: the VM must not run). */
 int guest_memory_replace_backing(struct guest_memory *memory, int memfd, char *error, size_t error_size);
@@ -94,13 +105,15 @@ void guest_memory_destroy(struct guest_memory *memory);
  * so neither the guest nor an incoming migration pays first-touch faults. */
 int guest_memory_populate(struct guest_memory *memory, uint64_t ram_offset, uint64_t length);
 
-/* The host's transparent huge page policy for memfd RAM: the selected word
- * of /sys/kernel/mm/transparent_hugepage/shmem_enabled ("never", "advise",
- * "always", "within_size", "deny", "force"), or "unavailable" when the
- * kernel has no THP. Written to out (at least 16 bytes). */
-void guest_memory_thp_host(char *out, size_t size);
-/* Whether the host gives advised memfd mappings transparent huge pages. */
-bool guest_memory_thp_host_grants(void);
+/* The host's transparent huge page policy for memfd RAM (anonymous false):
+ * the selected word of /sys/kernel/mm/transparent_hugepage/shmem_enabled
+ * ("never", "advise", "always", "within_size", "deny", "force"); for
+ * anonymous RAM, of transparent_hugepage/enabled ("always", "madvise",
+ * "never"); "unavailable" when the kernel has no THP. Written to out (at
+ * least 16 bytes). */
+void guest_memory_thp_host(bool anonymous, char *out, size_t size);
+/* Whether the host gives advised mappings of that kind transparent huge pages. */
+bool guest_memory_thp_host_grants(bool anonymous);
 /* Free 2 MiB huge pages (HugePages_Free in /proc/meminfo; root reserves
  * them in /proc/sys/vm/nr_hugepages), 0 when unknown. */
 uint64_t guest_memory_free_huge_pages(void);
@@ -111,13 +124,7 @@ uint64_t guest_memory_free_huge_pages(void);
  * discard inside one splits it; guest_memory_punch_hole checks). */
 void guest_memory_forgo_thp(struct guest_memory *memory);
 
-/* Frees [offset, offset + length) of the memfd (FALLOC_FL_PUNCH_HOLE) and
- * checks that it is a hole afterwards: a punch inside a huge page the
- * kernel cannot split only zeroes the range and leaves it present, and a
- * post-copy destination relies on the next touch of a discarded page
- * faulting (a present zero page would be read as the guest's data). 0, or
- * -errno with the reason in error (-EBUSY: data remained). */
-int guest_memory_punch_hole(int memfd, uint64_t offset, uint64_t length, char *error, size_t error_size);
+/* Discards and data extents: vmm/memory_extents.h. */
 
 /* KVM_SET_USER_MEMORY_REGION for every KVM memslot, with or without
  * KVM_MEM_LOG_DIRTY_PAGES. */

@@ -54,10 +54,16 @@ void options_print_usage(FILE *out)
 "                           root) for `ringctl console`: several readers, one writer at a time\n"
 "  --numa-node N            bind guest RAM and vCPU threads to NUMA node N\n"
 "  --hugepages              back guest RAM with 2M huge pages\n"
+"  --ram memfd|anonymous    guest RAM's backing: memfd (default: a shareable file, needed\n"
+"                           by a local hand-over) or anonymous (private memory: the host's\n"
+"                           transparent_hugepage/enabled, madvise on Debian, gives it huge\n"
+"                           pages where shmem_enabled gives a memfd none; not with\n"
+"                           --hugepages, nor local: migrations)\n"
 "  --no-thp                 keep guest RAM on 4K pages: without it ringvm asks for\n"
 "                           transparent huge pages (MADV_HUGEPAGE), which the host grants\n"
 "                           when /sys/kernel/mm/transparent_hugepage/shmem_enabled is\n"
-"                           advise or always (vm.info: thp, thp_host)\n"
+"                           advise or always (with --ram anonymous: enabled is madvise\n"
+"                           or always) (vm.info: thp, thp_host)\n"
 "  --prealloc               fault in all guest RAM at start (no first-touch faults later;\n"
 "                           with --incoming the copy runs 1.2-1.5x faster, but RAM the\n"
 "                           source never wrote is committed too)\n"
@@ -114,7 +120,7 @@ enum {
     OPT_MEMORY = 256, OPT_VCPUS, OPT_WORKLOAD, OPT_SERIAL, OPT_STATS, OPT_NUMA_NODE, OPT_HUGEPAGES,
     OPT_DIRTY_LOG, OPT_RING_ENTRIES, OPT_HARVESTERS, OPT_BITMAP_SYNC_MS, OPT_BITMAP_CLEAR_CHUNK, OPT_RING_RESET, OPT_API_SOCKET, OPT_VERSION,
     OPT_RUN_SECONDS, OPT_PREALLOC, OPT_INCOMING, OPT_BPF, OPT_INCOMING_STALL_TIMEOUT,
-    OPT_KERNEL, OPT_INITRD, OPT_CMDLINE, OPT_CONSOLE, OPT_TLS_PSK, OPT_TLS_CREDS, OPT_POSTCOPY_FIFO, OPT_NO_THP,
+    OPT_KERNEL, OPT_INITRD, OPT_CMDLINE, OPT_CONSOLE, OPT_TLS_PSK, OPT_TLS_CREDS, OPT_POSTCOPY_FIFO, OPT_NO_THP, OPT_RAM,
 };
 
 static const struct option long_options[] = {
@@ -126,6 +132,7 @@ static const struct option long_options[] = {
     { "numa-node", required_argument, NULL, OPT_NUMA_NODE },
     { "hugepages", no_argument, NULL, OPT_HUGEPAGES },
     { "no-thp", no_argument, NULL, OPT_NO_THP },
+    { "ram", required_argument, NULL, OPT_RAM },
     { "prealloc", no_argument, NULL, OPT_PREALLOC },
     { "dirty-log", required_argument, NULL, OPT_DIRTY_LOG },
     { "ring-entries", required_argument, NULL, OPT_RING_ENTRIES },
@@ -229,6 +236,13 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
         case OPT_NO_THP:
             config->memory_options.no_thp = true;
             break;
+        case OPT_RAM:
+            if (strcmp(optarg, "memfd") == 0 || strcmp(optarg, "anonymous") == 0) {
+                config->memory_options.anonymous = optarg[0] == 'a';
+                break;
+            }
+            snprintf(error, error_size, "--ram '%s': expected memfd or anonymous", optarg);
+            return OPTIONS_ERROR;
         case OPT_PREALLOC:
             config->memory_options.prealloc = true;
             break;
@@ -371,6 +385,16 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
     if (config->memory_options.prealloc && options->incoming != NULL && strncmp(options->incoming, "local:", 6) == 0) {
         snprintf(error, error_size, "--prealloc and --incoming local:: a local hand-over adopts the source's guest "
                  "RAM, whose pages exist already; this ringvm's own would be faulted in and thrown away");
+        return OPTIONS_ERROR;
+    }
+    if (config->memory_options.anonymous && config->memory_options.hugepages) {
+        snprintf(error, error_size, "--ram anonymous and --hugepages: 2M huge pages are a hugetlbfs memfd; anonymous "
+                 "RAM gets transparent huge pages instead (see --no-thp)");
+        return OPTIONS_ERROR;
+    }
+    if (config->memory_options.anonymous && options->incoming != NULL && strncmp(options->incoming, "local:", 6) == 0) {
+        snprintf(error, error_size, "--ram anonymous and --incoming local:: a local hand-over adopts the source's guest "
+                 "RAM, a memfd; this ringvm's anonymous RAM would be thrown away");
         return OPTIONS_ERROR;
     }
     if (incoming_stall_timeout_given && options->incoming == NULL) {

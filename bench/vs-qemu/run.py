@@ -387,8 +387,10 @@ def empty_result(vmm, case):
 # shmem_enabled is advise or always). "memfd": QEMU's RAM on a memfd too
 # (memory-backend-memfd), so both live under the same shmem policy.
 # "hugepages": both on 2 MiB hugetlbfs pages (ringvm --hugepages).
+# "anonymous": both on anonymous RAM (QEMU's default, ringvm --ram
+# anonymous), so both live under the anonymous THP policy.
 def qemu_memory_backend(args, case):
-    if args.backing == "default":
+    if args.backing in ("default", "anonymous"):
         return []
     spec = "memory-backend-memfd,id=ram,size=%s" % size_arg(case.memory)
     if args.backing == "hugepages":
@@ -397,7 +399,7 @@ def qemu_memory_backend(args, case):
 
 
 def ringvm_memory_args(args):
-    return ["--hugepages"] if args.backing == "hugepages" else []
+    return {"hugepages": ["--hugepages"], "anonymous": ["--ram", "anonymous"]}.get(args.backing, [])
 
 
 def host_page_settings():
@@ -1062,10 +1064,11 @@ def main():
     ap.add_argument("--guest", choices=("builtin", "linux"), default="builtin",
                     help="builtin: build/guest/ringvm-guest.elf; linux: build/linux/vmlinux + initramfs.cpio")
     ap.add_argument("--workload", default="dirtier", help="dirtier,ledger (comma list)")
-    ap.add_argument("--backing", choices=("default", "memfd", "hugepages"), default="default",
+    ap.add_argument("--backing", choices=("default", "memfd", "anonymous", "hugepages"), default="default",
                     help="guest RAM of both VMMs: default (each its own: QEMU anonymous RAM, ringvm a "
                          "memfd, both advised MADV_HUGEPAGE), memfd (QEMU on a memfd too: one shmem "
-                         "policy for both), hugepages (both on 2 MiB hugetlbfs pages)")
+                         "policy for both), anonymous (ringvm --ram anonymous: both on anonymous RAM, "
+                         "one THP policy), hugepages (both on 2 MiB hugetlbfs pages)")
     ap.add_argument("--json", help="write every run's result to this file")
     ap.add_argument("--markdown", action="store_true", help="print the summary as a Markdown table")
     ap.add_argument("--keep-progress", help="directory to store each ringvm progress snapshot")
