@@ -248,6 +248,22 @@ void machine_state_plan_input_from(const struct machine_state *state, uint32_t l
  * between boots of the same CPU model). */
 bool machine_state_tsc_scaling_needed(uint32_t source_khz, uint32_t local_khz);
 
+/* Completes a KVM_GET_CLOCK result that KVM could not pair with the host's
+ * CLOCK_REALTIME (it does only where the host's clocksource is the TSC;
+ * our PVM hosts run on kvm-clock, an emulated machine's kernel may have
+ * marked its TSC unstable): realtime becomes realtime_ns, sampled around
+ * the ioctl, and KVM_CLOCK_REALTIME is set, so the destination advances
+ * the guest's clock across the downtime all the same (docs/migration-
+ * protocol.md, "The clock decision"). A result with the flag is left as
+ * KVM gave it. */
+void machine_state_clock_complete(struct kvm_clock_data *clock, uint64_t realtime_ns);
+
+/* Guest TSC ticks in elapsed_ns at tsc_khz: what a destination adds to
+ * the saved IA32_TSC for the host realtime elapsed since the source's
+ * KVM_GET_CLOCK, so a guest timing itself by its TSC sees the downtime
+ * pass as kvm-clock does. elapsed_ns over a day counts as a day. */
+uint64_t machine_state_tsc_ticks(uint32_t tsc_khz, uint64_t elapsed_ns);
+
 #define MACHINE_STATE_MSR_IA32_TSC          0x10u
 #define MACHINE_STATE_MSR_IA32_TSC_DEADLINE 0x6e0u
 

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <time.h>
 
 #include "vmm/cmos_rtc.h"
 
@@ -170,6 +171,13 @@ int machine_state_capture_vcpu(int vcpu_fd, const struct machine_state_capture_c
     return 0;
 }
 
+static uint64_t realtime_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+}
+
 int machine_state_capture_vm(int vm_fd, const struct machine_state_capture_config *config,
                              struct machine_state_vm *vm, char *error, size_t error_size)
 {
@@ -179,8 +187,11 @@ int machine_state_capture_vm(int vm_fd, const struct machine_state_capture_confi
             return ioctl_failed(error, error_size, "KVM_GET_PIT2", none);
         vm->sections |= MACHINE_STATE_HAS_PIT2;
     }
+    uint64_t before = realtime_ns();
     if (ioctl(vm_fd, KVM_GET_CLOCK, &vm->clock) < 0)
         return ioctl_failed(error, error_size, "KVM_GET_CLOCK", none);
+    uint64_t after = realtime_ns();
+    machine_state_clock_complete(&vm->clock, before + (after - before) / 2);
     vm->sections |= MACHINE_STATE_HAS_CLOCK;
     if (config->has_irqchip) {
         static const struct { uint32_t chip; uint32_t bit; const char *name; } chips[] = {
@@ -278,6 +289,29 @@ static int write_tsc_ahead(int vcpu_fd, uint32_t vcpu, const struct kvm_msr_entr
     return 0;
 }
 
+/* The saved TSC advanced by the host realtime elapsed since the source's
+ * KVM_GET_CLOCK (the same span KVM_SET_CLOCK adds to kvm-clock): a guest
+ * whose clocksource is the TSC then sees its clock run through the
+ * downtime too, instead of lagging by it on VMX/SVM hosts, where the TSC
+ * written is the TSC the guest reads (docs/migration-protocol.md, "The
+ * clock decision"). The vCPUs' TSCs were read before the clock, up to the
+ * capture's few milliseconds earlier: the guest's TSC lands that much
+ * behind, never ahead. No clock section, no realtime in it, or a realtime
+ * in this host's future (hosts' clocks apart): the TSC as saved. */
+static void advance_tsc(const struct machine_state *state, struct kvm_msr_entry *entries, uint32_t count,
+                        uint32_t tsc_khz)
+{
+    const struct kvm_clock_data *clock = &state->vm.clock;
+    if (!(state->vm.sections & MACHINE_STATE_HAS_CLOCK) || !(clock->flags & KVM_CLOCK_REALTIME) || tsc_khz == 0)
+        return;
+    uint64_t now = realtime_ns();
+    if (now <= clock->realtime)
+        return;
+    for (uint32_t m = 0; m < count; m++)
+        if (entries[m].index == MACHINE_STATE_MSR_IA32_TSC)
+            entries[m].data += machine_state_tsc_ticks(tsc_khz, now - clock->realtime);
+}
+
 static int restore_vcpu_step(const struct machine_state_restore_target *target, const struct machine_state *state,
                              const struct machine_state_step *step, char *error, size_t error_size)
 {
@@ -354,6 +388,7 @@ static int restore_vcpu_step(const struct machine_state_restore_target *target, 
         machine_state_msr_split(v->msrs, v->msr_count, first, &first_count, deferred, &deferred_count);
         if (step->call == MACHINE_STATE_CALL_SET_MSRS) {
             uint32_t tsc_khz = (v->sections & MACHINE_STATE_HAS_TSC_KHZ) ? v->tsc_khz : target->local_tsc_khz;
+            advance_tsc(state, first, first_count, tsc_khz);
             r = i == 0 ? write_tsc_ahead(fd, i, first, first_count, tsc_khz, error, error_size) : 0;
             if (r == 0)
                 r = set_msr_entries(fd, i, first, first_count, error, error_size);

@@ -204,3 +204,20 @@ void machine_state_plan_input_from(const struct machine_state *state, uint32_t l
             input->set_tsc_khz = machine_state_tsc_scaling_needed(v->tsc_khz, local_tsc_khz);
     }
 }
+
+void machine_state_clock_complete(struct kvm_clock_data *clock, uint64_t realtime_ns)
+{
+    if (clock->flags & KVM_CLOCK_REALTIME)
+        return;
+    clock->realtime = realtime_ns;
+    clock->flags |= KVM_CLOCK_REALTIME;
+}
+
+#define TSC_ELAPSED_CAP_NS (86400ull * 1000000000ull)
+
+uint64_t machine_state_tsc_ticks(uint32_t tsc_khz, uint64_t elapsed_ns)
+{
+    if (elapsed_ns > TSC_ELAPSED_CAP_NS)
+        elapsed_ns = TSC_ELAPSED_CAP_NS;
+    return (uint64_t)((unsigned __int128)elapsed_ns * tsc_khz / 1000000u);
+}

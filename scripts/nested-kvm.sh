@@ -7,7 +7,7 @@
 # are the ones built on the host, nothing is rebuilt.
 #
 #   scripts/nested-kvm.sh [--memory MiB] [--cpus N] [--timeout SECONDS] [--shmem-thp MODE]
-#                         [--hugepages N] [--] COMMAND [ARG...]
+#                         [--hugepages N] [--kernel-args ARGS] [--] COMMAND [ARG...]
 #
 # What this is good for: running ringvm against a real KVM (kvm.ko + kvm_amd.ko
 # of Debian's 6.1 kernel: SVM, NPT, the dirty ring, the in-kernel irqchip)
@@ -30,7 +30,9 @@
 # really gets transparent huge pages there and KVM, dirty tracking and
 # post-copy's discards run on them; never gives the 4 KiB pages of Debian's
 # default. --hugepages: 2 MiB pages reserved for --hugepages guests (default
-# 512, 1 GiB of the VM's memory).
+# 512, 1 GiB of the VM's memory). --kernel-args: appended to the emulated
+# machine's kernel command line (e.g. "clocksource=hpet": a host KVM
+# whose clocksource is not the TSC, as on the PVM hosts).
 #
 # Exit status: the command's, or 125 when the VM could not be started or did
 # not report one (timeout, kernel panic, no /dev/kvm inside).
@@ -41,6 +43,7 @@ timeout_seconds=3600
 cpus=1
 shmem_thp=advise
 hugepages=512
+kernel_args=
 while [ $# -gt 0 ]; do
     case "$1" in
         --memory) memory_mib=$2; shift 2 ;;
@@ -48,8 +51,9 @@ while [ $# -gt 0 ]; do
         --cpus) cpus=$2; shift 2 ;;
         --shmem-thp) shmem_thp=$2; shift 2 ;;
         --hugepages) hugepages=$2; shift 2 ;;
+        --kernel-args) kernel_args=$2; shift 2 ;;
         --help|-h)
-            sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'
             exit 0 ;;
         --) shift; break ;;
         -*) echo "nested-kvm: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -177,7 +181,7 @@ trap 'rm -rf "$run_dir"' EXIT
 {
     echo "cd '$(pwd)' || exit 125"
     for variable in RINGVM_BUILD_DIR RINGVM_TEST_VMLINUZ LSAN_OPTIONS ASAN_OPTIONS UBSAN_OPTIONS \
-                    RINGVM_FUZZ_SEED RINGVM_FUZZ_RUNS CRITERION_OUTPUTS; do
+                    RINGVM_FUZZ_SEED RINGVM_FUZZ_RUNS RINGVM_PINGPONG_HOPS CRITERION_OUTPUTS; do
         eval "value=\${$variable-}"
         [ -n "$value" ] && printf "export %s='%s'\n" "$variable" "$value"
     done
@@ -196,7 +200,7 @@ set +e
 timeout "$timeout_seconds" qemu-system-x86_64 -accel tcg,thread=multi -cpu max \
     -m "$memory_mib" -smp "$cpus" -nographic -no-reboot -nodefaults -serial stdio \
     -kernel "$kernel_dir/vmlinuz" -initrd "$kernel_dir/initrd.gz" \
-    -append "console=ttyS0 quiet panic=-1 ringvm_nested=$run_dir/command.sh" \
+    -append "console=ttyS0 quiet panic=-1 ringvm_nested=$run_dir/command.sh${kernel_args:+ $kernel_args}" \
     -virtfs "local,path=/,mount_tag=host,security_model=passthrough,id=host,multidevs=remap" \
     2>&1 | tee "$status_file" | grep --line-buffered -v -a -E '^nested-kvm: exit [0-9]+|reboot: Power down|SeaBIOS|Booting from ROM|iPXE|Press Ctrl-B'
 set -e

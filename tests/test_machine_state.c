@@ -1246,6 +1246,38 @@ Test(machine_state, tsc_scaling_tolerance_is_250_ppm)
     cr_assert_not(machine_state_tsc_scaling_needed(0, 0));
 }
 
+/* A KVM_GET_CLOCK without KVM_CLOCK_REALTIME (a host whose clocksource is
+ * not the TSC) gets the realtime ringvm sampled and the flag; one with it
+ * keeps KVM's pairing. */
+Test(machine_state, a_clock_without_realtime_gets_the_sampled_one)
+{
+    struct kvm_clock_data clock = { .clock = 5000, .flags = KVM_CLOCK_TSC_STABLE };
+    machine_state_clock_complete(&clock, 1700000000123456789ull);
+    cr_assert_eq(clock.flags, KVM_CLOCK_TSC_STABLE | KVM_CLOCK_REALTIME);
+    cr_assert_eq(clock.realtime, 1700000000123456789ull);
+    cr_assert_eq(clock.clock, 5000);
+    struct kvm_clock_data paired = { .clock = 7000, .realtime = 42, .host_tsc = 99,
+                                     .flags = KVM_CLOCK_REALTIME | KVM_CLOCK_HOST_TSC };
+    machine_state_clock_complete(&paired, 1700000000123456789ull);
+    cr_assert_eq(paired.realtime, 42, "KVM's own realtime is kept");
+    cr_assert_eq(paired.flags, KVM_CLOCK_REALTIME | KVM_CLOCK_HOST_TSC);
+}
+
+/* The TSC a destination writes runs ahead of the saved one by the elapsed
+ * realtime at the guest's TSC frequency: exact for whole microseconds,
+ * never overflowing (a day at most). */
+Test(machine_state, tsc_ticks_for_the_elapsed_realtime)
+{
+    cr_assert_eq(machine_state_tsc_ticks(2000000, 1000000000ull), 2000000000ull, "1 s at 2 GHz");
+    cr_assert_eq(machine_state_tsc_ticks(2994373, 250000000ull), 748593250ull, "250 ms at 2994.373 MHz");
+    cr_assert_eq(machine_state_tsc_ticks(1000000, 1), 1, "1 ns at 1 GHz");
+    cr_assert_eq(machine_state_tsc_ticks(999999, 1), 0, "a fraction of a tick rounds down");
+    cr_assert_eq(machine_state_tsc_ticks(0, 1000000000ull), 0);
+    uint64_t day = 86400ull * 1000000000ull;
+    cr_assert_eq(machine_state_tsc_ticks(5000000, day), 86400ull * 5000000000ull);
+    cr_assert_eq(machine_state_tsc_ticks(5000000, UINT64_MAX), 86400ull * 5000000000ull, "capped at a day");
+}
+
 Test(machine_state, names)
 {
     cr_assert_str_eq(machine_state_section_name(MACHINE_STATE_SECTION_VCPU_EVENTS), "vcpu-events");
