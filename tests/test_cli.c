@@ -29,6 +29,12 @@ Test(cli, bad_values_exit_2_with_a_message)
     cr_assert_eq(run_ringvm(&process, workload, 10000), 2);
     cr_assert_str_eq(process.err, "ringvm: --workload: unknown pattern 'zigzag' (expected seq, random or hot)\n");
     harness_process_free(&process);
+
+    char *ram[] = { (char *)harness_program("ringvm"), "--ram", "anonymous", "--hugepages", NULL };
+    cr_assert_eq(run_ringvm(&process, ram, 10000), 2);
+    cr_assert_str_eq(process.err, "ringvm: --ram anonymous and --hugepages: 2M huge pages are a hugetlbfs memfd; "
+                                  "anonymous RAM gets transparent huge pages instead (see --no-thp)\n");
+    harness_process_free(&process);
 }
 
 /* The flag as a word of the help text: "--incoming" must not be found
