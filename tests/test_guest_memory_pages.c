@@ -272,6 +272,7 @@ Test(guest_memory_pages, anonymous_ram_is_a_private_mapping_without_a_memfd_that
     mapping_flags(memory.host, flags, sizeof(flags), NULL);
     cr_assert(has_flag(flags, "hg"), "no MADV_HUGEPAGE on anonymous RAM: VmFlags%s", flags);
     cr_assert_not(has_flag(flags, "sh"), "anonymous RAM is mapped shared: VmFlags%s", flags);
+    cr_assert(has_flag(flags, "dc"), "anonymous RAM is inherited by a fork (no MADV_DONTFORK): VmFlags%s", flags);
     guest_memory_destroy(&memory);
 }
 

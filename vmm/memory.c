@@ -132,6 +132,17 @@ static int map_guest_ram(struct guest_memory *memory, uint64_t size, const struc
     memory->anonymous = memory->memfd < 0;
     /* Guest RAM is large and sparse: keep it out of core dumps. */
     (void)madvise(host, size, MADV_DONTDUMP);
+    /* Anonymous RAM is private: a fork (a test harness spawning a helper)
+     * would share it copy-on-write, and every guest write until the
+     * child's exec would copy a page, under the vCPUs. Not inherited at
+     * all, as QEMU does with its RAM. (A memfd is shared, not copied.) */
+    if (memory->memfd < 0 && madvise(host, size, MADV_DONTFORK) != 0) {
+        int saved = errno;
+        fprintf(stderr, "ringvm: madvise(anonymous guest RAM, %" PRIu64 " bytes, DONTFORK): %s\n", size,
+                strerror(saved));
+        guest_memory_destroy(memory);
+        return -saved;
+    }
     if (!options->no_thp && !options->hugepages)
         memory->thp_advised = advise_huge_pages(host, size);
     if (options->numa_node >= 0) {
