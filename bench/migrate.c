@@ -13,6 +13,7 @@
  *   build/bench/migrate [--quick] [--json] [--memory SIZE] [--timeout S]
  *                       [--downtime-ms N] [--transport unix|tcp] [--filter CELL]
  *                       [--caps none,1024,125] [--baselines] [--dest-prealloc] [--vcpus N]
+ *                       [--ram memfd|anonymous]
  *                       [--bitmap-clear-chunk SIZE] [--wss LIST] [--ring-take] [--pattern P]
  *   build/bench/migrate --reaction N [--json] [--transport unix|tcp]
  *   build/bench/migrate --help        (every option, with its range and default)
@@ -55,6 +56,7 @@
 #include "migration/progress.h"
 #include "migration/protocol.h"
 #include "migration/transport.h"
+#include "vmm/memory_extents.h"
 #include "vmm/size.h"
 #include "vmm/vm.h"
 
@@ -93,6 +95,9 @@ static uint64_t bitmap_clear_chunk;     /* --bitmap-clear-chunk, for every VM ma
 /* --ring-reset take for the VMs of the cell being run (the "ring-take"
  * rows: the A/B baseline of late reset). Set by main around run_one. */
 static bool ring_reset_at_take;
+/* --ram anonymous: every VM's guest RAM, and the plain move's target, on
+ * anonymous memory (ringvm --ram anonymous) instead of a memfd. */
+static bool anonymous_ram;
 
 static int make_vm_vcpus(struct vm **out, uint64_t memory, unsigned vcpus, const char *workload,
                          enum dirty_log_mode mode, bool incoming, bool prealloc)
@@ -100,7 +105,7 @@ static int make_vm_vcpus(struct vm **out, uint64_t memory, unsigned vcpus, const
     struct bench_vm_options options = { .memory = memory, .vcpus = vcpus, .workload = workload, .dirty_log = mode,
                                         .incoming = incoming, .prealloc = prealloc,
                                         .bitmap_clear_chunk = bitmap_clear_chunk,
-                                        .ring_reset_at_take = ring_reset_at_take };
+                                        .ring_reset_at_take = ring_reset_at_take, .anonymous_ram = anonymous_ram };
     return bench_vm_start(out, &options, "bench/migrate");
 }
 
@@ -274,15 +279,22 @@ static double median_of_three(double samples[3])
 static double plain_throughput_once(const struct options *o, struct vm *source, bool prealloc)
 {
     struct guest_memory *memory = &source->memory;
-    int memfd = memfd_create("bench-plain-destination", MFD_CLOEXEC);
-    if (memfd < 0 || ftruncate(memfd, (off_t)memory->size) != 0) {
-        fprintf(stderr, "bench/migrate: memfd for the plain receiver: %s\n", strerror(errno));
-        if (memfd >= 0)
-            close(memfd);
-        return 0;
+    uint8_t *target;
+    if (anonymous_ram) {
+        target = mmap(NULL, memory->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (target != MAP_FAILED)
+            (void)madvise(target, memory->size, MADV_HUGEPAGE);     /* as guest RAM asks */
+    } else {
+        int memfd = memfd_create("bench-plain-destination", MFD_CLOEXEC);
+        if (memfd < 0 || ftruncate(memfd, (off_t)memory->size) != 0) {
+            fprintf(stderr, "bench/migrate: memfd for the plain receiver: %s\n", strerror(errno));
+            if (memfd >= 0)
+                close(memfd);
+            return 0;
+        }
+        target = mmap(NULL, memory->size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+        close(memfd);
     }
-    uint8_t *target = mmap(NULL, memory->size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
-    close(memfd);
     if (target == MAP_FAILED) {
         fprintf(stderr, "bench/migrate: mmap for the plain receiver: %s\n", strerror(errno));
         return 0;
@@ -291,16 +303,15 @@ static double plain_throughput_once(const struct options *o, struct vm *source, 
         fprintf(stderr, "bench/migrate: MADV_POPULATE_WRITE: %s (measuring without)\n", strerror(errno));
     struct transfer_segment extents[PLAIN_MAX_EXTENTS];
     unsigned count = 0;
-    for (off_t at = 0; at < (off_t)memory->size && count < PLAIN_MAX_EXTENTS;) {
-        off_t data = lseek(memory->memfd, at, SEEK_DATA);
-        if (data < 0)
+    struct guest_ram ram = guest_memory_ram(memory);
+    for (uint64_t page = 0; page < memory->size / MIG_PAGE_SIZE && count < PLAIN_MAX_EXTENTS;) {
+        uint64_t data, hole;
+        if (guest_ram_next_data(&ram, page, &data, &hole) != 0 || data == hole)
             break;
-        off_t hole = lseek(memory->memfd, data, SEEK_HOLE);
-        if (hole < 0 || hole > (off_t)memory->size)
-            hole = (off_t)memory->size;
-        extents[count++] = (struct transfer_segment){ .from = memory->host + data, .to = target + data,
-                                                      .bytes = (uint64_t)(hole - data) };
-        at = hole;
+        extents[count++] = (struct transfer_segment){ .from = memory->host + data * MIG_PAGE_SIZE,
+                                                      .to = target + data * MIG_PAGE_SIZE,
+                                                      .bytes = (hole - data) * MIG_PAGE_SIZE };
+        page = hole;
     }
     double mibs = transfer_throughput(o->tcp, extents, count);
     munmap(target, memory->size);
@@ -673,6 +684,7 @@ static int run_reaction(const struct options *o)
                                 json_pack("{s:I, s:f, s:f, s:f}", "count", (json_int_t)r[i].count, "median_ms",
                                           (double)r[i].median / 1e6, "max_ms", (double)r[i].max / 1e6,
                                           "median_of_plain_resume", (double)r[i].median / base));
+        json_object_set_new(root, "ram", json_string(anonymous_ram ? "anonymous" : "memfd"));
         char *text = json_dumps(root, JSON_INDENT(2));
         fprintf(stdout, "%s\n", text);
         free(text);
@@ -699,6 +711,7 @@ static void usage(FILE *out)
             "               [--transport unix|tcp] [--filter WSS/CAP/CONVERGE/LOG] [--caps LIST]\n"
             "               [--baselines] [--dest-prealloc] [--vcpus N]\n"
             "               [--bitmap-clear-chunk SIZE] [--wss LIST] [--ring-take] [--pattern P]\n"
+            "               [--ram memfd|anonymous]\n"
             "       migrate --reaction N [--json] [--transport unix|tcp]\n"
             "  --quick      256 MiB working set, caps none and 125 MiB/s only\n"
             "  --json       one JSON object on stdout instead of the tables\n"
@@ -720,6 +733,8 @@ static void usage(FILE *out)
             "  --ring-take  also a ring-take row per cell: ring mode with --ring-reset take (every\n"
             "               page re-protected at each take), the baseline of late reset\n"
             "  --pattern P  the matrix dirtier's write pattern: seq (default), random or hot\n"
+            "  --ram R      every VM's guest RAM (and the plain move's target): memfd (default) or\n"
+            "               anonymous (ringvm --ram anonymous)\n"
             "  --wss LIST   the matrix's working sets, whole MiB from 1M to 1T, e.g. 16M,64M,256M,1G\n"
             "               (default 256M,1G);\n"
             "               column recycle: iterations in which the dirty rings recycled / harvester\n"
@@ -748,6 +763,7 @@ int main(int argc, char **argv)
         {"ring-take", no_argument, NULL, 'K'}, {"pattern", required_argument, NULL, 'P'}, {"baselines", no_argument, NULL, 'b'}, {"dest-prealloc", no_argument, NULL, 'p'},
         {"reaction", required_argument, NULL, 'r'}, {"vcpus", required_argument, NULL, 'v'},
         {"bitmap-clear-chunk", required_argument, NULL, 'C'}, {"wss", required_argument, NULL, 'w'},
+        {"ram", required_argument, NULL, 'R'},
         {"help", no_argument, NULL, 'h'}, {0},
     };
     int c;
@@ -796,6 +812,13 @@ int main(int argc, char **argv)
             bitmap_clear_chunk = o.bitmap_clear_chunk;
             break;
         case 'K': o.ring_take = true; break;
+        case 'R':
+            if (strcmp(optarg, "memfd") != 0 && strcmp(optarg, "anonymous") != 0) {
+                fprintf(stderr, PROGRAM ": --ram '%s': expected memfd or anonymous\n", optarg);
+                return 2;
+            }
+            anonymous_ram = optarg[0] == 'a';
+            break;
         case 'P':
             if (strcmp(optarg, "seq") != 0 && strcmp(optarg, "random") != 0 && strcmp(optarg, "hot") != 0) {
                 fprintf(stderr, PROGRAM ": --pattern '%s': expected seq, random or hot\n", optarg);
@@ -980,6 +1003,7 @@ int main(int argc, char **argv)
                                  "uncapped_iteration0_min_mibs", uncapped_min, "uncapped_iteration0_max_mibs",
                                  uncapped_max, "runs", runs, "converged", (json_int_t)converged,
                                  "within_downtime_limit", (json_int_t)within);
+        json_object_set_new(root, "ram", json_string(anonymous_ram ? "anonymous" : "memfd"));
         char *text = json_dumps(root, JSON_INDENT(2));
         fprintf(stdout, "%s\n", text);
         free(text);

@@ -387,6 +387,20 @@ Test(bench_options, a_bad_number_exits_2_naming_the_option, .timeout = 120)
     }
 }
 
+/* bench/migrate --ram takes the two backings ringvm's --ram does. */
+Test(bench_options, migrate_ram_takes_memfd_or_anonymous, .timeout = 30)
+{
+    const struct bench *migrate = NULL;
+    for (size_t i = 0; i < BENCH_COUNT; i++)
+        if (strcmp(benches[i].name, "migrate") == 0)
+            migrate = &benches[i];
+    cr_assert_not_null(migrate);
+    struct harness_process process;
+    cr_assert_eq(run_bench(&process, migrate, "--ram", "shared"), 2, "stderr: %s", process.err);
+    cr_assert_str_eq(process.err, "bench/migrate: --ram 'shared': expected memfd or anonymous\n");
+    harness_process_free(&process);
+}
+
 Test(bench_options, an_unknown_option_or_argument_exits_2, .timeout = 120)
 {
     for (size_t i = 0; i < BENCH_COUNT; i++) {

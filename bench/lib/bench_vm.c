@@ -24,6 +24,7 @@ int bench_vm_start(struct vm **out, const struct bench_vm_options *options, cons
     config.create_irqchip = true;
     config.memory_options.numa_node = -1;
     config.memory_options.prealloc = options->prealloc;
+    config.memory_options.anonymous = options->anonymous_ram;
     config.serial.mode = SERIAL_NONE;
     config.incoming = options->incoming;
     if (workload_spec_parse(options->workload, &config.workload, error, sizeof(error)) != 0) {

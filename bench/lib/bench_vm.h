@@ -26,6 +26,7 @@ struct bench_vm_options {
     bool prealloc;                  /* guest RAM faulted in at creation */
     uint64_t bitmap_clear_chunk;    /* bytes; 0 = the default */
     bool ring_reset_at_take;        /* ringvm --ring-reset take */
+    bool anonymous_ram;             /* ringvm --ram anonymous */
 };
 
 /* Creates and starts the VM. 0, or -1 with the reason on stderr, prefixed
