@@ -90,6 +90,8 @@ Test(guest_memory_pages, no_thp_leaves_the_mapping_without_advice)
     mapping_flags(memory.host, flags, sizeof(flags), NULL);
     cr_assert_not(memory.thp_advised);
     cr_assert_not(has_flag(flags, "hg"), "--no-thp RAM advised anyway: VmFlags%s", flags);
+    cr_assert(has_flag(flags, "nh"), "--no-thp RAM without MADV_NOHUGEPAGE: a host whose policy is always would "
+                                     "give it huge pages: VmFlags%s", flags);
     guest_memory_destroy(&memory);
 }
 

@@ -145,6 +145,11 @@ static int map_guest_ram(struct guest_memory *memory, uint64_t size, const struc
     }
     if (!options->no_thp && !options->hugepages)
         memory->thp_advised = advise_huge_pages(host, size);
+    /* --no-thp means 4 KiB pages: where the host's policy is "always" (an
+     * emulated machine's kernel, some distributions) not advising is not
+     * enough, the mapping must say no. Best effort, as the advice. */
+    if (options->no_thp && !options->hugepages)
+        (void)madvise(host, size, MADV_NOHUGEPAGE);
     if (options->numa_node >= 0) {
         int result = bind_to_node(memory, options->numa_node);
         if (result != 0) {
