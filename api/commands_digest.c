@@ -39,8 +39,7 @@ static void to_hex(XXH128_hash_t hash, char hex[MEMORY_DIGEST_HEX_SIZE])
  * without data. */
 struct extents {
     struct guest_ram ram;
-    uint64_t size;
-    uint64_t data_start, data_end;  /* current extent [start, end) in bytes; start == size: none left */
+    uint64_t data_start, data_end;  /* current extent [start, end) in bytes; start == ram.size: none left */
     bool usable;
 };
 
@@ -51,8 +50,9 @@ static void extents_seek(struct extents *e, uint64_t from)
         e->usable = false;
         return;
     }
+    /* guest_ram_next_data clamps both to RAM's pages. */
     e->data_start = data_page * GUEST_RAM_PAGE;
-    e->data_end = hole_page * GUEST_RAM_PAGE > e->size ? e->size : hole_page * GUEST_RAM_PAGE;
+    e->data_end = hole_page * GUEST_RAM_PAGE;
 }
 
 /* true if [offset, offset + length) is entirely a hole. */
@@ -60,7 +60,7 @@ static bool extents_is_hole(struct extents *e, uint64_t offset, uint64_t length)
 {
     if (!e->usable)
         return false;
-    if (offset >= e->data_end && e->data_end < e->size) {
+    if (offset >= e->data_end && e->data_end < e->ram.size) {
         extents_seek(e, offset);
         if (!e->usable)
             return false;
@@ -116,7 +116,7 @@ void memory_digest_buffer(const void *data, uint64_t size, char total_hex[MEMORY
 int memory_digest(const struct guest_memory *memory, char total_hex[MEMORY_DIGEST_HEX_SIZE],
                   memory_digest_chunk_fn chunk_fn, void *opaque)
 {
-    struct extents extents = { .ram = guest_memory_ram(memory), .size = memory->size, .usable = true };
+    struct extents extents = { .ram = guest_memory_ram(memory), .usable = true };
     extents_seek(&extents, 0);
     return digest_run(memory->host, memory->size, extents.usable ? &extents : NULL, total_hex, chunk_fn, opaque);
 }

@@ -77,7 +77,7 @@ static enum api_status cmd_vm_info(struct api_call *call)
     else
         workload_spec_format(&vm->config.workload, workload, sizeof(workload));
     char thp_host[32];
-    guest_memory_thp_host(vm->memory.anonymous, thp_host, sizeof(thp_host));
+    guest_memory_thp_host(guest_memory_anonymous(&vm->memory), thp_host, sizeof(thp_host));
     json_t *result = json_pack(
         "{s:s, s:i, s:I, s:s, s:s, s:I, s:I, s:s, s:b, s:b, s:s, s:i, s:i}",
         "state", vm_state_name(api_vm_state(vm)),
@@ -87,7 +87,7 @@ static enum api_status cmd_vm_info(struct api_call *call)
         "dirty_log", dirty_log_mode_name(vm->config.dirty_log.mode),
         "uptime_ms", (json_int_t)vm_uptime_ms(vm),
         "pid", (json_int_t)getpid(),
-        "ram", vm->memory.anonymous ? "anonymous" : "memfd",
+        "ram", guest_memory_anonymous(&vm->memory) ? "anonymous" : "memfd",
         "hugepages", vm->memory.hugepages,
         "thp", !vm->memory.hugepages && !vm->config.memory_options.no_thp,
         "thp_host", thp_host,

@@ -213,8 +213,9 @@ static int fill_source(struct guest_memory *memory)
 {
     if (guest_memory_populate(memory, 0, memory->size) != 0)
         return -1;
-    uint8_t *other = memory->anonymous ? memory->host
-                                       : mmap(NULL, memory->size, PROT_READ | PROT_WRITE, MAP_SHARED, memory->memfd, 0);
+    bool anonymous = guest_memory_anonymous(memory);
+    uint8_t *other = anonymous ? memory->host
+                               : mmap(NULL, memory->size, PROT_READ | PROT_WRITE, MAP_SHARED, memory->memfd, 0);
     if (other == MAP_FAILED) {
         fprintf(stderr, PROGRAM ": mmap(source RAM, second mapping): %s\n", strerror(errno));
         return -1;
@@ -224,7 +225,7 @@ static int fill_source(struct guest_memory *memory)
         for (unsigned i = 0; i < MIG_PAGE_SIZE / sizeof(uint64_t); i += 8)
             words[i] = offset ^ 0x9e3779b97f4a7c15ull ^ i;
     }
-    if (!memory->anonymous)
+    if (!anonymous)
         munmap(other, memory->size);
     return 0;
 }

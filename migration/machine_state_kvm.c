@@ -11,9 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <time.h>
 
 #include "vmm/cmos_rtc.h"
+#include "vmm/monotonic.h"
 
 /* ---- KVM: capture ------------------------------------------------------------ */
 /* NOT RUN YET (written without /dev/kvm). */
@@ -171,13 +171,6 @@ int machine_state_capture_vcpu(int vcpu_fd, const struct machine_state_capture_c
     return 0;
 }
 
-static uint64_t realtime_ns(void)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
-}
-
 int machine_state_capture_vm(int vm_fd, const struct machine_state_capture_config *config,
                              struct machine_state_vm *vm, char *error, size_t error_size)
 {
@@ -187,10 +180,10 @@ int machine_state_capture_vm(int vm_fd, const struct machine_state_capture_confi
             return ioctl_failed(error, error_size, "KVM_GET_PIT2", none);
         vm->sections |= MACHINE_STATE_HAS_PIT2;
     }
-    uint64_t before = realtime_ns();
+    uint64_t before = realtime_now_ns();
     if (ioctl(vm_fd, KVM_GET_CLOCK, &vm->clock) < 0)
         return ioctl_failed(error, error_size, "KVM_GET_CLOCK", none);
-    uint64_t after = realtime_ns();
+    uint64_t after = realtime_now_ns();
     machine_state_clock_complete(&vm->clock, before + (after - before) / 2);
     vm->sections |= MACHINE_STATE_HAS_CLOCK;
     if (config->has_irqchip) {
@@ -304,7 +297,7 @@ static void advance_tsc(const struct machine_state *state, struct kvm_msr_entry 
     const struct kvm_clock_data *clock = &state->vm.clock;
     if (!(state->vm.sections & MACHINE_STATE_HAS_CLOCK) || !(clock->flags & KVM_CLOCK_REALTIME) || tsc_khz == 0)
         return;
-    uint64_t now = realtime_ns();
+    uint64_t now = realtime_now_ns();
     if (now <= clock->realtime)
         return;
     for (uint32_t m = 0; m < count; m++)

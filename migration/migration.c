@@ -28,9 +28,7 @@ void mig_trace(const char *what)
 
 uint64_t mig_real_ns(void)
 {
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+    return realtime_now_ns();
 }
 
 #define REGISTRY_MAX 32
@@ -196,7 +194,7 @@ int migration_start(struct vm *vm, struct api_server *server, const struct mig_p
                  "use mode precopy with local:PATH", mig_mode_name(params->mode));
         return -1;
     }
-    if (local == 1 && vm->memory.anonymous) {
+    if (local == 1 && guest_memory_anonymous(&vm->memory)) {
         *code = "invalid-argument";
         snprintf(message, message_size, "dest %s: a local hand-over passes guest RAM as a memfd, and this VM's RAM is "
                  "anonymous (--ram anonymous): migrate over unix:PATH instead, or start the VM with --ram memfd",

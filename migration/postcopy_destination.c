@@ -286,10 +286,16 @@ bool postcopy_destination_available(char *error, size_t error_size)
     return true;
 }
 
+/* Guest RAM as the page functions of vmm/memory_extents.h take it. */
+static struct guest_ram destination_ram(const struct postcopy_destination *d)
+{
+    return (struct guest_ram){ .memfd = d->options.memfd, .host = d->options.host, .size = d->options.size };
+}
+
 /* Pages holding data now (pre-copy's) count as received. */
 static int postcopy_mark_present(struct postcopy_destination *d, char *error, size_t error_size)
 {
-    struct guest_ram ram = { .memfd = d->options.memfd, .host = d->options.host, .size = d->options.size };
+    struct guest_ram ram = destination_ram(d);
     uint64_t position = 0;
     for (;;) {
         uint64_t data, hole;
@@ -558,7 +564,7 @@ int postcopy_destination_discard(struct postcopy_destination *d, uint64_t page, 
     }
     pthread_mutex_lock(&d->lock);
     char reason[256];
-    struct guest_ram ram = { .memfd = d->options.memfd, .host = d->options.host, .size = d->options.size };
+    struct guest_ram ram = destination_ram(d);
     int punched = guest_ram_discard(&ram, page * POSTCOPY_PAGE_SIZE, count * POSTCOPY_PAGE_SIZE, reason,
                                     sizeof(reason));
     if (punched != 0) {

@@ -303,20 +303,13 @@ static int source_iteration_marker(struct source *s, uint64_t iteration, uint64_
 }
 
 /* Where the next data extent of guest RAM starts and ends, from page on
- * (vmm/memory_extents.h): *data_start == *data_end == pages when only
- * pages without data follow. false when the host cannot say (then treat
- * everything as data). */
-bool source_next_extent(const struct guest_memory *memory, uint64_t page, uint64_t pages,
-                        uint64_t *data_start, uint64_t *data_end)
+ * (vmm/memory_extents.h): *data_start == *data_end == RAM's pages when
+ * only pages without data follow. false when the host cannot say (then
+ * treat everything as data). */
+bool source_next_extent(const struct guest_memory *memory, uint64_t page, uint64_t *data_start, uint64_t *data_end)
 {
     struct guest_ram ram = guest_memory_ram(memory);
-    if (guest_ram_next_data(&ram, page, data_start, data_end) != 0)
-        return false;
-    if (*data_start > pages)
-        *data_start = pages;
-    if (*data_end > pages)
-        *data_end = pages;
-    return true;
+    return guest_ram_next_data(&ram, page, data_start, data_end) == 0;
 }
 
 /* Iteration 0: all RAM; memfd holes are zero runs without reading them.
@@ -428,7 +421,7 @@ static int source_send_all(struct source *s)
     s->progress.memory.remaining = memory->size;
     while (page < pages) {
         uint64_t data_start = page, data_end = pages;
-        if (extents && !source_next_extent(memory, page, pages, &data_start, &data_end))
+        if (extents && !source_next_extent(memory, page, &data_start, &data_end))
             extents = false;
         if (!extents) {
             data_start = page;
@@ -440,7 +433,7 @@ static int source_send_all(struct source *s)
                 return source_fail(s, "internal", "write-protecting pages %" PRIu64 "..%" PRIu64
                                    " before sending them: %s", page, data_start - 1, strerror(-r));
             uint64_t again_start, again_end;
-            if (!source_next_extent(memory, page, pages, &again_start, &again_end)) {
+            if (!source_next_extent(memory, page, &again_start, &again_end)) {
                 extents = false;
                 data_start = page;      /* read it all: it is protected now */
                 data_end = pages;

@@ -180,7 +180,7 @@ static int source_postcopy_push(struct source *s, struct source_delivery *delive
         if (page < frame_end)
             source_stream_submit(&st);
         uint64_t data_start = page, data_end = pages;
-        if (!source_next_extent(memory, page, pages, &data_start, &data_end)) {
+        if (!source_next_extent(memory, page, &data_start, &data_end)) {
             data_start = page;
             data_end = pages;
         }

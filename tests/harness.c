@@ -62,30 +62,45 @@ void harness_require_thp(bool anonymous)
     }
 }
 
-unsigned long harness_mapping_huge_kb(const void *start)
+void harness_mapping_smaps(const void *start, char *flags, size_t flags_size, unsigned long *huge_kb)
 {
     FILE *smaps = fopen("/proc/self/smaps", "r");
     cr_assert_not_null(smaps, "fopen(/proc/self/smaps): %s", strerror(errno));
     char line[512];
     bool inside = false, found = false;
-    unsigned long total = 0;
+    if (flags != NULL)
+        flags[0] = '\0';
+    if (huge_kb != NULL)
+        *huge_kb = 0;
     while (fgets(line, sizeof(line), smaps) != NULL) {
         unsigned long low, high, kb;
         /* A mapping's first line ("7f12...-7f13... rw-s ..."); field lines
          * ("AnonHugePages: ...") fail the '-' after the first number. */
         if (sscanf(line, "%lx-%lx ", &low, &high) == 2) {
-            if (inside)
-                break;
-            inside = found = low == (unsigned long)start;
+            inside = low == (unsigned long)start;
             continue;
         }
-        if (inside && (sscanf(line, "AnonHugePages: %lu kB", &kb) == 1 ||
-                       sscanf(line, "ShmemPmdMapped: %lu kB", &kb) == 1))
-            total += kb;
+        if (!inside)
+            continue;
+        if (huge_kb != NULL && (sscanf(line, "AnonHugePages: %lu kB", &kb) == 1 ||
+                                sscanf(line, "ShmemPmdMapped: %lu kB", &kb) == 1))
+            *huge_kb += kb;
+        if (strncmp(line, "VmFlags:", 8) == 0) {     /* a mapping's last field */
+            if (flags != NULL)
+                snprintf(flags, flags_size, "%s", line + 8);
+            found = true;
+            break;
+        }
     }
     fclose(smaps);
     cr_assert(found, "no mapping at %p in /proc/self/smaps", start);
-    return total;
+}
+
+unsigned long harness_mapping_huge_kb(const void *start)
+{
+    unsigned long huge_kb;
+    harness_mapping_smaps(start, NULL, 0, &huge_kb);
+    return huge_kb;
 }
 
 bool harness_kernel_at_least(unsigned major, unsigned minor, char *release, size_t release_size)

@@ -28,9 +28,12 @@ void harness_require_free_huge_pages(uint64_t pages);
  * (or anonymous) mappings transparent huge pages (vmm/memory.h,
  * guest_memory_thp_host). */
 void harness_require_thp(bool anonymous);
-/* kB of the mapping that starts at start mapped by huge pages
- * (AnonHugePages + ShmemPmdMapped in /proc/self/smaps); fails the test
- * when there is no such mapping. */
+/* The mapping that starts at start, from /proc/self/smaps: its VmFlags
+ * line (if flags is not NULL) and the kB of it mapped by huge pages
+ * (AnonHugePages + ShmemPmdMapped, if huge_kb is not NULL). Fails the
+ * test when there is no such mapping. */
+void harness_mapping_smaps(const void *start, char *flags, size_t flags_size, unsigned long *huge_kb);
+/* Its huge-page kB alone. */
 unsigned long harness_mapping_huge_kb(const void *start);
 
 /* Skips the calling Criterion test with a printed reason when /dev/kvm

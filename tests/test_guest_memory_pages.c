@@ -26,40 +26,6 @@
 #define MIB (1ull << 20)
 #define RAM_SIZE (16 * MIB)
 
-/* The VmFlags line of the mapping that starts at `start` in
- * /proc/self/smaps, and (if wanted) its ShmemPmdMapped kB. */
-static void mapping_flags(const void *start, char *flags, size_t size, unsigned long *pmd_mapped_kb)
-{
-    FILE *smaps = fopen("/proc/self/smaps", "r");
-    cr_assert_not_null(smaps, "fopen(/proc/self/smaps): %s", strerror(errno));
-    char line[512];
-    bool inside = false, found = false;
-    flags[0] = '\0';
-    if (pmd_mapped_kb != NULL)
-        *pmd_mapped_kb = 0;
-    while (fgets(line, sizeof(line), smaps) != NULL) {
-        unsigned long low, high;
-        /* A mapping's first line ("7f12...-7f13... rw-s ..."); field lines
-         * ("AnonHugePages: ...") fail the '-' after the first number. */
-        if (sscanf(line, "%lx-%lx ", &low, &high) == 2) {
-            inside = low == (unsigned long)start;
-            continue;
-        }
-        if (!inside)
-            continue;
-        unsigned long kb;
-        if (pmd_mapped_kb != NULL && sscanf(line, "ShmemPmdMapped: %lu kB", &kb) == 1)
-            *pmd_mapped_kb = kb;
-        if (strncmp(line, "VmFlags:", 8) == 0) {
-            snprintf(flags, size, "%s", line + 8);
-            found = true;
-            break;
-        }
-    }
-    fclose(smaps);
-    cr_assert(found, "no mapping at %p in /proc/self/smaps", start);
-}
-
 static bool has_flag(const char *flags, const char *flag)
 {
     size_t length = strlen(flag);
@@ -74,7 +40,7 @@ Test(guest_memory_pages, transparent_huge_pages_are_asked_for_by_default)
     struct guest_memory memory;
     cr_assert_eq(guest_memory_create(&memory, RAM_SIZE, &(struct guest_memory_options){ .numa_node = -1 }), 0);
     char flags[512];
-    mapping_flags(memory.host, flags, sizeof(flags), NULL);
+    harness_mapping_smaps(memory.host, flags, sizeof(flags), NULL);
     cr_assert(memory.thp_advised);
     cr_assert(has_flag(flags, "hg"), "no MADV_HUGEPAGE (hg) on guest RAM: VmFlags%s", flags);
     cr_assert_not(has_flag(flags, "nh"), "VmFlags%s", flags);
@@ -87,7 +53,7 @@ Test(guest_memory_pages, no_thp_leaves_the_mapping_without_advice)
     cr_assert_eq(guest_memory_create(&memory, RAM_SIZE, &(struct guest_memory_options){ .numa_node = -1,
                                                                                        .no_thp = true }), 0);
     char flags[512];
-    mapping_flags(memory.host, flags, sizeof(flags), NULL);
+    harness_mapping_smaps(memory.host, flags, sizeof(flags), NULL);
     cr_assert_not(memory.thp_advised);
     cr_assert_not(has_flag(flags, "hg"), "--no-thp RAM advised anyway: VmFlags%s", flags);
     cr_assert(has_flag(flags, "nh"), "--no-thp RAM without MADV_NOHUGEPAGE: a host whose policy is always would "
@@ -108,11 +74,11 @@ Test(guest_memory_pages, a_post_copy_destination_forgoes_them_and_a_new_backing_
     cr_assert_eq(ftruncate(other, RAM_SIZE), 0);
     char error[300];
     cr_assert_eq(guest_memory_replace_backing(&memory, other, error, sizeof(error)), 0, "%s", error);
-    mapping_flags(memory.host, flags, sizeof(flags), NULL);
+    harness_mapping_smaps(memory.host, flags, sizeof(flags), NULL);
     cr_assert(has_flag(flags, "hg"), "the replaced backing lost MADV_HUGEPAGE: VmFlags%s", flags);
 
     guest_memory_forgo_thp(&memory);
-    mapping_flags(memory.host, flags, sizeof(flags), NULL);
+    harness_mapping_smaps(memory.host, flags, sizeof(flags), NULL);
     cr_assert_not(memory.thp_advised);
     cr_assert(has_flag(flags, "nh"), "no MADV_NOHUGEPAGE (nh) after guest_memory_forgo_thp: VmFlags%s", flags);
     cr_assert_not(has_flag(flags, "hg"), "VmFlags%s", flags);
@@ -126,7 +92,7 @@ Test(guest_memory_pages, hugetlbfs_ram_gets_no_transparent_advice)
     cr_assert_eq(guest_memory_create(&memory, RAM_SIZE, &(struct guest_memory_options){ .numa_node = -1,
                                                                                        .hugepages = true }), 0);
     char flags[512];
-    mapping_flags(memory.host, flags, sizeof(flags), NULL);
+    harness_mapping_smaps(memory.host, flags, sizeof(flags), NULL);
     cr_assert_not(memory.thp_advised);
     cr_assert_not(has_flag(flags, "hg"), "VmFlags%s", flags);
     guest_memory_destroy(&memory);
@@ -246,9 +212,9 @@ Test(guest_memory_pages, punch_hole_inside_a_transparent_huge_page_splits_it)
     cr_assert_eq(guest_memory_populate(&memory, 0, RAM_SIZE), 0);
     fill_pages(memory.host, 0, RAM_SIZE / 4096);
     char flags[512];
-    unsigned long pmd_mapped_kb;
-    mapping_flags(memory.host, flags, sizeof(flags), &pmd_mapped_kb);
-    if (pmd_mapped_kb == 0)
+    unsigned long huge_kb;
+    harness_mapping_smaps(memory.host, flags, sizeof(flags), &huge_kb);
+    if (huge_kb == 0)
         harness_skip("the host granted no huge page to 16 MiB of advised RAM (fragmented memory?)");
     char error[300];
     cr_assert_eq(guest_ram_discard(&ram, 2 * MIB + 0x5000, 4096, error, sizeof(error)), 0, "%s", error);
@@ -268,10 +234,10 @@ Test(guest_memory_pages, anonymous_ram_is_a_private_mapping_without_a_memfd_that
     cr_assert_eq(guest_memory_create(&memory, RAM_SIZE, &(struct guest_memory_options){ .numa_node = -1,
                                                                                        .anonymous = true }), 0);
     cr_assert_eq(memory.memfd, -1);
-    cr_assert(memory.anonymous);
+    cr_assert(guest_memory_anonymous(&memory));
     cr_assert(memory.thp_advised);
     char flags[512];
-    mapping_flags(memory.host, flags, sizeof(flags), NULL);
+    harness_mapping_smaps(memory.host, flags, sizeof(flags), NULL);
     cr_assert(has_flag(flags, "hg"), "no MADV_HUGEPAGE on anonymous RAM: VmFlags%s", flags);
     cr_assert_not(has_flag(flags, "sh"), "anonymous RAM is mapped shared: VmFlags%s", flags);
     cr_assert(has_flag(flags, "dc"), "anonymous RAM is inherited by a fork (no MADV_DONTFORK): VmFlags%s", flags);
@@ -364,11 +330,11 @@ Test(guest_memory_pages, anonymous_ram_replaced_by_a_memfd_becomes_memfd_ram)
     char error[300];
     cr_assert_eq(guest_memory_replace_backing(&memory, other, error, sizeof(error)), 0, "%s", error);
     cr_assert_eq(memory.memfd, other);
-    cr_assert_not(memory.anonymous);
+    cr_assert_not(guest_memory_anonymous(&memory));
     cr_assert_eq(memory.host[0], 0, "the anonymous page went with the old mapping");
     cr_assert_eq(memcmp(memory.host + 5 * 4096, "source", 6), 0);
     char flags[512];
-    mapping_flags(memory.host, flags, sizeof(flags), NULL);
+    harness_mapping_smaps(memory.host, flags, sizeof(flags), NULL);
     cr_assert(has_flag(flags, "sh"), "the memfd is mapped shared: VmFlags%s", flags);
     guest_memory_destroy(&memory);
 }

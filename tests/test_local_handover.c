@@ -50,13 +50,18 @@ static char error[512];
 /* ---- without KVM ------------------------------------------------------------------------ */
 
 /* A VM as far as the adoption sees one: its guest RAM, nothing else. */
-static struct vm *ram_only_vm(uint64_t size)
+static struct vm *ram_only_vm_on(uint64_t size, bool anonymous)
 {
     struct vm *vm = calloc(1, sizeof(*vm));
     cr_assert_not_null(vm);
-    struct guest_memory_options options = { .numa_node = -1 };
+    struct guest_memory_options options = { .numa_node = -1, .anonymous = anonymous };
     cr_assert_eq(guest_memory_create(&vm->memory, size, &options), 0);
     return vm;
+}
+
+static struct vm *ram_only_vm(uint64_t size)
+{
+    return ram_only_vm_on(size, false);
 }
 
 static void ram_only_vm_free(struct vm *vm)
@@ -129,19 +134,25 @@ Test(local_handover, local_addresses_parse_and_others_pass_through)
     cr_assert_str_eq(error, expected);
 }
 
-Test(local_handover, migration_start_refuses_a_bad_local_address)
+/* migration_start(dest) on vm fails with invalid-argument and exactly this message. */
+static void expect_start_refused(struct vm *vm, const char *dest, const char *expected)
 {
-    /* migration_start checks dest before it looks at the VM. */
-    struct vm *vm = ram_only_vm(RAM_SIZE);
     struct mig_params params;
     mig_params_defaults(&params);
-    snprintf(params.dest, sizeof(params.dest), "local:");
+    snprintf(params.dest, sizeof(params.dest), "%s", dest);
     uint64_t id = 0;
     const char *code = NULL;
     char message[512];
     cr_assert_eq(migration_start(vm, NULL, &params, &id, &code, message, sizeof(message)), -1);
     cr_assert_str_eq(code, "invalid-argument");
-    cr_assert_str_eq(message, "dest: 'local:': empty socket path");
+    cr_assert_str_eq(message, expected);
+}
+
+Test(local_handover, migration_start_refuses_a_bad_local_address)
+{
+    /* migration_start checks dest before it looks at the VM. */
+    struct vm *vm = ram_only_vm(RAM_SIZE);
+    expect_start_refused(vm, "local:", "dest: 'local:': empty socket path");
     migration_release(vm);
     ram_only_vm_free(vm);
 }
@@ -150,21 +161,11 @@ Test(local_handover, migration_start_refuses_a_bad_local_address)
  * refused before anything starts, with what to do instead. */
 Test(local_handover, migration_start_refuses_a_hand_over_of_anonymous_ram)
 {
-    struct vm *vm = calloc(1, sizeof(*vm));
-    cr_assert_not_null(vm);
-    struct guest_memory_options options = { .numa_node = -1, .anonymous = true };
-    cr_assert_eq(guest_memory_create(&vm->memory, RAM_SIZE, &options), 0);
-    struct mig_params params;
-    mig_params_defaults(&params);
-    snprintf(params.dest, sizeof(params.dest), "local:/tmp/ringvm-handover.sock");
-    uint64_t id = 0;
-    const char *code = NULL;
-    char message[512];
-    cr_assert_eq(migration_start(vm, NULL, &params, &id, &code, message, sizeof(message)), -1);
-    cr_assert_str_eq(code, "invalid-argument");
-    cr_assert_str_eq(message, "dest local:/tmp/ringvm-handover.sock: a local hand-over passes guest RAM as a memfd, "
-                              "and this VM's RAM is anonymous (--ram anonymous): migrate over unix:PATH instead, or "
-                              "start the VM with --ram memfd");
+    struct vm *vm = ram_only_vm_on(RAM_SIZE, true);
+    expect_start_refused(vm, "local:/tmp/ringvm-handover.sock",
+                         "dest local:/tmp/ringvm-handover.sock: a local hand-over passes guest RAM as a memfd, and "
+                         "this VM's RAM is anonymous (--ram anonymous): migrate over unix:PATH instead, or start the "
+                         "VM with --ram memfd");
     char error[300];
     cr_assert_eq(local_handover_send_ram(-1, vm, error, sizeof(error)), -1);
     cr_assert_str_eq(error, "guest RAM is anonymous (--ram anonymous): there is no memfd to hand over");

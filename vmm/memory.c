@@ -1,8 +1,8 @@
 /*
  * Guest RAM: a memfd mapped MAP_SHARED (so a local migration can hand the fd
- * over later), or with --ram anonymous private anonymous memory, exposed to KVM as one memslot, or two when RAM exceeds 3 GiB:
- * the 3-4 GiB hole keeps the doorbell and, on VMX hosts, the APIC access
- * page free of RAM.
+ * over later), or with --ram anonymous private anonymous memory, exposed to
+ * KVM as one memslot, or two when RAM exceeds 3 GiB: the 3-4 GiB hole keeps
+ * the doorbell and, on VMX hosts, the APIC access page free of RAM.
  */
 #include "vmm/memory.h"
 
@@ -129,7 +129,6 @@ static int map_guest_ram(struct guest_memory *memory, uint64_t size, const struc
     memory->host = host;
     memory->size = size;
     memory->hugepages = options->hugepages;
-    memory->anonymous = memory->memfd < 0;
     /* Guest RAM is large and sparse: keep it out of core dumps. */
     (void)madvise(host, size, MADV_DONTDUMP);
     /* Anonymous RAM is private: a fork (a test harness spawning a helper)
@@ -280,8 +279,8 @@ bool guest_memory_thp_host_grants(bool anonymous)
 {
     char mode[32];
     guest_memory_thp_host(anonymous, mode, sizeof(mode));
-    return strcmp(mode, "advise") == 0 || strcmp(mode, "madvise") == 0 || strcmp(mode, "always") == 0 || strcmp(mode, "within_size") == 0 ||
-           strcmp(mode, "force") == 0;
+    return strcmp(mode, "advise") == 0 || strcmp(mode, "madvise") == 0 || strcmp(mode, "always") == 0 ||
+           strcmp(mode, "within_size") == 0 || strcmp(mode, "force") == 0;
 }
 
 void guest_memory_forgo_thp(struct guest_memory *memory)
@@ -347,7 +346,6 @@ int guest_memory_replace_backing(struct guest_memory *memory, int memfd, char *e
     if (memory->memfd < 0) {
         /* Anonymous RAM: its pages went with the old mapping. */
         memory->memfd = memfd;
-        memory->anonymous = false;
         return 0;
     }
     /* The old memfd's number now names the new file; the old file (and

@@ -44,7 +44,6 @@ struct guest_memory {
     uint8_t *host;          /* MAP_SHARED mapping of the whole memfd, or the anonymous mapping */
     uint64_t size;          /* bytes of RAM */
     bool hugepages;
-    bool anonymous;         /* memfd == -1: private anonymous memory (--ram anonymous) */
     bool thp_advised;       /* MADV_HUGEPAGE set on the mapping (granted or not by the host);
                                the VM's owner thread or the incoming thread (post-copy) */
     int numa_node;          /* -1 = not bound */
@@ -145,6 +144,12 @@ uint64_t guest_memory_offset_to_gpa(const struct guest_memory *memory, uint64_t 
 /* KVM memslot lookup by id (dirty ring entries carry (slot, offset)). */
 const struct guest_memory_slot *guest_memory_slot_by_id(const struct guest_memory *memory,
                                                         uint32_t slot);
+
+/* Private anonymous RAM (--ram anonymous): no memfd behind the mapping. */
+static inline bool guest_memory_anonymous(const struct guest_memory *memory)
+{
+    return memory->memfd < 0;
+}
 
 static inline uint64_t guest_memory_pages(const struct guest_memory *memory)
 {

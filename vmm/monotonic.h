@@ -1,5 +1,5 @@
 /*
- * CLOCK_MONOTONIC in nanoseconds, and the absolute deadlines that
+ * CLOCK_MONOTONIC (and CLOCK_REALTIME) in nanoseconds, and the absolute deadlines that
  * pthread_cond_timedwait takes on a condition variable created with
  * pthread_condattr_setclock(CLOCK_MONOTONIC): a wall-clock step (NTP,
  * settimeofday) then neither cuts a wait short nor stretches it. Header-only
@@ -16,6 +16,15 @@ static inline uint64_t monotonic_now_ns(void)
     struct timespec now;
     /* Cannot fail: CLOCK_MONOTONIC always exists and &now is writable. */
     clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)now.tv_sec * 1000000000ULL + (uint64_t)now.tv_nsec;
+}
+
+/* CLOCK_REALTIME in nanoseconds: for timestamps another host compares
+ * (migration frames, the guest clock's realtime), never for waits. */
+static inline uint64_t realtime_now_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
     return (uint64_t)now.tv_sec * 1000000000ULL + (uint64_t)now.tv_nsec;
 }
 

@@ -382,7 +382,8 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
         snprintf(error, error_size, "unexpected argument '%s' (see --help)", argv[optind]);
         return OPTIONS_ERROR;
     }
-    if (config->memory_options.prealloc && options->incoming != NULL && strncmp(options->incoming, "local:", 6) == 0) {
+    bool incoming_local = options->incoming != NULL && strncmp(options->incoming, "local:", 6) == 0;
+    if (config->memory_options.prealloc && incoming_local) {
         snprintf(error, error_size, "--prealloc and --incoming local:: a local hand-over adopts the source's guest "
                  "RAM, whose pages exist already; this ringvm's own would be faulted in and thrown away");
         return OPTIONS_ERROR;
@@ -392,7 +393,7 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
                  "RAM gets transparent huge pages instead (see --no-thp)");
         return OPTIONS_ERROR;
     }
-    if (config->memory_options.anonymous && options->incoming != NULL && strncmp(options->incoming, "local:", 6) == 0) {
+    if (config->memory_options.anonymous && incoming_local) {
         snprintf(error, error_size, "--ram anonymous and --incoming local:: a local hand-over adopts the source's guest "
                  "RAM, a memfd; this ringvm's anonymous RAM would be thrown away");
         return OPTIONS_ERROR;
