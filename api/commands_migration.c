@@ -48,6 +48,9 @@ static const struct api_arg_spec start_args[] = {
     {"stall_timeout_s", API_ARG_UINT, false, NULL, "fail when no byte moved for this long (default 5)"},
     {"verify_digest", API_ARG_BOOL, false, NULL,
      "compare XXH3-128 digests of RAM before the destination resumes (default false: costs downtime)"},
+    {"source_digest", API_ARG_BOOL, false, NULL,
+     "without verify_digest: hash the source's RAM after the ack, for memory_digest_source (default true; "
+     "costs total time, not downtime)"},
     {"tls_psk_file", API_ARG_STRING, false, NULL,
      "tcp: only: TLS 1.3 with the pre-shared key in this keys.psk file (read by ringvm; mode 0600)"},
     {"tls_creds_dir", API_ARG_STRING, false, NULL,
@@ -171,6 +174,8 @@ int api_migration_start_params(const json_t *args, struct mig_params *params, st
         return -1;
     params->stall_timeout_ms = (unsigned)value * 1000u;
     if (api_arg_bool(args, "verify_digest", false, &params->verify_digest, error) < 0)
+        return -1;
+    if (api_arg_bool(args, "source_digest", true, &params->source_digest, error) < 0)
         return -1;
     static const struct {
         const char *name;

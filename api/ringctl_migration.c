@@ -5,7 +5,7 @@
  *                   [--max-bandwidth MIBS] [--keep-alive] [--timeout S]
  *                   [--timeout-strategy cancel|force] [--throttle-initial N]
  *                   [--throttle-increment N] [--throttle-max N]
- *                   [--stall-timeout S] [--verify-digest|--no-verify]
+ *                   [--stall-timeout S] [--verify-digest|--no-verify] [--no-source-digest]
  *                   [--tls-psk FILE | --tls-creds DIR [--tls-server-name NAME]]
  *                   [--console unix:PATH]
  *                   [--mode precopy|postcopy|hybrid [--postcopy-after N|Ns|auto]] [--yes]
@@ -183,7 +183,8 @@ static void print_summary(json_t *p, FILE *out)
         fprintf(out, "memory digest: source %s, destination %s (%s)\n", source, destination,
                 strcmp(source, destination) == 0 ? "equal" : "DIFFERENT");
     else if (*source)
-        fprintf(out, "memory digest: source %s (destination not hashed: verify_digest off)\n", source);
+        fprintf(out, "memory digest: source %s, hashed after the ack in %" PRId64 " ms of the total (destination "
+                "not hashed: verify_digest off)\n", source, get_int(p, "source_digest_ms"));
     else if (*destination)
         fprintf(out, "memory digest: destination %s\n", destination);
     json_t *error = json_object_get(p, "error");
@@ -280,7 +281,8 @@ static int watch_until_done(struct ringctl_session *session, bool json, int64_t 
             print_bar(progress);
         } else if (!json) {
             print_new_iterations(progress, &printed);
-            if (!switched && (strcmp(phase, "stop-and-copy") == 0 || strcmp(phase, "waiting-ack") == 0)) {
+            if (!switched && (strcmp(phase, "stop-and-copy") == 0 || strcmp(phase, "waiting-ack") == 0 ||
+                              strcmp(phase, "digest") == 0)) {
                 fprintf(stdout, "memory delta transmission stopping - cutoff condition reached\n");
                 switched = true;
             }
@@ -451,6 +453,7 @@ static int run_migrate(struct ringctl_session *session, int argc, char **argv, b
         {"stall-timeout", required_argument, NULL, 's'},
         {"verify-digest", no_argument, NULL, 'v'},
         {"no-verify", no_argument, NULL, 'V'},
+        {"no-source-digest", no_argument, NULL, 'G'},
         {"tls-psk", required_argument, NULL, 'P'},
         {"tls-creds", required_argument, NULL, 'C'},
         {"tls-server-name", required_argument, NULL, 'N'},
@@ -482,6 +485,7 @@ static int run_migrate(struct ringctl_session *session, int argc, char **argv, b
         case 'k': json_object_set_new(args, "keep_alive", json_true()); continue;
         case 'v': json_object_set_new(args, "verify_digest", json_true()); continue;
         case 'V': json_object_set_new(args, "verify_digest", json_false()); continue;
+        case 'G': json_object_set_new(args, "source_digest", json_false()); continue;
         case 'c': json_object_set_new(args, "converge", json_string(optarg)); continue;
         case 'S': json_object_set_new(args, "timeout_strategy", json_string(optarg)); continue;
         case 'N': json_object_set_new(args, "tls_server_name", json_string(optarg)); continue;

@@ -106,6 +106,7 @@ void mig_params_defaults(struct mig_params *p)
     p->throttle.max = 99;
     p->stall_timeout_ms = 5000;
     p->verify_digest = false;
+    p->source_digest = true;
     p->dirty_limit_margin = 50;
     p->mode = MIG_MODE_PRECOPY;
     p->postcopy_after_auto = true;      /* hybrid's default; ignored by the other modes */

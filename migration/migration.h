@@ -71,7 +71,12 @@ struct mig_params {
                                        destination verifies its own before resuming (both
                                        digests then cost downtime, which the expected
                                        downtime includes: see convergence.h).
-                                       false: the source digest is computed after the ack. */
+                                       false: the source digest is computed after the ack,
+                                       unless source_digest is false. */
+    bool source_digest;             /* true. Without verify_digest: hash the source's RAM once
+                                       the ack is in (phase "digest", memory_digest_source,
+                                       source_digest_ms: part of total_ms, not of the
+                                       downtime). false: no hash at all, as QEMU does. */
     unsigned dirty_limit_margin;    /* 50 (% of bandwidth the dirty rate may use) */
     /* TLS (tcp: only; at most one of the two; "" = plaintext). ringvm reads
      * the files itself: no key crosses the API. */

@@ -209,6 +209,7 @@ json_t *mig_progress_to_json(const struct mig_progress *p)
         "iteration_count", clamp_int(p->iteration_count),
         "digest_pass_ms", clamp_int(p->digest_pass_ms));
     if (root != NULL) {
+        json_object_set_new(root, "source_digest_ms", json_integer(clamp_int(p->source_digest_ms)));
         json_object_set_new(root, "mode",
                             json_string(p->local ? "local" : mig_mode_name((enum mig_mode)p->mode)));
         /* Only where post-copy was agreed to (or happened): a pre-copy

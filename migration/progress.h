@@ -102,6 +102,8 @@ struct mig_progress {
     uint64_t expected_downtime_ms;
     uint64_t digest_pass_ms;    /* verify_digest: one XXH3 pass over all RAM, estimated at start
                                    (part of expected_downtime_ms); 0 without verification */
+    uint64_t source_digest_ms;  /* the source's hash of its RAM after the ack (no verify_digest,
+                                   source_digest on), ms; part of total_ms; 0 when not done */
     /* The expected downtime's parts (migration/switch_over.h), as of the
      * last iteration; expected_downtime_ms is their sum. */
     struct {

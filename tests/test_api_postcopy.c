@@ -87,6 +87,36 @@ Test(api_postcopy, mode_and_postcopy_after_map_onto_the_parameters)
     }
 }
 
+/* source_digest (not post-copy's, but migration.start's, parsed here):
+ * on unless false; anything but a boolean is refused by name. */
+Test(api_postcopy, source_digest_is_on_unless_false_and_only_a_boolean)
+{
+    static const struct {
+        const char *text;
+        bool source_digest, verify_digest;
+    } cases[] = {
+        { "{\"dest\":\"unix:/x\"}", true, false },
+        { "{\"dest\":\"unix:/x\",\"source_digest\":null}", true, false },
+        { "{\"dest\":\"unix:/x\",\"source_digest\":true}", true, false },
+        { "{\"dest\":\"unix:/x\",\"source_digest\":false}", false, false },
+        { "{\"dest\":\"unix:/x\",\"source_digest\":false,\"verify_digest\":true}", false, true },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        json_error_t json_error;
+        json_t *args = json_loads(cases[i].text, 0, &json_error);
+        cr_assert_not_null(args, "%s: %s", cases[i].text, json_error.text);
+        struct mig_params params;
+        struct api_error error = { 0 };
+        cr_assert_eq(api_migration_start_params(args, &params, &error), 0, "%s refused: %s", cases[i].text,
+                     error.message);
+        cr_assert_eq(params.source_digest, cases[i].source_digest, "%s", cases[i].text);
+        cr_assert_eq(params.verify_digest, cases[i].verify_digest, "%s", cases[i].text);
+        json_decref(args);
+    }
+    start_refused("\"source_digest\":0", "invalid-argument", "args.source_digest: expected boolean");
+    start_refused("\"source_digest\":\"false\"", "invalid-argument", "args.source_digest: expected boolean");
+}
+
 Test(api_postcopy, bad_mode_and_postcopy_after_are_refused_naming_the_field)
 {
     /* The argument table (before the handler). */

@@ -456,6 +456,12 @@ Test(migration, auto_converge_throttles_and_completes, .timeout = 90)
     struct mig_progress *p = malloc(sizeof(*p));
     test_migration_finished(source.vm, p, 60000);
     cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
+    /* Without verify_digest the source hashed its RAM after the ack
+     * (source_digest's default), timed apart (rounded up: at least 1 ms
+     * once it ran), and the destination did not. */
+    cr_assert_eq(strlen(p->digest_source), 32, "no source digest");
+    cr_assert_str_eq(p->digest_destination, "");
+    cr_assert_geq(p->source_digest_ms, 1);
     /* The throttle followed the rule: 0, 0, 80, 99, ... */
     int highest = 0;
     uint64_t throttled_kicks = 0, ring_entries = 0;
@@ -788,6 +794,45 @@ static void assert_start_refused(struct vm *vm, const struct mig_params *params,
     cr_assert_eq(migration_start(vm, NULL, params, &id, &refusal, text, sizeof(text)), -1, "%s: started", params->dest);
     cr_assert_str_eq(refusal, code);
     cr_assert_str_eq(text, message);
+}
+
+/* source_digest false, without verify_digest: no hash on either side
+ * (no phase "digest", nothing in memory_digest_*, source_digest_ms 0), and
+ * the migration completes as usual: the guest verifies on at the
+ * destination. */
+Test(migration, without_source_digest_neither_side_hashes, .timeout = 90)
+{
+    harness_require_kvm();
+    struct harness_vm source;
+    harness_vm_start(&source, "128M", 1, "ledger,wss=8M,verify=1", "ring");
+    cr_assert(console_wait_for(&source.console, "LEDGER OK", 1, 20000), "no LEDGER OK on the source:\n%s",
+              console_snapshot(&source.console));
+    struct test_destination dest;
+    test_destination_start(&dest, "128M", 1, "idle", false);
+    struct mig_params params;
+    mig_params_defaults(&params);
+    cr_assert(params.source_digest, "source_digest is on by default");
+    snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
+    params.keep_alive = true;
+    params.source_digest = false;
+    params.timeout_s = 60;
+    test_migration_start(source.vm, &params);
+    struct mig_progress *p = malloc(sizeof(*p));
+    test_migration_finished(source.vm, p, 60000);
+    cr_assert_eq(test_destination_join(&dest), 0, "the destination failed (see stderr)");
+    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "state %s: %s: %s", mig_state_name(p->state), p->error_code,
+                 p->error_message);
+    cr_assert_str_eq(p->phase, "done");
+    cr_assert_str_eq(p->digest_source, "");
+    cr_assert_str_eq(p->digest_destination, "");
+    cr_assert_eq(p->source_digest_ms, 0);
+    unsigned ok_before = console_count(&dest.harness.console, "LEDGER OK");
+    cr_assert(console_wait_for(&dest.harness.console, "LEDGER OK", ok_before + 1, 20000),
+              "the guest does not verify on at the destination:\n%s", console_snapshot(&dest.harness.console));
+    cr_assert_eq(console_count(&dest.harness.console, "MISMATCH"), 0, "%s", console_snapshot(&dest.harness.console));
+    free(p);
+    test_destination_stop(&dest);
+    test_migration_source_stop(&source);
 }
 
 /* A guest the operator paused migrates paused (END's guest-paused flag):

@@ -139,7 +139,7 @@ Test(ringctl_recover, resume_refuses_every_migration_parameter)
         { "--converge", "auto" }, { "--max-bandwidth", "100" }, { "--keep-alive", NULL }, { "--timeout", "60" },
         { "--timeout-strategy", "force" }, { "--throttle-initial", "20" }, { "--throttle-increment", "10" },
         { "--throttle-max", "99" }, { "--stall-timeout", "5" }, { "--verify-digest", NULL },
-        { "--no-verify", NULL }, { "--tls-psk", "keys.psk" }, { "--tls-creds", "/etc/ringvm" },
+        { "--no-verify", NULL }, { "--no-source-digest", NULL }, { "--tls-psk", "keys.psk" }, { "--tls-creds", "/etc/ringvm" },
         { "--tls-server-name", "dest" },
     };
     for (size_t i = 0; i < sizeof(options) / sizeof(options[0]); i++) {
