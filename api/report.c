@@ -991,6 +991,11 @@ static void write_summary(FILE *out, const struct report_data *d)
     const char *source = str(p, "memory_digest_source"), *destination = str(p, "memory_digest_destination");
     if (source && destination)
         snprintf(value, sizeof(value), "%s (%s)", strcmp(source, destination) == 0 ? "match" : "MISMATCH", source);
+    else if (source && num(p, "source_digest_ms") > 0)   /* without verify_digest: hashed after the ack */
+        snprintf(value, sizeof(value), "source only (%s), hashed after the ack in %.0f ms of the total", source,
+                 num(p, "source_digest_ms"));
+    else if (source)
+        snprintf(value, sizeof(value), "source only (%s)", source);
     else
         snprintf(value, sizeof(value), "n/a");
     summary_row(out, "summary-digest", "Memory digest", value);

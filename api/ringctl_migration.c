@@ -84,6 +84,17 @@ static bool finished(const char *state)
     return strcmp(state, "completed") == 0 || strcmp(state, "failed") == 0 || strcmp(state, "cancelled") == 0;
 }
 
+/* The bar's "bw": the rate right now while the migration runs (a bulk
+ * pass's bandwidth_mibs reads 0 until the pass ends), the last
+ * iteration's once it is over (or from a VMM without throughput_mibs). */
+static double bar_bandwidth(json_t *p)
+{
+    json_t *now = json_object_get(p, "throughput_mibs");
+    if (json_is_number(now) && !finished(get_string(p, "state")))
+        return json_number_value(now);
+    return get_real(p, "bandwidth_mibs");
+}
+
 static void print_bar(json_t *p)
 {
     int percent = (int)get_int(p, "percent");
@@ -101,7 +112,7 @@ static void print_bar(json_t *p)
                                  : get_int(postcopy, "pages_pushed") + get_int(postcopy, "pages_requested");
         fprintf(stdout, "\r[%s] %3d%% %-13s pages %" PRId64 "/%" PRId64 "  bw %.1f MiB/s  %s %" PRId64 "   ", bar,
                 percent, get_string(p, "phase"), moved, get_int(postcopy, "pages_total"),
-                get_real(p, "bandwidth_mibs"), incoming ? "faults" : "requests",
+                bar_bandwidth(p), incoming ? "faults" : "requests",
                 get_int(postcopy, incoming ? "faults" : "requests"));
         fflush(stdout);
         return;
@@ -114,7 +125,7 @@ static void print_bar(json_t *p)
         snprintf(downtime, sizeof(downtime), "%" PRId64 "ms", expected);
     fprintf(stdout, "\r[%s] %3d%% %-13s iter %" PRId64 "  dirty %" PRId64 " pps  bw %.1f MiB/s  throttle %" PRId64
             "%%  downtime(exp) %s   ", bar, percent, get_string(p, "phase"), get_int(p, "iteration"),
-            get_int(p, "dirty_rate_pps"), get_real(p, "bandwidth_mibs"), get_int(p, "throttle_percent"), downtime);
+            get_int(p, "dirty_rate_pps"), bar_bandwidth(p), get_int(p, "throttle_percent"), downtime);
     fflush(stdout);
 }
 

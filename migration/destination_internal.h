@@ -27,6 +27,7 @@ struct incoming {
     struct mig_progress progress;
     uint64_t started_mono;
     uint64_t last_publish;
+    struct mig_throughput throughput;   /* bytes received: progress.throughput_mibs */
     uint64_t seq;                   /* next frame to the source */
     bool fault_held;                /* a test's fault point held the switch-over (not learned) */
     /* Post-copy (issue 17): the urgent channel between POSTCOPY_OPEN and

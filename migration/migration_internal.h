@@ -143,6 +143,7 @@ struct source {
     bool bpf_marked;
     uint64_t started_mono;
     uint64_t last_publish;
+    struct mig_throughput throughput;   /* bytes the sender wrote: progress.throughput_mibs */
     uint64_t deadline_mono;         /* overall timeout */
     bool force_switch;
     bool end_sent;                  /* the ACK is read by source_complete, not by ticks */

@@ -76,6 +76,24 @@ int mig_iteration_format(const struct mig_iteration_record *r, char *out, size_t
                     r->bandwidth_mibs, downtime);
 }
 
+double mig_throughput_update(struct mig_throughput *throughput, uint64_t now_ns, uint64_t bytes)
+{
+    if (throughput->window_start_ns == 0 || now_ns < throughput->window_start_ns ||
+        bytes < throughput->window_start_bytes) {
+        throughput->window_start_ns = now_ns;
+        throughput->window_start_bytes = bytes;
+        return throughput->mibs;
+    }
+    uint64_t elapsed = now_ns - throughput->window_start_ns;
+    if (elapsed >= MIG_THROUGHPUT_WINDOW_NS) {
+        throughput->mibs = (double)(bytes - throughput->window_start_bytes) / (1024.0 * 1024.0) /
+                           ((double)elapsed / 1e9);
+        throughput->window_start_ns = now_ns;
+        throughput->window_start_bytes = bytes;
+    }
+    return throughput->mibs;
+}
+
 static json_int_t clamp_int(uint64_t value)
 {
     return value > (uint64_t)INT64_MAX ? (json_int_t)INT64_MAX : (json_int_t)value;
@@ -210,6 +228,7 @@ json_t *mig_progress_to_json(const struct mig_progress *p)
         "digest_pass_ms", clamp_int(p->digest_pass_ms));
     if (root != NULL) {
         json_object_set_new(root, "source_digest_ms", json_integer(clamp_int(p->source_digest_ms)));
+        json_object_set_new(root, "throughput_mibs", json_real(p->throughput_mibs));
         json_object_set_new(root, "mode",
                             json_string(p->local ? "local" : mig_mode_name((enum mig_mode)p->mode)));
         /* Only where post-copy was agreed to (or happened): a pre-copy

@@ -92,6 +92,7 @@ struct mig_progress {
     int vcpu_throttle[MIG_MAX_VCPUS];
     uint64_t dirty_rate_pps;
     double bandwidth_mibs;
+    double throughput_mibs;     /* now: MiB/s over the last ~0.5 s (mig_throughput_update) */
     struct {
         uint64_t total;         /* bytes of guest RAM */
         uint64_t transferred;   /* bytes on the wire */
@@ -204,5 +205,19 @@ int mig_iteration_format(const struct mig_iteration_record *record, char *out, s
 json_t *mig_iteration_to_json(const struct mig_iteration_record *record);
 /* The whole snapshot as the API returns it. */
 json_t *mig_progress_to_json(const struct mig_progress *progress);
+
+/* The live rate a progress display shows ("bw" in ringctl's bar):
+ * bandwidth_mibs is known only when an iteration ends (a 1 GiB bulk pass:
+ * many seconds of 0), this is the rate over the last window of at least
+ * MIG_THROUGHPUT_WINDOW_NS. Owned by the thread that publishes. */
+#define MIG_THROUGHPUT_WINDOW_NS 500000000ull
+struct mig_throughput {
+    uint64_t window_start_ns;   /* 0: no sample yet */
+    uint64_t window_start_bytes;
+    double mibs;                /* the last full window's rate (0 before one) */
+};
+/* Feeds the byte counter at now_ns; returns the rate of the last full
+ * window. A counter that went back (a new stream) starts a new window. */
+double mig_throughput_update(struct mig_throughput *throughput, uint64_t now_ns, uint64_t bytes);
 
 #endif

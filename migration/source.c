@@ -75,6 +75,10 @@ void source_publish(struct source *s)
     s->progress.elapsed_ms = (now - s->started_mono) / 1000000u;
     if (s->sender_started)
         s->progress.memory.transferred = mig_sender_bytes(&s->sender);
+    /* A finished migration moves nothing: 0, not its last window. */
+    s->progress.throughput_mibs = mig_state_finished(s->progress.state)
+                                      ? 0.0
+                                      : mig_throughput_update(&s->throughput, now, s->progress.memory.transferred);
     migration_source_vcpu_throttles(s);
     mig_progress_publish(&s->m->board, &s->progress);
     s->last_publish = now;
@@ -1308,6 +1312,7 @@ static int source_complete(struct source *s)
          * machines, far more under emulation), and source_digest false
          * skips it. (Never after a local hand-over: the RAM is the
          * destination's now, and changing under the hash.) */
+        s->throughput = (struct mig_throughput){ 0 };     /* the link is idle from here: 0 */
         source_phase(s, MIG_STATE_COMPLETING, "digest");
         uint64_t digest_started = mig_mono_ns();
         char hex[MEMORY_DIGEST_HEX_SIZE];

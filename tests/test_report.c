@@ -161,6 +161,25 @@ Test(report, a_series_of_snapshots_and_missing_fields_still_render)
     json_decref(series);
 }
 
+/* Without verify_digest only the source hashed (after the ack): the row
+ * says so and how long it took, rather than "n/a". */
+Test(report, a_source_only_digest_says_when_and_how_long)
+{
+    skip_without_gnuplot();
+    json_t *snapshot = json_pack("{s:s, s:s, s:I, s:s, s:n, s:I}", "role", "outgoing", "state", "completed",
+                                 "total_ms", (json_int_t)4321, "memory_digest_source",
+                                 "00112233445566778899aabbccddeeff", "memory_digest_destination",
+                                 "source_digest_ms", (json_int_t)37);
+    cr_assert_not_null(snapshot);
+    char error[1024] = "";
+    char *html = render(snapshot, NULL, error, sizeof(error));
+    cr_assert_not_null(html, "report_render failed: %s", error);
+    assert_summary(html, "summary-digest",
+                   "source only (00112233445566778899aabbccddeeff), hashed after the ack in 37 ms of the total");
+    free(html);
+    json_decref(snapshot);
+}
+
 Test(report, no_snapshot_is_a_clear_error)
 {
     json_t *nothing = json_array();
