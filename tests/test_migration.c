@@ -796,6 +796,21 @@ static void assert_start_refused(struct vm *vm, const struct mig_params *params,
     cr_assert_str_eq(text, message);
 }
 
+/* Migrates vm with params to dest (started by test_destination_start):
+ * both sides done, state completed. Returns the final snapshot (free it). */
+static struct mig_progress *migration_completed_at(struct vm *vm, const struct mig_params *params,
+                                                   struct test_destination *dest)
+{
+    test_migration_start(vm, params);
+    struct mig_progress *p = malloc(sizeof(*p));
+    cr_assert_not_null(p);
+    test_migration_finished(vm, p, 60000);
+    cr_assert_eq(test_destination_join(dest), 0, "the destination failed (see stderr)");
+    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "state %s: %s: %s", mig_state_name(p->state), p->error_code,
+                 p->error_message);
+    return p;
+}
+
 /* source_digest false, without verify_digest: no hash on either side
  * (no phase "digest", nothing in memory_digest_*, source_digest_ms 0), and
  * the migration completes as usual: the guest verifies on at the
@@ -816,12 +831,7 @@ Test(migration, without_source_digest_neither_side_hashes, .timeout = 90)
     params.keep_alive = true;
     params.source_digest = false;
     params.timeout_s = 60;
-    test_migration_start(source.vm, &params);
-    struct mig_progress *p = malloc(sizeof(*p));
-    test_migration_finished(source.vm, p, 60000);
-    cr_assert_eq(test_destination_join(&dest), 0, "the destination failed (see stderr)");
-    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "state %s: %s: %s", mig_state_name(p->state), p->error_code,
-                 p->error_message);
+    struct mig_progress *p = migration_completed_at(source.vm, &params, &dest);
     cr_assert_str_eq(p->phase, "done");
     cr_assert_str_eq(p->digest_source, "");
     cr_assert_str_eq(p->digest_destination, "");
@@ -861,12 +871,7 @@ Test(migration, a_paused_guest_migrates_and_stays_paused, .timeout = 90)
     params.verify_digest = true;
     params.downtime_ms = harness_digest_downtime_ms(128ull << 20);
     params.timeout_s = 60;
-    test_migration_start(source.vm, &params);
-    struct mig_progress *p = malloc(sizeof(*p));
-    test_migration_finished(source.vm, p, 60000);
-    cr_assert_eq(test_destination_join(&dest), 0, "the destination failed (see stderr)");
-    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "state %s: %s: %s", mig_state_name(p->state), p->error_code,
-                 p->error_message);
+    struct mig_progress *p = migration_completed_at(source.vm, &params, &dest);
     cr_assert_str_eq(p->digest_source, p->digest_destination, "digests differ");
     cr_assert_eq(vm_get_state(source.vm), VM_STATE_MIGRATED);
 
