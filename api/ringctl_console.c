@@ -74,27 +74,36 @@ static int make_terminal_raw(void)
     return 0;
 }
 
-static int install_signal_handlers(void)
+/* The stop signals are blocked except while the copy loop waits in
+ * ppoll with wait_mask: a signal that lands between the loop's check of
+ * stop_signal and the wait stays pending and ends the wait at once, where
+ * with plain poll it was lost until the next byte (a SIGTERM right after
+ * raw mode hung `ringctl console` under emulation). *old_mask gets the
+ * caller's mask, to restore on return. */
+static int install_signal_handlers(sigset_t *old_mask, sigset_t *wait_mask)
 {
     struct sigaction action;
     memset(&action, 0, sizeof(action));
-    action.sa_handler = on_stop_signal;     /* no SA_RESTART: poll returns EINTR */
+    action.sa_handler = on_stop_signal;     /* no SA_RESTART: ppoll returns EINTR */
     sigemptyset(&action.sa_mask);
     static const int stops[] = {SIGINT, SIGTERM, SIGHUP};
-    sigset_t unblock;
-    sigemptyset(&unblock);
+    sigset_t block;
+    sigemptyset(&block);
     for (size_t i = 0; i < sizeof(stops) / sizeof(stops[0]); i++) {
         if (sigaction(stops[i], &action, NULL) != 0) {
             fprintf(stderr, "ringctl console: sigaction: %s\n", strerror(errno));
             return -1;
         }
-        sigaddset(&unblock, stops[i]);
+        sigaddset(&block, stops[i]);
     }
-    /* A mask inherited from the parent must not make them unstoppable. */
-    if (sigprocmask(SIG_UNBLOCK, &unblock, NULL) != 0) {
+    if (sigprocmask(SIG_BLOCK, &block, old_mask) != 0) {
         fprintf(stderr, "ringctl console: sigprocmask: %s\n", strerror(errno));
         return -1;
     }
+    /* A mask inherited from the parent must not make them unstoppable. */
+    *wait_mask = *old_mask;
+    for (size_t i = 0; i < sizeof(stops) / sizeof(stops[0]); i++)
+        sigdelset(wait_mask, stops[i]);
     /* A closed stdout or socket is an error return, not a signal. */
     signal(SIGPIPE, SIG_IGN);
     return 0;
@@ -307,6 +316,9 @@ static enum copy_result read_output(struct console_session *session)
     }
 }
 
+static int console_copy(struct console_session *session, const char *socket_path, int after_eof_timeout_ms,
+                        const sigset_t *wait_mask);
+
 int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms, const char *until)
 {
     struct console_session session = {.stdin_open = true, .next_fd = -1};
@@ -325,17 +337,29 @@ int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms, const
         return -fd;
     }
     session.fd = fd;
-    if (install_signal_handlers() != 0) {
+    sigset_t old_mask, wait_mask;
+    if (install_signal_handlers(&old_mask, &wait_mask) != 0) {
         close(fd);
         free(session.until_window);
         return RINGCTL_EXIT_CONNECT;
     }
+    int status = console_copy(&session, socket_path, after_eof_timeout_ms, &wait_mask);
+    sigprocmask(SIG_SETMASK, &old_mask, NULL);
+    return status;
+}
+
+/* The session from attach to exit; frees it. Stop signals blocked but in
+ * ppoll (install_signal_handlers). */
+static int console_copy(struct console_session *session, const char *socket_path, int after_eof_timeout_ms,
+                        const sigset_t *wait_mask)
+{
+    const char *until = session->until;
     bool terminal = isatty(STDIN_FILENO);
     if (terminal) {
         fprintf(stderr, "ringctl console: attached to %s; Ctrl-] detaches\n", socket_path);
         if (make_terminal_raw() != 0) {
-            close(fd);
-            free(session.until_window);
+            close(session->fd);
+            free(session->until_window);
             return RINGCTL_EXIT_CONNECT;
         }
     }
@@ -343,7 +367,7 @@ int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms, const
     uint64_t eof_deadline = 0;
     enum copy_result result = COPY_CONTINUE;
     while (result == COPY_CONTINUE && !stop_signal) {
-        if (!session.stdin_open && after_eof_timeout_ms > 0 && eof_deadline == 0)
+        if (!session->stdin_open && after_eof_timeout_ms > 0 && eof_deadline == 0)
             eof_deadline = now_ms() + (uint64_t)after_eof_timeout_ms;
         int timeout = -1;
         if (eof_deadline != 0) {
@@ -355,46 +379,51 @@ int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms, const
             timeout = (int)(eof_deadline - now);
         }
         struct pollfd fds[2] = {
-            {.fd = session.stdin_open && session.pending_length == 0 ? STDIN_FILENO : -1, .events = POLLIN},
-            {.fd = session.fd, .events = (short)(POLLIN | (session.pending_length > 0 ? POLLOUT : 0))},
+            {.fd = session->stdin_open && session->pending_length == 0 ? STDIN_FILENO : -1, .events = POLLIN},
+            {.fd = session->fd, .events = (short)(POLLIN | (session->pending_length > 0 ? POLLOUT : 0))},
         };
-        if (poll(fds, 2, timeout) < 0) {
+        struct timespec wait_time = {.tv_sec = timeout / 1000, .tv_nsec = (long)(timeout % 1000) * 1000000L};
+        if (ppoll(fds, 2, timeout < 0 ? NULL : &wait_time, wait_mask) < 0) {
             if (errno == EINTR)
                 continue;
-            fprintf(stderr, "ringctl console: poll: %s\n", strerror(errno));
+            fprintf(stderr, "ringctl console: ppoll: %s\n", strerror(errno));
             result = COPY_LOST;
             break;
         }
         if (fds[1].revents & (POLLIN | POLLHUP | POLLERR))
-            result = read_output(&session);
-        if (result == COPY_CLOSED && session.next_fd >= 0) {
+            result = read_output(session);
+        if (result == COPY_CLOSED && session->next_fd >= 0) {
             /* The guest moved and its old console handed us the new one. */
-            close(session.fd);
-            session.fd = session.next_fd;
-            session.next_fd = -1;
-            if (!session.stdin_open && shutdown(session.fd, SHUT_WR) != 0 && errno != ENOTCONN)
+            close(session->fd);
+            session->fd = session->next_fd;
+            session->next_fd = -1;
+            if (!session->stdin_open && shutdown(session->fd, SHUT_WR) != 0 && errno != ENOTCONN)
                 fprintf(stderr, "ringctl console: shutdown(SHUT_WR): %s\n", strerror(errno));
             if (terminal)
                 fprintf(stderr, "ringctl console: the guest moved; attached to its new console\r\n");
             result = COPY_CONTINUE;
             continue;
         }
-        if (result == COPY_CONTINUE && (fds[1].revents & POLLOUT) && !send_pending(&session)) {
+        if (result == COPY_CONTINUE && (fds[1].revents & POLLOUT) && !send_pending(session)) {
             /* ringvm closed its end: the read side reports it next. */
-            session.pending_length = 0;
-            session.stdin_open = false;
+            session->pending_length = 0;
+            session->stdin_open = false;
         }
         if (result == COPY_CONTINUE && (fds[0].revents & (POLLIN | POLLHUP | POLLERR)))
-            result = read_input(&session);
+            result = read_input(session);
     }
-    close(session.fd);
-    if (session.next_fd >= 0)
-        close(session.next_fd);
-    free(session.until_window);
+    close(session->fd);
+    if (session->next_fd >= 0)
+        close(session->next_fd);
+    free(session->until_window);
     restore_terminal();
     if (stop_signal) {
         signal(stop_signal, SIG_DFL);
-        raise(stop_signal);
+        raise(stop_signal);     /* pending until the mask lets it in */
+        sigset_t stop;
+        sigemptyset(&stop);
+        sigaddset(&stop, stop_signal);
+        sigprocmask(SIG_UNBLOCK, &stop, NULL);
         return 1;           /* the default action ended ringctl already */
     }
     switch (result) {
@@ -403,7 +432,7 @@ int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms, const
         return 0;
     case COPY_CLOSED:
         fprintf(stderr, "ringctl console: ringvm closed the console\n");
-        if (session.until != NULL) {
+        if (session->until != NULL) {
             fprintf(stderr, "ringctl console: --until '%s': not seen before the console closed\n", until);
             return RINGCTL_EXIT_VMM_ERROR;
         }
@@ -415,7 +444,7 @@ int ringctl_console_run(const char *socket_path, int after_eof_timeout_ms, const
     case COPY_STDOUT_GONE:
     case COPY_CONTINUE:
     default:
-        if (session.until != NULL && timed_out) {
+        if (session->until != NULL && timed_out) {
             fprintf(stderr, "ringctl console: --until '%s': not seen within --timeout %d ms after the end of input\n",
                     until, after_eof_timeout_ms);
             return RINGCTL_EXIT_VMM_ERROR;
