@@ -21,9 +21,7 @@ void incoming_publish(struct incoming *in)
     if (in->progress.elapsed_ms > 0)
         in->progress.bandwidth_mibs = (double)in->progress.memory.transferred / (1024.0 * 1024.0) /
                                       ((double)in->progress.elapsed_ms / 1000.0);
-    in->progress.throughput_mibs = mig_state_finished(in->progress.state)
-                                       ? 0.0
-                                       : mig_throughput_update(&in->throughput, now, in->progress.memory.transferred);
+    mig_progress_sample_throughput(&in->progress, &in->throughput, now);
     if (in->postcopy != NULL) {
         pid_t tids[MIG_MAX_VCPUS];
         unsigned count = in->vm->config.vcpu_count < MIG_MAX_VCPUS ? in->vm->config.vcpu_count : MIG_MAX_VCPUS;

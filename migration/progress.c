@@ -94,6 +94,14 @@ double mig_throughput_update(struct mig_throughput *throughput, uint64_t now_ns,
     return throughput->mibs;
 }
 
+void mig_progress_sample_throughput(struct mig_progress *progress, struct mig_throughput *throughput,
+                                    uint64_t now_ns)
+{
+    progress->throughput_mibs = mig_state_finished(progress->state)
+                                    ? 0.0
+                                    : mig_throughput_update(throughput, now_ns, progress->memory.transferred);
+}
+
 static json_int_t clamp_int(uint64_t value)
 {
     return value > (uint64_t)INT64_MAX ? (json_int_t)INT64_MAX : (json_int_t)value;

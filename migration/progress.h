@@ -219,5 +219,10 @@ struct mig_throughput {
 /* Feeds the byte counter at now_ns; returns the rate of the last full
  * window. A counter that went back (a new stream) starts a new window. */
 double mig_throughput_update(struct mig_throughput *throughput, uint64_t now_ns, uint64_t bytes);
+/* progress->throughput_mibs from its memory.transferred at now_ns; 0 once
+ * the migration has finished (it moves nothing then, whatever the last
+ * window saw). Both sides' publishers call it. */
+void mig_progress_sample_throughput(struct mig_progress *progress, struct mig_throughput *throughput,
+                                    uint64_t now_ns);
 
 #endif

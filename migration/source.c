@@ -75,10 +75,7 @@ void source_publish(struct source *s)
     s->progress.elapsed_ms = (now - s->started_mono) / 1000000u;
     if (s->sender_started)
         s->progress.memory.transferred = mig_sender_bytes(&s->sender);
-    /* A finished migration moves nothing: 0, not its last window. */
-    s->progress.throughput_mibs = mig_state_finished(s->progress.state)
-                                      ? 0.0
-                                      : mig_throughput_update(&s->throughput, now, s->progress.memory.transferred);
+    mig_progress_sample_throughput(&s->progress, &s->throughput, now);
     migration_source_vcpu_throttles(s);
     mig_progress_publish(&s->m->board, &s->progress);
     s->last_publish = now;

@@ -42,6 +42,25 @@ Test(progress, a_counter_that_goes_back_starts_a_new_window)
     cr_assert_eq(mig_throughput_update(&throughput, 2700 * MS, 24 * MIB), 40.0);
 }
 
+Test(progress, a_finished_migration_samples_no_throughput)
+{
+    struct mig_progress *progress = calloc(1, sizeof(*progress));
+    cr_assert_not_null(progress);
+    struct mig_throughput throughput = { 0 };
+    progress->state = MIG_STATE_ACTIVE;
+    progress->memory.transferred = 0;
+    mig_progress_sample_throughput(progress, &throughput, 1000 * MS);
+    cr_assert_eq(progress->throughput_mibs, 0.0);
+    progress->memory.transferred = 64 * MIB;
+    mig_progress_sample_throughput(progress, &throughput, 1500 * MS);
+    cr_assert_eq(progress->throughput_mibs, 128.0);
+    /* Completed: 0, not the last window's 128. */
+    progress->state = MIG_STATE_COMPLETED;
+    mig_progress_sample_throughput(progress, &throughput, 1600 * MS);
+    cr_assert_eq(progress->throughput_mibs, 0.0);
+    free(progress);
+}
+
 Test(progress, the_snapshot_carries_throughput_and_the_after_ack_hash_time)
 {
     struct mig_progress *progress = calloc(1, sizeof(*progress));
