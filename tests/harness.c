@@ -686,6 +686,11 @@ unsigned harness_stall_ms(unsigned ms)
     return 4 * floor_ms > 300 ? 5 * ms : ms;
 }
 
+unsigned harness_linux_timeout_ms(unsigned ms)
+{
+    return host_kvm_is_pvm() ? 3 * ms : ms;
+}
+
 const char *harness_linux_image_file(const char *name)
 {
     static __thread char path[2][4096];

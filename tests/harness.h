@@ -162,6 +162,14 @@ uint64_t harness_digest_downtime_ms(uint64_t ram_bytes);
  * of a test alike: the order in which the sides notice stays. */
 unsigned harness_stall_ms(unsigned ms);
 
+/* How long a Linux guest may take to reach a point of its boot or its
+ * workload before a test calls it hung: ms where the guest's ring 0 runs on
+ * the CPU, three times it on PVM hosts, whose instruction emulator runs the
+ * guest kernel (vmm/host.c): /init at ~23 s on an Intel one, 63-73 s on an
+ * AMD one when quiet and 92 s beside other tests (2026-12-04). A bound on
+ * hangs, never a measure of speed. */
+unsigned harness_linux_timeout_ms(unsigned ms);
+
 /* Guest counters helpers. */
 uint64_t harness_pages_written(struct vm *vm, unsigned vcpu);
 /* Waits until every vCPU's pages_written exceeds its value at the call

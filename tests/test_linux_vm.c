@@ -27,11 +27,13 @@
 #include "vmm/host.h"
 #include "vmm/monotonic.h"
 
-#define BOOT_TIMEOUT_MS 120000      /* /init at ~23 s on PVM (vmlinux, 256 MiB; ~21 s with 128 MiB), ~70 s with 2 boots at once */
+/* /init at ~23-73 s on PVM hosts (vmlinux, 256 MiB), more beside other tests:
+ * harness_linux_timeout_ms() triples these there. */
+#define BOOT_TIMEOUT_MS harness_linux_timeout_ms(120000)
 /* Every first touch of a page is a guest page fault, which a PVM host runs
  * in its instruction emulator (~2 ms each): hence 8 MiB working sets here,
  * and time for the first verify passes after that. */
-#define LEDGER_TIMEOUT_MS 120000
+#define LEDGER_TIMEOUT_MS harness_linux_timeout_ms(120000)
 #define CALL_TIMEOUT_MS 10000
 
 struct linux_vm {
@@ -281,12 +283,12 @@ static void console_then_poweroff(struct linux_vm *vm, unsigned vcpus)
 
 /* Each test here makes one boot serve several claims (make test's time
  * budget: every boot costs ~25 s of emulated ring 0 on PVM hosts). */
-Test(linux_vm, boots_one_vcpu_to_the_ledger_takes_console_input_and_powers_off, .timeout = 240)
+Test(linux_vm, boots_one_vcpu_to_the_ledger_takes_console_input_and_powers_off, .timeout = 900)
 {
     boots_and_runs_the_ledger(1, console_then_poweroff);
 }
 
-Test(linux_vm, boots_two_vcpus_to_the_ledger_and_tracks_without_ring_overflow, .timeout = 300)
+Test(linux_vm, boots_two_vcpus_to_the_ledger_and_tracks_without_ring_overflow, .timeout = 900)
 {
     boots_and_runs_the_ledger(2, tracks_without_overflowing_a_ring);
 }
@@ -354,7 +356,7 @@ static void power_command_ends(struct linux_vm *vm, const char *command, const c
     rmdir(vm->directory);
 }
 
-Test(linux_vm, reboot_ends_ringvm_with_exit_0, .timeout = 240)
+Test(linux_vm, reboot_ends_ringvm_with_exit_0, .timeout = 900)
 {
     struct linux_vm vm = { 0 };
     linux_shell_vm_start(&vm, "2");
@@ -366,7 +368,7 @@ Test(linux_vm, reboot_ends_ringvm_with_exit_0, .timeout = 240)
  * parse) with the project's initramfs, to the ledger in user space. On a
  * PVM host stock kernels do not boot at all (../shared/HOST-KVM.md: ring 0
  * is emulated and some of its instructions cannot be), so there it skips. */
-Test(linux_vm, boots_debians_own_kernel_to_the_ledger, .timeout = 300)
+Test(linux_vm, boots_debians_own_kernel_to_the_ledger, .timeout = 900)
 {
     harness_require_kvm();
     if (host_kvm_is_pvm())
@@ -622,7 +624,7 @@ static void linux_guest_moves_twice(const char *scheme)
  * moves the guest ten times (a paused built-in guest: migration::
  * a_paused_guest_migrates_and_stays_paused). One boot for all of it: make
  * test's budget. */
-Test(linux_vm, a_linux_guest_is_handed_over_locally_twice_the_second_time_paused, .timeout = 400)
+Test(linux_vm, a_linux_guest_is_handed_over_locally_twice_the_second_time_paused, .timeout = 1200)
 {
     linux_guest_moves_twice("local");
 }
@@ -693,7 +695,7 @@ static void assert_sequence_complete(const char *first, const char *second)
  * digests equal, and it carries on there; the guest was printing
  * numbered lines on its UART throughout (SEQ_COMMAND), and every one
  * arrives once, in order, across the two ringvm processes' outputs. */
-Test(linux_vm, a_linux_guest_survives_a_killed_destination_then_migrates_over_tcp_between_hosts, .timeout = 400,
+Test(linux_vm, a_linux_guest_survives_a_killed_destination_then_migrates_over_tcp_between_hosts, .timeout = 1200,
      .fini = hosts_down)
 {
     linux_hosts_up();

@@ -36,7 +36,7 @@
 #include "tests/harness.h"
 #include "vmm/vm.h"
 
-#define BOOT_TIMEOUT_MS 120000
+#define BOOT_TIMEOUT_MS harness_linux_timeout_ms(120000)
 
 /* The end of vCPU N's ledger line as the console keeps it ('\r' dropped):
  * the whole field, so vcpu=1 never matches vcpu=10. */
@@ -108,7 +108,7 @@ static bool kvmclock_enabled(struct vm *vm, unsigned vcpu)
     return (buffer.msrs.entries[0].data & 1) != 0;
 }
 
-Test(machine_state_kvm, linux_guest_carries_on_in_a_second_vm, .timeout = 300)
+Test(machine_state_kvm, linux_guest_carries_on_in_a_second_vm, .timeout = 900)
 {
     harness_require_kvm();
     const char *kernel = harness_linux_kernel();
