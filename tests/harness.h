@@ -165,9 +165,10 @@ unsigned harness_stall_ms(unsigned ms);
 /* How long a Linux guest may take to reach a point of its boot or its
  * workload before a test calls it hung: ms where the guest's ring 0 runs on
  * the CPU, three times it on PVM hosts, whose instruction emulator runs the
- * guest kernel (vmm/host.c): /init at ~23 s on an Intel one, 63-73 s on an
- * AMD one when quiet and 92 s beside other tests (2026-12-04). A bound on
- * hangs, never a measure of speed. */
+ * guest kernel (vmm/host.c): /init at ~23 s on an Intel one; on an AMD one
+ * 73 s when quiet and 92 s beside other tests with a 100 Hz tick, 42 s when
+ * quiet with the 25 Hz tick (2026-12-04). A bound on hangs, never a
+ * measure of speed. */
 unsigned harness_linux_timeout_ms(unsigned ms);
 
 /* Guest counters helpers. */
