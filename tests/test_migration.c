@@ -156,11 +156,13 @@ static void migrate_and_verify_backings(const char *memory, const char *destinat
         /* One write-protect fault (one ring entry) per page per pass: the
          * entries harvested during the migration are the pages its takes
          * returned, give or take the pages harvested between a take's swap
-         * and its reset (they may fault once more in the next generation;
-         * 2 % allowed). */
+         * and its reset (they may fault once more in the next generation).
+         * That window grows with the host's slowness: under 2 % on the
+         * Intel PVM hosts, 5.1 % once on an AMD one (2026-12-04); 10 %
+         * allowed, where recycling rings would give 50-150 % more. */
         cr_assert_gt(p->recycling.entries_harvested, 0);
         cr_assert_gt(p->recycling.pages_taken, 0);
-        cr_assert_leq(p->recycling.entries_harvested, p->recycling.pages_taken + p->recycling.pages_taken / 50,
+        cr_assert_leq(p->recycling.entries_harvested, p->recycling.pages_taken + p->recycling.pages_taken / 10,
                       "%" PRIu64 " ring entries for %" PRIu64 " pages taken", p->recycling.entries_harvested,
                       p->recycling.pages_taken);
     }
