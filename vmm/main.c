@@ -29,12 +29,26 @@
 #include "vmm/vm.h"
 
 /* Ownership: main fills it before creating the signal thread, which then
- * owns it (only it reads it); it lives on main's stack until exit. */
+ * reads it until exit (static: the detached thread may still run while
+ * exit() does). `vm` is shared: under `lock`, the signal thread asks it to
+ * shut down and main sets it to NULL before destroying the VM, so a signal
+ * that races a teardown (a source whose migration just completed) finds
+ * no VM rather than a freed one. */
 struct signal_thread {
     pthread_t thread;
     sigset_t signals;
-    struct vm *vm;
+    pthread_mutex_t lock;
+    struct vm *vm;    /* under lock; NULL once main tears the VM down */
 };
+
+/* The VM goes away: the signal thread must not reach it any more. */
+static void main_destroy_vm(struct signal_thread *signals, struct vm *vm)
+{
+    pthread_mutex_lock(&signals->lock);
+    signals->vm = NULL;
+    pthread_mutex_unlock(&signals->lock);
+    vm_destroy(vm);
+}
 
 /*
  * Every SIGINT/SIGTERM counts. The first asks for a clean shutdown (exit
@@ -65,7 +79,10 @@ static void *signal_thread_main(void *argument)
         const char *name = signo == SIGINT ? "SIGINT" : "SIGTERM";
         if (++received == 1) {
             fprintf(stderr, "ringvm: %s received, shutting down (send it again to exit at once)\n", name);
-            vm_request_shutdown(context->vm, 0);
+            pthread_mutex_lock(&context->lock);
+            if (context->vm != NULL)
+                vm_request_shutdown(context->vm, 0);
+            pthread_mutex_unlock(&context->lock);
             continue;
         }
         fprintf(stderr, "ringvm: %s received again while shutting down: exiting at once with status %d\n", name,
@@ -141,7 +158,7 @@ int main(int argc, char **argv)
 
     /* Every thread created from here on inherits SIGINT/SIGTERM blocked;
      * only the signal thread takes them. */
-    struct signal_thread signals = { 0 };
+    static struct signal_thread signals = { .lock = PTHREAD_MUTEX_INITIALIZER };
     sigemptyset(&signals.signals);
     sigaddset(&signals.signals, SIGINT);
     sigaddset(&signals.signals, SIGTERM);
@@ -153,7 +170,9 @@ int main(int argc, char **argv)
         linux_guest_close(linux_guest);
         return 1;
     }
+    pthread_mutex_lock(&signals.lock);
     signals.vm = vm;
+    pthread_mutex_unlock(&signals.lock);
     int result = pthread_create(&signals.thread, NULL, signal_thread_main, &signals);
     if (result != 0) {
         fprintf(stderr, "ringvm: pthread_create(signal thread): %s\n", strerror(result));
@@ -195,7 +214,7 @@ int main(int argc, char **argv)
             .socket_path = options.console_socket,
         };
         if (console_create(&console, &vm->serial, vm->uart, &console_config) != 0) {
-            vm_destroy(vm);
+            main_destroy_vm(&signals, vm);
             mig_tls_credentials_free(incoming_tls);
             linux_guest_close(linux_guest);
             return 1;
@@ -210,7 +229,7 @@ int main(int argc, char **argv)
     struct api_server *api = NULL;
     if (options.api_socket != NULL && api_server_create(&api, vm, options.api_socket) != 0) {
         console_destroy(console);
-        vm_destroy(vm);
+        main_destroy_vm(&signals, vm);
         mig_tls_credentials_free(incoming_tls);
         linux_guest_close(linux_guest);
         return 1;
@@ -218,7 +237,7 @@ int main(int argc, char **argv)
     if (vm_start(vm) != 0) {
         api_server_destroy(api);
         console_destroy(console);
-        vm_destroy(vm);
+        main_destroy_vm(&signals, vm);
         mig_tls_credentials_free(incoming_tls);
         linux_guest_close(linux_guest);
         return 1;
@@ -262,7 +281,7 @@ int main(int argc, char **argv)
     if (api != NULL)
         api_server_destroy(api);
     console_destroy(console);
-    vm_destroy(vm);
+    main_destroy_vm(&signals, vm);
     linux_guest_close(linux_guest);
     return exit_code;
 }
