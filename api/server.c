@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "api/commands.h"
+#include "vmm/crash_report.h"
 #include "vmm/monotonic.h"
 #include "vmm/unix_listener.h"
 #include "vmm/vm.h"
@@ -828,10 +829,10 @@ static void *epoll_main(void *argument)
 
 static int start_thread(pthread_t *thread, void *(*fn)(void *), void *argument, const char *what)
 {
-    /* API threads take no signals: SIGINT/SIGTERM and the vCPU kick signal
-     * are for other threads. */
+    /* API threads take no signals but the fatal ones (crash_report.h):
+     * SIGINT/SIGTERM and the vCPU kick signal are for other threads. */
     sigset_t all, old;
-    sigfillset(&all);
+    crash_report_blockable_signals(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     int result = pthread_create(thread, NULL, fn, argument);
     pthread_sigmask(SIG_SETMASK, &old, NULL);

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "vmm/crash_report.h"
 #include "vmm/monotonic.h"
 #include "vmm/serial.h"
 #include "vmm/terminal.h"
@@ -673,10 +674,11 @@ int console_create(struct console **out, struct serial *serial, struct uart *uar
     if (uart != NULL)
         uart_set_rx_space_callback(uart, console_on_rx_space, console);
 
-    /* The console thread takes no signals: SIGINT/SIGTERM and the vCPU
-     * kick signal are for other threads. */
+    /* The console thread takes no signals but the fatal ones
+     * (crash_report.h): SIGINT/SIGTERM and the vCPU kick signal are for
+     * other threads. */
     sigset_t all, old;
-    sigfillset(&all);
+    crash_report_blockable_signals(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     int result = pthread_create(&console->thread, NULL, console_main, console);
     pthread_sigmask(SIG_SETMASK, &old, NULL);

@@ -79,3 +79,10 @@ void crash_report_install(void)
         if (sigaction(fatal_signals[i], &action, NULL) != 0)
             perror("ringvm: sigaction (crash report)");
 }
+
+void crash_report_blockable_signals(sigset_t *set)
+{
+    sigfillset(set);
+    for (size_t i = 0; i < sizeof(fatal_signals) / sizeof(fatal_signals[0]); i++)
+        sigdelset(set, fatal_signals[i]);
+}

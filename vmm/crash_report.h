@@ -10,7 +10,14 @@
 #ifndef RINGVM_VMM_CRASH_REPORT_H
 #define RINGVM_VMM_CRASH_REPORT_H
 
+#include <signal.h>
+
 /* Once, early in main (before any thread starts). */
 void crash_report_install(void);
+
+/* Every signal a thread may block: all but the fatal ones above. A thread
+ * that blocks a synchronous SIGSEGV dies of it without running any handler,
+ * so its crash would leave no report (and the exit status 139 alone). */
+void crash_report_blockable_signals(sigset_t *set);
 
 #endif

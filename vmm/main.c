@@ -170,9 +170,8 @@ int main(int argc, char **argv)
         linux_guest_close(linux_guest);
         return 1;
     }
-    pthread_mutex_lock(&signals.lock);
+    /* No lock yet: pthread_create publishes this write to the new thread. */
     signals.vm = vm;
-    pthread_mutex_unlock(&signals.lock);
     int result = pthread_create(&signals.thread, NULL, signal_thread_main, &signals);
     if (result != 0) {
         fprintf(stderr, "ringvm: pthread_create(signal thread): %s\n", strerror(result));
