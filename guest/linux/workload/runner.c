@@ -26,7 +26,7 @@
 #define RUNNER_REPORTED_MISMATCHES_PER_PASS 32
 
 /* Shared by the main thread and the workload threads. Ownership: config is
- * read-only; lock guards `running` and the condition; `stop` is written
+ * read-only; lock guards `running`, `mapped` and the condition; `stop` is written
  * only by the main thread (under lock, then broadcast) and read by the
  * workload threads with relaxed loads in their loops. */
 struct runner_shared {
@@ -34,6 +34,7 @@ struct runner_shared {
     pthread_mutex_t lock;
     pthread_cond_t changed;     /* CLOCK_MONOTONIC: running dropped or stop set */
     unsigned running;
+    unsigned mapped;            /* threads past their mmap calls (runner_wait_all_mapped) */
     atomic_bool stop;
     unsigned cpu_count;
     int cpus[CPU_SETSIZE];      /* the CPUs the process may use, in order */
@@ -393,11 +394,10 @@ static void runner_ledger(struct runner_thread *thread)
 #define MADV_POPULATE_WRITE 23   /* Linux 5.14, uapi asm-generic/mman-common.h */
 #endif
 
-/* `bytes` of private anonymous memory, every page present (so the writer
- * loops measure writes, not first-touch faults), in huge pages where the
- * kernel has them; NULL with errno set on failure. munmap(result, bytes)
- * releases it. */
-static void *runner_map_populated(size_t bytes)
+/* `bytes` of private anonymous memory, 2 MiB-aligned and asking for huge
+ * pages where the kernel has them, not yet populated; NULL with errno set
+ * on failure. munmap(result, bytes) releases it. */
+static void *runner_map_anonymous(size_t bytes)
 {
     size_t slack = bytes >= RUNNER_HUGE_PAGE_BYTES ? RUNNER_HUGE_PAGE_BYTES : 0;
     uint8_t *mapping = mmap(NULL, bytes + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -413,23 +413,45 @@ static void *runner_map_populated(size_t bytes)
          * CONFIG_ADVISE_SYSCALLS; small pages then. */
         (void)madvise(start, bytes, MADV_HUGEPAGE);
     }
-    if (madvise(start, bytes, MADV_POPULATE_WRITE) == 0)
-        return start;
-    if (errno == EINVAL || errno == ENOSYS) {
-        /* A kernel before 5.14 or without CONFIG_ADVISE_SYSCALLS: the same
-         * range mapped again, populated. */
-        void *again = mmap(start, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_POPULATE,
-                           -1, 0);
-        if (again != MAP_FAILED)
-            return start;
-    }
-    int saved = errno;
-    munmap(start, bytes);
-    errno = saved;
-    return NULL;
+    return start;
 }
 
-static int runner_allocate(struct runner_thread *thread)
+/* Every page of runner_map_anonymous's `bytes` at `start` present, so the
+ * writer loops measure writes, not first-touch faults. 0, or -1 with errno
+ * set. */
+static int runner_populate(void *start, size_t bytes)
+{
+    if (madvise(start, bytes, MADV_POPULATE_WRITE) == 0)
+        return 0;
+    if (errno != EINVAL && errno != ENOSYS)
+        return -1;
+    /* A kernel before 5.14 or without CONFIG_ADVISE_SYSCALLS: the same range
+     * mapped again, populated. */
+    void *again = mmap(start, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_POPULATE,
+                       -1, 0);
+    return again == MAP_FAILED ? -1 : 0;
+}
+
+/* Until every workload thread has made its mmap calls (or the run stops):
+ * an mmap takes the process's mmap lock for writing, which waits for any
+ * populate in progress (it holds the lock for reading throughout), so a
+ * thread mapping late would start populating only once another finished.
+ * With every mapping made first, the threads populate side by side. */
+static void runner_wait_all_mapped(struct runner_thread *thread)
+{
+    struct runner_shared *shared = thread->shared;
+    pthread_mutex_lock(&shared->lock);
+    shared->mapped++;
+    pthread_cond_broadcast(&shared->changed);
+    while (shared->mapped < shared->config->threads && !atomic_load_explicit(&shared->stop, memory_order_relaxed))
+        pthread_cond_wait(&shared->changed, &shared->lock);
+    pthread_mutex_unlock(&shared->lock);
+}
+
+/* Maps the thread's part of the working set (from --wss-at's RAM, or
+ * anonymous memory) and the ledger's table; runner_populate_thread fills
+ * the anonymous ones in. */
+static int runner_map(struct runner_thread *thread)
 {
     const struct linux_runner_config *config = thread->shared->config;
     size_t region_bytes = (size_t)(thread->pages * RINGVM_PAGE_SIZE);
@@ -445,7 +467,7 @@ static int runner_allocate(struct runner_thread *thread)
             return -1;
         }
     } else {
-        thread->region = runner_map_populated(region_bytes);
+        thread->region = runner_map_anonymous(region_bytes);
         if (thread->region == NULL) {
             fprintf(stderr, "ringvm-workload: vcpu %u: cannot allocate its %" PRIu64 " pages: %s\n",
                     thread->vcpu, thread->pages, strerror(errno));
@@ -454,12 +476,29 @@ static int runner_allocate(struct runner_thread *thread)
     }
     if (config->spec.kind == RINGVM_WORKLOAD_LEDGER) {
         size_t table_bytes = (size_t)thread->pages * sizeof(uint32_t);
-        thread->table_memory = runner_map_populated(table_bytes);
+        thread->table_memory = runner_map_anonymous(table_bytes);
         if (thread->table_memory == NULL) {
             fprintf(stderr, "ringvm-workload: vcpu %u: cannot allocate its ledger table (%zu bytes): %s\n",
                     thread->vcpu, table_bytes, strerror(errno));
             return -1;
         }
+    }
+    return 0;
+}
+
+static int runner_populate_thread(struct runner_thread *thread)
+{
+    const struct linux_runner_config *config = thread->shared->config;
+    if (config->wss_phys == 0 && runner_populate(thread->region, (size_t)(thread->pages * RINGVM_PAGE_SIZE)) != 0) {
+        fprintf(stderr, "ringvm-workload: vcpu %u: cannot populate its %" PRIu64 " pages: %s\n", thread->vcpu,
+                thread->pages, strerror(errno));
+        return -1;
+    }
+    if (thread->table_memory != NULL &&
+        runner_populate(thread->table_memory, (size_t)thread->pages * sizeof(uint32_t)) != 0) {
+        fprintf(stderr, "ringvm-workload: vcpu %u: cannot populate its ledger table: %s\n", thread->vcpu,
+                strerror(errno));
+        return -1;
     }
     return 0;
 }
@@ -499,7 +538,10 @@ static void *runner_thread_main(void *argument)
     runner_pin(thread);
 
     bool writes = config->spec.kind == RINGVM_WORKLOAD_DIRTIER || config->spec.kind == RINGVM_WORKLOAD_LEDGER;
-    if (writes && thread->pages > 0 && runner_allocate(thread) != 0) {
+    bool allocates = writes && thread->pages > 0;
+    int mapped = allocates ? runner_map(thread) : 0;
+    runner_wait_all_mapped(thread);     /* every thread, so none waits for one that maps nothing */
+    if (allocates && (mapped != 0 || runner_populate_thread(thread) != 0)) {
         thread->failed = true;
     } else {
         runner_set_phase(thread, RINGVM_PHASE_RING3);
