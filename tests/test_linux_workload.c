@@ -113,7 +113,10 @@ Test(linux_workload, ledger_prints_ok_per_thread_like_the_built_in_guest, .timeo
     char memory[64];
     make_memory_file(memory, sizeof(memory), false, 0);
     struct harness_process process;
-    const char *arguments[] = { "--spec", "ledger,wss=8M,verify=1", "--cpus", "2", "--seconds", "3",
+    /* 6 s for two verify passes per thread: every thread maps before any
+     * populates (runner.c), so under make test's load one thread can wait
+     * a while for the other to be scheduled (3 s once left vcpu 0 none). */
+    const char *arguments[] = { "--spec", "ledger,wss=8M,verify=1", "--cpus", "2", "--seconds", "6",
                                 "--memory-file", memory, NULL };
     int status = run_workload(&process, arguments);
     unlink(memory);
@@ -466,7 +469,8 @@ Test(linux_workload, corrupted_page_is_reported_with_page_want_got, .timeout = 6
 {
     cr_assert_eq(setenv("RINGVM_WORKLOAD_TEST_CORRUPT", "1:7", 1), 0);
     struct harness_process process;
-    const char *arguments[] = { "--spec", "ledger,wss=8M,verify=1,count=1024", "--cpus", "2", "--seconds", "3",
+    /* 6 s: as in ledger_prints_ok_per_thread_like_the_built_in_guest. */
+    const char *arguments[] = { "--spec", "ledger,wss=8M,verify=1,count=1024", "--cpus", "2", "--seconds", "6",
                                 "--memory-file", "/nonexistent/ringvm-test", NULL };
     cr_assert_eq(run_workload(&process, arguments), 1, "stdout:\n%s\nstderr:\n%s", process.out, process.err);
 
