@@ -79,7 +79,7 @@ static enum api_status cmd_vm_info(struct api_call *call)
     char thp_host[32];
     guest_memory_thp_host(guest_memory_anonymous(&vm->memory), thp_host, sizeof(thp_host));
     json_t *result = json_pack(
-        "{s:s, s:i, s:I, s:s, s:s, s:I, s:I, s:s, s:b, s:b, s:s, s:i, s:i}",
+        "{s:s, s:i, s:I, s:s, s:s, s:I, s:I, s:s, s:b, s:b, s:s, s:i, s:i, s:b, s:I}",
         "state", vm_state_name(api_vm_state(vm)),
         "vcpus", (int)vm->config.vcpu_count,
         "memory_bytes", (json_int_t)vm->memory.size,
@@ -92,7 +92,9 @@ static enum api_status cmd_vm_info(struct api_call *call)
         "thp", !vm->memory.hugepages && !vm->config.memory_options.no_thp,
         "thp_host", thp_host,
         "numa_node", vm->memory.numa_node,
-        "postcopy_fifo_priority", (int)postcopy_priority_get());
+        "postcopy_fifo_priority", (int)postcopy_priority_get(),
+        "page_clearing_offered", vm->page_clearing_offered,
+        "cleared_pages", (json_int_t)atomic_load_explicit(&vm->cleared_pages, memory_order_relaxed));
     if (!result)
         return api_call_fail(call, API_ERR_INTERNAL, "out of memory");
     if (add_guest_fields(result, vm) != 0) {

@@ -70,8 +70,20 @@ enum ringvm_command {
     /* ARG = page index (within this vCPU's region) of a ledger mismatch;
      * also reported as text on the console. */
     RINGVM_CMD_LEDGER_MISMATCH = 4,
+    /* ARG = (pfn << 4) | order: the VMM clears the 2^order 4 KiB pages at
+     * guest frame pfn (aligned to 2^order, order <= RINGVM_CLEAR_PAGES_MAX_ORDER)
+     * natively before the OUT returns. A 32-bit IN of this command's
+     * control port (0x614) reads RINGVM_CLEAR_PAGES_MAGIC where ringvm
+     * offers it (PVM hosts, whose emulated ring 0 clears pages slowly) and
+     * all ones elsewhere. The Linux guest image's kernel uses it
+     * (guest/linux/patches/0006-x86-clear-pages-through-ringvm.patch);
+     * the built-in guest does not. */
+    RINGVM_CMD_CLEAR_PAGES = 5,
     RINGVM_CMD_COUNT
 };
+
+#define RINGVM_CLEAR_PAGES_MAGIC        0x50435652u  /* "RVCP" */
+#define RINGVM_CLEAR_PAGES_MAX_ORDER    10
 
 /* Every vCPU sends PHASE(RING3) once through the doorbell when its
  * workload starts (idle too: it then halts); dirtier/ledger send PHASE(DONE)

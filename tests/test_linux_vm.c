@@ -230,6 +230,15 @@ static void boots_and_runs_the_ledger(unsigned vcpus, void (*then)(struct linux_
     cr_assert_str_eq(json_string_value(json_object_get(info, "cmdline")),
                      harness_linux_cmdline("ringvm.workload=ledger,wss=8M,verify=1"));
     cr_assert_str_eq(json_string_value(json_object_get(info, "workload")), "ledger,wss=8M,verify=1");
+    /* The page-clearing port: offered on PVM hosts only, and there the
+     * guest image's kernel cleared through it at least the working set
+     * (8 MiB = 2048 pages, faulted in before the first LEDGER OK). */
+    cr_assert_eq(json_is_true(json_object_get(info, "page_clearing_offered")), host_kvm_is_pvm());
+    json_int_t cleared = json_integer_value(json_object_get(info, "cleared_pages"));
+    if (host_kvm_is_pvm())
+        cr_assert_geq(cleared, 2048, "the guest cleared its working set itself: %" JSON_INTEGER_FORMAT, cleared);
+    else
+        cr_assert_eq(cleared, 0);
     json_decref(info);
 
     /* The workload's counters reach the VMM through the stats pages. */
@@ -265,10 +274,20 @@ static void tracks_without_overflowing_a_ring_then_reboots(struct linux_vm *vm, 
     for (unsigned vcpu = 0; vcpu < vcpus; vcpu++)
         cr_assert(wait_whole_ledger_lines(&vm->process, vcpu, before[vcpu] + 2, LEDGER_TIMEOUT_MS),
                   "vcpu %u: no two verify passes with tracking on; stdout: %s", vcpu, vm->process.out);
+    /* A command run by the shell: fork and exec make the kernel clear page
+     * tables and stack pages, through the port on PVM hosts, where each
+     * page ringvm clears while tracking is marked dirty by ringvm itself
+     * (nothing else marks pages here). */
+    console_answers(vm, "ls / > /dev/null && echo forked-$((6*7))", "forked-42");
     json_t *stats = call_ok(vm, "vm.dirty-stats", NULL);
     cr_assert_eq(json_integer_value(json_object_get(stats, "ring_overflows")), 0, "%s",
                  json_dumps(stats, JSON_COMPACT));
     cr_assert_gt(json_integer_value(json_object_get(stats, "pages")), 0, "tracking saw no page");
+    json_int_t marked = json_integer_value(json_object_get(stats, "vmm_marked_pages"));
+    if (host_kvm_is_pvm())
+        cr_assert_gt(marked, 0, "pages cleared for the guest while tracking were not marked dirty");
+    else
+        cr_assert_eq(marked, 0);
     json_decref(stats);
     cr_assert_null(strstr(vm->process.out, "MISMATCH"));
     power_command_ends(vm, "reboot", "guest reset through the keyboard controller (reboot=k)");
@@ -642,6 +661,38 @@ static void console_type(struct linux_vm *vm, const char *command)
  * of them on each side: the loop runs until the test stops it on the
  * destination, so the migration always falls inside it. */
 #define SEQ_COMMAND "(i=1;while [ ! -e /seq-stop ];do echo SEQ$i;i=$((i+1));done;echo SEQ-END)&"
+/* Forks `ls` until the same file stops it. */
+#define FORK_COMMAND "(while [ ! -e /seq-stop ];do ls>/dev/null;done)&"
+
+/* vm.info's cleared_pages (the page-clearing port's count). */
+static json_int_t cleared_pages(struct linux_vm *vm)
+{
+    json_t *info = call_ok(vm, "vm.info", NULL);
+    json_int_t cleared = json_integer_value(json_object_get(info, "cleared_pages"));
+    json_decref(info);
+    return cleared;
+}
+
+/* True once cleared_pages passed `from` by 64 pages (a few forks). */
+struct cleared_pages_growth {
+    struct linux_vm *vm;
+    json_int_t from;
+};
+
+static bool cleared_pages_grew(void *argument)
+{
+    struct cleared_pages_growth *growth = argument;
+    return cleared_pages(growth->vm) >= growth->from + 64;
+}
+
+/* True once vm's dirty log counts a page ringvm itself marked. */
+static bool vmm_marked_pages(void *argument)
+{
+    json_t *stats = call_ok(argument, "vm.dirty-stats", NULL);
+    bool marked = json_integer_value(json_object_get(stats, "vmm_marked_pages")) > 0;
+    json_decref(stats);
+    return marked;
+}
 static void assert_sequence_complete(const char *first, const char *second)
 {
     size_t first_length = strlen(first), second_length = strlen(second);
@@ -681,7 +732,9 @@ static void assert_sequence_complete(const char *first, const char *second)
  * vCPU, never MISMATCH). Then a new destination in dst gets it: completed,
  * digests equal, and it carries on there; the guest was printing
  * numbered lines on its UART throughout (SEQ_COMMAND), and every one
- * arrives once, in order, across the two ringvm processes' outputs. */
+ * arrives once, in order, across the two ringvm processes' outputs; and
+ * on PVM hosts ringvm was clearing pages for the guest's kernel during
+ * that migration (FORK_COMMAND), which the equal digests cover. */
 Test(linux_vm, a_linux_guest_survives_a_killed_destination_then_migrates_over_tcp_between_hosts, .timeout = 1200,
      .fini = hosts_down)
 {
@@ -715,7 +768,9 @@ Test(linux_vm, a_linux_guest_survives_a_killed_destination_then_migrates_over_tc
 
     struct linux_vm destination;
     hosts_dst_tcp(incoming, sizeof(incoming), port + 1);
-    linux_destination_start_at(&destination, vm.directory, 1, incoming, "dst", NULL, NULL);
+    char release[128];
+    snprintf(release, sizeof(release), "%s/release", vm.directory);
+    linux_destination_start_at(&destination, vm.directory, 1, incoming, "dst", "iteration0", release);
     /* The UART mid-transmission: the guest prints numbered lines (~120
      * a second of port writes) while it migrates; every number must come
      * out once, in order, on the source's stdout and then the
@@ -723,7 +778,28 @@ Test(linux_vm, a_linux_guest_survives_a_killed_destination_then_migrates_over_tc
     console_type(&vm, SEQ_COMMAND);
     cr_assert(harness_process_wait_output(&vm.process, "SEQ100\r\n", 1, 60000), "the sequence did not start: %s",
               vm.process.out);
-    linux_migrate(&vm, incoming);
+    /* Pages the kernel has ringvm clear (PVM hosts: the page-clearing
+     * port) while the migration runs: a shell forking `ls` in a loop.
+     * ringvm writes them, not the guest, so only ringvm's own marks put
+     * them in the dirty set; the digests compared at the end hold them.
+     * The destination stops reading at iteration 0 until such pages were
+     * marked (the source's pass 0 waits on the full socket meanwhile,
+     * tracking on, the guest running). */
+    struct cleared_pages_growth growth = { .vm = &vm, .from = cleared_pages(&vm) };
+    console_type(&vm, FORK_COMMAND);
+    if (host_kvm_is_pvm())
+        cr_assert(harness_wait_until(cleared_pages_grew, &growth, 60000),
+                  "the fork loop had no page cleared through the port; stdout: %s", vm.process.out);
+    linux_migration_start(&vm, incoming);
+    cr_assert(harness_wait_until(stopped_at_iteration0, &destination.process, 60000),
+              "the destination never reached iteration 0; stderr: %s", destination.process.err);
+    if (host_kvm_is_pvm())
+        cr_assert(harness_wait_until(vmm_marked_pages, &vm, 60000),
+                  "no page was cleared for the guest while it migrated; stderr: %s", vm.process.err);
+    FILE *file = fopen(release, "w");
+    cr_assert_not_null(file, "cannot create %s: %s", release, strerror(errno));
+    cr_assert_eq(fclose(file), 0, "close %s: %s", release, strerror(errno));
+    linux_migration_completed(&vm, incoming);
     assert_state(&vm, "migrated");
     linux_guest_carries_on_at(&destination);
     cr_assert(harness_process_wait_output(&destination.process, "\r\nSEQ", 50, 60000),

@@ -25,6 +25,7 @@
 
 #include "guest/abi.h"
 #include "vmm/cmos_rtc.h"
+#include "vmm/page_clearing.h"
 #include "vmm/vm.h"
 #include "vmm/host.h"
 #include "vmm/vcpu_internal.h"
@@ -211,6 +212,22 @@ static void handle_command(struct vcpu *vcpu, unsigned command, uint64_t argumen
     case RINGVM_CMD_LEDGER_MISMATCH:
         atomic_fetch_add_explicit(&vm->ledger_mismatches, 1, memory_order_relaxed);
         return;
+    case RINGVM_CMD_CLEAR_PAGES: {
+        uint64_t gpa = 0, bytes = 0;
+        if (page_clearing_decode(argument, &gpa, &bytes) != 0) {
+            vm_log_once(vm, 0x30000000000ULL, "ringvm: vcpu %u: clear-pages request 0x%" PRIx64
+                        " is malformed (order above %d or pfn not aligned to it) - ignored\n",
+                        vcpu->index, argument, RINGVM_CLEAR_PAGES_MAX_ORDER);
+            return;
+        }
+        if (page_clearing_clear(&vm->memory, vm->dirty_log, gpa, bytes) != 0) {
+            vm_log_once(vm, 0x30000000001ULL, "ringvm: vcpu %u: clear-pages request for 0x%" PRIx64
+                        "..0x%" PRIx64 " is outside guest RAM - ignored\n", vcpu->index, gpa, gpa + bytes - 1);
+            return;
+        }
+        atomic_fetch_add_explicit(&vm->cleared_pages, bytes / RINGVM_PAGE_SIZE, memory_order_relaxed);
+        return;
+    }
     default:
         vm_log_once(vm, 0x20000000000ULL | command, "ringvm: vcpu %u: unknown guest command %u - ignored\n",
                     vcpu->index, command);
@@ -276,6 +293,12 @@ static void handle_io(struct vcpu *vcpu)
             if (linux_port_io(vcpu, port, is_write, data, run->io.size))
                 continue;
         } else if (serial_port_io(&vcpu->vm->serial, vcpu->index, port, is_write, data, run->io.size)) {
+            continue;
+        }
+        if (port == RINGVM_CONTROL_PORT + 4 * RINGVM_CMD_CLEAR_PAGES && !is_write) {
+            /* The guest kernel's probe: expected anywhere, so never logged. */
+            uint32_t value = page_clearing_probe_value(vcpu->vm->page_clearing_offered);
+            memcpy(data, &value, run->io.size <= 4 ? run->io.size : 4);
             continue;
         }
         if (port >= RINGVM_CONTROL_PORT && port < RINGVM_CONTROL_PORT + 4 * RINGVM_CONTROL_PORT_COUNT &&

@@ -23,6 +23,7 @@
 #include "vmm/host.h"
 #include "vmm/linux_guest.h"
 #include "vmm/monotonic.h"
+#include "vmm/page_clearing.h"
 #include "vmm/uart.h"
 #include "vmm/vcpu_internal.h"
 #include "vmm/msr_index.h"
@@ -412,6 +413,7 @@ int vm_create(struct vm **out, const struct vm_config *config)
     vm->vm_fd = -1;
     vm->memory.memfd = -1;
     atomic_init(&vm->last_exception_vector, -1);
+    vm->page_clearing_offered = page_clearing_offered_here();
     atomic_init(&vm->awaiting_migration, config->incoming);
     pthread_mutex_init(&vm->control_lock, NULL);
     vm->pause_give_up_ns = VM_PAUSE_GIVE_UP_NS;

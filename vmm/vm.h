@@ -137,6 +137,11 @@ struct vm {
     /* Guest-reported events (any vCPU thread writes, anyone reads). */
     _Atomic int last_exception_vector;  /* -1 = none */
     _Atomic uint64_t ledger_mismatches;
+    /* The page-clearing port (vmm/page_clearing.h): whether its probe
+     * answers (set by vm_create, read-only afterwards), and the 4 KiB pages
+     * it cleared on this host (vCPU threads add, anyone reads). */
+    bool page_clearing_offered;
+    _Atomic uint64_t cleared_pages;
 
     pthread_mutex_t log_once_lock;
     unsigned log_once_count;
