@@ -18,7 +18,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,8 +30,8 @@
 #include <unistd.h>
 
 #include "api/commands.h"
-#include "vmm/crash_report.h"
 #include "vmm/monotonic.h"
+#include "vmm/thread.h"
 #include "vmm/unix_listener.h"
 #include "vmm/vm.h"
 
@@ -829,13 +828,7 @@ static void *epoll_main(void *argument)
 
 static int start_thread(pthread_t *thread, void *(*fn)(void *), void *argument, const char *what)
 {
-    /* API threads take no signals but the fatal ones (crash_report.h):
-     * SIGINT/SIGTERM and the vCPU kick signal are for other threads. */
-    sigset_t all, old;
-    crash_report_blockable_signals(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int result = pthread_create(thread, NULL, fn, argument);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    int result = thread_create_without_signals(thread, fn, argument);
     if (result != 0) {
         fprintf(stderr, "ringvm: api: pthread_create(%s): %s\n", what, strerror(result));
         return -result;

@@ -19,10 +19,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "vmm/crash_report.h"
 #include "vmm/monotonic.h"
 #include "vmm/serial.h"
 #include "vmm/terminal.h"
+#include "vmm/thread.h"
 #include "vmm/uart.h"
 #include "vmm/unix_listener.h"
 #include "vmm/unix_socket.h"
@@ -674,14 +674,7 @@ int console_create(struct console **out, struct serial *serial, struct uart *uar
     if (uart != NULL)
         uart_set_rx_space_callback(uart, console_on_rx_space, console);
 
-    /* The console thread takes no signals but the fatal ones
-     * (crash_report.h): SIGINT/SIGTERM and the vCPU kick signal are for
-     * other threads. */
-    sigset_t all, old;
-    crash_report_blockable_signals(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int result = pthread_create(&console->thread, NULL, console_main, console);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    int result = thread_create_without_signals(&console->thread, console_main, console);
     if (result != 0) {
         fprintf(stderr, "ringvm: console: pthread_create(console): %s\n", strerror(result));
         serial_set_output_listener(serial, NULL, NULL);
