@@ -1,7 +1,8 @@
 # ringvm's Linux guest image (included from the top Makefile): see
 # guest/linux/README.md.
 #
-#   make linux-guest   $(BUILD)/linux/bzImage, vmlinux, initramfs.cpio
+#   make linux-guest   $(BUILD)/linux/bzImage, vmlinux, initramfs.cpio and
+#                      initramfs.cpio.gz (the same archive gzip'd)
 #                      (+ ringvm-workload, the static workload program)
 #
 # The kernel comes from guest/linux/build-kernel.sh, which keeps built
@@ -23,7 +24,7 @@ LINUX_WORKLOAD_CC := musl-gcc
 LINUX_WORKLOAD_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. -static -pthread
 
 .PHONY: linux-guest linux-kernel
-linux-guest: linux-kernel $(LINUX_GUEST_DIR)/initramfs.cpio
+linux-guest: linux-kernel $(LINUX_GUEST_DIR)/initramfs.cpio $(LINUX_GUEST_DIR)/initramfs.cpio.gz
 
 linux-kernel:
 	@guest/linux/build-kernel.sh $(LINUX_GUEST_DIR)
@@ -38,3 +39,10 @@ $(LINUX_WORKLOAD): $(LINUX_WORKLOAD_SRCS) $(LINUX_WORKLOAD_HEADERS) guest/linux/
 $(LINUX_GUEST_DIR)/initramfs.cpio: $(LINUX_WORKLOAD) guest/linux/init guest/linux/clocksource guest/linux/build-initramfs.sh \
 		| linux-kernel
 	@guest/linux/build-initramfs.sh $(LINUX_GUEST_DIR)/gen_init_cpio $(LINUX_WORKLOAD) $@
+
+# The same archive compressed, for kernels and VMMs that expect one. The
+# tests and scripts boot the plain one: on PVM hosts the guest kernel
+# inflates a gzip'd initramfs in emulated ring 0 (~90 s for 1.4 MB,
+# guest/linux/README.md, "On PVM hosts").
+$(LINUX_GUEST_DIR)/initramfs.cpio.gz: $(LINUX_GUEST_DIR)/initramfs.cpio
+	gzip -9 -n -c $< > $@.tmp && mv $@.tmp $@
