@@ -324,17 +324,22 @@ void mig_sender_put_back(struct mig_sender *s, struct mig_buffer *b)
     pthread_mutex_unlock(&s->lock);
 }
 
-int mig_sender_flush(struct mig_sender *s, unsigned timeout_ms)
+int mig_sender_wait_in_flight(struct mig_sender *s, unsigned max_buffers, unsigned timeout_ms)
 {
     struct timespec deadline = deadline_in_ms(timeout_ms);
     pthread_mutex_lock(&s->lock);
-    while (s->in_flight > 0 && !atomic_load_explicit(&s->failed, memory_order_relaxed)) {
+    while (s->in_flight > max_buffers && !atomic_load_explicit(&s->failed, memory_order_relaxed)) {
         if (pthread_cond_timedwait(&s->cond, &s->lock, &deadline) == ETIMEDOUT)
             break;
     }
-    int result = atomic_load_explicit(&s->failed, memory_order_relaxed) ? -1 : s->in_flight > 0 ? 1 : 0;
+    int result = atomic_load_explicit(&s->failed, memory_order_relaxed) ? -1 : s->in_flight > max_buffers ? 1 : 0;
     pthread_mutex_unlock(&s->lock);
     return result;
+}
+
+int mig_sender_flush(struct mig_sender *s, unsigned timeout_ms)
+{
+    return mig_sender_wait_in_flight(s, 0, timeout_ms);
 }
 
 bool mig_sender_failed(struct mig_sender *s, char *error, size_t error_size)

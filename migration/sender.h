@@ -138,6 +138,9 @@ void mig_sender_put_back(struct mig_sender *sender, struct mig_buffer *buffer);
 /* Waits up to timeout_ms until everything submitted is written: 0 drained,
  * 1 not yet, -1 the sender failed. */
 int mig_sender_flush(struct mig_sender *sender, unsigned timeout_ms);
+/* The same until at most max_buffers submitted buffers are not yet
+ * written (post-copy's stream keeps little queued: see source_postcopy.c). */
+int mig_sender_wait_in_flight(struct mig_sender *sender, unsigned max_buffers, unsigned timeout_ms);
 bool mig_sender_failed(struct mig_sender *sender, char *error, size_t error_size);
 uint64_t mig_sender_bytes(struct mig_sender *sender);
 /* The sequence number following the last frame completely written (the
