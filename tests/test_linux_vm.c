@@ -452,16 +452,26 @@ static void linux_destination_start(struct linux_vm *destination, const char *di
     linux_destination_start_at(destination, directory, hop, incoming, NULL, NULL, NULL);
 }
 
-/* Starts migrating `from` to `incoming` with verify_digest. */
-static void linux_migration_start(struct linux_vm *from, const char *incoming)
+/* Starts migrating `from` to `incoming` with verify_digest; stall_timeout_s
+ * 0 = the default (5 s). */
+static void linux_migration_start_stalling(struct linux_vm *from, const char *incoming, int stall_timeout_s)
 {
     /* A local hand-over has no iterations for the limit to decide: the
      * largest, so the digest estimate's swings cannot refuse the start. */
     bool local = strncmp(incoming, "local:", 6) == 0;
-    json_decref(call_ok(from, "migration.start",
-                        json_pack("{s:s, s:b, s:I, s:b, s:i}", "dest", incoming, "verify_digest", 1, "downtime_ms",
+    json_t *arguments = json_pack("{s:s, s:b, s:I, s:b, s:i}", "dest", incoming, "verify_digest", 1, "downtime_ms",
                                   local ? (json_int_t)3600000 : (json_int_t)harness_digest_downtime_ms(128ull << 20),
-                                  "keep_alive", 1, "timeout_s", 120)));
+                                  "keep_alive", 1, "timeout_s", 120);
+    cr_assert_not_null(arguments);
+    if (stall_timeout_s != 0)
+        cr_assert_eq(json_object_set_new(arguments, "stall_timeout_s", json_integer(stall_timeout_s)), 0);
+    json_decref(call_ok(from, "migration.start", arguments));
+}
+
+/* Starts migrating `from` to `incoming` with verify_digest. */
+static void linux_migration_start(struct linux_vm *from, const char *incoming)
+{
+    linux_migration_start_stalling(from, incoming, 0);
 }
 
 /* Waits for the migration started by linux_migration_start: completed,
@@ -679,16 +689,23 @@ struct cleared_pages_growth {
     json_int_t from;
 };
 
+/* Both predicates drain ringvm's stdout as they poll: the guest prints
+ * its SEQ lines throughout, and a full pipe would block the vCPU writing
+ * its UART, and with it the guest (seen under ASan, where the wait is
+ * long). */
 static bool cleared_pages_grew(void *argument)
 {
     struct cleared_pages_growth *growth = argument;
+    harness_process_read_available(&growth->vm->process);
     return cleared_pages(growth->vm) >= growth->from + 64;
 }
 
 /* True once vm's dirty log counts a page ringvm itself marked. */
 static bool vmm_marked_pages(void *argument)
 {
-    json_t *stats = call_ok(argument, "vm.dirty-stats", NULL);
+    struct linux_vm *vm = argument;
+    harness_process_read_available(&vm->process);
+    json_t *stats = call_ok(vm, "vm.dirty-stats", NULL);
     bool marked = json_integer_value(json_object_get(stats, "vmm_marked_pages")) > 0;
     json_decref(stats);
     return marked;
@@ -790,7 +807,9 @@ Test(linux_vm, a_linux_guest_survives_a_killed_destination_then_migrates_over_tc
     if (host_kvm_is_pvm())
         cr_assert(harness_wait_until(cleared_pages_grew, &growth, 60000),
                   "the fork loop had no page cleared through the port; stdout: %s", vm.process.out);
-    linux_migration_start(&vm, incoming);
+    /* The hold lasts until the guest had pages cleared (seconds under
+     * ASan): longer than the default stall timeout would let it. */
+    linux_migration_start_stalling(&vm, incoming, 120);
     cr_assert(harness_wait_until(stopped_at_iteration0, &destination.process, 60000),
               "the destination never reached iteration 0; stderr: %s", destination.process.err);
     if (host_kvm_is_pvm())
