@@ -37,6 +37,16 @@ static uint64_t count_bytes_not(const uint8_t *bytes, uint64_t length, uint8_t v
     return count;
 }
 
+/* A request as the vCPU thread serves it: decoded (it must decode), then
+ * page_clearing_clear's result. */
+static int clear_request(struct guest_memory *memory, struct dirty_log *log, uint64_t pfn, unsigned order)
+{
+    uint64_t gpa, bytes;
+    cr_assert_eq(page_clearing_decode(request(pfn, order), &gpa, &bytes), 0, "pfn 0x%" PRIx64 " order %u", pfn,
+                 order);
+    return page_clearing_clear(memory, log, gpa, bytes);
+}
+
 Test(page_clearing, decodes_a_frame_and_an_order_into_a_guest_physical_range)
 {
     uint64_t gpa = 1, bytes = 1;
@@ -73,11 +83,8 @@ Test(page_clearing, clears_exactly_the_requested_pages)
     cr_assert_eq(guest_memory_create(&memory, 16 * MIB, &(struct guest_memory_options){ .numa_node = -1 }), 0);
     memset(memory.host, 0xa5, memory.size);
 
-    uint64_t gpa, bytes;
-    cr_assert_eq(page_clearing_decode(request(0x10, 0), &gpa, &bytes), 0);
-    cr_assert_eq(page_clearing_clear(&memory, NULL, gpa, bytes), 0);
-    cr_assert_eq(page_clearing_decode(request(0x200, 9), &gpa, &bytes), 0);
-    cr_assert_eq(page_clearing_clear(&memory, NULL, gpa, bytes), 0);
+    cr_assert_eq(clear_request(&memory, NULL, 0x10, 0), 0);
+    cr_assert_eq(clear_request(&memory, NULL, 0x200, 9), 0);
 
     cr_assert_eq(count_bytes_not(memory.host + 0x10000, 4096, 0), 0ull);
     cr_assert_eq(count_bytes_not(memory.host + 2 * MIB, 2 * MIB, 0), 0ull);
@@ -95,12 +102,9 @@ Test(page_clearing, writes_nothing_for_a_range_past_or_across_the_end_of_ram)
     struct guest_memory memory;
     cr_assert_eq(guest_memory_create(&memory, 18 * MIB, &(struct guest_memory_options){ .numa_node = -1 }), 0);
     memset(memory.host, 0x5a, memory.size);
-    uint64_t gpa, bytes;
     /* [16 MiB, 20 MiB) crosses the end at 18 MiB. */
-    cr_assert_eq(page_clearing_decode(request(0x1000, 10), &gpa, &bytes), 0);
-    cr_assert_eq(page_clearing_clear(&memory, NULL, gpa, bytes), -EFAULT);
-    cr_assert_eq(page_clearing_decode(request(18 * MIB / 4096, 0), &gpa, &bytes), 0);
-    cr_assert_eq(page_clearing_clear(&memory, NULL, gpa, bytes), -EFAULT);
+    cr_assert_eq(clear_request(&memory, NULL, 0x1000, 10), -EFAULT);
+    cr_assert_eq(clear_request(&memory, NULL, 18 * MIB / 4096, 0), -EFAULT);
     cr_assert_eq(page_clearing_clear(&memory, NULL, 0, 0), -EFAULT);
     cr_assert_eq(count_bytes_not(memory.host, memory.size, 0x5a), 0ull);
     guest_memory_destroy(&memory);
@@ -116,15 +120,11 @@ Test(page_clearing, the_3_to_4_gib_hole_is_not_ram_and_ram_above_it_is_found_at_
     memset(low_top, 0x11, 4096);
     memset(high, 0x22, 8192);
 
-    uint64_t gpa, bytes;
-    cr_assert_eq(page_clearing_decode(request(3 * GIB / 4096, 0), &gpa, &bytes), 0);
-    cr_assert_eq(page_clearing_clear(&memory, NULL, gpa, bytes), -EFAULT, "a page in the hole was accepted");
-    cr_assert_eq(page_clearing_decode(request(4 * GIB / 4096 - 1, 0), &gpa, &bytes), 0);
-    cr_assert_eq(page_clearing_clear(&memory, NULL, gpa, bytes), -EFAULT);
+    cr_assert_eq(clear_request(&memory, NULL, 3 * GIB / 4096, 0), -EFAULT, "a page in the hole was accepted");
+    cr_assert_eq(clear_request(&memory, NULL, 4 * GIB / 4096 - 1, 0), -EFAULT);
     cr_assert_eq(count_bytes_not(low_top, 4096, 0x11), 0ull);
 
-    cr_assert_eq(page_clearing_decode(request(4 * GIB / 4096 + 1, 0), &gpa, &bytes), 0);
-    cr_assert_eq(page_clearing_clear(&memory, NULL, gpa, bytes), 0);
+    cr_assert_eq(clear_request(&memory, NULL, 4 * GIB / 4096 + 1, 0), 0);
     cr_assert_eq(count_bytes_not(high, 4096, 0x22), 0ull, "the page before the cleared one changed");
     cr_assert_eq(count_bytes_not(high + 4096, 4096, 0), 0ull, "gpa 4 GiB + 4 KiB is RAM offset 3 GiB + 4 KiB");
     guest_memory_destroy(&memory);
@@ -153,9 +153,7 @@ static void clear_while_tracking_is_in_the_take(const char *mode)
     cr_assert_not_null(log);
     memset(vm->memory.host + 64 * MIB, 0x77, 4 * MIB);
 
-    uint64_t gpa, bytes;
-    cr_assert_eq(page_clearing_decode(request(64 * MIB / 4096, 0), &gpa, &bytes), 0);
-    cr_assert_eq(page_clearing_clear(&vm->memory, log, gpa, bytes), 0);
+    cr_assert_eq(clear_request(&vm->memory, log, 64 * MIB / 4096, 0), 0);
     struct dirty_log_stats stats;
     dirty_log_get_stats(log, &stats);
     cr_assert_eq(stats.vmm_marked_pages, 0ull, "%s: a clear with tracking off was marked", mode);
@@ -163,10 +161,8 @@ static void clear_while_tracking_is_in_the_take(const char *mode)
     cr_assert_eq(dirty_log_start(log), 0);
     cr_assert_eq(dirty_log_protect_before_send(log, 0, guest_memory_pages(&vm->memory)), 0);
     cr_assert_eq(vm_start(vm), 0);
-    cr_assert_eq(page_clearing_decode(request(66 * MIB / 4096, 9), &gpa, &bytes), 0);
-    cr_assert_eq(page_clearing_clear(&vm->memory, log, gpa, bytes), 0);
-    cr_assert_eq(page_clearing_decode(request(65 * MIB / 4096 + 3, 0), &gpa, &bytes), 0);
-    cr_assert_eq(page_clearing_clear(&vm->memory, log, gpa, bytes), 0);
+    cr_assert_eq(clear_request(&vm->memory, log, 66 * MIB / 4096, 9), 0);
+    cr_assert_eq(clear_request(&vm->memory, log, 65 * MIB / 4096 + 3, 0), 0);
 
     cr_assert_eq(vm_pause_vcpus(vm), 0);
     cr_assert_eq(dirty_log_final_sync(log), 0);
