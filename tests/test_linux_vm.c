@@ -671,8 +671,11 @@ static void console_type(struct linux_vm *vm, const char *command)
  * of them on each side: the loop runs until the test stops it on the
  * destination, so the migration always falls inside it. */
 #define SEQ_COMMAND "(i=1;while [ ! -e /seq-stop ];do echo SEQ$i;i=$((i+1));done;echo SEQ-END)&"
-/* Forks `ls` until the same file stops it. */
-#define FORK_COMMAND "(while [ ! -e /seq-stop ];do ls>/dev/null;done)&"
+/* Has the kernel clear pages until the same file stops it: each dd maps
+ * a fresh 1 MiB buffer and reads zeros into it, 256 page faults (a fork
+ * alone, or an applet busybox runs without one, clears a few page-table
+ * pages at most, too few to see beside a loaded host's slowness). */
+#define CLEARING_COMMAND "(while [ ! -e /seq-stop ];do dd if=/dev/zero of=/dev/null bs=1M count=1 2>/dev/null;done)&"
 
 /* vm.info's cleared_pages (the page-clearing port's count). */
 static json_int_t cleared_pages(struct linux_vm *vm)
@@ -683,7 +686,7 @@ static json_int_t cleared_pages(struct linux_vm *vm)
     return cleared;
 }
 
-/* True once cleared_pages passed `from` by 64 pages (a few forks). */
+/* True once cleared_pages passed `from` by 64 pages (a dd's buffer is 256). */
 struct cleared_pages_growth {
     struct linux_vm *vm;
     json_int_t from;
@@ -751,7 +754,7 @@ static void assert_sequence_complete(const char *first, const char *second)
  * numbered lines on its UART throughout (SEQ_COMMAND), and every one
  * arrives once, in order, across the two ringvm processes' outputs; and
  * on PVM hosts ringvm was clearing pages for the guest's kernel during
- * that migration (FORK_COMMAND), which the equal digests cover. */
+ * that migration (CLEARING_COMMAND), which the equal digests cover. */
 Test(linux_vm, a_linux_guest_survives_a_killed_destination_then_migrates_over_tcp_between_hosts, .timeout = 1200,
      .fini = hosts_down)
 {
@@ -796,24 +799,24 @@ Test(linux_vm, a_linux_guest_survives_a_killed_destination_then_migrates_over_tc
     cr_assert(harness_process_wait_output(&vm.process, "SEQ100\r\n", 1, 60000), "the sequence did not start: %s",
               vm.process.out);
     /* Pages the kernel has ringvm clear (PVM hosts: the page-clearing
-     * port) while the migration runs: a shell forking `ls` in a loop.
+     * port) while the migration runs: dd in a loop (CLEARING_COMMAND).
      * ringvm writes them, not the guest, so only ringvm's own marks put
      * them in the dirty set; the digests compared at the end hold them.
      * The destination stops reading at iteration 0 until such pages were
      * marked (the source's pass 0 waits on the full socket meanwhile,
      * tracking on, the guest running). */
     struct cleared_pages_growth growth = { .vm = &vm, .from = cleared_pages(&vm) };
-    console_type(&vm, FORK_COMMAND);
+    console_type(&vm, CLEARING_COMMAND);
     if (host_kvm_is_pvm())
-        cr_assert(harness_wait_until(cleared_pages_grew, &growth, 60000),
-                  "the fork loop had no page cleared through the port; stdout: %s", vm.process.out);
+        cr_assert(harness_wait_until(cleared_pages_grew, &growth, harness_linux_timeout_ms(60000)),
+                  "the dd loop had no page cleared through the port; stdout: %s", vm.process.out);
     /* The hold lasts until the guest had pages cleared (seconds under
      * ASan): longer than the default stall timeout would let it. */
     linux_migration_start_stalling(&vm, incoming, 120);
     cr_assert(harness_wait_until(stopped_at_iteration0, &destination.process, 60000),
               "the destination never reached iteration 0; stderr: %s", destination.process.err);
     if (host_kvm_is_pvm())
-        cr_assert(harness_wait_until(vmm_marked_pages, &vm, 60000),
+        cr_assert(harness_wait_until(vmm_marked_pages, &vm, harness_linux_timeout_ms(60000)),
                   "no page was cleared for the guest while it migrated; stderr: %s", vm.process.err);
     FILE *file = fopen(release, "w");
     cr_assert_not_null(file, "cannot create %s: %s", release, strerror(errno));
