@@ -166,12 +166,12 @@ static int source_postcopy_push(struct source *s, struct source_delivery *delive
     struct source_stream st = { .s = s };
     uint64_t page = 0;
     /* The data extent the last lookup found, [extent_from, extent_end) of
-     * it known: RAM no longer changes here (the guest runs on the
-     * destination), so the stream asks again only once it leaves it.
-     * Asking every step cost a SEEK_HOLE through the rest of the extent
-     * each time, quadratic in the extent: most of both cores at 1 GiB. */
+     * it known (none yet: empty): RAM no longer changes here (the guest
+     * runs on the destination), so the stream asks again only once it
+     * leaves it. Asking every step cost a SEEK_HOLE through the rest of
+     * the extent each time, quadratic in the extent: most of both cores at
+     * 1 GiB. */
     uint64_t extent_from = 0, extent_start = 0, extent_end = 0;
-    bool extent_known = false;
     char text[600];
     for (;;) {
         if (postcopy_source_failed(s->postcopy, text, sizeof(text))) {
@@ -203,13 +203,12 @@ static int source_postcopy_push(struct source *s, struct source_delivery *delive
             break;
         if (page < frame_end)
             source_stream_submit(&st);
-        if (!extent_known || page < extent_from || page >= extent_end) {
+        if (page < extent_from || page >= extent_end) {
             extent_from = page;
             if (!source_next_extent(memory, page, &extent_start, &extent_end)) {
                 extent_start = page;
                 extent_end = pages;
             }
-            extent_known = true;
         }
         uint64_t data_start = extent_start > page ? extent_start : page, data_end = extent_end;
         /* At most 256 pages (1 MiB) per step, so a request redirects the

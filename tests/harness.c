@@ -686,6 +686,13 @@ unsigned harness_stall_ms(unsigned ms)
     return 4 * floor_ms > 300 ? 5 * ms : ms;
 }
 
+void harness_release_fault(const char *path)
+{
+    FILE *file = fopen(path, "w");
+    cr_assert_not_null(file, "cannot create %s: %s", path, strerror(errno));
+    cr_assert_eq(fclose(file), 0, "close %s: %s", path, strerror(errno));
+}
+
 unsigned harness_linux_timeout_ms(unsigned ms)
 {
     return host_kvm_is_pvm() ? 3 * ms : ms;

@@ -186,6 +186,10 @@ void harness_ask_as_nobody(void (*ask)(char *answer, size_t size), char *answer,
 /* Path of a built program ($RINGVM_BUILD_DIR/NAME, default build/NAME). */
 const char *harness_program(const char *name);
 
+/* Creates the file a destination started with RINGVM_FAULT_RELEASE=path
+ * waits for at its fault point (migration/destination.c): it goes on. */
+void harness_release_fault(const char *path);
+
 /* A child process with its stdout and stderr captured through pipes. */
 struct harness_process {
     pid_t pid;

@@ -474,9 +474,7 @@ static void release_destination(void)
 {
     char path[128];
     snprintf(path, sizeof(path), "%s/release", fx.dir);
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f);
-    fclose(f);
+    harness_release_fault(path);
 }
 
 /* Bytes the destination has received on the migration connection but not

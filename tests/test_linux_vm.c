@@ -274,9 +274,9 @@ static void tracks_without_overflowing_a_ring_then_reboots(struct linux_vm *vm, 
     for (unsigned vcpu = 0; vcpu < vcpus; vcpu++)
         cr_assert(wait_whole_ledger_lines(&vm->process, vcpu, before[vcpu] + 2, LEDGER_TIMEOUT_MS),
                   "vcpu %u: no two verify passes with tracking on; stdout: %s", vcpu, vm->process.out);
-    /* A command run by the shell: fork and exec make the kernel clear page
-     * tables and stack pages, through the port on PVM hosts, where each
-     * page ringvm clears while tracking is marked dirty by ringvm itself
+    /* A command run by the shell: its fork makes the kernel clear
+     * page-table pages, through the port on PVM hosts, where each page
+     * ringvm clears while tracking is marked dirty by ringvm itself
      * (nothing else marks pages here). */
     console_answers(vm, "ls / > /dev/null && echo forked-$((6*7))", "forked-42");
     json_t *stats = call_ok(vm, "vm.dirty-stats", NULL);
@@ -658,23 +658,11 @@ static void console_type(struct linux_vm *vm, const char *command)
     free(console_exchange_for(vm, command, NULL, 100));
 }
 
-/* The guest prints SEQ1, SEQ2, ... one echo (one write(2)) each, so each
- * token reaches the console whole, until the test creates /seq-stop; then
- * SEQ-END. Other writers (the workload's LEDGER and CLOCK lines, the tty
- * echoing typed commands) write whole lines of their own between them, and
- * the echo of a typed command can split anywhere: a token is "SEQ"
- * followed by digits, wherever it stands. The migration may fall inside a
- * token ("SE" the last bytes on the source, "Q121" the first on the
- * destination: the UART moved mid-transmission), so the two outputs are
- * read as one stream, the source's then the destination's. Its tokens are
- * exactly 1..N, in order (no byte of the sequence lost or repeated), some
- * of them on each side: the loop runs until the test stops it on the
- * destination, so the migration always falls inside it. */
-#define SEQ_COMMAND "(i=1;while [ ! -e /seq-stop ];do echo SEQ$i;i=$((i+1));done;echo SEQ-END)&"
-/* Has the kernel clear pages until the same file stops it: each dd maps
- * a fresh 1 MiB buffer and reads zeros into it, 256 page faults (a fork
- * alone, or an applet busybox runs without one, clears a few page-table
- * pages at most, too few to see beside a loaded host's slowness). */
+/* Has the kernel clear pages until /seq-stop (SEQ_COMMAND's file) stops
+ * it: each dd maps a fresh 1 MiB buffer and reads zeros into it, 256 page
+ * faults (a fork alone, or an applet busybox runs without one, clears a
+ * few page-table pages at most, too few to see beside a loaded host's
+ * slowness). */
 #define CLEARING_COMMAND "(while [ ! -e /seq-stop ];do dd if=/dev/zero of=/dev/null bs=1M count=1 2>/dev/null;done)&"
 
 /* vm.info's cleared_pages (the page-clearing port's count). */
@@ -686,16 +674,16 @@ static json_int_t cleared_pages(struct linux_vm *vm)
     return cleared;
 }
 
-/* True once cleared_pages passed `from` by 64 pages (a dd's buffer is 256). */
 struct cleared_pages_growth {
     struct linux_vm *vm;
     json_int_t from;
 };
 
-/* Both predicates drain ringvm's stdout as they poll: the guest prints
- * its SEQ lines throughout, and a full pipe would block the vCPU writing
- * its UART, and with it the guest (seen under ASan, where the wait is
- * long). */
+/* True once cleared_pages passed `from` by 64 pages (a dd's buffer is
+ * 256). Both predicates here drain ringvm's stdout as they poll: the guest
+ * prints its SEQ lines throughout, and a full pipe would block the vCPU
+ * writing its UART, and with it the guest (seen under ASan, where the
+ * wait is long). */
 static bool cleared_pages_grew(void *argument)
 {
     struct cleared_pages_growth *growth = argument;
@@ -713,6 +701,20 @@ static bool vmm_marked_pages(void *argument)
     json_decref(stats);
     return marked;
 }
+
+/* The guest prints SEQ1, SEQ2, ... one echo (one write(2)) each, so each
+ * token reaches the console whole, until the test creates /seq-stop; then
+ * SEQ-END. Other writers (the workload's LEDGER and CLOCK lines, the tty
+ * echoing typed commands) write whole lines of their own between them, and
+ * the echo of a typed command can split anywhere: a token is "SEQ"
+ * followed by digits, wherever it stands. The migration may fall inside a
+ * token ("SE" the last bytes on the source, "Q121" the first on the
+ * destination: the UART moved mid-transmission), so the two outputs are
+ * read as one stream, the source's then the destination's. Its tokens are
+ * exactly 1..N, in order (no byte of the sequence lost or repeated), some
+ * of them on each side: the loop runs until the test stops it on the
+ * destination, so the migration always falls inside it. */
+#define SEQ_COMMAND "(i=1;while [ ! -e /seq-stop ];do echo SEQ$i;i=$((i+1));done;echo SEQ-END)&"
 static void assert_sequence_complete(const char *first, const char *second)
 {
     size_t first_length = strlen(first), second_length = strlen(second);
@@ -818,9 +820,7 @@ Test(linux_vm, a_linux_guest_survives_a_killed_destination_then_migrates_over_tc
     if (host_kvm_is_pvm())
         cr_assert(harness_wait_until(vmm_marked_pages, &vm, harness_linux_timeout_ms(60000)),
                   "no page was cleared for the guest while it migrated; stderr: %s", vm.process.err);
-    FILE *file = fopen(release, "w");
-    cr_assert_not_null(file, "cannot create %s: %s", release, strerror(errno));
-    cr_assert_eq(fclose(file), 0, "close %s: %s", release, strerror(errno));
+    harness_release_fault(release);
     linux_migration_completed(&vm, incoming);
     assert_state(&vm, "migrated");
     linux_guest_carries_on_at(&destination);
@@ -997,9 +997,7 @@ static int64_t linux_migrate_holding_at_end(struct linux_vm *from, struct linux_
     struct timespec hold = { .tv_sec = CLOCK_HOLD_MS / 1000u, .tv_nsec = (CLOCK_HOLD_MS % 1000u) * 1000000l };
     while (nanosleep(&hold, &hold) != 0)
         cr_assert_eq(errno, EINTR, "nanosleep: %s", strerror(errno));
-    FILE *file = fopen(release, "w");
-    cr_assert_not_null(file, "cannot create %s: %s", release, strerror(errno));
-    cr_assert_eq(fclose(file), 0, "close %s: %s", release, strerror(errno));
+    harness_release_fault(release);
     int64_t downtime_us = linux_migration_completed(from, incoming);
     cr_assert_geq(downtime_us, (int64_t)CLOCK_HOLD_MS * 1000, "downtime %" PRId64 " µs, held %u ms", downtime_us,
                   CLOCK_HOLD_MS);

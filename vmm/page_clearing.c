@@ -21,13 +21,13 @@ int page_clearing_decode(uint64_t argument, uint64_t *gpa, uint64_t *bytes)
 
 int page_clearing_clear(struct guest_memory *memory, struct dirty_log *log, uint64_t gpa, uint64_t bytes)
 {
-    void *host = guest_memory_gpa_to_host(memory, gpa, bytes);
+    uint8_t *host = guest_memory_gpa_to_host(memory, gpa, bytes);
     if (host == NULL || bytes == 0)
         return -EFAULT;
     memset(host, 0, bytes);
     /* After the memset: a migration that takes the mark reads the page
      * cleared; one that read it before the mark sends it again. */
-    dirty_log_mark_range(log, guest_memory_gpa_to_offset(memory, gpa), bytes);
+    dirty_log_mark_range(log, (uint64_t)(host - memory->host), bytes);
     return 0;
 }
 

@@ -407,16 +407,11 @@ static void *runner_map_anonymous(size_t bytes)
     if (slack != 0) {
         start = (uint8_t *)(((uintptr_t)mapping + RUNNER_HUGE_PAGE_BYTES - 1) & ~(uintptr_t)(RUNNER_HUGE_PAGE_BYTES - 1));
         size_t head = (size_t)(start - mapping), tail = slack - head;
-        /* A trim that fails gives back what is still mapped. */
-        if (head != 0 && munmap(mapping, head) != 0) {
+        if ((head != 0 && munmap(mapping, head) != 0) || (tail != 0 && munmap(start + bytes, tail) != 0)) {
+            /* A trim failed: give back what is still mapped (unmapping the
+             * part a trim already gave back is harmless). */
             int saved = errno;
             munmap(mapping, bytes + slack);
-            errno = saved;
-            return NULL;
-        }
-        if (tail != 0 && munmap(start + bytes, tail) != 0) {
-            int saved = errno;
-            munmap(start, bytes + tail);
             errno = saved;
             return NULL;
         }
