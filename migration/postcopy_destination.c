@@ -42,8 +42,15 @@ struct postcopy_waiter {
  * - options, uffd, stop_event, pages, words: set by create, immutable until
  *   destroy.
  * - received: one bit per page. Written only under lock (after the page is
- *   in place, so a set bit always means "present"); read without the lock
- *   by postcopy_destination_received (acquire; the release store pairs).
+ *   in place, so a set bit means "present", or "zero and left as a hole":
+ *   unplaced); read without the lock by postcopy_destination_received
+ *   (acquire; the release store pairs).
+ * - unplaced: under lock. Zero pages received while no thread waited for
+ *   them, left as holes in the memfd instead of placed (allocating and
+ *   clearing a page each: at 2 cores with running vCPUs, seconds per
+ *   GiB). A hole reads as zero once the range is unregistered; until
+ *   then a touch faults, and the fault thread places the zero page
+ *   itself, without asking the source.
  * - requested, waiters, threads, latency, latency_max_ns and every counter:
  *   under lock. A place copies (UFFDIO_COPY/ZEROPAGE) without it, then
  *   takes it to mark the pages received and resolve their waiters: a
@@ -67,6 +74,7 @@ struct postcopy_destination {
      * "pages missing" needs neither the lock nor a popcount of the map. */
     _Atomic uint64_t received_count;
     uint64_t *requested;
+    uint64_t *unplaced;
     pthread_mutex_t lock;
     struct postcopy_waiter waiters[POSTCOPY_MAX_THREADS];
     struct postcopy_thread_blocktime threads[POSTCOPY_MAX_THREADS];
@@ -164,6 +172,24 @@ static void postcopy_add_waiter(struct postcopy_destination *d, pid_t thread_id,
         *free_slot = (struct postcopy_waiter){ .used = true, .thread_id = thread_id, .page = page, .since_ns = now };
 }
 
+/* A zero page left as a hole was touched (its unplaced bit cleared by the
+ * caller, under lock): put a zero page there, which wakes every thread
+ * blocked on it. Received and in the digest already. EEXIST cannot
+ * happen (nothing else places a received page) but is harmless. */
+static void postcopy_place_hole(struct postcopy_destination *d, uint64_t page)
+{
+    uint64_t start = (uint64_t)(uintptr_t)d->options.host + page * POSTCOPY_PAGE_SIZE;
+    struct uffdio_zeropage zeropage = { .range = { .start = start, .len = POSTCOPY_PAGE_SIZE }, .mode = 0 };
+    if (ioctl(d->uffd, UFFDIO_ZEROPAGE, &zeropage) == 0)
+        return;
+    int error = errno;
+    struct uffdio_range range = { .start = start, .len = POSTCOPY_PAGE_SIZE };
+    if (error == EEXIST && ioctl(d->uffd, UFFDIO_WAKE, &range) == 0)
+        return;
+    fprintf(stderr, "ringvm: postcopy: UFFDIO_ZEROPAGE(page %" PRIu64 ", a zero page left as a hole): %s\n", page,
+            strerror(error == EEXIST ? errno : error));
+}
+
 static void postcopy_handle_fault(struct postcopy_destination *d, const struct uffd_msg *msg, uint64_t now)
 {
     uint64_t address = msg->arg.pagefault.address;
@@ -178,7 +204,7 @@ static void postcopy_handle_fault(struct postcopy_destination *d, const struct u
     uint64_t page = (address - base) / POSTCOPY_PAGE_SIZE;
     pid_t thread_id = (pid_t)msg->arg.pagefault.feat.ptid;
 
-    bool request = false;
+    bool request = false, place_hole = false;
     pthread_mutex_lock(&d->lock);
     d->counters.faults++;
     struct postcopy_thread_blocktime *slot = postcopy_thread_slot(d, thread_id);
@@ -186,7 +212,11 @@ static void postcopy_handle_fault(struct postcopy_destination *d, const struct u
         slot->faults++;
     else
         d->counters.faults_untracked++;
-    if (postcopy_received_test(d, page)) {
+    if (postcopy_bit_test(d->unplaced, page)) {
+        d->unplaced[page / 64] &= ~(1ull << (page % 64));
+        d->counters.unplaced_touched++;
+        place_hole = true;
+    } else if (postcopy_received_test(d, page)) {
         d->counters.already_received++;
     } else {
         postcopy_add_waiter(d, thread_id, page, now);
@@ -198,6 +228,10 @@ static void postcopy_handle_fault(struct postcopy_destination *d, const struct u
         }
     }
     pthread_mutex_unlock(&d->lock);
+    if (place_hole) {
+        postcopy_place_hole(d, page);
+        return;
+    }
     if (!request)
         return;
 
@@ -344,7 +378,8 @@ int postcopy_destination_create(struct postcopy_destination **out, const struct 
     int result;
     d->received = calloc(d->words, sizeof(d->received[0]));
     d->requested = calloc(d->words, sizeof(d->requested[0]));
-    if (d->received == NULL || d->requested == NULL) {
+    d->unplaced = calloc(d->words, sizeof(d->unplaced[0]));
+    if (d->received == NULL || d->requested == NULL || d->unplaced == NULL) {
         snprintf(error, error_size, "postcopy: out of memory for the page bitmaps (%" PRIu64 " pages)", d->pages);
         result = -ENOMEM;
         goto fail;
@@ -412,6 +447,7 @@ fail:
         close(d->uffd);
     free(d->received);
     free(d->requested);
+    free(d->unplaced);
     pthread_mutex_destroy(&d->lock);
     free(d);
     return result;
@@ -548,7 +584,47 @@ int postcopy_destination_place_range(struct postcopy_destination *d, uint64_t pa
 int postcopy_destination_place_zero_range(struct postcopy_destination *d, uint64_t page, uint64_t count,
                                           uint64_t *placed)
 {
-    return postcopy_place_run(d, page, count, NULL, placed);
+    if (placed != NULL)
+        *placed = 0;
+    if (count == 0)
+        return 0;
+    if (page >= d->pages || count > d->pages - page)
+        return postcopy_check_page(d, page >= d->pages ? page : d->pages, "place");
+    /* Pages nobody waits for stay holes (unplaced); a requested page has
+     * a thread blocked on it (or about to be), which only a placed page
+     * wakes. Decided under the lock the fault thread decides under: a
+     * fault read after this finds the page unplaced and places it. */
+    uint64_t left = 0;
+    pthread_mutex_lock(&d->lock);
+    for (uint64_t p = page; p < page + count; p++) {
+        if (postcopy_received_test(d, p) || postcopy_bit_test(d->requested, p))
+            continue;
+        d->unplaced[p / 64] |= 1ull << (p % 64);
+        postcopy_received_set(d, p);
+        if (d->options.digest)
+            page_digest_add_zero(&d->digest, p);
+        left++;
+    }
+    d->counters.unplaced += left;
+    pthread_mutex_unlock(&d->lock);
+    int result = 0;
+    uint64_t accounted = left;
+    for (uint64_t p = page; result == 0 && p < page + count;) {
+        if (postcopy_received_test(d, p)) {
+            p++;
+            continue;
+        }
+        uint64_t end = p + 1;
+        while (end < page + count && !postcopy_received_test(d, end))
+            end++;
+        uint64_t here = 0;
+        result = postcopy_place_run(d, p, end - p, NULL, &here);
+        accounted += here;
+        p = end;
+    }
+    if (placed != NULL)
+        *placed = accounted;
+    return result;
 }
 
 int postcopy_destination_discard(struct postcopy_destination *d, uint64_t page, uint64_t count)
@@ -576,7 +652,8 @@ int postcopy_destination_discard(struct postcopy_destination *d, uint64_t page, 
         uint64_t bit = 1ull << (p % 64);
         if (atomic_fetch_and_explicit(&d->received[p / 64], ~bit, memory_order_release) & bit)
             atomic_fetch_sub_explicit(&d->received_count, 1, memory_order_relaxed);
-        d->requested[p / 64] &= ~(1ull << (p % 64));
+        d->requested[p / 64] &= ~bit;
+        d->unplaced[p / 64] &= ~bit;
     }
     d->counters.discarded += count;
     pthread_mutex_unlock(&d->lock);
@@ -654,6 +731,7 @@ void postcopy_destination_destroy(struct postcopy_destination *d)
     close(d->stop_event);
     free(d->received);
     free(d->requested);
+    free(d->unplaced);
     pthread_mutex_destroy(&d->lock);
     free(d);
 }

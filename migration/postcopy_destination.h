@@ -7,7 +7,9 @@
  * Life of a page: missing (a touch blocks the toucher in the kernel and
  * queues a fault) -> requested (request_page was called once, however many
  * threads fault on it) -> received (placed with postcopy_destination_place
- * or _place_zero, which wakes every thread blocked on it). A page present
+ * or _place_zero, which wakes every thread blocked on it). A zero page
+ * received while nobody waits for it is received but left as a hole
+ * (place_zero_range), and placed only if something touches it. A page present
  * in the memfd when the range is registered (sent during pre-copy) counts as
  * received; postcopy_destination_discard makes pages missing again (stale
  * pages at switch-over).
@@ -98,6 +100,8 @@ struct postcopy_destination_stats {
     uint64_t already_received;  /* faults read after their page was placed (the place woke the thread) */
     uint64_t placed;            /* pages placed with data (UFFDIO_COPY) */
     uint64_t zero;              /* pages placed as zero (UFFDIO_ZEROPAGE) */
+    uint64_t unplaced;          /* zero pages received while nobody waited: left as holes, not placed */
+    uint64_t unplaced_touched;  /* of them, touched later: placed then by the fault thread */
     uint64_t already_present;   /* places that found the page there (EEXIST): woken, not counted above */
     uint64_t discarded;         /* pages punched out by discard */
     uint64_t initially_present; /* pages in the memfd at registration (counted received) */
@@ -143,10 +147,14 @@ int postcopy_destination_place_zero(struct postcopy_destination *destination, ui
  * are woken). 0 or -errno. */
 int postcopy_destination_place_range(struct postcopy_destination *destination, uint64_t page, uint64_t count,
                                      const uint8_t *data);
-/* Zero pages [page, page + count) with as few UFFDIO_ZEROPAGE calls as
- * the pages already present allow (pages known to be zero: sent as zero
- * runs in pre-copy, which left holes in the memfd). *placed (if not NULL)
- * = the pages this call put in RAM, not those another place put there.
+/* Zero pages [page, page + count) (pages known to be zero: sent as zero
+ * runs, or left as holes by pre-copy's zero runs). Those nobody waits for
+ * are marked received and left as holes in the memfd (unplaced: a hole
+ * reads as zero; a later touch faults and the fault thread places a zero
+ * page then, without asking the source); requested ones are placed with
+ * as few UFFDIO_ZEROPAGE calls as the pages already present allow.
+ * *placed (if not NULL) = the pages this call accounted as received
+ * (placed or left as holes), not those another place put there.
  * 0 or -errno. */
 int postcopy_destination_place_zero_range(struct postcopy_destination *destination, uint64_t page, uint64_t count,
                                           uint64_t *placed);

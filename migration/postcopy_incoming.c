@@ -90,7 +90,8 @@ struct postcopy_incoming {
     struct postcopy_destination_stats *final_stats;
     struct page_digest final_digest;
     struct postcopy_destination_stats *scratch;
-    uint64_t known_zero_filled;     /* incoming thread: pages fill_known_zero placed here, not received */
+    uint64_t known_zero_filled;     /* incoming thread: pages fill_known_zero accounted here (placed or left
+                                       as holes), not received from the source */
 };
 
 static void incoming_get_stats(struct postcopy_incoming *pi, struct postcopy_destination_stats *stats)
@@ -232,7 +233,7 @@ int postcopy_incoming_fill_known_zero(struct postcopy_incoming *pi, const uint64
         uint64_t end = page + 1;
         while (end < pi->pages && incoming_known_zero(pi, discarded, end))
             end++;
-        /* Only what this call placed: a zero page pc-urgent placed
+        /* Only what this call accounted: a zero page pc-urgent placed
          * meanwhile (the guest touched it first) came from the source. */
         uint64_t placed = 0;
         int r = postcopy_destination_place_zero_range(pi->destination, page, end - page, &placed);
@@ -545,10 +546,12 @@ void postcopy_incoming_fill_progress(struct postcopy_incoming *pi, struct mig_pr
 {
     struct postcopy_destination_stats *stats = pi->scratch;
     incoming_get_stats(pi, stats);
-    /* From the source: what fill_known_zero placed here is not counted. */
-    uint64_t local_zero = pi->known_zero_filled < stats->zero ? pi->known_zero_filled : stats->zero;
-    progress->postcopy.pages_received = stats->placed + stats->zero - local_zero;
-    progress->postcopy.pages_zero = stats->zero - local_zero;
+    /* From the source: what fill_known_zero accounted here is not counted;
+     * zero pages left as holes are received (as zero) all the same. */
+    uint64_t zero = stats->zero + stats->unplaced;
+    uint64_t local_zero = pi->known_zero_filled < zero ? pi->known_zero_filled : zero;
+    progress->postcopy.pages_received = stats->placed + zero - local_zero;
+    progress->postcopy.pages_zero = zero - local_zero;
     progress->postcopy.pages_requested = stats->requested;
     progress->postcopy.faults = stats->faults;
     progress->postcopy.duplicate_faults = stats->duplicates;

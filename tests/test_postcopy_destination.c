@@ -387,6 +387,79 @@ Test(postcopy_destination, zero_pages_read_as_zero_on_anonymous_ram, .timeout = 
     zero_pages_read_as_zero(true);
 }
 
+/* Zero pages nobody waits for stay holes in the memfd (placing them would
+ * allocate and clear a page each); a requested one among them is placed,
+ * a later touch of a hole gets its zero page from the fault thread
+ * without a request, and every one is received and in the digest as a
+ * zero page from the start. */
+Test(postcopy_destination, zero_pages_nobody_waits_for_stay_holes_until_touched, .timeout = 60)
+{
+    struct fixture f;
+    memset(&f, 0, sizeof(f));
+    fixture_setup(&f);
+    f.digest = true;
+    fixture_register(&f);
+    struct toucher waiting;
+    toucher_start(&waiting, &f, 205);
+    wait_counts(&f, 1, 1);
+    uint64_t accounted = 0;
+    cr_assert_eq(postcopy_destination_place_zero_range(f.destination, 200, 10, &accounted), 0);
+    cr_assert_eq(accounted, 10);
+    toucher_join(&waiting);
+    static const uint8_t zero[PAGE];
+    cr_assert_eq(memcmp(waiting.data, zero, PAGE), 0, "the toucher's buffer was 0xee before");
+    struct postcopy_destination_stats s = stats_of(&f);
+    cr_assert_eq(s.zero, 1, "only the requested page is placed");
+    cr_assert_eq(s.unplaced, 9);
+    cr_assert_eq(s.unplaced_touched, 0);
+    cr_assert_eq(s.received_pages, 10);
+    for (uint64_t page = 200; page < 210; page++)
+        cr_assert(postcopy_destination_received(f.destination, page), "page %lu", (unsigned long)page);
+    struct guest_ram ram = guest_memory_ram(&f.memory);
+    uint64_t data_start, data_end;
+    cr_assert_eq(guest_ram_next_data(&ram, 200, &data_start, &data_end), 0);
+    cr_assert_eq(data_start, 205, "pages 200..204 are holes");
+    cr_assert_eq(data_end, 206, "pages 206..209 are holes");
+
+    struct toucher later;
+    toucher_start(&later, &f, 207);
+    toucher_join(&later);
+    cr_assert_eq(memcmp(later.data, zero, PAGE), 0);
+    s = stats_of(&f);
+    cr_assert_eq(s.faults, 2);
+    cr_assert_eq(s.requested, 1, "a hole's touch asks the source nothing");
+    cr_assert_eq(request_count(&f), 1);
+    cr_assert_eq(s.unplaced_touched, 1);
+    cr_assert_eq(s.zero, 1);
+    cr_assert_eq(s.received_pages, 10);
+    cr_assert_eq(guest_ram_next_data(&ram, 206, &data_start, &data_end), 0);
+    cr_assert_eq(data_start, 207, "the touched hole holds a page now");
+    cr_assert_eq(data_end, 208);
+    /* A second range over the same pages accounts nothing new. */
+    cr_assert_eq(postcopy_destination_place_zero_range(f.destination, 200, 10, &accounted), 0);
+    cr_assert_eq(accounted, 0);
+    cr_assert_eq(stats_of(&f).unplaced, 9);
+
+    struct page_digest expected, got;
+    page_digest_init(&expected);
+    for (uint64_t page = 200; page < 210; page++)
+        page_digest_add_zero(&expected, page);
+    postcopy_destination_digest(f.destination, &got);
+    cr_assert_eq(got.pages, 10);
+    cr_assert_eq(got.low, expected.low);
+    cr_assert_eq(got.high, expected.high);
+    /* Discarded, a hole is missing again: the next touch asks the source. */
+    cr_assert_eq(postcopy_destination_discard(f.destination, 203, 1), 0);
+    struct toucher after_discard;
+    toucher_start(&after_discard, &f, 203);
+    wait_counts(&f, 2, 3);
+    cr_assert(!toucher_done(&after_discard), "a discarded hole is missing: the toucher blocks");
+    cr_assert_eq(postcopy_destination_place_zero(f.destination, 203), 0);
+    toucher_join(&after_discard);
+    cr_assert_eq(stats_of(&f).unplaced_touched, 1);
+    fixture_end(&f);
+}
+
 static void discard_makes_the_next_touch_fault_and_request_again(bool anonymous)
 {
     struct fixture f;
