@@ -165,7 +165,8 @@ struct result {
     /* post-copy, source side */
     bool postcopy_active;
     uint64_t switched_at_ms;
-    uint64_t pages_total, pages_pushed, pages_served, requests, requests_refused;
+    uint64_t pages_total, pages_pushed, pages_served, requests, requests_refused, pages_withdrawn, pages_sent_twice,
+        pages_left_to_stream;
     /* post-copy, destination side */
     uint64_t pages_asked, pages_received, pages_zero, faults, duplicate_faults;
     uint64_t blocktime_ns, vcpu_faults[VCPUS], vcpu_blocktime_ns[VCPUS];
@@ -401,6 +402,9 @@ static void run_one(const struct options *o, uint64_t memory, uint64_t wss, uint
     r->pages_served = p->postcopy.pages_requested;
     r->requests = p->postcopy.requests;
     r->requests_refused = p->postcopy.requests_refused;
+    r->pages_withdrawn = p->postcopy.pages_withdrawn;
+    r->pages_sent_twice = p->postcopy.pages_sent_twice;
+    r->pages_left_to_stream = p->postcopy.pages_left_to_stream;
     /* The source's vCPUs stopped at its pause (keep_alive): its counter
      * is what the guest wrote there during the migration. */
     r->precopy_phase_ms = p->postcopy.active ? p->postcopy.switched_at_ms : p->total_ms;
@@ -535,11 +539,12 @@ static void print_row(const struct result *r, const struct result *precopy)
         fprintf(stdout, "      %" PRIu64 " pre-copy passes, final throttle %d %%", r->iterations, r->final_throttle);
     if (postcopy)
         fprintf(stdout, "; switched at %" PRIu64 " ms, %" PRIu64 " pages missing: pushed %" PRIu64
-                ", served on request %" PRIu64 " (%" PRIu64 " requests, %" PRIu64 " refused); destination asked %"
+                ", served on request %" PRIu64 " (%" PRIu64 " requests, %" PRIu64 " refused; %" PRIu64
+                " withdrawn from the stream, %" PRIu64 " left to it, %" PRIu64 " sent twice); destination asked %"
                 PRIu64 ", received %" PRIu64 " (%" PRIu64 " zero), duplicate faults %" PRIu64
                 ", vCPU faults %" PRIu64 "/%" PRIu64 ", blocktime %.1f/%.1f ms, %" PRIu64 " latency samples",
                 r->switched_at_ms, r->pages_total, r->pages_pushed, r->pages_served, r->requests,
-                r->requests_refused, r->pages_asked, r->pages_received, r->pages_zero, r->duplicate_faults,
+                r->requests_refused, r->pages_withdrawn, r->pages_left_to_stream, r->pages_sent_twice, r->pages_asked, r->pages_received, r->pages_zero, r->duplicate_faults,
                 r->vcpu_faults[0], r->vcpu_faults[1], (double)r->vcpu_blocktime_ns[0] / 1e6,
                 (double)r->vcpu_blocktime_ns[1] / 1e6, r->latency_count);
     if (r->iterations > 0 || postcopy)
@@ -592,6 +597,9 @@ static json_t *result_json(const struct result *r, const struct result *precopy)
         json_object_set_new(pc, "pages_served_on_request", json_integer((json_int_t)r->pages_served));
         json_object_set_new(pc, "requests", json_integer((json_int_t)r->requests));
         json_object_set_new(pc, "requests_refused", json_integer((json_int_t)r->requests_refused));
+        json_object_set_new(pc, "pages_withdrawn", json_integer((json_int_t)r->pages_withdrawn));
+        json_object_set_new(pc, "pages_left_to_stream", json_integer((json_int_t)r->pages_left_to_stream));
+        json_object_set_new(pc, "pages_sent_twice", json_integer((json_int_t)r->pages_sent_twice));
         json_object_set_new(pc, "destination_pages_requested", json_integer((json_int_t)r->pages_asked));
         json_object_set_new(pc, "pages_received", json_integer((json_int_t)r->pages_received));
         json_object_set_new(pc, "pages_zero", json_integer((json_int_t)r->pages_zero));

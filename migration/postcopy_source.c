@@ -9,9 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/sockios.h>
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
 #include <xxh_x86dispatch.h>
@@ -24,9 +26,20 @@
 
 #define NO_RESTART UINT64_MAX
 
+/* A requested page whose stream copy is on its way is left to the stream
+ * while at most this much of the main stream waits in its socket: the
+ * copy then arrives within about this / link rate (2 ms at 125 MiB/s)
+ * plus one frame; beyond it, a second copy goes on the urgent channel. */
+#define STREAM_WAIT_QUEUED_BYTES (256u << 10)
+
 /*
  * Ownership: memory, pages, words: immutable. sent: atomic bits (claimed
- * with fetch_or by either thread). io, parser, seq: pc-serve only between
+ * with fetch_or by either thread). committed: atomic bits, one fetch_or
+ * per page decides who sends it: the sender thread filling a stream
+ * buffer (postcopy_source_withdrawn) or pc-serve answering a request;
+ * cleared with sent by mark_unsent (recovery: what a broken connection
+ * carried may be lost). main_fd: atomic (recovery sets the new one while
+ * an old pc-serve may still run). io, parser, seq: pc-serve only between
  * start and stop. restart, resumed_ns, counters: atomics. failed: set with
  * release after error is written.
  */
@@ -35,6 +48,8 @@ struct postcopy_source {
     uint64_t pages;
     uint64_t words;
     _Atomic uint64_t *sent;
+    _Atomic uint64_t *committed;
+    _Atomic int main_fd;
     struct mig_io io;
     struct postcopy_return_parser parser;
     uint64_t seq;
@@ -43,6 +58,9 @@ struct postcopy_source {
     _Atomic uint64_t requests;
     _Atomic uint64_t pages_requested;
     _Atomic uint64_t pages_pushed;
+    _Atomic uint64_t pages_withdrawn;   /* added by the sender (mig_sender_set_withdrawn) */
+    _Atomic uint64_t pages_left_to_stream;
+    _Atomic uint64_t pages_sent_twice;
     _Atomic uint64_t requests_refused;  /* the parser's, copied by pc-serve after each feed */
     _Atomic uint64_t *paced_bytes;  /* NULL, or the sender's shared_bytes (set before start) */
     _Atomic bool stop;
@@ -73,13 +91,16 @@ int postcopy_source_create(struct postcopy_source **out, const struct guest_memo
     ps->pages = memory->size / MIG_PAGE_SIZE;
     ps->words = (ps->pages + 63) / 64;
     ps->sent = calloc(ps->words ? ps->words : 1, sizeof(ps->sent[0]));
+    ps->committed = calloc(ps->words ? ps->words : 1, sizeof(ps->committed[0]));
     struct postcopy_return_options options = { .ram_bytes = memory->size };
-    if (ps->sent == NULL || postcopy_return_init(&ps->parser, &options) != 0) {
+    if (ps->sent == NULL || ps->committed == NULL || postcopy_return_init(&ps->parser, &options) != 0) {
         free(ps->sent);
+        free(ps->committed);
         free(ps);
         return -1;
     }
     ps->io = urgent;
+    atomic_init(&ps->main_fd, -1);
     atomic_store_explicit(&ps->restart, NO_RESTART, memory_order_relaxed);
     *out = ps;
     return 0;
@@ -93,8 +114,35 @@ void postcopy_source_mark_sent(struct postcopy_source *ps, uint64_t page, uint64
 
 void postcopy_source_mark_unsent(struct postcopy_source *ps, uint64_t page)
 {
-    if (page < ps->pages)
+    if (page < ps->pages) {
         atomic_fetch_and_explicit(&ps->sent[page / 64], ~(1ull << (page % 64)), memory_order_relaxed);
+        atomic_fetch_and_explicit(&ps->committed[page / 64], ~(1ull << (page % 64)), memory_order_relaxed);
+    }
+}
+
+/* The first to set the bit sends the page: relaxed is enough, the
+ * read-modify-write alone picks one winner (RAM is frozen, so what either
+ * reads is the same). */
+static bool commit_page(struct postcopy_source *ps, uint64_t page)
+{
+    uint64_t bit = 1ull << (page % 64);
+    return !(atomic_fetch_or_explicit(&ps->committed[page / 64], bit, memory_order_relaxed) & bit);
+}
+
+bool postcopy_source_withdrawn(uint64_t page, void *opaque)
+{
+    struct postcopy_source *ps = opaque;
+    return page < ps->pages && !commit_page(ps, page);
+}
+
+_Atomic uint64_t *postcopy_source_withdrawn_counter(struct postcopy_source *ps)
+{
+    return &ps->pages_withdrawn;
+}
+
+void postcopy_source_set_main_socket(struct postcopy_source *ps, int fd)
+{
+    atomic_store_explicit(&ps->main_fd, fd, memory_order_relaxed);
 }
 
 bool postcopy_source_next_unsent(struct postcopy_source *ps, uint64_t from, uint64_t *page)
@@ -159,7 +207,12 @@ void postcopy_source_get_stats(struct postcopy_source *ps, struct postcopy_sourc
 {
     stats->requests = atomic_load_explicit(&ps->requests, memory_order_relaxed);
     stats->pages_requested = atomic_load_explicit(&ps->pages_requested, memory_order_relaxed);
-    stats->pages_pushed = atomic_load_explicit(&ps->pages_pushed, memory_order_relaxed);
+    /* withdrawn first (the sender adds it with release after the claims
+     * counted in pages_pushed), so the difference never wraps. */
+    stats->pages_withdrawn = atomic_load_explicit(&ps->pages_withdrawn, memory_order_acquire);
+    stats->pages_pushed = atomic_load_explicit(&ps->pages_pushed, memory_order_relaxed) - stats->pages_withdrawn;
+    stats->pages_left_to_stream = atomic_load_explicit(&ps->pages_left_to_stream, memory_order_relaxed);
+    stats->pages_sent_twice = atomic_load_explicit(&ps->pages_sent_twice, memory_order_relaxed);
     stats->requests_refused = atomic_load_explicit(&ps->requests_refused, memory_order_relaxed);
 }
 
@@ -167,9 +220,28 @@ void postcopy_source_get_stats(struct postcopy_source *ps, struct postcopy_sourc
  * data, the same test the background stream makes). */
 static int serve_request(struct postcopy_source *ps, const struct postcopy_page_request *request)
 {
-    uint64_t first = request->ram_offset / MIG_PAGE_SIZE;
-    for (uint64_t p = first; p < first + request->pages; p++)
+    uint64_t first = request->ram_offset / MIG_PAGE_SIZE, streamed = 0;
+    for (uint64_t p = first; p < first + request->pages; p++) {
         atomic_fetch_or_explicit(&ps->sent[p / 64], 1ull << (p % 64), memory_order_relaxed);
+        if (!commit_page(ps, p))
+            streamed++;         /* in a stream buffer already filled: on its way */
+    }
+    atomic_store_explicit(&ps->restart, first + request->pages, memory_order_relaxed);
+    if (streamed == request->pages) {
+        /* Every page on its way: leave them to the stream when little of it
+         * waits in the socket (SIOCOUTQ: a unix socket's unread bytes,
+         * TCP's unsent and unacknowledged), so no page goes twice. The
+         * destination placed nothing yet and its vCPU waits for the
+         * stream's copy, about as long as a round trip here. */
+        int queued = 0, main_fd = atomic_load_explicit(&ps->main_fd, memory_order_relaxed);
+        if (main_fd >= 0 && ioctl(main_fd, SIOCOUTQ, &queued) == 0 && queued >= 0 &&
+            (unsigned)queued <= STREAM_WAIT_QUEUED_BYTES) {
+            atomic_fetch_add_explicit(&ps->pages_left_to_stream, streamed, memory_order_relaxed);
+            return 0;
+        }
+    }
+    if (streamed != 0)
+        atomic_fetch_add_explicit(&ps->pages_sent_twice, streamed, memory_order_relaxed);
     uint64_t bytes = (uint64_t)request->pages * MIG_PAGE_SIZE;
     struct guest_ram ram = guest_memory_ram(ps->memory);
     bool zero = guest_ram_holds_data(&ram, first, request->pages) == 0;
@@ -201,7 +273,6 @@ static int serve_request(struct postcopy_source *ps, const struct postcopy_page_
         atomic_fetch_add_explicit(ps->paced_bytes, sizeof(header) + sizeof(run_bytes) + (zero ? 0 : bytes),
                                   memory_order_relaxed);
     atomic_fetch_add_explicit(&ps->pages_requested, request->pages, memory_order_relaxed);
-    atomic_store_explicit(&ps->restart, first + request->pages, memory_order_relaxed);
     return 0;
 }
 
@@ -313,5 +384,6 @@ void postcopy_source_destroy(struct postcopy_source *ps)
     postcopy_source_stop(ps);
     postcopy_return_destroy(&ps->parser);
     free(ps->sent);
+    free(ps->committed);
     free(ps);
 }

@@ -149,7 +149,7 @@ static json_t *postcopy_to_json(const struct mig_progress *p)
                                 "p50", (double)p->postcopy.latency_p50_ns / 1e3,
                                 "p99", (double)p->postcopy.latency_p99_ns / 1e3,
                                 "max", (double)p->postcopy.latency_max_ns / 1e3);
-    json_t *object = json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f}",
+    json_t *object = json_pack("{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f}",
                                "active", p->postcopy.active,
                                "switched_at_ms", clamp_int(p->postcopy.switched_at_ms),
                                "pages_total", clamp_int(p->postcopy.pages_total),
@@ -157,6 +157,9 @@ static json_t *postcopy_to_json(const struct mig_progress *p)
                                "pages_requested", clamp_int(p->postcopy.pages_requested),
                                "requests", clamp_int(p->postcopy.requests),
                                "requests_refused", clamp_int(p->postcopy.requests_refused),
+                               "pages_withdrawn", clamp_int(p->postcopy.pages_withdrawn),
+                               "pages_left_to_stream", clamp_int(p->postcopy.pages_left_to_stream),
+                               "pages_sent_twice", clamp_int(p->postcopy.pages_sent_twice),
                                "pages_received", clamp_int(p->postcopy.pages_received),
                                "pages_zero", clamp_int(p->postcopy.pages_zero),
                                "faults", clamp_int(p->postcopy.faults),

@@ -155,6 +155,9 @@ struct mig_progress {
         uint64_t pages_requested;   /* source: served on the urgent channel; destination: asked for */
         uint64_t requests;          /* source: page requests read */
         uint64_t requests_refused;  /* source: refused (queue full, rate) */
+        uint64_t pages_withdrawn;   /* source: taken by the stream, served on request first, left out of it */
+        uint64_t pages_left_to_stream;  /* source: requested, answered by the stream's copy on its way */
+        uint64_t pages_sent_twice;  /* source: requested, sent again though the stream's copy was on its way */
         uint64_t pages_received;    /* destination: placed (data or zero) */
         uint64_t pages_zero;        /* destination: of them, zero pages */
         uint64_t faults;            /* destination: fault messages read */

@@ -123,6 +123,9 @@ static void *sender_main(void *argument)
         s->taken_continues = batch[count - 1]->continues;
         if (s->queue_head == NULL)
             s->queue_tail = NULL;
+        mig_page_withdrawn_fn withdrawn = s->withdrawn;
+        void *withdrawn_opaque = s->withdrawn_opaque;
+        _Atomic uint64_t *withdrawn_pages = s->withdrawn_pages;
         pthread_mutex_unlock(&s->lock);
 
         char error[512];
@@ -133,7 +136,9 @@ static void *sender_main(void *argument)
          * a frame that is still in this core's cache. Under a cap, write in
          * PACE_SLICE pieces, each when the pacer allows it. */
         for (unsigned i = 0; result == 0 && i < count; i++) {
-            mig_buffer_fill(batch[i]);
+            uint64_t left_out = mig_buffer_fill_withdrawing(batch[i], withdrawn, withdrawn_opaque);
+            if (left_out != 0)
+                atomic_fetch_add_explicit(withdrawn_pages, left_out, memory_order_release);
             for (size_t done = 0; result == 0 && done < batch[i]->length;) {
                 size_t left = batch[i]->length - done;
                 size_t slice = cap != 0 && left > PACE_SLICE ? PACE_SLICE : left;
@@ -219,6 +224,16 @@ int mig_sender_start(struct mig_sender *s, int fd, struct mig_tls_session *tls, 
     }
     s->started = true;
     return 0;
+}
+
+void mig_sender_set_withdrawn(struct mig_sender *s, mig_page_withdrawn_fn withdrawn, void *opaque,
+                              _Atomic uint64_t *counter)
+{
+    pthread_mutex_lock(&s->lock);
+    s->withdrawn = withdrawn;
+    s->withdrawn_opaque = opaque;
+    s->withdrawn_pages = counter;
+    pthread_mutex_unlock(&s->lock);
 }
 
 void mig_sender_set_bandwidth(struct mig_sender *s, uint64_t max_bandwidth_bytes)
@@ -490,7 +505,92 @@ void mig_builder_close(struct mig_frame_builder *b, uint64_t seq)
     struct mig_buffer *buffer = b->buffer;
     size_t length = buffer->length - buffer->frame_start - MIG_HEADER_SIZE;
     mig_header_encode(buffer->data + buffer->frame_start, MIG_FRAME_MEMORY, seq, length);
+    buffer->frame_seq = seq;
+    buffer->frame_end = buffer->length;
     buffer->unfilled = true;
+}
+
+/* Rewrites a closed, unfilled frame without the withdrawn data pages. In
+ * place, front to back: a run's new form (one header per kept stretch,
+ * each stretch's data) is never longer than its old one (every extra
+ * header is paid for by at least one page left out, and a header is
+ * smaller than a page), so writing never overtakes the run headers still
+ * to read; data is not in the buffer yet (fill copies it from guest RAM). */
+static uint64_t buffer_withdraw(struct mig_buffer *buffer, mig_page_withdrawn_fn withdrawn, void *opaque)
+{
+    uint8_t *data = buffer->data;
+    struct mig_builder_copy planned[MIG_BUILDER_MAX_COPIES];
+    unsigned planned_count = buffer->copy_count, next_planned = 0;
+    memcpy(planned, buffer->copies, planned_count * sizeof(planned[0]));
+    size_t payload = buffer->frame_start + MIG_HEADER_SIZE;
+    size_t read = payload, write = payload;
+    unsigned copies = 0;
+    uint64_t left_out = 0;
+    while (read < buffer->frame_end) {
+        struct mig_run run;
+        mig_run_decode(data + read, &run);
+        if (run.flags & MIG_RUN_ZERO) {
+            memmove(data + write, data + read, MIG_RUN_HEADER_SIZE);
+            read += MIG_RUN_HEADER_SIZE;
+            write += MIG_RUN_HEADER_SIZE;
+            continue;
+        }
+        read += MIG_RUN_HEADER_SIZE + (size_t)run.pages * MIG_PAGE_SIZE;
+        const struct mig_builder_copy *planned_copy = &planned[next_planned++];
+        uint64_t first = run.ram_offset / MIG_PAGE_SIZE;
+        uint32_t stretch = UINT32_MAX;  /* first page of the kept stretch open, if any */
+        for (uint32_t p = 0; p <= run.pages; p++) {
+            bool keep = p < run.pages && !withdrawn(first + p, opaque);
+            if (keep) {
+                if (stretch == UINT32_MAX)
+                    stretch = p;
+                continue;
+            }
+            if (p < run.pages)
+                left_out++;
+            if (stretch == UINT32_MAX)
+                continue;
+            struct mig_run kept = { .ram_offset = run.ram_offset + (uint64_t)stretch * MIG_PAGE_SIZE,
+                                    .pages = p - stretch, .flags = 0 };
+            mig_run_encode(&kept, data + write);
+            write += MIG_RUN_HEADER_SIZE;
+            buffer->copies[copies++] = (struct mig_builder_copy){
+                .host = planned_copy->host + (size_t)stretch * MIG_PAGE_SIZE, .at = write, .pages = kept.pages };
+            write += (size_t)kept.pages * MIG_PAGE_SIZE;
+            stretch = UINT32_MAX;
+        }
+    }
+    if (left_out == 0)
+        return 0;       /* nothing moved: every header was written back where it was */
+    if (write == payload) {
+        /* Every page withdrawn: a memory frame has at least one run
+         * (docs/migration-protocol.md), so the first page goes anyway.
+         * Nothing was written over the first run header. */
+        struct mig_run run;
+        mig_run_decode(data + payload, &run);
+        run.pages = 1;
+        mig_run_encode(&run, data + write);
+        write += MIG_RUN_HEADER_SIZE;
+        buffer->copies[copies++] = (struct mig_builder_copy){ .host = planned[0].host, .at = write, .pages = 1 };
+        write += MIG_PAGE_SIZE;
+        left_out--;
+    }
+    size_t trailing = buffer->length - buffer->frame_end;
+    memmove(data + write, data + buffer->frame_end, trailing);
+    buffer->length = write + trailing;
+    buffer->frame_end = write;
+    buffer->copy_count = copies;
+    mig_header_encode(data + buffer->frame_start, MIG_FRAME_MEMORY, buffer->frame_seq, write - payload);
+    return left_out;
+}
+
+uint64_t mig_buffer_fill_withdrawing(struct mig_buffer *buffer, mig_page_withdrawn_fn withdrawn, void *opaque)
+{
+    uint64_t left_out = 0;
+    if (buffer->unfilled && withdrawn != NULL)
+        left_out = buffer_withdraw(buffer, withdrawn, opaque);
+    mig_buffer_fill(buffer);
+    return left_out;
 }
 
 void mig_buffer_fill(struct mig_buffer *buffer)

@@ -69,9 +69,17 @@ struct mig_buffer {
      * data pages still to copy, and its checksum to seal. */
     bool unfilled;
     size_t frame_start;
+    uint64_t frame_seq;         /* its sequence number and where it ends (mig_builder_close) */
+    size_t frame_end;
     unsigned copy_count;
     struct mig_builder_copy copies[MIG_BUILDER_MAX_COPIES];
 };
+
+/* Post-copy's background stream: asked, when a buffer is filled right
+ * before it is written, whether a data page planned into it went another
+ * way since (pc-serve sent it on the urgent channel); true leaves it out.
+ * Called on the sender thread, page = RAM offset / 4096. */
+typedef bool (*mig_page_withdrawn_fn)(uint64_t page, void *opaque);
 
 struct mig_sender {
     int fd;
@@ -110,12 +118,24 @@ struct mig_sender {
     _Atomic bool failed;
     char error[512];
     struct mig_pacer pacer;             /* sender thread only */
+    /* NULL, or which planned pages to leave out (mig_sender_set_withdrawn):
+     * under lock, copied by the sender thread with each batch. */
+    mig_page_withdrawn_fn withdrawn;
+    void *withdrawn_opaque;
+    _Atomic uint64_t *withdrawn_pages;  /* where the pages left out are added (release) */
 };
 
 /* tls: the stream's TLS session (the sender thread writes through it),
  * NULL for plaintext. */
 int mig_sender_start(struct mig_sender *sender, int fd, struct mig_tls_session *tls, uint64_t max_bandwidth_bytes,
                      unsigned stall_ms, const _Atomic bool *cancel, char *error, size_t error_size);
+/* From now on, each memory frame's data pages for which withdrawn says
+ * true when its buffer is filled are left out of it (NULL: none), and
+ * their number is added to *counter (release; it outlives the sender);
+ * any thread. Only for streams whose pages go another way too
+ * (post-copy): a page must reach the peer by one of the ways. */
+void mig_sender_set_withdrawn(struct mig_sender *sender, mig_page_withdrawn_fn withdrawn, void *opaque,
+                              _Atomic uint64_t *counter);
 /* Changes the bandwidth cap (bytes/s, 0 = none); any thread. */
 void mig_sender_set_bandwidth(struct mig_sender *sender, uint64_t max_bandwidth_bytes);
 /* A free buffer, waiting up to timeout_ms; NULL on timeout or when the
@@ -188,6 +208,12 @@ void mig_builder_close(struct mig_frame_builder *b, uint64_t seq);
 /* Copies a closed frame's data pages from guest RAM (which must still be
  * mapped) and seals its checksum; nothing to do for other buffers. */
 void mig_buffer_fill(struct mig_buffer *buffer);
+/* mig_buffer_fill, leaving out each data page for which withdrawn(page,
+ * opaque) is true: its run is split around it (or dropped), the frame
+ * gets shorter and its header says so; zero runs stay whole (they carry
+ * no data). A frame keeps at least one run: when every page is withdrawn
+ * its first one goes anyway. The pages left out. */
+uint64_t mig_buffer_fill_withdrawing(struct mig_buffer *buffer, mig_page_withdrawn_fn withdrawn, void *opaque);
 /* Close and fill in one go (tests, tools). */
 void mig_builder_finish(struct mig_frame_builder *b, uint64_t seq);
 

@@ -149,13 +149,39 @@ static int source_delivery_check(struct source *s, struct source_delivery *d, in
                        "wait in the socket (link stalled)", s->params.stall_timeout_ms, *queued);
 }
 
-/* Buffers of the background stream submitted but not yet written when it
- * claims more, under a bandwidth cap (each up to 1 MiB; one more is being
- * filled). Uncapped, the sender writes as fast as the socket takes it and
- * no queue builds up behind a pacer: there every buffer may be queued. */
-#ifndef SOURCE_POSTCOPY_STREAM_AHEAD
-#define SOURCE_POSTCOPY_STREAM_AHEAD 1
+/* The background stream's frames: at most this many data pages each
+ * (64 KiB). The destination places a frame once it has all of it
+ * (checksum), so a page on its way arrives within a frame's time (0.5 ms
+ * at 125 MiB/s), short enough for pc-serve to leave a request for it to
+ * the stream instead of sending it twice (migration/postcopy_source.h).
+ * 1 MiB frames took 8 ms: the vCPUs, writing in address order right
+ * behind the stream, asked for ~40 k of its pages meanwhile, or waited
+ * 11 ms at p99 when left to it (docs/benchmarks.md). */
+#ifndef SOURCE_POSTCOPY_FRAME_PAGES
+#define SOURCE_POSTCOPY_FRAME_PAGES 16
 #endif
+
+/* Frames of the background stream submitted but not yet written when it
+ * claims more, under a bandwidth cap (384 KiB: 3 ms at 125 MiB/s; one
+ * more is being filled). A page claimed but not yet written is withdrawn
+ * from its frame when requested meanwhile, so this bounds only how far
+ * the stream runs ahead of the last request. Uncapped, the sender writes
+ * as fast as the socket takes it and no queue builds up behind a pacer:
+ * there every buffer may be queued. */
+#ifndef SOURCE_POSTCOPY_STREAM_AHEAD
+#define SOURCE_POSTCOPY_STREAM_AHEAD 6
+#endif
+
+/* pc-serve and the main stream's sender share the pages the stream
+ * takes: those pc-serve sent first leave the stream's buffers, requests
+ * for those the stream wrote wait for it (migration/postcopy_source.h).
+ * Again for recovery's new sender and connection. */
+static void source_postcopy_share_stream(struct source *s)
+{
+    postcopy_source_set_main_socket(s->postcopy, s->fd);
+    mig_sender_set_withdrawn(&s->sender, postcopy_source_withdrawn, s->postcopy,
+                             postcopy_source_withdrawn_counter(s->postcopy));
+}
 
 /* The background stream: every page the destination lacks, in address
  * order from wherever the last request left off, each once. */
@@ -184,12 +210,10 @@ static int source_postcopy_push(struct source *s, struct source_delivery *delive
             return -1;
         }
         /* Capped, claim the next step only once little of the stream waits
-         * unwritten: a page claimed here but still queued is one the guest
-         * may touch on the destination meanwhile, and its request sends
-         * it a second time on the urgent channel, whose bytes count
-         * against the same cap. All 16 buffers queued (16 MiB, 128 ms at
-         * 125 MiB/s) made ~490 MiB of 1 GiB go twice (docs/benchmarks.md).
-         * A sender that failed is found by the next frame, as elsewhere. */
+         * unwritten, so the stream stays close to the last request (all
+         * 16 buffers of 1 MiB queued, 128 ms at 125 MiB/s, once made
+         * ~490 MiB of 1 GiB go twice, docs/benchmarks.md). A sender that
+         * failed is found by the next frame, as elsewhere. */
         if (s->params.max_bandwidth_mibs != 0)
             (void)mig_sender_wait_in_flight(&s->sender, SOURCE_POSTCOPY_STREAM_AHEAD, 20);
         uint64_t restart;
@@ -211,19 +235,21 @@ static int source_postcopy_push(struct source *s, struct source_delivery *delive
             }
         }
         uint64_t data_start = extent_start > page ? extent_start : page, data_end = extent_end;
-        /* At most 256 pages (1 MiB) per step, so a request redirects the
-         * stream soon. */
+        /* One frame per step: at most SOURCE_POSTCOPY_FRAME_PAGES data
+         * pages (64 KiB), or 256 pages of a hole (one zero run). */
         if (data_start > page) {
             uint64_t stop = data_start - page > 256 ? page + 256 : data_start;
             for (; page < stop; page++)
                 if (postcopy_source_claim(s->postcopy, page) && source_stream_zero(&st, page, 1) != 0)
                     return -1;
         } else {
-            uint64_t stop = data_end - page > 256 ? page + 256 : data_end;
+            uint64_t stop = data_end - page > SOURCE_POSTCOPY_FRAME_PAGES ? page + SOURCE_POSTCOPY_FRAME_PAGES
+                                                                          : data_end;
             for (; page < stop; page++)
                 if (postcopy_source_claim(s->postcopy, page) && source_stream_page(&st, page) != 0)
                     return -1;
         }
+        source_stream_submit(&st);
     }
     source_stream_submit(&st);
     return 0;
@@ -239,6 +265,9 @@ void source_postcopy_progress(struct source *s)
     s->progress.postcopy.pages_requested = stats.pages_requested;
     s->progress.postcopy.requests = stats.requests;
     s->progress.postcopy.requests_refused = stats.requests_refused;
+    s->progress.postcopy.pages_withdrawn = stats.pages_withdrawn;
+    s->progress.postcopy.pages_left_to_stream = stats.pages_left_to_stream;
+    s->progress.postcopy.pages_sent_twice = stats.pages_sent_twice;
 }
 
 /* The guest gave up: it ran on the destination, which lost it (or the
@@ -480,6 +509,7 @@ static int source_postcopy_reconnect(struct source *s, const char *dest, bool *r
     /* The sender first: starting it clears the counter pc-serve adds to. */
     if (source_start_sender(s) != 0)
         return -1;
+    source_postcopy_share_stream(s);
     int r = postcopy_source_restart(s->postcopy, s->urgent_io);
     if (r != 0)
         return source_fail(s, "internal", "restarting pc-serve: %s", strerror(-r));
@@ -654,6 +684,7 @@ int source_postcopy(struct source *s)
         return -1;
     source_release_tracking(s);     /* the source never runs the guest again */
     postcopy_source_count_bytes_into(s->postcopy, &s->sender.shared_bytes);
+    source_postcopy_share_stream(s);
     r = postcopy_source_start(s->postcopy);
     if (r != 0)
         return source_fail(s, "postcopy-failed", "starting pc-serve: %s", strerror(-r));

@@ -302,10 +302,11 @@ Test(api_postcopy, a_hybrid_snapshot_before_the_switch_has_an_inactive_postcopy_
     progress->postcopy.guest_pages_per_s = -1;      /* not known: null */
     json_t *object = mig_progress_to_json(progress);
     json_t *expected = json_pack(
-        "{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:[{s:I, s:I, s:f}, {s:I, s:I, s:f}],"
-        " s:{s:I, s:f, s:f, s:f}, s:n}",
+        "{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:[{s:I, s:I, s:f}, {s:I, s:I,"
+        " s:f}], s:{s:I, s:f, s:f, s:f}, s:n}",
         "active", 0, "switched_at_ms", (json_int_t)0, "pages_total", (json_int_t)0, "pages_pushed", (json_int_t)0,
         "pages_requested", (json_int_t)0, "requests", (json_int_t)0, "requests_refused", (json_int_t)0,
+        "pages_withdrawn", (json_int_t)0, "pages_left_to_stream", (json_int_t)0, "pages_sent_twice", (json_int_t)0,
         "pages_received", (json_int_t)0, "pages_zero", (json_int_t)0, "faults", (json_int_t)0, "duplicate_faults",
         (json_int_t)0, "blocktime_total_ms", 0.0, "vcpus", "index", (json_int_t)0, "faults", (json_int_t)0,
         "blocktime_ms", 0.0, "index", (json_int_t)1, "faults", (json_int_t)0, "blocktime_ms", 0.0, "latency_us",
@@ -335,6 +336,9 @@ Test(api_postcopy, a_postcopy_snapshot_reports_every_counter_exactly)
     progress->postcopy.pages_requested = 1500;
     progress->postcopy.requests = 1400;
     progress->postcopy.requests_refused = 3;
+    progress->postcopy.pages_withdrawn = 4100;
+    progress->postcopy.pages_left_to_stream = 520;
+    progress->postcopy.pages_sent_twice = 17;
     progress->postcopy.pages_received = 201500;
     progress->postcopy.pages_zero = 7000;
     progress->postcopy.faults = 1600;
@@ -354,11 +358,12 @@ Test(api_postcopy, a_postcopy_snapshot_reports_every_counter_exactly)
     cr_assert_str_eq(json_string_value(json_object_get(object, "mode")), "postcopy");
     cr_assert_str_eq(json_string_value(json_object_get(object, "phase")), "postcopy");
     json_t *expected = json_pack(
-        "{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:[{s:I, s:I, s:f}, {s:I, s:I, s:f}],"
-        " s:{s:I, s:f, s:f, s:f}, s:I}",
+        "{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:[{s:I, s:I, s:f}, {s:I, s:I,"
+        " s:f}], s:{s:I, s:f, s:f, s:f}, s:I}",
         "active", 1, "switched_at_ms", (json_int_t)1234, "pages_total", (json_int_t)262144, "pages_pushed",
         (json_int_t)200000, "pages_requested", (json_int_t)1500, "requests", (json_int_t)1400, "requests_refused",
-        (json_int_t)3, "pages_received", (json_int_t)201500, "pages_zero", (json_int_t)7000, "faults",
+        (json_int_t)3, "pages_withdrawn", (json_int_t)4100, "pages_left_to_stream", (json_int_t)520,
+        "pages_sent_twice", (json_int_t)17, "pages_received", (json_int_t)201500, "pages_zero", (json_int_t)7000, "faults",
         (json_int_t)1600, "duplicate_faults", (json_int_t)100, "blocktime_total_ms", 12.345678, "vcpus", "index",
         (json_int_t)0, "faults", (json_int_t)1000, "blocktime_ms", 8.0, "index", (json_int_t)1, "faults",
         (json_int_t)600, "blocktime_ms", 4.345678, "latency_us", "count", (json_int_t)1500, "p50", 250.0, "p99",

@@ -211,6 +211,156 @@ Test(migration_protocol, close_then_fill_equals_finish)
     free(ram);
 }
 
+/* Post-copy's stream leaves out, when it fills a frame, pages pc-serve
+ * sent first (migration/postcopy_source.h): the test's withdrawn set. */
+struct withdrawn_set {
+    const uint64_t *pages;
+    size_t count;
+    unsigned asked;
+};
+
+static bool in_withdrawn_set(uint64_t page, void *opaque)
+{
+    struct withdrawn_set *set = opaque;
+    set->asked++;
+    for (size_t i = 0; i < set->count; i++)
+        if (set->pages[i] == page)
+            return true;
+    return false;
+}
+
+/* A memory frame planned after a small frame in the same buffer: data
+ * 10..19, zero 20..21, data 100, zero 200..206. */
+static void plan_mixed_frame(struct mig_buffer *buffer, const uint8_t *ram, uint64_t seq)
+{
+    struct mig_iteration it = { .iteration = 0, .pages = 19 };
+    uint8_t it_bytes[MIG_ITERATION_SIZE];
+    mig_iteration_encode(&it, it_bytes);
+    cr_assert(mig_buffer_append_frame(buffer, MIG_FRAME_ITERATION, seq, it_bytes, sizeof(it_bytes)));
+    struct mig_frame_builder b;
+    mig_builder_begin(&b, buffer);
+    for (uint64_t page = 10; page < 22; page++)
+        mig_builder_add_page(&b, page * MIG_PAGE_SIZE, ram + page * MIG_PAGE_SIZE);
+    mig_builder_add_page(&b, 100 * MIG_PAGE_SIZE, ram + 100 * MIG_PAGE_SIZE);
+    mig_builder_add_zero(&b, 200 * MIG_PAGE_SIZE, 7);
+    mig_builder_close(&b, seq + 1);
+    cr_assert_eq(buffer->copy_count, 2, "data runs 10..19 and 100");
+}
+
+/* Withdrawn pages leave the frame: the run 10..19 splits around 12, 13,
+ * 15 and 19, the run of page 100 goes, the zero runs stay; the header's
+ * length and checksum cover what is left, and the receiver takes it. */
+Test(migration_protocol, withdrawn_pages_leave_the_frame_and_the_receiver_takes_what_is_left)
+{
+    uint8_t *ram = source_ram();
+    ram[100 * MIG_PAGE_SIZE + 17] = 0x5a;
+    struct migration_stream s = { 0 };
+    struct mig_hello h = migration_stream_hello();
+    migration_stream_put_hello(&s, &h);
+    struct mig_buffer buffer = { .data = malloc(MIG_SEND_BUFFER_BYTES), .capacity = MIG_SEND_BUFFER_BYTES };
+    plan_mixed_frame(&buffer, ram, s.seq);
+    size_t memory_frame = buffer.frame_start;
+    cr_assert_eq(memory_frame, MIG_HEADER_SIZE + MIG_ITERATION_SIZE);
+    static const uint64_t gone[] = { 12, 13, 15, 19, 100 };
+    struct withdrawn_set set = { .pages = gone, .count = 5 };
+    cr_assert_eq(mig_buffer_fill_withdrawing(&buffer, in_withdrawn_set, &set), 5);
+    cr_assert_eq(set.asked, 11, "each planned data page is asked once, zero runs never");
+    /* Runs: 10-11, 14, 16-18, zero 20-21, zero 200-206. */
+    uint64_t payload = 5 * MIG_RUN_HEADER_SIZE + 6 * MIG_PAGE_SIZE;
+    cr_assert_eq(buffer.length, memory_frame + MIG_HEADER_SIZE + payload);
+    struct mig_frame_header header;
+    char error[256];
+    cr_assert_eq(mig_header_decode(buffer.data + memory_frame, s.seq + 1, &header, error, sizeof(error)), 0, "%s",
+                 error);
+    cr_assert_eq(header.length, payload);
+    cr_assert_eq(header.checksum,
+                 mig_frame_checksum(buffer.data + memory_frame, buffer.data + memory_frame + MIG_HEADER_SIZE, payload));
+    static const struct { uint64_t page; uint32_t pages; uint32_t flags; } want[] = {
+        { 10, 2, 0 }, { 14, 1, 0 }, { 16, 3, 0 }, { 20, 2, MIG_RUN_ZERO }, { 200, 7, MIG_RUN_ZERO },
+    };
+    size_t at = memory_frame + MIG_HEADER_SIZE;
+    for (size_t i = 0; i < 5; i++) {
+        struct mig_run run;
+        mig_run_decode(buffer.data + at, &run);
+        cr_assert_eq(run.ram_offset, want[i].page * MIG_PAGE_SIZE, "run %zu", i);
+        cr_assert_eq(run.pages, want[i].pages, "run %zu", i);
+        cr_assert_eq(run.flags, want[i].flags, "run %zu", i);
+        at += MIG_RUN_HEADER_SIZE + (run.flags & MIG_RUN_ZERO ? 0 : (size_t)run.pages * MIG_PAGE_SIZE);
+    }
+    cr_assert_eq(at, buffer.length);
+    s.seq += 2;
+    migration_stream_put(&s, buffer.data, buffer.length);
+    migration_stream_put_tail(&s);
+    uint8_t *target = migration_stream_guarded_ram(RAM_BYTES);
+    struct mig_receiver r;
+    cr_assert_eq(run(&r, target, &s, s.length), 0, "%s", r.error);
+    for (uint64_t page = 10; page < 20; page++) {
+        bool kept = page != 12 && page != 13 && page != 15 && page != 19;
+        if (kept)
+            cr_assert_eq(memcmp(target + page * MIG_PAGE_SIZE, ram + page * MIG_PAGE_SIZE, MIG_PAGE_SIZE), 0,
+                         "page %lu", (unsigned long)page);
+        else
+            cr_assert(mig_page_is_zero(target + page * MIG_PAGE_SIZE), "withdrawn page %lu arrived",
+                      (unsigned long)page);
+    }
+    cr_assert(mig_page_is_zero(target + 100 * MIG_PAGE_SIZE), "withdrawn page 100 arrived");
+    cr_assert_eq(atomic_load(&r.normal_pages), 6);
+    cr_assert_eq(atomic_load(&r.zero_pages), 9);
+    mig_receiver_destroy(&r);
+    migration_stream_guarded_ram_free(target, RAM_BYTES);
+    free(buffer.data);
+    free(ram);
+    migration_stream_free(&s);
+}
+
+/* A memory frame has at least one run: with every data page withdrawn
+ * (and no zero run) its first page goes anyway. */
+Test(migration_protocol, a_frame_whose_every_page_is_withdrawn_keeps_its_first_page)
+{
+    uint8_t *ram = source_ram();
+    struct mig_buffer buffer = { .data = malloc(MIG_SEND_BUFFER_BYTES), .capacity = MIG_SEND_BUFFER_BYTES };
+    struct mig_frame_builder b;
+    mig_builder_begin(&b, &buffer);
+    for (uint64_t page = 14; page < 18; page++)
+        mig_builder_add_page(&b, page * MIG_PAGE_SIZE, ram + page * MIG_PAGE_SIZE);
+    mig_builder_close(&b, 3);
+    static const uint64_t gone[] = { 14, 15, 16, 17 };
+    struct withdrawn_set set = { .pages = gone, .count = 4 };
+    cr_assert_eq(mig_buffer_fill_withdrawing(&buffer, in_withdrawn_set, &set), 3);
+    cr_assert_eq(buffer.length, MIG_HEADER_SIZE + MIG_RUN_HEADER_SIZE + MIG_PAGE_SIZE);
+    struct mig_frame_header header;
+    char error[256];
+    cr_assert_eq(mig_header_decode(buffer.data, 3, &header, error, sizeof(error)), 0, "%s", error);
+    cr_assert_eq(header.checksum, mig_frame_checksum(buffer.data, buffer.data + MIG_HEADER_SIZE, header.length));
+    struct mig_run run;
+    mig_run_decode(buffer.data + MIG_HEADER_SIZE, &run);
+    cr_assert_eq(run.ram_offset, 14 * MIG_PAGE_SIZE);
+    cr_assert_eq(run.pages, 1);
+    cr_assert_eq(memcmp(buffer.data + MIG_HEADER_SIZE + MIG_RUN_HEADER_SIZE, ram + 14 * MIG_PAGE_SIZE, MIG_PAGE_SIZE),
+                 0);
+    free(buffer.data);
+    free(ram);
+}
+
+/* Nothing withdrawn: byte for byte the frame plain fill builds. */
+Test(migration_protocol, withdrawing_nothing_fills_the_frame_plain_fill_fills)
+{
+    uint8_t *ram = source_ram();
+    struct mig_buffer one = { .data = malloc(MIG_SEND_BUFFER_BYTES), .capacity = MIG_SEND_BUFFER_BYTES };
+    struct mig_buffer two = { .data = malloc(MIG_SEND_BUFFER_BYTES), .capacity = MIG_SEND_BUFFER_BYTES };
+    plan_mixed_frame(&one, ram, 1);
+    plan_mixed_frame(&two, ram, 1);
+    mig_buffer_fill(&one);
+    struct withdrawn_set set = { .pages = NULL, .count = 0 };
+    cr_assert_eq(mig_buffer_fill_withdrawing(&two, in_withdrawn_set, &set), 0);
+    cr_assert_eq(set.asked, 11);
+    cr_assert_eq(one.length, two.length);
+    cr_assert_eq(memcmp(one.data, two.data, one.length), 0);
+    free(one.data);
+    free(two.data);
+    free(ram);
+}
+
 /* The frame of the valid stream that byte offset `at` belongs to. */
 static size_t frame_of(const struct migration_stream *s, size_t at)
 {

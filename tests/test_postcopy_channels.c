@@ -27,9 +27,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <linux/sockios.h>
 
 #include "migration/page_digest.h"
 #include "migration/postcopy_destination.h"
@@ -348,6 +350,103 @@ Test(postcopy_channels, a_paused_session_queues_requests_and_the_restarted_one_s
     cr_assert_eq(postcopy_incoming_digest(c.incoming, destination_hex), RAM_PAGES);
     cr_assert_str_eq(destination_hex, source_hex);
     channels_stop(&c);
+}
+
+static void finish_channels(struct channels *c);
+
+static struct postcopy_source_stats served_stats(struct channels *c)
+{
+    struct postcopy_source_stats stats;
+    postcopy_source_get_stats(c->serve, &stats);
+    return stats;
+}
+
+static bool one_left_to_stream(void *argument)
+{
+    return served_stats(argument).pages_left_to_stream == 1;
+}
+
+/* The main stream's socket as pc-serve sees it: its queue decides whether
+ * a requested page the stream already wrote waits for that copy. */
+static void fill_socket_beyond(int fd, int at_least)
+{
+    int size = 4 << 20;
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof(size)) != 0)
+        cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size)), 0);
+    static uint8_t chunk[64 << 10];
+    int queued = 0;
+    while (queued <= at_least) {
+        cr_assert_eq(send(fd, chunk, sizeof(chunk), MSG_DONTWAIT), (ssize_t)sizeof(chunk),
+                     "the socket took less than %d bytes", at_least);
+        cr_assert_eq(ioctl(fd, SIOCOUTQ, &queued), 0);
+    }
+}
+
+/* Who sends a requested page the background stream took: pc-serve, when
+ * the stream's buffer was not filled yet (the stream then leaves it out:
+ * one copy); the stream, when it filled the page first and little of the
+ * stream waits in its socket (pc-serve sends nothing, the vCPU waits for
+ * the stream's copy); both, behind a long queue. Recovery makes a page
+ * the stream's again. */
+Test(postcopy_channels, a_requested_page_goes_once_whoever_commits_it_first, .timeout = 120)
+{
+    struct channels c;
+    channels_start(&c);
+    int main_socket[2];
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, main_socket), 0);
+    postcopy_source_set_main_socket(c.serve, main_socket[0]);
+    for (uint64_t page = 100; page < 104; page++)
+        cr_assert(postcopy_source_claim(c.serve, page), "page %lu", (unsigned long)page);
+
+    /* 100: filled into a stream buffer (committed), then requested. */
+    cr_assert_not(postcopy_source_withdrawn(100, c.serve), "the stream commits page 100");
+    struct single_touch first = { .channels = &c, .page = 100 };
+    atomic_init(&first.done, false);
+    cr_assert_eq(pthread_create(&first.thread, NULL, single_touch_run, &first), 0);
+    cr_assert(harness_wait_until(one_left_to_stream, &c, WAIT_MS), "the request was not left to the stream");
+    struct postcopy_source_stats stats = served_stats(&c);
+    cr_assert_eq(stats.pages_requested, 0, "nothing went on the urgent channel");
+    cr_assert_eq(stats.pages_sent_twice, 0);
+    cr_assert(!single_touch_done(&first), "page 100 came without the stream's copy");
+    cr_assert_eq(postcopy_incoming_place(c.incoming, 100 * PAGE, 1, c.source.host + 100 * PAGE), 0);
+    cr_assert(harness_wait_until(single_touch_done, &first, WAIT_MS));
+    cr_assert_eq(pthread_join(first.thread, NULL), 0);
+    cr_assert_eq(memcmp(first.data, c.source.host + 100 * PAGE, PAGE), 0);
+
+    /* 101: planned into a buffer not filled yet, then requested: pc-serve
+     * sends it and the buffer leaves it out. */
+    struct single_touch second = { .channels = &c, .page = 101 };
+    atomic_init(&second.done, false);
+    cr_assert_eq(pthread_create(&second.thread, NULL, single_touch_run, &second), 0);
+    cr_assert(harness_wait_until(single_touch_done, &second, WAIT_MS), "page 101 never came");
+    cr_assert_eq(pthread_join(second.thread, NULL), 0);
+    cr_assert_eq(memcmp(second.data, c.source.host + 101 * PAGE, PAGE), 0);
+    cr_assert(postcopy_source_withdrawn(101, c.serve), "the stream's buffer keeps page 101");
+    cr_assert_not(postcopy_source_withdrawn(102, c.serve), "page 102 is the stream's");
+
+    /* 102: committed by the stream, but 256 KiB and more wait before it
+     * in the socket: a second copy goes now. */
+    fill_socket_beyond(main_socket[0], 256 << 10);
+    struct single_touch third = { .channels = &c, .page = 102 };
+    atomic_init(&third.done, false);
+    cr_assert_eq(pthread_create(&third.thread, NULL, single_touch_run, &third), 0);
+    cr_assert(harness_wait_until(single_touch_done, &third, WAIT_MS), "page 102 waited behind the queue");
+    cr_assert_eq(pthread_join(third.thread, NULL), 0);
+    cr_assert_eq(memcmp(third.data, c.source.host + 102 * PAGE, PAGE), 0);
+    stats = served_stats(&c);
+    cr_assert_eq(stats.pages_requested, 2, "101 and 102 on the urgent channel");
+    cr_assert_eq(stats.pages_left_to_stream, 1);
+    cr_assert_eq(stats.pages_sent_twice, 1);
+    cr_assert_eq(stats.requests, 3);
+
+    /* Recovery: the destination lacks 101 (say): unsent and uncommitted,
+     * so the stream's next buffer keeps it. */
+    postcopy_source_mark_unsent(c.serve, 101);
+    cr_assert_not(postcopy_source_withdrawn(101, c.serve));
+    cr_assert_eq(postcopy_incoming_place(c.incoming, 103 * PAGE, 1, c.source.host + 103 * PAGE), 0);
+    close(main_socket[0]);
+    close(main_socket[1]);
+    finish_channels(&c);
 }
 
 /* How many of pc-fault, pc-urgent and pc-serve (found by name among this
