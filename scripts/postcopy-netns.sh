@@ -33,13 +33,16 @@ while [ $# -gt 0 ]; do
 done
 [ -e /dev/kvm ] || { echo "postcopy-netns.sh: no /dev/kvm on this machine" >&2; exit 0; }
 ringvm="$here/build/ringvm" ringctl="$here/build/ringctl" hosts="$here/tests/netns/hosts.sh"
-[ -x "$ringvm" ] && [ -x "$ringctl" ] || { echo "postcopy-netns.sh: run make first" >&2; exit 2; }
+if [ ! -x "$ringvm" ] || [ ! -x "$ringctl" ]; then
+    echo "postcopy-netns.sh: run make first" >&2
+    exit 2
+fi
 
 name=pcn$$
 dir=$(mktemp -d)
 cleanup() {
-    [ -n "${src_pid:-}" ] && kill "$src_pid" 2>/dev/null || true
-    [ -n "${dst_pid:-}" ] && kill "$dst_pid" 2>/dev/null || true
+    if [ -n "${src_pid:-}" ]; then kill "$src_pid" 2>/dev/null || true; fi
+    if [ -n "${dst_pid:-}" ]; then kill "$dst_pid" 2>/dev/null || true; fi
     wait 2>/dev/null || true
     "$hosts" down "$name" >/dev/null 2>&1 || true
     rm -rf "$dir"
