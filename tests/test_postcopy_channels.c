@@ -294,6 +294,21 @@ static bool single_touch_done(void *argument)
     return atomic_load_explicit(&((struct single_touch *)argument)->done, memory_order_acquire);
 }
 
+static void single_touch_start(struct single_touch *t, struct channels *c, uint64_t page)
+{
+    *t = (struct single_touch){ .channels = c, .page = page };
+    atomic_init(&t->done, false);
+    cr_assert_eq(pthread_create(&t->thread, NULL, single_touch_run, t), 0);
+}
+
+/* Its page came (within WAIT_MS) and holds the source's bytes. */
+static void single_touch_finish(struct single_touch *t, const char *why_late)
+{
+    cr_assert(harness_wait_until(single_touch_done, t, WAIT_MS), "page %lu: %s", (unsigned long)t->page, why_late);
+    cr_assert_eq(pthread_join(t->thread, NULL), 0);
+    cr_assert_eq(memcmp(t->data, t->channels->source.host + t->page * PAGE, PAGE), 0);
+}
+
 /* The fault was read and its request made (sent or queued). */
 static bool request_made(void *argument)
 {
@@ -317,9 +332,8 @@ Test(postcopy_channels, a_paused_session_queues_requests_and_the_restarted_one_s
     postcopy_incoming_pause(c.incoming);
     postcopy_source_stop(c.serve);
 
-    struct single_touch touch = { .channels = &c, .page = 4242 };
-    atomic_init(&touch.done, false);
-    cr_assert_eq(pthread_create(&touch.thread, NULL, single_touch_run, &touch), 0);
+    struct single_touch touch;
+    single_touch_start(&touch, &c, 4242);
     cr_assert(harness_wait_until(request_made, &c, WAIT_MS), "the touch never caused a request");
     uint8_t byte;
     cr_assert_eq(recv(c.fds[0], &byte, 1, MSG_DONTWAIT), -1, "a request went into the old channel while paused");
@@ -335,9 +349,7 @@ Test(postcopy_channels, a_paused_session_queues_requests_and_the_restarted_one_s
     cr_assert_eq(postcopy_source_restart(c.serve, source_io), 0);
     char error[512] = "";
     cr_assert_eq(postcopy_incoming_restart(c.incoming, destination_io, error, sizeof(error)), 0, "%s", error);
-    cr_assert(harness_wait_until(single_touch_done, &touch, WAIT_MS), "the queued request was never answered");
-    cr_assert_eq(pthread_join(touch.thread, NULL), 0);
-    cr_assert_eq(memcmp(touch.data, c.source.host + touch.page * PAGE, PAGE), 0);
+    single_touch_finish(&touch, "the queued request was never answered");
     struct postcopy_source_stats served;
     postcopy_source_get_stats(c.serve, &served);
     cr_assert_eq(served.requests, 1, "exactly the queued request reached the restarted pc-serve");
@@ -400,39 +412,30 @@ Test(postcopy_channels, a_requested_page_goes_once_whoever_commits_it_first, .ti
 
     /* 100: filled into a stream buffer (committed), then requested. */
     cr_assert_not(postcopy_source_withdrawn(100, c.serve), "the stream commits page 100");
-    struct single_touch first = { .channels = &c, .page = 100 };
-    atomic_init(&first.done, false);
-    cr_assert_eq(pthread_create(&first.thread, NULL, single_touch_run, &first), 0);
+    struct single_touch first;
+    single_touch_start(&first, &c, 100);
     cr_assert(harness_wait_until(one_left_to_stream, &c, WAIT_MS), "the request was not left to the stream");
     struct postcopy_source_stats stats = served_stats(&c);
     cr_assert_eq(stats.pages_requested, 0, "nothing went on the urgent channel");
     cr_assert_eq(stats.pages_sent_twice, 0);
     cr_assert(!single_touch_done(&first), "page 100 came without the stream's copy");
     cr_assert_eq(postcopy_incoming_place(c.incoming, 100 * PAGE, 1, c.source.host + 100 * PAGE), 0);
-    cr_assert(harness_wait_until(single_touch_done, &first, WAIT_MS));
-    cr_assert_eq(pthread_join(first.thread, NULL), 0);
-    cr_assert_eq(memcmp(first.data, c.source.host + 100 * PAGE, PAGE), 0);
+    single_touch_finish(&first, "the stream's copy did not wake it");
 
     /* 101: planned into a buffer not filled yet, then requested: pc-serve
      * sends it and the buffer leaves it out. */
-    struct single_touch second = { .channels = &c, .page = 101 };
-    atomic_init(&second.done, false);
-    cr_assert_eq(pthread_create(&second.thread, NULL, single_touch_run, &second), 0);
-    cr_assert(harness_wait_until(single_touch_done, &second, WAIT_MS), "page 101 never came");
-    cr_assert_eq(pthread_join(second.thread, NULL), 0);
-    cr_assert_eq(memcmp(second.data, c.source.host + 101 * PAGE, PAGE), 0);
+    struct single_touch second;
+    single_touch_start(&second, &c, 101);
+    single_touch_finish(&second, "never came");
     cr_assert(postcopy_source_withdrawn(101, c.serve), "the stream's buffer keeps page 101");
     cr_assert_not(postcopy_source_withdrawn(102, c.serve), "page 102 is the stream's");
 
     /* 102: committed by the stream, but 256 KiB and more wait before it
      * in the socket: a second copy goes now. */
     fill_socket_beyond(main_socket[0], 256 << 10);
-    struct single_touch third = { .channels = &c, .page = 102 };
-    atomic_init(&third.done, false);
-    cr_assert_eq(pthread_create(&third.thread, NULL, single_touch_run, &third), 0);
-    cr_assert(harness_wait_until(single_touch_done, &third, WAIT_MS), "page 102 waited behind the queue");
-    cr_assert_eq(pthread_join(third.thread, NULL), 0);
-    cr_assert_eq(memcmp(third.data, c.source.host + 102 * PAGE, PAGE), 0);
+    struct single_touch third;
+    single_touch_start(&third, &c, 102);
+    single_touch_finish(&third, "waited behind the queue");
     stats = served_stats(&c);
     cr_assert_eq(stats.pages_requested, 2, "101 and 102 on the urgent channel");
     cr_assert_eq(stats.pages_left_to_stream, 1);
