@@ -607,6 +607,31 @@ static int source_postcopy_recover(struct source *s)
     }
 }
 
+/* Hybrid, before the pause: pre-copy's last frames may still be in the
+ * sender's queue and the link's (a socket holds up to 8 MiB, a shaped
+ * link's queue more: 50 ms of it behind tbf), and the switch-over's frames
+ * would wait behind them with the guest paused. Let them leave while the
+ * guest still runs here: until at most SOURCE_POSTCOPY_DRAINED bytes wait
+ * in the socket, for up to SOURCE_POSTCOPY_DRAIN_MS (then switch anyway).
+ * What the guest dirties meanwhile is in the final sync's take. */
+#define SOURCE_POSTCOPY_DRAINED (64u << 10)
+#define SOURCE_POSTCOPY_DRAIN_MS 2000u
+static int source_postcopy_drain_precopy(struct source *s)
+{
+    if (source_flush(s) != 0)
+        return -1;
+    uint64_t deadline = mig_mono_ns() + SOURCE_POSTCOPY_DRAIN_MS * 1000000ull;
+    for (;;) {
+        int queued = 0;
+        if (ioctl(s->fd, SIOCOUTQ, &queued) != 0 || queued <= (int)SOURCE_POSTCOPY_DRAINED ||
+            mig_mono_ns() >= deadline)
+            return 0;
+        if (source_tick(s) != 0)
+            return -1;
+        poll(NULL, 0, 1);
+    }
+}
+
 /*
  * The post-copy switch-over: pause, capture the state, tell the destination
  * which pages it must drop (pure post-copy: all of them; hybrid: those
@@ -623,6 +648,8 @@ int source_postcopy(struct source *s)
     fprintf(stderr, "ringvm: migration %" PRIu64 ": switching over to post-copy after %" PRIu64 " pre-copy passes\n",
             s->progress.id, s->tracking && !s->bulk_stopped ? s->progress.iteration + 1 : 0);
     source_phase(s, MIG_STATE_COMPLETING, "postcopy-switch");
+    if (s->tracking && source_postcopy_drain_precopy(s) != 0)
+        return -1;
     if (source_pause_guest(s) != 0)
         return -1;
     int r;
