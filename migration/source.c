@@ -5,6 +5,10 @@
  * in it: migration/migration_internal.h.
  */
 #include "migration/source_internal.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stddef.h>
 #include "migration/machine_state_vm.h"
 #include "vmm/console.h"
 #include "vmm/memory_extents.h"
@@ -937,7 +941,20 @@ static int source_probe_switch_over(struct source *s)
                 "state (its stderr says why); continuing, the real state is checked at the switch-over\n",
                 s->progress.id);
     uint64_t ended = mig_mono_ns();
-    s->switch_over.dry_run_us = (ended - started + 999u) / 1000u;
+    uint64_t srtt_us = 0;
+    struct tcp_info tcp;
+    socklen_t tcp_length = sizeof(tcp);
+    if (getsockopt(s->fd, IPPROTO_TCP, TCP_INFO, &tcp, &tcp_length) == 0 &&
+        tcp_length >= offsetof(struct tcp_info, tcpi_rtt) + sizeof(tcp.tcpi_rtt))
+        srtt_us = tcp.tcpi_rtt;        /* a unix socket has none: no cap */
+    bool capped = false;
+    s->switch_over.dry_run_us = mig_switch_over_dry_run_us((resumed - started + 999u) / 1000u,
+                                                           (ended - resumed + 999u) / 1000u,
+                                                           (ack.destination_ns + 999u) / 1000u, srtt_us, &capped);
+    if (capped)
+        fprintf(stderr, "ringvm: migration %" PRIu64 ": the switch-over probe's round took %" PRIu64 " ms on a link "
+                "whose smoothed round trip is %" PRIu64 " us (a retransmission?): counted as 4 round trips\n",
+                s->progress.id, (ended - resumed) / 1000000u, srtt_us);
     s->progress.switch_over.dry_run_us = s->switch_over.dry_run_us;
     s->progress.switch_over.probe_pause_us = (resumed - started + 999u) / 1000u;
     s->progress.switch_over.probe_destination_us = (ack.destination_ns + 999u) / 1000u;

@@ -75,3 +75,14 @@ void mig_switch_over_learn(struct mig_switch_over_model *model, uint64_t measure
     if (model->learned_count < UINT32_MAX)
         model->learned_count++;
 }
+
+uint64_t mig_switch_over_dry_run_us(uint64_t pause_us, uint64_t round_us, uint64_t destination_us,
+                                    uint64_t srtt_us, bool *capped)
+{
+    uint64_t link_us = round_us > destination_us ? round_us - destination_us : 0;
+    uint64_t cap_us = srtt_us > 250 ? 4 * srtt_us : 1000;
+    bool cap = srtt_us != 0 && link_us > cap_us;
+    if (capped != NULL)
+        *capped = cap;
+    return pause_us + destination_us + (cap ? cap_us : link_us);
+}

@@ -88,6 +88,19 @@ uint64_t mig_transfer_us(uint64_t bytes, uint64_t bandwidth_bytes_per_s);
  * bytes explain the whole downtime. */
 uint64_t mig_switch_over_measured_us(uint64_t downtime_us, uint64_t transfer_us, uint64_t digest_pass_us);
 
+/* The dry run's cost from its parts: round_us (probe written to PROBE_ACK
+ * read, the pause and capture before it not included), pause_us (pause,
+ * capture, resume), destination_us (the destination's read and decode).
+ * What the round spent on the link beyond the destination's part is
+ * capped at 4 x srtt_us (TCP's smoothed round trip; 0 = not known, no cap)
+ * and at least 1 ms: a retransmission timeout in the one dry run (640 ms
+ * over the test link with 1 % loss) is the link's outlier, not the cost
+ * of every switch-over, and counted whole it kept expected downtime over
+ * the limit for good, an empty pass after another. *capped (may be NULL)
+ * says whether the cap applied. */
+uint64_t mig_switch_over_dry_run_us(uint64_t pause_us, uint64_t round_us, uint64_t destination_us,
+                                    uint64_t srtt_us, bool *capped);
+
 /* Adds one measured switch-over. The first sets learned = measured and
  * deviation = measured / 2; each later one (RFC 6298's update, weights 1/4,
  * rounded up): deviation = (3 deviation + |measured - learned|) / 4, then

@@ -4,10 +4,10 @@
 # processes, the source in NAME-src and the destination in NAME-dst
 # (tests/netns/hosts.sh), a 2-vCPU guest running the full-rate dirtier on
 # a working set, migrated with `ringctl migrate --mode MODE` over TCP. Prints
-# the link's round trip (ping), then per run the total time, downtime, MiB
-# on each channel, and the destination's fault service latency
-# (p50/p99/max, request to placed) and blocktime, and ends with a JSON line
-# per run (--json: only those).
+# the link's round trip (16 bytes over TCP, median of 500), then per run the
+# total time, downtime, faults, the destination's fault service latency
+# (p50/p99/max, fault read to page placed) and blocktime, each followed by
+# a JSON line (--json: the JSON lines only).
 #
 #   scripts/postcopy-netns.sh [--rate RATE] [--memory SIZE] [--wss MIB]
 #                             [--modes LIST] [--runs N] [--json]

@@ -379,3 +379,23 @@ Test(switch_over, the_receiver_refuses_misplaced_or_malformed_probe_frames)
         parse_done(&r, ram, &s);
     }
 }
+
+/* The dry run counts its link time whole unless it exceeds four smoothed
+ * round trips (at least 1 ms): then that cap, and *capped says so. */
+Test(switch_over, a_retransmission_in_the_dry_run_is_capped_at_four_round_trips)
+{
+    bool capped = true;
+    /* Unix socket (no srtt): 640 ms counted whole. */
+    cr_assert_eq(mig_switch_over_dry_run_us(239, 640000, 44, 0, &capped), 239 + 640000);
+    cr_assert_not(capped);
+    /* TCP, srtt 40 us: the cap is 1 ms; 640 ms of link time -> 1 ms. */
+    cr_assert_eq(mig_switch_over_dry_run_us(239, 640000, 44, 40, &capped), 239 + 44 + 1000);
+    cr_assert(capped);
+    /* srtt 2 ms: cap 8 ms; a 5 ms round is counted whole. */
+    cr_assert_eq(mig_switch_over_dry_run_us(300, 5000, 100, 2000, &capped), 300 + 5000);
+    cr_assert_not(capped);
+    cr_assert_eq(mig_switch_over_dry_run_us(300, 9000, 100, 2000, &capped), 300 + 100 + 8000);
+    cr_assert(capped);
+    /* A destination part longer than the round (clocks): no link time. */
+    cr_assert_eq(mig_switch_over_dry_run_us(10, 50, 80, 40, NULL), 10 + 80);
+}
