@@ -544,7 +544,8 @@ static void print_row(const struct result *r, const struct result *precopy)
                 PRIu64 ", received %" PRIu64 " (%" PRIu64 " zero), duplicate faults %" PRIu64
                 ", vCPU faults %" PRIu64 "/%" PRIu64 ", blocktime %.1f/%.1f ms, %" PRIu64 " latency samples",
                 r->switched_at_ms, r->pages_total, r->pages_pushed, r->pages_served, r->requests,
-                r->requests_refused, r->pages_withdrawn, r->pages_left_to_stream, r->pages_sent_twice, r->pages_asked, r->pages_received, r->pages_zero, r->duplicate_faults,
+                r->requests_refused, r->pages_withdrawn, r->pages_left_to_stream, r->pages_sent_twice, r->pages_asked,
+                r->pages_received, r->pages_zero, r->duplicate_faults,
                 r->vcpu_faults[0], r->vcpu_faults[1], (double)r->vcpu_blocktime_ns[0] / 1e6,
                 (double)r->vcpu_blocktime_ns[1] / 1e6, r->latency_count);
     if (r->iterations > 0 || postcopy)

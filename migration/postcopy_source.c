@@ -9,11 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
-#include <linux/sockios.h>
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
 #include <xxh_x86dispatch.h>
@@ -233,9 +231,8 @@ static int serve_request(struct postcopy_source *ps, const struct postcopy_page_
          * TCP's unsent and unacknowledged), so no page goes twice. The
          * destination placed nothing yet and its vCPU waits for the
          * stream's copy, about as long as a round trip here. */
-        int queued = 0, main_fd = atomic_load_explicit(&ps->main_fd, memory_order_relaxed);
-        if (main_fd >= 0 && ioctl(main_fd, SIOCOUTQ, &queued) == 0 && queued >= 0 &&
-            (unsigned)queued <= STREAM_WAIT_QUEUED_BYTES) {
+        int main_fd = atomic_load_explicit(&ps->main_fd, memory_order_relaxed);
+        if (main_fd >= 0 && mig_socket_queued_bytes(main_fd) <= STREAM_WAIT_QUEUED_BYTES) {
             atomic_fetch_add_explicit(&ps->pages_left_to_stream, streamed, memory_order_relaxed);
             return 0;
         }

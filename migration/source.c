@@ -20,19 +20,11 @@
  * link iteration 0 of a 128 MiB guest read 141 MiB/s where ~115 MiB/s
  * went through, and the switch-over then overran the downtime limit.
  * 0 when the socket cannot say. */
-static uint64_t socket_queued_bytes(int fd)
-{
-    int queued = 0;
-    if (fd < 0 || ioctl(fd, SIOCOUTQ, &queued) != 0 || queued < 0)
-        return 0;
-    return (uint64_t)queued;
-}
-
 /* ---- the source ------------------------------------------------------------ */
 
 /* What crossed the link since this iteration started: written, plus what
  * sat in the socket at the start, minus what sits there now (`queued`,
- * socket_queued_bytes). */
+ * mig_socket_queued_bytes). */
 static uint64_t source_delivered_this_iteration(struct source *s, uint64_t queued)
 {
     uint64_t written = mig_sender_bytes(&s->sender) - s->iteration_start_bytes;
@@ -377,7 +369,7 @@ static int source_bulk_hybrid_check(struct source *s, uint64_t page)
     /* The link's rate so far in this pass: what crossed it, not what
      * waits in the socket. */
     uint64_t elapsed = mig_mono_ns() - s->iteration_start_ns;
-    uint64_t delivered = source_delivered_this_iteration(s, socket_queued_bytes(s->fd));
+    uint64_t delivered = source_delivered_this_iteration(s, mig_socket_queued_bytes(s->fd));
     uint64_t bandwidth = elapsed > 0 ? (uint64_t)((unsigned __int128)delivered * 1000000000u / elapsed) : 0;
     bool due = mig_hybrid_window_exceeds((uint64_t)taken, window_ns, bandwidth, s->params.downtime_ms);
     fprintf(stderr, "ringvm: migration %" PRIu64 ": hybrid: the guest dirtied %" PRId64 " pages in %" PRIu64
@@ -1226,7 +1218,7 @@ static int source_complete(struct source *s)
     uint64_t pause_mono = mig_mono_ns(), pause_real = mig_real_ns();
     /* What crosses the link from here on: what was written and not yet
      * delivered (the backlog), then everything written after now. */
-    uint64_t backlog_at_pause = s->local ? 0 : socket_queued_bytes(s->fd);
+    uint64_t backlog_at_pause = s->local ? 0 : mig_socket_queued_bytes(s->fd);
     uint64_t written_at_pause = mig_sender_bytes(&s->sender);
     mig_trace("src paused");
     struct captured_state state;
@@ -1452,7 +1444,7 @@ static int source_run(struct source *s)
         uint64_t bytes_start = mig_sender_bytes(&s->sender);
         s->iteration_start_ns = iteration_start;
         s->iteration_start_bytes = bytes_start;
-        s->iteration_start_queued = socket_queued_bytes(s->fd);
+        s->iteration_start_queued = mig_socket_queued_bytes(s->fd);
         uint64_t sent_pages;
         s->progress.iteration = iteration;
         int throttle_during = s->progress.throttle_percent;
@@ -1483,7 +1475,7 @@ static int source_run(struct source *s)
         uint64_t sent_done = mig_mono_ns();
         uint64_t bytes = mig_sender_bytes(&s->sender) - bytes_start;
         uint64_t send_ns = sent_done - iteration_start;
-        uint64_t queued_end = socket_queued_bytes(s->fd);
+        uint64_t queued_end = mig_socket_queued_bytes(s->fd);
         uint64_t delivered = source_delivered_this_iteration(s, queued_end);
         if (delivered >= MIN_BANDWIDTH_SAMPLE || s->bandwidth == 0) {
             s->bandwidth = send_ns > 0 ? (uint64_t)((unsigned __int128)delivered * 1000000000u / send_ns) : 0;

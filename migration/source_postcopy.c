@@ -130,8 +130,8 @@ static void source_delivery_init(struct source_delivery *d)
 static int source_delivery_check(struct source *s, struct source_delivery *d, int *queued)
 {
     uint64_t now = mig_mono_ns();
-    *queued = 0;
-    if (ioctl(s->fd, SIOCOUTQ, queued) != 0 || *queued <= 0) {
+    *queued = (int)mig_socket_queued_bytes(s->fd);
+    if (*queued <= 0) {
         *queued = 0;
         d->since = now;
         return 0;
@@ -622,9 +622,7 @@ static int source_postcopy_drain_precopy(struct source *s)
         return -1;
     uint64_t deadline = mig_mono_ns() + SOURCE_POSTCOPY_DRAIN_MS * 1000000ull;
     for (;;) {
-        int queued = 0;
-        if (ioctl(s->fd, SIOCOUTQ, &queued) != 0 || queued <= (int)SOURCE_POSTCOPY_DRAINED ||
-            mig_mono_ns() >= deadline)
+        if (mig_socket_queued_bytes(s->fd) <= SOURCE_POSTCOPY_DRAINED || mig_mono_ns() >= deadline)
             return 0;
         if (source_tick(s) != 0)
             return -1;

@@ -13,10 +13,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/sockios.h>
 
 #include "migration/protocol.h"
 #include "migration/tls.h"
@@ -502,4 +504,12 @@ bool mig_socket_peer_gone(int fd)
         }
     }
     return false;
+}
+
+uint64_t mig_socket_queued_bytes(int fd)
+{
+    int queued = 0;
+    if (fd < 0 || ioctl(fd, SIOCOUTQ, &queued) != 0 || queued < 0)
+        return 0;
+    return (uint64_t)queued;
 }

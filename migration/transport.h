@@ -116,6 +116,11 @@ ssize_t mig_io_recv_some(struct mig_io *io, void *data, size_t capacity, char *e
 /* Waits up to timeout_ms until a read would find bytes (under TLS: bytes
  * already decrypted or buffered count too): 1 readable, 0 not, -1 error. */
 int mig_io_readable(const struct mig_io *io, unsigned timeout_ms);
+/* Bytes written to a connected socket that its peer has not taken yet
+ * (SIOCOUTQ: a unix socket's unread bytes, TCP's unsent and
+ * unacknowledged); 0 when there are none or the kernel cannot tell
+ * (fd < 0, not a socket). */
+uint64_t mig_socket_queued_bytes(int fd);
 /* Ends this side's sending: TLS close_notify (best effort, bounded by
  * io->stall_ms), then shutdown(SHUT_WR). The fd stays open for reading. */
 void mig_io_close_write(struct mig_io *io);
