@@ -12,6 +12,7 @@
 
 #include "api/commands.h"
 #include "migration/postcopy_priority.h"
+#include "migration/stream_window.h"
 #include "vmm/linux_guest.h"
 #include "vmm/vm.h"
 
@@ -79,7 +80,7 @@ static enum api_status cmd_vm_info(struct api_call *call)
     char thp_host[32];
     guest_memory_thp_host(guest_memory_anonymous(&vm->memory), thp_host, sizeof(thp_host));
     json_t *result = json_pack(
-        "{s:s, s:i, s:I, s:s, s:s, s:I, s:I, s:s, s:b, s:b, s:s, s:i, s:i, s:b, s:I}",
+        "{s:s, s:i, s:I, s:s, s:s, s:I, s:I, s:s, s:b, s:b, s:s, s:i, s:i, s:i, s:b, s:I}",
         "state", vm_state_name(api_vm_state(vm)),
         "vcpus", (int)vm->config.vcpu_count,
         "memory_bytes", (json_int_t)vm->memory.size,
@@ -93,6 +94,7 @@ static enum api_status cmd_vm_info(struct api_call *call)
         "thp_host", thp_host,
         "numa_node", vm->memory.numa_node,
         "postcopy_fifo_priority", (int)postcopy_priority_get(),
+        "postcopy_queue_budget_us", (int)stream_window_budget_us(),
         "page_clearing_offered", vm->page_clearing_offered,
         "cleared_pages", (json_int_t)atomic_load_explicit(&vm->cleared_pages, memory_order_relaxed));
     if (!result)

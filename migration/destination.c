@@ -7,6 +7,8 @@
 #include "migration/machine_state_vm.h"
 #include "migration/populate.h"
 #include "migration/postcopy_destination.h"
+#include "migration/postcopy_priority.h"
+#include "migration/stream_window.h"
 
 /* ---- the destination --------------------------------------------------------- */
 
@@ -29,6 +31,8 @@ void incoming_publish(struct incoming *in)
             tids[i] = atomic_load_explicit(&in->vm->vcpus[i].tid, memory_order_relaxed);
         postcopy_incoming_fill_progress(in->postcopy, &in->progress, tids, count);
         incoming_guest_rate(in, now);
+        stream_window_update(&in->stream_window, in->fd, now, in->progress.memory.transferred);
+        in->progress.postcopy.stream_window = in->stream_window.clamp;
     }
     mig_progress_publish(&in->m->board, &in->progress);
     in->last_publish = now;
@@ -448,6 +452,8 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
     in->progress.vcpu_count = vm->config.vcpu_count > MIG_MAX_VCPUS ? MIG_MAX_VCPUS : vm->config.vcpu_count;
     snprintf(in->progress.address, sizeof(in->progress.address), "%s", address ? address : "");
     in->urgent.fd = -1;
+    stream_window_init(&in->stream_window);
+    in->stream_nice_before = POSTCOPY_STREAM_UNCHANGED;
     char postcopy_reason[400] = "";
     in->postcopy_offered = !local && !vm->memory.hugepages &&
                            postcopy_destination_available(postcopy_reason, sizeof(postcopy_reason));
@@ -620,6 +626,8 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
 
 out:
     mig_populate_stop(&populate);
+    postcopy_priority_restore_stream(0, in->stream_nice_before);
+    in->stream_nice_before = POSTCOPY_STREAM_UNCHANGED;
     if (in->postcopy != NULL) {
         incoming_publish(in);
         if (result != 0) {

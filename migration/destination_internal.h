@@ -9,6 +9,7 @@
 
 #include "migration/migration_internal.h"
 #include "migration/postcopy_incoming.h"
+#include "migration/stream_window.h"
 
 /* One incoming migration. migration_incoming_run_fd owns it (the
  * incoming thread, which alone touches it); others see only the copies
@@ -41,6 +42,8 @@ struct incoming {
     uint64_t guest_rate_at_ns;      /* the guest's counters at the last snapshot (incoming_guest_rate) */
     uint64_t guest_rate_pages;
     struct postcopy_incoming *postcopy;
+    struct stream_window stream_window;     /* the main connection's clamp during post-copy */
+    int stream_nice_before;                 /* postcopy_priority_boost_stream's, for the restore */
 };
 
 void incoming_publish(struct incoming *in);

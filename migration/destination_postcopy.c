@@ -10,6 +10,7 @@
 #include "migration/destination_internal.h"
 
 #include "migration/postcopy_destination.h"
+#include "migration/postcopy_priority.h"
 #include "vmm/memory_extents.h"
 
 /* Post-copy, built-in guest: its pages/s from its own counters (the stats
@@ -120,6 +121,9 @@ int incoming_postcopy_switch(struct incoming *in, char *error, size_t error_size
     in->urgent.tls = NULL;
     if (postcopy_incoming_start(&in->postcopy, &options, error, error_size) != 0)
         return -1;
+    /* This thread now receives the stream the vCPUs wait on (restored
+     * when the migration ends, destination.c). */
+    in->stream_nice_before = postcopy_priority_boost_stream(0, "mig-incoming");
     /* Missing here: the discarded pages, plus pages pre-copy sent as zero
      * runs (pages without data, filled below once the guest runs). */
     uint64_t known_zero = postcopy_incoming_known_zero(in->postcopy, in->discarded);

@@ -5,7 +5,6 @@
 #include "migration/postcopy_destination.h"
 
 #include "migration/postcopy_priority.h"
-#include "vmm/log2_histogram.h"
 #include "vmm/memory_extents.h"
 #include "vmm/monotonic.h"
 
@@ -106,15 +105,47 @@ static void postcopy_received_set(struct postcopy_destination *d, uint64_t page)
         atomic_fetch_add_explicit(&d->received_count, 1, memory_order_relaxed);
 }
 
-static unsigned postcopy_log2_bucket(uint64_t ns)
+unsigned postcopy_latency_bucket(uint64_t ns)
 {
-    unsigned bucket = ns < 2 ? 0 : 63u - (unsigned)__builtin_clzll(ns);
+    if (ns < 16)
+        return (unsigned)ns;
+    unsigned octave = 63u - (unsigned)__builtin_clzll(ns);
+    unsigned bucket = 16u + 8u * (octave - 4u) + (unsigned)((ns >> (octave - 3u)) & 7u);
     return bucket < POSTCOPY_LATENCY_BUCKETS ? bucket : POSTCOPY_LATENCY_BUCKETS - 1;
+}
+
+uint64_t postcopy_latency_bucket_low_ns(unsigned bucket)
+{
+    if (bucket < 16)
+        return bucket;
+    unsigned step = bucket - 16u;
+    return (uint64_t)(8u + step % 8u) << (step / 8u + 1u);
 }
 
 uint64_t postcopy_latency_quantile(const struct postcopy_latency_histogram *histogram, double q)
 {
-    return log2_histogram_quantile(histogram->buckets, POSTCOPY_LATENCY_BUCKETS, q);
+    uint64_t total = 0;
+    for (unsigned i = 0; i < POSTCOPY_LATENCY_BUCKETS; i++)
+        total += histogram->buckets[i];
+    if (total == 0)
+        return 0;
+    q = q < 0 ? 0 : q > 1 ? 1 : q;
+    double rank = q * (double)total;    /* of the quantile's sample, 1-based */
+    if (rank < 1)
+        rank = 1;
+    uint64_t seen = 0;
+    for (unsigned i = 0; i < POSTCOPY_LATENCY_BUCKETS; i++) {
+        uint64_t n = histogram->buckets[i];
+        if (n == 0)
+            continue;
+        if ((double)(seen + n) >= rank) {
+            double low = (double)postcopy_latency_bucket_low_ns(i);
+            double high = (double)postcopy_latency_bucket_low_ns(i + 1);
+            return (uint64_t)(low + (high - low) * (rank - (double)seen) / (double)n);
+        }
+        seen += n;
+    }
+    return postcopy_latency_bucket_low_ns(POSTCOPY_LATENCY_BUCKETS);
 }
 
 /* Under lock: the blocktime slot of thread_id, or NULL when the table is full. */
@@ -144,7 +175,7 @@ static void postcopy_resolve_waiters(struct postcopy_destination *d, uint64_t pa
         d->counters.blocktime_total_ns += waited;
         d->latency.count++;
         d->latency.sum_ns += waited;
-        d->latency.buckets[postcopy_log2_bucket(waited)]++;
+        d->latency.buckets[postcopy_latency_bucket(waited)]++;
         if (waited > d->latency_max_ns)
             d->latency_max_ns = waited;
         w->used = false;
@@ -690,7 +721,7 @@ void postcopy_destination_get_stats(struct postcopy_destination *d, struct postc
     uint64_t received = atomic_load_explicit(&d->received_count, memory_order_relaxed);
     pthread_mutex_unlock(&d->lock);
     stats->received_pages = received;
-    /* Interpolated inside a log2 bucket, a quantile can land above the
+    /* Interpolated inside a bucket, a quantile can land above the
      * largest sample: the exact maximum bounds it. */
     stats->latency_p50_ns = postcopy_latency_quantile(&stats->latency, 0.50);
     stats->latency_p99_ns = postcopy_latency_quantile(&stats->latency, 0.99);

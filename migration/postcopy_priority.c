@@ -13,6 +13,7 @@
 
 static atomic_uint configured_priority = 0;
 static atomic_bool failure_reported = false;
+static atomic_bool stream_failure_reported = false;
 
 void postcopy_priority_set(unsigned fifo_priority)
 {
@@ -92,4 +93,34 @@ int postcopy_priority_apply(const char *thread_name)
         fprintf(stderr, "ringvm: %s: %s: it runs on the fair class\n", thread_name, text);
     }
     return result;
+}
+
+int postcopy_priority_boost_stream(int tid, const char *thread_name)
+{
+    if (postcopy_priority_get() == 0 || tid < 0)
+        return POSTCOPY_STREAM_UNCHANGED;
+    errno = 0;
+    int previous = getpriority(PRIO_PROCESS, (id_t)tid);
+    if (previous == -1 && errno != 0)
+        return POSTCOPY_STREAM_UNCHANGED;
+    if (previous <= POSTCOPY_STREAM_NICE)
+        return POSTCOPY_STREAM_UNCHANGED;      /* already there (or above): leave it */
+    if (setpriority(PRIO_PROCESS, (id_t)tid, POSTCOPY_STREAM_NICE) != 0) {
+        if (!atomic_exchange_explicit(&stream_failure_reported, true, memory_order_relaxed))
+            fprintf(stderr, "ringvm: %s: setpriority(nice %d): %s (needs CAP_SYS_NICE or an RLIMIT_NICE of at "
+                    "least %d): it runs at nice %d\n", thread_name, POSTCOPY_STREAM_NICE, strerror(errno),
+                    20 - POSTCOPY_STREAM_NICE, previous);
+        return POSTCOPY_STREAM_UNCHANGED;
+    }
+    return previous;
+}
+
+void postcopy_priority_restore_stream(int tid, int previous)
+{
+    if (previous == POSTCOPY_STREAM_UNCHANGED || tid < 0)
+        return;
+    /* Raising a nice value needs no privilege; a failure leaves the thread
+     * more favoured than it was, nothing worse. */
+    if (setpriority(PRIO_PROCESS, (id_t)tid, previous) != 0)
+        fprintf(stderr, "ringvm: setpriority(nice %d) back after post-copy: %s\n", previous, strerror(errno));
 }

@@ -51,4 +51,23 @@ int postcopy_priority_check(unsigned fifo_priority, char *error, size_t error_si
  * first failure in the process is printed to stderr naming the thread. */
 int postcopy_priority_apply(const char *thread_name);
 
+/* The background stream's threads under the option, from the switch-over
+ * on: the source's migration thread and "mig-send", the destination's
+ * incoming thread. A blocked vCPU waits for them as much as for the three
+ * above (a request for a page already on its way is left to the stream),
+ * and on 2 cores beside two spinning vCPUs they waited for a core too:
+ * fault p99 1.5-3 ms in half of the runs over the 1 Gbit/s test link,
+ * 0.47-0.52 ms in 4 of 4 with them at nice -10 (docs/benchmarks.md).
+ * Not SCHED_FIFO: they copy at link rate and, on a fast link, never
+ * block, so they would starve every fair thread (the guest, the API).
+ * Nice -10 gives one about ten times a vCPU thread's share.
+ * tid 0 = the calling thread. Returns the thread's nice value before, to
+ * hand to postcopy_priority_restore_stream, or POSTCOPY_STREAM_UNCHANGED
+ * (the option is off, or setpriority refused: printed once per process).
+ */
+#define POSTCOPY_STREAM_NICE (-10)
+#define POSTCOPY_STREAM_UNCHANGED 100
+int postcopy_priority_boost_stream(int tid, const char *thread_name);
+void postcopy_priority_restore_stream(int tid, int previous);
+
 #endif

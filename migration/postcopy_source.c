@@ -3,12 +3,14 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,10 +27,17 @@
 #define NO_RESTART UINT64_MAX
 
 /* A requested page whose stream copy is on its way is left to the stream
- * while at most this much of the main stream waits in its socket: the
- * copy then arrives within about this / link rate (2 ms at 125 MiB/s)
- * plus one frame; beyond it, a second copy goes on the urgent channel. */
-#define STREAM_WAIT_QUEUED_BYTES (256u << 10)
+ * while at most this much of the main stream is still ahead of where an
+ * urgent copy would join the queue (mig_socket_unsent_bytes): over TCP
+ * the bytes not yet sent (those in flight are ahead of an urgent copy
+ * too, on the same link; the destination bounds them, stream_window.h),
+ * over a unix socket the unread bytes. The stream's copy then arrives at
+ * most this / link rate later than an urgent one would: 0.5 ms at
+ * 1 Gbit/s over TCP; over unix, where the stream moves at memory speed
+ * uncapped and the pacer keeps the socket near empty under a cap,
+ * 0.1-0.25 ms. Beyond it, a second copy goes on the urgent channel. */
+#define STREAM_WAIT_UNSENT_BYTES_TCP (64u << 10)
+#define STREAM_WAIT_UNREAD_BYTES_UNIX (256u << 10)
 
 /*
  * Ownership: memory, pages, words: immutable. sent: atomic bits (claimed
@@ -37,7 +46,7 @@
  * buffer (postcopy_source_withdrawn) or pc-serve answering a request;
  * cleared with sent by mark_unsent (recovery: what a broken connection
  * carried may be lost). main_fd: atomic (recovery sets the new one while
- * an old pc-serve may still run). io, parser, seq: pc-serve only between
+ * an old pc-serve may still run). io, parser, seq, limit_fd, limit: pc-serve only between
  * start and stop. restart, resumed_ns, counters: atomics. failed: set with
  * release after error is written.
  */
@@ -51,6 +60,8 @@ struct postcopy_source {
     struct mig_io io;
     struct postcopy_return_parser parser;
     uint64_t seq;
+    int limit_fd;               /* stream_wait_limit's: the main fd it last looked at, and its limit */
+    uint64_t limit;
     _Atomic uint64_t restart;
     _Atomic uint64_t resumed_ns;
     _Atomic uint64_t requests;
@@ -88,6 +99,7 @@ int postcopy_source_create(struct postcopy_source **out, const struct guest_memo
     ps->memory = memory;
     ps->pages = memory->size / MIG_PAGE_SIZE;
     ps->words = (ps->pages + 63) / 64;
+    ps->limit_fd = -1;
     ps->sent = calloc(ps->words ? ps->words : 1, sizeof(ps->sent[0]));
     ps->committed = calloc(ps->words ? ps->words : 1, sizeof(ps->committed[0]));
     struct postcopy_return_options options = { .ram_bytes = memory->size };
@@ -214,6 +226,21 @@ void postcopy_source_get_stats(struct postcopy_source *ps, struct postcopy_sourc
     stats->requests_refused = atomic_load_explicit(&ps->requests_refused, memory_order_relaxed);
 }
 
+/* STREAM_WAIT_*: by the main connection's kind, looked up once per fd
+ * (recovery brings a new one). pc-serve only. */
+static uint64_t stream_wait_limit(struct postcopy_source *ps, int main_fd)
+{
+    if (main_fd != ps->limit_fd) {
+        int domain = AF_UNIX;
+        socklen_t length = sizeof(domain);
+        (void)getsockopt(main_fd, SOL_SOCKET, SO_DOMAIN, &domain, &length);
+        ps->limit_fd = main_fd;
+        ps->limit = domain == AF_INET || domain == AF_INET6 ? STREAM_WAIT_UNSENT_BYTES_TCP
+                                                            : STREAM_WAIT_UNREAD_BYTES_UNIX;
+    }
+    return ps->limit;
+}
+
 /* One request: a MEMORY frame with one run (zero when no page of it holds
  * data, the same test the background stream makes). */
 static int serve_request(struct postcopy_source *ps, const struct postcopy_page_request *request)
@@ -227,12 +254,11 @@ static int serve_request(struct postcopy_source *ps, const struct postcopy_page_
     atomic_store_explicit(&ps->restart, first + request->pages, memory_order_relaxed);
     if (streamed == request->pages) {
         /* Every page on its way: leave them to the stream when little of it
-         * waits in the socket (SIOCOUTQ: a unix socket's unread bytes,
-         * TCP's unsent and unacknowledged), so no page goes twice. The
-         * destination placed nothing yet and its vCPU waits for the
-         * stream's copy, about as long as a round trip here. */
+         * is ahead of where an urgent copy would join (see above), so no
+         * page goes twice. The destination placed nothing yet and its vCPU
+         * waits for the stream's copy. */
         int main_fd = atomic_load_explicit(&ps->main_fd, memory_order_relaxed);
-        if (main_fd >= 0 && mig_socket_queued_bytes(main_fd) <= STREAM_WAIT_QUEUED_BYTES) {
+        if (main_fd >= 0 && mig_socket_unsent_bytes(main_fd) <= stream_wait_limit(ps, main_fd)) {
             atomic_fetch_add_explicit(&ps->pages_left_to_stream, streamed, memory_order_relaxed);
             return 0;
         }

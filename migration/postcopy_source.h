@@ -13,7 +13,7 @@
  * pc-serve first, the page is withdrawn from the buffer (one copy, on the
  * urgent channel, without waiting behind the stream). Committed by the
  * stream first, the copy is on its way: pc-serve leaves the request to
- * it while the main socket holds little (STREAM_WAIT_QUEUED_BYTES), and
+ * it while little of the stream is ahead of it (STREAM_WAIT_*), and
  * only behind a longer queue sends a second copy, which the destination
  * drops if the first is there. After a request the background stream
  * continues just past it (pre-paging by locality).

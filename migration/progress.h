@@ -173,6 +173,9 @@ struct mig_progress {
          * last snapshot, from the guest's own counters (read only once the
          * page holding them is here); -1 = not known. */
         int64_t guest_pages_per_s;
+        /* Destination over TCP: the main connection's TCP_WINDOW_CLAMP
+         * (migration/stream_window.h); 0 = none (unix, not switched). */
+        uint64_t stream_window;
     } postcopy;
     uint64_t downtime_ms;       /* source pause -> destination resume */
     uint64_t downtime_us;       /* the same in microseconds (a local hand-over's is a few ms) */

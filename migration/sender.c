@@ -2,6 +2,7 @@
  * Sender thread and memory frame builder (see sender.h).
  */
 #include "migration/sender.h"
+#include "migration/postcopy_priority.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -106,6 +107,7 @@ static void *sender_main(void *argument)
     struct mig_io io = { .fd = s->fd, .stall_ms = s->stall_ms, .cancel = &s->abort, .peer = "destination",
                          .tls = s->tls };
     mig_pacer_init(&s->pacer, monotonic_now_ns(), 0);
+    bool boosted = false;
     for (;;) {
         struct mig_buffer *batch[MIG_SEND_BATCH_IOV];
         unsigned count = 0;
@@ -127,6 +129,13 @@ static void *sender_main(void *argument)
         void *withdrawn_opaque = s->withdrawn_opaque;
         _Atomic uint64_t *withdrawn_pages = s->withdrawn_pages;
         pthread_mutex_unlock(&s->lock);
+        if (withdrawn != NULL && !boosted) {
+            /* Post-copy's stream (set at the switch-over): the vCPUs on
+             * the destination wait for it (postcopy_priority.h). Ends with
+             * this thread: nothing to restore. */
+            (void)postcopy_priority_boost_stream(0, "mig-send");
+            boosted = true;
+        }
 
         char error[512];
         int result = 0;

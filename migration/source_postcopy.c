@@ -8,6 +8,8 @@
  */
 #include "migration/source_internal.h"
 
+#include "migration/postcopy_priority.h"
+
 /* Right after the handshake (nothing paused yet): POSTCOPY_OPEN, then the
  * second connection, the urgent channel (TLS like the first), then
  * POSTCOPY_OPEN_ACK once the destination has accepted it. */
@@ -630,6 +632,8 @@ static int source_postcopy_drain_precopy(struct source *s)
     }
 }
 
+static int source_postcopy_run(struct source *s, uint64_t pause_real, uint64_t missing);
+
 /*
  * The post-copy switch-over: pause, capture the state, tell the destination
  * which pages it must drop (pure post-copy: all of them; hybrid: those
@@ -713,6 +717,16 @@ int source_postcopy(struct source *s)
     r = postcopy_source_start(s->postcopy);
     if (r != 0)
         return source_fail(s, "postcopy-failed", "starting pc-serve: %s", strerror(-r));
+    int migration_nice = postcopy_priority_boost_stream(0, "migration");
+    r = source_postcopy_run(s, pause_real, missing);
+    postcopy_priority_restore_stream(0, migration_nice);
+    return r;
+}
+
+/* From pc-serve's start to the end: the background stream, recovering as
+ * often as the connections break. */
+static int source_postcopy_run(struct source *s, uint64_t pause_real, uint64_t missing)
+{
     source_console_commit(s, false);    /* the guest runs there now; never waits for a slow client */
     s->progress.postcopy.active = true;
     s->progress.postcopy.switched_at_ms = (mig_mono_ns() - s->started_mono) / 1000000u;

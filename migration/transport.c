@@ -506,6 +506,20 @@ bool mig_socket_peer_gone(int fd)
     return false;
 }
 
+uint64_t mig_socket_unsent_bytes(int fd)
+{
+    int domain = 0;
+    socklen_t length = sizeof(domain);
+    if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0)
+        return 0;
+    if (domain != AF_INET && domain != AF_INET6)
+        return mig_socket_queued_bytes(fd);
+    int unsent = 0;
+    if (ioctl(fd, SIOCOUTQNSD, &unsent) != 0 || unsent < 0)
+        return 0;
+    return (uint64_t)unsent;
+}
+
 uint64_t mig_socket_queued_bytes(int fd)
 {
     int queued = 0;

@@ -121,6 +121,11 @@ int mig_io_readable(const struct mig_io *io, unsigned timeout_ms);
  * unacknowledged); 0 when there are none or the kernel cannot tell
  * (fd < 0, not a socket). */
 uint64_t mig_socket_queued_bytes(int fd);
+/* Of those, the bytes the kernel has not handed to the network yet:
+ * TCP's unsent (SIOCOUTQNSD: bytes in flight are left out, they are ahead
+ * of anything sent later on any connection over the same link); a unix
+ * socket's unread bytes (SIOCOUTQ, as above). 0 when none or unknown. */
+uint64_t mig_socket_unsent_bytes(int fd);
 /* Ends this side's sending: TLS close_notify (best effort, bounded by
  * io->stall_ms), then shutdown(SHUT_WR). The fd stays open for reading. */
 void mig_io_close_write(struct mig_io *io);

@@ -11,14 +11,17 @@
 #
 #   scripts/postcopy-netns.sh [--rate RATE] [--memory SIZE] [--wss MIB]
 #                             [--modes LIST] [--runs N] [--json]
+#                             [--ringvm-args "ARGS"]
 #
 # Defaults: --rate 1gbit --memory 1536M --wss 1024 --modes postcopy,hybrid
-# --runs 1. Needs root (namespaces), /dev/kvm and userfaultfd; builds
-# nothing (run `make` first). Cleans up its namespaces on exit.
+# --runs 1. --ringvm-args passes ARGS to both ringvm processes (e.g.
+# "--postcopy-fifo 1", "--postcopy-queue-budget 0"). Needs root
+# (namespaces), /dev/kvm and userfaultfd; builds nothing (run `make`
+# first). Cleans up its namespaces on exit.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-rate=1gbit memory=1536M wss=1024 modes=postcopy,hybrid runs=1 json=0
+rate=1gbit memory=1536M wss=1024 modes=postcopy,hybrid runs=1 json=0 ringvm_args=
 while [ $# -gt 0 ]; do
     case "$1" in
         --rate) rate=$2; shift 2 ;;
@@ -27,7 +30,8 @@ while [ $# -gt 0 ]; do
         --modes) modes=$2; shift 2 ;;
         --runs) runs=$2; shift 2 ;;
         --json) json=1; shift ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --ringvm-args) ringvm_args=$2; shift 2 ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "postcopy-netns.sh: unknown option $1 (--help lists them)" >&2; exit 2 ;;
     esac
 done
@@ -88,10 +92,12 @@ for mode in ${modes//,/ }; do
     for run in $(seq 1 "$runs"); do
         port=$((port + 1))
         rm -f "$dir"/*.sock
-        "$hosts" exec "$name" dst "$ringvm" --memory "$memory" --vcpus 2 --api-socket "$dir/dst.sock" \
+        # shellcheck disable=SC2086  # --ringvm-args: split into words on purpose
+        "$hosts" exec "$name" dst "$ringvm" $ringvm_args --memory "$memory" --vcpus 2 --api-socket "$dir/dst.sock" \
             --incoming "tcp:$dst_addr:$port" >"$dir/dst.out" 2>&1 &
         dst_pid=$!
-        "$hosts" exec "$name" src "$ringvm" --memory "$memory" --vcpus 2 --api-socket "$dir/src.sock" \
+        # shellcheck disable=SC2086
+        "$hosts" exec "$name" src "$ringvm" $ringvm_args --memory "$memory" --vcpus 2 --api-socket "$dir/src.sock" \
             --workload "dirtier,wss=${wss}M" >"$dir/src.out" 2>&1 &
         src_pid=$!
         wait_socket "$dir/src.sock"
@@ -123,7 +129,8 @@ row = {"mode": mode, "run": int(run), "rate": rate, "rtt_ms": float(rtt or 0),
        "switched": pc.get("active"), "faults": pc.get("faults"),
        "pages_requested": pc.get("pages_requested"), "pages_received": pc.get("pages_received"),
        "latency_p50_us": lat.get("p50"), "latency_p99_us": lat.get("p99"), "latency_max_us": lat.get("max"),
-       "blocktime_total_ms": pc.get("blocktime_total_ms")}
+       "blocktime_total_ms": pc.get("blocktime_total_ms"),
+       "stream_window_bytes": pc.get("stream_window_bytes")}
 if only_json != "1":
     print(f"{mode} run {run}: total {row['total_ms']} ms, downtime {row['downtime_ms']} ms, "
           f"faults {row['faults']}, fault service p50/p99/max {lat.get('p50')}/{lat.get('p99')}/{lat.get('max')} us, "

@@ -143,14 +143,17 @@ Test(options, defaults_and_full_command_line)
     cr_assert_not(options.vm.dirty_log.ring_reset_at_take, "late reset by default");
     cr_assert_eq(options.vm.memory_options.numa_node, -1);
     cr_assert_eq(options.postcopy_fifo_priority, 0, "the fault service stays on the fair class by default");
+    cr_assert_eq(options.postcopy_queue_budget_us, 250, "the post-copy stream's window is clamped by default");
     cr_assert_not(options.vm.memory_options.no_thp, "guest RAM asks for transparent huge pages by default");
     cr_assert_not(options.vm.memory_options.anonymous, "guest RAM is a memfd by default");
 
     char *full[] = { "ringvm", "--memory", "1G", "--vcpus", "2", "--workload", "ledger,wss=256M,verify=2",
                      "--serial", "none", "--stats", "--dirty-log", "bitmap", "--bitmap-sync-ms", "50",
                      "--ring-entries", "1024", "--api-socket", "/tmp/x.sock", "--run-seconds", "3",
-                     "--bitmap-clear-chunk", "1M", "--ring-reset", "take", "--postcopy-fifo", "99", "--no-thp", NULL };
-    cr_assert_eq(parse(&options, error, sizeof(error), 27, full), OPTIONS_OK, "%s", error);
+                     "--bitmap-clear-chunk", "1M", "--ring-reset", "take", "--postcopy-fifo", "99", "--no-thp",
+                     "--postcopy-queue-budget", "0", NULL };
+    cr_assert_eq(parse(&options, error, sizeof(error), 29, full), OPTIONS_OK, "%s", error);
+    cr_assert_eq(options.postcopy_queue_budget_us, 0);
     cr_assert(options.vm.memory_options.no_thp);
     cr_assert_eq(options.postcopy_fifo_priority, 99);
     cr_assert(options.vm.dirty_log.ring_reset_at_take);
@@ -193,6 +196,8 @@ Test(options, rejects_bad_values_with_exact_messages)
         { "--dirty-log", "pml", NULL },
         { "--postcopy-fifo", "0", "--postcopy-fifo '0': expected an integer from 1 to 99" },
         { "--postcopy-fifo", "100", "--postcopy-fifo '100': expected an integer from 1 to 99" },
+        { "--postcopy-queue-budget", "100001", "--postcopy-queue-budget '100001': expected an integer from 0 to 100000" },
+        { "--postcopy-queue-budget", "-1", "--postcopy-queue-budget '-1': expected an integer from 0 to 100000" },
         { "--postcopy-fifo", "high", "--postcopy-fifo 'high': expected an integer from 1 to 99" },
         { "--workload", "spinner", "--workload: unknown workload 'spinner' (expected idle, dirtier, ledger or fault)" },
         { "--ram", "shared", "--ram 'shared': expected memfd or anonymous" },

@@ -12,6 +12,7 @@
  */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -837,17 +838,43 @@ Test(postcopy_destination, sixteen_threads_on_four_pages_cause_four_requests, .t
     fixture_end(&f);
 }
 
-/* The latency percentiles (pure arithmetic, runs everywhere). */
-Test(postcopy_destination, latency_quantiles_interpolate_inside_log2_buckets)
+/* The latency buckets and percentiles (pure arithmetic, runs everywhere). */
+Test(postcopy_destination, latency_buckets_are_an_eighth_of_a_power_of_two)
+{
+    cr_assert_eq(postcopy_latency_bucket(0), 0);
+    cr_assert_eq(postcopy_latency_bucket(15), 15);
+    cr_assert_eq(postcopy_latency_bucket(16), 16);
+    cr_assert_eq(postcopy_latency_bucket(17), 16);
+    cr_assert_eq(postcopy_latency_bucket(18), 17);
+    cr_assert_eq(postcopy_latency_bucket(31), 23);
+    cr_assert_eq(postcopy_latency_bucket(32), 24);
+    cr_assert_eq(postcopy_latency_bucket(1000000), 143);
+    cr_assert_eq(postcopy_latency_bucket_low_ns(143), 983040);
+    cr_assert_eq(postcopy_latency_bucket_low_ns(144), 1048576);
+    cr_assert_eq(postcopy_latency_bucket(1ull << 60), POSTCOPY_LATENCY_BUCKETS - 1);
+    cr_assert_eq(postcopy_latency_bucket_low_ns(POSTCOPY_LATENCY_BUCKETS), 1ull << 48);
+    /* Every value lies in its bucket, and a bucket is at most 1/8 of its
+     * low end wide (from 16 ns on). */
+    for (uint64_t v = 1; v < (1ull << 48); v = v * 3 / 2 + 1) {
+        unsigned b = postcopy_latency_bucket(v);
+        uint64_t low = postcopy_latency_bucket_low_ns(b), high = postcopy_latency_bucket_low_ns(b + 1);
+        cr_assert(low <= v && v < high, "%" PRIu64 " ns in bucket %u [%" PRIu64 ", %" PRIu64 ")", v, b, low, high);
+        if (v >= 16)
+            cr_assert_leq((high - low) * 8, low, "bucket %u too wide", b);
+    }
+}
+
+Test(postcopy_destination, latency_quantiles_interpolate_inside_their_bucket)
 {
     struct postcopy_latency_histogram h = { 0 };
     cr_assert_eq(postcopy_latency_quantile(&h, 0.5), 0);
-    h.buckets[10] = 2;      /* [1024, 2048) ns */
-    h.buckets[20] = 2;      /* [1048576, 2097152) ns */
-    cr_assert_eq(postcopy_latency_quantile(&h, 0.0), 1536);
-    cr_assert_eq(postcopy_latency_quantile(&h, 0.5), 2048);
-    cr_assert_eq(postcopy_latency_quantile(&h, 0.99), 2076180);
-    cr_assert_eq(postcopy_latency_quantile(&h, 1.0), 2097152);
+    h.buckets[postcopy_latency_bucket(1100)] = 2;       /* bucket 64: [1024, 1152) ns */
+    h.buckets[postcopy_latency_bucket(1000000)] = 2;    /* bucket 143: [983040, 1048576) ns */
+    cr_assert_eq(postcopy_latency_bucket(1100), 64);
+    cr_assert_eq(postcopy_latency_quantile(&h, 0.0), 1088);
+    cr_assert_eq(postcopy_latency_quantile(&h, 0.5), 1152);
+    cr_assert_eq(postcopy_latency_quantile(&h, 0.99), 1047265);
+    cr_assert_eq(postcopy_latency_quantile(&h, 1.0), 1048576);
     struct postcopy_latency_histogram low = { .buckets = { [0] = 1 } };
-    cr_assert_eq(postcopy_latency_quantile(&low, 0.5), 2);
+    cr_assert_eq(postcopy_latency_quantile(&low, 0.5), 1);
 }

@@ -101,6 +101,45 @@ Test(postcopy_priority, a_refused_apply_keeps_the_fair_class_and_says_so_once, .
                             "0): it runs on the fair class\n");
 }
 
+/* The background stream's threads: nice -10 while post-copy runs, only
+ * with the option on, and back after. */
+Test(postcopy_priority, the_stream_threads_get_nice_minus_ten_only_with_the_option)
+{
+    cr_assert_eq(setpriority(PRIO_PROCESS, 0, 0), 0);
+    cr_assert_eq(postcopy_priority_boost_stream(0, "migration"), POSTCOPY_STREAM_UNCHANGED, "option off");
+    cr_assert_eq(getpriority(PRIO_PROCESS, 0), 0);
+    skip_unless_fifo_permitted(3);
+    postcopy_priority_set(3);
+    cr_assert_eq(setpriority(PRIO_PROCESS, 0, 5), 0);
+    int before = postcopy_priority_boost_stream(0, "migration");
+    cr_assert_eq(before, 5, "the value to restore");
+    cr_assert_eq(getpriority(PRIO_PROCESS, 0), POSTCOPY_STREAM_NICE);
+    cr_assert_eq(postcopy_priority_boost_stream(0, "migration"), POSTCOPY_STREAM_UNCHANGED,
+                 "already there: nothing to restore twice");
+    postcopy_priority_restore_stream(0, before);
+    cr_assert_eq(getpriority(PRIO_PROCESS, 0), 5);
+    postcopy_priority_restore_stream(0, POSTCOPY_STREAM_UNCHANGED);
+    cr_assert_eq(getpriority(PRIO_PROCESS, 0), 5);
+    /* Another thread, by its id (how the source boosts mig-send). */
+    cr_assert_eq(postcopy_priority_boost_stream((int)gettid(), "mig-send"), 5);
+    cr_assert_eq(getpriority(PRIO_PROCESS, (id_t)gettid()), POSTCOPY_STREAM_NICE);
+}
+
+Test(postcopy_priority, a_refused_stream_boost_leaves_the_nice_value_and_says_so_once, .init = cr_redirect_stderr)
+{
+    cr_assert_eq(setpriority(PRIO_PROCESS, 0, 0), 0);
+    forbid_realtime();
+    struct rlimit none = { .rlim_cur = 0, .rlim_max = 0 };
+    cr_assert_eq(setrlimit(RLIMIT_NICE, &none), 0);
+    postcopy_priority_set(5);
+    cr_assert_eq(postcopy_priority_boost_stream(0, "mig-incoming"), POSTCOPY_STREAM_UNCHANGED);
+    cr_assert_eq(postcopy_priority_boost_stream(0, "migration"), POSTCOPY_STREAM_UNCHANGED);
+    cr_assert_eq(getpriority(PRIO_PROCESS, 0), 0);
+    fflush(stderr);
+    cr_assert_stderr_eq_str("ringvm: mig-incoming: setpriority(nice -10): Permission denied (needs CAP_SYS_NICE "
+                            "or an RLIMIT_NICE of at least 30): it runs at nice 0\n");
+}
+
 /* ringvm --postcopy-fifo checks at start and refuses what it may not have
  * (exit 2, before /dev/kvm is opened): run where CAP_SYS_NICE is gone from
  * the bounding set too, so the exec'ed ringvm cannot regain it as root. */

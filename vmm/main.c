@@ -19,6 +19,7 @@
 #include "bpf/probes.h"
 #include "migration/migration.h"
 #include "migration/postcopy_priority.h"
+#include "migration/stream_window.h"
 #include "migration/tls.h"
 #include "migration/transport.h"
 #include "vmm/console.h"
@@ -155,6 +156,7 @@ int main(int argc, char **argv)
         }
         postcopy_priority_set(options.postcopy_fifo_priority);
     }
+    stream_window_set_budget_us(options.postcopy_queue_budget_us);
 
     /* Every thread created from here on inherits SIGINT/SIGTERM blocked;
      * only the signal thread takes them. */

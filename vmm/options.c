@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "migration/postcopy_priority.h"
+#include "migration/stream_window.h"
 #include "vmm/linux_boot.h"
 #include "vmm/size.h"
 
@@ -106,6 +107,11 @@ void options_print_usage(FILE *out)
 "                           (1..99), so a vCPU's missing page is served before other threads\n"
 "                           get the core; needs CAP_SYS_NICE or RLIMIT_RTPRIO >= PRIORITY\n"
 "                           (checked at start). Default: the fair class, like every thread\n"
+"  --postcopy-queue-budget US\n"
+"                           a destination over TCP clamps the post-copy stream's receive window\n"
+"                           so at most about US microseconds of it (at its rate, beyond two\n"
+"                           round trips) wait in the network ahead of a requested page\n"
+"                           (default %u; 0 = no clamp, the stream takes what TCP gives it)\n"
 "  --bpf                    load the eBPF probes at start (see ringctl trace)\n"
 "  -h, --help               this text\n"
 "  --version                print the version\n"
@@ -113,14 +119,14 @@ void options_print_usage(FILE *out)
 "Exit status: 0 clean shutdown (SIGINT/SIGTERM, or a Linux guest that powers off or\n"
 "reboots), 1 guest or VMM failure, 2 bad command line.\n",
             RINGVM_MAX_VCPUS, DIRTY_LOG_DEFAULT_RING_ENTRIES, DIRTY_LOG_DEFAULT_BITMAP_SYNC_MS,
-            OPTIONS_DEFAULT_INCOMING_STALL_TIMEOUT_S);
+            OPTIONS_DEFAULT_INCOMING_STALL_TIMEOUT_S, STREAM_WINDOW_DEFAULT_BUDGET_US);
 }
 
 enum {
     OPT_MEMORY = 256, OPT_VCPUS, OPT_WORKLOAD, OPT_SERIAL, OPT_STATS, OPT_NUMA_NODE, OPT_HUGEPAGES,
     OPT_DIRTY_LOG, OPT_RING_ENTRIES, OPT_HARVESTERS, OPT_BITMAP_SYNC_MS, OPT_BITMAP_CLEAR_CHUNK, OPT_RING_RESET, OPT_API_SOCKET, OPT_VERSION,
     OPT_RUN_SECONDS, OPT_PREALLOC, OPT_INCOMING, OPT_BPF, OPT_INCOMING_STALL_TIMEOUT,
-    OPT_KERNEL, OPT_INITRD, OPT_CMDLINE, OPT_CONSOLE, OPT_TLS_PSK, OPT_TLS_CREDS, OPT_POSTCOPY_FIFO, OPT_NO_THP, OPT_RAM,
+    OPT_KERNEL, OPT_INITRD, OPT_CMDLINE, OPT_CONSOLE, OPT_TLS_PSK, OPT_TLS_CREDS, OPT_POSTCOPY_FIFO, OPT_POSTCOPY_QUEUE_BUDGET, OPT_NO_THP, OPT_RAM,
 };
 
 static const struct option long_options[] = {
@@ -152,6 +158,7 @@ static const struct option long_options[] = {
     { "tls-psk", required_argument, NULL, OPT_TLS_PSK },
     { "tls-creds", required_argument, NULL, OPT_TLS_CREDS },
     { "postcopy-fifo", required_argument, NULL, OPT_POSTCOPY_FIFO },
+    { "postcopy-queue-budget", required_argument, NULL, OPT_POSTCOPY_QUEUE_BUDGET },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, OPT_VERSION },
     { NULL, 0, NULL, 0 },
@@ -184,6 +191,7 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
     workload_spec_defaults(&config->workload);
     dirty_log_config_defaults(&config->dirty_log);
     options->incoming_stall_timeout_s = OPTIONS_DEFAULT_INCOMING_STALL_TIMEOUT_S;
+    options->postcopy_queue_budget_us = STREAM_WINDOW_DEFAULT_BUDGET_US;
     bool incoming_stall_timeout_given = false;
     bool workload_given = false;
 
@@ -363,6 +371,12 @@ enum options_result options_parse(int argc, char **argv, struct ringvm_options *
                             error_size))
                 return OPTIONS_ERROR;
             options->postcopy_fifo_priority = (unsigned)value;
+            break;
+        case OPT_POSTCOPY_QUEUE_BUDGET:
+            if (parse_count("--postcopy-queue-budget", optarg, 0, STREAM_WINDOW_MAX_BUDGET_US, &value, error,
+                            error_size))
+                return OPTIONS_ERROR;
+            options->postcopy_queue_budget_us = (unsigned)value;
             break;
         case 'h':
             options_print_usage(stdout);

@@ -23,6 +23,7 @@ struct ringvm_options {
     bool bpf;                       /* --bpf */
     unsigned postcopy_fifo_priority;    /* --postcopy-fifo N: SCHED_FIFO priority of the post-copy fault
                                            service threads, 0 = not given (fair class) */
+    unsigned postcopy_queue_budget_us;  /* --postcopy-queue-budget US (migration/stream_window.h), 0 = off */
     const char *console_socket;     /* --console unix:PATH (the PATH), NULL = none */
     unsigned demo_seconds;          /* --run-seconds N: shut down after N s (0 = run until signalled) */
 };
