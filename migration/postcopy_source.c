@@ -267,7 +267,8 @@ static int serve_request(struct postcopy_source *ps, const struct postcopy_page_
         atomic_fetch_add_explicit(&ps->pages_sent_twice, streamed, memory_order_relaxed);
     uint64_t bytes = (uint64_t)request->pages * MIG_PAGE_SIZE;
     struct guest_ram ram = guest_memory_ram(ps->memory);
-    bool zero = guest_ram_holds_data(&ram, first, request->pages) == 0;
+    bool zero = (request->pages == 1 ? guest_ram_page_holds_data(&ram, first)
+                                     : guest_ram_holds_data(&ram, first, request->pages)) == 0;
     struct mig_run run = { .ram_offset = request->ram_offset, .pages = request->pages,
                            .flags = zero ? MIG_RUN_ZERO : 0 };
     uint8_t run_bytes[MIG_RUN_HEADER_SIZE];

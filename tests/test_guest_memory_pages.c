@@ -282,6 +282,19 @@ static void data_extents_are_the_written_pages(bool anonymous)
     cr_assert_eq(guest_ram_holds_data(&ram, 10, pages - 11), 0, "the last page is outside the range");
     cr_assert_eq(guest_ram_holds_data(&ram, pages - 1, 5), 1, "a count past the end stops at it");
     cr_assert_eq(guest_ram_holds_data(&ram, pages, 1), 0);
+    /* One page at a time (pc-serve's question), every page of the RAM. */
+    for (uint64_t page = 0; page < pages; page++) {
+        int expected = (page >= 3 && page < 6) || page == 9 || page == pages - 1;
+        cr_assert_eq(guest_ram_page_holds_data(&ram, page), expected, "page %" PRIu64, page);
+    }
+    cr_assert_eq(guest_ram_page_holds_data(&ram, pages), 0);
+    cr_assert_eq(guest_ram_page_holds_data(&ram, UINT64_MAX), 0);
+    /* A hole punched where data was (a post-copy discard): a hole again. */
+    char error[200];
+    cr_assert_eq(guest_ram_discard(&ram, 4 * 4096, 4096, error, sizeof(error)), 0, "%s", error);
+    cr_assert_eq(guest_ram_page_holds_data(&ram, 4), 0);
+    cr_assert_eq(guest_ram_page_holds_data(&ram, 3), 1);
+    cr_assert_eq(guest_ram_page_holds_data(&ram, 5), 1);
     guest_memory_destroy(&memory);
 }
 

@@ -46,6 +46,10 @@ int guest_ram_next_data(const struct guest_ram *ram, uint64_t from, uint64_t *da
 /* 1 when a page of [first, first + count) holds data, 0 when none does,
  * -errno when the host cannot say. Looks no further than the range. */
 int guest_ram_holds_data(const struct guest_ram *ram, uint64_t first, uint64_t count);
+/* The same for one page, and as fast when the answer is no as when it is
+ * yes (guest_ram_holds_data's SEEK_DATA walks the whole hole after a page
+ * that is one): 1 data, 0 a hole or past the end, -errno. */
+int guest_ram_page_holds_data(const struct guest_ram *ram, uint64_t page);
 
 /* Gives [offset, offset + length) back (page-aligned) and checks that no
  * page of it holds data afterwards: a punch inside a shmem huge page the
