@@ -5,6 +5,7 @@
 #include "migration/postcopy_destination.h"
 
 #include "migration/postcopy_priority.h"
+#include "vmm/log2_histogram.h"
 #include "vmm/memory_extents.h"
 #include "vmm/monotonic.h"
 
@@ -122,30 +123,15 @@ uint64_t postcopy_latency_bucket_low_ns(unsigned bucket)
     return (uint64_t)(8u + step % 8u) << (step / 8u + 1u);
 }
 
+static uint64_t postcopy_latency_bucket_high_ns(unsigned bucket)
+{
+    return postcopy_latency_bucket_low_ns(bucket + 1);
+}
+
 uint64_t postcopy_latency_quantile(const struct postcopy_latency_histogram *histogram, double q)
 {
-    uint64_t total = 0;
-    for (unsigned i = 0; i < POSTCOPY_LATENCY_BUCKETS; i++)
-        total += histogram->buckets[i];
-    if (total == 0)
-        return 0;
-    q = q < 0 ? 0 : q > 1 ? 1 : q;
-    double rank = q * (double)total;    /* of the quantile's sample, 1-based */
-    if (rank < 1)
-        rank = 1;
-    uint64_t seen = 0;
-    for (unsigned i = 0; i < POSTCOPY_LATENCY_BUCKETS; i++) {
-        uint64_t n = histogram->buckets[i];
-        if (n == 0)
-            continue;
-        if ((double)(seen + n) >= rank) {
-            double low = (double)postcopy_latency_bucket_low_ns(i);
-            double high = (double)postcopy_latency_bucket_low_ns(i + 1);
-            return (uint64_t)(low + (high - low) * (rank - (double)seen) / (double)n);
-        }
-        seen += n;
-    }
-    return postcopy_latency_bucket_low_ns(POSTCOPY_LATENCY_BUCKETS);
+    return histogram_quantile(histogram->buckets, POSTCOPY_LATENCY_BUCKETS, q, postcopy_latency_bucket_low_ns,
+                              postcopy_latency_bucket_high_ns);
 }
 
 /* Under lock: the blocktime slot of thread_id, or NULL when the table is full. */

@@ -3,14 +3,12 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -231,12 +229,8 @@ void postcopy_source_get_stats(struct postcopy_source *ps, struct postcopy_sourc
 static uint64_t stream_wait_limit(struct postcopy_source *ps, int main_fd)
 {
     if (main_fd != ps->limit_fd) {
-        int domain = AF_UNIX;
-        socklen_t length = sizeof(domain);
-        (void)getsockopt(main_fd, SOL_SOCKET, SO_DOMAIN, &domain, &length);
         ps->limit_fd = main_fd;
-        ps->limit = domain == AF_INET || domain == AF_INET6 ? STREAM_WAIT_UNSENT_BYTES_TCP
-                                                            : STREAM_WAIT_UNREAD_BYTES_UNIX;
+        ps->limit = mig_socket_is_tcp(main_fd) ? STREAM_WAIT_UNSENT_BYTES_TCP : STREAM_WAIT_UNREAD_BYTES_UNIX;
     }
     return ps->limit;
 }

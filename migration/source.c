@@ -5,26 +5,20 @@
  * in it: migration/migration_internal.h.
  */
 #include "migration/source_internal.h"
-
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <stddef.h>
 #include "migration/machine_state_vm.h"
 #include "vmm/console.h"
 #include "vmm/memory_extents.h"
 
-/* Bytes written to the migration socket that have not reached the peer
- * yet (TCP: not yet acknowledged; unix: not yet read). The sender counts
- * bytes handed to the kernel, so without this a bandwidth sample counts
- * the socket buffers' fill as if it had crossed the link: on a 1 Gbit/s
- * link iteration 0 of a 128 MiB guest read 141 MiB/s where ~115 MiB/s
- * went through, and the switch-over then overran the downtime limit.
- * 0 when the socket cannot say. */
 /* ---- the source ------------------------------------------------------------ */
 
 /* What crossed the link since this iteration started: written, plus what
  * sat in the socket at the start, minus what sits there now (`queued`,
- * mig_socket_queued_bytes). */
+ * mig_socket_queued_bytes: TCP's unacknowledged bytes, a unix socket's
+ * unread ones). The sender counts bytes handed to the kernel, so without
+ * the socket's fill a bandwidth sample counts it as if it had crossed the
+ * link: on a 1 Gbit/s link iteration 0 of a 128 MiB guest read 141 MiB/s
+ * where ~115 MiB/s went through, and the switch-over then overran the
+ * downtime limit. */
 static uint64_t source_delivered_this_iteration(struct source *s, uint64_t queued)
 {
     uint64_t written = mig_sender_bytes(&s->sender) - s->iteration_start_bytes;
@@ -933,12 +927,9 @@ static int source_probe_switch_over(struct source *s)
                 "state (its stderr says why); continuing, the real state is checked at the switch-over\n",
                 s->progress.id);
     uint64_t ended = mig_mono_ns();
-    uint64_t srtt_us = 0;
-    struct tcp_info tcp;
-    socklen_t tcp_length = sizeof(tcp);
-    if (getsockopt(s->fd, IPPROTO_TCP, TCP_INFO, &tcp, &tcp_length) == 0 &&
-        tcp_length >= offsetof(struct tcp_info, tcpi_rtt) + sizeof(tcp.tcpi_rtt))
-        srtt_us = tcp.tcpi_rtt;        /* a unix socket has none: no cap */
+    struct mig_tcp_link link = { 0 };
+    mig_socket_tcp_link(s->fd, &link);
+    uint64_t srtt_us = link.srtt_us;   /* a unix socket has none: no cap */
     bool capped = false;
     s->switch_over.dry_run_us = mig_switch_over_dry_run_us((resumed - started + 999u) / 1000u,
                                                            (ended - resumed + 999u) / 1000u,

@@ -3,12 +3,13 @@
 
 #include <errno.h>
 #include <netinet/in.h>
-#include <linux/tcp.h>
 #include <stdatomic.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <linux/tcp.h>
+
+#include "migration/transport.h"
 
 static atomic_uint configured_budget_us = STREAM_WINDOW_DEFAULT_BUDGET_US;
 
@@ -47,15 +48,6 @@ void stream_window_init(struct stream_window *w)
     w->fd = -1;
 }
 
-static bool is_tcp(int fd)
-{
-    int domain = 0;
-    socklen_t length = sizeof(domain);
-    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0)
-        return false;
-    return domain == AF_INET || domain == AF_INET6;
-}
-
 static void set_clamp(struct stream_window *w, uint32_t bytes)
 {
     if (bytes == w->clamp)
@@ -70,22 +62,15 @@ static void set_clamp(struct stream_window *w, uint32_t bytes)
     w->clamp = bytes;
 }
 
-/* TCP_INFO's minimum round trip and advertised MSS into w; those it
- * cannot read stay as they were. */
+/* TCP_INFO's minimum round trip (a minimum over minutes, the
+ * handshake's included: the link without the stream's own queue) and
+ * advertised MSS into w; those it cannot read stay as they were. */
 static void read_link(struct stream_window *w)
 {
-    struct tcp_info info;
-    socklen_t length = sizeof(info);
-    memset(&info, 0, sizeof(info));
-    if (getsockopt(w->fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0)
-        return;
-    if (length >= offsetof(struct tcp_info, tcpi_advmss) + sizeof(info.tcpi_advmss))
-        w->mss = info.tcpi_advmss;
-    /* tcpi_min_rtt: the connection's smallest round trip (a windowed
-     * minimum over minutes, the handshake's included), i.e. the link
-     * without the stream's own queue. */
-    if (length >= offsetof(struct tcp_info, tcpi_min_rtt) + sizeof(info.tcpi_min_rtt))
-        w->min_rtt_us = info.tcpi_min_rtt;
+    struct mig_tcp_link link = { .min_rtt_us = w->min_rtt_us, .advmss = w->mss };
+    mig_socket_tcp_link(w->fd, &link);
+    w->min_rtt_us = link.min_rtt_us;
+    w->mss = link.advmss;
 }
 
 void stream_window_update(struct stream_window *w, int fd, uint64_t now_ns, uint64_t bytes)
@@ -97,7 +82,7 @@ void stream_window_update(struct stream_window *w, int fd, uint64_t now_ns, uint
          * rate term raises it within a few intervals on a fatter link. */
         stream_window_init(w);
         w->budget_us = stream_window_budget_us();
-        if (w->budget_us == 0 || !is_tcp(fd))
+        if (w->budget_us == 0 || !mig_socket_is_tcp(fd))
             return;
         w->fd = fd;
         w->at_ns = now_ns;

@@ -8,8 +8,8 @@
 #include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <linux/sockios.h>
+#include <linux/tcp.h>         /* struct tcp_info with tcpi_min_rtt (glibc's lacks it) */
 
 #include "migration/protocol.h"
 #include "migration/tls.h"
@@ -506,13 +507,33 @@ bool mig_socket_peer_gone(int fd)
     return false;
 }
 
-uint64_t mig_socket_unsent_bytes(int fd)
+bool mig_socket_is_tcp(int fd)
 {
     int domain = 0;
     socklen_t length = sizeof(domain);
     if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0)
-        return 0;
-    if (domain != AF_INET && domain != AF_INET6)
+        return false;
+    return domain == AF_INET || domain == AF_INET6;
+}
+
+void mig_socket_tcp_link(int fd, struct mig_tcp_link *link)
+{
+    struct tcp_info info;
+    socklen_t length = sizeof(info);
+    memset(&info, 0, sizeof(info));
+    if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0)
+        return;
+    if (length >= offsetof(struct tcp_info, tcpi_rtt) + sizeof(info.tcpi_rtt))
+        link->srtt_us = info.tcpi_rtt;
+    if (length >= offsetof(struct tcp_info, tcpi_advmss) + sizeof(info.tcpi_advmss))
+        link->advmss = info.tcpi_advmss;
+    if (length >= offsetof(struct tcp_info, tcpi_min_rtt) + sizeof(info.tcpi_min_rtt))
+        link->min_rtt_us = info.tcpi_min_rtt;
+}
+
+uint64_t mig_socket_unsent_bytes(int fd)
+{
+    if (!mig_socket_is_tcp(fd))
         return mig_socket_queued_bytes(fd);
     int unsent = 0;
     if (ioctl(fd, SIOCOUTQNSD, &unsent) != 0 || unsent < 0)

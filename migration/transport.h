@@ -126,6 +126,17 @@ uint64_t mig_socket_queued_bytes(int fd);
  * of anything sent later on any connection over the same link); a unix
  * socket's unread bytes (SIOCOUTQ, as above). 0 when none or unknown. */
 uint64_t mig_socket_unsent_bytes(int fd);
+/* Whether fd is a TCP socket (AF_INET or AF_INET6); false for unix
+ * sockets and whatever the kernel cannot tell. */
+bool mig_socket_is_tcp(int fd);
+/* What TCP_INFO says of a connection's link; a field the kernel does not
+ * report (or a socket that is not TCP) is left as the caller set it. */
+struct mig_tcp_link {
+    uint32_t srtt_us;       /* tcpi_rtt: the smoothed round trip */
+    uint32_t min_rtt_us;    /* tcpi_min_rtt: the smallest, over minutes (the handshake's included) */
+    uint32_t advmss;        /* tcpi_advmss: the largest segment this side takes */
+};
+void mig_socket_tcp_link(int fd, struct mig_tcp_link *link);
 /* Ends this side's sending: TLS close_notify (best effort, bounded by
  * io->stall_ms), then shutdown(SHUT_WR). The fd stays open for reading. */
 void mig_io_close_write(struct mig_io *io);

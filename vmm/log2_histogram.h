@@ -1,8 +1,9 @@
 /*
- * Log2 latency histograms as both the eBPF probes (bpf/probes.h) and the
- * post-copy fault service (migration/postcopy_destination.h) keep them:
- * bucket 0 = [0, 2) ns, bucket i = [2^i, 2^(i+1)) ns. Header-only and pure,
- * so either side uses it without linking the other.
+ * Log2 latency histograms as the eBPF probes (bpf/probes.h) keep them:
+ * bucket 0 = [0, 2) ns, bucket i = [2^i, 2^(i+1)) ns; and the quantile of
+ * any bucket layout, which the post-copy fault service's finer one
+ * (migration/postcopy_destination.h) uses too. Header-only and pure, so
+ * either side uses it without linking the other.
  */
 #ifndef RINGVM_VMM_LOG2_HISTOGRAM_H
 #define RINGVM_VMM_LOG2_HISTOGRAM_H
@@ -21,9 +22,12 @@ static inline uint64_t log2_histogram_bucket_high_ns(unsigned bucket)   /* exclu
     return 1ULL << (bucket + 1);
 }
 
-/* Quantile q in [0, 1] of `count` buckets, linear inside the bucket that
- * holds the q-quantile sample; 0 for an empty histogram. */
-static inline uint64_t log2_histogram_quantile(const uint64_t *buckets, unsigned count, double q)
+/* Quantile q in [0, 1] of `count` buckets whose bounds low_ns(i) and
+ * high_ns(i) (exclusive) give, linear inside the bucket that holds the
+ * q-quantile sample; 0 for an empty histogram. Shared with layouts finer
+ * than log2 (migration/postcopy_destination.h's). */
+static inline uint64_t histogram_quantile(const uint64_t *buckets, unsigned count, double q,
+                                          uint64_t (*low_ns)(unsigned bucket), uint64_t (*high_ns)(unsigned bucket))
 {
     uint64_t total = 0;
     for (unsigned i = 0; i < count; i++)
@@ -43,13 +47,19 @@ static inline uint64_t log2_histogram_quantile(const uint64_t *buckets, unsigned
         if (n == 0)
             continue;
         if ((double)(seen + n) >= rank) {
-            double low = (double)log2_histogram_bucket_low_ns(i);
-            double high = (double)log2_histogram_bucket_high_ns(i);
+            double low = (double)low_ns(i);
+            double high = (double)high_ns(i);
             return (uint64_t)(low + (high - low) * (rank - (double)seen) / (double)n);
         }
         seen += n;
     }
-    return log2_histogram_bucket_high_ns(count - 1);
+    return high_ns(count - 1);
+}
+
+/* The same for these log2 buckets. */
+static inline uint64_t log2_histogram_quantile(const uint64_t *buckets, unsigned count, double q)
+{
+    return histogram_quantile(buckets, count, q, log2_histogram_bucket_low_ns, log2_histogram_bucket_high_ns);
 }
 
 #endif
