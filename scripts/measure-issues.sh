@@ -63,6 +63,7 @@ plan+=(
     "i15-vs-qemu-tracking|15: ringvm ring and bitmap vs QEMU bitmap, same run (ring >= QEMU bitmap, bitmap >= 0.9x)|python3 bench/vs-qemu/run.py --build $build --wss 256M --bandwidth 0,1024,125 --vcpus 2 --converge none --tracking ring,bitmap --reps 3 --json JSON_FILE"
     "i16-tls-channel|16: the TLS channel alone (cipher-bound on loopback)|$build/bench/tls-throughput --bytes 1G --reps 5 --json"
     "i16-migrate-tls|16: a whole migration over TLS vs plaintext: >= 0.75x, CPU-s/GiB per side|$build/bench/migrate-tls --json"
+    "i16-migrate-tls-netns|16: the same between two ringvm processes in two network namespaces (veth, unshaped)|python3 bench/migrate-tls-netns.py --build $build --json"
     "i17-postcopy|17: 1 GiB at 125 MiB/s and uncapped: total <= 1.2x ideal, downtime <= 50 ms, fault p99; with --fifo 1|$build/bench/postcopy --fifo 1 --json"
     "i17-postcopy-quick-tcp|17: 256 MiB over TCP, with --fifo 1|$build/bench/postcopy --quick --transport tcp --fifo 1 --json"
     "i17-fault-service|17: the fault path beside two spinning threads, fair class vs SCHED_FIFO|$build/bench/fault-service --busy 2 --json"
