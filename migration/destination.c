@@ -58,6 +58,9 @@ void incoming_phase(struct incoming *in, enum mig_state state, const char *phase
  *                  final one when the source converged after iteration 0)
  *   stop-and-copy  the first vCPU state received (the source has paused)
  *   end            END received (the last byte), before restore and ACK
+ *   discard-sync   a hybrid's POSTCOPY_DISCARD_SYNC received (the early
+ *                  discard done here), before its answer: the source
+ *                  waits for it with the guest still running there
  * It prints "ringvm: fault-inject: stopped at POINT" on stderr, then reads
  * nothing until the file named by RINGVM_FAULT_RELEASE exists (without it:
  * until killed or shut down), so a test can kill it or cut its link there.
@@ -154,7 +157,7 @@ static void local_hello(struct vm *vm, bool postcopy, struct mig_hello *hello)
     }
     hello->state_format = MIG_STATE_FORMAT;
     hello->features = MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST | MIG_FEATURE_SWITCH_PROBE |
-                      (postcopy ? MIG_FEATURE_POSTCOPY : 0);
+                      (postcopy ? MIG_FEATURE_POSTCOPY | MIG_FEATURE_EARLY_DISCARD : 0);
     hello->abi_version = RINGVM_ABI_VERSION;
 }
 
@@ -576,6 +579,13 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
         } else if (type == MIG_FRAME_POSTCOPY_DISCARD) {
             if (incoming_postcopy_discard(in, error, sizeof(error)) != 0)
                 goto out;
+        } else if (type == MIG_FRAME_POSTCOPY_DISCARD_SYNC) {
+            /* Every DISCARD before it was applied as it came: answer now. */
+            in->fault_held |= fault_point(vm, "discard-sync");
+            if (incoming_postcopy_discard_sync(in, error, sizeof(error)) != 0) {
+                tell_source = false;
+                goto out;
+            }
         } else if (type == MIG_FRAME_POSTCOPY_SWITCH) {
             if (incoming_postcopy_switch(in, error, sizeof(error), &error_code) != 0)
                 goto out;

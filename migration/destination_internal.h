@@ -36,6 +36,8 @@ struct incoming {
     bool postcopy_offered;          /* MIG_FEATURE_POSTCOPY in our hello */
     struct mig_io urgent;           /* fd -1 = none */
     uint64_t *discarded;            /* one bit per page in a DISCARD run (heap, from POSTCOPY_OPEN) */
+    uint64_t discard_pages;         /* pages of every DISCARD run so far */
+    uint64_t early_discard_pages;   /* of them, before the DISCARD_SYNC (hybrid's early discard) */
     struct mig_listener recovery;   /* migration.recover's listener (recovery_open: listening) */
     bool recovery_open;
     bool recovering;                /* on a recovery connection that has not reopened the urgent channel */
@@ -62,6 +64,7 @@ int incoming_resume_guest(struct incoming *in, bool stay_paused, uint64_t *resum
 int incoming_postcopy_open(struct incoming *in, int listen_fd, const struct mig_tls_credentials *credentials,
                            char *error, size_t error_size);
 int incoming_postcopy_discard(struct incoming *in, char *error, size_t error_size);
+int incoming_postcopy_discard_sync(struct incoming *in, char *error, size_t error_size);
 int incoming_postcopy_switch(struct incoming *in, char *error, size_t error_size, uint32_t *code);
 int incoming_send_received_bitmap(struct incoming *in, char *error, size_t error_size);
 int incoming_postcopy_recover(struct incoming *in, const struct mig_tls_credentials *credentials,

@@ -183,6 +183,7 @@ struct source {
      * (connected after POSTCOPY_OPEN; its io is pc-serve's from the switch
      * on, closed here at the end) and the post-copy state. */
     bool peer_postcopy;             /* the destination announced MIG_FEATURE_POSTCOPY */
+    bool peer_early_discard;        /* ... and MIG_FEATURE_EARLY_DISCARD (hybrid discards before the pause) */
     uint64_t hybrid_previous_size;  /* hybrid auto: the dirty set after the pass before (bytes) */
     /* Hybrid within the bulk pass (source_bulk_hybrid_check, ring mode):
      * two takes a window apart measure the guest's writes; what they took

@@ -174,6 +174,10 @@ static json_t *postcopy_to_json(const struct mig_progress *p)
     json_object_set_new(object, "vcpus", vcpus);
     json_object_set_new(object, "latency_us", latency);
     json_object_set_new(object, "stream_window_bytes", json_integer(clamp_int(p->postcopy.stream_window)));
+    json_object_set_new(object, "discarded_early_pages", json_integer(clamp_int(p->postcopy.discarded_early_pages)));
+    json_object_set_new(object, "discarded_in_pause_pages",
+                        json_integer(clamp_int(p->postcopy.discarded_in_pause_pages)));
+    json_object_set_new(object, "discard_early_ms", json_integer(clamp_int(p->postcopy.discard_early_ms)));
     json_object_set_new(object, "guest_pages_per_s", p->postcopy.guest_pages_per_s >= 0
                                                          ? json_integer(p->postcopy.guest_pages_per_s) : json_null());
     return object;

@@ -176,6 +176,13 @@ struct mig_progress {
         /* Destination over TCP: the main connection's TCP_WINDOW_CLAMP
          * (migration/stream_window.h); 0 = none (unix, not switched). */
         uint64_t stream_window;
+        /* Hybrid: pages discarded on the destination while the guest still
+         * ran on the source (MIG_FEATURE_EARLY_DISCARD) and inside the pause;
+         * source: how long the early discard took, DISCARD_SYNC's round
+         * trip included (the guest ran meanwhile). */
+        uint64_t discarded_early_pages;
+        uint64_t discarded_in_pause_pages;
+        uint64_t discard_early_ms;
     } postcopy;
     uint64_t downtime_ms;       /* source pause -> destination resume */
     uint64_t downtime_us;       /* the same in microseconds (a local hand-over's is a few ms) */

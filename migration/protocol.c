@@ -38,6 +38,8 @@ const char *mig_frame_type_name(uint32_t type)
     case MIG_FRAME_POSTCOPY_SWITCH: return "postcopy-switch";
     case MIG_FRAME_POSTCOPY_RESUMED: return "postcopy-resumed";
     case MIG_FRAME_POSTCOPY_RESUME: return "postcopy-resume";
+    case MIG_FRAME_POSTCOPY_DISCARD_SYNC: return "postcopy-discard-sync";
+    case MIG_FRAME_POSTCOPY_DISCARD_SYNC_ACK: return "postcopy-discard-sync-ack";
     }
     return "unknown";
 }
@@ -128,6 +130,10 @@ bool mig_frame_length_bounds(uint32_t type, uint64_t *min, uint64_t *max)
         return true;
     case MIG_FRAME_POSTCOPY_RESUMED:
         *min = *max = MIG_POSTCOPY_RESUMED_SIZE;
+        return true;
+    case MIG_FRAME_POSTCOPY_DISCARD_SYNC:
+    case MIG_FRAME_POSTCOPY_DISCARD_SYNC_ACK:
+        *min = *max = MIG_POSTCOPY_DISCARD_SYNC_SIZE;
         return true;
     case MIG_FRAME_SWITCH_OVER:
         *min = *max = MIG_SWITCH_OVER_SIZE;

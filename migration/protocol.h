@@ -70,7 +70,14 @@ enum mig_frame_type {
     MIG_FRAME_POSTCOPY_RESUME = 21,   /* source -> destination, right after the hello of a recovery
                                          connection: continue the paused post-copy (the destination
                                          answers with RECEIVED_BITMAP frames) */
-    MIG_FRAME_TYPE_MAX = 21,
+    /* Hybrid's early discard (only when the destination announces
+       MIG_FEATURE_EARLY_DISCARD): the stale pages known before the pause are
+       discarded while the guest still runs on the source. */
+    MIG_FRAME_POSTCOPY_DISCARD_SYNC = 22,     /* source -> destination: the DISCARD frames so far held this
+                                                 many pages; answer once they are gone, then a new
+                                                 ascending sequence of DISCARD frames may follow */
+    MIG_FRAME_POSTCOPY_DISCARD_SYNC_ACK = 23, /* destination -> source: those pages are discarded */
+    MIG_FRAME_TYPE_MAX = 23,
 };
 
 const char *mig_frame_type_name(uint32_t type);
@@ -83,8 +90,10 @@ const char *mig_frame_type_name(uint32_t type);
                                             before END (migration/switch_over.h) */
 #define MIG_FEATURE_POSTCOPY    0x8ull   /* the destination can take post-copy (userfaultfd works
                                             there): frames 16-20 and the urgent channel */
+#define MIG_FEATURE_EARLY_DISCARD 0x10ull /* with MIG_FEATURE_POSTCOPY: the destination takes DISCARD frames
+                                            before the pause, ended by one POSTCOPY_DISCARD_SYNC it answers */
 #define MIG_FEATURES_KNOWN      (MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST | MIG_FEATURE_SWITCH_PROBE | \
-                                 MIG_FEATURE_POSTCOPY)
+                                 MIG_FEATURE_POSTCOPY | MIG_FEATURE_EARLY_DISCARD)
 
 /* Payload sizes and bounds. */
 #define MIG_HELLO_SIZE          104u
@@ -107,6 +116,7 @@ const char *mig_frame_type_name(uint32_t type);
 #define MIG_POSTCOPY_DISCARD_RUN    16u
 #define MIG_POSTCOPY_DISCARD_MAX_RUNS 4096u
 #define MIG_POSTCOPY_SWITCH_SIZE    24u
+#define MIG_POSTCOPY_DISCARD_SYNC_SIZE 8u   /* u64 pages; the ACK echoes it */
 #define MIG_POSTCOPY_RESUMED_SIZE   8u
 /* A memory frame's payload never exceeds this (the sender uses less). */
 #define MIG_MEMORY_MAX_PAYLOAD  (64u << 20)

@@ -590,7 +590,7 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
     }
     if (header.type == MIG_FRAME_HELLO_ACK || header.type == MIG_FRAME_ACK || header.type == MIG_FRAME_PROBE_ACK ||
         header.type == MIG_FRAME_POSTCOPY_OPEN_ACK || header.type == MIG_FRAME_POSTCOPY_RESUMED ||
-        header.type == 10u || header.type == 11u)
+        header.type == MIG_FRAME_POSTCOPY_DISCARD_SYNC_ACK || header.type == 10u || header.type == 11u)
         return fail(r, MIG_ERR_STREAM, "unexpected %s frame from the source", mig_frame_type_name(header.type));
     if (!r->got_hello && header.type != MIG_FRAME_HELLO && header.type != MIG_FRAME_ERROR)
         return fail(r, MIG_ERR_STREAM, "%s frame before the hello", mig_frame_type_name(header.type));
@@ -669,8 +669,33 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
         r->discard_count = (unsigned)count;
         const struct mig_discard_run *last = &r->discard_runs[count - 1];
         r->discard_after = last->ram_offset + last->pages * MIG_PAGE_SIZE;
+        for (int i = 0; i < count; i++)
+            r->discard_pages += r->discard_runs[i].pages;    /* <= RAM pages: the runs ascend */
         r->seq++;
         return MIG_FRAME_POSTCOPY_DISCARD;
+    }
+    if (header.type == MIG_FRAME_POSTCOPY_DISCARD_SYNC) {
+        if (!(r->local.features & MIG_FEATURE_EARLY_DISCARD))
+            return fail(r, MIG_ERR_STREAM, "postcopy-discard-sync frame, but this destination did not announce "
+                        "early discards");
+        if (!r->got_postcopy_open || r->got_postcopy_switch || r->got_discard_sync)
+            return fail(r, MIG_ERR_STREAM, "postcopy-discard-sync frame %s", r->got_discard_sync
+                        ? "a second time (at most one per migration)" : r->got_postcopy_switch
+                        ? "after postcopy-switch" : "before postcopy-open");
+        uint8_t bytes[MIG_POSTCOPY_DISCARD_SYNC_SIZE];
+        if (read_input(r, input, bytes, sizeof(bytes)) != 0)
+            return -1;
+        if (mig_frame_checksum(raw, bytes, sizeof(bytes)) != header.checksum)
+            return fail(r, MIG_ERR_STREAM, "postcopy-discard-sync frame checksum mismatch");
+        uint64_t pages = mig_get_u64(bytes);
+        if (pages != r->discard_pages)
+            return fail(r, MIG_ERR_STREAM, "postcopy-discard-sync counts %" PRIu64 " pages, the discard frames "
+                        "before it held %" PRIu64, pages, r->discard_pages);
+        r->got_discard_sync = true;
+        r->discard_after = 0;
+        r->discard_pages = 0;
+        r->seq++;
+        return MIG_FRAME_POSTCOPY_DISCARD_SYNC;
     }
 
     /* Small frames: payload into scratch (bounded), then checksum. */

@@ -154,6 +154,12 @@ struct mig_receiver {
     struct mig_discard_run *discard_runs;   /* heap, MIG_POSTCOPY_DISCARD_MAX_RUNS */
     unsigned discard_count;
     uint64_t discard_after;
+    /* Pages of the DISCARD frames since the start or the DISCARD_SYNC (at
+     * most one, only with MIG_FEATURE_EARLY_DISCARD announced here, between
+     * OPEN and SWITCH; it must give this count, and starts a new ascending
+     * sequence: two passes over RAM at most). */
+    uint64_t discard_pages;
+    bool got_discard_sync;
     int (*place)(void *opaque, uint64_t ram_offset, uint32_t pages, const uint8_t *data);
     void *place_opaque;
     uint8_t *place_buffer;              /* a whole memory frame's payload (heap, MIG_POSTCOPY_FRAME_MAX) */

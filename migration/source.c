@@ -652,6 +652,7 @@ int source_handshake(struct source *s)
         return source_fail(s, "config-mismatch", "configuration mismatch: %s", text);
     s->peer_probes = (peer.features & MIG_FEATURE_SWITCH_PROBE) != 0;
     s->peer_postcopy = (peer.features & MIG_FEATURE_POSTCOPY) != 0;
+    s->peer_early_discard = s->peer_postcopy && (peer.features & MIG_FEATURE_EARLY_DISCARD) != 0;
     return 0;
 }
 

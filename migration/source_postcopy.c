@@ -70,27 +70,28 @@ bool source_hybrid_due(struct source *s, uint64_t iteration, const struct mig_it
            (iteration >= 1 && (unsigned __int128)record->size_bytes * 10 >= (unsigned __int128)previous * 9);
 }
 
-/* The pages the destination lacks, as DISCARD runs (at most
- * MIG_POSTCOPY_DISCARD_MAX_RUNS per frame). */
-static int source_send_discards(struct source *s)
+/* DISCARD frames for the set bits of `bits` (pages of guest RAM), as
+ * ascending runs (at most MIG_POSTCOPY_DISCARD_MAX_RUNS per frame); *sent
+ * gets the pages they cover. */
+static int source_send_discard_bitmap(struct source *s, const uint64_t *bits, uint64_t pages, uint64_t *sent)
 {
-    uint64_t pages = guest_memory_pages(&s->vm->memory);
     uint8_t *payload = malloc(MIG_POSTCOPY_DISCARD_MAX_RUNS * MIG_POSTCOPY_DISCARD_RUN);
     if (payload == NULL)
         return source_fail(s, "internal", "out of memory for the discard list");
     unsigned runs = 0;
-    uint64_t page = 0, found;
     int result = 0;
-    while (result == 0 && page < pages && postcopy_source_next_unsent(s->postcopy, page, &found) && found >= page) {
-        uint64_t end = found + 1;
-        while (end < pages) {
-            uint64_t next;
-            if (!postcopy_source_next_unsent(s->postcopy, end, &next) || next != end)
-                break;
-            end++;
+    *sent = 0;
+    for (uint64_t page = 0; result == 0 && page < pages;) {
+        if (!(bits[page / 64] >> (page % 64) & 1)) {
+            page = bits[page / 64] >> (page % 64) == 0 ? (page / 64 + 1) * 64 : page + 1;
+            continue;
         }
-        struct mig_discard_run run = { .ram_offset = found * MIG_PAGE_SIZE, .pages = end - found };
+        uint64_t end = page + 1;
+        while (end < pages && (bits[end / 64] >> (end % 64) & 1))
+            end++;
+        struct mig_discard_run run = { .ram_offset = page * MIG_PAGE_SIZE, .pages = end - page };
         mig_discard_run_encode(&run, payload + runs * MIG_POSTCOPY_DISCARD_RUN);
+        *sent += end - page;
         if (++runs == MIG_POSTCOPY_DISCARD_MAX_RUNS) {
             result = source_small_frame(s, MIG_FRAME_POSTCOPY_DISCARD, payload, runs * MIG_POSTCOPY_DISCARD_RUN);
             runs = 0;
@@ -101,6 +102,90 @@ static int source_send_discards(struct source *s)
         result = source_small_frame(s, MIG_FRAME_POSTCOPY_DISCARD, payload, runs * MIG_POSTCOPY_DISCARD_RUN);
     free(payload);
     return result;
+}
+
+/* The pages the destination lacks and still holds (unsent, and not
+ * discarded early: those are holes there already), as DISCARD runs. */
+static int source_send_discards(struct source *s, const uint64_t *early)
+{
+    uint64_t pages = guest_memory_pages(&s->vm->memory);
+    uint64_t *bits = calloc((pages + 63) / 64, sizeof(uint64_t));
+    if (bits == NULL)
+        return source_fail(s, "internal", "out of memory for the discard list");
+    uint64_t page = 0, found;
+    while (page < pages && postcopy_source_next_unsent(s->postcopy, page, &found) && found >= page) {
+        if (early == NULL || !(early[found / 64] >> (found % 64) & 1))
+            bits[found / 64] |= 1ull << (found % 64);
+        page = found + 1;
+    }
+    uint64_t sent;
+    int result = source_send_discard_bitmap(s, bits, pages, &sent);
+    free(bits);
+    s->progress.postcopy.discarded_in_pause_pages = sent;
+    return result;
+}
+
+/*
+ * Hybrid's early discard (the destination announced
+ * MIG_FEATURE_EARLY_DISCARD): with the guest still running here, take the
+ * dirty log and discard on the destination every page that is stale there
+ * now: dirtied since it was sent (the pending set, this take, the bulk
+ * pass's carry) or never sent (the rest of a stopped bulk pass: holes
+ * there, cheap to punch). Then DISCARD_SYNC and wait for its answer, so
+ * the destination's hole punching (~80 ms for a rewritten 1 GiB working
+ * set, docs/benchmarks.md) happens before the pause, not inside it. No
+ * memory frame follows (pre-copy stopped with the drain), so these pages
+ * stay holes there; the pause's discard then leaves them out and lists
+ * only pages first dirtied after this take. *early: the pages discarded
+ * (a bitmap over RAM; the caller frees it).
+ */
+static int source_postcopy_discard_early(struct source *s, uint64_t **early)
+{
+    struct vm *vm = s->vm;
+    uint64_t pages = guest_memory_pages(&vm->memory);
+    uint64_t started = mig_mono_ns();
+    uint64_t *bits = calloc((pages + 63) / 64, sizeof(uint64_t));
+    if (bits == NULL)
+        return source_fail(s, "internal", "out of memory for the early discard");
+    *early = bits;
+    struct dirty_pages taken;
+    dirty_pages_init(&taken);
+    int64_t count = dirty_log_take(vm->dirty_log, &taken);
+    if (count < 0) {
+        dirty_pages_free(&taken);
+        return source_fail(s, "internal", "dirty set before the early discard: %s", strerror((int)-count));
+    }
+    for (uint64_t i = 0; i < s->pending.count; i++)
+        bits[s->pending.pages[i] / 64] |= 1ull << (s->pending.pages[i] % 64);
+    for (uint64_t i = 0; i < taken.count; i++)
+        bits[taken.pages[i] / 64] |= 1ull << (taken.pages[i] % 64);
+    s->pages_taken += taken.count;
+    dirty_pages_free(&taken);
+    if (s->bulk_carry != NULL)
+        for (uint64_t w = 0; w < (pages + 63) / 64; w++)
+            bits[w] |= s->bulk_carry[w];
+    if (s->bulk_stopped)
+        for (uint64_t page = s->bulk_end_page; page < pages; page++)
+            bits[page / 64] |= 1ull << (page % 64);
+    uint64_t sent;
+    if (source_send_discard_bitmap(s, bits, pages, &sent) != 0)
+        return -1;
+    uint8_t payload[MIG_POSTCOPY_DISCARD_SYNC_SIZE];
+    mig_put_u64(payload, sent);
+    if (source_small_frame(s, MIG_FRAME_POSTCOPY_DISCARD_SYNC, payload, sizeof(payload)) != 0 ||
+        source_flush(s) != 0)
+        return -1;
+    uint8_t reply[4 + MIG_ERROR_MAX_MESSAGE];
+    struct mig_frame_header header;
+    if (source_read_expected(s, "early discard", "postcopy-discard-sync", MIG_FRAME_POSTCOPY_DISCARD_SYNC_ACK,
+                             &header, reply, sizeof(reply)) != 0)
+        return -1;
+    if (mig_get_u64(reply) != sent)
+        return source_fail(s, "stream", "the destination discarded %" PRIu64 " pages early, %" PRIu64 " were sent",
+                           mig_get_u64(reply), sent);
+    s->progress.postcopy.discarded_early_pages = sent;
+    s->progress.postcopy.discard_early_ms = (mig_mono_ns() - started) / 1000000u;
+    return 0;
 }
 
 /* Is the stream still leaving this host? The main socket holds up to
@@ -652,15 +737,25 @@ int source_postcopy(struct source *s)
     source_phase(s, MIG_STATE_COMPLETING, "postcopy-switch");
     if (s->tracking && source_postcopy_drain_precopy(s) != 0)
         return -1;
-    if (source_pause_guest(s) != 0)
+    uint64_t *early = NULL;
+    if (s->tracking && s->peer_early_discard && source_postcopy_discard_early(s, &early) != 0) {
+        free(early);
         return -1;
+    }
+    if (source_pause_guest(s) != 0) {
+        free(early);
+        return -1;
+    }
     int r;
     uint64_t pause_real = mig_real_ns();
     struct captured_state state;
-    if (source_capture_state(s, &state) != 0)
+    if (source_capture_state(s, &state) != 0) {
+        free(early);
         return -1;
+    }
     if (postcopy_source_create(&s->postcopy, &vm->memory, s->urgent_io) != 0) {
         free(state.bytes);
+        free(early);
         return source_fail(s, "internal", "out of memory for the post-copy state");
     }
     if (s->tracking) {
@@ -674,6 +769,7 @@ int source_postcopy(struct source *s)
         if (taken < 0) {
             dirty_pages_free(&extra);
             free(state.bytes);
+            free(early);
             return source_fail(s, "internal", "final dirty set: %s", strerror((int)-taken));
         }
         postcopy_source_mark_sent(s->postcopy, 0, pages);
@@ -690,11 +786,17 @@ int source_postcopy(struct source *s)
         if (s->bulk_stopped)
             for (uint64_t page = s->bulk_end_page; page < pages; page++)
                 postcopy_source_mark_unsent(s->postcopy, page);
+        /* What the early discard took (dirty then, so stale now). */
+        if (early != NULL)
+            for (uint64_t w = 0; w < (pages + 63) / 64; w++)
+                for (uint64_t bits = early[w]; bits != 0; bits &= bits - 1)
+                    postcopy_source_mark_unsent(s->postcopy, w * 64 + (uint64_t)__builtin_ctzll(bits));
         s->pages_taken += extra.count;
         dirty_pages_free(&extra);
     }
     uint64_t missing = postcopy_source_unsent(s->postcopy);
-    r = source_send_discards(s);
+    r = source_send_discards(s, early);
+    free(early);
     if (r == 0)
         r = source_send_state(s, &state);
     free(state.bytes);

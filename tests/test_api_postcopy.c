@@ -303,7 +303,7 @@ Test(api_postcopy, a_hybrid_snapshot_before_the_switch_has_an_inactive_postcopy_
     json_t *object = mig_progress_to_json(progress);
     json_t *expected = json_pack(
         "{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:[{s:I, s:I, s:f}, {s:I, s:I,"
-        " s:f}], s:{s:I, s:f, s:f, s:f}, s:n, s:I}",
+        " s:f}], s:{s:I, s:f, s:f, s:f}, s:n, s:I, s:I, s:I, s:I}",
         "active", 0, "switched_at_ms", (json_int_t)0, "pages_total", (json_int_t)0, "pages_pushed", (json_int_t)0,
         "pages_requested", (json_int_t)0, "requests", (json_int_t)0, "requests_refused", (json_int_t)0,
         "pages_withdrawn", (json_int_t)0, "pages_left_to_stream", (json_int_t)0, "pages_sent_twice", (json_int_t)0,
@@ -311,7 +311,8 @@ Test(api_postcopy, a_hybrid_snapshot_before_the_switch_has_an_inactive_postcopy_
         (json_int_t)0, "blocktime_total_ms", 0.0, "vcpus", "index", (json_int_t)0, "faults", (json_int_t)0,
         "blocktime_ms", 0.0, "index", (json_int_t)1, "faults", (json_int_t)0, "blocktime_ms", 0.0, "latency_us",
         "count", (json_int_t)0, "p50", 0.0, "p99", 0.0, "max", 0.0, "guest_pages_per_s", "stream_window_bytes",
-        (json_int_t)0);
+        (json_int_t)0, "discarded_early_pages", (json_int_t)0, "discarded_in_pause_pages", (json_int_t)0,
+        "discard_early_ms", (json_int_t)0);
     cr_assert_not_null(expected);
     char *got = json_dumps(json_object_get(object, "postcopy"), JSON_COMPACT | JSON_SORT_KEYS);
     char *want = json_dumps(expected, JSON_COMPACT | JSON_SORT_KEYS);
@@ -356,12 +357,15 @@ Test(api_postcopy, a_postcopy_snapshot_reports_every_counter_exactly)
     progress->postcopy.latency_p99_ns = 900500;
     progress->postcopy.latency_max_ns = 2000000;
     progress->postcopy.guest_pages_per_s = 2500000;
+    progress->postcopy.discarded_early_pages = 61000;
+    progress->postcopy.discarded_in_pause_pages = 144;
+    progress->postcopy.discard_early_ms = 83;
     json_t *object = mig_progress_to_json(progress);
     cr_assert_str_eq(json_string_value(json_object_get(object, "mode")), "postcopy");
     cr_assert_str_eq(json_string_value(json_object_get(object, "phase")), "postcopy");
     json_t *expected = json_pack(
         "{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:[{s:I, s:I, s:f}, {s:I, s:I,"
-        " s:f}], s:{s:I, s:f, s:f, s:f}, s:I, s:I}",
+        " s:f}], s:{s:I, s:f, s:f, s:f}, s:I, s:I, s:I, s:I, s:I}",
         "active", 1, "switched_at_ms", (json_int_t)1234, "pages_total", (json_int_t)262144, "pages_pushed",
         (json_int_t)200000, "pages_requested", (json_int_t)1500, "requests", (json_int_t)1400, "requests_refused",
         (json_int_t)3, "pages_withdrawn", (json_int_t)4100, "pages_left_to_stream", (json_int_t)520,
@@ -369,7 +373,9 @@ Test(api_postcopy, a_postcopy_snapshot_reports_every_counter_exactly)
         (json_int_t)1600, "duplicate_faults", (json_int_t)100, "blocktime_total_ms", 12.345678, "vcpus", "index",
         (json_int_t)0, "faults", (json_int_t)1000, "blocktime_ms", 8.0, "index", (json_int_t)1, "faults",
         (json_int_t)600, "blocktime_ms", 4.345678, "latency_us", "count", (json_int_t)1500, "p50", 250.0, "p99",
-        900.5, "max", 2000.0, "guest_pages_per_s", (json_int_t)2500000, "stream_window_bytes", (json_int_t)38031);
+        900.5, "max", 2000.0, "guest_pages_per_s", (json_int_t)2500000, "stream_window_bytes", (json_int_t)38031,
+        "discarded_early_pages", (json_int_t)61000, "discarded_in_pause_pages", (json_int_t)144, "discard_early_ms",
+        (json_int_t)83);
     cr_assert_not_null(expected);
     char *got = json_dumps(json_object_get(object, "postcopy"), JSON_COMPACT | JSON_SORT_KEYS);
     char *want = json_dumps(expected, JSON_COMPACT | JSON_SORT_KEYS);

@@ -981,6 +981,59 @@ Test(faults, source_killed_during_postcopy_loses_the_guest, .timeout = 90)
 }
 Test(faults, hybrid_between_the_namespaces_over_1_gbit, .timeout = 90) { postcopy_between_the_namespaces("hybrid"); }
 
+/* A hybrid migration's early discard (docs/migration-protocol.md, feature
+ * bit 4) runs before the pause: the destination SIGKILLed while the source
+ * waits for its answer to DISCARD_SYNC is a pre-copy failure. The guest
+ * never stopped on the source and keeps running there; the destination,
+ * whose RAM lost the discarded pages, never ran it. */
+Test(faults, destination_killed_during_the_early_discard_leaves_the_guest_on_the_source, .timeout = 90)
+{
+    char why[400];
+    if (!postcopy_destination_available(why, sizeof(why)))
+        harness_skip("%s", why);
+    net_up("ed", "--rate 1gbit");
+    static const char *const two_vcpus[] = { "--vcpus", "2", NULL };
+    const char *memory = "128M", *workload = "ledger,wss=16M,verify=1";
+    char incoming[128];
+    destination_incoming(incoming, sizeof(incoming));
+    struct vmproc src, dst;
+    vm_spawn_with(&src, "src", memory, workload, NULL, NULL, two_vcpus);
+    cr_assert(output_has(&src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src.proc->out);
+    vm_spawn_with(&dst, "dst", memory, workload, incoming, "discard-sync", two_vcpus);
+    api_client_close(wait_listening(&dst));
+    struct api_client *sc = api_connect(src.socket, 5000);
+    diagnose = src.proc;
+    /* One pass, then hybrid hands over (downtime 1 ms: pre-copy alone
+     * never would). */
+    json_decref(call(sc, "migration.start",
+                     with_tls(json_pack("{s:s, s:s, s:i, s:s, s:i, s:i, s:i}", "dest", incoming, "mode", "hybrid",
+                                        "postcopy_after", 1, "converge", "none", "downtime_ms", 1, "stall_timeout_s",
+                                        2, "timeout_s", 60))));
+    cr_assert(output_has(&dst, "fault-inject: stopped at discard-sync", 1, 30000),
+              "the destination never got the early discard:\n%s", dst.proc->out);
+    /* The source waits for the answer with the guest still running. */
+    wait_phase(sc, "postcopy-switch", 5000, "source");
+    cr_assert_str_eq(vm_state(sc), "running");
+    cr_assert_eq(kill(dst.proc->pid, SIGKILL), 0);
+    json_t *p = wait_ended(sc, &src, 30000, "early discard");
+    char *text = json_dumps(p, JSON_COMPACT);
+    json_t *error = json_object_get(p, "error");
+    cr_assert_str_eq(jstr(p, "state"), "failed", "%s", text);
+    cr_assert_str_eq(jstr(error, "code"), "transport", "%s", text);
+    cr_assert_eq(strncmp(jstr(error, "message"), "early discard: ", 15), 0, "%s", text);
+    cr_assert(!json_is_true(json_object_get(json_object_get(p, "postcopy"), "active")), "%s", text);
+    cr_assert_str_eq(vm_state(sc), "running");
+    ledger_continues(&src, "source after the early discard failed");
+    cr_assert_eq(harness_process_wait_exit(dst.proc, 15000), 128 + SIGKILL);
+    cr_assert_null(strstr(dst.proc->out, "LEDGER"), "the guest ran on the destination:\n%s", dst.proc->out);
+    free(text);
+    json_decref(p);
+    api_client_close(sc);
+    later_extra = two_vcpus;
+    later_migration_succeeds(&src, memory, workload, 7001);
+    cr_assert_eq(output_count(&src, "MISMATCH"), 0, "%s", src.proc->out);
+}
+
 /* Latency: 10 ms each way (20 ms RTT) on the delayed link, TUN devices
  * joined by tests/netns/delayline (this kernel has no netem: see
  * docs/reliability.md). The handshake needs two round trips (TCP connect,

@@ -1146,7 +1146,7 @@ static void h_state_format_1(struct mig_hello *h)
     h->legacy_state_size = 8952;
 }
 static void h_abi(struct mig_hello *h) { h->abi_version = 3; }
-static void h_features_16(struct mig_hello *h) { h->features |= 0x10; }
+static void h_features_32(struct mig_hello *h) { h->features |= 0x20; }
 static void h_features_63(struct mig_hello *h) { h->features |= 1ull << 63; }
 static void hello_version_3(struct migration_stream *s) { hello_changed(s, h_version_3); }
 static void hello_version_1(struct migration_stream *s) { hello_changed(s, h_version_1); }
@@ -1161,7 +1161,7 @@ static void hello_slot_offset(struct migration_stream *s) { hello_changed(s, h_s
 static void hello_state_size(struct migration_stream *s) { hello_changed(s, h_state_size); }
 static void hello_state_format_1(struct migration_stream *s) { hello_changed(s, h_state_format_1); }
 static void hello_abi(struct migration_stream *s) { hello_changed(s, h_abi); }
-static void hello_features_16(struct migration_stream *s) { hello_changed(s, h_features_16); }
+static void hello_features_32(struct migration_stream *s) { hello_changed(s, h_features_32); }
 static void hello_features_63(struct migration_stream *s) { hello_changed(s, h_features_63); }
 
 static const struct rejection hello_rules[] = {
@@ -1196,8 +1196,8 @@ static const struct rejection hello_rules[] = {
       "ringvm before 2026-12; 2: one machine-state frame)" },
     { "guest ABI version", hello_abi, MIG_ERR_CONFIG,
       "configuration mismatch: guest ABI version differs: source 3, destination 2" },
-    { "unknown feature bits (bit 4)", hello_features_16, MIG_ERR_CONFIG,
-      "configuration mismatch: source asks for unknown features 0x10" },
+    { "unknown feature bits (bit 5)", hello_features_32, MIG_ERR_CONFIG,
+      "configuration mismatch: source asks for unknown features 0x20" },
     { "unknown feature bits (bit 63)", hello_features_63, MIG_ERR_CONFIG,
       "configuration mismatch: source asks for unknown features 0x8000000000000000" },
 };

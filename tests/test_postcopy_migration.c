@@ -118,6 +118,16 @@ static void migrate_postcopy_on(const char *memory, const char *destination_memo
     /* Every missing page went once in the background or on request: the
      * background stream never sends a page pc-serve took, pc-serve may
      * resend one the background took a moment before. */
+    /* Each missing page was discarded on the destination once: hybrid's
+     * stale pages mostly before the pause (the destination announces
+     * early discards), the rest inside it; pure post-copy's all inside. */
+    cr_assert_eq(p->postcopy.discarded_early_pages + p->postcopy.discarded_in_pause_pages, p->postcopy.pages_total,
+                 "discarded early %" PRIu64 " + in the pause %" PRIu64 " != missing %" PRIu64,
+                 p->postcopy.discarded_early_pages, p->postcopy.discarded_in_pause_pages, p->postcopy.pages_total);
+    if (mode == MIG_MODE_HYBRID)
+        cr_assert_gt(p->postcopy.discarded_early_pages, 0, "hybrid discarded nothing before the pause");
+    else
+        cr_assert_eq(p->postcopy.discarded_early_pages, 0, "pure post-copy has nothing to discard early");
     cr_assert_leq(p->postcopy.pages_pushed, p->postcopy.pages_total);
     cr_assert_geq(p->postcopy.pages_pushed + p->postcopy.pages_requested, p->postcopy.pages_total);
     cr_assert_eq(p->postcopy.requests_refused, 0);
@@ -128,6 +138,8 @@ static void migrate_postcopy_on(const char *memory, const char *destination_memo
     cr_assert_eq(q->state, MIG_STATE_COMPLETED, "destination %s: %s", q->error_code, q->error_message);
     cr_assert(q->postcopy.active);
     cr_assert_eq(q->postcopy.pages_total, p->postcopy.pages_total, "both sides agree on the pages missing");
+    cr_assert_eq(q->postcopy.discarded_early_pages, p->postcopy.discarded_early_pages);
+    cr_assert_eq(q->postcopy.discarded_in_pause_pages, p->postcopy.discarded_in_pause_pages);
     cr_assert_eq(q->postcopy.pages_received, q->postcopy.pages_total, "each missing page placed exactly once");
     cr_assert_str_eq(q->digest_destination, p->digest_source);
     /* The guest ran before its RAM was there: its vCPUs faulted and each

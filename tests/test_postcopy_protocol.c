@@ -75,15 +75,15 @@ static int record_place(void *opaque, uint64_t ram_offset, uint32_t pages, const
     return 0;
 }
 
-/* Parses s frame by frame with a post-copy destination's receiver; the
- * placer is set once POSTCOPY_SWITCH is read, as the destination does.
- * Returns the receiver's last result. */
-static int parse(const struct migration_stream *s, struct mig_receiver *r, uint8_t *ram, bool announce,
-                 struct placed *placed)
+/* Parses s frame by frame with a destination's receiver announcing
+ * `features` besides the stream's defaults; the placer is set once
+ * POSTCOPY_SWITCH is read, as the destination does. Returns the
+ * receiver's last result. */
+static int parse_announcing(const struct migration_stream *s, struct mig_receiver *r, uint8_t *ram, uint64_t features,
+                            struct placed *placed)
 {
     struct mig_hello local = migration_stream_hello();
-    if (announce)
-        local.features |= MIG_FEATURE_POSTCOPY;
+    local.features |= features;
     cr_assert_eq(mig_receiver_init(r, ram, MIGRATION_STREAM_RAM_BYTES, &local), 0);
     struct mig_buffer_input buffer;
     struct mig_input input;
@@ -97,6 +97,26 @@ static int parse(const struct migration_stream *s, struct mig_receiver *r, uint8
         if (type == MIG_FRAME_END)
             return 0;
     }
+}
+
+/* A post-copy destination (announce) or one without post-copy. */
+static int parse(const struct migration_stream *s, struct mig_receiver *r, uint8_t *ram, bool announce,
+                 struct placed *placed)
+{
+    return parse_announcing(s, r, ram, announce ? MIG_FEATURE_POSTCOPY : 0, placed);
+}
+
+static void expect_refused_announcing(struct migration_stream *s, uint64_t features, uint32_t code,
+                                      const char *error)
+{
+    uint8_t *ram = migration_stream_guarded_ram(MIGRATION_STREAM_RAM_BYTES);
+    struct mig_receiver r;
+    cr_expect_eq(parse_announcing(s, &r, ram, features, NULL), -1, "accepted; wanted '%s'", error);
+    cr_expect_str_eq(r.error, error);
+    cr_expect_eq(r.error_code, code);
+    mig_receiver_destroy(&r);
+    migration_stream_guarded_ram_free(ram, MIGRATION_STREAM_RAM_BYTES);
+    migration_stream_free(s);
 }
 
 static void expect_refused(struct migration_stream *s, bool announce, uint32_t code, const char *error)
@@ -195,6 +215,119 @@ Test(postcopy_protocol, discard_runs_stay_inside_ram_and_go_up)
     put_discard(&s, &back, 1);
     expect_refused(&s, true, MIG_ERR_STREAM,
                    "frame 3: postcopy-discard run 0 at 0x4000 overlaps or precedes the run before it (which ends at 0x9000)");
+}
+
+static void put_discard_sync(struct migration_stream *s, uint64_t pages)
+{
+    uint8_t payload[MIG_POSTCOPY_DISCARD_SYNC_SIZE];
+    mig_put_u64(payload, pages);
+    migration_stream_put_frame(s, MIG_FRAME_POSTCOPY_DISCARD_SYNC, payload, sizeof(payload));
+}
+
+#define EARLY (MIG_FEATURE_POSTCOPY | MIG_FEATURE_EARLY_DISCARD)
+
+/* Hybrid's early discard: DISCARD frames, one DISCARD_SYNC giving their
+ * page count, then (after the pause) a second ascending sequence that may
+ * go back to the start of RAM. */
+Test(postcopy_protocol, an_early_discard_starts_a_second_sequence)
+{
+    struct mig_hello hello = migration_stream_hello();
+    struct migration_stream s = { 0 };
+    migration_stream_put_hello(&s, &hello);
+    put_open(&s);
+    struct mig_discard_run early[2] = { { 0x1000, 2 }, { 0x8000, 1 } };
+    put_discard(&s, early, 2);
+    struct mig_discard_run more = { 0x20000, 4 };
+    put_discard(&s, &more, 1);
+    put_discard_sync(&s, 7);
+    struct mig_discard_run late[2] = { { 0x0, 1 }, { 0x9000, 2 } };
+    put_discard(&s, late, 2);
+    put_states(&s);
+    put_switch(&s, 0, PAGES);
+    struct mig_end end = { .timestamp_ns = 5, .pages = 0 };
+    migration_stream_put_end(&s, &end);
+    uint8_t *ram = migration_stream_guarded_ram(MIGRATION_STREAM_RAM_BYTES);
+    struct mig_receiver r;
+    cr_assert_eq(parse_announcing(&s, &r, ram, EARLY, NULL), 0, "%s", r.error);
+    cr_assert(r.got_discard_sync);
+    cr_assert_eq(r.discard_pages, 3);           /* the second sequence's pages */
+    cr_assert_eq(r.discard_after, 0xb000);
+    cr_assert_eq(r.discard_count, 2);
+    cr_assert_eq(r.discard_runs[0].ram_offset, 0);
+    mig_receiver_destroy(&r);
+    migration_stream_guarded_ram_free(ram, MIGRATION_STREAM_RAM_BYTES);
+    migration_stream_free(&s);
+}
+
+Test(postcopy_protocol, early_discard_rules)
+{
+    struct mig_hello hello = migration_stream_hello();
+    struct mig_discard_run two = { 0x3000, 2 };
+
+    /* Only where the destination announced it. */
+    struct migration_stream s = { 0 };
+    migration_stream_put_hello(&s, &hello);
+    put_open(&s);
+    put_discard(&s, &two, 1);
+    put_discard_sync(&s, 2);
+    expect_refused_announcing(&s, MIG_FEATURE_POSTCOPY, MIG_ERR_STREAM,
+                              "frame 3: postcopy-discard-sync frame, but this destination did not announce early "
+                              "discards");
+
+    /* The count must be the pages discarded before it. */
+    s = (struct migration_stream){ 0 };
+    migration_stream_put_hello(&s, &hello);
+    put_open(&s);
+    put_discard(&s, &two, 1);
+    put_discard_sync(&s, 3);
+    expect_refused_announcing(&s, EARLY, MIG_ERR_STREAM,
+                              "frame 3: postcopy-discard-sync counts 3 pages, the discard frames before it held 2");
+
+    /* At most one: two passes over RAM at most. */
+    s = (struct migration_stream){ 0 };
+    migration_stream_put_hello(&s, &hello);
+    put_open(&s);
+    put_discard(&s, &two, 1);
+    put_discard_sync(&s, 2);
+    put_discard(&s, &two, 1);
+    put_discard_sync(&s, 2);
+    expect_refused_announcing(&s, EARLY, MIG_ERR_STREAM,
+                              "frame 5: postcopy-discard-sync frame a second time (at most one per migration)");
+
+    /* Between OPEN and SWITCH. */
+    s = (struct migration_stream){ 0 };
+    migration_stream_put_hello(&s, &hello);
+    put_discard_sync(&s, 0);
+    expect_refused_announcing(&s, EARLY, MIG_ERR_STREAM, "frame 1: postcopy-discard-sync frame before postcopy-open");
+
+    s = (struct migration_stream){ 0 };
+    migration_stream_put_hello(&s, &hello);
+    put_open(&s);
+    put_states(&s);
+    put_switch(&s, 0, PAGES);
+    put_discard_sync(&s, 0);
+    expect_refused_announcing(&s, EARLY, MIG_ERR_STREAM, "frame 5: postcopy-discard-sync frame after postcopy-switch");
+
+    /* Within the second sequence the runs still go up. */
+    s = (struct migration_stream){ 0 };
+    migration_stream_put_hello(&s, &hello);
+    put_open(&s);
+    put_discard(&s, &two, 1);
+    put_discard_sync(&s, 2);
+    struct mig_discard_run up[2] = { { 0x6000, 1 }, { 0x5000, 1 } };
+    put_discard(&s, up, 2);
+    expect_refused_announcing(&s, EARLY, MIG_ERR_STREAM,
+                              "frame 4: postcopy-discard run 1 at 0x5000 overlaps or precedes the run before it "
+                              "(which ends at 0x7000)");
+
+    /* The answer is the destination's, never the source's. */
+    s = (struct migration_stream){ 0 };
+    migration_stream_put_hello(&s, &hello);
+    put_open(&s);
+    uint8_t payload[MIG_POSTCOPY_DISCARD_SYNC_SIZE] = { 0 };
+    migration_stream_put_frame(&s, MIG_FRAME_POSTCOPY_DISCARD_SYNC_ACK, payload, sizeof(payload));
+    expect_refused_announcing(&s, EARLY, MIG_ERR_STREAM,
+                              "frame 2: unexpected postcopy-discard-sync-ack frame from the source");
 }
 
 /* The guest runs on RAM from the switch on: a memory frame is verified
