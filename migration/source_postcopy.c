@@ -172,8 +172,10 @@ static int source_postcopy_discard_early(struct source *s, uint64_t **early)
         return -1;
     uint8_t payload[MIG_POSTCOPY_DISCARD_SYNC_SIZE];
     mig_put_u64(payload, sent);
-    if (source_small_frame(s, MIG_FRAME_POSTCOPY_DISCARD_SYNC, payload, sizeof(payload)) != 0 ||
-        source_flush(s) != 0)
+    /* Queued, then straight to the answer: no source_flush, whose ticks
+     * read the socket for a destination's ERROR and would take the answer
+     * for an unexpected frame. The read's stall timeout bounds the wait. */
+    if (source_small_frame(s, MIG_FRAME_POSTCOPY_DISCARD_SYNC, payload, sizeof(payload)) != 0)
         return -1;
     uint8_t reply[4 + MIG_ERROR_MAX_MESSAGE];
     struct mig_frame_header header;

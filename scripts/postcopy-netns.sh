@@ -128,9 +128,11 @@ row = {"mode": mode, "run": int(run), "rate": rate, "rtt_ms": float(rtt or 0),
        "total_ms": p.get("total_ms"), "downtime_ms": p.get("downtime_ms"),
        "switched": pc.get("active"), "faults": pc.get("faults"),
        "pages_requested": pc.get("pages_requested"), "pages_received": pc.get("pages_received"),
-       "latency_p50_us": lat.get("p50"), "latency_p99_us": lat.get("p99"), "latency_max_us": lat.get("max"),
+       "latency_count": lat.get("count"), "latency_p50_us": lat.get("p50"), "latency_p99_us": lat.get("p99"), "latency_max_us": lat.get("max"),
        "blocktime_total_ms": pc.get("blocktime_total_ms"),
-       "stream_window_bytes": pc.get("stream_window_bytes")}
+       "stream_window_bytes": pc.get("stream_window_bytes"),
+       "discarded_early_pages": pc.get("discarded_early_pages"),
+       "discarded_in_pause_pages": pc.get("discarded_in_pause_pages")}
 if only_json != "1":
     print(f"{mode} run {run}: total {row['total_ms']} ms, downtime {row['downtime_ms']} ms, "
           f"faults {row['faults']}, fault service p50/p99/max {lat.get('p50')}/{lat.get('p99')}/{lat.get('max')} us, "
