@@ -854,23 +854,37 @@ static void wait_phase(struct api_client *c, const char *phase, unsigned timeout
     }
 }
 
+/* The post-copy rows' two processes, in the namespaces joined by a
+ * 1 Gbit/s link named after tag: a 2-vCPU ledger source (its first LEDGER
+ * OK seen) and a destination listening on `incoming` with
+ * destination_arguments (NULL: 2 vCPUs) and RINGVM_FAULT_INJECT `fault`
+ * (NULL: none). Skips where no post-copy destination can run. */
+#define POSTCOPY_PAIR_MEMORY "128M"
+#define POSTCOPY_PAIR_WORKLOAD "ledger,wss=16M,verify=1"
+static const char *const postcopy_pair_vcpus[] = { "--vcpus", "2", NULL };
+
+static void postcopy_pair_start(const char *tag, const char *fault, const char *const *destination_arguments,
+                                struct vmproc *src, struct vmproc *dst, char *incoming, size_t incoming_size)
+{
+    char why[400];
+    if (!postcopy_destination_available(why, sizeof(why)))
+        harness_skip("%s", why);
+    net_up(tag, "--rate 1gbit");
+    destination_incoming(incoming, incoming_size);
+    vm_spawn_with(src, "src", POSTCOPY_PAIR_MEMORY, POSTCOPY_PAIR_WORKLOAD, NULL, NULL, postcopy_pair_vcpus);
+    cr_assert(output_has(src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src->proc->out);
+    vm_spawn_with(dst, "dst", POSTCOPY_PAIR_MEMORY, POSTCOPY_PAIR_WORKLOAD, incoming, fault,
+                  destination_arguments != NULL ? destination_arguments : postcopy_pair_vcpus);
+}
+
 /* The destination process SIGKILLed mid post-copy: its kernel closes its
  * connections, the guest (running there, half its pages still on the
  * source) is lost; the source says so and exits 1, its vCPUs never resumed. */
 Test(faults, destination_killed_during_postcopy_loses_the_guest, .timeout = 90)
 {
-    char why[400];
-    if (!postcopy_destination_available(why, sizeof(why)))
-        harness_skip("%s", why);
-    net_up("pk", "--rate 1gbit");
-    static const char *const two_vcpus[] = { "--vcpus", "2", NULL };
-    const char *memory = "128M", *workload = "ledger,wss=16M,verify=1";
     char incoming[128];
-    destination_incoming(incoming, sizeof(incoming));
     struct vmproc src, dst;
-    vm_spawn_with(&src, "src", memory, workload, NULL, NULL, two_vcpus);
-    cr_assert(output_has(&src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src.proc->out);
-    vm_spawn_with(&dst, "dst", memory, workload, incoming, NULL, two_vcpus);
+    postcopy_pair_start("pk", NULL, NULL, &src, &dst, incoming, sizeof(incoming));
     api_client_close(wait_listening(&dst));
     struct api_client *sc = api_connect(src.socket, 5000);
     diagnose = src.proc;
@@ -898,21 +912,12 @@ Test(faults, destination_killed_during_postcopy_loses_the_guest, .timeout = 90)
  * processes exit 0 at the end and the ledger verifies throughout. */
 Test(faults, postcopy_recovers_over_the_api_after_the_link_went_down, .timeout = 120)
 {
-    char why[400];
-    if (!postcopy_destination_available(why, sizeof(why)))
-        harness_skip("%s", why);
-    net_up("rv", "--rate 1gbit");
-    static const char *const source_arguments[] = { "--vcpus", "2", NULL };
     static const char *const destination_arguments[] = { "--vcpus", "2", "--incoming-stall-timeout", "1", NULL };
-    const char *memory = "128M", *workload = "ledger,wss=16M,verify=1";
     char incoming[128], recover[128], ip[64];
-    destination_incoming(incoming, sizeof(incoming));
+    struct vmproc src, dst;
+    postcopy_pair_start("rv", NULL, destination_arguments, &src, &dst, incoming, sizeof(incoming));
     host_addr("dst", ip, sizeof(ip));
     snprintf(recover, sizeof(recover), "tcp:%s:7001", ip);
-    struct vmproc src, dst;
-    vm_spawn_with(&src, "src", memory, workload, NULL, NULL, source_arguments);
-    cr_assert(output_has(&src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src.proc->out);
-    vm_spawn_with(&dst, "dst", memory, workload, incoming, NULL, destination_arguments);
     struct api_client *dc = wait_listening(&dst);
     struct api_client *sc = api_connect(src.socket, 5000);
     diagnose = src.proc;
@@ -950,18 +955,9 @@ Test(faults, postcopy_recovers_over_the_api_after_the_link_went_down, .timeout =
  * are gone; the destination says so, stops the guest and exits 1. */
 Test(faults, source_killed_during_postcopy_loses_the_guest, .timeout = 90)
 {
-    char why[400];
-    if (!postcopy_destination_available(why, sizeof(why)))
-        harness_skip("%s", why);
-    net_up("sk", "--rate 1gbit");
-    static const char *const two_vcpus[] = { "--vcpus", "2", NULL };
-    const char *memory = "128M", *workload = "ledger,wss=16M,verify=1";
     char incoming[128];
-    destination_incoming(incoming, sizeof(incoming));
     struct vmproc src, dst;
-    vm_spawn_with(&src, "src", memory, workload, NULL, NULL, two_vcpus);
-    cr_assert(output_has(&src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src.proc->out);
-    vm_spawn_with(&dst, "dst", memory, workload, incoming, NULL, two_vcpus);
+    postcopy_pair_start("sk", NULL, NULL, &src, &dst, incoming, sizeof(incoming));
     struct api_client *dc = wait_listening(&dst);
     struct api_client *sc = api_connect(src.socket, 5000);
     diagnose = dst.proc;
@@ -988,18 +984,9 @@ Test(faults, hybrid_between_the_namespaces_over_1_gbit, .timeout = 90) { postcop
  * whose RAM lost the discarded pages, never ran it. */
 Test(faults, destination_killed_during_the_early_discard_leaves_the_guest_on_the_source, .timeout = 90)
 {
-    char why[400];
-    if (!postcopy_destination_available(why, sizeof(why)))
-        harness_skip("%s", why);
-    net_up("ed", "--rate 1gbit");
-    static const char *const two_vcpus[] = { "--vcpus", "2", NULL };
-    const char *memory = "128M", *workload = "ledger,wss=16M,verify=1";
     char incoming[128];
-    destination_incoming(incoming, sizeof(incoming));
     struct vmproc src, dst;
-    vm_spawn_with(&src, "src", memory, workload, NULL, NULL, two_vcpus);
-    cr_assert(output_has(&src, "LEDGER OK", 1, 30000), "no LEDGER OK on the source:\n%s", src.proc->out);
-    vm_spawn_with(&dst, "dst", memory, workload, incoming, "discard-sync", two_vcpus);
+    postcopy_pair_start("ed", "discard-sync", NULL, &src, &dst, incoming, sizeof(incoming));
     api_client_close(wait_listening(&dst));
     struct api_client *sc = api_connect(src.socket, 5000);
     diagnose = src.proc;
@@ -1029,8 +1016,8 @@ Test(faults, destination_killed_during_the_early_discard_leaves_the_guest_on_the
     free(text);
     json_decref(p);
     api_client_close(sc);
-    later_extra = two_vcpus;
-    later_migration_succeeds(&src, memory, workload, 7001);
+    later_extra = postcopy_pair_vcpus;
+    later_migration_succeeds(&src, POSTCOPY_PAIR_MEMORY, POSTCOPY_PAIR_WORKLOAD, 7001);
     cr_assert_eq(output_count(&src, "MISMATCH"), 0, "%s", src.proc->out);
 }
 
