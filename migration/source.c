@@ -297,7 +297,8 @@ static int source_iteration_marker(struct source *s, uint64_t iteration, uint64_
  * (vmm/memory_extents.h): *data_start == *data_end == RAM's pages when
  * only pages without data follow. false when the host cannot say (then
  * treat everything as data). */
-bool source_next_extent(const struct guest_memory *memory, uint64_t page, uint64_t *data_start, uint64_t *data_end)
+static bool source_next_extent(const struct guest_memory *memory, uint64_t page, uint64_t *data_start,
+                               uint64_t *data_end)
 {
     struct guest_ram ram = guest_memory_ram(memory);
     return guest_ram_next_data(&ram, page, data_start, data_end) == 0;

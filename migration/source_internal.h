@@ -36,7 +36,6 @@ struct source_stream {
 int source_stream_submit(struct source_stream *st);
 int source_stream_page(struct source_stream *st, uint64_t page);
 int source_stream_zero(struct source_stream *st, uint64_t first_page, uint64_t count);
-bool source_next_extent(const struct guest_memory *memory, uint64_t page, uint64_t *data_start, uint64_t *data_end);
 
 int source_read_answer(struct source *s, const char *phase, struct mig_frame_header *header, uint8_t *reply,
                        size_t reply_size);

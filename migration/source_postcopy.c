@@ -9,6 +9,7 @@
 #include "migration/source_internal.h"
 
 #include "migration/postcopy_priority.h"
+#include "vmm/memory_extents.h"
 
 /* Right after the handshake (nothing paused yet): POSTCOPY_OPEN, then the
  * second connection, the urgent channel (TLS like the first), then
@@ -280,22 +281,31 @@ static int source_postcopy_push(struct source *s, struct source_delivery *delive
     uint64_t pages = guest_memory_pages(memory);
     struct source_stream st = { .s = s };
     uint64_t page = 0;
-    /* The data extent the last lookup found, [extent_from, extent_end) of
-     * it known (none yet: empty): RAM no longer changes here (the guest
-     * runs on the destination), so the stream asks again only once it
-     * leaves it. Asking every step cost a SEEK_HOLE through the rest of
-     * the extent each time, quadratic in the extent: most of both cores at
-     * 1 GiB. */
-    uint64_t extent_from = 0, extent_start = 0, extent_end = 0;
+    /* Which pages hold data, read once: RAM no longer changes here (the
+     * guest runs on the destination). Asked per step, or per restart
+     * after a request, each lookup cost a SEEK_HOLE through the rest of
+     * its data extent: ~6 ms per GiB in one syscall that the kernel does
+     * not preempt (PREEMPT_NONE), so a fault-service thread woken on this
+     * core waited that long (docs/benchmarks.md). Without a map (out of
+     * memory, or the host cannot say) every page counts as data: correct,
+     * only slower. */
+    uint64_t *data_map = calloc((pages + 63) / 64, sizeof(uint64_t));
+    struct guest_ram ram = guest_memory_ram(memory);
+    if (data_map != NULL && guest_ram_data_map(&ram, data_map) != 0) {
+        free(data_map);
+        data_map = NULL;
+    }
     char text[600];
     for (;;) {
         if (postcopy_source_failed(s->postcopy, text, sizeof(text))) {
             source_stream_submit(&st);
+            free(data_map);
             return source_fail(s, "postcopy-failed", "%s", text);
         }
         int queued;
         if (source_delivery_check(s, delivery, &queued) != 0) {
             source_stream_submit(&st);
+            free(data_map);
             return -1;
         }
         /* Capped, claim the next step only once little of the stream waits
@@ -316,31 +326,24 @@ static int source_postcopy_push(struct source *s, struct source_delivery *delive
             break;
         if (page < frame_end)
             source_stream_submit(&st);
-        if (page < extent_from || page >= extent_end) {
-            extent_from = page;
-            if (!source_next_extent(memory, page, &extent_start, &extent_end)) {
-                extent_start = page;
-                extent_end = pages;
-            }
-        }
-        uint64_t data_start = extent_start > page ? extent_start : page, data_end = extent_end;
         /* One frame per step: at most SOURCE_POSTCOPY_FRAME_PAGES data
          * pages (64 KiB), or 256 pages of a hole (one zero run). */
-        if (data_start > page) {
-            uint64_t stop = data_start - page > 256 ? page + 256 : data_start;
-            for (; page < stop; page++)
-                if (postcopy_source_claim(s->postcopy, page) && source_stream_zero(&st, page, 1) != 0)
-                    return -1;
-        } else {
-            uint64_t stop = data_end - page > SOURCE_POSTCOPY_FRAME_PAGES ? page + SOURCE_POSTCOPY_FRAME_PAGES
-                                                                          : data_end;
-            for (; page < stop; page++)
-                if (postcopy_source_claim(s->postcopy, page) && source_stream_page(&st, page) != 0)
-                    return -1;
-        }
+        bool data = data_map == NULL || (data_map[page / 64] >> (page % 64) & 1);
+        uint64_t limit = data ? SOURCE_POSTCOPY_FRAME_PAGES : 256;
+        uint64_t stop = page + 1;
+        while (stop < pages && stop - page < limit &&
+               (data_map == NULL || (data_map[stop / 64] >> (stop % 64) & 1) == data))
+            stop++;
+        for (; page < stop; page++)
+            if (postcopy_source_claim(s->postcopy, page) &&
+                (data ? source_stream_page(&st, page) : source_stream_zero(&st, page, 1)) != 0) {
+                free(data_map);
+                return -1;
+            }
         source_stream_submit(&st);
     }
     source_stream_submit(&st);
+    free(data_map);
     return 0;
 }
 

@@ -298,6 +298,44 @@ static void data_extents_are_the_written_pages(bool anonymous)
     guest_memory_destroy(&memory);
 }
 
+/* The post-copy stream's map of which pages hold data: exactly the
+ * written pages, on both backings, including a run of data that crosses
+ * mincore's 4096-page steps and a punched hole inside it. */
+static void the_data_map_is_the_written_pages(bool anonymous)
+{
+    uint64_t size = 64ull << 20;        /* 16384 pages: four mincore steps */
+    struct guest_memory memory;
+    cr_assert_eq(guest_memory_create(&memory, size, &(struct guest_memory_options){ .numa_node = -1,
+                                                                                   .no_thp = true,
+                                                                                   .anonymous = anonymous }),
+                 0);
+    struct guest_ram ram = guest_memory_ram(&memory);
+    uint64_t pages = size / 4096;
+    uint64_t *bits = calloc((pages + 63) / 64, sizeof(uint64_t));
+    memset(bits, 0xff, (pages + 63) / 64 * sizeof(uint64_t));
+    cr_assert_eq(guest_ram_data_map(&ram, bits), 0);
+    for (uint64_t w = 0; w < pages / 64; w++)
+        cr_assert_eq(bits[w], 0, "untouched RAM: word %" PRIu64 " = 0x%" PRIx64, w, bits[w]);
+    fill_pages(memory.host, 0, 1);
+    fill_pages(memory.host, 70, 3);
+    fill_pages(memory.host, 4090, 12);  /* across the first step boundary (4096) */
+    fill_pages(memory.host, pages - 1, 1);
+    char error[200];
+    cr_assert_eq(guest_ram_discard(&ram, 4095 * 4096ull, 4096, error, sizeof(error)), 0, "%s", error);
+    cr_assert_eq(guest_ram_data_map(&ram, bits), 0);
+    for (uint64_t page = 0; page < pages; page++) {
+        bool expected = page == 0 || (page >= 70 && page < 73) || (page >= 4090 && page < 4102 && page != 4095) ||
+                        page == pages - 1;
+        cr_assert_eq((bits[page / 64] >> (page % 64)) & 1, expected, "%s RAM, page %" PRIu64,
+                     anonymous ? "anonymous" : "memfd", page);
+    }
+    free(bits);
+    guest_memory_destroy(&memory);
+}
+
+Test(guest_memory_pages, memfd_data_map_is_the_written_pages) { the_data_map_is_the_written_pages(false); }
+Test(guest_memory_pages, anonymous_data_map_is_the_written_pages) { the_data_map_is_the_written_pages(true); }
+
 Test(guest_memory_pages, memfd_data_extents_are_the_written_pages) { data_extents_are_the_written_pages(false); }
 Test(guest_memory_pages, anonymous_data_extents_are_the_written_pages) { data_extents_are_the_written_pages(true); }
 

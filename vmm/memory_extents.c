@@ -153,6 +153,76 @@ int guest_ram_holds_data(const struct guest_ram *ram, uint64_t first, uint64_t c
     return result != 0 ? result : data_start < limit;
 }
 
+/* mincore's steps: 16 MiB of RAM per call, its vector on the stack. */
+#define DATA_MAP_STEP 4096u
+
+static void data_map_set(uint64_t *bits, uint64_t first, uint64_t end)
+{
+    for (uint64_t page = first; page < end; page++)
+        bits[page / 64] |= 1ull << (page % 64);
+}
+
+/* A memfd's non-resident pages [first, end): holes, or data swapped out,
+ * which SEEK_DATA finds (walking holes only); from there page by page to
+ * the run's end (SEEK_HOLE would walk on through the data after it). */
+static int data_map_non_resident(const struct guest_ram *ram, uint64_t *bits, uint64_t first, uint64_t end)
+{
+    for (uint64_t page = first; page < end;) {
+        uint64_t data_start;
+        int result = next_data_within(ram, page, end, &data_start, NULL);
+        if (result != 0)
+            return result;
+        if (data_start >= end)
+            return 0;
+        uint64_t next = data_start + 1;
+        while (next < end && guest_ram_page_holds_data(ram, next) == 1)
+            next++;
+        data_map_set(bits, data_start, next);
+        page = next;
+    }
+    return 0;
+}
+
+int guest_ram_data_map(const struct guest_ram *ram, uint64_t *bits)
+{
+    uint64_t pages = ram->size / GUEST_RAM_PAGE;
+    memset(bits, 0, (pages + 63) / 64 * sizeof(uint64_t));
+    if (ram->memfd < 0) {
+        for (uint64_t page = 0; page < pages;) {
+            uint64_t data_start, data_end;
+            int result = guest_ram_next_data(ram, page, &data_start, &data_end);
+            if (result != 0)
+                return result;
+            data_map_set(bits, data_start, data_end);
+            page = data_end > page ? data_end : pages;
+        }
+        return 0;
+    }
+    unsigned char resident[DATA_MAP_STEP];
+    uint64_t run = UINT64_MAX;      /* first page of the non-resident run going on, if any */
+    for (uint64_t step = 0; step < pages; step += DATA_MAP_STEP) {
+        uint64_t count = pages - step < DATA_MAP_STEP ? pages - step : DATA_MAP_STEP;
+        if (mincore(ram->host + step * GUEST_RAM_PAGE, count * GUEST_RAM_PAGE, resident) != 0)
+            return -errno;
+        for (uint64_t i = 0; i < count; i++) {
+            uint64_t page = step + i;
+            if (!(resident[i] & 1)) {
+                if (run == UINT64_MAX)
+                    run = page;
+                continue;
+            }
+            if (run != UINT64_MAX) {
+                int result = data_map_non_resident(ram, bits, run, page);
+                if (result != 0)
+                    return result;
+                run = UINT64_MAX;
+            }
+            bits[page / 64] |= 1ull << (page % 64);
+        }
+    }
+    return run != UINT64_MAX ? data_map_non_resident(ram, bits, run, pages) : 0;
+}
+
 int guest_ram_page_holds_data(const struct guest_ram *ram, uint64_t page)
 {
     if (page >= ram->size / GUEST_RAM_PAGE)

@@ -51,6 +51,17 @@ int guest_ram_holds_data(const struct guest_ram *ram, uint64_t first, uint64_t c
  * that is one): 1 data, 0 a hole or past the end, -errno. */
 int guest_ram_page_holds_data(const struct guest_ram *ram, uint64_t page);
 
+/* Every page's "holds data" as a bitmap over the RAM's pages (bit p of
+ * word p / 64; the caller's array of (pages + 63) / 64 words), for RAM
+ * that no longer changes (a post-copy source after the switch-over). A
+ * memfd is read with mincore in bounded steps (resident: data), and only
+ * the runs of non-resident pages are asked with SEEK_DATA (swapped-out
+ * data): never SEEK_HOLE, which shmem answers by visiting every page of
+ * the data extent it starts in, one uninterruptible syscall of ~6 ms per
+ * GiB that delayed the fault service sharing its core (docs/benchmarks.md).
+ * Anonymous RAM: its pagemap. 0, or -errno (the map is then partial). */
+int guest_ram_data_map(const struct guest_ram *ram, uint64_t *bits);
+
 /* Gives [offset, offset + length) back (page-aligned) and checks that no
  * page of it holds data afterwards: a punch inside a shmem huge page the
  * kernel cannot split only zeroes the range and leaves it present, and a
