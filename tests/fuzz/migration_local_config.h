@@ -27,7 +27,12 @@ static inline void fuzz_migration_local_hello(struct mig_hello *hello)
     hello->slots[0].size = FUZZ_MIGRATION_RAM_BYTES;
     hello->slots[0].ram_offset = 0;
     hello->state_format = MIG_STATE_FORMAT;
-    hello->features = MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST | MIG_FEATURE_SWITCH_PROBE;
+    /* Every feature a ringvm destination can announce, post-copy's frames
+     * (OPEN, DISCARD, DISCARD_SYNC, SWITCH) included: the fuzzer reaches
+     * their rules. No placer is set, so memory after a SWITCH ends the
+     * parse with its error, as a destination without a session would. */
+    hello->features = MIG_FEATURE_ZERO_PAGES | MIG_FEATURE_DIGEST | MIG_FEATURE_SWITCH_PROBE |
+                      MIG_FEATURE_POSTCOPY | MIG_FEATURE_EARLY_DISCARD;
     hello->abi_version = RINGVM_ABI_VERSION;
 }
 
