@@ -36,8 +36,6 @@ struct incoming {
     bool postcopy_offered;          /* MIG_FEATURE_POSTCOPY in our hello */
     struct mig_io urgent;           /* fd -1 = none */
     uint64_t *discarded;            /* one bit per page in a DISCARD run (heap, from POSTCOPY_OPEN) */
-    uint64_t discard_pages;         /* pages of every DISCARD run so far */
-    uint64_t early_discard_pages;   /* of them, before the DISCARD_SYNC (hybrid's early discard) */
     struct mig_listener recovery;   /* migration.recover's listener (recovery_open: listening) */
     bool recovery_open;
     bool recovering;                /* on a recovery connection that has not reopened the urgent channel */

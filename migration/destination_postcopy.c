@@ -97,7 +97,6 @@ int incoming_postcopy_discard(struct incoming *in, char *error, size_t error_siz
         for (uint64_t page = run->ram_offset / MIG_PAGE_SIZE; page < run->ram_offset / MIG_PAGE_SIZE + run->pages;
              page++)
             in->discarded[page / 64] |= 1ull << (page % 64);
-        in->discard_pages += run->pages;
     }
     return 0;
 }
@@ -108,14 +107,13 @@ int incoming_postcopy_discard(struct incoming *in, char *error, size_t error_siz
  * the punching is done. */
 int incoming_postcopy_discard_sync(struct incoming *in, char *error, size_t error_size)
 {
-    uint64_t pages = in->discard_pages;
+    uint64_t pages = in->receiver.discard_sync_pages;
     uint8_t payload[MIG_POSTCOPY_DISCARD_SYNC_SIZE];
     mig_put_u64(payload, pages);
     if (incoming_send(in, MIG_FRAME_POSTCOPY_DISCARD_SYNC_ACK, payload, sizeof(payload)) != 0) {
         snprintf(error, error_size, "could not answer postcopy-discard-sync");
         return -1;
     }
-    in->early_discard_pages = pages;
     in->progress.postcopy.discarded_early_pages = pages;
     return 0;
 }
@@ -168,7 +166,9 @@ int incoming_postcopy_switch(struct incoming *in, char *error, size_t error_size
         in->progress.downtime_ms = (resumed - sw->pause_timestamp_ns + 999999u) / 1000000u;
         in->progress.downtime_us = (resumed - sw->pause_timestamp_ns + 999u) / 1000u;
     }
-    in->progress.postcopy.discarded_in_pause_pages = in->discard_pages - in->early_discard_pages;
+    /* The receiver's count restarts at DISCARD_SYNC: what came after it,
+     * in the pause (all of them without one). */
+    in->progress.postcopy.discarded_in_pause_pages = in->receiver.discard_pages;
     in->progress.postcopy.active = true;
     in->progress.postcopy.switched_at_ms = (mig_mono_ns() - in->started_mono) / 1000000u;
     in->progress.postcopy.pages_total = missing;

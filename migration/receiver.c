@@ -692,6 +692,7 @@ int mig_receiver_next(struct mig_receiver *r, const struct mig_input *input)
             return fail(r, MIG_ERR_STREAM, "postcopy-discard-sync counts %" PRIu64 " pages, the discard frames "
                         "before it held %" PRIu64, pages, r->discard_pages);
         r->got_discard_sync = true;
+        r->discard_sync_pages = pages;
         r->discard_after = 0;
         r->discard_pages = 0;
         r->seq++;

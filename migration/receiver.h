@@ -157,8 +157,10 @@ struct mig_receiver {
     /* Pages of the DISCARD frames since the start or the DISCARD_SYNC (at
      * most one, only with MIG_FEATURE_EARLY_DISCARD announced here, between
      * OPEN and SWITCH; it must give this count, and starts a new ascending
-     * sequence: two passes over RAM at most). */
+     * sequence: two passes over RAM at most). discard_sync_pages: the
+     * count DISCARD_SYNC gave (so checked), 0 without one. */
     uint64_t discard_pages;
+    uint64_t discard_sync_pages;
     bool got_discard_sync;
     int (*place)(void *opaque, uint64_t ram_offset, uint32_t pages, const uint8_t *data);
     void *place_opaque;

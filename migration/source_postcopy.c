@@ -126,6 +126,22 @@ static int source_send_discards(struct source *s, const uint64_t *early)
     return result;
 }
 
+/* Hybrid: ORs into bits (a bitmap over RAM pages) the pages stale on the
+ * destination before the next take: dirtied since they were sent (the
+ * pending set; a bulk pass stopped within its window: the window's takes)
+ * or never sent (the rest of a stopped bulk pass). */
+static void source_stale_pages(struct source *s, uint64_t *bits, uint64_t pages)
+{
+    for (uint64_t i = 0; i < s->pending.count; i++)
+        bits[s->pending.pages[i] / 64] |= 1ull << (s->pending.pages[i] % 64);
+    if (s->bulk_carry != NULL)
+        for (uint64_t w = 0; w < (pages + 63) / 64; w++)
+            bits[w] |= s->bulk_carry[w];
+    if (s->bulk_stopped)
+        for (uint64_t page = s->bulk_end_page; page < pages; page++)
+            bits[page / 64] |= 1ull << (page % 64);
+}
+
 /*
  * Hybrid's early discard (the destination announced
  * MIG_FEATURE_EARLY_DISCARD): with the guest still running here, take the
@@ -156,18 +172,11 @@ static int source_postcopy_discard_early(struct source *s, uint64_t **early)
         dirty_pages_free(&taken);
         return source_fail(s, "internal", "dirty set before the early discard: %s", strerror((int)-count));
     }
-    for (uint64_t i = 0; i < s->pending.count; i++)
-        bits[s->pending.pages[i] / 64] |= 1ull << (s->pending.pages[i] % 64);
     for (uint64_t i = 0; i < taken.count; i++)
         bits[taken.pages[i] / 64] |= 1ull << (taken.pages[i] % 64);
     s->pages_taken += taken.count;
     dirty_pages_free(&taken);
-    if (s->bulk_carry != NULL)
-        for (uint64_t w = 0; w < (pages + 63) / 64; w++)
-            bits[w] |= s->bulk_carry[w];
-    if (s->bulk_stopped)
-        for (uint64_t page = s->bulk_end_page; page < pages; page++)
-            bits[page / 64] |= 1ull << (page % 64);
+    source_stale_pages(s, bits, pages);
     uint64_t sent;
     if (source_send_discard_bitmap(s, bits, pages, &sent) != 0)
         return -1;
@@ -777,25 +786,25 @@ int source_postcopy(struct source *s)
             free(early);
             return source_fail(s, "internal", "final dirty set: %s", strerror((int)-taken));
         }
+        /* Stale: what the early discard found (it holds the pending
+         * set and the bulk pass's carry and tail as they are now), else
+         * those, and what the final take found. */
+        uint64_t *stale = early != NULL ? early : calloc((pages + 63) / 64, sizeof(uint64_t));
+        if (stale == NULL) {
+            dirty_pages_free(&extra);
+            free(state.bytes);
+            return source_fail(s, "internal", "out of memory for the stale pages");
+        }
+        if (early == NULL)
+            source_stale_pages(s, stale, pages);
         postcopy_source_mark_sent(s->postcopy, 0, pages);
-        for (uint64_t i = 0; i < s->pending.count; i++)
-            postcopy_source_mark_unsent(s->postcopy, s->pending.pages[i]);
+        for (uint64_t w = 0; w < (pages + 63) / 64; w++)
+            for (uint64_t bits = stale[w]; bits != 0; bits &= bits - 1)
+                postcopy_source_mark_unsent(s->postcopy, w * 64 + (uint64_t)__builtin_ctzll(bits));
         for (uint64_t i = 0; i < extra.count; i++)
             postcopy_source_mark_unsent(s->postcopy, extra.pages[i]);
-        /* Switched within the bulk pass: its window's takes, and every
-         * page it had not reached. */
-        if (s->bulk_carry != NULL)
-            for (uint64_t w = 0; w < (pages + 63) / 64; w++)
-                for (uint64_t bits = s->bulk_carry[w]; bits != 0; bits &= bits - 1)
-                    postcopy_source_mark_unsent(s->postcopy, w * 64 + (uint64_t)__builtin_ctzll(bits));
-        if (s->bulk_stopped)
-            for (uint64_t page = s->bulk_end_page; page < pages; page++)
-                postcopy_source_mark_unsent(s->postcopy, page);
-        /* What the early discard took (dirty then, so stale now). */
-        if (early != NULL)
-            for (uint64_t w = 0; w < (pages + 63) / 64; w++)
-                for (uint64_t bits = early[w]; bits != 0; bits &= bits - 1)
-                    postcopy_source_mark_unsent(s->postcopy, w * 64 + (uint64_t)__builtin_ctzll(bits));
+        if (stale != early)
+            free(stale);
         s->pages_taken += extra.count;
         dirty_pages_free(&extra);
     }

@@ -250,6 +250,7 @@ Test(postcopy_protocol, an_early_discard_starts_a_second_sequence)
     struct mig_receiver r;
     cr_assert_eq(parse_announcing(&s, &r, ram, EARLY, NULL), 0, "%s", r.error);
     cr_assert(r.got_discard_sync);
+    cr_assert_eq(r.discard_sync_pages, 7);      /* the first sequence's, as the sync gave them */
     cr_assert_eq(r.discard_pages, 3);           /* the second sequence's pages */
     cr_assert_eq(r.discard_after, 0xb000);
     cr_assert_eq(r.discard_count, 2);
