@@ -10,6 +10,7 @@
 #include "dirtyring/dirty_set.h"
 #include "dirtyring/vcpu_ring.h"
 #include "vmm/monotonic.h"
+#include "vmm/page_bitmap.h"
 
 int bitmap_enable_manual_protect(int vm_fd)
 {
@@ -81,9 +82,9 @@ int bitmap_log_init(struct bitmap_log *b, int vm_fd, const struct guest_memory *
         s->slot = kvm_slots[i].slot;
         s->first_page = kvm_slots[i].ram_offset / 4096;
         s->pages = kvm_slots[i].size / 4096;
-        s->words = (s->pages + 63) / 64;
+        s->words = page_bitmap_words(s->pages);
         s->chunks = (s->pages + b->chunk_pages - 1) / b->chunk_pages;
-        uint64_t chunk_words = (s->chunks + 63) / 64;
+        uint64_t chunk_words = page_bitmap_words(s->chunks);
         s->got = calloc(s->words ? s->words : 1, sizeof(uint64_t));
         s->uncleared = calloc(s->words ? s->words : 1, sizeof(uint64_t));
         s->chunk_uncleared = calloc(chunk_words ? chunk_words : 1, sizeof(uint64_t));
@@ -124,13 +125,11 @@ void bitmap_log_all_uncleared(struct bitmap_log *b)
         struct bitmap_slot *s = &b->slots[i];
         for (uint64_t k = 0; k < s->words; k++)
             s->uncleared[k] = ~0ULL;
-        if (s->pages & 63)
-            s->uncleared[s->words - 1] = (1ULL << (s->pages & 63)) - 1;
-        uint64_t chunk_words = (s->chunks + 63) / 64;
+        if (s->words > 0)
+            s->uncleared[s->words - 1] = page_bitmap_last_word_mask(s->pages);
+        uint64_t chunk_words = page_bitmap_words(s->chunks);
         for (uint64_t k = 0; k < chunk_words; k++) {
-            uint64_t v = ~0ULL;
-            if (k == chunk_words - 1 && (s->chunks & 63))
-                v = (1ULL << (s->chunks & 63)) - 1;
+            uint64_t v = k == chunk_words - 1 ? page_bitmap_last_word_mask(s->chunks) : ~0ULL;
             atomic_store_explicit(&s->chunk_uncleared[k], v, memory_order_release);
         }
         total += s->pages;
@@ -172,8 +171,7 @@ static int64_t get_locked(struct bitmap_log *b, bool mark_set)
                 fresh += (uint64_t)__builtin_popcountll(added);
                 s->uncleared[k] |= added;
                 uint64_t chunk = k * 64 / b->chunk_pages;
-                atomic_fetch_or_explicit(&s->chunk_uncleared[chunk / 64], 1ULL << (chunk % 64),
-                                         memory_order_release);
+                page_bitmap_set_atomic(s->chunk_uncleared, chunk, memory_order_release);
             }
         }
         if (mark_set && first != UINT64_MAX)
@@ -245,8 +243,7 @@ static int clear_words_locked(struct bitmap_log *b, struct bitmap_slot *s, uint6
  * Under lock. */
 static int clear_chunk_locked(struct bitmap_log *b, struct bitmap_slot *s, uint64_t c)
 {
-    uint64_t bit = 1ULL << (c % 64);
-    if (!(atomic_load_explicit(&s->chunk_uncleared[c / 64], memory_order_relaxed) & bit))
+    if (!page_bitmap_test_atomic(s->chunk_uncleared, c, memory_order_relaxed))
         return 0;       /* cleared by someone else since the lock-free look */
     uint64_t first_word = c * b->chunk_pages / 64;
     uint64_t end_word = first_word + b->chunk_pages / 64;
@@ -254,7 +251,7 @@ static int clear_chunk_locked(struct bitmap_log *b, struct bitmap_slot *s, uint6
         end_word = s->words;
     int rc = clear_words_locked(b, s, first_word, end_word);
     if (rc == 0)
-        atomic_fetch_and_explicit(&s->chunk_uncleared[c / 64], ~bit, memory_order_release);
+        page_bitmap_clear_atomic(s->chunk_uncleared, c, memory_order_release);
     return rc;
 }
 
@@ -275,7 +272,7 @@ int bitmap_log_protect(struct bitmap_log *b, uint64_t first_page, uint64_t count
              * completed (the only way a set bit goes), so the chunk's
              * pages are protected; a bit set later belongs to a later GET
              * whose pages will be planned (and so protected) again. */
-            if (!(atomic_load_explicit(&s->chunk_uncleared[c / 64], memory_order_acquire) & (1ULL << (c % 64))))
+            if (!page_bitmap_test_atomic(s->chunk_uncleared, c, memory_order_acquire))
                 continue;
             if (!locked) {
                 pthread_mutex_lock(&b->lock);
@@ -303,7 +300,7 @@ int64_t bitmap_log_sync_once(struct bitmap_log *b)
             rc = r;
             break;
         }
-        uint64_t chunk_words = (s->chunks + 63) / 64;
+        uint64_t chunk_words = page_bitmap_words(s->chunks);
         for (uint64_t k = 0; k < chunk_words; k++)
             atomic_store_explicit(&s->chunk_uncleared[k], 0, memory_order_release);
     }

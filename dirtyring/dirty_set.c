@@ -1,4 +1,5 @@
 #include "dirtyring/dirty_set.h"
+#include "vmm/page_bitmap.h"
 
 #include <errno.h>
 #include <numa.h>
@@ -57,8 +58,8 @@ int dirty_set_create(struct dirty_set **out, uint64_t pages, unsigned shard_coun
     }
     memset(shards, 0, sizeof(*shards) * shard_count);
     set->pages = pages;
-    set->words = (pages + 63) / 64;
-    set->summary_words = (set->words + 63) / 64;
+    set->words = page_bitmap_words(pages);
+    set->summary_words = page_bitmap_words(set->words);
     set->shard_count = shard_count;
     set->bytes_words = round_page(set->words * sizeof(uint64_t) + 8);
     set->bytes_summary = round_page(set->summary_words * sizeof(uint64_t) + 8);
@@ -170,13 +171,12 @@ void dirty_set_mark_words(struct dirty_set_writer *w, uint64_t first_page,
         uint64_t word = first_word + i;
         if (!v || word >= w->set->words)
             continue;
-        if (word == w->set->words - 1 && (w->set->pages & 63))
-            v &= (1ULL << (w->set->pages & 63)) - 1;
+        if (word == w->set->words - 1)
+            v &= page_bitmap_last_word_mask(w->set->pages);
         uint64_t old = atomic_fetch_or_explicit(&w->words[word], v, memory_order_relaxed);
         w->marked += (uint64_t)__builtin_popcountll(v & ~old);
         if (old == 0 && v)
-            atomic_fetch_or_explicit(&w->summary[word >> 6], 1ULL << (word & 63),
-                                     memory_order_relaxed);
+            page_bitmap_set_atomic(w->summary, word, memory_order_relaxed);
     }
 }
 

@@ -39,6 +39,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "vmm/page_bitmap.h"
 
 #define DIRTY_SET_MAX_SHARDS 16
 
@@ -100,7 +101,7 @@ static inline void dirty_set_mark(struct dirty_set_writer *w, uint64_t page)
 {
     if (page >= w->set->pages)
         return;
-    uint64_t word = page >> 6, bit = 1ULL << (page & 63);
+    uint64_t word = page / 64, bit = page_bitmap_bit(page);
     /* Already set (a page dirtied again before the take): no RMW. */
     if (atomic_load_explicit(&w->words[word], memory_order_relaxed) & bit)
         return;
@@ -109,8 +110,7 @@ static inline void dirty_set_mark(struct dirty_set_writer *w, uint64_t page)
         return;
     w->marked++;
     if (old == 0)
-        atomic_fetch_or_explicit(&w->summary[word >> 6], 1ULL << (word & 63),
-                                 memory_order_relaxed);
+        page_bitmap_set_atomic(w->summary, word, memory_order_relaxed);
 }
 
 /* ORs nwords bitmap words covering pages [first_page, first_page + 64*nwords)

@@ -12,6 +12,7 @@
 #include "migration/postcopy_destination.h"
 #include "migration/postcopy_priority.h"
 #include "vmm/memory_extents.h"
+#include "vmm/page_bitmap.h"
 
 /* Post-copy, built-in guest: its pages/s from its own counters (the stats
  * slots in guest RAM), read only when the page holding them is here: a
@@ -52,7 +53,7 @@ int incoming_postcopy_open(struct incoming *in, int listen_fd, const struct mig_
         return -1;
     }
     if (in->discarded == NULL)
-        in->discarded = calloc((in->vm->memory.size / MIG_PAGE_SIZE + 63) / 64 + 1, sizeof(uint64_t));
+        in->discarded = calloc(page_bitmap_words(in->vm->memory.size / MIG_PAGE_SIZE) + 1, sizeof(uint64_t));
     if (in->discarded == NULL) {
         snprintf(error, error_size, "out of memory for the discard bitmap");
         return -1;
@@ -96,7 +97,7 @@ int incoming_postcopy_discard(struct incoming *in, char *error, size_t error_siz
         }
         for (uint64_t page = run->ram_offset / MIG_PAGE_SIZE; page < run->ram_offset / MIG_PAGE_SIZE + run->pages;
              page++)
-            in->discarded[page / 64] |= 1ull << (page % 64);
+            page_bitmap_set(in->discarded, page);
     }
     return 0;
 }
@@ -188,7 +189,7 @@ int incoming_postcopy_switch(struct incoming *in, char *error, size_t error_size
 int incoming_send_received_bitmap(struct incoming *in, char *error, size_t error_size)
 {
     uint64_t pages = in->vm->memory.size / MIG_PAGE_SIZE;
-    uint64_t words = (pages + 63) / 64;
+    uint64_t words = page_bitmap_words(pages);
     size_t frame_size = MIG_HEADER_SIZE + postcopy_return_bitmap_length(pages < POSTCOPY_BITMAP_MAX_PAGES
                                                                             ? pages : POSTCOPY_BITMAP_MAX_PAGES);
     uint64_t *bits = malloc(words * sizeof(uint64_t));

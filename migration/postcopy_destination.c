@@ -8,6 +8,7 @@
 #include "vmm/log2_histogram.h"
 #include "vmm/memory_extents.h"
 #include "vmm/monotonic.h"
+#include "vmm/page_bitmap.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -88,21 +89,15 @@ struct postcopy_destination {
     atomic_bool stopped;
 };
 
-static bool postcopy_bit_test(const uint64_t *bits, uint64_t page)
-{
-    return (bits[page / 64] >> (page % 64)) & 1;
-}
-
 static bool postcopy_received_test(const struct postcopy_destination *d, uint64_t page)
 {
-    return (atomic_load_explicit(&d->received[page / 64], memory_order_acquire) >> (page % 64)) & 1;
+    return page_bitmap_test_atomic(d->received, page, memory_order_acquire);
 }
 
 /* Under lock. */
 static void postcopy_received_set(struct postcopy_destination *d, uint64_t page)
 {
-    uint64_t bit = 1ull << (page % 64);
-    if (!(atomic_fetch_or_explicit(&d->received[page / 64], bit, memory_order_release) & bit))
+    if (page_bitmap_set_atomic(d->received, page, memory_order_release))
         atomic_fetch_add_explicit(&d->received_count, 1, memory_order_relaxed);
 }
 
@@ -229,18 +224,18 @@ static void postcopy_handle_fault(struct postcopy_destination *d, const struct u
         slot->faults++;
     else
         d->counters.faults_untracked++;
-    if (postcopy_bit_test(d->unplaced, page)) {
-        d->unplaced[page / 64] &= ~(1ull << (page % 64));
+    if (page_bitmap_test(d->unplaced, page)) {
+        page_bitmap_clear(d->unplaced, page);
         d->counters.unplaced_touched++;
         place_hole = true;
     } else if (postcopy_received_test(d, page)) {
         d->counters.already_received++;
     } else {
         postcopy_add_waiter(d, thread_id, page, now);
-        if (postcopy_bit_test(d->requested, page)) {
+        if (page_bitmap_test(d->requested, page)) {
             d->counters.duplicates++;
         } else {
-            d->requested[page / 64] |= 1ull << (page % 64);
+            page_bitmap_set(d->requested, page);
             request = true;
         }
     }
@@ -256,7 +251,7 @@ static void postcopy_handle_fault(struct postcopy_destination *d, const struct u
     pthread_mutex_lock(&d->lock);
     if (failed != 0) {
         d->counters.request_failures++;
-        d->requested[page / 64] &= ~(1ull << (page % 64));
+        page_bitmap_clear(d->requested, page);
     } else {
         d->counters.requested++;
     }
@@ -389,7 +384,7 @@ int postcopy_destination_create(struct postcopy_destination **out, const struct 
     d->uffd = -1;
     d->stop_event = -1;
     d->pages = options->size / POSTCOPY_PAGE_SIZE;
-    d->words = (d->pages + 63) / 64;
+    d->words = page_bitmap_words(d->pages);
     pthread_mutex_init(&d->lock, NULL);
     atomic_init(&d->stopped, false);
     int result;
@@ -516,7 +511,7 @@ static int postcopy_placed(struct postcopy_destination *d, uint64_t page, int io
             page_digest_add(&d->digest, page, data);
     }
     postcopy_received_set(d, page);
-    d->requested[page / 64] &= ~(1ull << (page % 64));
+    page_bitmap_clear(d->requested, page);
     postcopy_resolve_waiters(d, page, monotonic_now_ns());
     return 0;
 }
@@ -614,9 +609,9 @@ int postcopy_destination_place_zero_range(struct postcopy_destination *d, uint64
     uint64_t left = 0;
     pthread_mutex_lock(&d->lock);
     for (uint64_t p = page; p < page + count; p++) {
-        if (postcopy_received_test(d, p) || postcopy_bit_test(d->requested, p))
+        if (postcopy_received_test(d, p) || page_bitmap_test(d->requested, p))
             continue;
-        d->unplaced[p / 64] |= 1ull << (p % 64);
+        page_bitmap_set(d->unplaced, p);
         postcopy_received_set(d, p);
         if (d->options.digest)
             page_digest_add_zero(&d->digest, p);
@@ -666,11 +661,10 @@ int postcopy_destination_discard(struct postcopy_destination *d, uint64_t page, 
         return punched;
     }
     for (uint64_t p = page; p < page + count; p++) {
-        uint64_t bit = 1ull << (p % 64);
-        if (atomic_fetch_and_explicit(&d->received[p / 64], ~bit, memory_order_release) & bit)
+        if (page_bitmap_clear_atomic(d->received, p, memory_order_release))
             atomic_fetch_sub_explicit(&d->received_count, 1, memory_order_relaxed);
-        d->requested[p / 64] &= ~bit;
-        d->unplaced[p / 64] &= ~bit;
+        page_bitmap_clear(d->requested, p);
+        page_bitmap_clear(d->unplaced, p);
     }
     d->counters.discarded += count;
     pthread_mutex_unlock(&d->lock);

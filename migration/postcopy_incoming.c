@@ -22,6 +22,7 @@
 #include "migration/protocol.h"
 #include "migration/tls.h"
 #include "vmm/monotonic.h"
+#include "vmm/page_bitmap.h"
 
 /* Pages waiting to be requested. Every faulting thread blocks on one page,
  * so at most POSTCOPY_MAX_THREADS are outstanding: the queue never fills
@@ -211,7 +212,7 @@ int postcopy_incoming_place(struct postcopy_incoming *pi, uint64_t ram_offset, u
 
 static bool incoming_known_zero(struct postcopy_incoming *pi, const uint64_t *discarded, uint64_t page)
 {
-    return !(discarded[page / 64] & (1ull << (page % 64))) && !postcopy_destination_received(pi->destination, page);
+    return !page_bitmap_test(discarded, page) && !postcopy_destination_received(pi->destination, page);
 }
 
 uint64_t postcopy_incoming_known_zero(struct postcopy_incoming *pi, const uint64_t *discarded)

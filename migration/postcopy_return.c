@@ -3,6 +3,7 @@
  * validating parser. See postcopy_return.h.
  */
 #include "migration/postcopy_return.h"
+#include "vmm/page_bitmap.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -59,7 +60,7 @@ int postcopy_return_init(struct postcopy_return_parser *p, const struct postcopy
     p->payload_capacity = POSTCOPY_RETURN_INITIAL_PAYLOAD;
     p->payload = malloc(p->payload_capacity);
     p->queue = calloc(p->options.queue_capacity, sizeof(p->queue[0]));
-    p->received = calloc((p->ram_pages + 63) / 64, sizeof(uint64_t));
+    p->received = page_bitmap_alloc(p->ram_pages);
     if (p->payload == NULL || p->queue == NULL || p->received == NULL) {
         snprintf(p->error, sizeof(p->error), "post-copy return path: out of memory (%" PRIu64 " pages)",
                  p->ram_pages);
@@ -200,7 +201,7 @@ static int postcopy_return_bitmap(struct postcopy_return_parser *p)
         return postcopy_return_fail(p, "received bitmap at offset 0x%" PRIx64 " + %" PRIu64
                                     " pages exceeds guest RAM (%" PRIu64 " bytes)", offset, pages,
                                     p->options.ram_bytes);
-    uint64_t words = (pages + 63) / 64;
+    uint64_t words = page_bitmap_words(pages);
     if (p->frame.length != POSTCOPY_BITMAP_HEADER_SIZE + 8 * words)
         return postcopy_return_fail(p, "received bitmap of %" PRIu64 " pages needs %" PRIu64
                                     " bytes, the frame has %" PRIu64, pages, POSTCOPY_BITMAP_HEADER_SIZE + 8 * words,
@@ -218,7 +219,7 @@ static int postcopy_return_bitmap(struct postcopy_return_parser *p)
         return postcopy_return_fail(p, "received bitmap has bits set past its %" PRIu64 " pages", pages);
     if (first_page == 0) {
         /* A new bitmap (the first, or a recovery's): forget the old one. */
-        memset(p->received, 0, (p->ram_pages + 63) / 64 * sizeof(uint64_t));
+        memset(p->received, 0, page_bitmap_words(p->ram_pages) * sizeof(uint64_t));
         p->bitmap_complete = false;
     }
     for (uint64_t w = 0; w < words; w++)
@@ -313,7 +314,7 @@ bool postcopy_return_pop(struct postcopy_return_parser *p, struct postcopy_page_
 
 bool postcopy_return_page_received(const struct postcopy_return_parser *p, uint64_t page)
 {
-    return page < p->ram_pages && ((p->received[page / 64] >> (page % 64)) & 1);
+    return page < p->ram_pages && page_bitmap_test(p->received, page);
 }
 
 size_t postcopy_return_encode_page_request(uint8_t *out, uint64_t seq, uint64_t ram_offset, uint32_t pages)
@@ -327,7 +328,7 @@ size_t postcopy_return_encode_page_request(uint8_t *out, uint64_t seq, uint64_t 
 
 size_t postcopy_return_bitmap_length(uint64_t pages)
 {
-    return POSTCOPY_BITMAP_HEADER_SIZE + 8 * (size_t)((pages + 63) / 64);
+    return POSTCOPY_BITMAP_HEADER_SIZE + 8 * (size_t)page_bitmap_words(pages);
 }
 
 size_t postcopy_return_encode_received_bitmap(uint8_t *out, uint64_t seq, uint64_t ram_offset, uint64_t pages,
@@ -337,7 +338,7 @@ size_t postcopy_return_encode_received_bitmap(uint8_t *out, uint64_t seq, uint64
     uint8_t *payload = out + MIG_HEADER_SIZE;
     mig_put_u64(payload, ram_offset);
     mig_put_u64(payload + 8, pages);
-    for (uint64_t w = 0; w < (pages + 63) / 64; w++)
+    for (uint64_t w = 0; w < page_bitmap_words(pages); w++)
         mig_put_u64(payload + POSTCOPY_BITMAP_HEADER_SIZE + 8 * w, words[w]);
     mig_header_encode(out, POSTCOPY_FRAME_RECEIVED_BITMAP, seq, length);
     mig_header_seal(out, payload, length);

@@ -21,6 +21,7 @@
 #include "migration/protocol.h"
 #include "vmm/memory_extents.h"
 #include "vmm/monotonic.h"
+#include "vmm/page_bitmap.h"
 
 #define NO_RESTART UINT64_MAX
 
@@ -96,7 +97,7 @@ int postcopy_source_create(struct postcopy_source **out, const struct guest_memo
         return -1;
     ps->memory = memory;
     ps->pages = memory->size / MIG_PAGE_SIZE;
-    ps->words = (ps->pages + 63) / 64;
+    ps->words = page_bitmap_words(ps->pages);
     ps->limit_fd = -1;
     ps->sent = calloc(ps->words ? ps->words : 1, sizeof(ps->sent[0]));
     ps->committed = calloc(ps->words ? ps->words : 1, sizeof(ps->committed[0]));
@@ -117,14 +118,14 @@ int postcopy_source_create(struct postcopy_source **out, const struct guest_memo
 void postcopy_source_mark_sent(struct postcopy_source *ps, uint64_t page, uint64_t count)
 {
     for (uint64_t p = page; p < page + count && p < ps->pages; p++)
-        atomic_fetch_or_explicit(&ps->sent[p / 64], 1ull << (p % 64), memory_order_relaxed);
+        page_bitmap_set_atomic(ps->sent, p, memory_order_relaxed);
 }
 
 void postcopy_source_mark_unsent(struct postcopy_source *ps, uint64_t page)
 {
     if (page < ps->pages) {
-        atomic_fetch_and_explicit(&ps->sent[page / 64], ~(1ull << (page % 64)), memory_order_relaxed);
-        atomic_fetch_and_explicit(&ps->committed[page / 64], ~(1ull << (page % 64)), memory_order_relaxed);
+        page_bitmap_clear_atomic(ps->sent, page, memory_order_relaxed);
+        page_bitmap_clear_atomic(ps->committed, page, memory_order_relaxed);
     }
 }
 
@@ -133,8 +134,7 @@ void postcopy_source_mark_unsent(struct postcopy_source *ps, uint64_t page)
  * reads is the same). */
 static bool commit_page(struct postcopy_source *ps, uint64_t page)
 {
-    uint64_t bit = 1ull << (page % 64);
-    return !(atomic_fetch_or_explicit(&ps->committed[page / 64], bit, memory_order_relaxed) & bit);
+    return page_bitmap_set_atomic(ps->committed, page, memory_order_relaxed);
 }
 
 bool postcopy_source_withdrawn(uint64_t page, void *opaque)
@@ -162,8 +162,8 @@ bool postcopy_source_next_unsent(struct postcopy_source *ps, uint64_t from, uint
         uint64_t unsent = ~atomic_load_explicit(&ps->sent[word], memory_order_relaxed);
         if (scanned == 0)
             unsent &= ~0ull << (from % 64);     /* from on, in the first word */
-        if (word == ps->words - 1 && ps->pages % 64 != 0)
-            unsent &= (1ull << (ps->pages % 64)) - 1;
+        if (word == ps->words - 1)
+            unsent &= page_bitmap_last_word_mask(ps->pages);
         if (unsent != 0) {
             *page = word * 64 + (uint64_t)__builtin_ctzll(unsent);
             return true;
@@ -182,8 +182,7 @@ uint64_t postcopy_source_unsent(struct postcopy_source *ps)
 
 bool postcopy_source_claim(struct postcopy_source *ps, uint64_t page)
 {
-    uint64_t bit = 1ull << (page % 64);
-    bool first = !(atomic_fetch_or_explicit(&ps->sent[page / 64], bit, memory_order_relaxed) & bit);
+    bool first = page_bitmap_set_atomic(ps->sent, page, memory_order_relaxed);
     if (first)
         atomic_fetch_add_explicit(&ps->pages_pushed, 1, memory_order_relaxed);
     return first;
@@ -241,7 +240,7 @@ static int serve_request(struct postcopy_source *ps, const struct postcopy_page_
 {
     uint64_t first = request->ram_offset / MIG_PAGE_SIZE, streamed = 0;
     for (uint64_t p = first; p < first + request->pages; p++) {
-        atomic_fetch_or_explicit(&ps->sent[p / 64], 1ull << (p % 64), memory_order_relaxed);
+        page_bitmap_set_atomic(ps->sent, p, memory_order_relaxed);
         if (!commit_page(ps, p))
             streamed++;         /* in a stream buffer already filled: on its way */
     }

@@ -13,6 +13,7 @@
 #include "migration/machine_state.h"
 #include "vmm/monotonic.h"
 #include "vmm/workload.h"
+#include "vmm/page_bitmap.h"
 
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
@@ -110,7 +111,7 @@ int mig_receiver_init(struct mig_receiver *r, uint8_t *ram, uint64_t ram_bytes, 
     r->local = *local;
     unsigned vcpus = local->vcpu_count > MIG_MAX_VCPUS ? MIG_MAX_VCPUS : local->vcpu_count;
     r->local.vcpu_count = vcpus;
-    uint64_t words = (ram_bytes / MIG_PAGE_SIZE + 63) / 64;
+    uint64_t words = page_bitmap_words(ram_bytes / MIG_PAGE_SIZE);
     r->written = calloc(words ? words : 1, sizeof(uint64_t));
     if (r->written == NULL)
         return -1;
@@ -873,7 +874,7 @@ int mig_receiver_run_buffer(struct mig_receiver *r, const void *data, size_t len
 int mig_receiver_check_work(const struct mig_receiver *r, uint64_t input_bytes, char *error, size_t error_size)
 {
     const struct mig_receiver_work *w = &r->work;
-    uint64_t ram_words = (r->ram_bytes / MIG_PAGE_SIZE + 63) / 64;
+    uint64_t ram_words = page_bitmap_words(r->ram_bytes / MIG_PAGE_SIZE);
     if (w->runs > input_bytes / MIG_RUN_HEADER_SIZE) {
         snprintf(error, error_size, "%" PRIu64 " runs parsed from %" PRIu64 " bytes (at most one per %u bytes)",
                  w->runs, input_bytes, MIG_RUN_HEADER_SIZE);

@@ -8,6 +8,7 @@
 #include "migration/machine_state_vm.h"
 #include "vmm/console.h"
 #include "vmm/memory_extents.h"
+#include "vmm/page_bitmap.h"
 
 /* ---- the source ------------------------------------------------------------ */
 
@@ -340,7 +341,7 @@ static int source_bulk_hybrid_check(struct source *s, uint64_t page)
     if (s->bulk_window_start_ns == 0) {
         if (now - s->iteration_start_ns < BULK_SETTLE_NS)
             return 0;
-        s->bulk_carry = calloc((pages + 63) / 64, sizeof(uint64_t));
+        s->bulk_carry = page_bitmap_alloc(pages);
         if (s->bulk_carry == NULL)
             return source_fail(s, "internal", "out of memory for the bulk pass's dirty bitmap");
         int64_t taken = dirty_log_take_bitmap(s->vm->dirty_log, s->bulk_carry);
@@ -383,7 +384,7 @@ static int source_bulk_hybrid_check(struct source *s, uint64_t page)
  * the bitmap. The number of pages, or -ENOMEM. */
 static int64_t source_pending_add_carry(struct source *s)
 {
-    uint64_t pages = guest_memory_pages(&s->vm->memory), words = (pages + 63) / 64;
+    uint64_t pages = guest_memory_pages(&s->vm->memory), words = page_bitmap_words(pages);
     uint64_t count = 0;
     for (uint64_t w = 0; w < words; w++)
         count += (uint64_t)__builtin_popcountll(s->bulk_carry[w]);

@@ -10,6 +10,7 @@
 
 #include "migration/postcopy_priority.h"
 #include "vmm/memory_extents.h"
+#include "vmm/page_bitmap.h"
 
 /* Right after the handshake (nothing paused yet): POSTCOPY_OPEN, then the
  * second connection, the urgent channel (TLS like the first), then
@@ -83,12 +84,12 @@ static int source_send_discard_bitmap(struct source *s, const uint64_t *bits, ui
     int result = 0;
     *sent = 0;
     for (uint64_t page = 0; result == 0 && page < pages;) {
-        if (!(bits[page / 64] >> (page % 64) & 1)) {
+        if (!page_bitmap_test(bits, page)) {
             page = bits[page / 64] >> (page % 64) == 0 ? (page / 64 + 1) * 64 : page + 1;
             continue;
         }
         uint64_t end = page + 1;
-        while (end < pages && (bits[end / 64] >> (end % 64) & 1))
+        while (end < pages && page_bitmap_test(bits, end))
             end++;
         struct mig_discard_run run = { .ram_offset = page * MIG_PAGE_SIZE, .pages = end - page };
         mig_discard_run_encode(&run, payload + runs * MIG_POSTCOPY_DISCARD_RUN);
@@ -110,13 +111,13 @@ static int source_send_discard_bitmap(struct source *s, const uint64_t *bits, ui
 static int source_send_discards(struct source *s, const uint64_t *early)
 {
     uint64_t pages = guest_memory_pages(&s->vm->memory);
-    uint64_t *bits = calloc((pages + 63) / 64, sizeof(uint64_t));
+    uint64_t *bits = page_bitmap_alloc(pages);
     if (bits == NULL)
         return source_fail(s, "internal", "out of memory for the discard list");
     uint64_t page = 0, found;
     while (page < pages && postcopy_source_next_unsent(s->postcopy, page, &found) && found >= page) {
-        if (early == NULL || !(early[found / 64] >> (found % 64) & 1))
-            bits[found / 64] |= 1ull << (found % 64);
+        if (early == NULL || !page_bitmap_test(early, found))
+            page_bitmap_set(bits, found);
         page = found + 1;
     }
     uint64_t sent;
@@ -133,13 +134,13 @@ static int source_send_discards(struct source *s, const uint64_t *early)
 static void source_stale_pages(struct source *s, uint64_t *bits, uint64_t pages)
 {
     for (uint64_t i = 0; i < s->pending.count; i++)
-        bits[s->pending.pages[i] / 64] |= 1ull << (s->pending.pages[i] % 64);
+        page_bitmap_set(bits, s->pending.pages[i]);
     if (s->bulk_carry != NULL)
-        for (uint64_t w = 0; w < (pages + 63) / 64; w++)
+        for (uint64_t w = 0; w < page_bitmap_words(pages); w++)
             bits[w] |= s->bulk_carry[w];
     if (s->bulk_stopped)
         for (uint64_t page = s->bulk_end_page; page < pages; page++)
-            bits[page / 64] |= 1ull << (page % 64);
+            page_bitmap_set(bits, page);
 }
 
 /*
@@ -161,7 +162,7 @@ static int source_postcopy_discard_early(struct source *s, uint64_t **early)
     struct vm *vm = s->vm;
     uint64_t pages = guest_memory_pages(&vm->memory);
     uint64_t started = mig_mono_ns();
-    uint64_t *bits = calloc((pages + 63) / 64, sizeof(uint64_t));
+    uint64_t *bits = page_bitmap_alloc(pages);
     if (bits == NULL)
         return source_fail(s, "internal", "out of memory for the early discard");
     *early = bits;
@@ -173,7 +174,7 @@ static int source_postcopy_discard_early(struct source *s, uint64_t **early)
         return source_fail(s, "internal", "dirty set before the early discard: %s", strerror((int)-count));
     }
     for (uint64_t i = 0; i < taken.count; i++)
-        bits[taken.pages[i] / 64] |= 1ull << (taken.pages[i] % 64);
+        page_bitmap_set(bits, taken.pages[i]);
     s->pages_taken += taken.count;
     dirty_pages_free(&taken);
     source_stale_pages(s, bits, pages);
@@ -298,7 +299,7 @@ static int source_postcopy_push(struct source *s, struct source_delivery *delive
      * core waited that long (docs/benchmarks.md). Without a map (out of
      * memory, or the host cannot say) every page counts as data: correct,
      * only slower. */
-    uint64_t *data_map = calloc((pages + 63) / 64, sizeof(uint64_t));
+    uint64_t *data_map = page_bitmap_alloc(pages);
     struct guest_ram ram = guest_memory_ram(memory);
     if (data_map != NULL && guest_ram_data_map(&ram, data_map) != 0) {
         free(data_map);
@@ -337,11 +338,11 @@ static int source_postcopy_push(struct source *s, struct source_delivery *delive
             source_stream_submit(&st);
         /* One frame per step: at most SOURCE_POSTCOPY_FRAME_PAGES data
          * pages (64 KiB), or 256 pages of a hole (one zero run). */
-        bool data = data_map == NULL || (data_map[page / 64] >> (page % 64) & 1);
+        bool data = data_map == NULL || (page_bitmap_test(data_map, page));
         uint64_t limit = data ? SOURCE_POSTCOPY_FRAME_PAGES : 256;
         uint64_t stop = page + 1;
         while (stop < pages && stop - page < limit &&
-               (data_map == NULL || (data_map[stop / 64] >> (stop % 64) & 1) == data))
+               (data_map == NULL || (page_bitmap_test(data_map, stop)) == data))
             stop++;
         for (; page < stop; page++)
             if (postcopy_source_claim(s->postcopy, page) &&
@@ -789,7 +790,7 @@ int source_postcopy(struct source *s)
         /* Stale: what the early discard found (it holds the pending
          * set and the bulk pass's carry and tail as they are now), else
          * those, and what the final take found. */
-        uint64_t *stale = early != NULL ? early : calloc((pages + 63) / 64, sizeof(uint64_t));
+        uint64_t *stale = early != NULL ? early : page_bitmap_alloc(pages);
         if (stale == NULL) {
             dirty_pages_free(&extra);
             free(state.bytes);
@@ -798,7 +799,7 @@ int source_postcopy(struct source *s)
         if (early == NULL)
             source_stale_pages(s, stale, pages);
         postcopy_source_mark_sent(s->postcopy, 0, pages);
-        for (uint64_t w = 0; w < (pages + 63) / 64; w++)
+        for (uint64_t w = 0; w < page_bitmap_words(pages); w++)
             for (uint64_t bits = stale[w]; bits != 0; bits &= bits - 1)
                 postcopy_source_mark_unsent(s->postcopy, w * 64 + (uint64_t)__builtin_ctzll(bits));
         for (uint64_t i = 0; i < extra.count; i++)

@@ -7,6 +7,7 @@
  * are not used).
  */
 #include "vmm/memory_extents.h"
+#include "vmm/page_bitmap.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -159,7 +160,7 @@ int guest_ram_holds_data(const struct guest_ram *ram, uint64_t first, uint64_t c
 static void data_map_set(uint64_t *bits, uint64_t first, uint64_t end)
 {
     for (uint64_t page = first; page < end; page++)
-        bits[page / 64] |= 1ull << (page % 64);
+        page_bitmap_set(bits, page);
 }
 
 /* A memfd's non-resident pages [first, end): holes, or data swapped out,
@@ -186,7 +187,7 @@ static int data_map_non_resident(const struct guest_ram *ram, uint64_t *bits, ui
 int guest_ram_data_map(const struct guest_ram *ram, uint64_t *bits)
 {
     uint64_t pages = ram->size / GUEST_RAM_PAGE;
-    memset(bits, 0, (pages + 63) / 64 * sizeof(uint64_t));
+    memset(bits, 0, page_bitmap_words(pages) * sizeof(uint64_t));
     if (ram->memfd < 0) {
         for (uint64_t page = 0; page < pages;) {
             uint64_t data_start, data_end;
@@ -217,7 +218,7 @@ int guest_ram_data_map(const struct guest_ram *ram, uint64_t *bits)
                     return result;
                 run = UINT64_MAX;
             }
-            bits[page / 64] |= 1ull << (page % 64);
+            page_bitmap_set(bits, page);
         }
     }
     return run != UINT64_MAX ? data_map_non_resident(ram, bits, run, pages) : 0;
