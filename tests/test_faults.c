@@ -423,7 +423,8 @@ static void later_migration_over(struct vmproc *from, struct api_client *fc, con
     }
     json_decref(call(fc, "migration.start", with_tls(arguments)));
     json_t *p = wait_ended(fc, from, tls ? 170000 : 70000, "later migration");
-    cr_assert_str_eq(jstr(p, "state"), "completed", "later migration: %s", json_dumps(p, JSON_COMPACT));
+    cr_assert_str_eq(jstr(p, "state"), "completed", "later migration: %s\nsource's output (tail):\n%s\ndestination's "
+                     "output (tail):\n%s", json_dumps(p, JSON_COMPACT), output_tail(from, 3000), output_tail(&to, 3000));
     cr_assert_str_eq(jstr(p, "memory_digest_source"), jstr(p, "memory_digest_destination"));
     if (final_progress != NULL)
         *final_progress = p;

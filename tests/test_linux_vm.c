@@ -663,7 +663,7 @@ static void console_type(struct linux_vm *vm, const char *command)
  * faults (a fork alone, or an applet busybox runs without one, clears a
  * few page-table pages at most, too few to see beside a loaded host's
  * slowness). */
-#define CLEARING_COMMAND "(while [ ! -e /seq-stop ];do dd if=/dev/zero of=/dev/null bs=1M count=1 2>/dev/null;done)&"
+#define CLEARING_COMMAND "clear-pages&"  /* guest/linux/clear-pages */
 
 /* vm.info's cleared_pages (the page-clearing port's count). */
 static json_int_t cleared_pages(struct linux_vm *vm)
@@ -714,7 +714,7 @@ static bool vmm_marked_pages(void *argument)
  * exactly 1..N, in order (no byte of the sequence lost or repeated), some
  * of them on each side: the loop runs until the test stops it on the
  * destination, so the migration always falls inside it. */
-#define SEQ_COMMAND "(i=1;while [ ! -e /seq-stop ];do echo SEQ$i;i=$((i+1));done;echo SEQ-END)&"
+#define SEQ_COMMAND "seq-lines&"   /* guest/linux/seq-lines */
 static void assert_sequence_complete(const char *first, const char *second)
 {
     size_t first_length = strlen(first), second_length = strlen(second);

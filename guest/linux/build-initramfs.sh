@@ -12,7 +12,8 @@
 # link per applet (its own --list-full), /bin/ringvm-workload (the static
 # workload program) which is also /sbin/poweroff and /sbin/halt,
 # /bin/clocksource (guest/linux/clocksource: shows or switches the kernel's
-# clocksource),
+# clocksource), /bin/seq-lines and /bin/clear-pages (the test scripts of the
+# same names),
 # /dev/console, the mount points, and /etc/ringvm-guest (the marker that
 # lets poweroff fall back to reboot(2); see guest/linux/README.md).
 set -eu
@@ -62,6 +63,8 @@ strip -o "$stripped" "$workload" || die "cannot strip $workload into $stripped"
     echo "nod /dev/console 0600 0 0 c 5 1"
     echo "file /init $here/init 0755 0 0"
     echo "file /bin/clocksource $here/clocksource 0755 0 0"
+    echo "file /bin/seq-lines $here/seq-lines 0755 0 0"
+    echo "file /bin/clear-pages $here/clear-pages 0755 0 0"
     echo "file /bin/busybox $busybox 0755 0 0"
     echo "file /bin/ringvm-workload $stripped 0755 0 0"
     echo "file /etc/ringvm-guest $marker 0644 0 0"

@@ -35,8 +35,9 @@ $(LINUX_WORKLOAD): $(LINUX_WORKLOAD_SRCS) $(LINUX_WORKLOAD_HEADERS) guest/linux/
 
 # gen_init_cpio comes with the kernel (order-only: the kernel step runs
 # every time but re-links the same cached file, so this is rebuilt only
-# when the workload program, /init, /bin/clocksource or the script change).
-$(LINUX_GUEST_DIR)/initramfs.cpio: $(LINUX_WORKLOAD) guest/linux/init guest/linux/clocksource guest/linux/build-initramfs.sh \
+# when the workload program, /init, the /bin scripts or the build script change).
+$(LINUX_GUEST_DIR)/initramfs.cpio: $(LINUX_WORKLOAD) guest/linux/init guest/linux/clocksource guest/linux/seq-lines \
+		guest/linux/clear-pages guest/linux/build-initramfs.sh \
 		| linux-kernel
 	@guest/linux/build-initramfs.sh $(LINUX_GUEST_DIR)/gen_init_cpio $(LINUX_WORKLOAD) $@
 
