@@ -353,6 +353,8 @@ static int incoming_accept_source(struct incoming *in, int listen_fd, const stru
         in->fd = mig_accept(listen_fd, stop, error, error_size);
         if (in->fd < 0)
             return -1;
+        if (in->postcopy_offered)
+            stream_window_start_small(in->fd);      /* opened by pre-copy's first pass */
         in->io = (struct mig_io){ .fd = in->fd, .stall_ms = in->stall_ms, .cancel = stop, .peer = "source" };
         incoming_phase(in, MIG_STATE_SETUP, "handshake");
         fault_point(vm, "setup");
@@ -593,6 +595,9 @@ int migration_incoming_run_fd(struct vm *vm, int listen_fd, const char *address,
             in->fault_held = fault_point(vm, "end");
             break;
         } else if (type == MIG_FRAME_ITERATION) {
+            if (in->postcopy_offered && in->postcopy == NULL &&
+                atomic_load_explicit(&in->receiver.iteration, memory_order_relaxed) == 0)
+                stream_window_open_fully(in->fd);
             fault_point(vm, atomic_load_explicit(&in->receiver.iteration, memory_order_relaxed) == 0 ? "iteration0"
                                                                                                    : "iteration1");
         } else if (type == MIG_FRAME_MACHINE_STATE) {

@@ -135,6 +135,10 @@ int incoming_postcopy_switch(struct incoming *in, char *error, size_t error_size
         .host = vm->memory.host, .memfd = vm->memory.memfd, .size = vm->memory.size, .urgent = in->urgent,
         .digest = (in->receiver.peer.features & MIG_FEATURE_DIGEST) != 0,
     };
+    /* The stream's window is clamped before the source starts it (not at
+     * the next publish: stream_window.h). */
+    stream_window_update(&in->stream_window, in->fd, mig_mono_ns(),
+                         atomic_load_explicit(&in->receiver.bytes_received, memory_order_relaxed));
     in->urgent.fd = -1;     /* the session's now, closed by it even when it fails */
     in->urgent.tls = NULL;
     if (postcopy_incoming_start(&in->postcopy, &options, error, error_size) != 0)
@@ -317,6 +321,7 @@ int incoming_postcopy_recover(struct incoming *in, const struct mig_tls_credenti
             fprintf(stderr, "ringvm: migration: post-copy recovery: %s\n", text);
             continue;
         }
+        stream_window_start_small(fd);
         struct mig_io io = { .fd = fd, .stall_ms = in->stall_ms, .cancel = stop, .peer = "source" };
         if (credentials != NULL) {
             struct mig_tls_options options = { .credentials = credentials };

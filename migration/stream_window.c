@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -48,10 +49,48 @@ void stream_window_init(struct stream_window *w)
     w->fd = -1;
 }
 
+static bool set_receive_buffer(int fd, uint32_t bytes, const char *why)
+{
+    int value = (int)bytes;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &value, sizeof(value)) != 0) {
+        fprintf(stderr, "ringvm: migration: setsockopt(SO_RCVBUF, %u bytes) %s: %s\n", bytes, why, strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+void stream_window_start_small(int fd)
+{
+    if (stream_window_budget_us() == 0 || !mig_socket_is_tcp(fd))
+        return;
+    set_receive_buffer(fd, STREAM_WINDOW_START_BUFFER_BYTES, "before the handshake");
+}
+
+void stream_window_open_fully(int fd)
+{
+    if (stream_window_budget_us() == 0 || !mig_socket_is_tcp(fd))
+        return;
+    if (!set_receive_buffer(fd, MIG_SOCKET_BUFFER_BYTES, "for pre-copy's stream"))
+        return;
+    /* The kernel keeps the clamp the small buffer gave until a reset;
+     * lifting it lets the window grow with the new buffer now. */
+    int value = (int)(2 * MIG_SOCKET_BUFFER_BYTES);
+    if (setsockopt(fd, IPPROTO_TCP, TCP_WINDOW_CLAMP, &value, sizeof(value)) != 0)
+        fprintf(stderr, "ringvm: migration: setsockopt(TCP_WINDOW_CLAMP, %d bytes) for pre-copy's stream: %s\n",
+                value, strerror(errno));
+}
+
+/* The clamp, set every time (the kernel resets it, stream_window.h); the
+ * receive buffer raised to hold it. */
 static void set_clamp(struct stream_window *w, uint32_t bytes)
 {
-    if (bytes == w->clamp)
-        return;
+    if (bytes > w->buffer) {
+        if (!set_receive_buffer(w->fd, bytes, "for the post-copy stream's window")) {
+            w->fd = -1;
+            return;
+        }
+        w->buffer = bytes;
+    }
     int value = (int)bytes;
     if (setsockopt(w->fd, IPPROTO_TCP, TCP_WINDOW_CLAMP, &value, sizeof(value)) != 0) {
         fprintf(stderr, "ringvm: migration: setsockopt(TCP_WINDOW_CLAMP, %u bytes) on the post-copy stream: %s; "
@@ -87,6 +126,10 @@ void stream_window_update(struct stream_window *w, int fd, uint64_t now_ns, uint
         w->fd = fd;
         w->at_ns = now_ns;
         w->at_bytes = bytes;
+        int buffer = 0;
+        socklen_t length = sizeof(buffer);
+        if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, &length) == 0 && buffer > 0)
+            w->buffer = (uint32_t)buffer / 2;     /* the kernel reports twice what was set */
         read_link(w);
         set_clamp(w, stream_window_bytes(0, w->min_rtt_us, w->budget_us, w->mss));
         return;

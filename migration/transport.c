@@ -103,8 +103,8 @@ int mig_address_parse(const char *text, struct mig_address *out, char *error, si
 
 static void tune_socket(int fd, bool tcp)
 {
-    int size = 4 << 20;
-    /* Best effort: larger buffers mean fewer wake-ups per MiB. */
+    int size = MIG_SOCKET_BUFFER_BYTES;
+    /* Best effort (MIG_SOCKET_BUFFER_BYTES). */
     (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
     (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
     if (tcp) {

@@ -128,6 +128,10 @@ uint64_t mig_socket_queued_bytes(int fd);
 uint64_t mig_socket_unsent_bytes(int fd);
 /* Whether fd is a TCP socket (AF_INET or AF_INET6); false for unix
  * sockets and whatever the kernel cannot tell. */
+/* Every migration socket's SO_SNDBUF and SO_RCVBUF (the kernel doubles
+ * them): larger buffers mean fewer wake-ups per MiB. */
+#define MIG_SOCKET_BUFFER_BYTES (4u << 20)
+
 bool mig_socket_is_tcp(int fd);
 /* What TCP_INFO says of a connection's link; a field the kernel does not
  * report (or a socket that is not TCP) is left as the caller set it. */

@@ -10,6 +10,7 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <linux/tcp.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -137,6 +138,114 @@ Test(stream_window, a_budget_of_zero_leaves_tcp_unclamped)
     cr_assert_eq(w.fd, -1);
     cr_assert_eq(w.clamp, 0);
     cr_assert_eq(window_clamp(server), before);
+    close(client);
+    close(server);
+}
+
+static int receive_buffer(int fd)
+{
+    int value = -1;
+    socklen_t length = sizeof(value);
+    cr_assert_eq(getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &value, &length), 0);
+    return value;
+}
+
+static uint32_t receive_ssthresh(int fd)
+{
+    struct tcp_info info;
+    socklen_t length = sizeof(info);
+    memset(&info, 0, sizeof(info));
+    cr_assert_eq(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length), 0);
+    return info.tcpi_rcv_ssthresh;     /* the most the window may grow to */
+}
+
+/* `bytes` from client to server, read as they come. */
+static void stream_bytes(int client, int server, size_t bytes)
+{
+    static char buffer[65536];
+    size_t sent = 0, received = 0;
+    while (received < bytes) {
+        if (sent < bytes) {
+            size_t chunk = bytes - sent < sizeof(buffer) ? bytes - sent : sizeof(buffer);
+            ssize_t n = send(client, buffer, chunk, MSG_DONTWAIT);
+            if (n > 0)
+                sent += (size_t)n;
+            else
+                cr_assert(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK), "send: %s", strerror(errno));
+        }
+        ssize_t n = recv(server, buffer, sizeof(buffer), sent < bytes ? MSG_DONTWAIT : 0);
+        if (n > 0)
+            received += (size_t)n;
+        else
+            cr_assert(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK), "recv: %s", strerror(errno));
+    }
+}
+
+static int rmem_max(void)
+{
+    FILE *file = fopen("/proc/sys/net/core/rmem_max", "r");
+    cr_assert_not_null(file);
+    int value = 0;
+    cr_assert_eq(fscanf(file, "%d", &value), 1);
+    fclose(file);
+    return value;
+}
+
+/* A destination offering post-copy accepts with a small receive buffer:
+ * the window the kernel may advertise stays small through the handshake
+ * and any data (the kernel resets a bare TCP_WINDOW_CLAMP, stream_window.h),
+ * until pre-copy's first pass opens it to the usual 4 MiB. */
+Test(stream_window, a_post_copy_destination_starts_small_and_pre_copy_opens_it)
+{
+    int client, server;
+    int full = (int)MIG_SOCKET_BUFFER_BYTES;
+    tcp_pair(&client, &server, full);
+    stream_window_start_small(server);
+    cr_assert_eq(receive_buffer(server), 2 * (int)STREAM_WINDOW_START_BUFFER_BYTES, "the kernel doubles SO_RCVBUF");
+    stream_bytes(client, server, 1u << 20);
+    cr_assert_leq(receive_ssthresh(server), 2 * STREAM_WINDOW_START_BUFFER_BYTES,
+                  "the window may grow to %u bytes after 1 MiB", receive_ssthresh(server));
+    stream_window_open_fully(server);
+    int expected = 2 * (full < rmem_max() ? full : rmem_max());
+    cr_assert_eq(receive_buffer(server), expected);
+    stream_bytes(client, server, 8u << 20);
+    cr_assert_gt(receive_ssthresh(server), 4 * STREAM_WINDOW_START_BUFFER_BYTES,
+                 "the window stayed at %u bytes after pre-copy opened it", receive_ssthresh(server));
+    close(client);
+    close(server);
+}
+
+/* In post-copy the receive buffer follows the clamp up, never down (a
+ * buffer below what is in flight drops it), and the clamp is set again at
+ * every re-size even when unchanged (the kernel may have reset it). */
+Test(stream_window, the_receive_buffer_grows_with_the_clamp_and_never_shrinks)
+{
+    int client, server;
+    tcp_pair(&client, &server, (int)MIG_SOCKET_BUFFER_BYTES);
+    stream_window_start_small(server);
+    struct stream_window w;
+    stream_window_init(&w);
+    uint64_t t0 = 1000000000ull;
+    stream_window_update(&w, server, t0, 0);
+    uint32_t floor = w.clamp;
+    cr_assert_eq(w.buffer, floor > STREAM_WINDOW_START_BUFFER_BYTES ? floor : STREAM_WINDOW_START_BUFFER_BYTES);
+    cr_assert_geq(receive_buffer(server), 2 * (int)floor);
+    /* 1.25 GB/s: a window of hundreds of KiB, the buffer raised to it. */
+    stream_window_update(&w, server, t0 + STREAM_WINDOW_INTERVAL_NS, 62500000);
+    uint32_t large = w.clamp;
+    cr_assert_gt(large, floor);
+    cr_assert_eq(w.buffer, large);
+    cr_assert_eq(receive_buffer(server), 2 * (int)large);
+    /* The stream stops: the clamp falls back, the buffer stays. */
+    stream_window_update(&w, server, t0 + 2 * STREAM_WINDOW_INTERVAL_NS, 62500000);
+    cr_assert_eq(w.clamp, floor);
+    cr_assert_eq(window_clamp(server), (int)floor);
+    cr_assert_eq(receive_buffer(server), 2 * (int)large);
+    /* Reset behind our back, set again at the next re-size. */
+    int reset = 1 << 20;
+    cr_assert_eq(setsockopt(server, IPPROTO_TCP, TCP_WINDOW_CLAMP, &reset, sizeof(reset)), 0);
+    stream_window_update(&w, server, t0 + 3 * STREAM_WINDOW_INTERVAL_NS, 62500000);
+    cr_assert_eq(window_clamp(server), (int)floor);
     close(client);
     close(server);
 }
