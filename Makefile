@@ -119,8 +119,15 @@ $(BUILD)/tests/delayline: tests/netns/delayline.c
 # comes from a cache outside the clone after the first build).
 # RINGVM_TEST_VMLINUZ: Debian's own bzImage, unpacked once into the same cache
 # (scripts/debian-vmlinuz.sh), for the boot-protocol tests.
+# The build before the tests runs on every core (CI calls plain `make
+# test`), the libFuzzer targets included where clang's fuzzer runtime is
+# installed: tests/fuzz_runner.c would otherwise build each one inside its
+# test, serially, while the other test job waits for nothing.
+TEST_BUILD_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+TEST_FUZZ_TARGETS := $(if $(wildcard $(shell clang -print-file-name=libclang_rt.fuzzer-x86_64.a 2>/dev/null)),fuzz)
 test: deps
-	@$(MAKE) --no-print-directory all linux-guest $(BUILD)/tests/ringvm-tests $(BUILD)/tests/delayline
+	@$(MAKE) --no-print-directory -j$(TEST_BUILD_JOBS) all linux-guest $(BUILD)/tests/ringvm-tests \
+		$(BUILD)/tests/delayline $(TEST_FUZZ_TARGETS)
 	RINGVM_BUILD_DIR=$(abspath $(BUILD)) LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp) \
 		RINGVM_TEST_VMLINUZ=$${RINGVM_TEST_VMLINUZ:-$$(scripts/debian-vmlinuz.sh)} \
 		$(BUILD)/tests/ringvm-tests --jobs $(TEST_JOBS) $(TEST_ARGS)
