@@ -683,7 +683,7 @@ uint64_t harness_digest_downtime_ms(uint64_t ram_bytes)
 unsigned harness_stall_ms(unsigned ms)
 {
     uint64_t floor_ms = migration_digest_downtime_floor_ms(256ull << 20);
-    return 4 * floor_ms > 300 ? 5 * ms : ms;
+    return floor_ms > 250 ? 5 * ms : ms;
 }
 
 void harness_release_fault(const char *path)

@@ -154,12 +154,16 @@ void harness_release_pauses(void);
  * digests prove correctness, not this machine's speed. */
 uint64_t harness_digest_downtime_ms(uint64_t ram_bytes);
 
-/* A stall timeout for tests that cut links on purpose: ms on a host as
- * fast as the CI's, five times it where the same measure of this host's
- * speed says it is slow (emulated: scripts/nested-kvm.sh, where a
- * recovered post-copy stream sat still for over a second with nothing
- * wrong and a 1 s stall paused it again, 2026-12-03). Scale every stall
- * of a test alike: the order in which the sides notice stays. */
+/* A stall timeout for tests that cut links on purpose: ms on the CI's
+ * hosts, five times it where the same measure of this host's speed says
+ * it is emulated (scripts/nested-kvm.sh, where a recovered post-copy
+ * stream sat still for over a second with nothing wrong and a 1 s stall
+ * paused it again, 2026-12-03). The measure: the digest floor of 256 MiB
+ * (hashing it twice), ~50 ms on the Intel PVM hosts, ~100 ms on the AMD
+ * ones, seconds under TCG; over 250 ms counts as emulated. (Over 75 ms
+ * did until 2026-12-05, which put the AMD hosts under 5x: their link-cut
+ * tests waited 40 s for a stall meant to take 8.) Scale every stall of a
+ * test alike: the order in which the sides notice stays. */
 unsigned harness_stall_ms(unsigned ms);
 
 /* How long a Linux guest may take to reach a point of its boot or its
