@@ -15,7 +15,7 @@
  * the stream keeps the link busy and can grow (docs/architecture.md,
  * "The stream's window during post-copy").
  *
- * The clamp alone does not hold on Linux 6.7 and later: the kernel resets
+ * The clamp alone does not hold on recent kernels (this 6.18 host): it resets
  * TCP_WINDOW_CLAMP to what the receive buffer allows whenever its
  * bytes-to-memory ratio of arriving packets changes (tcp_measure_rcv_mss),
  * and a window already advertised is never taken back. With the 4 MiB
