@@ -85,8 +85,8 @@ int bitmap_log_init(struct bitmap_log *b, int vm_fd, const struct guest_memory *
         s->words = page_bitmap_words(s->pages);
         s->chunks = (s->pages + b->chunk_pages - 1) / b->chunk_pages;
         uint64_t chunk_words = page_bitmap_words(s->chunks);
-        s->got = calloc(s->words ? s->words : 1, sizeof(uint64_t));
-        s->uncleared = calloc(s->words ? s->words : 1, sizeof(uint64_t));
+        s->got = page_bitmap_alloc(s->pages);
+        s->uncleared = page_bitmap_alloc(s->pages);
         s->chunk_uncleared = calloc(chunk_words ? chunk_words : 1, sizeof(uint64_t));
         if (!s->got || !s->uncleared || !s->chunk_uncleared) {
             fprintf(stderr, "ringvm: bitmap log: allocating the bitmaps of slot %u (%llu pages): %s\n",

@@ -111,8 +111,7 @@ int mig_receiver_init(struct mig_receiver *r, uint8_t *ram, uint64_t ram_bytes, 
     r->local = *local;
     unsigned vcpus = local->vcpu_count > MIG_MAX_VCPUS ? MIG_MAX_VCPUS : local->vcpu_count;
     r->local.vcpu_count = vcpus;
-    uint64_t words = page_bitmap_words(ram_bytes / MIG_PAGE_SIZE);
-    r->written = calloc(words ? words : 1, sizeof(uint64_t));
+    r->written = page_bitmap_alloc(ram_bytes / MIG_PAGE_SIZE);
     if (r->written == NULL)
         return -1;
     r->scratch_size = 4 + MIG_ERROR_MAX_MESSAGE + MIG_HELLO_SIZE + MIG_DEVICE_STATE_SIZE + MIG_END_SIZE +

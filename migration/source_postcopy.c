@@ -338,11 +338,11 @@ static int source_postcopy_push(struct source *s, struct source_delivery *delive
             source_stream_submit(&st);
         /* One frame per step: at most SOURCE_POSTCOPY_FRAME_PAGES data
          * pages (64 KiB), or 256 pages of a hole (one zero run). */
-        bool data = data_map == NULL || (page_bitmap_test(data_map, page));
+        bool data = data_map == NULL || page_bitmap_test(data_map, page);
         uint64_t limit = data ? SOURCE_POSTCOPY_FRAME_PAGES : 256;
         uint64_t stop = page + 1;
         while (stop < pages && stop - page < limit &&
-               (data_map == NULL || (page_bitmap_test(data_map, stop)) == data))
+               (data_map == NULL || page_bitmap_test(data_map, stop) == data))
             stop++;
         for (; page < stop; page++)
             if (postcopy_source_claim(s->postcopy, page) &&

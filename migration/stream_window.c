@@ -59,6 +59,17 @@ static bool set_receive_buffer(int fd, uint32_t bytes, const char *why)
     return true;
 }
 
+static bool set_window_clamp(int fd, uint32_t bytes, const char *why)
+{
+    int value = (int)bytes;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_WINDOW_CLAMP, &value, sizeof(value)) != 0) {
+        fprintf(stderr, "ringvm: migration: setsockopt(TCP_WINDOW_CLAMP, %u bytes) %s: %s\n", bytes, why,
+                strerror(errno));
+        return false;
+    }
+    return true;
+}
+
 void stream_window_start_small(int fd)
 {
     if (stream_window_budget_us() == 0 || !mig_socket_is_tcp(fd))
@@ -74,10 +85,7 @@ void stream_window_open_fully(int fd)
         return;
     /* The kernel keeps the clamp the small buffer gave until a reset;
      * lifting it lets the window grow with the new buffer now. */
-    int value = (int)(2 * MIG_SOCKET_BUFFER_BYTES);
-    if (setsockopt(fd, IPPROTO_TCP, TCP_WINDOW_CLAMP, &value, sizeof(value)) != 0)
-        fprintf(stderr, "ringvm: migration: setsockopt(TCP_WINDOW_CLAMP, %d bytes) for pre-copy's stream: %s\n",
-                value, strerror(errno));
+    set_window_clamp(fd, 2 * MIG_SOCKET_BUFFER_BYTES, "for pre-copy's stream");
 }
 
 /* The clamp, set every time (the kernel resets it, stream_window.h); the
@@ -91,10 +99,7 @@ static void set_clamp(struct stream_window *w, uint32_t bytes)
         }
         w->buffer = bytes;
     }
-    int value = (int)bytes;
-    if (setsockopt(w->fd, IPPROTO_TCP, TCP_WINDOW_CLAMP, &value, sizeof(value)) != 0) {
-        fprintf(stderr, "ringvm: migration: setsockopt(TCP_WINDOW_CLAMP, %u bytes) on the post-copy stream: %s; "
-                "it runs unclamped\n", bytes, strerror(errno));
+    if (!set_window_clamp(w->fd, bytes, "on the post-copy stream (it runs unclamped)")) {
         w->fd = -1;
         return;
     }

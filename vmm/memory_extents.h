@@ -51,8 +51,9 @@ int guest_ram_holds_data(const struct guest_ram *ram, uint64_t first, uint64_t c
  * that is one): 1 data, 0 a hole or past the end, -errno. */
 int guest_ram_page_holds_data(const struct guest_ram *ram, uint64_t page);
 
-/* Every page's "holds data" as a bitmap over the RAM's pages (bit p of
- * word p / 64; the caller's array of (pages + 63) / 64 words), for RAM
+/* Every page's "holds data" as a bitmap over the RAM's pages (a
+ * vmm/page_bitmap.h bitmap, the caller's array of page_bitmap_words(pages)
+ * words), for RAM
  * that no longer changes (a post-copy source after the switch-over). A
  * memfd is read with mincore in bounded steps (resident: data), and only
  * the runs of non-resident pages are asked with SEEK_DATA (swapped-out
