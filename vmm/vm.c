@@ -505,6 +505,40 @@ static void *vcpu_thread_trampoline(void *argument)
     return vcpu_thread_main(vcpu);
 }
 
+static bool vcpu_is_parked(struct vcpu *vcpu)
+{
+    return atomic_load_explicit(&vcpu->paused, memory_order_acquire);
+}
+
+/* An incoming VM's vCPU threads start with pause_requested set and park
+ * before their first real KVM_RUN: PAUSED is reported only once every one
+ * has (a thread not yet scheduled reads as not parked, and its first,
+ * immediate-exit KVM_RUN would otherwise land after the restore). The
+ * threads need no kick; a bound only names one that never gets there. */
+#define VM_START_PARK_WARN_NS (10ull * 1000000000ull)
+static void vm_wait_started_parked(struct vm *vm)
+{
+    uint64_t started = vm_now_ns();
+    bool warned = false;
+    pthread_mutex_lock(&vm->park_lock);
+    for (;;) {
+        unsigned parked = 0;
+        for (unsigned i = 0; i < vm->config.vcpu_count; i++)
+            parked += vcpu_is_parked(&vm->vcpus[i]);
+        if (parked == vm->config.vcpu_count || atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire))
+            break;
+        uint64_t now = vm_now_ns();
+        if (!warned && now - started >= VM_START_PARK_WARN_NS) {
+            fprintf(stderr, "ringvm: %u of %u vCPU threads parked 10 s after start; still waiting\n", parked,
+                    vm->config.vcpu_count);
+            warned = true;
+        }
+        struct timespec deadline = monotonic_deadline_after_ns(100000000ull);
+        pthread_cond_timedwait(&vm->ack_cond, &vm->park_lock, &deadline);
+    }
+    pthread_mutex_unlock(&vm->park_lock);
+}
+
 int vm_start(struct vm *vm)
 {
     /* vCPU threads inherit this mask with the kick signal blocked and
@@ -532,14 +566,11 @@ int vm_start(struct vm *vm)
         vcpu->thread_started = true;
     }
     pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    if (result == 0 && incoming)
+        vm_wait_started_parked(vm);
     if (result == 0)
         vm_set_state(vm, incoming ? VM_STATE_PAUSED : VM_STATE_RUNNING);
     return result;
-}
-
-static bool vcpu_is_parked(struct vcpu *vcpu)
-{
-    return atomic_load_explicit(&vcpu->paused, memory_order_acquire);
 }
 
 static void vm_release_vcpus(struct vm *vm)
