@@ -417,7 +417,12 @@ def host_page_settings():
         return m.group(1) if m else text
     return {"thp_enabled": read("/sys/kernel/mm/transparent_hugepage/enabled"),
             "thp_shmem_enabled": read("/sys/kernel/mm/transparent_hugepage/shmem_enabled"),
-            "nr_hugepages": read("/proc/sys/vm/nr_hugepages")}
+            "nr_hugepages": read("/proc/sys/vm/nr_hugepages"),
+            # 11 or more: free page reporting stopped (scripts/host-memory.sh
+            # prepare); 9, the default, hands freed 2 MiB blocks back to the
+            # hypervisor below, whose next first touch is 10x slower. None:
+            # no free page reporting on this host.
+            "page_reporting_order": read("/sys/module/page_reporting/parameters/page_reporting_order")}
 
 
 def qemu_argv(args, case, elf, qmp_path, serial_path, incoming=None):
@@ -1139,8 +1144,13 @@ def main():
             sys.exit("run.py: " + why)
 
     host_pages = host_page_settings()
-    log("run.py: backing %s; host: THP enabled %s, shmem_enabled %s, %s huge pages reserved" % (
-        args.backing, host_pages["thp_enabled"], host_pages["thp_shmem_enabled"], host_pages["nr_hugepages"]))
+    log("run.py: backing %s; host: THP enabled %s, shmem_enabled %s, %s huge pages reserved, "
+        "page_reporting_order %s" % (
+            args.backing, host_pages["thp_enabled"], host_pages["thp_shmem_enabled"], host_pages["nr_hugepages"],
+            host_pages["page_reporting_order"]))
+    if host_pages["page_reporting_order"] not in (None, "") and int(host_pages["page_reporting_order"]) < 11:
+        log("run.py: warning: free page reporting is on: guest RAM the VMMs allocate may be backed lazily by the "
+            "hypervisor below this host, first touches then measure it (scripts/host-memory.sh prepare stops it)")
     if args.backing == "hugepages":
         # Source and destination are alive at once.
         needed = max(2 * c.memory // (2 << 20) for c in cases)
