@@ -43,14 +43,25 @@ reporting_devices() {
     echo "$n"
 }
 
+reporting_state() {
+    if [ "$1" = none ]; then
+        echo 'no page_reporting module'
+    elif [ "$1" -ge "$NEVER_ORDER" ] 2>/dev/null; then
+        echo 'reporting stopped'
+    else
+        echo 'reporting on'
+    fi
+}
+
 status() {
     local devices order
     devices=$(reporting_devices)
     order=$(cat "$PARAM" 2>/dev/null || echo none)
     echo "host-memory: free page reporting devices: $devices; page_reporting_order: $order" \
-         "($( [ "$order" = none ] && echo 'no page_reporting module' ||
-              { [ "$order" -ge "$NEVER_ORDER" ] 2>/dev/null && echo 'reporting stopped' || echo 'reporting on'; } ))"
-    [ -f "$STATE" ] && echo "host-memory: prepared; restore sets page_reporting_order back to $(cat "$STATE")"
+         "($(reporting_state "$order"))"
+    if [ -f "$STATE" ]; then
+        echo "host-memory: prepared; restore sets page_reporting_order back to $(cat "$STATE")"
+    fi
     grep -E '^(MemTotal|MemAvailable):' /proc/meminfo | tr -s ' ' | sed 's/^/host-memory: /'
 }
 
