@@ -39,6 +39,8 @@ static const struct api_arg_spec start_args[] = {
     {"downtime_ms", API_ARG_UINT, false, NULL, "downtime limit in ms (default 300)"},
     {"converge", API_ARG_ENUM, false, converge_choices, "auto (default), dirty-limit or none"},
     {"max_bandwidth_mibs", API_ARG_UINT, false, NULL, "bandwidth cap in MiB/s (default 0 = unlimited)"},
+    {"switch_over_bandwidth_mibs", API_ARG_UINT, false, NULL,
+     "cap in MiB/s for the stop-and-copy, guest paused (default 0 = unlimited, whatever max_bandwidth_mibs)"},
     {"timeout_s", API_ARG_UINT, false, NULL, "give up (or force) after this many seconds (default 3600)"},
     {"timeout_strategy", API_ARG_ENUM, false, strategy_choices, "cancel (default) or force stop-and-copy"},
     {"keep_alive", API_ARG_BOOL, false, NULL, "keep the source up (state migrated) after completion (default false)"},
@@ -152,6 +154,9 @@ int api_migration_start_params(const json_t *args, struct mig_params *params, st
     if (api_arg_int(args, "max_bandwidth_mibs", 0, 0, 1 << 30, &value, error) < 0)
         return -1;
     params->max_bandwidth_mibs = (uint64_t)value;
+    if (api_arg_int(args, "switch_over_bandwidth_mibs", 0, 0, 1 << 30, &value, error) < 0)
+        return -1;
+    params->switch_over_bandwidth_mibs = (uint64_t)value;
     if (api_arg_int(args, "timeout_s", 3600, 1, TIMEOUT_S_MAX, &value, error) < 0)
         return -1;
     params->timeout_s = (uint64_t)value;
@@ -305,13 +310,15 @@ static enum api_status cmd_migration_start(struct api_call *call)
     if (migration_start(vm, call->server, &params, &id, &code, message, sizeof(message)) != 0)
         return api_call_fail(call, code_from_name(code), "%s", message);
     const char *tls = params.tls_psk_file[0] != '\0' ? "psk" : params.tls_creds_dir[0] != '\0' ? "x509" : NULL;
-    return api_call_ok(call, json_pack("{s:I, s:s, s:s, s:s, s:I, s:I, s:I, s:b, s:s?, s:s, s:o}",
+    return api_call_ok(call, json_pack("{s:I, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:b, s:s?, s:s, s:o}",
                                        "id", (json_int_t)id,
                                        "state", "setup",
                                        "dest", params.dest,
                                        "converge", mig_converge_name(params.converge),
                                        "downtime_ms", (json_int_t)params.downtime_ms,
                                        "max_bandwidth_mibs", (json_int_t)params.max_bandwidth_mibs,
+                                       "switch_over_bandwidth_mibs",
+                                       (json_int_t)params.switch_over_bandwidth_mibs,
                                        "timeout_s", (json_int_t)params.timeout_s,
                                        "keep_alive", params.keep_alive,
                                        "tls", tls,

@@ -2,7 +2,8 @@
  * ringctl's migration commands:
  *
  *   ringctl migrate DEST [--dispatch] [--downtime-ms N] [--converge MODE]
- *                   [--max-bandwidth MIBS] [--keep-alive] [--timeout S]
+ *                   [--max-bandwidth MIBS] [--switch-over-bandwidth MIBS]
+ *                   [--keep-alive] [--timeout S]
  *                   [--timeout-strategy cancel|force] [--throttle-initial N]
  *                   [--throttle-increment N] [--throttle-max N]
  *                   [--stall-timeout S] [--verify-digest|--no-verify] [--no-source-digest]
@@ -455,6 +456,7 @@ static int run_migrate(struct ringctl_session *session, int argc, char **argv, b
         {"downtime-ms", required_argument, NULL, 'D'},
         {"converge", required_argument, NULL, 'c'},
         {"max-bandwidth", required_argument, NULL, 'b'},
+        {"switch-over-bandwidth", required_argument, NULL, 'W'},
         {"keep-alive", no_argument, NULL, 'k'},
         {"timeout", required_argument, NULL, 't'},
         {"timeout-strategy", required_argument, NULL, 'S'},
@@ -555,6 +557,7 @@ static int run_migrate(struct ringctl_session *session, int argc, char **argv, b
         }
         case 'D': key = "downtime_ms"; break;
         case 'b': key = "max_bandwidth_mibs"; break;
+        case 'W': key = "switch_over_bandwidth_mibs"; break;
         case 't': key = "timeout_s"; break;
         case 'i': key = "throttle_initial"; break;
         case 'n': key = "throttle_increment"; break;

@@ -98,6 +98,7 @@ void mig_params_defaults(struct mig_params *p)
     p->downtime_ms = 300;
     p->converge = MIG_CONVERGE_AUTO;
     p->max_bandwidth_mibs = 0;
+    p->switch_over_bandwidth_mibs = 0;
     p->timeout_s = 3600;
     p->timeout_force = false;
     p->keep_alive = false;

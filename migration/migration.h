@@ -62,6 +62,9 @@ struct mig_params {
     uint64_t downtime_ms;           /* 300 */
     enum mig_converge converge;     /* auto */
     uint64_t max_bandwidth_mibs;    /* 0 = unlimited */
+    uint64_t switch_over_bandwidth_mibs;    /* 0 = unlimited (default): the stop-and-copy, with the
+                                               guest paused, is not held to max_bandwidth_mibs
+                                               (as QEMU's completion stage); N: capped at N */
     uint64_t timeout_s;             /* 3600 */
     bool timeout_force;             /* timeout_strategy: false = cancel, true = force */
     bool keep_alive;                /* false */

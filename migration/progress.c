@@ -269,7 +269,7 @@ json_t *mig_progress_to_json(const struct mig_progress *p)
                                       "entries_harvested", (json_int_t)clamp_int(p->recycling.entries_harvested),
                                       "pages_taken", (json_int_t)clamp_int(p->recycling.pages_taken)));
         json_object_set_new(root, "switch_over",
-                            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:o}", "dry_run_us",
+                            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:o, s:I}", "dry_run_us",
                                       (json_int_t)clamp_int(p->switch_over.dry_run_us), "probe_destination_us",
                                       (json_int_t)clamp_int(p->switch_over.probe_destination_us), "probe_pause_us",
                                       (json_int_t)clamp_int(p->switch_over.probe_pause_us), "learned_us",
@@ -280,7 +280,8 @@ json_t *mig_progress_to_json(const struct mig_progress *p)
                                       p->switch_over.learned_ignored, "measured_us",
                                       p->switch_over.measured
                                           ? json_integer(clamp_int(p->switch_over.measured_us))
-                                          : json_null()));
+                                          : json_null(),
+                                      "paced_us", (json_int_t)clamp_int(p->switch_over.paced_us)));
         json_object_set_new(root, "tls",
                             p->tls.version[0] == '\0'
                                 ? json_null()

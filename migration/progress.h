@@ -125,6 +125,7 @@ struct mig_progress {
         bool learned_ignored;   /* learned >= the downtime limit: left out (switch_over.h) */
         uint64_t measured_us;   /* after completion: downtime - transfer (and digest) of this one */
         bool measured;
+        uint64_t paced_us;      /* the stop-and-copy's wait on switch_over_bandwidth_mibs (0 uncapped) */
     } switch_over;
     /* Ring mode: the rings recycled entries between the migration's
      * takes (a harvester's threshold reset or a ring-full exit): those

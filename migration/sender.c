@@ -50,22 +50,34 @@ static bool is_finishing(struct mig_sender *s)
 }
 
 /* Sleeps until bytes fit the cap (migration/pacing.h); false if cancelled
- * meanwhile. */
+ * meanwhile. The sleep is a timed wait on the sender's condition, so a cap
+ * lifted meanwhile (the switch-over's, mig_sender_set_bandwidth) ends it at
+ * once instead of after the rest of a slice's wait. Time slept under the
+ * cap still in force is added to paced_ns. */
 static bool pace(struct mig_sender *s, uint64_t bytes_total)
 {
     for (;;) {
         uint64_t cap = __atomic_load_n(&s->max_bandwidth, __ATOMIC_RELAXED);
         if (is_finishing(s))
             return true;
-        uint64_t wait = mig_pacer_wait_ns(&s->pacer, monotonic_now_ns(), bytes_total, cap);
+        uint64_t now = monotonic_now_ns();
+        uint64_t wait = mig_pacer_wait_ns(&s->pacer, now, bytes_total, cap);
         if (wait == 0)
             return true;
         if (is_cancelled(s))
             return false;
         if (wait > 100000000ull)
             wait = 100000000ull;
-        struct timespec t = { .tv_sec = 0, .tv_nsec = (long)wait };
-        nanosleep(&t, NULL);    /* rate pacing, not synchronization */
+        struct timespec deadline = monotonic_deadline_after_ns(wait);
+        pthread_mutex_lock(&s->lock);
+        uint64_t epoch = s->cap_epoch;
+        /* rate pacing: woken early by a cap change, finish or failure */
+        while (s->cap_epoch == epoch && !s->finish && !s->stop &&
+               pthread_cond_timedwait(&s->cond, &s->lock, &deadline) != ETIMEDOUT) {
+        }
+        if (s->cap_epoch == epoch)
+            atomic_fetch_add_explicit(&s->paced_ns, monotonic_now_ns() - now, memory_order_relaxed);
+        pthread_mutex_unlock(&s->lock);
     }
 }
 
@@ -247,7 +259,17 @@ void mig_sender_set_withdrawn(struct mig_sender *s, mig_page_withdrawn_fn withdr
 
 void mig_sender_set_bandwidth(struct mig_sender *s, uint64_t max_bandwidth_bytes)
 {
+    pthread_mutex_lock(&s->lock);
     __atomic_store_n(&s->max_bandwidth, max_bandwidth_bytes, __ATOMIC_RELAXED);
+    s->cap_epoch++;
+    atomic_store_explicit(&s->paced_ns, 0, memory_order_relaxed);
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
+uint64_t mig_sender_paced_ns(struct mig_sender *s)
+{
+    return atomic_load_explicit(&s->paced_ns, memory_order_relaxed);
 }
 
 struct mig_buffer *mig_sender_get(struct mig_sender *s, unsigned timeout_ms)

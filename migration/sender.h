@@ -118,6 +118,12 @@ struct mig_sender {
     _Atomic bool failed;
     char error[512];
     struct mig_pacer pacer;             /* sender thread only */
+    /* Bumped by every mig_sender_set_bandwidth (under lock): a pacing sleep
+     * that began under an older cap ends at once and is not counted. */
+    uint64_t cap_epoch;
+    /* Time pace() slept under the cap set last (mig_sender_set_bandwidth
+     * sets it to 0); written by the sender thread, read by anyone. */
+    _Atomic uint64_t paced_ns;
     /* NULL, or which planned pages to leave out (mig_sender_set_withdrawn):
      * under lock, copied by the sender thread with each batch. */
     mig_page_withdrawn_fn withdrawn;
@@ -136,8 +142,13 @@ int mig_sender_start(struct mig_sender *sender, int fd, struct mig_tls_session *
  * (post-copy): a page must reach the peer by one of the ways. */
 void mig_sender_set_withdrawn(struct mig_sender *sender, mig_page_withdrawn_fn withdrawn, void *opaque,
                               _Atomic uint64_t *counter);
-/* Changes the bandwidth cap (bytes/s, 0 = none); any thread. */
+/* Changes the bandwidth cap (bytes/s, 0 = none); any thread. A pacing wait
+ * in progress ends at once; the pacer starts a new reference point
+ * (pacing.h), and mig_sender_paced_ns counts from 0 again. */
 void mig_sender_set_bandwidth(struct mig_sender *sender, uint64_t max_bandwidth_bytes);
+/* Nanoseconds the sender waited on the cap since the cap was last set
+ * (mig_sender_start's counts as set). */
+uint64_t mig_sender_paced_ns(struct mig_sender *sender);
 /* A free buffer, waiting up to timeout_ms; NULL on timeout or when the
  * sender failed (check mig_sender_failed). */
 struct mig_buffer *mig_sender_get(struct mig_sender *sender, unsigned timeout_ms);

@@ -846,6 +846,19 @@ static uint64_t switch_over_frame_bytes(const struct captured_state *state)
     return MIG_HEADER_SIZE + state->size + MIG_HEADER_SIZE + MIG_DEVICE_STATE_SIZE + switch_over_tail_bytes(true);
 }
 
+/* The rate the expected downtime assumes for the bytes after the pause:
+ * the measured one, which a live-phase cap holds down (the stop-and-copy
+ * runs uncapped by default, so this errs on the long side: the same
+ * switch-over decisions as with the cap kept), or the switch-over cap
+ * where one is set below it. */
+static uint64_t source_switch_over_bandwidth(const struct source *s)
+{
+    uint64_t cap = s->params.switch_over_bandwidth_mibs << 20;
+    if (cap != 0 && (s->bandwidth == 0 || s->bandwidth > cap))
+        return cap;
+    return s->bandwidth;
+}
+
 /* The switch-over part of the expected downtime (switch_over.h), saying
  * once why a learned cost is left out. */
 static uint64_t source_switch_over_budget_us(struct source *s)
@@ -1214,6 +1227,13 @@ static int source_complete(struct source *s)
      * delivered (the backlog), then everything written after now. */
     uint64_t backlog_at_pause = s->local ? 0 : mig_socket_queued_bytes(s->fd);
     uint64_t written_at_pause = mig_sender_bytes(&s->sender);
+    /* The guest is paused: every ms from here is downtime. The live
+     * phase's cap protected the link while the guest ran; the
+     * stop-and-copy gets switch_over_bandwidth_mibs (default none), as
+     * QEMU lifts its rate limit for the completion stage. What is still
+     * queued from before goes at that rate too. */
+    if (!s->local)
+        mig_sender_set_bandwidth(&s->sender, s->params.switch_over_bandwidth_mibs << 20);
     mig_trace("src paused");
     struct captured_state state;
     if (source_capture_state(s, &state) != 0)
@@ -1252,7 +1272,7 @@ static int source_complete(struct source *s)
             return -1;
         uint64_t after_pause = mig_sender_bytes(&s->sender) - written_at_pause + backlog_at_pause +
                                switch_over_tail_bytes(s->peer_probes);
-        transfer_after_pause_us = mig_transfer_us(after_pause, s->bandwidth);
+        transfer_after_pause_us = mig_transfer_us(after_pause, source_switch_over_bandwidth(s));
     }
     if (s->peer_probes && !s->local) {
         struct mig_switch_over report = {
@@ -1277,6 +1297,8 @@ static int source_complete(struct source *s)
     mig_trace("src digest done, end queued");
     if (source_flush(s) != 0)
         return -1;
+    if (!s->local)
+        s->progress.switch_over.paced_us = mig_sender_paced_ns(&s->sender) / 1000u;
     s->progress.memory.remaining = 0;
     source_phase(s, MIG_STATE_COMPLETING, "waiting-ack");
     mig_trace("src flushed");
@@ -1499,8 +1521,9 @@ static int source_run(struct source *s)
          * socket and the state frames at the bandwidth, the digest, and
          * the switch-over's measured cost (switch_over.h). */
         struct mig_downtime_estimate estimate;
-        mig_downtime_estimate(s->pending.count * MIG_PAGE_SIZE + queued_end + s->state_bytes, s->bandwidth,
-                              s->digest_ms, source_switch_over_budget_us(s), &estimate);
+        mig_downtime_estimate(s->pending.count * MIG_PAGE_SIZE + queued_end + s->state_bytes,
+                              source_switch_over_bandwidth(s), s->digest_ms, source_switch_over_budget_us(s),
+                              &estimate);
         s->progress.expected_parts.transfer_ms = estimate.transfer_ms;
         s->progress.expected_parts.digest_ms = estimate.digest_ms;
         s->progress.expected_parts.switch_over_ms = estimate.switch_over_ms;

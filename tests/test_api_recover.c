@@ -113,7 +113,8 @@ Test(api_recover, resume_takes_only_dest)
     static const struct {
         const char *name, *value;
     } others[] = {
-        { "downtime_ms", "300" }, { "converge", "\"auto\"" }, { "max_bandwidth_mibs", "0" }, { "timeout_s", "60" },
+        { "downtime_ms", "300" }, { "converge", "\"auto\"" }, { "max_bandwidth_mibs", "0" },
+        { "switch_over_bandwidth_mibs", "0" }, { "timeout_s", "60" },
         { "timeout_strategy", "\"cancel\"" }, { "keep_alive", "false" }, { "throttle_initial", "20" },
         { "throttle_increment", "10" }, { "throttle_max", "99" }, { "stall_timeout_s", "5" },
         { "verify_digest", "false" }, { "source_digest", "true" }, { "tls_psk_file", "\"/etc/ringvm/keys.psk\"" },
@@ -191,7 +192,7 @@ Test(api_recover, unknown_arguments_list_resume)
 {
     api_expect_error(NULL, "{\"id\":1,\"cmd\":\"migration.start\",\"args\":{\"dest\":\"unix:/x\",\"resum\":true}}",
                  "invalid-argument", "args.resum: unknown argument (migration.start takes dest, downtime_ms, "
-                 "converge, max_bandwidth_mibs, timeout_s, timeout_strategy, keep_alive, throttle_initial, "
+                 "converge, max_bandwidth_mibs, switch_over_bandwidth_mibs, timeout_s, timeout_strategy, keep_alive, throttle_initial, "
                  "throttle_increment, throttle_max, stall_timeout_s, verify_digest, source_digest, tls_psk_file, "
                  "tls_creds_dir, "
                  "tls_server_name, console, mode, postcopy_after, resume)");

@@ -358,6 +358,56 @@ Test(migration, the_learned_switch_over_cost_travels_with_the_guest, .timeout = 
     test_migration_source_stop(&a);
 }
 
+/*
+ * The live phase's cap does not hold the stop-and-copy (the guest is
+ * paused then) unless switch_over_bandwidth_mibs says so, as QEMU lifts its
+ * rate limit for the completion stage. Both hops cap the live phase at
+ * 16 MiB/s over a 2 MiB working set the guest rewrites all the time, so
+ * ~2 MiB are left for the stop-and-copy, far beyond the pacer's 10 ms of
+ * credit (160 KiB). Hop 1 (default: uncapped) never waits on the pacer
+ * after the pause: paced_us is exactly 0. Hop 2 (switch-over capped at the
+ * same 16 MiB/s) must wait. The counts, not the times, are asserted.
+ */
+Test(migration, the_stop_and_copy_is_uncapped_unless_switch_over_bandwidth_is_set, .timeout = 120)
+{
+    harness_require_kvm();
+    struct harness_vm a;
+    harness_vm_start(&a, "128M", 1, "dirtier,wss=2M", "ring");
+    cr_assert(harness_wait_all_vcpus_advance(a.vm, 5000, 20000));
+    struct test_destination b, c;
+    test_destination_start(&b, "128M", 1, "idle", false);
+    struct mig_params params;
+    mig_params_defaults(&params);
+    cr_assert_eq(params.switch_over_bandwidth_mibs, 0, "the stop-and-copy is uncapped by default");
+    snprintf(params.dest, sizeof(params.dest), "%s", b.address);
+    params.converge = MIG_CONVERGE_NONE;
+    params.max_bandwidth_mibs = 16;
+    params.keep_alive = true;
+    params.timeout_s = 60;
+    test_migration_start(a.vm, &params);
+    struct mig_progress *p = malloc(sizeof(*p));
+    cr_assert_not_null(p);
+    test_migration_finished(a.vm, p, 60000);
+    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
+    cr_assert_eq(test_destination_join(&b), 0);
+    cr_assert_eq(p->switch_over.paced_us, 0, "hop 1 waited %" PRIu64 " us on a cap after the pause",
+                 p->switch_over.paced_us);
+
+    test_destination_start(&c, "128M", 1, "idle", false);
+    snprintf(params.dest, sizeof(params.dest), "%s", c.address);
+    params.switch_over_bandwidth_mibs = 16;
+    test_migration_start(b.harness.vm, &params);
+    test_migration_finished(b.harness.vm, p, 60000);
+    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
+    cr_assert_eq(test_destination_join(&c), 0);
+    cr_assert_gt(p->switch_over.paced_us, 0, "hop 2's stop-and-copy (%" PRIu64 " ms of downtime) never waited on "
+                 "its 16 MiB/s cap", p->downtime_ms);
+    free(p);
+    test_destination_stop(&c);
+    test_destination_stop(&b);
+    test_migration_source_stop(&a);
+}
+
 Test(migration, converge_none_unconvergeable_hits_timeout_and_cancels, .timeout = 60)
 {
     harness_require_kvm();
