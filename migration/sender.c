@@ -41,44 +41,42 @@ static bool is_cancelled(struct mig_sender *s)
     return atomic_load_explicit(&s->abort, memory_order_acquire);
 }
 
-static bool is_finishing(struct mig_sender *s)
-{
-    pthread_mutex_lock(&s->lock);
-    bool finishing = s->finish;
-    pthread_mutex_unlock(&s->lock);
-    return finishing;
-}
-
 /* Sleeps until bytes fit the cap (migration/pacing.h); false if cancelled
  * meanwhile. The sleep is a timed wait on the sender's condition, so a cap
- * lifted meanwhile (the switch-over's, mig_sender_set_bandwidth) ends it at
- * once instead of after the rest of a slice's wait. Time slept under the
- * cap still in force is added to paced_ns. */
+ * changed meanwhile (the switch-over's, mig_sender_set_bandwidth) ends it at
+ * once instead of after the rest of a slice's wait. The cap, its epoch and
+ * the wait are read and decided under the lock, so a wait never outlives
+ * the cap it was computed for, and only time slept under the cap still in
+ * force is added to paced_ns. */
 static bool pace(struct mig_sender *s, uint64_t bytes_total)
 {
+    bool go_on = true;
+    pthread_mutex_lock(&s->lock);
     for (;;) {
-        uint64_t cap = __atomic_load_n(&s->max_bandwidth, __ATOMIC_RELAXED);
-        if (is_finishing(s))
-            return true;
+        if (s->finish)
+            break;
         uint64_t now = monotonic_now_ns();
-        uint64_t wait = mig_pacer_wait_ns(&s->pacer, now, bytes_total, cap);
+        uint64_t wait = mig_pacer_wait_ns(&s->pacer, now, bytes_total,
+                                          __atomic_load_n(&s->max_bandwidth, __ATOMIC_RELAXED));
         if (wait == 0)
-            return true;
-        if (is_cancelled(s))
-            return false;
+            break;
+        if (is_cancelled(s) || s->stop) {
+            go_on = false;
+            break;
+        }
         if (wait > 100000000ull)
             wait = 100000000ull;
         struct timespec deadline = monotonic_deadline_after_ns(wait);
-        pthread_mutex_lock(&s->lock);
         uint64_t epoch = s->cap_epoch;
-        /* rate pacing: woken early by a cap change, finish or failure */
+        /* rate pacing: woken early by a cap change, finish or stop */
         while (s->cap_epoch == epoch && !s->finish && !s->stop &&
                pthread_cond_timedwait(&s->cond, &s->lock, &deadline) != ETIMEDOUT) {
         }
         if (s->cap_epoch == epoch)
             atomic_fetch_add_explicit(&s->paced_ns, monotonic_now_ns() - now, memory_order_relaxed);
-        pthread_mutex_unlock(&s->lock);
     }
+    pthread_mutex_unlock(&s->lock);
+    return go_on;
 }
 
 static void drop_queue_locked(struct mig_sender *s)
