@@ -298,6 +298,19 @@ Test(migration, ledger_one_vcpu_from_memfd_onto_anonymous_ram_tcp, .timeout = 90
 
 /* ---- convergence ---------------------------------------------------------------------- */
 
+/* One hop of a multi-hop test: from `from` to `to` with params (dest set
+ * here), asserting it completed on both sides; p gets the source's final
+ * progress. */
+static void hop_completes(struct vm *from, struct test_destination *to, struct mig_params *params,
+                          struct mig_progress *p)
+{
+    snprintf(params->dest, sizeof(params->dest), "%s", to->address);
+    test_migration_start(from, params);
+    test_migration_finished(from, p, 60000);
+    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
+    cr_assert_eq(test_destination_join(to), 0);
+}
+
 /*
  * The switch-over's learned cost travels with the guest (issue 15, item 1;
  * migration/switch_over.h): hop 1 (A -> B) ends with B knowing what that
@@ -316,15 +329,11 @@ Test(migration, the_learned_switch_over_cost_travels_with_the_guest, .timeout = 
     test_destination_start(&b, "128M", 1, "idle", false);
     struct mig_params params;
     mig_params_defaults(&params);
-    snprintf(params.dest, sizeof(params.dest), "%s", b.address);
     params.keep_alive = true;
     params.timeout_s = 60;
-    test_migration_start(a.vm, &params);
     struct mig_progress *p = malloc(sizeof(*p));
     cr_assert_not_null(p);
-    test_migration_finished(a.vm, p, 60000);
-    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
-    cr_assert_eq(test_destination_join(&b), 0);
+    hop_completes(a.vm, &b, &params, p);
     cr_assert(migration_progress(b.harness.vm, p));
     cr_assert(p->switch_over.measured, "B did not learn hop 1's switch-over");
     cr_assert_eq(p->switch_over.learned_count, 1);
@@ -334,10 +343,7 @@ Test(migration, the_learned_switch_over_cost_travels_with_the_guest, .timeout = 
 
     /* Hop 2, from B (running the guest now) to C. */
     test_destination_start(&c, "128M", 1, "idle", false);
-    snprintf(params.dest, sizeof(params.dest), "%s", c.address);
-    test_migration_start(b.harness.vm, &params);
-    test_migration_finished(b.harness.vm, p, 60000);
-    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
+    hop_completes(b.harness.vm, &c, &params, p);
     cr_assert_eq(p->switch_over.learned_count, 1, "hop 2 did not start from what B learned");
     cr_assert_eq(p->switch_over.learned_us, learned);
     cr_assert_eq(p->switch_over.deviation_us, deviation);
@@ -346,7 +352,6 @@ Test(migration, the_learned_switch_over_cost_travels_with_the_guest, .timeout = 
     cr_assert_eq(p->switch_over.used_us, mig_switch_over_budget_us(&model, params.downtime_ms, NULL),
                  "hop 2 budgeted %" PRIu64 " us (dry run %" PRIu64 ", learned %" PRIu64 " +- %" PRIu64 ")",
                  p->switch_over.used_us, p->switch_over.dry_run_us, learned, deviation);
-    cr_assert_eq(test_destination_join(&c), 0);
     cr_assert(migration_progress(c.harness.vm, p));
     cr_assert_eq(p->switch_over.learned_count, 2, "C learned from B's value and its own switch-over");
     mig_switch_over_learn(&model, p->switch_over.measured_us);
@@ -379,27 +384,19 @@ Test(migration, the_stop_and_copy_is_uncapped_unless_switch_over_bandwidth_is_se
     struct mig_params params;
     mig_params_defaults(&params);
     cr_assert_eq(params.switch_over_bandwidth_mibs, 0, "the stop-and-copy is uncapped by default");
-    snprintf(params.dest, sizeof(params.dest), "%s", b.address);
     params.converge = MIG_CONVERGE_NONE;
     params.max_bandwidth_mibs = 16;
     params.keep_alive = true;
     params.timeout_s = 60;
-    test_migration_start(a.vm, &params);
     struct mig_progress *p = malloc(sizeof(*p));
     cr_assert_not_null(p);
-    test_migration_finished(a.vm, p, 60000);
-    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
-    cr_assert_eq(test_destination_join(&b), 0);
+    hop_completes(a.vm, &b, &params, p);
     cr_assert_eq(p->switch_over.paced_us, 0, "hop 1 waited %" PRIu64 " us on a cap after the pause",
                  p->switch_over.paced_us);
 
     test_destination_start(&c, "128M", 1, "idle", false);
-    snprintf(params.dest, sizeof(params.dest), "%s", c.address);
     params.switch_over_bandwidth_mibs = 16;
-    test_migration_start(b.harness.vm, &params);
-    test_migration_finished(b.harness.vm, p, 60000);
-    cr_assert_eq(p->state, MIG_STATE_COMPLETED, "%s: %s", p->error_code, p->error_message);
-    cr_assert_eq(test_destination_join(&c), 0);
+    hop_completes(b.harness.vm, &c, &params, p);
     cr_assert_gt(p->switch_over.paced_us, 0, "hop 2's stop-and-copy (%" PRIu64 " ms of downtime) never waited on "
                  "its 16 MiB/s cap", p->downtime_ms);
     free(p);
