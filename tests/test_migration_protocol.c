@@ -871,3 +871,31 @@ Test(migration_protocol, finishing_inside_a_large_frame_completes_it_and_drops_w
     cr_assert_eq(memcmp(run.reader.bytes, run.expected, run.reader.length), 0);
     large_frame_free(&run);
 }
+
+static bool sender_has_paced(void *argument)
+{
+    return mig_sender_paced_ns(argument) > 0;
+}
+
+/* The switch-over lifts the live phase's cap (switch_over_bandwidth_mibs
+ * 0): a sender waiting on the old cap goes on at once, and the wait under
+ * the old cap is not counted under the new one. At 64 KiB/s the frame
+ * would take ~56 s; once the cap is lifted the flush must finish well
+ * inside its 10 s. */
+Test(migration_protocol, lifting_the_cap_ends_a_pacing_wait_and_restarts_the_count)
+{
+    struct large_frame_run run;
+    large_frame_start(&run, 64u << 10);
+    char error[256];
+    cr_assert_eq(mig_sender_queue_large_frame(&run.sender, MIG_FRAME_MACHINE_STATE, 1, run.payload,
+                                              run.payload_length, 5000, error, sizeof(error)), 0, "%s", error);
+    cr_assert(harness_wait_until(sender_has_paced, &run.sender, 5000), "the sender never waited on its cap");
+    mig_sender_set_bandwidth(&run.sender, 0);
+    cr_assert_eq(mig_sender_paced_ns(&run.sender), 0, "the count starts again with the new cap");
+    cr_assert_eq(mig_sender_flush(&run.sender, 10000), 0, "the sender still waits on the lifted cap");
+    cr_assert_eq(mig_sender_paced_ns(&run.sender), 0, "it waited under no cap");
+    large_frame_end(&run);
+    cr_assert_eq(run.reader.length, MIG_HEADER_SIZE + run.payload_length);
+    cr_assert_eq(memcmp(run.reader.bytes, run.expected, run.reader.length), 0);
+    large_frame_free(&run);
+}
