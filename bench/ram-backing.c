@@ -3,10 +3,13 @@
  * host, without KVM. The bulk pass of a large working set moves every page
  * once: the source reads it through its own mapping of guest RAM for the
  * first time, the destination writes it into RAM it has never touched.
- * Those first touches, not the pipeline, can bound the pass (on a host
- * whose page tables are themselves shadowed by a hypervisor, a PVM guest
- * like these dev machines, every first access through a 4 KiB mapping is a
- * fault below the kernel, and MADV_POPULATE_WRITE does not take it away).
+ * Those first touches, not the pipeline, can bound the pass: allocating
+ * and mapping pages (4 KiB shmem pages cost most), and on a host that is
+ * itself a VM handing freed memory back to its hypervisor (free page
+ * reporting, these dev machines) that hypervisor's own first touch, 10-15x
+ * the rest: run scripts/host-memory.sh prepare first to measure the VMM
+ * and not the layer below (docs/benchmarks.md, "Host memory on these
+ * machines").
  *
  *   build/bench/ram-backing [--memory SIZE] [--reps N] [--backings LIST] [--json]
  *   build/bench/ram-backing --help  (every option, with its range and default)

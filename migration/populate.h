@@ -8,11 +8,13 @@
  * never allocated.
  *
  * What it saves depends on the host (docs/benchmarks.md, bench/ram-backing):
- * the page allocation and the guest kernel's fault. On a host whose own
- * page tables are shadowed (a PVM guest, these dev machines), the first
- * write through each 4 KiB mapping still costs the receiver a fault in the
- * hypervisor below, which no populating avoids; 2 MiB pages (--hugepages)
- * do.
+ * the page allocation and the fault, moved off the receiver's thread. What
+ * the receiver's first write through the populated mapping still costs
+ * differs between hosts of one kind: ~4.5 us a page on the PVM machine of
+ * 2026-12-04, nothing measurable (5-6 GiB/s, as a second write) on the one
+ * of 2026-12-05 once its memory was warm. These machines also hand freed
+ * memory back to the hypervisor below, whose own first touch is 10-15x
+ * the rest (docs/benchmarks.md, "Host memory on these machines").
  *
  * Ownership: struct mig_populate belongs to the thread that starts and
  * stops it (the incoming thread); stop and done are atomics shared with
