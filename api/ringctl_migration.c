@@ -185,6 +185,10 @@ static void print_summary(json_t *p, FILE *out)
                 "); switch-over %s\n", get_int(p, "expected_downtime_ms"), get_int(parts, "transfer_ms"),
                 get_int(parts, "digest_ms"), get_int(parts, "switch_over_ms"), get_int(switch_over, "dry_run_us"),
                 get_int(switch_over, "learned_us"), get_int(switch_over, "learned_count"), measured_text);
+        int64_t paced_us = get_int(switch_over, "paced_us");
+        if (paced_us > 0)
+            fprintf(out, "downtime: the stop-and-copy waited %" PRId64 " ms of it on --switch-over-bandwidth\n",
+                    (paced_us + 999) / 1000);
     }
     ringctl_print_postcopy(p, out);
     const char *source = get_string(p, "memory_digest_source");

@@ -394,11 +394,30 @@ Test(migration, the_stop_and_copy_is_uncapped_unless_switch_over_bandwidth_is_se
     cr_assert_eq(p->switch_over.paced_us, 0, "hop 1 waited %" PRIu64 " us on a cap after the pause",
                  p->switch_over.paced_us);
 
+    /* Hop 2 through ringctl, so its options and its summary are what is
+     * checked too. */
     test_destination_start(&c, "128M", 1, "idle", false);
-    params.switch_over_bandwidth_mibs = 16;
-    hop_completes(b.harness.vm, &c, &params, p);
+    char socket_path[128];
+    snprintf(socket_path, sizeof(socket_path), "/tmp/ringvm-switch-over-api-%d.sock", getpid());
+    struct api_server *server = NULL;
+    cr_assert_eq(api_server_create(&server, b.harness.vm, socket_path), 0);
+    char *migrate_argv[] = { "migrate", c.address, "--converge", "none", "--max-bandwidth", "16",
+                             "--switch-over-bandwidth", "16", "--keep-alive", "--timeout", "60", NULL };
+    char *text = NULL;
+    cr_assert_eq(ringctl_in_process(11, migrate_argv, socket_path, false, &text), 0, "ringctl migrate failed:\n%s",
+                 text);
+    cr_assert_eq(test_destination_join(&c), 0);
+    cr_assert(migration_progress(b.harness.vm, p));
+    cr_assert_eq(p->state, MIG_STATE_COMPLETED);
     cr_assert_gt(p->switch_over.paced_us, 0, "hop 2's stop-and-copy (%" PRIu64 " ms of downtime) never waited on "
                  "its 16 MiB/s cap", p->downtime_ms);
+    char expected[128];
+    snprintf(expected, sizeof(expected), "downtime: the stop-and-copy waited %" PRIu64 " ms of it on "
+             "--switch-over-bandwidth\n", (p->switch_over.paced_us + 999) / 1000);
+    cr_assert(strstr(text, expected) != NULL, "ringctl migrate's summary lacks \"%s\":\n%s", expected, text);
+    free(text);
+    migration_release(b.harness.vm);
+    api_server_destroy(server);
     free(p);
     test_destination_stop(&c);
     test_destination_stop(&b);
