@@ -510,6 +510,14 @@ static bool vcpu_is_parked(struct vcpu *vcpu)
     return atomic_load_explicit(&vcpu->paused, memory_order_acquire);
 }
 
+static unsigned vm_parked_count(struct vm *vm)
+{
+    unsigned parked = 0;
+    for (unsigned i = 0; i < vm->config.vcpu_count; i++)
+        parked += vcpu_is_parked(&vm->vcpus[i]);
+    return parked;
+}
+
 /* An incoming VM's vCPU threads start with pause_requested set and park
  * before their first real KVM_RUN: PAUSED is reported only once every one
  * has (a thread not yet scheduled reads as not parked, and its first,
@@ -522,9 +530,7 @@ static void vm_wait_started_parked(struct vm *vm)
     bool warned = false;
     pthread_mutex_lock(&vm->park_lock);
     for (;;) {
-        unsigned parked = 0;
-        for (unsigned i = 0; i < vm->config.vcpu_count; i++)
-            parked += vcpu_is_parked(&vm->vcpus[i]);
+        unsigned parked = vm_parked_count(vm);
         if (parked == vm->config.vcpu_count || atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire))
             break;
         uint64_t now = vm_now_ns();
@@ -609,10 +615,7 @@ int vm_pause_vcpus(struct vm *vm)
     int result = 0;
     uint64_t next_retry = started + KICK_RETRY_NS;
     for (;;) {
-        unsigned parked = 0;
-        for (unsigned i = 0; i < count; i++)
-            parked += vcpu_is_parked(&vm->vcpus[i]);
-        if (parked == count)
+        if (vm_parked_count(vm) == count)
             break;
         if (atomic_load_explicit(&vm->shutdown_requested, memory_order_acquire)) {
             result = -ECANCELED;
