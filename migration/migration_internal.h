@@ -165,10 +165,20 @@ struct source {
     uint64_t pages_taken;           /* pages of every take, the final one included */
     uint64_t state_bytes;           /* the state frames' size, from the probe's capture */
     uint64_t bandwidth;             /* bytes/s estimate (last iteration) */
+    /* bytes/s of the last iteration over the time the sender did not sleep
+     * on max_bandwidth_mibs (mig_unpaced_rate): what the uncapped
+     * stop-and-copy can expect; = bandwidth when nothing was paced */
+    uint64_t unpaced_bandwidth;
+    /* A unix: destination: the peer is on this host, so the stream's own
+     * unpaced speed is the link's. Over TCP a cap below the link's speed
+     * hides the link (paced slices land in the socket buffer, which
+     * drains between them): unpaced_bandwidth stays = bandwidth there. */
+    bool stream_is_the_link;
     uint64_t digest_ms;             /* verify_digest: one XXH3 pass over RAM, estimated at start (0 = off) */
     uint64_t iteration_start_ns;    /* for a live estimate within the first iteration */
     uint64_t iteration_start_bytes;
     uint64_t iteration_start_queued;    /* in the socket at the start (source_delivered_this_iteration) */
+    uint64_t iteration_start_paced_ns;  /* mig_sender_paced_total_ns at the start */
     uint64_t pages_sent_total;
     struct mig_auto_converge auto_state;
     uint64_t dl_last_ns;            /* dirty-limit: last sample */

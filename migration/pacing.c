@@ -32,3 +32,11 @@ uint64_t mig_pacer_wait_ns(struct mig_pacer *pacer, uint64_t now_ns, uint64_t by
     }
     return due_ns - now_ns;
 }
+
+uint64_t mig_unpaced_rate(uint64_t bytes, uint64_t wall_ns, uint64_t paced_ns)
+{
+    if (paced_ns >= wall_ns)
+        return 0;
+    unsigned __int128 rate = (unsigned __int128)bytes * 1000000000u / (wall_ns - paced_ns);
+    return rate > UINT64_MAX ? UINT64_MAX : (uint64_t)rate;
+}

@@ -30,4 +30,11 @@ void mig_pacer_init(struct mig_pacer *pacer, uint64_t now_ns, uint64_t bytes_tot
  * the cap in bytes/s (0 = unlimited: 0 ns). */
 uint64_t mig_pacer_wait_ns(struct mig_pacer *pacer, uint64_t now_ns, uint64_t bytes_total, uint64_t cap);
 
+/* The rate a capped stream keeps while the cap does not hold it back:
+ * bytes / (wall_ns - paced_ns), in bytes/s, where paced_ns is the part of
+ * wall_ns the sender slept on the cap. With no cap (paced_ns 0) it is the
+ * measured rate itself. 0 when no time is left to divide by (everything
+ * paced, or wall_ns 0): no sample. */
+uint64_t mig_unpaced_rate(uint64_t bytes, uint64_t wall_ns, uint64_t paced_ns);
+
 #endif

@@ -255,12 +255,13 @@ json_t *mig_progress_to_json(const struct mig_progress *p)
         }
         json_object_set_new(root, "downtime_us", json_integer(clamp_int(p->downtime_us)));
         json_object_set_new(root, "expected_downtime_parts",
-                            json_pack("{s:I, s:I, s:I, s:I, s:I}", "transfer_ms",
+                            json_pack("{s:I, s:I, s:I, s:I, s:I, s:f}", "transfer_ms",
                                       (json_int_t)clamp_int(p->expected_parts.transfer_ms), "digest_ms",
                                       (json_int_t)clamp_int(p->expected_parts.digest_ms), "switch_over_ms",
                                       (json_int_t)clamp_int(p->expected_parts.switch_over_ms), "backlog_bytes",
                                       (json_int_t)clamp_int(p->backlog_bytes), "state_bytes",
-                                      (json_int_t)clamp_int(p->state_bytes)));
+                                      (json_int_t)clamp_int(p->state_bytes), "bandwidth_mibs",
+                                      p->expected_parts.bandwidth_mibs));
         json_object_set_new(root, "dirty_rings_recycling",
                             json_pack("{s:b, s:I, s:I, s:I, s:I, s:I}", "recycling", p->recycling.iterations > 0,
                                       "iterations", (json_int_t)clamp_int(p->recycling.iterations),

@@ -111,6 +111,7 @@ struct mig_progress {
         uint64_t transfer_ms;   /* pages left + socket backlog + state, at the bandwidth */
         uint64_t digest_ms;     /* what verify_digest adds */
         uint64_t switch_over_ms;
+        double bandwidth_mibs;  /* the rate transfer_ms assumes (source_switch_over_bandwidth) */
     } expected_parts;
     uint64_t backlog_bytes;     /* written, not yet delivered at the last decision (in transfer_ms) */
     uint64_t state_bytes;       /* the vCPU/device state the switch-over sends (in transfer_ms) */

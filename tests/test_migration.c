@@ -371,7 +371,10 @@ Test(migration, the_learned_switch_over_cost_travels_with_the_guest, .timeout = 
  * ~2 MiB are left for the stop-and-copy, far beyond the pacer's 10 ms of
  * credit (160 KiB). Hop 1 (default: uncapped) never waits on the pacer
  * after the pause: paced_us is exactly 0. Hop 2 (switch-over capped at the
- * same 16 MiB/s) must wait. The counts, not the times, are asserted.
+ * same 16 MiB/s) must wait. The counts, not the times, are asserted; and
+ * the rate each hop's expected downtime assumed after the pause: the
+ * unpaced one (hop 1, unix), exactly the switch-over cap (hop 2), the
+ * measured one (hop 3, TCP).
  */
 Test(migration, the_stop_and_copy_is_uncapped_unless_switch_over_bandwidth_is_set, .timeout = 120)
 {
@@ -393,6 +396,13 @@ Test(migration, the_stop_and_copy_is_uncapped_unless_switch_over_bandwidth_is_se
     hop_completes(a.vm, &b, &params, p);
     cr_assert_eq(p->switch_over.paced_us, 0, "hop 1 waited %" PRIu64 " us on a cap after the pause",
                  p->switch_over.paced_us);
+    /* ...and its expected downtime counted the bytes after the pause at
+     * the rate the stream kept while not asleep on the cap: a local copy,
+     * far above the 16 MiB/s (which a capped measurement cannot exceed by
+     * more than the pacer's 10 ms of credit). */
+    cr_assert_gt(p->expected_parts.bandwidth_mibs, 2.0 * (double)params.max_bandwidth_mibs,
+                 "hop 1's expected downtime assumed %.1f MiB/s after the pause, the live cap's rate",
+                 p->expected_parts.bandwidth_mibs);
 
     /* Hop 2 through ringctl, so its options and its summary are what is
      * checked too. */
@@ -411,6 +421,8 @@ Test(migration, the_stop_and_copy_is_uncapped_unless_switch_over_bandwidth_is_se
     cr_assert_eq(p->state, MIG_STATE_COMPLETED);
     cr_assert_gt(p->switch_over.paced_us, 0, "hop 2's stop-and-copy (%" PRIu64 " ms of downtime) never waited on "
                  "its 16 MiB/s cap", p->downtime_ms);
+    cr_assert_eq(p->expected_parts.bandwidth_mibs, 16.0, "hop 2's expected downtime assumed %.1f MiB/s after the "
+                 "pause, not its --switch-over-bandwidth", p->expected_parts.bandwidth_mibs);
     char expected[128];
     snprintf(expected, sizeof(expected), "downtime: the stop-and-copy waited %" PRIu64 " ms of it on "
              "--switch-over-bandwidth\n", (p->switch_over.paced_us + 999) / 1000);
@@ -418,7 +430,22 @@ Test(migration, the_stop_and_copy_is_uncapped_unless_switch_over_bandwidth_is_se
     free(text);
     migration_release(b.harness.vm);
     api_server_destroy(server);
+
+    /* Hop 3 (C -> D) over TCP, the live phase capped as before: the
+     * stop-and-copy is uncapped there too, but its expected downtime keeps
+     * the measured, capped rate: a link slower than the sender would hide
+     * under the cap (paced slices land in the socket buffer). */
+    struct test_destination d;
+    test_destination_start(&d, "128M", 1, "idle", true);
+    hop_completes(c.harness.vm, &d, &params, p);
+    cr_assert_eq(p->switch_over.paced_us, 0, "hop 3 waited %" PRIu64 " us on a cap after the pause",
+                 p->switch_over.paced_us);
+    cr_assert_leq(p->expected_parts.bandwidth_mibs, 2.0 * (double)params.max_bandwidth_mibs,
+                  "hop 3 (TCP) assumed %.1f MiB/s after the pause, not its measured rate",
+                  p->expected_parts.bandwidth_mibs);
+    cr_assert_gt(p->expected_parts.bandwidth_mibs, 0.0);
     free(p);
+    test_destination_stop(&d);
     test_destination_stop(&c);
     test_destination_stop(&b);
     test_migration_source_stop(&a);
@@ -436,7 +463,10 @@ Test(migration, converge_none_unconvergeable_hits_timeout_and_cancels, .timeout 
     mig_params_defaults(&params);
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
     params.converge = MIG_CONVERGE_NONE;
-    params.max_bandwidth_mibs = 16;     /* 32 MiB rewritten continuously: never fits 10 ms */
+    /* A 16 MiB/s link, the stop-and-copy included: 32 MiB rewritten
+     * continuously never fit 10 ms. */
+    params.max_bandwidth_mibs = 16;
+    params.switch_over_bandwidth_mibs = 16;
     params.downtime_ms = 10;
     params.timeout_s = 2;
     uint64_t started = now_ms();
@@ -501,6 +531,7 @@ Test(migration, auto_converge_throttles_and_completes, .timeout = 90)
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
     params.converge = MIG_CONVERGE_AUTO;
     params.max_bandwidth_mibs = link_mibs;
+    params.switch_over_bandwidth_mibs = link_mibs;  /* a slow link paused or not */
     params.downtime_ms = downtime_ms;
     params.throttle.initial = 80;
     params.throttle.increment = 19;
@@ -602,6 +633,7 @@ Test(migration, dirty_limit_converges_and_leaves_the_idle_vcpu_alone, .timeout =
     snprintf(params.dest, sizeof(params.dest), "%s", dest.address);
     params.converge = MIG_CONVERGE_DIRTY_LIMIT;
     params.max_bandwidth_mibs = 8;
+    params.switch_over_bandwidth_mibs = 8;  /* an 8 MiB/s link, the stop-and-copy included */
     params.downtime_ms = 300;
     params.timeout_s = 60;
     test_migration_start(source.vm, &params);

@@ -63,3 +63,21 @@ Test(pacing, huge_byte_counts_do_not_overflow)
     cr_assert_eq(mig_pacer_wait_ns(&pacer, SECOND, 0, 1), 0);
     cr_assert_eq(mig_pacer_wait_ns(&pacer, SECOND, UINT64_MAX, 1), UINT64_MAX - SECOND);
 }
+
+/* The rate the uncapped stop-and-copy is expected to keep: the bytes over
+ * the time the sender did not sleep on the cap. */
+Test(pacing, the_unpaced_rate_leaves_out_the_time_slept_on_the_cap)
+{
+    /* 1 GB in 1 s, never paced: the measured rate itself. */
+    cr_assert_eq(mig_unpaced_rate(1000000000ull, SECOND, 0), 1000000000ull);
+    /* The same second, 750 ms of it asleep on the cap: 4 GB/s when free. */
+    cr_assert_eq(mig_unpaced_rate(1000000000ull, SECOND, 750000000ull), 4000000000ull);
+    /* Rounded down: 10 bytes over 3 ns of work. */
+    cr_assert_eq(mig_unpaced_rate(10, 4, 1), 3333333333ull);
+    /* No time left to divide by: no sample. */
+    cr_assert_eq(mig_unpaced_rate(1000, SECOND, SECOND), 0);
+    cr_assert_eq(mig_unpaced_rate(1000, SECOND, 2 * SECOND), 0);
+    cr_assert_eq(mig_unpaced_rate(1000, 0, 0), 0);
+    /* Clamped, not wrapped. */
+    cr_assert_eq(mig_unpaced_rate(UINT64_MAX, 2, 1), UINT64_MAX);
+}

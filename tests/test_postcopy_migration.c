@@ -84,6 +84,9 @@ static void migrate_postcopy_on(const char *memory, const char *destination_memo
          * the bulk pass (migration/convergence.h). */
         params.converge = MIG_CONVERGE_NONE;
         params.downtime_ms = 50;
+        /* The link is cap_mibs for the stop-and-copy too: pre-copy's
+         * expected downtime must not count on an uncapped one. */
+        params.switch_over_bandwidth_mibs = cap_mibs;
     }
     params.max_bandwidth_mibs = cap_mibs;
     params.verify_digest = true;
