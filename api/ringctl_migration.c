@@ -180,10 +180,12 @@ static void print_summary(json_t *p, FILE *out)
         if (json_is_integer(measured))
             snprintf(measured_text, sizeof(measured_text), "measured %" PRId64 " us",
                      (int64_t)json_integer_value(measured));
-        fprintf(out, "downtime: expected %" PRId64 " ms = transfer %" PRId64 " + digest %" PRId64
+        json_t *rate = json_object_get(parts, "bandwidth_mibs");
+        fprintf(out, "downtime: expected %" PRId64 " ms = transfer %" PRId64 " (at %.0f MiB/s) + digest %" PRId64
                 " + switch-over %" PRId64 " ms (dry run %" PRId64 " us, learned %" PRId64 " us from %" PRId64
                 "); switch-over %s\n", get_int(p, "expected_downtime_ms"), get_int(parts, "transfer_ms"),
-                get_int(parts, "digest_ms"), get_int(parts, "switch_over_ms"), get_int(switch_over, "dry_run_us"),
+                json_is_number(rate) ? json_number_value(rate) : 0.0, get_int(parts, "digest_ms"),
+                get_int(parts, "switch_over_ms"), get_int(switch_over, "dry_run_us"),
                 get_int(switch_over, "learned_us"), get_int(switch_over, "learned_count"), measured_text);
         int64_t paced_us = get_int(switch_over, "paced_us");
         if (paced_us > 0)
