@@ -172,6 +172,10 @@ int main(int argc, char **argv)
         linux_guest_close(linux_guest);
         return 1;
     }
+    char host_mode[32], note[512];
+    guest_memory_thp_host(false, host_mode, sizeof(host_mode));
+    if (guest_memory_small_pages_note(&vm->memory, host_mode, note, sizeof(note)))
+        fprintf(stderr, "ringvm: note: %s\n", note);
     /* No lock yet: pthread_create publishes this write to the new thread. */
     signals.vm = vm;
     int result = pthread_create(&signals.thread, NULL, signal_thread_main, &signals);

@@ -113,6 +113,14 @@ int guest_memory_populate(struct guest_memory *memory, uint64_t ram_offset, uint
 void guest_memory_thp_host(bool anonymous, char *out, size_t size);
 /* Whether the host gives advised mappings of that kind transparent huge pages. */
 bool guest_memory_thp_host_grants(bool anonymous);
+/* The start-up note for guest RAM the host keeps on 4 KiB pages although
+ * ringvm asked for huge pages: a memfd (the default) with MADV_HUGEPAGE
+ * that shmem_enabled host_mode ("never", "deny", "unavailable") does not
+ * grant. Writes the one line (no "ringvm: " prefix, no newline) to out and
+ * returns true; false, out untouched, when huge pages are granted, not
+ * asked for (--no-thp), hugetlbfs (--hugepages) or anonymous RAM. */
+bool guest_memory_small_pages_note(const struct guest_memory *memory, const char *host_mode, char *out,
+                                   size_t size);
 /* Free 2 MiB huge pages (HugePages_Free in /proc/meminfo; root reserves
  * them in /proc/sys/vm/nr_hugepages), 0 when unknown. */
 uint64_t guest_memory_free_huge_pages(void);
