@@ -495,9 +495,20 @@ def file_tail(path, n=300):
         return ""
 
 
+def crash_line(proc):
+    """What a process killed by a signal said last about it: the log's last
+    line naming an assertion or a fatal signal, else the signal."""
+    name = os.path.basename(proc.argv[0])
+    signame = signal.Signals(-proc.p.returncode).name if -proc.p.returncode in signal.valid_signals() else \
+        "signal %d" % -proc.p.returncode
+    lines = [l for l in proc.tail(4000).splitlines() if "Assertion" in l or "assertion" in l or "fatal" in l]
+    return "%s died of %s%s" % (name, signame, ": " + lines[-1].strip() if lines else "")
+
+
 @contextlib.contextmanager
 def recorded_run(r, procs, conns, consoles=()):
-    """One VMM's run of a case: a failure is recorded in r (status "error",
+    """One VMM's run of a case: a failure is recorded in r (status "error", or
+    "crashed" when one of its processes died of a signal, named first; then
     the exception and the tail of each process's log and of the guest
     consoles written to files) and the benchmark goes on; the connections and
     processes opened meanwhile end either way."""
@@ -507,6 +518,13 @@ def recorded_run(r, procs, conns, consoles=()):
         r["status"] = "error"
         tails = [p.tail(300).strip() for p in procs] + ["console: " + file_tail(c) for c in consoles]
         r["note"] = "%s; %s" % (e, " | ".join(tails))
+        # A VMM that died by a signal (an assertion's abort) did not fail
+        # to start or to migrate: it crashed, and the guest with it. Say
+        # which and why first; the QMP/API error is only the symptom.
+        crashes = [crash_line(p) for p in procs if p.p.poll() is not None and p.p.returncode < 0]
+        if crashes:
+            r["status"] = "crashed"
+            r["note"] = "%s; %s" % ("; ".join(crashes), r["note"])
     finally:
         for c in conns:
             c.close()
@@ -973,7 +991,7 @@ PC_METRICS = (("converged", "completed"), ("total_ms", "total ms"), ("downtime_m
 def median_of(results, metric):
     if metric == "converged":
         # Harness errors (a VMM that did not start, ...) are not migrations: left out.
-        done = [r for r in results if r["status"] not in ("unsupported", "not-run", "error")]
+        done = [r for r in results if r["status"] not in ("unsupported", "not-run", "error", "crashed")]
         return "%d/%d" % (sum(1 for r in done if r["converged"]), len(done)) if done else None
     values = [r[metric] for r in results if r["converged"] and r[metric] is not None]
     if not values:
