@@ -853,11 +853,11 @@ static uint64_t switch_over_frame_bytes(const struct captured_state *state)
  * the destination keeping up, measured with the guest still taking its
  * share of the cores, which it no longer does once paused). Over TCP the
  * measured rate: a link slower than the sender stays hidden under a cap
- * (stream_is_the_link). At most the switch-over cap where one is set. Counting those bytes at the capped
- * rate instead (until 2026-12-05) overestimated the downtime by the
- * cap's factor: a 1 GiB Linux guest at 1024 MiB/s ran a second pass of
- * 412 MiB for an expected 421 ms when the stop-and-copy would have taken
- * ~130 ms (docs/benchmarks-vs-qemu.md). */
+ * (stream_is_the_link). At most the switch-over cap where one is set.
+ * Counting those bytes at the capped rate instead (until 2026-12-05)
+ * overestimated the downtime by the cap's factor: a 1 GiB Linux guest at
+ * 1024 MiB/s ran a second pass of 412 MiB for an expected 421 ms when the
+ * stop-and-copy would have taken ~130 ms (docs/benchmarks-vs-qemu.md). */
 static uint64_t source_switch_over_bandwidth(const struct source *s)
 {
     uint64_t cap = s->params.switch_over_bandwidth_mibs << 20;
