@@ -167,7 +167,8 @@ struct source {
     uint64_t bandwidth;             /* bytes/s estimate (last iteration) */
     /* bytes/s of the last iteration over the time the sender did not sleep
      * on max_bandwidth_mibs (mig_unpaced_rate): what the uncapped
-     * stop-and-copy can expect; = bandwidth when nothing was paced */
+     * stop-and-copy can expect; set with bandwidth and never below it
+     * (= bandwidth when nothing was paced, and over TCP) */
     uint64_t unpaced_bandwidth;
     /* A unix: destination: the peer is on this host, so the stream's own
      * unpaced speed is the link's. Over TCP a cap below the link's speed
@@ -178,7 +179,10 @@ struct source {
     uint64_t iteration_start_ns;    /* for a live estimate within the first iteration */
     uint64_t iteration_start_bytes;
     uint64_t iteration_start_queued;    /* in the socket at the start (source_delivered_this_iteration) */
-    uint64_t iteration_start_paced_ns;  /* mig_sender_paced_total_ns at the start */
+    /* mig_sender_paced_ns at the start. The cap changes only at the pause
+     * (source_complete), so during the passes that count is never reset
+     * and its growth over an iteration is the time it slept on the cap. */
+    uint64_t iteration_start_paced_ns;
     uint64_t pages_sent_total;
     struct mig_auto_converge auto_state;
     uint64_t dl_last_ns;            /* dirty-limit: last sample */

@@ -72,10 +72,8 @@ static bool pace(struct mig_sender *s, uint64_t bytes_total)
         while (s->cap_epoch == epoch && !s->finish && !s->stop &&
                pthread_cond_timedwait(&s->cond, &s->lock, &deadline) != ETIMEDOUT) {
         }
-        uint64_t slept = monotonic_now_ns() - now;
-        atomic_fetch_add_explicit(&s->paced_total_ns, slept, memory_order_relaxed);
         if (s->cap_epoch == epoch)
-            atomic_fetch_add_explicit(&s->paced_ns, slept, memory_order_relaxed);
+            atomic_fetch_add_explicit(&s->paced_ns, monotonic_now_ns() - now, memory_order_relaxed);
     }
     pthread_mutex_unlock(&s->lock);
     return go_on;
@@ -270,11 +268,6 @@ void mig_sender_set_bandwidth(struct mig_sender *s, uint64_t max_bandwidth_bytes
 uint64_t mig_sender_paced_ns(struct mig_sender *s)
 {
     return atomic_load_explicit(&s->paced_ns, memory_order_relaxed);
-}
-
-uint64_t mig_sender_paced_total_ns(struct mig_sender *s)
-{
-    return atomic_load_explicit(&s->paced_total_ns, memory_order_relaxed);
 }
 
 struct mig_buffer *mig_sender_get(struct mig_sender *s, unsigned timeout_ms)

@@ -124,9 +124,6 @@ struct mig_sender {
     /* Time pace() slept under the cap set last (mig_sender_set_bandwidth
      * sets it to 0); written by the sender thread, read by anyone. */
     _Atomic uint64_t paced_ns;
-    /* Every pace() sleep, whatever the cap, never reset: the source's
-     * unpaced rate (mig_unpaced_rate). Written by the sender thread. */
-    _Atomic uint64_t paced_total_ns;
     /* NULL, or which planned pages to leave out (mig_sender_set_withdrawn):
      * under lock, copied by the sender thread with each batch. */
     mig_page_withdrawn_fn withdrawn;
@@ -152,8 +149,6 @@ void mig_sender_set_bandwidth(struct mig_sender *sender, uint64_t max_bandwidth_
 /* Nanoseconds the sender waited on the cap since the cap was last set
  * (mig_sender_start's counts as set). */
 uint64_t mig_sender_paced_ns(struct mig_sender *sender);
-/* Time the sender slept on any cap since it started (never reset). */
-uint64_t mig_sender_paced_total_ns(struct mig_sender *sender);
 /* A free buffer, waiting up to timeout_ms; NULL on timeout or when the
  * sender failed (check mig_sender_failed). */
 struct mig_buffer *mig_sender_get(struct mig_sender *sender, unsigned timeout_ms);

@@ -861,10 +861,9 @@ static uint64_t switch_over_frame_bytes(const struct captured_state *state)
 static uint64_t source_switch_over_bandwidth(const struct source *s)
 {
     uint64_t cap = s->params.switch_over_bandwidth_mibs << 20;
-    uint64_t rate = s->unpaced_bandwidth > s->bandwidth ? s->unpaced_bandwidth : s->bandwidth;
-    if (cap != 0 && (rate == 0 || rate > cap))
+    if (cap != 0 && (s->unpaced_bandwidth == 0 || s->unpaced_bandwidth > cap))
         return cap;
-    return rate;
+    return s->unpaced_bandwidth;
 }
 
 /* The switch-over part of the expected downtime (switch_over.h), saying
@@ -1470,7 +1469,7 @@ static int source_run(struct source *s)
         s->iteration_start_ns = iteration_start;
         s->iteration_start_bytes = bytes_start;
         s->iteration_start_queued = mig_socket_queued_bytes(s->fd);
-        s->iteration_start_paced_ns = mig_sender_paced_total_ns(&s->sender);
+        s->iteration_start_paced_ns = mig_sender_paced_ns(&s->sender);
         uint64_t sent_pages;
         s->progress.iteration = iteration;
         int throttle_during = s->progress.throttle_percent;
@@ -1505,7 +1504,7 @@ static int source_run(struct source *s)
         uint64_t delivered = source_delivered_this_iteration(s, queued_end);
         if (delivered >= MIN_BANDWIDTH_SAMPLE || s->bandwidth == 0) {
             s->bandwidth = send_ns > 0 ? (uint64_t)((unsigned __int128)delivered * 1000000000u / send_ns) : 0;
-            uint64_t paced_ns = mig_sender_paced_total_ns(&s->sender) - s->iteration_start_paced_ns;
+            uint64_t paced_ns = mig_sender_paced_ns(&s->sender) - s->iteration_start_paced_ns;
             uint64_t unpaced = s->stream_is_the_link ? mig_unpaced_rate(delivered, send_ns, paced_ns) : 0;
             s->unpaced_bandwidth = unpaced > s->bandwidth ? unpaced : s->bandwidth;
         }
