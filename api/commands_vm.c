@@ -78,9 +78,9 @@ static enum api_status cmd_vm_info(struct api_call *call)
     else
         workload_spec_format(&vm->config.workload, workload, sizeof(workload));
     char thp_host[32];
-    guest_memory_thp_host(guest_memory_anonymous(&vm->memory), thp_host, sizeof(thp_host));
+    guest_memory_thp_policy(&vm->memory, thp_host, sizeof(thp_host));
     json_t *result = json_pack(
-        "{s:s, s:i, s:I, s:s, s:s, s:I, s:I, s:s, s:b, s:b, s:s, s:i, s:i, s:i, s:b, s:I}",
+        "{s:s, s:i, s:I, s:s, s:s, s:I, s:I, s:s, s:o, s:b, s:b, s:s, s:i, s:i, s:i, s:b, s:I}",
         "state", vm_state_name(api_vm_state(vm)),
         "vcpus", (int)vm->config.vcpu_count,
         "memory_bytes", (json_int_t)vm->memory.size,
@@ -89,6 +89,8 @@ static enum api_status cmd_vm_info(struct api_call *call)
         "uptime_ms", (json_int_t)vm_uptime_ms(vm),
         "pid", (json_int_t)getpid(),
         "ram", guest_memory_anonymous(&vm->memory) ? "anonymous" : "memfd",
+        "ram_file", guest_memory_anonymous(&vm->memory) ? json_null()
+                                                         : json_string(ram_file_kind_name(vm->memory.file_kind)),
         "hugepages", vm->memory.hugepages,
         "thp", !vm->memory.hugepages && !vm->config.memory_options.no_thp,
         "thp_host", thp_host,

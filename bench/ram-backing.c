@@ -34,9 +34,10 @@
  *                pass, untimed (`ringvm --incoming --prealloc`)
  *   4k-bare      4 KiB pages, nothing populated: the receiver faults every
  *                page in itself (RINGVM_MIG_NO_POPULATE)
- *   thp          the memfd with MADV_HUGEPAGE on both sides (ringvm's default
- *                unless --no-thp), populated ahead: transparent huge pages
- *                where the host grants them to memfd mappings
+ *   thp          the default RAM file with MADV_HUGEPAGE on both sides
+ *                (ringvm's default unless --no-thp), populated ahead:
+ *                transparent huge pages on a memfd where shmem_enabled
+ *                grants them, else on ringvm's own tmpfs (vmm/ram_file.h)
  *   2m           2 MiB huge pages on both sides, populated ahead
  *   anon         anonymous RAM (`--ram anonymous --no-thp`), 4 KiB pages,
  *                populated ahead
@@ -51,7 +52,7 @@
  * `4k` in the same run. `2m` needs 2 x --memory of free huge pages; without
  * them it is left out with the reason (reserve them with
  * `echo N > /proc/sys/vm/nr_hugepages` as root); `thp` is left out where
- * /sys/kernel/mm/transparent_hugepage/shmem_enabled is never or deny, and
+ * shmem_enabled grants a memfd none and ringvm's tmpfs cannot be made, and
  * `anon-thp` where transparent_hugepage/enabled is never.
  *
  * Exit status 0, or 1 when something failed (message on stderr).
@@ -103,6 +104,7 @@ struct options {
 struct result {
     bool skipped;
     char reason[200];
+    const char *file;       /* the source's RAM file (vmm/ram_file.h): "memfd", "tmpfs", "anonymous" */
     double cold_mibs[MAX_REPS];
     double warm_mibs[MAX_REPS];
     unsigned samples;
@@ -121,7 +123,8 @@ static void usage(FILE *to)
             "  --reps N          repetitions per backing, 1 to %u, interleaved (default 3)\n"
             "  --backings LIST   comma-separated, of " BACKING_LIST "\n"
             "                    (default all; thp needs shmem_enabled advise or always in\n"
-            "                    /sys/kernel/mm/transparent_hugepage, anon-thp needs enabled\n"
+            "                    /sys/kernel/mm/transparent_hugepage or CAP_SYS_ADMIN for\n"
+            "                    ringvm's own tmpfs, anon-thp needs enabled\n"
             "                    madvise or always there, 2m needs 2 x SIZE of free 2 MiB\n"
             "                    huge pages; left out with the reason otherwise)\n"
             "  --json            one JSON object on stdout instead of the table\n"
@@ -361,7 +364,8 @@ static int send_pass(struct mig_sender *sender, const struct guest_memory *sourc
 }
 
 /* One repetition of one backing: fresh RAM on both sides, two passes. */
-static int run_once(const struct options *o, enum backing backing, double *cold_mibs, double *warm_mibs)
+static int run_once(const struct options *o, enum backing backing, double *cold_mibs, double *warm_mibs,
+                    const char **file)
 {
     /* Both sides on the same page size; only the destination preallocated. */
     struct guest_memory_options source_options = {
@@ -378,6 +382,7 @@ static int run_once(const struct options *o, enum backing backing, double *cold_
         guest_memory_destroy(&source);
         return -1;
     }
+    *file = ram_file_kind_name(source.file_kind);
     int result = -1;
     int pair[2] = { -1, -1 };
     struct destination destination = { .pages_wanted = 0 };
@@ -524,14 +529,26 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < sizeof(transparent) / sizeof(transparent[0]); i++) {
         enum backing b = transparent[i];
         bool anonymous = b == BACKING_ANON_THP;
-        if (!o.wanted[b] || guest_memory_thp_host_grants(anonymous))
+        if (!o.wanted[b])
+            continue;
+        /* What ringvm would get: a memfd where shmem_enabled grants huge
+         * pages, its own tmpfs where it can make one (vmm/ram_file.h). */
+        struct guest_memory probe;
+        if (guest_memory_create(&probe, 16u << 20, &(struct guest_memory_options){ .numa_node = -1,
+                                                                                 .anonymous = anonymous }) != 0)
+            return 1;
+        bool possible = guest_memory_thp_possible(&probe);
+        enum ram_file_kind kind = probe.file_kind;
+        guest_memory_destroy(&probe);
+        if (possible)
             continue;
         char mode[32];
         guest_memory_thp_host(anonymous, mode, sizeof(mode));
         results[b].skipped = true;
         snprintf(results[b].reason, sizeof(results[b].reason),
-                 "the host's /sys/kernel/mm/transparent_hugepage/%s is '%s' (as root: echo %s > it)",
-                 anonymous ? "enabled" : "shmem_enabled", mode, anonymous ? "madvise" : "advise");
+                 "the host's /sys/kernel/mm/transparent_hugepage/%s is '%s' (as root: echo %s > it)%s",
+                 anonymous ? "enabled" : "shmem_enabled", mode, anonymous ? "madvise" : "advise",
+                 kind == RAM_FILE_MEMFD ? " and ringvm's own tmpfs could not be made (CAP_SYS_ADMIN)" : "");
         fprintf(stderr, PROGRAM ": %s left out: %s\n", backing_names[b], results[b].reason);
     }
     for (unsigned rep = 0; rep < o.reps; rep++) {
@@ -539,7 +556,7 @@ int main(int argc, char **argv)
             struct result *r = &results[b];
             if (!o.wanted[b] || r->skipped)
                 continue;
-            if (run_once(&o, (enum backing)b, &r->cold_mibs[r->samples], &r->warm_mibs[r->samples]) != 0)
+            if (run_once(&o, (enum backing)b, &r->cold_mibs[r->samples], &r->warm_mibs[r->samples], &r->file) != 0)
                 return 1;
             if (!o.json)
                 fprintf(stderr, "%s rep %u: first pass %.0f MiB/s, second %.0f MiB/s\n", backing_names[b], rep + 1,
@@ -562,6 +579,7 @@ int main(int argc, char **argv)
                 json_object_set_new(row, "skipped", json_string(r->reason));
             } else {
                 double cold = median(r->cold_mibs, r->samples);
+                json_object_set_new(row, "ram_file", json_string(r->file));
                 json_object_set_new(row, "first_pass_mibs", samples_json(r->cold_mibs, r->samples));
                 json_object_set_new(row, "second_pass_mibs", samples_json(r->warm_mibs, r->samples));
                 json_object_set_new(row, "first_pass_median_mibs", json_real(cold));

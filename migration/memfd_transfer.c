@@ -1,5 +1,6 @@
 /* Guest RAM's memfd across a local socket (see memfd_transfer.h). */
 #include "migration/memfd_transfer.h"
+#include "vmm/ram_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -66,21 +67,23 @@ int memfd_transfer_send(int socket_fd, int memfd, uint64_t size, char *error, si
 
 int memfd_transfer_check(int fd, uint64_t expected_size, char *error, size_t error_size)
 {
-    /* Only memfds (and other shmem files) answer F_GET_SEALS; the link
-     * name tells a memfd from a shmem file someone else created. */
-    int seals = fcntl(fd, F_GET_SEALS);
-    char link[64], target[256];
-    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
-    ssize_t length = readlink(link, target, sizeof(target) - 1);
-    target[length >= 0 ? length : 0] = '\0';     /* readlink does not terminate */
-    if (seals < 0 || length < 0 || strncmp(target, "/memfd:", 7) != 0) {
-        snprintf(error, error_size, "the fd received is not a memfd (%s)",
+    enum ram_file_kind kind = ram_file_identify(fd);
+    if (kind == RAM_FILE_NONE) {
+        char link[64], target[256];
+        snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+        ssize_t length = readlink(link, target, sizeof(target) - 1);
+        target[length >= 0 ? length : 0] = '\0';     /* readlink does not terminate */
+        snprintf(error, error_size, "the fd received is neither a memfd nor an unlinked tmpfs file (%s)",
                  length >= 0 ? target : "unnamed");
         return -EBADF;
     }
-    if (!(seals & F_SEAL_SHRINK) || !(seals & F_SEAL_GROW)) {
+    /* A memfd can be sealed, and ringvm's always are. A tmpfs file cannot
+     * (vmm/ram_file.h): nobody can open it by name, and the peer passed the
+     * listener's credential check. */
+    int seals = fcntl(fd, F_GET_SEALS);
+    if (kind != RAM_FILE_TMPFS && (seals < 0 || !(seals & F_SEAL_SHRINK) || !(seals & F_SEAL_GROW))) {
         snprintf(error, error_size, "the memfd received is not sealed against %s (seals 0x%x): its size could "
-                 "change under the mapping", !(seals & F_SEAL_SHRINK) ? "shrinking" : "growing", seals);
+                 "change under the mapping", seals < 0 || !(seals & F_SEAL_SHRINK) ? "shrinking" : "growing", seals);
         return -EBADF;
     }
     struct stat status;
@@ -90,8 +93,8 @@ int memfd_transfer_check(int fd, uint64_t expected_size, char *error, size_t err
         return -saved;
     }
     if (!S_ISREG(status.st_mode) || (uint64_t)status.st_size != expected_size) {
-        snprintf(error, error_size, "the memfd received holds %lld bytes, this ringvm's --memory is %" PRIu64,
-                 (long long)status.st_size, expected_size);
+        snprintf(error, error_size, "the guest RAM received (%s) holds %lld bytes, this ringvm's --memory is %" PRIu64,
+                 ram_file_kind_name(kind), (long long)status.st_size, expected_size);
         return -EBADF;
     }
     return 0;

@@ -1,10 +1,12 @@
 /*
  * Handing guest RAM to a new ringvm on the same host (issue 19, the local
- * hand-over): guest RAM is one memfd (vmm/memory.c), so the source passes
+ * hand-over): guest RAM is one file (vmm/ram_file.h), so the source passes
  * the fd itself over the local Unix socket (SCM_RIGHTS) instead of copying
  * a byte of RAM. The destination trusts nothing about what arrives: it must
- * be a memfd, sealed against shrinking and growing (so its mapping can never
- * SIGBUS and the size never changes under it), exactly the size the message
+ * be a memfd sealed against shrinking and growing (so its mapping can never
+ * SIGBUS and the size never changes under it), or an unlinked file on a
+ * tmpfs instance (ringvm's own where a memfd gets no huge pages: it cannot
+ * be sealed, and nobody can open it by name), exactly the size the message
  * announces and the size its own --memory asks for.
  *
  * Message: 16 bytes, "RVMEMFD1" then the size (u64, little-endian), with

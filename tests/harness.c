@@ -51,15 +51,31 @@ void harness_require_free_huge_pages(uint64_t pages)
                      " > /proc/sys/vm/nr_hugepages)", pages, free_pages, pages);
 }
 
-void harness_require_thp(bool anonymous)
+void harness_require_thp(const struct guest_memory *memory)
 {
-    if (!guest_memory_thp_host_grants(anonymous)) {
+    if (!guest_memory_thp_possible(memory)) {
         char mode[32];
-        guest_memory_thp_host(anonymous, mode, sizeof(mode));
-        harness_skip("the host gives %s mappings no transparent huge pages "
-                     "(/sys/kernel/mm/transparent_hugepage/%s: %s)", anonymous ? "anonymous" : "memfd",
-                     anonymous ? "enabled" : "shmem_enabled", mode);
+        guest_memory_thp_policy(memory, mode, sizeof(mode));
+        harness_skip("the host gives %s RAM no transparent huge pages (policy %s)",
+                     ram_file_kind_name(memory->file_kind), mode);
     }
+}
+
+const char *harness_expected_ram_file(void)
+{
+    char mode[32];
+    guest_memory_thp_host(false, mode, sizeof(mode));
+    if (strcmp(mode, "never") != 0)
+        return "memfd";
+    FILE *status = fopen("/proc/self/status", "r");
+    cr_assert_not_null(status, "fopen(/proc/self/status): %s", strerror(errno));
+    char line[256];
+    unsigned long long effective = 0;
+    while (fgets(line, sizeof(line), status) != NULL)
+        if (sscanf(line, "CapEff: %llx", &effective) == 1)
+            break;
+    fclose(status);
+    return effective & (1ull << 21) ? "tmpfs" : "memfd";     /* CAP_SYS_ADMIN */
 }
 
 void harness_mapping_smaps(const void *start, char *flags, size_t flags_size, unsigned long *huge_kb)

@@ -24,10 +24,17 @@ void harness_skip(const char *format, ...) __attribute__((format(printf, 1, 2), 
  * free (HugePages_Free in /proc/meminfo; reserved by root in
  * /proc/sys/vm/nr_hugepages). */
 void harness_require_free_huge_pages(uint64_t pages);
-/* Skips the test, with the reason, unless the host gives advised memfd
- * (or anonymous) mappings transparent huge pages (vmm/memory.h,
- * guest_memory_thp_host). */
-void harness_require_thp(bool anonymous);
+/* Skips the test, with the reason, unless the host gives memory's
+ * advised mapping transparent huge pages (vmm/memory.h,
+ * guest_memory_thp_policy). */
+struct guest_memory;
+void harness_require_thp(const struct guest_memory *memory);
+/* The file default guest RAM should get on this host (vmm/ram_file.h),
+ * predicted without ringvm's code: "memfd" where shmem_enabled grants
+ * advised mappings huge pages or forbids them everywhere (deny, no THP),
+ * else "tmpfs" where this process holds CAP_SYS_ADMIN (/proc/self/status
+ * CapEff), else "memfd". */
+const char *harness_expected_ram_file(void);
 /* The mapping that starts at start, from /proc/self/smaps: its VmFlags
  * line (if flags is not NULL) and the kB of it mapped by huge pages
  * (AnonHugePages + ShmemPmdMapped, if huge_kb is not NULL). Fails the

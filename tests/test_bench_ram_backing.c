@@ -36,9 +36,11 @@ Test(bench_ram_backing, moves_all_of_guest_ram_twice_per_backing_and_reports_eac
     json_t *rows = json_object_get(root, "backings");
     cr_assert_eq(json_array_size(rows), 3, "%s", process.out);
     static const char *const names[] = { "4k", "4k-bare", "anon" };     /* the bench's order, not the option's */
+    static const char *const files[] = { "memfd", "memfd", "anonymous" };  /* 4 KiB pages: no tmpfs tried */
     for (size_t i = 0; i < 3; i++) {
         json_t *row = json_array_get(rows, i);
         cr_assert_str_eq(json_string_value(json_object_get(row, "backing")), names[i]);
+        cr_assert_str_eq(json_string_value(json_object_get(row, "ram_file")), files[i]);
         cr_assert_eq(json_array_size(json_object_get(row, "first_pass_mibs")), 2);
         cr_assert_eq(json_array_size(json_object_get(row, "second_pass_mibs")), 2);
         cr_assert_gt(json_real_value(json_object_get(row, "first_pass_median_mibs")), 0);

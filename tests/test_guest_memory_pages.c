@@ -201,13 +201,14 @@ Test(guest_memory_pages, punch_hole_that_leaves_the_page_present_is_refused)
     guest_memory_destroy(&memory);
 }
 
-/* Where the host grants transparent huge pages to memfd RAM: a discard of
+/* Where the host grants transparent huge pages to shareable RAM (a memfd
+ * where shmem_enabled allows, ringvm's own tmpfs elsewhere): a discard of
  * one 4 KiB page inside a huge page splits it and leaves a real hole. */
 Test(guest_memory_pages, punch_hole_inside_a_transparent_huge_page_splits_it)
 {
-    harness_require_thp(false);
     struct guest_memory memory;
     cr_assert_eq(guest_memory_create(&memory, RAM_SIZE, &(struct guest_memory_options){ .numa_node = -1 }), 0);
+    harness_require_thp(&memory);
     struct guest_ram ram = guest_memory_ram(&memory);
     cr_assert_eq(guest_memory_populate(&memory, 0, RAM_SIZE), 0);
     fill_pages(memory.host, 0, RAM_SIZE / 4096);
@@ -344,10 +345,10 @@ Test(guest_memory_pages, anonymous_data_extents_are_the_written_pages) { data_ex
  * page splits it and leaves that page alone without data. */
 Test(guest_memory_pages, an_anonymous_discard_inside_a_transparent_huge_page_splits_it)
 {
-    harness_require_thp(true);
     struct guest_memory memory;
     cr_assert_eq(guest_memory_create(&memory, RAM_SIZE, &(struct guest_memory_options){ .numa_node = -1,
                                                                                        .anonymous = true }), 0);
+    harness_require_thp(&memory);
     cr_assert_eq(guest_memory_populate(&memory, 0, RAM_SIZE), 0);
     fill_pages(memory.host, 0, RAM_SIZE / 4096);
     if (harness_mapping_huge_kb(memory.host) == 0)
@@ -423,6 +424,11 @@ Test(guest_memory_pages, the_small_pages_note_names_the_policy_only_where_it_den
 {
     struct guest_memory memory;
     cr_assert_eq(guest_memory_create(&memory, RAM_SIZE, &(struct guest_memory_options){ .numa_node = -1 }), 0);
+    /* As a host that gave the memfd (ringvm's own tmpfs not tried: the
+     * fallback itself is test_ram_file.c's). */
+    enum ram_file_kind made = memory.file_kind;
+    memory.file_kind = RAM_FILE_MEMFD;
+    memory.tmpfs_errno = 0;
     char note[512] = "untouched";
     cr_assert(guest_memory_small_pages_note(&memory, "never", note, sizeof(note)));
     cr_assert_str_eq(note, "guest RAM is a memfd on 4 KiB pages (shmem_enabled 'never' grants no huge pages): a "
@@ -436,6 +442,10 @@ Test(guest_memory_pages, the_small_pages_note_names_the_policy_only_where_it_den
     for (unsigned i = 0; i < sizeof(granting) / sizeof(granting[0]); i++)
         cr_assert_not(guest_memory_small_pages_note(&memory, granting[i], note, sizeof(note)), "%s", granting[i]);
     cr_assert_str_eq(note, "untouched");
+    /* ringvm's own tmpfs: huge pages whatever shmem_enabled says. */
+    memory.file_kind = RAM_FILE_TMPFS;
+    cr_assert_not(guest_memory_small_pages_note(&memory, "never", note, sizeof(note)));
+    memory.file_kind = made;
     guest_memory_destroy(&memory);
 
     /* --no-thp asked for 4 KiB pages; anonymous RAM follows enabled, not

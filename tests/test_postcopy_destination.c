@@ -609,12 +609,12 @@ Test(postcopy_destination, a_page_found_present_is_received_only_once_the_copyin
  * in. */
 static void a_huge_page_from_pre_copy_keeps_only_the_received_pages(bool anonymous)
 {
-    harness_require_thp(anonymous);
     struct fixture f;
     memset(&f, 0, sizeof(f));
     pthread_mutex_init(&f.lock, NULL);
     cr_assert_eq(guest_memory_create(&f.memory, RAM_SIZE,
                                      &(struct guest_memory_options){ .numa_node = -1, .anonymous = anonymous }), 0);
+    harness_require_thp(&f.memory);
     memset(f.memory.host + 11 * PAGE, 0x11, PAGE);
     memset(f.memory.host + 12 * PAGE + 100, 0x12, 8);
     if (harness_mapping_huge_kb(f.memory.host) == 0)

@@ -1,6 +1,6 @@
 /*
- * Guest RAM: a memfd mapped MAP_SHARED (so a local migration can hand the fd
- * over later), or with --ram anonymous private anonymous memory, exposed to
+ * Guest RAM: a shareable file (vmm/ram_file.h) mapped MAP_SHARED (so a
+ * local migration can hand the fd over later), or with --ram anonymous private anonymous memory, exposed to
  * KVM as one memslot, or two when RAM exceeds 3 GiB: the 3-4 GiB hole keeps
  * the doorbell and, on VMX hosts, the APIC access page free of RAM.
  */
@@ -22,13 +22,15 @@
 #include <linux/magic.h>
 
 #include "guest/abi.h"
+#include "vmm/ram_file.h"
 
-#ifndef MFD_HUGETLB
-#define MFD_HUGETLB 0x0004U
-#endif
-#ifndef MFD_HUGE_2MB
-#define MFD_HUGE_2MB (21U << 26)
-#endif
+/* Whether a transparent_hugepage policy word gives MADV_HUGEPAGE mappings
+ * huge pages (shmem_enabled's or enabled's). */
+static bool thp_mode_grants(const char *mode)
+{
+    return strcmp(mode, "advise") == 0 || strcmp(mode, "madvise") == 0 || strcmp(mode, "always") == 0 ||
+           strcmp(mode, "within_size") == 0 || strcmp(mode, "force") == 0;
+}
 
 static void layout_slots(struct guest_memory *memory, bool split)
 {
@@ -174,6 +176,7 @@ int guest_memory_adopt(struct guest_memory *memory, int memfd, uint64_t size,
     memset(memory, 0, sizeof(*memory));
     memory->memfd = memfd;
     memory->numa_node = -1;
+    memory->file_kind = ram_file_identify(memfd);
     struct stat status;
     long long held = fstat(memfd, &status) == 0 ? (long long)status.st_size : -1;
     if (held < 0 || (uint64_t)held != size) {
@@ -207,31 +210,25 @@ int guest_memory_create(struct guest_memory *memory, uint64_t size,
         }
         return map_guest_ram(memory, size, options);
     }
-    /* Sealable: a local hand-over (migration/memfd_transfer.h) passes this
-     * fd to another process, which must be sure the RAM can never shrink
-     * under its mapping (a SIGBUS on a guest access) or grow. */
-    unsigned flags = MFD_CLOEXEC | MFD_ALLOW_SEALING | (options->hugepages ? MFD_HUGETLB | MFD_HUGE_2MB : 0);
-    memory->memfd = memfd_create("ringvm-guest-ram", flags);
-    if (memory->memfd < 0) {
-        int saved = errno;
-        fprintf(stderr, "ringvm: memfd_create(guest RAM%s): %s\n",
-                options->hugepages ? ", 2M huge pages" : "", strerror(saved));
-        return -saved;
+    /* Huge pages where a memfd gets none: ringvm's own tmpfs instance
+     * (vmm/ram_file.h). Not where the policy denies every mount, nor
+     * where the kernel has no THP. */
+    char policy[32];
+    guest_memory_thp_host(false, policy, sizeof(policy));
+    bool try_tmpfs = !options->no_thp && !thp_mode_grants(policy) && strcmp(policy, "deny") != 0 &&
+                     strcmp(policy, "unavailable") != 0;
+    const char *failed_call = "";
+    int fd = ram_file_create(size, options->hugepages, try_tmpfs, &memory->file_kind, &memory->tmpfs_errno,
+                             &failed_call);
+    if (fd < 0) {
+        if (strcmp(failed_call, "ftruncate") == 0)
+            report_sizing_failure("ftruncate", size, options->hugepages, -fd);
+        else
+            fprintf(stderr, "ringvm: %s(guest RAM%s): %s\n", failed_call, options->hugepages ? ", 2M huge pages" : "",
+                    strerror(-fd));
+        return fd;
     }
-    if (ftruncate(memory->memfd, (off_t)size) != 0) {
-        int saved = errno;
-        report_sizing_failure("ftruncate", size, options->hugepages, saved);
-        close(memory->memfd);
-        memory->memfd = -1;
-        return -saved;
-    }
-    if (fcntl(memory->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
-        int saved = errno;
-        fprintf(stderr, "ringvm: fcntl(guest RAM, F_ADD_SEALS shrink|grow|seal): %s\n", strerror(saved));
-        close(memory->memfd);
-        memory->memfd = -1;
-        return -saved;
-    }
+    memory->memfd = fd;
     return map_guest_ram(memory, size, options);
 }
 
@@ -259,14 +256,6 @@ int guest_memory_populate(struct guest_memory *memory, uint64_t ram_offset, uint
     return 0;
 }
 
-/* Whether a transparent_hugepage policy word gives MADV_HUGEPAGE mappings
- * huge pages (shmem_enabled's or enabled's). */
-static bool thp_mode_grants(const char *mode)
-{
-    return strcmp(mode, "advise") == 0 || strcmp(mode, "madvise") == 0 || strcmp(mode, "always") == 0 ||
-           strcmp(mode, "within_size") == 0 || strcmp(mode, "force") == 0;
-}
-
 void guest_memory_thp_host(bool anonymous, char *out, size_t size)
 {
     snprintf(out, size, "unavailable");
@@ -290,20 +279,42 @@ bool guest_memory_thp_host_grants(bool anonymous)
     return thp_mode_grants(mode);
 }
 
-/* Operators compare guests across VMMs: the default memfd on 4 KiB pages
- * runs a guest that writes its memory at 0.82-0.84x the rate of QEMU's
- * anonymous huge-page RAM on the same host (docs/benchmarks-vs-qemu.md,
- * the issue-15 tracking cells), and nothing else would tell them why. */
+/* Operators compare guests across VMMs: a memfd on 4 KiB pages runs a
+ * guest that writes its memory at 0.82-0.84x the rate of QEMU's anonymous
+ * huge-page RAM on the same host (docs/benchmarks-vs-qemu.md, the issue-15
+ * tracking cells), and nothing else would tell them why. Only a memfd gets
+ * here: ringvm's own tmpfs (vmm/ram_file.h) is tried first. */
 bool guest_memory_small_pages_note(const struct guest_memory *memory, const char *host_mode, char *out,
                                    size_t size)
 {
-    if (memory->memfd < 0 || memory->hugepages || !memory->thp_advised || thp_mode_grants(host_mode))
+    if (memory->file_kind != RAM_FILE_MEMFD || !memory->thp_advised || thp_mode_grants(host_mode))
         return false;
-    snprintf(out, size, "guest RAM is a memfd on 4 KiB pages (shmem_enabled '%s' grants no huge pages): a guest "
+    char tmpfs[160] = "";
+    if (memory->tmpfs_errno != 0)
+        snprintf(tmpfs, sizeof(tmpfs), "; ringvm's own tmpfs with huge pages: %s%s", strerror(memory->tmpfs_errno),
+                 memory->tmpfs_errno == EPERM ? " (it needs CAP_SYS_ADMIN)" : "");
+    snprintf(out, size, "guest RAM is a memfd on 4 KiB pages (shmem_enabled '%s' grants no huge pages%s): a guest "
              "writing its memory runs ~15 %% slower than on huge pages. For them: shmem_enabled 'advise' (root), "
              "--hugepages, or --ram anonymous (no local hand-over); --no-thp silences this "
-             "(docs/benchmarks-vs-qemu.md)", host_mode);
+             "(docs/benchmarks-vs-qemu.md)", host_mode, tmpfs);
     return true;
+}
+
+void guest_memory_thp_policy(const struct guest_memory *memory, char *out, size_t size)
+{
+    if (memory->file_kind == RAM_FILE_TMPFS)
+        snprintf(out, size, "advise");      /* the instance's own huge= */
+    else if (memory->file_kind == RAM_FILE_HUGETLBFS)
+        snprintf(out, size, "hugetlbfs");
+    else
+        guest_memory_thp_host(guest_memory_anonymous(memory), out, size);
+}
+
+bool guest_memory_thp_possible(const struct guest_memory *memory)
+{
+    char policy[32];
+    guest_memory_thp_policy(memory, policy, sizeof(policy));
+    return thp_mode_grants(policy);
 }
 
 void guest_memory_forgo_thp(struct guest_memory *memory)
@@ -366,9 +377,11 @@ int guest_memory_replace_backing(struct guest_memory *memory, int memfd, char *e
     (void)madvise(host, memory->size, MADV_DONTDUMP);
     if (memory->thp_advised)
         (void)advise_huge_pages(host, memory->size);   /* the new mapping lost the old one's advice */
+    enum ram_file_kind kind = ram_file_identify(memfd);
     if (memory->memfd < 0) {
         /* Anonymous RAM: its pages went with the old mapping. */
         memory->memfd = memfd;
+        memory->file_kind = kind;
         return 0;
     }
     /* The old memfd's number now names the new file; the old file (and
@@ -380,6 +393,7 @@ int guest_memory_replace_backing(struct guest_memory *memory, int memfd, char *e
         return -EFAULT;
     }
     close(memfd);
+    memory->file_kind = kind;
     return 0;
 }
 

@@ -1,5 +1,7 @@
 /*
- * Guest RAM: one memfd, mapped MAP_SHARED once into the VMM (or, with
+ * Guest RAM: one shareable file (a memfd, or ringvm's own tmpfs file where
+ * a memfd would get no huge pages: vmm/ram_file.h), mapped MAP_SHARED once
+ * into the VMM (or, with
  * --ram anonymous, one private anonymous mapping: no file, so nothing to
  * hand to another process, but transparent huge pages wherever the host
  * gives them to anonymous memory, as QEMU's default RAM gets), laid out as one
@@ -27,6 +29,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vmm/ram_file.h"
+
 #define GUEST_MEMORY_MAX_SLOTS 2
 /* KVM memslots: at most 64 per region plus one for a remainder each. */
 #define GUEST_MEMORY_MAX_KVM_SLOTS 132
@@ -40,7 +44,9 @@ struct guest_memory_slot {
 };
 
 struct guest_memory {
-    int memfd;              /* -1: anonymous RAM */
+    int memfd;              /* the RAM's file (vmm/ram_file.h), -1: anonymous RAM */
+    enum ram_file_kind file_kind; /* what memfd is: memfd, hugetlbfs, tmpfs; RAM_FILE_NONE when anonymous */
+    int tmpfs_errno;        /* why ringvm's own tmpfs was not made (0: made, or not tried) */
     uint8_t *host;          /* MAP_SHARED mapping of the whole memfd, or the anonymous mapping */
     uint64_t size;          /* bytes of RAM */
     bool hugepages;
@@ -62,7 +68,8 @@ struct guest_memory_options {
     /* --ram anonymous: private anonymous memory instead of a memfd. The
      * host's THP policy for it is transparent_hugepage/enabled (madvise on
      * Debian), not shmem_enabled (never): so anonymous RAM gets huge pages
-     * where memfd RAM does not, and a bulk pass into cold RAM faults 512
+     * where a memfd does not (ringvm's own tmpfs file does, where it can
+     * be made: vmm/ram_file.h), and a bulk pass into cold RAM faults 512
      * times less (bench/ram-backing). What it cannot do: a local hand-over
      * (there is no file to pass), --hugepages. */
     bool anonymous;
@@ -72,7 +79,8 @@ struct guest_memory_options {
     /* --no-thp: no MADV_HUGEPAGE on the mapping. By default guest RAM asks
      * for transparent huge pages, as QEMU's does; the host grants them on
      * a memfd only when /sys/kernel/mm/transparent_hugepage/shmem_enabled
-     * is advise, always or within_size (guest_memory_thp_host). */
+     * is advise, always or within_size (guest_memory_thp_host), which is
+     * why ringvm's own tmpfs file is made where it is not (vmm/ram_file.h). */
     bool no_thp;
 };
 
@@ -114,13 +122,20 @@ void guest_memory_thp_host(bool anonymous, char *out, size_t size);
 /* Whether the host gives advised mappings of that kind transparent huge pages. */
 bool guest_memory_thp_host_grants(bool anonymous);
 /* The start-up note for guest RAM the host keeps on 4 KiB pages although
- * ringvm asked for huge pages: a memfd (the default) with MADV_HUGEPAGE
- * that shmem_enabled host_mode ("never", "deny", "unavailable") does not
- * grant. Writes the one line (no "ringvm: " prefix, no newline) to out and
+ * ringvm asked for huge pages: a memfd (where ringvm's own tmpfs could not
+ * be made, vmm/ram_file.h) with MADV_HUGEPAGE that shmem_enabled host_mode
+ * ("never", "deny", "unavailable") does not grant; the tmpfs's failure is
+ * named. Writes the one line (no "ringvm: " prefix, no newline) to out and
  * returns true; false, out untouched, when huge pages are granted, not
- * asked for (--no-thp), hugetlbfs (--hugepages) or anonymous RAM. */
+ * asked for (--no-thp), tmpfs, hugetlbfs (--hugepages) or anonymous RAM. */
 bool guest_memory_small_pages_note(const struct guest_memory *memory, const char *host_mode, char *out,
                                    size_t size);
+/* The policy that decides whether this RAM's advised mapping gets huge
+ * pages: "advise" for ringvm's own tmpfs (its huge= option), "hugetlbfs"
+ * for --hugepages, else guest_memory_thp_host's word for its kind. */
+void guest_memory_thp_policy(const struct guest_memory *memory, char *out, size_t size);
+/* Whether that policy grants an advised mapping huge pages. */
+bool guest_memory_thp_possible(const struct guest_memory *memory);
 /* Free 2 MiB huge pages (HugePages_Free in /proc/meminfo; root reserves
  * them in /proc/sys/vm/nr_hugepages), 0 when unknown. */
 uint64_t guest_memory_free_huge_pages(void);
