@@ -274,6 +274,33 @@ static void print_duration(uint64_t ms)
         printf("%.3f s", (double)ms / 1000.0);
 }
 
+/* "ram:" line of info: the file behind guest RAM and its page size as far
+ * as vm.info knows it (the policy word decides whether advised mappings
+ * get huge pages; vmm/memory.h guest_memory_thp_policy). */
+static void print_ram(json_t *info)
+{
+    const char *file = json_string_value(json_object_get(info, "ram_file"));
+    const char *policy = json_string_value(json_object_get(info, "thp_host"));
+    if (file == NULL)
+        file = "anonymous";
+    if (policy == NULL)
+        policy = "unknown";
+    if (json_is_true(json_object_get(info, "hugepages"))) {
+        printf("ram:        %s, 2 MiB pages\n", file);
+        return;
+    }
+    if (!json_is_true(json_object_get(info, "thp"))) {
+        printf("ram:        %s, 4 KiB pages (--no-thp)\n", file);
+        return;
+    }
+    static const char *const granting[] = { "advise", "madvise", "always", "within_size", "force" };
+    bool granted = false;
+    for (size_t i = 0; i < sizeof(granting) / sizeof(granting[0]); i++)
+        granted = granted || strcmp(policy, granting[i]) == 0;
+    printf("ram:        %s, transparent huge pages asked and %s (policy %s)\n", file,
+           granted ? "granted" : "not granted: 4 KiB pages", policy);
+}
+
 static int run_info(struct ringctl_session *ctl, int argc, char **argv)
 {
     const struct ringctl_command *command = find_command("info");
@@ -292,6 +319,7 @@ static int run_info(struct ringctl_session *ctl, int argc, char **argv)
     printf("memory:     %" PRIu64 " MiB (%" PRIu64 " bytes)\n", memory >> 20, memory);
     printf("workload:   %s\n", json_string_value(json_object_get(r, "workload")));
     printf("dirty log:  %s\n", json_string_value(json_object_get(r, "dirty_log")));
+    print_ram(r);
     printf("uptime:     ");
     print_duration((uint64_t)json_integer_value(json_object_get(r, "uptime_ms")));
     printf("\npid:        %" JSON_INTEGER_FORMAT "\n", json_integer_value(json_object_get(r, "pid")));
@@ -762,9 +790,10 @@ static int run_trace(struct ringctl_session *ctl, int argc, char **argv)
 static const struct ringctl_command commands[] = {
     {"info", "info",
      "Show the VM: state (running|paused|shutdown), vCPUs, memory, workload, dirty-log\n"
-     "mode, uptime, ringvm's pid (vm.info).",
+     "mode, guest RAM's file (memfd, tmpfs, hugetlbfs or anonymous) and whether it is\n"
+     "on huge pages, uptime, ringvm's pid (vm.info).",
      run_info,
-     "Show state, vCPUs, memory, workload, uptime (vm.info)."},
+     "Show state, vCPUs, memory, workload, RAM, uptime (vm.info)."},
     {"pause", "pause",
      "Stop every vCPU; returns once all are parked (vm.pause). Error vm-paused if\n"
      "already paused.",

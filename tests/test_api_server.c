@@ -330,6 +330,23 @@ Test(api_server_vm, info_pause_stops_counters_resume_advances, .timeout = 90)
     cr_assert_str_eq(json_string_value(json_object_get(info, "thp_host")), thp_host);
     json_decref(info);
 
+    /* ringctl info says the same in its ram: line. */
+    const char *ringctl = harness_program("ringctl");
+    cr_assert_eq(access(ringctl, X_OK), 0, "%s is not built (make all builds it)", ringctl);
+    {
+        char *argv[] = { (char *)ringctl, "-s", t.path, "info", NULL };
+        struct harness_process process;
+        harness_spawn(&process, argv);
+        cr_assert_eq(harness_process_wait_exit(&process, 20000), 0, "stderr: %s", process.err);
+        char line[160];
+        snprintf(line, sizeof(line), "\nram:        %s, transparent huge pages asked and %s (policy %s)\n", file,
+                 strcmp(file, "tmpfs") == 0 || strcmp(thp_host, "advise") == 0 || strcmp(thp_host, "always") == 0 ||
+                         strcmp(thp_host, "within_size") == 0 || strcmp(thp_host, "force") == 0
+                     ? "granted" : "not granted: 4 KiB pages", thp_host);
+        cr_assert(strstr(process.out, line) != NULL, "no '%s' in:\n%s", line + 1, process.out);
+        harness_process_free(&process);
+    }
+
     for (unsigned v = 0; v < 2; v++)
         cr_assert(wait_pages_advance(c, v, 0, 10000), "vcpu %u never dirtied", v);
 
