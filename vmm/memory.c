@@ -1,8 +1,9 @@
 /*
  * Guest RAM: a shareable file (vmm/ram_file.h) mapped MAP_SHARED (so a
- * local migration can hand the fd over later), or with --ram anonymous private anonymous memory, exposed to
- * KVM as one memslot, or two when RAM exceeds 3 GiB: the 3-4 GiB hole keeps
- * the doorbell and, on VMX hosts, the APIC access page free of RAM.
+ * local migration can hand the fd over later), or with --ram anonymous
+ * private anonymous memory, exposed to KVM as one memslot, or two when RAM
+ * exceeds 3 GiB: the 3-4 GiB hole keeps the doorbell and, on VMX hosts, the
+ * APIC access page free of RAM.
  */
 #include "vmm/memory.h"
 
