@@ -26,6 +26,7 @@
 #include "api/ringctl_migration.h"
 #include "api/ringctl_session.h"
 #include "bpf/probes.h"
+#include "vmm/memory.h"
 
 #define EXIT_VMM_ERROR RINGCTL_EXIT_VMM_ERROR
 #define EXIT_USAGE RINGCTL_EXIT_USAGE
@@ -293,12 +294,8 @@ static void print_ram(json_t *info)
         printf("ram:        %s, 4 KiB pages (--no-thp)\n", file);
         return;
     }
-    static const char *const granting[] = { "advise", "madvise", "always", "within_size", "force" };
-    bool granted = false;
-    for (size_t i = 0; i < sizeof(granting) / sizeof(granting[0]); i++)
-        granted = granted || strcmp(policy, granting[i]) == 0;
     printf("ram:        %s, transparent huge pages asked and %s (policy %s)\n", file,
-           granted ? "granted" : "not granted: 4 KiB pages", policy);
+           guest_memory_thp_policy_grants(policy) ? "granted" : "not granted: 4 KiB pages", policy);
 }
 
 static int run_info(struct ringctl_session *ctl, int argc, char **argv)

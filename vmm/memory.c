@@ -25,9 +25,7 @@
 #include "guest/abi.h"
 #include "vmm/ram_file.h"
 
-/* Whether a transparent_hugepage policy word gives MADV_HUGEPAGE mappings
- * huge pages (shmem_enabled's or enabled's). */
-static bool thp_mode_grants(const char *mode)
+bool guest_memory_thp_policy_grants(const char *mode)
 {
     return strcmp(mode, "advise") == 0 || strcmp(mode, "madvise") == 0 || strcmp(mode, "always") == 0 ||
            strcmp(mode, "within_size") == 0 || strcmp(mode, "force") == 0;
@@ -216,7 +214,7 @@ int guest_memory_create(struct guest_memory *memory, uint64_t size,
      * where the kernel has no THP. */
     char policy[32];
     guest_memory_thp_host(false, policy, sizeof(policy));
-    bool try_tmpfs = !options->no_thp && !thp_mode_grants(policy) && strcmp(policy, "deny") != 0 &&
+    bool try_tmpfs = !options->no_thp && !guest_memory_thp_policy_grants(policy) && strcmp(policy, "deny") != 0 &&
                      strcmp(policy, "unavailable") != 0;
     const char *failed_call = "";
     int fd = ram_file_create(size, options->hugepages, try_tmpfs, &memory->file_kind, &memory->tmpfs_errno,
@@ -273,13 +271,6 @@ void guest_memory_thp_host(bool anonymous, char *out, size_t size)
     fclose(file);
 }
 
-bool guest_memory_thp_host_grants(bool anonymous)
-{
-    char mode[32];
-    guest_memory_thp_host(anonymous, mode, sizeof(mode));
-    return thp_mode_grants(mode);
-}
-
 /* Operators compare guests across VMMs: a memfd on 4 KiB pages runs a
  * guest that writes its memory at 0.82-0.84x the rate of QEMU's anonymous
  * huge-page RAM on the same host (docs/benchmarks-vs-qemu.md, the issue-15
@@ -288,7 +279,7 @@ bool guest_memory_thp_host_grants(bool anonymous)
 bool guest_memory_small_pages_note(const struct guest_memory *memory, const char *host_mode, char *out,
                                    size_t size)
 {
-    if (memory->file_kind != RAM_FILE_MEMFD || !memory->thp_advised || thp_mode_grants(host_mode))
+    if (memory->file_kind != RAM_FILE_MEMFD || !memory->thp_advised || guest_memory_thp_policy_grants(host_mode))
         return false;
     char tmpfs[160] = "";
     if (memory->tmpfs_errno != 0)
@@ -315,7 +306,7 @@ bool guest_memory_thp_possible(const struct guest_memory *memory)
 {
     char policy[32];
     guest_memory_thp_policy(memory, policy, sizeof(policy));
-    return thp_mode_grants(policy);
+    return guest_memory_thp_policy_grants(policy);
 }
 
 void guest_memory_forgo_thp(struct guest_memory *memory)

@@ -119,8 +119,10 @@ int guest_memory_populate(struct guest_memory *memory, uint64_t ram_offset, uint
  * "never"); "unavailable" when the kernel has no THP. Written to out (at
  * least 16 bytes). */
 void guest_memory_thp_host(bool anonymous, char *out, size_t size);
-/* Whether the host gives advised mappings of that kind transparent huge pages. */
-bool guest_memory_thp_host_grants(bool anonymous);
+/* Whether a policy word (shmem_enabled's, enabled's, or
+ * guest_memory_thp_policy's) gives MADV_HUGEPAGE mappings huge pages:
+ * advise, madvise, always, within_size, force. */
+bool guest_memory_thp_policy_grants(const char *mode);
 /* The start-up note for guest RAM the host keeps on 4 KiB pages although
  * ringvm asked for huge pages: a memfd (where ringvm's own tmpfs could not
  * be made, vmm/ram_file.h) with MADV_HUGEPAGE that shmem_enabled host_mode

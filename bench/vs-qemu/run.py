@@ -69,6 +69,7 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 POLL_S = 0.1
+MIB = 1 << 20
 
 
 def running_until_pause(t_start, t_command, r):
@@ -80,7 +81,6 @@ def running_until_pause(t_start, t_command, r):
     shortest migrations (a 0.3 s one by up to a third)."""
     ran = (t_command - t_start) + ((r["total_ms"] or 0) - (r["downtime_ms"] or 0)) / 1000.0
     return max(1e-3, ran)
-MIB = 1 << 20
 
 
 def log(*args):
